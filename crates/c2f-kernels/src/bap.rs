@@ -1,0 +1,344 @@
+//! Bilinear attention pooling, WS-DAN's definition (the paper's feature matrix):
+//!
+//! - `P[b,m,n] = (1/(H·W)) Σ_hw A[b,m,h,w]·F[b,n,h,w]`
+//! - `S = sign(P)·sqrt(|P| + 1e-12)`
+//! - `Z[b] = S[b] / max(‖S[b]‖, 1e-12)` over each sample's whole M·N vector.
+//!
+//! `Z` is what the center loss sees; the classifier sees `100·Z`. The forward also returns each
+//! sample's norm `‖S[b]‖`, which the backward needs. Kernels: `kernels/bap.cu`.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use ndarray::{ArrayView2, ArrayViewMut2};
+use rayon::prelude::*;
+
+use crate::device::Gpu;
+use crate::element::Element;
+use crate::error::{check_len, Error, Result};
+use crate::Real;
+
+/// Added under the square root, as in WS-DAN.
+pub const SQRT_EPS: f64 = 1e-12;
+/// Floor of the per-sample norm, as in `F.normalize`.
+pub const NORM_EPS: f64 = 1e-12;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BapShape {
+    pub batch: usize,
+    /// Attention maps M.
+    pub maps: usize,
+    /// Feature channels N.
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl BapShape {
+    pub fn hw(&self) -> usize {
+        self.height * self.width
+    }
+    /// Length of one sample's part-feature vector, M·N.
+    pub fn part_len(&self) -> usize {
+        self.maps * self.channels
+    }
+    pub fn attention_len(&self) -> usize {
+        self.batch * self.maps * self.hw()
+    }
+    pub fn features_len(&self) -> usize {
+        self.batch * self.channels * self.hw()
+    }
+    pub fn parts_len(&self) -> usize {
+        self.batch * self.part_len()
+    }
+
+    fn validate(&self) -> Result<()> {
+        let dims = [
+            self.batch,
+            self.maps,
+            self.channels,
+            self.height,
+            self.width,
+        ];
+        if dims.contains(&0) {
+            return Err(Error::Shape(format!(
+                "BAP shape has a zero dimension: {self:?}"
+            )));
+        }
+        if self.features_len() > i32::MAX as usize || self.attention_len() > i32::MAX as usize {
+            return Err(Error::Shape(format!(
+                "BAP shape too large for 32-bit indexing: {self:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// CPU reference forward: writes `parts [B, M·N]` and `norms [B]`.
+pub fn forward_cpu<R: Real>(
+    shape: &BapShape,
+    attention: &[R],
+    features: &[R],
+    parts: &mut [R],
+    norms: &mut [R],
+) -> Result<()> {
+    shape.validate()?;
+    check_len("BAP attention", attention.len(), shape.attention_len())?;
+    check_len("BAP features", features.len(), shape.features_len())?;
+    check_len("BAP parts", parts.len(), shape.parts_len())?;
+    check_len("BAP norms", norms.len(), shape.batch)?;
+    let (m, n, hw) = (shape.maps, shape.channels, shape.hw());
+    let inv_hw = R::from_f64(1.0 / hw as f64);
+    let eps = R::from_f64(SQRT_EPS);
+    let floor = R::from_f64(NORM_EPS);
+    parts
+        .par_chunks_mut(m * n)
+        .zip(norms.par_iter_mut())
+        .enumerate()
+        .for_each(|(b, (z, norm))| {
+            let a = ArrayView2::from_shape((m, hw), &attention[b * m * hw..][..m * hw]).unwrap();
+            let f = ArrayView2::from_shape((n, hw), &features[b * n * hw..][..n * hw]).unwrap();
+            let pooled = a.dot(&f.t());
+            for (zi, &p) in z.iter_mut().zip(pooled.iter()) {
+                let p = p * inv_hw;
+                *zi = signum0(p) * (p.abs() + eps).sqrt();
+            }
+            *norm = z.iter().map(|&s| s * s).sum::<R>().sqrt();
+            let inv = norm.max(floor).recip();
+            z.iter_mut().for_each(|zi| *zi = *zi * inv);
+        });
+    Ok(())
+}
+
+/// CPU reference backward: from `d_parts` writes `d_attention` and `d_features` (assigned).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_cpu<R: Real>(
+    shape: &BapShape,
+    attention: &[R],
+    features: &[R],
+    parts: &[R],
+    norms: &[R],
+    d_parts: &[R],
+    d_attention: &mut [R],
+    d_features: &mut [R],
+) -> Result<()> {
+    shape.validate()?;
+    check_len("BAP attention", attention.len(), shape.attention_len())?;
+    check_len("BAP features", features.len(), shape.features_len())?;
+    check_len("BAP parts", parts.len(), shape.parts_len())?;
+    check_len("BAP norms", norms.len(), shape.batch)?;
+    check_len("BAP d_parts", d_parts.len(), shape.parts_len())?;
+    check_len("BAP d_attention", d_attention.len(), shape.attention_len())?;
+    check_len("BAP d_features", d_features.len(), shape.features_len())?;
+    let (m, n, hw) = (shape.maps, shape.channels, shape.hw());
+    let inv_hw = R::from_f64(1.0 / hw as f64);
+    let floor = R::from_f64(NORM_EPS);
+    let half = R::from_f64(0.5);
+    d_attention
+        .par_chunks_mut(m * hw)
+        .zip(d_features.par_chunks_mut(n * hw))
+        .enumerate()
+        .for_each(|(b, (da, df))| {
+            let z = &parts[b * m * n..][..m * n];
+            let dz = &d_parts[b * m * n..][..m * n];
+            let r = norms[b];
+            let r_eff = r.max(floor);
+            // Below the floor the normalisation is a plain scale, so there is no projection.
+            let dot = if r >= floor {
+                z.iter().zip(dz).map(|(&a, &b)| a * b).sum::<R>()
+            } else {
+                R::zero()
+            };
+            let grad: Vec<R> = z
+                .iter()
+                .zip(dz)
+                .map(|(&zi, &dzi)| {
+                    let ds = (dzi - zi * dot) / r_eff;
+                    let s_abs = zi.abs() * r_eff;
+                    if s_abs > R::zero() {
+                        ds * half / s_abs * inv_hw
+                    } else {
+                        R::zero()
+                    }
+                })
+                .collect();
+            let g = ArrayView2::from_shape((m, n), &grad).unwrap();
+            let a = ArrayView2::from_shape((m, hw), &attention[b * m * hw..][..m * hw]).unwrap();
+            let f = ArrayView2::from_shape((n, hw), &features[b * n * hw..][..n * hw]).unwrap();
+            let mut da = ArrayViewMut2::from_shape((m, hw), da).unwrap();
+            let mut df = ArrayViewMut2::from_shape((n, hw), df).unwrap();
+            da.assign(&g.dot(&f));
+            df.assign(&g.t().dot(&a));
+        });
+    Ok(())
+}
+
+/// `sign` with `sign(0) = 0`, as `torch.sign`.
+fn signum0<R: Real>(x: R) -> R {
+    if x == R::zero() {
+        R::zero()
+    } else {
+        x.signum()
+    }
+}
+
+const POOL_TM: usize = 32;
+const POOL_TN: usize = 64;
+const GRAD_TH: usize = 32;
+const THREADS: u32 = 256;
+
+/// The fused BAP kernels for one shape, with their scratch buffers allocated once.
+pub struct BapGpu<T: Element> {
+    shape: BapShape,
+    stream: Arc<CudaStream>,
+    pool: CudaFunction,
+    normalize: CudaFunction,
+    grad_pooled: CudaFunction,
+    grad_inputs: CudaFunction,
+    /// Sum of squares of S per (sample, forward tile).
+    tile_sumsq: CudaSlice<f32>,
+    /// dP/HW per sample, f32 whatever `T` is.
+    pooled_grad: CudaSlice<f32>,
+    _storage: std::marker::PhantomData<T>,
+}
+
+impl<T: Element> BapGpu<T> {
+    pub fn new(gpu: &Gpu, shape: BapShape) -> Result<Self> {
+        shape.validate()?;
+        let src = &crate::sources::BAP;
+        Ok(BapGpu {
+            shape,
+            stream: gpu.stream().clone(),
+            pool: gpu.typed_function::<T>(src, "bap_pool")?,
+            normalize: gpu.typed_function::<T>(src, "bap_normalize")?,
+            grad_pooled: gpu.typed_function::<T>(src, "bap_grad_pooled")?,
+            grad_inputs: gpu.typed_function::<T>(src, "bap_grad_inputs")?,
+            tile_sumsq: gpu.alloc_zeros(shape.batch * Self::pool_tiles(&shape))?,
+            pooled_grad: gpu.alloc_zeros(shape.parts_len())?,
+            _storage: std::marker::PhantomData,
+        })
+    }
+
+    pub fn shape(&self) -> &BapShape {
+        &self.shape
+    }
+
+    fn pool_tiles(shape: &BapShape) -> usize {
+        shape.channels.div_ceil(POOL_TN) * shape.maps.div_ceil(POOL_TM)
+    }
+
+    /// Writes `parts [B, M·N]` (normalised) and `norms [B]` (‖S‖ per sample).
+    pub fn forward(
+        &mut self,
+        attention: &CudaSlice<T>,
+        features: &CudaSlice<T>,
+        parts: &mut CudaSlice<T>,
+        norms: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let s = self.shape;
+        check_len("BAP attention", attention.len(), s.attention_len())?;
+        check_len("BAP features", features.len(), s.features_len())?;
+        check_len("BAP parts", parts.len(), s.parts_len())?;
+        check_len("BAP norms", norms.len(), s.batch)?;
+        let (m, n, hw) = (s.maps as i32, s.channels as i32, s.hw() as i32);
+        let pool_cfg = LaunchConfig {
+            grid_dim: (
+                s.channels.div_ceil(POOL_TN) as u32,
+                s.maps.div_ceil(POOL_TM) as u32,
+                s.batch as u32,
+            ),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let tiles = Self::pool_tiles(&s) as i32;
+        let mn = s.part_len() as i32;
+        // Enough blocks per sample to fill the card at the benchmark shapes, each a few elements
+        // per thread.
+        let norm_blocks = s.part_len().div_ceil(THREADS as usize * 8) as u32;
+        let norm_cfg = LaunchConfig {
+            grid_dim: (norm_blocks, s.batch as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: buffer lengths checked above match the kernels' indexing.
+        unsafe {
+            self.stream
+                .launch_builder(&self.pool)
+                .arg(attention)
+                .arg(features)
+                .arg(&mut *parts)
+                .arg(&mut self.tile_sumsq)
+                .arg(&m)
+                .arg(&n)
+                .arg(&hw)
+                .launch(pool_cfg)?;
+            self.stream
+                .launch_builder(&self.normalize)
+                .arg(&mut *parts)
+                .arg(&self.tile_sumsq)
+                .arg(&mut *norms)
+                .arg(&tiles)
+                .arg(&mn)
+                .launch(norm_cfg)?;
+        }
+        Ok(())
+    }
+
+    /// From `d_parts` writes `d_attention` and `d_features` (assigned, not accumulated).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &mut self,
+        attention: &CudaSlice<T>,
+        features: &CudaSlice<T>,
+        parts: &CudaSlice<T>,
+        norms: &CudaSlice<f32>,
+        d_parts: &CudaSlice<T>,
+        d_attention: &mut CudaSlice<T>,
+        d_features: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        let s = self.shape;
+        check_len("BAP attention", attention.len(), s.attention_len())?;
+        check_len("BAP features", features.len(), s.features_len())?;
+        check_len("BAP parts", parts.len(), s.parts_len())?;
+        check_len("BAP norms", norms.len(), s.batch)?;
+        check_len("BAP d_parts", d_parts.len(), s.parts_len())?;
+        check_len("BAP d_attention", d_attention.len(), s.attention_len())?;
+        check_len("BAP d_features", d_features.len(), s.features_len())?;
+        let (m, n, hw) = (s.maps as i32, s.channels as i32, s.hw() as i32);
+        let mn = s.part_len() as i32;
+        let pooled_cfg = LaunchConfig {
+            grid_dim: (s.batch as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let inputs_cfg = LaunchConfig {
+            grid_dim: (s.hw().div_ceil(GRAD_TH) as u32, s.batch as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: buffer lengths checked above match the kernels' indexing.
+        unsafe {
+            self.stream
+                .launch_builder(&self.grad_pooled)
+                .arg(parts)
+                .arg(norms)
+                .arg(d_parts)
+                .arg(&mut self.pooled_grad)
+                .arg(&mn)
+                .arg(&hw)
+                .launch(pooled_cfg)?;
+            self.stream
+                .launch_builder(&self.grad_inputs)
+                .arg(attention)
+                .arg(features)
+                .arg(&self.pooled_grad)
+                .arg(&mut *d_attention)
+                .arg(&mut *d_features)
+                .arg(&m)
+                .arg(&n)
+                .arg(&hw)
+                .launch(inputs_cfg)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,159 @@
+//! Opening a GPU without panicking, one stream per device, kernel modules loaded once.
+//!
+//! cudarc panics when `libcuda.so` cannot be loaded, so [`Gpu::open`] checks for the library
+//! first and returns [`Error::NoDriver`]. Kernels come either as an nvcc fatbin embedded at build
+//! time or as source compiled by NVRTC for this device on first use; both are cached per kernel
+//! file for the life of the [`Gpu`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+
+use crate::element::Element;
+use crate::error::{Error, Result};
+
+/// One kernel file from `kernels/`, as embedded by `build.rs`.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelSource {
+    /// File stem, e.g. `bap`.
+    pub name: &'static str,
+    /// The source with its includes inlined, for NVRTC.
+    pub source: &'static str,
+    /// The nvcc fatbin (sm_80, sm_90 SASS and compute_90 PTX), when nvcc was found at build time.
+    pub fatbin: Option<&'static [u8]>,
+    /// nvcc's and ptxas's output for this file, when nvcc was used.
+    pub ptxas_report: Option<&'static str>,
+}
+
+/// Set to `1` to compile with NVRTC even when a fatbin is embedded, so the fallback path can be
+/// checked on a GPU machine.
+pub const FORCE_NVRTC_ENV: &str = "C2F_FORCE_NVRTC";
+
+/// An opened CUDA device with its stream and the kernel modules loaded on it so far.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+}
+
+impl Gpu {
+    /// Opens device `ordinal`, or says why it cannot.
+    pub fn open(ordinal: usize) -> Result<Gpu> {
+        // SAFETY: only tries to dlopen the driver library.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::NoDriver);
+        }
+        let count = CudaContext::device_count()? as usize;
+        if ordinal >= count {
+            return Err(Error::NoDevice { ordinal, count });
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        let stream = ctx.default_stream();
+        Ok(Gpu {
+            ctx,
+            stream,
+            modules: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Device name and compute capability, e.g. `NVIDIA H100 80GB HBM3 (sm_90)`.
+    pub fn describe(&self) -> Result<String> {
+        let (major, minor) = self.ctx.compute_capability()?;
+        Ok(format!("{} (sm_{major}{minor})", self.ctx.name()?))
+    }
+
+    /// Entry point `name` of the kernel file `kernel`, loading the file on first use.
+    pub fn function(&self, kernel: &KernelSource, name: &str) -> Result<CudaFunction> {
+        let module = self.module(kernel)?;
+        Ok(module.load_function(name)?)
+    }
+
+    /// Entry point `BASE_f32` or `BASE_bf16` for element type `T`.
+    pub fn typed_function<T: Element>(
+        &self,
+        kernel: &KernelSource,
+        base: &str,
+    ) -> Result<CudaFunction> {
+        self.function(kernel, &format!("{base}_{}", T::SUFFIX))
+    }
+
+    fn module(&self, kernel: &KernelSource) -> Result<Arc<CudaModule>> {
+        let mut modules = self.modules.lock().unwrap();
+        if let Some(m) = modules.get(kernel.name) {
+            return Ok(m.clone());
+        }
+        let force_nvrtc = std::env::var(FORCE_NVRTC_ENV).is_ok_and(|v| v == "1");
+        let image = match kernel.fatbin {
+            Some(fatbin) if !force_nvrtc => Ptx::from_binary(fatbin.to_vec()),
+            _ => self.compile_nvrtc(kernel)?,
+        };
+        let module = self.ctx.load_module(image)?;
+        modules.insert(kernel.name, module.clone());
+        Ok(module)
+    }
+
+    fn compile_nvrtc(&self, kernel: &KernelSource) -> Result<Ptx> {
+        // SAFETY: only tries to dlopen the NVRTC library; cudarc panics later if it is absent.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err(Error::NoNvrtc {
+                kernel: kernel.name,
+            });
+        }
+        let (major, minor) = self.ctx.compute_capability()?;
+        let opts = CompileOptions {
+            options: vec![
+                format!("--gpu-architecture=compute_{major}{minor}"),
+                "--std=c++17".into(),
+                "-lineinfo".into(),
+            ],
+            name: Some(format!("{}.cu", kernel.name)),
+            ..Default::default()
+        };
+        cudarc::nvrtc::compile_ptx_with_opts(kernel.source, opts).map_err(|e| Error::Compile {
+            kernel: kernel.name,
+            log: e.to_string(),
+        })
+    }
+
+    /// Copies `host` to a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        Ok(self.stream.clone_htod(host)?)
+    }
+
+    /// Copies a device buffer back to the host, waiting for the stream.
+    pub fn download<T: DeviceRepr>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
+        Ok(self.stream.clone_dtoh(dev)?)
+    }
+
+    /// A new buffer filled with NaN, so an element a kernel forgets to write shows up in a test.
+    pub fn alloc_poisoned<T: Element>(&self, len: usize) -> Result<CudaSlice<T>> {
+        self.upload(&vec![T::from_f32(f32::NAN); len])
+    }
+
+    /// A new zeroed buffer.
+    pub fn alloc_zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> Result<CudaSlice<T>> {
+        Ok(self.stream.alloc_zeros(len)?)
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.stream.synchronize()?)
+    }
+}
+
+/// Blocks of `block` threads covering `n` items, as a grid dimension.
+pub fn blocks_for(n: usize, block: u32) -> u32 {
+    n.div_ceil(block as usize) as u32
+}

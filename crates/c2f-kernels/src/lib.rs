@@ -1,0 +1,65 @@
+//! Coarse2Fine's custom CUDA kernels, each beside its CPU reference, and the device plumbing the
+//! crates above share.
+//!
+//! - [`bap`]: fused bilinear attention pooling (WS-DAN definition), forward and backward.
+//! - [`center_loss`]: center loss with moving-average, normalised centers, deterministic update.
+//! - [`conv_transpose`]: `ConvTranspose2d` forward and backward for the up-sampler.
+//!
+//! Every op runs in f32 and in bf16 storage with f32 accumulation ([`Element`]). The CPU
+//! references are generic over `f32`/`f64`: f32 is the CPU backend, f64 is what tests compare to.
+
+pub mod bap;
+pub mod center_loss;
+pub mod conv_transpose;
+pub mod device;
+pub mod element;
+pub mod error;
+pub mod testing;
+
+pub use device::{Gpu, KernelSource};
+pub use element::Element;
+pub use error::{Error, Result};
+
+/// The kernel files from `kernels/`, as `build.rs` embedded them.
+pub mod sources {
+    use crate::device::KernelSource;
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+
+    /// Every embedded kernel file, for checks that go over all of them.
+    pub fn all() -> Vec<KernelSource> {
+        ALL.to_vec()
+    }
+}
+
+/// The float types the CPU references run in.
+pub trait Real:
+    num_traits::Float
+    + ndarray::LinalgScalar
+    + ndarray::ScalarOperand
+    + std::iter::Sum
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+}
+
+impl Real for f32 {
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Real for f64 {
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+}

@@ -1,0 +1,108 @@
+//! Helpers shared by the tests and benches of every crate: a deterministic generator, error
+//! measures, finite differences, and opening a GPU or saying the test was skipped.
+
+use crate::device::Gpu;
+
+/// Set to `1` on a GPU machine: then a test that cannot open the GPU fails instead of skipping.
+pub const REQUIRE_GPU_ENV: &str = "C2F_REQUIRE_GPU";
+
+/// Opens GPU 0 for `test`, or prints `skipped: no CUDA device` with the reason and returns `None`.
+/// Panics instead when `C2F_REQUIRE_GPU=1`, so a broken GPU setup cannot pass as a skip.
+pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
+    match Gpu::open(0) {
+        Ok(gpu) => Some(gpu),
+        Err(e) if std::env::var(REQUIRE_GPU_ENV).is_ok_and(|v| v == "1") => {
+            panic!("{test}: {REQUIRE_GPU_ENV}=1 but the GPU could not be opened: {e}")
+        }
+        Err(e) => {
+            println!("{test}: skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+/// splitmix64: a tiny, well-known counter-based generator, reproducible in any language.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)` with 53 random bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in `[lo, hi)`.
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.next_f64()
+    }
+
+    /// `n` draws uniform in `[lo, hi)`.
+    pub fn uniform_vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+
+    /// Uniform integer in `[0, n)`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// `‖out − reference‖ / ‖reference‖`, the measure every kernel test bounds.
+pub fn rel_error(out: &[f64], reference: &[f64]) -> f64 {
+    assert_eq!(out.len(), reference.len(), "rel_error: length mismatch");
+    let (mut diff, mut norm) = (0.0, 0.0);
+    for (o, r) in out.iter().zip(reference) {
+        diff += (o - r) * (o - r);
+        norm += r * r;
+    }
+    assert!(
+        norm > 0.0,
+        "rel_error: the reference is all zeros, so the test could not fail"
+    );
+    // NaN anywhere (a poisoned, unwritten element) makes the error NaN, which fails any `<` bound.
+    (diff / norm).sqrt()
+}
+
+/// Central-difference gradient of `loss` at `x`, with step `h`.
+pub fn numeric_gradient(mut loss: impl FnMut(&[f64]) -> f64, x: &[f64], h: f64) -> Vec<f64> {
+    let mut probe = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            probe[i] = x[i] + h;
+            let up = loss(&probe);
+            probe[i] = x[i] - h;
+            let down = loss(&probe);
+            probe[i] = x[i];
+            (up - down) / (2.0 * h)
+        })
+        .collect()
+}
+
+/// Converts f64 values to the storage type and back, so a reference sees exactly what a kernel
+/// in that type sees.
+pub fn round_through<T: crate::element::Element>(values: &[f64]) -> (Vec<T>, Vec<f64>) {
+    let stored: Vec<T> = values.iter().map(|&v| T::from_f64(v)).collect();
+    let seen = stored.iter().map(|v| v.to_f64()).collect();
+    (stored, seen)
+}
+
+/// Storage values widened to f64.
+pub fn widen<T: crate::element::Element>(values: &[T]) -> Vec<f64> {
+    values.iter().map(|v| v.to_f64()).collect()
+}
+
+/// Asserts that two runs produced the same bits.
+pub fn assert_bit_identical<T: bytemuck::Pod>(what: &str, a: &[T], b: &[T]) {
+    assert!(
+        bytemuck::cast_slice::<T, u8>(a) == bytemuck::cast_slice::<T, u8>(b),
+        "{what}: two runs differ in their bits, but determinism is promised"
+    );
+}

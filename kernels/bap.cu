@@ -1,0 +1,237 @@
+// Fused bilinear attention pooling (WS-DAN), forward and backward.
+//
+// A [B, M, HW] attention maps, F [B, N, HW] features, HW = H*W.
+//   P[b,m,n] = (1/HW) sum_hw A[b,m,hw] F[b,n,hw]
+//   S = sign(P) sqrt(|P| + 1e-12)
+//   Z[b,:] = S[b,:] / max(||S[b,:]||, 1e-12)          (the whole M*N vector of a sample)
+// Forward: bap_pool (GEMM tile + signed sqrt + per-tile sum of squares) then bap_normalize.
+// Backward: bap_grad_pooled (dZ -> G = dP/HW, needs the per-sample dot Z.dZ) then
+// bap_grad_inputs, which reads F once per 32 maps and writes dF and dA from one tile.
+// All reductions run in a fixed order: the same bits on every run.
+#include "common.cuh"
+
+#define SQRT_EPS 1e-12f
+#define NORM_EPS 1e-12f
+
+// Forward tile: 32 maps x 64 channels per block, HW in chunks of 32, 256 threads (16 x 16).
+#define POOL_TM 32
+#define POOL_TN 64
+#define POOL_TK 32
+
+template <typename T>
+__device__ void bap_pool_impl(const T* __restrict__ att, const T* __restrict__ feat,
+                              T* __restrict__ parts, float* __restrict__ tile_sumsq, int M, int N,
+                              int HW) {
+    __shared__ float as[POOL_TM][POOL_TK + 1];
+    __shared__ float fs[POOL_TN][POOL_TK + 1];
+    __shared__ float scratch[32];
+    const int b = blockIdx.z, m0 = blockIdx.y * POOL_TM, n0 = blockIdx.x * POOL_TN;
+    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+    const T* a_b = att + (long long)b * M * HW;
+    const T* f_b = feat + (long long)b * N * HW;
+
+    float acc[2][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+
+    for (int k0 = 0; k0 < HW; k0 += POOL_TK) {
+        for (int e = threadIdx.x; e < POOL_TM * POOL_TK; e += blockDim.x) {
+            const int r = e / POOL_TK, k = e % POOL_TK;
+            const int m = m0 + r, hw = k0 + k;
+            as[r][k] = (m < M && hw < HW) ? load_f32(a_b, (long long)m * HW + hw) : 0.0f;
+        }
+        for (int e = threadIdx.x; e < POOL_TN * POOL_TK; e += blockDim.x) {
+            const int r = e / POOL_TK, k = e % POOL_TK;
+            const int n = n0 + r, hw = k0 + k;
+            fs[r][k] = (n < N && hw < HW) ? load_f32(f_b, (long long)n * HW + hw) : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (int k = 0; k < POOL_TK; ++k) {
+            float av[2], fv[4];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) av[i] = as[ty + 16 * i][k];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) fv[j] = fs[tx + 16 * j][k];
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], fv[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+
+    const float inv_hw = 1.0f / (float)HW;
+    float sumsq = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int m = m0 + ty + 16 * i;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int n = n0 + tx + 16 * j;
+            if (m < M && n < N) {
+                const float p = acc[i][j] * inv_hw;
+                const float s = copysignf(sqrtf(fabsf(p) + SQRT_EPS), p) * (p != 0.0f ? 1.0f : 0.0f);
+                store_f32(parts, ((long long)b * M + m) * N + n, s);
+                sumsq = fmaf(s, s, sumsq);
+            }
+        }
+    }
+    sumsq = block_sum(sumsq, scratch);
+    if (threadIdx.x == 0) {
+        const int tiles = gridDim.x * gridDim.y;
+        tile_sumsq[(long long)b * tiles + blockIdx.y * gridDim.x + blockIdx.x] = sumsq;
+    }
+}
+
+// Sums a sample's tile partials in a fixed order. Every block of the sample does the same sum.
+__device__ __forceinline__ float sample_norm(const float* tile_sumsq, int b, int tiles) {
+    float total = 0.0f;
+    for (int t = 0; t < tiles; ++t) total += tile_sumsq[(long long)b * tiles + t];
+    return sqrtf(total);
+}
+
+template <typename T>
+__device__ void bap_normalize_impl(T* __restrict__ parts, const float* __restrict__ tile_sumsq,
+                                   float* __restrict__ norms, int tiles, int MN) {
+    __shared__ float norm_shared;
+    const int b = blockIdx.y;
+    if (threadIdx.x == 0) norm_shared = sample_norm(tile_sumsq, b, tiles);
+    __syncthreads();
+    const float norm = norm_shared;
+    if (blockIdx.x == 0 && threadIdx.x == 0) norms[b] = norm;
+    const float inv = 1.0f / fmaxf(norm, NORM_EPS);
+    T* p = parts + (long long)b * MN;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < MN; i += gridDim.x * blockDim.x) {
+        store_f32(p, i, load_f32(p, i) * inv);
+    }
+}
+
+// G[b,m,n] = dP[b,m,n] / HW, from dZ. With r = ||S||, S = Z r:
+//   dS = (dZ - Z (Z.dZ)) / r           (r >= eps; below eps the normalisation is a plain scale)
+//   dP = dS / (2 |S|)                  (0 where P == 0, where S is 0)
+template <typename T>
+__device__ void bap_grad_pooled_impl(const T* __restrict__ parts, const float* __restrict__ norms,
+                                     const T* __restrict__ d_parts, float* __restrict__ grad_pooled,
+                                     int MN, int HW) {
+    __shared__ float scratch[32];
+    const int b = blockIdx.x;
+    const T* z = parts + (long long)b * MN;
+    const T* dz = d_parts + (long long)b * MN;
+    const float r = norms[b];
+    const bool projected = r >= NORM_EPS;
+    const float r_eff = fmaxf(r, NORM_EPS);
+    float dot = 0.0f;
+    if (projected) {
+        for (int i = threadIdx.x; i < MN; i += blockDim.x) dot = fmaf(load_f32(z, i), load_f32(dz, i), dot);
+        dot = block_sum(dot, scratch);
+    }
+    const float inv_hw = 1.0f / (float)HW;
+    float* g = grad_pooled + (long long)b * MN;
+    for (int i = threadIdx.x; i < MN; i += blockDim.x) {
+        const float zi = load_f32(z, i);
+        const float ds = (load_f32(dz, i) - zi * dot) / r_eff;
+        const float s_abs = fabsf(zi) * r_eff;
+        g[i] = s_abs > 0.0f ? ds * 0.5f / s_abs * inv_hw : 0.0f;
+    }
+}
+
+// One block: one sample, 32 HW positions, all N channels, 32 maps at a time.
+//   dF[n,hw] = sum_m G[m,n] A[m,hw]      dA[m,hw] = sum_n G[m,n] F[n,hw]
+// 256 threads: tx = HW position, ty = 0..7 picks rows ty, ty+8, ty+16, ty+24.
+#define GRAD_TH 32
+#define GRAD_TC 32
+
+template <typename T>
+__device__ void bap_grad_inputs_impl(const T* __restrict__ att, const T* __restrict__ feat,
+                                     const float* __restrict__ grad_pooled, T* __restrict__ d_att,
+                                     T* __restrict__ d_feat, int M, int N, int HW) {
+    __shared__ float as[GRAD_TC][GRAD_TH];
+    __shared__ float fs[GRAD_TC][GRAD_TH];
+    __shared__ float gs[GRAD_TC][GRAD_TC + 1];
+    const int b = blockIdx.y, hw0 = blockIdx.x * GRAD_TH;
+    const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+    const int hw = hw0 + tx;
+    const T* a_b = att + (long long)b * M * HW;
+    const T* f_b = feat + (long long)b * N * HW;
+    const float* g_b = grad_pooled + (long long)b * M * N;
+    T* da_b = d_att + (long long)b * M * HW;
+    T* df_b = d_feat + (long long)b * N * HW;
+
+    for (int m0 = 0; m0 < M; m0 += GRAD_TC) {
+        for (int e = threadIdx.x; e < GRAD_TC * GRAD_TH; e += blockDim.x) {
+            const int r = e / GRAD_TH, c = e % GRAD_TH;
+            const int m = m0 + r, h = hw0 + c;
+            as[r][c] = (m < M && h < HW) ? load_f32(a_b, (long long)m * HW + h) : 0.0f;
+        }
+        float da[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int n0 = 0; n0 < N; n0 += GRAD_TC) {
+            for (int e = threadIdx.x; e < GRAD_TC * GRAD_TH; e += blockDim.x) {
+                const int r = e / GRAD_TH, c = e % GRAD_TH;
+                const int n = n0 + r, h = hw0 + c;
+                fs[r][c] = (n < N && h < HW) ? load_f32(f_b, (long long)n * HW + h) : 0.0f;
+            }
+            for (int e = threadIdx.x; e < GRAD_TC * GRAD_TC; e += blockDim.x) {
+                const int r = e / GRAD_TC, c = e % GRAD_TC;
+                const int m = m0 + r, n = n0 + c;
+                gs[r][c] = (m < M && n < N) ? g_b[(long long)m * N + n] : 0.0f;
+            }
+            __syncthreads();
+            float df[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 8
+            for (int k = 0; k < GRAD_TC; ++k) {
+                const float a = as[k][tx], f = fs[k][tx];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    df[j] = fmaf(gs[k][ty + 8 * j], a, df[j]);
+                    da[j] = fmaf(gs[ty + 8 * j][k], f, da[j]);
+                }
+            }
+            if (hw < HW) {
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int n = n0 + ty + 8 * j;
+                    if (n < N) {
+                        const long long idx = (long long)n * HW + hw;
+                        store_f32(df_b, idx, m0 == 0 ? df[j] : load_f32(df_b, idx) + df[j]);
+                    }
+                }
+            }
+            __syncthreads();
+        }
+        if (hw < HW) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int m = m0 + ty + 8 * j;
+                if (m < M) store_f32(da_b, (long long)m * HW + hw, da[j]);
+            }
+        }
+    }
+}
+
+#define BAP_ENTRY_POINTS(SUFFIX, T)                                                                 \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        bap_pool_##SUFFIX(const T* att, const T* feat, T* parts, float* tile_sumsq, int M, int N,  \
+                          int HW) {                                                                \
+        bap_pool_impl<T>(att, feat, parts, tile_sumsq, M, N, HW);                                  \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        bap_normalize_##SUFFIX(T* parts, const float* tile_sumsq, float* norms, int tiles,         \
+                               int MN) {                                                           \
+        bap_normalize_impl<T>(parts, tile_sumsq, norms, tiles, MN);                                \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        bap_grad_pooled_##SUFFIX(const T* parts, const float* norms, const T* d_parts,             \
+                                 float* grad_pooled, int MN, int HW) {                             \
+        bap_grad_pooled_impl<T>(parts, norms, d_parts, grad_pooled, MN, HW);                       \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        bap_grad_inputs_##SUFFIX(const T* att, const T* feat, const float* grad_pooled, T* d_att,  \
+                                 T* d_feat, int M, int N, int HW) {                                \
+        bap_grad_inputs_impl<T>(att, feat, grad_pooled, d_att, d_feat, M, N, HW);                  \
+    }
+
+BAP_ENTRY_POINTS(f32, float)
+BAP_ENTRY_POINTS(bf16, bf16_bits)

@@ -1,0 +1,204 @@
+//! BAP: the CPU reference against hand-computed values and finite differences (f64), and the
+//! CUDA kernels against the f64 reference in f32 and bf16 (skipped without a GPU).
+
+use c2f_kernels::bap::{backward_cpu, forward_cpu, BapGpu, BapShape};
+use c2f_kernels::testing::{
+    assert_bit_identical, gpu_or_skip, numeric_gradient, rel_error, round_through, widen,
+    SplitMix64,
+};
+use c2f_kernels::{Element, Gpu};
+
+fn shape(batch: usize, maps: usize, channels: usize, height: usize, width: usize) -> BapShape {
+    BapShape {
+        batch,
+        maps,
+        channels,
+        height,
+        width,
+    }
+}
+
+/// Non-negative attention (it comes after a ReLU) and signed features.
+fn draw_inputs(s: &BapShape, seed: u64) -> (Vec<f64>, Vec<f64>) {
+    let mut rng = SplitMix64(seed);
+    (
+        rng.uniform_vec(s.attention_len(), 0.0, 1.0),
+        rng.uniform_vec(s.features_len(), -1.0, 1.0),
+    )
+}
+
+fn forward64(s: &BapShape, a: &[f64], f: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let mut parts = vec![f64::NAN; s.parts_len()];
+    let mut norms = vec![f64::NAN; s.batch];
+    forward_cpu(s, a, f, &mut parts, &mut norms).unwrap();
+    (parts, norms)
+}
+
+fn backward64(s: &BapShape, a: &[f64], f: &[f64], dz: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let (parts, norms) = forward64(s, a, f);
+    let mut da = vec![f64::NAN; s.attention_len()];
+    let mut df = vec![f64::NAN; s.features_len()];
+    backward_cpu(s, a, f, &parts, &norms, dz, &mut da, &mut df).unwrap();
+    (da, df)
+}
+
+#[test]
+fn forward_matches_hand_computed_case() {
+    // One sample, 2 maps, 1 channel, 1x2 pixels: A = [[1, 3], [0, 1]], F = [[2, 4]].
+    // P = [(1*2 + 3*4)/2, (0*2 + 1*4)/2] = [7, 2]; S = sqrt(P + 1e-12); Z = S / |S|.
+    let s = shape(1, 2, 1, 1, 2);
+    let (parts, norms) = forward64(&s, &[1.0, 3.0, 0.0, 1.0], &[2.0, 4.0]);
+    let s7 = (7.0f64 + 1e-12).sqrt();
+    let s2 = (2.0f64 + 1e-12).sqrt();
+    let norm = (s7 * s7 + s2 * s2).sqrt();
+    assert!(
+        (norms[0] - norm).abs() < 1e-12,
+        "norm {} vs {norm}",
+        norms[0]
+    );
+    assert!((parts[0] - s7 / norm).abs() < 1e-12);
+    assert!((parts[1] - s2 / norm).abs() < 1e-12);
+}
+
+#[test]
+fn forward_signed_sqrt_keeps_sign_and_zero() {
+    // Channel 0 pools to -3, channel 1 to exactly 0: S = [-sqrt(3), 0].
+    let s = shape(1, 1, 2, 1, 1);
+    let (parts, norms) = forward64(&s, &[1.0], &[-3.0, 0.0]);
+    let s3 = (3.0f64 + 1e-12).sqrt();
+    assert!((norms[0] - s3).abs() < 1e-12);
+    assert_eq!(parts[0], -1.0);
+    assert_eq!(parts[1], 0.0);
+}
+
+#[test]
+fn forward_output_is_unit_norm_per_sample() {
+    let s = shape(3, 4, 5, 3, 2);
+    let (a, f) = draw_inputs(&s, 1);
+    let (parts, _) = forward64(&s, &a, &f);
+    for z in parts.chunks(s.part_len()) {
+        let norm: f64 = z.iter().map(|v| v * v).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-12, "sample norm {norm}");
+    }
+}
+
+#[test]
+fn backward_matches_finite_differences() {
+    let s = shape(2, 3, 4, 2, 3);
+    let (a, f) = draw_inputs(&s, 2);
+    let dz = SplitMix64(3).uniform_vec(s.parts_len(), -1.0, 1.0);
+    let loss = |a: &[f64], f: &[f64]| -> f64 {
+        let (parts, _) = forward64(&s, a, f);
+        parts.iter().zip(&dz).map(|(p, d)| p * d).sum()
+    };
+    let (da, df) = backward64(&s, &a, &f, &dz);
+    let num_da = numeric_gradient(|x| loss(x, &f), &a, 1e-6);
+    let num_df = numeric_gradient(|x| loss(&a, x), &f, 1e-6);
+    let (ea, ef) = (rel_error(&da, &num_da), rel_error(&df, &num_df));
+    assert!(ea < 1e-6, "dA relative error {ea}");
+    assert!(ef < 1e-6, "dF relative error {ef}");
+}
+
+#[test]
+fn f32_reference_matches_f64() {
+    let s = shape(2, 8, 24, 5, 5);
+    let (a, f) = draw_inputs(&s, 4);
+    let (parts64, _) = forward64(&s, &a, &f);
+    let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+    let f32v: Vec<f32> = f.iter().map(|&v| v as f32).collect();
+    let mut parts = vec![f32::NAN; s.parts_len()];
+    let mut norms = vec![f32::NAN; s.batch];
+    forward_cpu(&s, &a32, &f32v, &mut parts, &mut norms).unwrap();
+    let e = rel_error(&widen(&parts), &parts64);
+    assert!(e < 1e-5, "f32 CPU forward relative error {e}");
+}
+
+#[test]
+fn wrong_buffer_length_is_a_clear_error() {
+    let s = shape(1, 2, 3, 2, 2);
+    let mut parts = vec![0.0f32; s.parts_len()];
+    let mut norms = vec![0.0f32; 1];
+    let err = forward_cpu(&s, &[1.0f32; 7], &[1.0f32; 12], &mut parts, &mut norms).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("BAP attention has 7 elements, expected 8"),
+        "{err}"
+    );
+}
+
+/// Runs forward and backward on the GPU in `T` and checks both against the f64 reference
+/// computed from the same rounded inputs; also checks that a second run gives the same bits.
+fn gpu_matches_reference<T: Element>(gpu: &Gpu, s: BapShape, tol: f64) {
+    let (a, f) = draw_inputs(&s, 5);
+    let dz = SplitMix64(6).uniform_vec(s.parts_len(), -1.0, 1.0);
+    let (a_t, a64) = round_through::<T>(&a);
+    let (f_t, f64v) = round_through::<T>(&f);
+    let (dz_t, dz64) = round_through::<T>(&dz);
+    let (ref_parts, ref_norms) = forward64(&s, &a64, &f64v);
+    let (ref_da, ref_df) = backward64(&s, &a64, &f64v, &dz64);
+
+    let mut bap = BapGpu::<T>::new(gpu, s).unwrap();
+    let a_d = gpu.upload(&a_t).unwrap();
+    let f_d = gpu.upload(&f_t).unwrap();
+    let dz_d = gpu.upload(&dz_t).unwrap();
+    let run = |bap: &mut BapGpu<T>| {
+        let mut parts = gpu.alloc_poisoned::<T>(s.parts_len()).unwrap();
+        let mut norms = gpu.alloc_poisoned::<f32>(s.batch).unwrap();
+        let mut da = gpu.alloc_poisoned::<T>(s.attention_len()).unwrap();
+        let mut df = gpu.alloc_poisoned::<T>(s.features_len()).unwrap();
+        bap.forward(&a_d, &f_d, &mut parts, &mut norms).unwrap();
+        bap.backward(&a_d, &f_d, &parts, &norms, &dz_d, &mut da, &mut df)
+            .unwrap();
+        (
+            gpu.download(&parts).unwrap(),
+            gpu.download(&norms).unwrap(),
+            gpu.download(&da).unwrap(),
+            gpu.download(&df).unwrap(),
+        )
+    };
+    let (parts, norms, da, df) = run(&mut bap);
+    let name = format!("BAP {} {s:?}", T::SUFFIX);
+    for (what, out, reference) in [
+        ("parts", widen(&parts), &ref_parts),
+        ("norms", widen(&norms), &ref_norms),
+        ("d_attention", widen(&da), &ref_da),
+        ("d_features", widen(&df), &ref_df),
+    ] {
+        let e = rel_error(&out, reference);
+        assert!(e < tol, "{name}: {what} relative error {e} (bound {tol})");
+    }
+    let (parts2, norms2, da2, df2) = run(&mut bap);
+    assert_bit_identical(&format!("{name} parts"), &parts, &parts2);
+    assert_bit_identical(&format!("{name} norms"), &norms, &norms2);
+    assert_bit_identical(&format!("{name} d_attention"), &da, &da2);
+    assert_bit_identical(&format!("{name} d_features"), &df, &df2);
+}
+
+/// Shapes that hit partial tiles in every dimension, more than 32 maps, and a benchmark shape.
+fn gpu_shapes() -> Vec<BapShape> {
+    vec![
+        shape(3, 5, 70, 7, 9),
+        shape(2, 40, 130, 5, 5),
+        shape(4, 32, 768, 17, 17),
+    ]
+}
+
+#[test]
+fn gpu_f32_matches_reference() {
+    let Some(gpu) = gpu_or_skip("bap gpu_f32_matches_reference") else {
+        return;
+    };
+    for s in gpu_shapes() {
+        gpu_matches_reference::<f32>(&gpu, s, 1e-5);
+    }
+}
+
+#[test]
+fn gpu_bf16_matches_reference() {
+    let Some(gpu) = gpu_or_skip("bap gpu_bf16_matches_reference") else {
+        return;
+    };
+    for s in gpu_shapes() {
+        gpu_matches_reference::<half::bf16>(&gpu, s, 1e-2);
+    }
+}
