@@ -50,6 +50,11 @@ impl Gpu {
             return Err(Error::NoDevice { ordinal, count });
         }
         let ctx = CudaContext::new(ordinal)?;
+        // One stream per device, so stream order already orders every use of a buffer; cudarc's
+        // per-buffer event tracking would only add an event record to each launch argument.
+        // SAFETY: buffers are only used on this one stream; other streams (NCCL) synchronise
+        // with explicit events.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         Ok(Gpu {
             ctx,
