@@ -13,6 +13,11 @@
 #define SQRT_EPS 1e-12f
 #define NORM_EPS 1e-12f
 
+// sign(p) sqrt(|p| + eps), with sign(0) = 0 as torch.sign.
+__device__ __forceinline__ float signed_sqrt(float p) {
+    return p == 0.0f ? 0.0f : copysignf(sqrtf(fabsf(p) + SQRT_EPS), p);
+}
+
 // Forward tile: 32 maps x 64 channels per block, HW in chunks of 32, 256 threads (16 x 16).
 #define POOL_TM 32
 #define POOL_TN 64
@@ -73,7 +78,7 @@ __device__ void bap_pool_impl(const T* __restrict__ att, const T* __restrict__ f
             const int n = n0 + tx + 16 * j;
             if (m < M && n < N) {
                 const float p = acc[i][j] * inv_hw;
-                const float s = copysignf(sqrtf(fabsf(p) + SQRT_EPS), p) * (p != 0.0f ? 1.0f : 0.0f);
+                const float s = signed_sqrt(p);
                 store_f32(parts, ((long long)b * M + m) * N + n, s);
                 sumsq = fmaf(s, s, sumsq);
             }
@@ -112,9 +117,10 @@ __device__ void bap_normalize_impl(T* __restrict__ parts, const float* __restric
 // G[b,m,n] = dP[b,m,n] / HW, from dZ. With r = ||S||, S = Z r:
 //   dS = (dZ - Z (Z.dZ)) / r           (r >= eps; below eps the normalisation is a plain scale)
 //   dP = dS / (2 |S|)                  (0 where P == 0, where S is 0)
-template <typename T>
+// G is f32 for the fused path; the cuBLAS baseline needs it in the storage type.
+template <typename T, typename G>
 __device__ void bap_grad_pooled_impl(const T* __restrict__ parts, const float* __restrict__ norms,
-                                     const T* __restrict__ d_parts, float* __restrict__ grad_pooled,
+                                     const T* __restrict__ d_parts, G* __restrict__ grad_pooled,
                                      int MN, int HW) {
     __shared__ float scratch[32];
     const int b = blockIdx.x;
@@ -129,12 +135,12 @@ __device__ void bap_grad_pooled_impl(const T* __restrict__ parts, const float* _
         dot = block_sum(dot, scratch);
     }
     const float inv_hw = 1.0f / (float)HW;
-    float* g = grad_pooled + (long long)b * MN;
+    G* g = grad_pooled + (long long)b * MN;
     for (int i = threadIdx.x; i < MN; i += blockDim.x) {
         const float zi = load_f32(z, i);
         const float ds = (load_f32(dz, i) - zi * dot) / r_eff;
         const float s_abs = fabsf(zi) * r_eff;
-        g[i] = s_abs > 0.0f ? ds * 0.5f / s_abs * inv_hw : 0.0f;
+        store_f32(g, i, s_abs > 0.0f ? ds * 0.5f / s_abs * inv_hw : 0.0f);
     }
 }
 
@@ -211,6 +217,26 @@ __device__ void bap_grad_inputs_impl(const T* __restrict__ att, const T* __restr
     }
 }
 
+// Bench baseline only (cuBLAS GEMM + separate kernels): signed square root of the GEMM's P
+// (already scaled by 1/HW) and each sample's sum of squares, one block per sample; then
+// bap_normalize with one tile per sample.
+template <typename T>
+__device__ void bap_baseline_signed_sqrt_impl(const T* __restrict__ pooled, T* __restrict__ parts,
+                                              float* __restrict__ sumsq, int MN) {
+    __shared__ float scratch[32];
+    const int b = blockIdx.x;
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < MN; i += blockDim.x) {
+        const long long idx = (long long)b * MN + i;
+        const float p = load_f32(pooled, idx);
+        const float s = signed_sqrt(p);
+        store_f32(parts, idx, s);
+        acc = fmaf(s, s, acc);
+    }
+    acc = block_sum(acc, scratch);
+    if (threadIdx.x == 0) sumsq[b] = acc;
+}
+
 #define BAP_ENTRY_POINTS(SUFFIX, T)                                                                 \
     extern "C" __global__ void __launch_bounds__(256)                                              \
         bap_pool_##SUFFIX(const T* att, const T* feat, T* parts, float* tile_sumsq, int M, int N,  \
@@ -225,7 +251,16 @@ __device__ void bap_grad_inputs_impl(const T* __restrict__ att, const T* __restr
     extern "C" __global__ void __launch_bounds__(256)                                              \
         bap_grad_pooled_##SUFFIX(const T* parts, const float* norms, const T* d_parts,             \
                                  float* grad_pooled, int MN, int HW) {                             \
-        bap_grad_pooled_impl<T>(parts, norms, d_parts, grad_pooled, MN, HW);                       \
+        bap_grad_pooled_impl<T, float>(parts, norms, d_parts, grad_pooled, MN, HW);                \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        bap_baseline_signed_sqrt_##SUFFIX(const T* pooled, T* parts, float* sumsq, int MN) {       \
+        bap_baseline_signed_sqrt_impl<T>(pooled, parts, sumsq, MN);                                \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        bap_baseline_grad_pooled_##SUFFIX(const T* parts, const float* norms, const T* d_parts,    \
+                                          T* grad_pooled, int MN, int HW) {                        \
+        bap_grad_pooled_impl<T, T>(parts, norms, d_parts, grad_pooled, MN, HW);           \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256)                                              \
         bap_grad_inputs_##SUFFIX(const T* att, const T* feat, const float* grad_pooled, T* d_att,  \

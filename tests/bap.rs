@@ -202,3 +202,51 @@ fn gpu_bf16_matches_reference() {
         gpu_matches_reference::<half::bf16>(&gpu, s, 1e-2);
     }
 }
+
+/// The cuBLAS baseline the benchmark compares against must compute the same thing, or the
+/// speed-up means nothing.
+fn baseline_matches_fused<T: Element>(gpu: &Gpu, s: BapShape, tol: f64)
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
+    use c2f_kernels::bap::baseline::BapCublas;
+    let (a, f) = draw_inputs(&s, 7);
+    let dz = SplitMix64(8).uniform_vec(s.parts_len(), -1.0, 1.0);
+    let (a_t, a64) = round_through::<T>(&a);
+    let (f_t, f64v) = round_through::<T>(&f);
+    let (dz_t, dz64) = round_through::<T>(&dz);
+    let (ref_parts, _) = forward64(&s, &a64, &f64v);
+    let (ref_da, ref_df) = backward64(&s, &a64, &f64v, &dz64);
+    let mut blas = BapCublas::<T>::new(gpu, s).unwrap();
+    let a_d = gpu.upload(&a_t).unwrap();
+    let f_d = gpu.upload(&f_t).unwrap();
+    let dz_d = gpu.upload(&dz_t).unwrap();
+    let mut parts = gpu.alloc_poisoned::<T>(s.parts_len()).unwrap();
+    let mut norms = gpu.alloc_poisoned::<f32>(s.batch).unwrap();
+    let mut da = gpu.alloc_poisoned::<T>(s.attention_len()).unwrap();
+    let mut df = gpu.alloc_poisoned::<T>(s.features_len()).unwrap();
+    blas.forward(&a_d, &f_d, &mut parts, &mut norms).unwrap();
+    blas.backward(&a_d, &f_d, &parts, &norms, &dz_d, &mut da, &mut df)
+        .unwrap();
+    let name = format!("BAP cuBLAS baseline {} {s:?}", T::SUFFIX);
+    for (what, out, reference) in [
+        ("parts", widen(&gpu.download(&parts).unwrap()), &ref_parts),
+        ("d_attention", widen(&gpu.download(&da).unwrap()), &ref_da),
+        ("d_features", widen(&gpu.download(&df).unwrap()), &ref_df),
+    ] {
+        let e = rel_error(&out, reference);
+        assert!(e < tol, "{name}: {what} relative error {e} (bound {tol})");
+    }
+}
+
+#[test]
+fn gpu_cublas_baseline_matches_reference() {
+    let Some(gpu) = gpu_or_skip("bap gpu_cublas_baseline_matches_reference") else {
+        return;
+    };
+    // cuBLAS may use TF32 or reorder sums, and the bf16 baseline rounds P and G to bf16 too.
+    for s in gpu_shapes() {
+        baseline_matches_fused::<f32>(&gpu, s, 1e-4);
+        baseline_matches_fused::<half::bf16>(&gpu, s, 3e-2);
+    }
+}

@@ -63,7 +63,9 @@ pub fn bench_gpu(
 ) -> f64 {
     let mut g = c.benchmark_group(group);
     g.throughput(criterion::Throughput::Bytes(bytes as u64));
-    g.bench_function(name, |b| b.iter_custom(|iters| gpu_time(gpu, iters, &mut launch)));
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| gpu_time(gpu, iters, &mut launch))
+    });
     g.finish();
     let secs = mean_seconds(gpu, &mut launch);
     let gbs = bytes as f64 / secs / 1e9;

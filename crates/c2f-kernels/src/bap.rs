@@ -52,6 +52,31 @@ impl BapShape {
         self.batch * self.part_len()
     }
 
+    /// Checks the forward's buffer lengths (and the shape itself).
+    pub fn check_forward(
+        &self,
+        attention: usize,
+        features: usize,
+        parts: usize,
+        norms: usize,
+    ) -> Result<()> {
+        self.validate()?;
+        check_len("BAP attention", attention, self.attention_len())?;
+        check_len("BAP features", features, self.features_len())?;
+        check_len("BAP parts", parts, self.parts_len())?;
+        check_len("BAP norms", norms, self.batch)
+    }
+
+    /// Checks the backward's buffer lengths: the forward's four, then d_parts, d_attention,
+    /// d_features.
+    pub fn check_backward(&self, forward: [usize; 4], grads: [usize; 3]) -> Result<()> {
+        let [a, f, p, n] = forward;
+        self.check_forward(a, f, p, n)?;
+        check_len("BAP d_parts", grads[0], self.parts_len())?;
+        check_len("BAP d_attention", grads[1], self.attention_len())?;
+        check_len("BAP d_features", grads[2], self.features_len())
+    }
+
     fn validate(&self) -> Result<()> {
         let dims = [
             self.batch,
@@ -82,11 +107,7 @@ pub fn forward_cpu<R: Real>(
     parts: &mut [R],
     norms: &mut [R],
 ) -> Result<()> {
-    shape.validate()?;
-    check_len("BAP attention", attention.len(), shape.attention_len())?;
-    check_len("BAP features", features.len(), shape.features_len())?;
-    check_len("BAP parts", parts.len(), shape.parts_len())?;
-    check_len("BAP norms", norms.len(), shape.batch)?;
+    shape.check_forward(attention.len(), features.len(), parts.len(), norms.len())?;
     let (m, n, hw) = (shape.maps, shape.channels, shape.hw());
     let inv_hw = R::from_f64(1.0 / hw as f64);
     let eps = R::from_f64(SQRT_EPS);
@@ -122,14 +143,10 @@ pub fn backward_cpu<R: Real>(
     d_attention: &mut [R],
     d_features: &mut [R],
 ) -> Result<()> {
-    shape.validate()?;
-    check_len("BAP attention", attention.len(), shape.attention_len())?;
-    check_len("BAP features", features.len(), shape.features_len())?;
-    check_len("BAP parts", parts.len(), shape.parts_len())?;
-    check_len("BAP norms", norms.len(), shape.batch)?;
-    check_len("BAP d_parts", d_parts.len(), shape.parts_len())?;
-    check_len("BAP d_attention", d_attention.len(), shape.attention_len())?;
-    check_len("BAP d_features", d_features.len(), shape.features_len())?;
+    shape.check_backward(
+        [attention.len(), features.len(), parts.len(), norms.len()],
+        [d_parts.len(), d_attention.len(), d_features.len()],
+    )?;
     let (m, n, hw) = (shape.maps, shape.channels, shape.hw());
     let inv_hw = R::from_f64(1.0 / hw as f64);
     let floor = R::from_f64(NORM_EPS);
@@ -236,10 +253,7 @@ impl<T: Element> BapGpu<T> {
         norms: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let s = self.shape;
-        check_len("BAP attention", attention.len(), s.attention_len())?;
-        check_len("BAP features", features.len(), s.features_len())?;
-        check_len("BAP parts", parts.len(), s.parts_len())?;
-        check_len("BAP norms", norms.len(), s.batch)?;
+        s.check_forward(attention.len(), features.len(), parts.len(), norms.len())?;
         let (m, n, hw) = (s.maps as i32, s.channels as i32, s.hw() as i32);
         let pool_cfg = LaunchConfig {
             grid_dim: (
@@ -297,13 +311,10 @@ impl<T: Element> BapGpu<T> {
         d_features: &mut CudaSlice<T>,
     ) -> Result<()> {
         let s = self.shape;
-        check_len("BAP attention", attention.len(), s.attention_len())?;
-        check_len("BAP features", features.len(), s.features_len())?;
-        check_len("BAP parts", parts.len(), s.parts_len())?;
-        check_len("BAP norms", norms.len(), s.batch)?;
-        check_len("BAP d_parts", d_parts.len(), s.parts_len())?;
-        check_len("BAP d_attention", d_attention.len(), s.attention_len())?;
-        check_len("BAP d_features", d_features.len(), s.features_len())?;
+        s.check_backward(
+            [attention.len(), features.len(), parts.len(), norms.len()],
+            [d_parts.len(), d_attention.len(), d_features.len()],
+        )?;
         let (m, n, hw) = (s.maps as i32, s.channels as i32, s.hw() as i32);
         let mn = s.part_len() as i32;
         let pooled_cfg = LaunchConfig {
@@ -340,5 +351,218 @@ impl<T: Element> BapGpu<T> {
                 .launch(inputs_cfg)?;
         }
         Ok(())
+    }
+}
+
+/// The benchmark baseline: cuBLAS strided-batched GEMMs for the pooling and for both input
+/// gradients, with the signed square root and the normalisation as separate kernels. It computes
+/// what [`BapGpu`] computes, so a test holds the two to the same answer.
+pub mod baseline {
+    use std::sync::Arc;
+
+    use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+    use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
+    use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+
+    use super::{BapShape, THREADS};
+    use crate::device::Gpu;
+    use crate::element::Element;
+    use crate::error::{Error, Result};
+
+    pub struct BapCublas<T: Element> {
+        shape: BapShape,
+        stream: Arc<CudaStream>,
+        blas: CudaBlas,
+        signed_sqrt: CudaFunction,
+        normalize: CudaFunction,
+        grad_pooled: CudaFunction,
+        pooled: CudaSlice<T>,
+        sumsq: CudaSlice<f32>,
+        pooled_grad: CudaSlice<T>,
+    }
+
+    fn blas_error(e: impl std::fmt::Debug) -> Error {
+        Error::Library {
+            library: "cuBLAS",
+            message: format!("{e:?}"),
+        }
+    }
+
+    impl<T: Element> BapCublas<T>
+    where
+        CudaBlas: Gemm<T>,
+    {
+        pub fn new(gpu: &Gpu, shape: BapShape) -> Result<Self> {
+            // SAFETY: only tries to dlopen cuBLAS; cudarc panics later if it is absent.
+            if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+                return Err(blas_error("libcublas could not be loaded"));
+            }
+            shape.validate()?;
+            let src = &crate::sources::BAP;
+            Ok(BapCublas {
+                shape,
+                stream: gpu.stream().clone(),
+                blas: CudaBlas::new(gpu.stream().clone()).map_err(blas_error)?,
+                signed_sqrt: gpu.typed_function::<T>(src, "bap_baseline_signed_sqrt")?,
+                normalize: gpu.typed_function::<T>(src, "bap_normalize")?,
+                grad_pooled: gpu.typed_function::<T>(src, "bap_baseline_grad_pooled")?,
+                pooled: gpu.alloc_zeros(shape.parts_len())?,
+                sumsq: gpu.alloc_zeros(shape.batch)?,
+                pooled_grad: gpu.alloc_zeros(shape.parts_len())?,
+            })
+        }
+
+        fn batched(
+            &self,
+            gemm: GemmConfig<T>,
+            stride_a: usize,
+            stride_b: usize,
+            stride_c: usize,
+        ) -> StridedBatchedConfig<T> {
+            StridedBatchedConfig {
+                gemm,
+                batch_size: self.shape.batch as i32,
+                stride_a: stride_a as i64,
+                stride_b: stride_b as i64,
+                stride_c: stride_c as i64,
+            }
+        }
+
+        /// Same contract as [`super::BapGpu::forward`].
+        pub fn forward(
+            &mut self,
+            attention: &CudaSlice<T>,
+            features: &CudaSlice<T>,
+            parts: &mut CudaSlice<T>,
+            norms: &mut CudaSlice<f32>,
+        ) -> Result<()> {
+            let s = self.shape;
+            s.check_forward(attention.len(), features.len(), parts.len(), norms.len())?;
+            let (m, n, hw) = (s.maps, s.channels, s.hw());
+            // Row-major P_b [M,N] = A_b F_bᵀ is column-major Pᵀ [N,M] = F_bᵀᵀ A_bᵀ.
+            let gemm = GemmConfig {
+                transa: CUBLAS_OP_T,
+                transb: CUBLAS_OP_N,
+                m: n as i32,
+                n: m as i32,
+                k: hw as i32,
+                alpha: T::from_f32(1.0 / hw as f32),
+                lda: hw as i32,
+                ldb: hw as i32,
+                beta: T::from_f32(0.0),
+                ldc: n as i32,
+            };
+            let cfg = self.batched(gemm, n * hw, m * hw, m * n);
+            let per_sample = LaunchConfig {
+                grid_dim: (s.batch as u32, 1, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let norm_cfg = LaunchConfig {
+                grid_dim: (
+                    s.part_len().div_ceil(THREADS as usize * 8) as u32,
+                    s.batch as u32,
+                    1,
+                ),
+                ..per_sample
+            };
+            let (mn, one_tile) = (s.part_len() as i32, 1i32);
+            // SAFETY: the GEMM shapes and strides cover exactly the buffers of `shape`.
+            unsafe {
+                self.blas
+                    .gemm_strided_batched(cfg, features, attention, &mut self.pooled)
+                    .map_err(blas_error)?;
+                self.stream
+                    .launch_builder(&self.signed_sqrt)
+                    .arg(&self.pooled)
+                    .arg(&mut *parts)
+                    .arg(&mut self.sumsq)
+                    .arg(&mn)
+                    .launch(per_sample)?;
+                self.stream
+                    .launch_builder(&self.normalize)
+                    .arg(&mut *parts)
+                    .arg(&self.sumsq)
+                    .arg(&mut *norms)
+                    .arg(&one_tile)
+                    .arg(&mn)
+                    .launch(norm_cfg)?;
+            }
+            Ok(())
+        }
+
+        /// Same contract as [`super::BapGpu::backward`].
+        #[allow(clippy::too_many_arguments)]
+        pub fn backward(
+            &mut self,
+            attention: &CudaSlice<T>,
+            features: &CudaSlice<T>,
+            parts: &CudaSlice<T>,
+            norms: &CudaSlice<f32>,
+            d_parts: &CudaSlice<T>,
+            d_attention: &mut CudaSlice<T>,
+            d_features: &mut CudaSlice<T>,
+        ) -> Result<()> {
+            let s = self.shape;
+            s.check_backward(
+                [attention.len(), features.len(), parts.len(), norms.len()],
+                [d_parts.len(), d_attention.len(), d_features.len()],
+            )?;
+            let (m, n, hw) = (s.maps, s.channels, s.hw());
+            let (one, zero) = (T::from_f32(1.0), T::from_f32(0.0));
+            // Column-major: dAᵀ [HW,M] = Fᵀ [HW,N] · Gᵀ [N,M].
+            let da = GemmConfig {
+                transa: CUBLAS_OP_N,
+                transb: CUBLAS_OP_N,
+                m: hw as i32,
+                n: m as i32,
+                k: n as i32,
+                alpha: one,
+                lda: hw as i32,
+                ldb: n as i32,
+                beta: zero,
+                ldc: hw as i32,
+            };
+            // Column-major: dFᵀ [HW,N] = Aᵀ [HW,M] · G [M,N].
+            let df = GemmConfig {
+                transa: CUBLAS_OP_N,
+                transb: CUBLAS_OP_T,
+                m: hw as i32,
+                n: n as i32,
+                k: m as i32,
+                alpha: one,
+                lda: hw as i32,
+                ldb: n as i32,
+                beta: zero,
+                ldc: hw as i32,
+            };
+            let da_cfg = self.batched(da, n * hw, m * n, m * hw);
+            let df_cfg = self.batched(df, m * hw, m * n, n * hw);
+            let per_sample = LaunchConfig {
+                grid_dim: (s.batch as u32, 1, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (mn, hw_i) = (s.part_len() as i32, hw as i32);
+            // SAFETY: the GEMM shapes and strides cover exactly the buffers of `shape`.
+            unsafe {
+                self.stream
+                    .launch_builder(&self.grad_pooled)
+                    .arg(parts)
+                    .arg(norms)
+                    .arg(d_parts)
+                    .arg(&mut self.pooled_grad)
+                    .arg(&mn)
+                    .arg(&hw_i)
+                    .launch(per_sample)?;
+                self.blas
+                    .gemm_strided_batched(da_cfg, features, &self.pooled_grad, d_attention)
+                    .map_err(blas_error)?;
+                self.blas
+                    .gemm_strided_batched(df_cfg, attention, &self.pooled_grad, d_features)
+                    .map_err(blas_error)?;
+            }
+            Ok(())
+        }
     }
 }

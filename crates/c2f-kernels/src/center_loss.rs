@@ -1,1 +1,496 @@
-//! Placeholder, being written.
+//! Center loss with moving-average, normalised centers (WS-DAN), and its center update:
+//!
+//! - `ĉ_k = c_k / max(‖c_k‖, 1e-12)` (a zero center stays zero)
+//! - `loss = (λ/B) Σ_i ‖f_i − ĉ_{y_i}‖²`, `df_i = (2λ/B)(f_i − ĉ_{y_i})` (assigned)
+//! - every class `k` in the batch: `c_k ← c_k + β·Σ_{i: y_i=k} (f_i − ĉ_k)`, with `ĉ` taken before
+//!   the update. Repeated labels accumulate, as in the official TensorFlow code.
+//!
+//! `f [B, D]` is the normalised BAP output (`D = M·N`), `y [B]` the labels, `c [C, D]` the centers:
+//! non-trainable state that starts at zero. The centers are always f32 on the GPU, even when the
+//! features are bf16: an accumulator of many small steps must not be rounded to bf16.
+//!
+//! A label outside `[0, C)` is an [`Error::Label`] (the first such sample is named) and leaves the
+//! centers untouched; the GPU kernels never access memory through a bad label.
+//! Kernels: `kernels/center_loss.cu`, deterministic (no float atomics).
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use rayon::prelude::*;
+
+use crate::device::{blocks_for, Gpu};
+use crate::element::Element;
+use crate::error::{check_len, Error, Result};
+use crate::Real;
+
+/// Floor of a center's norm, as in `F.normalize`.
+pub const NORM_EPS: f64 = 1e-12;
+/// WS-DAN's center update rate.
+pub const DEFAULT_BETA: f64 = 0.05;
+/// Largest batch the kernels take (its labels are staged in shared memory).
+pub const MAX_BATCH: usize = 8192;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CenterLossShape {
+    pub batch: usize,
+    /// Feature length D = M·N.
+    pub dim: usize,
+    pub classes: usize,
+}
+
+impl CenterLossShape {
+    pub fn features_len(&self) -> usize {
+        self.batch * self.dim
+    }
+    pub fn centers_len(&self) -> usize {
+        self.classes * self.dim
+    }
+
+    fn validate(&self) -> Result<()> {
+        if [self.batch, self.dim, self.classes].contains(&0) {
+            return Err(Error::Shape(format!(
+                "center loss shape has a zero dimension: {self:?}"
+            )));
+        }
+        if self.batch > MAX_BATCH {
+            return Err(Error::Shape(format!(
+                "center loss batch {} is above the supported {MAX_BATCH}",
+                self.batch
+            )));
+        }
+        if self.dim > i32::MAX as usize
+            || self.classes > i32::MAX as usize
+            || self.batch * self.dim.div_ceil(CHUNK) > i32::MAX as usize
+        {
+            return Err(Error::Shape(format!(
+                "center loss shape too large for 32-bit indexing: {self:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The loss weight λ and the center update rate β.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CenterLossParams {
+    pub lambda: f64,
+    pub beta: f64,
+}
+
+impl Default for CenterLossParams {
+    /// λ = 1 (WS-DAN adds the center loss unweighted), β = [`DEFAULT_BETA`].
+    fn default() -> Self {
+        CenterLossParams {
+            lambda: 1.0,
+            beta: DEFAULT_BETA,
+        }
+    }
+}
+
+/// The first label outside `[0, classes)`, as an error.
+fn check_labels(labels: &[i32], classes: usize) -> Result<()> {
+    match labels
+        .iter()
+        .position(|&y| y < 0 || y as usize >= classes)
+    {
+        Some(index) => Err(Error::Label {
+            index,
+            label: labels[index] as i64,
+            classes,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// CPU reference (and the CPU backend's op): writes `d_features [B, D]`, updates `centers [C, D]`
+/// in place and returns the loss. On a bad label it returns [`Error::Label`] and writes nothing.
+pub fn forward_update_cpu<R: Real>(
+    shape: &CenterLossShape,
+    params: &CenterLossParams,
+    features: &[R],
+    labels: &[i32],
+    centers: &mut [R],
+    d_features: &mut [R],
+) -> Result<R> {
+    shape.validate()?;
+    check_len("center loss features", features.len(), shape.features_len())?;
+    check_len("center loss labels", labels.len(), shape.batch)?;
+    check_len("center loss centers", centers.len(), shape.centers_len())?;
+    check_len(
+        "center loss d_features",
+        d_features.len(),
+        shape.features_len(),
+    )?;
+    check_labels(labels, shape.classes)?;
+    let d = shape.dim;
+    let floor = R::from_f64(NORM_EPS);
+    let grad_scale = R::from_f64(2.0 * params.lambda / shape.batch as f64);
+    let beta = R::from_f64(params.beta);
+
+    // ĉ of every class in the batch, before any update.
+    let mut present = vec![false; shape.classes];
+    labels.iter().for_each(|&y| present[y as usize] = true);
+    let normalised: Vec<Option<Vec<R>>> = centers
+        .par_chunks(d)
+        .zip(present.par_iter())
+        .map(|(c, &here)| {
+            here.then(|| {
+                let inv = c.iter().map(|&v| v * v).sum::<R>().sqrt().max(floor).recip();
+                c.iter().map(|&v| v * inv).collect()
+            })
+        })
+        .collect();
+    let chat = |i: usize| normalised[labels[i] as usize].as_deref().unwrap();
+
+    let sample_sq: Vec<R> = d_features
+        .par_chunks_mut(d)
+        .enumerate()
+        .map(|(i, df)| {
+            let f = &features[i * d..][..d];
+            let mut sq = R::zero();
+            for ((g, &fv), &cv) in df.iter_mut().zip(f).zip(chat(i)) {
+                let diff = fv - cv;
+                *g = grad_scale * diff;
+                sq = sq + diff * diff;
+            }
+            sq
+        })
+        .collect();
+    let loss = sample_sq.into_iter().sum::<R>() * R::from_f64(params.lambda / shape.batch as f64);
+
+    centers
+        .par_chunks_mut(d)
+        .zip(normalised.par_iter())
+        .enumerate()
+        .for_each(|(k, (c, chat_k))| {
+            let Some(chat_k) = chat_k else { return };
+            let mut acc = vec![R::zero(); d];
+            for (i, _) in labels.iter().enumerate().filter(|(_, &y)| y as usize == k) {
+                let f = &features[i * d..][..d];
+                for ((a, &fv), &cv) in acc.iter_mut().zip(f).zip(chat_k) {
+                    *a = *a + (fv - cv);
+                }
+            }
+            for (cv, a) in c.iter_mut().zip(acc) {
+                *cv = *cv + beta * a;
+            }
+        });
+    Ok(loss)
+}
+
+/// Elements of D per block; must match `CL_CHUNK` in the kernel file.
+const CHUNK: usize = 1024;
+const THREADS: u32 = 256;
+/// `state` layout, see the kernel file: status, block counter, then loss bits, status, label.
+const STATE_LEN: usize = 5;
+const RESULT: std::ops::Range<usize> = 2..5;
+
+fn launch_params(shape: &CenterLossShape, params: &CenterLossParams) -> (f32, f32, f32) {
+    let b = shape.batch as f64;
+    (
+        (2.0 * params.lambda / b) as f32,
+        (params.lambda / b) as f32,
+        params.beta as f32,
+    )
+}
+
+fn check_buffers<T: Element>(
+    shape: &CenterLossShape,
+    features: &CudaSlice<T>,
+    labels: &CudaSlice<i32>,
+    centers: &CudaSlice<f32>,
+    d_features: &CudaSlice<T>,
+) -> Result<()> {
+    check_len("center loss features", features.len(), shape.features_len())?;
+    check_len("center loss labels", labels.len(), shape.batch)?;
+    check_len("center loss centers", centers.len(), shape.centers_len())?;
+    check_len(
+        "center loss d_features",
+        d_features.len(),
+        shape.features_len(),
+    )
+}
+
+/// The fused center-loss kernels for one shape, with their scratch buffers allocated once.
+pub struct CenterLossGpu<T: Element> {
+    shape: CenterLossShape,
+    stream: Arc<CudaStream>,
+    sumsq_fn: CudaFunction,
+    update_fn: CudaFunction,
+    /// Partial ‖c_{y_i}‖² per (sample, chunk of D).
+    sumsq: CudaSlice<f32>,
+    /// Partial loss per (sample, chunk of D).
+    loss_parts: CudaSlice<f32>,
+    /// Bad-label status, block counter and the result read back by [`Self::finish`].
+    state: CudaSlice<i32>,
+    _storage: std::marker::PhantomData<T>,
+}
+
+impl<T: Element> CenterLossGpu<T> {
+    pub fn new(gpu: &Gpu, shape: CenterLossShape) -> Result<Self> {
+        shape.validate()?;
+        let src = &crate::sources::CENTER_LOSS;
+        let parts = shape.batch * shape.dim.div_ceil(CHUNK);
+        Ok(CenterLossGpu {
+            shape,
+            stream: gpu.stream().clone(),
+            sumsq_fn: gpu.function(src, "center_loss_center_sumsq")?,
+            update_fn: gpu.typed_function::<T>(src, "center_loss_update")?,
+            sumsq: gpu.alloc_zeros(parts)?,
+            loss_parts: gpu.alloc_zeros(parts)?,
+            state: gpu.alloc_zeros(STATE_LEN)?,
+            _storage: std::marker::PhantomData,
+        })
+    }
+
+    pub fn shape(&self) -> &CenterLossShape {
+        &self.shape
+    }
+
+    /// [`Self::enqueue`] then [`Self::finish`]: writes `d_features`, updates `centers` and returns
+    /// the loss, or [`Error::Label`] with the centers untouched (`d_features` is then unspecified).
+    /// Synchronises once: one 12-byte device-to-host read per call.
+    pub fn forward_update(
+        &mut self,
+        params: &CenterLossParams,
+        features: &CudaSlice<T>,
+        labels: &CudaSlice<i32>,
+        centers: &mut CudaSlice<f32>,
+        d_features: &mut CudaSlice<T>,
+    ) -> Result<f32> {
+        self.enqueue(params, features, labels, centers, d_features)?;
+        self.finish()
+    }
+
+    /// Launches the two kernels without waiting. The loss and any bad label stay on the device
+    /// until [`Self::finish`]; call it before the next `enqueue` to see them.
+    pub fn enqueue(
+        &mut self,
+        params: &CenterLossParams,
+        features: &CudaSlice<T>,
+        labels: &CudaSlice<i32>,
+        centers: &mut CudaSlice<f32>,
+        d_features: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        let s = self.shape;
+        check_buffers(&s, features, labels, centers, d_features)?;
+        let (b, d, c) = (s.batch as i32, s.dim as i32, s.classes as i32);
+        let (grad_scale, loss_scale, beta) = launch_params(&s, params);
+        let grid = (s.dim.div_ceil(CHUNK) as u32, s.batch as u32, 1);
+        let sumsq_cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let update_cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: (s.batch * std::mem::size_of::<i32>()) as u32,
+        };
+        // SAFETY: buffer lengths checked above match the kernels' indexing; labels are checked on
+        // the device before any center access.
+        unsafe {
+            self.stream
+                .launch_builder(&self.sumsq_fn)
+                .arg(&*centers)
+                .arg(labels)
+                .arg(&mut self.sumsq)
+                .arg(&mut self.state)
+                .arg(&b)
+                .arg(&d)
+                .arg(&c)
+                .launch(sumsq_cfg)?;
+            self.stream
+                .launch_builder(&self.update_fn)
+                .arg(features)
+                .arg(labels)
+                .arg(&mut *centers)
+                .arg(&self.sumsq)
+                .arg(&mut *d_features)
+                .arg(&mut self.loss_parts)
+                .arg(&mut self.state)
+                .arg(&b)
+                .arg(&d)
+                .arg(&grad_scale)
+                .arg(&loss_scale)
+                .arg(&beta)
+                .launch(update_cfg)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the last [`Self::enqueue`] and returns its loss, or its bad label as an error.
+    pub fn finish(&mut self) -> Result<f32> {
+        let mut result = [0i32; 3];
+        self.stream
+            .memcpy_dtoh(&self.state.slice(RESULT), &mut result)?;
+        self.stream.synchronize()?;
+        let [loss_bits, bad, label] = result;
+        if bad != 0 {
+            return Err(Error::Label {
+                index: self.shape.batch - bad as usize,
+                label: label as i64,
+                classes: self.shape.classes,
+            });
+        }
+        Ok(f32::from_bits(loss_bits as u32))
+    }
+}
+
+/// BENCH BASELINE ONLY: the same computation as eight separate kernels with f32 intermediates in
+/// global memory (gather, norms, diff, loss, scale, segmented update). It assumes valid labels:
+/// a bad label is skipped, never reported. It exists to measure the fused kernels against, and a
+/// GPU test keeps it in agreement with them.
+pub struct CenterLossUnfusedGpu<T: Element> {
+    shape: CenterLossShape,
+    stream: Arc<CudaStream>,
+    segments: CudaFunction,
+    gather: CudaFunction,
+    row_sumsq: CudaFunction,
+    diff_fn: CudaFunction,
+    loss_fn: CudaFunction,
+    scale: CudaFunction,
+    update: CudaFunction,
+    first: CudaSlice<i32>,
+    next: CudaSlice<i32>,
+    gathered: CudaSlice<f32>,
+    center_sumsq: CudaSlice<f32>,
+    diff: CudaSlice<f32>,
+    row_loss: CudaSlice<f32>,
+    loss: CudaSlice<f32>,
+    _storage: std::marker::PhantomData<T>,
+}
+
+impl<T: Element> CenterLossUnfusedGpu<T> {
+    pub fn new(gpu: &Gpu, shape: CenterLossShape) -> Result<Self> {
+        shape.validate()?;
+        let src = &crate::sources::CENTER_LOSS;
+        Ok(CenterLossUnfusedGpu {
+            shape,
+            stream: gpu.stream().clone(),
+            segments: gpu.function(src, "center_loss_base_segments")?,
+            gather: gpu.function(src, "center_loss_base_gather")?,
+            row_sumsq: gpu.function(src, "center_loss_base_row_sumsq")?,
+            diff_fn: gpu.typed_function::<T>(src, "center_loss_base_diff")?,
+            loss_fn: gpu.function(src, "center_loss_base_loss")?,
+            scale: gpu.typed_function::<T>(src, "center_loss_base_scale")?,
+            update: gpu.function(src, "center_loss_base_update")?,
+            first: gpu.alloc_zeros(shape.batch)?,
+            next: gpu.alloc_zeros(shape.batch)?,
+            gathered: gpu.alloc_zeros(shape.features_len())?,
+            center_sumsq: gpu.alloc_zeros(shape.batch)?,
+            diff: gpu.alloc_zeros(shape.features_len())?,
+            row_loss: gpu.alloc_zeros(shape.batch)?,
+            loss: gpu.alloc_zeros(1)?,
+            _storage: std::marker::PhantomData,
+        })
+    }
+
+    /// [`Self::enqueue`], then reads the loss back (synchronises).
+    pub fn forward_update(
+        &mut self,
+        params: &CenterLossParams,
+        features: &CudaSlice<T>,
+        labels: &CudaSlice<i32>,
+        centers: &mut CudaSlice<f32>,
+        d_features: &mut CudaSlice<T>,
+    ) -> Result<f32> {
+        self.enqueue(params, features, labels, centers, d_features)?;
+        let mut loss = [0f32];
+        self.stream.memcpy_dtoh(&self.loss, &mut loss)?;
+        self.stream.synchronize()?;
+        Ok(loss[0])
+    }
+
+    /// Launches the eight kernels without waiting.
+    pub fn enqueue(
+        &mut self,
+        params: &CenterLossParams,
+        features: &CudaSlice<T>,
+        labels: &CudaSlice<i32>,
+        centers: &mut CudaSlice<f32>,
+        d_features: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        let s = self.shape;
+        check_buffers(&s, features, labels, centers, d_features)?;
+        let (b, d, c) = (s.batch as i32, s.dim as i32, s.classes as i32);
+        let n = s.features_len() as i64;
+        let (grad_scale, loss_scale, beta) = launch_params(&s, params);
+        let cfg = |blocks: u32| LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // Grid-stride loops: enough blocks to fill the card, a few elements per thread.
+        let elementwise = cfg(blocks_for(s.features_len(), THREADS * 4).min(1 << 16));
+        let per_row = cfg(s.batch as u32);
+        // SAFETY: buffer lengths checked above match the kernels' indexing; the kernels skip
+        // out-of-range labels.
+        unsafe {
+            self.stream
+                .launch_builder(&self.segments)
+                .arg(labels)
+                .arg(&mut self.first)
+                .arg(&mut self.next)
+                .arg(&b)
+                .arg(&c)
+                .launch(cfg(blocks_for(s.batch, THREADS)))?;
+            self.stream
+                .launch_builder(&self.gather)
+                .arg(&*centers)
+                .arg(labels)
+                .arg(&mut self.gathered)
+                .arg(&b)
+                .arg(&d)
+                .arg(&c)
+                .launch(elementwise)?;
+            self.stream
+                .launch_builder(&self.row_sumsq)
+                .arg(&self.gathered)
+                .arg(&mut self.center_sumsq)
+                .arg(&d)
+                .launch(per_row)?;
+            self.stream
+                .launch_builder(&self.diff_fn)
+                .arg(features)
+                .arg(&self.gathered)
+                .arg(&self.center_sumsq)
+                .arg(&mut self.diff)
+                .arg(&b)
+                .arg(&d)
+                .launch(elementwise)?;
+            self.stream
+                .launch_builder(&self.row_sumsq)
+                .arg(&self.diff)
+                .arg(&mut self.row_loss)
+                .arg(&d)
+                .launch(per_row)?;
+            self.stream
+                .launch_builder(&self.loss_fn)
+                .arg(&self.row_loss)
+                .arg(&mut self.loss)
+                .arg(&b)
+                .arg(&loss_scale)
+                .launch(cfg(1))?;
+            self.stream
+                .launch_builder(&self.scale)
+                .arg(&self.diff)
+                .arg(&mut *d_features)
+                .arg(&n)
+                .arg(&grad_scale)
+                .launch(elementwise)?;
+            self.stream
+                .launch_builder(&self.update)
+                .arg(&mut *centers)
+                .arg(labels)
+                .arg(&self.first)
+                .arg(&self.next)
+                .arg(&self.diff)
+                .arg(&b)
+                .arg(&d)
+                .arg(&beta)
+                .launch(elementwise)?;
+        }
+        Ok(())
+    }
+}

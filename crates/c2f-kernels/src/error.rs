@@ -15,6 +15,11 @@ pub enum Error {
     NoNvrtc { kernel: &'static str },
     /// NVRTC rejected a kernel source.
     Compile { kernel: &'static str, log: String },
+    /// A CUDA library (cuBLAS, cuDNN, NCCL) is missing or one of its calls failed.
+    Library {
+        library: &'static str,
+        message: String,
+    },
     /// Buffers or parameters that do not fit the op's shape.
     Shape(String),
     /// A class label outside `[0, classes)`.
@@ -46,6 +51,7 @@ impl fmt::Display for Error {
             Error::Compile { kernel, log } => {
                 write!(f, "NVRTC failed on kernel `{kernel}`:\n{log}")
             }
+            Error::Library { library, message } => write!(f, "{library}: {message}"),
             Error::Shape(msg) => write!(f, "shape error: {msg}"),
             Error::Label {
                 index,

@@ -1,0 +1,267 @@
+// Center loss with moving-average, normalised centers (WS-DAN), forward + center update in one pass.
+//
+// f [B, D] features (the normalised BAP output, storage T), y [B] labels (int), c [C, D] centers
+// (always f32: a state accumulator, whatever T is).
+//   chat_k = c_k / max(||c_k||, 1e-12)                (a zero center stays zero)
+//   loss   = (lambda/B) sum_i ||f_i - chat_{y_i}||^2,  df_i = (2 lambda/B) (f_i - chat_{y_i})
+//   c_k   += beta sum_{i: y_i = k} (f_i - chat_k)      (every class in the batch; chat before update)
+//
+// Fused path, two kernels over a grid (D chunks of CL_CHUNK, B). Only the block of the FIRST
+// sample of each label does work, so each center chunk is read and written by exactly one block:
+//   center_loss_center_sumsq: partial ||c_k||^2 per chunk; records the smallest bad-label index
+//     (an int atomicMax) and never reads a center for a bad label.
+//   center_loss_update: ||c_k|| from the partials in a fixed order, then for every sample of the
+//     label in index order writes df and accumulates (f - chat); writes c_k once. Skips every
+//     write when a bad label was recorded. The last block to finish (int counter) sums the loss
+//     partials in a fixed order, writes the result triple and resets the status for the next call.
+// No float atomics anywhere: the same bits on every run.
+#include "common.cuh"
+
+#define NORM_EPS 1e-12f
+
+// Must match `CHUNK` in center_loss.rs: 256 threads x 4 elements per block.
+#define CL_THREADS 256
+#define CL_PER_THREAD 4
+#define CL_CHUNK (CL_THREADS * CL_PER_THREAD)
+
+// state[] layout (int, zeroed at allocation, reset by the update kernel's last block):
+//   [0] status: 0 ok, else B - (smallest bad-label index)   [1] finished update blocks
+//   [2] loss bits (f32)   [3] status copied for the host   [4] the bad label
+#define ST_STATUS 0
+#define ST_COUNTER 1
+#define ST_LOSS 2
+#define ST_BAD 3
+#define ST_LABEL 4
+
+// True when no sample before i has label k. Every thread of the block must call it.
+__device__ __forceinline__ bool first_occurrence(const int* labels, int i, int k) {
+    int seen = 0;
+    for (int t = threadIdx.x; t < i; t += blockDim.x) seen |= labels[t] == k;
+    return !__syncthreads_or(seen);
+}
+
+__device__ __forceinline__ bool valid_label(int k, int C) { return k >= 0 && k < C; }
+
+extern "C" __global__ void __launch_bounds__(CL_THREADS)
+    center_loss_center_sumsq(const float* __restrict__ centers, const int* __restrict__ labels,
+                             float* __restrict__ sumsq, int* state, int B, int D, int C) {
+    __shared__ float scratch[32];
+    const int i = blockIdx.y, j = blockIdx.x;
+    const int k = labels[i];
+    if (!valid_label(k, C)) {
+        if (j == 0 && threadIdx.x == 0) atomicMax(&state[ST_STATUS], B - i);
+        return;
+    }
+    if (!first_occurrence(labels, i, k)) return;
+    const float* c = centers + (long long)k * D;
+    float s = 0.0f;
+#pragma unroll
+    for (int u = 0; u < CL_PER_THREAD; ++u) {
+        const int d = j * CL_CHUNK + u * CL_THREADS + threadIdx.x;
+        if (d < D) {
+            const float v = c[d];
+            s = fmaf(v, v, s);
+        }
+    }
+    s = block_sum(s, scratch);
+    if (threadIdx.x == 0) sumsq[(long long)i * gridDim.x + j] = s;
+}
+
+template <typename T>
+__device__ void center_loss_update_impl(const T* __restrict__ feat, const int* __restrict__ labels,
+                                        float* __restrict__ centers, const float* __restrict__ sumsq,
+                                        T* __restrict__ d_feat, float* __restrict__ loss_parts,
+                                        int* state, int B, int D, float grad_scale,
+                                        float loss_scale, float beta) {
+    extern __shared__ int lab[];  // B labels
+    __shared__ float scratch[32];
+    __shared__ float inv_norm;
+    __shared__ int is_last;
+    const int i = blockIdx.y, j = blockIdx.x, chunks = gridDim.x;
+    // Set by the previous kernel; only the last block of this one resets it, after every block
+    // has read it, so the whole grid sees one value.
+    const int bad = *(volatile int*)&state[ST_STATUS];
+    for (int t = threadIdx.x; t < B; t += blockDim.x) lab[t] = labels[t];
+    __syncthreads();
+    const int k = lab[i];
+    float part = 0.0f;
+    if (bad == 0 && first_occurrence(lab, i, k)) {
+        if (threadIdx.x == 0) {
+            float total = 0.0f;
+            for (int t = 0; t < chunks; ++t) total += sumsq[(long long)i * chunks + t];
+            inv_norm = 1.0f / fmaxf(sqrtf(total), NORM_EPS);
+        }
+        __syncthreads();
+        const float inv = inv_norm;
+        float* c = centers + (long long)k * D;
+        float raw[CL_PER_THREAD], chat[CL_PER_THREAD], acc[CL_PER_THREAD];
+#pragma unroll
+        for (int u = 0; u < CL_PER_THREAD; ++u) {
+            const int d = j * CL_CHUNK + u * CL_THREADS + threadIdx.x;
+            raw[u] = d < D ? c[d] : 0.0f;
+            chat[u] = raw[u] * inv;
+            acc[u] = 0.0f;
+        }
+        float sq = 0.0f;
+        for (int s = i; s < B; ++s) {
+            if (lab[s] != k) continue;
+            const long long row = (long long)s * D;
+#pragma unroll
+            for (int u = 0; u < CL_PER_THREAD; ++u) {
+                const int d = j * CL_CHUNK + u * CL_THREADS + threadIdx.x;
+                if (d < D) {
+                    const float diff = load_f32(feat, row + d) - chat[u];
+                    store_f32(d_feat, row + d, grad_scale * diff);
+                    acc[u] += diff;
+                    sq = fmaf(diff, diff, sq);
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < CL_PER_THREAD; ++u) {
+            const int d = j * CL_CHUNK + u * CL_THREADS + threadIdx.x;
+            if (d < D) c[d] = fmaf(beta, acc[u], raw[u]);
+        }
+        part = block_sum(sq, scratch);
+    }
+    if (threadIdx.x == 0) {
+        if (bad == 0) loss_parts[(long long)i * chunks + j] = part;
+        __threadfence();
+        is_last = atomicAdd(&state[ST_COUNTER], 1) == chunks * B - 1;
+    }
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    float total = 0.0f;
+    if (bad == 0) {
+        for (int t = threadIdx.x; t < chunks * B; t += blockDim.x) total += __ldcg(&loss_parts[t]);
+    }
+    total = block_sum(total, scratch);
+    if (threadIdx.x == 0) {
+        state[ST_LOSS] = bad == 0 ? __float_as_int(total * loss_scale) : 0x7fc00000;  // NaN
+        state[ST_BAD] = bad;
+        state[ST_LABEL] = bad == 0 ? 0 : lab[B - bad];
+        state[ST_STATUS] = 0;
+        state[ST_COUNTER] = 0;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// BENCH BASELINE ONLY: the same computation as separate, unfused kernels, one op each with f32
+// intermediates in global memory, the way a framework would run it:
+//   segments -> gather c[y] -> row sum of squares -> diff -> row sum of squares -> loss -> scale
+//   -> segmented update. Deterministic too (no float atomics). It assumes valid labels: an
+// out-of-range label is skipped (never a wild access) but not reported. Not used in training.
+// ---------------------------------------------------------------------------------------------
+
+// first[i]: sample i is the first of its (valid) label; next[i]: the next sample with the same
+// label, or -1. One thread per sample.
+extern "C" __global__ void __launch_bounds__(CL_THREADS)
+    center_loss_base_segments(const int* __restrict__ labels, int* __restrict__ first,
+                              int* __restrict__ next, int B, int C) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= B) return;
+    const int k = labels[i];
+    int is_first = valid_label(k, C) ? 1 : 0;
+    for (int t = 0; t < i && is_first; ++t) is_first = labels[t] != k;
+    int nx = -1;
+    for (int t = i + 1; t < B && nx < 0; ++t) nx = labels[t] == k ? t : -1;
+    first[i] = is_first;
+    next[i] = nx;
+}
+
+extern "C" __global__ void __launch_bounds__(CL_THREADS)
+    center_loss_base_gather(const float* __restrict__ centers, const int* __restrict__ labels,
+                            float* __restrict__ gathered, int B, int D, int C) {
+    const long long n = (long long)B * D;
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < n;
+         e += (long long)gridDim.x * blockDim.x) {
+        const int i = (int)(e / D), d = (int)(e % D);
+        const int k = labels[i];
+        gathered[e] = valid_label(k, C) ? centers[(long long)k * D + d] : 0.0f;
+    }
+}
+
+// One block per row.
+extern "C" __global__ void __launch_bounds__(CL_THREADS)
+    center_loss_base_row_sumsq(const float* __restrict__ rows, float* __restrict__ out, int D) {
+    __shared__ float scratch[32];
+    const float* r = rows + (long long)blockIdx.x * D;
+    float s = 0.0f;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) s = fmaf(r[d], r[d], s);
+    s = block_sum(s, scratch);
+    if (threadIdx.x == 0) out[blockIdx.x] = s;
+}
+
+template <typename T>
+__device__ void center_loss_base_diff_impl(const T* __restrict__ feat,
+                                           const float* __restrict__ gathered,
+                                           const float* __restrict__ center_sumsq,
+                                           float* __restrict__ diff, int B, int D) {
+    const long long n = (long long)B * D;
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < n;
+         e += (long long)gridDim.x * blockDim.x) {
+        const int i = (int)(e / D);
+        const float inv = 1.0f / fmaxf(sqrtf(center_sumsq[i]), NORM_EPS);
+        diff[e] = load_f32(feat, e) - gathered[e] * inv;
+    }
+}
+
+// One block: loss = scale * sum of the B row sums, in index order per thread.
+extern "C" __global__ void __launch_bounds__(CL_THREADS)
+    center_loss_base_loss(const float* __restrict__ row_sumsq, float* __restrict__ loss, int B,
+                          float scale) {
+    __shared__ float scratch[32];
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < B; i += blockDim.x) s += row_sumsq[i];
+    s = block_sum(s, scratch);
+    if (threadIdx.x == 0) loss[0] = s * scale;
+}
+
+template <typename T>
+__device__ void center_loss_base_scale_impl(const float* __restrict__ diff, T* __restrict__ d_feat,
+                                            long long n, float scale) {
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < n;
+         e += (long long)gridDim.x * blockDim.x) {
+        store_f32(d_feat, e, scale * diff[e]);
+    }
+}
+
+// One thread per (first sample of a label, d): walks the label's samples in index order.
+extern "C" __global__ void __launch_bounds__(CL_THREADS)
+    center_loss_base_update(float* __restrict__ centers, const int* __restrict__ labels,
+                            const int* __restrict__ first, const int* __restrict__ next,
+                            const float* __restrict__ diff, int B, int D, float beta) {
+    const long long n = (long long)B * D;
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < n;
+         e += (long long)gridDim.x * blockDim.x) {
+        const int i = (int)(e / D), d = (int)(e % D);
+        if (!first[i]) continue;
+        float acc = 0.0f;
+        for (int s = i; s >= 0; s = next[s]) acc += diff[(long long)s * D + d];
+        float* c = centers + (long long)labels[i] * D + d;
+        *c = fmaf(beta, acc, *c);
+    }
+}
+
+#define CENTER_LOSS_ENTRY_POINTS(SUFFIX, T)                                                         \
+    extern "C" __global__ void __launch_bounds__(CL_THREADS)                                       \
+        center_loss_update_##SUFFIX(const T* feat, const int* labels, float* centers,              \
+                                    const float* sumsq, T* d_feat, float* loss_parts, int* state,  \
+                                    int B, int D, float grad_scale, float loss_scale,              \
+                                    float beta) {                                                  \
+        center_loss_update_impl<T>(feat, labels, centers, sumsq, d_feat, loss_parts, state, B, D,  \
+                                   grad_scale, loss_scale, beta);                                  \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(CL_THREADS)                                       \
+        center_loss_base_diff_##SUFFIX(const T* feat, const float* gathered,                       \
+                                       const float* center_sumsq, float* diff, int B, int D) {     \
+        center_loss_base_diff_impl<T>(feat, gathered, center_sumsq, diff, B, D);                   \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(CL_THREADS)                                       \
+        center_loss_base_scale_##SUFFIX(const float* diff, T* d_feat, long long n, float scale) {  \
+        center_loss_base_scale_impl<T>(diff, d_feat, n, scale);                                    \
+    }
+
+CENTER_LOSS_ENTRY_POINTS(f32, float)
+CENTER_LOSS_ENTRY_POINTS(bf16, bf16_bits)

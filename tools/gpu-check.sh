@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# GPU check in two steps (docs/gpu.md):
+#   tools/gpu-check.sh bundle   here (cargo, no GPU): release test and bench binaries, stripped,
+#                               into dist/gpu-bundle (git-ignored, carried to the GPU machine)
+#   tools/gpu-check.sh run      on the GPU machine (no cargo): library paths, nvidia-smi, copy
+#                               bandwidth, every test with the GPU required, the NVRTC fallback,
+#                               compute-sanitizer memcheck and racecheck, the kernel benches;
+#                               report.md and logs go to $OUT (or ./gpu-check-out), and a short
+#                               pass/fail and timing table is printed last.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bundle="$root/dist/gpu-bundle"
+
+build_bundle() {
+  set -e
+  cd "$root"
+  NVCC=$(tools/cuda-toolchain.sh)
+  export NVCC
+  rm -rf "$bundle"
+  mkdir -p "$bundle/tests" "$bundle/benches"
+  # Cargo prints one JSON line per artifact; keep the executables of test and bench targets.
+  local list
+  list=$(mktemp)
+  cargo test --workspace --release --no-run --message-format=json >"$list"
+  cargo bench --workspace --no-run --message-format=json >>"$list"
+  python3 - "$list" "$bundle" <<'PY'
+import json, shutil, sys, os
+listing, bundle = sys.argv[1], sys.argv[2]
+for line in open(listing):
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    exe = msg.get("executable")
+    kinds = msg.get("target", {}).get("kind", [])
+    if not exe or msg.get("reason") != "compiler-artifact":
+        continue
+    name = msg["target"]["name"]
+    # Unit tests of a library are named after the crate; integration tests and benches by file.
+    if "bench" in kinds:
+        dest = os.path.join(bundle, "benches", name)
+    elif msg.get("profile", {}).get("test"):
+        dest = os.path.join(bundle, "tests", name)
+    else:
+        continue
+    shutil.copy2(exe, dest)
+PY
+  rm -f "$list"
+  strip "$bundle"/tests/* "$bundle"/benches/*
+  git rev-parse HEAD >"$bundle/COMMIT"
+  git status --porcelain | grep -q . && echo "dirty" >>"$bundle/COMMIT"
+  local size
+  size=$(du -sm "$bundle" | cut -f1)
+  echo "bundle: $bundle, ${size} MiB, commit $(head -1 "$bundle/COMMIT")"
+  ls -la "$bundle"/tests "$bundle"/benches
+  if [ "$size" -ge 60 ]; then
+    echo "bundle is ${size} MiB, over the 60 MiB budget" >&2
+    exit 1
+  fi
+}
+
+# cudarc loads libraries by their plain names (libnccl.so, libcudnn.so, ...), but the GPU
+# machine has them in Python wheels with versioned names: link them into one folder.
+setup_libraries() {
+  local libdir=$1
+  LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}
+  mkdir -p "$libdir"
+  local sites
+  sites=$(python3 -c 'import site, sys; print("\n".join(site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null)
+  for lib in cublas cublasLt nvrtc nvrtc-builtins cudnn nccl; do
+    local found=""
+    for dir in $sites /usr/local/cuda/lib64 /usr/lib/x86_64-linux-gnu; do
+      [ -d "$dir" ] || continue
+      found=$(find -L "$dir" -name "lib${lib}.so*" -type f 2>/dev/null | sort | head -1)
+      [ -n "$found" ] && break
+    done
+    if [ -n "$found" ]; then
+      ln -sf "$found" "$libdir/lib${lib}.so"
+      # cuDNN 9 loads its sub-libraries from its own folder by versioned name.
+      case ":$LD_LIBRARY_PATH:" in *":$(dirname "$found"):"*) ;; *) LD_LIBRARY_PATH="$(dirname "$found"):$LD_LIBRARY_PATH" ;; esac
+      echo "lib${lib}.so -> $found"
+    else
+      echo "lib${lib}.so: not found"
+    fi
+  done
+  export LD_LIBRARY_PATH="$libdir:$LD_LIBRARY_PATH"
+}
+
+results=()
+record() { results+=("$(printf '%-44s %-6s %7ss' "$1" "$2" "$3")"); }
+
+# run_step NAME TIMEOUT_S LOG COMMAND... : runs, logs, records pass/fail and seconds.
+run_step() {
+  local name=$1 limit=$2 log=$3
+  shift 3
+  local start end status verdict
+  start=$(date +%s)
+  timeout "$limit" "$@" >"$log" 2>&1
+  status=$?
+  end=$(date +%s)
+  case $status in
+    0) verdict=PASS ;;
+    124) verdict=TIMEOUT ;;
+    *) verdict=FAIL ;;
+  esac
+  record "$name" "$verdict" "$((end - start))"
+  return 0
+}
+
+run_checks() {
+  [ -d "$bundle" ] || { echo "no bundle at $bundle: run 'tools/gpu-check.sh bundle' first" >&2; exit 1; }
+  local out=${OUT:-$root/gpu-check-out}
+  mkdir -p "$out"
+  local logs="$out/logs"
+  mkdir -p "$logs"
+  export C2F_REQUIRE_GPU=1
+  setup_libraries /tmp/c2f-libs >"$logs/libraries.txt" 2>&1
+  cat "$logs/libraries.txt"
+  nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed" >>"$out/nvidia-smi.txt"
+  head -15 "$out/nvidia-smi.txt"
+
+  # Copy bandwidth measured by PyTorch, as an independent witness of the benches' own figure.
+  python3 - >"$logs/copy-bandwidth.txt" 2>&1 <<'PY'
+import torch
+n = 1 << 28
+a = torch.empty(n, dtype=torch.float32, device="cuda").uniform_()
+b = torch.empty_like(a)
+for _ in range(3):
+    b.copy_(a)
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+s.record()
+for _ in range(20):
+    b.copy_(a)
+e.record()
+torch.cuda.synchronize()
+sec = s.elapsed_time(e) / 1e3 / 20
+print(f"copy bandwidth (torch, read+write): {2 * n * 4 / sec / 1e9:.0f} GB/s on {torch.cuda.get_device_name()}")
+PY
+  cat "$logs/copy-bandwidth.txt"
+
+  for t in "$bundle"/tests/*; do
+    local name
+    name=$(basename "$t")
+    run_step "test $name" 120 "$logs/test-$name.txt" "$t" --test-threads=1 --nocapture
+  done
+  # The NVRTC fallback (kernels built from source on the device) on one op.
+  [ -x "$bundle/tests/bap" ] && C2F_FORCE_NVRTC=1 run_step "test bap (NVRTC fallback)" 120 \
+    "$logs/test-bap-nvrtc.txt" "$bundle/tests/bap" gpu_ --test-threads=1 --nocapture
+
+  if command -v compute-sanitizer >/dev/null; then
+    for op in bap center_loss conv_transpose; do
+      [ -x "$bundle/tests/$op" ] || continue
+      for tool in memcheck racecheck; do
+        run_step "$tool $op" 150 "$logs/$tool-$op.txt" compute-sanitizer --tool "$tool" \
+          --error-exitcode 1 "$bundle/tests/$op" gpu_ --test-threads=1
+      done
+    done
+  else
+    record "compute-sanitizer" MISSING 0
+  fi
+
+  for b in "$bundle"/benches/*; do
+    local name
+    name=$(basename "$b")
+    run_step "bench $name" 240 "$logs/bench-$name.txt" "$b" --bench --noplot \
+      --warm-up-time 0.5 --measurement-time 1
+  done
+
+  {
+    echo "# GPU check report"
+    echo
+    echo "- commit: $(tr '\n' ' ' <"$bundle/COMMIT")"
+    echo "- date: $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo "- card: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
+    echo "- $(cat "$logs/copy-bandwidth.txt" | tail -1)"
+    echo
+    echo "## Steps"
+    echo
+    echo '```'
+    printf '%s\n' "${results[@]}"
+    echo '```'
+    echo
+    echo "## Benchmarks (BENCH: group, name, card, us, GB/s, fraction of copy bandwidth, baseline)"
+    echo
+    echo '```'
+    cat "$logs"/bench-*.txt 2>/dev/null | grep -E '^(BENCH|SPEEDUP)|copy bandwidth' || echo "none"
+    echo '```'
+    echo
+    echo "## Failures and skips (first lines)"
+    echo
+    echo '```'
+    grep -l -E 'FAILED|panicked|ERROR SUMMARY: [1-9]|skipped' "$logs"/*.txt 2>/dev/null | while read -r f; do
+      echo "== $(basename "$f")"
+      grep -E 'FAILED|panicked|ERROR SUMMARY|skipped|error' "$f" | head -8
+    done
+    echo '```'
+  } >"$out/report.md"
+
+  echo
+  echo "== report: $out/report.md"
+  grep -h -E '^(BENCH|SPEEDUP)' "$logs"/bench-*.txt 2>/dev/null | cut -f2- | cut -c1-160
+  echo
+  printf '%s\n' "${results[@]}"
+}
+
+case "${1:-}" in
+  bundle) build_bundle ;;
+  run) run_checks ;;
+  *)
+    echo "usage: tools/gpu-check.sh bundle|run" >&2
+    exit 2
+    ;;
+esac
