@@ -5,8 +5,8 @@
 //   S = sign(P) sqrt(|P| + 1e-12)
 //   Z[b,:] = S[b,:] / max(||S[b,:]||, 1e-12)          (the whole M*N vector of a sample)
 // Forward: bap_pool (GEMM tile + signed sqrt + per-tile sum of squares) then bap_normalize.
-// Backward: bap_grad_pooled (dZ -> G = dP/HW, needs the per-sample dot Z.dZ) then
-// bap_grad_inputs, which reads F once per 32 maps and writes dF and dA from one tile.
+// Backward: bap_grad_dot (partials of the per-sample dot Z.dZ) then bap_grad_inputs, which forms
+// G = dP/HW tile by tile from Z and dZ, reads F once per 32 maps, and writes dF and dA.
 // All reductions run in a fixed order: the same bits on every run.
 #include "common.cuh"
 
@@ -91,11 +91,11 @@ __device__ void bap_pool_impl(const T* __restrict__ att, const T* __restrict__ f
     }
 }
 
-// Sums a sample's tile partials in a fixed order. Every block of the sample does the same sum.
-__device__ __forceinline__ float sample_norm(const float* tile_sumsq, int b, int tiles) {
+// Sums a sample's partials in a fixed order. Every block of the sample does the same sum.
+__device__ __forceinline__ float sample_sum(const float* partials, int b, int count) {
     float total = 0.0f;
-    for (int t = 0; t < tiles; ++t) total += tile_sumsq[(long long)b * tiles + t];
-    return sqrtf(total);
+    for (int t = 0; t < count; ++t) total += partials[(long long)b * count + t];
+    return total;
 }
 
 template <typename T>
@@ -103,7 +103,7 @@ __device__ void bap_normalize_impl(T* __restrict__ parts, const float* __restric
                                    float* __restrict__ norms, int tiles, int MN) {
     __shared__ float norm_shared;
     const int b = blockIdx.y;
-    if (threadIdx.x == 0) norm_shared = sample_norm(tile_sumsq, b, tiles);
+    if (threadIdx.x == 0) norm_shared = sqrtf(sample_sum(tile_sumsq, b, tiles));
     __syncthreads();
     const float norm = norm_shared;
     if (blockIdx.x == 0 && threadIdx.x == 0) norms[b] = norm;
@@ -114,33 +114,52 @@ __device__ void bap_normalize_impl(T* __restrict__ parts, const float* __restric
     }
 }
 
-// G[b,m,n] = dP[b,m,n] / HW, from dZ. With r = ||S||, S = Z r:
+// Backward, with r = ||S|| and S = Z r:
 //   dS = (dZ - Z (Z.dZ)) / r           (r >= eps; below eps the normalisation is a plain scale)
 //   dP = dS / (2 |S|)                  (0 where P == 0, where S is 0)
-// G is f32 for the fused path; the cuBLAS baseline needs it in the storage type.
-template <typename T, typename G>
-__device__ void bap_grad_pooled_impl(const T* __restrict__ parts, const float* __restrict__ norms,
-                                     const T* __restrict__ d_parts, G* __restrict__ grad_pooled,
-                                     int MN, int HW) {
+// and G = dP / HW is what both input gradients contract with. Z.dZ per sample comes from
+// bap_grad_dot's partials, one per block of grid (chunks, B).
+template <typename T>
+__device__ void bap_grad_dot_impl(const T* __restrict__ parts, const T* __restrict__ d_parts,
+                                  float* __restrict__ dot_partials, int MN) {
     __shared__ float scratch[32];
-    const int b = blockIdx.x;
+    const int b = blockIdx.y;
     const T* z = parts + (long long)b * MN;
     const T* dz = d_parts + (long long)b * MN;
-    const float r = norms[b];
-    const bool projected = r >= NORM_EPS;
-    const float r_eff = fmaxf(r, NORM_EPS);
     float dot = 0.0f;
-    if (projected) {
-        for (int i = threadIdx.x; i < MN; i += blockDim.x) dot = fmaf(load_f32(z, i), load_f32(dz, i), dot);
-        dot = block_sum(dot, scratch);
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < MN; i += gridDim.x * blockDim.x) {
+        dot = fmaf(load_f32(z, i), load_f32(dz, i), dot);
     }
-    const float inv_hw = 1.0f / (float)HW;
-    G* g = grad_pooled + (long long)b * MN;
-    for (int i = threadIdx.x; i < MN; i += blockDim.x) {
-        const float zi = load_f32(z, i);
-        const float ds = (load_f32(dz, i) - zi * dot) / r_eff;
-        const float s_abs = fabsf(zi) * r_eff;
-        store_f32(g, i, s_abs > 0.0f ? ds * 0.5f / s_abs * inv_hw : 0.0f);
+    dot = block_sum(dot, scratch);
+    if (threadIdx.x == 0) dot_partials[(long long)b * gridDim.x + blockIdx.x] = dot;
+}
+
+struct PooledGrad {
+    float dot, r_eff, inv_hw;
+    __device__ PooledGrad(const float* norms, const float* dot_partials, int chunks, int b, int HW) {
+        const float r = norms[b];
+        dot = r >= NORM_EPS ? sample_sum(dot_partials, b, chunks) : 0.0f;
+        r_eff = fmaxf(r, NORM_EPS);
+        inv_hw = 1.0f / (float)HW;
+    }
+    __device__ __forceinline__ float operator()(float z, float dz) const {
+        const float s_abs = fabsf(z) * r_eff;
+        return s_abs > 0.0f ? (dz - z * dot) / r_eff * 0.5f / s_abs * inv_hw : 0.0f;
+    }
+};
+
+// Bench baseline only: G materialised in the storage type for cuBLAS; grid (chunks, B).
+template <typename T>
+__device__ void bap_baseline_grad_pooled_impl(const T* __restrict__ parts,
+                                              const float* __restrict__ norms,
+                                              const float* __restrict__ dot_partials, int chunks,
+                                              const T* __restrict__ d_parts,
+                                              T* __restrict__ grad_pooled, int MN, int HW) {
+    const int b = blockIdx.y;
+    const PooledGrad grad(norms, dot_partials, chunks, b, HW);
+    const long long base = (long long)b * MN;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < MN; i += gridDim.x * blockDim.x) {
+        store_f32(grad_pooled, base + i, grad(load_f32(parts, base + i), load_f32(d_parts, base + i)));
     }
 }
 
@@ -152,8 +171,11 @@ __device__ void bap_grad_pooled_impl(const T* __restrict__ parts, const float* _
 
 template <typename T>
 __device__ void bap_grad_inputs_impl(const T* __restrict__ att, const T* __restrict__ feat,
-                                     const float* __restrict__ grad_pooled, T* __restrict__ d_att,
-                                     T* __restrict__ d_feat, int M, int N, int HW) {
+                                     const T* __restrict__ parts, const T* __restrict__ d_parts,
+                                     const float* __restrict__ norms,
+                                     const float* __restrict__ dot_partials, int chunks,
+                                     T* __restrict__ d_att, T* __restrict__ d_feat, int M, int N,
+                                     int HW) {
     __shared__ float as[GRAD_TC][GRAD_TH];
     __shared__ float fs[GRAD_TC][GRAD_TH];
     __shared__ float gs[GRAD_TC][GRAD_TC + 1];
@@ -162,7 +184,9 @@ __device__ void bap_grad_inputs_impl(const T* __restrict__ att, const T* __restr
     const int hw = hw0 + tx;
     const T* a_b = att + (long long)b * M * HW;
     const T* f_b = feat + (long long)b * N * HW;
-    const float* g_b = grad_pooled + (long long)b * M * N;
+    const T* z_b = parts + (long long)b * M * N;
+    const T* dz_b = d_parts + (long long)b * M * N;
+    const PooledGrad grad(norms, dot_partials, chunks, b, HW);
     T* da_b = d_att + (long long)b * M * HW;
     T* df_b = d_feat + (long long)b * N * HW;
 
@@ -182,7 +206,8 @@ __device__ void bap_grad_inputs_impl(const T* __restrict__ att, const T* __restr
             for (int e = threadIdx.x; e < GRAD_TC * GRAD_TC; e += blockDim.x) {
                 const int r = e / GRAD_TC, c = e % GRAD_TC;
                 const int m = m0 + r, n = n0 + c;
-                gs[r][c] = (m < M && n < N) ? g_b[(long long)m * N + n] : 0.0f;
+                const long long idx = (long long)m * N + n;
+                gs[r][c] = (m < M && n < N) ? grad(load_f32(z_b, idx), load_f32(dz_b, idx)) : 0.0f;
             }
             __syncthreads();
             float df[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -249,23 +274,26 @@ __device__ void bap_baseline_signed_sqrt_impl(const T* __restrict__ pooled, T* _
         bap_normalize_impl<T>(parts, tile_sumsq, norms, tiles, MN);                                \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256)                                              \
-        bap_grad_pooled_##SUFFIX(const T* parts, const float* norms, const T* d_parts,             \
-                                 float* grad_pooled, int MN, int HW) {                             \
-        bap_grad_pooled_impl<T, float>(parts, norms, d_parts, grad_pooled, MN, HW);                \
+        bap_grad_dot_##SUFFIX(const T* parts, const T* d_parts, float* dot_partials, int MN) {     \
+        bap_grad_dot_impl<T>(parts, d_parts, dot_partials, MN);                                    \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        bap_grad_inputs_##SUFFIX(const T* att, const T* feat, const T* parts, const T* d_parts,    \
+                                 const float* norms, const float* dot_partials, int chunks,        \
+                                 T* d_att, T* d_feat, int M, int N, int HW) {                      \
+        bap_grad_inputs_impl<T>(att, feat, parts, d_parts, norms, dot_partials, chunks, d_att,     \
+                                d_feat, M, N, HW);                                                 \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256)                                              \
         bap_baseline_signed_sqrt_##SUFFIX(const T* pooled, T* parts, float* sumsq, int MN) {       \
         bap_baseline_signed_sqrt_impl<T>(pooled, parts, sumsq, MN);                                \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256)                                              \
-        bap_baseline_grad_pooled_##SUFFIX(const T* parts, const float* norms, const T* d_parts,    \
+        bap_baseline_grad_pooled_##SUFFIX(const T* parts, const float* norms,                      \
+                                          const float* dot_partials, int chunks, const T* d_parts, \
                                           T* grad_pooled, int MN, int HW) {                        \
-        bap_grad_pooled_impl<T, T>(parts, norms, d_parts, grad_pooled, MN, HW);           \
-    }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(256)                                              \
-        bap_grad_inputs_##SUFFIX(const T* att, const T* feat, const float* grad_pooled, T* d_att,  \
-                                 T* d_feat, int M, int N, int HW) {                                \
-        bap_grad_inputs_impl<T>(att, feat, grad_pooled, d_att, d_feat, M, N, HW);                  \
+        bap_baseline_grad_pooled_impl<T>(parts, norms, dot_partials, chunks, d_parts, grad_pooled, \
+                                         MN, HW);                                                  \
     }
 
 BAP_ENTRY_POINTS(f32, float)

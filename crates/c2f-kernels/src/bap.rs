@@ -204,18 +204,84 @@ const POOL_TN: usize = 64;
 const GRAD_TH: usize = 32;
 const THREADS: u32 = 256;
 
+fn pool_tiles(shape: &BapShape) -> usize {
+    shape.channels.div_ceil(POOL_TN) * shape.maps.div_ceil(POOL_TM)
+}
+
+/// Grid of the element-wise passes over each sample's M·N vector: (chunks, B), with enough
+/// chunks to fill the card at the benchmark shapes and a few elements per thread.
+fn per_part_grid(shape: &BapShape) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (per_part_chunks(shape) as u32, shape.batch as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn per_part_chunks(shape: &BapShape) -> usize {
+    shape.part_len().div_ceil(THREADS as usize * 8)
+}
+
+/// Launches `bap_grad_dot`: partials of each sample's `Z·dZ`, one per chunk of [`per_part_grid`].
+fn launch_grad_dot<T: Element>(
+    stream: &CudaStream,
+    grad_dot: &CudaFunction,
+    shape: &BapShape,
+    parts: &CudaSlice<T>,
+    d_parts: &CudaSlice<T>,
+    dot_partials: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let mn = shape.part_len() as i32;
+    // SAFETY: the caller checked the lengths against `shape`; `dot_partials` holds B·chunks.
+    unsafe {
+        stream
+            .launch_builder(grad_dot)
+            .arg(parts)
+            .arg(d_parts)
+            .arg(dot_partials)
+            .arg(&mn)
+            .launch(per_part_grid(shape))?;
+    }
+    Ok(())
+}
+
+/// Launches `bap_normalize`: divides each sample by its norm, summed from `tiles` partials.
+fn launch_normalize<T: Element>(
+    stream: &CudaStream,
+    normalize: &CudaFunction,
+    shape: &BapShape,
+    parts: &mut CudaSlice<T>,
+    sumsq: &CudaSlice<f32>,
+    tiles: usize,
+    norms: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let (tiles, mn) = (tiles as i32, shape.part_len() as i32);
+    // SAFETY: the caller checked the lengths against `shape`; `sumsq` holds B·tiles.
+    unsafe {
+        stream
+            .launch_builder(normalize)
+            .arg(parts)
+            .arg(sumsq)
+            .arg(norms)
+            .arg(&tiles)
+            .arg(&mn)
+            .launch(per_part_grid(shape))?;
+    }
+    Ok(())
+}
+
 /// The fused BAP kernels for one shape, with their scratch buffers allocated once.
 pub struct BapGpu<T: Element> {
     shape: BapShape,
     stream: Arc<CudaStream>,
     pool: CudaFunction,
     normalize: CudaFunction,
-    grad_pooled: CudaFunction,
+    grad_dot: CudaFunction,
     grad_inputs: CudaFunction,
     /// Sum of squares of S per (sample, forward tile).
     tile_sumsq: CudaSlice<f32>,
-    /// dP/HW per sample, f32 whatever `T` is.
-    pooled_grad: CudaSlice<f32>,
+    /// Partials of `Z·dZ` per (sample, chunk).
+    dot_partials: CudaSlice<f32>,
     _storage: std::marker::PhantomData<T>,
 }
 
@@ -228,20 +294,16 @@ impl<T: Element> BapGpu<T> {
             stream: gpu.stream().clone(),
             pool: gpu.typed_function::<T>(src, "bap_pool")?,
             normalize: gpu.typed_function::<T>(src, "bap_normalize")?,
-            grad_pooled: gpu.typed_function::<T>(src, "bap_grad_pooled")?,
+            grad_dot: gpu.typed_function::<T>(src, "bap_grad_dot")?,
             grad_inputs: gpu.typed_function::<T>(src, "bap_grad_inputs")?,
-            tile_sumsq: gpu.alloc_zeros(shape.batch * Self::pool_tiles(&shape))?,
-            pooled_grad: gpu.alloc_zeros(shape.parts_len())?,
+            tile_sumsq: gpu.alloc_zeros(shape.batch * pool_tiles(&shape))?,
+            dot_partials: gpu.alloc_zeros(shape.batch * per_part_chunks(&shape))?,
             _storage: std::marker::PhantomData,
         })
     }
 
     pub fn shape(&self) -> &BapShape {
         &self.shape
-    }
-
-    fn pool_tiles(shape: &BapShape) -> usize {
-        shape.channels.div_ceil(POOL_TN) * shape.maps.div_ceil(POOL_TM)
     }
 
     /// Writes `parts [B, M·N]` (normalised) and `norms [B]` (‖S‖ per sample).
@@ -264,17 +326,7 @@ impl<T: Element> BapGpu<T> {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let tiles = Self::pool_tiles(&s) as i32;
-        let mn = s.part_len() as i32;
-        // Enough blocks per sample to fill the card at the benchmark shapes, each a few elements
-        // per thread.
-        let norm_blocks = s.part_len().div_ceil(THREADS as usize * 8) as u32;
-        let norm_cfg = LaunchConfig {
-            grid_dim: (norm_blocks, s.batch as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: buffer lengths checked above match the kernels' indexing.
+        // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
             self.stream
                 .launch_builder(&self.pool)
@@ -286,16 +338,16 @@ impl<T: Element> BapGpu<T> {
                 .arg(&n)
                 .arg(&hw)
                 .launch(pool_cfg)?;
-            self.stream
-                .launch_builder(&self.normalize)
-                .arg(&mut *parts)
-                .arg(&self.tile_sumsq)
-                .arg(&mut *norms)
-                .arg(&tiles)
-                .arg(&mn)
-                .launch(norm_cfg)?;
         }
-        Ok(())
+        launch_normalize(
+            &self.stream,
+            &self.normalize,
+            &s,
+            parts,
+            &self.tile_sumsq,
+            pool_tiles(&s),
+            norms,
+        )
     }
 
     /// From `d_parts` writes `d_attention` and `d_features` (assigned, not accumulated).
@@ -315,34 +367,32 @@ impl<T: Element> BapGpu<T> {
             [attention.len(), features.len(), parts.len(), norms.len()],
             [d_parts.len(), d_attention.len(), d_features.len()],
         )?;
+        launch_grad_dot(
+            &self.stream,
+            &self.grad_dot,
+            &s,
+            parts,
+            d_parts,
+            &mut self.dot_partials,
+        )?;
         let (m, n, hw) = (s.maps as i32, s.channels as i32, s.hw() as i32);
-        let mn = s.part_len() as i32;
-        let pooled_cfg = LaunchConfig {
-            grid_dim: (s.batch as u32, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let chunks = per_part_chunks(&s) as i32;
         let inputs_cfg = LaunchConfig {
             grid_dim: (s.hw().div_ceil(GRAD_TH) as u32, s.batch as u32, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: buffer lengths checked above match the kernels' indexing.
+        // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.grad_pooled)
-                .arg(parts)
-                .arg(norms)
-                .arg(d_parts)
-                .arg(&mut self.pooled_grad)
-                .arg(&mn)
-                .arg(&hw)
-                .launch(pooled_cfg)?;
             self.stream
                 .launch_builder(&self.grad_inputs)
                 .arg(attention)
                 .arg(features)
-                .arg(&self.pooled_grad)
+                .arg(parts)
+                .arg(d_parts)
+                .arg(norms)
+                .arg(&self.dot_partials)
+                .arg(&chunks)
                 .arg(&mut *d_attention)
                 .arg(&mut *d_features)
                 .arg(&m)
@@ -355,8 +405,8 @@ impl<T: Element> BapGpu<T> {
 }
 
 /// The benchmark baseline: cuBLAS strided-batched GEMMs for the pooling and for both input
-/// gradients, with the signed square root and the normalisation as separate kernels. It computes
-/// what [`BapGpu`] computes, so a test holds the two to the same answer.
+/// gradients, with the signed square root, the normalisation and the pooled gradient as separate
+/// kernels. It computes what [`BapGpu`] computes, so a test holds the two to the same answer.
 pub mod baseline {
     use std::sync::Arc;
 
@@ -364,7 +414,7 @@ pub mod baseline {
     use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
     use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 
-    use super::{BapShape, THREADS};
+    use super::{launch_grad_dot, launch_normalize, per_part_chunks, per_part_grid, BapShape};
     use crate::device::Gpu;
     use crate::element::Element;
     use crate::error::{Error, Result};
@@ -375,9 +425,11 @@ pub mod baseline {
         blas: CudaBlas,
         signed_sqrt: CudaFunction,
         normalize: CudaFunction,
+        grad_dot: CudaFunction,
         grad_pooled: CudaFunction,
         pooled: CudaSlice<T>,
         sumsq: CudaSlice<f32>,
+        dot_partials: CudaSlice<f32>,
         pooled_grad: CudaSlice<T>,
     }
 
@@ -393,11 +445,11 @@ pub mod baseline {
         CudaBlas: Gemm<T>,
     {
         pub fn new(gpu: &Gpu, shape: BapShape) -> Result<Self> {
+            shape.validate()?;
             // SAFETY: only tries to dlopen cuBLAS; cudarc panics later if it is absent.
             if !unsafe { cudarc::cublas::sys::is_culib_present() } {
                 return Err(blas_error("libcublas could not be loaded"));
             }
-            shape.validate()?;
             let src = &crate::sources::BAP;
             Ok(BapCublas {
                 shape,
@@ -405,9 +457,11 @@ pub mod baseline {
                 blas: CudaBlas::new(gpu.stream().clone()).map_err(blas_error)?,
                 signed_sqrt: gpu.typed_function::<T>(src, "bap_baseline_signed_sqrt")?,
                 normalize: gpu.typed_function::<T>(src, "bap_normalize")?,
+                grad_dot: gpu.typed_function::<T>(src, "bap_grad_dot")?,
                 grad_pooled: gpu.typed_function::<T>(src, "bap_baseline_grad_pooled")?,
                 pooled: gpu.alloc_zeros(shape.parts_len())?,
                 sumsq: gpu.alloc_zeros(shape.batch)?,
+                dot_partials: gpu.alloc_zeros(shape.batch * per_part_chunks(&shape))?,
                 pooled_grad: gpu.alloc_zeros(shape.parts_len())?,
             })
         }
@@ -455,18 +509,10 @@ pub mod baseline {
             let cfg = self.batched(gemm, n * hw, m * hw, m * n);
             let per_sample = LaunchConfig {
                 grid_dim: (s.batch as u32, 1, 1),
-                block_dim: (THREADS, 1, 1),
+                block_dim: (super::THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let norm_cfg = LaunchConfig {
-                grid_dim: (
-                    s.part_len().div_ceil(THREADS as usize * 8) as u32,
-                    s.batch as u32,
-                    1,
-                ),
-                ..per_sample
-            };
-            let (mn, one_tile) = (s.part_len() as i32, 1i32);
+            let mn = s.part_len() as i32;
             // SAFETY: the GEMM shapes and strides cover exactly the buffers of `shape`.
             unsafe {
                 self.blas
@@ -479,16 +525,16 @@ pub mod baseline {
                     .arg(&mut self.sumsq)
                     .arg(&mn)
                     .launch(per_sample)?;
-                self.stream
-                    .launch_builder(&self.normalize)
-                    .arg(&mut *parts)
-                    .arg(&self.sumsq)
-                    .arg(&mut *norms)
-                    .arg(&one_tile)
-                    .arg(&mn)
-                    .launch(norm_cfg)?;
             }
-            Ok(())
+            launch_normalize(
+                &self.stream,
+                &self.normalize,
+                &s,
+                parts,
+                &self.sumsq,
+                1,
+                norms,
+            )
         }
 
         /// Same contract as [`super::BapGpu::backward`].
@@ -538,23 +584,29 @@ pub mod baseline {
             };
             let da_cfg = self.batched(da, n * hw, m * n, m * hw);
             let df_cfg = self.batched(df, m * hw, m * n, n * hw);
-            let per_sample = LaunchConfig {
-                grid_dim: (s.batch as u32, 1, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
             let (mn, hw_i) = (s.part_len() as i32, hw as i32);
+            let chunks = per_part_chunks(&s) as i32;
+            launch_grad_dot(
+                &self.stream,
+                &self.grad_dot,
+                &s,
+                parts,
+                d_parts,
+                &mut self.dot_partials,
+            )?;
             // SAFETY: the GEMM shapes and strides cover exactly the buffers of `shape`.
             unsafe {
                 self.stream
                     .launch_builder(&self.grad_pooled)
                     .arg(parts)
                     .arg(norms)
+                    .arg(&self.dot_partials)
+                    .arg(&chunks)
                     .arg(d_parts)
                     .arg(&mut self.pooled_grad)
                     .arg(&mn)
                     .arg(&hw_i)
-                    .launch(per_sample)?;
+                    .launch(per_part_grid(&s))?;
                 self.blas
                     .gemm_strided_batched(da_cfg, features, &self.pooled_grad, d_attention)
                     .map_err(blas_error)?;
