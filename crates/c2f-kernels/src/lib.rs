@@ -5,15 +5,27 @@
 //! - [`center_loss`]: center loss with moving-average, normalised centers, deterministic update.
 //! - [`conv_transpose`]: `ConvTranspose2d` forward and backward for the up-sampler.
 //!
+//! and the InceptionV3 runtime's own ops (cuDNN and cuBLAS do the convolutions and the `fc`):
+//!
+//! - [`batch_norm`]: batch norm in training and inference modes, with ReLU fused, forward and
+//!   backward.
+//! - [`pool`]: max and average pooling forward and backward, channel concat and split.
+//! - [`softmax_ce`]: softmax cross-entropy, and dropout.
+//! - [`sgd`]: the SGD update with momentum and weight decay.
+//!
 //! Every op runs in f32 and in bf16 storage with f32 accumulation ([`Element`]). The CPU
 //! references are generic over `f32`/`f64`: f32 is the CPU backend, f64 is what tests compare to.
 
 pub mod bap;
+pub mod batch_norm;
 pub mod center_loss;
 pub mod conv_transpose;
 pub mod device;
 pub mod element;
 pub mod error;
+pub mod pool;
+pub mod sgd;
+pub mod softmax_ce;
 pub mod testing;
 
 pub use device::{Gpu, KernelSource};
