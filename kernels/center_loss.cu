@@ -157,7 +157,7 @@ __device__ void center_loss_update_impl(const T* __restrict__ feat, const int* _
 // first[i]: sample i is the first of its (valid) label; next[i]: the next sample with the same
 // label, or -1. One thread per sample.
 extern "C" __global__ void __launch_bounds__(CL_THREADS)
-    center_loss_base_segments(const int* __restrict__ labels, int* __restrict__ first,
+    center_loss_baseline_segments(const int* __restrict__ labels, int* __restrict__ first,
                               int* __restrict__ next, int B, int C) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= B) return;
@@ -171,7 +171,7 @@ extern "C" __global__ void __launch_bounds__(CL_THREADS)
 }
 
 extern "C" __global__ void __launch_bounds__(CL_THREADS)
-    center_loss_base_gather(const float* __restrict__ centers, const int* __restrict__ labels,
+    center_loss_baseline_gather(const float* __restrict__ centers, const int* __restrict__ labels,
                             float* __restrict__ gathered, int B, int D, int C) {
     const long long n = (long long)B * D;
     for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < n;
@@ -184,7 +184,7 @@ extern "C" __global__ void __launch_bounds__(CL_THREADS)
 
 // One block per row.
 extern "C" __global__ void __launch_bounds__(CL_THREADS)
-    center_loss_base_row_sumsq(const float* __restrict__ rows, float* __restrict__ out, int D) {
+    center_loss_baseline_row_sumsq(const float* __restrict__ rows, float* __restrict__ out, int D) {
     __shared__ float scratch[32];
     const float* r = rows + (long long)blockIdx.x * D;
     float s = 0.0f;
@@ -194,7 +194,7 @@ extern "C" __global__ void __launch_bounds__(CL_THREADS)
 }
 
 template <typename T>
-__device__ void center_loss_base_diff_impl(const T* __restrict__ feat,
+__device__ void center_loss_baseline_diff_impl(const T* __restrict__ feat,
                                            const float* __restrict__ gathered,
                                            const float* __restrict__ center_sumsq,
                                            float* __restrict__ diff, int B, int D) {
@@ -209,7 +209,7 @@ __device__ void center_loss_base_diff_impl(const T* __restrict__ feat,
 
 // One block: loss = scale * sum of the B row sums, in index order per thread.
 extern "C" __global__ void __launch_bounds__(CL_THREADS)
-    center_loss_base_loss(const float* __restrict__ row_sumsq, float* __restrict__ loss, int B,
+    center_loss_baseline_loss(const float* __restrict__ row_sumsq, float* __restrict__ loss, int B,
                           float scale) {
     __shared__ float scratch[32];
     float s = 0.0f;
@@ -219,7 +219,7 @@ extern "C" __global__ void __launch_bounds__(CL_THREADS)
 }
 
 template <typename T>
-__device__ void center_loss_base_scale_impl(const float* __restrict__ diff, T* __restrict__ d_feat,
+__device__ void center_loss_baseline_scale_impl(const float* __restrict__ diff, T* __restrict__ d_feat,
                                             long long n, float scale) {
     for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < n;
          e += (long long)gridDim.x * blockDim.x) {
@@ -229,7 +229,7 @@ __device__ void center_loss_base_scale_impl(const float* __restrict__ diff, T* _
 
 // One thread per (first sample of a label, d): walks the label's samples in index order.
 extern "C" __global__ void __launch_bounds__(CL_THREADS)
-    center_loss_base_update(float* __restrict__ centers, const int* __restrict__ labels,
+    center_loss_baseline_update(float* __restrict__ centers, const int* __restrict__ labels,
                             const int* __restrict__ first, const int* __restrict__ next,
                             const float* __restrict__ diff, int B, int D, float beta) {
     const long long n = (long long)B * D;
@@ -254,13 +254,13 @@ extern "C" __global__ void __launch_bounds__(CL_THREADS)
                                    grad_scale, loss_scale, beta);                                  \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(CL_THREADS)                                       \
-        center_loss_base_diff_##SUFFIX(const T* feat, const float* gathered,                       \
+        center_loss_baseline_diff_##SUFFIX(const T* feat, const float* gathered,                       \
                                        const float* center_sumsq, float* diff, int B, int D) {     \
-        center_loss_base_diff_impl<T>(feat, gathered, center_sumsq, diff, B, D);                   \
+        center_loss_baseline_diff_impl<T>(feat, gathered, center_sumsq, diff, B, D);                   \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(CL_THREADS)                                       \
-        center_loss_base_scale_##SUFFIX(const float* diff, T* d_feat, long long n, float scale) {  \
-        center_loss_base_scale_impl<T>(diff, d_feat, n, scale);                                    \
+        center_loss_baseline_scale_##SUFFIX(const float* diff, T* d_feat, long long n, float scale) {  \
+        center_loss_baseline_scale_impl<T>(diff, d_feat, n, scale);                                    \
     }
 
 CENTER_LOSS_ENTRY_POINTS(f32, float)
