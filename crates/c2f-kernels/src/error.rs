@@ -20,6 +20,8 @@ pub enum Error {
         library: &'static str,
         message: String,
     },
+    /// A file that cannot be read or written, or whose contents are wrong (weights, checkpoints).
+    File { path: String, message: String },
     /// Buffers or parameters that do not fit the op's shape.
     Shape(String),
     /// A class label outside `[0, classes)`.
@@ -52,6 +54,7 @@ impl fmt::Display for Error {
                 write!(f, "NVRTC failed on kernel `{kernel}`:\n{log}")
             }
             Error::Library { library, message } => write!(f, "{library}: {message}"),
+            Error::File { path, message } => write!(f, "{path}: {message}"),
             Error::Shape(msg) => write!(f, "shape error: {msg}"),
             Error::Label {
                 index,

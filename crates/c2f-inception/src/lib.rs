@@ -1,0 +1,8 @@
+//! The InceptionV3 runtime: the network written once as data ([`spec`]), its parameter tables
+//! ([`table`]), and torchvision-compatible weights ([`weights`]).
+
+pub mod spec;
+pub mod table;
+pub mod weights;
+
+pub use spec::{Depth, Graph, InceptionConfig};
