@@ -1,7 +1,7 @@
 //! Safetensors weights with torchvision's names: a round trip is bit-exact, and every kind of bad
 //! file is refused with a message that names the file and the tensors at fault.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
 use c2f_inception::weights::{load, save, LoadOptions};
@@ -37,7 +37,7 @@ fn saved(g: &Graph, name: &str) -> (PathBuf, Vec<f32>, Vec<f32>) {
     (path, params, buffers)
 }
 
-fn load_err(path: &PathBuf, g: &Graph, options: LoadOptions) -> String {
+fn load_err(path: &Path, g: &Graph, options: LoadOptions) -> String {
     let mut p = vec![0.0; g.params.total()];
     let mut b = vec![0.0; g.buffers.total()];
     load(path, g, &mut p, &mut b, options)
