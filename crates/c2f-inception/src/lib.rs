@@ -1,6 +1,7 @@
 //! The InceptionV3 runtime: the network written once as data ([`spec`]), its parameter tables
 //! ([`table`]), and torchvision-compatible weights ([`weights`]).
 
+pub mod cpu;
 pub mod init;
 pub mod spec;
 pub mod table;
