@@ -1,1 +1,262 @@
-//! Placeholder, being written.
+//! SGD update: the CPU reference against a hand-computed two-step sequence and f64, and the CUDA
+//! kernel against the f64 reference (skipped without a GPU).
+
+use c2f_kernels::sgd::{step_cpu, SgdGpu, SgdParams};
+use c2f_kernels::testing::{assert_bit_identical, gpu_or_skip, rel_error, widen, SplitMix64};
+
+fn assert_close(what: &str, got: f64, want: f64, tol: f64) {
+    assert!(
+        (got - want).abs() <= tol * want.abs(),
+        "{what}: {got} vs {want} (relative bound {tol})"
+    );
+}
+
+#[test]
+fn hand_computed_two_steps_with_momentum_and_weight_decay() {
+    // lr 0.1, momentum 0.9, weight decay 0.01, p = [1, -2], g1 = [0.5, 0.25], g2 = [0.25, -1].
+    // Step 1: d = g1 + 0.01 p = [0.51, 0.23]; buf = d; p = [0.949, -2.023].
+    // Step 2: d = g2 + 0.01 p = [0.25949, -1.02023]; buf = 0.9 [0.51, 0.23] + d
+    //   = [0.71849, -0.81323]; p = [0.949 - 0.071849, -2.023 + 0.081323] = [0.877151, -1.941677].
+    let params = SgdParams::new(0.1, 0.9, 0.01);
+    let steps = [[0.5, 0.25], [0.25, -1.0]];
+    let want_p = [[0.949, -2.023], [0.877151, -1.941677]];
+    let want_buf = [[0.51, 0.23], [0.71849, -0.81323]];
+
+    let mut p = [1.0f64, -2.0];
+    let mut buf = [0.0f64; 2];
+    let mut p32 = [1.0f32, -2.0];
+    let mut buf32 = [0.0f32; 2];
+    for (k, g) in steps.iter().enumerate() {
+        step_cpu(&params, &mut p, g, &mut buf).unwrap();
+        let g32 = g.map(|v| v as f32);
+        step_cpu(&params, &mut p32, &g32, &mut buf32).unwrap();
+        for i in 0..2 {
+            let at = format!("step {} element {i}", k + 1);
+            assert_close(&format!("f64 p {at}"), p[i], want_p[k][i], 1e-14);
+            assert_close(&format!("f64 buf {at}"), buf[i], want_buf[k][i], 1e-14);
+            assert_close(&format!("f32 p {at}"), p32[i] as f64, want_p[k][i], 1e-6);
+            assert_close(
+                &format!("f32 buf {at}"),
+                buf32[i] as f64,
+                want_buf[k][i],
+                1e-6,
+            );
+        }
+    }
+}
+
+#[test]
+fn hand_computed_grad_scale_without_momentum() {
+    // grad_scale 0.5, no momentum: d = 0.5 g + 0.1 p = 0.5·4 + 0.1·2 = 2.2; p = 2 − 0.5·2.2 = 0.9.
+    // The momentum buffer is not touched (PyTorch keeps none).
+    let params = SgdParams {
+        grad_scale: 0.5,
+        ..SgdParams::new(0.5, 0.0, 0.1)
+    };
+    let mut p = [2.0f64];
+    let mut buf = [123.0f64];
+    step_cpu(&params, &mut p, &[4.0], &mut buf).unwrap();
+    assert_close("p", p[0], 0.9, 1e-15);
+    assert_eq!(buf[0], 123.0);
+}
+
+fn draw(n: usize, seed: u64) -> Vec<f64> {
+    SplitMix64(seed).uniform_vec(n, -1.0, 1.0)
+}
+
+/// Three steps of the f64 reference from `p0` with gradients `grads[k]`: (p, buf).
+fn reference(params: &SgdParams, p0: &[f64], grads: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
+    let mut p = p0.to_vec();
+    let mut buf = vec![0.0; p.len()];
+    for g in grads {
+        step_cpu(params, &mut p, g, &mut buf).unwrap();
+    }
+    (p, buf)
+}
+
+fn to_f32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+#[test]
+fn f32_reference_matches_f64() {
+    let n = 100_003;
+    let params = SgdParams {
+        grad_scale: 0.25,
+        ..SgdParams::new(0.05, 0.9, 1e-4)
+    };
+    // The f64 reference starts from the same f32 values.
+    let p0 = widen(&to_f32(&draw(n, 1)));
+    let grads: Vec<Vec<f64>> = (0..3).map(|k| widen(&to_f32(&draw(n, 10 + k)))).collect();
+    let (ref_p, ref_buf) = reference(&params, &p0, &grads);
+    let mut p = to_f32(&p0);
+    let mut buf = vec![0.0f32; n];
+    for g in &grads {
+        step_cpu(&params, &mut p, &to_f32(g), &mut buf).unwrap();
+    }
+    let (ep, eb) = (
+        rel_error(&widen(&p), &ref_p),
+        rel_error(&widen(&buf), &ref_buf),
+    );
+    assert!(ep < 1e-6, "f32 weights relative error {ep}");
+    assert!(eb < 1e-6, "f32 momentum relative error {eb}");
+}
+
+#[test]
+fn invalid_parameters_and_lengths_are_clear_errors() {
+    let mut p = [1.0f32; 4];
+    let mut buf = [0.0f32; 4];
+    let g = [1.0f32; 4];
+    let cases = [
+        (
+            SgdParams::new(-0.1, 0.9, 0.0),
+            "invalid SGD learning rate: -0.1",
+        ),
+        (
+            SgdParams::new(0.1, f64::NAN, 0.0),
+            "invalid SGD momentum: NaN",
+        ),
+        (
+            SgdParams::new(0.1, 0.9, -1e-4),
+            "invalid SGD weight decay: -0.0001",
+        ),
+        (
+            SgdParams {
+                grad_scale: f64::INFINITY,
+                ..SgdParams::new(0.1, 0.9, 0.0)
+            },
+            "invalid SGD grad scale: inf",
+        ),
+    ];
+    for (params, msg) in cases {
+        let err = step_cpu(&params, &mut p, &g, &mut buf).unwrap_err();
+        assert!(err.to_string().contains(msg), "{err}");
+    }
+    assert_eq!(p, [1.0; 4], "weights changed by a rejected call");
+    let ok = SgdParams::new(0.1, 0.9, 0.0);
+    let err = step_cpu(&ok, &mut p, &g[..3], &mut buf).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("SGD gradients has 3 elements, expected 4"),
+        "{err}"
+    );
+    let err = step_cpu(&ok, &mut p, &g, &mut buf[..2]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("SGD momentum buffer has 2 elements, expected 4"),
+        "{err}"
+    );
+}
+
+/// Three GPU steps against the f64 reference (f32 relative error below 1e-6), a rerun with the
+/// same bits, and the same on an unaligned range (the scalar path) leaving the rest untouched.
+fn gpu_matches_reference(gpu: &c2f_kernels::Gpu, n: usize, params: SgdParams) {
+    let sgd = SgdGpu::new(gpu).unwrap();
+    let p0_32 = to_f32(&draw(n, 3));
+    let p0 = widen(&p0_32);
+    let grads: Vec<Vec<f64>> = (0..3).map(|k| widen(&to_f32(&draw(n, 20 + k)))).collect();
+    let grads_d: Vec<_> = grads
+        .iter()
+        .map(|g| gpu.upload(&to_f32(g)).unwrap())
+        .collect();
+    // Poisoned outside the range that is updated, zeros inside, as a fresh buffer would be.
+    let run = |range: std::ops::Range<usize>| {
+        let mut p_d = gpu.upload(&p0_32).unwrap();
+        let mut buf_host = vec![f32::NAN; n];
+        buf_host[range.clone()].fill(0.0);
+        let mut buf_d = gpu.upload(&buf_host).unwrap();
+        for g_d in &grads_d {
+            sgd.step_range(&params, range.clone(), &mut p_d, g_d, &mut buf_d)
+                .unwrap();
+        }
+        (gpu.download(&p_d).unwrap(), gpu.download(&buf_d).unwrap())
+    };
+    let name = format!("SGD n {n} {params:?}");
+    let (ref_p, ref_buf) = reference(&params, &p0, &grads);
+    let (p, buf) = run(0..n);
+    let ep = rel_error(&widen(&p), &ref_p);
+    assert!(ep < 1e-6, "{name}: weights relative error {ep}");
+    if params.momentum != 0.0 {
+        let eb = rel_error(&widen(&buf), &ref_buf);
+        assert!(eb < 1e-6, "{name}: momentum relative error {eb}");
+    } else {
+        assert!(buf.iter().all(|&b| b == 0.0), "{name}: buffer touched");
+    }
+    let (p2, buf2) = run(0..n);
+    assert_bit_identical(&format!("{name} weights"), &p, &p2);
+    assert_bit_identical(&format!("{name} momentum"), &buf, &buf2);
+
+    // An unaligned range: only it changes, with the same values as the full update there
+    // (element-wise, so the same bits whichever path ran).
+    let range = 1..n - 2;
+    let (pr, bufr) = run(range.clone());
+    assert_bit_identical(
+        &format!("{name} range weights"),
+        &pr[range.clone()],
+        &p[range.clone()],
+    );
+    assert_bit_identical(&format!("{name} weights outside"), &pr[..1], &p0_32[..1]);
+    assert_bit_identical(
+        &format!("{name} weights outside"),
+        &pr[n - 2..],
+        &p0_32[n - 2..],
+    );
+    if params.momentum != 0.0 {
+        assert_bit_identical(
+            &format!("{name} range momentum"),
+            &bufr[range.clone()],
+            &buf[range],
+        );
+    }
+    assert!(
+        bufr[0].is_nan() && bufr[n - 1].is_nan(),
+        "{name}: momentum outside the range"
+    );
+}
+
+#[test]
+fn gpu_f32_matches_reference() {
+    let Some(gpu) = gpu_or_skip("sgd gpu_f32_matches_reference") else {
+        return;
+    };
+    let momentum = SgdParams {
+        grad_scale: 0.5,
+        ..SgdParams::new(0.05, 0.9, 1e-4)
+    };
+    for n in [7, 1000, 1_000_003, (1 << 22) + 1] {
+        gpu_matches_reference(&gpu, n, momentum);
+    }
+    gpu_matches_reference(&gpu, 100_003, SgdParams::new(0.1, 0.0, 5e-4));
+}
+
+#[test]
+fn gpu_bad_range_or_length_is_an_error() {
+    let Some(gpu) = gpu_or_skip("sgd gpu_bad_range_or_length_is_an_error") else {
+        return;
+    };
+    let sgd = SgdGpu::new(&gpu).unwrap();
+    let params = SgdParams::new(0.1, 0.9, 0.0);
+    let mut p = gpu.upload(&[1.0f32; 8]).unwrap();
+    let g = gpu.upload(&[1.0f32; 8]).unwrap();
+    let g_short = gpu.upload(&[1.0f32; 7]).unwrap();
+    let mut buf = gpu.alloc_zeros::<f32>(8).unwrap();
+    let err = sgd
+        .step_range(&params, 4..9, &mut p, &g, &mut buf)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("SGD range 4..9 is not within the 8 parameters"),
+        "{err}"
+    );
+    let err = sgd.step(&params, &mut p, &g_short, &mut buf).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("SGD gradients has 7 elements, expected 8"),
+        "{err}"
+    );
+    assert_eq!(
+        gpu.download(&p).unwrap(),
+        [1.0; 8],
+        "weights changed by a rejected call"
+    );
+}

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use rayon::prelude::*;
 
-use crate::device::Gpu;
+use crate::device::{read_loss_status, Gpu};
 use crate::element::Element;
-use crate::error::{check_len, Error, Result};
+use crate::error::{check_labels, check_len, Error, Result};
 use crate::Real;
 
 /// Floor of a center's norm, as in `F.normalize`.
@@ -84,18 +84,6 @@ impl Default for CenterLossParams {
             lambda: 1.0,
             beta: DEFAULT_BETA,
         }
-    }
-}
-
-/// The first label outside `[0, classes)`, as an error.
-fn check_labels(labels: &[i32], classes: usize) -> Result<()> {
-    match labels.iter().position(|&y| y < 0 || y as usize >= classes) {
-        Some(index) => Err(Error::Label {
-            index,
-            label: labels[index] as i64,
-            classes,
-        }),
-        None => Ok(()),
     }
 }
 
@@ -324,19 +312,12 @@ impl<T: Element> CenterLossGpu<T> {
 
     /// Waits for the last [`Self::enqueue`] and returns its loss, or its bad label as an error.
     pub fn finish(&mut self) -> Result<f32> {
-        let mut result = [0i32; 3];
-        self.stream
-            .memcpy_dtoh(&self.state.slice(RESULT), &mut result)?;
-        self.stream.synchronize()?;
-        let [loss_bits, bad, label] = result;
-        if bad != 0 {
-            return Err(Error::Label {
-                index: self.shape.batch - bad as usize,
-                label: label as i64,
-                classes: self.shape.classes,
-            });
-        }
-        Ok(f32::from_bits(loss_bits as u32))
+        read_loss_status(
+            &self.stream,
+            &self.state.slice(RESULT),
+            self.shape.batch,
+            self.shape.classes,
+        )
     }
 }
 

@@ -162,3 +162,26 @@ impl Gpu {
 pub fn blocks_for(n: usize, block: u32) -> u32 {
     n.div_ceil(block as usize) as u32
 }
+
+/// Reads the `[loss bits, status, label]` triple that the loss kernels (softmax cross-entropy,
+/// center loss) leave for the host, waiting for the stream: the loss, or [`Error::Label`] when
+/// the status says sample `batch − status` had the out-of-range `label`.
+pub fn read_loss_status(
+    stream: &Arc<CudaStream>,
+    result: &cudarc::driver::CudaView<'_, i32>,
+    batch: usize,
+    classes: usize,
+) -> Result<f32> {
+    let mut triple = [0i32; 3];
+    stream.memcpy_dtoh(result, &mut triple)?;
+    stream.synchronize()?;
+    let [loss_bits, bad, label] = triple;
+    if bad != 0 {
+        return Err(Error::Label {
+            index: batch - bad as usize,
+            label: label as i64,
+            classes,
+        });
+    }
+    Ok(f32::from_bits(loss_bits as u32))
+}

@@ -86,3 +86,15 @@ pub fn check_len(what: &str, len: usize, expected: usize) -> Result<()> {
         )))
     }
 }
+
+/// Fails with [`Error::Label`] naming the first label outside `[0, classes)`.
+pub fn check_labels(labels: &[i32], classes: usize) -> Result<()> {
+    match labels.iter().position(|&y| y < 0 || y as usize >= classes) {
+        Some(index) => Err(Error::Label {
+            index,
+            label: labels[index] as i64,
+            classes,
+        }),
+        None => Ok(()),
+    }
+}

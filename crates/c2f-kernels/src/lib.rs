@@ -24,6 +24,7 @@ pub mod device;
 pub mod element;
 pub mod error;
 pub mod pool;
+pub mod rng;
 pub mod sgd;
 pub mod softmax_ce;
 pub mod testing;

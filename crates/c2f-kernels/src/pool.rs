@@ -1,1 +1,878 @@
-//! Placeholder, being written.
+//! Pooling and channel concat/split for the InceptionV3 runtime, NCHW contiguous, with PyTorch's
+//! semantics (`ceil_mode=False`, dilation 1):
+//!
+//! - max pool 2d: implicit −∞ padding; the forward also writes the argmax of each output as an
+//!   `i32` index within its input plane (`return_indices=True`). Ties keep the first maximum in
+//!   row-major window order and a NaN propagates (`val > max || isnan(val)`, so the last NaN's
+//!   index). Backward: `dx[i] = Σ dy[o]` over the outputs `o` whose index is `i`.
+//! - avg pool 2d: the divisor is `kh·kw` with `count_include_pad` (PyTorch's default), else the
+//!   number of non-padding elements of the window.
+//! - global average pool (`AdaptiveAvgPool2d(1)`): `[N, C, H, W] → [N, C]`, backward `dy/(H·W)`.
+//! - concat/split: [`copy_channels_cpu`] places a part `[N, C, H, W]` at a channel offset of a
+//!   whole `[N, C_whole, H, W]`; [`slice_channels_cpu`] copies it back out (the concat's backward).
+//!
+//! There are no parameters; every gradient here is an activation gradient and is assigned.
+//! The CPU functions are the CPU backend's ops (rayon over the N·C planes). The backwards run in
+//! the same order on the CPU (a scatter, outputs in row-major order) and the GPU (a gather of the
+//! outputs in row-major order, without atomics), so every result is the same bits on every run.
+//! Kernels: `kernels/pool.cu`.
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use rayon::prelude::*;
+
+use crate::device::{blocks_for, Gpu};
+use crate::element::Element;
+use crate::error::{check_len, Error, Result};
+use crate::Real;
+
+/// The shape of an NCHW activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolShape {
+    pub batch: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl PoolShape {
+    /// N·C, the number of planes.
+    pub fn planes(&self) -> usize {
+        self.batch * self.channels
+    }
+    pub fn hw(&self) -> usize {
+        self.height * self.width
+    }
+    /// Number of elements, N·C·H·W.
+    pub fn numel(&self) -> usize {
+        self.planes() * self.hw()
+    }
+
+    fn validate(&self, op: &str) -> Result<()> {
+        let dims = [self.batch, self.channels, self.height, self.width];
+        if dims.contains(&0) {
+            return Err(Error::Shape(format!(
+                "{op} input shape has a zero dimension: {self:?}"
+            )));
+        }
+        if dims
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .is_none()
+            || self.numel() > i32::MAX as usize
+        {
+            return Err(Error::Shape(format!(
+                "{op} input shape too large for 32-bit indexing: {self:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Kernel, stride and padding as `(height, width)`, as `nn.MaxPool2d` / `nn.AvgPool2d` with
+/// `ceil_mode=False` and dilation 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool2dParams {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    /// Average pool only (max pool ignores it): divide by `kh·kw` even where the window covers
+    /// padding (PyTorch's default, `true`), else by the number of input elements it covers.
+    pub count_include_pad: bool,
+}
+
+impl Pool2dParams {
+    /// Square kernel, stride and padding, `count_include_pad = true`.
+    pub fn square(kernel: usize, stride: usize, padding: usize) -> Self {
+        Pool2dParams {
+            kernel: (kernel, kernel),
+            stride: (stride, stride),
+            padding: (padding, padding),
+            count_include_pad: true,
+        }
+    }
+
+    /// The output shape for `input`, or the reason these parameters do not fit it (PyTorch's
+    /// checks: kernel and stride > 0, padding ≤ kernel/2, output size ≥ 1).
+    pub fn output_shape(&self, input: &PoolShape) -> Result<PoolShape> {
+        Geom::new("pool2d", input, self).map(|g| g.output_shape(input))
+    }
+}
+
+/// The validated geometry of one pooling op, in the layout `kernels/pool.cu` takes by value.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PoolGeom {
+    planes: i32,
+    height: i32,
+    width: i32,
+    out_height: i32,
+    out_width: i32,
+    kernel_h: i32,
+    kernel_w: i32,
+    stride_h: i32,
+    stride_w: i32,
+    pad_h: i32,
+    pad_w: i32,
+    count_include_pad: i32,
+}
+
+// SAFETY: a `#[repr(C)]` struct of twelve `i32`, the same layout as `PoolGeom` in the kernel file.
+unsafe impl DeviceRepr for PoolGeom {}
+
+/// The same geometry in `usize`, for the CPU.
+#[derive(Debug, Clone, Copy)]
+struct Geom {
+    planes: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    ph: usize,
+    pw: usize,
+    count_include_pad: bool,
+}
+
+impl Geom {
+    fn new(op: &str, input: &PoolShape, p: &Pool2dParams) -> Result<Geom> {
+        let ((kh, kw), (sh, sw), (ph, pw)) = (p.kernel, p.stride, p.padding);
+        if kh == 0 || kw == 0 {
+            return Err(Error::Shape(format!(
+                "{op} kernel size should be greater than zero, got {:?}",
+                p.kernel
+            )));
+        }
+        if sh == 0 || sw == 0 {
+            return Err(Error::Shape(format!(
+                "{op} stride should be greater than zero, got {:?}",
+                p.stride
+            )));
+        }
+        if ph > kh / 2 || pw > kw / 2 {
+            return Err(Error::Shape(format!(
+                "{op} padding should be at most half of the kernel size, got padding {:?} for \
+                 kernel {:?}",
+                p.padding, p.kernel
+            )));
+        }
+        input.validate(op)?;
+        let (h, w) = (input.height, input.width);
+        if h + 2 * ph < kh || w + 2 * pw < kw {
+            return Err(Error::Shape(format!(
+                "{op} output size is too small: input {h}x{w} with padding {:?} is smaller than \
+                 kernel {:?}",
+                p.padding, p.kernel
+            )));
+        }
+        Ok(Geom {
+            planes: input.planes(),
+            h,
+            w,
+            oh: (h + 2 * ph - kh) / sh + 1,
+            ow: (w + 2 * pw - kw) / sw + 1,
+            kh,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
+            count_include_pad: p.count_include_pad,
+        })
+    }
+
+    fn output_shape(&self, input: &PoolShape) -> PoolShape {
+        PoolShape {
+            height: self.oh,
+            width: self.ow,
+            ..*input
+        }
+    }
+
+    fn in_plane(&self) -> usize {
+        self.h * self.w
+    }
+    fn out_plane(&self) -> usize {
+        self.oh * self.ow
+    }
+    fn in_len(&self) -> usize {
+        self.planes * self.in_plane()
+    }
+    fn out_len(&self) -> usize {
+        self.planes * self.out_plane()
+    }
+
+    /// The windows of every output row and column.
+    fn windows(&self) -> (Vec<Window>, Vec<Window>) {
+        (
+            (0..self.oh)
+                .map(|o| Window::new(o, self.kh, self.sh, self.ph, self.h))
+                .collect(),
+            (0..self.ow)
+                .map(|o| Window::new(o, self.kw, self.sw, self.pw, self.w))
+                .collect(),
+        )
+    }
+
+    fn divisor(&self, rows: &Window, cols: &Window) -> usize {
+        if self.count_include_pad {
+            rows.padded * cols.padded
+        } else {
+            (rows.hi - rows.lo) * (cols.hi - cols.lo)
+        }
+    }
+
+    fn device(&self) -> PoolGeom {
+        // Every value is at most the input's element count, checked to fit an i32.
+        let i = |v: usize| v as i32;
+        PoolGeom {
+            planes: i(self.planes),
+            height: i(self.h),
+            width: i(self.w),
+            out_height: i(self.oh),
+            out_width: i(self.ow),
+            kernel_h: i(self.kh),
+            kernel_w: i(self.kw),
+            stride_h: i(self.sh),
+            stride_w: i(self.sw),
+            pad_h: i(self.ph),
+            pad_w: i(self.pw),
+            count_include_pad: i32::from(self.count_include_pad),
+        }
+    }
+}
+
+/// Input rows `[lo, hi)` under one output row, and the window's extent counting padding
+/// (PyTorch's `pool_size` factor).
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    lo: usize,
+    hi: usize,
+    padded: usize,
+}
+
+impl Window {
+    fn new(o: usize, k: usize, s: usize, p: usize, n: usize) -> Window {
+        // Shifted by +p so that nothing is negative: input row r is r + p here.
+        let start = o * s;
+        let end = (start + k).min(n + 2 * p);
+        Window {
+            lo: start.saturating_sub(p),
+            hi: (end - p).min(n),
+            padded: end - start,
+        }
+    }
+}
+
+/// CPU max pool forward (and the CPU backend's op): writes `y` and `indices`, both
+/// `[N, C, OH, OW]`; an index is `ih·W + iw` within the input plane.
+pub fn max_pool2d_forward_cpu<R: Real>(
+    shape: &PoolShape,
+    params: &Pool2dParams,
+    x: &[R],
+    y: &mut [R],
+    indices: &mut [i32],
+) -> Result<()> {
+    let g = Geom::new("max pool", shape, params)?;
+    check_len("max pool x", x.len(), g.in_len())?;
+    check_len("max pool y", y.len(), g.out_len())?;
+    check_len("max pool indices", indices.len(), g.out_len())?;
+    let (rows, cols) = g.windows();
+    y.par_chunks_mut(g.out_plane())
+        .zip(indices.par_chunks_mut(g.out_plane()))
+        .zip(x.par_chunks(g.in_plane()))
+        .for_each(|((yp, ip), xp)| {
+            let outputs = yp.iter_mut().zip(ip.iter_mut());
+            for ((yo, io), (r, c)) in outputs.zip(grid(&rows, &cols)) {
+                let mut best = R::neg_infinity();
+                let mut best_i = r.lo * g.w + c.lo;
+                for ih in r.lo..r.hi {
+                    for (iw, &v) in xp[ih * g.w..][c.lo..c.hi].iter().enumerate() {
+                        if v > best || v.is_nan() {
+                            best = v;
+                            best_i = ih * g.w + c.lo + iw;
+                        }
+                    }
+                }
+                *yo = best;
+                *io = best_i as i32;
+            }
+        });
+    Ok(())
+}
+
+/// CPU max pool backward: `dx [N, C, H, W]` (assigned) from `dy` and the forward's `indices`.
+/// An index outside its output's window is an error (`dx` is then unspecified).
+pub fn max_pool2d_backward_cpu<R: Real>(
+    shape: &PoolShape,
+    params: &Pool2dParams,
+    indices: &[i32],
+    dy: &[R],
+    dx: &mut [R],
+) -> Result<()> {
+    let g = Geom::new("max pool", shape, params)?;
+    check_len("max pool indices", indices.len(), g.out_len())?;
+    check_len("max pool dy", dy.len(), g.out_len())?;
+    check_len("max pool dx", dx.len(), g.in_len())?;
+    let (rows, cols) = g.windows();
+    dx.par_chunks_mut(g.in_plane())
+        .zip(dy.par_chunks(g.out_plane()))
+        .zip(indices.par_chunks(g.out_plane()))
+        .enumerate()
+        .try_for_each(|(plane, ((dxp, dyp), ip))| {
+            dxp.fill(R::zero());
+            for (o, (r, c)) in grid(&rows, &cols).enumerate() {
+                let index = ip[o];
+                let (ih, iw) = (index as usize / g.w, index as usize % g.w);
+                let inside = index >= 0 && (r.lo..r.hi).contains(&ih) && (c.lo..c.hi).contains(&iw);
+                if !inside {
+                    return Err(Error::Shape(format!(
+                        "max pool index {index} of output ({}, {}) in plane {plane} is outside \
+                         that output's window",
+                        o / g.ow,
+                        o % g.ow
+                    )));
+                }
+                let i = index as usize;
+                dxp[i] = dxp[i] + dyp[o];
+            }
+            Ok(())
+        })
+}
+
+/// CPU average pool forward: writes `y [N, C, OH, OW]`.
+pub fn avg_pool2d_forward_cpu<R: Real>(
+    shape: &PoolShape,
+    params: &Pool2dParams,
+    x: &[R],
+    y: &mut [R],
+) -> Result<()> {
+    let g = Geom::new("avg pool", shape, params)?;
+    check_len("avg pool x", x.len(), g.in_len())?;
+    check_len("avg pool y", y.len(), g.out_len())?;
+    let (rows, cols) = g.windows();
+    y.par_chunks_mut(g.out_plane())
+        .zip(x.par_chunks(g.in_plane()))
+        .for_each(|(yp, xp)| {
+            for (yo, (r, c)) in yp.iter_mut().zip(grid(&rows, &cols)) {
+                let mut sum = R::zero();
+                for ih in r.lo..r.hi {
+                    for &v in &xp[ih * g.w..][c.lo..c.hi] {
+                        sum = sum + v;
+                    }
+                }
+                *yo = sum / R::from_f64(g.divisor(r, c) as f64);
+            }
+        });
+    Ok(())
+}
+
+/// CPU average pool backward: `dx [N, C, H, W]` (assigned) from `dy [N, C, OH, OW]`.
+pub fn avg_pool2d_backward_cpu<R: Real>(
+    shape: &PoolShape,
+    params: &Pool2dParams,
+    dy: &[R],
+    dx: &mut [R],
+) -> Result<()> {
+    let g = Geom::new("avg pool", shape, params)?;
+    check_len("avg pool dy", dy.len(), g.out_len())?;
+    check_len("avg pool dx", dx.len(), g.in_len())?;
+    let (rows, cols) = g.windows();
+    dx.par_chunks_mut(g.in_plane())
+        .zip(dy.par_chunks(g.out_plane()))
+        .for_each(|(dxp, dyp)| {
+            dxp.fill(R::zero());
+            for (&d, (r, c)) in dyp.iter().zip(grid(&rows, &cols)) {
+                let share = d / R::from_f64(g.divisor(r, c) as f64);
+                for ih in r.lo..r.hi {
+                    for v in &mut dxp[ih * g.w..][c.lo..c.hi] {
+                        *v = *v + share;
+                    }
+                }
+            }
+        });
+    Ok(())
+}
+
+/// Output windows in row-major order.
+fn grid<'a>(
+    rows: &'a [Window],
+    cols: &'a [Window],
+) -> impl Iterator<Item = (&'a Window, &'a Window)> {
+    rows.iter()
+        .flat_map(move |r| cols.iter().map(move |c| (r, c)))
+}
+
+fn check_global(shape: &PoolShape, input: usize, output: usize, what: [&str; 2]) -> Result<()> {
+    shape.validate("global avg pool")?;
+    check_len(what[0], input, shape.numel())?;
+    check_len(what[1], output, shape.planes())
+}
+
+/// CPU global average pool forward: `y [N, C] = mean over H·W of x [N, C, H, W]`.
+pub fn global_avg_pool_forward_cpu<R: Real>(shape: &PoolShape, x: &[R], y: &mut [R]) -> Result<()> {
+    check_global(
+        shape,
+        x.len(),
+        y.len(),
+        ["global avg pool x", "global avg pool y"],
+    )?;
+    let hw = shape.hw();
+    let n = R::from_f64(hw as f64);
+    y.par_iter_mut()
+        .zip(x.par_chunks(hw))
+        .for_each(|(yo, xp)| *yo = xp.iter().copied().sum::<R>() / n);
+    Ok(())
+}
+
+/// CPU global average pool backward: `dx [N, C, H, W] = dy [N, C] / (H·W)` (assigned).
+pub fn global_avg_pool_backward_cpu<R: Real>(
+    shape: &PoolShape,
+    dy: &[R],
+    dx: &mut [R],
+) -> Result<()> {
+    check_global(
+        shape,
+        dx.len(),
+        dy.len(),
+        ["global avg pool dx", "global avg pool dy"],
+    )?;
+    let hw = shape.hw();
+    let n = R::from_f64(hw as f64);
+    dx.par_chunks_mut(hw)
+        .zip(dy.par_iter())
+        .for_each(|(dxp, &d)| dxp.fill(d / n));
+    Ok(())
+}
+
+/// Where a part `[N, channels, H, W]` sits in a whole `[N, whole_channels, H, W]`: its channels
+/// `offset .. offset + channels`. One branch of an InceptionV3 block's concat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelSlice {
+    pub batch: usize,
+    pub channels: usize,
+    pub whole_channels: usize,
+    pub offset: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ChannelSlice {
+    pub fn hw(&self) -> usize {
+        self.height * self.width
+    }
+    pub fn part_len(&self) -> usize {
+        self.batch * self.channels * self.hw()
+    }
+    pub fn whole_len(&self) -> usize {
+        self.batch * self.whole_channels * self.hw()
+    }
+
+    fn validate(&self) -> Result<()> {
+        let dims = [
+            self.batch,
+            self.channels,
+            self.whole_channels,
+            self.height,
+            self.width,
+        ];
+        if dims.contains(&0) {
+            return Err(Error::Shape(format!(
+                "channel slice has a zero dimension: {self:?}"
+            )));
+        }
+        if self.offset + self.channels > self.whole_channels {
+            return Err(Error::Shape(format!(
+                "channel slice offset {} + {} channels exceeds the whole's {} channels",
+                self.offset, self.channels, self.whole_channels
+            )));
+        }
+        let whole = [self.batch, self.whole_channels, self.height, self.width];
+        if whole
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .is_none()
+            || self.whole_len() > i32::MAX as usize
+        {
+            return Err(Error::Shape(format!(
+                "channel slice too large for 32-bit indexing: {self:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn check(&self, part: usize, whole: usize) -> Result<()> {
+        self.validate()?;
+        check_len("channel slice part", part, self.part_len())?;
+        check_len("channel slice whole", whole, self.whole_len())
+    }
+}
+
+/// Concat forward, one part: copies `part` into its channels of `whole`; the other channels of
+/// `whole` are left as they are.
+pub fn copy_channels_cpu<T: Copy + Send + Sync>(
+    s: &ChannelSlice,
+    part: &[T],
+    whole: &mut [T],
+) -> Result<()> {
+    s.check(part.len(), whole.len())?;
+    let (run, at) = (s.channels * s.hw(), s.offset * s.hw());
+    whole
+        .par_chunks_mut(s.whole_channels * s.hw())
+        .zip(part.par_chunks(run))
+        .for_each(|(w, p)| w[at..][..run].copy_from_slice(p));
+    Ok(())
+}
+
+/// Concat backward (split), one part: copies its channels of `whole` into `part` (assigned).
+pub fn slice_channels_cpu<T: Copy + Send + Sync>(
+    s: &ChannelSlice,
+    whole: &[T],
+    part: &mut [T],
+) -> Result<()> {
+    s.check(part.len(), whole.len())?;
+    let (run, at) = (s.channels * s.hw(), s.offset * s.hw());
+    part.par_chunks_mut(run)
+        .zip(whole.par_chunks(s.whole_channels * s.hw()))
+        .for_each(|(p, w)| p.copy_from_slice(&w[at..][..run]));
+    Ok(())
+}
+
+const THREADS: u32 = 256;
+/// Planes per block of the global pool forward, one warp each.
+const GLOBAL_PLANES_PER_BLOCK: usize = THREADS as usize / 32;
+/// Largest batch [`ChannelCopyGpu`] takes (the grid's y dimension).
+pub const MAX_COPY_BATCH: usize = 65_535;
+
+/// One thread per element of `n`.
+fn elementwise(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks_for(n, THREADS), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Max pool 2d for one input shape and parameter set.
+pub struct MaxPool2dGpu<T: Element> {
+    geom: Geom,
+    output: PoolShape,
+    stream: Arc<CudaStream>,
+    forward_fn: CudaFunction,
+    backward_fn: CudaFunction,
+    _storage: std::marker::PhantomData<T>,
+}
+
+impl<T: Element> MaxPool2dGpu<T> {
+    pub fn new(gpu: &Gpu, shape: PoolShape, params: Pool2dParams) -> Result<Self> {
+        let geom = Geom::new("max pool", &shape, &params)?;
+        let src = &crate::sources::POOL;
+        Ok(MaxPool2dGpu {
+            geom,
+            output: geom.output_shape(&shape),
+            stream: gpu.stream().clone(),
+            forward_fn: gpu.typed_function::<T>(src, "max_pool2d_forward")?,
+            backward_fn: gpu.typed_function::<T>(src, "max_pool2d_backward")?,
+            _storage: std::marker::PhantomData,
+        })
+    }
+
+    pub fn output_shape(&self) -> &PoolShape {
+        &self.output
+    }
+
+    /// Writes `y` and `indices` (`[N, C, OH, OW]`), as [`max_pool2d_forward_cpu`].
+    pub fn forward(
+        &self,
+        x: &CudaSlice<T>,
+        y: &mut CudaSlice<T>,
+        indices: &mut CudaSlice<i32>,
+    ) -> Result<()> {
+        let g = &self.geom;
+        check_len("max pool x", x.len(), g.in_len())?;
+        check_len("max pool y", y.len(), g.out_len())?;
+        check_len("max pool indices", indices.len(), g.out_len())?;
+        let dev = g.device();
+        // SAFETY: buffer lengths checked above match the kernel's indexing.
+        unsafe {
+            self.stream
+                .launch_builder(&self.forward_fn)
+                .arg(x)
+                .arg(y)
+                .arg(indices)
+                .arg(&dev)
+                .launch(elementwise(g.out_len()))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `dx` (assigned): each input element gathers `dy` from the outputs whose window
+    /// contains it and whose index names it. Indices are not checked on the device: one outside
+    /// its output's window routes nowhere (the CPU function returns an error for it).
+    pub fn backward(
+        &self,
+        indices: &CudaSlice<i32>,
+        dy: &CudaSlice<T>,
+        dx: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        let g = &self.geom;
+        check_len("max pool indices", indices.len(), g.out_len())?;
+        check_len("max pool dy", dy.len(), g.out_len())?;
+        check_len("max pool dx", dx.len(), g.in_len())?;
+        let dev = g.device();
+        // SAFETY: buffer lengths checked above match the kernel's indexing.
+        unsafe {
+            self.stream
+                .launch_builder(&self.backward_fn)
+                .arg(indices)
+                .arg(dy)
+                .arg(dx)
+                .arg(&dev)
+                .launch(elementwise(g.in_len()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Average pool 2d for one input shape and parameter set.
+pub struct AvgPool2dGpu<T: Element> {
+    geom: Geom,
+    output: PoolShape,
+    stream: Arc<CudaStream>,
+    forward_fn: CudaFunction,
+    backward_fn: CudaFunction,
+    _storage: std::marker::PhantomData<T>,
+}
+
+impl<T: Element> AvgPool2dGpu<T> {
+    pub fn new(gpu: &Gpu, shape: PoolShape, params: Pool2dParams) -> Result<Self> {
+        let geom = Geom::new("avg pool", &shape, &params)?;
+        let src = &crate::sources::POOL;
+        Ok(AvgPool2dGpu {
+            geom,
+            output: geom.output_shape(&shape),
+            stream: gpu.stream().clone(),
+            forward_fn: gpu.typed_function::<T>(src, "avg_pool2d_forward")?,
+            backward_fn: gpu.typed_function::<T>(src, "avg_pool2d_backward")?,
+            _storage: std::marker::PhantomData,
+        })
+    }
+
+    pub fn output_shape(&self) -> &PoolShape {
+        &self.output
+    }
+
+    /// Writes `y [N, C, OH, OW]`, as [`avg_pool2d_forward_cpu`].
+    pub fn forward(&self, x: &CudaSlice<T>, y: &mut CudaSlice<T>) -> Result<()> {
+        let g = &self.geom;
+        check_len("avg pool x", x.len(), g.in_len())?;
+        check_len("avg pool y", y.len(), g.out_len())?;
+        let dev = g.device();
+        // SAFETY: buffer lengths checked above match the kernel's indexing.
+        unsafe {
+            self.stream
+                .launch_builder(&self.forward_fn)
+                .arg(x)
+                .arg(y)
+                .arg(&dev)
+                .launch(elementwise(g.out_len()))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `dx [N, C, H, W]` (assigned), each element gathering from the outputs over it.
+    pub fn backward(&self, dy: &CudaSlice<T>, dx: &mut CudaSlice<T>) -> Result<()> {
+        let g = &self.geom;
+        check_len("avg pool dy", dy.len(), g.out_len())?;
+        check_len("avg pool dx", dx.len(), g.in_len())?;
+        let dev = g.device();
+        // SAFETY: buffer lengths checked above match the kernel's indexing.
+        unsafe {
+            self.stream
+                .launch_builder(&self.backward_fn)
+                .arg(dy)
+                .arg(dx)
+                .arg(&dev)
+                .launch(elementwise(g.in_len()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Global average pool for one input shape: `[N, C, H, W] → [N, C]`.
+pub struct GlobalAvgPoolGpu<T: Element> {
+    shape: PoolShape,
+    stream: Arc<CudaStream>,
+    forward_fn: CudaFunction,
+    backward_fn: CudaFunction,
+    _storage: std::marker::PhantomData<T>,
+}
+
+impl<T: Element> GlobalAvgPoolGpu<T> {
+    pub fn new(gpu: &Gpu, shape: PoolShape) -> Result<Self> {
+        shape.validate("global avg pool")?;
+        let src = &crate::sources::POOL;
+        Ok(GlobalAvgPoolGpu {
+            shape,
+            stream: gpu.stream().clone(),
+            forward_fn: gpu.typed_function::<T>(src, "global_avg_pool_forward")?,
+            backward_fn: gpu.typed_function::<T>(src, "global_avg_pool_backward")?,
+            _storage: std::marker::PhantomData,
+        })
+    }
+
+    pub fn shape(&self) -> &PoolShape {
+        &self.shape
+    }
+
+    /// Writes `y [N, C]`, one warp per plane.
+    pub fn forward(&self, x: &CudaSlice<T>, y: &mut CudaSlice<T>) -> Result<()> {
+        let s = &self.shape;
+        check_global(
+            s,
+            x.len(),
+            y.len(),
+            ["global avg pool x", "global avg pool y"],
+        )?;
+        let (planes, hw) = (s.planes() as i32, s.hw() as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (s.planes().div_ceil(GLOBAL_PLANES_PER_BLOCK) as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: buffer lengths checked above match the kernel's indexing.
+        unsafe {
+            self.stream
+                .launch_builder(&self.forward_fn)
+                .arg(x)
+                .arg(y)
+                .arg(&planes)
+                .arg(&hw)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `dx [N, C, H, W] = dy / (H·W)` (assigned).
+    pub fn backward(&self, dy: &CudaSlice<T>, dx: &mut CudaSlice<T>) -> Result<()> {
+        let s = &self.shape;
+        check_global(
+            s,
+            dx.len(),
+            dy.len(),
+            ["global avg pool dx", "global avg pool dy"],
+        )?;
+        let (planes, hw) = (s.planes() as i32, s.hw() as i32);
+        // SAFETY: buffer lengths checked above match the kernel's indexing.
+        unsafe {
+            self.stream
+                .launch_builder(&self.backward_fn)
+                .arg(dy)
+                .arg(dx)
+                .arg(&planes)
+                .arg(&hw)
+                .launch(elementwise(s.numel()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Channel concat and split on the GPU; one instance serves every [`ChannelSlice`].
+pub struct ChannelCopyGpu<T: Element> {
+    stream: Arc<CudaStream>,
+    copy_fn: CudaFunction,
+    _storage: std::marker::PhantomData<T>,
+}
+
+impl<T: Element> ChannelCopyGpu<T> {
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        Ok(ChannelCopyGpu {
+            stream: gpu.stream().clone(),
+            copy_fn: gpu.typed_function::<T>(&crate::sources::POOL, "channel_copy")?,
+            _storage: std::marker::PhantomData,
+        })
+    }
+
+    /// Concat forward, one part: as [`copy_channels_cpu`].
+    pub fn copy_channels(
+        &self,
+        s: &ChannelSlice,
+        part: &CudaSlice<T>,
+        whole: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        s.check(part.len(), whole.len())?;
+        let hw = s.hw();
+        self.launch(
+            s,
+            part,
+            [s.channels * hw, 0],
+            whole,
+            [s.whole_channels * hw, s.offset * hw],
+        )
+    }
+
+    /// Concat backward (split), one part: as [`slice_channels_cpu`] (assigned).
+    pub fn slice_channels(
+        &self,
+        s: &ChannelSlice,
+        whole: &CudaSlice<T>,
+        part: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        s.check(part.len(), whole.len())?;
+        let hw = s.hw();
+        self.launch(
+            s,
+            whole,
+            [s.whole_channels * hw, s.offset * hw],
+            part,
+            [s.channels * hw, 0],
+        )
+    }
+
+    /// Copies `channels·H·W` elements per sample from `src` at `[stride, offset]` to `dst`.
+    fn launch(
+        &self,
+        s: &ChannelSlice,
+        src: &CudaSlice<T>,
+        src_at: [usize; 2],
+        dst: &mut CudaSlice<T>,
+        dst_at: [usize; 2],
+    ) -> Result<()> {
+        if s.batch > MAX_COPY_BATCH {
+            return Err(Error::Shape(format!(
+                "channel slice batch {} is above the supported {MAX_COPY_BATCH}",
+                s.batch
+            )));
+        }
+        let chunk = s.channels * s.hw();
+        // All fit an i32: at most the whole's element count, checked in `validate`.
+        let [chunk_i, ss, so, ds, dso] =
+            [chunk, src_at[0], src_at[1], dst_at[0], dst_at[1]].map(|v| v as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks_for(chunk, THREADS), s.batch as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the caller checked both lengths against `s`, whose offset + channels fit in
+        // the whole's channels, so every sample's run lies inside both buffers.
+        unsafe {
+            self.stream
+                .launch_builder(&self.copy_fn)
+                .arg(src)
+                .arg(dst)
+                .arg(&chunk_i)
+                .arg(&ss)
+                .arg(&so)
+                .arg(&ds)
+                .arg(&dso)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+}

@@ -1,1 +1,184 @@
-//! Placeholder, being written.
+//! The SGD update on the flat f32 parameter buffer, `torch.optim.SGD` with dampening 0 and no
+//! Nesterov, plus a per-call gradient multiplier:
+//!
+//! - `d = grad_scale·g + weight_decay·p`
+//! - `buf = momentum·buf + d`, `p −= lr·buf` (momentum > 0; `buf` starts at zero, which equals
+//!   PyTorch's first-step `buf = d.clone()`)
+//! - momentum = 0: `p −= lr·d`, and `buf` is not touched (PyTorch keeps no buffer then).
+//!
+//! `grad_scale` (1 by default) scales the gradient before anything else, e.g. `1/GPUs` to average
+//! gradients summed across devices. Parameters, gradients and momentum buffers are always f32 on
+//! the GPU. The update is element-wise, so the same bits on every run; the GPU fuses the
+//! multiply-adds, so it may differ from the CPU in the last bit. Kernel: `kernels/sgd.cu`.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use rayon::prelude::*;
+
+use crate::device::{blocks_for, Gpu};
+use crate::error::{check_len, Error, Result};
+use crate::Real;
+
+/// The SGD hyper-parameters of one call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdParams {
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Multiplies the gradient first; 1 for plain SGD.
+    pub grad_scale: f64,
+}
+
+impl SgdParams {
+    /// `grad_scale = 1`.
+    pub fn new(lr: f64, momentum: f64, weight_decay: f64) -> Self {
+        SgdParams {
+            lr,
+            momentum,
+            weight_decay,
+            grad_scale: 1.0,
+        }
+    }
+
+    /// PyTorch's checks (lr, momentum and weight decay not negative), and every value finite.
+    fn validate(&self) -> Result<()> {
+        for (what, v, min) in [
+            ("learning rate", self.lr, 0.0),
+            ("momentum", self.momentum, 0.0),
+            ("weight decay", self.weight_decay, 0.0),
+            ("grad scale", self.grad_scale, f64::NEG_INFINITY),
+        ] {
+            if !v.is_finite() || v < min {
+                return Err(Error::Shape(format!("invalid SGD {what}: {v}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_buffers(weights: usize, grads: usize, momentum_buf: usize) -> Result<()> {
+    check_len("SGD gradients", grads, weights)?;
+    check_len("SGD momentum buffer", momentum_buf, weights)
+}
+
+/// Elements per rayon task of the CPU update.
+const CPU_CHUNK: usize = 1 << 14;
+
+/// CPU reference (and the CPU backend's op): one SGD step on `weights` and `momentum_buf` in
+/// place, all three buffers of the same length.
+pub fn step_cpu<R: Real>(
+    params: &SgdParams,
+    weights: &mut [R],
+    grads: &[R],
+    momentum_buf: &mut [R],
+) -> Result<()> {
+    params.validate()?;
+    check_buffers(weights.len(), grads.len(), momentum_buf.len())?;
+    let lr = R::from_f64(params.lr);
+    let momentum = R::from_f64(params.momentum);
+    let weight_decay = R::from_f64(params.weight_decay);
+    let grad_scale = R::from_f64(params.grad_scale);
+    let use_momentum = params.momentum != 0.0;
+    weights
+        .par_chunks_mut(CPU_CHUNK)
+        .zip(momentum_buf.par_chunks_mut(CPU_CHUNK))
+        .zip(grads.par_chunks(CPU_CHUNK))
+        .for_each(|((w, buf), g)| {
+            for ((p, b), &g) in w.iter_mut().zip(buf).zip(g) {
+                let d = grad_scale * g + weight_decay * *p;
+                if use_momentum {
+                    *b = momentum * *b + d;
+                    *p = *p - lr * *b;
+                } else {
+                    *p = *p - lr * d;
+                }
+            }
+        });
+    Ok(())
+}
+
+const THREADS: u32 = 256;
+/// The grid-stride kernel launches at most this many blocks.
+const MAX_BLOCKS: u32 = 4096;
+
+/// The SGD kernel; it works on any length.
+pub struct SgdGpu {
+    stream: Arc<CudaStream>,
+    step_fn: CudaFunction,
+}
+
+impl SgdGpu {
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        Ok(SgdGpu {
+            stream: gpu.stream().clone(),
+            step_fn: gpu.function(&crate::sources::SGD, "sgd_step")?,
+        })
+    }
+
+    /// One SGD step over the whole buffers (all three of the same length).
+    pub fn step(
+        &self,
+        params: &SgdParams,
+        weights: &mut CudaSlice<f32>,
+        grads: &CudaSlice<f32>,
+        momentum_buf: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.step_range(params, 0..weights.len(), weights, grads, momentum_buf)
+    }
+
+    /// One SGD step over `range` of the flat buffers (all three of the same length), e.g. one
+    /// parameter group with its own learning rate. Elements outside `range` are not touched.
+    pub fn step_range(
+        &self,
+        params: &SgdParams,
+        range: Range<usize>,
+        weights: &mut CudaSlice<f32>,
+        grads: &CudaSlice<f32>,
+        momentum_buf: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        params.validate()?;
+        check_buffers(weights.len(), grads.len(), momentum_buf.len())?;
+        if range.start > range.end || range.end > weights.len() {
+            return Err(Error::Shape(format!(
+                "SGD range {range:?} is not within the {} parameters",
+                weights.len()
+            )));
+        }
+        if range.is_empty() {
+            return Ok(());
+        }
+        let n = range.len() as i64;
+        let (lr, momentum) = (params.lr as f32, params.momentum as f32);
+        let (weight_decay, grad_scale) = (params.weight_decay as f32, params.grad_scale as f32);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                blocks_for(range.len().div_ceil(4), THREADS).min(MAX_BLOCKS),
+                1,
+                1,
+            ),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut w = weights.slice_mut(range.clone());
+        let g = grads.slice(range.clone());
+        let mut b = momentum_buf.slice_mut(range);
+        // SAFETY: the three views hold n elements each; the kernel is grid-stride over n and
+        // checks the alignment of all three before using float4 accesses.
+        unsafe {
+            self.stream
+                .launch_builder(&self.step_fn)
+                .arg(&mut w)
+                .arg(&g)
+                .arg(&mut b)
+                .arg(&n)
+                .arg(&lr)
+                .arg(&momentum)
+                .arg(&weight_decay)
+                .arg(&grad_scale)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+}

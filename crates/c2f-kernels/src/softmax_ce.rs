@@ -1,1 +1,544 @@
-//! Placeholder, being written.
+//! Softmax cross-entropy (PyTorch `F.cross_entropy`, mean reduction) and dropout (`F.dropout`).
+//!
+//! Cross-entropy, logits `x [B, C]`, labels `y [B]`:
+//!
+//! - `loss = (1/B) Σ_b −log softmax(x_b)[y_b]`, computed stably: with `m_b = max_j x[b,j]` and
+//!   `s_b = Σ_j exp(x[b,j] − m_b)`, `−log softmax(x_b)[y_b] = −((x[b,y_b] − m_b) − ln s_b)`.
+//! - `dx[b,j] = loss_scale·(softmax(x_b)[j] − [j = y_b])/B`, assigned (an activation gradient).
+//!   `loss_scale` lets the trainer weight several losses; the returned loss is not scaled by it.
+//! - `predictions[b] = argmax_j x[b,j]`, ties to the first index and NaN above everything, as
+//!   `torch.argmax`, so the trainer can count correct samples.
+//!
+//! A label outside `[0, C)` is an [`Error::Label`] naming the first such sample. The CPU version
+//! then writes nothing; the GPU kernels never read or write through a bad label (the outputs are
+//! then unspecified). The batch mean is summed in a fixed order: the same bits on every run.
+//!
+//! Dropout (training), `y = x·f_i`, `dx = dy·f_i`, with `f_i = 1/(1−p)` for a kept element and
+//! `0` for a dropped one (so, as in PyTorch, a dropped `inf` or NaN gives NaN). The mask is drawn
+//! from splitmix64 as a counter-based generator, so the CPU and the GPU draw the same mask and the
+//! backward regenerates it from `(seed, step)` instead of storing it:
+//!
+//! - `key = splitmix64_output(seed, step + 1)`, the `(step+1)`-th output of splitmix64 seeded
+//!   with `seed`;
+//! - `u_i = splitmix64_output(key, i + 1)`, the `(i+1)`-th output of splitmix64 seeded with `key`,
+//!   `i` the element's index in the flat tensor;
+//! - element `i` is kept iff `(u_i >> 40) / 2^24 ≥ p`, evaluated exactly as the integer test
+//!   `(u_i >> 40) ≥ ceil(p·2^24)`, so a fraction `1 − p` is kept (up to 2^−24).
+//!
+//! where `splitmix64_output(s, k) = mix(s + k·0x9e3779b97f4a7c15)` (wrapping) and `mix` is
+//! splitmix64's finaliser, the same as [`crate::testing::SplitMix64::next_u64`]. The trainer gives
+//! each dropout layer its own seed and advances `step` every training step. `p = 0` is the
+//! identity, `p = 1` gives `x·0`; `p` outside `[0, 1]` is an error. With `training == false`
+//! dropout is the identity (a copy). Kernels: `kernels/softmax_ce.cu`.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use rayon::prelude::*;
+
+use crate::device::{blocks_for, read_loss_status, Gpu};
+use crate::element::Element;
+use crate::error::{check_labels, check_len, Error, Result};
+use crate::rng::splitmix64_output;
+use crate::Real;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SoftmaxCeShape {
+    pub batch: usize,
+    pub classes: usize,
+}
+
+impl SoftmaxCeShape {
+    pub fn logits_len(&self) -> usize {
+        self.batch * self.classes
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.batch == 0 || self.classes == 0 {
+            return Err(Error::Shape(format!(
+                "softmax cross-entropy shape has a zero dimension: {self:?}"
+            )));
+        }
+        if self.batch > i32::MAX as usize || self.classes > i32::MAX as usize {
+            return Err(Error::Shape(format!(
+                "softmax cross-entropy shape too large for 32-bit indexing: {self:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the shape and the buffer lengths; `dlogits` only when there is a gradient.
+    fn check(
+        &self,
+        logits: usize,
+        labels: usize,
+        predictions: usize,
+        dlogits: Option<usize>,
+    ) -> Result<()> {
+        self.validate()?;
+        check_len("softmax CE logits", logits, self.logits_len())?;
+        check_len("softmax CE labels", labels, self.batch)?;
+        check_len("softmax CE predictions", predictions, self.batch)?;
+        match dlogits {
+            Some(len) => check_len("softmax CE dlogits", len, self.logits_len()),
+            None => Ok(()),
+        }
+    }
+}
+
+fn check_loss_scale(loss_scale: f64) -> Result<()> {
+    if loss_scale.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::Shape(format!(
+            "softmax CE loss_scale {loss_scale} is not finite"
+        )))
+    }
+}
+
+/// `dlogits = coef·(softmax − onehot)` with `coef = loss_scale / B`, as the kernels take it.
+fn grad_coef(shape: &SoftmaxCeShape, loss_scale: f64) -> f64 {
+    loss_scale / shape.batch as f64
+}
+
+/// True when `(a, ia)` comes before `(b, ib)` in `torch.argmax` order: NaN first, then the larger
+/// value, ties to the lower index. The kernel's `ce_better` is the same.
+fn argmax_better<R: Real>(a: R, ia: usize, b: R, ib: usize) -> bool {
+    match (a.is_nan(), b.is_nan()) {
+        (false, false) => a > b || (a == b && ia < ib),
+        (a_nan, b_nan) => a_nan && (!b_nan || ia < ib),
+    }
+}
+
+/// One row: writes its prediction and, with `grad = Some((coef, dx))`, its gradient; returns
+/// `−log softmax(x)[label]`. `label` is valid.
+fn ce_row<R: Real>(x: &[R], label: usize, pred: &mut i32, grad: Option<(R, &mut [R])>) -> R {
+    let (mut best, mut best_i) = (x[0], 0);
+    for (j, &v) in x.iter().enumerate().skip(1) {
+        if argmax_better(v, j, best, best_i) {
+            (best, best_i) = (v, j);
+        }
+    }
+    *pred = best_i as i32;
+    let mx = best;
+    let sum: R = x.iter().map(|&v| (v - mx).exp()).sum();
+    if let Some((coef, dx)) = grad {
+        let inv = sum.recip();
+        for (j, (d, &v)) in dx.iter_mut().zip(x).enumerate() {
+            let p = (v - mx).exp() * inv;
+            *d = coef * if j == label { p - R::one() } else { p };
+        }
+    }
+    -((x[label] - mx) - sum.ln())
+}
+
+fn ce_cpu<R: Real>(
+    shape: &SoftmaxCeShape,
+    logits: &[R],
+    labels: &[i32],
+    predictions: &mut [i32],
+    grad: Option<(f64, &mut [R])>,
+) -> Result<R> {
+    shape.check(
+        logits.len(),
+        labels.len(),
+        predictions.len(),
+        grad.as_ref().map(|(_, d)| d.len()),
+    )?;
+    check_labels(labels, shape.classes)?;
+    let c = shape.classes;
+    let rows = logits.par_chunks(c).zip(labels).zip(predictions);
+    let row_loss: Vec<R> = match grad {
+        Some((loss_scale, dlogits)) => {
+            check_loss_scale(loss_scale)?;
+            let coef = R::from_f64(grad_coef(shape, loss_scale));
+            rows.zip(dlogits.par_chunks_mut(c))
+                .map(|(((x, &y), pred), dx)| ce_row(x, y as usize, pred, Some((coef, dx))))
+                .collect()
+        }
+        None => rows
+            .map(|((x, &y), pred)| ce_row(x, y as usize, pred, None))
+            .collect(),
+    };
+    // Summed in index order, then divided, as the GPU's finishing kernel does.
+    Ok(row_loss.into_iter().fold(R::zero(), |a, l| a + l) / R::from_f64(shape.batch as f64))
+}
+
+/// CPU reference (and the CPU backend's op), evaluation: writes `predictions [B]` and returns the
+/// mean loss. On a bad label returns [`Error::Label`] and writes nothing.
+pub fn forward_cpu<R: Real>(
+    shape: &SoftmaxCeShape,
+    logits: &[R],
+    labels: &[i32],
+    predictions: &mut [i32],
+) -> Result<R> {
+    ce_cpu(shape, logits, labels, predictions, None)
+}
+
+/// CPU reference (and the CPU backend's op), training: writes `predictions [B]` and
+/// `dlogits [B, C]` (assigned, scaled by `loss_scale`) and returns the mean loss (not scaled).
+/// On a bad label returns [`Error::Label`] and writes nothing.
+pub fn forward_backward_cpu<R: Real>(
+    shape: &SoftmaxCeShape,
+    logits: &[R],
+    labels: &[i32],
+    loss_scale: f64,
+    predictions: &mut [i32],
+    dlogits: &mut [R],
+) -> Result<R> {
+    ce_cpu(
+        shape,
+        logits,
+        labels,
+        predictions,
+        Some((loss_scale, dlogits)),
+    )
+}
+
+const CE_THREADS: u32 = 256;
+/// `state` layout, see the kernel file: status, then loss bits, status copy, bad label.
+const STATE_LEN: usize = 4;
+const RESULT: std::ops::Range<usize> = 1..4;
+
+/// The softmax cross-entropy kernels for one shape, with their scratch buffers allocated once.
+pub struct SoftmaxCeGpu<T: Element> {
+    shape: SoftmaxCeShape,
+    stream: Arc<CudaStream>,
+    forward_fn: CudaFunction,
+    forward_backward_fn: CudaFunction,
+    finish_fn: CudaFunction,
+    /// `−log softmax[label]` per sample, summed in order by the finishing kernel.
+    row_loss: CudaSlice<f32>,
+    /// Bad-label status and the result read back by [`Self::finish`].
+    state: CudaSlice<i32>,
+    _storage: std::marker::PhantomData<T>,
+}
+
+impl<T: Element> SoftmaxCeGpu<T> {
+    pub fn new(gpu: &Gpu, shape: SoftmaxCeShape) -> Result<Self> {
+        shape.validate()?;
+        let src = &crate::sources::SOFTMAX_CE;
+        Ok(SoftmaxCeGpu {
+            shape,
+            stream: gpu.stream().clone(),
+            forward_fn: gpu.typed_function::<T>(src, "softmax_ce_forward")?,
+            forward_backward_fn: gpu.typed_function::<T>(src, "softmax_ce_forward_backward")?,
+            finish_fn: gpu.function(src, "softmax_ce_finish")?,
+            row_loss: gpu.alloc_zeros(shape.batch)?,
+            state: gpu.alloc_zeros(STATE_LEN)?,
+            _storage: std::marker::PhantomData,
+        })
+    }
+
+    pub fn shape(&self) -> &SoftmaxCeShape {
+        &self.shape
+    }
+
+    /// One block per sample.
+    fn rows_config(shape: &SoftmaxCeShape) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (shape.batch as u32, 1, 1),
+            block_dim: (CE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// Evaluation: [`Self::enqueue_forward`] then [`Self::finish`]. Writes `predictions` and
+    /// returns the mean loss, or [`Error::Label`]. Synchronises once.
+    pub fn forward(
+        &mut self,
+        logits: &CudaSlice<T>,
+        labels: &CudaSlice<i32>,
+        predictions: &mut CudaSlice<i32>,
+    ) -> Result<f32> {
+        self.enqueue_forward(logits, labels, predictions)?;
+        self.finish()
+    }
+
+    /// Training: [`Self::enqueue_forward_backward`] then [`Self::finish`]. Writes `predictions`
+    /// and `dlogits` (assigned, scaled by `loss_scale`) and returns the mean loss (not scaled), or
+    /// [`Error::Label`] (then `predictions` and `dlogits` are unspecified). Synchronises once.
+    pub fn forward_backward(
+        &mut self,
+        logits: &CudaSlice<T>,
+        labels: &CudaSlice<i32>,
+        loss_scale: f64,
+        predictions: &mut CudaSlice<i32>,
+        dlogits: &mut CudaSlice<T>,
+    ) -> Result<f32> {
+        self.enqueue_forward_backward(logits, labels, loss_scale, predictions, dlogits)?;
+        self.finish()
+    }
+
+    /// Launches the evaluation kernels without waiting; see [`Self::finish`].
+    pub fn enqueue_forward(
+        &mut self,
+        logits: &CudaSlice<T>,
+        labels: &CudaSlice<i32>,
+        predictions: &mut CudaSlice<i32>,
+    ) -> Result<()> {
+        let s = self.shape;
+        s.check(logits.len(), labels.len(), predictions.len(), None)?;
+        let (b, c) = (s.batch as i32, s.classes as i32);
+        // SAFETY: buffer lengths checked above match the kernel's indexing; a label is checked
+        // on the device before it is used as an index.
+        unsafe {
+            self.stream
+                .launch_builder(&self.forward_fn)
+                .arg(logits)
+                .arg(labels)
+                .arg(predictions)
+                .arg(&mut self.row_loss)
+                .arg(&mut self.state)
+                .arg(&b)
+                .arg(&c)
+                .launch(Self::rows_config(&s))?;
+        }
+        self.launch_finish(labels)
+    }
+
+    /// Launches the training kernels without waiting. The loss and any bad label stay on the
+    /// device until [`Self::finish`]; call it before the next `enqueue_*` to see them.
+    pub fn enqueue_forward_backward(
+        &mut self,
+        logits: &CudaSlice<T>,
+        labels: &CudaSlice<i32>,
+        loss_scale: f64,
+        predictions: &mut CudaSlice<i32>,
+        dlogits: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        let s = self.shape;
+        s.check(
+            logits.len(),
+            labels.len(),
+            predictions.len(),
+            Some(dlogits.len()),
+        )?;
+        check_loss_scale(loss_scale)?;
+        let (b, c) = (s.batch as i32, s.classes as i32);
+        let coef = grad_coef(&s, loss_scale) as f32;
+        // SAFETY: buffer lengths checked above match the kernel's indexing; a label is checked
+        // on the device before it is used as an index.
+        unsafe {
+            self.stream
+                .launch_builder(&self.forward_backward_fn)
+                .arg(logits)
+                .arg(labels)
+                .arg(dlogits)
+                .arg(predictions)
+                .arg(&mut self.row_loss)
+                .arg(&mut self.state)
+                .arg(&b)
+                .arg(&c)
+                .arg(&coef)
+                .launch(Self::rows_config(&s))?;
+        }
+        self.launch_finish(labels)
+    }
+
+    fn launch_finish(&mut self, labels: &CudaSlice<i32>) -> Result<()> {
+        let b = self.shape.batch as i32;
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (CE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: `row_loss` and `labels` hold B elements, `state` STATE_LEN.
+        unsafe {
+            self.stream
+                .launch_builder(&self.finish_fn)
+                .arg(&self.row_loss)
+                .arg(labels)
+                .arg(&mut self.state)
+                .arg(&b)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the last `enqueue_*` and returns its mean loss, or its first bad label as an
+    /// error. One 12-byte device-to-host read.
+    pub fn finish(&mut self) -> Result<f32> {
+        read_loss_status(
+            &self.stream,
+            &self.state.slice(RESULT),
+            self.shape.batch,
+            self.shape.classes,
+        )
+    }
+}
+
+/// Dropout's probability, its random stream and its mode.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropoutParams {
+    /// Probability of dropping an element, in `[0, 1]`.
+    pub p: f64,
+    /// One per dropout layer.
+    pub seed: u64,
+    /// The training step: a new mask every step.
+    pub step: u64,
+    /// `false`: inference, the identity.
+    pub training: bool,
+}
+
+impl DropoutParams {
+    fn validate(&self) -> Result<()> {
+        if (0.0..=1.0).contains(&self.p) {
+            Ok(())
+        } else {
+            Err(Error::Shape(format!(
+                "dropout probability {} is outside [0, 1]",
+                self.p
+            )))
+        }
+    }
+
+    /// The per-step key: the `(step+1)`-th output of splitmix64 seeded with `seed`.
+    pub fn key(&self) -> u64 {
+        splitmix64_output(self.seed, self.step.wrapping_add(1))
+    }
+
+    /// `ceil(p·2^24)`: element `i` is kept iff `(u_i >> 40) ≥ threshold`.
+    pub fn threshold(&self) -> u32 {
+        (self.p * (1u64 << 24) as f64).ceil() as u32
+    }
+
+    /// `1/(1−p)`, and 0 for `p = 1` (where nothing is kept).
+    pub fn scale(&self) -> f64 {
+        if self.p < 1.0 {
+            1.0 / (1.0 - self.p)
+        } else {
+            0.0
+        }
+    }
+
+    /// Whether element `index` of the flat tensor is kept this step (in training).
+    pub fn keeps(&self, index: u64) -> bool {
+        (splitmix64_output(self.key(), index.wrapping_add(1)) >> 40) as u32 >= self.threshold()
+    }
+}
+
+/// Elements per rayon task of the CPU dropout.
+const DROPOUT_CHUNK: usize = 1 << 14;
+
+/// `out = input·f_i`, the forward and the backward alike.
+fn dropout_apply_cpu<R: Real>(params: &DropoutParams, input: &[R], out: &mut [R]) -> Result<()> {
+    params.validate()?;
+    check_len("dropout output", out.len(), input.len())?;
+    if !params.training {
+        out.copy_from_slice(input);
+        return Ok(());
+    }
+    let key = params.key();
+    let threshold = params.threshold();
+    let scale = R::from_f64(params.scale());
+    out.par_chunks_mut(DROPOUT_CHUNK)
+        .zip(input.par_chunks(DROPOUT_CHUNK))
+        .enumerate()
+        .for_each(|(chunk, (o, x))| {
+            let base = (chunk * DROPOUT_CHUNK) as u64;
+            for (i, (o, &x)) in o.iter_mut().zip(x).enumerate() {
+                let u = splitmix64_output(key, base + i as u64 + 1);
+                let f = if (u >> 40) as u32 >= threshold {
+                    scale
+                } else {
+                    R::zero()
+                };
+                *o = x * f;
+            }
+        });
+    Ok(())
+}
+
+/// CPU reference (and the CPU backend's op): `y = x·mask/(1−p)` (training) or `y = x`.
+pub fn dropout_forward_cpu<R: Real>(params: &DropoutParams, x: &[R], y: &mut [R]) -> Result<()> {
+    dropout_apply_cpu(params, x, y)
+}
+
+/// CPU reference (and the CPU backend's op): `dx = dy·mask/(1−p)` (assigned), the mask
+/// regenerated from the same `params` as the forward.
+pub fn dropout_backward_cpu<R: Real>(params: &DropoutParams, dy: &[R], dx: &mut [R]) -> Result<()> {
+    dropout_apply_cpu(params, dy, dx)
+}
+
+const DROPOUT_THREADS: u32 = 256;
+/// Grid-stride kernels launch at most this many blocks.
+const MAX_BLOCKS: u32 = 8192;
+
+/// The dropout kernel for element type `T`; it works on any length.
+pub struct DropoutGpu<T: Element> {
+    stream: Arc<CudaStream>,
+    apply: CudaFunction,
+    _storage: std::marker::PhantomData<T>,
+}
+
+impl<T: Element> DropoutGpu<T> {
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        Ok(DropoutGpu {
+            stream: gpu.stream().clone(),
+            apply: gpu.typed_function::<T>(&crate::sources::SOFTMAX_CE, "dropout_apply")?,
+            _storage: std::marker::PhantomData,
+        })
+    }
+
+    /// `y = x·mask/(1−p)` in training, `y = x` in inference.
+    pub fn forward(
+        &self,
+        params: &DropoutParams,
+        x: &CudaSlice<T>,
+        y: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        self.apply(params, x, y)
+    }
+
+    /// `dx = dy·mask/(1−p)` (assigned), the same mask as the forward with the same `params`.
+    pub fn backward(
+        &self,
+        params: &DropoutParams,
+        dy: &CudaSlice<T>,
+        dx: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        self.apply(params, dy, dx)
+    }
+
+    fn apply(
+        &self,
+        params: &DropoutParams,
+        input: &CudaSlice<T>,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        params.validate()?;
+        check_len("dropout output", out.len(), input.len())?;
+        if input.is_empty() {
+            return Ok(());
+        }
+        if !params.training {
+            self.stream.memcpy_dtod(input, out)?;
+            return Ok(());
+        }
+        let n = input.len() as i64;
+        let (key, threshold, scale) = (params.key(), params.threshold(), params.scale() as f32);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                blocks_for(input.len(), DROPOUT_THREADS).min(MAX_BLOCKS),
+                1,
+                1,
+            ),
+            block_dim: (DROPOUT_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: both buffers hold n elements; the kernel is grid-stride over n.
+        unsafe {
+            self.stream
+                .launch_builder(&self.apply)
+                .arg(input)
+                .arg(out)
+                .arg(&n)
+                .arg(&key)
+                .arg(&threshold)
+                .arg(&scale)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+// Pooling for the InceptionV3 runtime, NCHW contiguous, PyTorch semantics (ceil_mode=False,
+// dilation 1), and the channel copy behind concat and split.
+//
+// max_pool2d_forward / avg_pool2d_forward: one thread per output.
+// max_pool2d_backward / avg_pool2d_backward: one thread per input element, gathering from the
+// outputs whose windows contain it in row-major order (as PyTorch's CUDA backward): no atomics.
+// global_avg_pool_forward: one warp per plane; global_avg_pool_backward: one thread per element.
+// channel_copy: grid (chunks, N), a plain copy of each sample's contiguous run of channels.
+// Every result is the same bits on every run.
+#include "common.cuh"
+
+// Mirrors `PoolGeom` in crates/c2f-kernels/src/pool.rs (twelve ints, passed by value).
+struct PoolGeom {
+    int planes;  // N * C
+    int H, W;    // input
+    int OH, OW;  // output
+    int kh, kw, sh, sw, ph, pw;
+    int count_include_pad;  // average pool only
+};
+
+// Input rows [lo, hi) under output row `o`, and the window's extent counting padding (PyTorch's
+// `pool_size` factor), for one dimension.
+struct Window {
+    int lo, hi, padded;
+    __device__ __forceinline__ Window(int o, int k, int s, int p, int n) {
+        const int start = o * s - p;
+        const int end = min(start + k, n + p);
+        padded = end - start;
+        lo = max(start, 0);
+        hi = min(end, n);
+    }
+};
+
+// First output row whose window contains input row `i`, and one past the last.
+__device__ __forceinline__ int first_output(int i, int k, int s, int p) {
+    return i + p < k ? 0 : (i + p - k) / s + 1;
+}
+__device__ __forceinline__ int end_output(int i, int s, int p, int n_out) {
+    return min((i + p) / s + 1, n_out);
+}
+
+// Global thread index as an unsigned, so the last block cannot overflow an int.
+__device__ __forceinline__ unsigned int thread_index() { return blockIdx.x * blockDim.x + threadIdx.x; }
+
+template <typename T>
+__device__ void max_pool2d_forward_impl(const T* __restrict__ x, T* __restrict__ y,
+                                        int* __restrict__ indices, PoolGeom g) {
+    const unsigned int t = thread_index();
+    if (t >= (unsigned int)(g.planes * g.OH * g.OW)) return;
+    const int o = (int)t;
+    const int ow = o % g.OW, oh = (o / g.OW) % g.OH, plane = o / (g.OW * g.OH);
+    const Window wh(oh, g.kh, g.sh, g.ph, g.H), ww(ow, g.kw, g.sw, g.pw, g.W);
+    const T* xp = x + (long long)plane * g.H * g.W;
+    // As PyTorch: start at -inf on the window's first element; a larger value or any NaN wins,
+    // so ties keep the first maximum and a NaN (the last one) propagates.
+    float best = -__int_as_float(0x7f800000);
+    int best_i = wh.lo * g.W + ww.lo;
+    for (int ih = wh.lo; ih < wh.hi; ++ih) {
+        for (int iw = ww.lo; iw < ww.hi; ++iw) {
+            const int i = ih * g.W + iw;
+            const float v = load_f32(xp, i);
+            if (v > best || v != v) {
+                best = v;
+                best_i = i;
+            }
+        }
+    }
+    store_f32(y, o, best);
+    indices[o] = best_i;
+}
+
+// dx[i] = sum of dy over the outputs whose argmax is i (assigned). Only outputs whose window
+// contains i are read, so an index that is not in its own window routes nowhere.
+template <typename T>
+__device__ void max_pool2d_backward_impl(const int* __restrict__ indices, const T* __restrict__ dy,
+                                         T* __restrict__ dx, PoolGeom g) {
+    const unsigned int t = thread_index();
+    if (t >= (unsigned int)(g.planes * g.H * g.W)) return;
+    const int i = (int)t;
+    const int iw = i % g.W, ih = (i / g.W) % g.H, plane = i / (g.W * g.H);
+    const int oh0 = first_output(ih, g.kh, g.sh, g.ph), oh1 = end_output(ih, g.sh, g.ph, g.OH);
+    const int ow0 = first_output(iw, g.kw, g.sw, g.pw), ow1 = end_output(iw, g.sw, g.pw, g.OW);
+    const int target = ih * g.W + iw;
+    const int base = plane * g.OH * g.OW;
+    float acc = 0.0f;
+    for (int oh = oh0; oh < oh1; ++oh) {
+        for (int ow = ow0; ow < ow1; ++ow) {
+            const int o = base + oh * g.OW + ow;
+            if (indices[o] == target) acc += load_f32(dy, o);
+        }
+    }
+    store_f32(dx, i, acc);
+}
+
+__device__ __forceinline__ int avg_divisor(const Window& wh, const Window& ww, int count_include_pad) {
+    return count_include_pad ? wh.padded * ww.padded : (wh.hi - wh.lo) * (ww.hi - ww.lo);
+}
+
+template <typename T>
+__device__ void avg_pool2d_forward_impl(const T* __restrict__ x, T* __restrict__ y, PoolGeom g) {
+    const unsigned int t = thread_index();
+    if (t >= (unsigned int)(g.planes * g.OH * g.OW)) return;
+    const int o = (int)t;
+    const int ow = o % g.OW, oh = (o / g.OW) % g.OH, plane = o / (g.OW * g.OH);
+    const Window wh(oh, g.kh, g.sh, g.ph, g.H), ww(ow, g.kw, g.sw, g.pw, g.W);
+    const T* xp = x + (long long)plane * g.H * g.W;
+    float sum = 0.0f;
+    for (int ih = wh.lo; ih < wh.hi; ++ih) {
+        for (int iw = ww.lo; iw < ww.hi; ++iw) sum += load_f32(xp, ih * g.W + iw);
+    }
+    store_f32(y, o, sum / (float)avg_divisor(wh, ww, g.count_include_pad));
+}
+
+// dx[i] = sum over the outputs whose window contains i of dy / divisor (assigned).
+template <typename T>
+__device__ void avg_pool2d_backward_impl(const T* __restrict__ dy, T* __restrict__ dx, PoolGeom g) {
+    const unsigned int t = thread_index();
+    if (t >= (unsigned int)(g.planes * g.H * g.W)) return;
+    const int i = (int)t;
+    const int iw = i % g.W, ih = (i / g.W) % g.H, plane = i / (g.W * g.H);
+    const int oh0 = first_output(ih, g.kh, g.sh, g.ph), oh1 = end_output(ih, g.sh, g.ph, g.OH);
+    const int ow0 = first_output(iw, g.kw, g.sw, g.pw), ow1 = end_output(iw, g.sw, g.pw, g.OW);
+    const int base = plane * g.OH * g.OW;
+    float acc = 0.0f;
+    for (int oh = oh0; oh < oh1; ++oh) {
+        const Window wh(oh, g.kh, g.sh, g.ph, g.H);
+        for (int ow = ow0; ow < ow1; ++ow) {
+            const Window ww(ow, g.kw, g.sw, g.pw, g.W);
+            const float div = (float)avg_divisor(wh, ww, g.count_include_pad);
+            acc += load_f32(dy, base + oh * g.OW + ow) / div;
+        }
+    }
+    store_f32(dx, i, acc);
+}
+
+// One warp per plane: lane-strided partial sums, then a butterfly in a fixed order.
+template <typename T>
+__device__ void global_avg_pool_forward_impl(const T* __restrict__ x, T* __restrict__ y, int planes,
+                                             int HW) {
+    const long long plane = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (plane >= planes) return;  // the whole warp leaves together
+    const T* xp = x + plane * HW;
+    float sum = 0.0f;
+    for (int i = lane; i < HW; i += 32) sum += load_f32(xp, i);
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (lane == 0) store_f32(y, plane, sum / (float)HW);
+}
+
+template <typename T>
+__device__ void global_avg_pool_backward_impl(const T* __restrict__ dy, T* __restrict__ dx,
+                                              int planes, int HW) {
+    const unsigned int t = thread_index();
+    if (t >= (unsigned int)(planes * HW)) return;
+    const int i = (int)t;
+    store_f32(dx, i, load_f32(dy, i / HW) / (float)HW);
+}
+
+// dst[n * dst_stride + dst_offset + r] = src[n * src_stride + src_offset + r] for r < chunk;
+// sample n = blockIdx.y. A bit copy, no conversion.
+template <typename T>
+__device__ void channel_copy_impl(const T* __restrict__ src, T* __restrict__ dst, int chunk,
+                                  int src_stride, int src_offset, int dst_stride, int dst_offset) {
+    const unsigned int t = thread_index();
+    if (t >= (unsigned int)chunk) return;
+    const long long n = blockIdx.y;
+    dst[n * dst_stride + dst_offset + t] = src[n * src_stride + src_offset + t];
+}
+
+#define POOL_ENTRY_POINTS(SUFFIX, T)                                                               \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        max_pool2d_forward_##SUFFIX(const T* x, T* y, int* indices, PoolGeom g) {                  \
+        max_pool2d_forward_impl<T>(x, y, indices, g);                                              \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        max_pool2d_backward_##SUFFIX(const int* indices, const T* dy, T* dx, PoolGeom g) {         \
+        max_pool2d_backward_impl<T>(indices, dy, dx, g);                                           \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        avg_pool2d_forward_##SUFFIX(const T* x, T* y, PoolGeom g) {                                \
+        avg_pool2d_forward_impl<T>(x, y, g);                                                       \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        avg_pool2d_backward_##SUFFIX(const T* dy, T* dx, PoolGeom g) {                             \
+        avg_pool2d_backward_impl<T>(dy, dx, g);                                                    \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        global_avg_pool_forward_##SUFFIX(const T* x, T* y, int planes, int HW) {                   \
+        global_avg_pool_forward_impl<T>(x, y, planes, HW);                                         \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        global_avg_pool_backward_##SUFFIX(const T* dy, T* dx, int planes, int HW) {                \
+        global_avg_pool_backward_impl<T>(dy, dx, planes, HW);                                      \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        channel_copy_##SUFFIX(const T* src, T* dst, int chunk, int src_stride, int src_offset,     \
+                              int dst_stride, int dst_offset) {                                    \
+        channel_copy_impl<T>(src, dst, chunk, src_stride, src_offset, dst_stride, dst_offset);     \
+    }
+
+POOL_ENTRY_POINTS(f32, float)
+POOL_ENTRY_POINTS(bf16, bf16_bits)

@@ -1,0 +1,186 @@
+// Softmax cross-entropy (PyTorch F.cross_entropy, mean reduction) and dropout.
+//
+// Cross-entropy: logits [B, C] in T, labels [B] int.
+//   m_b = max_j x[b,j]   s_b = sum_j exp(x[b,j] - m_b)   p[b,j] = exp(x[b,j] - m_b) / s_b
+//   loss = (1/B) sum_b -((x[b,y_b] - m_b) - log s_b)
+//   dx[b,j] = coef (p[b,j] - [j == y_b]),  coef = loss_scale / B   (assigned)
+//   pred[b] = argmax_j x[b,j], ties to the first index, NaN above everything (torch.argmax)
+// softmax_ce_rows: one block per sample (max/argmax, then the sum, then the gradient), writes the
+// row's loss to row_loss[b]; a bad label is recorded as B - b with an int atomicMax (so the
+// smallest bad index wins) and its x[b, y_b] is never read. softmax_ce_finish: one block sums
+// row_loss in a fixed order, writes the result triple and resets the status for the next call.
+//
+// Dropout: out = in * f_i with f_i = scale if the element is kept, else 0, so forward (x -> y) and
+// backward (dy -> dx) are the same kernel. keep_i = (mix(key + (i+1) GAMMA) >> 40) >= threshold,
+// with key and threshold = ceil(p 2^24) from the host (softmax_ce.rs documents the formula).
+// No float atomics anywhere: the same bits on every run.
+#include "common.cuh"
+
+#define CE_THREADS 256
+#define DROPOUT_THREADS 256
+
+// state[] layout (int, zeroed at allocation, reset by softmax_ce_finish):
+//   [0] status: 0 ok, else B - (smallest bad-label index)
+//   [1] loss bits (f32)   [2] status copied for the host   [3] the bad label
+#define CE_STATUS 0
+#define CE_LOSS 1
+#define CE_BAD 2
+#define CE_LABEL 3
+
+#define CE_NEG_INF __int_as_float(0xff800000)
+#define CE_NAN_BITS 0x7fc00000
+#define CE_NO_INDEX 0x7fffffff
+
+// True when (a, ia) comes before (b, ib) in argmax order: NaN first, then the larger value, ties
+// to the lower index. Indices are distinct, so this is a total order and any reduction tree
+// picks the same winner.
+__device__ __forceinline__ bool ce_better(float a, int ia, float b, int ib) {
+    const bool a_nan = a != a, b_nan = b != b;
+    if (a_nan || b_nan) return a_nan && (!b_nan || ia < ib);
+    return a > b || (a == b && ia < ib);
+}
+
+// Argmax over the block; every thread must call it and every thread gets the winner.
+__device__ __forceinline__ void block_argmax(float& v, int& idx, float* scratch_v, int* scratch_i) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+        if (ce_better(ov, oi, v, idx)) {
+            v = ov;
+            idx = oi;
+        }
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int warps = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (lane == 0) {
+        scratch_v[warp] = v;
+        scratch_i[warp] = idx;
+    }
+    __syncthreads();
+    v = lane < warps ? scratch_v[lane] : CE_NEG_INF;
+    idx = lane < warps ? scratch_i[lane] : CE_NO_INDEX;
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+        if (ce_better(ov, oi, v, idx)) {
+            v = ov;
+            idx = oi;
+        }
+    }
+}
+
+// grid (B), CE_THREADS threads. With GRAD false, dlogits is not touched (evaluation).
+template <typename T, bool GRAD>
+__device__ void softmax_ce_rows_impl(const T* __restrict__ logits, const int* __restrict__ labels,
+                                     T* __restrict__ dlogits, int* __restrict__ predictions,
+                                     float* __restrict__ row_loss, int* state, int B, int C,
+                                     float coef) {
+    __shared__ float scratch[32];
+    __shared__ float arg_v[32];
+    __shared__ int arg_i[32];
+    const int b = blockIdx.x;
+    const long long row = (long long)b * C;
+    const T* x = logits + row;
+    const int label = labels[b];
+    const bool valid = label >= 0 && label < C;
+
+    float best = CE_NEG_INF;
+    int best_i = CE_NO_INDEX;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) {
+        const float v = load_f32(x, j);
+        if (ce_better(v, j, best, best_i)) {
+            best = v;
+            best_i = j;
+        }
+    }
+    block_argmax(best, best_i, arg_v, arg_i);
+    const float mx = best;
+
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) sum += expf(load_f32(x, j) - mx);
+    sum = block_sum(sum, scratch);
+
+    if (threadIdx.x == 0) {
+        predictions[b] = best_i;
+        if (valid) {
+            row_loss[b] = -((load_f32(x, label) - mx) - logf(sum));
+        } else {
+            row_loss[b] = __int_as_float(CE_NAN_BITS);
+            atomicMax(&state[CE_STATUS], B - b);
+        }
+    }
+    if constexpr (GRAD) {
+        // A bad label gets no one-hot term: the row is unspecified but nothing is written out of
+        // bounds.
+        const float inv = 1.0f / sum;
+        for (int j = threadIdx.x; j < C; j += blockDim.x) {
+            const float p = expf(load_f32(x, j) - mx) * inv;
+            store_f32(dlogits, row + j, coef * (j == label ? p - 1.0f : p));
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(CE_THREADS)
+    softmax_ce_finish(const float* __restrict__ row_loss, const int* __restrict__ labels,
+                      int* state, int B) {
+    __shared__ float scratch[32];
+    // Every thread reads the status before block_sum's barrier; thread 0 resets it after.
+    const int bad = *(volatile int*)&state[CE_STATUS];
+    float total = 0.0f;
+    if (bad == 0) {
+        for (int i = threadIdx.x; i < B; i += blockDim.x) total += row_loss[i];
+    }
+    total = block_sum(total, scratch);
+    if (threadIdx.x == 0) {
+        state[CE_LOSS] = bad == 0 ? __float_as_int(total / (float)B) : CE_NAN_BITS;
+        state[CE_BAD] = bad;
+        state[CE_LABEL] = bad == 0 ? 0 : labels[B - bad];
+        state[CE_STATUS] = 0;
+    }
+}
+
+// splitmix64's output function (the finaliser of testing::SplitMix64::next_u64).
+__device__ __forceinline__ unsigned long long splitmix64_mix(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+#define SPLITMIX64_GAMMA 0x9e3779b97f4a7c15ull
+
+// Grid-stride over n elements: out[i] = in[i] * (keep_i ? scale : 0).
+template <typename T>
+__device__ void dropout_apply_impl(const T* __restrict__ in, T* __restrict__ out, long long n,
+                                   unsigned long long key, unsigned int threshold, float scale) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const unsigned long long u =
+            splitmix64_mix(key + ((unsigned long long)i + 1ull) * SPLITMIX64_GAMMA);
+        const float f = (unsigned int)(u >> 40) >= threshold ? scale : 0.0f;
+        store_f32(out, i, load_f32(in, i) * f);
+    }
+}
+
+#define SOFTMAX_CE_ENTRY_POINTS(SUFFIX, T)                                                          \
+    extern "C" __global__ void __launch_bounds__(CE_THREADS)                                       \
+        softmax_ce_forward_backward_##SUFFIX(const T* logits, const int* labels, T* dlogits,       \
+                                             int* predictions, float* row_loss, int* state, int B, \
+                                             int C, float coef) {                                  \
+        softmax_ce_rows_impl<T, true>(logits, labels, dlogits, predictions, row_loss, state, B, C, \
+                                      coef);                                                       \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(CE_THREADS)                                       \
+        softmax_ce_forward_##SUFFIX(const T* logits, const int* labels, int* predictions,          \
+                                    float* row_loss, int* state, int B, int C) {                   \
+        softmax_ce_rows_impl<T, false>(logits, labels, nullptr, predictions, row_loss, state, B,   \
+                                       C, 0.0f);                                                   \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(DROPOUT_THREADS)                                  \
+        dropout_apply_##SUFFIX(const T* in, T* out, long long n, unsigned long long key,           \
+                               unsigned int threshold, float scale) {                              \
+        dropout_apply_impl<T>(in, out, n, key, threshold, scale);                                  \
+    }
+
+SOFTMAX_CE_ENTRY_POINTS(f32, float)
+SOFTMAX_CE_ENTRY_POINTS(bf16, bf16_bits)
