@@ -1,1 +1,952 @@
-//! Placeholder, being written.
+//! Batch norm (+ fused ReLU): the CPU reference against hand-computed values and finite
+//! differences (f64) in both modes, the accumulation rule and bad input; the f32 CPU backend and
+//! the CUDA kernels (f32, bf16) against the f64 reference (GPU tests skip without a GPU).
+
+use c2f_kernels::batch_norm::{
+    backward_inference_cpu, backward_train_cpu, forward_inference_cpu, forward_train_cpu,
+    BatchNormGpu, BatchNormParams, BatchNormShape, INCEPTION_EPS,
+};
+use c2f_kernels::testing::{
+    assert_bit_identical, gpu_or_skip, numeric_gradient, rel_error, round_through, widen,
+    SplitMix64,
+};
+use c2f_kernels::{Element, Gpu};
+
+fn shape(batch: usize, channels: usize, height: usize, width: usize) -> BatchNormShape {
+    BatchNormShape {
+        batch,
+        channels,
+        height,
+        width,
+    }
+}
+
+fn params(relu: bool) -> BatchNormParams {
+    BatchNormParams {
+        eps: INCEPTION_EPS,
+        momentum: 0.1,
+        relu,
+    }
+}
+
+/// Inputs of one layer: every fourth channel has a mean of 50 and a standard deviation of about
+/// 2.3, where `E[x²] − E[x]²` in f32 would lose digits of the variance.
+#[derive(Clone)]
+struct Inputs {
+    x: Vec<f64>,
+    gamma: Vec<f64>,
+    beta: Vec<f64>,
+    running_mean: Vec<f64>,
+    running_var: Vec<f64>,
+    dy: Vec<f64>,
+    /// Initial values of the accumulated dgamma and dbeta.
+    dgamma0: Vec<f64>,
+    dbeta0: Vec<f64>,
+}
+
+fn draw(s: &BatchNormShape, seed: u64) -> Inputs {
+    let mut rng = SplitMix64(seed);
+    let c = s.channels;
+    let (offset, spread): (Vec<f64>, Vec<f64>) = (0..c)
+        .map(|ch| {
+            if ch % 4 == 3 {
+                (50.0, 4.0)
+            } else {
+                (rng.uniform(-1.0, 2.0), rng.uniform(0.5, 2.0))
+            }
+        })
+        .unzip();
+    let x = (0..s.len())
+        .map(|i| {
+            let ch = i / s.hw() % c;
+            offset[ch] + spread[ch] * rng.uniform(-1.0, 1.0)
+        })
+        .collect();
+    Inputs {
+        x,
+        gamma: rng.uniform_vec(c, 0.5, 1.5),
+        beta: rng.uniform_vec(c, -0.5, 0.5),
+        running_mean: offset.iter().map(|o| o + rng.uniform(-0.5, 0.5)).collect(),
+        running_var: rng.uniform_vec(c, 0.2, 1.5),
+        dy: rng.uniform_vec(s.len(), -1.0, 1.0),
+        dgamma0: rng.uniform_vec(c, -2.0, 2.0),
+        dbeta0: rng.uniform_vec(c, -2.0, 2.0),
+    }
+}
+
+struct Train {
+    y: Vec<f64>,
+    save_mean: Vec<f64>,
+    save_invstd: Vec<f64>,
+    running_mean: Vec<f64>,
+    running_var: Vec<f64>,
+}
+
+fn train64(s: &BatchNormShape, p: &BatchNormParams, inp: &Inputs) -> Train {
+    let mut t = Train {
+        y: vec![f64::NAN; s.len()],
+        save_mean: vec![f64::NAN; s.channels],
+        save_invstd: vec![f64::NAN; s.channels],
+        running_mean: inp.running_mean.clone(),
+        running_var: inp.running_var.clone(),
+    };
+    forward_train_cpu(
+        s,
+        p,
+        &inp.x,
+        &inp.gamma,
+        &inp.beta,
+        &mut t.running_mean,
+        &mut t.running_var,
+        &mut t.y,
+        &mut t.save_mean,
+        &mut t.save_invstd,
+    )
+    .unwrap();
+    t
+}
+
+fn infer64(s: &BatchNormShape, p: &BatchNormParams, inp: &Inputs) -> Vec<f64> {
+    let mut y = vec![f64::NAN; s.len()];
+    forward_inference_cpu(
+        s,
+        p,
+        &inp.x,
+        &inp.gamma,
+        &inp.beta,
+        &inp.running_mean,
+        &inp.running_var,
+        &mut y,
+    )
+    .unwrap();
+    y
+}
+
+/// (dx, dgamma, dbeta) of the training-mode backward, the parameter gradients accumulated onto
+/// `inp.dgamma0`, `inp.dbeta0`.
+fn back_train64(
+    s: &BatchNormShape,
+    p: &BatchNormParams,
+    inp: &Inputs,
+    y: &[f64],
+    mean: &[f64],
+    invstd: &[f64],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut dx = vec![f64::NAN; s.len()];
+    let (mut dgamma, mut dbeta) = (inp.dgamma0.clone(), inp.dbeta0.clone());
+    backward_train_cpu(
+        s,
+        p,
+        &inp.x,
+        y,
+        &inp.gamma,
+        mean,
+        invstd,
+        &inp.dy,
+        &mut dx,
+        &mut dgamma,
+        &mut dbeta,
+    )
+    .unwrap();
+    (dx, dgamma, dbeta)
+}
+
+fn back_infer64(
+    s: &BatchNormShape,
+    p: &BatchNormParams,
+    inp: &Inputs,
+    y: &[f64],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut dx = vec![f64::NAN; s.len()];
+    let (mut dgamma, mut dbeta) = (inp.dgamma0.clone(), inp.dbeta0.clone());
+    backward_inference_cpu(
+        s,
+        p,
+        &inp.x,
+        y,
+        &inp.gamma,
+        &inp.running_mean,
+        &inp.running_var,
+        &inp.dy,
+        &mut dx,
+        &mut dgamma,
+        &mut dbeta,
+    )
+    .unwrap();
+    (dx, dgamma, dbeta)
+}
+
+fn assert_close(what: &str, got: f64, want: f64) {
+    assert!(
+        (got - want).abs() <= 1e-12 * want.abs().max(1.0),
+        "{what}: {got} vs {want}"
+    );
+}
+
+/// N = 2, C = 2, 1x2 pixels. Channel 0 holds {1, 2, 3, 6}: mean 3, var 3.5, unbiased 14/3.
+/// Channel 1 holds {10, 20, 30, 40}: mean 25, var 125, unbiased 500/3.
+fn hand_case() -> (BatchNormShape, Inputs) {
+    let s = shape(2, 2, 1, 2);
+    let inp = Inputs {
+        x: vec![1.0, 2.0, 10.0, 20.0, 3.0, 6.0, 30.0, 40.0],
+        gamma: vec![2.0, -1.0],
+        beta: vec![0.5, 1.0],
+        running_mean: vec![0.5, -1.0],
+        running_var: vec![2.0, 3.0],
+        dy: vec![0.0; 8],
+        dgamma0: vec![0.0; 2],
+        dbeta0: vec![0.0; 2],
+    };
+    (s, inp)
+}
+
+#[test]
+fn forward_train_matches_hand_computed_case() {
+    let (s, inp) = hand_case();
+    let (mean, var) = ([3.0, 25.0], [3.5, 125.0]);
+    for relu in [false, true] {
+        let t = train64(&s, &params(relu), &inp);
+        for c in 0..2 {
+            let invstd = 1.0 / (var[c] + 1e-3f64).sqrt();
+            assert_close("save_mean", t.save_mean[c], mean[c]);
+            assert_close("save_invstd", t.save_invstd[c], invstd);
+            for b in 0..2 {
+                for p in 0..2 {
+                    let i = (b * 2 + c) * 2 + p;
+                    let pre = inp.gamma[c] * (inp.x[i] - mean[c]) * invstd + inp.beta[c];
+                    let want = if relu { pre.max(0.0) } else { pre };
+                    assert_close(&format!("y[{i}] relu={relu}"), t.y[i], want);
+                }
+            }
+        }
+        // momentum·batch stat + (1 − momentum)·running stat, the variance unbiased.
+        assert_close("running_mean 0", t.running_mean[0], 0.1 * 3.0 + 0.9 * 0.5);
+        assert_close("running_mean 1", t.running_mean[1], 0.1 * 25.0 - 0.9 * 1.0);
+        assert_close(
+            "running_var 0",
+            t.running_var[0],
+            0.1 * 14.0 / 3.0 + 0.9 * 2.0,
+        );
+        assert_close(
+            "running_var 1",
+            t.running_var[1],
+            0.1 * 500.0 / 3.0 + 0.9 * 3.0,
+        );
+    }
+    // The ReLU really cuts here: channel 1 (gamma −1) maps x = 40 to 1 − 15/√125.001 < 0.
+    let t = train64(&s, &params(true), &inp);
+    assert_eq!(t.y[7], 0.0);
+    assert!(t.y[2] > 2.0);
+}
+
+#[test]
+fn forward_inference_matches_hand_computed_case() {
+    let (s, inp) = hand_case();
+    for relu in [false, true] {
+        let y = infer64(&s, &params(relu), &inp);
+        for (i, &got) in y.iter().enumerate() {
+            let c = i / 2 % 2;
+            let invstd = 1.0 / (inp.running_var[c] + 1e-3f64).sqrt();
+            let pre = inp.gamma[c] * (inp.x[i] - inp.running_mean[c]) * invstd + inp.beta[c];
+            let want = if relu { pre.max(0.0) } else { pre };
+            assert_close(&format!("y[{i}] relu={relu}"), got, want);
+        }
+    }
+    // Channel 1 with gamma −1 and running mean −1 is negative everywhere: the ReLU zeroes it.
+    let y = infer64(&s, &params(true), &inp);
+    assert_eq!(y[3], 0.0);
+}
+
+/// The smallest |pre-activation| of the training or inference forward: finite differences are
+/// only valid away from the ReLU's kink.
+fn kink_margin(s: &BatchNormShape, inp: &Inputs, train: bool) -> f64 {
+    let pre = if train {
+        train64(s, &params(false), inp).y
+    } else {
+        infer64(s, &params(false), inp)
+    };
+    pre.iter().fold(f64::INFINITY, |m, v| m.min(v.abs()))
+}
+
+fn fd_check(what: &str, analytic: &[f64], numeric: &[f64]) {
+    let e = rel_error(analytic, numeric);
+    assert!(
+        e < 1e-6,
+        "{what}: relative error {e} against finite differences"
+    );
+}
+
+/// `loss = Σ dy·y` as a function of x, gamma, beta; the backward's accumulated parameter
+/// gradients minus their initial values are the gradients.
+fn check_finite_differences(train: bool, relu: bool) {
+    let s = shape(2, 3, 2, 3);
+    let inp = draw(&s, 11);
+    let p = params(relu);
+    if relu {
+        let margin = kink_margin(&s, &inp, train);
+        assert!(
+            margin > 1e-3,
+            "pre-activation {margin} too close to the kink"
+        );
+    }
+    let forward = |inp: &Inputs| -> Vec<f64> {
+        if train {
+            train64(&s, &p, inp).y
+        } else {
+            infer64(&s, &p, inp)
+        }
+    };
+    let loss = |inp: &Inputs| -> f64 { forward(inp).iter().zip(&inp.dy).map(|(y, d)| y * d).sum() };
+    let (dx, dgamma, dbeta) = if train {
+        let t = train64(&s, &p, &inp);
+        back_train64(&s, &p, &inp, &t.y, &t.save_mean, &t.save_invstd)
+    } else {
+        back_infer64(&s, &p, &inp, &forward(&inp))
+    };
+    let minus =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a - b).collect() };
+    let h = 1e-6;
+    let num_dx = numeric_gradient(
+        |x| {
+            let mut q = inp.clone();
+            q.x = x.to_vec();
+            loss(&q)
+        },
+        &inp.x,
+        h,
+    );
+    let num_dgamma = numeric_gradient(
+        |g| {
+            let mut q = inp.clone();
+            q.gamma = g.to_vec();
+            loss(&q)
+        },
+        &inp.gamma,
+        h,
+    );
+    let num_dbeta = numeric_gradient(
+        |b| {
+            let mut q = inp.clone();
+            q.beta = b.to_vec();
+            loss(&q)
+        },
+        &inp.beta,
+        h,
+    );
+    let name = format!("train={train} relu={relu}");
+    fd_check(&format!("{name} dx"), &dx, &num_dx);
+    fd_check(
+        &format!("{name} dgamma"),
+        &minus(&dgamma, &inp.dgamma0),
+        &num_dgamma,
+    );
+    fd_check(
+        &format!("{name} dbeta"),
+        &minus(&dbeta, &inp.dbeta0),
+        &num_dbeta,
+    );
+    if relu {
+        // Some outputs are cut and some are not, so the mask is exercised.
+        let y = forward(&inp);
+        let cut = y.iter().filter(|&&v| v == 0.0).count();
+        assert!(cut > 0 && cut < y.len(), "{name}: {cut} of {} cut", y.len());
+    }
+}
+
+#[test]
+fn backward_train_matches_finite_differences() {
+    check_finite_differences(true, false);
+}
+
+#[test]
+fn backward_train_relu_matches_finite_differences() {
+    check_finite_differences(true, true);
+}
+
+#[test]
+fn backward_inference_matches_finite_differences() {
+    check_finite_differences(false, false);
+}
+
+#[test]
+fn backward_inference_relu_matches_finite_differences() {
+    check_finite_differences(false, true);
+}
+
+/// Two backward calls double dgamma and dbeta from zero, and leave dx as after one call.
+#[test]
+fn parameter_gradients_accumulate_and_dx_is_assigned() {
+    let s = shape(3, 4, 3, 2);
+    let mut inp = draw(&s, 12);
+    inp.dgamma0 = vec![0.0; s.channels];
+    inp.dbeta0 = vec![0.0; s.channels];
+    let p = params(true);
+    let t = train64(&s, &p, &inp);
+    let y_infer = infer64(&s, &p, &inp);
+    for train in [true, false] {
+        let mut dx = vec![f64::NAN; s.len()];
+        let mut dgamma = vec![0.0; s.channels];
+        let mut dbeta = vec![0.0; s.channels];
+        let call = |dx: &mut [f64], dgamma: &mut [f64], dbeta: &mut [f64]| {
+            if train {
+                backward_train_cpu(
+                    &s,
+                    &p,
+                    &inp.x,
+                    &t.y,
+                    &inp.gamma,
+                    &t.save_mean,
+                    &t.save_invstd,
+                    &inp.dy,
+                    dx,
+                    dgamma,
+                    dbeta,
+                )
+            } else {
+                backward_inference_cpu(
+                    &s,
+                    &p,
+                    &inp.x,
+                    &y_infer,
+                    &inp.gamma,
+                    &inp.running_mean,
+                    &inp.running_var,
+                    &inp.dy,
+                    dx,
+                    dgamma,
+                    dbeta,
+                )
+            }
+            .unwrap()
+        };
+        call(&mut dx, &mut dgamma, &mut dbeta);
+        let (dx1, dgamma1, dbeta1) = (dx.clone(), dgamma.clone(), dbeta.clone());
+        assert!(dx1.iter().all(|v| v.is_finite()), "dx not fully written");
+        assert!(dgamma1.iter().chain(&dbeta1).all(|&v| v != 0.0));
+        call(&mut dx, &mut dgamma, &mut dbeta);
+        assert_eq!(dx, dx1, "train={train}: dx must be assigned");
+        let twice = |v: &[f64]| -> Vec<f64> { v.iter().map(|a| 2.0 * a).collect() };
+        assert_eq!(
+            dgamma,
+            twice(&dgamma1),
+            "train={train}: dgamma must accumulate"
+        );
+        assert_eq!(
+            dbeta,
+            twice(&dbeta1),
+            "train={train}: dbeta must accumulate"
+        );
+    }
+}
+
+#[test]
+fn one_value_per_channel_is_an_error_when_training() {
+    let s = shape(1, 2, 1, 1);
+    let inp = draw(&s, 13);
+    let mut rm = inp.running_mean.clone();
+    let mut rv = inp.running_var.clone();
+    let (mut y, mut m, mut v) = (vec![0.0; 2], vec![0.0; 2], vec![0.0; 2]);
+    let err = forward_train_cpu(
+        &s,
+        &params(true),
+        &inp.x,
+        &inp.gamma,
+        &inp.beta,
+        &mut rm,
+        &mut rv,
+        &mut y,
+        &mut m,
+        &mut v,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("expected more than 1 value per channel when training"),
+        "{err}"
+    );
+    assert_eq!(rm, inp.running_mean, "running stats touched on error");
+    // Inference mode is fine with one value.
+    let y = infer64(&s, &params(false), &inp);
+    assert!(y.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn bad_buffers_and_params_are_clear_errors() {
+    let s = shape(2, 2, 1, 2);
+    let inp = draw(&s, 14);
+    let mut y = vec![0.0; s.len()];
+    let err = forward_inference_cpu(
+        &s,
+        &params(true),
+        &inp.x,
+        &inp.gamma[..1],
+        &inp.beta,
+        &inp.running_mean,
+        &inp.running_var,
+        &mut y,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("batch norm gamma has 1 elements, expected 2"),
+        "{err}"
+    );
+    let err = forward_inference_cpu(
+        &s,
+        &params(true),
+        &inp.x[..7],
+        &inp.gamma,
+        &inp.beta,
+        &inp.running_mean,
+        &inp.running_var,
+        &mut y,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("batch norm x has 7 elements, expected 8"),
+        "{err}"
+    );
+    for (eps, momentum, needle) in [
+        (0.0, 0.1, "eps 0 must be positive"),
+        (f64::NAN, 0.1, "eps NaN must be positive"),
+        (1e-3, 1.5, "momentum 1.5 must be in [0, 1]"),
+        (1e-3, -0.1, "momentum -0.1 must be in [0, 1]"),
+    ] {
+        let p = BatchNormParams {
+            eps,
+            momentum,
+            relu: false,
+        };
+        let (mut dx, mut dg, mut db) = (vec![0.0; s.len()], vec![0.0; 2], vec![0.0; 2]);
+        let err = backward_inference_cpu(
+            &s,
+            &p,
+            &inp.x,
+            &inp.x,
+            &inp.gamma,
+            &inp.running_mean,
+            &inp.running_var,
+            &inp.dy,
+            &mut dx,
+            &mut dg,
+            &mut db,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(needle), "{err}");
+        assert_eq!(dg, vec![0.0; 2], "dgamma written on error");
+    }
+    let err = infer_shape_error(shape(2, 0, 3, 3));
+    assert!(err.contains("zero dimension"), "{err}");
+}
+
+fn infer_shape_error(s: BatchNormShape) -> String {
+    forward_inference_cpu::<f64>(&s, &params(true), &[], &[], &[], &[], &[], &mut [])
+        .unwrap_err()
+        .to_string()
+}
+
+/// All four ops in `R` on inputs rounded to f32, against the f64 reference on the same values:
+/// the CPU backend's accuracy.
+#[test]
+fn f32_reference_matches_f64() {
+    let s = shape(4, 8, 9, 7);
+    for relu in [false, true] {
+        let p = params(relu);
+        let inp = draw(&s, 15);
+        let r = |v: &[f64]| round_through::<f32>(v);
+        let ((x32, x), (g32, g), (b32, b)) = (r(&inp.x), r(&inp.gamma), r(&inp.beta));
+        let ((rm32, rm), (rv32, rv), (dy32, dy)) =
+            (r(&inp.running_mean), r(&inp.running_var), r(&inp.dy));
+        let ((dg32, dg), (db32, db)) = (r(&inp.dgamma0), r(&inp.dbeta0));
+        let inp64 = Inputs {
+            x,
+            gamma: g,
+            beta: b,
+            running_mean: rm,
+            running_var: rv,
+            dy,
+            dgamma0: dg,
+            dbeta0: db,
+        };
+        let t = train64(&s, &p, &inp64);
+        let y_inf = infer64(&s, &p, &inp64);
+        let (ref_dx, ref_dg, ref_db) =
+            back_train64(&s, &p, &inp64, &t.y, &t.save_mean, &t.save_invstd);
+        let (ref_dxi, ref_dgi, ref_dbi) = back_infer64(&s, &p, &inp64, &y_inf);
+
+        let n = s.len();
+        let (mut rm_t, mut rv_t) = (rm32.clone(), rv32.clone());
+        let (mut y, mut m, mut v) = (vec![f32::NAN; n], vec![f32::NAN; 8], vec![f32::NAN; 8]);
+        forward_train_cpu(
+            &s, &p, &x32, &g32, &b32, &mut rm_t, &mut rv_t, &mut y, &mut m, &mut v,
+        )
+        .unwrap();
+        let mut yi = vec![f32::NAN; n];
+        forward_inference_cpu(&s, &p, &x32, &g32, &b32, &rm32, &rv32, &mut yi).unwrap();
+        // The backwards take the reference's own y (rounded), so the ReLU mask is the same.
+        let (yt32, _) = r(&t.y);
+        let (yi32, _) = r(&y_inf);
+        let (m32, _) = r(&t.save_mean);
+        let (v32, _) = r(&t.save_invstd);
+        let (mut dx, mut dgt, mut dbt) = (vec![f32::NAN; n], dg32.clone(), db32.clone());
+        backward_train_cpu(
+            &s, &p, &x32, &yt32, &g32, &m32, &v32, &dy32, &mut dx, &mut dgt, &mut dbt,
+        )
+        .unwrap();
+        let (mut dxi, mut dgi, mut dbi) = (vec![f32::NAN; n], dg32.clone(), db32.clone());
+        backward_inference_cpu(
+            &s, &p, &x32, &yi32, &g32, &rm32, &rv32, &dy32, &mut dxi, &mut dgi, &mut dbi,
+        )
+        .unwrap();
+        for (what, out, reference) in [
+            ("y train", widen(&y), &t.y),
+            ("save_mean", widen(&m), &t.save_mean),
+            ("save_invstd", widen(&v), &t.save_invstd),
+            ("running_mean", widen(&rm_t), &t.running_mean),
+            ("running_var", widen(&rv_t), &t.running_var),
+            ("y inference", widen(&yi), &y_inf),
+            ("dx train", widen(&dx), &ref_dx),
+            ("dgamma train", widen(&dgt), &ref_dg),
+            ("dbeta train", widen(&dbt), &ref_db),
+            ("dx inference", widen(&dxi), &ref_dxi),
+            ("dgamma inference", widen(&dgi), &ref_dgi),
+            ("dbeta inference", widen(&dbi), &ref_dbi),
+        ] {
+            let e = rel_error(&out, reference);
+            assert!(e < 1e-5, "f32 CPU relu={relu} {what}: relative error {e}");
+        }
+    }
+}
+
+/// Every channel at 1000 ± 1: `E[x²] − E[x]²` in f32 would be off by tens of percent.
+fn large_mean_case() -> (BatchNormShape, Vec<f32>, BatchNormParams) {
+    let s = shape(4, 8, 32, 32);
+    let mut rng = SplitMix64(17);
+    let x = (0..s.len())
+        .map(|_| rng.uniform(999.0, 1001.0) as f32)
+        .collect();
+    (s, x, params(true))
+}
+
+/// save_mean and save_invstd of the f32 values `x`, in f64.
+fn large_mean_reference(s: &BatchNormShape, p: &BatchNormParams, x: &[f32]) -> Train {
+    let c = s.channels;
+    let inp = Inputs {
+        x: widen(x),
+        gamma: vec![1.0; c],
+        beta: vec![0.25; c],
+        running_mean: vec![0.5; c],
+        running_var: vec![2.0; c],
+        dy: vec![],
+        dgamma0: vec![],
+        dbeta0: vec![],
+    };
+    train64(s, p, &inp)
+}
+
+fn check_large_mean_stats(what: &str, t: &Train, mean: &[f32], invstd: &[f32]) {
+    let e_mean = rel_error(&widen(mean), &t.save_mean);
+    let e_invstd = rel_error(&widen(invstd), &t.save_invstd);
+    assert!(e_mean < 1e-6, "{what}: save_mean relative error {e_mean}");
+    assert!(
+        e_invstd < 1e-4,
+        "{what}: save_invstd relative error {e_invstd}"
+    );
+}
+
+#[test]
+fn f32_variance_survives_large_means() {
+    let (s, x, p) = large_mean_case();
+    let t = large_mean_reference(&s, &p, &x);
+    let c = s.channels;
+    let (mut rm, mut rv) = (vec![0.5f32; c], vec![2.0f32; c]);
+    let (mut y, mut m, mut v) = (
+        vec![f32::NAN; s.len()],
+        vec![f32::NAN; c],
+        vec![f32::NAN; c],
+    );
+    forward_train_cpu(
+        &s,
+        &p,
+        &x,
+        &vec![1.0; c],
+        &vec![0.25; c],
+        &mut rm,
+        &mut rv,
+        &mut y,
+        &mut m,
+        &mut v,
+    )
+    .unwrap();
+    check_large_mean_stats("f32 CPU", &t, &m, &v);
+}
+
+/// Everything one GPU run produces, downloaded.
+struct GpuOut<T> {
+    y: Vec<T>,
+    save_mean: Vec<f32>,
+    save_invstd: Vec<f32>,
+    running_mean: Vec<f32>,
+    running_var: Vec<f32>,
+    y_inference: Vec<T>,
+    dx: Vec<T>,
+    dgamma: Vec<f32>,
+    dbeta: Vec<f32>,
+    dx_inference: Vec<T>,
+    dgamma_inference: Vec<f32>,
+    dbeta_inference: Vec<f32>,
+}
+
+/// All four ops on the GPU in `T` against the f64 reference on the same rounded inputs, outputs
+/// poisoned with NaN, and a second run giving the same bits. Activations are held to `tol`; the
+/// f32 outputs (stats, parameter gradients) to 1e-5 in both storage types.
+fn gpu_matches_reference<T: Element>(gpu: &Gpu, s: BatchNormShape, relu: bool, tol: f64) {
+    let p = params(relu);
+    let inp = draw(&s, 16);
+    let (x_t, x) = round_through::<T>(&inp.x);
+    let (dy_t, dy) = round_through::<T>(&inp.dy);
+    let r = |v: &[f64]| round_through::<f32>(v);
+    let ((g32, gamma), (b32, beta)) = (r(&inp.gamma), r(&inp.beta));
+    let ((rm32, running_mean), (rv32, running_var)) = (r(&inp.running_mean), r(&inp.running_var));
+    let ((dg32, dgamma0), (db32, dbeta0)) = (r(&inp.dgamma0), r(&inp.dbeta0));
+    let inp = Inputs {
+        x,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        dy,
+        dgamma0,
+        dbeta0,
+    };
+    let t = train64(&s, &p, &inp);
+    let y_inf = infer64(&s, &p, &inp);
+    // The backwards get the reference's outputs and saved stats, rounded as the GPU stores them.
+    let (yt_t, yt) = round_through::<T>(&t.y);
+    let (yi_t, yi) = round_through::<T>(&y_inf);
+    let ((mean32, mean), (invstd32, invstd)) = (r(&t.save_mean), r(&t.save_invstd));
+    let (ref_dx, ref_dg, ref_db) = back_train64(&s, &p, &inp, &yt, &mean, &invstd);
+    let (ref_dxi, ref_dgi, ref_dbi) = back_infer64(&s, &p, &inp, &yi);
+
+    let mut bn = BatchNormGpu::<T>::new(gpu, s, p).unwrap();
+    let up = |v: &[f32]| gpu.upload(v).unwrap();
+    let (x_d, dy_d, yt_d, yi_d) = (
+        gpu.upload(&x_t).unwrap(),
+        gpu.upload(&dy_t).unwrap(),
+        gpu.upload(&yt_t).unwrap(),
+        gpu.upload(&yi_t).unwrap(),
+    );
+    let (g_d, b_d, rm_d, rv_d) = (up(&g32), up(&b32), up(&rm32), up(&rv32));
+    let (mean_d, invstd_d) = (up(&mean32), up(&invstd32));
+    let (n, c) = (s.len(), s.channels);
+    let run = |bn: &mut BatchNormGpu<T>| -> GpuOut<T> {
+        let (mut rm, mut rv) = (up(&rm32), up(&rv32));
+        let mut y = gpu.alloc_poisoned::<T>(n).unwrap();
+        let mut m = gpu.alloc_poisoned::<f32>(c).unwrap();
+        let mut v = gpu.alloc_poisoned::<f32>(c).unwrap();
+        bn.forward_train(&x_d, &g_d, &b_d, &mut rm, &mut rv, &mut y, &mut m, &mut v)
+            .unwrap();
+        let mut yi = gpu.alloc_poisoned::<T>(n).unwrap();
+        bn.forward_inference(&x_d, &g_d, &b_d, &rm_d, &rv_d, &mut yi)
+            .unwrap();
+        let mut dx = gpu.alloc_poisoned::<T>(n).unwrap();
+        let (mut dg, mut db) = (up(&dg32), up(&db32));
+        bn.backward_train(
+            &x_d, &yt_d, &g_d, &mean_d, &invstd_d, &dy_d, &mut dx, &mut dg, &mut db,
+        )
+        .unwrap();
+        let mut dxi = gpu.alloc_poisoned::<T>(n).unwrap();
+        let (mut dgi, mut dbi) = (up(&dg32), up(&db32));
+        bn.backward_inference(
+            &x_d, &yi_d, &g_d, &rm_d, &rv_d, &dy_d, &mut dxi, &mut dgi, &mut dbi,
+        )
+        .unwrap();
+        let d = |v: &cudarc::driver::CudaSlice<f32>| gpu.download(v).unwrap();
+        GpuOut {
+            y: gpu.download(&y).unwrap(),
+            save_mean: d(&m),
+            save_invstd: d(&v),
+            running_mean: d(&rm),
+            running_var: d(&rv),
+            y_inference: gpu.download(&yi).unwrap(),
+            dx: gpu.download(&dx).unwrap(),
+            dgamma: d(&dg),
+            dbeta: d(&db),
+            dx_inference: gpu.download(&dxi).unwrap(),
+            dgamma_inference: d(&dgi),
+            dbeta_inference: d(&dbi),
+        }
+    };
+    let a = run(&mut bn);
+    let name = format!("batch norm {} relu={relu} {s:?}", T::SUFFIX);
+    for (what, out, reference, bound) in [
+        ("y train", widen(&a.y), &t.y, tol),
+        ("y inference", widen(&a.y_inference), &y_inf, tol),
+        ("dx train", widen(&a.dx), &ref_dx, tol),
+        ("dx inference", widen(&a.dx_inference), &ref_dxi, tol),
+        ("save_mean", widen(&a.save_mean), &t.save_mean, 1e-5),
+        ("save_invstd", widen(&a.save_invstd), &t.save_invstd, 1e-5),
+        (
+            "running_mean",
+            widen(&a.running_mean),
+            &t.running_mean,
+            1e-5,
+        ),
+        ("running_var", widen(&a.running_var), &t.running_var, 1e-5),
+        ("dgamma train", widen(&a.dgamma), &ref_dg, 1e-5),
+        ("dbeta train", widen(&a.dbeta), &ref_db, 1e-5),
+        (
+            "dgamma inference",
+            widen(&a.dgamma_inference),
+            &ref_dgi,
+            1e-5,
+        ),
+        ("dbeta inference", widen(&a.dbeta_inference), &ref_dbi, 1e-5),
+    ] {
+        let e = rel_error(&out, reference);
+        assert!(
+            e < bound,
+            "{name}: {what} relative error {e} (bound {bound})"
+        );
+    }
+    let b = run(&mut bn);
+    let same = |what: &str| format!("{name} {what}");
+    assert_bit_identical(&same("y"), &a.y, &b.y);
+    assert_bit_identical(&same("save_mean"), &a.save_mean, &b.save_mean);
+    assert_bit_identical(&same("save_invstd"), &a.save_invstd, &b.save_invstd);
+    assert_bit_identical(&same("running_mean"), &a.running_mean, &b.running_mean);
+    assert_bit_identical(&same("running_var"), &a.running_var, &b.running_var);
+    assert_bit_identical(&same("y inference"), &a.y_inference, &b.y_inference);
+    assert_bit_identical(&same("dx"), &a.dx, &b.dx);
+    assert_bit_identical(&same("dgamma"), &a.dgamma, &b.dgamma);
+    assert_bit_identical(&same("dbeta"), &a.dbeta, &b.dbeta);
+    assert_bit_identical(&same("dx inference"), &a.dx_inference, &b.dx_inference);
+    assert_bit_identical(
+        &same("dgamma inference"),
+        &a.dgamma_inference,
+        &b.dgamma_inference,
+    );
+    assert_bit_identical(
+        &same("dbeta inference"),
+        &a.dbeta_inference,
+        &b.dbeta_inference,
+    );
+}
+
+/// One value per sample and channel (H = W = 1), odd sizes, several chunks per channel crossing
+/// row boundaries (35x35, 64x64 with few channels), many channels with one chunk, and more chunks
+/// per channel (300) than threads in a block.
+fn gpu_shapes() -> Vec<BatchNormShape> {
+    vec![
+        shape(5, 3, 1, 1),
+        shape(2, 4, 7, 5),
+        shape(3, 5, 64, 64),
+        shape(8, 96, 35, 35),
+        shape(16, 768, 2, 3),
+        shape(8, 2, 256, 300),
+    ]
+}
+
+#[test]
+fn gpu_f32_matches_reference() {
+    let Some(gpu) = gpu_or_skip("batch_norm gpu_f32_matches_reference") else {
+        return;
+    };
+    for s in gpu_shapes() {
+        for relu in [true, false] {
+            gpu_matches_reference::<f32>(&gpu, s, relu, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn gpu_bf16_matches_reference() {
+    let Some(gpu) = gpu_or_skip("batch_norm gpu_bf16_matches_reference") else {
+        return;
+    };
+    for s in gpu_shapes() {
+        for relu in [true, false] {
+            gpu_matches_reference::<half::bf16>(&gpu, s, relu, 1e-2);
+        }
+    }
+}
+
+#[test]
+fn gpu_rejects_bad_input() {
+    let Some(gpu) = gpu_or_skip("batch_norm gpu_rejects_bad_input") else {
+        return;
+    };
+    let s = shape(1, 3, 1, 1);
+    let mut bn = BatchNormGpu::<f32>::new(&gpu, s, params(true)).unwrap();
+    let x = gpu.upload(&[1.0f32, 2.0, 3.0]).unwrap();
+    let g = gpu.upload(&[1.0f32; 3]).unwrap();
+    let b = gpu.upload(&[0.5f32; 3]).unwrap();
+    let (mut rm, mut rv) = (
+        gpu.upload(&[0.25f32; 3]).unwrap(),
+        gpu.upload(&[2.0f32; 3]).unwrap(),
+    );
+    let mut y = gpu.alloc_poisoned::<f32>(3).unwrap();
+    let (mut m, mut v) = (
+        gpu.alloc_poisoned::<f32>(3).unwrap(),
+        gpu.alloc_poisoned::<f32>(3).unwrap(),
+    );
+    let err = bn
+        .forward_train(&x, &g, &b, &mut rm, &mut rv, &mut y, &mut m, &mut v)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("expected more than 1 value per channel when training"),
+        "{err}"
+    );
+    assert_eq!(gpu.download(&rm).unwrap(), vec![0.25f32; 3]);
+    let short = gpu.upload(&[1.0f32; 2]).unwrap();
+    let err = bn
+        .forward_inference(&x, &short, &b, &rm, &rv, &mut y)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("batch norm gamma has 2 elements, expected 3"),
+        "{err}"
+    );
+    // Inference with one value per channel works: y = (x − 0.25)/√(2.001) + 0.5.
+    bn.forward_inference(&x, &g, &b, &rm, &rv, &mut y).unwrap();
+    let got = gpu.download(&y).unwrap();
+    for (i, &v) in got.iter().enumerate() {
+        let want = ((i as f64 + 1.0) - 0.25) / (2.0f64 + 1e-3).sqrt() + 0.5;
+        assert!((v as f64 - want).abs() < 1e-6, "y[{i}] {v} vs {want}");
+    }
+    let bad = BatchNormParams {
+        eps: -1.0,
+        ..params(true)
+    };
+    let err = BatchNormGpu::<f32>::new(&gpu, s, bad).err().unwrap();
+    assert!(err.to_string().contains("eps -1 must be positive"), "{err}");
+}
+
+#[test]
+fn gpu_variance_survives_large_means() {
+    let Some(gpu) = gpu_or_skip("batch_norm gpu_variance_survives_large_means") else {
+        return;
+    };
+    let (s, x, p) = large_mean_case();
+    let t = large_mean_reference(&s, &p, &x);
+    let c = s.channels;
+    let mut bn = BatchNormGpu::<f32>::new(&gpu, s, p).unwrap();
+    let x_d = gpu.upload(&x).unwrap();
+    let g = gpu.upload(&vec![1.0f32; c]).unwrap();
+    let b = gpu.upload(&vec![0.25f32; c]).unwrap();
+    let mut rm = gpu.upload(&vec![0.5f32; c]).unwrap();
+    let mut rv = gpu.upload(&vec![2.0f32; c]).unwrap();
+    let mut y = gpu.alloc_poisoned::<f32>(s.len()).unwrap();
+    let mut m = gpu.alloc_poisoned::<f32>(c).unwrap();
+    let mut v = gpu.alloc_poisoned::<f32>(c).unwrap();
+    bn.forward_train(&x_d, &g, &b, &mut rm, &mut rv, &mut y, &mut m, &mut v)
+        .unwrap();
+    check_large_mean_stats(
+        "GPU f32",
+        &t,
+        &gpu.download(&m).unwrap(),
+        &gpu.download(&v).unwrap(),
+    );
+}
