@@ -1,9 +1,11 @@
 //! A counter-based generator that Python (`tools/make_golden.py`) and Rust implement identically,
 //! so the golden test against PyTorch needs no committed weights: every value is a pure function
-//! of the tensor's name and the element's index.
+//! of the tensor's name and the element's index (splitmix64, [`c2f_kernels::rng`]).
 //!
 //! `u(name, i) = (mix(fnv1a(name) + (i + 1)·0x9e3779b97f4a7c15) >> 40) / 2^24`, where `mix` is
 //! splitmix64's output function, and a value is `f32(lo + (hi − lo)·u)` computed in f64.
+
+use c2f_kernels::rng::splitmix64_output;
 
 use crate::spec::Graph;
 
@@ -13,17 +15,11 @@ fn fnv1a(name: &str) -> u64 {
     })
 }
 
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// Fills `out` with the values of tensor `name`, uniform in `[lo, hi)`.
 pub fn counter_uniform(name: &str, lo: f64, hi: f64, out: &mut [f32]) {
     let key = fnv1a(name);
     for (i, o) in out.iter_mut().enumerate() {
-        let z = mix(key.wrapping_add((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        let z = splitmix64_output(key, i as u64 + 1);
         let u = (z >> 40) as f64 / (1u64 << 24) as f64;
         *o = (lo + (hi - lo) * u) as f32;
     }

@@ -1,3 +1,414 @@
-//! The CPU backend's own ops (the rest come from `c2f-kernels`' CPU references).
+//! The CPU backend: host buffers, the convolution and `fc` here, every other op from
+//! `c2f-kernels`' CPU references (which are those ops' CPU implementations).
 
 pub mod conv;
+
+use c2f_kernels::batch_norm::{self, BatchNormParams, BatchNormShape};
+use c2f_kernels::pool::{self, ChannelSlice, Pool2dParams, PoolShape};
+use c2f_kernels::{Error, Real, Result};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2, Axis};
+
+use crate::backend::{Backend, BnMode, BnParams, BnStats, IndexTensor, LinearShape, Tensor};
+use conv::Conv2dShape;
+
+/// Host buffers of `R`: f32 for training, f64 for the golden test.
+#[derive(Debug, Default)]
+pub struct CpuBackend<R: Real = f32> {
+    bufs: Vec<Vec<R>>,
+    index_bufs: Vec<Vec<i32>>,
+}
+
+/// Checked access to several operands of one op at once: inputs shared, outputs exclusive.
+/// [`CpuBackend::operands`] refuses outputs that overlap any other operand, which is what makes
+/// handing out `&mut` slices of one backend's buffers together sound.
+struct Operands<'a, R: Real> {
+    bufs: Vec<(*mut R, usize)>,
+    index_bufs: Vec<(*mut i32, usize)>,
+    _backend: std::marker::PhantomData<&'a mut CpuBackend<R>>,
+}
+
+impl<'a, R: Real> Operands<'a, R> {
+    fn slice(&self, t: Tensor) -> (*mut R, usize) {
+        let (ptr, len) = self.bufs[t.buf];
+        assert!(t.offset + t.len <= len, "checked by CpuBackend::operands");
+        // SAFETY: in bounds, checked above.
+        (unsafe { ptr.add(t.offset) }, t.len)
+    }
+
+    fn input(&self, t: Tensor) -> &'a [R] {
+        let (ptr, len) = self.slice(t);
+        // SAFETY: in bounds, and no output of this call overlaps it (checked in `operands`).
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
+
+    fn output(&self, t: Tensor) -> &'a mut [R] {
+        let (ptr, len) = self.slice(t);
+        // SAFETY: in bounds, and it overlaps no other operand of this call (checked in
+        // `operands`), and each output is handed out once per call by the ops below.
+        unsafe { std::slice::from_raw_parts_mut(ptr, len) }
+    }
+
+    fn index(&self, t: IndexTensor) -> &'a mut [i32] {
+        let (ptr, len) = self.index_bufs[t.buf];
+        assert!(t.offset + t.len <= len, "checked by CpuBackend::operands");
+        // SAFETY: in bounds; index tensors are single operands of their calls.
+        unsafe { std::slice::from_raw_parts_mut(ptr.add(t.offset), t.len) }
+    }
+}
+
+impl<R: Real> CpuBackend<R> {
+    pub fn new() -> Self {
+        CpuBackend {
+            bufs: Vec::new(),
+            index_bufs: Vec::new(),
+        }
+    }
+
+    fn operands(
+        &mut self,
+        inputs: &[Tensor],
+        outputs: &[Tensor],
+        index: &[IndexTensor],
+    ) -> Result<Operands<'_, R>> {
+        for t in inputs.iter().chain(outputs) {
+            let len = self.bufs.get(t.buf).map(Vec::len);
+            if len.is_none_or(|len| t.offset + t.len > len) {
+                return Err(Error::Shape(format!("tensor {t:?} is outside its buffer")));
+            }
+        }
+        for t in index {
+            let len = self.index_bufs.get(t.buf).map(Vec::len);
+            if len.is_none_or(|len| t.offset + t.len > len) {
+                return Err(Error::Shape(format!(
+                    "index tensor {t:?} is outside its buffer"
+                )));
+            }
+        }
+        for (i, out) in outputs.iter().enumerate() {
+            let others = inputs.iter().chain(outputs[i + 1..].iter());
+            if let Some(other) = others
+                .filter(|o| out.len > 0 && o.len > 0)
+                .find(|o| out.overlaps(o))
+            {
+                return Err(Error::Shape(format!(
+                    "output {out:?} overlaps operand {other:?} of the same op"
+                )));
+            }
+        }
+        Ok(Operands {
+            bufs: self
+                .bufs
+                .iter_mut()
+                .map(|b| (b.as_mut_ptr(), b.len()))
+                .collect(),
+            index_bufs: self
+                .index_bufs
+                .iter_mut()
+                .map(|b| (b.as_mut_ptr(), b.len()))
+                .collect(),
+            _backend: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<R: Real> Backend for CpuBackend<R> {
+    type Scalar = R;
+
+    fn describe(&self) -> String {
+        let bits = 8 * std::mem::size_of::<R>();
+        format!("cpu f{bits} ({} threads)", rayon::current_num_threads())
+    }
+
+    fn alloc(&mut self, len: usize) -> Result<Tensor> {
+        self.bufs.push(vec![R::zero(); len]);
+        Ok(Tensor {
+            buf: self.bufs.len() - 1,
+            offset: 0,
+            len,
+        })
+    }
+
+    fn alloc_index(&mut self, len: usize) -> Result<IndexTensor> {
+        self.index_bufs.push(vec![0; len]);
+        Ok(IndexTensor {
+            buf: self.index_bufs.len() - 1,
+            offset: 0,
+            len,
+        })
+    }
+
+    fn allocated_bytes(&self) -> usize {
+        std::mem::size_of::<R>() * self.bufs.iter().map(Vec::len).sum::<usize>()
+            + 4 * self.index_bufs.iter().map(Vec::len).sum::<usize>()
+    }
+
+    fn write(&mut self, dst: Tensor, src: &[R]) -> Result<()> {
+        c2f_kernels::error::check_len("write source", src.len(), dst.len)?;
+        self.operands(&[], &[dst], &[])?
+            .output(dst)
+            .copy_from_slice(src);
+        Ok(())
+    }
+
+    fn read(&mut self, src: Tensor) -> Result<Vec<R>> {
+        Ok(self.operands(&[src], &[], &[])?.input(src).to_vec())
+    }
+
+    fn write_index(&mut self, dst: IndexTensor, src: &[i32]) -> Result<()> {
+        c2f_kernels::error::check_len("index write source", src.len(), dst.len)?;
+        self.operands(&[], &[], &[dst])?
+            .index(dst)
+            .copy_from_slice(src);
+        Ok(())
+    }
+
+    fn fill(&mut self, dst: Tensor, value: R) -> Result<()> {
+        self.operands(&[], &[dst], &[])?.output(dst).fill(value);
+        Ok(())
+    }
+
+    fn conv2d_forward(&mut self, s: &Conv2dShape, x: Tensor, w: Tensor, y: Tensor) -> Result<()> {
+        let m = self.operands(&[x, w], &[y], &[])?;
+        conv::forward(s, m.input(x), m.input(w), m.output(y))
+    }
+
+    fn conv2d_backward_data(
+        &mut self,
+        s: &Conv2dShape,
+        dy: Tensor,
+        w: Tensor,
+        dx: Tensor,
+        accumulate: bool,
+    ) -> Result<()> {
+        let m = self.operands(&[dy, w], &[dx], &[])?;
+        conv::backward_data(s, m.input(dy), m.input(w), m.output(dx), accumulate)
+    }
+
+    fn conv2d_backward_filter(
+        &mut self,
+        s: &Conv2dShape,
+        x: Tensor,
+        dy: Tensor,
+        dw: Tensor,
+    ) -> Result<()> {
+        let m = self.operands(&[x, dy], &[dw], &[])?;
+        conv::backward_filter(s, m.input(x), m.input(dy), m.output(dw))
+    }
+
+    fn batch_norm_forward(
+        &mut self,
+        s: &BatchNormShape,
+        p: &BatchNormParams,
+        mode: BnMode,
+        bn: &BnParams,
+        x: Tensor,
+        y: Tensor,
+        saved: &BnStats,
+    ) -> Result<()> {
+        match mode {
+            BnMode::Train => {
+                let m = self.operands(
+                    &[x, bn.gamma, bn.beta],
+                    &[bn.running_mean, bn.running_var, y, saved.mean, saved.invstd],
+                    &[],
+                )?;
+                batch_norm::forward_train_cpu(
+                    s,
+                    p,
+                    m.input(x),
+                    m.input(bn.gamma),
+                    m.input(bn.beta),
+                    m.output(bn.running_mean),
+                    m.output(bn.running_var),
+                    m.output(y),
+                    m.output(saved.mean),
+                    m.output(saved.invstd),
+                )
+            }
+            BnMode::Inference => {
+                let m = self.operands(
+                    &[x, bn.gamma, bn.beta, bn.running_mean, bn.running_var],
+                    &[y],
+                    &[],
+                )?;
+                batch_norm::forward_inference_cpu(
+                    s,
+                    p,
+                    m.input(x),
+                    m.input(bn.gamma),
+                    m.input(bn.beta),
+                    m.input(bn.running_mean),
+                    m.input(bn.running_var),
+                    m.output(y),
+                )
+            }
+        }
+    }
+
+    fn batch_norm_backward(
+        &mut self,
+        s: &BatchNormShape,
+        p: &BatchNormParams,
+        mode: BnMode,
+        bn: &BnParams,
+        saved: &BnStats,
+        x: Tensor,
+        y: Tensor,
+        dy: Tensor,
+        dx: Tensor,
+        dgamma: Tensor,
+        dbeta: Tensor,
+    ) -> Result<()> {
+        let (mean, invstd) = match mode {
+            BnMode::Train => (saved.mean, saved.invstd),
+            BnMode::Inference => (bn.running_mean, bn.running_var),
+        };
+        let m = self.operands(
+            &[x, y, bn.gamma, mean, invstd, dy],
+            &[dx, dgamma, dbeta],
+            &[],
+        )?;
+        let backward = match mode {
+            BnMode::Train => batch_norm::backward_train_cpu::<R>,
+            BnMode::Inference => batch_norm::backward_inference_cpu::<R>,
+        };
+        backward(
+            s,
+            p,
+            m.input(x),
+            m.input(y),
+            m.input(bn.gamma),
+            m.input(mean),
+            m.input(invstd),
+            m.input(dy),
+            m.output(dx),
+            m.output(dgamma),
+            m.output(dbeta),
+        )
+    }
+
+    fn max_pool_forward(
+        &mut self,
+        s: &PoolShape,
+        p: &Pool2dParams,
+        x: Tensor,
+        y: Tensor,
+        indices: IndexTensor,
+    ) -> Result<()> {
+        let m = self.operands(&[x], &[y], &[indices])?;
+        pool::max_pool2d_forward_cpu(s, p, m.input(x), m.output(y), m.index(indices))
+    }
+
+    fn max_pool_backward(
+        &mut self,
+        s: &PoolShape,
+        p: &Pool2dParams,
+        indices: IndexTensor,
+        dy: Tensor,
+        dx: Tensor,
+    ) -> Result<()> {
+        let m = self.operands(&[dy], &[dx], &[indices])?;
+        pool::max_pool2d_backward_cpu(s, p, m.index(indices), m.input(dy), m.output(dx))
+    }
+
+    fn avg_pool_forward(
+        &mut self,
+        s: &PoolShape,
+        p: &Pool2dParams,
+        x: Tensor,
+        y: Tensor,
+    ) -> Result<()> {
+        let m = self.operands(&[x], &[y], &[])?;
+        pool::avg_pool2d_forward_cpu(s, p, m.input(x), m.output(y))
+    }
+
+    fn avg_pool_backward(
+        &mut self,
+        s: &PoolShape,
+        p: &Pool2dParams,
+        dy: Tensor,
+        dx: Tensor,
+    ) -> Result<()> {
+        let m = self.operands(&[dy], &[dx], &[])?;
+        pool::avg_pool2d_backward_cpu(s, p, m.input(dy), m.output(dx))
+    }
+
+    fn global_avg_pool_forward(&mut self, s: &PoolShape, x: Tensor, y: Tensor) -> Result<()> {
+        let m = self.operands(&[x], &[y], &[])?;
+        pool::global_avg_pool_forward_cpu(s, m.input(x), m.output(y))
+    }
+
+    fn global_avg_pool_backward(&mut self, s: &PoolShape, dy: Tensor, dx: Tensor) -> Result<()> {
+        let m = self.operands(&[dy], &[dx], &[])?;
+        pool::global_avg_pool_backward_cpu(s, m.input(dy), m.output(dx))
+    }
+
+    fn copy_channels(&mut self, s: &ChannelSlice, part: Tensor, whole: Tensor) -> Result<()> {
+        let m = self.operands(&[part], &[whole], &[])?;
+        pool::copy_channels_cpu(s, m.input(part), m.output(whole))
+    }
+
+    fn slice_channels(&mut self, s: &ChannelSlice, whole: Tensor, part: Tensor) -> Result<()> {
+        let m = self.operands(&[whole], &[part], &[])?;
+        pool::slice_channels_cpu(s, m.input(whole), m.output(part))
+    }
+
+    fn linear_forward(
+        &mut self,
+        s: &LinearShape,
+        x: Tensor,
+        w: Tensor,
+        b: Tensor,
+        y: Tensor,
+    ) -> Result<()> {
+        check_linear(s, x, w, b, y)?;
+        let m = self.operands(&[x, w, b], &[y], &[])?;
+        let xv = ArrayView2::from_shape((s.batch, s.inputs), m.input(x)).unwrap();
+        let wv = ArrayView2::from_shape((s.outputs, s.inputs), m.input(w)).unwrap();
+        let mut yv = ArrayViewMut2::from_shape((s.batch, s.outputs), m.output(y)).unwrap();
+        let bias = ndarray::ArrayView1::from(m.input(b));
+        yv.axis_iter_mut(Axis(0))
+            .for_each(|mut row| row.assign(&bias));
+        general_mat_mul(R::one(), &xv, &wv.t(), R::one(), &mut yv);
+        Ok(())
+    }
+
+    fn linear_backward(
+        &mut self,
+        s: &LinearShape,
+        x: Tensor,
+        w: Tensor,
+        dy: Tensor,
+        dx: Tensor,
+        dw: Tensor,
+        db: Tensor,
+    ) -> Result<()> {
+        check_linear(s, x, w, db, dy)?;
+        c2f_kernels::error::check_len("linear dx", dx.len, s.batch * s.inputs)?;
+        c2f_kernels::error::check_len("linear dw", dw.len, s.outputs * s.inputs)?;
+        let m = self.operands(&[x, w, dy], &[dx, dw, db], &[])?;
+        let xv = ArrayView2::from_shape((s.batch, s.inputs), m.input(x)).unwrap();
+        let wv = ArrayView2::from_shape((s.outputs, s.inputs), m.input(w)).unwrap();
+        let dyv = ArrayView2::from_shape((s.batch, s.outputs), m.input(dy)).unwrap();
+        let mut dxv = ArrayViewMut2::from_shape((s.batch, s.inputs), m.output(dx)).unwrap();
+        general_mat_mul(R::one(), &dyv, &wv, R::zero(), &mut dxv);
+        let mut dwv = ArrayViewMut2::from_shape((s.outputs, s.inputs), m.output(dw)).unwrap();
+        general_mat_mul(R::one(), &dyv.t(), &xv, R::one(), &mut dwv);
+        let db = m.output(db);
+        for row in dyv.axis_iter(Axis(0)) {
+            for (d, &g) in db.iter_mut().zip(row.iter()) {
+                *d = *d + g;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_linear(s: &LinearShape, x: Tensor, w: Tensor, b: Tensor, y: Tensor) -> Result<()> {
+    use c2f_kernels::error::check_len;
+    check_len("linear x", x.len, s.batch * s.inputs)?;
+    check_len("linear weight", w.len, s.outputs * s.inputs)?;
+    check_len("linear bias", b.len, s.outputs)?;
+    check_len("linear y", y.len, s.batch * s.outputs)
+}

@@ -1,0 +1,117 @@
+//! InceptionV3 forward+backward on the CPU backend, images per second, at the shapes whose
+//! PyTorch CPU figures are known (`tools/torch_cpu_baseline.py` times the same shapes): up to
+//! Mixed_6e at width 1.0, batch 8 at 160² and batch 4 at 299²; and the CPU demo's shape, batch 8
+//! at 160², width 0.25. Each step: forward in train mode, a loss gradient, backward to the
+//! parameters. Prints `CPUBENCH` lines with images/s and effective GFLOP/s.
+
+use std::time::Instant;
+
+use c2f_inception::backend::{Backend, BnMode};
+use c2f_inception::cpu::CpuBackend;
+use c2f_inception::init::golden_init;
+use c2f_inception::network::Network;
+use c2f_inception::spec::{Depth, Graph, InceptionConfig};
+use c2f_kernels::testing::SplitMix64;
+use criterion::{criterion_group, criterion_main, Criterion};
+
+struct Case {
+    name: &'static str,
+    batch: usize,
+    size: usize,
+    width: f64,
+}
+
+const CASES: [Case; 3] = [
+    Case {
+        name: "mixed6e_w1.0_b8_160",
+        batch: 8,
+        size: 160,
+        width: 1.0,
+    },
+    Case {
+        name: "mixed6e_w1.0_b4_299",
+        batch: 4,
+        size: 299,
+        width: 1.0,
+    },
+    Case {
+        name: "mixed6e_w0.25_b8_160",
+        batch: 8,
+        size: 160,
+        width: 0.25,
+    },
+];
+
+/// Multiply-accumulates of the convolutions and `fc`, per image, forward only.
+fn forward_macs(graph: &Graph) -> f64 {
+    let mut macs = 0.0;
+    for op in &graph.ops {
+        if let c2f_inception::spec::Op::Conv { conv, output, .. } = op {
+            let c = &graph.convs[*conv];
+            let out = graph.activations[*output];
+            macs += (out.len() * c.in_channels * c.kernel.0 * c.kernel.1) as f64;
+        }
+    }
+    macs
+}
+
+fn step_setup(case: &Case) -> (CpuBackend, Network) {
+    let graph = Graph::new(InceptionConfig {
+        input_size: case.size,
+        width: case.width,
+        depth: Depth::Mixed6e,
+    })
+    .unwrap();
+    let mut params = vec![0.0; graph.params.total()];
+    let mut buffers = vec![0.0; graph.buffers.total()];
+    golden_init(&graph, &mut params, &mut buffers);
+    let mut cpu = CpuBackend::new();
+    let net = Network::new(&mut cpu, graph, case.batch).unwrap();
+    cpu.write(net.params, &params).unwrap();
+    cpu.write(net.buffers, &buffers).unwrap();
+    let mut rng = SplitMix64(1);
+    let image: Vec<f32> = (0..net.input().len)
+        .map(|_| rng.uniform(-1.0, 1.0) as f32)
+        .collect();
+    cpu.write(net.input(), &image).unwrap();
+    let grad: Vec<f32> = (0..net.output_grad().len)
+        .map(|_| rng.uniform(-1e-3, 1e-3) as f32)
+        .collect();
+    cpu.write(net.output_grad(), &grad).unwrap();
+    (cpu, net)
+}
+
+fn step(cpu: &mut CpuBackend, net: &mut Network) {
+    net.forward(cpu, BnMode::Train).unwrap();
+    net.backward(cpu, BnMode::Train, false).unwrap();
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("inception_cpu_f32");
+    group.sample_size(10);
+    for case in &CASES {
+        let (mut cpu, mut net) = step_setup(case);
+        group.bench_function(case.name, |b| b.iter(|| step(&mut cpu, &mut net)));
+        // Own figure for the report: mean of a few timed steps after one warm-up.
+        step(&mut cpu, &mut net);
+        let reps = 3;
+        let start = Instant::now();
+        for _ in 0..reps {
+            step(&mut cpu, &mut net);
+        }
+        let secs = start.elapsed().as_secs_f64() / reps as f64;
+        let images = case.batch as f64 / secs;
+        // Forward+backward is about 3× the forward's multiply-adds, 2 FLOP each.
+        let gflops = 6.0 * forward_macs(&net.graph) * case.batch as f64 / secs / 1e9;
+        println!(
+            "CPUBENCH\t{}\t{}\t{images:.2} img/s\t{gflops:.0} GFLOP/s\t{:.0} ms/step",
+            case.name,
+            cpu.describe(),
+            secs * 1e3
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,222 @@
+//! The backend interface the InceptionV3 graph (and the Coarse2Fine model above it) is written
+//! against once. A backend owns its memory; the graph holds plain [`Tensor`] handles (buffer,
+//! offset, length) into it, so parameters can live in one flat buffer and be addressed piecewise
+//! on any device, and no borrow of device memory crosses the interface.
+//!
+//! The rule for gradients, for every op here: **parameter gradients accumulate (`+=`) and
+//! activation gradients are assigned**, except where an op takes `accumulate` (a tensor read by
+//! several ops: its first gradient contribution assigns, the others add).
+//!
+//! Every op checks its tensors' lengths against its shape and returns an error naming what is
+//! off; outputs that overlap another operand of the same call are refused.
+
+use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
+use c2f_kernels::pool::{ChannelSlice, Pool2dParams, PoolShape};
+use c2f_kernels::{Real, Result};
+
+use crate::cpu::conv::Conv2dShape;
+
+/// A range of values in one of a backend's buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tensor {
+    pub buf: usize,
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// A range of i32 values (max-pool indices, labels) in one of a backend's index buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexTensor {
+    pub buf: usize,
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl Tensor {
+    /// `len` values starting `start` values into this tensor.
+    pub fn slice(self, start: usize, len: usize) -> Tensor {
+        assert!(
+            start + len <= self.len,
+            "slice {start}+{len} of a tensor of {}",
+            self.len
+        );
+        Tensor {
+            buf: self.buf,
+            offset: self.offset + start,
+            len,
+        }
+    }
+
+    /// Whether two tensors share any element.
+    pub fn overlaps(&self, other: &Tensor) -> bool {
+        self.buf == other.buf
+            && self.offset < other.offset + other.len
+            && other.offset < self.offset + self.len
+    }
+}
+
+/// Batch norm in training mode (batch statistics, running stats updated) or inference mode
+/// (running statistics; also "frozen" BN while training).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BnMode {
+    Train,
+    Inference,
+}
+
+/// The batch statistics a train-mode forward saves for its backward (unused in inference mode,
+/// whose backward reads the running statistics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BnStats {
+    pub mean: Tensor,
+    /// `1/sqrt(var + eps)`.
+    pub invstd: Tensor,
+}
+
+/// The parameters of one batch norm: `gamma`, `beta`, and the running statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BnParams {
+    pub gamma: Tensor,
+    pub beta: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+}
+
+/// `y = x·Wᵀ + b` with `x [batch, inputs]`, `W [outputs, inputs]`, `b [outputs]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearShape {
+    pub batch: usize,
+    pub inputs: usize,
+    pub outputs: usize,
+}
+
+pub trait Backend {
+    /// The float type of the buffers: f32 for training; the CPU backend also runs in f64, which
+    /// is what the golden test holds to PyTorch's float64 run.
+    type Scalar: Real;
+
+    /// What runs the ops, e.g. `cpu f32 (2 threads)` or the GPU's name.
+    fn describe(&self) -> String;
+
+    /// A new zero-filled buffer, whole.
+    fn alloc(&mut self, len: usize) -> Result<Tensor>;
+    /// A new zero-filled i32 buffer, whole.
+    fn alloc_index(&mut self, len: usize) -> Result<IndexTensor>;
+    /// Bytes allocated so far (buffers are never freed while the backend lives).
+    fn allocated_bytes(&self) -> usize;
+
+    fn write(&mut self, dst: Tensor, src: &[Self::Scalar]) -> Result<()>;
+    fn read(&mut self, src: Tensor) -> Result<Vec<Self::Scalar>>;
+    fn write_index(&mut self, dst: IndexTensor, src: &[i32]) -> Result<()>;
+    fn fill(&mut self, dst: Tensor, value: Self::Scalar) -> Result<()>;
+
+    /// `y = conv(x, w)`, no bias.
+    fn conv2d_forward(&mut self, s: &Conv2dShape, x: Tensor, w: Tensor, y: Tensor) -> Result<()>;
+    /// `dx` from `dy`: assigned, or added when `accumulate`.
+    fn conv2d_backward_data(
+        &mut self,
+        s: &Conv2dShape,
+        dy: Tensor,
+        w: Tensor,
+        dx: Tensor,
+        accumulate: bool,
+    ) -> Result<()>;
+    /// `dw += ∂/∂w`.
+    fn conv2d_backward_filter(
+        &mut self,
+        s: &Conv2dShape,
+        x: Tensor,
+        dy: Tensor,
+        dw: Tensor,
+    ) -> Result<()>;
+
+    /// Batch norm (with ReLU when `p.relu`). Train mode writes `saved` (batch mean and inverse
+    /// std) and updates the running statistics; inference mode leaves `saved` alone.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_forward(
+        &mut self,
+        s: &BatchNormShape,
+        p: &BatchNormParams,
+        mode: BnMode,
+        bn: &BnParams,
+        x: Tensor,
+        y: Tensor,
+        saved: &BnStats,
+    ) -> Result<()>;
+    /// Assigns `dx`; `dgamma`, `dbeta` accumulate. `saved` is the forward's, in either mode.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_backward(
+        &mut self,
+        s: &BatchNormShape,
+        p: &BatchNormParams,
+        mode: BnMode,
+        bn: &BnParams,
+        saved: &BnStats,
+        x: Tensor,
+        y: Tensor,
+        dy: Tensor,
+        dx: Tensor,
+        dgamma: Tensor,
+        dbeta: Tensor,
+    ) -> Result<()>;
+
+    fn max_pool_forward(
+        &mut self,
+        s: &PoolShape,
+        p: &Pool2dParams,
+        x: Tensor,
+        y: Tensor,
+        indices: IndexTensor,
+    ) -> Result<()>;
+    fn max_pool_backward(
+        &mut self,
+        s: &PoolShape,
+        p: &Pool2dParams,
+        indices: IndexTensor,
+        dy: Tensor,
+        dx: Tensor,
+    ) -> Result<()>;
+    fn avg_pool_forward(
+        &mut self,
+        s: &PoolShape,
+        p: &Pool2dParams,
+        x: Tensor,
+        y: Tensor,
+    ) -> Result<()>;
+    fn avg_pool_backward(
+        &mut self,
+        s: &PoolShape,
+        p: &Pool2dParams,
+        dy: Tensor,
+        dx: Tensor,
+    ) -> Result<()>;
+    /// `[N, C, H, W] → [N, C]`.
+    fn global_avg_pool_forward(&mut self, s: &PoolShape, x: Tensor, y: Tensor) -> Result<()>;
+    fn global_avg_pool_backward(&mut self, s: &PoolShape, dy: Tensor, dx: Tensor) -> Result<()>;
+
+    /// Concat, one part: `part` into its channels of `whole`.
+    fn copy_channels(&mut self, s: &ChannelSlice, part: Tensor, whole: Tensor) -> Result<()>;
+    /// Split, one part: its channels of `whole` into `part` (assigned).
+    fn slice_channels(&mut self, s: &ChannelSlice, whole: Tensor, part: Tensor) -> Result<()>;
+
+    /// `y = x·Wᵀ + b`.
+    fn linear_forward(
+        &mut self,
+        s: &LinearShape,
+        x: Tensor,
+        w: Tensor,
+        b: Tensor,
+        y: Tensor,
+    ) -> Result<()>;
+    /// `dx = dy·W` (assigned), `dw += dyᵀ·x`, `db += Σ dy`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward(
+        &mut self,
+        s: &LinearShape,
+        x: Tensor,
+        w: Tensor,
+        dy: Tensor,
+        dx: Tensor,
+        dw: Tensor,
+        db: Tensor,
+    ) -> Result<()>;
+}

@@ -1,0 +1,426 @@
+//! The InceptionV3 graph's forward and backward, written once over [`Backend`]. Forward keeps
+//! what backward needs (each conv's pre-BN output, each BN's batch statistics, each max pool's
+//! indices); every buffer is allocated once, in [`Network::new`], for one batch size and
+//! resolution, so a training step allocates nothing.
+
+use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
+use c2f_kernels::pool::{ChannelSlice, Pool2dParams, PoolShape};
+use c2f_kernels::{Error, Result};
+
+use crate::backend::{Backend, BnMode, BnParams, BnStats, IndexTensor, LinearShape, Tensor};
+use crate::cpu::conv::Conv2dShape;
+use crate::spec::{ActId, ActShape, BasicConv, Graph, Op, BN_EPS, BN_MOMENTUM};
+
+/// The head's intermediate: globally pooled features `[B, C]` and their gradient.
+struct HeadBuffers {
+    pooled: Tensor,
+    d_pooled: Tensor,
+}
+
+pub struct Network {
+    pub graph: Graph,
+    pub batch: usize,
+    /// All parameters, flat, in the order of `graph.params`; `grads` and `momentum` likewise.
+    pub params: Tensor,
+    pub grads: Tensor,
+    pub momentum: Tensor,
+    /// BatchNorm running statistics, flat, in the order of `graph.buffers`.
+    pub buffers: Tensor,
+    acts: Vec<Tensor>,
+    act_grads: Vec<Tensor>,
+    /// Per conv: its output before BatchNorm, and the BN's saved batch statistics.
+    pre_bn: Vec<Tensor>,
+    bn_saved: Vec<BnStats>,
+    /// Per op: the max pool's indices.
+    pool_indices: Vec<Option<IndexTensor>>,
+    /// Gradient w.r.t. a conv's pre-BN output; one buffer, sized for the largest conv.
+    d_pre_bn: Tensor,
+    head: Option<HeadBuffers>,
+}
+
+fn bn_params() -> BatchNormParams {
+    BatchNormParams {
+        eps: BN_EPS,
+        momentum: BN_MOMENTUM,
+        relu: true,
+    }
+}
+
+fn max_pool_params() -> Pool2dParams {
+    Pool2dParams::square(3, 2, 0)
+}
+
+fn avg_pool_params() -> Pool2dParams {
+    Pool2dParams::square(3, 1, 1)
+}
+
+impl Network {
+    pub fn new<B: Backend>(backend: &mut B, graph: Graph, batch: usize) -> Result<Network> {
+        if batch == 0 {
+            return Err(Error::Shape("batch size must be at least 1".into()));
+        }
+        let params = backend.alloc(graph.params.total())?;
+        let grads = backend.alloc(graph.params.total())?;
+        let momentum = backend.alloc(graph.params.total())?;
+        let buffers = backend.alloc(graph.buffers.total())?;
+        let mut acts = Vec::new();
+        let mut act_grads = Vec::new();
+        for shape in &graph.activations {
+            acts.push(backend.alloc(batch * shape.len())?);
+            act_grads.push(backend.alloc(batch * shape.len())?);
+        }
+        let mut pre_bn = Vec::new();
+        let mut bn_saved = Vec::new();
+        let mut largest = 0;
+        let mut pool_indices = Vec::new();
+        let mut head = None;
+        for op in &graph.ops {
+            let mut indices = None;
+            match op {
+                Op::Conv { conv, output, .. } => {
+                    let len = batch * graph.activations[*output].len();
+                    largest = largest.max(len);
+                    pre_bn.push(backend.alloc(len)?);
+                    let c = graph.convs[*conv].out_channels;
+                    bn_saved.push(BnStats {
+                        mean: backend.alloc(c)?,
+                        invstd: backend.alloc(c)?,
+                    });
+                }
+                Op::MaxPool { output, .. } => {
+                    indices = Some(backend.alloc_index(batch * graph.activations[*output].len())?);
+                }
+                Op::Head { input, .. } => {
+                    let c = graph.activations[*input].channels;
+                    head = Some(HeadBuffers {
+                        pooled: backend.alloc(batch * c)?,
+                        d_pooled: backend.alloc(batch * c)?,
+                    });
+                }
+                Op::AvgPool { .. } | Op::Concat { .. } => {}
+            }
+            pool_indices.push(indices);
+        }
+        let d_pre_bn = backend.alloc(largest)?;
+        Ok(Network {
+            graph,
+            batch,
+            params,
+            grads,
+            momentum,
+            buffers,
+            acts,
+            act_grads,
+            pre_bn,
+            bn_saved,
+            pool_indices,
+            d_pre_bn,
+            head,
+        })
+    }
+
+    /// The input images `[B, 3, S, S]`, to be written before [`Network::forward`].
+    pub fn input(&self) -> Tensor {
+        self.acts[0]
+    }
+
+    /// The gradient w.r.t. the input, written by a backward with `input_grad`.
+    pub fn input_grad(&self) -> Tensor {
+        self.act_grads[0]
+    }
+
+    /// Any activation: `[B, C, H, W]` of [`Graph::activations`].
+    pub fn activation(&self, id: ActId) -> Tensor {
+        self.acts[id]
+    }
+
+    /// The last activation: Mixed_6e's features, or the logits.
+    pub fn output(&self) -> Tensor {
+        self.acts[self.graph.output]
+    }
+
+    /// Where the caller writes the loss gradient w.r.t. [`Network::output`] before backward.
+    pub fn output_grad(&self) -> Tensor {
+        self.act_grads[self.graph.output]
+    }
+
+    /// Parameter number `index` of `graph.params`, and its gradient.
+    pub fn param(&self, index: usize) -> Tensor {
+        let e = self.graph.params.entry(index);
+        self.params.slice(e.offset, e.len())
+    }
+
+    pub fn grad(&self, index: usize) -> Tensor {
+        let e = self.graph.params.entry(index);
+        self.grads.slice(e.offset, e.len())
+    }
+
+    fn buffer(&self, index: usize) -> Tensor {
+        let e = self.graph.buffers.entry(index);
+        self.buffers.slice(e.offset, e.len())
+    }
+
+    fn act_shape(&self, id: ActId) -> ActShape {
+        self.graph.activations[id]
+    }
+
+    fn conv_shape(&self, conv: &BasicConv, input: ActId) -> Conv2dShape {
+        let s = self.act_shape(input);
+        Conv2dShape {
+            batch: self.batch,
+            in_channels: s.channels,
+            height: s.height,
+            width: s.width,
+            out_channels: conv.out_channels,
+            kernel: conv.kernel,
+            stride: conv.stride,
+            padding: conv.padding,
+        }
+    }
+
+    fn bn_shape(&self, output: ActId) -> BatchNormShape {
+        let s = self.act_shape(output);
+        BatchNormShape {
+            batch: self.batch,
+            channels: s.channels,
+            height: s.height,
+            width: s.width,
+        }
+    }
+
+    fn pool_shape(&self, input: ActId) -> PoolShape {
+        let s = self.act_shape(input);
+        PoolShape {
+            batch: self.batch,
+            channels: s.channels,
+            height: s.height,
+            width: s.width,
+        }
+    }
+
+    fn bn(&self, conv: &BasicConv) -> BnParams {
+        BnParams {
+            gamma: self.param(conv.bn_weight),
+            beta: self.param(conv.bn_bias),
+            running_mean: self.buffer(conv.running_mean),
+            running_var: self.buffer(conv.running_var),
+        }
+    }
+
+    /// The concat layout of part `i` of `inputs` in `output`.
+    fn channel_slice(&self, inputs: &[ActId], i: usize, output: ActId) -> ChannelSlice {
+        let whole = self.act_shape(output);
+        ChannelSlice {
+            batch: self.batch,
+            channels: self.act_shape(inputs[i]).channels,
+            whole_channels: whole.channels,
+            offset: inputs[..i]
+                .iter()
+                .map(|&p| self.act_shape(p).channels)
+                .sum(),
+            height: whole.height,
+            width: whole.width,
+        }
+    }
+
+    fn linear_shape(&self, input: ActId, output: ActId) -> LinearShape {
+        LinearShape {
+            batch: self.batch,
+            inputs: self.act_shape(input).channels,
+            outputs: self.act_shape(output).channels,
+        }
+    }
+
+    /// Runs the graph on [`Network::input`]. `Train` uses batch statistics and updates the
+    /// running ones; `Inference` uses the running statistics.
+    pub fn forward<B: Backend>(&mut self, b: &mut B, mode: BnMode) -> Result<()> {
+        let mut conv_index = 0;
+        for (op_index, op) in self.graph.ops.iter().enumerate() {
+            match op {
+                Op::Conv {
+                    conv,
+                    input,
+                    output,
+                } => {
+                    let conv = &self.graph.convs[*conv];
+                    let s = self.conv_shape(conv, *input);
+                    let pre = self.pre_bn[conv_index];
+                    b.conv2d_forward(&s, self.acts[*input], self.param(conv.weight), pre)?;
+                    b.batch_norm_forward(
+                        &self.bn_shape(*output),
+                        &bn_params(),
+                        mode,
+                        &self.bn(conv),
+                        pre,
+                        self.acts[*output],
+                        &self.bn_saved[conv_index],
+                    )?;
+                    conv_index += 1;
+                }
+                Op::MaxPool { input, output } => {
+                    let indices = self.pool_indices[op_index].expect("allocated in new");
+                    b.max_pool_forward(
+                        &self.pool_shape(*input),
+                        &max_pool_params(),
+                        self.acts[*input],
+                        self.acts[*output],
+                        indices,
+                    )?;
+                }
+                Op::AvgPool { input, output } => b.avg_pool_forward(
+                    &self.pool_shape(*input),
+                    &avg_pool_params(),
+                    self.acts[*input],
+                    self.acts[*output],
+                )?,
+                Op::Concat { inputs, output } => {
+                    for (i, &part) in inputs.iter().enumerate() {
+                        let slice = self.channel_slice(inputs, i, *output);
+                        b.copy_channels(&slice, self.acts[part], self.acts[*output])?;
+                    }
+                }
+                Op::Head {
+                    input,
+                    output,
+                    fc_weight,
+                    fc_bias,
+                } => {
+                    let head = self.head.as_ref().expect("allocated in new");
+                    b.global_avg_pool_forward(
+                        &self.pool_shape(*input),
+                        self.acts[*input],
+                        head.pooled,
+                    )?;
+                    b.linear_forward(
+                        &self.linear_shape(*input, *output),
+                        head.pooled,
+                        self.param(*fc_weight),
+                        self.param(*fc_bias),
+                        self.acts[*output],
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Backpropagates [`Network::output_grad`] (written by the caller) through the graph:
+    /// parameter gradients accumulate into `grads`; with `input_grad` the gradient w.r.t. the
+    /// input images is assigned to [`Network::input_grad`]. `mode` must be the forward's.
+    pub fn backward<B: Backend>(
+        &mut self,
+        b: &mut B,
+        mode: BnMode,
+        input_grad: bool,
+    ) -> Result<()> {
+        // Which activation gradients hold a value yet: a tensor read by several ops gets its
+        // first contribution assigned and the rest added.
+        let mut written = vec![false; self.acts.len()];
+        written[self.graph.output] = true;
+        let mut conv_index = self.pre_bn.len();
+        for (op_index, op) in self.graph.ops.iter().enumerate().rev() {
+            match op {
+                Op::Conv {
+                    conv,
+                    input,
+                    output,
+                } => {
+                    conv_index -= 1;
+                    let conv = &self.graph.convs[*conv];
+                    let s = self.conv_shape(conv, *input);
+                    let pre = self.pre_bn[conv_index];
+                    let d_pre = self.d_pre_bn.slice(0, pre.len);
+                    b.batch_norm_backward(
+                        &self.bn_shape(*output),
+                        &bn_params(),
+                        mode,
+                        &self.bn(conv),
+                        &self.bn_saved[conv_index],
+                        pre,
+                        self.acts[*output],
+                        self.act_grads[*output],
+                        d_pre,
+                        self.grad(conv.bn_weight),
+                        self.grad(conv.bn_bias),
+                    )?;
+                    b.conv2d_backward_filter(&s, self.acts[*input], d_pre, self.grad(conv.weight))?;
+                    if *input != 0 || input_grad {
+                        let dx = self.act_grads[*input];
+                        b.conv2d_backward_data(
+                            &s,
+                            d_pre,
+                            self.param(conv.weight),
+                            dx,
+                            written[*input],
+                        )?;
+                        written[*input] = true;
+                    }
+                }
+                Op::MaxPool { input, output } => {
+                    assign_first(&mut written, *input, "max pool")?;
+                    let indices = self.pool_indices[op_index].expect("allocated in new");
+                    b.max_pool_backward(
+                        &self.pool_shape(*input),
+                        &max_pool_params(),
+                        indices,
+                        self.act_grads[*output],
+                        self.act_grads[*input],
+                    )?;
+                }
+                Op::AvgPool { input, output } => {
+                    assign_first(&mut written, *input, "average pool")?;
+                    b.avg_pool_backward(
+                        &self.pool_shape(*input),
+                        &avg_pool_params(),
+                        self.act_grads[*output],
+                        self.act_grads[*input],
+                    )?;
+                }
+                Op::Concat { inputs, output } => {
+                    for (i, &part) in inputs.iter().enumerate() {
+                        assign_first(&mut written, part, "concat")?;
+                        let slice = self.channel_slice(inputs, i, *output);
+                        b.slice_channels(&slice, self.act_grads[*output], self.act_grads[part])?;
+                    }
+                }
+                Op::Head {
+                    input,
+                    output,
+                    fc_weight,
+                    fc_bias,
+                } => {
+                    assign_first(&mut written, *input, "head")?;
+                    let head = self.head.as_ref().expect("allocated in new");
+                    b.linear_backward(
+                        &self.linear_shape(*input, *output),
+                        head.pooled,
+                        self.param(*fc_weight),
+                        self.act_grads[*output],
+                        head.d_pooled,
+                        self.grad(*fc_weight),
+                        self.grad(*fc_bias),
+                    )?;
+                    b.global_avg_pool_backward(
+                        &self.pool_shape(*input),
+                        head.d_pooled,
+                        self.act_grads[*input],
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Ops that can only assign their input's gradient must be its first contribution in backward,
+/// i.e. its last reader in forward; the graph is built that way.
+fn assign_first(written: &mut [bool], id: ActId, op: &str) -> Result<()> {
+    if written[id] {
+        return Err(Error::Shape(format!(
+            "{op} backward would overwrite the gradient of activation {id}: the graph must make \
+             it the last reader of its input"
+        )));
+    }
+    written[id] = true;
+    Ok(())
+}
