@@ -1,2 +1,358 @@
-//! Placeholder, being written.
-fn main() {}
+//! ConvTranspose2d benchmarks. Always: the CPU reference (the CPU backend's op) at a small batch.
+//! With a GPU: our kernels against cuDNN (backward-data for the forward, forward for dx,
+//! backward-filter for d_weight) on the up-sampler's layers at B = 64, k = 4, stride 2,
+//! padding 1: 16→16 (17→34), 16→8 (34→68), 8→4 (68→136), 4→1 (136→272), the whole chain's
+//! forward, and a wide 16→16 layer at 136→272. f32 against cuDNN in plain FMA (our arithmetic)
+//! and in TF32 (PyTorch's default), bf16 against cuDNN with tensor cores. Target: 5× cuDNN.
+
+mod common;
+
+use c2f_kernels::conv_transpose::baseline::CudnnConvTranspose;
+use c2f_kernels::conv_transpose::{
+    backward_cpu, forward_cpu, ConvTransposeGpu, ConvTransposeParams,
+};
+use c2f_kernels::testing::SplitMix64;
+use c2f_kernels::{Element, Gpu};
+use criterion::{criterion_group, criterion_main, Criterion};
+use cudarc::cudnn::CudnnDataType;
+use cudarc::driver::CudaSlice;
+use std::time::Duration;
+
+const TARGET: f64 = 5.0;
+
+/// An up-sampler layer: k = 4, stride 2, padding 1, doubling the side.
+fn layer(batch: usize, cin: usize, cout: usize, side: usize) -> ConvTransposeParams {
+    ConvTransposeParams {
+        batch,
+        in_channels: cin,
+        out_channels: cout,
+        height: side,
+        width: side,
+        kernel_size: 4,
+        stride: 2,
+        padding: 1,
+        output_padding: 0,
+    }
+}
+
+/// The up-sampler chain 17→34→68→136→272 at batch `b`.
+fn chain(b: usize) -> Vec<ConvTransposeParams> {
+    vec![
+        layer(b, 16, 16, 17),
+        layer(b, 16, 8, 34),
+        layer(b, 8, 4, 68),
+        layer(b, 4, 1, 136),
+    ]
+}
+
+fn id(p: &ConvTransposeParams) -> String {
+    format!(
+        "B{}_{}to{}_{}to{}",
+        p.batch,
+        p.in_channels,
+        p.out_channels,
+        p.height,
+        p.out_height()
+    )
+}
+
+fn draw(n: usize, seed: u64) -> Vec<f32> {
+    SplitMix64(seed)
+        .uniform_vec(n, -1.0, 1.0)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect()
+}
+
+fn cpu(c: &mut Criterion) {
+    // A CPU-sized batch: the CPU backend trains at small batch sizes.
+    let p = layer(2, 8, 8, 34);
+    let x = draw(p.input_len(), 1);
+    let w = draw(p.weight_len(), 2);
+    let bias = draw(p.out_channels, 3);
+    let dy = draw(p.output_len(), 4);
+    let mut y = vec![0.0f32; p.output_len()];
+    let mut dx = vec![0.0f32; p.input_len()];
+    let mut dw = vec![0.0f32; p.weight_len()];
+    let mut db = vec![0.0f32; p.out_channels];
+    let mut g = c.benchmark_group("conv_transpose_cpu_f32");
+    g.sample_size(10);
+    g.bench_function(format!("forward_backward_{}", id(&p)), |b| {
+        b.iter(|| {
+            forward_cpu(&p, &x, &w, &bias, &mut y).unwrap();
+            backward_cpu(&p, &x, &w, &dy, &mut dx, &mut dw, &mut db).unwrap();
+        })
+    });
+    g.finish();
+}
+
+/// Device buffers of one layer: activations in `T`, parameters in f32 (ours) and in `T` (cuDNN).
+struct Buffers<T: Element> {
+    x: CudaSlice<T>,
+    w: CudaSlice<f32>,
+    w_t: CudaSlice<T>,
+    bias: CudaSlice<f32>,
+    y: CudaSlice<T>,
+    dy: CudaSlice<T>,
+    dx: CudaSlice<T>,
+    dw: CudaSlice<f32>,
+    dw_t: CudaSlice<T>,
+    db: CudaSlice<f32>,
+}
+
+impl<T: Element> Buffers<T> {
+    fn new(gpu: &Gpu, p: &ConvTransposeParams) -> Buffers<T> {
+        let to_t = |v: Vec<f32>| v.into_iter().map(T::from_f32).collect::<Vec<T>>();
+        let w = draw(p.weight_len(), 6);
+        Buffers {
+            x: gpu.upload(&to_t(draw(p.input_len(), 5))).unwrap(),
+            w_t: gpu.upload(&to_t(w.clone())).unwrap(),
+            w: gpu.upload(&w).unwrap(),
+            bias: gpu.upload(&draw(p.out_channels, 7)).unwrap(),
+            y: gpu.alloc_zeros(p.output_len()).unwrap(),
+            dy: gpu.upload(&to_t(draw(p.output_len(), 8))).unwrap(),
+            dx: gpu.alloc_zeros(p.input_len()).unwrap(),
+            dw: gpu.alloc_zeros(p.weight_len()).unwrap(),
+            dw_t: gpu.alloc_zeros(p.weight_len()).unwrap(),
+            db: gpu.alloc_zeros(p.out_channels).unwrap(),
+        }
+    }
+}
+
+/// Minimum traffic of the forward: read x and the parameters, write y.
+fn forward_bytes<T>(p: &ConvTransposeParams) -> usize {
+    std::mem::size_of::<T>() * (p.input_len() + p.output_len())
+        + 4 * (p.weight_len() + p.out_channels)
+}
+
+/// Minimum traffic of dx: read dy and the weight, write dx.
+fn grad_input_bytes<T>(p: &ConvTransposeParams) -> usize {
+    std::mem::size_of::<T>() * (p.input_len() + p.output_len()) + 4 * p.weight_len()
+}
+
+/// Minimum traffic of d_weight and d_bias: read x and dy, read and write the two gradients.
+fn grad_params_bytes<T>(p: &ConvTransposeParams) -> usize {
+    std::mem::size_of::<T>() * (p.input_len() + p.output_len())
+        + 8 * (p.weight_len() + p.out_channels)
+}
+
+/// The cuDNN baseline, or why it is skipped.
+fn baseline<T: Element + CudnnDataType>(
+    gpu: &Gpu,
+    p: ConvTransposeParams,
+    tensor_ops: bool,
+    group: &str,
+) -> Option<CudnnConvTranspose<T>> {
+    if !CudnnConvTranspose::<T>::available() {
+        println!("{group}: cuDNN baseline skipped: libcudnn could not be loaded");
+        return None;
+    }
+    match CudnnConvTranspose::<T>::new(gpu, p, tensor_ops) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            println!("{group}: cuDNN baseline skipped for {}: {e}", id(&p));
+            None
+        }
+    }
+}
+
+/// Our three kernels on one layer, each against its cuDNN counterpart in every `(tensor_ops,
+/// label)` math of `baselines`.
+fn gpu_layer<T: Element + CudnnDataType>(
+    c: &mut Criterion,
+    gpu: &Gpu,
+    p: ConvTransposeParams,
+    baselines: &[(bool, &str)],
+) {
+    let group = format!("conv_transpose_gpu_{}", T::SUFFIX);
+    let name = id(&p);
+    let mut buf = Buffers::<T>::new(gpu, &p);
+    let mut ours = ConvTransposeGpu::<T>::new(gpu, p).unwrap();
+
+    let fwd = common::bench_gpu(
+        c,
+        gpu,
+        &group,
+        &format!("forward_{name}"),
+        forward_bytes::<T>(&p),
+        "",
+        || ours.forward(&buf.x, &buf.w, &buf.bias, &mut buf.y).unwrap(),
+    );
+    let dx = common::bench_gpu(
+        c,
+        gpu,
+        &group,
+        &format!("grad_input_{name}"),
+        grad_input_bytes::<T>(&p),
+        "",
+        || ours.backward_input(&buf.w, &buf.dy, &mut buf.dx).unwrap(),
+    );
+    let dw = common::bench_gpu(
+        c,
+        gpu,
+        &group,
+        &format!("grad_params_{name}"),
+        grad_params_bytes::<T>(&p),
+        "",
+        || {
+            ours.backward_params(&buf.x, &buf.dy, &mut buf.dw, &mut buf.db)
+                .unwrap()
+        },
+    );
+    for &(tensor_ops, label) in baselines {
+        let Some(mut cudnn) = baseline::<T>(gpu, p, tensor_ops, &group) else {
+            continue;
+        };
+        let base_fwd = common::bench_gpu(
+            c,
+            gpu,
+            &group,
+            &format!("cudnn_{label}_backward_data_{name}"),
+            forward_bytes::<T>(&p),
+            "baseline",
+            || cudnn.forward(&buf.x, &buf.w_t, &mut buf.y).unwrap(),
+        );
+        common::report_speedup(
+            &group,
+            &format!("forward_{name} vs cuDNN {label} backward-data"),
+            fwd,
+            base_fwd,
+            TARGET,
+        );
+        let base_dx = common::bench_gpu(
+            c,
+            gpu,
+            &group,
+            &format!("cudnn_{label}_forward_{name}"),
+            grad_input_bytes::<T>(&p),
+            "baseline",
+            || {
+                cudnn
+                    .backward_input(&buf.dy, &buf.w_t, &mut buf.dx)
+                    .unwrap()
+            },
+        );
+        common::report_speedup(
+            &group,
+            &format!("grad_input_{name} vs cuDNN {label} forward"),
+            dx,
+            base_dx,
+            TARGET,
+        );
+        let base_dw = common::bench_gpu(
+            c,
+            gpu,
+            &group,
+            &format!("cudnn_{label}_backward_filter_{name}"),
+            grad_params_bytes::<T>(&p),
+            "baseline",
+            || {
+                cudnn
+                    .backward_weight(&buf.x, &buf.dy, &mut buf.dw_t)
+                    .unwrap()
+            },
+        );
+        common::report_speedup(
+            &group,
+            &format!("grad_params_{name} vs cuDNN {label} backward-filter (no bias)"),
+            dw,
+            base_dw,
+            TARGET,
+        );
+    }
+}
+
+/// The whole chain's forward, each layer's output feeding the next, against cuDNN's.
+fn gpu_chain<T: Element + CudnnDataType>(c: &mut Criterion, gpu: &Gpu, baselines: &[(bool, &str)]) {
+    let group = format!("conv_transpose_gpu_{}", T::SUFFIX);
+    let layers = chain(64);
+    let mut convs: Vec<_> = layers
+        .iter()
+        .map(|&p| ConvTransposeGpu::<T>::new(gpu, p).unwrap())
+        .collect();
+    let bufs: Vec<_> = layers.iter().map(|p| Buffers::<T>::new(gpu, p)).collect();
+    // acts[i] is layer i's input; acts[i + 1] its output.
+    let mut acts: Vec<CudaSlice<T>> = std::iter::once(layers[0].input_len())
+        .chain(layers.iter().map(|p| p.output_len()))
+        .map(|n| gpu.alloc_zeros(n).unwrap())
+        .collect();
+    let bytes: usize = layers.iter().map(forward_bytes::<T>).sum();
+    let name = format!("chain_B64_17to{}", layers[layers.len() - 1].out_height());
+    let ours = common::bench_gpu(
+        c,
+        gpu,
+        &group,
+        &format!("forward_{name}"),
+        bytes,
+        "",
+        || {
+            for (i, conv) in convs.iter_mut().enumerate() {
+                let (input, output) = acts.split_at_mut(i + 1);
+                conv.forward(&input[i], &bufs[i].w, &bufs[i].bias, &mut output[0])
+                    .unwrap();
+            }
+        },
+    );
+    for &(tensor_ops, label) in baselines {
+        let Some(mut cudnns) = layers
+            .iter()
+            .map(|&p| baseline::<T>(gpu, p, tensor_ops, &group))
+            .collect::<Option<Vec<_>>>()
+        else {
+            continue;
+        };
+        let base = common::bench_gpu(
+            c,
+            gpu,
+            &group,
+            &format!("cudnn_{label}_forward_{name}"),
+            bytes,
+            "baseline",
+            || {
+                for (i, cudnn) in cudnns.iter_mut().enumerate() {
+                    let (input, output) = acts.split_at_mut(i + 1);
+                    cudnn
+                        .forward(&input[i], &bufs[i].w_t, &mut output[0])
+                        .unwrap();
+                }
+            },
+        );
+        common::report_speedup(
+            &group,
+            &format!("forward_{name} vs cuDNN {label}"),
+            ours,
+            base,
+            TARGET,
+        );
+    }
+}
+
+fn gpu_dtype<T: Element + CudnnDataType>(c: &mut Criterion, gpu: &Gpu, baselines: &[(bool, &str)]) {
+    for p in chain(64).into_iter().chain([layer(64, 16, 16, 136)]) {
+        gpu_layer::<T>(c, gpu, p, baselines);
+    }
+    gpu_chain::<T>(c, gpu, baselines);
+}
+
+fn gpu(c: &mut Criterion) {
+    let Some(gpu) = common::gpu_or_skip("conv_transpose GPU benches") else {
+        return;
+    };
+    println!(
+        "copy bandwidth: {:.0} GB/s",
+        common::copy_bandwidth_gbs(&gpu)
+    );
+    // f32 against cuDNN in plain FMA (our arithmetic) and in TF32 (PyTorch's default).
+    gpu_dtype::<f32>(c, &gpu, &[(false, "fma"), (true, "tf32")]);
+    gpu_dtype::<half::bf16>(c, &gpu, &[(true, "tensor_op")]);
+}
+
+criterion_group! {
+    name = benches;
+    // Many kernels: shorter windows than criterion's defaults keep the run to a few minutes.
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = cpu, gpu
+}
+criterion_main!(benches);
