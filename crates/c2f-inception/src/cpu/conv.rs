@@ -1,5 +1,6 @@
 //! Convolution on the CPU (the CPU backend's op, and what the cuDNN path is tested against):
-//! im2col + GEMM (ndarray's GEMM, matrixmultiply underneath), images in parallel with rayon.
+//! im2col + GEMM (ndarray's GEMM, matrixmultiply underneath, one thread each), images in
+//! parallel with rayon (threading inside the GEMM as well oversubscribes the cores).
 //! 1×1 convolutions with stride 1 and no padding skip im2col.
 //!
 //! Contracts: forward assigns `y`; backward-data assigns `dx`, or adds into it when
@@ -81,6 +82,14 @@ impl Conv2dShape {
     }
 }
 
+/// The output columns `ox` whose input column `ox·stride + kx − pad` lies inside `0..width`.
+fn valid_columns(s: &Conv2dShape, kx: usize, ow: usize) -> std::ops::Range<usize> {
+    let (stride, pad) = (s.stride.1, s.padding.1);
+    // First ox with ox·stride + kx ≥ pad; first ox with ox·stride + kx ≥ width + pad.
+    let first = |bound: usize| bound.saturating_sub(kx).div_ceil(stride).min(ow);
+    first(pad)..first(s.width + pad)
+}
+
 /// `cols[(c·kh + ky)·kw + kx, oy·OW + ox] = x[c, oy·s − p + ky, ox·s − p + kx]` (0 outside).
 fn im2col<R: Real>(s: &Conv2dShape, x: &[R], cols: &mut [R]) {
     let (oh, ow) = (s.out_height(), s.out_width());
@@ -90,21 +99,25 @@ fn im2col<R: Real>(s: &Conv2dShape, x: &[R], cols: &mut [R]) {
         for ky in 0..kh {
             for kx in 0..kw {
                 let row = &mut cols[((c * kh + ky) * kw + kx) * oh * ow..][..oh * ow];
+                let valid = valid_columns(s, kx, ow);
                 for oy in 0..oh {
                     let iy = (oy * s.stride.0 + ky) as isize - s.padding.0 as isize;
                     let out = &mut row[oy * ow..][..ow];
-                    if iy < 0 || iy >= s.height as isize {
+                    if iy < 0 || iy >= s.height as isize || valid.is_empty() {
                         out.fill(R::zero());
                         continue;
                     }
                     let line = &plane[iy as usize * s.width..][..s.width];
-                    for (ox, o) in out.iter_mut().enumerate() {
-                        let ix = (ox * s.stride.1 + kx) as isize - s.padding.1 as isize;
-                        *o = if ix < 0 || ix >= s.width as isize {
-                            R::zero()
-                        } else {
-                            line[ix as usize]
-                        };
+                    out[..valid.start].fill(R::zero());
+                    out[valid.end..].fill(R::zero());
+                    let ix0 = valid.start * s.stride.1 + kx - s.padding.1;
+                    let out = &mut out[valid.clone()];
+                    if s.stride.1 == 1 {
+                        out.copy_from_slice(&line[ix0..ix0 + out.len()]);
+                    } else {
+                        for (o, &v) in out.iter_mut().zip(line[ix0..].iter().step_by(s.stride.1)) {
+                            *o = v;
+                        }
                     }
                 }
             }
@@ -121,17 +134,20 @@ fn col2im_add<R: Real>(s: &Conv2dShape, cols: &[R], dx: &mut [R]) {
         for ky in 0..kh {
             for kx in 0..kw {
                 let row = &cols[((c * kh + ky) * kw + kx) * oh * ow..][..oh * ow];
+                let valid = valid_columns(s, kx, ow);
+                if valid.is_empty() {
+                    continue;
+                }
+                let ix0 = valid.start * s.stride.1 + kx - s.padding.1;
                 for oy in 0..oh {
                     let iy = (oy * s.stride.0 + ky) as isize - s.padding.0 as isize;
                     if iy < 0 || iy >= s.height as isize {
                         continue;
                     }
                     let line = &mut plane[iy as usize * s.width..][..s.width];
-                    for (ox, &v) in row[oy * ow..][..ow].iter().enumerate() {
-                        let ix = (ox * s.stride.1 + kx) as isize - s.padding.1 as isize;
-                        if ix >= 0 && ix < s.width as isize {
-                            line[ix as usize] = line[ix as usize] + v;
-                        }
+                    let src = &row[oy * ow..][valid.clone()];
+                    for (d, &v) in line[ix0..].iter_mut().step_by(s.stride.1).zip(src) {
+                        *d = *d + v;
                     }
                 }
             }
