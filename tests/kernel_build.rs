@@ -56,7 +56,15 @@ fn kernels_have_no_spills_or_warnings() {
 #[test]
 fn every_kernel_file_is_embedded_with_source() {
     let names: Vec<&str> = sources::all().iter().map(|k| k.name).collect();
-    for expected in ["bap", "center_loss", "conv_transpose"] {
+    for expected in [
+        "bap",
+        "batch_norm",
+        "center_loss",
+        "conv_transpose",
+        "pool",
+        "sgd",
+        "softmax_ce",
+    ] {
         assert!(
             names.contains(&expected),
             "kernel {expected} missing from {names:?}"
