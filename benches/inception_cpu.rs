@@ -113,5 +113,30 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// Bytes a network holds for training at batch 64 (parameters, gradients, momentum, running
+/// statistics, activations and what backward keeps): the same plan on every backend, which adds
+/// only its own workspace (cuDNN's) on top. Allocation here is lazy, so it costs nothing.
+fn memory(_: &mut Criterion) {
+    for size in [299, 448] {
+        for (depth, name) in [
+            (Depth::Mixed6e, "mixed6e"),
+            (Depth::Full { classes: 200 }, "full"),
+        ] {
+            let graph = Graph::new(InceptionConfig {
+                input_size: size,
+                width: 1.0,
+                depth,
+            })
+            .unwrap();
+            let mut cpu = CpuBackend::<f32>::new();
+            let _net = Network::new(&mut cpu, graph, 64).unwrap();
+            println!(
+                "MEMORY\t{name}_b64_{size}\t{:.2} GiB",
+                cpu.allocated_bytes() as f64 / (1u64 << 30) as f64
+            );
+        }
+    }
+}
+
+criterion_group!(benches, memory, bench);
 criterion_main!(benches);
