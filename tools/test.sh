@@ -9,6 +9,7 @@ export NVCC
 echo "nvcc: $NVCC"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
+# --nocapture: the GPU tests' `skipped: no CUDA device` lines show where there is no GPU.
+cargo test --workspace -- --nocapture
 # Criterion runs each benchmark once in test mode: the bench code cannot rot unnoticed.
 cargo test --workspace --benches
