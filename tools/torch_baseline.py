@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""PyTorch on the GPU, the CUDA backend's peer: torchvision's InceptionV3 forward+backward in
+train mode at batch 64, 299² and 448², up to Mixed_6e and full (1000 classes, aux head off),
+in fp32 and in AMP (bf16 autocast) + channels_last + cudnn.benchmark. Timed with CUDA events
+after a warm-up; prints one TORCHGPU line per case (images/s, ms/step, peak memory).
+`tools/gpu-check.sh run` calls it beside the Rust benches, on the same card.
+
+    python3 tools/torch_baseline.py [--batch 64] [--steps 10]
+"""
+import argparse
+
+import torch
+import torchvision
+
+
+def model(depth: str) -> torch.nn.Module:
+    net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
+    if depth == "full":
+        return net
+    blocks = []
+    for name, module in net.named_children():
+        blocks.append(module)
+        if name == "Mixed_6e":
+            break
+    return torch.nn.Sequential(*blocks)
+
+
+def run(depth: str, size: int, mode: str, batch: int, steps: int) -> None:
+    torch.backends.cudnn.benchmark = mode == "amp"
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    net = model(depth).cuda().train()
+    x = torch.randn(batch, 3, size, size, device="cuda")
+    if mode == "amp":
+        net = net.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
+
+    def step() -> None:
+        net.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode == "amp"):
+            out = net(x)
+        out.float().square().mean().backward()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        step()
+    end.record()
+    torch.cuda.synchronize()
+    ms = start.elapsed_time(end) / steps
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    print(f"TORCHGPU\t{depth}_b{batch}_{size}\t{mode}\t{torch.cuda.get_device_name()}\t"
+          f"{batch / ms * 1e3:.0f} img/s\t{ms:.1f} ms/step\t{peak:.1f} GiB peak", flush=True)
+    del net, x
+    torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}")
+    for depth in ["mixed6e", "full"]:
+        for size in [299, 448]:
+            for mode in ["fp32", "amp"]:
+                run(depth, size, mode, args.batch, args.steps)
+
+
+if __name__ == "__main__":
+    main()
