@@ -169,6 +169,9 @@ PY
       --warm-up-time 0.5 --measurement-time 1
   done
 
+  # PyTorch on the same card, the peer of the runtime's GPU figures.
+  run_step "torch baseline" 120 "$logs/bench-torch.txt" python3 "$root/tools/torch_baseline.py"
+
   if command -v compute-sanitizer >/dev/null; then
     for op in bap center_loss conv_transpose batch_norm pool softmax_ce sgd; do
       [ -x "$bundle/tests/$op" ] || continue
@@ -198,7 +201,7 @@ PY
     echo "## Benchmarks (BENCH: group, name, card, us, GB/s, fraction of copy bandwidth, baseline)"
     echo
     echo '```'
-    cat "$logs"/bench-*.txt 2>/dev/null | grep -E '^(BENCH|SPEEDUP)|copy bandwidth' || echo "none"
+    cat "$logs"/bench-*.txt 2>/dev/null | grep -E '^(BENCH|SPEEDUP|TORCHGPU|NETBENCH)|copy bandwidth' || echo "none"
     echo '```'
     echo
     echo "## Failures and skips (first lines)"
@@ -213,7 +216,7 @@ PY
 
   echo
   echo "== report: $out/report.md"
-  grep -h -E '^(BENCH|SPEEDUP)' "$logs"/bench-*.txt 2>/dev/null | cut -f2- | cut -c1-160
+  grep -h -E '^(BENCH|SPEEDUP|TORCHGPU|NETBENCH)' "$logs"/bench-*.txt 2>/dev/null | cut -f2- | cut -c1-160
   echo
   printf '%s\n' "${results[@]}"
 }
