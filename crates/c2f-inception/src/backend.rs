@@ -12,7 +12,7 @@
 
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
 use c2f_kernels::pool::{ChannelSlice, Pool2dParams, PoolShape};
-use c2f_kernels::{Real, Result};
+use c2f_kernels::{Error, Real, Result};
 
 use crate::cpu::conv::Conv2dShape;
 
@@ -55,6 +55,51 @@ impl Tensor {
     }
 }
 
+/// The checks every backend makes on the operands of one op before touching memory: each tensor
+/// lies inside its buffer (`buf_len(buf)` is that buffer's length, `None` for no such buffer;
+/// `index_buf_len` likewise for index buffers), and no non-empty output overlaps another operand
+/// (an input, or another output) of the same call. Index tensors are single operands of their
+/// calls and of another element type, so only their bounds are checked.
+///
+/// This is what lets a backend hand out a mutable view per output and shared views per input of
+/// its buffers at once, whether host slices or raw device ranges.
+pub fn check_operands(
+    buf_len: impl Fn(usize) -> Option<usize>,
+    index_buf_len: impl Fn(usize) -> Option<usize>,
+    inputs: &[Tensor],
+    outputs: &[Tensor],
+    index: &[IndexTensor],
+) -> Result<()> {
+    let fits = |len: Option<usize>, offset: usize, n: usize| {
+        len.zip(offset.checked_add(n))
+            .is_some_and(|(len, end)| end <= len)
+    };
+    for t in inputs.iter().chain(outputs) {
+        if !fits(buf_len(t.buf), t.offset, t.len) {
+            return Err(Error::Shape(format!("tensor {t:?} is outside its buffer")));
+        }
+    }
+    for t in index {
+        if !fits(index_buf_len(t.buf), t.offset, t.len) {
+            return Err(Error::Shape(format!(
+                "index tensor {t:?} is outside its buffer"
+            )));
+        }
+    }
+    for (i, out) in outputs.iter().enumerate() {
+        let others = inputs.iter().chain(outputs[i + 1..].iter());
+        if let Some(other) = others
+            .filter(|o| out.len > 0 && o.len > 0)
+            .find(|o| out.overlaps(o))
+        {
+            return Err(Error::Shape(format!(
+                "output {out:?} overlaps operand {other:?} of the same op"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Batch norm in training mode (batch statistics, running stats updated) or inference mode
 /// (running statistics; also "frozen" BN while training).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +132,18 @@ pub struct LinearShape {
     pub batch: usize,
     pub inputs: usize,
     pub outputs: usize,
+}
+
+impl LinearShape {
+    /// Checks `x [batch, inputs]`, `w [outputs, inputs]`, `b [outputs]` and `y [batch, outputs]`
+    /// (or their gradients) against this shape.
+    pub fn check(&self, x: Tensor, w: Tensor, b: Tensor, y: Tensor) -> Result<()> {
+        use c2f_kernels::error::check_len;
+        check_len("linear x", x.len, self.batch * self.inputs)?;
+        check_len("linear weight", w.len, self.outputs * self.inputs)?;
+        check_len("linear bias", b.len, self.outputs)?;
+        check_len("linear y", y.len, self.batch * self.outputs)
+    }
 }
 
 pub trait Backend {

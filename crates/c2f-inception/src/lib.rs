@@ -1,8 +1,10 @@
 //! The InceptionV3 runtime: the network written once as data ([`spec`]), its parameter tables
-//! ([`table`]), and torchvision-compatible weights ([`weights`]).
+//! ([`table`]), and torchvision-compatible weights ([`weights`]); the graph's forward and backward
+//! ([`network`]) over a [`backend::Backend`]: the CPU ([`cpu`]) or CUDA with cuDNN ([`cuda`]).
 
 pub mod backend;
 pub mod cpu;
+pub mod cuda;
 pub mod init;
 pub mod network;
 pub mod spec;

@@ -9,11 +9,13 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
 use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
-use crate::device::Gpu;
+use crate::device::{device_addr, device_addr_mut, Gpu};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
 use crate::Real;
@@ -223,12 +225,13 @@ fn per_part_chunks(shape: &BapShape) -> usize {
 }
 
 /// Launches `bap_grad_dot`: partials of each sample's `Z·dZ`, one per chunk of [`per_part_grid`].
-fn launch_grad_dot<T: Element>(
+/// `parts` and `d_parts` are device addresses of buffers the caller checked against `shape`.
+fn launch_grad_dot(
     stream: &CudaStream,
     grad_dot: &CudaFunction,
     shape: &BapShape,
-    parts: &CudaSlice<T>,
-    d_parts: &CudaSlice<T>,
+    parts: u64,
+    d_parts: u64,
     dot_partials: &mut CudaSlice<f32>,
 ) -> Result<()> {
     let mn = shape.part_len() as i32;
@@ -236,8 +239,8 @@ fn launch_grad_dot<T: Element>(
     unsafe {
         stream
             .launch_builder(grad_dot)
-            .arg(parts)
-            .arg(d_parts)
+            .arg(&parts)
+            .arg(&d_parts)
             .arg(dot_partials)
             .arg(&mn)
             .launch(per_part_grid(shape))?;
@@ -246,23 +249,24 @@ fn launch_grad_dot<T: Element>(
 }
 
 /// Launches `bap_normalize`: divides each sample by its norm, summed from `tiles` partials.
-fn launch_normalize<T: Element>(
+/// `parts` and `norms` are device addresses of buffers the caller checked against `shape`.
+fn launch_normalize(
     stream: &CudaStream,
     normalize: &CudaFunction,
     shape: &BapShape,
-    parts: &mut CudaSlice<T>,
+    parts: u64,
     sumsq: &CudaSlice<f32>,
     tiles: usize,
-    norms: &mut CudaSlice<f32>,
+    norms: u64,
 ) -> Result<()> {
     let (tiles, mn) = (tiles as i32, shape.part_len() as i32);
     // SAFETY: the caller checked the lengths against `shape`; `sumsq` holds B·tiles.
     unsafe {
         stream
             .launch_builder(normalize)
-            .arg(parts)
+            .arg(&parts)
             .arg(sumsq)
-            .arg(norms)
+            .arg(&norms)
             .arg(&tiles)
             .arg(&mn)
             .launch(per_part_grid(shape))?;
@@ -309,14 +313,17 @@ impl<T: Element> BapGpu<T> {
     /// Writes `parts [B, M·N]` (normalised) and `norms [B]` (‖S‖ per sample).
     pub fn forward(
         &mut self,
-        attention: &CudaSlice<T>,
-        features: &CudaSlice<T>,
-        parts: &mut CudaSlice<T>,
-        norms: &mut CudaSlice<f32>,
+        attention: &impl DevicePtr<T>,
+        features: &impl DevicePtr<T>,
+        parts: &mut impl DevicePtrMut<T>,
+        norms: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         let s = self.shape;
         s.check_forward(attention.len(), features.len(), parts.len(), norms.len())?;
         let (m, n, hw) = (s.maps as i32, s.channels as i32, s.hw() as i32);
+        let st = &self.stream;
+        let (attention, features) = (device_addr(attention, st), device_addr(features, st));
+        let (parts, norms) = (device_addr_mut(parts, st), device_addr_mut(norms, st));
         let pool_cfg = LaunchConfig {
             grid_dim: (
                 s.channels.div_ceil(POOL_TN) as u32,
@@ -330,9 +337,9 @@ impl<T: Element> BapGpu<T> {
         unsafe {
             self.stream
                 .launch_builder(&self.pool)
-                .arg(attention)
-                .arg(features)
-                .arg(&mut *parts)
+                .arg(&attention)
+                .arg(&features)
+                .arg(&parts)
                 .arg(&mut self.tile_sumsq)
                 .arg(&m)
                 .arg(&n)
@@ -354,19 +361,28 @@ impl<T: Element> BapGpu<T> {
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
-        attention: &CudaSlice<T>,
-        features: &CudaSlice<T>,
-        parts: &CudaSlice<T>,
-        norms: &CudaSlice<f32>,
-        d_parts: &CudaSlice<T>,
-        d_attention: &mut CudaSlice<T>,
-        d_features: &mut CudaSlice<T>,
+        attention: &impl DevicePtr<T>,
+        features: &impl DevicePtr<T>,
+        parts: &impl DevicePtr<T>,
+        norms: &impl DevicePtr<f32>,
+        d_parts: &impl DevicePtr<T>,
+        d_attention: &mut impl DevicePtrMut<T>,
+        d_features: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         let s = self.shape;
         s.check_backward(
             [attention.len(), features.len(), parts.len(), norms.len()],
             [d_parts.len(), d_attention.len(), d_features.len()],
         )?;
+        let st = &self.stream;
+        let (attention, features) = (device_addr(attention, st), device_addr(features, st));
+        let (parts, norms, d_parts) = (
+            device_addr(parts, st),
+            device_addr(norms, st),
+            device_addr(d_parts, st),
+        );
+        let d_attention = device_addr_mut(d_attention, st);
+        let d_features = device_addr_mut(d_features, st);
         launch_grad_dot(
             &self.stream,
             &self.grad_dot,
@@ -386,15 +402,15 @@ impl<T: Element> BapGpu<T> {
         unsafe {
             self.stream
                 .launch_builder(&self.grad_inputs)
-                .arg(attention)
-                .arg(features)
-                .arg(parts)
-                .arg(d_parts)
-                .arg(norms)
+                .arg(&attention)
+                .arg(&features)
+                .arg(&parts)
+                .arg(&d_parts)
+                .arg(&norms)
                 .arg(&self.dot_partials)
                 .arg(&chunks)
-                .arg(&mut *d_attention)
-                .arg(&mut *d_features)
+                .arg(&d_attention)
+                .arg(&d_features)
                 .arg(&m)
                 .arg(&n)
                 .arg(&hw)
@@ -412,10 +428,12 @@ pub mod baseline {
 
     use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
     use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
-    use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+    use cudarc::driver::{
+        CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+    };
 
     use super::{launch_grad_dot, launch_normalize, per_part_chunks, per_part_grid, BapShape};
-    use crate::device::Gpu;
+    use crate::device::{device_addr, device_addr_mut, Gpu};
     use crate::element::Element;
     use crate::error::{Error, Result};
 
@@ -485,10 +503,10 @@ pub mod baseline {
         /// Same contract as [`super::BapGpu::forward`].
         pub fn forward(
             &mut self,
-            attention: &CudaSlice<T>,
-            features: &CudaSlice<T>,
-            parts: &mut CudaSlice<T>,
-            norms: &mut CudaSlice<f32>,
+            attention: &impl DevicePtr<T>,
+            features: &impl DevicePtr<T>,
+            parts: &mut impl DevicePtrMut<T>,
+            norms: &mut impl DevicePtrMut<f32>,
         ) -> Result<()> {
             let s = self.shape;
             s.check_forward(attention.len(), features.len(), parts.len(), norms.len())?;
@@ -513,6 +531,8 @@ pub mod baseline {
                 shared_mem_bytes: 0,
             };
             let mn = s.part_len() as i32;
+            let parts = device_addr_mut(parts, &self.stream);
+            let norms = device_addr_mut(norms, &self.stream);
             // SAFETY: the GEMM shapes and strides cover exactly the buffers of `shape`.
             unsafe {
                 self.blas
@@ -521,7 +541,7 @@ pub mod baseline {
                 self.stream
                     .launch_builder(&self.signed_sqrt)
                     .arg(&self.pooled)
-                    .arg(&mut *parts)
+                    .arg(&parts)
                     .arg(&mut self.sumsq)
                     .arg(&mn)
                     .launch(per_sample)?;
@@ -541,13 +561,13 @@ pub mod baseline {
         #[allow(clippy::too_many_arguments)]
         pub fn backward(
             &mut self,
-            attention: &CudaSlice<T>,
-            features: &CudaSlice<T>,
-            parts: &CudaSlice<T>,
-            norms: &CudaSlice<f32>,
-            d_parts: &CudaSlice<T>,
-            d_attention: &mut CudaSlice<T>,
-            d_features: &mut CudaSlice<T>,
+            attention: &impl DevicePtr<T>,
+            features: &impl DevicePtr<T>,
+            parts: &impl DevicePtr<T>,
+            norms: &impl DevicePtr<f32>,
+            d_parts: &impl DevicePtr<T>,
+            d_attention: &mut impl DevicePtrMut<T>,
+            d_features: &mut impl DevicePtrMut<T>,
         ) -> Result<()> {
             let s = self.shape;
             s.check_backward(
@@ -586,6 +606,9 @@ pub mod baseline {
             let df_cfg = self.batched(df, m * hw, m * n, n * hw);
             let (mn, hw_i) = (s.part_len() as i32, hw as i32);
             let chunks = per_part_chunks(&s) as i32;
+            let st = &self.stream;
+            let (parts, norms) = (device_addr(parts, st), device_addr(norms, st));
+            let d_parts = device_addr(d_parts, st);
             launch_grad_dot(
                 &self.stream,
                 &self.grad_dot,
@@ -598,11 +621,11 @@ pub mod baseline {
             unsafe {
                 self.stream
                     .launch_builder(&self.grad_pooled)
-                    .arg(parts)
-                    .arg(norms)
+                    .arg(&parts)
+                    .arg(&norms)
                     .arg(&self.dot_partials)
                     .arg(&chunks)
-                    .arg(d_parts)
+                    .arg(&d_parts)
                     .arg(&mut self.pooled_grad)
                     .arg(&mn)
                     .arg(&hw_i)

@@ -21,10 +21,12 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
 use rayon::prelude::*;
 
-use crate::device::Gpu;
+use crate::device::{device_addr, device_addr_mut, Gpu};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
 use crate::Real;
@@ -34,7 +36,7 @@ pub const INCEPTION_EPS: f64 = 1e-3;
 /// PyTorch's default momentum.
 pub const DEFAULT_MOMENTUM: f64 = 0.1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BatchNormShape {
     pub batch: usize,
     pub channels: usize,
@@ -553,14 +555,14 @@ impl<T: Element> BatchNormGpu<T> {
     #[allow(clippy::too_many_arguments)]
     pub fn forward_train(
         &mut self,
-        x: &CudaSlice<T>,
-        gamma: &CudaSlice<f32>,
-        beta: &CudaSlice<f32>,
-        running_mean: &mut CudaSlice<f32>,
-        running_var: &mut CudaSlice<f32>,
-        y: &mut CudaSlice<T>,
-        save_mean: &mut CudaSlice<f32>,
-        save_invstd: &mut CudaSlice<f32>,
+        x: &impl DevicePtr<T>,
+        gamma: &impl DevicePtr<f32>,
+        beta: &impl DevicePtr<f32>,
+        running_mean: &mut impl DevicePtrMut<f32>,
+        running_var: &mut impl DevicePtrMut<f32>,
+        y: &mut impl DevicePtrMut<T>,
+        save_mean: &mut impl DevicePtrMut<f32>,
+        save_invstd: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         self.shape.check(
             &[("x", x.len()), ("y", y.len())],
@@ -578,12 +580,23 @@ impl<T: Element> BatchNormGpu<T> {
         let (eps, momentum) = (self.params.eps as f32, self.params.momentum as f32);
         let relu = self.params.relu as i32;
         let cfg = self.grid();
+        let st = &self.stream;
+        let (x, gamma, beta) = (
+            device_addr(x, st),
+            device_addr(gamma, st),
+            device_addr(beta, st),
+        );
+        let running_mean = device_addr_mut(running_mean, st);
+        let running_var = device_addr_mut(running_var, st);
+        let y = device_addr_mut(y, st);
+        let save_mean = device_addr_mut(save_mean, st);
+        let save_invstd = device_addr_mut(save_invstd, st);
         // SAFETY: buffer lengths checked above match the kernels' indexing; the partials hold
         // C·chunks values, the grid's size.
         unsafe {
             self.stream
                 .launch_builder(&self.stats)
-                .arg(x)
+                .arg(&x)
                 .arg(&mut self.part_a)
                 .arg(&mut self.part_b)
                 .arg(&c)
@@ -593,16 +606,16 @@ impl<T: Element> BatchNormGpu<T> {
                 .launch(cfg)?;
             self.stream
                 .launch_builder(&self.train_apply)
-                .arg(x)
+                .arg(&x)
                 .arg(&self.part_a)
                 .arg(&self.part_b)
-                .arg(gamma)
-                .arg(beta)
-                .arg(running_mean)
-                .arg(running_var)
-                .arg(save_mean)
-                .arg(save_invstd)
-                .arg(y)
+                .arg(&gamma)
+                .arg(&beta)
+                .arg(&running_mean)
+                .arg(&running_var)
+                .arg(&save_mean)
+                .arg(&save_invstd)
+                .arg(&y)
                 .arg(&c)
                 .arg(&hw)
                 .arg(&n)
@@ -618,12 +631,12 @@ impl<T: Element> BatchNormGpu<T> {
     /// Inference mode: writes `y` from the running stats, as [`forward_inference_cpu`].
     pub fn forward_inference(
         &mut self,
-        x: &CudaSlice<T>,
-        gamma: &CudaSlice<f32>,
-        beta: &CudaSlice<f32>,
-        running_mean: &CudaSlice<f32>,
-        running_var: &CudaSlice<f32>,
-        y: &mut CudaSlice<T>,
+        x: &impl DevicePtr<T>,
+        gamma: &impl DevicePtr<f32>,
+        beta: &impl DevicePtr<f32>,
+        running_mean: &impl DevicePtr<f32>,
+        running_var: &impl DevicePtr<f32>,
+        y: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         self.shape.check(
             &[("x", x.len()), ("y", y.len())],
@@ -637,16 +650,25 @@ impl<T: Element> BatchNormGpu<T> {
         let [c, hw, n, chunk_len] = self.dims();
         let eps = self.params.eps as f32;
         let relu = self.params.relu as i32;
+        let st = &self.stream;
+        let (x, gamma, beta) = (
+            device_addr(x, st),
+            device_addr(gamma, st),
+            device_addr(beta, st),
+        );
+        let running_mean = device_addr(running_mean, st);
+        let running_var = device_addr(running_var, st);
+        let y = device_addr_mut(y, st);
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
             self.stream
                 .launch_builder(&self.infer_apply)
-                .arg(x)
-                .arg(gamma)
-                .arg(beta)
-                .arg(running_mean)
-                .arg(running_var)
-                .arg(y)
+                .arg(&x)
+                .arg(&gamma)
+                .arg(&beta)
+                .arg(&running_mean)
+                .arg(&running_var)
+                .arg(&y)
                 .arg(&c)
                 .arg(&hw)
                 .arg(&n)
@@ -663,15 +685,15 @@ impl<T: Element> BatchNormGpu<T> {
     #[allow(clippy::too_many_arguments)]
     pub fn backward_train(
         &mut self,
-        x: &CudaSlice<T>,
-        y: &CudaSlice<T>,
-        gamma: &CudaSlice<f32>,
-        save_mean: &CudaSlice<f32>,
-        save_invstd: &CudaSlice<f32>,
-        dy: &CudaSlice<T>,
-        dx: &mut CudaSlice<T>,
-        dgamma: &mut CudaSlice<f32>,
-        dbeta: &mut CudaSlice<f32>,
+        x: &impl DevicePtr<T>,
+        y: &impl DevicePtr<T>,
+        gamma: &impl DevicePtr<f32>,
+        save_mean: &impl DevicePtr<f32>,
+        save_invstd: &impl DevicePtr<f32>,
+        dy: &impl DevicePtr<T>,
+        dx: &mut impl DevicePtrMut<T>,
+        dgamma: &mut impl DevicePtrMut<f32>,
+        dbeta: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         self.shape.check(
             &[
@@ -691,15 +713,21 @@ impl<T: Element> BatchNormGpu<T> {
         let [c, hw, n, chunk_len] = self.dims();
         let relu = self.params.relu as i32;
         let cfg = self.grid();
+        let st = &self.stream;
+        let (x, y, dy) = (device_addr(x, st), device_addr(y, st), device_addr(dy, st));
+        let gamma = device_addr(gamma, st);
+        let (save_mean, save_invstd) = (device_addr(save_mean, st), device_addr(save_invstd, st));
+        let dx = device_addr_mut(dx, st);
+        let (dgamma, dbeta) = (device_addr_mut(dgamma, st), device_addr_mut(dbeta, st));
         // SAFETY: buffer lengths checked above match the kernels' indexing; the partials hold
         // C·chunks values, the grid's size.
         unsafe {
             self.stream
                 .launch_builder(&self.train_grad_reduce)
-                .arg(x)
-                .arg(y)
-                .arg(dy)
-                .arg(save_mean)
+                .arg(&x)
+                .arg(&y)
+                .arg(&dy)
+                .arg(&save_mean)
                 .arg(&mut self.part_a)
                 .arg(&mut self.part_b)
                 .arg(&c)
@@ -710,17 +738,17 @@ impl<T: Element> BatchNormGpu<T> {
                 .launch(cfg)?;
             self.stream
                 .launch_builder(&self.train_grad_input)
-                .arg(x)
-                .arg(y)
-                .arg(dy)
-                .arg(save_mean)
-                .arg(save_invstd)
-                .arg(gamma)
+                .arg(&x)
+                .arg(&y)
+                .arg(&dy)
+                .arg(&save_mean)
+                .arg(&save_invstd)
+                .arg(&gamma)
                 .arg(&self.part_a)
                 .arg(&self.part_b)
-                .arg(dx)
-                .arg(dgamma)
-                .arg(dbeta)
+                .arg(&dx)
+                .arg(&dgamma)
+                .arg(&dbeta)
                 .arg(&c)
                 .arg(&hw)
                 .arg(&n)
@@ -736,15 +764,15 @@ impl<T: Element> BatchNormGpu<T> {
     #[allow(clippy::too_many_arguments)]
     pub fn backward_inference(
         &mut self,
-        x: &CudaSlice<T>,
-        y: &CudaSlice<T>,
-        gamma: &CudaSlice<f32>,
-        running_mean: &CudaSlice<f32>,
-        running_var: &CudaSlice<f32>,
-        dy: &CudaSlice<T>,
-        dx: &mut CudaSlice<T>,
-        dgamma: &mut CudaSlice<f32>,
-        dbeta: &mut CudaSlice<f32>,
+        x: &impl DevicePtr<T>,
+        y: &impl DevicePtr<T>,
+        gamma: &impl DevicePtr<f32>,
+        running_mean: &impl DevicePtr<f32>,
+        running_var: &impl DevicePtr<f32>,
+        dy: &impl DevicePtr<T>,
+        dx: &mut impl DevicePtrMut<T>,
+        dgamma: &mut impl DevicePtrMut<f32>,
+        dbeta: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         self.shape.check(
             &[
@@ -771,18 +799,25 @@ impl<T: Element> BatchNormGpu<T> {
             block_dim: (32, 1, 1),
             shared_mem_bytes: 0,
         };
+        let st = &self.stream;
+        let (x, y, dy) = (device_addr(x, st), device_addr(y, st), device_addr(dy, st));
+        let gamma = device_addr(gamma, st);
+        let running_mean = device_addr(running_mean, st);
+        let running_var = device_addr(running_var, st);
+        let dx = device_addr_mut(dx, st);
+        let (dgamma, dbeta) = (device_addr_mut(dgamma, st), device_addr_mut(dbeta, st));
         // SAFETY: buffer lengths checked above match the kernels' indexing; the partials hold
         // C·chunks values, the grid's size.
         unsafe {
             self.stream
                 .launch_builder(&self.infer_grad_reduce)
-                .arg(x)
-                .arg(y)
-                .arg(dy)
-                .arg(running_mean)
-                .arg(gamma)
-                .arg(running_var)
-                .arg(dx)
+                .arg(&x)
+                .arg(&y)
+                .arg(&dy)
+                .arg(&running_mean)
+                .arg(&gamma)
+                .arg(&running_var)
+                .arg(&dx)
                 .arg(&mut self.part_a)
                 .arg(&mut self.part_b)
                 .arg(&c)
@@ -797,10 +832,10 @@ impl<T: Element> BatchNormGpu<T> {
                 .arg(&self.part_a)
                 .arg(&self.part_b)
                 .arg(&chunks)
-                .arg(running_var)
+                .arg(&running_var)
                 .arg(&eps)
-                .arg(dgamma)
-                .arg(dbeta)
+                .arg(&dgamma)
+                .arg(&dbeta)
                 .launch(per_channel)?;
         }
         Ok(())

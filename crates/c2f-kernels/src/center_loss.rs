@@ -15,10 +15,13 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig,
+    PushKernelArg,
+};
 use rayon::prelude::*;
 
-use crate::device::{read_loss_status, Gpu};
+use crate::device::{device_addr, device_addr_mut, read_loss_status, Gpu};
 use crate::element::Element;
 use crate::error::{check_labels, check_len, Error, Result};
 use crate::Real;
@@ -187,10 +190,10 @@ fn launch_params(shape: &CenterLossShape, params: &CenterLossParams) -> (f32, f3
 
 fn check_buffers<T: Element>(
     shape: &CenterLossShape,
-    features: &CudaSlice<T>,
-    labels: &CudaSlice<i32>,
-    centers: &CudaSlice<f32>,
-    d_features: &CudaSlice<T>,
+    features: &impl DeviceSlice<T>,
+    labels: &impl DeviceSlice<i32>,
+    centers: &impl DeviceSlice<f32>,
+    d_features: &impl DeviceSlice<T>,
 ) -> Result<()> {
     check_len("center loss features", features.len(), shape.features_len())?;
     check_len("center loss labels", labels.len(), shape.batch)?;
@@ -244,10 +247,10 @@ impl<T: Element> CenterLossGpu<T> {
     pub fn forward_update(
         &mut self,
         params: &CenterLossParams,
-        features: &CudaSlice<T>,
-        labels: &CudaSlice<i32>,
-        centers: &mut CudaSlice<f32>,
-        d_features: &mut CudaSlice<T>,
+        features: &impl DevicePtr<T>,
+        labels: &impl DevicePtr<i32>,
+        centers: &mut impl DevicePtrMut<f32>,
+        d_features: &mut impl DevicePtrMut<T>,
     ) -> Result<f32> {
         self.enqueue(params, features, labels, centers, d_features)?;
         self.finish()
@@ -258,10 +261,10 @@ impl<T: Element> CenterLossGpu<T> {
     pub fn enqueue(
         &mut self,
         params: &CenterLossParams,
-        features: &CudaSlice<T>,
-        labels: &CudaSlice<i32>,
-        centers: &mut CudaSlice<f32>,
-        d_features: &mut CudaSlice<T>,
+        features: &impl DevicePtr<T>,
+        labels: &impl DevicePtr<i32>,
+        centers: &mut impl DevicePtrMut<f32>,
+        d_features: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         let s = self.shape;
         check_buffers(&s, features, labels, centers, d_features)?;
@@ -278,13 +281,17 @@ impl<T: Element> CenterLossGpu<T> {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: (s.batch * std::mem::size_of::<i32>()) as u32,
         };
+        let st = &self.stream;
+        let (features, labels) = (device_addr(features, st), device_addr(labels, st));
+        let centers = device_addr_mut(centers, st);
+        let d_features = device_addr_mut(d_features, st);
         // SAFETY: buffer lengths checked above match the kernels' indexing; labels are checked on
         // the device before any center access.
         unsafe {
             self.stream
                 .launch_builder(&self.sumsq_fn)
-                .arg(&*centers)
-                .arg(labels)
+                .arg(&centers)
+                .arg(&labels)
                 .arg(&mut self.sumsq)
                 .arg(&mut self.state)
                 .arg(&b)
@@ -293,11 +300,11 @@ impl<T: Element> CenterLossGpu<T> {
                 .launch(sumsq_cfg)?;
             self.stream
                 .launch_builder(&self.update_fn)
-                .arg(features)
-                .arg(labels)
-                .arg(&mut *centers)
+                .arg(&features)
+                .arg(&labels)
+                .arg(&centers)
                 .arg(&self.sumsq)
-                .arg(&mut *d_features)
+                .arg(&d_features)
                 .arg(&mut self.loss_parts)
                 .arg(&mut self.state)
                 .arg(&b)
@@ -328,10 +335,12 @@ impl<T: Element> CenterLossGpu<T> {
 pub mod baseline {
     use std::sync::Arc;
 
-    use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+    use cudarc::driver::{
+        CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+    };
 
     use super::{check_buffers, launch_params, CenterLossParams, CenterLossShape, THREADS};
-    use crate::device::{blocks_for, Gpu};
+    use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
     use crate::element::Element;
     use crate::error::Result;
 
@@ -384,10 +393,10 @@ pub mod baseline {
         pub fn forward_update(
             &mut self,
             params: &CenterLossParams,
-            features: &CudaSlice<T>,
-            labels: &CudaSlice<i32>,
-            centers: &mut CudaSlice<f32>,
-            d_features: &mut CudaSlice<T>,
+            features: &impl DevicePtr<T>,
+            labels: &impl DevicePtr<i32>,
+            centers: &mut impl DevicePtrMut<f32>,
+            d_features: &mut impl DevicePtrMut<T>,
         ) -> Result<f32> {
             self.enqueue(params, features, labels, centers, d_features)?;
             let mut loss = [0f32];
@@ -400,10 +409,10 @@ pub mod baseline {
         pub fn enqueue(
             &mut self,
             params: &CenterLossParams,
-            features: &CudaSlice<T>,
-            labels: &CudaSlice<i32>,
-            centers: &mut CudaSlice<f32>,
-            d_features: &mut CudaSlice<T>,
+            features: &impl DevicePtr<T>,
+            labels: &impl DevicePtr<i32>,
+            centers: &mut impl DevicePtrMut<f32>,
+            d_features: &mut impl DevicePtrMut<T>,
         ) -> Result<()> {
             let s = self.shape;
             check_buffers(&s, features, labels, centers, d_features)?;
@@ -418,12 +427,16 @@ pub mod baseline {
             // Grid-stride loops: enough blocks to fill the card, a few elements per thread.
             let elementwise = cfg(blocks_for(s.features_len(), THREADS * 4).min(1 << 16));
             let per_row = cfg(s.batch as u32);
+            let st = &self.stream;
+            let (features, labels) = (device_addr(features, st), device_addr(labels, st));
+            let centers = device_addr_mut(centers, st);
+            let d_features = device_addr_mut(d_features, st);
             // SAFETY: buffer lengths checked above match the kernels' indexing; the kernels skip
             // out-of-range labels.
             unsafe {
                 self.stream
                     .launch_builder(&self.segments)
-                    .arg(labels)
+                    .arg(&labels)
                     .arg(&mut self.first)
                     .arg(&mut self.next)
                     .arg(&b)
@@ -431,8 +444,8 @@ pub mod baseline {
                     .launch(cfg(blocks_for(s.batch, THREADS)))?;
                 self.stream
                     .launch_builder(&self.gather)
-                    .arg(&*centers)
-                    .arg(labels)
+                    .arg(&centers)
+                    .arg(&labels)
                     .arg(&mut self.gathered)
                     .arg(&b)
                     .arg(&d)
@@ -446,7 +459,7 @@ pub mod baseline {
                     .launch(per_row)?;
                 self.stream
                     .launch_builder(&self.diff_fn)
-                    .arg(features)
+                    .arg(&features)
                     .arg(&self.gathered)
                     .arg(&self.center_sumsq)
                     .arg(&mut self.diff)
@@ -469,14 +482,14 @@ pub mod baseline {
                 self.stream
                     .launch_builder(&self.scale)
                     .arg(&self.diff)
-                    .arg(&mut *d_features)
+                    .arg(&d_features)
                     .arg(&n)
                     .arg(&grad_scale)
                     .launch(elementwise)?;
                 self.stream
                     .launch_builder(&self.update)
-                    .arg(&mut *centers)
-                    .arg(labels)
+                    .arg(&centers)
+                    .arg(&labels)
                     .arg(&self.first)
                     .arg(&self.next)
                     .arg(&self.diff)

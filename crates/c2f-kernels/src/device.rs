@@ -8,7 +8,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    DeviceRepr,
+};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
 use crate::element::Element;
@@ -156,6 +159,33 @@ impl Gpu {
     pub fn synchronize(&self) -> Result<()> {
         Ok(self.stream.synchronize()?)
     }
+}
+
+/// The device address of `buf`'s first element, to push as a kernel's `const T*` argument.
+///
+/// Every launcher takes its buffers as `impl DevicePtr<T>` (inputs) and `impl DevicePtrMut<T>`
+/// (outputs), so a whole [`CudaSlice`], a [`cudarc::driver::CudaView`] /
+/// [`cudarc::driver::CudaViewMut`] of part of one, or any other implementation (the runtime's
+/// views into its flat buffers) can be passed. The launchers check `len()` before launching.
+///
+/// The guard cudarc returns with the pointer is dropped here: it records an event only when the
+/// context tracks events per buffer, which [`Gpu::open`] turns off (one stream per device, so
+/// stream order already orders every use).
+pub fn device_addr<T>(buf: &impl DevicePtr<T>, stream: &CudaStream) -> u64 {
+    debug_assert!(
+        !stream.context().is_managing_stream_synchronization(),
+        "launchers expect per-buffer event tracking off, as Gpu::open leaves it"
+    );
+    buf.device_ptr(stream).0
+}
+
+/// [`device_addr`] for an output, a `T*` argument the kernel writes.
+pub fn device_addr_mut<T>(buf: &mut impl DevicePtrMut<T>, stream: &CudaStream) -> u64 {
+    debug_assert!(
+        !stream.context().is_managing_stream_synchronization(),
+        "launchers expect per-buffer event tracking off, as Gpu::open leaves it"
+    );
+    buf.device_ptr_mut(stream).0
 }
 
 /// Blocks of `block` threads covering `n` items, as a grid dimension.

@@ -20,17 +20,17 @@
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, Gpu};
+use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
 use crate::Real;
 
 /// The shape of an NCHW activation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PoolShape {
     pub batch: usize,
     pub channels: usize,
@@ -74,7 +74,7 @@ impl PoolShape {
 
 /// Kernel, stride and padding as `(height, width)`, as `nn.MaxPool2d` / `nn.AvgPool2d` with
 /// `ceil_mode=False` and dilation 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Pool2dParams {
     pub kernel: (usize, usize),
     pub stride: (usize, usize),
@@ -453,7 +453,7 @@ pub fn global_avg_pool_backward_cpu<R: Real>(
 
 /// Where a part `[N, channels, H, W]` sits in a whole `[N, whole_channels, H, W]`: its channels
 /// `offset .. offset + channels`. One branch of an InceptionV3 block's concat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChannelSlice {
     pub batch: usize,
     pub channels: usize,
@@ -590,22 +590,25 @@ impl<T: Element> MaxPool2dGpu<T> {
     /// Writes `y` and `indices` (`[N, C, OH, OW]`), as [`max_pool2d_forward_cpu`].
     pub fn forward(
         &self,
-        x: &CudaSlice<T>,
-        y: &mut CudaSlice<T>,
-        indices: &mut CudaSlice<i32>,
+        x: &impl DevicePtr<T>,
+        y: &mut impl DevicePtrMut<T>,
+        indices: &mut impl DevicePtrMut<i32>,
     ) -> Result<()> {
         let g = &self.geom;
         check_len("max pool x", x.len(), g.in_len())?;
         check_len("max pool y", y.len(), g.out_len())?;
         check_len("max pool indices", indices.len(), g.out_len())?;
         let dev = g.device();
+        let st = &self.stream;
+        let (x, y) = (device_addr(x, st), device_addr_mut(y, st));
+        let indices = device_addr_mut(indices, st);
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
             self.stream
                 .launch_builder(&self.forward_fn)
-                .arg(x)
-                .arg(y)
-                .arg(indices)
+                .arg(&x)
+                .arg(&y)
+                .arg(&indices)
                 .arg(&dev)
                 .launch(elementwise(g.out_len()))?;
         }
@@ -617,22 +620,25 @@ impl<T: Element> MaxPool2dGpu<T> {
     /// its output's window routes nowhere (the CPU function returns an error for it).
     pub fn backward(
         &self,
-        indices: &CudaSlice<i32>,
-        dy: &CudaSlice<T>,
-        dx: &mut CudaSlice<T>,
+        indices: &impl DevicePtr<i32>,
+        dy: &impl DevicePtr<T>,
+        dx: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         let g = &self.geom;
         check_len("max pool indices", indices.len(), g.out_len())?;
         check_len("max pool dy", dy.len(), g.out_len())?;
         check_len("max pool dx", dx.len(), g.in_len())?;
         let dev = g.device();
+        let st = &self.stream;
+        let indices = device_addr(indices, st);
+        let (dy, dx) = (device_addr(dy, st), device_addr_mut(dx, st));
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
             self.stream
                 .launch_builder(&self.backward_fn)
-                .arg(indices)
-                .arg(dy)
-                .arg(dx)
+                .arg(&indices)
+                .arg(&dy)
+                .arg(&dx)
                 .arg(&dev)
                 .launch(elementwise(g.in_len()))?;
         }
@@ -669,17 +675,21 @@ impl<T: Element> AvgPool2dGpu<T> {
     }
 
     /// Writes `y [N, C, OH, OW]`, as [`avg_pool2d_forward_cpu`].
-    pub fn forward(&self, x: &CudaSlice<T>, y: &mut CudaSlice<T>) -> Result<()> {
+    pub fn forward(&self, x: &impl DevicePtr<T>, y: &mut impl DevicePtrMut<T>) -> Result<()> {
         let g = &self.geom;
         check_len("avg pool x", x.len(), g.in_len())?;
         check_len("avg pool y", y.len(), g.out_len())?;
         let dev = g.device();
+        let (x, y) = (
+            device_addr(x, &self.stream),
+            device_addr_mut(y, &self.stream),
+        );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
             self.stream
                 .launch_builder(&self.forward_fn)
-                .arg(x)
-                .arg(y)
+                .arg(&x)
+                .arg(&y)
                 .arg(&dev)
                 .launch(elementwise(g.out_len()))?;
         }
@@ -687,17 +697,21 @@ impl<T: Element> AvgPool2dGpu<T> {
     }
 
     /// Writes `dx [N, C, H, W]` (assigned), each element gathering from the outputs over it.
-    pub fn backward(&self, dy: &CudaSlice<T>, dx: &mut CudaSlice<T>) -> Result<()> {
+    pub fn backward(&self, dy: &impl DevicePtr<T>, dx: &mut impl DevicePtrMut<T>) -> Result<()> {
         let g = &self.geom;
         check_len("avg pool dy", dy.len(), g.out_len())?;
         check_len("avg pool dx", dx.len(), g.in_len())?;
         let dev = g.device();
+        let (dy, dx) = (
+            device_addr(dy, &self.stream),
+            device_addr_mut(dx, &self.stream),
+        );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
             self.stream
                 .launch_builder(&self.backward_fn)
-                .arg(dy)
-                .arg(dx)
+                .arg(&dy)
+                .arg(&dx)
                 .arg(&dev)
                 .launch(elementwise(g.in_len()))?;
         }
@@ -732,7 +746,7 @@ impl<T: Element> GlobalAvgPoolGpu<T> {
     }
 
     /// Writes `y [N, C]`, one warp per plane.
-    pub fn forward(&self, x: &CudaSlice<T>, y: &mut CudaSlice<T>) -> Result<()> {
+    pub fn forward(&self, x: &impl DevicePtr<T>, y: &mut impl DevicePtrMut<T>) -> Result<()> {
         let s = &self.shape;
         check_global(
             s,
@@ -746,12 +760,16 @@ impl<T: Element> GlobalAvgPoolGpu<T> {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
+        let (x, y) = (
+            device_addr(x, &self.stream),
+            device_addr_mut(y, &self.stream),
+        );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
             self.stream
                 .launch_builder(&self.forward_fn)
-                .arg(x)
-                .arg(y)
+                .arg(&x)
+                .arg(&y)
                 .arg(&planes)
                 .arg(&hw)
                 .launch(cfg)?;
@@ -760,7 +778,7 @@ impl<T: Element> GlobalAvgPoolGpu<T> {
     }
 
     /// Writes `dx [N, C, H, W] = dy / (H·W)` (assigned).
-    pub fn backward(&self, dy: &CudaSlice<T>, dx: &mut CudaSlice<T>) -> Result<()> {
+    pub fn backward(&self, dy: &impl DevicePtr<T>, dx: &mut impl DevicePtrMut<T>) -> Result<()> {
         let s = &self.shape;
         check_global(
             s,
@@ -769,12 +787,16 @@ impl<T: Element> GlobalAvgPoolGpu<T> {
             ["global avg pool dx", "global avg pool dy"],
         )?;
         let (planes, hw) = (s.planes() as i32, s.hw() as i32);
+        let (dy, dx) = (
+            device_addr(dy, &self.stream),
+            device_addr_mut(dx, &self.stream),
+        );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
             self.stream
                 .launch_builder(&self.backward_fn)
-                .arg(dy)
-                .arg(dx)
+                .arg(&dy)
+                .arg(&dx)
                 .arg(&planes)
                 .arg(&hw)
                 .launch(elementwise(s.numel()))?;
@@ -803,16 +825,16 @@ impl<T: Element> ChannelCopyGpu<T> {
     pub fn copy_channels(
         &self,
         s: &ChannelSlice,
-        part: &CudaSlice<T>,
-        whole: &mut CudaSlice<T>,
+        part: &impl DevicePtr<T>,
+        whole: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         s.check(part.len(), whole.len())?;
         let hw = s.hw();
         self.launch(
             s,
-            part,
+            device_addr(part, &self.stream),
             [s.channels * hw, 0],
-            whole,
+            device_addr_mut(whole, &self.stream),
             [s.whole_channels * hw, s.offset * hw],
         )
     }
@@ -821,27 +843,28 @@ impl<T: Element> ChannelCopyGpu<T> {
     pub fn slice_channels(
         &self,
         s: &ChannelSlice,
-        whole: &CudaSlice<T>,
-        part: &mut CudaSlice<T>,
+        whole: &impl DevicePtr<T>,
+        part: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         s.check(part.len(), whole.len())?;
         let hw = s.hw();
         self.launch(
             s,
-            whole,
+            device_addr(whole, &self.stream),
             [s.whole_channels * hw, s.offset * hw],
-            part,
+            device_addr_mut(part, &self.stream),
             [s.channels * hw, 0],
         )
     }
 
-    /// Copies `channels·H·W` elements per sample from `src` at `[stride, offset]` to `dst`.
+    /// Copies `channels·H·W` elements per sample from `src` at `[stride, offset]` to `dst`
+    /// (device addresses of buffers the caller checked against `s`).
     fn launch(
         &self,
         s: &ChannelSlice,
-        src: &CudaSlice<T>,
+        src: u64,
         src_at: [usize; 2],
-        dst: &mut CudaSlice<T>,
+        dst: u64,
         dst_at: [usize; 2],
     ) -> Result<()> {
         if s.batch > MAX_COPY_BATCH {
@@ -864,8 +887,8 @@ impl<T: Element> ChannelCopyGpu<T> {
         unsafe {
             self.stream
                 .launch_builder(&self.copy_fn)
-                .arg(src)
-                .arg(dst)
+                .arg(&src)
+                .arg(&dst)
                 .arg(&chunk_i)
                 .arg(&ss)
                 .arg(&so)

@@ -14,10 +14,12 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaFunction, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, Gpu};
+use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
 use crate::error::{check_len, Error, Result};
 use crate::Real;
 
@@ -121,9 +123,9 @@ impl SgdGpu {
     pub fn step(
         &self,
         params: &SgdParams,
-        weights: &mut CudaSlice<f32>,
-        grads: &CudaSlice<f32>,
-        momentum_buf: &mut CudaSlice<f32>,
+        weights: &mut impl DevicePtrMut<f32>,
+        grads: &impl DevicePtr<f32>,
+        momentum_buf: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         self.step_range(params, 0..weights.len(), weights, grads, momentum_buf)
     }
@@ -134,9 +136,9 @@ impl SgdGpu {
         &self,
         params: &SgdParams,
         range: Range<usize>,
-        weights: &mut CudaSlice<f32>,
-        grads: &CudaSlice<f32>,
-        momentum_buf: &mut CudaSlice<f32>,
+        weights: &mut impl DevicePtrMut<f32>,
+        grads: &impl DevicePtr<f32>,
+        momentum_buf: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         params.validate()?;
         check_buffers(weights.len(), grads.len(), momentum_buf.len())?;
@@ -161,17 +163,20 @@ impl SgdGpu {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut w = weights.slice_mut(range.clone());
-        let g = grads.slice(range.clone());
-        let mut b = momentum_buf.slice_mut(range);
-        // SAFETY: the three views hold n elements each; the kernel is grid-stride over n and
-        // checks the alignment of all three before using float4 accesses.
+        // The range's first element in each buffer.
+        let at = (range.start * std::mem::size_of::<f32>()) as u64;
+        let w = device_addr_mut(weights, &self.stream) + at;
+        let g = device_addr(grads, &self.stream) + at;
+        let b = device_addr_mut(momentum_buf, &self.stream) + at;
+        // SAFETY: the range lies within the three buffers (checked above), so each address is
+        // followed by n elements; the kernel is grid-stride over n and checks the alignment of
+        // all three before using float4 accesses.
         unsafe {
             self.stream
                 .launch_builder(&self.step_fn)
-                .arg(&mut w)
+                .arg(&w)
                 .arg(&g)
-                .arg(&mut b)
+                .arg(&b)
                 .arg(&n)
                 .arg(&lr)
                 .arg(&momentum)

@@ -33,10 +33,12 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, read_loss_status, Gpu};
+use crate::device::{blocks_for, device_addr, device_addr_mut, read_loss_status, Gpu};
 use crate::element::Element;
 use crate::error::{check_labels, check_len, Error, Result};
 use crate::rng::splitmix64_output;
@@ -247,9 +249,9 @@ impl<T: Element> SoftmaxCeGpu<T> {
     /// returns the mean loss, or [`Error::Label`]. Synchronises once.
     pub fn forward(
         &mut self,
-        logits: &CudaSlice<T>,
-        labels: &CudaSlice<i32>,
-        predictions: &mut CudaSlice<i32>,
+        logits: &impl DevicePtr<T>,
+        labels: &impl DevicePtr<i32>,
+        predictions: &mut impl DevicePtrMut<i32>,
     ) -> Result<f32> {
         self.enqueue_forward(logits, labels, predictions)?;
         self.finish()
@@ -260,11 +262,11 @@ impl<T: Element> SoftmaxCeGpu<T> {
     /// [`Error::Label`] (then `predictions` and `dlogits` are unspecified). Synchronises once.
     pub fn forward_backward(
         &mut self,
-        logits: &CudaSlice<T>,
-        labels: &CudaSlice<i32>,
+        logits: &impl DevicePtr<T>,
+        labels: &impl DevicePtr<i32>,
         loss_scale: f64,
-        predictions: &mut CudaSlice<i32>,
-        dlogits: &mut CudaSlice<T>,
+        predictions: &mut impl DevicePtrMut<i32>,
+        dlogits: &mut impl DevicePtrMut<T>,
     ) -> Result<f32> {
         self.enqueue_forward_backward(logits, labels, loss_scale, predictions, dlogits)?;
         self.finish()
@@ -273,21 +275,24 @@ impl<T: Element> SoftmaxCeGpu<T> {
     /// Launches the evaluation kernels without waiting; see [`Self::finish`].
     pub fn enqueue_forward(
         &mut self,
-        logits: &CudaSlice<T>,
-        labels: &CudaSlice<i32>,
-        predictions: &mut CudaSlice<i32>,
+        logits: &impl DevicePtr<T>,
+        labels: &impl DevicePtr<i32>,
+        predictions: &mut impl DevicePtrMut<i32>,
     ) -> Result<()> {
         let s = self.shape;
         s.check(logits.len(), labels.len(), predictions.len(), None)?;
         let (b, c) = (s.batch as i32, s.classes as i32);
+        let logits = device_addr(logits, &self.stream);
+        let labels = device_addr(labels, &self.stream);
+        let predictions = device_addr_mut(predictions, &self.stream);
         // SAFETY: buffer lengths checked above match the kernel's indexing; a label is checked
         // on the device before it is used as an index.
         unsafe {
             self.stream
                 .launch_builder(&self.forward_fn)
-                .arg(logits)
-                .arg(labels)
-                .arg(predictions)
+                .arg(&logits)
+                .arg(&labels)
+                .arg(&predictions)
                 .arg(&mut self.row_loss)
                 .arg(&mut self.state)
                 .arg(&b)
@@ -301,11 +306,11 @@ impl<T: Element> SoftmaxCeGpu<T> {
     /// device until [`Self::finish`]; call it before the next `enqueue_*` to see them.
     pub fn enqueue_forward_backward(
         &mut self,
-        logits: &CudaSlice<T>,
-        labels: &CudaSlice<i32>,
+        logits: &impl DevicePtr<T>,
+        labels: &impl DevicePtr<i32>,
         loss_scale: f64,
-        predictions: &mut CudaSlice<i32>,
-        dlogits: &mut CudaSlice<T>,
+        predictions: &mut impl DevicePtrMut<i32>,
+        dlogits: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         let s = self.shape;
         s.check(
@@ -317,15 +322,19 @@ impl<T: Element> SoftmaxCeGpu<T> {
         check_loss_scale(loss_scale)?;
         let (b, c) = (s.batch as i32, s.classes as i32);
         let coef = grad_coef(&s, loss_scale) as f32;
+        let logits = device_addr(logits, &self.stream);
+        let labels = device_addr(labels, &self.stream);
+        let predictions = device_addr_mut(predictions, &self.stream);
+        let dlogits = device_addr_mut(dlogits, &self.stream);
         // SAFETY: buffer lengths checked above match the kernel's indexing; a label is checked
         // on the device before it is used as an index.
         unsafe {
             self.stream
                 .launch_builder(&self.forward_backward_fn)
-                .arg(logits)
-                .arg(labels)
-                .arg(dlogits)
-                .arg(predictions)
+                .arg(&logits)
+                .arg(&labels)
+                .arg(&dlogits)
+                .arg(&predictions)
                 .arg(&mut self.row_loss)
                 .arg(&mut self.state)
                 .arg(&b)
@@ -336,7 +345,8 @@ impl<T: Element> SoftmaxCeGpu<T> {
         self.launch_finish(labels)
     }
 
-    fn launch_finish(&mut self, labels: &CudaSlice<i32>) -> Result<()> {
+    /// `labels` is the device address of the checked labels.
+    fn launch_finish(&mut self, labels: u64) -> Result<()> {
         let b = self.shape.batch as i32;
         let cfg = LaunchConfig {
             grid_dim: (1, 1, 1),
@@ -348,7 +358,7 @@ impl<T: Element> SoftmaxCeGpu<T> {
             self.stream
                 .launch_builder(&self.finish_fn)
                 .arg(&self.row_loss)
-                .arg(labels)
+                .arg(&labels)
                 .arg(&mut self.state)
                 .arg(&b)
                 .launch(cfg)?;
@@ -485,8 +495,8 @@ impl<T: Element> DropoutGpu<T> {
     pub fn forward(
         &self,
         params: &DropoutParams,
-        x: &CudaSlice<T>,
-        y: &mut CudaSlice<T>,
+        x: &impl DevicePtr<T>,
+        y: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         self.apply(params, x, y)
     }
@@ -495,8 +505,8 @@ impl<T: Element> DropoutGpu<T> {
     pub fn backward(
         &self,
         params: &DropoutParams,
-        dy: &CudaSlice<T>,
-        dx: &mut CudaSlice<T>,
+        dy: &impl DevicePtr<T>,
+        dx: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         self.apply(params, dy, dx)
     }
@@ -504,8 +514,8 @@ impl<T: Element> DropoutGpu<T> {
     fn apply(
         &self,
         params: &DropoutParams,
-        input: &CudaSlice<T>,
-        out: &mut CudaSlice<T>,
+        input: &impl DevicePtr<T>,
+        out: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         params.validate()?;
         check_len("dropout output", out.len(), input.len())?;
@@ -527,12 +537,16 @@ impl<T: Element> DropoutGpu<T> {
             block_dim: (DROPOUT_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
+        let (input, out) = (
+            device_addr(input, &self.stream),
+            device_addr_mut(out, &self.stream),
+        );
         // SAFETY: both buffers hold n elements; the kernel is grid-stride over n.
         unsafe {
             self.stream
                 .launch_builder(&self.apply)
-                .arg(input)
-                .arg(out)
+                .arg(&input)
+                .arg(&out)
                 .arg(&n)
                 .arg(&key)
                 .arg(&threshold)

@@ -5,11 +5,13 @@ pub mod conv;
 
 use c2f_kernels::batch_norm::{self, BatchNormParams, BatchNormShape};
 use c2f_kernels::pool::{self, ChannelSlice, Pool2dParams, PoolShape};
-use c2f_kernels::{Error, Real, Result};
+use c2f_kernels::{Real, Result};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 
-use crate::backend::{Backend, BnMode, BnParams, BnStats, IndexTensor, LinearShape, Tensor};
+use crate::backend::{
+    check_operands, Backend, BnMode, BnParams, BnStats, IndexTensor, LinearShape, Tensor,
+};
 use conv::Conv2dShape;
 
 /// Host buffers of `R`: f32 for training, f64 for the golden test.
@@ -71,31 +73,13 @@ impl<R: Real> CpuBackend<R> {
         outputs: &[Tensor],
         index: &[IndexTensor],
     ) -> Result<Operands<'_, R>> {
-        for t in inputs.iter().chain(outputs) {
-            let len = self.bufs.get(t.buf).map(Vec::len);
-            if len.is_none_or(|len| t.offset + t.len > len) {
-                return Err(Error::Shape(format!("tensor {t:?} is outside its buffer")));
-            }
-        }
-        for t in index {
-            let len = self.index_bufs.get(t.buf).map(Vec::len);
-            if len.is_none_or(|len| t.offset + t.len > len) {
-                return Err(Error::Shape(format!(
-                    "index tensor {t:?} is outside its buffer"
-                )));
-            }
-        }
-        for (i, out) in outputs.iter().enumerate() {
-            let others = inputs.iter().chain(outputs[i + 1..].iter());
-            if let Some(other) = others
-                .filter(|o| out.len > 0 && o.len > 0)
-                .find(|o| out.overlaps(o))
-            {
-                return Err(Error::Shape(format!(
-                    "output {out:?} overlaps operand {other:?} of the same op"
-                )));
-            }
-        }
+        check_operands(
+            |b| self.bufs.get(b).map(Vec::len),
+            |b| self.index_bufs.get(b).map(Vec::len),
+            inputs,
+            outputs,
+            index,
+        )?;
         Ok(Operands {
             bufs: self
                 .bufs
@@ -362,7 +346,7 @@ impl<R: Real> Backend for CpuBackend<R> {
         b: Tensor,
         y: Tensor,
     ) -> Result<()> {
-        check_linear(s, x, w, b, y)?;
+        s.check(x, w, b, y)?;
         let m = self.operands(&[x, w, b], &[y], &[])?;
         let xv = ArrayView2::from_shape((s.batch, s.inputs), m.input(x)).unwrap();
         let wv = ArrayView2::from_shape((s.outputs, s.inputs), m.input(w)).unwrap();
@@ -384,7 +368,7 @@ impl<R: Real> Backend for CpuBackend<R> {
         dw: Tensor,
         db: Tensor,
     ) -> Result<()> {
-        check_linear(s, x, w, db, dy)?;
+        s.check(x, w, db, dy)?;
         c2f_kernels::error::check_len("linear dx", dx.len, s.batch * s.inputs)?;
         c2f_kernels::error::check_len("linear dw", dw.len, s.outputs * s.inputs)?;
         let m = self.operands(&[x, w, dy], &[dx, dw, db], &[])?;
@@ -403,12 +387,4 @@ impl<R: Real> Backend for CpuBackend<R> {
         }
         Ok(())
     }
-}
-
-fn check_linear(s: &LinearShape, x: Tensor, w: Tensor, b: Tensor, y: Tensor) -> Result<()> {
-    use c2f_kernels::error::check_len;
-    check_len("linear x", x.len, s.batch * s.inputs)?;
-    check_len("linear weight", w.len, s.outputs * s.inputs)?;
-    check_len("linear bias", b.len, s.outputs)?;
-    check_len("linear y", y.len, s.batch * s.outputs)
 }

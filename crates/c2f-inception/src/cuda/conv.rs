@@ -1,0 +1,390 @@
+//! Convolutions through cuDNN (cudarc's safe API), NCHW f32 without TF32.
+//!
+//! - **Plans**: the first call with a [`Conv2dShape`] builds its descriptors and picks its three
+//!   algorithms (forward, backward-data, backward-filter) once; later calls reuse them. The pick
+//!   is cuDNN's heuristic (`cudnnGetConvolution*Algorithm_v7`, the query the safe API exposes
+//!   through `pick_algorithm`; it ranks by expected speed without timing runs).
+//! - **Determinism**: every cuDNN forward algorithm is deterministic. Backward-data `ALGO_0` and
+//!   backward-filter `ALGO_0` and `ALGO_3` sum with atomics; when the heuristic ranks one of them
+//!   first, `ALGO_1` (deterministic, supports every 2-D NCHW float case) is used instead. So every
+//!   convolution gives the same bits on every run on the same GPU and library.
+//! - **Precision**: the math type is `CUDNN_FMA_MATH`, so no TF32 tensor-core kernel is chosen:
+//!   f32 is f32.
+//! - **Workspace**: one buffer for every plan, grown when a new plan needs more; a training step
+//!   after the first allocates nothing. An algorithm asking for more than [`WORKSPACE_LIMIT`] is
+//!   replaced by the implicit-GEMM forward or `ALGO_1` backward, which need little or none (the
+//!   heuristic does not weigh workspace, and FFT algorithms can ask for gigabytes).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use c2f_kernels::error::check_len;
+use c2f_kernels::{Error, Result};
+use cudarc::cudnn::sys::{
+    cudnnConvolutionBwdDataAlgo_t as BwdDataAlgo, cudnnConvolutionBwdFilterAlgo_t as BwdFilterAlgo,
+    cudnnConvolutionFwdAlgo_t as FwdAlgo, cudnnConvolutionMode_t, cudnnMathType_t,
+    cudnnTensorFormat_t,
+};
+use cudarc::cudnn::{
+    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnError,
+    FilterDescriptor, TensorDescriptor,
+};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+
+use crate::cpu::conv::Conv2dShape;
+
+pub(crate) fn cudnn_error(e: CudnnError) -> Error {
+    Error::Library {
+        library: "cuDNN",
+        message: format!("{e:?}"),
+    }
+}
+
+/// Most workspace bytes one algorithm may use; see the module documentation.
+pub const WORKSPACE_LIMIT: usize = 1 << 30;
+
+/// A [`Conv2dShape`] as a hash key (the shape type itself is not `Hash`).
+type ConvKey = [usize; 11];
+
+fn key(s: &Conv2dShape) -> ConvKey {
+    [
+        s.batch,
+        s.in_channels,
+        s.height,
+        s.width,
+        s.out_channels,
+        s.kernel.0,
+        s.kernel.1,
+        s.stride.0,
+        s.stride.1,
+        s.padding.0,
+        s.padding.1,
+    ]
+}
+
+/// The algorithms chosen for one shape, for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvAlgorithms {
+    pub forward: FwdAlgo,
+    pub backward_data: BwdDataAlgo,
+    pub backward_filter: BwdFilterAlgo,
+    /// Workspace bytes each needs.
+    pub workspace: [usize; 3],
+}
+
+/// One shape's descriptors and algorithms.
+struct ConvPlan {
+    shape: Conv2dShape,
+    x: TensorDescriptor<f32>,
+    w: FilterDescriptor<f32>,
+    y: TensorDescriptor<f32>,
+    conv: ConvDescriptor<f32>,
+    algos: ConvAlgorithms,
+}
+
+fn c_int(what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::Shape(format!("conv2d {what} {v} does not fit an i32")))
+}
+
+impl ConvPlan {
+    fn new(handle: &Arc<Cudnn>, s: &Conv2dShape) -> Result<ConvPlan> {
+        let nchw = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+        let [n, c, h, w, k] = [
+            ("batch", s.batch),
+            ("in_channels", s.in_channels),
+            ("height", s.height),
+            ("width", s.width),
+            ("out_channels", s.out_channels),
+        ]
+        .map(|(what, v)| c_int(what, v));
+        let (n, c, h, w, k) = (n?, c?, h?, w?, k?);
+        let (oh, ow) = (
+            c_int("out height", s.out_height())?,
+            c_int("out width", s.out_width())?,
+        );
+        let kernel = [c_int("kernel", s.kernel.0)?, c_int("kernel", s.kernel.1)?];
+        let stride = [c_int("stride", s.stride.0)?, c_int("stride", s.stride.1)?];
+        let pad = [
+            c_int("padding", s.padding.0)?,
+            c_int("padding", s.padding.1)?,
+        ];
+        // cuDNN indexes tensors with 32-bit integers.
+        for (what, len) in [
+            ("input", s.input_len()),
+            ("output", s.output_len()),
+            ("weight", s.weight_len()),
+        ] {
+            c_int(what, len)?;
+        }
+        let x = handle
+            .create_4d_tensor::<f32>(nchw, [n, c, h, w])
+            .map_err(cudnn_error)?;
+        let y = handle
+            .create_4d_tensor::<f32>(nchw, [n, k, oh, ow])
+            .map_err(cudnn_error)?;
+        let filter = handle
+            .create_4d_filter::<f32>(nchw, [k, c, kernel[0], kernel[1]])
+            .map_err(cudnn_error)?;
+        let mut conv = handle
+            .create_conv2d::<f32>(
+                pad,
+                stride,
+                [1, 1],
+                cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+            )
+            .map_err(cudnn_error)?;
+        conv.set_math_type(cudnnMathType_t::CUDNN_FMA_MATH)
+            .map_err(cudnn_error)?;
+
+        let fwd = ConvForward {
+            conv: &conv,
+            x: &x,
+            w: &filter,
+            y: &y,
+        };
+        let mut forward = fwd.pick_algorithm().map_err(cudnn_error)?;
+        let mut forward_ws = fwd.get_workspace_size(forward).map_err(cudnn_error)?;
+        if forward_ws > WORKSPACE_LIMIT {
+            forward = FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
+            forward_ws = fwd.get_workspace_size(forward).map_err(cudnn_error)?;
+        }
+        let bwd_data = ConvBackwardData {
+            conv: &conv,
+            dx: &x,
+            w: &filter,
+            dy: &y,
+        };
+        let mut backward_data = deterministic_data(bwd_data.pick_algorithm().map_err(cudnn_error)?);
+        let mut backward_data_ws = bwd_data
+            .get_workspace_size(backward_data)
+            .map_err(cudnn_error)?;
+        if backward_data_ws > WORKSPACE_LIMIT {
+            backward_data = BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
+            backward_data_ws = bwd_data
+                .get_workspace_size(backward_data)
+                .map_err(cudnn_error)?;
+        }
+        let bwd_filter = ConvBackwardFilter {
+            conv: &conv,
+            x: &x,
+            dw: &filter,
+            dy: &y,
+        };
+        let mut backward_filter =
+            deterministic_filter(bwd_filter.pick_algorithm().map_err(cudnn_error)?);
+        let mut backward_filter_ws = bwd_filter
+            .get_workspace_size(backward_filter)
+            .map_err(cudnn_error)?;
+        if backward_filter_ws > WORKSPACE_LIMIT {
+            backward_filter = BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
+            backward_filter_ws = bwd_filter
+                .get_workspace_size(backward_filter)
+                .map_err(cudnn_error)?;
+        }
+        let workspace = [forward_ws, backward_data_ws, backward_filter_ws];
+        Ok(ConvPlan {
+            shape: *s,
+            x,
+            w: filter,
+            y,
+            conv,
+            algos: ConvAlgorithms {
+                forward,
+                backward_data,
+                backward_filter,
+                workspace,
+            },
+        })
+    }
+}
+
+/// Backward-data `ALGO_0` is the one non-deterministic algorithm; `ALGO_1` replaces it.
+fn deterministic_data(algo: BwdDataAlgo) -> BwdDataAlgo {
+    match algo {
+        BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 => {
+            BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1
+        }
+        other => other,
+    }
+}
+
+/// Backward-filter `ALGO_0` and `ALGO_3` are non-deterministic; `ALGO_1` replaces them.
+fn deterministic_filter(algo: BwdFilterAlgo) -> BwdFilterAlgo {
+    match algo {
+        BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0
+        | BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3 => {
+            BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1
+        }
+        other => other,
+    }
+}
+
+/// The cuDNN handle, the plans made so far and the shared workspace.
+pub(crate) struct ConvEngine {
+    handle: Arc<Cudnn>,
+    stream: Arc<CudaStream>,
+    plans: HashMap<ConvKey, ConvPlan>,
+    workspace: Option<CudaSlice<u8>>,
+}
+
+impl ConvEngine {
+    /// A cuDNN handle on `stream`, or [`Error::Library`] when libcudnn cannot be loaded (cudarc
+    /// would panic on the first call instead).
+    pub(crate) fn new(stream: &Arc<CudaStream>) -> Result<ConvEngine> {
+        // SAFETY: only tries to dlopen the cuDNN library.
+        if !unsafe { cudarc::cudnn::sys::is_culib_present() } {
+            return Err(Error::Library {
+                library: "cuDNN",
+                message: "libcudnn could not be loaded; install cuDNN 9 or put it on \
+                          LD_LIBRARY_PATH"
+                    .into(),
+            });
+        }
+        Ok(ConvEngine {
+            handle: Cudnn::new(stream.clone()).map_err(cudnn_error)?,
+            stream: stream.clone(),
+            plans: HashMap::new(),
+            workspace: None,
+        })
+    }
+
+    /// The algorithms chosen so far, one entry per shape.
+    pub(crate) fn algorithms(&self) -> Vec<(Conv2dShape, ConvAlgorithms)> {
+        self.plans.values().map(|p| (p.shape, p.algos)).collect()
+    }
+
+    /// Validates `s` and the lengths, and makes its plan on first use (growing the workspace).
+    fn prepare(&mut self, s: &Conv2dShape, lens: [(&str, usize, usize); 3]) -> Result<ConvKey> {
+        s.validate()?;
+        for (what, len, expected) in lens {
+            check_len(what, len, expected)?;
+        }
+        let k = key(s);
+        if !self.plans.contains_key(&k) {
+            let plan = ConvPlan::new(&self.handle, s)?;
+            let need = plan.algos.workspace.into_iter().max().unwrap_or(0);
+            let have = self.workspace.as_ref().map_or(0, |w| w.len());
+            if need > have {
+                // Free the old one first; its last use is ordered before the free on the stream.
+                self.workspace = None;
+                self.workspace = Some(self.stream.alloc_zeros::<u8>(need)?);
+            }
+            self.plans.insert(k, plan);
+        }
+        Ok(k)
+    }
+
+    /// `y = conv(x, w)`.
+    pub(crate) fn forward(
+        &mut self,
+        s: &Conv2dShape,
+        x: &impl DevicePtr<f32>,
+        w: &impl DevicePtr<f32>,
+        y: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        let k = self.prepare(
+            s,
+            [
+                ("conv2d x", x.len(), s.input_len()),
+                ("conv2d weight", w.len(), s.weight_len()),
+                ("conv2d y", y.len(), s.output_len()),
+            ],
+        )?;
+        let plan = &self.plans[&k];
+        let op = ConvForward {
+            conv: &plan.conv,
+            x: &plan.x,
+            w: &plan.w,
+            y: &plan.y,
+        };
+        // SAFETY: the lengths match the descriptors (checked in `prepare`); the workspace holds
+        // at least what the algorithm asked for.
+        unsafe {
+            op.launch(
+                plan.algos.forward,
+                self.workspace.as_mut(),
+                (1.0f32, 0.0f32),
+                x,
+                w,
+                y,
+            )
+        }
+        .map_err(cudnn_error)
+    }
+
+    /// `dx = ∂/∂x` from `dy`, assigned (cuDNN beta 0) or added (beta 1) when `accumulate`.
+    pub(crate) fn backward_data(
+        &mut self,
+        s: &Conv2dShape,
+        dy: &impl DevicePtr<f32>,
+        w: &impl DevicePtr<f32>,
+        dx: &mut impl DevicePtrMut<f32>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let k = self.prepare(
+            s,
+            [
+                ("conv2d dy", dy.len(), s.output_len()),
+                ("conv2d weight", w.len(), s.weight_len()),
+                ("conv2d dx", dx.len(), s.input_len()),
+            ],
+        )?;
+        let plan = &self.plans[&k];
+        let op = ConvBackwardData {
+            conv: &plan.conv,
+            dx: &plan.x,
+            w: &plan.w,
+            dy: &plan.y,
+        };
+        let beta = if accumulate { 1.0f32 } else { 0.0 };
+        // SAFETY: as in `forward`.
+        unsafe {
+            op.launch(
+                plan.algos.backward_data,
+                self.workspace.as_mut(),
+                (1.0f32, beta),
+                dx,
+                w,
+                dy,
+            )
+        }
+        .map_err(cudnn_error)
+    }
+
+    /// `dw += ∂/∂w` (cuDNN beta 1).
+    pub(crate) fn backward_filter(
+        &mut self,
+        s: &Conv2dShape,
+        x: &impl DevicePtr<f32>,
+        dy: &impl DevicePtr<f32>,
+        dw: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        let k = self.prepare(
+            s,
+            [
+                ("conv2d x", x.len(), s.input_len()),
+                ("conv2d dy", dy.len(), s.output_len()),
+                ("conv2d dw", dw.len(), s.weight_len()),
+            ],
+        )?;
+        let plan = &self.plans[&k];
+        let op = ConvBackwardFilter {
+            conv: &plan.conv,
+            x: &plan.x,
+            dw: &plan.w,
+            dy: &plan.y,
+        };
+        // SAFETY: as in `forward`.
+        unsafe {
+            op.launch(
+                plan.algos.backward_filter,
+                self.workspace.as_mut(),
+                (1.0f32, 1.0f32),
+                x,
+                dw,
+                dy,
+            )
+        }
+        .map_err(cudnn_error)
+    }
+}

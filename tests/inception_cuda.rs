@@ -1,0 +1,631 @@
+//! The CUDA backend against the CPU backend (f32): every op on random inputs, then the whole
+//! InceptionV3 golden case (`tests/inception_golden.rs`: same initialisation, same input), and
+//! run-to-run determinism. Without a GPU (or without cuDNN/cuBLAS) every test prints
+//! `skipped: ...` and passes, unless `C2F_REQUIRE_GPU=1`.
+//!
+//! Op tensors are carved out of one shared buffer per backend at odd offsets (16-byte aligned
+//! for the cuDNN convolutions), so the runtime's case of several operands in one flat buffer is
+//! what is tested.
+
+use c2f_inception::backend::{Backend, BnMode, BnParams, BnStats, LinearShape, Tensor};
+use c2f_inception::cpu::conv::Conv2dShape;
+use c2f_inception::cpu::CpuBackend;
+use c2f_inception::cuda::CudaBackend;
+use c2f_inception::init::{counter_uniform, golden_init};
+use c2f_inception::network::Network;
+use c2f_inception::spec::{Depth, Graph, InceptionConfig};
+use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
+use c2f_kernels::pool::{ChannelSlice, Pool2dParams, PoolShape};
+use c2f_kernels::testing::{
+    assert_bit_identical, gpu_or_skip, rel_error, SplitMix64, REQUIRE_GPU_ENV,
+};
+use c2f_kernels::Error;
+use safetensors::{Dtype, SafeTensors};
+
+/// Every single op, CUDA against CPU, both in f32.
+const OP_TOLERANCE: f64 = 1e-5;
+/// The golden case's Mixed_6e features and running statistics, CUDA against CPU f32.
+const FORWARD_TOLERANCE: f64 = 1e-4;
+/// The golden case's logits, CUDA against CPU f32. float32 rounding through 94 BatchNorm layers
+/// puts the CPU's f32 logits 1.3e-4 from PyTorch's float64 ones (Mixed_6e: 4e-5), and a correct
+/// GPU run lands about as far away in another direction, so the two differ by about √2 of that:
+/// the f32 bound of `tests/inception_golden.rs` rather than 1e-4.
+const LOGITS_TOLERANCE: f64 = 5e-4;
+/// Each parameter's gradient norm, CUDA against CPU f32: the float32 bound of
+/// `tests/inception_golden.rs` (PyTorch's own float32 gradients are ~2% off its float64 ones).
+const GRADIENT_TOLERANCE: f64 = 5e-2;
+/// The same bounds against PyTorch's float64 run, as `tests/inception_golden.rs` holds the CPU
+/// backend in f32 to.
+const GOLDEN_F32_FORWARD_TOLERANCE: f64 = 5e-4;
+const LABELS: [usize; 2] = [3, 7];
+
+/// The CUDA backend on GPU 0, or `None` after printing why the test is skipped.
+fn cuda_or_skip(test: &str) -> Option<CudaBackend> {
+    let gpu = gpu_or_skip(test)?;
+    match CudaBackend::new(gpu) {
+        Ok(backend) => Some(backend),
+        Err(e @ Error::Library { .. })
+            if !std::env::var(REQUIRE_GPU_ENV).is_ok_and(|v| v == "1") =>
+        {
+            println!("{test}: skipped: {e}");
+            None
+        }
+        Err(e) => panic!("{test}: the CUDA backend could not be made: {e}"),
+    }
+}
+
+fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// The two backends side by side, with one arena buffer each at the same handle.
+struct Pair {
+    cpu: CpuBackend<f32>,
+    gpu: CudaBackend,
+    rng: SplitMix64,
+    arena: Tensor,
+    used: usize,
+}
+
+impl Pair {
+    fn new(mut gpu: CudaBackend) -> Pair {
+        let mut cpu = CpuBackend::<f32>::new();
+        const ARENA: usize = 1 << 21;
+        // A buffer before the arena, so the arena is not buffer 0.
+        assert_eq!(cpu.alloc(3).unwrap(), gpu.alloc(3).unwrap());
+        let arena = cpu.alloc(ARENA).unwrap();
+        assert_eq!(arena, gpu.alloc(ARENA).unwrap());
+        Pair {
+            cpu,
+            gpu,
+            rng: SplitMix64(0x00c2_f0c0_da00),
+            arena,
+            used: 0,
+        }
+    }
+
+    /// `len` values of the arena, at least one element after the last tensor, at a multiple of
+    /// `align` elements (1: any offset).
+    fn tensor(&mut self, len: usize, align: usize) -> Tensor {
+        let start = (self.used + 1).next_multiple_of(align);
+        self.used = start + len;
+        self.arena.slice(start, len)
+    }
+
+    fn write(&mut self, t: Tensor, values: &[f32]) {
+        self.cpu.write(t, values).unwrap();
+        self.gpu.write(t, values).unwrap();
+    }
+
+    /// A tensor of values uniform in `[lo, hi)`, the same in both backends.
+    fn random(&mut self, len: usize, lo: f64, hi: f64, align: usize) -> Tensor {
+        let t = self.tensor(len, align);
+        let v: Vec<f32> = (0..len).map(|_| self.rng.uniform(lo, hi) as f32).collect();
+        self.write(t, &v);
+        t
+    }
+
+    /// Makes the GPU's copy of `t` the CPU's, so the next op starts from identical inputs.
+    fn sync_from_cpu(&mut self, t: Tensor) {
+        let v = self.cpu.read(t).unwrap();
+        self.gpu.write(t, &v).unwrap();
+    }
+
+    /// Asserts the two backends agree on `t` within [`OP_TOLERANCE`].
+    fn check(&mut self, what: &str, t: Tensor) {
+        let cpu = widen(&self.cpu.read(t).unwrap());
+        let gpu = widen(&self.gpu.read(t).unwrap());
+        let e = rel_error(&gpu, &cpu);
+        println!("{what}: relative error {e:.2e}");
+        assert!(
+            e < OP_TOLERANCE,
+            "{what}: CUDA is {e:.3e} from the CPU (bound {OP_TOLERANCE:e})"
+        );
+    }
+
+    /// Runs `op` on both backends.
+    fn run(
+        &mut self,
+        what: &str,
+        op: impl Fn(&mut dyn Backend<Scalar = f32>) -> c2f_kernels::Result<()>,
+    ) {
+        op(&mut self.cpu).unwrap_or_else(|e| panic!("{what} on the CPU: {e}"));
+        op(&mut self.gpu).unwrap_or_else(|e| panic!("{what} on CUDA: {e}"));
+    }
+}
+
+/// Conv tensors sit at 16-byte-aligned offsets, as the network's parameters do at width 1.0.
+const CONV_ALIGN: usize = 4;
+
+#[test]
+fn conv2d_matches_cpu() {
+    let Some(gpu) = cuda_or_skip("conv2d_matches_cpu") else {
+        return;
+    };
+    let mut p = Pair::new(gpu);
+    let shapes = [
+        (2, 5, 9, 11, 7, (3, 3), (2, 2), (0, 0)),
+        (2, 8, 8, 8, 6, (1, 7), (1, 1), (0, 3)),
+        (2, 8, 8, 8, 6, (7, 1), (1, 1), (3, 0)),
+        (2, 16, 7, 7, 12, (1, 1), (1, 1), (0, 0)),
+        (1, 3, 10, 10, 4, (5, 5), (1, 1), (2, 2)),
+        (3, 4, 12, 12, 8, (3, 3), (1, 1), (1, 1)),
+    ];
+    for (batch, in_channels, height, width, out_channels, kernel, stride, padding) in shapes {
+        let s = Conv2dShape {
+            batch,
+            in_channels,
+            height,
+            width,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+        };
+        let name = format!("conv {kernel:?}/{stride:?}/{padding:?} {in_channels}->{out_channels}");
+        let x = p.random(s.input_len(), -1.0, 1.0, CONV_ALIGN);
+        let w = p.random(s.weight_len(), -0.5, 0.5, CONV_ALIGN);
+        let y = p.random(s.output_len(), 1e3, 2e3, CONV_ALIGN);
+        p.run(&name, |b| b.conv2d_forward(&s, x, w, y));
+        p.check(&format!("{name} forward"), y);
+
+        let dy = p.random(s.output_len(), -1.0, 1.0, CONV_ALIGN);
+        for accumulate in [false, true] {
+            // Large prior values when assigning: a backward that read them would be far off.
+            let (lo, hi) = if accumulate { (-1.0, 1.0) } else { (1e3, 2e3) };
+            let dx = p.random(s.input_len(), lo, hi, CONV_ALIGN);
+            p.run(&name, |b| b.conv2d_backward_data(&s, dy, w, dx, accumulate));
+            p.check(
+                &format!("{name} backward data (accumulate {accumulate})"),
+                dx,
+            );
+        }
+        let dw = p.random(s.weight_len(), -1.0, 1.0, CONV_ALIGN);
+        p.run(&name, |b| b.conv2d_backward_filter(&s, x, dy, dw));
+        p.check(&format!("{name} backward filter (accumulates)"), dw);
+    }
+}
+
+#[test]
+fn batch_norm_matches_cpu() {
+    let Some(gpu) = cuda_or_skip("batch_norm_matches_cpu") else {
+        return;
+    };
+    let mut p = Pair::new(gpu);
+    let s = BatchNormShape {
+        batch: 3,
+        channels: 5,
+        height: 4,
+        width: 6,
+    };
+    for relu in [true, false] {
+        let params = BatchNormParams {
+            relu,
+            ..BatchNormParams::default()
+        };
+        let c = s.channels;
+        let bn = BnParams {
+            gamma: p.random(c, 0.5, 1.5, 1),
+            beta: p.random(c, -0.5, 0.5, 1),
+            running_mean: p.random(c, -0.1, 0.1, 1),
+            running_var: p.random(c, 0.8, 1.2, 1),
+        };
+        let saved = BnStats {
+            mean: p.random(c, 5.0, 6.0, 1),
+            invstd: p.random(c, 5.0, 6.0, 1),
+        };
+        let x = p.random(s.len(), -2.0, 3.0, 1);
+        for mode in [BnMode::Train, BnMode::Inference] {
+            let name = format!("batch norm {mode:?} relu {relu}");
+            let y = p.random(s.len(), 1e3, 2e3, 1);
+            p.run(&name, |b| {
+                b.batch_norm_forward(&s, &params, mode, &bn, x, y, &saved)
+            });
+            p.check(&format!("{name} forward y"), y);
+            for t in [bn.running_mean, bn.running_var, saved.mean, saved.invstd] {
+                p.check(&format!("{name} forward stats"), t);
+            }
+            // The backward starts from the CPU's forward, so a ReLU mask cannot differ.
+            for t in [y, bn.running_mean, bn.running_var, saved.mean, saved.invstd] {
+                p.sync_from_cpu(t);
+            }
+            let dy = p.random(s.len(), -1.0, 1.0, 1);
+            let dx = p.random(s.len(), 1e3, 2e3, 1);
+            let dgamma = p.random(c, -1.0, 1.0, 1);
+            let dbeta = p.random(c, -1.0, 1.0, 1);
+            p.run(&name, |b| {
+                b.batch_norm_backward(&s, &params, mode, &bn, &saved, x, y, dy, dx, dgamma, dbeta)
+            });
+            p.check(&format!("{name} backward dx"), dx);
+            p.check(&format!("{name} backward dgamma"), dgamma);
+            p.check(&format!("{name} backward dbeta"), dbeta);
+        }
+    }
+}
+
+#[test]
+fn pools_and_channels_match_cpu() {
+    let Some(gpu) = cuda_or_skip("pools_and_channels_match_cpu") else {
+        return;
+    };
+    let mut p = Pair::new(gpu);
+    let s = PoolShape {
+        batch: 2,
+        channels: 3,
+        height: 9,
+        width: 9,
+    };
+    for params in [Pool2dParams::square(3, 2, 0), Pool2dParams::square(3, 2, 1)] {
+        let name = format!("max pool {params:?}");
+        let out = params.output_shape(&s).unwrap();
+        let x = p.random(s.numel(), -1.0, 1.0, 1);
+        let y = p.random(out.numel(), 1e3, 2e3, 1);
+        let indices = p.cpu.alloc_index(out.numel()).unwrap();
+        assert_eq!(indices, p.gpu.alloc_index(out.numel()).unwrap());
+        p.run(&name, |b| b.max_pool_forward(&s, &params, x, y, indices));
+        p.check(&format!("{name} forward"), y);
+        // Each backend's own indices (random inputs have no ties, so they agree).
+        let dy = p.random(out.numel(), -1.0, 1.0, 1);
+        let dx = p.random(s.numel(), 1e3, 2e3, 1);
+        p.run(&name, |b| b.max_pool_backward(&s, &params, indices, dy, dx));
+        p.check(&format!("{name} backward"), dx);
+        // Indices written from the host: one element of each output's window.
+        let mut rng = SplitMix64(7);
+        let chosen: Vec<i32> = (0..out.numel())
+            .map(|i| {
+                let (oy, ox) = ((i / out.width) % out.height, i % out.width);
+                let mut pick = |o: usize, size: usize| {
+                    let lo = (o * params.stride.0).saturating_sub(params.padding.0);
+                    let hi = (o * params.stride.0 + params.kernel.0 - params.padding.0).min(size);
+                    lo + rng.below((hi - lo) as u64) as usize
+                };
+                let iy = pick(oy, s.height);
+                let ix = pick(ox, s.width);
+                (iy * s.width + ix) as i32
+            })
+            .collect();
+        p.cpu.write_index(indices, &chosen).unwrap();
+        p.gpu.write_index(indices, &chosen).unwrap();
+        p.run(&name, |b| b.max_pool_backward(&s, &params, indices, dy, dx));
+        p.check(&format!("{name} backward, written indices"), dx);
+    }
+    for count_include_pad in [true, false] {
+        let params = Pool2dParams {
+            count_include_pad,
+            ..Pool2dParams::square(3, 1, 1)
+        };
+        let name = format!("avg pool {params:?}");
+        let out = params.output_shape(&s).unwrap();
+        let x = p.random(s.numel(), -1.0, 1.0, 1);
+        let y = p.random(out.numel(), 1e3, 2e3, 1);
+        p.run(&name, |b| b.avg_pool_forward(&s, &params, x, y));
+        p.check(&format!("{name} forward"), y);
+        let dy = p.random(out.numel(), -1.0, 1.0, 1);
+        let dx = p.random(s.numel(), 1e3, 2e3, 1);
+        p.run(&name, |b| b.avg_pool_backward(&s, &params, dy, dx));
+        p.check(&format!("{name} backward"), dx);
+    }
+
+    let g = PoolShape {
+        batch: 2,
+        channels: 6,
+        height: 5,
+        width: 7,
+    };
+    let x = p.random(g.numel(), -1.0, 1.0, 1);
+    let y = p.random(g.planes(), 1e3, 2e3, 1);
+    p.run("global avg pool", |b| b.global_avg_pool_forward(&g, x, y));
+    p.check("global avg pool forward", y);
+    let dy = p.random(g.planes(), -1.0, 1.0, 1);
+    let dx = p.random(g.numel(), 1e3, 2e3, 1);
+    p.run("global avg pool", |b| {
+        b.global_avg_pool_backward(&g, dy, dx)
+    });
+    p.check("global avg pool backward", dx);
+
+    let c = ChannelSlice {
+        batch: 2,
+        channels: 3,
+        whole_channels: 8,
+        offset: 2,
+        height: 4,
+        width: 5,
+    };
+    let part = p.random(c.part_len(), -1.0, 1.0, 1);
+    let whole = p.random(c.whole_len(), -1.0, 1.0, 1);
+    p.run("copy channels", |b| b.copy_channels(&c, part, whole));
+    p.check("copy channels (the other channels kept)", whole);
+    let out = p.random(c.part_len(), 1e3, 2e3, 1);
+    p.run("slice channels", |b| b.slice_channels(&c, whole, out));
+    p.check("slice channels", out);
+}
+
+#[test]
+fn linear_and_memory_match_cpu() {
+    let Some(gpu) = cuda_or_skip("linear_and_memory_match_cpu") else {
+        return;
+    };
+    let mut p = Pair::new(gpu);
+    let s = LinearShape {
+        batch: 3,
+        inputs: 37,
+        outputs: 10,
+    };
+    let x = p.random(s.batch * s.inputs, -1.0, 1.0, 1);
+    let w = p.random(s.outputs * s.inputs, -0.5, 0.5, 1);
+    let bias = p.random(s.outputs, -0.5, 0.5, 1);
+    let y = p.random(s.batch * s.outputs, 1e3, 2e3, 1);
+    p.run("linear", |b| b.linear_forward(&s, x, w, bias, y));
+    p.check("linear forward", y);
+    let dy = p.random(s.batch * s.outputs, -1.0, 1.0, 1);
+    let dx = p.random(s.batch * s.inputs, 1e3, 2e3, 1);
+    let dw = p.random(s.outputs * s.inputs, -1.0, 1.0, 1);
+    let db = p.random(s.outputs, -1.0, 1.0, 1);
+    p.run("linear", |b| b.linear_backward(&s, x, w, dy, dx, dw, db));
+    p.check("linear backward dx", dx);
+    p.check("linear backward dw (accumulates)", dw);
+    p.check("linear backward db (accumulates)", db);
+
+    // fill, and write/read round trips at odd offsets.
+    let t = p.random(1001, -1.0, 1.0, 1);
+    p.run("fill", |b| b.fill(t.slice(3, 500), -2.5));
+    p.check("fill", t);
+    let v: Vec<f32> = (0..77).map(|i| i as f32 * 0.25 - 3.0).collect();
+    p.gpu.write(t.slice(11, 77), &v).unwrap();
+    assert_eq!(p.gpu.read(t.slice(11, 77)).unwrap(), v);
+    assert_eq!(p.gpu.read(t.slice(5, 0)).unwrap(), Vec::<f32>::new());
+    assert_eq!(p.gpu.allocated_bytes(), p.cpu.allocated_bytes());
+}
+
+#[test]
+fn operands_are_checked() {
+    let Some(mut gpu) = cuda_or_skip("operands_are_checked") else {
+        return;
+    };
+    let buf = gpu.alloc(100).unwrap();
+    let g = PoolShape {
+        batch: 1,
+        channels: 4,
+        height: 2,
+        width: 2,
+    };
+    // Output overlapping the input.
+    let err = gpu
+        .global_avg_pool_forward(&g, buf.slice(0, 16), buf.slice(15, 4))
+        .unwrap_err();
+    assert!(err.to_string().contains("overlaps"), "{err}");
+    // Outside the buffer.
+    let outside = Tensor {
+        buf: buf.buf,
+        offset: 90,
+        len: 16,
+    };
+    let err = gpu.read(outside).unwrap_err();
+    assert!(err.to_string().contains("outside"), "{err}");
+    let err = gpu
+        .read(Tensor {
+            buf: 7,
+            offset: 0,
+            len: 1,
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("outside"), "{err}");
+    // Wrong length for the shape.
+    let err = gpu
+        .global_avg_pool_forward(&g, buf.slice(0, 15), buf.slice(20, 4))
+        .unwrap_err();
+    assert!(matches!(err, Error::Shape(_)), "{err}");
+    // Disjoint ranges of one buffer are fine.
+    gpu.global_avg_pool_forward(&g, buf.slice(0, 16), buf.slice(16, 4))
+        .unwrap();
+    // An empty buffer.
+    let empty = gpu.alloc(0).unwrap();
+    assert_eq!(gpu.read(empty).unwrap(), Vec::<f32>::new());
+    gpu.fill(empty, 1.0).unwrap();
+}
+
+// ----- The golden case -----
+
+fn golden() -> SafeTensors<'static> {
+    static BYTES: &[u8] = include_bytes!("data/inception_golden.safetensors");
+    SafeTensors::deserialize(BYTES).expect("tests/data/inception_golden.safetensors is readable")
+}
+
+fn floats(file: &SafeTensors, name: &str) -> Vec<f64> {
+    let view = file
+        .tensor(name)
+        .unwrap_or_else(|_| panic!("golden file lacks {name}"));
+    match view.dtype() {
+        Dtype::F64 => view
+            .data()
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        Dtype::F32 => view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        other => panic!("golden {name} is {other:?}"),
+    }
+}
+
+/// Mean softmax cross-entropy's gradient w.r.t. `logits [B, C]`, in f64.
+fn cross_entropy_grad(logits: &[f32], classes: usize) -> Vec<f32> {
+    let batch = LABELS.len();
+    let mut grad = vec![0.0; logits.len()];
+    for (b, &label) in LABELS.iter().enumerate() {
+        let row: Vec<f64> = widen(&logits[b * classes..][..classes]);
+        let max = row.iter().cloned().fold(f64::MIN, f64::max);
+        let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
+        for c in 0..classes {
+            let p = (row[c] - max).exp() / sum;
+            grad[b * classes + c] =
+                ((p - if c == label { 1.0 } else { 0.0 }) / batch as f64) as f32;
+        }
+    }
+    grad
+}
+
+fn golden_graph() -> Graph {
+    Graph::new(InceptionConfig {
+        input_size: 107,
+        width: 1.0,
+        depth: Depth::Full { classes: 10 },
+    })
+    .unwrap()
+}
+
+/// What one train-mode step of the golden case produced.
+struct Run {
+    mixed_6e: Vec<f32>,
+    logits: Vec<f32>,
+    grads: Vec<f32>,
+    running: Vec<f32>,
+}
+
+/// One forward and backward of the golden case on `b` (a fresh network, parameters from
+/// `golden_init`, the golden input, the golden labels' loss gradient).
+fn run_golden<B: Backend<Scalar = f32>>(b: &mut B, net: &mut Network) -> Run {
+    let graph = &net.graph;
+    let mut params = vec![0.0f32; graph.params.total()];
+    let mut buffers = vec![0.0f32; graph.buffers.total()];
+    golden_init(graph, &mut params, &mut buffers);
+    let mut image = vec![0.0f32; 2 * 3 * 107 * 107];
+    counter_uniform("input", -1.0, 1.0, &mut image);
+    b.write(net.params, &params).unwrap();
+    b.write(net.buffers, &buffers).unwrap();
+    b.fill(net.grads, 0.0).unwrap();
+    b.write(net.input(), &image).unwrap();
+    net.forward(b, BnMode::Train).unwrap();
+    let mixed_6e = b.read(net.activation(net.graph.mixed_6e)).unwrap();
+    let logits = b.read(net.output()).unwrap();
+    b.write(net.output_grad(), &cross_entropy_grad(&logits, 10))
+        .unwrap();
+    net.backward(b, BnMode::Train, false).unwrap();
+    Run {
+        mixed_6e,
+        logits,
+        grads: b.read(net.grads).unwrap(),
+        running: b.read(net.buffers).unwrap(),
+    }
+}
+
+/// Each parameter's gradient norm.
+fn grad_norms(graph: &Graph, grads: &[f32]) -> Vec<(String, f64)> {
+    graph
+        .params
+        .entries()
+        .iter()
+        .map(|e| {
+            let g = &grads[e.range()];
+            let norm = g.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+            (e.name.clone(), norm)
+        })
+        .collect()
+}
+
+#[test]
+fn golden_case_matches_cpu_f32() {
+    let Some(mut gpu) = cuda_or_skip("golden_case_matches_cpu_f32") else {
+        return;
+    };
+    let graph = golden_graph();
+    let mut gpu_net = Network::new(&mut gpu, graph.clone(), 2).unwrap();
+    let ours = run_golden(&mut gpu, &mut gpu_net);
+    let mut cpu = CpuBackend::<f32>::new();
+    let mut cpu_net = Network::new(&mut cpu, graph.clone(), 2).unwrap();
+    let reference = run_golden(&mut cpu, &mut cpu_net);
+    println!("{}", gpu.describe());
+    for (shape, algos) in gpu.conv_algorithms() {
+        println!("  {shape:?}: {algos:?}");
+    }
+
+    let file = golden();
+    let mut failures = Vec::new();
+    let mut check = |what: &str, e: f64, bound: f64| {
+        println!("{what}: relative error {e:.2e} (bound {bound:e})");
+        if e.is_nan() || e >= bound {
+            failures.push(format!("{what}: relative error {e:.3e}, bound {bound:e}"));
+        }
+    };
+    for (what, o, r, bound) in [
+        (
+            "mixed_6e",
+            &ours.mixed_6e,
+            &reference.mixed_6e,
+            FORWARD_TOLERANCE,
+        ),
+        ("logits", &ours.logits, &reference.logits, LOGITS_TOLERANCE),
+    ] {
+        check(
+            &format!("{what} vs CPU f32"),
+            rel_error(&widen(o), &widen(r)),
+            bound,
+        );
+        check(
+            &format!("{what} vs PyTorch f64"),
+            rel_error(&widen(o), &floats(&file, what)),
+            GOLDEN_F32_FORWARD_TOLERANCE,
+        );
+    }
+    check(
+        "running statistics vs CPU f32",
+        rel_error(&widen(&ours.running), &widen(&reference.running)),
+        FORWARD_TOLERANCE,
+    );
+    let norms = grad_norms(&graph, &ours.grads);
+    let reference_norms = grad_norms(&graph, &reference.grads);
+    let mut worst = (0.0f64, String::new());
+    for ((name, o), (_, r)) in norms.iter().zip(&reference_norms) {
+        let e = rel_error(&[*o], &[*r]);
+        if e.is_nan() || e > worst.0 {
+            worst = (e, name.clone());
+        }
+        if e.is_nan() || e >= GRADIENT_TOLERANCE {
+            failures.push(format!(
+                "grad norm of {name}: relative error {e:.3e} vs CPU f32"
+            ));
+        }
+        let golden_norm = floats(&file, &format!("grad_norm/{name}"));
+        let eg = rel_error(&[*o], &golden_norm);
+        if eg.is_nan() || eg >= GRADIENT_TOLERANCE {
+            failures.push(format!(
+                "grad norm of {name}: relative error {eg:.3e} vs PyTorch f64"
+            ));
+        }
+    }
+    println!(
+        "worst gradient norm vs CPU f32: {:.2e} ({})",
+        worst.0, worst.1
+    );
+    println!(
+        "whole gradient vs CPU f32: relative error {:.2e}",
+        rel_error(&widen(&ours.grads), &widen(&reference.grads))
+    );
+    assert!(
+        failures.is_empty(),
+        "{} golden checks are off:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Every algorithm is deterministic (cuDNN's chosen so, the kernels and GEMMs by design), so two
+/// steps from the same state give the same bits; the second runs on the plans and launchers the
+/// first made.
+#[test]
+fn golden_case_is_deterministic() {
+    let Some(mut gpu) = cuda_or_skip("golden_case_is_deterministic") else {
+        return;
+    };
+    let mut net = Network::new(&mut gpu, golden_graph(), 2).unwrap();
+    let first = run_golden(&mut gpu, &mut net);
+    let bytes = gpu.allocated_bytes();
+    let second = run_golden(&mut gpu, &mut net);
+    assert_eq!(gpu.allocated_bytes(), bytes, "the second step allocated");
+    assert_bit_identical("mixed_6e", &first.mixed_6e, &second.mixed_6e);
+    assert_bit_identical("logits", &first.logits, &second.logits);
+    assert_bit_identical("gradients", &first.grads, &second.grads);
+    assert_bit_identical("running statistics", &first.running, &second.running);
+}
