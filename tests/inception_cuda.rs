@@ -16,6 +16,8 @@ use c2f_inception::network::Network;
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
 use c2f_kernels::pool::{ChannelSlice, Pool2dParams, PoolShape};
+use c2f_kernels::sgd::SgdParams;
+use c2f_kernels::softmax_ce::{DropoutParams, SoftmaxCeShape};
 use c2f_kernels::testing::{
     assert_bit_identical, gpu_or_skip, rel_error, SplitMix64, REQUIRE_GPU_ENV,
 };
@@ -378,6 +380,65 @@ fn linear_and_memory_match_cpu() {
 }
 
 #[test]
+fn training_ops_match_cpu() {
+    let Some(gpu) = cuda_or_skip("training_ops_match_cpu") else {
+        return;
+    };
+    let mut p = Pair::new(gpu);
+    let drop = DropoutParams {
+        p: 0.3,
+        seed: 11,
+        step: 4,
+        training: true,
+    };
+    let x = p.random(3001, -1.0, 1.0, 1);
+    let y = p.random(3001, 1e3, 2e3, 1);
+    p.run("dropout", |b| b.dropout_forward(&drop, x, y));
+    p.check("dropout forward", y);
+    p.run("dropout", |b| b.dropout_backward(&drop, y, x));
+    p.check("dropout backward", x);
+
+    let s = SoftmaxCeShape {
+        batch: 5,
+        classes: 13,
+    };
+    let logits = p.random(s.batch * s.classes, -3.0, 3.0, 1);
+    let dlogits = p.random(s.batch * s.classes, 1e3, 2e3, 1);
+    let labels_cpu = p.cpu.alloc_index(s.batch).unwrap();
+    let labels_gpu = p.gpu.alloc_index(s.batch).unwrap();
+    let predictions_cpu = p.cpu.alloc_index(s.batch).unwrap();
+    let predictions_gpu = p.gpu.alloc_index(s.batch).unwrap();
+    assert_eq!((labels_cpu, predictions_cpu), (labels_gpu, predictions_gpu));
+    let labels = [3, 0, 12, 7, 7];
+    p.cpu.write_index(labels_cpu, &labels).unwrap();
+    p.gpu.write_index(labels_gpu, &labels).unwrap();
+    let cpu_loss = p
+        .cpu
+        .softmax_cross_entropy(&s, logits, labels_cpu, 0.5, predictions_cpu, dlogits)
+        .unwrap();
+    let gpu_loss = p
+        .gpu
+        .softmax_cross_entropy(&s, logits, labels_gpu, 0.5, predictions_gpu, dlogits)
+        .unwrap();
+    let e = rel_error(&[gpu_loss], &[cpu_loss]);
+    assert!(
+        e < OP_TOLERANCE,
+        "cross-entropy loss: CUDA {gpu_loss} vs CPU {cpu_loss}"
+    );
+    p.check("cross-entropy dlogits", dlogits);
+
+    let sgd = SgdParams::new(0.05, 0.9, 1e-4);
+    let weights = p.random(4099, -1.0, 1.0, 1);
+    let grads = p.random(4099, -1.0, 1.0, 1);
+    let momentum = p.random(4099, -0.1, 0.1, 1);
+    for _ in 0..2 {
+        p.run("sgd", |b| b.sgd_step(&sgd, weights, grads, momentum));
+    }
+    p.check("sgd weights", weights);
+    p.check("sgd momentum", momentum);
+}
+
+#[test]
 fn operands_are_checked() {
     let Some(mut gpu) = cuda_or_skip("operands_are_checked") else {
         return;
@@ -532,9 +593,11 @@ fn golden_case_matches_cpu_f32() {
     };
     let graph = golden_graph();
     let mut gpu_net = Network::new(&mut gpu, graph.clone(), 2).unwrap();
+    gpu_net.dropout.p = 0.0; // the golden run has no dropout
     let ours = run_golden(&mut gpu, &mut gpu_net);
     let mut cpu = CpuBackend::<f32>::new();
     let mut cpu_net = Network::new(&mut cpu, graph.clone(), 2).unwrap();
+    cpu_net.dropout.p = 0.0; // the golden run has no dropout
     let reference = run_golden(&mut cpu, &mut cpu_net);
     println!("{}", gpu.describe());
     for (shape, algos) in gpu.conv_algorithms() {
@@ -620,6 +683,7 @@ fn golden_case_is_deterministic() {
         return;
     };
     let mut net = Network::new(&mut gpu, golden_graph(), 2).unwrap();
+    net.dropout.p = 0.0; // the golden run has no dropout
     let first = run_golden(&mut gpu, &mut net);
     let bytes = gpu.allocated_bytes();
     let second = run_golden(&mut gpu, &mut net);

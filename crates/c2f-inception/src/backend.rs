@@ -12,6 +12,8 @@
 
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
 use c2f_kernels::pool::{ChannelSlice, Pool2dParams, PoolShape};
+use c2f_kernels::sgd::SgdParams;
+use c2f_kernels::softmax_ce::{DropoutParams, SoftmaxCeShape};
 use c2f_kernels::{Error, Real, Result};
 
 use crate::cpu::conv::Conv2dShape;
@@ -30,6 +32,17 @@ pub struct IndexTensor {
     pub buf: usize,
     pub offset: usize,
     pub len: usize,
+}
+
+impl IndexTensor {
+    /// Whether two index tensors share any element.
+    pub fn overlaps(&self, other: &IndexTensor) -> bool {
+        self.buf == other.buf
+            && self.len > 0
+            && other.len > 0
+            && self.offset < other.offset + other.len
+            && other.offset < self.offset + self.len
+    }
 }
 
 impl Tensor {
@@ -57,9 +70,8 @@ impl Tensor {
 
 /// The checks every backend makes on the operands of one op before touching memory: each tensor
 /// lies inside its buffer (`buf_len(buf)` is that buffer's length, `None` for no such buffer;
-/// `index_buf_len` likewise for index buffers), and no non-empty output overlaps another operand
-/// (an input, or another output) of the same call. Index tensors are single operands of their
-/// calls and of another element type, so only their bounds are checked.
+/// `index_buf_len` likewise for index buffers), no non-empty output overlaps another operand
+/// (an input, or another output) of the same call, and no two index operands overlap.
 ///
 /// This is what lets a backend hand out a mutable view per output and shared views per input of
 /// its buffers at once, whether host slices or raw device ranges.
@@ -79,10 +91,15 @@ pub fn check_operands(
             return Err(Error::Shape(format!("tensor {t:?} is outside its buffer")));
         }
     }
-    for t in index {
+    for (i, t) in index.iter().enumerate() {
         if !fits(index_buf_len(t.buf), t.offset, t.len) {
             return Err(Error::Shape(format!(
                 "index tensor {t:?} is outside its buffer"
+            )));
+        }
+        if let Some(other) = index[i + 1..].iter().find(|o| o.overlaps(t)) {
+            return Err(Error::Shape(format!(
+                "index tensor {t:?} overlaps index operand {other:?} of the same op"
             )));
         }
     }
@@ -164,6 +181,7 @@ pub trait Backend {
     fn write(&mut self, dst: Tensor, src: &[Self::Scalar]) -> Result<()>;
     fn read(&mut self, src: Tensor) -> Result<Vec<Self::Scalar>>;
     fn write_index(&mut self, dst: IndexTensor, src: &[i32]) -> Result<()>;
+    fn read_index(&mut self, src: IndexTensor) -> Result<Vec<i32>>;
     fn fill(&mut self, dst: Tensor, value: Self::Scalar) -> Result<()>;
 
     /// `y = conv(x, w)`, no bias.
@@ -275,5 +293,34 @@ pub trait Backend {
         dx: Tensor,
         dw: Tensor,
         db: Tensor,
+    ) -> Result<()>;
+
+    /// Dropout in training mode: `y = x·mask/(1−p)`, the mask a pure function of `p`'s seed,
+    /// step and the element index (the same on every backend).
+    fn dropout_forward(&mut self, p: &DropoutParams, x: Tensor, y: Tensor) -> Result<()>;
+    /// `dx = dy·mask/(1−p)`, assigned, with the forward's mask.
+    fn dropout_backward(&mut self, p: &DropoutParams, dy: Tensor, dx: Tensor) -> Result<()>;
+
+    /// Mean softmax cross-entropy of `logits [B, C]` against `labels [B]`: writes each row's
+    /// argmax to `predictions` and `loss_scale·(softmax − onehot)/B` to `dlogits` (assigned), and
+    /// returns the (unscaled) loss. A label outside `[0, C)` is an error naming it.
+    fn softmax_cross_entropy(
+        &mut self,
+        s: &SoftmaxCeShape,
+        logits: Tensor,
+        labels: IndexTensor,
+        loss_scale: f64,
+        predictions: IndexTensor,
+        dlogits: Tensor,
+    ) -> Result<f64>;
+
+    /// One SGD step (PyTorch's: momentum, weight decay, no dampening) over `weights`, with
+    /// their `grads` and `momentum` buffer.
+    fn sgd_step(
+        &mut self,
+        p: &SgdParams,
+        weights: Tensor,
+        grads: Tensor,
+        momentum: Tensor,
     ) -> Result<()>;
 }

@@ -5,16 +5,22 @@
 
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
 use c2f_kernels::pool::{ChannelSlice, Pool2dParams, PoolShape};
+use c2f_kernels::sgd::SgdParams;
+use c2f_kernels::softmax_ce::DropoutParams;
 use c2f_kernels::{Error, Result};
+use num_traits::Zero;
 
 use crate::backend::{Backend, BnMode, BnParams, BnStats, IndexTensor, LinearShape, Tensor};
 use crate::cpu::conv::Conv2dShape;
-use crate::spec::{ActId, ActShape, BasicConv, Graph, Op, BN_EPS, BN_MOMENTUM};
+use crate::spec::{ActId, ActShape, BasicConv, Graph, Op, BN_EPS, BN_MOMENTUM, DROPOUT};
 
-/// The head's intermediate: globally pooled features `[B, C]` and their gradient.
+/// The head's intermediates: globally pooled features `[B, C]`, the same after dropout, and
+/// their gradients.
 struct HeadBuffers {
     pooled: Tensor,
+    dropped: Tensor,
     d_pooled: Tensor,
+    d_dropped: Tensor,
 }
 
 pub struct Network {
@@ -36,6 +42,9 @@ pub struct Network {
     /// Gradient w.r.t. a conv's pre-BN output; one buffer, sized for the largest conv.
     d_pre_bn: Tensor,
     head: Option<HeadBuffers>,
+    /// Dropout before `fc` (torchvision's p = 0.5). The caller advances `step` every training
+    /// step, and must not change these between a forward and its backward.
+    pub dropout: DropoutParams,
 }
 
 fn bn_params() -> BatchNormParams {
@@ -94,7 +103,9 @@ impl Network {
                     let c = graph.activations[*input].channels;
                     head = Some(HeadBuffers {
                         pooled: backend.alloc(batch * c)?,
+                        dropped: backend.alloc(batch * c)?,
                         d_pooled: backend.alloc(batch * c)?,
+                        d_dropped: backend.alloc(batch * c)?,
                     });
                 }
                 Op::AvgPool { .. } | Op::Concat { .. } => {}
@@ -116,7 +127,27 @@ impl Network {
             pool_indices,
             d_pre_bn,
             head,
+            dropout: DropoutParams {
+                p: DROPOUT,
+                seed: 0,
+                step: 0,
+                training: true,
+            },
         })
+    }
+
+    fn dropout_active(&self) -> bool {
+        self.dropout.training && self.dropout.p > 0.0
+    }
+
+    /// Sets every parameter gradient to zero, before a step's backward.
+    pub fn zero_grads<B: Backend>(&self, b: &mut B) -> Result<()> {
+        b.fill(self.grads, B::Scalar::zero())
+    }
+
+    /// One SGD step over all parameters with their gradients and momentum.
+    pub fn sgd_step<B: Backend>(&self, b: &mut B, p: &SgdParams) -> Result<()> {
+        b.sgd_step(p, self.params, self.grads, self.momentum)
     }
 
     /// The input images `[B, 3, S, S]`, to be written before [`Network::forward`].
@@ -291,9 +322,15 @@ impl Network {
                         self.acts[*input],
                         head.pooled,
                     )?;
+                    let features = if self.dropout_active() {
+                        b.dropout_forward(&self.dropout, head.pooled, head.dropped)?;
+                        head.dropped
+                    } else {
+                        head.pooled
+                    };
                     b.linear_forward(
                         &self.linear_shape(*input, *output),
-                        head.pooled,
+                        features,
                         self.param(*fc_weight),
                         self.param(*fc_bias),
                         self.acts[*output],
@@ -391,15 +428,24 @@ impl Network {
                 } => {
                     assign_first(&mut written, *input, "head")?;
                     let head = self.head.as_ref().expect("allocated in new");
+                    let dropout = self.dropout_active();
+                    let (features, d_features) = if dropout {
+                        (head.dropped, head.d_dropped)
+                    } else {
+                        (head.pooled, head.d_pooled)
+                    };
                     b.linear_backward(
                         &self.linear_shape(*input, *output),
-                        head.pooled,
+                        features,
                         self.param(*fc_weight),
                         self.act_grads[*output],
-                        head.d_pooled,
+                        d_features,
                         self.grad(*fc_weight),
                         self.grad(*fc_bias),
                     )?;
+                    if dropout {
+                        b.dropout_backward(&self.dropout, head.d_dropped, head.d_pooled)?;
+                    }
                     b.global_avg_pool_backward(
                         &self.pool_shape(*input),
                         head.d_pooled,

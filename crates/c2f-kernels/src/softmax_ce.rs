@@ -44,7 +44,7 @@ use crate::error::{check_labels, check_len, Error, Result};
 use crate::rng::splitmix64_output;
 use crate::Real;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SoftmaxCeShape {
     pub batch: usize,
     pub classes: usize,

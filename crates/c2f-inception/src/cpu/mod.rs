@@ -5,6 +5,8 @@ pub mod conv;
 
 use c2f_kernels::batch_norm::{self, BatchNormParams, BatchNormShape};
 use c2f_kernels::pool::{self, ChannelSlice, Pool2dParams, PoolShape};
+use c2f_kernels::sgd::{self, SgdParams};
+use c2f_kernels::softmax_ce::{self, DropoutParams, SoftmaxCeShape};
 use c2f_kernels::{Real, Result};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
@@ -137,6 +139,10 @@ impl<R: Real> Backend for CpuBackend<R> {
 
     fn read(&mut self, src: Tensor) -> Result<Vec<R>> {
         Ok(self.operands(&[src], &[], &[])?.input(src).to_vec())
+    }
+
+    fn read_index(&mut self, src: IndexTensor) -> Result<Vec<i32>> {
+        Ok(self.operands(&[], &[], &[src])?.index(src).to_vec())
     }
 
     fn write_index(&mut self, dst: IndexTensor, src: &[i32]) -> Result<()> {
@@ -386,5 +392,47 @@ impl<R: Real> Backend for CpuBackend<R> {
             }
         }
         Ok(())
+    }
+
+    fn dropout_forward(&mut self, p: &DropoutParams, x: Tensor, y: Tensor) -> Result<()> {
+        let m = self.operands(&[x], &[y], &[])?;
+        softmax_ce::dropout_forward_cpu(p, m.input(x), m.output(y))
+    }
+
+    fn dropout_backward(&mut self, p: &DropoutParams, dy: Tensor, dx: Tensor) -> Result<()> {
+        let m = self.operands(&[dy], &[dx], &[])?;
+        softmax_ce::dropout_backward_cpu(p, m.input(dy), m.output(dx))
+    }
+
+    fn softmax_cross_entropy(
+        &mut self,
+        s: &SoftmaxCeShape,
+        logits: Tensor,
+        labels: IndexTensor,
+        loss_scale: f64,
+        predictions: IndexTensor,
+        dlogits: Tensor,
+    ) -> Result<f64> {
+        let m = self.operands(&[logits], &[dlogits], &[labels, predictions])?;
+        let loss = softmax_ce::forward_backward_cpu(
+            s,
+            m.input(logits),
+            m.index(labels),
+            loss_scale,
+            m.index(predictions),
+            m.output(dlogits),
+        )?;
+        Ok(loss.to_f64())
+    }
+
+    fn sgd_step(
+        &mut self,
+        p: &SgdParams,
+        weights: Tensor,
+        grads: Tensor,
+        momentum: Tensor,
+    ) -> Result<()> {
+        let m = self.operands(&[grads], &[weights, momentum], &[])?;
+        sgd::step_cpu(p, m.output(weights), m.input(grads), m.output(momentum))
     }
 }

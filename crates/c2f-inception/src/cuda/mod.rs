@@ -27,6 +27,8 @@ use c2f_kernels::pool::{
     AvgPool2dGpu, ChannelCopyGpu, ChannelSlice, GlobalAvgPoolGpu, MaxPool2dGpu, Pool2dParams,
     PoolShape,
 };
+use c2f_kernels::sgd::{SgdGpu, SgdParams};
+use c2f_kernels::softmax_ce::{DropoutGpu, DropoutParams, SoftmaxCeGpu, SoftmaxCeShape};
 use c2f_kernels::{Error, Gpu, Result};
 use cudarc::driver::{
     sys::CUdeviceptr, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice,
@@ -157,6 +159,9 @@ struct Launchers {
     avg_pool: HashMap<(PoolShape, Pool2dParams), AvgPool2dGpu<f32>>,
     global_pool: HashMap<PoolShape, GlobalAvgPoolGpu<f32>>,
     channel_copy: Option<ChannelCopyGpu<f32>>,
+    softmax_ce: HashMap<SoftmaxCeShape, SoftmaxCeGpu<f32>>,
+    dropout: Option<DropoutGpu<f32>>,
+    sgd: Option<SgdGpu>,
 }
 
 /// [`BatchNormParams`] holds floats, so it is keyed by their bits.
@@ -293,6 +298,16 @@ impl Backend for CudaBackend {
         let mut host = vec![0.0f32; src.len];
         if !host.is_empty() {
             self.mem.stream.memcpy_dtoh(&m.input(src), &mut host)?;
+        }
+        self.mem.stream.synchronize()?;
+        Ok(host)
+    }
+
+    fn read_index(&mut self, src: IndexTensor) -> Result<Vec<i32>> {
+        let m = self.mem.operands(&[], &[], &[src])?;
+        let mut host = vec![0i32; src.len];
+        if !host.is_empty() {
+            self.mem.stream.memcpy_dtoh(&m.index(src), &mut host)?;
         }
         self.mem.stream.synchronize()?;
         Ok(host)
@@ -549,13 +564,17 @@ impl Backend for CudaBackend {
     }
 
     fn copy_channels(&mut self, s: &ChannelSlice, part: Tensor, whole: Tensor) -> Result<()> {
-        let op = channel_copy(&mut self.launchers, &self.gpu)?;
+        let op = made_once(&mut self.launchers.channel_copy, || {
+            ChannelCopyGpu::new(&self.gpu)
+        })?;
         let m = self.mem.operands(&[part], &[whole], &[])?;
         op.copy_channels(s, &m.input(part), &mut m.output(whole))
     }
 
     fn slice_channels(&mut self, s: &ChannelSlice, whole: Tensor, part: Tensor) -> Result<()> {
-        let op = channel_copy(&mut self.launchers, &self.gpu)?;
+        let op = made_once(&mut self.launchers.channel_copy, || {
+            ChannelCopyGpu::new(&self.gpu)
+        })?;
         let m = self.mem.operands(&[whole], &[part], &[])?;
         op.slice_channels(s, &m.input(whole), &mut m.output(part))
     }
@@ -602,14 +621,69 @@ impl Backend for CudaBackend {
             &mut m.output(db),
         )
     }
+
+    fn dropout_forward(&mut self, p: &DropoutParams, x: Tensor, y: Tensor) -> Result<()> {
+        let op = made_once(&mut self.launchers.dropout, || DropoutGpu::new(&self.gpu))?;
+        let m = self.mem.operands(&[x], &[y], &[])?;
+        op.forward(p, &m.input(x), &mut m.output(y))
+    }
+
+    fn dropout_backward(&mut self, p: &DropoutParams, dy: Tensor, dx: Tensor) -> Result<()> {
+        let op = made_once(&mut self.launchers.dropout, || DropoutGpu::new(&self.gpu))?;
+        let m = self.mem.operands(&[dy], &[dx], &[])?;
+        op.backward(p, &m.input(dy), &mut m.output(dx))
+    }
+
+    fn softmax_cross_entropy(
+        &mut self,
+        s: &SoftmaxCeShape,
+        logits: Tensor,
+        labels: IndexTensor,
+        loss_scale: f64,
+        predictions: IndexTensor,
+        dlogits: Tensor,
+    ) -> Result<f64> {
+        let gpu = &self.gpu;
+        let op = cached(&mut self.launchers.softmax_ce, *s, || {
+            SoftmaxCeGpu::new(gpu, *s)
+        })?;
+        let m = self
+            .mem
+            .operands(&[logits], &[dlogits], &[labels, predictions])?;
+        let loss = op.forward_backward(
+            &m.input(logits),
+            &m.index(labels),
+            loss_scale,
+            &mut m.index(predictions),
+            &mut m.output(dlogits),
+        )?;
+        Ok(loss as f64)
+    }
+
+    fn sgd_step(
+        &mut self,
+        p: &SgdParams,
+        weights: Tensor,
+        grads: Tensor,
+        momentum: Tensor,
+    ) -> Result<()> {
+        let op = made_once(&mut self.launchers.sgd, || SgdGpu::new(&self.gpu))?;
+        let m = self.mem.operands(&[grads], &[weights, momentum], &[])?;
+        op.step(
+            p,
+            &mut m.output(weights),
+            &m.input(grads),
+            &mut m.output(momentum),
+        )
+    }
 }
 
-/// The one channel-copy launcher (it serves every slice), made on first use.
-fn channel_copy<'a>(launchers: &'a mut Launchers, gpu: &Gpu) -> Result<&'a ChannelCopyGpu<f32>> {
-    if launchers.channel_copy.is_none() {
-        launchers.channel_copy = Some(ChannelCopyGpu::new(gpu)?);
+/// A launcher that serves every shape (channel copy, dropout, SGD), made on first use.
+fn made_once<V>(slot: &mut Option<V>, make: impl FnOnce() -> Result<V>) -> Result<&V> {
+    if slot.is_none() {
+        *slot = Some(make()?);
     }
-    Ok(launchers.channel_copy.as_ref().expect("made above"))
+    Ok(slot.as_ref().expect("made above"))
 }
 
 /// cuBLAS takes no empty matrices (leading dimensions must be at least 1).
