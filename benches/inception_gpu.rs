@@ -1,0 +1,99 @@
+//! InceptionV3 forward+backward+SGD on the CUDA backend, images per second at batch 64, 299² and
+//! 448², up to Mixed_6e and full (1000 classes), f32. `tools/torch_baseline.py` times PyTorch on
+//! the same card in the same GPU check; the target is parity with its fp32 figure. Prints
+//! `NETBENCH` lines (images/s, ms/step, memory the backend holds); without a GPU it says so.
+
+use c2f_inception::backend::{Backend, BnMode};
+use c2f_inception::cuda::CudaBackend;
+use c2f_inception::init::golden_init;
+use c2f_inception::network::Network;
+use c2f_inception::spec::{Depth, Graph, InceptionConfig};
+use c2f_kernels::sgd::SgdParams;
+use c2f_kernels::testing::{gpu_or_skip, SplitMix64};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+const BATCH: usize = 64;
+
+fn case(c: &mut Criterion, size: usize, depth: Depth, name: &str) {
+    let Some(gpu) = gpu_or_skip(&format!("inception_gpu {name}")) else {
+        return;
+    };
+    let mut b = match CudaBackend::new(gpu) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("inception_gpu {name}: skipped: {e}");
+            return;
+        }
+    };
+    let graph = Graph::new(InceptionConfig {
+        input_size: size,
+        width: 1.0,
+        depth,
+    })
+    .unwrap();
+    let mut params = vec![0.0; graph.params.total()];
+    let mut buffers = vec![0.0; graph.buffers.total()];
+    golden_init(&graph, &mut params, &mut buffers);
+    let mut net = Network::new(&mut b, graph, BATCH).unwrap();
+    b.write(net.params, &params).unwrap();
+    b.write(net.buffers, &buffers).unwrap();
+    let mut rng = SplitMix64(3);
+    let image: Vec<f32> = (0..net.input().len)
+        .map(|_| rng.uniform(-1.0, 1.0) as f32)
+        .collect();
+    b.write(net.input(), &image).unwrap();
+    let grad: Vec<f32> = (0..net.output_grad().len)
+        .map(|_| rng.uniform(-1e-3, 1e-3) as f32)
+        .collect();
+    let sgd = SgdParams::new(1e-4, 0.9, 1e-5);
+    // The loss gradient is written once; backward reads it, nothing overwrites it.
+    b.write(net.output_grad(), &grad).unwrap();
+    let step = |b: &mut CudaBackend, net: &mut Network| {
+        net.forward(b, BnMode::Train).unwrap();
+        net.zero_grads(b).unwrap();
+        net.backward(b, BnMode::Train, false).unwrap();
+        net.sgd_step(b, &sgd).unwrap();
+    };
+    for _ in 0..3 {
+        step(&mut b, &mut net);
+    }
+    b.synchronize().unwrap();
+    let mut group = c.benchmark_group("inception_gpu_f32");
+    group.sample_size(10);
+    group.bench_function(name, |bench| {
+        bench.iter(|| {
+            step(&mut b, &mut net);
+            b.synchronize().unwrap();
+        })
+    });
+    group.finish();
+    let reps = 10;
+    let start = std::time::Instant::now();
+    for _ in 0..reps {
+        step(&mut b, &mut net);
+    }
+    b.synchronize().unwrap();
+    let secs = start.elapsed().as_secs_f64() / reps as f64;
+    println!(
+        "NETBENCH\t{name}\t{}\t{:.0} img/s\t{:.1} ms/step\t{:.1} GiB held",
+        b.describe(),
+        BATCH as f64 / secs,
+        secs * 1e3,
+        b.allocated_bytes() as f64 / (1u64 << 30) as f64
+    );
+}
+
+fn bench(c: &mut Criterion) {
+    for size in [299, 448] {
+        case(c, size, Depth::Mixed6e, &format!("mixed6e_b{BATCH}_{size}"));
+        case(
+            c,
+            size,
+            Depth::Full { classes: 1000 },
+            &format!("full_b{BATCH}_{size}"),
+        );
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
