@@ -7,13 +7,15 @@
 //! for the cuDNN convolutions), so the runtime's case of several operands in one flat buffer is
 //! what is tested.
 
+mod common {
+    pub mod golden;
+}
+
 use c2f_inception::backend::{Backend, BnMode, BnParams, BnStats, LinearShape, Tensor};
 use c2f_inception::cpu::conv::Conv2dShape;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::CudaBackend;
-use c2f_inception::init::{counter_uniform, golden_init};
-use c2f_inception::network::Network;
-use c2f_inception::spec::{Depth, Graph, InceptionConfig};
+use c2f_inception::spec::Graph;
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
 use c2f_kernels::pool::{ChannelSlice, Pool2dParams, PoolShape};
 use c2f_kernels::sgd::SgdParams;
@@ -22,7 +24,7 @@ use c2f_kernels::testing::{
     assert_bit_identical, gpu_or_skip, rel_error, SplitMix64, REQUIRE_GPU_ENV,
 };
 use c2f_kernels::Error;
-use safetensors::{Dtype, SafeTensors};
+use common::golden::{self, floats};
 
 /// Every single op, CUDA against CPU, both in f32.
 const OP_TOLERANCE: f64 = 1e-5;
@@ -39,7 +41,6 @@ const GRADIENT_TOLERANCE: f64 = 5e-2;
 /// The same bounds against PyTorch's float64 run, as `tests/inception_golden.rs` holds the CPU
 /// backend in f32 to.
 const GOLDEN_F32_FORWARD_TOLERANCE: f64 = 5e-4;
-const LABELS: [usize; 2] = [3, 7];
 
 /// The CUDA backend on GPU 0, or `None` after printing why the test is skipped.
 fn cuda_or_skip(test: &str) -> Option<CudaBackend> {
@@ -487,101 +488,15 @@ fn operands_are_checked() {
 
 // ----- The golden case -----
 
-fn golden() -> SafeTensors<'static> {
-    static BYTES: &[u8] = include_bytes!("data/inception_golden.safetensors");
-    SafeTensors::deserialize(BYTES).expect("tests/data/inception_golden.safetensors is readable")
-}
-
-fn floats(file: &SafeTensors, name: &str) -> Vec<f64> {
-    let view = file
-        .tensor(name)
-        .unwrap_or_else(|_| panic!("golden file lacks {name}"));
-    match view.dtype() {
-        Dtype::F64 => view
-            .data()
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-        Dtype::F32 => view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect(),
-        other => panic!("golden {name} is {other:?}"),
-    }
-}
-
-/// Mean softmax cross-entropy's gradient w.r.t. `logits [B, C]`, in f64.
-fn cross_entropy_grad(logits: &[f32], classes: usize) -> Vec<f32> {
-    let batch = LABELS.len();
-    let mut grad = vec![0.0; logits.len()];
-    for (b, &label) in LABELS.iter().enumerate() {
-        let row: Vec<f64> = widen(&logits[b * classes..][..classes]);
-        let max = row.iter().cloned().fold(f64::MIN, f64::max);
-        let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
-        for c in 0..classes {
-            let p = (row[c] - max).exp() / sum;
-            grad[b * classes + c] =
-                ((p - if c == label { 1.0 } else { 0.0 }) / batch as f64) as f32;
-        }
-    }
-    grad
-}
-
-fn golden_graph() -> Graph {
-    Graph::new(InceptionConfig {
-        input_size: 107,
-        width: 1.0,
-        depth: Depth::Full { classes: 10 },
-    })
-    .unwrap()
-}
-
-/// What one train-mode step of the golden case produced.
-struct Run {
-    mixed_6e: Vec<f32>,
-    logits: Vec<f32>,
-    grads: Vec<f32>,
-    running: Vec<f32>,
-}
-
-/// One forward and backward of the golden case on `b` (a fresh network, parameters from
-/// `golden_init`, the golden input, the golden labels' loss gradient).
-fn run_golden<B: Backend<Scalar = f32>>(b: &mut B, net: &mut Network) -> Run {
-    let graph = &net.graph;
-    let mut params = vec![0.0f32; graph.params.total()];
-    let mut buffers = vec![0.0f32; graph.buffers.total()];
-    golden_init(graph, &mut params, &mut buffers);
-    let mut image = vec![0.0f32; 2 * 3 * 107 * 107];
-    counter_uniform("input", -1.0, 1.0, &mut image);
-    b.write(net.params, &params).unwrap();
-    b.write(net.buffers, &buffers).unwrap();
-    b.fill(net.grads, 0.0).unwrap();
-    b.write(net.input(), &image).unwrap();
-    net.forward(b, BnMode::Train).unwrap();
-    let mixed_6e = b.read(net.activation(net.graph.mixed_6e)).unwrap();
-    let logits = b.read(net.output()).unwrap();
-    b.write(net.output_grad(), &cross_entropy_grad(&logits, 10))
-        .unwrap();
-    net.backward(b, BnMode::Train, false).unwrap();
-    Run {
-        mixed_6e,
-        logits,
-        grads: b.read(net.grads).unwrap(),
-        running: b.read(net.buffers).unwrap(),
-    }
-}
-
 /// Each parameter's gradient norm.
-fn grad_norms(graph: &Graph, grads: &[f32]) -> Vec<(String, f64)> {
+fn grad_norms(graph: &Graph, grads: &[f64]) -> Vec<(String, f64)> {
     graph
         .params
         .entries()
         .iter()
         .map(|e| {
             let g = &grads[e.range()];
-            let norm = g.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
-            (e.name.clone(), norm)
+            (e.name.clone(), g.iter().map(|v| v * v).sum::<f64>().sqrt())
         })
         .collect()
 }
@@ -591,20 +506,18 @@ fn golden_case_matches_cpu_f32() {
     let Some(mut gpu) = cuda_or_skip("golden_case_matches_cpu_f32") else {
         return;
     };
-    let graph = golden_graph();
-    let mut gpu_net = Network::new(&mut gpu, graph.clone(), 2).unwrap();
-    gpu_net.dropout.p = 0.0; // the golden run has no dropout
-    let ours = run_golden(&mut gpu, &mut gpu_net);
+    let graph = golden::graph();
+    let mut gpu_net = golden::network(&mut gpu);
+    let ours = golden::run(&mut gpu, &mut gpu_net);
     let mut cpu = CpuBackend::<f32>::new();
-    let mut cpu_net = Network::new(&mut cpu, graph.clone(), 2).unwrap();
-    cpu_net.dropout.p = 0.0; // the golden run has no dropout
-    let reference = run_golden(&mut cpu, &mut cpu_net);
+    let mut cpu_net = golden::network(&mut cpu);
+    let reference = golden::run(&mut cpu, &mut cpu_net);
     println!("{}", gpu.describe());
     for (shape, algos) in gpu.conv_algorithms() {
         println!("  {shape:?}: {algos:?}");
     }
 
-    let file = golden();
+    let file = golden::file();
     let mut failures = Vec::new();
     let mut check = |what: &str, e: f64, bound: f64| {
         println!("{what}: relative error {e:.2e} (bound {bound:e})");
@@ -621,20 +534,21 @@ fn golden_case_matches_cpu_f32() {
         ),
         ("logits", &ours.logits, &reference.logits, LOGITS_TOLERANCE),
     ] {
-        check(
-            &format!("{what} vs CPU f32"),
-            rel_error(&widen(o), &widen(r)),
-            bound,
-        );
+        check(&format!("{what} vs CPU f32"), rel_error(o, r), bound);
         check(
             &format!("{what} vs PyTorch f64"),
-            rel_error(&widen(o), &floats(&file, what)),
+            rel_error(o, &floats(&file, what)),
             GOLDEN_F32_FORWARD_TOLERANCE,
         );
     }
     check(
+        "loss vs PyTorch f64",
+        rel_error(&[ours.loss], &floats(&file, "loss")),
+        GOLDEN_F32_FORWARD_TOLERANCE,
+    );
+    check(
         "running statistics vs CPU f32",
-        rel_error(&widen(&ours.running), &widen(&reference.running)),
+        rel_error(&ours.running, &reference.running),
         FORWARD_TOLERANCE,
     );
     let norms = grad_norms(&graph, &ours.grads);
@@ -664,7 +578,7 @@ fn golden_case_matches_cpu_f32() {
     );
     println!(
         "whole gradient vs CPU f32: relative error {:.2e}",
-        rel_error(&widen(&ours.grads), &widen(&reference.grads))
+        rel_error(&ours.grads, &reference.grads)
     );
     assert!(
         failures.is_empty(),
@@ -682,11 +596,10 @@ fn golden_case_is_deterministic() {
     let Some(mut gpu) = cuda_or_skip("golden_case_is_deterministic") else {
         return;
     };
-    let mut net = Network::new(&mut gpu, golden_graph(), 2).unwrap();
-    net.dropout.p = 0.0; // the golden run has no dropout
-    let first = run_golden(&mut gpu, &mut net);
+    let mut net = golden::network(&mut gpu);
+    let first = golden::run(&mut gpu, &mut net);
     let bytes = gpu.allocated_bytes();
-    let second = run_golden(&mut gpu, &mut net);
+    let second = golden::run(&mut gpu, &mut net);
     assert_eq!(gpu.allocated_bytes(), bytes, "the second step allocated");
     assert_bit_identical("mixed_6e", &first.mixed_6e, &second.mixed_6e);
     assert_bit_identical("logits", &first.logits, &second.logits);
