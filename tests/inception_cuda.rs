@@ -16,7 +16,10 @@ use c2f_inception::cpu::conv::Conv2dShape;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::CudaBackend;
 use c2f_inception::spec::Graph;
+use c2f_kernels::bap::BapShape;
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
+use c2f_kernels::center_loss::{CenterLossParams, CenterLossShape};
+use c2f_kernels::conv_transpose::ConvTransposeParams;
 use c2f_kernels::pool::{ChannelSlice, Pool2dParams, PoolShape};
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::softmax_ce::{DropoutParams, SoftmaxCeShape};
@@ -437,6 +440,108 @@ fn training_ops_match_cpu() {
     }
     p.check("sgd weights", weights);
     p.check("sgd momentum", momentum);
+}
+
+#[test]
+fn coarse2fine_ops_match_cpu() {
+    let Some(gpu) = cuda_or_skip("coarse2fine_ops_match_cpu") else {
+        return;
+    };
+    let mut p = Pair::new(gpu);
+    let x = p.random(999, -1.0, 1.0, 1);
+    let y = p.random(999, -1.0, 1.0, 1);
+    p.run("axpby", |b| b.axpby(100.0, x, 1.0, y));
+    p.check("axpby", y);
+
+    let s = BapShape {
+        batch: 3,
+        maps: 8,
+        channels: 40,
+        height: 5,
+        width: 6,
+    };
+    let att = p.random(s.attention_len(), 0.0, 1.0, 1);
+    let feat = p.random(s.features_len(), -1.0, 1.0, 1);
+    let parts = p.random(s.parts_len(), 1e3, 2e3, 1);
+    let norms = p.random(s.batch, 1e3, 2e3, 1);
+    p.run("bap forward", |b| {
+        b.bap_forward(&s, att, feat, parts, norms)
+    });
+    p.check("bap parts", parts);
+    p.check("bap norms", norms);
+    let dparts = p.random(s.parts_len(), -1.0, 1.0, 1);
+    let datt = p.random(s.attention_len(), 1e3, 2e3, 1);
+    let dfeat = p.random(s.features_len(), 1e3, 2e3, 1);
+    p.sync_from_cpu(parts);
+    p.sync_from_cpu(norms);
+    p.run("bap backward", |b| {
+        b.bap_backward(&s, att, feat, parts, norms, dparts, datt, dfeat)
+    });
+    p.check("bap d_attention", datt);
+    p.check("bap d_features", dfeat);
+
+    let cs = CenterLossShape {
+        batch: 6,
+        dim: 77,
+        classes: 4,
+    };
+    let cp = CenterLossParams {
+        lambda: 1.0,
+        beta: 0.05,
+    };
+    let f = p.random(cs.features_len(), -1.0, 1.0, 1);
+    let centers = p.random(cs.centers_len(), -1.0, 1.0, 1);
+    let df = p.random(cs.features_len(), 1e3, 2e3, 1);
+    let labels_cpu = p.cpu.alloc_index(cs.batch).unwrap();
+    assert_eq!(labels_cpu, p.gpu.alloc_index(cs.batch).unwrap());
+    for b in [&mut p.cpu as &mut dyn Backend<Scalar = f32>, &mut p.gpu] {
+        b.write_index(labels_cpu, &[1, 3, 1, 0, 3, 3]).unwrap();
+    }
+    let cpu_loss = p
+        .cpu
+        .center_loss(&cs, &cp, f, labels_cpu, centers, df)
+        .unwrap();
+    let gpu_loss = p
+        .gpu
+        .center_loss(&cs, &cp, f, labels_cpu, centers, df)
+        .unwrap();
+    let e = rel_error(&[gpu_loss], &[cpu_loss]);
+    assert!(
+        e < OP_TOLERANCE,
+        "center loss: CUDA {gpu_loss} vs CPU {cpu_loss}"
+    );
+    p.check("center loss d_features", df);
+    p.check("center loss centers", centers);
+
+    let ct = ConvTransposeParams {
+        batch: 2,
+        in_channels: 8,
+        out_channels: 4,
+        height: 9,
+        width: 7,
+        kernel_size: 4,
+        stride: 2,
+        padding: 1,
+        output_padding: 0,
+    };
+    let cx = p.random(ct.input_len(), -1.0, 1.0, 1);
+    let cw = p.random(ct.weight_len(), -0.5, 0.5, 1);
+    let cb = p.random(ct.out_channels, -0.5, 0.5, 1);
+    let cy = p.random(ct.output_len(), 1e3, 2e3, 1);
+    p.run("conv transpose", |b| {
+        b.conv_transpose_forward(&ct, cx, cw, cb, cy)
+    });
+    p.check("conv transpose y", cy);
+    let cdy = p.random(ct.output_len(), -1.0, 1.0, 1);
+    let cdx = p.random(ct.input_len(), 1e3, 2e3, 1);
+    let cdw = p.random(ct.weight_len(), -1.0, 1.0, 1);
+    let cdb = p.random(ct.out_channels, -1.0, 1.0, 1);
+    p.run("conv transpose backward", |b| {
+        b.conv_transpose_backward(&ct, cx, cw, cdy, cdx, cdw, cdb)
+    });
+    p.check("conv transpose dx", cdx);
+    p.check("conv transpose d_weight (accumulates)", cdw);
+    p.check("conv transpose d_bias (accumulates)", cdb);
 }
 
 #[test]

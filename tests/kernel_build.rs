@@ -57,6 +57,7 @@ fn kernels_have_no_spills_or_warnings() {
 fn every_kernel_file_is_embedded_with_source() {
     let names: Vec<&str> = sources::all().iter().map(|k| k.name).collect();
     for expected in [
+        "axpby",
         "bap",
         "batch_norm",
         "center_loss",

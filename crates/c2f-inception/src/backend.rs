@@ -10,7 +10,10 @@
 //! Every op checks its tensors' lengths against its shape and returns an error naming what is
 //! off; outputs that overlap another operand of the same call are refused.
 
+use c2f_kernels::bap::BapShape;
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
+use c2f_kernels::center_loss::{CenterLossParams, CenterLossShape};
+use c2f_kernels::conv_transpose::ConvTransposeParams;
 use c2f_kernels::pool::{ChannelSlice, Pool2dParams, PoolShape};
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::softmax_ce::{DropoutParams, SoftmaxCeShape};
@@ -322,5 +325,67 @@ pub trait Backend {
         weights: Tensor,
         grads: Tensor,
         momentum: Tensor,
+    ) -> Result<()>;
+
+    /// `y = α·x + β·y` (β = 0 assigns `y` without reading it).
+    fn axpby(&mut self, alpha: f64, x: Tensor, beta: f64, y: Tensor) -> Result<()>;
+
+    /// Bilinear attention pooling: `parts [B, M·N]` (normalised) and `norms [B]` from
+    /// `attention [B, M, H, W]` and `features [B, N, H, W]`.
+    fn bap_forward(
+        &mut self,
+        s: &BapShape,
+        attention: Tensor,
+        features: Tensor,
+        parts: Tensor,
+        norms: Tensor,
+    ) -> Result<()>;
+    /// Assigns `d_attention` and `d_features` from `d_parts`.
+    #[allow(clippy::too_many_arguments)]
+    fn bap_backward(
+        &mut self,
+        s: &BapShape,
+        attention: Tensor,
+        features: Tensor,
+        parts: Tensor,
+        norms: Tensor,
+        d_parts: Tensor,
+        d_attention: Tensor,
+        d_features: Tensor,
+    ) -> Result<()>;
+
+    /// Center loss on `features [B, D]` with moving-average `centers [C, D]` (updated in place):
+    /// assigns `d_features`, returns the loss. A label outside `[0, C)` is an error and leaves
+    /// the centers untouched.
+    fn center_loss(
+        &mut self,
+        s: &CenterLossShape,
+        p: &CenterLossParams,
+        features: Tensor,
+        labels: IndexTensor,
+        centers: Tensor,
+        d_features: Tensor,
+    ) -> Result<f64>;
+
+    /// `ConvTranspose2d` with bias: `y` assigned.
+    fn conv_transpose_forward(
+        &mut self,
+        p: &ConvTransposeParams,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        y: Tensor,
+    ) -> Result<()>;
+    /// Assigns `dx`; `d_weight` and `d_bias` accumulate.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_transpose_backward(
+        &mut self,
+        p: &ConvTransposeParams,
+        x: Tensor,
+        weight: Tensor,
+        dy: Tensor,
+        dx: Tensor,
+        d_weight: Tensor,
+        d_bias: Tensor,
     ) -> Result<()>;
 }

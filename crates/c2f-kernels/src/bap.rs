@@ -25,7 +25,7 @@ pub const SQRT_EPS: f64 = 1e-12;
 /// Floor of the per-sample norm, as in `F.normalize`.
 pub const NORM_EPS: f64 = 1e-12;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BapShape {
     pub batch: usize,
     /// Attention maps M.

@@ -33,7 +33,7 @@ pub const DEFAULT_BETA: f64 = 0.05;
 /// Largest batch the kernels take (its labels are staged in shared memory).
 pub const MAX_BATCH: usize = 8192;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CenterLossShape {
     pub batch: usize,
     /// Feature length D = M·N.

@@ -17,16 +17,18 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
 use ndarray::{s, ArrayView4, ArrayViewMut2};
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, Gpu};
+use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
 use crate::Real;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConvTransposeParams {
     pub batch: usize,
     pub in_channels: usize,
@@ -479,10 +481,10 @@ impl<T: Element> ConvTransposeGpu<T> {
     /// Writes `y [B, Cout, Hout, Wout]` from `x`, `weight [Cin, Cout, k, k]` and `bias [Cout]`.
     pub fn forward(
         &mut self,
-        x: &CudaSlice<T>,
-        weight: &CudaSlice<f32>,
-        bias: &CudaSlice<f32>,
-        y: &mut CudaSlice<T>,
+        x: &impl DevicePtr<T>,
+        weight: &impl DevicePtr<f32>,
+        bias: &impl DevicePtr<f32>,
+        y: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         let p = self.params;
         p.check_buffers(&[
@@ -502,15 +504,19 @@ impl<T: Element> ConvTransposeGpu<T> {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: self.plan.fwd_smem_bytes(p.kernel_size * p.kernel_size),
         };
+        let x = device_addr(x, &self.stream);
+        let weight = device_addr(weight, &self.stream);
+        let bias = device_addr(bias, &self.stream);
+        let y = device_addr_mut(y, &self.stream);
         // SAFETY: buffer lengths checked above match the kernel's indexing; the shared memory
         // holds the plan's weight tile.
         unsafe {
             self.stream
                 .launch_builder(&self.forward_fn)
-                .arg(x)
-                .arg(weight)
-                .arg(bias)
-                .arg(y)
+                .arg(&x)
+                .arg(&weight)
+                .arg(&bias)
+                .arg(&y)
                 .arg(&ci)
                 .arg(&co)
                 .arg(&h)
@@ -531,12 +537,12 @@ impl<T: Element> ConvTransposeGpu<T> {
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
-        x: &CudaSlice<T>,
-        weight: &CudaSlice<f32>,
-        dy: &CudaSlice<T>,
-        dx: &mut CudaSlice<T>,
-        d_weight: &mut CudaSlice<f32>,
-        d_bias: &mut CudaSlice<f32>,
+        x: &impl DevicePtr<T>,
+        weight: &impl DevicePtr<f32>,
+        dy: &impl DevicePtr<T>,
+        dx: &mut impl DevicePtrMut<T>,
+        d_weight: &mut impl DevicePtrMut<f32>,
+        d_bias: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         self.backward_input(weight, dy, dx)?;
         self.backward_params(x, dy, d_weight, d_bias)
@@ -545,9 +551,9 @@ impl<T: Element> ConvTransposeGpu<T> {
     /// Writes `dx [B, Cin, H, W]` (assigned, not accumulated) from `dy` and `weight`.
     pub fn backward_input(
         &mut self,
-        weight: &CudaSlice<f32>,
-        dy: &CudaSlice<T>,
-        dx: &mut CudaSlice<T>,
+        weight: &impl DevicePtr<f32>,
+        dy: &impl DevicePtr<T>,
+        dx: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         let p = self.params;
         p.check_buffers(&[
@@ -566,14 +572,17 @@ impl<T: Element> ConvTransposeGpu<T> {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: self.plan.dx_smem_bytes(p.kernel_size * p.kernel_size),
         };
+        let weight = device_addr(weight, &self.stream);
+        let dy = device_addr(dy, &self.stream);
+        let dx = device_addr_mut(dx, &self.stream);
         // SAFETY: buffer lengths checked above match the kernel's indexing; the shared memory
         // holds the plan's weight tile.
         unsafe {
             self.stream
                 .launch_builder(&self.grad_input_fn)
-                .arg(dy)
-                .arg(weight)
-                .arg(dx)
+                .arg(&dy)
+                .arg(&weight)
+                .arg(&dx)
                 .arg(&ci)
                 .arg(&co)
                 .arg(&h)
@@ -593,10 +602,10 @@ impl<T: Element> ConvTransposeGpu<T> {
     /// (accumulated: `+=`, in f32).
     pub fn backward_params(
         &mut self,
-        x: &CudaSlice<T>,
-        dy: &CudaSlice<T>,
-        d_weight: &mut CudaSlice<f32>,
-        d_bias: &mut CudaSlice<f32>,
+        x: &impl DevicePtr<T>,
+        dy: &impl DevicePtr<T>,
+        d_weight: &mut impl DevicePtrMut<f32>,
+        d_bias: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         let p = self.params;
         p.check_buffers(&[
@@ -640,13 +649,17 @@ impl<T: Element> ConvTransposeGpu<T> {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
+        let x = device_addr(x, &self.stream);
+        let dy = device_addr(dy, &self.stream);
+        let d_weight = device_addr_mut(d_weight, &self.stream);
+        let d_bias = device_addr_mut(d_bias, &self.stream);
         // SAFETY: buffer lengths checked above match the kernels' indexing; the partials were
         // allocated for this plan, and every partial the finalize step reads is written first.
         unsafe {
             self.stream
                 .launch_builder(&self.grad_weight_fn)
-                .arg(x)
-                .arg(dy)
+                .arg(&x)
+                .arg(&dy)
                 .arg(&mut self.weight_partials)
                 .arg(&batch)
                 .arg(&ci)
@@ -665,7 +678,7 @@ impl<T: Element> ConvTransposeGpu<T> {
                 .launch(weight_cfg)?;
             self.stream
                 .launch_builder(&self.grad_bias_fn)
-                .arg(dy)
+                .arg(&dy)
                 .arg(&mut self.bias_partials)
                 .arg(&co)
                 .arg(&hwo)
@@ -674,8 +687,8 @@ impl<T: Element> ConvTransposeGpu<T> {
                 .launch_builder(&self.finalize_fn)
                 .arg(&self.weight_partials)
                 .arg(&self.bias_partials)
-                .arg(d_weight)
-                .arg(d_bias)
+                .arg(&d_weight)
+                .arg(&d_bias)
                 .arg(&n_w)
                 .arg(&chunks)
                 .arg(&co)

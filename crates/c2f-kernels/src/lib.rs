@@ -12,10 +12,12 @@
 //! - [`pool`]: max and average pooling forward and backward, channel concat and split.
 //! - [`softmax_ce`]: softmax cross-entropy, and dropout.
 //! - [`sgd`]: the SGD update with momentum and weight decay.
+//! - [`axpby`]: `y = α·x + β·y`, for scaling and for summing gradient contributions.
 //!
 //! Every op runs in f32 and in bf16 storage with f32 accumulation ([`Element`]). The CPU
 //! references are generic over `f32`/`f64`: f32 is the CPU backend, f64 is what tests compare to.
 
+pub mod axpby;
 pub mod bap;
 pub mod batch_norm;
 pub mod center_loss;

@@ -3,7 +3,11 @@
 
 pub mod conv;
 
+use c2f_kernels::axpby::axpby_cpu;
+use c2f_kernels::bap::{self, BapShape};
 use c2f_kernels::batch_norm::{self, BatchNormParams, BatchNormShape};
+use c2f_kernels::center_loss::{self, CenterLossParams, CenterLossShape};
+use c2f_kernels::conv_transpose::{self, ConvTransposeParams};
 use c2f_kernels::pool::{self, ChannelSlice, Pool2dParams, PoolShape};
 use c2f_kernels::sgd::{self, SgdParams};
 use c2f_kernels::softmax_ce::{self, DropoutParams, SoftmaxCeShape};
@@ -434,5 +438,111 @@ impl<R: Real> Backend for CpuBackend<R> {
     ) -> Result<()> {
         let m = self.operands(&[grads], &[weights, momentum], &[])?;
         sgd::step_cpu(p, m.output(weights), m.input(grads), m.output(momentum))
+    }
+
+    fn axpby(&mut self, alpha: f64, x: Tensor, beta: f64, y: Tensor) -> Result<()> {
+        let m = self.operands(&[x], &[y], &[])?;
+        axpby_cpu(alpha, m.input(x), beta, m.output(y))
+    }
+
+    fn bap_forward(
+        &mut self,
+        s: &BapShape,
+        attention: Tensor,
+        features: Tensor,
+        parts: Tensor,
+        norms: Tensor,
+    ) -> Result<()> {
+        let m = self.operands(&[attention, features], &[parts, norms], &[])?;
+        bap::forward_cpu(
+            s,
+            m.input(attention),
+            m.input(features),
+            m.output(parts),
+            m.output(norms),
+        )
+    }
+
+    fn bap_backward(
+        &mut self,
+        s: &BapShape,
+        attention: Tensor,
+        features: Tensor,
+        parts: Tensor,
+        norms: Tensor,
+        d_parts: Tensor,
+        d_attention: Tensor,
+        d_features: Tensor,
+    ) -> Result<()> {
+        let m = self.operands(
+            &[attention, features, parts, norms, d_parts],
+            &[d_attention, d_features],
+            &[],
+        )?;
+        bap::backward_cpu(
+            s,
+            m.input(attention),
+            m.input(features),
+            m.input(parts),
+            m.input(norms),
+            m.input(d_parts),
+            m.output(d_attention),
+            m.output(d_features),
+        )
+    }
+
+    fn center_loss(
+        &mut self,
+        s: &CenterLossShape,
+        p: &CenterLossParams,
+        features: Tensor,
+        labels: IndexTensor,
+        centers: Tensor,
+        d_features: Tensor,
+    ) -> Result<f64> {
+        let m = self.operands(&[features], &[centers, d_features], &[labels])?;
+        let loss = center_loss::forward_update_cpu(
+            s,
+            p,
+            m.input(features),
+            m.index(labels),
+            m.output(centers),
+            m.output(d_features),
+        )?;
+        Ok(loss.to_f64())
+    }
+
+    fn conv_transpose_forward(
+        &mut self,
+        p: &ConvTransposeParams,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        y: Tensor,
+    ) -> Result<()> {
+        let m = self.operands(&[x, weight, bias], &[y], &[])?;
+        conv_transpose::forward_cpu(p, m.input(x), m.input(weight), m.input(bias), m.output(y))
+    }
+
+    fn conv_transpose_backward(
+        &mut self,
+        p: &ConvTransposeParams,
+        x: Tensor,
+        weight: Tensor,
+        dy: Tensor,
+        dx: Tensor,
+        d_weight: Tensor,
+        d_bias: Tensor,
+    ) -> Result<()> {
+        let m = self.operands(&[x, weight, dy], &[dx, d_weight, d_bias], &[])?;
+        conv_transpose::backward_cpu(
+            p,
+            m.input(x),
+            m.input(weight),
+            m.input(dy),
+            m.output(dx),
+            m.output(d_weight),
+            m.output(d_bias),
+        )
     }
 }

@@ -21,7 +21,11 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use c2f_kernels::axpby::AxpbyGpu;
+use c2f_kernels::bap::{BapGpu, BapShape};
 use c2f_kernels::batch_norm::{BatchNormGpu, BatchNormParams, BatchNormShape};
+use c2f_kernels::center_loss::{CenterLossGpu, CenterLossParams, CenterLossShape};
+use c2f_kernels::conv_transpose::{ConvTransposeGpu, ConvTransposeParams};
 use c2f_kernels::error::check_len;
 use c2f_kernels::pool::{
     AvgPool2dGpu, ChannelCopyGpu, ChannelSlice, GlobalAvgPoolGpu, MaxPool2dGpu, Pool2dParams,
@@ -162,6 +166,10 @@ struct Launchers {
     softmax_ce: HashMap<SoftmaxCeShape, SoftmaxCeGpu<f32>>,
     dropout: Option<DropoutGpu<f32>>,
     sgd: Option<SgdGpu>,
+    axpby: Option<AxpbyGpu<f32>>,
+    bap: HashMap<BapShape, BapGpu<f32>>,
+    center_loss: HashMap<CenterLossShape, CenterLossGpu<f32>>,
+    conv_transpose: HashMap<ConvTransposeParams, ConvTransposeGpu<f32>>,
 }
 
 /// [`BatchNormParams`] holds floats, so it is keyed by their bits.
@@ -674,6 +682,136 @@ impl Backend for CudaBackend {
             &mut m.output(weights),
             &m.input(grads),
             &mut m.output(momentum),
+        )
+    }
+
+    fn axpby(&mut self, alpha: f64, x: Tensor, beta: f64, y: Tensor) -> Result<()> {
+        let op = made_once(&mut self.launchers.axpby, || AxpbyGpu::new(&self.gpu))?;
+        let m = self.mem.operands(&[x], &[y], &[])?;
+        op.run(alpha, &m.input(x), beta, &mut m.output(y))
+    }
+
+    fn bap_forward(
+        &mut self,
+        s: &BapShape,
+        attention: Tensor,
+        features: Tensor,
+        parts: Tensor,
+        norms: Tensor,
+    ) -> Result<()> {
+        let gpu = &self.gpu;
+        let op = cached(&mut self.launchers.bap, *s, || BapGpu::new(gpu, *s))?;
+        let m = self
+            .mem
+            .operands(&[attention, features], &[parts, norms], &[])?;
+        op.forward(
+            &m.input(attention),
+            &m.input(features),
+            &mut m.output(parts),
+            &mut m.output(norms),
+        )
+    }
+
+    fn bap_backward(
+        &mut self,
+        s: &BapShape,
+        attention: Tensor,
+        features: Tensor,
+        parts: Tensor,
+        norms: Tensor,
+        d_parts: Tensor,
+        d_attention: Tensor,
+        d_features: Tensor,
+    ) -> Result<()> {
+        let gpu = &self.gpu;
+        let op = cached(&mut self.launchers.bap, *s, || BapGpu::new(gpu, *s))?;
+        let m = self.mem.operands(
+            &[attention, features, parts, norms, d_parts],
+            &[d_attention, d_features],
+            &[],
+        )?;
+        op.backward(
+            &m.input(attention),
+            &m.input(features),
+            &m.input(parts),
+            &m.input(norms),
+            &m.input(d_parts),
+            &mut m.output(d_attention),
+            &mut m.output(d_features),
+        )
+    }
+
+    fn center_loss(
+        &mut self,
+        s: &CenterLossShape,
+        p: &CenterLossParams,
+        features: Tensor,
+        labels: IndexTensor,
+        centers: Tensor,
+        d_features: Tensor,
+    ) -> Result<f64> {
+        let gpu = &self.gpu;
+        let op = cached(&mut self.launchers.center_loss, *s, || {
+            CenterLossGpu::new(gpu, *s)
+        })?;
+        let m = self
+            .mem
+            .operands(&[features], &[centers, d_features], &[labels])?;
+        let loss = op.forward_update(
+            p,
+            &m.input(features),
+            &m.index(labels),
+            &mut m.output(centers),
+            &mut m.output(d_features),
+        )?;
+        Ok(loss as f64)
+    }
+
+    fn conv_transpose_forward(
+        &mut self,
+        p: &ConvTransposeParams,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        y: Tensor,
+    ) -> Result<()> {
+        let gpu = &self.gpu;
+        let op = cached(&mut self.launchers.conv_transpose, *p, || {
+            ConvTransposeGpu::new(gpu, *p)
+        })?;
+        let m = self.mem.operands(&[x, weight, bias], &[y], &[])?;
+        op.forward(
+            &m.input(x),
+            &m.input(weight),
+            &m.input(bias),
+            &mut m.output(y),
+        )
+    }
+
+    fn conv_transpose_backward(
+        &mut self,
+        p: &ConvTransposeParams,
+        x: Tensor,
+        weight: Tensor,
+        dy: Tensor,
+        dx: Tensor,
+        d_weight: Tensor,
+        d_bias: Tensor,
+    ) -> Result<()> {
+        let gpu = &self.gpu;
+        let op = cached(&mut self.launchers.conv_transpose, *p, || {
+            ConvTransposeGpu::new(gpu, *p)
+        })?;
+        let m = self
+            .mem
+            .operands(&[x, weight, dy], &[dx, d_weight, d_bias], &[])?;
+        op.backward(
+            &m.input(x),
+            &m.input(weight),
+            &m.input(dy),
+            &mut m.output(dx),
+            &mut m.output(d_weight),
+            &mut m.output(d_bias),
         )
     }
 }

@@ -1,0 +1,82 @@
+//! `y = α·x + β·y`, element-wise: scaling a tensor (β = 0: `y` is assigned, never read) and
+//! adding one gradient contribution into another (β = 1). Kernel: `kernels/axpby.cu`.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaFunction, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
+use rayon::prelude::*;
+
+use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
+use crate::element::Element;
+use crate::error::{check_len, Result};
+use crate::Real;
+
+/// CPU reference (and the CPU backend's op).
+pub fn axpby_cpu<R: Real>(alpha: f64, x: &[R], beta: f64, y: &mut [R]) -> Result<()> {
+    check_len("axpby y", y.len(), x.len())?;
+    let (a, b) = (R::from_f64(alpha), R::from_f64(beta));
+    y.par_iter_mut().zip(x.par_iter()).for_each(|(y, &x)| {
+        *y = if beta == 0.0 { a * x } else { b * *y + a * x };
+    });
+    Ok(())
+}
+
+const THREADS: u32 = 256;
+/// Grid-stride: at most this many blocks.
+const MAX_BLOCKS: u32 = 4096;
+
+pub struct AxpbyGpu<T: Element> {
+    stream: Arc<CudaStream>,
+    axpby: CudaFunction,
+    _storage: PhantomData<T>,
+}
+
+impl<T: Element> AxpbyGpu<T> {
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        Ok(AxpbyGpu {
+            stream: gpu.stream().clone(),
+            axpby: gpu.typed_function::<T>(&crate::sources::AXPBY, "axpby")?,
+            _storage: PhantomData,
+        })
+    }
+
+    /// `y = α·x + β·y` (β = 0 assigns `y`).
+    pub fn run(
+        &self,
+        alpha: f64,
+        x: &impl DevicePtr<T>,
+        beta: f64,
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        check_len("axpby y", y.len(), x.len())?;
+        let n = x.len() as i64;
+        if n == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (blocks_for(x.len(), THREADS).min(MAX_BLOCKS), 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (x, y) = (
+            device_addr(x, &self.stream),
+            device_addr_mut(y, &self.stream),
+        );
+        let (alpha, beta) = (alpha as f32, beta as f32);
+        // SAFETY: `x` and `y` have `n` elements (checked above); the kernel is grid-stride.
+        unsafe {
+            self.stream
+                .launch_builder(&self.axpby)
+                .arg(&x)
+                .arg(&y)
+                .arg(&n)
+                .arg(&alpha)
+                .arg(&beta)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,149 @@
+//! The CPU backend's Coarse2Fine ops (BAP, center loss, transposed conv, axpby) are the kernels
+//! crate's CPU references behind the `Backend` interface: each wrapper must hand every operand
+//! to the right place. Each is checked against a direct call of its reference on the same
+//! random inputs, with the operands carved out of one shared buffer.
+
+use c2f_inception::backend::{Backend, Tensor};
+use c2f_inception::cpu::CpuBackend;
+use c2f_kernels::bap::{self, BapShape};
+use c2f_kernels::center_loss::{self, CenterLossParams, CenterLossShape};
+use c2f_kernels::conv_transpose::{self, ConvTransposeParams};
+use c2f_kernels::testing::SplitMix64;
+
+/// Random tensors carved out of one buffer of a CPU backend, at odd offsets.
+struct Arena {
+    cpu: CpuBackend<f64>,
+    whole: Tensor,
+    used: usize,
+    rng: SplitMix64,
+}
+
+impl Arena {
+    fn new() -> Arena {
+        let mut cpu = CpuBackend::new();
+        let whole = cpu.alloc(1 << 16).unwrap();
+        Arena {
+            cpu,
+            whole,
+            used: 0,
+            rng: SplitMix64(17),
+        }
+    }
+
+    fn random(&mut self, len: usize, lo: f64, hi: f64) -> (Tensor, Vec<f64>) {
+        let t = self.whole.slice(self.used + 3, len);
+        self.used += len + 3;
+        let v = self.rng.uniform_vec(len, lo, hi);
+        self.cpu.write(t, &v).unwrap();
+        (t, v)
+    }
+
+    fn read(&mut self, t: Tensor) -> Vec<f64> {
+        self.cpu.read(t).unwrap()
+    }
+}
+
+#[test]
+fn axpby_wrapper() {
+    let mut a = Arena::new();
+    let (x, xv) = a.random(50, -1.0, 1.0);
+    let (y, mut yv) = a.random(50, -1.0, 1.0);
+    a.cpu.axpby(3.0, x, -0.5, y).unwrap();
+    c2f_kernels::axpby::axpby_cpu(3.0, &xv, -0.5, &mut yv).unwrap();
+    assert_eq!(a.read(y), yv);
+}
+
+#[test]
+fn bap_wrappers() {
+    let s = BapShape {
+        batch: 2,
+        maps: 3,
+        channels: 5,
+        height: 3,
+        width: 4,
+    };
+    let mut a = Arena::new();
+    let (att, attv) = a.random(s.attention_len(), 0.0, 1.0);
+    let (feat, featv) = a.random(s.features_len(), -1.0, 1.0);
+    let (parts, _) = a.random(s.parts_len(), -1.0, 1.0);
+    let (norms, _) = a.random(s.batch, -1.0, 1.0);
+    a.cpu.bap_forward(&s, att, feat, parts, norms).unwrap();
+    let (mut pv, mut nv) = (vec![0.0; s.parts_len()], vec![0.0; s.batch]);
+    bap::forward_cpu(&s, &attv, &featv, &mut pv, &mut nv).unwrap();
+    assert_eq!(a.read(parts), pv);
+    assert_eq!(a.read(norms), nv);
+
+    let (dparts, dpv) = a.random(s.parts_len(), -1.0, 1.0);
+    let (datt, _) = a.random(s.attention_len(), -1.0, 1.0);
+    let (dfeat, _) = a.random(s.features_len(), -1.0, 1.0);
+    a.cpu
+        .bap_backward(&s, att, feat, parts, norms, dparts, datt, dfeat)
+        .unwrap();
+    let (mut dav, mut dfv) = (vec![0.0; s.attention_len()], vec![0.0; s.features_len()]);
+    bap::backward_cpu(&s, &attv, &featv, &pv, &nv, &dpv, &mut dav, &mut dfv).unwrap();
+    assert_eq!(a.read(datt), dav);
+    assert_eq!(a.read(dfeat), dfv);
+}
+
+#[test]
+fn center_loss_wrapper() {
+    let s = CenterLossShape {
+        batch: 4,
+        dim: 7,
+        classes: 3,
+    };
+    let p = CenterLossParams {
+        lambda: 0.7,
+        beta: 0.05,
+    };
+    let mut a = Arena::new();
+    let (f, fv) = a.random(s.features_len(), -1.0, 1.0);
+    let (c, mut cv) = a.random(s.centers_len(), -1.0, 1.0);
+    let (df, _) = a.random(s.features_len(), -1.0, 1.0);
+    let labels = a.cpu.alloc_index(s.batch).unwrap();
+    let lv = [2, 0, 2, 1];
+    a.cpu.write_index(labels, &lv).unwrap();
+    let loss = a.cpu.center_loss(&s, &p, f, labels, c, df).unwrap();
+    let mut dfv = vec![0.0; s.features_len()];
+    let expected = center_loss::forward_update_cpu(&s, &p, &fv, &lv, &mut cv, &mut dfv).unwrap();
+    assert_eq!(loss, expected);
+    assert_eq!(a.read(c), cv);
+    assert_eq!(a.read(df), dfv);
+}
+
+#[test]
+fn conv_transpose_wrappers() {
+    let p = ConvTransposeParams {
+        batch: 2,
+        in_channels: 3,
+        out_channels: 2,
+        height: 4,
+        width: 5,
+        kernel_size: 4,
+        stride: 2,
+        padding: 1,
+        output_padding: 0,
+    };
+    let mut a = Arena::new();
+    let (x, xv) = a.random(p.input_len(), -1.0, 1.0);
+    let (w, wv) = a.random(p.weight_len(), -1.0, 1.0);
+    let (b, bv) = a.random(p.out_channels, -1.0, 1.0);
+    let (y, _) = a.random(p.output_len(), -1.0, 1.0);
+    a.cpu.conv_transpose_forward(&p, x, w, b, y).unwrap();
+    let mut yv = vec![0.0; p.output_len()];
+    conv_transpose::forward_cpu(&p, &xv, &wv, &bv, &mut yv).unwrap();
+    assert_eq!(a.read(y), yv);
+
+    let (dy, dyv) = a.random(p.output_len(), -1.0, 1.0);
+    let (dx, _) = a.random(p.input_len(), -1.0, 1.0);
+    let (dw, mut dwv) = a.random(p.weight_len(), -1.0, 1.0);
+    let (db, mut dbv) = a.random(p.out_channels, -1.0, 1.0);
+    a.cpu
+        .conv_transpose_backward(&p, x, w, dy, dx, dw, db)
+        .unwrap();
+    let mut dxv = vec![0.0; p.input_len()];
+    conv_transpose::backward_cpu(&p, &xv, &wv, &dyv, &mut dxv, &mut dwv, &mut dbv).unwrap();
+    assert_eq!(a.read(dx), dxv);
+    assert_eq!(a.read(dw), dwv);
+    assert_eq!(a.read(db), dbv);
+}
