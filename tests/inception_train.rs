@@ -133,3 +133,36 @@ fn tiny_network_fits_a_fixed_batch() {
         "loss went from {first:.4} to {last:.4} in 40 steps"
     );
 }
+
+/// Two passes through one backbone (Coarse2Fine's coarse and fine passes): a network made with
+/// `sharing` reads the same parameters and adds its parameter gradients to the same buffer.
+#[test]
+fn shared_backbone_accumulates_both_passes() {
+    let mut s = setup::<f64>(3);
+    let mut fine = s.net.sharing(&mut s.cpu).unwrap();
+    assert_eq!(
+        (fine.params, fine.grads, fine.buffers),
+        (s.net.params, s.net.grads, s.net.buffers)
+    );
+    let image = s.cpu.read(s.net.input()).unwrap();
+    s.cpu.write(fine.input(), &image).unwrap();
+    let mode = BnMode::Inference;
+    // One pass alone.
+    loss(&mut s, mode);
+    s.net.zero_grads(&mut s.cpu).unwrap();
+    s.net.backward(&mut s.cpu, mode, false).unwrap();
+    let once = s.cpu.read(s.net.grads).unwrap();
+    // The same input through the fine network, its backward on top of the first.
+    fine.dropout = s.net.dropout;
+    fine.forward(&mut s.cpu, mode).unwrap();
+    assert_eq!(
+        s.cpu.read(fine.output()).unwrap(),
+        s.cpu.read(s.net.output()).unwrap()
+    );
+    let d = s.cpu.read(s.net.output_grad()).unwrap();
+    s.cpu.write(fine.output_grad(), &d).unwrap();
+    fine.backward(&mut s.cpu, mode, false).unwrap();
+    let twice = s.cpu.read(s.net.grads).unwrap();
+    let doubled: Vec<f64> = once.iter().map(|g| 2.0 * g).collect();
+    assert!(rel_error(&twice, &doubled) < 1e-12);
+}

@@ -47,6 +47,14 @@ pub struct Network {
     pub dropout: DropoutParams,
 }
 
+/// The buffers a network's parameters live in, which [`Network::sharing`] passes on.
+struct ModelState {
+    params: Tensor,
+    grads: Tensor,
+    momentum: Tensor,
+    buffers: Tensor,
+}
+
 fn bn_params() -> BatchNormParams {
     BatchNormParams {
         eps: BN_EPS,
@@ -65,13 +73,43 @@ fn avg_pool_params() -> Pool2dParams {
 
 impl Network {
     pub fn new<B: Backend>(backend: &mut B, graph: Graph, batch: usize) -> Result<Network> {
+        let state = ModelState {
+            params: backend.alloc(graph.params.total())?,
+            grads: backend.alloc(graph.params.total())?,
+            momentum: backend.alloc(graph.params.total())?,
+            buffers: backend.alloc(graph.buffers.total())?,
+        };
+        Network::with_state(backend, graph, batch, state)
+    }
+
+    /// A second network over the same parameters, gradients, momentum and running statistics,
+    /// with activations of its own: Coarse2Fine's fine pass through the shared backbone, whose
+    /// parameter gradients add to the coarse pass's.
+    pub fn sharing<B: Backend>(&self, backend: &mut B) -> Result<Network> {
+        let state = ModelState {
+            params: self.params,
+            grads: self.grads,
+            momentum: self.momentum,
+            buffers: self.buffers,
+        };
+        Network::with_state(backend, self.graph.clone(), self.batch, state)
+    }
+
+    fn with_state<B: Backend>(
+        backend: &mut B,
+        graph: Graph,
+        batch: usize,
+        state: ModelState,
+    ) -> Result<Network> {
         if batch == 0 {
             return Err(Error::Shape("batch size must be at least 1".into()));
         }
-        let params = backend.alloc(graph.params.total())?;
-        let grads = backend.alloc(graph.params.total())?;
-        let momentum = backend.alloc(graph.params.total())?;
-        let buffers = backend.alloc(graph.buffers.total())?;
+        let ModelState {
+            params,
+            grads,
+            momentum,
+            buffers,
+        } = state;
         let mut acts = Vec::new();
         let mut act_grads = Vec::new();
         for shape in &graph.activations {
