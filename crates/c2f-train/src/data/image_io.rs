@@ -1,0 +1,147 @@
+//! Image decoding: JPEG and PNG through the `image` crate, always to 8-bit RGB.
+//!
+//! - Grayscale (and gray + alpha) is replicated to RGB; an alpha channel is dropped (as PIL's
+//!   `convert("RGB")` does); 16-bit PNGs are scaled to 8 bits.
+//! - CMYK and YCCK JPEGs: the `image` crate's JPEG decoder (zune-jpeg) asks for RGB output for
+//!   every colour space other than RGB and gray, and zune-jpeg converts CMYK/YCCK to RGB itself,
+//!   including Adobe's inverted CMYK; tested with a CMYK JPEG.
+//! - EXIF orientation (JPEG APP1, PNG eXIf) is honoured: `ImageDecoder::orientation` then
+//!   `DynamicImage::apply_orientation`, so the pixels come out the way a viewer shows them.
+//!   [`orient_box`] moves a box annotated on the stored pixels along (the loader's
+//!   [`super::loader::FileSource`] does).
+//! - A missing, unreadable or corrupt file is an [`Error::File`] naming the path; the loader
+//!   reports it, skips the image and counts it. A truncated JPEG counts as corrupt (the decoder
+//!   alone would fill the missing part with gray; see `jpeg_is_complete`).
+
+use std::io::Cursor;
+use std::path::Path;
+
+use c2f_kernels::{Error, Result};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+
+use super::BBox;
+
+fn file_error(name: &str, message: String) -> Error {
+    Error::File {
+        path: name.to_string(),
+        message,
+    }
+}
+
+/// A decoded image and how it was turned upright.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// RGB, EXIF orientation applied.
+    pub image: RgbImage,
+    /// The orientation that was applied (`NoTransforms` without EXIF).
+    pub orientation: Orientation,
+    /// `(width, height)` as stored in the file, before the orientation.
+    pub stored_size: (u32, u32),
+}
+
+/// Decodes the image file at `path` to RGB, EXIF orientation applied.
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    load_oriented(path).map(|d| d.image)
+}
+
+/// Decodes an encoded image held in memory; `name` is what errors call it.
+pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
+    decode_oriented(bytes, name).map(|d| d.image)
+}
+
+/// [`load_rgb`], also telling the orientation applied (to carry boxes along, [`orient_box`]).
+pub fn load_oriented(path: &Path) -> Result<Decoded> {
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| file_error(&name, format!("cannot read: {e}")))?;
+    decode_oriented(&bytes, &name)
+}
+
+/// [`decode_rgb`], also telling the orientation applied.
+pub fn decode_oriented(bytes: &[u8], name: &str) -> Result<Decoded> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| file_error(name, format!("cannot read: {e}")))?;
+    match reader.format() {
+        None => {
+            return Err(file_error(
+                name,
+                "cannot decode image: not a JPEG or PNG file".into(),
+            ))
+        }
+        Some(ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
+            return Err(file_error(
+                name,
+                "cannot decode image: truncated JPEG (no end-of-image marker after the last scan)"
+                    .into(),
+            ))
+        }
+        Some(_) => {}
+    }
+    let corrupt = |e: image::ImageError| file_error(name, format!("cannot decode image: {e}"));
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let stored_size = decoder.dimensions();
+    // A malformed EXIF block is no reason to lose the image: treat it as "no rotation".
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    img.apply_orientation(orientation);
+    let image = match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.into_rgb8(),
+    };
+    Ok(Decoded {
+        image,
+        orientation,
+        stored_size,
+    })
+}
+
+/// Maps a box given in stored pixels of a `w × h` image to the pixels of the image after
+/// `orientation` was applied (as [`decode_rgb`] does).
+///
+/// Dataset boxes are in stored pixels: the annotation tools of the time, like PIL (and so
+/// torchvision's loader), ignored EXIF orientation.
+pub fn orient_box(b: BBox, orientation: Orientation, (w, h): (u32, u32)) -> BBox {
+    let (w, h) = (w as f32, h as f32);
+    match orientation {
+        Orientation::NoTransforms => b,
+        Orientation::FlipHorizontal => BBox::new(w - b.right(), b.y, b.w, b.h),
+        Orientation::FlipVertical => BBox::new(b.x, h - b.bottom(), b.w, b.h),
+        Orientation::Rotate180 => BBox::new(w - b.right(), h - b.bottom(), b.w, b.h),
+        // Clockwise by 90°: (x, y) → (h − y, x).
+        Orientation::Rotate90 => BBox::new(h - b.bottom(), b.x, b.h, b.w),
+        // Clockwise by 270°: (x, y) → (y, w − x).
+        Orientation::Rotate270 => BBox::new(b.y, w - b.right(), b.h, b.w),
+        // Transpose: (x, y) → (y, x).
+        Orientation::Rotate90FlipH => BBox::new(b.y, b.x, b.h, b.w),
+        // Transverse: (x, y) → (h − y, w − x).
+        Orientation::Rotate270FlipH => BBox::new(h - b.bottom(), w - b.right(), b.h, b.w),
+    }
+}
+
+/// Whether a JPEG has an end-of-image marker (`FF D9`) after its last start-of-scan (`FF DA`).
+///
+/// The `image` crate's JPEG decoder (zune-jpeg, non-strict) fills a truncated file's missing
+/// rows with gray instead of failing; PIL refuses such files, and so do we. Entropy-coded data
+/// never holds `FF DA` or `FF D9` (an `FF` there is followed by `00` or a restart marker), so
+/// the last `FF DA` starts the last scan, and an `FF D9` after it means the data is all there.
+/// (An EXIF thumbnail's own markers come before the main image's scans.)
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xff, 0xda]);
+    match last_sos {
+        Some(k) => bytes[k..].windows(2).any(|w| w == [0xff, 0xd9]),
+        None => false,
+    }
+}
+
+/// The size `(width, height)` of the image at `path` as stored (before EXIF orientation), from
+/// its header.
+pub fn stored_size(path: &Path) -> Result<(u32, u32)> {
+    let name = path.display().to_string();
+    ImageReader::open(path)
+        .map_err(|e| file_error(&name, format!("cannot open: {e}")))?
+        .with_guessed_format()
+        .map_err(|e| file_error(&name, format!("cannot read: {e}")))?
+        .into_dimensions()
+        .map_err(|e| file_error(&name, format!("cannot decode image header: {e}")))
+}

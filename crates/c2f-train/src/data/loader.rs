@@ -1,0 +1,545 @@
+//! The batch loader: decodes and transforms a batch's images in parallel (rayon) on a background
+//! thread that runs ahead of the training step, handing finished batches over a bounded channel.
+//!
+//! - Order: a Fisher–Yates shuffle per epoch from `(seed, epoch)` (or the identity without
+//!   `shuffle`); every sample appears exactly once per epoch.
+//! - Augmentation: each sample's transform draws from its own generator, seeded from
+//!   `(seed, epoch, index)`, so batches do not depend on thread timing.
+//! - Bad images: a sample whose image fails to load is reported in [`Batch::skipped`] with its
+//!   path and the reason, and the batch is filled from the next samples of the order; the
+//!   [`EpochSummary`] counts every skipped file. The loader never stops on one file.
+//! - RAM cache: [`CachedSource`] (or [`LoaderConfig::cache`]) decodes a small dataset once and
+//!   keeps the RGB images; augmentation still runs every epoch.
+
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use c2f_kernels::rng::{splitmix64_output, SplitMix64};
+use c2f_kernels::{Error, Result};
+use image::RgbImage;
+use rayon::prelude::*;
+
+use super::{image_io, BBox, Sample, Transform};
+
+/// A decoded image with its annotations.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub image: Arc<RgbImage>,
+    /// 0-based class.
+    pub label: usize,
+    pub bbox: Option<BBox>,
+}
+
+/// A dataset the loader can draw from. `label` and `name` must be cheap (no decoding).
+pub trait ImageSource: Send + Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The class of sample `index`, without loading it.
+    fn label(&self, index: usize) -> usize;
+    /// What reports call sample `index`: its path for files.
+    fn name(&self, index: usize) -> String;
+    /// Decodes sample `index`.
+    fn load(&self, index: usize) -> Result<Item>;
+}
+
+/// Image files on disk (e.g. [`super::cub::CubDataset::train`]). Boxes are taken to be in the
+/// stored pixels and are turned with the image's EXIF orientation.
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    samples: Vec<Sample>,
+}
+
+impl FileSource {
+    pub fn new(samples: Vec<Sample>) -> Self {
+        FileSource { samples }
+    }
+
+    pub fn samples(&self) -> &[Sample] {
+        &self.samples
+    }
+}
+
+impl ImageSource for FileSource {
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    fn label(&self, index: usize) -> usize {
+        self.samples[index].label
+    }
+
+    fn name(&self, index: usize) -> String {
+        self.samples[index].path.display().to_string()
+    }
+
+    fn load(&self, index: usize) -> Result<Item> {
+        let s = &self.samples[index];
+        let d = image_io::load_oriented(&s.path)?;
+        Ok(Item {
+            image: Arc::new(d.image),
+            label: s.label,
+            // Boxes are annotated on the stored pixels: turn them with the image.
+            bbox: s
+                .bbox
+                .map(|b| image_io::orient_box(b, d.orientation, d.stored_size)),
+        })
+    }
+}
+
+/// Another source decoded once, in parallel, and kept in RAM. Images that failed to decode keep
+/// their error and fail again (and are counted again) every epoch.
+pub struct CachedSource {
+    names: Vec<String>,
+    labels: Vec<usize>,
+    items: Vec<std::result::Result<Item, String>>,
+}
+
+impl CachedSource {
+    pub fn new(inner: &dyn ImageSource) -> Self {
+        let items = (0..inner.len())
+            .into_par_iter()
+            .map(|i| {
+                inner.load(i).map_err(|e| match e {
+                    Error::File { message, .. } => message,
+                    other => other.to_string(),
+                })
+            })
+            .collect();
+        CachedSource {
+            names: (0..inner.len()).map(|i| inner.name(i)).collect(),
+            labels: (0..inner.len()).map(|i| inner.label(i)).collect(),
+            items,
+        }
+    }
+
+    /// How many images failed to decode.
+    pub fn failures(&self) -> usize {
+        self.items.iter().filter(|r| r.is_err()).count()
+    }
+
+    /// Bytes of decoded pixels held.
+    pub fn bytes(&self) -> usize {
+        self.items
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|it| it.image.as_raw().len())
+            .sum()
+    }
+}
+
+impl ImageSource for CachedSource {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn label(&self, index: usize) -> usize {
+        self.labels[index]
+    }
+
+    fn name(&self, index: usize) -> String {
+        self.names[index].clone()
+    }
+
+    fn load(&self, index: usize) -> Result<Item> {
+        self.items[index].clone().map_err(|message| Error::File {
+            path: self.names[index].clone(),
+            message,
+        })
+    }
+}
+
+/// The loader's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    pub transform: Transform,
+    /// Seeds the shuffles and the augmentations.
+    pub seed: u64,
+    pub shuffle: bool,
+    /// Drop the last, short batch of an epoch.
+    pub drop_last: bool,
+    /// Finished batches that may wait in the channel (the producer builds one more meanwhile).
+    pub prefetch: usize,
+    /// Decode the whole source once at [`Loader::new`] and keep it in RAM.
+    pub cache: bool,
+    /// Decoding threads: 0 uses rayon's global pool, otherwise a pool of its own.
+    pub threads: usize,
+}
+
+impl LoaderConfig {
+    /// Shuffled, last batch kept, two batches prefetched, no cache, the global rayon pool.
+    pub fn new(batch_size: usize, transform: Transform) -> Self {
+        LoaderConfig {
+            batch_size,
+            transform,
+            seed: 0,
+            shuffle: true,
+            drop_last: false,
+            prefetch: 2,
+            cache: false,
+            threads: 0,
+        }
+    }
+}
+
+/// A sample that was skipped because its image could not be loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skipped {
+    /// Index in the source.
+    pub index: usize,
+    /// The source's name for it (the file path).
+    pub name: String,
+    /// Why (the error, without the path).
+    pub message: String,
+}
+
+/// One batch.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `[B, 3, S, S]`, normalised.
+    pub images: Vec<f32>,
+    pub labels: Vec<i32>,
+    /// Each image's box in output pixels (see [`Transform::apply_into`]).
+    pub boxes: Vec<Option<BBox>>,
+    /// The source index of each image.
+    pub indices: Vec<usize>,
+    /// `S`.
+    pub size: usize,
+    /// Samples skipped while this batch was filled.
+    pub skipped: Vec<Skipped>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// What an epoch did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EpochSummary {
+    pub epoch: u64,
+    pub batches: usize,
+    /// Images delivered.
+    pub samples: usize,
+    /// Samples left out by `drop_last`.
+    pub dropped: usize,
+    /// Every sample skipped because its image failed to load.
+    pub skipped: Vec<Skipped>,
+}
+
+/// The loader over a source.
+pub struct Loader {
+    source: Arc<dyn ImageSource>,
+    config: LoaderConfig,
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+/// The order of an epoch: a Fisher–Yates shuffle of `0..len` from `(seed, epoch)`.
+pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    if shuffle {
+        let mut rng = SplitMix64(splitmix64_output(seed ^ 0x5348_5546_464c_4521, epoch + 1));
+        for i in (1..len).rev() {
+            let j = rng.below(i as u64 + 1) as usize;
+            order.swap(i, j);
+        }
+    }
+    order
+}
+
+/// The generator sample `index`'s augmentation uses in `epoch`.
+pub fn sample_rng(seed: u64, epoch: u64, index: usize) -> SplitMix64 {
+    let e = splitmix64_output(seed ^ 0x5452_414e_5346_4f52, epoch + 1);
+    SplitMix64(splitmix64_output(e, index as u64 + 1))
+}
+
+impl Loader {
+    pub fn new(source: Arc<dyn ImageSource>, config: LoaderConfig) -> Result<Self> {
+        if config.batch_size == 0 {
+            return Err(Error::Shape("loader: batch size 0".into()));
+        }
+        config.transform.validate()?;
+        let pool = if config.threads > 0 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(config.threads)
+                .thread_name(|i| format!("c2f-loader-{i}"))
+                .build()
+                .map_err(|e| Error::Shape(format!("loader: cannot start threads: {e}")))?;
+            Some(Arc::new(pool))
+        } else {
+            None
+        };
+        let source: Arc<dyn ImageSource> = if config.cache {
+            let inner = source;
+            let cached = match &pool {
+                Some(p) => p.install(|| CachedSource::new(&*inner)),
+                None => CachedSource::new(&*inner),
+            };
+            Arc::new(cached)
+        } else {
+            source
+        };
+        Ok(Loader {
+            source,
+            config,
+            pool,
+        })
+    }
+
+    pub fn config(&self) -> &LoaderConfig {
+        &self.config
+    }
+
+    pub fn source(&self) -> &Arc<dyn ImageSource> {
+        &self.source
+    }
+
+    /// Samples in the source.
+    pub fn len(&self) -> usize {
+        self.source.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.source.is_empty()
+    }
+
+    /// Batches an epoch yields when no image fails.
+    pub fn batches_per_epoch(&self) -> usize {
+        let (n, b) = (self.len(), self.config.batch_size);
+        if self.config.drop_last {
+            n / b
+        } else {
+            n.div_ceil(b)
+        }
+    }
+
+    /// The order `epoch` visits the samples in.
+    pub fn order(&self, epoch: u64) -> Vec<usize> {
+        epoch_order(self.len(), self.config.seed, epoch, self.config.shuffle)
+    }
+
+    /// Starts `epoch`: a background thread begins filling batches at once.
+    pub fn epoch(&self, epoch: u64) -> Epoch {
+        let (tx, rx) = sync_channel(self.config.prefetch);
+        let producer = Producer {
+            source: self.source.clone(),
+            config: self.config.clone(),
+            pool: self.pool.clone(),
+            epoch,
+            order: self.order(epoch),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("c2f-prefetch-{epoch}"))
+            .spawn(move || producer.run(|m| tx.send(m).is_ok()))
+            .expect("spawn the prefetch thread");
+        Epoch {
+            rx: Some(rx),
+            handle: Some(handle),
+            summary: None,
+        }
+    }
+
+    /// Loads the given samples as one batch, on the calling thread (no skipping: the first
+    /// failure is the error). For evaluation of chosen images.
+    pub fn load_batch(&self, indices: &[usize], epoch: u64) -> Result<Batch> {
+        let producer = Producer {
+            source: self.source.clone(),
+            config: self.config.clone(),
+            pool: self.pool.clone(),
+            epoch,
+            order: Vec::new(),
+        };
+        let s = self.config.transform.size() as usize;
+        let mut images = vec![0.0; indices.len() * 3 * s * s];
+        let results = producer.fill(indices, &mut images);
+        let mut batch = Batch {
+            images,
+            labels: Vec::new(),
+            boxes: Vec::new(),
+            indices: indices.to_vec(),
+            size: s,
+            skipped: Vec::new(),
+        };
+        for r in results {
+            let (label, bbox) = r?;
+            batch.labels.push(label);
+            batch.boxes.push(bbox);
+        }
+        Ok(batch)
+    }
+}
+
+enum Msg {
+    Batch(Batch),
+    Done(EpochSummary),
+}
+
+struct Producer {
+    source: Arc<dyn ImageSource>,
+    config: LoaderConfig,
+    pool: Option<Arc<rayon::ThreadPool>>,
+    epoch: u64,
+    order: Vec<usize>,
+}
+
+impl Producer {
+    /// Loads and transforms `indices` in parallel into consecutive slots of `out`.
+    fn fill(&self, indices: &[usize], out: &mut [f32]) -> Vec<Result<(i32, Option<BBox>)>> {
+        let t = self.config.transform;
+        let chw = t.output_len();
+        let mut work = || -> Vec<Result<(i32, Option<BBox>)>> {
+            indices
+                .par_iter()
+                .zip(out.par_chunks_mut(chw))
+                .map(|(&i, slot)| {
+                    let item = self.source.load(i)?;
+                    let label = i32::try_from(item.label)
+                        .map_err(|_| Error::Shape(format!("label {} too large", item.label)))?;
+                    let mut rng = sample_rng(self.config.seed, self.epoch, i);
+                    let (bbox, _) = t.apply_into(&item.image, item.bbox, &mut rng, slot)?;
+                    Ok((label, bbox))
+                })
+                .collect()
+        };
+        match &self.pool {
+            Some(p) => p.install(work),
+            None => work(),
+        }
+    }
+
+    /// Fills and sends the epoch's batches; `send` returns false once the consumer is gone.
+    fn run(self, send: impl Fn(Msg) -> bool) {
+        let b = self.config.batch_size;
+        let s = self.config.transform.size() as usize;
+        let chw = 3 * s * s;
+        let mut summary = EpochSummary {
+            epoch: self.epoch,
+            ..EpochSummary::default()
+        };
+        let mut cursor = 0;
+        while cursor < self.order.len() {
+            let mut images = vec![0.0f32; b * chw];
+            let mut labels = Vec::with_capacity(b);
+            let mut boxes = Vec::with_capacity(b);
+            let mut indices = Vec::with_capacity(b);
+            let mut skipped = Vec::new();
+            while labels.len() < b && cursor < self.order.len() {
+                let got = labels.len();
+                let take = &self.order[cursor..(cursor + b - got).min(self.order.len())];
+                cursor += take.len();
+                let results = self.fill(take, &mut images[got * chw..(got + take.len()) * chw]);
+                for (k, (&i, r)) in take.iter().zip(results).enumerate() {
+                    match r {
+                        Ok((label, bbox)) => {
+                            // Close the gap left by earlier failures of this chunk.
+                            let (from, to) = (got + k, labels.len());
+                            if from != to {
+                                images.copy_within(from * chw..(from + 1) * chw, to * chw);
+                            }
+                            labels.push(label);
+                            boxes.push(bbox);
+                            indices.push(i);
+                        }
+                        Err(e) => skipped.push(Skipped {
+                            index: i,
+                            name: self.source.name(i),
+                            message: match e {
+                                Error::File { message, .. } => message,
+                                other => other.to_string(),
+                            },
+                        }),
+                    }
+                }
+            }
+            summary.skipped.extend(skipped.iter().cloned());
+            if labels.is_empty() || (labels.len() < b && self.config.drop_last) {
+                summary.dropped += labels.len();
+                break;
+            }
+            images.truncate(labels.len() * chw);
+            summary.batches += 1;
+            summary.samples += labels.len();
+            let batch = Batch {
+                images,
+                labels,
+                boxes,
+                indices,
+                size: s,
+                skipped,
+            };
+            if !send(Msg::Batch(batch)) {
+                return;
+            }
+        }
+        send(Msg::Done(summary));
+    }
+}
+
+/// An epoch in progress: iterate it for the batches; [`Epoch::summary`] is there once the last
+/// batch has been taken, and [`Epoch::finish`] drains the rest and returns it. Dropping it stops
+/// the background thread.
+pub struct Epoch {
+    rx: Option<Receiver<Msg>>,
+    handle: Option<JoinHandle<()>>,
+    summary: Option<EpochSummary>,
+}
+
+impl Iterator for Epoch {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        let rx = self.rx.as_ref()?;
+        match rx.recv() {
+            Ok(Msg::Batch(b)) => Some(b),
+            Ok(Msg::Done(s)) => {
+                self.summary = Some(s);
+                self.stop();
+                None
+            }
+            Err(_) => {
+                // The producer died (a panic in a source): surface it.
+                self.rx = None;
+                if let Some(h) = self.handle.take() {
+                    if let Err(p) = h.join() {
+                        std::panic::resume_unwind(p);
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+impl Epoch {
+    /// The summary, once the epoch's last batch has been taken.
+    pub fn summary(&self) -> Option<&EpochSummary> {
+        self.summary.as_ref()
+    }
+
+    /// Takes the remaining batches (discarding them) and returns the summary.
+    pub fn finish(mut self) -> EpochSummary {
+        for _ in self.by_ref() {}
+        self.summary.take().unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        self.rx = None; // a blocked send fails now, and the producer returns
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Epoch {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
