@@ -34,3 +34,46 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
+
+// Global thread index as an unsigned, so the last block of a large grid cannot overflow an int.
+__device__ __forceinline__ unsigned int thread_index() { return blockIdx.x * blockDim.x + threadIdx.x; }
+
+#define ARGMAX_NEG_INF __int_as_float(0xff800000)
+#define ARGMAX_NO_INDEX 0x7fffffff
+
+// True when (a, ia) comes before (b, ib) in torch.argmax order: NaN first, then the larger
+// value, ties to the lower index. Indices are distinct, so this is a total order and any
+// reduction tree picks the same winner.
+__device__ __forceinline__ bool argmax_better(float a, int ia, float b, int ib) {
+    const bool a_nan = a != a, b_nan = b != b;
+    if (a_nan || b_nan) return a_nan && (!b_nan || ia < ib);
+    return a > b || (a == b && ia < ib);
+}
+
+__device__ __forceinline__ void warp_argmax(float& v, int& idx) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+        if (argmax_better(ov, oi, v, idx)) {
+            v = ov;
+            idx = oi;
+        }
+    }
+}
+
+// Argmax over the block; every thread must call it and every thread gets the winner.
+// `scratch_v` and `scratch_i` hold at least 32 entries.
+__device__ __forceinline__ void block_argmax(float& v, int& idx, float* scratch_v, int* scratch_i) {
+    warp_argmax(v, idx);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int warps = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (lane == 0) {
+        scratch_v[warp] = v;
+        scratch_i[warp] = idx;
+    }
+    __syncthreads();
+    v = lane < warps ? scratch_v[lane] : ARGMAX_NEG_INF;
+    idx = lane < warps ? scratch_i[lane] : ARGMAX_NO_INDEX;
+    warp_argmax(v, idx);
+}

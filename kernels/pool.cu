@@ -40,7 +40,6 @@ __device__ __forceinline__ int end_output(int i, int s, int p, int n_out) {
 }
 
 // Global thread index as an unsigned, so the last block cannot overflow an int.
-__device__ __forceinline__ unsigned int thread_index() { return blockIdx.x * blockDim.x + threadIdx.x; }
 
 template <typename T>
 __device__ void max_pool2d_forward_impl(const T* __restrict__ x, T* __restrict__ y,

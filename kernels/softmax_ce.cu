@@ -27,48 +27,7 @@
 #define CE_BAD 2
 #define CE_LABEL 3
 
-#define CE_NEG_INF __int_as_float(0xff800000)
 #define CE_NAN_BITS 0x7fc00000
-#define CE_NO_INDEX 0x7fffffff
-
-// True when (a, ia) comes before (b, ib) in argmax order: NaN first, then the larger value, ties
-// to the lower index. Indices are distinct, so this is a total order and any reduction tree
-// picks the same winner.
-__device__ __forceinline__ bool ce_better(float a, int ia, float b, int ib) {
-    const bool a_nan = a != a, b_nan = b != b;
-    if (a_nan || b_nan) return a_nan && (!b_nan || ia < ib);
-    return a > b || (a == b && ia < ib);
-}
-
-// Argmax over the block; every thread must call it and every thread gets the winner.
-__device__ __forceinline__ void block_argmax(float& v, int& idx, float* scratch_v, int* scratch_i) {
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-        if (ce_better(ov, oi, v, idx)) {
-            v = ov;
-            idx = oi;
-        }
-    }
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int warps = (blockDim.x + 31) >> 5;
-    __syncthreads();
-    if (lane == 0) {
-        scratch_v[warp] = v;
-        scratch_i[warp] = idx;
-    }
-    __syncthreads();
-    v = lane < warps ? scratch_v[lane] : CE_NEG_INF;
-    idx = lane < warps ? scratch_i[lane] : CE_NO_INDEX;
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-        if (ce_better(ov, oi, v, idx)) {
-            v = ov;
-            idx = oi;
-        }
-    }
-}
 
 // grid (B), CE_THREADS threads. With GRAD false, dlogits is not touched (evaluation).
 template <typename T, bool GRAD>
@@ -85,11 +44,11 @@ __device__ void softmax_ce_rows_impl(const T* __restrict__ logits, const int* __
     const int label = labels[b];
     const bool valid = label >= 0 && label < C;
 
-    float best = CE_NEG_INF;
-    int best_i = CE_NO_INDEX;
+    float best = ARGMAX_NEG_INF;
+    int best_i = ARGMAX_NO_INDEX;
     for (int j = threadIdx.x; j < C; j += blockDim.x) {
         const float v = load_f32(x, j);
-        if (ce_better(v, j, best, best_i)) {
+        if (argmax_better(v, j, best, best_i)) {
             best = v;
             best_i = j;
         }

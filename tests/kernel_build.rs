@@ -62,6 +62,7 @@ fn every_kernel_file_is_embedded_with_source() {
         "batch_norm",
         "center_loss",
         "conv_transpose",
+        "mask",
         "pool",
         "sgd",
         "softmax_ce",

@@ -4,6 +4,8 @@
 //! - [`bap`]: fused bilinear attention pooling (WS-DAN definition), forward and backward.
 //! - [`center_loss`]: center loss with moving-average, normalised centers, deterministic update.
 //! - [`conv_transpose`]: `ConvTranspose2d` forward and backward for the up-sampler.
+//! - [`mask`]: the fine branch's ops: ReLU, attention-map choice and mean, bilinear resize, and
+//!   the per-sample max-normalised mask applied to the image, forward and backward.
 //!
 //! and the InceptionV3 runtime's own ops (cuDNN and cuBLAS do the convolutions and the `fc`):
 //!
@@ -25,6 +27,7 @@ pub mod conv_transpose;
 pub mod device;
 pub mod element;
 pub mod error;
+pub mod mask;
 pub mod pool;
 pub mod rng;
 pub mod sgd;
