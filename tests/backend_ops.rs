@@ -1,6 +1,6 @@
-//! The CPU backend's Coarse2Fine ops (BAP, center loss, transposed conv, axpby) are the kernels
-//! crate's CPU references behind the `Backend` interface: each wrapper must hand every operand
-//! to the right place. Each is checked against a direct call of its reference on the same
+//! The CPU backend's Coarse2Fine ops (BAP, center loss, transposed conv, axpby, and the fine
+//! branch's ReLU, map choice, resize and mask) are the kernels crate's CPU references behind
+//! the `Backend` interface: each wrapper must hand every operand to the right place. Each is checked against a direct call of its reference on the same
 //! random inputs, with the operands carved out of one shared buffer.
 
 use c2f_inception::backend::{Backend, Tensor};
@@ -8,6 +8,7 @@ use c2f_inception::cpu::CpuBackend;
 use c2f_kernels::bap::{self, BapShape};
 use c2f_kernels::center_loss::{self, CenterLossParams, CenterLossShape};
 use c2f_kernels::conv_transpose::{self, ConvTransposeParams};
+use c2f_kernels::mask::{self, MapShape, MaskShape, ResizeShape};
 use c2f_kernels::testing::SplitMix64;
 
 /// Random tensors carved out of one buffer of a CPU backend, at odd offsets.
@@ -146,4 +147,99 @@ fn conv_transpose_wrappers() {
     assert_eq!(a.read(dx), dxv);
     assert_eq!(a.read(dw), dwv);
     assert_eq!(a.read(db), dbv);
+}
+
+#[test]
+fn fine_branch_wrappers() {
+    let mut a = Arena::new();
+    // ReLU.
+    let (x, xv) = a.random(40, -1.0, 1.0);
+    let (y, _) = a.random(40, -1.0, 1.0);
+    a.cpu.relu_forward(x, y).unwrap();
+    let mut yv = vec![0.0; 40];
+    mask::relu_forward_cpu(&xv, &mut yv).unwrap();
+    assert_eq!(a.read(y), yv);
+    let (dy, dyv) = a.random(40, -1.0, 1.0);
+    let (dx, _) = a.random(40, -1.0, 1.0);
+    a.cpu.relu_backward(y, dy, dx).unwrap();
+    let mut dxv = vec![0.0; 40];
+    mask::relu_backward_cpu(&yv, &dyv, &mut dxv).unwrap();
+    assert_eq!(a.read(dx), dxv);
+
+    // Map choice, with accumulation into an existing gradient.
+    let ms = MapShape {
+        batch: 3,
+        maps: 4,
+        height: 2,
+        width: 5,
+    };
+    let (maps, mapsv) = a.random(ms.maps_len(), 0.0, 1.0);
+    let (chosen, _) = a.random(ms.map_len(), -1.0, 1.0);
+    let idx = a.cpu.alloc_index(3).unwrap();
+    a.cpu.write_index(idx, &[3, 0, 2]).unwrap();
+    a.cpu.select_map_forward(&ms, maps, idx, chosen).unwrap();
+    let mut chosenv = vec![0.0; ms.map_len()];
+    mask::select_map_forward_cpu(&ms, &mapsv, &[3, 0, 2], &mut chosenv).unwrap();
+    assert_eq!(a.read(chosen), chosenv);
+    let (dmaps, mut dmapsv) = a.random(ms.maps_len(), -1.0, 1.0);
+    a.cpu
+        .select_map_backward(&ms, idx, chosen, dmaps, true)
+        .unwrap();
+    mask::select_map_backward_cpu(&ms, &[3, 0, 2], &chosenv, &mut dmapsv, true).unwrap();
+    assert_eq!(a.read(dmaps), dmapsv);
+    a.cpu.mean_maps_forward(&ms, maps, chosen).unwrap();
+    mask::mean_maps_forward_cpu(&ms, &mapsv, &mut chosenv).unwrap();
+    assert_eq!(a.read(chosen), chosenv);
+
+    // Resize 2×5 → 7×6 and back.
+    let rs = ResizeShape {
+        batch: 3,
+        channels: 1,
+        in_height: 2,
+        in_width: 5,
+        out_height: 7,
+        out_width: 6,
+    };
+    let (big, _) = a.random(rs.out_len(), -1.0, 1.0);
+    a.cpu.resize_bilinear_forward(&rs, chosen, big).unwrap();
+    let mut bigv = vec![0.0; rs.out_len()];
+    mask::resize_bilinear_forward_cpu(&rs, &chosenv, &mut bigv).unwrap();
+    assert_eq!(a.read(big), bigv);
+    let (dsmall, _) = a.random(rs.in_len(), -1.0, 1.0);
+    a.cpu.resize_bilinear_backward(&rs, big, dsmall).unwrap();
+    let mut dsmallv = vec![0.0; rs.in_len()];
+    mask::resize_bilinear_backward_cpu(&rs, &bigv, &mut dsmallv).unwrap();
+    assert_eq!(a.read(dsmall), dsmallv);
+
+    // Mask the image with the resized map.
+    let ks = MaskShape {
+        batch: 3,
+        channels: 3,
+        height: 7,
+        width: 6,
+    };
+    let (image, imagev) = a.random(ks.image_len(), -1.0, 1.0);
+    let (masked, _) = a.random(ks.image_len(), -1.0, 1.0);
+    let (u_max, _) = a.random(3, -1.0, 1.0);
+    let argmax = a.cpu.alloc_index(3).unwrap();
+    a.cpu
+        .mask_forward(&ks, big, image, masked, u_max, argmax)
+        .unwrap();
+    let (mut maskedv, mut u_maxv, mut argmaxv) =
+        (vec![0.0; ks.image_len()], vec![0.0; 3], vec![0; 3]);
+    mask::mask_forward_cpu(&ks, &bigv, &imagev, &mut maskedv, &mut u_maxv, &mut argmaxv).unwrap();
+    assert_eq!(a.read(masked), maskedv);
+    assert_eq!(a.read(u_max), u_maxv);
+    assert_eq!(a.cpu.read_index(argmax).unwrap(), argmaxv);
+    let (dmasked, dmaskedv) = a.random(ks.image_len(), -1.0, 1.0);
+    let (du, _) = a.random(ks.map_len(), -1.0, 1.0);
+    a.cpu
+        .mask_backward(&ks, big, image, dmasked, u_max, argmax, du)
+        .unwrap();
+    let mut duv = vec![0.0; ks.map_len()];
+    mask::mask_backward_cpu(
+        &ks, &bigv, &imagev, &dmaskedv, &u_maxv, &argmaxv, &mut duv, None,
+    )
+    .unwrap();
+    assert_eq!(a.read(du), duv);
 }

@@ -20,6 +20,7 @@ use c2f_kernels::bap::BapShape;
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
 use c2f_kernels::center_loss::{CenterLossParams, CenterLossShape};
 use c2f_kernels::conv_transpose::ConvTransposeParams;
+use c2f_kernels::mask::{MapShape, MaskShape, ResizeShape};
 use c2f_kernels::pool::{ChannelSlice, Pool2dParams, PoolShape};
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::softmax_ce::{DropoutParams, SoftmaxCeShape};
@@ -542,6 +543,93 @@ fn coarse2fine_ops_match_cpu() {
     p.check("conv transpose dx", cdx);
     p.check("conv transpose d_weight (accumulates)", cdw);
     p.check("conv transpose d_bias (accumulates)", cdb);
+}
+
+#[test]
+fn fine_branch_ops_match_cpu() {
+    let Some(gpu) = cuda_or_skip("fine_branch_ops_match_cpu") else {
+        return;
+    };
+    let mut p = Pair::new(gpu);
+    let x = p.random(777, -1.0, 1.0, 1);
+    let y = p.random(777, 1e3, 2e3, 1);
+    p.run("relu", |b| b.relu_forward(x, y));
+    p.check("relu forward", y);
+    let dy = p.random(777, -1.0, 1.0, 1);
+    let dx = p.random(777, 1e3, 2e3, 1);
+    p.run("relu backward", |b| b.relu_backward(y, dy, dx));
+    p.check("relu backward", dx);
+
+    let ms = MapShape {
+        batch: 4,
+        maps: 8,
+        height: 17,
+        width: 17,
+    };
+    let maps = p.random(ms.maps_len(), 0.0, 1.0, 1);
+    let chosen = p.random(ms.map_len(), 1e3, 2e3, 1);
+    let idx = p.cpu.alloc_index(ms.batch).unwrap();
+    assert_eq!(idx, p.gpu.alloc_index(ms.batch).unwrap());
+    for b in [&mut p.cpu as &mut dyn Backend<Scalar = f32>, &mut p.gpu] {
+        b.write_index(idx, &[7, 0, 3, 3]).unwrap();
+    }
+    p.run("select map", |b| {
+        b.select_map_forward(&ms, maps, idx, chosen)
+    });
+    p.check("select map", chosen);
+    let dmaps = p.random(ms.maps_len(), -1.0, 1.0, 1);
+    p.run("select map backward", |b| {
+        b.select_map_backward(&ms, idx, chosen, dmaps, true)
+    });
+    p.check("select map backward (accumulate)", dmaps);
+    let mean = p.random(ms.map_len(), 1e3, 2e3, 1);
+    p.run("mean maps", |b| b.mean_maps_forward(&ms, maps, mean));
+    p.check("mean maps", mean);
+
+    let rs = ResizeShape {
+        batch: 4,
+        channels: 1,
+        in_height: 17,
+        in_width: 17,
+        out_height: 75,
+        out_width: 75,
+    };
+    let big = p.random(rs.out_len(), 1e3, 2e3, 1);
+    p.run("resize", |b| b.resize_bilinear_forward(&rs, chosen, big));
+    p.check("resize forward", big);
+    let dsmall = p.random(rs.in_len(), 1e3, 2e3, 1);
+    p.run("resize backward", |b| {
+        b.resize_bilinear_backward(&rs, big, dsmall)
+    });
+    p.check("resize backward", dsmall);
+
+    let ks = MaskShape {
+        batch: 4,
+        channels: 3,
+        height: 75,
+        width: 75,
+    };
+    let image = p.random(ks.image_len(), -1.0, 1.0, 1);
+    let masked = p.random(ks.image_len(), 1e3, 2e3, 1);
+    let u_max = p.random(ks.batch, 1e3, 2e3, 1);
+    let argmax = p.cpu.alloc_index(ks.batch).unwrap();
+    assert_eq!(argmax, p.gpu.alloc_index(ks.batch).unwrap());
+    p.run("mask", |b| {
+        b.mask_forward(&ks, big, image, masked, u_max, argmax)
+    });
+    p.check("mask forward", masked);
+    p.check("mask u_max", u_max);
+    assert_eq!(
+        p.cpu.read_index(argmax).unwrap(),
+        p.gpu.read_index(argmax).unwrap(),
+        "mask argmax"
+    );
+    let dmasked = p.random(ks.image_len(), -1.0, 1.0, 1);
+    let du = p.random(ks.map_len(), 1e3, 2e3, 1);
+    p.run("mask backward", |b| {
+        b.mask_backward(&ks, big, image, dmasked, u_max, argmax, du)
+    });
+    p.check("mask backward", du);
 }
 
 #[test]

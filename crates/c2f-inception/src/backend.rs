@@ -14,6 +14,7 @@ use c2f_kernels::bap::BapShape;
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
 use c2f_kernels::center_loss::{CenterLossParams, CenterLossShape};
 use c2f_kernels::conv_transpose::ConvTransposeParams;
+use c2f_kernels::mask::{MapShape, MaskShape, ResizeShape};
 use c2f_kernels::pool::{ChannelSlice, Pool2dParams, PoolShape};
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::softmax_ce::{DropoutParams, SoftmaxCeShape};
@@ -387,5 +388,63 @@ pub trait Backend {
         dx: Tensor,
         d_weight: Tensor,
         d_bias: Tensor,
+    ) -> Result<()>;
+
+    /// `y = max(x, 0)` (NaN kept).
+    fn relu_forward(&mut self, x: Tensor, y: Tensor) -> Result<()>;
+    /// `dx = dy` where `y > 0`, else 0 (assigned).
+    fn relu_backward(&mut self, y: Tensor, dy: Tensor, dx: Tensor) -> Result<()>;
+
+    /// `out[b] = a[b, indices[b]]`: one attention map per sample. The indices must lie in
+    /// `[0, maps)`; the CPU backend refuses others, the CUDA backend (which cannot see them
+    /// without a host sync) makes NaN of them, never an out-of-bounds access.
+    fn select_map_forward(
+        &mut self,
+        s: &MapShape,
+        a: Tensor,
+        indices: IndexTensor,
+        out: Tensor,
+    ) -> Result<()>;
+    /// `da[b, indices[b]] = d_out[b]`: the other maps zero, or with `accumulate` untouched and
+    /// the chosen map added to.
+    fn select_map_backward(
+        &mut self,
+        s: &MapShape,
+        indices: IndexTensor,
+        d_out: Tensor,
+        da: Tensor,
+        accumulate: bool,
+    ) -> Result<()>;
+    /// `out[b] = mean_m a[b, m]`: the inference-time attention map.
+    fn mean_maps_forward(&mut self, s: &MapShape, a: Tensor, out: Tensor) -> Result<()>;
+
+    /// Bilinear resize as `F.interpolate(mode="bilinear", align_corners=False)`.
+    fn resize_bilinear_forward(&mut self, s: &ResizeShape, x: Tensor, y: Tensor) -> Result<()>;
+    /// Its adjoint, `dx` assigned.
+    fn resize_bilinear_backward(&mut self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()>;
+
+    /// The fine branch's mask: per sample `Mk = max(U, 0)/max(U)` (all ones when `max(U) ≤ 0`),
+    /// `xf = Mk ⊙ x`; saves `u_max` and `argmax` per sample for the backward.
+    #[allow(clippy::too_many_arguments)]
+    fn mask_forward(
+        &mut self,
+        s: &MaskShape,
+        u: Tensor,
+        x: Tensor,
+        xf: Tensor,
+        u_max: Tensor,
+        argmax: IndexTensor,
+    ) -> Result<()>;
+    /// `du` (assigned) from `dxf`: the exact gradient, through the per-sample maximum too.
+    #[allow(clippy::too_many_arguments)]
+    fn mask_backward(
+        &mut self,
+        s: &MaskShape,
+        u: Tensor,
+        x: Tensor,
+        dxf: Tensor,
+        u_max: Tensor,
+        argmax: IndexTensor,
+        du: Tensor,
     ) -> Result<()>;
 }

@@ -8,6 +8,7 @@ use c2f_kernels::bap::{self, BapShape};
 use c2f_kernels::batch_norm::{self, BatchNormParams, BatchNormShape};
 use c2f_kernels::center_loss::{self, CenterLossParams, CenterLossShape};
 use c2f_kernels::conv_transpose::{self, ConvTransposeParams};
+use c2f_kernels::mask::{self, MapShape, MaskShape, ResizeShape};
 use c2f_kernels::pool::{self, ChannelSlice, Pool2dParams, PoolShape};
 use c2f_kernels::sgd::{self, SgdParams};
 use c2f_kernels::softmax_ce::{self, DropoutParams, SoftmaxCeShape};
@@ -543,6 +544,103 @@ impl<R: Real> Backend for CpuBackend<R> {
             m.output(dx),
             m.output(d_weight),
             m.output(d_bias),
+        )
+    }
+
+    fn relu_forward(&mut self, x: Tensor, y: Tensor) -> Result<()> {
+        let m = self.operands(&[x], &[y], &[])?;
+        mask::relu_forward_cpu(m.input(x), m.output(y))
+    }
+
+    fn relu_backward(&mut self, y: Tensor, dy: Tensor, dx: Tensor) -> Result<()> {
+        let m = self.operands(&[y, dy], &[dx], &[])?;
+        mask::relu_backward_cpu(m.input(y), m.input(dy), m.output(dx))
+    }
+
+    fn select_map_forward(
+        &mut self,
+        s: &MapShape,
+        a: Tensor,
+        indices: IndexTensor,
+        out: Tensor,
+    ) -> Result<()> {
+        let m = self.operands(&[a], &[out], &[indices])?;
+        mask::select_map_forward_cpu(s, m.input(a), m.index(indices), m.output(out))
+    }
+
+    fn select_map_backward(
+        &mut self,
+        s: &MapShape,
+        indices: IndexTensor,
+        d_out: Tensor,
+        da: Tensor,
+        accumulate: bool,
+    ) -> Result<()> {
+        let m = self.operands(&[d_out], &[da], &[indices])?;
+        mask::select_map_backward_cpu(
+            s,
+            m.index(indices),
+            m.input(d_out),
+            m.output(da),
+            accumulate,
+        )
+    }
+
+    fn mean_maps_forward(&mut self, s: &MapShape, a: Tensor, out: Tensor) -> Result<()> {
+        let m = self.operands(&[a], &[out], &[])?;
+        mask::mean_maps_forward_cpu(s, m.input(a), m.output(out))
+    }
+
+    fn resize_bilinear_forward(&mut self, s: &ResizeShape, x: Tensor, y: Tensor) -> Result<()> {
+        let m = self.operands(&[x], &[y], &[])?;
+        mask::resize_bilinear_forward_cpu(s, m.input(x), m.output(y))
+    }
+
+    fn resize_bilinear_backward(&mut self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()> {
+        let m = self.operands(&[dy], &[dx], &[])?;
+        mask::resize_bilinear_backward_cpu(s, m.input(dy), m.output(dx))
+    }
+
+    fn mask_forward(
+        &mut self,
+        s: &MaskShape,
+        u: Tensor,
+        x: Tensor,
+        xf: Tensor,
+        u_max: Tensor,
+        argmax: IndexTensor,
+    ) -> Result<()> {
+        let m = self.operands(&[u, x], &[xf, u_max], &[argmax])?;
+        mask::mask_forward_cpu(
+            s,
+            m.input(u),
+            m.input(x),
+            m.output(xf),
+            m.output(u_max),
+            m.index(argmax),
+        )
+    }
+
+    fn mask_backward(
+        &mut self,
+        s: &MaskShape,
+        u: Tensor,
+        x: Tensor,
+        dxf: Tensor,
+        u_max: Tensor,
+        argmax: IndexTensor,
+        du: Tensor,
+    ) -> Result<()> {
+        let m = self.operands(&[u, x, dxf, u_max], &[du], &[argmax])?;
+        mask::mask_backward_cpu(
+            s,
+            m.input(u),
+            m.input(x),
+            m.input(dxf),
+            m.input(u_max),
+            m.index(argmax),
+            m.output(du),
+            None,
         )
     }
 }

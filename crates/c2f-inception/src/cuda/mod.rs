@@ -27,6 +27,9 @@ use c2f_kernels::batch_norm::{BatchNormGpu, BatchNormParams, BatchNormShape};
 use c2f_kernels::center_loss::{CenterLossGpu, CenterLossParams, CenterLossShape};
 use c2f_kernels::conv_transpose::{ConvTransposeGpu, ConvTransposeParams};
 use c2f_kernels::error::check_len;
+use c2f_kernels::mask::{
+    MapSelectGpu, MapShape, MaskGpu, MaskShape, ReluGpu, ResizeBilinearGpu, ResizeShape,
+};
 use c2f_kernels::pool::{
     AvgPool2dGpu, ChannelCopyGpu, ChannelSlice, GlobalAvgPoolGpu, MaxPool2dGpu, Pool2dParams,
     PoolShape,
@@ -170,6 +173,10 @@ struct Launchers {
     bap: HashMap<BapShape, BapGpu<f32>>,
     center_loss: HashMap<CenterLossShape, CenterLossGpu<f32>>,
     conv_transpose: HashMap<ConvTransposeParams, ConvTransposeGpu<f32>>,
+    relu: Option<ReluGpu<f32>>,
+    map_select: HashMap<MapShape, MapSelectGpu<f32>>,
+    resize: HashMap<ResizeShape, ResizeBilinearGpu<f32>>,
+    mask: HashMap<MaskShape, MaskGpu<f32>>,
 }
 
 /// [`BatchNormParams`] holds floats, so it is keyed by their bits.
@@ -812,6 +819,125 @@ impl Backend for CudaBackend {
             &mut m.output(dx),
             &mut m.output(d_weight),
             &mut m.output(d_bias),
+        )
+    }
+
+    fn relu_forward(&mut self, x: Tensor, y: Tensor) -> Result<()> {
+        let op = made_once(&mut self.launchers.relu, || ReluGpu::new(&self.gpu))?;
+        let m = self.mem.operands(&[x], &[y], &[])?;
+        op.forward(&m.input(x), &mut m.output(y))
+    }
+
+    fn relu_backward(&mut self, y: Tensor, dy: Tensor, dx: Tensor) -> Result<()> {
+        let op = made_once(&mut self.launchers.relu, || ReluGpu::new(&self.gpu))?;
+        let m = self.mem.operands(&[y, dy], &[dx], &[])?;
+        op.backward(&m.input(y), &m.input(dy), &mut m.output(dx))
+    }
+
+    fn select_map_forward(
+        &mut self,
+        s: &MapShape,
+        a: Tensor,
+        indices: IndexTensor,
+        out: Tensor,
+    ) -> Result<()> {
+        let gpu = &self.gpu;
+        let op = cached(&mut self.launchers.map_select, *s, || {
+            MapSelectGpu::new(gpu, *s)
+        })?;
+        let m = self.mem.operands(&[a], &[out], &[indices])?;
+        op.select_forward(&m.input(a), &m.index(indices), &mut m.output(out))
+    }
+
+    fn select_map_backward(
+        &mut self,
+        s: &MapShape,
+        indices: IndexTensor,
+        d_out: Tensor,
+        da: Tensor,
+        accumulate: bool,
+    ) -> Result<()> {
+        let gpu = &self.gpu;
+        let op = cached(&mut self.launchers.map_select, *s, || {
+            MapSelectGpu::new(gpu, *s)
+        })?;
+        let m = self.mem.operands(&[d_out], &[da], &[indices])?;
+        op.select_backward(
+            &m.index(indices),
+            &m.input(d_out),
+            &mut m.output(da),
+            accumulate,
+        )
+    }
+
+    fn mean_maps_forward(&mut self, s: &MapShape, a: Tensor, out: Tensor) -> Result<()> {
+        let gpu = &self.gpu;
+        let op = cached(&mut self.launchers.map_select, *s, || {
+            MapSelectGpu::new(gpu, *s)
+        })?;
+        let m = self.mem.operands(&[a], &[out], &[])?;
+        op.mean_forward(&m.input(a), &mut m.output(out))
+    }
+
+    fn resize_bilinear_forward(&mut self, s: &ResizeShape, x: Tensor, y: Tensor) -> Result<()> {
+        let gpu = &self.gpu;
+        let op = cached(&mut self.launchers.resize, *s, || {
+            ResizeBilinearGpu::new(gpu, *s)
+        })?;
+        let m = self.mem.operands(&[x], &[y], &[])?;
+        op.forward(&m.input(x), &mut m.output(y))
+    }
+
+    fn resize_bilinear_backward(&mut self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()> {
+        let gpu = &self.gpu;
+        let op = cached(&mut self.launchers.resize, *s, || {
+            ResizeBilinearGpu::new(gpu, *s)
+        })?;
+        let m = self.mem.operands(&[dy], &[dx], &[])?;
+        op.backward(&m.input(dy), &mut m.output(dx))
+    }
+
+    fn mask_forward(
+        &mut self,
+        s: &MaskShape,
+        u: Tensor,
+        x: Tensor,
+        xf: Tensor,
+        u_max: Tensor,
+        argmax: IndexTensor,
+    ) -> Result<()> {
+        let gpu = &self.gpu;
+        let op = cached(&mut self.launchers.mask, *s, || MaskGpu::new(gpu, *s))?;
+        let m = self.mem.operands(&[u, x], &[xf, u_max], &[argmax])?;
+        op.forward(
+            &m.input(u),
+            &m.input(x),
+            &mut m.output(xf),
+            &mut m.output(u_max),
+            &mut m.index(argmax),
+        )
+    }
+
+    fn mask_backward(
+        &mut self,
+        s: &MaskShape,
+        u: Tensor,
+        x: Tensor,
+        dxf: Tensor,
+        u_max: Tensor,
+        argmax: IndexTensor,
+        du: Tensor,
+    ) -> Result<()> {
+        let gpu = &self.gpu;
+        let op = cached(&mut self.launchers.mask, *s, || MaskGpu::new(gpu, *s))?;
+        let m = self.mem.operands(&[u, x, dxf, u_max], &[du], &[argmax])?;
+        op.backward(
+            &m.input(u),
+            &m.input(x),
+            &m.input(dxf),
+            &m.input(u_max),
+            &m.index(argmax),
+            &mut m.output(du),
         )
     }
 }
