@@ -1,4 +1,6 @@
-//! Coarse2Fine training. For now the input side: datasets (CUB-200-2011 and the built-in
-//! synthetic fine-grained set), decoding, transforms and the prefetching loader ([`data`]).
+//! Coarse2Fine training: datasets (CUB-200-2011 and the built-in synthetic fine-grained set),
+//! decoding, transforms and the prefetching loader ([`data`]); the model's forward and backward
+//! on any backend ([`model`]).
 
 pub mod data;
+pub mod model;

@@ -1,0 +1,601 @@
+//! The Coarse2Fine model (the paper's Figure 5 and Algorithm 1), written once over the runtime's
+//! [`Backend`]:
+//!
+//! 1. coarse pass: backbone to Mixed_6e → `F`; attention `A = ReLU(conv1x1(F))`, M maps;
+//!    BAP → normalised part features `P`; coarse head `fc_c(100·P)`;
+//! 2. fine pass: one attention map per sample, chosen at random, up-sampled by a learnable
+//!    stack of stride-2 transposed convolutions (ReLU between) and a fixed bilinear resize to
+//!    the input size; normalised to a mask (per-sample max) that multiplies the image; the
+//!    masked image through the same backbone and attention conv, BAP, fine head `fc_f(100·P')`;
+//! 3. loss `CE(coarse) + CE(fine) + λ·(CL(P) + CL(P'))`, the center loss with separate
+//!    moving-average banks for the two passes.
+//!
+//! The fine loss's gradient flows through the mask into the up-sampler and the attention maps:
+//! the paper's contribution. Backward runs in reverse, with the tensors that several ops read
+//! (the features `F` and `F'`, the attention maps `A`, the part features) taking their first
+//! gradient contribution assigned and the rest added.
+
+use c2f_inception::backend::{Backend, BnMode, IndexTensor, LinearShape, Tensor};
+use c2f_inception::cpu::conv::Conv2dShape;
+use c2f_inception::network::Network;
+use c2f_inception::spec::{Depth, Graph, InceptionConfig};
+use c2f_inception::table::TensorTable;
+use c2f_kernels::bap::BapShape;
+use c2f_kernels::center_loss::{CenterLossParams, CenterLossShape};
+use c2f_kernels::conv_transpose::ConvTransposeParams;
+use c2f_kernels::mask::{MapShape, MaskShape, ResizeShape};
+use c2f_kernels::sgd::SgdParams;
+use c2f_kernels::softmax_ce::SoftmaxCeShape;
+use c2f_kernels::{Error, Result};
+
+/// WS-DAN's scale of the normalised part features before the classifier.
+pub const FEATURE_SCALE: f64 = 100.0;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Coarse2FineConfig {
+    pub input_size: usize,
+    /// Backbone width multiplier (1.0: torchvision's InceptionV3).
+    pub width: f64,
+    pub classes: usize,
+    /// Attention maps M (paper: 8; WS-DAN: 32).
+    pub maps: usize,
+    /// Channels between the up-sampler's transposed convolutions; one stride-2 layer per entry
+    /// plus the last one back to a single map, so `len + 1` layers in all.
+    pub upsampler_channels: Vec<usize>,
+    pub center_loss: CenterLossParams,
+    pub batch: usize,
+}
+
+/// The model's own parameters, beside the backbone's.
+struct Heads {
+    table: TensorTable,
+    attention: usize,
+    /// (weight, bias) per transposed-conv layer.
+    upsampler: Vec<(usize, usize)>,
+    fc_coarse: (usize, usize),
+    fc_fine: (usize, usize),
+}
+
+/// What one pass (coarse or fine) holds beyond its backbone network.
+struct Pass {
+    net: Network,
+    attention_pre: Tensor,
+    attention: Tensor,
+    d_attention: Tensor,
+    parts: Tensor,
+    norms: Tensor,
+    d_parts: Tensor,
+    scaled: Tensor,
+    d_scaled: Tensor,
+    logits: Tensor,
+    d_logits: Tensor,
+    predictions: IndexTensor,
+    centers: Tensor,
+}
+
+/// Losses of one training step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Losses {
+    pub coarse: f64,
+    pub fine: f64,
+    pub center_coarse: f64,
+    pub center_fine: f64,
+}
+
+impl Losses {
+    pub fn total(&self) -> f64 {
+        self.coarse + self.fine + self.center_coarse + self.center_fine
+    }
+}
+
+pub struct Coarse2Fine {
+    pub config: Coarse2FineConfig,
+    heads: Heads,
+    /// The heads' parameters, gradients and momentum, flat in `heads.table` order.
+    pub params: Tensor,
+    pub grads: Tensor,
+    momentum: Tensor,
+    coarse: Pass,
+    fine: Pass,
+    labels: IndexTensor,
+    chosen_maps: IndexTensor,
+    /// The chosen attention map per sample, `[B, 1, h, w]`, and its gradient.
+    chosen: Tensor,
+    d_chosen: Tensor,
+    /// Per up-sampler layer: its output before ReLU and after (the last has no ReLU), and the
+    /// gradient buffers.
+    up_pre: Vec<Tensor>,
+    up_out: Vec<Tensor>,
+    d_up: Vec<Tensor>,
+    resized: Tensor,
+    d_resized: Tensor,
+    u_max: Tensor,
+    u_argmax: IndexTensor,
+}
+
+impl Coarse2Fine {
+    pub fn new<B: Backend>(b: &mut B, config: Coarse2FineConfig) -> Result<Coarse2Fine> {
+        if config.maps == 0 || config.classes == 0 {
+            return Err(Error::Shape(format!(
+                "Coarse2Fine needs at least one map and one class: {config:?}"
+            )));
+        }
+        let graph = Graph::new(InceptionConfig {
+            input_size: config.input_size,
+            width: config.width,
+            depth: Depth::Mixed6e,
+        })?;
+        let f = graph.activations[graph.mixed_6e];
+        let (batch, m, n) = (config.batch, config.maps, f.channels);
+        let mut table = TensorTable::default();
+        let attention = table.push("attention.weight", vec![m, n, 1, 1]);
+        let mut upsampler = Vec::new();
+        let mut channels = vec![1];
+        channels.extend(&config.upsampler_channels);
+        channels.push(1);
+        for (i, pair) in channels.windows(2).enumerate() {
+            let w = table.push(
+                format!("upsampler.{i}.weight"),
+                vec![pair[0], pair[1], 4, 4],
+            );
+            let bias = table.push(format!("upsampler.{i}.bias"), vec![pair[1]]);
+            upsampler.push((w, bias));
+        }
+        let head = |t: &mut TensorTable, name: &str| {
+            (
+                t.push(format!("{name}.weight"), vec![config.classes, m * n]),
+                t.push(format!("{name}.bias"), vec![config.classes]),
+            )
+        };
+        let fc_coarse = head(&mut table, "fc_coarse");
+        let fc_fine = head(&mut table, "fc_fine");
+        let heads = Heads {
+            table,
+            attention,
+            upsampler,
+            fc_coarse,
+            fc_fine,
+        };
+        let total = heads.table.total();
+        let coarse_net = Network::new(b, graph, batch)?;
+        let fine_net = coarse_net.sharing(b)?;
+        let coarse = Pass::new(b, coarse_net, &config, m * n)?;
+        let fine = Pass::new(b, fine_net, &config, m * n)?;
+        let hw = f.height * f.width;
+        let mut up_pre = Vec::new();
+        let mut up_out = Vec::new();
+        let mut d_up = Vec::new();
+        let mut side = (f.height, f.width);
+        for &c in &channels[1..] {
+            side = (side.0 * 2, side.1 * 2);
+            let len = batch * c * side.0 * side.1;
+            up_pre.push(b.alloc(len)?);
+            up_out.push(b.alloc(len)?);
+            d_up.push(b.alloc(len)?);
+        }
+        let image = batch * config.input_size * config.input_size;
+        Ok(Coarse2Fine {
+            params: b.alloc(total)?,
+            grads: b.alloc(total)?,
+            momentum: b.alloc(total)?,
+            heads,
+            coarse,
+            fine,
+            labels: b.alloc_index(batch)?,
+            chosen_maps: b.alloc_index(batch)?,
+            chosen: b.alloc(batch * hw)?,
+            d_chosen: b.alloc(batch * hw)?,
+            up_pre,
+            up_out,
+            d_up,
+            resized: b.alloc(image)?,
+            d_resized: b.alloc(image)?,
+            u_max: b.alloc(batch)?,
+            u_argmax: b.alloc_index(batch)?,
+            config,
+        })
+    }
+
+    /// The backbone's parameter tables (torchvision names) and the heads'.
+    pub fn backbone(&self) -> &Network {
+        &self.coarse.net
+    }
+
+    pub fn head_table(&self) -> &TensorTable {
+        &self.heads.table
+    }
+
+    /// The input images `[B, 3, S, S]`, written by the caller before a step.
+    pub fn input(&self) -> Tensor {
+        self.coarse.net.input()
+    }
+
+    /// The coarse and fine center banks `[C, M·N]` (state, not parameters).
+    pub fn centers(&self) -> (Tensor, Tensor) {
+        (self.coarse.centers, self.fine.centers)
+    }
+
+    pub fn labels(&self) -> IndexTensor {
+        self.labels
+    }
+
+    /// Which attention map each sample's fine pass uses, written by the caller before a step
+    /// (drawn at random in training), each in `[0, maps)`.
+    pub fn chosen_maps(&self) -> IndexTensor {
+        self.chosen_maps
+    }
+
+    /// The coarse and fine logits `[B, C]`.
+    pub fn logits(&self) -> (Tensor, Tensor) {
+        (self.coarse.logits, self.fine.logits)
+    }
+
+    fn head_param(&self, index: usize) -> Tensor {
+        let e = self.heads.table.entry(index);
+        self.params.slice(e.offset, e.len())
+    }
+
+    fn head_grad(&self, index: usize) -> Tensor {
+        let e = self.heads.table.entry(index);
+        self.grads.slice(e.offset, e.len())
+    }
+
+    fn feature_shape(&self) -> (usize, usize, usize) {
+        let g = &self.coarse.net.graph;
+        let f = g.activations[g.mixed_6e];
+        (f.channels, f.height, f.width)
+    }
+
+    fn attention_conv(&self) -> Conv2dShape {
+        let (n, h, w) = self.feature_shape();
+        Conv2dShape {
+            batch: self.config.batch,
+            in_channels: n,
+            height: h,
+            width: w,
+            out_channels: self.config.maps,
+            kernel: (1, 1),
+            stride: (1, 1),
+            padding: (0, 0),
+        }
+    }
+
+    fn bap_shape(&self) -> BapShape {
+        let (n, h, w) = self.feature_shape();
+        BapShape {
+            batch: self.config.batch,
+            maps: self.config.maps,
+            channels: n,
+            height: h,
+            width: w,
+        }
+    }
+
+    fn head_shape(&self) -> LinearShape {
+        LinearShape {
+            batch: self.config.batch,
+            inputs: self.config.maps * self.feature_shape().0,
+            outputs: self.config.classes,
+        }
+    }
+
+    fn center_shape(&self) -> CenterLossShape {
+        CenterLossShape {
+            batch: self.config.batch,
+            dim: self.config.maps * self.feature_shape().0,
+            classes: self.config.classes,
+        }
+    }
+
+    fn ce_shape(&self) -> SoftmaxCeShape {
+        SoftmaxCeShape {
+            batch: self.config.batch,
+            classes: self.config.classes,
+        }
+    }
+
+    /// The up-sampler's layer `i`, from a `side`-sized input.
+    fn upsampler_layer(&self, i: usize, side: (usize, usize)) -> ConvTransposeParams {
+        let w = self.heads.table.entry(self.heads.upsampler[i].0);
+        ConvTransposeParams {
+            batch: self.config.batch,
+            in_channels: w.shape[0],
+            out_channels: w.shape[1],
+            height: side.0,
+            width: side.1,
+            kernel_size: 4,
+            stride: 2,
+            padding: 1,
+            output_padding: 0,
+        }
+    }
+
+    /// Attention, BAP, head and losses of one pass, after its backbone's forward. Returns the
+    /// cross-entropy and center losses.
+    fn head_forward<B: Backend>(&mut self, b: &mut B, fine: bool) -> Result<(f64, f64)> {
+        let conv = self.attention_conv();
+        let bap = self.bap_shape();
+        let head = self.head_shape();
+        let (ce, cl) = (self.ce_shape(), self.center_shape());
+        let w_att = self.head_param(self.heads.attention);
+        let (fc_w, fc_b) = if fine {
+            self.heads.fc_fine
+        } else {
+            self.heads.fc_coarse
+        };
+        let (fc_w, fc_b) = (self.head_param(fc_w), self.head_param(fc_b));
+        let labels = self.labels;
+        let lambda = self.config.center_loss;
+        let pass = if fine {
+            &mut self.fine
+        } else {
+            &mut self.coarse
+        };
+        let features = pass.net.output();
+        b.conv2d_forward(&conv, features, w_att, pass.attention_pre)?;
+        b.relu_forward(pass.attention_pre, pass.attention)?;
+        b.bap_forward(&bap, pass.attention, features, pass.parts, pass.norms)?;
+        b.axpby(FEATURE_SCALE, pass.parts, 0.0, pass.scaled)?;
+        b.linear_forward(&head, pass.scaled, fc_w, fc_b, pass.logits)?;
+        let ce_loss = b.softmax_cross_entropy(
+            &ce,
+            pass.logits,
+            labels,
+            1.0,
+            pass.predictions,
+            pass.d_logits,
+        )?;
+        let cl_loss =
+            b.center_loss(&cl, &lambda, pass.parts, labels, pass.centers, pass.d_parts)?;
+        Ok((ce_loss, cl_loss))
+    }
+
+    /// Backward of [`Self::head_forward`]: parameter gradients accumulate; the features'
+    /// gradient lands in the pass's backbone output gradient and `d_attention` holds the
+    /// attention maps' gradient (the fine branch may add to it before [`Self::attention_backward`]).
+    fn head_backward<B: Backend>(&mut self, b: &mut B, fine: bool) -> Result<()> {
+        let bap = self.bap_shape();
+        let head = self.head_shape();
+        let (fc_w, fc_b) = if fine {
+            self.heads.fc_fine
+        } else {
+            self.heads.fc_coarse
+        };
+        let (w, dw, db) = (
+            self.head_param(fc_w),
+            self.head_grad(fc_w),
+            self.head_grad(fc_b),
+        );
+        let pass = if fine {
+            &mut self.fine
+        } else {
+            &mut self.coarse
+        };
+        b.linear_backward(&head, pass.scaled, w, pass.d_logits, pass.d_scaled, dw, db)?;
+        // d_parts holds the center loss's gradient; the classifier's adds to it.
+        b.axpby(FEATURE_SCALE, pass.d_scaled, 1.0, pass.d_parts)?;
+        let features = pass.net.output();
+        b.bap_backward(
+            &bap,
+            pass.attention,
+            features,
+            pass.parts,
+            pass.norms,
+            pass.d_parts,
+            pass.d_attention,
+            pass.net.output_grad(),
+        )
+    }
+
+    /// From `d_attention` through the ReLU and the attention conv: its weight gradient
+    /// accumulates, and its input gradient adds to the backbone output gradient.
+    fn attention_backward<B: Backend>(&mut self, b: &mut B, fine: bool) -> Result<()> {
+        let conv = self.attention_conv();
+        let w = self.head_param(self.heads.attention);
+        let dw = self.head_grad(self.heads.attention);
+        let pass = if fine {
+            &mut self.fine
+        } else {
+            &mut self.coarse
+        };
+        // ReLU backward in place: the pre-activation buffer is free once forward has read it.
+        b.relu_backward(pass.attention, pass.d_attention, pass.attention_pre)?;
+        let d_pre = pass.attention_pre;
+        let features = pass.net.output();
+        b.conv2d_backward_filter(&conv, features, d_pre, dw)?;
+        b.conv2d_backward_data(&conv, d_pre, w, pass.net.output_grad(), true)
+    }
+
+    fn map_shape(&self) -> MapShape {
+        let (_, h, w) = self.feature_shape();
+        MapShape {
+            batch: self.config.batch,
+            maps: self.config.maps,
+            height: h,
+            width: w,
+        }
+    }
+
+    fn resize_shape(&self) -> ResizeShape {
+        let (_, h, w) = self.feature_shape();
+        let layers = self.heads.upsampler.len();
+        ResizeShape {
+            batch: self.config.batch,
+            channels: 1,
+            in_height: h << layers,
+            in_width: w << layers,
+            out_height: self.config.input_size,
+            out_width: self.config.input_size,
+        }
+    }
+
+    fn mask_shape(&self) -> MaskShape {
+        MaskShape {
+            batch: self.config.batch,
+            channels: 3,
+            height: self.config.input_size,
+            width: self.config.input_size,
+        }
+    }
+
+    /// The fine branch's input: the chosen maps up-sampled into masks over the images.
+    fn fine_input_forward<B: Backend>(&mut self, b: &mut B) -> Result<()> {
+        b.select_map_forward(
+            &self.map_shape(),
+            self.coarse.attention,
+            self.chosen_maps,
+            self.chosen,
+        )?;
+        let (_, h, w) = self.feature_shape();
+        let mut side = (h, w);
+        let mut x = self.chosen;
+        let last = self.heads.upsampler.len() - 1;
+        for i in 0..=last {
+            let layer = self.upsampler_layer(i, side);
+            let (wi, bi) = self.heads.upsampler[i];
+            let (weight, bias) = (self.head_param(wi), self.head_param(bi));
+            b.conv_transpose_forward(&layer, x, weight, bias, self.up_pre[i])?;
+            if i < last {
+                b.relu_forward(self.up_pre[i], self.up_out[i])?;
+                x = self.up_out[i];
+            } else {
+                x = self.up_pre[i];
+            }
+            side = (side.0 * 2, side.1 * 2);
+        }
+        b.resize_bilinear_forward(&self.resize_shape(), x, self.resized)?;
+        b.mask_forward(
+            &self.mask_shape(),
+            self.resized,
+            self.coarse.net.input(),
+            self.fine.net.input(),
+            self.u_max,
+            self.u_argmax,
+        )
+    }
+
+    /// From the fine backbone's input gradient back to the chosen maps, adding to the coarse
+    /// attention maps' gradient; the up-sampler's parameter gradients accumulate.
+    fn fine_input_backward<B: Backend>(&mut self, b: &mut B) -> Result<()> {
+        b.mask_backward(
+            &self.mask_shape(),
+            self.resized,
+            self.coarse.net.input(),
+            self.fine.net.input_grad(),
+            self.u_max,
+            self.u_argmax,
+            self.d_resized,
+        )?;
+        let last = self.heads.upsampler.len() - 1;
+        b.resize_bilinear_backward(&self.resize_shape(), self.d_resized, self.d_up[last])?;
+        let (_, h, w) = self.feature_shape();
+        for i in (0..=last).rev() {
+            let side = (h << i, w << i);
+            let layer = self.upsampler_layer(i, side);
+            if i < last {
+                // Through this layer's ReLU: d_up[i] holds the gradient w.r.t. its output.
+                b.relu_backward(self.up_out[i], self.d_up[i], self.up_pre[i])?;
+            }
+            let d_pre = if i < last {
+                self.up_pre[i]
+            } else {
+                self.d_up[i]
+            };
+            let input = if i == 0 {
+                self.chosen
+            } else {
+                self.up_out[i - 1]
+            };
+            let d_input = if i == 0 {
+                self.d_chosen
+            } else {
+                self.d_up[i - 1]
+            };
+            let (wi, bi) = self.heads.upsampler[i];
+            b.conv_transpose_backward(
+                &layer,
+                input,
+                self.head_param(wi),
+                d_pre,
+                d_input,
+                self.head_grad(wi),
+                self.head_grad(bi),
+            )?;
+        }
+        b.select_map_backward(
+            &self.map_shape(),
+            self.chosen_maps,
+            self.d_chosen,
+            self.coarse.d_attention,
+            true,
+        )
+    }
+
+    /// One forward and backward of the whole model on [`Self::input`], [`Self::labels`] and
+    /// [`Self::chosen_maps`]: parameter gradients accumulate into the backbone's and the
+    /// heads' gradient buffers (zero them first with [`Self::zero_grads`]); the center banks
+    /// take their moving-average step. Returns the losses.
+    pub fn forward_backward<B: Backend>(&mut self, b: &mut B, mode: BnMode) -> Result<Losses> {
+        self.coarse.net.forward(b, mode)?;
+        let (coarse, center_coarse) = self.head_forward(b, false)?;
+        self.fine_input_forward(b)?;
+        self.fine.net.forward(b, mode)?;
+        let (fine, center_fine) = self.head_forward(b, true)?;
+
+        self.head_backward(b, true)?;
+        self.attention_backward(b, true)?;
+        self.fine.net.backward(b, mode, true)?;
+        self.head_backward(b, false)?;
+        self.fine_input_backward(b)?;
+        self.attention_backward(b, false)?;
+        self.coarse.net.backward(b, mode, false)?;
+        Ok(Losses {
+            coarse,
+            fine,
+            center_coarse,
+            center_fine,
+        })
+    }
+
+    pub fn zero_grads<B: Backend>(&self, b: &mut B) -> Result<()> {
+        self.coarse.net.zero_grads(b)?;
+        b.fill(self.grads, num_traits::Zero::zero())
+    }
+
+    /// One SGD step over the backbone's and the heads' parameters.
+    pub fn sgd_step<B: Backend>(&self, b: &mut B, p: &SgdParams) -> Result<()> {
+        self.coarse.net.sgd_step(b, p)?;
+        b.sgd_step(p, self.params, self.grads, self.momentum)
+    }
+}
+
+impl Pass {
+    fn new<B: Backend>(
+        b: &mut B,
+        net: Network,
+        config: &Coarse2FineConfig,
+        part_len: usize,
+    ) -> Result<Pass> {
+        let graph = &net.graph;
+        let f = graph.activations[graph.mixed_6e];
+        let batch = config.batch;
+        let maps = batch * config.maps * f.height * f.width;
+        let parts = batch * part_len;
+        let logits = batch * config.classes;
+        Ok(Pass {
+            attention_pre: b.alloc(maps)?,
+            attention: b.alloc(maps)?,
+            d_attention: b.alloc(maps)?,
+            parts: b.alloc(parts)?,
+            norms: b.alloc(batch)?,
+            d_parts: b.alloc(parts)?,
+            scaled: b.alloc(parts)?,
+            d_scaled: b.alloc(parts)?,
+            logits: b.alloc(logits)?,
+            d_logits: b.alloc(logits)?,
+            predictions: b.alloc_index(batch)?,
+            centers: b.alloc(config.classes * part_len)?,
+            net,
+        })
+    }
+}
