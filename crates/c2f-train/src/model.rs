@@ -313,17 +313,8 @@ impl Coarse2Fine {
     /// Attention, BAP, head and losses of one pass, after its backbone's forward. Returns the
     /// cross-entropy and center losses.
     fn head_forward<B: Backend>(&mut self, b: &mut B, fine: bool) -> Result<(f64, f64)> {
-        let conv = self.attention_conv();
-        let bap = self.bap_shape();
-        let head = self.head_shape();
+        self.attend(b, fine)?;
         let (ce, cl) = (self.ce_shape(), self.center_shape());
-        let w_att = self.head_param(self.heads.attention);
-        let (fc_w, fc_b) = if fine {
-            self.heads.fc_fine
-        } else {
-            self.heads.fc_coarse
-        };
-        let (fc_w, fc_b) = (self.head_param(fc_w), self.head_param(fc_b));
         let labels = self.labels;
         let lambda = self.config.center_loss;
         let pass = if fine {
@@ -331,12 +322,6 @@ impl Coarse2Fine {
         } else {
             &mut self.coarse
         };
-        let features = pass.net.output();
-        b.conv2d_forward(&conv, features, w_att, pass.attention_pre)?;
-        b.relu_forward(pass.attention_pre, pass.attention)?;
-        b.bap_forward(&bap, pass.attention, features, pass.parts, pass.norms)?;
-        b.axpby(FEATURE_SCALE, pass.parts, 0.0, pass.scaled)?;
-        b.linear_forward(&head, pass.scaled, fc_w, fc_b, pass.logits)?;
         let ce_loss = b.softmax_cross_entropy(
             &ce,
             pass.logits,
@@ -438,14 +423,19 @@ impl Coarse2Fine {
         }
     }
 
-    /// The fine branch's input: the chosen maps up-sampled into masks over the images.
-    fn fine_input_forward<B: Backend>(&mut self, b: &mut B) -> Result<()> {
-        b.select_map_forward(
-            &self.map_shape(),
-            self.coarse.attention,
-            self.chosen_maps,
-            self.chosen,
-        )?;
+    /// The fine branch's input: the chosen maps (in inference, the mean map) up-sampled into
+    /// masks over the images.
+    fn fine_input_forward<B: Backend>(&mut self, b: &mut B, mean_map: bool) -> Result<()> {
+        if mean_map {
+            b.mean_maps_forward(&self.map_shape(), self.coarse.attention, self.chosen)?;
+        } else {
+            b.select_map_forward(
+                &self.map_shape(),
+                self.coarse.attention,
+                self.chosen_maps,
+                self.chosen,
+            )?;
+        }
         let (_, h, w) = self.feature_shape();
         let mut side = (h, w);
         let mut x = self.chosen;
@@ -538,7 +528,7 @@ impl Coarse2Fine {
     pub fn forward_backward<B: Backend>(&mut self, b: &mut B, mode: BnMode) -> Result<Losses> {
         self.coarse.net.forward(b, mode)?;
         let (coarse, center_coarse) = self.head_forward(b, false)?;
-        self.fine_input_forward(b)?;
+        self.fine_input_forward(b, false)?;
         self.fine.net.forward(b, mode)?;
         let (fine, center_fine) = self.head_forward(b, true)?;
 
@@ -555,6 +545,42 @@ impl Coarse2Fine {
             center_coarse,
             center_fine,
         })
+    }
+
+    /// Inference on [`Self::input`]: BatchNorm with running statistics, the mean attention map
+    /// for the fine pass, no loss. The coarse and fine logits are then in [`Self::logits`].
+    pub fn infer<B: Backend>(&mut self, b: &mut B) -> Result<()> {
+        let mode = BnMode::Inference;
+        self.coarse.net.forward(b, mode)?;
+        self.attend(b, false)?;
+        self.fine_input_forward(b, true)?;
+        self.fine.net.forward(b, mode)?;
+        self.attend(b, true)
+    }
+
+    /// Attention maps, BAP and the head of one pass, after its backbone's forward.
+    fn attend<B: Backend>(&mut self, b: &mut B, fine: bool) -> Result<()> {
+        let conv = self.attention_conv();
+        let bap = self.bap_shape();
+        let head = self.head_shape();
+        let w_att = self.head_param(self.heads.attention);
+        let (fc_w, fc_b) = if fine {
+            self.heads.fc_fine
+        } else {
+            self.heads.fc_coarse
+        };
+        let (fc_w, fc_b) = (self.head_param(fc_w), self.head_param(fc_b));
+        let pass = if fine {
+            &mut self.fine
+        } else {
+            &mut self.coarse
+        };
+        let features = pass.net.output();
+        b.conv2d_forward(&conv, features, w_att, pass.attention_pre)?;
+        b.relu_forward(pass.attention_pre, pass.attention)?;
+        b.bap_forward(&bap, pass.attention, features, pass.parts, pass.norms)?;
+        b.axpby(FEATURE_SCALE, pass.parts, 0.0, pass.scaled)?;
+        b.linear_forward(&head, pass.scaled, fc_w, fc_b, pass.logits)
     }
 
     pub fn zero_grads<B: Backend>(&self, b: &mut B) -> Result<()> {
