@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check in two steps (docs/gpu.md):
-#   tools/gpu-check.sh bundle   here (cargo, no GPU): release test and bench binaries, stripped,
-#                               into dist/gpu-bundle (git-ignored, carried to the GPU machine)
+#   tools/gpu-check.sh bundle   here (cargo, no GPU): the release test and bench binaries that
+#                               have GPU paths, stripped, into dist/gpu-bundle (git-ignored,
+#                               carried to the GPU machine)
 #   tools/gpu-check.sh run      on the GPU machine (no cargo): library paths, nvidia-smi, copy
 #                               bandwidth, every test with the GPU required, the NVRTC fallback,
 #                               compute-sanitizer memcheck and racecheck, the kernel benches;
@@ -36,6 +37,10 @@ for line in open(listing):
     if not exe or msg.get("reason") != "compiler-artifact":
         continue
     name = msg["target"]["name"]
+    # Only targets with GPU paths travel: the rest ran in CI already, and the bundle stays small.
+    source = open(msg["target"]["src_path"]).read()
+    if "gpu_or_skip" not in source and "cuda_or_skip" not in source:
+        continue
     # Unit tests of a library are named after the crate; integration tests and benches by file.
     if "bench" in kinds:
         dest = os.path.join(bundle, "benches", name)
@@ -163,8 +168,6 @@ PY
   for b in "$bundle"/benches/*; do
     local name
     name=$(basename "$b")
-    # CPU-only benches measure this machine's host, not the card.
-    case $name in *_cpu) continue ;; esac
     run_step "bench $name" 240 "$logs/bench-$name.txt" "$b" --bench --noplot \
       --warm-up-time 0.5 --measurement-time 1
   done
