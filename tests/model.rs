@@ -166,3 +166,26 @@ fn upsampler_gradient_matches_finite_differences() {
         assert!(e_rel < 1e-3, "{}: {e_rel:.3e}", e.name);
     }
 }
+
+#[test]
+fn attention_initialisation_is_orthonormal() {
+    use c2f_train::model::orthogonal_attention;
+    for (maps, channels) in [(8, 768), (32, 768), (2, 96), (3, 3)] {
+        let w = orthogonal_attention(maps, channels, 7).unwrap();
+        assert_eq!(w.len(), maps * channels);
+        for i in 0..maps {
+            for j in 0..maps {
+                let dot: f64 = (0..channels)
+                    .map(|c| w[i * channels + c] as f64 * w[j * channels + c] as f64)
+                    .sum();
+                let expected = if i == j { 1.0 } else { 0.0 };
+                assert!((dot - expected).abs() < 1e-5, "rows {i}, {j}: {dot}");
+            }
+        }
+        // Deterministic from the seed, different for another seed.
+        assert_eq!(w, orthogonal_attention(maps, channels, 7).unwrap());
+        assert_ne!(w, orthogonal_attention(maps, channels, 8).unwrap());
+    }
+    let err = orthogonal_attention(10, 4, 0).unwrap_err();
+    assert!(err.to_string().contains("10 maps of 4"), "{err}");
+}

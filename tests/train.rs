@@ -25,6 +25,7 @@ fn setup() -> (TrainConfig, Arc<dyn ImageSource>, Arc<dyn ImageSource>) {
             beta: 0.05,
         },
         seed: 1,
+        ortho_init: true,
     };
     let data = SyntheticConfig {
         classes: 3,

@@ -31,6 +31,28 @@ use c2f_kernels::{Error, Result};
 /// WS-DAN's scale of the normalised part features before the classifier.
 pub const FEATURE_SCALE: f64 = 100.0;
 
+/// The attention conv's orthogonal initialisation (the paper's Algorithm 1): draw
+/// `X [maps, channels]` uniform in `[-1, 1)` from `seed`, take its SVD `X = UΣVᵀ`, and return the
+/// first `maps` rows of `Vᵀ`, row-major: `maps` orthonormal rows of length `channels`.
+pub fn orthogonal_attention(maps: usize, channels: usize, seed: u64) -> Result<Vec<f32>> {
+    if maps == 0 || maps > channels {
+        return Err(Error::Shape(format!(
+            "orthogonal initialisation needs 1 ≤ maps ≤ channels, got {maps} maps of {channels}"
+        )));
+    }
+    let mut rng = c2f_kernels::rng::SplitMix64(seed);
+    let x = nalgebra::DMatrix::<f64>::from_fn(maps, channels, |_, _| rng.uniform(-1.0, 1.0));
+    let svd = x.svd(false, true);
+    let v_t = svd
+        .v_t
+        .ok_or_else(|| Error::Shape("SVD did not return Vᵀ".into()))?;
+    // Vᵀ is [min(maps, channels), channels] = [maps, channels], rows in singular-value order.
+    Ok((0..maps)
+        .flat_map(|r| (0..channels).map(move |c| (r, c)))
+        .map(|(r, c)| v_t[(r, c)] as f32)
+        .collect())
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Coarse2FineConfig {
     pub input_size: usize,

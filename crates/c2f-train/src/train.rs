@@ -21,7 +21,7 @@ use c2f_kernels::Result;
 
 use crate::data::loader::{Batch, ImageSource, Loader, LoaderConfig};
 use crate::data::transform::{TrainCrop, Transform};
-use crate::model::{Coarse2Fine, Coarse2FineConfig, FEATURE_SCALE};
+use crate::model::{orthogonal_attention, Coarse2Fine, Coarse2FineConfig, FEATURE_SCALE};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
@@ -36,6 +36,9 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     pub center_loss: CenterLossParams,
     pub seed: u64,
+    /// The attention conv starts from orthonormal rows (SVD, the paper's Algorithm 1); `false`
+    /// keeps the plain uniform start, the ablation of the paper's Table 8.
+    pub ortho_init: bool,
 }
 
 /// Test-set top-1 accuracy (fractions); the baseline has only `coarse`.
@@ -176,6 +179,14 @@ pub fn train_coarse2fine<B: Backend<Scalar = f32>>(
             -bound
         };
         counter_uniform(&e.name, lo, bound, &mut heads[e.range()]);
+    }
+    let attention = model
+        .head_table()
+        .get("attention.weight")
+        .expect("the model declares it");
+    if cfg.ortho_init {
+        let (maps, channels) = (attention.shape[0], attention.shape[1]);
+        heads[attention.range()].copy_from_slice(&orthogonal_attention(maps, channels, cfg.seed)?);
     }
     b.write(model.params, &heads)?;
     let (train_loader, test_loader) = loaders(cfg, train, test)?;

@@ -80,6 +80,10 @@ struct TrainArgs {
     lambda: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Start the attention conv from a plain uniform draw instead of orthonormal rows (the
+    /// paper's Table 8 ablation).
+    #[arg(long)]
+    no_ortho_init: bool,
 }
 
 fn main() {
@@ -119,6 +123,7 @@ fn train(args: TrainArgs) -> c2f_kernels::Result<()> {
             beta: 0.05,
         },
         seed: args.seed,
+        ortho_init: !args.no_ortho_init,
     };
     let data = SyntheticConfig {
         classes: args.classes,
