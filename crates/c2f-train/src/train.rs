@@ -161,24 +161,8 @@ pub fn train_coarse2fine<B: Backend<Scalar = f32>>(
     init_network(b, model.backbone())?;
     let mut heads = vec![0.0f32; model.params.len];
     for e in model.head_table().entries() {
-        let fan_in: usize = e.shape[1..].iter().product::<usize>().max(1);
-        let bound = if e.name.starts_with("upsampler.") && e.name.ends_with("bias") {
-            // A positive start, so the first masks are not all ones.
-            counter_uniform(&e.name, 0.0, 0.1, &mut heads[e.range()]);
-            continue;
-        } else if e.name.starts_with("fc_") {
-            // The heads see 100× the unit-norm part features: scale their start down by as
-            // much, so the first logits are of order one rather than of order 100.
-            1.0 / (FEATURE_SCALE * (fan_in as f64).sqrt())
-        } else {
-            1.0 / (fan_in as f64).sqrt()
-        };
-        let lo = if e.name.starts_with("upsampler.") {
-            0.0
-        } else {
-            -bound
-        };
-        counter_uniform(&e.name, lo, bound, &mut heads[e.range()]);
+        let (lo, hi) = head_range(&e.name, &e.shape);
+        counter_uniform(&e.name, lo, hi, &mut heads[e.range()]);
     }
     let attention = model
         .head_table()
@@ -249,6 +233,22 @@ pub fn train_coarse2fine<B: Backend<Scalar = f32>>(
         fine: Some(acc(1)),
         average: Some(acc(2)),
     })
+}
+
+/// The uniform range a head parameter starts from: ±1/sqrt(fan_in), except that the up-sampler
+/// starts non-negative (so the first masks are not all ones: the attention maps it reads are
+/// non-negative), and the classifiers 100× smaller, because they see 100× the unit-norm part
+/// features and should start with logits of order one.
+fn head_range(name: &str, shape: &[usize]) -> (f64, f64) {
+    let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    if name.starts_with("upsampler.") {
+        (0.0, if name.ends_with("bias") { 0.1 } else { bound })
+    } else if name.starts_with("fc_") {
+        (-bound / FEATURE_SCALE, bound / FEATURE_SCALE)
+    } else {
+        (-bound, bound)
+    }
 }
 
 fn model_graph(cfg: &TrainConfig) -> Result<Graph> {
