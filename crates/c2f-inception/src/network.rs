@@ -45,6 +45,13 @@ pub struct Network {
     /// Dropout before `fc` (torchvision's p = 0.5). The caller advances `step` every training
     /// step, and must not change these between a forward and its backward.
     pub dropout: DropoutParams,
+    /// Keeps the BatchNorm weights and biases out of [`Network::sgd_step`]: the "frozen" BN of
+    /// fine-tuning, used with [`BnMode::Inference`] so the running statistics stay fixed too.
+    pub bn_affine_frozen: bool,
+}
+
+fn is_bn_affine(name: &str) -> bool {
+    name.ends_with(".bn.weight") || name.ends_with(".bn.bias")
 }
 
 /// The buffers a network's parameters live in, which [`Network::sharing`] passes on.
@@ -171,6 +178,7 @@ impl Network {
                 step: 0,
                 training: true,
             },
+            bn_affine_frozen: false,
         })
     }
 
@@ -183,9 +191,35 @@ impl Network {
         b.fill(self.grads, B::Scalar::zero())
     }
 
-    /// One SGD step over all parameters with their gradients and momentum.
+    /// One SGD step over all parameters with their gradients and momentum; with
+    /// [`Network::bn_affine_frozen`] the BatchNorm weights and biases are left out.
     pub fn sgd_step<B: Backend>(&self, b: &mut B, p: &SgdParams) -> Result<()> {
-        b.sgd_step(p, self.params, self.grads, self.momentum)
+        if !self.bn_affine_frozen {
+            return b.sgd_step(p, self.params, self.grads, self.momentum);
+        }
+        // One update per maximal run of consecutive non-BN tensors (the table interleaves
+        // each conv's weight with its BN's weight and bias).
+        let entries = self.graph.params.entries();
+        let mut i = 0;
+        while i < entries.len() {
+            if is_bn_affine(&entries[i].name) {
+                i += 1;
+                continue;
+            }
+            let start = entries[i].offset;
+            while i < entries.len() && !is_bn_affine(&entries[i].name) {
+                i += 1;
+            }
+            let end = entries[i - 1].offset + entries[i - 1].len();
+            let slice = |t: Tensor| t.slice(start, end - start);
+            b.sgd_step(
+                p,
+                slice(self.params),
+                slice(self.grads),
+                slice(self.momentum),
+            )?;
+        }
+        Ok(())
     }
 
     /// The input images `[B, 3, S, S]`, to be written before [`Network::forward`].

@@ -6,7 +6,7 @@
 //! the auxiliary head (`AuxLogits.*`, which torchvision's pretrained files carry) are accepted
 //! and ignored. Saving is atomic: a temporary file beside the target, then a rename.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use c2f_kernels::{Error, Result};
@@ -53,23 +53,59 @@ pub fn load(
             ),
         ));
     }
+    let wanted = |name: &str| !(options.skip_fc && is_fc(name));
+    let tables = [&graph.params, &graph.buffers];
+    let expected: Vec<(&str, &[usize])> = tables
+        .iter()
+        .flat_map(|t| t.entries())
+        .filter(|e| wanted(&e.name))
+        .map(|e| (e.name.as_str(), e.shape.as_slice()))
+        .collect();
+    let file = read_checked(
+        path,
+        &expected,
+        |name| ignored(name) || !wanted(name),
+        "InceptionV3 weights",
+    )?;
+    let mut values = file.values.into_iter();
+    for (table, dest) in [(&graph.params, params), (&graph.buffers, buffers)] {
+        check_buffer(path, table, dest.len())?;
+        for entry in table.entries().iter().filter(|e| wanted(&e.name)) {
+            dest[entry.range()].copy_from_slice(&values.next().expect("one per expected tensor"));
+        }
+    }
+    Ok(())
+}
+
+/// What [`read_checked`] found: the expected tensors' values in the order asked for, and the
+/// file's `__metadata__` map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedFile {
+    pub values: Vec<Vec<f32>>,
+    pub metadata: HashMap<String, String>,
+}
+
+/// Reads the f32 tensors `expected` (name, shape) from the safetensors file at `path`. Refuses
+/// the file, naming it and `what` it was read as, with one message listing every missing,
+/// unexpected (a name neither expected nor `accept_extra`), mis-shaped and mis-typed tensor.
+pub fn read_checked(
+    path: &Path,
+    expected: &[(&str, &[usize])],
+    accept_extra: impl Fn(&str) -> bool,
+    what: &str,
+) -> Result<CheckedFile> {
     let bytes = std::fs::read(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| file_error(path, format!("not a valid safetensors file: {e}")))?;
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| file_error(path, format!("not a valid safetensors file: {e}")))?;
-    let wanted = |name: &str| !(options.skip_fc && is_fc(name));
-
     let mut problems = Vec::new();
     let in_file: BTreeSet<&str> = file.names().into_iter().collect();
-    let tables = [(&graph.params, "parameter"), (&graph.buffers, "buffer")];
-    let expected: BTreeSet<&str> = tables
-        .iter()
-        .flat_map(|(t, _)| t.entries().iter().map(|e| e.name.as_str()))
-        .filter(|n| wanted(n))
-        .collect();
-    let missing: Vec<&str> = expected.difference(&in_file).copied().collect();
+    let wanted: BTreeSet<&str> = expected.iter().map(|(name, _)| *name).collect();
+    let missing: Vec<&str> = wanted.difference(&in_file).copied().collect();
     let unexpected: Vec<&str> = in_file
         .iter()
-        .filter(|n| wanted(n) && !ignored(n) && !expected.contains(*n))
+        .filter(|n| !accept_extra(n) && !wanted.contains(*n))
         .copied()
         .collect();
     if !missing.is_empty() {
@@ -87,25 +123,14 @@ pub fn load(
         ));
     }
     let mut misshaped = Vec::new();
-    for (table, _) in &tables {
-        for entry in table.entries().iter().filter(|e| wanted(&e.name)) {
-            let Ok(view) = file.tensor(&entry.name) else {
-                continue;
-            };
-            if view.shape() != entry.shape.as_slice() {
-                misshaped.push(format!(
-                    "{} is {:?}, expected {:?}",
-                    entry.name,
-                    view.shape(),
-                    entry.shape
-                ));
-            } else if view.dtype() != Dtype::F32 {
-                misshaped.push(format!(
-                    "{} is {:?}, expected F32",
-                    entry.name,
-                    view.dtype()
-                ));
-            }
+    for &(name, shape) in expected {
+        let Ok(view) = file.tensor(name) else {
+            continue;
+        };
+        if view.shape() != shape {
+            misshaped.push(format!("{name} is {:?}, expected {shape:?}", view.shape()));
+        } else if view.dtype() != Dtype::F32 {
+            misshaped.push(format!("{name} is {:?}, expected F32", view.dtype()));
         }
     }
     if !misshaped.is_empty() {
@@ -118,20 +143,42 @@ pub fn load(
     if !problems.is_empty() {
         return Err(file_error(
             path,
-            format!("refused as InceptionV3 weights: {}", problems.join(" | ")),
+            format!("refused as {what}: {}", problems.join(" | ")),
         ));
     }
-    for (table, dest) in [(&graph.params, params), (&graph.buffers, buffers)] {
-        check_buffer(path, table, dest.len())?;
-        for entry in table.entries().iter().filter(|e| wanted(&e.name)) {
-            let view = file.tensor(&entry.name).expect("checked above");
-            let out = &mut dest[entry.range()];
-            for (o, chunk) in out.iter_mut().zip(view.data().chunks_exact(4)) {
-                *o = f32::from_le_bytes(chunk.try_into().unwrap());
-            }
-        }
+    let values = expected
+        .iter()
+        .map(|(name, _)| {
+            let view = file.tensor(name).expect("checked above");
+            view.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        })
+        .collect();
+    Ok(CheckedFile {
+        values,
+        metadata: header.metadata().clone().unwrap_or_default(),
+    })
+}
+
+/// Writes f32 tensors (name, shape, values) and an optional `__metadata__` map to a safetensors
+/// file at `path`, atomically.
+pub fn write_tensors(
+    path: &Path,
+    tensors: &[(&str, &[usize], &[f32])],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let mut views = Vec::new();
+    for &(name, shape, values) in tensors {
+        let data: &[u8] = bytemuck::cast_slice(values);
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.to_vec(), data)
+            .map_err(|e| file_error(path, format!("{name}: {e}")))?;
+        views.push((name, view));
     }
-    Ok(())
+    let bytes = safetensors::serialize(views, metadata)
+        .map_err(|e| file_error(path, format!("cannot serialise: {e}")))?;
+    write_atomically(path, &bytes)
 }
 
 fn check_buffer(path: &Path, table: &TensorTable, len: usize) -> Result<()> {
@@ -149,18 +196,17 @@ fn check_buffer(path: &Path, table: &TensorTable, len: usize) -> Result<()> {
 pub fn save(path: &Path, graph: &Graph, params: &[f32], buffers: &[f32]) -> Result<()> {
     check_buffer(path, &graph.params, params.len())?;
     check_buffer(path, &graph.buffers, buffers.len())?;
-    let mut views = Vec::new();
-    for (table, src) in [(&graph.params, params), (&graph.buffers, buffers)] {
-        for entry in table.entries() {
-            let data: &[u8] = bytemuck::cast_slice(&src[entry.range()]);
-            let view = safetensors::tensor::TensorView::new(Dtype::F32, entry.shape.clone(), data)
-                .map_err(|e| file_error(path, format!("{}: {e}", entry.name)))?;
-            views.push((entry.name.clone(), view));
-        }
-    }
-    let bytes = safetensors::serialize(views, None)
-        .map_err(|e| file_error(path, format!("cannot serialise: {e}")))?;
-    write_atomically(path, &bytes)
+    let tensors: Vec<(&str, &[usize], &[f32])> =
+        [(&graph.params, params), (&graph.buffers, buffers)]
+            .into_iter()
+            .flat_map(|(table, src)| {
+                table
+                    .entries()
+                    .iter()
+                    .map(move |e| (e.name.as_str(), e.shape.as_slice(), &src[e.range()]))
+            })
+            .collect();
+    write_tensors(path, &tensors, None)
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it over `path`, so a

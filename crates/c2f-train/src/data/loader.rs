@@ -328,13 +328,23 @@ impl Loader {
 
     /// Starts `epoch`: a background thread begins filling batches at once.
     pub fn epoch(&self, epoch: u64) -> Epoch {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// Starts `epoch` at batch `first_batch` (the batches before it are not loaded): how a run
+    /// resumed from a mid-epoch checkpoint sees exactly the rest of that epoch. Counting batches
+    /// by position assumes the skipped part had no unreadable files, which holds for a dataset
+    /// that has not changed since the checkpoint (the trainer checks its fingerprint).
+    pub fn epoch_from(&self, epoch: u64, first_batch: usize) -> Epoch {
         let (tx, rx) = sync_channel(self.config.prefetch);
+        let mut order = self.order(epoch);
+        order.drain(..(first_batch * self.config.batch_size).min(order.len()));
         let producer = Producer {
             source: self.source.clone(),
             config: self.config.clone(),
             pool: self.pool.clone(),
             epoch,
-            order: self.order(epoch),
+            order,
         };
         let handle = std::thread::Builder::new()
             .name(format!("c2f-prefetch-{epoch}"))
