@@ -33,13 +33,18 @@ const ROWS: [(&str, usize, bool, [u32; 4]); 6] = [
 fn write_tree(dir: &Path) {
     let data = dir.join("data");
     for (id, _, _, _) in ROWS {
-        write_jpeg(&data.join("images").join(format!("{id}.jpg")), W, H, |_, y| {
-            if y < H - BANNER_ROWS {
-                TOP
-            } else {
-                BANNER
-            }
-        });
+        write_jpeg(
+            &data.join("images").join(format!("{id}.jpg")),
+            W,
+            H,
+            |_, y| {
+                if y < H - BANNER_ROWS {
+                    TOP
+                } else {
+                    BANNER
+                }
+            },
+        );
     }
     std::fs::write(data.join("variants.txt"), VARIANTS.join("\n") + "\n").unwrap();
     let list = |train: bool| -> String {
@@ -85,7 +90,10 @@ fn reads_labels_splits_and_one_based_boxes() {
         assert_eq!(s.is_train, row.2);
         assert_eq!(s.crop_bottom, BANNER_ROWS);
         let [x0, y0, x1, y1] = row.3.map(|v| v as f32);
-        assert_eq!(s.bbox, Some(BBox::new(x0 - 1.0, y0 - 1.0, x1 - x0 + 1.0, y1 - y0 + 1.0)));
+        assert_eq!(
+            s.bbox,
+            Some(BBox::new(x0 - 1.0, y0 - 1.0, x1 - x0 + 1.0, y1 - y0 + 1.0))
+        );
     }
     assert_eq!(ds.train().len(), 4);
     assert_eq!(ds.test().len(), 2);
@@ -105,9 +113,8 @@ fn banner_is_cut_at_load_time_and_boxes_are_clipped() {
         assert_eq!(item.image.dimensions(), (W, H - BANNER_ROWS));
         // Every pixel left is the top colour (JPEG noise only): no banner row survives.
         for p in item.image.pixels() {
-            for c in 0..3 {
-                assert!(p.0[c].abs_diff(TOP[c]) < 12, "{:?} in {}", p.0, s.path.display());
-            }
+            let near = p.0.iter().zip(TOP).all(|(&v, t)| v.abs_diff(t) < 12);
+            assert!(near, "{:?} in {}", p.0, s.path.display());
         }
         let b = s.bbox.unwrap();
         let want_bottom = b.bottom().min((H - BANNER_ROWS) as f32);
@@ -165,8 +172,18 @@ fn bad_lines_name_file_and_line() {
             lines.join("\n")
         }
     };
-    expect_error("variant", trainval, replace2("2031775 Boeing 747"), &["line 2:", "Boeing 747"]);
-    expect_error("short_id", trainval, replace2("203177 F/A-18"), &["line 2:", "seven digits"]);
+    expect_error(
+        "variant",
+        trainval,
+        replace2("2031775 Boeing 747"),
+        &["line 2:", "Boeing 747"],
+    );
+    expect_error(
+        "short_id",
+        trainval,
+        replace2("203177 F/A-18"),
+        &["line 2:", "seven digits"],
+    );
     expect_error("no_variant", trainval, replace2("2031775"), &["line 2:"]);
     // Listed in both lists: the test list's line is named.
     expect_error(
@@ -183,15 +200,42 @@ fn bad_lines_name_file_and_line() {
     );
     // Boxes: corners swapped, not numbers, an unlisted id, an id without a box.
     let boxes = "images_box.txt";
-    expect_error("box_swapped", boxes, replace2("1025794 30 1 10 36"), &["line 2:", "out of range"]);
-    expect_error("box_text", boxes, replace2("1025794 1 1 ten 36"), &["line 2:"]);
-    expect_error("box_far", boxes, replace2("1025794 1 1 60 36"), &["line 2:", "outside"]);
-    expect_error("box_unlisted", boxes, replace2("1234567 1 1 5 5"), &["line 2:", "1234567"]);
+    expect_error(
+        "box_swapped",
+        boxes,
+        replace2("1025794 30 1 10 36"),
+        &["line 2:", "out of range"],
+    );
+    expect_error(
+        "box_text",
+        boxes,
+        replace2("1025794 1 1 ten 36"),
+        &["line 2:"],
+    );
+    expect_error(
+        "box_far",
+        boxes,
+        replace2("1025794 1 1 60 36"),
+        &["line 2:", "outside"],
+    );
+    expect_error(
+        "box_unlisted",
+        boxes,
+        replace2("1234567 1 1 5 5"),
+        &["line 2:", "1234567"],
+    );
     let dir = scratch("data_aircraft", "box_missing");
     write_tree(&dir);
     let p = dir.join("data").join(boxes);
     let t = std::fs::read_to_string(&p).unwrap();
-    std::fs::write(&p, t.lines().filter(|l| !l.starts_with("0056978")).collect::<Vec<_>>().join("\n")).unwrap();
+    std::fs::write(
+        &p,
+        t.lines()
+            .filter(|l| !l.starts_with("0056978"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
     expect_file_error(
         aircraft::open(&dir),
         &dir.join("data").join(trainval),

@@ -25,7 +25,11 @@ const TEST: [(&str, u8, [f64; 4]); 2] = [
     ("00001.jpg", 3, [2.0, 2.0, 20.0, 20.0]),
     ("00002.jpg", 1, [4.0, 1.0, 31.0, 9.0]),
 ];
-const NAMES: [&str; 3] = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "smart fortwo 2012"];
+const NAMES: [&str; 3] = [
+    "AM General Hummer SUV 2000",
+    "Acura RL Sedan 2012",
+    "smart fortwo 2012",
+];
 
 fn annotations(rows: &[(&str, u8, [f64; 4])], class_as_u8: bool) -> Mat {
     Mat::Struct(
@@ -50,10 +54,19 @@ fn write_tree(dir: &Path, train: &[(&str, u8, [f64; 4])]) {
         write_jpeg(&dir.join("cars_train").join(f), 32, 24, pattern(k as u32));
     }
     for (k, (f, _, _)) in TEST.iter().enumerate() {
-        write_jpeg(&dir.join("cars_test").join(f), 32, 24, pattern(10 + k as u32));
+        write_jpeg(
+            &dir.join("cars_test").join(f),
+            32,
+            24,
+            pattern(10 + k as u32),
+        );
     }
     let devkit = dir.join("devkit");
-    write_mat(&devkit.join("cars_train_annos.mat"), &[("annotations", annotations(train, true))], true);
+    write_mat(
+        &devkit.join("cars_train_annos.mat"),
+        &[("annotations", annotations(train, true))],
+        true,
+    );
     // The test annotations with labels are a separate download, here in the root, uncompressed.
     write_mat(
         &dir.join("cars_test_annos_withlabels.mat"),
@@ -61,7 +74,11 @@ fn write_tree(dir: &Path, train: &[(&str, u8, [f64; 4])]) {
         false,
     );
     let names = NAMES.iter().map(|n| Mat::Text(n.to_string())).collect();
-    write_mat(&devkit.join("cars_meta.mat"), &[("class_names", Mat::Cell(names, [1, 3]))], true);
+    write_mat(
+        &devkit.join("cars_meta.mat"),
+        &[("class_names", Mat::Cell(names, [1, 3]))],
+        true,
+    );
 }
 
 fn corners(b: [f64; 4]) -> BBox {
@@ -79,7 +96,10 @@ fn reads_annotations_boxes_and_class_names() {
     assert!(ds.has_boxes());
     let (train, test) = (ds.train(), ds.test());
     assert_eq!((train.len(), test.len()), (4, 2));
-    for (samples, rows, folder) in [(&train, &TRAIN[..], "cars_train"), (&test, &TEST[..], "cars_test")] {
+    for (samples, rows, folder) in [
+        (&train, &TRAIN[..], "cars_train"),
+        (&test, &TEST[..], "cars_test"),
+    ] {
         for (k, (s, (f, c, b))) in samples.iter().zip(rows).enumerate() {
             assert_eq!(s.id, k as u64 + 1);
             assert_eq!(s.path, dir.join(folder).join(f));
@@ -130,7 +150,11 @@ fn bad_annotations_name_file_and_element() {
     case("box_far", &rows, &["annotations(4)", "outside"]);
     let mut rows = TRAIN;
     rows[3].0 = "00001.jpg";
-    case("fname_twice", &rows, &["annotations(4).fname", "annotations(1)"]);
+    case(
+        "fname_twice",
+        &rows,
+        &["annotations(4).fname", "annotations(1)"],
+    );
 
     // A missing field, a text where a number belongs, a file that is not a MAT-file, a
     // truncated one, a missing variable.
@@ -139,18 +163,41 @@ fn bad_annotations_name_file_and_element() {
     let p = train_path(&dir);
     let no_class = Mat::Struct(
         vec!["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "fname"],
-        vec![[1.0, 1.0, 5.0, 5.0].map(|x| Mat::Double(vec![x], [1, 1])).into_iter().chain([Mat::Text("00001.jpg".into())]).collect()],
+        vec![[1.0, 1.0, 5.0, 5.0]
+            .map(|x| Mat::Double(vec![x], [1, 1]))
+            .into_iter()
+            .chain([Mat::Text("00001.jpg".into())])
+            .collect()],
     );
     write_mat(&p, &[("annotations", no_class)], true);
-    expect_file_error(cars::open(&dir), &p, &["annotations(1).class", "missing field"]);
+    expect_file_error(
+        cars::open(&dir),
+        &p,
+        &["annotations(1).class", "missing field"],
+    );
     let text_box = Mat::Struct(
         FIELDS.to_vec(),
-        vec![vec![Mat::Text("1".into()), Mat::Double(vec![1.0], [1, 1]), Mat::Double(vec![5.0], [1, 1]), Mat::Double(vec![5.0], [1, 1]), Mat::U8(1), Mat::Text("00001.jpg".into())]],
+        vec![vec![
+            Mat::Text("1".into()),
+            Mat::Double(vec![1.0], [1, 1]),
+            Mat::Double(vec![5.0], [1, 1]),
+            Mat::Double(vec![5.0], [1, 1]),
+            Mat::U8(1),
+            Mat::Text("00001.jpg".into()),
+        ]],
     );
     write_mat(&p, &[("annotations", text_box)], false);
-    expect_file_error(cars::open(&dir), &p, &["annotations(1).bbox_x1", "not a single number"]);
+    expect_file_error(
+        cars::open(&dir),
+        &p,
+        &["annotations(1).bbox_x1", "not a single number"],
+    );
     write_mat(&p, &[("labels", Mat::Double(vec![1.0], [1, 1]))], true);
-    expect_file_error(cars::open(&dir), &p, &["no variable `annotations`", "labels"]);
+    expect_file_error(
+        cars::open(&dir),
+        &p,
+        &["no variable `annotations`", "labels"],
+    );
     std::fs::write(&p, b"hello").unwrap();
     expect_file_error(cars::open(&dir), &p, &["cannot parse MAT-file"]);
     write_mat(&p, &[("annotations", annotations(&TRAIN, true))], true);

@@ -10,7 +10,7 @@ use c2f_train::data::image_io::load_rgb;
 use c2f_train::data::synthetic::{
     class_dir, write_cub_layout, Split, SyntheticConfig, SyntheticSet,
 };
-use c2f_train::data::{BBox, OpenOptions};
+use c2f_train::data::{open_dataset, BBox, DatasetKind, OpenOptions};
 use image::{Rgb, RgbImage};
 
 fn scratch(name: &str) -> PathBuf {
@@ -335,4 +335,21 @@ fn inconsistent_ids_and_flags_name_file_and_line() {
         Err(Error::File { path, .. }) => assert!(path.ends_with("train_test_split.txt")),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn dataset_kinds_parse_by_name_and_open_cub() {
+    for kind in DatasetKind::ALL {
+        assert_eq!(kind.name().parse::<DatasetKind>(), Ok(kind));
+    }
+    let names: Vec<&str> = DatasetKind::ALL.iter().map(|k| k.name()).collect();
+    assert_eq!(names, ["cub", "aircraft", "cars", "dogs", "inat2017"]);
+    let err = "birds".parse::<DatasetKind>().unwrap_err();
+    assert!(err.contains("`birds`") && err.contains("inat2017"), "{err}");
+    let dir = scratch("open_dataset");
+    Fixture::tiny().write(&dir, None);
+    let ds = open_dataset(DatasetKind::Cub, &dir).unwrap();
+    assert_eq!(ds.samples, cub::open(&dir).unwrap().samples);
+    assert_eq!(ds.class_names, vec!["001.A", "002.B", "003.C"]);
+    assert!(ds.has_boxes());
 }

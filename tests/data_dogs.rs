@@ -18,13 +18,29 @@ const POM: &str = "n02112018-Pomeranian";
 /// `(path under Images/, label 1-based, boxes xmin ymin xmax ymax)`.
 type Row = (&'static str, f64, &'static [[u32; 4]]);
 const TRAIN: [Row; 3] = [
-    ("n02112018-Pomeranian/n02112018_1.jpg", 2.0, &[[3, 4, 20, 18]]),
-    ("n02085620-Chihuahua/n02085620_7.jpg", 1.0, &[[2, 2, 10, 12], [15, 5, 30, 20]]),
-    ("n02085620-Chihuahua/n02085620_9.jpg", 1.0, &[[1, 1, 32, 24]]),
+    (
+        "n02112018-Pomeranian/n02112018_1.jpg",
+        2.0,
+        &[[3, 4, 20, 18]],
+    ),
+    (
+        "n02085620-Chihuahua/n02085620_7.jpg",
+        1.0,
+        &[[2, 2, 10, 12], [15, 5, 30, 20]],
+    ),
+    (
+        "n02085620-Chihuahua/n02085620_9.jpg",
+        1.0,
+        &[[1, 1, 32, 24]],
+    ),
 ];
 const TEST: [Row; 2] = [
     ("n02085620-Chihuahua/n02085620_3.jpg", 1.0, &[[5, 5, 9, 9]]),
-    ("n02112018-Pomeranian/n02112018_4.jpg", 2.0, &[[4, 3, 28, 22]]),
+    (
+        "n02112018-Pomeranian/n02112018_4.jpg",
+        2.0,
+        &[[4, 3, 28, 22]],
+    ),
 ];
 
 fn xml(boxes: &[[u32; 4]]) -> String {
@@ -44,12 +60,23 @@ fn xml(boxes: &[[u32; 4]]) -> String {
 fn list(rows: &[Row]) -> Vec<(&'static str, Mat)> {
     let n = rows.len();
     vec![
-        ("file_list", Mat::Cell(rows.iter().map(|r| Mat::Text(r.0.into())).collect(), [n, 1])),
+        (
+            "file_list",
+            Mat::Cell(rows.iter().map(|r| Mat::Text(r.0.into())).collect(), [n, 1]),
+        ),
         (
             "annotation_list",
-            Mat::Cell(rows.iter().map(|r| Mat::Text(r.0.trim_end_matches(".jpg").into())).collect(), [n, 1]),
+            Mat::Cell(
+                rows.iter()
+                    .map(|r| Mat::Text(r.0.trim_end_matches(".jpg").into()))
+                    .collect(),
+                [n, 1],
+            ),
         ),
-        ("labels", Mat::Double(rows.iter().map(|r| r.1).collect(), [n, 1])),
+        (
+            "labels",
+            Mat::Double(rows.iter().map(|r| r.1).collect(), [n, 1]),
+        ),
     ]
 }
 
@@ -84,7 +111,12 @@ fn reads_lists_breeds_and_union_boxes() {
             assert_eq!(s.path, dir.join("Images").join(r.0));
             assert_eq!(s.label, r.1 as usize - 1);
             let union = r.2.iter().fold(r.2[0], |u, b| {
-                [u[0].min(b[0]), u[1].min(b[1]), u[2].max(b[2]), u[3].max(b[3])]
+                [
+                    u[0].min(b[0]),
+                    u[1].min(b[1]),
+                    u[2].max(b[2]),
+                    u[3].max(b[3]),
+                ]
             });
             assert_eq!(s.bbox, Some(corners(union)));
         }
@@ -147,7 +179,9 @@ fn bad_lists_and_boxes_name_file_and_element() {
     // XML: swapped corners, not a number, no object, not XML, missing file.
     let dir = scratch("data_dogs", "xml");
     write_tree(&dir, &TRAIN);
-    let a = dir.join("Annotation").join(TRAIN[1].0.trim_end_matches(".jpg"));
+    let a = dir
+        .join("Annotation")
+        .join(TRAIN[1].0.trim_end_matches(".jpg"));
     let good = std::fs::read_to_string(&a).unwrap();
     std::fs::write(&a, xml(&[[2, 2, 10, 12], [30, 5, 15, 20]])).unwrap();
     expect_file_error(dogs::open(&dir), &a, &["object 2 bndbox", "out of range"]);

@@ -13,7 +13,11 @@ use common::datasets::{expect_file_error, loader_skips, pattern, scratch, write_
 use serde_json::{json, Value};
 
 /// Category ids (sparse, unsorted) and names.
-const CATEGORIES: [(u64, &str); 3] = [(70, "Danaus plexippus"), (5, "Aves sp."), (31, "Quercus alba")];
+const CATEGORIES: [(u64, &str); 3] = [
+    (70, "Danaus plexippus"),
+    (5, "Aves sp."),
+    (31, "Quercus alba"),
+];
 /// `(image id, category id)`: train, then val.
 const TRAIN: [(u64, u64); 4] = [(900, 31), (12, 70), (400, 5), (3, 31)];
 const VAL: [(u64, u64); 2] = [(77, 5), (1000, 70)];
@@ -47,7 +51,11 @@ fn write_tree(dir: &Path, train: &Value, val: &Value) {
         write_jpeg(&dir.join(file_name(*id)), 24, 16, pattern(k as u32));
     }
     std::fs::write(dir.join("train2017.json"), train.to_string()).unwrap();
-    std::fs::write(dir.join("val2017.json"), serde_json::to_string_pretty(val).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("val2017.json"),
+        serde_json::to_string_pretty(val).unwrap(),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -57,7 +65,10 @@ fn joins_by_image_id_and_numbers_categories_in_id_order() {
     let ds = open_dataset(DatasetKind::Inat2017, &dir).unwrap();
     assert!(ds.problems.is_empty(), "{:?}", ds.problems);
     // Ids 5, 31, 70 → classes 0, 1, 2.
-    assert_eq!(ds.class_names, ["Aves sp.", "Quercus alba", "Danaus plexippus"]);
+    assert_eq!(
+        ds.class_names,
+        ["Aves sp.", "Quercus alba", "Danaus plexippus"]
+    );
     let class = |c: u64| [5, 31, 70].iter().position(|&x| x == c).unwrap();
     assert!(!ds.has_boxes());
     let (train, test) = (ds.train(), ds.test());
@@ -98,9 +109,21 @@ fn bad_annotations_name_file_and_key() {
         expect_file_error(inat::open(&dir), &dir.join("train2017.json"), words);
     };
     // annotations[0] is the rotated list's first: image 3's (rows reversed then rotated by one).
-    case("unknown_image", &|v| v["annotations"][0]["image_id"] = json!(5555), &["annotations[0]", "5555"]);
-    case("unknown_category", &|v| v["annotations"][1]["category_id"] = json!(6), &["annotations[1]", "category id 6"]);
-    case("duplicate_image", &|v| v["images"][2]["id"] = json!(900), &["images[2]", "images[0]"]);
+    case(
+        "unknown_image",
+        &|v| v["annotations"][0]["image_id"] = json!(5555),
+        &["annotations[0]", "5555"],
+    );
+    case(
+        "unknown_category",
+        &|v| v["annotations"][1]["category_id"] = json!(6),
+        &["annotations[1]", "category id 6"],
+    );
+    case(
+        "duplicate_image",
+        &|v| v["images"][2]["id"] = json!(900),
+        &["images[2]", "images[0]"],
+    );
     case(
         "no_annotation",
         &|v| {
@@ -116,12 +139,24 @@ fn bad_annotations_name_file_and_key() {
         },
         &["annotations[4]", "image 12 already"],
     );
-    case("duplicate_category", &|v| v["categories"][1]["id"] = json!(70), &["categories[1]", "categories[0]"]);
-    case("not_coco", &|v| v["images"][1]["file_name"] = json!(7), &["not a COCO-style", "line 1"]);
+    case(
+        "duplicate_category",
+        &|v| v["categories"][1]["id"] = json!(70),
+        &["categories[1]", "categories[0]"],
+    );
+    case(
+        "not_coco",
+        &|v| v["images"][1]["file_name"] = json!(7),
+        &["not a COCO-style", "line 1"],
+    );
     // The validation categories must agree with the training ones.
     let dir = scratch("data_inat", "val_categories");
     let mut val = coco(&VAL);
     val["categories"][2]["name"] = json!("Quercus rubra");
     write_tree(&dir, &coco(&TRAIN), &val);
-    expect_file_error(inat::open(&dir), &dir.join("val2017.json"), &["categories[2]", "Quercus rubra"]);
+    expect_file_error(
+        inat::open(&dir),
+        &dir.join("val2017.json"),
+        &["categories[2]", "Quercus rubra"],
+    );
 }

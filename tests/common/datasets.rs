@@ -55,7 +55,10 @@ pub fn expect_file_error<T: std::fmt::Debug>(
                 assert!(message.contains(w), "`{message}` lacks `{w}`");
             }
         }
-        other => panic!("expected a file error about {}, got {other:?}", path.display()),
+        other => panic!(
+            "expected a file error about {}, got {other:?}",
+            path.display()
+        ),
     }
 }
 
@@ -130,7 +133,10 @@ fn matrix(name: &str, value: &Mat) -> Vec<u8> {
     let mut body = Vec::new();
     let flags: Vec<u8> = [class, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
     element(&mut body, MI_UINT32, &flags);
-    let d: Vec<u8> = dims.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect();
+    let d: Vec<u8> = dims
+        .iter()
+        .flat_map(|&v| (v as i32).to_le_bytes())
+        .collect();
     element(&mut body, MI_INT32, &d);
     element(&mut body, MI_INT8, name.as_bytes());
     match value {
