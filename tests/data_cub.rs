@@ -5,12 +5,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use c2f_kernels::Error;
-use c2f_train::data::cub::{CubDataset, CubOptions};
+use c2f_train::data::cub;
 use c2f_train::data::image_io::load_rgb;
 use c2f_train::data::synthetic::{
     class_dir, write_cub_layout, Split, SyntheticConfig, SyntheticSet,
 };
-use c2f_train::data::BBox;
+use c2f_train::data::{open_dataset, BBox, DatasetKind, OpenOptions};
 use image::{Rgb, RgbImage};
 
 fn scratch(name: &str) -> PathBuf {
@@ -30,7 +30,7 @@ fn synthetic_round_trip() {
         ..Default::default()
     };
     write_cub_layout(&dir, &cfg, 20, 10).unwrap();
-    let ds = CubDataset::open(&dir).unwrap();
+    let ds = cub::open(&dir).unwrap();
     assert!(ds.problems.is_empty(), "{:?}", ds.problems);
     assert_eq!(ds.num_classes(), 5);
     assert_eq!(ds.class_names[2], class_dir(2));
@@ -146,7 +146,7 @@ fn files_are_joined_by_id_not_by_order() {
     let dir = scratch("join");
     let f = Fixture::tiny();
     f.write(&dir, None);
-    let ds = CubDataset::open(&dir).unwrap();
+    let ds = cub::open(&dir).unwrap();
     assert!(ds.problems.is_empty());
     assert_eq!(ds.class_names, vec!["001.A", "002.B", "003.C"]);
     assert_eq!(ds.samples.len(), 5);
@@ -172,7 +172,7 @@ fn missing_image_is_reported_and_skipped() {
     let dir = scratch("missing");
     let f = Fixture::tiny();
     f.write(&dir, Some(3));
-    let ds = CubDataset::open(&dir).unwrap();
+    let ds = cub::open(&dir).unwrap();
     assert_eq!(ds.samples.len(), 4);
     assert!(ds.samples.iter().all(|s| s.id != 3));
     assert_eq!(ds.problems.len(), 1);
@@ -187,7 +187,7 @@ fn expect_error(name: &str, file: &str, edit: impl Fn(&str) -> String, words: &[
     let path = dir.join(file);
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, edit(&text)).unwrap();
-    match CubDataset::open(&dir) {
+    match cub::open(&dir) {
         Err(Error::File { path: p, message }) => {
             assert_eq!(p, path.display().to_string(), "{message}");
             for w in words {
@@ -273,14 +273,14 @@ fn bad_boxes_name_file_and_line() {
     let p = dir.join("bounding_boxes.txt");
     let t = std::fs::read_to_string(&p).unwrap();
     std::fs::write(&p, replace_line(&t, 2, "2 0 0 20.5 16.5")).unwrap();
-    assert!(CubDataset::open(&dir).is_ok());
+    assert!(cub::open(&dir).is_ok());
     std::fs::write(&p, replace_line(&t, 2, "2 0 0 40 16")).unwrap();
-    assert!(CubDataset::open(&dir).is_err());
-    let lax = CubOptions {
+    assert!(cub::open(&dir).is_err());
+    let lax = OpenOptions {
         check_boxes_against_images: false,
         ..Default::default()
     };
-    assert!(CubDataset::open_with(&dir, &lax).is_ok());
+    assert!(cub::open_with(&dir, &lax).is_ok());
 }
 
 #[test]
@@ -320,7 +320,7 @@ fn inconsistent_ids_and_flags_name_file_and_line() {
     let t = std::fs::read_to_string(&p).unwrap();
     let kept: Vec<&str> = t.lines().filter(|l| !l.starts_with("9 ")).collect();
     std::fs::write(&p, kept.join("\n")).unwrap();
-    match CubDataset::open(&dir2) {
+    match cub::open(&dir2) {
         Err(Error::File { path, message }) => {
             assert!(path.ends_with("images.txt"), "{path}");
             assert!(message.contains(&line) && message.contains("image_class_labels.txt"));
@@ -331,8 +331,25 @@ fn inconsistent_ids_and_flags_name_file_and_line() {
     let dir3 = scratch("no_split");
     Fixture::tiny().write(&dir3, None);
     std::fs::remove_file(dir3.join("train_test_split.txt")).unwrap();
-    match CubDataset::open(&dir3) {
+    match cub::open(&dir3) {
         Err(Error::File { path, .. }) => assert!(path.ends_with("train_test_split.txt")),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn dataset_kinds_parse_by_name_and_open_cub() {
+    for kind in DatasetKind::ALL {
+        assert_eq!(kind.name().parse::<DatasetKind>(), Ok(kind));
+    }
+    let names: Vec<&str> = DatasetKind::ALL.iter().map(|k| k.name()).collect();
+    assert_eq!(names, ["cub", "aircraft", "cars", "dogs", "inat2017"]);
+    let err = "birds".parse::<DatasetKind>().unwrap_err();
+    assert!(err.contains("`birds`") && err.contains("inat2017"), "{err}");
+    let dir = scratch("open_dataset");
+    Fixture::tiny().write(&dir, None);
+    let ds = open_dataset(DatasetKind::Cub, &dir).unwrap();
+    assert_eq!(ds.samples, cub::open(&dir).unwrap().samples);
+    assert_eq!(ds.class_names, vec!["001.A", "002.B", "003.C"]);
+    assert!(ds.has_boxes());
 }

@@ -359,6 +359,7 @@ fn png_exif_orientation_reaches_the_file_source_box() {
             label: 0,
             bbox: Some(b),
             is_train: true,
+            crop_bottom: 0,
         }]);
         let item = src.load(0).unwrap();
         assert_eq!(item.bbox, Some(bright_box(&item.image)), "EXIF {exif}");

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use c2f_kernels::{Error, Result};
-use c2f_train::data::cub::CubDataset;
+use c2f_train::data::cub;
 use c2f_train::data::loader::{epoch_order, FileSource};
 use c2f_train::data::synthetic::{write_cub_layout, Split, SyntheticConfig, SyntheticSet};
 use c2f_train::data::{ImageSource, Item, Loader, LoaderConfig, Transform};
@@ -176,7 +176,7 @@ fn corrupt_and_missing_files_are_skipped_reported_and_counted() {
         ..Default::default()
     };
     write_cub_layout(&dir, &cfg, 17, 0).unwrap();
-    let ds = CubDataset::open(&dir).unwrap();
+    let ds = cub::open(&dir).unwrap();
     let mut samples = ds.train();
     assert_eq!(samples.len(), 17);
     // Three corrupt files (garbage, truncated, empty) and one that vanished after reading.

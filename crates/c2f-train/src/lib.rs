@@ -1,4 +1,5 @@
-//! Coarse2Fine training: datasets (CUB-200-2011 and the built-in synthetic fine-grained set),
+//! Coarse2Fine training: datasets (CUB-200-2011, FGVC-Aircraft, Stanford Cars and Dogs,
+//! iNaturalist 2017, CelebA attributes, and the built-in synthetic fine-grained set),
 //! decoding, transforms and the prefetching loader ([`data`]); the model's forward and backward
 //! on any backend ([`model`]).
 

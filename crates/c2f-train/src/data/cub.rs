@@ -18,87 +18,21 @@
 //! The files are joined by image id, never by line order. Any malformed line, duplicate or
 //! unknown id, a label outside `1..=classes`, a split flag other than 0/1, or a box that is not
 //! finite, has no area, or lies outside its image (1 pixel of slack, checked against the image
-//! header when it can be read) is an [`Error::File`] naming the file and the line. A listed image
-//! whose file is missing is not an error: it is reported as a [`Problem`] with its path and left
+//! header when it can be read) is an [`c2f_kernels::Error::File`] naming the file and the line. A listed image
+//! whose file is missing is not an error: it is reported as a [`super::Problem`] with its path and left
 //! out of the samples. A file that exists but does not decode is left to the loader, which skips
 //! and counts it.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use c2f_kernels::{Error, Result};
-use rayon::prelude::*;
+use c2f_kernels::Result;
 
-use super::{image_io, BBox, Sample};
-
-/// Something wrong with one image that does not stop the dataset from being used.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Problem {
-    pub path: PathBuf,
-    pub message: String,
-}
-
-/// Options of [`CubDataset::open_with`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct CubOptions {
-    /// Check each box against its image's size (reads every image header; in parallel).
-    pub check_boxes_against_images: bool,
-    /// Slack in pixels allowed outside the image.
-    pub box_tolerance: f32,
-}
-
-impl Default for CubOptions {
-    fn default() -> Self {
-        CubOptions {
-            check_boxes_against_images: true,
-            box_tolerance: 1.0,
-        }
-    }
-}
-
-/// A CUB-200-2011 tree, read and validated.
-#[derive(Debug, Clone)]
-pub struct CubDataset {
-    pub root: PathBuf,
-    /// Class names, index = 0-based label (from `classes.txt`, else `class_<id>`).
-    pub class_names: Vec<String>,
-    /// Every image whose file exists, sorted by image id.
-    pub samples: Vec<Sample>,
-    /// Images left out (missing files), with their paths.
-    pub problems: Vec<Problem>,
-}
+use super::files::{check_box, keep_existing, line_error, read_lines, Origin};
+use super::{BBox, Dataset, OpenOptions, Sample};
 
 /// `image id → (line number, fields)` of one text file.
 type Table = HashMap<u64, (usize, Vec<String>)>;
-
-/// A non-empty line of a text file: its 1-based line number and the line, trimmed.
-struct Line {
-    number: usize,
-    text: String,
-}
-
-fn read_lines(path: &Path) -> Result<Vec<Line>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::File {
-        path: path.display().to_string(),
-        message: format!("cannot read: {e}"),
-    })?;
-    Ok(text
-        .lines()
-        .enumerate()
-        .map(|(k, l)| Line {
-            number: k + 1,
-            text: l.trim().to_string(),
-        })
-        .filter(|l| !l.text.is_empty())
-        .collect())
-}
-
-fn line_error(path: &Path, line: usize, message: impl std::fmt::Display) -> Error {
-    Error::File {
-        path: path.display().to_string(),
-        message: format!("line {line}: {message}"),
-    }
-}
 
 /// Parses a `<id> <fields...>` file into `id → (line, fields)`, `n` whitespace-separated fields
 /// after the id, or the rest of the line as one field if `n == 0`.
@@ -143,240 +77,156 @@ fn read_table(path: &Path, n: usize) -> Result<Table> {
     Ok(out)
 }
 
-impl CubDataset {
-    /// Reads the tree at `root` (the folder holding `images.txt`) with default options.
-    pub fn open(root: &Path) -> Result<Self> {
-        Self::open_with(root, &CubOptions::default())
+/// Reads the tree at `root` (the folder holding `images.txt`) with default options.
+pub fn open(root: &Path) -> Result<Dataset> {
+    open_with(root, &OpenOptions::default())
+}
+
+pub fn open_with(root: &Path, options: &OpenOptions) -> Result<Dataset> {
+    let images_path = root.join("images.txt");
+    let labels_path = root.join("image_class_labels.txt");
+    let split_path = root.join("train_test_split.txt");
+    let boxes_path = root.join("bounding_boxes.txt");
+    let classes_path = root.join("classes.txt");
+
+    let images = read_table(&images_path, 0)?;
+    let labels = read_table(&labels_path, 1)?;
+    let split = read_table(&split_path, 1)?;
+    let boxes = if boxes_path.exists() {
+        Some(read_table(&boxes_path, 4)?)
+    } else {
+        None
+    };
+
+    // Classes: from classes.txt when present (ids must be 1..=n), else as many as the
+    // largest label.
+    let class_names = if classes_path.exists() {
+        let table = read_table(&classes_path, 0)?;
+        let n = table.len();
+        let mut names = vec![String::new(); n];
+        for (&id, (line, fields)) in &table {
+            if id == 0 || id as usize > n {
+                return Err(line_error(
+                    &classes_path,
+                    *line,
+                    format!("class id {id} outside 1..={n} ({n} classes listed)"),
+                ));
+            }
+            names[id as usize - 1] = fields[0].clone();
+        }
+        Some(names)
+    } else {
+        None
+    };
+
+    // Every id of the other files must name an image.
+    let mut tables: Vec<(&Path, &Table)> = vec![(&labels_path, &labels), (&split_path, &split)];
+    if let Some(b) = &boxes {
+        tables.push((&boxes_path, b));
     }
-
-    pub fn open_with(root: &Path, options: &CubOptions) -> Result<Self> {
-        let images_path = root.join("images.txt");
-        let labels_path = root.join("image_class_labels.txt");
-        let split_path = root.join("train_test_split.txt");
-        let boxes_path = root.join("bounding_boxes.txt");
-        let classes_path = root.join("classes.txt");
-
-        let images = read_table(&images_path, 0)?;
-        let labels = read_table(&labels_path, 1)?;
-        let split = read_table(&split_path, 1)?;
-        let boxes = if boxes_path.exists() {
-            Some(read_table(&boxes_path, 4)?)
-        } else {
-            None
-        };
-
-        // Classes: from classes.txt when present (ids must be 1..=n), else as many as the
-        // largest label.
-        let class_names = if classes_path.exists() {
-            let table = read_table(&classes_path, 0)?;
-            let n = table.len();
-            let mut names = vec![String::new(); n];
-            for (&id, (line, fields)) in &table {
-                if id == 0 || id as usize > n {
-                    return Err(line_error(
-                        &classes_path,
-                        *line,
-                        format!("class id {id} outside 1..={n} ({n} classes listed)"),
-                    ));
-                }
-                names[id as usize - 1] = fields[0].clone();
-            }
-            Some(names)
-        } else {
-            None
-        };
-
-        // Every id of the other files must name an image.
-        let mut tables: Vec<(&Path, &Table)> = vec![(&labels_path, &labels), (&split_path, &split)];
-        if let Some(b) = &boxes {
-            tables.push((&boxes_path, b));
-        }
-        for (path, table) in &tables {
-            let mut lines: Vec<(usize, u64)> = table
-                .iter()
-                .filter(|(id, _)| !images.contains_key(id))
-                .map(|(&id, (line, _))| (*line, id))
-                .collect();
-            lines.sort_unstable();
-            if let Some(&(line, id)) = lines.first() {
-                return Err(line_error(
-                    path,
-                    line,
-                    format!("image id {id} is not listed in images.txt"),
-                ));
-            }
-        }
-
-        // Labels.
-        let max_label = labels
-            .values()
-            .filter_map(|(_, f)| f[0].parse::<u64>().ok())
-            .max()
-            .unwrap_or(0);
-        let n_classes = class_names
-            .as_ref()
-            .map_or(max_label as usize, |names| names.len());
-        let class_names =
-            class_names.unwrap_or_else(|| (1..=n_classes).map(|c| format!("class_{c}")).collect());
-
-        let mut ids: Vec<u64> = images.keys().copied().collect();
-        ids.sort_unstable();
-        let mut samples = Vec::with_capacity(ids.len());
-        for id in ids {
-            let (img_line, img_fields) = &images[&id];
-            let missing = |what: &Path| {
-                line_error(
-                    &images_path,
-                    *img_line,
-                    format!(
-                        "image id {id} has no line in {}",
-                        what.file_name().unwrap_or_default().to_string_lossy()
-                    ),
-                )
-            };
-            let (line, f) = labels.get(&id).ok_or_else(|| missing(&labels_path))?;
-            let label: u64 = f[0].parse().map_err(|_| {
-                line_error(
-                    &labels_path,
-                    *line,
-                    format!("label `{}` is not a number", f[0]),
-                )
-            })?;
-            if label == 0 || label as usize > n_classes {
-                return Err(line_error(
-                    &labels_path,
-                    *line,
-                    format!("label {label} outside 1..={n_classes}"),
-                ));
-            }
-            let (line, f) = split.get(&id).ok_or_else(|| missing(&split_path))?;
-            let is_train = match f[0].as_str() {
-                "1" => true,
-                "0" => false,
-                other => {
-                    return Err(line_error(
-                        &split_path,
-                        *line,
-                        format!("split flag `{other}` is neither 1 (train) nor 0 (test)"),
-                    ))
-                }
-            };
-            let bbox = match &boxes {
-                None => None,
-                Some(table) => {
-                    let (line, f) = table.get(&id).ok_or_else(|| missing(&boxes_path))?;
-                    let v: Vec<f32> = f
-                        .iter()
-                        .map(|x| x.parse::<f32>())
-                        .collect::<std::result::Result<_, _>>()
-                        .map_err(|_| {
-                            line_error(&boxes_path, *line, "box values must be numbers")
-                        })?;
-                    let b = BBox::new(v[0], v[1], v[2], v[3]);
-                    if v.iter().any(|x| !x.is_finite())
-                        || b.w <= 0.0
-                        || b.h <= 0.0
-                        || b.x < -options.box_tolerance
-                        || b.y < -options.box_tolerance
-                    {
-                        return Err(line_error(
-                            &boxes_path,
-                            *line,
-                            format!(
-                                "box x={} y={} w={} h={} is out of range (needs x, y >= 0 and \
-                                 w, h > 0)",
-                                b.x, b.y, b.w, b.h
-                            ),
-                        ));
-                    }
-                    Some((b, *line))
-                }
-            };
-            samples.push((
-                Sample {
-                    id,
-                    path: root.join("images").join(&img_fields[0]),
-                    label: label as usize - 1,
-                    bbox: bbox.map(|(b, _)| b),
-                    is_train,
-                },
-                bbox.map(|(_, line)| line),
+    for (path, table) in &tables {
+        let mut lines: Vec<(usize, u64)> = table
+            .iter()
+            .filter(|(id, _)| !images.contains_key(id))
+            .map(|(&id, (line, _))| (*line, id))
+            .collect();
+        lines.sort_unstable();
+        if let Some(&(line, id)) = lines.first() {
+            return Err(line_error(
+                path,
+                line,
+                format!("image id {id} is not listed in images.txt"),
             ));
         }
+    }
 
-        // Files: missing ones become problems; boxes are checked against the headers.
-        let checked: Vec<std::result::Result<Option<Error>, Problem>> = samples
-            .par_iter()
-            .map(|(s, box_line)| {
-                if !s.path.is_file() {
-                    return Err(Problem {
-                        path: s.path.clone(),
-                        message: "image file is missing".into(),
-                    });
-                }
-                let (Some(b), Some(line), true) =
-                    (s.bbox, box_line, options.check_boxes_against_images)
-                else {
-                    return Ok(None);
-                };
-                // An unreadable header is the loader's business (it skips and counts it).
-                let Ok((w, h)) = image_io::stored_size(&s.path) else {
-                    return Ok(None);
-                };
-                if b.inside(w as f32, h as f32, options.box_tolerance) {
-                    Ok(None)
-                } else {
-                    Ok(Some(line_error(
-                        &boxes_path,
-                        *line,
-                        format!(
-                            "box x={} y={} w={} h={} lies outside its {w}×{h} image {}",
-                            b.x,
-                            b.y,
-                            b.w,
-                            b.h,
-                            s.path.display()
-                        ),
-                    )))
-                }
-            })
-            .collect();
-        let mut kept = Vec::with_capacity(samples.len());
-        let mut problems = Vec::new();
-        for ((s, _), c) in samples.into_iter().zip(checked) {
-            match c {
-                Ok(None) => kept.push(s),
-                Ok(Some(e)) => return Err(e),
-                Err(p) => problems.push(p),
-            }
+    // Labels.
+    let max_label = labels
+        .values()
+        .filter_map(|(_, f)| f[0].parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    let n_classes = class_names
+        .as_ref()
+        .map_or(max_label as usize, |names| names.len());
+    let class_names =
+        class_names.unwrap_or_else(|| (1..=n_classes).map(|c| format!("class_{c}")).collect());
+
+    let mut ids: Vec<u64> = images.keys().copied().collect();
+    ids.sort_unstable();
+    let mut samples = Vec::with_capacity(ids.len());
+    for id in ids {
+        let (img_line, img_fields) = &images[&id];
+        let missing = |what: &Path| {
+            line_error(
+                &images_path,
+                *img_line,
+                format!(
+                    "image id {id} has no line in {}",
+                    what.file_name().unwrap_or_default().to_string_lossy()
+                ),
+            )
+        };
+        let (line, f) = labels.get(&id).ok_or_else(|| missing(&labels_path))?;
+        let label: u64 = f[0].parse().map_err(|_| {
+            line_error(
+                &labels_path,
+                *line,
+                format!("label `{}` is not a number", f[0]),
+            )
+        })?;
+        if label == 0 || label as usize > n_classes {
+            return Err(line_error(
+                &labels_path,
+                *line,
+                format!("label {label} outside 1..={n_classes}"),
+            ));
         }
-        Ok(CubDataset {
-            root: root.to_path_buf(),
-            class_names,
-            samples: kept,
-            problems,
-        })
+        let (line, f) = split.get(&id).ok_or_else(|| missing(&split_path))?;
+        let is_train = match f[0].as_str() {
+            "1" => true,
+            "0" => false,
+            other => {
+                return Err(line_error(
+                    &split_path,
+                    *line,
+                    format!("split flag `{other}` is neither 1 (train) nor 0 (test)"),
+                ))
+            }
+        };
+        let bbox = match &boxes {
+            None => None,
+            Some(table) => {
+                let (line, f) = table.get(&id).ok_or_else(|| missing(&boxes_path))?;
+                let v: Vec<f32> = f
+                    .iter()
+                    .map(|x| x.parse::<f32>())
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|_| line_error(&boxes_path, *line, "box values must be numbers"))?;
+                let b = BBox::new(v[0], v[1], v[2], v[3]);
+                check_box(&b, options.box_tolerance)
+                    .map_err(|m| line_error(&boxes_path, *line, m))?;
+                Some((b, *line))
+            }
+        };
+        samples.push((
+            Sample {
+                id,
+                path: root.join("images").join(&img_fields[0]),
+                label: label as usize - 1,
+                bbox: bbox.map(|(b, _)| b),
+                is_train,
+                crop_bottom: 0,
+            },
+            bbox.map(|(_, line)| Origin::new(&boxes_path, format!("line {line}"))),
+        ));
     }
 
-    pub fn num_classes(&self) -> usize {
-        self.class_names.len()
-    }
-
-    /// The training images, by id.
-    pub fn train(&self) -> Vec<Sample> {
-        self.samples
-            .iter()
-            .filter(|s| s.is_train)
-            .cloned()
-            .collect()
-    }
-
-    /// The test images, by id.
-    pub fn test(&self) -> Vec<Sample> {
-        self.samples
-            .iter()
-            .filter(|s| !s.is_train)
-            .cloned()
-            .collect()
-    }
+    let (samples, problems) = keep_existing(samples, options)?;
+    Ok(Dataset {
+        root: root.to_path_buf(),
+        class_names,
+        samples,
+        problems,
+    })
 }

@@ -45,8 +45,9 @@ pub trait ImageSource: Send + Sync {
     fn load(&self, index: usize) -> Result<Item>;
 }
 
-/// Image files on disk (e.g. [`super::cub::CubDataset::train`]). Boxes are taken to be in the
-/// stored pixels and are turned with the image's EXIF orientation.
+/// Image files on disk (e.g. [`super::Dataset::train`]). Boxes are taken to be in the stored
+/// pixels and are turned with the image's EXIF orientation; [`Sample::crop_bottom`] rows are cut
+/// off the stored image's bottom first (the box is clipped to what is left, `None` if nothing).
 #[derive(Debug, Clone)]
 pub struct FileSource {
     samples: Vec<Sample>,
@@ -78,13 +79,42 @@ impl ImageSource for FileSource {
     fn load(&self, index: usize) -> Result<Item> {
         let s = &self.samples[index];
         let d = image_io::load_oriented(&s.path)?;
+        // Boxes are annotated on the stored pixels: turn them with the image.
+        let turn = |b| image_io::orient_box(b, d.orientation, d.stored_size);
+        let bbox = s.bbox.map(turn);
+        if s.crop_bottom == 0 {
+            return Ok(Item {
+                image: Arc::new(d.image),
+                label: s.label,
+                bbox,
+            });
+        }
+        // The rows to cut are the stored image's bottom ones: turn the kept part with the image
+        // too, so an EXIF-rotated file loses the right side.
+        let (w, h) = d.stored_size;
+        if s.crop_bottom >= h {
+            return Err(Error::File {
+                path: s.path.display().to_string(),
+                message: format!(
+                    "image is {h} pixels high, nothing is left after cutting {} rows off",
+                    s.crop_bottom
+                ),
+            });
+        }
+        let keep = turn(BBox::new(0.0, 0.0, w as f32, (h - s.crop_bottom) as f32));
+        let (kx, ky, kw, kh) = (keep.x as u32, keep.y as u32, keep.w as u32, keep.h as u32);
+        let image = image::imageops::crop_imm(&d.image, kx, ky, kw, kh).to_image();
+        let bbox = bbox.and_then(|b| {
+            let x0 = b.x.max(keep.x);
+            let y0 = b.y.max(keep.y);
+            let x1 = b.right().min(keep.right());
+            let y1 = b.bottom().min(keep.bottom());
+            (x1 > x0 && y1 > y0).then(|| BBox::new(x0 - keep.x, y0 - keep.y, x1 - x0, y1 - y0))
+        });
         Ok(Item {
-            image: Arc::new(d.image),
+            image: Arc::new(image),
             label: s.label,
-            // Boxes are annotated on the stored pixels: turn them with the image.
-            bbox: s
-                .bbox
-                .map(|b| image_io::orient_box(b, d.orientation, d.stored_size)),
+            bbox,
         })
     }
 }

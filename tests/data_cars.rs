@@ -1,0 +1,207 @@
+//! The Stanford Cars reader on a fixture tree written here, the MAT-files by the test-only
+//! writer (compressed like MATLAB's, and uncompressed): classes as uint8 and double, 1-based
+//! boxes, class names, a missing and a corrupt image, and errors naming file and element.
+
+mod common {
+    pub mod datasets;
+}
+
+use std::path::Path;
+
+use c2f_train::data::{cars, open_dataset, BBox, DatasetKind};
+use common::datasets::{
+    expect_file_error, loader_skips, pattern, scratch, write_jpeg, write_mat, Mat,
+};
+
+const FIELDS: [&str; 6] = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname"];
+/// `(fname, class 1-based, x1 y1 x2 y2)` per split.
+const TRAIN: [(&str, u8, [f64; 4]); 4] = [
+    ("00001.jpg", 2, [3.0, 4.0, 30.0, 20.0]),
+    ("00002.jpg", 1, [1.0, 1.0, 32.0, 24.0]),
+    ("00003.jpg", 3, [10.0, 2.0, 11.0, 3.0]),
+    ("00004.jpg", 2, [5.0, 6.0, 25.0, 18.0]),
+];
+const TEST: [(&str, u8, [f64; 4]); 2] = [
+    ("00001.jpg", 3, [2.0, 2.0, 20.0, 20.0]),
+    ("00002.jpg", 1, [4.0, 1.0, 31.0, 9.0]),
+];
+const NAMES: [&str; 3] = [
+    "AM General Hummer SUV 2000",
+    "Acura RL Sedan 2012",
+    "smart fortwo 2012",
+];
+
+fn annotations(rows: &[(&str, u8, [f64; 4])], class_as_u8: bool) -> Mat {
+    Mat::Struct(
+        FIELDS.to_vec(),
+        rows.iter()
+            .map(|(f, c, b)| {
+                let mut v: Vec<Mat> = b.iter().map(|&x| Mat::Double(vec![x], [1, 1])).collect();
+                v.push(if class_as_u8 {
+                    Mat::U8(*c)
+                } else {
+                    Mat::Double(vec![*c as f64], [1, 1])
+                });
+                v.push(Mat::Text(f.to_string()));
+                v
+            })
+            .collect(),
+    )
+}
+
+fn write_tree(dir: &Path, train: &[(&str, u8, [f64; 4])]) {
+    for (k, (f, _, _)) in train.iter().enumerate() {
+        write_jpeg(&dir.join("cars_train").join(f), 32, 24, pattern(k as u32));
+    }
+    for (k, (f, _, _)) in TEST.iter().enumerate() {
+        write_jpeg(
+            &dir.join("cars_test").join(f),
+            32,
+            24,
+            pattern(10 + k as u32),
+        );
+    }
+    let devkit = dir.join("devkit");
+    write_mat(
+        &devkit.join("cars_train_annos.mat"),
+        &[("annotations", annotations(train, true))],
+        true,
+    );
+    // The test annotations with labels are a separate download, here in the root, uncompressed.
+    write_mat(
+        &dir.join("cars_test_annos_withlabels.mat"),
+        &[("annotations", annotations(&TEST, false))],
+        false,
+    );
+    let names = NAMES.iter().map(|n| Mat::Text(n.to_string())).collect();
+    write_mat(
+        &devkit.join("cars_meta.mat"),
+        &[("class_names", Mat::Cell(names, [1, 3]))],
+        true,
+    );
+}
+
+fn corners(b: [f64; 4]) -> BBox {
+    let [x1, y1, x2, y2] = b.map(|v| v as f32);
+    BBox::new(x1 - 1.0, y1 - 1.0, x2 - x1 + 1.0, y2 - y1 + 1.0)
+}
+
+#[test]
+fn reads_annotations_boxes_and_class_names() {
+    let dir = scratch("data_cars", "read");
+    write_tree(&dir, &TRAIN);
+    let ds = open_dataset(DatasetKind::Cars, &dir).unwrap();
+    assert!(ds.problems.is_empty(), "{:?}", ds.problems);
+    assert_eq!(ds.class_names, NAMES);
+    assert!(ds.has_boxes());
+    let (train, test) = (ds.train(), ds.test());
+    assert_eq!((train.len(), test.len()), (4, 2));
+    for (samples, rows, folder) in [
+        (&train, &TRAIN[..], "cars_train"),
+        (&test, &TEST[..], "cars_test"),
+    ] {
+        for (k, (s, (f, c, b))) in samples.iter().zip(rows).enumerate() {
+            assert_eq!(s.id, k as u64 + 1);
+            assert_eq!(s.path, dir.join(folder).join(f));
+            assert_eq!(s.label, *c as usize - 1);
+            assert_eq!(s.bbox, Some(corners(*b)));
+            assert_eq!(s.crop_bottom, 0);
+        }
+    }
+    // Without cars_meta.mat the classes are numbered up to the largest.
+    std::fs::remove_file(dir.join("devkit/cars_meta.mat")).unwrap();
+    let ds = cars::open(&dir).unwrap();
+    assert_eq!(ds.class_names, ["class_1", "class_2", "class_3"]);
+}
+
+#[test]
+fn missing_image_is_a_problem_and_corrupt_one_is_skipped_by_the_loader() {
+    let dir = scratch("data_cars", "bad_files");
+    write_tree(&dir, &TRAIN);
+    std::fs::remove_file(dir.join("cars_train/00002.jpg")).unwrap();
+    std::fs::write(dir.join("cars_test/00001.jpg"), b"").unwrap();
+    let ds = cars::open(&dir).unwrap();
+    assert_eq!(ds.problems.len(), 1);
+    assert_eq!(ds.problems[0].path, dir.join("cars_train/00002.jpg"));
+    let skipped: Vec<usize> = loader_skips(ds.samples.clone()).into_iter().collect();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(ds.samples[skipped[0]].path, dir.join("cars_test/00001.jpg"));
+}
+
+#[test]
+fn bad_annotations_name_file_and_element() {
+    let train_path = |dir: &Path| dir.join("devkit/cars_train_annos.mat");
+    let case = |name: &str, rows: &[(&str, u8, [f64; 4])], words: &[&str]| {
+        let dir = scratch("data_cars", name);
+        write_tree(&dir, rows);
+        expect_file_error(cars::open(&dir), &train_path(&dir), words);
+    };
+    let mut rows = TRAIN;
+    rows[2].1 = 4;
+    case("class_high", &rows, &["annotations(3)", "class 4", "1..=3"]);
+    let mut rows = TRAIN;
+    rows[1].1 = 0;
+    case("class_zero", &rows, &["annotations(2)", "class 0"]);
+    let mut rows = TRAIN;
+    rows[3].2 = [20.0, 6.0, 5.0, 18.0];
+    case("box_swapped", &rows, &["annotations(4)", "out of range"]);
+    let mut rows = TRAIN;
+    rows[3].2 = [1.0, 1.0, 32.0, 40.0];
+    case("box_far", &rows, &["annotations(4)", "outside"]);
+    let mut rows = TRAIN;
+    rows[3].0 = "00001.jpg";
+    case(
+        "fname_twice",
+        &rows,
+        &["annotations(4).fname", "annotations(1)"],
+    );
+
+    // A missing field, a text where a number belongs, a file that is not a MAT-file, a
+    // truncated one, a missing variable.
+    let dir = scratch("data_cars", "fields");
+    write_tree(&dir, &TRAIN);
+    let p = train_path(&dir);
+    let no_class = Mat::Struct(
+        vec!["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "fname"],
+        vec![[1.0, 1.0, 5.0, 5.0]
+            .map(|x| Mat::Double(vec![x], [1, 1]))
+            .into_iter()
+            .chain([Mat::Text("00001.jpg".into())])
+            .collect()],
+    );
+    write_mat(&p, &[("annotations", no_class)], true);
+    expect_file_error(
+        cars::open(&dir),
+        &p,
+        &["annotations(1).class", "missing field"],
+    );
+    let text_box = Mat::Struct(
+        FIELDS.to_vec(),
+        vec![vec![
+            Mat::Text("1".into()),
+            Mat::Double(vec![1.0], [1, 1]),
+            Mat::Double(vec![5.0], [1, 1]),
+            Mat::Double(vec![5.0], [1, 1]),
+            Mat::U8(1),
+            Mat::Text("00001.jpg".into()),
+        ]],
+    );
+    write_mat(&p, &[("annotations", text_box)], false);
+    expect_file_error(
+        cars::open(&dir),
+        &p,
+        &["annotations(1).bbox_x1", "not a single number"],
+    );
+    write_mat(&p, &[("labels", Mat::Double(vec![1.0], [1, 1]))], true);
+    expect_file_error(
+        cars::open(&dir),
+        &p,
+        &["no variable `annotations`", "labels"],
+    );
+    std::fs::write(&p, b"hello").unwrap();
+    expect_file_error(cars::open(&dir), &p, &["cannot parse MAT-file"]);
+    write_mat(&p, &[("annotations", annotations(&TRAIN, true))], true);
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() - 40]).unwrap();
+    expect_file_error(cars::open(&dir), &p, &["cannot parse MAT-file"]);
+}
