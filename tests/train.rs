@@ -1,42 +1,116 @@
-//! The trainer end to end on a tiny synthetic set: both models train an epoch and report
-//! accuracies that are fractions of the test set, with finite losses all along.
+//! The trainer end to end on tiny synthetic sets (CPU): both models train and report test
+//! accuracies, write their metrics and checkpoints; a resumed run is bit-identical to an
+//! uninterrupted one; a non-finite loss stops the run naming the step and term and keeps the
+//! last good checkpoint; frozen BatchNorm stays fixed; the schedules; a tiny model fits 16
+//! images; the loss falls.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use c2f_inception::backend::Backend;
 use c2f_inception::cpu::CpuBackend;
-use c2f_kernels::center_loss::CenterLossParams;
+use c2f_inception::weights::read_checked;
+use c2f_train::checkpoint::{self, Named};
 use c2f_train::data::loader::ImageSource;
-use c2f_train::data::synthetic::{Split, SyntheticConfig, SyntheticSet};
-use c2f_train::train::{learning_rate, train_baseline, train_coarse2fine, TrainConfig};
+use c2f_train::data::spec::DataSpec;
+use c2f_train::train::{
+    build_baseline, build_coarse2fine, checkpoint_path, train_baseline, train_coarse2fine,
+    Accuracy, BnPolicy, RunOptions, Schedule, TrainConfig, Trainee,
+};
 
-fn setup() -> (TrainConfig, Arc<dyn ImageSource>, Arc<dyn ImageSource>) {
-    let cfg = TrainConfig {
-        epochs: 1,
-        batch: 4,
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("train_{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn tiny_config(epochs: usize, batch: usize) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch,
         input_size: 75,
         width: 0.125,
         classes: 3,
         maps: 2,
         lr: 1e-3,
+        schedule: Schedule::Step,
         momentum: 0.9,
         weight_decay: 1e-5,
-        center_loss: CenterLossParams {
-            lambda: 1.0,
-            beta: 0.05,
-        },
+        bn: BnPolicy::Train,
+        center_lambda: 1.0,
+        center_beta: 0.05,
         seed: 1,
         ortho_init: true,
-    };
-    let data = SyntheticConfig {
+    }
+}
+
+struct Data {
+    spec: DataSpec,
+    names: Vec<String>,
+    train: Arc<dyn ImageSource>,
+    test: Arc<dyn ImageSource>,
+}
+
+fn synthetic(train_images: usize, test_images: usize) -> Data {
+    let spec = DataSpec::Synthetic {
         classes: 3,
-        size: 75,
-        ..SyntheticConfig::default()
+        train_images,
+        test_images,
+        seed: 3,
+        object_scale: (0.6, 0.9),
+        clutter: 0.5,
     };
-    let train: Arc<dyn ImageSource> =
-        Arc::new(SyntheticSet::new(data.clone(), Split::Train, 8).unwrap());
-    // 6 test images: the last batch is short and padded.
-    let test: Arc<dyn ImageSource> = Arc::new(SyntheticSet::new(data, Split::Test, 6).unwrap());
-    (cfg, train, test)
+    let opened = spec.open(75).unwrap();
+    Data {
+        spec,
+        names: opened.class_names,
+        train: opened.train,
+        test: opened.test,
+    }
+}
+
+fn run_options(dir: &Path) -> RunOptions {
+    RunOptions {
+        dir: dir.to_path_buf(),
+        checkpoint_every: 0,
+        resume: false,
+        eval_every: 1,
+        progress: false,
+        weights: None,
+        stop_after: None,
+    }
+}
+
+type Trainer = fn(
+    &mut CpuBackend<f32>,
+    &TrainConfig,
+    &RunOptions,
+    &DataSpec,
+    &[String],
+    Arc<dyn ImageSource>,
+    Arc<dyn ImageSource>,
+) -> c2f_kernels::Result<Option<Accuracy>>;
+
+fn train(trainer: Trainer, cfg: &TrainConfig, run: &RunOptions, data: &Data) -> Option<Accuracy> {
+    let mut cpu = CpuBackend::<f32>::new();
+    trainer(
+        &mut cpu,
+        cfg,
+        run,
+        &data.spec,
+        &data.names,
+        data.train.clone(),
+        data.test.clone(),
+    )
+    .unwrap()
+}
+
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn is_fraction_of_six(v: f64) -> bool {
@@ -44,22 +118,265 @@ fn is_fraction_of_six(v: f64) -> bool {
 }
 
 #[test]
-fn both_models_train_and_report_test_accuracy() {
-    let (cfg, train, test) = setup();
-    let mut cpu = CpuBackend::<f32>::new();
-    let c2f = train_coarse2fine(&mut cpu, &cfg, train.clone(), test.clone()).unwrap();
+fn both_models_train_and_write_metrics_and_checkpoints() {
+    // 6 test images with batch 4: the last test batch is short and padded.
+    let data = synthetic(8, 6);
+    let cfg = tiny_config(2, 4);
+    let dir = scratch("both");
+    let c2f = train(
+        train_coarse2fine,
+        &cfg,
+        &run_options(&dir.join("c2f")),
+        &data,
+    )
+    .unwrap();
     for v in [c2f.coarse, c2f.fine.unwrap(), c2f.average.unwrap()] {
         assert!(is_fraction_of_six(v), "accuracy {v} is not k/6");
     }
-    let base = train_baseline(&mut cpu, &cfg, train, test).unwrap();
+    let base = train(train_baseline, &cfg, &run_options(&dir.join("base")), &data).unwrap();
     assert!(is_fraction_of_six(base.coarse), "accuracy {}", base.coarse);
     assert_eq!((base.fine, base.average), (None, None));
+
+    let lines = metrics(&dir.join("c2f"));
+    assert_eq!(lines.len(), 2);
+    for (k, line) in lines.iter().enumerate() {
+        assert_eq!(line["model"], "coarse2fine");
+        assert_eq!(line["epoch"], k + 1);
+        assert_eq!(line["step"], 2 * (k + 1));
+        let terms: f64 = ["coarse", "fine", "center_coarse", "center_fine"]
+            .iter()
+            .map(|t| line[format!("loss_{t}")].as_f64().unwrap())
+            .sum();
+        let loss = line["loss"].as_f64().unwrap();
+        assert!(loss.is_finite() && loss > 0.0);
+        assert!((terms - loss).abs() < 1e-9 * loss, "{terms} vs {loss}");
+        assert!(is_fraction_of_six(line["test_average"].as_f64().unwrap()));
+        assert!(line["images_per_s"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(lines[1]["test_coarse"].as_f64().unwrap(), c2f.coarse);
+    let csv = std::fs::read_to_string(dir.join("c2f/metrics.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert!(rows[0].starts_with("model,epoch,step,lr,loss,loss_coarse,"));
+    assert_eq!(
+        rows[0].split(',').count(),
+        rows[2].split(',').count(),
+        "{csv}"
+    );
+    assert_eq!(metrics(&dir.join("base"))[1]["model"], "baseline");
+
+    // The checkpoint holds the run's state and where it stands.
+    let meta = checkpoint::read_meta(&checkpoint_path(&dir.join("c2f"))).unwrap();
+    assert_eq!((meta.epoch, meta.batch_in_epoch, meta.step), (2, 0, 4));
+    assert_eq!(meta.config, cfg);
+    assert_eq!(meta.class_names, data.names);
+    assert_eq!(meta.data, data.spec);
+
+    // The same run directory again without `resume` is refused, not overwritten.
+    let mut cpu = CpuBackend::<f32>::new();
+    let err = train_coarse2fine(
+        &mut cpu,
+        &cfg,
+        &run_options(&dir.join("c2f")),
+        &data.spec,
+        &data.names,
+        data.train.clone(),
+        data.test.clone(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("checkpoint.safetensors") && err.contains("--resume"),
+        "{err}"
+    );
+}
+
+/// Trains `epochs` uninterrupted, and again stopped after `stop` steps and resumed (a fresh
+/// model object, as a new process has); the two final checkpoints must be the same bytes.
+fn assert_resume_is_exact(trainer: Trainer, name: &str, stop: u64) {
+    let data = synthetic(12, 4);
+    let cfg = tiny_config(2, 4);
+    let whole = scratch(&format!("{name}_whole"));
+    let parts = scratch(&format!("{name}_parts"));
+    let every = RunOptions {
+        checkpoint_every: 1,
+        eval_every: 0,
+        ..run_options(&whole)
+    };
+    train(trainer, &cfg, &every, &data);
+    let first = RunOptions {
+        dir: parts.clone(),
+        stop_after: Some(stop),
+        ..every.clone()
+    };
+    assert_eq!(train(trainer, &cfg, &first, &data), None);
+    let meta = checkpoint::read_meta(&checkpoint_path(&parts)).unwrap();
+    assert_eq!(meta.step, stop);
+    let rest = RunOptions {
+        dir: parts.clone(),
+        resume: true,
+        ..every
+    };
+    train(trainer, &cfg, &rest, &data);
+    let a = std::fs::read(checkpoint_path(&whole)).unwrap();
+    let b = std::fs::read(checkpoint_path(&parts)).unwrap();
+    assert!(a == b, "{name}: the resumed run's checkpoint differs");
+    // The metrics of the epoch that was cut are the uninterrupted run's too.
+    let loss = |dir: &Path| metrics(dir).last().unwrap()["loss"].clone();
+    assert_eq!(loss(&whole), loss(&parts));
 }
 
 #[test]
-fn schedule_is_ws_dan_s() {
-    assert_eq!(learning_rate(1e-3, 0), 1e-3);
-    assert_eq!(learning_rate(1e-3, 1), 1e-3);
-    assert!((learning_rate(1e-3, 2) - 0.9e-3).abs() < 1e-18);
-    assert!((learning_rate(1e-3, 5) - 0.81e-3).abs() < 1e-18);
+fn resumed_coarse2fine_is_bit_identical() {
+    // 3 steps per epoch: stopped in the middle of the second epoch.
+    assert_resume_is_exact(train_coarse2fine, "c2f", 4);
+}
+
+#[test]
+fn resumed_baseline_is_bit_identical() {
+    assert_resume_is_exact(train_baseline, "baseline", 2);
+}
+
+#[test]
+fn checkpoint_of_another_shape_is_refused_naming_tensor() {
+    let data = synthetic(4, 4);
+    let cfg = tiny_config(1, 4);
+    let dir = scratch("shape");
+    train(train_coarse2fine, &cfg, &run_options(&dir), &data);
+    let mut cpu = CpuBackend::<f32>::new();
+    let wider = TrainConfig { maps: 3, ..cfg };
+    let model = build_coarse2fine(&mut cpu, &wider).unwrap();
+    let state = Trainee::<CpuBackend<f32>>::state(&model);
+    let err = checkpoint::load(&mut cpu, &checkpoint_path(&dir), &state)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("checkpoint.safetensors") && err.contains("attention.weight is [2,"),
+        "{err}"
+    );
+    // A state with a tensor the file lacks.
+    let mut more = Trainee::<CpuBackend<f32>>::state(&build_coarse2fine(&mut cpu, &cfg).unwrap());
+    more.push(Named {
+        name: "extra.weight".into(),
+        shape: vec![1],
+        tensor: cpu.alloc(1).unwrap(),
+    });
+    let err = checkpoint::load(&mut cpu, &checkpoint_path(&dir), &more)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("missing (1): extra.weight"), "{err}");
+}
+
+#[test]
+fn non_finite_loss_stops_naming_step_and_keeps_the_checkpoint() {
+    let data = synthetic(12, 4);
+    let cfg = TrainConfig {
+        lr: 1e30,
+        ..tiny_config(3, 4)
+    };
+    let dir = scratch("nan");
+    let run = RunOptions {
+        checkpoint_every: 1,
+        ..run_options(&dir)
+    };
+    let mut cpu = CpuBackend::<f32>::new();
+    let err = train_baseline(
+        &mut cpu,
+        &cfg,
+        &run,
+        &data.spec,
+        &data.names,
+        data.train.clone(),
+        data.test.clone(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("loss term `ce` is") && err.contains("at step") && err.contains("is kept"),
+        "{err}"
+    );
+    // The kept checkpoint is whole and holds only finite values.
+    let meta = checkpoint::read_meta(&checkpoint_path(&dir)).unwrap();
+    assert!(meta.step >= 1, "{meta:?}");
+    let model = build_baseline(&mut cpu, &cfg).unwrap();
+    checkpoint::load(
+        &mut cpu,
+        &checkpoint_path(&dir),
+        &Trainee::<CpuBackend<f32>>::state(&model),
+    )
+    .unwrap();
+    let params = cpu.read(model.net.params).unwrap();
+    assert!(params.iter().all(|v| v.is_finite()));
+}
+
+fn tensors(path: &Path, state: &[Named]) -> Vec<(String, Vec<f32>)> {
+    let expected: Vec<(&str, &[usize])> = state
+        .iter()
+        .map(|n| (n.name.as_str(), n.shape.as_slice()))
+        .collect();
+    let file = read_checked(path, &expected, |_| false, "test").unwrap();
+    state
+        .iter()
+        .map(|n| n.name.clone())
+        .zip(file.values)
+        .collect()
+}
+
+#[test]
+fn frozen_batch_norm_keeps_its_weights_and_statistics() {
+    let data = synthetic(8, 4);
+    let cfg = TrainConfig {
+        bn: BnPolicy::Frozen,
+        lr: 0.01,
+        ..tiny_config(1, 4)
+    };
+    let dir = scratch("frozen");
+    let run = RunOptions {
+        stop_after: Some(1),
+        checkpoint_every: 1,
+        ..run_options(&dir)
+    };
+    let mut cpu = CpuBackend::<f32>::new();
+    let model = build_coarse2fine(&mut cpu, &cfg).unwrap();
+    let state = Trainee::<CpuBackend<f32>>::state(&model);
+    train(train_coarse2fine, &cfg, &run, &data);
+    // The fresh start: BN weights drawn in [0.8, 1.2), statistics 0 and 1.
+    let after = tensors(&checkpoint_path(&dir), &state);
+    c2f_train::train::init_coarse2fine(&mut cpu, &model, &cfg, None).unwrap();
+    let (mut frozen, mut moved) = (0, 0);
+    for (n, (name, values)) in state.iter().zip(&after) {
+        let before = cpu.read(n.tensor).unwrap();
+        let bn = name.contains(".bn.") && !name.starts_with("momentum.");
+        if bn {
+            assert_eq!(&before, values, "{name} changed");
+            frozen += 1;
+        } else if name.ends_with(".conv.weight") && !name.starts_with("momentum.") {
+            assert_ne!(&before, values, "{name} did not learn");
+            moved += 1;
+        }
+    }
+    assert!(
+        frozen > 100 && moved > 50,
+        "{frozen} BN tensors, {moved} convs"
+    );
+}
+
+#[test]
+fn schedules() {
+    let step = tiny_config(10, 4);
+    let lr = |c: &TrainConfig, e, s| c.learning_rate(e, s, 5);
+    assert_eq!(lr(&step, 0, 3), 1e-3);
+    assert_eq!(lr(&step, 1, 4), 1e-3);
+    assert!((lr(&step, 2, 0) - 0.9e-3).abs() < 1e-18);
+    assert!((lr(&step, 5, 2) - 0.81e-3).abs() < 1e-18);
+    let cosine = TrainConfig {
+        schedule: Schedule::Cosine,
+        ..step
+    };
+    assert_eq!(lr(&cosine, 0, 0), 1e-3);
+    // Half-way (step 25 of 50) is half the rate; step 12 of 50, (1 + cos(12π/50))/2 of it.
+    assert!((lr(&cosine, 5, 0) - 0.5e-3).abs() < 1e-15);
+    let twelve = 0.5e-3 * (1.0 + (std::f64::consts::PI * 12.0 / 50.0).cos());
+    assert!((lr(&cosine, 2, 2) - twelve).abs() < 1e-15);
+    assert!(lr(&cosine, 9, 4) > 0.0 && lr(&cosine, 9, 4) < 1e-5);
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use c2f_kernels::{Error, Result};
 use safetensors::{Dtype, SafeTensors};
 
-use crate::spec::Graph;
+use crate::spec::{Depth, Graph};
 use crate::table::TensorTable;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,10 +61,13 @@ pub fn load(
         .filter(|e| wanted(&e.name))
         .map(|e| (e.name.as_str(), e.shape.as_slice()))
         .collect();
+    // A backbone cut at Mixed_6e reads a full file: the later blocks and `fc` are not its own.
+    let cut = graph.config.depth == Depth::Mixed6e;
+    let beyond = |name: &str| cut && (name.starts_with("Mixed_7") || is_fc(name));
     let file = read_checked(
         path,
         &expected,
-        |name| ignored(name) || !wanted(name),
+        |name| ignored(name) || !wanted(name) || beyond(name),
         "InceptionV3 weights",
     )?;
     let mut values = file.values.into_iter();

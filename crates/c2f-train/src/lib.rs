@@ -3,6 +3,7 @@
 //! decoding, transforms and the prefetching loader ([`data`]); the model's forward and backward
 //! on any backend ([`model`]).
 
+pub mod checkpoint;
 pub mod data;
 pub mod model;
 pub mod train;

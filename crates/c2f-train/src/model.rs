@@ -28,6 +28,8 @@ use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::softmax_ce::SoftmaxCeShape;
 use c2f_kernels::{Error, Result};
 
+use crate::checkpoint::{network_state, table_state, Named};
+
 /// WS-DAN's scale of the normalised part features before the classifier.
 pub const FEATURE_SCALE: f64 = 100.0;
 
@@ -603,6 +605,36 @@ impl Coarse2Fine {
         b.bap_forward(&bap, pass.attention, features, pass.parts, pass.norms)?;
         b.axpby(FEATURE_SCALE, pass.parts, 0.0, pass.scaled)?;
         b.linear_forward(&head, pass.scaled, fc_w, fc_b, pass.logits)
+    }
+
+    /// The coarse and fine passes' predicted classes `[B]`, written by each training step.
+    pub fn predictions(&self) -> (IndexTensor, IndexTensor) {
+        (self.coarse.predictions, self.fine.predictions)
+    }
+
+    /// Keeps the backbone's BatchNorm weights and biases out of [`Self::sgd_step`].
+    pub fn set_bn_affine_frozen(&mut self, frozen: bool) {
+        self.coarse.net.bn_affine_frozen = frozen;
+    }
+
+    /// Everything a checkpoint holds: the backbone's state, the heads' parameters and momentum,
+    /// and the two center banks.
+    pub fn state(&self) -> Vec<Named> {
+        let mut state = network_state(&self.coarse.net);
+        state.extend(table_state(&self.heads.table, self.params, ""));
+        state.extend(table_state(&self.heads.table, self.momentum, "momentum."));
+        let shape = vec![self.config.classes, self.center_shape().dim];
+        for (name, tensor) in [
+            ("centers.coarse", self.coarse.centers),
+            ("centers.fine", self.fine.centers),
+        ] {
+            state.push(Named {
+                name: name.into(),
+                shape: shape.clone(),
+                tensor,
+            });
+        }
+        state
     }
 
     pub fn zero_grads<B: Backend>(&self, b: &mut B) -> Result<()> {

@@ -1,24 +1,31 @@
-//! `c2f`: train Coarse2Fine. With no dataset argument, `c2f train` trains on the built-in
-//! synthetic fine-grained set, Coarse2Fine and then the plain InceptionV3 baseline, and ends
-//! with a table of their test accuracies. On a machine without a GPU it runs on the CPU at a
-//! small width and resolution.
+//! `c2f`: train, evaluate and apply Coarse2Fine. With no dataset argument, `c2f train` trains on
+//! the built-in synthetic fine-grained set, Coarse2Fine and then the plain InceptionV3 baseline,
+//! and ends with a table of their test accuracies. On a machine without a GPU it runs on the CPU
+//! at a small width and resolution.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use c2f_inception::backend::Backend;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::CudaBackend;
-use c2f_kernels::center_loss::CenterLossParams;
-use c2f_train::data::loader::ImageSource;
-use c2f_train::data::synthetic::{Split, SyntheticConfig, SyntheticSet};
-use c2f_train::train::{train_baseline, train_coarse2fine, Accuracy, TrainConfig};
-use clap::{Parser, Subcommand, ValueEnum};
+use c2f_kernels::{Error, Result};
+use c2f_train::checkpoint::{self, CheckpointMeta};
+use c2f_train::data::loader::FileSource;
+use c2f_train::data::spec::DataSpec;
+use c2f_train::data::Sample;
+use c2f_train::train::{
+    build_baseline, build_coarse2fine, evaluate, format_accuracy, padded_images, prediction_rows,
+    test_loader, train_baseline, train_coarse2fine, Accuracy, BnPolicy, RunOptions, Schedule,
+    TrainConfig, Trainee,
+};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
     name = "c2f",
-    about = "Coarse2Fine fine-grained classification",
+    about = "Coarse2Fine fine-grained classification: train, evaluate, predict",
     version
 )]
 struct Cli {
@@ -28,8 +35,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train on the built-in synthetic fine-grained set: Coarse2Fine, then the baseline.
-    Train(TrainArgs),
+    /// Train Coarse2Fine and the plain InceptionV3 baseline (by default on the built-in
+    /// synthetic fine-grained set) and print their test accuracies.
+    #[command(args_override_self = true)]
+    Train(Box<TrainArgs>),
+    /// Evaluate a checkpoint on the test split of the data it was trained on.
+    Eval(EvalArgs),
+    /// Classify images with a checkpoint: the top classes, with names, per prediction.
+    Predict(PredictArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -42,13 +55,24 @@ enum Models {
 
 #[derive(clap::Args)]
 struct TrainArgs {
+    /// A TOML file holding any of these flags by name (`epochs = 30`, `object_scale = [0.5,
+    /// 0.8]`, `no_ortho_init = true`); flags on the command line override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
     #[arg(long)]
     device: Option<String>,
     /// Which models to train.
     #[arg(long, value_enum, default_value = "both")]
     models: Models,
-    /// Epochs (default: 12 on the CPU, 40 on a GPU).
+    /// `synthetic` (built in), or a dataset on disk under --data-root: cub, aircraft, cars,
+    /// dogs, inat2017.
+    #[arg(long, default_value = "synthetic")]
+    dataset: String,
+    /// The dataset's folder (for every dataset but `synthetic`).
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// Epochs (default: 12 on the CPU, 40 on a GPU; the paper: 200).
     #[arg(long)]
     epochs: Option<usize>,
     /// Batch size (default: 16 on the CPU, 64 on a GPU).
@@ -60,128 +84,339 @@ struct TrainArgs {
     /// Backbone width multiplier (default: 0.25 on the CPU, 1.0 on a GPU).
     #[arg(long)]
     width: Option<f64>,
-    /// Attention maps M (the paper: 8).
+    /// Attention maps M (the paper: 8; WS-DAN: 32).
     #[arg(long, default_value_t = 8)]
     maps: usize,
-    /// Synthetic classes.
+    /// Synthetic set: classes.
     #[arg(long, default_value_t = 10)]
     classes: usize,
-    /// Synthetic training images.
+    /// Synthetic set: training images.
     #[arg(long, default_value_t = 1200)]
     train_images: usize,
-    /// Synthetic test images.
+    /// Synthetic set: test images.
     #[arg(long, default_value_t = 400)]
     test_images: usize,
-    /// Base learning rate (×0.9 every 2 epochs; WS-DAN's 1e-3).
+    /// Synthetic set: the object's extent as a fraction of the image side, drawn from [LO, HI].
+    #[arg(long, num_args = 2, value_names = ["LO", "HI"], default_values_t = [0.4, 0.7])]
+    object_scale: Vec<f32>,
+    /// Synthetic set: background clutter (0 = none, 1 = default).
+    #[arg(long, default_value_t = 1.0)]
+    clutter: f32,
+    /// Base learning rate (WS-DAN: 1e-3 from pretrained weights).
     #[arg(long, default_value_t = 0.001)]
     lr: f64,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value = "step")]
+    schedule: Schedule,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    #[arg(long, default_value_t = 1e-5)]
+    weight_decay: f64,
+    /// BatchNorm while training.
+    #[arg(long, value_enum, default_value = "train")]
+    bn: BnPolicy,
     /// Center loss weight λ.
     #[arg(long, default_value_t = 1.0)]
     lambda: f64,
+    /// Center moving-average rate β.
+    #[arg(long, default_value_t = 0.05)]
+    beta: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Start the attention conv from a plain uniform draw instead of orthonormal rows (the
     /// paper's Table 8 ablation).
     #[arg(long)]
     no_ortho_init: bool,
+    /// Start the backbone from InceptionV3 weights with torchvision's names (width 1.0;
+    /// `tools/export_torchvision_weights.py` writes the ImageNet ones).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Where checkpoints and metrics go, one folder per model (default: runs/run-<time>).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Continue the run in --run-dir from its checkpoints.
+    #[arg(long, requires = "run_dir")]
+    resume: bool,
+    /// Also checkpoint every N steps (0: only at each epoch's end).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: u64,
+    /// Evaluate on the test split every N epochs (0: only after the last).
+    #[arg(long, default_value_t = 1)]
+    eval_every: usize,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// The checkpoint (`<run-dir>/<model>/checkpoint.safetensors`).
+    checkpoint: PathBuf,
+    /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Coarse,
+    Fine,
+    Average,
+    All,
+}
+
+#[derive(clap::Args)]
+struct PredictArgs {
+    /// The checkpoint (`<run-dir>/<model>/checkpoint.safetensors`).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// JPEG or PNG images.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Which prediction to print (Coarse2Fine has all three; the baseline only coarse).
+    #[arg(long, value_enum, default_value = "all")]
+    mode: Mode,
+    /// How many classes to list per prediction.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
+    #[arg(long)]
+    device: Option<String>,
 }
 
 fn main() {
-    let cli = Cli::parse();
-    let Command::Train(args) = cli.command;
-    if let Err(e) = train(args) {
+    let result =
+        with_config_file(std::env::args().collect()).and_then(|argv| {
+            match Cli::parse_from(argv).command {
+                Command::Train(args) => train(*args),
+                Command::Eval(args) => eval(args),
+                Command::Predict(args) => predict(args),
+            }
+        });
+    if let Err(e) = result {
         eprintln!("c2f: {e}");
         std::process::exit(1);
     }
 }
 
-fn train(args: TrainArgs) -> c2f_kernels::Result<()> {
-    let cuda = match args.device.as_deref() {
-        Some("cpu") => None,
+/// For `c2f train --config FILE`: the command line with the file's keys put in front of the
+/// user's flags as flags (so the user's come later and win), each key checked against the
+/// flags `train` has.
+fn with_config_file(argv: Vec<String>) -> Result<Vec<String>> {
+    let position = argv.iter().position(|a| a == "--config");
+    let path = match position {
+        Some(i) if argv.get(1).map(String::as_str) == Some("train") => match argv.get(i + 1) {
+            Some(p) => PathBuf::from(p),
+            None => return Ok(argv),
+        },
+        _ => return Ok(argv),
+    };
+    let file_error = |message: String| Error::File {
+        path: path.display().to_string(),
+        message,
+    };
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| file_error(format!("cannot read: {e}")))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| file_error(format!("not valid TOML: {e}")))?;
+    let command = Cli::command();
+    let train = command.find_subcommand("train").expect("train exists");
+    let known: Vec<String> = train
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(|l| l.replace('-', "_")))
+        .filter(|l| l != "config" && l != "help")
+        .collect();
+    let mut flags = Vec::new();
+    for (key, value) in &table {
+        if !known.contains(key) {
+            return Err(file_error(format!(
+                "unknown key `{key}` (known: {})",
+                known.join(", ")
+            )));
+        }
+        let flag = format!("--{}", key.replace('_', "-"));
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            other => Err(file_error(format!("`{key}`: unsupported value {other}"))),
+        };
+        match value {
+            toml::Value::Boolean(true) => flags.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                flags.push(flag);
+                for item in items {
+                    flags.push(scalar(item)?);
+                }
+            }
+            v => {
+                flags.push(flag);
+                flags.push(scalar(v)?);
+            }
+        }
+    }
+    let mut out = argv[..2].to_vec();
+    out.extend(flags);
+    out.extend(argv[2..].iter().cloned());
+    Ok(out)
+}
+
+/// The GPU asked for, or the first one when none was named and one can be opened.
+fn open_device(device: Option<&str>) -> Result<Option<CudaBackend>> {
+    match device {
+        Some("cpu") => Ok(None),
         Some(d) => {
             let ordinal = d
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
-                .ok_or_else(|| c2f_kernels::Error::Shape(format!("unknown device {d:?}")))?;
-            Some(CudaBackend::open(ordinal)?)
+                .ok_or_else(|| {
+                    Error::Shape(format!("unknown device {d:?}: use `cpu` or `cuda:N`"))
+                })?;
+            Ok(Some(CudaBackend::open(ordinal)?))
         }
-        None => CudaBackend::open(0).ok(),
-    };
-    let gpu = cuda.is_some();
-    let cfg = TrainConfig {
-        epochs: args.epochs.unwrap_or(if gpu { 40 } else { 12 }),
-        batch: args.batch.unwrap_or(if gpu { 64 } else { 16 }),
-        input_size: args.size.unwrap_or(if gpu { 299 } else { 96 }),
-        width: args.width.unwrap_or(if gpu { 1.0 } else { 0.25 }),
-        classes: args.classes,
-        maps: args.maps,
-        lr: args.lr,
-        momentum: 0.9,
-        weight_decay: 1e-5,
-        center_loss: CenterLossParams {
-            lambda: args.lambda,
-            beta: 0.05,
-        },
-        seed: args.seed,
-        ortho_init: !args.no_ortho_init,
-    };
-    let data = SyntheticConfig {
-        classes: args.classes,
-        size: cfg.input_size as u32,
-        seed: args.seed,
-        ..SyntheticConfig::default()
-    };
-    let train_set: Arc<dyn ImageSource> = Arc::new(SyntheticSet::new(
-        data.clone(),
-        Split::Train,
-        args.train_images,
-    )?);
-    let test_set: Arc<dyn ImageSource> =
-        Arc::new(SyntheticSet::new(data, Split::Test, args.test_images)?);
-    match cuda {
-        Some(mut b) => run(&mut b, &cfg, args.models, train_set, test_set),
-        None => run(
-            &mut CpuBackend::<f32>::new(),
-            &cfg,
-            args.models,
-            train_set,
-            test_set,
-        ),
+        None => Ok(CudaBackend::open(0).ok()),
     }
 }
 
-fn run<B: Backend<Scalar = f32>>(
-    b: &mut B,
-    cfg: &TrainConfig,
-    models: Models,
-    train_set: Arc<dyn ImageSource>,
-    test_set: Arc<dyn ImageSource>,
-) -> c2f_kernels::Result<()> {
+fn train(args: TrainArgs) -> Result<()> {
+    let cuda = open_device(args.device.as_deref())?;
+    let gpu = cuda.is_some();
+    let data = if args.dataset == "synthetic" {
+        DataSpec::Synthetic {
+            classes: args.classes,
+            train_images: args.train_images,
+            test_images: args.test_images,
+            seed: args.seed,
+            object_scale: (args.object_scale[0], args.object_scale[1]),
+            clutter: args.clutter,
+        }
+    } else {
+        let root = args
+            .data_root
+            .clone()
+            .ok_or_else(|| Error::Shape(format!("--dataset {} needs --data-root", args.dataset)))?;
+        DataSpec::Files {
+            dataset: args.dataset.clone(),
+            root,
+        }
+    };
+    let input_size = args.size.unwrap_or(if gpu { 299 } else { 96 });
+    let opened = data.open(input_size)?;
+    let cfg = TrainConfig {
+        epochs: args.epochs.unwrap_or(if gpu { 40 } else { 12 }),
+        batch: args.batch.unwrap_or(if gpu { 64 } else { 16 }),
+        input_size,
+        width: args.width.unwrap_or(if gpu { 1.0 } else { 0.25 }),
+        classes: opened.class_names.len(),
+        maps: args.maps,
+        lr: args.lr,
+        schedule: args.schedule,
+        momentum: args.momentum,
+        weight_decay: args.weight_decay,
+        bn: args.bn,
+        center_lambda: args.lambda,
+        center_beta: args.beta,
+        seed: args.seed,
+        ortho_init: !args.no_ortho_init,
+    };
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PathBuf::from(format!("runs/run-{now}"))
+    });
+    let run = |model: &str| RunOptions {
+        dir: run_dir.join(model),
+        checkpoint_every: args.checkpoint_every,
+        resume: args.resume,
+        eval_every: args.eval_every,
+        progress: !args.no_progress,
+        weights: args.weights.clone(),
+        stop_after: None,
+    };
+    let job = Job {
+        cfg,
+        data,
+        class_names: opened.class_names,
+        train: opened.train,
+        test: opened.test,
+    };
     println!(
-        "synthetic fine-grained set: {} classes, {} train / {} test images of {}²; {} on {}",
-        cfg.classes,
-        train_set.len(),
-        test_set.len(),
-        cfg.input_size,
-        format_args!(
-            "width {}, batch {}, {} epochs",
-            cfg.width, cfg.batch, cfg.epochs
-        ),
-        b.describe()
+        "{} of {}²; width {}, batch {}, {} epochs; checkpoints and metrics in {}",
+        opened.description,
+        job.cfg.input_size,
+        job.cfg.width,
+        job.cfg.batch,
+        job.cfg.epochs,
+        run_dir.display()
     );
-    let mut rows: Vec<(&str, Accuracy, f64)> = Vec::new();
-    if models != Models::Baseline {
-        let start = Instant::now();
-        let acc = train_coarse2fine(b, cfg, train_set.clone(), test_set.clone())?;
-        rows.push(("Coarse2Fine", acc, start.elapsed().as_secs_f64()));
+    match cuda {
+        Some(mut b) => job.run(&mut b, args.models, run),
+        None => job.run(&mut CpuBackend::<f32>::new(), args.models, run),
     }
-    if models != Models::Coarse2fine {
-        let start = Instant::now();
-        let acc = train_baseline(b, cfg, train_set, test_set)?;
-        rows.push(("InceptionV3 baseline", acc, start.elapsed().as_secs_f64()));
+}
+
+/// What `c2f train` trains on, and how.
+struct Job {
+    cfg: TrainConfig,
+    data: DataSpec,
+    class_names: Vec<String>,
+    train: Arc<dyn c2f_train::data::ImageSource>,
+    test: Arc<dyn c2f_train::data::ImageSource>,
+}
+
+impl Job {
+    fn run<B: Backend<Scalar = f32>>(
+        &self,
+        b: &mut B,
+        models: Models,
+        run: impl Fn(&str) -> RunOptions,
+    ) -> Result<()> {
+        println!("device: {}", b.describe());
+        let mut rows: Vec<(&str, Accuracy, f64)> = Vec::new();
+        let args = |b: &mut B, name: &str, trainer: Trainer<B>| -> Result<Option<Accuracy>> {
+            trainer(
+                b,
+                &self.cfg,
+                &run(name),
+                &self.data,
+                &self.class_names,
+                self.train.clone(),
+                self.test.clone(),
+            )
+        };
+        if models != Models::Baseline {
+            let start = Instant::now();
+            if let Some(acc) = args(b, "coarse2fine", train_coarse2fine::<B>)? {
+                rows.push(("Coarse2Fine", acc, start.elapsed().as_secs_f64()));
+            }
+        }
+        if models != Models::Coarse2fine {
+            let start = Instant::now();
+            if let Some(acc) = args(b, "baseline", train_baseline::<B>)? {
+                rows.push(("InceptionV3 baseline", acc, start.elapsed().as_secs_f64()));
+            }
+        }
+        print_table(&rows);
+        Ok(())
     }
+}
+
+type Trainer<B> = fn(
+    &mut B,
+    &TrainConfig,
+    &RunOptions,
+    &DataSpec,
+    &[String],
+    Arc<dyn c2f_train::data::ImageSource>,
+    Arc<dyn c2f_train::data::ImageSource>,
+) -> Result<Option<Accuracy>>;
+
+fn print_table(rows: &[(&str, Accuracy, f64)]) {
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
-    println!("\n| model | coarse | fine | average | train time |");
+    println!("\n| model | coarse | fine | average | time |");
     println!("| --- | --- | --- | --- | --- |");
     for (name, acc, secs) in rows {
         println!(
@@ -191,5 +426,155 @@ fn run<B: Backend<Scalar = f32>>(
             pct(acc.average)
         );
     }
-    Ok(())
+}
+
+/// A checkpointed model, rebuilt from its metadata and loaded, ready to predict.
+fn with_checkpoint<T>(
+    path: &Path,
+    device: Option<&str>,
+    work: &mut dyn FnMut(&mut dyn Predictor, &CheckpointMeta) -> Result<T>,
+) -> Result<T> {
+    let meta = checkpoint::read_meta(path)?;
+    match open_device(device)? {
+        Some(mut b) => load_and(&mut b, path, &meta, work),
+        None => load_and(&mut CpuBackend::<f32>::new(), path, &meta, work),
+    }
+}
+
+fn load_and<B: Backend<Scalar = f32>, T>(
+    b: &mut B,
+    path: &Path,
+    meta: &CheckpointMeta,
+    work: &mut dyn FnMut(&mut dyn Predictor, &CheckpointMeta) -> Result<T>,
+) -> Result<T> {
+    let cfg = &meta.config;
+    match meta.model.as_str() {
+        "coarse2fine" => {
+            let mut model = build_coarse2fine(b, cfg)?;
+            checkpoint::load(b, path, &Trainee::<B>::state(&model))?;
+            work(
+                &mut Loaded {
+                    b,
+                    model: &mut model,
+                },
+                meta,
+            )
+        }
+        "baseline" => {
+            let mut model = build_baseline(b, cfg)?;
+            checkpoint::load(b, path, &Trainee::<B>::state(&model))?;
+            work(
+                &mut Loaded {
+                    b,
+                    model: &mut model,
+                },
+                meta,
+            )
+        }
+        other => Err(Error::File {
+            path: path.display().to_string(),
+            message: format!("unknown model `{other}`"),
+        }),
+    }
+}
+
+/// A loaded model on its backend, behind one object-safe face for `eval` and `predict`.
+trait Predictor {
+    fn evaluate(&mut self, test: &c2f_train::data::Loader, classes: usize) -> Result<Accuracy>;
+    fn probabilities(&mut self, images: &[f32]) -> Result<Vec<Vec<f64>>>;
+}
+
+struct Loaded<'a, B, M> {
+    b: &'a mut B,
+    model: &'a mut M,
+}
+
+impl<B: Backend<Scalar = f32>, M: Trainee<B>> Predictor for Loaded<'_, B, M> {
+    fn evaluate(&mut self, test: &c2f_train::data::Loader, classes: usize) -> Result<Accuracy> {
+        evaluate(self.b, self.model, test, classes)
+    }
+
+    fn probabilities(&mut self, images: &[f32]) -> Result<Vec<Vec<f64>>> {
+        self.model.probabilities(self.b, images)
+    }
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    with_checkpoint(
+        &args.checkpoint,
+        args.device.as_deref(),
+        &mut |model, meta| {
+            let opened = meta.data.open(meta.config.input_size)?;
+            let loader = test_loader(&meta.config, opened.test)?;
+            let start = Instant::now();
+            let acc = model.evaluate(&loader, meta.config.classes)?;
+            println!(
+                "{} ({}, epoch {}) on {}: {}",
+                args.checkpoint.display(),
+                meta.model,
+                meta.epoch,
+                opened.description,
+                format_accuracy(&acc)
+            );
+            print_table(&[(meta.model.as_str(), acc, start.elapsed().as_secs_f64())]);
+            Ok(())
+        },
+    )
+}
+
+fn predict(args: PredictArgs) -> Result<()> {
+    with_checkpoint(
+        &args.checkpoint,
+        args.device.as_deref(),
+        &mut |model, meta| {
+            let cfg = &meta.config;
+            let samples: Vec<Sample> = args
+                .images
+                .iter()
+                .enumerate()
+                .map(|(i, path)| Sample {
+                    id: i as u64,
+                    path: path.clone(),
+                    label: 0,
+                    bbox: None,
+                    is_train: false,
+                    crop_bottom: 0,
+                })
+                .collect();
+            let loader = test_loader(cfg, Arc::new(FileSource::new(samples)))?;
+            let names = ["coarse", "fine", "average"];
+            for (i, path) in args.images.iter().enumerate() {
+                // One image at a time: an unreadable one is reported and the rest still run.
+                let batch = match loader.load_batch(&[i], 0) {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        eprintln!("{}: skipped: {e}", path.display());
+                        continue;
+                    }
+                };
+                let heads = model.probabilities(&padded_images(&batch.images, 1, cfg.batch))?;
+                println!("{}", path.display());
+                for (k, row) in prediction_rows(&heads, 0, cfg.classes).iter().enumerate() {
+                    let wanted = match args.mode {
+                        Mode::All => true,
+                        Mode::Coarse => k == 0,
+                        Mode::Fine => k == 1,
+                        Mode::Average => k == 2,
+                    };
+                    if !wanted {
+                        continue;
+                    }
+                    let mut ranked: Vec<usize> = (0..row.len()).collect();
+                    ranked.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                    let top: Vec<String> = ranked
+                        .iter()
+                        .take(args.top)
+                        .map(|&c| format!("{} {:.1}%", meta.class_names[c], 100.0 * row[c]))
+                        .collect();
+                    println!("  {:<8} {}", names[k], top.join(", "));
+                }
+            }
+            Ok(())
+        },
+    )
 }

@@ -27,6 +27,7 @@ pub mod image_io;
 pub mod inat;
 pub mod loader;
 mod mat;
+pub mod spec;
 pub mod synthetic;
 pub mod transform;
 

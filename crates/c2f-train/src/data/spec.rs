@@ -1,0 +1,94 @@
+//! Which dataset a run trains on, as a value the checkpoint keeps, so that `c2f eval` and
+//! `c2f predict` find the same data and class names again.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use c2f_kernels::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use super::loader::{FileSource, ImageSource};
+use super::synthetic::{class_name, Split, SyntheticConfig, SyntheticSet};
+use super::{open_dataset, DatasetKind};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DataSpec {
+    /// The built-in synthetic set, rendered at the run's input size.
+    Synthetic {
+        classes: usize,
+        train_images: usize,
+        test_images: usize,
+        seed: u64,
+        object_scale: (f32, f32),
+        clutter: f32,
+    },
+    /// A dataset on disk, by [`DatasetKind::name`].
+    Files { dataset: String, root: PathBuf },
+}
+
+/// An opened dataset: both splits and the class names.
+pub struct OpenedData {
+    pub train: Arc<dyn ImageSource>,
+    pub test: Arc<dyn ImageSource>,
+    pub class_names: Vec<String>,
+    /// A line for the log: what was read, and how many files were left out.
+    pub description: String,
+}
+
+impl DataSpec {
+    pub fn open(&self, input_size: usize) -> Result<OpenedData> {
+        match self {
+            DataSpec::Synthetic {
+                classes,
+                train_images,
+                test_images,
+                seed,
+                object_scale,
+                clutter,
+            } => {
+                let config = SyntheticConfig {
+                    classes: *classes,
+                    size: u32::try_from(input_size)
+                        .map_err(|_| Error::Shape(format!("input size {input_size}")))?,
+                    seed: *seed,
+                    object_scale: *object_scale,
+                    clutter: *clutter,
+                };
+                Ok(OpenedData {
+                    train: Arc::new(SyntheticSet::new(
+                        config.clone(),
+                        Split::Train,
+                        *train_images,
+                    )?),
+                    test: Arc::new(SyntheticSet::new(config, Split::Test, *test_images)?),
+                    class_names: (0..*classes).map(|c| class_name(c).to_string()).collect(),
+                    description: format!(
+                        "synthetic fine-grained set: {classes} classes, {train_images} train / \
+                         {test_images} test images"
+                    ),
+                })
+            }
+            DataSpec::Files { dataset, root } => {
+                let kind: DatasetKind = dataset.parse().map_err(Error::Shape)?;
+                let data = open_dataset(kind, root)?;
+                let (train, test) = (data.train(), data.test());
+                let description = format!(
+                    "{} at {}: {} classes, {} train / {} test images, {} listed files missing",
+                    kind.name(),
+                    root.display(),
+                    data.num_classes(),
+                    train.len(),
+                    test.len(),
+                    data.problems.len()
+                );
+                Ok(OpenedData {
+                    train: Arc::new(FileSource::new(train)),
+                    test: Arc::new(FileSource::new(test)),
+                    class_names: data.class_names,
+                    description,
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The `c2f` binary: a TOML config file with command-line overrides, its unknown keys refused
+//! naming the file and key; `c2f eval` and `c2f predict` on the checkpoint a run wrote; an
+//! unreadable image skipped by `predict` with its path.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli_{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn c2f(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_c2f"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn config_file_eval_and_predict() {
+    let dir = scratch("run");
+    let config = dir.join("tiny.toml");
+    std::fs::write(
+        &config,
+        "device = \"cpu\"\nepochs = 5\nbatch = 4\nsize = 75\nwidth = 0.125\nmaps = 2\n\
+         classes = 3\ntrain_images = 8\ntest_images = 6\nobject_scale = [0.6, 0.9]\n\
+         no_progress = true\nmodels = \"coarse2fine\"\n",
+    )
+    .unwrap();
+    let run_dir = dir.join("run");
+    // The command line's --epochs 1 overrides the file's 5.
+    let out = c2f(&[
+        "train",
+        "--config",
+        path(&config),
+        "--epochs",
+        "1",
+        "--run-dir",
+        path(&run_dir),
+    ]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("3 classes, 8 train / 6 test images of 75²"),
+        "{log}"
+    );
+    assert!(log.contains("width 0.125, batch 4, 1 epochs"), "{log}");
+    assert!(log.contains("| Coarse2Fine |"), "{log}");
+    assert!(!log.contains("InceptionV3 baseline |"), "{log}");
+
+    let checkpoint = run_dir.join("coarse2fine/checkpoint.safetensors");
+    let out = c2f(&["eval", path(&checkpoint), "--device", "cpu"]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("coarse2fine, epoch 1") && log.contains("average"),
+        "{log}"
+    );
+
+    // Two images the synthetic set writes in the CUB layout, and a corrupt one.
+    let images = dir.join("images");
+    let spec = c2f_train::data::synthetic::SyntheticConfig {
+        classes: 3,
+        size: 75,
+        ..Default::default()
+    };
+    c2f_train::data::synthetic::write_cub_layout(&images, &spec, 2, 0).unwrap();
+    let files: Vec<PathBuf> = std::fs::read_to_string(images.join("images.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| images.join("images").join(l.split_once(' ').unwrap().1))
+        .collect();
+    let corrupt = dir.join("corrupt.jpg");
+    std::fs::write(&corrupt, b"not a jpeg").unwrap();
+    let out = c2f(&[
+        "predict",
+        "--checkpoint",
+        path(&checkpoint),
+        "--device",
+        "cpu",
+        "--top",
+        "2",
+        path(&files[0]),
+        path(&corrupt),
+        path(&files[1]),
+    ]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains(&format!("{}: skipped", corrupt.display())),
+        "{log}"
+    );
+    for f in &files {
+        assert!(log.contains(&f.display().to_string()), "{log}");
+    }
+    // Per image: the three predictions, each with two named classes and percentages.
+    let names = c2f_train::data::synthetic::class_name;
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(lines.len(), 6, "{log}");
+    for line in lines {
+        let hits = (0..3)
+            .filter(|&c| line.contains(&format!("{} ", names(c))))
+            .count();
+        assert_eq!(hits, 2, "{line}");
+        assert_eq!(line.matches('%').count(), 2, "{line}");
+    }
+}
+
+#[test]
+fn unknown_config_key_is_refused_naming_file_and_key() {
+    let dir = scratch("bad_key");
+    let config = dir.join("bad.toml");
+    std::fs::write(&config, "epochs = 1\nlearning_rate = 0.1\n").unwrap();
+    let out = c2f(&["train", "--config", path(&config)]);
+    let log = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        log.contains(&config.display().to_string()) && log.contains("unknown key `learning_rate`"),
+        "{log}"
+    );
+}
