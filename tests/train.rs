@@ -33,6 +33,7 @@ fn tiny_config(epochs: usize, batch: usize) -> TrainConfig {
         classes: 3,
         maps: 2,
         lr: 1e-3,
+        classifier_lr_scale: 1.0,
         schedule: Schedule::Step,
         momentum: 0.9,
         weight_decay: 1e-5,
@@ -379,4 +380,42 @@ fn schedules() {
     let twelve = 0.5e-3 * (1.0 + (std::f64::consts::PI * 12.0 / 50.0).cos());
     assert!((lr(&cosine, 2, 2) - twelve).abs() < 1e-15);
     assert!(lr(&cosine, 9, 4) > 0.0 && lr(&cosine, 9, 4) < 1e-5);
+}
+
+#[test]
+fn tiny_model_fits_sixteen_images_and_its_loss_falls() {
+    let data = synthetic(16, 4);
+    let cfg = TrainConfig {
+        lr: 0.05,
+        schedule: Schedule::Cosine,
+        ..tiny_config(40, 8)
+    };
+    let dir = scratch("fit16");
+    let run = RunOptions {
+        eval_every: 0,
+        ..run_options(&dir)
+    };
+    let mut cpu = CpuBackend::<f32>::new();
+    // Evaluated on its own training images (test transform, running statistics).
+    let acc = train_coarse2fine(
+        &mut cpu,
+        &cfg,
+        &run,
+        &data.spec,
+        &data.names,
+        data.train.clone(),
+        data.train.clone(),
+    )
+    .unwrap()
+    .unwrap();
+    let lines = metrics(&dir);
+    let loss = |k: usize| lines[k]["loss"].as_f64().unwrap();
+    let train_acc = |k: usize| lines[k]["train_acc"].as_f64().unwrap();
+    for k in 0..lines.len() {
+        eprintln!("epoch {k}: loss {:.4} train {:.3}", loss(k), train_acc(k));
+    }
+    eprintln!("{acc:?}");
+    assert!(loss(39) < 0.5 * loss(0), "loss {} -> {}", loss(0), loss(39));
+    assert_eq!(train_acc(39), 1.0);
+    assert_eq!(acc.coarse, 1.0, "{acc:?}");
 }

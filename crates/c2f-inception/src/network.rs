@@ -13,6 +13,7 @@ use num_traits::Zero;
 use crate::backend::{Backend, BnMode, BnParams, BnStats, IndexTensor, LinearShape, Tensor};
 use crate::cpu::conv::Conv2dShape;
 use crate::spec::{ActId, ActShape, BasicConv, Graph, Op, BN_EPS, BN_MOMENTUM, DROPOUT};
+use crate::table::{TensorEntry, TensorTable};
 
 /// The head's intermediates: globally pooled features `[B, C]`, the same after dropout, and
 /// their gradients.
@@ -45,13 +46,35 @@ pub struct Network {
     /// Dropout before `fc` (torchvision's p = 0.5). The caller advances `step` every training
     /// step, and must not change these between a forward and its backward.
     pub dropout: DropoutParams,
-    /// Keeps the BatchNorm weights and biases out of [`Network::sgd_step`]: the "frozen" BN of
-    /// fine-tuning, used with [`BnMode::Inference`] so the running statistics stay fixed too.
-    pub bn_affine_frozen: bool,
 }
 
-fn is_bn_affine(name: &str) -> bool {
-    name.ends_with(".bn.weight") || name.ends_with(".bn.bias")
+/// Which SGD hyper-parameters a parameter tensor takes, `None` to leave it as it is.
+pub type SgdRule<'a> = dyn Fn(&TensorEntry) -> Option<SgdParams> + 'a;
+
+/// One SGD step over the tensors of `table` laid out in `[params, grads, momentum]`, each with
+/// the hyper-parameters `rule` gives it: one update per run of consecutive tensors that share
+/// them (the whole buffer at once when all do).
+pub fn sgd_step_by_table<B: Backend>(
+    b: &mut B,
+    table: &TensorTable,
+    [params, grads, momentum]: [Tensor; 3],
+    rule: &SgdRule<'_>,
+) -> Result<()> {
+    let entries = table.entries();
+    let mut i = 0;
+    while i < entries.len() {
+        let p = rule(&entries[i]);
+        let start = entries[i].offset;
+        while i < entries.len() && rule(&entries[i]) == p {
+            i += 1;
+        }
+        let end = entries[i - 1].offset + entries[i - 1].len();
+        if let Some(p) = p {
+            let slice = |t: Tensor| t.slice(start, end - start);
+            b.sgd_step(&p, slice(params), slice(grads), slice(momentum))?;
+        }
+    }
+    Ok(())
 }
 
 /// The buffers a network's parameters live in, which [`Network::sharing`] passes on.
@@ -178,7 +201,6 @@ impl Network {
                 step: 0,
                 training: true,
             },
-            bn_affine_frozen: false,
         })
     }
 
@@ -191,35 +213,20 @@ impl Network {
         b.fill(self.grads, B::Scalar::zero())
     }
 
-    /// One SGD step over all parameters with their gradients and momentum; with
-    /// [`Network::bn_affine_frozen`] the BatchNorm weights and biases are left out.
+    /// One SGD step over all parameters with their gradients and momentum.
     pub fn sgd_step<B: Backend>(&self, b: &mut B, p: &SgdParams) -> Result<()> {
-        if !self.bn_affine_frozen {
-            return b.sgd_step(p, self.params, self.grads, self.momentum);
-        }
-        // One update per maximal run of consecutive non-BN tensors (the table interleaves
-        // each conv's weight with its BN's weight and bias).
-        let entries = self.graph.params.entries();
-        let mut i = 0;
-        while i < entries.len() {
-            if is_bn_affine(&entries[i].name) {
-                i += 1;
-                continue;
-            }
-            let start = entries[i].offset;
-            while i < entries.len() && !is_bn_affine(&entries[i].name) {
-                i += 1;
-            }
-            let end = entries[i - 1].offset + entries[i - 1].len();
-            let slice = |t: Tensor| t.slice(start, end - start);
-            b.sgd_step(
-                p,
-                slice(self.params),
-                slice(self.grads),
-                slice(self.momentum),
-            )?;
-        }
-        Ok(())
+        self.sgd_step_by(b, &|_| Some(*p))
+    }
+
+    /// One SGD step with each parameter tensor's own hyper-parameters (`None`: left as it is),
+    /// e.g. frozen BatchNorm or a classifier's own learning rate.
+    pub fn sgd_step_by<B: Backend>(&self, b: &mut B, rule: &SgdRule<'_>) -> Result<()> {
+        sgd_step_by_table(
+            b,
+            &self.graph.params,
+            [self.params, self.grads, self.momentum],
+            rule,
+        )
     }
 
     /// The input images `[B, 3, S, S]`, to be written before [`Network::forward`].

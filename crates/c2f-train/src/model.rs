@@ -17,7 +17,7 @@
 
 use c2f_inception::backend::{Backend, BnMode, IndexTensor, LinearShape, Tensor};
 use c2f_inception::cpu::conv::Conv2dShape;
-use c2f_inception::network::Network;
+use c2f_inception::network::{sgd_step_by_table, Network, SgdRule};
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
 use c2f_inception::table::TensorTable;
 use c2f_kernels::bap::BapShape;
@@ -612,11 +612,6 @@ impl Coarse2Fine {
         (self.coarse.predictions, self.fine.predictions)
     }
 
-    /// Keeps the backbone's BatchNorm weights and biases out of [`Self::sgd_step`].
-    pub fn set_bn_affine_frozen(&mut self, frozen: bool) {
-        self.coarse.net.bn_affine_frozen = frozen;
-    }
-
     /// Everything a checkpoint holds: the backbone's state, the heads' parameters and momentum,
     /// and the two center banks.
     pub fn state(&self) -> Vec<Named> {
@@ -644,8 +639,19 @@ impl Coarse2Fine {
 
     /// One SGD step over the backbone's and the heads' parameters.
     pub fn sgd_step<B: Backend>(&self, b: &mut B, p: &SgdParams) -> Result<()> {
-        self.coarse.net.sgd_step(b, p)?;
-        b.sgd_step(p, self.params, self.grads, self.momentum)
+        self.sgd_step_by(b, &|_| Some(*p))
+    }
+
+    /// One SGD step with each parameter tensor's own hyper-parameters (see
+    /// [`Network::sgd_step_by`]), the backbone's and the heads' alike.
+    pub fn sgd_step_by<B: Backend>(&self, b: &mut B, rule: &SgdRule<'_>) -> Result<()> {
+        self.coarse.net.sgd_step_by(b, rule)?;
+        sgd_step_by_table(
+            b,
+            &self.heads.table,
+            [self.params, self.grads, self.momentum],
+            rule,
+        )
     }
 }
 

@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use c2f_inception::backend::{Backend, BnMode, IndexTensor};
 use c2f_inception::init::{counter_uniform, golden_init};
-use c2f_inception::network::Network;
+use c2f_inception::network::{Network, SgdRule};
+use c2f_inception::table::TensorEntry;
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
 use c2f_inception::weights::{self, LoadOptions};
 use c2f_kernels::center_loss::CenterLossParams;
@@ -71,6 +72,10 @@ pub struct TrainConfig {
     pub classes: usize,
     pub maps: usize,
     pub lr: f64,
+    /// The classifiers' learning rate over `lr`. They read 100× the unit-norm part features
+    /// (the baseline: pooled features of norm about √channels), so a rate that suits a
+    /// backbone trained from scratch makes their logits jump; fine-tuning (WS-DAN) uses 1.
+    pub classifier_lr_scale: f64,
     pub schedule: Schedule,
     pub momentum: f64,
     pub weight_decay: f64,
@@ -89,6 +94,24 @@ impl TrainConfig {
         CenterLossParams {
             lambda: self.center_lambda,
             beta: self.center_beta,
+        }
+    }
+
+    /// Each parameter tensor's SGD hyper-parameters at base rate `lr`: the classifiers (`fc*`)
+    /// at `lr × classifier_lr_scale`, frozen BatchNorm weights and biases not at all, the rest
+    /// at `lr`.
+    pub fn sgd_rule(&self, lr: f64) -> impl Fn(&TensorEntry) -> Option<SgdParams> + '_ {
+        move |e: &TensorEntry| {
+            let bn = e.name.ends_with(".bn.weight") || e.name.ends_with(".bn.bias");
+            if bn && self.bn == BnPolicy::Frozen {
+                return None;
+            }
+            let scale = if e.name.starts_with("fc") {
+                self.classifier_lr_scale
+            } else {
+                1.0
+            };
+            Some(SgdParams::new(lr * scale, self.momentum, self.weight_decay))
         }
     }
 
@@ -158,7 +181,8 @@ pub trait Trainee<B: Backend<Scalar = f32>> {
         step: u64,
         mode: BnMode,
     ) -> Result<StepResult>;
-    fn sgd_step(&mut self, b: &mut B, p: &SgdParams) -> Result<()>;
+    /// One SGD step, each parameter tensor with the hyper-parameters `rule` gives it.
+    fn sgd_step(&mut self, b: &mut B, rule: &SgdRule<'_>) -> Result<()>;
     /// Class probabilities `[B·C]` per head (coarse, then fine if any) for a full batch of
     /// images.
     fn probabilities(&mut self, b: &mut B, images: &[f32]) -> Result<Vec<Vec<f64>>>;
@@ -195,8 +219,8 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
         })
     }
 
-    fn sgd_step(&mut self, b: &mut B, p: &SgdParams) -> Result<()> {
-        Coarse2Fine::sgd_step(self, b, p)
+    fn sgd_step(&mut self, b: &mut B, rule: &SgdRule<'_>) -> Result<()> {
+        self.sgd_step_by(b, rule)
     }
 
     fn probabilities(&mut self, b: &mut B, images: &[f32]) -> Result<Vec<Vec<f64>>> {
@@ -278,8 +302,8 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
         })
     }
 
-    fn sgd_step(&mut self, b: &mut B, p: &SgdParams) -> Result<()> {
-        self.net.sgd_step(b, p)
+    fn sgd_step(&mut self, b: &mut B, rule: &SgdRule<'_>) -> Result<()> {
+        self.net.sgd_step_by(b, rule)
     }
 
     fn probabilities(&mut self, b: &mut B, images: &[f32]) -> Result<Vec<Vec<f64>>> {
@@ -491,7 +515,7 @@ fn upsampler_layers(graph: &Graph) -> usize {
 
 /// The Coarse2Fine model of a config, unitialised.
 pub fn build_coarse2fine<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<Coarse2Fine> {
-    let mut model = Coarse2Fine::new(
+    Coarse2Fine::new(
         b,
         Coarse2FineConfig {
             input_size: cfg.input_size,
@@ -502,9 +526,7 @@ pub fn build_coarse2fine<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<Coa
             center_loss: cfg.center_loss(),
             batch: cfg.batch,
         },
-    )?;
-    model.set_bn_affine_frozen(cfg.bn == BnPolicy::Frozen);
-    Ok(model)
+    )
 }
 
 /// Initialises a fresh Coarse2Fine model's parameters (the center banks start at zero).
@@ -532,9 +554,7 @@ pub fn init_coarse2fine<B: Backend<Scalar = f32>>(
 }
 
 pub fn build_baseline<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<Baseline> {
-    let mut baseline = Baseline::new(b, cfg)?;
-    baseline.net.bn_affine_frozen = cfg.bn == BnPolicy::Frozen;
-    Ok(baseline)
+    Baseline::new(b, cfg)
 }
 
 /// Builds, initialises (or resumes) and trains Coarse2Fine; the test accuracy at the end, or
@@ -783,7 +803,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
                     epoch + 1
                 )));
             }
-            model.sgd_step(b, &SgdParams::new(lr, cfg.momentum, cfg.weight_decay))?;
+            model.sgd_step(b, &cfg.sgd_rule(lr))?;
             meta.step += 1;
             for (sum, v) in meta.epoch_sums.iter_mut().zip(&out.losses) {
                 *sum += v;

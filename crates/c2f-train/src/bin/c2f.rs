@@ -105,6 +105,11 @@ struct TrainArgs {
     /// Base learning rate (WS-DAN: 1e-3 from pretrained weights).
     #[arg(long, default_value_t = 0.001)]
     lr: f64,
+    /// The classifiers' learning rate over --lr (default: 1 with --weights, as WS-DAN;
+    /// 0.02 from scratch, where the backbone needs a rate that would make the classifiers'
+    /// logits jump).
+    #[arg(long)]
+    classifier_lr_scale: Option<f64>,
     /// Learning-rate schedule.
     #[arg(long, value_enum, default_value = "step")]
     schedule: Schedule,
@@ -312,6 +317,9 @@ fn train(args: TrainArgs) -> Result<()> {
         classes: opened.class_names.len(),
         maps: args.maps,
         lr: args.lr,
+        classifier_lr_scale: args
+            .classifier_lr_scale
+            .unwrap_or(if args.weights.is_some() { 1.0 } else { 0.02 }),
         schedule: args.schedule,
         momentum: args.momentum,
         weight_decay: args.weight_decay,
