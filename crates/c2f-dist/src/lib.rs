@@ -4,6 +4,7 @@
 //! - [`collective`]: the collective interface over the runtime's [`Backend`] (all-reduce,
 //!   broadcast from rank 0, barrier), gradient buckets, and the in-process CPU implementation
 //!   over threads the tests use; [`nccl`]: the NCCL implementation on the CUDA backend.
+//! - [`centers`]: keeping the center-loss banks identical on every rank.
 //! - [`launch`]: rank, local rank, world size and master address from the environment
 //!   (torchrun, OpenMPI's mpirun, SLURM's srun).
 //! - [`rendezvous`]: handing rank 0's 128-byte NCCL unique id to the other ranks, over TCP or
@@ -13,6 +14,7 @@
 //!
 //! [`Backend`]: c2f_inception::backend::Backend
 
+pub mod centers;
 pub mod collective;
 pub mod launch;
 pub mod nccl;
