@@ -67,10 +67,18 @@ fn all_reduce_sums_in_rank_order_on_every_rank() {
             .for_each(|(s, v)| *s += v);
     }
     let exact: Vec<f64> = (0..len)
-        .map(|i| (0..world).map(|r| random(r as u64 + 1, len)[i] as f64).sum())
+        .map(|i| {
+            (0..world)
+                .map(|r| random(r as u64 + 1, len)[i] as f64)
+                .sum()
+        })
         .collect();
     for (rank, r) in results.iter().enumerate() {
-        assert_eq!(bits(r), bits(&in_order), "rank {rank}: not the rank-order sum");
+        assert_eq!(
+            bits(r),
+            bits(&in_order),
+            "rank {rank}: not the rank-order sum"
+        );
     }
     let widened: Vec<f64> = results[0].iter().map(|&v| v as f64).collect();
     assert!(rel_error(&widened, &exact) < 1e-6);
@@ -85,7 +93,12 @@ fn all_reduce_mean_is_the_sum_over_world() {
         b.read(t).unwrap()
     });
     let mean: Vec<f64> = (0..len)
-        .map(|i| (0..world).map(|r| random(r as u64 + 10, len)[i] as f64).sum::<f64>() / 3.0)
+        .map(|i| {
+            (0..world)
+                .map(|r| random(r as u64 + 10, len)[i] as f64)
+                .sum::<f64>()
+                / 3.0
+        })
         .collect();
     for r in &results {
         assert_eq!(bits(r), bits(&results[0]));
@@ -118,18 +131,32 @@ fn bucketed_all_reduce_equals_the_whole_all_reduce() {
         c.all_reduce(b, whole, Reduce::Mean).unwrap();
         c.barrier(b).unwrap();
         let around = b.read(whole_a).unwrap();
-        assert!(around[..5].iter().chain(&around[5 + len..]).all(|v| v.is_nan()));
+        assert!(around[..5]
+            .iter()
+            .chain(&around[5 + len..])
+            .all(|v| v.is_nan()));
         (b.read(a).unwrap(), b.read(whole).unwrap())
     });
     for (bucketed, whole) in &results {
         assert_eq!(bits(bucketed), bits(whole));
-        assert_ne!(bits(bucketed), bits(&random(30, len)), "nothing was reduced");
+        assert_ne!(
+            bits(bucketed),
+            bits(&random(30, len)),
+            "nothing was reduced"
+        );
     }
 }
 
 #[test]
 fn bucket_plan_covers_the_buffer_in_order() {
-    for (len, bytes) in [(0, 40), (1, 4), (10, 40), (1003, 40), (1003, 41), (7, 1 << 20)] {
+    for (len, bytes) in [
+        (0, 40),
+        (1, 4),
+        (10, 40),
+        (1003, 40),
+        (1003, 41),
+        (7, 1 << 20),
+    ] {
         let plan = plan_buckets(len, bytes).unwrap();
         let per = bytes / 4;
         let mut next = 0;
@@ -158,7 +185,10 @@ fn mismatched_lengths_fail_on_every_rank() {
         c.all_reduce(b, t, Reduce::Sum).unwrap_err().to_string()
     });
     for (rank, e) in results.iter().enumerate() {
-        assert!(e.contains(&format!("rank {rank}")) && e.contains("[10, 11]"), "{e}");
+        assert!(
+            e.contains(&format!("rank {rank}")) && e.contains("[10, 11]"),
+            "{e}"
+        );
     }
 }
 

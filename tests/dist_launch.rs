@@ -66,7 +66,13 @@ fn slurm_variables_with_the_master_from_a_flag() {
     ];
     let info = LaunchInfo::from_vars(&vars(&slurm), Some("gpu-07:1234")).unwrap();
     assert_eq!(
-        (info.launcher, info.rank, info.local_rank, info.world_size, info.device),
+        (
+            info.launcher,
+            info.rank,
+            info.local_rank,
+            info.world_size,
+            info.device
+        ),
         (Launcher::Slurm, 6, 2, 8, 2)
     );
     assert_eq!(info.master, master("gpu-07", 1234));
@@ -77,7 +83,12 @@ fn slurm_variables_with_the_master_from_a_flag() {
     assert_eq!(info.master, master("gpu-07", DEFAULT_MASTER_PORT));
     // srun --gpus-per-task=1 shows each task one GPU: device 0 whatever the local rank.
     with_env.push(("CUDA_VISIBLE_DEVICES", "3"));
-    assert_eq!(LaunchInfo::from_vars(&vars(&with_env), None).unwrap().device, 0);
+    assert_eq!(
+        LaunchInfo::from_vars(&vars(&with_env), None)
+            .unwrap()
+            .device,
+        0
+    );
     let e = error(&slurm, None);
     assert!(e.contains("set MASTER_ADDR"), "{e}");
 }
@@ -106,7 +117,13 @@ fn openmpi_variables_and_the_device_override() {
 fn no_launcher_is_a_single_process() {
     let info = LaunchInfo::from_vars(&vars(&[("CUDA_VISIBLE_DEVICES", "2,3")]), None).unwrap();
     assert_eq!(
-        (info.launcher, info.rank, info.world_size, info.device, info.master),
+        (
+            info.launcher,
+            info.rank,
+            info.world_size,
+            info.device,
+            info.master
+        ),
         (Launcher::Single, 0, 1, 0, None)
     );
 }
@@ -114,35 +131,77 @@ fn no_launcher_is_a_single_process() {
 #[test]
 fn inconsistent_values_are_named() {
     let cases: &[(&[(&str, &str)], &str)] = &[
-        (&[("RANK", "1"), ("WORLD_SIZE", "2")], "RANK and WORLD_SIZE are set but LOCAL_RANK is not"),
-        (&[("SLURM_PROCID", "1")], "SLURM_PROCID is set but SLURM_LOCALID is not"),
         (
-            &[("RANK", "4"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "h")],
+            &[("RANK", "1"), ("WORLD_SIZE", "2")],
+            "RANK and WORLD_SIZE are set but LOCAL_RANK is not",
+        ),
+        (
+            &[("SLURM_PROCID", "1")],
+            "SLURM_PROCID is set but SLURM_LOCALID is not",
+        ),
+        (
+            &[
+                ("RANK", "4"),
+                ("LOCAL_RANK", "0"),
+                ("WORLD_SIZE", "4"),
+                ("MASTER_ADDR", "h"),
+            ],
             "RANK=4 is outside WORLD_SIZE=4",
         ),
         (
-            &[("RANK", "1"), ("LOCAL_RANK", "2"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "h")],
+            &[
+                ("RANK", "1"),
+                ("LOCAL_RANK", "2"),
+                ("WORLD_SIZE", "4"),
+                ("MASTER_ADDR", "h"),
+            ],
             "LOCAL_RANK=2 is above RANK=1",
         ),
         (
             &[("RANK", "x"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "4")],
             "RANK=\"x\" is not a non-negative integer",
         ),
-        (&[("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "0")], "WORLD_SIZE=0"),
         (
-            &[("RANK", "1"), ("LOCAL_RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "70000")],
+            &[("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "0")],
+            "WORLD_SIZE=0",
+        ),
+        (
+            &[
+                ("RANK", "1"),
+                ("LOCAL_RANK", "1"),
+                ("WORLD_SIZE", "2"),
+                ("MASTER_ADDR", "h"),
+                ("MASTER_PORT", "70000"),
+            ],
             "MASTER_PORT=\"70000\" is not a port",
         ),
         (
-            &[("RANK", "1"), ("LOCAL_RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_PORT", "29500")],
+            &[
+                ("RANK", "1"),
+                ("LOCAL_RANK", "1"),
+                ("WORLD_SIZE", "2"),
+                ("MASTER_PORT", "29500"),
+            ],
             "MASTER_PORT is set but MASTER_ADDR is not",
         ),
         (
-            &[("RANK", "3"), ("LOCAL_RANK", "3"), ("WORLD_SIZE", "8"), ("LOCAL_WORLD_SIZE", "2"), ("MASTER_ADDR", "h")],
+            &[
+                ("RANK", "3"),
+                ("LOCAL_RANK", "3"),
+                ("WORLD_SIZE", "8"),
+                ("LOCAL_WORLD_SIZE", "2"),
+                ("MASTER_ADDR", "h"),
+            ],
             "LOCAL_RANK=3, LOCAL_WORLD_SIZE=2 and WORLD_SIZE=8 do not fit together",
         ),
         (
-            &[("RANK", "2"), ("LOCAL_RANK", "2"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "h"), ("CUDA_VISIBLE_DEVICES", "0,1")],
+            &[
+                ("RANK", "2"),
+                ("LOCAL_RANK", "2"),
+                ("WORLD_SIZE", "4"),
+                ("MASTER_ADDR", "h"),
+                ("CUDA_VISIBLE_DEVICES", "0,1"),
+            ],
             "local rank 2 has no device",
         ),
     ];

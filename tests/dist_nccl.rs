@@ -48,8 +48,16 @@ fn gpu_world_of_one_all_reduce_and_broadcast() {
         all_reduce_bucketed(&mut nccl, &mut b, other, op, 1 << 20).unwrap();
         nccl.barrier(&mut b).unwrap();
         let (got, bucketed) = (b.read(t).unwrap(), b.read(other).unwrap());
-        assert_eq!(bits(&got), bits(&values), "{op:?}: a world of one is the identity");
-        assert_eq!(bits(&bucketed), bits(&got), "{op:?}: bucketed differs from whole");
+        assert_eq!(
+            bits(&got),
+            bits(&values),
+            "{op:?}: a world of one is the identity"
+        );
+        assert_eq!(
+            bits(&bucketed),
+            bits(&got),
+            "{op:?}: bucketed differs from whole"
+        );
     }
     nccl.broadcast(&mut b, t).unwrap();
     let all = b.read(whole).unwrap();

@@ -103,7 +103,11 @@ fn a_rank_that_never_arrives_fails_the_others_with_its_number() {
             .map(|h| h.join().unwrap().unwrap_err().to_string())
             .collect()
     });
-    assert!(errors[0].contains("rank 2 did not arrive within 0.7 s"), "{}", errors[0]);
+    assert!(
+        errors[0].contains("rank 2 did not arrive within 0.7 s"),
+        "{}",
+        errors[0]
+    );
     assert!(
         errors[1].contains("rank 1: rank 0 gave up") && errors[1].contains("rank 2 did not arrive"),
         "{}",
@@ -118,7 +122,9 @@ fn rank_zero_missing_fails_the_others() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains(&format!("rank 2 could not reach rank 0 at 127.0.0.1:{port} within 0.3 s")),
+        e.contains(&format!(
+            "rank 2 could not reach rank 0 at 127.0.0.1:{port} within 0.3 s"
+        )),
         "{e}"
     );
 }
@@ -127,9 +133,15 @@ fn rank_zero_missing_fails_the_others() {
 fn a_port_in_use_is_named() {
     let taken = TcpListener::bind(("0.0.0.0", 0)).unwrap();
     let port = taken.local_addr().unwrap().port();
-    let e = exchange_id(&loopback(port), 0, 2, Some(&random_id(9)), Duration::from_secs(5))
-        .unwrap_err()
-        .to_string();
+    let e = exchange_id(
+        &loopback(port),
+        0,
+        2,
+        Some(&random_id(9)),
+        Duration::from_secs(5),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains(&format!("port {port} already in use")), "{e}");
 }
 
@@ -151,10 +163,12 @@ fn ranks_meet_through_a_shared_file() {
     let got: Vec<UniqueId> = std::thread::scope(|s| {
         // The readers start first and poll until rank 0 has written the file.
         let readers: Vec<_> = (1..4)
-            .map(|r| s.spawn({
-                let rv = &rendezvous;
-                move || exchange_id(rv, r, 4, None, Duration::from_secs(10)).unwrap()
-            }))
+            .map(|r| {
+                s.spawn({
+                    let rv = &rendezvous;
+                    move || exchange_id(rv, r, 4, None, Duration::from_secs(10)).unwrap()
+                })
+            })
             .collect();
         std::thread::sleep(Duration::from_millis(100));
         let own = exchange_id(&rendezvous, 0, 4, Some(&id), Duration::from_secs(10)).unwrap();

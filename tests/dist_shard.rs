@@ -22,21 +22,38 @@ fn shards_are_disjoint_and_cover_the_epoch() {
                 let global = 4 * world;
                 let order = order(len, 100 + len as u64);
                 let per_rank: Vec<Vec<Vec<usize>>> = (0..world)
-                    .map(|r| ShardPlan::new(global, world, r).unwrap().rank_batches(&order, drop_last))
+                    .map(|r| {
+                        ShardPlan::new(global, world, r)
+                            .unwrap()
+                            .rank_batches(&order, drop_last)
+                    })
                     .collect();
-                let steps = if drop_last { len / global } else { len.div_ceil(global) };
+                let steps = if drop_last {
+                    len / global
+                } else {
+                    len.div_ceil(global)
+                };
                 let mut seen = vec![0usize; len];
                 for (rank, batches) in per_rank.iter().enumerate() {
-                    assert_eq!(batches.len(), steps, "world {world}, len {len}, rank {rank}");
+                    assert_eq!(
+                        batches.len(),
+                        steps,
+                        "world {world}, len {len}, rank {rank}"
+                    );
                     for batch in batches {
                         batch.iter().for_each(|&i| seen[i] += 1);
                     }
                 }
                 // Step by step, the ranks' batches in rank order are the one worker's batch.
                 for (step, global_batch) in order.chunks(global).take(steps).enumerate() {
-                    let joined: Vec<usize> =
-                        per_rank.iter().flat_map(|b| b[step].iter().copied()).collect();
-                    assert_eq!(joined, global_batch, "world {world}, len {len}, step {step}");
+                    let joined: Vec<usize> = per_rank
+                        .iter()
+                        .flat_map(|b| b[step].iter().copied())
+                        .collect();
+                    assert_eq!(
+                        joined, global_batch,
+                        "world {world}, len {len}, step {step}"
+                    );
                 }
                 let used = if drop_last { steps * global } else { len };
                 for (position, &i) in order.iter().enumerate() {
@@ -65,7 +82,10 @@ fn a_partial_batch_is_split_as_evenly_as_it_can_be() {
 #[test]
 fn a_global_batch_that_does_not_divide_is_refused() {
     let e = ShardPlan::new(64, 3, 0).unwrap_err().to_string();
-    assert!(e.contains("global batch of 64 does not split evenly over 3 ranks"), "{e}");
+    assert!(
+        e.contains("global batch of 64 does not split evenly over 3 ranks"),
+        "{e}"
+    );
     assert_eq!(ShardPlan::new(64, 4, 3).unwrap().local_batch(), 16);
     let e = ShardPlan::new(64, 4, 4).unwrap_err().to_string();
     assert!(e.contains("rank 4 is outside a world of 4"), "{e}");

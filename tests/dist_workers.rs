@@ -28,7 +28,10 @@ fn child() {
     assert_eq!(info.device, gpus[info.rank]);
     assert_eq!(info.local_rank, info.rank);
     assert!(info.master.is_some());
-    match std::env::var(FAIL_ENV).ok().map(|r| r.parse::<usize>().unwrap()) {
+    match std::env::var(FAIL_ENV)
+        .ok()
+        .map(|r| r.parse::<usize>().unwrap())
+    {
         Some(fail) if fail == info.rank => {
             eprintln!("loss is NaN at step 3");
             // The exit status itself, not libtest's 101 for a failed test.
@@ -69,7 +72,10 @@ fn a_failing_rank_stops_the_others_and_is_named() {
     };
     assert_eq!(*rank, 2, "{err}");
     assert!(message.contains("exited with status 3"), "{err}");
-    assert!(message.contains("stopped the other ranks still running: [0, 1, 3]"), "{err}");
+    assert!(
+        message.contains("stopped the other ranks still running: [0, 1, 3]"),
+        "{err}"
+    );
     assert!(message.contains("loss is NaN at step 3"), "{err}");
 }
 
@@ -80,5 +86,8 @@ fn a_program_that_cannot_start_is_named() {
         ..WorkerCommand::default()
     };
     let err = run_workers(&cmd, &[0, 1], None).unwrap_err().to_string();
-    assert!(err.contains("rank 0 failed: could not start /nonexistent/c2f"), "{err}");
+    assert!(
+        err.contains("rank 0 failed: could not start /nonexistent/c2f"),
+        "{err}"
+    );
 }

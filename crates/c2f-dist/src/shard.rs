@@ -27,7 +27,7 @@ impl ShardPlan {
                 "rank {rank} is outside a world of {world}"
             )));
         }
-        if global_batch == 0 || global_batch % world != 0 {
+        if global_batch == 0 || !global_batch.is_multiple_of(world) {
             return Err(DistError::Shard(format!(
                 "the global batch of {global_batch} does not split evenly over {world} ranks; \
                  choose a multiple of {world}"
