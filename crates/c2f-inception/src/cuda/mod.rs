@@ -251,6 +251,13 @@ impl CudaBackend {
         self.gpu.synchronize()
     }
 
+    /// The device memory of `t`, for a library that works on raw device ranges in the order of
+    /// the backend's stream ([`Gpu::stream`]), such as NCCL's collectives; writing through it
+    /// is sound only in that order. Fails when `t` lies outside its buffer.
+    pub fn device_range(&self, t: Tensor) -> Result<DevRange<'_, f32>> {
+        Ok(self.mem.operands(&[t], &[], &[])?.input(t))
+    }
+
     /// The cuDNN algorithms chosen so far, one entry per convolution shape.
     pub fn conv_algorithms(&self) -> Vec<(Conv2dShape, ConvAlgorithms)> {
         self.conv.algorithms()
