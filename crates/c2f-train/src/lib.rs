@@ -3,6 +3,7 @@
 //! on any backend ([`model`]).
 
 pub mod data;
+pub mod interpolate;
 pub mod model;
 pub mod train;
 pub mod upsampler;
