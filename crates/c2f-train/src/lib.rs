@@ -5,5 +5,6 @@
 pub mod data;
 pub mod interpolate;
 pub mod model;
+pub mod pretrain;
 pub mod train;
 pub mod upsampler;
