@@ -4,6 +4,7 @@
 
 pub mod data;
 pub mod interpolate;
+pub mod localize;
 pub mod model;
 pub mod pretrain;
 pub mod train;
