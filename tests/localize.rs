@@ -4,20 +4,21 @@
 
 use std::sync::Arc;
 
-use c2f_inception::backend::Backend;
 use c2f_inception::cpu::CpuBackend;
-use c2f_inception::init::golden_init;
-use c2f_kernels::center_loss::CenterLossParams;
 use c2f_kernels::testing::SplitMix64;
 use c2f_train::data::loader::{ImageSource, Item};
-use c2f_train::data::synthetic::{Split, SyntheticConfig, SyntheticSet};
+use c2f_train::data::synthetic::SyntheticSet;
 use c2f_train::data::{BBox, Transform};
 use c2f_train::localize::{
     box_filter, centered_baseline, extract_box, localize, metrics, to_input, to_original,
     ImageInference, LocalizeConfig, Region,
 };
-use c2f_train::model::{Coarse2Fine, Coarse2FineConfig};
 use image::RgbImage;
+
+mod common {
+    pub mod tiny;
+}
+use common::tiny::{synthetic, tiny_model};
 
 /// A `h × w` map with value `v` on the given inclusive rectangles `(x0, y0, x1, y1)`.
 fn map_with(h: usize, w: usize, rects: &[(usize, usize, usize, usize, f32)]) -> Vec<f32> {
@@ -239,53 +240,6 @@ fn centred_baseline_by_hand() {
     let corner = (BBox::new(0.0, 0.0, 40.0, 40.0), (100, 100));
     assert_eq!(centered_baseline(&[centred, corner]), 0.5);
     assert_eq!(centered_baseline(&[]), 0.0);
-}
-
-fn tiny_model(cpu: &mut CpuBackend<f32>) -> Coarse2Fine {
-    let model = Coarse2Fine::new(
-        cpu,
-        Coarse2FineConfig {
-            input_size: 75,
-            width: 0.125,
-            classes: 3,
-            maps: 2,
-            upsampler_channels: vec![4, 4],
-            center_loss: CenterLossParams {
-                lambda: 1.0,
-                beta: 0.05,
-            },
-            batch: 2,
-        },
-    )
-    .unwrap();
-    let net = model.backbone();
-    let mut params = vec![0.0; net.graph.params.total()];
-    let mut buffers = vec![0.0; net.graph.buffers.total()];
-    golden_init(&net.graph, &mut params, &mut buffers);
-    cpu.write(net.params, &params).unwrap();
-    cpu.write(net.buffers, &buffers).unwrap();
-    let mut rng = SplitMix64(2);
-    let mut heads: Vec<f32> = (0..model.params.len)
-        .map(|_| rng.uniform(-0.3, 0.3) as f32)
-        .collect();
-    for e in model.head_table().entries() {
-        if e.name.starts_with("upsampler.") {
-            for v in &mut heads[e.range()] {
-                *v = v.abs();
-            }
-        }
-    }
-    cpu.write(model.params, &heads).unwrap();
-    model
-}
-
-fn synthetic(len: usize) -> SyntheticSet {
-    let cfg = SyntheticConfig {
-        classes: 3,
-        size: 80,
-        ..SyntheticConfig::default()
-    };
-    SyntheticSet::new(cfg, Split::Test, len).unwrap()
 }
 
 #[test]

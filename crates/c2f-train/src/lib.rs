@@ -9,3 +9,4 @@ pub mod model;
 pub mod pretrain;
 pub mod train;
 pub mod upsampler;
+pub mod visualize;

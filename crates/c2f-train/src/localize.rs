@@ -111,7 +111,8 @@ pub fn extract_box(
     region: Region,
 ) -> Option<BBox> {
     let max = map.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    if !(max > 0.0) {
+    // `f32::max` skips NaN, so `max` is a number (−∞ for an all-NaN map).
+    if max <= 0.0 {
         return None;
     }
     let cut = (fraction * max as f64) as f32;
