@@ -119,6 +119,127 @@ fn config_file_eval_and_predict() {
         assert_eq!(hits, 2, "{line}");
         assert_eq!(line.matches('%').count(), 2, "{line}");
     }
+
+    // Localization on the synthetic test split (it has boxes): the table and the JSON file.
+    let json = dir.join("loc.json");
+    let out = c2f(&[
+        "localize",
+        path(&checkpoint),
+        "--device",
+        "cpu",
+        "--json",
+        path(&json),
+    ]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let mean_iou = metrics["mean_iou"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&mean_iou), "{metrics}");
+    assert!(log.contains("GT-known"), "{log}");
+
+    // Pictures of two test images and the contact sheet, decodable PNGs.
+    let pictures = dir.join("pictures");
+    let out = c2f(&[
+        "visualize",
+        path(&checkpoint),
+        "--device",
+        "cpu",
+        "--count",
+        "2",
+        "--out",
+        path(&pictures),
+    ]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    let pngs: Vec<PathBuf> = std::fs::read_dir(&pictures)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(pngs.len(), 3, "{pngs:?}");
+    for png in &pngs {
+        let img = image::open(png).unwrap();
+        assert!(
+            img.width() >= 200 && img.height() >= 200,
+            "{}",
+            png.display()
+        );
+    }
+}
+
+#[test]
+fn pretrained_and_bilinear_upsamplers_train() {
+    let dir = scratch("upsampler");
+    let file = dir.join("up.safetensors");
+    let out = c2f(&[
+        "pretrain-upsampler",
+        "--device",
+        "cpu",
+        "--size",
+        "75",
+        "--pairs",
+        "64",
+        "--epochs",
+        "2",
+        "--batch",
+        "16",
+        "--out",
+        path(&file),
+    ]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("held-out L2") && file.exists(), "{log}");
+    let tiny = [
+        "train",
+        "--device",
+        "cpu",
+        "--models",
+        "coarse2fine",
+        "--epochs",
+        "1",
+        "--batch",
+        "4",
+        "--size",
+        "75",
+        "--width",
+        "0.125",
+        "--maps",
+        "2",
+        "--classes",
+        "3",
+        "--train-images",
+        "4",
+        "--test-images",
+        "4",
+        "--no-progress",
+    ];
+    for (name, upsampler) in [("pretrained", path(&file)), ("bilinear", "bilinear")] {
+        let run_dir = dir.join(name);
+        let mut args = tiny.to_vec();
+        args.extend(["--upsampler", upsampler, "--run-dir", path(&run_dir)]);
+        let out = c2f(&args);
+        let log = text(&out);
+        assert!(out.status.success(), "{name}: {log}");
+        assert!(log.contains("| Coarse2Fine |"), "{name}: {log}");
+    }
+    // The bilinear model has no up-sampler parameters in its checkpoint.
+    let meta =
+        c2f_train::checkpoint::read_meta(&dir.join("bilinear/coarse2fine/checkpoint.safetensors"))
+            .unwrap();
+    assert_eq!(
+        meta.config.upsampler,
+        c2f_train::upsampler::UpsamplerKind::FixedBilinear
+    );
+    // A file for another up-sampler is refused, naming the file.
+    let wrong = dir.join("wrong.safetensors");
+    std::fs::write(&wrong, b"garbage").unwrap();
+    let mut args = tiny.to_vec();
+    let run_dir = dir.join("wrong");
+    args.extend(["--upsampler", path(&wrong), "--run-dir", path(&run_dir)]);
+    let out = c2f(&args);
+    let log = text(&out);
+    assert!(!out.status.success());
+    assert!(log.contains("wrong.safetensors"), "{log}");
 }
 
 #[test]

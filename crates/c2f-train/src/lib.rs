@@ -5,5 +5,10 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod interpolate;
+pub mod localize;
 pub mod model;
+pub mod pretrain;
 pub mod train;
+pub mod upsampler;
+pub mod visualize;

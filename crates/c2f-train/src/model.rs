@@ -22,13 +22,13 @@ use c2f_inception::spec::{Depth, Graph, InceptionConfig};
 use c2f_inception::table::TensorTable;
 use c2f_kernels::bap::BapShape;
 use c2f_kernels::center_loss::{CenterLossParams, CenterLossShape};
-use c2f_kernels::conv_transpose::ConvTransposeParams;
-use c2f_kernels::mask::{MapShape, MaskShape, ResizeShape};
+use c2f_kernels::mask::{MapShape, MaskShape};
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::softmax_ce::SoftmaxCeShape;
 use c2f_kernels::{Error, Result};
 
 use crate::checkpoint::{network_state, table_state, Named};
+use crate::upsampler::{Upsampler, UpsamplerKind, UpsamplerShape};
 
 /// WS-DAN's scale of the normalised part features before the classifier.
 pub const FEATURE_SCALE: f64 = 100.0;
@@ -74,8 +74,9 @@ pub struct Coarse2FineConfig {
 struct Heads {
     table: TensorTable,
     attention: usize,
-    /// (weight, bias) per transposed-conv layer.
-    upsampler: Vec<(usize, usize)>,
+    /// Where the up-sampler's parameters start in the table: its own table's entries, back to
+    /// back under the same names.
+    upsampler: usize,
     fc_coarse: (usize, usize),
     fc_fine: (usize, usize),
 }
@@ -126,19 +127,24 @@ pub struct Coarse2Fine {
     /// The chosen attention map per sample, `[B, 1, h, w]`, and its gradient.
     chosen: Tensor,
     d_chosen: Tensor,
-    /// Per up-sampler layer: its output before ReLU and after (the last has no ReLU), and the
-    /// gradient buffers.
-    up_pre: Vec<Tensor>,
-    up_out: Vec<Tensor>,
-    d_up: Vec<Tensor>,
-    resized: Tensor,
-    d_resized: Tensor,
+    upsampler: Upsampler,
     u_max: Tensor,
     u_argmax: IndexTensor,
 }
 
 impl Coarse2Fine {
+    /// The model with the learnable up-sampler of `config.upsampler_channels`.
     pub fn new<B: Backend>(b: &mut B, config: Coarse2FineConfig) -> Result<Coarse2Fine> {
+        Self::with_upsampler(b, config, UpsamplerKind::Learnable)
+    }
+
+    /// The model with the given up-sampler; [`UpsamplerKind::FixedBilinear`] ignores
+    /// `config.upsampler_channels` and has no up-sampler parameters.
+    pub fn with_upsampler<B: Backend>(
+        b: &mut B,
+        config: Coarse2FineConfig,
+        kind: UpsamplerKind,
+    ) -> Result<Coarse2Fine> {
         if config.maps == 0 || config.classes == 0 {
             return Err(Error::Shape(format!(
                 "Coarse2Fine needs at least one map and one class: {config:?}"
@@ -153,17 +159,19 @@ impl Coarse2Fine {
         let (batch, m, n) = (config.batch, config.maps, f.channels);
         let mut table = TensorTable::default();
         let attention = table.push("attention.weight", vec![m, n, 1, 1]);
-        let mut upsampler = Vec::new();
-        let mut channels = vec![1];
-        channels.extend(&config.upsampler_channels);
-        channels.push(1);
-        for (i, pair) in channels.windows(2).enumerate() {
-            let w = table.push(
-                format!("upsampler.{i}.weight"),
-                vec![pair[0], pair[1], 4, 4],
-            );
-            let bias = table.push(format!("upsampler.{i}.bias"), vec![pair[1]]);
-            upsampler.push((w, bias));
+        let upsampler = Upsampler::new(
+            b,
+            UpsamplerShape {
+                batch,
+                map: (f.height, f.width),
+                output: config.input_size,
+                kind,
+                channels: config.upsampler_channels.clone(),
+            },
+        )?;
+        let upsampler_start = table.total();
+        for e in upsampler.table().entries() {
+            table.push(e.name.clone(), e.shape.clone());
         }
         let head = |t: &mut TensorTable, name: &str| {
             (
@@ -176,7 +184,7 @@ impl Coarse2Fine {
         let heads = Heads {
             table,
             attention,
-            upsampler,
+            upsampler: upsampler_start,
             fc_coarse,
             fc_fine,
         };
@@ -186,18 +194,6 @@ impl Coarse2Fine {
         let coarse = Pass::new(b, coarse_net, &config, m * n)?;
         let fine = Pass::new(b, fine_net, &config, m * n)?;
         let hw = f.height * f.width;
-        let mut up_pre = Vec::new();
-        let mut up_out = Vec::new();
-        let mut d_up = Vec::new();
-        let mut side = (f.height, f.width);
-        for &c in &channels[1..] {
-            side = (side.0 * 2, side.1 * 2);
-            let len = batch * c * side.0 * side.1;
-            up_pre.push(b.alloc(len)?);
-            up_out.push(b.alloc(len)?);
-            d_up.push(b.alloc(len)?);
-        }
-        let image = batch * config.input_size * config.input_size;
         Ok(Coarse2Fine {
             params: b.alloc(total)?,
             grads: b.alloc(total)?,
@@ -209,11 +205,7 @@ impl Coarse2Fine {
             chosen_maps: b.alloc_index(batch)?,
             chosen: b.alloc(batch * hw)?,
             d_chosen: b.alloc(batch * hw)?,
-            up_pre,
-            up_out,
-            d_up,
-            resized: b.alloc(image)?,
-            d_resized: b.alloc(image)?,
+            upsampler,
             u_max: b.alloc(batch)?,
             u_argmax: b.alloc_index(batch)?,
             config,
@@ -252,6 +244,45 @@ impl Coarse2Fine {
     /// The coarse and fine logits `[B, C]`.
     pub fn logits(&self) -> (Tensor, Tensor) {
         (self.coarse.logits, self.fine.logits)
+    }
+
+    /// The up-sampler (its table names the `upsampler.*` entries of [`Self::head_table`]).
+    pub fn upsampler(&self) -> &Upsampler {
+        &self.upsampler
+    }
+
+    /// The up-sampler's parameters inside [`Self::params`], laid out as its table.
+    pub fn upsampler_params(&self) -> Tensor {
+        self.params
+            .slice(self.heads.upsampler, self.upsampler.table().total())
+    }
+
+    fn upsampler_grads(&self) -> Tensor {
+        self.grads
+            .slice(self.heads.upsampler, self.upsampler.table().total())
+    }
+
+    /// The attention map's `(height, width)`.
+    pub fn map_side(&self) -> (usize, usize) {
+        let (_, h, w) = self.feature_shape();
+        (h, w)
+    }
+
+    /// The coarse pass's attention maps `[B, M, h, w]`, after [`Self::infer`] or a step.
+    pub fn attention_maps(&self) -> Tensor {
+        self.coarse.attention
+    }
+
+    /// The map the fine branch up-sampled, `[B, 1, h, w]`: after [`Self::infer`] the mean of
+    /// the attention maps, after a training step the chosen ones.
+    pub fn fine_map(&self) -> Tensor {
+        self.chosen
+    }
+
+    /// [`Self::fine_map`] up-sampled to the input size, `[B, 1, S, S]`, before the mask's
+    /// normalisation.
+    pub fn upsampled_map(&self) -> Tensor {
+        self.upsampler.output()
     }
 
     fn head_param(&self, index: usize) -> Tensor {
@@ -315,22 +346,6 @@ impl Coarse2Fine {
         SoftmaxCeShape {
             batch: self.config.batch,
             classes: self.config.classes,
-        }
-    }
-
-    /// The up-sampler's layer `i`, from a `side`-sized input.
-    fn upsampler_layer(&self, i: usize, side: (usize, usize)) -> ConvTransposeParams {
-        let w = self.heads.table.entry(self.heads.upsampler[i].0);
-        ConvTransposeParams {
-            batch: self.config.batch,
-            in_channels: w.shape[0],
-            out_channels: w.shape[1],
-            height: side.0,
-            width: side.1,
-            kernel_size: 4,
-            stride: 2,
-            padding: 1,
-            output_padding: 0,
         }
     }
 
@@ -425,19 +440,6 @@ impl Coarse2Fine {
         }
     }
 
-    fn resize_shape(&self) -> ResizeShape {
-        let (_, h, w) = self.feature_shape();
-        let layers = self.heads.upsampler.len();
-        ResizeShape {
-            batch: self.config.batch,
-            channels: 1,
-            in_height: h << layers,
-            in_width: w << layers,
-            out_height: self.config.input_size,
-            out_width: self.config.input_size,
-        }
-    }
-
     fn mask_shape(&self) -> MaskShape {
         MaskShape {
             batch: self.config.batch,
@@ -460,27 +462,11 @@ impl Coarse2Fine {
                 self.chosen,
             )?;
         }
-        let (_, h, w) = self.feature_shape();
-        let mut side = (h, w);
-        let mut x = self.chosen;
-        let last = self.heads.upsampler.len() - 1;
-        for i in 0..=last {
-            let layer = self.upsampler_layer(i, side);
-            let (wi, bi) = self.heads.upsampler[i];
-            let (weight, bias) = (self.head_param(wi), self.head_param(bi));
-            b.conv_transpose_forward(&layer, x, weight, bias, self.up_pre[i])?;
-            if i < last {
-                b.relu_forward(self.up_pre[i], self.up_out[i])?;
-                x = self.up_out[i];
-            } else {
-                x = self.up_pre[i];
-            }
-            side = (side.0 * 2, side.1 * 2);
-        }
-        b.resize_bilinear_forward(&self.resize_shape(), x, self.resized)?;
+        let params = self.upsampler_params();
+        self.upsampler.forward(b, params, self.chosen)?;
         b.mask_forward(
             &self.mask_shape(),
-            self.resized,
+            self.upsampler.output(),
             self.coarse.net.input(),
             self.fine.net.input(),
             self.u_max,
@@ -493,49 +479,16 @@ impl Coarse2Fine {
     fn fine_input_backward<B: Backend>(&mut self, b: &mut B) -> Result<()> {
         b.mask_backward(
             &self.mask_shape(),
-            self.resized,
+            self.upsampler.output(),
             self.coarse.net.input(),
             self.fine.net.input_grad(),
             self.u_max,
             self.u_argmax,
-            self.d_resized,
+            self.upsampler.output_grad(),
         )?;
-        let last = self.heads.upsampler.len() - 1;
-        b.resize_bilinear_backward(&self.resize_shape(), self.d_resized, self.d_up[last])?;
-        let (_, h, w) = self.feature_shape();
-        for i in (0..=last).rev() {
-            let side = (h << i, w << i);
-            let layer = self.upsampler_layer(i, side);
-            if i < last {
-                // Through this layer's ReLU: d_up[i] holds the gradient w.r.t. its output.
-                b.relu_backward(self.up_out[i], self.d_up[i], self.up_pre[i])?;
-            }
-            let d_pre = if i < last {
-                self.up_pre[i]
-            } else {
-                self.d_up[i]
-            };
-            let input = if i == 0 {
-                self.chosen
-            } else {
-                self.up_out[i - 1]
-            };
-            let d_input = if i == 0 {
-                self.d_chosen
-            } else {
-                self.d_up[i - 1]
-            };
-            let (wi, bi) = self.heads.upsampler[i];
-            b.conv_transpose_backward(
-                &layer,
-                input,
-                self.head_param(wi),
-                d_pre,
-                d_input,
-                self.head_grad(wi),
-                self.head_grad(bi),
-            )?;
-        }
+        let (params, grads) = (self.upsampler_params(), self.upsampler_grads());
+        self.upsampler
+            .backward(b, params, grads, self.chosen, self.d_chosen)?;
         b.select_map_backward(
             &self.map_shape(),
             self.chosen_maps,

@@ -14,8 +14,8 @@ use std::time::Instant;
 use c2f_inception::backend::{Backend, BnMode, IndexTensor};
 use c2f_inception::init::{counter_uniform, golden_init};
 use c2f_inception::network::{Network, SgdRule};
-use c2f_inception::table::TensorEntry;
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
+use c2f_inception::table::TensorEntry;
 use c2f_inception::weights::{self, LoadOptions};
 use c2f_kernels::center_loss::CenterLossParams;
 use c2f_kernels::rng::{splitmix64_output, SplitMix64};
@@ -30,6 +30,9 @@ use crate::data::loader::{Batch, ImageSource, Loader, LoaderConfig};
 use crate::data::spec::DataSpec;
 use crate::data::transform::{TrainCrop, Transform};
 use crate::model::{orthogonal_attention, Coarse2Fine, Coarse2FineConfig, FEATURE_SCALE};
+use crate::upsampler::{
+    attention_map_side, default_channels, init_range, load_into, UpsamplerKind,
+};
 
 /// How the learning rate moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -84,6 +87,8 @@ pub struct TrainConfig {
     pub center_lambda: f64,
     pub center_beta: f64,
     pub seed: u64,
+    /// The fine branch's up-sampler: learnable (the paper) or fixed bilinear (its comparison).
+    pub upsampler: UpsamplerKind,
     /// The attention conv starts from orthonormal rows (SVD, the paper's Algorithm 1); `false`
     /// keeps the plain uniform start, the ablation of the paper's Table 8.
     pub ortho_init: bool,
@@ -143,6 +148,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Start the backbone from torchvision-named InceptionV3 weights.
     pub weights: Option<PathBuf>,
+    /// Start Coarse2Fine's learnable up-sampler from `c2f pretrain-upsampler`'s file.
+    pub upsampler_weights: Option<PathBuf>,
     /// Stop after this many steps in all, as a crash would (after any checkpoint due at that
     /// step): for testing `resume`.
     pub stop_after: Option<u64>,
@@ -477,15 +484,14 @@ pub fn init_backbone<B: Backend<Scalar = f32>>(
     b.write(net.buffers, &buffers)
 }
 
-/// The uniform range a head parameter starts from: ±1/sqrt(fan_in), except that the up-sampler
-/// starts non-negative (so the first masks are not all ones: the attention maps it reads are
-/// non-negative), and the classifiers 100× smaller, because they see 100× the unit-norm part
-/// features and should start with logits of order one.
+/// The uniform range a head parameter starts from: ±1/sqrt(fan_in), except the up-sampler's
+/// own ([`init_range`]), and the classifiers 100× smaller, because they see 100× the unit-norm
+/// part features and should start with logits of order one.
 fn head_range(name: &str, shape: &[usize]) -> (f64, f64) {
     let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
     let bound = 1.0 / (fan_in as f64).sqrt();
     if name.starts_with("upsampler.") {
-        (0.0, if name.ends_with("bias") { 0.1 } else { bound })
+        init_range(name, shape)
     } else if name.starts_with("fc_") {
         (-bound / FEATURE_SCALE, bound / FEATURE_SCALE)
     } else {
@@ -493,39 +499,21 @@ fn head_range(name: &str, shape: &[usize]) -> (f64, f64) {
     }
 }
 
-fn model_graph(cfg: &TrainConfig) -> Result<Graph> {
-    Graph::new(InceptionConfig {
-        input_size: cfg.input_size,
-        width: cfg.width,
-        depth: Depth::Mixed6e,
-    })
-}
-
-/// Stride-2 layers that take the Mixed_6e side to at least a quarter of the input side (the
-/// bilinear resize does the rest).
-fn upsampler_layers(graph: &Graph) -> usize {
-    let side = graph.activations[graph.mixed_6e].height;
-    let input = graph.config.input_size;
-    let mut layers = 1;
-    while (side << layers) * 4 < input {
-        layers += 1;
-    }
-    layers
-}
-
 /// The Coarse2Fine model of a config, unitialised.
 pub fn build_coarse2fine<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<Coarse2Fine> {
-    Coarse2Fine::new(
+    let map_side = attention_map_side(cfg.input_size)?.0;
+    Coarse2Fine::with_upsampler(
         b,
         Coarse2FineConfig {
             input_size: cfg.input_size,
             width: cfg.width,
             classes: cfg.classes,
             maps: cfg.maps,
-            upsampler_channels: vec![8; upsampler_layers(&model_graph(cfg)?) - 1],
+            upsampler_channels: default_channels(map_side, cfg.input_size),
             center_loss: cfg.center_loss(),
             batch: cfg.batch,
         },
+        cfg.upsampler,
     )
 }
 
@@ -534,9 +522,9 @@ pub fn init_coarse2fine<B: Backend<Scalar = f32>>(
     b: &mut B,
     model: &Coarse2Fine,
     cfg: &TrainConfig,
-    weights_file: Option<&Path>,
+    run: &RunOptions,
 ) -> Result<()> {
-    init_backbone(b, model.backbone(), weights_file)?;
+    init_backbone(b, model.backbone(), run.weights.as_deref())?;
     let mut heads = vec![0.0f32; model.params.len];
     for e in model.head_table().entries() {
         let (lo, hi) = head_range(&e.name, &e.shape);
@@ -549,6 +537,9 @@ pub fn init_coarse2fine<B: Backend<Scalar = f32>>(
             .expect("the model declares it");
         let (maps, channels) = (attention.shape[0], attention.shape[1]);
         heads[attention.range()].copy_from_slice(&orthogonal_attention(maps, channels, cfg.seed)?);
+    }
+    if let Some(path) = &run.upsampler_weights {
+        load_into(path, model.head_table(), &mut heads)?;
     }
     b.write(model.params, &heads)
 }
@@ -570,7 +561,7 @@ pub fn train_coarse2fine<B: Backend<Scalar = f32>>(
 ) -> Result<Option<Accuracy>> {
     let mut model = build_coarse2fine(b, cfg)?;
     if !run.resume {
-        init_coarse2fine(b, &model, cfg, run.weights.as_deref())?;
+        init_coarse2fine(b, &model, cfg, run)?;
     }
     fit(b, &mut model, cfg, run, data, class_names, train, test)
 }

@@ -10,16 +10,26 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use c2f_inception::backend::Backend;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::CudaBackend;
+use c2f_inception::weights::write_atomically;
 use c2f_kernels::{Error, Result};
 use c2f_train::checkpoint::{self, CheckpointMeta};
 use c2f_train::data::loader::FileSource;
 use c2f_train::data::spec::DataSpec;
+use c2f_train::data::ImageSource;
 use c2f_train::data::Sample;
+use c2f_train::localize::{
+    infer_images, localize, ImageInference, LocalizationMetrics, LocalizeConfig, Region,
+};
+use c2f_train::model::Coarse2Fine;
+use c2f_train::pretrain::{pretrain_upsampler, print_epochs, PretrainConfig};
+use c2f_train::train::Baseline;
 use c2f_train::train::{
     build_baseline, build_coarse2fine, evaluate, format_accuracy, padded_images, prediction_rows,
     test_loader, train_baseline, train_coarse2fine, Accuracy, BnPolicy, RunOptions, Schedule,
     TrainConfig, Trainee,
 };
+use c2f_train::upsampler::{attention_map_side, UpsamplerKind};
+use c2f_train::visualize::{write_pictures, VisualizeConfig};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -43,6 +53,15 @@ enum Command {
     Eval(EvalArgs),
     /// Classify images with a checkpoint: the top classes, with names, per prediction.
     Predict(PredictArgs),
+    /// Pretrain the learnable up-sampler on synthetic (map, up-sampled map) pairs, as the paper
+    /// does before Coarse2Fine training; `c2f train --upsampler FILE` starts from the result.
+    PretrainUpsampler(PretrainArgs),
+    /// Weakly-supervised localization with a Coarse2Fine checkpoint on its test split (a
+    /// dataset with boxes): ACoL accuracy, GT-known accuracy, mean IoU, as a table and JSON.
+    Localize(LocalizeArgs),
+    /// Pictures of what a Coarse2Fine checkpoint looks at: attention heat maps, the up-sampled
+    /// mask, predicted and true boxes, top-3 predictions; one PNG per image and a contact sheet.
+    Visualize(VisualizeArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -105,11 +124,11 @@ struct TrainArgs {
     /// Base learning rate (WS-DAN: 1e-3 from pretrained weights).
     #[arg(long, default_value_t = 0.001)]
     lr: f64,
-    /// The classifiers' learning rate over --lr (default: 1 with --weights, as WS-DAN;
-    /// 0.02 from scratch, where the backbone needs a rate that would make the classifiers'
-    /// logits jump).
-    #[arg(long)]
-    classifier_lr_scale: Option<f64>,
+    /// The classifiers' learning rate over --lr: below 1 when the backbone trains from scratch
+    /// at a rate that would make the classifiers' logits jump (they read 100× the unit-norm
+    /// part features).
+    #[arg(long, default_value_t = 1.0)]
+    classifier_lr_scale: f64,
     /// Learning-rate schedule.
     #[arg(long, value_enum, default_value = "step")]
     schedule: Schedule,
@@ -132,6 +151,11 @@ struct TrainArgs {
     /// paper's Table 8 ablation).
     #[arg(long)]
     no_ortho_init: bool,
+    /// The fine branch's up-sampler: `learnable` (the paper's transposed convolutions, from a
+    /// fresh start), `bilinear` (fixed interpolation, the paper's comparison), or a FILE from
+    /// `c2f pretrain-upsampler` to start the learnable one from.
+    #[arg(long, default_value = "learnable")]
+    upsampler: String,
     /// Start the backbone from InceptionV3 weights with torchvision's names (width 1.0;
     /// `tools/export_torchvision_weights.py` writes the ImageNet ones).
     #[arg(long)]
@@ -157,6 +181,74 @@ struct TrainArgs {
 struct EvalArgs {
     /// The checkpoint (`<run-dir>/<model>/checkpoint.safetensors`).
     checkpoint: PathBuf,
+    /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct PretrainArgs {
+    /// The Coarse2Fine input side the up-sampler is for (default: 96 on the CPU, 299 on a GPU).
+    #[arg(long)]
+    size: Option<usize>,
+    /// Training pairs per epoch (the paper: 60,000).
+    #[arg(long, default_value_t = 60_000)]
+    pairs: usize,
+    /// Epochs (the paper: 100).
+    #[arg(long, default_value_t = 100)]
+    epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where the weights go (rewritten atomically after every epoch).
+    #[arg(long, default_value = "upsampler.safetensors")]
+    out: PathBuf,
+    /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct LocalizeArgs {
+    /// The Coarse2Fine checkpoint (`<run-dir>/coarse2fine/checkpoint.safetensors`).
+    checkpoint: PathBuf,
+    /// Threshold as a fraction of the filtered map's maximum.
+    #[arg(long, default_value_t = 0.1)]
+    threshold: f64,
+    /// Box-filter side in input pixels (default: one attention-map cell).
+    #[arg(long)]
+    box_filter: Option<usize>,
+    /// The tight box around every pixel above the threshold (WS-DAN's code), instead of the box
+    /// around the largest connected region.
+    #[arg(long)]
+    tight_box: bool,
+    /// Only the first N test images.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Where the metrics go as JSON (default: localization.json beside the checkpoint).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct VisualizeArgs {
+    /// The Coarse2Fine checkpoint (`<run-dir>/coarse2fine/checkpoint.safetensors`).
+    checkpoint: PathBuf,
+    /// Test-split images to draw, by index (default: the first --count).
+    #[arg(long, value_delimiter = ',')]
+    index: Vec<usize>,
+    /// How many of the first test images to draw when no --index is given.
+    #[arg(long, default_value_t = 12)]
+    count: usize,
+    /// The folder the PNGs go to.
+    #[arg(long, default_value = "attention-pictures")]
+    out: PathBuf,
     /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
     #[arg(long)]
     device: Option<String>,
@@ -196,6 +288,9 @@ fn main() {
                 Command::Train(args) => train(*args),
                 Command::Eval(args) => eval(args),
                 Command::Predict(args) => predict(args),
+                Command::PretrainUpsampler(args) => pretrain(args),
+                Command::Localize(args) => localize_command(args),
+                Command::Visualize(args) => visualize(args),
             }
         });
     if let Err(e) = result {
@@ -317,9 +412,7 @@ fn train(args: TrainArgs) -> Result<()> {
         classes: opened.class_names.len(),
         maps: args.maps,
         lr: args.lr,
-        classifier_lr_scale: args
-            .classifier_lr_scale
-            .unwrap_or(if args.weights.is_some() { 1.0 } else { 0.02 }),
+        classifier_lr_scale: args.classifier_lr_scale,
         schedule: args.schedule,
         momentum: args.momentum,
         weight_decay: args.weight_decay,
@@ -327,7 +420,16 @@ fn train(args: TrainArgs) -> Result<()> {
         center_lambda: args.lambda,
         center_beta: args.beta,
         seed: args.seed,
+        upsampler: if args.upsampler == "bilinear" {
+            UpsamplerKind::FixedBilinear
+        } else {
+            UpsamplerKind::Learnable
+        },
         ortho_init: !args.no_ortho_init,
+    };
+    let upsampler_weights = match args.upsampler.as_str() {
+        "learnable" | "bilinear" => None,
+        file => Some(PathBuf::from(file)),
     };
     let run_dir = args.run_dir.clone().unwrap_or_else(|| {
         let now = SystemTime::now()
@@ -342,6 +444,7 @@ fn train(args: TrainArgs) -> Result<()> {
         eval_every: args.eval_every,
         progress: !args.no_progress,
         weights: args.weights.clone(),
+        upsampler_weights: upsampler_weights.clone(),
         stop_after: None,
     };
     let job = Job {
@@ -371,8 +474,8 @@ struct Job {
     cfg: TrainConfig,
     data: DataSpec,
     class_names: Vec<String>,
-    train: Arc<dyn c2f_train::data::ImageSource>,
-    test: Arc<dyn c2f_train::data::ImageSource>,
+    train: Arc<dyn ImageSource>,
+    test: Arc<dyn ImageSource>,
 }
 
 impl Job {
@@ -418,8 +521,8 @@ type Trainer<B> = fn(
     &RunOptions,
     &DataSpec,
     &[String],
-    Arc<dyn c2f_train::data::ImageSource>,
-    Arc<dyn c2f_train::data::ImageSource>,
+    Arc<dyn ImageSource>,
+    Arc<dyn ImageSource>,
 ) -> Result<Option<Accuracy>>;
 
 fn print_table(rows: &[(&str, Accuracy, f64)]) {
@@ -486,10 +589,44 @@ fn load_and<B: Backend<Scalar = f32>, T>(
     }
 }
 
-/// A loaded model on its backend, behind one object-safe face for `eval` and `predict`.
+/// A loaded model on its backend, behind one object-safe face for the subcommands.
 trait Predictor {
     fn evaluate(&mut self, test: &c2f_train::data::Loader, classes: usize) -> Result<Accuracy>;
     fn probabilities(&mut self, images: &[f32]) -> Result<Vec<Vec<f64>>>;
+    /// Localization metrics on `source` (Coarse2Fine only: it has attention maps).
+    fn localize(
+        &mut self,
+        source: &dyn ImageSource,
+        cfg: &LocalizeConfig,
+    ) -> Result<(Vec<ImageInference>, LocalizationMetrics)>;
+    /// Maps, predictions and boxes of images `indices` of `source` (Coarse2Fine only).
+    fn infer_images(
+        &mut self,
+        source: &dyn ImageSource,
+        indices: &[usize],
+        cfg: &LocalizeConfig,
+    ) -> Result<Vec<ImageInference>>;
+}
+
+/// What only a model with attention maps can do.
+trait Attends<B: Backend<Scalar = f32>> {
+    fn coarse2fine(&mut self) -> Result<&mut Coarse2Fine>;
+}
+
+impl<B: Backend<Scalar = f32>> Attends<B> for Coarse2Fine {
+    fn coarse2fine(&mut self) -> Result<&mut Coarse2Fine> {
+        Ok(self)
+    }
+}
+
+impl<B: Backend<Scalar = f32>> Attends<B> for Baseline {
+    fn coarse2fine(&mut self) -> Result<&mut Coarse2Fine> {
+        Err(Error::Shape(
+            "this is a baseline checkpoint: localization and pictures need a Coarse2Fine one \
+             (its attention maps)"
+                .into(),
+        ))
+    }
 }
 
 struct Loaded<'a, B, M> {
@@ -497,7 +634,7 @@ struct Loaded<'a, B, M> {
     model: &'a mut M,
 }
 
-impl<B: Backend<Scalar = f32>, M: Trainee<B>> Predictor for Loaded<'_, B, M> {
+impl<B: Backend<Scalar = f32>, M: Trainee<B> + Attends<B>> Predictor for Loaded<'_, B, M> {
     fn evaluate(&mut self, test: &c2f_train::data::Loader, classes: usize) -> Result<Accuracy> {
         evaluate(self.b, self.model, test, classes)
     }
@@ -505,6 +642,118 @@ impl<B: Backend<Scalar = f32>, M: Trainee<B>> Predictor for Loaded<'_, B, M> {
     fn probabilities(&mut self, images: &[f32]) -> Result<Vec<Vec<f64>>> {
         self.model.probabilities(self.b, images)
     }
+
+    fn localize(
+        &mut self,
+        source: &dyn ImageSource,
+        cfg: &LocalizeConfig,
+    ) -> Result<(Vec<ImageInference>, LocalizationMetrics)> {
+        localize(self.b, self.model.coarse2fine()?, source, cfg)
+    }
+
+    fn infer_images(
+        &mut self,
+        source: &dyn ImageSource,
+        indices: &[usize],
+        cfg: &LocalizeConfig,
+    ) -> Result<Vec<ImageInference>> {
+        infer_images(self.b, self.model.coarse2fine()?, source, indices, cfg)
+    }
+}
+
+fn pretrain(args: PretrainArgs) -> Result<()> {
+    let cuda = open_device(args.device.as_deref())?;
+    let cfg = PretrainConfig {
+        pairs: args.pairs,
+        epochs: args.epochs,
+        batch: args.batch,
+        lr: args.lr,
+        seed: args.seed,
+        output: Some(args.out.clone()),
+        ..PretrainConfig::new(args.size.unwrap_or(if cuda.is_some() { 299 } else { 96 }))
+    };
+    let report = match cuda {
+        Some(mut b) => pretrain_upsampler(&mut b, &cfg, &mut print_epochs)?,
+        None => pretrain_upsampler(&mut CpuBackend::<f32>::new(), &cfg, &mut print_epochs)?,
+    };
+    println!(
+        "held-out L2: {:.5} untrained, {:.5} after {} epochs; weights in {}",
+        report.initial_held_out,
+        report.final_held_out(),
+        cfg.epochs,
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn localize_command(args: LocalizeArgs) -> Result<()> {
+    let cfg = LocalizeConfig {
+        threshold: args.threshold,
+        box_filter: args.box_filter,
+        region: if args.tight_box {
+            Region::AllAbove
+        } else {
+            Region::LargestComponent
+        },
+        limit: args.limit,
+    };
+    with_checkpoint(
+        &args.checkpoint,
+        args.device.as_deref(),
+        &mut |model, meta| {
+            let test = meta.data.open(meta.config.input_size)?.test;
+            let (_, metrics) = model.localize(test.as_ref(), &cfg)?;
+            println!("{}", metrics.table());
+            let json = args
+                .json
+                .clone()
+                .unwrap_or_else(|| args.checkpoint.with_file_name("localization.json"));
+            write_atomically(&json, metrics.to_json().as_bytes())?;
+            println!("metrics written to {}", json.display());
+            Ok(())
+        },
+    )
+}
+
+fn visualize(args: VisualizeArgs) -> Result<()> {
+    with_checkpoint(
+        &args.checkpoint,
+        args.device.as_deref(),
+        &mut |model, meta| {
+            let test = meta.data.open(meta.config.input_size)?.test;
+            let indices: Vec<usize> = if args.index.is_empty() {
+                (0..args.count.min(test.len())).collect()
+            } else {
+                args.index.clone()
+            };
+            if let Some(&bad) = indices.iter().find(|&&i| i >= test.len()) {
+                return Err(Error::Shape(format!(
+                    "--index {bad}: the test split has {} images",
+                    test.len()
+                )));
+            }
+            let results =
+                model.infer_images(test.as_ref(), &indices, &LocalizeConfig::default())?;
+            let map_side = attention_map_side(meta.config.input_size)?;
+            let paths = write_pictures(
+                &args.out,
+                &results,
+                meta.config.input_size as u32,
+                map_side,
+                &meta.class_names,
+                &VisualizeConfig::default(),
+            )?;
+            println!(
+                "{} pictures in {}, the contact sheet: {}",
+                paths.len() - 1,
+                args.out.display(),
+                paths
+                    .last()
+                    .map_or(String::new(), |p| p.display().to_string())
+            );
+            Ok(())
+        },
+    )
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
