@@ -1,0 +1,112 @@
+//! One Coarse2Fine training step (coarse pass, fine branch, fine pass, both backwards, SGD) on
+//! the CUDA backend at batch 64, 299² and 448², width 1.0, M = 8, 200 classes: images/s. The
+//! baseline is the plain InceptionV3 step of `benches/inception_gpu.rs` on the same card (a
+//! Coarse2Fine step runs the backbone twice, so about half its rate is the hardware-bound
+//! target). Prints `NETBENCH` lines; without a GPU it says so.
+
+use c2f_inception::backend::{Backend, BnMode};
+use c2f_inception::cuda::CudaBackend;
+use c2f_kernels::testing::{gpu_or_skip, SplitMix64};
+use c2f_train::train::{
+    build_coarse2fine, init_coarse2fine, BnPolicy, RunOptions, Schedule, TrainConfig,
+};
+use c2f_train::upsampler::UpsamplerKind;
+use criterion::{criterion_group, criterion_main, Criterion};
+
+const BATCH: usize = 64;
+
+fn case(c: &mut Criterion, size: usize) {
+    let name = format!("coarse2fine_b{BATCH}_{size}");
+    let Some(gpu) = gpu_or_skip(&format!("coarse2fine_gpu {name}")) else {
+        return;
+    };
+    let mut b = match CudaBackend::new(gpu) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("coarse2fine_gpu {name}: skipped: {e}");
+            return;
+        }
+    };
+    let cfg = TrainConfig {
+        epochs: 1,
+        batch: BATCH,
+        input_size: size,
+        width: 1.0,
+        classes: 200,
+        maps: 8,
+        lr: 1e-3,
+        classifier_lr_scale: 1.0,
+        schedule: Schedule::Step,
+        momentum: 0.9,
+        weight_decay: 1e-5,
+        bn: BnPolicy::Train,
+        center_lambda: 1.0,
+        center_beta: 0.05,
+        seed: 0,
+        upsampler: UpsamplerKind::Learnable,
+        ortho_init: true,
+    };
+    let run = RunOptions {
+        dir: "unused".into(),
+        checkpoint_every: 0,
+        resume: false,
+        eval_every: 0,
+        progress: false,
+        weights: None,
+        upsampler_weights: None,
+        stop_after: None,
+    };
+    let mut model = build_coarse2fine(&mut b, &cfg).unwrap();
+    init_coarse2fine(&mut b, &model, &cfg, &run).unwrap();
+    let mut rng = SplitMix64(3);
+    let images: Vec<f32> = (0..model.input().len)
+        .map(|_| rng.uniform(-2.0, 2.0) as f32)
+        .collect();
+    let labels: Vec<i32> = (0..BATCH).map(|i| (i % cfg.classes) as i32).collect();
+    let chosen: Vec<i32> = (0..BATCH).map(|i| (i % cfg.maps) as i32).collect();
+    b.write(model.input(), &images).unwrap();
+    b.write_index(model.labels(), &labels).unwrap();
+    b.write_index(model.chosen_maps(), &chosen).unwrap();
+    let sgd = c2f_kernels::sgd::SgdParams::new(cfg.lr, cfg.momentum, cfg.weight_decay);
+    let step = |b: &mut CudaBackend, model: &mut c2f_train::model::Coarse2Fine| {
+        model.zero_grads(b).unwrap();
+        model.forward_backward(b, BnMode::Train).unwrap();
+        model.sgd_step(b, &sgd).unwrap();
+    };
+    for _ in 0..3 {
+        step(&mut b, &mut model);
+    }
+    b.synchronize().unwrap();
+    let mut group = c.benchmark_group("coarse2fine_gpu_f32");
+    group.sample_size(10);
+    group.bench_function(&name, |bench| {
+        bench.iter(|| {
+            step(&mut b, &mut model);
+            b.synchronize().unwrap();
+        })
+    });
+    group.finish();
+    let reps = 10;
+    let start = std::time::Instant::now();
+    for _ in 0..reps {
+        step(&mut b, &mut model);
+    }
+    b.synchronize().unwrap();
+    let secs = start.elapsed().as_secs_f64() / reps as f64;
+    println!(
+        "NETBENCH\t{name}\t{}\t{:.0} img/s\t{:.1} ms/step\t{:.1} GiB held",
+        b.describe(),
+        BATCH as f64 / secs,
+        secs * 1e3,
+        b.allocated_bytes() as f64 / (1u64 << 30) as f64
+    );
+}
+
+fn bench(c: &mut Criterion) {
+    for size in [299, 448] {
+        case(c, size);
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
