@@ -7,9 +7,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use c2f_dist::collective::Collective;
+use c2f_dist::launch::{parse_master, LaunchInfo, Launcher};
+use c2f_dist::nccl::{unique_id, NcclCollective};
+use c2f_dist::rendezvous::{exchange_id, remove_rendezvous_file, Rendezvous, DEFAULT_TIMEOUT};
+use c2f_dist::workers::{parse_gpus, run_workers, WorkerCommand};
+use c2f_dist::DistError;
 use c2f_inception::backend::Backend;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::CudaBackend;
+use c2f_kernels::device::device_count;
 use c2f_kernels::{Error, Result};
 use c2f_train::checkpoint::{self, CheckpointMeta};
 use c2f_train::data::loader::FileSource;
@@ -17,8 +24,8 @@ use c2f_train::data::spec::DataSpec;
 use c2f_train::data::Sample;
 use c2f_train::train::{
     build_baseline, build_coarse2fine, evaluate, format_accuracy, padded_images, prediction_rows,
-    test_loader, train_baseline, train_coarse2fine, Accuracy, BnPolicy, RunOptions, Schedule,
-    TrainConfig, Trainee,
+    test_loader, train_baseline_with, train_coarse2fine_with, Accuracy, BnPolicy, DataParallel,
+    RunOptions, Schedule, TrainConfig, Trainee,
 };
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
@@ -151,6 +158,18 @@ struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Data-parallel training on these GPUs, one worker process each: `0,1,2,3` or `all`
+    /// (docs/distributed.md). --batch is the global batch, split evenly over them. Under
+    /// torchrun, srun or mpirun leave it out: each process is a rank already.
+    #[arg(long)]
+    gpus: Option<String>,
+    /// How the ranks of a multi-process job exchange NCCL's id: `tcp` (rank 0 serves it on the
+    /// master address), `tcp:HOST[:PORT]`, or `file:PATH` on a filesystem all nodes share.
+    #[arg(long, default_value = "tcp")]
+    rendezvous: String,
+    /// Rank 0's `HOST[:PORT]` for the TCP rendezvous (default: MASTER_ADDR and MASTER_PORT).
+    #[arg(long)]
+    master: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -192,8 +211,8 @@ struct PredictArgs {
 fn main() {
     let result =
         with_config_file(std::env::args().collect()).and_then(|argv| {
-            match Cli::parse_from(argv).command {
-                Command::Train(args) => train(*args),
+            match Cli::parse_from(&argv).command {
+                Command::Train(args) => train(*args, &argv),
                 Command::Eval(args) => eval(args),
                 Command::Predict(args) => predict(args),
             }
@@ -285,8 +304,119 @@ fn open_device(device: Option<&str>) -> Result<Option<CudaBackend>> {
     }
 }
 
-fn train(args: TrainArgs) -> Result<()> {
-    let cuda = open_device(args.device.as_deref())?;
+/// Multi-process training runs one process per GPU, with NCCL between them.
+fn no_cpu_ranks() -> Error {
+    Error::Shape(
+        "data-parallel training across processes needs one GPU per rank (NCCL); with --device \
+         cpu train in one process (without --gpus or a launcher's WORLD_SIZE > 1)"
+            .into(),
+    )
+}
+
+/// `--gpus`: this same command once per GPU, without `--gpus` (and without `--config`, whose
+/// keys `argv` already holds), with one run folder for all; each worker reads its rank from the
+/// environment. Fails naming the first rank that failed.
+fn launch_workers(args: &TrainArgs, spec: &str, argv: &[String]) -> Result<()> {
+    if args.device.as_deref() == Some("cpu") {
+        return Err(no_cpu_ranks());
+    }
+    if LaunchInfo::from_env(None)?.launcher != Launcher::Single {
+        return Err(DistError::Launch(
+            "--gpus starts its own workers, but this process was started by a launcher \
+             (torchrun, srun or mpirun variables are set); leave --gpus out"
+                .into(),
+        )
+        .into());
+    }
+    let gpus = parse_gpus(spec, device_count()?)?;
+    let mut worker_args = Vec::new();
+    let mut rest = argv[1..].iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--gpus" | "--config" => {
+                rest.next();
+            }
+            a if a.starts_with("--gpus=") => {}
+            a => worker_args.push(a.into()),
+        }
+    }
+    if args.run_dir.is_none() {
+        worker_args.push("--run-dir".into());
+        worker_args.push(default_run_dir().into_os_string());
+    }
+    let program = std::env::current_exe().map_err(|e| {
+        Error::Shape(format!(
+            "cannot find this program to start the workers: {e}"
+        ))
+    })?;
+    let port = match &args.master {
+        Some(m) => Some(parse_master(m, "--master")?.port),
+        None => None,
+    };
+    println!("c2f: one worker per GPU, GPUs {gpus:?}");
+    let command = WorkerCommand {
+        program,
+        args: worker_args,
+        env: Vec::new(),
+    };
+    Ok(run_workers(&command, &gpus, port)?)
+}
+
+/// Joins the job `launch` describes as its rank on `b`'s GPU: rank 0's NCCL id through the
+/// rendezvous, then the communicator.
+fn join_job(b: &CudaBackend, launch: &LaunchInfo, rendezvous: &str) -> Result<NcclCollective> {
+    let rendezvous = match rendezvous {
+        "tcp" => Rendezvous::Tcp(launch.master.clone().ok_or_else(|| {
+            DistError::Launch("the TCP rendezvous needs rank 0's address (--master)".into())
+        })?),
+        spec => Rendezvous::parse(spec)?,
+    };
+    let id = match launch.rank {
+        0 => Some(unique_id()?),
+        _ => None,
+    };
+    let id = exchange_id(
+        &rendezvous,
+        launch.rank,
+        launch.world_size,
+        id.as_ref(),
+        DEFAULT_TIMEOUT,
+    )?;
+    let nccl = NcclCollective::new(b, launch.rank, launch.world_size, &id)?;
+    if launch.rank == 0 {
+        // Every rank has read it: the communicator is up.
+        remove_rendezvous_file(&rendezvous)?;
+    }
+    Ok(nccl)
+}
+
+fn default_run_dir() -> PathBuf {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    PathBuf::from(format!("runs/run-{now}"))
+}
+
+fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
+    if let Some(spec) = &args.gpus {
+        return launch_workers(&args, spec, argv);
+    }
+    let launch = LaunchInfo::from_env(args.master.as_deref())?;
+    let mut nccl = None;
+    let cuda = if launch.world_size > 1 {
+        if args.device.as_deref() == Some("cpu") {
+            return Err(no_cpu_ranks());
+        }
+        let b = CudaBackend::open(launch.device)?;
+        nccl = Some(join_job(&b, &launch, &args.rendezvous)?);
+        Some(b)
+    } else if launch.launcher != Launcher::Single && args.device.is_none() {
+        // A launcher's world of one: its GPU.
+        Some(CudaBackend::open(launch.device)?)
+    } else {
+        open_device(args.device.as_deref())?
+    };
+    let leader = launch.rank == 0;
     let gpu = cuda.is_some();
     let data = if args.dataset == "synthetic" {
         DataSpec::Synthetic {
@@ -329,12 +459,7 @@ fn train(args: TrainArgs) -> Result<()> {
         seed: args.seed,
         ortho_init: !args.no_ortho_init,
     };
-    let run_dir = args.run_dir.clone().unwrap_or_else(|| {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        PathBuf::from(format!("runs/run-{now}"))
-    });
+    let run_dir = args.run_dir.clone().unwrap_or_else(default_run_dir);
     let run = |model: &str| RunOptions {
         dir: run_dir.join(model),
         checkpoint_every: args.checkpoint_every,
@@ -351,18 +476,27 @@ fn train(args: TrainArgs) -> Result<()> {
         train: opened.train,
         test: opened.test,
     };
-    println!(
-        "{} of {}²; width {}, batch {}, {} epochs; checkpoints and metrics in {}",
-        opened.description,
-        job.cfg.input_size,
-        job.cfg.width,
-        job.cfg.batch,
-        job.cfg.epochs,
-        run_dir.display()
-    );
+    if leader {
+        println!(
+            "{} of {}²; width {}, batch {}{}, {} epochs; checkpoints and metrics in {}",
+            opened.description,
+            job.cfg.input_size,
+            job.cfg.width,
+            job.cfg.batch,
+            match launch.world_size {
+                1 => String::new(),
+                n => format!(" over {n} ranks"),
+            },
+            job.cfg.epochs,
+            run_dir.display()
+        );
+    }
     match cuda {
-        Some(mut b) => job.run(&mut b, args.models, run),
-        None => job.run(&mut CpuBackend::<f32>::new(), args.models, run),
+        Some(mut b) => {
+            let collective = nccl.as_mut().map(|c| c as &mut dyn Collective<CudaBackend>);
+            job.run(&mut b, args.models, run, collective)
+        }
+        None => job.run(&mut CpuBackend::<f32>::new(), args.models, run, None),
     }
 }
 
@@ -376,15 +510,22 @@ struct Job {
 }
 
 impl Job {
+    /// Trains on `b`, alone or as one rank of the job `collective` joins (then only rank 0
+    /// prints).
     fn run<B: Backend<Scalar = f32>>(
         &self,
         b: &mut B,
         models: Models,
         run: impl Fn(&str) -> RunOptions,
+        mut collective: Option<&mut dyn Collective<B>>,
     ) -> Result<()> {
-        println!("device: {}", b.describe());
+        let leader = collective.as_ref().is_none_or(|c| c.rank() == 0);
+        if leader {
+            println!("device: {}", b.describe());
+        }
         let mut rows: Vec<(&str, Accuracy, f64)> = Vec::new();
-        let args = |b: &mut B, name: &str, trainer: Trainer<B>| -> Result<Option<Accuracy>> {
+        let mut args = |b: &mut B, name: &str, trainer: Trainer<B>| -> Result<Option<Accuracy>> {
+            let mut dp = collective.as_mut().map(|c| DataParallel::new(&mut **c));
             trainer(
                 b,
                 &self.cfg,
@@ -393,21 +534,24 @@ impl Job {
                 &self.class_names,
                 self.train.clone(),
                 self.test.clone(),
+                dp.as_mut(),
             )
         };
         if models != Models::Baseline {
             let start = Instant::now();
-            if let Some(acc) = args(b, "coarse2fine", train_coarse2fine::<B>)? {
+            if let Some(acc) = args(b, "coarse2fine", train_coarse2fine_with::<B>)? {
                 rows.push(("Coarse2Fine", acc, start.elapsed().as_secs_f64()));
             }
         }
         if models != Models::Coarse2fine {
             let start = Instant::now();
-            if let Some(acc) = args(b, "baseline", train_baseline::<B>)? {
+            if let Some(acc) = args(b, "baseline", train_baseline_with::<B>)? {
                 rows.push(("InceptionV3 baseline", acc, start.elapsed().as_secs_f64()));
             }
         }
-        print_table(&rows);
+        if leader {
+            print_table(&rows);
+        }
         Ok(())
     }
 }
@@ -420,6 +564,7 @@ type Trainer<B> = fn(
     &[String],
     Arc<dyn c2f_train::data::ImageSource>,
     Arc<dyn c2f_train::data::ImageSource>,
+    Option<&mut DataParallel<'_, B>>,
 ) -> Result<Option<Accuracy>>;
 
 fn print_table(rows: &[(&str, Accuracy, f64)]) {
