@@ -160,12 +160,15 @@ fn c2f_with_env(args: &[&str], vars: &[(&str, &str)]) -> Output {
         .unwrap()
 }
 
+/// Arguments, environment, and what the error must say.
+type Refusal<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 /// Multi-process training is refused clearly where it cannot run: on the CPU (with --gpus or
 /// as a launcher's rank), on a GPU that does not exist, and without rank 0's address; each
 /// before any data is made.
 #[test]
 fn data_parallel_misuse_is_refused() {
-    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+    let cases: [Refusal; 4] = [
         (
             &["train", "--gpus", "0", "--device", "cpu"],
             &[],
