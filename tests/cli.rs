@@ -1,6 +1,7 @@
 //! The `c2f` binary: a TOML config file with command-line overrides, its unknown keys refused
 //! naming the file and key; `c2f eval` and `c2f predict` on the checkpoint a run wrote; an
-//! unreadable image skipped by `predict` with its path.
+//! unreadable image skipped by `predict` with its path; data-parallel training refused where it
+//! cannot run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -254,4 +255,68 @@ fn unknown_config_key_is_refused_naming_file_and_key() {
         log.contains(&config.display().to_string()) && log.contains("unknown key `learning_rate`"),
         "{log}"
     );
+}
+
+/// `c2f train` with `vars` added to its environment (and torchrun's, SLURM's and OpenMPI's
+/// rank variables removed, in case the test itself runs under one).
+fn c2f_with_env(args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_c2f"));
+    for v in [
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "OMPI_COMM_WORLD_RANK",
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "OMPI_COMM_WORLD_SIZE",
+        "SLURM_PROCID",
+        "SLURM_LOCALID",
+        "SLURM_NTASKS",
+    ] {
+        command.env_remove(v);
+    }
+    command
+        .args(args)
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// Arguments, environment, and what the error must say.
+type Refusal<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+/// Multi-process training is refused clearly where it cannot run: on the CPU (with --gpus or
+/// as a launcher's rank), on a GPU that does not exist, and without rank 0's address; each
+/// before any data is made.
+#[test]
+fn data_parallel_misuse_is_refused() {
+    let cases: [Refusal; 4] = [
+        (
+            &["train", "--gpus", "0", "--device", "cpu"],
+            &[],
+            "needs one GPU per rank",
+        ),
+        (&["train", "--gpus", "7,9"], &[], "GPU 7 does not exist"),
+        (
+            &["train", "--device", "cpu"],
+            &[
+                ("RANK", "1"),
+                ("LOCAL_RANK", "1"),
+                ("WORLD_SIZE", "2"),
+                ("MASTER_ADDR", "127.0.0.1"),
+            ],
+            "needs one GPU per rank",
+        ),
+        (
+            &["train"],
+            &[("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "2")],
+            "set MASTER_ADDR",
+        ),
+    ];
+    for (args, vars, expected) in cases {
+        let out = c2f_with_env(args, vars);
+        let log = text(&out);
+        assert!(!out.status.success(), "{args:?} {vars:?}: {log}");
+        assert!(log.contains(expected), "{args:?} {vars:?}: {log}");
+        assert!(!log.contains("train / "), "{args:?}: data was made: {log}");
+    }
 }

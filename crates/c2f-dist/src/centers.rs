@@ -48,7 +48,7 @@ impl CenterSync {
     /// After the step's center-loss updates: every bank becomes `old + Σ_ranks (new − old)`.
     pub fn after_step<B: Backend<Scalar = f32>>(
         &self,
-        c: &mut impl Collective<B>,
+        c: &mut (impl Collective<B> + ?Sized),
         b: &mut B,
     ) -> Result<()> {
         for &(bank, old, delta) in &self.banks {

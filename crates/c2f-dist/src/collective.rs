@@ -61,7 +61,7 @@ pub fn plan_buckets(len: usize, bucket_bytes: usize) -> Result<Vec<Range<usize>>
 /// the order backward produces gradients in (the graph's parameters are laid out in forward
 /// order).
 pub fn all_reduce_bucketed<B: Backend<Scalar = f32>>(
-    c: &mut impl Collective<B>,
+    c: &mut (impl Collective<B> + ?Sized),
     b: &mut B,
     t: Tensor,
     op: Reduce,

@@ -52,3 +52,13 @@ impl fmt::Display for DistError {
 }
 
 impl std::error::Error for DistError {}
+
+/// For the trainer, whose errors are `c2f_kernels::Error`: the message is kept whole.
+impl From<DistError> for c2f_kernels::Error {
+    fn from(e: DistError) -> Self {
+        c2f_kernels::Error::Library {
+            library: "c2f-dist",
+            message: e.to_string(),
+        }
+    }
+}

@@ -7,11 +7,15 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use c2f_inception::backend::{Backend, BnMode, IndexTensor};
+use c2f_dist::centers::CenterSync;
+use c2f_dist::collective::{all_reduce_bucketed, Collective, Reduce, DEFAULT_BUCKET_BYTES};
+use c2f_dist::shard::ShardPlan;
+use c2f_inception::backend::{Backend, BnMode, IndexTensor, Tensor};
 use c2f_inception::init::{counter_uniform, golden_init};
 use c2f_inception::network::{Network, SgdRule};
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
@@ -26,7 +30,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, network_state, CheckpointMeta, Named};
-use crate::data::loader::{Batch, ImageSource, Loader, LoaderConfig};
+use crate::data::loader::{Batch, Epoch, ImageSource, Loader, LoaderConfig, Prefetched, Skipped};
 use crate::data::spec::DataSpec;
 use crate::data::transform::{TrainCrop, Transform};
 use crate::model::{orthogonal_attention, Coarse2Fine, Coarse2FineConfig, FEATURE_SCALE};
@@ -171,6 +175,28 @@ pub struct StepResult {
     pub correct: usize,
 }
 
+/// Which part of a step's global batch this process's batch is: all of it for one worker,
+/// slice `rank` of `world` for a data-parallel rank (`c2f_dist::shard::ShardPlan`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchShare {
+    pub global: usize,
+    pub slice: Range<usize>,
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl BatchShare {
+    /// One worker's: the whole batch.
+    pub fn whole(batch: usize) -> BatchShare {
+        BatchShare {
+            global: batch,
+            slice: 0..batch,
+            rank: 0,
+            world: 1,
+        }
+    }
+}
+
 /// A model the loop can train, evaluate and checkpoint.
 pub trait Trainee<B: Backend<Scalar = f32>> {
     /// The model's name in checkpoints and metrics.
@@ -180,6 +206,8 @@ pub trait Trainee<B: Backend<Scalar = f32>> {
     /// Every tensor a checkpoint holds.
     fn state(&self) -> Vec<Named>;
     /// Forward and backward of one batch (gradients zeroed first); `step` counts all steps.
+    /// Random choices per sample are drawn from `draw` for the whole global batch and `share`'s
+    /// slice is used, so data-parallel ranks together do what one worker does.
     fn step(
         &mut self,
         b: &mut B,
@@ -187,7 +215,15 @@ pub trait Trainee<B: Backend<Scalar = f32>> {
         draw: &mut SplitMix64,
         step: u64,
         mode: BnMode,
+        share: &BatchShare,
     ) -> Result<StepResult>;
+    /// The gradient buffers [`Trainee::step`] fills, all-reduced between the ranks before SGD.
+    fn grads(&self) -> Vec<Tensor>;
+    /// State each rank's step updates from its own samples, which must then be made the same
+    /// on every rank (Coarse2Fine's center banks, `c2f_dist::centers`).
+    fn center_banks(&self) -> Vec<Tensor> {
+        Vec::new()
+    }
     /// One SGD step, each parameter tensor with the hyper-parameters `rule` gives it.
     fn sgd_step(&mut self, b: &mut B, rule: &SgdRule<'_>) -> Result<()>;
     /// Class probabilities `[B·C]` per head (coarse, then fine if any) for a full batch of
@@ -210,20 +246,28 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
         draw: &mut SplitMix64,
         _step: u64,
         mode: BnMode,
+        share: &BatchShare,
     ) -> Result<StepResult> {
         b.write(self.input(), &batch.images)?;
         b.write_index(self.labels(), &batch.labels)?;
         let maps = self.config.maps as u64;
-        let chosen: Vec<i32> = (0..self.config.batch)
-            .map(|_| draw.below(maps) as i32)
-            .collect();
-        b.write_index(self.chosen_maps(), &chosen)?;
+        let chosen: Vec<i32> = (0..share.global).map(|_| draw.below(maps) as i32).collect();
+        b.write_index(self.chosen_maps(), &chosen[share.slice.clone()])?;
         self.zero_grads(b)?;
         let l = self.forward_backward(b, mode)?;
         Ok(StepResult {
             losses: vec![l.coarse, l.fine, l.center_coarse, l.center_fine],
             correct: count_correct(b, self.predictions().0, &batch.labels)?,
         })
+    }
+
+    fn grads(&self) -> Vec<Tensor> {
+        vec![self.backbone().grads, self.grads]
+    }
+
+    fn center_banks(&self) -> Vec<Tensor> {
+        let (coarse, fine) = self.centers();
+        vec![coarse, fine]
     }
 
     fn sgd_step(&mut self, b: &mut B, rule: &SgdRule<'_>) -> Result<()> {
@@ -283,10 +327,14 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
         _draw: &mut SplitMix64,
         step: u64,
         mode: BnMode,
+        share: &BatchShare,
     ) -> Result<StepResult> {
         b.write(self.net.input(), &batch.images)?;
         b.write_index(self.labels, &batch.labels)?;
-        self.net.dropout.step = step;
+        // A mask per rank and step (a rank's samples sit at other positions than in one
+        // worker's batch, so its masks cannot be that worker's anyway; PyTorch DDP's ranks also
+        // draw their own). One worker: the step itself.
+        self.net.dropout.step = step * share.world as u64 + share.rank as u64;
         self.net.dropout.training = true;
         self.net.zero_grads(b)?;
         self.net.forward(b, mode)?;
@@ -307,6 +355,10 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
             losses: vec![loss],
             correct: count_correct(b, self.predictions, &batch.labels)?,
         })
+    }
+
+    fn grads(&self) -> Vec<Tensor> {
+        vec![self.net.grads]
     }
 
     fn sgd_step(&mut self, b: &mut B, rule: &SgdRule<'_>) -> Result<()> {
@@ -373,6 +425,11 @@ pub fn loaders(
     train: Arc<dyn ImageSource>,
     test: Arc<dyn ImageSource>,
 ) -> Result<(Loader, Loader)> {
+    Ok((train_loader(cfg, train)?, test_loader(cfg, test)?))
+}
+
+/// The training loader: resize + random crop + flip, shuffled, the last partial batch dropped.
+pub fn train_loader(cfg: &TrainConfig, train: Arc<dyn ImageSource>) -> Result<Loader> {
     let size = cfg.input_size as u32;
     let train_transform = Transform::Train {
         size,
@@ -381,7 +438,7 @@ pub fn loaders(
         },
         hflip: true,
     };
-    let train_loader = Loader::new(
+    Loader::new(
         train,
         LoaderConfig {
             seed: cfg.seed,
@@ -389,8 +446,7 @@ pub fn loaders(
             cache: true,
             ..LoaderConfig::new(cfg.batch, train_transform)
         },
-    )?;
-    Ok((train_loader, test_loader(cfg, test)?))
+    )
 }
 
 pub fn test_loader(cfg: &TrainConfig, test: Arc<dyn ImageSource>) -> Result<Loader> {
@@ -548,6 +604,50 @@ pub fn build_baseline<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<Baseli
     Baseline::new(b, cfg)
 }
 
+/// One rank's part in a data-parallel job (docs/distributed.md): the collective that joins it
+/// to the other ranks, and the size of the buckets its gradients are all-reduced in.
+pub struct DataParallel<'a, B: Backend<Scalar = f32>> {
+    pub collective: &'a mut dyn Collective<B>,
+    pub bucket_bytes: usize,
+}
+
+impl<'a, B: Backend<Scalar = f32>> DataParallel<'a, B> {
+    /// With PyTorch DDP's bucket size, 25 MiB.
+    pub fn new(collective: &'a mut dyn Collective<B>) -> Self {
+        DataParallel {
+            collective,
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
+        }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.collective.rank()
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.collective.world_size()
+    }
+
+    /// This rank's share of the global batch `cfg.batch`; an error unless it splits evenly.
+    pub fn plan(&self, cfg: &TrainConfig) -> Result<ShardPlan> {
+        Ok(ShardPlan::new(cfg.batch, self.world_size(), self.rank())?)
+    }
+}
+
+/// `cfg` with the batch this process's model runs at: the global batch over the ranks.
+pub fn rank_config<B: Backend<Scalar = f32>>(
+    cfg: &TrainConfig,
+    dp: Option<&DataParallel<'_, B>>,
+) -> Result<TrainConfig> {
+    Ok(match dp {
+        Some(dp) => TrainConfig {
+            batch: dp.plan(cfg)?.local_batch(),
+            ..cfg.clone()
+        },
+        None => cfg.clone(),
+    })
+}
+
 /// Builds, initialises (or resumes) and trains Coarse2Fine; the test accuracy at the end, or
 /// `None` when [`RunOptions::stop_after`] stopped it.
 pub fn train_coarse2fine<B: Backend<Scalar = f32>>(
@@ -559,11 +659,27 @@ pub fn train_coarse2fine<B: Backend<Scalar = f32>>(
     train: Arc<dyn ImageSource>,
     test: Arc<dyn ImageSource>,
 ) -> Result<Option<Accuracy>> {
-    let mut model = build_coarse2fine(b, cfg)?;
-    if !run.resume {
+    train_coarse2fine_with(b, cfg, run, data, class_names, train, test, None)
+}
+
+/// [`train_coarse2fine`] as one rank of a data-parallel job when `dp` is given (rank 0
+/// initialises, [`fit_with`] broadcasts); `None` on the other ranks.
+#[allow(clippy::too_many_arguments)]
+pub fn train_coarse2fine_with<B: Backend<Scalar = f32>>(
+    b: &mut B,
+    cfg: &TrainConfig,
+    run: &RunOptions,
+    data: &DataSpec,
+    class_names: &[String],
+    train: Arc<dyn ImageSource>,
+    test: Arc<dyn ImageSource>,
+    dp: Option<&mut DataParallel<'_, B>>,
+) -> Result<Option<Accuracy>> {
+    let mut model = build_coarse2fine(b, &rank_config(cfg, dp.as_deref())?)?;
+    if !run.resume && dp.as_ref().is_none_or(|dp| dp.rank() == 0) {
         init_coarse2fine(b, &model, cfg, run)?;
     }
-    fit(b, &mut model, cfg, run, data, class_names, train, test)
+    fit_with(b, &mut model, cfg, run, data, class_names, train, test, dp)
 }
 
 /// The same for the baseline.
@@ -576,11 +692,26 @@ pub fn train_baseline<B: Backend<Scalar = f32>>(
     train: Arc<dyn ImageSource>,
     test: Arc<dyn ImageSource>,
 ) -> Result<Option<Accuracy>> {
-    let mut model = build_baseline(b, cfg)?;
-    if !run.resume {
+    train_baseline_with(b, cfg, run, data, class_names, train, test, None)
+}
+
+/// The same for the baseline.
+#[allow(clippy::too_many_arguments)]
+pub fn train_baseline_with<B: Backend<Scalar = f32>>(
+    b: &mut B,
+    cfg: &TrainConfig,
+    run: &RunOptions,
+    data: &DataSpec,
+    class_names: &[String],
+    train: Arc<dyn ImageSource>,
+    test: Arc<dyn ImageSource>,
+    dp: Option<&mut DataParallel<'_, B>>,
+) -> Result<Option<Accuracy>> {
+    let mut model = build_baseline(b, &rank_config(cfg, dp.as_deref())?)?;
+    if !run.resume && dp.as_ref().is_none_or(|dp| dp.rank() == 0) {
         init_backbone(b, &model.net, run.weights.as_deref())?;
     }
-    fit(b, &mut model, cfg, run, data, class_names, train, test)
+    fit_with(b, &mut model, cfg, run, data, class_names, train, test, dp)
 }
 
 /// The metrics files of a run: one JSON object per line, and the same as CSV.
@@ -707,9 +838,158 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
     train: Arc<dyn ImageSource>,
     test: Arc<dyn ImageSource>,
 ) -> Result<Option<Accuracy>> {
-    fs::create_dir_all(&run.dir).map_err(|e| file_error(&run.dir, e.to_string()))?;
+    fit_with(b, model, cfg, run, data, class_names, train, test, None)
+}
+
+/// An epoch's batches: the loader's own epoch for one worker, this rank's slices of the global
+/// batches for a data-parallel rank.
+enum EpochBatches {
+    Whole(Epoch),
+    Slices(Prefetched),
+}
+
+impl Iterator for EpochBatches {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        match self {
+            EpochBatches::Whole(epoch) => epoch.next().map(Ok),
+            EpochBatches::Slices(slices) => slices.next(),
+        }
+    }
+}
+
+impl EpochBatches {
+    /// The images skipped as unreadable (a rank's slices skip none: one is an error).
+    fn finish(self) -> Vec<Skipped> {
+        match self {
+            EpochBatches::Whole(epoch) => epoch.finish().skipped,
+            EpochBatches::Slices(_) => Vec::new(),
+        }
+    }
+}
+
+/// What a data-parallel rank adds to the loop: the collective, the center banks' sync, and a
+/// small buffer for all-reducing each step's loss terms and correct count.
+struct RankStep<'d, 'a, B: Backend<Scalar = f32>> {
+    dp: &'d mut DataParallel<'a, B>,
+    centers: Option<CenterSync>,
+    stats: Tensor,
+}
+
+impl<'d, 'a, B: Backend<Scalar = f32>> RankStep<'d, 'a, B> {
+    /// Gives every rank rank 0's state (fresh weights, or the checkpoint all ranks loaded).
+    fn new<M: Trainee<B>>(b: &mut B, dp: &'d mut DataParallel<'a, B>, model: &M) -> Result<Self> {
+        for t in model.state() {
+            dp.collective.broadcast(b, t.tensor)?;
+        }
+        let banks = model.center_banks();
+        let centers = if banks.is_empty() {
+            None
+        } else {
+            Some(CenterSync::new(b, &banks)?)
+        };
+        Ok(RankStep {
+            dp,
+            centers,
+            stats: b.alloc(M::LOSS_TERMS.len() + 1)?,
+        })
+    }
+
+    /// Before the step's forward.
+    fn before_step(&self, b: &mut B) -> Result<()> {
+        match &self.centers {
+            Some(centers) => centers.before_step(b),
+            None => Ok(()),
+        }
+    }
+
+    /// The global batch's loss terms (the mean of the ranks' means over equal shares) and
+    /// correct count, the same on every rank.
+    fn global(&mut self, b: &mut B, out: StepResult) -> Result<StepResult> {
+        let mut values: Vec<f32> = out.losses.iter().map(|&l| l as f32).collect();
+        values.push(out.correct as f32);
+        b.write(self.stats, &values)?;
+        self.dp.collective.all_reduce(b, self.stats, Reduce::Sum)?;
+        let sums = b.read(self.stats)?;
+        let world = self.dp.world_size() as f64;
+        let (correct, losses) = sums.split_last().expect("the loss terms and the count");
+        Ok(StepResult {
+            losses: losses.iter().map(|&l| l as f64 / world).collect(),
+            correct: correct.round() as usize,
+        })
+    }
+
+    /// Between backward and SGD: the gradients' mean over the ranks, and the center banks'
+    /// summed updates.
+    fn after_backward<M: Trainee<B>>(&mut self, b: &mut B, model: &M) -> Result<()> {
+        for grads in model.grads() {
+            all_reduce_bucketed(
+                self.dp.collective,
+                b,
+                grads,
+                Reduce::Mean,
+                self.dp.bucket_bytes,
+            )?;
+        }
+        match &self.centers {
+            Some(centers) => centers.after_step(self.dp.collective, b),
+            None => Ok(()),
+        }
+    }
+
+    fn barrier(&mut self, b: &mut B) -> Result<()> {
+        self.dp.collective.barrier(b)
+    }
+}
+
+/// What only rank 0 (or the one worker) keeps: the metrics files and the test loader.
+struct Report {
+    metrics: Metrics,
+    test: Loader,
+}
+
+/// [`fit`] as one rank of a data-parallel job when `dp` is given: the model must run at the
+/// batch [`rank_config`] gives. Each rank trains on its slice of every global batch, the
+/// gradients are averaged and the center banks synced between backward and SGD, so the ranks
+/// take one worker's steps; rank 0's state is broadcast first. Only rank 0 logs, draws the
+/// progress bar, evaluates and writes metrics and checkpoints (the others wait at a barrier)
+/// and returns the accuracy; the others return `None`. Logged losses and training accuracy are
+/// the global batch's.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_with<B: Backend<Scalar = f32>, M: Trainee<B>>(
+    b: &mut B,
+    model: &mut M,
+    cfg: &TrainConfig,
+    run: &RunOptions,
+    data: &DataSpec,
+    class_names: &[String],
+    train: Arc<dyn ImageSource>,
+    test: Arc<dyn ImageSource>,
+    dp: Option<&mut DataParallel<'_, B>>,
+) -> Result<Option<Accuracy>> {
+    let plan = dp.as_deref().map(|dp| dp.plan(cfg)).transpose()?;
+    let leader = plan.is_none_or(|p| p.rank == 0);
+    let world = plan.map_or(1, |p| p.world);
+    let share = match plan {
+        None => BatchShare::whole(cfg.batch),
+        Some(p) => BatchShare {
+            global: cfg.batch,
+            slice: p.slice_of(cfg.batch),
+            rank: p.rank,
+            world: p.world,
+        },
+    };
+    if leader {
+        fs::create_dir_all(&run.dir).map_err(|e| file_error(&run.dir, e.to_string()))?;
+    }
     let ckpt = checkpoint_path(&run.dir);
-    let (train_loader, test_loader) = loaders(cfg, train, test)?;
+    let train_loader = train_loader(cfg, train)?;
+    let test_loader = if leader {
+        Some(test_loader(&rank_config(cfg, dp.as_deref())?, test)?)
+    } else {
+        None
+    };
     let fingerprint = dataset_fingerprint(train_loader.source().as_ref());
     let state = model.state();
     let terms = M::LOSS_TERMS.len();
@@ -735,14 +1015,16 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
             config: cfg.clone(),
             ..saved
         };
-        println!(
-            "{}: resumed from {} at epoch {}, batch {} (step {})",
-            M::NAME,
-            ckpt.display(),
-            meta.epoch,
-            meta.batch_in_epoch,
-            meta.step
-        );
+        if leader {
+            println!(
+                "{}: resumed from {} at epoch {}, batch {} (step {})",
+                M::NAME,
+                ckpt.display(),
+                meta.epoch,
+                meta.batch_in_epoch,
+                meta.step
+            );
+        }
     } else if ckpt.exists() {
         return Err(file_error(
             &ckpt,
@@ -750,7 +1032,17 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
              another --run-dir",
         ));
     }
-    let mut metrics = Metrics::open(&run.dir, M::LOSS_TERMS)?;
+    let mut ranked = match dp {
+        Some(dp) => Some(RankStep::new(b, dp, model)?),
+        None => None,
+    };
+    let mut report = match test_loader {
+        Some(test) => Some(Report {
+            metrics: Metrics::open(&run.dir, M::LOSS_TERMS)?,
+            test,
+        }),
+        None => None,
+    };
     let mode = cfg.bn.mode();
     let steps_per_epoch = train_loader.batches_per_epoch();
     let mut draw = SplitMix64(meta.rng);
@@ -760,20 +1052,35 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
         let first_batch = meta.batch_in_epoch;
         let start = Instant::now();
         let bar = progress_bar(
-            run.progress,
+            run.progress && leader,
             steps_per_epoch,
             first_batch,
             cfg.batch,
             M::NAME,
             epoch,
         );
-        let mut loader_epoch = train_loader.epoch_from(epoch as u64, first_batch);
+        let mut loader_epoch = match plan {
+            None => EpochBatches::Whole(train_loader.epoch_from(epoch as u64, first_batch)),
+            Some(plan) => {
+                let order = train_loader.order(epoch as u64);
+                let mut slices = plan.rank_batches(&order, true);
+                slices.drain(..first_batch.min(slices.len()));
+                EpochBatches::Slices(train_loader.load_batches(epoch as u64, slices))
+            }
+        };
         let mut lr = cfg.learning_rate(epoch, first_batch, steps_per_epoch);
         let mut images_this_run = 0usize;
         for (k, batch) in (&mut loader_epoch).enumerate() {
+            let batch = batch?;
             let batch_index = first_batch + k;
             lr = cfg.learning_rate(epoch, batch_index, steps_per_epoch);
-            let out = model.step(b, &batch, &mut draw, meta.step, mode)?;
+            if let Some(r) = &ranked {
+                r.before_step(b)?;
+            }
+            let mut out = model.step(b, &batch, &mut draw, meta.step, mode, &share)?;
+            if let Some(r) = &mut ranked {
+                out = r.global(b, out)?;
+            }
             if let Some((term, value)) = M::LOSS_TERMS
                 .iter()
                 .zip(&out.losses)
@@ -794,20 +1101,29 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
                     epoch + 1
                 )));
             }
+            if let Some(r) = &mut ranked {
+                r.after_backward(b, model)?;
+            }
             model.sgd_step(b, &cfg.sgd_rule(lr))?;
             meta.step += 1;
             for (sum, v) in meta.epoch_sums.iter_mut().zip(&out.losses) {
                 *sum += v;
             }
+            let images = batch.labels.len() * world;
             meta.epoch_sums[terms] += out.correct as f64;
-            meta.epoch_sums[terms + 1] += batch.labels.len() as f64;
-            images_this_run += batch.labels.len();
-            bar.inc(batch.labels.len() as u64);
+            meta.epoch_sums[terms + 1] += images as f64;
+            images_this_run += images;
+            bar.inc(images as u64);
             meta.batch_in_epoch = batch_index + 1;
             meta.rng = draw.0;
             if run.checkpoint_every > 0 && meta.step.is_multiple_of(run.checkpoint_every) {
-                checkpoint::save(b, &ckpt, &state, &meta)?;
+                if leader {
+                    checkpoint::save(b, &ckpt, &state, &meta)?;
+                }
                 last_good = Some((epoch, meta.step));
+                if let Some(r) = &mut ranked {
+                    r.barrier(b)?;
+                }
             }
             if run.stop_after == Some(meta.step) {
                 bar.finish_and_clear();
@@ -815,67 +1131,75 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
             }
         }
         bar.finish_and_clear();
-        let summary = loader_epoch.finish();
+        let skipped = loader_epoch.finish();
         let seconds = start.elapsed().as_secs_f64();
-        let last = epoch + 1 == cfg.epochs;
-        let due = run.eval_every > 0 && (epoch + 1).is_multiple_of(run.eval_every);
-        let accuracy = if last || due {
-            Some(evaluate(b, model, &test_loader, cfg.classes)?)
-        } else {
-            None
-        };
-        last_accuracy = accuracy.or(last_accuracy);
-        let batches = (meta.batch_in_epoch).max(1) as f64;
-        let mean: Vec<f64> = meta.epoch_sums[..terms]
-            .iter()
-            .map(|s| s / batches)
-            .collect();
-        let total: f64 = mean.iter().sum();
-        let train_acc = meta.epoch_sums[terms] / meta.epoch_sums[terms + 1].max(1.0);
-        let mut record = serde_json::json!({
-            "model": M::NAME,
-            "epoch": epoch + 1,
-            "step": meta.step,
-            "lr": lr,
-            "loss": total,
-            "train_acc": train_acc,
-            "test_coarse": accuracy.map(|a| a.coarse),
-            "test_fine": accuracy.and_then(|a| a.fine),
-            "test_average": accuracy.and_then(|a| a.average),
-            "images_per_s": images_this_run as f64 / seconds,
-            "skipped": summary.skipped.len(),
-        });
-        for (term, v) in M::LOSS_TERMS.iter().zip(&mean) {
-            record[format!("loss_{term}")] = serde_json::json!(v);
-        }
-        metrics.append(&run.dir, &record)?;
-        let test_part =
-            accuracy.map_or(String::new(), |a| format!("  test {}", format_accuracy(&a)));
-        println!(
-            "{:<11} epoch {:>3}  loss {total:.4}  train {:.1}%  lr {lr:.2e}  {:.1} img/s{}{test_part}",
-            M::NAME,
-            epoch + 1,
-            100.0 * train_acc,
-            images_this_run as f64 / seconds,
-            if summary.skipped.is_empty() {
-                String::new()
+        if let Some(report) = &mut report {
+            let last = epoch + 1 == cfg.epochs;
+            let due = run.eval_every > 0 && (epoch + 1).is_multiple_of(run.eval_every);
+            let accuracy = if last || due {
+                Some(evaluate(b, model, &report.test, cfg.classes)?)
             } else {
-                format!("  {} unreadable images skipped", summary.skipped.len())
-            },
-        );
-        for s in &summary.skipped {
-            eprintln!("  skipped {}: {}", s.name, s.message);
+                None
+            };
+            last_accuracy = accuracy.or(last_accuracy);
+            let batches = (meta.batch_in_epoch).max(1) as f64;
+            let mean: Vec<f64> = meta.epoch_sums[..terms]
+                .iter()
+                .map(|s| s / batches)
+                .collect();
+            let total: f64 = mean.iter().sum();
+            let train_acc = meta.epoch_sums[terms] / meta.epoch_sums[terms + 1].max(1.0);
+            let mut record = serde_json::json!({
+                "model": M::NAME,
+                "epoch": epoch + 1,
+                "step": meta.step,
+                "lr": lr,
+                "loss": total,
+                "train_acc": train_acc,
+                "test_coarse": accuracy.map(|a| a.coarse),
+                "test_fine": accuracy.and_then(|a| a.fine),
+                "test_average": accuracy.and_then(|a| a.average),
+                "images_per_s": images_this_run as f64 / seconds,
+                "skipped": skipped.len(),
+            });
+            for (term, v) in M::LOSS_TERMS.iter().zip(&mean) {
+                record[format!("loss_{term}")] = serde_json::json!(v);
+            }
+            report.metrics.append(&run.dir, &record)?;
+            let test_part =
+                accuracy.map_or(String::new(), |a| format!("  test {}", format_accuracy(&a)));
+            println!(
+                "{:<11} epoch {:>3}  loss {total:.4}  train {:.1}%  lr {lr:.2e}  {:.1} img/s{}{test_part}",
+                M::NAME,
+                epoch + 1,
+                100.0 * train_acc,
+                images_this_run as f64 / seconds,
+                if skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!("  {} unreadable images skipped", skipped.len())
+                },
+            );
+            for s in &skipped {
+                eprintln!("  skipped {}: {}", s.name, s.message);
+            }
         }
         meta.epoch = epoch + 1;
         meta.batch_in_epoch = 0;
         meta.epoch_sums.iter_mut().for_each(|s| *s = 0.0);
-        checkpoint::save(b, &ckpt, &state, &meta)?;
+        if leader {
+            checkpoint::save(b, &ckpt, &state, &meta)?;
+        }
         last_good = Some((epoch + 1, meta.step));
+        if let Some(r) = &mut ranked {
+            r.barrier(b)?;
+        }
     }
-    match last_accuracy {
-        Some(a) => Ok(Some(a)),
+    match (last_accuracy, &report) {
+        (Some(a), _) => Ok(Some(a)),
         // A resumed run that had already finished its epochs: evaluate what it holds.
-        None => evaluate(b, model, &test_loader, cfg.classes).map(Some),
+        (None, Some(report)) => evaluate(b, model, &report.test, cfg.classes).map(Some),
+        (None, None) => Ok(None),
     }
 }
 

@@ -7,10 +7,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use c2f_dist::collective::Collective;
+use c2f_dist::launch::{parse_master, LaunchInfo, Launcher};
+use c2f_dist::nccl::{unique_id, NcclCollective};
+use c2f_dist::rendezvous::{exchange_id, remove_rendezvous_file, Rendezvous, DEFAULT_TIMEOUT};
+use c2f_dist::workers::{parse_gpus, run_workers, WorkerCommand};
+use c2f_dist::DistError;
 use c2f_inception::backend::Backend;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::CudaBackend;
 use c2f_inception::weights::write_atomically;
+use c2f_kernels::device::device_count;
 use c2f_kernels::{Error, Result};
 use c2f_train::checkpoint::{self, CheckpointMeta};
 use c2f_train::data::loader::FileSource;
@@ -25,8 +32,8 @@ use c2f_train::pretrain::{pretrain_upsampler, print_epochs, PretrainConfig};
 use c2f_train::train::Baseline;
 use c2f_train::train::{
     build_baseline, build_coarse2fine, evaluate, format_accuracy, padded_images, prediction_rows,
-    test_loader, train_baseline, train_coarse2fine, Accuracy, BnPolicy, RunOptions, Schedule,
-    TrainConfig, Trainee,
+    test_loader, train_baseline_with, train_coarse2fine_with, Accuracy, BnPolicy, DataParallel,
+    RunOptions, Schedule, TrainConfig, Trainee,
 };
 use c2f_train::upsampler::{attention_map_side, UpsamplerKind};
 use c2f_train::visualize::{write_pictures, VisualizeConfig};
@@ -106,8 +113,8 @@ struct TrainArgs {
     /// Attention maps M (the paper: 8; WS-DAN: 32).
     #[arg(long, default_value_t = 8)]
     maps: usize,
-    /// Synthetic set: classes.
-    #[arg(long, default_value_t = 10)]
+    /// Synthetic set: classes (the first N spot patterns, pairwise close).
+    #[arg(long, default_value_t = 5)]
     classes: usize,
     /// Synthetic set: training images.
     #[arg(long, default_value_t = 1200)]
@@ -115,23 +122,25 @@ struct TrainArgs {
     /// Synthetic set: test images.
     #[arg(long, default_value_t = 400)]
     test_images: usize,
-    /// Synthetic set: the object's extent as a fraction of the image side, drawn from [LO, HI].
-    #[arg(long, num_args = 2, value_names = ["LO", "HI"], default_values_t = [0.4, 0.7])]
+    /// Synthetic set: the object's extent as a fraction of the image side, drawn from [LO, HI]
+    /// (smaller is harder: a spot is then a pixel or two at 96²).
+    #[arg(long, num_args = 2, value_names = ["LO", "HI"], default_values_t = [0.6, 0.9])]
     object_scale: Vec<f32>,
-    /// Synthetic set: background clutter (0 = none, 1 = default).
-    #[arg(long, default_value_t = 1.0)]
+    /// Synthetic set: background clutter, distractor spots included (0 = none, 1 = full).
+    #[arg(long, default_value_t = 0.5)]
     clutter: f32,
-    /// Base learning rate (WS-DAN: 1e-3 from pretrained weights).
-    #[arg(long, default_value_t = 0.001)]
-    lr: f64,
-    /// The classifiers' learning rate over --lr: below 1 when the backbone trains from scratch
-    /// at a rate that would make the classifiers' logits jump (they read 100× the unit-norm
-    /// part features).
-    #[arg(long, default_value_t = 1.0)]
-    classifier_lr_scale: f64,
-    /// Learning-rate schedule.
-    #[arg(long, value_enum, default_value = "step")]
-    schedule: Schedule,
+    /// Base learning rate (default: 0.02 from scratch; 1e-3 with --weights, WS-DAN's).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// The classifiers' learning rate over --lr (default: 0.005 from scratch, where the
+    /// backbone's rate would make the classifiers' logits jump: they read 100× the unit-norm
+    /// part features; 1 with --weights, as WS-DAN).
+    #[arg(long)]
+    classifier_lr_scale: Option<f64>,
+    /// Learning-rate schedule (default: cosine from scratch; with --weights WS-DAN's step,
+    /// ×0.9 every 2 epochs).
+    #[arg(long, value_enum)]
+    schedule: Option<Schedule>,
     #[arg(long, default_value_t = 0.9)]
     momentum: f64,
     #[arg(long, default_value_t = 1e-5)]
@@ -175,6 +184,18 @@ struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Data-parallel training on these GPUs, one worker process each: `0,1,2,3` or `all`
+    /// (docs/distributed.md). --batch is the global batch, split evenly over them. Under
+    /// torchrun, srun or mpirun leave it out: each process is a rank already.
+    #[arg(long)]
+    gpus: Option<String>,
+    /// How the ranks of a multi-process job exchange NCCL's id: `tcp` (rank 0 serves it on the
+    /// master address), `tcp:HOST[:PORT]`, or `file:PATH` on a filesystem all nodes share.
+    #[arg(long, default_value = "tcp")]
+    rendezvous: String,
+    /// Rank 0's `HOST[:PORT]` for the TCP rendezvous (default: MASTER_ADDR and MASTER_PORT).
+    #[arg(long)]
+    master: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -284,8 +305,8 @@ struct PredictArgs {
 fn main() {
     let result =
         with_config_file(std::env::args().collect()).and_then(|argv| {
-            match Cli::parse_from(argv).command {
-                Command::Train(args) => train(*args),
+            match Cli::parse_from(&argv).command {
+                Command::Train(args) => train(*args, &argv),
                 Command::Eval(args) => eval(args),
                 Command::Predict(args) => predict(args),
                 Command::PretrainUpsampler(args) => pretrain(args),
@@ -380,8 +401,119 @@ fn open_device(device: Option<&str>) -> Result<Option<CudaBackend>> {
     }
 }
 
-fn train(args: TrainArgs) -> Result<()> {
-    let cuda = open_device(args.device.as_deref())?;
+/// Multi-process training runs one process per GPU, with NCCL between them.
+fn no_cpu_ranks() -> Error {
+    Error::Shape(
+        "data-parallel training across processes needs one GPU per rank (NCCL); with --device \
+         cpu train in one process (without --gpus or a launcher's WORLD_SIZE > 1)"
+            .into(),
+    )
+}
+
+/// `--gpus`: this same command once per GPU, without `--gpus` (and without `--config`, whose
+/// keys `argv` already holds), with one run folder for all; each worker reads its rank from the
+/// environment. Fails naming the first rank that failed.
+fn launch_workers(args: &TrainArgs, spec: &str, argv: &[String]) -> Result<()> {
+    if args.device.as_deref() == Some("cpu") {
+        return Err(no_cpu_ranks());
+    }
+    if LaunchInfo::from_env(None)?.launcher != Launcher::Single {
+        return Err(DistError::Launch(
+            "--gpus starts its own workers, but this process was started by a launcher \
+             (torchrun, srun or mpirun variables are set); leave --gpus out"
+                .into(),
+        )
+        .into());
+    }
+    let gpus = parse_gpus(spec, device_count()?)?;
+    let mut worker_args = Vec::new();
+    let mut rest = argv[1..].iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--gpus" | "--config" => {
+                rest.next();
+            }
+            a if a.starts_with("--gpus=") => {}
+            a => worker_args.push(a.into()),
+        }
+    }
+    if args.run_dir.is_none() {
+        worker_args.push("--run-dir".into());
+        worker_args.push(default_run_dir().into_os_string());
+    }
+    let program = std::env::current_exe().map_err(|e| {
+        Error::Shape(format!(
+            "cannot find this program to start the workers: {e}"
+        ))
+    })?;
+    let port = match &args.master {
+        Some(m) => Some(parse_master(m, "--master")?.port),
+        None => None,
+    };
+    println!("c2f: one worker per GPU, GPUs {gpus:?}");
+    let command = WorkerCommand {
+        program,
+        args: worker_args,
+        env: Vec::new(),
+    };
+    Ok(run_workers(&command, &gpus, port)?)
+}
+
+/// Joins the job `launch` describes as its rank on `b`'s GPU: rank 0's NCCL id through the
+/// rendezvous, then the communicator.
+fn join_job(b: &CudaBackend, launch: &LaunchInfo, rendezvous: &str) -> Result<NcclCollective> {
+    let rendezvous = match rendezvous {
+        "tcp" => Rendezvous::Tcp(launch.master.clone().ok_or_else(|| {
+            DistError::Launch("the TCP rendezvous needs rank 0's address (--master)".into())
+        })?),
+        spec => Rendezvous::parse(spec)?,
+    };
+    let id = match launch.rank {
+        0 => Some(unique_id()?),
+        _ => None,
+    };
+    let id = exchange_id(
+        &rendezvous,
+        launch.rank,
+        launch.world_size,
+        id.as_ref(),
+        DEFAULT_TIMEOUT,
+    )?;
+    let nccl = NcclCollective::new(b, launch.rank, launch.world_size, &id)?;
+    if launch.rank == 0 {
+        // Every rank has read it: the communicator is up.
+        remove_rendezvous_file(&rendezvous)?;
+    }
+    Ok(nccl)
+}
+
+fn default_run_dir() -> PathBuf {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    PathBuf::from(format!("runs/run-{now}"))
+}
+
+fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
+    if let Some(spec) = &args.gpus {
+        return launch_workers(&args, spec, argv);
+    }
+    let launch = LaunchInfo::from_env(args.master.as_deref())?;
+    let mut nccl = None;
+    let cuda = if launch.world_size > 1 {
+        if args.device.as_deref() == Some("cpu") {
+            return Err(no_cpu_ranks());
+        }
+        let b = CudaBackend::open(launch.device)?;
+        nccl = Some(join_job(&b, &launch, &args.rendezvous)?);
+        Some(b)
+    } else if launch.launcher != Launcher::Single && args.device.is_none() {
+        // A launcher's world of one: its GPU.
+        Some(CudaBackend::open(launch.device)?)
+    } else {
+        open_device(args.device.as_deref())?
+    };
+    let leader = launch.rank == 0;
     let gpu = cuda.is_some();
     let data = if args.dataset == "synthetic" {
         DataSpec::Synthetic {
@@ -404,6 +536,9 @@ fn train(args: TrainArgs) -> Result<()> {
     };
     let input_size = args.size.unwrap_or(if gpu { 299 } else { 96 });
     let opened = data.open(input_size)?;
+    // Fine-tuning pretrained weights takes WS-DAN's optimiser settings; training from scratch
+    // (the synthetic demo) takes the ones that learn it in the CPU budget (README).
+    let fine_tune = args.weights.is_some();
     let cfg = TrainConfig {
         epochs: args.epochs.unwrap_or(if gpu { 40 } else { 12 }),
         batch: args.batch.unwrap_or(if gpu { 64 } else { 16 }),
@@ -411,9 +546,17 @@ fn train(args: TrainArgs) -> Result<()> {
         width: args.width.unwrap_or(if gpu { 1.0 } else { 0.25 }),
         classes: opened.class_names.len(),
         maps: args.maps,
-        lr: args.lr,
-        classifier_lr_scale: args.classifier_lr_scale,
-        schedule: args.schedule,
+        lr: args.lr.unwrap_or(if fine_tune { 1e-3 } else { 0.02 }),
+        classifier_lr_scale: args.classifier_lr_scale.unwrap_or(if fine_tune {
+            1.0
+        } else {
+            0.005
+        }),
+        schedule: args.schedule.unwrap_or(if fine_tune {
+            Schedule::Step
+        } else {
+            Schedule::Cosine
+        }),
         momentum: args.momentum,
         weight_decay: args.weight_decay,
         bn: args.bn,
@@ -431,12 +574,7 @@ fn train(args: TrainArgs) -> Result<()> {
         "learnable" | "bilinear" => None,
         file => Some(PathBuf::from(file)),
     };
-    let run_dir = args.run_dir.clone().unwrap_or_else(|| {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        PathBuf::from(format!("runs/run-{now}"))
-    });
+    let run_dir = args.run_dir.clone().unwrap_or_else(default_run_dir);
     let run = |model: &str| RunOptions {
         dir: run_dir.join(model),
         checkpoint_every: args.checkpoint_every,
@@ -454,18 +592,27 @@ fn train(args: TrainArgs) -> Result<()> {
         train: opened.train,
         test: opened.test,
     };
-    println!(
-        "{} of {}²; width {}, batch {}, {} epochs; checkpoints and metrics in {}",
-        opened.description,
-        job.cfg.input_size,
-        job.cfg.width,
-        job.cfg.batch,
-        job.cfg.epochs,
-        run_dir.display()
-    );
+    if leader {
+        println!(
+            "{} of {}²; width {}, batch {}{}, {} epochs; checkpoints and metrics in {}",
+            opened.description,
+            job.cfg.input_size,
+            job.cfg.width,
+            job.cfg.batch,
+            match launch.world_size {
+                1 => String::new(),
+                n => format!(" over {n} ranks"),
+            },
+            job.cfg.epochs,
+            run_dir.display()
+        );
+    }
     match cuda {
-        Some(mut b) => job.run(&mut b, args.models, run),
-        None => job.run(&mut CpuBackend::<f32>::new(), args.models, run),
+        Some(mut b) => {
+            let collective = nccl.as_mut().map(|c| c as &mut dyn Collective<CudaBackend>);
+            job.run(&mut b, args.models, run, collective)
+        }
+        None => job.run(&mut CpuBackend::<f32>::new(), args.models, run, None),
     }
 }
 
@@ -479,15 +626,22 @@ struct Job {
 }
 
 impl Job {
+    /// Trains on `b`, alone or as one rank of the job `collective` joins (then only rank 0
+    /// prints).
     fn run<B: Backend<Scalar = f32>>(
         &self,
         b: &mut B,
         models: Models,
         run: impl Fn(&str) -> RunOptions,
+        mut collective: Option<&mut dyn Collective<B>>,
     ) -> Result<()> {
-        println!("device: {}", b.describe());
+        let leader = collective.as_ref().is_none_or(|c| c.rank() == 0);
+        if leader {
+            println!("device: {}", b.describe());
+        }
         let mut rows: Vec<(&str, Accuracy, f64)> = Vec::new();
-        let args = |b: &mut B, name: &str, trainer: Trainer<B>| -> Result<Option<Accuracy>> {
+        let mut args = |b: &mut B, name: &str, trainer: Trainer<B>| -> Result<Option<Accuracy>> {
+            let mut dp = collective.as_mut().map(|c| DataParallel::new(&mut **c));
             trainer(
                 b,
                 &self.cfg,
@@ -496,21 +650,24 @@ impl Job {
                 &self.class_names,
                 self.train.clone(),
                 self.test.clone(),
+                dp.as_mut(),
             )
         };
         if models != Models::Baseline {
             let start = Instant::now();
-            if let Some(acc) = args(b, "coarse2fine", train_coarse2fine::<B>)? {
+            if let Some(acc) = args(b, "coarse2fine", train_coarse2fine_with::<B>)? {
                 rows.push(("Coarse2Fine", acc, start.elapsed().as_secs_f64()));
             }
         }
         if models != Models::Coarse2fine {
             let start = Instant::now();
-            if let Some(acc) = args(b, "baseline", train_baseline::<B>)? {
+            if let Some(acc) = args(b, "baseline", train_baseline_with::<B>)? {
                 rows.push(("InceptionV3 baseline", acc, start.elapsed().as_secs_f64()));
             }
         }
-        print_table(&rows);
+        if leader {
+            print_table(&rows);
+        }
         Ok(())
     }
 }
@@ -523,6 +680,7 @@ type Trainer<B> = fn(
     &[String],
     Arc<dyn ImageSource>,
     Arc<dyn ImageSource>,
+    Option<&mut DataParallel<'_, B>>,
 ) -> Result<Option<Accuracy>>;
 
 fn print_table(rows: &[(&str, Accuracy, f64)]) {

@@ -265,7 +265,8 @@ pub struct EpochSummary {
     pub skipped: Vec<Skipped>,
 }
 
-/// The loader over a source.
+/// The loader over a source (a clone shares the source, its cache and the thread pool).
+#[derive(Clone)]
 pub struct Loader {
     source: Arc<dyn ImageSource>,
     config: LoaderConfig,
@@ -384,6 +385,30 @@ impl Loader {
             rx: Some(rx),
             handle: Some(handle),
             summary: None,
+        }
+    }
+
+    /// Loads `batches` of `epoch` in order, each as [`Loader::load_batch`] does (no skipping:
+    /// an unreadable image is that batch's error), on a background thread that keeps up to
+    /// `prefetch` of them ready. How a data-parallel rank reads its slices of the global
+    /// batches (`c2f_dist::shard::ShardPlan`): a skipped image would shift the other ranks'
+    /// slices.
+    pub fn load_batches(&self, epoch: u64, batches: Vec<Vec<usize>>) -> Prefetched {
+        let (tx, rx) = sync_channel(self.config.prefetch);
+        let loader = self.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("c2f-prefetch-{epoch}"))
+            .spawn(move || {
+                for indices in batches {
+                    if tx.send(loader.load_batch(&indices, epoch)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawn the prefetch thread");
+        Prefetched {
+            rx: Some(rx),
+            handle: Some(handle),
         }
     }
 
@@ -520,6 +545,39 @@ impl Producer {
             }
         }
         send(Msg::Done(summary));
+    }
+}
+
+/// Batches being loaded by [`Loader::load_batches`]; dropping it stops the background thread.
+pub struct Prefetched {
+    rx: Option<Receiver<Result<Batch>>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Iterator for Prefetched {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        match self.rx.as_ref()?.recv() {
+            Ok(batch) => Some(batch),
+            Err(_) => {
+                // All sent, or the thread died (a panic in a source): surface a panic.
+                self.rx = None;
+                if let Some(Err(panic)) = self.handle.take().map(JoinHandle::join) {
+                    std::panic::resume_unwind(panic);
+                }
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Prefetched {
+    fn drop(&mut self) {
+        self.rx = None; // a blocked send fails now, and the thread returns
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
     }
 }
 

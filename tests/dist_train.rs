@@ -1,0 +1,320 @@
+//! The trainer's data-parallel loop (`fit_with`) on CPU thread ranks (`ThreadCollective`, each
+//! rank with its own backend and model) against one worker with the same config: BatchNorm on
+//! running statistics (so splitting the batch changes nothing), 2 epochs of 2 steps on a tiny
+//! synthetic set, Coarse2Fine. Ranks other than 0 start from random state, which rank 0's
+//! broadcast replaces. Afterwards every state tensor (parameters, momentum, statistics, center
+//! banks) of every rank is within 1e-5 relative (norm-wise, per tensor) of the one worker's,
+//! the ranks hold the same bits, rank 0 wrote the checkpoint (its state, bit for bit) and the
+//! metrics with the global batch's loss and training accuracy, and the other ranks wrote
+//! nothing. A global batch that does not split over the ranks is refused.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use c2f_dist::collective::ThreadCollective;
+use c2f_inception::backend::Backend;
+use c2f_inception::cpu::CpuBackend;
+use c2f_inception::weights::read_checked;
+use c2f_kernels::testing::SplitMix64;
+use c2f_train::data::loader::ImageSource;
+use c2f_train::data::spec::DataSpec;
+use c2f_train::train::{
+    build_coarse2fine, checkpoint_path, fit_with, init_coarse2fine, rank_config, Accuracy,
+    BnPolicy, DataParallel, RunOptions, Schedule, TrainConfig, Trainee,
+};
+use c2f_train::upsampler::UpsamplerKind;
+
+const GLOBAL_BATCH: usize = 8;
+const EPOCHS: usize = 2;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("dist_train_{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn config() -> TrainConfig {
+    TrainConfig {
+        epochs: EPOCHS,
+        batch: GLOBAL_BATCH,
+        input_size: 75,
+        width: 0.125,
+        classes: 3,
+        maps: 2,
+        lr: 0.1,
+        classifier_lr_scale: 0.02,
+        schedule: Schedule::Step,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        bn: BnPolicy::Eval,
+        center_lambda: 1.0,
+        center_beta: 0.05,
+        seed: 5,
+        upsampler: UpsamplerKind::Learnable,
+        ortho_init: true,
+    }
+}
+
+struct Data {
+    spec: DataSpec,
+    names: Vec<String>,
+    train: Arc<dyn ImageSource>,
+    test: Arc<dyn ImageSource>,
+}
+
+fn synthetic() -> Data {
+    let spec = DataSpec::Synthetic {
+        classes: 3,
+        train_images: 2 * GLOBAL_BATCH + 3,
+        test_images: 6,
+        seed: 4,
+        object_scale: (0.6, 0.9),
+        clutter: 0.5,
+    };
+    let opened = spec.open(75).unwrap();
+    Data {
+        spec,
+        names: opened.class_names,
+        train: opened.train,
+        test: opened.test,
+    }
+}
+
+fn run_options(dir: &Path) -> RunOptions {
+    RunOptions {
+        dir: dir.to_path_buf(),
+        checkpoint_every: 1,
+        resume: false,
+        eval_every: 1,
+        progress: false,
+        weights: None,
+        upsampler_weights: None,
+        stop_after: None,
+    }
+}
+
+/// One tensor of a model's state, as the checkpoint lays it out.
+struct Saved {
+    name: String,
+    shape: Vec<usize>,
+    values: Vec<f32>,
+}
+
+type State = Vec<Saved>;
+
+fn read_state<M: Trainee<CpuBackend<f32>>>(b: &mut CpuBackend<f32>, model: &M) -> State {
+    model
+        .state()
+        .into_iter()
+        .map(|n| Saved {
+            values: b.read(n.tensor).unwrap(),
+            name: n.name,
+            shape: n.shape,
+        })
+        .collect()
+}
+
+/// Trains one worker (`dp` = `None`) or one rank into `dir`; its final state and accuracy.
+/// A rank other than 0 starts from random values everywhere.
+fn train(
+    data: &Data,
+    dir: &Path,
+    mut dp: Option<DataParallel<'_, CpuBackend<f32>>>,
+) -> (State, Option<Accuracy>) {
+    let cfg = config();
+    let mut b = CpuBackend::<f32>::new();
+    let mut model = build_coarse2fine(&mut b, &rank_config(&cfg, dp.as_ref()).unwrap()).unwrap();
+    let state = Trainee::<CpuBackend<f32>>::state(&model);
+    match dp.as_ref().map(|dp| dp.rank()) {
+        None | Some(0) => {
+            init_coarse2fine(&mut b, &model, &cfg, &run_options(Path::new("unused"))).unwrap()
+        }
+        Some(rank) => {
+            let mut rng = SplitMix64(100 + rank as u64);
+            for n in &state {
+                let poison: Vec<f32> = (0..n.tensor.len)
+                    .map(|_| rng.uniform(-1.0, 1.0) as f32)
+                    .collect();
+                b.write(n.tensor, &poison).unwrap();
+            }
+        }
+    }
+    let accuracy = fit_with(
+        &mut b,
+        &mut model,
+        &cfg,
+        &run_options(dir),
+        &data.spec,
+        &data.names,
+        data.train.clone(),
+        data.test.clone(),
+        dp.as_mut(),
+    )
+    .unwrap();
+    (read_state(&mut b, &model), accuracy)
+}
+
+/// The state a fresh run starts from.
+fn initial_state() -> State {
+    let cfg = config();
+    let mut b = CpuBackend::<f32>::new();
+    let model = build_coarse2fine(&mut b, &cfg).unwrap();
+    init_coarse2fine(&mut b, &model, &cfg, &run_options(Path::new("unused"))).unwrap();
+    read_state(&mut b, &model)
+}
+
+/// ‖a − b‖ / ‖b‖, or ‖a‖ when `b` is zero.
+fn relative(a: &[f32], b: &[f32]) -> f64 {
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        diff += (x as f64 - y as f64).powi(2);
+        norm += (y as f64).powi(2);
+    }
+    if norm == 0.0 {
+        diff.sqrt()
+    } else {
+        (diff / norm).sqrt()
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `world` thread ranks against `single`, the one worker's result in `single_dir`.
+fn assert_ranks_train_like_one_worker(
+    data: &Data,
+    world: usize,
+    single: &(State, Option<Accuracy>),
+    single_dir: &Path,
+) {
+    let dirs: Vec<PathBuf> = (0..world)
+        .map(|r| scratch(&format!("world{world}_rank{r}")))
+        .collect();
+    let ranks: Vec<(State, Option<Accuracy>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = ThreadCollective::group(world)
+            .into_iter()
+            .zip(&dirs)
+            .map(|(mut c, dir)| s.spawn(move || train(data, dir, Some(DataParallel::new(&mut c)))))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+
+    // Every rank ends with the same bits; only rank 0 reports an accuracy, the one worker's.
+    let (state0, accuracy0) = &ranks[0];
+    for (r, (state, accuracy)) in ranks.iter().enumerate().skip(1) {
+        for (t, t0) in state.iter().zip(state0) {
+            assert_eq!(
+                bits(&t.values),
+                bits(&t0.values),
+                "world {world}, rank {r}: {}",
+                t.name
+            );
+        }
+        assert_eq!(*accuracy, None, "world {world}, rank {r}");
+    }
+    assert_eq!(accuracy0, &single.1, "world {world}");
+
+    // The ranks' result is the one worker's, tensor by tensor.
+    let mut worst = (0.0f64, String::new());
+    for (dist, one) in state0.iter().zip(&single.0) {
+        let err = relative(&dist.values, &one.values);
+        if err > worst.0 {
+            worst = (err, dist.name.clone());
+        }
+        assert!(
+            err < 1e-5,
+            "world {world}, {}: relative error {err:e}",
+            dist.name
+        );
+    }
+    println!("world {world}: worst tensor {} at {:e}", worst.1, worst.0);
+
+    // Rank 0 wrote the checkpoint (its state) and the metrics; the others wrote nothing.
+    let shapes: Vec<(&str, &[usize])> = state0
+        .iter()
+        .map(|t| (t.name.as_str(), t.shape.as_slice()))
+        .collect();
+    let file = read_checked(&checkpoint_path(&dirs[0]), &shapes, |_| false, "test").unwrap();
+    for (t, saved) in state0.iter().zip(&file.values) {
+        assert_eq!(
+            bits(saved),
+            bits(&t.values),
+            "world {world}: checkpoint {}",
+            t.name
+        );
+    }
+    for dir in &dirs[1..] {
+        assert!(!dir.exists(), "{} was written", dir.display());
+    }
+    // The logged loss and training accuracy are the global batch's: the one worker's.
+    let (ours, theirs) = (metrics(&dirs[0]), metrics(single_dir));
+    assert_eq!(ours.len(), EPOCHS);
+    for (epoch, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        let (la, lb) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+        assert!(
+            (la - lb).abs() <= 1e-5 * lb.abs(),
+            "world {world}, epoch {epoch}: loss {la} against {lb}"
+        );
+        assert_eq!(
+            a["train_acc"], b["train_acc"],
+            "world {world}, epoch {epoch}"
+        );
+        assert_eq!(a["step"], b["step"], "world {world}, epoch {epoch}");
+    }
+}
+
+#[test]
+fn thread_ranks_train_like_one_worker() {
+    let data = synthetic();
+    let single_dir = scratch("single");
+    let single = train(&data, &single_dir, None);
+
+    // Training moved the parameters and the center banks beyond the tolerance, so the
+    // comparison can fail. The backbone moves least (the classifiers start 100× small, so its
+    // gradients are small), but the momentum buffers, compared too, are its gradients' sums:
+    // without the all-reduce each rank's would be off by order one.
+    let start = initial_state();
+    for (group, least) in [
+        ("Conv2d", 3e-5),
+        ("upsampler", 3e-5),
+        ("attention", 1e-2),
+        ("fc_", 1e-2),
+        ("centers", 1e-2),
+    ] {
+        let pick = |s: &State| -> Vec<f32> {
+            s.iter()
+                .filter(|t| t.name.starts_with(group))
+                .flat_map(|t| t.values.iter().copied())
+                .collect()
+        };
+        let (end, begin) = (pick(&single.0), pick(&start));
+        assert!(!end.is_empty(), "no tensor named {group}*");
+        let moved = relative(&end, &begin);
+        println!("{group}: moved {moved:e}");
+        assert!(moved > least, "{group}: moved only {moved:e}");
+    }
+
+    for world in [2, 4] {
+        assert_ranks_train_like_one_worker(&data, world, &single, &single_dir);
+    }
+}
+
+#[test]
+fn global_batch_that_does_not_split_is_refused() {
+    let mut ranks = ThreadCollective::group(3);
+    let dp: DataParallel<CpuBackend<f32>> = DataParallel::new(&mut ranks[1]);
+    let err = rank_config(&config(), Some(&dp)).unwrap_err().to_string();
+    assert!(
+        err.contains("global batch of 8 does not split evenly over 3 ranks"),
+        "{err}"
+    );
+}
