@@ -7,11 +7,12 @@
 use c2f_inception::backend::{Backend, BnMode};
 use c2f_inception::cuda::CudaBackend;
 use c2f_kernels::testing::{gpu_or_skip, SplitMix64};
-use c2f_train::train::{
-    build_coarse2fine, init_coarse2fine, BnPolicy, RunOptions, Schedule, TrainConfig,
-};
-use c2f_train::upsampler::UpsamplerKind;
+use c2f_train::train::{build_coarse2fine, init_coarse2fine, RunOptions, TrainConfig};
 use criterion::{criterion_group, criterion_main, Criterion};
+
+#[path = "common/net.rs"]
+mod net;
+use net::time_training_step;
 
 const BATCH: usize = 64;
 
@@ -31,30 +32,11 @@ fn case(c: &mut Criterion, size: usize) {
         epochs: 1,
         batch: BATCH,
         input_size: size,
-        width: 1.0,
-        classes: 200,
-        maps: 8,
-        lr: 1e-3,
-        classifier_lr_scale: 1.0,
-        schedule: Schedule::Step,
-        momentum: 0.9,
-        weight_decay: 1e-5,
-        bn: BnPolicy::Train,
-        center_lambda: 1.0,
-        center_beta: 0.05,
-        seed: 0,
-        upsampler: UpsamplerKind::Learnable,
-        ortho_init: true,
+        ..TrainConfig::default()
     };
     let run = RunOptions {
-        dir: "unused".into(),
-        checkpoint_every: 0,
-        resume: false,
         eval_every: 0,
-        progress: false,
-        weights: None,
-        upsampler_weights: None,
-        stop_after: None,
+        ..RunOptions::new("unused")
     };
     let mut model = build_coarse2fine(&mut b, &cfg).unwrap();
     init_coarse2fine(&mut b, &model, &cfg, &run).unwrap();
@@ -68,38 +50,11 @@ fn case(c: &mut Criterion, size: usize) {
     b.write_index(model.labels(), &labels).unwrap();
     b.write_index(model.chosen_maps(), &chosen).unwrap();
     let sgd = c2f_kernels::sgd::SgdParams::new(cfg.lr, cfg.momentum, cfg.weight_decay);
-    let step = |b: &mut CudaBackend, model: &mut c2f_train::model::Coarse2Fine| {
+    time_training_step(c, "coarse2fine_gpu_f32", &name, BATCH, &mut b, |b| {
         model.zero_grads(b).unwrap();
         model.forward_backward(b, BnMode::Train).unwrap();
         model.sgd_step(b, &sgd).unwrap();
-    };
-    for _ in 0..3 {
-        step(&mut b, &mut model);
-    }
-    b.synchronize().unwrap();
-    let mut group = c.benchmark_group("coarse2fine_gpu_f32");
-    group.sample_size(10);
-    group.bench_function(&name, |bench| {
-        bench.iter(|| {
-            step(&mut b, &mut model);
-            b.synchronize().unwrap();
-        })
     });
-    group.finish();
-    let reps = 10;
-    let start = std::time::Instant::now();
-    for _ in 0..reps {
-        step(&mut b, &mut model);
-    }
-    b.synchronize().unwrap();
-    let secs = start.elapsed().as_secs_f64() / reps as f64;
-    println!(
-        "NETBENCH\t{name}\t{}\t{:.0} img/s\t{:.1} ms/step\t{:.1} GiB held",
-        b.describe(),
-        BATCH as f64 / secs,
-        secs * 1e3,
-        b.allocated_bytes() as f64 / (1u64 << 30) as f64
-    );
 }
 
 fn bench(c: &mut Criterion) {

@@ -12,6 +12,10 @@ use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::testing::{gpu_or_skip, SplitMix64};
 use criterion::{criterion_group, criterion_main, Criterion};
 
+#[path = "common/net.rs"]
+mod net;
+use net::time_training_step;
+
 const BATCH: usize = 64;
 
 fn case(c: &mut Criterion, size: usize, depth: Depth, name: &str) {
@@ -48,39 +52,12 @@ fn case(c: &mut Criterion, size: usize, depth: Depth, name: &str) {
     let sgd = SgdParams::new(1e-4, 0.9, 1e-5);
     // The loss gradient is written once; backward reads it, nothing overwrites it.
     b.write(net.output_grad(), &grad).unwrap();
-    let step = |b: &mut CudaBackend, net: &mut Network| {
+    time_training_step(c, "inception_gpu_f32", name, BATCH, &mut b, |b| {
         net.forward(b, BnMode::Train).unwrap();
         net.zero_grads(b).unwrap();
         net.backward(b, BnMode::Train, false).unwrap();
         net.sgd_step(b, &sgd).unwrap();
-    };
-    for _ in 0..3 {
-        step(&mut b, &mut net);
-    }
-    b.synchronize().unwrap();
-    let mut group = c.benchmark_group("inception_gpu_f32");
-    group.sample_size(10);
-    group.bench_function(name, |bench| {
-        bench.iter(|| {
-            step(&mut b, &mut net);
-            b.synchronize().unwrap();
-        })
     });
-    group.finish();
-    let reps = 10;
-    let start = std::time::Instant::now();
-    for _ in 0..reps {
-        step(&mut b, &mut net);
-    }
-    b.synchronize().unwrap();
-    let secs = start.elapsed().as_secs_f64() / reps as f64;
-    println!(
-        "NETBENCH\t{name}\t{}\t{:.0} img/s\t{:.1} ms/step\t{:.1} GiB held",
-        b.describe(),
-        BATCH as f64 / secs,
-        secs * 1e3,
-        b.allocated_bytes() as f64 / (1u64 << 30) as f64
-    );
 }
 
 fn bench(c: &mut Criterion) {

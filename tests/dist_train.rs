@@ -20,9 +20,8 @@ use c2f_train::data::loader::ImageSource;
 use c2f_train::data::spec::DataSpec;
 use c2f_train::train::{
     build_coarse2fine, checkpoint_path, fit_with, init_coarse2fine, rank_config, Accuracy,
-    BnPolicy, DataParallel, RunOptions, Schedule, TrainConfig, Trainee,
+    BnPolicy, DataParallel, RunOptions, TrainConfig, Trainee,
 };
-use c2f_train::upsampler::UpsamplerKind;
 
 const GLOBAL_BATCH: usize = 8;
 const EPOCHS: usize = 2;
@@ -43,15 +42,10 @@ fn config() -> TrainConfig {
         maps: 2,
         lr: 0.1,
         classifier_lr_scale: 0.02,
-        schedule: Schedule::Step,
-        momentum: 0.9,
         weight_decay: 1e-4,
         bn: BnPolicy::Eval,
-        center_lambda: 1.0,
-        center_beta: 0.05,
         seed: 5,
-        upsampler: UpsamplerKind::Learnable,
-        ortho_init: true,
+        ..TrainConfig::default()
     }
 }
 
@@ -82,14 +76,8 @@ fn synthetic() -> Data {
 
 fn run_options(dir: &Path) -> RunOptions {
     RunOptions {
-        dir: dir.to_path_buf(),
         checkpoint_every: 1,
-        resume: false,
-        eval_every: 1,
-        progress: false,
-        weights: None,
-        upsampler_weights: None,
-        stop_after: None,
+        ..RunOptions::new(dir.to_path_buf())
     }
 }
 

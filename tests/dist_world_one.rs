@@ -22,10 +22,8 @@ use c2f_inception::cuda::CudaBackend;
 use c2f_kernels::testing::gpu_or_skip;
 use c2f_train::data::spec::DataSpec;
 use c2f_train::train::{
-    build_coarse2fine, fit_with, init_coarse2fine, BnPolicy, DataParallel, RunOptions, Schedule,
-    TrainConfig, Trainee,
+    build_coarse2fine, fit_with, init_coarse2fine, DataParallel, RunOptions, TrainConfig, Trainee,
 };
-use c2f_train::upsampler::UpsamplerKind;
 
 fn config() -> TrainConfig {
     TrainConfig {
@@ -36,16 +34,9 @@ fn config() -> TrainConfig {
         classes: 3,
         maps: 2,
         lr: 0.05,
-        classifier_lr_scale: 1.0,
-        schedule: Schedule::Step,
-        momentum: 0.9,
         weight_decay: 1e-4,
-        bn: BnPolicy::Train,
-        center_lambda: 1.0,
-        center_beta: 0.05,
         seed: 2,
-        upsampler: UpsamplerKind::Learnable,
-        ortho_init: true,
+        ..TrainConfig::default()
     }
 }
 
@@ -69,14 +60,9 @@ fn one_step<B: Backend<Scalar = f32>>(
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("dist_world_one_{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     let run = RunOptions {
-        dir,
-        checkpoint_every: 0,
-        resume: false,
         eval_every: 0,
-        progress: false,
-        weights: None,
-        upsampler_weights: None,
         stop_after: Some(1),
+        ..RunOptions::new(dir)
     };
     let mut model = build_coarse2fine(b, &cfg).unwrap();
     init_coarse2fine(b, &model, &cfg, &run).unwrap();

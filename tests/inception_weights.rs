@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
-use c2f_inception::weights::{load, save, LoadOptions};
+use c2f_inception::weights::{load, save, write_tensors, LoadOptions};
 use c2f_kernels::testing::SplitMix64;
 use safetensors::Dtype;
 
@@ -78,10 +78,43 @@ fn missing_tensors_are_listed_with_the_file() {
 
 #[test]
 fn unexpected_tensors_are_refused() {
-    let (path, _, _) = saved(&graph(Depth::Full { classes: 5 }, 1.0), "full.safetensors");
-    let msg = load_err(&path, &graph(Depth::Mixed6e, 1.0), LoadOptions::default());
-    assert!(msg.contains("unexpected"), "{msg}");
-    assert!(msg.contains("Mixed_7a.branch3x3_1.conv.weight"), "{msg}");
+    // A full network's file (ImageNet's, say) loads into a backbone cut at Mixed_6e: the later
+    // blocks and `fc` are not its own, so they are passed over, not "unexpected".
+    let full = graph(Depth::Full { classes: 5 }, 1.0);
+    let (path, params, buffers) = saved(&full, "full.safetensors");
+    let cut = graph(Depth::Mixed6e, 1.0);
+    let mut p = vec![f32::NAN; cut.params.total()];
+    let mut b = vec![f32::NAN; cut.buffers.total()];
+    load(&path, &cut, &mut p, &mut b, LoadOptions::default()).unwrap();
+    for (table, got, all, whole) in [
+        (&cut.params, &p, &full.params, &params),
+        (&cut.buffers, &b, &full.buffers, &buffers),
+    ] {
+        for e in table.entries() {
+            let src = all.get(&e.name).unwrap();
+            assert_eq!(&got[e.range()], &whole[src.range()], "{}", e.name);
+        }
+    }
+    // A tensor no InceptionV3 has is refused, named.
+    let extra = temp_path("extra.safetensors");
+    let mut tensors: Vec<(&str, &[usize], &[f32])> = cut
+        .params
+        .entries()
+        .iter()
+        .map(|e| (e.name.as_str(), e.shape.as_slice(), &p[e.range()]))
+        .chain(
+            cut.buffers
+                .entries()
+                .iter()
+                .map(|e| (e.name.as_str(), e.shape.as_slice(), &b[e.range()])),
+        )
+        .collect();
+    tensors.push(("Mixed_6e.branch9x9.conv.weight", &[2], &[1.0, 2.0]));
+    write_tensors(&extra, &tensors, None).unwrap();
+    let msg = load_err(&extra, &cut, LoadOptions::default());
+    assert!(msg.contains("unexpected (1)"), "{msg}");
+    assert!(msg.contains("Mixed_6e.branch9x9.conv.weight"), "{msg}");
+    assert!(msg.contains("extra.safetensors"), "{msg}");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use c2f_train::data::loader::ImageSource;
 use c2f_train::data::spec::DataSpec;
 use c2f_train::train::{
     build_baseline, build_coarse2fine, checkpoint_path, train_baseline, train_coarse2fine,
-    Accuracy, BnPolicy, RunOptions, Schedule, TrainConfig, Trainee,
+    Accuracy, BnPolicy, DataParallel, RunOptions, Schedule, TrainConfig, Trainee,
 };
 use c2f_train::upsampler::UpsamplerKind;
 
@@ -73,16 +73,7 @@ fn synthetic(train_images: usize, test_images: usize) -> Data {
 }
 
 fn run_options(dir: &Path) -> RunOptions {
-    RunOptions {
-        dir: dir.to_path_buf(),
-        checkpoint_every: 0,
-        resume: false,
-        eval_every: 1,
-        progress: false,
-        weights: None,
-        upsampler_weights: None,
-        stop_after: None,
-    }
+    RunOptions::new(dir.to_path_buf())
 }
 
 type Trainer = fn(
@@ -93,6 +84,7 @@ type Trainer = fn(
     &[String],
     Arc<dyn ImageSource>,
     Arc<dyn ImageSource>,
+    Option<&mut DataParallel<'_, CpuBackend<f32>>>,
 ) -> c2f_kernels::Result<Option<Accuracy>>;
 
 fn train(trainer: Trainer, cfg: &TrainConfig, run: &RunOptions, data: &Data) -> Option<Accuracy> {
@@ -105,6 +97,7 @@ fn train(trainer: Trainer, cfg: &TrainConfig, run: &RunOptions, data: &Data) -> 
         &data.names,
         data.train.clone(),
         data.test.clone(),
+        None,
     )
     .unwrap()
 }
@@ -186,6 +179,7 @@ fn both_models_train_and_write_metrics_and_checkpoints() {
         &data.names,
         data.train.clone(),
         data.test.clone(),
+        None,
     )
     .unwrap_err()
     .to_string();
@@ -292,6 +286,7 @@ fn non_finite_loss_stops_naming_step_and_keeps_the_checkpoint() {
         &data.names,
         data.train.clone(),
         data.test.clone(),
+        None,
     )
     .unwrap_err()
     .to_string();
@@ -411,6 +406,7 @@ fn tiny_model_fits_sixteen_images_and_its_loss_falls() {
         &data.names,
         data.train.clone(),
         data.train.clone(),
+        None,
     )
     .unwrap()
     .unwrap();

@@ -11,10 +11,8 @@ use c2f_kernels::testing::{gpu_or_skip, rel_error, widen, SplitMix64};
 use c2f_train::data::spec::DataSpec;
 use c2f_train::model::Coarse2Fine;
 use c2f_train::train::{
-    build_coarse2fine, init_coarse2fine, train_coarse2fine, BnPolicy, RunOptions, Schedule,
-    TrainConfig,
+    build_coarse2fine, init_coarse2fine, train_coarse2fine, RunOptions, TrainConfig,
 };
-use c2f_train::upsampler::UpsamplerKind;
 
 fn cuda_or_skip(test: &str) -> Option<CudaBackend> {
     let gpu = gpu_or_skip(test)?;
@@ -30,30 +28,13 @@ fn tiny() -> TrainConfig {
         classes: 3,
         maps: 2,
         lr: 0.01,
-        classifier_lr_scale: 1.0,
-        schedule: Schedule::Step,
-        momentum: 0.9,
-        weight_decay: 1e-5,
-        bn: BnPolicy::Train,
-        center_lambda: 1.0,
-        center_beta: 0.05,
         seed: 5,
-        upsampler: UpsamplerKind::Learnable,
-        ortho_init: true,
+        ..TrainConfig::default()
     }
 }
 
 fn run_options(dir: &std::path::Path) -> RunOptions {
-    RunOptions {
-        dir: dir.to_path_buf(),
-        checkpoint_every: 0,
-        resume: false,
-        eval_every: 1,
-        progress: false,
-        weights: None,
-        upsampler_weights: None,
-        stop_after: None,
-    }
+    RunOptions::new(dir.to_path_buf())
 }
 
 /// Builds and initialises the model, writes the batch, runs one step; returns the losses.
@@ -167,6 +148,7 @@ fn coarse2fine_trains_on_the_gpu() {
         &data.class_names,
         data.train,
         data.test,
+        None,
     )
     .unwrap()
     .unwrap();

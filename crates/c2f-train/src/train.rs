@@ -98,6 +98,33 @@ pub struct TrainConfig {
     pub ortho_init: bool,
 }
 
+impl Default for TrainConfig {
+    /// The paper's setting on CUB-200-2011: 299² input, InceptionV3 (width 1), M = 8 maps,
+    /// batch 64, WS-DAN's optimiser (lr 1e-3 ×0.9 every 2 epochs, momentum 0.9, weight decay
+    /// 1e-5), λ = 1, β = 0.05, BatchNorm training, the orthogonal attention start.
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 200,
+            batch: 64,
+            input_size: 299,
+            width: 1.0,
+            classes: 200,
+            maps: 8,
+            lr: 1e-3,
+            classifier_lr_scale: 1.0,
+            schedule: Schedule::Step,
+            momentum: 0.9,
+            weight_decay: 1e-5,
+            bn: BnPolicy::Train,
+            center_lambda: 1.0,
+            center_beta: 0.05,
+            seed: 0,
+            upsampler: UpsamplerKind::Learnable,
+            ortho_init: true,
+        }
+    }
+}
+
 impl TrainConfig {
     fn center_loss(&self) -> CenterLossParams {
         CenterLossParams {
@@ -157,6 +184,23 @@ pub struct RunOptions {
     /// Stop after this many steps in all, as a crash would (after any checkpoint due at that
     /// step): for testing `resume`.
     pub stop_after: Option<u64>,
+}
+
+impl RunOptions {
+    /// Files in `dir`; no mid-epoch checkpoints, evaluation every epoch, no progress bar, a
+    /// fresh start.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        RunOptions {
+            dir: dir.into(),
+            checkpoint_every: 0,
+            resume: false,
+            eval_every: 1,
+            progress: false,
+            weights: None,
+            upsampler_weights: None,
+            stop_after: None,
+        }
+    }
 }
 
 /// Test-set top-1 accuracy (fractions); the baseline has only `coarse`.
@@ -649,23 +693,10 @@ pub fn rank_config<B: Backend<Scalar = f32>>(
 }
 
 /// Builds, initialises (or resumes) and trains Coarse2Fine; the test accuracy at the end, or
-/// `None` when [`RunOptions::stop_after`] stopped it.
-pub fn train_coarse2fine<B: Backend<Scalar = f32>>(
-    b: &mut B,
-    cfg: &TrainConfig,
-    run: &RunOptions,
-    data: &DataSpec,
-    class_names: &[String],
-    train: Arc<dyn ImageSource>,
-    test: Arc<dyn ImageSource>,
-) -> Result<Option<Accuracy>> {
-    train_coarse2fine_with(b, cfg, run, data, class_names, train, test, None)
-}
-
-/// [`train_coarse2fine`] as one rank of a data-parallel job when `dp` is given (rank 0
-/// initialises, [`fit_with`] broadcasts); `None` on the other ranks.
+/// `None` when [`RunOptions::stop_after`] stopped it. With `dp`, as one rank of a data-parallel
+/// job (rank 0 initialises, [`fit_with`] broadcasts; the other ranks return `None`).
 #[allow(clippy::too_many_arguments)]
-pub fn train_coarse2fine_with<B: Backend<Scalar = f32>>(
+pub fn train_coarse2fine<B: Backend<Scalar = f32>>(
     b: &mut B,
     cfg: &TrainConfig,
     run: &RunOptions,
@@ -683,21 +714,8 @@ pub fn train_coarse2fine_with<B: Backend<Scalar = f32>>(
 }
 
 /// The same for the baseline.
-pub fn train_baseline<B: Backend<Scalar = f32>>(
-    b: &mut B,
-    cfg: &TrainConfig,
-    run: &RunOptions,
-    data: &DataSpec,
-    class_names: &[String],
-    train: Arc<dyn ImageSource>,
-    test: Arc<dyn ImageSource>,
-) -> Result<Option<Accuracy>> {
-    train_baseline_with(b, cfg, run, data, class_names, train, test, None)
-}
-
-/// The same for the baseline.
 #[allow(clippy::too_many_arguments)]
-pub fn train_baseline_with<B: Backend<Scalar = f32>>(
+pub fn train_baseline<B: Backend<Scalar = f32>>(
     b: &mut B,
     cfg: &TrainConfig,
     run: &RunOptions,

@@ -32,8 +32,8 @@ use c2f_train::pretrain::{pretrain_upsampler, print_epochs, PretrainConfig};
 use c2f_train::train::Baseline;
 use c2f_train::train::{
     build_baseline, build_coarse2fine, evaluate, format_accuracy, padded_images, prediction_rows,
-    test_loader, train_baseline_with, train_coarse2fine_with, Accuracy, BnPolicy, DataParallel,
-    RunOptions, Schedule, TrainConfig, Trainee,
+    test_loader, train_baseline, train_coarse2fine, Accuracy, BnPolicy, DataParallel, RunOptions,
+    Schedule, TrainConfig, Trainee,
 };
 use c2f_train::upsampler::{attention_map_side, UpsamplerKind};
 use c2f_train::visualize::{write_pictures, VisualizeConfig};
@@ -655,13 +655,13 @@ impl Job {
         };
         if models != Models::Baseline {
             let start = Instant::now();
-            if let Some(acc) = args(b, "coarse2fine", train_coarse2fine_with::<B>)? {
+            if let Some(acc) = args(b, "coarse2fine", train_coarse2fine::<B>)? {
                 rows.push(("Coarse2Fine", acc, start.elapsed().as_secs_f64()));
             }
         }
         if models != Models::Coarse2fine {
             let start = Instant::now();
-            if let Some(acc) = args(b, "baseline", train_baseline_with::<B>)? {
+            if let Some(acc) = args(b, "baseline", train_baseline::<B>)? {
                 rows.push(("InceptionV3 baseline", acc, start.elapsed().as_secs_f64()));
             }
         }
