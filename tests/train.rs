@@ -87,7 +87,14 @@ type Trainer = fn(
     Option<&mut DataParallel<'_, CpuBackend<f32>>>,
 ) -> c2f_kernels::Result<Option<Accuracy>>;
 
-fn train(trainer: Trainer, cfg: &TrainConfig, run: &RunOptions, data: &Data) -> Option<Accuracy> {
+/// Trains on `data`'s training set and evaluates on `test` (by default its test set).
+fn try_train(
+    trainer: Trainer,
+    cfg: &TrainConfig,
+    run: &RunOptions,
+    data: &Data,
+    test: &Arc<dyn ImageSource>,
+) -> c2f_kernels::Result<Option<Accuracy>> {
     let mut cpu = CpuBackend::<f32>::new();
     trainer(
         &mut cpu,
@@ -96,10 +103,13 @@ fn train(trainer: Trainer, cfg: &TrainConfig, run: &RunOptions, data: &Data) -> 
         &data.spec,
         &data.names,
         data.train.clone(),
-        data.test.clone(),
+        test.clone(),
         None,
     )
-    .unwrap()
+}
+
+fn train(trainer: Trainer, cfg: &TrainConfig, run: &RunOptions, data: &Data) -> Option<Accuracy> {
+    try_train(trainer, cfg, run, data, &data.test).unwrap()
 }
 
 fn metrics(dir: &Path) -> Vec<serde_json::Value> {
@@ -170,16 +180,12 @@ fn both_models_train_and_write_metrics_and_checkpoints() {
     assert_eq!(meta.data, data.spec);
 
     // The same run directory again without `resume` is refused, not overwritten.
-    let mut cpu = CpuBackend::<f32>::new();
-    let err = train_coarse2fine(
-        &mut cpu,
+    let err = try_train(
+        train_coarse2fine,
         &cfg,
         &run_options(&dir.join("c2f")),
-        &data.spec,
-        &data.names,
-        data.train.clone(),
-        data.test.clone(),
-        None,
+        &data,
+        &data.test,
     )
     .unwrap_err()
     .to_string();
@@ -278,18 +284,9 @@ fn non_finite_loss_stops_naming_step_and_keeps_the_checkpoint() {
         ..run_options(&dir)
     };
     let mut cpu = CpuBackend::<f32>::new();
-    let err = train_baseline(
-        &mut cpu,
-        &cfg,
-        &run,
-        &data.spec,
-        &data.names,
-        data.train.clone(),
-        data.test.clone(),
-        None,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = try_train(train_baseline, &cfg, &run, &data, &data.test)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("loss term `ce` is") && err.contains("at step") && err.contains("is kept"),
         "{err}"
@@ -396,20 +393,10 @@ fn tiny_model_fits_sixteen_images_and_its_loss_falls() {
         eval_every: 0,
         ..run_options(&dir)
     };
-    let mut cpu = CpuBackend::<f32>::new();
     // Evaluated on its own training images (test transform, running statistics).
-    let acc = train_coarse2fine(
-        &mut cpu,
-        &cfg,
-        &run,
-        &data.spec,
-        &data.names,
-        data.train.clone(),
-        data.train.clone(),
-        None,
-    )
-    .unwrap()
-    .unwrap();
+    let acc = try_train(train_coarse2fine, &cfg, &run, &data, &data.train)
+        .unwrap()
+        .unwrap();
     let lines = metrics(&dir);
     let loss = |k: usize| lines[k]["loss"].as_f64().unwrap();
     let train_acc = |k: usize| lines[k]["train_acc"].as_f64().unwrap();
