@@ -1,4 +1,4 @@
-//! The trainer's data-parallel loop (`fit_with`) on CPU thread ranks (`ThreadCollective`, each
+//! The trainer's data-parallel loop (`fit`) on CPU thread ranks (`ThreadCollective`, each
 //! rank with its own backend and model) against one worker with the same config: BatchNorm on
 //! running statistics (so splitting the batch changes nothing), 2 epochs of 2 steps on a tiny
 //! synthetic set, Coarse2Fine. Ranks other than 0 start from random state, which rank 0's
@@ -9,18 +9,16 @@
 //! nothing. A global batch that does not split over the ranks is refused.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use c2f_dist::collective::ThreadCollective;
 use c2f_inception::backend::Backend;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::weights::read_checked;
 use c2f_kernels::testing::SplitMix64;
-use c2f_train::data::loader::ImageSource;
-use c2f_train::data::spec::DataSpec;
+use c2f_train::data::spec::{DataSpec, OpenedData};
 use c2f_train::train::{
-    build_coarse2fine, checkpoint_path, fit_with, init_coarse2fine, rank_config, Accuracy,
-    BnPolicy, DataParallel, RunOptions, TrainConfig, Trainee,
+    build_coarse2fine, checkpoint_path, fit, init_coarse2fine, rank_config, Accuracy, BnPolicy,
+    DataParallel, RunOptions, TrainConfig, Trainee,
 };
 
 const GLOBAL_BATCH: usize = 8;
@@ -49,14 +47,7 @@ fn config() -> TrainConfig {
     }
 }
 
-struct Data {
-    spec: DataSpec,
-    names: Vec<String>,
-    train: Arc<dyn ImageSource>,
-    test: Arc<dyn ImageSource>,
-}
-
-fn synthetic() -> Data {
+fn synthetic() -> OpenedData {
     let spec = DataSpec::Synthetic {
         classes: 3,
         train_images: 2 * GLOBAL_BATCH + 3,
@@ -65,13 +56,7 @@ fn synthetic() -> Data {
         object_scale: (0.6, 0.9),
         clutter: 0.5,
     };
-    let opened = spec.open(75).unwrap();
-    Data {
-        spec,
-        names: opened.class_names,
-        train: opened.train,
-        test: opened.test,
-    }
+    spec.open(75).unwrap()
 }
 
 fn run_options(dir: &Path) -> RunOptions {
@@ -105,7 +90,7 @@ fn read_state<M: Trainee<CpuBackend<f32>>>(b: &mut CpuBackend<f32>, model: &M) -
 /// Trains one worker (`dp` = `None`) or one rank into `dir`; its final state and accuracy.
 /// A rank other than 0 starts from random values everywhere.
 fn train(
-    data: &Data,
+    data: &OpenedData,
     dir: &Path,
     mut dp: Option<DataParallel<'_, CpuBackend<f32>>>,
 ) -> (State, Option<Accuracy>) {
@@ -127,15 +112,12 @@ fn train(
             }
         }
     }
-    let accuracy = fit_with(
+    let accuracy = fit(
         &mut b,
         &mut model,
         &cfg,
         &run_options(dir),
-        &data.spec,
-        &data.names,
-        data.train.clone(),
-        data.test.clone(),
+        data,
         dp.as_mut(),
     )
     .unwrap();
@@ -179,7 +161,7 @@ fn metrics(dir: &Path) -> Vec<serde_json::Value> {
 
 /// `world` thread ranks against `single`, the one worker's result in `single_dir`.
 fn assert_ranks_train_like_one_worker(
-    data: &Data,
+    data: &OpenedData,
     world: usize,
     single: &(State, Option<Accuracy>),
     single_dir: &Path,

@@ -1,4 +1,4 @@
-//! A data-parallel job of one rank takes exactly the one worker's training step: `fit_with`
+//! A data-parallel job of one rank takes exactly the one worker's training step: `fit`
 //! through a collective of world size 1 (all-reduce of the gradients, the center banks' sync,
 //! the broadcast, the rank's slice loaded by `Loader::load_batches`) against plain `fit`, one
 //! SGD step of a tiny Coarse2Fine with BatchNorm on batch statistics, every state tensor bit for
@@ -22,7 +22,7 @@ use c2f_inception::cuda::CudaBackend;
 use c2f_kernels::testing::gpu_or_skip;
 use c2f_train::data::spec::DataSpec;
 use c2f_train::train::{
-    build_coarse2fine, fit_with, init_coarse2fine, DataParallel, RunOptions, TrainConfig, Trainee,
+    build_coarse2fine, fit, init_coarse2fine, DataParallel, RunOptions, TrainConfig, Trainee,
 };
 
 fn config() -> TrainConfig {
@@ -67,18 +67,7 @@ fn one_step<B: Backend<Scalar = f32>>(
     let mut model = build_coarse2fine(b, &cfg).unwrap();
     init_coarse2fine(b, &model, &cfg, &run).unwrap();
     let mut dp = collective.map(DataParallel::new);
-    let stopped = fit_with(
-        b,
-        &mut model,
-        &cfg,
-        &run,
-        &spec,
-        &data.class_names,
-        data.train,
-        data.test,
-        dp.as_mut(),
-    )
-    .unwrap();
+    let stopped = fit(b, &mut model, &cfg, &run, &data, dp.as_mut()).unwrap();
     assert_eq!(stopped, None, "{name}: stop_after ends the run");
     Trainee::<B>::state(&model)
         .into_iter()

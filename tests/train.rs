@@ -12,7 +12,7 @@ use c2f_inception::cpu::CpuBackend;
 use c2f_inception::weights::read_checked;
 use c2f_train::checkpoint::{self, Named};
 use c2f_train::data::loader::ImageSource;
-use c2f_train::data::spec::DataSpec;
+use c2f_train::data::spec::{DataSpec, OpenedData};
 use c2f_train::train::{
     build_baseline, build_coarse2fine, checkpoint_path, train_baseline, train_coarse2fine,
     Accuracy, BnPolicy, DataParallel, RunOptions, Schedule, TrainConfig, Trainee,
@@ -47,14 +47,7 @@ fn tiny_config(epochs: usize, batch: usize) -> TrainConfig {
     }
 }
 
-struct Data {
-    spec: DataSpec,
-    names: Vec<String>,
-    train: Arc<dyn ImageSource>,
-    test: Arc<dyn ImageSource>,
-}
-
-fn synthetic(train_images: usize, test_images: usize) -> Data {
+fn synthetic(train_images: usize, test_images: usize) -> OpenedData {
     let spec = DataSpec::Synthetic {
         classes: 3,
         train_images,
@@ -63,13 +56,7 @@ fn synthetic(train_images: usize, test_images: usize) -> Data {
         object_scale: (0.6, 0.9),
         clutter: 0.5,
     };
-    let opened = spec.open(75).unwrap();
-    Data {
-        spec,
-        names: opened.class_names,
-        train: opened.train,
-        test: opened.test,
-    }
+    spec.open(75).unwrap()
 }
 
 fn run_options(dir: &Path) -> RunOptions {
@@ -80,10 +67,7 @@ type Trainer = fn(
     &mut CpuBackend<f32>,
     &TrainConfig,
     &RunOptions,
-    &DataSpec,
-    &[String],
-    Arc<dyn ImageSource>,
-    Arc<dyn ImageSource>,
+    &OpenedData,
     Option<&mut DataParallel<'_, CpuBackend<f32>>>,
 ) -> c2f_kernels::Result<Option<Accuracy>>;
 
@@ -92,23 +76,22 @@ fn try_train(
     trainer: Trainer,
     cfg: &TrainConfig,
     run: &RunOptions,
-    data: &Data,
+    data: &OpenedData,
     test: &Arc<dyn ImageSource>,
 ) -> c2f_kernels::Result<Option<Accuracy>> {
-    let mut cpu = CpuBackend::<f32>::new();
-    trainer(
-        &mut cpu,
-        cfg,
-        run,
-        &data.spec,
-        &data.names,
-        data.train.clone(),
-        test.clone(),
-        None,
-    )
+    let data = OpenedData {
+        test: test.clone(),
+        ..data.clone()
+    };
+    trainer(&mut CpuBackend::<f32>::new(), cfg, run, &data, None)
 }
 
-fn train(trainer: Trainer, cfg: &TrainConfig, run: &RunOptions, data: &Data) -> Option<Accuracy> {
+fn train(
+    trainer: Trainer,
+    cfg: &TrainConfig,
+    run: &RunOptions,
+    data: &OpenedData,
+) -> Option<Accuracy> {
     try_train(trainer, cfg, run, data, &data.test).unwrap()
 }
 
@@ -176,7 +159,7 @@ fn both_models_train_and_write_metrics_and_checkpoints() {
     let meta = checkpoint::read_meta(&checkpoint_path(&dir.join("c2f"))).unwrap();
     assert_eq!((meta.epoch, meta.batch_in_epoch, meta.step), (2, 0, 4));
     assert_eq!(meta.config, cfg);
-    assert_eq!(meta.class_names, data.names);
+    assert_eq!(meta.class_names, data.class_names);
     assert_eq!(meta.data, data.spec);
 
     // The same run directory again without `resume` is refused, not overwritten.

@@ -140,18 +140,9 @@ fn coarse2fine_trains_on_the_gpu() {
         epochs: 2,
         ..tiny()
     };
-    let acc = train_coarse2fine(
-        &mut gpu,
-        &cfg,
-        &run_options(&dir),
-        &spec,
-        &data.class_names,
-        data.train,
-        data.test,
-        None,
-    )
-    .unwrap()
-    .unwrap();
+    let acc = train_coarse2fine(&mut gpu, &cfg, &run_options(&dir), &data, None)
+        .unwrap()
+        .unwrap();
     assert!((0.0..=1.0).contains(&acc.coarse), "{acc:?}");
     let meta = c2f_train::checkpoint::read_meta(&dir.join("checkpoint.safetensors")).unwrap();
     assert_eq!(meta.step, 4);

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, network_state, CheckpointMeta, Named};
 use crate::data::loader::{Batch, Epoch, ImageSource, Loader, LoaderConfig, Prefetched, Skipped};
-use crate::data::spec::DataSpec;
+use crate::data::spec::OpenedData;
 use crate::data::transform::{TrainCrop, Transform};
 use crate::model::{orthogonal_attention, Coarse2Fine, Coarse2FineConfig, FEATURE_SCALE};
 use crate::upsampler::{
@@ -694,23 +694,20 @@ pub fn rank_config<B: Backend<Scalar = f32>>(
 
 /// Builds, initialises (or resumes) and trains Coarse2Fine; the test accuracy at the end, or
 /// `None` when [`RunOptions::stop_after`] stopped it. With `dp`, as one rank of a data-parallel
-/// job (rank 0 initialises, [`fit_with`] broadcasts; the other ranks return `None`).
+/// job (rank 0 initialises, [`fit`] broadcasts; the other ranks return `None`).
 #[allow(clippy::too_many_arguments)]
 pub fn train_coarse2fine<B: Backend<Scalar = f32>>(
     b: &mut B,
     cfg: &TrainConfig,
     run: &RunOptions,
-    data: &DataSpec,
-    class_names: &[String],
-    train: Arc<dyn ImageSource>,
-    test: Arc<dyn ImageSource>,
+    data: &OpenedData,
     dp: Option<&mut DataParallel<'_, B>>,
 ) -> Result<Option<Accuracy>> {
     let mut model = build_coarse2fine(b, &rank_config(cfg, dp.as_deref())?)?;
     if !run.resume && dp.as_ref().is_none_or(|dp| dp.rank() == 0) {
         init_coarse2fine(b, &model, cfg, run)?;
     }
-    fit_with(b, &mut model, cfg, run, data, class_names, train, test, dp)
+    fit(b, &mut model, cfg, run, data, dp)
 }
 
 /// The same for the baseline.
@@ -719,17 +716,14 @@ pub fn train_baseline<B: Backend<Scalar = f32>>(
     b: &mut B,
     cfg: &TrainConfig,
     run: &RunOptions,
-    data: &DataSpec,
-    class_names: &[String],
-    train: Arc<dyn ImageSource>,
-    test: Arc<dyn ImageSource>,
+    data: &OpenedData,
     dp: Option<&mut DataParallel<'_, B>>,
 ) -> Result<Option<Accuracy>> {
     let mut model = build_baseline(b, &rank_config(cfg, dp.as_deref())?)?;
     if !run.resume && dp.as_ref().is_none_or(|dp| dp.rank() == 0) {
         init_backbone(b, &model.net, run.weights.as_deref())?;
     }
-    fit_with(b, &mut model, cfg, run, data, class_names, train, test, dp)
+    fit(b, &mut model, cfg, run, data, dp)
 }
 
 /// The metrics files of a run: one JSON object per line, and the same as CSV.
@@ -842,21 +836,6 @@ fn check_resumable(
             problems.join("; ")
         )))
     }
-}
-
-/// The loop itself, for either model.
-#[allow(clippy::too_many_arguments)]
-pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
-    b: &mut B,
-    model: &mut M,
-    cfg: &TrainConfig,
-    run: &RunOptions,
-    data: &DataSpec,
-    class_names: &[String],
-    train: Arc<dyn ImageSource>,
-    test: Arc<dyn ImageSource>,
-) -> Result<Option<Accuracy>> {
-    fit_with(b, model, cfg, run, data, class_names, train, test, None)
 }
 
 /// An epoch's batches: the loader's own epoch for one worker, this rank's slices of the global
@@ -975,15 +954,12 @@ struct Report {
 /// and returns the accuracy; the others return `None`. Logged losses and training accuracy are
 /// the global batch's.
 #[allow(clippy::too_many_arguments)]
-pub fn fit_with<B: Backend<Scalar = f32>, M: Trainee<B>>(
+pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
     b: &mut B,
     model: &mut M,
     cfg: &TrainConfig,
     run: &RunOptions,
-    data: &DataSpec,
-    class_names: &[String],
-    train: Arc<dyn ImageSource>,
-    test: Arc<dyn ImageSource>,
+    data: &OpenedData,
     dp: Option<&mut DataParallel<'_, B>>,
 ) -> Result<Option<Accuracy>> {
     let plan = dp.as_deref().map(|dp| dp.plan(cfg)).transpose()?;
@@ -1002,9 +978,12 @@ pub fn fit_with<B: Backend<Scalar = f32>, M: Trainee<B>>(
         fs::create_dir_all(&run.dir).map_err(|e| file_error(&run.dir, e.to_string()))?;
     }
     let ckpt = checkpoint_path(&run.dir);
-    let train_loader = train_loader(cfg, train)?;
+    let train_loader = train_loader(cfg, data.train.clone())?;
     let test_loader = if leader {
-        Some(test_loader(&rank_config(cfg, dp.as_deref())?, test)?)
+        Some(test_loader(
+            &rank_config(cfg, dp.as_deref())?,
+            data.test.clone(),
+        )?)
     } else {
         None
     };
@@ -1021,9 +1000,9 @@ pub fn fit_with<B: Backend<Scalar = f32>, M: Trainee<B>>(
         rng: cfg.seed ^ 0xc2f,
         // The loss terms' sums, then correct predictions and images.
         epoch_sums: vec![0.0; terms + 2],
-        data: data.clone(),
+        data: data.spec.clone(),
         dataset: fingerprint.clone(),
-        class_names: class_names.to_vec(),
+        class_names: data.class_names.clone(),
     };
     if run.resume {
         let saved = checkpoint::load(b, &ckpt, &state)?;

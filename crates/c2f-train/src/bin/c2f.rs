@@ -21,7 +21,7 @@ use c2f_kernels::device::device_count;
 use c2f_kernels::{Error, Result};
 use c2f_train::checkpoint::{self, CheckpointMeta};
 use c2f_train::data::loader::FileSource;
-use c2f_train::data::spec::DataSpec;
+use c2f_train::data::spec::{DataSpec, OpenedData};
 use c2f_train::data::ImageSource;
 use c2f_train::data::Sample;
 use c2f_train::localize::{
@@ -585,17 +585,11 @@ fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
         upsampler_weights: upsampler_weights.clone(),
         stop_after: None,
     };
-    let job = Job {
-        cfg,
-        data,
-        class_names: opened.class_names,
-        train: opened.train,
-        test: opened.test,
-    };
+    let job = Job { cfg, data: opened };
     if leader {
         println!(
             "{} of {}²; width {}, batch {}{}, {} epochs; checkpoints and metrics in {}",
-            opened.description,
+            job.data.description,
             job.cfg.input_size,
             job.cfg.width,
             job.cfg.batch,
@@ -619,10 +613,7 @@ fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
 /// What `c2f train` trains on, and how.
 struct Job {
     cfg: TrainConfig,
-    data: DataSpec,
-    class_names: Vec<String>,
-    train: Arc<dyn ImageSource>,
-    test: Arc<dyn ImageSource>,
+    data: OpenedData,
 }
 
 impl Job {
@@ -642,16 +633,7 @@ impl Job {
         let mut rows: Vec<(&str, Accuracy, f64)> = Vec::new();
         let mut args = |b: &mut B, name: &str, trainer: Trainer<B>| -> Result<Option<Accuracy>> {
             let mut dp = collective.as_mut().map(|c| DataParallel::new(&mut **c));
-            trainer(
-                b,
-                &self.cfg,
-                &run(name),
-                &self.data,
-                &self.class_names,
-                self.train.clone(),
-                self.test.clone(),
-                dp.as_mut(),
-            )
+            trainer(b, &self.cfg, &run(name), &self.data, dp.as_mut())
         };
         if models != Models::Baseline {
             let start = Instant::now();
@@ -676,10 +658,7 @@ type Trainer<B> = fn(
     &mut B,
     &TrainConfig,
     &RunOptions,
-    &DataSpec,
-    &[String],
-    Arc<dyn ImageSource>,
-    Arc<dyn ImageSource>,
+    &OpenedData,
     Option<&mut DataParallel<'_, B>>,
 ) -> Result<Option<Accuracy>>;
 

@@ -27,8 +27,10 @@ pub enum DataSpec {
     Files { dataset: String, root: PathBuf },
 }
 
-/// An opened dataset: both splits and the class names.
+/// An opened dataset: both splits, the class names, and the spec it was opened from.
+#[derive(Clone)]
 pub struct OpenedData {
+    pub spec: DataSpec,
     pub train: Arc<dyn ImageSource>,
     pub test: Arc<dyn ImageSource>,
     pub class_names: Vec<String>,
@@ -56,6 +58,7 @@ impl DataSpec {
                     clutter: *clutter,
                 };
                 Ok(OpenedData {
+                    spec: self.clone(),
                     train: Arc::new(SyntheticSet::new(
                         config.clone(),
                         Split::Train,
@@ -83,6 +86,7 @@ impl DataSpec {
                     data.problems.len()
                 );
                 Ok(OpenedData {
+                    spec: self.clone(),
                     train: Arc::new(FileSource::new(train)),
                     test: Arc::new(FileSource::new(test)),
                     class_names: data.class_names,
