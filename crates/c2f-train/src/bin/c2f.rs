@@ -42,7 +42,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 #[derive(Parser)]
 #[command(
     name = "c2f",
-    about = "Coarse2Fine fine-grained classification: train, evaluate, predict",
+    about = "Coarse2Fine fine-grained classification: train, evaluate, predict, localize, visualize",
     version
 )]
 struct Cli {
@@ -141,8 +141,10 @@ struct TrainArgs {
     /// ×0.9 every 2 epochs).
     #[arg(long, value_enum)]
     schedule: Option<Schedule>,
+    /// SGD momentum (the paper: 0.9).
     #[arg(long, default_value_t = 0.9)]
     momentum: f64,
+    /// SGD weight decay (the paper: 1e-5).
     #[arg(long, default_value_t = 1e-5)]
     weight_decay: f64,
     /// BatchNorm while training.
@@ -154,6 +156,8 @@ struct TrainArgs {
     /// Center moving-average rate β.
     #[arg(long, default_value_t = 0.05)]
     beta: f64,
+    /// Seed of everything random: the synthetic set, the data order and augmentation, the
+    /// attention start and the fine branch's map choice.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Start the attention conv from a plain uniform draw instead of orthonormal rows (the
@@ -222,6 +226,7 @@ struct PretrainArgs {
     batch: usize,
     #[arg(long, default_value_t = 0.05)]
     lr: f64,
+    /// Seed of the generated pairs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Where the weights go (rewritten atomically after every epoch).
