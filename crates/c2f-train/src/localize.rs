@@ -30,6 +30,7 @@ use crate::data::loader::ImageSource;
 use crate::data::transform::{center_crop_params, crop_box, resized_shorter, CropRect};
 use crate::data::{BBox, Transform};
 use crate::model::Coarse2Fine;
+use crate::train::{argmax, padded_images, prediction_rows, softmax};
 
 /// Which pixels above the threshold the box is drawn around.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -263,26 +264,6 @@ impl ImageInference {
     }
 }
 
-fn argmax(row: &[f64]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 {
-                (i, v)
-            } else {
-                best
-            }
-        })
-        .0
-}
-
-fn softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let exps: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
-    let sum: f64 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
-}
-
 /// Runs the model (inference mode) on the source's images `indices` through the test transform
 /// and localizes each: maps, probabilities and boxes.
 pub fn infer_images<B: Backend<Scalar = f32>>(
@@ -308,26 +289,20 @@ pub fn infer_images<B: Backend<Scalar = f32>>(
                 Ok((item, t.pixels))
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut images: Vec<f32> = items.iter().flat_map(|(_, p)| p.iter().copied()).collect();
-        let image_len = 3 * size * size;
-        // Pad to the model's fixed batch by repeating the last image (not reported).
-        while images.len() < batch * image_len {
-            images.extend_from_within(images.len() - image_len..);
-        }
-        b.write(model.input(), &images)?;
+        let images: Vec<f32> = items.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+        b.write(model.input(), &padded_images(&images, items.len(), batch))?;
         model.infer(b)?;
         let (lc, lf) = model.logits();
-        let (lc, lf) = (b.read(lc)?, b.read(lf)?);
+        let heads = [
+            softmax(&b.read(lc)?, classes),
+            softmax(&b.read(lf)?, classes),
+        ];
         let attention = b.read(model.attention_maps())?;
         let upsampled = b.read(model.upsampled_map())?;
         for (j, ((item, _), &index)) in items.into_iter().zip(chunk).enumerate() {
-            let coarse = softmax(&lc[j * classes..][..classes]);
-            let fine = softmax(&lf[j * classes..][..classes]);
-            let average = coarse
-                .iter()
-                .zip(&fine)
-                .map(|(a, b)| (a + b) / 2.0)
-                .collect();
+            let [coarse, fine, average]: [Vec<f64>; 3] = prediction_rows(&heads, j, classes)
+                .try_into()
+                .expect("two heads give three rows");
             let up = upsampled[j * size * size..][..size * size].to_vec();
             let filtered = box_filter(&up, (size, size), k);
             let box_input = extract_box(&filtered, (size, size), cfg.threshold, cfg.region);

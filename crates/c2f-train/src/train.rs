@@ -453,7 +453,8 @@ pub fn prediction_rows(heads: &[Vec<f64>], i: usize, classes: usize) -> Vec<Vec<
     rows
 }
 
-fn argmax(row: &[f64]) -> usize {
+/// The index of the largest value (the first of equal ones).
+pub fn argmax(row: &[f64]) -> usize {
     row.iter()
         .enumerate()
         .fold(
@@ -461,15 +462,6 @@ fn argmax(row: &[f64]) -> usize {
             |best, (i, &v)| if v > best.1 { (i, v) } else { best },
         )
         .0
-}
-
-/// The train and test loaders of a run: resize + random crop + flip, and resize + centre crop.
-pub fn loaders(
-    cfg: &TrainConfig,
-    train: Arc<dyn ImageSource>,
-    test: Arc<dyn ImageSource>,
-) -> Result<(Loader, Loader)> {
-    Ok((train_loader(cfg, train)?, test_loader(cfg, test)?))
 }
 
 /// The training loader: resize + random crop + flip, shuffled, the last partial batch dropped.
