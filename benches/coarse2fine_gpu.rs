@@ -5,8 +5,8 @@
 //! target). Prints `NETBENCH` lines; without a GPU it says so.
 
 use c2f_inception::backend::{Backend, BnMode};
-use c2f_inception::cuda::CudaBackend;
-use c2f_kernels::testing::{gpu_or_skip, SplitMix64};
+use c2f_inception::cuda::testing::cuda_or_skip;
+use c2f_kernels::testing::SplitMix64;
 use c2f_train::train::{build_coarse2fine, init_coarse2fine, RunOptions, TrainConfig};
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -18,15 +18,8 @@ const BATCH: usize = 64;
 
 fn case(c: &mut Criterion, size: usize) {
     let name = format!("coarse2fine_b{BATCH}_{size}");
-    let Some(gpu) = gpu_or_skip(&format!("coarse2fine_gpu {name}")) else {
+    let Some(mut b) = cuda_or_skip(&format!("coarse2fine_gpu {name}")) else {
         return;
-    };
-    let mut b = match CudaBackend::new(gpu) {
-        Ok(b) => b,
-        Err(e) => {
-            println!("coarse2fine_gpu {name}: skipped: {e}");
-            return;
-        }
     };
     let cfg = TrainConfig {
         epochs: 1,

@@ -4,12 +4,12 @@
 //! `NETBENCH` lines (images/s, ms/step, memory the backend holds); without a GPU it says so.
 
 use c2f_inception::backend::{Backend, BnMode};
-use c2f_inception::cuda::CudaBackend;
+use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_inception::init::golden_init;
 use c2f_inception::network::Network;
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
 use c2f_kernels::sgd::SgdParams;
-use c2f_kernels::testing::{gpu_or_skip, SplitMix64};
+use c2f_kernels::testing::SplitMix64;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 #[path = "common/net.rs"]
@@ -19,15 +19,8 @@ use net::time_training_step;
 const BATCH: usize = 64;
 
 fn case(c: &mut Criterion, size: usize, depth: Depth, name: &str) {
-    let Some(gpu) = gpu_or_skip(&format!("inception_gpu {name}")) else {
+    let Some(mut b) = cuda_or_skip(&format!("inception_gpu {name}")) else {
         return;
-    };
-    let mut b = match CudaBackend::new(gpu) {
-        Ok(b) => b,
-        Err(e) => {
-            println!("inception_gpu {name}: skipped: {e}");
-            return;
-        }
     };
     let graph = Graph::new(InceptionConfig {
         input_size: size,

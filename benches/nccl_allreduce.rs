@@ -10,15 +10,13 @@ use std::time::Instant;
 use c2f_dist::collective::{Collective, Reduce};
 use c2f_dist::nccl::{unique_id, NcclCollective};
 use c2f_inception::backend::Backend;
-use c2f_inception::cuda::CudaBackend;
-use c2f_kernels::testing::gpu_or_skip;
+use c2f_inception::cuda::testing::cuda_or_skip;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn bench(c: &mut Criterion) {
-    let Some(gpu) = gpu_or_skip("nccl_allreduce") else {
+    let Some(mut b) = cuda_or_skip("nccl_allreduce") else {
         return;
     };
-    let mut b = CudaBackend::new(gpu).expect("the CUDA backend opens where the GPU does");
     let id = unique_id().expect("NCCL makes an id");
     let mut nccl = NcclCollective::new(&b, 0, 1, &id).expect("a world of one");
     let world = nccl.world_size();

@@ -8,8 +8,7 @@ use std::time::Instant;
 
 use c2f_inception::backend::Backend;
 use c2f_inception::cpu::CpuBackend;
-use c2f_inception::cuda::CudaBackend;
-use c2f_kernels::testing::gpu_or_skip;
+use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_train::pretrain::{pretrain_upsampler, PretrainConfig};
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -53,10 +52,9 @@ fn bench(c: &mut Criterion) {
     for size in [299, 448] {
         case(c, &mut cpu, "cpu", "CPUBENCH", &config(size, 64, 16));
     }
-    let Some(gpu) = gpu_or_skip("pretrain_upsampler gpu") else {
+    let Some(mut gpu) = cuda_or_skip("pretrain_upsampler gpu") else {
         return;
     };
-    let mut gpu = CudaBackend::new(gpu).expect("the CUDA backend opens where the GPU does");
     for size in [299, 448] {
         case(c, &mut gpu, "gpu", "NETBENCH", &config(size, 1024, 32));
     }

@@ -10,8 +10,8 @@ use c2f_dist::nccl::{unique_id, NcclCollective};
 use c2f_dist::rendezvous::{exchange_id, Rendezvous};
 use c2f_dist::workers::free_port;
 use c2f_inception::backend::Backend;
-use c2f_inception::cuda::CudaBackend;
-use c2f_kernels::testing::{gpu_or_skip, SplitMix64};
+use c2f_inception::cuda::testing::cuda_or_skip;
+use c2f_kernels::testing::SplitMix64;
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
@@ -19,10 +19,9 @@ fn bits(v: &[f32]) -> Vec<u32> {
 
 #[test]
 fn gpu_world_of_one_all_reduce_and_broadcast() {
-    let Some(gpu) = gpu_or_skip("gpu_world_of_one_all_reduce_and_broadcast") else {
+    let Some(mut b) = cuda_or_skip("gpu_world_of_one_all_reduce_and_broadcast") else {
         return;
     };
-    let mut b = CudaBackend::new(gpu).unwrap();
     let id = unique_id().unwrap();
     let rendezvous = Rendezvous::Tcp(Master {
         addr: "127.0.0.1".into(),

@@ -18,8 +18,7 @@ use c2f_dist::rendezvous::{exchange_id, Rendezvous};
 use c2f_dist::workers::free_port;
 use c2f_inception::backend::Backend;
 use c2f_inception::cpu::CpuBackend;
-use c2f_inception::cuda::CudaBackend;
-use c2f_kernels::testing::gpu_or_skip;
+use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_train::data::spec::DataSpec;
 use c2f_train::train::{
     build_coarse2fine, fit, init_coarse2fine, DataParallel, RunOptions, TrainConfig, Trainee,
@@ -98,10 +97,9 @@ fn cpu_world_of_one_step_equals_one_worker() {
 
 #[test]
 fn gpu_nccl_world_of_one_step_equals_one_worker() {
-    let Some(gpu) = gpu_or_skip("gpu_nccl_world_of_one_step_equals_one_worker") else {
+    let Some(mut b) = cuda_or_skip("gpu_nccl_world_of_one_step_equals_one_worker") else {
         return;
     };
-    let mut b = CudaBackend::new(gpu).unwrap();
     let alone = one_step(&mut b, "gpu_alone", None);
     let rendezvous = Rendezvous::Tcp(Master {
         addr: "127.0.0.1".into(),

@@ -14,6 +14,7 @@ mod common {
 use c2f_inception::backend::{Backend, BnMode, BnParams, BnStats, LinearShape, Tensor};
 use c2f_inception::cpu::conv::Conv2dShape;
 use c2f_inception::cpu::CpuBackend;
+use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_inception::cuda::CudaBackend;
 use c2f_inception::spec::Graph;
 use c2f_kernels::bap::BapShape;
@@ -24,9 +25,7 @@ use c2f_kernels::mask::{MapShape, MaskShape, ResizeShape};
 use c2f_kernels::pool::{ChannelSlice, Pool2dParams, PoolShape};
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::softmax_ce::{DropoutParams, SoftmaxCeShape};
-use c2f_kernels::testing::{
-    assert_bit_identical, gpu_or_skip, rel_error, SplitMix64, REQUIRE_GPU_ENV,
-};
+use c2f_kernels::testing::{assert_bit_identical, rel_error, SplitMix64};
 use c2f_kernels::Error;
 use common::golden::{self, floats};
 
@@ -45,21 +44,6 @@ const GRADIENT_TOLERANCE: f64 = 5e-2;
 /// The same bounds against PyTorch's float64 run, as `tests/inception_golden.rs` holds the CPU
 /// backend in f32 to.
 const GOLDEN_F32_FORWARD_TOLERANCE: f64 = 5e-4;
-
-/// The CUDA backend on GPU 0, or `None` after printing why the test is skipped.
-fn cuda_or_skip(test: &str) -> Option<CudaBackend> {
-    let gpu = gpu_or_skip(test)?;
-    match CudaBackend::new(gpu) {
-        Ok(backend) => Some(backend),
-        Err(e @ Error::Library { .. })
-            if !std::env::var(REQUIRE_GPU_ENV).is_ok_and(|v| v == "1") =>
-        {
-            println!("{test}: skipped: {e}");
-            None
-        }
-        Err(e) => panic!("{test}: the CUDA backend could not be made: {e}"),
-    }
-}
 
 fn widen(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()

@@ -6,18 +6,13 @@
 
 use c2f_inception::backend::{Backend, BnMode};
 use c2f_inception::cpu::CpuBackend;
-use c2f_inception::cuda::CudaBackend;
-use c2f_kernels::testing::{gpu_or_skip, rel_error, widen, SplitMix64};
+use c2f_inception::cuda::testing::cuda_or_skip;
+use c2f_kernels::testing::{rel_error, widen, SplitMix64};
 use c2f_train::data::spec::DataSpec;
 use c2f_train::model::Coarse2Fine;
 use c2f_train::train::{
     build_coarse2fine, init_coarse2fine, train_coarse2fine, RunOptions, TrainConfig,
 };
-
-fn cuda_or_skip(test: &str) -> Option<CudaBackend> {
-    let gpu = gpu_or_skip(test)?;
-    Some(CudaBackend::new(gpu).expect("the CUDA backend opens where the GPU does"))
-}
 
 fn tiny() -> TrainConfig {
     TrainConfig {

@@ -14,6 +14,7 @@
 
 pub mod conv;
 pub mod linear;
+pub mod testing;
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
