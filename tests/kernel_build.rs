@@ -65,6 +65,7 @@ fn every_kernel_file_is_embedded_with_source() {
         "mask",
         "pool",
         "sgd",
+        "sigmoid_bce",
         "softmax_ce",
     ] {
         assert!(

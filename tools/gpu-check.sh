@@ -189,7 +189,7 @@ PY
   run_step "torch baseline" 120 "$logs/bench-torch.txt" python3 "$root/tools/torch_baseline.py"
 
   if command -v compute-sanitizer >/dev/null; then
-    for op in bap center_loss conv_transpose batch_norm pool softmax_ce sgd axpby mask; do
+    for op in bap center_loss conv_transpose batch_norm pool softmax_ce sigmoid_bce sgd axpby mask; do
       [ -x "$bins/tests/$op" ] || continue
       for tool in memcheck racecheck; do
         run_step "$tool $op" 150 "$logs/$tool-$op.txt" compute-sanitizer --tool "$tool" \

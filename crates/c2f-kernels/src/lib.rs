@@ -13,6 +13,7 @@
 //!   backward.
 //! - [`pool`]: max and average pooling forward and backward, channel concat and split.
 //! - [`softmax_ce`]: softmax cross-entropy, and dropout.
+//! - [`sigmoid_bce`]: sigmoid binary cross-entropy, for multi-label (attribute) heads.
 //! - [`sgd`]: the SGD update with momentum and weight decay.
 //! - [`axpby`]: `y = α·x + β·y`, for scaling and for summing gradient contributions.
 //!
@@ -31,6 +32,7 @@ pub mod mask;
 pub mod pool;
 pub mod rng;
 pub mod sgd;
+pub mod sigmoid_bce;
 pub mod softmax_ce;
 pub mod testing;
 

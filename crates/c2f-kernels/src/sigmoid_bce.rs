@@ -1,0 +1,311 @@
+//! Sigmoid binary cross-entropy for multi-label heads (PyTorch
+//! `F.binary_cross_entropy_with_logits`, mean reduction over every element), as CelebA's
+//! attribute head uses it (the paper's Table 9).
+//!
+//! Logits `x [B, A]`, targets `t [B, A]` (0 or 1; soft targets in `[0, 1]` work the same):
+//!
+//! - `l[b,a] = max(x, 0) − x·t + ln(1 + e^(−|x|))`, finite for every finite `x`;
+//! - `loss = (1/B) Σ_b (1/A) Σ_a l[b,a]`, each row's mean first, then the rows' in index order,
+//!   as the GPU's finishing kernel sums them (the same bits on every run);
+//! - `dx[b,a] = loss_scale·(σ(x[b,a]) − t[b,a])/(B·A)`, assigned (an activation gradient); the
+//!   returned loss is not scaled;
+//! - `predictions[b,a] = 1` when `x[b,a] > 0` (σ > ½), else 0 (NaN gives 0), so the trainer can
+//!   count each attribute's right answers.
+//!
+//! Targets are not checked: they come from the dataset's ±1 attributes. Kernels:
+//! `kernels/sigmoid_bce.cu`.
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
+use rayon::prelude::*;
+
+use crate::device::{device_addr, device_addr_mut, Gpu};
+use crate::element::Element;
+use crate::error::{check_len, Error, Result};
+use crate::Real;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SigmoidBceShape {
+    pub batch: usize,
+    /// Binary outputs per sample (attributes).
+    pub outputs: usize,
+}
+
+impl SigmoidBceShape {
+    pub fn len(&self) -> usize {
+        self.batch * self.outputs
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.is_empty() {
+            return Err(Error::Shape(format!(
+                "sigmoid BCE shape has a zero dimension: {self:?}"
+            )));
+        }
+        if self.batch > i32::MAX as usize || self.outputs > i32::MAX as usize {
+            return Err(Error::Shape(format!(
+                "sigmoid BCE shape too large for 32-bit indexing: {self:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the shape and the buffer lengths; `dlogits` only when there is a gradient.
+    fn check(
+        &self,
+        logits: usize,
+        targets: usize,
+        predictions: usize,
+        dlogits: Option<usize>,
+    ) -> Result<()> {
+        self.validate()?;
+        check_len("sigmoid BCE logits", logits, self.len())?;
+        check_len("sigmoid BCE targets", targets, self.len())?;
+        check_len("sigmoid BCE predictions", predictions, self.len())?;
+        match dlogits {
+            Some(len) => check_len("sigmoid BCE dlogits", len, self.len()),
+            None => Ok(()),
+        }
+    }
+
+    /// `dlogits = coef·(σ − t)` with `coef = loss_scale / (B·A)`, as the kernels take it.
+    fn grad_coef(&self, loss_scale: f64) -> Result<f64> {
+        if loss_scale.is_finite() {
+            Ok(loss_scale / self.len() as f64)
+        } else {
+            Err(Error::Shape(format!(
+                "sigmoid BCE loss_scale {loss_scale} is not finite"
+            )))
+        }
+    }
+}
+
+/// `σ(x)` without overflow for large `|x|`.
+pub fn sigmoid<R: Real>(x: R) -> R {
+    let e = (-x.abs()).exp();
+    if x >= R::zero() {
+        (R::one() + e).recip()
+    } else {
+        e / (R::one() + e)
+    }
+}
+
+/// One row: writes its predictions and, with `grad = Some((coef, dx))`, its gradient; returns
+/// the row's mean loss.
+fn bce_row<R: Real>(x: &[R], t: &[R], pred: &mut [i32], grad: Option<(R, &mut [R])>) -> R {
+    let mut sum = R::zero();
+    for ((&x, &t), p) in x.iter().zip(t).zip(pred.iter_mut()) {
+        sum = sum + x.max(R::zero()) - x * t + (-x.abs()).exp().ln_1p();
+        *p = (x > R::zero()) as i32;
+    }
+    if let Some((coef, dx)) = grad {
+        for ((d, &x), &t) in dx.iter_mut().zip(x).zip(t) {
+            *d = coef * (sigmoid(x) - t);
+        }
+    }
+    sum / R::from_f64(x.len() as f64)
+}
+
+fn bce_cpu<R: Real>(
+    shape: &SigmoidBceShape,
+    logits: &[R],
+    targets: &[R],
+    predictions: &mut [i32],
+    grad: Option<(f64, &mut [R])>,
+) -> Result<R> {
+    shape.check(
+        logits.len(),
+        targets.len(),
+        predictions.len(),
+        grad.as_ref().map(|(_, d)| d.len()),
+    )?;
+    let a = shape.outputs;
+    let rows = logits
+        .par_chunks(a)
+        .zip(targets.par_chunks(a))
+        .zip(predictions.par_chunks_mut(a));
+    let row_loss: Vec<R> = match grad {
+        Some((loss_scale, dlogits)) => {
+            let coef = R::from_f64(shape.grad_coef(loss_scale)?);
+            rows.zip(dlogits.par_chunks_mut(a))
+                .map(|(((x, t), p), dx)| bce_row(x, t, p, Some((coef, dx))))
+                .collect()
+        }
+        None => rows.map(|((x, t), p)| bce_row(x, t, p, None)).collect(),
+    };
+    Ok(row_loss.into_iter().fold(R::zero(), |s, l| s + l) / R::from_f64(shape.batch as f64))
+}
+
+/// CPU reference (and the CPU backend's op), evaluation: writes `predictions [B, A]` and returns
+/// the mean loss.
+pub fn forward_cpu<R: Real>(
+    shape: &SigmoidBceShape,
+    logits: &[R],
+    targets: &[R],
+    predictions: &mut [i32],
+) -> Result<R> {
+    bce_cpu(shape, logits, targets, predictions, None)
+}
+
+/// CPU reference (and the CPU backend's op), training: writes `predictions [B, A]` and
+/// `dlogits [B, A]` (assigned, scaled by `loss_scale`) and returns the mean loss (not scaled).
+pub fn forward_backward_cpu<R: Real>(
+    shape: &SigmoidBceShape,
+    logits: &[R],
+    targets: &[R],
+    loss_scale: f64,
+    predictions: &mut [i32],
+    dlogits: &mut [R],
+) -> Result<R> {
+    bce_cpu(
+        shape,
+        logits,
+        targets,
+        predictions,
+        Some((loss_scale, dlogits)),
+    )
+}
+
+const BCE_THREADS: u32 = 128;
+
+/// One block per sample.
+fn rows_config(shape: &SigmoidBceShape) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (shape.batch as u32, 1, 1),
+        block_dim: (BCE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The sigmoid BCE kernels for one shape, with their scratch buffers allocated once.
+pub struct SigmoidBceGpu<T: Element> {
+    shape: SigmoidBceShape,
+    stream: Arc<CudaStream>,
+    forward_fn: CudaFunction,
+    forward_backward_fn: CudaFunction,
+    finish_fn: CudaFunction,
+    /// Each sample's mean loss, summed in order by the finishing kernel.
+    row_loss: CudaSlice<f32>,
+    /// The batch's mean loss.
+    result: CudaSlice<f32>,
+    _storage: std::marker::PhantomData<T>,
+}
+
+impl<T: Element> SigmoidBceGpu<T> {
+    pub fn new(gpu: &Gpu, shape: SigmoidBceShape) -> Result<Self> {
+        shape.validate()?;
+        let src = &crate::sources::SIGMOID_BCE;
+        Ok(SigmoidBceGpu {
+            shape,
+            stream: gpu.stream().clone(),
+            forward_fn: gpu.typed_function::<T>(src, "sigmoid_bce_forward")?,
+            forward_backward_fn: gpu.typed_function::<T>(src, "sigmoid_bce_forward_backward")?,
+            finish_fn: gpu.function(src, "sigmoid_bce_finish")?,
+            row_loss: gpu.alloc_zeros(shape.batch)?,
+            result: gpu.alloc_zeros(1)?,
+            _storage: std::marker::PhantomData,
+        })
+    }
+
+    pub fn shape(&self) -> &SigmoidBceShape {
+        &self.shape
+    }
+
+    /// Evaluation: writes `predictions` and returns the mean loss. Synchronises once.
+    pub fn forward(
+        &mut self,
+        logits: &impl DevicePtr<T>,
+        targets: &impl DevicePtr<T>,
+        predictions: &mut impl DevicePtrMut<i32>,
+    ) -> Result<f32> {
+        let s = self.shape;
+        s.check(logits.len(), targets.len(), predictions.len(), None)?;
+        let a = s.outputs as i32;
+        let cfg = rows_config(&s);
+        let logits = device_addr(logits, &self.stream);
+        let targets = device_addr(targets, &self.stream);
+        let predictions = device_addr_mut(predictions, &self.stream);
+        // SAFETY: buffer lengths checked above match the kernel's indexing (B blocks of A).
+        unsafe {
+            self.stream
+                .launch_builder(&self.forward_fn)
+                .arg(&logits)
+                .arg(&targets)
+                .arg(&predictions)
+                .arg(&mut self.row_loss)
+                .arg(&a)
+                .launch(cfg)?;
+        }
+        self.finish()
+    }
+
+    /// Training: writes `predictions` and `dlogits` (assigned, scaled by `loss_scale`) and
+    /// returns the mean loss (not scaled). Synchronises once.
+    pub fn forward_backward(
+        &mut self,
+        logits: &impl DevicePtr<T>,
+        targets: &impl DevicePtr<T>,
+        loss_scale: f64,
+        predictions: &mut impl DevicePtrMut<i32>,
+        dlogits: &mut impl DevicePtrMut<T>,
+    ) -> Result<f32> {
+        let s = self.shape;
+        s.check(
+            logits.len(),
+            targets.len(),
+            predictions.len(),
+            Some(dlogits.len()),
+        )?;
+        let coef = s.grad_coef(loss_scale)? as f32;
+        let a = s.outputs as i32;
+        let cfg = rows_config(&s);
+        let logits = device_addr(logits, &self.stream);
+        let targets = device_addr(targets, &self.stream);
+        let predictions = device_addr_mut(predictions, &self.stream);
+        let dlogits = device_addr_mut(dlogits, &self.stream);
+        // SAFETY: buffer lengths checked above match the kernel's indexing (B blocks of A).
+        unsafe {
+            self.stream
+                .launch_builder(&self.forward_backward_fn)
+                .arg(&logits)
+                .arg(&targets)
+                .arg(&dlogits)
+                .arg(&predictions)
+                .arg(&mut self.row_loss)
+                .arg(&a)
+                .arg(&coef)
+                .launch(cfg)?;
+        }
+        self.finish()
+    }
+
+    /// Sums the rows' losses on the device and reads the mean back (4 bytes).
+    fn finish(&mut self) -> Result<f32> {
+        let b = self.shape.batch as i32;
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (BCE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: `row_loss` holds B elements, `result` one.
+        unsafe {
+            self.stream
+                .launch_builder(&self.finish_fn)
+                .arg(&self.row_loss)
+                .arg(&mut self.result)
+                .arg(&b)
+                .launch(cfg)?;
+        }
+        let mut loss = [0.0f32];
+        self.stream.memcpy_dtoh(&self.result, &mut loss)?;
+        self.stream.synchronize()?;
+        Ok(loss[0])
+    }
+}
