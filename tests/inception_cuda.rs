@@ -24,6 +24,7 @@ use c2f_kernels::conv_transpose::ConvTransposeParams;
 use c2f_kernels::mask::{MapShape, MaskShape, ResizeShape};
 use c2f_kernels::pool::{ChannelSlice, Pool2dParams, PoolShape};
 use c2f_kernels::sgd::SgdParams;
+use c2f_kernels::sigmoid_bce::SigmoidBceShape;
 use c2f_kernels::softmax_ce::{DropoutParams, SoftmaxCeShape};
 use c2f_kernels::testing::{assert_bit_identical, rel_error, SplitMix64};
 use c2f_kernels::Error;
@@ -415,6 +416,41 @@ fn training_ops_match_cpu() {
         "cross-entropy loss: CUDA {gpu_loss} vs CPU {cpu_loss}"
     );
     p.check("cross-entropy dlogits", dlogits);
+
+    let s = SigmoidBceShape {
+        batch: 6,
+        outputs: 40,
+    };
+    let logits = p.random(s.len(), -4.0, 4.0, 1);
+    let dlogits = p.random(s.len(), 1e3, 2e3, 1);
+    let targets = p.tensor(s.len(), 1);
+    let bits: Vec<f32> = (0..s.len()).map(|i| ((i * 7 + i / 3) % 2) as f32).collect();
+    p.write(targets, &bits);
+    let predictions_cpu = p.cpu.alloc_index(s.len()).unwrap();
+    let predictions_gpu = p.gpu.alloc_index(s.len()).unwrap();
+    assert_eq!(predictions_cpu, predictions_gpu);
+    let mut loss = [0.0; 2];
+    for (i, b) in [&mut p.cpu as &mut dyn Backend<Scalar = f32>, &mut p.gpu]
+        .into_iter()
+        .enumerate()
+    {
+        loss[i] = b
+            .sigmoid_binary_cross_entropy(&s, logits, targets, 0.5, predictions_cpu, dlogits)
+            .unwrap();
+    }
+    let e = rel_error(&[loss[1]], &[loss[0]]);
+    assert!(
+        e < OP_TOLERANCE,
+        "sigmoid BCE loss: CUDA {} vs CPU {}",
+        loss[1],
+        loss[0]
+    );
+    assert_eq!(
+        p.gpu.read_index(predictions_gpu).unwrap(),
+        p.cpu.read_index(predictions_cpu).unwrap(),
+        "sigmoid BCE predictions"
+    );
+    p.check("sigmoid BCE dlogits", dlogits);
 
     let sgd = SgdParams::new(0.05, 0.9, 1e-4);
     let weights = p.random(4099, -1.0, 1.0, 1);

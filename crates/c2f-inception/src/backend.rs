@@ -17,6 +17,7 @@ use c2f_kernels::conv_transpose::ConvTransposeParams;
 use c2f_kernels::mask::{MapShape, MaskShape, ResizeShape};
 use c2f_kernels::pool::{ChannelSlice, Pool2dParams, PoolShape};
 use c2f_kernels::sgd::SgdParams;
+use c2f_kernels::sigmoid_bce::SigmoidBceShape;
 use c2f_kernels::softmax_ce::{DropoutParams, SoftmaxCeShape};
 use c2f_kernels::{Error, Real, Result};
 
@@ -313,6 +314,20 @@ pub trait Backend {
         s: &SoftmaxCeShape,
         logits: Tensor,
         labels: IndexTensor,
+        loss_scale: f64,
+        predictions: IndexTensor,
+        dlogits: Tensor,
+    ) -> Result<f64>;
+
+    /// Mean sigmoid binary cross-entropy of `logits [B, A]` against 0/1 `targets [B, A]` (a
+    /// multi-label head): writes `logit > 0` per element to `predictions [B, A]` and
+    /// `loss_scale·(σ − t)/(B·A)` to `dlogits` (assigned), and returns the (unscaled) loss.
+    #[allow(clippy::too_many_arguments)]
+    fn sigmoid_binary_cross_entropy(
+        &mut self,
+        s: &SigmoidBceShape,
+        logits: Tensor,
+        targets: Tensor,
         loss_scale: f64,
         predictions: IndexTensor,
         dlogits: Tensor,

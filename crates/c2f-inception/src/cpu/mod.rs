@@ -11,6 +11,7 @@ use c2f_kernels::conv_transpose::{self, ConvTransposeParams};
 use c2f_kernels::mask::{self, MapShape, MaskShape, ResizeShape};
 use c2f_kernels::pool::{self, ChannelSlice, Pool2dParams, PoolShape};
 use c2f_kernels::sgd::{self, SgdParams};
+use c2f_kernels::sigmoid_bce::{self, SigmoidBceShape};
 use c2f_kernels::softmax_ce::{self, DropoutParams, SoftmaxCeShape};
 use c2f_kernels::{Real, Result};
 use ndarray::linalg::general_mat_mul;
@@ -423,6 +424,27 @@ impl<R: Real> Backend for CpuBackend<R> {
             s,
             m.input(logits),
             m.index(labels),
+            loss_scale,
+            m.index(predictions),
+            m.output(dlogits),
+        )?;
+        Ok(loss.to_f64())
+    }
+
+    fn sigmoid_binary_cross_entropy(
+        &mut self,
+        s: &SigmoidBceShape,
+        logits: Tensor,
+        targets: Tensor,
+        loss_scale: f64,
+        predictions: IndexTensor,
+        dlogits: Tensor,
+    ) -> Result<f64> {
+        let m = self.operands(&[logits, targets], &[dlogits], &[predictions])?;
+        let loss = sigmoid_bce::forward_backward_cpu(
+            s,
+            m.input(logits),
+            m.input(targets),
             loss_scale,
             m.index(predictions),
             m.output(dlogits),

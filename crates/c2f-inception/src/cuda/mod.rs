@@ -36,6 +36,7 @@ use c2f_kernels::pool::{
     PoolShape,
 };
 use c2f_kernels::sgd::{SgdGpu, SgdParams};
+use c2f_kernels::sigmoid_bce::{SigmoidBceGpu, SigmoidBceShape};
 use c2f_kernels::softmax_ce::{DropoutGpu, DropoutParams, SoftmaxCeGpu, SoftmaxCeShape};
 use c2f_kernels::{Error, Gpu, Result};
 use cudarc::driver::{
@@ -168,6 +169,7 @@ struct Launchers {
     global_pool: HashMap<PoolShape, GlobalAvgPoolGpu<f32>>,
     channel_copy: Option<ChannelCopyGpu<f32>>,
     softmax_ce: HashMap<SoftmaxCeShape, SoftmaxCeGpu<f32>>,
+    sigmoid_bce: HashMap<SigmoidBceShape, SigmoidBceGpu<f32>>,
     dropout: Option<DropoutGpu<f32>>,
     sgd: Option<SgdGpu>,
     axpby: Option<AxpbyGpu<f32>>,
@@ -676,6 +678,32 @@ impl Backend for CudaBackend {
         let loss = op.forward_backward(
             &m.input(logits),
             &m.index(labels),
+            loss_scale,
+            &mut m.index(predictions),
+            &mut m.output(dlogits),
+        )?;
+        Ok(loss as f64)
+    }
+
+    fn sigmoid_binary_cross_entropy(
+        &mut self,
+        s: &SigmoidBceShape,
+        logits: Tensor,
+        targets: Tensor,
+        loss_scale: f64,
+        predictions: IndexTensor,
+        dlogits: Tensor,
+    ) -> Result<f64> {
+        let gpu = &self.gpu;
+        let op = cached(&mut self.launchers.sigmoid_bce, *s, || {
+            SigmoidBceGpu::new(gpu, *s)
+        })?;
+        let m = self
+            .mem
+            .operands(&[logits, targets], &[dlogits], &[predictions])?;
+        let loss = op.forward_backward(
+            &m.input(logits),
+            &m.input(targets),
             loss_scale,
             &mut m.index(predictions),
             &mut m.output(dlogits),
