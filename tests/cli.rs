@@ -1,7 +1,12 @@
 //! The `c2f` binary: a TOML config file with command-line overrides, its unknown keys refused
 //! naming the file and key; `c2f eval` and `c2f predict` on the checkpoint a run wrote; an
 //! unreadable image skipped by `predict` with its path; data-parallel training refused where it
-//! cannot run.
+//! cannot run; CelebA's attributes trained, evaluated and predicted per attribute.
+
+mod common {
+    pub mod celeba;
+    pub mod datasets;
+}
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -319,4 +324,95 @@ fn data_parallel_misuse_is_refused() {
         assert!(log.contains(expected), "{args:?} {vars:?}: {log}");
         assert!(!log.contains("train / "), "{args:?}: data was made: {log}");
     }
+}
+
+#[test]
+fn celeba_attributes_train_eval_and_predict() {
+    let dir = scratch("celeba");
+    let root = dir.join("celeba");
+    common::celeba::write_faces(&root, 8, 4);
+    let run_dir = dir.join("run");
+    let out = c2f(&[
+        "train",
+        "--device",
+        "cpu",
+        "--dataset",
+        "celeba",
+        "--data-root",
+        path(&root),
+        "--attributes",
+        "Striped,Red",
+        "--epochs",
+        "1",
+        "--batch",
+        "4",
+        "--size",
+        "75",
+        "--width",
+        "0.125",
+        "--maps",
+        "2",
+        "--no-progress",
+        "--run-dir",
+        path(&run_dir),
+    ]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("celeba at") && log.contains("2 attributes, 8 train / 4 test images"),
+        "{log}"
+    );
+    // The per-attribute table, in the asked order, for both models.
+    for row in [
+        "| Striped | Coarse2Fine |",
+        "| Striped | InceptionV3 baseline |",
+        "| Red | Coarse2Fine |",
+    ] {
+        assert!(log.contains(row), "{row}: {log}");
+    }
+    assert!(log.find("| Striped |") < log.find("| Red |"), "{log}");
+
+    let checkpoint = run_dir.join("coarse2fine/checkpoint.safetensors");
+    let out = c2f(&["eval", path(&checkpoint), "--device", "cpu"]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("| Red | coarse2fine |"), "{log}");
+
+    // Every attribute with its probability, for each of the three predictions.
+    let image = root.join("img_align_celeba/000001.jpg");
+    let out = c2f(&[
+        "predict",
+        "--checkpoint",
+        path(&checkpoint),
+        "--device",
+        "cpu",
+        path(&image),
+    ]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    for line in lines {
+        assert!(line.contains("Striped ") && line.contains("Red "), "{line}");
+        assert_eq!(line.matches('%').count(), 2, "{line}");
+    }
+
+    // CelebA has no boxes to localize, and the pictures show top classes, which an attribute
+    // model has not: both say so.
+    let out = c2f(&["localize", path(&checkpoint), "--device", "cpu"]);
+    let log = text(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("localization needs bounding boxes"), "{log}");
+    let pictures = dir.join("pictures");
+    let out = c2f(&[
+        "visualize",
+        path(&checkpoint),
+        "--device",
+        "cpu",
+        "--out",
+        path(&pictures),
+    ]);
+    let log = text(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("this one predicts attributes"), "{log}");
 }

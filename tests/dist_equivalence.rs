@@ -17,7 +17,7 @@ use c2f_kernels::center_loss::CenterLossParams;
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::testing::{rel_error, SplitMix64};
 use c2f_train::data::loader::epoch_order;
-use c2f_train::model::{Coarse2Fine, Coarse2FineConfig};
+use c2f_train::model::{Coarse2Fine, Coarse2FineConfig, Task};
 
 const GLOBAL_BATCH: usize = 64;
 const WORLD: usize = 4;
@@ -73,6 +73,7 @@ fn model(b: &mut CpuBackend<f32>, batch: usize) -> Coarse2Fine {
         input_size: INPUT,
         width: 0.125,
         classes: CLASSES,
+        task: Task::Classes,
         maps: MAPS,
         upsampler_channels: vec![4, 4],
         center_loss: CenterLossParams::default(),

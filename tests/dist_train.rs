@@ -121,7 +121,7 @@ fn train(
         dp.as_mut(),
     )
     .unwrap();
-    (read_state(&mut b, &model), accuracy)
+    (read_state(&mut b, &model), accuracy.map(|e| e.accuracy))
 }
 
 /// The state a fresh run starts from.

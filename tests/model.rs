@@ -1,6 +1,7 @@
 //! The whole Coarse2Fine model's gradient (both passes, the up-sampler and mask path, BAP, the
 //! heads and the center losses) against finite differences on a tiny model in f64, and a tiny
-//! model fitting a fixed batch.
+//! model fitting a fixed batch; both for classes and for multi-label attributes (sigmoid
+//! binary cross-entropy, no center loss).
 
 use c2f_inception::backend::{Backend, BnMode};
 use c2f_inception::cpu::CpuBackend;
@@ -9,16 +10,20 @@ use c2f_kernels::center_loss::CenterLossParams;
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::testing::{rel_error, SplitMix64};
 use c2f_kernels::Real;
-use c2f_train::model::{Coarse2Fine, Coarse2FineConfig};
+use c2f_train::model::{Coarse2Fine, Coarse2FineConfig, Task};
 
 const BATCH: usize = 3;
 const LABELS: [i32; BATCH] = [2, 0, 1];
+/// Three attributes per sample, for [`Task::Attributes`].
+const TARGETS: [f64; BATCH * 3] = [1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0];
+const TASKS: [Task; 2] = [Task::Classes, Task::Attributes];
 
-fn tiny<R: Real>(beta: f64, seed: u64) -> (CpuBackend<R>, Coarse2Fine) {
+fn tiny<R: Real>(task: Task, beta: f64, seed: u64) -> (CpuBackend<R>, Coarse2Fine) {
     let config = Coarse2FineConfig {
         input_size: 75,
         width: 0.125,
         classes: 3,
+        task,
         maps: 2,
         upsampler_channels: vec![4, 4],
         center_loss: CenterLossParams { lambda: 1.0, beta },
@@ -55,16 +60,29 @@ fn tiny<R: Real>(beta: f64, seed: u64) -> (CpuBackend<R>, Coarse2Fine) {
     let image = random(model.input().len, -1.0, 1.0);
     cpu.write(model.input(), &image).unwrap();
     cpu.write_index(model.labels(), &LABELS).unwrap();
+    if task == Task::Attributes {
+        let targets: Vec<R> = TARGETS.iter().map(|&t| R::from_f64(t)).collect();
+        cpu.write(model.targets(), &targets).unwrap();
+    }
     cpu.write_index(model.chosen_maps(), &[1, 0, 1]).unwrap();
     (cpu, model)
 }
 
 #[test]
 fn gradient_matches_finite_differences() {
+    for task in TASKS {
+        gradient_matches_finite_differences_for(task);
+    }
+}
+
+fn gradient_matches_finite_differences_for(task: Task) {
     // Inference-mode BN and no center update (β = 0) make every forward the same function of
     // the parameters.
     let mode = BnMode::Inference;
-    let (mut cpu, mut model) = tiny::<f64>(0.0, 1);
+    let (mut cpu, mut model) = tiny::<f64>(task, 0.0, 1);
+    // A first step leaves every scratch buffer written, so a gradient that wrongly adds to a
+    // stale buffer instead of assigning it shows in the second.
+    model.forward_backward(&mut cpu, mode).unwrap();
     model.zero_grads(&mut cpu).unwrap();
     let loss0 = model.forward_backward(&mut cpu, mode).unwrap().total();
     assert!(loss0.is_finite() && loss0 > 0.0);
@@ -97,28 +115,56 @@ fn gradient_matches_finite_differences() {
     let e = rel_error(&analytic, &numeric);
     assert!(
         e < 1e-4,
-        "model gradient vs finite differences: {e:.3e}\nanalytic {analytic:?}\nnumeric {numeric:?}"
+        "{task:?}: model gradient vs finite differences: {e:.3e}\nanalytic {analytic:?}\n\
+         numeric {numeric:?}"
     );
 }
 
 #[test]
 fn fits_a_fixed_batch() {
-    let (mut cpu, mut model) = tiny::<f32>(0.05, 2);
-    let sgd = SgdParams::new(0.01, 0.9, 1e-5);
-    let mut first = None;
-    let mut last = 0.0;
-    for _ in 0..40 {
-        model.zero_grads(&mut cpu).unwrap();
-        let losses = model.forward_backward(&mut cpu, BnMode::Train).unwrap();
-        last = losses.coarse + losses.fine;
-        first.get_or_insert(last);
-        model.sgd_step(&mut cpu, &sgd).unwrap();
+    for task in TASKS {
+        let (mut cpu, mut model) = tiny::<f32>(task, 0.05, 2);
+        let sgd = SgdParams::new(0.01, 0.9, 1e-5);
+        let mut first = None;
+        let mut last = 0.0;
+        for _ in 0..40 {
+            model.zero_grads(&mut cpu).unwrap();
+            let losses = model.forward_backward(&mut cpu, BnMode::Train).unwrap();
+            last = losses.coarse + losses.fine;
+            first.get_or_insert(last);
+            model.sgd_step(&mut cpu, &sgd).unwrap();
+            if task == Task::Attributes {
+                assert_eq!((losses.center_coarse, losses.center_fine), (0.0, 0.0));
+            }
+        }
+        let first = first.unwrap();
+        assert!(
+            last < 0.1 * first,
+            "{task:?}: the head loss went from {first:.4} to {last:.4}"
+        );
+        if task == Task::Attributes {
+            // Every answer right: each 0/1 prediction equals its target.
+            let (coarse, fine) = model.predictions();
+            for predictions in [coarse, fine] {
+                let got = cpu.read_index(predictions).unwrap();
+                let want: Vec<i32> = TARGETS.iter().map(|&t| t as i32).collect();
+                assert_eq!(got, want);
+            }
+        }
     }
-    let first = first.unwrap();
-    assert!(
-        last < 0.1 * first,
-        "cross-entropy went from {first:.4} to {last:.4}"
-    );
+}
+
+#[test]
+fn attribute_model_has_no_center_banks_in_its_state() {
+    let (_, classes) = tiny::<f32>(Task::Classes, 0.05, 2);
+    let (_, attributes) = tiny::<f32>(Task::Attributes, 0.05, 2);
+    let names =
+        |m: &Coarse2Fine| -> Vec<String> { m.state().into_iter().map(|n| n.name).collect() };
+    let with = names(&classes);
+    let without = names(&attributes);
+    assert!(with.iter().any(|n| n == "centers.coarse"));
+    assert!(!without.iter().any(|n| n.starts_with("centers.")));
+    assert_eq!(with.len(), without.len() + 2);
 }
 
 /// The fine branch's path from the loss through the mask into the up-sampler, probed tensor by
@@ -127,7 +173,7 @@ fn fits_a_fixed_batch() {
 #[test]
 fn upsampler_gradient_matches_finite_differences() {
     let mode = BnMode::Inference;
-    let (mut cpu, mut model) = tiny::<f64>(0.0, 3);
+    let (mut cpu, mut model) = tiny::<f64>(Task::Classes, 0.0, 3);
     model.zero_grads(&mut cpu).unwrap();
     model.forward_backward(&mut cpu, mode).unwrap();
     let g = cpu.read(model.grads).unwrap();

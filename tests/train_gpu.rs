@@ -1,7 +1,7 @@
 //! Coarse2Fine on the CUDA backend against the CPU backend: one full training step (both passes,
 //! the fine branch, both center banks, SGD) from the same weights and batch ends with the same
 //! losses, gradients (momentum after one step), center banks and running statistics within
-//! f32 tolerance; and a short `fit` on the GPU trains with finite losses. Without a GPU each
+//! f32 tolerance, for classes and for attributes (the multi-label head); and a short `fit` on the GPU trains with finite losses. Without a GPU each
 //! test prints `skipped: no CUDA device`.
 
 use c2f_inception::backend::{Backend, BnMode};
@@ -9,7 +9,7 @@ use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_kernels::testing::{rel_error, widen, SplitMix64};
 use c2f_train::data::spec::DataSpec;
-use c2f_train::model::Coarse2Fine;
+use c2f_train::model::{Coarse2Fine, Task};
 use c2f_train::train::{
     build_coarse2fine, init_coarse2fine, train_coarse2fine, RunOptions, TrainConfig,
 };
@@ -38,6 +38,7 @@ fn one_step<B: Backend<Scalar = f32>>(
     cfg: &TrainConfig,
     images: &[f32],
     labels: &[i32],
+    targets: &[f32],
     chosen: &[i32],
 ) -> (Coarse2Fine, Vec<f64>) {
     let model = build_coarse2fine(b, cfg).unwrap();
@@ -45,6 +46,9 @@ fn one_step<B: Backend<Scalar = f32>>(
     let mut model = model;
     b.write(model.input(), images).unwrap();
     b.write_index(model.labels(), labels).unwrap();
+    if cfg.task == Task::Attributes {
+        b.write(model.targets(), targets).unwrap();
+    }
     b.write_index(model.chosen_maps(), chosen).unwrap();
     model.zero_grads(b).unwrap();
     let l = model.forward_backward(b, BnMode::Train).unwrap();
@@ -65,20 +69,30 @@ fn coarse2fine_step_matches_cpu() {
     let Some(mut gpu) = cuda_or_skip("coarse2fine_step_matches_cpu") else {
         return;
     };
-    let cfg = tiny();
+    for task in [Task::Classes, Task::Attributes] {
+        step_matches_cpu(&mut gpu, task);
+    }
+}
+
+fn step_matches_cpu(gpu: &mut c2f_inception::cuda::CudaBackend, task: Task) {
+    let cfg = TrainConfig { task, ..tiny() };
     let mut rng = SplitMix64(11);
     let images: Vec<f32> = (0..cfg.batch * 3 * 75 * 75)
         .map(|_| rng.uniform(-2.0, 2.0) as f32)
         .collect();
     let labels = [0, 2, 1, 2];
+    // Three attributes per image for the multi-label head.
+    let targets: Vec<f32> = (0..cfg.batch * cfg.classes)
+        .map(|i| (i % 2) as f32)
+        .collect();
     let chosen = [1, 0, 0, 1];
     let mut cpu = CpuBackend::<f32>::new();
-    let (cpu_model, cpu_losses) = one_step(&mut cpu, &cfg, &images, &labels, &chosen);
-    let (gpu_model, gpu_losses) = one_step(&mut gpu, &cfg, &images, &labels, &chosen);
+    let (cpu_model, cpu_losses) = one_step(&mut cpu, &cfg, &images, &labels, &targets, &chosen);
+    let (gpu_model, gpu_losses) = one_step(gpu, &cfg, &images, &labels, &targets, &chosen);
     for (k, (c, g)) in cpu_losses.iter().zip(&gpu_losses).enumerate() {
         assert!(
             (c - g).abs() <= 1e-3 * c.abs().max(1e-3),
-            "loss term {k}: cpu {c}, gpu {g}"
+            "{task:?}: loss term {k}: cpu {c}, gpu {g}"
         );
     }
     // Every tensor of the state: parameters (moved by one step), momentum (the step's
@@ -102,7 +116,7 @@ fn coarse2fine_step_matches_cpu() {
         };
         assert!(
             err <= bound,
-            "{}: relative error {err:.2e} > {bound:.0e}",
+            "{task:?}: {}: relative error {err:.2e} > {bound:.0e}",
             c.name
         );
         if err > worst.0 {
@@ -110,7 +124,7 @@ fn coarse2fine_step_matches_cpu() {
         }
     }
     println!(
-        "coarse2fine_step_matches_cpu: worst tensor {} at {:.2e}",
+        "coarse2fine_step_matches_cpu ({task:?}): worst tensor {} at {:.2e}",
         worst.1, worst.0
     );
 }
@@ -138,7 +152,7 @@ fn coarse2fine_trains_on_the_gpu() {
     let acc = train_coarse2fine(&mut gpu, &cfg, &run_options(&dir), &data, None)
         .unwrap()
         .unwrap();
-    assert!((0.0..=1.0).contains(&acc.coarse), "{acc:?}");
+    assert!((0.0..=1.0).contains(&acc.accuracy.coarse), "{acc:?}");
     let meta = c2f_train::checkpoint::read_meta(&dir.join("checkpoint.safetensors")).unwrap();
     assert_eq!(meta.step, 4);
 }

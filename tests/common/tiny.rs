@@ -7,7 +7,7 @@ use c2f_inception::init::golden_init;
 use c2f_kernels::center_loss::CenterLossParams;
 use c2f_kernels::testing::SplitMix64;
 use c2f_train::data::synthetic::{Split, SyntheticConfig, SyntheticSet};
-use c2f_train::model::{Coarse2Fine, Coarse2FineConfig};
+use c2f_train::model::{Coarse2Fine, Coarse2FineConfig, Task};
 
 /// The up-sampler's weights are made positive: on the non-negative attention maps the
 /// up-sampled map then has a positive maximum and a box is found.
@@ -18,6 +18,7 @@ pub fn tiny_model(cpu: &mut CpuBackend<f32>) -> Coarse2Fine {
             input_size: 75,
             width: 0.125,
             classes: 3,
+            task: Task::Classes,
             maps: 2,
             upsampler_channels: vec![4, 4],
             center_loss: CenterLossParams {

@@ -30,7 +30,8 @@ use crate::data::loader::ImageSource;
 use crate::data::transform::{center_crop_params, crop_box, resized_shorter, CropRect};
 use crate::data::{BBox, Transform};
 use crate::model::Coarse2Fine;
-use crate::train::{argmax, padded_images, prediction_rows, softmax};
+use crate::model::{softmax, Task};
+use crate::train::{argmax, padded_images, prediction_rows};
 
 /// Which pixels above the threshold the box is drawn around.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -273,6 +274,13 @@ pub fn infer_images<B: Backend<Scalar = f32>>(
     indices: &[usize],
     cfg: &LocalizeConfig,
 ) -> Result<Vec<ImageInference>> {
+    if model.config.task == Task::Attributes {
+        return Err(Error::Shape(
+            "localization and pictures need a single-label model (they report its top \
+             classes); this one predicts attributes"
+                .into(),
+        ));
+    }
     let size = model.config.input_size;
     let (batch, classes, maps) = (model.config.batch, model.config.classes, model.config.maps);
     let (mh, mw) = model.map_side();

@@ -10,6 +10,10 @@
 //! 3. loss `CE(coarse) + CE(fine) + λ·(CL(P) + CL(P'))`, the center loss with separate
 //!    moving-average banks for the two passes.
 //!
+//! A multi-label model ([`Task::Attributes`], CelebA in the paper's Table 9) has one binary
+//! output per attribute: sigmoid binary cross-entropy replaces the softmax cross-entropy, and
+//! there is no center loss, because its centers are per class.
+//!
 //! The fine loss's gradient flows through the mask into the up-sampler and the attention maps:
 //! the paper's contribution. Backward runs in reverse, with the tensors that several ops read
 //! (the features `F` and `F'`, the attention maps `A`, the part features) taking their first
@@ -24,8 +28,10 @@ use c2f_kernels::bap::BapShape;
 use c2f_kernels::center_loss::{CenterLossParams, CenterLossShape};
 use c2f_kernels::mask::{MapShape, MaskShape};
 use c2f_kernels::sgd::SgdParams;
+use c2f_kernels::sigmoid_bce::SigmoidBceShape;
 use c2f_kernels::softmax_ce::SoftmaxCeShape;
 use c2f_kernels::{Error, Result};
+use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{network_state, table_state, Named};
 use crate::upsampler::{Upsampler, UpsamplerKind, UpsamplerShape};
@@ -55,12 +61,142 @@ pub fn orthogonal_attention(maps: usize, channels: usize, seed: u64) -> Result<V
         .collect())
 }
 
+/// What a model's heads predict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// One class per image: softmax cross-entropy, top-1 accuracy, and (Coarse2Fine) the
+    /// center loss.
+    #[default]
+    Classes,
+    /// Independent binary attributes per image (CelebA): sigmoid binary cross-entropy per
+    /// attribute, each attribute's accuracy, no center loss.
+    Attributes,
+}
+
+impl Task {
+    /// How many predictions of `outputs` are judged per image: one class, or every attribute.
+    pub fn answers_per_image(self, outputs: usize) -> usize {
+        match self {
+            Task::Classes => 1,
+            Task::Attributes => outputs,
+        }
+    }
+
+    /// Per-output probabilities of `[B, outputs]` logits: a softmax over each row's classes,
+    /// or each attribute's sigmoid.
+    pub fn probabilities(self, logits: &[f32], outputs: usize) -> Vec<f64> {
+        match self {
+            Task::Classes => softmax(logits, outputs),
+            Task::Attributes => logits
+                .iter()
+                .map(|&x| c2f_kernels::sigmoid_bce::sigmoid(x as f64))
+                .collect(),
+        }
+    }
+
+    /// The loss of `[B, outputs]` logits against a batch's labels (classes) or 0/1 `targets`
+    /// (attributes), its gradient assigned to `dlogits`; `predictions` holds `[B]` classes or
+    /// `[B, outputs]` 0/1 answers.
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss<B: Backend>(
+        self,
+        b: &mut B,
+        batch: usize,
+        outputs: usize,
+        logits: Tensor,
+        labels: IndexTensor,
+        targets: Tensor,
+        predictions: IndexTensor,
+        dlogits: Tensor,
+    ) -> Result<f64> {
+        match self {
+            Task::Classes => b.softmax_cross_entropy(
+                &SoftmaxCeShape {
+                    batch,
+                    classes: outputs,
+                },
+                logits,
+                labels,
+                1.0,
+                predictions,
+                dlogits,
+            ),
+            Task::Attributes => b.sigmoid_binary_cross_entropy(
+                &SigmoidBceShape { batch, outputs },
+                logits,
+                targets,
+                1.0,
+                predictions,
+                dlogits,
+            ),
+        }
+    }
+
+    /// The right answers among `predictions` (read back): classes equal to `labels`, or 0/1
+    /// answers equal to `targets`.
+    pub fn count_correct<B: Backend>(
+        self,
+        b: &mut B,
+        predictions: IndexTensor,
+        labels: &[i32],
+        targets: &[f32],
+    ) -> Result<usize> {
+        let predicted = b.read_index(predictions)?;
+        Ok(match self {
+            Task::Classes => predicted.iter().zip(labels).filter(|(p, l)| p == l).count(),
+            Task::Attributes => predicted
+                .iter()
+                .zip(targets)
+                .filter(|(&p, &t)| p as f32 == t)
+                .count(),
+        })
+    }
+
+    /// The predictions buffer's length for a batch.
+    fn predictions_len(self, batch: usize, outputs: usize) -> usize {
+        batch * self.answers_per_image(outputs)
+    }
+
+    /// The targets buffer's length for a batch (none for classes).
+    fn targets_len(self, batch: usize, outputs: usize) -> usize {
+        match self {
+            Task::Classes => 0,
+            Task::Attributes => batch * outputs,
+        }
+    }
+}
+
+/// Row-wise softmax of `[B, C]` logits.
+pub fn softmax(logits: &[f32], classes: usize) -> Vec<f64> {
+    logits
+        .chunks(classes)
+        .flat_map(|row| {
+            let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+            let exps: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
+            let sum: f64 = exps.iter().sum();
+            exps.into_iter().map(move |e| e / sum)
+        })
+        .collect()
+}
+
+/// Targets as the attribute head reads them, from a batch's per-sample attributes.
+pub fn attribute_targets(attributes: &[Vec<bool>]) -> Vec<f32> {
+    attributes
+        .iter()
+        .flatten()
+        .map(|&a| if a { 1.0 } else { 0.0 })
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Coarse2FineConfig {
     pub input_size: usize,
     /// Backbone width multiplier (1.0: torchvision's InceptionV3).
     pub width: f64,
+    /// Classes, or attributes for [`Task::Attributes`].
     pub classes: usize,
+    pub task: Task,
     /// Attention maps M (paper: 8; WS-DAN: 32).
     pub maps: usize,
     /// Channels between the up-sampler's transposed convolutions; one stride-2 layer per entry
@@ -123,6 +259,8 @@ pub struct Coarse2Fine {
     coarse: Pass,
     fine: Pass,
     labels: IndexTensor,
+    /// `[B, A]` 0/1 attribute targets ([`Task::Attributes`]; empty otherwise).
+    targets: Tensor,
     chosen_maps: IndexTensor,
     /// The chosen attention map per sample, `[B, 1, h, w]`, and its gradient.
     chosen: Tensor,
@@ -202,6 +340,7 @@ impl Coarse2Fine {
             coarse,
             fine,
             labels: b.alloc_index(batch)?,
+            targets: b.alloc(config.task.targets_len(batch, config.classes))?,
             chosen_maps: b.alloc_index(batch)?,
             chosen: b.alloc(batch * hw)?,
             d_chosen: b.alloc(batch * hw)?,
@@ -233,6 +372,12 @@ impl Coarse2Fine {
 
     pub fn labels(&self) -> IndexTensor {
         self.labels
+    }
+
+    /// The attribute targets `[B, A]`, written by the caller before a step of a
+    /// [`Task::Attributes`] model.
+    pub fn targets(&self) -> Tensor {
+        self.targets
     }
 
     /// Which attention map each sample's fine pass uses, written by the caller before a step
@@ -342,36 +487,36 @@ impl Coarse2Fine {
         }
     }
 
-    fn ce_shape(&self) -> SoftmaxCeShape {
-        SoftmaxCeShape {
-            batch: self.config.batch,
-            classes: self.config.classes,
-        }
-    }
-
     /// Attention, BAP, head and losses of one pass, after its backbone's forward. Returns the
-    /// cross-entropy and center losses.
+    /// classification and center losses (no center loss for attributes).
     fn head_forward<B: Backend>(&mut self, b: &mut B, fine: bool) -> Result<(f64, f64)> {
         self.attend(b, fine)?;
-        let (ce, cl) = (self.ce_shape(), self.center_shape());
-        let labels = self.labels;
+        let cl = self.center_shape();
+        let (labels, targets) = (self.labels, self.targets);
         let lambda = self.config.center_loss;
+        let (task, batch, outputs) = (self.config.task, self.config.batch, self.config.classes);
         let pass = if fine {
             &mut self.fine
         } else {
             &mut self.coarse
         };
-        let ce_loss = b.softmax_cross_entropy(
-            &ce,
+        let head_loss = task.loss(
+            b,
+            batch,
+            outputs,
             pass.logits,
             labels,
-            1.0,
+            targets,
             pass.predictions,
             pass.d_logits,
         )?;
-        let cl_loss =
-            b.center_loss(&cl, &lambda, pass.parts, labels, pass.centers, pass.d_parts)?;
-        Ok((ce_loss, cl_loss))
+        let cl_loss = match task {
+            Task::Classes => {
+                b.center_loss(&cl, &lambda, pass.parts, labels, pass.centers, pass.d_parts)?
+            }
+            Task::Attributes => 0.0,
+        };
+        Ok((head_loss, cl_loss))
     }
 
     /// Backward of [`Self::head_forward`]: parameter gradients accumulate; the features'
@@ -380,6 +525,7 @@ impl Coarse2Fine {
     fn head_backward<B: Backend>(&mut self, b: &mut B, fine: bool) -> Result<()> {
         let bap = self.bap_shape();
         let head = self.head_shape();
+        let task = self.config.task;
         let (fc_w, fc_b) = if fine {
             self.heads.fc_fine
         } else {
@@ -396,8 +542,13 @@ impl Coarse2Fine {
             &mut self.coarse
         };
         b.linear_backward(&head, pass.scaled, w, pass.d_logits, pass.d_scaled, dw, db)?;
-        // d_parts holds the center loss's gradient; the classifier's adds to it.
-        b.axpby(FEATURE_SCALE, pass.d_scaled, 1.0, pass.d_parts)?;
+        // d_parts holds the center loss's gradient, and the classifier's adds to it; without a
+        // center loss the classifier's is assigned.
+        let center_grad = match task {
+            Task::Classes => 1.0,
+            Task::Attributes => 0.0,
+        };
+        b.axpby(FEATURE_SCALE, pass.d_scaled, center_grad, pass.d_parts)?;
         let features = pass.net.output();
         b.bap_backward(
             &bap,
@@ -560,17 +711,21 @@ impl Coarse2Fine {
         b.linear_forward(&head, pass.scaled, fc_w, fc_b, pass.logits)
     }
 
-    /// The coarse and fine passes' predicted classes `[B]`, written by each training step.
+    /// The coarse and fine passes' predicted classes `[B]` (attributes: 0/1 answers `[B, A]`),
+    /// written by each training step.
     pub fn predictions(&self) -> (IndexTensor, IndexTensor) {
         (self.coarse.predictions, self.fine.predictions)
     }
 
     /// Everything a checkpoint holds: the backbone's state, the heads' parameters and momentum,
-    /// and the two center banks.
+    /// and the two center banks (a [`Task::Attributes`] model has none in use).
     pub fn state(&self) -> Vec<Named> {
         let mut state = network_state(&self.coarse.net);
         state.extend(table_state(&self.heads.table, self.params, ""));
         state.extend(table_state(&self.heads.table, self.momentum, "momentum."));
+        if self.config.task == Task::Attributes {
+            return state;
+        }
         let shape = vec![self.config.classes, self.center_shape().dim];
         for (name, tensor) in [
             ("centers.coarse", self.coarse.centers),
@@ -621,6 +776,7 @@ impl Pass {
         let maps = batch * config.maps * f.height * f.width;
         let parts = batch * part_len;
         let logits = batch * config.classes;
+        let predictions = config.task.predictions_len(batch, config.classes);
         Ok(Pass {
             attention_pre: b.alloc(maps)?,
             attention: b.alloc(maps)?,
@@ -632,7 +788,7 @@ impl Pass {
             d_scaled: b.alloc(parts)?,
             logits: b.alloc(logits)?,
             d_logits: b.alloc(logits)?,
-            predictions: b.alloc_index(batch)?,
+            predictions: b.alloc_index(predictions)?,
             centers: b.alloc(config.classes * part_len)?,
             net,
         })

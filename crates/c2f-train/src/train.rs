@@ -24,7 +24,6 @@ use c2f_inception::weights::{self, LoadOptions};
 use c2f_kernels::center_loss::CenterLossParams;
 use c2f_kernels::rng::{splitmix64_output, SplitMix64};
 use c2f_kernels::sgd::SgdParams;
-use c2f_kernels::softmax_ce::SoftmaxCeShape;
 use c2f_kernels::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -33,7 +32,9 @@ use crate::checkpoint::{self, network_state, CheckpointMeta, Named};
 use crate::data::loader::{Batch, Epoch, ImageSource, Loader, LoaderConfig, Prefetched, Skipped};
 use crate::data::spec::OpenedData;
 use crate::data::transform::{TrainCrop, Transform};
-use crate::model::{orthogonal_attention, Coarse2Fine, Coarse2FineConfig, FEATURE_SCALE};
+use crate::model::{
+    attribute_targets, orthogonal_attention, Coarse2Fine, Coarse2FineConfig, Task, FEATURE_SCALE,
+};
 use crate::upsampler::{
     attention_map_side, default_channels, init_range, load_into, UpsamplerKind,
 };
@@ -76,7 +77,11 @@ pub struct TrainConfig {
     pub batch: usize,
     pub input_size: usize,
     pub width: f64,
+    /// Classes, or attributes for [`Task::Attributes`].
     pub classes: usize,
+    /// Single-label classes or multi-label attributes (CelebA).
+    #[serde(default)]
+    pub task: Task,
     pub maps: usize,
     pub lr: f64,
     /// The classifiers' learning rate over `lr`. They read 100× the unit-norm part features
@@ -109,6 +114,7 @@ impl Default for TrainConfig {
             input_size: 299,
             width: 1.0,
             classes: 200,
+            task: Task::Classes,
             maps: 8,
             lr: 1e-3,
             classifier_lr_scale: 1.0,
@@ -203,7 +209,8 @@ impl RunOptions {
     }
 }
 
-/// Test-set top-1 accuracy (fractions); the baseline has only `coarse`.
+/// Test-set accuracy (fractions): top-1 for classes, the mean over the attributes for
+/// attributes; the baseline has only `coarse`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Accuracy {
     pub coarse: f64,
@@ -211,11 +218,21 @@ pub struct Accuracy {
     pub average: Option<f64>,
 }
 
+/// What [`evaluate`] measures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub accuracy: Accuracy,
+    /// [`Task::Attributes`]: each attribute's accuracy, in the data's order (the paper's
+    /// Table 9); empty for classes.
+    pub per_attribute: Vec<Accuracy>,
+}
+
 /// One training step's outcome.
 pub struct StepResult {
     /// The loss terms, in [`Trainee::LOSS_TERMS`] order.
     pub losses: Vec<f64>,
-    /// Training samples the (coarse) head classified right.
+    /// The (coarse) head's right answers: samples classified right, or for attributes right
+    /// (sample, attribute) answers.
     pub correct: usize,
 }
 
@@ -270,9 +287,11 @@ pub trait Trainee<B: Backend<Scalar = f32>> {
     }
     /// One SGD step, each parameter tensor with the hyper-parameters `rule` gives it.
     fn sgd_step(&mut self, b: &mut B, rule: &SgdRule<'_>) -> Result<()>;
-    /// Class probabilities `[B·C]` per head (coarse, then fine if any) for a full batch of
-    /// images.
+    /// Class probabilities `[B·C]` (attributes: each one's probability `[B·A]`) per head
+    /// (coarse, then fine if any) for a full batch of images.
     fn probabilities(&mut self, b: &mut B, images: &[f32]) -> Result<Vec<Vec<f64>>>;
+    /// What the heads predict.
+    fn task(&self) -> Task;
 }
 
 impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
@@ -294,6 +313,10 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
     ) -> Result<StepResult> {
         b.write(self.input(), &batch.images)?;
         b.write_index(self.labels(), &batch.labels)?;
+        let targets = attribute_targets(&batch.attributes);
+        if self.config.task == Task::Attributes {
+            b.write(self.targets(), &targets)?;
+        }
         let maps = self.config.maps as u64;
         let chosen: Vec<i32> = (0..share.global).map(|_| draw.below(maps) as i32).collect();
         b.write_index(self.chosen_maps(), &chosen[share.slice.clone()])?;
@@ -301,7 +324,12 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
         let l = self.forward_backward(b, mode)?;
         Ok(StepResult {
             losses: vec![l.coarse, l.fine, l.center_coarse, l.center_fine],
-            correct: count_correct(b, self.predictions().0, &batch.labels)?,
+            correct: self.config.task.count_correct(
+                b,
+                self.predictions().0,
+                &batch.labels,
+                &targets,
+            )?,
         })
     }
 
@@ -322,20 +350,27 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
         b.write(self.input(), images)?;
         self.infer(b)?;
         let (coarse, fine) = self.logits();
-        let classes = self.config.classes;
+        let (task, outputs) = (self.config.task, self.config.classes);
         Ok(vec![
-            softmax(&b.read(coarse)?, classes),
-            softmax(&b.read(fine)?, classes),
+            task.probabilities(&b.read(coarse)?, outputs),
+            task.probabilities(&b.read(fine)?, outputs),
         ])
+    }
+
+    fn task(&self) -> Task {
+        self.config.task
     }
 }
 
-/// The plain InceptionV3 baseline: global average pool, dropout, `fc`, cross-entropy.
+/// The plain InceptionV3 baseline: global average pool, dropout, `fc`, cross-entropy (or
+/// per-attribute binary cross-entropy).
 pub struct Baseline {
     pub net: Network,
     labels: IndexTensor,
+    targets: Tensor,
     predictions: IndexTensor,
     classes: usize,
+    task: Task,
 }
 
 impl Baseline {
@@ -347,11 +382,14 @@ impl Baseline {
                 classes: cfg.classes,
             },
         })?;
+        let answers = cfg.task.answers_per_image(cfg.classes);
         Ok(Baseline {
             net: Network::new(b, graph, cfg.batch)?,
             labels: b.alloc_index(cfg.batch)?,
-            predictions: b.alloc_index(cfg.batch)?,
+            targets: b.alloc(cfg.batch * cfg.classes * (cfg.task == Task::Attributes) as usize)?,
+            predictions: b.alloc_index(cfg.batch * answers)?,
             classes: cfg.classes,
+            task: cfg.task,
         })
     }
 }
@@ -375,6 +413,10 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
     ) -> Result<StepResult> {
         b.write(self.net.input(), &batch.images)?;
         b.write_index(self.labels, &batch.labels)?;
+        let targets = attribute_targets(&batch.attributes);
+        if self.task == Task::Attributes {
+            b.write(self.targets, &targets)?;
+        }
         // A mask per rank and step (a rank's samples sit at other positions than in one
         // worker's batch, so its masks cannot be that worker's anyway; PyTorch DDP's ranks also
         // draw their own). One worker: the step itself.
@@ -382,22 +424,22 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
         self.net.dropout.training = true;
         self.net.zero_grads(b)?;
         self.net.forward(b, mode)?;
-        let ce = SoftmaxCeShape {
-            batch: self.net.batch,
-            classes: self.classes,
-        };
-        let loss = b.softmax_cross_entropy(
-            &ce,
+        let loss = self.task.loss(
+            b,
+            self.net.batch,
+            self.classes,
             self.net.output(),
             self.labels,
-            1.0,
+            self.targets,
             self.predictions,
             self.net.output_grad(),
         )?;
         self.net.backward(b, mode, false)?;
         Ok(StepResult {
             losses: vec![loss],
-            correct: count_correct(b, self.predictions, &batch.labels)?,
+            correct: self
+                .task
+                .count_correct(b, self.predictions, &batch.labels, &targets)?,
         })
     }
 
@@ -413,26 +455,14 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
         b.write(self.net.input(), images)?;
         self.net.dropout.training = false;
         self.net.forward(b, BnMode::Inference)?;
-        Ok(vec![softmax(&b.read(self.net.output())?, self.classes)])
+        Ok(vec![self
+            .task
+            .probabilities(&b.read(self.net.output())?, self.classes)])
     }
-}
 
-fn count_correct<B: Backend>(b: &mut B, predictions: IndexTensor, labels: &[i32]) -> Result<usize> {
-    let predicted = b.read_index(predictions)?;
-    Ok(predicted.iter().zip(labels).filter(|(p, l)| p == l).count())
-}
-
-/// Row-wise softmax of `[B, C]` logits.
-pub fn softmax(logits: &[f32], classes: usize) -> Vec<f64> {
-    logits
-        .chunks(classes)
-        .flat_map(|row| {
-            let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
-            let exps: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
-            let sum: f64 = exps.iter().sum();
-            exps.into_iter().map(move |e| e / sum)
-        })
-        .collect()
+    fn task(&self) -> Task {
+        self.task
+    }
 }
 
 /// The per-head probability rows of sample `i`, plus their average when there are two heads:
@@ -507,37 +537,62 @@ pub fn padded_images(images: &[f32], n: usize, batch: usize) -> Vec<f32> {
     out
 }
 
-/// Top-1 accuracy of every head (and of the average of two) on the test loader.
+/// The accuracy of every head (and of the average of two) on the test loader: top-1 for
+/// classes; for attributes each attribute's (probability above ½ against its target) and
+/// their mean.
 pub fn evaluate<B: Backend<Scalar = f32>, M: Trainee<B>>(
     b: &mut B,
     model: &mut M,
     test: &Loader,
-    classes: usize,
-) -> Result<Accuracy> {
+    outputs: usize,
+) -> Result<Evaluation> {
     let batch_size = test.config().batch_size;
-    let (mut right, mut total) = (vec![0usize; 3], 0);
+    let task = model.task();
+    let answers = task.answers_per_image(outputs);
+    // right[head][answer]: head 0 coarse, 1 fine, 2 average.
+    let (mut right, mut total) = (vec![vec![0usize; answers]; 3], 0);
     let mut epoch = test.epoch(0);
     for batch in &mut epoch {
         let n = batch.labels.len();
         let heads = model.probabilities(b, &padded_images(&batch.images, n, batch_size))?;
-        for (i, &label) in batch.labels.iter().enumerate() {
-            for (k, row) in prediction_rows(&heads, i, classes).iter().enumerate() {
-                right[k] += (argmax(row) == label as usize) as usize;
+        for i in 0..n {
+            for (k, row) in prediction_rows(&heads, i, outputs).iter().enumerate() {
+                match task {
+                    Task::Classes => {
+                        right[k][0] += (argmax(row) == batch.labels[i] as usize) as usize
+                    }
+                    Task::Attributes => {
+                        for ((r, &p), &t) in right[k].iter_mut().zip(row).zip(&batch.attributes[i])
+                        {
+                            *r += ((p > 0.5) == t) as usize;
+                        }
+                    }
+                }
             }
         }
         total += n;
     }
-    let acc = |k: usize| right[k] as f64 / total.max(1) as f64;
     let two = M::LOSS_TERMS.len() > 1;
-    Ok(Accuracy {
-        coarse: acc(0),
-        fine: two.then(|| acc(1)),
-        average: two.then(|| acc(2)),
+    let fraction = |count: usize| count as f64 / total.max(1) as f64;
+    let accuracy_of = |pick: &dyn Fn(&[usize]) -> f64| Accuracy {
+        coarse: pick(&right[0]),
+        fine: two.then(|| pick(&right[1])),
+        average: two.then(|| pick(&right[2])),
+    };
+    let mean = |counts: &[usize]| counts.iter().map(|&c| fraction(c)).sum::<f64>() / answers as f64;
+    Ok(Evaluation {
+        accuracy: accuracy_of(&mean),
+        per_attribute: match task {
+            Task::Classes => Vec::new(),
+            Task::Attributes => (0..answers)
+                .map(|a| accuracy_of(&|counts: &[usize]| fraction(counts[a])))
+                .collect(),
+        },
     })
 }
 
-/// A fingerprint of a training set: its size and every sample's name and label, hashed. A run
-/// resumes only on the data it started with.
+/// A fingerprint of a training set: its size and every sample's name, label and attributes,
+/// hashed. A run resumes only on the data it started with.
 pub fn dataset_fingerprint(source: &dyn ImageSource) -> String {
     let mut h = splitmix64_output(0xc2f, source.len() as u64);
     for i in 0..source.len() {
@@ -545,6 +600,9 @@ pub fn dataset_fingerprint(source: &dyn ImageSource) -> String {
             h = splitmix64_output(h, byte as u64);
         }
         h = splitmix64_output(h, source.label(i) as u64);
+        for &a in source.attributes(i) {
+            h = splitmix64_output(h, a as u64);
+        }
     }
     format!("{:016x}:{}", h, source.len())
 }
@@ -600,6 +658,7 @@ pub fn build_coarse2fine<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<Coa
             input_size: cfg.input_size,
             width: cfg.width,
             classes: cfg.classes,
+            task: cfg.task,
             maps: cfg.maps,
             upsampler_channels: default_channels(map_side, cfg.input_size),
             center_loss: cfg.center_loss(),
@@ -694,7 +753,7 @@ pub fn train_coarse2fine<B: Backend<Scalar = f32>>(
     run: &RunOptions,
     data: &OpenedData,
     dp: Option<&mut DataParallel<'_, B>>,
-) -> Result<Option<Accuracy>> {
+) -> Result<Option<Evaluation>> {
     let mut model = build_coarse2fine(b, &rank_config(cfg, dp.as_deref())?)?;
     if !run.resume && dp.as_ref().is_none_or(|dp| dp.rank() == 0) {
         init_coarse2fine(b, &model, cfg, run)?;
@@ -710,7 +769,7 @@ pub fn train_baseline<B: Backend<Scalar = f32>>(
     run: &RunOptions,
     data: &OpenedData,
     dp: Option<&mut DataParallel<'_, B>>,
-) -> Result<Option<Accuracy>> {
+) -> Result<Option<Evaluation>> {
     let mut model = build_baseline(b, &rank_config(cfg, dp.as_deref())?)?;
     if !run.resume && dp.as_ref().is_none_or(|dp| dp.rank() == 0) {
         init_backbone(b, &model.net, run.weights.as_deref())?;
@@ -953,7 +1012,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
     run: &RunOptions,
     data: &OpenedData,
     dp: Option<&mut DataParallel<'_, B>>,
-) -> Result<Option<Accuracy>> {
+) -> Result<Option<Evaluation>> {
     let plan = dp.as_deref().map(|dp| dp.plan(cfg)).transpose()?;
     let leader = plan.is_none_or(|p| p.rank == 0);
     let world = plan.map_or(1, |p| p.world);
@@ -1035,7 +1094,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
     let mode = cfg.bn.mode();
     let steps_per_epoch = train_loader.batches_per_epoch();
     let mut draw = SplitMix64(meta.rng);
-    let mut last_accuracy = None;
+    let mut last_evaluation = None;
     let mut last_good: Option<(usize, u64)> = None;
     for epoch in meta.epoch..cfg.epochs {
         let first_batch = meta.batch_in_epoch;
@@ -1125,19 +1184,21 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
         if let Some(report) = &mut report {
             let last = epoch + 1 == cfg.epochs;
             let due = run.eval_every > 0 && (epoch + 1).is_multiple_of(run.eval_every);
-            let accuracy = if last || due {
+            let evaluation = if last || due {
                 Some(evaluate(b, model, &report.test, cfg.classes)?)
             } else {
                 None
             };
-            last_accuracy = accuracy.or(last_accuracy);
+            let accuracy = evaluation.as_ref().map(|e| e.accuracy);
             let batches = (meta.batch_in_epoch).max(1) as f64;
             let mean: Vec<f64> = meta.epoch_sums[..terms]
                 .iter()
                 .map(|s| s / batches)
                 .collect();
             let total: f64 = mean.iter().sum();
-            let train_acc = meta.epoch_sums[terms] / meta.epoch_sums[terms + 1].max(1.0);
+            let answers = cfg.task.answers_per_image(cfg.classes) as f64;
+            let train_acc =
+                meta.epoch_sums[terms] / (answers * meta.epoch_sums[terms + 1]).max(1.0);
             let mut record = serde_json::json!({
                 "model": M::NAME,
                 "epoch": epoch + 1,
@@ -1153,6 +1214,16 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
             });
             for (term, v) in M::LOSS_TERMS.iter().zip(&mean) {
                 record[format!("loss_{term}")] = serde_json::json!(v);
+            }
+            // Each attribute's accuracy, by name (JSON lines only: the CSV keeps fixed columns).
+            if let Some(e) = evaluation.as_ref().filter(|e| !e.per_attribute.is_empty()) {
+                let by_name: serde_json::Map<String, serde_json::Value> = data
+                    .class_names
+                    .iter()
+                    .zip(&e.per_attribute)
+                    .map(|(name, a)| (name.clone(), serde_json::json!(a)))
+                    .collect();
+                record["test_attributes"] = serde_json::Value::Object(by_name);
             }
             report.metrics.append(&run.dir, &record)?;
             let test_part =
@@ -1172,6 +1243,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
             for s in &skipped {
                 eprintln!("  skipped {}: {}", s.name, s.message);
             }
+            last_evaluation = evaluation.or(last_evaluation);
         }
         meta.epoch = epoch + 1;
         meta.batch_in_epoch = 0;
@@ -1184,7 +1256,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
             r.barrier(b)?;
         }
     }
-    match (last_accuracy, &report) {
+    match (last_evaluation, &report) {
         (Some(a), _) => Ok(Some(a)),
         // A resumed run that had already finished its epochs: evaluate what it holds.
         (None, Some(report)) => evaluate(b, model, &report.test, cfg.classes).map(Some),

@@ -27,13 +27,13 @@ use c2f_train::data::Sample;
 use c2f_train::localize::{
     infer_images, localize, ImageInference, LocalizationMetrics, LocalizeConfig, Region,
 };
-use c2f_train::model::Coarse2Fine;
+use c2f_train::model::{Coarse2Fine, Task};
 use c2f_train::pretrain::{pretrain_upsampler, print_epochs, PretrainConfig};
 use c2f_train::train::Baseline;
 use c2f_train::train::{
     build_baseline, build_coarse2fine, evaluate, format_accuracy, padded_images, prediction_rows,
-    test_loader, train_baseline, train_coarse2fine, Accuracy, BnPolicy, DataParallel, RunOptions,
-    Schedule, TrainConfig, Trainee,
+    test_loader, train_baseline, train_coarse2fine, Accuracy, BnPolicy, DataParallel, Evaluation,
+    RunOptions, Schedule, TrainConfig, Trainee,
 };
 use c2f_train::upsampler::{attention_map_side, UpsamplerKind};
 use c2f_train::visualize::{write_pictures, VisualizeConfig};
@@ -92,12 +92,18 @@ struct TrainArgs {
     #[arg(long, value_enum, default_value = "both")]
     models: Models,
     /// `synthetic` (built in), or a dataset on disk under --data-root: cub, aircraft, cars,
-    /// dogs, inat2017.
+    /// dogs, inat2017, or celeba (multi-label attributes: a sigmoid binary cross-entropy head
+    /// and each attribute's accuracy, the paper's Table 9).
     #[arg(long, default_value = "synthetic")]
     dataset: String,
     /// The dataset's folder (for every dataset but `synthetic`).
     #[arg(long)]
     data_root: Option<PathBuf>,
+    /// CelebA: the attributes to predict, comma-separated, as `list_attr_celeba.txt` names them
+    /// (default: all 40). The paper's six: Attractive,High_Cheekbones,Male,
+    /// Mouth_Slightly_Open,Smiling,Wearing_Lipstick.
+    #[arg(long, value_delimiter = ',')]
+    attributes: Option<Vec<String>>,
     /// Epochs (default: 12 on the CPU, 40 on a GPU; the paper: 200).
     #[arg(long)]
     epochs: Option<usize>,
@@ -299,7 +305,7 @@ struct PredictArgs {
     /// Which prediction to print (Coarse2Fine has all three; the baseline only coarse).
     #[arg(long, value_enum, default_value = "all")]
     mode: Mode,
-    /// How many classes to list per prediction.
+    /// How many classes to list per prediction (an attribute model lists every attribute).
     #[arg(long, default_value_t = 5)]
     top: usize,
     /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
@@ -537,6 +543,7 @@ fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
         DataSpec::Files {
             dataset: args.dataset.clone(),
             root,
+            attributes: args.attributes.clone(),
         }
     };
     let input_size = args.size.unwrap_or(if gpu { 299 } else { 96 });
@@ -550,6 +557,7 @@ fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
         input_size,
         width: args.width.unwrap_or(if gpu { 1.0 } else { 0.25 }),
         classes: opened.class_names.len(),
+        task: opened.task,
         maps: args.maps,
         lr: args.lr.unwrap_or(if fine_tune { 1e-3 } else { 0.02 }),
         classifier_lr_scale: args.classifier_lr_scale.unwrap_or(if fine_tune {
@@ -635,8 +643,8 @@ impl Job {
         if leader {
             println!("device: {}", b.describe());
         }
-        let mut rows: Vec<(&str, Accuracy, f64)> = Vec::new();
-        let mut args = |b: &mut B, name: &str, trainer: Trainer<B>| -> Result<Option<Accuracy>> {
+        let mut rows: Vec<(&str, Evaluation, f64)> = Vec::new();
+        let mut args = |b: &mut B, name: &str, trainer: Trainer<B>| -> Result<Option<Evaluation>> {
             let mut dp = collective.as_mut().map(|c| DataParallel::new(&mut **c));
             trainer(b, &self.cfg, &run(name), &self.data, dp.as_mut())
         };
@@ -653,7 +661,7 @@ impl Job {
             }
         }
         if leader {
-            print_table(&rows);
+            print_table(&rows, &self.data.class_names);
         }
         Ok(())
     }
@@ -665,19 +673,36 @@ type Trainer<B> = fn(
     &RunOptions,
     &OpenedData,
     Option<&mut DataParallel<'_, B>>,
-) -> Result<Option<Accuracy>>;
+) -> Result<Option<Evaluation>>;
 
-fn print_table(rows: &[(&str, Accuracy, f64)]) {
+/// The models' accuracies (for attributes, their mean), then for attributes one row per
+/// attribute and model (`names` are the attributes').
+fn print_table(rows: &[(&str, Evaluation, f64)], names: &[String]) {
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
+    let cells = |a: &Accuracy| {
+        format!(
+            "{} | {} | {}",
+            pct(Some(a.coarse)),
+            pct(a.fine),
+            pct(a.average)
+        )
+    };
     println!("\n| model | coarse | fine | average | time |");
     println!("| --- | --- | --- | --- | --- |");
-    for (name, acc, secs) in rows {
-        println!(
-            "| {name} | {} | {} | {} | {secs:.0} s |",
-            pct(Some(acc.coarse)),
-            pct(acc.fine),
-            pct(acc.average)
-        );
+    for (name, e, secs) in rows {
+        println!("| {name} | {} | {secs:.0} s |", cells(&e.accuracy));
+    }
+    if rows.iter().all(|(_, e, _)| e.per_attribute.is_empty()) {
+        return;
+    }
+    println!("\n| attribute | model | coarse | fine | average |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (a, attribute) in names.iter().enumerate() {
+        for (name, e, _) in rows {
+            if let Some(acc) = e.per_attribute.get(a) {
+                println!("| {attribute} | {name} | {} |", cells(acc));
+            }
+        }
     }
 }
 
@@ -733,7 +758,7 @@ fn load_and<B: Backend<Scalar = f32>, T>(
 
 /// A loaded model on its backend, behind one object-safe face for the subcommands.
 trait Predictor {
-    fn evaluate(&mut self, test: &c2f_train::data::Loader, classes: usize) -> Result<Accuracy>;
+    fn evaluate(&mut self, test: &c2f_train::data::Loader, outputs: usize) -> Result<Evaluation>;
     fn probabilities(&mut self, images: &[f32]) -> Result<Vec<Vec<f64>>>;
     /// Localization metrics on `source` (Coarse2Fine only: it has attention maps).
     fn localize(
@@ -777,8 +802,8 @@ struct Loaded<'a, B, M> {
 }
 
 impl<B: Backend<Scalar = f32>, M: Trainee<B> + Attends<B>> Predictor for Loaded<'_, B, M> {
-    fn evaluate(&mut self, test: &c2f_train::data::Loader, classes: usize) -> Result<Accuracy> {
-        evaluate(self.b, self.model, test, classes)
+    fn evaluate(&mut self, test: &c2f_train::data::Loader, outputs: usize) -> Result<Evaluation> {
+        evaluate(self.b, self.model, test, outputs)
     }
 
     fn probabilities(&mut self, images: &[f32]) -> Result<Vec<Vec<f64>>> {
@@ -906,16 +931,21 @@ fn eval(args: EvalArgs) -> Result<()> {
             let opened = meta.data.open(meta.config.input_size)?;
             let loader = test_loader(&meta.config, opened.test)?;
             let start = Instant::now();
-            let acc = model.evaluate(&loader, meta.config.classes)?;
+            let evaluation = model.evaluate(&loader, meta.config.classes)?;
             println!(
                 "{} ({}, epoch {}) on {}: {}",
                 args.checkpoint.display(),
                 meta.model,
                 meta.epoch,
                 opened.description,
-                format_accuracy(&acc)
+                format_accuracy(&evaluation.accuracy)
             );
-            print_table(&[(meta.model.as_str(), acc, start.elapsed().as_secs_f64())]);
+            let row = (
+                meta.model.as_str(),
+                evaluation,
+                start.elapsed().as_secs_f64(),
+            );
+            print_table(&[row], &meta.class_names);
             Ok(())
         },
     )
@@ -963,11 +993,18 @@ fn predict(args: PredictArgs) -> Result<()> {
                     if !wanted {
                         continue;
                     }
+                    // Classes: the most likely; attributes: each one's probability, in order.
                     let mut ranked: Vec<usize> = (0..row.len()).collect();
-                    ranked.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                    let shown = match cfg.task {
+                        Task::Classes => {
+                            ranked.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                            args.top
+                        }
+                        Task::Attributes => row.len(),
+                    };
                     let top: Vec<String> = ranked
                         .iter()
-                        .take(args.top)
+                        .take(shown)
                         .map(|&c| format!("{} {:.1}%", meta.class_names[c], 100.0 * row[c]))
                         .collect();
                     println!("  {:<8} {}", names[k], top.join(", "));

@@ -39,6 +39,11 @@ pub trait ImageSource: Send + Sync {
     }
     /// The class of sample `index`, without loading it.
     fn label(&self, index: usize) -> usize;
+    /// A multi-label source's binary attributes of sample `index` (the same number for every
+    /// sample), without loading it; empty for a single-label source.
+    fn attributes(&self, _index: usize) -> &[bool] {
+        &[]
+    }
     /// What reports call sample `index`: its path for files.
     fn name(&self, index: usize) -> String;
     /// Decodes sample `index`.
@@ -51,11 +56,31 @@ pub trait ImageSource: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct FileSource {
     samples: Vec<Sample>,
+    /// One per sample for a multi-label set (CelebA), else empty.
+    attributes: Vec<Vec<bool>>,
 }
 
 impl FileSource {
     pub fn new(samples: Vec<Sample>) -> Self {
-        FileSource { samples }
+        FileSource {
+            samples,
+            attributes: Vec::new(),
+        }
+    }
+
+    /// A multi-label source: `attributes[i]` belongs to `samples[i]`.
+    pub fn with_attributes(samples: Vec<Sample>, attributes: Vec<Vec<bool>>) -> Result<Self> {
+        if samples.len() != attributes.len() {
+            return Err(Error::Shape(format!(
+                "{} samples but {} attribute rows",
+                samples.len(),
+                attributes.len()
+            )));
+        }
+        Ok(FileSource {
+            samples,
+            attributes,
+        })
     }
 
     pub fn samples(&self) -> &[Sample] {
@@ -70,6 +95,10 @@ impl ImageSource for FileSource {
 
     fn label(&self, index: usize) -> usize {
         self.samples[index].label
+    }
+
+    fn attributes(&self, index: usize) -> &[bool] {
+        self.attributes.get(index).map_or(&[], Vec::as_slice)
     }
 
     fn name(&self, index: usize) -> String {
@@ -124,6 +153,7 @@ impl ImageSource for FileSource {
 pub struct CachedSource {
     names: Vec<String>,
     labels: Vec<usize>,
+    attributes: Vec<Vec<bool>>,
     items: Vec<std::result::Result<Item, String>>,
 }
 
@@ -141,6 +171,9 @@ impl CachedSource {
         CachedSource {
             names: (0..inner.len()).map(|i| inner.name(i)).collect(),
             labels: (0..inner.len()).map(|i| inner.label(i)).collect(),
+            attributes: (0..inner.len())
+                .map(|i| inner.attributes(i).to_vec())
+                .collect(),
             items,
         }
     }
@@ -167,6 +200,10 @@ impl ImageSource for CachedSource {
 
     fn label(&self, index: usize) -> usize {
         self.labels[index]
+    }
+
+    fn attributes(&self, index: usize) -> &[bool] {
+        &self.attributes[index]
     }
 
     fn name(&self, index: usize) -> String {
@@ -232,6 +269,8 @@ pub struct Batch {
     /// `[B, 3, S, S]`, normalised.
     pub images: Vec<f32>,
     pub labels: Vec<i32>,
+    /// Each sample's attributes (empty vectors for a single-label source).
+    pub attributes: Vec<Vec<bool>>,
     /// Each image's box in output pixels (see [`Transform::apply_into`]).
     pub boxes: Vec<Option<BBox>>,
     /// The source index of each image.
@@ -428,6 +467,10 @@ impl Loader {
         let mut batch = Batch {
             images,
             labels: Vec::new(),
+            attributes: indices
+                .iter()
+                .map(|&i| self.source.attributes(i).to_vec())
+                .collect(),
             boxes: Vec::new(),
             indices: indices.to_vec(),
             size: s,
@@ -532,9 +575,14 @@ impl Producer {
             images.truncate(labels.len() * chw);
             summary.batches += 1;
             summary.samples += labels.len();
+            let attributes = indices
+                .iter()
+                .map(|&i| self.source.attributes(i).to_vec())
+                .collect();
             let batch = Batch {
                 images,
                 labels,
+                attributes,
                 boxes,
                 indices,
                 size: s,

@@ -7,6 +7,9 @@ use std::sync::Arc;
 use c2f_kernels::{Error, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::model::Task;
+
+use super::celeba::{self, Partition};
 use super::loader::{FileSource, ImageSource};
 use super::synthetic::{class_name, Split, SyntheticConfig, SyntheticSet};
 use super::{open_dataset, DatasetKind};
@@ -23,9 +26,18 @@ pub enum DataSpec {
         object_scale: (f32, f32),
         clutter: f32,
     },
-    /// A dataset on disk, by [`DatasetKind::name`].
-    Files { dataset: String, root: PathBuf },
+    /// A dataset on disk, by [`DatasetKind::name`], or `celeba`.
+    Files {
+        dataset: String,
+        root: PathBuf,
+        /// CelebA: the attributes to predict, in this order (`None`: all 40).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attributes: Option<Vec<String>>,
+    },
 }
+
+/// The name `--dataset` takes for CelebA's attributes (multi-label, so not a [`DatasetKind`]).
+pub const CELEBA: &str = "celeba";
 
 /// An opened dataset: both splits, the class names, and the spec it was opened from.
 #[derive(Clone)]
@@ -33,7 +45,9 @@ pub struct OpenedData {
     pub spec: DataSpec,
     pub train: Arc<dyn ImageSource>,
     pub test: Arc<dyn ImageSource>,
+    /// The classes' names, or the attributes' for [`Task::Attributes`].
     pub class_names: Vec<String>,
+    pub task: Task,
     /// A line for the log: what was read, and how many files were left out.
     pub description: String,
 }
@@ -66,14 +80,59 @@ impl DataSpec {
                     )?),
                     test: Arc::new(SyntheticSet::new(config, Split::Test, *test_images)?),
                     class_names: (0..*classes).map(|c| class_name(c).to_string()).collect(),
+                    task: Task::Classes,
                     description: format!(
                         "synthetic fine-grained set: {classes} classes, {train_images} train / \
                          {test_images} test images"
                     ),
                 })
             }
-            DataSpec::Files { dataset, root } => {
-                let kind: DatasetKind = dataset.parse().map_err(Error::Shape)?;
+            DataSpec::Files {
+                dataset,
+                root,
+                attributes,
+            } if dataset == CELEBA => {
+                let data = celeba::open(root, attributes.as_deref())?;
+                let split = |partition| -> Result<Arc<dyn ImageSource>> {
+                    let (samples, attributes) = data
+                        .partition(partition)
+                        .into_iter()
+                        .map(|s| (s.sample, s.attributes))
+                        .unzip();
+                    Ok(Arc::new(FileSource::with_attributes(samples, attributes)?))
+                };
+                let (train, test) = (split(Partition::Train)?, split(Partition::Test)?);
+                let description = format!(
+                    "celeba at {}: {} attributes, {} train / {} test images, {} listed files \
+                     missing",
+                    root.display(),
+                    data.num_attributes(),
+                    train.len(),
+                    test.len(),
+                    data.problems.len()
+                );
+                Ok(OpenedData {
+                    spec: self.clone(),
+                    train,
+                    test,
+                    class_names: data.attribute_names,
+                    task: Task::Attributes,
+                    description,
+                })
+            }
+            DataSpec::Files {
+                dataset,
+                root,
+                attributes,
+            } => {
+                if attributes.is_some() {
+                    return Err(Error::Shape(format!(
+                        "--attributes is for --dataset {CELEBA}; {dataset} has classes"
+                    )));
+                }
+                let kind: DatasetKind = dataset.parse().map_err(|e: String| {
+                    Error::Shape(format!("{e}; `{CELEBA}` for CelebA's attributes"))
+                })?;
                 let data = open_dataset(kind, root)?;
                 let (train, test) = (data.train(), data.test());
                 let description = format!(
@@ -90,6 +149,7 @@ impl DataSpec {
                     train: Arc::new(FileSource::new(train)),
                     test: Arc::new(FileSource::new(test)),
                     class_names: data.class_names,
+                    task: Task::Classes,
                     description,
                 })
             }
