@@ -6,15 +6,17 @@
 //! banks) of every rank is within 1e-5 relative (norm-wise, per tensor) of the one worker's,
 //! the ranks hold the same bits, rank 0 wrote the checkpoint (its state, bit for bit) and the
 //! metrics with the global batch's loss and training accuracy, and the other ranks wrote
-//! nothing. A global batch that does not split over the ranks is refused.
+//! nothing. A global batch that does not split over the ranks is refused. Each gradient
+//! bucket's all-reduce starts during backward, once the bucket is complete.
 
 use std::path::{Path, PathBuf};
 
-use c2f_dist::collective::ThreadCollective;
-use c2f_inception::backend::Backend;
+use c2f_dist::collective::{plan_buckets, Collective, Reduce, ThreadCollective};
+use c2f_inception::backend::{Backend, Tensor};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::weights::read_checked;
 use c2f_kernels::testing::SplitMix64;
+use c2f_kernels::Result;
 use c2f_train::data::spec::{DataSpec, OpenedData};
 use c2f_train::train::{
     build_coarse2fine, checkpoint_path, fit, init_coarse2fine, rank_config, Accuracy, BnPolicy,
@@ -286,5 +288,112 @@ fn global_batch_that_does_not_split_is_refused() {
     assert!(
         err.contains("global batch of 8 does not split evenly over 3 ranks"),
         "{err}"
+    );
+}
+
+/// A world of one that checks what starting the buckets' all-reduce during backward promises:
+/// each bucket already holds its final gradients when its all-reduce starts, and the starts
+/// come while backward is still writing other gradients (`watch`, the backbone's first layer).
+struct Watching {
+    watch: Tensor,
+    /// Each started bucket with its values at the start, and `watch`'s values then.
+    started: Vec<(Tensor, Vec<f32>, Vec<f32>)>,
+    starts: usize,
+    /// Starts that came before `watch` held its final values.
+    before_backward_ended: usize,
+}
+
+impl Collective<CpuBackend<f32>> for Watching {
+    fn rank(&self) -> usize {
+        0
+    }
+
+    fn world_size(&self) -> usize {
+        1
+    }
+
+    /// A world of one: the mean and the sum are the tensor itself.
+    fn all_reduce(&mut self, _b: &mut CpuBackend<f32>, _t: Tensor, _op: Reduce) -> Result<()> {
+        Ok(())
+    }
+
+    fn start_all_reduce(&mut self, b: &mut CpuBackend<f32>, t: Tensor, _op: Reduce) -> Result<()> {
+        let values = b.read(t)?;
+        let watched = b.read(self.watch)?;
+        self.started.push((t, values, watched));
+        self.starts += 1;
+        Ok(())
+    }
+
+    fn wait_started(&mut self, b: &mut CpuBackend<f32>) -> Result<()> {
+        let watch_final = b.read(self.watch)?;
+        for (t, at_start, watched) in self.started.drain(..) {
+            assert!(
+                bits(&b.read(t)?) == bits(&at_start),
+                "a bucket of {} elements changed after its all-reduce started",
+                t.len
+            );
+            self.before_backward_ended += (watched != watch_final) as usize;
+        }
+        Ok(())
+    }
+
+    fn broadcast(&mut self, _b: &mut CpuBackend<f32>, _t: Tensor) -> Result<()> {
+        Ok(())
+    }
+
+    fn barrier(&mut self, _b: &mut CpuBackend<f32>) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn buckets_start_during_backward_once_complete() {
+    let dir = scratch("watching");
+    let cfg = TrainConfig {
+        epochs: 1,
+        ..config()
+    };
+    let mut b = CpuBackend::<f32>::new();
+    let mut model = build_coarse2fine(&mut b, &cfg).unwrap();
+    init_coarse2fine(&mut b, &model, &cfg, &run_options(&dir)).unwrap();
+    let grads = Trainee::<CpuBackend<f32>>::grads(&model);
+    // The stem's first conv: its gradient is the last the coarse backward writes.
+    let mut watching = Watching {
+        watch: grads[0].slice(0, 64),
+        started: Vec::new(),
+        starts: 0,
+        before_backward_ended: 0,
+    };
+    let bucket_bytes = 16 << 10;
+    let buckets: usize = grads
+        .iter()
+        .map(|g| plan_buckets(g.len, bucket_bytes).unwrap().len())
+        .sum();
+    let mut dp = DataParallel {
+        collective: &mut watching,
+        bucket_bytes,
+    };
+    fit(
+        &mut b,
+        &mut model,
+        &cfg,
+        &run_options(&dir),
+        &synthetic(),
+        Some(&mut dp),
+    )
+    .unwrap();
+    let steps = 2;
+    assert_eq!(
+        watching.starts,
+        steps * buckets,
+        "every bucket once per step"
+    );
+    // All but the bucket holding the stem's first conv start before backward ends.
+    assert!(
+        watching.before_backward_ended >= steps * (buckets - 2),
+        "{} of {} starts came before backward ended",
+        watching.before_backward_ended,
+        watching.starts
     );
 }

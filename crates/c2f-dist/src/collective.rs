@@ -31,6 +31,17 @@ pub trait Collective<B: Backend<Scalar = f32>> {
     fn world_size(&self) -> usize;
     /// Combines `t` over all ranks, in place; every rank gets the same bits.
     fn all_reduce(&mut self, b: &mut B, t: Tensor, op: Reduce) -> Result<()>;
+    /// Starts all-reducing `t` without making the backend's later ops wait for it (NCCL: on
+    /// its own stream, after the work queued so far), so backward goes on while a completed
+    /// bucket travels; `t` holds the result only after [`Collective::wait_started`]. By
+    /// default it is [`Collective::all_reduce`].
+    fn start_all_reduce(&mut self, b: &mut B, t: Tensor, op: Reduce) -> Result<()> {
+        self.all_reduce(b, t, op)
+    }
+    /// Makes the backend's later ops wait for every started all-reduce.
+    fn wait_started(&mut self, _b: &mut B) -> Result<()> {
+        Ok(())
+    }
     /// Overwrites `t` on every rank with rank 0's `t`.
     fn broadcast(&mut self, b: &mut B, t: Tensor) -> Result<()>;
     /// Returns once every rank has called it (and, on a device, once this rank's queued work is

@@ -1,18 +1,21 @@
 //! The [`Collective`] interface through NCCL, one rank per process and GPU, on the CUDA backend.
 //!
-//! The collectives are queued on the backend's own stream, so they are ordered after the ops
-//! that wrote their tensors and before those that read them, with no event to manage; the
-//! host does not wait for them except in [`Collective::barrier`]. (A second, communication
-//! stream with events, to overlap the buckets' all-reduce with the rest of backward, is the
-//! next step; see docs/distributed.md.)
+//! The collectives run on a communication stream of their own. Each waits (by an event) for
+//! the work queued on the backend's compute stream so far; [`Collective::start_all_reduce`]
+//! returns there, so a gradient bucket travels while backward goes on, and
+//! [`Collective::wait_started`] makes the compute stream wait for the communication stream
+//! before SGD reads the gradients. The other collectives wait at once, so to the compute
+//! stream they are ordered like its own ops. The host waits only in [`Collective::barrier`].
 //!
 //! Setting up: rank 0 makes a unique id ([`unique_id`]), the ranks exchange it
 //! ([`crate::rendezvous`]), and each makes its communicator ([`NcclCollective::new`]).
 
 use c2f_inception::backend::Tensor;
 use c2f_inception::cuda::CudaBackend;
+use std::sync::Arc;
+
 use c2f_kernels::{Error, Result};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, CudaStream};
 use cudarc::nccl::safe::{Comm, Id, ReduceOp};
 
 use crate::collective::{Collective, Reduce};
@@ -49,16 +52,20 @@ pub fn unique_id() -> Result<[u8; UNIQUE_ID_BYTES]> {
     Ok(id.internal().map(|c| c as u8))
 }
 
-/// One rank's NCCL communicator on a CUDA backend's device and stream.
+/// One rank's NCCL communicator on a CUDA backend's device, with its own stream.
 pub struct NcclCollective {
     comm: Comm,
+    /// The backend's stream, where the tensors are written and read.
+    compute: Arc<CudaStream>,
+    /// The communicator's stream.
+    communication: Arc<CudaStream>,
     /// One value all-reduced by [`Collective::barrier`].
     token: CudaSlice<f32>,
 }
 
 impl NcclCollective {
-    /// Joins the job `id` (rank 0's [`unique_id`]) as `rank` of `world` on `b`'s device and
-    /// stream. Blocks until every rank has joined (NCCL's own rendezvous over the network).
+    /// Joins the job `id` (rank 0's [`unique_id`]) as `rank` of `world` on `b`'s device, on a
+    /// new stream. Blocks until every rank has joined (NCCL's own rendezvous over the network).
     pub fn new(
         b: &CudaBackend,
         rank: usize,
@@ -73,14 +80,28 @@ impl NcclCollective {
         }
         // ncclCommInitRank uses the thread's current device.
         b.gpu().context().bind_to_thread()?;
-        let stream = b.gpu().stream().clone();
+        let compute = b.gpu().stream().clone();
+        let communication = compute.fork()?;
         let id = Id::uninit(id.map(|c| c as std::ffi::c_char));
-        let comm = Comm::from_rank(stream.clone(), rank, world, id)
+        let comm = Comm::from_rank(communication.clone(), rank, world, id)
             .map_err(|e| nccl_error(&format!("ncclCommInitRank (rank {rank} of {world})"), e))?;
         Ok(NcclCollective {
             comm,
-            token: stream.alloc_zeros(1)?,
+            token: compute.alloc_zeros(1)?,
+            compute,
+            communication,
         })
+    }
+
+    /// Queues `collective` on the communication stream after the compute stream's work so far.
+    fn after_compute<T>(
+        &mut self,
+        what: &str,
+        collective: impl FnOnce(&Comm) -> std::result::Result<T, cudarc::nccl::result::NcclError>,
+    ) -> Result<()> {
+        self.communication.join(&self.compute)?;
+        collective(&self.comm).map_err(|e| nccl_error(what, e))?;
+        Ok(())
     }
 }
 
@@ -93,8 +114,13 @@ impl Collective<CudaBackend> for NcclCollective {
         self.comm.world_size()
     }
 
-    /// `Mean` is NCCL's `ncclAvg` (the sum scaled by `1/world` inside the reduction).
     fn all_reduce(&mut self, b: &mut CudaBackend, t: Tensor, op: Reduce) -> Result<()> {
+        self.start_all_reduce(b, t, op)?;
+        self.wait_started(b)
+    }
+
+    /// `Mean` is NCCL's `ncclAvg` (the sum scaled by `1/world` inside the reduction).
+    fn start_all_reduce(&mut self, b: &mut CudaBackend, t: Tensor, op: Reduce) -> Result<()> {
         if t.len == 0 {
             return Ok(());
         }
@@ -103,10 +129,13 @@ impl Collective<CudaBackend> for NcclCollective {
             Reduce::Mean => ReduceOp::Avg,
         };
         let mut range = b.device_range(t)?;
-        self.comm
-            .all_reduce_in_place(&mut range, &op)
-            .map_err(|e| nccl_error("ncclAllReduce", e))?;
-        Ok(())
+        self.after_compute("ncclAllReduce", |comm| {
+            comm.all_reduce_in_place(&mut range, &op)
+        })
+    }
+
+    fn wait_started(&mut self, _b: &mut CudaBackend) -> Result<()> {
+        Ok(self.compute.join(&self.communication)?)
     }
 
     fn broadcast(&mut self, b: &mut CudaBackend, t: Tensor) -> Result<()> {
@@ -114,16 +143,19 @@ impl Collective<CudaBackend> for NcclCollective {
             return Ok(());
         }
         let mut range = b.device_range(t)?;
-        self.comm
-            .broadcast_in_place(&mut range, 0)
-            .map_err(|e| nccl_error("ncclBroadcast", e))?;
-        Ok(())
+        self.after_compute("ncclBroadcast", |comm| {
+            comm.broadcast_in_place(&mut range, 0)
+        })?;
+        self.wait_started(b)
     }
 
     fn barrier(&mut self, b: &mut CudaBackend) -> Result<()> {
+        let token = &mut self.token;
+        self.communication.join(&self.compute)?;
         self.comm
-            .all_reduce_in_place(&mut self.token, &ReduceOp::Sum)
+            .all_reduce_in_place(token, &ReduceOp::Sum)
             .map_err(|e| nccl_error("ncclAllReduce (barrier)", e))?;
+        self.wait_started(b)?;
         b.synchronize()
     }
 }

@@ -429,11 +429,40 @@ impl Network {
         mode: BnMode,
         input_grad: bool,
     ) -> Result<()> {
+        self.backward_reporting(b, mode, input_grad, &mut |_, _| Ok(()))
+    }
+
+    /// [`Network::backward`], calling `ready(b, from)` each time the gradients from element
+    /// `from` of `grads` to its end are complete (no later op of this backward writes them), so
+    /// a data-parallel rank can start all-reducing them while backward goes on. The graph's
+    /// ops are in the parameter table's order, so `from` only falls; an op that would write
+    /// above an earlier `from` is an error.
+    pub fn backward_reporting<B: Backend>(
+        &mut self,
+        b: &mut B,
+        mode: BnMode,
+        input_grad: bool,
+        ready: &mut dyn FnMut(&mut B, usize) -> Result<()>,
+    ) -> Result<()> {
         // Which activation gradients hold a value yet: a tensor read by several ops gets its
         // first contribution assigned and the rest added.
         let mut written = vec![false; self.acts.len()];
         written[self.graph.output] = true;
         let mut conv_index = self.pre_bn.len();
+        let mut complete_from = self.grads.len;
+        let mut report = |b: &mut B, params: &[usize]| -> Result<()> {
+            let entries = params.iter().map(|&p| self.graph.params.entry(p));
+            let from = entries.clone().map(|e| e.offset).min().unwrap_or(0);
+            let end = entries.map(|e| e.offset + e.len()).max().unwrap_or(0);
+            if end > complete_from {
+                return Err(Error::Shape(format!(
+                    "backward writes gradients up to {end} after reporting them complete from \
+                     {complete_from}: the graph's ops are not in parameter order"
+                )));
+            }
+            complete_from = from;
+            ready(b, from)
+        };
         for (op_index, op) in self.graph.ops.iter().enumerate().rev() {
             match op {
                 Op::Conv {
@@ -460,6 +489,7 @@ impl Network {
                         self.grad(conv.bn_bias),
                     )?;
                     b.conv2d_backward_filter(&s, self.acts[*input], d_pre, self.grad(conv.weight))?;
+                    report(b, &[conv.weight, conv.bn_weight, conv.bn_bias])?;
                     if *input != 0 || input_grad {
                         let dx = self.act_grads[*input];
                         b.conv2d_backward_data(
@@ -522,6 +552,7 @@ impl Network {
                         self.grad(*fc_weight),
                         self.grad(*fc_bias),
                     )?;
+                    report(b, &[*fc_weight, *fc_bias])?;
                     if dropout {
                         b.dropout_backward(&self.dropout, head.d_dropped, head.d_pooled)?;
                     }

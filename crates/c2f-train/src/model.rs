@@ -234,6 +234,14 @@ struct Pass {
     centers: Tensor,
 }
 
+/// Which gradient buffer [`Coarse2Fine::forward_backward_reporting`] reports complete, from
+/// which element to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grads {
+    Backbone(usize),
+    Heads(usize),
+}
+
 /// Losses of one training step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Losses {
@@ -654,6 +662,19 @@ impl Coarse2Fine {
     /// heads' gradient buffers (zero them first with [`Self::zero_grads`]); the center banks
     /// take their moving-average step. Returns the losses.
     pub fn forward_backward<B: Backend>(&mut self, b: &mut B, mode: BnMode) -> Result<Losses> {
+        self.forward_backward_reporting(b, mode, &mut |_, _| Ok(()))
+    }
+
+    /// [`Self::forward_backward`], calling `ready(b, grads)` as gradients become complete, as
+    /// [`Network::backward_reporting`] does: `Grads::Heads(0)` once the heads' are (before the
+    /// coarse backbone's backward, the last to add to the shared backbone's), then
+    /// `Grads::Backbone(from)` as that backward goes down the backbone.
+    pub fn forward_backward_reporting<B: Backend>(
+        &mut self,
+        b: &mut B,
+        mode: BnMode,
+        ready: &mut dyn FnMut(&mut B, Grads) -> Result<()>,
+    ) -> Result<Losses> {
         self.coarse.net.forward(b, mode)?;
         let (coarse, center_coarse) = self.head_forward(b, false)?;
         self.fine_input_forward(b, false)?;
@@ -666,7 +687,12 @@ impl Coarse2Fine {
         self.head_backward(b, false)?;
         self.fine_input_backward(b)?;
         self.attention_backward(b, false)?;
-        self.coarse.net.backward(b, mode, false)?;
+        ready(b, Grads::Heads(0))?;
+        self.coarse
+            .net
+            .backward_reporting(b, mode, false, &mut |b, from| {
+                ready(b, Grads::Backbone(from))
+            })?;
         Ok(Losses {
             coarse,
             fine,

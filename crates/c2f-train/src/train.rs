@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use c2f_dist::centers::CenterSync;
-use c2f_dist::collective::{all_reduce_bucketed, Collective, Reduce, DEFAULT_BUCKET_BYTES};
+use c2f_dist::collective::{plan_buckets, Collective, Reduce, DEFAULT_BUCKET_BYTES};
 use c2f_dist::shard::ShardPlan;
 use c2f_inception::backend::{Backend, BnMode, IndexTensor, Tensor};
 use c2f_inception::init::{counter_uniform, golden_init};
@@ -33,7 +33,8 @@ use crate::data::loader::{Batch, Epoch, ImageSource, Loader, LoaderConfig, Prefe
 use crate::data::spec::OpenedData;
 use crate::data::transform::{TrainCrop, Transform};
 use crate::model::{
-    attribute_targets, orthogonal_attention, Coarse2Fine, Coarse2FineConfig, Task, FEATURE_SCALE,
+    attribute_targets, orthogonal_attention, Coarse2Fine, Coarse2FineConfig, Grads, Task,
+    FEATURE_SCALE,
 };
 use crate::upsampler::{
     attention_map_side, default_channels, init_range, load_into, UpsamplerKind,
@@ -258,6 +259,11 @@ impl BatchShare {
     }
 }
 
+/// Called during a step's backward as gradients become complete: `ready(b, buffer, from)` says
+/// that [`Trainee::grads`]`[buffer]` holds its final values from element `from` to its end, so
+/// a data-parallel rank can start all-reducing that part while backward goes on.
+pub type GradsReady<'a, B> = dyn FnMut(&mut B, usize, usize) -> Result<()> + 'a;
+
 /// A model the loop can train, evaluate and checkpoint.
 pub trait Trainee<B: Backend<Scalar = f32>> {
     /// The model's name in checkpoints and metrics.
@@ -268,7 +274,9 @@ pub trait Trainee<B: Backend<Scalar = f32>> {
     fn state(&self) -> Vec<Named>;
     /// Forward and backward of one batch (gradients zeroed first); `step` counts all steps.
     /// Random choices per sample are drawn from `draw` for the whole global batch and `share`'s
-    /// slice is used, so data-parallel ranks together do what one worker does.
+    /// slice is used, so data-parallel ranks together do what one worker does. `ready` hears
+    /// of each part of the gradients as it becomes complete.
+    #[allow(clippy::too_many_arguments)]
     fn step(
         &mut self,
         b: &mut B,
@@ -277,6 +285,7 @@ pub trait Trainee<B: Backend<Scalar = f32>> {
         step: u64,
         mode: BnMode,
         share: &BatchShare,
+        ready: &mut GradsReady<'_, B>,
     ) -> Result<StepResult>;
     /// The gradient buffers [`Trainee::step`] fills, all-reduced between the ranks before SGD.
     fn grads(&self) -> Vec<Tensor>;
@@ -310,6 +319,7 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
         _step: u64,
         mode: BnMode,
         share: &BatchShare,
+        ready: &mut GradsReady<'_, B>,
     ) -> Result<StepResult> {
         b.write(self.input(), &batch.images)?;
         b.write_index(self.labels(), &batch.labels)?;
@@ -321,7 +331,11 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
         let chosen: Vec<i32> = (0..share.global).map(|_| draw.below(maps) as i32).collect();
         b.write_index(self.chosen_maps(), &chosen[share.slice.clone()])?;
         self.zero_grads(b)?;
-        let l = self.forward_backward(b, mode)?;
+        // Buffer indices as in `grads`: the backbone's, then the heads'.
+        let l = self.forward_backward_reporting(b, mode, &mut |b, grads| match grads {
+            Grads::Backbone(from) => ready(b, 0, from),
+            Grads::Heads(from) => ready(b, 1, from),
+        })?;
         Ok(StepResult {
             losses: vec![l.coarse, l.fine, l.center_coarse, l.center_fine],
             correct: self.config.task.count_correct(
@@ -410,6 +424,7 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
         step: u64,
         mode: BnMode,
         share: &BatchShare,
+        ready: &mut GradsReady<'_, B>,
     ) -> Result<StepResult> {
         b.write(self.net.input(), &batch.images)?;
         b.write_index(self.labels, &batch.labels)?;
@@ -434,7 +449,8 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
             self.predictions,
             self.net.output_grad(),
         )?;
-        self.net.backward(b, mode, false)?;
+        self.net
+            .backward_reporting(b, mode, false, &mut |b, from| ready(b, 0, from))?;
         Ok(StepResult {
             losses: vec![loss],
             correct: self
@@ -917,12 +933,23 @@ impl EpochBatches {
     }
 }
 
-/// What a data-parallel rank adds to the loop: the collective, the center banks' sync, and a
-/// small buffer for all-reducing each step's loss terms and correct count.
+/// What a data-parallel rank adds to the loop: the collective, the center banks' sync, a
+/// small buffer for all-reducing each step's loss terms and correct count, and each gradient
+/// buffer's buckets.
 struct RankStep<'d, 'a, B: Backend<Scalar = f32>> {
     dp: &'d mut DataParallel<'a, B>,
     centers: Option<CenterSync>,
     stats: Tensor,
+    buckets: Vec<GradBuckets>,
+}
+
+/// One gradient buffer split into buckets (ascending), all-reduced last bucket first as
+/// backward completes them.
+struct GradBuckets {
+    grads: Tensor,
+    plan: Vec<Range<usize>>,
+    /// How many buckets, counted from the last, this step has started.
+    started: usize,
 }
 
 impl<'d, 'a, B: Backend<Scalar = f32>> RankStep<'d, 'a, B> {
@@ -937,11 +964,42 @@ impl<'d, 'a, B: Backend<Scalar = f32>> RankStep<'d, 'a, B> {
         } else {
             Some(CenterSync::new(b, &banks)?)
         };
+        let bucket_bytes = dp.bucket_bytes;
+        let buckets = model
+            .grads()
+            .into_iter()
+            .map(|grads| {
+                Ok(GradBuckets {
+                    grads,
+                    plan: plan_buckets(grads.len, bucket_bytes)?,
+                    started: 0,
+                })
+            })
+            .collect::<Result<_>>()?;
         Ok(RankStep {
             dp,
             centers,
             stats: b.alloc(M::LOSS_TERMS.len() + 1)?,
+            buckets,
         })
+    }
+
+    /// Starts the mean all-reduce of every bucket of gradient buffer `buffer` that lies at or
+    /// above `from`, now complete, not started yet.
+    fn grads_ready(&mut self, b: &mut B, buffer: usize, from: usize) -> Result<()> {
+        let g = &mut self.buckets[buffer];
+        while let Some(bucket) = g
+            .plan
+            .len()
+            .checked_sub(g.started + 1)
+            .map(|k| g.plan[k].clone())
+            .filter(|bucket| bucket.start >= from)
+        {
+            let part = g.grads.slice(bucket.start, bucket.len());
+            self.dp.collective.start_all_reduce(b, part, Reduce::Mean)?;
+            g.started += 1;
+        }
+        Ok(())
     }
 
     /// Before the step's forward.
@@ -968,18 +1026,15 @@ impl<'d, 'a, B: Backend<Scalar = f32>> RankStep<'d, 'a, B> {
         })
     }
 
-    /// Between backward and SGD: the gradients' mean over the ranks, and the center banks'
-    /// summed updates.
-    fn after_backward<M: Trainee<B>>(&mut self, b: &mut B, model: &M) -> Result<()> {
-        for grads in model.grads() {
-            all_reduce_bucketed(
-                self.dp.collective,
-                b,
-                grads,
-                Reduce::Mean,
-                self.dp.bucket_bytes,
-            )?;
+    /// Between backward and SGD: the gradients' mean over the ranks (any bucket backward did
+    /// not report is started now, then all are waited for), and the center banks' summed
+    /// updates.
+    fn after_backward(&mut self, b: &mut B) -> Result<()> {
+        for buffer in 0..self.buckets.len() {
+            self.grads_ready(b, buffer, 0)?;
+            self.buckets[buffer].started = 0;
         }
+        self.dp.collective.wait_started(b)?;
         match &self.centers {
             Some(centers) => centers.after_step(self.dp.collective, b),
             None => Ok(()),
@@ -1125,7 +1180,18 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
             if let Some(r) = &ranked {
                 r.before_step(b)?;
             }
-            let mut out = model.step(b, &batch, &mut draw, meta.step, mode, &share)?;
+            let mut out = model.step(
+                b,
+                &batch,
+                &mut draw,
+                meta.step,
+                mode,
+                &share,
+                &mut |b, buffer, from| match &mut ranked {
+                    Some(r) => r.grads_ready(b, buffer, from),
+                    None => Ok(()),
+                },
+            )?;
             if let Some(r) = &mut ranked {
                 out = r.global(b, out)?;
             }
@@ -1150,7 +1216,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
                 )));
             }
             if let Some(r) = &mut ranked {
-                r.after_backward(b, model)?;
+                r.after_backward(b)?;
             }
             model.sgd_step(b, &cfg.sgd_rule(lr))?;
             meta.step += 1;

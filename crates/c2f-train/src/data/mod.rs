@@ -9,7 +9,8 @@
 //!   - [`cars`]: Stanford Cars (MATLAB annotation files);
 //!   - [`dogs`]: Stanford Dogs (MATLAB lists, PASCAL-VOC XML boxes);
 //!   - [`inat`]: iNaturalist 2017 (COCO-style JSON, joined by image id).
-//! - [`celeba`]: CelebA's 40 binary attributes (multi-label: its own sample type, not a
+//! - [`celeba`]: CelebA's 40 binary attributes (multi-label: its own sample type, opened for
+//!   training by [`spec::DataSpec`] as `celeba`, not a
 //!   [`Dataset`]).
 //! - `files` (private): what the readers share (numbered lines, errors, the image-file pass).
 //! - [`image_io`]: JPEG/PNG decoding to RGB, EXIF orientation honoured.
