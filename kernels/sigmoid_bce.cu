@@ -7,7 +7,7 @@
 //   loss    = (sum_b row[b]) / B
 //   dx[b,a] = coef (sigmoid(x) - t),  coef = loss_scale / (B A)   (assigned)
 //   pred[b,a] = x > 0 (0 or 1; NaN gives 0)
-// sigmoid_bce_rows: one block per sample; the row mean goes to row_loss[b]. sigmoid_bce_finish:
+// sigmoid_bce_forward_backward: one block per sample; the row mean goes to row_loss[b]. sigmoid_bce_finish:
 // one block sums row_loss in a fixed order and writes the loss bits to result[0]. No float
 // atomics: the same bits on every run.
 #include "common.cuh"
@@ -19,8 +19,8 @@ __device__ __forceinline__ float stable_sigmoid(float x) {
     return x >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
 }
 
-// grid (B), BCE_THREADS threads. With GRAD false, dlogits is not touched (evaluation).
-template <typename T, bool GRAD>
+// grid (B), BCE_THREADS threads.
+template <typename T>
 __device__ void sigmoid_bce_rows_impl(const T* __restrict__ logits, const T* __restrict__ targets,
                                       T* __restrict__ dlogits, int* __restrict__ predictions,
                                       float* __restrict__ row_loss, int A, float coef) {
@@ -32,7 +32,7 @@ __device__ void sigmoid_bce_rows_impl(const T* __restrict__ logits, const T* __r
         const float t = load_f32(targets, row + a);
         sum += fmaxf(x, 0.0f) - x * t + log1pf(expf(-fabsf(x)));
         predictions[row + a] = x > 0.0f ? 1 : 0;
-        if constexpr (GRAD) store_f32(dlogits, row + a, coef * (stable_sigmoid(x) - t));
+        store_f32(dlogits, row + a, coef * (stable_sigmoid(x) - t));
     }
     sum = block_sum(sum, scratch);
     if (threadIdx.x == 0) row_loss[blockIdx.x] = sum / (float)A;
@@ -52,12 +52,7 @@ extern "C" __global__ void __launch_bounds__(BCE_THREADS)
         sigmoid_bce_forward_backward_##SUFFIX(const T* logits, const T* targets, T* dlogits,       \
                                               int* predictions, float* row_loss, int A,            \
                                               float coef) {                                        \
-        sigmoid_bce_rows_impl<T, true>(logits, targets, dlogits, predictions, row_loss, A, coef);  \
-    }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(BCE_THREADS)                                      \
-        sigmoid_bce_forward_##SUFFIX(const T* logits, const T* targets, int* predictions,          \
-                                     float* row_loss, int A) {                                     \
-        sigmoid_bce_rows_impl<T, false>(logits, targets, nullptr, predictions, row_loss, A, 0.0f); \
+        sigmoid_bce_rows_impl<T>(logits, targets, dlogits, predictions, row_loss, A, coef);        \
     }
 
 SIGMOID_BCE_ENTRY_POINTS(f32, float)

@@ -37,6 +37,24 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `c2f train` for one epoch of a tiny model on the CPU.
+const TINY_TRAIN: [&str; 14] = [
+    "train",
+    "--device",
+    "cpu",
+    "--epochs",
+    "1",
+    "--batch",
+    "4",
+    "--size",
+    "75",
+    "--width",
+    "0.125",
+    "--maps",
+    "2",
+    "--no-progress",
+];
+
 #[test]
 fn config_file_eval_and_predict() {
     let dir = scratch("run");
@@ -195,30 +213,17 @@ fn pretrained_and_bilinear_upsamplers_train() {
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("held-out L2") && file.exists(), "{log}");
-    let tiny = [
-        "train",
-        "--device",
-        "cpu",
+    let synthetic = [
         "--models",
         "coarse2fine",
-        "--epochs",
-        "1",
-        "--batch",
-        "4",
-        "--size",
-        "75",
-        "--width",
-        "0.125",
-        "--maps",
-        "2",
         "--classes",
         "3",
         "--train-images",
         "4",
         "--test-images",
         "4",
-        "--no-progress",
     ];
+    let tiny = [&TINY_TRAIN[..], &synthetic].concat();
     for (name, upsampler) in [("pretrained", path(&file)), ("bilinear", "bilinear")] {
         let run_dir = dir.join(name);
         let mut args = tiny.to_vec();
@@ -332,30 +337,17 @@ fn celeba_attributes_train_eval_and_predict() {
     let root = dir.join("celeba");
     common::celeba::write_faces(&root, 8, 4);
     let run_dir = dir.join("run");
-    let out = c2f(&[
-        "train",
-        "--device",
-        "cpu",
+    let celeba = [
         "--dataset",
         "celeba",
         "--data-root",
         path(&root),
         "--attributes",
         "Striped,Red",
-        "--epochs",
-        "1",
-        "--batch",
-        "4",
-        "--size",
-        "75",
-        "--width",
-        "0.125",
-        "--maps",
-        "2",
-        "--no-progress",
         "--run-dir",
         path(&run_dir),
-    ]);
+    ];
+    let out = c2f(&[&TINY_TRAIN[..], &celeba].concat());
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     assert!(

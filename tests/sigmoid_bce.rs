@@ -1,9 +1,7 @@
 //! Sigmoid binary cross-entropy: the CPU reference against hand-computed values and finite
-//! differences (f64), and the CUDA kernels against it in f32 and bf16 (skipped without a GPU).
+//! differences (f64), and the CUDA kernel against it in f32 and bf16 (skipped without a GPU).
 
-use c2f_kernels::sigmoid_bce::{
-    forward_backward_cpu, forward_cpu, sigmoid, SigmoidBceGpu, SigmoidBceShape,
-};
+use c2f_kernels::sigmoid_bce::{forward_backward_cpu, sigmoid, SigmoidBceGpu, SigmoidBceShape};
 use c2f_kernels::testing::{
     assert_bit_identical, gpu_or_skip, numeric_gradient, rel_error, round_through, widen,
     SplitMix64,
@@ -71,12 +69,7 @@ fn dlogits_match_finite_differences() {
     let (logits, targets) = draw_inputs(&s, 4.0, 1);
     let scale = 0.6;
     let (_, _, grad) = bce64(&s, &logits, &targets, scale);
-    let mut preds = vec![0; s.len()];
-    let num = numeric_gradient(
-        |x| scale * forward_cpu(&s, x, &targets, &mut preds).unwrap(),
-        &logits,
-        1e-6,
-    );
+    let num = numeric_gradient(|x| scale * bce64(&s, x, &targets, 1.0).0, &logits, 1e-6);
     let e = rel_error(&grad, &num);
     assert!(e < 1e-7, "dlogits relative error {e}");
 }
@@ -115,13 +108,12 @@ fn large_logits_give_finite_results_and_nan_predicts_zero() {
     assert_eq!(loss32, 5e3);
     assert_eq!(g, [0.0, 0.0, 0.25, -0.25]);
     assert_eq!(sigmoid(-1e4f32), 0.0);
-    let mut p = [-7; 1];
-    forward_cpu(&shape(1, 1), &[f64::NAN], &[1.0], &mut p).unwrap();
+    let (_, p, _) = bce64(&shape(1, 1), &[f64::NAN], &[1.0], 1.0);
     assert_eq!(p, [0], "NaN is not a positive prediction");
 }
 
 #[test]
-fn f32_reference_matches_f64_and_forward_only_agrees() {
+fn f32_reference_matches_f64() {
     let s = shape(16, 40);
     let (logits, targets) = draw_inputs(&s, 8.0, 3);
     let (logits32, logits64) = round_through::<f32>(&logits);
@@ -135,10 +127,6 @@ fn f32_reference_matches_f64_and_forward_only_agrees() {
     assert_eq!(preds32, preds);
     let e = rel_error(&widen(&grad32), &grad);
     assert!(e < 1e-6, "f32 dlogits relative error {e}");
-    let mut preds_only = vec![-7; s.len()];
-    let loss_only = forward_cpu(&s, &logits64, &targets, &mut preds_only).unwrap();
-    assert_eq!(loss_only.to_bits(), loss.to_bits());
-    assert_eq!(preds_only, preds);
 }
 
 #[test]
@@ -148,17 +136,18 @@ fn wrong_lengths_and_parameters_are_clear_errors() {
     let mut preds = [0; 6];
     let mut grad = [0.0f32; 6];
     let msg = |e: c2f_kernels::Error| e.to_string();
-    let e = forward_cpu(&s, &x[..5], &x, &mut preds).unwrap_err();
+    let e = forward_backward_cpu(&s, &x[..5], &x, 1.0, &mut preds, &mut grad).unwrap_err();
     assert!(msg(e).contains("sigmoid BCE logits has 5 elements, expected 6"));
-    let e = forward_cpu(&s, &x, &x[..4], &mut preds).unwrap_err();
+    let e = forward_backward_cpu(&s, &x, &x[..4], 1.0, &mut preds, &mut grad).unwrap_err();
     assert!(msg(e).contains("sigmoid BCE targets has 4 elements, expected 6"));
-    let e = forward_cpu(&s, &x, &x, &mut preds[..2]).unwrap_err();
+    let e = forward_backward_cpu(&s, &x, &x, 1.0, &mut preds[..2], &mut grad).unwrap_err();
     assert!(msg(e).contains("predictions has 2 elements, expected 6"));
     let e = forward_backward_cpu(&s, &x, &x, 1.0, &mut preds, &mut grad[..1]).unwrap_err();
     assert!(msg(e).contains("dlogits has 1 elements, expected 6"));
     let e = forward_backward_cpu(&s, &x, &x, f64::INFINITY, &mut preds, &mut grad).unwrap_err();
     assert!(msg(e).contains("loss_scale inf is not finite"));
-    let e = forward_cpu(&shape(3, 0), &[] as &[f32], &[], &mut []).unwrap_err();
+    let e =
+        forward_backward_cpu(&shape(3, 0), &[] as &[f32], &[], 1.0, &mut [], &mut []).unwrap_err();
     assert!(msg(e).contains("zero dimension"));
 }
 
@@ -197,16 +186,6 @@ fn gpu_matches_reference<T: Element>(gpu: &Gpu, s: SigmoidBceShape, spread: f64,
     assert_eq!(loss.to_bits(), loss2.to_bits(), "{name}: loss differs");
     assert_eq!(preds, preds2, "{name}: predictions differ");
     assert_bit_identical(&format!("{name} dlogits"), &grad, &grad2);
-
-    let mut preds_only = gpu.upload(&vec![-7i32; s.len()]).unwrap();
-    let loss_only = bce.forward(&x_d, &t_d, &mut preds_only).unwrap();
-    assert_close(
-        &format!("{name}: forward loss"),
-        loss_only as f64,
-        ref_loss,
-        tol,
-    );
-    assert_eq!(gpu.download(&preds_only).unwrap(), ref_preds, "{name}");
 }
 
 /// CelebA's 40 attributes and the paper's 6, one output, more outputs than threads, many
@@ -251,7 +230,10 @@ fn gpu_bce_wrong_length_is_an_error() {
     let x_d = gpu.upload(&[1.0f32; 5]).unwrap();
     let t_d = gpu.upload(&[1.0f32; 6]).unwrap();
     let mut preds = gpu.alloc_zeros::<i32>(6).unwrap();
-    let err = bce.forward(&x_d, &t_d, &mut preds).unwrap_err();
+    let mut grad = gpu.alloc_zeros::<f32>(6).unwrap();
+    let err = bce
+        .forward_backward(&x_d, &t_d, 1.0, &mut preds, &mut grad)
+        .unwrap_err();
     assert!(
         err.to_string()
             .contains("sigmoid BCE logits has 5 elements, expected 6"),

@@ -16,10 +16,8 @@ use c2f_train::checkpoint;
 use c2f_train::data::spec::{DataSpec, OpenedData, CELEBA};
 use c2f_train::model::Task;
 use c2f_train::train::{
-    checkpoint_path, train_baseline, train_coarse2fine, BnPolicy, Evaluation, RunOptions, Schedule,
-    TrainConfig,
+    checkpoint_path, train_baseline, train_coarse2fine, Evaluation, RunOptions, TrainConfig,
 };
-use c2f_train::upsampler::UpsamplerKind;
 use common::celeba::{write_faces, ATTRIBUTES};
 use common::datasets::scratch;
 
@@ -33,16 +31,8 @@ fn config(epochs: usize) -> TrainConfig {
         task: Task::Attributes,
         maps: 2,
         lr: 0.01,
-        classifier_lr_scale: 1.0,
-        schedule: Schedule::Step,
-        momentum: 0.9,
-        weight_decay: 1e-5,
-        bn: BnPolicy::Train,
-        center_lambda: 1.0,
-        center_beta: 0.05,
         seed: 1,
-        upsampler: UpsamplerKind::Learnable,
-        ortho_init: true,
+        ..TrainConfig::default()
     }
 }
 

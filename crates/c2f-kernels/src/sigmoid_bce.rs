@@ -57,22 +57,24 @@ impl SigmoidBceShape {
         Ok(())
     }
 
-    /// Checks the shape and the buffer lengths; `dlogits` only when there is a gradient.
+    /// Checks the shape and the buffer lengths.
     fn check(
         &self,
         logits: usize,
         targets: usize,
         predictions: usize,
-        dlogits: Option<usize>,
+        dlogits: usize,
     ) -> Result<()> {
         self.validate()?;
-        check_len("sigmoid BCE logits", logits, self.len())?;
-        check_len("sigmoid BCE targets", targets, self.len())?;
-        check_len("sigmoid BCE predictions", predictions, self.len())?;
-        match dlogits {
-            Some(len) => check_len("sigmoid BCE dlogits", len, self.len()),
-            None => Ok(()),
+        for (what, len) in [
+            ("logits", logits),
+            ("targets", targets),
+            ("predictions", predictions),
+            ("dlogits", dlogits),
+        ] {
+            check_len(&format!("sigmoid BCE {what}"), len, self.len())?;
         }
+        Ok(())
     }
 
     /// `dlogits = coef·(σ − t)` with `coef = loss_scale / (B·A)`, as the kernels take it.
@@ -97,65 +99,19 @@ pub fn sigmoid<R: Real>(x: R) -> R {
     }
 }
 
-/// One row: writes its predictions and, with `grad = Some((coef, dx))`, its gradient; returns
-/// the row's mean loss.
-fn bce_row<R: Real>(x: &[R], t: &[R], pred: &mut [i32], grad: Option<(R, &mut [R])>) -> R {
+/// One row: writes its predictions and gradient; returns the row's mean loss.
+fn bce_row<R: Real>(x: &[R], t: &[R], pred: &mut [i32], coef: R, dx: &mut [R]) -> R {
     let mut sum = R::zero();
-    for ((&x, &t), p) in x.iter().zip(t).zip(pred.iter_mut()) {
+    for (((&x, &t), p), d) in x.iter().zip(t).zip(pred.iter_mut()).zip(dx) {
         sum = sum + x.max(R::zero()) - x * t + (-x.abs()).exp().ln_1p();
         *p = (x > R::zero()) as i32;
-    }
-    if let Some((coef, dx)) = grad {
-        for ((d, &x), &t) in dx.iter_mut().zip(x).zip(t) {
-            *d = coef * (sigmoid(x) - t);
-        }
+        *d = coef * (sigmoid(x) - t);
     }
     sum / R::from_f64(x.len() as f64)
 }
 
-fn bce_cpu<R: Real>(
-    shape: &SigmoidBceShape,
-    logits: &[R],
-    targets: &[R],
-    predictions: &mut [i32],
-    grad: Option<(f64, &mut [R])>,
-) -> Result<R> {
-    shape.check(
-        logits.len(),
-        targets.len(),
-        predictions.len(),
-        grad.as_ref().map(|(_, d)| d.len()),
-    )?;
-    let a = shape.outputs;
-    let rows = logits
-        .par_chunks(a)
-        .zip(targets.par_chunks(a))
-        .zip(predictions.par_chunks_mut(a));
-    let row_loss: Vec<R> = match grad {
-        Some((loss_scale, dlogits)) => {
-            let coef = R::from_f64(shape.grad_coef(loss_scale)?);
-            rows.zip(dlogits.par_chunks_mut(a))
-                .map(|(((x, t), p), dx)| bce_row(x, t, p, Some((coef, dx))))
-                .collect()
-        }
-        None => rows.map(|((x, t), p)| bce_row(x, t, p, None)).collect(),
-    };
-    Ok(row_loss.into_iter().fold(R::zero(), |s, l| s + l) / R::from_f64(shape.batch as f64))
-}
-
-/// CPU reference (and the CPU backend's op), evaluation: writes `predictions [B, A]` and returns
-/// the mean loss.
-pub fn forward_cpu<R: Real>(
-    shape: &SigmoidBceShape,
-    logits: &[R],
-    targets: &[R],
-    predictions: &mut [i32],
-) -> Result<R> {
-    bce_cpu(shape, logits, targets, predictions, None)
-}
-
-/// CPU reference (and the CPU backend's op), training: writes `predictions [B, A]` and
-/// `dlogits [B, A]` (assigned, scaled by `loss_scale`) and returns the mean loss (not scaled).
+/// CPU reference (and the CPU backend's op): writes `predictions [B, A]` and `dlogits [B, A]`
+/// (assigned, scaled by `loss_scale`) and returns the mean loss (not scaled).
 pub fn forward_backward_cpu<R: Real>(
     shape: &SigmoidBceShape,
     logits: &[R],
@@ -164,13 +120,23 @@ pub fn forward_backward_cpu<R: Real>(
     predictions: &mut [i32],
     dlogits: &mut [R],
 ) -> Result<R> {
-    bce_cpu(
-        shape,
-        logits,
-        targets,
-        predictions,
-        Some((loss_scale, dlogits)),
-    )
+    shape.check(
+        logits.len(),
+        targets.len(),
+        predictions.len(),
+        dlogits.len(),
+    )?;
+    let a = shape.outputs;
+    let coef = R::from_f64(shape.grad_coef(loss_scale)?);
+    let row_loss: Vec<R> = logits
+        .par_chunks(a)
+        .zip(targets.par_chunks(a))
+        .zip(predictions.par_chunks_mut(a))
+        .zip(dlogits.par_chunks_mut(a))
+        .map(|(((x, t), p), dx)| bce_row(x, t, p, coef, dx))
+        .collect();
+    // Summed in index order, then divided, as the GPU's finishing kernel does.
+    Ok(row_loss.into_iter().fold(R::zero(), |s, l| s + l) / R::from_f64(shape.batch as f64))
 }
 
 const BCE_THREADS: u32 = 128;
@@ -188,7 +154,6 @@ fn rows_config(shape: &SigmoidBceShape) -> LaunchConfig {
 pub struct SigmoidBceGpu<T: Element> {
     shape: SigmoidBceShape,
     stream: Arc<CudaStream>,
-    forward_fn: CudaFunction,
     forward_backward_fn: CudaFunction,
     finish_fn: CudaFunction,
     /// Each sample's mean loss, summed in order by the finishing kernel.
@@ -205,7 +170,6 @@ impl<T: Element> SigmoidBceGpu<T> {
         Ok(SigmoidBceGpu {
             shape,
             stream: gpu.stream().clone(),
-            forward_fn: gpu.typed_function::<T>(src, "sigmoid_bce_forward")?,
             forward_backward_fn: gpu.typed_function::<T>(src, "sigmoid_bce_forward_backward")?,
             finish_fn: gpu.function(src, "sigmoid_bce_finish")?,
             row_loss: gpu.alloc_zeros(shape.batch)?,
@@ -218,36 +182,8 @@ impl<T: Element> SigmoidBceGpu<T> {
         &self.shape
     }
 
-    /// Evaluation: writes `predictions` and returns the mean loss. Synchronises once.
-    pub fn forward(
-        &mut self,
-        logits: &impl DevicePtr<T>,
-        targets: &impl DevicePtr<T>,
-        predictions: &mut impl DevicePtrMut<i32>,
-    ) -> Result<f32> {
-        let s = self.shape;
-        s.check(logits.len(), targets.len(), predictions.len(), None)?;
-        let a = s.outputs as i32;
-        let cfg = rows_config(&s);
-        let logits = device_addr(logits, &self.stream);
-        let targets = device_addr(targets, &self.stream);
-        let predictions = device_addr_mut(predictions, &self.stream);
-        // SAFETY: buffer lengths checked above match the kernel's indexing (B blocks of A).
-        unsafe {
-            self.stream
-                .launch_builder(&self.forward_fn)
-                .arg(&logits)
-                .arg(&targets)
-                .arg(&predictions)
-                .arg(&mut self.row_loss)
-                .arg(&a)
-                .launch(cfg)?;
-        }
-        self.finish()
-    }
-
-    /// Training: writes `predictions` and `dlogits` (assigned, scaled by `loss_scale`) and
-    /// returns the mean loss (not scaled). Synchronises once.
+    /// Writes `predictions` and `dlogits` (assigned, scaled by `loss_scale`) and returns the
+    /// mean loss (not scaled). Synchronises once.
     pub fn forward_backward(
         &mut self,
         logits: &impl DevicePtr<T>,
@@ -261,7 +197,7 @@ impl<T: Element> SigmoidBceGpu<T> {
             logits.len(),
             targets.len(),
             predictions.len(),
-            Some(dlogits.len()),
+            dlogits.len(),
         )?;
         let coef = s.grad_coef(loss_scale)? as f32;
         let a = s.outputs as i32;
