@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use crate::device::{device_addr, device_addr_mut, Gpu};
 use crate::element::Element;
-use crate::error::{check_len, Error, Result};
+use crate::error::{check_len, check_shape, Result};
 use crate::Real;
 
 /// Added under the square root, as in WS-DAN.
@@ -80,24 +80,19 @@ impl BapShape {
     }
 
     fn validate(&self) -> Result<()> {
-        let dims = [
+        let (b, m, n, h, w) = (
             self.batch,
             self.maps,
             self.channels,
             self.height,
             self.width,
-        ];
-        if dims.contains(&0) {
-            return Err(Error::Shape(format!(
-                "BAP shape has a zero dimension: {self:?}"
-            )));
-        }
-        if self.features_len() > i32::MAX as usize || self.attention_len() > i32::MAX as usize {
-            return Err(Error::Shape(format!(
-                "BAP shape too large for 32-bit indexing: {self:?}"
-            )));
-        }
-        Ok(())
+        );
+        check_shape(
+            "BAP shape",
+            self,
+            &[b, m, n, h, w],
+            &[&[b, n, h, w], &[b, m, h, w]],
+        )
     }
 }
 

@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 use crate::device::{device_addr, device_addr_mut, Gpu};
 use crate::element::Element;
-use crate::error::{check_len, Error, Result};
+use crate::error::{check_len, check_shape, Error, Result};
 use crate::Real;
 
 /// InceptionV3's `BatchNorm2d(eps=0.001)`.
@@ -61,23 +61,8 @@ impl BatchNormShape {
     }
 
     fn validate(&self) -> Result<()> {
-        if [self.batch, self.channels, self.height, self.width].contains(&0) {
-            return Err(Error::Shape(format!(
-                "batch norm shape has a zero dimension: {self:?}"
-            )));
-        }
-        if self
-            .batch
-            .checked_mul(self.channels)
-            .and_then(|v| v.checked_mul(self.height))
-            .and_then(|v| v.checked_mul(self.width))
-            .is_none_or(|len| len > i32::MAX as usize)
-        {
-            return Err(Error::Shape(format!(
-                "batch norm shape too large for 32-bit indexing: {self:?}"
-            )));
-        }
-        Ok(())
+        let dims = [self.batch, self.channels, self.height, self.width];
+        check_shape("batch norm shape", self, &dims, &[&dims])
     }
 
     /// PyTorch refuses training-mode statistics over a single value.

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use crate::device::{device_addr, device_addr_mut, read_loss_status, Gpu};
 use crate::element::Element;
-use crate::error::{check_labels, check_len, Error, Result};
+use crate::error::{check_labels, check_len, check_shape, Error, Result};
 use crate::Real;
 
 /// Floor of a center's norm, as in `F.normalize`.
@@ -50,26 +50,22 @@ impl CenterLossShape {
     }
 
     fn validate(&self) -> Result<()> {
-        if [self.batch, self.dim, self.classes].contains(&0) {
-            return Err(Error::Shape(format!(
-                "center loss shape has a zero dimension: {self:?}"
-            )));
-        }
         if self.batch > MAX_BATCH {
             return Err(Error::Shape(format!(
                 "center loss batch {} is above the supported {MAX_BATCH}",
                 self.batch
             )));
         }
-        if self.dim > i32::MAX as usize
-            || self.classes > i32::MAX as usize
-            || self.batch * self.dim.div_ceil(CHUNK) > i32::MAX as usize
-        {
-            return Err(Error::Shape(format!(
-                "center loss shape too large for 32-bit indexing: {self:?}"
-            )));
-        }
-        Ok(())
+        check_shape(
+            "center loss shape",
+            self,
+            &[self.batch, self.dim, self.classes],
+            &[
+                &[self.dim],
+                &[self.classes],
+                &[self.batch, self.dim.div_ceil(CHUNK)],
+            ],
+        )
     }
 }
 

@@ -87,6 +87,34 @@ pub fn check_len(what: &str, len: usize, expected: usize) -> Result<()> {
     }
 }
 
+/// Refuses a shape with a zero dimension among `dims`, or with an index space (each of
+/// `extents` is one, as the product of its factors) beyond the kernels' 32-bit indices.
+/// `what` names the shape in the message, e.g. `BAP shape`.
+pub fn check_shape(
+    what: &str,
+    shape: &dyn fmt::Debug,
+    dims: &[usize],
+    extents: &[&[usize]],
+) -> Result<()> {
+    if dims.contains(&0) {
+        return Err(Error::Shape(format!(
+            "{what} has a zero dimension: {shape:?}"
+        )));
+    }
+    let fits = |factors: &&[usize]| {
+        factors
+            .iter()
+            .try_fold(1usize, |n, &f| n.checked_mul(f))
+            .is_some_and(|n| n <= i32::MAX as usize)
+    };
+    if !extents.iter().all(fits) {
+        return Err(Error::Shape(format!(
+            "{what} too large for 32-bit indexing: {shape:?}"
+        )));
+    }
+    Ok(())
+}
+
 /// Fails with [`Error::Label`] naming the first label outside `[0, classes)`.
 pub fn check_labels(labels: &[i32], classes: usize) -> Result<()> {
     match labels.iter().position(|&y| y < 0 || y as usize >= classes) {
@@ -96,5 +124,38 @@ pub fn check_labels(labels: &[i32], classes: usize) -> Result<()> {
             classes,
         }),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_shape;
+
+    #[test]
+    fn check_shape_refuses_zero_dimensions_and_index_spaces_beyond_i32() {
+        let max = i32::MAX as usize;
+        let msg = |dims: &[usize], extents: &[&[usize]]| {
+            check_shape("test shape", &dims, dims, extents)
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert_eq!(msg(&[3, 4], &[&[3, 4]]), None);
+        assert_eq!(msg(&[max, 1], &[&[max, 1]]), None);
+        let zero = msg(&[3, 0], &[&[3, 0]]).unwrap();
+        assert!(
+            zero.contains("test shape has a zero dimension: [3, 0]"),
+            "{zero}"
+        );
+        for extents in [
+            &[&[max + 1][..]][..],
+            &[&[2, max / 2 + 1]],
+            &[&[usize::MAX, 2]],
+        ] {
+            let big = msg(&[1], extents).unwrap();
+            assert!(
+                big.contains("test shape too large for 32-bit indexing"),
+                "{big}"
+            );
+        }
     }
 }

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
 use crate::element::Element;
-use crate::error::{check_len, Error, Result};
+use crate::error::{check_len, check_shape, Error, Result};
 use crate::Real;
 
 /// The shape of an NCHW activation.
@@ -53,22 +53,7 @@ impl PoolShape {
 
     fn validate(&self, op: &str) -> Result<()> {
         let dims = [self.batch, self.channels, self.height, self.width];
-        if dims.contains(&0) {
-            return Err(Error::Shape(format!(
-                "{op} input shape has a zero dimension: {self:?}"
-            )));
-        }
-        if dims
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .is_none()
-            || self.numel() > i32::MAX as usize
-        {
-            return Err(Error::Shape(format!(
-                "{op} input shape too large for 32-bit indexing: {self:?}"
-            )));
-        }
-        Ok(())
+        check_shape(&format!("{op} input shape"), self, &dims, &[&dims])
     }
 }
 

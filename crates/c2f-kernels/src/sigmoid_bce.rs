@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use crate::device::{device_addr, device_addr_mut, Gpu};
 use crate::element::Element;
-use crate::error::{check_len, Error, Result};
+use crate::error::{check_len, check_shape, Error, Result};
 use crate::Real;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,17 +44,8 @@ impl SigmoidBceShape {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.is_empty() {
-            return Err(Error::Shape(format!(
-                "sigmoid BCE shape has a zero dimension: {self:?}"
-            )));
-        }
-        if self.batch > i32::MAX as usize || self.outputs > i32::MAX as usize {
-            return Err(Error::Shape(format!(
-                "sigmoid BCE shape too large for 32-bit indexing: {self:?}"
-            )));
-        }
-        Ok(())
+        let dims = [self.batch, self.outputs];
+        check_shape("sigmoid BCE shape", self, &dims, &[&dims])
     }
 
     /// Checks the shape and the buffer lengths.

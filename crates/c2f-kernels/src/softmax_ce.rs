@@ -40,7 +40,7 @@ use rayon::prelude::*;
 
 use crate::device::{blocks_for, device_addr, device_addr_mut, read_loss_status, Gpu};
 use crate::element::Element;
-use crate::error::{check_labels, check_len, Error, Result};
+use crate::error::{check_labels, check_len, check_shape, Error, Result};
 use crate::rng::splitmix64_output;
 use crate::Real;
 
@@ -56,17 +56,13 @@ impl SoftmaxCeShape {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.batch == 0 || self.classes == 0 {
-            return Err(Error::Shape(format!(
-                "softmax cross-entropy shape has a zero dimension: {self:?}"
-            )));
-        }
-        if self.batch > i32::MAX as usize || self.classes > i32::MAX as usize {
-            return Err(Error::Shape(format!(
-                "softmax cross-entropy shape too large for 32-bit indexing: {self:?}"
-            )));
-        }
-        Ok(())
+        let dims = [self.batch, self.classes];
+        check_shape(
+            "softmax cross-entropy shape",
+            self,
+            &dims,
+            &[&[self.batch], &[self.classes]],
+        )
     }
 
     /// Checks the shape and the buffer lengths; `dlogits` only when there is a gradient.
