@@ -2,9 +2,13 @@
 //! the CUDA backend at batch 64, 299² and 448², width 1.0, M = 8, 200 classes: images/s. The
 //! baseline is the plain InceptionV3 step of `benches/inception_gpu.rs` on the same card (a
 //! Coarse2Fine step runs the backbone twice, so about half its rate is the hardware-bound
-//! target). Prints `NETBENCH` lines; without a GPU it says so.
+//! target). Prints `NETBENCH` lines; without a GPU it says so. With or without one it first
+//! prints the bytes of the tensors the model allocates at each size, counted on the CPU backend
+//! (the same allocations; the device adds cuDNN's workspace, the launchers' scratch and the
+//! CUDA context).
 
 use c2f_inception::backend::{Backend, BnMode};
+use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_kernels::testing::SplitMix64;
 use c2f_train::train::{build_coarse2fine, init_coarse2fine, RunOptions, TrainConfig};
@@ -18,14 +22,21 @@ const BATCH: usize = 64;
 
 fn case(c: &mut Criterion, size: usize) {
     let name = format!("coarse2fine_b{BATCH}_{size}");
-    let Some(mut b) = cuda_or_skip(&format!("coarse2fine_gpu {name}")) else {
-        return;
-    };
     let cfg = TrainConfig {
         epochs: 1,
         batch: BATCH,
         input_size: size,
         ..TrainConfig::default()
+    };
+    // Zero-filled host buffers are not touched here, so counting costs no real memory.
+    let mut counter = CpuBackend::<f32>::new();
+    build_coarse2fine(&mut counter, &cfg).unwrap();
+    println!(
+        "NETBENCH {name} tensors {:.2} GiB (counted on the CPU backend)",
+        counter.allocated_bytes() as f64 / (1u64 << 30) as f64
+    );
+    let Some(mut b) = cuda_or_skip(&format!("coarse2fine_gpu {name}")) else {
+        return;
     };
     let run = RunOptions {
         eval_every: 0,

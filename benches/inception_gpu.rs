@@ -43,10 +43,12 @@ fn case(c: &mut Criterion, size: usize, depth: Depth, name: &str) {
         .map(|_| rng.uniform(-1e-3, 1e-3) as f32)
         .collect();
     let sgd = SgdParams::new(1e-4, 0.9, 1e-5);
-    // The loss gradient is written once; backward reads it, nothing overwrites it.
-    b.write(net.output_grad(), &grad).unwrap();
+    // Backward reuses the output gradient's memory: each step copies it in on the device.
+    let loss_grad = b.alloc(grad.len()).unwrap();
+    b.write(loss_grad, &grad).unwrap();
     time_training_step(c, "inception_gpu_f32", name, BATCH, &mut b, |b| {
         net.forward(b, BnMode::Train).unwrap();
+        b.axpby(1.0, loss_grad, 0.0, net.output_grad()).unwrap();
         net.zero_grads(b).unwrap();
         net.backward(b, BnMode::Train, false).unwrap();
         net.sgd_step(b, &sgd).unwrap();

@@ -149,6 +149,8 @@ fn shared_backbone_accumulates_both_passes() {
     let mode = BnMode::Inference;
     // One pass alone.
     loss(&mut s, mode);
+    // Read before backward, which reuses the output gradient's memory once it has read it.
+    let d = s.cpu.read(s.net.output_grad()).unwrap();
     s.net.zero_grads(&mut s.cpu).unwrap();
     s.net.backward(&mut s.cpu, mode, false).unwrap();
     let once = s.cpu.read(s.net.grads).unwrap();
@@ -159,7 +161,6 @@ fn shared_backbone_accumulates_both_passes() {
         s.cpu.read(fine.output()).unwrap(),
         s.cpu.read(s.net.output()).unwrap()
     );
-    let d = s.cpu.read(s.net.output_grad()).unwrap();
     s.cpu.write(fine.output_grad(), &d).unwrap();
     fine.backward(&mut s.cpu, mode, false).unwrap();
     let twice = s.cpu.read(s.net.grads).unwrap();

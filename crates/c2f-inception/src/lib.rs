@@ -6,6 +6,7 @@ pub mod backend;
 pub mod cpu;
 pub mod cuda;
 pub mod init;
+pub mod liveness;
 pub mod network;
 pub mod spec;
 pub mod table;

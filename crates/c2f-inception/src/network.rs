@@ -12,6 +12,7 @@ use num_traits::Zero;
 
 use crate::backend::{Backend, BnMode, BnParams, BnStats, IndexTensor, LinearShape, Tensor};
 use crate::cpu::conv::Conv2dShape;
+use crate::liveness;
 use crate::spec::{ActId, ActShape, BasicConv, Graph, Op, BN_EPS, BN_MOMENTUM, DROPOUT};
 use crate::table::{TensorEntry, TensorTable};
 
@@ -141,11 +142,18 @@ impl Network {
             buffers,
         } = state;
         let mut acts = Vec::new();
-        let mut act_grads = Vec::new();
         for shape in &graph.activations {
             acts.push(backend.alloc(batch * shape.len())?);
-            act_grads.push(backend.alloc(batch * shape.len())?);
         }
+        // Activation gradients share one buffer by liveness (crate::liveness).
+        let layout = liveness::plan(&graph, batch);
+        let arena = backend.alloc(layout.total)?;
+        let act_grads = layout
+            .offsets
+            .iter()
+            .zip(&layout.lens)
+            .map(|(&offset, &len)| arena.slice(offset, len))
+            .collect();
         let mut pre_bn = Vec::new();
         let mut bn_saved = Vec::new();
         let mut largest = 0;
@@ -234,7 +242,8 @@ impl Network {
         self.acts[0]
     }
 
-    /// The gradient w.r.t. the input, written by a backward with `input_grad`.
+    /// The gradient w.r.t. the input, written by a backward with `input_grad`; it keeps its
+    /// value until the next backward.
     pub fn input_grad(&self) -> Tensor {
         self.act_grads[0]
     }
@@ -250,6 +259,8 @@ impl Network {
     }
 
     /// Where the caller writes the loss gradient w.r.t. [`Network::output`] before backward.
+    /// Backward reuses its memory once it has read it (activation gradients share one buffer
+    /// by liveness, [`crate::liveness`]), so it holds no value afterwards.
     pub fn output_grad(&self) -> Tensor {
         self.act_grads[self.graph.output]
     }
