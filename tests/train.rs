@@ -208,6 +208,32 @@ fn assert_resume_is_exact(trainer: Trainer, name: &str, stop: u64) {
         resume: true,
         ..every
     };
+    // The same run on other data (here larger objects: the same names and labels) is refused.
+    let other = match data.spec.clone() {
+        DataSpec::Synthetic {
+            classes,
+            train_images,
+            test_images,
+            seed,
+            clutter,
+            ..
+        } => DataSpec::Synthetic {
+            classes,
+            train_images,
+            test_images,
+            seed,
+            object_scale: (0.8, 0.9),
+            clutter,
+        },
+        files => files,
+    };
+    let err = try_train(trainer, &cfg, &rest, &other.open(75).unwrap(), &data.test)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot resume") && err.contains("object_scale: (0.8, 0.9)"),
+        "{err}"
+    );
     train(trainer, &cfg, &rest, &data);
     let a = std::fs::read(checkpoint_path(&whole)).unwrap();
     let b = std::fs::read(checkpoint_path(&parts)).unwrap();

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, network_state, CheckpointMeta, Named};
 use crate::data::loader::{Batch, Epoch, ImageSource, Loader, LoaderConfig, Prefetched, Skipped};
-use crate::data::spec::OpenedData;
+use crate::data::spec::{DataSpec, OpenedData};
 use crate::data::transform::{TrainCrop, Transform};
 use crate::model::{
     attribute_targets, orthogonal_attention, Coarse2Fine, Coarse2FineConfig, Grads, Task,
@@ -870,17 +870,26 @@ pub fn checkpoint_path(dir: &Path) -> PathBuf {
     dir.join("checkpoint.safetensors")
 }
 
-/// Checks that a checkpoint fits this run: same model, same data, same config but for the
-/// number of epochs (a resumed run may be extended).
+/// Checks that a checkpoint fits this run: same model, same data (its spec, and the training
+/// set's fingerprint: the synthetic set's names and labels do not show its object sizes or
+/// clutter, the spec does), same config but for the number of epochs (a resumed run may be
+/// extended).
 fn check_resumable(
     meta: &CheckpointMeta,
     model: &str,
     cfg: &TrainConfig,
+    data: &DataSpec,
     fingerprint: &str,
 ) -> Result<()> {
     let mut problems = Vec::new();
     if meta.model != model {
         problems.push(format!("it is a {} run, not {model}", meta.model));
+    }
+    if &meta.data != data {
+        problems.push(format!(
+            "it was trained on {:?}, this run is on {data:?}",
+            meta.data
+        ));
     }
     if meta.dataset != fingerprint {
         problems.push("the training set differs from the one it was trained on".to_string());
@@ -1112,7 +1121,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
     };
     if run.resume {
         let saved = checkpoint::load(b, &ckpt, &state)?;
-        check_resumable(&saved, M::NAME, cfg, &fingerprint)
+        check_resumable(&saved, M::NAME, cfg, &data.spec, &fingerprint)
             .map_err(|e| file_error(&ckpt, e.to_string()))?;
         meta = CheckpointMeta {
             config: cfg.clone(),
