@@ -57,6 +57,21 @@ fn two_blobs_largest_or_all() {
 }
 
 #[test]
+fn threshold_is_measured_from_the_maps_floor() {
+    // The learnable up-sampler's output sits on its bias: a blob at 2 on a floor of 1. A tenth
+    // of the max (0.2) would take every pixel; a tenth of the range above the floor (1.1) takes
+    // the blob alone.
+    let m: Vec<f32> = map_with(20, 30, &[(4, 6, 10, 9, 1.0)])
+        .iter()
+        .map(|v| v + 1.0)
+        .collect();
+    for region in [Region::LargestComponent, Region::AllAbove] {
+        let b = extract_box(&m, (20, 30), 0.1, region).unwrap();
+        assert_eq!(b, BBox::new(4.0, 6.0, 7.0, 4.0), "{region:?}");
+    }
+}
+
+#[test]
 fn corner_touching_pixels_are_one_region() {
     // A diagonal of single pixels (8-connected: one region of 5) beats a 2×2 square (4).
     let mut m = map_with(12, 12, &[(8, 8, 9, 9, 1.0)]);
@@ -75,6 +90,11 @@ fn empty_and_everything_above() {
     );
     assert_eq!(
         extract_box(&[-1.0; 64], (8, 8), 0.1, Region::AllAbove),
+        None
+    );
+    // A flat positive map: nothing stands out from the floor.
+    assert_eq!(
+        extract_box(&[0.7; 64], (8, 8), 0.1, Region::LargestComponent),
         None
     );
     let mut rng = SplitMix64(4);

@@ -5,7 +5,10 @@
 //! 2. through the up-sampler, to the input side `S`;
 //! 3. a box-filter (averaging) convolution, `k × k`, averaging only the pixels inside the image
 //!    (so the border is not darkened by padding); `k` defaults to one attention-map cell, made odd;
-//! 4. a threshold at a fraction (default 0.1) of the filtered map's maximum (strictly above);
+//! 4. the filtered map min-max normalised to [0, 1], then a threshold at a fraction (default 0.1)
+//!    of it (strictly above), as CAM's and ACoL's code and Choe et al.'s WSOL evaluation do: for a
+//!    ReLU map with zeros this is the fraction of the maximum, and the up-sampler's output, which
+//!    has a bias and no ReLU, is measured from its own floor instead of from zero;
 //! 5. the box around the largest connected region, **8-connected** (pixels touching at a corner
 //!    belong together, as the contours CAM-style code takes), or with [`Region::AllAbove`] the
 //!    tight box around every pixel above the threshold (WS-DAN's code);
@@ -46,7 +49,7 @@ pub enum Region {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LocalizeConfig {
-    /// Threshold as a fraction of the filtered map's maximum.
+    /// Threshold as a fraction of the filtered map's range above its minimum.
     pub threshold: f64,
     /// Box-filter side in input pixels; `None`: one attention-map cell (`S / h`), made odd.
     pub box_filter: Option<usize>,
@@ -103,9 +106,9 @@ pub fn box_filter(map: &[f32], (h, w): (usize, usize), k: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The box (in the map's pixels) of the pixels above `fraction · max` of `map [h, w]`: around
-/// the largest 8-connected region of them, or around all of them. `None` when the map has no
-/// positive maximum (nothing attended).
+/// The box (in the map's pixels) of the pixels above `min + fraction · (max − min)` of
+/// `map [h, w]`: around the largest 8-connected region of them, or around all of them. `None`
+/// when the map has no positive maximum (nothing attended) or is flat (nothing stands out).
 pub fn extract_box(
     map: &[f32],
     (h, w): (usize, usize),
@@ -113,11 +116,12 @@ pub fn extract_box(
     region: Region,
 ) -> Option<BBox> {
     let max = map.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    // `f32::max` skips NaN, so `max` is a number (−∞ for an all-NaN map).
-    if max <= 0.0 {
+    let min = map.iter().cloned().fold(f32::INFINITY, f32::min);
+    // `f32::max` and `f32::min` skip NaN, so both are numbers (±∞ for an all-NaN map).
+    if max <= 0.0 || max <= min {
         return None;
     }
-    let cut = (fraction * max as f64) as f32;
+    let cut = (min as f64 + fraction * (max - min) as f64) as f32;
     let above: Vec<bool> = map.iter().map(|&v| v > cut).collect();
     // (x0, y0, x1, y1), inclusive.
     let bounds = match region {
@@ -423,7 +427,7 @@ impl LocalizationMetrics {
     pub fn table(&self) -> String {
         let pct = |v: f64| format!("{:>7.2} %", 100.0 * v);
         let mut s = format!(
-            "localization on {} images (threshold {} of max, {}, box filter {})\n",
+            "localization on {} images (threshold {} of the min-max range, {}, box filter {})\n",
             self.images,
             self.config.threshold,
             match self.config.region {

@@ -247,7 +247,7 @@ struct PretrainArgs {
 struct LocalizeArgs {
     /// The Coarse2Fine checkpoint (`<run-dir>/coarse2fine/checkpoint.safetensors`).
     checkpoint: PathBuf,
-    /// Threshold as a fraction of the filtered map's maximum.
+    /// Threshold as a fraction of the filtered map's range, min to max (0: its minimum).
     #[arg(long, default_value_t = 0.1)]
     threshold: f64,
     /// Box-filter side in input pixels (default: one attention-map cell).
