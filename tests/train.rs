@@ -15,8 +15,9 @@ use c2f_train::data::loader::ImageSource;
 use c2f_train::data::spec::{DataSpec, OpenedData};
 use c2f_train::model::Task;
 use c2f_train::train::{
-    build_baseline, build_coarse2fine, checkpoint_path, train_baseline, train_coarse2fine,
-    Accuracy, BnPolicy, DataParallel, Evaluation, RunOptions, Schedule, TrainConfig, Trainee,
+    build_baseline, build_coarse2fine, checkpoint_path, init_coarse2fine, train_baseline,
+    train_coarse2fine, Accuracy, BnPolicy, DataParallel, Evaluation, RunOptions, Schedule,
+    TrainConfig, Trainee,
 };
 use c2f_train::upsampler::UpsamplerKind;
 
@@ -282,6 +283,89 @@ fn checkpoint_of_another_shape_is_refused_naming_tensor() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("missing (1): extra.weight"), "{err}");
+}
+
+/// `RunOptions::init_from`: a fresh model takes an earlier run's final state with zero
+/// momentum, an up-sampler file then replaces the up-sampler, a checkpoint of the other model is
+/// refused, and the new run trains on other data.
+#[test]
+fn a_run_starts_from_an_earlier_runs_checkpoint() {
+    let data = synthetic(8, 4);
+    let cfg = tiny_config(1, 4);
+    let dir = scratch("init_from");
+    train(
+        train_coarse2fine,
+        &cfg,
+        &run_options(&dir.join("first")),
+        &data,
+    );
+    train(train_baseline, &cfg, &run_options(&dir.join("base")), &data);
+    let first = checkpoint_path(&dir.join("first"));
+    let mut cpu = CpuBackend::<f32>::new();
+    let model = build_coarse2fine(&mut cpu, &cfg).unwrap();
+    let state = Trainee::<CpuBackend<f32>>::state(&model);
+    let expected: Vec<(&str, &[usize])> = state
+        .iter()
+        .map(|n| (n.name.as_str(), n.shape.as_slice()))
+        .collect();
+    let saved = read_checked(&first, &expected, |_| false, "test")
+        .unwrap()
+        .values;
+    // A file with other up-sampler values.
+    let upsampler_file = dir.join("upsampler.safetensors");
+    let mut other = cpu.read(model.params).unwrap();
+    other.iter_mut().for_each(|v| *v = 0.25 - *v);
+    c2f_train::upsampler::save(&upsampler_file, model.head_table(), &other).unwrap();
+    for with_upsampler in [false, true] {
+        let run = RunOptions {
+            init_from: Some(first.clone()),
+            upsampler_weights: with_upsampler.then(|| upsampler_file.clone()),
+            ..run_options(&dir.join("unused"))
+        };
+        init_coarse2fine(&mut cpu, &model, &cfg, &run).unwrap();
+        let heads = model.head_table();
+        for (n, values) in state.iter().zip(&saved) {
+            let got = cpu.read(n.tensor).unwrap();
+            let upsampler = heads
+                .get(&n.name)
+                .filter(|e| with_upsampler && e.name.starts_with("upsampler."));
+            let want: Vec<f32> = match upsampler {
+                Some(e) => other[e.range()].to_vec(),
+                None if n.name.starts_with("momentum.") => vec![0.0; values.len()],
+                None => values.clone(),
+            };
+            assert!(
+                got == want,
+                "{} (up-sampler file: {with_upsampler})",
+                n.name
+            );
+        }
+    }
+    let run = RunOptions {
+        init_from: Some(checkpoint_path(&dir.join("base"))),
+        ..run_options(&dir.join("unused"))
+    };
+    let err = init_coarse2fine(&mut cpu, &model, &cfg, &run)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("a baseline checkpoint cannot start a coarse2fine run"),
+        "{err}"
+    );
+    // The second stage may train on other data.
+    let larger = DataSpec::Synthetic {
+        classes: 3,
+        train_images: 8,
+        test_images: 4,
+        seed: 3,
+        object_scale: (0.8, 0.9),
+        clutter: 0.5,
+    };
+    let run = RunOptions {
+        init_from: Some(first),
+        ..run_options(&dir.join("second"))
+    };
+    assert!(train(train_coarse2fine, &cfg, &run, &larger.open(75).unwrap()).is_some());
 }
 
 #[test]

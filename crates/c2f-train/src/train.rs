@@ -188,6 +188,10 @@ pub struct RunOptions {
     pub weights: Option<PathBuf>,
     /// Start Coarse2Fine's learnable up-sampler from `c2f pretrain-upsampler`'s file.
     pub upsampler_weights: Option<PathBuf>,
+    /// Start from the final state of an earlier run of the same model (its checkpoint), with
+    /// fresh momentum ([`start_from_checkpoint`]); `upsampler_weights` then replaces its
+    /// up-sampler.
+    pub init_from: Option<PathBuf>,
     /// Stop after this many steps in all, as a crash would (after any checkpoint due at that
     /// step): for testing `resume`.
     pub stop_after: Option<u64>,
@@ -205,6 +209,7 @@ impl RunOptions {
             progress: false,
             weights: None,
             upsampler_weights: None,
+            init_from: None,
             stop_after: None,
         }
     }
@@ -684,13 +689,47 @@ pub fn build_coarse2fine<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<Coa
     )
 }
 
-/// Initialises a fresh Coarse2Fine model's parameters (the center banks start at zero).
+/// Fills a fresh model's state from the checkpoint of an earlier run of the same model and
+/// shapes, then zeroes its momentum: a new run, with its own data, schedule and epochs, that
+/// starts where that one ended.
+pub fn start_from_checkpoint<B: Backend<Scalar = f32>>(
+    b: &mut B,
+    state: &[Named],
+    path: &Path,
+    model: &str,
+) -> Result<()> {
+    let meta = checkpoint::read_meta(path)?;
+    if meta.model != model {
+        return Err(file_error(
+            path,
+            format!("a {} checkpoint cannot start a {model} run", meta.model),
+        ));
+    }
+    checkpoint::load(b, path, state)?;
+    for n in state.iter().filter(|n| n.name.starts_with("momentum.")) {
+        b.fill(n.tensor, 0.0)?;
+    }
+    Ok(())
+}
+
+/// Initialises a fresh Coarse2Fine model: from [`RunOptions::init_from`]'s checkpoint, or its
+/// parameters drawn (the center banks at zero); then the up-sampler from
+/// [`RunOptions::upsampler_weights`], if given.
 pub fn init_coarse2fine<B: Backend<Scalar = f32>>(
     b: &mut B,
     model: &Coarse2Fine,
     cfg: &TrainConfig,
     run: &RunOptions,
 ) -> Result<()> {
+    if let Some(path) = &run.init_from {
+        start_from_checkpoint(b, &model.state(), path, "coarse2fine")?;
+        if let Some(file) = &run.upsampler_weights {
+            let mut heads = b.read(model.params)?;
+            load_into(file, model.head_table(), &mut heads)?;
+            b.write(model.params, &heads)?;
+        }
+        return Ok(());
+    }
     init_backbone(b, model.backbone(), run.weights.as_deref())?;
     let mut heads = vec![0.0f32; model.params.len];
     for e in model.head_table().entries() {
@@ -788,7 +827,10 @@ pub fn train_baseline<B: Backend<Scalar = f32>>(
 ) -> Result<Option<Evaluation>> {
     let mut model = build_baseline(b, &rank_config(cfg, dp.as_deref())?)?;
     if !run.resume && dp.as_ref().is_none_or(|dp| dp.rank() == 0) {
-        init_backbone(b, &model.net, run.weights.as_deref())?;
+        match &run.init_from {
+            Some(path) => start_from_checkpoint(b, &Trainee::<B>::state(&model), path, "baseline")?,
+            None => init_backbone(b, &model.net, run.weights.as_deref())?,
+        }
     }
     fit(b, &mut model, cfg, run, data, dp)
 }

@@ -31,9 +31,9 @@ use c2f_train::model::{Coarse2Fine, Task};
 use c2f_train::pretrain::{pretrain_upsampler, print_epochs, PretrainConfig};
 use c2f_train::train::Baseline;
 use c2f_train::train::{
-    build_baseline, build_coarse2fine, evaluate, format_accuracy, padded_images, prediction_rows,
-    test_loader, train_baseline, train_coarse2fine, Accuracy, BnPolicy, DataParallel, Evaluation,
-    RunOptions, Schedule, TrainConfig, Trainee,
+    build_baseline, build_coarse2fine, checkpoint_path, evaluate, format_accuracy, padded_images,
+    prediction_rows, test_loader, train_baseline, train_coarse2fine, Accuracy, BnPolicy,
+    DataParallel, Evaluation, RunOptions, Schedule, TrainConfig, Trainee,
 };
 use c2f_train::upsampler::{attention_map_side, UpsamplerKind};
 use c2f_train::visualize::{write_pictures, VisualizeConfig};
@@ -179,6 +179,12 @@ struct TrainArgs {
     /// `tools/export_torchvision_weights.py` writes the ImageNet ones).
     #[arg(long)]
     weights: Option<PathBuf>,
+    /// Start from the final state of an earlier run: DIR is its --run-dir, and each model starts
+    /// from DIR/<model>/checkpoint.safetensors (same shapes; fresh momentum, this run's data,
+    /// schedule and epochs). With --upsampler FILE, that file then replaces the up-sampler: the
+    /// two-stage recipe in the README.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["weights", "resume"])]
+    init_from: Option<PathBuf>,
     /// Where checkpoints and metrics go, one folder per model (default: runs/run-<time>).
     #[arg(long)]
     run_dir: Option<PathBuf>,
@@ -596,6 +602,10 @@ fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
         progress: !args.no_progress,
         weights: args.weights.clone(),
         upsampler_weights: upsampler_weights.clone(),
+        init_from: args
+            .init_from
+            .as_ref()
+            .map(|dir| checkpoint_path(&dir.join(model))),
         stop_after: None,
     };
     let job = Job { cfg, data: opened };
