@@ -15,7 +15,7 @@ use c2f_inception::cuda::CudaBackend;
 use std::sync::Arc;
 
 use c2f_kernels::{Error, Result};
-use cudarc::driver::{CudaSlice, CudaStream};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
 use cudarc::nccl::safe::{Comm, Id, ReduceOp};
 
 use crate::collective::{Collective, Reduce};
@@ -59,6 +59,10 @@ pub struct NcclCollective {
     compute: Arc<CudaStream>,
     /// The communicator's stream.
     communication: Arc<CudaStream>,
+    /// Recorded on the compute stream for the communication stream to wait on, and the other
+    /// way round; made once and re-recorded, so a step makes no driver objects.
+    compute_done: CudaEvent,
+    communication_done: CudaEvent,
     /// One value all-reduced by [`Collective::barrier`].
     token: CudaSlice<f32>,
 }
@@ -85,9 +89,12 @@ impl NcclCollective {
         let id = Id::uninit(id.map(|c| c as std::ffi::c_char));
         let comm = Comm::from_rank(communication.clone(), rank, world, id)
             .map_err(|e| nccl_error(&format!("ncclCommInitRank (rank {rank} of {world})"), e))?;
+        let context = compute.context().clone();
         Ok(NcclCollective {
             comm,
             token: compute.alloc_zeros(1)?,
+            compute_done: context.new_event(None)?,
+            communication_done: context.new_event(None)?,
             compute,
             communication,
         })
@@ -99,9 +106,14 @@ impl NcclCollective {
         what: &str,
         collective: impl FnOnce(&Comm) -> std::result::Result<T, cudarc::nccl::result::NcclError>,
     ) -> Result<()> {
-        self.communication.join(&self.compute)?;
+        self.communication_waits_for_compute()?;
         collective(&self.comm).map_err(|e| nccl_error(what, e))?;
         Ok(())
+    }
+
+    fn communication_waits_for_compute(&self) -> Result<()> {
+        self.compute_done.record(&self.compute)?;
+        Ok(self.communication.wait(&self.compute_done)?)
     }
 }
 
@@ -135,7 +147,8 @@ impl Collective<CudaBackend> for NcclCollective {
     }
 
     fn wait_started(&mut self, _b: &mut CudaBackend) -> Result<()> {
-        Ok(self.compute.join(&self.communication)?)
+        self.communication_done.record(&self.communication)?;
+        Ok(self.compute.wait(&self.communication_done)?)
     }
 
     fn broadcast(&mut self, b: &mut CudaBackend, t: Tensor) -> Result<()> {
@@ -150,10 +163,9 @@ impl Collective<CudaBackend> for NcclCollective {
     }
 
     fn barrier(&mut self, b: &mut CudaBackend) -> Result<()> {
-        let token = &mut self.token;
-        self.communication.join(&self.compute)?;
+        self.communication_waits_for_compute()?;
         self.comm
-            .all_reduce_in_place(token, &ReduceOp::Sum)
+            .all_reduce_in_place(&mut self.token, &ReduceOp::Sum)
             .map_err(|e| nccl_error("ncclAllReduce (barrier)", e))?;
         self.wait_started(b)?;
         b.synchronize()
