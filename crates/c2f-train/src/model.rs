@@ -154,12 +154,12 @@ impl Task {
     }
 
     /// The predictions buffer's length for a batch.
-    fn predictions_len(self, batch: usize, outputs: usize) -> usize {
+    pub fn predictions_len(self, batch: usize, outputs: usize) -> usize {
         batch * self.answers_per_image(outputs)
     }
 
     /// The targets buffer's length for a batch (none for classes).
-    fn targets_len(self, batch: usize, outputs: usize) -> usize {
+    pub fn targets_len(self, batch: usize, outputs: usize) -> usize {
         match self {
             Task::Classes => 0,
             Task::Attributes => batch * outputs,

@@ -401,12 +401,11 @@ impl Baseline {
                 classes: cfg.classes,
             },
         })?;
-        let answers = cfg.task.answers_per_image(cfg.classes);
         Ok(Baseline {
             net: Network::new(b, graph, cfg.batch)?,
             labels: b.alloc_index(cfg.batch)?,
-            targets: b.alloc(cfg.batch * cfg.classes * (cfg.task == Task::Attributes) as usize)?,
-            predictions: b.alloc_index(cfg.batch * answers)?,
+            targets: b.alloc(cfg.task.targets_len(cfg.batch, cfg.classes))?,
+            predictions: b.alloc_index(cfg.task.predictions_len(cfg.batch, cfg.classes))?,
             classes: cfg.classes,
             task: cfg.task,
         })
