@@ -389,6 +389,34 @@ fn celeba_attributes_train_eval_and_predict() {
         assert_eq!(line.matches('%').count(), 2, "{line}");
     }
 
+    // The attributes from a config file, as a TOML list, in its order.
+    let config = dir.join("celeba.toml");
+    std::fs::write(
+        &config,
+        "attributes = [\"Red\", \"Striped\"]\nmodels = \"baseline\"\n",
+    )
+    .unwrap();
+    let listed_dir = dir.join("listed");
+    let listed = [
+        "--config",
+        path(&config),
+        "--dataset",
+        "celeba",
+        "--data-root",
+        path(&root),
+        "--run-dir",
+        path(&listed_dir),
+    ];
+    let out = c2f(&[&TINY_TRAIN[..], &listed].concat());
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("2 attributes"), "{log}");
+    let (red, striped) = (
+        log.find("| Red | InceptionV3 baseline |"),
+        log.find("| Striped | InceptionV3 baseline |"),
+    );
+    assert!(red.is_some() && red < striped, "{log}");
+
     // CelebA has no boxes to localize, and the pictures show top classes, which an attribute
     // model has not: both say so.
     let out = c2f(&["localize", path(&checkpoint), "--device", "cpu"]);

@@ -99,10 +99,10 @@ struct TrainArgs {
     /// The dataset's folder (for every dataset but `synthetic`).
     #[arg(long)]
     data_root: Option<PathBuf>,
-    /// CelebA: the attributes to predict, comma-separated, as `list_attr_celeba.txt` names them
-    /// (default: all 40). The paper's six: Attractive,High_Cheekbones,Male,
+    /// CelebA: the attributes to predict, as `list_attr_celeba.txt` names them, comma- or
+    /// space-separated (default: all 40). The paper's six: Attractive,High_Cheekbones,Male,
     /// Mouth_Slightly_Open,Smiling,Wearing_Lipstick.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
     attributes: Option<Vec<String>>,
     /// Epochs (default: 12 on the CPU, 40 on a GPU; the paper: 200).
     #[arg(long)]
