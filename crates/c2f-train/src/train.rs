@@ -753,6 +753,19 @@ pub fn build_baseline<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<Baseli
     Baseline::new(b, cfg)
 }
 
+/// Initialises a fresh baseline: from [`RunOptions::init_from`]'s checkpoint, or the backbone
+/// drawn (or from [`RunOptions::weights`]).
+pub fn init_baseline<B: Backend<Scalar = f32>>(
+    b: &mut B,
+    model: &Baseline,
+    run: &RunOptions,
+) -> Result<()> {
+    match &run.init_from {
+        Some(path) => start_from_checkpoint(b, &Trainee::<B>::state(model), path, "baseline"),
+        None => init_backbone(b, &model.net, run.weights.as_deref()),
+    }
+}
+
 /// One rank's part in a data-parallel job (docs/distributed.md): the collective that joins it
 /// to the other ranks, and the size of the buckets its gradients are all-reduced in.
 pub struct DataParallel<'a, B: Backend<Scalar = f32>> {
@@ -826,10 +839,7 @@ pub fn train_baseline<B: Backend<Scalar = f32>>(
 ) -> Result<Option<Evaluation>> {
     let mut model = build_baseline(b, &rank_config(cfg, dp.as_deref())?)?;
     if !run.resume && dp.as_ref().is_none_or(|dp| dp.rank() == 0) {
-        match &run.init_from {
-            Some(path) => start_from_checkpoint(b, &Trainee::<B>::state(&model), path, "baseline")?,
-            None => init_backbone(b, &model.net, run.weights.as_deref())?,
-        }
+        init_baseline(b, &model, run)?;
     }
     fit(b, &mut model, cfg, run, data, dp)
 }
