@@ -1,7 +1,8 @@
 //! The `c2f` binary: a TOML config file with command-line overrides, its unknown keys refused
 //! naming the file and key; `c2f eval` and `c2f predict` on the checkpoint a run wrote; an
 //! unreadable image skipped by `predict` with its path; data-parallel training refused where it
-//! cannot run; CelebA's attributes trained, evaluated and predicted per attribute.
+//! cannot run; CelebA's attributes trained, evaluated and predicted per attribute; the
+//! synthetic set's own seed.
 
 mod common {
     pub mod celeba;
@@ -435,4 +436,36 @@ fn celeba_attributes_train_eval_and_predict() {
     let log = text(&out);
     assert!(!out.status.success(), "{log}");
     assert!(log.contains("this one predicts attributes"), "{log}");
+}
+
+#[test]
+fn data_seed_varies_the_data_apart_from_the_training() {
+    let dir = scratch("data_seed");
+    let run_dir = dir.join("run");
+    let args = [
+        "--models",
+        "baseline",
+        "--classes",
+        "3",
+        "--train-images",
+        "4",
+        "--test-images",
+        "4",
+        "--seed",
+        "3",
+        "--data-seed",
+        "5",
+        "--run-dir",
+        path(&run_dir),
+    ];
+    let out = c2f(&[&TINY_TRAIN[..], &args].concat());
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    let meta =
+        c2f_train::checkpoint::read_meta(&run_dir.join("baseline/checkpoint.safetensors")).unwrap();
+    assert_eq!(meta.config.seed, 3);
+    match meta.data {
+        c2f_train::data::spec::DataSpec::Synthetic { seed, .. } => assert_eq!(seed, 5),
+        other => panic!("{other:?}"),
+    }
 }

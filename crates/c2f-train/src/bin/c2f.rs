@@ -166,6 +166,10 @@ struct TrainArgs {
     /// attention start and the fine branch's map choice.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Synthetic set: draw the images from this seed instead of --seed, so that the training's
+    /// randomness and the data can be varied apart.
+    #[arg(long)]
+    data_seed: Option<u64>,
     /// Start the attention conv from a plain uniform draw instead of orthonormal rows (the
     /// paper's Table 8 ablation).
     #[arg(long)]
@@ -537,7 +541,7 @@ fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
             classes: args.classes,
             train_images: args.train_images,
             test_images: args.test_images,
-            seed: args.seed,
+            seed: args.data_seed.unwrap_or(args.seed),
             object_scale: (args.object_scale[0], args.object_scale[1]),
             clutter: args.clutter,
         }
