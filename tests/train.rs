@@ -13,13 +13,11 @@ use c2f_inception::weights::read_checked;
 use c2f_train::checkpoint::{self, Named};
 use c2f_train::data::loader::ImageSource;
 use c2f_train::data::spec::{DataSpec, OpenedData};
-use c2f_train::model::Task;
 use c2f_train::train::{
     build_baseline, build_coarse2fine, checkpoint_path, init_coarse2fine, train_baseline,
     train_coarse2fine, Accuracy, BnPolicy, DataParallel, Evaluation, RunOptions, Schedule,
     TrainConfig, Trainee,
 };
-use c2f_train::upsampler::UpsamplerKind;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("train_{name}"));
@@ -27,6 +25,7 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// A tiny model with the paper's optimiser settings (`TrainConfig::default`).
 fn tiny_config(epochs: usize, batch: usize) -> TrainConfig {
     TrainConfig {
         epochs,
@@ -34,19 +33,9 @@ fn tiny_config(epochs: usize, batch: usize) -> TrainConfig {
         input_size: 75,
         width: 0.125,
         classes: 3,
-        task: Task::Classes,
         maps: 2,
-        lr: 1e-3,
-        classifier_lr_scale: 1.0,
-        schedule: Schedule::Step,
-        momentum: 0.9,
-        weight_decay: 1e-5,
-        bn: BnPolicy::Train,
-        center_lambda: 1.0,
-        center_beta: 0.05,
         seed: 1,
-        upsampler: UpsamplerKind::Learnable,
-        ortho_init: true,
+        ..TrainConfig::default()
     }
 }
 
