@@ -176,7 +176,12 @@ fn both_models_train_and_write_metrics_and_checkpoints() {
 /// model object, as a new process has); the two final checkpoints must be the same bytes.
 fn assert_resume_is_exact(trainer: Trainer, name: &str, stop: u64) {
     let data = synthetic(12, 4);
-    let cfg = tiny_config(2, 4);
+    // Warmups make the rate and λ depend on where in the run a step is.
+    let cfg = TrainConfig {
+        warmup_epochs: 1.5,
+        center_warmup_epochs: 1.0,
+        ..tiny_config(2, 4)
+    };
     let whole = scratch(&format!("{name}_whole"));
     let parts = scratch(&format!("{name}_parts"));
     let every = RunOptions {
@@ -461,6 +466,50 @@ fn schedules() {
     let twelve = 0.5e-3 * (1.0 + (std::f64::consts::PI * 12.0 / 50.0).cos());
     assert!((lr(&cosine, 2, 2) - twelve).abs() < 1e-15);
     assert!(lr(&cosine, 9, 4) > 0.0 && lr(&cosine, 9, 4) < 1e-5);
+
+    // A 1.5-epoch warmup (7.5 steps of 5) scales the schedule by (steps so far, this one
+    // included) / 7.5 up to 1; the center loss's warmup does the same to λ on its own.
+    let warm = TrainConfig {
+        warmup_epochs: 1.5,
+        center_lambda: 2.0,
+        center_warmup_epochs: 0.5,
+        ..cosine.clone()
+    };
+    assert!((lr(&warm, 0, 0) - lr(&cosine, 0, 0) / 7.5).abs() < 1e-18);
+    assert!((lr(&warm, 1, 1) - lr(&cosine, 1, 1) * 7.0 / 7.5).abs() < 1e-18);
+    assert_eq!(lr(&warm, 1, 2), lr(&cosine, 1, 2));
+    assert_eq!(lr(&warm, 6, 3), lr(&cosine, 6, 3));
+    let lambda = |c: &TrainConfig, e, s| c.center_lambda_at(e, s, 5);
+    assert_eq!(lambda(&warm, 0, 0), 2.0 / 2.5);
+    assert_eq!(lambda(&warm, 0, 1), 2.0 * 2.0 / 2.5);
+    assert_eq!(lambda(&warm, 0, 2), 2.0);
+    assert_eq!(lambda(&warm, 3, 4), 2.0);
+    assert_eq!(lambda(&cosine, 0, 0), cosine.center_lambda);
+}
+
+/// The center loss's warmup reaches the model: over a first epoch that is a thousandth of the
+/// warmup, the center terms are a few thousandths of what they are at full λ.
+#[test]
+fn center_loss_warmup_weights_the_center_terms() {
+    let data = synthetic(12, 4);
+    let center_terms = |center_warmup_epochs: f64, name: &str| {
+        let cfg = TrainConfig {
+            center_warmup_epochs,
+            ..tiny_config(1, 4)
+        };
+        let dir = scratch(name);
+        train(train_coarse2fine, &cfg, &run_options(&dir), &data);
+        let line = &metrics(&dir)[0];
+        ["loss_center_coarse", "loss_center_fine"].map(|k| line[k].as_f64().unwrap())
+    };
+    let full = center_terms(0.0, "center_full");
+    let warming = center_terms(1000.0, "center_warming");
+    for (w, f) in warming.iter().zip(&full) {
+        assert!(
+            *f > 0.0 && *w > 0.0 && *w < 0.01 * f,
+            "{warming:?} vs {full:?}"
+        );
+    }
 }
 
 #[test]

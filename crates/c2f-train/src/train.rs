@@ -90,12 +90,21 @@ pub struct TrainConfig {
     /// backbone trained from scratch makes their logits jump; fine-tuning (WS-DAN) uses 1.
     pub classifier_lr_scale: f64,
     pub schedule: Schedule,
+    /// The learning rate rises linearly from zero over this many epochs (per step) before the
+    /// schedule takes over; 0: none (the paper, fine-tuning).
+    #[serde(default)]
+    pub warmup_epochs: f64,
     pub momentum: f64,
     pub weight_decay: f64,
     pub bn: BnPolicy,
     /// Center loss weight λ and moving-average rate β.
     pub center_lambda: f64,
     pub center_beta: f64,
+    /// λ rises linearly from zero over this many epochs (per step). From scratch, a full
+    /// center loss at the start pulls every image's part features to the same point before
+    /// they tell the classes apart, and training can stay there (README); 0: none (the paper).
+    #[serde(default)]
+    pub center_warmup_epochs: f64,
     pub seed: u64,
     /// The fine branch's up-sampler: learnable (the paper) or fixed bilinear (its comparison).
     pub upsampler: UpsamplerKind,
@@ -120,11 +129,13 @@ impl Default for TrainConfig {
             lr: 1e-3,
             classifier_lr_scale: 1.0,
             schedule: Schedule::Step,
+            warmup_epochs: 0.0,
             momentum: 0.9,
             weight_decay: 1e-5,
             bn: BnPolicy::Train,
             center_lambda: 1.0,
             center_beta: 0.05,
+            center_warmup_epochs: 0.0,
             seed: 0,
             upsampler: UpsamplerKind::Learnable,
             ortho_init: true,
@@ -160,15 +171,33 @@ impl TrainConfig {
 
     /// The learning rate of step `step` of `epoch`, of `steps_per_epoch`.
     pub fn learning_rate(&self, epoch: usize, step: usize, steps_per_epoch: usize) -> f64 {
-        match self.schedule {
-            Schedule::Step => self.lr * 0.9f64.powi((epoch / 2) as i32),
-            Schedule::Cosine => {
-                let total = (self.epochs * steps_per_epoch).max(1) as f64;
-                let t = (epoch * steps_per_epoch + step) as f64;
-                0.5 * self.lr * (1.0 + (std::f64::consts::PI * t / total).cos())
+        let warmup = warmup_fraction(self.warmup_epochs, epoch, step, steps_per_epoch);
+        warmup
+            * match self.schedule {
+                Schedule::Step => self.lr * 0.9f64.powi((epoch / 2) as i32),
+                Schedule::Cosine => {
+                    let total = (self.epochs * steps_per_epoch).max(1) as f64;
+                    let t = (epoch * steps_per_epoch + step) as f64;
+                    0.5 * self.lr * (1.0 + (std::f64::consts::PI * t / total).cos())
+                }
             }
-        }
     }
+
+    /// The center loss weight λ at step `step` of `epoch`, of `steps_per_epoch`.
+    pub fn center_lambda_at(&self, epoch: usize, step: usize, steps_per_epoch: usize) -> f64 {
+        self.center_lambda
+            * warmup_fraction(self.center_warmup_epochs, epoch, step, steps_per_epoch)
+    }
+}
+
+/// How far a linear warmup over `epochs` epochs is at step `step` of `epoch`: (steps so far,
+/// this one included) / (warmup steps), at most 1; 1 throughout when `epochs` is 0.
+fn warmup_fraction(epochs: f64, epoch: usize, step: usize, steps_per_epoch: usize) -> f64 {
+    let length = epochs * steps_per_epoch as f64;
+    if length <= 0.0 {
+        return 1.0;
+    }
+    (((epoch * steps_per_epoch + step + 1) as f64) / length).min(1.0)
 }
 
 /// Where and how a run keeps its files, beside what it trains.
@@ -299,6 +328,8 @@ pub trait Trainee<B: Backend<Scalar = f32>> {
     fn center_banks(&self) -> Vec<Tensor> {
         Vec::new()
     }
+    /// The center loss weight λ of the coming steps (its warmup); models without one ignore it.
+    fn set_center_lambda(&mut self, _lambda: f64) {}
     /// One SGD step, each parameter tensor with the hyper-parameters `rule` gives it.
     fn sgd_step(&mut self, b: &mut B, rule: &SgdRule<'_>) -> Result<()>;
     /// Class probabilities `[B·C]` (attributes: each one's probability `[B·A]`) per head
@@ -359,6 +390,10 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
     fn center_banks(&self) -> Vec<Tensor> {
         let (coarse, fine) = self.centers();
         vec![coarse, fine]
+    }
+
+    fn set_center_lambda(&mut self, lambda: f64) {
+        self.config.center_loss.lambda = lambda;
     }
 
     fn sgd_step(&mut self, b: &mut B, rule: &SgdRule<'_>) -> Result<()> {
@@ -1237,6 +1272,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
             let batch = batch?;
             let batch_index = first_batch + k;
             lr = cfg.learning_rate(epoch, batch_index, steps_per_epoch);
+            model.set_center_lambda(cfg.center_lambda_at(epoch, batch_index, steps_per_epoch));
             if let Some(r) = &ranked {
                 r.before_step(b)?;
             }

@@ -147,6 +147,10 @@ struct TrainArgs {
     /// ×0.9 every 2 epochs).
     #[arg(long, value_enum)]
     schedule: Option<Schedule>,
+    /// Epochs over which the learning rate rises linearly from zero (default: 2 from scratch;
+    /// 0 with --weights).
+    #[arg(long, value_parser = epochs_fraction, allow_negative_numbers = true)]
+    warmup_epochs: Option<f64>,
     /// SGD momentum (the paper: 0.9).
     #[arg(long, default_value_t = 0.9)]
     momentum: f64,
@@ -162,6 +166,11 @@ struct TrainArgs {
     /// Center moving-average rate β.
     #[arg(long, default_value_t = 0.05)]
     beta: f64,
+    /// Epochs over which λ rises linearly from zero (default: 3 from scratch, where a full
+    /// center loss at the start can pull every image's part features to one point; 0 with
+    /// --weights, as in the paper).
+    #[arg(long, value_parser = epochs_fraction, allow_negative_numbers = true)]
+    center_warmup_epochs: Option<f64>,
     /// Seed of everything random: the synthetic set, the data order and augmentation, the
     /// attention start and the fine branch's map choice.
     #[arg(long, default_value_t = 0)]
@@ -344,6 +353,16 @@ fn main() {
 /// For `c2f train --config FILE`: the command line with the file's keys put in front of the
 /// user's flags as flags (so the user's come later and win), each key checked against the
 /// flags `train` has.
+/// A finite, non-negative number of epochs (a warmup's length may be a fraction of one).
+fn epochs_fraction(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "`{text}` is not a number of epochs (finite, 0 or more)"
+        )),
+    }
+}
+
 fn with_config_file(argv: Vec<String>) -> Result<Vec<String>> {
     let position = argv.iter().position(|a| a == "--config");
     let path = match position {
@@ -580,11 +599,19 @@ fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
         } else {
             Schedule::Cosine
         }),
+        warmup_epochs: args
+            .warmup_epochs
+            .unwrap_or(if fine_tune { 0.0 } else { 2.0 }),
         momentum: args.momentum,
         weight_decay: args.weight_decay,
         bn: args.bn,
         center_lambda: args.lambda,
         center_beta: args.beta,
+        center_warmup_epochs: args.center_warmup_epochs.unwrap_or(if fine_tune {
+            0.0
+        } else {
+            3.0
+        }),
         seed: args.seed,
         upsampler: if args.upsampler == "bilinear" {
             UpsamplerKind::FixedBilinear
