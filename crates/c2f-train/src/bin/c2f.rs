@@ -104,7 +104,7 @@ struct TrainArgs {
     /// Mouth_Slightly_Open,Smiling,Wearing_Lipstick.
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     attributes: Option<Vec<String>>,
-    /// Epochs (default: 12 on the CPU, 40 on a GPU; the paper: 200).
+    /// Epochs (default: 16 on the CPU, 40 on a GPU; the paper: 200).
     #[arg(long)]
     epochs: Option<usize>,
     /// Batch size (default: 16 on the CPU, 64 on a GPU).
@@ -581,7 +581,7 @@ fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
     // (the synthetic demo) takes the ones that learn it in the CPU budget (README).
     let fine_tune = args.weights.is_some();
     let cfg = TrainConfig {
-        epochs: args.epochs.unwrap_or(if gpu { 40 } else { 12 }),
+        epochs: args.epochs.unwrap_or(if gpu { 40 } else { 16 }),
         batch: args.batch.unwrap_or(if gpu { 64 } else { 16 }),
         input_size,
         width: args.width.unwrap_or(if gpu { 1.0 } else { 0.25 }),
