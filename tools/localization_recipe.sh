@@ -3,7 +3,7 @@
 # "Localization"): Coarse2Fine with the default settings; then a second run that starts from it
 # with the pretrained up-sampler, on objects of 0.4-0.7 of the side (the synthetic set's own
 # default), where a centred box is a real baseline; then `c2f localize` at 0.8 of the min-max
-# range. About 10 minutes on a 2-core CPU. Usage: tools/localization_recipe.sh [DIR]
+# range. About 8 minutes on a 2-core CPU. Usage: tools/localization_recipe.sh [DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/localization-recipe}
