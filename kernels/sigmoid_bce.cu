@@ -7,9 +7,9 @@
 //   loss    = (sum_b row[b]) / B
 //   dx[b,a] = coef (sigmoid(x) - t),  coef = loss_scale / (B A)   (assigned)
 //   pred[b,a] = x > 0 (0 or 1; NaN gives 0)
-// sigmoid_bce_forward_backward: one block per sample; the row mean goes to row_loss[b]. sigmoid_bce_finish:
-// one block sums row_loss in a fixed order and writes the loss bits to result[0]. No float
-// atomics: the same bits on every run.
+// sigmoid_bce_forward_backward: one block per sample; the row mean goes to row_loss[b].
+// sigmoid_bce_finish: one block sums row_loss in a fixed order and writes the loss bits to
+// result[0]. No float atomics: the same bits on every run.
 #include "common.cuh"
 
 #define BCE_THREADS 128

@@ -3,14 +3,10 @@
 
 use c2f_inception::spec::{ActShape, Depth, Graph, InceptionConfig};
 
-fn graph(input_size: usize, width: f64, depth: Depth) -> Graph {
-    Graph::new(InceptionConfig {
-        input_size,
-        width,
-        depth,
-    })
-    .unwrap()
+mod common {
+    pub mod graph;
 }
+use common::graph::graph;
 
 /// `tests/data/inception_v3_state_dict.txt`, written by torchvision (see its first line).
 fn torchvision_state_dict() -> Vec<(String, Vec<usize>)> {

@@ -5,16 +5,12 @@
 //! small fraction of holding every gradient at once.
 
 use c2f_inception::liveness::{plan, ALIGN};
-use c2f_inception::spec::{Depth, Graph, InceptionConfig, Op};
+use c2f_inception::spec::{Depth, Graph, Op};
 
-fn graph(input_size: usize, width: f64, depth: Depth) -> Graph {
-    Graph::new(InceptionConfig {
-        input_size,
-        width,
-        depth,
-    })
-    .unwrap()
+mod common {
+    pub mod graph;
 }
+use common::graph::graph;
 
 /// Checks the layout of `g` at `batch` and returns its size over the sum of all gradients.
 fn check(g: &Graph, batch: usize) -> f64 {

@@ -4,9 +4,11 @@
 //! [`ThreadCollective`], ranks as threads of one process (each with its own backend), for the
 //! CPU tests.
 //!
-//! Gradients are all-reduced in buckets of about [`DEFAULT_BUCKET_BYTES`] ([`plan_buckets`],
-//! [`all_reduce_bucketed`]), so that on the GPU a bucket's communication can start while the
-//! rest of backward runs.
+//! Gradients are all-reduced in buckets of about [`DEFAULT_BUCKET_BYTES`] ([`plan_buckets`]),
+//! each started ([`Collective::start_all_reduce`]) as backward completes it, so that on the GPU
+//! a bucket's communication runs while the rest of backward does; the trainer waits for them
+//! all ([`Collective::wait_started`]) before SGD. [`all_reduce_bucketed`] does the same for a
+//! whole buffer at once.
 
 use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex};
@@ -68,9 +70,9 @@ pub fn plan_buckets(len: usize, bucket_bytes: usize) -> Result<Vec<Range<usize>>
         .collect())
 }
 
-/// All-reduces `t` one bucket ([`plan_buckets`]) at a time. The buckets go last to first,
-/// the order backward produces gradients in (the graph's parameters are laid out in forward
-/// order).
+/// All-reduces `t` in buckets ([`plan_buckets`]): starts each, last to first (the order
+/// backward completes gradients in: the graph's parameters are laid out in forward order), then
+/// waits for them all, as the trainer does during backward.
 pub fn all_reduce_bucketed<B: Backend<Scalar = f32>>(
     c: &mut (impl Collective<B> + ?Sized),
     b: &mut B,
@@ -79,9 +81,9 @@ pub fn all_reduce_bucketed<B: Backend<Scalar = f32>>(
     bucket_bytes: usize,
 ) -> Result<()> {
     for bucket in plan_buckets(t.len, bucket_bytes)?.into_iter().rev() {
-        c.all_reduce(b, t.slice(bucket.start, bucket.len()), op)?;
+        c.start_all_reduce(b, t.slice(bucket.start, bucket.len()), op)?;
     }
-    Ok(())
+    c.wait_started(b)
 }
 
 /// How long a [`ThreadCollective`] waits for the other ranks before it fails.

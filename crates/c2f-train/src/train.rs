@@ -755,16 +755,25 @@ pub fn init_coarse2fine<B: Backend<Scalar = f32>>(
     cfg: &TrainConfig,
     run: &RunOptions,
 ) -> Result<()> {
-    if let Some(path) = &run.init_from {
-        start_from_checkpoint(b, &model.state(), path, "coarse2fine")?;
-        if let Some(file) = &run.upsampler_weights {
-            let mut heads = b.read(model.params)?;
-            load_into(file, model.head_table(), &mut heads)?;
-            b.write(model.params, &heads)?;
+    let mut heads = match &run.init_from {
+        Some(path) => {
+            start_from_checkpoint(b, &model.state(), path, "coarse2fine")?;
+            b.read(model.params)?
         }
-        return Ok(());
+        None => {
+            init_backbone(b, model.backbone(), run.weights.as_deref())?;
+            drawn_heads(model, cfg)?
+        }
+    };
+    if let Some(path) = &run.upsampler_weights {
+        load_into(path, model.head_table(), &mut heads)?;
     }
-    init_backbone(b, model.backbone(), run.weights.as_deref())?;
+    b.write(model.params, &heads)
+}
+
+/// A fresh draw of the heads' parameters: uniform by fan-in, the attention conv's rows
+/// orthonormal unless `cfg.ortho_init` is off.
+fn drawn_heads(model: &Coarse2Fine, cfg: &TrainConfig) -> Result<Vec<f32>> {
     let mut heads = vec![0.0f32; model.params.len];
     for e in model.head_table().entries() {
         let (lo, hi) = head_range(&e.name, &e.shape);
@@ -778,10 +787,7 @@ pub fn init_coarse2fine<B: Backend<Scalar = f32>>(
         let (maps, channels) = (attention.shape[0], attention.shape[1]);
         heads[attention.range()].copy_from_slice(&orthogonal_attention(maps, channels, cfg.seed)?);
     }
-    if let Some(path) = &run.upsampler_weights {
-        load_into(path, model.head_table(), &mut heads)?;
-    }
-    b.write(model.params, &heads)
+    Ok(heads)
 }
 
 pub fn build_baseline<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<Baseline> {

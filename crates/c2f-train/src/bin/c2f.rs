@@ -350,9 +350,6 @@ fn main() {
     }
 }
 
-/// For `c2f train --config FILE`: the command line with the file's keys put in front of the
-/// user's flags as flags (so the user's come later and win), each key checked against the
-/// flags `train` has.
 /// A finite, non-negative number of epochs (a warmup's length may be a fraction of one).
 fn epochs_fraction(text: &str) -> std::result::Result<f64, String> {
     match text.parse::<f64>() {
@@ -363,6 +360,9 @@ fn epochs_fraction(text: &str) -> std::result::Result<f64, String> {
     }
 }
 
+/// For `c2f train --config FILE`: the command line with the file's keys put in front of the
+/// user's flags as flags (so the user's come later and win), each key checked against the
+/// flags `train` has.
 fn with_config_file(argv: Vec<String>) -> Result<Vec<String>> {
     let position = argv.iter().position(|a| a == "--config");
     let path = match position {
