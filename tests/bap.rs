@@ -3,8 +3,8 @@
 
 use c2f_kernels::bap::{backward_cpu, forward_cpu, BapGpu, BapShape};
 use c2f_kernels::testing::{
-    assert_bit_identical, gpu_or_skip, numeric_gradient, rel_error, round_through, widen,
-    SplitMix64,
+    assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,
+    widen, SplitMix64,
 };
 use c2f_kernels::{Element, Gpu};
 
@@ -36,9 +36,24 @@ fn forward64(s: &BapShape, a: &[f64], f: &[f64]) -> (Vec<f64>, Vec<f64>) {
 
 fn backward64(s: &BapShape, a: &[f64], f: &[f64], dz: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let (parts, norms) = forward64(s, a, f);
+    backward64_at(s, a, f, &parts, &norms, dz)
+}
+
+/// The f64 backward at given forward outputs. A kernel's backward is checked at its own forward's
+/// outputs: the signed square root's slope `1/(2|S|)` makes the gradient ill-conditioned where
+/// `P` is near zero, so the f32 rounding of `Z` alone moves the f32 CPU reference's own
+/// gradients by 1e-3 relative at 768 channels, which no backward could beat.
+fn backward64_at(
+    s: &BapShape,
+    a: &[f64],
+    f: &[f64],
+    parts: &[f64],
+    norms: &[f64],
+    dz: &[f64],
+) -> (Vec<f64>, Vec<f64>) {
     let mut da = vec![f64::NAN; s.attention_len()];
     let mut df = vec![f64::NAN; s.features_len()];
-    backward_cpu(s, a, f, &parts, &norms, dz, &mut da, &mut df).unwrap();
+    backward_cpu(s, a, f, parts, norms, dz, &mut da, &mut df).unwrap();
     (da, df)
 }
 
@@ -135,7 +150,6 @@ fn gpu_matches_reference<T: Element>(gpu: &Gpu, s: BapShape, tol: f64) {
     let (f_t, f64v) = round_through::<T>(&f);
     let (dz_t, dz64) = round_through::<T>(&dz);
     let (ref_parts, ref_norms) = forward64(&s, &a64, &f64v);
-    let (ref_da, ref_df) = backward64(&s, &a64, &f64v, &dz64);
 
     let mut bap = BapGpu::<T>::new(gpu, s).unwrap();
     let a_d = gpu.upload(&a_t).unwrap();
@@ -157,6 +171,7 @@ fn gpu_matches_reference<T: Element>(gpu: &Gpu, s: BapShape, tol: f64) {
         )
     };
     let (parts, norms, da, df) = run(&mut bap);
+    let (ref_da, ref_df) = backward64_at(&s, &a64, &f64v, &widen(&parts), &widen(&norms), &dz64);
     let name = format!("BAP {} {s:?}", T::SUFFIX);
     for (what, out, reference) in [
         ("parts", widen(&parts), &ref_parts),
@@ -216,8 +231,11 @@ where
     let (f_t, f64v) = round_through::<T>(&f);
     let (dz_t, dz64) = round_through::<T>(&dz);
     let (ref_parts, _) = forward64(&s, &a64, &f64v);
-    let (ref_da, ref_df) = backward64(&s, &a64, &f64v, &dz64);
-    let mut blas = BapCublas::<T>::new(gpu, s).unwrap();
+    let test = "bap gpu_cublas_baseline_matches_reference";
+    let made = BapCublas::<T>::new(gpu, s);
+    let Some(mut blas) = library_or_skip(test, gpu.is_emulator(), made) else {
+        return;
+    };
     let a_d = gpu.upload(&a_t).unwrap();
     let f_d = gpu.upload(&f_t).unwrap();
     let dz_d = gpu.upload(&dz_t).unwrap();
@@ -229,8 +247,11 @@ where
     blas.backward(&a_d, &f_d, &parts, &norms, &dz_d, &mut da, &mut df)
         .unwrap();
     let name = format!("BAP cuBLAS baseline {} {s:?}", T::SUFFIX);
+    let parts = widen(&gpu.download(&parts).unwrap());
+    let norms = widen(&gpu.download(&norms).unwrap());
+    let (ref_da, ref_df) = backward64_at(&s, &a64, &f64v, &parts, &norms, &dz64);
     for (what, out, reference) in [
-        ("parts", widen(&gpu.download(&parts).unwrap()), &ref_parts),
+        ("parts", parts, &ref_parts),
         ("d_attention", widen(&gpu.download(&da).unwrap()), &ref_da),
         ("d_features", widen(&gpu.download(&df).unwrap()), &ref_df),
     ] {

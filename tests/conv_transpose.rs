@@ -6,8 +6,8 @@ use c2f_kernels::conv_transpose::{
     backward_cpu, baseline::CudnnConvTranspose, forward_cpu, ConvTransposeGpu, ConvTransposeParams,
 };
 use c2f_kernels::testing::{
-    assert_bit_identical, gpu_or_skip, numeric_gradient, rel_error, round_through, widen,
-    SplitMix64,
+    assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,
+    widen, SplitMix64,
 };
 use c2f_kernels::{Element, Gpu};
 
@@ -413,13 +413,10 @@ fn gpu_rejects_kernel_too_large_for_shared_memory() {
 /// against our forward with a zero bias, f32, on the bench's layer shapes at a small batch.
 #[test]
 fn gpu_cudnn_baseline_matches_forward() {
-    let Some(gpu) = gpu_or_skip("conv_transpose gpu_cudnn_baseline_matches_forward") else {
+    const TEST: &str = "conv_transpose gpu_cudnn_baseline_matches_forward";
+    let Some(gpu) = gpu_or_skip(TEST) else {
         return;
     };
-    if !CudnnConvTranspose::<f32>::available() {
-        println!("conv_transpose gpu_cudnn_baseline_matches_forward: skipped: cuDNN not loadable");
-        return;
-    }
     for p in [
         params(2, 16, 8, 17, 17, 4, 2, 1, 0),
         params(2, 4, 1, 34, 34, 4, 2, 1, 0),
@@ -437,8 +434,10 @@ fn gpu_cudnn_baseline_matches_forward() {
             .unwrap()
             .forward(&x_d, &w_d, &zero_bias, &mut ours)
             .unwrap();
-        let mut cudnn = CudnnConvTranspose::<f32>::new(&gpu, p, false)
-            .unwrap_or_else(|e| panic!("{p:?}: cuDNN setup failed: {e}"));
+        let made = CudnnConvTranspose::<f32>::new(&gpu, p, false);
+        let Some(mut cudnn) = library_or_skip(TEST, gpu.is_emulator(), made) else {
+            return;
+        };
         cudnn.forward(&x_d, &w_d, &mut theirs).unwrap();
         let ours = widen(&gpu.download(&ours).unwrap());
         let theirs = widen(&gpu.download(&theirs).unwrap());

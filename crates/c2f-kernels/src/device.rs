@@ -34,6 +34,9 @@ pub struct KernelSource {
 /// checked on a GPU machine.
 pub const FORCE_NVRTC_ENV: &str = "C2F_FORCE_NVRTC";
 
+/// The device name the CPU emulator (`tools/cuda-emu/driver.cpp`) reports.
+pub const EMULATOR_DEVICE_NAME: &str = "c2f CPU emulator (not a GPU)";
+
 /// An opened CUDA device with its stream and the kernel modules loaded on it so far.
 pub struct Gpu {
     ctx: Arc<CudaContext>,
@@ -81,6 +84,12 @@ impl Gpu {
 
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// Whether this is the CPU emulator of `tools/cuda-emu` standing in for a GPU: it runs our own
+    /// kernels but has no cuBLAS, cuDNN or NCCL, and a pass on it is not a pass on a GPU.
+    pub fn is_emulator(&self) -> bool {
+        self.ctx.name().is_ok_and(|n| n == EMULATOR_DEVICE_NAME)
     }
 
     /// Device name and compute capability, e.g. `NVIDIA H100 80GB HBM3 (sm_90)`.

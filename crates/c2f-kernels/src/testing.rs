@@ -2,6 +2,7 @@
 //! measures, finite differences, and opening a GPU or saying the test was skipped.
 
 use crate::device::Gpu;
+use crate::error::{Error, Result};
 
 /// Set to `1` on a GPU machine: then a test that cannot open the GPU fails instead of skipping.
 pub const REQUIRE_GPU_ENV: &str = "C2F_REQUIRE_GPU";
@@ -11,7 +12,7 @@ pub const REQUIRE_GPU_ENV: &str = "C2F_REQUIRE_GPU";
 pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
     match Gpu::open(0) {
         Ok(gpu) => Some(gpu),
-        Err(e) if std::env::var(REQUIRE_GPU_ENV).is_ok_and(|v| v == "1") => {
+        Err(e) if gpu_required() => {
             panic!("{test}: {REQUIRE_GPU_ENV}=1 but the GPU could not be opened: {e}")
         }
         Err(e) => {
@@ -19,6 +20,24 @@ pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
             None
         }
     }
+}
+
+/// What `made` holds for `test`, or `None` after printing `skipped: …` when it is a missing GPU
+/// library (cuBLAS, cuDNN, NCCL). With `C2F_REQUIRE_GPU=1` a missing library fails the test,
+/// except on the CPU emulator ([`Gpu::is_emulator`]), which has none of them.
+pub fn library_or_skip<T>(test: &str, on_emulator: bool, made: Result<T>) -> Option<T> {
+    match made {
+        Ok(value) => Some(value),
+        Err(e @ Error::Library { .. }) if !gpu_required() || on_emulator => {
+            println!("{test}: skipped: {e}");
+            None
+        }
+        Err(e) => panic!("{test}: {e}"),
+    }
+}
+
+fn gpu_required() -> bool {
+    std::env::var(REQUIRE_GPU_ENV).is_ok_and(|v| v == "1")
 }
 
 pub use crate::rng::SplitMix64;

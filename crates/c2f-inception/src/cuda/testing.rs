@@ -1,23 +1,15 @@
 //! For tests and benches: the CUDA backend on GPU 0, or a printed `skipped: …` line where there
 //! is none (see [`c2f_kernels::testing::gpu_or_skip`]).
 
-use c2f_kernels::testing::{gpu_or_skip, REQUIRE_GPU_ENV};
-use c2f_kernels::Error;
+use c2f_kernels::testing::{gpu_or_skip, library_or_skip};
 
 use super::CudaBackend;
 
 /// The CUDA backend on GPU 0, or `None` after printing why `test` is skipped: no device, or a
-/// missing cuDNN/cuBLAS library. With `C2F_REQUIRE_GPU=1` both are failures instead.
+/// missing cuDNN/cuBLAS library. With `C2F_REQUIRE_GPU=1` both are failures instead (a missing
+/// library only on a real GPU, see [`library_or_skip`]).
 pub fn cuda_or_skip(test: &str) -> Option<CudaBackend> {
     let gpu = gpu_or_skip(test)?;
-    match CudaBackend::new(gpu) {
-        Ok(backend) => Some(backend),
-        Err(e @ Error::Library { .. })
-            if !std::env::var(REQUIRE_GPU_ENV).is_ok_and(|v| v == "1") =>
-        {
-            println!("{test}: skipped: {e}");
-            None
-        }
-        Err(e) => panic!("{test}: the CUDA backend could not be made: {e}"),
-    }
+    let on_emulator = gpu.is_emulator();
+    library_or_skip(test, on_emulator, CudaBackend::new(gpu))
 }

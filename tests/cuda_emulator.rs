@@ -1,0 +1,173 @@
+//! The CPU emulator of `tools/cuda-emu`, which the test command uses to run our kernels' GPU
+//! tests without a GPU: it must compute what a GPU computes (barriers, shuffles) and report what
+//! a GPU would refuse or corrupt, naming the kernel. Skipped on anything but the emulator.
+
+use c2f_kernels::testing::{gpu_or_skip, SplitMix64};
+use c2f_kernels::{Gpu, KernelSource};
+use cudarc::driver::sys::CUresult;
+use cudarc::driver::{CudaFunction, DriverError, LaunchConfig, PushKernelArg};
+
+/// `tools/cuda-emu/selftest.cu`. The emulator compiles it in and ignores the module image.
+const SELFTEST: KernelSource = KernelSource {
+    name: "cuda-emu selftest",
+    source: include_str!("../tools/cuda-emu/selftest.cu"),
+    fatbin: Some(b"compiled into the emulator"),
+    ptxas_report: None,
+};
+
+fn emulator_or_skip(test: &str) -> Option<Gpu> {
+    let gpu = gpu_or_skip(test)?;
+    if !gpu.is_emulator() {
+        println!("{test}: skipped: not the CPU emulator");
+        return None;
+    }
+    Some(gpu)
+}
+
+fn config(blocks: u32, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn kernel(gpu: &Gpu, name: &str) -> CudaFunction {
+    gpu.function(&SELFTEST, name).unwrap()
+}
+
+fn launch_on_one_buffer(gpu: &Gpu, name: &str, len: usize, cfg: LaunchConfig) -> DriverError {
+    let f = kernel(gpu, name);
+    let mut y = gpu.alloc_zeros::<f32>(len).unwrap();
+    let n = len as i32;
+    let mut launch = gpu.stream().launch_builder(&f);
+    launch.arg(&mut y);
+    if name == "emu_selftest_write_past_end" {
+        launch.arg(&n);
+    }
+    // SAFETY: the emulator checks the launch; these kernels are meant to break its rules.
+    unsafe { launch.launch(cfg) }.expect_err(&format!("{name} should have failed"))
+}
+
+#[test]
+fn emulator_computes_elementwise_and_block_reductions() {
+    let Some(gpu) =
+        emulator_or_skip("cuda_emulator emulator_computes_elementwise_and_block_reductions")
+    else {
+        return;
+    };
+    let (blocks, threads) = (3usize, 256usize);
+    let x: Vec<f32> = SplitMix64(1)
+        .uniform_vec(blocks * threads, -1.0, 1.0)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let x_d = gpu.upload(&x).unwrap();
+    let mut y_d = gpu.alloc_poisoned::<f32>(x.len() - 5).unwrap();
+    let mut sums_d = gpu.alloc_poisoned::<f32>(blocks).unwrap();
+    let n = y_d.len() as i32;
+    let (double, block_sum) = (
+        kernel(&gpu, "emu_selftest_double"),
+        kernel(&gpu, "emu_selftest_block_sum"),
+    );
+    // SAFETY: lengths match the kernels' indexing.
+    unsafe {
+        let mut launch = gpu.stream().launch_builder(&double);
+        launch.arg(&x_d).arg(&mut y_d).arg(&n);
+        launch
+            .launch(config(blocks as u32, threads as u32))
+            .unwrap();
+        let mut launch = gpu.stream().launch_builder(&block_sum);
+        launch.arg(&x_d).arg(&mut sums_d);
+        launch
+            .launch(config(blocks as u32, threads as u32))
+            .unwrap();
+    }
+    let y = gpu.download(&y_d).unwrap();
+    for (i, (&yi, &xi)) in y.iter().zip(&x).enumerate() {
+        assert_eq!(yi, 2.0 * xi, "y[{i}]");
+    }
+    let sums = gpu.download(&sums_d).unwrap();
+    for (b, &s) in sums.iter().enumerate() {
+        let expected: f64 = x[b * threads..][..threads].iter().map(|&v| v as f64).sum();
+        assert!(
+            (s as f64 - expected).abs() < 1e-5,
+            "block {b}: {s} vs {expected}"
+        );
+    }
+}
+
+#[test]
+fn emulator_reports_what_a_gpu_would_refuse_or_corrupt() {
+    let Some(gpu) =
+        emulator_or_skip("cuda_emulator emulator_reports_what_a_gpu_would_refuse_or_corrupt")
+    else {
+        return;
+    };
+    let cases = [
+        // A write one element past a buffer: the guard bytes after it change.
+        (
+            "emu_selftest_write_past_end",
+            100,
+            config(1, 128),
+            CUresult::CUDA_ERROR_ILLEGAL_ADDRESS,
+        ),
+        (
+            "emu_selftest_shuffle_after_exit",
+            64,
+            config(1, 64),
+            CUresult::CUDA_ERROR_LAUNCH_FAILED,
+        ),
+        (
+            "emu_selftest_warp_split",
+            32,
+            config(1, 32),
+            CUresult::CUDA_ERROR_LAUNCH_FAILED,
+        ),
+        // 128 threads against __launch_bounds__(64).
+        (
+            "emu_selftest_bounded",
+            128,
+            config(1, 128),
+            CUresult::CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES,
+        ),
+        // Grid y beyond 65535.
+        (
+            "emu_selftest_bounded",
+            64,
+            LaunchConfig {
+                grid_dim: (1, 65536, 1),
+                block_dim: (64, 1, 1),
+                shared_mem_bytes: 0,
+            },
+            CUresult::CUDA_ERROR_INVALID_VALUE,
+        ),
+        // Dynamic shared memory beyond the 48 KiB a kernel gets without opting in.
+        (
+            "emu_selftest_bounded",
+            64,
+            LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (64, 1, 1),
+                shared_mem_bytes: 48 * 1024 + 4,
+            },
+            CUresult::CUDA_ERROR_INVALID_VALUE,
+        ),
+    ];
+    for (name, len, cfg, expected) in cases {
+        let e = launch_on_one_buffer(&gpu, name, len, cfg);
+        assert_eq!(e.0, expected, "{name} with {cfg:?}: {e}");
+    }
+    // The emulator keeps working after a refused launch, as a GPU does after these errors.
+    let mut y = gpu.alloc_zeros::<f32>(64).unwrap();
+    let f = kernel(&gpu, "emu_selftest_bounded");
+    // SAFETY: 64 threads write 64 elements.
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&mut y)
+            .launch(config(1, 64))
+            .unwrap();
+    }
+    assert_eq!(gpu.download(&y).unwrap(), vec![1.0f32; 64]);
+}

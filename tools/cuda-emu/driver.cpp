@@ -1,0 +1,546 @@
+// A CPU stand-in for the CUDA driver library (libcuda.so.1), so the GPU tests of our own kernels
+// run on machines without a GPU: the real launchers, through cudarc, launch the real kernel
+// sources compiled as host C++ (device.h). It implements the part of the driver API that cudarc
+// calls for contexts, streams, events, memory, modules and launches; everything runs
+// synchronously. It checks what a GPU would refuse (launch dimensions, shared memory, launch
+// bounds) and what a GPU would only corrupt (writes just outside a buffer, copies past one), and
+// reports each with the kernel's name. Passing here is not passing on a GPU: see
+// docs/gpu-status.md.
+
+#include <ucontext.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "device.h"
+#include "registry.h"
+
+namespace emu {
+uint3 thread_idx, block_idx;
+dim3 block_dim, grid_dim;
+constexpr size_t kMaxDynamicShared = 227 * 1024;  // an H100's opt-in limit per block
+alignas(256) unsigned char dynamic_shared[kMaxDynamicShared];
+
+std::map<std::string, KernelEntry>& registry() {
+    static std::map<std::string, KernelEntry> kernels;
+    return kernels;
+}
+
+Registrar::Registrar(const char* name, Thunk thunk, int max_threads) {
+    registry()[name] = KernelEntry{thunk, max_threads};
+}
+
+namespace {
+
+enum class FiberState { Ready, AtBlockBarrier, AtWarpBarrier, Done, Failed };
+
+struct Fiber {
+    ucontext_t context;
+    FiberState state;
+    uint3 index;
+    int predicate;
+    int shuffle_parity;
+};
+
+constexpr size_t kStackBytes = 64 * 1024;
+constexpr int kWarp = 32;
+
+// One block in flight: its fibers, the scheduler's context, and the warps' exchange slots.
+struct BlockRun {
+    std::vector<Fiber> fibers;
+    std::vector<char> stacks;
+    ucontext_t scheduler;
+    int current = 0;
+    int barrier_or = 0;
+    // [warp][parity][lane]: a shuffle posts to one parity and the next to the other, so a lane
+    // still reading one cannot see the next shuffle's values.
+    std::vector<uint32_t> slots;
+    Thunk thunk = nullptr;
+    void** params = nullptr;
+    std::string error;
+};
+
+BlockRun g_run;
+
+Fiber& current_fiber() { return g_run.fibers[g_run.current]; }
+
+int linear_thread(const uint3& t) {
+    return (int)(t.x + t.y * block_dim.x + t.z * block_dim.x * block_dim.y);
+}
+
+void yield_as(FiberState state) {
+    Fiber& f = current_fiber();
+    f.state = state;
+    swapcontext(&f.context, &g_run.scheduler);
+}
+
+void fail(const std::string& why) {
+    const uint3 t = current_fiber().index;
+    g_run.error = why + " (thread " + std::to_string(t.x) + "," + std::to_string(t.y) + "," +
+                  std::to_string(t.z) + " of block " + std::to_string(block_idx.x) + "," +
+                  std::to_string(block_idx.y) + "," + std::to_string(block_idx.z) + ")";
+    yield_as(FiberState::Failed);
+}
+
+void fiber_main() {
+    g_run.thunk(g_run.params);
+    current_fiber().state = FiberState::Done;
+}
+
+int threads_in_block() { return (int)(block_dim.x * block_dim.y * block_dim.z); }
+
+int lanes_in_warp(int warp) {
+    const int rest = threads_in_block() - warp * kWarp;
+    return rest < kWarp ? rest : kWarp;
+}
+
+// Called when no thread is ready. Releases every warp whose lanes all wait at a shuffle, else the
+// whole block, whose live threads then all wait at __syncthreads (threads that exited do not
+// count, as on a GPU). False when a warp's lanes wait at different places: a deadlock.
+bool release_barriers() {
+    const int n = threads_in_block();
+    bool released = false;
+    for (int w = 0; w * kWarp < n; ++w) {
+        int live = 0, waiting = 0;
+        for (int i = w * kWarp; i < w * kWarp + lanes_in_warp(w); ++i) {
+            const FiberState s = g_run.fibers[i].state;
+            live += s != FiberState::Done;
+            waiting += s == FiberState::AtWarpBarrier;
+        }
+        if (waiting == 0) continue;
+        if (waiting != live || live != kWarp) {
+            g_run.error = "a warp shuffle in warp " + std::to_string(w) + " with " +
+                          std::to_string(waiting) + " of " + std::to_string(lanes_in_warp(w)) +
+                          " lanes arriving (the others exited or wait elsewhere)";
+            return false;
+        }
+        for (int i = w * kWarp; i < (w + 1) * kWarp; ++i)
+            g_run.fibers[i].state = FiberState::Ready;
+        released = true;
+    }
+    if (released) return true;
+    int any = 0;
+    for (auto& f : g_run.fibers) any |= f.state == FiberState::AtBlockBarrier && f.predicate;
+    g_run.barrier_or = any;
+    for (auto& f : g_run.fibers)
+        if (f.state == FiberState::AtBlockBarrier) f.state = FiberState::Ready;
+    return true;
+}
+
+// Runs one block to completion; false with g_run.error set when it failed.
+bool run_block() {
+    const int n = threads_in_block();
+    g_run.fibers.assign(n, Fiber{});
+    if (g_run.stacks.size() < (size_t)n * kStackBytes) g_run.stacks.resize((size_t)n * kStackBytes);
+    g_run.slots.assign((size_t)(n + kWarp - 1) / kWarp * 2 * kWarp, 0);
+    for (int i = 0; i < n; ++i) {
+        Fiber& f = g_run.fibers[i];
+        f.index = uint3{i % block_dim.x, (i / block_dim.x) % block_dim.y,
+                        i / (block_dim.x * block_dim.y)};
+        f.state = FiberState::Ready;
+        getcontext(&f.context);
+        f.context.uc_stack.ss_sp = g_run.stacks.data() + (size_t)i * kStackBytes;
+        f.context.uc_stack.ss_size = kStackBytes;
+        f.context.uc_link = &g_run.scheduler;
+        makecontext(&f.context, fiber_main, 0);
+    }
+    for (;;) {
+        bool all_done = true;
+        for (int i = 0; i < n; ++i) {
+            if (g_run.fibers[i].state != FiberState::Ready) {
+                all_done &= g_run.fibers[i].state == FiberState::Done;
+                continue;
+            }
+            g_run.current = i;
+            thread_idx = g_run.fibers[i].index;
+            swapcontext(&g_run.scheduler, &g_run.fibers[i].context);
+            if (g_run.fibers[i].state == FiberState::Failed) return false;
+            all_done &= g_run.fibers[i].state == FiberState::Done;
+        }
+        if (all_done) return true;
+        if (!release_barriers()) return false;
+    }
+}
+
+}  // namespace
+
+void block_barrier() { block_barrier_or(0); }
+
+int block_barrier_or(int predicate) {
+    current_fiber().predicate = predicate != 0;
+    yield_as(FiberState::AtBlockBarrier);
+    return g_run.barrier_or;
+}
+
+int lane_id() { return linear_thread(thread_idx) % kWarp; }
+
+uint32_t warp_exchange(unsigned int mask, uint32_t value, int source) {
+    if (mask != 0xffffffffu) fail("a warp shuffle with a partial mask, which we do not emulate");
+    Fiber& f = current_fiber();
+    const int warp = linear_thread(thread_idx) / kWarp, parity = f.shuffle_parity;
+    f.shuffle_parity ^= 1;
+    uint32_t* slots = &g_run.slots[((size_t)warp * 2 + parity) * kWarp];
+    slots[lane_id()] = value;
+    yield_as(FiberState::AtWarpBarrier);
+    return source < 0 ? value : slots[source];
+}
+
+}  // namespace emu
+
+// ---------------------------------------------------------------------------------------------
+// The driver API.
+
+namespace {
+
+typedef int CUresult;
+typedef int CUdevice;
+typedef unsigned long long CUdeviceptr;
+
+enum : CUresult {
+    CUDA_SUCCESS = 0,
+    CUDA_ERROR_INVALID_VALUE = 1,
+    CUDA_ERROR_OUT_OF_MEMORY = 2,
+    CUDA_ERROR_INVALID_DEVICE = 101,
+    CUDA_ERROR_INVALID_HANDLE = 400,
+    CUDA_ERROR_NOT_FOUND = 500,
+    CUDA_ERROR_ILLEGAL_ADDRESS = 700,
+    CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES = 701,
+    CUDA_ERROR_LAUNCH_FAILED = 719,
+    CUDA_ERROR_NOT_SUPPORTED = 801,
+};
+
+constexpr size_t kGuard = 256;
+constexpr unsigned char kGuardByte = 0xa5;
+constexpr size_t kDefaultDynamicShared = 48 * 1024;
+constexpr size_t kTotalMemory = 80ull << 30;
+
+struct Allocation {
+    size_t bytes;
+    unsigned char* block;  // kGuard bytes, the buffer, then kGuard bytes
+};
+
+struct Function {
+    std::string name;
+    emu::KernelEntry entry;
+    size_t max_dynamic_shared = kDefaultDynamicShared;
+};
+
+struct Module {
+    std::vector<Function*> functions;
+};
+
+struct Event {
+    std::chrono::steady_clock::time_point at;
+};
+
+std::mutex g_api;
+std::map<CUdeviceptr, Allocation> g_allocations;
+size_t g_allocated = 0;
+int g_context_token;
+thread_local void* t_current_context = nullptr;
+
+void report(const std::string& what) { std::fprintf(stderr, "cuda-emu: %s\n", what.c_str()); }
+
+CUresult allocate(CUdeviceptr* out, size_t bytes) {
+    if (!out) return CUDA_ERROR_INVALID_VALUE;
+    void* block = nullptr;
+    if (posix_memalign(&block, 256, bytes + 2 * kGuard) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
+    auto* b = static_cast<unsigned char*>(block);
+    std::memset(b, kGuardByte, kGuard);
+    // Fresh device memory holds garbage; all-ones bits are NaN in f32 and bf16, so reading
+    // memory nobody wrote shows up in a test.
+    std::memset(b + kGuard, 0xff, bytes);
+    std::memset(b + kGuard + bytes, kGuardByte, kGuard);
+    *out = (CUdeviceptr)(b + kGuard);
+    g_allocations[*out] = Allocation{bytes, b};
+    g_allocated += bytes;
+    return CUDA_SUCCESS;
+}
+
+CUresult release(CUdeviceptr ptr) {
+    auto it = g_allocations.find(ptr);
+    if (it == g_allocations.end()) return CUDA_ERROR_INVALID_VALUE;
+    g_allocated -= it->second.bytes;
+    std::free(it->second.block);
+    g_allocations.erase(it);
+    return CUDA_SUCCESS;
+}
+
+// True when [ptr, ptr + bytes) lies inside one live allocation.
+bool is_device_range(CUdeviceptr ptr, size_t bytes) {
+    auto it = g_allocations.upper_bound(ptr);
+    if (it == g_allocations.begin()) return false;
+    --it;
+    return ptr + bytes <= it->first + it->second.bytes;
+}
+
+CUresult check_range(const char* call, CUdeviceptr ptr, size_t bytes) {
+    if (is_device_range(ptr, bytes)) return CUDA_SUCCESS;
+    report(std::string(call) + ": " + std::to_string(bytes) + " bytes at 0x" +
+           std::to_string(ptr) + " are not inside one device allocation");
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+// Names the first allocation whose guard bytes a kernel overwrote, and restores them.
+bool guards_intact(const std::string& kernel) {
+    for (auto& [ptr, a] : g_allocations) {
+        const unsigned char* front = a.block;
+        const unsigned char* back = a.block + kGuard + a.bytes;
+        for (size_t i = 0; i < kGuard; ++i) {
+            if (front[i] != kGuardByte || back[i] != kGuardByte) {
+                report(kernel + " wrote outside a buffer of " + std::to_string(a.bytes) +
+                       " bytes (" + (front[i] != kGuardByte ? "before its start" : "past its end") +
+                       ")");
+                std::memset(a.block, kGuardByte, kGuard);
+                std::memset(a.block + kGuard + a.bytes, kGuardByte, kGuard);
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+CUresult launch(Function* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                unsigned bz, unsigned shared_bytes, void** params, void** extra) {
+    if (!f) return CUDA_ERROR_INVALID_HANDLE;
+    const auto refuse = [&](CUresult code, const std::string& why) {
+        report("launch of " + f->name + " refused: " + why);
+        return code;
+    };
+    if (extra) return refuse(CUDA_ERROR_NOT_SUPPORTED, "`extra` arguments");
+    if (!params) return refuse(CUDA_ERROR_INVALID_VALUE, "no kernel arguments");
+    if (gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0)
+        return refuse(CUDA_ERROR_INVALID_VALUE, "a zero grid or block dimension");
+    if (gy > 65535 || gz > 65535 || gx > 2147483647u)
+        return refuse(CUDA_ERROR_INVALID_VALUE,
+                      "grid " + std::to_string(gx) + "x" + std::to_string(gy) + "x" +
+                          std::to_string(gz) + " exceeds 2^31-1 x 65535 x 65535");
+    const unsigned long long threads = (unsigned long long)bx * by * bz;
+    if (bx > 1024 || by > 1024 || bz > 64 || threads > 1024)
+        return refuse(CUDA_ERROR_INVALID_VALUE, "block of " + std::to_string(threads) + " threads");
+    if (f->entry.max_threads > 0 && threads > (unsigned long long)f->entry.max_threads)
+        return refuse(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES,
+                      std::to_string(threads) + " threads but __launch_bounds__(" +
+                          std::to_string(f->entry.max_threads) + ")");
+    if (shared_bytes > f->max_dynamic_shared)
+        return refuse(CUDA_ERROR_INVALID_VALUE,
+                      std::to_string(shared_bytes) + " bytes of dynamic shared memory, limit " +
+                          std::to_string(f->max_dynamic_shared));
+    emu::grid_dim = dim3{gx, gy, gz};
+    emu::block_dim = dim3{bx, by, bz};
+    emu::g_run.thunk = f->entry.thunk;
+    emu::g_run.params = params;
+    // Stale shared memory from the last block, as on a GPU, rather than zeros.
+    std::memset(emu::dynamic_shared, 0xff, shared_bytes);
+    for (unsigned z = 0; z < gz; ++z)
+        for (unsigned y = 0; y < gy; ++y)
+            for (unsigned x = 0; x < gx; ++x) {
+                emu::block_idx = uint3{x, y, z};
+                if (!emu::run_block()) {
+                    report(f->name + " failed: " + emu::g_run.error);
+                    return CUDA_ERROR_LAUNCH_FAILED;
+                }
+            }
+    return guards_intact(f->name) ? CUDA_SUCCESS : CUDA_ERROR_ILLEGAL_ADDRESS;
+}
+
+int device_attribute(int attribute) {
+    switch (attribute) {
+        case 1: return 1024;                  // max threads per block
+        case 2: case 3: return 1024;          // max block x, y
+        case 4: return 64;                    // max block z
+        case 5: return 2147483647;            // max grid x
+        case 6: case 7: return 65535;         // max grid y, z
+        case 8: return 48 * 1024;             // shared memory per block
+        case 10: return 32;                   // warp size
+        case 12: return 65536;                // registers per block
+        case 16: return 132;                  // multiprocessors (an H100 SXM's)
+        case 39: return 2048;                 // threads per multiprocessor
+        case 75: return 9;                    // compute capability 9.0
+        case 76: return 0;
+        case 97: return (int)emu::kMaxDynamicShared;
+        case 115: return 1;                   // memory pools
+        default: return 0;
+    }
+}
+
+}  // namespace
+
+#define API extern "C" __attribute__((visibility("default"))) CUresult
+#define LOCKED std::lock_guard<std::mutex> lock(g_api)
+
+API cuInit(unsigned int) { return CUDA_SUCCESS; }
+API cuDriverGetVersion(int* v) { *v = 13000; return CUDA_SUCCESS; }
+API cuDeviceGetCount(int* n) { *n = 1; return CUDA_SUCCESS; }
+API cuDeviceGet(CUdevice* d, int ordinal) {
+    if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
+    *d = 0;
+    return CUDA_SUCCESS;
+}
+API cuDeviceGetName(char* name, int len, CUdevice) {
+    std::snprintf(name, len, "c2f CPU emulator (not a GPU)");
+    return CUDA_SUCCESS;
+}
+API cuDeviceGetAttribute(int* v, int attribute, CUdevice) {
+    *v = device_attribute(attribute);
+    return CUDA_SUCCESS;
+}
+API cuDeviceTotalMem_v2(size_t* bytes, CUdevice) { *bytes = kTotalMemory; return CUDA_SUCCESS; }
+API cuDevicePrimaryCtxRetain(void** ctx, CUdevice) { *ctx = &g_context_token; return CUDA_SUCCESS; }
+API cuDevicePrimaryCtxRelease_v2(CUdevice) { return CUDA_SUCCESS; }
+API cuCtxSetCurrent(void* ctx) { t_current_context = ctx; return CUDA_SUCCESS; }
+API cuCtxGetCurrent(void** ctx) { *ctx = t_current_context; return CUDA_SUCCESS; }
+API cuCtxGetDevice(CUdevice* d) { *d = 0; return CUDA_SUCCESS; }
+API cuCtxSynchronize() { return CUDA_SUCCESS; }
+
+API cuStreamCreate(void** stream, unsigned int) { *stream = new int(0); return CUDA_SUCCESS; }
+API cuStreamCreateWithPriority(void** stream, unsigned int, int) {
+    *stream = new int(0);
+    return CUDA_SUCCESS;
+}
+API cuStreamDestroy_v2(void* stream) { delete static_cast<int*>(stream); return CUDA_SUCCESS; }
+API cuStreamSynchronize(void*) { return CUDA_SUCCESS; }
+API cuStreamQuery(void*) { return CUDA_SUCCESS; }
+API cuStreamWaitEvent(void*, void*, unsigned int) { return CUDA_SUCCESS; }
+
+API cuEventCreate(void** event, unsigned int) {
+    *event = new Event{std::chrono::steady_clock::now()};
+    return CUDA_SUCCESS;
+}
+API cuEventDestroy_v2(void* event) { delete static_cast<Event*>(event); return CUDA_SUCCESS; }
+API cuEventRecord(void* event, void*) {
+    static_cast<Event*>(event)->at = std::chrono::steady_clock::now();
+    return CUDA_SUCCESS;
+}
+API cuEventSynchronize(void*) { return CUDA_SUCCESS; }
+API cuEventQuery(void*) { return CUDA_SUCCESS; }
+API cuEventElapsedTime(float* ms, void* start, void* end) {
+    *ms = std::chrono::duration<float, std::milli>(static_cast<Event*>(end)->at -
+                                                   static_cast<Event*>(start)->at)
+              .count();
+    return CUDA_SUCCESS;
+}
+API cuEventElapsedTime_v2(float* ms, void* start, void* end) {
+    return cuEventElapsedTime(ms, start, end);
+}
+
+API cuMemAlloc_v2(CUdeviceptr* ptr, size_t bytes) { LOCKED; return allocate(ptr, bytes); }
+API cuMemAllocAsync(CUdeviceptr* ptr, size_t bytes, void*) { LOCKED; return allocate(ptr, bytes); }
+API cuMemFree_v2(CUdeviceptr ptr) { LOCKED; return release(ptr); }
+API cuMemFreeAsync(CUdeviceptr ptr, void*) { LOCKED; return release(ptr); }
+API cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
+    LOCKED;
+    *total = kTotalMemory;
+    *free_bytes = kTotalMemory - g_allocated;
+    return CUDA_SUCCESS;
+}
+API cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t bytes) {
+    LOCKED;
+    if (CUresult r = check_range("cuMemcpyHtoD", dst, bytes)) return r;
+    std::memcpy((void*)dst, src, bytes);
+    return CUDA_SUCCESS;
+}
+API cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes, void*) {
+    return cuMemcpyHtoD_v2(dst, src, bytes);
+}
+API cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t bytes) {
+    LOCKED;
+    if (CUresult r = check_range("cuMemcpyDtoH", src, bytes)) return r;
+    std::memcpy(dst, (const void*)src, bytes);
+    return CUDA_SUCCESS;
+}
+API cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t bytes, void*) {
+    return cuMemcpyDtoH_v2(dst, src, bytes);
+}
+API cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
+    LOCKED;
+    if (CUresult r = check_range("cuMemcpyDtoD (source)", src, bytes)) return r;
+    if (CUresult r = check_range("cuMemcpyDtoD (destination)", dst, bytes)) return r;
+    std::memmove((void*)dst, (const void*)src, bytes);
+    return CUDA_SUCCESS;
+}
+API cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes, void*) {
+    return cuMemcpyDtoD_v2(dst, src, bytes);
+}
+API cuMemsetD8_v2(CUdeviceptr dst, unsigned char value, size_t bytes) {
+    LOCKED;
+    if (CUresult r = check_range("cuMemsetD8", dst, bytes)) return r;
+    std::memset((void*)dst, value, bytes);
+    return CUDA_SUCCESS;
+}
+API cuMemsetD8Async(CUdeviceptr dst, unsigned char value, size_t bytes, void*) {
+    return cuMemsetD8_v2(dst, value, bytes);
+}
+
+API cuModuleLoadData(void** module, const void*) {
+    // Every kernel file is compiled into this library, so any image loads all of them; a name
+    // the image lacks is only found missing when it is looked up.
+    *module = new Module{};
+    return CUDA_SUCCESS;
+}
+API cuModuleUnload(void* module) {
+    auto* m = static_cast<Module*>(module);
+    for (Function* f : m->functions) delete f;
+    delete m;
+    return CUDA_SUCCESS;
+}
+API cuModuleGetFunction(void** function, void* module, const char* name) {
+    LOCKED;
+    auto it = emu::registry().find(name);
+    if (it == emu::registry().end()) {
+        report(std::string("no kernel named ") + name);
+        return CUDA_ERROR_NOT_FOUND;
+    }
+    auto* f = new Function{name, it->second};
+    static_cast<Module*>(module)->functions.push_back(f);
+    *function = f;
+    return CUDA_SUCCESS;
+}
+API cuFuncSetAttribute(void* function, int attribute, int value) {
+    auto* f = static_cast<Function*>(function);
+    if (attribute != 8) return CUDA_ERROR_NOT_SUPPORTED;  // only the dynamic shared memory limit
+    if (value < 0 || (size_t)value > emu::kMaxDynamicShared) return CUDA_ERROR_INVALID_VALUE;
+    f->max_dynamic_shared = value;
+    return CUDA_SUCCESS;
+}
+API cuFuncGetAttribute(int* value, int attribute, void* function) {
+    auto* f = static_cast<Function*>(function);
+    switch (attribute) {
+        case 0: *value = f->entry.max_threads > 0 ? f->entry.max_threads : 1024; break;
+        case 8: *value = (int)f->max_dynamic_shared; break;
+        default: *value = 0;
+    }
+    return CUDA_SUCCESS;
+}
+API cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                   unsigned bz, unsigned shared_bytes, void*, void** params, void** extra) {
+    LOCKED;
+    return launch(static_cast<Function*>(function), gx, gy, gz, bx, by, bz, shared_bytes, params,
+                  extra);
+}
+
+API cuGetErrorName(CUresult code, const char** name) {
+    switch (code) {
+        case CUDA_SUCCESS: *name = "CUDA_SUCCESS"; break;
+        case CUDA_ERROR_INVALID_VALUE: *name = "CUDA_ERROR_INVALID_VALUE"; break;
+        case CUDA_ERROR_OUT_OF_MEMORY: *name = "CUDA_ERROR_OUT_OF_MEMORY"; break;
+        case CUDA_ERROR_INVALID_DEVICE: *name = "CUDA_ERROR_INVALID_DEVICE"; break;
+        case CUDA_ERROR_INVALID_HANDLE: *name = "CUDA_ERROR_INVALID_HANDLE"; break;
+        case CUDA_ERROR_NOT_FOUND: *name = "CUDA_ERROR_NOT_FOUND"; break;
+        case CUDA_ERROR_ILLEGAL_ADDRESS: *name = "CUDA_ERROR_ILLEGAL_ADDRESS"; break;
+        case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: *name = "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"; break;
+        case CUDA_ERROR_LAUNCH_FAILED: *name = "CUDA_ERROR_LAUNCH_FAILED"; break;
+        case CUDA_ERROR_NOT_SUPPORTED: *name = "CUDA_ERROR_NOT_SUPPORTED"; break;
+        default: *name = "CUDA_ERROR_UNKNOWN";
+    }
+    return CUDA_SUCCESS;
+}
+API cuGetErrorString(CUresult code, const char** text) {
+    cuGetErrorName(code, text);
+    return CUDA_SUCCESS;
+}
