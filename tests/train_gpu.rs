@@ -1,13 +1,13 @@
 //! Coarse2Fine on the CUDA backend against the CPU backend: one full training step (both passes,
-//! the fine branch, both center banks, SGD) from the same weights and batch ends with the same
-//! losses, gradients (momentum after one step), center banks and running statistics within
-//! f32 tolerance, for classes and for attributes (the multi-label head); and a short `fit` on the GPU trains with finite losses. Without a GPU each
-//! test prints `skipped: no CUDA device`.
+//! the fine branch, both center banks, SGD) from the same weights and batch, for classes and for
+//! attributes (the multi-label head), and a short `fit` on the GPU that trains with finite losses.
+//! Without a GPU each test prints `skipped: no CUDA device`.
 
 use c2f_inception::backend::{Backend, BnMode};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_kernels::testing::{rel_error, widen, SplitMix64};
+use c2f_kernels::Real;
 use c2f_train::data::spec::DataSpec;
 use c2f_train::model::{Coarse2Fine, Task};
 use c2f_train::train::{
@@ -32,24 +32,40 @@ fn run_options(dir: &std::path::Path) -> RunOptions {
     RunOptions::new(dir.to_path_buf())
 }
 
-/// Builds and initialises the model, writes the batch, runs one step; returns the losses.
-fn one_step<B: Backend<Scalar = f32>>(
+/// One step's inputs, in f64 (each value exactly an f32).
+struct Batch {
+    images: Vec<f64>,
+    labels: Vec<i32>,
+    targets: Vec<f64>,
+    chosen: Vec<i32>,
+}
+
+/// Every named tensor of a model's state, widened to f64.
+type State = Vec<(String, Vec<f64>)>;
+
+/// The four loss terms and the state after one step from `init` on `b`.
+fn step_from<B: Backend>(
     b: &mut B,
     cfg: &TrainConfig,
-    images: &[f32],
-    labels: &[i32],
-    targets: &[f32],
-    chosen: &[i32],
-) -> (Coarse2Fine, Vec<f64>) {
-    let model = build_coarse2fine(b, cfg).unwrap();
-    init_coarse2fine(b, &model, cfg, &run_options(std::path::Path::new("unused"))).unwrap();
-    let mut model = model;
-    b.write(model.input(), images).unwrap();
-    b.write_index(model.labels(), labels).unwrap();
-    if cfg.task == Task::Attributes {
-        b.write(model.targets(), targets).unwrap();
+    init: &State,
+    batch: &Batch,
+) -> (Vec<f64>, State) {
+    let narrow = |v: &[f64]| {
+        v.iter()
+            .map(|&x| B::Scalar::from_f64(x))
+            .collect::<Vec<_>>()
+    };
+    let mut model: Coarse2Fine = build_coarse2fine(b, cfg).unwrap();
+    for (tensor, (name, values)) in model.state().iter().zip(init) {
+        assert_eq!(&tensor.name, name);
+        b.write(tensor.tensor, &narrow(values)).unwrap();
     }
-    b.write_index(model.chosen_maps(), chosen).unwrap();
+    b.write(model.input(), &narrow(&batch.images)).unwrap();
+    b.write_index(model.labels(), &batch.labels).unwrap();
+    if cfg.task == Task::Attributes {
+        b.write(model.targets(), &narrow(&batch.targets)).unwrap();
+    }
+    b.write_index(model.chosen_maps(), &batch.chosen).unwrap();
     model.zero_grads(b).unwrap();
     let l = model.forward_backward(b, BnMode::Train).unwrap();
     model
@@ -58,9 +74,17 @@ fn one_step<B: Backend<Scalar = f32>>(
             &c2f_kernels::sgd::SgdParams::new(cfg.lr, cfg.momentum, cfg.weight_decay),
         )
         .unwrap();
+    let state = model
+        .state()
+        .iter()
+        .map(|t| {
+            let values = b.read(t.tensor).unwrap();
+            (t.name.clone(), values.iter().map(|v| v.to_f64()).collect())
+        })
+        .collect();
     (
-        model,
         vec![l.coarse, l.fine, l.center_coarse, l.center_fine],
+        state,
     )
 }
 
@@ -74,57 +98,77 @@ fn coarse2fine_step_matches_cpu() {
     }
 }
 
+/// How much further than the CPU backend's f32 run the GPU's may land from the f64 run, per
+/// tensor. Two f32 implementations summing in different orders differ by a few times each other's
+/// rounding through the batch-4 BatchNorms (the CPU emulator of `tools/cuda-emu` lands 2-6x as
+/// far as the CPU, the GPU's tiled sums should land closer); a wrong index or a missing term is
+/// off by orders of magnitude more.
+const F32_SPREAD: f64 = 10.0;
+/// Below this the f64 comparison is at f32's own resolution.
+const F32_FLOOR: f64 = 1e-5;
+
+/// The GPU step and the CPU backend's f32 step, from the same weights and batch, are each held
+/// to the CPU backend's f64 step: the GPU's error on every tensor of the state (parameters moved
+/// by one step, momentum = the step's gradient, running statistics, center banks) must be within
+/// [`F32_SPREAD`] times the f32 CPU run's. Comparing the GPU with the f32 CPU run directly would
+/// need a bound above the f32 noise of the worst-conditioned tensor (1.2e-2 on the up-sampler's
+/// first bias for attributes) for every tensor.
 fn step_matches_cpu(gpu: &mut c2f_inception::cuda::CudaBackend, task: Task) {
     let cfg = TrainConfig { task, ..tiny() };
     let mut rng = SplitMix64(11);
-    let images: Vec<f32> = (0..cfg.batch * 3 * 75 * 75)
-        .map(|_| rng.uniform(-2.0, 2.0) as f32)
-        .collect();
-    let labels = [0, 2, 1, 2];
-    // Three attributes per image for the multi-label head.
-    let targets: Vec<f32> = (0..cfg.batch * cfg.classes)
-        .map(|i| (i % 2) as f32)
-        .collect();
-    let chosen = [1, 0, 0, 1];
+    let batch = Batch {
+        images: (0..cfg.batch * 3 * 75 * 75)
+            .map(|_| rng.uniform(-2.0, 2.0) as f32 as f64)
+            .collect(),
+        labels: vec![0, 2, 1, 2],
+        // Three attributes per image for the multi-label head.
+        targets: (0..cfg.batch * cfg.classes)
+            .map(|i| (i % 2) as f64)
+            .collect(),
+        chosen: vec![1, 0, 0, 1],
+    };
     let mut cpu = CpuBackend::<f32>::new();
-    let (cpu_model, cpu_losses) = one_step(&mut cpu, &cfg, &images, &labels, &targets, &chosen);
-    let (gpu_model, gpu_losses) = one_step(gpu, &cfg, &images, &labels, &targets, &chosen);
-    for (k, (c, g)) in cpu_losses.iter().zip(&gpu_losses).enumerate() {
+    let model = build_coarse2fine(&mut cpu, &cfg).unwrap();
+    init_coarse2fine(
+        &mut cpu,
+        &model,
+        &cfg,
+        &run_options(std::path::Path::new("unused")),
+    )
+    .unwrap();
+    let init: State = model
+        .state()
+        .iter()
+        .map(|t| (t.name.clone(), widen(&cpu.read(t.tensor).unwrap())))
+        .collect();
+    let (losses64, state64) = step_from(&mut CpuBackend::<f64>::new(), &cfg, &init, &batch);
+    let (_, state32) = step_from(&mut CpuBackend::<f32>::new(), &cfg, &init, &batch);
+    let (gpu_losses, gpu_state) = step_from(gpu, &cfg, &init, &batch);
+    for (k, (r, g)) in losses64.iter().zip(&gpu_losses).enumerate() {
         assert!(
-            (c - g).abs() <= 1e-3 * c.abs().max(1e-3),
-            "{task:?}: loss term {k}: cpu {c}, gpu {g}"
+            (r - g).abs() <= 1e-3 * r.abs().max(1e-3),
+            "{task:?}: loss term {k}: f64 {r}, gpu {g}"
         );
     }
-    // Every tensor of the state: parameters (moved by one step), momentum (the step's
-    // gradient), running statistics and center banks. The gradients are held to the f32 level
-    // the golden test measured (ReLU and max-pool decisions may flip between the backends).
-    let (cpu_state, gpu_state) = (cpu_model.state(), gpu_model.state());
     let mut worst = (0.0, String::new());
-    for (c, g) in cpu_state.iter().zip(&gpu_state) {
-        assert_eq!(c.name, g.name);
-        let (cv, gv) = (cpu.read(c.tensor).unwrap(), gpu.read(g.tensor).unwrap());
+    for (((name, r), (_, c)), (_, g)) in state64.iter().zip(&state32).zip(&gpu_state) {
         assert!(
-            gv.iter().all(|v| v.is_finite()),
-            "{}: non-finite on the GPU",
-            g.name
+            g.iter().all(|v| v.is_finite()),
+            "{task:?}: {name}: non-finite on the GPU"
         );
-        let err = rel_error(&widen(&gv), &widen(&cv));
-        let bound = if c.name.starts_with("momentum.") {
-            5e-2
-        } else {
-            1e-3
-        };
+        let (cpu_err, gpu_err) = (rel_error(c, r), rel_error(g, r));
+        let bound = F32_SPREAD * cpu_err + F32_FLOOR;
         assert!(
-            err <= bound,
-            "{task:?}: {}: relative error {err:.2e} > {bound:.0e}",
-            c.name
+            gpu_err <= bound,
+            "{task:?}: {name}: the GPU is {gpu_err:.2e} from f64, the f32 CPU {cpu_err:.2e} \
+             (bound {bound:.2e})"
         );
-        if err > worst.0 {
-            worst = (err, c.name.clone());
+        if gpu_err / bound > worst.0 {
+            worst = (gpu_err / bound, name.clone());
         }
     }
     println!(
-        "coarse2fine_step_matches_cpu ({task:?}): worst tensor {} at {:.2e}",
+        "coarse2fine_step_matches_cpu ({task:?}): worst tensor {} at {:.2} of its bound",
         worst.1, worst.0
     );
 }

@@ -13,9 +13,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace -- --nocapture
 # Criterion runs each benchmark once in test mode: the bench code cannot rot unnoticed.
 cargo test --workspace --benches
-# Our own kernels' GPU tests once more, on the CPU emulator (tools/cuda-emu): the real launchers
-# and kernel sources, with launch limits and writes outside a buffer checked. A pass there is not
-# a pass on a GPU (docs/gpu-status.md); tests of cuBLAS/cuDNN baselines say `skipped`.
+# Every GPU test once more, on the CPU emulator of the CUDA driver (tools/cuda-emu): the real
+# launchers and kernel sources, with launch limits and writes outside a buffer checked, and
+# stand-ins for cuDNN, cuBLAS and NCCL (a world of one). A pass there is not a pass on a GPU
+# (docs/gpu-status.md).
 python3 tools/cuda-emu/build.py target/cuda-emu
-LD_LIBRARY_PATH="$PWD/target/cuda-emu" C2F_REQUIRE_GPU=1 \
-  cargo test -p c2f-kernels --tests -- --nocapture gpu_ emulator_
+emulated() { LD_LIBRARY_PATH="$PWD/target/cuda-emu" C2F_REQUIRE_GPU=1 "$@"; }
+emulated cargo test -p c2f-kernels --tests -- --nocapture gpu_ emulator_
+emulated cargo test -p c2f-inception -p c2f-dist -p c2f-train --test inception_cuda \
+  --test dist_nccl --test train_gpu --test dist_world_one -- --nocapture

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Builds the CUDA emulator: a libcuda.so.1 that runs kernels/*.cu on the CPU (driver.cpp).
+"""Builds the CUDA emulator: a libcuda.so.1 that runs kernels/*.cu on the CPU (driver.cpp), and
+stands in for the cuDNN convolutions, cuBLAS GEMMs and NCCL collectives we call (libraries.cpp).
 
 Each kernel file (and selftest.cu, for tests/cuda_emulator.rs) is compiled as host C++ with device.h force-included, after two rewrites:
 `extern __shared__ T name[];` becomes a pointer into the emulator's dynamic shared memory, and
@@ -56,14 +57,18 @@ def main() -> None:
     (out / "src").mkdir(parents=True, exist_ok=True)
     (out / "obj").mkdir(parents=True, exist_ok=True)
     kernel_files = sorted(KERNELS.glob("*.cu")) + [HERE / "selftest.cu"]
-    sources = [translate(cu, out) for cu in kernel_files] + [HERE / "driver.cpp"]
+    sources = [translate(cu, out) for cu in kernel_files]
+    sources += [HERE / "driver.cpp", HERE / "libraries.cpp"]
     with concurrent.futures.ThreadPoolExecutor() as pool:
         objects = list(pool.map(lambda cpp: compile_object(cpp, out), sources))
     lib = out / "libcuda.so.1"
     subprocess.run(CXX[:1] + ["-shared", "-o", str(lib)] + [str(o) for o in objects], check=True)
-    link = out / "libcuda.so"
-    link.unlink(missing_ok=True)
-    link.symlink_to(lib.name)
+    # One object for the driver and the library stand-ins, so they share the allocation table:
+    # the dynamic loader opens each name below as the same library.
+    for name in ["libcuda.so", "libcudnn.so", "libcublas.so", "libnccl.so"]:
+        link = out / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(lib.name)
     print(f"cuda-emu: {lib} ({len(kernel_files)} kernel files)")
 
 

@@ -7,7 +7,9 @@
 // reports each with the kernel's name. Passing here is not passing on a GPU: see
 // docs/gpu-status.md.
 
+#if !defined(__x86_64__)
 #include <ucontext.h>
+#endif
 
 #include <chrono>
 #include <cstdio>
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "device.h"
+#include "memory.h"
 #include "registry.h"
 
 namespace emu {
@@ -37,10 +40,79 @@ Registrar::Registrar(const char* name, Thunk thunk, int max_threads) {
 
 namespace {
 
+// Switching fibers. glibc's swapcontext makes a system call per switch (to save the signal
+// mask), which was a third of the emulator's time; on x86-64 a switch saves the callee-saved
+// registers and the FP control words on the fiber's own stack instead.
+#if defined(__x86_64__)
+struct Context {
+    void* sp = nullptr;
+};
+
+extern "C" void emu_switch_stack(void** save_sp, void* load_sp);
+asm(R"(
+    .text
+    .globl emu_switch_stack
+    .hidden emu_switch_stack
+    .type emu_switch_stack, @function
+emu_switch_stack:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch_stack, .-emu_switch_stack
+)");
+
+void switch_context(Context& from, Context& to) { emu_switch_stack(&from.sp, to.sp); }
+
+// A stack that emu_switch_stack's first switch to it "returns" into `entry`, which must never
+// return, with the stack aligned as at a call and this thread's FP control words.
+void start_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+    auto* sp = reinterpret_cast<uint64_t*>(reinterpret_cast<uintptr_t>(stack + bytes) & ~15ull);
+    *--sp = 0;                                   // entry's return address, never used
+    *--sp = reinterpret_cast<uint64_t>(entry);  // where the switch's `ret` goes
+    for (int r = 0; r < 6; ++r) *--sp = 0;       // rbp, rbx, r12-r15
+    --sp;
+    asm volatile("stmxcsr %0" : "=m"(*reinterpret_cast<uint32_t*>(sp)));
+    asm volatile("fnstcw %0" : "=m"(*(reinterpret_cast<uint16_t*>(sp) + 2)));
+    c.sp = sp;
+}
+#else
+struct Context {
+    ucontext_t uc;
+};
+
+void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+
+void start_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+#endif
+
 enum class FiberState { Ready, AtBlockBarrier, AtWarpBarrier, Done, Failed };
 
 struct Fiber {
-    ucontext_t context;
+    Context context;
     FiberState state;
     uint3 index;
     int predicate;
@@ -54,7 +126,7 @@ constexpr int kWarp = 32;
 struct BlockRun {
     std::vector<Fiber> fibers;
     std::vector<char> stacks;
-    ucontext_t scheduler;
+    Context scheduler;
     int current = 0;
     int barrier_or = 0;
     // [warp][parity][lane]: a shuffle posts to one parity and the next to the other, so a lane
@@ -76,7 +148,7 @@ int linear_thread(const uint3& t) {
 void yield_as(FiberState state) {
     Fiber& f = current_fiber();
     f.state = state;
-    swapcontext(&f.context, &g_run.scheduler);
+    switch_context(f.context, g_run.scheduler);
 }
 
 void fail(const std::string& why) {
@@ -87,9 +159,10 @@ void fail(const std::string& why) {
     yield_as(FiberState::Failed);
 }
 
-void fiber_main() {
+[[noreturn]] void fiber_main() {
     g_run.thunk(g_run.params);
-    current_fiber().state = FiberState::Done;
+    yield_as(FiberState::Done);
+    __builtin_unreachable();  // the scheduler never resumes a finished fiber
 }
 
 int threads_in_block() { return (int)(block_dim.x * block_dim.y * block_dim.z); }
@@ -143,11 +216,8 @@ bool run_block() {
         f.index = uint3{i % block_dim.x, (i / block_dim.x) % block_dim.y,
                         i / (block_dim.x * block_dim.y)};
         f.state = FiberState::Ready;
-        getcontext(&f.context);
-        f.context.uc_stack.ss_sp = g_run.stacks.data() + (size_t)i * kStackBytes;
-        f.context.uc_stack.ss_size = kStackBytes;
-        f.context.uc_link = &g_run.scheduler;
-        makecontext(&f.context, fiber_main, 0);
+        start_context(f.context, g_run.stacks.data() + (size_t)i * kStackBytes, kStackBytes,
+                      fiber_main);
     }
     for (;;) {
         bool all_done = true;
@@ -158,7 +228,7 @@ bool run_block() {
             }
             g_run.current = i;
             thread_idx = g_run.fibers[i].index;
-            swapcontext(&g_run.scheduler, &g_run.fibers[i].context);
+            switch_context(g_run.scheduler, g_run.fibers[i].context);
             if (g_run.fibers[i].state == FiberState::Failed) return false;
             all_done &= g_run.fibers[i].state == FiberState::Done;
         }
@@ -238,13 +308,10 @@ struct Event {
     std::chrono::steady_clock::time_point at;
 };
 
-std::mutex g_api;
 std::map<CUdeviceptr, Allocation> g_allocations;
 size_t g_allocated = 0;
 int g_context_token;
 thread_local void* t_current_context = nullptr;
-
-void report(const std::string& what) { std::fprintf(stderr, "cuda-emu: %s\n", what.c_str()); }
 
 CUresult allocate(CUdeviceptr* out, size_t bytes) {
     if (!out) return CUDA_ERROR_INVALID_VALUE;
@@ -271,18 +338,12 @@ CUresult release(CUdeviceptr ptr) {
     return CUDA_SUCCESS;
 }
 
-// True when [ptr, ptr + bytes) lies inside one live allocation.
-bool is_device_range(CUdeviceptr ptr, size_t bytes) {
-    auto it = g_allocations.upper_bound(ptr);
-    if (it == g_allocations.begin()) return false;
-    --it;
-    return ptr + bytes <= it->first + it->second.bytes;
-}
-
 CUresult check_range(const char* call, CUdeviceptr ptr, size_t bytes) {
-    if (is_device_range(ptr, bytes)) return CUDA_SUCCESS;
-    report(std::string(call) + ": " + std::to_string(bytes) + " bytes at 0x" +
-           std::to_string(ptr) + " are not inside one device allocation");
+    if (emu::is_device_range((const void*)ptr, bytes)) return CUDA_SUCCESS;
+    char where[32];
+    std::snprintf(where, sizeof where, "%#llx", ptr);
+    emu::report(std::string(call) + ": " + std::to_string(bytes) + " bytes at " + where +
+                " are not inside one device allocation");
     return CUDA_ERROR_INVALID_VALUE;
 }
 
@@ -293,7 +354,7 @@ bool guards_intact(const std::string& kernel) {
         const unsigned char* back = a.block + kGuard + a.bytes;
         for (size_t i = 0; i < kGuard; ++i) {
             if (front[i] != kGuardByte || back[i] != kGuardByte) {
-                report(kernel + " wrote outside a buffer of " + std::to_string(a.bytes) +
+                emu::report(kernel + " wrote outside a buffer of " + std::to_string(a.bytes) +
                        " bytes (" + (front[i] != kGuardByte ? "before its start" : "past its end") +
                        ")");
                 std::memset(a.block, kGuardByte, kGuard);
@@ -309,7 +370,7 @@ CUresult launch(Function* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                 unsigned bz, unsigned shared_bytes, void** params, void** extra) {
     if (!f) return CUDA_ERROR_INVALID_HANDLE;
     const auto refuse = [&](CUresult code, const std::string& why) {
-        report("launch of " + f->name + " refused: " + why);
+        emu::report("launch of " + f->name + " refused: " + why);
         return code;
     };
     if (extra) return refuse(CUDA_ERROR_NOT_SUPPORTED, "`extra` arguments");
@@ -342,7 +403,7 @@ CUresult launch(Function* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
             for (unsigned x = 0; x < gx; ++x) {
                 emu::block_idx = uint3{x, y, z};
                 if (!emu::run_block()) {
-                    report(f->name + " failed: " + emu::g_run.error);
+                    emu::report(f->name + " failed: " + emu::g_run.error);
                     return CUDA_ERROR_LAUNCH_FAILED;
                 }
             }
@@ -371,8 +432,26 @@ int device_attribute(int attribute) {
 
 }  // namespace
 
+namespace emu {
+std::mutex& api_mutex() {
+    static std::mutex m;
+    return m;
+}
+
+bool is_device_range(const void* ptr, size_t bytes) {
+    const auto p = (CUdeviceptr)ptr;
+    auto it = g_allocations.upper_bound(p);
+    if (it == g_allocations.begin()) return false;
+    --it;
+    return p + bytes <= it->first + it->second.bytes;
+}
+
+void report(const std::string& what) { std::fprintf(stderr, "cuda-emu: %s\n", what.c_str()); }
+}  // namespace emu
+
+
 #define API extern "C" __attribute__((visibility("default"))) CUresult
-#define LOCKED std::lock_guard<std::mutex> lock(g_api)
+#define LOCKED std::lock_guard<std::mutex> lock(emu::api_mutex())
 
 API cuInit(unsigned int) { return CUDA_SUCCESS; }
 API cuDriverGetVersion(int* v) { *v = 13000; return CUDA_SUCCESS; }
@@ -476,6 +555,16 @@ API cuMemsetD8_v2(CUdeviceptr dst, unsigned char value, size_t bytes) {
 API cuMemsetD8Async(CUdeviceptr dst, unsigned char value, size_t bytes, void*) {
     return cuMemsetD8_v2(dst, value, bytes);
 }
+API cuMemsetD32_v2(CUdeviceptr dst, unsigned int value, size_t count) {
+    LOCKED;
+    if (CUresult r = check_range("cuMemsetD32", dst, count * 4)) return r;
+    auto* p = (unsigned int*)dst;
+    for (size_t i = 0; i < count; ++i) p[i] = value;
+    return CUDA_SUCCESS;
+}
+API cuMemsetD32Async(CUdeviceptr dst, unsigned int value, size_t count, void*) {
+    return cuMemsetD32_v2(dst, value, count);
+}
 
 API cuModuleLoadData(void** module, const void*) {
     // Every kernel file is compiled into this library, so any image loads all of them; a name
@@ -493,7 +582,7 @@ API cuModuleGetFunction(void** function, void* module, const char* name) {
     LOCKED;
     auto it = emu::registry().find(name);
     if (it == emu::registry().end()) {
-        report(std::string("no kernel named ") + name);
+        emu::report(std::string("no kernel named ") + name);
         return CUDA_ERROR_NOT_FOUND;
     }
     auto* f = new Function{name, it->second};

@@ -1,0 +1,498 @@
+// Stand-ins for the parts of cuDNN (convolutions), cuBLAS (GEMM) and NCCL (a world of one) that
+// our CUDA backend, collective and benchmarks' baselines call, in the emulator's shared object;
+// build.py links libcudnn.so, libcublas.so and libnccl.so to it. Plain loops in a fixed order, accumulating in f64: the real libraries sum
+// in tiles, far closer to exact than one long f32 sum, and the stand-ins are not what is under
+// test, so they err on the exact side. Like the real libraries
+// they check descriptors and leading dimensions, and the emulator also checks that every
+// operand lies inside one device allocation, naming the call.
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "memory.h"
+
+namespace {
+
+// ----- cuDNN 9 -----
+
+typedef int cudnnStatus_t;
+enum : cudnnStatus_t {
+    CUDNN_STATUS_SUCCESS = 0,
+    CUDNN_STATUS_BAD_PARAM = 2000,
+    CUDNN_STATUS_NOT_SUPPORTED = 3000,
+};
+constexpr int CUDNN_DATA_FLOAT = 0;
+constexpr int CUDNN_TENSOR_NCHW = 0;
+constexpr int CUDNN_CROSS_CORRELATION = 1;
+constexpr int CUDNN_NON_DETERMINISTIC = 0, CUDNN_DETERMINISTIC = 1;
+
+struct Handle {
+    void* stream = nullptr;
+};
+struct Tensor4d {
+    int dtype = -1, n = 0, c = 0, h = 0, w = 0;
+    size_t bytes() const { return (size_t)n * c * h * w * 4; }
+};
+struct Convolution {
+    int pad_h = 0, pad_w = 0, stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
+    int mode = -1, dtype = -1, groups = 1;
+};
+// cudnnConvolution{Fwd,BwdData,BwdFilter}AlgoPerf_t share this layout.
+struct AlgoPerf {
+    int algo;
+    cudnnStatus_t status;
+    float time;
+    size_t memory;
+    int determinism;
+    int math_type;
+    int reserved[3];
+};
+
+enum class Op { Forward, BackwardData, BackwardFilter };
+
+// The algorithms each query ranks first and second: for the backward passes a non-deterministic
+// one first, as cuDNN's heuristic often does, so the backend's substitution is exercised.
+struct Ranked {
+    int algo;
+    int determinism;
+};
+const Ranked kForward[] = {{1, CUDNN_DETERMINISTIC}, {0, CUDNN_DETERMINISTIC}};
+const Ranked kBackward[] = {{0, CUDNN_NON_DETERMINISTIC}, {1, CUDNN_DETERMINISTIC}};
+
+// Workspace bytes an algorithm asks for: some for every algorithm but the implicit-GEMM forward,
+// so the backend's workspace reaches the calls.
+size_t workspace_bytes(Op op, int algo) {
+    if (op == Op::Forward && algo == 0) return 0;
+    return 4096 * (size_t)(algo + 1);
+}
+
+cudnnStatus_t bad(const std::string& call, const std::string& why) {
+    emu::report(call + ": " + why);
+    return CUDNN_STATUS_BAD_PARAM;
+}
+
+int out_extent(int in, int pad, int dil, int k, int stride) {
+    return (in + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+}
+
+// Checks that x, w, y and the convolution fit together, as cuDNN does.
+cudnnStatus_t check_shapes(const std::string& call, const Tensor4d* x, const Tensor4d* w,
+                           const Convolution* conv, const Tensor4d* y) {
+    if (!x || !w || !conv || !y) return bad(call, "a null descriptor");
+    if (x->dtype != CUDNN_DATA_FLOAT || w->dtype != CUDNN_DATA_FLOAT ||
+        y->dtype != CUDNN_DATA_FLOAT || conv->dtype != CUDNN_DATA_FLOAT) {
+        emu::report(call + ": only f32 is emulated");
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    }
+    if (conv->mode != CUDNN_CROSS_CORRELATION || conv->groups != 1) {
+        emu::report(call + ": only ungrouped cross-correlation is emulated");
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    }
+    if (x->c != w->c) return bad(call, "input channels " + std::to_string(x->c) +
+                                           " but the filter has " + std::to_string(w->c));
+    const int oh = out_extent(x->h, conv->pad_h, conv->dil_h, w->h, conv->stride_h);
+    const int ow = out_extent(x->w, conv->pad_w, conv->dil_w, w->w, conv->stride_w);
+    if (y->n != x->n || y->c != w->n || y->h != oh || y->w != ow)
+        return bad(call, "output descriptor " + std::to_string(y->n) + "x" + std::to_string(y->c) +
+                             "x" + std::to_string(y->h) + "x" + std::to_string(y->w) +
+                             ", the convolution gives " + std::to_string(x->n) + "x" +
+                             std::to_string(w->n) + "x" + std::to_string(oh) + "x" +
+                             std::to_string(ow));
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t check_operands(const std::string& call, const Tensor4d* x, const void* xp,
+                             const Tensor4d* w, const void* wp, const Tensor4d* y, const void* yp,
+                             Op op, int algo, const void* workspace, size_t workspace_size) {
+    const struct {
+        const char* name;
+        const void* ptr;
+        size_t bytes;
+    } operands[] = {{"x", xp, x->bytes()}, {"w", wp, w->bytes()}, {"y", yp, y->bytes()}};
+    for (const auto& o : operands)
+        if (!emu::is_device_range(o.ptr, o.bytes))
+            return bad(call, std::string(o.name) + " (" + std::to_string(o.bytes) +
+                                 " bytes by its descriptor) is not inside one device allocation");
+    const size_t need = workspace_bytes(op, algo);
+    if (workspace_size < need)
+        return bad(call, "algorithm " + std::to_string(algo) + " needs " + std::to_string(need) +
+                             " workspace bytes, given " + std::to_string(workspace_size));
+    if (need > 0 && !emu::is_device_range(workspace, need))
+        return bad(call, "the workspace is not inside one device allocation");
+    return CUDNN_STATUS_SUCCESS;
+}
+
+// out = alpha * acc + beta * out, without reading out when beta is 0 (as cuDNN and cuBLAS).
+void blend(float* out, const std::vector<double>& acc, float alpha, float beta) {
+    for (size_t i = 0; i < acc.size(); ++i)
+        out[i] = (float)(beta == 0.0f ? alpha * acc[i] : alpha * acc[i] + beta * (double)out[i]);
+}
+
+// Calls visit(n, k, c, oy, ox, iy, ix, ky, kx) for every tap that lands inside the input, in a
+// fixed order.
+template <typename Visit>
+void for_each_tap(const Tensor4d& x, const Tensor4d& w, const Convolution& cv, const Tensor4d& y,
+                  Visit visit) {
+    for (int n = 0; n < y.n; ++n)
+        for (int k = 0; k < y.c; ++k)
+            for (int oy = 0; oy < y.h; ++oy)
+                for (int ox = 0; ox < y.w; ++ox)
+                    for (int c = 0; c < x.c; ++c)
+                        for (int ky = 0; ky < w.h; ++ky) {
+                            const int iy = oy * cv.stride_h - cv.pad_h + ky * cv.dil_h;
+                            if (iy < 0 || iy >= x.h) continue;
+                            for (int kx = 0; kx < w.w; ++kx) {
+                                const int ix = ox * cv.stride_w - cv.pad_w + kx * cv.dil_w;
+                                if (ix < 0 || ix >= x.w) continue;
+                                visit(n, k, c, oy, ox, iy, ix, ky, kx);
+                            }
+                        }
+}
+
+size_t at(const Tensor4d& t, int n, int c, int h, int w) {
+    return (((size_t)n * t.c + c) * t.h + h) * t.w + w;
+}
+
+cudnnStatus_t find(Op op, int requested, int* returned, AlgoPerf* results) {
+    const Ranked* ranked = op == Op::Forward ? kForward : kBackward;
+    const int count = requested < 2 ? requested : 2;
+    for (int i = 0; i < count; ++i) {
+        results[i] = AlgoPerf{};
+        results[i].algo = ranked[i].algo;
+        results[i].status = CUDNN_STATUS_SUCCESS;
+        results[i].memory = workspace_bytes(op, ranked[i].algo);
+        results[i].determinism = ranked[i].determinism;
+    }
+    *returned = count;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+// ----- cuBLAS -----
+
+typedef int cublasStatus_t;
+enum : cublasStatus_t {
+    CUBLAS_STATUS_SUCCESS = 0,
+    CUBLAS_STATUS_INVALID_VALUE = 7,
+    CUBLAS_STATUS_NOT_SUPPORTED = 15,
+};
+constexpr int CUBLAS_OP_N = 0, CUBLAS_OP_T = 1;
+constexpr int CUDA_R_32F = 0, CUDA_R_16BF = 14;
+
+float load(const void* p, int type, size_t i) {
+    if (type == CUDA_R_32F) return static_cast<const float*>(p)[i];
+    const uint32_t bits = (uint32_t) static_cast<const uint16_t*>(p)[i] << 16;
+    float v;
+    std::memcpy(&v, &bits, 4);
+    return v;
+}
+
+// Round to nearest even, as the kernels' f32_to_bf16.
+void store(void* p, int type, size_t i, float v) {
+    if (type == CUDA_R_32F) {
+        static_cast<float*>(p)[i] = v;
+        return;
+    }
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        static_cast<uint16_t*>(p)[i] = (uint16_t)((u >> 16) | 0x40u);
+        return;
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    static_cast<uint16_t*>(p)[i] = (uint16_t)(u >> 16);
+}
+
+struct Matrix {
+    const char* name;
+    const void* ptr;
+    int type;
+    bool transposed;
+    int rows, cols;  // of op(M)
+    long long ld, stride;
+    // Stored column-major as (rows x cols), or (cols x rows) when transposed.
+    size_t index(int i, int j) const {
+        return transposed ? (size_t)j + (size_t)i * ld : (size_t)i + (size_t)j * ld;
+    }
+    int stored_rows() const { return transposed ? cols : rows; }
+    int stored_cols() const { return transposed ? rows : cols; }
+};
+
+cublasStatus_t gemm(const char* call, int ta, int tb, int m, int n, int k, float alpha,
+                    const void* a, int a_type, int lda, long long stride_a, const void* b,
+                    int b_type, int ldb, long long stride_b, float beta, void* c, int c_type,
+                    int ldc, long long stride_c, int batch) {
+    std::lock_guard<std::mutex> lock(emu::api_mutex());
+    const auto invalid = [&](const std::string& why) {
+        emu::report(std::string(call) + ": " + why);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    };
+    if ((ta != CUBLAS_OP_N && ta != CUBLAS_OP_T) || (tb != CUBLAS_OP_N && tb != CUBLAS_OP_T))
+        return invalid("only N and T operations are emulated");
+    if (m < 0 || n < 0 || k < 0 || batch < 0) return invalid("a negative dimension");
+    const Matrix A{"A", a, a_type, ta == CUBLAS_OP_T, m, k, lda, stride_a};
+    const Matrix B{"B", b, b_type, tb == CUBLAS_OP_T, k, n, ldb, stride_b};
+    const Matrix C{"C", c, c_type, false, m, n, ldc, stride_c};
+    if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
+    for (const Matrix* x : {&A, &B, &C}) {
+        if (x->ld < (x->stored_rows() > 1 ? x->stored_rows() : 1))
+            return invalid(std::string("ld") + x->name + " " + std::to_string(x->ld) +
+                           " is below the rows " + std::to_string(x->stored_rows()));
+        if (x->stored_cols() == 0) continue;
+        const size_t elem = x->type == CUDA_R_32F ? 4 : 2;
+        const size_t last = (size_t)(batch - 1) * x->stride +
+                            (size_t)(x->stored_cols() - 1) * x->ld + x->stored_rows();
+        if (!emu::is_device_range(x->ptr, last * elem))
+            return invalid(std::string(x->name) + " (" + std::to_string(last * elem) +
+                           " bytes by its dimensions) is not inside one device allocation");
+    }
+    for (int p = 0; p < batch; ++p) {
+        const char* ap = static_cast<const char*>(a) + (size_t)p * stride_a * (a_type == CUDA_R_32F ? 4 : 2);
+        const char* bp = static_cast<const char*>(b) + (size_t)p * stride_b * (b_type == CUDA_R_32F ? 4 : 2);
+        char* cp = static_cast<char*>(c) + (size_t)p * stride_c * (c_type == CUDA_R_32F ? 4 : 2);
+        for (int j = 0; j < n; ++j)
+            for (int i = 0; i < m; ++i) {
+                double acc = 0.0;
+                for (int l = 0; l < k; ++l)
+                    acc += (double)load(ap, a_type, A.index(i, l)) * load(bp, b_type, B.index(l, j));
+                const size_t ci = C.index(i, j);
+                const double old = beta == 0.0f ? 0.0 : (double)beta * load(cp, c_type, ci);
+                store(cp, c_type, ci, (float)(alpha * acc + old));
+            }
+    }
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+// ----- NCCL, a world of one: the emulator has one device -----
+
+typedef int ncclResult_t;
+enum : ncclResult_t { ncclSuccess = 0, ncclInvalidArgument = 4, ncclInvalidUsage = 5 };
+constexpr int ncclSum = 0, ncclAvg = 4;
+
+struct ncclUniqueId {
+    char internal[128];
+};
+struct Communicator {
+    int rank;
+};
+
+// Bytes per element of ncclDataType_t 0..11 (int8 ... fp8 e5m2).
+int nccl_type_bytes(int type) {
+    static const int bytes[] = {1, 1, 4, 4, 8, 8, 2, 4, 8, 2, 1, 1};
+    return type >= 0 && type < 12 ? bytes[type] : 0;
+}
+
+// A collective over one rank leaves the values as they are: copies send to recv when they differ.
+ncclResult_t copy_through(const char* call, const void* send, void* recv, size_t count, int type) {
+    std::lock_guard<std::mutex> lock(emu::api_mutex());
+    const size_t bytes = count * (size_t)nccl_type_bytes(type);
+    if (nccl_type_bytes(type) == 0) {
+        emu::report(std::string(call) + ": unknown data type " + std::to_string(type));
+        return ncclInvalidArgument;
+    }
+    if (!emu::is_device_range(send, bytes) || !emu::is_device_range(recv, bytes)) {
+        emu::report(std::string(call) + ": " + std::to_string(bytes) +
+                    " bytes are not inside one device allocation");
+        return ncclInvalidArgument;
+    }
+    if (send != recv) std::memmove(recv, send, bytes);
+    return ncclSuccess;
+}
+
+}  // namespace
+
+#define CUDNN extern "C" __attribute__((visibility("default"))) cudnnStatus_t
+#define CUBLAS extern "C" __attribute__((visibility("default"))) cublasStatus_t
+
+extern "C" __attribute__((visibility("default"))) size_t cudnnGetVersion() { return 92100; }
+extern "C" __attribute__((visibility("default"))) const char* cudnnGetErrorString(cudnnStatus_t s) {
+    switch (s) {
+        case CUDNN_STATUS_SUCCESS: return "CUDNN_STATUS_SUCCESS";
+        case CUDNN_STATUS_BAD_PARAM: return "CUDNN_STATUS_BAD_PARAM";
+        case CUDNN_STATUS_NOT_SUPPORTED: return "CUDNN_STATUS_NOT_SUPPORTED";
+        default: return "CUDNN_STATUS_UNKNOWN";
+    }
+}
+CUDNN cudnnCreate(Handle** h) { *h = new Handle{}; return CUDNN_STATUS_SUCCESS; }
+CUDNN cudnnDestroy(Handle* h) { delete h; return CUDNN_STATUS_SUCCESS; }
+CUDNN cudnnSetStream(Handle* h, void* stream) { h->stream = stream; return CUDNN_STATUS_SUCCESS; }
+CUDNN cudnnCreateTensorDescriptor(Tensor4d** d) { *d = new Tensor4d{}; return CUDNN_STATUS_SUCCESS; }
+CUDNN cudnnDestroyTensorDescriptor(Tensor4d* d) { delete d; return CUDNN_STATUS_SUCCESS; }
+CUDNN cudnnSetTensor4dDescriptor(Tensor4d* d, int format, int dtype, int n, int c, int h, int w) {
+    if (format != CUDNN_TENSOR_NCHW) return CUDNN_STATUS_NOT_SUPPORTED;
+    if (n <= 0 || c <= 0 || h <= 0 || w <= 0) return bad("cudnnSetTensor4dDescriptor", "a dimension <= 0");
+    *d = Tensor4d{dtype, n, c, h, w};
+    return CUDNN_STATUS_SUCCESS;
+}
+CUDNN cudnnCreateFilterDescriptor(Tensor4d** d) { *d = new Tensor4d{}; return CUDNN_STATUS_SUCCESS; }
+CUDNN cudnnDestroyFilterDescriptor(Tensor4d* d) { delete d; return CUDNN_STATUS_SUCCESS; }
+CUDNN cudnnSetFilter4dDescriptor(Tensor4d* d, int dtype, int format, int k, int c, int h, int w) {
+    return cudnnSetTensor4dDescriptor(d, format, dtype, k, c, h, w);
+}
+CUDNN cudnnCreateConvolutionDescriptor(Convolution** d) { *d = new Convolution{}; return CUDNN_STATUS_SUCCESS; }
+CUDNN cudnnDestroyConvolutionDescriptor(Convolution* d) { delete d; return CUDNN_STATUS_SUCCESS; }
+CUDNN cudnnSetConvolution2dDescriptor(Convolution* d, int pad_h, int pad_w, int u, int v, int dil_h,
+                                      int dil_w, int mode, int dtype) {
+    if (pad_h < 0 || pad_w < 0 || u <= 0 || v <= 0 || dil_h <= 0 || dil_w <= 0)
+        return bad("cudnnSetConvolution2dDescriptor", "a negative padding or a stride or dilation <= 0");
+    *d = Convolution{pad_h, pad_w, u, v, dil_h, dil_w, mode, dtype, d->groups};
+    return CUDNN_STATUS_SUCCESS;
+}
+// The math type changes the real library's speed and, with tensor ops, its rounding; the loops
+// here are the same either way.
+CUDNN cudnnSetConvolutionMathType(Convolution*, int) { return CUDNN_STATUS_SUCCESS; }
+CUDNN cudnnSetConvolutionGroupCount(Convolution* d, int groups) { d->groups = groups; return CUDNN_STATUS_SUCCESS; }
+
+CUDNN cudnnGetConvolutionForwardAlgorithm_v7(Handle*, Tensor4d* x, Tensor4d* w, Convolution* cv,
+                                             Tensor4d* y, int requested, int* returned, AlgoPerf* r) {
+    if (cudnnStatus_t s = check_shapes("cudnnGetConvolutionForwardAlgorithm_v7", x, w, cv, y)) return s;
+    return find(Op::Forward, requested, returned, r);
+}
+CUDNN cudnnGetConvolutionBackwardDataAlgorithm_v7(Handle*, Tensor4d* w, Tensor4d* dy, Convolution* cv,
+                                                  Tensor4d* dx, int requested, int* returned, AlgoPerf* r) {
+    if (cudnnStatus_t s = check_shapes("cudnnGetConvolutionBackwardDataAlgorithm_v7", dx, w, cv, dy)) return s;
+    return find(Op::BackwardData, requested, returned, r);
+}
+CUDNN cudnnGetConvolutionBackwardFilterAlgorithm_v7(Handle*, Tensor4d* x, Tensor4d* dy, Convolution* cv,
+                                                    Tensor4d* dw, int requested, int* returned, AlgoPerf* r) {
+    if (cudnnStatus_t s = check_shapes("cudnnGetConvolutionBackwardFilterAlgorithm_v7", x, dw, cv, dy)) return s;
+    return find(Op::BackwardFilter, requested, returned, r);
+}
+CUDNN cudnnGetConvolutionForwardWorkspaceSize(Handle*, Tensor4d* x, Tensor4d* w, Convolution* cv,
+                                              Tensor4d* y, int algo, size_t* bytes) {
+    if (cudnnStatus_t s = check_shapes("cudnnGetConvolutionForwardWorkspaceSize", x, w, cv, y)) return s;
+    *bytes = workspace_bytes(Op::Forward, algo);
+    return CUDNN_STATUS_SUCCESS;
+}
+CUDNN cudnnGetConvolutionBackwardDataWorkspaceSize(Handle*, Tensor4d* w, Tensor4d* dy, Convolution* cv,
+                                                   Tensor4d* dx, int algo, size_t* bytes) {
+    if (cudnnStatus_t s = check_shapes("cudnnGetConvolutionBackwardDataWorkspaceSize", dx, w, cv, dy)) return s;
+    *bytes = workspace_bytes(Op::BackwardData, algo);
+    return CUDNN_STATUS_SUCCESS;
+}
+CUDNN cudnnGetConvolutionBackwardFilterWorkspaceSize(Handle*, Tensor4d* x, Tensor4d* dy, Convolution* cv,
+                                                     Tensor4d* dw, int algo, size_t* bytes) {
+    if (cudnnStatus_t s = check_shapes("cudnnGetConvolutionBackwardFilterWorkspaceSize", x, dw, cv, dy)) return s;
+    *bytes = workspace_bytes(Op::BackwardFilter, algo);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+CUDNN cudnnConvolutionForward(Handle*, const float* alpha, Tensor4d* xd, const float* x, Tensor4d* wd,
+                              const float* w, Convolution* cv, int algo, void* ws, size_t ws_size,
+                              const float* beta, Tensor4d* yd, float* y) {
+    const std::string call = "cudnnConvolutionForward";
+    std::lock_guard<std::mutex> lock(emu::api_mutex());
+    if (cudnnStatus_t s = check_shapes(call, xd, wd, cv, yd)) return s;
+    if (cudnnStatus_t s = check_operands(call, xd, x, wd, w, yd, y, Op::Forward, algo, ws, ws_size)) return s;
+    std::vector<double> acc(yd->bytes() / 4, 0.0f);
+    for_each_tap(*xd, *wd, *cv, *yd, [&](int n, int k, int c, int oy, int ox, int iy, int ix, int ky, int kx) {
+        acc[at(*yd, n, k, oy, ox)] += (double)x[at(*xd, n, c, iy, ix)] * w[at(*wd, k, c, ky, kx)];
+    });
+    blend(y, acc, *alpha, *beta);
+    return CUDNN_STATUS_SUCCESS;
+}
+CUDNN cudnnConvolutionBackwardData(Handle*, const float* alpha, Tensor4d* wd, const float* w, Tensor4d* dyd,
+                                   const float* dy, Convolution* cv, int algo, void* ws, size_t ws_size,
+                                   const float* beta, Tensor4d* dxd, float* dx) {
+    const std::string call = "cudnnConvolutionBackwardData";
+    std::lock_guard<std::mutex> lock(emu::api_mutex());
+    if (cudnnStatus_t s = check_shapes(call, dxd, wd, cv, dyd)) return s;
+    if (cudnnStatus_t s = check_operands(call, dxd, dx, wd, w, dyd, dy, Op::BackwardData, algo, ws, ws_size)) return s;
+    std::vector<double> acc(dxd->bytes() / 4, 0.0f);
+    for_each_tap(*dxd, *wd, *cv, *dyd, [&](int n, int k, int c, int oy, int ox, int iy, int ix, int ky, int kx) {
+        acc[at(*dxd, n, c, iy, ix)] += (double)dy[at(*dyd, n, k, oy, ox)] * w[at(*wd, k, c, ky, kx)];
+    });
+    blend(dx, acc, *alpha, *beta);
+    return CUDNN_STATUS_SUCCESS;
+}
+CUDNN cudnnConvolutionBackwardFilter(Handle*, const float* alpha, Tensor4d* xd, const float* x, Tensor4d* dyd,
+                                     const float* dy, Convolution* cv, int algo, void* ws, size_t ws_size,
+                                     const float* beta, Tensor4d* dwd, float* dw) {
+    const std::string call = "cudnnConvolutionBackwardFilter";
+    std::lock_guard<std::mutex> lock(emu::api_mutex());
+    if (cudnnStatus_t s = check_shapes(call, xd, dwd, cv, dyd)) return s;
+    if (cudnnStatus_t s = check_operands(call, xd, x, dwd, dw, dyd, dy, Op::BackwardFilter, algo, ws, ws_size)) return s;
+    std::vector<double> acc(dwd->bytes() / 4, 0.0f);
+    for_each_tap(*xd, *dwd, *cv, *dyd, [&](int n, int k, int c, int oy, int ox, int iy, int ix, int ky, int kx) {
+        acc[at(*dwd, k, c, ky, kx)] += (double)dy[at(*dyd, n, k, oy, ox)] * x[at(*xd, n, c, iy, ix)];
+    });
+    blend(dw, acc, *alpha, *beta);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+CUBLAS cublasCreate_v2(void** h) { *h = new int(0); return CUBLAS_STATUS_SUCCESS; }
+CUBLAS cublasDestroy_v2(void* h) { delete static_cast<int*>(h); return CUBLAS_STATUS_SUCCESS; }
+CUBLAS cublasSetStream_v2(void*, void*) { return CUBLAS_STATUS_SUCCESS; }
+CUBLAS cublasSetMathMode(void*, int) { return CUBLAS_STATUS_SUCCESS; }
+extern "C" __attribute__((visibility("default"))) const char* cublasGetStatusString(cublasStatus_t s) {
+    switch (s) {
+        case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+        case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+        case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+        default: return "CUBLAS_STATUS_UNKNOWN";
+    }
+}
+CUBLAS cublasSgemm_v2(void*, int ta, int tb, int m, int n, int k, const float* alpha, const float* a,
+                      int lda, const float* b, int ldb, const float* beta, float* c, int ldc) {
+    return gemm("cublasSgemm", ta, tb, m, n, k, *alpha, a, CUDA_R_32F, lda, 0, b, CUDA_R_32F, ldb, 0,
+                *beta, c, CUDA_R_32F, ldc, 0, 1);
+}
+CUBLAS cublasSgemmStridedBatched(void*, int ta, int tb, int m, int n, int k, const float* alpha,
+                                 const float* a, int lda, long long sa, const float* b, int ldb,
+                                 long long sb, const float* beta, float* c, int ldc, long long sc,
+                                 int batch) {
+    return gemm("cublasSgemmStridedBatched", ta, tb, m, n, k, *alpha, a, CUDA_R_32F, lda, sa, b,
+                CUDA_R_32F, ldb, sb, *beta, c, CUDA_R_32F, ldc, sc, batch);
+}
+// f32 or bf16 operands with f32 compute (CUBLAS_COMPUTE_32F = 68), the cases our baselines use.
+CUBLAS cublasGemmStridedBatchedEx(void*, int ta, int tb, int m, int n, int k, const void* alpha,
+                                  const void* a, int a_type, int lda, long long sa, const void* b,
+                                  int b_type, int ldb, long long sb, const void* beta, void* c,
+                                  int c_type, int ldc, long long sc, int batch, int compute, int) {
+    for (int t : {a_type, b_type, c_type})
+        if (t != CUDA_R_32F && t != CUDA_R_16BF) return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (compute != 68) return CUBLAS_STATUS_NOT_SUPPORTED;
+    return gemm("cublasGemmStridedBatchedEx", ta, tb, m, n, k, *static_cast<const float*>(alpha), a,
+                a_type, lda, sa, b, b_type, ldb, sb, *static_cast<const float*>(beta), c, c_type,
+                ldc, sc, batch);
+}
+
+#define NCCL extern "C" __attribute__((visibility("default"))) ncclResult_t
+
+NCCL ncclGetVersion(int* version) { *version = 22800; return ncclSuccess; }
+extern "C" __attribute__((visibility("default"))) const char* ncclGetErrorString(ncclResult_t r) {
+    switch (r) {
+        case ncclSuccess: return "no error";
+        case ncclInvalidArgument: return "invalid argument (run with NCCL_DEBUG=WARN for details)";
+        case ncclInvalidUsage: return "invalid usage (run with NCCL_DEBUG=WARN for details)";
+        default: return "unknown result code";
+    }
+}
+NCCL ncclGetUniqueId(ncclUniqueId* id) {
+    for (int i = 0; i < 128; ++i) id->internal[i] = (char)(i * 37 + 11);
+    return ncclSuccess;
+}
+NCCL ncclCommInitRank(Communicator** comm, int nranks, ncclUniqueId, int rank) {
+    if (nranks != 1 || rank != 0) {
+        emu::report("ncclCommInitRank: the emulator has one device, so only a world of one (rank " +
+                    std::to_string(rank) + " of " + std::to_string(nranks) + " asked)");
+        return ncclInvalidUsage;
+    }
+    *comm = new Communicator{rank};
+    return ncclSuccess;
+}
+NCCL ncclCommAbort(Communicator* comm) { delete comm; return ncclSuccess; }
+NCCL ncclCommDestroy(Communicator* comm) { delete comm; return ncclSuccess; }
+NCCL ncclCommCount(const Communicator*, int* count) { *count = 1; return ncclSuccess; }
+NCCL ncclCommUserRank(const Communicator* comm, int* rank) { *rank = comm->rank; return ncclSuccess; }
+NCCL ncclGroupStart() { return ncclSuccess; }
+NCCL ncclGroupEnd() { return ncclSuccess; }
+NCCL ncclAllReduce(const void* send, void* recv, size_t count, int type, int op, Communicator*, void*) {
+    if (op != ncclSum && op != ncclAvg) return ncclInvalidArgument;
+    return copy_through("ncclAllReduce", send, recv, count, type);
+}
+NCCL ncclBroadcast(const void* send, void* recv, size_t count, int type, int root, Communicator*, void*) {
+    if (root != 0) return ncclInvalidArgument;
+    return copy_through("ncclBroadcast", send, recv, count, type);
+}
