@@ -1,11 +1,13 @@
 //! Localization: box extraction on constructed maps, the box filter, IoU arithmetic, the
 //! coordinate mapping through the test transform, the metrics, and an end-to-end run of a tiny
-//! model on the synthetic set (and the refusal of a dataset without boxes).
+//! model on the synthetic set (and the refusal of a dataset without boxes), and the same run on
+//! the CUDA backend against the CPU's (skipped without a GPU).
 
 use std::sync::Arc;
 
 use c2f_inception::cpu::CpuBackend;
-use c2f_kernels::testing::SplitMix64;
+use c2f_inception::cuda::testing::cuda_or_skip;
+use c2f_kernels::testing::{rel_error, SplitMix64};
 use c2f_train::data::loader::{ImageSource, Item};
 use c2f_train::data::synthetic::SyntheticSet;
 use c2f_train::data::{BBox, Transform};
@@ -294,6 +296,48 @@ fn localizes_the_synthetic_set_end_to_end() {
     let one = c2f_train::localize::infer_images(&mut cpu, &mut model, &set, &[4], &cfg).unwrap();
     assert_eq!(one[0].box_input, results[4].box_input);
     assert_eq!(one[0].probs, results[4].probs);
+}
+
+/// Localization (and so the pictures, which draw the same inference) on the CUDA backend: the
+/// same maps, probabilities and boxes as on the CPU backend from the same weights.
+#[test]
+fn gpu_localizes_like_the_cpu() {
+    let Some(mut gpu) = cuda_or_skip("localize gpu_localizes_like_the_cpu") else {
+        return;
+    };
+    let mut cpu = CpuBackend::<f32>::new();
+    let (mut cpu_model, mut gpu_model) = (tiny_model(&mut cpu), tiny_model(&mut gpu));
+    let set = synthetic(5);
+    let cfg = LocalizeConfig::default();
+    let (cpu_results, cpu_metrics) = localize(&mut cpu, &mut cpu_model, &set, &cfg).unwrap();
+    let (gpu_results, gpu_metrics) = localize(&mut gpu, &mut gpu_model, &set, &cfg).unwrap();
+    let widen = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    for (c, g) in cpu_results.iter().zip(&gpu_results) {
+        let i = c.index;
+        for (what, e) in [
+            (
+                "attention",
+                rel_error(&widen(&g.attention), &widen(&c.attention)),
+            ),
+            (
+                "up-sampled map",
+                rel_error(&widen(&g.upsampled), &widen(&c.upsampled)),
+            ),
+            (
+                "probabilities",
+                rel_error(&g.probs.concat(), &c.probs.concat()),
+            ),
+        ] {
+            assert!(e < 1e-4, "image {i}: {what} relative error {e:.2e}");
+        }
+        let (cb, gb) = (c.box_input.unwrap(), g.box_input.unwrap());
+        assert!(
+            cb.iou(&gb) > 0.95,
+            "image {i}: box {gb:?} on the GPU, {cb:?} on the CPU"
+        );
+    }
+    assert_eq!(gpu_metrics.images, cpu_metrics.images);
+    assert!((gpu_metrics.mean_iou - cpu_metrics.mean_iou).abs() < 0.02);
 }
 
 /// The synthetic set with its boxes taken away.

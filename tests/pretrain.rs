@@ -1,7 +1,10 @@
-//! Up-sampler pretraining: the pairs, the weights file, and that training lowers the held-out
-//! L2 error below the untrained up-sampler's.
+//! Up-sampler pretraining: the pairs, the weights file, that training lowers the held-out L2
+//! error below the untrained up-sampler's, and the same run on the CUDA backend against the CPU's
+//! (skipped without a GPU).
 
 use c2f_inception::cpu::CpuBackend;
+use c2f_inception::cuda::testing::cuda_or_skip;
+use c2f_kernels::testing::rel_error;
 use c2f_train::interpolate::{resize, Interpolation};
 use c2f_train::pretrain::{pair, pretrain_upsampler, PretrainConfig, Progress};
 use c2f_train::upsampler::{attention_map_side, load_into, save};
@@ -42,6 +45,48 @@ fn pretraining_lowers_held_out_error() {
     load_into(&path, &report.table, &mut loaded).unwrap();
     assert_eq!(loaded, report.params);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The same short pretraining on the CUDA backend (our transposed-conv kernels, the SGD kernel)
+/// and on the CPU backend: the same held-out errors and weights, within f32 rounding.
+#[test]
+fn gpu_pretraining_matches_cpu() {
+    let Some(mut gpu) = cuda_or_skip("pretrain gpu_pretraining_matches_cpu") else {
+        return;
+    };
+    let cfg = PretrainConfig {
+        pairs: 32,
+        held_out: 16,
+        epochs: 2,
+        batch: 8,
+        ..PretrainConfig::new(75)
+    };
+    let cpu = pretrain_upsampler(&mut CpuBackend::<f32>::new(), &cfg, &mut |_| {}).unwrap();
+    let on_gpu = pretrain_upsampler(&mut gpu, &cfg, &mut |_| {}).unwrap();
+    let widen = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    for (what, e, bound) in [
+        (
+            "initial held-out error",
+            rel_error(&[on_gpu.initial_held_out], &[cpu.initial_held_out]),
+            1e-5,
+        ),
+        (
+            "final held-out error",
+            rel_error(&[on_gpu.final_held_out()], &[cpu.final_held_out()]),
+            1e-4,
+        ),
+        (
+            "weights",
+            rel_error(&widen(&on_gpu.params), &widen(&cpu.params)),
+            1e-5,
+        ),
+    ] {
+        println!("pretraining on the GPU vs the CPU, {what}: relative error {e:.2e}");
+        assert!(
+            e < bound,
+            "{what}: relative error {e:.2e} (bound {bound:.0e})"
+        );
+    }
 }
 
 #[test]

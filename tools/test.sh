@@ -20,5 +20,6 @@ cargo test --workspace --benches
 python3 tools/cuda-emu/build.py target/cuda-emu
 emulated() { LD_LIBRARY_PATH="$PWD/target/cuda-emu" C2F_REQUIRE_GPU=1 "$@"; }
 emulated cargo test -p c2f-kernels --tests -- --nocapture gpu_ emulator_
+emulated cargo test -p c2f-train --test pretrain --test localize -- --nocapture gpu_
 emulated cargo test -p c2f-inception -p c2f-dist -p c2f-train --test inception_cuda \
   --test dist_nccl --test train_gpu --test dist_world_one -- --nocapture

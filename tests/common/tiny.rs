@@ -1,8 +1,8 @@
 //! A tiny Coarse2Fine (input 75, width 1/8, 3 classes, 2 maps, batch 2) with fixed random
-//! weights, and a small synthetic test split, for the localization and picture tests.
+//! weights on any f32 backend, and a small synthetic test split, for the localization and
+//! picture tests.
 
 use c2f_inception::backend::Backend;
-use c2f_inception::cpu::CpuBackend;
 use c2f_inception::init::golden_init;
 use c2f_kernels::center_loss::CenterLossParams;
 use c2f_kernels::testing::SplitMix64;
@@ -11,9 +11,9 @@ use c2f_train::model::{Coarse2Fine, Coarse2FineConfig, Task};
 
 /// The up-sampler's weights are made positive: on the non-negative attention maps the
 /// up-sampled map then has a positive maximum and a box is found.
-pub fn tiny_model(cpu: &mut CpuBackend<f32>) -> Coarse2Fine {
+pub fn tiny_model<B: Backend<Scalar = f32>>(b: &mut B) -> Coarse2Fine {
     let model = Coarse2Fine::new(
-        cpu,
+        b,
         Coarse2FineConfig {
             input_size: 75,
             width: 0.125,
@@ -33,8 +33,8 @@ pub fn tiny_model(cpu: &mut CpuBackend<f32>) -> Coarse2Fine {
     let mut params = vec![0.0; net.graph.params.total()];
     let mut buffers = vec![0.0; net.graph.buffers.total()];
     golden_init(&net.graph, &mut params, &mut buffers);
-    cpu.write(net.params, &params).unwrap();
-    cpu.write(net.buffers, &buffers).unwrap();
+    b.write(net.params, &params).unwrap();
+    b.write(net.buffers, &buffers).unwrap();
     let mut rng = SplitMix64(2);
     let mut heads: Vec<f32> = (0..model.params.len)
         .map(|_| rng.uniform(-0.3, 0.3) as f32)
@@ -46,7 +46,7 @@ pub fn tiny_model(cpu: &mut CpuBackend<f32>) -> Coarse2Fine {
             }
         }
     }
-    cpu.write(model.params, &heads).unwrap();
+    b.write(model.params, &heads).unwrap();
     model
 }
 
