@@ -25,10 +25,14 @@ fn emulator_or_skip(test: &str) -> Option<Gpu> {
 }
 
 fn config(blocks: u32, threads: u32) -> LaunchConfig {
+    config_with((blocks, 1, 1), threads, 0)
+}
+
+fn config_with(grid_dim: (u32, u32, u32), threads: u32, shared_mem_bytes: u32) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (blocks, 1, 1),
+        grid_dim,
         block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes,
     }
 }
 
@@ -135,22 +139,14 @@ fn emulator_reports_what_a_gpu_would_refuse_or_corrupt() {
         (
             "emu_selftest_bounded",
             64,
-            LaunchConfig {
-                grid_dim: (1, 65536, 1),
-                block_dim: (64, 1, 1),
-                shared_mem_bytes: 0,
-            },
+            config_with((1, 65536, 1), 64, 0),
             CUresult::CUDA_ERROR_INVALID_VALUE,
         ),
         // Dynamic shared memory beyond the 48 KiB a kernel gets without opting in.
         (
             "emu_selftest_bounded",
             64,
-            LaunchConfig {
-                grid_dim: (1, 1, 1),
-                block_dim: (64, 1, 1),
-                shared_mem_bytes: 48 * 1024 + 4,
-            },
+            config_with((1, 1, 1), 64, 48 * 1024 + 4),
             CUresult::CUDA_ERROR_INVALID_VALUE,
         ),
     ];
@@ -170,4 +166,30 @@ fn emulator_reports_what_a_gpu_would_refuse_or_corrupt() {
             .unwrap();
     }
     assert_eq!(gpu.download(&y).unwrap(), vec![1.0f32; 64]);
+}
+
+/// A kernel that reads another thread's shared-memory write without a barrier in between gets
+/// wrong values in one of the two orders the emulator runs a block's threads in, so its test
+/// fails on the emulator (as it may on a GPU) instead of passing by luck.
+#[test]
+fn emulator_exposes_a_missing_barrier() {
+    let Some(gpu) = emulator_or_skip("cuda_emulator emulator_exposes_a_missing_barrier") else {
+        return;
+    };
+    let (blocks, threads) = (2usize, 64usize);
+    let mut y = gpu.alloc_poisoned::<f32>(blocks * threads).unwrap();
+    let f = kernel(&gpu, "emu_selftest_shared_race");
+    // SAFETY: one element per thread.
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&mut y)
+            .launch(config(blocks as u32, threads as u32))
+            .unwrap();
+    }
+    let y = gpu.download(&y).unwrap();
+    let race_free: Vec<f32> = (0..blocks * threads)
+        .map(|i| ((i % threads + 1) % threads + 1000 * (i / threads)) as f32)
+        .collect();
+    assert_ne!(y, race_free, "the missing barrier went unnoticed");
 }

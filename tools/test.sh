@@ -14,12 +14,12 @@ cargo test --workspace -- --nocapture
 # Criterion runs each benchmark once in test mode: the bench code cannot rot unnoticed.
 cargo test --workspace --benches
 # Every GPU test once more, on the CPU emulator of the CUDA driver (tools/cuda-emu): the real
-# launchers and kernel sources, with launch limits and writes outside a buffer checked, and
-# stand-ins for cuDNN, cuBLAS and NCCL (a world of one). A pass there is not a pass on a GPU
-# (docs/gpu-status.md).
+# launchers and kernel sources, with launch limits, writes outside a buffer and missing barriers
+# checked, and stand-ins for cuDNN, cuBLAS and NCCL (a world of one). A pass there is not a pass
+# on a GPU (docs/gpu-status.md).
 python3 tools/cuda-emu/build.py target/cuda-emu
 emulated() { LD_LIBRARY_PATH="$PWD/target/cuda-emu" C2F_REQUIRE_GPU=1 "$@"; }
 emulated cargo test -p c2f-kernels --tests -- --nocapture gpu_ emulator_
-emulated cargo test -p c2f-train --test pretrain --test localize -- --nocapture gpu_
 emulated cargo test -p c2f-inception -p c2f-dist -p c2f-train --test inception_cuda \
-  --test dist_nccl --test train_gpu --test dist_world_one -- --nocapture
+  --test dist_nccl --test train_gpu --test dist_world_one --test pretrain --test localize \
+  -- --nocapture

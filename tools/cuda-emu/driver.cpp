@@ -219,9 +219,14 @@ bool run_block() {
         start_context(f.context, g_run.stacks.data() + (size_t)i * kStackBytes, kStackBytes,
                       fiber_main);
     }
+    // Odd blocks run their threads last to first: a kernel that reads what another thread of its
+    // block writes without a barrier between then computes differently in one of the two orders,
+    // which its test sees (a GPU promises neither order).
+    const bool reversed = (block_idx.x + block_idx.y + block_idx.z) % 2 == 1;
     for (;;) {
         bool all_done = true;
-        for (int i = 0; i < n; ++i) {
+        for (int step = 0; step < n; ++step) {
+            const int i = reversed ? n - 1 - step : step;
             if (g_run.fibers[i].state != FiberState::Ready) {
                 all_done &= g_run.fibers[i].state == FiberState::Done;
                 continue;

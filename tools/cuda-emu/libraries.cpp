@@ -103,56 +103,67 @@ cudnnStatus_t check_shapes(const std::string& call, const Tensor4d* x, const Ten
     return CUDNN_STATUS_SUCCESS;
 }
 
-cudnnStatus_t check_operands(const std::string& call, const Tensor4d* x, const void* xp,
-                             const Tensor4d* w, const void* wp, const Tensor4d* y, const void* yp,
-                             Op op, int algo, const void* workspace, size_t workspace_size) {
+// The convolution's input x, filter w and output y, whichever of them a pass writes.
+struct Operands {
+    const Tensor4d* x;
+    const float* xp;
+    const Tensor4d* w;
+    const float* wp;
+    const Tensor4d* y;
+    const float* yp;
+};
+
+size_t at(const Tensor4d& t, int n, int c, int h, int w) {
+    return (((size_t)n * t.c + c) * t.h + h) * t.w + w;
+}
+
+// One of the three convolutions, after cuDNN's checks: `accumulate(acc, xi, wi, yi)` adds the
+// product of one tap (the element indices of x, w and y) into `acc`, which has the shape of the
+// pass's result `out`; then out = alpha acc + beta out, without reading out when beta is 0.
+template <typename Accumulate>
+cudnnStatus_t convolve(const std::string& call, Op op, const Operands& o, const Convolution* cv,
+                       int algo, const void* workspace, size_t workspace_size, float alpha,
+                       float beta, float* out, Accumulate accumulate) {
+    std::lock_guard<std::mutex> lock(emu::api_mutex());
+    if (cudnnStatus_t s = check_shapes(call, o.x, o.w, cv, o.y)) return s;
     const struct {
         const char* name;
         const void* ptr;
         size_t bytes;
-    } operands[] = {{"x", xp, x->bytes()}, {"w", wp, w->bytes()}, {"y", yp, y->bytes()}};
-    for (const auto& o : operands)
-        if (!emu::is_device_range(o.ptr, o.bytes))
-            return bad(call, std::string(o.name) + " (" + std::to_string(o.bytes) +
+    } operands[] = {{"x", o.xp, o.x->bytes()}, {"w", o.wp, o.w->bytes()}, {"y", o.yp, o.y->bytes()}};
+    size_t out_bytes = 0;
+    for (const auto& operand : operands) {
+        if (!emu::is_device_range(operand.ptr, operand.bytes))
+            return bad(call, std::string(operand.name) + " (" + std::to_string(operand.bytes) +
                                  " bytes by its descriptor) is not inside one device allocation");
+        if (operand.ptr == out) out_bytes = operand.bytes;
+    }
     const size_t need = workspace_bytes(op, algo);
     if (workspace_size < need)
         return bad(call, "algorithm " + std::to_string(algo) + " needs " + std::to_string(need) +
                              " workspace bytes, given " + std::to_string(workspace_size));
     if (need > 0 && !emu::is_device_range(workspace, need))
         return bad(call, "the workspace is not inside one device allocation");
-    return CUDNN_STATUS_SUCCESS;
-}
-
-// out = alpha * acc + beta * out, without reading out when beta is 0 (as cuDNN and cuBLAS).
-void blend(float* out, const std::vector<double>& acc, float alpha, float beta) {
-    for (size_t i = 0; i < acc.size(); ++i)
-        out[i] = (float)(beta == 0.0f ? alpha * acc[i] : alpha * acc[i] + beta * (double)out[i]);
-}
-
-// Calls visit(n, k, c, oy, ox, iy, ix, ky, kx) for every tap that lands inside the input, in a
-// fixed order.
-template <typename Visit>
-void for_each_tap(const Tensor4d& x, const Tensor4d& w, const Convolution& cv, const Tensor4d& y,
-                  Visit visit) {
+    std::vector<double> acc(out_bytes / 4, 0.0);
+    const Tensor4d &x = *o.x, &w = *o.w, &y = *o.y;
     for (int n = 0; n < y.n; ++n)
         for (int k = 0; k < y.c; ++k)
             for (int oy = 0; oy < y.h; ++oy)
                 for (int ox = 0; ox < y.w; ++ox)
                     for (int c = 0; c < x.c; ++c)
                         for (int ky = 0; ky < w.h; ++ky) {
-                            const int iy = oy * cv.stride_h - cv.pad_h + ky * cv.dil_h;
+                            const int iy = oy * cv->stride_h - cv->pad_h + ky * cv->dil_h;
                             if (iy < 0 || iy >= x.h) continue;
                             for (int kx = 0; kx < w.w; ++kx) {
-                                const int ix = ox * cv.stride_w - cv.pad_w + kx * cv.dil_w;
+                                const int ix = ox * cv->stride_w - cv->pad_w + kx * cv->dil_w;
                                 if (ix < 0 || ix >= x.w) continue;
-                                visit(n, k, c, oy, ox, iy, ix, ky, kx);
+                                accumulate(acc, at(x, n, c, iy, ix), at(w, k, c, ky, kx),
+                                           at(y, n, k, oy, ox));
                             }
                         }
-}
-
-size_t at(const Tensor4d& t, int n, int c, int h, int w) {
-    return (((size_t)n * t.c + c) * t.h + h) * t.w + w;
+    for (size_t i = 0; i < acc.size(); ++i)
+        out[i] = (float)(beta == 0.0f ? alpha * acc[i] : alpha * acc[i] + beta * (double)out[i]);
+    return CUDNN_STATUS_SUCCESS;
 }
 
 cudnnStatus_t find(Op op, int requested, int* returned, AlgoPerf* results) {
@@ -381,44 +392,29 @@ CUDNN cudnnGetConvolutionBackwardFilterWorkspaceSize(Handle*, Tensor4d* x, Tenso
 CUDNN cudnnConvolutionForward(Handle*, const float* alpha, Tensor4d* xd, const float* x, Tensor4d* wd,
                               const float* w, Convolution* cv, int algo, void* ws, size_t ws_size,
                               const float* beta, Tensor4d* yd, float* y) {
-    const std::string call = "cudnnConvolutionForward";
-    std::lock_guard<std::mutex> lock(emu::api_mutex());
-    if (cudnnStatus_t s = check_shapes(call, xd, wd, cv, yd)) return s;
-    if (cudnnStatus_t s = check_operands(call, xd, x, wd, w, yd, y, Op::Forward, algo, ws, ws_size)) return s;
-    std::vector<double> acc(yd->bytes() / 4, 0.0f);
-    for_each_tap(*xd, *wd, *cv, *yd, [&](int n, int k, int c, int oy, int ox, int iy, int ix, int ky, int kx) {
-        acc[at(*yd, n, k, oy, ox)] += (double)x[at(*xd, n, c, iy, ix)] * w[at(*wd, k, c, ky, kx)];
-    });
-    blend(y, acc, *alpha, *beta);
-    return CUDNN_STATUS_SUCCESS;
+    const Operands o{xd, x, wd, w, yd, y};
+    return convolve("cudnnConvolutionForward", Op::Forward, o, cv, algo, ws, ws_size, *alpha, *beta,
+                    y, [&](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
+                        acc[yi] += (double)x[xi] * w[wi];
+                    });
 }
 CUDNN cudnnConvolutionBackwardData(Handle*, const float* alpha, Tensor4d* wd, const float* w, Tensor4d* dyd,
                                    const float* dy, Convolution* cv, int algo, void* ws, size_t ws_size,
                                    const float* beta, Tensor4d* dxd, float* dx) {
-    const std::string call = "cudnnConvolutionBackwardData";
-    std::lock_guard<std::mutex> lock(emu::api_mutex());
-    if (cudnnStatus_t s = check_shapes(call, dxd, wd, cv, dyd)) return s;
-    if (cudnnStatus_t s = check_operands(call, dxd, dx, wd, w, dyd, dy, Op::BackwardData, algo, ws, ws_size)) return s;
-    std::vector<double> acc(dxd->bytes() / 4, 0.0f);
-    for_each_tap(*dxd, *wd, *cv, *dyd, [&](int n, int k, int c, int oy, int ox, int iy, int ix, int ky, int kx) {
-        acc[at(*dxd, n, c, iy, ix)] += (double)dy[at(*dyd, n, k, oy, ox)] * w[at(*wd, k, c, ky, kx)];
-    });
-    blend(dx, acc, *alpha, *beta);
-    return CUDNN_STATUS_SUCCESS;
+    const Operands o{dxd, dx, wd, w, dyd, dy};
+    return convolve("cudnnConvolutionBackwardData", Op::BackwardData, o, cv, algo, ws, ws_size,
+                    *alpha, *beta, dx, [&](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
+                        acc[xi] += (double)dy[yi] * w[wi];
+                    });
 }
 CUDNN cudnnConvolutionBackwardFilter(Handle*, const float* alpha, Tensor4d* xd, const float* x, Tensor4d* dyd,
                                      const float* dy, Convolution* cv, int algo, void* ws, size_t ws_size,
                                      const float* beta, Tensor4d* dwd, float* dw) {
-    const std::string call = "cudnnConvolutionBackwardFilter";
-    std::lock_guard<std::mutex> lock(emu::api_mutex());
-    if (cudnnStatus_t s = check_shapes(call, xd, dwd, cv, dyd)) return s;
-    if (cudnnStatus_t s = check_operands(call, xd, x, dwd, dw, dyd, dy, Op::BackwardFilter, algo, ws, ws_size)) return s;
-    std::vector<double> acc(dwd->bytes() / 4, 0.0f);
-    for_each_tap(*xd, *dwd, *cv, *dyd, [&](int n, int k, int c, int oy, int ox, int iy, int ix, int ky, int kx) {
-        acc[at(*dwd, k, c, ky, kx)] += (double)dy[at(*dyd, n, k, oy, ox)] * x[at(*xd, n, c, iy, ix)];
-    });
-    blend(dw, acc, *alpha, *beta);
-    return CUDNN_STATUS_SUCCESS;
+    const Operands o{xd, x, dwd, dw, dyd, dy};
+    return convolve("cudnnConvolutionBackwardFilter", Op::BackwardFilter, o, cv, algo, ws, ws_size,
+                    *alpha, *beta, dw, [&](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
+                        acc[wi] += (double)dy[yi] * x[xi];
+                    });
 }
 
 CUBLAS cublasCreate_v2(void** h) { *h = new int(0); return CUBLAS_STATUS_SUCCESS; }

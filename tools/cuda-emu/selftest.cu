@@ -41,3 +41,10 @@ extern "C" __global__ void emu_selftest_warp_split(float* y) {
 extern "C" __global__ void __launch_bounds__(64) emu_selftest_bounded(float* y) {
     y[thread_index()] = 1.0f;
 }
+
+// Each thread reads its neighbour's shared slot with no barrier after the writes: a race.
+extern "C" __global__ void emu_selftest_shared_race(float* y) {
+    __shared__ float slots[64];
+    slots[threadIdx.x] = (float)(threadIdx.x + 1000 * blockIdx.x);
+    y[blockIdx.x * blockDim.x + threadIdx.x] = slots[(threadIdx.x + 1) % blockDim.x];
+}
