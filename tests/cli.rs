@@ -19,11 +19,14 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// The `c2f` binary: cargo's, or `C2F_BIN` where the tests run without cargo (the GPU check
+/// carries the binary beside them).
+fn c2f_binary() -> PathBuf {
+    std::env::var_os("C2F_BIN").map_or_else(|| env!("CARGO_BIN_EXE_c2f").into(), PathBuf::from)
+}
+
 fn c2f(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_c2f"))
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(c2f_binary()).args(args).output().unwrap()
 }
 
 fn text(out: &Output) -> String {
@@ -58,7 +61,22 @@ const TINY_TRAIN: [&str; 14] = [
 
 #[test]
 fn config_file_eval_and_predict() {
-    let dir = scratch("run");
+    train_eval_predict_localize_visualize("cpu", "run");
+}
+
+/// The same commands with `--device cuda:0` over the file's `cpu`: the CLI's whole GPU path.
+#[test]
+fn gpu_config_file_eval_and_predict() {
+    if c2f_kernels::testing::gpu_or_skip("cli gpu_config_file_eval_and_predict").is_none() {
+        return;
+    }
+    train_eval_predict_localize_visualize("cuda:0", "run_gpu");
+}
+
+/// A one-epoch run from a config file, then `eval`, `predict`, `localize` and `visualize` on its
+/// checkpoint, all on `device`.
+fn train_eval_predict_localize_visualize(device: &str, name: &str) {
+    let dir = scratch(name);
     let config = dir.join("tiny.toml");
     std::fs::write(
         &config,
@@ -68,13 +86,15 @@ fn config_file_eval_and_predict() {
     )
     .unwrap();
     let run_dir = dir.join("run");
-    // The command line's --epochs 1 overrides the file's 5.
+    // The command line's --epochs 1 (and --device) override the file's 5 (and cpu).
     let out = c2f(&[
         "train",
         "--config",
         path(&config),
         "--epochs",
         "1",
+        "--device",
+        device,
         "--run-dir",
         path(&run_dir),
     ]);
@@ -85,11 +105,15 @@ fn config_file_eval_and_predict() {
         "{log}"
     );
     assert!(log.contains("width 0.125, batch 4, 1 epochs"), "{log}");
+    let on_gpu = log
+        .lines()
+        .any(|l| l.starts_with("device: ") && l.contains("(sm_"));
+    assert_eq!(on_gpu, device != "cpu", "{log}");
     assert!(log.contains("| Coarse2Fine |"), "{log}");
     assert!(!log.contains("InceptionV3 baseline |"), "{log}");
 
     let checkpoint = run_dir.join("coarse2fine/checkpoint.safetensors");
-    let out = c2f(&["eval", path(&checkpoint), "--device", "cpu"]);
+    let out = c2f(&["eval", path(&checkpoint), "--device", device]);
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     assert!(
@@ -117,7 +141,7 @@ fn config_file_eval_and_predict() {
         "--checkpoint",
         path(&checkpoint),
         "--device",
-        "cpu",
+        device,
         "--top",
         "2",
         path(&files[0]),
@@ -151,7 +175,7 @@ fn config_file_eval_and_predict() {
         "localize",
         path(&checkpoint),
         "--device",
-        "cpu",
+        device,
         "--json",
         path(&json),
     ]);
@@ -169,7 +193,7 @@ fn config_file_eval_and_predict() {
         "visualize",
         path(&checkpoint),
         "--device",
-        "cpu",
+        device,
         "--count",
         "2",
         "--out",
@@ -292,7 +316,7 @@ fn warmup_lengths_that_are_not_epochs_are_refused() {
 /// `c2f train` with `vars` added to its environment (and torchrun's, SLURM's and OpenMPI's
 /// rank variables removed, in case the test itself runs under one).
 fn c2f_with_env(args: &[&str], vars: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_c2f"));
+    let mut command = Command::new(c2f_binary());
     for v in [
         "RANK",
         "LOCAL_RANK",
