@@ -6,6 +6,7 @@ use c2f_kernels::testing::{gpu_or_skip, SplitMix64};
 use c2f_kernels::{Gpu, KernelSource};
 use cudarc::driver::sys::CUresult;
 use cudarc::driver::{CudaFunction, DriverError, LaunchConfig, PushKernelArg};
+use std::process::Command;
 
 /// `tools/cuda-emu/selftest.cu`. The emulator compiles it in and ignores the module image.
 const SELFTEST: KernelSource = KernelSource {
@@ -192,4 +193,49 @@ fn emulator_exposes_a_missing_barrier() {
         .map(|i| ((i % threads + 1) % threads + 1000 * (i / threads)) as f32)
         .collect();
     assert_ne!(y, race_free, "the missing barrier went unnoticed");
+}
+
+/// Set in the child process of `emulator_ends_a_read_out_of_bounds`, which makes the bad read.
+const FAULT_CHILD_ENV: &str = "C2F_EMU_FAULT_CHILD";
+
+/// A read beyond a buffer's guard bytes faults; the emulator names the kernel and ends the
+/// process (as an illegal address ends a GPU context). Run in a child process of this test.
+#[test]
+fn emulator_ends_a_read_out_of_bounds() {
+    let test = "cuda_emulator emulator_ends_a_read_out_of_bounds";
+    let Some(gpu) = emulator_or_skip(test) else {
+        return;
+    };
+    if std::env::var_os(FAULT_CHILD_ENV).is_some() {
+        let x = gpu.upload(&[1.0f32; 100]).unwrap();
+        let mut y = gpu.alloc_zeros::<f32>(1).unwrap();
+        let n = 100i32;
+        let f = kernel(&gpu, "emu_selftest_read_past_end");
+        // SAFETY: none; the read out of bounds is the point, and the emulator ends the process.
+        let _ = unsafe {
+            gpu.stream()
+                .launch_builder(&f)
+                .arg(&x)
+                .arg(&mut y)
+                .arg(&n)
+                .launch(config(1, 1))
+        };
+        panic!("the read out of bounds went unnoticed");
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "emulator_ends_a_read_out_of_bounds",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(FAULT_CHILD_ENV, "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("emu_selftest_read_past_end accessed")
+            && stderr.contains("outside every device buffer"),
+        "{stderr}"
+    );
 }

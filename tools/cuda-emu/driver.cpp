@@ -3,13 +3,17 @@
 // sources compiled as host C++ (device.h). It implements the part of the driver API that cudarc
 // calls for contexts, streams, events, memory, modules and launches; everything runs
 // synchronously. It checks what a GPU would refuse (launch dimensions, shared memory, launch
-// bounds) and what a GPU would only corrupt (writes just outside a buffer, copies past one), and
+// bounds) and what a GPU would only corrupt (accesses outside a buffer, copies past one), and
 // reports each with the kernel's name. Passing here is not passing on a GPU: see
 // docs/gpu-status.md.
 
 #if !defined(__x86_64__)
 #include <ucontext.h>
 #endif
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -289,15 +293,26 @@ enum : CUresult {
     CUDA_ERROR_NOT_SUPPORTED = 801,
 };
 
-constexpr size_t kGuard = 256;
 constexpr unsigned char kGuardByte = 0xa5;
 constexpr size_t kDefaultDynamicShared = 48 * 1024;
 constexpr size_t kTotalMemory = 80ull << 30;
 
+// A buffer lives in its own mapping: an inaccessible page, the data pages, an inaccessible page.
+// The buffer (256-byte aligned, as cuMemAlloc's) ends less than 256 bytes before the last page;
+// the bytes around it in the data pages hold kGuardByte. A write into those bytes is found after
+// the launch (guards_intact), and any access beyond them faults, which on_fault reports.
 struct Allocation {
     size_t bytes;
-    unsigned char* block;  // kGuard bytes, the buffer, then kGuard bytes
+    unsigned char* mapping;
+    size_t mapping_bytes;
 };
+
+size_t page_bytes() {
+    static const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    return page;
+}
+
+size_t round_up(size_t v, size_t to) { return (v + to - 1) / to * to; }
 
 struct Function {
     std::string name;
@@ -320,16 +335,21 @@ thread_local void* t_current_context = nullptr;
 
 CUresult allocate(CUdeviceptr* out, size_t bytes) {
     if (!out) return CUDA_ERROR_INVALID_VALUE;
-    void* block = nullptr;
-    if (posix_memalign(&block, 256, bytes + 2 * kGuard) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
-    auto* b = static_cast<unsigned char*>(block);
-    std::memset(b, kGuardByte, kGuard);
+    const size_t page = page_bytes(), data = round_up(round_up(bytes, 256) + 1, page);
+    const size_t mapping_bytes = data + 2 * page;
+    void* m = mmap(nullptr, mapping_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    if (m == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+    auto* mapping = static_cast<unsigned char*>(m);
+    mprotect(mapping, page, PROT_NONE);
+    mprotect(mapping + page + data, page, PROT_NONE);
+    unsigned char* ptr = mapping + page + data - round_up(bytes, 256);
+    std::memset(mapping + page, kGuardByte, data);
     // Fresh device memory holds garbage; all-ones bits are NaN in f32 and bf16, so reading
     // memory nobody wrote shows up in a test.
-    std::memset(b + kGuard, 0xff, bytes);
-    std::memset(b + kGuard + bytes, kGuardByte, kGuard);
-    *out = (CUdeviceptr)(b + kGuard);
-    g_allocations[*out] = Allocation{bytes, b};
+    std::memset(ptr, 0xff, bytes);
+    *out = (CUdeviceptr)ptr;
+    g_allocations[*out] = Allocation{bytes, mapping, mapping_bytes};
     g_allocated += bytes;
     return CUDA_SUCCESS;
 }
@@ -338,7 +358,7 @@ CUresult release(CUdeviceptr ptr) {
     auto it = g_allocations.find(ptr);
     if (it == g_allocations.end()) return CUDA_ERROR_INVALID_VALUE;
     g_allocated -= it->second.bytes;
-    std::free(it->second.block);
+    munmap(it->second.mapping, it->second.mapping_bytes);
     g_allocations.erase(it);
     return CUDA_SUCCESS;
 }
@@ -354,21 +374,60 @@ CUresult check_range(const char* call, CUdeviceptr ptr, size_t bytes) {
 
 // Names the first allocation whose guard bytes a kernel overwrote, and restores them.
 bool guards_intact(const std::string& kernel) {
+    const size_t page = page_bytes();
     for (auto& [ptr, a] : g_allocations) {
-        const unsigned char* front = a.block;
-        const unsigned char* back = a.block + kGuard + a.bytes;
-        for (size_t i = 0; i < kGuard; ++i) {
-            if (front[i] != kGuardByte || back[i] != kGuardByte) {
+        unsigned char* buffer = (unsigned char*)ptr;
+        const struct {
+            unsigned char* from;
+            unsigned char* to;
+            const char* where;
+        } guards[] = {{a.mapping + page, buffer, "before its start"},
+                      {buffer + a.bytes, a.mapping + a.mapping_bytes - page, "past its end"}};
+        for (const auto& g : guards) {
+            for (unsigned char* p = g.from; p < g.to; ++p) {
+                if (*p == kGuardByte) continue;
                 emu::report(kernel + " wrote outside a buffer of " + std::to_string(a.bytes) +
-                       " bytes (" + (front[i] != kGuardByte ? "before its start" : "past its end") +
-                       ")");
-                std::memset(a.block, kGuardByte, kGuard);
-                std::memset(a.block + kGuard + a.bytes, kGuardByte, kGuard);
+                            " bytes (" + g.where + ")");
+                std::memset(g.from, kGuardByte, g.to - g.from);
                 return false;
             }
         }
     }
     return true;
+}
+
+// The kernel running now, for on_fault.
+const char* volatile g_running_kernel = nullptr;
+struct sigaction g_previous_fault_action;
+
+// A fault inside a kernel is an access outside its buffers (the inaccessible pages beside each
+// one, or a wild address): say which kernel and where, and end the process as a GPU's
+// illegal-address error ends the context. A fault elsewhere goes to the handler that was there.
+void on_fault(int signal, siginfo_t* info, void* context) {
+    const char* kernel = g_running_kernel;
+    if (kernel) {
+        char text[512];
+        const int n = std::snprintf(text, sizeof text,
+                                    "cuda-emu: %s accessed %p, outside every device buffer "
+                                    "(an out-of-bounds read or write)\n",
+                                    kernel, info->si_addr);
+        if (write(2, text, n) < 0) _exit(134);
+        _exit(134);
+    }
+    sigaction(signal, &g_previous_fault_action, nullptr);
+    if (g_previous_fault_action.sa_flags & SA_SIGINFO)
+        g_previous_fault_action.sa_sigaction(signal, info, context);
+}
+
+void install_fault_handler() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction action {};
+        action.sa_sigaction = on_fault;
+        action.sa_flags = SA_SIGINFO;
+        sigemptyset(&action.sa_mask);
+        sigaction(SIGSEGV, &action, &g_previous_fault_action);
+    });
 }
 
 CUresult launch(Function* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
@@ -403,15 +462,18 @@ CUresult launch(Function* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
     emu::g_run.params = params;
     // Stale shared memory from the last block, as on a GPU, rather than zeros.
     std::memset(emu::dynamic_shared, 0xff, shared_bytes);
+    g_running_kernel = f->name.c_str();
     for (unsigned z = 0; z < gz; ++z)
         for (unsigned y = 0; y < gy; ++y)
             for (unsigned x = 0; x < gx; ++x) {
                 emu::block_idx = uint3{x, y, z};
                 if (!emu::run_block()) {
+                    g_running_kernel = nullptr;
                     emu::report(f->name + " failed: " + emu::g_run.error);
                     return CUDA_ERROR_LAUNCH_FAILED;
                 }
             }
+    g_running_kernel = nullptr;
     return guards_intact(f->name) ? CUDA_SUCCESS : CUDA_ERROR_ILLEGAL_ADDRESS;
 }
 
@@ -458,7 +520,10 @@ void report(const std::string& what) { std::fprintf(stderr, "cuda-emu: %s\n", wh
 #define API extern "C" __attribute__((visibility("default"))) CUresult
 #define LOCKED std::lock_guard<std::mutex> lock(emu::api_mutex())
 
-API cuInit(unsigned int) { return CUDA_SUCCESS; }
+API cuInit(unsigned int) {
+    install_fault_handler();
+    return CUDA_SUCCESS;
+}
 API cuDriverGetVersion(int* v) { *v = 13000; return CUDA_SUCCESS; }
 API cuDeviceGetCount(int* n) { *n = 1; return CUDA_SUCCESS; }
 API cuDeviceGet(CUdevice* d, int ordinal) {

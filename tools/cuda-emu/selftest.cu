@@ -48,3 +48,8 @@ extern "C" __global__ void emu_selftest_shared_race(float* y) {
     slots[threadIdx.x] = (float)(threadIdx.x + 1000 * blockIdx.x);
     y[blockIdx.x * blockDim.x + threadIdx.x] = slots[(threadIdx.x + 1) % blockDim.x];
 }
+
+// Reads 256 bytes past the end of x: beyond the guard bytes, into the page that faults.
+extern "C" __global__ void emu_selftest_read_past_end(const float* x, float* y, int n) {
+    y[0] = x[n + 64];
+}
