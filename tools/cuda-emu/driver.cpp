@@ -1,6 +1,6 @@
-// A CPU stand-in for the CUDA driver library (libcuda.so.1), so the GPU tests of our own kernels
-// run on machines without a GPU: the real launchers, through cudarc, launch the real kernel
-// sources compiled as host C++ (device.h). It implements the part of the driver API that cudarc
+// A CPU stand-in for the CUDA driver library (libcuda.so.1), so the GPU tests run on machines
+// without a GPU: the real launchers, through cudarc, launch the real kernel sources compiled as
+// host C++ (device.h); libraries.cpp stands in for the cuDNN, cuBLAS and NCCL calls. It implements the part of the driver API that cudarc
 // calls for contexts, streams, events, memory, modules and launches; everything runs
 // synchronously. It checks what a GPU would refuse (launch dimensions, shared memory, launch
 // bounds) and what a GPU would only corrupt (accesses outside a buffer, copies past one), and
