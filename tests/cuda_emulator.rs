@@ -195,47 +195,78 @@ fn emulator_exposes_a_missing_barrier() {
     assert_ne!(y, race_free, "the missing barrier went unnoticed");
 }
 
-/// Set in the child process of `emulator_ends_a_read_out_of_bounds`, which makes the bad read.
+/// Set in the child processes of the tests below, which do what the emulator ends a process for.
 const FAULT_CHILD_ENV: &str = "C2F_EMU_FAULT_CHILD";
 
-/// A read beyond a buffer's guard bytes faults; the emulator names the kernel and ends the
-/// process (as an illegal address ends a GPU context). Run in a child process of this test.
-#[test]
-fn emulator_ends_a_read_out_of_bounds() {
-    let test = "cuda_emulator emulator_ends_a_read_out_of_bounds";
-    let Some(gpu) = emulator_or_skip(test) else {
-        return;
-    };
-    if std::env::var_os(FAULT_CHILD_ENV).is_some() {
-        let x = gpu.upload(&[1.0f32; 100]).unwrap();
-        let mut y = gpu.alloc_zeros::<f32>(1).unwrap();
-        let n = 100i32;
-        let f = kernel(&gpu, "emu_selftest_read_past_end");
-        // SAFETY: none; the read out of bounds is the point, and the emulator ends the process.
-        let _ = unsafe {
-            gpu.stream()
-                .launch_builder(&f)
-                .arg(&x)
-                .arg(&mut y)
-                .arg(&n)
-                .launch(config(1, 1))
-        };
-        panic!("the read out of bounds went unnoticed");
-    }
+/// Whether this process is such a child.
+fn in_fault_child() -> bool {
+    std::env::var_os(FAULT_CHILD_ENV).is_some()
+}
+
+/// Runs `test` of this binary in a child process that does the bad access, and checks that the
+/// child failed saying each of `expected` on its standard error.
+fn child_fails_saying(test: &str, expected: &[&str]) {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "emulator_ends_a_read_out_of_bounds",
-            "--exact",
-            "--nocapture",
-        ])
+        .args([test, "--exact", "--nocapture"])
         .env(FAULT_CHILD_ENV, "1")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("emu_selftest_read_past_end accessed")
-            && stderr.contains("outside every device buffer"),
-        "{stderr}"
+    for e in expected {
+        assert!(stderr.contains(e), "no {e:?} in: {stderr}");
+    }
+}
+
+/// Launches `name` on `args` (device buffers and an int), one thread, in a fault child.
+fn launch_in_child(gpu: &Gpu, name: &str, x: &[f32], n: i32) -> ! {
+    let x = gpu.upload(x).unwrap();
+    let mut y = gpu.alloc_zeros::<f32>(1).unwrap();
+    let f = kernel(gpu, name);
+    // SAFETY: none; the bad access is the point, and the emulator ends the process.
+    let _ = unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&x)
+            .arg(&mut y)
+            .arg(&n)
+            .launch(config(1, 1))
+    };
+    panic!("{name}: the bad access went unnoticed");
+}
+
+/// A read beyond a buffer's guard bytes faults; the emulator names the kernel and ends the
+/// process, as an illegal address ends a GPU context.
+#[test]
+fn emulator_ends_a_read_out_of_bounds() {
+    let Some(gpu) = emulator_or_skip("cuda_emulator emulator_ends_a_read_out_of_bounds") else {
+        return;
+    };
+    if in_fault_child() {
+        launch_in_child(&gpu, "emu_selftest_read_past_end", &[1.0; 100], 100);
+    }
+    child_fails_saying(
+        "emulator_ends_a_read_out_of_bounds",
+        &[
+            "emu_selftest_read_past_end accessed",
+            "outside every device buffer",
+        ],
+    );
+}
+
+/// A 16-byte vector load from an address that is not 16-byte aligned, which a GPU refuses with a
+/// misaligned-address error, ends the process with the source line (the kernels are compiled
+/// with g++'s alignment sanitizer).
+#[test]
+fn emulator_ends_a_misaligned_vector_load() {
+    let Some(gpu) = emulator_or_skip("cuda_emulator emulator_ends_a_misaligned_vector_load") else {
+        return;
+    };
+    if in_fault_child() {
+        launch_in_child(&gpu, "emu_selftest_misaligned", &[1.0; 8], 8);
+    }
+    child_fails_saying(
+        "emulator_ends_a_misaligned_vector_load",
+        &["selftest.cu", "misaligned address"],
     );
 }

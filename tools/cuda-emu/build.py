@@ -18,7 +18,10 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 KERNELS = ROOT / "kernels"
+# The alignment sanitizer ends the process at a misaligned load or store (a float4 from an address
+# that is not 16-byte aligned), which a GPU refuses with a misaligned-address error.
 CXX = [os.environ.get("CXX", "g++"), "-std=c++17", "-O2", "-fPIC", "-ffp-contract=off",
+       "-fsanitize=alignment", "-fno-sanitize-recover=alignment",
        f"-I{KERNELS}", f"-I{HERE}", "-include", str(HERE / "device.h")]
 
 DYNAMIC_SHARED = re.compile(r"extern __shared__ (\w+) (\w+)\[\];")
@@ -62,7 +65,7 @@ def main() -> None:
     with concurrent.futures.ThreadPoolExecutor() as pool:
         objects = list(pool.map(lambda cpp: compile_object(cpp, out), sources))
     lib = out / "libcuda.so.1"
-    subprocess.run(CXX[:1] + ["-shared", "-o", str(lib)] + [str(o) for o in objects], check=True)
+    subprocess.run(CXX[:1] + ["-shared", "-fsanitize=alignment", "-o", str(lib)] + [str(o) for o in objects], check=True)
     # One object for the driver and the library stand-ins, so they share the allocation table:
     # the dynamic loader opens each name below as the same library.
     for name in ["libcuda.so", "libcudnn.so", "libcublas.so", "libnccl.so"]:

@@ -53,3 +53,9 @@ extern "C" __global__ void emu_selftest_shared_race(float* y) {
 extern "C" __global__ void emu_selftest_read_past_end(const float* x, float* y, int n) {
     y[0] = x[n + 64];
 }
+
+// A float4 load from x + 1, 4 bytes past a 16-byte boundary.
+extern "C" __global__ void emu_selftest_misaligned(const float* x, float* y, int) {
+    const float4 v = *reinterpret_cast<const float4*>(x + 1);
+    y[0] = v.x;
+}
