@@ -7,7 +7,7 @@ mod common;
 
 use c2f_kernels::bap::baseline::BapCublas;
 use c2f_kernels::bap::{backward_cpu, forward_cpu, BapGpu, BapShape};
-use c2f_kernels::testing::SplitMix64;
+use c2f_kernels::testing::{bench_smoke, SplitMix64};
 use c2f_kernels::{Element, Gpu};
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -68,12 +68,17 @@ fn gpu_dtype<T: Element>(c: &mut Criterion, gpu: &Gpu)
 where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
-    for s in [
-        shape(64, 8, 17),
-        shape(64, 32, 17),
-        shape(64, 8, 26),
-        shape(64, 32, 26),
-    ] {
+    let shapes = if bench_smoke() {
+        vec![shape(2, 8, 5)]
+    } else {
+        vec![
+            shape(64, 8, 17),
+            shape(64, 32, 17),
+            shape(64, 8, 26),
+            shape(64, 32, 26),
+        ]
+    };
+    for s in shapes {
         let (a, f, dz) = inputs(&s);
         let to_t = |v: &[f32]| v.iter().map(|&x| T::from_f32(x)).collect::<Vec<T>>();
         let a_d = gpu.upload(&to_t(&a)).unwrap();

@@ -16,15 +16,13 @@ use criterion::{criterion_group, criterion_main, Criterion};
 
 #[path = "common/net.rs"]
 mod net;
-use net::time_training_step;
+use net::{network_shapes, time_training_step};
 
-const BATCH: usize = 64;
-
-fn case(c: &mut Criterion, size: usize) {
-    let name = format!("coarse2fine_b{BATCH}_{size}");
+fn case(c: &mut Criterion, batch: usize, size: usize) {
+    let name = format!("coarse2fine_b{batch}_{size}");
     let cfg = TrainConfig {
         epochs: 1,
-        batch: BATCH,
+        batch,
         input_size: size,
         ..TrainConfig::default()
     };
@@ -48,13 +46,13 @@ fn case(c: &mut Criterion, size: usize) {
     let images: Vec<f32> = (0..model.input().len)
         .map(|_| rng.uniform(-2.0, 2.0) as f32)
         .collect();
-    let labels: Vec<i32> = (0..BATCH).map(|i| (i % cfg.classes) as i32).collect();
-    let chosen: Vec<i32> = (0..BATCH).map(|i| (i % cfg.maps) as i32).collect();
+    let labels: Vec<i32> = (0..batch).map(|i| (i % cfg.classes) as i32).collect();
+    let chosen: Vec<i32> = (0..batch).map(|i| (i % cfg.maps) as i32).collect();
     b.write(model.input(), &images).unwrap();
     b.write_index(model.labels(), &labels).unwrap();
     b.write_index(model.chosen_maps(), &chosen).unwrap();
     let sgd = c2f_kernels::sgd::SgdParams::new(cfg.lr, cfg.momentum, cfg.weight_decay);
-    time_training_step(c, "coarse2fine_gpu_f32", &name, BATCH, &mut b, |b| {
+    time_training_step(c, "coarse2fine_gpu_f32", &name, batch, &mut b, |b| {
         model.zero_grads(b).unwrap();
         model.forward_backward(b, BnMode::Train).unwrap();
         model.sgd_step(b, &sgd).unwrap();
@@ -62,8 +60,9 @@ fn case(c: &mut Criterion, size: usize) {
 }
 
 fn bench(c: &mut Criterion) {
-    for size in [299, 448] {
-        case(c, size);
+    let (batch, sizes) = network_shapes();
+    for size in sizes {
+        case(c, batch, size);
     }
 }
 

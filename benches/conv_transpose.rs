@@ -11,7 +11,7 @@ use c2f_kernels::conv_transpose::baseline::CudnnConvTranspose;
 use c2f_kernels::conv_transpose::{
     backward_cpu, forward_cpu, ConvTransposeGpu, ConvTransposeParams,
 };
-use c2f_kernels::testing::SplitMix64;
+use c2f_kernels::testing::{bench_smoke, SplitMix64};
 use c2f_kernels::{Element, Gpu};
 use criterion::{criterion_group, criterion_main, Criterion};
 use cudarc::cudnn::CudnnDataType;
@@ -32,6 +32,15 @@ fn layer(batch: usize, cin: usize, cout: usize, side: usize) -> ConvTransposePar
         stride: 2,
         padding: 1,
         output_padding: 0,
+    }
+}
+
+/// The batch of the GPU benches: 64, or 1 under `C2F_BENCH_SMOKE=1`.
+fn gpu_batch() -> usize {
+    if bench_smoke() {
+        1
+    } else {
+        64
     }
 }
 
@@ -265,7 +274,7 @@ fn gpu_layer<T: Element + CudnnDataType>(
 /// The whole chain's forward, each layer's output feeding the next, against cuDNN's.
 fn gpu_chain<T: Element + CudnnDataType>(c: &mut Criterion, gpu: &Gpu, baselines: &[(bool, &str)]) {
     let group = format!("conv_transpose_gpu_{}", T::SUFFIX);
-    let layers = chain(64);
+    let layers = chain(gpu_batch());
     let mut convs: Vec<_> = layers
         .iter()
         .map(|&p| ConvTransposeGpu::<T>::new(gpu, p).unwrap())
@@ -277,7 +286,11 @@ fn gpu_chain<T: Element + CudnnDataType>(c: &mut Criterion, gpu: &Gpu, baselines
         .map(|n| gpu.alloc_zeros(n).unwrap())
         .collect();
     let bytes: usize = layers.iter().map(forward_bytes::<T>).sum();
-    let name = format!("chain_B64_17to{}", layers[layers.len() - 1].out_height());
+    let name = format!(
+        "chain_B{}_17to{}",
+        layers[0].batch,
+        layers[layers.len() - 1].out_height()
+    );
     let ours = common::bench_gpu(
         c,
         gpu,
@@ -328,7 +341,8 @@ fn gpu_chain<T: Element + CudnnDataType>(c: &mut Criterion, gpu: &Gpu, baselines
 }
 
 fn gpu_dtype<T: Element + CudnnDataType>(c: &mut Criterion, gpu: &Gpu, baselines: &[(bool, &str)]) {
-    for p in chain(64).into_iter().chain([layer(64, 16, 16, 136)]) {
+    let batch = gpu_batch();
+    for p in chain(batch).into_iter().chain([layer(batch, 16, 16, 136)]) {
         gpu_layer::<T>(c, gpu, p, baselines);
     }
     gpu_chain::<T>(c, gpu, baselines);

@@ -14,11 +14,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 
 #[path = "common/net.rs"]
 mod net;
-use net::time_training_step;
+use net::{network_shapes, time_training_step};
 
-const BATCH: usize = 64;
-
-fn case(c: &mut Criterion, size: usize, depth: Depth, name: &str) {
+fn case(c: &mut Criterion, batch: usize, size: usize, depth: Depth, name: &str) {
     let Some(mut b) = cuda_or_skip(&format!("inception_gpu {name}")) else {
         return;
     };
@@ -31,7 +29,7 @@ fn case(c: &mut Criterion, size: usize, depth: Depth, name: &str) {
     let mut params = vec![0.0; graph.params.total()];
     let mut buffers = vec![0.0; graph.buffers.total()];
     golden_init(&graph, &mut params, &mut buffers);
-    let mut net = Network::new(&mut b, graph, BATCH).unwrap();
+    let mut net = Network::new(&mut b, graph, batch).unwrap();
     b.write(net.params, &params).unwrap();
     b.write(net.buffers, &buffers).unwrap();
     let mut rng = SplitMix64(3);
@@ -46,7 +44,7 @@ fn case(c: &mut Criterion, size: usize, depth: Depth, name: &str) {
     // Backward reuses the output gradient's memory: each step copies it in on the device.
     let loss_grad = b.alloc(grad.len()).unwrap();
     b.write(loss_grad, &grad).unwrap();
-    time_training_step(c, "inception_gpu_f32", name, BATCH, &mut b, |b| {
+    time_training_step(c, "inception_gpu_f32", name, batch, &mut b, |b| {
         net.forward(b, BnMode::Train).unwrap();
         b.axpby(1.0, loss_grad, 0.0, net.output_grad()).unwrap();
         net.zero_grads(b).unwrap();
@@ -56,14 +54,12 @@ fn case(c: &mut Criterion, size: usize, depth: Depth, name: &str) {
 }
 
 fn bench(c: &mut Criterion) {
-    for size in [299, 448] {
-        case(c, size, Depth::Mixed6e, &format!("mixed6e_b{BATCH}_{size}"));
-        case(
-            c,
-            size,
-            Depth::Full { classes: 1000 },
-            &format!("full_b{BATCH}_{size}"),
-        );
+    let (batch, sizes) = network_shapes();
+    for size in sizes {
+        let mixed6e = format!("mixed6e_b{batch}_{size}");
+        case(c, batch, size, Depth::Mixed6e, &mixed6e);
+        let full = format!("full_b{batch}_{size}");
+        case(c, batch, size, Depth::Full { classes: 1000 }, &full);
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 use c2f_inception::backend::Backend;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
+use c2f_kernels::testing::bench_smoke;
 use c2f_train::pretrain::{pretrain_upsampler, PretrainConfig};
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -55,8 +56,13 @@ fn bench(c: &mut Criterion) {
     let Some(mut gpu) = cuda_or_skip("pretrain_upsampler gpu") else {
         return;
     };
-    for size in [299, 448] {
-        case(c, &mut gpu, "gpu", "NETBENCH", &config(size, 1024, 32));
+    let gpu_configs = if bench_smoke() {
+        vec![config(75, 8, 4)]
+    } else {
+        vec![config(299, 1024, 32), config(448, 1024, 32)]
+    };
+    for cfg in gpu_configs {
+        case(c, &mut gpu, "gpu", "NETBENCH", &cfg);
     }
 }
 

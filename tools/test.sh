@@ -22,3 +22,7 @@ emulated() { LD_LIBRARY_PATH="$PWD/target/cuda-emu" C2F_REQUIRE_GPU=1 "$@"; }
 emulated cargo test -p c2f-kernels -p c2f-dist -p c2f-train --tests -- --nocapture gpu_ emulator_
 emulated cargo test -p c2f-inception -p c2f-train --test inception_cuda --test train_gpu \
   -- --nocapture
+# The GPU benchmarks once each at tiny shapes, so the bench code the GPU check runs has run.
+C2F_BENCH_SMOKE=1 emulated cargo test -p c2f-kernels -p c2f-inception -p c2f-dist -p c2f-train \
+  --bench bap --bench center_loss --bench conv_transpose --bench inception_gpu \
+  --bench coarse2fine_gpu --bench pretrain_upsampler --bench nccl_allreduce

@@ -10,6 +10,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use c2f_kernels::testing::bench_smoke;
 use c2f_kernels::Gpu;
 use criterion::Criterion;
 
@@ -28,11 +29,11 @@ pub fn gpu_time(gpu: &Gpu, iters: u64, mut launch: impl FnMut()) -> Duration {
 
 /// Mean seconds per call over a fixed number of calls after a warm-up, for the summary lines.
 pub fn mean_seconds(gpu: &Gpu, mut launch: impl FnMut()) -> f64 {
-    for _ in 0..3 {
+    let (warm_up, iters) = if bench_smoke() { (1, 1) } else { (3, 50) };
+    for _ in 0..warm_up {
         launch();
     }
     gpu.synchronize().unwrap();
-    let iters = 50;
     gpu_time(gpu, iters, launch).as_secs_f64() / iters as f64
 }
 
@@ -41,7 +42,7 @@ pub fn mean_seconds(gpu: &Gpu, mut launch: impl FnMut()) -> f64 {
 pub fn copy_bandwidth_gbs(gpu: &Gpu) -> f64 {
     static BW: OnceLock<f64> = OnceLock::new();
     *BW.get_or_init(|| {
-        let n = 128 << 20; // f32 elements
+        let n = if bench_smoke() { 1 << 16 } else { 128 << 20 }; // f32 elements
         let src = gpu.alloc_zeros::<f32>(n).unwrap();
         let mut dst = gpu.alloc_zeros::<f32>(n).unwrap();
         let stream = gpu.stream().clone();

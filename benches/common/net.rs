@@ -1,10 +1,21 @@
 //! Timing of a whole training step on the CUDA backend, shared by the network benches: three
 //! warm-up steps, a criterion group, then ten timed steps for the `NETBENCH` line (images/s,
-//! ms/step, device memory the backend holds).
+//! ms/step, device memory the backend holds); one of each under `C2F_BENCH_SMOKE=1`.
 
 use c2f_inception::backend::Backend;
 use c2f_inception::cuda::CudaBackend;
+use c2f_kernels::testing::bench_smoke;
 use criterion::Criterion;
+
+/// The network benches' batch and input sizes: 64 at 299² and 448², or 2 at 75² under
+/// `C2F_BENCH_SMOKE=1`.
+pub fn network_shapes() -> (usize, Vec<usize>) {
+    if bench_smoke() {
+        (2, vec![75])
+    } else {
+        (64, vec![299, 448])
+    }
+}
 
 pub fn time_training_step(
     c: &mut Criterion,
@@ -14,7 +25,8 @@ pub fn time_training_step(
     b: &mut CudaBackend,
     mut step: impl FnMut(&mut CudaBackend),
 ) {
-    for _ in 0..3 {
+    let (warm_up, reps) = if bench_smoke() { (1, 1) } else { (3, 10) };
+    for _ in 0..warm_up {
         step(b);
     }
     b.synchronize().unwrap();
@@ -27,7 +39,6 @@ pub fn time_training_step(
         })
     });
     g.finish();
-    let reps = 10;
     let start = std::time::Instant::now();
     for _ in 0..reps {
         step(b);

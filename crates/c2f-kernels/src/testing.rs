@@ -40,6 +40,16 @@ fn gpu_required() -> bool {
     std::env::var(REQUIRE_GPU_ENV).is_ok_and(|v| v == "1")
 }
 
+/// Set to `1` to run the GPU benchmarks at tiny shapes with a repetition or two: the test command
+/// does so on the CPU emulator, so that the bench code the GPU check runs has run before. The
+/// figures mean nothing then.
+pub const BENCH_SMOKE_ENV: &str = "C2F_BENCH_SMOKE";
+
+/// Whether [`BENCH_SMOKE_ENV`] is set.
+pub fn bench_smoke() -> bool {
+    std::env::var(BENCH_SMOKE_ENV).is_ok_and(|v| v == "1")
+}
+
 pub use crate::rng::SplitMix64;
 
 /// `‖out − reference‖ / ‖reference‖`, the measure every kernel test bounds.
