@@ -6,11 +6,11 @@
 // they check descriptors and leading dimensions, and the emulator also checks that every
 // operand lies inside one device allocation, naming the call.
 
-#include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "common.cuh"
 #include "memory.h"
 
 namespace {
@@ -191,28 +191,17 @@ enum : cublasStatus_t {
 constexpr int CUBLAS_OP_N = 0, CUBLAS_OP_T = 1;
 constexpr int CUDA_R_32F = 0, CUDA_R_16BF = 14;
 
+// The kernels' own conversions (common.cuh): bf16 rounds to nearest even, as on the GPU side.
 float load(const void* p, int type, size_t i) {
-    if (type == CUDA_R_32F) return static_cast<const float*>(p)[i];
-    const uint32_t bits = (uint32_t) static_cast<const uint16_t*>(p)[i] << 16;
-    float v;
-    std::memcpy(&v, &bits, 4);
-    return v;
+    return type == CUDA_R_32F ? load_f32(static_cast<const float*>(p), (long long)i)
+                              : load_f32(static_cast<const bf16_bits*>(p), (long long)i);
 }
 
-// Round to nearest even, as the kernels' f32_to_bf16.
 void store(void* p, int type, size_t i, float v) {
-    if (type == CUDA_R_32F) {
-        static_cast<float*>(p)[i] = v;
-        return;
-    }
-    uint32_t u;
-    std::memcpy(&u, &v, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) {
-        static_cast<uint16_t*>(p)[i] = (uint16_t)((u >> 16) | 0x40u);
-        return;
-    }
-    u += 0x7fffu + ((u >> 16) & 1u);
-    static_cast<uint16_t*>(p)[i] = (uint16_t)(u >> 16);
+    if (type == CUDA_R_32F)
+        store_f32(static_cast<float*>(p), (long long)i, v);
+    else
+        store_f32(static_cast<bf16_bits*>(p), (long long)i, v);
 }
 
 struct Matrix {
