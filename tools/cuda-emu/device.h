@@ -14,7 +14,6 @@
 
 #define __global__
 #define __device__
-#define __host__
 #define __forceinline__ inline
 #define __restrict__ __restrict
 #ifdef EMU_SCAN
@@ -33,9 +32,6 @@ struct dim3 {
 };
 struct alignas(16) float4 {
     float x, y, z, w;
-};
-struct alignas(8) float2 {
-    float x, y;
 };
 
 namespace emu {
@@ -95,18 +91,8 @@ inline int atomicAdd(int* p, int v) {
     *p = old + v;
     return old;
 }
-inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
-    const unsigned int old = *p;
-    *p = old + v;
-    return old;
-}
 inline int atomicMax(int* p, int v) {
     const int old = *p;
-    if (v > old) *p = v;
-    return old;
-}
-inline unsigned int atomicMax(unsigned int* p, unsigned int v) {
-    const unsigned int old = *p;
     if (v > old) *p = v;
     return old;
 }
@@ -118,12 +104,6 @@ inline unsigned int __float_as_uint(float v) { return emu::to_bits(v); }
 // Compiled with -ffp-contract=off, so these are single roundings as on the GPU.
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
-inline float __expf(float v) { return expf(v); }
-inline float __logf(float v) { return logf(v); }
-inline float rsqrtf(float v) { return 1.0f / sqrtf(v); }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
-inline unsigned int min(unsigned int a, unsigned int b) { return a < b ? a : b; }
-inline unsigned int max(unsigned int a, unsigned int b) { return a > b ? a : b; }
 inline long long min(long long a, long long b) { return a < b ? a : b; }
-inline long long max(long long a, long long b) { return a > b ? a : b; }
