@@ -86,8 +86,8 @@ impl Gpu {
         &self.stream
     }
 
-    /// Whether this is the CPU emulator of `tools/cuda-emu` standing in for a GPU: it runs our own
-    /// kernels but has no cuBLAS, cuDNN or NCCL, and a pass on it is not a pass on a GPU.
+    /// Whether this is the CPU emulator of `tools/cuda-emu` standing in for a GPU (a pass on it is
+    /// not a pass on a GPU).
     pub fn is_emulator(&self) -> bool {
         self.ctx.name().is_ok_and(|n| n == EMULATOR_DEVICE_NAME)
     }

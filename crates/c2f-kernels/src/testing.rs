@@ -23,12 +23,11 @@ pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
 }
 
 /// What `made` holds for `test`, or `None` after printing `skipped: …` when it is a missing GPU
-/// library (cuBLAS, cuDNN, NCCL). With `C2F_REQUIRE_GPU=1` a missing library fails the test,
-/// except on the CPU emulator ([`Gpu::is_emulator`]), which has none of them.
-pub fn library_or_skip<T>(test: &str, on_emulator: bool, made: Result<T>) -> Option<T> {
+/// library (cuBLAS, cuDNN, NCCL). With `C2F_REQUIRE_GPU=1` a missing library fails the test.
+pub fn library_or_skip<T>(test: &str, made: Result<T>) -> Option<T> {
     match made {
         Ok(value) => Some(value),
-        Err(e @ Error::Library { .. }) if !gpu_required() || on_emulator => {
+        Err(e @ Error::Library { .. }) if !gpu_required() => {
             println!("{test}: skipped: {e}");
             None
         }

@@ -6,10 +6,8 @@ use c2f_kernels::testing::{gpu_or_skip, library_or_skip};
 use super::CudaBackend;
 
 /// The CUDA backend on GPU 0, or `None` after printing why `test` is skipped: no device, or a
-/// missing cuDNN/cuBLAS library. With `C2F_REQUIRE_GPU=1` both are failures instead (a missing
-/// library only on a real GPU, see [`library_or_skip`]).
+/// missing cuDNN/cuBLAS library. With `C2F_REQUIRE_GPU=1` both are failures instead.
 pub fn cuda_or_skip(test: &str) -> Option<CudaBackend> {
     let gpu = gpu_or_skip(test)?;
-    let on_emulator = gpu.is_emulator();
-    library_or_skip(test, on_emulator, CudaBackend::new(gpu))
+    library_or_skip(test, CudaBackend::new(gpu))
 }
