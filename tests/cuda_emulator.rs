@@ -218,7 +218,8 @@ fn child_fails_saying(test: &str, expected: &[&str]) {
     }
 }
 
-/// Launches `name` on `args` (device buffers and an int), one thread, in a fault child.
+/// In a fault child: launches `name` with one thread on `x` (uploaded), a one-element output and
+/// `n`, which must end the process.
 fn launch_in_child(gpu: &Gpu, name: &str, x: &[f32], n: i32) -> ! {
     let x = gpu.upload(x).unwrap();
     let mut y = gpu.alloc_zeros::<f32>(1).unwrap();
