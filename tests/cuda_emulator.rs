@@ -6,6 +6,7 @@ use c2f_kernels::testing::{gpu_or_skip, SplitMix64};
 use c2f_kernels::{Gpu, KernelSource};
 use cudarc::driver::sys::CUresult;
 use cudarc::driver::{CudaFunction, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
 use std::process::Command;
 
 /// `tools/cuda-emu/selftest.cu`. The emulator compiles it in and ignores the module image.
@@ -172,6 +173,30 @@ fn emulator_reports_what_a_gpu_would_refuse_or_corrupt() {
 /// A kernel that reads another thread's shared-memory write without a barrier in between gets
 /// wrong values in one of the two orders the emulator runs a block's threads in, so its test
 /// fails on the emulator (as it may on a GPU) instead of passing by luck.
+/// A module NVRTC compiled is PTX text: the emulator finds in it only the entry points it defines,
+/// so a launcher asking the wrong kernel file for a function fails here as on a GPU.
+#[test]
+fn emulator_finds_only_the_entry_points_a_ptx_module_defines() {
+    let Some(gpu) =
+        emulator_or_skip("cuda_emulator emulator_finds_only_the_entry_points_a_ptx_module_defines")
+    else {
+        return;
+    };
+    let ptx = "//\n// as NVRTC writes it\n//\n\n.version 9.0\n.target sm_90\n\
+               .visible .entry emu_selftest_double(\n\t.param .u64 x\n)\n{\n\tret;\n}\n";
+    let module = gpu.context().load_module(Ptx::from_src(ptx)).unwrap();
+    module.load_function("emu_selftest_double").unwrap();
+    let e = module
+        .load_function("emu_selftest_block_sum")
+        .expect_err("a kernel the PTX does not define was found");
+    assert_eq!(e.0, CUresult::CUDA_ERROR_NOT_FOUND, "{e}");
+    let e = gpu
+        .context()
+        .load_module(Ptx::from_src("// no kernels\n.version 9.0\n"))
+        .expect_err("PTX without an entry point loaded");
+    assert_eq!(e.0, CUresult::CUDA_ERROR_INVALID_IMAGE, "{e}");
+}
+
 #[test]
 fn emulator_exposes_a_missing_barrier() {
     let Some(gpu) = emulator_or_skip("cuda_emulator emulator_exposes_a_missing_barrier") else {

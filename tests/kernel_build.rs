@@ -2,7 +2,9 @@
 //! `build.rs` keeps nvcc's and ptxas's output for each `kernels/*.cu`; without nvcc the kernels
 //! are embedded as source for NVRTC and this check is skipped.
 
+use c2f_kernels::device::compile_with_nvrtc;
 use c2f_kernels::sources;
+use c2f_kernels::testing::library_or_skip;
 
 #[test]
 fn kernels_have_no_spills_or_warnings() {
@@ -84,5 +86,50 @@ fn every_kernel_file_is_embedded_with_source() {
             "{}: no entry point",
             kernel.name
         );
+    }
+}
+
+/// Names in `text` that follow `marker` up to `end`, sorted.
+fn names_after(text: &str, marker: &str, end: char) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .split(marker)
+        .skip(1)
+        .filter_map(|rest| rest.split(end).next())
+        .map(|name| name.trim().to_string())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// A build without nvcc compiles each kernel with NVRTC on first use (`device::compile_with_nvrtc`).
+/// NVRTC needs no GPU, so this runs that compile here for the architectures the fatbin covers, and
+/// checks that NVRTC's PTX defines the same entry points as nvcc's build.
+#[test]
+fn every_kernel_compiles_with_nvrtc() {
+    let test = "every_kernel_compiles_with_nvrtc";
+    for kernel in sources::all() {
+        for arch in [(8, 0), (9, 0)] {
+            let Some(ptx) = library_or_skip(test, compile_with_nvrtc(&kernel, arch)) else {
+                return;
+            };
+            let ptx = ptx.to_src();
+            let entries = names_after(&ptx, ".entry ", '(');
+            assert!(
+                !entries.is_empty(),
+                "{}: NVRTC's PTX for compute_{}{} has no entry point",
+                kernel.name,
+                arch.0,
+                arch.1
+            );
+            if let Some(report) = kernel.ptxas_report {
+                assert_eq!(
+                    entries,
+                    names_after(report, "Compiling entry function '", '\''),
+                    "{}: NVRTC's entry points differ from nvcc's",
+                    kernel.name
+                );
+            }
+        }
     }
 }

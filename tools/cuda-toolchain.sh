@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the pinned CUDA 13.0 compiler from PyPI wheels into a git-ignored venv and prints the
-# path of nvcc. The pins matter: unpinned, pip pulls 13.5 parts whose PTX (ISA 9.5) ptxas 13.0 and
-# the GPU machines' CUDA 13.0 driver reject.
+# path of nvcc. NVRTC comes too (`lib/` beside nvcc's `bin/`): it needs no GPU, so the tests
+# compile every kernel with it as a build without nvcc does at run time. The pins matter:
+# unpinned, pip pulls 13.5 parts whose PTX (ISA 9.5) ptxas 13.0 and the GPU machines' CUDA 13.0
+# driver reject.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.cuda-toolchain"
@@ -11,6 +13,7 @@ pins=(
   nvidia-nvvm==13.0.88
   nvidia-cuda-crt==13.0.88
   nvidia-cuda-runtime==13.0.96
+  nvidia-cuda-nvrtc==13.0.88
 )
 stamp="$venv/.pins"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${pins[*]}" ]; then

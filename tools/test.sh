@@ -18,10 +18,15 @@ cargo test --workspace --benches
 # checked, and stand-ins for cuDNN, cuBLAS and NCCL (a world of one). A pass there is not a pass
 # on a GPU (docs/gpu-status.md).
 python3 tools/cuda-emu/build.py target/cuda-emu
-emulated() { LD_LIBRARY_PATH="$PWD/target/cuda-emu" C2F_REQUIRE_GPU=1 "$@"; }
+nvrtc_lib="$(dirname "$NVCC")/../lib"
+emulated() { LD_LIBRARY_PATH="$PWD/target/cuda-emu:$nvrtc_lib" C2F_REQUIRE_GPU=1 "$@"; }
 emulated cargo test -p c2f-kernels -p c2f-dist -p c2f-train --tests -- --nocapture gpu_ emulator_
 emulated cargo test -p c2f-inception -p c2f-train --test inception_cuda --test train_gpu \
   -- --nocapture
+# A build without nvcc compiles each kernel with NVRTC on first use. NVRTC needs no GPU: every
+# kernel is compiled that way here, then a training step runs on modules NVRTC built.
+emulated cargo test -p c2f-kernels --test kernel_build -- --nocapture nvrtc
+C2F_FORCE_NVRTC=1 emulated cargo test -p c2f-train --test train_gpu -- --nocapture
 # The GPU benchmarks once each at tiny shapes, so the bench code the GPU check runs has run.
 C2F_BENCH_SMOKE=1 emulated cargo test -p c2f-kernels -p c2f-inception -p c2f-dist -p c2f-train \
   --bench bap --bench center_loss --bench conv_transpose --bench inception_gpu \

@@ -18,8 +18,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -285,6 +287,7 @@ enum : CUresult {
     CUDA_ERROR_INVALID_VALUE = 1,
     CUDA_ERROR_OUT_OF_MEMORY = 2,
     CUDA_ERROR_INVALID_DEVICE = 101,
+    CUDA_ERROR_INVALID_IMAGE = 200,
     CUDA_ERROR_INVALID_HANDLE = 400,
     CUDA_ERROR_NOT_FOUND = 500,
     CUDA_ERROR_ILLEGAL_ADDRESS = 700,
@@ -322,6 +325,9 @@ struct Function {
 
 struct Module {
     std::vector<Function*> functions;
+    // The entry points a PTX image defines; empty for a fatbin, which is not parsed.
+    std::set<std::string> ptx_entries;
+    bool from_ptx = false;
 };
 
 struct Event {
@@ -525,6 +531,12 @@ API cuInit(unsigned int) {
     return CUDA_SUCCESS;
 }
 API cuDriverGetVersion(int* v) { *v = 13000; return CUDA_SUCCESS; }
+// NVRTC opens libcuda.so.1 and asks for the driver's private export tables; without this entry
+// point it reads through a null pointer. It has none to give, as an old driver would say.
+API cuGetExportTable(const void** table, const void*) {
+    *table = nullptr;
+    return CUDA_ERROR_NOT_SUPPORTED;
+}
 API cuDeviceGetCount(int* n) { *n = 1; return CUDA_SUCCESS; }
 API cuDeviceGet(CUdevice* d, int ordinal) {
     if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
@@ -636,10 +648,32 @@ API cuMemsetD32Async(CUdeviceptr dst, unsigned int value, size_t count, void*) {
     return cuMemsetD32_v2(dst, value, count);
 }
 
-API cuModuleLoadData(void** module, const void*) {
-    // Every kernel file is compiled into this library, so any image loads all of them; a name
-    // the image lacks is only found missing when it is looked up.
-    *module = new Module{};
+API cuModuleLoadData(void** module, const void* image) {
+    // Every kernel file is compiled into this library, so a fatbin loads all of them and a name
+    // it lacks is only found missing when it is looked up. PTX text, as NVRTC writes it (a `//`
+    // header or `.version` first), is read for its `.entry` names, so a launcher that asks an
+    // NVRTC-compiled module for a kernel it does not define is refused, as the driver refuses it.
+    auto* m = new Module{};
+    const char* text = static_cast<const char*>(image);
+    if (std::strncmp(text, "//", 2) == 0 || std::strncmp(text, ".version", 8) == 0) {
+        m->from_ptx = true;
+        const std::string ptx(text);
+        const std::string marker = ".entry ";
+        for (size_t at = ptx.find(marker); at != std::string::npos; at = ptx.find(marker, at)) {
+            at += marker.size();
+            const size_t end = ptx.find('(', at);
+            if (end == std::string::npos) break;
+            std::string name = ptx.substr(at, end - at);
+            name.erase(name.find_last_not_of(" \t\n") + 1);
+            m->ptx_entries.insert(name);
+        }
+        if (m->ptx_entries.empty()) {
+            delete m;
+            emu::report("cuModuleLoadData: PTX without an entry point");
+            return CUDA_ERROR_INVALID_IMAGE;
+        }
+    }
+    *module = m;
     return CUDA_SUCCESS;
 }
 API cuModuleUnload(void* module) {
@@ -650,13 +684,18 @@ API cuModuleUnload(void* module) {
 }
 API cuModuleGetFunction(void** function, void* module, const char* name) {
     LOCKED;
+    auto* m = static_cast<Module*>(module);
+    if (m->from_ptx && !m->ptx_entries.count(name)) {
+        emu::report(std::string("the PTX module defines no kernel named ") + name);
+        return CUDA_ERROR_NOT_FOUND;
+    }
     auto it = emu::registry().find(name);
     if (it == emu::registry().end()) {
         emu::report(std::string("no kernel named ") + name);
         return CUDA_ERROR_NOT_FOUND;
     }
     auto* f = new Function{name, it->second};
-    static_cast<Module*>(module)->functions.push_back(f);
+    m->functions.push_back(f);
     *function = f;
     return CUDA_SUCCESS;
 }
@@ -689,6 +728,7 @@ API cuGetErrorName(CUresult code, const char** name) {
         case CUDA_ERROR_INVALID_VALUE: *name = "CUDA_ERROR_INVALID_VALUE"; break;
         case CUDA_ERROR_OUT_OF_MEMORY: *name = "CUDA_ERROR_OUT_OF_MEMORY"; break;
         case CUDA_ERROR_INVALID_DEVICE: *name = "CUDA_ERROR_INVALID_DEVICE"; break;
+        case CUDA_ERROR_INVALID_IMAGE: *name = "CUDA_ERROR_INVALID_IMAGE"; break;
         case CUDA_ERROR_INVALID_HANDLE: *name = "CUDA_ERROR_INVALID_HANDLE"; break;
         case CUDA_ERROR_NOT_FOUND: *name = "CUDA_ERROR_NOT_FOUND"; break;
         case CUDA_ERROR_ILLEGAL_ADDRESS: *name = "CUDA_ERROR_ILLEGAL_ADDRESS"; break;

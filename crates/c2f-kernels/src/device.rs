@@ -53,6 +53,31 @@ pub fn device_count() -> Result<usize> {
     Ok(CudaContext::device_count()? as usize)
 }
 
+/// `kernel`'s source compiled by NVRTC to PTX for compute capability `(major, minor)`: the path
+/// a build without nvcc takes on first use. Needs only libnvrtc, no driver or GPU, so the test
+/// command compiles every kernel this way too.
+pub fn compile_with_nvrtc(kernel: &KernelSource, (major, minor): (i32, i32)) -> Result<Ptx> {
+    // SAFETY: only tries to dlopen the NVRTC library; cudarc panics later if it is absent.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(Error::NoNvrtc {
+            kernel: kernel.name,
+        });
+    }
+    let opts = CompileOptions {
+        options: vec![
+            format!("--gpu-architecture=compute_{major}{minor}"),
+            "--std=c++17".into(),
+            "-lineinfo".into(),
+        ],
+        name: Some(format!("{}.cu", kernel.name)),
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(kernel.source, opts).map_err(|e| Error::Compile {
+        kernel: kernel.name,
+        log: e.to_string(),
+    })
+}
+
 impl Gpu {
     /// Opens device `ordinal`, or says why it cannot.
     pub fn open(ordinal: usize) -> Result<Gpu> {
@@ -121,34 +146,11 @@ impl Gpu {
         let force_nvrtc = std::env::var(FORCE_NVRTC_ENV).is_ok_and(|v| v == "1");
         let image = match kernel.fatbin {
             Some(fatbin) if !force_nvrtc => Ptx::from_binary(fatbin.to_vec()),
-            _ => self.compile_nvrtc(kernel)?,
+            _ => compile_with_nvrtc(kernel, self.ctx.compute_capability()?)?,
         };
         let module = self.ctx.load_module(image)?;
         modules.insert(kernel.name, module.clone());
         Ok(module)
-    }
-
-    fn compile_nvrtc(&self, kernel: &KernelSource) -> Result<Ptx> {
-        // SAFETY: only tries to dlopen the NVRTC library; cudarc panics later if it is absent.
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            return Err(Error::NoNvrtc {
-                kernel: kernel.name,
-            });
-        }
-        let (major, minor) = self.ctx.compute_capability()?;
-        let opts = CompileOptions {
-            options: vec![
-                format!("--gpu-architecture=compute_{major}{minor}"),
-                "--std=c++17".into(),
-                "-lineinfo".into(),
-            ],
-            name: Some(format!("{}.cu", kernel.name)),
-            ..Default::default()
-        };
-        cudarc::nvrtc::compile_ptx_with_opts(kernel.source, opts).map_err(|e| Error::Compile {
-            kernel: kernel.name,
-            log: e.to_string(),
-        })
     }
 
     /// Copies `host` to a new device buffer.

@@ -11,7 +11,8 @@ pub enum Error {
     NoDevice { ordinal: usize, count: usize },
     /// A CUDA driver call failed.
     Driver(cudarc::driver::DriverError),
-    /// The kernel was embedded as source (no nvcc at build time) and NVRTC is unavailable.
+    /// The kernel is to be compiled by NVRTC (no nvcc at build time, or `C2F_FORCE_NVRTC=1`) and
+    /// NVRTC is unavailable.
     NoNvrtc { kernel: &'static str },
     /// NVRTC rejected a kernel source.
     Compile { kernel: &'static str, log: String },
@@ -47,8 +48,9 @@ impl fmt::Display for Error {
             Error::Driver(e) => write!(f, "CUDA driver error: {e:?}"),
             Error::NoNvrtc { kernel } => write!(
                 f,
-                "kernel `{kernel}` was built without nvcc and NVRTC (libnvrtc.so) is not loadable; \
-                 rebuild with NVCC set or put libnvrtc on LD_LIBRARY_PATH"
+                "kernel `{kernel}` is compiled at run time by NVRTC (a build without nvcc, or \
+                 C2F_FORCE_NVRTC=1), but libnvrtc.so could not be loaded; put libnvrtc on \
+                 LD_LIBRARY_PATH or rebuild with NVCC set"
             ),
             Error::Compile { kernel, log } => {
                 write!(f, "NVRTC failed on kernel `{kernel}`:\n{log}")

@@ -23,11 +23,11 @@ pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
 }
 
 /// What `made` holds for `test`, or `None` after printing `skipped: …` when it is a missing GPU
-/// library (cuBLAS, cuDNN, NCCL). With `C2F_REQUIRE_GPU=1` a missing library fails the test.
+/// library (cuBLAS, cuDNN, NCCL, NVRTC). With `C2F_REQUIRE_GPU=1` a missing library fails the test.
 pub fn library_or_skip<T>(test: &str, made: Result<T>) -> Option<T> {
     match made {
         Ok(value) => Some(value),
-        Err(e @ Error::Library { .. }) if !gpu_required() => {
+        Err(e @ (Error::Library { .. } | Error::NoNvrtc { .. })) if !gpu_required() => {
             println!("{test}: skipped: {e}");
             None
         }
