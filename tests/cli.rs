@@ -73,6 +73,59 @@ fn gpu_config_file_eval_and_predict() {
     train_eval_predict_localize_visualize("cuda:0", "run_gpu");
 }
 
+/// A GPU that is there but cannot be used must not pass silently for a CPU machine: with NVRTC
+/// needed (`C2F_FORCE_NVRTC=1`) and off the library path, a command without `--device` says so
+/// on stderr and runs on the CPU, and `--device cuda:0` fails naming NVRTC. On the emulator only,
+/// where no NVRTC sits on the system's own library path.
+#[test]
+fn emulator_unusable_gpu_warns_and_runs_on_the_cpu() {
+    let test = "cli emulator_unusable_gpu_warns_and_runs_on_the_cpu";
+    match c2f_kernels::testing::gpu_or_skip(test) {
+        Some(gpu) if gpu.is_emulator() => {}
+        Some(_) => return println!("{test}: skipped: not the CPU emulator"),
+        None => return,
+    }
+    let without_nvrtc = std::env::split_paths(&std::env::var_os("LD_LIBRARY_PATH").unwrap())
+        .filter(|dir| {
+            !std::fs::read_dir(dir).is_ok_and(|mut files| {
+                files.any(|f| {
+                    f.is_ok_and(|f| f.file_name().to_string_lossy().starts_with("libnvrtc"))
+                })
+            })
+        })
+        .collect::<Vec<_>>();
+    let library_path = std::env::join_paths(without_nvrtc).unwrap();
+    let dir = scratch("unusable_gpu");
+    let run = |device: &[&str]| {
+        let file = dir.join("up.safetensors");
+        let mut args = vec!["pretrain-upsampler", "--size", "75", "--pairs", "16"];
+        args.extend(["--epochs", "1", "--batch", "8", "--out", path(&file)]);
+        args.extend(device);
+        Command::new(c2f_binary())
+            .args(args)
+            .env("LD_LIBRARY_PATH", &library_path)
+            .env("C2F_FORCE_NVRTC", "1")
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("warning: CUDA device 0 is present but cannot be used")
+            && log.contains("libnvrtc")
+            && log.contains("held-out L2"),
+        "{log}"
+    );
+    let out = run(&["--device", "cuda:0"]);
+    let log = text(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("libnvrtc") && !log.contains("warning"),
+        "{log}"
+    );
+}
+
 /// A one-epoch run from a config file, then `eval`, `predict`, `localize` and `visualize` on its
 /// checkpoint, all on `device`.
 fn train_eval_predict_localize_visualize(device: &str, name: &str) {

@@ -75,33 +75,6 @@ PY
   fi
 }
 
-# cudarc loads libraries by their plain names (libnccl.so, libcudnn.so, ...), but the GPU
-# machine has them in Python wheels with versioned names: link them into one folder.
-setup_libraries() {
-  local libdir=$1
-  LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}
-  mkdir -p "$libdir"
-  local sites
-  sites=$(python3 -c 'import site, sys; print("\n".join(site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null)
-  for lib in cublas cublasLt nvrtc nvrtc-builtins cudnn nccl; do
-    local found=""
-    for dir in $sites /usr/local/cuda/lib64 /usr/lib/x86_64-linux-gnu; do
-      [ -d "$dir" ] || continue
-      found=$(find -L "$dir" -name "lib${lib}.so*" -type f 2>/dev/null | sort | head -1)
-      [ -n "$found" ] && break
-    done
-    if [ -n "$found" ]; then
-      ln -sf "$found" "$libdir/lib${lib}.so"
-      # cuDNN 9 loads its sub-libraries from its own folder by versioned name.
-      case ":$LD_LIBRARY_PATH:" in *":$(dirname "$found"):"*) ;; *) LD_LIBRARY_PATH="$(dirname "$found"):$LD_LIBRARY_PATH" ;; esac
-      echo "lib${lib}.so -> $found"
-    else
-      echo "lib${lib}.so: not found"
-    fi
-  done
-  export LD_LIBRARY_PATH="$libdir:$LD_LIBRARY_PATH"
-}
-
 results=()
 record() { results+=("$(printf '%-44s %-6s %7ss' "$1" "$2" "$3")"); }
 
@@ -153,7 +126,7 @@ PY
   local logs="$out/logs"
   mkdir -p "$logs"
   export C2F_REQUIRE_GPU=1
-  setup_libraries /tmp/c2f-libs >"$logs/libraries.txt" 2>&1
+  eval "$("$root/tools/cuda-libs.sh" /tmp/c2f-libs 2>"$logs/libraries.txt")"
   cat "$logs/libraries.txt"
   nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed" >>"$out/nvidia-smi.txt"
   head -15 "$out/nvidia-smi.txt"

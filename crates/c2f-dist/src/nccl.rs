@@ -39,7 +39,7 @@ fn check_library() -> Result<()> {
         Err(Error::Library {
             library: "NCCL",
             message: "libnccl could not be loaded; install NCCL 2 (the nvidia-nccl-cu* wheel) \
-                      or put libnccl.so on LD_LIBRARY_PATH"
+                      or put libnccl.so on LD_LIBRARY_PATH (tools/cuda-libs.sh)"
                 .into(),
         })
     }

@@ -53,15 +53,22 @@ pub fn device_count() -> Result<usize> {
     Ok(CudaContext::device_count()? as usize)
 }
 
+/// Whether [`FORCE_NVRTC_ENV`] is set.
+fn nvrtc_forced() -> bool {
+    std::env::var(FORCE_NVRTC_ENV).is_ok_and(|v| v == "1")
+}
+
+fn nvrtc_present() -> bool {
+    // SAFETY: only tries to dlopen the NVRTC library; cudarc panics later if it is absent.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
 /// `kernel`'s source compiled by NVRTC to PTX for compute capability `(major, minor)`: the path
 /// a build without nvcc takes on first use. Needs only libnvrtc, no driver or GPU, so the test
 /// command compiles every kernel this way too.
 pub fn compile_with_nvrtc(kernel: &KernelSource, (major, minor): (i32, i32)) -> Result<Ptx> {
-    // SAFETY: only tries to dlopen the NVRTC library; cudarc panics later if it is absent.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err(Error::NoNvrtc {
-            kernel: kernel.name,
-        });
+    if !nvrtc_present() {
+        return Err(Error::NoNvrtc);
     }
     let opts = CompileOptions {
         options: vec![
@@ -84,6 +91,11 @@ impl Gpu {
         // SAFETY: only tries to dlopen the driver library.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(Error::NoDriver);
+        }
+        // Kernels that NVRTC must compile fail here, not at their first launch in mid-run.
+        let needs_nvrtc = nvrtc_forced() || crate::sources::ALL.iter().any(|k| k.fatbin.is_none());
+        if needs_nvrtc && !nvrtc_present() {
+            return Err(Error::NoNvrtc);
         }
         let count = device_count()?;
         if ordinal >= count {
@@ -143,9 +155,8 @@ impl Gpu {
         if let Some(m) = modules.get(kernel.name) {
             return Ok(m.clone());
         }
-        let force_nvrtc = std::env::var(FORCE_NVRTC_ENV).is_ok_and(|v| v == "1");
         let image = match kernel.fatbin {
-            Some(fatbin) if !force_nvrtc => Ptx::from_binary(fatbin.to_vec()),
+            Some(fatbin) if !nvrtc_forced() => Ptx::from_binary(fatbin.to_vec()),
             _ => compile_with_nvrtc(kernel, self.ctx.compute_capability()?)?,
         };
         let module = self.ctx.load_module(image)?;

@@ -13,7 +13,7 @@ pub enum Error {
     Driver(cudarc::driver::DriverError),
     /// The kernel is to be compiled by NVRTC (no nvcc at build time, or `C2F_FORCE_NVRTC=1`) and
     /// NVRTC is unavailable.
-    NoNvrtc { kernel: &'static str },
+    NoNvrtc,
     /// NVRTC rejected a kernel source.
     Compile { kernel: &'static str, log: String },
     /// A CUDA library (cuBLAS, cuDNN, NCCL) is missing or one of its calls failed.
@@ -46,11 +46,11 @@ impl fmt::Display for Error {
                 )
             }
             Error::Driver(e) => write!(f, "CUDA driver error: {e:?}"),
-            Error::NoNvrtc { kernel } => write!(
+            Error::NoNvrtc => write!(
                 f,
-                "kernel `{kernel}` is compiled at run time by NVRTC (a build without nvcc, or \
+                "the kernels are compiled at run time by NVRTC (a build without nvcc, or \
                  C2F_FORCE_NVRTC=1), but libnvrtc.so could not be loaded; put libnvrtc on \
-                 LD_LIBRARY_PATH or rebuild with NVCC set"
+                 LD_LIBRARY_PATH (tools/cuda-libs.sh) or rebuild with NVCC set"
             ),
             Error::Compile { kernel, log } => {
                 write!(f, "NVRTC failed on kernel `{kernel}`:\n{log}")

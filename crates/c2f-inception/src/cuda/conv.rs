@@ -236,7 +236,7 @@ impl ConvEngine {
             return Err(Error::Library {
                 library: "cuDNN",
                 message: "libcudnn could not be loaded; install cuDNN 9 or put it on \
-                          LD_LIBRARY_PATH"
+                          LD_LIBRARY_PATH (tools/cuda-libs.sh)"
                     .into(),
             });
         }

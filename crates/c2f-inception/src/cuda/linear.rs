@@ -68,7 +68,9 @@ impl LinearEngine {
     pub(crate) fn new(stream: &Arc<CudaStream>) -> Result<LinearEngine> {
         // SAFETY: only tries to dlopen the cuBLAS library; cudarc panics later if it is absent.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-            return Err(blas_error("libcublas could not be loaded"));
+            return Err(blas_error(
+                "libcublas could not be loaded; put it on LD_LIBRARY_PATH (tools/cuda-libs.sh)",
+            ));
         }
         let blas = CudaBlas::new(stream.clone()).map_err(blas_error)?;
         // The default mode keeps f32 GEMMs in f32 (TF32 only with CUBLAS_TF32_TENSOR_OP_MATH);

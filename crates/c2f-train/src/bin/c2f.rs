@@ -437,7 +437,21 @@ fn open_device(device: Option<&str>) -> Result<Option<CudaBackend>> {
                 })?;
             Ok(Some(CudaBackend::open(ordinal)?))
         }
-        None => Ok(CudaBackend::open(0).ok()),
+        None => match CudaBackend::open(0) {
+            Ok(b) => Ok(Some(b)),
+            // No driver or no device is the CPU machine's normal case; a GPU that is there but
+            // cannot be used (a missing cuDNN, cuBLAS or NVRTC) must not pass silently as one.
+            Err(e) => {
+                if device_count().unwrap_or(0) > 0 {
+                    eprintln!(
+                        "warning: CUDA device 0 is present but cannot be used, so this runs on \
+                         the CPU: {e}\n  CUDA libraries from Python wheels (PyTorch's): \
+                         eval \"$(tools/cuda-libs.sh)\"; --device cuda:0 makes this an error"
+                    );
+                }
+                Ok(None)
+            }
+        },
     }
 }
 
