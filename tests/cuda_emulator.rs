@@ -2,7 +2,9 @@
 //! tests without a GPU: it must compute what a GPU computes (barriers, shuffles) and report what
 //! a GPU would refuse or corrupt, naming the kernel. Skipped on anything but the emulator.
 
-use c2f_kernels::testing::{gpu_or_skip, SplitMix64};
+use c2f_kernels::device::compile_with_nvrtc;
+use c2f_kernels::sources;
+use c2f_kernels::testing::{gpu_or_skip, library_or_skip, SplitMix64};
 use c2f_kernels::{Gpu, KernelSource};
 use cudarc::driver::sys::CUresult;
 use cudarc::driver::{CudaFunction, DriverError, LaunchConfig, PushKernelArg};
@@ -173,23 +175,37 @@ fn emulator_reports_what_a_gpu_would_refuse_or_corrupt() {
 /// A kernel that reads another thread's shared-memory write without a barrier in between gets
 /// wrong values in one of the two orders the emulator runs a block's threads in, so its test
 /// fails on the emulator (as it may on a GPU) instead of passing by luck.
-/// A module NVRTC compiled is PTX text: the emulator finds in it only the entry points it defines,
-/// so a launcher asking the wrong kernel file for a function fails here as on a GPU.
+/// A module from NVRTC (a CUBIN) or PTX text: the emulator finds in it only the kernels it
+/// defines, so a launcher asking the wrong kernel file for a function fails here as on a GPU.
 #[test]
-fn emulator_finds_only_the_entry_points_a_ptx_module_defines() {
-    let Some(gpu) =
-        emulator_or_skip("cuda_emulator emulator_finds_only_the_entry_points_a_ptx_module_defines")
-    else {
+fn emulator_finds_only_the_kernels_a_module_defines() {
+    const TEST: &str = "cuda_emulator emulator_finds_only_the_kernels_a_module_defines";
+    let Some(gpu) = emulator_or_skip(TEST) else {
         return;
     };
     let ptx = "//\n// as NVRTC writes it\n//\n\n.version 9.0\n.target sm_90\n\
                .visible .entry emu_selftest_double(\n\t.param .u64 x\n)\n{\n\tret;\n}\n";
-    let module = gpu.context().load_module(Ptx::from_src(ptx)).unwrap();
-    module.load_function("emu_selftest_double").unwrap();
-    let e = module
-        .load_function("emu_selftest_block_sum")
-        .expect_err("a kernel the PTX does not define was found");
-    assert_eq!(e.0, CUresult::CUDA_ERROR_NOT_FOUND, "{e}");
+    let from_ptx = gpu.context().load_module(Ptx::from_src(ptx)).unwrap();
+    let modules = [(
+        "PTX",
+        from_ptx,
+        "emu_selftest_double",
+        "emu_selftest_block_sum",
+    )];
+    let cubin = library_or_skip(TEST, compile_with_nvrtc(&sources::AXPBY, (9, 0)));
+    let from_cubin = cubin.map(|c| {
+        let module = gpu.context().load_module(Ptx::from_binary(c)).unwrap();
+        ("CUBIN", module, "axpby_f32", "bap_pool_f32")
+    });
+    for (kind, module, defined, other) in modules.into_iter().chain(from_cubin) {
+        module
+            .load_function(defined)
+            .unwrap_or_else(|e| panic!("{kind}: {defined}: {e}"));
+        let e = module.load_function(other).expect_err(&format!(
+            "{kind}: {other}, which it does not define, was found"
+        ));
+        assert_eq!(e.0, CUresult::CUDA_ERROR_NOT_FOUND, "{kind}: {e}");
+    }
     let e = gpu
         .context()
         .load_module(Ptx::from_src("// no kernels\n.version 9.0\n"))

@@ -1,6 +1,7 @@
 //! Every kernel compiled by nvcc must be free of register spills, local-memory use and warnings.
 //! `build.rs` keeps nvcc's and ptxas's output for each `kernels/*.cu`; without nvcc the kernels
-//! are embedded as source for NVRTC and this check is skipped.
+//! are embedded as source for NVRTC and this check is skipped. NVRTC's own build of each kernel
+//! is checked too, where libnvrtc can be loaded (no GPU needed).
 
 use c2f_kernels::device::compile_with_nvrtc;
 use c2f_kernels::sources;
@@ -89,13 +90,15 @@ fn every_kernel_file_is_embedded_with_source() {
     }
 }
 
-/// Names in `text` that follow `marker` up to `end`, sorted.
-fn names_after(text: &str, marker: &str, end: char) -> Vec<String> {
-    let mut names: Vec<String> = text
-        .split(marker)
-        .skip(1)
-        .filter_map(|rest| rest.split(end).next())
-        .map(|name| name.trim().to_string())
+/// Names in `text` that follow `marker` up to `end`, sorted and without repeats.
+fn names_after(text: &[u8], marker: &[u8], end: u8) -> Vec<String> {
+    let mut names: Vec<String> = (0..text.len().saturating_sub(marker.len()))
+        .filter(|&at| text[at..].starts_with(marker))
+        .map(|at| {
+            let rest = &text[at + marker.len()..];
+            let len = rest.iter().position(|&b| b == end).unwrap_or(rest.len());
+            String::from_utf8_lossy(&rest[..len]).trim().to_string()
+        })
         .collect();
     names.sort();
     names.dedup();
@@ -104,30 +107,32 @@ fn names_after(text: &str, marker: &str, end: char) -> Vec<String> {
 
 /// A build without nvcc compiles each kernel with NVRTC on first use (`device::compile_with_nvrtc`).
 /// NVRTC needs no GPU, so this runs that compile here for the architectures the fatbin covers, and
-/// checks that NVRTC's PTX defines the same entry points as nvcc's build.
+/// checks that each CUBIN holds code (a `.text.NAME` section) for exactly the entry points of
+/// nvcc's build.
 #[test]
 fn every_kernel_compiles_with_nvrtc() {
     let test = "every_kernel_compiles_with_nvrtc";
     for kernel in sources::all() {
         for arch in [(8, 0), (9, 0)] {
-            let Some(ptx) = library_or_skip(test, compile_with_nvrtc(&kernel, arch)) else {
+            let Some(cubin) = library_or_skip(test, compile_with_nvrtc(&kernel, arch)) else {
                 return;
             };
-            let ptx = ptx.to_src();
-            let entries = names_after(&ptx, ".entry ", '(');
+            let functions = names_after(&cubin, b".text.", 0);
             assert!(
-                !entries.is_empty(),
-                "{}: NVRTC's PTX for compute_{}{} has no entry point",
+                cubin.starts_with(b"\x7fELF") && !functions.is_empty(),
+                "{}: NVRTC's CUBIN for sm_{}{} is not an ELF with code",
                 kernel.name,
                 arch.0,
                 arch.1
             );
             if let Some(report) = kernel.ptxas_report {
                 assert_eq!(
-                    entries,
-                    names_after(report, "Compiling entry function '", '\''),
-                    "{}: NVRTC's entry points differ from nvcc's",
-                    kernel.name
+                    functions,
+                    names_after(report.as_bytes(), b"Compiling entry function '", b'\''),
+                    "{}: NVRTC's functions for sm_{}{} differ from nvcc's entry points",
+                    kernel.name,
+                    arch.0,
+                    arch.1
                 );
             }
         }

@@ -325,9 +325,9 @@ struct Function {
 
 struct Module {
     std::vector<Function*> functions;
-    // The entry points a PTX image defines; empty for a fatbin, which is not parsed.
-    std::set<std::string> ptx_entries;
-    bool from_ptx = false;
+    // The kernels a CUBIN or PTX image defines; a fatbin is not read.
+    std::set<std::string> entries;
+    bool entries_known = false;
 };
 
 struct Event {
@@ -648,30 +648,67 @@ API cuMemsetD32Async(CUdeviceptr dst, unsigned int value, size_t count, void*) {
     return cuMemsetD32_v2(dst, value, count);
 }
 
+namespace {
+template <typename T>
+T read_at(const unsigned char* bytes, size_t offset) {
+    T value;
+    std::memcpy(&value, bytes + offset, sizeof value);
+    return value;
+}
+
+// The functions an ELF CUBIN holds code for: its `.text.NAME` sections.
+std::set<std::string> cubin_functions(const unsigned char* elf) {
+    std::set<std::string> names;
+    const auto section_headers = read_at<uint64_t>(elf, 0x28);
+    const auto header_size = read_at<uint16_t>(elf, 0x3a);
+    const auto sections = read_at<uint16_t>(elf, 0x3c);
+    const auto name_section = read_at<uint16_t>(elf, 0x3e);
+    const auto names_at = read_at<uint64_t>(elf, section_headers + name_section * header_size + 0x18);
+    for (unsigned i = 0; i < sections; ++i) {
+        const auto name = read_at<uint32_t>(elf, section_headers + i * header_size);
+        const std::string section(reinterpret_cast<const char*>(elf + names_at + name));
+        if (section.rfind(".text.", 0) == 0) names.insert(section.substr(6));
+    }
+    return names;
+}
+
+// The entry points PTX text defines: its `.entry NAME(` lines.
+std::set<std::string> ptx_entries(const char* text) {
+    std::set<std::string> names;
+    const std::string ptx(text);
+    const std::string marker = ".entry ";
+    for (size_t at = ptx.find(marker); at != std::string::npos; at = ptx.find(marker, at)) {
+        at += marker.size();
+        const size_t end = ptx.find('(', at);
+        if (end == std::string::npos) break;
+        std::string name = ptx.substr(at, end - at);
+        name.erase(name.find_last_not_of(" \t\n") + 1);
+        names.insert(name);
+    }
+    return names;
+}
+}  // namespace
+
 API cuModuleLoadData(void** module, const void* image) {
     // Every kernel file is compiled into this library, so a fatbin loads all of them and a name
-    // it lacks is only found missing when it is looked up. PTX text, as NVRTC writes it (a `//`
-    // header or `.version` first), is read for its `.entry` names, so a launcher that asks an
-    // NVRTC-compiled module for a kernel it does not define is refused, as the driver refuses it.
-    auto* m = new Module{};
+    // it lacks is only found missing when it is looked up. A CUBIN (an ELF, as NVRTC writes for
+    // one architecture) or PTX text (a `//` header or `.version` first) is read for the names it
+    // defines, so a launcher that asks a module for a kernel it does not define is refused, as
+    // the driver refuses it.
+    const auto* bytes = static_cast<const unsigned char*>(image);
     const char* text = static_cast<const char*>(image);
-    if (std::strncmp(text, "//", 2) == 0 || std::strncmp(text, ".version", 8) == 0) {
-        m->from_ptx = true;
-        const std::string ptx(text);
-        const std::string marker = ".entry ";
-        for (size_t at = ptx.find(marker); at != std::string::npos; at = ptx.find(marker, at)) {
-            at += marker.size();
-            const size_t end = ptx.find('(', at);
-            if (end == std::string::npos) break;
-            std::string name = ptx.substr(at, end - at);
-            name.erase(name.find_last_not_of(" \t\n") + 1);
-            m->ptx_entries.insert(name);
-        }
-        if (m->ptx_entries.empty()) {
-            delete m;
-            emu::report("cuModuleLoadData: PTX without an entry point");
-            return CUDA_ERROR_INVALID_IMAGE;
-        }
+    auto* m = new Module{};
+    if (std::memcmp(bytes, "\x7f" "ELF", 4) == 0) {
+        m->entries = cubin_functions(bytes);
+        m->entries_known = true;
+    } else if (std::strncmp(text, "//", 2) == 0 || std::strncmp(text, ".version", 8) == 0) {
+        m->entries = ptx_entries(text);
+        m->entries_known = true;
+    }
+    if (m->entries_known && m->entries.empty()) {
+        delete m;
+        emu::report("cuModuleLoadData: a module image without a kernel");
+        return CUDA_ERROR_INVALID_IMAGE;
     }
     *module = m;
     return CUDA_SUCCESS;
@@ -685,8 +722,8 @@ API cuModuleUnload(void* module) {
 API cuModuleGetFunction(void** function, void* module, const char* name) {
     LOCKED;
     auto* m = static_cast<Module*>(module);
-    if (m->from_ptx && !m->ptx_entries.count(name)) {
-        emu::report(std::string("the PTX module defines no kernel named ") + name);
+    if (m->entries_known && !m->entries.count(name)) {
+        emu::report(std::string("the module defines no kernel named ") + name);
         return CUDA_ERROR_NOT_FOUND;
     }
     auto it = emu::registry().find(name);

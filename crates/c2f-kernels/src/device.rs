@@ -6,13 +6,14 @@
 //! file for the life of the [`Gpu`].
 
 use std::collections::HashMap;
+use std::ffi::{CStr, CString};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
     DeviceRepr,
 };
-use cudarc::nvrtc::{CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 
 use crate::element::Element;
 use crate::error::{Error, Result};
@@ -63,26 +64,64 @@ fn nvrtc_present() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
-/// `kernel`'s source compiled by NVRTC to PTX for compute capability `(major, minor)`: the path
-/// a build without nvcc takes on first use. Needs only libnvrtc, no driver or GPU, so the test
+/// `kernel`'s source compiled by NVRTC into a CUBIN for the device of compute capability
+/// `(major, minor)`: the path a build without nvcc takes on first use. SASS rather than PTX, so
+/// that the driver loads it without a JIT and an NVRTC newer than the driver works (CUDA's
+/// minor-version compatibility); PTX from a newer NVRTC is refused with
+/// `CUDA_ERROR_UNSUPPORTED_PTX_VERSION`. Needs only libnvrtc, no driver or GPU, so the test
 /// command compiles every kernel this way too.
-pub fn compile_with_nvrtc(kernel: &KernelSource, (major, minor): (i32, i32)) -> Result<Ptx> {
+pub fn compile_with_nvrtc(kernel: &KernelSource, (major, minor): (i32, i32)) -> Result<Vec<u8>> {
+    use cudarc::nvrtc::{result, sys};
     if !nvrtc_present() {
         return Err(Error::NoNvrtc);
     }
-    let opts = CompileOptions {
-        options: vec![
-            format!("--gpu-architecture=compute_{major}{minor}"),
-            "--std=c++17".into(),
-            "-lineinfo".into(),
-        ],
-        name: Some(format!("{}.cu", kernel.name)),
-        ..Default::default()
-    };
-    cudarc::nvrtc::compile_ptx_with_opts(kernel.source, opts).map_err(|e| Error::Compile {
+    let failed = |log: String| Error::Compile {
         kernel: kernel.name,
-        log: e.to_string(),
-    })
+        log,
+    };
+    let source = CString::new(kernel.source).map_err(|e| failed(e.to_string()))?;
+    let name = CString::new(format!("{}.cu", kernel.name)).map_err(|e| failed(e.to_string()))?;
+    /// Destroys the program however this function returns.
+    struct Program(sys::nvrtcProgram);
+    impl Drop for Program {
+        fn drop(&mut self) {
+            // SAFETY: created by `create_program` and destroyed only here.
+            let _ = unsafe { result::destroy_program(self.0) };
+        }
+    }
+    let program =
+        Program(result::create_program(&source, Some(&name)).map_err(|e| failed(e.to_string()))?);
+    let options = [
+        format!("--gpu-architecture=sm_{major}{minor}"),
+        "--std=c++17".into(),
+        "-lineinfo".into(),
+    ];
+    // SAFETY (this block and the next): `program` is live, and `source` and `name`, which it
+    // refers to, outlive it.
+    if let Err(e) = unsafe { result::compile_program(program.0, &options) } {
+        let log = unsafe { result::get_program_log(program.0) }.map_or_else(
+            |_| String::new(),
+            // SAFETY: NVRTC's log is NUL-terminated.
+            |log| {
+                unsafe { CStr::from_ptr(log.as_ptr()) }
+                    .to_string_lossy()
+                    .into_owned()
+            },
+        );
+        return Err(failed(format!("{e:?} with {options:?}:\n{log}")));
+    }
+    let mut size = 0usize;
+    let mut cubin;
+    unsafe {
+        sys::nvrtcGetCUBINSize(program.0, &mut size)
+            .result()
+            .map_err(|e| failed(e.to_string()))?;
+        cubin = vec![0u8; size];
+        sys::nvrtcGetCUBIN(program.0, cubin.as_mut_ptr().cast())
+            .result()
+            .map_err(|e| failed(e.to_string()))?;
+    }
+    Ok(cubin)
 }
 
 impl Gpu {
@@ -157,7 +196,7 @@ impl Gpu {
         }
         let image = match kernel.fatbin {
             Some(fatbin) if !nvrtc_forced() => Ptx::from_binary(fatbin.to_vec()),
-            _ => compile_with_nvrtc(kernel, self.ctx.compute_capability()?)?,
+            _ => Ptx::from_binary(compile_with_nvrtc(kernel, self.ctx.compute_capability()?)?),
         };
         let module = self.ctx.load_module(image)?;
         modules.insert(kernel.name, module.clone());
