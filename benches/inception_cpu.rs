@@ -2,7 +2,8 @@
 //! PyTorch CPU figures are known (`tools/torch_cpu_baseline.py` times the same shapes): up to
 //! Mixed_6e at width 1.0, batch 8 at 160² and batch 4 at 299²; and the CPU demo's shape, batch 8
 //! at 160², width 0.25. Each step: forward in train mode, a loss gradient, backward to the
-//! parameters. Prints `CPUBENCH` lines with images/s and effective GFLOP/s.
+//! parameters. Prints `CPUBENCH` lines with images/s, effective GFLOP/s, and the fraction of this
+//! machine's GEMM limit that is (the convolutions are im2col + GEMM, so a step cannot beat it).
 
 use std::time::Instant;
 
@@ -13,6 +14,9 @@ use c2f_inception::network::Network;
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
 use c2f_kernels::testing::SplitMix64;
 use criterion::{criterion_group, criterion_main, Criterion};
+use ndarray::linalg::general_mat_mul;
+use ndarray::Array2;
+use rayon::prelude::*;
 
 struct Case {
     name: &'static str,
@@ -90,7 +94,33 @@ fn step(cpu: &mut CpuBackend, net: &mut Network, loss_grad: Tensor) {
     net.backward(cpu, BnMode::Train, false).unwrap();
 }
 
+/// The hardware limit the step is held to: this machine's f32 GEMM rate through the backend's own
+/// GEMM (ndarray's, i.e. matrixmultiply's kernel), one 512² product per rayon thread at once, as
+/// the backend runs one image per thread.
+fn gemm_limit_gflops() -> f64 {
+    let n = 512;
+    let a = Array2::<f32>::from_shape_fn((n, n), |(i, j)| ((i * 7 + j * 3) % 13) as f32 * 0.1);
+    let b = a.t().to_owned();
+    let threads = rayon::current_num_threads();
+    let run = |reps: usize| {
+        (0..threads).into_par_iter().for_each(|_| {
+            let mut c = Array2::<f32>::zeros((n, n));
+            for _ in 0..reps {
+                general_mat_mul(1.0, &a, &b, 0.0, &mut c);
+            }
+            std::hint::black_box(&c);
+        })
+    };
+    run(1);
+    let reps = 8;
+    let start = Instant::now();
+    run(reps);
+    let secs = start.elapsed().as_secs_f64();
+    2.0 * (n * n * n * reps * threads) as f64 / secs / 1e9
+}
+
 fn bench(c: &mut Criterion) {
+    let limit = gemm_limit_gflops();
     let mut group = c.benchmark_group("inception_cpu_f32");
     group.sample_size(10);
     for case in &CASES {
@@ -110,9 +140,11 @@ fn bench(c: &mut Criterion) {
         // Forward+backward is about 3× the forward's multiply-adds, 2 FLOP each.
         let gflops = 6.0 * forward_macs(&net.graph) * case.batch as f64 / secs / 1e9;
         println!(
-            "CPUBENCH\t{}\t{}\t{images:.2} img/s\t{gflops:.0} GFLOP/s\t{:.0} ms/step",
+            "CPUBENCH\t{}\t{}\t{images:.2} img/s\t{gflops:.0} GFLOP/s\t{:.0}% of the {limit:.0} \
+             GFLOP/s GEMM limit\t{:.0} ms/step",
             case.name,
             cpu.describe(),
+            100.0 * gflops / limit,
             secs * 1e3
         );
     }
