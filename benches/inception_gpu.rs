@@ -1,20 +1,25 @@
 //! InceptionV3 forward+backward+SGD on the CUDA backend, images per second at batch 64, 299² and
 //! 448², up to Mixed_6e and full (1000 classes), f32. `tools/torch_baseline.py` times PyTorch on
 //! the same card in the same GPU check; the target is parity with its fp32 figure. Prints
-//! `NETBENCH` lines (images/s, ms/step, memory the backend holds); without a GPU it says so.
+//! `NETBENCH` lines (images/s, ms/step, memory the backend holds), and for each network an
+//! `OPBENCH` line with the share of the step its cuDNN convolutions take alone (forward,
+//! backward-data, backward-filter at every layer's shape), the rest being our kernels; without a
+//! GPU it says so.
 
-use c2f_inception::backend::{Backend, BnMode};
+use c2f_inception::backend::{Backend, BnMode, Tensor};
+use c2f_inception::cpu::conv::Conv2dShape;
 use c2f_inception::cuda::testing::cuda_or_skip;
+use c2f_inception::cuda::CudaBackend;
 use c2f_inception::init::golden_init;
 use c2f_inception::network::Network;
-use c2f_inception::spec::{Depth, Graph, InceptionConfig};
+use c2f_inception::spec::{Depth, Graph, InceptionConfig, Op};
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::testing::SplitMix64;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 #[path = "common/net.rs"]
 mod net;
-use net::{network_shapes, time_training_step};
+use net::{network_shapes, time_steps, time_training_step};
 
 fn case(c: &mut Criterion, batch: usize, size: usize, depth: Depth, name: &str) {
     let Some(mut b) = cuda_or_skip(&format!("inception_gpu {name}")) else {
@@ -44,13 +49,61 @@ fn case(c: &mut Criterion, batch: usize, size: usize, depth: Depth, name: &str) 
     // Backward reuses the output gradient's memory: each step copies it in on the device.
     let loss_grad = b.alloc(grad.len()).unwrap();
     b.write(loss_grad, &grad).unwrap();
-    time_training_step(c, "inception_gpu_f32", name, batch, &mut b, |b| {
+    let step = time_training_step(c, "inception_gpu_f32", name, batch, &mut b, |b| {
         net.forward(b, BnMode::Train).unwrap();
         b.axpby(1.0, loss_grad, 0.0, net.output_grad()).unwrap();
         net.zero_grads(b).unwrap();
         net.backward(b, BnMode::Train, false).unwrap();
         net.sgd_step(b, &sgd).unwrap();
     });
+    let mut convolutions = convolutions_of(&net, &mut b);
+    let convs = time_steps(&mut b, &mut convolutions);
+    println!(
+        "OPBENCH\t{name}\t{}\tcuDNN convolutions alone\t{:.1} ms/step\t{:.0}% of the step",
+        b.describe(),
+        convs * 1e3,
+        100.0 * convs / step
+    );
+}
+
+/// The convolutions of one training step of `net` and nothing else: each layer's forward, then
+/// in reverse its backward-filter and (but for the first layer's, which the step skips too)
+/// backward-data, on the network's own inputs and weights, into scratch outputs.
+fn convolutions_of(net: &Network, b: &mut CudaBackend) -> impl FnMut(&mut CudaBackend) {
+    let layers: Vec<(Conv2dShape, Tensor, Tensor, Tensor)> = net
+        .graph
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Conv { conv, input, .. } => {
+                let conv = &net.graph.convs[*conv];
+                Some((
+                    net.conv_shape(conv, *input),
+                    net.activation(*input),
+                    net.param(conv.weight),
+                    net.grad(conv.weight),
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    let most = |len: fn(&Conv2dShape) -> usize| layers.iter().map(|l| len(&l.0)).max().unwrap();
+    let out = b.alloc(most(Conv2dShape::output_len)).unwrap();
+    let d_in = b.alloc(most(Conv2dShape::input_len)).unwrap();
+    move |b| {
+        for (s, x, w, _) in &layers {
+            b.conv2d_forward(s, *x, *w, out.slice(0, s.output_len()))
+                .unwrap();
+        }
+        for (i, (s, x, w, dw)) in layers.iter().enumerate().rev() {
+            let dy = out.slice(0, s.output_len());
+            b.conv2d_backward_filter(s, *x, dy, *dw).unwrap();
+            if i > 0 {
+                b.conv2d_backward_data(s, dy, *w, d_in.slice(0, s.input_len()), false)
+                    .unwrap();
+            }
+        }
+    }
 }
 
 fn bench(c: &mut Criterion) {

@@ -202,7 +202,7 @@ PY
     echo "## Benchmarks (BENCH: group, name, card, us, GB/s, fraction of copy bandwidth, baseline)"
     echo
     echo '```'
-    cat "$logs"/bench-*.txt 2>/dev/null | grep -E '^(BENCH|SPEEDUP|TORCHGPU|NETBENCH)|copy bandwidth' || echo "none"
+    cat "$logs"/bench-*.txt 2>/dev/null | grep -E '^(BENCH|SPEEDUP|TORCHGPU|NETBENCH|OPBENCH)|copy bandwidth' || echo "none"
     echo '```'
     echo
     echo "## Failures and skips (first lines)"
@@ -217,7 +217,7 @@ PY
 
   echo
   echo "== report: $out/report.md"
-  grep -h -E '^(BENCH|SPEEDUP|TORCHGPU|NETBENCH)' "$logs"/bench-*.txt 2>/dev/null | cut -f2- | cut -c1-160
+  grep -h -E '^(BENCH|SPEEDUP|TORCHGPU|NETBENCH|OPBENCH)' "$logs"/bench-*.txt 2>/dev/null | cut -f2- | cut -c1-160
   echo
   printf '%s\n' "${results[@]}"
 }

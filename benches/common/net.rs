@@ -1,6 +1,7 @@
-//! Timing of a whole training step on the CUDA backend, shared by the network benches: three
-//! warm-up steps, a criterion group, then ten timed steps for the `NETBENCH` line (images/s,
+//! Timing of a whole training step on the CUDA backend, shared by the network benches: a
+//! criterion group, then three warm-up and ten timed steps for the `NETBENCH` line (images/s,
 //! ms/step, device memory the backend holds); one of each under `C2F_BENCH_SMOKE=1`.
+//! [`time_steps`] is the timed part alone, for a piece of a step.
 
 use c2f_inception::backend::Backend;
 use c2f_inception::cuda::CudaBackend;
@@ -17,6 +18,7 @@ pub fn network_shapes() -> (usize, Vec<usize>) {
     }
 }
 
+/// Times `step` (criterion, then the `NETBENCH` line) and returns its seconds per step.
 pub fn time_training_step(
     c: &mut Criterion,
     group: &str,
@@ -24,12 +26,7 @@ pub fn time_training_step(
     batch: usize,
     b: &mut CudaBackend,
     mut step: impl FnMut(&mut CudaBackend),
-) {
-    let (warm_up, reps) = if bench_smoke() { (1, 1) } else { (3, 10) };
-    for _ in 0..warm_up {
-        step(b);
-    }
-    b.synchronize().unwrap();
+) -> f64 {
     let mut g = c.benchmark_group(group);
     g.sample_size(10);
     g.bench_function(name, |bench| {
@@ -39,12 +36,7 @@ pub fn time_training_step(
         })
     });
     g.finish();
-    let start = std::time::Instant::now();
-    for _ in 0..reps {
-        step(b);
-    }
-    b.synchronize().unwrap();
-    let secs = start.elapsed().as_secs_f64() / reps as f64;
+    let secs = time_steps(b, &mut step);
     println!(
         "NETBENCH\t{name}\t{}\t{:.0} img/s\t{:.1} ms/step\t{:.1} GiB held",
         b.describe(),
@@ -52,4 +44,21 @@ pub fn time_training_step(
         secs * 1e3,
         b.allocated_bytes() as f64 / (1u64 << 30) as f64
     );
+    secs
+}
+
+/// Seconds per `step`: the mean of ten timed steps after three warm-up ones (the first builds
+/// cuDNN's plans), the device synchronised at both ends; one of each under `C2F_BENCH_SMOKE=1`.
+pub fn time_steps(b: &mut CudaBackend, step: &mut impl FnMut(&mut CudaBackend)) -> f64 {
+    let (warm_up, reps) = if bench_smoke() { (1, 1) } else { (3, 10) };
+    for _ in 0..warm_up {
+        step(b);
+    }
+    b.synchronize().unwrap();
+    let start = std::time::Instant::now();
+    for _ in 0..reps {
+        step(b);
+    }
+    b.synchronize().unwrap();
+    start.elapsed().as_secs_f64() / reps as f64
 }

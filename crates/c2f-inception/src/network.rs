@@ -285,7 +285,8 @@ impl Network {
         self.graph.activations[id]
     }
 
-    fn conv_shape(&self, conv: &BasicConv, input: ActId) -> Conv2dShape {
+    /// The shape of convolution `conv` reading activation `input` at this network's batch.
+    pub fn conv_shape(&self, conv: &BasicConv, input: ActId) -> Conv2dShape {
         let s = self.act_shape(input);
         Conv2dShape {
             batch: self.batch,
