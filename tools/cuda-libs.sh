@@ -9,8 +9,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 libdir=${1:-$root/target/cuda-libs}
-path=${LD_LIBRARY_PATH:-}
 mkdir -p "$libdir"
+libdir=$(cd "$libdir" && pwd)
+path=${LD_LIBRARY_PATH:-}
 sites=$(python3 -c 'import site; print("\n".join(site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null || true)
 for lib in cublas cublasLt nvrtc nvrtc-builtins cudnn nccl; do
   found=""

@@ -18,8 +18,10 @@ cargo test --workspace --benches
 # checked, and stand-ins for cuDNN, cuBLAS and NCCL (a world of one). A pass there is not a pass
 # on a GPU (docs/gpu-status.md).
 python3 tools/cuda-emu/build.py target/cuda-emu
-nvrtc_lib="$(dirname "$NVCC")/../lib"
-emulated() { LD_LIBRARY_PATH="$PWD/target/cuda-emu:$nvrtc_lib" C2F_REQUIRE_GPU=1 "$@"; }
+# NVRTC (in the toolchain's wheels) goes on the library path the way gpu-check.sh and users put
+# CUDA libraries there, so that script runs here too; the emulator's folder comes first.
+eval "$(PATH="$PWD/.cuda-toolchain/bin:$PATH" tools/cuda-libs.sh target/cuda-libs)"
+emulated() { LD_LIBRARY_PATH="$PWD/target/cuda-emu:$LD_LIBRARY_PATH" C2F_REQUIRE_GPU=1 "$@"; }
 emulated cargo test -p c2f-kernels -p c2f-dist -p c2f-train --tests -- --nocapture gpu_ emulator_
 emulated cargo test -p c2f-inception -p c2f-train --test inception_cuda --test train_gpu \
   -- --nocapture
