@@ -14,9 +14,9 @@ use c2f_train::checkpoint::{self, Named};
 use c2f_train::data::loader::ImageSource;
 use c2f_train::data::spec::{DataSpec, OpenedData};
 use c2f_train::train::{
-    build_baseline, build_coarse2fine, checkpoint_path, init_coarse2fine, train_baseline,
-    train_coarse2fine, Accuracy, BnPolicy, DataParallel, Evaluation, RunOptions, Schedule,
-    TrainConfig, Trainee,
+    build_baseline, build_coarse2fine, center_spread, checkpoint_path, init_coarse2fine,
+    train_baseline, train_coarse2fine, Accuracy, BnPolicy, DataParallel, Evaluation, RunOptions,
+    Schedule, TrainConfig, Trainee,
 };
 
 fn scratch(name: &str) -> PathBuf {
@@ -149,6 +149,22 @@ fn both_models_train_and_write_metrics_and_checkpoints() {
     );
     assert_eq!(metrics(&dir.join("base"))[1]["model"], "baseline");
 
+    // The last record's center spreads are those of the center banks the checkpoint holds.
+    let mut cpu = CpuBackend::<f32>::new();
+    let state = Trainee::<CpuBackend<f32>>::state(&build_coarse2fine(&mut cpu, &cfg).unwrap());
+    let saved = tensors(&checkpoint_path(&dir.join("c2f")), &state);
+    for bank in ["coarse", "fine"] {
+        let name = format!("centers.{bank}");
+        let centers = &saved.iter().find(|(n, _)| *n == name).unwrap().1;
+        let expected = center_spread(centers, cfg.classes).unwrap();
+        assert!(expected > 0.0, "{name}: spread {expected}");
+        assert_eq!(
+            lines[1][format!("center_spread_{bank}")],
+            expected,
+            "{name}"
+        );
+    }
+
     // The checkpoint holds the run's state and where it stands.
     let meta = checkpoint::read_meta(&checkpoint_path(&dir.join("c2f"))).unwrap();
     assert_eq!((meta.epoch, meta.batch_in_epoch, meta.step), (2, 0, 4));
@@ -170,6 +186,23 @@ fn both_models_train_and_write_metrics_and_checkpoints() {
         err.contains("checkpoint.safetensors") && err.contains("--resume"),
         "{err}"
     );
+}
+
+/// The center spread on banks whose answer is known: one point for every class, orthogonal unit
+/// centers, the same scaled, and a bank still at zero.
+#[test]
+fn center_spread_of_known_banks() {
+    let same: Vec<f32> = [0.3f32, -1.0, 2.0].repeat(4);
+    assert_eq!(center_spread(&same, 4), Some(0.0));
+    let mut orthogonal = vec![0.0f32; 4 * 5];
+    for k in 0..4 {
+        orthogonal[k * 5 + k] = 1.0;
+    }
+    let spread = center_spread(&orthogonal, 4).unwrap();
+    assert!((spread - 0.75).abs() < 1e-15, "{spread}");
+    let scaled: Vec<f32> = orthogonal.iter().map(|v| 0.125 * v).collect();
+    assert_eq!(center_spread(&scaled, 4), Some(spread));
+    assert_eq!(center_spread(&[0.0; 12], 4), None);
 }
 
 /// Trains `epochs` uninterrupted, and again stopped after `stop` steps and resumed (a fresh
