@@ -96,12 +96,11 @@ pub fn compile_with_nvrtc(kernel: &KernelSource, (major, minor): (i32, i32)) -> 
         "--std=c++17".into(),
         "-lineinfo".into(),
     ];
-    // SAFETY (this block and the next): `program` is live, and `source` and `name`, which it
-    // refers to, outlive it.
+    // SAFETY (every block below): `program` is live, and `source` and `name`, which it refers
+    // to, outlive it; NVRTC's log is NUL-terminated, and `cubin` has the size NVRTC reports.
     if let Err(e) = unsafe { result::compile_program(program.0, &options) } {
         let log = unsafe { result::get_program_log(program.0) }.map_or_else(
             |_| String::new(),
-            // SAFETY: NVRTC's log is NUL-terminated.
             |log| {
                 unsafe { CStr::from_ptr(log.as_ptr()) }
                     .to_string_lossy()
@@ -111,16 +110,13 @@ pub fn compile_with_nvrtc(kernel: &KernelSource, (major, minor): (i32, i32)) -> 
         return Err(failed(format!("{e:?} with {options:?}:\n{log}")));
     }
     let mut size = 0usize;
-    let mut cubin;
-    unsafe {
-        sys::nvrtcGetCUBINSize(program.0, &mut size)
-            .result()
-            .map_err(|e| failed(e.to_string()))?;
-        cubin = vec![0u8; size];
-        sys::nvrtcGetCUBIN(program.0, cubin.as_mut_ptr().cast())
-            .result()
-            .map_err(|e| failed(e.to_string()))?;
-    }
+    unsafe { sys::nvrtcGetCUBINSize(program.0, &mut size) }
+        .result()
+        .map_err(|e| failed(e.to_string()))?;
+    let mut cubin = vec![0u8; size];
+    unsafe { sys::nvrtcGetCUBIN(program.0, cubin.as_mut_ptr().cast()) }
+        .result()
+        .map_err(|e| failed(e.to_string()))?;
     Ok(cubin)
 }
 

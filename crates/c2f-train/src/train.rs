@@ -1425,27 +1425,26 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
                 record[format!("loss_{term}")] = serde_json::json!(v);
             }
             if model.task() == Task::Classes {
+                // Warned of once λ is at full weight: during its warmup a run that goes on to
+                // learn can dip this low for an epoch.
+                let full_lambda = (epoch + 1) as f64 >= cfg.center_warmup_epochs;
                 for (column, bank) in spread_columns(M::LOSS_TERMS)
                     .iter()
                     .zip(model.center_banks())
                 {
                     let spread = center_spread(&b.read(bank)?, cfg.classes);
                     record[column] = serde_json::json!(spread);
-                    // Once λ is at full weight; during its warmup a run that goes on to learn
-                    // can dip this low for an epoch.
-                    let full_lambda = (epoch + 1) as f64 >= cfg.center_warmup_epochs;
-                    if let Some(v) = spread.filter(|&v| full_lambda && v < MERGED_SPREAD) {
-                        if !warned_merged {
-                            eprintln!(
-                                "warning: {} epoch {}: the class centers have merged \
+                    let merged = |v: &f64| full_lambda && !warned_merged && *v < MERGED_SPREAD;
+                    if let Some(v) = spread.filter(merged) {
+                        eprintln!(
+                            "warning: {} epoch {}: the class centers have merged \
                                  ({column} {v:.4} < {MERGED_SPREAD}): the part features no \
                                  longer tell the classes apart, and runs in this state have \
                                  not recovered (README, Seeds); try another --seed",
-                                M::NAME,
-                                epoch + 1
-                            );
-                            warned_merged = true;
-                        }
+                            M::NAME,
+                            epoch + 1
+                        );
+                        warned_merged = true;
                     }
                 }
             }
