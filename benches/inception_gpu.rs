@@ -1,6 +1,8 @@
 //! InceptionV3 forward+backward+SGD on the CUDA backend, images per second at batch 64, 299² and
-//! 448², up to Mixed_6e and full (1000 classes), f32. `tools/torch_baseline.py` times PyTorch on
-//! the same card in the same GPU check; the target is parity with its fp32 figure. Prints
+//! 448², up to Mixed_6e and full (1000 classes), f32, with cuDNN's heuristic algorithm choice;
+//! and up to Mixed_6e with timed choice (`_timed`). `tools/torch_baseline.py` times PyTorch on
+//! the same card in the same GPU check; the target is parity with its fp32 figure, the timed
+//! rows' peer being its fp32 + `cudnn.benchmark` one. Prints
 //! `NETBENCH` lines (images/s, ms/step, memory the backend holds), and for each network an
 //! `OPBENCH` line with the share of the step its cuDNN convolutions take alone (forward,
 //! backward-data, backward-filter at every layer's shape), the rest being our kernels; without a
@@ -9,6 +11,7 @@
 use c2f_inception::backend::{Backend, BnMode, Tensor};
 use c2f_inception::cpu::conv::Conv2dShape;
 use c2f_inception::cuda::testing::cuda_or_skip;
+use c2f_inception::cuda::AlgorithmChoice::{self, Heuristic, Timed};
 use c2f_inception::cuda::CudaBackend;
 use c2f_inception::init::golden_init;
 use c2f_inception::network::Network;
@@ -21,10 +24,18 @@ use criterion::{criterion_group, criterion_main, Criterion};
 mod net;
 use net::{network_shapes, time_steps, time_training_step};
 
-fn case(c: &mut Criterion, batch: usize, size: usize, depth: Depth, name: &str) {
+fn case(
+    c: &mut Criterion,
+    batch: usize,
+    size: usize,
+    depth: Depth,
+    name: &str,
+    choice: AlgorithmChoice,
+) {
     let Some(mut b) = cuda_or_skip(&format!("inception_gpu {name}")) else {
         return;
     };
+    b.set_conv_algorithm_choice(choice);
     let graph = Graph::new(InceptionConfig {
         input_size: size,
         width: 1.0,
@@ -110,9 +121,19 @@ fn bench(c: &mut Criterion) {
     let (batch, sizes) = network_shapes();
     for size in sizes {
         let mixed6e = format!("mixed6e_b{batch}_{size}");
-        case(c, batch, size, Depth::Mixed6e, &mixed6e);
+        case(c, batch, size, Depth::Mixed6e, &mixed6e, Heuristic);
         let full = format!("full_b{batch}_{size}");
-        case(c, batch, size, Depth::Full { classes: 1000 }, &full);
+        case(
+            c,
+            batch,
+            size,
+            Depth::Full { classes: 1000 },
+            &full,
+            Heuristic,
+        );
+        // Timed algorithm choice, the peer of PyTorch's fp32 + cudnn.benchmark row.
+        let timed = format!("{mixed6e}_timed");
+        case(c, batch, size, Depth::Mixed6e, &timed, Timed);
     }
 }
 

@@ -64,7 +64,8 @@ fn config_file_eval_and_predict() {
     train_eval_predict_localize_visualize("cpu", "run");
 }
 
-/// The same commands with `--device cuda:0` over the file's `cpu`: the CLI's whole GPU path.
+/// The same commands with `--device cuda:0` over the file's `cpu`: the CLI's whole GPU path,
+/// training with cuDNN's algorithms picked by timing (`--cudnn-benchmark`).
 #[test]
 fn gpu_config_file_eval_and_predict() {
     if c2f_kernels::testing::gpu_or_skip("cli gpu_config_file_eval_and_predict").is_none() {
@@ -126,8 +127,8 @@ fn emulator_unusable_gpu_warns_and_runs_on_the_cpu() {
     );
 }
 
-/// A one-epoch run from a config file, then `eval`, `predict`, `localize` and `visualize` on its
-/// checkpoint, all on `device`.
+/// A one-epoch run from a config file (with `--cudnn-benchmark`, which the CPU ignores), then
+/// `eval`, `predict`, `localize` and `visualize` on its checkpoint, all on `device`.
 fn train_eval_predict_localize_visualize(device: &str, name: &str) {
     let dir = scratch(name);
     let config = dir.join("tiny.toml");
@@ -148,6 +149,7 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
         "1",
         "--device",
         device,
+        "--cudnn-benchmark",
         "--run-dir",
         path(&run_dir),
     ]);
@@ -162,6 +164,8 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
         .lines()
         .any(|l| l.starts_with("device: ") && l.contains("(sm_"));
     assert_eq!(on_gpu, device != "cpu", "{log}");
+    let timed = log.contains("cuDNN algorithms by timing");
+    assert_eq!(timed, device != "cpu", "{log}");
     assert!(log.contains("| Coarse2Fine |"), "{log}");
     assert!(!log.contains("InceptionV3 baseline |"), "{log}");
 

@@ -15,7 +15,7 @@ use c2f_inception::backend::{Backend, BnMode, BnParams, BnStats, LinearShape, Te
 use c2f_inception::cpu::conv::Conv2dShape;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
-use c2f_inception::cuda::CudaBackend;
+use c2f_inception::cuda::{AlgorithmChoice, ConvAlgorithms, CudaBackend};
 use c2f_inception::spec::Graph;
 use c2f_kernels::bap::BapShape;
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
@@ -131,9 +131,27 @@ const CONV_ALIGN: usize = 4;
 
 #[test]
 fn conv2d_matches_cpu() {
-    let Some(gpu) = cuda_or_skip("conv2d_matches_cpu") else {
-        return;
-    };
+    if let Some(gpu) = cuda_or_skip("conv2d_matches_cpu") {
+        check_conv2d(gpu);
+    }
+}
+
+/// The same with algorithms picked by timing, which tries FFT and Winograd algorithms the
+/// heuristic may never pick; it prints what it picked.
+#[test]
+fn conv2d_with_timed_algorithms_matches_cpu() {
+    if let Some(mut gpu) = cuda_or_skip("conv2d_with_timed_algorithms_matches_cpu") {
+        gpu.set_conv_algorithm_choice(AlgorithmChoice::Timed);
+        let algorithms = check_conv2d(gpu);
+        for (shape, algos) in algorithms {
+            println!("  {shape:?}: {algos:?}");
+        }
+    }
+}
+
+/// Each convolution's three passes at shapes the network has (1×1, 3×3 strided, 1×7, 7×1,
+/// 5×5), against the CPU; returns the algorithms the GPU used.
+fn check_conv2d(gpu: CudaBackend) -> Vec<(Conv2dShape, ConvAlgorithms)> {
     let mut p = Pair::new(gpu);
     let shapes = [
         (2, 5, 9, 11, 7, (3, 3), (2, 2), (0, 0)),
@@ -176,6 +194,7 @@ fn conv2d_matches_cpu() {
         p.run(&name, |b| b.conv2d_backward_filter(&s, x, dy, dw));
         p.check(&format!("{name} backward filter (accumulates)"), dw);
     }
+    p.gpu.conv_algorithms()
 }
 
 #[test]
@@ -716,9 +735,31 @@ fn grad_norms(graph: &Graph, grads: &[f64]) -> Vec<(String, f64)> {
 
 #[test]
 fn golden_case_matches_cpu_f32() {
-    let Some(mut gpu) = cuda_or_skip("golden_case_matches_cpu_f32") else {
+    if let Some(gpu) = cuda_or_skip("golden_case_matches_cpu_f32") {
+        check_golden_case(gpu);
+    }
+}
+
+/// The same with every convolution's algorithms picked by timing, which may pick FFT and
+/// Winograd ones with other rounding. On a GPU only: the emulator has one algorithm in effect
+/// (`conv2d_with_timed_algorithms_matches_cpu` covers the timing there), and timing seventeen
+/// candidates at width 1.0 would take it minutes.
+#[test]
+fn golden_case_with_timed_algorithms_matches_cpu_f32() {
+    let test = "golden_case_with_timed_algorithms_matches_cpu_f32";
+    let Some(mut gpu) = cuda_or_skip(test) else {
         return;
     };
+    if gpu.gpu().is_emulator() {
+        return println!("{test}: skipped: on the CPU emulator");
+    }
+    gpu.set_conv_algorithm_choice(AlgorithmChoice::Timed);
+    check_golden_case(gpu);
+}
+
+/// The golden case on `gpu` against the CPU backend in f32 and PyTorch's float64 run; prints the
+/// algorithms cuDNN used and every error, and names each check that is off.
+fn check_golden_case(mut gpu: CudaBackend) {
     let graph = golden::graph();
     let mut gpu_net = golden::network(&mut gpu);
     let ours = golden::run(&mut gpu, &mut gpu_net);

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """PyTorch on the GPU, the CUDA backend's peer: torchvision's InceptionV3 forward+backward in
 train mode at batch 64, 299² and 448², up to Mixed_6e and full (1000 classes, aux head off),
-in fp32 and in AMP (bf16 autocast) + channels_last + cudnn.benchmark. Timed with CUDA events
-after a warm-up; prints one TORCHGPU line per case (images/s, ms/step, peak memory).
+in fp32 (cudnn.benchmark off, as PyTorch defaults), fp32 + cudnn.benchmark (the peer of the Rust
+bench's `_timed` rows), and AMP (bf16 autocast) + channels_last + cudnn.benchmark. TF32 is off
+in every mode. Timed with CUDA events after a warm-up; prints one TORCHGPU line per case
+(images/s, ms/step, peak memory).
 `tools/gpu-check.sh run` calls it beside the Rust benches, on the same card.
 
     python3 tools/torch_baseline.py [--batch 64] [--steps 10]
@@ -26,7 +28,7 @@ def model(depth: str) -> torch.nn.Module:
 
 
 def run(depth: str, size: int, mode: str, batch: int, steps: int) -> None:
-    torch.backends.cudnn.benchmark = mode == "amp"
+    torch.backends.cudnn.benchmark = mode != "fp32"
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     net = model(depth).cuda().train()
@@ -67,7 +69,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}")
     for depth in ["mixed6e", "full"]:
         for size in [299, 448]:
-            for mode in ["fp32", "amp"]:
+            for mode in ["fp32", "fp32-benchmark", "amp"]:
                 run(depth, size, mode, args.batch, args.steps)
 
 

@@ -68,6 +68,19 @@ size_t workspace_bytes(Op op, int algo) {
     return 4096 * (size_t)(algo + 1);
 }
 
+// Whether cuDNN runs `algo` for this convolution, by two of its rules, so that a caller trying
+// every algorithm meets refusals: the FFT algorithms need unit strides, and backward-filter
+// WINOGRAD (4) is listed but not implemented.
+bool supported(Op op, int algo, const Convolution* cv) {
+    const int count = op == Op::Forward ? 8 : op == Op::BackwardData ? 6 : 7;
+    if (algo < 0 || algo >= count) return false;
+    const bool fft = op == Op::Forward        ? algo == 4 || algo == 5
+                     : op == Op::BackwardData ? algo == 2 || algo == 3
+                                              : algo == 2 || algo == 6;
+    if (fft && (cv->stride_h != 1 || cv->stride_w != 1)) return false;
+    return !(op == Op::BackwardFilter && algo == 4);
+}
+
 cudnnStatus_t bad(const std::string& call, const std::string& why) {
     emu::report(call + ": " + why);
     return CUDNN_STATUS_BAD_PARAM;
@@ -126,6 +139,7 @@ cudnnStatus_t convolve(const std::string& call, Op op, const Operands& o, const 
                        float beta, float* out, Accumulate accumulate) {
     std::lock_guard<std::mutex> lock(emu::api_mutex());
     if (cudnnStatus_t s = check_shapes(call, o.x, o.w, cv, o.y)) return s;
+    if (!supported(op, algo, cv)) return CUDNN_STATUS_NOT_SUPPORTED;
     const struct {
         const char* name;
         const void* ptr;
@@ -359,23 +373,28 @@ CUDNN cudnnGetConvolutionBackwardFilterAlgorithm_v7(Handle*, Tensor4d* x, Tensor
     if (cudnnStatus_t s = check_shapes("cudnnGetConvolutionBackwardFilterAlgorithm_v7", x, dw, cv, dy)) return s;
     return find(Op::BackwardFilter, requested, returned, r);
 }
+// The three workspace queries: cuDNN's checks, then the emulated algorithm's bytes.
+cudnnStatus_t workspace_query(const std::string& call, Op op, const Tensor4d* x, const Tensor4d* w,
+                              const Convolution* cv, const Tensor4d* y, int algo, size_t* bytes) {
+    if (cudnnStatus_t s = check_shapes(call, x, w, cv, y)) return s;
+    if (!supported(op, algo, cv)) return CUDNN_STATUS_NOT_SUPPORTED;
+    *bytes = workspace_bytes(op, algo);
+    return CUDNN_STATUS_SUCCESS;
+}
 CUDNN cudnnGetConvolutionForwardWorkspaceSize(Handle*, Tensor4d* x, Tensor4d* w, Convolution* cv,
                                               Tensor4d* y, int algo, size_t* bytes) {
-    if (cudnnStatus_t s = check_shapes("cudnnGetConvolutionForwardWorkspaceSize", x, w, cv, y)) return s;
-    *bytes = workspace_bytes(Op::Forward, algo);
-    return CUDNN_STATUS_SUCCESS;
+    return workspace_query("cudnnGetConvolutionForwardWorkspaceSize", Op::Forward, x, w, cv, y, algo,
+                           bytes);
 }
 CUDNN cudnnGetConvolutionBackwardDataWorkspaceSize(Handle*, Tensor4d* w, Tensor4d* dy, Convolution* cv,
                                                    Tensor4d* dx, int algo, size_t* bytes) {
-    if (cudnnStatus_t s = check_shapes("cudnnGetConvolutionBackwardDataWorkspaceSize", dx, w, cv, dy)) return s;
-    *bytes = workspace_bytes(Op::BackwardData, algo);
-    return CUDNN_STATUS_SUCCESS;
+    return workspace_query("cudnnGetConvolutionBackwardDataWorkspaceSize", Op::BackwardData, dx, w,
+                           cv, dy, algo, bytes);
 }
 CUDNN cudnnGetConvolutionBackwardFilterWorkspaceSize(Handle*, Tensor4d* x, Tensor4d* dy, Convolution* cv,
                                                      Tensor4d* dw, int algo, size_t* bytes) {
-    if (cudnnStatus_t s = check_shapes("cudnnGetConvolutionBackwardFilterWorkspaceSize", x, dw, cv, dy)) return s;
-    *bytes = workspace_bytes(Op::BackwardFilter, algo);
-    return CUDNN_STATUS_SUCCESS;
+    return workspace_query("cudnnGetConvolutionBackwardFilterWorkspaceSize", Op::BackwardFilter, x,
+                           dw, cv, dy, algo, bytes);
 }
 
 CUDNN cudnnConvolutionForward(Handle*, const float* alpha, Tensor4d* xd, const float* x, Tensor4d* wd,

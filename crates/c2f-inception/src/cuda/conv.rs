@@ -1,19 +1,22 @@
 //! Convolutions through cuDNN (cudarc's safe API), NCHW f32 without TF32.
 //!
 //! - **Plans**: the first call with a [`Conv2dShape`] builds its descriptors and picks its three
-//!   algorithms (forward, backward-data, backward-filter) once; later calls reuse them. The pick
-//!   is cuDNN's heuristic (`cudnnGetConvolution*Algorithm_v7`, the query the safe API exposes
-//!   through `pick_algorithm`; it ranks by expected speed without timing runs).
+//!   algorithms (forward, backward-data, backward-filter) once; later calls reuse them. How they
+//!   are picked is the [`AlgorithmChoice`]: cuDNN's heuristic by default
+//!   (`cudnnGetConvolution*Algorithm_v7`, which ranks by expected speed without running
+//!   anything), or by timing every candidate on the shape (PyTorch's `cudnn.benchmark`).
 //! - **Determinism**: every cuDNN forward algorithm is deterministic. Backward-data `ALGO_0` and
 //!   backward-filter `ALGO_0` and `ALGO_3` sum with atomics; when the heuristic ranks one of them
-//!   first, `ALGO_1` (deterministic, supports every 2-D NCHW float case) is used instead. So every
-//!   convolution gives the same bits on every run on the same GPU and library.
+//!   first, `ALGO_1` (deterministic, supports every 2-D NCHW float case) is used instead, and
+//!   timing never tries them. So every convolution gives the same bits on every call with the
+//!   same plan; with the heuristic, also on every run on the same GPU and library.
 //! - **Precision**: the math type is `CUDNN_FMA_MATH`, so no TF32 tensor-core kernel is chosen:
 //!   f32 is f32.
 //! - **Workspace**: one buffer for every plan, grown when a new plan needs more; a training step
 //!   after the first allocates nothing. An algorithm asking for more than [`WORKSPACE_LIMIT`] is
 //!   replaced by the implicit-GEMM forward or `ALGO_1` backward, which need little or none (the
-//!   heuristic does not weigh workspace, and FFT algorithms can ask for gigabytes).
+//!   heuristic does not weigh workspace, and FFT algorithms can ask for gigabytes); timing passes
+//!   over it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +32,7 @@ use cudarc::cudnn::{
     ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnError,
     FilterDescriptor, TensorDescriptor,
 };
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 
 use crate::cpu::conv::Conv2dShape;
@@ -62,6 +66,20 @@ fn key(s: &Conv2dShape) -> ConvKey {
     ]
 }
 
+/// How a plan picks its algorithms; see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AlgorithmChoice {
+    /// cuDNN's heuristic ranking, without running anything: the same pick on every run, so the
+    /// same bits.
+    #[default]
+    Heuristic,
+    /// Every deterministic candidate timed once per shape and the fastest kept (PyTorch's
+    /// `cudnn.benchmark`). Faster where the heuristic misjudges, at a few seconds of timing when
+    /// a shape is first met; near-ties may go either way, so two runs may pick differently and
+    /// differ in their last bits.
+    Timed,
+}
+
 /// The algorithms chosen for one shape, for reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvAlgorithms {
@@ -87,7 +105,12 @@ fn c_int(what: &str, v: usize) -> Result<i32> {
 }
 
 impl ConvPlan {
-    fn new(handle: &Arc<Cudnn>, s: &Conv2dShape) -> Result<ConvPlan> {
+    fn new(
+        handle: &Arc<Cudnn>,
+        stream: &Arc<CudaStream>,
+        s: &Conv2dShape,
+        choice: AlgorithmChoice,
+    ) -> Result<ConvPlan> {
         let nchw = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
         let [n, c, h, w, k] = [
             ("batch", s.batch),
@@ -142,60 +165,203 @@ impl ConvPlan {
             w: &filter,
             y: &y,
         };
-        let mut forward = fwd.pick_algorithm().map_err(cudnn_error)?;
-        let mut forward_ws = fwd.get_workspace_size(forward).map_err(cudnn_error)?;
-        if forward_ws > WORKSPACE_LIMIT {
-            forward = FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
-            forward_ws = fwd.get_workspace_size(forward).map_err(cudnn_error)?;
-        }
         let bwd_data = ConvBackwardData {
             conv: &conv,
             dx: &x,
             w: &filter,
             dy: &y,
         };
-        let mut backward_data = deterministic_data(bwd_data.pick_algorithm().map_err(cudnn_error)?);
-        let mut backward_data_ws = bwd_data
-            .get_workspace_size(backward_data)
-            .map_err(cudnn_error)?;
-        if backward_data_ws > WORKSPACE_LIMIT {
-            backward_data = BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
-            backward_data_ws = bwd_data
-                .get_workspace_size(backward_data)
-                .map_err(cudnn_error)?;
-        }
         let bwd_filter = ConvBackwardFilter {
             conv: &conv,
             x: &x,
             dw: &filter,
             dy: &y,
         };
-        let mut backward_filter =
-            deterministic_filter(bwd_filter.pick_algorithm().map_err(cudnn_error)?);
-        let mut backward_filter_ws = bwd_filter
-            .get_workspace_size(backward_filter)
-            .map_err(cudnn_error)?;
-        if backward_filter_ws > WORKSPACE_LIMIT {
-            backward_filter = BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
-            backward_filter_ws = bwd_filter
-                .get_workspace_size(backward_filter)
-                .map_err(cudnn_error)?;
-        }
-        let workspace = [forward_ws, backward_data_ws, backward_filter_ws];
+        let algos = match choice {
+            AlgorithmChoice::Heuristic => heuristic_algorithms(&fwd, &bwd_data, &bwd_filter),
+            AlgorithmChoice::Timed => timed_algorithms(stream, s, &fwd, &bwd_data, &bwd_filter),
+        }?;
         Ok(ConvPlan {
             shape: *s,
             x,
             w: filter,
             y,
             conv,
-            algos: ConvAlgorithms {
-                forward,
-                backward_data,
-                backward_filter,
-                workspace,
-            },
+            algos,
         })
     }
+}
+
+/// cuDNN's heuristic pick in each direction, made deterministic and held to
+/// [`WORKSPACE_LIMIT`].
+fn heuristic_algorithms(
+    fwd: &ConvForward<f32, f32, f32>,
+    bwd_data: &ConvBackwardData<f32, f32, f32>,
+    bwd_filter: &ConvBackwardFilter<f32, f32, f32>,
+) -> Result<ConvAlgorithms> {
+    let mut forward = fwd.pick_algorithm().map_err(cudnn_error)?;
+    let mut forward_ws = fwd.get_workspace_size(forward).map_err(cudnn_error)?;
+    if forward_ws > WORKSPACE_LIMIT {
+        forward = FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
+        forward_ws = fwd.get_workspace_size(forward).map_err(cudnn_error)?;
+    }
+    let mut backward_data = deterministic_data(bwd_data.pick_algorithm().map_err(cudnn_error)?);
+    let mut backward_data_ws = bwd_data
+        .get_workspace_size(backward_data)
+        .map_err(cudnn_error)?;
+    if backward_data_ws > WORKSPACE_LIMIT {
+        backward_data = BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
+        backward_data_ws = bwd_data
+            .get_workspace_size(backward_data)
+            .map_err(cudnn_error)?;
+    }
+    let mut backward_filter =
+        deterministic_filter(bwd_filter.pick_algorithm().map_err(cudnn_error)?);
+    let mut backward_filter_ws = bwd_filter
+        .get_workspace_size(backward_filter)
+        .map_err(cudnn_error)?;
+    if backward_filter_ws > WORKSPACE_LIMIT {
+        backward_filter = BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
+        backward_filter_ws = bwd_filter
+            .get_workspace_size(backward_filter)
+            .map_err(cudnn_error)?;
+    }
+    Ok(ConvAlgorithms {
+        forward,
+        backward_data,
+        backward_filter,
+        workspace: [forward_ws, backward_data_ws, backward_filter_ws],
+    })
+}
+
+/// Every forward algorithm.
+const FORWARD_CANDIDATES: [FwdAlgo; 8] = [
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_DIRECT,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
+];
+
+/// The deterministic backward-data algorithms (all but `ALGO_0`).
+const BACKWARD_DATA_CANDIDATES: [BwdDataAlgo; 5] = [
+    BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+    BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT,
+    BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING,
+    BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD,
+    BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED,
+];
+
+/// The deterministic backward-filter algorithms cuDNN implements (not `ALGO_0`, `ALGO_3`, or
+/// `WINOGRAD`, which cuDNN lists but does not implement).
+const BACKWARD_FILTER_CANDIDATES: [BwdFilterAlgo; 4] = [
+    BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
+    BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT,
+    BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED,
+    BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING,
+];
+
+/// Timed runs of each candidate, after one warm-up run.
+const TIMED_RUNS: usize = 3;
+
+/// The fastest candidate in each direction, timed on scratch tensors of the shape (as
+/// `cudnnFindConvolution*Algorithm` does: the values do not change the work). Their memory is
+/// freed once the plan is made.
+fn timed_algorithms(
+    stream: &Arc<CudaStream>,
+    s: &Conv2dShape,
+    fwd: &ConvForward<f32, f32, f32>,
+    bwd_data: &ConvBackwardData<f32, f32, f32>,
+    bwd_filter: &ConvBackwardFilter<f32, f32, f32>,
+) -> Result<ConvAlgorithms> {
+    let mut x = stream.alloc_zeros::<f32>(s.input_len())?;
+    let mut w = stream.alloc_zeros::<f32>(s.weight_len())?;
+    let mut y = stream.alloc_zeros::<f32>(s.output_len())?;
+    // SAFETY (the three launches): x, w and y have the lengths the descriptors give (the
+    // shape's), and the workspace holds what the algorithm asked for.
+    let (forward, forward_ws) = fastest(
+        stream,
+        s,
+        &FORWARD_CANDIDATES,
+        |a| fwd.get_workspace_size(a),
+        |a, ws| unsafe { fwd.launch(a, ws, (1.0, 0.0), &x, &w, &mut y) },
+    )?;
+    let (backward_data, backward_data_ws) = fastest(
+        stream,
+        s,
+        &BACKWARD_DATA_CANDIDATES,
+        |a| bwd_data.get_workspace_size(a),
+        |a, ws| unsafe { bwd_data.launch(a, ws, (1.0, 0.0), &mut x, &w, &y) },
+    )?;
+    let (backward_filter, backward_filter_ws) = fastest(
+        stream,
+        s,
+        &BACKWARD_FILTER_CANDIDATES,
+        |a| bwd_filter.get_workspace_size(a),
+        |a, ws| unsafe { bwd_filter.launch(a, ws, (1.0, 0.0), &x, &mut w, &y) },
+    )?;
+    Ok(ConvAlgorithms {
+        forward,
+        backward_data,
+        backward_filter,
+        workspace: [forward_ws, backward_data_ws, backward_filter_ws],
+    })
+}
+
+/// The candidate with the least CUDA-event time over [`TIMED_RUNS`] runs, and its workspace
+/// bytes. A candidate that cuDNN does not support for this shape (its workspace query or its
+/// warm-up run fails) or that asks for more than [`WORKSPACE_LIMIT`] is passed over.
+fn fastest<A: Copy + std::fmt::Debug>(
+    stream: &Arc<CudaStream>,
+    s: &Conv2dShape,
+    candidates: &[A],
+    workspace_size: impl Fn(A) -> std::result::Result<usize, CudnnError>,
+    mut run: impl FnMut(A, Option<&mut CudaSlice<u8>>) -> std::result::Result<(), CudnnError>,
+) -> Result<(A, usize)> {
+    let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
+    let mut best: Option<(A, usize, f32)> = None;
+    let mut refusals = Vec::new();
+    for &algo in candidates {
+        let bytes = match workspace_size(algo) {
+            Ok(bytes) if bytes <= WORKSPACE_LIMIT => bytes,
+            Ok(bytes) => {
+                refusals.push(format!("{algo:?}: {bytes} workspace bytes"));
+                continue;
+            }
+            Err(e) => {
+                refusals.push(format!("{algo:?}: {e:?}"));
+                continue;
+            }
+        };
+        let mut workspace = match bytes {
+            0 => None,
+            _ => Some(stream.alloc_zeros::<u8>(bytes)?),
+        };
+        if let Err(e) = run(algo, workspace.as_mut()) {
+            refusals.push(format!("{algo:?}: {e:?}"));
+            continue;
+        }
+        let start = stream.record_event(timing)?;
+        for _ in 0..TIMED_RUNS {
+            run(algo, workspace.as_mut()).map_err(cudnn_error)?;
+        }
+        let end = stream.record_event(timing)?;
+        let ms = start.elapsed_ms(&end)?;
+        if best.is_none_or(|(_, _, best_ms)| ms < best_ms) {
+            best = Some((algo, bytes, ms));
+        }
+    }
+    best.map(|(algo, bytes, _)| (algo, bytes))
+        .ok_or_else(|| Error::Library {
+            library: "cuDNN",
+            message: format!(
+                "no algorithm runs the convolution {s:?}: {}",
+                refusals.join("; ")
+            ),
+        })
 }
 
 /// Backward-data `ALGO_0` is the one non-deterministic algorithm; `ALGO_1` replaces it.
@@ -225,6 +391,7 @@ pub(crate) struct ConvEngine {
     stream: Arc<CudaStream>,
     plans: HashMap<ConvKey, ConvPlan>,
     workspace: Option<CudaSlice<u8>>,
+    choice: AlgorithmChoice,
 }
 
 impl ConvEngine {
@@ -245,7 +412,21 @@ impl ConvEngine {
             stream: stream.clone(),
             plans: HashMap::new(),
             workspace: None,
+            choice: AlgorithmChoice::default(),
         })
+    }
+
+    pub(crate) fn choice(&self) -> AlgorithmChoice {
+        self.choice
+    }
+
+    /// Picks later plans' algorithms by `choice`; the plans made so far are dropped when it
+    /// changes, so every shape is planned the new way on its next call.
+    pub(crate) fn set_choice(&mut self, choice: AlgorithmChoice) {
+        if choice != self.choice {
+            self.plans.clear();
+            self.choice = choice;
+        }
     }
 
     /// The algorithms chosen so far, one entry per shape.
@@ -261,7 +442,7 @@ impl ConvEngine {
         }
         let k = key(s);
         if !self.plans.contains_key(&k) {
-            let plan = ConvPlan::new(&self.handle, s)?;
+            let plan = ConvPlan::new(&self.handle, &self.stream, s, self.choice)?;
             let need = plan.algos.workspace.into_iter().max().unwrap_or(0);
             let have = self.workspace.as_ref().map_or(0, |w| w.len());
             if need > have {

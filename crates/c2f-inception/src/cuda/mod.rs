@@ -48,8 +48,8 @@ use crate::backend::{
     check_operands, Backend, BnMode, BnParams, BnStats, IndexTensor, LinearShape, Tensor,
 };
 use crate::cpu::conv::Conv2dShape;
-pub use conv::ConvAlgorithms;
 use conv::ConvEngine;
+pub use conv::{AlgorithmChoice, ConvAlgorithms};
 use linear::LinearEngine;
 
 /// A range of one of the backend's device buffers, as the launchers take their operands
@@ -261,6 +261,12 @@ impl CudaBackend {
         Ok(self.mem.operands(&[t], &[], &[])?.input(t))
     }
 
+    /// How cuDNN convolution algorithms are picked from now on ([`AlgorithmChoice`]; the
+    /// heuristic unless set).
+    pub fn set_conv_algorithm_choice(&mut self, choice: AlgorithmChoice) {
+        self.conv.set_choice(choice);
+    }
+
     /// The cuDNN algorithms chosen so far, one entry per convolution shape.
     pub fn conv_algorithms(&self) -> Vec<(Conv2dShape, ConvAlgorithms)> {
         self.conv.algorithms()
@@ -276,9 +282,13 @@ impl Backend for CudaBackend {
     type Scalar = f32;
 
     fn describe(&self) -> String {
-        match self.gpu.describe() {
+        let device = match self.gpu.describe() {
             Ok(name) => format!("cuda f32 ({name})"),
             Err(e) => format!("cuda f32 (device not described: {e})"),
+        };
+        match self.conv.choice() {
+            AlgorithmChoice::Heuristic => device,
+            AlgorithmChoice::Timed => format!("{device}, cuDNN algorithms by timing"),
         }
     }
 

@@ -15,7 +15,7 @@ use c2f_dist::workers::{parse_gpus, run_workers, WorkerCommand};
 use c2f_dist::DistError;
 use c2f_inception::backend::Backend;
 use c2f_inception::cpu::CpuBackend;
-use c2f_inception::cuda::CudaBackend;
+use c2f_inception::cuda::{AlgorithmChoice, CudaBackend};
 use c2f_inception::weights::write_atomically;
 use c2f_kernels::device::device_count;
 use c2f_kernels::{Error, Result};
@@ -88,6 +88,11 @@ struct TrainArgs {
     /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
     #[arg(long)]
     device: Option<String>,
+    /// On a GPU, pick each convolution's cuDNN algorithms by timing them when its shape is first
+    /// met (PyTorch's `cudnn.benchmark`), not by cuDNN's heuristic: often faster, but two runs
+    /// may then differ in their last bits. Ignored on the CPU.
+    #[arg(long)]
+    cudnn_benchmark: bool,
     /// Which models to train.
     #[arg(long, value_enum, default_value = "both")]
     models: Models,
@@ -554,7 +559,7 @@ fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
     }
     let launch = LaunchInfo::from_env(args.master.as_deref())?;
     let mut nccl = None;
-    let cuda = if launch.world_size > 1 {
+    let mut cuda = if launch.world_size > 1 {
         if args.device.as_deref() == Some("cpu") {
             return Err(no_cpu_ranks());
         }
@@ -567,6 +572,9 @@ fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
     } else {
         open_device(args.device.as_deref())?
     };
+    if let (Some(b), true) = (cuda.as_mut(), args.cudnn_benchmark) {
+        b.set_conv_algorithm_choice(AlgorithmChoice::Timed);
+    }
     let leader = launch.rank == 0;
     let gpu = cuda.is_some();
     let data = if args.dataset == "synthetic" {
