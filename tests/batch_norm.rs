@@ -1,14 +1,16 @@
 //! Batch norm (+ fused ReLU): the CPU reference against hand-computed values and finite
 //! differences (f64) in both modes, the accumulation rule and bad input; the f32 CPU backend and
-//! the CUDA kernels (f32, bf16) against the f64 reference (GPU tests skip without a GPU).
+//! the CUDA kernels (f32, bf16) and the benches' cuDNN baseline against the f64 reference (GPU
+//! tests skip without a GPU).
 
+use c2f_kernels::batch_norm::baseline::BatchNormCudnn;
 use c2f_kernels::batch_norm::{
     backward_inference_cpu, backward_train_cpu, forward_inference_cpu, forward_train_cpu,
     BatchNormGpu, BatchNormParams, BatchNormShape, INCEPTION_EPS,
 };
 use c2f_kernels::testing::{
-    assert_bit_identical, gpu_or_skip, numeric_gradient, rel_error, round_through, widen,
-    SplitMix64,
+    assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,
+    widen, SplitMix64,
 };
 use c2f_kernels::{Element, Gpu};
 
@@ -949,4 +951,89 @@ fn gpu_variance_survives_large_means() {
         &gpu.download(&m).unwrap(),
         &gpu.download(&v).unwrap(),
     );
+}
+
+/// cuDNN's batch norm and ReLU, the benches' baseline, against the f64 reference in training
+/// mode, forward and backward, outputs poisoned: a baseline computing another op would make the
+/// benches' speed-ups meaningless. Its bound is looser than our kernels': it is not under test,
+/// only checked to be the same op.
+#[test]
+fn gpu_cudnn_baseline_matches_reference() {
+    let test = "batch_norm gpu_cudnn_baseline_matches_reference";
+    let Some(gpu) = gpu_or_skip(test) else {
+        return;
+    };
+    for s in [shape(2, 4, 7, 5), shape(3, 5, 64, 64), shape(8, 96, 35, 35)] {
+        for relu in [true, false] {
+            let p = params(relu);
+            let Some(mut bn) = library_or_skip(test, BatchNormCudnn::new(&gpu, s, p)) else {
+                return;
+            };
+            let mut inp = draw(&s, 17);
+            let as_f32 = |v: &mut Vec<f64>| {
+                let (v32, rounded) = round_through::<f32>(v);
+                *v = rounded;
+                gpu.upload(&v32).unwrap()
+            };
+            let x = as_f32(&mut inp.x);
+            let dy = as_f32(&mut inp.dy);
+            let gamma = as_f32(&mut inp.gamma);
+            let beta = as_f32(&mut inp.beta);
+            let mut running_mean = as_f32(&mut inp.running_mean);
+            let mut running_var = as_f32(&mut inp.running_var);
+            let mut dgamma = as_f32(&mut inp.dgamma0);
+            let mut dbeta = as_f32(&mut inp.dbeta0);
+            let t = train64(&s, &p, &inp);
+            let (mut y, mut mean, mut invstd) = (
+                gpu.alloc_poisoned::<f32>(s.len()).unwrap(),
+                gpu.alloc_poisoned::<f32>(s.channels).unwrap(),
+                gpu.alloc_poisoned::<f32>(s.channels).unwrap(),
+            );
+            bn.forward_train(
+                &x,
+                &gamma,
+                &beta,
+                &mut running_mean,
+                &mut running_var,
+                &mut y,
+                &mut mean,
+                &mut invstd,
+            )
+            .unwrap();
+            // The backward starts from the forward's own outputs, as in training.
+            let d = |v: &cudarc::driver::CudaSlice<f32>| widen(&gpu.download(v).unwrap());
+            let (ref_dx, ref_dg, ref_db) =
+                back_train64(&s, &p, &inp, &d(&y), &d(&mean), &d(&invstd));
+            let mut dx = gpu.alloc_poisoned::<f32>(s.len()).unwrap();
+            bn.backward_train(
+                &x,
+                &y,
+                &gamma,
+                &mean,
+                &invstd,
+                &dy,
+                &mut dx,
+                &mut dgamma,
+                &mut dbeta,
+            )
+            .unwrap();
+            for (what, got, want) in [
+                ("y", d(&y), &t.y),
+                ("save_mean", d(&mean), &t.save_mean),
+                ("save_invstd", d(&invstd), &t.save_invstd),
+                ("running_mean", d(&running_mean), &t.running_mean),
+                ("running_var", d(&running_var), &t.running_var),
+                ("dx", d(&dx), &ref_dx),
+                ("dgamma", d(&dgamma), &ref_dg),
+                ("dbeta", d(&dbeta), &ref_db),
+            ] {
+                let e = rel_error(&got, want);
+                println!("cuDNN batch norm relu={relu} {s:?} {what}: relative error {e:.2e}");
+                assert!(
+                    e < 1e-4,
+                    "cuDNN batch norm relu={relu} {s:?}: {what} is {e:.3e} off"
+                );
+            }
+        }
+    }
 }

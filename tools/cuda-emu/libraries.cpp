@@ -1,4 +1,4 @@
-// Stand-ins for the parts of cuDNN (convolutions), cuBLAS (GEMM) and NCCL (a world of one) that
+// Stand-ins for the parts of cuDNN (convolutions; batch norm and ReLU for a bench baseline), cuBLAS (GEMM) and NCCL (a world of one) that
 // our CUDA backend, collective and benchmarks' baselines call, in the emulator's shared object;
 // build.py links libcudnn.so, libcublas.so and libnccl.so to it. Plain loops in a fixed order, accumulating in f64: the real libraries sum
 // in tiles, far closer to exact than one long f32 sum, and the stand-ins are not what is under
@@ -6,6 +6,7 @@
 // they check descriptors and leading dimensions, and the emulator also checks that every
 // operand lies inside one device allocation, naming the call.
 
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -191,6 +192,44 @@ cudnnStatus_t find(Op op, int requested, int* returned, AlgoPerf* results) {
         results[i].determinism = ranked[i].determinism;
     }
     *returned = count;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+// Batch norm (spatial mode) and ReLU, for the batch-norm bench's cuDNN baseline: the same
+// formulas as PyTorch's BatchNorm2d (biased variance to normalise, unbiased into the running one).
+constexpr int CUDNN_BATCHNORM_SPATIAL = 1;
+constexpr int CUDNN_ACTIVATION_RELU = 1;
+struct Activation {
+    int mode = -1;
+};
+
+// Whether every operand lies inside one device allocation, reporting the first that does not.
+bool in_device(const std::string& call,
+               std::initializer_list<std::pair<const char*, std::pair<const void*, size_t>>> operands) {
+    for (const auto& [name, range] : operands)
+        if (!emu::is_device_range(range.first, range.second)) {
+            bad(call, std::string(name) + " (" + std::to_string(range.second) +
+                          " bytes by its descriptor) is not inside one device allocation");
+            return false;
+        }
+    return true;
+}
+
+// Checks a batch-norm call's descriptors: spatial mode, f32 activations and a 1xCx1x1 f32
+// per-channel descriptor.
+cudnnStatus_t check_batch_norm(const std::string& call, int mode, const Tensor4d* x,
+                               const Tensor4d* y, const Tensor4d* stats) {
+    if (mode != CUDNN_BATCHNORM_SPATIAL) {
+        emu::report(call + ": only spatial batch norm is emulated");
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    }
+    if (!x || !y || !stats) return bad(call, "a null descriptor");
+    if (x->dtype != CUDNN_DATA_FLOAT || y->dtype != CUDNN_DATA_FLOAT || stats->dtype != CUDNN_DATA_FLOAT)
+        return bad(call, "only f32 is emulated");
+    if (y->n != x->n || y->c != x->c || y->h != x->h || y->w != x->w)
+        return bad(call, "x and y descriptors differ");
+    if (stats->n != 1 || stats->c != x->c || stats->h != 1 || stats->w != 1)
+        return bad(call, "the per-channel descriptor is not 1x" + std::to_string(x->c) + "x1x1");
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -423,6 +462,132 @@ CUDNN cudnnConvolutionBackwardFilter(Handle*, const float* alpha, Tensor4d* xd, 
                     *alpha, *beta, dw, [&](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
                         acc[wi] += (double)dy[yi] * x[xi];
                     });
+}
+
+CUDNN cudnnCreateActivationDescriptor(Activation** d) { *d = new Activation{}; return CUDNN_STATUS_SUCCESS; }
+CUDNN cudnnDestroyActivationDescriptor(Activation* d) { delete d; return CUDNN_STATUS_SUCCESS; }
+CUDNN cudnnSetActivationDescriptor(Activation* d, int mode, int, double) {
+    if (mode != CUDNN_ACTIVATION_RELU) {
+        emu::report("cudnnSetActivationDescriptor: only ReLU is emulated");
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    }
+    d->mode = mode;
+    return CUDNN_STATUS_SUCCESS;
+}
+CUDNN cudnnActivationForward(Handle*, Activation* act, const float* alpha, Tensor4d* xd, const float* x,
+                             const float* beta, Tensor4d* yd, float* y) {
+    std::lock_guard<std::mutex> lock(emu::api_mutex());
+    const std::string call = "cudnnActivationForward";
+    if (!act || act->mode != CUDNN_ACTIVATION_RELU) return bad(call, "not a ReLU descriptor");
+    if (!xd || !yd || xd->bytes() != yd->bytes()) return bad(call, "x and y descriptors differ");
+    if (!in_device(call, {{"x", {x, xd->bytes()}}, {"y", {y, yd->bytes()}}})) return CUDNN_STATUS_BAD_PARAM;
+    for (size_t i = 0; i < xd->bytes() / 4; ++i) {
+        const double r = x[i] > 0.0f ? x[i] : 0.0;
+        y[i] = (float)(*beta == 0.0f ? *alpha * r : *alpha * r + (double)*beta * y[i]);
+    }
+    return CUDNN_STATUS_SUCCESS;
+}
+CUDNN cudnnActivationBackward(Handle*, Activation* act, const float* alpha, Tensor4d* yd, const float* y,
+                              Tensor4d* dyd, const float* dy, Tensor4d* xd, const float* x,
+                              const float* beta, Tensor4d* dxd, float* dx) {
+    std::lock_guard<std::mutex> lock(emu::api_mutex());
+    const std::string call = "cudnnActivationBackward";
+    if (!act || act->mode != CUDNN_ACTIVATION_RELU) return bad(call, "not a ReLU descriptor");
+    if (!xd || !yd || !dyd || !dxd) return bad(call, "a null descriptor");
+    const size_t bytes = xd->bytes();
+    if (yd->bytes() != bytes || dyd->bytes() != bytes || dxd->bytes() != bytes)
+        return bad(call, "the four descriptors differ");
+    if (!in_device(call, {{"y", {y, bytes}}, {"dy", {dy, bytes}}, {"x", {x, bytes}}, {"dx", {dx, bytes}}}))
+        return CUDNN_STATUS_BAD_PARAM;
+    for (size_t i = 0; i < bytes / 4; ++i) {
+        const double g = x[i] > 0.0f ? dy[i] : 0.0;
+        dx[i] = (float)(*beta == 0.0f ? *alpha * g : *alpha * g + (double)*beta * dx[i]);
+    }
+    return CUDNN_STATUS_SUCCESS;
+}
+CUDNN cudnnBatchNormalizationForwardTraining(Handle*, int mode, const float* alpha, const float* beta,
+                                             Tensor4d* xd, const float* x, Tensor4d* yd, float* y,
+                                             Tensor4d* sd, const float* scale, const float* bias,
+                                             double factor, float* running_mean, float* running_var,
+                                             double eps, float* save_mean, float* save_invstd) {
+    std::lock_guard<std::mutex> lock(emu::api_mutex());
+    const std::string call = "cudnnBatchNormalizationForwardTraining";
+    if (cudnnStatus_t s = check_batch_norm(call, mode, xd, yd, sd)) return s;
+    const size_t per = sd->bytes();
+    if (!in_device(call, {{"x", {x, xd->bytes()}}, {"y", {y, yd->bytes()}}, {"scale", {scale, per}},
+                          {"bias", {bias, per}}, {"running mean", {running_mean, per}},
+                          {"running variance", {running_var, per}}, {"saved mean", {save_mean, per}},
+                          {"saved inverse std", {save_invstd, per}}}))
+        return CUDNN_STATUS_BAD_PARAM;
+    const int hw = xd->h * xd->w;
+    const double n = (double)xd->n * hw;
+    for (int c = 0; c < xd->c; ++c) {
+        double sum = 0.0, sq = 0.0;
+        for (int b = 0; b < xd->n; ++b)
+            for (int i = 0; i < hw; ++i) sum += x[((size_t)b * xd->c + c) * hw + i];
+        const double mean = sum / n;
+        for (int b = 0; b < xd->n; ++b)
+            for (int i = 0; i < hw; ++i) {
+                const double d = x[((size_t)b * xd->c + c) * hw + i] - mean;
+                sq += d * d;
+            }
+        const double var = sq / n, invstd = 1.0 / std::sqrt(var + eps);
+        for (int b = 0; b < xd->n; ++b)
+            for (int i = 0; i < hw; ++i) {
+                const size_t at = ((size_t)b * xd->c + c) * hw + i;
+                const double r = (x[at] - mean) * invstd * scale[c] + bias[c];
+                y[at] = (float)(*beta == 0.0f ? *alpha * r : *alpha * r + (double)*beta * y[at]);
+            }
+        running_mean[c] = (float)((1.0 - factor) * running_mean[c] + factor * mean);
+        running_var[c] = (float)((1.0 - factor) * running_var[c] + factor * var * n / (n - 1.0));
+        save_mean[c] = (float)mean;
+        save_invstd[c] = (float)invstd;
+    }
+    return CUDNN_STATUS_SUCCESS;
+}
+CUDNN cudnnBatchNormalizationBackward(Handle*, int mode, const float* alpha_data, const float* beta_data,
+                                      const float* alpha_param, const float* beta_param, Tensor4d* xd,
+                                      const float* x, Tensor4d* dyd, const float* dy, Tensor4d* dxd,
+                                      float* dx, Tensor4d* sd, const float* scale, float* dscale,
+                                      float* dbias, double, const float* save_mean,
+                                      const float* save_invstd) {
+    std::lock_guard<std::mutex> lock(emu::api_mutex());
+    const std::string call = "cudnnBatchNormalizationBackward";
+    if (cudnnStatus_t s = check_batch_norm(call, mode, xd, dyd, sd)) return s;
+    if (cudnnStatus_t s = check_batch_norm(call, mode, xd, dxd, sd)) return s;
+    const size_t per = sd->bytes(), bytes = xd->bytes();
+    if (!in_device(call, {{"x", {x, bytes}}, {"dy", {dy, bytes}}, {"dx", {dx, bytes}},
+                          {"scale", {scale, per}}, {"scale gradient", {dscale, per}},
+                          {"bias gradient", {dbias, per}}, {"saved mean", {save_mean, per}},
+                          {"saved inverse std", {save_invstd, per}}}))
+        return CUDNN_STATUS_BAD_PARAM;
+    const int hw = xd->h * xd->w;
+    const double n = (double)xd->n * hw;
+    for (int c = 0; c < xd->c; ++c) {
+        const double mean = save_mean[c], invstd = save_invstd[c];
+        double sum_g = 0.0, sum_gx = 0.0;
+        for (int b = 0; b < xd->n; ++b)
+            for (int i = 0; i < hw; ++i) {
+                const size_t at = ((size_t)b * xd->c + c) * hw + i;
+                sum_g += dy[at];
+                sum_gx += dy[at] * (x[at] - mean) * invstd;
+            }
+        for (int b = 0; b < xd->n; ++b)
+            for (int i = 0; i < hw; ++i) {
+                const size_t at = ((size_t)b * xd->c + c) * hw + i;
+                const double xhat = (x[at] - mean) * invstd;
+                const double r = scale[c] * invstd / n * (n * dy[at] - sum_g - xhat * sum_gx);
+                dx[at] = (float)(*beta_data == 0.0f ? *alpha_data * r
+                                                    : *alpha_data * r + (double)*beta_data * dx[at]);
+            }
+        const auto blend = [&](double r, float old) {
+            return (float)(*beta_param == 0.0f ? *alpha_param * r
+                                               : *alpha_param * r + (double)*beta_param * old);
+        };
+        dscale[c] = blend(sum_gx, dscale[c]);
+        dbias[c] = blend(sum_g, dbias[c]);
+    }
+    return CUDNN_STATUS_SUCCESS;
 }
 
 CUBLAS cublasCreate_v2(void** h) { *h = new int(0); return CUBLAS_STATUS_SUCCESS; }

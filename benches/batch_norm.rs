@@ -1,0 +1,198 @@
+//! Batch norm + ReLU benchmarks, training mode, forward then backward (one layer's share of a
+//! training step). Always: the CPU reference (the CPU backend's op). With a GPU: our kernels
+//! (`kernels/batch_norm.cu`, f32) against cuDNN's batch norm followed by its ReLU (what a
+//! framework runs for NCHW f32; `batch_norm::baseline`), at InceptionV3's shapes for batch 64 at
+//! 299²: `Conv2d_2b` (64 channels, 147²), a `Mixed_5b` branch (64, 35²) and a `Mixed_6e` branch
+//! (192, 17²). GB/s count the least traffic: x read and y written forward, x, y and dy read and
+//! dx written backward. Target: at least cuDNN's speed.
+
+mod common;
+
+use c2f_kernels::batch_norm::baseline::BatchNormCudnn;
+use c2f_kernels::batch_norm::{
+    backward_train_cpu, forward_train_cpu, BatchNormGpu, BatchNormParams, BatchNormShape,
+};
+use c2f_kernels::testing::{bench_smoke, library_or_skip, SplitMix64};
+use c2f_kernels::Gpu;
+use criterion::{criterion_group, criterion_main, Criterion};
+use cudarc::driver::CudaSlice;
+
+fn shape(batch: usize, channels: usize, side: usize) -> BatchNormShape {
+    BatchNormShape {
+        batch,
+        channels,
+        height: side,
+        width: side,
+    }
+}
+
+fn gpu_shapes() -> Vec<BatchNormShape> {
+    if bench_smoke() {
+        vec![shape(2, 8, 9)]
+    } else {
+        vec![shape(64, 64, 147), shape(64, 64, 35), shape(64, 192, 17)]
+    }
+}
+
+fn name(s: &BatchNormShape) -> String {
+    format!("B{}_C{}_{}x{}", s.batch, s.channels, s.height, s.width)
+}
+
+fn draw(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix64(seed);
+    (0..len).map(|_| rng.uniform(-1.0, 2.0) as f32).collect()
+}
+
+fn cpu(c: &mut Criterion) {
+    let s = shape(8, 64, 35);
+    let p = BatchNormParams::default();
+    let x = draw(s.len(), 1);
+    let dy = draw(s.len(), 2);
+    let gamma = draw(s.channels, 3);
+    let beta = draw(s.channels, 4);
+    let (mut running_mean, mut running_var) = (vec![0.0f32; s.channels], vec![1.0f32; s.channels]);
+    let (mut mean, mut invstd) = (vec![0.0f32; s.channels], vec![0.0f32; s.channels]);
+    let (mut y, mut dx) = (vec![0.0f32; s.len()], vec![0.0f32; s.len()]);
+    let (mut dgamma, mut dbeta) = (vec![0.0f32; s.channels], vec![0.0f32; s.channels]);
+    let mut g = c.benchmark_group("batch_norm_cpu_f32");
+    g.sample_size(10);
+    g.bench_function(format!("train_forward_backward_{}", name(&s)), |b| {
+        b.iter(|| {
+            forward_train_cpu(
+                &s,
+                &p,
+                &x,
+                &gamma,
+                &beta,
+                &mut running_mean,
+                &mut running_var,
+                &mut y,
+                &mut mean,
+                &mut invstd,
+            )
+            .unwrap();
+            backward_train_cpu(
+                &s,
+                &p,
+                &x,
+                &y,
+                &gamma,
+                &mean,
+                &invstd,
+                &dy,
+                &mut dx,
+                &mut dgamma,
+                &mut dbeta,
+            )
+            .unwrap();
+        })
+    });
+    g.finish();
+}
+
+/// One layer's device buffers, shared by both implementations.
+struct Layer {
+    x: CudaSlice<f32>,
+    dy: CudaSlice<f32>,
+    gamma: CudaSlice<f32>,
+    beta: CudaSlice<f32>,
+    running_mean: CudaSlice<f32>,
+    running_var: CudaSlice<f32>,
+    y: CudaSlice<f32>,
+    mean: CudaSlice<f32>,
+    invstd: CudaSlice<f32>,
+    dx: CudaSlice<f32>,
+    dgamma: CudaSlice<f32>,
+    dbeta: CudaSlice<f32>,
+}
+
+impl Layer {
+    fn new(gpu: &Gpu, s: &BatchNormShape) -> Layer {
+        let up = |v: &[f32]| gpu.upload(v).unwrap();
+        let zeros = |len| gpu.alloc_zeros::<f32>(len).unwrap();
+        Layer {
+            x: up(&draw(s.len(), 1)),
+            dy: up(&draw(s.len(), 2)),
+            gamma: up(&draw(s.channels, 3)),
+            beta: up(&draw(s.channels, 4)),
+            running_mean: zeros(s.channels),
+            running_var: up(&vec![1.0; s.channels]),
+            y: zeros(s.len()),
+            mean: zeros(s.channels),
+            invstd: zeros(s.channels),
+            dx: zeros(s.len()),
+            dgamma: zeros(s.channels),
+            dbeta: zeros(s.channels),
+        }
+    }
+}
+
+/// Calls `$op.forward_train` then `$op.backward_train` on layer `$l`: the two implementations
+/// share these signatures but no trait.
+macro_rules! forward_backward {
+    ($op:expr, $l:expr) => {{
+        let l = &mut $l;
+        $op.forward_train(
+            &l.x,
+            &l.gamma,
+            &l.beta,
+            &mut l.running_mean,
+            &mut l.running_var,
+            &mut l.y,
+            &mut l.mean,
+            &mut l.invstd,
+        )
+        .unwrap();
+        $op.backward_train(
+            &l.x,
+            &l.y,
+            &l.gamma,
+            &l.mean,
+            &l.invstd,
+            &l.dy,
+            &mut l.dx,
+            &mut l.dgamma,
+            &mut l.dbeta,
+        )
+        .unwrap();
+    }};
+}
+
+fn gpu(c: &mut Criterion) {
+    let Some(gpu) = common::gpu_or_skip("batch_norm GPU benches") else {
+        return;
+    };
+    println!(
+        "copy bandwidth: {:.0} GB/s",
+        common::copy_bandwidth_gbs(&gpu)
+    );
+    let p = BatchNormParams::default();
+    let group = "batch_norm_gpu_f32";
+    for s in gpu_shapes() {
+        let mut layer = Layer::new(&gpu, &s);
+        let bytes = 6 * s.len() * std::mem::size_of::<f32>();
+        let id = name(&s);
+        let mut ours = BatchNormGpu::<f32>::new(&gpu, s, p).unwrap();
+        let ours_s = common::bench_gpu(c, &gpu, group, &format!("ours_{id}"), bytes, "", || {
+            forward_backward!(ours, layer)
+        });
+        let Some(mut cudnn) =
+            library_or_skip("batch_norm cuDNN baseline", BatchNormCudnn::new(&gpu, s, p))
+        else {
+            return;
+        };
+        let base_s = common::bench_gpu(
+            c,
+            &gpu,
+            group,
+            &format!("cudnn_{id}"),
+            bytes,
+            "baseline",
+            || forward_backward!(cudnn, layer),
+        );
+        common::report_speedup(group, &format!("{id} vs cuDNN"), ours_s, base_s, 1.0);
+    }
+}
+
+criterion_group!(benches, cpu, gpu);
+criterion_main!(benches);
