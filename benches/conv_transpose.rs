@@ -152,7 +152,7 @@ fn baseline<T: Element + CudnnDataType>(
     tensor_ops: bool,
     group: &str,
 ) -> Option<CudnnConvTranspose<T>> {
-    if !CudnnConvTranspose::<T>::available() {
+    if !c2f_kernels::cudnn_raw::available() {
         println!("{group}: cuDNN baseline skipped: libcudnn could not be loaded");
         return None;
     }

@@ -1,7 +1,8 @@
 //! Pooling and channel concat/split: the CPU functions against hand-computed values and finite
-//! differences (f64), and the CUDA kernels against the f64 reference in f32 and bf16 (skipped
-//! without a GPU).
+//! differences (f64), and the CUDA kernels (f32, bf16) and the benches' cuDNN baseline against
+//! the f64 reference (skipped without a GPU).
 
+use c2f_kernels::pool::baseline::Pool2dCudnn;
 use c2f_kernels::pool::{
     avg_pool2d_backward_cpu, avg_pool2d_forward_cpu, copy_channels_cpu,
     global_avg_pool_backward_cpu, global_avg_pool_forward_cpu, max_pool2d_backward_cpu,
@@ -9,8 +10,8 @@ use c2f_kernels::pool::{
     GlobalAvgPoolGpu, MaxPool2dGpu, Pool2dParams, PoolShape,
 };
 use c2f_kernels::testing::{
-    assert_bit_identical, gpu_or_skip, numeric_gradient, rel_error, round_through, widen,
-    SplitMix64,
+    assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,
+    widen, SplitMix64,
 };
 use c2f_kernels::{Element, Gpu};
 
@@ -667,4 +668,54 @@ fn gpu_wrong_lengths_are_errors() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("padding"), "{err}");
+}
+
+/// cuDNN's pooling, the benches' baseline, against the f64 reference, max and average, forward
+/// and backward, outputs poisoned. Distinct input values, so no window has a tie that cuDNN's
+/// max backward could route elsewhere.
+#[test]
+fn gpu_cudnn_baseline_matches_reference() {
+    let test = "pool gpu_cudnn_baseline_matches_reference";
+    let Some(gpu) = gpu_or_skip(test) else {
+        return;
+    };
+    for (s, p) in gpu_pool_cases().into_iter().skip(1).take(4) {
+        let n_out = out_len(&s, &p);
+        let (x32, x) = round_through::<f32>(&distinct_values(s.numel(), 53));
+        let (dy32, dy) = round_through::<f32>(&SplitMix64(54).uniform_vec(n_out, -1.0, 1.0));
+        let (x_d, dy_d) = (gpu.upload(&x32).unwrap(), gpu.upload(&dy32).unwrap());
+        let (ref_max, ref_idx) = max64(&s, &p, &x);
+        let ref_avg = avg64(&s, &p, &x);
+        let cases = [
+            (
+                "max",
+                Pool2dCudnn::max(&gpu, s, p),
+                ref_max,
+                max_back64(&s, &p, &ref_idx, &dy),
+            ),
+            (
+                "average",
+                Pool2dCudnn::average(&gpu, s, p),
+                ref_avg,
+                avg_back64(&s, &p, &dy),
+            ),
+        ];
+        for (what, made, ref_y, ref_dx) in cases {
+            let Some(pool) = library_or_skip(test, made) else {
+                return;
+            };
+            let mut y = gpu.alloc_poisoned::<f32>(n_out).unwrap();
+            let mut dx = gpu.alloc_poisoned::<f32>(s.numel()).unwrap();
+            pool.forward(&x_d, &mut y).unwrap();
+            pool.backward(&x_d, &y, &dy_d, &mut dx).unwrap();
+            for (part, got, want) in [("y", &y, &ref_y), ("dx", &dx, &ref_dx)] {
+                let e = rel_error(&widen(&gpu.download(got).unwrap()), want);
+                println!("cuDNN {what} pool {s:?} {p:?} {part}: relative error {e:.2e}");
+                assert!(
+                    e < 1e-5,
+                    "cuDNN {what} pool {s:?} {p:?}: {part} is {e:.3e} off"
+                );
+            }
+        }
+    }
 }

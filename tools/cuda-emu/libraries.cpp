@@ -1,4 +1,4 @@
-// Stand-ins for the parts of cuDNN (convolutions; batch norm and ReLU for a bench baseline), cuBLAS (GEMM) and NCCL (a world of one) that
+// Stand-ins for the parts of cuDNN (convolutions; batch norm, ReLU and pooling for bench baselines), cuBLAS (GEMM) and NCCL (a world of one) that
 // our CUDA backend, collective and benchmarks' baselines call, in the emulator's shared object;
 // build.py links libcudnn.so, libcublas.so and libnccl.so to it. Plain loops in a fixed order, accumulating in f64: the real libraries sum
 // in tiles, far closer to exact than one long f32 sum, and the stand-ins are not what is under
@@ -230,6 +230,43 @@ cudnnStatus_t check_batch_norm(const std::string& call, int mode, const Tensor4d
         return bad(call, "x and y descriptors differ");
     if (stats->n != 1 || stats->c != x->c || stats->h != 1 || stats->w != 1)
         return bad(call, "the per-channel descriptor is not 1x" + std::to_string(x->c) + "x1x1");
+    return CUDNN_STATUS_SUCCESS;
+}
+
+// Pooling for the pooling benches' cuDNN baseline: max (modes 0 and 3; the first maximum of a
+// window in row-major order takes the gradient) and average (1 counts the padding, 2 does not).
+struct Pooling {
+    int mode = -1, window[2] = {0, 0}, pad[2] = {0, 0}, stride[2] = {1, 1};
+};
+
+// Calls `each(n*c plane, output index within plane, window's input indices within plane)` for
+// every output, the window clipped to the input.
+template <typename Each>
+void for_each_window(const Pooling& p, const Tensor4d& x, const Tensor4d& y, Each each) {
+    std::vector<size_t> window;
+    for (int plane = 0; plane < x.n * x.c; ++plane)
+        for (int oy = 0; oy < y.h; ++oy)
+            for (int ox = 0; ox < y.w; ++ox) {
+                window.clear();
+                for (int ky = 0; ky < p.window[0]; ++ky)
+                    for (int kx = 0; kx < p.window[1]; ++kx) {
+                        const int iy = oy * p.stride[0] - p.pad[0] + ky;
+                        const int ix = ox * p.stride[1] - p.pad[1] + kx;
+                        if (iy >= 0 && iy < x.h && ix >= 0 && ix < x.w) window.push_back((size_t)iy * x.w + ix);
+                    }
+                each((size_t)plane, (size_t)oy * y.w + ox, window);
+            }
+}
+
+// Checks a pooling call's descriptors: f32, and y the shape the pooling gives x.
+cudnnStatus_t check_pooling(const std::string& call, const Pooling* p, const Tensor4d* x, const Tensor4d* y) {
+    if (!p || !x || !y) return bad(call, "a null descriptor");
+    if (x->dtype != CUDNN_DATA_FLOAT || y->dtype != CUDNN_DATA_FLOAT) return bad(call, "only f32 is emulated");
+    const int oh = out_extent(x->h, p->pad[0], 1, p->window[0], p->stride[0]);
+    const int ow = out_extent(x->w, p->pad[1], 1, p->window[1], p->stride[1]);
+    if (y->n != x->n || y->c != x->c || y->h != oh || y->w != ow)
+        return bad(call, "y descriptor " + std::to_string(y->h) + "x" + std::to_string(y->w) +
+                             ", the pooling gives " + std::to_string(oh) + "x" + std::to_string(ow));
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -587,6 +624,80 @@ CUDNN cudnnBatchNormalizationBackward(Handle*, int mode, const float* alpha_data
         dscale[c] = blend(sum_gx, dscale[c]);
         dbias[c] = blend(sum_g, dbias[c]);
     }
+    return CUDNN_STATUS_SUCCESS;
+}
+
+CUDNN cudnnCreatePoolingDescriptor(Pooling** d) { *d = new Pooling{}; return CUDNN_STATUS_SUCCESS; }
+CUDNN cudnnDestroyPoolingDescriptor(Pooling* d) { delete d; return CUDNN_STATUS_SUCCESS; }
+CUDNN cudnnSetPoolingNdDescriptor(Pooling* d, int mode, int, int dims, const int* window, const int* pad,
+                                  const int* stride) {
+    if (dims != 2 || mode < 0 || mode > 3) {
+        emu::report("cudnnSetPoolingNdDescriptor: only 2-D max and average pooling are emulated");
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    }
+    d->mode = mode;
+    for (int i = 0; i < 2; ++i) {
+        if (window[i] <= 0 || stride[i] <= 0 || pad[i] < 0)
+            return bad("cudnnSetPoolingNdDescriptor", "a window or stride <= 0, or a padding < 0");
+        d->window[i] = window[i], d->pad[i] = pad[i], d->stride[i] = stride[i];
+    }
+    return CUDNN_STATUS_SUCCESS;
+}
+
+CUDNN cudnnPoolingForward(Handle*, Pooling* p, const float* alpha, Tensor4d* xd, const float* x,
+                          const float* beta, Tensor4d* yd, float* y) {
+    std::lock_guard<std::mutex> lock(emu::api_mutex());
+    const std::string call = "cudnnPoolingForward";
+    if (cudnnStatus_t s = check_pooling(call, p, xd, yd)) return s;
+    if (!in_device(call, {{"x", {x, xd->bytes()}}, {"y", {y, yd->bytes()}}})) return CUDNN_STATUS_BAD_PARAM;
+    const size_t in_plane = (size_t)xd->h * xd->w, out_plane = (size_t)yd->h * yd->w;
+    for_each_window(*p, *xd, *yd, [&](size_t plane, size_t o, const std::vector<size_t>& window) {
+        const float* xp = x + plane * in_plane;
+        double r;
+        if (p->mode == 0 || p->mode == 3) {
+            r = -INFINITY;
+            for (size_t i : window) r = xp[i] > r ? xp[i] : r;
+        } else {
+            r = 0.0;
+            for (size_t i : window) r += xp[i];
+            r /= p->mode == 1 ? p->window[0] * p->window[1] : (double)window.size();
+        }
+        float& out = y[plane * out_plane + o];
+        out = (float)(*beta == 0.0f ? *alpha * r : *alpha * r + (double)*beta * out);
+    });
+    return CUDNN_STATUS_SUCCESS;
+}
+CUDNN cudnnPoolingBackward(Handle*, Pooling* p, const float* alpha, Tensor4d* yd, const float* y,
+                           Tensor4d* dyd, const float* dy, Tensor4d* xd, const float* x,
+                           const float* beta, Tensor4d* dxd, float* dx) {
+    std::lock_guard<std::mutex> lock(emu::api_mutex());
+    const std::string call = "cudnnPoolingBackward";
+    if (cudnnStatus_t s = check_pooling(call, p, xd, yd)) return s;
+    if (!dyd || !dxd || dyd->bytes() != yd->bytes() || dxd->bytes() != xd->bytes())
+        return bad(call, "dy or dx descriptor differs from y or x");
+    if (!in_device(call, {{"y", {y, yd->bytes()}}, {"dy", {dy, yd->bytes()}}, {"x", {x, xd->bytes()}},
+                          {"dx", {dx, xd->bytes()}}}))
+        return CUDNN_STATUS_BAD_PARAM;
+    const size_t in_plane = (size_t)xd->h * xd->w, out_plane = (size_t)yd->h * yd->w;
+    std::vector<double> acc(xd->bytes() / 4, 0.0);
+    for_each_window(*p, *xd, *yd, [&](size_t plane, size_t o, const std::vector<size_t>& window) {
+        const float* xp = x + plane * in_plane;
+        double* ap = acc.data() + plane * in_plane;
+        const double g = dy[plane * out_plane + o];
+        if (p->mode == 0 || p->mode == 3) {
+            const float top = y[plane * out_plane + o];
+            for (size_t i : window)
+                if (xp[i] == top) {
+                    ap[i] += g;
+                    break;
+                }
+        } else {
+            const double divisor = p->mode == 1 ? p->window[0] * p->window[1] : (double)window.size();
+            for (size_t i : window) ap[i] += g / divisor;
+        }
+    });
+    for (size_t i = 0; i < acc.size(); ++i)
+        dx[i] = (float)(*beta == 0.0f ? *alpha * acc[i] : *alpha * acc[i] + (double)*beta * dx[i]);
     return CUDNN_STATUS_SUCCESS;
 }
 

@@ -833,115 +833,50 @@ impl<T: Element> BatchNormGpu<T> {
 /// cuDNN has no fused BN + ReLU for NCHW f32 (its fused `Ex` path wants NHWC half), so this is
 /// what a framework runs: `cudnnBatchNormalizationForwardTraining` (spatial mode) then an in-place
 /// `cudnnActivationForward`, and backward `cudnnActivationBackward` into a scratch gradient then
-/// `cudnnBatchNormalizationBackward`. cudarc's safe API binds neither call, so this one works on
-/// raw handles.
+/// `cudnnBatchNormalizationBackward`. cudarc's safe API binds neither, so this works on raw
+/// handles ([`crate::cudnn_raw`]).
 pub mod baseline {
     use std::ffi::c_void;
-    use std::sync::Arc;
 
-    use cudarc::cudnn::sys::{
-        cudnnActivationMode_t, cudnnBatchNormMode_t, cudnnDataType_t, cudnnNanPropagation_t,
-        cudnnTensorFormat_t,
-    };
-    use cudarc::cudnn::{result, sys};
-    use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+    use cudarc::cudnn::sys::{self, cudnnBatchNormMode_t};
+    use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
     use super::{BatchNormParams, BatchNormShape};
+    use crate::cudnn_raw::{check, scalar, Handle, Relu, Tensor4d, ONE, ZERO};
     use crate::device::{device_addr, device_addr_mut, Gpu};
-    use crate::error::{Error, Result};
-
-    fn cudnn_error(e: impl std::fmt::Debug) -> Error {
-        Error::Library {
-            library: "cuDNN",
-            message: format!("{e:?}"),
-        }
-    }
+    use crate::error::Result;
 
     const SPATIAL: cudnnBatchNormMode_t = cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
-    const ONE: f32 = 1.0;
-    const ZERO: f32 = 0.0;
-
-    fn scalar(v: &f32) -> *const c_void {
-        v as *const f32 as *const c_void
-    }
-
-    /// A `[n, c, h, w]` f32 NCHW descriptor.
-    fn tensor(dims: [usize; 4]) -> Result<sys::cudnnTensorDescriptor_t> {
-        let desc = result::create_tensor_descriptor().map_err(cudnn_error)?;
-        let dims = dims.map(|d| d as std::ffi::c_int);
-        // SAFETY: `desc` was just created.
-        unsafe {
-            result::set_tensor4d_descriptor(
-                desc,
-                cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
-                cudnnDataType_t::CUDNN_DATA_FLOAT,
-                dims,
-            )
-        }
-        .map_err(cudnn_error)?;
-        Ok(desc)
-    }
 
     /// The same op as [`super::BatchNormGpu`]`<f32>` in training mode, through cuDNN.
     pub struct BatchNormCudnn {
         shape: BatchNormShape,
         params: BatchNormParams,
-        stream: Arc<CudaStream>,
-        handle: sys::cudnnHandle_t,
+        handle: Handle,
         /// `[N, C, H, W]`, for x, y and their gradients.
-        activations: sys::cudnnTensorDescriptor_t,
+        activations: Tensor4d,
         /// `[1, C, 1, 1]`, for gamma, beta and the statistics.
-        per_channel: sys::cudnnTensorDescriptor_t,
-        relu: sys::cudnnActivationDescriptor_t,
+        per_channel: Tensor4d,
+        relu: Relu,
         /// The gradient at the ReLU's input, between the two backward calls.
         relu_grad: CudaSlice<f32>,
     }
 
     impl BatchNormCudnn {
-        /// Whether `libcudnn` can be loaded; without it cudarc would panic.
-        pub fn available() -> bool {
-            // SAFETY: only tries to dlopen the cuDNN library.
-            unsafe { sys::is_culib_present() }
-        }
-
         pub fn new(gpu: &Gpu, shape: BatchNormShape, params: BatchNormParams) -> Result<Self> {
             params.validate()?;
             shape.validate()?;
             shape.check_training()?;
-            if !Self::available() {
-                return Err(cudnn_error("libcudnn could not be loaded"));
-            }
-            let stream = gpu.stream().clone();
-            let handle = result::create_handle().map_err(cudnn_error)?;
-            // Owned from here, so an error below destroys what was made.
-            let mut op = BatchNormCudnn {
+            let s = shape;
+            Ok(BatchNormCudnn {
                 shape,
                 params,
-                relu_grad: stream.alloc_zeros(if params.relu { shape.len() } else { 1 })?,
-                stream,
-                handle,
-                activations: std::ptr::null_mut(),
-                per_channel: std::ptr::null_mut(),
-                relu: std::ptr::null_mut(),
-            };
-            // SAFETY: the handle is live and the stream outlives it (held by `op`).
-            unsafe { result::set_stream(op.handle, op.stream.cu_stream() as sys::cudaStream_t) }
-                .map_err(cudnn_error)?;
-            let s = shape;
-            op.activations = tensor([s.batch, s.channels, s.height, s.width])?;
-            op.per_channel = tensor([1, s.channels, 1, 1])?;
-            op.relu = result::create_activation_descriptor().map_err(cudnn_error)?;
-            // SAFETY: the descriptor was just created.
-            unsafe {
-                result::set_activation_descriptor(
-                    op.relu,
-                    cudnnActivationMode_t::CUDNN_ACTIVATION_RELU,
-                    cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
-                    0.0,
-                )
-            }
-            .map_err(cudnn_error)?;
-            Ok(op)
+                handle: Handle::new(gpu)?,
+                activations: Tensor4d::new([s.batch, s.channels, s.height, s.width])?,
+                per_channel: Tensor4d::new([1, s.channels, 1, 1])?,
+                relu: Relu::new()?,
+                relu_grad: gpu.alloc_zeros(if params.relu { s.len() } else { 1 })?,
+            })
         }
 
         /// As [`super::BatchNormGpu::forward_train`].
@@ -968,7 +903,7 @@ pub mod baseline {
                     ("save_invstd", save_invstd.len()),
                 ],
             )?;
-            let st = &self.stream;
+            let st = self.handle.stream();
             let x = device_addr(x, st) as *const c_void;
             let gamma = device_addr(gamma, st) as *const c_void;
             let beta = device_addr(beta, st) as *const c_void;
@@ -977,12 +912,12 @@ pub mod baseline {
             let y = device_addr_mut(y, st) as *mut c_void;
             let save_mean = device_addr_mut(save_mean, st) as *mut c_void;
             let save_invstd = device_addr_mut(save_invstd, st) as *mut c_void;
-            let (a, p) = (self.activations, self.per_channel);
+            let a = self.activations.0;
             // SAFETY: every buffer has the length its descriptor gives (checked above), and
             // cuDNN's ReLU may run in place.
             unsafe {
-                result_of(sys::cudnnBatchNormalizationForwardTraining(
-                    self.handle,
+                check(sys::cudnnBatchNormalizationForwardTraining(
+                    self.handle.raw,
                     SPATIAL,
                     scalar(&ONE),
                     scalar(&ZERO),
@@ -990,7 +925,7 @@ pub mod baseline {
                     x,
                     a,
                     y,
-                    p,
+                    self.per_channel.0,
                     gamma,
                     beta,
                     self.params.momentum,
@@ -1001,17 +936,16 @@ pub mod baseline {
                     save_invstd,
                 ))?;
                 if self.params.relu {
-                    result::activation_forward(
-                        self.handle,
-                        self.relu,
+                    check(sys::cudnnActivationForward(
+                        self.handle.raw,
+                        self.relu.0,
                         scalar(&ONE),
                         a,
                         y,
                         scalar(&ZERO),
                         a,
                         y,
-                    )
-                    .map_err(cudnn_error)?;
+                    ))?;
                 }
             }
             Ok(())
@@ -1047,7 +981,7 @@ pub mod baseline {
                     ("dbeta", dbeta.len()),
                 ],
             )?;
-            let st = &self.stream;
+            let st = self.handle.stream();
             let x = device_addr(x, st) as *const c_void;
             let y = device_addr(y, st) as *const c_void;
             let gamma = device_addr(gamma, st) as *const c_void;
@@ -1057,16 +991,16 @@ pub mod baseline {
             let dx = device_addr_mut(dx, st) as *mut c_void;
             let dgamma = device_addr_mut(dgamma, st) as *mut c_void;
             let dbeta = device_addr_mut(dbeta, st) as *mut c_void;
-            let a = self.activations;
+            let a = self.activations.0;
             // SAFETY: as in `forward_train`; the scratch gradient has the activations' length.
             unsafe {
                 if self.params.relu {
                     let relu_grad = device_addr_mut(&mut self.relu_grad, st) as *mut c_void;
                     // The ReLU's input is positive exactly where its output is, so the output
                     // stands in for the input, which training does not keep.
-                    result_of(sys::cudnnActivationBackward(
-                        self.handle,
-                        self.relu,
+                    check(sys::cudnnActivationBackward(
+                        self.handle.raw,
+                        self.relu.0,
                         scalar(&ONE),
                         a,
                         y,
@@ -1080,8 +1014,8 @@ pub mod baseline {
                     ))?;
                     grad = relu_grad;
                 }
-                result_of(sys::cudnnBatchNormalizationBackward(
-                    self.handle,
+                check(sys::cudnnBatchNormalizationBackward(
+                    self.handle.raw,
                     SPATIAL,
                     scalar(&ONE),
                     scalar(&ZERO),
@@ -1093,7 +1027,7 @@ pub mod baseline {
                     grad,
                     a,
                     dx,
-                    self.per_channel,
+                    self.per_channel.0,
                     gamma,
                     dgamma,
                     dbeta,
@@ -1101,28 +1035,6 @@ pub mod baseline {
                     save_mean,
                     save_invstd,
                 ))
-            }
-        }
-    }
-
-    fn result_of(status: sys::cudnnStatus_t) -> Result<()> {
-        status.result().map_err(cudnn_error)
-    }
-
-    impl Drop for BatchNormCudnn {
-        fn drop(&mut self) {
-            // SAFETY: each was created by `new` (or is still null) and is destroyed once; cuDNN
-            // orders the destruction after the handle's queued work.
-            unsafe {
-                if !self.relu.is_null() {
-                    sys::cudnnDestroyActivationDescriptor(self.relu);
-                }
-                for desc in [self.activations, self.per_channel] {
-                    if !desc.is_null() {
-                        sys::cudnnDestroyTensorDescriptor(desc);
-                    }
-                }
-                sys::cudnnDestroy(self.handle);
             }
         }
     }

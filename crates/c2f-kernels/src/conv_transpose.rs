@@ -708,16 +708,10 @@ pub mod baseline {
     use cudarc::driver::CudaSlice;
 
     use super::ConvTransposeParams;
+    use crate::cudnn_raw::{available, cudnn_error};
     use crate::device::Gpu;
     use crate::element::Element;
-    use crate::error::{Error, Result};
-
-    fn cudnn_error(e: impl std::fmt::Debug) -> Error {
-        Error::Library {
-            library: "cuDNN",
-            message: format!("{e:?}"),
-        }
-    }
+    use crate::error::Result;
 
     /// cuDNN computing the same transposed convolution, without bias.
     ///
@@ -741,18 +735,12 @@ pub mod baseline {
     }
 
     impl<T: Element + CudnnDataType> CudnnConvTranspose<T> {
-        /// Whether `libcudnn` can be loaded; without it cudarc would panic.
-        pub fn available() -> bool {
-            // SAFETY: only tries to dlopen the cuDNN library.
-            unsafe { cudnn::sys::is_culib_present() }
-        }
-
         /// Sets up the three cuDNN operations for `params` and their shared workspace.
         /// `tensor_ops` lets cuDNN use tensor cores (TF32 for f32); off, it computes in plain
         /// FMA, the same arithmetic as our kernels.
         pub fn new(gpu: &Gpu, params: ConvTransposeParams, tensor_ops: bool) -> Result<Self> {
             params.validate()?;
-            if !Self::available() {
+            if !available() {
                 return Err(cudnn_error("libcudnn could not be loaded"));
             }
             let p = params;
