@@ -77,6 +77,43 @@ impl BatchNormShape {
         Ok(())
     }
 
+    /// The training forward's lengths: `x`, `y`; gamma, beta, running mean and variance, saved
+    /// mean and inverse std.
+    fn check_forward_train(&self, [x, y]: [usize; 2], per_channel: [usize; 6]) -> Result<()> {
+        let [gamma, beta, running_mean, running_var, save_mean, save_invstd] = per_channel;
+        self.check(
+            &[("x", x), ("y", y)],
+            &[
+                ("gamma", gamma),
+                ("beta", beta),
+                ("running_mean", running_mean),
+                ("running_var", running_var),
+                ("save_mean", save_mean),
+                ("save_invstd", save_invstd),
+            ],
+        )
+    }
+
+    /// The training backward's lengths: `x`, `y`, `dy`, `dx`; gamma, saved mean and inverse
+    /// std, dgamma, dbeta.
+    fn check_backward_train(
+        &self,
+        [x, y, dy, dx]: [usize; 4],
+        per_channel: [usize; 5],
+    ) -> Result<()> {
+        let [gamma, save_mean, save_invstd, dgamma, dbeta] = per_channel;
+        self.check(
+            &[("x", x), ("y", y), ("dy", dy), ("dx", dx)],
+            &[
+                ("gamma", gamma),
+                ("save_mean", save_mean),
+                ("save_invstd", save_invstd),
+                ("dgamma", dgamma),
+                ("dbeta", dbeta),
+            ],
+        )
+    }
+
     /// Checks the activation-sized buffers (named) and the per-channel ones (named).
     fn check(&self, activations: &[(&str, usize)], per_channel: &[(&str, usize)]) -> Result<()> {
         self.validate()?;
@@ -226,15 +263,15 @@ pub fn forward_train_cpu<R: Real>(
     save_mean: &mut [R],
     save_invstd: &mut [R],
 ) -> Result<()> {
-    shape.check(
-        &[("x", x.len()), ("y", y.len())],
-        &[
-            ("gamma", gamma.len()),
-            ("beta", beta.len()),
-            ("running_mean", running_mean.len()),
-            ("running_var", running_var.len()),
-            ("save_mean", save_mean.len()),
-            ("save_invstd", save_invstd.len()),
+    shape.check_forward_train(
+        [x.len(), y.len()],
+        [
+            gamma.len(),
+            beta.len(),
+            running_mean.len(),
+            running_var.len(),
+            save_mean.len(),
+            save_invstd.len(),
         ],
     )?;
     params.validate()?;
@@ -346,19 +383,14 @@ pub fn backward_train_cpu<R: Real>(
     dgamma: &mut [R],
     dbeta: &mut [R],
 ) -> Result<()> {
-    shape.check(
-        &[
-            ("x", x.len()),
-            ("y", y.len()),
-            ("dy", dy.len()),
-            ("dx", dx.len()),
-        ],
-        &[
-            ("gamma", gamma.len()),
-            ("save_mean", save_mean.len()),
-            ("save_invstd", save_invstd.len()),
-            ("dgamma", dgamma.len()),
-            ("dbeta", dbeta.len()),
+    shape.check_backward_train(
+        [x.len(), y.len(), dy.len(), dx.len()],
+        [
+            gamma.len(),
+            save_mean.len(),
+            save_invstd.len(),
+            dgamma.len(),
+            dbeta.len(),
         ],
     )?;
     params.validate()?;
@@ -549,15 +581,15 @@ impl<T: Element> BatchNormGpu<T> {
         save_mean: &mut impl DevicePtrMut<f32>,
         save_invstd: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
-        self.shape.check(
-            &[("x", x.len()), ("y", y.len())],
-            &[
-                ("gamma", gamma.len()),
-                ("beta", beta.len()),
-                ("running_mean", running_mean.len()),
-                ("running_var", running_var.len()),
-                ("save_mean", save_mean.len()),
-                ("save_invstd", save_invstd.len()),
+        self.shape.check_forward_train(
+            [x.len(), y.len()],
+            [
+                gamma.len(),
+                beta.len(),
+                running_mean.len(),
+                running_var.len(),
+                save_mean.len(),
+                save_invstd.len(),
             ],
         )?;
         self.shape.check_training()?;
@@ -680,19 +712,14 @@ impl<T: Element> BatchNormGpu<T> {
         dgamma: &mut impl DevicePtrMut<f32>,
         dbeta: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
-        self.shape.check(
-            &[
-                ("x", x.len()),
-                ("y", y.len()),
-                ("dy", dy.len()),
-                ("dx", dx.len()),
-            ],
-            &[
-                ("gamma", gamma.len()),
-                ("save_mean", save_mean.len()),
-                ("save_invstd", save_invstd.len()),
-                ("dgamma", dgamma.len()),
-                ("dbeta", dbeta.len()),
+        self.shape.check_backward_train(
+            [x.len(), y.len(), dy.len(), dx.len()],
+            [
+                gamma.len(),
+                save_mean.len(),
+                save_invstd.len(),
+                dgamma.len(),
+                dbeta.len(),
             ],
         )?;
         let [c, hw, n, chunk_len] = self.dims();
@@ -892,15 +919,15 @@ pub mod baseline {
             save_mean: &mut impl DevicePtrMut<f32>,
             save_invstd: &mut impl DevicePtrMut<f32>,
         ) -> Result<()> {
-            self.shape.check(
-                &[("x", x.len()), ("y", y.len())],
-                &[
-                    ("gamma", gamma.len()),
-                    ("beta", beta.len()),
-                    ("running_mean", running_mean.len()),
-                    ("running_var", running_var.len()),
-                    ("save_mean", save_mean.len()),
-                    ("save_invstd", save_invstd.len()),
+            self.shape.check_forward_train(
+                [x.len(), y.len()],
+                [
+                    gamma.len(),
+                    beta.len(),
+                    running_mean.len(),
+                    running_var.len(),
+                    save_mean.len(),
+                    save_invstd.len(),
                 ],
             )?;
             let st = self.handle.stream();
@@ -966,19 +993,14 @@ pub mod baseline {
             dgamma: &mut impl DevicePtrMut<f32>,
             dbeta: &mut impl DevicePtrMut<f32>,
         ) -> Result<()> {
-            self.shape.check(
-                &[
-                    ("x", x.len()),
-                    ("y", y.len()),
-                    ("dy", dy.len()),
-                    ("dx", dx.len()),
-                ],
-                &[
-                    ("gamma", gamma.len()),
-                    ("save_mean", save_mean.len()),
-                    ("save_invstd", save_invstd.len()),
-                    ("dgamma", dgamma.len()),
-                    ("dbeta", dbeta.len()),
+            self.shape.check_backward_train(
+                [x.len(), y.len(), dy.len(), dx.len()],
+                [
+                    gamma.len(),
+                    save_mean.len(),
+                    save_invstd.len(),
+                    dgamma.len(),
+                    dbeta.len(),
                 ],
             )?;
             let st = self.handle.stream();
