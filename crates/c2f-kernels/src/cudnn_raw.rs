@@ -1,5 +1,5 @@
 //! Raw cuDNN objects for the benches' library baselines that cudarc's safe API does not bind
-//! (batch norm, ReLU, backward pooling). Each wrapper owns one cuDNN object and destroys it when
+//! (batch norm, ReLU, backward pooling), and the library check and error every cuDNN user shares. Each wrapper owns one cuDNN object and destroys it when
 //! dropped; the calls themselves stay with their baselines.
 
 use std::ffi::{c_int, c_void};
@@ -15,7 +15,8 @@ use cudarc::driver::CudaStream;
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 
-pub(crate) fn cudnn_error(e: impl std::fmt::Debug) -> Error {
+/// A cuDNN failure as this project's [`Error::Library`].
+pub fn cudnn_error(e: impl std::fmt::Debug) -> Error {
     Error::Library {
         library: "cuDNN",
         message: format!("{e:?}"),

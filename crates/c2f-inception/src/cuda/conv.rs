@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use c2f_kernels::cudnn_raw::{self, cudnn_error};
 use c2f_kernels::error::check_len;
 use c2f_kernels::{Error, Result};
 use cudarc::cudnn::sys::{
@@ -36,13 +37,6 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 
 use crate::cpu::conv::Conv2dShape;
-
-pub(crate) fn cudnn_error(e: CudnnError) -> Error {
-    Error::Library {
-        library: "cuDNN",
-        message: format!("{e:?}"),
-    }
-}
 
 /// Most workspace bytes one algorithm may use; see the module documentation.
 pub const WORKSPACE_LIMIT: usize = 1 << 30;
@@ -199,39 +193,42 @@ fn heuristic_algorithms(
     bwd_data: &ConvBackwardData<f32, f32, f32>,
     bwd_filter: &ConvBackwardFilter<f32, f32, f32>,
 ) -> Result<ConvAlgorithms> {
-    let mut forward = fwd.pick_algorithm().map_err(cudnn_error)?;
-    let mut forward_ws = fwd.get_workspace_size(forward).map_err(cudnn_error)?;
-    if forward_ws > WORKSPACE_LIMIT {
-        forward = FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
-        forward_ws = fwd.get_workspace_size(forward).map_err(cudnn_error)?;
-    }
-    let mut backward_data = deterministic_data(bwd_data.pick_algorithm().map_err(cudnn_error)?);
-    let mut backward_data_ws = bwd_data
-        .get_workspace_size(backward_data)
-        .map_err(cudnn_error)?;
-    if backward_data_ws > WORKSPACE_LIMIT {
-        backward_data = BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
-        backward_data_ws = bwd_data
-            .get_workspace_size(backward_data)
-            .map_err(cudnn_error)?;
-    }
-    let mut backward_filter =
-        deterministic_filter(bwd_filter.pick_algorithm().map_err(cudnn_error)?);
-    let mut backward_filter_ws = bwd_filter
-        .get_workspace_size(backward_filter)
-        .map_err(cudnn_error)?;
-    if backward_filter_ws > WORKSPACE_LIMIT {
-        backward_filter = BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
-        backward_filter_ws = bwd_filter
-            .get_workspace_size(backward_filter)
-            .map_err(cudnn_error)?;
-    }
+    let (forward, forward_ws) = within_limit(
+        fwd.pick_algorithm(),
+        FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+        |a| fwd.get_workspace_size(a),
+    )?;
+    let (backward_data, backward_data_ws) = within_limit(
+        bwd_data.pick_algorithm().map(deterministic_data),
+        BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+        |a| bwd_data.get_workspace_size(a),
+    )?;
+    let (backward_filter, backward_filter_ws) = within_limit(
+        bwd_filter.pick_algorithm().map(deterministic_filter),
+        BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
+        |a| bwd_filter.get_workspace_size(a),
+    )?;
     Ok(ConvAlgorithms {
         forward,
         backward_data,
         backward_filter,
         workspace: [forward_ws, backward_data_ws, backward_filter_ws],
     })
+}
+
+/// The heuristic's `pick` and its workspace bytes, or `fallback`'s when the pick asks for more
+/// than [`WORKSPACE_LIMIT`].
+fn within_limit<A: Copy>(
+    pick: std::result::Result<A, CudnnError>,
+    fallback: A,
+    workspace_size: impl Fn(A) -> std::result::Result<usize, CudnnError>,
+) -> Result<(A, usize)> {
+    let algo = pick.map_err(cudnn_error)?;
+    let bytes = workspace_size(algo).map_err(cudnn_error)?;
+    if bytes <= WORKSPACE_LIMIT {
+        return Ok((algo, bytes));
+    }
+    Ok((fallback, workspace_size(fallback).map_err(cudnn_error)?))
 }
 
 /// Every forward algorithm.
@@ -398,8 +395,7 @@ impl ConvEngine {
     /// A cuDNN handle on `stream`, or [`Error::Library`] when libcudnn cannot be loaded (cudarc
     /// would panic on the first call instead).
     pub(crate) fn new(stream: &Arc<CudaStream>) -> Result<ConvEngine> {
-        // SAFETY: only tries to dlopen the cuDNN library.
-        if !unsafe { cudarc::cudnn::sys::is_culib_present() } {
+        if !cudnn_raw::available() {
             return Err(Error::Library {
                 library: "cuDNN",
                 message: "libcudnn could not be loaded; install cuDNN 9 or put it on \
