@@ -1,9 +1,10 @@
 //! `y = α·x + β·y`: the CPU reference against hand-computed values, β = 0 ignoring a NaN `y`,
-//! and the kernel against the reference in f32 and bf16 (skipped without a GPU).
+//! and the kernel and its cuBLAS bench baseline against the reference (skipped without a GPU).
 
+use c2f_kernels::axpby::baseline::AxpbyCublas;
 use c2f_kernels::axpby::{axpby_cpu, AxpbyGpu};
 use c2f_kernels::testing::{
-    assert_bit_identical, gpu_or_skip, rel_error, round_through, widen, SplitMix64,
+    assert_bit_identical, gpu_or_skip, library_or_skip, rel_error, round_through, widen, SplitMix64,
 };
 use c2f_kernels::{Element, Gpu};
 
@@ -60,5 +61,41 @@ fn gpu_matches_reference() {
     for (n, alpha, beta) in [(1, 2.0, 1.0), (1000, 100.0, 0.0), (1 << 20, -0.5, 1.0)] {
         gpu_matches::<f32>(&gpu, n, alpha, beta, 1e-6);
         gpu_matches::<half::bf16>(&gpu, n, alpha, beta, 1e-2);
+    }
+}
+
+/// The bench's cuBLAS baseline computes the same `y` (a NaN-poisoned `y` with β = 0 included),
+/// at each of its three call sequences.
+#[test]
+fn gpu_cublas_baseline_matches_reference() {
+    let Some(gpu) = gpu_or_skip("axpby gpu_cublas_baseline_matches_reference") else {
+        return;
+    };
+    let Some(blas) = library_or_skip(
+        "axpby gpu_cublas_baseline_matches_reference",
+        AxpbyCublas::new(&gpu),
+    ) else {
+        return;
+    };
+    for (n, alpha, beta) in [(1000, 3.0, 0.0), (4099, -0.5, 1.0), (1 << 16, 2.0, -0.75)] {
+        let mut rng = SplitMix64(7 + n as u64);
+        let x = rng.uniform_vec(n, -1.0, 1.0);
+        let y0 = if beta == 0.0 {
+            vec![f64::NAN; n]
+        } else {
+            rng.uniform_vec(n, -1.0, 1.0)
+        };
+        let (x32, x64) = round_through::<f32>(&x);
+        let (y32, y64) = round_through::<f32>(&y0);
+        let mut reference = y64;
+        axpby_cpu(alpha, &x64, beta, &mut reference).unwrap();
+        let x_d = gpu.upload(&x32).unwrap();
+        let mut y_d = gpu.upload(&y32).unwrap();
+        blas.run(alpha, &x_d, beta, &mut y_d).unwrap();
+        let e = rel_error(&widen(&gpu.download(&y_d).unwrap()), &reference);
+        assert!(
+            e < 1e-6,
+            "cuBLAS axpby n={n} α={alpha} β={beta}: relative error {e}"
+        );
     }
 }

@@ -1,8 +1,11 @@
 //! SGD update: the CPU reference against a hand-computed two-step sequence and f64, and the CUDA
 //! kernel against the f64 reference (skipped without a GPU).
 
+use c2f_kernels::sgd::baseline::SgdCublas;
 use c2f_kernels::sgd::{step_cpu, SgdGpu, SgdParams};
-use c2f_kernels::testing::{assert_bit_identical, gpu_or_skip, rel_error, widen, SplitMix64};
+use c2f_kernels::testing::{
+    assert_bit_identical, gpu_or_skip, library_or_skip, rel_error, widen, SplitMix64,
+};
 
 fn assert_close(what: &str, got: f64, want: f64, tol: f64) {
     assert!(
@@ -259,4 +262,43 @@ fn gpu_bad_range_or_length_is_an_error() {
         [1.0; 8],
         "weights changed by a rejected call"
     );
+}
+
+/// The bench's cuBLAS baseline takes the same three steps as the f64 reference (within f32
+/// rounding: it adds the terms in another order), and refuses momentum 0.
+#[test]
+fn gpu_cublas_baseline_matches_reference() {
+    let Some(gpu) = gpu_or_skip("sgd gpu_cublas_baseline_matches_reference") else {
+        return;
+    };
+    let Some(blas) = library_or_skip(
+        "sgd gpu_cublas_baseline_matches_reference",
+        SgdCublas::new(&gpu),
+    ) else {
+        return;
+    };
+    let n = 100_003;
+    let params = SgdParams {
+        grad_scale: 0.5,
+        ..SgdParams::new(0.05, 0.9, 1e-2)
+    };
+    let p0_32 = to_f32(&draw(n, 4));
+    let grads: Vec<Vec<f64>> = (0..3).map(|k| widen(&to_f32(&draw(n, 30 + k)))).collect();
+    let (ref_p, ref_buf) = reference(&params, &widen(&p0_32), &grads);
+    let mut p_d = gpu.upload(&p0_32).unwrap();
+    let mut buf_d = gpu.upload(&vec![0.0f32; n]).unwrap();
+    for g in &grads {
+        let g_d = gpu.upload(&to_f32(g)).unwrap();
+        blas.step(&params, &mut p_d, &g_d, &mut buf_d).unwrap();
+    }
+    let ep = rel_error(&widen(&gpu.download(&p_d).unwrap()), &ref_p);
+    let eb = rel_error(&widen(&gpu.download(&buf_d).unwrap()), &ref_buf);
+    assert!(ep < 1e-6, "cuBLAS SGD weights relative error {ep}");
+    assert!(eb < 1e-6, "cuBLAS SGD momentum relative error {eb}");
+    let no_momentum = SgdParams::new(0.1, 0.0, 0.0);
+    let g_d = gpu.upload(&vec![1.0f32; n]).unwrap();
+    let err = blas
+        .step(&no_momentum, &mut p_d, &g_d, &mut buf_d)
+        .unwrap_err();
+    assert!(err.to_string().contains("momentum above 0"), "{err}");
 }

@@ -31,5 +31,6 @@ emulated cargo test -p c2f-kernels --test kernel_build -- --nocapture nvrtc
 C2F_FORCE_NVRTC=1 emulated cargo test -p c2f-train --test train_gpu -- --nocapture
 # The GPU benchmarks once each at tiny shapes, so the bench code the GPU check runs has run.
 C2F_BENCH_SMOKE=1 emulated cargo test -p c2f-kernels -p c2f-inception -p c2f-dist -p c2f-train \
-  --bench bap --bench batch_norm --bench center_loss --bench conv_transpose --bench pool \
+  --bench axpby --bench bap --bench batch_norm --bench center_loss --bench conv_transpose \
+  --bench pool --bench sgd \
   --bench inception_gpu --bench coarse2fine_gpu --bench pretrain_upsampler --bench nccl_allreduce

@@ -1,4 +1,4 @@
-// Stand-ins for the parts of cuDNN (convolutions; batch norm, ReLU and pooling for bench baselines), cuBLAS (GEMM) and NCCL (a world of one) that
+// Stand-ins for the parts of cuDNN (convolutions; batch norm, ReLU and pooling for bench baselines), cuBLAS (GEMM, axpy, scal) and NCCL (a world of one) that
 // our CUDA backend, collective and benchmarks' baselines call, in the emulator's shared object;
 // build.py links libcudnn.so, libcublas.so and libnccl.so to it. Plain loops in a fixed order, accumulating in f64: the real libraries sum
 // in tiles, far closer to exact than one long f32 sum, and the stand-ins are not what is under
@@ -724,6 +724,27 @@ CUBLAS cublasSgemmStridedBatched(void*, int ta, int tb, int m, int n, int k, con
                                  int batch) {
     return gemm("cublasSgemmStridedBatched", ta, tb, m, n, k, *alpha, a, CUDA_R_32F, lda, sa, b,
                 CUDA_R_32F, ldb, sb, *beta, c, CUDA_R_32F, ldc, sc, batch);
+}
+// Level-1 calls of the element-wise baselines: unit strides only, as ours use.
+CUBLAS cublasSaxpy_v2(void*, int n, const float* alpha, const float* x, int incx, float* y, int incy) {
+    std::lock_guard<std::mutex> lock(emu::api_mutex());
+    if (n < 0 || incx != 1 || incy != 1) return CUBLAS_STATUS_INVALID_VALUE;
+    if (!emu::is_device_range(x, (size_t)n * 4) || !emu::is_device_range(y, (size_t)n * 4)) {
+        emu::report("cublasSaxpy: x or y is not inside one device allocation");
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    for (int i = 0; i < n; ++i) y[i] = std::fmaf(*alpha, x[i], y[i]);
+    return CUBLAS_STATUS_SUCCESS;
+}
+CUBLAS cublasSscal_v2(void*, int n, const float* alpha, float* x, int incx) {
+    std::lock_guard<std::mutex> lock(emu::api_mutex());
+    if (n < 0 || incx != 1) return CUBLAS_STATUS_INVALID_VALUE;
+    if (!emu::is_device_range(x, (size_t)n * 4)) {
+        emu::report("cublasSscal: x is not inside one device allocation");
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    for (int i = 0; i < n; ++i) x[i] *= *alpha;
+    return CUBLAS_STATUS_SUCCESS;
 }
 // f32 or bf16 operands with f32 compute (CUBLAS_COMPUTE_32F = 68), the cases our baselines use.
 CUBLAS cublasGemmStridedBatchedEx(void*, int ta, int tb, int m, int n, int k, const void* alpha,

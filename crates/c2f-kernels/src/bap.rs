@@ -428,9 +428,10 @@ pub mod baseline {
     };
 
     use super::{launch_grad_dot, launch_normalize, per_part_chunks, per_part_grid, BapShape};
+    use crate::cublas_raw::{self, blas_error};
     use crate::device::{device_addr, device_addr_mut, Gpu};
     use crate::element::Element;
-    use crate::error::{Error, Result};
+    use crate::error::Result;
 
     pub struct BapCublas<T: Element> {
         shape: BapShape,
@@ -446,28 +447,17 @@ pub mod baseline {
         pooled_grad: CudaSlice<T>,
     }
 
-    fn blas_error(e: impl std::fmt::Debug) -> Error {
-        Error::Library {
-            library: "cuBLAS",
-            message: format!("{e:?}"),
-        }
-    }
-
     impl<T: Element> BapCublas<T>
     where
         CudaBlas: Gemm<T>,
     {
         pub fn new(gpu: &Gpu, shape: BapShape) -> Result<Self> {
             shape.validate()?;
-            // SAFETY: only tries to dlopen cuBLAS; cudarc panics later if it is absent.
-            if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-                return Err(blas_error("libcublas could not be loaded"));
-            }
             let src = &crate::sources::BAP;
             Ok(BapCublas {
                 shape,
                 stream: gpu.stream().clone(),
-                blas: CudaBlas::new(gpu.stream().clone()).map_err(blas_error)?,
+                blas: cublas_raw::open(gpu.stream())?,
                 signed_sqrt: gpu.typed_function::<T>(src, "bap_baseline_signed_sqrt")?,
                 normalize: gpu.typed_function::<T>(src, "bap_normalize")?,
                 grad_dot: gpu.typed_function::<T>(src, "bap_grad_dot")?,

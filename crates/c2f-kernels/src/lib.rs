@@ -25,6 +25,7 @@ pub mod bap;
 pub mod batch_norm;
 pub mod center_loss;
 pub mod conv_transpose;
+pub mod cublas_raw;
 pub mod cudnn_raw;
 pub mod device;
 pub mod element;

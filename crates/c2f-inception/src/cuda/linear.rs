@@ -7,20 +7,13 @@
 
 use std::sync::Arc;
 
+use c2f_kernels::cublas_raw::{self, blas_error};
 use c2f_kernels::{Error, Result};
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 
 use crate::backend::LinearShape;
-
-fn blas_error(e: impl std::fmt::Debug) -> Error {
-    Error::Library {
-        library: "cuBLAS",
-        message: format!("{e:?}"),
-    }
-}
 
 fn c_int(what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::Shape(format!("linear {what} {v} does not fit an i32")))
@@ -66,19 +59,8 @@ pub(crate) struct LinearEngine {
 
 impl LinearEngine {
     pub(crate) fn new(stream: &Arc<CudaStream>) -> Result<LinearEngine> {
-        // SAFETY: only tries to dlopen the cuBLAS library; cudarc panics later if it is absent.
-        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-            return Err(blas_error(
-                "libcublas could not be loaded; put it on LD_LIBRARY_PATH (tools/cuda-libs.sh)",
-            ));
-        }
-        let blas = CudaBlas::new(stream.clone()).map_err(blas_error)?;
-        // The default mode keeps f32 GEMMs in f32 (TF32 only with CUBLAS_TF32_TENSOR_OP_MATH);
-        // set it explicitly so nothing inherited changes that.
-        // SAFETY: a valid handle and a valid mode.
-        unsafe { cublasSetMathMode(*blas.handle(), cublasMath_t::CUBLAS_DEFAULT_MATH) }
-            .result()
-            .map_err(blas_error)?;
+        // `open` keeps the f32 GEMMs in f32 (no TF32).
+        let blas = cublas_raw::open(stream)?;
         Ok(LinearEngine {
             blas,
             stream: stream.clone(),
