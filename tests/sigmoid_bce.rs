@@ -1,10 +1,12 @@
 //! Sigmoid binary cross-entropy: the CPU reference against hand-computed values and finite
-//! differences (f64), and the CUDA kernel against it in f32 and bf16 (skipped without a GPU).
+//! differences (f64), and the CUDA kernel against it in f32 and bf16, and the bench's cuDNN
+//! baseline's gradient against it (skipped without a GPU).
 
+use c2f_kernels::sigmoid_bce::baseline::SigmoidBceCudnn;
 use c2f_kernels::sigmoid_bce::{forward_backward_cpu, sigmoid, SigmoidBceGpu, SigmoidBceShape};
 use c2f_kernels::testing::{
-    assert_bit_identical, gpu_or_skip, numeric_gradient, rel_error, round_through, widen,
-    SplitMix64,
+    assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,
+    widen, SplitMix64,
 };
 use c2f_kernels::{Element, Gpu};
 
@@ -239,4 +241,32 @@ fn gpu_bce_wrong_length_is_an_error() {
             .contains("sigmoid BCE logits has 5 elements, expected 6"),
         "{err}"
     );
+}
+
+/// The bench's cuDNN baseline gives the reference's `dlogits`.
+#[test]
+fn gpu_cudnn_baseline_matches_reference() {
+    let test = "sigmoid_bce gpu_cudnn_baseline_matches_reference";
+    let Some(gpu) = gpu_or_skip(test) else {
+        return;
+    };
+    for s in [shape(64, 40), shape(7, 6), shape(2, 300)] {
+        let Some(mut cudnn) = library_or_skip(test, SigmoidBceCudnn::new(&gpu, s)) else {
+            return;
+        };
+        let (logits, targets) = draw_inputs(&s, 6.0, 24);
+        let (logits32, logits64) = round_through::<f32>(&logits);
+        let (targets32, targets64) = round_through::<f32>(&targets);
+        let loss_scale = 0.5;
+        let (_, _, ref_grad) = bce64(&s, &logits64, &targets64, loss_scale);
+        let x_d = gpu.upload(&logits32).unwrap();
+        let t_d = gpu.upload(&targets32).unwrap();
+        let mut dx_d = gpu.alloc_poisoned::<f32>(s.len()).unwrap();
+        cudnn.backward(&x_d, &t_d, loss_scale, &mut dx_d).unwrap();
+        let e = rel_error(&widen(&gpu.download(&dx_d).unwrap()), &ref_grad);
+        assert!(
+            e < 1e-5,
+            "cuDNN sigmoid BCE dlogits {s:?}: relative error {e}"
+        );
+    }
 }

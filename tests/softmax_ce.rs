@@ -1,15 +1,16 @@
 //! Softmax cross-entropy and dropout: the CPU reference against hand-computed values, finite
 //! differences (f64) and its documented mask formula, and the CUDA kernels against the CPU in f32
-//! and bf16 (skipped without a GPU).
+//! and bf16, and the bench's cuDNN baseline against the reference (skipped without a GPU).
 
 use c2f_kernels::rng::splitmix64_output;
+use c2f_kernels::softmax_ce::baseline::{nll_gradient, LogSoftmaxCudnn};
 use c2f_kernels::softmax_ce::{
     dropout_backward_cpu, dropout_forward_cpu, forward_backward_cpu, forward_cpu, DropoutGpu,
     DropoutParams, SoftmaxCeGpu, SoftmaxCeShape,
 };
 use c2f_kernels::testing::{
-    assert_bit_identical, gpu_or_skip, numeric_gradient, rel_error, round_through, widen,
-    SplitMix64,
+    assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,
+    widen, SplitMix64,
 };
 use c2f_kernels::{Element, Error, Gpu};
 
@@ -606,4 +607,44 @@ fn gpu_dropout_bf16_matches_cpu() {
         return;
     };
     gpu_dropout_cases::<half::bf16>(&gpu);
+}
+
+/// The bench's cuDNN baseline gives the reference's log-probabilities and `dlogits`.
+#[test]
+fn gpu_cudnn_baseline_matches_reference() {
+    let test = "softmax_ce gpu_cudnn_baseline_matches_reference";
+    let Some(gpu) = gpu_or_skip(test) else {
+        return;
+    };
+    for s in [shape(3, 7), shape(64, 200), shape(5, 2049)] {
+        let Some(mut cudnn) = library_or_skip(test, LogSoftmaxCudnn::new(&gpu, s)) else {
+            return;
+        };
+        let (logits, labels) = draw_inputs(&s, 6.0, 23);
+        let (logits32, logits64) = round_through::<f32>(&logits);
+        let loss_scale = 0.5;
+        let (_, _, ref_grad) = ce64(&s, &logits64, &labels, loss_scale);
+        let ref_log_probs: Vec<f64> = logits64
+            .chunks(s.classes)
+            .flat_map(|row| {
+                let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let log_sum = row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+                row.iter().map(move |x| x - m - log_sum)
+            })
+            .collect();
+        let x_d = gpu.upload(&logits32).unwrap();
+        let dy_d = gpu
+            .upload(&nll_gradient(&s, &labels, loss_scale).unwrap())
+            .unwrap();
+        let mut dx_d = gpu.alloc_poisoned::<f32>(s.logits_len()).unwrap();
+        cudnn.forward_backward(&x_d, &dy_d, &mut dx_d).unwrap();
+        let log_probs = gpu.download(cudnn.log_probs()).unwrap();
+        let grad = gpu.download(&dx_d).unwrap();
+        let e = rel_error(&widen(&log_probs), &ref_log_probs);
+        assert!(e < 1e-5, "cuDNN log-softmax {s:?}: relative error {e}");
+        let e = rel_error(&widen(&grad), &ref_grad);
+        assert!(e < 1e-5, "cuDNN softmax dlogits {s:?}: relative error {e}");
+    }
+    let err = nll_gradient(&shape(2, 3), &[0, 3], 1.0).unwrap_err();
+    assert!(matches!(err, Error::Label { index: 1, .. }), "{err}");
 }

@@ -1,4 +1,5 @@
-// Stand-ins for the parts of cuDNN (convolutions; batch norm, ReLU and pooling for bench baselines), cuBLAS (GEMM, axpy, scal) and NCCL (a world of one) that
+// Stand-ins for the parts of cuDNN (convolutions; batch norm, activations, pooling, softmax and
+// tensor addition for bench baselines), cuBLAS (GEMM, axpy, scal) and NCCL (a world of one) that
 // our CUDA backend, collective and benchmarks' baselines call, in the emulator's shared object;
 // build.py links libcudnn.so, libcublas.so and libnccl.so to it. Plain loops in a fixed order, accumulating in f64: the real libraries sum
 // in tiles, far closer to exact than one long f32 sum, and the stand-ins are not what is under
@@ -198,7 +199,7 @@ cudnnStatus_t find(Op op, int requested, int* returned, AlgoPerf* results) {
 // Batch norm (spatial mode) and ReLU, for the batch-norm bench's cuDNN baseline: the same
 // formulas as PyTorch's BatchNorm2d (biased variance to normalise, unbiased into the running one).
 constexpr int CUDNN_BATCHNORM_SPATIAL = 1;
-constexpr int CUDNN_ACTIVATION_RELU = 1;
+constexpr int CUDNN_ACTIVATION_SIGMOID = 0, CUDNN_ACTIVATION_RELU = 1;
 struct Activation {
     int mode = -1;
 };
@@ -504,8 +505,8 @@ CUDNN cudnnConvolutionBackwardFilter(Handle*, const float* alpha, Tensor4d* xd, 
 CUDNN cudnnCreateActivationDescriptor(Activation** d) { *d = new Activation{}; return CUDNN_STATUS_SUCCESS; }
 CUDNN cudnnDestroyActivationDescriptor(Activation* d) { delete d; return CUDNN_STATUS_SUCCESS; }
 CUDNN cudnnSetActivationDescriptor(Activation* d, int mode, int, double) {
-    if (mode != CUDNN_ACTIVATION_RELU) {
-        emu::report("cudnnSetActivationDescriptor: only ReLU is emulated");
+    if (mode != CUDNN_ACTIVATION_RELU && mode != CUDNN_ACTIVATION_SIGMOID) {
+        emu::report("cudnnSetActivationDescriptor: only ReLU and sigmoid are emulated");
         return CUDNN_STATUS_NOT_SUPPORTED;
     }
     d->mode = mode;
@@ -515,11 +516,13 @@ CUDNN cudnnActivationForward(Handle*, Activation* act, const float* alpha, Tenso
                              const float* beta, Tensor4d* yd, float* y) {
     std::lock_guard<std::mutex> lock(emu::api_mutex());
     const std::string call = "cudnnActivationForward";
-    if (!act || act->mode != CUDNN_ACTIVATION_RELU) return bad(call, "not a ReLU descriptor");
+    if (!act || act->mode < 0) return bad(call, "not an activation descriptor");
     if (!xd || !yd || xd->bytes() != yd->bytes()) return bad(call, "x and y descriptors differ");
     if (!in_device(call, {{"x", {x, xd->bytes()}}, {"y", {y, yd->bytes()}}})) return CUDNN_STATUS_BAD_PARAM;
     for (size_t i = 0; i < xd->bytes() / 4; ++i) {
-        const double r = x[i] > 0.0f ? x[i] : 0.0;
+        const double r = act->mode == CUDNN_ACTIVATION_SIGMOID ? 1.0 / (1.0 + std::exp(-(double)x[i]))
+                         : x[i] > 0.0f                          ? x[i]
+                                                                : 0.0;
         y[i] = (float)(*beta == 0.0f ? *alpha * r : *alpha * r + (double)*beta * y[i]);
     }
     return CUDNN_STATUS_SUCCESS;
@@ -529,7 +532,7 @@ CUDNN cudnnActivationBackward(Handle*, Activation* act, const float* alpha, Tens
                               const float* beta, Tensor4d* dxd, float* dx) {
     std::lock_guard<std::mutex> lock(emu::api_mutex());
     const std::string call = "cudnnActivationBackward";
-    if (!act || act->mode != CUDNN_ACTIVATION_RELU) return bad(call, "not a ReLU descriptor");
+    if (!act || act->mode != CUDNN_ACTIVATION_RELU) return bad(call, "only ReLU's backward is emulated");
     if (!xd || !yd || !dyd || !dxd) return bad(call, "a null descriptor");
     const size_t bytes = xd->bytes();
     if (yd->bytes() != bytes || dyd->bytes() != bytes || dxd->bytes() != bytes)
@@ -542,6 +545,92 @@ CUDNN cudnnActivationBackward(Handle*, Activation* act, const float* alpha, Tens
     }
     return CUDNN_STATUS_SUCCESS;
 }
+// Log-softmax and softmax (algorithms LOG and FAST/ACCURATE) per sample over C·H·W (instance
+// mode), the softmax cross-entropy's baseline; backward as cuDNN defines it from y and dy.
+constexpr int CUDNN_SOFTMAX_LOG = 2, CUDNN_SOFTMAX_MODE_INSTANCE = 0;
+cudnnStatus_t check_softmax(const std::string& call, int mode,
+                            std::initializer_list<std::pair<const char*, std::pair<const Tensor4d*, const void*>>> operands) {
+    if (mode != CUDNN_SOFTMAX_MODE_INSTANCE) {
+        emu::report(call + ": only instance mode is emulated");
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    }
+    const Tensor4d* first = operands.begin()->second.first;
+    for (const auto& [name, operand] : operands) {
+        const auto [desc, ptr] = operand;
+        if (!desc || desc->dtype != CUDNN_DATA_FLOAT) return bad(call, std::string(name) + ": not an f32 descriptor");
+        if (desc->n != first->n || desc->bytes() != first->bytes()) return bad(call, "the descriptors differ");
+        if (!in_device(call, {{name, {ptr, desc->bytes()}}})) return CUDNN_STATUS_BAD_PARAM;
+    }
+    return CUDNN_STATUS_SUCCESS;
+}
+CUDNN cudnnSoftmaxForward(Handle*, int algo, int mode, const float* alpha, Tensor4d* xd, const float* x,
+                          const float* beta, Tensor4d* yd, float* y) {
+    std::lock_guard<std::mutex> lock(emu::api_mutex());
+    if (cudnnStatus_t r = check_softmax("cudnnSoftmaxForward", mode, {{"x", {xd, x}}, {"y", {yd, y}}})) return r;
+    const size_t row = xd->bytes() / 4 / xd->n;
+    for (int n = 0; n < xd->n; ++n) {
+        const float* xr = x + n * row;
+        double m = -INFINITY, sum = 0.0;
+        for (size_t i = 0; i < row; ++i) m = std::max(m, (double)xr[i]);
+        for (size_t i = 0; i < row; ++i) sum += std::exp(xr[i] - m);
+        for (size_t i = 0; i < row; ++i) {
+            const double v = algo == CUDNN_SOFTMAX_LOG ? xr[i] - m - std::log(sum) : std::exp(xr[i] - m) / sum;
+            float& out = y[n * row + i];
+            out = (float)(*beta == 0.0f ? *alpha * v : *alpha * v + (double)*beta * out);
+        }
+    }
+    return CUDNN_STATUS_SUCCESS;
+}
+CUDNN cudnnSoftmaxBackward(Handle*, int algo, int mode, const float* alpha, Tensor4d* yd, const float* y,
+                           Tensor4d* dyd, const float* dy, const float* beta, Tensor4d* dxd, float* dx) {
+    std::lock_guard<std::mutex> lock(emu::api_mutex());
+    if (cudnnStatus_t r = check_softmax("cudnnSoftmaxBackward", mode, {{"y", {yd, y}}, {"dy", {dyd, dy}}, {"dx", {dxd, dx}}}))
+        return r;
+    const size_t row = yd->bytes() / 4 / yd->n;
+    for (int n = 0; n < yd->n; ++n) {
+        const float *yr = y + n * row, *dyr = dy + n * row;
+        double dot = 0.0;  // LOG: sum dy; otherwise sum dy*y
+        for (size_t i = 0; i < row; ++i) dot += algo == CUDNN_SOFTMAX_LOG ? dyr[i] : (double)dyr[i] * yr[i];
+        for (size_t i = 0; i < row; ++i) {
+            const double v = algo == CUDNN_SOFTMAX_LOG ? dyr[i] - std::exp((double)yr[i]) * dot : yr[i] * (dyr[i] - dot);
+            float& out = dx[n * row + i];
+            out = (float)(*beta == 0.0f ? *alpha * v : *alpha * v + (double)*beta * out);
+        }
+    }
+    return CUDNN_STATUS_SUCCESS;
+}
+
+// Element-wise addition of same-shape f32 tensors, the sigmoid BCE baseline's one OpTensor use.
+struct OpTensorDesc {
+    int op = -1;
+};
+constexpr int CUDNN_OP_TENSOR_ADD = 0;
+CUDNN cudnnCreateOpTensorDescriptor(OpTensorDesc** d) { *d = new OpTensorDesc{}; return CUDNN_STATUS_SUCCESS; }
+CUDNN cudnnDestroyOpTensorDescriptor(OpTensorDesc* d) { delete d; return CUDNN_STATUS_SUCCESS; }
+CUDNN cudnnSetOpTensorDescriptor(OpTensorDesc* d, int op, int dtype, int) {
+    if (op != CUDNN_OP_TENSOR_ADD || dtype != CUDNN_DATA_FLOAT) {
+        emu::report("cudnnSetOpTensorDescriptor: only f32 addition is emulated");
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    }
+    d->op = op;
+    return CUDNN_STATUS_SUCCESS;
+}
+CUDNN cudnnOpTensor(Handle*, OpTensorDesc* op, const float* alpha1, Tensor4d* ad, const float* a,
+                    const float* alpha2, Tensor4d* bd, const float* b, const float* beta, Tensor4d* cd, float* c) {
+    std::lock_guard<std::mutex> lock(emu::api_mutex());
+    const std::string call = "cudnnOpTensor";
+    if (!op || op->op != CUDNN_OP_TENSOR_ADD) return bad(call, "not an addition descriptor");
+    if (!ad || !bd || !cd) return bad(call, "a null descriptor");
+    const size_t bytes = cd->bytes();
+    if (ad->bytes() != bytes || bd->bytes() != bytes) return bad(call, "only same-shape operands are emulated");
+    if (!in_device(call, {{"A", {a, bytes}}, {"B", {b, bytes}}, {"C", {c, bytes}}})) return CUDNN_STATUS_BAD_PARAM;
+    for (size_t i = 0; i < bytes / 4; ++i) {
+        const double v = (double)*alpha1 * a[i] + (double)*alpha2 * b[i];
+        c[i] = (float)(*beta == 0.0f ? v : v + (double)*beta * c[i]);
+    }
+    return CUDNN_STATUS_SUCCESS;
+}
+
 CUDNN cudnnBatchNormalizationForwardTraining(Handle*, int mode, const float* alpha, const float* beta,
                                              Tensor4d* xd, const float* x, Tensor4d* yd, float* y,
                                              Tensor4d* sd, const float* scale, const float* bias,

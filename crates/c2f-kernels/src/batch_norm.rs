@@ -869,7 +869,7 @@ pub mod baseline {
     use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
     use super::{BatchNormParams, BatchNormShape};
-    use crate::cudnn_raw::{check, scalar, Handle, Relu, Tensor4d, ONE, ZERO};
+    use crate::cudnn_raw::{check, scalar, Activation, Handle, Tensor4d, ONE, ZERO};
     use crate::device::{device_addr, device_addr_mut, Gpu};
     use crate::error::Result;
 
@@ -884,7 +884,7 @@ pub mod baseline {
         activations: Tensor4d,
         /// `[1, C, 1, 1]`, for gamma, beta and the statistics.
         per_channel: Tensor4d,
-        relu: Relu,
+        relu: Activation,
         /// The gradient at the ReLU's input, between the two backward calls.
         relu_grad: CudaSlice<f32>,
     }
@@ -901,7 +901,7 @@ pub mod baseline {
                 handle: Handle::new(gpu)?,
                 activations: Tensor4d::new([s.batch, s.channels, s.height, s.width])?,
                 per_channel: Tensor4d::new([1, s.channels, 1, 1])?,
-                relu: Relu::new()?,
+                relu: Activation::relu()?,
                 relu_grad: gpu.alloc_zeros(if params.relu { s.len() } else { 1 })?,
             })
         }

@@ -1,6 +1,7 @@
 //! Raw cuDNN objects for the benches' library baselines that cudarc's safe API does not bind
-//! (batch norm, ReLU, backward pooling), and the library check and error every cuDNN user shares. Each wrapper owns one cuDNN object and destroys it when
-//! dropped; the calls themselves stay with their baselines.
+//! (batch norm, activations, backward pooling, softmax backward, tensor addition), and the
+//! library check and error every cuDNN user shares. Each wrapper owns one cuDNN object and
+//! destroys it when dropped; the calls themselves stay with their baselines.
 
 use std::ffi::{c_int, c_void};
 use std::sync::Arc;
@@ -103,17 +104,25 @@ impl Drop for Tensor4d {
     }
 }
 
-/// A ReLU activation descriptor (NaN propagated, as PyTorch's ReLU does).
-pub(crate) struct Relu(pub(crate) sys::cudnnActivationDescriptor_t);
+/// An activation descriptor (NaN propagated, as PyTorch's activations do).
+pub(crate) struct Activation(pub(crate) sys::cudnnActivationDescriptor_t);
 
-impl Relu {
-    pub(crate) fn new() -> Result<Relu> {
-        let desc = Relu(result::create_activation_descriptor().map_err(cudnn_error)?);
+impl Activation {
+    pub(crate) fn relu() -> Result<Activation> {
+        Self::new(cudnnActivationMode_t::CUDNN_ACTIVATION_RELU)
+    }
+
+    pub(crate) fn sigmoid() -> Result<Activation> {
+        Self::new(cudnnActivationMode_t::CUDNN_ACTIVATION_SIGMOID)
+    }
+
+    fn new(mode: cudnnActivationMode_t) -> Result<Activation> {
+        let desc = Activation(result::create_activation_descriptor().map_err(cudnn_error)?);
         // SAFETY: the descriptor was just created.
         unsafe {
             result::set_activation_descriptor(
                 desc.0,
-                cudnnActivationMode_t::CUDNN_ACTIVATION_RELU,
+                mode,
                 cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
                 0.0,
             )
@@ -123,10 +132,39 @@ impl Relu {
     }
 }
 
-impl Drop for Relu {
+impl Drop for Activation {
     fn drop(&mut self) {
         // SAFETY: created in `new`, destroyed once.
         unsafe { sys::cudnnDestroyActivationDescriptor(self.0) };
+    }
+}
+
+/// An f32 element-wise addition descriptor for `cudnnOpTensor`: `C = α₁A + α₂B + βC`.
+pub(crate) struct AddTensors(pub(crate) sys::cudnnOpTensorDescriptor_t);
+
+impl AddTensors {
+    pub(crate) fn new() -> Result<AddTensors> {
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: cuDNN writes the new descriptor into `raw`.
+        check(unsafe { sys::cudnnCreateOpTensorDescriptor(&mut raw) })?;
+        let desc = AddTensors(raw);
+        // SAFETY: the descriptor was just created.
+        check(unsafe {
+            sys::cudnnSetOpTensorDescriptor(
+                desc.0,
+                sys::cudnnOpTensorOp_t::CUDNN_OP_TENSOR_ADD,
+                cudnnDataType_t::CUDNN_DATA_FLOAT,
+                cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
+            )
+        })?;
+        Ok(desc)
+    }
+}
+
+impl Drop for AddTensors {
+    fn drop(&mut self) {
+        // SAFETY: created in `new`, destroyed once.
+        unsafe { sys::cudnnDestroyOpTensorDescriptor(self.0) };
     }
 }
 
