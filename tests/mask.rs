@@ -1,7 +1,9 @@
 //! The Coarse2Fine fine-branch ops (ReLU, attention-map choice and mean, bilinear resize, mask and
 //! apply): the CPU functions against hand-computed values and finite differences (f64), and the
-//! CUDA kernels against the f64 reference in f32 and bf16 (skipped without a GPU).
+//! CUDA kernels and the bench's cuDNN ReLU baseline against the f64 reference in f32 and bf16
+//! (skipped without a GPU).
 
+use c2f_kernels::mask::baseline::ReluCudnn;
 use c2f_kernels::mask::{
     check_map_indices, mask_backward_cpu, mask_forward_cpu, mean_maps_backward_cpu,
     mean_maps_forward_cpu, relu_backward_cpu, relu_forward_cpu, resize_bilinear_backward_cpu,
@@ -9,8 +11,8 @@ use c2f_kernels::mask::{
     MapShape, MaskGpu, MaskShape, ReluGpu, ResizeBilinearGpu, ResizeShape,
 };
 use c2f_kernels::testing::{
-    assert_bit_identical, gpu_or_skip, numeric_gradient, rel_error, round_through, widen,
-    SplitMix64,
+    assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,
+    widen, SplitMix64,
 };
 use c2f_kernels::{Element, Gpu};
 
@@ -625,6 +627,30 @@ fn gpu_relu_matches_reference() {
     for n in relu_sizes() {
         gpu_relu_case::<f32>(&gpu, n, 1e-5);
         gpu_relu_case::<half::bf16>(&gpu, n, 1e-2);
+    }
+}
+
+/// The bench's cuDNN ReLU gives the reference's `y` and `dx`.
+#[test]
+fn gpu_cudnn_relu_baseline_matches_reference() {
+    let test = "mask gpu_cudnn_relu_baseline_matches_reference";
+    let Some(gpu) = gpu_or_skip(test) else {
+        return;
+    };
+    for n in relu_sizes() {
+        let Some(relu) = library_or_skip(test, ReluCudnn::new(&gpu, n)) else {
+            return;
+        };
+        let (x_t, dy_t, references) = relu_case::<f32>(n);
+        let (x_d, dy_d) = (gpu.upload(&x_t).unwrap(), gpu.upload(&dy_t).unwrap());
+        let mut y = gpu.alloc_poisoned::<f32>(n).unwrap();
+        let mut dx = gpu.alloc_poisoned::<f32>(n).unwrap();
+        relu.forward(&x_d, &mut y).unwrap();
+        relu.backward(&x_d, &y, &dy_d, &mut dx).unwrap();
+        for ((what, out), reference) in ["y", "dx"].iter().zip([y, dx]).zip(&references) {
+            let e = rel_error(&widen(&gpu.download(&out).unwrap()), reference);
+            assert!(e < 1e-6, "cuDNN relu n={n}: {what} relative error {e}");
+        }
     }
 }
 

@@ -32,5 +32,5 @@ C2F_FORCE_NVRTC=1 emulated cargo test -p c2f-train --test train_gpu -- --nocaptu
 # The GPU benchmarks once each at tiny shapes, so the bench code the GPU check runs has run.
 C2F_BENCH_SMOKE=1 emulated cargo test -p c2f-kernels -p c2f-inception -p c2f-dist -p c2f-train \
   --bench axpby --bench bap --bench batch_norm --bench center_loss --bench conv_transpose \
-  --bench pool --bench sgd --bench sigmoid_bce --bench softmax_ce \
+  --bench mask --bench pool --bench sgd --bench sigmoid_bce --bench softmax_ce \
   --bench inception_gpu --bench coarse2fine_gpu --bench pretrain_upsampler --bench nccl_allreduce
