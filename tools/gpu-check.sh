@@ -172,6 +172,11 @@ PY
 
   # PyTorch on the same card, the peer of the runtime's GPU figures.
   run_step "torch baseline" 120 "$logs/bench-torch.txt" python3 "$root/tools/torch_baseline.py"
+  # PyTorch's versions of the small ops, then each set against our kernel's row.
+  run_step "torch ops baseline" 120 "$logs/bench-torch-ops.txt" \
+    python3 "$root/tools/torch_ops_baseline.py"
+  run_step "ours vs torch ops" 30 "$logs/bench-vs-torch.txt" \
+    python3 "$root/tools/torch_ops_baseline.py" --join "$logs"
 
   if command -v compute-sanitizer >/dev/null; then
     for op in bap center_loss conv_transpose batch_norm pool softmax_ce sigmoid_bce sgd axpby mask; do
@@ -202,7 +207,7 @@ PY
     echo "## Benchmarks (BENCH: group, name, card, us, GB/s, fraction of copy bandwidth, baseline)"
     echo
     echo '```'
-    cat "$logs"/bench-*.txt 2>/dev/null | grep -E '^(BENCH|SPEEDUP|TORCHGPU|NETBENCH|OPBENCH)|copy bandwidth' || echo "none"
+    cat "$logs"/bench-*.txt 2>/dev/null | grep -E '^(BENCH|SPEEDUP|TORCHGPU|TORCHOP|VSTORCH|NETBENCH|OPBENCH)|copy bandwidth' || echo "none"
     echo '```'
     echo
     echo "## Failures and skips (first lines)"
@@ -217,7 +222,7 @@ PY
 
   echo
   echo "== report: $out/report.md"
-  grep -h -E '^(BENCH|SPEEDUP|TORCHGPU|NETBENCH|OPBENCH)' "$logs"/bench-*.txt 2>/dev/null | cut -f2- | cut -c1-160
+  grep -h -E '^(BENCH|SPEEDUP|TORCHGPU|TORCHOP|VSTORCH|NETBENCH|OPBENCH)' "$logs"/bench-*.txt 2>/dev/null | cut -f2- | cut -c1-160
   echo
   printf '%s\n' "${results[@]}"
 }
