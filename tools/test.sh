@@ -34,3 +34,10 @@ C2F_BENCH_SMOKE=1 emulated cargo test -p c2f-kernels -p c2f-inception -p c2f-dis
   --bench axpby --bench bap --bench batch_norm --bench center_loss --bench conv_transpose \
   --bench mask --bench pool --bench sgd --bench sigmoid_bce --bench softmax_ce \
   --bench inception_gpu --bench coarse2fine_gpu --bench pretrain_upsampler --bench nccl_allreduce
+# The GPU check's join of PyTorch's op timings with ours, on made-up lines (it needs no torch).
+join_dir=$(mktemp -d)
+printf 'BENCH\tg\tours_case\tcard\t10.00\t1.0\t0.100\t\n' >"$join_dir/bench-ours.txt"
+printf 'TORCHOP\tg\tcase\teager\tcard\t25.00\n' >"$join_dir/bench-torch-ops.txt"
+python3 tools/torch_ops_baseline.py --join "$join_dir" |
+  grep -q -F "$(printf 'VSTORCH\tg\tcase vs PyTorch eager\t2.50x\tmeets the 1x target')"
+rm -r "$join_dir"
