@@ -1,17 +1,21 @@
 //! Coarse2Fine on the CUDA backend against the CPU backend: one full training step (both passes,
 //! the fine branch, both center banks, SGD) from the same weights and batch, for classes and for
-//! attributes (the multi-label head), and a short `fit` on the GPU that trains with finite losses.
-//! Without a GPU each test prints `skipped: no CUDA device`.
+//! attributes (the multi-label head), a short `fit` on the GPU that trains with finite losses, and
+//! (on the CPU emulator, which counts device allocations) steps that allocate nothing after the
+//! first. Without a GPU each test prints `skipped: no CUDA device`.
 
 use c2f_inception::backend::{Backend, BnMode};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
-use c2f_kernels::testing::{rel_error, widen, SplitMix64};
+use c2f_inception::cuda::CudaBackend;
+use c2f_kernels::testing::{emulator_allocation_count, rel_error, widen, SplitMix64};
 use c2f_kernels::Real;
+use c2f_train::data::loader::Batch as LoaderBatch;
 use c2f_train::data::spec::DataSpec;
 use c2f_train::model::{Coarse2Fine, Task};
 use c2f_train::train::{
-    build_coarse2fine, init_coarse2fine, train_coarse2fine, RunOptions, TrainConfig,
+    build_baseline, build_coarse2fine, init_baseline, init_coarse2fine, train_coarse2fine,
+    BatchShare, RunOptions, TrainConfig, Trainee,
 };
 
 fn tiny() -> TrainConfig {
@@ -199,4 +203,94 @@ fn coarse2fine_trains_on_the_gpu() {
     assert!((0.0..=1.0).contains(&acc.accuracy.coarse), "{acc:?}");
     let meta = c2f_train::checkpoint::read_meta(&dir.join("checkpoint.safetensors")).unwrap();
     assert_eq!(meta.step, 4);
+}
+
+/// A batch of `cfg`'s shape with random images and labels.
+fn random_batch(cfg: &TrainConfig, seed: u64) -> LoaderBatch {
+    let mut rng = SplitMix64(seed);
+    let pixels = cfg.batch * 3 * cfg.input_size * cfg.input_size;
+    LoaderBatch {
+        images: (0..pixels).map(|_| rng.uniform(-2.0, 2.0) as f32).collect(),
+        labels: (0..cfg.batch)
+            .map(|_| rng.below(cfg.classes as u64) as i32)
+            .collect(),
+        attributes: vec![Vec::new(); cfg.batch],
+        boxes: vec![None; cfg.batch],
+        indices: (0..cfg.batch).collect(),
+        size: cfg.input_size,
+        skipped: Vec::new(),
+    }
+}
+
+/// The emulator's allocation count after each of three training steps taken as `fit` takes them
+/// (the batch written, forward and backward, the losses and the correct count read, SGD), then
+/// after each of two evaluations of a batch.
+fn allocations_per_step<M: Trainee<CudaBackend>>(
+    b: &mut CudaBackend,
+    model: &mut M,
+    cfg: &TrainConfig,
+) -> Vec<u64> {
+    let mut draw = SplitMix64(3);
+    let mut counts = Vec::new();
+    for step in 0..3 {
+        let batch = random_batch(cfg, 10 + step);
+        let share = BatchShare::whole(cfg.batch);
+        let out = model
+            .step(
+                b,
+                &batch,
+                &mut draw,
+                step,
+                BnMode::Train,
+                &share,
+                &mut |_, _, _| Ok(()),
+            )
+            .unwrap();
+        assert!(out.losses.iter().all(|l| l.is_finite()), "{:?}", out.losses);
+        model.sgd_step(b, &cfg.sgd_rule(cfg.lr)).unwrap();
+        b.synchronize().unwrap();
+        counts.push(emulator_allocation_count().unwrap());
+    }
+    for seed in [20, 21] {
+        model
+            .probabilities(b, &random_batch(cfg, seed).images)
+            .unwrap();
+        counts.push(emulator_allocation_count().unwrap());
+    }
+    counts
+}
+
+/// Issue 3's memory rule: activations, scratch and plans are made once per (batch, resolution),
+/// so once the first step and the first evaluation have run, neither allocates device memory
+/// again, for Coarse2Fine and for the baseline.
+#[test]
+fn training_steps_allocate_nothing_after_the_first() {
+    let test = "training_steps_allocate_nothing_after_the_first";
+    let Some(mut gpu) = cuda_or_skip(test) else {
+        return;
+    };
+    if emulator_allocation_count().is_none() {
+        println!("{test}: skipped: only the CPU emulator counts device allocations");
+        return;
+    }
+    let cfg = tiny();
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("train_gpu_allocations");
+    let run = run_options(&dir);
+    let mut c2f = build_coarse2fine(&mut gpu, &cfg).unwrap();
+    init_coarse2fine(&mut gpu, &c2f, &cfg, &run).unwrap();
+    let c2f_counts = allocations_per_step(&mut gpu, &mut c2f, &cfg);
+    let mut baseline = build_baseline(&mut gpu, &cfg).unwrap();
+    init_baseline(&mut gpu, &baseline, &run).unwrap();
+    let baseline_counts = allocations_per_step(&mut gpu, &mut baseline, &cfg);
+    // The count does move when something allocates.
+    let before = emulator_allocation_count().unwrap();
+    let _scratch = gpu.gpu().alloc_zeros::<f32>(16).unwrap();
+    assert_eq!(emulator_allocation_count().unwrap(), before + 1);
+    for (model, counts) in [("Coarse2Fine", c2f_counts), ("baseline", baseline_counts)] {
+        // After step 1, then steps 2 and 3; after evaluation 1, then evaluation 2.
+        assert!(
+            counts[0] == counts[1] && counts[1] == counts[2] && counts[3] == counts[4],
+            "{model}: device allocations after each step and evaluation {counts:?}"
+        );
+    }
 }

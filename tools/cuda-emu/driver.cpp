@@ -336,6 +336,8 @@ struct Event {
 
 std::map<CUdeviceptr, Allocation> g_allocations;
 size_t g_allocated = 0;
+// Successful allocations so far, for tests that a training step allocates nothing.
+unsigned long long g_allocation_count = 0;
 int g_context_token;
 thread_local void* t_current_context = nullptr;
 
@@ -357,6 +359,7 @@ CUresult allocate(CUdeviceptr* out, size_t bytes) {
     *out = (CUdeviceptr)ptr;
     g_allocations[*out] = Allocation{bytes, mapping, mapping_bytes};
     g_allocated += bytes;
+    ++g_allocation_count;
     return CUDA_SUCCESS;
 }
 
@@ -594,6 +597,12 @@ API cuMemAlloc_v2(CUdeviceptr* ptr, size_t bytes) { LOCKED; return allocate(ptr,
 API cuMemAllocAsync(CUdeviceptr* ptr, size_t bytes, void*) { LOCKED; return allocate(ptr, bytes); }
 API cuMemFree_v2(CUdeviceptr ptr) { LOCKED; return release(ptr); }
 API cuMemFreeAsync(CUdeviceptr ptr, void*) { LOCKED; return release(ptr); }
+// Not a CUDA call: how many device allocations have succeeded in this process, which only the
+// emulator can say (c2f_kernels::testing::emulator_allocation_count reads it).
+extern "C" __attribute__((visibility("default"))) unsigned long long c2fEmuAllocationCount() {
+    LOCKED;
+    return g_allocation_count;
+}
 API cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     LOCKED;
     *total = kTotalMemory;

@@ -102,3 +102,17 @@ pub fn assert_bit_identical<T: bytemuck::Pod>(what: &str, a: &[T], b: &[T]) {
         "{what}: two runs differ in their bits, but determinism is promised"
     );
 }
+
+/// How many device allocations this process has made, as the CPU emulator of the CUDA driver
+/// (`tools/cuda-emu`) counts them; `None` on a real driver, which keeps no such count. Tests use
+/// it to show that a training step allocates nothing once the first has run.
+pub fn emulator_allocation_count() -> Option<u64> {
+    // SAFETY: opens the driver library cudarc has already loaded (the same object, so the same
+    // count) and calls the emulator's plain counter function, which takes no arguments.
+    unsafe {
+        let driver = libloading::Library::new("libcuda.so.1").ok()?;
+        let count: libloading::Symbol<unsafe extern "C" fn() -> u64> =
+            driver.get(b"c2fEmuAllocationCount\0").ok()?;
+        Some(count())
+    }
+}
