@@ -1438,9 +1438,10 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
                     if let Some(v) = spread.filter(merged) {
                         eprintln!(
                             "warning: {} epoch {}: the class centers have merged \
-                                 ({column} {v:.4} < {MERGED_SPREAD}): the part features no \
-                                 longer tell the classes apart, and runs in this state have \
-                                 not recovered (README, Seeds); try another --seed",
+                                 ({column} {v:.4} < {MERGED_SPREAD}): the part features do \
+                                 not tell the classes apart; runs in this state learn late \
+                                 or not at all (README, Seeds); if the test accuracy stays \
+                                 at chance, try another --seed",
                             M::NAME,
                             epoch + 1
                         );
