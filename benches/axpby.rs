@@ -46,10 +46,6 @@ fn gpu(c: &mut Criterion) {
     let Some(gpu) = common::gpu_or_skip("axpby GPU benches") else {
         return;
     };
-    println!(
-        "copy bandwidth: {:.0} GB/s",
-        common::copy_bandwidth_gbs(&gpu)
-    );
     let group = "axpby_gpu_f32";
     let ours_op = AxpbyGpu::<f32>::new(&gpu).unwrap();
     let Some(blas) = library_or_skip("axpby cuBLAS baseline", AxpbyCublas::new(&gpu)) else {

@@ -162,10 +162,6 @@ fn gpu(c: &mut Criterion) {
     let Some(gpu) = common::gpu_or_skip("batch_norm GPU benches") else {
         return;
     };
-    println!(
-        "copy bandwidth: {:.0} GB/s",
-        common::copy_bandwidth_gbs(&gpu)
-    );
     let p = BatchNormParams::default();
     let group = "batch_norm_gpu_f32";
     for s in gpu_shapes() {

@@ -108,10 +108,6 @@ fn gpu(c: &mut Criterion) {
     let Some(gpu) = common::gpu_or_skip("center_loss GPU benches") else {
         return;
     };
-    println!(
-        "copy bandwidth: {:.0} GB/s",
-        common::copy_bandwidth_gbs(&gpu)
-    );
     gpu_dtype::<f32>(c, &gpu);
     gpu_dtype::<half::bf16>(c, &gpu);
 }

@@ -352,10 +352,6 @@ fn gpu(c: &mut Criterion) {
     let Some(gpu) = common::gpu_or_skip("conv_transpose GPU benches") else {
         return;
     };
-    println!(
-        "copy bandwidth: {:.0} GB/s",
-        common::copy_bandwidth_gbs(&gpu)
-    );
     // f32 against cuDNN in plain FMA (our arithmetic) and in TF32 (PyTorch's default).
     gpu_dtype::<f32>(c, &gpu, &[(false, "fma"), (true, "tf32")]);
     gpu_dtype::<half::bf16>(c, &gpu, &[(true, "tensor_op")]);

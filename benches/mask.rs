@@ -69,10 +69,6 @@ fn gpu(c: &mut Criterion) {
     let Some(gpu) = common::gpu_or_skip("mask GPU benches") else {
         return;
     };
-    println!(
-        "copy bandwidth: {:.0} GB/s",
-        common::copy_bandwidth_gbs(&gpu)
-    );
     let group = "mask_gpu_f32";
     let f32_bytes = std::mem::size_of::<f32>();
     let (batch, side, up, input) = sizes();

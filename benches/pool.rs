@@ -66,10 +66,6 @@ fn gpu(c: &mut Criterion) {
     let Some(gpu) = common::gpu_or_skip("pool GPU benches") else {
         return;
     };
-    println!(
-        "copy bandwidth: {:.0} GB/s",
-        common::copy_bandwidth_gbs(&gpu)
-    );
     let group = "pool_gpu_f32";
     for (is_max, s, p) in gpu_cases() {
         let out = p.output_shape(&s).unwrap();

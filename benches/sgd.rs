@@ -40,10 +40,6 @@ fn gpu(c: &mut Criterion) {
     let Some(gpu) = common::gpu_or_skip("sgd GPU benches") else {
         return;
     };
-    println!(
-        "copy bandwidth: {:.0} GB/s",
-        common::copy_bandwidth_gbs(&gpu)
-    );
     let group = "sgd_gpu_f32";
     let n = if bench_smoke() {
         4099

@@ -54,10 +54,6 @@ fn gpu(c: &mut Criterion) {
     let Some(gpu) = common::gpu_or_skip("sigmoid_bce GPU benches") else {
         return;
     };
-    println!(
-        "copy bandwidth: {:.0} GB/s",
-        common::copy_bandwidth_gbs(&gpu)
-    );
     let group = "sigmoid_bce_gpu_f32";
     for s in shapes() {
         let id = format!("B{}_A{}", s.batch, s.outputs);

@@ -52,10 +52,6 @@ fn gpu(c: &mut Criterion) {
     let Some(gpu) = common::gpu_or_skip("softmax_ce GPU benches") else {
         return;
     };
-    println!(
-        "copy bandwidth: {:.0} GB/s",
-        common::copy_bandwidth_gbs(&gpu)
-    );
     let group = "softmax_ce_gpu_f32";
     for s in shapes() {
         let id = format!("B{}_C{}", s.batch, s.classes);

@@ -86,7 +86,10 @@ pub fn report_speedup(group: &str, what: &str, ours: f64, baseline: f64, target:
     println!("SPEEDUP\t{group}\t{what}\t{speedup:.2}x\t{verdict} the {target}x target");
 }
 
-/// Opens the GPU for a bench, or says it is skipping the GPU part.
+/// Opens the GPU for a bench and prints its copy bandwidth (the limit the summary lines are
+/// held to), or says it is skipping the GPU part.
 pub fn gpu_or_skip(bench: &str) -> Option<Gpu> {
-    c2f_kernels::testing::gpu_or_skip(bench)
+    let gpu = c2f_kernels::testing::gpu_or_skip(bench)?;
+    println!("copy bandwidth: {:.0} GB/s", copy_bandwidth_gbs(&gpu));
+    Some(gpu)
 }
