@@ -336,8 +336,9 @@ struct Event {
 
 std::map<CUdeviceptr, Allocation> g_allocations;
 size_t g_allocated = 0;
-// Successful allocations so far, for tests that a training step allocates nothing.
-unsigned long long g_allocation_count = 0;
+// Successful allocations so far by each thread, for tests that a training step allocates
+// nothing: per thread, so that tests running beside it in the same process do not count.
+thread_local unsigned long long t_allocation_count = 0;
 int g_context_token;
 thread_local void* t_current_context = nullptr;
 
@@ -359,7 +360,7 @@ CUresult allocate(CUdeviceptr* out, size_t bytes) {
     *out = (CUdeviceptr)ptr;
     g_allocations[*out] = Allocation{bytes, mapping, mapping_bytes};
     g_allocated += bytes;
-    ++g_allocation_count;
+    ++t_allocation_count;
     return CUDA_SUCCESS;
 }
 
@@ -597,11 +598,10 @@ API cuMemAlloc_v2(CUdeviceptr* ptr, size_t bytes) { LOCKED; return allocate(ptr,
 API cuMemAllocAsync(CUdeviceptr* ptr, size_t bytes, void*) { LOCKED; return allocate(ptr, bytes); }
 API cuMemFree_v2(CUdeviceptr ptr) { LOCKED; return release(ptr); }
 API cuMemFreeAsync(CUdeviceptr ptr, void*) { LOCKED; return release(ptr); }
-// Not a CUDA call: how many device allocations have succeeded in this process, which only the
+// Not a CUDA call: how many device allocations the calling thread has made, which only the
 // emulator can say (c2f_kernels::testing::emulator_allocation_count reads it).
 extern "C" __attribute__((visibility("default"))) unsigned long long c2fEmuAllocationCount() {
-    LOCKED;
-    return g_allocation_count;
+    return t_allocation_count;
 }
 API cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     LOCKED;

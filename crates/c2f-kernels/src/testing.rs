@@ -103,8 +103,8 @@ pub fn assert_bit_identical<T: bytemuck::Pod>(what: &str, a: &[T], b: &[T]) {
     );
 }
 
-/// How many device allocations this process has made, as the CPU emulator of the CUDA driver
-/// (`tools/cuda-emu`) counts them; `None` on a real driver, which keeps no such count. Tests use
+/// How many device allocations the calling thread has made, as the CPU emulator of the CUDA
+/// driver (`tools/cuda-emu`) counts them (per thread, so tests running beside it do not count); `None` on a real driver, which keeps no such count. Tests use
 /// it to show that a training step allocates nothing once the first has run.
 pub fn emulator_allocation_count() -> Option<u64> {
     // SAFETY: opens the driver library cudarc has already loaded (the same object, so the same
