@@ -104,10 +104,12 @@ fn coarse2fine_step_matches_cpu() {
 
 /// How much further than the CPU backend's f32 run the GPU's may land from the f64 run, per
 /// tensor. Two f32 implementations summing in different orders differ by a few times each other's
-/// rounding through the batch-4 BatchNorms (the CPU emulator of `tools/cuda-emu` lands 2-6x as
-/// far as the CPU, the GPU's tiled sums should land closer); a wrong index or a missing term is
-/// off by orders of magnitude more.
-const F32_SPREAD: f64 = 10.0;
+/// rounding through the batch-4 BatchNorms, and more where cuDNN's algorithms (Winograd, FFT,
+/// tiled GEMMs) round differently from the CPU's im2col GEMM: the CPU emulator of `tools/cuda-emu`
+/// lands 2-6x as far as the CPU, an H200 (2026-11-27, commit 488c9d7) 10-16x, on the backbone's
+/// BN gradients and the up-sampler's biases, the ends of the longest backward chains. A wrong
+/// index or a missing term is off by orders of magnitude more.
+const F32_SPREAD: f64 = 30.0;
 /// Below this the f64 comparison is at f32's own resolution.
 const F32_FLOOR: f64 = 1e-5;
 
@@ -154,7 +156,9 @@ fn step_matches_cpu(gpu: &mut c2f_inception::cuda::CudaBackend, task: Task) {
             "{task:?}: loss term {k}: f64 {r}, gpu {g}"
         );
     }
-    let mut worst = (0.0, String::new());
+    // Every tensor is measured before any assertion, so a failure shows the whole spread (an
+    // index bug stands out from rounding by orders of magnitude).
+    let mut ratios = Vec::new();
     for (((name, r), (_, c)), (_, g)) in state64.iter().zip(&state32).zip(&gpu_state) {
         assert!(
             g.iter().all(|v| v.is_finite()),
@@ -162,19 +166,23 @@ fn step_matches_cpu(gpu: &mut c2f_inception::cuda::CudaBackend, task: Task) {
         );
         let (cpu_err, gpu_err) = (rel_error(c, r), rel_error(g, r));
         let bound = F32_SPREAD * cpu_err + F32_FLOOR;
+        ratios.push((gpu_err / bound, name.clone(), gpu_err, cpu_err, bound));
+    }
+    ratios.sort_by(|a, b| b.0.total_cmp(&a.0));
+    println!("coarse2fine_step_matches_cpu ({task:?}): the ten tensors nearest their bound");
+    for (ratio, name, gpu_err, cpu_err, bound) in ratios.iter().take(10) {
+        println!(
+            "  {name}: GPU {gpu_err:.2e} from f64, f32 CPU {cpu_err:.2e}, bound {bound:.2e} \
+             ({ratio:.2} of it)"
+        );
+    }
+    for (_, name, gpu_err, cpu_err, bound) in &ratios {
         assert!(
             gpu_err <= bound,
             "{task:?}: {name}: the GPU is {gpu_err:.2e} from f64, the f32 CPU {cpu_err:.2e} \
              (bound {bound:.2e})"
         );
-        if gpu_err / bound > worst.0 {
-            worst = (gpu_err / bound, name.clone());
-        }
     }
-    println!(
-        "coarse2fine_step_matches_cpu ({task:?}): worst tensor {} at {:.2} of its bound",
-        worst.1, worst.0
-    );
 }
 
 #[test]
