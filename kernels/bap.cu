@@ -4,9 +4,14 @@
 //   P[b,m,n] = (1/HW) sum_hw A[b,m,hw] F[b,n,hw]
 //   S = sign(P) sqrt(|P| + 1e-12)
 //   Z[b,:] = S[b,:] / max(||S[b,:]||, 1e-12)          (the whole M*N vector of a sample)
-// Forward: bap_pool (GEMM tile + signed sqrt + per-tile sum of squares) then bap_normalize.
-// Backward: bap_grad_dot (partials of the per-sample dot Z.dZ) then bap_grad_inputs, which forms
-// G = dP/HW tile by tile from Z and dZ, reads F once per 32 maps, and writes dF and dA.
+// F is by far the largest operand (768 channels against 8 or 32 maps), so every kernel reads it
+// exactly once per 8 maps (forward) or per 32 maps (backward), in 128-byte rows, and the maps
+// live in shared memory or registers (the first version tiled it as a square GEMM and read F
+// once per map tile row, at 13% of copy bandwidth on an H200).
+// Forward: bap_pool (P + signed sqrt + per-block sum of squares) then bap_normalize.
+// Backward: bap_grad_dot (partials of the per-sample dot Z.dZ), bap_grad_pooled (G = dP/HW,
+// written channel-major [B, N, M] so a channel's maps are adjacent), then bap_grad_inputs, which
+// reads F once and writes dF and dA.
 // All reductions run in a fixed order: the same bits on every run.
 #include "common.cuh"
 
@@ -18,77 +23,94 @@ __device__ __forceinline__ float signed_sqrt(float p) {
     return p == 0.0f ? 0.0f : copysignf(sqrtf(fabsf(p) + SQRT_EPS), p);
 }
 
-// Forward tile: 32 maps x 64 channels per block, HW in chunks of 32, 256 threads (16 x 16).
-#define POOL_TM 32
-#define POOL_TN 64
-#define POOL_TK 32
+// Forward: grid (ceil(N / 32), B), 256 threads. Warp w owns channels n0 + 4w .. n0 + 4w + 3 and
+// its lanes stride over HW, so each step loads 4 rows' 32 consecutive values of F; the maps come
+// 8 at a time from shared memory (a chunk of POOL_HW positions of each). A lane's 32 partial sums
+// (4 channels x 8 maps) are then summed over the warp by a transposing butterfly (31 shuffles),
+// after which lane l holds the total of sum l: channel l / 8, map l % 8.
+#define POOL_CHANNELS 32
+#define POOL_ROWS 4
+#define POOL_MAPS 8
+#define POOL_HW 512
+
+// One butterfly step of warp_transpose_sum: pairs of lanes WIDTH apart swap halves of their
+// first 2 WIDTH sums, the lower lane keeping [0, WIDTH) and the upper [WIDTH, 2 WIDTH).
+template <int WIDTH>
+__device__ __forceinline__ void transpose_sum_step(float (&v)[32], bool upper) {
+#pragma unroll
+    for (int i = 0; i < WIDTH; ++i) {
+        const float send = upper ? v[i] : v[i + WIDTH];
+        const float keep = upper ? v[i + WIDTH] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, WIDTH);
+    }
+}
+
+// v[i] summed over the warp's lanes for every i; lane l returns the total of v[l]. Fixed order.
+__device__ __forceinline__ float warp_transpose_sum(float (&v)[32]) {
+    const int lane = threadIdx.x & 31;
+    transpose_sum_step<16>(v, (lane & 16) != 0);
+    transpose_sum_step<8>(v, (lane & 8) != 0);
+    transpose_sum_step<4>(v, (lane & 4) != 0);
+    transpose_sum_step<2>(v, (lane & 2) != 0);
+    transpose_sum_step<1>(v, (lane & 1) != 0);
+    return v[0];
+}
 
 template <typename T>
 __device__ void bap_pool_impl(const T* __restrict__ att, const T* __restrict__ feat,
-                              T* __restrict__ parts, float* __restrict__ tile_sumsq, int M, int N,
+                              T* __restrict__ parts, float* __restrict__ block_sumsq, int M, int N,
                               int HW) {
-    __shared__ float as[POOL_TM][POOL_TK + 1];
-    __shared__ float fs[POOL_TN][POOL_TK + 1];
+    __shared__ float as[POOL_MAPS][POOL_HW];
     __shared__ float scratch[32];
-    const int b = blockIdx.z, m0 = blockIdx.y * POOL_TM, n0 = blockIdx.x * POOL_TN;
-    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+    const int b = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n_first = blockIdx.x * POOL_CHANNELS + warp * POOL_ROWS;
     const T* a_b = att + (long long)b * M * HW;
-    const T* f_b = feat + (long long)b * N * HW;
-
-    float acc[2][4];
+    const T* f_rows[POOL_ROWS];
+    bool row_ok[POOL_ROWS];
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
-
-    for (int k0 = 0; k0 < HW; k0 += POOL_TK) {
-        for (int e = threadIdx.x; e < POOL_TM * POOL_TK; e += blockDim.x) {
-            const int r = e / POOL_TK, k = e % POOL_TK;
-            const int m = m0 + r, hw = k0 + k;
-            as[r][k] = (m < M && hw < HW) ? load_f32(a_b, (long long)m * HW + hw) : 0.0f;
-        }
-        for (int e = threadIdx.x; e < POOL_TN * POOL_TK; e += blockDim.x) {
-            const int r = e / POOL_TK, k = e % POOL_TK;
-            const int n = n0 + r, hw = k0 + k;
-            fs[r][k] = (n < N && hw < HW) ? load_f32(f_b, (long long)n * HW + hw) : 0.0f;
-        }
-        __syncthreads();
-#pragma unroll 8
-        for (int k = 0; k < POOL_TK; ++k) {
-            float av[2], fv[4];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) av[i] = as[ty + 16 * i][k];
-#pragma unroll
-            for (int j = 0; j < 4; ++j) fv[j] = fs[tx + 16 * j][k];
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], fv[j], acc[i][j]);
-        }
-        __syncthreads();
+    for (int r = 0; r < POOL_ROWS; ++r) {
+        row_ok[r] = n_first + r < N;
+        f_rows[r] = feat + ((long long)b * N + (row_ok[r] ? n_first + r : 0)) * HW;
     }
-
     const float inv_hw = 1.0f / (float)HW;
     float sumsq = 0.0f;
+    for (int m0 = 0; m0 < M; m0 += POOL_MAPS) {
+        float acc[POOL_ROWS * POOL_MAPS];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const int m = m0 + ty + 16 * i;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int n = n0 + tx + 16 * j;
-            if (m < M && n < N) {
-                const float p = acc[i][j] * inv_hw;
-                const float s = signed_sqrt(p);
-                store_f32(parts, ((long long)b * M + m) * N + n, s);
-                sumsq = fmaf(s, s, sumsq);
+        for (int i = 0; i < POOL_ROWS * POOL_MAPS; ++i) acc[i] = 0.0f;
+        for (int k0 = 0; k0 < HW; k0 += POOL_HW) {
+            const int len = min(POOL_HW, HW - k0);
+            __syncthreads();  // the previous chunk's readers are done with `as`
+            for (int e = threadIdx.x; e < POOL_MAPS * POOL_HW; e += blockDim.x) {
+                const int m = e / POOL_HW, k = e % POOL_HW;
+                as[m][k] = (m0 + m < M && k < len) ? load_f32(a_b, (long long)(m0 + m) * HW + k0 + k)
+                                                  : 0.0f;
             }
+            __syncthreads();
+#pragma unroll 2
+            for (int k = lane; k < len; k += 32) {
+                float f[POOL_ROWS];
+#pragma unroll
+                for (int r = 0; r < POOL_ROWS; ++r) f[r] = row_ok[r] ? load_f32(f_rows[r], k0 + k) : 0.0f;
+#pragma unroll
+                for (int m = 0; m < POOL_MAPS; ++m) {
+                    const float a = as[m][k];
+#pragma unroll
+                    for (int r = 0; r < POOL_ROWS; ++r)
+                        acc[r * POOL_MAPS + m] = fmaf(a, f[r], acc[r * POOL_MAPS + m]);
+                }
+            }
+        }
+        const float total = warp_transpose_sum(acc);
+        const int n = n_first + lane / POOL_MAPS, m = m0 + lane % POOL_MAPS;
+        if (n < N && m < M) {
+            const float s = signed_sqrt(total * inv_hw);
+            store_f32(parts, ((long long)b * M + m) * N + n, s);
+            sumsq = fmaf(s, s, sumsq);
         }
     }
     sumsq = block_sum(sumsq, scratch);
-    if (threadIdx.x == 0) {
-        const int tiles = gridDim.x * gridDim.y;
-        tile_sumsq[(long long)b * tiles + blockIdx.y * gridDim.x + blockIdx.x] = sumsq;
-    }
+    if (threadIdx.x == 0) block_sumsq[(long long)b * gridDim.x + blockIdx.x] = sumsq;
 }
 
 // Sums a sample's partials in a fixed order. Every block of the sample does the same sum.
@@ -163,81 +185,98 @@ __device__ void bap_baseline_grad_pooled_impl(const T* __restrict__ parts,
     }
 }
 
-// One block: one sample, 32 HW positions, all N channels, 32 maps at a time.
-//   dF[n,hw] = sum_m G[m,n] A[m,hw]      dA[m,hw] = sum_n G[m,n] F[n,hw]
-// 256 threads: tx = HW position, ty = 0..7 picks rows ty, ty+8, ty+16, ty+24.
-#define GRAD_TH 32
-#define GRAD_TC 32
-
+// G = dP/HW channel-major, grad_t [B, N, M] in f32, through a 32 x 32 tile in shared memory so
+// that both the read of Z, dZ (along n) and the write (along m) are in rows. Grid
+// (ceil(N / 32), ceil(M / 32), B), 256 threads.
 template <typename T>
-__device__ void bap_grad_inputs_impl(const T* __restrict__ att, const T* __restrict__ feat,
-                                     const T* __restrict__ parts, const T* __restrict__ d_parts,
+__device__ void bap_grad_pooled_impl(const T* __restrict__ parts, const T* __restrict__ d_parts,
                                      const float* __restrict__ norms,
                                      const float* __restrict__ dot_partials, int chunks,
-                                     T* __restrict__ d_att, T* __restrict__ d_feat, int M, int N,
-                                     int HW) {
-    __shared__ float as[GRAD_TC][GRAD_TH];
-    __shared__ float fs[GRAD_TC][GRAD_TH];
-    __shared__ float gs[GRAD_TC][GRAD_TC + 1];
-    const int b = blockIdx.y, hw0 = blockIdx.x * GRAD_TH;
+                                     float* __restrict__ grad_t, int M, int N, int HW) {
+    __shared__ float tile[32][33];
+    const int b = blockIdx.z, n0 = blockIdx.x * 32, m0 = blockIdx.y * 32;
+    const PooledGrad grad(norms, dot_partials, chunks, b, HW);
     const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
-    const int hw = hw0 + tx;
+    for (int r = ty; r < 32; r += 8) {
+        const int m = m0 + r, n = n0 + tx;
+        if (m < M && n < N) {
+            const long long idx = ((long long)b * M + m) * N + n;
+            tile[r][tx] = grad(load_f32(parts, idx), load_f32(d_parts, idx));
+        }
+    }
+    __syncthreads();
+    for (int r = ty; r < 32; r += 8) {
+        const int n = n0 + r, m = m0 + tx;
+        if (m < M && n < N) grad_t[((long long)b * N + n) * M + m] = tile[tx][r];
+    }
+}
+
+// Input gradients: grid (ceil(HW / 32), B), 256 threads; lane = HW position, warp w = channels
+// w * 32 .. w * 32 + 31 of each chunk of GRAD_CHUNK channels, whose G rows sit in shared memory.
+//   dF[n,hw] = sum_m G[m,n] A[m,hw]      dA[m,hw] = sum_n G[m,n] F[n,hw]
+// A's column at the lane's position lives in registers, MT maps at a time (8, or 32 when
+// M > 8); each F value is read once per MT maps and feeds 2 MT FMAs. dA's per-warp partial sums
+// meet in shared memory at the end and are added in warp order.
+#define GRAD_CHUNK 256
+
+template <typename T, int MT>
+__device__ void bap_grad_inputs_impl(const T* __restrict__ att, const T* __restrict__ feat,
+                                     const float* __restrict__ grad_t, T* __restrict__ d_att,
+                                     T* __restrict__ d_feat, int M, int N, int HW) {
+    // G rows of one chunk, then (reused) the warps' dA partials.
+    __shared__ float smem[GRAD_CHUNK * MT];
+    const int b = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int hw = blockIdx.x * 32 + lane;
+    const bool valid = hw < HW;
     const T* a_b = att + (long long)b * M * HW;
     const T* f_b = feat + (long long)b * N * HW;
-    const T* z_b = parts + (long long)b * M * N;
-    const T* dz_b = d_parts + (long long)b * M * N;
-    const PooledGrad grad(norms, dot_partials, chunks, b, HW);
+    const float* g_b = grad_t + (long long)b * N * M;
     T* da_b = d_att + (long long)b * M * HW;
     T* df_b = d_feat + (long long)b * N * HW;
 
-    for (int m0 = 0; m0 < M; m0 += GRAD_TC) {
-        for (int e = threadIdx.x; e < GRAD_TC * GRAD_TH; e += blockDim.x) {
-            const int r = e / GRAD_TH, c = e % GRAD_TH;
-            const int m = m0 + r, h = hw0 + c;
-            as[r][c] = (m < M && h < HW) ? load_f32(a_b, (long long)m * HW + h) : 0.0f;
+    for (int m0 = 0; m0 < M; m0 += MT) {
+        float a[MT], da[MT];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+            a[m] = (valid && m0 + m < M) ? load_f32(a_b, (long long)(m0 + m) * HW + hw) : 0.0f;
+            da[m] = 0.0f;
         }
-        float da[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int n0 = 0; n0 < N; n0 += GRAD_TC) {
-            for (int e = threadIdx.x; e < GRAD_TC * GRAD_TH; e += blockDim.x) {
-                const int r = e / GRAD_TH, c = e % GRAD_TH;
-                const int n = n0 + r, h = hw0 + c;
-                fs[r][c] = (n < N && h < HW) ? load_f32(f_b, (long long)n * HW + h) : 0.0f;
-            }
-            for (int e = threadIdx.x; e < GRAD_TC * GRAD_TC; e += blockDim.x) {
-                const int r = e / GRAD_TC, c = e % GRAD_TC;
-                const int m = m0 + r, n = n0 + c;
-                const long long idx = (long long)m * N + n;
-                gs[r][c] = (m < M && n < N) ? grad(load_f32(z_b, idx), load_f32(dz_b, idx)) : 0.0f;
+        for (int n0 = 0; n0 < N; n0 += GRAD_CHUNK) {
+            __syncthreads();  // the previous chunk's readers are done with `smem`
+            for (int e = threadIdx.x; e < GRAD_CHUNK * MT; e += blockDim.x) {
+                const int nn = e / MT, m = e % MT;
+                smem[e] = (n0 + nn < N && m0 + m < M) ? g_b[(long long)(n0 + nn) * M + m0 + m] : 0.0f;
             }
             __syncthreads();
-            float df[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll 8
-            for (int k = 0; k < GRAD_TC; ++k) {
-                const float a = as[k][tx], f = fs[k][tx];
+            const int n_end = min(GRAD_CHUNK, N - n0);
+#pragma unroll 4
+            for (int j = 0; j < 32; ++j) {
+                const int nn = warp * 32 + j;
+                if (nn >= n_end) break;  // the same for the whole warp
+                const long long idx = (long long)(n0 + nn) * HW + hw;
+                const float f = valid ? load_f32(f_b, idx) : 0.0f;
+                const float* g = smem + nn * MT;  // one address for the warp: a broadcast
+                float df = 0.0f;
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    df[j] = fmaf(gs[k][ty + 8 * j], a, df[j]);
-                    da[j] = fmaf(gs[ty + 8 * j][k], f, da[j]);
+                for (int m = 0; m < MT; ++m) {
+                    df = fmaf(g[m], a[m], df);
+                    da[m] = fmaf(g[m], f, da[m]);
                 }
+                if (valid) store_f32(df_b, idx, m0 == 0 ? df : load_f32(df_b, idx) + df);
             }
-            if (hw < HW) {
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int n = n0 + ty + 8 * j;
-                    if (n < N) {
-                        const long long idx = (long long)n * HW + hw;
-                        store_f32(df_b, idx, m0 == 0 ? df[j] : load_f32(df_b, idx) + df[j]);
-                    }
-                }
-            }
-            __syncthreads();
         }
-        if (hw < HW) {
+        __syncthreads();  // every warp is done with the last chunk's G
+        float* partial = smem;  // [warp][m][lane]
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int m = m0 + ty + 8 * j;
-                if (m < M) store_f32(da_b, (long long)m * HW + hw, da[j]);
-            }
+        for (int m = 0; m < MT; ++m) partial[(warp * MT + m) * 32 + lane] = da[m];
+        __syncthreads();
+        const int warps = blockDim.x >> 5;
+        for (int e = threadIdx.x; e < MT * 32; e += blockDim.x) {
+            const int m = e / 32, l = e % 32;
+            float sum = 0.0f;
+            for (int w = 0; w < warps; ++w) sum += partial[(w * MT + m) * 32 + l];
+            const int h = blockIdx.x * 32 + l;
+            if (m0 + m < M && h < HW) store_f32(da_b, (long long)(m0 + m) * HW + h, sum);
         }
     }
 }
@@ -264,9 +303,9 @@ __device__ void bap_baseline_signed_sqrt_impl(const T* __restrict__ pooled, T* _
 
 #define BAP_ENTRY_POINTS(SUFFIX, T)                                                                 \
     extern "C" __global__ void __launch_bounds__(256)                                              \
-        bap_pool_##SUFFIX(const T* att, const T* feat, T* parts, float* tile_sumsq, int M, int N,  \
+        bap_pool_##SUFFIX(const T* att, const T* feat, T* parts, float* block_sumsq, int M, int N, \
                           int HW) {                                                                \
-        bap_pool_impl<T>(att, feat, parts, tile_sumsq, M, N, HW);                                  \
+        bap_pool_impl<T>(att, feat, parts, block_sumsq, M, N, HW);                                 \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256)                                              \
         bap_normalize_##SUFFIX(T* parts, const float* tile_sumsq, float* norms, int tiles,         \
@@ -278,11 +317,20 @@ __device__ void bap_baseline_signed_sqrt_impl(const T* __restrict__ pooled, T* _
         bap_grad_dot_impl<T>(parts, d_parts, dot_partials, MN);                                    \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256)                                              \
-        bap_grad_inputs_##SUFFIX(const T* att, const T* feat, const T* parts, const T* d_parts,    \
-                                 const float* norms, const float* dot_partials, int chunks,        \
-                                 T* d_att, T* d_feat, int M, int N, int HW) {                      \
-        bap_grad_inputs_impl<T>(att, feat, parts, d_parts, norms, dot_partials, chunks, d_att,     \
-                                d_feat, M, N, HW);                                                 \
+        bap_grad_pooled_##SUFFIX(const T* parts, const T* d_parts, const float* norms,             \
+                                 const float* dot_partials, int chunks, float* grad_t, int M,      \
+                                 int N, int HW) {                                                  \
+        bap_grad_pooled_impl<T>(parts, d_parts, norms, dot_partials, chunks, grad_t, M, N, HW);    \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        bap_grad_inputs8_##SUFFIX(const T* att, const T* feat, const float* grad_t, T* d_att,      \
+                                  T* d_feat, int M, int N, int HW) {                               \
+        bap_grad_inputs_impl<T, 8>(att, feat, grad_t, d_att, d_feat, M, N, HW);                    \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        bap_grad_inputs32_##SUFFIX(const T* att, const T* feat, const float* grad_t, T* d_att,     \
+                                   T* d_feat, int M, int N, int HW) {                              \
+        bap_grad_inputs_impl<T, 32>(att, feat, grad_t, d_att, d_feat, M, N, HW);                   \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256)                                              \
         bap_baseline_signed_sqrt_##SUFFIX(const T* pooled, T* parts, float* sumsq, int MN) {       \

@@ -196,13 +196,16 @@ fn signum0<R: Real>(x: R) -> R {
     }
 }
 
-const POOL_TM: usize = 32;
-const POOL_TN: usize = 64;
-const GRAD_TH: usize = 32;
+/// Channels per block of `bap_pool` (8 warps of 4 rows).
+const POOL_CHANNELS: usize = 32;
+/// HW positions per block of `bap_grad_inputs` (one per lane), and the side of
+/// `bap_grad_pooled`'s transposing tile.
+const GRAD_TILE: usize = 32;
 const THREADS: u32 = 256;
 
+/// Blocks of `bap_pool` per sample, each leaving one partial sum of squares.
 fn pool_tiles(shape: &BapShape) -> usize {
-    shape.channels.div_ceil(POOL_TN) * shape.maps.div_ceil(POOL_TM)
+    shape.channels.div_ceil(POOL_CHANNELS)
 }
 
 /// Grid of the element-wise passes over each sample's M·N vector: (chunks, B), with enough
@@ -276,11 +279,15 @@ pub struct BapGpu<T: Element> {
     pool: CudaFunction,
     normalize: CudaFunction,
     grad_dot: CudaFunction,
+    grad_pooled: CudaFunction,
+    /// `bap_grad_inputs` holding 8 maps in registers (M ≤ 8) or 32 (more, 32 at a time).
     grad_inputs: CudaFunction,
-    /// Sum of squares of S per (sample, forward tile).
+    /// Sum of squares of S per (sample, forward block).
     tile_sumsq: CudaSlice<f32>,
     /// Partials of `Z·dZ` per (sample, chunk).
     dot_partials: CudaSlice<f32>,
+    /// `G = dP/HW` channel-major, `[B, N, M]`, f32 whatever the storage type.
+    grad_t: CudaSlice<f32>,
     _storage: std::marker::PhantomData<T>,
 }
 
@@ -294,9 +301,18 @@ impl<T: Element> BapGpu<T> {
             pool: gpu.typed_function::<T>(src, "bap_pool")?,
             normalize: gpu.typed_function::<T>(src, "bap_normalize")?,
             grad_dot: gpu.typed_function::<T>(src, "bap_grad_dot")?,
-            grad_inputs: gpu.typed_function::<T>(src, "bap_grad_inputs")?,
+            grad_pooled: gpu.typed_function::<T>(src, "bap_grad_pooled")?,
+            grad_inputs: gpu.typed_function::<T>(
+                src,
+                if shape.maps <= 8 {
+                    "bap_grad_inputs8"
+                } else {
+                    "bap_grad_inputs32"
+                },
+            )?,
             tile_sumsq: gpu.alloc_zeros(shape.batch * pool_tiles(&shape))?,
             dot_partials: gpu.alloc_zeros(shape.batch * per_part_chunks(&shape))?,
+            grad_t: gpu.alloc_zeros(shape.parts_len())?,
             _storage: std::marker::PhantomData,
         })
     }
@@ -320,11 +336,7 @@ impl<T: Element> BapGpu<T> {
         let (attention, features) = (device_addr(attention, st), device_addr(features, st));
         let (parts, norms) = (device_addr_mut(parts, st), device_addr_mut(norms, st));
         let pool_cfg = LaunchConfig {
-            grid_dim: (
-                s.channels.div_ceil(POOL_TN) as u32,
-                s.maps.div_ceil(POOL_TM) as u32,
-                s.batch as u32,
-            ),
+            grid_dim: (pool_tiles(&s) as u32, s.batch as u32, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -388,22 +400,40 @@ impl<T: Element> BapGpu<T> {
         )?;
         let (m, n, hw) = (s.maps as i32, s.channels as i32, s.hw() as i32);
         let chunks = per_part_chunks(&s) as i32;
-        let inputs_cfg = LaunchConfig {
-            grid_dim: (s.hw().div_ceil(GRAD_TH) as u32, s.batch as u32, 1),
+        let pooled_cfg = LaunchConfig {
+            grid_dim: (
+                s.channels.div_ceil(GRAD_TILE) as u32,
+                s.maps.div_ceil(GRAD_TILE) as u32,
+                s.batch as u32,
+            ),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: buffer lengths checked above match the kernel's indexing.
+        let inputs_cfg = LaunchConfig {
+            grid_dim: (s.hw().div_ceil(GRAD_TILE) as u32, s.batch as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: buffer lengths checked above match the kernels' indexing; `grad_t` holds
+        // B·M·N and `dot_partials` B·chunks.
         unsafe {
             self.stream
-                .launch_builder(&self.grad_inputs)
-                .arg(&attention)
-                .arg(&features)
+                .launch_builder(&self.grad_pooled)
                 .arg(&parts)
                 .arg(&d_parts)
                 .arg(&norms)
                 .arg(&self.dot_partials)
                 .arg(&chunks)
+                .arg(&mut self.grad_t)
+                .arg(&m)
+                .arg(&n)
+                .arg(&hw)
+                .launch(pooled_cfg)?;
+            self.stream
+                .launch_builder(&self.grad_inputs)
+                .arg(&attention)
+                .arg(&features)
+                .arg(&self.grad_t)
                 .arg(&d_attention)
                 .arg(&d_features)
                 .arg(&m)
