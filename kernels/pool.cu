@@ -1,9 +1,13 @@
 // Pooling for the InceptionV3 runtime, NCHW contiguous, PyTorch semantics (ceil_mode=False,
 // dilation 1), and the channel copy behind concat and split.
 //
-// max_pool2d_forward / avg_pool2d_forward: one thread per output.
-// max_pool2d_backward / avg_pool2d_backward: one thread per input element, gathering from the
-// outputs whose windows contain it in row-major order (as PyTorch's CUDA backward): no atomics.
+// max_pool2d_forward / avg_pool2d_forward: one thread per output position of POOL_PLANES planes.
+// max_pool2d_backward / avg_pool2d_backward: one thread per input position of POOL_PLANES planes,
+// gathering from the outputs whose windows contain it in row-major order (as PyTorch's CUDA
+// backward): no atomics. The windowed kernels' grid is (ceil(positions / blockDim), 1, plane
+// groups): a thread finds its window (the integer divisions) once and uses it for POOL_PLANES
+// planes, whose loads are then in flight together; one thread per element spent most of its
+// time on index arithmetic (an H200 ran max pooling at 17% of copy bandwidth).
 // global_avg_pool_forward: one warp per plane; global_avg_pool_backward: one thread per element.
 // channel_copy: grid (chunks, N), a plain copy of each sample's contiguous run of channels.
 // Every result is the same bits on every run.
@@ -39,33 +43,56 @@ __device__ __forceinline__ int end_output(int i, int s, int p, int n_out) {
     return min((i + p) / s + 1, n_out);
 }
 
-// Global thread index as an unsigned, so the last block cannot overflow an int.
+// Planes per thread. Past the last plane a thread re-reads the last one (in bounds, never
+// stored), so the unrolled loops have no branch.
+#define POOL_PLANES 4
+
+// Position within a plane of this thread, or -1 past the plane's end.
+__device__ __forceinline__ int plane_position(int plane_len) {
+    const int p = blockIdx.x * blockDim.x + threadIdx.x;
+    return p < plane_len ? p : -1;
+}
 
 template <typename T>
 __device__ void max_pool2d_forward_impl(const T* __restrict__ x, T* __restrict__ y,
                                         int* __restrict__ indices, PoolGeom g) {
-    const unsigned int t = thread_index();
-    if (t >= (unsigned int)(g.planes * g.OH * g.OW)) return;
-    const int o = (int)t;
-    const int ow = o % g.OW, oh = (o / g.OW) % g.OH, plane = o / (g.OW * g.OH);
+    const int out_len = g.OH * g.OW, in_len = g.H * g.W;
+    const int o = plane_position(out_len);
+    if (o < 0) return;
+    const int oh = o / g.OW, ow = o - oh * g.OW;
     const Window wh(oh, g.kh, g.sh, g.ph, g.H), ww(ow, g.kw, g.sw, g.pw, g.W);
-    const T* xp = x + (long long)plane * g.H * g.W;
-    // As PyTorch: start at -inf on the window's first element; a larger value or any NaN wins,
-    // so ties keep the first maximum and a NaN (the last one) propagates.
-    float best = -__int_as_float(0x7f800000);
-    int best_i = wh.lo * g.W + ww.lo;
-    for (int ih = wh.lo; ih < wh.hi; ++ih) {
-        for (int iw = ww.lo; iw < ww.hi; ++iw) {
-            const int i = ih * g.W + iw;
-            const float v = load_f32(xp, i);
-            if (v > best || v != v) {
-                best = v;
-                best_i = i;
+    for (int p0 = blockIdx.z * POOL_PLANES; p0 < g.planes; p0 += gridDim.z * POOL_PLANES) {
+        const int count = min(POOL_PLANES, g.planes - p0);
+        const long long in0 = (long long)p0 * in_len, out0 = (long long)p0 * out_len;
+        // As PyTorch: start at -inf on the window's first element; a larger value or any NaN
+        // wins, so ties keep the first maximum and a NaN (the last one) propagates.
+        float best[POOL_PLANES];
+        int best_i[POOL_PLANES];
+#pragma unroll
+        for (int j = 0; j < POOL_PLANES; ++j) {
+            best[j] = -__int_as_float(0x7f800000);
+            best_i[j] = wh.lo * g.W + ww.lo;
+        }
+        for (int ih = wh.lo; ih < wh.hi; ++ih) {
+            for (int iw = ww.lo; iw < ww.hi; ++iw) {
+                const int i = ih * g.W + iw;
+#pragma unroll
+                for (int j = 0; j < POOL_PLANES; ++j) {
+                    const float v = load_f32(x, in0 + min(j, count - 1) * in_len + i);
+                    if (v > best[j] || v != v) {
+                        best[j] = v;
+                        best_i[j] = i;
+                    }
+                }
             }
         }
+#pragma unroll
+        for (int j = 0; j < POOL_PLANES; ++j) {
+            if (j >= count) continue;
+            store_f32(y, out0 + j * out_len + o, best[j]);
+            indices[out0 + j * out_len + o] = best_i[j];
+        }
     }
-    store_f32(y, o, best);
-    indices[o] = best_i;
 }
 
 // dx[i] = sum of dy over the outputs whose argmax is i (assigned). Only outputs whose window
@@ -73,22 +100,34 @@ __device__ void max_pool2d_forward_impl(const T* __restrict__ x, T* __restrict__
 template <typename T>
 __device__ void max_pool2d_backward_impl(const int* __restrict__ indices, const T* __restrict__ dy,
                                          T* __restrict__ dx, PoolGeom g) {
-    const unsigned int t = thread_index();
-    if (t >= (unsigned int)(g.planes * g.H * g.W)) return;
-    const int i = (int)t;
-    const int iw = i % g.W, ih = (i / g.W) % g.H, plane = i / (g.W * g.H);
+    const int out_len = g.OH * g.OW, in_len = g.H * g.W;
+    const int i = plane_position(in_len);
+    if (i < 0) return;
+    const int ih = i / g.W, iw = i - ih * g.W;
     const int oh0 = first_output(ih, g.kh, g.sh, g.ph), oh1 = end_output(ih, g.sh, g.ph, g.OH);
     const int ow0 = first_output(iw, g.kw, g.sw, g.pw), ow1 = end_output(iw, g.sw, g.pw, g.OW);
-    const int target = ih * g.W + iw;
-    const int base = plane * g.OH * g.OW;
-    float acc = 0.0f;
-    for (int oh = oh0; oh < oh1; ++oh) {
-        for (int ow = ow0; ow < ow1; ++ow) {
-            const int o = base + oh * g.OW + ow;
-            if (indices[o] == target) acc += load_f32(dy, o);
+    for (int p0 = blockIdx.z * POOL_PLANES; p0 < g.planes; p0 += gridDim.z * POOL_PLANES) {
+        const int count = min(POOL_PLANES, g.planes - p0);
+        const long long in0 = (long long)p0 * in_len, out0 = (long long)p0 * out_len;
+        float acc[POOL_PLANES];
+#pragma unroll
+        for (int j = 0; j < POOL_PLANES; ++j) acc[j] = 0.0f;
+        for (int oh = oh0; oh < oh1; ++oh) {
+            for (int ow = ow0; ow < ow1; ++ow) {
+                const int o = oh * g.OW + ow;
+#pragma unroll
+                for (int j = 0; j < POOL_PLANES; ++j) {
+                    const long long at = out0 + min(j, count - 1) * out_len + o;
+                    if (indices[at] == i) acc[j] += load_f32(dy, at);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < POOL_PLANES; ++j) {
+            if (j >= count) continue;
+            store_f32(dx, in0 + j * in_len + i, acc[j]);
         }
     }
-    store_f32(dx, i, acc);
 }
 
 __device__ __forceinline__ int avg_divisor(const Window& wh, const Window& ww, int count_include_pad) {
@@ -97,39 +136,67 @@ __device__ __forceinline__ int avg_divisor(const Window& wh, const Window& ww, i
 
 template <typename T>
 __device__ void avg_pool2d_forward_impl(const T* __restrict__ x, T* __restrict__ y, PoolGeom g) {
-    const unsigned int t = thread_index();
-    if (t >= (unsigned int)(g.planes * g.OH * g.OW)) return;
-    const int o = (int)t;
-    const int ow = o % g.OW, oh = (o / g.OW) % g.OH, plane = o / (g.OW * g.OH);
+    const int out_len = g.OH * g.OW, in_len = g.H * g.W;
+    const int o = plane_position(out_len);
+    if (o < 0) return;
+    const int oh = o / g.OW, ow = o - oh * g.OW;
     const Window wh(oh, g.kh, g.sh, g.ph, g.H), ww(ow, g.kw, g.sw, g.pw, g.W);
-    const T* xp = x + (long long)plane * g.H * g.W;
-    float sum = 0.0f;
-    for (int ih = wh.lo; ih < wh.hi; ++ih) {
-        for (int iw = ww.lo; iw < ww.hi; ++iw) sum += load_f32(xp, ih * g.W + iw);
+    const float div = (float)avg_divisor(wh, ww, g.count_include_pad);
+    for (int p0 = blockIdx.z * POOL_PLANES; p0 < g.planes; p0 += gridDim.z * POOL_PLANES) {
+        const int count = min(POOL_PLANES, g.planes - p0);
+        const long long in0 = (long long)p0 * in_len, out0 = (long long)p0 * out_len;
+        float sum[POOL_PLANES];
+#pragma unroll
+        for (int j = 0; j < POOL_PLANES; ++j) sum[j] = 0.0f;
+        for (int ih = wh.lo; ih < wh.hi; ++ih) {
+            for (int iw = ww.lo; iw < ww.hi; ++iw) {
+#pragma unroll
+                for (int j = 0; j < POOL_PLANES; ++j)
+                    sum[j] += load_f32(x, in0 + min(j, count - 1) * in_len + ih * g.W + iw);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < POOL_PLANES; ++j) {
+            if (j >= count) continue;
+            store_f32(y, out0 + j * out_len + o, sum[j] / div);
+        }
     }
-    store_f32(y, o, sum / (float)avg_divisor(wh, ww, g.count_include_pad));
 }
 
 // dx[i] = sum over the outputs whose window contains i of dy / divisor (assigned).
 template <typename T>
 __device__ void avg_pool2d_backward_impl(const T* __restrict__ dy, T* __restrict__ dx, PoolGeom g) {
-    const unsigned int t = thread_index();
-    if (t >= (unsigned int)(g.planes * g.H * g.W)) return;
-    const int i = (int)t;
-    const int iw = i % g.W, ih = (i / g.W) % g.H, plane = i / (g.W * g.H);
+    const int out_len = g.OH * g.OW, in_len = g.H * g.W;
+    const int i = plane_position(in_len);
+    if (i < 0) return;
+    const int ih = i / g.W, iw = i - ih * g.W;
     const int oh0 = first_output(ih, g.kh, g.sh, g.ph), oh1 = end_output(ih, g.sh, g.ph, g.OH);
     const int ow0 = first_output(iw, g.kw, g.sw, g.pw), ow1 = end_output(iw, g.sw, g.pw, g.OW);
-    const int base = plane * g.OH * g.OW;
-    float acc = 0.0f;
-    for (int oh = oh0; oh < oh1; ++oh) {
-        const Window wh(oh, g.kh, g.sh, g.ph, g.H);
-        for (int ow = ow0; ow < ow1; ++ow) {
-            const Window ww(ow, g.kw, g.sw, g.pw, g.W);
-            const float div = (float)avg_divisor(wh, ww, g.count_include_pad);
-            acc += load_f32(dy, base + oh * g.OW + ow) / div;
+    for (int p0 = blockIdx.z * POOL_PLANES; p0 < g.planes; p0 += gridDim.z * POOL_PLANES) {
+        const int count = min(POOL_PLANES, g.planes - p0);
+        const long long in0 = (long long)p0 * in_len, out0 = (long long)p0 * out_len;
+        float acc[POOL_PLANES];
+#pragma unroll
+        for (int j = 0; j < POOL_PLANES; ++j) acc[j] = 0.0f;
+        for (int oh = oh0; oh < oh1; ++oh) {
+            const Window wh(oh, g.kh, g.sh, g.ph, g.H);
+            for (int ow = ow0; ow < ow1; ++ow) {
+                const Window ww(ow, g.kw, g.sw, g.pw, g.W);
+                // A reciprocal, not a division per plane: IEEE division is a call whose saved
+                // registers spilled; within 1 ulp of dy / divisor.
+                const float inv = __frcp_rn((float)avg_divisor(wh, ww, g.count_include_pad));
+                const int o = oh * g.OW + ow;
+#pragma unroll
+                for (int j = 0; j < POOL_PLANES; ++j)
+                    acc[j] = fmaf(load_f32(dy, out0 + min(j, count - 1) * out_len + o), inv, acc[j]);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < POOL_PLANES; ++j) {
+            if (j >= count) continue;
+            store_f32(dx, in0 + j * in_len + i, acc[j]);
         }
     }
-    store_f32(dx, i, acc);
 }
 
 // One warp per plane: lane-strided partial sums, then a butterfly in a fixed order.

@@ -524,6 +524,17 @@ fn gpu_f32_pool_matches_reference() {
     }
 }
 
+/// More planes than the windowed kernels' grid covers at 4 per thread (65,535 × 4), so threads
+/// stride over a second group of planes.
+#[test]
+fn gpu_pool_strides_past_the_grid() {
+    let Some(gpu) = gpu_or_skip("pool gpu_pool_strides_past_the_grid") else {
+        return;
+    };
+    let s = shape(2, 131_075, 2, 2);
+    gpu_pool_matches_reference::<f32>(&gpu, s, Pool2dParams::square(2, 1, 0), 1e-5);
+}
+
 #[test]
 fn gpu_bf16_pool_matches_reference() {
     let Some(gpu) = gpu_or_skip("pool gpu_bf16_pool_matches_reference") else {
