@@ -1,6 +1,6 @@
 //! InceptionV3 forward+backward+SGD on the CUDA backend, images per second at batch 64, 299² and
-//! 448², up to Mixed_6e and full (1000 classes), f32, with cuDNN's heuristic algorithm choice;
-//! and up to Mixed_6e with timed choice (`_timed`). `tools/torch_baseline.py` times PyTorch on
+//! 448², up to Mixed_6e and full (1000 classes), f32, with cuDNN's heuristic algorithm choice
+//! and with timed choice (`_timed`). `tools/torch_baseline.py` times PyTorch on
 //! the same card in the same GPU check; the target is parity with its fp32 figure, the timed
 //! rows' peer being its fp32 + `cudnn.benchmark` one. Prints
 //! `NETBENCH` lines (images/s, ms/step, memory the backend holds), and for each network an
@@ -131,9 +131,24 @@ fn bench(c: &mut Criterion) {
             &full,
             Heuristic,
         );
-        // Timed algorithm choice, the peer of PyTorch's fp32 + cudnn.benchmark row.
-        let timed = format!("{mixed6e}_timed");
-        case(c, batch, size, Depth::Mixed6e, &timed, Timed);
+        // Timed algorithm choice, the peer of PyTorch's fp32 + cudnn.benchmark rows.
+        case(
+            c,
+            batch,
+            size,
+            Depth::Mixed6e,
+            &format!("{mixed6e}_timed"),
+            Timed,
+        );
+        let full_timed = format!("{full}_timed");
+        case(
+            c,
+            batch,
+            size,
+            Depth::Full { classes: 1000 },
+            &full_timed,
+            Timed,
+        );
     }
 }
 
