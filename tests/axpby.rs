@@ -25,32 +25,42 @@ fn hand_computed_and_assigning() {
     );
 }
 
-fn gpu_matches<T: Element>(gpu: &Gpu, n: usize, alpha: f64, beta: f64, tol: f64) {
-    let mut rng = SplitMix64(n as u64);
-    let (x_t, x64) = round_through::<T>(&rng.uniform_vec(n, -1.0, 1.0));
+/// `y[offset..] = α x[offset..] + β y[offset..]` on buffers of `offset + n` elements: an offset
+/// of 1 makes both views misaligned for the kernel's float4 path, and `y[..offset]` must keep
+/// its values.
+fn gpu_matches<T: Element>(gpu: &Gpu, n: usize, offset: usize, alpha: f64, beta: f64, tol: f64) {
+    let len = offset + n;
+    let mut rng = SplitMix64(len as u64);
+    let (x_t, x64) = round_through::<T>(&rng.uniform_vec(len, -1.0, 1.0));
     let y0 = if beta == 0.0 {
-        vec![f64::NAN; n]
+        vec![f64::NAN; len]
     } else {
-        rng.uniform_vec(n, -1.0, 1.0)
+        rng.uniform_vec(len, -1.0, 1.0)
     };
     let (y_t, y64) = round_through::<T>(&y0);
-    let mut reference = y64.clone();
-    axpby_cpu(alpha, &x64, beta, &mut reference).unwrap();
+    let mut reference = y64[offset..].to_vec();
+    axpby_cpu(alpha, &x64[offset..], beta, &mut reference).unwrap();
     let op = AxpbyGpu::<T>::new(gpu).unwrap();
     let x = gpu.upload(&x_t).unwrap();
     let run = || {
         let mut y = gpu.upload(&y_t).unwrap();
-        op.run(alpha, &x, beta, &mut y).unwrap();
+        op.run(alpha, &x.slice(offset..), beta, &mut y.slice_mut(offset..))
+            .unwrap();
         gpu.download(&y).unwrap()
     };
     let (first, second) = (run(), run());
-    let e = rel_error(&widen(&first), &reference);
-    assert!(
-        e < tol,
-        "axpby {} n={n} α={alpha} β={beta}: relative error {e}",
+    let what = format!(
+        "axpby {} n={n} offset={offset} α={alpha} β={beta}",
         T::SUFFIX
     );
-    assert_bit_identical("axpby", &first, &second);
+    let e = rel_error(&widen(&first[offset..]), &reference);
+    assert!(e < tol, "{what}: relative error {e}");
+    assert_bit_identical(
+        &format!("{what}: y before the view"),
+        &first[..offset],
+        &y_t[..offset],
+    );
+    assert_bit_identical(&what, &first, &second);
 }
 
 #[test]
@@ -58,9 +68,17 @@ fn gpu_matches_reference() {
     let Some(gpu) = gpu_or_skip("axpby gpu_matches_reference") else {
         return;
     };
-    for (n, alpha, beta) in [(1, 2.0, 1.0), (1000, 100.0, 0.0), (1 << 20, -0.5, 1.0)] {
-        gpu_matches::<f32>(&gpu, n, alpha, beta, 1e-6);
-        gpu_matches::<half::bf16>(&gpu, n, alpha, beta, 1e-2);
+    // Lengths with and without a scalar tail after the float4 body, aligned and not.
+    for (n, offset, alpha, beta) in [
+        (1, 0, 2.0, 1.0),
+        (1000, 0, 100.0, 0.0),
+        (1003, 0, 3.0, 0.5),
+        (1003, 1, 3.0, 0.0),
+        (1 << 20, 0, -0.5, 1.0),
+        (1 << 20, 1, -0.5, 1.0),
+    ] {
+        gpu_matches::<f32>(&gpu, n, offset, alpha, beta, 1e-6);
+        gpu_matches::<half::bf16>(&gpu, n, offset, alpha, beta, 1e-2);
     }
 }
 

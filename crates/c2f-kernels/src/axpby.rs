@@ -57,7 +57,11 @@ impl<T: Element> AxpbyGpu<T> {
             return Ok(());
         }
         let cfg = LaunchConfig {
-            grid_dim: (blocks_for(x.len(), THREADS).min(MAX_BLOCKS), 1, 1),
+            grid_dim: (
+                blocks_for(x.len().div_ceil(4), THREADS).min(MAX_BLOCKS),
+                1,
+                1,
+            ),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
