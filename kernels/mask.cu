@@ -198,17 +198,23 @@ __device__ __forceinline__ float mask_value(float u, float u_max) {
     return (u < 0.0f ? 0.0f : u) / u_max;
 }
 
-// grid (B), MASK_THREADS threads: u_max[b] and argmax[b].
+// The per-sample reductions over HW (the maximum, and the backward's dot) run on a grid
+// (chunks, B), each block reducing MASK_CHUNK pixels to a partial, then one thread per sample
+// combines its partials in chunk order: one block per sample left most of an H200 idle (the
+// mask ran at 10% of copy bandwidth).
+#define MASK_CHUNK (MASK_THREADS * 4)
+
+// grid (chunks, B), MASK_THREADS threads: each chunk's maximum and its first position.
 template <typename T>
-__device__ void mask_stats_impl(const T* __restrict__ u, float* __restrict__ u_max,
-                                int* __restrict__ argmax, int hw) {
+__device__ void mask_stats_impl(const T* __restrict__ u, float* __restrict__ part_max,
+                                int* __restrict__ part_arg, int hw) {
     __shared__ float scratch_v[32];
     __shared__ int scratch_i[32];
-    const int b = blockIdx.x;
+    const int b = blockIdx.y, p0 = blockIdx.x * MASK_CHUNK, p_end = min(p0 + MASK_CHUNK, hw);
     const T* ub = u + (long long)b * hw;
     float best = ARGMAX_NEG_INF;
     int best_i = ARGMAX_NO_INDEX;
-    for (int p = threadIdx.x; p < hw; p += blockDim.x) {
+    for (int p = p0 + threadIdx.x; p < p_end; p += blockDim.x) {
         const float v = load_f32(ub, p);
         if (argmax_better(v, p, best, best_i)) {
             best = v;
@@ -217,9 +223,29 @@ __device__ void mask_stats_impl(const T* __restrict__ u, float* __restrict__ u_m
     }
     block_argmax(best, best_i, scratch_v, scratch_i);
     if (threadIdx.x == 0) {
-        u_max[b] = best;
-        argmax[b] = best_i;
+        part_max[(long long)b * gridDim.x + blockIdx.x] = best;
+        part_arg[(long long)b * gridDim.x + blockIdx.x] = best_i;
     }
+}
+
+// One thread per sample: u_max[b] and argmax[b] from the chunks' partials (argmax_better is a
+// total order, so this is the first maximum of the whole sample).
+__device__ void mask_stats_finish_impl(const float* __restrict__ part_max,
+                                       const int* __restrict__ part_arg, int chunks, int batch,
+                                       float* __restrict__ u_max, int* __restrict__ argmax) {
+    const unsigned int b = thread_index();
+    if (b >= (unsigned int)batch) return;
+    float best = ARGMAX_NEG_INF;
+    int best_i = ARGMAX_NO_INDEX;
+    for (int c = 0; c < chunks; ++c) {
+        const long long at = (long long)b * chunks + c;
+        if (argmax_better(part_max[at], part_arg[at], best, best_i)) {
+            best = part_max[at];
+            best_i = part_arg[at];
+        }
+    }
+    u_max[b] = best;
+    argmax[b] = best_i;
 }
 
 // One thread per pixel: X_f[b, c, p] = Mk[b, p] X[b, c, p] for every channel.
@@ -249,24 +275,35 @@ __device__ __forceinline__ float mask_grad(const T* __restrict__ x, const T* __r
     return gsum;
 }
 
-// grid (B), MASK_THREADS threads: dot[b] = sum_p g[b, p] Mk[b, p], the term of dU at the argmax.
+// grid (chunks, B), MASK_THREADS threads: each chunk's part of dot[b] = sum_p g[b, p] Mk[b, p],
+// the term of dU at the argmax.
 template <typename T>
 __device__ void mask_backward_reduce_impl(const T* __restrict__ u, const T* __restrict__ x,
                                           const T* __restrict__ dxf,
-                                          const float* __restrict__ u_max, float* __restrict__ dot,
-                                          MaskGeom g) {
+                                          const float* __restrict__ u_max,
+                                          float* __restrict__ dot_partials, MaskGeom g) {
     __shared__ float scratch[32];
-    const int b = blockIdx.x;
+    const int b = blockIdx.y, p0 = blockIdx.x * MASK_CHUNK, p_end = min(p0 + MASK_CHUNK, g.hw);
     const float um = u_max[b];
     float sum = 0.0f;
     if (um > 0.0f || um != um) {
         const T* ub = u + (long long)b * g.hw;
         const long long base = (long long)b * g.channels * g.hw;
-        for (int p = threadIdx.x; p < g.hw; p += blockDim.x)
+        for (int p = p0 + threadIdx.x; p < p_end; p += blockDim.x)
             sum += mask_grad(x, dxf, base + p, g.channels, g.hw) * mask_value(load_f32(ub, p), um);
     }
     sum = block_sum(sum, scratch);  // `um` is per block, so every thread gets here
-    if (threadIdx.x == 0) dot[b] = sum;
+    if (threadIdx.x == 0) dot_partials[(long long)b * gridDim.x + blockIdx.x] = sum;
+}
+
+// One thread per sample: dot[b] as the chunks' partials summed in order.
+__device__ void mask_dot_finish_impl(const float* __restrict__ dot_partials, int chunks, int batch,
+                                     float* __restrict__ dot) {
+    const unsigned int b = thread_index();
+    if (b >= (unsigned int)batch) return;
+    float sum = 0.0f;
+    for (int c = 0; c < chunks; ++c) sum += dot_partials[(long long)b * chunks + c];
+    dot[b] = sum;
 }
 
 // One thread per pixel. With u_max > 0 (assigned):
@@ -332,16 +369,17 @@ __device__ void mask_backward_impl(const T* __restrict__ u, const T* __restrict_
         resize_bilinear_backward_impl<T>(dy, dx, g);                                               \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(MASK_THREADS)                                     \
-        mask_stats_##SUFFIX(const T* u, float* u_max, int* argmax, int hw) {                       \
-        mask_stats_impl<T>(u, u_max, argmax, hw);                                                  \
+        mask_stats_##SUFFIX(const T* u, float* part_max, int* part_arg, int hw) {                  \
+        mask_stats_impl<T>(u, part_max, part_arg, hw);                                             \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(MASK_THREADS)                                     \
         mask_apply_##SUFFIX(const T* u, const T* x, const float* u_max, T* xf, MaskGeom g) {       \
         mask_apply_impl<T>(u, x, u_max, xf, g);                                                    \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(MASK_THREADS) mask_backward_reduce_##SUFFIX(      \
-        const T* u, const T* x, const T* dxf, const float* u_max, float* dot, MaskGeom g) {        \
-        mask_backward_reduce_impl<T>(u, x, dxf, u_max, dot, g);                                    \
+        const T* u, const T* x, const T* dxf, const float* u_max, float* dot_partials,             \
+        MaskGeom g) {                                                                              \
+        mask_backward_reduce_impl<T>(u, x, dxf, u_max, dot_partials, g);                           \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(MASK_THREADS) mask_backward_##SUFFIX(             \
         const T* u, const T* x, const T* dxf, const float* u_max, const int* argmax,               \
@@ -351,3 +389,14 @@ __device__ void mask_backward_impl(const T* __restrict__ u, const T* __restrict_
 
 MASK_ENTRY_POINTS(f32, float)
 MASK_ENTRY_POINTS(bf16, bf16_bits)
+
+// The finishing passes read f32 partials whatever the storage type.
+extern "C" __global__ void __launch_bounds__(MASK_THREADS)
+    mask_stats_finish(const float* part_max, const int* part_arg, int chunks, int batch,
+                      float* u_max, int* argmax) {
+    mask_stats_finish_impl(part_max, part_arg, chunks, batch, u_max, argmax);
+}
+extern "C" __global__ void __launch_bounds__(MASK_THREADS)
+    mask_dot_finish(const float* dot_partials, int chunks, int batch, float* dot) {
+    mask_dot_finish_impl(dot_partials, chunks, batch, dot);
+}

@@ -845,7 +845,9 @@ fn gpu_bf16_resize_matches_reference() {
 }
 
 /// Mask inputs for the GPU: random maps with a positive maximum, one all-zero sample and one
-/// all-negative sample (both the ones mask) when the batch has room.
+/// all-negative sample (both the ones mask) when the batch has room, and where the maps span
+/// several of the kernels' 1,024-pixel chunks, a fourth sample whose maximum is tied between
+/// chunks 1 and 60 (the first must win).
 fn gpu_mask_inputs(s: &MaskShape) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let hw = s.hw();
     let mut u = SplitMix64(91).uniform_vec(s.map_len(), -0.5, 1.5);
@@ -854,6 +856,10 @@ fn gpu_mask_inputs(s: &MaskShape) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         u[2 * hw..3 * hw]
             .iter_mut()
             .for_each(|v| *v = -0.1 - v.abs());
+    }
+    if s.batch >= 4 && hw > 61 * 1024 {
+        u[3 * hw + 1500] = 2.0;
+        u[3 * hw + 60 * 1024 + 7] = 2.0;
     }
     let x = SplitMix64(92).uniform_vec(s.image_len(), -1.0, 1.0);
     let dxf = SplitMix64(93).uniform_vec(s.image_len(), -1.0, 1.0);

@@ -634,15 +634,6 @@ fn elementwise(n: usize) -> LaunchConfig {
     }
 }
 
-/// One block per sample.
-fn per_sample(batch: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (batch as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 /// ReLU on the GPU, any length.
 pub struct ReluGpu<T: Element> {
     stream: Arc<CudaStream>,
@@ -940,44 +931,72 @@ impl<T: Element> ResizeBilinearGpu<T> {
     }
 }
 
-/// Mask and apply for one shape, with the backward's per-sample scratch allocated once.
+/// Mask and apply for one shape, with the per-sample reductions' scratch allocated once.
 /// `u_max` (f32) and `argmax` (i32) are `[B]` buffers the forward fills and the backward reads.
 pub struct MaskGpu<T: Element> {
     shape: MaskShape,
     stream: Arc<CudaStream>,
     stats_fn: CudaFunction,
+    stats_finish_fn: CudaFunction,
     apply_fn: CudaFunction,
     reduce_fn: CudaFunction,
+    dot_finish_fn: CudaFunction,
     backward_fn: CudaFunction,
+    /// Each (sample, chunk)'s maximum and its position.
+    part_max: CudaSlice<f32>,
+    part_arg: CudaSlice<i32>,
+    /// Each (sample, chunk)'s part of `Σ_p g[p]·Mk[p]`.
+    dot_partials: CudaSlice<f32>,
     /// `Σ_p g[p]·Mk[p]` per sample.
     dot: CudaSlice<f32>,
     _storage: std::marker::PhantomData<T>,
 }
 
+/// Pixels per block of the per-sample reductions (`MASK_CHUNK` in `kernels/mask.cu`).
+const MASK_CHUNK: usize = THREADS as usize * 4;
+
 impl<T: Element> MaskGpu<T> {
     pub fn new(gpu: &Gpu, shape: MaskShape) -> Result<Self> {
         shape.validate()?;
         let src = &crate::sources::MASK;
+        let partials = shape.batch * shape.hw().div_ceil(MASK_CHUNK);
         Ok(MaskGpu {
             shape,
             stream: gpu.stream().clone(),
             stats_fn: gpu.typed_function::<T>(src, "mask_stats")?,
+            stats_finish_fn: gpu.function(src, "mask_stats_finish")?,
             apply_fn: gpu.typed_function::<T>(src, "mask_apply")?,
             reduce_fn: gpu.typed_function::<T>(src, "mask_backward_reduce")?,
+            dot_finish_fn: gpu.function(src, "mask_dot_finish")?,
             backward_fn: gpu.typed_function::<T>(src, "mask_backward")?,
+            part_max: gpu.alloc_zeros(partials)?,
+            part_arg: gpu.alloc_zeros(partials)?,
+            dot_partials: gpu.alloc_zeros(partials)?,
             dot: gpu.alloc_zeros(shape.batch)?,
             _storage: std::marker::PhantomData,
         })
+    }
+
+    /// The per-sample reductions' grid, (chunks, B), and its chunk count.
+    fn per_chunk(&self) -> (LaunchConfig, i32) {
+        let chunks = self.shape.hw().div_ceil(MASK_CHUNK);
+        let cfg = LaunchConfig {
+            grid_dim: (chunks as u32, self.shape.batch as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        (cfg, chunks as i32)
     }
 
     pub fn shape(&self) -> &MaskShape {
         &self.shape
     }
 
-    /// Writes `xf = Mk ⊙ x`, `u_max` and `argmax`, as [`mask_forward_cpu`]: one block per sample
-    /// finds the maximum, then one thread per pixel applies the mask to every channel.
+    /// Writes `xf = Mk ⊙ x`, `u_max` and `argmax`, as [`mask_forward_cpu`]: blocks over chunks
+    /// of each sample find the maximum, then one thread per pixel applies the mask to every
+    /// channel.
     pub fn forward(
-        &self,
+        &mut self,
         u: &impl DevicePtr<T>,
         x: &impl DevicePtr<T>,
         xf: &mut impl DevicePtrMut<T>,
@@ -999,15 +1018,27 @@ impl<T: Element> MaskGpu<T> {
             device_addr_mut(xf, st),
         );
         let (u_max, argmax) = (device_addr_mut(u_max, st), device_addr_mut(argmax, st));
-        // SAFETY: buffer lengths checked above match the kernels' indexing.
+        let (chunks_cfg, chunks) = self.per_chunk();
+        let batch = sh.batch as i32;
+        // SAFETY: buffer lengths checked above match the kernels' indexing; the partials hold
+        // B·chunks entries.
         unsafe {
             self.stream
                 .launch_builder(&self.stats_fn)
                 .arg(&u)
+                .arg(&mut self.part_max)
+                .arg(&mut self.part_arg)
+                .arg(&hw)
+                .launch(chunks_cfg)?;
+            self.stream
+                .launch_builder(&self.stats_finish_fn)
+                .arg(&self.part_max)
+                .arg(&self.part_arg)
+                .arg(&chunks)
+                .arg(&batch)
                 .arg(&u_max)
                 .arg(&argmax)
-                .arg(&hw)
-                .launch(per_sample(sh.batch))?;
+                .launch(elementwise(sh.batch))?;
             self.stream
                 .launch_builder(&self.apply_fn)
                 .arg(&u)
@@ -1083,8 +1114,10 @@ impl<T: Element> MaskGpu<T> {
         let (u, x, dxf) = (device_addr(u, st), device_addr(x, st), device_addr(dxf, st));
         let (u_max, argmax) = (device_addr(u_max, st), device_addr(argmax, st));
         let (du, dx) = (du.0, dx.map_or(0u64, |d| d.0));
-        // SAFETY: buffer lengths checked above match the kernels' indexing; `dot` holds B floats;
-        // a null `dx` is never written.
+        let (chunks_cfg, chunks) = self.per_chunk();
+        let batch = sh.batch as i32;
+        // SAFETY: buffer lengths checked above match the kernels' indexing; `dot` holds B floats
+        // and `dot_partials` B·chunks; a null `dx` is never written.
         unsafe {
             self.stream
                 .launch_builder(&self.reduce_fn)
@@ -1092,9 +1125,16 @@ impl<T: Element> MaskGpu<T> {
                 .arg(&x)
                 .arg(&dxf)
                 .arg(&u_max)
-                .arg(&mut self.dot)
+                .arg(&mut self.dot_partials)
                 .arg(&g)
-                .launch(per_sample(sh.batch))?;
+                .launch(chunks_cfg)?;
+            self.stream
+                .launch_builder(&self.dot_finish_fn)
+                .arg(&self.dot_partials)
+                .arg(&chunks)
+                .arg(&batch)
+                .arg(&mut self.dot)
+                .launch(elementwise(sh.batch))?;
             self.stream
                 .launch_builder(&self.backward_fn)
                 .arg(&u)
