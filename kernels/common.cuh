@@ -38,6 +38,20 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 // Global thread index as an unsigned, so the last block of a large grid cannot overflow an int.
 __device__ __forceinline__ unsigned int thread_index() { return blockIdx.x * blockDim.x + threadIdx.x; }
 
+// Plane-group kernels (pooling, resize) run on a grid (ceil(positions / blockDim), 1, groups):
+// a thread works out its position's window or sources once (the integer and float divisions)
+// and applies them to PLANES_PER_THREAD planes, whose loads are then in flight together, striding
+// over groups of planes by gridDim.z (`plane_groups` in crates/c2f-kernels/src/device.rs). Past
+// the last plane a thread re-reads the last one (in bounds, never stored), so the unrolled loops
+// have no branch. One thread per element spent most of its time on index arithmetic.
+#define PLANES_PER_THREAD 4
+
+// Position within a plane of this thread, or -1 past the plane's end.
+__device__ __forceinline__ int plane_position(int plane_len) {
+    const int p = blockIdx.x * blockDim.x + threadIdx.x;
+    return p < plane_len ? p : -1;
+}
+
 #define ARGMAX_NEG_INF __int_as_float(0xff800000)
 #define ARGMAX_NO_INDEX 0x7fffffff
 

@@ -136,20 +136,29 @@ __device__ __forceinline__ int first_reaching(int i, float scale) {
     return (i <= 1 || o < 2.0f) ? 0 : (int)o - 2;
 }
 
+// Plane-group kernels (common.cuh): a thread per output position (forward) or input position
+// (backward) finds its sources once for PLANES_PER_THREAD planes.
 template <typename T>
 __device__ void resize_bilinear_forward_impl(const T* __restrict__ x, T* __restrict__ y,
                                              ResizeGeom g) {
-    const unsigned int t = thread_index();
-    if (t >= (unsigned int)(g.planes * g.oh * g.ow)) return;
-    const int o = (int)t;
-    const int ow = o % g.ow, oh = (o / g.ow) % g.oh, plane = o / (g.ow * g.oh);
+    const int out_len = g.oh * g.ow, in_len = g.ih * g.iw;
+    const int o = plane_position(out_len);
+    if (o < 0) return;
+    const int oh = o / g.ow, ow = o - oh * g.ow;
     const Source r(oh, g.scale_h, g.ih), c(ow, g.scale_w, g.iw);
-    const T* x0 = x + (long long)plane * g.ih * g.iw + (long long)r.i0 * g.iw + c.i0;
-    const T* x1 = x0 + (long long)r.step * g.iw;
+    const int at0 = r.i0 * g.iw + c.i0, at1 = at0 + r.step * g.iw;
     const float c0 = 1.0f - c.l1, r0 = 1.0f - r.l1;
-    const float v = r0 * (c0 * load_f32(x0, 0) + c.l1 * load_f32(x0, c.step)) +
-                    r.l1 * (c0 * load_f32(x1, 0) + c.l1 * load_f32(x1, c.step));
-    store_f32(y, o, v);
+    for (int p0 = blockIdx.z * PLANES_PER_THREAD; p0 < g.planes;
+         p0 += gridDim.z * PLANES_PER_THREAD) {
+        const int count = min(PLANES_PER_THREAD, g.planes - p0);
+#pragma unroll
+        for (int j = 0; j < PLANES_PER_THREAD; ++j) {
+            const T* xp = x + (long long)(p0 + min(j, count - 1)) * in_len;
+            const float v = r0 * (c0 * load_f32(xp, at0) + c.l1 * load_f32(xp, at0 + c.step)) +
+                            r.l1 * (c0 * load_f32(xp, at1) + c.l1 * load_f32(xp, at1 + c.step));
+            if (j < count) store_f32(y, (long long)(p0 + j) * out_len + o, v);
+        }
+    }
 }
 
 // dx[i, j] = sum over output rows oh reaching i (row-major) of w_h(oh, i) *
@@ -158,27 +167,45 @@ __device__ void resize_bilinear_forward_impl(const T* __restrict__ x, T* __restr
 template <typename T>
 __device__ void resize_bilinear_backward_impl(const T* __restrict__ dy, T* __restrict__ dx,
                                               ResizeGeom g) {
-    const unsigned int t = thread_index();
-    if (t >= (unsigned int)(g.planes * g.ih * g.iw)) return;
-    const int i = (int)t;
-    const int iw = i % g.iw, ih = (i / g.iw) % g.ih, plane = i / (g.iw * g.ih);
-    const T* dyp = dy + (long long)plane * g.oh * g.ow;
+    const int out_len = g.oh * g.ow, in_len = g.ih * g.iw;
+    const int i = plane_position(in_len);
+    if (i < 0) return;
+    const int ih = i / g.iw, iw = i - ih * g.iw;
     const int ow_lo = first_reaching(iw, g.scale_w), oh_lo = first_reaching(ih, g.scale_h);
-    float acc = 0.0f;
-    for (int oh = oh_lo; oh < g.oh; ++oh) {
-        const Source r(oh, g.scale_h, g.ih);
-        if (r.i0 > ih) break;
-        if (r.i0 + 1 < ih) continue;
-        float row = 0.0f;
-        for (int ow = ow_lo; ow < g.ow; ++ow) {
-            const Source c(ow, g.scale_w, g.iw);
-            if (c.i0 > iw) break;
-            if (c.i0 + 1 < iw) continue;
-            row += c.weight(iw) * load_f32(dyp, oh * g.ow + ow);
+    for (int p0 = blockIdx.z * PLANES_PER_THREAD; p0 < g.planes;
+         p0 += gridDim.z * PLANES_PER_THREAD) {
+        const int count = min(PLANES_PER_THREAD, g.planes - p0);
+        const T* dyp[PLANES_PER_THREAD];
+        float acc[PLANES_PER_THREAD];
+#pragma unroll
+        for (int j = 0; j < PLANES_PER_THREAD; ++j) {
+            dyp[j] = dy + (long long)(p0 + min(j, count - 1)) * out_len;
+            acc[j] = 0.0f;
         }
-        acc += r.weight(ih) * row;
+        for (int oh = oh_lo; oh < g.oh; ++oh) {
+            const Source r(oh, g.scale_h, g.ih);
+            if (r.i0 > ih) break;
+            if (r.i0 + 1 < ih) continue;
+            float row[PLANES_PER_THREAD];
+#pragma unroll
+            for (int j = 0; j < PLANES_PER_THREAD; ++j) row[j] = 0.0f;
+            for (int ow = ow_lo; ow < g.ow; ++ow) {
+                const Source c(ow, g.scale_w, g.iw);
+                if (c.i0 > iw) break;
+                if (c.i0 + 1 < iw) continue;
+                const float w = c.weight(iw);
+#pragma unroll
+                for (int j = 0; j < PLANES_PER_THREAD; ++j)
+                    row[j] += w * load_f32(dyp[j], oh * g.ow + ow);
+            }
+            const float w = r.weight(ih);
+#pragma unroll
+            for (int j = 0; j < PLANES_PER_THREAD; ++j) acc[j] += w * row[j];
+        }
+#pragma unroll
+        for (int j = 0; j < PLANES_PER_THREAD; ++j)
+            if (j < count) store_f32(dx, (long long)(p0 + j) * in_len + i, acc[j]);
     }
-    store_f32(dx, i, acc);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,13 +1,10 @@
 // Pooling for the InceptionV3 runtime, NCHW contiguous, PyTorch semantics (ceil_mode=False,
 // dilation 1), and the channel copy behind concat and split.
 //
-// max_pool2d_forward / avg_pool2d_forward: one thread per output position of POOL_PLANES planes.
-// max_pool2d_backward / avg_pool2d_backward: one thread per input position of POOL_PLANES planes,
-// gathering from the outputs whose windows contain it in row-major order (as PyTorch's CUDA
-// backward): no atomics. The windowed kernels' grid is (ceil(positions / blockDim), 1, plane
-// groups): a thread finds its window (the integer divisions) once and uses it for POOL_PLANES
-// planes, whose loads are then in flight together; one thread per element spent most of its
-// time on index arithmetic (an H200 ran max pooling at 17% of copy bandwidth).
+// max_pool2d_forward / avg_pool2d_forward: plane-group kernels (common.cuh), a thread per output
+// position. max_pool2d_backward / avg_pool2d_backward: a thread per input position, gathering
+// from the outputs whose windows contain it in row-major order (as PyTorch's CUDA backward): no
+// atomics. (A thread per element ran max pooling at 17% of copy bandwidth on an H200.)
 // global_avg_pool_forward: one warp per plane; global_avg_pool_backward: one thread per element.
 // channel_copy: grid (chunks, N), a plain copy of each sample's contiguous run of channels.
 // Every result is the same bits on every run.
@@ -43,16 +40,6 @@ __device__ __forceinline__ int end_output(int i, int s, int p, int n_out) {
     return min((i + p) / s + 1, n_out);
 }
 
-// Planes per thread. Past the last plane a thread re-reads the last one (in bounds, never
-// stored), so the unrolled loops have no branch.
-#define POOL_PLANES 4
-
-// Position within a plane of this thread, or -1 past the plane's end.
-__device__ __forceinline__ int plane_position(int plane_len) {
-    const int p = blockIdx.x * blockDim.x + threadIdx.x;
-    return p < plane_len ? p : -1;
-}
-
 template <typename T>
 __device__ void max_pool2d_forward_impl(const T* __restrict__ x, T* __restrict__ y,
                                         int* __restrict__ indices, PoolGeom g) {
@@ -61,15 +48,15 @@ __device__ void max_pool2d_forward_impl(const T* __restrict__ x, T* __restrict__
     if (o < 0) return;
     const int oh = o / g.OW, ow = o - oh * g.OW;
     const Window wh(oh, g.kh, g.sh, g.ph, g.H), ww(ow, g.kw, g.sw, g.pw, g.W);
-    for (int p0 = blockIdx.z * POOL_PLANES; p0 < g.planes; p0 += gridDim.z * POOL_PLANES) {
-        const int count = min(POOL_PLANES, g.planes - p0);
+    for (int p0 = blockIdx.z * PLANES_PER_THREAD; p0 < g.planes; p0 += gridDim.z * PLANES_PER_THREAD) {
+        const int count = min(PLANES_PER_THREAD, g.planes - p0);
         const long long in0 = (long long)p0 * in_len, out0 = (long long)p0 * out_len;
         // As PyTorch: start at -inf on the window's first element; a larger value or any NaN
         // wins, so ties keep the first maximum and a NaN (the last one) propagates.
-        float best[POOL_PLANES];
-        int best_i[POOL_PLANES];
+        float best[PLANES_PER_THREAD];
+        int best_i[PLANES_PER_THREAD];
 #pragma unroll
-        for (int j = 0; j < POOL_PLANES; ++j) {
+        for (int j = 0; j < PLANES_PER_THREAD; ++j) {
             best[j] = -__int_as_float(0x7f800000);
             best_i[j] = wh.lo * g.W + ww.lo;
         }
@@ -77,7 +64,7 @@ __device__ void max_pool2d_forward_impl(const T* __restrict__ x, T* __restrict__
             for (int iw = ww.lo; iw < ww.hi; ++iw) {
                 const int i = ih * g.W + iw;
 #pragma unroll
-                for (int j = 0; j < POOL_PLANES; ++j) {
+                for (int j = 0; j < PLANES_PER_THREAD; ++j) {
                     const float v = load_f32(x, in0 + min(j, count - 1) * in_len + i);
                     if (v > best[j] || v != v) {
                         best[j] = v;
@@ -87,7 +74,7 @@ __device__ void max_pool2d_forward_impl(const T* __restrict__ x, T* __restrict__
             }
         }
 #pragma unroll
-        for (int j = 0; j < POOL_PLANES; ++j) {
+        for (int j = 0; j < PLANES_PER_THREAD; ++j) {
             if (j >= count) continue;
             store_f32(y, out0 + j * out_len + o, best[j]);
             indices[out0 + j * out_len + o] = best_i[j];
@@ -106,24 +93,24 @@ __device__ void max_pool2d_backward_impl(const int* __restrict__ indices, const 
     const int ih = i / g.W, iw = i - ih * g.W;
     const int oh0 = first_output(ih, g.kh, g.sh, g.ph), oh1 = end_output(ih, g.sh, g.ph, g.OH);
     const int ow0 = first_output(iw, g.kw, g.sw, g.pw), ow1 = end_output(iw, g.sw, g.pw, g.OW);
-    for (int p0 = blockIdx.z * POOL_PLANES; p0 < g.planes; p0 += gridDim.z * POOL_PLANES) {
-        const int count = min(POOL_PLANES, g.planes - p0);
+    for (int p0 = blockIdx.z * PLANES_PER_THREAD; p0 < g.planes; p0 += gridDim.z * PLANES_PER_THREAD) {
+        const int count = min(PLANES_PER_THREAD, g.planes - p0);
         const long long in0 = (long long)p0 * in_len, out0 = (long long)p0 * out_len;
-        float acc[POOL_PLANES];
+        float acc[PLANES_PER_THREAD];
 #pragma unroll
-        for (int j = 0; j < POOL_PLANES; ++j) acc[j] = 0.0f;
+        for (int j = 0; j < PLANES_PER_THREAD; ++j) acc[j] = 0.0f;
         for (int oh = oh0; oh < oh1; ++oh) {
             for (int ow = ow0; ow < ow1; ++ow) {
                 const int o = oh * g.OW + ow;
 #pragma unroll
-                for (int j = 0; j < POOL_PLANES; ++j) {
+                for (int j = 0; j < PLANES_PER_THREAD; ++j) {
                     const long long at = out0 + min(j, count - 1) * out_len + o;
                     if (indices[at] == i) acc[j] += load_f32(dy, at);
                 }
             }
         }
 #pragma unroll
-        for (int j = 0; j < POOL_PLANES; ++j) {
+        for (int j = 0; j < PLANES_PER_THREAD; ++j) {
             if (j >= count) continue;
             store_f32(dx, in0 + j * in_len + i, acc[j]);
         }
@@ -142,21 +129,21 @@ __device__ void avg_pool2d_forward_impl(const T* __restrict__ x, T* __restrict__
     const int oh = o / g.OW, ow = o - oh * g.OW;
     const Window wh(oh, g.kh, g.sh, g.ph, g.H), ww(ow, g.kw, g.sw, g.pw, g.W);
     const float div = (float)avg_divisor(wh, ww, g.count_include_pad);
-    for (int p0 = blockIdx.z * POOL_PLANES; p0 < g.planes; p0 += gridDim.z * POOL_PLANES) {
-        const int count = min(POOL_PLANES, g.planes - p0);
+    for (int p0 = blockIdx.z * PLANES_PER_THREAD; p0 < g.planes; p0 += gridDim.z * PLANES_PER_THREAD) {
+        const int count = min(PLANES_PER_THREAD, g.planes - p0);
         const long long in0 = (long long)p0 * in_len, out0 = (long long)p0 * out_len;
-        float sum[POOL_PLANES];
+        float sum[PLANES_PER_THREAD];
 #pragma unroll
-        for (int j = 0; j < POOL_PLANES; ++j) sum[j] = 0.0f;
+        for (int j = 0; j < PLANES_PER_THREAD; ++j) sum[j] = 0.0f;
         for (int ih = wh.lo; ih < wh.hi; ++ih) {
             for (int iw = ww.lo; iw < ww.hi; ++iw) {
 #pragma unroll
-                for (int j = 0; j < POOL_PLANES; ++j)
+                for (int j = 0; j < PLANES_PER_THREAD; ++j)
                     sum[j] += load_f32(x, in0 + min(j, count - 1) * in_len + ih * g.W + iw);
             }
         }
 #pragma unroll
-        for (int j = 0; j < POOL_PLANES; ++j) {
+        for (int j = 0; j < PLANES_PER_THREAD; ++j) {
             if (j >= count) continue;
             store_f32(y, out0 + j * out_len + o, sum[j] / div);
         }
@@ -172,12 +159,12 @@ __device__ void avg_pool2d_backward_impl(const T* __restrict__ dy, T* __restrict
     const int ih = i / g.W, iw = i - ih * g.W;
     const int oh0 = first_output(ih, g.kh, g.sh, g.ph), oh1 = end_output(ih, g.sh, g.ph, g.OH);
     const int ow0 = first_output(iw, g.kw, g.sw, g.pw), ow1 = end_output(iw, g.sw, g.pw, g.OW);
-    for (int p0 = blockIdx.z * POOL_PLANES; p0 < g.planes; p0 += gridDim.z * POOL_PLANES) {
-        const int count = min(POOL_PLANES, g.planes - p0);
+    for (int p0 = blockIdx.z * PLANES_PER_THREAD; p0 < g.planes; p0 += gridDim.z * PLANES_PER_THREAD) {
+        const int count = min(PLANES_PER_THREAD, g.planes - p0);
         const long long in0 = (long long)p0 * in_len, out0 = (long long)p0 * out_len;
-        float acc[POOL_PLANES];
+        float acc[PLANES_PER_THREAD];
 #pragma unroll
-        for (int j = 0; j < POOL_PLANES; ++j) acc[j] = 0.0f;
+        for (int j = 0; j < PLANES_PER_THREAD; ++j) acc[j] = 0.0f;
         for (int oh = oh0; oh < oh1; ++oh) {
             const Window wh(oh, g.kh, g.sh, g.ph, g.H);
             for (int ow = ow0; ow < ow1; ++ow) {
@@ -187,12 +174,12 @@ __device__ void avg_pool2d_backward_impl(const T* __restrict__ dy, T* __restrict
                 const float inv = __frcp_rn((float)avg_divisor(wh, ww, g.count_include_pad));
                 const int o = oh * g.OW + ow;
 #pragma unroll
-                for (int j = 0; j < POOL_PLANES; ++j)
+                for (int j = 0; j < PLANES_PER_THREAD; ++j)
                     acc[j] = fmaf(load_f32(dy, out0 + min(j, count - 1) * out_len + o), inv, acc[j]);
             }
         }
 #pragma unroll
-        for (int j = 0; j < POOL_PLANES; ++j) {
+        for (int j = 0; j < PLANES_PER_THREAD; ++j) {
             if (j >= count) continue;
             store_f32(dx, in0 + j * in_len + i, acc[j]);
         }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
-    DeviceRepr,
+    DeviceRepr, LaunchConfig,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -257,6 +257,27 @@ pub fn device_addr_mut<T>(buf: &mut impl DevicePtrMut<T>, stream: &CudaStream) -
 /// Blocks of `block` threads covering `n` items, as a grid dimension.
 pub fn blocks_for(n: usize, block: u32) -> u32 {
     n.div_ceil(block as usize) as u32
+}
+
+/// Planes each thread of a plane-group kernel handles (`PLANES_PER_THREAD` in
+/// `kernels/common.cuh`).
+const PLANES_PER_THREAD: usize = 4;
+/// Threads per block of a plane-group kernel: few, so that 17×17 planes waste little.
+const PLANE_GROUP_THREADS: u32 = 128;
+
+/// The grid of a plane-group kernel (pooling, resize): one thread per position of a plane of
+/// `plane_len` positions and per group of [`PLANES_PER_THREAD`] of the `planes` planes (grid z,
+/// capped at 65,535; the kernels stride over the rest).
+pub fn plane_groups(plane_len: usize, planes: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            blocks_for(plane_len, PLANE_GROUP_THREADS),
+            1,
+            planes.div_ceil(PLANES_PER_THREAD).min(65_535) as u32,
+        ),
+        block_dim: (PLANE_GROUP_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// Reads the `[loss bits, status, label]` triple that the loss kernels (softmax cross-entropy,

@@ -42,7 +42,7 @@ use cudarc::driver::{
 };
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
+use crate::device::{blocks_for, device_addr, device_addr_mut, plane_groups, Gpu};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
 use crate::Real;
@@ -899,7 +899,7 @@ impl<T: Element> ResizeBilinearGpu<T> {
                 .arg(&x)
                 .arg(&y)
                 .arg(&g)
-                .launch(elementwise(sh.out_len()))?;
+                .launch(plane_groups(sh.out_height * sh.out_width, sh.planes()))?;
         }
         Ok(())
     }
@@ -925,7 +925,7 @@ impl<T: Element> ResizeBilinearGpu<T> {
                 .arg(&dy)
                 .arg(&dx)
                 .arg(&g)
-                .launch(elementwise(sh.in_len()))?;
+                .launch(plane_groups(sh.in_height * sh.in_width, sh.planes()))?;
         }
         Ok(())
     }

@@ -24,7 +24,7 @@ use cudarc::driver::{
 };
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
+use crate::device::{blocks_for, device_addr, device_addr_mut, plane_groups, Gpu};
 use crate::element::Element;
 use crate::error::{check_len, check_shape, Error, Result};
 use crate::Real;
@@ -535,25 +535,6 @@ const GLOBAL_PLANES_PER_BLOCK: usize = THREADS as usize / 32;
 /// Largest batch [`ChannelCopyGpu`] takes (the grid's y dimension).
 pub const MAX_COPY_BATCH: usize = 65_535;
 
-/// Planes each thread of the windowed kernels handles (`POOL_PLANES` in `kernels/pool.cu`).
-const PLANES_PER_THREAD: usize = 4;
-/// Threads per block of the windowed kernels: small, so that 17×17 planes waste little.
-const WINDOWED_THREADS: u32 = 128;
-
-/// The windowed kernels' grid: one thread per position of a plane of `plane_len` positions and
-/// per group of [`PLANES_PER_THREAD`] planes (grid z, capped, the kernels striding over the rest).
-fn windowed(plane_len: usize, planes: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (
-            blocks_for(plane_len, WINDOWED_THREADS),
-            1,
-            planes.div_ceil(PLANES_PER_THREAD).min(65_535) as u32,
-        ),
-        block_dim: (WINDOWED_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 /// One thread per element of `n`.
 fn elementwise(n: usize) -> LaunchConfig {
     LaunchConfig {
@@ -614,7 +595,7 @@ impl<T: Element> MaxPool2dGpu<T> {
                 .arg(&y)
                 .arg(&indices)
                 .arg(&dev)
-                .launch(windowed(g.oh * g.ow, g.planes))?;
+                .launch(plane_groups(g.oh * g.ow, g.planes))?;
         }
         Ok(())
     }
@@ -644,7 +625,7 @@ impl<T: Element> MaxPool2dGpu<T> {
                 .arg(&dy)
                 .arg(&dx)
                 .arg(&dev)
-                .launch(windowed(g.h * g.w, g.planes))?;
+                .launch(plane_groups(g.h * g.w, g.planes))?;
         }
         Ok(())
     }
@@ -695,7 +676,7 @@ impl<T: Element> AvgPool2dGpu<T> {
                 .arg(&x)
                 .arg(&y)
                 .arg(&dev)
-                .launch(windowed(g.oh * g.ow, g.planes))?;
+                .launch(plane_groups(g.oh * g.ow, g.planes))?;
         }
         Ok(())
     }
@@ -717,7 +698,7 @@ impl<T: Element> AvgPool2dGpu<T> {
                 .arg(&dy)
                 .arg(&dx)
                 .arg(&dev)
-                .launch(windowed(g.h * g.w, g.planes))?;
+                .launch(plane_groups(g.h * g.w, g.planes))?;
         }
         Ok(())
     }
