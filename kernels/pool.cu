@@ -82,11 +82,12 @@ __device__ void max_pool2d_forward_impl(const T* __restrict__ x, T* __restrict__
     }
 }
 
-// dx[i] = sum of dy over the outputs whose argmax is i (assigned). Only outputs whose window
-// contains i are read, so an index that is not in its own window routes nowhere.
-template <typename T>
-__device__ void max_pool2d_backward_impl(const int* __restrict__ indices, const T* __restrict__ dy,
-                                         T* __restrict__ dx, PoolGeom g) {
+// The backward walk both pools share: for input position i, PLANES_PER_THREAD planes at a time,
+// acc[j] gathers add(acc, out0, count, oh, ow, i) over the outputs (oh, ow) whose window
+// contains i, in row-major order (out0: the group's first plane's output offset; count: planes
+// in the group), and dx[i] = acc (assigned).
+template <typename T, typename Add>
+__device__ void pool_backward_walk(T* __restrict__ dx, PoolGeom g, Add add) {
     const int out_len = g.OH * g.OW, in_len = g.H * g.W;
     const int i = plane_position(in_len);
     if (i < 0) return;
@@ -95,26 +96,32 @@ __device__ void max_pool2d_backward_impl(const int* __restrict__ indices, const 
     const int ow0 = first_output(iw, g.kw, g.sw, g.pw), ow1 = end_output(iw, g.sw, g.pw, g.OW);
     for (int p0 = blockIdx.z * PLANES_PER_THREAD; p0 < g.planes; p0 += gridDim.z * PLANES_PER_THREAD) {
         const int count = min(PLANES_PER_THREAD, g.planes - p0);
-        const long long in0 = (long long)p0 * in_len, out0 = (long long)p0 * out_len;
         float acc[PLANES_PER_THREAD];
 #pragma unroll
         for (int j = 0; j < PLANES_PER_THREAD; ++j) acc[j] = 0.0f;
-        for (int oh = oh0; oh < oh1; ++oh) {
-            for (int ow = ow0; ow < ow1; ++ow) {
-                const int o = oh * g.OW + ow;
+        for (int oh = oh0; oh < oh1; ++oh)
+            for (int ow = ow0; ow < ow1; ++ow) add(acc, (long long)p0 * out_len, count, oh, ow, i);
 #pragma unroll
-                for (int j = 0; j < PLANES_PER_THREAD; ++j) {
-                    const long long at = out0 + min(j, count - 1) * out_len + o;
-                    if (indices[at] == i) acc[j] += load_f32(dy, at);
-                }
-            }
-        }
+        for (int j = 0; j < PLANES_PER_THREAD; ++j)
+            if (j < count) store_f32(dx, (long long)(p0 + j) * in_len + i, acc[j]);
+    }
+}
+
+// dx[i] = sum of dy over the outputs whose argmax is i (assigned). Only outputs whose window
+// contains i are read, so an index that is not in its own window routes nowhere.
+template <typename T>
+__device__ void max_pool2d_backward_impl(const int* __restrict__ indices, const T* __restrict__ dy,
+                                         T* __restrict__ dx, PoolGeom g) {
+    const int out_len = g.OH * g.OW;
+    pool_backward_walk(dx, g, [=](float (&acc)[PLANES_PER_THREAD], long long out0, int count,
+                                  int oh, int ow, int i) {
+        const int o = oh * g.OW + ow;
 #pragma unroll
         for (int j = 0; j < PLANES_PER_THREAD; ++j) {
-            if (j >= count) continue;
-            store_f32(dx, in0 + j * in_len + i, acc[j]);
+            const long long at = out0 + min(j, count - 1) * out_len + o;
+            if (indices[at] == i) acc[j] += load_f32(dy, at);
         }
-    }
+    });
 }
 
 __device__ __forceinline__ int avg_divisor(const Window& wh, const Window& ww, int count_include_pad) {
@@ -153,37 +160,18 @@ __device__ void avg_pool2d_forward_impl(const T* __restrict__ x, T* __restrict__
 // dx[i] = sum over the outputs whose window contains i of dy / divisor (assigned).
 template <typename T>
 __device__ void avg_pool2d_backward_impl(const T* __restrict__ dy, T* __restrict__ dx, PoolGeom g) {
-    const int out_len = g.OH * g.OW, in_len = g.H * g.W;
-    const int i = plane_position(in_len);
-    if (i < 0) return;
-    const int ih = i / g.W, iw = i - ih * g.W;
-    const int oh0 = first_output(ih, g.kh, g.sh, g.ph), oh1 = end_output(ih, g.sh, g.ph, g.OH);
-    const int ow0 = first_output(iw, g.kw, g.sw, g.pw), ow1 = end_output(iw, g.sw, g.pw, g.OW);
-    for (int p0 = blockIdx.z * PLANES_PER_THREAD; p0 < g.planes; p0 += gridDim.z * PLANES_PER_THREAD) {
-        const int count = min(PLANES_PER_THREAD, g.planes - p0);
-        const long long in0 = (long long)p0 * in_len, out0 = (long long)p0 * out_len;
-        float acc[PLANES_PER_THREAD];
+    const int out_len = g.OH * g.OW;
+    pool_backward_walk(dx, g, [=](float (&acc)[PLANES_PER_THREAD], long long out0, int count,
+                                  int oh, int ow, int) {
+        const Window wh(oh, g.kh, g.sh, g.ph, g.H), ww(ow, g.kw, g.sw, g.pw, g.W);
+        // The fast reciprocal (within 2 ulp), not IEEE division per plane: that division, and the
+        // correctly rounded reciprocal, are calls whose saved registers spill to local memory.
+        const float inv = __fdividef(1.0f, (float)avg_divisor(wh, ww, g.count_include_pad));
+        const int o = oh * g.OW + ow;
 #pragma unroll
-        for (int j = 0; j < PLANES_PER_THREAD; ++j) acc[j] = 0.0f;
-        for (int oh = oh0; oh < oh1; ++oh) {
-            const Window wh(oh, g.kh, g.sh, g.ph, g.H);
-            for (int ow = ow0; ow < ow1; ++ow) {
-                const Window ww(ow, g.kw, g.sw, g.pw, g.W);
-                // A reciprocal, not a division per plane: IEEE division is a call whose saved
-                // registers spilled; within 1 ulp of dy / divisor.
-                const float inv = __frcp_rn((float)avg_divisor(wh, ww, g.count_include_pad));
-                const int o = oh * g.OW + ow;
-#pragma unroll
-                for (int j = 0; j < PLANES_PER_THREAD; ++j)
-                    acc[j] = fmaf(load_f32(dy, out0 + min(j, count - 1) * out_len + o), inv, acc[j]);
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < PLANES_PER_THREAD; ++j) {
-            if (j >= count) continue;
-            store_f32(dx, in0 + j * in_len + i, acc[j]);
-        }
-    }
+        for (int j = 0; j < PLANES_PER_THREAD; ++j)
+            acc[j] = fmaf(load_f32(dy, out0 + min(j, count - 1) * out_len + o), inv, acc[j]);
+    });
 }
 
 // One warp per plane: lane-strided partial sums, then a butterfly in a fixed order.

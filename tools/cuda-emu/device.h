@@ -104,7 +104,7 @@ inline unsigned int __float_as_uint(float v) { return emu::to_bits(v); }
 // Compiled with -ffp-contract=off, so these are single roundings as on the GPU.
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
-inline float __frcp_rn(float x) { return 1.0f / x; }
+inline float __fdividef(float a, float b) { return a / b; }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 inline long long min(long long a, long long b) { return a < b ? a : b; }
