@@ -176,6 +176,8 @@ PY
   run_bench coarse2fine_gpu
   # PyTorch on the same card, the peer of the runtime's GPU figures.
   run_step "torch baseline" 120 "$logs/bench-torch.txt" python3 "$root/tools/torch_baseline.py"
+  run_step "torch coarse2fine baseline" 150 "$logs/bench-torch-c2f.txt" \
+    python3 "$root/tools/torch_c2f_baseline.py"
   # The kernels rewritten since the last GPU run first (docs/gpu-status.md says which), and the
   # transposed conv's long bench (over 150 s on an H200) after the others.
   local first="bap pool center_loss"

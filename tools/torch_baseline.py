@@ -3,8 +3,10 @@
 train mode at batch 64, 299² and 448², up to Mixed_6e and full (1000 classes, aux head off),
 in fp32 (cudnn.benchmark off, as PyTorch defaults), fp32 + cudnn.benchmark (the peer of the Rust
 bench's `_timed` rows), and AMP (bf16 autocast) + channels_last + cudnn.benchmark. TF32 is off
-in every mode. Timed with CUDA events after a warm-up; prints one TORCHGPU line per case
-(images/s, ms/step, peak memory).
+in every mode. A step is what the Rust bench's is: forward, backward and an SGD update (momentum
+0.9, weight decay 1e-5; PyTorch's default foreach implementation). Timed with CUDA events after a
+warm-up; prints one TORCHGPU line per case (images/s, ms/step, peak memory).
+`tools/torch_c2f_baseline.py` does the same for a Coarse2Fine step, with `model` and `timed`.
 `tools/gpu-check.sh run` calls it beside the Rust benches, on the same card.
 
     python3 tools/torch_baseline.py [--batch 64] [--steps 10]
@@ -27,22 +29,15 @@ def model(depth: str) -> torch.nn.Module:
     return torch.nn.Sequential(*blocks)
 
 
-def run(depth: str, size: int, mode: str, batch: int, steps: int) -> None:
+def set_mode(mode: str) -> None:
+    """cudnn.benchmark on for every mode but plain fp32; TF32 off everywhere."""
     torch.backends.cudnn.benchmark = mode != "fp32"
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    net = model(depth).cuda().train()
-    x = torch.randn(batch, 3, size, size, device="cuda")
-    if mode == "amp":
-        net = net.to(memory_format=torch.channels_last)
-        x = x.to(memory_format=torch.channels_last)
 
-    def step() -> None:
-        net.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode == "amp"):
-            out = net(x)
-        out.float().square().mean().backward()
 
+def timed(name: str, mode: str, batch: int, steps: int, step) -> None:
+    """Runs `step` three times, then times `steps` of it; prints the TORCHGPU line."""
     for _ in range(3):
         step()
     torch.cuda.synchronize()
@@ -55,10 +50,28 @@ def run(depth: str, size: int, mode: str, batch: int, steps: int) -> None:
     torch.cuda.synchronize()
     ms = start.elapsed_time(end) / steps
     peak = torch.cuda.max_memory_allocated() / 2**30
-    print(f"TORCHGPU\t{depth}_b{batch}_{size}\t{mode}\t{torch.cuda.get_device_name()}\t"
+    print(f"TORCHGPU\t{name}\t{mode}\t{torch.cuda.get_device_name()}\t"
           f"{batch / ms * 1e3:.0f} img/s\t{ms:.1f} ms/step\t{peak:.1f} GiB peak", flush=True)
-    del net, x
     torch.cuda.empty_cache()
+
+
+def run(depth: str, size: int, mode: str, batch: int, steps: int) -> None:
+    set_mode(mode)
+    net = model(depth).cuda().train()
+    x = torch.randn(batch, 3, size, size, device="cuda")
+    if mode == "amp":
+        net = net.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-5)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode == "amp"):
+            out = net(x)
+        out.float().square().mean().backward()
+        opt.step()
+
+    timed(f"{depth}_b{batch}_{size}", mode, batch, steps, step)
 
 
 def main() -> None:
