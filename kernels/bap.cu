@@ -223,7 +223,8 @@ template <typename T, int MT>
 __device__ void bap_grad_inputs_impl(const T* __restrict__ att, const T* __restrict__ feat,
                                      const float* __restrict__ grad_t, T* __restrict__ d_att,
                                      T* __restrict__ d_feat, int M, int N, int HW) {
-    // G rows of one chunk, then (reused) the warps' dA partials.
+    // G rows of one chunk, then (reused) the warps' dA partials: 8 warps x MT x 32 lanes, the
+    // same GRAD_CHUNK x MT floats at 256 threads (the only block size it is launched with).
     __shared__ float smem[GRAD_CHUNK * MT];
     const int b = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int hw = blockIdx.x * 32 + lane;
