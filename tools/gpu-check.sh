@@ -80,7 +80,7 @@ record() { results+=("$(printf '%-44s %-6s %7ss' "$1" "$2" "$3")"); }
 
 # Steps stop being started once the budget (seconds since the run began) is spent, so the run
 # ends inside the caller's time limit with a report; skipped steps say so. Tests come first,
-# then benches, then the sanitizers.
+# then the benches and sanitizers, most telling first.
 budget=${C2F_CHECK_BUDGET:-480}
 run_start=$(date +%s)
 
@@ -107,6 +107,22 @@ run_step() {
   esac
   record "$name" "$verdict" "$((end - start))"
   return 0
+}
+
+# sanitize OP... : compute-sanitizer memcheck, then racecheck, over each op's GPU tests.
+sanitize() {
+  if ! command -v compute-sanitizer >/dev/null; then
+    record "compute-sanitizer" MISSING 0
+    return 0
+  fi
+  local tool op
+  for tool in memcheck racecheck; do
+    for op in "$@"; do
+      [ -x "$bins/tests/$op" ] || continue
+      run_step "$tool $op" 150 "$logs/$tool-$op.txt" compute-sanitizer --tool "$tool" \
+        --error-exitcode 1 "$bins/tests/$op" gpu_ --test-threads=1
+    done
+  done
 }
 
 run_checks() {
@@ -194,23 +210,13 @@ PY
     python3 "$root/tools/torch_ops_baseline.py"
   run_step "ours vs torch ops" 30 "$logs/bench-vs-torch.txt" \
     python3 "$root/tools/torch_ops_baseline.py" --join "$logs"
+  # The kernels rewritten since the last GPU run under compute-sanitizer before the long benches,
+  # the rest after them (they passed before): memcheck before racecheck within each set.
+  sanitize bap pool mask axpby
   run_bench conv_transpose 240
   # Last: its CPU case runs outside criterion, so the filter does not shorten it.
   run_bench pretrain_upsampler
-
-  if command -v compute-sanitizer >/dev/null; then
-    # memcheck over every kernel before racecheck over any: an access outside a buffer is the
-    # likelier bug, and the budget may not reach the end.
-    for tool in memcheck racecheck; do
-      for op in bap pool center_loss conv_transpose batch_norm softmax_ce sigmoid_bce sgd axpby mask; do
-        [ -x "$bins/tests/$op" ] || continue
-        run_step "$tool $op" 150 "$logs/$tool-$op.txt" compute-sanitizer --tool "$tool" \
-          --error-exitcode 1 "$bins/tests/$op" gpu_ --test-threads=1
-      done
-    done
-  else
-    record "compute-sanitizer" MISSING 0
-  fi
+  sanitize center_loss conv_transpose batch_norm softmax_ce sigmoid_bce sgd
 
   {
     echo "# GPU check report"
