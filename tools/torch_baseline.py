@@ -6,7 +6,8 @@ bench's `_timed` rows), and AMP (bf16 autocast) + channels_last + cudnn.benchmar
 in every mode. A step is what the Rust bench's is: forward, backward and an SGD update (momentum
 0.9, weight decay 1e-5; PyTorch's default foreach implementation). Timed with CUDA events after a
 warm-up; prints one TORCHGPU line per case (images/s, ms/step, peak memory).
-`tools/torch_c2f_baseline.py` does the same for a Coarse2Fine step, with `model` and `timed`.
+`tools/torch_c2f_baseline.py` does the same for a Coarse2Fine step, with `model` and
+`time_training`.
 `tools/gpu-check.sh run` calls it beside the Rust benches, on the same card.
 
     python3 tools/torch_baseline.py [--batch 64] [--steps 10]
@@ -55,10 +56,10 @@ def timed(name: str, mode: str, batch: int, steps: int, step) -> None:
     torch.cuda.empty_cache()
 
 
-def run(depth: str, size: int, mode: str, batch: int, steps: int) -> None:
+def time_training(name: str, net, x, mode: str, batch: int, steps: int, loss) -> None:
+    """Times steps of forward (`loss(net, x)`), backward and SGD in `mode`: channels_last and
+    bf16 autocast under AMP."""
     set_mode(mode)
-    net = model(depth).cuda().train()
-    x = torch.randn(batch, 3, size, size, device="cuda")
     if mode == "amp":
         net = net.to(memory_format=torch.channels_last)
         x = x.to(memory_format=torch.channels_last)
@@ -67,11 +68,17 @@ def run(depth: str, size: int, mode: str, batch: int, steps: int) -> None:
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode == "amp"):
-            out = net(x)
-        out.float().square().mean().backward()
+            value = loss(net, x)
+        value.backward()
         opt.step()
 
-    timed(f"{depth}_b{batch}_{size}", mode, batch, steps, step)
+    timed(name, mode, batch, steps, step)
+
+
+def run(depth: str, size: int, mode: str, batch: int, steps: int) -> None:
+    time_training(f"{depth}_b{batch}_{size}", model(depth).cuda().train(),
+                  torch.randn(batch, 3, size, size, device="cuda"), mode, batch, steps,
+                  lambda net, x: net(x).float().square().mean())
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from torch_baseline import model, set_mode, timed
+from torch_baseline import model, time_training
 
 MAPS, CLASSES, LAMBDA, BETA = 8, 200, 1.0, 0.05
 
@@ -79,24 +79,11 @@ class Coarse2Fine(torch.nn.Module):
 
 
 def run(size: int, mode: str, batch: int, steps: int) -> None:
-    set_mode(mode)
-    net = Coarse2Fine(size).cuda().train()
-    x = torch.randn(batch, 3, size, size, device="cuda")
     labels = torch.arange(batch, device="cuda") % CLASSES
     chosen = torch.arange(batch, device="cuda") % MAPS
-    if mode == "amp":
-        net = net.to(memory_format=torch.channels_last)
-        x = x.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-5)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode == "amp"):
-            loss = net(x, labels, chosen)
-        loss.backward()
-        opt.step()
-
-    timed(f"coarse2fine_b{batch}_{size}", mode, batch, steps, step)
+    time_training(f"coarse2fine_b{batch}_{size}", Coarse2Fine(size).cuda().train(),
+                  torch.randn(batch, 3, size, size, device="cuda"), mode, batch, steps,
+                  lambda net, x: net(x, labels, chosen))
 
 
 def main() -> None:
