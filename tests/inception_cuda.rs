@@ -9,6 +9,7 @@
 
 mod common {
     pub mod golden;
+    pub mod recorded;
 }
 
 use c2f_inception::backend::{Backend, BnMode, BnParams, BnStats, LinearShape, Tensor};

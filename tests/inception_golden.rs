@@ -6,6 +6,7 @@
 
 mod common {
     pub mod golden;
+    pub mod recorded;
 }
 
 use c2f_inception::cpu::CpuBackend;

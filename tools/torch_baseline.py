@@ -13,6 +13,7 @@ warm-up; prints one TORCHGPU line per case (images/s, ms/step, peak memory).
     python3 tools/torch_baseline.py [--batch 64] [--steps 10]
 """
 import argparse
+from collections import OrderedDict
 
 import torch
 import torchvision
@@ -22,12 +23,13 @@ def model(depth: str) -> torch.nn.Module:
     net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
     if depth == "full":
         return net
-    blocks = []
+    # Named blocks keep torchvision's tensor names (`Conv2d_1a_3x3.conv.weight`, ...).
+    blocks = OrderedDict()
     for name, module in net.named_children():
-        blocks.append(module)
+        blocks[name] = module
         if name == "Mixed_6e":
             break
-    return torch.nn.Sequential(*blocks)
+    return torch.nn.Sequential(blocks)
 
 
 def set_mode(mode: str) -> None:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch_baseline import model, time_training
 
 MAPS, CLASSES, LAMBDA, BETA = 8, 200, 1.0, 0.05
+FEATURE_SCALE, SQRT_EPS, NORM_EPS = 100.0, 1e-12, 1e-12
 
 
 def upsampler_channels(side: int, size: int) -> list:
@@ -31,51 +32,74 @@ def upsampler_channels(side: int, size: int) -> list:
 
 
 class Coarse2Fine(torch.nn.Module):
-    def __init__(self, size: int):
+    """The Rust model's definition (`crates/c2f-train/src/model.rs` and the kernels' docs), with
+    its tensor names: the backbone's under `backbone.` + torchvision's name, `attention.weight`,
+    `upsampler.{i}.weight|bias`, `fc_coarse.*`, `fc_fine.*`, and the center banks
+    `centers_coarse` / `centers_fine` (the Rust state's `centers.coarse` / `centers.fine`).
+    `tools/make_c2f_golden.py` holds the Rust model to it."""
+
+    def __init__(self, size: int, maps: int = MAPS, classes: int = CLASSES,
+                 lam: float = LAMBDA, beta: float = BETA, resize=None):
         super().__init__()
-        self.size = size
+        self.size, self.lam, self.beta = size, lam, beta
+        self.resize = resize or (lambda u, size: F.interpolate(
+            u, size=(size, size), mode="bilinear", align_corners=False))
         self.backbone = model("mixed6e")
         with torch.no_grad():
             side = self.backbone(torch.zeros(1, 3, size, size)).shape[-1]
-        self.attention = torch.nn.Conv2d(768, MAPS, 1, bias=False)
-        self.coarse = torch.nn.Linear(MAPS * 768, CLASSES)
-        self.fine = torch.nn.Linear(MAPS * 768, CLASSES)
+        self.attention = torch.nn.Conv2d(768, maps, 1, bias=False)
         channels = upsampler_channels(side, size)
-        layers = []
-        for i, (ci, co) in enumerate(zip(channels, channels[1:])):
-            layers.append(torch.nn.ConvTranspose2d(ci, co, 4, stride=2, padding=1))
-            if i + 2 < len(channels):
-                layers.append(torch.nn.ReLU())
-        self.upsampler = torch.nn.Sequential(*layers)
-        self.register_buffer("centers_coarse", torch.zeros(CLASSES, MAPS * 768))
-        self.register_buffer("centers_fine", torch.zeros(CLASSES, MAPS * 768))
+        self.upsampler = torch.nn.ModuleList(
+            torch.nn.ConvTranspose2d(ci, co, 4, stride=2, padding=1)
+            for ci, co in zip(channels, channels[1:]))
+        self.fc_coarse = torch.nn.Linear(maps * 768, classes)
+        self.fc_fine = torch.nn.Linear(maps * 768, classes)
+        self.register_buffer("centers_coarse", torch.zeros(classes, maps * 768))
+        self.register_buffer("centers_fine", torch.zeros(classes, maps * 768))
 
     def parts(self, x):
+        """Attention maps and the normalised BAP part features of one pass."""
         f = self.backbone(x)
         a = F.relu(self.attention(f))
         p = torch.einsum("bmhw,bnhw->bmn", a, f) / (f.shape[2] * f.shape[3])
-        s = torch.sign(p) * torch.sqrt(p.abs() + 1e-12)
-        return a, F.normalize(s.flatten(1), dim=1, eps=1e-12)
+        s = torch.sign(p) * torch.sqrt(p.abs() + SQRT_EPS)
+        return a, F.normalize(s.flatten(1), dim=1, eps=NORM_EPS)
 
     def center_loss(self, z, labels, centers):
-        loss = (z - centers[labels]).square().sum(dim=1).mean()
+        """lambda/B sum_i |z_i - c^_{y_i}|^2 with c^ the normalised center; then every center of
+        the batch moves by beta * sum_{i: y_i = k} (z_i - c^_k), c^ taken before the move."""
+        unit = F.normalize(centers[labels], dim=1, eps=NORM_EPS)
+        loss = self.lam * (z - unit).square().sum(dim=1).mean()
         with torch.no_grad():
-            centers.index_add_(0, labels, BETA * (z.detach().float() - centers[labels]))
+            centers.index_add_(0, labels, self.beta * (z.detach().to(centers.dtype) - unit))
         return loss
 
-    def forward(self, x, labels, chosen):
+    def upsample(self, u):
+        """Transposed convolutions with ReLU between them, then the bilinear resize."""
+        for i, layer in enumerate(self.upsampler):
+            u = layer(u)
+            if i + 1 < len(self.upsampler):
+                u = F.relu(u)
+        return self.resize(u, self.size)
+
+    def forward(self, x, labels, chosen) -> dict:
+        """One training forward: the four loss terms (`losses`, in the Rust `Losses` order) and
+        what led to them."""
         a, z = self.parts(x)
-        coarse = self.coarse(100 * z)
-        u = a[torch.arange(a.shape[0], device=a.device), chosen].unsqueeze(1)
-        u = F.interpolate(self.upsampler(u), size=(self.size, self.size), mode="bilinear",
-                          align_corners=False)
+        coarse = self.fc_coarse(FEATURE_SCALE * z)
+        u = self.upsample(a[torch.arange(a.shape[0], device=a.device), chosen].unsqueeze(1))
         top = u.amax(dim=(2, 3), keepdim=True)
-        mask = torch.where(top > 0, u.clamp_min(0) / top, torch.ones_like(u))
+        # The divisor is 1 where the ones mask is taken, so no NaN reaches the gradient.
+        positive = top > 0
+        mask = torch.where(positive, u.clamp_min(0) / torch.where(positive, top, 1), 1)
         _, zf = self.parts(x * mask)
-        fine = self.fine(100 * zf)
-        return (F.cross_entropy(coarse.float(), labels) + F.cross_entropy(fine.float(), labels)
-                + LAMBDA * (self.center_loss(z, labels, self.centers_coarse)
-                            + self.center_loss(zf, labels, self.centers_fine)))
+        fine = self.fc_fine(FEATURE_SCALE * zf)
+        return {
+            "coarse_logits": coarse, "fine_logits": fine, "upsampled": u,
+            "losses": [F.cross_entropy(coarse, labels), F.cross_entropy(fine, labels),
+                       self.center_loss(z, labels, self.centers_coarse),
+                       self.center_loss(zf, labels, self.centers_fine)],
+        }
 
 
 def run(size: int, mode: str, batch: int, steps: int) -> None:
@@ -83,7 +107,7 @@ def run(size: int, mode: str, batch: int, steps: int) -> None:
     chosen = torch.arange(batch, device="cuda") % MAPS
     time_training(f"coarse2fine_b{batch}_{size}", Coarse2Fine(size).cuda().train(),
                   torch.randn(batch, 3, size, size, device="cuda"), mode, batch, steps,
-                  lambda net, x: net(x, labels, chosen))
+                  lambda net, x: sum(net(x, labels, chosen)["losses"]))
 
 
 def main() -> None:

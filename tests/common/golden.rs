@@ -7,7 +7,9 @@ use c2f_inception::init::{counter_uniform, golden_init};
 use c2f_inception::network::Network;
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
 use c2f_kernels::Real;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
+
+pub use super::recorded::floats;
 
 pub const LABELS: [usize; 2] = [3, 7];
 pub const CLASSES: usize = 10;
@@ -16,26 +18,6 @@ pub const CLASSES: usize = 10;
 pub fn file() -> SafeTensors<'static> {
     static BYTES: &[u8] = include_bytes!("../data/inception_golden.safetensors");
     SafeTensors::deserialize(BYTES).expect("tests/data/inception_golden.safetensors is readable")
-}
-
-/// A recorded tensor (float64 or float32) as f64.
-pub fn floats(file: &SafeTensors, name: &str) -> Vec<f64> {
-    let view = file
-        .tensor(name)
-        .unwrap_or_else(|_| panic!("golden file lacks {name}"));
-    match view.dtype() {
-        Dtype::F64 => view
-            .data()
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-        Dtype::F32 => view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect(),
-        other => panic!("golden {name} is {other:?}"),
-    }
 }
 
 pub fn graph() -> Graph {
