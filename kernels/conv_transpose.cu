@@ -21,6 +21,8 @@
 #define CT_TAP_PAD 4
 // Partial sums of dw are reduced in CT_PHASES interleaved groups per entry, then in order.
 #define CT_PHASES 8
+// Pixels per step of a dw thread, whose dy loads are in flight together.
+#define CT_DW_UNROLL 4
 
 extern __shared__ float4 ct_smem[];
 
@@ -202,17 +204,29 @@ __device__ void ct_grad_weight_impl(const T* __restrict__ x, const T* __restrict
             if (!on) continue;
             const T* dp = dy + ((long long)b * Co + co0 + co_l) * HWo;
             int r = g / tile_cols, c = g % tile_cols;
-            for (int p = g; p < TP; p += G) {
-                const int iy = iy0 + r, ix = ix0 + c;
-                const int oy = iy * S - P + ky, ox = ix * S - P + kx;
-                if (iy < H && ix < W && oy >= 0 && oy < Ho && ox >= 0 && ox < Wo)
-                    fma_row<CI_T>(acc, load_f32(dp, (long long)oy * Wo + ox), s_mem + p * CI_T);
-                c += gc;
-                r += gr;
-                if (c >= tile_cols) {
-                    c -= tile_cols;
-                    ++r;
+            // CT_DW_UNROLL pixels a step, every dy load issued before the first FMA: each
+            // thread keeps that many loads in flight, where one at a time left it waiting on
+            // memory. The FMAs keep the pixel order, so the sums are those of one at a time.
+            for (int p0 = g; p0 < TP; p0 += CT_DW_UNROLL * G) {
+                float v[CT_DW_UNROLL];
+                bool hit[CT_DW_UNROLL];
+#pragma unroll
+                for (int u = 0; u < CT_DW_UNROLL; ++u) {
+                    const int iy = iy0 + r, ix = ix0 + c;
+                    const int oy = iy * S - P + ky, ox = ix * S - P + kx;
+                    hit[u] = p0 + u * G < TP && iy < H && ix < W && oy >= 0 && oy < Ho &&
+                             ox >= 0 && ox < Wo;
+                    v[u] = hit[u] ? load_f32(dp, (long long)oy * Wo + ox) : 0.0f;
+                    c += gc;
+                    r += gr;
+                    if (c >= tile_cols) {
+                        c -= tile_cols;
+                        ++r;
+                    }
                 }
+#pragma unroll
+                for (int u = 0; u < CT_DW_UNROLL; ++u)
+                    if (hit[u]) fma_row<CI_T>(acc, v[u], s_mem + (p0 + u * G) * CI_T);
             }
         }
 
@@ -299,7 +313,7 @@ extern "C" __global__ void __launch_bounds__(CT_THREADS)
                                       int W, int Ho, int Wo, int K, int S, int P, int co_tile) {   \
         ct_grad_input_impl<T, N>(dy, w, dx, Ci, Co, H, W, Ho, Wo, K, S, P, co_tile);               \
     }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(CT_THREADS, 4) ct_grad_weight_c##N##_##SUFFIX(    \
+    extern "C" __global__ void __launch_bounds__(CT_THREADS, 3) ct_grad_weight_c##N##_##SUFFIX(    \
         const T* x, const T* dy, float* part, int B, int Ci, int Co, int H, int W, int Ho, int Wo, \
         int K, int S, int P, int co_tile, int tile_rows, int tile_cols, int n_chunks) {            \
         ct_grad_weight_impl<T, N>(x, dy, part, B, Ci, Co, H, W, Ho, Wo, K, S, P, co_tile,          \
