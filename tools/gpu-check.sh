@@ -197,7 +197,7 @@ PY
   run_step "torch coarse2fine baseline" 150 "$logs/bench-torch-c2f.txt" \
     python3 "$root/tools/torch_c2f_baseline.py"
   # The kernels rewritten since the last GPU run first (docs/gpu-status.md says which), and the
-  # transposed conv's long bench (over 150 s on an H200) after the others.
+  # transposed conv's bench (the longest) after the others.
   local first="bap pool center_loss"
   local last="conv_transpose pretrain_upsampler"
   for b in $first; do run_bench "$b"; done
