@@ -120,35 +120,16 @@ fn convolutions_of(net: &Network, b: &mut CudaBackend) -> impl FnMut(&mut CudaBa
 fn bench(c: &mut Criterion) {
     let (batch, sizes) = network_shapes();
     for size in sizes {
-        let mixed6e = format!("mixed6e_b{batch}_{size}");
-        case(c, batch, size, Depth::Mixed6e, &mixed6e, Heuristic);
-        let full = format!("full_b{batch}_{size}");
-        case(
-            c,
-            batch,
-            size,
-            Depth::Full { classes: 1000 },
-            &full,
-            Heuristic,
-        );
-        // Timed algorithm choice, the peer of PyTorch's fp32 + cudnn.benchmark rows.
-        case(
-            c,
-            batch,
-            size,
-            Depth::Mixed6e,
-            &format!("{mixed6e}_timed"),
-            Timed,
-        );
-        let full_timed = format!("{full}_timed");
-        case(
-            c,
-            batch,
-            size,
-            Depth::Full { classes: 1000 },
-            &full_timed,
-            Timed,
-        );
+        // Timed algorithm choice is the peer of PyTorch's fp32 + cudnn.benchmark rows.
+        for (choice, suffix) in [(Heuristic, ""), (Timed, "_timed")] {
+            for (depth, net) in [
+                (Depth::Mixed6e, "mixed6e"),
+                (Depth::Full { classes: 1000 }, "full"),
+            ] {
+                let name = format!("{net}_b{batch}_{size}{suffix}");
+                case(c, batch, size, depth, &name, choice);
+            }
+        }
     }
 }
 

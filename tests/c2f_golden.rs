@@ -98,19 +98,13 @@ fn golden_step() -> Step {
         },
     )
     .unwrap();
-    let backbone: Vec<String> = {
-        let g = &model.backbone().graph;
-        g.params
-            .entries()
-            .iter()
-            .chain(g.buffers.entries())
-            .map(|e| e.name.clone())
-            .collect()
-    };
+    let graph = model.backbone().graph.clone();
     for t in model.state() {
         let mut values = vec![0.0f32; t.tensor.len];
         if !t.name.starts_with("momentum.") {
-            let (lo, hi) = if backbone.contains(&t.name) {
+            let in_backbone =
+                graph.params.get(&t.name).is_some() || graph.buffers.get(&t.name).is_some();
+            let (lo, hi) = if in_backbone {
                 golden_range(&t.name, &t.shape)
             } else {
                 head_range(&t.name, &t.shape)
