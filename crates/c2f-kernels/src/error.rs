@@ -23,8 +23,33 @@ pub enum Error {
     },
     /// A file that cannot be read or written, or whose contents are wrong (weights, checkpoints).
     File { path: String, message: String },
-    /// Buffers or parameters that do not fit the op's shape.
+    /// Buffers or parameters that do not fit the op's shape. Only for tensor shapes.
     Shape(String),
+    /// A command-line flag or configuration value that is out of range or conflicts with
+    /// another: `key` is the flag (`--batch`) or config key, `value` what was given.
+    Config {
+        key: String,
+        value: String,
+        message: String,
+    },
+    /// Outside data that cannot be used: a dataset's annotation file (at `line`, where it has
+    /// lines), an image, a directory layout.
+    Data {
+        path: String,
+        line: Option<usize>,
+        message: String,
+    },
+    /// A loss term or a gradient became NaN or infinite at `step`.
+    Divergence {
+        step: usize,
+        term: String,
+        value: f64,
+    },
+    /// An operating-system I/O failure on `path`.
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     /// A class label outside `[0, classes)`.
     Label {
         index: usize,
@@ -58,6 +83,25 @@ impl fmt::Display for Error {
             Error::Library { library, message } => write!(f, "{library}: {message}"),
             Error::File { path, message } => write!(f, "{path}: {message}"),
             Error::Shape(msg) => write!(f, "shape error: {msg}"),
+            Error::Config {
+                key,
+                value,
+                message,
+            } => write!(f, "{key} {value}: {message}"),
+            Error::Data {
+                path,
+                line: Some(line),
+                message,
+            } => write!(f, "{path}:{line}: {message}"),
+            Error::Data {
+                path,
+                line: None,
+                message,
+            } => write!(f, "{path}: {message}"),
+            Error::Divergence { step, term, value } => {
+                write!(f, "training diverged at step {step}: {term} is {value}")
+            }
+            Error::Io { path, source } => write!(f, "{path}: {source}"),
             Error::Label {
                 index,
                 label,
@@ -70,7 +114,33 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    /// A [`Error::Config`] for flag or key `key` given `value`.
+    pub fn config(key: &str, value: impl fmt::Display, message: impl Into<String>) -> Error {
+        Error::Config {
+            key: key.to_string(),
+            value: value.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}
 
 impl From<cudarc::driver::DriverError> for Error {
     fn from(e: cudarc::driver::DriverError) -> Self {
