@@ -45,21 +45,30 @@ for line in open(listing):
         shutil.copy2(exe, os.path.join(bundle, "bin", name))
         continue
     # Only targets with GPU paths travel: the rest ran in CI already, and the bundle stays small.
-    source = open(msg["target"]["src_path"]).read()
-    if "gpu_or_skip" not in source and "cuda_or_skip" not in source:
+    # A test binary of tests/<area>/main.rs is a module per file: the modules with GPU paths are
+    # listed in tests/MODULES, and the run step runs those alone.
+    src = msg["target"]["src_path"]
+    files = [src]
+    if "test" in kinds and os.path.basename(src) == "main.rs":
+        folder = os.path.dirname(src)
+        files = [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.endswith(".rs") and f != "main.rs"]
+    gpu_files = [f for f in files if any(m in open(f).read() for m in ("gpu_or_skip", "cuda_or_skip"))]
+    if not gpu_files:
         continue
-    # Unit tests of a library are named after the crate; integration tests and benches by file.
     if "bench" in kinds:
         dest = os.path.join(bundle, "benches", name)
-    elif msg.get("profile", {}).get("test"):
+    elif "test" in kinds and msg.get("profile", {}).get("test"):
         dest = os.path.join(bundle, "tests", name)
+        with open(os.path.join(bundle, "tests", "MODULES"), "a") as listing:
+            for f in gpu_files:
+                listing.write(f"{name} {os.path.basename(f)[:-3]}\n")
     else:
         continue
     shutil.copy2(exe, dest)
 PY
   rm -f "$list"
   [ -x "$bundle/bin/c2f" ] || { echo "the release c2f binary was not built" >&2; exit 1; }
-  strip "$bundle"/tests/* "$bundle"/benches/* "$bundle"/bin/*
+  strip "$bundle"/tests/[!M]* "$bundle"/benches/* "$bundle"/bin/*
   git rev-parse HEAD >"$bundle/COMMIT"
   git status --porcelain | grep -q . && echo "dirty" >>"$bundle/COMMIT"
   ls -la "$bundle"/tests "$bundle"/benches
@@ -109,18 +118,19 @@ run_step() {
   return 0
 }
 
-# sanitize OP... : compute-sanitizer memcheck, then racecheck, over each op's GPU tests.
+# sanitize OP... : compute-sanitizer memcheck, then racecheck, over each op's GPU tests (the
+# op's module of the kernels test binary).
 sanitize() {
   if ! command -v compute-sanitizer >/dev/null; then
     record "compute-sanitizer" MISSING 0
     return 0
   fi
+  [ -x "$bins/tests/kernels" ] || return 0
   local tool op
   for tool in memcheck racecheck; do
     for op in "$@"; do
-      [ -x "$bins/tests/$op" ] || continue
       run_step "$tool $op" 150 "$logs/$tool-$op.txt" compute-sanitizer --tool "$tool" \
-        --error-exitcode 1 "$bins/tests/$op" gpu_ --test-threads=1
+        --error-exitcode 1 "$bins/tests/kernels" "$op::gpu_" --test-threads=1
     done
   done
 }
@@ -167,17 +177,19 @@ PY
   cat "$logs/copy-bandwidth.txt"
 
   export C2F_BIN="$bins/bin/c2f"
-  for t in "$bins"/tests/*; do
-    local name filter=()
-    name=$(basename "$t")
+  # One step per module with GPU paths (tests/MODULES: binary and module), so that each op has
+  # its own verdict, time limit and log, as when each was a binary of its own.
+  local binary module filter
+  while read -r binary module; do
+    filter="$module::"
     # The CLI's other tests are CPU runs that CI made; only its GPU one is for this machine.
-    [ "$name" = cli ] && filter=(gpu_)
-    run_step "test $name" 90 "$logs/test-$name.txt" "$t" "${filter[@]}" --test-threads=1 \
-      --nocapture
-  done
+    [ "$module" = cli ] && filter="cli::gpu_"
+    run_step "test $module" 90 "$logs/test-$module.txt" "$bins/tests/$binary" "$filter" \
+      --test-threads=1 --nocapture
+  done <"$bins/tests/MODULES"
   # The NVRTC fallback (kernels built from source on the device) on one op.
-  [ -x "$bins/tests/bap" ] && C2F_FORCE_NVRTC=1 run_step "test bap (NVRTC fallback)" 120 \
-    "$logs/test-bap-nvrtc.txt" "$bins/tests/bap" gpu_ --test-threads=1 --nocapture
+  [ -x "$bins/tests/kernels" ] && C2F_FORCE_NVRTC=1 run_step "test bap (NVRTC fallback)" 120 \
+    "$logs/test-bap-nvrtc.txt" "$bins/tests/kernels" bap::gpu_ --test-threads=1 --nocapture
 
   # The network benches and their PyTorch peer first, then the custom kernels, then the rest:
   # what is skipped when the budget runs out is what matters least. The filter leaves out the

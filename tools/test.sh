@@ -22,15 +22,16 @@ python3 tools/cuda-emu/build.py target/cuda-emu
 # CUDA libraries there, so that script runs here too; the emulator's folder comes first.
 eval "$(PATH="$PWD/.cuda-toolchain/bin:$PATH" tools/cuda-libs.sh target/cuda-libs)"
 emulated() { LD_LIBRARY_PATH="$PWD/target/cuda-emu:$LD_LIBRARY_PATH" C2F_REQUIRE_GPU=1 "$@"; }
-emulated cargo test -p c2f-kernels -p c2f-dist -p c2f-train --tests -- --nocapture gpu_ emulator_
-emulated cargo test -p c2f-inception -p c2f-train --test inception_cuda --test train_gpu \
-  -- --nocapture
+# Every test binary's GPU tests, then the runtime's CUDA backend and the trainer's GPU step in
+# full (their CPU halves are what the GPU halves are compared to).
+emulated cargo test --workspace --tests -- --nocapture gpu_ emulator_
+emulated cargo test --test runtime --test model -- --nocapture inception_cuda:: train_gpu::
 # A build without nvcc compiles each kernel with NVRTC on first use. NVRTC needs no GPU: every
 # kernel is compiled that way here, then a training step runs on modules NVRTC built.
-emulated cargo test -p c2f-kernels --test kernel_build -- --nocapture nvrtc
-C2F_FORCE_NVRTC=1 emulated cargo test -p c2f-train --test train_gpu -- --nocapture
+emulated cargo test --test kernels -- --nocapture kernel_build::every_kernel_compiles_with_nvrtc
+C2F_FORCE_NVRTC=1 emulated cargo test --test model -- --nocapture train_gpu::
 # The GPU benchmarks once each at tiny shapes, so the bench code the GPU check runs has run.
-C2F_BENCH_SMOKE=1 emulated cargo test -p c2f-kernels -p c2f-inception -p c2f-dist -p c2f-train \
+C2F_BENCH_SMOKE=1 emulated cargo test \
   --bench axpby --bench bap --bench batch_norm --bench center_loss --bench conv_transpose \
   --bench mask --bench pool --bench sgd --bench sigmoid_bce --bench softmax_ce \
   --bench inception_gpu --bench coarse2fine_gpu --bench pretrain_upsampler --bench nccl_allreduce

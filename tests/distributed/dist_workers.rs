@@ -52,9 +52,14 @@ fn workers(gpus: &str, fail: Option<usize>) -> WorkerCommand {
     }
     WorkerCommand {
         program: std::env::current_exe().unwrap(),
-        args: ["--exact", "child", "--ignored", "--nocapture"]
-            .map(Into::into)
-            .to_vec(),
+        args: [
+            "--exact",
+            &crate::common::child::exact_test_name(module_path!(), "child"),
+            "--ignored",
+            "--nocapture",
+        ]
+        .map(Into::into)
+        .to_vec(),
         env,
     }
 }

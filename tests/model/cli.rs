@@ -4,11 +4,6 @@
 //! cannot run; CelebA's attributes trained, evaluated and predicted per attribute; the
 //! synthetic set's own seed.
 
-mod common {
-    pub mod celeba;
-    pub mod datasets;
-}
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -438,7 +433,7 @@ fn data_parallel_misuse_is_refused() {
 fn celeba_attributes_train_eval_and_predict() {
     let dir = scratch("celeba");
     let root = dir.join("celeba");
-    common::celeba::write_faces(&root, 8, 4);
+    crate::common::celeba::write_faces(&root, 8, 4);
     let run_dir = dir.join("run");
     let celeba = [
         "--dataset",

@@ -2,16 +2,12 @@
 //! shuffled order, 1-based boxes, the 20-row banner cut at load time, a missing and a corrupt
 //! image, and errors that name the file and line.
 
-mod common {
-    pub mod datasets;
-}
-
 use std::path::Path;
 
+use crate::common::datasets::{expect_file_error, loader_skips, scratch, write_jpeg};
 use c2f_train::data::aircraft::{self, BANNER_ROWS};
 use c2f_train::data::loader::{FileSource, ImageSource};
 use c2f_train::data::{open_dataset, BBox, DatasetKind};
-use common::datasets::{expect_file_error, loader_skips, scratch, write_jpeg};
 
 const VARIANTS: [&str; 3] = ["Boeing 737-700", "F/A-18", "Cessna 172"];
 const TOP: [u8; 3] = [40, 160, 60];

@@ -2,14 +2,10 @@
 //! id (lists shuffled differently), sparse category ids made dense in id order, a missing and a
 //! corrupt image, and errors naming file and key.
 
-mod common {
-    pub mod datasets;
-}
-
 use std::path::Path;
 
+use crate::common::datasets::{expect_file_error, loader_skips, pattern, scratch, write_jpeg};
 use c2f_train::data::{inat, open_dataset, DatasetKind};
-use common::datasets::{expect_file_error, loader_skips, pattern, scratch, write_jpeg};
 use serde_json::{json, Value};
 
 /// Category ids (sparse, unsorted) and names.

@@ -8,10 +8,7 @@
 //! tests check the backward against our own forward; this checks the forward and the backward
 //! against an independent definition of the method.
 
-mod common {
-    pub mod recorded;
-}
-
+use crate::common::recorded::floats;
 use c2f_inception::backend::{Backend, BnMode, Tensor};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::init::{counter_uniform, golden_range};
@@ -20,7 +17,6 @@ use c2f_kernels::center_loss::CenterLossParams;
 use c2f_kernels::testing::rel_error;
 use c2f_train::model::{Coarse2Fine, Coarse2FineConfig, Task};
 use c2f_train::upsampler::{attention_map_side, default_channels, init_range};
-use common::recorded::floats;
 use safetensors::SafeTensors;
 
 const SIZE: usize = 107;
@@ -39,7 +35,7 @@ const RUNNING: [&str; 4] = [
 ];
 
 fn file() -> SafeTensors<'static> {
-    static BYTES: &[u8] = include_bytes!("data/c2f_golden.safetensors");
+    static BYTES: &[u8] = include_bytes!("../data/c2f_golden.safetensors");
     SafeTensors::deserialize(BYTES).expect("tests/data/c2f_golden.safetensors is readable")
 }
 

@@ -17,10 +17,7 @@ use c2f_train::localize::{
 };
 use image::RgbImage;
 
-mod common {
-    pub mod tiny;
-}
-use common::tiny::{synthetic, tiny_model};
+use crate::common::tiny::{synthetic, tiny_model};
 
 /// A `h × w` map with value `v` on the given inclusive rectangles `(x0, y0, x1, y1)`.
 fn map_with(h: usize, w: usize, rects: &[(usize, usize, usize, usize, f32)]) -> Vec<f32> {

@@ -2,14 +2,10 @@
 //! subset of attributes in the asked order, partitions joined by file name, a missing and a
 //! corrupt image, and errors naming file and line.
 
-mod common {
-    pub mod datasets;
-}
-
 use std::path::Path;
 
+use crate::common::datasets::{expect_file_error, loader_skips, pattern, scratch, write_jpeg};
 use c2f_train::data::celeba::{self, Partition};
-use common::datasets::{expect_file_error, loader_skips, pattern, scratch, write_jpeg};
 
 const NAMES: [&str; 4] = ["5_o_Clock_Shadow", "Arched_Eyebrows", "Bald", "Smiling"];
 /// `(file, values, partition)`.

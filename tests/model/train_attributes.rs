@@ -4,13 +4,10 @@
 //! checkpoint; the baseline learns the attributes; `--attributes` on a single-label dataset is
 //! refused.
 
-mod common {
-    pub mod celeba;
-    pub mod datasets;
-}
-
 use std::path::Path;
 
+use crate::common::celeba::{write_faces, ATTRIBUTES};
+use crate::common::datasets::scratch;
 use c2f_inception::cpu::CpuBackend;
 use c2f_train::checkpoint;
 use c2f_train::data::spec::{DataSpec, OpenedData, CELEBA};
@@ -18,8 +15,6 @@ use c2f_train::model::Task;
 use c2f_train::train::{
     checkpoint_path, train_baseline, train_coarse2fine, Evaluation, RunOptions, TrainConfig,
 };
-use common::celeba::{write_faces, ATTRIBUTES};
-use common::datasets::scratch;
 
 fn config(epochs: usize) -> TrainConfig {
     TrainConfig {

@@ -3,14 +3,11 @@
 
 use c2f_inception::spec::{ActShape, Depth, Graph, InceptionConfig};
 
-mod common {
-    pub mod graph;
-}
-use common::graph::graph;
+use crate::common::graph::graph;
 
 /// `tests/data/inception_v3_state_dict.txt`, written by torchvision (see its first line).
 fn torchvision_state_dict() -> Vec<(String, Vec<usize>)> {
-    include_str!("data/inception_v3_state_dict.txt")
+    include_str!("../data/inception_v3_state_dict.txt")
         .lines()
         .filter(|l| !l.starts_with('#'))
         .map(|l| {

@@ -78,7 +78,7 @@ fn tensor(file: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f64>) {
 fn matches_pytorch_golden() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/data/interp_golden.safetensors"
+        "/tests/data/interp_golden.safetensors"
     );
     let bytes = std::fs::read(path).unwrap();
     let file = SafeTensors::deserialize(&bytes).unwrap();

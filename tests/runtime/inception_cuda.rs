@@ -7,11 +7,7 @@
 //! for the cuDNN convolutions), so the runtime's case of several operands in one flat buffer is
 //! what is tested.
 
-mod common {
-    pub mod golden;
-    pub mod recorded;
-}
-
+use crate::common::golden::{self, floats};
 use c2f_inception::backend::{Backend, BnMode, BnParams, BnStats, LinearShape, Tensor};
 use c2f_inception::cpu::conv::Conv2dShape;
 use c2f_inception::cpu::CpuBackend;
@@ -29,7 +25,6 @@ use c2f_kernels::sigmoid_bce::SigmoidBceShape;
 use c2f_kernels::softmax_ce::{DropoutParams, SoftmaxCeShape};
 use c2f_kernels::testing::{assert_bit_identical, rel_error, SplitMix64};
 use c2f_kernels::Error;
-use common::golden::{self, floats};
 
 /// Every single op, CUDA against CPU, both in f32.
 const OP_TOLERANCE: f64 = 1e-5;

@@ -63,14 +63,19 @@ fn three_processes_exchange_the_id() {
         .rev()
         .map(|rank| {
             let mut cmd = Command::new(&exe);
-            cmd.args(["--exact", "child", "--ignored", "--nocapture"])
-                .env("RANK", rank.to_string())
-                .env("LOCAL_RANK", rank.to_string())
-                .env("WORLD_SIZE", "3")
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
+            cmd.args([
+                "--exact",
+                &crate::common::child::exact_test_name(module_path!(), "child"),
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", "3")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
             if rank == 0 {
                 cmd.env(ID_ENV, hex(&id));
             }

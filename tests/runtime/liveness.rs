@@ -7,10 +7,7 @@
 use c2f_inception::liveness::{plan, ALIGN};
 use c2f_inception::spec::{Depth, Graph, Op};
 
-mod common {
-    pub mod graph;
-}
-use common::graph::graph;
+use crate::common::graph::graph;
 
 /// Checks the layout of `g` at `batch` and returns its size over the sum of all gradients.
 fn check(g: &Graph, batch: usize) -> f64 {

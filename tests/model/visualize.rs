@@ -9,10 +9,7 @@ use c2f_train::visualize::{
 };
 use image::{Rgb, RgbImage};
 
-mod common {
-    pub mod tiny;
-}
-use common::tiny::{synthetic, tiny_model};
+use crate::common::tiny::{synthetic, tiny_model};
 
 #[test]
 fn jet_runs_blue_to_red() {

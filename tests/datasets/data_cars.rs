@@ -2,16 +2,12 @@
 //! writer (compressed like MATLAB's, and uncompressed): classes as uint8 and double, 1-based
 //! boxes, class names, a missing and a corrupt image, and errors naming file and element.
 
-mod common {
-    pub mod datasets;
-}
-
 use std::path::Path;
 
-use c2f_train::data::{cars, open_dataset, BBox, DatasetKind};
-use common::datasets::{
+use crate::common::datasets::{
     expect_file_error, loader_skips, pattern, scratch, write_jpeg, write_mat, Mat,
 };
+use c2f_train::data::{cars, open_dataset, BBox, DatasetKind};
 
 const FIELDS: [&str; 6] = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname"];
 /// `(fname, class 1-based, x1 y1 x2 y2)` per split.

@@ -4,17 +4,12 @@
 //! and the CPU backend in f32 within what float32 can do (see `tools/make_golden.py`: PyTorch's
 //! own float32 gradients are about 2% off its float64 ones here).
 
-mod common {
-    pub mod golden;
-    pub mod recorded;
-}
-
+use crate::common::golden::{self, floats, Run};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::init::counter_uniform;
 use c2f_inception::spec::Graph;
 use c2f_kernels::testing::rel_error;
 use c2f_kernels::Real;
-use common::golden::{self, floats, Run};
 use safetensors::SafeTensors;
 
 const TOLERANCE: f64 = 1e-4;

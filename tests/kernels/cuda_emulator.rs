@@ -14,7 +14,7 @@ use std::process::Command;
 /// `tools/cuda-emu/selftest.cu`. The emulator compiles it in and ignores the module image.
 const SELFTEST: KernelSource = KernelSource {
     name: "cuda-emu selftest",
-    source: include_str!("../tools/cuda-emu/selftest.cu"),
+    source: include_str!("../../tools/cuda-emu/selftest.cu"),
     fatbin: Some(b"compiled into the emulator"),
     ptxas_report: None,
 };
@@ -247,8 +247,9 @@ fn in_fault_child() -> bool {
 /// Runs `test` of this binary in a child process that does the bad access, and checks that the
 /// child failed saying each of `expected` on its standard error.
 fn child_fails_saying(test: &str, expected: &[&str]) {
+    let test = crate::common::child::exact_test_name(module_path!(), test);
     let out = Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture"])
+        .args([&test, "--exact", "--nocapture"])
         .env(FAULT_CHILD_ENV, "1")
         .output()
         .unwrap();

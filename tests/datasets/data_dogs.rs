@@ -2,16 +2,12 @@
 //! XML boxes (one dog, two dogs → their union), breed folders as class names, a missing and a
 //! corrupt image, and errors naming file and element.
 
-mod common {
-    pub mod datasets;
-}
-
 use std::path::Path;
 
-use c2f_train::data::{dogs, open_dataset, BBox, DatasetKind};
-use common::datasets::{
+use crate::common::datasets::{
     expect_file_error, loader_skips, pattern, scratch, write_jpeg, write_mat, Mat,
 };
+use c2f_train::data::{dogs, open_dataset, BBox, DatasetKind};
 
 const CHI: &str = "n02085620-Chihuahua";
 const POM: &str = "n02112018-Pomeranian";

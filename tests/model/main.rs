@@ -1,0 +1,25 @@
+//! The Coarse2Fine model and the trainer (c2f-train): the model's gradients, the whole-step
+//! PyTorch golden, training, attributes, the GPU step, interpolation, up-sampler pretraining,
+//! localization, pictures, and the `c2f` binary.
+//!
+//! One test binary for the area, a module per op or concern: Cargo finds `tests/<area>/main.rs`
+//! by itself, so a new module needs only its `mod` line here.
+
+#[path = "../common"]
+mod common {
+    pub mod celeba;
+    pub mod datasets;
+    pub mod recorded;
+    pub mod tiny;
+}
+
+mod c2f_golden;
+mod cli;
+mod interpolate;
+mod localize;
+mod model;
+mod pretrain;
+mod train;
+mod train_attributes;
+mod train_gpu;
+mod visualize;
