@@ -37,7 +37,7 @@ for line in open(listing):
     if not exe or msg.get("reason") != "compiler-artifact":
         continue
     name = msg["target"]["name"]
-    # The CLI's GPU test (tests/cli.rs) runs the binary itself, found through C2F_BIN there.
+    # The CLI's GPU test (tests/model/cli.rs) runs the binary itself, found through C2F_BIN there.
     # (A bin target also comes as its unit-test harness, with profile.test set: not that one.)
     profile = msg.get("profile", {})
     if kinds == ["bin"] and name == "c2f" and not profile.get("test") and profile.get("opt_level") == "3":

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/localization-recipe}
-cargo build --release -p c2f-train --bin c2f
+cargo build --release --bin c2f
 c2f=target/release/c2f
 "$c2f" train --no-progress --models coarse2fine --lambda 1 --run-dir "$out/stage1"
 "$c2f" pretrain-upsampler --size 96 --pairs 4096 --epochs 4 --out "$out/upsampler.safetensors"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes tests/data/c2f_golden.safetensors: one Coarse2Fine training step (forward and backward,
 both passes, the fine branch and both center banks) of the PyTorch model in
-`tools/torch_c2f_baseline.py`, in float64, so that `tests/c2f_golden.rs` can hold the Rust model
+`tools/torch_c2f_baseline.py`, in float64, so that `tests/model/c2f_golden.rs` can hold the Rust model
 to an implementation written independently with autograd, not only to its own finite
 differences. The same class is the model `tools/gpu-check.sh` times against ours, so this also
 shows that the two time the same computation.

@@ -1,5 +1,5 @@
 //! The CUDA backend against the CPU backend (f32): every op on random inputs, then the whole
-//! InceptionV3 golden case (`tests/inception_golden.rs`: same initialisation, same input), and
+//! InceptionV3 golden case (`tests/runtime/inception_golden.rs`: same initialisation, same input), and
 //! run-to-run determinism. Without a GPU (or without cuDNN/cuBLAS) every test prints
 //! `skipped: ...` and passes, unless `C2F_REQUIRE_GPU=1`.
 //!
@@ -33,12 +33,12 @@ const FORWARD_TOLERANCE: f64 = 1e-4;
 /// The golden case's logits, CUDA against CPU f32. float32 rounding through 94 BatchNorm layers
 /// puts the CPU's f32 logits 1.3e-4 from PyTorch's float64 ones (Mixed_6e: 4e-5), and a correct
 /// GPU run lands about as far away in another direction, so the two differ by about √2 of that:
-/// the f32 bound of `tests/inception_golden.rs` rather than 1e-4.
+/// the f32 bound of `tests/runtime/inception_golden.rs` rather than 1e-4.
 const LOGITS_TOLERANCE: f64 = 5e-4;
 /// Each parameter's gradient norm, CUDA against CPU f32: the float32 bound of
-/// `tests/inception_golden.rs` (PyTorch's own float32 gradients are ~2% off its float64 ones).
+/// `tests/runtime/inception_golden.rs` (PyTorch's own float32 gradients are ~2% off its float64 ones).
 const GRADIENT_TOLERANCE: f64 = 5e-2;
-/// The same bounds against PyTorch's float64 run, as `tests/inception_golden.rs` holds the CPU
+/// The same bounds against PyTorch's float64 run, as `tests/runtime/inception_golden.rs` holds the CPU
 /// backend in f32 to.
 const GOLDEN_F32_FORWARD_TOLERANCE: f64 = 5e-4;
 

@@ -2,7 +2,7 @@
 """Builds the CUDA emulator: a libcuda.so.1 that runs kernels/*.cu on the CPU (driver.cpp), and
 stands in for the cuDNN convolutions, cuBLAS GEMMs and NCCL collectives we call (libraries.cpp).
 
-Each kernel file (and selftest.cu, for tests/cuda_emulator.rs) is compiled as host C++ with device.h force-included, after two rewrites:
+Each kernel file (and selftest.cu, for tests/kernels/cuda_emulator.rs) is compiled as host C++ with device.h force-included, after two rewrites:
 `extern __shared__ T name[];` becomes a pointer into the emulator's dynamic shared memory, and
 one EMU_KERNEL line per `extern "C"` entry point is appended, with its __launch_bounds__, read
 from the preprocessed source. Usage: build.py [OUT_DIR] (default target/cuda-emu). Then run a

@@ -1,4 +1,4 @@
-// Kernels for tests/cuda_emulator.rs, which checks that the emulator computes what a GPU would
+// Kernels for tests/kernels/cuda_emulator.rs, which checks that the emulator computes what a GPU would
 // and refuses or reports what a GPU would refuse or corrupt. Built into the emulator only.
 #include "common.cuh"
 
