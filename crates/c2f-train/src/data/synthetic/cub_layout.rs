@@ -15,10 +15,14 @@ pub fn class_dir(label: usize) -> String {
     format!("{:03}.{}", label + 1, class_name(label))
 }
 
-fn file_error(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::File {
-        path: path.display().to_string(),
-        message: e.to_string(),
+/// An [`Error::Io`] for an I/O failure of the encoder, else an [`Error::File`].
+fn encode_error(path: &Path, e: image::ImageError) -> Error {
+    match e {
+        image::ImageError::IoError(e) => Error::io(path, e),
+        other => Error::File {
+            path: path.display().to_string(),
+            message: format!("cannot encode JPEG: {other}"),
+        },
     }
 }
 
@@ -42,7 +46,7 @@ pub fn write_cub_layout(
         .collect();
     for label in 0..config.classes {
         let d = dir.join("images").join(class_dir(label));
-        fs::create_dir_all(&d).map_err(|e| file_error(&d, e))?;
+        fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
     }
     let rel = |set: &SyntheticSet, i: usize| {
         format!(
@@ -56,19 +60,19 @@ pub fn write_cub_layout(
         .map(|&(set, i)| -> Result<BBox> {
             let s = set.get(i);
             let path = dir.join("images").join(rel(set, i));
-            let file = fs::File::create(&path).map_err(|e| file_error(&path, e))?;
+            let file = fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
             let mut w = BufWriter::new(file);
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, 95)
                 .encode_image(&s.image)
-                .map_err(|e| file_error(&path, e))?;
-            w.flush().map_err(|e| file_error(&path, e))?;
+                .map_err(|e| encode_error(&path, e))?;
+            w.flush().map_err(|e| Error::io(&path, e))?;
             Ok(s.bbox)
         })
         .collect::<Result<_>>()?;
 
     let write = |name: &str, text: String| -> Result<()> {
         let path = dir.join(name);
-        fs::write(&path, text).map_err(|e| file_error(&path, e))
+        fs::write(&path, text).map_err(|e| Error::io(&path, e))
     };
     let mut classes = String::new();
     for label in 0..config.classes {

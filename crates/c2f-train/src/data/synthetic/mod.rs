@@ -75,32 +75,38 @@ impl Default for SyntheticConfig {
 }
 
 impl SyntheticConfig {
-    /// Checks the ranges; every constructor calls it.
+    /// Checks the ranges; every constructor calls it. An error is an [`Error::Config`] keyed by
+    /// the field's name.
     pub fn validate(&self) -> Result<()> {
         let max = max_classes();
         if self.classes < 2 || self.classes > max {
-            return Err(Error::Shape(format!(
-                "synthetic set: {} classes requested, 2..={max} available",
-                self.classes
-            )));
+            return Err(Error::config(
+                "classes",
+                self.classes,
+                format!("the synthetic set has 2 to {max} classes"),
+            ));
         }
         if !(64..=1024).contains(&self.size) {
-            return Err(Error::Shape(format!(
-                "synthetic set: image size {} outside 64..=1024",
-                self.size
-            )));
+            return Err(Error::config(
+                "size",
+                self.size,
+                "the synthetic set's images are 64 to 1024 pixels a side",
+            ));
         }
         let (lo, hi) = self.object_scale;
         if !(lo.is_finite() && hi.is_finite() && 0.15 <= lo && lo <= hi && hi <= 0.9) {
-            return Err(Error::Shape(format!(
-                "synthetic set: object scale {lo}..{hi} must satisfy 0.15 <= lo <= hi <= 0.9"
-            )));
+            return Err(Error::config(
+                "object_scale",
+                format!("{lo} {hi}"),
+                "the synthetic object's scale LO HI must satisfy 0.15 <= LO <= HI <= 0.9",
+            ));
         }
         if !(self.clutter.is_finite() && (0.0..=4.0).contains(&self.clutter)) {
-            return Err(Error::Shape(format!(
-                "synthetic set: clutter {} outside 0..=4",
-                self.clutter
-            )));
+            return Err(Error::config(
+                "clutter",
+                self.clutter,
+                "the synthetic set's clutter lies in 0..=4",
+            ));
         }
         Ok(())
     }
