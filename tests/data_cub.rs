@@ -1,6 +1,10 @@
 //! The CUB-200-2011 reader: a round trip through the synthetic set written in the CUB layout,
 //! and hand-written fixture trees for the joins and the errors.
 
+mod common {
+    pub mod datasets;
+}
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -11,6 +15,7 @@ use c2f_train::data::synthetic::{
     class_dir, write_cub_layout, Split, SyntheticConfig, SyntheticSet,
 };
 use c2f_train::data::{open_dataset, BBox, DatasetKind, OpenOptions};
+use common::datasets::expect_file_error;
 use image::{Rgb, RgbImage};
 
 fn scratch(name: &str) -> PathBuf {
@@ -187,23 +192,7 @@ fn expect_error(name: &str, file: &str, edit: impl Fn(&str) -> String, words: &[
     let path = dir.join(file);
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, edit(&text)).unwrap();
-    match cub::open(&dir) {
-        Err(Error::Data {
-            path: p,
-            line,
-            message,
-        }) => {
-            let message = match line {
-                Some(line) => format!("line {line}: {message}"),
-                None => message,
-            };
-            assert_eq!(p, path.display().to_string(), "{message}");
-            for w in words {
-                assert!(message.contains(w), "`{message}` lacks `{w}`");
-            }
-        }
-        other => panic!("{name}: expected a data error, got {other:?}"),
-    }
+    expect_file_error(cub::open(&dir), &path, words);
 }
 
 /// Replaces the line for image `id` (the line starting with `id `).
