@@ -10,8 +10,9 @@
 //!   [`orient_box`] moves a box annotated on the stored pixels along (the loader's
 //!   [`super::loader::FileSource`] does).
 //! - A missing or unreadable file is an [`Error::Io`], a corrupt one an [`Error::Data`], each
-//!   naming the path; the loader reports it, skips the image and counts it. A truncated JPEG counts as corrupt (the decoder
-//!   alone would fill the missing part with gray; see `jpeg_is_complete`).
+//!   naming the path; the loader reports it, skips the image and counts it. A truncated JPEG
+//!   counts as corrupt (the decoder alone would fill the missing part with gray; see
+//!   `jpeg_is_complete`).
 
 use std::io::Cursor;
 use std::path::Path;
@@ -143,7 +144,9 @@ pub fn stored_size(path: &Path) -> Result<(u32, u32)> {
         .map_err(|e| Error::io(path, e))?
         .into_dimensions()
         .map_err(|e| {
-            let name = path.display().to_string();
-            image_error(&name, format!("cannot decode image header: {e}"))
+            image_error(
+                &path.display().to_string(),
+                format!("cannot decode image header: {e}"),
+            )
         })
 }
