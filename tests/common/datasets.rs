@@ -42,21 +42,41 @@ pub fn pattern(seed: u32) -> impl Fn(u32, u32) -> [u8; 3] {
     }
 }
 
-/// Asserts `result` is an [`Error::File`] about `path` whose message holds every one of `words`.
+/// Asserts `result` is an [`Error::Data`] about `path` whose message, after `line N: ` where it
+/// has a line, holds every one of `words`.
 pub fn expect_file_error<T: std::fmt::Debug>(
     result: Result<T, Error>,
     path: &Path,
     words: &[&str],
 ) {
     match result {
-        Err(Error::File { path: p, message }) => {
+        Err(Error::Data {
+            path: p,
+            line,
+            message,
+        }) => {
+            let message = match line {
+                Some(line) => format!("line {line}: {message}"),
+                None => message,
+            };
             assert_eq!(p, path.display().to_string(), "{message}");
             for w in words {
                 assert!(message.contains(w), "`{message}` lacks `{w}`");
             }
         }
         other => panic!(
-            "expected a file error about {}, got {other:?}",
+            "expected a data error about {}, got {other:?}",
+            path.display()
+        ),
+    }
+}
+
+/// Asserts `result` is an [`Error::Io`] about `path`.
+pub fn expect_io_error<T: std::fmt::Debug>(result: Result<T, Error>, path: &Path) {
+    match result {
+        Err(Error::Io { path: p, .. }) => assert_eq!(p, path.display().to_string()),
+        other => panic!(
+            "expected an I/O error about {}, got {other:?}",
             path.display()
         ),
     }

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::common::datasets::expect_file_error;
 use c2f_kernels::Error;
 use c2f_train::data::cub;
 use c2f_train::data::image_io::load_rgb;
@@ -187,15 +188,7 @@ fn expect_error(name: &str, file: &str, edit: impl Fn(&str) -> String, words: &[
     let path = dir.join(file);
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, edit(&text)).unwrap();
-    match cub::open(&dir) {
-        Err(Error::File { path: p, message }) => {
-            assert_eq!(p, path.display().to_string(), "{message}");
-            for w in words {
-                assert!(message.contains(w), "`{message}` lacks `{w}`");
-            }
-        }
-        other => panic!("{name}: expected a file error, got {other:?}"),
-    }
+    expect_file_error(cub::open(&dir), &path, words);
 }
 
 /// Replaces the line for image `id` (the line starting with `id `).
@@ -321,9 +314,14 @@ fn inconsistent_ids_and_flags_name_file_and_line() {
     let kept: Vec<&str> = t.lines().filter(|l| !l.starts_with("9 ")).collect();
     std::fs::write(&p, kept.join("\n")).unwrap();
     match cub::open(&dir2) {
-        Err(Error::File { path, message }) => {
+        Err(Error::Data {
+            path,
+            line: Some(number),
+            message,
+        }) => {
             assert!(path.ends_with("images.txt"), "{path}");
-            assert!(message.contains(&line) && message.contains("image_class_labels.txt"));
+            assert_eq!(format!("line {number}:"), line);
+            assert!(message.contains("image_class_labels.txt"), "{message}");
         }
         other => panic!("{other:?}"),
     }
@@ -332,7 +330,7 @@ fn inconsistent_ids_and_flags_name_file_and_line() {
     Fixture::tiny().write(&dir3, None);
     std::fs::remove_file(dir3.join("train_test_split.txt")).unwrap();
     match cub::open(&dir3) {
-        Err(Error::File { path, .. }) => assert!(path.ends_with("train_test_split.txt")),
+        Err(Error::Io { path, .. }) => assert!(path.ends_with("train_test_split.txt")),
         other => panic!("{other:?}"),
     }
 }

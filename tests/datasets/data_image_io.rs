@@ -234,14 +234,21 @@ fn exif_orientation_is_honoured() {
 fn missing_and_corrupt_files_name_the_path() {
     let dir = scratch("bad");
     let expect_file_error = |r: c2f_kernels::Result<RgbImage>, path: &str| match r {
-        Err(Error::File { path: p, message }) => {
+        Err(Error::Data {
+            path: p,
+            line: None,
+            message,
+        }) => {
             assert_eq!(p, path);
             assert!(!message.is_empty());
         }
-        other => panic!("{path}: expected a file error, got {other:?}"),
+        other => panic!("{path}: expected a data error, got {other:?}"),
     };
     let missing = dir.join("nope.jpg");
-    expect_file_error(load_rgb(&missing), &missing.display().to_string());
+    match load_rgb(&missing) {
+        Err(Error::Io { path, .. }) => assert_eq!(path, missing.display().to_string()),
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
 
     let garbage = dir.join("garbage.jpg");
     std::fs::write(&garbage, b"this is not an image at all, just text").unwrap();

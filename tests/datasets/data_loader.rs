@@ -244,7 +244,7 @@ fn corrupt_and_missing_files_are_skipped_reported_and_counted() {
     // load_batch reports the first failure instead of skipping.
     let loader = Loader::new(src, config(4, 32)).unwrap();
     match loader.load_batch(&[0, 2], 0) {
-        Err(Error::File { path, .. }) => assert_eq!(path, samples[2].path.display().to_string()),
+        Err(Error::Data { path, .. }) => assert_eq!(path, samples[2].path.display().to_string()),
         other => panic!("{:?}", other.map(|b| b.indices)),
     }
 }

@@ -30,7 +30,9 @@ use std::path::{Path, PathBuf};
 
 use c2f_kernels::Result;
 
-use super::files::{box_from_corners, check_box, keep_existing, line_error, read_lines, Origin};
+use super::files::{
+    box_from_corners, check_box, keep_existing, line_error, read_lines, Origin, Place,
+};
 use super::{Dataset, OpenOptions, Sample};
 
 /// Height of the copyright banner at the bottom of every image.
@@ -200,7 +202,7 @@ fn read_boxes(
         }
         let b = box_from_corners(v[0], v[1], v[2], v[3]);
         check_box(&b, options.box_tolerance).map_err(|m| line_error(path, line.number, m))?;
-        let origin = Origin::new(path, format!("line {}", line.number));
+        let origin = Origin::new(path, Place::Line(line.number));
         if let Some((_, first)) = out.insert(id.clone(), (b, origin)) {
             return Err(line_error(
                 path,

@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 use c2f_kernels::Result;
 use matrw::MatVariable;
 
-use super::files::{at_error, box_from_corners, check_box, file_error, keep_existing, Origin};
+use super::files::{
+    at_error, box_from_corners, check_box, file_error, keep_existing, Origin, Place,
+};
 use super::{mat, Dataset, OpenOptions, Sample};
 
 pub fn open(root: &Path) -> Result<Dataset> {
@@ -172,7 +174,7 @@ fn read_annotation(
         fname,
         class: class as u64,
         bbox,
-        origin: Origin::new(path, place.to_string()),
+        origin: Origin::new(path, Place::Key(place.to_string())),
     })
 }
 

@@ -18,8 +18,9 @@
 //! The files are joined by image id, never by line order. Any malformed line, duplicate or
 //! unknown id, a label outside `1..=classes`, a split flag other than 0/1, or a box that is not
 //! finite, has no area, or lies outside its image (1 pixel of slack, checked against the image
-//! header when it can be read) is an [`c2f_kernels::Error::File`] naming the file and the line. A listed image
-//! whose file is missing is not an error: it is reported as a [`super::Problem`] with its path and left
+//! header when it can be read) is an [`c2f_kernels::Error::Data`] naming the file and the line; a
+//! text file that cannot be read is an [`c2f_kernels::Error::Io`] naming it. A listed image whose
+//! file is missing is not an error: it is reported as a [`super::Problem`] with its path and left
 //! out of the samples. A file that exists but does not decode is left to the loader, which skips
 //! and counts it.
 
@@ -28,7 +29,7 @@ use std::path::Path;
 
 use c2f_kernels::Result;
 
-use super::files::{check_box, keep_existing, line_error, read_lines, Origin};
+use super::files::{check_box, keep_existing, line_error, read_lines, Origin, Place};
 use super::{BBox, Dataset, OpenOptions, Sample};
 
 /// `image id → (line number, fields)` of one text file.
@@ -218,7 +219,7 @@ pub fn open_with(root: &Path, options: &OpenOptions) -> Result<Dataset> {
                 is_train,
                 crop_bottom: 0,
             },
-            bbox.map(|(_, line)| Origin::new(&boxes_path, format!("line {line}"))),
+            bbox.map(|(_, line)| Origin::new(&boxes_path, Place::Line(line))),
         ));
     }
 

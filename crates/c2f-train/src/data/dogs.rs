@@ -30,7 +30,9 @@ use std::path::Path;
 use c2f_kernels::Result;
 use rayon::prelude::*;
 
-use super::files::{at_error, box_from_corners, check_box, file_error, keep_existing, Origin};
+use super::files::{
+    at_error, box_from_corners, check_box, file_error, keep_existing, Origin, Place,
+};
 use super::{mat, BBox, Dataset, OpenOptions, Sample};
 
 pub fn open(root: &Path) -> Result<Dataset> {
@@ -212,6 +214,6 @@ fn read_box(path: &Path, options: &OpenOptions) -> Result<(BBox, Origin)> {
     let (x0, y0, x1, y1) = union.ok_or_else(|| file_error(path, "no `object` element"))?;
     Ok((
         box_from_corners(x0, y0, x1, y1),
-        Origin::new(path, "union of the objects' bndbox"),
+        Origin::new(path, Place::Key("union of the objects' bndbox".into())),
     ))
 }

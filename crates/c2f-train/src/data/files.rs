@@ -1,6 +1,7 @@
 //! What every dataset reader shares: numbered text lines, errors that name the file and the line
-//! or key, box checks, and the last pass over the image files (missing files become
-//! [`Problem`]s, boxes are checked against the image headers).
+//! or key ([`Error::Data`]; a file that cannot be read is an [`Error::Io`]), box checks, and the
+//! last pass over the image files (missing files become [`Problem`]s, boxes are checked against
+//! the image headers).
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
@@ -10,29 +11,36 @@ use rayon::prelude::*;
 
 use super::{image_io, BBox, OpenOptions, Problem, Sample};
 
-/// An error about the file at `path`.
+/// A [`Error::Data`] about the file at `path` as a whole.
 pub(crate) fn file_error(path: &Path, message: impl Display) -> Error {
-    Error::File {
+    Error::Data {
         path: path.display().to_string(),
+        line: None,
         message: message.to_string(),
     }
 }
 
-/// An error about one place (`line 7`, `annotations(3).class`, …) of the file at `path`.
+/// A [`Error::Data`] about one place (`annotations(3).class`, `categories[2]`, …) of the file
+/// at `path`.
 pub(crate) fn at_error(path: &Path, place: &str, message: impl Display) -> Error {
     file_error(path, format!("{place}: {message}"))
 }
 
+/// A [`Error::Data`] about line `line` (1-based) of the text file at `path`.
 pub(crate) fn line_error(path: &Path, line: usize, message: impl Display) -> Error {
-    at_error(path, &format!("line {line}"), message)
+    Error::Data {
+        path: path.display().to_string(),
+        line: Some(line),
+        message: message.to_string(),
+    }
 }
 
 pub(crate) fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| file_error(path, format!("cannot read: {e}")))
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
 }
 
 pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| file_error(path, format!("cannot read: {e}")))
+    std::fs::read(path).map_err(|e| Error::io(path, e))
 }
 
 /// A non-empty line of a text file: its 1-based line number and the line, trimmed.
@@ -57,20 +65,40 @@ pub(crate) fn read_lines(path: &Path) -> Result<Vec<Line>> {
 #[derive(Debug, Clone)]
 pub(crate) struct Origin {
     pub file: PathBuf,
-    /// `line 7`, `annotations(3)`, …
-    pub place: String,
+    pub place: Place,
+}
+
+/// A place in an annotation file: a line of a text file, or a key or element of a structured
+/// one.
+#[derive(Debug, Clone)]
+pub(crate) enum Place {
+    Line(usize),
+    /// `annotations(3)`, `union of the objects' bndbox`, …
+    Key(String),
+}
+
+impl Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Line(number) => write!(f, "line {number}"),
+            Place::Key(key) => f.write_str(key),
+        }
+    }
 }
 
 impl Origin {
-    pub fn new(file: &Path, place: impl Into<String>) -> Self {
+    pub fn new(file: &Path, place: Place) -> Self {
         Origin {
             file: file.to_path_buf(),
-            place: place.into(),
+            place,
         }
     }
 
     pub fn error(&self, message: impl Display) -> Error {
-        at_error(&self.file, &self.place, message)
+        match &self.place {
+            Place::Line(number) => line_error(&self.file, *number, message),
+            Place::Key(key) => at_error(&self.file, key, message),
+        }
     }
 }
 

@@ -9,9 +9,10 @@
 //!   `DynamicImage::apply_orientation`, so the pixels come out the way a viewer shows them.
 //!   [`orient_box`] moves a box annotated on the stored pixels along (the loader's
 //!   [`super::loader::FileSource`] does).
-//! - A missing, unreadable or corrupt file is an [`Error::File`] naming the path; the loader
-//!   reports it, skips the image and counts it. A truncated JPEG counts as corrupt (the decoder
-//!   alone would fill the missing part with gray; see `jpeg_is_complete`).
+//! - A missing or unreadable file is an [`Error::Io`], a corrupt one an [`Error::Data`], each
+//!   naming the path; the loader reports it, skips the image and counts it. A truncated JPEG
+//!   counts as corrupt (the decoder alone would fill the missing part with gray; see
+//!   `jpeg_is_complete`).
 
 use std::io::Cursor;
 use std::path::Path;
@@ -22,10 +23,12 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
 use super::BBox;
 
-fn file_error(name: &str, message: String) -> Error {
-    Error::File {
+/// A [`Error::Data`] about the image `name`.
+fn image_error(name: &str, message: impl Into<String>) -> Error {
+    Error::Data {
         path: name.to_string(),
-        message,
+        line: None,
+        message: message.into(),
     }
 }
 
@@ -52,33 +55,31 @@ pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
 
 /// [`load_rgb`], also telling the orientation applied (to carry boxes along, [`orient_box`]).
 pub fn load_oriented(path: &Path) -> Result<Decoded> {
-    let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| file_error(&name, format!("cannot read: {e}")))?;
-    decode_oriented(&bytes, &name)
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_oriented(&bytes, &path.display().to_string())
 }
 
 /// [`decode_rgb`], also telling the orientation applied.
 pub fn decode_oriented(bytes: &[u8], name: &str) -> Result<Decoded> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| file_error(name, format!("cannot read: {e}")))?;
+        .map_err(|e| image_error(name, format!("cannot read: {e}")))?;
     match reader.format() {
         None => {
-            return Err(file_error(
+            return Err(image_error(
                 name,
-                "cannot decode image: not a JPEG or PNG file".into(),
+                "cannot decode image: not a JPEG or PNG file",
             ))
         }
         Some(ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
-            return Err(file_error(
+            return Err(image_error(
                 name,
-                "cannot decode image: truncated JPEG (no end-of-image marker after the last scan)"
-                    .into(),
+                "cannot decode image: truncated JPEG (no end-of-image marker after the last scan)",
             ))
         }
         Some(_) => {}
     }
-    let corrupt = |e: image::ImageError| file_error(name, format!("cannot decode image: {e}"));
+    let corrupt = |e: image::ImageError| image_error(name, format!("cannot decode image: {e}"));
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let stored_size = decoder.dimensions();
     // A malformed EXIF block is no reason to lose the image: treat it as "no rotation".
@@ -137,11 +138,15 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 /// The size `(width, height)` of the image at `path` as stored (before EXIF orientation), from
 /// its header.
 pub fn stored_size(path: &Path) -> Result<(u32, u32)> {
-    let name = path.display().to_string();
     ImageReader::open(path)
-        .map_err(|e| file_error(&name, format!("cannot open: {e}")))?
+        .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
-        .map_err(|e| file_error(&name, format!("cannot read: {e}")))?
+        .map_err(|e| Error::io(path, e))?
         .into_dimensions()
-        .map_err(|e| file_error(&name, format!("cannot decode image header: {e}")))
+        .map_err(|e| {
+            image_error(
+                &path.display().to_string(),
+                format!("cannot decode image header: {e}"),
+            )
+        })
 }

@@ -122,8 +122,9 @@ impl ImageSource for FileSource {
         // too, so an EXIF-rotated file loses the right side.
         let (w, h) = d.stored_size;
         if s.crop_bottom >= h {
-            return Err(Error::File {
+            return Err(Error::Data {
                 path: s.path.display().to_string(),
+                line: None,
                 message: format!(
                     "image is {h} pixels high, nothing is left after cutting {} rows off",
                     s.crop_bottom
@@ -161,12 +162,7 @@ impl CachedSource {
     pub fn new(inner: &dyn ImageSource) -> Self {
         let items = (0..inner.len())
             .into_par_iter()
-            .map(|i| {
-                inner.load(i).map_err(|e| match e {
-                    Error::File { message, .. } => message,
-                    other => other.to_string(),
-                })
-            })
+            .map(|i| inner.load(i).map_err(reason))
             .collect();
         CachedSource {
             names: (0..inner.len()).map(|i| inner.name(i)).collect(),
@@ -211,10 +207,26 @@ impl ImageSource for CachedSource {
     }
 
     fn load(&self, index: usize) -> Result<Item> {
-        self.items[index].clone().map_err(|message| Error::File {
+        self.items[index].clone().map_err(|message| Error::Data {
             path: self.names[index].clone(),
+            line: None,
             message,
         })
+    }
+}
+
+/// Why a sample's image could not be loaded, without its path (which the reports name
+/// separately).
+fn reason(e: Error) -> String {
+    match e {
+        Error::Data {
+            line: None,
+            message,
+            ..
+        }
+        | Error::File { message, .. } => message,
+        Error::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -334,7 +346,11 @@ pub fn sample_rng(seed: u64, epoch: u64, index: usize) -> SplitMix64 {
 impl Loader {
     pub fn new(source: Arc<dyn ImageSource>, config: LoaderConfig) -> Result<Self> {
         if config.batch_size == 0 {
-            return Err(Error::Shape("loader: batch size 0".into()));
+            return Err(Error::config(
+                "batch_size",
+                0,
+                "the loader needs at least one image a batch",
+            ));
         }
         config.transform.validate()?;
         let pool = if config.threads > 0 {
@@ -342,7 +358,13 @@ impl Loader {
                 .num_threads(config.threads)
                 .thread_name(|i| format!("c2f-loader-{i}"))
                 .build()
-                .map_err(|e| Error::Shape(format!("loader: cannot start threads: {e}")))?;
+                .map_err(|e| {
+                    Error::config(
+                        "threads",
+                        config.threads,
+                        format!("cannot start the loader's threads: {e}"),
+                    )
+                })?;
             Some(Arc::new(pool))
         } else {
             None
@@ -509,8 +531,11 @@ impl Producer {
                 .zip(out.par_chunks_mut(chw))
                 .map(|(&i, slot)| {
                     let item = self.source.load(i)?;
-                    let label = i32::try_from(item.label)
-                        .map_err(|_| Error::Shape(format!("label {} too large", item.label)))?;
+                    let label = i32::try_from(item.label).map_err(|_| Error::Data {
+                        path: self.source.name(i),
+                        line: None,
+                        message: format!("label {} too large", item.label),
+                    })?;
                     let mut rng = sample_rng(self.config.seed, self.epoch, i);
                     let (bbox, _) = t.apply_into(&item.image, item.bbox, &mut rng, slot)?;
                     Ok((label, bbox))
@@ -559,10 +584,7 @@ impl Producer {
                         Err(e) => skipped.push(Skipped {
                             index: i,
                             name: self.source.name(i),
-                            message: match e {
-                                Error::File { message, .. } => message,
-                                other => other.to_string(),
-                            },
+                            message: reason(e),
                         }),
                     }
                 }

@@ -108,10 +108,14 @@ impl Transform {
         3 * s * s
     }
 
+    /// Checks the sizes and ranges; an error is an [`Error::Config`] keyed by the field's name.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Shape(format!("transform: {m}")));
         if self.size() == 0 {
-            return bad("output size 0".into());
+            return Err(Error::config(
+                "size",
+                0,
+                "the transform's output needs at least one pixel",
+            ));
         }
         match *self {
             Transform::Train {
@@ -121,7 +125,11 @@ impl Transform {
             }
             | Transform::Test { resize, size } => {
                 if resize < size {
-                    return bad(format!("resize {resize} is smaller than the crop {size}"));
+                    return Err(Error::config(
+                        "resize",
+                        resize,
+                        format!("the transform's resize must be at least its crop size {size}"),
+                    ));
                 }
             }
             Transform::Train {
@@ -129,10 +137,18 @@ impl Transform {
                 ..
             } => {
                 if !(0.0 < scale.0 && scale.0 <= scale.1 && scale.1 <= 1.0) {
-                    return bad(format!("scale {scale:?} must satisfy 0 < lo <= hi <= 1"));
+                    return Err(Error::config(
+                        "scale",
+                        format!("{} {}", scale.0, scale.1),
+                        "the random crop's area fraction LO HI must satisfy 0 < LO <= HI <= 1",
+                    ));
                 }
                 if !(0.0 < ratio.0 && ratio.0 <= ratio.1 && ratio.1.is_finite()) {
-                    return bad(format!("ratio {ratio:?} must satisfy 0 < lo <= hi"));
+                    return Err(Error::config(
+                        "ratio",
+                        format!("{} {}", ratio.0, ratio.1),
+                        "the random crop's aspect ratio LO HI must satisfy 0 < LO <= HI",
+                    ));
                 }
             }
         }
