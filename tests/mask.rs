@@ -3,7 +3,7 @@
 //! CUDA kernels and the bench's cuDNN ReLU baseline against the f64 reference in f32 and bf16
 //! (skipped without a GPU).
 
-use c2f_kernels::mask::baseline::ReluCudnn;
+use c2f_baselines::relu::ReluCudnn;
 use c2f_kernels::mask::{
     check_map_indices, mask_backward_cpu, mask_forward_cpu, mean_maps_backward_cpu,
     mean_maps_forward_cpu, relu_backward_cpu, relu_forward_cpu, resize_bilinear_backward_cpu,
