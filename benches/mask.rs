@@ -14,10 +14,10 @@
 mod common;
 
 use c2f_baselines::relu::ReluCudnn;
-use c2f_kernels::mask::{
-    mask_backward_cpu, mask_forward_cpu, MapSelectGpu, MapShape, MaskGpu, MaskShape, ReluGpu,
-    ResizeBilinearGpu, ResizeShape,
-};
+use c2f_kernels::map_select::{MapSelectGpu, MapShape};
+use c2f_kernels::mask::{mask_backward_cpu, mask_forward_cpu, MaskGpu, MaskShape};
+use c2f_kernels::relu::ReluGpu;
+use c2f_kernels::resize::{ResizeBilinearGpu, ResizeShape};
 use c2f_kernels::testing::{bench_smoke, library_or_skip, SplitMix64};
 use criterion::{criterion_group, criterion_main, Criterion};
 
