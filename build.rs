@@ -1,4 +1,6 @@
-//! Compiles `kernels/*.cu` for the kernels crate (`build = "../../build.rs"`).
+//! Compiles `kernels/*.cu` for the kernels crate, and `kernels/baselines/*.cu` for the benches'
+//! baselines crate (`c2f-baselines`); both use it (`build = "../../build.rs"`) and it picks the
+//! folder by the package name. Includes (`common.cuh`) are found in `kernels/` for both.
 //!
 //! With nvcc (the `NVCC` variable, or `nvcc` on PATH) each kernel becomes a fatbin holding SASS for
 //! sm_80 and sm_90 plus compute_90 PTX, built with `-lineinfo` and warnings as errors; the ptxas
@@ -25,13 +27,17 @@ const GENCODE: &[&str] = &[
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let kernel_dir = find_kernel_dir(&manifest);
+    let source_dir = match env::var("CARGO_PKG_NAME").unwrap().as_str() {
+        "c2f-baselines" => kernel_dir.join("baselines"),
+        _ => kernel_dir.clone(),
+    };
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=PATH");
     println!("cargo:rerun-if-changed={}", kernel_dir.display());
 
-    let mut entries: Vec<PathBuf> = fs::read_dir(&kernel_dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", kernel_dir.display()))
+    let mut entries: Vec<PathBuf> = fs::read_dir(&source_dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", source_dir.display()))
         .map(|e| e.unwrap().path())
         .collect();
     entries.sort();

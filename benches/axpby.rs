@@ -1,5 +1,5 @@
 //! `y = α·x + β·y` benchmarks. Always: the CPU reference (the CPU backend's op). With a GPU: our
-//! kernel (`kernels/axpby.cu`, f32) against cuBLAS (`axpby::baseline`: `saxpy` alone for β = 1,
+//! kernel (`kernels/axpby.cu`, f32) against cuBLAS (`c2f_baselines::axpby`: `saxpy` alone for β = 1,
 //! `sscal` then `saxpy` otherwise, a memset then `saxpy` for β = 0) where the trainer uses it:
 //! scaling the part features of a batch of 64 (64·8·768, β = 0), adding the center loss's
 //! gradient into them (β ≠ 0, 1), and a gradient-sized sum (InceptionV3's 23,834,568 parameters,
@@ -8,7 +8,7 @@
 
 mod common;
 
-use c2f_kernels::axpby::baseline::AxpbyCublas;
+use c2f_baselines::axpby::AxpbyCublas;
 use c2f_kernels::axpby::{axpby_cpu, AxpbyGpu};
 use c2f_kernels::testing::{bench_smoke, library_or_skip, SplitMix64};
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -5,7 +5,7 @@
 
 mod common;
 
-use c2f_kernels::bap::baseline::BapCublas;
+use c2f_baselines::bap::BapCublas;
 use c2f_kernels::bap::{backward_cpu, forward_cpu, BapGpu, BapShape};
 use c2f_kernels::testing::{bench_smoke, SplitMix64};
 use c2f_kernels::{Element, Gpu};

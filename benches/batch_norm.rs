@@ -1,14 +1,14 @@
 //! Batch norm + ReLU benchmarks, training mode, forward then backward (one layer's share of a
 //! training step). Always: the CPU reference (the CPU backend's op). With a GPU: our kernels
 //! (`kernels/batch_norm.cu`, f32) against cuDNN's batch norm followed by its ReLU (what a
-//! framework runs for NCHW f32; `batch_norm::baseline`), at InceptionV3's shapes for batch 64 at
+//! framework runs for NCHW f32; `c2f_baselines::batch_norm`), at InceptionV3's shapes for batch 64 at
 //! 299²: `Conv2d_2b` (64 channels, 147²), a `Mixed_5b` branch (64, 35²) and a `Mixed_6e` branch
 //! (192, 17²). GB/s count the least traffic: x read and y written forward, x, y and dy read and
 //! dx written backward. Target: at least cuDNN's speed.
 
 mod common;
 
-use c2f_kernels::batch_norm::baseline::BatchNormCudnn;
+use c2f_baselines::batch_norm::BatchNormCudnn;
 use c2f_kernels::batch_norm::{
     backward_train_cpu, forward_train_cpu, BatchNormGpu, BatchNormParams, BatchNormShape,
 };

@@ -5,7 +5,7 @@
 
 mod common;
 
-use c2f_kernels::center_loss::baseline::CenterLossUnfused;
+use c2f_baselines::center_loss::CenterLossUnfused;
 use c2f_kernels::center_loss::{
     forward_update_cpu, CenterLossGpu, CenterLossParams, CenterLossShape,
 };

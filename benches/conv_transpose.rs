@@ -7,7 +7,7 @@
 
 mod common;
 
-use c2f_kernels::conv_transpose::baseline::CudnnConvTranspose;
+use c2f_baselines::conv_transpose::CudnnConvTranspose;
 use c2f_kernels::conv_transpose::{
     backward_cpu, forward_cpu, ConvTransposeGpu, ConvTransposeParams,
 };

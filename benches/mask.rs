@@ -2,7 +2,7 @@
 //! 17×17 attention maps, a 272×272 up-sampled map resized to 299×299, and the 3×299×299 image it
 //! masks. Always: the CPU reference's mask at batch 8. With a GPU, our kernels
 //! (`kernels/mask.cu`, f32):
-//! - the attention ReLU against cuDNN's activation forward and backward (`mask::baseline`);
+//! - the attention ReLU against cuDNN's activation forward and backward (`c2f_baselines::relu`);
 //! - the map choice (one map per sample, its gradient accumulated into the maps' own), the
 //!   bilinear resize and the normalised mask, which no CUDA library offers: their peer is PyTorch
 //!   on the same card (`tools/torch_ops_baseline.py`, whose `TORCHOP` lines carry these names).
@@ -13,11 +13,11 @@
 
 mod common;
 
-use c2f_kernels::mask::baseline::ReluCudnn;
-use c2f_kernels::mask::{
-    mask_backward_cpu, mask_forward_cpu, MapSelectGpu, MapShape, MaskGpu, MaskShape, ReluGpu,
-    ResizeBilinearGpu, ResizeShape,
-};
+use c2f_baselines::relu::ReluCudnn;
+use c2f_kernels::map_select::{MapSelectGpu, MapShape};
+use c2f_kernels::mask::{mask_backward_cpu, mask_forward_cpu, MaskGpu, MaskShape};
+use c2f_kernels::relu::ReluGpu;
+use c2f_kernels::resize::{ResizeBilinearGpu, ResizeShape};
 use c2f_kernels::testing::{bench_smoke, library_or_skip, SplitMix64};
 use criterion::{criterion_group, criterion_main, Criterion};
 

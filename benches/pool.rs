@@ -1,6 +1,6 @@
 //! Pooling benchmarks, forward then backward (one layer's share of a training step). Always: the
 //! CPU reference (the CPU backend's op). With a GPU: our kernels (`kernels/pool.cu`, f32) against
-//! cuDNN's pooling (`pool::baseline`) at InceptionV3's pools for batch 64 at 299²: the stem's two
+//! cuDNN's pooling (`c2f_baselines::pool`) at InceptionV3's pools for batch 64 at 299²: the stem's two
 //! 3×3 stride-2 max pools (64 channels at 147², 192 at 71²) and the 3×3 stride-1 average pools
 //! of the `Mixed_5b` (192 at 35²) and `Mixed_6e` (768 at 17²) pool branches. GB/s count the least
 //! traffic: x read and y written forward, dy read and dx written backward (our max pool also
@@ -9,7 +9,7 @@
 
 mod common;
 
-use c2f_kernels::pool::baseline::Pool2dCudnn;
+use c2f_baselines::pool::Pool2dCudnn;
 use c2f_kernels::pool::{
     avg_pool2d_backward_cpu, avg_pool2d_forward_cpu, AvgPool2dGpu, MaxPool2dGpu, Pool2dParams,
     PoolShape,

@@ -1,5 +1,5 @@
 //! SGD update benchmarks. Always: the CPU reference (the CPU backend's op). With a GPU: our fused
-//! kernel (`kernels/sgd.cu`) against the same update as four cuBLAS passes (`sgd::baseline`, the
+//! kernel (`kernels/sgd.cu`) against the same update as four cuBLAS passes (`c2f_baselines::sgd`, the
 //! shape of `torch.optim.SGD`'s for-loop implementation), on a flat buffer of InceptionV3's
 //! 23,834,568 parameters (torchvision, through `fc`), momentum 0.9 and weight decay 1e-5 as the
 //! trainer uses them. GB/s count the least traffic, which only the fused kernel reaches: weights,
@@ -8,7 +8,7 @@
 
 mod common;
 
-use c2f_kernels::sgd::baseline::SgdCublas;
+use c2f_baselines::sgd::SgdCublas;
 use c2f_kernels::sgd::{step_cpu, SgdGpu, SgdParams};
 use c2f_kernels::testing::{bench_smoke, library_or_skip, SplitMix64};
 use criterion::{criterion_group, criterion_main, Criterion};

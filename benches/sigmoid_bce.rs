@@ -1,14 +1,14 @@
 //! Sigmoid binary cross-entropy benchmarks, loss and gradient of one training step. Always: the
 //! CPU reference (the CPU backend's op). With a GPU: our kernels (`kernels/sigmoid_bce.cu`, f32:
 //! loss, predictions and `dlogits` in one pass, then the ordered batch sum) against cuDNN's
-//! sigmoid and one tensor addition (`sigmoid_bce::baseline`, which computes `dlogits` only), at
+//! sigmoid and one tensor addition (`c2f_baselines::sigmoid_bce`, which computes `dlogits` only), at
 //! CelebA's 40 attributes for batch 64 and at a large head (batch 1024, 1,000 outputs). GB/s
 //! count the least traffic: logits and targets read, `dlogits` written. Target: at least cuDNN's
 //! speed, though we do more.
 
 mod common;
 
-use c2f_kernels::sigmoid_bce::baseline::SigmoidBceCudnn;
+use c2f_baselines::sigmoid_bce::SigmoidBceCudnn;
 use c2f_kernels::sigmoid_bce::{forward_backward_cpu, SigmoidBceGpu, SigmoidBceShape};
 use c2f_kernels::testing::{bench_smoke, library_or_skip, SplitMix64};
 use criterion::{criterion_group, criterion_main, Criterion};

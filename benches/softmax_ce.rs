@@ -1,13 +1,13 @@
 //! Softmax cross-entropy benchmarks, loss and gradient of one training step. Always: the CPU
 //! reference (the CPU backend's op). With a GPU: our kernels (`kernels/softmax_ce.cu`, f32: loss,
 //! argmax and `dlogits` in one pass, then the ordered batch sum) against cuDNN's log-softmax
-//! forward and backward (`softmax_ce::baseline`, which computes `dlogits` only), for batch 64 at
+//! forward and backward (`c2f_baselines::softmax_ce`, which computes `dlogits` only), for batch 64 at
 //! CUB-200's 200 classes and iNaturalist 2017's 5,089. GB/s count the least traffic: logits read
 //! and `dlogits` written. Target: at least cuDNN's speed, though we do more.
 
 mod common;
 
-use c2f_kernels::softmax_ce::baseline::{nll_gradient, LogSoftmaxCudnn};
+use c2f_baselines::softmax_ce::{nll_gradient, LogSoftmaxCudnn};
 use c2f_kernels::softmax_ce::{forward_backward_cpu, SoftmaxCeGpu, SoftmaxCeShape};
 use c2f_kernels::testing::{bench_smoke, library_or_skip, SplitMix64};
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -1,12 +1,11 @@
 // Pooling for the InceptionV3 runtime, NCHW contiguous, PyTorch semantics (ceil_mode=False,
-// dilation 1), and the channel copy behind concat and split.
+// dilation 1).
 //
 // max_pool2d_forward / avg_pool2d_forward: plane-group kernels (common.cuh), a thread per output
 // position. max_pool2d_backward / avg_pool2d_backward: a thread per input position, gathering
 // from the outputs whose windows contain it in row-major order (as PyTorch's CUDA backward): no
 // atomics. (A thread per element ran max pooling at 17% of copy bandwidth on an H200.)
 // global_avg_pool_forward: one warp per plane; global_avg_pool_backward: one thread per element.
-// channel_copy: grid (chunks, N), a plain copy of each sample's contiguous run of channels.
 // Every result is the same bits on every run.
 #include "common.cuh"
 
@@ -197,17 +196,6 @@ __device__ void global_avg_pool_backward_impl(const T* __restrict__ dy, T* __res
     store_f32(dx, i, load_f32(dy, i / HW) / (float)HW);
 }
 
-// dst[n * dst_stride + dst_offset + r] = src[n * src_stride + src_offset + r] for r < chunk;
-// sample n = blockIdx.y. A bit copy, no conversion.
-template <typename T>
-__device__ void channel_copy_impl(const T* __restrict__ src, T* __restrict__ dst, int chunk,
-                                  int src_stride, int src_offset, int dst_stride, int dst_offset) {
-    const unsigned int t = thread_index();
-    if (t >= (unsigned int)chunk) return;
-    const long long n = blockIdx.y;
-    dst[n * dst_stride + dst_offset + t] = src[n * src_stride + src_offset + t];
-}
-
 #define POOL_ENTRY_POINTS(SUFFIX, T)                                                               \
     extern "C" __global__ void __launch_bounds__(256)                                              \
         max_pool2d_forward_##SUFFIX(const T* x, T* y, int* indices, PoolGeom g) {                  \
@@ -232,11 +220,6 @@ __device__ void channel_copy_impl(const T* __restrict__ src, T* __restrict__ dst
     extern "C" __global__ void __launch_bounds__(256)                                              \
         global_avg_pool_backward_##SUFFIX(const T* dy, T* dx, int planes, int HW) {                \
         global_avg_pool_backward_impl<T>(dy, dx, planes, HW);                                      \
-    }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(256)                                              \
-        channel_copy_##SUFFIX(const T* src, T* dst, int chunk, int src_stride, int src_offset,     \
-                              int dst_stride, int dst_offset) {                                    \
-        channel_copy_impl<T>(src, dst, chunk, src_stride, src_offset, dst_stride, dst_offset);     \
     }
 
 POOL_ENTRY_POINTS(f32, float)

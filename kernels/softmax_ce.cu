@@ -1,4 +1,4 @@
-// Softmax cross-entropy (PyTorch F.cross_entropy, mean reduction) and dropout.
+// Softmax cross-entropy (PyTorch F.cross_entropy, mean reduction).
 //
 // Cross-entropy: logits [B, C] in T, labels [B] int.
 //   m_b = max_j x[b,j]   s_b = sum_j exp(x[b,j] - m_b)   p[b,j] = exp(x[b,j] - m_b) / s_b
@@ -10,14 +10,10 @@
 // smallest bad index wins) and its x[b, y_b] is never read. softmax_ce_finish: one block sums
 // row_loss in a fixed order, writes the result triple and resets the status for the next call.
 //
-// Dropout: out = in * f_i with f_i = scale if the element is kept, else 0, so forward (x -> y) and
-// backward (dy -> dx) are the same kernel. keep_i = (mix(key + (i+1) GAMMA) >> 40) >= threshold,
-// with key and threshold = ceil(p 2^24) from the host (softmax_ce.rs documents the formula).
 // No float atomics anywhere: the same bits on every run.
 #include "common.cuh"
 
 #define CE_THREADS 256
-#define DROPOUT_THREADS 256
 
 // state[] layout (int, zeroed at allocation, reset by softmax_ce_finish):
 //   [0] status: 0 ok, else B - (smallest bad-label index)
@@ -99,28 +95,6 @@ extern "C" __global__ void __launch_bounds__(CE_THREADS)
     }
 }
 
-// splitmix64's output function (the finaliser of testing::SplitMix64::next_u64).
-__device__ __forceinline__ unsigned long long splitmix64_mix(unsigned long long z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-#define SPLITMIX64_GAMMA 0x9e3779b97f4a7c15ull
-
-// Grid-stride over n elements: out[i] = in[i] * (keep_i ? scale : 0).
-template <typename T>
-__device__ void dropout_apply_impl(const T* __restrict__ in, T* __restrict__ out, long long n,
-                                   unsigned long long key, unsigned int threshold, float scale) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        const unsigned long long u =
-            splitmix64_mix(key + ((unsigned long long)i + 1ull) * SPLITMIX64_GAMMA);
-        const float f = (unsigned int)(u >> 40) >= threshold ? scale : 0.0f;
-        store_f32(out, i, load_f32(in, i) * f);
-    }
-}
-
 #define SOFTMAX_CE_ENTRY_POINTS(SUFFIX, T)                                                          \
     extern "C" __global__ void __launch_bounds__(CE_THREADS)                                       \
         softmax_ce_forward_backward_##SUFFIX(const T* logits, const int* labels, T* dlogits,       \
@@ -134,11 +108,6 @@ __device__ void dropout_apply_impl(const T* __restrict__ in, T* __restrict__ out
                                     float* row_loss, int* state, int B, int C) {                   \
         softmax_ce_rows_impl<T, false>(logits, labels, nullptr, predictions, row_loss, state, B,   \
                                        C, 0.0f);                                                   \
-    }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(DROPOUT_THREADS)                                  \
-        dropout_apply_##SUFFIX(const T* in, T* out, long long n, unsigned long long key,           \
-                               unsigned int threshold, float scale) {                              \
-        dropout_apply_impl<T>(in, out, n, key, threshold, scale);                                  \
     }
 
 SOFTMAX_CE_ENTRY_POINTS(f32, float)

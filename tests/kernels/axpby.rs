@@ -1,7 +1,7 @@
 //! `y = α·x + β·y`: the CPU reference against hand-computed values, β = 0 ignoring a NaN `y`,
 //! and the kernel and its cuBLAS bench baseline against the reference (skipped without a GPU).
 
-use c2f_kernels::axpby::baseline::AxpbyCublas;
+use c2f_baselines::axpby::AxpbyCublas;
 use c2f_kernels::axpby::{axpby_cpu, AxpbyGpu};
 use c2f_kernels::testing::{
     assert_bit_identical, gpu_or_skip, library_or_skip, rel_error, round_through, widen, SplitMix64,

@@ -227,7 +227,7 @@ fn baseline_matches_fused<T: Element>(gpu: &Gpu, s: BapShape, tol: f64)
 where
     cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
 {
-    use c2f_kernels::bap::baseline::BapCublas;
+    use c2f_baselines::bap::BapCublas;
     let (a, f) = draw_inputs(&s, 7);
     let dz = SplitMix64(8).uniform_vec(s.parts_len(), -1.0, 1.0);
     let (a_t, a64) = round_through::<T>(&a);

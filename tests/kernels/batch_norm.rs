@@ -3,7 +3,7 @@
 //! the CUDA kernels (f32, bf16) and the benches' cuDNN baseline against the f64 reference (GPU
 //! tests skip without a GPU).
 
-use c2f_kernels::batch_norm::baseline::BatchNormCudnn;
+use c2f_baselines::batch_norm::BatchNormCudnn;
 use c2f_kernels::batch_norm::{
     backward_inference_cpu, backward_train_cpu, forward_inference_cpu, forward_train_cpu,
     BatchNormGpu, BatchNormParams, BatchNormShape, INCEPTION_EPS,

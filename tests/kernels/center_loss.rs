@@ -2,7 +2,7 @@
 //! the fused CUDA kernels (and the unfused bench baseline) against the f64 reference in f32 and
 //! bf16 (skipped without a GPU).
 
-use c2f_kernels::center_loss::baseline::CenterLossUnfused;
+use c2f_baselines::center_loss::CenterLossUnfused;
 use c2f_kernels::center_loss::{
     forward_update_cpu, CenterLossGpu, CenterLossParams, CenterLossShape,
 };

@@ -2,8 +2,9 @@
 //! the CUDA kernels against the f64 reference in f32 and bf16, and cuDNN against our forward
 //! (the GPU tests are skipped without a GPU).
 
+use c2f_baselines::conv_transpose::CudnnConvTranspose;
 use c2f_kernels::conv_transpose::{
-    backward_cpu, baseline::CudnnConvTranspose, forward_cpu, ConvTransposeGpu, ConvTransposeParams,
+    backward_cpu, forward_cpu, ConvTransposeGpu, ConvTransposeParams,
 };
 use c2f_kernels::testing::{
     assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,

@@ -4,12 +4,19 @@
 //! is checked too, where libnvrtc can be loaded (no GPU needed).
 
 use c2f_kernels::device::compile_with_nvrtc;
-use c2f_kernels::sources;
 use c2f_kernels::testing::library_or_skip;
+use c2f_kernels::KernelSource;
+
+/// The kernels crate's files and the bench baselines' (`kernels/baselines/`).
+fn all_sources() -> Vec<KernelSource> {
+    let mut all = c2f_kernels::sources::all();
+    all.extend(c2f_baselines::sources::all());
+    all
+}
 
 #[test]
 fn kernels_have_no_spills_or_warnings() {
-    let all = sources::all();
+    let all = all_sources();
     assert!(!all.is_empty(), "build.rs embedded no kernels");
     let mut checked = 0;
     for kernel in &all {
@@ -58,15 +65,21 @@ fn kernels_have_no_spills_or_warnings() {
 
 #[test]
 fn every_kernel_file_is_embedded_with_source() {
-    let names: Vec<&str> = sources::all().iter().map(|k| k.name).collect();
+    let names: Vec<&str> = all_sources().iter().map(|k| k.name).collect();
     for expected in [
         "axpby",
         "bap",
         "batch_norm",
         "center_loss",
+        "center_loss_unfused",
+        "concat",
         "conv_transpose",
+        "dropout",
+        "map_select",
         "mask",
         "pool",
+        "relu",
+        "resize",
         "sgd",
         "sigmoid_bce",
         "softmax_ce",
@@ -76,7 +89,7 @@ fn every_kernel_file_is_embedded_with_source() {
             "kernel {expected} missing from {names:?}"
         );
     }
-    for kernel in sources::all() {
+    for kernel in all_sources() {
         assert!(
             !kernel.source.contains("#include \""),
             "{}: includes must be inlined for NVRTC",
@@ -112,7 +125,7 @@ fn names_after(text: &[u8], marker: &[u8], end: u8) -> Vec<String> {
 #[test]
 fn every_kernel_compiles_with_nvrtc() {
     let test = "every_kernel_compiles_with_nvrtc";
-    for kernel in sources::all() {
+    for kernel in all_sources() {
         for arch in [(8, 0), (9, 0)] {
             let Some(cubin) = library_or_skip(test, compile_with_nvrtc(&kernel, arch)) else {
                 return;

@@ -3,12 +3,15 @@
 //! CUDA kernels and the bench's cuDNN ReLU baseline against the f64 reference in f32 and bf16
 //! (skipped without a GPU).
 
-use c2f_kernels::mask::baseline::ReluCudnn;
-use c2f_kernels::mask::{
-    check_map_indices, mask_backward_cpu, mask_forward_cpu, mean_maps_backward_cpu,
-    mean_maps_forward_cpu, relu_backward_cpu, relu_forward_cpu, resize_bilinear_backward_cpu,
-    resize_bilinear_forward_cpu, select_map_backward_cpu, select_map_forward_cpu, MapSelectGpu,
-    MapShape, MaskGpu, MaskShape, ReluGpu, ResizeBilinearGpu, ResizeShape,
+use c2f_baselines::relu::ReluCudnn;
+use c2f_kernels::map_select::{
+    check_map_indices, mean_maps_backward_cpu, mean_maps_forward_cpu, select_map_backward_cpu,
+    select_map_forward_cpu, MapSelectGpu, MapShape,
+};
+use c2f_kernels::mask::{mask_backward_cpu, mask_forward_cpu, MaskGpu, MaskShape};
+use c2f_kernels::relu::{relu_backward_cpu, relu_forward_cpu, ReluGpu};
+use c2f_kernels::resize::{
+    resize_bilinear_backward_cpu, resize_bilinear_forward_cpu, ResizeBilinearGpu, ResizeShape,
 };
 use c2f_kernels::testing::{
     assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,

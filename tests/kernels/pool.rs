@@ -2,11 +2,11 @@
 //! differences (f64), and the CUDA kernels (f32, bf16) and the benches' cuDNN baseline against
 //! the f64 reference (skipped without a GPU).
 
-use c2f_kernels::pool::baseline::Pool2dCudnn;
+use c2f_baselines::pool::Pool2dCudnn;
+use c2f_kernels::concat::{copy_channels_cpu, slice_channels_cpu, ChannelCopyGpu, ChannelSlice};
 use c2f_kernels::pool::{
-    avg_pool2d_backward_cpu, avg_pool2d_forward_cpu, copy_channels_cpu,
-    global_avg_pool_backward_cpu, global_avg_pool_forward_cpu, max_pool2d_backward_cpu,
-    max_pool2d_forward_cpu, slice_channels_cpu, AvgPool2dGpu, ChannelCopyGpu, ChannelSlice,
+    avg_pool2d_backward_cpu, avg_pool2d_forward_cpu, global_avg_pool_backward_cpu,
+    global_avg_pool_forward_cpu, max_pool2d_backward_cpu, max_pool2d_forward_cpu, AvgPool2dGpu,
     GlobalAvgPoolGpu, MaxPool2dGpu, Pool2dParams, PoolShape,
 };
 use c2f_kernels::testing::{

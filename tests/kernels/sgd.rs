@@ -1,7 +1,7 @@
 //! SGD update: the CPU reference against a hand-computed two-step sequence and f64, and the CUDA
 //! kernel against the f64 reference (skipped without a GPU).
 
-use c2f_kernels::sgd::baseline::SgdCublas;
+use c2f_baselines::sgd::SgdCublas;
 use c2f_kernels::sgd::{step_cpu, SgdGpu, SgdParams};
 use c2f_kernels::testing::{
     assert_bit_identical, gpu_or_skip, library_or_skip, rel_error, widen, SplitMix64,

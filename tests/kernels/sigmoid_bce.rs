@@ -2,7 +2,7 @@
 //! differences (f64), and the CUDA kernel against it in f32 and bf16, and the bench's cuDNN
 //! baseline's gradient against it (skipped without a GPU).
 
-use c2f_kernels::sigmoid_bce::baseline::SigmoidBceCudnn;
+use c2f_baselines::sigmoid_bce::SigmoidBceCudnn;
 use c2f_kernels::sigmoid_bce::{forward_backward_cpu, sigmoid, SigmoidBceGpu, SigmoidBceShape};
 use c2f_kernels::testing::{
     assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,

@@ -2,12 +2,10 @@
 //! differences (f64) and its documented mask formula, and the CUDA kernels against the CPU in f32
 //! and bf16, and the bench's cuDNN baseline against the reference (skipped without a GPU).
 
+use c2f_baselines::softmax_ce::{nll_gradient, LogSoftmaxCudnn};
+use c2f_kernels::dropout::{dropout_backward_cpu, dropout_forward_cpu, DropoutGpu, DropoutParams};
 use c2f_kernels::rng::splitmix64_output;
-use c2f_kernels::softmax_ce::baseline::{nll_gradient, LogSoftmaxCudnn};
-use c2f_kernels::softmax_ce::{
-    dropout_backward_cpu, dropout_forward_cpu, forward_backward_cpu, forward_cpu, DropoutGpu,
-    DropoutParams, SoftmaxCeGpu, SoftmaxCeShape,
-};
+use c2f_kernels::softmax_ce::{forward_backward_cpu, forward_cpu, SoftmaxCeGpu, SoftmaxCeShape};
 use c2f_kernels::testing::{
     assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,
     widen, SplitMix64,

@@ -8,7 +8,10 @@ use c2f_inception::cpu::CpuBackend;
 use c2f_kernels::bap::{self, BapShape};
 use c2f_kernels::center_loss::{self, CenterLossParams, CenterLossShape};
 use c2f_kernels::conv_transpose::{self, ConvTransposeParams};
-use c2f_kernels::mask::{self, MapShape, MaskShape, ResizeShape};
+use c2f_kernels::map_select::{self, MapShape};
+use c2f_kernels::mask::{self, MaskShape};
+use c2f_kernels::relu;
+use c2f_kernels::resize::{self, ResizeShape};
 use c2f_kernels::testing::SplitMix64;
 
 /// Random tensors carved out of one buffer of a CPU backend, at odd offsets.
@@ -157,13 +160,13 @@ fn fine_branch_wrappers() {
     let (y, _) = a.random(40, -1.0, 1.0);
     a.cpu.relu_forward(x, y).unwrap();
     let mut yv = vec![0.0; 40];
-    mask::relu_forward_cpu(&xv, &mut yv).unwrap();
+    relu::relu_forward_cpu(&xv, &mut yv).unwrap();
     assert_eq!(a.read(y), yv);
     let (dy, dyv) = a.random(40, -1.0, 1.0);
     let (dx, _) = a.random(40, -1.0, 1.0);
     a.cpu.relu_backward(y, dy, dx).unwrap();
     let mut dxv = vec![0.0; 40];
-    mask::relu_backward_cpu(&yv, &dyv, &mut dxv).unwrap();
+    relu::relu_backward_cpu(&yv, &dyv, &mut dxv).unwrap();
     assert_eq!(a.read(dx), dxv);
 
     // Map choice, with accumulation into an existing gradient.
@@ -179,16 +182,16 @@ fn fine_branch_wrappers() {
     a.cpu.write_index(idx, &[3, 0, 2]).unwrap();
     a.cpu.select_map_forward(&ms, maps, idx, chosen).unwrap();
     let mut chosenv = vec![0.0; ms.map_len()];
-    mask::select_map_forward_cpu(&ms, &mapsv, &[3, 0, 2], &mut chosenv).unwrap();
+    map_select::select_map_forward_cpu(&ms, &mapsv, &[3, 0, 2], &mut chosenv).unwrap();
     assert_eq!(a.read(chosen), chosenv);
     let (dmaps, mut dmapsv) = a.random(ms.maps_len(), -1.0, 1.0);
     a.cpu
         .select_map_backward(&ms, idx, chosen, dmaps, true)
         .unwrap();
-    mask::select_map_backward_cpu(&ms, &[3, 0, 2], &chosenv, &mut dmapsv, true).unwrap();
+    map_select::select_map_backward_cpu(&ms, &[3, 0, 2], &chosenv, &mut dmapsv, true).unwrap();
     assert_eq!(a.read(dmaps), dmapsv);
     a.cpu.mean_maps_forward(&ms, maps, chosen).unwrap();
-    mask::mean_maps_forward_cpu(&ms, &mapsv, &mut chosenv).unwrap();
+    map_select::mean_maps_forward_cpu(&ms, &mapsv, &mut chosenv).unwrap();
     assert_eq!(a.read(chosen), chosenv);
 
     // Resize 2×5 → 7×6 and back.
@@ -203,12 +206,12 @@ fn fine_branch_wrappers() {
     let (big, _) = a.random(rs.out_len(), -1.0, 1.0);
     a.cpu.resize_bilinear_forward(&rs, chosen, big).unwrap();
     let mut bigv = vec![0.0; rs.out_len()];
-    mask::resize_bilinear_forward_cpu(&rs, &chosenv, &mut bigv).unwrap();
+    resize::resize_bilinear_forward_cpu(&rs, &chosenv, &mut bigv).unwrap();
     assert_eq!(a.read(big), bigv);
     let (dsmall, _) = a.random(rs.in_len(), -1.0, 1.0);
     a.cpu.resize_bilinear_backward(&rs, big, dsmall).unwrap();
     let mut dsmallv = vec![0.0; rs.in_len()];
-    mask::resize_bilinear_backward_cpu(&rs, &bigv, &mut dsmallv).unwrap();
+    resize::resize_bilinear_backward_cpu(&rs, &bigv, &mut dsmallv).unwrap();
     assert_eq!(a.read(dsmall), dsmallv);
 
     // Mask the image with the resized map.

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Builds the CUDA emulator: a libcuda.so.1 that runs kernels/*.cu on the CPU (driver.cpp), and
-stands in for the cuDNN convolutions, cuBLAS GEMMs and NCCL collectives we call (libraries.cpp).
+"""Builds the CUDA emulator: a libcuda.so.1 that runs kernels/*.cu and kernels/baselines/*.cu on
+the CPU (driver.cpp), and stands in for the cuDNN convolutions, cuBLAS GEMMs and NCCL collectives
+we call (libraries.cpp).
 
 Each kernel file (and selftest.cu, for tests/kernels/cuda_emulator.rs) is compiled as host C++ with device.h force-included, after two rewrites:
 `extern __shared__ T name[];` becomes a pointer into the emulator's dynamic shared memory, and
@@ -59,7 +60,10 @@ def main() -> None:
     out = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "target" / "cuda-emu")
     (out / "src").mkdir(parents=True, exist_ok=True)
     (out / "obj").mkdir(parents=True, exist_ok=True)
-    kernel_files = sorted(KERNELS.glob("*.cu")) + [HERE / "selftest.cu"]
+    # The kernels crate's files, then the bench baselines' (crates/c2f-baselines); stems are unique
+    # across both, as each becomes src/STEM.cpp.
+    kernel_files = sorted(KERNELS.glob("*.cu")) + sorted(KERNELS.glob("baselines/*.cu"))
+    kernel_files += [HERE / "selftest.cu"]
     sources = [translate(cu, out) for cu in kernel_files]
     sources += [HERE / "driver.cpp", HERE / "libraries.cpp"]
     with concurrent.futures.ThreadPoolExecutor() as pool:

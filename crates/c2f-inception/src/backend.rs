@@ -13,12 +13,16 @@
 use c2f_kernels::bap::BapShape;
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
 use c2f_kernels::center_loss::{CenterLossParams, CenterLossShape};
+use c2f_kernels::concat::ChannelSlice;
 use c2f_kernels::conv_transpose::ConvTransposeParams;
-use c2f_kernels::mask::{MapShape, MaskShape, ResizeShape};
-use c2f_kernels::pool::{ChannelSlice, Pool2dParams, PoolShape};
+use c2f_kernels::dropout::DropoutParams;
+use c2f_kernels::map_select::MapShape;
+use c2f_kernels::mask::MaskShape;
+use c2f_kernels::pool::{Pool2dParams, PoolShape};
+use c2f_kernels::resize::ResizeShape;
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::sigmoid_bce::SigmoidBceShape;
-use c2f_kernels::softmax_ce::{DropoutParams, SoftmaxCeShape};
+use c2f_kernels::softmax_ce::SoftmaxCeShape;
 use c2f_kernels::{Error, Real, Result};
 
 use crate::cpu::conv::Conv2dShape;

@@ -4,9 +4,10 @@
 //! resolution, so a training step allocates nothing.
 
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
-use c2f_kernels::pool::{ChannelSlice, Pool2dParams, PoolShape};
+use c2f_kernels::concat::ChannelSlice;
+use c2f_kernels::dropout::DropoutParams;
+use c2f_kernels::pool::{Pool2dParams, PoolShape};
 use c2f_kernels::sgd::SgdParams;
-use c2f_kernels::softmax_ce::DropoutParams;
 use c2f_kernels::{Error, Result};
 use num_traits::Zero;
 

@@ -79,7 +79,8 @@ impl BapShape {
         check_len("BAP d_features", grads[2], self.features_len())
     }
 
-    fn validate(&self) -> Result<()> {
+    #[doc(hidden)] // for c2f-baselines
+    pub fn validate(&self) -> Result<()> {
         let (b, m, n, h, w) = (
             self.batch,
             self.maps,
@@ -201,7 +202,8 @@ const POOL_CHANNELS: usize = 32;
 /// HW positions per block of `bap_grad_inputs` (one per lane), and the side of
 /// `bap_grad_pooled`'s transposing tile.
 const GRAD_TILE: usize = 32;
-const THREADS: u32 = 256;
+#[doc(hidden)] // for c2f-baselines
+pub const THREADS: u32 = 256;
 
 /// Blocks of `bap_pool` per sample, each leaving one partial sum of squares.
 fn pool_tiles(shape: &BapShape) -> usize {
@@ -210,7 +212,8 @@ fn pool_tiles(shape: &BapShape) -> usize {
 
 /// Grid of the element-wise passes over each sample's M·N vector: (chunks, B), with enough
 /// chunks to fill the card at the benchmark shapes and a few elements per thread.
-fn per_part_grid(shape: &BapShape) -> LaunchConfig {
+#[doc(hidden)] // for c2f-baselines
+pub fn per_part_grid(shape: &BapShape) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (per_part_chunks(shape) as u32, shape.batch as u32, 1),
         block_dim: (THREADS, 1, 1),
@@ -218,13 +221,15 @@ fn per_part_grid(shape: &BapShape) -> LaunchConfig {
     }
 }
 
-fn per_part_chunks(shape: &BapShape) -> usize {
+#[doc(hidden)] // for c2f-baselines
+pub fn per_part_chunks(shape: &BapShape) -> usize {
     shape.part_len().div_ceil(THREADS as usize * 8)
 }
 
 /// Launches `bap_grad_dot`: partials of each sample's `Z·dZ`, one per chunk of [`per_part_grid`].
 /// `parts` and `d_parts` are device addresses of buffers the caller checked against `shape`.
-fn launch_grad_dot(
+#[doc(hidden)] // for c2f-baselines
+pub fn launch_grad_dot(
     stream: &CudaStream,
     grad_dot: &CudaFunction,
     shape: &BapShape,
@@ -248,7 +253,8 @@ fn launch_grad_dot(
 
 /// Launches `bap_normalize`: divides each sample by its norm, summed from `tiles` partials.
 /// `parts` and `norms` are device addresses of buffers the caller checked against `shape`.
-fn launch_normalize(
+#[doc(hidden)] // for c2f-baselines
+pub fn launch_normalize(
     stream: &CudaStream,
     normalize: &CudaFunction,
     shape: &BapShape,
@@ -442,217 +448,5 @@ impl<T: Element> BapGpu<T> {
                 .launch(inputs_cfg)?;
         }
         Ok(())
-    }
-}
-
-/// The benchmark baseline: cuBLAS strided-batched GEMMs for the pooling and for both input
-/// gradients, with the signed square root, the normalisation and the pooled gradient as separate
-/// kernels. It computes what [`BapGpu`] computes, so a test holds the two to the same answer.
-pub mod baseline {
-    use std::sync::Arc;
-
-    use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-    use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
-    use cudarc::driver::{
-        CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-    };
-
-    use super::{launch_grad_dot, launch_normalize, per_part_chunks, per_part_grid, BapShape};
-    use crate::cublas_raw::{self, blas_error};
-    use crate::device::{device_addr, device_addr_mut, Gpu};
-    use crate::element::Element;
-    use crate::error::Result;
-
-    pub struct BapCublas<T: Element> {
-        shape: BapShape,
-        stream: Arc<CudaStream>,
-        blas: CudaBlas,
-        signed_sqrt: CudaFunction,
-        normalize: CudaFunction,
-        grad_dot: CudaFunction,
-        grad_pooled: CudaFunction,
-        pooled: CudaSlice<T>,
-        sumsq: CudaSlice<f32>,
-        dot_partials: CudaSlice<f32>,
-        pooled_grad: CudaSlice<T>,
-    }
-
-    impl<T: Element> BapCublas<T>
-    where
-        CudaBlas: Gemm<T>,
-    {
-        pub fn new(gpu: &Gpu, shape: BapShape) -> Result<Self> {
-            shape.validate()?;
-            let src = &crate::sources::BAP;
-            Ok(BapCublas {
-                shape,
-                stream: gpu.stream().clone(),
-                blas: cublas_raw::open(gpu.stream())?,
-                signed_sqrt: gpu.typed_function::<T>(src, "bap_baseline_signed_sqrt")?,
-                normalize: gpu.typed_function::<T>(src, "bap_normalize")?,
-                grad_dot: gpu.typed_function::<T>(src, "bap_grad_dot")?,
-                grad_pooled: gpu.typed_function::<T>(src, "bap_baseline_grad_pooled")?,
-                pooled: gpu.alloc_zeros(shape.parts_len())?,
-                sumsq: gpu.alloc_zeros(shape.batch)?,
-                dot_partials: gpu.alloc_zeros(shape.batch * per_part_chunks(&shape))?,
-                pooled_grad: gpu.alloc_zeros(shape.parts_len())?,
-            })
-        }
-
-        fn batched(
-            &self,
-            gemm: GemmConfig<T>,
-            stride_a: usize,
-            stride_b: usize,
-            stride_c: usize,
-        ) -> StridedBatchedConfig<T> {
-            StridedBatchedConfig {
-                gemm,
-                batch_size: self.shape.batch as i32,
-                stride_a: stride_a as i64,
-                stride_b: stride_b as i64,
-                stride_c: stride_c as i64,
-            }
-        }
-
-        /// Same contract as [`super::BapGpu::forward`].
-        pub fn forward(
-            &mut self,
-            attention: &impl DevicePtr<T>,
-            features: &impl DevicePtr<T>,
-            parts: &mut impl DevicePtrMut<T>,
-            norms: &mut impl DevicePtrMut<f32>,
-        ) -> Result<()> {
-            let s = self.shape;
-            s.check_forward(attention.len(), features.len(), parts.len(), norms.len())?;
-            let (m, n, hw) = (s.maps, s.channels, s.hw());
-            // Row-major P_b [M,N] = A_b F_bᵀ is column-major Pᵀ [N,M] = F_bᵀᵀ A_bᵀ.
-            let gemm = GemmConfig {
-                transa: CUBLAS_OP_T,
-                transb: CUBLAS_OP_N,
-                m: n as i32,
-                n: m as i32,
-                k: hw as i32,
-                alpha: T::from_f32(1.0 / hw as f32),
-                lda: hw as i32,
-                ldb: hw as i32,
-                beta: T::from_f32(0.0),
-                ldc: n as i32,
-            };
-            let cfg = self.batched(gemm, n * hw, m * hw, m * n);
-            let per_sample = LaunchConfig {
-                grid_dim: (s.batch as u32, 1, 1),
-                block_dim: (super::THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mn = s.part_len() as i32;
-            let parts = device_addr_mut(parts, &self.stream);
-            let norms = device_addr_mut(norms, &self.stream);
-            // SAFETY: the GEMM shapes and strides cover exactly the buffers of `shape`.
-            unsafe {
-                self.blas
-                    .gemm_strided_batched(cfg, features, attention, &mut self.pooled)
-                    .map_err(blas_error)?;
-                self.stream
-                    .launch_builder(&self.signed_sqrt)
-                    .arg(&self.pooled)
-                    .arg(&parts)
-                    .arg(&mut self.sumsq)
-                    .arg(&mn)
-                    .launch(per_sample)?;
-            }
-            launch_normalize(
-                &self.stream,
-                &self.normalize,
-                &s,
-                parts,
-                &self.sumsq,
-                1,
-                norms,
-            )
-        }
-
-        /// Same contract as [`super::BapGpu::backward`].
-        #[allow(clippy::too_many_arguments)]
-        pub fn backward(
-            &mut self,
-            attention: &impl DevicePtr<T>,
-            features: &impl DevicePtr<T>,
-            parts: &impl DevicePtr<T>,
-            norms: &impl DevicePtr<f32>,
-            d_parts: &impl DevicePtr<T>,
-            d_attention: &mut impl DevicePtrMut<T>,
-            d_features: &mut impl DevicePtrMut<T>,
-        ) -> Result<()> {
-            let s = self.shape;
-            s.check_backward(
-                [attention.len(), features.len(), parts.len(), norms.len()],
-                [d_parts.len(), d_attention.len(), d_features.len()],
-            )?;
-            let (m, n, hw) = (s.maps, s.channels, s.hw());
-            let (one, zero) = (T::from_f32(1.0), T::from_f32(0.0));
-            // Column-major: dAᵀ [HW,M] = Fᵀ [HW,N] · Gᵀ [N,M].
-            let da = GemmConfig {
-                transa: CUBLAS_OP_N,
-                transb: CUBLAS_OP_N,
-                m: hw as i32,
-                n: m as i32,
-                k: n as i32,
-                alpha: one,
-                lda: hw as i32,
-                ldb: n as i32,
-                beta: zero,
-                ldc: hw as i32,
-            };
-            // Column-major: dFᵀ [HW,N] = Aᵀ [HW,M] · G [M,N].
-            let df = GemmConfig {
-                transa: CUBLAS_OP_N,
-                transb: CUBLAS_OP_T,
-                m: hw as i32,
-                n: n as i32,
-                k: m as i32,
-                alpha: one,
-                lda: hw as i32,
-                ldb: n as i32,
-                beta: zero,
-                ldc: hw as i32,
-            };
-            let da_cfg = self.batched(da, n * hw, m * n, m * hw);
-            let df_cfg = self.batched(df, m * hw, m * n, n * hw);
-            let (mn, hw_i) = (s.part_len() as i32, hw as i32);
-            let chunks = per_part_chunks(&s) as i32;
-            let st = &self.stream;
-            let (parts, norms) = (device_addr(parts, st), device_addr(norms, st));
-            let d_parts = device_addr(d_parts, st);
-            launch_grad_dot(
-                &self.stream,
-                &self.grad_dot,
-                &s,
-                parts,
-                d_parts,
-                &mut self.dot_partials,
-            )?;
-            // SAFETY: the GEMM shapes and strides cover exactly the buffers of `shape`.
-            unsafe {
-                self.stream
-                    .launch_builder(&self.grad_pooled)
-                    .arg(&parts)
-                    .arg(&norms)
-                    .arg(&self.dot_partials)
-                    .arg(&chunks)
-                    .arg(&d_parts)
-                    .arg(&mut self.pooled_grad)
-                    .arg(&mn)
-                    .arg(&hw_i)
-                    .launch(per_part_grid(&s))?;
-                self.blas
-                    .gemm_strided_batched(da_cfg, features, &self.pooled_grad, d_attention)
-                    .map_err(blas_error)?;
-                self.blas
-                    .gemm_strided_batched(df_cfg, attention, &self.pooled_grad, d_features)
-                    .map_err(blas_error)?;
-            }
-            Ok(())
-        }
     }
 }

@@ -1,8 +1,6 @@
-//! cuBLAS as every user of it here opens it (the CUDA backend's `fc`, the benches' baselines):
-//! the library check, its error, a handle that keeps f32 in f32, and the two level-1 calls the
-//! element-wise baselines need (`axpy`, `scal`), which cudarc's safe API does not bind.
+//! cuBLAS as every user of it here opens it (the CUDA backend's `fc`, the benches' baselines in
+//! `c2f-baselines`): the library check, its error, and a handle that keeps f32 in f32.
 
-use std::ffi::c_int;
 use std::sync::Arc;
 
 use cudarc::cublas::sys::{self, cublasMath_t};
@@ -35,46 +33,4 @@ pub fn open(stream: &Arc<CudaStream>) -> Result<CudaBlas> {
         .result()
         .map_err(blas_error)?;
     Ok(blas)
-}
-
-/// A vector length as cuBLAS's `int`.
-fn length(n: usize) -> Result<c_int> {
-    c_int::try_from(n)
-        .map_err(|_| Error::Shape(format!("cuBLAS vector length {n} does not fit an int")))
-}
-
-/// `y += alpha·x` over `n` f32 elements (`cublasSaxpy`).
-///
-/// # Safety
-/// `x` and `y` are device addresses of at least `n` f32 each, live until the call has run on the
-/// handle's stream.
-pub unsafe fn axpy(blas: &CudaBlas, n: usize, alpha: f32, x: u64, y: u64) -> Result<()> {
-    let n = length(n)?;
-    // SAFETY: the caller's contract; alpha is a host scalar (the default pointer mode).
-    unsafe {
-        sys::cublasSaxpy_v2(
-            *blas.handle(),
-            n,
-            &alpha,
-            x as *const f32,
-            1,
-            y as *mut f32,
-            1,
-        )
-    }
-    .result()
-    .map_err(blas_error)
-}
-
-/// `x *= alpha` over `n` f32 elements (`cublasSscal`).
-///
-/// # Safety
-/// `x` is the device address of at least `n` f32, live until the call has run on the handle's
-/// stream.
-pub unsafe fn scal(blas: &CudaBlas, n: usize, alpha: f32, x: u64) -> Result<()> {
-    let n = length(n)?;
-    // SAFETY: the caller's contract; alpha is a host scalar.
-    unsafe { sys::cublasSscal_v2(*blas.handle(), n, &alpha, x as *mut f32, 1) }
-        .result()
-        .map_err(blas_error)
 }

@@ -259,6 +259,18 @@ pub fn blocks_for(n: usize, block: u32) -> u32 {
     n.div_ceil(block as usize) as u32
 }
 
+/// Threads per block of the element-wise kernels.
+const ELEMENTWISE_THREADS: u32 = 256;
+
+/// The grid of an element-wise kernel: one thread per item of `n`.
+pub fn elementwise(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks_for(n, ELEMENTWISE_THREADS), 1, 1),
+        block_dim: (ELEMENTWISE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// Planes each thread of a plane-group kernel handles (`PLANES_PER_THREAD` in
 /// `kernels/common.cuh`).
 const PLANES_PER_THREAD: usize = 4;

@@ -148,6 +148,21 @@ impl From<cudarc::driver::DriverError> for Error {
     }
 }
 
+/// Fails unless every dimension is non-zero and their product fits an `i32` (the kernels' index).
+pub(crate) fn check_dims(what: &str, shape: &impl std::fmt::Debug, dims: &[usize]) -> Result<()> {
+    if dims.contains(&0) {
+        return Err(Error::Shape(format!(
+            "{what} shape has a zero dimension: {shape:?}"
+        )));
+    }
+    match dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
+        Some(n) if n <= i32::MAX as usize => Ok(()),
+        _ => Err(Error::Shape(format!(
+            "{what} shape too large for 32-bit indexing: {shape:?}"
+        ))),
+    }
+}
+
 /// Fails with a [`Error::Shape`] naming `what` unless `len == expected`.
 pub fn check_len(what: &str, len: usize, expected: usize) -> Result<()> {
     if len == expected {

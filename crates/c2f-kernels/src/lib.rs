@@ -4,18 +4,22 @@
 //! - [`bap`]: fused bilinear attention pooling (WS-DAN definition), forward and backward.
 //! - [`center_loss`]: center loss with moving-average, normalised centers, deterministic update.
 //! - [`conv_transpose`]: `ConvTranspose2d` forward and backward for the up-sampler.
-//! - [`mask`]: the fine branch's ops: ReLU, attention-map choice and mean, bilinear resize, and
-//!   the per-sample max-normalised mask applied to the image, forward and backward.
+//! - the fine branch's ops, forward and backward: [`relu`] after the attention conv,
+//!   [`map_select`] (the attention-map choice, and the mean at inference), [`resize`] (bilinear)
+//!   and [`mask`] (the per-sample max-normalised mask applied to the image).
 //!
 //! and the InceptionV3 runtime's own ops (cuDNN and cuBLAS do the convolutions and the `fc`):
 //!
 //! - [`batch_norm`]: batch norm in training and inference modes, with ReLU fused, forward and
 //!   backward.
-//! - [`pool`]: max and average pooling forward and backward, channel concat and split.
-//! - [`softmax_ce`]: softmax cross-entropy, and dropout.
+//! - [`pool`]: max and average pooling forward and backward; [`concat`]: channel concat and split.
+//! - [`softmax_ce`]: softmax cross-entropy; [`dropout`].
 //! - [`sigmoid_bce`]: sigmoid binary cross-entropy, for multi-label (attribute) heads.
 //! - [`sgd`]: the SGD update with momentum and weight decay.
 //! - [`axpby`]: `y = α·x + β·y`, for scaling and for summing gradient contributions.
+//!
+//! Each op is one module and one kernel file, `kernels/<op>.cu`. The library baselines the
+//! benches time them against live in the dev-only `c2f-baselines` crate.
 //!
 //! Every op runs in f32 and in bf16 storage with f32 accumulation ([`Element`]). The CPU
 //! references are generic over `f32`/`f64`: f32 is the CPU backend, f64 is what tests compare to.
@@ -24,14 +28,19 @@ pub mod axpby;
 pub mod bap;
 pub mod batch_norm;
 pub mod center_loss;
+pub mod concat;
 pub mod conv_transpose;
 pub mod cublas_raw;
 pub mod cudnn_raw;
 pub mod device;
+pub mod dropout;
 pub mod element;
 pub mod error;
+pub mod map_select;
 pub mod mask;
 pub mod pool;
+pub mod relu;
+pub mod resize;
 pub mod rng;
 pub mod sgd;
 pub mod sigmoid_bce;

@@ -1,4 +1,4 @@
-//! Softmax cross-entropy (PyTorch `F.cross_entropy`, mean reduction) and dropout (`F.dropout`).
+//! Softmax cross-entropy (PyTorch `F.cross_entropy`, mean reduction).
 //!
 //! Cross-entropy, logits `x [B, C]`, labels `y [B]`:
 //!
@@ -13,23 +13,7 @@
 //! then writes nothing; the GPU kernels never read or write through a bad label (the outputs are
 //! then unspecified). The batch mean is summed in a fixed order: the same bits on every run.
 //!
-//! Dropout (training), `y = x·f_i`, `dx = dy·f_i`, with `f_i = 1/(1−p)` for a kept element and
-//! `0` for a dropped one (so, as in PyTorch, a dropped `inf` or NaN gives NaN). The mask is drawn
-//! from splitmix64 as a counter-based generator, so the CPU and the GPU draw the same mask and the
-//! backward regenerates it from `(seed, step)` instead of storing it:
-//!
-//! - `key = splitmix64_output(seed, step + 1)`, the `(step+1)`-th output of splitmix64 seeded
-//!   with `seed`;
-//! - `u_i = splitmix64_output(key, i + 1)`, the `(i+1)`-th output of splitmix64 seeded with `key`,
-//!   `i` the element's index in the flat tensor;
-//! - element `i` is kept iff `(u_i >> 40) / 2^24 ≥ p`, evaluated exactly as the integer test
-//!   `(u_i >> 40) ≥ ceil(p·2^24)`, so a fraction `1 − p` is kept (up to 2^−24).
-//!
-//! where `splitmix64_output(s, k) = mix(s + k·0x9e3779b97f4a7c15)` (wrapping) and `mix` is
-//! splitmix64's finaliser, the same as [`crate::testing::SplitMix64::next_u64`]. The trainer gives
-//! each dropout layer its own seed and advances `step` every training step. `p = 0` is the
-//! identity, `p = 1` gives `x·0`; `p` outside `[0, 1]` is an error. With `training == false`
-//! dropout is the identity (a copy). Kernels: `kernels/softmax_ce.cu`.
+//! Kernels: `kernels/softmax_ce.cu`.
 
 use std::sync::Arc;
 
@@ -38,10 +22,9 @@ use cudarc::driver::{
 };
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, device_addr, device_addr_mut, read_loss_status, Gpu};
+use crate::device::{device_addr, device_addr_mut, read_loss_status, Gpu};
 use crate::element::Element;
 use crate::error::{check_labels, check_len, check_shape, Error, Result};
-use crate::rng::splitmix64_output;
 use crate::Real;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,7 +38,8 @@ impl SoftmaxCeShape {
         self.batch * self.classes
     }
 
-    fn validate(&self) -> Result<()> {
+    #[doc(hidden)] // for c2f-baselines
+    pub fn validate(&self) -> Result<()> {
         let dims = [self.batch, self.classes];
         check_shape(
             "softmax cross-entropy shape",
@@ -84,7 +68,8 @@ impl SoftmaxCeShape {
     }
 }
 
-fn check_loss_scale(loss_scale: f64) -> Result<()> {
+#[doc(hidden)] // for c2f-baselines
+pub fn check_loss_scale(loss_scale: f64) -> Result<()> {
     if loss_scale.is_finite() {
         Ok(())
     } else {
@@ -95,7 +80,8 @@ fn check_loss_scale(loss_scale: f64) -> Result<()> {
 }
 
 /// `dlogits = coef·(softmax − onehot)` with `coef = loss_scale / B`, as the kernels take it.
-fn grad_coef(shape: &SoftmaxCeShape, loss_scale: f64) -> f64 {
+#[doc(hidden)] // for c2f-baselines
+pub fn grad_coef(shape: &SoftmaxCeShape, loss_scale: f64) -> f64 {
     loss_scale / shape.batch as f64
 }
 
@@ -371,298 +357,5 @@ impl<T: Element> SoftmaxCeGpu<T> {
             self.shape.batch,
             self.shape.classes,
         )
-    }
-}
-
-/// Dropout's probability, its random stream and its mode.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DropoutParams {
-    /// Probability of dropping an element, in `[0, 1]`.
-    pub p: f64,
-    /// One per dropout layer.
-    pub seed: u64,
-    /// The training step: a new mask every step.
-    pub step: u64,
-    /// `false`: inference, the identity.
-    pub training: bool,
-}
-
-impl DropoutParams {
-    fn validate(&self) -> Result<()> {
-        if (0.0..=1.0).contains(&self.p) {
-            Ok(())
-        } else {
-            Err(Error::Shape(format!(
-                "dropout probability {} is outside [0, 1]",
-                self.p
-            )))
-        }
-    }
-
-    /// The per-step key: the `(step+1)`-th output of splitmix64 seeded with `seed`.
-    pub fn key(&self) -> u64 {
-        splitmix64_output(self.seed, self.step.wrapping_add(1))
-    }
-
-    /// `ceil(p·2^24)`: element `i` is kept iff `(u_i >> 40) ≥ threshold`.
-    pub fn threshold(&self) -> u32 {
-        (self.p * (1u64 << 24) as f64).ceil() as u32
-    }
-
-    /// `1/(1−p)`, and 0 for `p = 1` (where nothing is kept).
-    pub fn scale(&self) -> f64 {
-        if self.p < 1.0 {
-            1.0 / (1.0 - self.p)
-        } else {
-            0.0
-        }
-    }
-
-    /// Whether element `index` of the flat tensor is kept this step (in training).
-    pub fn keeps(&self, index: u64) -> bool {
-        (splitmix64_output(self.key(), index.wrapping_add(1)) >> 40) as u32 >= self.threshold()
-    }
-}
-
-/// Elements per rayon task of the CPU dropout.
-const DROPOUT_CHUNK: usize = 1 << 14;
-
-/// `out = input·f_i`, the forward and the backward alike.
-fn dropout_apply_cpu<R: Real>(params: &DropoutParams, input: &[R], out: &mut [R]) -> Result<()> {
-    params.validate()?;
-    check_len("dropout output", out.len(), input.len())?;
-    if !params.training {
-        out.copy_from_slice(input);
-        return Ok(());
-    }
-    let key = params.key();
-    let threshold = params.threshold();
-    let scale = R::from_f64(params.scale());
-    out.par_chunks_mut(DROPOUT_CHUNK)
-        .zip(input.par_chunks(DROPOUT_CHUNK))
-        .enumerate()
-        .for_each(|(chunk, (o, x))| {
-            let base = (chunk * DROPOUT_CHUNK) as u64;
-            for (i, (o, &x)) in o.iter_mut().zip(x).enumerate() {
-                let u = splitmix64_output(key, base + i as u64 + 1);
-                let f = if (u >> 40) as u32 >= threshold {
-                    scale
-                } else {
-                    R::zero()
-                };
-                *o = x * f;
-            }
-        });
-    Ok(())
-}
-
-/// CPU reference (and the CPU backend's op): `y = x·mask/(1−p)` (training) or `y = x`.
-pub fn dropout_forward_cpu<R: Real>(params: &DropoutParams, x: &[R], y: &mut [R]) -> Result<()> {
-    dropout_apply_cpu(params, x, y)
-}
-
-/// CPU reference (and the CPU backend's op): `dx = dy·mask/(1−p)` (assigned), the mask
-/// regenerated from the same `params` as the forward.
-pub fn dropout_backward_cpu<R: Real>(params: &DropoutParams, dy: &[R], dx: &mut [R]) -> Result<()> {
-    dropout_apply_cpu(params, dy, dx)
-}
-
-const DROPOUT_THREADS: u32 = 256;
-/// Grid-stride kernels launch at most this many blocks.
-const MAX_BLOCKS: u32 = 8192;
-
-/// The dropout kernel for element type `T`; it works on any length.
-pub struct DropoutGpu<T: Element> {
-    stream: Arc<CudaStream>,
-    apply: CudaFunction,
-    _storage: std::marker::PhantomData<T>,
-}
-
-impl<T: Element> DropoutGpu<T> {
-    pub fn new(gpu: &Gpu) -> Result<Self> {
-        Ok(DropoutGpu {
-            stream: gpu.stream().clone(),
-            apply: gpu.typed_function::<T>(&crate::sources::SOFTMAX_CE, "dropout_apply")?,
-            _storage: std::marker::PhantomData,
-        })
-    }
-
-    /// `y = x·mask/(1−p)` in training, `y = x` in inference.
-    pub fn forward(
-        &self,
-        params: &DropoutParams,
-        x: &impl DevicePtr<T>,
-        y: &mut impl DevicePtrMut<T>,
-    ) -> Result<()> {
-        self.apply(params, x, y)
-    }
-
-    /// `dx = dy·mask/(1−p)` (assigned), the same mask as the forward with the same `params`.
-    pub fn backward(
-        &self,
-        params: &DropoutParams,
-        dy: &impl DevicePtr<T>,
-        dx: &mut impl DevicePtrMut<T>,
-    ) -> Result<()> {
-        self.apply(params, dy, dx)
-    }
-
-    fn apply(
-        &self,
-        params: &DropoutParams,
-        input: &impl DevicePtr<T>,
-        out: &mut impl DevicePtrMut<T>,
-    ) -> Result<()> {
-        params.validate()?;
-        check_len("dropout output", out.len(), input.len())?;
-        if input.is_empty() {
-            return Ok(());
-        }
-        if !params.training {
-            self.stream.memcpy_dtod(input, out)?;
-            return Ok(());
-        }
-        let n = input.len() as i64;
-        let (key, threshold, scale) = (params.key(), params.threshold(), params.scale() as f32);
-        let cfg = LaunchConfig {
-            grid_dim: (
-                blocks_for(input.len(), DROPOUT_THREADS).min(MAX_BLOCKS),
-                1,
-                1,
-            ),
-            block_dim: (DROPOUT_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (input, out) = (
-            device_addr(input, &self.stream),
-            device_addr_mut(out, &self.stream),
-        );
-        // SAFETY: both buffers hold n elements; the kernel is grid-stride over n.
-        unsafe {
-            self.stream
-                .launch_builder(&self.apply)
-                .arg(&input)
-                .arg(&out)
-                .arg(&n)
-                .arg(&key)
-                .arg(&threshold)
-                .arg(&scale)
-                .launch(cfg)?;
-        }
-        Ok(())
-    }
-}
-
-/// The benchmark baseline for the cross-entropy: cuDNN's log-softmax forward and backward
-/// (`cudnnSoftmaxForward`/`Backward`, `CUDNN_SOFTMAX_LOG`, per sample), the shape of PyTorch's
-/// unfused `log_softmax` + `nll_loss`. cuDNN has no gather, so the loss's gradient with respect
-/// to the log-probabilities comes in ready-made ([`nll_gradient`]) and the baseline computes no
-/// loss value and no argmax: it does less than [`SoftmaxCeGpu`], which makes it a lower bound on
-/// the library's time. The log-softmax backward gives `dx = dy − softmax·Σdy`, which for that
-/// `dy` is [`SoftmaxCeGpu`]'s `dlogits`; a test holds the two to the same answer. f32 only.
-pub mod baseline {
-    use std::ffi::c_void;
-
-    use cudarc::cudnn::sys::{self, cudnnSoftmaxAlgorithm_t, cudnnSoftmaxMode_t};
-    use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
-
-    use super::{check_loss_scale, grad_coef, SoftmaxCeShape};
-    use crate::cudnn_raw::{check, scalar, Handle, Tensor4d, ONE, ZERO};
-    use crate::device::{device_addr, device_addr_mut, Gpu};
-    use crate::error::{check_labels, check_len, Result};
-
-    /// The gradient of `loss_scale ·` (the mean negative log-likelihood) with respect to the
-    /// log-probabilities: `−loss_scale/B` at each sample's label, 0 elsewhere.
-    pub fn nll_gradient(
-        shape: &SoftmaxCeShape,
-        labels: &[i32],
-        loss_scale: f64,
-    ) -> Result<Vec<f32>> {
-        shape.validate()?;
-        check_len("NLL gradient labels", labels.len(), shape.batch)?;
-        check_labels(labels, shape.classes)?;
-        check_loss_scale(loss_scale)?;
-        let mut dy = vec![0.0f32; shape.logits_len()];
-        for (row, &label) in dy.chunks_mut(shape.classes).zip(labels) {
-            row[label as usize] = -grad_coef(shape, loss_scale) as f32;
-        }
-        Ok(dy)
-    }
-
-    pub struct LogSoftmaxCudnn {
-        shape: SoftmaxCeShape,
-        handle: Handle,
-        /// `[B, C, 1, 1]`: cuDNN's instance mode normalises over C·1·1 per sample.
-        logits: Tensor4d,
-        log_probs: CudaSlice<f32>,
-    }
-
-    const ALGORITHM: cudnnSoftmaxAlgorithm_t = cudnnSoftmaxAlgorithm_t::CUDNN_SOFTMAX_LOG;
-    const MODE: cudnnSoftmaxMode_t = cudnnSoftmaxMode_t::CUDNN_SOFTMAX_MODE_INSTANCE;
-
-    impl LogSoftmaxCudnn {
-        pub fn new(gpu: &Gpu, shape: SoftmaxCeShape) -> Result<Self> {
-            shape.validate()?;
-            Ok(LogSoftmaxCudnn {
-                shape,
-                handle: Handle::new(gpu)?,
-                logits: Tensor4d::new([shape.batch, shape.classes, 1, 1])?,
-                log_probs: gpu.alloc_zeros(shape.logits_len())?,
-            })
-        }
-
-        /// The last forward's log-probabilities.
-        pub fn log_probs(&self) -> &CudaSlice<f32> {
-            &self.log_probs
-        }
-
-        /// `log_probs = log_softmax(logits)`, then `dlogits` (assigned) from `dlog_probs`.
-        pub fn forward_backward(
-            &mut self,
-            logits: &impl DevicePtr<f32>,
-            dlog_probs: &impl DevicePtr<f32>,
-            dlogits: &mut impl DevicePtrMut<f32>,
-        ) -> Result<()> {
-            let n = self.shape.logits_len();
-            check_len("cuDNN softmax logits", logits.len(), n)?;
-            check_len("cuDNN softmax dlog_probs", dlog_probs.len(), n)?;
-            check_len("cuDNN softmax dlogits", dlogits.len(), n)?;
-            let st = self.handle.stream();
-            let x = device_addr(logits, st) as *const c_void;
-            let dy = device_addr(dlog_probs, st) as *const c_void;
-            let dx = device_addr_mut(dlogits, st) as *mut c_void;
-            let y = device_addr_mut(&mut self.log_probs, st) as *mut c_void;
-            let desc = self.logits.0;
-            // SAFETY: every buffer holds B·C f32 (checked above), as the descriptor says.
-            check(unsafe {
-                sys::cudnnSoftmaxForward(
-                    self.handle.raw,
-                    ALGORITHM,
-                    MODE,
-                    scalar(&ONE),
-                    desc,
-                    x,
-                    scalar(&ZERO),
-                    desc,
-                    y,
-                )
-            })?;
-            // SAFETY: as above.
-            check(unsafe {
-                sys::cudnnSoftmaxBackward(
-                    self.handle.raw,
-                    ALGORITHM,
-                    MODE,
-                    scalar(&ONE),
-                    desc,
-                    y,
-                    desc,
-                    dy,
-                    scalar(&ZERO),
-                    desc,
-                    dx,
-                )
-            })
-        }
     }
 }

@@ -2,7 +2,7 @@
 //! `[planes, h, w]` row-major f64 data; the up-sampler's pretraining targets.
 //!
 //! - [`Interpolation::Bilinear`]: the model's own bilinear resize
-//!   ([`c2f_kernels::mask::resize_bilinear_forward_cpu`]), whose source positions and weights are
+//!   ([`c2f_kernels::resize::resize_bilinear_forward_cpu`]), whose source positions and weights are
 //!   computed in f32 as PyTorch does for float tensors (so against PyTorch's float64 run it agrees
 //!   to ~1e-7 relative, not to the last bit).
 //! - [`Interpolation::Bicubic`]: Keys' cubic convolution with `A = −0.75` (PyTorch's), source
@@ -12,7 +12,7 @@
 //!   with `scale = in/out` and the product in f32 (as PyTorch computes it), which is not the
 //!   pixel-centre rule of `"nearest-exact"`.
 
-use c2f_kernels::mask::{resize_bilinear_forward_cpu, ResizeShape};
+use c2f_kernels::resize::{resize_bilinear_forward_cpu, ResizeShape};
 use c2f_kernels::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

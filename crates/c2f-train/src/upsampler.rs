@@ -21,7 +21,7 @@ use c2f_inception::spec::{Depth, Graph, InceptionConfig};
 use c2f_inception::table::TensorTable;
 use c2f_inception::weights::{read_checked, write_tensors};
 use c2f_kernels::conv_transpose::ConvTransposeParams;
-use c2f_kernels::mask::ResizeShape;
+use c2f_kernels::resize::ResizeShape;
 use c2f_kernels::{Error, Result};
 use serde::{Deserialize, Serialize};
 

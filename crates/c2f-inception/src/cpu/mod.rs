@@ -7,12 +7,17 @@ use c2f_kernels::axpby::axpby_cpu;
 use c2f_kernels::bap::{self, BapShape};
 use c2f_kernels::batch_norm::{self, BatchNormParams, BatchNormShape};
 use c2f_kernels::center_loss::{self, CenterLossParams, CenterLossShape};
+use c2f_kernels::concat::{self, ChannelSlice};
 use c2f_kernels::conv_transpose::{self, ConvTransposeParams};
-use c2f_kernels::mask::{self, MapShape, MaskShape, ResizeShape};
-use c2f_kernels::pool::{self, ChannelSlice, Pool2dParams, PoolShape};
+use c2f_kernels::dropout::{self, DropoutParams};
+use c2f_kernels::map_select::{self, MapShape};
+use c2f_kernels::mask::{self, MaskShape};
+use c2f_kernels::pool::{self, Pool2dParams, PoolShape};
+use c2f_kernels::relu;
+use c2f_kernels::resize::{self, ResizeShape};
 use c2f_kernels::sgd::{self, SgdParams};
 use c2f_kernels::sigmoid_bce::{self, SigmoidBceShape};
-use c2f_kernels::softmax_ce::{self, DropoutParams, SoftmaxCeShape};
+use c2f_kernels::softmax_ce::{self, SoftmaxCeShape};
 use c2f_kernels::{Real, Result};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
@@ -342,12 +347,12 @@ impl<R: Real> Backend for CpuBackend<R> {
 
     fn copy_channels(&mut self, s: &ChannelSlice, part: Tensor, whole: Tensor) -> Result<()> {
         let m = self.operands(&[part], &[whole], &[])?;
-        pool::copy_channels_cpu(s, m.input(part), m.output(whole))
+        concat::copy_channels_cpu(s, m.input(part), m.output(whole))
     }
 
     fn slice_channels(&mut self, s: &ChannelSlice, whole: Tensor, part: Tensor) -> Result<()> {
         let m = self.operands(&[whole], &[part], &[])?;
-        pool::slice_channels_cpu(s, m.input(whole), m.output(part))
+        concat::slice_channels_cpu(s, m.input(whole), m.output(part))
     }
 
     fn linear_forward(
@@ -402,12 +407,12 @@ impl<R: Real> Backend for CpuBackend<R> {
 
     fn dropout_forward(&mut self, p: &DropoutParams, x: Tensor, y: Tensor) -> Result<()> {
         let m = self.operands(&[x], &[y], &[])?;
-        softmax_ce::dropout_forward_cpu(p, m.input(x), m.output(y))
+        dropout::dropout_forward_cpu(p, m.input(x), m.output(y))
     }
 
     fn dropout_backward(&mut self, p: &DropoutParams, dy: Tensor, dx: Tensor) -> Result<()> {
         let m = self.operands(&[dy], &[dx], &[])?;
-        softmax_ce::dropout_backward_cpu(p, m.input(dy), m.output(dx))
+        dropout::dropout_backward_cpu(p, m.input(dy), m.output(dx))
     }
 
     fn softmax_cross_entropy(
@@ -571,12 +576,12 @@ impl<R: Real> Backend for CpuBackend<R> {
 
     fn relu_forward(&mut self, x: Tensor, y: Tensor) -> Result<()> {
         let m = self.operands(&[x], &[y], &[])?;
-        mask::relu_forward_cpu(m.input(x), m.output(y))
+        relu::relu_forward_cpu(m.input(x), m.output(y))
     }
 
     fn relu_backward(&mut self, y: Tensor, dy: Tensor, dx: Tensor) -> Result<()> {
         let m = self.operands(&[y, dy], &[dx], &[])?;
-        mask::relu_backward_cpu(m.input(y), m.input(dy), m.output(dx))
+        relu::relu_backward_cpu(m.input(y), m.input(dy), m.output(dx))
     }
 
     fn select_map_forward(
@@ -587,7 +592,7 @@ impl<R: Real> Backend for CpuBackend<R> {
         out: Tensor,
     ) -> Result<()> {
         let m = self.operands(&[a], &[out], &[indices])?;
-        mask::select_map_forward_cpu(s, m.input(a), m.index(indices), m.output(out))
+        map_select::select_map_forward_cpu(s, m.input(a), m.index(indices), m.output(out))
     }
 
     fn select_map_backward(
@@ -599,7 +604,7 @@ impl<R: Real> Backend for CpuBackend<R> {
         accumulate: bool,
     ) -> Result<()> {
         let m = self.operands(&[d_out], &[da], &[indices])?;
-        mask::select_map_backward_cpu(
+        map_select::select_map_backward_cpu(
             s,
             m.index(indices),
             m.input(d_out),
@@ -610,17 +615,17 @@ impl<R: Real> Backend for CpuBackend<R> {
 
     fn mean_maps_forward(&mut self, s: &MapShape, a: Tensor, out: Tensor) -> Result<()> {
         let m = self.operands(&[a], &[out], &[])?;
-        mask::mean_maps_forward_cpu(s, m.input(a), m.output(out))
+        map_select::mean_maps_forward_cpu(s, m.input(a), m.output(out))
     }
 
     fn resize_bilinear_forward(&mut self, s: &ResizeShape, x: Tensor, y: Tensor) -> Result<()> {
         let m = self.operands(&[x], &[y], &[])?;
-        mask::resize_bilinear_forward_cpu(s, m.input(x), m.output(y))
+        resize::resize_bilinear_forward_cpu(s, m.input(x), m.output(y))
     }
 
     fn resize_bilinear_backward(&mut self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()> {
         let m = self.operands(&[dy], &[dx], &[])?;
-        mask::resize_bilinear_backward_cpu(s, m.input(dy), m.output(dx))
+        resize::resize_bilinear_backward_cpu(s, m.input(dy), m.output(dx))
     }
 
     fn mask_forward(

@@ -26,18 +26,18 @@ use c2f_kernels::axpby::AxpbyGpu;
 use c2f_kernels::bap::{BapGpu, BapShape};
 use c2f_kernels::batch_norm::{BatchNormGpu, BatchNormParams, BatchNormShape};
 use c2f_kernels::center_loss::{CenterLossGpu, CenterLossParams, CenterLossShape};
+use c2f_kernels::concat::{ChannelCopyGpu, ChannelSlice};
 use c2f_kernels::conv_transpose::{ConvTransposeGpu, ConvTransposeParams};
+use c2f_kernels::dropout::{DropoutGpu, DropoutParams};
 use c2f_kernels::error::check_len;
-use c2f_kernels::mask::{
-    MapSelectGpu, MapShape, MaskGpu, MaskShape, ReluGpu, ResizeBilinearGpu, ResizeShape,
-};
-use c2f_kernels::pool::{
-    AvgPool2dGpu, ChannelCopyGpu, ChannelSlice, GlobalAvgPoolGpu, MaxPool2dGpu, Pool2dParams,
-    PoolShape,
-};
+use c2f_kernels::map_select::{MapSelectGpu, MapShape};
+use c2f_kernels::mask::{MaskGpu, MaskShape};
+use c2f_kernels::pool::{AvgPool2dGpu, GlobalAvgPoolGpu, MaxPool2dGpu, Pool2dParams, PoolShape};
+use c2f_kernels::relu::ReluGpu;
+use c2f_kernels::resize::{ResizeBilinearGpu, ResizeShape};
 use c2f_kernels::sgd::{SgdGpu, SgdParams};
 use c2f_kernels::sigmoid_bce::{SigmoidBceGpu, SigmoidBceShape};
-use c2f_kernels::softmax_ce::{DropoutGpu, DropoutParams, SoftmaxCeGpu, SoftmaxCeShape};
+use c2f_kernels::softmax_ce::{SoftmaxCeGpu, SoftmaxCeShape};
 use c2f_kernels::{Error, Gpu, Result};
 use cudarc::driver::{
     sys::CUdeviceptr, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice,

@@ -1,0 +1,206 @@
+//! cuDNN's batch norm followed by its ReLU, f32: the library baseline of the benches, which a
+//! test also holds to the CPU reference.
+//!
+//! cuDNN has no fused BN + ReLU for NCHW f32 (its fused `Ex` path wants NHWC half), so this is
+//! what a framework runs: `cudnnBatchNormalizationForwardTraining` (spatial mode) then an in-place
+//! `cudnnActivationForward`, and backward `cudnnActivationBackward` into a scratch gradient then
+//! `cudnnBatchNormalizationBackward`. cudarc's safe API binds neither, so this works on raw
+//! handles ([`crate::cudnn`]).
+
+use std::ffi::c_void;
+
+use cudarc::cudnn::sys::{self, cudnnBatchNormMode_t};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+
+use crate::cudnn::{check, scalar, Activation, Handle, Tensor4d, ONE, ZERO};
+use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
+use c2f_kernels::device::{device_addr, device_addr_mut, Gpu};
+use c2f_kernels::error::Result;
+
+const SPATIAL: cudnnBatchNormMode_t = cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
+
+/// The same op as [`c2f_kernels::batch_norm::BatchNormGpu`]`<f32>` in training mode, through cuDNN.
+pub struct BatchNormCudnn {
+    shape: BatchNormShape,
+    params: BatchNormParams,
+    handle: Handle,
+    /// `[N, C, H, W]`, for x, y and their gradients.
+    activations: Tensor4d,
+    /// `[1, C, 1, 1]`, for gamma, beta and the statistics.
+    per_channel: Tensor4d,
+    relu: Activation,
+    /// The gradient at the ReLU's input, between the two backward calls.
+    relu_grad: CudaSlice<f32>,
+}
+
+impl BatchNormCudnn {
+    pub fn new(gpu: &Gpu, shape: BatchNormShape, params: BatchNormParams) -> Result<Self> {
+        params.validate()?;
+        shape.validate()?;
+        shape.check_training()?;
+        let s = shape;
+        Ok(BatchNormCudnn {
+            shape,
+            params,
+            handle: Handle::new(gpu)?,
+            activations: Tensor4d::new([s.batch, s.channels, s.height, s.width])?,
+            per_channel: Tensor4d::new([1, s.channels, 1, 1])?,
+            relu: Activation::relu()?,
+            relu_grad: gpu.alloc_zeros(if params.relu { s.len() } else { 1 })?,
+        })
+    }
+
+    /// As [`c2f_kernels::batch_norm::BatchNormGpu::forward_train`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_train(
+        &mut self,
+        x: &impl DevicePtr<f32>,
+        gamma: &impl DevicePtr<f32>,
+        beta: &impl DevicePtr<f32>,
+        running_mean: &mut impl DevicePtrMut<f32>,
+        running_var: &mut impl DevicePtrMut<f32>,
+        y: &mut impl DevicePtrMut<f32>,
+        save_mean: &mut impl DevicePtrMut<f32>,
+        save_invstd: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        self.shape.check_forward_train(
+            [x.len(), y.len()],
+            [
+                gamma.len(),
+                beta.len(),
+                running_mean.len(),
+                running_var.len(),
+                save_mean.len(),
+                save_invstd.len(),
+            ],
+        )?;
+        let st = self.handle.stream();
+        let x = device_addr(x, st) as *const c_void;
+        let gamma = device_addr(gamma, st) as *const c_void;
+        let beta = device_addr(beta, st) as *const c_void;
+        let running_mean = device_addr_mut(running_mean, st) as *mut c_void;
+        let running_var = device_addr_mut(running_var, st) as *mut c_void;
+        let y = device_addr_mut(y, st) as *mut c_void;
+        let save_mean = device_addr_mut(save_mean, st) as *mut c_void;
+        let save_invstd = device_addr_mut(save_invstd, st) as *mut c_void;
+        let a = self.activations.0;
+        // SAFETY: every buffer has the length its descriptor gives (checked above), and
+        // cuDNN's ReLU may run in place.
+        unsafe {
+            check(sys::cudnnBatchNormalizationForwardTraining(
+                self.handle.raw,
+                SPATIAL,
+                scalar(&ONE),
+                scalar(&ZERO),
+                a,
+                x,
+                a,
+                y,
+                self.per_channel.0,
+                gamma,
+                beta,
+                self.params.momentum,
+                running_mean,
+                running_var,
+                self.params.eps,
+                save_mean,
+                save_invstd,
+            ))?;
+            if self.params.relu {
+                check(sys::cudnnActivationForward(
+                    self.handle.raw,
+                    self.relu.0,
+                    scalar(&ONE),
+                    a,
+                    y,
+                    scalar(&ZERO),
+                    a,
+                    y,
+                ))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// As [`c2f_kernels::batch_norm::BatchNormGpu::backward_train`]: assigns `dx`, accumulates `dgamma` and
+    /// `dbeta`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_train(
+        &mut self,
+        x: &impl DevicePtr<f32>,
+        y: &impl DevicePtr<f32>,
+        gamma: &impl DevicePtr<f32>,
+        save_mean: &impl DevicePtr<f32>,
+        save_invstd: &impl DevicePtr<f32>,
+        dy: &impl DevicePtr<f32>,
+        dx: &mut impl DevicePtrMut<f32>,
+        dgamma: &mut impl DevicePtrMut<f32>,
+        dbeta: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        self.shape.check_backward_train(
+            [x.len(), y.len(), dy.len(), dx.len()],
+            [
+                gamma.len(),
+                save_mean.len(),
+                save_invstd.len(),
+                dgamma.len(),
+                dbeta.len(),
+            ],
+        )?;
+        let st = self.handle.stream();
+        let x = device_addr(x, st) as *const c_void;
+        let y = device_addr(y, st) as *const c_void;
+        let gamma = device_addr(gamma, st) as *const c_void;
+        let save_mean = device_addr(save_mean, st) as *const c_void;
+        let save_invstd = device_addr(save_invstd, st) as *const c_void;
+        let mut grad = device_addr(dy, st) as *const c_void;
+        let dx = device_addr_mut(dx, st) as *mut c_void;
+        let dgamma = device_addr_mut(dgamma, st) as *mut c_void;
+        let dbeta = device_addr_mut(dbeta, st) as *mut c_void;
+        let a = self.activations.0;
+        // SAFETY: as in `forward_train`; the scratch gradient has the activations' length.
+        unsafe {
+            if self.params.relu {
+                let relu_grad = device_addr_mut(&mut self.relu_grad, st) as *mut c_void;
+                // The ReLU's input is positive exactly where its output is, so the output
+                // stands in for the input, which training does not keep.
+                check(sys::cudnnActivationBackward(
+                    self.handle.raw,
+                    self.relu.0,
+                    scalar(&ONE),
+                    a,
+                    y,
+                    a,
+                    grad,
+                    a,
+                    y,
+                    scalar(&ZERO),
+                    a,
+                    relu_grad,
+                ))?;
+                grad = relu_grad;
+            }
+            check(sys::cudnnBatchNormalizationBackward(
+                self.handle.raw,
+                SPATIAL,
+                scalar(&ONE),
+                scalar(&ZERO),
+                scalar(&ONE),
+                scalar(&ONE),
+                a,
+                x,
+                a,
+                grad,
+                a,
+                dx,
+                self.per_channel.0,
+                gamma,
+                dgamma,
+                dbeta,
+                self.params.eps,
+                save_mean,
+                save_invstd,
+            ))
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The CPU references (and the CPU backend's ops), each channel's sums in a fixed order.
+
+use rayon::prelude::*;
+
+use crate::error::Result;
+use crate::Real;
+
+use super::{BatchNormParams, BatchNormShape};
+
+/// Offsets of channel `c`'s rows of `H·W` values, one per sample.
+fn channel_rows(shape: &BatchNormShape, c: usize) -> impl Iterator<Item = usize> {
+    let (channels, hw) = (shape.channels, shape.hw());
+    (0..shape.batch).map(move |b| (b * channels + c) * hw)
+}
+
+/// `Σ f(i)` for `i` in `0..len`, for `M` sums at once, with eight running sums each: it
+/// vectorises, and rounds less than a single running sum.
+fn lane_sums<R: Real, const M: usize>(len: usize, f: impl Fn(usize) -> [R; M]) -> [R; M] {
+    const LANES: usize = 8;
+    let mut acc = [[R::zero(); M]; LANES];
+    let full = len / LANES * LANES;
+    for base in (0..full).step_by(LANES) {
+        for (lane, a) in acc.iter_mut().enumerate() {
+            let v = f(base + lane);
+            for (s, v) in a.iter_mut().zip(v) {
+                *s = *s + v;
+            }
+        }
+    }
+    let mut total = [R::zero(); M];
+    for a in &acc {
+        for (t, &s) in total.iter_mut().zip(a) {
+            *t = *t + s;
+        }
+    }
+    for i in full..len {
+        for (t, v) in total.iter_mut().zip(f(i)) {
+            *t = *t + v;
+        }
+    }
+    total
+}
+
+/// Channel `c`'s `M` sums of `f(offset)` over its `n` values, `offset` indexing the full tensor.
+fn channel_sums<R: Real, const M: usize>(
+    shape: &BatchNormShape,
+    c: usize,
+    f: impl Fn(usize) -> [R; M],
+) -> [R; M] {
+    let hw = shape.hw();
+    let mut total = [R::zero(); M];
+    for row in channel_rows(shape, c) {
+        for (t, v) in total.iter_mut().zip(lane_sums(hw, |i| f(row + i))) {
+            *t = *t + v;
+        }
+    }
+    total
+}
+
+fn act<R: Real>(v: R, relu: bool) -> R {
+    // NaN passes through, as in PyTorch.
+    if relu && v <= R::zero() {
+        R::zero()
+    } else {
+        v
+    }
+}
+
+/// `dy` masked by the saved output, as `threshold_backward`.
+fn masked<R: Real>(dy: R, y: R, relu: bool) -> R {
+    if relu && y <= R::zero() {
+        R::zero()
+    } else {
+        dy
+    }
+}
+
+/// Writes `out` row by row (parallel): `out[i] = f(c, i)` over each row of channel `c`.
+fn write_rows<R: Real>(
+    shape: &BatchNormShape,
+    out: &mut [R],
+    f: impl Fn(usize, usize) -> R + Sync,
+) {
+    let (channels, hw) = (shape.channels, shape.hw());
+    out.par_chunks_mut(hw).enumerate().for_each(|(r, row)| {
+        let c = r % channels;
+        for (i, o) in row.iter_mut().enumerate() {
+            *o = f(c, r * hw + i);
+        }
+    });
+}
+
+/// CPU forward, training mode (and the CPU backend's op): writes `y`, `save_mean`, `save_invstd`
+/// and updates `running_mean`, `running_var` in place.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_train_cpu<R: Real>(
+    shape: &BatchNormShape,
+    params: &BatchNormParams,
+    x: &[R],
+    gamma: &[R],
+    beta: &[R],
+    running_mean: &mut [R],
+    running_var: &mut [R],
+    y: &mut [R],
+    save_mean: &mut [R],
+    save_invstd: &mut [R],
+) -> Result<()> {
+    shape.check_forward_train(
+        [x.len(), y.len()],
+        [
+            gamma.len(),
+            beta.len(),
+            running_mean.len(),
+            running_var.len(),
+            save_mean.len(),
+            save_invstd.len(),
+        ],
+    )?;
+    params.validate()?;
+    shape.check_training()?;
+    let n = shape.per_channel();
+    let inv_n = R::from_f64(1.0 / n as f64);
+    let eps = R::from_f64(params.eps);
+    let momentum = R::from_f64(params.momentum);
+    let keep = R::from_f64(1.0 - params.momentum);
+    // Corrected two-pass algorithm (Chan, Golub, LeVeque): a first mean, then the deviations from
+    // it, whose sum corrects the mean and the sum of squares.
+    let stats: Vec<(R, R)> = (0..shape.channels)
+        .into_par_iter()
+        .map(|c| {
+            let [sum] = channel_sums(shape, c, |i| [x[i]]);
+            let mean0 = sum * inv_n;
+            let [dev, sq] = channel_sums(shape, c, |i| {
+                let d = x[i] - mean0;
+                [d, d * d]
+            });
+            (mean0 + dev * inv_n, (sq - dev * dev * inv_n).max(R::zero()))
+        })
+        .collect();
+    let n_unbiased = R::from_f64((n - 1) as f64);
+    for (c, &(mean, m2)) in stats.iter().enumerate() {
+        let invstd = (m2 * inv_n + eps).sqrt().recip();
+        save_mean[c] = mean;
+        save_invstd[c] = invstd;
+        running_mean[c] = momentum * mean + keep * running_mean[c];
+        running_var[c] = momentum * (m2 / n_unbiased) + keep * running_var[c];
+    }
+    let (save_mean, save_invstd) = (&*save_mean, &*save_invstd);
+    write_rows(shape, y, |c, i| {
+        act(
+            (x[i] - save_mean[c]) * (gamma[c] * save_invstd[c]) + beta[c],
+            params.relu,
+        )
+    });
+    Ok(())
+}
+
+/// CPU forward, inference mode (and the CPU backend's op): writes `y` from the running stats.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_inference_cpu<R: Real>(
+    shape: &BatchNormShape,
+    params: &BatchNormParams,
+    x: &[R],
+    gamma: &[R],
+    beta: &[R],
+    running_mean: &[R],
+    running_var: &[R],
+    y: &mut [R],
+) -> Result<()> {
+    shape.check(
+        &[("x", x.len()), ("y", y.len())],
+        &[
+            ("gamma", gamma.len()),
+            ("beta", beta.len()),
+            ("running_mean", running_mean.len()),
+            ("running_var", running_var.len()),
+        ],
+    )?;
+    params.validate()?;
+    let eps = R::from_f64(params.eps);
+    let scale: Vec<R> = (0..shape.channels)
+        .map(|c| gamma[c] * (running_var[c] + eps).sqrt().recip())
+        .collect();
+    write_rows(shape, y, |c, i| {
+        act((x[i] - running_mean[c]) * scale[c] + beta[c], params.relu)
+    });
+    Ok(())
+}
+
+/// Per channel `[Σg, Σg·(x − mean)]`, `g` the masked `dy`.
+fn grad_sums<R: Real>(
+    shape: &BatchNormShape,
+    relu: bool,
+    x: &[R],
+    y: &[R],
+    dy: &[R],
+    mean: &[R],
+) -> Vec<[R; 2]> {
+    (0..shape.channels)
+        .into_par_iter()
+        .map(|c| {
+            let m = mean[c];
+            channel_sums(shape, c, |i| {
+                let g = masked(dy[i], y[i], relu);
+                [g, g * (x[i] - m)]
+            })
+        })
+        .collect()
+}
+
+/// CPU backward, training mode (and the CPU backend's op), from the forward's `save_mean`,
+/// `save_invstd` and output `y` (read only with ReLU): assigns `dx`, accumulates `dgamma += Σ(g·x̂)`
+/// and `dbeta += Σg`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_train_cpu<R: Real>(
+    shape: &BatchNormShape,
+    params: &BatchNormParams,
+    x: &[R],
+    y: &[R],
+    gamma: &[R],
+    save_mean: &[R],
+    save_invstd: &[R],
+    dy: &[R],
+    dx: &mut [R],
+    dgamma: &mut [R],
+    dbeta: &mut [R],
+) -> Result<()> {
+    shape.check_backward_train(
+        [x.len(), y.len(), dy.len(), dx.len()],
+        [
+            gamma.len(),
+            save_mean.len(),
+            save_invstd.len(),
+            dgamma.len(),
+            dbeta.len(),
+        ],
+    )?;
+    params.validate()?;
+    let sums = grad_sums(shape, params.relu, x, y, dy, save_mean);
+    let inv_n = R::from_f64(1.0 / shape.per_channel() as f64);
+    // dx = (g − (x − mean)·proj − mean_g)·scale, as PyTorch's batch_norm_backward_elemt.
+    let coef: Vec<[R; 3]> = sums
+        .iter()
+        .enumerate()
+        .map(|(c, &[sum_g, dot])| {
+            let invstd = save_invstd[c];
+            dgamma[c] = dgamma[c] + dot * invstd;
+            dbeta[c] = dbeta[c] + sum_g;
+            [
+                sum_g * inv_n,
+                dot * inv_n * invstd * invstd,
+                invstd * gamma[c],
+            ]
+        })
+        .collect();
+    write_rows(shape, dx, |c, i| {
+        let [mean_g, proj, scale] = coef[c];
+        let g = masked(dy[i], y[i], params.relu);
+        (g - (x[i] - save_mean[c]) * proj - mean_g) * scale
+    });
+    Ok(())
+}
+
+/// CPU backward, inference mode (and the CPU backend's op; also frozen-BN training), from the
+/// running stats and the forward's output `y` (read only with ReLU): assigns
+/// `dx = g·gamma·invstd`, accumulates `dgamma += Σ(g·x̂)` and `dbeta += Σg`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_inference_cpu<R: Real>(
+    shape: &BatchNormShape,
+    params: &BatchNormParams,
+    x: &[R],
+    y: &[R],
+    gamma: &[R],
+    running_mean: &[R],
+    running_var: &[R],
+    dy: &[R],
+    dx: &mut [R],
+    dgamma: &mut [R],
+    dbeta: &mut [R],
+) -> Result<()> {
+    shape.check(
+        &[
+            ("x", x.len()),
+            ("y", y.len()),
+            ("dy", dy.len()),
+            ("dx", dx.len()),
+        ],
+        &[
+            ("gamma", gamma.len()),
+            ("running_mean", running_mean.len()),
+            ("running_var", running_var.len()),
+            ("dgamma", dgamma.len()),
+            ("dbeta", dbeta.len()),
+        ],
+    )?;
+    params.validate()?;
+    let eps = R::from_f64(params.eps);
+    let invstd: Vec<R> = running_var
+        .iter()
+        .map(|&v| (v + eps).sqrt().recip())
+        .collect();
+    let sums = grad_sums(shape, params.relu, x, y, dy, running_mean);
+    for (c, &[sum_g, dot]) in sums.iter().enumerate() {
+        dgamma[c] = dgamma[c] + dot * invstd[c];
+        dbeta[c] = dbeta[c] + sum_g;
+    }
+    write_rows(shape, dx, |c, i| {
+        masked(dy[i], y[i], params.relu) * (gamma[c] * invstd[c])
+    });
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! Dropout (`F.dropout`) in training, `y = x·f_i`, `dx = dy·f_i`, with `f_i = 1/(1−p)` for a kept element and
+//! `0` for a dropped one (so, as in PyTorch, a dropped `inf` or NaN gives NaN). The mask is drawn
+//! from splitmix64 as a counter-based generator, so the CPU and the GPU draw the same mask and the
+//! backward regenerates it from `(seed, step)` instead of storing it:
+//!
+//! - `key = splitmix64_output(seed, step + 1)`, the `(step+1)`-th output of splitmix64 seeded
+//!   with `seed`;
+//! - `u_i = splitmix64_output(key, i + 1)`, the `(i+1)`-th output of splitmix64 seeded with `key`,
+//!   `i` the element's index in the flat tensor;
+//! - element `i` is kept iff `(u_i >> 40) / 2^24 ≥ p`, evaluated exactly as the integer test
+//!   `(u_i >> 40) ≥ ceil(p·2^24)`, so a fraction `1 − p` is kept (up to 2^−24).
+//!
+//! where `splitmix64_output(s, k) = mix(s + k·0x9e3779b97f4a7c15)` (wrapping) and `mix` is
+//! splitmix64's finaliser, the same as [`crate::testing::SplitMix64::next_u64`]. The trainer gives
+//! each dropout layer its own seed and advances `step` every training step. `p = 0` is the
+//! identity, `p = 1` gives `x·0`; `p` outside `[0, 1]` is an error. With `training == false`
+//! dropout is the identity (a copy). Kernel: `kernels/dropout.cu`.
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaFunction, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
+use rayon::prelude::*;
+
+use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
+use crate::element::Element;
+use crate::error::{check_len, Error, Result};
+use crate::rng::splitmix64_output;
+use crate::Real;
+
+/// Dropout's probability, its random stream and its mode.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropoutParams {
+    /// Probability of dropping an element, in `[0, 1]`.
+    pub p: f64,
+    /// One per dropout layer.
+    pub seed: u64,
+    /// The training step: a new mask every step.
+    pub step: u64,
+    /// `false`: inference, the identity.
+    pub training: bool,
+}
+
+impl DropoutParams {
+    fn validate(&self) -> Result<()> {
+        if (0.0..=1.0).contains(&self.p) {
+            Ok(())
+        } else {
+            Err(Error::Shape(format!(
+                "dropout probability {} is outside [0, 1]",
+                self.p
+            )))
+        }
+    }
+
+    /// The per-step key: the `(step+1)`-th output of splitmix64 seeded with `seed`.
+    pub fn key(&self) -> u64 {
+        splitmix64_output(self.seed, self.step.wrapping_add(1))
+    }
+
+    /// `ceil(p·2^24)`: element `i` is kept iff `(u_i >> 40) ≥ threshold`.
+    pub fn threshold(&self) -> u32 {
+        (self.p * (1u64 << 24) as f64).ceil() as u32
+    }
+
+    /// `1/(1−p)`, and 0 for `p = 1` (where nothing is kept).
+    pub fn scale(&self) -> f64 {
+        if self.p < 1.0 {
+            1.0 / (1.0 - self.p)
+        } else {
+            0.0
+        }
+    }
+
+    /// Whether element `index` of the flat tensor is kept this step (in training).
+    pub fn keeps(&self, index: u64) -> bool {
+        (splitmix64_output(self.key(), index.wrapping_add(1)) >> 40) as u32 >= self.threshold()
+    }
+}
+
+/// Elements per rayon task of the CPU dropout.
+const DROPOUT_CHUNK: usize = 1 << 14;
+
+/// `out = input·f_i`, the forward and the backward alike.
+fn dropout_apply_cpu<R: Real>(params: &DropoutParams, input: &[R], out: &mut [R]) -> Result<()> {
+    params.validate()?;
+    check_len("dropout output", out.len(), input.len())?;
+    if !params.training {
+        out.copy_from_slice(input);
+        return Ok(());
+    }
+    let key = params.key();
+    let threshold = params.threshold();
+    let scale = R::from_f64(params.scale());
+    out.par_chunks_mut(DROPOUT_CHUNK)
+        .zip(input.par_chunks(DROPOUT_CHUNK))
+        .enumerate()
+        .for_each(|(chunk, (o, x))| {
+            let base = (chunk * DROPOUT_CHUNK) as u64;
+            for (i, (o, &x)) in o.iter_mut().zip(x).enumerate() {
+                let u = splitmix64_output(key, base + i as u64 + 1);
+                let f = if (u >> 40) as u32 >= threshold {
+                    scale
+                } else {
+                    R::zero()
+                };
+                *o = x * f;
+            }
+        });
+    Ok(())
+}
+
+/// CPU reference (and the CPU backend's op): `y = x·mask/(1−p)` (training) or `y = x`.
+pub fn dropout_forward_cpu<R: Real>(params: &DropoutParams, x: &[R], y: &mut [R]) -> Result<()> {
+    dropout_apply_cpu(params, x, y)
+}
+
+/// CPU reference (and the CPU backend's op): `dx = dy·mask/(1−p)` (assigned), the mask
+/// regenerated from the same `params` as the forward.
+pub fn dropout_backward_cpu<R: Real>(params: &DropoutParams, dy: &[R], dx: &mut [R]) -> Result<()> {
+    dropout_apply_cpu(params, dy, dx)
+}
+
+const DROPOUT_THREADS: u32 = 256;
+/// Grid-stride kernels launch at most this many blocks.
+const MAX_BLOCKS: u32 = 8192;
+
+/// The dropout kernel for element type `T`; it works on any length.
+pub struct DropoutGpu<T: Element> {
+    stream: Arc<CudaStream>,
+    apply: CudaFunction,
+    _storage: std::marker::PhantomData<T>,
+}
+
+impl<T: Element> DropoutGpu<T> {
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        Ok(DropoutGpu {
+            stream: gpu.stream().clone(),
+            apply: gpu.typed_function::<T>(&crate::sources::DROPOUT, "dropout_apply")?,
+            _storage: std::marker::PhantomData,
+        })
+    }
+
+    /// `y = x·mask/(1−p)` in training, `y = x` in inference.
+    pub fn forward(
+        &self,
+        params: &DropoutParams,
+        x: &impl DevicePtr<T>,
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        self.apply(params, x, y)
+    }
+
+    /// `dx = dy·mask/(1−p)` (assigned), the same mask as the forward with the same `params`.
+    pub fn backward(
+        &self,
+        params: &DropoutParams,
+        dy: &impl DevicePtr<T>,
+        dx: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        self.apply(params, dy, dx)
+    }
+
+    fn apply(
+        &self,
+        params: &DropoutParams,
+        input: &impl DevicePtr<T>,
+        out: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        params.validate()?;
+        check_len("dropout output", out.len(), input.len())?;
+        if input.is_empty() {
+            return Ok(());
+        }
+        if !params.training {
+            self.stream.memcpy_dtod(input, out)?;
+            return Ok(());
+        }
+        let n = input.len() as i64;
+        let (key, threshold, scale) = (params.key(), params.threshold(), params.scale() as f32);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                blocks_for(input.len(), DROPOUT_THREADS).min(MAX_BLOCKS),
+                1,
+                1,
+            ),
+            block_dim: (DROPOUT_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (input, out) = (
+            device_addr(input, &self.stream),
+            device_addr_mut(out, &self.stream),
+        );
+        // SAFETY: both buffers hold n elements; the kernel is grid-stride over n.
+        unsafe {
+            self.stream
+                .launch_builder(&self.apply)
+                .arg(&input)
+                .arg(&out)
+                .arg(&n)
+                .arg(&key)
+                .arg(&threshold)
+                .arg(&scale)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+}

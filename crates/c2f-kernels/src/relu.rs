@@ -1,0 +1,122 @@
+//! ReLU after the fine branch's 1×1 attention conv, `A = ReLU(conv1x1(F))`, NCHW contiguous or any
+//! length: `y = max(x, 0)` with a NaN passed through (`torch.relu`); backward
+//! `dx = y ≤ 0 ? 0 : dy`, a select as PyTorch's `threshold_backward` (so a NaN `y` passes `dy`,
+//! and a NaN `dy` under `y ≤ 0` gives 0). The gradient is assigned. Every result is the same bits
+//! on every run. Kernels: `kernels/relu.cu`.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaFunction, CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
+use rayon::prelude::*;
+
+use crate::device::{device_addr, device_addr_mut, elementwise, Gpu};
+use crate::element::Element;
+use crate::error::{check_len, Error, Result};
+use crate::Real;
+
+fn check_elementwise(n: usize) -> Result<()> {
+    if n > i32::MAX as usize {
+        return Err(Error::Shape(format!(
+            "relu: {n} elements is too many for 32-bit indexing"
+        )));
+    }
+    Ok(())
+}
+
+/// CPU ReLU forward: `y = max(x, 0)`, NaN kept.
+pub fn relu_forward_cpu<R: Real>(x: &[R], y: &mut [R]) -> Result<()> {
+    check_len("relu y", y.len(), x.len())?;
+    y.par_iter_mut()
+        .zip(x.par_iter())
+        .for_each(|(y, &x)| *y = if x < R::zero() { R::zero() } else { x });
+    Ok(())
+}
+
+/// CPU ReLU backward from the forward's output: `dx = y ≤ 0 ? 0 : dy` (assigned).
+pub fn relu_backward_cpu<R: Real>(y: &[R], dy: &[R], dx: &mut [R]) -> Result<()> {
+    check_len("relu dy", dy.len(), y.len())?;
+    check_len("relu dx", dx.len(), y.len())?;
+    dx.par_iter_mut()
+        .zip(y.par_iter().zip(dy.par_iter()))
+        .for_each(|(dx, (&y, &dy))| *dx = if y <= R::zero() { R::zero() } else { dy });
+    Ok(())
+}
+
+/// ReLU on the GPU, any length.
+pub struct ReluGpu<T: Element> {
+    stream: Arc<CudaStream>,
+    forward_fn: CudaFunction,
+    backward_fn: CudaFunction,
+    _storage: std::marker::PhantomData<T>,
+}
+
+impl<T: Element> ReluGpu<T> {
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        let src = &crate::sources::RELU;
+        Ok(ReluGpu {
+            stream: gpu.stream().clone(),
+            forward_fn: gpu.typed_function::<T>(src, "relu_forward")?,
+            backward_fn: gpu.typed_function::<T>(src, "relu_backward")?,
+            _storage: std::marker::PhantomData,
+        })
+    }
+
+    /// `y = max(x, 0)`, as [`relu_forward_cpu`].
+    pub fn forward(&self, x: &impl DevicePtr<T>, y: &mut impl DevicePtrMut<T>) -> Result<()> {
+        let n = x.len();
+        check_len("relu y", y.len(), n)?;
+        check_elementwise(n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let n_i = n as i32;
+        let (x, y) = (
+            device_addr(x, &self.stream),
+            device_addr_mut(y, &self.stream),
+        );
+        // SAFETY: both buffers hold n elements.
+        unsafe {
+            self.stream
+                .launch_builder(&self.forward_fn)
+                .arg(&x)
+                .arg(&y)
+                .arg(&n_i)
+                .launch(elementwise(n))?;
+        }
+        Ok(())
+    }
+
+    /// `dx = y ≤ 0 ? 0 : dy` (assigned), as [`relu_backward_cpu`].
+    pub fn backward(
+        &self,
+        y: &impl DevicePtr<T>,
+        dy: &impl DevicePtr<T>,
+        dx: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        let n = y.len();
+        check_len("relu dy", dy.len(), n)?;
+        check_len("relu dx", dx.len(), n)?;
+        check_elementwise(n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let n_i = n as i32;
+        let st = &self.stream;
+        let (y, dy, dx) = (
+            device_addr(y, st),
+            device_addr(dy, st),
+            device_addr_mut(dx, st),
+        );
+        // SAFETY: all three buffers hold n elements.
+        unsafe {
+            self.stream
+                .launch_builder(&self.backward_fn)
+                .arg(&y)
+                .arg(&dy)
+                .arg(&dx)
+                .arg(&n_i)
+                .launch(elementwise(n))?;
+        }
+        Ok(())
+    }
+}
