@@ -33,8 +33,8 @@ use crate::data::loader::ImageSource;
 use crate::data::transform::{center_crop_params, crop_box, resized_shorter, CropRect};
 use crate::data::{BBox, Transform};
 use crate::model::Coarse2Fine;
-use crate::model::{softmax, Task};
-use crate::train::{argmax, padded_images, prediction_rows};
+use crate::task::{softmax, Task};
+use crate::train::evaluate::{argmax, padded_images, prediction_rows};
 
 /// Which pixels above the threshold the box is drawn around.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
