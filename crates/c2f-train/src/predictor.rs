@@ -43,34 +43,35 @@ pub fn with_loaded<B: Backend<Scalar = f32>, T>(
     let cfg = &meta.config;
     match meta.model.as_str() {
         "coarse2fine" => {
-            let mut model = build_coarse2fine(b, cfg)?;
-            checkpoint::load(b, path, &Trainee::<B>::state(&model))?;
-            work(
-                &mut Loaded {
-                    b,
-                    model: &mut model,
-                    path,
-                },
-                meta,
-            )
+            let model = build_coarse2fine(b, cfg)?;
+            load_and_run(b, model, path, meta, work)
         }
         "baseline" => {
-            let mut model = build_baseline(b, cfg)?;
-            checkpoint::load(b, path, &Trainee::<B>::state(&model))?;
-            work(
-                &mut Loaded {
-                    b,
-                    model: &mut model,
-                    path,
-                },
-                meta,
-            )
+            let model = build_baseline(b, cfg)?;
+            load_and_run(b, model, path, meta, work)
         }
         other => Err(Error::File {
             path: path.display().to_string(),
             message: format!("unknown model `{other}`"),
         }),
     }
+}
+
+/// Fills `model` from the checkpoint at `path` and runs `work` on it.
+fn load_and_run<B: Backend<Scalar = f32>, M: Trainee<B> + Attends<B>, T>(
+    b: &mut B,
+    mut model: M,
+    path: &Path,
+    meta: &CheckpointMeta,
+    work: &mut dyn FnMut(&mut dyn Predictor, &CheckpointMeta) -> Result<T>,
+) -> Result<T> {
+    checkpoint::load(b, path, &model.state())?;
+    let mut loaded = Loaded {
+        b,
+        model: &mut model,
+        path,
+    };
+    work(&mut loaded, meta)
 }
 
 /// A loaded model on its backend, behind one object-safe face for the subcommands.

@@ -23,8 +23,7 @@ pub(super) fn with_config_file(argv: Vec<String>) -> Result<Vec<String>> {
         path: path.display().to_string(),
         message,
     };
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| file_error(format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let table: toml::Table = text
         .parse()
         .map_err(|e| file_error(format!("not valid TOML: {e}")))?;

@@ -138,11 +138,14 @@ fn resume_problems(
 }
 
 /// The fields in which two values differ, as `name: checkpoint's value, this run's value`, from
-/// their JSON form.
+/// their JSON form (written as text first, where an f32 has its shortest form, not its f64's).
 fn differences<T: Serialize>(checkpoint: &T, this_run: &T) -> String {
-    let json = |v: &T| match serde_json::to_value(v) {
-        Ok(serde_json::Value::Object(fields)) => fields,
-        _ => serde_json::Map::new(),
+    let json = |v: &T| {
+        let text = serde_json::to_string(v).expect("a config serialises");
+        match serde_json::from_str(&text) {
+            Ok(serde_json::Value::Object(fields)) => fields,
+            _ => serde_json::Map::new(),
+        }
     };
     let (theirs, ours) = (json(checkpoint), json(this_run));
     let null = serde_json::Value::Null;
