@@ -7,10 +7,11 @@ use c2f_inception::spec::{Depth, Graph, InceptionConfig};
 use c2f_kernels::rng::SplitMix64;
 use c2f_kernels::Result;
 
+use super::fit::build_and_fit;
 use super::init::{init_backbone, start_from_checkpoint};
-use super::parallel::{rank_config, DataParallel};
+use super::parallel::DataParallel;
 use super::trainee::{BatchShare, GradsReady, StepResult, Trainee};
-use super::{fit, Evaluation};
+use super::Evaluation;
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::Batch;
 use crate::data::spec::OpenedData;
@@ -139,7 +140,6 @@ pub fn init_baseline<B: Backend<Scalar = f32>>(
 }
 
 /// The same for the baseline.
-#[allow(clippy::too_many_arguments)]
 pub fn train_baseline<B: Backend<Scalar = f32>>(
     b: &mut B,
     cfg: &TrainConfig,
@@ -147,9 +147,6 @@ pub fn train_baseline<B: Backend<Scalar = f32>>(
     data: &OpenedData,
     dp: Option<&mut DataParallel<'_, B>>,
 ) -> Result<Option<Evaluation>> {
-    let mut model = build_baseline(b, &rank_config(cfg, dp.as_deref())?)?;
-    if !run.resume && dp.as_ref().is_none_or(|dp| dp.rank() == 0) {
-        init_baseline(b, &model, run)?;
-    }
-    fit(b, &mut model, cfg, run, data, dp)
+    let init = |b: &mut B, model: &Baseline| init_baseline(b, model, run);
+    build_and_fit(b, cfg, run, data, dp, build_baseline, init)
 }

@@ -7,10 +7,11 @@ use c2f_inception::network::SgdRule;
 use c2f_kernels::rng::SplitMix64;
 use c2f_kernels::Result;
 
+use super::fit::build_and_fit;
 use super::init::{init_backbone, start_from_checkpoint};
-use super::parallel::{rank_config, DataParallel};
+use super::parallel::DataParallel;
 use super::trainee::{BatchShare, GradsReady, StepResult, Trainee};
-use super::{fit, Evaluation};
+use super::Evaluation;
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::Batch;
 use crate::data::spec::OpenedData;
@@ -177,7 +178,6 @@ fn head_range(name: &str, shape: &[usize]) -> (f64, f64) {
 /// Builds, initialises (or resumes) and trains Coarse2Fine; the test accuracy at the end, or
 /// `None` when [`RunOptions::stop_after`] stopped it. With `dp`, as one rank of a data-parallel
 /// job (rank 0 initialises, [`fit`] broadcasts; the other ranks return `None`).
-#[allow(clippy::too_many_arguments)]
 pub fn train_coarse2fine<B: Backend<Scalar = f32>>(
     b: &mut B,
     cfg: &TrainConfig,
@@ -185,9 +185,6 @@ pub fn train_coarse2fine<B: Backend<Scalar = f32>>(
     data: &OpenedData,
     dp: Option<&mut DataParallel<'_, B>>,
 ) -> Result<Option<Evaluation>> {
-    let mut model = build_coarse2fine(b, &rank_config(cfg, dp.as_deref())?)?;
-    if !run.resume && dp.as_ref().is_none_or(|dp| dp.rank() == 0) {
-        init_coarse2fine(b, &model, cfg, run)?;
-    }
-    fit(b, &mut model, cfg, run, data, dp)
+    let init = |b: &mut B, model: &Coarse2Fine| init_coarse2fine(b, model, cfg, run);
+    build_and_fit(b, cfg, run, data, dp, build_coarse2fine, init)
 }

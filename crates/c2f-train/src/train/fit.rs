@@ -184,6 +184,25 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
     }
 }
 
+/// Builds a model with `build` at this process's batch, initialises it with `init` unless the
+/// run resumes (in a data-parallel job only rank 0: [`fit`] broadcasts its state), and trains
+/// it with [`fit`].
+pub(super) fn build_and_fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
+    b: &mut B,
+    cfg: &TrainConfig,
+    run: &RunOptions,
+    data: &OpenedData,
+    dp: Option<&mut DataParallel<'_, B>>,
+    build: impl FnOnce(&mut B, &TrainConfig) -> Result<M>,
+    init: impl FnOnce(&mut B, &M) -> Result<()>,
+) -> Result<Option<Evaluation>> {
+    let mut model = build(b, &rank_config(cfg, dp.as_deref())?)?;
+    if !run.resume && dp.as_ref().is_none_or(|dp| dp.rank() == 0) {
+        init(b, &model)?;
+    }
+    fit(b, &mut model, cfg, run, data, dp)
+}
+
 /// Stops the run at the first loss term that is not finite, `at` (step, epoch, batch), saying
 /// on stderr which checkpoint is kept (`last_good`: its epoch and step, if any was written).
 fn check_finite<B: Backend<Scalar = f32>, M: Trainee<B>>(
