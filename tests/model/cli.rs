@@ -566,3 +566,26 @@ fn data_seed_varies_the_data_apart_from_the_training() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Flags out of range and a dataset without its folder are refused before anything runs, with
+/// status 1 and a message naming the flag, not as a shape error or a dump of an internal value.
+#[test]
+fn bad_flags_are_refused_naming_the_flag() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["train", "--batch", "0"], "--batch 0"),
+        (&["train", "--maps", "0"], "--maps 0"),
+        (&["train", "--width", "0"], "--width 0"),
+        (&["train", "--dataset", "cub"], "needs --data-root"),
+    ];
+    for (args, expected) in cases {
+        let out = c2f(args);
+        let log = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {log}");
+        assert!(log.contains(expected), "{args:?}: {log}");
+        assert!(
+            !log.contains("shape error") && !log.contains(" { "),
+            "{args:?}: {log}"
+        );
+        assert!(!log.contains("train / "), "{args:?}: data was made: {log}");
+    }
+}

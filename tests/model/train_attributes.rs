@@ -139,7 +139,7 @@ fn attributes_on_a_single_label_dataset_are_refused() {
     let err = spec.open(75).err().expect("refused");
     assert!(
         err.to_string()
-            .contains("--attributes is for --dataset celeba"),
+            .contains("--attributes Smiling: is for --dataset celeba"),
         "{err}"
     );
     write_faces(&dir, 4, 2);

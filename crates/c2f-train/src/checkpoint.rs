@@ -7,50 +7,19 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use c2f_inception::backend::{Backend, Tensor};
-use c2f_inception::network::Network;
-use c2f_inception::table::TensorTable;
+use c2f_inception::backend::Backend;
 use c2f_inception::weights::{read_checked, write_tensors};
 use c2f_kernels::{Error, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::config::TrainConfig;
 use crate::data::spec::DataSpec;
-use crate::train::TrainConfig;
+use crate::state::Named;
 
 /// The `__metadata__` key the run's JSON lives under.
 const META_KEY: &str = "c2f";
 /// Bumped when the layout of a checkpoint changes.
 pub const FORMAT: u32 = 1;
-
-/// One tensor of a model's state: its name in the file, its shape, and where it lives.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Named {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub tensor: Tensor,
-}
-
-/// The tensors of `table`, laid out in `whole`, named `prefix` + the table's names.
-pub fn table_state(table: &TensorTable, whole: Tensor, prefix: &str) -> Vec<Named> {
-    table
-        .entries()
-        .iter()
-        .map(|e| Named {
-            name: format!("{prefix}{}", e.name),
-            shape: e.shape.clone(),
-            tensor: whole.slice(e.offset, e.len()),
-        })
-        .collect()
-}
-
-/// A backbone's state: parameters and running statistics with torchvision's names, and the
-/// parameters' momentum under `momentum.`.
-pub fn network_state(net: &Network) -> Vec<Named> {
-    let mut state = table_state(&net.graph.params, net.params, "");
-    state.extend(table_state(&net.graph.buffers, net.buffers, ""));
-    state.extend(table_state(&net.graph.params, net.momentum, "momentum."));
-    state
-}
 
 /// Where a run stands, and what it needs to continue exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,7 +40,7 @@ pub struct CheckpointMeta {
     pub epoch_sums: Vec<f64>,
     /// What the run trains on, so `c2f eval` can open it again.
     pub data: DataSpec,
-    /// [`crate::train::dataset_fingerprint`] of the training set.
+    /// [`crate::train::resume::dataset_fingerprint`] of the training set.
     pub dataset: String,
     pub class_names: Vec<String>,
 }

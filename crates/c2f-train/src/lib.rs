@@ -4,11 +4,16 @@
 //! on any backend ([`model`]).
 
 pub mod checkpoint;
+pub mod cli;
+pub mod config;
 pub mod data;
 pub mod interpolate;
 pub mod localize;
 pub mod model;
+pub mod predictor;
 pub mod pretrain;
+pub mod state;
+pub mod task;
 pub mod train;
 pub mod upsampler;
 pub mod visualize;

@@ -33,8 +33,8 @@ use crate::data::loader::ImageSource;
 use crate::data::transform::{center_crop_params, crop_box, resized_shorter, CropRect};
 use crate::data::{BBox, Transform};
 use crate::model::Coarse2Fine;
-use crate::model::{softmax, Task};
-use crate::train::{argmax, padded_images, prediction_rows};
+use crate::task::{softmax, Task};
+use crate::train::evaluate::{argmax, padded_images, prediction_rows};
 
 /// Which pixels above the threshold the box is drawn around.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -197,8 +197,10 @@ fn test_geometry(transform: &Transform, (w, h): (u32, u32)) -> Result<((u32, u32
             let (rw, rh) = resized_shorter(w, h, resize);
             Ok(((rw, rh), center_crop_params(rw, rh, size)))
         }
-        Transform::Train { .. } => Err(Error::Shape(
-            "localization maps boxes through the test transform only".into(),
+        Transform::Train { .. } => Err(Error::config(
+            "transform",
+            "train",
+            "localization maps boxes through the test transform only",
         )),
     }
 }
@@ -279,10 +281,11 @@ pub fn infer_images<B: Backend<Scalar = f32>>(
     cfg: &LocalizeConfig,
 ) -> Result<Vec<ImageInference>> {
     if model.config.task == Task::Attributes {
-        return Err(Error::Shape(
+        return Err(Error::config(
+            "task",
+            "attributes",
             "localization and pictures need a single-label model (they report its top \
-             classes); this one predicts attributes"
-                .into(),
+             classes); this one predicts attributes",
         ));
     }
     let size = model.config.input_size;
@@ -476,22 +479,29 @@ pub fn localize<B: Backend<Scalar = f32>>(
 ) -> Result<(Vec<ImageInference>, LocalizationMetrics)> {
     let n = cfg.limit.map_or(source.len(), |l| l.min(source.len()));
     if n == 0 {
-        return Err(Error::Shape("localization: the dataset is empty".into()));
+        return Err(Error::config(
+            "--limit",
+            n,
+            "localization needs at least one test image",
+        ));
     }
     if source.load(0)?.bbox.is_none() {
-        return Err(Error::Shape(format!(
-            "localization needs bounding boxes, and this dataset has none ({} has no box): use \
-             CUB-200-2011, Stanford Dogs, Stanford Cars or the synthetic set",
-            source.name(0)
-        )));
+        return Err(Error::Data {
+            path: source.name(0),
+            line: None,
+            message: "localization needs bounding boxes, and this dataset has none: use \
+                      CUB-200-2011, Stanford Dogs, Stanford Cars or the synthetic set"
+                .into(),
+        });
     }
     let indices: Vec<usize> = (0..n).collect();
     let results = infer_images(b, model, source, &indices, cfg)?;
     if let Some(r) = results.iter().find(|r| r.truth.is_none()) {
-        return Err(Error::Shape(format!(
-            "localization: {} has no bounding box",
-            r.name
-        )));
+        return Err(Error::Data {
+            path: r.name.clone(),
+            line: None,
+            message: "no bounding box, which localization needs".into(),
+        });
     }
     let m = metrics(&results, cfg);
     Ok((results, m))

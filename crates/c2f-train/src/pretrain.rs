@@ -74,18 +74,21 @@ impl PretrainConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.batch == 0 || self.pairs < self.batch || self.held_out == 0 {
-            return Err(Error::Shape(format!(
-                "pretraining needs batch ≥ 1, pairs ≥ batch and held-out pairs ≥ 1: batch {}, \
-                 pairs {}, held-out {}",
-                self.batch, self.pairs, self.held_out
-            )));
+        if self.batch == 0 {
+            return Err(Error::config("--batch", 0, "must be at least 1"));
+        }
+        if self.pairs < self.batch {
+            return Err(Error::config(
+                "--pairs",
+                self.pairs,
+                format!("must be at least the batch, {}", self.batch),
+            ));
+        }
+        if self.held_out == 0 {
+            return Err(Error::config("held_out", 0, "must be at least 1"));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(Error::Shape(format!(
-                "pretraining learning rate {} must be positive",
-                self.lr
-            )));
+            return Err(Error::config("--lr", self.lr, "must be positive"));
         }
         Ok(())
     }
@@ -314,13 +317,18 @@ pub fn pretrain_upsampler<B: Backend<Scalar = f32>>(
             b.fill(run.grads, 0.0)?;
             let loss = run.forward_loss(b)?;
             if !loss.is_finite() {
-                return Err(Error::Shape(format!(
-                    "up-sampler pretraining diverged: loss {loss} at epoch {}, step {} (lower \
-                     the learning rate {})",
+                eprintln!(
+                    "up-sampler pretraining: stopped in epoch {}, step {}; lower the learning \
+                     rate {}",
                     epoch + 1,
                     step + 1,
                     cfg.lr
-                )));
+                );
+                return Err(Error::Divergence {
+                    step: epoch * steps + step + 1,
+                    term: "up-sampler pretraining loss".into(),
+                    value: loss,
+                });
             }
             run.upsampler
                 .backward(b, run.params, run.grads, run.input, run.d_input)?;

@@ -120,7 +120,8 @@ impl Upsampler {
         let (h, w) = shape.map;
         if shape.batch == 0 || h == 0 || w == 0 || shape.output == 0 {
             return Err(Error::Shape(format!(
-                "up-sampler needs non-empty shapes: {shape:?}"
+                "up-sampler needs non-empty shapes: batch {}, map {h}×{w}, output {}",
+                shape.batch, shape.output
             )));
         }
         let mut table = TensorTable::default();

@@ -206,8 +206,10 @@ fn panels(
     let hw = map_side.0 * map_side.1;
     if hw == 0 || !r.attention.len().is_multiple_of(hw) {
         return Err(Error::Shape(format!(
-            "visualize: {} attention values for {map_side:?} maps",
-            r.attention.len()
+            "visualize: {} attention values for {}×{} maps",
+            r.attention.len(),
+            map_side.0,
+            map_side.1
         )));
     }
     for (m, map) in r.attention.chunks(hw).enumerate() {
@@ -402,10 +404,7 @@ pub fn write_pictures(
     class_names: &[String],
     cfg: &VisualizeConfig,
 ) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::File {
-        path: dir.display().to_string(),
-        message: format!("cannot create the folder: {e}"),
-    })?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut paths = Vec::new();
     for r in results {
         let path = dir.join(format!("{:04}.png", r.index));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use c2f_kernels::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::model::Task;
+use crate::task::Task;
 
 use super::celeba::{self, Partition};
 use super::loader::{FileSource, ImageSource};
@@ -53,6 +53,19 @@ pub struct OpenedData {
 }
 
 impl DataSpec {
+    /// `c2f train`'s default data: the synthetic set's first 5 classes, 1,200 training and 400
+    /// test images of objects 0.6-0.9 of the image side in half clutter, drawn from `seed`.
+    pub fn synthetic_demo(seed: u64) -> DataSpec {
+        DataSpec::Synthetic {
+            classes: 5,
+            train_images: 1200,
+            test_images: 400,
+            seed,
+            object_scale: (0.6, 0.9),
+            clutter: 0.5,
+        }
+    }
+
     pub fn open(&self, input_size: usize) -> Result<OpenedData> {
         match self {
             DataSpec::Synthetic {
@@ -66,7 +79,7 @@ impl DataSpec {
                 let config = SyntheticConfig {
                     classes: *classes,
                     size: u32::try_from(input_size)
-                        .map_err(|_| Error::Shape(format!("input size {input_size}")))?,
+                        .map_err(|_| Error::config("input_size", input_size, "too large"))?,
                     seed: *seed,
                     object_scale: *object_scale,
                     clutter: *clutter,
@@ -126,12 +139,18 @@ impl DataSpec {
                 attributes,
             } => {
                 if attributes.is_some() {
-                    return Err(Error::Shape(format!(
-                        "--attributes is for --dataset {CELEBA}; {dataset} has classes"
-                    )));
+                    return Err(Error::config(
+                        "--attributes",
+                        attributes.as_deref().unwrap_or_default().join(","),
+                        format!("is for --dataset {CELEBA}; {dataset} has classes"),
+                    ));
                 }
                 let kind: DatasetKind = dataset.parse().map_err(|e: String| {
-                    Error::Shape(format!("{e}; `{CELEBA}` for CelebA's attributes"))
+                    Error::config(
+                        "--dataset",
+                        dataset,
+                        format!("{e}; `{CELEBA}` for CelebA's attributes"),
+                    )
                 })?;
                 let data = open_dataset(kind, root)?;
                 let (train, test) = (data.train(), data.test());

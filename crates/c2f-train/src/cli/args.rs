@@ -1,0 +1,320 @@
+//! The command line's arguments: one struct per command. Flags that set a training config are
+//! options over the [`crate::config::Preset`] the run starts from, so that their defaults have
+//! one home, the library's presets.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{BnPolicy, Schedule};
+
+#[derive(Parser)]
+#[command(
+    name = "c2f",
+    about = "Coarse2Fine fine-grained classification: train, evaluate, predict, localize, visualize",
+    version
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Train Coarse2Fine and the plain InceptionV3 baseline (by default on the built-in
+    /// synthetic fine-grained set) and print their test accuracies.
+    #[command(args_override_self = true)]
+    Train(Box<TrainArgs>),
+    /// Evaluate a checkpoint on the test split of the data it was trained on.
+    Eval(EvalArgs),
+    /// Classify images with a checkpoint: the top classes, with names, per prediction.
+    Predict(PredictArgs),
+    /// Pretrain the learnable up-sampler on synthetic (map, up-sampled map) pairs, as the paper
+    /// does before Coarse2Fine training; `c2f train --upsampler FILE` starts from the result.
+    PretrainUpsampler(PretrainArgs),
+    /// Weakly-supervised localization with a Coarse2Fine checkpoint on its test split (a
+    /// dataset with boxes): ACoL accuracy, GT-known accuracy, mean IoU, as a table and JSON.
+    Localize(LocalizeArgs),
+    /// Pictures of what a Coarse2Fine checkpoint looks at: attention heat maps, the up-sampled
+    /// mask, predicted and true boxes, top-3 predictions; one PNG per image and a contact sheet.
+    Visualize(VisualizeArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Models {
+    /// Coarse2Fine, then the plain InceptionV3 baseline.
+    Both,
+    Coarse2fine,
+    Baseline,
+}
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// A TOML file holding any of these flags by name (`epochs = 30`, `object_scale = [0.5,
+    /// 0.8]`, `no_ortho_init = true`); flags on the command line override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// On a GPU, pick each convolution's cuDNN algorithms by timing them when its shape is first
+    /// met (PyTorch's `cudnn.benchmark`), not by cuDNN's heuristic: often faster, but two runs
+    /// may then differ in their last bits. Ignored on the CPU.
+    #[arg(long)]
+    pub cudnn_benchmark: bool,
+    /// Which models to train.
+    #[arg(long, value_enum, default_value = "both")]
+    pub models: Models,
+    /// `synthetic` (built in), or a dataset on disk under --data-root: cub, aircraft, cars,
+    /// dogs, inat2017, or celeba (multi-label attributes: a sigmoid binary cross-entropy head
+    /// and each attribute's accuracy, the paper's Table 9).
+    #[arg(long, default_value = "synthetic")]
+    pub dataset: String,
+    /// The dataset's folder (for every dataset but `synthetic`).
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+    /// CelebA: the attributes to predict, as `list_attr_celeba.txt` names them, comma- or
+    /// space-separated (default: all 40). The paper's six: Attractive,High_Cheekbones,Male,
+    /// Mouth_Slightly_Open,Smiling,Wearing_Lipstick.
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub attributes: Option<Vec<String>>,
+    /// Epochs (default: 16 on the CPU, 40 on a GPU; the paper: 200).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Batch size (default: 16 on the CPU, 64 on a GPU).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Input side (default: 96 on the CPU, 299 on a GPU).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Backbone width multiplier (default: 0.25 on the CPU, 1.0 on a GPU).
+    #[arg(long)]
+    pub width: Option<f64>,
+    /// Attention maps M (default: 8, the paper's; WS-DAN: 32).
+    #[arg(long)]
+    pub maps: Option<usize>,
+    /// Synthetic set: classes (the first N spot patterns, pairwise close; default: 5).
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// Synthetic set: training images (default: 1200).
+    #[arg(long)]
+    pub train_images: Option<usize>,
+    /// Synthetic set: test images (default: 400).
+    #[arg(long)]
+    pub test_images: Option<usize>,
+    /// Synthetic set: the object's extent as a fraction of the image side, drawn from [LO, HI]
+    /// (default: 0.6 0.9; smaller is harder: a spot is then a pixel or two at 96²).
+    #[arg(long, num_args = 2, value_names = ["LO", "HI"])]
+    pub object_scale: Option<Vec<f32>>,
+    /// Synthetic set: background clutter, distractor spots included (0 = none, 1 = full;
+    /// default: 0.5).
+    #[arg(long)]
+    pub clutter: Option<f32>,
+    /// Base learning rate (default: 0.02 from scratch; 1e-3 with --weights, WS-DAN's).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// The classifiers' learning rate over --lr (default: 0.005 from scratch, where the
+    /// backbone's rate would make the classifiers' logits jump: they read 100× the unit-norm
+    /// part features; 1 with --weights, as WS-DAN).
+    #[arg(long)]
+    pub classifier_lr_scale: Option<f64>,
+    /// Learning-rate schedule (default: cosine from scratch; with --weights WS-DAN's step,
+    /// ×0.9 every 2 epochs).
+    #[arg(long, value_enum)]
+    pub schedule: Option<Schedule>,
+    /// Epochs over which the learning rate rises linearly from zero (default: 2 from scratch;
+    /// 0 with --weights).
+    #[arg(long, value_parser = epochs_fraction, allow_negative_numbers = true)]
+    pub warmup_epochs: Option<f64>,
+    /// SGD momentum (default: 0.9, the paper's).
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// SGD weight decay (default: 1e-5, the paper's).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// BatchNorm while training (default: train).
+    #[arg(long, value_enum)]
+    pub bn: Option<BnPolicy>,
+    /// Center loss weight λ (default: 0.3 from scratch, where the full weight pulls every
+    /// image's part features together before they tell the classes apart in about one run in
+    /// four (README, Seeds); 1 with --weights, the paper's).
+    #[arg(long)]
+    pub lambda: Option<f64>,
+    /// Center moving-average rate β (default: 0.05).
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// Epochs over which λ rises linearly from zero (default: 3 from scratch, where a full
+    /// center loss at the start can pull every image's part features to one point; 0 with
+    /// --weights, as in the paper).
+    #[arg(long, value_parser = epochs_fraction, allow_negative_numbers = true)]
+    pub center_warmup_epochs: Option<f64>,
+    /// Seed of everything random: the synthetic set, the data order and augmentation, the
+    /// attention start and the fine branch's map choice (default: 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Synthetic set: draw the images from this seed instead of --seed, so that the training's
+    /// randomness and the data can be varied apart.
+    #[arg(long)]
+    pub data_seed: Option<u64>,
+    /// Start the attention conv from a plain uniform draw instead of orthonormal rows (the
+    /// paper's Table 8 ablation).
+    #[arg(long)]
+    pub no_ortho_init: bool,
+    /// The fine branch's up-sampler: `learnable` (the paper's transposed convolutions, from a
+    /// fresh start), `bilinear` (fixed interpolation, the paper's comparison), or a FILE from
+    /// `c2f pretrain-upsampler` to start the learnable one from (default: learnable).
+    #[arg(long)]
+    pub upsampler: Option<String>,
+    /// Start the backbone from InceptionV3 weights with torchvision's names (width 1.0;
+    /// `tools/export_torchvision_weights.py` writes the ImageNet ones).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Start from the final state of an earlier run: DIR is its --run-dir, and each model starts
+    /// from DIR/<model>/checkpoint.safetensors (same shapes; fresh momentum, this run's data,
+    /// schedule and epochs). With --upsampler FILE, that file then replaces the up-sampler: the
+    /// two-stage recipe in the README.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["weights", "resume"])]
+    pub init_from: Option<PathBuf>,
+    /// Where checkpoints and metrics go, one folder per model (default: runs/run-<time>).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Continue the run in --run-dir from its checkpoints.
+    #[arg(long, requires = "run_dir")]
+    pub resume: bool,
+    /// Also checkpoint every N steps (0, the default: only at each epoch's end).
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Evaluate on the test split every N epochs (default: 1; 0: only after the last).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Data-parallel training on these GPUs, one worker process each: `0,1,2,3` or `all`
+    /// (docs/distributed.md). --batch is the global batch, split evenly over them. Under
+    /// torchrun, srun or mpirun leave it out: each process is a rank already.
+    #[arg(long)]
+    pub gpus: Option<String>,
+    /// How the ranks of a multi-process job exchange NCCL's id: `tcp` (rank 0 serves it on the
+    /// master address), `tcp:HOST[:PORT]`, or `file:PATH` on a filesystem all nodes share.
+    #[arg(long, default_value = "tcp")]
+    pub rendezvous: String,
+    /// Rank 0's `HOST[:PORT]` for the TCP rendezvous (default: MASTER_ADDR and MASTER_PORT).
+    #[arg(long)]
+    pub master: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// The checkpoint (`<run-dir>/<model>/checkpoint.safetensors`).
+    pub checkpoint: PathBuf,
+    /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct PretrainArgs {
+    /// The Coarse2Fine input side the up-sampler is for (default: 96 on the CPU, 299 on a GPU).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Training pairs per epoch (the paper: 60,000).
+    #[arg(long, default_value_t = 60_000)]
+    pub pairs: usize,
+    /// Epochs (the paper: 100).
+    #[arg(long, default_value_t = 100)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f64,
+    /// Seed of the generated pairs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where the weights go (rewritten atomically after every epoch).
+    #[arg(long, default_value = "upsampler.safetensors")]
+    pub out: PathBuf,
+    /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct LocalizeArgs {
+    /// The Coarse2Fine checkpoint (`<run-dir>/coarse2fine/checkpoint.safetensors`).
+    pub checkpoint: PathBuf,
+    /// Threshold as a fraction of the filtered map's range, min to max (0: its minimum).
+    #[arg(long, default_value_t = 0.1)]
+    pub threshold: f64,
+    /// Box-filter side in input pixels (default: one attention-map cell).
+    #[arg(long)]
+    pub box_filter: Option<usize>,
+    /// The tight box around every pixel above the threshold (WS-DAN's code), instead of the box
+    /// around the largest connected region.
+    #[arg(long)]
+    pub tight_box: bool,
+    /// Only the first N test images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Where the metrics go as JSON (default: localization.json beside the checkpoint).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct VisualizeArgs {
+    /// The Coarse2Fine checkpoint (`<run-dir>/coarse2fine/checkpoint.safetensors`).
+    pub checkpoint: PathBuf,
+    /// Test-split images to draw, by index (default: the first --count).
+    #[arg(long, value_delimiter = ',')]
+    pub index: Vec<usize>,
+    /// How many of the first test images to draw when no --index is given.
+    #[arg(long, default_value_t = 12)]
+    pub count: usize,
+    /// The folder the PNGs go to.
+    #[arg(long, default_value = "attention-pictures")]
+    pub out: PathBuf,
+    /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Coarse,
+    Fine,
+    Average,
+    All,
+}
+
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    /// The checkpoint (`<run-dir>/<model>/checkpoint.safetensors`).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// JPEG or PNG images.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Which prediction to print (Coarse2Fine has all three; the baseline only coarse).
+    #[arg(long, value_enum, default_value = "all")]
+    pub mode: Mode,
+    /// How many classes to list per prediction (an attribute model lists every attribute).
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// A finite, non-negative number of epochs (a warmup's length may be a fraction of one).
+fn epochs_fraction(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "`{text}` is not a number of epochs (finite, 0 or more)"
+        )),
+    }
+}

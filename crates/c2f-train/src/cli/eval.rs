@@ -1,0 +1,39 @@
+//! `c2f eval`: a checkpoint's accuracy on the test split of the data it was trained on.
+
+use std::time::Instant;
+
+use c2f_kernels::Result;
+
+use super::args::EvalArgs;
+use super::device::open_device;
+use super::train::print_table;
+use crate::predictor::with_checkpoint;
+use crate::train::{format_accuracy, test_loader};
+
+pub(super) fn eval(args: EvalArgs) -> Result<()> {
+    with_checkpoint(
+        &args.checkpoint,
+        || open_device(args.device.as_deref()),
+        &mut |model, meta| {
+            let opened = meta.data.open(meta.config.input_size)?;
+            let loader = test_loader(&meta.config, opened.test)?;
+            let start = Instant::now();
+            let evaluation = model.evaluate(&loader, meta.config.classes)?;
+            println!(
+                "{} ({}, epoch {}) on {}: {}",
+                args.checkpoint.display(),
+                meta.model,
+                meta.epoch,
+                opened.description,
+                format_accuracy(&evaluation.accuracy)
+            );
+            let row = (
+                meta.model.as_str(),
+                evaluation,
+                start.elapsed().as_secs_f64(),
+            );
+            print_table(&[row], &meta.class_names);
+            Ok(())
+        },
+    )
+}

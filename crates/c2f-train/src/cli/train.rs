@@ -1,0 +1,288 @@
+//! `c2f train`: the flags mapped onto a [`Preset`] and the data they name, then Coarse2Fine and
+//! the baseline trained, alone or as one rank of a data-parallel job, and their table printed.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use c2f_dist::collective::Collective;
+use c2f_dist::launch::{LaunchInfo, Launcher};
+use c2f_inception::backend::Backend;
+use c2f_inception::cpu::CpuBackend;
+use c2f_inception::cuda::{AlgorithmChoice, CudaBackend};
+use c2f_kernels::{Error, Result};
+
+use super::args::{Models, TrainArgs};
+use super::device::open_device;
+use super::distributed::{default_run_dir, join_job, launch_workers, no_cpu_ranks};
+use crate::config::{Machine, Preset, RunOptions, TrainConfig};
+use crate::data::spec::{DataSpec, OpenedData};
+use crate::train::{
+    checkpoint_path, train_baseline, train_coarse2fine, Accuracy, DataParallel, Evaluation,
+};
+use crate::upsampler::UpsamplerKind;
+
+/// `c2f train`: checks the flags, then starts the workers (`--gpus`), or joins a launcher's job,
+/// or trains alone.
+pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
+    args.check()?;
+    if let Some(spec) = &args.gpus {
+        return launch_workers(&args, spec, argv);
+    }
+    let launch = LaunchInfo::from_env(args.master.as_deref())?;
+    let mut nccl = None;
+    let mut cuda = if launch.world_size > 1 {
+        if args.device.as_deref() == Some("cpu") {
+            return Err(no_cpu_ranks());
+        }
+        let b = CudaBackend::open(launch.device)?;
+        nccl = Some(join_job(&b, &launch, &args.rendezvous)?);
+        Some(b)
+    } else if launch.launcher != Launcher::Single && args.device.is_none() {
+        // A launcher's world of one: its GPU.
+        Some(CudaBackend::open(launch.device)?)
+    } else {
+        open_device(args.device.as_deref())?
+    };
+    if let (Some(b), true) = (cuda.as_mut(), args.cudnn_benchmark) {
+        b.set_conv_algorithm_choice(AlgorithmChoice::Timed);
+    }
+    let leader = launch.rank == 0;
+    let machine = if cuda.is_some() {
+        Machine::Gpu
+    } else {
+        Machine::Cpu
+    };
+    let mut cfg = args.config(machine);
+    let data = args.data_spec(cfg.seed);
+    let opened = data.open(cfg.input_size)?;
+    cfg.classes = opened.class_names.len();
+    cfg.task = opened.task;
+    let upsampler_weights = match args.upsampler.as_deref() {
+        None | Some("learnable" | "bilinear") => None,
+        Some(file) => Some(PathBuf::from(file)),
+    };
+    let run_dir = args.run_dir.clone().unwrap_or_else(default_run_dir);
+    let defaults = RunOptions::new(&run_dir);
+    let run = |model: &str| RunOptions {
+        dir: run_dir.join(model),
+        checkpoint_every: args.checkpoint_every.unwrap_or(defaults.checkpoint_every),
+        resume: args.resume,
+        eval_every: args.eval_every.unwrap_or(defaults.eval_every),
+        progress: !args.no_progress,
+        weights: args.weights.clone(),
+        upsampler_weights: upsampler_weights.clone(),
+        init_from: args
+            .init_from
+            .as_ref()
+            .map(|dir| checkpoint_path(&dir.join(model))),
+        stop_after: None,
+    };
+    let job = Job { cfg, data: opened };
+    if leader {
+        println!(
+            "{} of {}²; width {}, batch {}{}, {} epochs; checkpoints and metrics in {}",
+            job.data.description,
+            job.cfg.input_size,
+            job.cfg.width,
+            job.cfg.batch,
+            match launch.world_size {
+                1 => String::new(),
+                n => format!(" over {n} ranks"),
+            },
+            job.cfg.epochs,
+            run_dir.display()
+        );
+    }
+    match cuda {
+        Some(mut b) => {
+            let collective = nccl.as_mut().map(|c| c as &mut dyn Collective<CudaBackend>);
+            job.run(&mut b, args.models, run, collective)
+        }
+        None => job.run(&mut CpuBackend::<f32>::new(), args.models, run, None),
+    }
+}
+
+/// What `c2f train` trains on, and how.
+struct Job {
+    cfg: TrainConfig,
+    data: OpenedData,
+}
+
+impl Job {
+    /// Trains on `b`, alone or as one rank of the job `collective` joins (then only rank 0
+    /// prints).
+    fn run<B: Backend<Scalar = f32>>(
+        &self,
+        b: &mut B,
+        models: Models,
+        run: impl Fn(&str) -> RunOptions,
+        mut collective: Option<&mut dyn Collective<B>>,
+    ) -> Result<()> {
+        let leader = collective.as_ref().is_none_or(|c| c.rank() == 0);
+        if leader {
+            println!("device: {}", b.describe());
+        }
+        let mut rows: Vec<(&str, Evaluation, f64)> = Vec::new();
+        let mut args = |b: &mut B, name: &str, trainer: Trainer<B>| -> Result<Option<Evaluation>> {
+            let mut dp = collective.as_mut().map(|c| DataParallel::new(&mut **c));
+            trainer(b, &self.cfg, &run(name), &self.data, dp.as_mut())
+        };
+        if models != Models::Baseline {
+            let start = Instant::now();
+            if let Some(acc) = args(b, "coarse2fine", train_coarse2fine::<B>)? {
+                rows.push(("Coarse2Fine", acc, start.elapsed().as_secs_f64()));
+            }
+        }
+        if models != Models::Coarse2fine {
+            let start = Instant::now();
+            if let Some(acc) = args(b, "baseline", train_baseline::<B>)? {
+                rows.push(("InceptionV3 baseline", acc, start.elapsed().as_secs_f64()));
+            }
+        }
+        if leader {
+            print_table(&rows, &self.data.class_names);
+        }
+        Ok(())
+    }
+}
+
+type Trainer<B> = fn(
+    &mut B,
+    &TrainConfig,
+    &RunOptions,
+    &OpenedData,
+    Option<&mut DataParallel<'_, B>>,
+) -> Result<Option<Evaluation>>;
+
+/// The models' accuracies (for attributes, their mean), then for attributes one row per
+/// attribute and model (`names` are the attributes').
+pub(super) fn print_table(rows: &[(&str, Evaluation, f64)], names: &[String]) {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
+    let cells = |a: &Accuracy| {
+        format!(
+            "{} | {} | {}",
+            pct(Some(a.coarse)),
+            pct(a.fine),
+            pct(a.average)
+        )
+    };
+    println!("\n| model | coarse | fine | average | time |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (name, e, secs) in rows {
+        println!("| {name} | {} | {secs:.0} s |", cells(&e.accuracy));
+    }
+    if rows.iter().all(|(_, e, _)| e.per_attribute.is_empty()) {
+        return;
+    }
+    println!("\n| attribute | model | coarse | fine | average |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (a, attribute) in names.iter().enumerate() {
+        for (name, e, _) in rows {
+            if let Some(acc) = e.per_attribute.get(a) {
+                println!("| {attribute} | {name} | {} |", cells(acc));
+            }
+        }
+    }
+}
+
+impl TrainArgs {
+    /// The flags that would fail later, or inside the model as a shape, refused naming the flag.
+    fn check(&self) -> Result<()> {
+        let positive = [
+            ("--batch", self.batch),
+            ("--maps", self.maps),
+            ("--size", self.size),
+            ("--classes", self.classes),
+            ("--train-images", self.train_images),
+            ("--test-images", self.test_images),
+        ];
+        if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == Some(0)) {
+            return Err(Error::config(flag, 0, "must be at least 1"));
+        }
+        if let Some(width) = self.width.filter(|w| !(w.is_finite() && *w > 0.0)) {
+            return Err(Error::config(
+                "--width",
+                width,
+                "must be a positive multiplier (1.0: torchvision's InceptionV3)",
+            ));
+        }
+        if self.dataset != "synthetic" && self.data_root.is_none() {
+            return Err(Error::config(
+                "--dataset",
+                &self.dataset,
+                "needs --data-root, the dataset's folder (or leave --dataset out for the \
+                 built-in synthetic set)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The training config: the [`Preset`] the flags ask for (`--weights`: the paper's,
+    /// fine-tuning; else the from-scratch demo) on `machine`, with each flag given overriding
+    /// its value. The classes and task are the data's, set once it is opened.
+    pub fn config(&self, machine: Machine) -> TrainConfig {
+        let preset = if self.weights.is_some() {
+            Preset::Paper
+        } else {
+            Preset::FromScratchDemo
+        };
+        let base = preset.config(machine);
+        TrainConfig {
+            epochs: self.epochs.unwrap_or(base.epochs),
+            batch: self.batch.unwrap_or(base.batch),
+            input_size: self.size.unwrap_or(base.input_size),
+            width: self.width.unwrap_or(base.width),
+            maps: self.maps.unwrap_or(base.maps),
+            lr: self.lr.unwrap_or(base.lr),
+            classifier_lr_scale: self.classifier_lr_scale.unwrap_or(base.classifier_lr_scale),
+            schedule: self.schedule.unwrap_or(base.schedule),
+            warmup_epochs: self.warmup_epochs.unwrap_or(base.warmup_epochs),
+            momentum: self.momentum.unwrap_or(base.momentum),
+            weight_decay: self.weight_decay.unwrap_or(base.weight_decay),
+            bn: self.bn.unwrap_or(base.bn),
+            center_lambda: self.lambda.unwrap_or(base.center_lambda),
+            center_beta: self.beta.unwrap_or(base.center_beta),
+            center_warmup_epochs: self
+                .center_warmup_epochs
+                .unwrap_or(base.center_warmup_epochs),
+            seed: self.seed.unwrap_or(base.seed),
+            upsampler: match self.upsampler.as_deref() {
+                Some("bilinear") => UpsamplerKind::FixedBilinear,
+                _ => base.upsampler,
+            },
+            ortho_init: base.ortho_init && !self.no_ortho_init,
+            ..base
+        }
+    }
+
+    /// What the run trains on: the synthetic demo set (its images drawn from `--data-seed`, else
+    /// the run's `seed`) with each of its flags given overriding it, or a dataset on disk.
+    fn data_spec(&self, seed: u64) -> DataSpec {
+        if self.dataset != "synthetic" {
+            return DataSpec::Files {
+                dataset: self.dataset.clone(),
+                root: self.data_root.clone().expect("checked by TrainArgs::check"),
+                attributes: self.attributes.clone(),
+            };
+        }
+        let mut spec = DataSpec::synthetic_demo(self.data_seed.unwrap_or(seed));
+        if let DataSpec::Synthetic {
+            classes,
+            train_images,
+            test_images,
+            object_scale,
+            clutter,
+            ..
+        } = &mut spec
+        {
+            *classes = self.classes.unwrap_or(*classes);
+            *train_images = self.train_images.unwrap_or(*train_images);
+            *test_images = self.test_images.unwrap_or(*test_images);
+            if let Some(scale) = &self.object_scale {
+                *object_scale = (scale[0], scale[1]);
+            }
+            *clutter = self.clutter.unwrap_or(*clutter);
+        }
+        spec
+    }
+}

@@ -1,0 +1,261 @@
+//! What a training run is: [`TrainConfig`], filled from a named [`Preset`] sized for the
+//! [`Machine`] it runs on, so that a library caller of [`crate::train::fit`] and `c2f train`
+//! start from the same values; and [`RunOptions`], where and how a run keeps its files.
+
+use std::path::PathBuf;
+
+use c2f_inception::backend::BnMode;
+use c2f_inception::table::TensorEntry;
+use c2f_kernels::center_loss::CenterLossParams;
+use c2f_kernels::sgd::SgdParams;
+use serde::{Deserialize, Serialize};
+
+use crate::task::Task;
+use crate::upsampler::UpsamplerKind;
+
+/// How the learning rate moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// WS-DAN's: ×0.9 every 2 epochs.
+    Step,
+    /// Cosine from the base rate to zero over the run, per step.
+    Cosine,
+}
+
+/// What BatchNorm does during training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BnPolicy {
+    /// Batch statistics, running statistics updated, weights and biases learnt.
+    Train,
+    /// Running statistics used and kept; weights and biases learnt (PyTorch's `model.eval()`
+    /// BN while training).
+    Eval,
+    /// Running statistics used and kept; weights and biases fixed (fine-tuning's frozen BN).
+    Frozen,
+}
+
+impl BnPolicy {
+    pub fn mode(self) -> BnMode {
+        match self {
+            BnPolicy::Train => BnMode::Train,
+            BnPolicy::Eval | BnPolicy::Frozen => BnMode::Inference,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch: usize,
+    pub input_size: usize,
+    pub width: f64,
+    /// Classes, or attributes for [`Task::Attributes`].
+    pub classes: usize,
+    /// Single-label classes or multi-label attributes (CelebA).
+    #[serde(default)]
+    pub task: Task,
+    pub maps: usize,
+    pub lr: f64,
+    /// The classifiers' learning rate over `lr`. They read 100× the unit-norm part features
+    /// (the baseline: pooled features of norm about √channels), so a rate that suits a
+    /// backbone trained from scratch makes their logits jump; fine-tuning (WS-DAN) uses 1.
+    pub classifier_lr_scale: f64,
+    pub schedule: Schedule,
+    /// The learning rate rises linearly from zero over this many epochs (per step) before the
+    /// schedule takes over; 0: none (the paper, fine-tuning).
+    #[serde(default)]
+    pub warmup_epochs: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub bn: BnPolicy,
+    /// Center loss weight λ and moving-average rate β.
+    pub center_lambda: f64,
+    pub center_beta: f64,
+    /// λ rises linearly from zero over this many epochs (per step). From scratch, a full
+    /// center loss at the start pulls every image's part features to the same point before
+    /// they tell the classes apart, and training can stay there (README); 0: none (the paper).
+    #[serde(default)]
+    pub center_warmup_epochs: f64,
+    pub seed: u64,
+    /// The fine branch's up-sampler: learnable (the paper) or fixed bilinear (its comparison).
+    pub upsampler: UpsamplerKind,
+    /// The attention conv starts from orthonormal rows (SVD, the paper's Algorithm 1); `false`
+    /// keeps the plain uniform start, the ablation of the paper's Table 8.
+    pub ortho_init: bool,
+}
+
+/// What a [`Preset`] is sized for: the run's length, batch, resolution and backbone width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    /// 16 epochs of batch 16 at 96², width 0.25: the demo learns in minutes on a CPU.
+    Cpu,
+    /// 40 epochs of batch 64 at 299², width 1.0 (torchvision's InceptionV3).
+    Gpu,
+}
+
+/// A named starting point for a [`TrainConfig`]; `c2f train` maps its flags onto one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// `c2f train`'s: training from scratch, on the built-in synthetic set by default. SGD at
+    /// 0.02 with a cosine schedule after 2 epochs of warmup, the classifiers at 0.005× (they
+    /// read 100× the unit-norm part features), λ = 0.3 rising over 3 epochs (at full weight
+    /// from the start the center loss merges the classes' centers in about one run in four;
+    /// README, Seeds).
+    FromScratchDemo,
+    /// `c2f train --weights`: fine-tuning pretrained weights with the paper's (WS-DAN's)
+    /// optimiser: lr 1e-3 ×0.9 every 2 epochs, no warmup, λ = 1.
+    Paper,
+}
+
+impl Preset {
+    /// The preset on `machine`, for the 200 classes of CUB-200-2011 (a run sets its data's).
+    /// Both presets share M = 8 maps, momentum 0.9, weight decay 1e-5, β = 0.05, BatchNorm
+    /// training, the learnable up-sampler and the orthogonal attention start.
+    pub fn config(self, machine: Machine) -> TrainConfig {
+        let (epochs, batch, input_size, width) = match machine {
+            Machine::Cpu => (16, 16, 96, 0.25),
+            Machine::Gpu => (40, 64, 299, 1.0),
+        };
+        let (lr, classifier_lr_scale, schedule, warmup_epochs, center_lambda, center_warmup) =
+            match self {
+                Preset::FromScratchDemo => (0.02, 0.005, Schedule::Cosine, 2.0, 0.3, 3.0),
+                Preset::Paper => (1e-3, 1.0, Schedule::Step, 0.0, 1.0, 0.0),
+            };
+        TrainConfig {
+            epochs,
+            batch,
+            input_size,
+            width,
+            classes: 200,
+            task: Task::Classes,
+            maps: 8,
+            lr,
+            classifier_lr_scale,
+            schedule,
+            warmup_epochs,
+            momentum: 0.9,
+            weight_decay: 1e-5,
+            bn: BnPolicy::Train,
+            center_lambda,
+            center_beta: 0.05,
+            center_warmup_epochs: center_warmup,
+            seed: 0,
+            upsampler: UpsamplerKind::Learnable,
+            ortho_init: true,
+        }
+    }
+}
+
+impl Default for TrainConfig {
+    /// The paper's setting on CUB-200-2011 in full: [`Preset::Paper`] on a GPU, for the
+    /// paper's 200 epochs.
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 200,
+            ..Preset::Paper.config(Machine::Gpu)
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn center_loss(&self) -> CenterLossParams {
+        CenterLossParams {
+            lambda: self.center_lambda,
+            beta: self.center_beta,
+        }
+    }
+
+    /// Each parameter tensor's SGD hyper-parameters at base rate `lr`: the classifiers (`fc*`)
+    /// at `lr × classifier_lr_scale`, frozen BatchNorm weights and biases not at all, the rest
+    /// at `lr`.
+    pub fn sgd_rule(&self, lr: f64) -> impl Fn(&TensorEntry) -> Option<SgdParams> + '_ {
+        move |e: &TensorEntry| {
+            let bn = e.name.ends_with(".bn.weight") || e.name.ends_with(".bn.bias");
+            if bn && self.bn == BnPolicy::Frozen {
+                return None;
+            }
+            let scale = if e.name.starts_with("fc") {
+                self.classifier_lr_scale
+            } else {
+                1.0
+            };
+            Some(SgdParams::new(lr * scale, self.momentum, self.weight_decay))
+        }
+    }
+
+    /// The learning rate of step `step` of `epoch`, of `steps_per_epoch`.
+    pub fn learning_rate(&self, epoch: usize, step: usize, steps_per_epoch: usize) -> f64 {
+        let warmup = warmup_fraction(self.warmup_epochs, epoch, step, steps_per_epoch);
+        warmup
+            * match self.schedule {
+                Schedule::Step => self.lr * 0.9f64.powi((epoch / 2) as i32),
+                Schedule::Cosine => {
+                    let total = (self.epochs * steps_per_epoch).max(1) as f64;
+                    let t = (epoch * steps_per_epoch + step) as f64;
+                    0.5 * self.lr * (1.0 + (std::f64::consts::PI * t / total).cos())
+                }
+            }
+    }
+
+    /// The center loss weight λ at step `step` of `epoch`, of `steps_per_epoch`.
+    pub fn center_lambda_at(&self, epoch: usize, step: usize, steps_per_epoch: usize) -> f64 {
+        self.center_lambda
+            * warmup_fraction(self.center_warmup_epochs, epoch, step, steps_per_epoch)
+    }
+}
+
+/// How far a linear warmup over `epochs` epochs is at step `step` of `epoch`: (steps so far,
+/// this one included) / (warmup steps), at most 1; 1 throughout when `epochs` is 0.
+fn warmup_fraction(epochs: f64, epoch: usize, step: usize, steps_per_epoch: usize) -> f64 {
+    let length = epochs * steps_per_epoch as f64;
+    if length <= 0.0 {
+        return 1.0;
+    }
+    (((epoch * steps_per_epoch + step + 1) as f64) / length).min(1.0)
+}
+
+/// Where and how a run keeps its files, beside what it trains.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOptions {
+    /// `checkpoint.safetensors`, `metrics.jsonl` and `metrics.csv` go here.
+    pub dir: PathBuf,
+    /// Also checkpoint every this many steps (0: only at each epoch's end).
+    pub checkpoint_every: u64,
+    /// Continue from the checkpoint in `dir` instead of starting afresh.
+    pub resume: bool,
+    /// Test-set evaluation every this many epochs (0: only after the last).
+    pub eval_every: usize,
+    /// Draw a progress bar on the terminal.
+    pub progress: bool,
+    /// Start the backbone from torchvision-named InceptionV3 weights.
+    pub weights: Option<PathBuf>,
+    /// Start Coarse2Fine's learnable up-sampler from `c2f pretrain-upsampler`'s file.
+    pub upsampler_weights: Option<PathBuf>,
+    /// Start from the final state of an earlier run of the same model (its checkpoint), with
+    /// fresh momentum ([`crate::train::start_from_checkpoint`]); `upsampler_weights` then replaces its
+    /// up-sampler.
+    pub init_from: Option<PathBuf>,
+    /// Stop after this many steps in all, as a crash would (after any checkpoint due at that
+    /// step): for testing `resume`.
+    pub stop_after: Option<u64>,
+}
+
+impl RunOptions {
+    /// Files in `dir`; no mid-epoch checkpoints, evaluation every epoch, no progress bar, a
+    /// fresh start.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        RunOptions {
+            dir: dir.into(),
+            checkpoint_every: 0,
+            resume: false,
+            eval_every: 1,
+            progress: false,
+            weights: None,
+            upsampler_weights: None,
+            init_from: None,
+            stop_after: None,
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The plain InceptionV3 baseline as a [`Trainee`], and how a fresh one is built and
+//! initialised.
+
+use c2f_inception::backend::{Backend, BnMode, IndexTensor, Tensor};
+use c2f_inception::network::{Network, SgdRule};
+use c2f_inception::spec::{Depth, Graph, InceptionConfig};
+use c2f_kernels::rng::SplitMix64;
+use c2f_kernels::Result;
+
+use super::fit::build_and_fit;
+use super::init::{init_backbone, start_from_checkpoint};
+use super::parallel::DataParallel;
+use super::trainee::{BatchShare, GradsReady, StepResult, Trainee};
+use super::Evaluation;
+use crate::config::{RunOptions, TrainConfig};
+use crate::data::loader::Batch;
+use crate::data::spec::OpenedData;
+use crate::state::{network_state, Named};
+use crate::task::{attribute_targets, Task};
+
+/// The plain InceptionV3 baseline: global average pool, dropout, `fc`, cross-entropy (or
+/// per-attribute binary cross-entropy).
+pub struct Baseline {
+    pub net: Network,
+    labels: IndexTensor,
+    targets: Tensor,
+    predictions: IndexTensor,
+    classes: usize,
+    task: Task,
+}
+
+impl Baseline {
+    pub fn new<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<Baseline> {
+        let graph = Graph::new(InceptionConfig {
+            input_size: cfg.input_size,
+            width: cfg.width,
+            depth: Depth::Full {
+                classes: cfg.classes,
+            },
+        })?;
+        Ok(Baseline {
+            net: Network::new(b, graph, cfg.batch)?,
+            labels: b.alloc_index(cfg.batch)?,
+            targets: b.alloc(cfg.task.targets_len(cfg.batch, cfg.classes))?,
+            predictions: b.alloc_index(cfg.task.predictions_len(cfg.batch, cfg.classes))?,
+            classes: cfg.classes,
+            task: cfg.task,
+        })
+    }
+}
+
+impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
+    const NAME: &'static str = "baseline";
+    const LOSS_TERMS: &'static [&'static str] = &["ce"];
+
+    fn state(&self) -> Vec<Named> {
+        network_state(&self.net)
+    }
+
+    fn step(
+        &mut self,
+        b: &mut B,
+        batch: &Batch,
+        _draw: &mut SplitMix64,
+        step: u64,
+        mode: BnMode,
+        share: &BatchShare,
+        ready: &mut GradsReady<'_, B>,
+    ) -> Result<StepResult> {
+        b.write(self.net.input(), &batch.images)?;
+        b.write_index(self.labels, &batch.labels)?;
+        let targets = attribute_targets(&batch.attributes);
+        if self.task == Task::Attributes {
+            b.write(self.targets, &targets)?;
+        }
+        // A mask per rank and step (a rank's samples sit at other positions than in one
+        // worker's batch, so its masks cannot be that worker's anyway; PyTorch DDP's ranks also
+        // draw their own). One worker: the step itself.
+        self.net.dropout.step = step * share.world as u64 + share.rank as u64;
+        self.net.dropout.training = true;
+        self.net.zero_grads(b)?;
+        self.net.forward(b, mode)?;
+        let loss = self.task.loss(
+            b,
+            self.net.batch,
+            self.classes,
+            self.net.output(),
+            self.labels,
+            self.targets,
+            self.predictions,
+            self.net.output_grad(),
+        )?;
+        self.net
+            .backward_reporting(b, mode, false, &mut |b, from| ready(b, 0, from))?;
+        Ok(StepResult {
+            losses: vec![loss],
+            correct: self
+                .task
+                .count_correct(b, self.predictions, &batch.labels, &targets)?,
+        })
+    }
+
+    fn grads(&self) -> Vec<Tensor> {
+        vec![self.net.grads]
+    }
+
+    fn sgd_step(&mut self, b: &mut B, rule: &SgdRule<'_>) -> Result<()> {
+        self.net.sgd_step_by(b, rule)
+    }
+
+    fn probabilities(&mut self, b: &mut B, images: &[f32]) -> Result<Vec<Vec<f64>>> {
+        b.write(self.net.input(), images)?;
+        self.net.dropout.training = false;
+        self.net.forward(b, BnMode::Inference)?;
+        Ok(vec![self
+            .task
+            .probabilities(&b.read(self.net.output())?, self.classes)])
+    }
+
+    fn task(&self) -> Task {
+        self.task
+    }
+}
+
+pub fn build_baseline<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<Baseline> {
+    Baseline::new(b, cfg)
+}
+
+/// Initialises a fresh baseline: from [`RunOptions::init_from`]'s checkpoint, or the backbone
+/// drawn (or from [`RunOptions::weights`]).
+pub fn init_baseline<B: Backend<Scalar = f32>>(
+    b: &mut B,
+    model: &Baseline,
+    run: &RunOptions,
+) -> Result<()> {
+    match &run.init_from {
+        Some(path) => start_from_checkpoint(b, &Trainee::<B>::state(model), path, "baseline"),
+        None => init_backbone(b, &model.net, run.weights.as_deref()),
+    }
+}
+
+/// The same for the baseline.
+pub fn train_baseline<B: Backend<Scalar = f32>>(
+    b: &mut B,
+    cfg: &TrainConfig,
+    run: &RunOptions,
+    data: &OpenedData,
+    dp: Option<&mut DataParallel<'_, B>>,
+) -> Result<Option<Evaluation>> {
+    let init = |b: &mut B, model: &Baseline| init_baseline(b, model, run);
+    build_and_fit(b, cfg, run, data, dp, build_baseline, init)
+}

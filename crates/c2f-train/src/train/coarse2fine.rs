@@ -1,0 +1,190 @@
+//! Coarse2Fine as a [`Trainee`]: its step, its gradient buffers and center banks, and how a
+//! fresh model is built and initialised from a [`TrainConfig`].
+
+use c2f_inception::backend::{Backend, BnMode, Tensor};
+use c2f_inception::init::counter_uniform;
+use c2f_inception::network::SgdRule;
+use c2f_kernels::rng::SplitMix64;
+use c2f_kernels::Result;
+
+use super::fit::build_and_fit;
+use super::init::{init_backbone, start_from_checkpoint};
+use super::parallel::DataParallel;
+use super::trainee::{BatchShare, GradsReady, StepResult, Trainee};
+use super::Evaluation;
+use crate::config::{RunOptions, TrainConfig};
+use crate::data::loader::Batch;
+use crate::data::spec::OpenedData;
+use crate::model::{orthogonal_attention, Coarse2Fine, Coarse2FineConfig, Grads, FEATURE_SCALE};
+use crate::state::Named;
+use crate::task::{attribute_targets, Task};
+use crate::upsampler::{attention_map_side, default_channels, init_range, load_into};
+
+impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
+    const NAME: &'static str = "coarse2fine";
+    const LOSS_TERMS: &'static [&'static str] = &["coarse", "fine", "center_coarse", "center_fine"];
+
+    fn state(&self) -> Vec<Named> {
+        Coarse2Fine::state(self)
+    }
+
+    fn step(
+        &mut self,
+        b: &mut B,
+        batch: &Batch,
+        draw: &mut SplitMix64,
+        _step: u64,
+        mode: BnMode,
+        share: &BatchShare,
+        ready: &mut GradsReady<'_, B>,
+    ) -> Result<StepResult> {
+        b.write(self.input(), &batch.images)?;
+        b.write_index(self.labels(), &batch.labels)?;
+        let targets = attribute_targets(&batch.attributes);
+        if self.config.task == Task::Attributes {
+            b.write(self.targets(), &targets)?;
+        }
+        let maps = self.config.maps as u64;
+        let chosen: Vec<i32> = (0..share.global).map(|_| draw.below(maps) as i32).collect();
+        b.write_index(self.chosen_maps(), &chosen[share.slice.clone()])?;
+        self.zero_grads(b)?;
+        // Buffer indices as in `grads`: the backbone's, then the heads'.
+        let l = self.forward_backward_reporting(b, mode, &mut |b, grads| match grads {
+            Grads::Backbone(from) => ready(b, 0, from),
+            Grads::Heads(from) => ready(b, 1, from),
+        })?;
+        Ok(StepResult {
+            losses: vec![l.coarse, l.fine, l.center_coarse, l.center_fine],
+            correct: self.config.task.count_correct(
+                b,
+                self.predictions().0,
+                &batch.labels,
+                &targets,
+            )?,
+        })
+    }
+
+    fn grads(&self) -> Vec<Tensor> {
+        vec![self.backbone().grads, self.grads]
+    }
+
+    fn center_banks(&self) -> Vec<Tensor> {
+        let (coarse, fine) = self.centers();
+        vec![coarse, fine]
+    }
+
+    fn set_center_lambda(&mut self, lambda: f64) {
+        self.config.center_loss.lambda = lambda;
+    }
+
+    fn sgd_step(&mut self, b: &mut B, rule: &SgdRule<'_>) -> Result<()> {
+        self.sgd_step_by(b, rule)
+    }
+
+    fn probabilities(&mut self, b: &mut B, images: &[f32]) -> Result<Vec<Vec<f64>>> {
+        b.write(self.input(), images)?;
+        self.infer(b)?;
+        let (coarse, fine) = self.logits();
+        let (task, outputs) = (self.config.task, self.config.classes);
+        Ok(vec![
+            task.probabilities(&b.read(coarse)?, outputs),
+            task.probabilities(&b.read(fine)?, outputs),
+        ])
+    }
+
+    fn task(&self) -> Task {
+        self.config.task
+    }
+}
+
+/// The Coarse2Fine model of a config, unitialised.
+pub fn build_coarse2fine<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<Coarse2Fine> {
+    let map_side = attention_map_side(cfg.input_size)?.0;
+    Coarse2Fine::with_upsampler(
+        b,
+        Coarse2FineConfig {
+            input_size: cfg.input_size,
+            width: cfg.width,
+            classes: cfg.classes,
+            task: cfg.task,
+            maps: cfg.maps,
+            upsampler_channels: default_channels(map_side, cfg.input_size),
+            center_loss: cfg.center_loss(),
+            batch: cfg.batch,
+        },
+        cfg.upsampler,
+    )
+}
+
+/// Initialises a fresh Coarse2Fine model: from [`RunOptions::init_from`]'s checkpoint, or its
+/// parameters drawn (the center banks at zero); then the up-sampler from
+/// [`RunOptions::upsampler_weights`], if given.
+pub fn init_coarse2fine<B: Backend<Scalar = f32>>(
+    b: &mut B,
+    model: &Coarse2Fine,
+    cfg: &TrainConfig,
+    run: &RunOptions,
+) -> Result<()> {
+    let mut heads = match &run.init_from {
+        Some(path) => {
+            start_from_checkpoint(b, &model.state(), path, "coarse2fine")?;
+            b.read(model.params)?
+        }
+        None => {
+            init_backbone(b, model.backbone(), run.weights.as_deref())?;
+            drawn_heads(model, cfg)?
+        }
+    };
+    if let Some(path) = &run.upsampler_weights {
+        load_into(path, model.head_table(), &mut heads)?;
+    }
+    b.write(model.params, &heads)
+}
+
+/// A fresh draw of the heads' parameters: uniform by fan-in, the attention conv's rows
+/// orthonormal unless `cfg.ortho_init` is off.
+fn drawn_heads(model: &Coarse2Fine, cfg: &TrainConfig) -> Result<Vec<f32>> {
+    let mut heads = vec![0.0f32; model.params.len];
+    for e in model.head_table().entries() {
+        let (lo, hi) = head_range(&e.name, &e.shape);
+        counter_uniform(&e.name, lo, hi, &mut heads[e.range()]);
+    }
+    if cfg.ortho_init {
+        let attention = model
+            .head_table()
+            .get("attention.weight")
+            .expect("the model declares it");
+        let (maps, channels) = (attention.shape[0], attention.shape[1]);
+        heads[attention.range()].copy_from_slice(&orthogonal_attention(maps, channels, cfg.seed)?);
+    }
+    Ok(heads)
+}
+
+/// The uniform range a head parameter starts from: ±1/sqrt(fan_in), except the up-sampler's
+/// own ([`init_range`]), and the classifiers 100× smaller, because they see 100× the unit-norm
+/// part features and should start with logits of order one.
+fn head_range(name: &str, shape: &[usize]) -> (f64, f64) {
+    let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    if name.starts_with("upsampler.") {
+        init_range(name, shape)
+    } else if name.starts_with("fc_") {
+        (-bound / FEATURE_SCALE, bound / FEATURE_SCALE)
+    } else {
+        (-bound, bound)
+    }
+}
+
+/// Builds, initialises (or resumes) and trains Coarse2Fine; the test accuracy at the end, or
+/// `None` when [`RunOptions::stop_after`] stopped it. With `dp`, as one rank of a data-parallel
+/// job (rank 0 initialises, [`fit`] broadcasts; the other ranks return `None`).
+pub fn train_coarse2fine<B: Backend<Scalar = f32>>(
+    b: &mut B,
+    cfg: &TrainConfig,
+    run: &RunOptions,
+    data: &OpenedData,
+    dp: Option<&mut DataParallel<'_, B>>,
+) -> Result<Option<Evaluation>> {
+    let init = |b: &mut B, model: &Coarse2Fine| init_coarse2fine(b, model, cfg, run);
+    build_and_fit(b, cfg, run, data, dp, build_coarse2fine, init)
+}

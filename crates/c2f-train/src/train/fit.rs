@@ -1,0 +1,238 @@
+//! The training loop.
+
+use std::fs;
+use std::path::Path;
+use std::time::Instant;
+
+use c2f_inception::backend::Backend;
+use c2f_kernels::rng::SplitMix64;
+use c2f_kernels::{Error, Result};
+
+use super::evaluate::{evaluate, Evaluation};
+use super::loaders::{test_loader, train_loader};
+use super::metrics::{EpochTally, Report};
+use super::parallel::{rank_config, DataParallel, EpochBatches, RankStep};
+use super::progress::progress_bar;
+use super::resume::{checkpoint_path, start_or_resume};
+use super::trainee::{BatchShare, Trainee};
+use crate::checkpoint;
+use crate::config::{RunOptions, TrainConfig};
+use crate::data::spec::OpenedData;
+
+/// [`fit`] as one rank of a data-parallel job when `dp` is given: the model must run at the
+/// batch [`rank_config`] gives. Each rank trains on its slice of every global batch, the
+/// gradients are averaged and the center banks synced between backward and SGD, so the ranks
+/// take one worker's steps; rank 0's state is broadcast first. Only rank 0 logs, draws the
+/// progress bar, evaluates and writes metrics and checkpoints (the others wait at a barrier)
+/// and returns the accuracy; the others return `None`. Logged losses and training accuracy are
+/// the global batch's.
+pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
+    b: &mut B,
+    model: &mut M,
+    cfg: &TrainConfig,
+    run: &RunOptions,
+    data: &OpenedData,
+    dp: Option<&mut DataParallel<'_, B>>,
+) -> Result<Option<Evaluation>> {
+    let plan = dp.as_deref().map(|dp| dp.plan(cfg)).transpose()?;
+    let leader = plan.is_none_or(|p| p.rank == 0);
+    let world = plan.map_or(1, |p| p.world);
+    let share = match plan {
+        None => BatchShare::whole(cfg.batch),
+        Some(p) => BatchShare {
+            global: cfg.batch,
+            slice: p.slice_of(cfg.batch),
+            rank: p.rank,
+            world: p.world,
+        },
+    };
+    if leader {
+        fs::create_dir_all(&run.dir).map_err(|e| Error::io(&run.dir, e))?;
+    }
+    let ckpt = checkpoint_path(&run.dir);
+    let train_loader = train_loader(cfg, data.train.clone())?;
+    let test_loader = if leader {
+        Some(test_loader(
+            &rank_config(cfg, dp.as_deref())?,
+            data.test.clone(),
+        )?)
+    } else {
+        None
+    };
+    let state = model.state();
+    let terms = M::LOSS_TERMS.len();
+    let mut meta = start_or_resume::<B, M>(b, cfg, run, data, &train_loader, &state, leader)?;
+    let mut ranked = match dp {
+        Some(dp) => Some(RankStep::new(b, dp, model)?),
+        None => None,
+    };
+    let mut report = match test_loader {
+        Some(test) => Some(Report::open(&run.dir, M::LOSS_TERMS, test)?),
+        None => None,
+    };
+    let mode = cfg.bn.mode();
+    let steps_per_epoch = train_loader.batches_per_epoch();
+    let mut draw = SplitMix64(meta.rng);
+    let mut last_evaluation = None;
+    let mut last_good: Option<(usize, u64)> = None;
+    for epoch in meta.epoch..cfg.epochs {
+        let first_batch = meta.batch_in_epoch;
+        let start = Instant::now();
+        let bar = progress_bar(
+            run.progress && leader,
+            steps_per_epoch,
+            first_batch,
+            cfg.batch,
+            M::NAME,
+            epoch,
+        );
+        let mut loader_epoch = match plan {
+            None => EpochBatches::Whole(train_loader.epoch_from(epoch as u64, first_batch)),
+            Some(plan) => {
+                let order = train_loader.order(epoch as u64);
+                let mut slices = plan.rank_batches(&order, true);
+                slices.drain(..first_batch.min(slices.len()));
+                EpochBatches::Slices(train_loader.load_batches(epoch as u64, slices))
+            }
+        };
+        let mut lr = cfg.learning_rate(epoch, first_batch, steps_per_epoch);
+        let mut images_this_run = 0usize;
+        for (k, batch) in (&mut loader_epoch).enumerate() {
+            let batch = batch?;
+            let batch_index = first_batch + k;
+            lr = cfg.learning_rate(epoch, batch_index, steps_per_epoch);
+            model.set_center_lambda(cfg.center_lambda_at(epoch, batch_index, steps_per_epoch));
+            if let Some(r) = &ranked {
+                r.before_step(b)?;
+            }
+            let mut out = model.step(
+                b,
+                &batch,
+                &mut draw,
+                meta.step,
+                mode,
+                &share,
+                &mut |b, buffer, from| match &mut ranked {
+                    Some(r) => r.grads_ready(b, buffer, from),
+                    None => Ok(()),
+                },
+            )?;
+            if let Some(r) = &mut ranked {
+                out = r.global(b, out)?;
+            }
+            let at = (meta.step + 1, epoch, batch_index);
+            check_finite::<B, M>(&out.losses, at, last_good, &ckpt)?;
+            if let Some(r) = &mut ranked {
+                r.after_backward(b)?;
+            }
+            model.sgd_step(b, &cfg.sgd_rule(lr))?;
+            meta.step += 1;
+            for (sum, v) in meta.epoch_sums.iter_mut().zip(&out.losses) {
+                *sum += v;
+            }
+            let images = batch.labels.len() * world;
+            meta.epoch_sums[terms] += out.correct as f64;
+            meta.epoch_sums[terms + 1] += images as f64;
+            images_this_run += images;
+            bar.inc(images as u64);
+            meta.batch_in_epoch = batch_index + 1;
+            meta.rng = draw.0;
+            if run.checkpoint_every > 0 && meta.step.is_multiple_of(run.checkpoint_every) {
+                if leader {
+                    checkpoint::save(b, &ckpt, &state, &meta)?;
+                }
+                last_good = Some((epoch, meta.step));
+                if let Some(r) = &mut ranked {
+                    r.barrier(b)?;
+                }
+            }
+            if run.stop_after == Some(meta.step) {
+                bar.finish_and_clear();
+                return Ok(None);
+            }
+        }
+        bar.finish_and_clear();
+        let skipped = loader_epoch.finish();
+        let seconds = start.elapsed().as_secs_f64();
+        if let Some(report) = &mut report {
+            let tally = EpochTally {
+                epoch,
+                lr,
+                images: images_this_run,
+                seconds,
+                skipped: &skipped,
+            };
+            let evaluation = report.epoch_end(b, model, cfg, run, data, &meta, &tally)?;
+            last_evaluation = evaluation.or(last_evaluation);
+        }
+        meta.epoch = epoch + 1;
+        meta.batch_in_epoch = 0;
+        meta.epoch_sums.iter_mut().for_each(|s| *s = 0.0);
+        if leader {
+            checkpoint::save(b, &ckpt, &state, &meta)?;
+        }
+        last_good = Some((epoch + 1, meta.step));
+        if let Some(r) = &mut ranked {
+            r.barrier(b)?;
+        }
+    }
+    match (last_evaluation, &report) {
+        (Some(a), _) => Ok(Some(a)),
+        // A resumed run that had already finished its epochs: evaluate what it holds.
+        (None, Some(report)) => evaluate(b, model, &report.test, cfg.classes).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Builds a model with `build` at this process's batch, initialises it with `init` unless the
+/// run resumes (in a data-parallel job only rank 0: [`fit`] broadcasts its state), and trains
+/// it with [`fit`].
+pub(super) fn build_and_fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
+    b: &mut B,
+    cfg: &TrainConfig,
+    run: &RunOptions,
+    data: &OpenedData,
+    dp: Option<&mut DataParallel<'_, B>>,
+    build: impl FnOnce(&mut B, &TrainConfig) -> Result<M>,
+    init: impl FnOnce(&mut B, &M) -> Result<()>,
+) -> Result<Option<Evaluation>> {
+    let mut model = build(b, &rank_config(cfg, dp.as_deref())?)?;
+    if !run.resume && dp.as_ref().is_none_or(|dp| dp.rank() == 0) {
+        init(b, &model)?;
+    }
+    fit(b, &mut model, cfg, run, data, dp)
+}
+
+/// Stops the run at the first loss term that is not finite, `at` (step, epoch, batch), saying
+/// on stderr which checkpoint is kept (`last_good`: its epoch and step, if any was written).
+fn check_finite<B: Backend<Scalar = f32>, M: Trainee<B>>(
+    losses: &[f64],
+    (step, epoch, batch): (u64, usize, usize),
+    last_good: Option<(usize, u64)>,
+    ckpt: &Path,
+) -> Result<()> {
+    let Some((term, &value)) = M::LOSS_TERMS
+        .iter()
+        .zip(losses)
+        .find(|(_, v)| !v.is_finite())
+    else {
+        return Ok(());
+    };
+    let kept = match last_good {
+        Some((e, s)) => format!(
+            "the last good checkpoint, {} (epoch {e}, step {s}), is kept",
+            ckpt.display()
+        ),
+        None => "no checkpoint was written in this run".to_string(),
+    };
+    eprintln!(
+        "{}: stopped in epoch {}, batch {batch}; {kept}",
+        M::NAME,
+        epoch + 1
+    );
+    Err(Error::Divergence {
+        step: step as usize,
+        term: format!("{} loss term `{term}`", M::NAME),
+        value,
+    })
+}

@@ -1,0 +1,63 @@
+//! Starting values shared by the models: the backbone's fresh draw (or weights file), and an
+//! earlier run's checkpoint as a new run's start.
+
+use std::path::Path;
+
+use c2f_inception::backend::Backend;
+use c2f_inception::init::golden_init;
+use c2f_inception::network::Network;
+use c2f_inception::weights::{self, LoadOptions};
+use c2f_kernels::{Error, Result};
+
+use crate::checkpoint;
+use crate::state::Named;
+
+/// Starting values for a fresh run: the shared counter-based draw for the backbone (or the
+/// weights file), fresh BatchNorm statistics, and the heads' own ranges.
+pub fn init_backbone<B: Backend<Scalar = f32>>(
+    b: &mut B,
+    net: &Network,
+    weights_file: Option<&Path>,
+) -> Result<()> {
+    let mut params = vec![0.0; net.graph.params.total()];
+    let mut buffers = vec![0.0; net.graph.buffers.total()];
+    golden_init(&net.graph, &mut params, &mut buffers);
+    // Fresh BatchNorm statistics, as a new torchvision model has.
+    for e in net.graph.buffers.entries() {
+        let fill = if e.name.ends_with("running_var") {
+            1.0
+        } else {
+            0.0
+        };
+        buffers[e.range()].fill(fill);
+    }
+    if let Some(path) = weights_file {
+        let options = LoadOptions { skip_fc: true };
+        weights::load(path, &net.graph, &mut params, &mut buffers, options)?;
+    }
+    b.write(net.params, &params)?;
+    b.write(net.buffers, &buffers)
+}
+
+/// Fills a fresh model's state from the checkpoint of an earlier run of the same model and
+/// shapes, then zeroes its momentum: a new run, with its own data, schedule and epochs, that
+/// starts where that one ended.
+pub fn start_from_checkpoint<B: Backend<Scalar = f32>>(
+    b: &mut B,
+    state: &[Named],
+    path: &Path,
+    model: &str,
+) -> Result<()> {
+    let meta = checkpoint::read_meta(path)?;
+    if meta.model != model {
+        return Err(Error::File {
+            path: path.display().to_string(),
+            message: format!("a {} checkpoint cannot start a {model} run", meta.model),
+        });
+    }
+    checkpoint::load(b, path, state)?;
+    for n in state.iter().filter(|n| n.name.starts_with("momentum.")) {
+        b.fill(n.tensor, 0.0)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! What a run reports at each epoch's end: the test-set evaluation when due, a record of the
+//! epoch in the metrics files (one JSON object per line in `metrics.jsonl`, the same as CSV with
+//! fixed columns in `metrics.csv`), and its line on the terminal.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use c2f_inception::backend::Backend;
+use c2f_kernels::{Error, Result};
+
+use super::centers::{center_spread, spread_columns, MergedCenters};
+use super::evaluate::{evaluate, format_accuracy, Evaluation};
+use super::trainee::Trainee;
+use crate::checkpoint::CheckpointMeta;
+use crate::config::{RunOptions, TrainConfig};
+use crate::data::loader::{Loader, Skipped};
+use crate::data::spec::OpenedData;
+use crate::task::Task;
+
+/// What only rank 0 (or the one worker) keeps: the metrics files, the test loader, and whether
+/// the merged-centers warning was given.
+pub(super) struct Report {
+    metrics: Metrics,
+    pub(super) test: Loader,
+    merged: MergedCenters,
+}
+
+/// An epoch's figures beside the running sums in the checkpoint's metadata.
+pub(super) struct EpochTally<'a> {
+    pub epoch: usize,
+    /// The learning rate of its last step.
+    pub lr: f64,
+    /// Images trained on in this process's run (a resumed epoch's earlier ones not counted).
+    pub images: usize,
+    pub seconds: f64,
+    pub skipped: &'a [Skipped],
+}
+
+impl Report {
+    pub(super) fn open(dir: &Path, loss_terms: &[&str], test: Loader) -> Result<Report> {
+        Ok(Report {
+            metrics: Metrics::open(dir, loss_terms)?,
+            test,
+            merged: MergedCenters::default(),
+        })
+    }
+
+    /// Evaluates on the test split when due (every [`RunOptions::eval_every`] epochs, and after
+    /// the last), appends the epoch's record to the metrics files and prints its line.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn epoch_end<B: Backend<Scalar = f32>, M: Trainee<B>>(
+        &mut self,
+        b: &mut B,
+        model: &mut M,
+        cfg: &TrainConfig,
+        run: &RunOptions,
+        data: &OpenedData,
+        meta: &CheckpointMeta,
+        tally: &EpochTally<'_>,
+    ) -> Result<Option<Evaluation>> {
+        let (epoch, lr, terms) = (tally.epoch, tally.lr, M::LOSS_TERMS.len());
+        let last = epoch + 1 == cfg.epochs;
+        let due = run.eval_every > 0 && (epoch + 1).is_multiple_of(run.eval_every);
+        let evaluation = if last || due {
+            Some(evaluate(b, model, &self.test, cfg.classes)?)
+        } else {
+            None
+        };
+        let accuracy = evaluation.as_ref().map(|e| e.accuracy);
+        let batches = (meta.batch_in_epoch).max(1) as f64;
+        let mean: Vec<f64> = meta.epoch_sums[..terms]
+            .iter()
+            .map(|s| s / batches)
+            .collect();
+        let total: f64 = mean.iter().sum();
+        let answers = cfg.task.answers_per_image(cfg.classes) as f64;
+        let train_acc = meta.epoch_sums[terms] / (answers * meta.epoch_sums[terms + 1]).max(1.0);
+        let images_per_s = tally.images as f64 / tally.seconds;
+        let mut record = serde_json::json!({
+            "model": M::NAME,
+            "epoch": epoch + 1,
+            "step": meta.step,
+            "lr": lr,
+            "loss": total,
+            "train_acc": train_acc,
+            "test_coarse": accuracy.map(|a| a.coarse),
+            "test_fine": accuracy.and_then(|a| a.fine),
+            "test_average": accuracy.and_then(|a| a.average),
+            "images_per_s": images_per_s,
+            "skipped": tally.skipped.len(),
+        });
+        for (term, v) in M::LOSS_TERMS.iter().zip(&mean) {
+            record[format!("loss_{term}")] = serde_json::json!(v);
+        }
+        if model.task() == Task::Classes {
+            // Warned of once λ is at full weight: during its warmup a run that goes on to
+            // learn can dip this low for an epoch.
+            let full_lambda = (epoch + 1) as f64 >= cfg.center_warmup_epochs;
+            for (column, bank) in spread_columns(M::LOSS_TERMS)
+                .iter()
+                .zip(model.center_banks())
+            {
+                let spread = center_spread(&b.read(bank)?, cfg.classes);
+                record[column] = serde_json::json!(spread);
+                if full_lambda {
+                    self.merged.check(M::NAME, epoch, column, spread);
+                }
+            }
+        }
+        // Each attribute's accuracy, by name (JSON lines only: the CSV keeps fixed columns).
+        if let Some(e) = evaluation.as_ref().filter(|e| !e.per_attribute.is_empty()) {
+            let by_name: serde_json::Map<String, serde_json::Value> = data
+                .class_names
+                .iter()
+                .zip(&e.per_attribute)
+                .map(|(name, a)| (name.clone(), serde_json::json!(a)))
+                .collect();
+            record["test_attributes"] = serde_json::Value::Object(by_name);
+        }
+        self.metrics.append(&run.dir, &record)?;
+        let test_part =
+            accuracy.map_or(String::new(), |a| format!("  test {}", format_accuracy(&a)));
+        println!(
+            "{:<11} epoch {:>3}  loss {total:.4}  train {:.1}%  lr {lr:.2e}  {images_per_s:.1} img/s{}{test_part}",
+            M::NAME,
+            epoch + 1,
+            100.0 * train_acc,
+            if tally.skipped.is_empty() {
+                String::new()
+            } else {
+                format!("  {} unreadable images skipped", tally.skipped.len())
+            },
+        );
+        for s in tally.skipped {
+            eprintln!("  skipped {}: {}", s.name, s.message);
+        }
+        Ok(evaluation)
+    }
+}
+
+/// The metrics files of a run: one JSON object per line, and the same as CSV.
+struct Metrics {
+    jsonl: fs::File,
+    csv: fs::File,
+    columns: Vec<String>,
+}
+
+impl Metrics {
+    fn open(dir: &Path, loss_terms: &[&str]) -> Result<Metrics> {
+        let open = |name: &str| {
+            let path = dir.join(name);
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))
+        };
+        let mut columns: Vec<String> = ["model", "epoch", "step", "lr", "loss"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        columns.extend(loss_terms.iter().map(|t| format!("loss_{t}")));
+        columns.extend(spread_columns(loss_terms));
+        columns.extend(
+            [
+                "train_acc",
+                "test_coarse",
+                "test_fine",
+                "test_average",
+                "images_per_s",
+                "skipped",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        let mut csv = open("metrics.csv")?;
+        let empty = csv.metadata().map(|m| m.len() == 0).unwrap_or(true);
+        if empty {
+            writeln!(csv, "{}", columns.join(","))
+                .map_err(|e| Error::io(dir.join("metrics.csv"), e))?;
+        }
+        Ok(Metrics {
+            jsonl: open("metrics.jsonl")?,
+            csv,
+            columns,
+        })
+    }
+
+    /// Appends one record (a JSON object with exactly [`Self::columns`]).
+    fn append(&mut self, dir: &Path, record: &serde_json::Value) -> Result<()> {
+        let line = serde_json::to_string(record).expect("a JSON value serialises");
+        let cells: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| match &record[c] {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(s) => s.clone(),
+                v => v.to_string(),
+            })
+            .collect();
+        writeln!(self.jsonl, "{line}")
+            .and_then(|_| writeln!(self.csv, "{}", cells.join(",")))
+            .map_err(|e| Error::io(dir, e))
+    }
+}

@@ -1,0 +1,91 @@
+//! What the loop asks of a model: [`Trainee`], one step's outcome, and which part of the global
+//! batch a step sees.
+
+use std::ops::Range;
+
+use c2f_inception::backend::{Backend, BnMode, Tensor};
+use c2f_inception::network::SgdRule;
+use c2f_kernels::rng::SplitMix64;
+use c2f_kernels::Result;
+
+use crate::data::loader::Batch;
+use crate::state::Named;
+use crate::task::Task;
+
+/// One training step's outcome.
+pub struct StepResult {
+    /// The loss terms, in [`Trainee::LOSS_TERMS`] order.
+    pub losses: Vec<f64>,
+    /// The (coarse) head's right answers: samples classified right, or for attributes right
+    /// (sample, attribute) answers.
+    pub correct: usize,
+}
+
+/// Which part of a step's global batch this process's batch is: all of it for one worker,
+/// slice `rank` of `world` for a data-parallel rank (`c2f_dist::shard::ShardPlan`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchShare {
+    pub global: usize,
+    pub slice: Range<usize>,
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl BatchShare {
+    /// One worker's: the whole batch.
+    pub fn whole(batch: usize) -> BatchShare {
+        BatchShare {
+            global: batch,
+            slice: 0..batch,
+            rank: 0,
+            world: 1,
+        }
+    }
+}
+
+/// Called during a step's backward as gradients become complete: `ready(b, buffer, from)` says
+/// that [`Trainee::grads`]`[buffer]` holds its final values from element `from` to its end, so
+/// a data-parallel rank can start all-reducing that part while backward goes on.
+pub type GradsReady<'a, B> = dyn FnMut(&mut B, usize, usize) -> Result<()> + 'a;
+
+/// A model the loop can train, evaluate and checkpoint.
+pub trait Trainee<B: Backend<Scalar = f32>> {
+    /// The model's name in checkpoints and metrics.
+    const NAME: &'static str;
+    /// The names of the loss terms [`Trainee::step`] returns.
+    const LOSS_TERMS: &'static [&'static str];
+    /// Every tensor a checkpoint holds.
+    fn state(&self) -> Vec<Named>;
+    /// Forward and backward of one batch (gradients zeroed first); `step` counts all steps.
+    /// Random choices per sample are drawn from `draw` for the whole global batch and `share`'s
+    /// slice is used, so data-parallel ranks together do what one worker does. `ready` hears
+    /// of each part of the gradients as it becomes complete.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        b: &mut B,
+        batch: &Batch,
+        draw: &mut SplitMix64,
+        step: u64,
+        mode: BnMode,
+        share: &BatchShare,
+        ready: &mut GradsReady<'_, B>,
+    ) -> Result<StepResult>;
+    /// The gradient buffers [`Trainee::step`] fills, all-reduced between the ranks before SGD.
+    fn grads(&self) -> Vec<Tensor>;
+    /// State each rank's step updates from its own samples, which must then be made the same
+    /// on every rank (Coarse2Fine's center banks, `c2f_dist::centers`), in the order of the
+    /// `center_*` loss terms.
+    fn center_banks(&self) -> Vec<Tensor> {
+        Vec::new()
+    }
+    /// The center loss weight λ of the coming steps (its warmup); models without one ignore it.
+    fn set_center_lambda(&mut self, _lambda: f64) {}
+    /// One SGD step, each parameter tensor with the hyper-parameters `rule` gives it.
+    fn sgd_step(&mut self, b: &mut B, rule: &SgdRule<'_>) -> Result<()>;
+    /// Class probabilities `[B·C]` (attributes: each one's probability `[B·A]`) per head
+    /// (coarse, then fine if any) for a full batch of images.
+    fn probabilities(&mut self, b: &mut B, images: &[f32]) -> Result<Vec<Vec<f64>>>;
+    /// What the heads predict.
+    fn task(&self) -> Task;
+}
