@@ -1,19 +1,25 @@
-// Center loss with moving-average, normalised centers (WS-DAN), forward + center update in one pass.
+// The center loss and its moving-average center update in one pass, under one of two rules
+// (`normalized`, see crates/c2f-kernels/src/center_loss.rs):
 //
 // f [B, D] features (the normalised BAP output, storage T), y [B] labels (int), c [C, D] centers
 // (always f32: a state accumulator, whatever T is).
-//   chat_k = c_k / max(||c_k||, 1e-12)                (a zero center stays zero)
-//   loss   = (lambda/B) sum_i ||f_i - chat_{y_i}||^2,  df_i = (2 lambda/B) (f_i - chat_{y_i})
-//   c_k   += beta sum_{i: y_i = k} (f_i - chat_k)      (every class in the batch; chat before update)
+//   normalized = 0, the paper's Eq. 2 and 3:
+//     loss = (lambda/B) sum_i ||f_i - c_{y_i}||^2,  df_i = (2 lambda/B) (f_i - c_{y_i})
+//     c_y  = (1 - beta) c_y + beta f_i               (once per sample, in batch order)
+//   normalized = 1, the WS-DAN reimplementations':
+//     chat_k = c_k / max(||c_k||, 1e-12)             (a zero center stays zero)
+//     loss and df as above against chat,  c_k += beta sum_{i: y_i = k} (f_i - chat_k)
+// The loss is always taken against the centers before the update.
 //
 // Fused path, two kernels over a grid (D chunks of CL_CHUNK, B). Only the block of the FIRST
 // sample of each label does work, so each center chunk is read and written by exactly one block:
-//   center_loss_center_sumsq: partial ||c_k||^2 per chunk; records the smallest bad-label index
-//     (an int atomicMax) and never reads a center for a bad label.
-//   center_loss_update: ||c_k|| from the partials in a fixed order, then for every sample of the
-//     label in index order writes df and accumulates (f - chat); writes c_k once. Skips every
-//     write when a bad label was recorded. The last block to finish (int counter) sums the loss
-//     partials in a fixed order, writes the result triple and resets the status for the next call.
+//   center_loss_center_sumsq: records the smallest bad-label index (an int atomicMax) and never
+//     reads a center for a bad label; with `normalized`, partial ||c_k||^2 per chunk.
+//   center_loss_update: with `normalized`, ||c_k|| from the partials in a fixed order; then for
+//     every sample of the label in index order writes df and moves the center in registers;
+//     writes c_k once. Skips every write when a bad label was recorded. The last block to finish
+//     (int counter) sums the loss partials in a fixed order, writes the result triple and resets
+//     the status for the next call.
 // No float atomics anywhere: the same bits on every run.
 #include "common.cuh"
 
@@ -41,7 +47,8 @@ __device__ __forceinline__ bool first_occurrence(const int* labels, int i, int k
 
 extern "C" __global__ void __launch_bounds__(CL_THREADS)
     center_loss_center_sumsq(const float* __restrict__ centers, const int* __restrict__ labels,
-                             float* __restrict__ sumsq, int* state, int B, int D, int C) {
+                             float* __restrict__ sumsq, int* state, int B, int D, int C,
+                             int normalized) {
     __shared__ float scratch[32];
     const int i = blockIdx.y, j = blockIdx.x;
     const int k = labels[i];
@@ -49,7 +56,7 @@ extern "C" __global__ void __launch_bounds__(CL_THREADS)
         if (j == 0 && threadIdx.x == 0) atomicMax(&state[ST_STATUS], B - i);
         return;
     }
-    if (!first_occurrence(labels, i, k)) return;
+    if (!normalized || !first_occurrence(labels, i, k)) return;
     const float* c = centers + (long long)k * D;
     float s = 0.0f;
 #pragma unroll
@@ -69,7 +76,7 @@ __device__ void center_loss_update_impl(const T* __restrict__ feat, const int* _
                                         float* __restrict__ centers, const float* __restrict__ sumsq,
                                         T* __restrict__ d_feat, float* __restrict__ loss_parts,
                                         int* state, int B, int D, float grad_scale,
-                                        float loss_scale, float beta) {
+                                        float loss_scale, float beta, int normalized) {
     extern __shared__ int lab[];  // B labels
     __shared__ float scratch[32];
     __shared__ float inv_norm;
@@ -83,21 +90,27 @@ __device__ void center_loss_update_impl(const T* __restrict__ feat, const int* _
     const int k = lab[i];
     float part = 0.0f;
     if (bad == 0 && first_occurrence(lab, i, k)) {
-        if (threadIdx.x == 0) {
-            float total = 0.0f;
-            for (int t = 0; t < chunks; ++t) total += sumsq[(long long)i * chunks + t];
-            inv_norm = 1.0f / fmaxf(sqrtf(total), NORM_EPS);
+        // `normalized` is the same for the whole grid, so the barrier is reached by all or none.
+        if (normalized) {
+            if (threadIdx.x == 0) {
+                float total = 0.0f;
+                for (int t = 0; t < chunks; ++t) total += sumsq[(long long)i * chunks + t];
+                inv_norm = 1.0f / fmaxf(sqrtf(total), NORM_EPS);
+            }
+            __syncthreads();
         }
-        __syncthreads();
-        const float inv = inv_norm;
+        const float inv = normalized ? inv_norm : 1.0f;
+        const float keep = 1.0f - beta;
         float* c = centers + (long long)k * D;
-        float raw[CL_PER_THREAD], chat[CL_PER_THREAD], acc[CL_PER_THREAD];
+        // target: what the loss is taken against; moved: the center as the samples move it (the
+        // paper's rule), or the sum of (f - chat) (the normalised rule).
+        float raw[CL_PER_THREAD], target[CL_PER_THREAD], moved[CL_PER_THREAD];
 #pragma unroll
         for (int u = 0; u < CL_PER_THREAD; ++u) {
             const int d = j * CL_CHUNK + u * CL_THREADS + threadIdx.x;
             raw[u] = d < D ? c[d] : 0.0f;
-            chat[u] = raw[u] * inv;
-            acc[u] = 0.0f;
+            target[u] = normalized ? raw[u] * inv : raw[u];
+            moved[u] = normalized ? 0.0f : raw[u];
         }
         float sq = 0.0f;
         for (int s = i; s < B; ++s) {
@@ -107,9 +120,10 @@ __device__ void center_loss_update_impl(const T* __restrict__ feat, const int* _
             for (int u = 0; u < CL_PER_THREAD; ++u) {
                 const int d = j * CL_CHUNK + u * CL_THREADS + threadIdx.x;
                 if (d < D) {
-                    const float diff = load_f32(feat, row + d) - chat[u];
+                    const float f = load_f32(feat, row + d);
+                    const float diff = f - target[u];
                     store_f32(d_feat, row + d, grad_scale * diff);
-                    acc[u] += diff;
+                    moved[u] = normalized ? moved[u] + diff : fmaf(beta, f, keep * moved[u]);
                     sq = fmaf(diff, diff, sq);
                 }
             }
@@ -117,7 +131,7 @@ __device__ void center_loss_update_impl(const T* __restrict__ feat, const int* _
 #pragma unroll
         for (int u = 0; u < CL_PER_THREAD; ++u) {
             const int d = j * CL_CHUNK + u * CL_THREADS + threadIdx.x;
-            if (d < D) c[d] = fmaf(beta, acc[u], raw[u]);
+            if (d < D) c[d] = normalized ? fmaf(beta, moved[u], raw[u]) : moved[u];
         }
         part = block_sum(sq, scratch);
     }
@@ -148,9 +162,9 @@ __device__ void center_loss_update_impl(const T* __restrict__ feat, const int* _
         center_loss_update_##SUFFIX(const T* feat, const int* labels, float* centers,              \
                                     const float* sumsq, T* d_feat, float* loss_parts, int* state,  \
                                     int B, int D, float grad_scale, float loss_scale,              \
-                                    float beta) {                                                  \
+                                    float beta, int normalized) {                                  \
         center_loss_update_impl<T>(feat, labels, centers, sumsq, d_feat, loss_parts, state, B, D,  \
-                                   grad_scale, loss_scale, beta);                                  \
+                                   grad_scale, loss_scale, beta, normalized);                      \
     }
 
 CENTER_LOSS_ENTRY_POINTS(f32, float)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes tests/data/c2f_golden.safetensors: one Coarse2Fine training step (forward and backward,
-both passes, the fine branch and both center banks) of the PyTorch model in
+both passes, the fine branch and the center bank) of the PyTorch model in
 `tools/torch_c2f_baseline.py`, in float64, so that `tests/model/c2f_golden.rs` can hold the Rust model
 to an implementation written independently with autograd, not only to its own finite
 differences. The same class is the model `tools/gpu-check.sh` times against ours, so this also
@@ -14,18 +14,20 @@ mapping), with these ranges:
     attention.weight, fc_coarse.weight,        +-1/sqrt(fan_in)
       fc_fine.weight
     fc_coarse.bias, fc_fine.bias               [-0.1, 0.1]
-    centers.coarse, centers.fine               [-0.1, 0.1]
+    centers                                    0, as the paper starts them
     the input image ("input")                  [-1, 1]
 
-The case: batch 2 x 3 x 107 x 107, width 1.0 (Mixed_6e is 768 x 5 x 5), M = 4 maps, 5 classes,
-labels [1, 3], chosen maps [2, 0], lambda 1, beta 0.05, the default up-sampler for 5 -> 107
+The case: batch 3 x 3 x 107 x 107, width 1.0 (Mixed_6e is 768 x 5 x 5), M = 4 maps, 5 classes,
+labels [1, 3, 1] (class 1 twice, so its center moves twice within the step; classes 0, 2 and 4
+absent, so theirs stay zero), chosen maps [2, 0, 1], lambda 1, beta 0.05, the paper's center
+rule (Eq. 2 and 3 on raw centers from zero) with one bank for both passes, the default up-sampler for 5 -> 107
 (three stride-2 transposed convolutions, 8 channels between), BatchNorm in train mode (each pass
 updates the shared running statistics, coarse then fine).
 
 Recorded (float64): "losses" (coarse CE, fine CE, coarse and fine center terms), "coarse_logits",
 "fine_logits", "upsampled" (the up-sampled map before the mask's normalisation), for every
-parameter "grad_norm/NAME" and "grad_at/NAME" (flat indices 0, n/3, 2n/3, n-1), the center banks
-after their update as "centers.coarse" / "centers.fine", and the running statistics of two BN
+parameter "grad_norm/NAME" and "grad_at/NAME" (flat indices 0, n/3, 2n/3, n-1), the center bank
+after both passes' updates as "centers", and the running statistics of two BN
 layers after both passes as "running/NAME".
 
 Needs torch, torchvision, safetensors, numpy:  python3 tools/make_c2f_golden.py [OUT]
@@ -40,7 +42,7 @@ from make_golden import uniform, value_range
 from torch_c2f_baseline import Coarse2Fine
 
 SIZE, MAPS, CLASSES = 107, 4, 5
-LABELS, CHOSEN = [1, 3], [2, 0]
+LABELS, CHOSEN = [1, 3, 1], [2, 0, 1]
 RUNNING = ["Conv2d_1a_3x3.bn", "Mixed_6e.branch_pool.bn"]
 
 
@@ -48,7 +50,7 @@ def rust_name(name: str) -> str:
     """The Rust model's state name of a PyTorch tensor name."""
     if name.startswith("backbone."):
         return name[len("backbone."):]
-    return {"centers_coarse": "centers.coarse", "centers_fine": "centers.fine"}.get(name, name)
+    return name
 
 
 def head_range(name: str, shape) -> tuple:
@@ -56,7 +58,7 @@ def head_range(name: str, shape) -> tuple:
         if name.endswith("bias"):
             return 0.0, 0.1
         return 0.0, 1.0 / np.sqrt(np.prod(shape[1:]))
-    if name.endswith("bias") or name.startswith("centers."):
+    if name.endswith("bias"):
         return -0.1, 0.1
     bound = 1.0 / np.sqrt(np.prod(shape[1:]))
     return -bound, bound
@@ -89,7 +91,8 @@ def main() -> None:
     net = Coarse2Fine(SIZE, maps=MAPS, classes=CLASSES, lam=1.0, beta=0.05, resize=resize)
     with torch.no_grad():
         for name, tensor in net.state_dict().items():
-            if name.endswith("num_batches_tracked"):
+            # The center bank starts at zero (the paper's start), as registered.
+            if name.endswith("num_batches_tracked") or name == "centers":
                 continue
             rust = rust_name(name)
             shape = tuple(tensor.shape)
@@ -97,8 +100,9 @@ def main() -> None:
             tensor.copy_(torch.from_numpy(uniform(rust, tensor.numel(), lo, hi)).view(shape))
     net = net.double().train()
 
-    x = torch.from_numpy(uniform("input", 2 * 3 * SIZE * SIZE, -1.0, 1.0)).double()
-    out_ = net(x.view(2, 3, SIZE, SIZE), torch.tensor(LABELS), torch.tensor(CHOSEN))
+    batch = len(LABELS)
+    x = torch.from_numpy(uniform("input", batch * 3 * SIZE * SIZE, -1.0, 1.0)).double()
+    out_ = net(x.view(batch, 3, SIZE, SIZE), torch.tensor(LABELS), torch.tensor(CHOSEN))
     losses = out_["losses"]
     sum(losses).backward()
 
@@ -115,15 +119,15 @@ def main() -> None:
         record[f"grad_norm/{rust}"] = g.norm().reshape(1)
         record[f"grad_at/{rust}"] = g[torch.tensor([0, n // 3, 2 * n // 3, n - 1])].contiguous()
     state = net.state_dict()
-    for bank in ["centers_coarse", "centers_fine"]:
-        record[rust_name(bank)] = state[bank].detach().clone()
+    record["centers"] = state["centers"].detach().clone()
     for bn in RUNNING:
         for stat in ["running_mean", "running_var"]:
             record[f"running/{bn}.{stat}"] = state[f"backbone.{bn}.{stat}"].detach().clone()
     save_file(record, out, metadata={
         "torch": torch.__version__,
-        "case": f"float64, batch 2x3x{SIZE}x{SIZE}, width 1.0, {MAPS} maps, {CLASSES} classes, "
-                f"labels {LABELS}, chosen maps {CHOSEN}, lambda 1, beta 0.05, train mode",
+        "case": f"float64, batch {batch}x3x{SIZE}x{SIZE}, width 1.0, {MAPS} maps, {CLASSES} classes, "
+                f"labels {LABELS}, chosen maps {CHOSEN}, lambda 1, beta 0.05, the paper's "
+                f"center rule from zero, one bank, train mode",
     })
     print(f"wrote {len(record)} tensors to {out}; losses {[round(l.item(), 6) for l in losses]}")
 

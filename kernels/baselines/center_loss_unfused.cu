@@ -1,8 +1,8 @@
 // Center loss, BENCH BASELINE ONLY (crates/c2f-baselines; kernels/center_loss.cu is the fused
 // op): the same computation as separate, unfused kernels, one op each with f32 intermediates in
 // global memory, the way a framework would run it:
-//   segments -> gather c[y] -> row sum of squares -> diff -> row sum of squares -> loss -> scale
-//   -> segmented update. Deterministic too (no float atomics). It assumes valid labels: an
+//   segments -> gather c[y] -> (normalised rule: row sum of squares) -> diff -> row sum of
+//   squares -> loss -> scale -> segmented update. Deterministic too (no float atomics). It assumes valid labels: an
 // out-of-range label is skipped (never a wild access) but not reported. Not used in training.
 #include "common.cuh"
 #include "center_loss.cuh"
@@ -50,12 +50,13 @@ template <typename T>
 __device__ void center_loss_baseline_diff_impl(const T* __restrict__ feat,
                                            const float* __restrict__ gathered,
                                            const float* __restrict__ center_sumsq,
-                                           float* __restrict__ diff, int B, int D) {
+                                           float* __restrict__ diff, int B, int D,
+                                           int normalized) {
     const long long n = (long long)B * D;
     for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < n;
          e += (long long)gridDim.x * blockDim.x) {
         const int i = (int)(e / D);
-        const float inv = 1.0f / fmaxf(sqrtf(center_sumsq[i]), NORM_EPS);
+        const float inv = normalized ? 1.0f / fmaxf(sqrtf(center_sumsq[i]), NORM_EPS) : 1.0f;
         diff[e] = load_f32(feat, e) - gathered[e] * inv;
     }
 }
@@ -80,28 +81,35 @@ __device__ void center_loss_baseline_scale_impl(const float* __restrict__ diff, 
     }
 }
 
-// One thread per (first sample of a label, d): walks the label's samples in index order.
+// One thread per (first sample of a label, d): walks the label's samples in index order. The
+// paper's rule moves the center once per sample by its feature, diff + the gathered center.
 extern "C" __global__ void __launch_bounds__(CL_THREADS)
     center_loss_baseline_update(float* __restrict__ centers, const int* __restrict__ labels,
                             const int* __restrict__ first, const int* __restrict__ next,
-                            const float* __restrict__ diff, int B, int D, float beta) {
+                            const float* __restrict__ diff, const float* __restrict__ gathered,
+                            int B, int D, float beta, int normalized) {
     const long long n = (long long)B * D;
     for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < n;
          e += (long long)gridDim.x * blockDim.x) {
         const int i = (int)(e / D), d = (int)(e % D);
         if (!first[i]) continue;
-        float acc = 0.0f;
-        for (int s = i; s >= 0; s = next[s]) acc += diff[(long long)s * D + d];
         float* c = centers + (long long)labels[i] * D + d;
-        *c = fmaf(beta, acc, *c);
+        float moved = normalized ? 0.0f : *c;
+        for (int s = i; s >= 0; s = next[s]) {
+            const long long at = (long long)s * D + d;
+            moved = normalized ? moved + diff[at]
+                               : fmaf(beta, diff[at] + gathered[at], (1.0f - beta) * moved);
+        }
+        *c = normalized ? fmaf(beta, moved, *c) : moved;
     }
 }
 
 #define CENTER_LOSS_UNFUSED_ENTRY_POINTS(SUFFIX, T)                                                \
     extern "C" __global__ void __launch_bounds__(CL_THREADS)                                       \
         center_loss_baseline_diff_##SUFFIX(const T* feat, const float* gathered,                       \
-                                       const float* center_sumsq, float* diff, int B, int D) {     \
-        center_loss_baseline_diff_impl<T>(feat, gathered, center_sumsq, diff, B, D);                   \
+                                       const float* center_sumsq, float* diff, int B, int D,       \
+                                       int normalized) {                                           \
+        center_loss_baseline_diff_impl<T>(feat, gathered, center_sumsq, diff, B, D, normalized);       \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(CL_THREADS)                                       \
         center_loss_baseline_scale_##SUFFIX(const float* diff, T* d_feat, long long n, float scale) {  \

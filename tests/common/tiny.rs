@@ -4,10 +4,10 @@
 
 use c2f_inception::backend::Backend;
 use c2f_inception::init::golden_init;
-use c2f_kernels::center_loss::CenterLossParams;
+use c2f_kernels::center_loss::{CenterLossParams, CenterRule};
 use c2f_kernels::testing::SplitMix64;
 use c2f_train::data::synthetic::{Split, SyntheticConfig, SyntheticSet};
-use c2f_train::model::{Coarse2Fine, Coarse2FineConfig, Task};
+use c2f_train::model::{CenterBanks, Coarse2Fine, Coarse2FineConfig, Task};
 
 /// The up-sampler's weights are made positive: on the non-negative attention maps the
 /// up-sampled map then has a positive maximum and a box is found.
@@ -24,7 +24,9 @@ pub fn tiny_model<B: Backend<Scalar = f32>>(b: &mut B) -> Coarse2Fine {
             center_loss: CenterLossParams {
                 lambda: 1.0,
                 beta: 0.05,
+                rule: CenterRule::MovingAverage,
             },
+            center_banks: CenterBanks::Shared,
             batch: 2,
         },
     )

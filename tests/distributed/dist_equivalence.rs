@@ -13,11 +13,11 @@ use c2f_dist::shard::ShardPlan;
 use c2f_inception::backend::{Backend, BnMode};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::init::golden_init;
-use c2f_kernels::center_loss::CenterLossParams;
+use c2f_kernels::center_loss::{CenterLossParams, CenterRule};
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::testing::{rel_error, SplitMix64};
 use c2f_train::data::loader::epoch_order;
-use c2f_train::model::{Coarse2Fine, Coarse2FineConfig, Task};
+use c2f_train::model::{CenterBanks, Coarse2Fine, Coarse2FineConfig, Task};
 
 const GLOBAL_BATCH: usize = 64;
 const WORLD: usize = 4;
@@ -76,7 +76,13 @@ fn model(b: &mut CpuBackend<f32>, batch: usize) -> Coarse2Fine {
         task: Task::Classes,
         maps: MAPS,
         upsampler_channels: vec![4, 4],
-        center_loss: CenterLossParams::default(),
+        // The rule and banks under which the ranks' combined center update is one worker's
+        // exactly (c2f_dist::centers); the paper's rule agrees to first order in β.
+        center_loss: CenterLossParams {
+            rule: CenterRule::Normalized,
+            ..CenterLossParams::default()
+        },
+        center_banks: CenterBanks::Separate,
         batch,
     };
     Coarse2Fine::new(b, config).unwrap()

@@ -17,6 +17,7 @@ use c2f_inception::cpu::CpuBackend;
 use c2f_inception::weights::read_checked;
 use c2f_kernels::testing::SplitMix64;
 use c2f_kernels::Result;
+use c2f_train::config::{CenterBanks, CenterRuleName};
 use c2f_train::data::spec::{DataSpec, OpenedData};
 use c2f_train::train::{
     build_coarse2fine, checkpoint_path, fit, init_coarse2fine, rank_config, Accuracy, BnPolicy,
@@ -45,6 +46,10 @@ fn config() -> TrainConfig {
         weight_decay: 1e-4,
         bn: BnPolicy::Eval,
         seed: 5,
+        // The rule and banks under which the ranks' combined center update is one worker's
+        // exactly (c2f_dist::centers); the paper's rule agrees to first order in β.
+        center_rule: CenterRuleName::Normalized,
+        center_banks: CenterBanks::Separate,
         ..TrainConfig::default()
     }
 }

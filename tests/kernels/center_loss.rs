@@ -4,7 +4,7 @@
 
 use c2f_baselines::center_loss::CenterLossUnfused;
 use c2f_kernels::center_loss::{
-    forward_update_cpu, CenterLossGpu, CenterLossParams, CenterLossShape,
+    forward_update_cpu, CenterLossGpu, CenterLossParams, CenterLossShape, CenterRule,
 };
 use c2f_kernels::testing::{
     assert_bit_identical, gpu_or_skip, numeric_gradient, rel_error, round_through, widen,
@@ -20,9 +20,11 @@ fn shape(batch: usize, dim: usize, classes: usize) -> CenterLossShape {
     }
 }
 
-fn params(lambda: f64, beta: f64) -> CenterLossParams {
-    CenterLossParams { lambda, beta }
+fn params(lambda: f64, beta: f64, rule: CenterRule) -> CenterLossParams {
+    CenterLossParams { lambda, beta, rule }
 }
+
+const RULES: [CenterRule; 2] = [CenterRule::MovingAverage, CenterRule::Normalized];
 
 /// Rows of norm 1, like the normalised BAP output.
 fn draw_features(s: &CenterLossShape, seed: u64) -> Vec<f64> {
@@ -80,13 +82,37 @@ fn assert_close(what: &str, got: f64, want: f64) {
 }
 
 #[test]
-fn hand_computed_case() {
+fn hand_computed_case_moving_average() {
+    // The paper's rule, against the raw centers: c0 = [3, 4], c1 = 0, c2 = [0, -2] (absent).
+    // f0 = [1, 0] (label 0): diff [-2, -4],     |diff|² 20
+    // f1 = [0, 1] (label 1): diff [0, 1],       |diff|² 1
+    // f2 = [0.6, -0.8] (label 0): diff [-2.4, -4.8], |diff|² 28.8
+    let s = shape(3, 2, 3);
+    let p = params(0.5, 0.05, CenterRule::MovingAverage);
+    let f = [1.0, 0.0, 0.0, 1.0, 0.6, -0.8];
+    let c = [3.0, 4.0, 0.0, 0.0, 0.0, -2.0];
+    let (loss, df, centers) = run64(&s, &p, &f, &[0, 1, 0], &c);
+    assert_close("loss", loss, 0.5 / 3.0 * (20.0 + 1.0 + 28.8));
+    let want_df = [-2.0, -4.0, 0.0, 1.0, -2.4, -4.8].map(|v| v / 3.0);
+    for (i, (&g, &w)) in df.iter().zip(&want_df).enumerate() {
+        assert_close(&format!("df[{i}]"), g, w);
+    }
+    // c0 moves twice, by f0 then f2: 0.95·[3, 4] + 0.05·[1, 0] = [2.9, 3.8], then
+    // 0.95·[2.9, 3.8] + 0.05·[0.6, -0.8] = [2.785, 3.57]; c1 = 0.05·[0, 1]; c2 unchanged.
+    let want_c = [2.785, 3.57, 0.0, 0.05, 0.0, -2.0];
+    for (i, (&g, &w)) in centers.iter().zip(&want_c).enumerate() {
+        assert_close(&format!("centers[{i}]"), g, w);
+    }
+}
+
+#[test]
+fn hand_computed_case_normalized() {
     // c0 = [3, 4] -> ĉ0 = [0.6, 0.8]; c1 = 0 -> ĉ1 = 0; c2 = [0, -2] is absent from the batch.
     // f0 = [1, 0] (label 0): diff [0.4, -0.8], |diff|² 0.8
     // f1 = [0, 1] (label 1): diff [0, 1],      |diff|² 1
     // f2 = [0.6, -0.8] (label 0): diff [0, -1.6], |diff|² 2.56
     let s = shape(3, 2, 3);
-    let p = params(0.5, 0.05);
+    let p = params(0.5, 0.05, CenterRule::Normalized);
     let f = [1.0, 0.0, 0.0, 1.0, 0.6, -0.8];
     let c = [3.0, 4.0, 0.0, 0.0, 0.0, -2.0];
     let (loss, df, centers) = run64(&s, &p, &f, &[0, 1, 0], &c);
@@ -106,20 +132,53 @@ fn hand_computed_case() {
 #[test]
 fn gradient_matches_finite_differences() {
     let s = shape(5, 7, 3);
-    let p = params(0.7, 0.05);
     let f = draw_features(&s, 1);
     let c = draw_centers(&s, 2);
     let y = [2, 0, 2, 1, 2];
-    let (_, df, _) = run64(&s, &p, &f, &y, &c);
-    let num = numeric_gradient(|x| run64(&s, &p, x, &y, &c).0, &f, 1e-6);
-    let e = rel_error(&df, &num);
-    assert!(e < 1e-7, "df relative error {e}");
+    for rule in RULES {
+        let p = params(0.7, 0.05, rule);
+        let (_, df, _) = run64(&s, &p, &f, &y, &c);
+        let num = numeric_gradient(|x| run64(&s, &p, x, &y, &c).0, &f, 1e-6);
+        let e = rel_error(&df, &num);
+        assert!(e < 1e-7, "{rule:?}: df relative error {e}");
+    }
 }
 
 #[test]
-fn repeated_labels_all_contribute_to_the_update() {
+fn moving_average_moves_once_per_sample_in_batch_order() {
+    // Class 1 at samples 0, 2, 3: c1 ← (1−β)³c1 + β(1−β)²f0 + β(1−β)f2 + βf3, the closed form of
+    // Eq. 3 applied per sample.
     let s = shape(4, 6, 3);
-    let p = params(1.0, 0.05);
+    let p = params(1.0, 0.05, CenterRule::MovingAverage);
+    let f = draw_features(&s, 3);
+    let c = draw_centers(&s, 4);
+    let (_, _, centers) = run64(&s, &p, &f, &[1, 0, 1, 1], &c);
+    let (d, b) = (s.dim, p.beta);
+    for j in 0..d {
+        let want = (1.0 - b).powi(3) * c[d + j]
+            + b * (1.0 - b).powi(2) * f[j]
+            + b * (1.0 - b) * f[2 * d + j]
+            + b * f[3 * d + j];
+        assert_close(&format!("c1[{j}]"), centers[d + j], want);
+        // Another order of the same samples lands elsewhere: the order is part of the rule.
+        let swapped = (1.0 - b).powi(3) * c[d + j]
+            + b * (1.0 - b).powi(2) * f[3 * d + j]
+            + b * (1.0 - b) * f[2 * d + j]
+            + b * f[j];
+        assert!((want - swapped).abs() > 1e-6);
+        assert_close(
+            &format!("c0[{j}]"),
+            centers[j],
+            (1.0 - b) * c[j] + b * f[d + j],
+        );
+    }
+    assert_bit_identical("absent class", &centers[2 * d..], &c[2 * d..]);
+}
+
+#[test]
+fn normalized_rule_accumulates_repeated_labels() {
+    let s = shape(4, 6, 3);
+    let p = params(1.0, 0.05, CenterRule::Normalized);
     let f = draw_features(&s, 3);
     let c = draw_centers(&s, 4);
     let y = [1, 0, 1, 1];
@@ -141,23 +200,31 @@ fn repeated_labels_all_contribute_to_the_update() {
 
 #[test]
 fn zero_centers_start() {
-    // ĉ = 0: loss = (λ/B) Σ |f_i|², df = (2λ/B) f, c_k = β Σ_{y_i=k} f_i.
+    // The paper's start. Under either rule the loss is taken against 0: loss = (λ/B) Σ |f_i|²,
+    // df = (2λ/B) f. The paper's rule then makes c2 = β(1−β)²f0 + β(1−β)f2 + βf3, the
+    // normalised one c2 = β(f0 + f2 + f3); class 1 is absent and stays 0.
     let s = shape(4, 9, 3);
-    let p = params(0.3, 0.05);
     let f = draw_features(&s, 5);
     let y = [2, 0, 2, 2];
-    let (loss, df, centers) = run64(&s, &p, &f, &y, &vec![0.0; s.centers_len()]);
-    let sq: f64 = f.iter().map(|v| v * v).sum();
-    assert_close("loss", loss, 0.3 / 4.0 * sq);
-    for (i, (&g, &fv)) in df.iter().zip(&f).enumerate() {
-        assert_close(&format!("df[{i}]"), g, 2.0 * 0.3 / 4.0 * fv);
-    }
-    let d = s.dim;
-    for j in 0..d {
-        assert_close("c0", centers[j], 0.05 * f[d + j]);
-        assert_eq!(centers[d + j], 0.0, "class 1 is absent");
-        let want = 0.05 * (f[j] + f[2 * d + j] + f[3 * d + j]);
-        assert_close("c2", centers[2 * d + j], want);
+    let (d, b) = (s.dim, 0.05);
+    for rule in RULES {
+        let p = params(0.3, b, rule);
+        let (loss, df, centers) = run64(&s, &p, &f, &y, &vec![0.0; s.centers_len()]);
+        let sq: f64 = f.iter().map(|v| v * v).sum();
+        assert_close("loss", loss, 0.3 / 4.0 * sq);
+        for (i, (&g, &fv)) in df.iter().zip(&f).enumerate() {
+            assert_close(&format!("df[{i}]"), g, 2.0 * 0.3 / 4.0 * fv);
+        }
+        let weights = match rule {
+            CenterRule::MovingAverage => [b * (1.0 - b) * (1.0 - b), b * (1.0 - b), b],
+            CenterRule::Normalized => [b, b, b],
+        };
+        for j in 0..d {
+            assert_close("c0", centers[j], b * f[d + j]);
+            assert_eq!(centers[d + j], 0.0, "class 1 is absent");
+            let want = weights[0] * f[j] + weights[1] * f[2 * d + j] + weights[2] * f[3 * d + j];
+            assert_close(&format!("{rule:?} c2"), centers[2 * d + j], want);
+        }
     }
 }
 
@@ -193,19 +260,21 @@ fn bad_label_is_an_error_and_writes_nothing() {
 #[test]
 fn f32_reference_matches_f64() {
     let s = shape(8, 300, 5);
-    let p = CenterLossParams::default();
     let f = draw_features(&s, 8);
     let c = draw_centers(&s, 9);
     let y = draw_labels(&s, 10);
-    let (loss64, df64, c64) = run64(&s, &p, &f, &y, &c);
-    let (f32v, _) = round_through::<f32>(&f);
-    let (mut c32, c_seen) = round_through::<f32>(&c);
-    let mut df = vec![f32::NAN; s.features_len()];
-    let loss = forward_update_cpu(&s, &p, &f32v, &y, &mut c32, &mut df).unwrap();
-    assert!(rel_error(&[loss as f64], &[loss64]) < 1e-5);
-    assert!(rel_error(&widen(&df), &df64) < 1e-5);
-    let e = rel_error(&delta(&widen(&c32), &c_seen), &delta(&c64, &c));
-    assert!(e < 1e-5, "center update relative error {e}");
+    for rule in RULES {
+        let p = params(1.0, 0.05, rule);
+        let (loss64, df64, c64) = run64(&s, &p, &f, &y, &c);
+        let (f32v, _) = round_through::<f32>(&f);
+        let (mut c32, c_seen) = round_through::<f32>(&c);
+        let mut df = vec![f32::NAN; s.features_len()];
+        let loss = forward_update_cpu(&s, &p, &f32v, &y, &mut c32, &mut df).unwrap();
+        assert!(rel_error(&[loss as f64], &[loss64]) < 1e-5);
+        assert!(rel_error(&widen(&df), &df64) < 1e-5);
+        let e = rel_error(&delta(&widen(&c32), &c_seen), &delta(&c64, &c));
+        assert!(e < 1e-5, "{rule:?}: center update relative error {e}");
+    }
 }
 
 #[test]
@@ -310,13 +379,18 @@ fn check_run<T: Element>(
 /// Fused kernels in `T` against the f64 reference (from nonzero and from zero centers), and bit
 /// identical across two runs from the same start.
 fn gpu_matches_reference<T: Element>(gpu: &Gpu, s: CenterLossShape, y: &[i32], tol: f64) {
-    let p = params(0.8, 0.05);
     let (f_t, f_seen) = round_through::<T>(&draw_features(&s, 11));
-    for (start, c) in [
-        ("nonzero", draw_centers(&s, 12)),
-        ("zero", vec![0.0; s.centers_len()]),
-    ] {
-        let name = format!("center loss {} {s:?} from {start} centers", T::SUFFIX);
+    for (rule, start, c) in RULES.into_iter().flat_map(|rule| {
+        [
+            (rule, "nonzero", draw_centers(&s, 12)),
+            (rule, "zero", vec![0.0; s.centers_len()]),
+        ]
+    }) {
+        let p = params(0.8, 0.05, rule);
+        let name = format!(
+            "center loss {rule:?} {} {s:?} from {start} centers",
+            T::SUFFIX
+        );
         let (c0, c_seen) = round_through::<f32>(&c);
         let reference = run64(&s, &p, &f_seen, y, &c_seen);
         let first = run_gpu(gpu, s, &p, &f_t, y, &c0, false);
@@ -330,11 +404,17 @@ fn gpu_matches_reference<T: Element>(gpu: &Gpu, s: CenterLossShape, y: &[i32], t
 
 /// The unfused bench baseline against the f64 reference and against the fused kernels, so a
 /// speed-up is never measured against a wrong baseline.
-fn baseline_matches_fused<T: Element>(gpu: &Gpu, s: CenterLossShape, y: &[i32], tol: f64) {
-    let p = params(0.8, 0.05);
+fn baseline_matches_fused<T: Element>(
+    gpu: &Gpu,
+    s: CenterLossShape,
+    y: &[i32],
+    rule: CenterRule,
+    tol: f64,
+) {
+    let p = params(0.8, 0.05, rule);
     let (f_t, f_seen) = round_through::<T>(&draw_features(&s, 16));
     let (c0, c_seen) = round_through::<f32>(&draw_centers(&s, 17));
-    let name = format!("center loss unfused baseline {} {s:?}", T::SUFFIX);
+    let name = format!("center loss unfused baseline {rule:?} {} {s:?}", T::SUFFIX);
     let reference = run64(&s, &p, &f_seen, y, &c_seen);
     let base = run_gpu(gpu, s, &p, &f_t, y, &c0, true);
     check_run(&name, &s, y, &base, &reference, &c_seen, tol);
@@ -390,8 +470,10 @@ fn gpu_unfused_baseline_matches_fused() {
         return;
     };
     for (s, y) in gpu_cases() {
-        baseline_matches_fused::<f32>(&gpu, s, &y, 1e-5);
-        baseline_matches_fused::<half::bf16>(&gpu, s, &y, 1e-2);
+        for rule in RULES {
+            baseline_matches_fused::<f32>(&gpu, s, &y, rule, 1e-5);
+            baseline_matches_fused::<half::bf16>(&gpu, s, &y, rule, 1e-2);
+        }
     }
 }
 

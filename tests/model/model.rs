@@ -6,11 +6,11 @@
 use c2f_inception::backend::{Backend, BnMode};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::init::golden_init;
-use c2f_kernels::center_loss::CenterLossParams;
+use c2f_kernels::center_loss::{CenterLossParams, CenterRule};
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::testing::{rel_error, SplitMix64};
 use c2f_kernels::Real;
-use c2f_train::model::{Coarse2Fine, Coarse2FineConfig, Task};
+use c2f_train::model::{CenterBanks, Coarse2Fine, Coarse2FineConfig, Task};
 
 const BATCH: usize = 3;
 const LABELS: [i32; BATCH] = [2, 0, 1];
@@ -26,7 +26,12 @@ fn tiny<R: Real>(task: Task, beta: f64, seed: u64) -> (CpuBackend<R>, Coarse2Fin
         task,
         maps: 2,
         upsampler_channels: vec![4, 4],
-        center_loss: CenterLossParams { lambda: 1.0, beta },
+        center_loss: CenterLossParams {
+            lambda: 1.0,
+            beta,
+            rule: CenterRule::MovingAverage,
+        },
+        center_banks: CenterBanks::Shared,
         batch: BATCH,
     };
     let mut cpu = CpuBackend::<R>::new();

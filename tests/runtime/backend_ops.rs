@@ -99,6 +99,7 @@ fn center_loss_wrapper() {
     let p = CenterLossParams {
         lambda: 0.7,
         beta: 0.05,
+        ..CenterLossParams::default()
     };
     let mut a = Arena::new();
     let (f, fv) = a.random(s.features_len(), -1.0, 1.0);

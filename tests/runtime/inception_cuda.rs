@@ -528,6 +528,7 @@ fn coarse2fine_ops_match_cpu() {
     let cp = CenterLossParams {
         lambda: 1.0,
         beta: 0.05,
+        ..CenterLossParams::default()
     };
     let f = p.random(cs.features_len(), -1.0, 1.0, 1);
     let centers = p.random(cs.centers_len(), -1.0, 1.0, 1);

@@ -1,6 +1,7 @@
-//! The benchmark baseline, nothing else uses it: the same computation as eight separate kernel
-//! launches with f32 intermediates in global memory (segments, gather, center norms, diff, loss
-//! rows, loss, gradient scale, segmented update), as a framework would run it. It assumes valid
+//! The benchmark baseline, nothing else uses it: the same computation as separate kernel
+//! launches with f32 intermediates in global memory (segments, gather, center norms for the
+//! normalised rule, diff, loss rows, loss, gradient scale, segmented update), as a framework
+//! would run it. It assumes valid
 //! labels: a bad label is skipped, never reported. A GPU test holds it to the fused kernels' answer.
 
 use std::sync::Arc;
@@ -77,7 +78,7 @@ impl<T: Element> CenterLossUnfused<T> {
         Ok(loss[0])
     }
 
-    /// Launches the eight kernels without waiting.
+    /// Launches the kernels without waiting.
     pub fn enqueue(
         &mut self,
         params: &CenterLossParams,
@@ -90,7 +91,7 @@ impl<T: Element> CenterLossUnfused<T> {
         check_buffers(&s, features, labels, centers, d_features)?;
         let (b, d, c) = (s.batch as i32, s.dim as i32, s.classes as i32);
         let n = s.features_len() as i64;
-        let (grad_scale, loss_scale, beta) = launch_params(&s, params);
+        let (grad_scale, loss_scale, beta, normalized) = launch_params(&s, params);
         let cfg = |blocks: u32| LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (THREADS, 1, 1),
@@ -123,12 +124,14 @@ impl<T: Element> CenterLossUnfused<T> {
                 .arg(&d)
                 .arg(&c)
                 .launch(elementwise)?;
-            self.stream
-                .launch_builder(&self.row_sumsq)
-                .arg(&self.gathered)
-                .arg(&mut self.center_sumsq)
-                .arg(&d)
-                .launch(per_row)?;
+            if normalized != 0 {
+                self.stream
+                    .launch_builder(&self.row_sumsq)
+                    .arg(&self.gathered)
+                    .arg(&mut self.center_sumsq)
+                    .arg(&d)
+                    .launch(per_row)?;
+            }
             self.stream
                 .launch_builder(&self.diff_fn)
                 .arg(&features)
@@ -137,6 +140,7 @@ impl<T: Element> CenterLossUnfused<T> {
                 .arg(&mut self.diff)
                 .arg(&b)
                 .arg(&d)
+                .arg(&normalized)
                 .launch(elementwise)?;
             self.stream
                 .launch_builder(&self.row_sumsq)
@@ -165,9 +169,11 @@ impl<T: Element> CenterLossUnfused<T> {
                 .arg(&self.first)
                 .arg(&self.next)
                 .arg(&self.diff)
+                .arg(&self.gathered)
                 .arg(&b)
                 .arg(&d)
                 .arg(&beta)
+                .arg(&normalized)
                 .launch(elementwise)?;
         }
         Ok(())

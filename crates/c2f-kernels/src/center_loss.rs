@@ -1,9 +1,16 @@
-//! Center loss with moving-average, normalised centers (WS-DAN), and its center update:
+//! The center loss and its moving-average center update, under one of two rules:
 //!
-//! - `ĉ_k = c_k / max(‖c_k‖, 1e-12)` (a zero center stays zero)
-//! - `loss = (λ/B) Σ_i ‖f_i − ĉ_{y_i}‖²`, `df_i = (2λ/B)(f_i − ĉ_{y_i})` (assigned)
-//! - every class `k` in the batch: `c_k ← c_k + β·Σ_{i: y_i=k} (f_i − ĉ_k)`, with `ĉ` taken before
-//!   the update. Repeated labels accumulate, as in the official TensorFlow code.
+//! - [`CenterRule::MovingAverage`], the paper's (Eq. 2 and 3), the default: the loss is taken
+//!   against the raw center, `loss = (λ/B) Σ_i ‖f_i − c_{y_i}‖²`, `df_i = (2λ/B)(f_i − c_{y_i})`
+//!   (assigned, centers before the update), then every sample in batch order moves its class's
+//!   center, `c_y ← (1 − β)c_y + β·f_i`: a class seen `n` times in the batch moves `n` times,
+//!   `c ← (1 − β)ⁿc + β Σ_j (1 − β)^(n−j) f_j`.
+//! - [`CenterRule::Normalized`], the WS-DAN reimplementations' (`--center-rule normalized`): the
+//!   loss is taken against `ĉ_k = c_k / max(‖c_k‖, 1e-12)` (a zero center stays zero), and every
+//!   class `k` in the batch moves by `c_k ← c_k + β·Σ_{i: y_i=k} (f_i − ĉ_k)`, `ĉ` taken before
+//!   the update (repeated labels accumulate, as in the official TensorFlow code). With unit-norm
+//!   features and centers from zero this makes each center the last feature seen of its class
+//!   (docs/method.md).
 //!
 //! `f [B, D]` is the normalised BAP output (`D = M·N`), `y [B]` the labels, `c [C, D]` the centers:
 //! non-trainable state that starts at zero. The centers are always f32 on the GPU, even when the
@@ -70,19 +77,31 @@ impl CenterLossShape {
     }
 }
 
-/// The loss weight λ and the center update rate β.
+/// How the centers enter the loss and move (the module docs give both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum CenterRule {
+    /// The paper's Eq. 2 and 3: raw centers, `c ← (1 − β)c + βf` once per sample.
+    #[default]
+    MovingAverage,
+    /// The WS-DAN reimplementations': normalised centers, `c += β Σ (f − ĉ)`.
+    Normalized,
+}
+
+/// The loss weight λ, the center update rate β and the rule.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CenterLossParams {
     pub lambda: f64,
     pub beta: f64,
+    pub rule: CenterRule,
 }
 
 impl Default for CenterLossParams {
-    /// λ = 1 (WS-DAN adds the center loss unweighted), β = [`DEFAULT_BETA`].
+    /// λ = 1 (the paper's), β = [`DEFAULT_BETA`], the paper's rule.
     fn default() -> Self {
         CenterLossParams {
             lambda: 1.0,
             beta: DEFAULT_BETA,
+            rule: CenterRule::MovingAverage,
         }
     }
 }
@@ -111,15 +130,20 @@ pub fn forward_update_cpu<R: Real>(
     let floor = R::from_f64(NORM_EPS);
     let grad_scale = R::from_f64(2.0 * params.lambda / shape.batch as f64);
     let beta = R::from_f64(params.beta);
+    let normalized = params.rule == CenterRule::Normalized;
 
-    // ĉ of every class in the batch, before any update.
+    // The center each sample's loss is taken against, for every class in the batch, before any
+    // update: the raw center, or ĉ.
     let mut present = vec![false; shape.classes];
     labels.iter().for_each(|&y| present[y as usize] = true);
-    let normalised: Vec<Option<Vec<R>>> = centers
+    let targets: Vec<Option<Vec<R>>> = centers
         .par_chunks(d)
         .zip(present.par_iter())
         .map(|(c, &here)| {
             here.then(|| {
+                if !normalized {
+                    return c.to_vec();
+                }
                 let inv = c
                     .iter()
                     .map(|&v| v * v)
@@ -131,7 +155,7 @@ pub fn forward_update_cpu<R: Real>(
             })
         })
         .collect();
-    let chat = |i: usize| normalised[labels[i] as usize].as_deref().unwrap();
+    let target = |i: usize| targets[labels[i] as usize].as_deref().unwrap();
 
     let sample_sq: Vec<R> = d_features
         .par_chunks_mut(d)
@@ -139,7 +163,7 @@ pub fn forward_update_cpu<R: Real>(
         .map(|(i, df)| {
             let f = &features[i * d..][..d];
             let mut sq = R::zero();
-            for ((g, &fv), &cv) in df.iter_mut().zip(f).zip(chat(i)) {
+            for ((g, &fv), &cv) in df.iter_mut().zip(f).zip(target(i)) {
                 let diff = fv - cv;
                 *g = grad_scale * diff;
                 sq = sq + diff * diff;
@@ -149,21 +173,32 @@ pub fn forward_update_cpu<R: Real>(
         .collect();
     let loss = sample_sq.into_iter().sum::<R>() * R::from_f64(params.lambda / shape.batch as f64);
 
+    let keep = R::one() - beta;
     centers
         .par_chunks_mut(d)
-        .zip(normalised.par_iter())
+        .zip(targets.par_iter())
         .enumerate()
-        .for_each(|(k, (c, chat_k))| {
-            let Some(chat_k) = chat_k else { return };
-            let mut acc = vec![R::zero(); d];
-            for (i, _) in labels.iter().enumerate().filter(|(_, &y)| y as usize == k) {
-                let f = &features[i * d..][..d];
-                for ((a, &fv), &cv) in acc.iter_mut().zip(f).zip(chat_k) {
-                    *a = *a + (fv - cv);
+        .for_each(|(k, (c, target_k))| {
+            let Some(target_k) = target_k else { return };
+            let samples = labels.iter().enumerate().filter(|(_, &y)| y as usize == k);
+            if normalized {
+                let mut acc = vec![R::zero(); d];
+                for (i, _) in samples {
+                    let f = &features[i * d..][..d];
+                    for ((a, &fv), &cv) in acc.iter_mut().zip(f).zip(target_k) {
+                        *a = *a + (fv - cv);
+                    }
                 }
-            }
-            for (cv, a) in c.iter_mut().zip(acc) {
-                *cv = *cv + beta * a;
+                for (cv, a) in c.iter_mut().zip(acc) {
+                    *cv = *cv + beta * a;
+                }
+            } else {
+                for (i, _) in samples {
+                    let f = &features[i * d..][..d];
+                    for (cv, &fv) in c.iter_mut().zip(f) {
+                        *cv = keep * *cv + beta * fv;
+                    }
+                }
             }
         });
     Ok(loss)
@@ -178,12 +213,13 @@ const STATE_LEN: usize = 5;
 const RESULT: std::ops::Range<usize> = 2..5;
 
 #[doc(hidden)] // for c2f-baselines
-pub fn launch_params(shape: &CenterLossShape, params: &CenterLossParams) -> (f32, f32, f32) {
+pub fn launch_params(shape: &CenterLossShape, params: &CenterLossParams) -> (f32, f32, f32, i32) {
     let b = shape.batch as f64;
     (
         (2.0 * params.lambda / b) as f32,
         (params.lambda / b) as f32,
         params.beta as f32,
+        (params.rule == CenterRule::Normalized) as i32,
     )
 }
 
@@ -211,7 +247,7 @@ pub struct CenterLossGpu<T: Element> {
     stream: Arc<CudaStream>,
     sumsq_fn: CudaFunction,
     update_fn: CudaFunction,
-    /// Partial ‖c_{y_i}‖² per (sample, chunk of D).
+    /// Partial ‖c_{y_i}‖² per (sample, chunk of D), for [`CenterRule::Normalized`].
     sumsq: CudaSlice<f32>,
     /// Partial loss per (sample, chunk of D).
     loss_parts: CudaSlice<f32>,
@@ -269,7 +305,7 @@ impl<T: Element> CenterLossGpu<T> {
         let s = self.shape;
         check_buffers(&s, features, labels, centers, d_features)?;
         let (b, d, c) = (s.batch as i32, s.dim as i32, s.classes as i32);
-        let (grad_scale, loss_scale, beta) = launch_params(&s, params);
+        let (grad_scale, loss_scale, beta, normalized) = launch_params(&s, params);
         let grid = (s.dim.div_ceil(CHUNK) as u32, s.batch as u32, 1);
         let sumsq_cfg = LaunchConfig {
             grid_dim: grid,
@@ -297,6 +333,7 @@ impl<T: Element> CenterLossGpu<T> {
                 .arg(&b)
                 .arg(&d)
                 .arg(&c)
+                .arg(&normalized)
                 .launch(sumsq_cfg)?;
             self.stream
                 .launch_builder(&self.update_fn)
@@ -312,6 +349,7 @@ impl<T: Element> CenterLossGpu<T> {
                 .arg(&grad_scale)
                 .arg(&loss_scale)
                 .arg(&beta)
+                .arg(&normalized)
                 .launch(update_cfg)?;
         }
         Ok(())

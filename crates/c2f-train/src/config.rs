@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use c2f_inception::backend::BnMode;
 use c2f_inception::table::TensorEntry;
-use c2f_kernels::center_loss::CenterLossParams;
+use c2f_kernels::center_loss::{CenterLossParams, CenterRule};
 use c2f_kernels::sgd::SgdParams;
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +21,53 @@ pub enum Schedule {
     Step,
     /// Cosine from the base rate to zero over the run, per step.
     Cosine,
+}
+
+/// How the centers enter the center loss and move (`--center-rule`; the kernel's
+/// [`CenterRule`] says exactly).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CenterRuleName {
+    /// The paper's Eq. 2 and 3: the loss against the raw center, which moves as
+    /// `c ← (1 − β)c + βf` once per sample.
+    #[default]
+    MovingAverage,
+    /// The WS-DAN reimplementations': the loss against the normalised center ĉ, which moves by
+    /// `β Σ (f − ĉ)`.
+    Normalized,
+}
+
+impl From<CenterRuleName> for CenterRule {
+    fn from(name: CenterRuleName) -> CenterRule {
+        match name {
+            CenterRuleName::MovingAverage => CenterRule::MovingAverage,
+            CenterRuleName::Normalized => CenterRule::Normalized,
+        }
+    }
+}
+
+/// Whether the two passes pull their part features to one center bank or to one each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CenterBanks {
+    /// One bank, `centers`: the paper's C center matrices, one per class, with Algorithm 1's
+    /// center loss over both passes' features. The coarse pass's loss is taken against it and
+    /// its features move it; then the fine pass's loss is taken against the moved bank and its
+    /// features move it again (docs/method.md).
+    #[default]
+    Shared,
+    /// `centers.coarse` and `centers.fine`, one per pass.
+    Separate,
+}
+
+/// A checkpoint's config from before the center rule and banks were chosen by flag was trained
+/// with the normalised rule and a bank per pass.
+fn legacy_center_rule() -> CenterRuleName {
+    CenterRuleName::Normalized
+}
+
+fn legacy_center_banks() -> CenterBanks {
+    CenterBanks::Separate
 }
 
 /// What BatchNorm does during training.
@@ -73,6 +120,12 @@ pub struct TrainConfig {
     /// Center loss weight λ and moving-average rate β.
     pub center_lambda: f64,
     pub center_beta: f64,
+    /// The center rule: the paper's moving average, or the WS-DAN reimplementations'.
+    #[serde(default = "legacy_center_rule")]
+    pub center_rule: CenterRuleName,
+    /// One center bank for both passes (the paper's C center matrices) or one per pass.
+    #[serde(default = "legacy_center_banks")]
+    pub center_banks: CenterBanks,
     /// λ rises linearly from zero over this many epochs (per step). From scratch, a full
     /// center loss at the start pulls every image's part features to the same point before
     /// they tell the classes apart, and training can stay there (README); 0: none (the paper).
@@ -140,6 +193,8 @@ impl Preset {
             bn: BnPolicy::Train,
             center_lambda,
             center_beta: 0.05,
+            center_rule: CenterRuleName::MovingAverage,
+            center_banks: CenterBanks::Shared,
             center_warmup_epochs: center_warmup,
             seed: 0,
             upsampler: UpsamplerKind::Learnable,
@@ -164,6 +219,7 @@ impl TrainConfig {
         CenterLossParams {
             lambda: self.center_lambda,
             beta: self.center_beta,
+            rule: self.center_rule.into(),
         }
     }
 

@@ -7,8 +7,9 @@
 //!    stack of stride-2 transposed convolutions (ReLU between) and a fixed bilinear resize to
 //!    the input size; normalised to a mask (per-sample max) that multiplies the image; the
 //!    masked image through the same backbone and attention conv, BAP, fine head `fc_f(100·P')`;
-//! 3. loss `CE(coarse) + CE(fine) + λ·(CL(P) + CL(P'))`, the center loss with separate
-//!    moving-average banks for the two passes.
+//! 3. loss `CE(coarse) + CE(fine) + λ·(CL(P) + CL(P'))`, the center loss of the paper's Eq. 2
+//!    and 3 (or the WS-DAN reimplementations' rule) over one center bank shared by both passes
+//!    ([`CenterBanks`]; or one bank per pass).
 //!
 //! A multi-label model ([`Task::Attributes`], CelebA in the paper's Table 9) has one binary
 //! output per attribute: sigmoid binary cross-entropy replaces the softmax cross-entropy, and
@@ -31,6 +32,7 @@ use c2f_kernels::mask::MaskShape;
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::{Error, Result};
 
+pub use crate::config::CenterBanks;
 use crate::state::{network_state, table_state, Named};
 pub use crate::task::Task;
 use crate::upsampler::{Upsampler, UpsamplerKind, UpsamplerShape};
@@ -74,6 +76,7 @@ pub struct Coarse2FineConfig {
     /// plus the last one back to a single map, so `len + 1` layers in all.
     pub upsampler_channels: Vec<usize>,
     pub center_loss: CenterLossParams,
+    pub center_banks: CenterBanks,
     pub batch: usize,
 }
 
@@ -208,8 +211,13 @@ impl Coarse2Fine {
         let total = heads.table.total();
         let coarse_net = Network::new(b, graph, batch)?;
         let fine_net = coarse_net.sharing(b)?;
-        let coarse = Pass::new(b, coarse_net, &config, m * n)?;
-        let fine = Pass::new(b, fine_net, &config, m * n)?;
+        let coarse_centers = b.alloc(config.classes * m * n)?;
+        let fine_centers = match config.center_banks {
+            CenterBanks::Shared => coarse_centers,
+            CenterBanks::Separate => b.alloc(config.classes * m * n)?,
+        };
+        let coarse = Pass::new(b, coarse_net, &config, m * n, coarse_centers)?;
+        let fine = Pass::new(b, fine_net, &config, m * n, fine_centers)?;
         let hw = f.height * f.width;
         Ok(Coarse2Fine {
             params: b.alloc(total)?,
@@ -244,7 +252,8 @@ impl Coarse2Fine {
         self.coarse.net.input()
     }
 
-    /// The coarse and fine center banks `[C, M·N]` (state, not parameters).
+    /// The coarse and fine passes' center banks `[C, M·N]` (state, not parameters): the same
+    /// tensor twice with [`CenterBanks::Shared`].
     pub fn centers(&self) -> (Tensor, Tensor) {
         (self.coarse.centers, self.fine.centers)
     }
@@ -615,7 +624,8 @@ impl Coarse2Fine {
     }
 
     /// Everything a checkpoint holds: the backbone's state, the heads' parameters and momentum,
-    /// and the two center banks (a [`Task::Attributes`] model has none in use).
+    /// and the center banks, `centers` or `centers.coarse` and `centers.fine` (a
+    /// [`Task::Attributes`] model has none in use).
     pub fn state(&self) -> Vec<Named> {
         let mut state = network_state(&self.coarse.net);
         state.extend(table_state(&self.heads.table, self.params, ""));
@@ -624,10 +634,14 @@ impl Coarse2Fine {
             return state;
         }
         let shape = vec![self.config.classes, self.center_shape().dim];
-        for (name, tensor) in [
-            ("centers.coarse", self.coarse.centers),
-            ("centers.fine", self.fine.centers),
-        ] {
+        let banks = match self.config.center_banks {
+            CenterBanks::Shared => vec![("centers", self.coarse.centers)],
+            CenterBanks::Separate => vec![
+                ("centers.coarse", self.coarse.centers),
+                ("centers.fine", self.fine.centers),
+            ],
+        };
+        for (name, tensor) in banks {
             state.push(Named {
                 name: name.into(),
                 shape: shape.clone(),
@@ -666,6 +680,7 @@ impl Pass {
         net: Network,
         config: &Coarse2FineConfig,
         part_len: usize,
+        centers: Tensor,
     ) -> Result<Pass> {
         let graph = &net.graph;
         let f = graph.activations[graph.mixed_6e];
@@ -686,7 +701,7 @@ impl Pass {
             logits: b.alloc(logits)?,
             d_logits: b.alloc(logits)?,
             predictions: b.alloc_index(predictions)?,
-            centers: b.alloc(config.classes * part_len)?,
+            centers,
             net,
         })
     }

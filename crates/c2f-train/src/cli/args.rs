@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{BnPolicy, Schedule};
+use crate::config::{BnPolicy, CenterBanks, CenterRuleName, Schedule};
 
 #[derive(Parser)]
 #[command(
@@ -143,6 +143,15 @@ pub struct TrainArgs {
     /// Center moving-average rate β (default: 0.05).
     #[arg(long)]
     pub beta: Option<f64>,
+    /// How the centers enter the center loss and move: `moving-average`, the paper's Eq. 2 and
+    /// 3 (raw centers from zero, `c ← (1 − β)c + βf` per sample), or `normalized`, the WS-DAN
+    /// reimplementations' (the loss against c/‖c‖) (default: moving-average).
+    #[arg(long, value_enum)]
+    pub center_rule: Option<CenterRuleName>,
+    /// `shared`: one center bank for both passes, the paper's C center matrices; `separate`: one
+    /// bank per pass (default: shared).
+    #[arg(long, value_enum)]
+    pub center_banks: Option<CenterBanks>,
     /// Epochs over which λ rises linearly from zero (default: 3 from scratch, where a full
     /// center loss at the start can pull every image's part features to one point; 0 with
     /// --weights, as in the paper).

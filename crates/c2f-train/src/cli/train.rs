@@ -242,6 +242,8 @@ impl TrainArgs {
             bn: self.bn.unwrap_or(base.bn),
             center_lambda: self.lambda.unwrap_or(base.center_lambda),
             center_beta: self.beta.unwrap_or(base.center_beta),
+            center_rule: self.center_rule.unwrap_or(base.center_rule),
+            center_banks: self.center_banks.unwrap_or(base.center_banks),
             center_warmup_epochs: self
                 .center_warmup_epochs
                 .unwrap_or(base.center_warmup_epochs),

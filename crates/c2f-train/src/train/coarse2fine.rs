@@ -110,6 +110,7 @@ pub fn build_coarse2fine<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<Coa
             maps: cfg.maps,
             upsampler_channels: default_channels(map_side, cfg.input_size),
             center_loss: cfg.center_loss(),
+            center_banks: cfg.center_banks,
             batch: cfg.batch,
         },
         cfg.upsampler,

@@ -115,7 +115,9 @@ impl<'d, 'a, B: Backend<Scalar = f32>> RankStep<'d, 'a, B> {
         for t in model.state() {
             dp.collective.broadcast(b, t.tensor)?;
         }
-        let banks = model.center_banks();
+        // A bank shared by both passes is listed twice: it is synchronised once.
+        let mut banks = model.center_banks();
+        banks.dedup();
         let centers = if banks.is_empty() {
             None
         } else {
