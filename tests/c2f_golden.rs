@@ -12,7 +12,7 @@ mod common {
     pub mod recorded;
 }
 
-use c2f_inception::backend::{Backend, BnMode, Tensor};
+use c2f_inception::backend::{prelude::*, BnMode, Tensor};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::init::{counter_uniform, golden_range};
 use c2f_inception::table::TensorTable;
