@@ -53,11 +53,17 @@ pub(super) struct DeviceBuf<T> {
 }
 
 impl<T: DeviceRepr + ValidAsZeroBits> DeviceBuf<T> {
-    pub(super) fn zeroed(stream: &Arc<CudaStream>, len: usize) -> Result<Self> {
-        Ok(DeviceBuf {
+    /// Appends a zero-filled buffer of `len` elements to `bufs`; returns its index.
+    pub(super) fn push_zeroed(
+        bufs: &mut Vec<DeviceBuf<T>>,
+        stream: &Arc<CudaStream>,
+        len: usize,
+    ) -> Result<usize> {
+        bufs.push(DeviceBuf {
             data: stream.alloc_zeros::<T>(len.max(1))?,
             len,
-        })
+        });
+        Ok(bufs.len() - 1)
     }
 }
 

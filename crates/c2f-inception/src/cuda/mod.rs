@@ -1,8 +1,7 @@
 //! The CUDA backend: device buffers owned by the backend ([`memory`]), convolutions through
 //! cuDNN ([`conv`]), the `fc` through cuBLAS ([`linear`]), every other op through `c2f-kernels`'
-//! GPU launchers, each made on first use of its shape and kept ([`launch`]). The ops are
-//! implemented one trait a file, as the backend interface groups them ([`crate::backend`]):
-//! `ops_network.rs`, `ops_training.rs` and `ops_coarse2fine.rs`.
+//! GPU launchers, each made on first use of its shape and kept ([`launch`]); the ops themselves
+//! are in [`ops`], one impl per trait of the backend interface ([`crate::backend`]).
 //!
 //! Ops address their operands as ranges of the backend's buffers ([`DevRange`]): the checks of
 //! [`crate::backend::check_operands`] (in bounds, no output overlapping another operand of the
@@ -18,9 +17,7 @@ pub mod conv;
 mod launch;
 pub mod linear;
 mod memory;
-mod ops_coarse2fine;
-mod ops_network;
-mod ops_training;
+mod ops;
 pub mod testing;
 
 use c2f_kernels::error::check_len;
@@ -110,22 +107,18 @@ impl Buffers for CudaBackend {
     }
 
     fn alloc(&mut self, len: usize) -> Result<Tensor> {
-        self.mem
-            .bufs
-            .push(DeviceBuf::zeroed(&self.mem.stream, len)?);
+        let buf = DeviceBuf::push_zeroed(&mut self.mem.bufs, &self.mem.stream, len)?;
         Ok(Tensor {
-            buf: self.mem.bufs.len() - 1,
+            buf,
             offset: 0,
             len,
         })
     }
 
     fn alloc_index(&mut self, len: usize) -> Result<IndexTensor> {
-        self.mem
-            .index_bufs
-            .push(DeviceBuf::zeroed(&self.mem.stream, len)?);
+        let buf = DeviceBuf::push_zeroed(&mut self.mem.index_bufs, &self.mem.stream, len)?;
         Ok(IndexTensor {
-            buf: self.mem.index_bufs.len() - 1,
+            buf,
             offset: 0,
             len,
         })
