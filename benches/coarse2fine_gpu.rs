@@ -7,7 +7,7 @@
 //! (the same allocations; the device adds cuDNN's workspace, the launchers' scratch and the
 //! CUDA context).
 
-use c2f_inception::backend::{Backend, BnMode};
+use c2f_inception::backend::{prelude::*, BnMode};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_kernels::testing::SplitMix64;

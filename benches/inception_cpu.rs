@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use c2f_inception::backend::{Backend, BnMode, Tensor};
+use c2f_inception::backend::{prelude::*, BnMode, Tensor};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::init::golden_init;
 use c2f_inception::network::Network;

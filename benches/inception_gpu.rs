@@ -8,7 +8,7 @@
 //! backward-data, backward-filter at every layer's shape), the rest being our kernels; without a
 //! GPU it says so.
 
-use c2f_inception::backend::{Backend, BnMode, Tensor};
+use c2f_inception::backend::{prelude::*, BnMode, Tensor};
 use c2f_inception::cpu::conv::Conv2dShape;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_inception::cuda::AlgorithmChoice::{self, Heuristic, Timed};

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use c2f_dist::collective::{Collective, Reduce};
 use c2f_dist::nccl::{unique_id, NcclCollective};
-use c2f_inception::backend::Backend;
+use c2f_inception::backend::prelude::*;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use criterion::{criterion_group, criterion_main, Criterion};
 

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use c2f_inception::backend::Backend;
+use c2f_inception::backend::prelude::*;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_kernels::testing::bench_smoke;

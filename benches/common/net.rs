@@ -3,7 +3,7 @@
 //! ms/step, device memory the backend holds); one of each under `C2F_BENCH_SMOKE=1`.
 //! [`time_steps`] is the timed part alone, for a piece of a step.
 
-use c2f_inception::backend::Backend;
+use c2f_inception::backend::prelude::*;
 use c2f_inception::cuda::CudaBackend;
 use c2f_kernels::testing::bench_smoke;
 use criterion::Criterion;

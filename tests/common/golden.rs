@@ -2,7 +2,7 @@
 //! torchvision's InceptionV3 (width 1.0, 10 classes) in train mode on a batch of 2 × 3 × 107 ×
 //! 107, every value from the shared counter-based initialiser, dropout off, labels [3, 7].
 
-use c2f_inception::backend::{Backend, BnMode};
+use c2f_inception::backend::{prelude::*, BnMode};
 use c2f_inception::init::{counter_uniform, golden_init};
 use c2f_inception::network::Network;
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};

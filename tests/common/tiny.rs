@@ -2,7 +2,7 @@
 //! weights on any f32 backend, and a small synthetic test split, for the localization and
 //! picture tests.
 
-use c2f_inception::backend::Backend;
+use c2f_inception::backend::prelude::*;
 use c2f_inception::init::golden_init;
 use c2f_kernels::center_loss::{CenterLossParams, CenterRule};
 use c2f_kernels::testing::SplitMix64;

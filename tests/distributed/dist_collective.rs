@@ -6,7 +6,7 @@ use std::time::Duration;
 use c2f_dist::collective::{
     all_reduce_bucketed, plan_buckets, Collective, Reduce, ThreadCollective, DEFAULT_BUCKET_BYTES,
 };
-use c2f_inception::backend::{Backend, Tensor};
+use c2f_inception::backend::{prelude::*, Tensor};
 use c2f_inception::cpu::CpuBackend;
 use c2f_kernels::testing::{rel_error, SplitMix64};
 

@@ -10,7 +10,7 @@
 use c2f_dist::centers::CenterSync;
 use c2f_dist::collective::{all_reduce_bucketed, Collective, Reduce, ThreadCollective};
 use c2f_dist::shard::ShardPlan;
-use c2f_inception::backend::{Backend, BnMode};
+use c2f_inception::backend::{prelude::*, BnMode};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::init::golden_init;
 use c2f_kernels::center_loss::{CenterLossParams, CenterRule};

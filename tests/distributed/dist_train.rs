@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use c2f_dist::collective::{plan_buckets, Collective, Reduce, ThreadCollective};
-use c2f_inception::backend::{Backend, Tensor};
+use c2f_inception::backend::{prelude::*, Tensor};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::weights::read_checked;
 use c2f_kernels::testing::SplitMix64;

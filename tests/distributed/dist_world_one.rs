@@ -16,7 +16,7 @@ use c2f_dist::launch::Master;
 use c2f_dist::nccl::{unique_id, NcclCollective};
 use c2f_dist::rendezvous::{exchange_id, Rendezvous};
 use c2f_dist::workers::free_port;
-use c2f_inception::backend::Backend;
+use c2f_inception::backend::prelude::*;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_train::data::spec::DataSpec;

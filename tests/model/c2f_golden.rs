@@ -11,7 +11,7 @@
 //! against an independent definition of the method.
 
 use crate::common::recorded::floats;
-use c2f_inception::backend::{Backend, BnMode, Tensor};
+use c2f_inception::backend::{prelude::*, BnMode, Tensor};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::init::{counter_uniform, golden_range};
 use c2f_inception::table::TensorTable;

@@ -3,7 +3,7 @@
 //! model fitting a fixed batch; both for classes and for multi-label attributes (sigmoid
 //! binary cross-entropy, no center loss).
 
-use c2f_inception::backend::{Backend, BnMode};
+use c2f_inception::backend::{prelude::*, BnMode};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::init::golden_init;
 use c2f_kernels::center_loss::{CenterLossParams, CenterRule};

@@ -200,7 +200,7 @@ fn weights_file_with_missing_or_misshaped_tensor_is_refused() {
 /// The fixed bilinear up-sampler is exactly the bilinear resize, forward and backward (adjoint).
 #[test]
 fn fixed_bilinear_is_the_resize() {
-    use c2f_inception::backend::Backend;
+    use c2f_inception::backend::prelude::*;
     use c2f_kernels::testing::SplitMix64;
     use c2f_train::upsampler::{Upsampler, UpsamplerKind, UpsamplerShape};
     let mut cpu = CpuBackend::<f64>::new();

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use c2f_inception::backend::Backend;
+use c2f_inception::backend::prelude::*;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::weights::read_checked;
 use c2f_train::checkpoint;

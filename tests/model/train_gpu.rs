@@ -4,7 +4,7 @@
 //! (on the CPU emulator, which counts device allocations) steps that allocate nothing after the
 //! first. Without a GPU each test prints `skipped: no CUDA device`.
 
-use c2f_inception::backend::{Backend, BnMode};
+use c2f_inception::backend::{prelude::*, BnMode};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_inception::cuda::CudaBackend;

@@ -3,7 +3,7 @@
 //! the `Backend` interface: each wrapper must hand every operand to the right place. Each is checked against a direct call of its reference on the same
 //! random inputs, with the operands carved out of one shared buffer.
 
-use c2f_inception::backend::{Backend, Tensor};
+use c2f_inception::backend::{prelude::*, Tensor};
 use c2f_inception::cpu::CpuBackend;
 use c2f_kernels::bap::{self, BapShape};
 use c2f_kernels::center_loss::{self, CenterLossParams, CenterLossShape};

@@ -8,7 +8,7 @@
 //! what is tested.
 
 use crate::common::golden::{self, floats};
-use c2f_inception::backend::{Backend, BnMode, BnParams, BnStats, LinearShape, Tensor};
+use c2f_inception::backend::{prelude::*, BnMode, BnParams, BnStats, LinearShape, Tensor};
 use c2f_inception::cpu::conv::Conv2dShape;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;

@@ -84,7 +84,7 @@ fn smallest_input_is_75_and_smaller_is_a_clear_error() {
         depth: Depth::Mixed6e,
     })
     .unwrap_err();
-    assert!(err.to_string().contains("input size 74"), "{err}");
+    assert!(err.to_string().contains("input_size 74"), "{err}");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! finite differences in f64, and a tiny network fitting a fixed batch with cross-entropy and
 //! SGD through the backend's own ops.
 
-use c2f_inception::backend::{Backend, BnMode, IndexTensor};
+use c2f_inception::backend::{prelude::*, BnMode, IndexTensor};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::init::golden_init;
 use c2f_inception::network::Network;

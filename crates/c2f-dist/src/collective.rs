@@ -60,9 +60,11 @@ pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
 pub fn plan_buckets(len: usize, bucket_bytes: usize) -> Result<Vec<Range<usize>>> {
     let per_bucket = bucket_bytes / std::mem::size_of::<f32>();
     if per_bucket == 0 {
-        return Err(Error::Shape(format!(
-            "gradient bucket of {bucket_bytes} bytes holds no f32 value"
-        )));
+        return Err(Error::config(
+            "bucket_bytes",
+            bucket_bytes,
+            format!("a gradient bucket of {bucket_bytes} bytes holds no f32 value; use at least 4"),
+        ));
     }
     Ok((0..len)
         .step_by(per_bucket)

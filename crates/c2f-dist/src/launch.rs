@@ -19,6 +19,7 @@
 //! without touching the process environment.
 
 use std::collections::HashMap;
+use std::fmt::Display;
 
 use crate::{DistError, Result};
 
@@ -83,16 +84,26 @@ const FAMILIES: [Family; 3] = [
     },
 ];
 
-fn bad(message: String) -> DistError {
-    DistError::Launch(message)
+/// An error about launch variable (or flag) `variable`, which holds `value`.
+fn bad(variable: &str, value: impl Display, message: String) -> DistError {
+    DistError::Variable {
+        variable: variable.to_string(),
+        value: value.to_string(),
+        message,
+    }
 }
+
+const UNSET: &str = "unset";
 
 fn parse_number(vars: &HashMap<String, String>, name: &str) -> Result<usize> {
     let value = &vars[name];
-    value
-        .trim()
-        .parse()
-        .map_err(|_| bad(format!("{name}={value:?} is not a non-negative integer")))
+    value.trim().parse().map_err(|_| {
+        bad(
+            name,
+            value,
+            format!("{name}={value:?} is not a non-negative integer"),
+        )
+    })
 }
 
 /// `host` or `host:port` (the port defaults to [`DEFAULT_MASTER_PORT`]); `what` names the source.
@@ -104,7 +115,7 @@ pub fn parse_master(spec: &str, what: &str) -> Result<Master> {
     };
     let addr = addr.trim_start_matches('[').trim_end_matches(']');
     if addr.is_empty() {
-        return Err(bad(format!("{what}={spec:?} has no host")));
+        return Err(bad(what, spec, format!("{what}={spec:?} has no host")));
     }
     let port = match port {
         None => DEFAULT_MASTER_PORT,
@@ -119,7 +130,11 @@ pub fn parse_master(spec: &str, what: &str) -> Result<Master> {
 fn parse_port(value: &str, what: &str) -> Result<u16> {
     match value.trim().parse::<u16>() {
         Ok(port) if port > 0 => Ok(port),
-        _ => Err(bad(format!("{what}={value:?} is not a port in 1..=65535"))),
+        _ => Err(bad(
+            what,
+            value,
+            format!("{what}={value:?} is not a port in 1..=65535"),
+        )),
     }
 }
 
@@ -159,47 +174,57 @@ impl LaunchInfo {
                 .into_iter()
                 .filter(|v| vars.contains_key(*v))
                 .collect();
-            return Err(bad(format!(
-                "{} {} set but {missing} is not",
-                present.join(" and "),
-                if present.len() == 1 { "is" } else { "are" }
-            )));
+            return Err(bad(
+                missing,
+                UNSET,
+                format!(
+                    "{} {} set but {missing} is not; set it too",
+                    present.join(" and "),
+                    if present.len() == 1 { "is" } else { "are" }
+                ),
+            ));
         }
         let rank = parse_number(vars, family.rank)?;
         let local_rank = parse_number(vars, family.local_rank)?;
         let world_size = parse_number(vars, family.world)?;
         if world_size == 0 {
-            return Err(bad(format!(
-                "{}=0: a job needs at least one rank",
-                family.world
-            )));
+            return Err(bad(
+                family.world,
+                0,
+                format!("{}=0: a job needs at least one rank", family.world),
+            ));
         }
         if rank >= world_size {
-            return Err(bad(format!(
-                "{}={rank} is outside {}={world_size} (ranks are 0..{world_size})",
-                family.rank, family.world
-            )));
+            return Err(bad(
+                family.rank,
+                rank,
+                format!(
+                    "{}={rank} is outside {}={world_size} (ranks are 0..{world_size})",
+                    family.rank, family.world
+                ),
+            ));
         }
         if local_rank > rank {
-            return Err(bad(format!(
-                "{}={local_rank} is above {}={rank}: a node's ranks are a subset of the job's",
-                family.local_rank, family.rank
-            )));
+            return Err(bad(
+                family.local_rank,
+                local_rank,
+                format!(
+                    "{}={local_rank} is above {}={rank}: a node's ranks are a subset of the job's",
+                    family.local_rank, family.rank
+                ),
+            ));
         }
-        if let Some(local_world) = vars
-            .get("LOCAL_WORLD_SIZE")
-            .filter(|_| family.launcher == Launcher::Torchrun)
-        {
-            let local_world = parse_number(vars, "LOCAL_WORLD_SIZE").map_err(|_| {
-                bad(format!(
-                    "LOCAL_WORLD_SIZE={local_world:?} is not a non-negative integer"
-                ))
-            })?;
+        if vars.contains_key("LOCAL_WORLD_SIZE") && family.launcher == Launcher::Torchrun {
+            let local_world = parse_number(vars, "LOCAL_WORLD_SIZE")?;
             if local_rank >= local_world || local_world > world_size {
-                return Err(bad(format!(
-                    "LOCAL_RANK={local_rank}, LOCAL_WORLD_SIZE={local_world} and WORLD_SIZE={world_size} \
-                     do not fit together"
-                )));
+                return Err(bad(
+                    "LOCAL_WORLD_SIZE",
+                    local_world,
+                    format!(
+                        "LOCAL_RANK={local_rank}, LOCAL_WORLD_SIZE={local_world} and \
+                         WORLD_SIZE={world_size} do not fit together"
+                    ),
+                ));
             }
         }
         Ok(LaunchInfo {
@@ -230,10 +255,14 @@ fn device(vars: &HashMap<String, String>, local_rank: usize) -> Result<usize> {
         0 => Ok(local_rank),
         1 => Ok(0),
         n if local_rank < n => Ok(local_rank),
-        n => Err(bad(format!(
-            "local rank {local_rank} has no device: CUDA_VISIBLE_DEVICES={:?} shows {n}",
-            vars["CUDA_VISIBLE_DEVICES"]
-        ))),
+        n => Err(bad(
+            "CUDA_VISIBLE_DEVICES",
+            &vars["CUDA_VISIBLE_DEVICES"],
+            format!(
+                "local rank {local_rank} has no device: CUDA_VISIBLE_DEVICES={:?} shows {n}",
+                vars["CUDA_VISIBLE_DEVICES"]
+            ),
+        )),
     }
 }
 
@@ -253,13 +282,19 @@ fn master(
             }
             Ok(Some(m))
         }
-        (None, Some(_)) if world_size > 1 => {
-            Err(bad("MASTER_PORT is set but MASTER_ADDR is not".into()))
-        }
-        _ if world_size > 1 => Err(bad(format!(
-            "a world of {world_size} ranks needs rank 0's address: set MASTER_ADDR (and \
+        (None, Some(_)) if world_size > 1 => Err(bad(
+            "MASTER_ADDR",
+            UNSET,
+            "MASTER_PORT is set but MASTER_ADDR is not; set both".into(),
+        )),
+        _ if world_size > 1 => Err(bad(
+            "MASTER_ADDR",
+            UNSET,
+            format!(
+                "a world of {world_size} ranks needs rank 0's address: set MASTER_ADDR (and \
              MASTER_PORT, default {DEFAULT_MASTER_PORT}) or pass it as a flag"
-        ))),
+            ),
+        )),
         _ => Ok(None),
     }
 }

@@ -28,8 +28,17 @@ use std::fmt;
 /// or file at fault.
 #[derive(Debug)]
 pub enum DistError {
-    /// The launch environment is missing a variable or holds inconsistent values.
+    /// The job cannot be started as asked: no GPU to start a worker on, no free port (a
+    /// variable or flag at fault is a [`DistError::Variable`]).
     Launch(String),
+    /// A launch environment variable or a launcher flag (`--gpus`, the master address) that is
+    /// missing or holds a value that cannot be used: `variable` names it, `value` is what it
+    /// holds (`unset` when missing), `message` says what is wrong, naming the variable.
+    Variable {
+        variable: String,
+        value: String,
+        message: String,
+    },
     /// The ranks could not meet: a timeout, a port in use, a bad rendezvous file.
     Rendezvous(String),
     /// The global batch or the dataset cannot be split over the ranks as asked.
@@ -43,7 +52,9 @@ pub type Result<T> = std::result::Result<T, DistError>;
 impl fmt::Display for DistError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DistError::Launch(m) => write!(f, "launch environment: {m}"),
+            DistError::Launch(m) | DistError::Variable { message: m, .. } => {
+                write!(f, "launch environment: {m}")
+            }
             DistError::Rendezvous(m) => write!(f, "rendezvous: {m}"),
             DistError::Shard(m) => write!(f, "sharding: {m}"),
             DistError::Worker { rank, message } => write!(f, "rank {rank} failed: {message}"),
@@ -53,12 +64,24 @@ impl fmt::Display for DistError {
 
 impl std::error::Error for DistError {}
 
-/// For the trainer, whose errors are `c2f_kernels::Error`: the message is kept whole.
+/// For the trainer, whose errors are `c2f_kernels::Error`: a launch variable's error is a
+/// [`c2f_kernels::Error::Config`] naming it; the others keep their message whole.
 impl From<DistError> for c2f_kernels::Error {
     fn from(e: DistError) -> Self {
-        c2f_kernels::Error::Library {
-            library: "c2f-dist",
-            message: e.to_string(),
+        match e {
+            DistError::Variable {
+                variable,
+                value,
+                message,
+            } => c2f_kernels::Error::Config {
+                key: variable,
+                value,
+                message,
+            },
+            e => c2f_kernels::Error::Library {
+                library: "c2f-dist",
+                message: e.to_string(),
+            },
         }
     }
 }

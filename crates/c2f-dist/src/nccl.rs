@@ -78,9 +78,11 @@ impl NcclCollective {
     ) -> Result<NcclCollective> {
         check_library()?;
         if rank >= world {
-            return Err(Error::Shape(format!(
-                "NCCL rank {rank} is outside a world of {world}"
-            )));
+            return Err(Error::config(
+                "rank",
+                rank,
+                format!("is outside a world of {world} ranks (0..{world})"),
+            ));
         }
         // ncclCommInitRank uses the thread's current device.
         b.gpu().context().bind_to_thread()?;

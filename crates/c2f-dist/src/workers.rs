@@ -33,7 +33,11 @@ pub struct WorkerCommand {
 
 /// `all` (GPUs `0..count`) or a comma-separated list of distinct ordinals below `count`.
 pub fn parse_gpus(spec: &str, count: usize) -> Result<Vec<usize>> {
-    let bad = |m: String| DistError::Launch(format!("--gpus {spec:?}: {m}"));
+    let bad = |m: String| DistError::Variable {
+        variable: "--gpus".into(),
+        value: spec.into(),
+        message: format!("--gpus {spec:?}: {m}"),
+    };
     if spec.trim() == "all" {
         return match count {
             0 => Err(bad("this machine shows no GPU".into())),

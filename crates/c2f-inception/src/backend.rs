@@ -3,12 +3,31 @@
 //! offset, length) into it, so parameters can live in one flat buffer and be addressed piecewise
 //! on any device, and no borrow of device memory crosses the interface.
 //!
+//! The interface is four traits, by who needs them, so that each says what it is for and a
+//! backend's ops can be read (and implemented) one group at a time:
+//!
+//! - [`Buffers`]: the scalar type, allocation, reads, writes and fills. Every op trait builds
+//!   on it.
+//! - [`NetworkOps`]: what the InceptionV3 graph is made of: convolution, batch
+//!   norm, pooling, concat/split and the `fc` layer.
+//! - [`TrainingOps`]: what a training step adds around any model: dropout, the
+//!   softmax and sigmoid cross-entropies, the SGD update and `axpby`.
+//! - [`Coarse2FineOps`]: what the Coarse2Fine model adds to its backbone:
+//!   BAP, the center loss, the transposed convolution, the attention map's choice, resize and
+//!   ReLU, and the mask.
+//!
+//! [`Backend`] is all four, implemented for every type that has them; generic code bounds on
+//! it (`B: Backend<Scalar = f32>`). Calling an op on a concrete backend needs its trait in
+//! scope: `use c2f_inception::backend::prelude::*` brings all four.
+//!
 //! The rule for gradients, for every op here: **parameter gradients accumulate (`+=`) and
 //! activation gradients are assigned**, except where an op takes `accumulate` (a tensor read by
 //! several ops: its first gradient contribution assigns, the others add).
 //!
 //! Every op checks its tensors' lengths against its shape and returns an error naming what is
 //! off; outputs that overlap another operand of the same call are refused.
+
+use std::fmt;
 
 use c2f_kernels::bap::BapShape;
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
@@ -26,6 +45,11 @@ use c2f_kernels::softmax_ce::SoftmaxCeShape;
 use c2f_kernels::{Error, Real, Result};
 
 use crate::cpu::conv::Conv2dShape;
+
+/// The four traits, for calling ops on a concrete backend.
+pub mod prelude {
+    pub use super::{Backend, Buffers, Coarse2FineOps, NetworkOps, TrainingOps};
+}
 
 /// A range of values in one of a backend's buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,18 +121,22 @@ pub fn check_operands(
     };
     for t in inputs.iter().chain(outputs) {
         if !fits(buf_len(t.buf), t.offset, t.len) {
-            return Err(Error::Shape(format!("tensor {t:?} is outside its buffer")));
+            return Err(Error::Shape(format!(
+                "{t} is outside its buffer{}",
+                buffer_size(buf_len(t.buf))
+            )));
         }
     }
     for (i, t) in index.iter().enumerate() {
         if !fits(index_buf_len(t.buf), t.offset, t.len) {
             return Err(Error::Shape(format!(
-                "index tensor {t:?} is outside its buffer"
+                "{t} is outside its buffer{}",
+                buffer_size(index_buf_len(t.buf))
             )));
         }
         if let Some(other) = index[i + 1..].iter().find(|o| o.overlaps(t)) {
             return Err(Error::Shape(format!(
-                "index tensor {t:?} overlaps index operand {other:?} of the same op"
+                "{t} overlaps {other}, another index operand of the same op"
             )));
         }
     }
@@ -119,12 +147,68 @@ pub fn check_operands(
             .find(|o| out.overlaps(o))
         {
             return Err(Error::Shape(format!(
-                "output {out:?} overlaps operand {other:?} of the same op"
+                "output {out} overlaps {other}, another operand of the same op"
             )));
         }
     }
     Ok(())
 }
+
+/// How an out-of-buffer message ends: the buffer's length, or that there is no such buffer.
+fn buffer_size(len: Option<usize>) -> String {
+    match len {
+        Some(len) => format!(" of {len} values"),
+        None => " (no such buffer)".to_string(),
+    }
+}
+
+impl fmt::Display for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tensor of {} values at {} in buffer {}",
+            self.len, self.offset, self.buf
+        )
+    }
+}
+
+impl fmt::Display for IndexTensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "index tensor of {} values at {} in index buffer {}",
+            self.len, self.offset, self.buf
+        )
+    }
+}
+
+/// A backend's memory: what every op trait builds on.
+pub trait Buffers {
+    /// The float type of the buffers: f32 for training; the CPU backend also runs in f64, which
+    /// is what the golden test holds to PyTorch's float64 run.
+    type Scalar: Real;
+
+    /// What runs the ops, e.g. `cpu f32 (2 threads)` or the GPU's name.
+    fn describe(&self) -> String;
+
+    /// A new zero-filled buffer, whole.
+    fn alloc(&mut self, len: usize) -> Result<Tensor>;
+    /// A new zero-filled i32 buffer, whole.
+    fn alloc_index(&mut self, len: usize) -> Result<IndexTensor>;
+    /// Bytes allocated so far (buffers are never freed while the backend lives).
+    fn allocated_bytes(&self) -> usize;
+
+    fn write(&mut self, dst: Tensor, src: &[Self::Scalar]) -> Result<()>;
+    fn read(&mut self, src: Tensor) -> Result<Vec<Self::Scalar>>;
+    fn write_index(&mut self, dst: IndexTensor, src: &[i32]) -> Result<()>;
+    fn read_index(&mut self, src: IndexTensor) -> Result<Vec<i32>>;
+    fn fill(&mut self, dst: Tensor, value: Self::Scalar) -> Result<()>;
+}
+
+/// Every op a backend has: what generic code (the network, the models, the trainer) bounds on.
+pub trait Backend: NetworkOps + TrainingOps + Coarse2FineOps {}
+
+impl<B: NetworkOps + TrainingOps + Coarse2FineOps> Backend for B {}
 
 /// Batch norm in training mode (batch statistics, running stats updated) or inference mode
 /// (running statistics; also "frozen" BN while training).
@@ -172,27 +256,8 @@ impl LinearShape {
     }
 }
 
-pub trait Backend {
-    /// The float type of the buffers: f32 for training; the CPU backend also runs in f64, which
-    /// is what the golden test holds to PyTorch's float64 run.
-    type Scalar: Real;
-
-    /// What runs the ops, e.g. `cpu f32 (2 threads)` or the GPU's name.
-    fn describe(&self) -> String;
-
-    /// A new zero-filled buffer, whole.
-    fn alloc(&mut self, len: usize) -> Result<Tensor>;
-    /// A new zero-filled i32 buffer, whole.
-    fn alloc_index(&mut self, len: usize) -> Result<IndexTensor>;
-    /// Bytes allocated so far (buffers are never freed while the backend lives).
-    fn allocated_bytes(&self) -> usize;
-
-    fn write(&mut self, dst: Tensor, src: &[Self::Scalar]) -> Result<()>;
-    fn read(&mut self, src: Tensor) -> Result<Vec<Self::Scalar>>;
-    fn write_index(&mut self, dst: IndexTensor, src: &[i32]) -> Result<()>;
-    fn read_index(&mut self, src: IndexTensor) -> Result<Vec<i32>>;
-    fn fill(&mut self, dst: Tensor, value: Self::Scalar) -> Result<()>;
-
+/// The ops the InceptionV3 graph ([`crate::network`]) is made of, forward and backward.
+pub trait NetworkOps: Buffers {
     /// `y = conv(x, w)`, no bias.
     fn conv2d_forward(&mut self, s: &Conv2dShape, x: Tensor, w: Tensor, y: Tensor) -> Result<()>;
     /// `dx` from `dy`: assigned, or added when `accumulate`.
@@ -303,7 +368,10 @@ pub trait Backend {
         dw: Tensor,
         db: Tensor,
     ) -> Result<()>;
+}
 
+/// The losses, regularisation and optimiser of training, which no InceptionV3 forward needs.
+pub trait TrainingOps: Buffers {
     /// Dropout in training mode: `y = x·mask/(1−p)`, the mask a pure function of `p`'s seed,
     /// step and the element index (the same on every backend).
     fn dropout_forward(&mut self, p: &DropoutParams, x: Tensor, y: Tensor) -> Result<()>;
@@ -349,7 +417,10 @@ pub trait Backend {
 
     /// `y = α·x + β·y` (β = 0 assigns `y` without reading it).
     fn axpby(&mut self, alpha: f64, x: Tensor, beta: f64, y: Tensor) -> Result<()>;
+}
 
+/// The Coarse2Fine model's ops (the attention, the fine branch and its losses).
+pub trait Coarse2FineOps: Buffers {
     /// Bilinear attention pooling: `parts [B, M·N]` (normalised) and `norms [B]` from
     /// `attention [B, M, H, W]` and `features [B, N, H, W]`.
     fn bap_forward(

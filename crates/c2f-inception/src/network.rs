@@ -134,7 +134,11 @@ impl Network {
         state: ModelState,
     ) -> Result<Network> {
         if batch == 0 {
-            return Err(Error::Shape("batch size must be at least 1".into()));
+            return Err(Error::config(
+                "batch",
+                batch,
+                "a batch needs at least one sample",
+            ));
         }
         let ModelState {
             params,

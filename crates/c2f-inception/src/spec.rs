@@ -119,19 +119,25 @@ pub struct Graph {
 impl Graph {
     pub fn new(config: InceptionConfig) -> Result<Graph> {
         if config.input_size < MIN_INPUT {
-            return Err(Error::Shape(format!(
-                "input size {} is below InceptionV3's minimum of {MIN_INPUT}",
-                config.input_size
-            )));
+            return Err(Error::config(
+                "input_size",
+                config.input_size,
+                format!("is below InceptionV3's minimum of {MIN_INPUT}; use at least {MIN_INPUT}"),
+            ));
         }
         if !(config.width > 0.0 && config.width.is_finite()) {
-            return Err(Error::Shape(format!(
-                "width multiplier {} must be positive",
-                config.width
-            )));
+            return Err(Error::config(
+                "width",
+                config.width,
+                "the width multiplier must be positive and finite (1.0 is torchvision's InceptionV3)",
+            ));
         }
         if let Depth::Full { classes: 0 } = config.depth {
-            return Err(Error::Shape("the fc layer needs at least one class".into()));
+            return Err(Error::config(
+                "classes",
+                0,
+                "the fc layer needs at least one class",
+            ));
         }
         let mut b = Builder {
             width: config.width,
@@ -175,10 +181,11 @@ impl Graph {
         }
         for (id, shape) in b.graph.activations.iter().enumerate() {
             if shape.height == 0 || shape.width == 0 {
-                return Err(Error::Shape(format!(
-                    "input size {} leaves activation {id} empty",
-                    config.input_size
-                )));
+                return Err(Error::config(
+                    "input_size",
+                    config.input_size,
+                    format!("leaves activation {id} empty; use a larger input"),
+                ));
             }
         }
         Ok(b.graph)

@@ -26,6 +26,27 @@ pub struct Conv2dShape {
     pub padding: (usize, usize),
 }
 
+impl std::fmt::Display for Conv2dShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "conv2d of batch {}, {} input channels of {}x{}, {} output channels, kernel {}x{}, \
+             stride {}x{}, padding {}x{}",
+            self.batch,
+            self.in_channels,
+            self.height,
+            self.width,
+            self.out_channels,
+            self.kernel.0,
+            self.kernel.1,
+            self.stride.0,
+            self.stride.1,
+            self.padding.0,
+            self.padding.1
+        )
+    }
+}
+
 impl Conv2dShape {
     pub fn out_height(&self) -> usize {
         (self.height + 2 * self.padding.0 - self.kernel.0) / self.stride.0 + 1
@@ -66,16 +87,19 @@ impl Conv2dShape {
             self.stride.1,
         ];
         if dims.contains(&0) {
-            return Err(Error::Shape(format!(
-                "conv2d shape has a zero dimension: {self:?}"
-            )));
+            return Err(Error::Shape(format!("{self} has a zero dimension")));
         }
         if self.height + 2 * self.padding.0 < self.kernel.0
             || self.width + 2 * self.padding.1 < self.kernel.1
         {
             return Err(Error::Shape(format!(
-                "conv2d kernel {:?} is larger than the padded input {}x{}",
-                self.kernel, self.height, self.width
+                "conv2d kernel {}x{} is larger than the padded input {}x{} (padding {}x{})",
+                self.kernel.0,
+                self.kernel.1,
+                self.height,
+                self.width,
+                self.padding.0,
+                self.padding.1
             )));
         }
         Ok(())

@@ -23,7 +23,8 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 
 use crate::backend::{
-    check_operands, Backend, BnMode, BnParams, BnStats, IndexTensor, LinearShape, Tensor,
+    check_operands, BnMode, BnParams, BnStats, Buffers, Coarse2FineOps, IndexTensor, LinearShape,
+    NetworkOps, Tensor, TrainingOps,
 };
 use conv::Conv2dShape;
 
@@ -109,7 +110,7 @@ impl<R: Real> CpuBackend<R> {
     }
 }
 
-impl<R: Real> Backend for CpuBackend<R> {
+impl<R: Real> Buffers for CpuBackend<R> {
     type Scalar = R;
 
     fn describe(&self) -> String {
@@ -168,7 +169,9 @@ impl<R: Real> Backend for CpuBackend<R> {
         self.operands(&[], &[dst], &[])?.output(dst).fill(value);
         Ok(())
     }
+}
 
+impl<R: Real> NetworkOps for CpuBackend<R> {
     fn conv2d_forward(&mut self, s: &Conv2dShape, x: Tensor, w: Tensor, y: Tensor) -> Result<()> {
         let m = self.operands(&[x, w], &[y], &[])?;
         conv::forward(s, m.input(x), m.input(w), m.output(y))
@@ -404,7 +407,9 @@ impl<R: Real> Backend for CpuBackend<R> {
         }
         Ok(())
     }
+}
 
+impl<R: Real> TrainingOps for CpuBackend<R> {
     fn dropout_forward(&mut self, p: &DropoutParams, x: Tensor, y: Tensor) -> Result<()> {
         let m = self.operands(&[x], &[y], &[])?;
         dropout::dropout_forward_cpu(p, m.input(x), m.output(y))
@@ -472,7 +477,9 @@ impl<R: Real> Backend for CpuBackend<R> {
         let m = self.operands(&[x], &[y], &[])?;
         axpby_cpu(alpha, m.input(x), beta, m.output(y))
     }
+}
 
+impl<R: Real> Coarse2FineOps for CpuBackend<R> {
     fn bap_forward(
         &mut self,
         s: &BapShape,

@@ -354,10 +354,7 @@ fn fastest<A: Copy + std::fmt::Debug>(
     best.map(|(algo, bytes, _)| (algo, bytes))
         .ok_or_else(|| Error::Library {
             library: "cuDNN",
-            message: format!(
-                "no algorithm runs the convolution {s:?}: {}",
-                refusals.join("; ")
-            ),
+            message: format!("no algorithm runs the {s}: {}", refusals.join("; ")),
         })
 }
 
