@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
 use crate::element::Element;
 use crate::error::{check_len, Result};
+use crate::launch;
 use crate::Real;
 
 /// CPU reference (and the CPU backend's op).
@@ -72,14 +73,7 @@ impl<T: Element> AxpbyGpu<T> {
         let (alpha, beta) = (alpha as f32, beta as f32);
         // SAFETY: `x` and `y` have `n` elements (checked above); the kernel is grid-stride.
         unsafe {
-            self.stream
-                .launch_builder(&self.axpby)
-                .arg(&x)
-                .arg(&y)
-                .arg(&n)
-                .arg(&alpha)
-                .arg(&beta)
-                .launch(cfg)?;
+            launch!(self.stream, &self.axpby, cfg, [&x, &y, &n, &alpha, &beta])?;
         }
         Ok(())
     }

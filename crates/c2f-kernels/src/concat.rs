@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
+use crate::launch;
 
 /// Where a part `[N, channels, H, W]` sits in a whole `[N, whole_channels, H, W]`: its channels
 /// `offset .. offset + channels`. One branch of an InceptionV3 block's concat.
@@ -191,16 +192,12 @@ impl<T: Element> ChannelCopyGpu<T> {
         // SAFETY: the caller checked both lengths against `s`, whose offset + channels fit in
         // the whole's channels, so every sample's run lies inside both buffers.
         unsafe {
-            self.stream
-                .launch_builder(&self.copy_fn)
-                .arg(&src)
-                .arg(&dst)
-                .arg(&chunk_i)
-                .arg(&ss)
-                .arg(&so)
-                .arg(&ds)
-                .arg(&dso)
-                .launch(cfg)?;
+            launch!(
+                self.stream,
+                &self.copy_fn,
+                cfg,
+                [&src, &dst, &chunk_i, &ss, &so, &ds, &dso]
+            )?;
         }
         Ok(())
     }

@@ -254,6 +254,23 @@ pub fn device_addr_mut<T>(buf: &mut impl DevicePtrMut<T>, stream: &CudaStream) -
     buf.device_ptr_mut(stream).0
 }
 
+/// Launches `function` on `stream` with `cfg` and the kernel arguments in order (each a
+/// reference, as cudarc's `LaunchArgs::arg` takes them): cudarc's
+/// `stream.launch_builder(function).arg(..)…launch(cfg)` chain, written once for every launcher.
+/// Evaluates to `Result<(), DriverError>`. It calls the `unsafe` `LaunchArgs::launch`, so it
+/// stands inside the caller's `unsafe` block, under the caller's SAFETY comment on why the
+/// arguments fit the kernel.
+#[macro_export]
+macro_rules! launch {
+    ($stream:expr, $function:expr, $cfg:expr, [$($arg:expr),* $(,)?]) => {
+        $stream
+            .launch_builder($function)
+            $(.arg($arg))*
+            .launch($cfg)
+            .map(|_no_events| ())
+    };
+}
+
 /// Blocks of `block` threads covering `n` items, as a grid dimension.
 pub fn blocks_for(n: usize, block: u32) -> u32 {
     n.div_ceil(block as usize) as u32

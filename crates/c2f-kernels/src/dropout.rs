@@ -26,6 +26,7 @@ use rayon::prelude::*;
 use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
+use crate::launch;
 use crate::rng::splitmix64_output;
 use crate::Real;
 
@@ -194,15 +195,12 @@ impl<T: Element> DropoutGpu<T> {
         );
         // SAFETY: both buffers hold n elements; the kernel is grid-stride over n.
         unsafe {
-            self.stream
-                .launch_builder(&self.apply)
-                .arg(&input)
-                .arg(&out)
-                .arg(&n)
-                .arg(&key)
-                .arg(&threshold)
-                .arg(&scale)
-                .launch(cfg)?;
+            launch!(
+                self.stream,
+                &self.apply,
+                cfg,
+                [&input, &out, &n, &key, &threshold, &scale]
+            )?;
         }
         Ok(())
     }

@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use crate::device::{device_addr, device_addr_mut, elementwise, plane_groups, Gpu};
 use crate::element::Element;
 use crate::error::{check_len, check_shape, Error, Result};
+use crate::launch;
 use crate::Real;
 
 /// The shape of an NCHW activation.
@@ -483,13 +484,12 @@ impl<T: Element> MaxPool2dGpu<T> {
         let indices = device_addr_mut(indices, st);
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.forward_fn)
-                .arg(&x)
-                .arg(&y)
-                .arg(&indices)
-                .arg(&dev)
-                .launch(plane_groups(g.oh * g.ow, g.planes))?;
+            launch!(
+                self.stream,
+                &self.forward_fn,
+                plane_groups(g.oh * g.ow, g.planes),
+                [&x, &y, &indices, &dev]
+            )?;
         }
         Ok(())
     }
@@ -513,13 +513,12 @@ impl<T: Element> MaxPool2dGpu<T> {
         let (dy, dx) = (device_addr(dy, st), device_addr_mut(dx, st));
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.backward_fn)
-                .arg(&indices)
-                .arg(&dy)
-                .arg(&dx)
-                .arg(&dev)
-                .launch(plane_groups(g.h * g.w, g.planes))?;
+            launch!(
+                self.stream,
+                &self.backward_fn,
+                plane_groups(g.h * g.w, g.planes),
+                [&indices, &dy, &dx, &dev]
+            )?;
         }
         Ok(())
     }
@@ -565,12 +564,12 @@ impl<T: Element> AvgPool2dGpu<T> {
         );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.forward_fn)
-                .arg(&x)
-                .arg(&y)
-                .arg(&dev)
-                .launch(plane_groups(g.oh * g.ow, g.planes))?;
+            launch!(
+                self.stream,
+                &self.forward_fn,
+                plane_groups(g.oh * g.ow, g.planes),
+                [&x, &y, &dev]
+            )?;
         }
         Ok(())
     }
@@ -587,12 +586,12 @@ impl<T: Element> AvgPool2dGpu<T> {
         );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.backward_fn)
-                .arg(&dy)
-                .arg(&dx)
-                .arg(&dev)
-                .launch(plane_groups(g.h * g.w, g.planes))?;
+            launch!(
+                self.stream,
+                &self.backward_fn,
+                plane_groups(g.h * g.w, g.planes),
+                [&dy, &dx, &dev]
+            )?;
         }
         Ok(())
     }
@@ -645,13 +644,7 @@ impl<T: Element> GlobalAvgPoolGpu<T> {
         );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.forward_fn)
-                .arg(&x)
-                .arg(&y)
-                .arg(&planes)
-                .arg(&hw)
-                .launch(cfg)?;
+            launch!(self.stream, &self.forward_fn, cfg, [&x, &y, &planes, &hw])?;
         }
         Ok(())
     }
@@ -672,13 +665,12 @@ impl<T: Element> GlobalAvgPoolGpu<T> {
         );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.backward_fn)
-                .arg(&dy)
-                .arg(&dx)
-                .arg(&planes)
-                .arg(&hw)
-                .launch(elementwise(s.numel()))?;
+            launch!(
+                self.stream,
+                &self.backward_fn,
+                elementwise(s.numel()),
+                [&dy, &dx, &planes, &hw]
+            )?;
         }
         Ok(())
     }

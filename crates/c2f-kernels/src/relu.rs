@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use crate::device::{device_addr, device_addr_mut, elementwise, Gpu};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
+use crate::launch;
 use crate::Real;
 
 fn check_elementwise(n: usize) -> Result<()> {
@@ -76,12 +77,12 @@ impl<T: Element> ReluGpu<T> {
         );
         // SAFETY: both buffers hold n elements.
         unsafe {
-            self.stream
-                .launch_builder(&self.forward_fn)
-                .arg(&x)
-                .arg(&y)
-                .arg(&n_i)
-                .launch(elementwise(n))?;
+            launch!(
+                self.stream,
+                &self.forward_fn,
+                elementwise(n),
+                [&x, &y, &n_i]
+            )?;
         }
         Ok(())
     }
@@ -109,13 +110,12 @@ impl<T: Element> ReluGpu<T> {
         );
         // SAFETY: all three buffers hold n elements.
         unsafe {
-            self.stream
-                .launch_builder(&self.backward_fn)
-                .arg(&y)
-                .arg(&dy)
-                .arg(&dx)
-                .arg(&n_i)
-                .launch(elementwise(n))?;
+            launch!(
+                self.stream,
+                &self.backward_fn,
+                elementwise(n),
+                [&y, &dy, &dx, &n_i]
+            )?;
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ use rayon::prelude::*;
 use crate::device::{device_addr, device_addr_mut, plane_groups, Gpu};
 use crate::element::Element;
 use crate::error::{check_dims, check_len, Result};
+use crate::launch;
 use crate::Real;
 
 /// A bilinear resize `[N, C, in_height, in_width] → [N, C, out_height, out_width]`.
@@ -232,12 +233,12 @@ impl<T: Element> ResizeBilinearGpu<T> {
         );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.forward_fn)
-                .arg(&x)
-                .arg(&y)
-                .arg(&g)
-                .launch(plane_groups(sh.out_height * sh.out_width, sh.planes()))?;
+            launch!(
+                self.stream,
+                &self.forward_fn,
+                plane_groups(sh.out_height * sh.out_width, sh.planes()),
+                [&x, &y, &g]
+            )?;
         }
         Ok(())
     }
@@ -258,12 +259,12 @@ impl<T: Element> ResizeBilinearGpu<T> {
         );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.backward_fn)
-                .arg(&dy)
-                .arg(&dx)
-                .arg(&g)
-                .launch(plane_groups(sh.in_height * sh.in_width, sh.planes()))?;
+            launch!(
+                self.stream,
+                &self.backward_fn,
+                plane_groups(sh.in_height * sh.in_width, sh.planes()),
+                [&dy, &dx, &g]
+            )?;
         }
         Ok(())
     }
