@@ -227,6 +227,27 @@ impl Gpu {
     }
 }
 
+/// The stream and the forward and backward entry points of an op for element type `T`: what
+/// the launchers of one forward and one backward kernel (pooling, ReLU, resize) hold.
+pub struct KernelPair<T: Element> {
+    pub stream: Arc<CudaStream>,
+    pub forward: CudaFunction,
+    pub backward: CudaFunction,
+    _storage: std::marker::PhantomData<T>,
+}
+
+impl<T: Element> KernelPair<T> {
+    /// The entry points `forward` and `backward` of `kernel`, for `T` ([`Gpu::typed_function`]).
+    pub fn new(gpu: &Gpu, kernel: &KernelSource, forward: &str, backward: &str) -> Result<Self> {
+        Ok(KernelPair {
+            stream: gpu.stream().clone(),
+            forward: gpu.typed_function::<T>(kernel, forward)?,
+            backward: gpu.typed_function::<T>(kernel, backward)?,
+            _storage: std::marker::PhantomData,
+        })
+    }
+}
+
 /// The device address of `buf`'s first element, to push as a kernel's `const T*` argument.
 ///
 /// Every launcher takes its buffers as `impl DevicePtr<T>` (inputs) and `impl DevicePtrMut<T>`
