@@ -227,6 +227,25 @@ impl Gpu {
     }
 }
 
+/// The stream and the one entry point of an op for element type `T`: what the launchers of a
+/// single kernel (channel copy, dropout, axpby) hold.
+pub struct TypedKernel<T: Element> {
+    pub stream: Arc<CudaStream>,
+    pub function: CudaFunction,
+    _storage: std::marker::PhantomData<T>,
+}
+
+impl<T: Element> TypedKernel<T> {
+    /// The entry point `name` of `kernel`, for `T` ([`Gpu::typed_function`]).
+    pub fn new(gpu: &Gpu, kernel: &KernelSource, name: &str) -> Result<Self> {
+        Ok(TypedKernel {
+            stream: gpu.stream().clone(),
+            function: gpu.typed_function::<T>(kernel, name)?,
+            _storage: std::marker::PhantomData,
+        })
+    }
+}
+
 /// The stream and the forward and backward entry points of an op for element type `T`: what
 /// the launchers of one forward and one backward kernel (pooling, ReLU, resize) hold.
 pub struct KernelPair<T: Element> {
