@@ -19,6 +19,7 @@ use c2f_kernels::cublas_raw::{self, blas_error};
 use c2f_kernels::device::{device_addr, device_addr_mut, Gpu};
 use c2f_kernels::element::Element;
 use c2f_kernels::error::Result;
+use c2f_kernels::launch;
 
 pub struct BapCublas<T: Element> {
     shape: BapShape,
@@ -110,13 +111,12 @@ where
             self.blas
                 .gemm_strided_batched(cfg, features, attention, &mut self.pooled)
                 .map_err(blas_error)?;
-            self.stream
-                .launch_builder(&self.signed_sqrt)
-                .arg(&self.pooled)
-                .arg(&parts)
-                .arg(&mut self.sumsq)
-                .arg(&mn)
-                .launch(per_sample)?;
+            launch!(
+                self.stream,
+                &self.signed_sqrt,
+                per_sample,
+                [&self.pooled, &parts, &mut self.sumsq, &mn]
+            )?;
         }
         launch_normalize(
             &self.stream,
@@ -191,17 +191,21 @@ where
         )?;
         // SAFETY: the GEMM shapes and strides cover exactly the buffers of `shape`.
         unsafe {
-            self.stream
-                .launch_builder(&self.grad_pooled)
-                .arg(&parts)
-                .arg(&norms)
-                .arg(&self.dot_partials)
-                .arg(&chunks)
-                .arg(&d_parts)
-                .arg(&mut self.pooled_grad)
-                .arg(&mn)
-                .arg(&hw_i)
-                .launch(per_part_grid(&s))?;
+            launch!(
+                self.stream,
+                &self.grad_pooled,
+                per_part_grid(&s),
+                [
+                    &parts,
+                    &norms,
+                    &self.dot_partials,
+                    &chunks,
+                    &d_parts,
+                    &mut self.pooled_grad,
+                    &mn,
+                    &hw_i
+                ]
+            )?;
             self.blas
                 .gemm_strided_batched(da_cfg, features, &self.pooled_grad, d_attention)
                 .map_err(blas_error)?;

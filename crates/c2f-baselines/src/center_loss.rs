@@ -16,6 +16,7 @@ use c2f_kernels::center_loss::{
 use c2f_kernels::device::{blocks_for, device_addr, device_addr_mut, Gpu};
 use c2f_kernels::element::Element;
 use c2f_kernels::error::Result;
+use c2f_kernels::launch;
 
 pub struct CenterLossUnfused<T: Element> {
     shape: CenterLossShape,
@@ -107,74 +108,75 @@ impl<T: Element> CenterLossUnfused<T> {
         // SAFETY: buffer lengths checked above match the kernels' indexing; the kernels skip
         // out-of-range labels.
         unsafe {
-            self.stream
-                .launch_builder(&self.segments)
-                .arg(&labels)
-                .arg(&mut self.first)
-                .arg(&mut self.next)
-                .arg(&b)
-                .arg(&c)
-                .launch(cfg(blocks_for(s.batch, THREADS)))?;
-            self.stream
-                .launch_builder(&self.gather)
-                .arg(&centers)
-                .arg(&labels)
-                .arg(&mut self.gathered)
-                .arg(&b)
-                .arg(&d)
-                .arg(&c)
-                .launch(elementwise)?;
+            launch!(
+                self.stream,
+                &self.segments,
+                cfg(blocks_for(s.batch, THREADS)),
+                [&labels, &mut self.first, &mut self.next, &b, &c]
+            )?;
+            launch!(
+                self.stream,
+                &self.gather,
+                elementwise,
+                [&centers, &labels, &mut self.gathered, &b, &d, &c]
+            )?;
             if normalized != 0 {
-                self.stream
-                    .launch_builder(&self.row_sumsq)
-                    .arg(&self.gathered)
-                    .arg(&mut self.center_sumsq)
-                    .arg(&d)
-                    .launch(per_row)?;
+                launch!(
+                    self.stream,
+                    &self.row_sumsq,
+                    per_row,
+                    [&self.gathered, &mut self.center_sumsq, &d]
+                )?;
             }
-            self.stream
-                .launch_builder(&self.diff_fn)
-                .arg(&features)
-                .arg(&self.gathered)
-                .arg(&self.center_sumsq)
-                .arg(&mut self.diff)
-                .arg(&b)
-                .arg(&d)
-                .arg(&normalized)
-                .launch(elementwise)?;
-            self.stream
-                .launch_builder(&self.row_sumsq)
-                .arg(&self.diff)
-                .arg(&mut self.row_loss)
-                .arg(&d)
-                .launch(per_row)?;
-            self.stream
-                .launch_builder(&self.loss_fn)
-                .arg(&self.row_loss)
-                .arg(&mut self.loss)
-                .arg(&b)
-                .arg(&loss_scale)
-                .launch(cfg(1))?;
-            self.stream
-                .launch_builder(&self.scale)
-                .arg(&self.diff)
-                .arg(&d_features)
-                .arg(&n)
-                .arg(&grad_scale)
-                .launch(elementwise)?;
-            self.stream
-                .launch_builder(&self.update)
-                .arg(&centers)
-                .arg(&labels)
-                .arg(&self.first)
-                .arg(&self.next)
-                .arg(&self.diff)
-                .arg(&self.gathered)
-                .arg(&b)
-                .arg(&d)
-                .arg(&beta)
-                .arg(&normalized)
-                .launch(elementwise)?;
+            launch!(
+                self.stream,
+                &self.diff_fn,
+                elementwise,
+                [
+                    &features,
+                    &self.gathered,
+                    &self.center_sumsq,
+                    &mut self.diff,
+                    &b,
+                    &d,
+                    &normalized
+                ]
+            )?;
+            launch!(
+                self.stream,
+                &self.row_sumsq,
+                per_row,
+                [&self.diff, &mut self.row_loss, &d]
+            )?;
+            launch!(
+                self.stream,
+                &self.loss_fn,
+                cfg(1),
+                [&self.row_loss, &mut self.loss, &b, &loss_scale]
+            )?;
+            launch!(
+                self.stream,
+                &self.scale,
+                elementwise,
+                [&self.diff, &d_features, &n, &grad_scale]
+            )?;
+            launch!(
+                self.stream,
+                &self.update,
+                elementwise,
+                [
+                    &centers,
+                    &labels,
+                    &self.first,
+                    &self.next,
+                    &self.diff,
+                    &self.gathered,
+                    &b,
+                    &d,
+                    &beta,
+                    &normalized
+                ]
+            )?;
         }
         Ok(())
     }

@@ -1,17 +1,13 @@
 //! `y = α·x + β·y`, element-wise: scaling a tensor (β = 0: `y` is assigned, never read) and
 //! adding one gradient contribution into another (β = 1). Kernel: `kernels/axpby.cu`.
 
-use std::marker::PhantomData;
-use std::sync::Arc;
-
-use cudarc::driver::{
-    CudaFunction, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
+use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu, TypedKernel};
 use crate::element::Element;
 use crate::error::{check_len, Result};
+use crate::launch;
 use crate::Real;
 
 /// CPU reference (and the CPU backend's op).
@@ -29,17 +25,13 @@ const THREADS: u32 = 256;
 const MAX_BLOCKS: u32 = 4096;
 
 pub struct AxpbyGpu<T: Element> {
-    stream: Arc<CudaStream>,
-    axpby: CudaFunction,
-    _storage: PhantomData<T>,
+    kernel: TypedKernel<T>,
 }
 
 impl<T: Element> AxpbyGpu<T> {
     pub fn new(gpu: &Gpu) -> Result<Self> {
         Ok(AxpbyGpu {
-            stream: gpu.stream().clone(),
-            axpby: gpu.typed_function::<T>(&crate::sources::AXPBY, "axpby")?,
-            _storage: PhantomData,
+            kernel: TypedKernel::new(gpu, &crate::sources::AXPBY, "axpby")?,
         })
     }
 
@@ -66,20 +58,18 @@ impl<T: Element> AxpbyGpu<T> {
             shared_mem_bytes: 0,
         };
         let (x, y) = (
-            device_addr(x, &self.stream),
-            device_addr_mut(y, &self.stream),
+            device_addr(x, &self.kernel.stream),
+            device_addr_mut(y, &self.kernel.stream),
         );
         let (alpha, beta) = (alpha as f32, beta as f32);
         // SAFETY: `x` and `y` have `n` elements (checked above); the kernel is grid-stride.
         unsafe {
-            self.stream
-                .launch_builder(&self.axpby)
-                .arg(&x)
-                .arg(&y)
-                .arg(&n)
-                .arg(&alpha)
-                .arg(&beta)
-                .launch(cfg)?;
+            launch!(
+                self.kernel.stream,
+                &self.kernel.function,
+                cfg,
+                [&x, &y, &n, &alpha, &beta]
+            )?;
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use crate::device::{device_addr, device_addr_mut, Gpu};
 use crate::element::Element;
 use crate::error::{check_len, check_shape, Result};
+use crate::launch;
 use crate::Real;
 
 /// Added under the square root, as in WS-DAN.
@@ -240,13 +241,12 @@ pub fn launch_grad_dot(
     let mn = shape.part_len() as i32;
     // SAFETY: the caller checked the lengths against `shape`; `dot_partials` holds B·chunks.
     unsafe {
-        stream
-            .launch_builder(grad_dot)
-            .arg(&parts)
-            .arg(&d_parts)
-            .arg(dot_partials)
-            .arg(&mn)
-            .launch(per_part_grid(shape))?;
+        launch!(
+            stream,
+            grad_dot,
+            per_part_grid(shape),
+            [&parts, &d_parts, dot_partials, &mn]
+        )?;
     }
     Ok(())
 }
@@ -266,14 +266,12 @@ pub fn launch_normalize(
     let (tiles, mn) = (tiles as i32, shape.part_len() as i32);
     // SAFETY: the caller checked the lengths against `shape`; `sumsq` holds B·tiles.
     unsafe {
-        stream
-            .launch_builder(normalize)
-            .arg(&parts)
-            .arg(sumsq)
-            .arg(&norms)
-            .arg(&tiles)
-            .arg(&mn)
-            .launch(per_part_grid(shape))?;
+        launch!(
+            stream,
+            normalize,
+            per_part_grid(shape),
+            [&parts, sumsq, &norms, &tiles, &mn]
+        )?;
     }
     Ok(())
 }
@@ -348,16 +346,20 @@ impl<T: Element> BapGpu<T> {
         };
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.pool)
-                .arg(&attention)
-                .arg(&features)
-                .arg(&parts)
-                .arg(&mut self.tile_sumsq)
-                .arg(&m)
-                .arg(&n)
-                .arg(&hw)
-                .launch(pool_cfg)?;
+            launch!(
+                self.stream,
+                &self.pool,
+                pool_cfg,
+                [
+                    &attention,
+                    &features,
+                    &parts,
+                    &mut self.tile_sumsq,
+                    &m,
+                    &n,
+                    &hw
+                ]
+            )?;
         }
         launch_normalize(
             &self.stream,
@@ -423,29 +425,37 @@ impl<T: Element> BapGpu<T> {
         // SAFETY: buffer lengths checked above match the kernels' indexing; `grad_t` holds
         // B·M·N and `dot_partials` B·chunks.
         unsafe {
-            self.stream
-                .launch_builder(&self.grad_pooled)
-                .arg(&parts)
-                .arg(&d_parts)
-                .arg(&norms)
-                .arg(&self.dot_partials)
-                .arg(&chunks)
-                .arg(&mut self.grad_t)
-                .arg(&m)
-                .arg(&n)
-                .arg(&hw)
-                .launch(pooled_cfg)?;
-            self.stream
-                .launch_builder(&self.grad_inputs)
-                .arg(&attention)
-                .arg(&features)
-                .arg(&self.grad_t)
-                .arg(&d_attention)
-                .arg(&d_features)
-                .arg(&m)
-                .arg(&n)
-                .arg(&hw)
-                .launch(inputs_cfg)?;
+            launch!(
+                self.stream,
+                &self.grad_pooled,
+                pooled_cfg,
+                [
+                    &parts,
+                    &d_parts,
+                    &norms,
+                    &self.dot_partials,
+                    &chunks,
+                    &mut self.grad_t,
+                    &m,
+                    &n,
+                    &hw
+                ]
+            )?;
+            launch!(
+                self.stream,
+                &self.grad_inputs,
+                inputs_cfg,
+                [
+                    &attention,
+                    &features,
+                    &self.grad_t,
+                    &d_attention,
+                    &d_features,
+                    &m,
+                    &n,
+                    &hw
+                ]
+            )?;
         }
         Ok(())
     }

@@ -31,6 +31,7 @@ use rayon::prelude::*;
 use crate::device::{device_addr, device_addr_mut, read_loss_status, Gpu};
 use crate::element::Element;
 use crate::error::{check_labels, check_len, check_shape, Error, Result};
+use crate::launch;
 use crate::Real;
 
 /// Floor of a center's norm, as in `F.normalize`.
@@ -324,33 +325,41 @@ impl<T: Element> CenterLossGpu<T> {
         // SAFETY: buffer lengths checked above match the kernels' indexing; labels are checked on
         // the device before any center access.
         unsafe {
-            self.stream
-                .launch_builder(&self.sumsq_fn)
-                .arg(&centers)
-                .arg(&labels)
-                .arg(&mut self.sumsq)
-                .arg(&mut self.state)
-                .arg(&b)
-                .arg(&d)
-                .arg(&c)
-                .arg(&normalized)
-                .launch(sumsq_cfg)?;
-            self.stream
-                .launch_builder(&self.update_fn)
-                .arg(&features)
-                .arg(&labels)
-                .arg(&centers)
-                .arg(&self.sumsq)
-                .arg(&d_features)
-                .arg(&mut self.loss_parts)
-                .arg(&mut self.state)
-                .arg(&b)
-                .arg(&d)
-                .arg(&grad_scale)
-                .arg(&loss_scale)
-                .arg(&beta)
-                .arg(&normalized)
-                .launch(update_cfg)?;
+            launch!(
+                self.stream,
+                &self.sumsq_fn,
+                sumsq_cfg,
+                [
+                    &centers,
+                    &labels,
+                    &mut self.sumsq,
+                    &mut self.state,
+                    &b,
+                    &d,
+                    &c,
+                    &normalized
+                ]
+            )?;
+            launch!(
+                self.stream,
+                &self.update_fn,
+                update_cfg,
+                [
+                    &features,
+                    &labels,
+                    &centers,
+                    &self.sumsq,
+                    &d_features,
+                    &mut self.loss_parts,
+                    &mut self.state,
+                    &b,
+                    &d,
+                    &grad_scale,
+                    &loss_scale,
+                    &beta,
+                    &normalized
+                ]
+            )?;
         }
         Ok(())
     }

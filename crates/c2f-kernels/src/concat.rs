@@ -3,16 +3,13 @@
 //! a block's concat); [`slice_channels_cpu`] copies it back out (the concat's backward, assigned).
 //! Bit copies, no conversion. Kernel: `kernels/concat.cu`.
 
-use std::sync::Arc;
-
-use cudarc::driver::{
-    CudaFunction, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
+use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu, TypedKernel};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
+use crate::launch;
 
 /// Where a part `[N, channels, H, W]` sits in a whole `[N, whole_channels, H, W]`: its channels
 /// `offset .. offset + channels`. One branch of an InceptionV3 block's concat.
@@ -113,17 +110,13 @@ pub const MAX_COPY_BATCH: usize = 65_535;
 
 /// Channel concat and split on the GPU; one instance serves every [`ChannelSlice`].
 pub struct ChannelCopyGpu<T: Element> {
-    stream: Arc<CudaStream>,
-    copy_fn: CudaFunction,
-    _storage: std::marker::PhantomData<T>,
+    kernel: TypedKernel<T>,
 }
 
 impl<T: Element> ChannelCopyGpu<T> {
     pub fn new(gpu: &Gpu) -> Result<Self> {
         Ok(ChannelCopyGpu {
-            stream: gpu.stream().clone(),
-            copy_fn: gpu.typed_function::<T>(&crate::sources::CONCAT, "channel_copy")?,
-            _storage: std::marker::PhantomData,
+            kernel: TypedKernel::new(gpu, &crate::sources::CONCAT, "channel_copy")?,
         })
     }
 
@@ -138,9 +131,9 @@ impl<T: Element> ChannelCopyGpu<T> {
         let hw = s.hw();
         self.launch(
             s,
-            device_addr(part, &self.stream),
+            device_addr(part, &self.kernel.stream),
             [s.channels * hw, 0],
-            device_addr_mut(whole, &self.stream),
+            device_addr_mut(whole, &self.kernel.stream),
             [s.whole_channels * hw, s.offset * hw],
         )
     }
@@ -156,9 +149,9 @@ impl<T: Element> ChannelCopyGpu<T> {
         let hw = s.hw();
         self.launch(
             s,
-            device_addr(whole, &self.stream),
+            device_addr(whole, &self.kernel.stream),
             [s.whole_channels * hw, s.offset * hw],
-            device_addr_mut(part, &self.stream),
+            device_addr_mut(part, &self.kernel.stream),
             [s.channels * hw, 0],
         )
     }
@@ -191,16 +184,12 @@ impl<T: Element> ChannelCopyGpu<T> {
         // SAFETY: the caller checked both lengths against `s`, whose offset + channels fit in
         // the whole's channels, so every sample's run lies inside both buffers.
         unsafe {
-            self.stream
-                .launch_builder(&self.copy_fn)
-                .arg(&src)
-                .arg(&dst)
-                .arg(&chunk_i)
-                .arg(&ss)
-                .arg(&so)
-                .arg(&ds)
-                .arg(&dso)
-                .launch(cfg)?;
+            launch!(
+                self.kernel.stream,
+                &self.kernel.function,
+                cfg,
+                [&src, &dst, &chunk_i, &ss, &so, &ds, &dso]
+            )?;
         }
         Ok(())
     }

@@ -26,6 +26,7 @@ use rayon::prelude::*;
 use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
+use crate::launch;
 use crate::Real;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -522,23 +523,12 @@ impl<T: Element> ConvTransposeGpu<T> {
         // SAFETY: buffer lengths checked above match the kernel's indexing; the shared memory
         // holds the plan's weight tile.
         unsafe {
-            self.stream
-                .launch_builder(&self.forward_fn)
-                .arg(&x)
-                .arg(&weight)
-                .arg(&bias)
-                .arg(&y)
-                .arg(&ci)
-                .arg(&co)
-                .arg(&h)
-                .arg(&w)
-                .arg(&ho)
-                .arg(&wo)
-                .arg(&k)
-                .arg(&s)
-                .arg(&pad)
-                .arg(&ci_tile)
-                .launch(cfg)?;
+            launch!(
+                self.stream,
+                &self.forward_fn,
+                cfg,
+                [&x, &weight, &bias, &y, &ci, &co, &h, &w, &ho, &wo, &k, &s, &pad, &ci_tile]
+            )?;
         }
         Ok(())
     }
@@ -589,22 +579,12 @@ impl<T: Element> ConvTransposeGpu<T> {
         // SAFETY: buffer lengths checked above match the kernel's indexing; the shared memory
         // holds the plan's weight tile.
         unsafe {
-            self.stream
-                .launch_builder(&self.grad_input_fn)
-                .arg(&dy)
-                .arg(&weight)
-                .arg(&dx)
-                .arg(&ci)
-                .arg(&co)
-                .arg(&h)
-                .arg(&w)
-                .arg(&ho)
-                .arg(&wo)
-                .arg(&k)
-                .arg(&s)
-                .arg(&pad)
-                .arg(&co_tile)
-                .launch(cfg)?;
+            launch!(
+                self.stream,
+                &self.grad_input_fn,
+                cfg,
+                [&dy, &weight, &dx, &ci, &co, &h, &w, &ho, &wo, &k, &s, &pad, &co_tile]
+            )?;
         }
         Ok(())
     }
@@ -667,44 +647,51 @@ impl<T: Element> ConvTransposeGpu<T> {
         // SAFETY: buffer lengths checked above match the kernels' indexing; the partials were
         // allocated for this plan, and every partial the finalize step reads is written first.
         unsafe {
-            self.stream
-                .launch_builder(&self.grad_weight_fn)
-                .arg(&x)
-                .arg(&dy)
-                .arg(&mut self.weight_partials)
-                .arg(&batch)
-                .arg(&ci)
-                .arg(&co)
-                .arg(&h)
-                .arg(&w)
-                .arg(&ho)
-                .arg(&wo)
-                .arg(&k)
-                .arg(&s)
-                .arg(&pad)
-                .arg(&co_tile)
-                .arg(&tile_rows)
-                .arg(&tile_cols)
-                .arg(&chunks)
-                .launch(weight_cfg)?;
-            self.stream
-                .launch_builder(&self.grad_bias_fn)
-                .arg(&dy)
-                .arg(&mut self.bias_partials)
-                .arg(&co)
-                .arg(&hwo)
-                .launch(bias_cfg)?;
-            self.stream
-                .launch_builder(&self.finalize_fn)
-                .arg(&self.weight_partials)
-                .arg(&self.bias_partials)
-                .arg(&d_weight)
-                .arg(&d_bias)
-                .arg(&n_w)
-                .arg(&chunks)
-                .arg(&co)
-                .arg(&bias_parts)
-                .launch(finalize_cfg)?;
+            launch!(
+                self.stream,
+                &self.grad_weight_fn,
+                weight_cfg,
+                [
+                    &x,
+                    &dy,
+                    &mut self.weight_partials,
+                    &batch,
+                    &ci,
+                    &co,
+                    &h,
+                    &w,
+                    &ho,
+                    &wo,
+                    &k,
+                    &s,
+                    &pad,
+                    &co_tile,
+                    &tile_rows,
+                    &tile_cols,
+                    &chunks
+                ]
+            )?;
+            launch!(
+                self.stream,
+                &self.grad_bias_fn,
+                bias_cfg,
+                [&dy, &mut self.bias_partials, &co, &hwo]
+            )?;
+            launch!(
+                self.stream,
+                &self.finalize_fn,
+                finalize_cfg,
+                [
+                    &self.weight_partials,
+                    &self.bias_partials,
+                    &d_weight,
+                    &d_bias,
+                    &n_w,
+                    &chunks,
+                    &co,
+                    &bias_parts
+                ]
+            )?;
         }
         Ok(())
     }

@@ -227,6 +227,46 @@ impl Gpu {
     }
 }
 
+/// The stream and the one entry point of an op for element type `T`: what the launchers of a
+/// single kernel (channel copy, dropout, axpby) hold.
+pub struct TypedKernel<T: Element> {
+    pub stream: Arc<CudaStream>,
+    pub function: CudaFunction,
+    _storage: std::marker::PhantomData<T>,
+}
+
+impl<T: Element> TypedKernel<T> {
+    /// The entry point `name` of `kernel`, for `T` ([`Gpu::typed_function`]).
+    pub fn new(gpu: &Gpu, kernel: &KernelSource, name: &str) -> Result<Self> {
+        Ok(TypedKernel {
+            stream: gpu.stream().clone(),
+            function: gpu.typed_function::<T>(kernel, name)?,
+            _storage: std::marker::PhantomData,
+        })
+    }
+}
+
+/// The stream and the forward and backward entry points of an op for element type `T`: what
+/// the launchers of one forward and one backward kernel (pooling, ReLU, resize) hold.
+pub struct KernelPair<T: Element> {
+    pub stream: Arc<CudaStream>,
+    pub forward: CudaFunction,
+    pub backward: CudaFunction,
+    _storage: std::marker::PhantomData<T>,
+}
+
+impl<T: Element> KernelPair<T> {
+    /// The entry points `forward` and `backward` of `kernel`, for `T` ([`Gpu::typed_function`]).
+    pub fn new(gpu: &Gpu, kernel: &KernelSource, forward: &str, backward: &str) -> Result<Self> {
+        Ok(KernelPair {
+            stream: gpu.stream().clone(),
+            forward: gpu.typed_function::<T>(kernel, forward)?,
+            backward: gpu.typed_function::<T>(kernel, backward)?,
+            _storage: std::marker::PhantomData,
+        })
+    }
+}
+
 /// The device address of `buf`'s first element, to push as a kernel's `const T*` argument.
 ///
 /// Every launcher takes its buffers as `impl DevicePtr<T>` (inputs) and `impl DevicePtrMut<T>`
@@ -252,6 +292,23 @@ pub fn device_addr_mut<T>(buf: &mut impl DevicePtrMut<T>, stream: &CudaStream) -
         "launchers expect per-buffer event tracking off, as Gpu::open leaves it"
     );
     buf.device_ptr_mut(stream).0
+}
+
+/// Launches `function` on `stream` with `cfg` and the kernel arguments in order (each a
+/// reference, as cudarc's `LaunchArgs::arg` takes them): cudarc's
+/// `stream.launch_builder(function).arg(..)…launch(cfg)` chain, written once for every launcher.
+/// Evaluates to `Result<(), DriverError>`. It calls the `unsafe` `LaunchArgs::launch`, so it
+/// stands inside the caller's `unsafe` block, under the caller's SAFETY comment on why the
+/// arguments fit the kernel.
+#[macro_export]
+macro_rules! launch {
+    ($stream:expr, $function:expr, $cfg:expr, [$($arg:expr),* $(,)?]) => {
+        $stream
+            .launch_builder($function)
+            $(.arg($arg))*
+            .launch($cfg)
+            .map(|_no_events| ())
+    };
 }
 
 /// Blocks of `block` threads covering `n` items, as a grid dimension.

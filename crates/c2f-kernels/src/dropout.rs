@@ -16,16 +16,13 @@
 //! identity, `p = 1` gives `x·0`; `p` outside `[0, 1]` is an error. With `training == false`
 //! dropout is the identity (a copy). Kernel: `kernels/dropout.cu`.
 
-use std::sync::Arc;
-
-use cudarc::driver::{
-    CudaFunction, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
+use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu, TypedKernel};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
+use crate::launch;
 use crate::rng::splitmix64_output;
 use crate::Real;
 
@@ -128,17 +125,13 @@ const MAX_BLOCKS: u32 = 8192;
 
 /// The dropout kernel for element type `T`; it works on any length.
 pub struct DropoutGpu<T: Element> {
-    stream: Arc<CudaStream>,
-    apply: CudaFunction,
-    _storage: std::marker::PhantomData<T>,
+    kernel: TypedKernel<T>,
 }
 
 impl<T: Element> DropoutGpu<T> {
     pub fn new(gpu: &Gpu) -> Result<Self> {
         Ok(DropoutGpu {
-            stream: gpu.stream().clone(),
-            apply: gpu.typed_function::<T>(&crate::sources::DROPOUT, "dropout_apply")?,
-            _storage: std::marker::PhantomData,
+            kernel: TypedKernel::new(gpu, &crate::sources::DROPOUT, "dropout_apply")?,
         })
     }
 
@@ -174,7 +167,7 @@ impl<T: Element> DropoutGpu<T> {
             return Ok(());
         }
         if !params.training {
-            self.stream.memcpy_dtod(input, out)?;
+            self.kernel.stream.memcpy_dtod(input, out)?;
             return Ok(());
         }
         let n = input.len() as i64;
@@ -189,20 +182,17 @@ impl<T: Element> DropoutGpu<T> {
             shared_mem_bytes: 0,
         };
         let (input, out) = (
-            device_addr(input, &self.stream),
-            device_addr_mut(out, &self.stream),
+            device_addr(input, &self.kernel.stream),
+            device_addr_mut(out, &self.kernel.stream),
         );
         // SAFETY: both buffers hold n elements; the kernel is grid-stride over n.
         unsafe {
-            self.stream
-                .launch_builder(&self.apply)
-                .arg(&input)
-                .arg(&out)
-                .arg(&n)
-                .arg(&key)
-                .arg(&threshold)
-                .arg(&scale)
-                .launch(cfg)?;
+            launch!(
+                self.kernel.stream,
+                &self.kernel.function,
+                cfg,
+                [&input, &out, &n, &key, &threshold, &scale]
+            )?;
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use crate::device::{device_addr, device_addr_mut, elementwise, Gpu};
 use crate::element::Element;
 use crate::error::{check_dims, check_len, Error, Result};
+use crate::launch;
 use crate::Real;
 
 /// Attention maps `A [B, M, h, w]`; the chosen (or mean) map is `S [B, 1, h, w]`.
@@ -225,13 +226,12 @@ impl<T: Element> MapSelectGpu<T> {
         );
         // SAFETY: buffer lengths checked above; an index is checked on the device before use.
         unsafe {
-            self.stream
-                .launch_builder(&self.select_forward_fn)
-                .arg(&a)
-                .arg(&indices)
-                .arg(&s)
-                .arg(&g)
-                .launch(elementwise(sh.map_len()))?;
+            launch!(
+                self.stream,
+                &self.select_forward_fn,
+                elementwise(sh.map_len()),
+                [&a, &indices, &s, &g]
+            )?;
         }
         Ok(())
     }
@@ -257,14 +257,12 @@ impl<T: Element> MapSelectGpu<T> {
         );
         // SAFETY: buffer lengths checked above; an index is checked on the device before use.
         unsafe {
-            self.stream
-                .launch_builder(&self.select_backward_fn)
-                .arg(&indices)
-                .arg(&ds)
-                .arg(&da)
-                .arg(&g)
-                .arg(&acc)
-                .launch(elementwise(sh.maps_len()))?;
+            launch!(
+                self.stream,
+                &self.select_backward_fn,
+                elementwise(sh.maps_len()),
+                [&indices, &ds, &da, &g, &acc]
+            )?;
         }
         Ok(())
     }
@@ -280,12 +278,12 @@ impl<T: Element> MapSelectGpu<T> {
         );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.mean_forward_fn)
-                .arg(&a)
-                .arg(&s)
-                .arg(&g)
-                .launch(elementwise(sh.map_len()))?;
+            launch!(
+                self.stream,
+                &self.mean_forward_fn,
+                elementwise(sh.map_len()),
+                [&a, &s, &g]
+            )?;
         }
         Ok(())
     }
@@ -305,12 +303,12 @@ impl<T: Element> MapSelectGpu<T> {
         );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.mean_backward_fn)
-                .arg(&ds)
-                .arg(&da)
-                .arg(&g)
-                .launch(elementwise(sh.maps_len()))?;
+            launch!(
+                self.stream,
+                &self.mean_backward_fn,
+                elementwise(sh.maps_len()),
+                [&ds, &da, &g]
+            )?;
         }
         Ok(())
     }

@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use crate::device::{device_addr, device_addr_mut, elementwise, Gpu};
 use crate::element::Element;
 use crate::error::{check_dims, check_len, Error, Result};
+use crate::launch;
 use crate::Real;
 
 const THREADS: u32 = 256;
@@ -315,30 +316,31 @@ impl<T: Element> MaskGpu<T> {
         // SAFETY: buffer lengths checked above match the kernels' indexing; the partials hold
         // B·chunks entries.
         unsafe {
-            self.stream
-                .launch_builder(&self.stats_fn)
-                .arg(&u)
-                .arg(&mut self.part_max)
-                .arg(&mut self.part_arg)
-                .arg(&hw)
-                .launch(chunks_cfg)?;
-            self.stream
-                .launch_builder(&self.stats_finish_fn)
-                .arg(&self.part_max)
-                .arg(&self.part_arg)
-                .arg(&chunks)
-                .arg(&batch)
-                .arg(&u_max)
-                .arg(&argmax)
-                .launch(elementwise(sh.batch))?;
-            self.stream
-                .launch_builder(&self.apply_fn)
-                .arg(&u)
-                .arg(&x)
-                .arg(&u_max)
-                .arg(&xf)
-                .arg(&g)
-                .launch(elementwise(sh.map_len()))?;
+            launch!(
+                self.stream,
+                &self.stats_fn,
+                chunks_cfg,
+                [&u, &mut self.part_max, &mut self.part_arg, &hw]
+            )?;
+            launch!(
+                self.stream,
+                &self.stats_finish_fn,
+                elementwise(sh.batch),
+                [
+                    &self.part_max,
+                    &self.part_arg,
+                    &chunks,
+                    &batch,
+                    &u_max,
+                    &argmax
+                ]
+            )?;
+            launch!(
+                self.stream,
+                &self.apply_fn,
+                elementwise(sh.map_len()),
+                [&u, &x, &u_max, &xf, &g]
+            )?;
         }
         Ok(())
     }
@@ -411,34 +413,24 @@ impl<T: Element> MaskGpu<T> {
         // SAFETY: buffer lengths checked above match the kernels' indexing; `dot` holds B floats
         // and `dot_partials` B·chunks; a null `dx` is never written.
         unsafe {
-            self.stream
-                .launch_builder(&self.reduce_fn)
-                .arg(&u)
-                .arg(&x)
-                .arg(&dxf)
-                .arg(&u_max)
-                .arg(&mut self.dot_partials)
-                .arg(&g)
-                .launch(chunks_cfg)?;
-            self.stream
-                .launch_builder(&self.dot_finish_fn)
-                .arg(&self.dot_partials)
-                .arg(&chunks)
-                .arg(&batch)
-                .arg(&mut self.dot)
-                .launch(elementwise(sh.batch))?;
-            self.stream
-                .launch_builder(&self.backward_fn)
-                .arg(&u)
-                .arg(&x)
-                .arg(&dxf)
-                .arg(&u_max)
-                .arg(&argmax)
-                .arg(&self.dot)
-                .arg(&du)
-                .arg(&dx)
-                .arg(&g)
-                .launch(elementwise(sh.map_len()))?;
+            launch!(
+                self.stream,
+                &self.reduce_fn,
+                chunks_cfg,
+                [&u, &x, &dxf, &u_max, &mut self.dot_partials, &g]
+            )?;
+            launch!(
+                self.stream,
+                &self.dot_finish_fn,
+                elementwise(sh.batch),
+                [&self.dot_partials, &chunks, &batch, &mut self.dot]
+            )?;
+            launch!(
+                self.stream,
+                &self.backward_fn,
+                elementwise(sh.map_len()),
+                [&u, &x, &dxf, &u_max, &argmax, &self.dot, &du, &dx, &g]
+            )?;
         }
         Ok(())
     }

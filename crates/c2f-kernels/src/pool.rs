@@ -15,16 +15,13 @@
 //! outputs in row-major order, without atomics), so every result is the same bits on every run.
 //! Kernels: `kernels/pool.cu`.
 
-use std::sync::Arc;
-
-use cudarc::driver::{
-    CudaFunction, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use rayon::prelude::*;
 
-use crate::device::{device_addr, device_addr_mut, elementwise, plane_groups, Gpu};
+use crate::device::{device_addr, device_addr_mut, elementwise, plane_groups, Gpu, KernelPair};
 use crate::element::Element;
 use crate::error::{check_len, check_shape, Error, Result};
+use crate::launch;
 use crate::Real;
 
 /// The shape of an NCHW activation.
@@ -442,23 +439,21 @@ const GLOBAL_PLANES_PER_BLOCK: usize = THREADS as usize / 32;
 pub struct MaxPool2dGpu<T: Element> {
     geom: Geom,
     output: PoolShape,
-    stream: Arc<CudaStream>,
-    forward_fn: CudaFunction,
-    backward_fn: CudaFunction,
-    _storage: std::marker::PhantomData<T>,
+    kernels: KernelPair<T>,
 }
 
 impl<T: Element> MaxPool2dGpu<T> {
     pub fn new(gpu: &Gpu, shape: PoolShape, params: Pool2dParams) -> Result<Self> {
         let geom = Geom::new("max pool", &shape, &params)?;
-        let src = &crate::sources::POOL;
         Ok(MaxPool2dGpu {
             geom,
             output: geom.output_shape(&shape),
-            stream: gpu.stream().clone(),
-            forward_fn: gpu.typed_function::<T>(src, "max_pool2d_forward")?,
-            backward_fn: gpu.typed_function::<T>(src, "max_pool2d_backward")?,
-            _storage: std::marker::PhantomData,
+            kernels: KernelPair::new(
+                gpu,
+                &crate::sources::POOL,
+                "max_pool2d_forward",
+                "max_pool2d_backward",
+            )?,
         })
     }
 
@@ -478,18 +473,17 @@ impl<T: Element> MaxPool2dGpu<T> {
         check_len("max pool y", y.len(), g.out_len())?;
         check_len("max pool indices", indices.len(), g.out_len())?;
         let dev = g.device();
-        let st = &self.stream;
+        let st = &self.kernels.stream;
         let (x, y) = (device_addr(x, st), device_addr_mut(y, st));
         let indices = device_addr_mut(indices, st);
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.forward_fn)
-                .arg(&x)
-                .arg(&y)
-                .arg(&indices)
-                .arg(&dev)
-                .launch(plane_groups(g.oh * g.ow, g.planes))?;
+            launch!(
+                self.kernels.stream,
+                &self.kernels.forward,
+                plane_groups(g.oh * g.ow, g.planes),
+                [&x, &y, &indices, &dev]
+            )?;
         }
         Ok(())
     }
@@ -508,18 +502,17 @@ impl<T: Element> MaxPool2dGpu<T> {
         check_len("max pool dy", dy.len(), g.out_len())?;
         check_len("max pool dx", dx.len(), g.in_len())?;
         let dev = g.device();
-        let st = &self.stream;
+        let st = &self.kernels.stream;
         let indices = device_addr(indices, st);
         let (dy, dx) = (device_addr(dy, st), device_addr_mut(dx, st));
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.backward_fn)
-                .arg(&indices)
-                .arg(&dy)
-                .arg(&dx)
-                .arg(&dev)
-                .launch(plane_groups(g.h * g.w, g.planes))?;
+            launch!(
+                self.kernels.stream,
+                &self.kernels.backward,
+                plane_groups(g.h * g.w, g.planes),
+                [&indices, &dy, &dx, &dev]
+            )?;
         }
         Ok(())
     }
@@ -529,23 +522,21 @@ impl<T: Element> MaxPool2dGpu<T> {
 pub struct AvgPool2dGpu<T: Element> {
     geom: Geom,
     output: PoolShape,
-    stream: Arc<CudaStream>,
-    forward_fn: CudaFunction,
-    backward_fn: CudaFunction,
-    _storage: std::marker::PhantomData<T>,
+    kernels: KernelPair<T>,
 }
 
 impl<T: Element> AvgPool2dGpu<T> {
     pub fn new(gpu: &Gpu, shape: PoolShape, params: Pool2dParams) -> Result<Self> {
         let geom = Geom::new("avg pool", &shape, &params)?;
-        let src = &crate::sources::POOL;
         Ok(AvgPool2dGpu {
             geom,
             output: geom.output_shape(&shape),
-            stream: gpu.stream().clone(),
-            forward_fn: gpu.typed_function::<T>(src, "avg_pool2d_forward")?,
-            backward_fn: gpu.typed_function::<T>(src, "avg_pool2d_backward")?,
-            _storage: std::marker::PhantomData,
+            kernels: KernelPair::new(
+                gpu,
+                &crate::sources::POOL,
+                "avg_pool2d_forward",
+                "avg_pool2d_backward",
+            )?,
         })
     }
 
@@ -560,17 +551,17 @@ impl<T: Element> AvgPool2dGpu<T> {
         check_len("avg pool y", y.len(), g.out_len())?;
         let dev = g.device();
         let (x, y) = (
-            device_addr(x, &self.stream),
-            device_addr_mut(y, &self.stream),
+            device_addr(x, &self.kernels.stream),
+            device_addr_mut(y, &self.kernels.stream),
         );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.forward_fn)
-                .arg(&x)
-                .arg(&y)
-                .arg(&dev)
-                .launch(plane_groups(g.oh * g.ow, g.planes))?;
+            launch!(
+                self.kernels.stream,
+                &self.kernels.forward,
+                plane_groups(g.oh * g.ow, g.planes),
+                [&x, &y, &dev]
+            )?;
         }
         Ok(())
     }
@@ -582,17 +573,17 @@ impl<T: Element> AvgPool2dGpu<T> {
         check_len("avg pool dx", dx.len(), g.in_len())?;
         let dev = g.device();
         let (dy, dx) = (
-            device_addr(dy, &self.stream),
-            device_addr_mut(dx, &self.stream),
+            device_addr(dy, &self.kernels.stream),
+            device_addr_mut(dx, &self.kernels.stream),
         );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.backward_fn)
-                .arg(&dy)
-                .arg(&dx)
-                .arg(&dev)
-                .launch(plane_groups(g.h * g.w, g.planes))?;
+            launch!(
+                self.kernels.stream,
+                &self.kernels.backward,
+                plane_groups(g.h * g.w, g.planes),
+                [&dy, &dx, &dev]
+            )?;
         }
         Ok(())
     }
@@ -601,22 +592,20 @@ impl<T: Element> AvgPool2dGpu<T> {
 /// Global average pool for one input shape: `[N, C, H, W] → [N, C]`.
 pub struct GlobalAvgPoolGpu<T: Element> {
     shape: PoolShape,
-    stream: Arc<CudaStream>,
-    forward_fn: CudaFunction,
-    backward_fn: CudaFunction,
-    _storage: std::marker::PhantomData<T>,
+    kernels: KernelPair<T>,
 }
 
 impl<T: Element> GlobalAvgPoolGpu<T> {
     pub fn new(gpu: &Gpu, shape: PoolShape) -> Result<Self> {
         shape.validate("global avg pool")?;
-        let src = &crate::sources::POOL;
         Ok(GlobalAvgPoolGpu {
             shape,
-            stream: gpu.stream().clone(),
-            forward_fn: gpu.typed_function::<T>(src, "global_avg_pool_forward")?,
-            backward_fn: gpu.typed_function::<T>(src, "global_avg_pool_backward")?,
-            _storage: std::marker::PhantomData,
+            kernels: KernelPair::new(
+                gpu,
+                &crate::sources::POOL,
+                "global_avg_pool_forward",
+                "global_avg_pool_backward",
+            )?,
         })
     }
 
@@ -640,18 +629,17 @@ impl<T: Element> GlobalAvgPoolGpu<T> {
             shared_mem_bytes: 0,
         };
         let (x, y) = (
-            device_addr(x, &self.stream),
-            device_addr_mut(y, &self.stream),
+            device_addr(x, &self.kernels.stream),
+            device_addr_mut(y, &self.kernels.stream),
         );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.forward_fn)
-                .arg(&x)
-                .arg(&y)
-                .arg(&planes)
-                .arg(&hw)
-                .launch(cfg)?;
+            launch!(
+                self.kernels.stream,
+                &self.kernels.forward,
+                cfg,
+                [&x, &y, &planes, &hw]
+            )?;
         }
         Ok(())
     }
@@ -667,18 +655,17 @@ impl<T: Element> GlobalAvgPoolGpu<T> {
         )?;
         let (planes, hw) = (s.planes() as i32, s.hw() as i32);
         let (dy, dx) = (
-            device_addr(dy, &self.stream),
-            device_addr_mut(dx, &self.stream),
+            device_addr(dy, &self.kernels.stream),
+            device_addr_mut(dx, &self.kernels.stream),
         );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.backward_fn)
-                .arg(&dy)
-                .arg(&dx)
-                .arg(&planes)
-                .arg(&hw)
-                .launch(elementwise(s.numel()))?;
+            launch!(
+                self.kernels.stream,
+                &self.kernels.backward,
+                elementwise(s.numel()),
+                [&dy, &dx, &planes, &hw]
+            )?;
         }
         Ok(())
     }

@@ -4,14 +4,13 @@
 //! and a NaN `dy` under `y ≤ 0` gives 0). The gradient is assigned. Every result is the same bits
 //! on every run. Kernels: `kernels/relu.cu`.
 
-use std::sync::Arc;
-
-use cudarc::driver::{CudaFunction, CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 use rayon::prelude::*;
 
-use crate::device::{device_addr, device_addr_mut, elementwise, Gpu};
+use crate::device::{device_addr, device_addr_mut, elementwise, Gpu, KernelPair};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
+use crate::launch;
 use crate::Real;
 
 fn check_elementwise(n: usize) -> Result<()> {
@@ -44,20 +43,13 @@ pub fn relu_backward_cpu<R: Real>(y: &[R], dy: &[R], dx: &mut [R]) -> Result<()>
 
 /// ReLU on the GPU, any length.
 pub struct ReluGpu<T: Element> {
-    stream: Arc<CudaStream>,
-    forward_fn: CudaFunction,
-    backward_fn: CudaFunction,
-    _storage: std::marker::PhantomData<T>,
+    kernels: KernelPair<T>,
 }
 
 impl<T: Element> ReluGpu<T> {
     pub fn new(gpu: &Gpu) -> Result<Self> {
-        let src = &crate::sources::RELU;
         Ok(ReluGpu {
-            stream: gpu.stream().clone(),
-            forward_fn: gpu.typed_function::<T>(src, "relu_forward")?,
-            backward_fn: gpu.typed_function::<T>(src, "relu_backward")?,
-            _storage: std::marker::PhantomData,
+            kernels: KernelPair::new(gpu, &crate::sources::RELU, "relu_forward", "relu_backward")?,
         })
     }
 
@@ -71,17 +63,17 @@ impl<T: Element> ReluGpu<T> {
         }
         let n_i = n as i32;
         let (x, y) = (
-            device_addr(x, &self.stream),
-            device_addr_mut(y, &self.stream),
+            device_addr(x, &self.kernels.stream),
+            device_addr_mut(y, &self.kernels.stream),
         );
         // SAFETY: both buffers hold n elements.
         unsafe {
-            self.stream
-                .launch_builder(&self.forward_fn)
-                .arg(&x)
-                .arg(&y)
-                .arg(&n_i)
-                .launch(elementwise(n))?;
+            launch!(
+                self.kernels.stream,
+                &self.kernels.forward,
+                elementwise(n),
+                [&x, &y, &n_i]
+            )?;
         }
         Ok(())
     }
@@ -101,7 +93,7 @@ impl<T: Element> ReluGpu<T> {
             return Ok(());
         }
         let n_i = n as i32;
-        let st = &self.stream;
+        let st = &self.kernels.stream;
         let (y, dy, dx) = (
             device_addr(y, st),
             device_addr(dy, st),
@@ -109,13 +101,12 @@ impl<T: Element> ReluGpu<T> {
         );
         // SAFETY: all three buffers hold n elements.
         unsafe {
-            self.stream
-                .launch_builder(&self.backward_fn)
-                .arg(&y)
-                .arg(&dy)
-                .arg(&dx)
-                .arg(&n_i)
-                .launch(elementwise(n))?;
+            launch!(
+                self.kernels.stream,
+                &self.kernels.backward,
+                elementwise(n),
+                [&y, &dy, &dx, &n_i]
+            )?;
         }
         Ok(())
     }

@@ -11,16 +11,13 @@
 //! The gradient is assigned. Every result is the same bits on every run. Kernels:
 //! `kernels/resize.cu`.
 
-use std::sync::Arc;
-
-use cudarc::driver::{
-    CudaFunction, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg,
-};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg};
 use rayon::prelude::*;
 
-use crate::device::{device_addr, device_addr_mut, plane_groups, Gpu};
+use crate::device::{device_addr, device_addr_mut, plane_groups, Gpu, KernelPair};
 use crate::element::Element;
 use crate::error::{check_dims, check_len, Result};
+use crate::launch;
 use crate::Real;
 
 /// A bilinear resize `[N, C, in_height, in_width] → [N, C, out_height, out_width]`.
@@ -198,22 +195,20 @@ pub fn resize_bilinear_backward_cpu<R: Real>(
 /// The bilinear resize for one shape.
 pub struct ResizeBilinearGpu<T: Element> {
     shape: ResizeShape,
-    stream: Arc<CudaStream>,
-    forward_fn: CudaFunction,
-    backward_fn: CudaFunction,
-    _storage: std::marker::PhantomData<T>,
+    kernels: KernelPair<T>,
 }
 
 impl<T: Element> ResizeBilinearGpu<T> {
     pub fn new(gpu: &Gpu, shape: ResizeShape) -> Result<Self> {
         shape.validate()?;
-        let src = &crate::sources::RESIZE;
         Ok(ResizeBilinearGpu {
             shape,
-            stream: gpu.stream().clone(),
-            forward_fn: gpu.typed_function::<T>(src, "resize_bilinear_forward")?,
-            backward_fn: gpu.typed_function::<T>(src, "resize_bilinear_backward")?,
-            _storage: std::marker::PhantomData,
+            kernels: KernelPair::new(
+                gpu,
+                &crate::sources::RESIZE,
+                "resize_bilinear_forward",
+                "resize_bilinear_backward",
+            )?,
         })
     }
 
@@ -227,17 +222,17 @@ impl<T: Element> ResizeBilinearGpu<T> {
         sh.check(x.len(), y.len(), ["bilinear resize x", "bilinear resize y"])?;
         let g = sh.device();
         let (x, y) = (
-            device_addr(x, &self.stream),
-            device_addr_mut(y, &self.stream),
+            device_addr(x, &self.kernels.stream),
+            device_addr_mut(y, &self.kernels.stream),
         );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.forward_fn)
-                .arg(&x)
-                .arg(&y)
-                .arg(&g)
-                .launch(plane_groups(sh.out_height * sh.out_width, sh.planes()))?;
+            launch!(
+                self.kernels.stream,
+                &self.kernels.forward,
+                plane_groups(sh.out_height * sh.out_width, sh.planes()),
+                [&x, &y, &g]
+            )?;
         }
         Ok(())
     }
@@ -253,17 +248,17 @@ impl<T: Element> ResizeBilinearGpu<T> {
         )?;
         let g = sh.device();
         let (dy, dx) = (
-            device_addr(dy, &self.stream),
-            device_addr_mut(dx, &self.stream),
+            device_addr(dy, &self.kernels.stream),
+            device_addr_mut(dx, &self.kernels.stream),
         );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.backward_fn)
-                .arg(&dy)
-                .arg(&dx)
-                .arg(&g)
-                .launch(plane_groups(sh.in_height * sh.in_width, sh.planes()))?;
+            launch!(
+                self.kernels.stream,
+                &self.kernels.backward,
+                plane_groups(sh.in_height * sh.in_width, sh.planes()),
+                [&dy, &dx, &g]
+            )?;
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
 use crate::error::{check_len, Error, Result};
+use crate::launch;
 use crate::Real;
 
 /// The SGD hyper-parameters of one call.
@@ -174,17 +175,12 @@ impl SgdGpu {
         // followed by n elements; the kernel is grid-stride over n and checks the alignment of
         // all three before using float4 accesses.
         unsafe {
-            self.stream
-                .launch_builder(&self.step_fn)
-                .arg(&w)
-                .arg(&g)
-                .arg(&b)
-                .arg(&n)
-                .arg(&lr)
-                .arg(&momentum)
-                .arg(&weight_decay)
-                .arg(&grad_scale)
-                .launch(cfg)?;
+            launch!(
+                self.stream,
+                &self.step_fn,
+                cfg,
+                [&w, &g, &b, &n, &lr, &momentum, &weight_decay, &grad_scale]
+            )?;
         }
         Ok(())
     }

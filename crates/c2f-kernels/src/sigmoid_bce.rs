@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use crate::device::{device_addr, device_addr_mut, Gpu};
 use crate::element::Element;
 use crate::error::{check_len, check_shape, Error, Result};
+use crate::launch;
 use crate::Real;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -216,16 +217,20 @@ impl<T: Element> SigmoidBceGpu<T> {
         let dlogits = device_addr_mut(dlogits, &self.stream);
         // SAFETY: buffer lengths checked above match the kernel's indexing (B blocks of A).
         unsafe {
-            self.stream
-                .launch_builder(&self.forward_backward_fn)
-                .arg(&logits)
-                .arg(&targets)
-                .arg(&dlogits)
-                .arg(&predictions)
-                .arg(&mut self.row_loss)
-                .arg(&a)
-                .arg(&coef)
-                .launch(cfg)?;
+            launch!(
+                self.stream,
+                &self.forward_backward_fn,
+                cfg,
+                [
+                    &logits,
+                    &targets,
+                    &dlogits,
+                    &predictions,
+                    &mut self.row_loss,
+                    &a,
+                    &coef
+                ]
+            )?;
         }
         let b = self.shape.batch as i32;
         let cfg = LaunchConfig {
@@ -235,12 +240,12 @@ impl<T: Element> SigmoidBceGpu<T> {
         };
         // SAFETY: `row_loss` holds B elements, `result` one.
         unsafe {
-            self.stream
-                .launch_builder(&self.finish_fn)
-                .arg(&self.row_loss)
-                .arg(&mut self.result)
-                .arg(&b)
-                .launch(cfg)?;
+            launch!(
+                self.stream,
+                &self.finish_fn,
+                cfg,
+                [&self.row_loss, &mut self.result, &b]
+            )?;
         }
         Ok(())
     }

@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use crate::device::{device_addr, device_addr_mut, read_loss_status, Gpu};
 use crate::element::Element;
 use crate::error::{check_labels, check_len, check_shape, Error, Result};
+use crate::launch;
 use crate::Real;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -270,16 +271,20 @@ impl<T: Element> SoftmaxCeGpu<T> {
         // SAFETY: buffer lengths checked above match the kernel's indexing; a label is checked
         // on the device before it is used as an index.
         unsafe {
-            self.stream
-                .launch_builder(&self.forward_fn)
-                .arg(&logits)
-                .arg(&labels)
-                .arg(&predictions)
-                .arg(&mut self.row_loss)
-                .arg(&mut self.state)
-                .arg(&b)
-                .arg(&c)
-                .launch(Self::rows_config(&s))?;
+            launch!(
+                self.stream,
+                &self.forward_fn,
+                Self::rows_config(&s),
+                [
+                    &logits,
+                    &labels,
+                    &predictions,
+                    &mut self.row_loss,
+                    &mut self.state,
+                    &b,
+                    &c
+                ]
+            )?;
         }
         self.launch_finish(labels)
     }
@@ -311,18 +316,22 @@ impl<T: Element> SoftmaxCeGpu<T> {
         // SAFETY: buffer lengths checked above match the kernel's indexing; a label is checked
         // on the device before it is used as an index.
         unsafe {
-            self.stream
-                .launch_builder(&self.forward_backward_fn)
-                .arg(&logits)
-                .arg(&labels)
-                .arg(&dlogits)
-                .arg(&predictions)
-                .arg(&mut self.row_loss)
-                .arg(&mut self.state)
-                .arg(&b)
-                .arg(&c)
-                .arg(&coef)
-                .launch(Self::rows_config(&s))?;
+            launch!(
+                self.stream,
+                &self.forward_backward_fn,
+                Self::rows_config(&s),
+                [
+                    &logits,
+                    &labels,
+                    &dlogits,
+                    &predictions,
+                    &mut self.row_loss,
+                    &mut self.state,
+                    &b,
+                    &c,
+                    &coef
+                ]
+            )?;
         }
         self.launch_finish(labels)
     }
@@ -337,13 +346,12 @@ impl<T: Element> SoftmaxCeGpu<T> {
         };
         // SAFETY: `row_loss` and `labels` hold B elements, `state` STATE_LEN.
         unsafe {
-            self.stream
-                .launch_builder(&self.finish_fn)
-                .arg(&self.row_loss)
-                .arg(&labels)
-                .arg(&mut self.state)
-                .arg(&b)
-                .launch(cfg)?;
+            launch!(
+                self.stream,
+                &self.finish_fn,
+                cfg,
+                [&self.row_loss, &labels, &mut self.state, &b]
+            )?;
         }
         Ok(())
     }

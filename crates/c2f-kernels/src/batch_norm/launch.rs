@@ -9,6 +9,7 @@ use cudarc::driver::{
 use crate::device::{device_addr, device_addr_mut, Gpu};
 use crate::element::Element;
 use crate::error::{Error, Result};
+use crate::launch;
 
 use super::{BatchNormParams, BatchNormShape};
 
@@ -155,36 +156,44 @@ impl<T: Element> BatchNormGpu<T> {
         // SAFETY: buffer lengths checked above match the kernels' indexing; the partials hold
         // C·chunks values, the grid's size.
         unsafe {
-            self.stream
-                .launch_builder(&self.stats)
-                .arg(&x)
-                .arg(&mut self.part_a)
-                .arg(&mut self.part_b)
-                .arg(&c)
-                .arg(&hw)
-                .arg(&n)
-                .arg(&chunk_len)
-                .launch(cfg)?;
-            self.stream
-                .launch_builder(&self.train_apply)
-                .arg(&x)
-                .arg(&self.part_a)
-                .arg(&self.part_b)
-                .arg(&gamma)
-                .arg(&beta)
-                .arg(&running_mean)
-                .arg(&running_var)
-                .arg(&save_mean)
-                .arg(&save_invstd)
-                .arg(&y)
-                .arg(&c)
-                .arg(&hw)
-                .arg(&n)
-                .arg(&chunk_len)
-                .arg(&eps)
-                .arg(&momentum)
-                .arg(&relu)
-                .launch(cfg)?;
+            launch!(
+                self.stream,
+                &self.stats,
+                cfg,
+                [
+                    &x,
+                    &mut self.part_a,
+                    &mut self.part_b,
+                    &c,
+                    &hw,
+                    &n,
+                    &chunk_len
+                ]
+            )?;
+            launch!(
+                self.stream,
+                &self.train_apply,
+                cfg,
+                [
+                    &x,
+                    &self.part_a,
+                    &self.part_b,
+                    &gamma,
+                    &beta,
+                    &running_mean,
+                    &running_var,
+                    &save_mean,
+                    &save_invstd,
+                    &y,
+                    &c,
+                    &hw,
+                    &n,
+                    &chunk_len,
+                    &eps,
+                    &momentum,
+                    &relu
+                ]
+            )?;
         }
         Ok(())
     }
@@ -222,21 +231,25 @@ impl<T: Element> BatchNormGpu<T> {
         let y = device_addr_mut(y, st);
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            self.stream
-                .launch_builder(&self.infer_apply)
-                .arg(&x)
-                .arg(&gamma)
-                .arg(&beta)
-                .arg(&running_mean)
-                .arg(&running_var)
-                .arg(&y)
-                .arg(&c)
-                .arg(&hw)
-                .arg(&n)
-                .arg(&chunk_len)
-                .arg(&eps)
-                .arg(&relu)
-                .launch(self.grid())?;
+            launch!(
+                self.stream,
+                &self.infer_apply,
+                self.grid(),
+                [
+                    &x,
+                    &gamma,
+                    &beta,
+                    &running_mean,
+                    &running_var,
+                    &y,
+                    &c,
+                    &hw,
+                    &n,
+                    &chunk_len,
+                    &eps,
+                    &relu
+                ]
+            )?;
         }
         Ok(())
     }
@@ -278,39 +291,47 @@ impl<T: Element> BatchNormGpu<T> {
         // SAFETY: buffer lengths checked above match the kernels' indexing; the partials hold
         // C·chunks values, the grid's size.
         unsafe {
-            self.stream
-                .launch_builder(&self.train_grad_reduce)
-                .arg(&x)
-                .arg(&y)
-                .arg(&dy)
-                .arg(&save_mean)
-                .arg(&mut self.part_a)
-                .arg(&mut self.part_b)
-                .arg(&c)
-                .arg(&hw)
-                .arg(&n)
-                .arg(&chunk_len)
-                .arg(&relu)
-                .launch(cfg)?;
-            self.stream
-                .launch_builder(&self.train_grad_input)
-                .arg(&x)
-                .arg(&y)
-                .arg(&dy)
-                .arg(&save_mean)
-                .arg(&save_invstd)
-                .arg(&gamma)
-                .arg(&self.part_a)
-                .arg(&self.part_b)
-                .arg(&dx)
-                .arg(&dgamma)
-                .arg(&dbeta)
-                .arg(&c)
-                .arg(&hw)
-                .arg(&n)
-                .arg(&chunk_len)
-                .arg(&relu)
-                .launch(cfg)?;
+            launch!(
+                self.stream,
+                &self.train_grad_reduce,
+                cfg,
+                [
+                    &x,
+                    &y,
+                    &dy,
+                    &save_mean,
+                    &mut self.part_a,
+                    &mut self.part_b,
+                    &c,
+                    &hw,
+                    &n,
+                    &chunk_len,
+                    &relu
+                ]
+            )?;
+            launch!(
+                self.stream,
+                &self.train_grad_input,
+                cfg,
+                [
+                    &x,
+                    &y,
+                    &dy,
+                    &save_mean,
+                    &save_invstd,
+                    &gamma,
+                    &self.part_a,
+                    &self.part_b,
+                    &dx,
+                    &dgamma,
+                    &dbeta,
+                    &c,
+                    &hw,
+                    &n,
+                    &chunk_len,
+                    &relu
+                ]
+            )?;
         }
         Ok(())
     }
@@ -365,34 +386,42 @@ impl<T: Element> BatchNormGpu<T> {
         // SAFETY: buffer lengths checked above match the kernels' indexing; the partials hold
         // C·chunks values, the grid's size.
         unsafe {
-            self.stream
-                .launch_builder(&self.infer_grad_reduce)
-                .arg(&x)
-                .arg(&y)
-                .arg(&dy)
-                .arg(&running_mean)
-                .arg(&gamma)
-                .arg(&running_var)
-                .arg(&dx)
-                .arg(&mut self.part_a)
-                .arg(&mut self.part_b)
-                .arg(&c)
-                .arg(&hw)
-                .arg(&n)
-                .arg(&chunk_len)
-                .arg(&eps)
-                .arg(&relu)
-                .launch(cfg)?;
-            self.stream
-                .launch_builder(&self.param_grads)
-                .arg(&self.part_a)
-                .arg(&self.part_b)
-                .arg(&chunks)
-                .arg(&running_var)
-                .arg(&eps)
-                .arg(&dgamma)
-                .arg(&dbeta)
-                .launch(per_channel)?;
+            launch!(
+                self.stream,
+                &self.infer_grad_reduce,
+                cfg,
+                [
+                    &x,
+                    &y,
+                    &dy,
+                    &running_mean,
+                    &gamma,
+                    &running_var,
+                    &dx,
+                    &mut self.part_a,
+                    &mut self.part_b,
+                    &c,
+                    &hw,
+                    &n,
+                    &chunk_len,
+                    &eps,
+                    &relu
+                ]
+            )?;
+            launch!(
+                self.stream,
+                &self.param_grads,
+                per_channel,
+                [
+                    &self.part_a,
+                    &self.part_b,
+                    &chunks,
+                    &running_var,
+                    &eps,
+                    &dgamma,
+                    &dbeta
+                ]
+            )?;
         }
         Ok(())
     }
