@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::common::train::{metrics, synthetic_spec};
 use c2f_dist::collective::{plan_buckets, Collective, Reduce, ThreadCollective};
 use c2f_inception::backend::{prelude::*, Tensor};
 use c2f_inception::cpu::CpuBackend;
@@ -18,7 +19,7 @@ use c2f_inception::weights::read_checked;
 use c2f_kernels::testing::SplitMix64;
 use c2f_kernels::Result;
 use c2f_train::config::{CenterBanks, CenterRuleName};
-use c2f_train::data::spec::{DataSpec, OpenedData};
+use c2f_train::data::spec::OpenedData;
 use c2f_train::train::{
     build_coarse2fine, checkpoint_path, fit, init_coarse2fine, rank_config, Accuracy, BnPolicy,
     DataParallel, RunOptions, TrainConfig, Trainee,
@@ -55,14 +56,7 @@ fn config() -> TrainConfig {
 }
 
 fn synthetic() -> OpenedData {
-    let spec = DataSpec::Synthetic {
-        classes: 3,
-        train_images: 2 * GLOBAL_BATCH + 3,
-        test_images: 6,
-        seed: 4,
-        object_scale: (0.6, 0.9),
-        clutter: 0.5,
-    };
+    let spec = synthetic_spec(2 * GLOBAL_BATCH + 3, 6, 4, (0.6, 0.9));
     spec.open(75).unwrap()
 }
 
@@ -156,14 +150,6 @@ fn relative(a: &[f32], b: &[f32]) -> f64 {
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
-}
-
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// `world` thread ranks against `single`, the one worker's result in `single_dir`.

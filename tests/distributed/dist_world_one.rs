@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::common::train::{synthetic_spec, tiny_config};
 use c2f_dist::collective::{Collective, ThreadCollective};
 use c2f_dist::launch::Master;
 use c2f_dist::nccl::{unique_id, NcclCollective};
@@ -19,23 +20,14 @@ use c2f_dist::workers::free_port;
 use c2f_inception::backend::prelude::*;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
-use c2f_train::data::spec::DataSpec;
 use c2f_train::train::{
     build_coarse2fine, fit, init_coarse2fine, DataParallel, RunOptions, TrainConfig, Trainee,
 };
 
 fn config() -> TrainConfig {
     TrainConfig {
-        epochs: 1,
-        batch: 4,
-        input_size: 75,
-        width: 0.125,
-        classes: 3,
-        maps: 2,
-        lr: 0.05,
         weight_decay: 1e-4,
-        seed: 2,
-        ..TrainConfig::default()
+        ..tiny_config(0.05, 2)
     }
 }
 
@@ -47,14 +39,7 @@ fn one_step<B: Backend<Scalar = f32>>(
     collective: Option<&mut dyn Collective<B>>,
 ) -> Vec<(String, Vec<f32>)> {
     let cfg = config();
-    let spec = DataSpec::Synthetic {
-        classes: 3,
-        train_images: 6,
-        test_images: 2,
-        seed: 8,
-        object_scale: (0.6, 0.9),
-        clutter: 0.5,
-    };
+    let spec = synthetic_spec(6, 2, 8, (0.6, 0.9));
     let data = spec.open(cfg.input_size).unwrap();
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("dist_world_one_{name}"));
     let _ = std::fs::remove_dir_all(&dir);

@@ -7,6 +7,7 @@
 #[path = "../common"]
 mod common {
     pub mod child;
+    pub mod train;
 }
 
 mod dist_collective;

@@ -1,6 +1,7 @@
 //! BAP: the CPU reference against hand-computed values and finite differences (f64), and the
 //! CUDA kernels against the f64 reference in f32 and bf16 (skipped without a GPU).
 
+use crate::common::gpu_tests::f32_and_bf16_tests;
 use c2f_kernels::bap::{backward_cpu, forward_cpu, BapGpu, BapShape};
 use c2f_kernels::testing::{
     assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,
@@ -201,25 +202,16 @@ fn gpu_shapes() -> Vec<BapShape> {
     ]
 }
 
-#[test]
-fn gpu_f32_matches_reference() {
-    let Some(gpu) = gpu_or_skip("bap gpu_f32_matches_reference") else {
-        return;
-    };
-    for s in gpu_shapes() {
-        gpu_matches_reference::<f32>(&gpu, s, 1e-5);
+f32_and_bf16_tests!(
+    "bap",
+    gpu_f32_matches_reference,
+    gpu_bf16_matches_reference,
+    |gpu, T, tol| {
+        for s in gpu_shapes() {
+            gpu_matches_reference::<T>(&gpu, s, tol);
+        }
     }
-}
-
-#[test]
-fn gpu_bf16_matches_reference() {
-    let Some(gpu) = gpu_or_skip("bap gpu_bf16_matches_reference") else {
-        return;
-    };
-    for s in gpu_shapes() {
-        gpu_matches_reference::<half::bf16>(&gpu, s, 1e-2);
-    }
-}
+);
 
 /// The cuBLAS baseline the benchmark compares against must compute the same thing, or the
 /// speed-up means nothing.

@@ -3,6 +3,7 @@
 //! the CUDA kernels (f32, bf16) and the benches' cuDNN baseline against the f64 reference (GPU
 //! tests skip without a GPU).
 
+use crate::common::gpu_tests::f32_and_bf16_tests;
 use c2f_baselines::batch_norm::BatchNormCudnn;
 use c2f_kernels::batch_norm::{
     backward_inference_cpu, backward_train_cpu, forward_inference_cpu, forward_train_cpu,
@@ -850,29 +851,18 @@ fn gpu_shapes() -> Vec<BatchNormShape> {
     ]
 }
 
-#[test]
-fn gpu_f32_matches_reference() {
-    let Some(gpu) = gpu_or_skip("batch_norm gpu_f32_matches_reference") else {
-        return;
-    };
-    for s in gpu_shapes() {
-        for relu in [true, false] {
-            gpu_matches_reference::<f32>(&gpu, s, relu, 1e-5);
+f32_and_bf16_tests!(
+    "batch_norm",
+    gpu_f32_matches_reference,
+    gpu_bf16_matches_reference,
+    |gpu, T, tol| {
+        for s in gpu_shapes() {
+            for relu in [true, false] {
+                gpu_matches_reference::<T>(&gpu, s, relu, tol);
+            }
         }
     }
-}
-
-#[test]
-fn gpu_bf16_matches_reference() {
-    let Some(gpu) = gpu_or_skip("batch_norm gpu_bf16_matches_reference") else {
-        return;
-    };
-    for s in gpu_shapes() {
-        for relu in [true, false] {
-            gpu_matches_reference::<half::bf16>(&gpu, s, relu, 1e-2);
-        }
-    }
-}
+);
 
 #[test]
 fn gpu_rejects_bad_input() {

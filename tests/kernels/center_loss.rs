@@ -2,6 +2,7 @@
 //! the fused CUDA kernels (and the unfused bench baseline) against the f64 reference in f32 and
 //! bf16 (skipped without a GPU).
 
+use crate::common::gpu_tests::f32_and_bf16_tests;
 use c2f_baselines::center_loss::CenterLossUnfused;
 use c2f_kernels::center_loss::{
     forward_update_cpu, CenterLossGpu, CenterLossParams, CenterLossShape, CenterRule,
@@ -444,25 +445,16 @@ fn gpu_cases() -> Vec<(CenterLossShape, Vec<i32>)> {
     ]
 }
 
-#[test]
-fn gpu_f32_matches_reference() {
-    let Some(gpu) = gpu_or_skip("center_loss gpu_f32_matches_reference") else {
-        return;
-    };
-    for (s, y) in gpu_cases() {
-        gpu_matches_reference::<f32>(&gpu, s, &y, 1e-5);
+f32_and_bf16_tests!(
+    "center_loss",
+    gpu_f32_matches_reference,
+    gpu_bf16_matches_reference,
+    |gpu, T, tol| {
+        for (s, y) in gpu_cases() {
+            gpu_matches_reference::<T>(&gpu, s, &y, tol);
+        }
     }
-}
-
-#[test]
-fn gpu_bf16_matches_reference() {
-    let Some(gpu) = gpu_or_skip("center_loss gpu_bf16_matches_reference") else {
-        return;
-    };
-    for (s, y) in gpu_cases() {
-        gpu_matches_reference::<half::bf16>(&gpu, s, &y, 1e-2);
-    }
-}
+);
 
 #[test]
 fn gpu_unfused_baseline_matches_fused() {

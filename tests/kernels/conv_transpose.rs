@@ -2,6 +2,7 @@
 //! the CUDA kernels against the f64 reference in f32 and bf16, and cuDNN against our forward
 //! (the GPU tests are skipped without a GPU).
 
+use crate::common::gpu_tests::f32_and_bf16_tests;
 use c2f_baselines::conv_transpose::CudnnConvTranspose;
 use c2f_kernels::conv_transpose::{
     backward_cpu, forward_cpu, ConvTransposeGpu, ConvTransposeParams,
@@ -380,25 +381,16 @@ fn gpu_shapes() -> Vec<ConvTransposeParams> {
     ]
 }
 
-#[test]
-fn gpu_f32_matches_reference() {
-    let Some(gpu) = gpu_or_skip("conv_transpose gpu_f32_matches_reference") else {
-        return;
-    };
-    for p in gpu_shapes() {
-        gpu_matches_reference::<f32>(&gpu, p, 1e-5);
+f32_and_bf16_tests!(
+    "conv_transpose",
+    gpu_f32_matches_reference,
+    gpu_bf16_matches_reference,
+    |gpu, T, tol| {
+        for p in gpu_shapes() {
+            gpu_matches_reference::<T>(&gpu, p, tol);
+        }
     }
-}
-
-#[test]
-fn gpu_bf16_matches_reference() {
-    let Some(gpu) = gpu_or_skip("conv_transpose gpu_bf16_matches_reference") else {
-        return;
-    };
-    for p in gpu_shapes() {
-        gpu_matches_reference::<half::bf16>(&gpu, p, 1e-2);
-    }
-}
+);
 
 #[test]
 fn gpu_rejects_kernel_too_large_for_shared_memory() {

@@ -3,6 +3,7 @@
 //! CUDA kernels and the bench's cuDNN ReLU baseline against the f64 reference in f32 and bf16
 //! (skipped without a GPU).
 
+use crate::common::gpu_tests::f32_and_bf16_tests;
 use c2f_baselines::relu::ReluCudnn;
 use c2f_kernels::map_select::{
     check_map_indices, mean_maps_backward_cpu, mean_maps_forward_cpu, select_map_backward_cpu,
@@ -827,25 +828,16 @@ fn gpu_resize_cases() -> Vec<ResizeShape> {
     ]
 }
 
-#[test]
-fn gpu_f32_resize_matches_reference() {
-    let Some(gpu) = gpu_or_skip("mask gpu_f32_resize_matches_reference") else {
-        return;
-    };
-    for s in gpu_resize_cases() {
-        gpu_resize_matches_reference::<f32>(&gpu, s, 1e-5);
+f32_and_bf16_tests!(
+    "mask",
+    gpu_f32_resize_matches_reference,
+    gpu_bf16_resize_matches_reference,
+    |gpu, T, tol| {
+        for s in gpu_resize_cases() {
+            gpu_resize_matches_reference::<T>(&gpu, s, tol);
+        }
     }
-}
-
-#[test]
-fn gpu_bf16_resize_matches_reference() {
-    let Some(gpu) = gpu_or_skip("mask gpu_bf16_resize_matches_reference") else {
-        return;
-    };
-    for s in gpu_resize_cases() {
-        gpu_resize_matches_reference::<half::bf16>(&gpu, s, 1e-2);
-    }
-}
+);
 
 /// Mask inputs for the GPU: random maps with a positive maximum, one all-zero sample and one
 /// all-negative sample (both the ones mask) when the batch has room, and where the maps span
@@ -969,25 +961,16 @@ fn gpu_mask_cases() -> Vec<MaskShape> {
     ]
 }
 
-#[test]
-fn gpu_f32_mask_matches_reference() {
-    let Some(gpu) = gpu_or_skip("mask gpu_f32_mask_matches_reference") else {
-        return;
-    };
-    for s in gpu_mask_cases() {
-        gpu_mask_matches_reference::<f32>(&gpu, s, 1e-5);
+f32_and_bf16_tests!(
+    "mask",
+    gpu_f32_mask_matches_reference,
+    gpu_bf16_mask_matches_reference,
+    |gpu, T, tol| {
+        for s in gpu_mask_cases() {
+            gpu_mask_matches_reference::<T>(&gpu, s, tol);
+        }
     }
-}
-
-#[test]
-fn gpu_bf16_mask_matches_reference() {
-    let Some(gpu) = gpu_or_skip("mask gpu_bf16_mask_matches_reference") else {
-        return;
-    };
-    for s in gpu_mask_cases() {
-        gpu_mask_matches_reference::<half::bf16>(&gpu, s, 1e-2);
-    }
-}
+);
 
 #[test]
 fn gpu_wrong_lengths_are_errors() {

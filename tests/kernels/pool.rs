@@ -2,6 +2,7 @@
 //! differences (f64), and the CUDA kernels (f32, bf16) and the benches' cuDNN baseline against
 //! the f64 reference (skipped without a GPU).
 
+use crate::common::gpu_tests::f32_and_bf16_tests;
 use c2f_baselines::pool::Pool2dCudnn;
 use c2f_kernels::concat::{copy_channels_cpu, slice_channels_cpu, ChannelCopyGpu, ChannelSlice};
 use c2f_kernels::pool::{
@@ -514,15 +515,16 @@ fn gpu_pool_cases() -> Vec<(PoolShape, Pool2dParams)> {
     ]
 }
 
-#[test]
-fn gpu_f32_pool_matches_reference() {
-    let Some(gpu) = gpu_or_skip("pool gpu_f32_pool_matches_reference") else {
-        return;
-    };
-    for (s, p) in gpu_pool_cases() {
-        gpu_pool_matches_reference::<f32>(&gpu, s, p, 1e-5);
+f32_and_bf16_tests!(
+    "pool",
+    gpu_f32_pool_matches_reference,
+    gpu_bf16_pool_matches_reference,
+    |gpu, T, tol| {
+        for (s, p) in gpu_pool_cases() {
+            gpu_pool_matches_reference::<T>(&gpu, s, p, tol);
+        }
     }
-}
+);
 
 /// More planes than the windowed kernels' grid covers at 4 per thread (65,535 × 4), so threads
 /// stride over a second group of planes.
@@ -533,16 +535,6 @@ fn gpu_pool_strides_past_the_grid() {
     };
     let s = shape(2, 131_075, 2, 2);
     gpu_pool_matches_reference::<f32>(&gpu, s, Pool2dParams::square(2, 1, 0), 1e-5);
-}
-
-#[test]
-fn gpu_bf16_pool_matches_reference() {
-    let Some(gpu) = gpu_or_skip("pool gpu_bf16_pool_matches_reference") else {
-        return;
-    };
-    for (s, p) in gpu_pool_cases() {
-        gpu_pool_matches_reference::<half::bf16>(&gpu, s, p, 1e-2);
-    }
 }
 
 fn gpu_global_matches_reference<T: Element>(gpu: &Gpu, s: PoolShape, tol: f64) {
@@ -580,25 +572,16 @@ fn gpu_global_shapes() -> Vec<PoolShape> {
     ]
 }
 
-#[test]
-fn gpu_f32_global_avg_pool_matches_reference() {
-    let Some(gpu) = gpu_or_skip("pool gpu_f32_global_avg_pool_matches_reference") else {
-        return;
-    };
-    for s in gpu_global_shapes() {
-        gpu_global_matches_reference::<f32>(&gpu, s, 1e-5);
+f32_and_bf16_tests!(
+    "pool",
+    gpu_f32_global_avg_pool_matches_reference,
+    gpu_bf16_global_avg_pool_matches_reference,
+    |gpu, T, tol| {
+        for s in gpu_global_shapes() {
+            gpu_global_matches_reference::<T>(&gpu, s, tol);
+        }
     }
-}
-
-#[test]
-fn gpu_bf16_global_avg_pool_matches_reference() {
-    let Some(gpu) = gpu_or_skip("pool gpu_bf16_global_avg_pool_matches_reference") else {
-        return;
-    };
-    for s in gpu_global_shapes() {
-        gpu_global_matches_reference::<half::bf16>(&gpu, s, 1e-2);
-    }
-}
+);
 
 /// Concat of three parts into a poisoned whole, then the split back out; both are bit copies,
 /// so they must equal the CPU result exactly.

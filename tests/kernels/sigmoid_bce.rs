@@ -2,11 +2,11 @@
 //! differences (f64), and the CUDA kernel against it in f32 and bf16, and the bench's cuDNN
 //! baseline's gradient against it (skipped without a GPU).
 
+use crate::common::gpu_tests::{assert_close, check_loss_launch};
 use c2f_baselines::sigmoid_bce::SigmoidBceCudnn;
 use c2f_kernels::sigmoid_bce::{forward_backward_cpu, sigmoid, SigmoidBceGpu, SigmoidBceShape};
 use c2f_kernels::testing::{
-    assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,
-    widen, SplitMix64,
+    gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through, widen, SplitMix64,
 };
 use c2f_kernels::{Element, Gpu};
 
@@ -33,13 +33,6 @@ fn bce64(
     let mut grad = vec![f64::NAN; s.len()];
     let loss = forward_backward_cpu(s, logits, targets, loss_scale, &mut preds, &mut grad).unwrap();
     (loss, preds, grad)
-}
-
-fn assert_close(what: &str, got: f64, want: f64, tol: f64) {
-    assert!(
-        (got - want).abs() <= tol * want.abs().max(1e-300),
-        "{what}: {got} vs {want} (relative bound {tol})"
-    );
 }
 
 #[test]
@@ -165,29 +158,12 @@ fn gpu_matches_reference<T: Element>(gpu: &Gpu, s: SigmoidBceShape, spread: f64,
     let mut bce = SigmoidBceGpu::<T>::new(gpu, s).unwrap();
     let x_d = gpu.upload(&logits_t).unwrap();
     let t_d = gpu.upload(&targets_t).unwrap();
-    let run = |bce: &mut SigmoidBceGpu<T>| {
-        let mut preds = gpu.upload(&vec![-7i32; s.len()]).unwrap();
-        let mut grad = gpu.alloc_poisoned::<T>(s.len()).unwrap();
-        let loss = bce
-            .forward_backward(&x_d, &t_d, loss_scale, &mut preds, &mut grad)
-            .unwrap();
-        (
-            loss,
-            gpu.download(&preds).unwrap(),
-            gpu.download(&grad).unwrap(),
-        )
-    };
-    let (loss, preds, grad) = run(&mut bce);
     let name = format!("sigmoid BCE {} {s:?}", T::SUFFIX);
-    assert_close(&format!("{name}: loss"), loss as f64, ref_loss, tol);
-    assert_eq!(preds, ref_preds, "{name}: predictions");
-    let e = rel_error(&widen(&grad), &ref_grad);
-    assert!(e < tol, "{name}: dlogits relative error {e} (bound {tol})");
-
-    let (loss2, preds2, grad2) = run(&mut bce);
-    assert_eq!(loss.to_bits(), loss2.to_bits(), "{name}: loss differs");
-    assert_eq!(preds, preds2, "{name}: predictions differ");
-    assert_bit_identical(&format!("{name} dlogits"), &grad, &grad2);
+    let reference = (ref_loss, &ref_preds[..], &ref_grad[..]);
+    check_loss_launch::<T>(gpu, &name, reference, tol, |preds, grad| {
+        bce.forward_backward(&x_d, &t_d, loss_scale, preds, grad)
+            .unwrap()
+    });
 }
 
 /// CelebA's 40 attributes and the paper's 6, one output, more outputs than threads, many

@@ -2,6 +2,7 @@
 //! differences (f64) and its documented mask formula, and the CUDA kernels against the CPU in f32
 //! and bf16, and the bench's cuDNN baseline against the reference (skipped without a GPU).
 
+use crate::common::gpu_tests::{assert_close, check_loss_launch, f32_and_bf16_tests};
 use c2f_baselines::softmax_ce::{nll_gradient, LogSoftmaxCudnn};
 use c2f_kernels::dropout::{dropout_backward_cpu, dropout_forward_cpu, DropoutGpu, DropoutParams};
 use c2f_kernels::rng::splitmix64_output;
@@ -37,13 +38,6 @@ fn ce64(
     let mut grad = vec![f64::NAN; s.logits_len()];
     let loss = forward_backward_cpu(s, logits, labels, loss_scale, &mut preds, &mut grad).unwrap();
     (loss, preds, grad)
-}
-
-fn assert_close(what: &str, got: f64, want: f64, tol: f64) {
-    assert!(
-        (got - want).abs() <= tol * want.abs().max(1e-300),
-        "{what}: {got} vs {want} (relative bound {tol})"
-    );
 }
 
 #[test]
@@ -413,29 +407,12 @@ fn gpu_ce_matches_reference<T: Element>(gpu: &Gpu, s: SoftmaxCeShape, spread: f6
     let mut ce = SoftmaxCeGpu::<T>::new(gpu, s).unwrap();
     let x_d = gpu.upload(&logits_t).unwrap();
     let y_d = gpu.upload(&labels).unwrap();
-    let run = |ce: &mut SoftmaxCeGpu<T>| {
-        let mut preds = gpu.upload(&vec![-7i32; s.batch]).unwrap();
-        let mut grad = gpu.alloc_poisoned::<T>(s.logits_len()).unwrap();
-        let loss = ce
-            .forward_backward(&x_d, &y_d, loss_scale, &mut preds, &mut grad)
-            .unwrap();
-        (
-            loss,
-            gpu.download(&preds).unwrap(),
-            gpu.download(&grad).unwrap(),
-        )
-    };
-    let (loss, preds, grad) = run(&mut ce);
     let name = format!("softmax CE {} {s:?}", T::SUFFIX);
-    assert_close(&format!("{name}: loss"), loss as f64, ref_loss, tol);
-    assert_eq!(preds, ref_preds, "{name}: predictions");
-    let e = rel_error(&widen(&grad), &ref_grad);
-    assert!(e < tol, "{name}: dlogits relative error {e} (bound {tol})");
-
-    let (loss2, preds2, grad2) = run(&mut ce);
-    assert_eq!(loss.to_bits(), loss2.to_bits(), "{name}: loss differs");
-    assert_eq!(preds, preds2, "{name}: predictions differ");
-    assert_bit_identical(&format!("{name} dlogits"), &grad, &grad2);
+    let reference = (ref_loss, &ref_preds[..], &ref_grad[..]);
+    check_loss_launch::<T>(gpu, &name, reference, tol, |preds, grad| {
+        ce.forward_backward(&x_d, &y_d, loss_scale, preds, grad)
+            .unwrap()
+    });
 
     let mut preds_only = gpu.upload(&vec![-7i32; s.batch]).unwrap();
     let loss_only = ce.forward(&x_d, &y_d, &mut preds_only).unwrap();
@@ -459,28 +436,18 @@ fn gpu_shapes() -> Vec<SoftmaxCeShape> {
     ]
 }
 
-#[test]
-fn gpu_ce_f32_matches_reference() {
-    let Some(gpu) = gpu_or_skip("softmax_ce gpu_ce_f32_matches_reference") else {
-        return;
-    };
-    for s in gpu_shapes() {
-        gpu_ce_matches_reference::<f32>(&gpu, s, 6.0, 1e-5);
+f32_and_bf16_tests!(
+    "softmax_ce",
+    gpu_ce_f32_matches_reference,
+    gpu_ce_bf16_matches_reference,
+    |gpu, T, tol| {
+        for s in gpu_shapes() {
+            gpu_ce_matches_reference::<T>(&gpu, s, 6.0, tol);
+        }
+        // Logits around ±1e4: the row max keeps everything finite.
+        gpu_ce_matches_reference::<T>(&gpu, shape(8, 50), 1e4, tol);
     }
-    // Logits around ±1e4: the row max keeps everything finite.
-    gpu_ce_matches_reference::<f32>(&gpu, shape(8, 50), 1e4, 1e-5);
-}
-
-#[test]
-fn gpu_ce_bf16_matches_reference() {
-    let Some(gpu) = gpu_or_skip("softmax_ce gpu_ce_bf16_matches_reference") else {
-        return;
-    };
-    for s in gpu_shapes() {
-        gpu_ce_matches_reference::<half::bf16>(&gpu, s, 6.0, 1e-2);
-    }
-    gpu_ce_matches_reference::<half::bf16>(&gpu, shape(8, 50), 1e4, 1e-2);
-}
+);
 
 #[test]
 fn gpu_ce_bad_label_is_an_error_then_recovers() {

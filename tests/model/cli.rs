@@ -32,6 +32,22 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// Runs `c2f` and asserts that it succeeded; its stdout and stderr.
+fn c2f_ok(args: &[&str]) -> String {
+    let out = c2f(args);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    log
+}
+
+/// Runs `c2f` and asserts that it failed; its stdout and stderr.
+fn c2f_refused(args: &[&str]) -> String {
+    let out = c2f(args);
+    let log = text(&out);
+    assert!(!out.status.success(), "{log}");
+    log
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -136,7 +152,7 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
     .unwrap();
     let run_dir = dir.join("run");
     // The command line's --epochs 1 (and --device) override the file's 5 (and cpu).
-    let out = c2f(&[
+    let log = c2f_ok(&[
         "train",
         "--config",
         path(&config),
@@ -148,8 +164,6 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
         "--run-dir",
         path(&run_dir),
     ]);
-    let log = text(&out);
-    assert!(out.status.success(), "{log}");
     assert!(
         log.contains("3 classes, 8 train / 6 test images of 75²"),
         "{log}"
@@ -165,9 +179,7 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
     assert!(!log.contains("InceptionV3 baseline |"), "{log}");
 
     let checkpoint = run_dir.join("coarse2fine/checkpoint.safetensors");
-    let out = c2f(&["eval", path(&checkpoint), "--device", device]);
-    let log = text(&out);
-    assert!(out.status.success(), "{log}");
+    let log = c2f_ok(&["eval", path(&checkpoint), "--device", device]);
     assert!(
         log.contains("coarse2fine, epoch 1") && log.contains("average"),
         "{log}"
@@ -223,7 +235,7 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
 
     // Localization on the synthetic test split (it has boxes): the table and the JSON file.
     let json = dir.join("loc.json");
-    let out = c2f(&[
+    let log = c2f_ok(&[
         "localize",
         path(&checkpoint),
         "--device",
@@ -231,8 +243,6 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
         "--json",
         path(&json),
     ]);
-    let log = text(&out);
-    assert!(out.status.success(), "{log}");
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let mean_iou = metrics["mean_iou"].as_f64().unwrap();
@@ -241,7 +251,7 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
 
     // Pictures of two test images and the contact sheet, decodable PNGs.
     let pictures = dir.join("pictures");
-    let out = c2f(&[
+    c2f_ok(&[
         "visualize",
         path(&checkpoint),
         "--device",
@@ -251,8 +261,6 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
         "--out",
         path(&pictures),
     ]);
-    let log = text(&out);
-    assert!(out.status.success(), "{log}");
     let pngs: Vec<PathBuf> = std::fs::read_dir(&pictures)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -445,9 +453,7 @@ fn celeba_attributes_train_eval_and_predict() {
         "--run-dir",
         path(&run_dir),
     ];
-    let out = c2f(&[&TINY_TRAIN[..], &celeba].concat());
-    let log = text(&out);
-    assert!(out.status.success(), "{log}");
+    let log = c2f_ok(&[&TINY_TRAIN[..], &celeba].concat());
     assert!(
         log.contains("celeba at") && log.contains("2 attributes, 8 train / 4 test images"),
         "{log}"
@@ -463,14 +469,12 @@ fn celeba_attributes_train_eval_and_predict() {
     assert!(log.find("| Striped |") < log.find("| Red |"), "{log}");
 
     let checkpoint = run_dir.join("coarse2fine/checkpoint.safetensors");
-    let out = c2f(&["eval", path(&checkpoint), "--device", "cpu"]);
-    let log = text(&out);
-    assert!(out.status.success(), "{log}");
+    let log = c2f_ok(&["eval", path(&checkpoint), "--device", "cpu"]);
     assert!(log.contains("| Red | coarse2fine |"), "{log}");
 
     // Every attribute with its probability, for each of the three predictions.
     let image = root.join("img_align_celeba/000001.jpg");
-    let out = c2f(&[
+    let log = c2f_ok(&[
         "predict",
         "--checkpoint",
         path(&checkpoint),
@@ -478,8 +482,6 @@ fn celeba_attributes_train_eval_and_predict() {
         "cpu",
         path(&image),
     ]);
-    let log = text(&out);
-    assert!(out.status.success(), "{log}");
     let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("  ")).collect();
     assert_eq!(lines.len(), 3, "{log}");
     for line in lines {
@@ -505,9 +507,7 @@ fn celeba_attributes_train_eval_and_predict() {
         "--run-dir",
         path(&listed_dir),
     ];
-    let out = c2f(&[&TINY_TRAIN[..], &listed].concat());
-    let log = text(&out);
-    assert!(out.status.success(), "{log}");
+    let log = c2f_ok(&[&TINY_TRAIN[..], &listed].concat());
     assert!(log.contains("2 attributes"), "{log}");
     let (red, striped) = (
         log.find("| Red | InceptionV3 baseline |"),
@@ -517,12 +517,10 @@ fn celeba_attributes_train_eval_and_predict() {
 
     // CelebA has no boxes to localize, and the pictures show top classes, which an attribute
     // model has not: both say so.
-    let out = c2f(&["localize", path(&checkpoint), "--device", "cpu"]);
-    let log = text(&out);
-    assert!(!out.status.success(), "{log}");
+    let log = c2f_refused(&["localize", path(&checkpoint), "--device", "cpu"]);
     assert!(log.contains("localization needs bounding boxes"), "{log}");
     let pictures = dir.join("pictures");
-    let out = c2f(&[
+    let log = c2f_refused(&[
         "visualize",
         path(&checkpoint),
         "--device",
@@ -530,8 +528,6 @@ fn celeba_attributes_train_eval_and_predict() {
         "--out",
         path(&pictures),
     ]);
-    let log = text(&out);
-    assert!(!out.status.success(), "{log}");
     assert!(log.contains("this one predicts attributes"), "{log}");
 }
 
@@ -555,9 +551,7 @@ fn data_seed_varies_the_data_apart_from_the_training() {
         "--run-dir",
         path(&run_dir),
     ];
-    let out = c2f(&[&TINY_TRAIN[..], &args].concat());
-    let log = text(&out);
-    assert!(out.status.success(), "{log}");
+    c2f_ok(&[&TINY_TRAIN[..], &args].concat());
     let meta =
         c2f_train::checkpoint::read_meta(&run_dir.join("baseline/checkpoint.safetensors")).unwrap();
     assert_eq!(meta.config.seed, 3);

@@ -11,6 +11,7 @@ mod common {
     pub mod datasets;
     pub mod recorded;
     pub mod tiny;
+    pub mod train;
 }
 
 mod c2f_golden;

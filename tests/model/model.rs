@@ -3,7 +3,7 @@
 //! model fitting a fixed batch; both for classes and for multi-label attributes (sigmoid
 //! binary cross-entropy, no center loss).
 
-use c2f_inception::backend::{prelude::*, BnMode};
+use c2f_inception::backend::{prelude::*, BnMode, Tensor};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::init::golden_init;
 use c2f_kernels::center_loss::{CenterLossParams, CenterRule};
@@ -80,6 +80,29 @@ fn gradient_matches_finite_differences() {
     }
 }
 
+/// `(L(p + h·eᵢ) − L(p − h·eᵢ)) / 2h` of the model's total loss in element `i` of `params`, which
+/// holds `p` before and after.
+fn central_difference(
+    cpu: &mut CpuBackend<f64>,
+    model: &mut Coarse2Fine,
+    mode: BnMode,
+    params: Tensor,
+    p: &[f64],
+    i: usize,
+    h: f64,
+) -> f64 {
+    let mut probe = p.to_vec();
+    let mut at = |v: f64| {
+        probe[i] = v;
+        cpu.write(params, &probe).unwrap();
+        model.forward_backward(cpu, mode).unwrap().total()
+    };
+    let up = at(p[i] + h);
+    let down = at(p[i] - h);
+    cpu.write(params, p).unwrap();
+    (up - down) / (2.0 * h)
+}
+
 fn gradient_matches_finite_differences_for(task: Task) {
     // Inference-mode BN and no center update (β = 0) make every forward the same function of
     // the parameters.
@@ -104,17 +127,10 @@ fn gradient_matches_finite_differences_for(task: Task) {
         let p = cpu.read(params).unwrap();
         for _ in 0..probes {
             let i = rng.below(p.len() as u64) as usize;
-            let mut probe = p.clone();
-            let mut at = |v: f64, cpu: &mut CpuBackend<f64>, model: &mut Coarse2Fine| {
-                probe[i] = v;
-                cpu.write(params, &probe).unwrap();
-                model.forward_backward(cpu, mode).unwrap().total()
-            };
-            let up = at(p[i] + h, &mut cpu, &mut model);
-            let down = at(p[i] - h, &mut cpu, &mut model);
-            cpu.write(params, &p).unwrap();
             analytic.push(g[i]);
-            numeric.push((up - down) / (2.0 * h));
+            numeric.push(central_difference(
+                &mut cpu, &mut model, mode, params, &p, i, h,
+            ));
         }
     }
     let e = rel_error(&analytic, &numeric);
@@ -196,18 +212,11 @@ fn upsampler_gradient_matches_finite_differences() {
     for e in entries {
         let (mut analytic, mut numeric) = (Vec::new(), Vec::new());
         for i in e.range().step_by(e.len().div_ceil(6)) {
-            let mut probe = p.clone();
-            let mut at = |v: f64, cpu: &mut CpuBackend<f64>, model: &mut Coarse2Fine| {
-                probe[i] = v;
-                cpu.write(params, &probe).unwrap();
-                model.forward_backward(cpu, mode).unwrap().total()
-            };
-            let up = at(p[i] + h, &mut cpu, &mut model);
-            let down = at(p[i] - h, &mut cpu, &mut model);
             analytic.push(g[i]);
-            numeric.push((up - down) / (2.0 * h));
+            numeric.push(central_difference(
+                &mut cpu, &mut model, mode, params, &p, i, h,
+            ));
         }
-        cpu.write(params, &p).unwrap();
         eprintln!("{}: analytic {analytic:?} numeric {numeric:?}", e.name);
         assert!(
             numeric.iter().any(|v| v.abs() > 1e-8),

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::common::train::{metrics, synthetic_spec};
 use c2f_inception::backend::prelude::*;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::weights::read_checked;
@@ -41,14 +42,7 @@ fn tiny_config(epochs: usize, batch: usize) -> TrainConfig {
 }
 
 fn synthetic(train_images: usize, test_images: usize) -> OpenedData {
-    let spec = DataSpec::Synthetic {
-        classes: 3,
-        train_images,
-        test_images,
-        seed: 3,
-        object_scale: (0.6, 0.9),
-        clutter: 0.5,
-    };
+    let spec = synthetic_spec(train_images, test_images, 3, (0.6, 0.9));
     spec.open(75).unwrap()
 }
 
@@ -88,14 +82,6 @@ fn train(
     try_train(trainer, cfg, run, data, &data.test)
         .unwrap()
         .map(|e| e.accuracy)
-}
-
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn is_fraction_of_six(v: f64) -> bool {
@@ -381,14 +367,7 @@ fn a_run_starts_from_an_earlier_runs_checkpoint() {
         "{err}"
     );
     // The second stage may train on other data.
-    let larger = DataSpec::Synthetic {
-        classes: 3,
-        train_images: 8,
-        test_images: 4,
-        seed: 3,
-        object_scale: (0.8, 0.9),
-        clutter: 0.5,
-    };
+    let larger = synthetic_spec(8, 4, 3, (0.8, 0.9));
     let run = RunOptions {
         init_from: Some(first),
         ..run_options(&dir.join("second"))

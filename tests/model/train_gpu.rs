@@ -4,6 +4,7 @@
 //! (on the CPU emulator, which counts device allocations) steps that allocate nothing after the
 //! first. Without a GPU each test prints `skipped: no CUDA device`.
 
+use crate::common::train::{synthetic_spec, tiny_config};
 use c2f_inception::backend::{prelude::*, BnMode};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
@@ -11,7 +12,6 @@ use c2f_inception::cuda::CudaBackend;
 use c2f_kernels::testing::{emulator_allocation_count, rel_error, widen, SplitMix64};
 use c2f_kernels::Real;
 use c2f_train::data::loader::Batch as LoaderBatch;
-use c2f_train::data::spec::DataSpec;
 use c2f_train::model::{Coarse2Fine, Task};
 use c2f_train::train::{
     build_baseline, build_coarse2fine, init_baseline, init_coarse2fine, train_coarse2fine,
@@ -19,17 +19,7 @@ use c2f_train::train::{
 };
 
 fn tiny() -> TrainConfig {
-    TrainConfig {
-        epochs: 1,
-        batch: 4,
-        input_size: 75,
-        width: 0.125,
-        classes: 3,
-        maps: 2,
-        lr: 0.01,
-        seed: 5,
-        ..TrainConfig::default()
-    }
+    tiny_config(0.01, 5)
 }
 
 fn run_options(dir: &std::path::Path) -> RunOptions {
@@ -190,14 +180,7 @@ fn coarse2fine_trains_on_the_gpu() {
     let Some(mut gpu) = cuda_or_skip("coarse2fine_trains_on_the_gpu") else {
         return;
     };
-    let spec = DataSpec::Synthetic {
-        classes: 3,
-        train_images: 8,
-        test_images: 4,
-        seed: 1,
-        object_scale: (0.6, 0.9),
-        clutter: 0.5,
-    };
+    let spec = synthetic_spec(8, 4, 1, (0.6, 0.9));
     let data = spec.open(75).unwrap();
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("train_gpu_fit");
     let _ = std::fs::remove_dir_all(&dir);

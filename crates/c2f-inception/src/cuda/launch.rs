@@ -132,4 +132,17 @@ impl CudaBackend {
                 call(launcher, inputs, outputs, index)
             })
     }
+
+    /// [`Self::launch`] for an op of one input and one output and no index operand.
+    pub(super) fn launch_unary<L: Launcher>(
+        &mut self,
+        key: L::Key,
+        x: Tensor,
+        y: Tensor,
+        call: impl FnOnce(&mut L, &DevRange<'_, f32>, &mut DevRange<'_, f32>) -> Result<()>,
+    ) -> Result<()> {
+        self.launch(key, [x], [y], [], |op, [x], [mut y], []| {
+            call(op, &x, &mut y)
+        })
+    }
 }

@@ -194,13 +194,9 @@ impl NetworkOps for CudaBackend {
         x: Tensor,
         y: Tensor,
     ) -> Result<()> {
-        self.launch(
-            (*s, *p),
-            [x],
-            [y],
-            [],
-            |op: &mut AvgPool2dGpu<f32>, [x], [mut y], []| op.forward(&x, &mut y),
-        )
+        self.launch_unary((*s, *p), x, y, |op: &mut AvgPool2dGpu<f32>, x, y| {
+            op.forward(x, y)
+        })
     }
 
     fn avg_pool_backward(
@@ -210,56 +206,38 @@ impl NetworkOps for CudaBackend {
         dy: Tensor,
         dx: Tensor,
     ) -> Result<()> {
-        self.launch(
-            (*s, *p),
-            [dy],
-            [dx],
-            [],
-            |op: &mut AvgPool2dGpu<f32>, [dy], [mut dx], []| op.backward(&dy, &mut dx),
-        )
+        self.launch_unary((*s, *p), dy, dx, |op: &mut AvgPool2dGpu<f32>, dy, dx| {
+            op.backward(dy, dx)
+        })
     }
 
     fn global_avg_pool_forward(&mut self, s: &PoolShape, x: Tensor, y: Tensor) -> Result<()> {
-        self.launch(
-            *s,
-            [x],
-            [y],
-            [],
-            |op: &mut GlobalAvgPoolGpu<f32>, [x], [mut y], []| op.forward(&x, &mut y),
-        )
+        self.launch_unary(*s, x, y, |op: &mut GlobalAvgPoolGpu<f32>, x, y| {
+            op.forward(x, y)
+        })
     }
 
     fn global_avg_pool_backward(&mut self, s: &PoolShape, dy: Tensor, dx: Tensor) -> Result<()> {
-        self.launch(
-            *s,
-            [dy],
-            [dx],
-            [],
-            |op: &mut GlobalAvgPoolGpu<f32>, [dy], [mut dx], []| op.backward(&dy, &mut dx),
-        )
+        self.launch_unary(*s, dy, dx, |op: &mut GlobalAvgPoolGpu<f32>, dy, dx| {
+            op.backward(dy, dx)
+        })
     }
 
     fn copy_channels(&mut self, s: &ChannelSlice, part: Tensor, whole: Tensor) -> Result<()> {
-        self.launch(
+        self.launch_unary(
             (),
-            [part],
-            [whole],
-            [],
-            |op: &mut ChannelCopyGpu<f32>, [part], [mut whole], []| {
-                op.copy_channels(s, &part, &mut whole)
-            },
+            part,
+            whole,
+            |op: &mut ChannelCopyGpu<f32>, part, whole| op.copy_channels(s, part, whole),
         )
     }
 
     fn slice_channels(&mut self, s: &ChannelSlice, whole: Tensor, part: Tensor) -> Result<()> {
-        self.launch(
+        self.launch_unary(
             (),
-            [whole],
-            [part],
-            [],
-            |op: &mut ChannelCopyGpu<f32>, [whole], [mut part], []| {
-                op.slice_channels(s, &whole, &mut part)
-            },
+            whole,
+            part,
+            |op: &mut ChannelCopyGpu<f32>, whole, part| op.slice_channels(s, whole, part),
         )
     }
 
@@ -308,23 +286,15 @@ impl NetworkOps for CudaBackend {
 
 impl TrainingOps for CudaBackend {
     fn dropout_forward(&mut self, p: &DropoutParams, x: Tensor, y: Tensor) -> Result<()> {
-        self.launch(
-            (),
-            [x],
-            [y],
-            [],
-            |op: &mut DropoutGpu<f32>, [x], [mut y], []| op.forward(p, &x, &mut y),
-        )
+        self.launch_unary((), x, y, |op: &mut DropoutGpu<f32>, x, y| {
+            op.forward(p, x, y)
+        })
     }
 
     fn dropout_backward(&mut self, p: &DropoutParams, dy: Tensor, dx: Tensor) -> Result<()> {
-        self.launch(
-            (),
-            [dy],
-            [dx],
-            [],
-            |op: &mut DropoutGpu<f32>, [dy], [mut dx], []| op.backward(p, &dy, &mut dx),
-        )
+        self.launch_unary((), dy, dx, |op: &mut DropoutGpu<f32>, dy, dx| {
+            op.backward(p, dy, dx)
+        })
     }
 
     fn softmax_cross_entropy(
@@ -394,13 +364,9 @@ impl TrainingOps for CudaBackend {
     }
 
     fn axpby(&mut self, alpha: f64, x: Tensor, beta: f64, y: Tensor) -> Result<()> {
-        self.launch(
-            (),
-            [x],
-            [y],
-            [],
-            |op: &mut AxpbyGpu<f32>, [x], [mut y], []| op.run(alpha, &x, beta, &mut y),
-        )
+        self.launch_unary((), x, y, |op: &mut AxpbyGpu<f32>, x, y| {
+            op.run(alpha, x, beta, y)
+        })
     }
 }
 
@@ -520,13 +486,7 @@ impl Coarse2FineOps for CudaBackend {
     }
 
     fn relu_forward(&mut self, x: Tensor, y: Tensor) -> Result<()> {
-        self.launch(
-            (),
-            [x],
-            [y],
-            [],
-            |op: &mut ReluGpu<f32>, [x], [mut y], []| op.forward(&x, &mut y),
-        )
+        self.launch_unary((), x, y, |op: &mut ReluGpu<f32>, x, y| op.forward(x, y))
     }
 
     fn relu_backward(&mut self, y: Tensor, dy: Tensor, dx: Tensor) -> Result<()> {
@@ -577,33 +537,21 @@ impl Coarse2FineOps for CudaBackend {
     }
 
     fn mean_maps_forward(&mut self, s: &MapShape, a: Tensor, out: Tensor) -> Result<()> {
-        self.launch(
-            *s,
-            [a],
-            [out],
-            [],
-            |op: &mut MapSelectGpu<f32>, [a], [mut out], []| op.mean_forward(&a, &mut out),
-        )
+        self.launch_unary(*s, a, out, |op: &mut MapSelectGpu<f32>, a, out| {
+            op.mean_forward(a, out)
+        })
     }
 
     fn resize_bilinear_forward(&mut self, s: &ResizeShape, x: Tensor, y: Tensor) -> Result<()> {
-        self.launch(
-            *s,
-            [x],
-            [y],
-            [],
-            |op: &mut ResizeBilinearGpu<f32>, [x], [mut y], []| op.forward(&x, &mut y),
-        )
+        self.launch_unary(*s, x, y, |op: &mut ResizeBilinearGpu<f32>, x, y| {
+            op.forward(x, y)
+        })
     }
 
     fn resize_bilinear_backward(&mut self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()> {
-        self.launch(
-            *s,
-            [dy],
-            [dx],
-            [],
-            |op: &mut ResizeBilinearGpu<f32>, [dy], [mut dx], []| op.backward(&dy, &mut dx),
-        )
+        self.launch_unary(*s, dy, dx, |op: &mut ResizeBilinearGpu<f32>, dy, dx| {
+            op.backward(dy, dx)
+        })
     }
 
     fn mask_forward(

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use c2f_kernels::Result;
 
 use super::files::{
-    box_from_corners, check_box, keep_existing, line_error, read_lines, Origin, Place,
+    box_from_corners, check_box, dataset_of, line_error, read_lines, Origin, Place,
 };
 use super::{Dataset, OpenOptions, Sample};
 
@@ -148,13 +148,7 @@ pub fn open_with(root: &Path, options: &OpenOptions) -> Result<Dataset> {
             bbox.map(|(_, origin)| origin),
         ));
     }
-    let (samples, problems) = keep_existing(samples, options)?;
-    Ok(Dataset {
-        root: root.to_path_buf(),
-        class_names,
-        samples,
-        problems,
-    })
+    dataset_of(root, class_names, samples, options)
 }
 
 fn parse_id(path: &Path, line: usize, id: &str) -> Result<String> {

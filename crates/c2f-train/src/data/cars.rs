@@ -24,9 +24,7 @@ use std::path::{Path, PathBuf};
 use c2f_kernels::Result;
 use matrw::MatVariable;
 
-use super::files::{
-    at_error, box_from_corners, check_box, file_error, keep_existing, Origin, Place,
-};
+use super::files::{at_error, box_from_corners, check_box, dataset_of, file_error, Origin, Place};
 use super::{mat, Dataset, OpenOptions, Sample};
 
 pub fn open(root: &Path) -> Result<Dataset> {
@@ -99,13 +97,7 @@ pub fn open_with(root: &Path, options: &OpenOptions) -> Result<Dataset> {
             ));
         }
     }
-    let (samples, problems) = keep_existing(samples, options)?;
-    Ok(Dataset {
-        root: root.to_path_buf(),
-        class_names,
-        samples,
-        problems,
-    })
+    dataset_of(root, class_names, samples, options)
 }
 
 fn read_annotations(path: &Path, options: &OpenOptions) -> Result<Vec<Annotation>> {

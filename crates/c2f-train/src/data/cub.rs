@@ -29,7 +29,7 @@ use std::path::Path;
 
 use c2f_kernels::Result;
 
-use super::files::{check_box, keep_existing, line_error, read_lines, Origin, Place};
+use super::files::{check_box, dataset_of, line_error, read_lines, Origin, Place};
 use super::{BBox, Dataset, OpenOptions, Sample};
 
 /// `image id → (line number, fields)` of one text file.
@@ -223,11 +223,5 @@ pub fn open_with(root: &Path, options: &OpenOptions) -> Result<Dataset> {
         ));
     }
 
-    let (samples, problems) = keep_existing(samples, options)?;
-    Ok(Dataset {
-        root: root.to_path_buf(),
-        class_names,
-        samples,
-        problems,
-    })
+    dataset_of(root, class_names, samples, options)
 }

@@ -30,9 +30,7 @@ use std::path::Path;
 use c2f_kernels::Result;
 use rayon::prelude::*;
 
-use super::files::{
-    at_error, box_from_corners, check_box, file_error, keep_existing, Origin, Place,
-};
+use super::files::{at_error, box_from_corners, check_box, dataset_of, file_error, Origin, Place};
 use super::{mat, BBox, Dataset, OpenOptions, Sample};
 
 pub fn open(root: &Path) -> Result<Dataset> {
@@ -115,13 +113,7 @@ pub fn open_with(root: &Path, options: &OpenOptions) -> Result<Dataset> {
             ));
         }
     }
-    let (samples, problems) = keep_existing(samples, options)?;
-    Ok(Dataset {
-        root: root.to_path_buf(),
-        class_names,
-        samples,
-        problems,
-    })
+    dataset_of(root, class_names, samples, options)
 }
 
 /// `file_list` and `labels` of a list file, checked against each other.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use c2f_kernels::{Error, Result};
 use rayon::prelude::*;
 
-use super::{image_io, BBox, OpenOptions, Problem, Sample};
+use super::{image_io, BBox, Dataset, OpenOptions, Problem, Sample};
 
 /// A [`Error::Data`] about the file at `path` as a whole.
 pub(crate) fn file_error(path: &Path, message: impl Display) -> Error {
@@ -127,6 +127,23 @@ pub(crate) fn check_box(b: &BBox, tolerance: f32) -> std::result::Result<(), Str
 /// image file becomes a [`Problem`] and its sample is left out; a box is checked against its
 /// image's header (in parallel) when `options` ask. An unreadable header is left to the loader,
 /// which skips and counts the file.
+/// The dataset of `samples` whose image files exist ([`keep_existing`]), the others its
+/// problems.
+pub(crate) fn dataset_of(
+    root: &Path,
+    class_names: Vec<String>,
+    samples: Vec<(Sample, Option<Origin>)>,
+    options: &OpenOptions,
+) -> Result<Dataset> {
+    let (samples, problems) = keep_existing(samples, options)?;
+    Ok(Dataset {
+        root: root.to_path_buf(),
+        class_names,
+        samples,
+        problems,
+    })
+}
+
 pub(crate) fn keep_existing(
     samples: Vec<(Sample, Option<Origin>)>,
     options: &OpenOptions,

@@ -25,7 +25,7 @@ use std::path::Path;
 use c2f_kernels::Result;
 use serde::Deserialize;
 
-use super::files::{at_error, file_error, keep_existing, read_bytes};
+use super::files::{at_error, dataset_of, file_error, read_bytes};
 use super::{Dataset, OpenOptions, Sample};
 
 #[derive(Deserialize)]
@@ -104,13 +104,7 @@ pub fn open(root: &Path) -> Result<Dataset> {
     for (path, coco, is_train) in [(&train_path, &train, true), (&val_path, &val, false)] {
         samples.extend(join(root, path, coco, &class_of, is_train)?);
     }
-    let (samples, problems) = keep_existing(samples, &OpenOptions::default())?;
-    Ok(Dataset {
-        root: root.to_path_buf(),
-        class_names,
-        samples,
-        problems,
-    })
+    dataset_of(root, class_names, samples, &OpenOptions::default())
 }
 
 /// The images of one file with their classes, in ascending image id.

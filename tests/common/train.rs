@@ -1,0 +1,48 @@
+//! The small training runs the trainer's and the data-parallel tests share: a tiny
+//! configuration, the 3-class synthetic set, and the metrics a run writes.
+
+use std::path::Path;
+
+use c2f_train::data::spec::DataSpec;
+use c2f_train::train::TrainConfig;
+
+/// One epoch of batch 4 on 75² inputs, width 1/8, 3 classes, 2 maps; the rest by default.
+pub fn tiny_config(lr: f64, seed: u64) -> TrainConfig {
+    TrainConfig {
+        epochs: 1,
+        batch: 4,
+        input_size: 75,
+        width: 0.125,
+        classes: 3,
+        maps: 2,
+        lr,
+        seed,
+        ..TrainConfig::default()
+    }
+}
+
+/// The synthetic set of 3 classes, objects `object_scale` of the side, clutter 0.5.
+pub fn synthetic_spec(
+    train_images: usize,
+    test_images: usize,
+    seed: u64,
+    object_scale: (f32, f32),
+) -> DataSpec {
+    DataSpec::Synthetic {
+        classes: 3,
+        train_images,
+        test_images,
+        seed,
+        object_scale,
+        clutter: 0.5,
+    }
+}
+
+/// Every line of a run's `metrics.jsonl`.
+pub fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
