@@ -137,7 +137,7 @@ pub struct TrainArgs {
     pub bn: Option<BnPolicy>,
     /// Center loss weight λ (default: 0.3 from scratch, where the full weight pulls every
     /// image's part features together before they tell the classes apart in about one run in
-    /// four (README, Seeds); 1 with --weights, the paper's).
+    /// four (docs/experiments.md); 1 with --weights, the paper's).
     #[arg(long)]
     pub lambda: Option<f64>,
     /// Center moving-average rate β (default: 0.05).
@@ -145,11 +145,12 @@ pub struct TrainArgs {
     pub beta: Option<f64>,
     /// How the centers enter the center loss and move: `moving-average`, the paper's Eq. 2 and
     /// 3 (raw centers from zero, `c ← (1 − β)c + βf` per sample), or `normalized`, the WS-DAN
-    /// reimplementations' (the loss against c/‖c‖) (default: moving-average).
+    /// reimplementations' (the loss against c/‖c‖) (default: moving-average with --weights;
+    /// normalized from scratch, which learnt more seeds of the synthetic set).
     #[arg(long, value_enum)]
     pub center_rule: Option<CenterRuleName>,
     /// `shared`: one center bank for both passes, the paper's C center matrices; `separate`: one
-    /// bank per pass (default: shared).
+    /// bank per pass (default: shared with --weights; separate from scratch).
     #[arg(long, value_enum)]
     pub center_banks: Option<CenterBanks>,
     /// Epochs over which λ rises linearly from zero (default: 3 from scratch, where a full
@@ -181,7 +182,7 @@ pub struct TrainArgs {
     /// Start from the final state of an earlier run: DIR is its --run-dir, and each model starts
     /// from DIR/<model>/checkpoint.safetensors (same shapes; fresh momentum, this run's data,
     /// schedule and epochs). With --upsampler FILE, that file then replaces the up-sampler: the
-    /// two-stage recipe in the README.
+    /// two-stage recipe in docs/experiments.md.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["weights", "resume"])]
     pub init_from: Option<PathBuf>,
     /// Where checkpoints and metrics go, one folder per model (default: runs/run-<time>).

@@ -20,7 +20,7 @@ pub const MERGED_SPREAD: f64 = 0.01;
 /// the classes' centers from their mean, over their mean squared norm (1 − 1/classes for
 /// orthogonal centers of one norm, 0 when they coincide). In runs that learn the synthetic set
 /// it ends near 0.25; when the part features stop telling the classes apart, every center moves
-/// to the same point and it falls towards 0 (README, Seeds). `None` while every center is zero.
+/// to the same point and it falls towards 0 (docs/experiments.md). `None` while every center is zero.
 pub fn center_spread(bank: &[f32], classes: usize) -> Option<f64> {
     let len = bank.len() / classes;
     let mut mean = vec![0.0f64; len];
@@ -53,7 +53,7 @@ impl MergedCenters {
             eprintln!(
                 "warning: {model} epoch {}: the class centers have merged ({column} {v:.4} < \
                  {MERGED_SPREAD}): the part features do not tell the classes apart; runs in \
-                 this state learn late or not at all (README, Seeds); if the test accuracy \
+                 this state learn late or not at all (docs/experiments.md); if the test accuracy \
                  stays at chance, try another --seed",
                 epoch + 1
             );
