@@ -5,8 +5,9 @@
 use c2f_inception::backend::{prelude::*, BnMode, IndexTensor};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::init::golden_init;
-use c2f_inception::network::Network;
+use c2f_inception::network::{sgd_step_by_table, Network};
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
+use c2f_inception::table::TensorTable;
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::softmax_ce::SoftmaxCeShape;
 use c2f_kernels::testing::{rel_error, SplitMix64};
@@ -166,4 +167,29 @@ fn shared_backbone_accumulates_both_passes() {
     let twice = s.cpu.read(s.net.grads).unwrap();
     let doubled: Vec<f64> = once.iter().map(|g| 2.0 * g).collect();
     assert!(rel_error(&twice, &doubled) < 1e-12);
+}
+
+/// A NaN hyper-parameter (`--lr nan`) equals no other, itself included: the walk over the table's
+/// runs must still take every tensor once, and a NaN rate is then refused by the SGD op, where it
+/// used to stall the walk on its first tensor and panic on an index below zero.
+#[test]
+fn sgd_by_table_takes_every_tensor_once_whatever_the_rule() {
+    let mut table = TensorTable::default();
+    for (name, len) in [("a", 3), ("b", 2), ("c", 4)] {
+        table.push(name, vec![len]);
+    }
+    let n = table.total();
+    let mut b = CpuBackend::<f32>::new();
+    let [params, grads, momentum] = [0, 1, 2].map(|_| b.alloc(n).unwrap());
+    b.write(params, &vec![1.0; n]).unwrap();
+    b.write(grads, &vec![0.5; n]).unwrap();
+    let step = |b: &mut CpuBackend<f32>, lr: f64| {
+        let rule = |_: &_| Some(SgdParams::new(lr, 0.0, 0.0));
+        sgd_step_by_table(b, &table, [params, grads, momentum], &rule)
+    };
+    step(&mut b, 0.1).unwrap();
+    let after = b.read(params).unwrap();
+    assert!(after.iter().all(|&v| (v - 0.95).abs() < 1e-6), "{after:?}");
+    let err = step(&mut b, f64::NAN).unwrap_err().to_string();
+    assert!(err.contains("learning rate"), "{err}");
 }

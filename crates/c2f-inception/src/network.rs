@@ -67,6 +67,9 @@ pub fn sgd_step_by_table<B: Backend>(
     while i < entries.len() {
         let p = rule(&entries[i]);
         let start = entries[i].offset;
+        // The run always takes its first tensor: a NaN hyper-parameter equals nothing, not even
+        // itself, and must not stall the walk.
+        i += 1;
         while i < entries.len() && rule(&entries[i]) == p {
             i += 1;
         }
