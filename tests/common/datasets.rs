@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use c2f_kernels::Error;
 use c2f_train::data::loader::FileSource;
-use c2f_train::data::{Loader, LoaderConfig, Sample, Transform};
+use c2f_train::data::{Loader, LoaderConfig, Sample, Skipped, Transform};
 use image::{Rgb, RgbImage};
 
 pub fn scratch(test: &str, name: &str) -> PathBuf {
@@ -85,6 +85,11 @@ pub fn expect_io_error<T: std::fmt::Debug>(result: Result<T, Error>, path: &Path
 /// Runs one epoch of the loader over `samples` and returns the indices it skipped (each must
 /// name its path); the rest must arrive.
 pub fn loader_skips(samples: Vec<Sample>) -> HashSet<usize> {
+    loader_skipped(samples).iter().map(|s| s.index).collect()
+}
+
+/// [`loader_skips`], returning what was skipped and why.
+pub fn loader_skipped(samples: Vec<Sample>) -> Vec<Skipped> {
     let n = samples.len();
     let src = Arc::new(FileSource::new(samples.clone()));
     let loader = Loader::new(
@@ -101,7 +106,7 @@ pub fn loader_skips(samples: Vec<Sample>) -> HashSet<usize> {
         assert!(!s.message.is_empty());
     }
     assert_eq!(summary.samples + summary.skipped.len(), n);
-    summary.skipped.iter().map(|s| s.index).collect()
+    summary.skipped
 }
 
 /// A MATLAB value, as the MAT-file holds it.
@@ -221,4 +226,30 @@ pub fn write_mat(path: &Path, variables: &[(&str, Mat)], compress: bool) {
     }
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, out).unwrap();
+}
+
+/// A PNG of under a hundred bytes whose header declares a `w × h` 8-bit RGB image (a
+/// decompression bomb to a decoder that trusts it): the signature, an IHDR with a valid CRC, an
+/// IDAT holding one compressed row of zeros, IEND.
+pub fn bomb_png(w: u32, h: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend(kind);
+        out.extend(data);
+        out.extend(crc.sum().to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]); // 8 bits, RGB, deflate, no filter, not interlaced
+    chunk(&mut out, b"IHDR", &ihdr);
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    z.write_all(&[0u8; 64]).unwrap();
+    chunk(&mut out, b"IDAT", &z.finish().unwrap());
+    chunk(&mut out, b"IEND", &[]);
+    out
 }

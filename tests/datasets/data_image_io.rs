@@ -1,12 +1,17 @@
 //! Image decoding: gray and CMYK become RGB, EXIF orientation is honoured, bad files are errors
-//! that name the path.
+//! that name the path, an image above the pixel cap is refused from its header (alone and in a
+//! dataset).
 
 use std::path::PathBuf;
 
+use crate::common::datasets::{bomb_png, expect_file_error, loader_skipped};
 use c2f_kernels::Error;
-use c2f_train::data::image_io::{decode_oriented, decode_rgb, load_rgb, orient_box, stored_size};
+use c2f_train::data::image_io::{
+    decode_oriented, decode_rgb, load_rgb, orient_box, stored_size, DEFAULT_MAX_PIXELS,
+};
 use c2f_train::data::loader::FileSource;
-use c2f_train::data::{BBox, ImageSource, Sample};
+use c2f_train::data::synthetic::{write_cub_layout, SyntheticConfig};
+use c2f_train::data::{cub, BBox, ImageSource, Sample};
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::metadata::Orientation;
@@ -355,7 +360,7 @@ fn png_exif_orientation_reaches_the_file_source_box() {
         enc.set_exif_metadata(exif_tiff(exif)).unwrap();
         enc.write_image(stored.as_raw(), 12, 7, ExtendedColorType::Rgb8)
             .unwrap();
-        let d = decode_oriented(&bytes, "o.png").unwrap();
+        let d = decode_oriented(&bytes, "o.png", DEFAULT_MAX_PIXELS).unwrap();
         assert_eq!(d.orientation, Orientation::from_exif(exif as u8).unwrap());
         assert_eq!(d.stored_size, (12, 7));
         let path = dir.join(format!("o{exif}.png"));
@@ -374,4 +379,68 @@ fn png_exif_orientation_reaches_the_file_source_box() {
             assert_eq!(item.image.dimensions(), (7, 12));
         }
     }
+}
+
+#[test]
+fn an_image_above_the_pixel_cap_is_refused_from_its_header() {
+    // 40000×40000 is 1.6 gigapixels, 4.8 GB as RGB, in 90-odd bytes.
+    let bomb = bomb_png(40_000, 40_000);
+    assert!(bomb.len() < 100, "{}", bomb.len());
+    expect_file_error(
+        decode_rgb(&bomb, "bomb.png"),
+        std::path::Path::new("bomb.png"),
+        &[
+            "image too large",
+            "40000×40000 is 1600000000 pixels",
+            "limit of 89478485",
+        ],
+    );
+    // The cap is exact: a 5×3 image is 15 pixels.
+    let img = RgbImage::from_fn(5, 3, |x, y| Rgb([x as u8, y as u8, 9]));
+    let bytes = png(img.as_raw(), 5, 3, ExtendedColorType::Rgb8);
+    assert_eq!(decode_oriented(&bytes, "a.png", 15).unwrap().image, img);
+    expect_file_error(
+        decode_oriented(&bytes, "a.png", 14),
+        std::path::Path::new("a.png"),
+        &["5×3 is 15 pixels, above the limit of 14"],
+    );
+    // A side longer than the cap: the decoder's own limit refuses it, in the same words.
+    expect_file_error(
+        decode_oriented(&jpeg(&img), "a.jpg", 4),
+        std::path::Path::new("a.jpg"),
+        &["image too large", "the limit is 4 pixels"],
+    );
+}
+
+#[test]
+fn a_bomb_in_a_dataset_is_skipped_and_named() {
+    let dir = scratch("bomb_dataset");
+    let cfg = SyntheticConfig {
+        classes: 2,
+        size: 64,
+        ..Default::default()
+    };
+    write_cub_layout(&dir, &cfg, 4, 0).unwrap();
+    let ds = cub::open(&dir).unwrap();
+    let train = ds.train();
+    // The second training image becomes the bomb (its `.jpg` name does not matter: the format is
+    // guessed from the bytes).
+    std::fs::write(&train[1].path, bomb_png(40_000, 40_000)).unwrap();
+    let skipped = loader_skipped(train.clone());
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    let skipped = &skipped[0];
+    assert_eq!(skipped.index, 1);
+    assert_eq!(skipped.name, train[1].path.display().to_string());
+    assert!(
+        skipped.message.contains("40000×40000 is 1600000000 pixels"),
+        "{}",
+        skipped.message
+    );
+    // A lower cap (the flag's) refuses the 64×64 images too.
+    let capped = FileSource::new(train.clone()).with_max_pixels(4000);
+    expect_file_error(
+        capped.load(0),
+        &train[0].path,
+        &["64×64 is 4096 pixels, above the limit of 4000"],
+    );
 }

@@ -19,6 +19,7 @@ use c2f_inception::weights::read_checked;
 use c2f_kernels::testing::SplitMix64;
 use c2f_kernels::Result;
 use c2f_train::config::{CenterBanks, CenterRuleName};
+use c2f_train::data::image_io::DEFAULT_MAX_PIXELS;
 use c2f_train::data::spec::OpenedData;
 use c2f_train::train::{
     build_coarse2fine, checkpoint_path, fit, init_coarse2fine, rank_config, Accuracy, BnPolicy,
@@ -57,7 +58,7 @@ fn config() -> TrainConfig {
 
 fn synthetic() -> OpenedData {
     let spec = synthetic_spec(2 * GLOBAL_BATCH + 3, 6, 4, (0.6, 0.9));
-    spec.open(75).unwrap()
+    spec.open(75, DEFAULT_MAX_PIXELS).unwrap()
 }
 
 fn run_options(dir: &Path) -> RunOptions {

@@ -20,6 +20,7 @@ use c2f_dist::workers::free_port;
 use c2f_inception::backend::prelude::*;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
+use c2f_train::data::image_io::DEFAULT_MAX_PIXELS;
 use c2f_train::train::{
     build_coarse2fine, fit, init_coarse2fine, DataParallel, RunOptions, TrainConfig, Trainee,
 };
@@ -40,7 +41,7 @@ fn one_step<B: Backend<Scalar = f32>>(
 ) -> Vec<(String, Vec<f32>)> {
     let cfg = config();
     let spec = synthetic_spec(6, 2, 8, (0.6, 0.9));
-    let data = spec.open(cfg.input_size).unwrap();
+    let data = spec.open(cfg.input_size, DEFAULT_MAX_PIXELS).unwrap();
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("dist_world_one_{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     let run = RunOptions {

@@ -147,7 +147,7 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
         &config,
         "device = \"cpu\"\nepochs = 5\nbatch = 4\nsize = 75\nwidth = 0.125\nmaps = 2\n\
          classes = 3\ntrain_images = 8\ntest_images = 6\nobject_scale = [0.6, 0.9]\n\
-         no_progress = true\nmodels = \"coarse2fine\"\n",
+         no_progress = true\nmodels = \"coarse2fine\"\nmax_image_pixels = 100000000\n",
     )
     .unwrap();
     let run_dir = dir.join("run");
@@ -200,6 +200,9 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
         .collect();
     let corrupt = dir.join("corrupt.jpg");
     std::fs::write(&corrupt, b"not a jpeg").unwrap();
+    // A PNG header declaring 40000×40000 pixels: refused before decoding, by name.
+    let bomb = dir.join("bomb.png");
+    std::fs::write(&bomb, crate::common::datasets::bomb_png(40_000, 40_000)).unwrap();
     let out = c2f(&[
         "predict",
         "--checkpoint",
@@ -210,6 +213,7 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
         "2",
         path(&files[0]),
         path(&corrupt),
+        path(&bomb),
         path(&files[1]),
     ]);
     let log = text(&out);
@@ -217,6 +221,30 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
     assert!(
         log.contains(&format!("{}: skipped", corrupt.display())),
         "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "{}: skipped: {}: image too large: 40000×40000 is 1600000000 pixels, above the \
+             limit of 89478485",
+            bomb.display(),
+            bomb.display()
+        )),
+        "{log}"
+    );
+    // --max-image-pixels lowers the cap: the 75×75 images are refused too.
+    let capped = c2f_ok(&[
+        "predict",
+        "--checkpoint",
+        path(&checkpoint),
+        "--device",
+        device,
+        "--max-image-pixels",
+        "5000",
+        path(&files[0]),
+    ]);
+    assert!(
+        capped.contains("75×75 is 5625 pixels, above the limit of 5000"),
+        "{capped}"
     );
     for f in &files {
         assert!(log.contains(&f.display().to_string()), "{log}");

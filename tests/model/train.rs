@@ -12,6 +12,7 @@ use c2f_inception::backend::prelude::*;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::weights::read_checked;
 use c2f_train::checkpoint;
+use c2f_train::data::image_io::DEFAULT_MAX_PIXELS;
 use c2f_train::data::loader::ImageSource;
 use c2f_train::data::spec::{DataSpec, OpenedData};
 use c2f_train::state::Named;
@@ -43,7 +44,7 @@ fn tiny_config(epochs: usize, batch: usize) -> TrainConfig {
 
 fn synthetic(train_images: usize, test_images: usize) -> OpenedData {
     let spec = synthetic_spec(train_images, test_images, 3, (0.6, 0.9));
-    spec.open(75).unwrap()
+    spec.open(75, DEFAULT_MAX_PIXELS).unwrap()
 }
 
 fn run_options(dir: &Path) -> RunOptions {
@@ -242,9 +243,15 @@ fn assert_resume_is_exact(trainer: Trainer, name: &str, stop: u64) {
         },
         files => files,
     };
-    let err = try_train(trainer, &cfg, &rest, &other.open(75).unwrap(), &data.test)
-        .unwrap_err()
-        .to_string();
+    let err = try_train(
+        trainer,
+        &cfg,
+        &rest,
+        &other.open(75, DEFAULT_MAX_PIXELS).unwrap(),
+        &data.test,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         err.contains("cannot resume") && err.contains("[0.8,0.9] in this run"),
         "{err}"
@@ -372,7 +379,13 @@ fn a_run_starts_from_an_earlier_runs_checkpoint() {
         init_from: Some(first),
         ..run_options(&dir.join("second"))
     };
-    assert!(train(train_coarse2fine, &cfg, &run, &larger.open(75).unwrap()).is_some());
+    assert!(train(
+        train_coarse2fine,
+        &cfg,
+        &run,
+        &larger.open(75, DEFAULT_MAX_PIXELS).unwrap()
+    )
+    .is_some());
 }
 
 #[test]

@@ -10,6 +10,7 @@ use crate::common::celeba::{write_faces, ATTRIBUTES};
 use crate::common::datasets::scratch;
 use c2f_inception::cpu::CpuBackend;
 use c2f_train::checkpoint;
+use c2f_train::data::image_io::DEFAULT_MAX_PIXELS;
 use c2f_train::data::spec::{DataSpec, OpenedData, CELEBA};
 use c2f_train::model::Task;
 use c2f_train::train::{
@@ -39,7 +40,7 @@ fn open_faces(dir: &Path, train: usize, test: usize) -> (OpenedData, Vec<[bool; 
         root: dir.to_path_buf(),
         attributes: None,
     };
-    (spec.open(75).unwrap(), truth)
+    (spec.open(75, DEFAULT_MAX_PIXELS).unwrap(), truth)
 }
 
 fn is_multiple_of(v: f64, step: f64) -> bool {
@@ -136,7 +137,7 @@ fn attributes_on_a_single_label_dataset_are_refused() {
         root: dir.clone(),
         attributes: Some(vec!["Smiling".into()]),
     };
-    let err = spec.open(75).err().expect("refused");
+    let err = spec.open(75, DEFAULT_MAX_PIXELS).err().expect("refused");
     assert!(
         err.to_string()
             .contains("--attributes Smiling: is for --dataset celeba"),
@@ -148,6 +149,6 @@ fn attributes_on_a_single_label_dataset_are_refused() {
         root: dir.clone(),
         attributes: Some(vec!["Red".into(), "Smiling".into()]),
     };
-    let err = spec.open(75).err().expect("refused");
+    let err = spec.open(75, DEFAULT_MAX_PIXELS).err().expect("refused");
     assert!(err.to_string().contains("no attribute `Smiling`"), "{err}");
 }

@@ -11,6 +11,7 @@ use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_inception::cuda::CudaBackend;
 use c2f_kernels::testing::{emulator_allocation_count, rel_error, widen, SplitMix64};
 use c2f_kernels::Real;
+use c2f_train::data::image_io::DEFAULT_MAX_PIXELS;
 use c2f_train::data::loader::Batch as LoaderBatch;
 use c2f_train::model::{Coarse2Fine, Task};
 use c2f_train::train::{
@@ -181,7 +182,7 @@ fn coarse2fine_trains_on_the_gpu() {
         return;
     };
     let spec = synthetic_spec(8, 4, 1, (0.6, 0.9));
-    let data = spec.open(75).unwrap();
+    let data = spec.open(75, DEFAULT_MAX_PIXELS).unwrap();
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("train_gpu_fit");
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = TrainConfig {

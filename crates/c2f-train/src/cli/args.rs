@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{BnPolicy, CenterBanks, CenterRuleName, Schedule};
+use crate::data::image_io::DEFAULT_MAX_PIXELS;
 
 #[derive(Parser)]
 #[command(
@@ -212,6 +213,8 @@ pub struct TrainArgs {
     /// Rank 0's `HOST[:PORT]` for the TCP rendezvous (default: MASTER_ADDR and MASTER_PORT).
     #[arg(long)]
     pub master: Option<String>,
+    #[command(flatten)]
+    pub image_limit: ImageLimit,
 }
 
 #[derive(clap::Args)]
@@ -221,6 +224,8 @@ pub struct EvalArgs {
     /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
     #[arg(long)]
     pub device: Option<String>,
+    #[command(flatten)]
+    pub image_limit: ImageLimit,
 }
 
 #[derive(clap::Args)]
@@ -272,6 +277,8 @@ pub struct LocalizeArgs {
     /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
     #[arg(long)]
     pub device: Option<String>,
+    #[command(flatten)]
+    pub image_limit: ImageLimit,
 }
 
 #[derive(clap::Args)]
@@ -290,6 +297,8 @@ pub struct VisualizeArgs {
     /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
     #[arg(long)]
     pub device: Option<String>,
+    #[command(flatten)]
+    pub image_limit: ImageLimit,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -317,6 +326,18 @@ pub struct PredictArgs {
     /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
     #[arg(long)]
     pub device: Option<String>,
+    #[command(flatten)]
+    pub image_limit: ImageLimit,
+}
+
+/// The cap on image size of every command that reads images.
+#[derive(clap::Args)]
+pub struct ImageLimit {
+    /// Refuse an image whose header declares more pixels (width × height) than this, before
+    /// decoding it: a dataset's is skipped and named, like a corrupt one. The default is
+    /// Pillow's MAX_IMAGE_PIXELS.
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_image_pixels: u64,
 }
 
 /// A finite, non-negative number of epochs (a warmup's length may be a fraction of one).

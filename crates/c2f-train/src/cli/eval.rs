@@ -15,7 +15,9 @@ pub(super) fn eval(args: EvalArgs) -> Result<()> {
         &args.checkpoint,
         || open_device(args.device.as_deref()),
         &mut |model, meta| {
-            let opened = meta.data.open(meta.config.input_size)?;
+            let opened = meta
+                .data
+                .open(meta.config.input_size, args.image_limit.max_image_pixels)?;
             let loader = test_loader(&meta.config, opened.test)?;
             let start = Instant::now();
             let evaluation = model.evaluate(&loader, meta.config.classes)?;

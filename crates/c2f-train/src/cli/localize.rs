@@ -23,7 +23,10 @@ pub(super) fn localize(args: LocalizeArgs) -> Result<()> {
         &args.checkpoint,
         || open_device(args.device.as_deref()),
         &mut |model, meta| {
-            let test = meta.data.open(meta.config.input_size)?.test;
+            let test = meta
+                .data
+                .open(meta.config.input_size, args.image_limit.max_image_pixels)?
+                .test;
             let (_, metrics) = model.localize(test.as_ref(), &cfg)?;
             println!("{}", metrics.table());
             let json = args

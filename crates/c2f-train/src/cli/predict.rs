@@ -31,7 +31,12 @@ pub(super) fn predict(args: PredictArgs) -> Result<()> {
                     crop_bottom: 0,
                 })
                 .collect();
-            let loader = test_loader(cfg, Arc::new(FileSource::new(samples)))?;
+            let loader = test_loader(
+                cfg,
+                Arc::new(
+                    FileSource::new(samples).with_max_pixels(args.image_limit.max_image_pixels),
+                ),
+            )?;
             let names = ["coarse", "fine", "average"];
             for (i, path) in args.images.iter().enumerate() {
                 // One image at a time: an unreadable one is reported and the rest still run.

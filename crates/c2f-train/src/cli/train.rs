@@ -54,7 +54,7 @@ pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
     };
     let mut cfg = args.config(machine);
     let data = args.data_spec(cfg.seed);
-    let opened = data.open(cfg.input_size)?;
+    let opened = data.open(cfg.input_size, args.image_limit.max_image_pixels)?;
     cfg.classes = opened.class_names.len();
     cfg.task = opened.task;
     let upsampler_weights = match args.upsampler.as_deref() {

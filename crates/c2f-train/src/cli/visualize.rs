@@ -14,7 +14,10 @@ pub(super) fn visualize(args: VisualizeArgs) -> Result<()> {
         &args.checkpoint,
         || open_device(args.device.as_deref()),
         &mut |model, meta| {
-            let test = meta.data.open(meta.config.input_size)?.test;
+            let test = meta
+                .data
+                .open(meta.config.input_size, args.image_limit.max_image_pixels)?
+                .test;
             let indices: Vec<usize> = if args.index.is_empty() {
                 (0..args.count.min(test.len())).collect()
             } else {

@@ -13,15 +13,32 @@
 //!   naming the path; the loader reports it, skips the image and counts it. A truncated JPEG
 //!   counts as corrupt (the decoder alone would fill the missing part with gray; see
 //!   `jpeg_is_complete`).
+//! - Decompression bombs: an image whose header declares more pixels than a cap (by default
+//!   Pillow's [`DEFAULT_MAX_PIXELS`]; `--max-image-pixels` changes it) is refused before its
+//!   pixel buffer is allocated, an [`Error::Data`] naming the file like any other bad image. A
+//!   PNG of a few kilobytes can declare 40000×40000 pixels, 4.8 GB decoded. The decoders get
+//!   the matching `image::Limits` too, for what they allocate themselves.
 
 use std::io::Cursor;
 use std::path::Path;
 
 use c2f_kernels::{Error, Result};
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
 
 use super::BBox;
+
+/// Pillow's default `Image.MAX_IMAGE_PIXELS` (1024³ / 4 / 3: what 256 MiB hold at 3 bytes per
+/// pixel), about 89.5 megapixels; the largest images of the datasets are a few megapixels.
+pub const DEFAULT_MAX_PIXELS: u64 = 89_478_485;
+
+/// The most bytes a pixel of a JPEG or PNG decodes to (16-bit RGBA), for the decoders' own
+/// allocation limit.
+const MAX_BYTES_PER_PIXEL: u64 = 8;
+
+/// The `image` crate's default allocation limit, kept as the least the decoders get so that a
+/// small pixel cap does not refuse a small image's ICC profile or text chunks.
+const DECODER_ALLOC_FLOOR: u64 = 512 << 20;
 
 /// A [`Error::Data`] about the image `name`.
 fn image_error(name: &str, message: impl Into<String>) -> Error {
@@ -43,27 +60,31 @@ pub struct Decoded {
     pub stored_size: (u32, u32),
 }
 
-/// Decodes the image file at `path` to RGB, EXIF orientation applied.
+/// Decodes the image file at `path` to RGB, EXIF orientation applied, refusing one above
+/// [`DEFAULT_MAX_PIXELS`].
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    load_oriented(path).map(|d| d.image)
+    load_oriented(path, DEFAULT_MAX_PIXELS).map(|d| d.image)
 }
 
-/// Decodes an encoded image held in memory; `name` is what errors call it.
+/// Decodes an encoded image held in memory; `name` is what errors call it. Refuses one above
+/// [`DEFAULT_MAX_PIXELS`].
 pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
-    decode_oriented(bytes, name).map(|d| d.image)
+    decode_oriented(bytes, name, DEFAULT_MAX_PIXELS).map(|d| d.image)
 }
 
-/// [`load_rgb`], also telling the orientation applied (to carry boxes along, [`orient_box`]).
-pub fn load_oriented(path: &Path) -> Result<Decoded> {
+/// [`load_rgb`] with a pixel cap of `max_pixels`, also telling the orientation applied (to
+/// carry boxes along, [`orient_box`]).
+pub fn load_oriented(path: &Path, max_pixels: u64) -> Result<Decoded> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_oriented(&bytes, &path.display().to_string())
+    decode_oriented(&bytes, &path.display().to_string(), max_pixels)
 }
 
-/// [`decode_rgb`], also telling the orientation applied.
-pub fn decode_oriented(bytes: &[u8], name: &str) -> Result<Decoded> {
-    let reader = ImageReader::new(Cursor::new(bytes))
+/// [`decode_rgb`] with a pixel cap of `max_pixels`, also telling the orientation applied.
+pub fn decode_oriented(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Decoded> {
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| image_error(name, format!("cannot read: {e}")))?;
+    reader.limits(decoder_limits(max_pixels));
     match reader.format() {
         None => {
             return Err(image_error(
@@ -79,9 +100,27 @@ pub fn decode_oriented(bytes: &[u8], name: &str) -> Result<Decoded> {
         }
         Some(_) => {}
     }
-    let corrupt = |e: image::ImageError| image_error(name, format!("cannot decode image: {e}"));
+    let corrupt = |e: ImageError| match e {
+        ImageError::Limits(e) => image_error(
+            name,
+            format!("image too large: {e} (the limit is {max_pixels} pixels, --max-image-pixels)"),
+        ),
+        e => image_error(name, format!("cannot decode image: {e}")),
+    };
+    // The header only: nothing the size of the image is allocated before the check.
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let stored_size = decoder.dimensions();
+    let (w, h) = stored_size;
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > max_pixels {
+        return Err(image_error(
+            name,
+            format!(
+                "image too large: {w}×{h} is {pixels} pixels, above the limit of {max_pixels} \
+                 (--max-image-pixels; a decompression bomb?)"
+            ),
+        ));
+    }
     // A malformed EXIF block is no reason to lose the image: treat it as "no rotation".
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
@@ -95,6 +134,22 @@ pub fn decode_oriented(bytes: &[u8], name: &str) -> Result<Decoded> {
         orientation,
         stored_size,
     })
+}
+
+/// The decoders' own limits for a cap of `max_pixels`: no side longer than the cap (zune-jpeg
+/// and the PNG decoder check it on the header), and their own buffers (PNG's decompressed
+/// chunks) no larger than the largest allowed image at the widest pixel format.
+fn decoder_limits(max_pixels: u64) -> Limits {
+    let mut limits = Limits::default();
+    let side = u32::try_from(max_pixels).unwrap_or(u32::MAX);
+    limits.max_image_width = Some(side);
+    limits.max_image_height = Some(side);
+    limits.max_alloc = Some(
+        max_pixels
+            .saturating_mul(MAX_BYTES_PER_PIXEL)
+            .max(DECODER_ALLOC_FLOOR),
+    );
+    limits
 }
 
 /// Maps a box given in stored pixels of a `w × h` image to the pixels of the image after

@@ -53,19 +53,28 @@ pub trait ImageSource: Send + Sync {
 /// Image files on disk (e.g. [`super::Dataset::train`]). Boxes are taken to be in the stored
 /// pixels and are turned with the image's EXIF orientation; [`Sample::crop_bottom`] rows are cut
 /// off the stored image's bottom first (the box is clipped to what is left, `None` if nothing).
+/// An image above the pixel cap is refused from its header ([`image_io::decode_oriented`]).
 #[derive(Debug, Clone)]
 pub struct FileSource {
     samples: Vec<Sample>,
     /// One per sample for a multi-label set (CelebA), else empty.
     attributes: Vec<Vec<bool>>,
+    max_pixels: u64,
 }
 
 impl FileSource {
+    /// Capped at [`image_io::DEFAULT_MAX_PIXELS`].
     pub fn new(samples: Vec<Sample>) -> Self {
         FileSource {
             samples,
             attributes: Vec::new(),
+            max_pixels: image_io::DEFAULT_MAX_PIXELS,
         }
+    }
+
+    /// Refuses images of more than `max_pixels` pixels (`--max-image-pixels`).
+    pub fn with_max_pixels(self, max_pixels: u64) -> Self {
+        FileSource { max_pixels, ..self }
     }
 
     /// A multi-label source: `attributes[i]` belongs to `samples[i]`.
@@ -78,8 +87,8 @@ impl FileSource {
             )));
         }
         Ok(FileSource {
-            samples,
             attributes,
+            ..FileSource::new(samples)
         })
     }
 
@@ -107,7 +116,7 @@ impl ImageSource for FileSource {
 
     fn load(&self, index: usize) -> Result<Item> {
         let s = &self.samples[index];
-        let d = image_io::load_oriented(&s.path)?;
+        let d = image_io::load_oriented(&s.path, self.max_pixels)?;
         // Boxes are annotated on the stored pixels: turn them with the image.
         let turn = |b| image_io::orient_box(b, d.orientation, d.stored_size);
         let bbox = s.bbox.map(turn);

@@ -66,7 +66,9 @@ impl DataSpec {
         }
     }
 
-    pub fn open(&self, input_size: usize) -> Result<OpenedData> {
+    /// Opens the data for an input side of `input_size`; images on disk above `max_pixels`
+    /// pixels are refused from their headers (and skipped by the loader).
+    pub fn open(&self, input_size: usize, max_pixels: u64) -> Result<OpenedData> {
         match self {
             DataSpec::Synthetic {
                 classes,
@@ -112,7 +114,8 @@ impl DataSpec {
                         .into_iter()
                         .map(|s| (s.sample, s.attributes))
                         .unzip();
-                    Ok(Arc::new(FileSource::with_attributes(samples, attributes)?))
+                    let source = FileSource::with_attributes(samples, attributes)?;
+                    Ok(Arc::new(source.with_max_pixels(max_pixels)))
                 };
                 let (train, test) = (split(Partition::Train)?, split(Partition::Test)?);
                 let description = format!(
@@ -165,8 +168,8 @@ impl DataSpec {
                 );
                 Ok(OpenedData {
                     spec: self.clone(),
-                    train: Arc::new(FileSource::new(train)),
-                    test: Arc::new(FileSource::new(test)),
+                    train: Arc::new(FileSource::new(train).with_max_pixels(max_pixels)),
+                    test: Arc::new(FileSource::new(test).with_max_pixels(max_pixels)),
                     class_names: data.class_names,
                     task: Task::Classes,
                     description,
