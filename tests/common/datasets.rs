@@ -204,6 +204,12 @@ fn matrix(name: &str, value: &Mat) -> Vec<u8> {
 
 /// Writes a MAT-file of `variables`, each zlib-compressed (as MATLAB's default `-v7`) or not.
 pub fn write_mat(path: &Path, variables: &[(&str, Mat)], compress: bool) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, mat_bytes(variables, compress)).unwrap();
+}
+
+/// The bytes of a MAT-file of `variables` ([`write_mat`]).
+pub fn mat_bytes(variables: &[(&str, Mat)], compress: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let mut text = b"MATLAB 5.0 MAT-file, written by the coarse2fine tests".to_vec();
     text.resize(116, b' ');
@@ -224,8 +230,7 @@ pub fn write_mat(path: &Path, variables: &[(&str, Mat)], compress: bool) {
             out.extend(m);
         }
     }
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, out).unwrap();
+    out
 }
 
 /// A PNG of under a hundred bytes whose header declares a `w × h` 8-bit RGB image (a

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::common::datasets::{
-    expect_file_error, loader_skips, pattern, scratch, write_jpeg, write_mat, Mat,
+    expect_file_error, loader_skips, mat_bytes, pattern, scratch, write_jpeg, write_mat, Mat,
 };
 use c2f_train::data::{cars, open_dataset, BBox, DatasetKind};
 
@@ -200,4 +200,87 @@ fn bad_annotations_name_file_and_element() {
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() - 40]).unwrap();
     expect_file_error(cars::open(&dir), &p, &["cannot parse MAT-file"]);
+}
+
+/// Where `needle` starts in `bytes`.
+fn find(bytes: &[u8], needle: &[u8]) -> usize {
+    bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap()
+}
+
+/// MAT-files that made matrw panic, reserve gigabytes or inflate without end (found by
+/// tests/fuzz) are refused naming the file, before or around matrw.
+#[test]
+fn corrupt_mat_files_are_refused_not_trusted() {
+    let dir = scratch("data_cars", "corrupt_mat");
+    write_tree(&dir, &TRAIN);
+    let meta = dir.join("devkit/cars_meta.mat");
+    let names = || {
+        Mat::Cell(
+            NAMES.iter().map(|n| Mat::Text(n.to_string())).collect(),
+            [1, 3],
+        )
+    };
+    let plain = mat_bytes(&[("class_names", names())], false);
+
+    // A byte of a class name that is not UTF-8: matrw unwraps the conversion and panics; the
+    // panic is contained.
+    let mut bad_utf8 = plain.clone();
+    bad_utf8[find(&plain, b"Acura") + 2] = 0xff;
+    std::fs::write(&meta, &bad_utf8).unwrap();
+    expect_file_error(
+        cars::open(&dir),
+        &meta,
+        &["cannot parse MAT-file", "the MAT reader gave up"],
+    );
+
+    // A name's data element declaring 3 GB: matrw would reserve them.
+    let mut huge = plain.clone();
+    let size_at = find(&plain, b"Acura") - 4;
+    huge[size_at..size_at + 4].copy_from_slice(&3_054_174_214u32.to_le_bytes());
+    std::fs::write(&meta, &huge).unwrap();
+    expect_file_error(
+        cars::open(&dir),
+        &meta,
+        &["a data element declares 3054174214 bytes where"],
+    );
+
+    // A cell array claiming 2^30 elements in a few hundred bytes.
+    let mut many = plain.clone();
+    let dims_at = find(&plain, &[5, 0, 0, 0, 8, 0, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0]) + 12;
+    many[dims_at..dims_at + 4].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    std::fs::write(&meta, &many).unwrap();
+    expect_file_error(
+        cars::open(&dir),
+        &meta,
+        &["1073741824 elements declared in"],
+    );
+
+    // A compressed variable cut short (its size too): matrw unwraps the inflation and panics.
+    let mut cut = mat_bytes(&[("class_names", names())], true);
+    cut.truncate(cut.len() - 10);
+    let size = (cut.len() - 136) as u32;
+    cut[132..136].copy_from_slice(&size.to_le_bytes());
+    std::fs::write(&meta, &cut).unwrap();
+    expect_file_error(cars::open(&dir), &meta, &["does not inflate"]);
+
+    // A compressed variable of 65 MiB of zeros (65 KB in the file): inflated no further than
+    // 64 MiB.
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    for _ in 0..65 {
+        std::io::Write::write_all(&mut z, &[0u8; 1 << 20]).unwrap();
+    }
+    let z = z.finish().unwrap();
+    let mut bomb = plain[..128].to_vec();
+    bomb.extend(15u32.to_le_bytes());
+    bomb.extend((z.len() as u32).to_le_bytes());
+    bomb.extend(z);
+    std::fs::write(&meta, &bomb).unwrap();
+    expect_file_error(
+        cars::open(&dir),
+        &meta,
+        &["a compressed variable inflates to more than 67108864 bytes"],
+    );
 }
