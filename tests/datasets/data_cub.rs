@@ -237,6 +237,18 @@ fn label_out_of_range_names_file_and_line() {
         |t| replace_line(t, 5, "5 bird"),
         &[&line, "bird"],
     );
+    // Without classes.txt the classes run up to the largest label: one of 10^18 is refused
+    // before a name is made for each (tests/fuzz found it).
+    let dir = scratch("label_huge");
+    Fixture::tiny().write(&dir, None);
+    std::fs::remove_file(dir.join("classes.txt")).unwrap();
+    let path = dir.join("image_class_labels.txt");
+    std::fs::write(&path, replace_line(&labels, 5, "5 1000000000000000000")).unwrap();
+    expect_file_error(
+        cub::open(&dir),
+        &path,
+        &[&line, "label 1000000000000000000 is above 100000"],
+    );
 }
 
 #[test]

@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 use c2f_kernels::Result;
 use matrw::MatVariable;
 
-use super::files::{at_error, box_from_corners, check_box, dataset_of, file_error, Origin, Place};
+use super::files::{
+    at_error, box_from_corners, check_box, check_label, dataset_of, file_error, Origin, Place,
+};
 use super::{mat, Dataset, OpenOptions, Sample};
 
 pub fn open(root: &Path) -> Result<Dataset> {
@@ -146,6 +148,7 @@ fn read_annotation(
             format!("class {class} is not a whole number >= 1"),
         ));
     }
+    check_label(class).map_err(|m| at_error(path, &format!("{place}.class"), m))?;
     let fname = mat::text(field("fname")?)
         .filter(|f| !f.is_empty())
         .ok_or_else(|| at_error(path, &format!("{place}.fname"), "not a file name"))?;

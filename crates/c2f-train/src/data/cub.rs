@@ -29,7 +29,7 @@ use std::path::Path;
 
 use c2f_kernels::Result;
 
-use super::files::{check_box, dataset_of, line_error, read_lines, Origin, Place};
+use super::files::{check_box, check_label, dataset_of, line_error, read_lines, Origin, Place};
 use super::{BBox, Dataset, OpenOptions, Sample};
 
 /// `image id → (line number, fields)` of one text file.
@@ -141,12 +141,19 @@ pub fn open_with(root: &Path, options: &OpenOptions) -> Result<Dataset> {
         }
     }
 
-    // Labels.
-    let max_label = labels
+    // Labels: the first line (in file order) of one too large to be a class, then the largest.
+    let numbers: Vec<(usize, u64)> = labels
         .values()
-        .filter_map(|(_, f)| f[0].parse::<u64>().ok())
-        .max()
-        .unwrap_or(0);
+        .filter_map(|(line, f)| Some((*line, f[0].parse::<u64>().ok()?)))
+        .collect();
+    if let Some((line, message)) = numbers
+        .iter()
+        .filter_map(|&(line, l)| Some((line, check_label(l as f64).err()?)))
+        .min()
+    {
+        return Err(line_error(&labels_path, line, message));
+    }
+    let max_label = numbers.iter().map(|&(_, l)| l).max().unwrap_or(0);
     let n_classes = class_names
         .as_ref()
         .map_or(max_label as usize, |names| names.len());

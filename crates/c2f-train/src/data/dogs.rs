@@ -30,7 +30,9 @@ use std::path::Path;
 use c2f_kernels::Result;
 use rayon::prelude::*;
 
-use super::files::{at_error, box_from_corners, check_box, dataset_of, file_error, Origin, Place};
+use super::files::{
+    at_error, box_from_corners, check_box, check_label, dataset_of, file_error, Origin, Place,
+};
 use super::{mat, BBox, Dataset, OpenOptions, Sample};
 
 pub fn open(root: &Path) -> Result<Dataset> {
@@ -141,13 +143,15 @@ fn read_list(path: &Path) -> Result<Vec<Entry>> {
         let rel = mat::text(f)
             .filter(|r| !r.is_empty())
             .ok_or_else(|| at_error(path, &place, "not a path"))?;
+        let place_of_label = format!("labels({})", k + 1);
         if label < 1.0 || label.fract() != 0.0 || !label.is_finite() {
             return Err(at_error(
                 path,
-                &format!("labels({})", k + 1),
+                &place_of_label,
                 format!("label {label} is not a whole number >= 1"),
             ));
         }
+        check_label(label).map_err(|m| at_error(path, &place_of_label, m))?;
         if let Some(first) = first_of.insert(rel.clone(), k + 1) {
             return Err(at_error(
                 path,

@@ -102,6 +102,22 @@ impl Origin {
     }
 }
 
+/// The largest label a dataset may use: its class names are made up to the largest label where
+/// it has no list of them, so one corrupt label must not make billions. Far above any
+/// fine-grained set's classes (iNaturalist 2017: 5,089).
+pub(crate) const MAX_LABEL: u64 = 100_000;
+
+/// Refuses a 1-based label above [`MAX_LABEL`].
+pub(crate) fn check_label(label: f64) -> std::result::Result<(), String> {
+    if label > MAX_LABEL as f64 {
+        Err(format!(
+            "label {label} is above {MAX_LABEL}, more classes than any dataset has"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// The box of 1-based, inclusive corners `xmin ymin xmax ymax` (FGVC-Aircraft, Stanford Cars,
 /// PASCAL VOC's XML, so Stanford Dogs): the pixels `xmin..=xmax` are `[xmin − 1, xmax)` in our
 /// 0-based, half-open [`BBox`].
