@@ -181,15 +181,23 @@ fn hello(
     world: usize,
     deadline: Instant,
 ) -> Result<Option<(usize, TcpStream)>> {
-    let mut buf = [0u8; HELLO_BYTES];
     let wait = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(100));
-    let read = stream
+    let ready = stream
         .set_nonblocking(false)
-        .and_then(|()| stream.set_read_timeout(Some(wait)))
-        .and_then(|()| stream.read_exact(&mut buf));
-    if read.is_err() || &buf[..MAGIC.len()] != MAGIC {
+        .and_then(|()| stream.set_read_timeout(Some(wait)));
+    if ready.is_err() {
+        return Ok(None);
+    }
+    Ok(read_hello(&mut stream, from, world)?.map(|rank| (rank, stream)))
+}
+
+/// Rank 0's reading of a hello from `from` (public for the fuzz tests): the rank, or `None` for
+/// a stranger (too short, or not our magic), or an error for a rank of another shape of job.
+pub fn read_hello(stream: &mut impl Read, from: SocketAddr, world: usize) -> Result<Option<usize>> {
+    let mut buf = [0u8; HELLO_BYTES];
+    if stream.read_exact(&mut buf).is_err() || &buf[..MAGIC.len()] != MAGIC {
         return Ok(None);
     }
     let word = |i: usize| u32::from_le_bytes(buf[MAGIC.len() + 4 * i..][..4].try_into().unwrap());
@@ -204,7 +212,7 @@ fn hello(
             "a process at {from} claims rank {rank} in a world of {world}"
         )));
     }
-    Ok(Some((rank, stream)))
+    Ok(Some(rank))
 }
 
 /// A non-zero rank's side of the TCP rendezvous.
@@ -241,33 +249,49 @@ fn join(master: &Master, rank: usize, world: usize, timeout: Duration) -> Result
     hello.extend((rank as u32).to_le_bytes());
     hello.extend((world as u32).to_le_bytes());
     let answer_wait = deadline.saturating_duration_since(Instant::now()) + VERDICT_GRACE;
-    let lost = |e: std::io::Error| {
-        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
-            fail(format!(
-                "rank {rank}: rank 0 at {at} did not hand out the id within {}",
-                seconds(timeout)
-            ))
-        } else {
-            fail(format!(
-                "rank {rank}: the connection to rank 0 at {at} failed: {e}"
-            ))
-        }
-    };
-    stream.write_all(&hello).map_err(lost)?;
-    stream.set_read_timeout(Some(answer_wait)).map_err(lost)?;
+    stream
+        .write_all(&hello)
+        .and_then(|()| stream.set_read_timeout(Some(answer_wait)))
+        .map_err(|e| lost(e, rank, &at, timeout))?;
+    read_answer(&mut stream, rank, &at, timeout)
+}
+
+/// A rank's error for a connection to rank 0 at `at` that failed or timed out.
+fn lost(e: std::io::Error, rank: usize, at: &str, timeout: Duration) -> DistError {
+    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+        fail(format!(
+            "rank {rank}: rank 0 at {at} did not hand out the id within {}",
+            seconds(timeout)
+        ))
+    } else {
+        fail(format!(
+            "rank {rank}: the connection to rank 0 at {at} failed: {e}"
+        ))
+    }
+}
+
+/// Rank `rank`'s reading of rank 0's answer from `at` (public for the fuzz tests): the id, or
+/// rank 0's message (its length capped at 64 KiB), or an error for anything else.
+pub fn read_answer(
+    stream: &mut impl Read,
+    rank: usize,
+    at: &str,
+    timeout: Duration,
+) -> Result<UniqueId> {
+    let failed = |e| lost(e, rank, at, timeout);
     let mut status = [0u8];
-    stream.read_exact(&mut status).map_err(lost)?;
+    stream.read_exact(&mut status).map_err(failed)?;
     match status[0] {
         0 => {
             let mut id = [0u8; UNIQUE_ID_BYTES];
-            stream.read_exact(&mut id).map_err(lost)?;
+            stream.read_exact(&mut id).map_err(failed)?;
             Ok(id)
         }
         1 => {
             let mut len = [0u8; 4];
-            stream.read_exact(&mut len).map_err(lost)?;
+            stream.read_exact(&mut len).map_err(failed)?;
             let mut message = vec![0u8; u32::from_le_bytes(len).min(1 << 16) as usize];
-            stream.read_exact(&mut message).map_err(lost)?;
+            stream.read_exact(&mut message).map_err(failed)?;
             Err(fail(format!(
                 "rank {rank}: rank 0 gave up: {}",
                 String::from_utf8_lossy(&message)
