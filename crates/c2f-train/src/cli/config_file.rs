@@ -10,7 +10,7 @@ use super::args::Cli;
 /// For `c2f train --config FILE`: the command line with the file's keys put in front of the
 /// user's flags as flags (so the user's come later and win), each key checked against the
 /// flags `train` has.
-pub(super) fn with_config_file(argv: Vec<String>) -> Result<Vec<String>> {
+pub fn with_config_file(argv: Vec<String>) -> Result<Vec<String>> {
     let position = argv.iter().position(|a| a == "--config");
     let path = match position {
         Some(i) if argv.get(1).map(String::as_str) == Some("train") => match argv.get(i + 1) {

@@ -7,7 +7,7 @@
 //! [`main`].
 
 pub mod args;
-mod config_file;
+pub mod config_file;
 mod device;
 mod distributed;
 mod eval;
