@@ -352,27 +352,6 @@ fn unknown_config_key_is_refused_naming_file_and_key() {
     );
 }
 
-#[test]
-fn warmup_lengths_that_are_not_epochs_are_refused() {
-    for (flag, value) in [
-        ("--warmup-epochs", "-1"),
-        ("--center-warmup-epochs", "NaN"),
-        ("--center-warmup-epochs", "two"),
-    ] {
-        let out = c2f(&["train", flag, value]);
-        let log = text(&out);
-        assert!(!out.status.success(), "{flag} {value}: {log}");
-        assert!(
-            log.contains(flag) && log.contains(&format!("`{value}` is not a number of epochs")),
-            "{flag} {value}: {log}"
-        );
-        assert!(
-            !log.contains("train / "),
-            "{flag} {value}: data was made: {log}"
-        );
-    }
-}
-
 /// `c2f train` with `vars` added to its environment (and torchrun's, SLURM's and OpenMPI's
 /// rank variables removed, in case the test itself runs under one).
 fn c2f_with_env(args: &[&str], vars: &[(&str, &str)]) -> Output {

@@ -45,6 +45,8 @@ pub fn load(
     options: LoadOptions,
 ) -> Result<()> {
     if graph.config.width != 1.0 {
+        // A missing or broken file is named as that first: another width would not help it.
+        read_checked(path, &[], |_| true, "InceptionV3 weights")?;
         return Err(file_error(
             path,
             format!(
