@@ -16,6 +16,9 @@ pub(super) fn eval(args: EvalArgs) -> Result<()> {
         || open_device(args.device.as_deref()),
         &mut |model, meta| {
             let opened = meta.data.open(meta.config.input_size)?;
+            if let Some(report) = opened.missing_report() {
+                eprintln!("{report}");
+            }
             let loader = test_loader(&meta.config, opened.test)?;
             let start = Instant::now();
             let evaluation = model.evaluate(&loader, meta.config.classes)?;

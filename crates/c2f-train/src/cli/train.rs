@@ -54,6 +54,9 @@ pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
     let mut cfg = args.config(machine);
     let data = args.data_spec(cfg.seed);
     let opened = data.open(cfg.input_size)?;
+    if let (true, Some(report)) = (leader, opened.missing_report()) {
+        eprintln!("{report}");
+    }
     cfg.classes = opened.class_names.len();
     cfg.task = opened.task;
     let upsampler_weights = match args.upsampler.as_deref() {
