@@ -1,10 +1,31 @@
 //! The small training runs the trainer's and the data-parallel tests share: a tiny
-//! configuration, the 3-class synthetic set, and the metrics a run writes.
+//! configuration (and the `c2f train` flags of one), the 3-class synthetic set, and the metrics
+//! a run writes.
+
+#![allow(dead_code)] // each test binary uses a part
 
 use std::path::Path;
 
 use c2f_train::data::spec::DataSpec;
 use c2f_train::train::TrainConfig;
+
+/// `c2f train` for one epoch of a tiny model on the CPU.
+pub const TINY_TRAIN: [&str; 14] = [
+    "train",
+    "--device",
+    "cpu",
+    "--epochs",
+    "1",
+    "--batch",
+    "4",
+    "--size",
+    "75",
+    "--width",
+    "0.125",
+    "--maps",
+    "2",
+    "--no-progress",
+];
 
 /// One epoch of batch 4 on 75² inputs, width 1/8, 3 classes, 2 maps; the rest by default.
 pub fn tiny_config(lr: f64, seed: u64) -> TrainConfig {

@@ -6,6 +6,7 @@
 #[path = "../common"]
 mod common {
     pub mod datasets;
+    pub mod train;
 }
 
 mod data_aircraft;
@@ -16,5 +17,6 @@ mod data_dogs;
 mod data_image_io;
 mod data_inat;
 mod data_loader;
+mod data_missing;
 mod data_synthetic;
 mod data_transform;

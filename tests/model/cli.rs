@@ -1,11 +1,13 @@
 //! The `c2f` binary: a TOML config file with command-line overrides, its unknown keys refused
 //! naming the file and key; `c2f eval` and `c2f predict` on the checkpoint a run wrote; an
-//! unreadable image skipped by `predict` with its path; data-parallel training refused where it
-//! cannot run; CelebA's attributes trained, evaluated and predicted per attribute; the
-//! synthetic set's own seed.
+//! unreadable image skipped by `predict` with its path (status 1 when none is readable);
+//! data-parallel training refused where it cannot run; CelebA's attributes trained, evaluated
+//! and predicted per attribute; the synthetic set's own seed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use crate::common::train::TINY_TRAIN;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli_{name}"));
@@ -51,24 +53,6 @@ fn c2f_refused(args: &[&str]) -> String {
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
-
-/// `c2f train` for one epoch of a tiny model on the CPU.
-const TINY_TRAIN: [&str; 14] = [
-    "train",
-    "--device",
-    "cpu",
-    "--epochs",
-    "1",
-    "--batch",
-    "4",
-    "--size",
-    "75",
-    "--width",
-    "0.125",
-    "--maps",
-    "2",
-    "--no-progress",
-];
 
 #[test]
 fn config_file_eval_and_predict() {
@@ -203,12 +187,17 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
     // A PNG header declaring 40000×40000 pixels: refused before decoding, by name.
     let bomb = dir.join("bomb.png");
     std::fs::write(&bomb, crate::common::datasets::bomb_png(40_000, 40_000)).unwrap();
-    let out = c2f(&[
-        "predict",
-        "--checkpoint",
-        path(&checkpoint),
-        "--device",
-        device,
+    let predict = |args: &[&str]| {
+        let head = [
+            "predict",
+            "--checkpoint",
+            path(&checkpoint),
+            "--device",
+            device,
+        ];
+        c2f(&[&head[..], args].concat())
+    };
+    let out = predict(&[
         "--top",
         "2",
         path(&files[0]),
@@ -232,16 +221,7 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
         "{log}"
     );
     // --max-image-pixels lowers the cap: the 75×75 images are refused too.
-    let capped = c2f_ok(&[
-        "predict",
-        "--checkpoint",
-        path(&checkpoint),
-        "--device",
-        device,
-        "--max-image-pixels",
-        "5000",
-        path(&files[0]),
-    ]);
+    let capped = text(&predict(&["--max-image-pixels", "5000", path(&files[0])]));
     assert!(
         capped.contains("75×75 is 5625 pixels, above the limit of 5000"),
         "{capped}"
@@ -249,6 +229,20 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
     for f in &files {
         assert!(log.contains(&f.display().to_string()), "{log}");
     }
+    // No image readable: each one named, then a refusal naming them all, status 1.
+    let missing = dir.join("missing.jpg");
+    let out = predict(&[path(&corrupt), path(&missing)]);
+    let refusal = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{refusal}");
+    assert!(
+        refusal.contains(&format!("{}: skipped", missing.display()))
+            && refusal.contains(&format!(
+                "c2f: {}, {}: no image could be read (2 given",
+                corrupt.display(),
+                missing.display()
+            )),
+        "{refusal}"
+    );
     // Per image: the three predictions, each with two named classes and percentages.
     let names = c2f_train::data::synthetic::class_name;
     let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("  ")).collect();
@@ -378,27 +372,6 @@ fn unknown_config_key_is_refused_naming_file_and_key() {
         log.contains(&config.display().to_string()) && log.contains("unknown key `learning_rate`"),
         "{log}"
     );
-}
-
-#[test]
-fn warmup_lengths_that_are_not_epochs_are_refused() {
-    for (flag, value) in [
-        ("--warmup-epochs", "-1"),
-        ("--center-warmup-epochs", "NaN"),
-        ("--center-warmup-epochs", "two"),
-    ] {
-        let out = c2f(&["train", flag, value]);
-        let log = text(&out);
-        assert!(!out.status.success(), "{flag} {value}: {log}");
-        assert!(
-            log.contains(flag) && log.contains(&format!("`{value}` is not a number of epochs")),
-            "{flag} {value}: {log}"
-        );
-        assert!(
-            !log.contains("train / "),
-            "{flag} {value}: data was made: {log}"
-        );
-    }
 }
 
 /// `c2f train` with `vars` added to its environment (and torchrun's, SLURM's and OpenMPI's

@@ -16,6 +16,8 @@ mod common {
 
 mod c2f_golden;
 mod cli;
+mod cli_values;
+mod crash;
 mod interpolate;
 mod localize;
 mod model;

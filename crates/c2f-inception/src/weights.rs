@@ -45,6 +45,8 @@ pub fn load(
     options: LoadOptions,
 ) -> Result<()> {
     if graph.config.width != 1.0 {
+        // A missing or broken file is named as that first: another width would not help it.
+        read_checked(path, &[], |_| true, "InceptionV3 weights")?;
         return Err(file_error(
             path,
             format!(
@@ -212,23 +214,51 @@ pub fn save(path: &Path, graph: &Graph, params: &[f32], buffers: &[f32]) -> Resu
     write_tensors(path, &tensors, None)
 }
 
-/// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it over `path`, so a
-/// crash leaves either the old file or the new one, never a torn one.
+/// The environment variable that makes [`write_atomically`] pause this many milliseconds
+/// between the synced temporary file and the rename, saying so on stderr: for tests that kill
+/// a process in the middle of a write.
+pub const PAUSE_BEFORE_RENAME: &str = "C2F_TEST_PAUSE_BEFORE_RENAME_MS";
+
+/// The prefix of the temporary file [`write_atomically`] writes beside `name` (the process id
+/// follows), so that a crashed run's leftovers can be found.
+pub fn temporary_prefix(name: &str) -> String {
+    format!(".{name}.tmp")
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it, renames it over `path` and syncs
+/// the folder, so a crash (or a power cut) leaves either the old file or the new one, never a
+/// torn one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let name = path
         .file_name()
         .ok_or_else(|| file_error(path, "not a file path"))?;
     let tmp = path.with_file_name(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
+        "{}{}",
+        temporary_prefix(&name.to_string_lossy()),
         std::process::id()
     ));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        if let Some(ms) = std::env::var(PAUSE_BEFORE_RENAME)
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            eprintln!(
+                "{PAUSE_BEFORE_RENAME}: {} written, renaming in {ms} ms",
+                tmp.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        std::fs::rename(&tmp, path)?;
+        // The rename is durable once the folder's entry is.
+        let folder = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(folder)?.sync_all()
     })();
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);

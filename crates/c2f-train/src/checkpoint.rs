@@ -52,7 +52,9 @@ fn file_error(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-/// Reads every tensor of `state` off the backend and writes them with `meta` to `path`.
+/// Reads every tensor of `state` off the backend and writes them with `meta` to `path`. A state
+/// with a value that is not finite is an [`Error::Divergence`] naming the tensor, and nothing is
+/// written: the file there stays the last good checkpoint.
 pub fn save<B: Backend<Scalar = f32>>(
     b: &mut B,
     path: &Path,
@@ -63,6 +65,15 @@ pub fn save<B: Backend<Scalar = f32>>(
         .iter()
         .map(|n| b.read(n.tensor))
         .collect::<Result<Vec<_>>>()?;
+    for (n, v) in state.iter().zip(&values) {
+        if let Some(&value) = v.iter().find(|x| !x.is_finite()) {
+            return Err(Error::Divergence {
+                step: meta.step as usize,
+                term: format!("{} tensor `{}`", meta.model, n.name),
+                value: value.into(),
+            });
+        }
+    }
     let tensors: Vec<(&str, &[usize], &[f32])> = state
         .iter()
         .zip(&values)

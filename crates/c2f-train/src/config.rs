@@ -143,7 +143,8 @@ pub struct TrainConfig {
 /// What a [`Preset`] is sized for: the run's length, batch, resolution and backbone width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Machine {
-    /// 16 epochs of batch 16 at 96², width 0.25: the demo learns in minutes on a CPU.
+    /// 16 epochs of batch 16 at 96², width 0.25 (1.0 with pretrained weights): the demo learns
+    /// in minutes on a CPU.
     Cpu,
     /// 40 epochs of batch 64 at 299², width 1.0 (torchvision's InceptionV3).
     Gpu,
@@ -162,7 +163,8 @@ pub enum Preset {
     FromScratchDemo,
     /// `c2f train --weights`: the paper's setting, fine-tuning pretrained weights with the
     /// paper's (WS-DAN's) optimiser, lr 1e-3 ×0.9 every 2 epochs, no warmup, λ = 1, and the
-    /// paper's center rule (Eq. 2 and 3) on one bank for both passes.
+    /// paper's center rule (Eq. 2 and 3) on one bank for both passes; width 1.0 on any machine,
+    /// the only width torchvision's weights fit.
     Paper,
 }
 
@@ -171,9 +173,10 @@ impl Preset {
     /// Both presets share M = 8 maps, momentum 0.9, weight decay 1e-5, β = 0.05, BatchNorm
     /// training, the learnable up-sampler and the orthogonal attention start.
     pub fn config(self, machine: Machine) -> TrainConfig {
-        let (epochs, batch, input_size, width) = match machine {
-            Machine::Cpu => (16, 16, 96, 0.25),
-            Machine::Gpu => (40, 64, 299, 1.0),
+        let (epochs, batch, input_size, width) = match (machine, self) {
+            (Machine::Cpu, Preset::FromScratchDemo) => (16, 16, 96, 0.25),
+            (Machine::Cpu, Preset::Paper) => (16, 16, 96, 1.0),
+            (Machine::Gpu, _) => (40, 64, 299, 1.0),
         };
         let (lr, classifier_lr_scale, schedule, warmup_epochs, center_lambda, center_warmup) =
             match self {

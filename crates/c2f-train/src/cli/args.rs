@@ -2,12 +2,20 @@
 //! options over the [`crate::config::Preset`] the run starts from, so that their defaults have
 //! one home, the library's presets.
 
+use std::ops::Bound::{self, Excluded, Included};
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
+use c2f_inception::spec::MIN_INPUT;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use super::values::{within, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_MAPS};
 use crate::config::{BnPolicy, CenterBanks, CenterRuleName, Schedule};
 use crate::data::image_io::DEFAULT_MAX_PIXELS;
+use crate::data::synthetic::{max_classes, CLUTTER, OBJECT_SCALES, SIDES};
+
+/// Learning rates: above 0, and at most 10, past which SGD only diverges.
+const LEARNING_RATES: (Bound<f64>, Bound<f64>) = (Excluded(0.0), Included(10.0));
 
 #[derive(Parser)]
 #[command(
@@ -80,44 +88,44 @@ pub struct TrainArgs {
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     pub attributes: Option<Vec<String>>,
     /// Epochs (default: 16 on the CPU, 40 on a GPU; the paper: 200).
-    #[arg(long)]
+    #[arg(long, value_parser = within(1..=MAX_EPOCHS))]
     pub epochs: Option<usize>,
     /// Batch size (default: 16 on the CPU, 64 on a GPU).
-    #[arg(long)]
+    #[arg(long, value_parser = within(1..=MAX_BATCH))]
     pub batch: Option<usize>,
     /// Input side (default: 96 on the CPU, 299 on a GPU).
-    #[arg(long)]
+    #[arg(long, value_parser = within(sizes()))]
     pub size: Option<usize>,
-    /// Backbone width multiplier (default: 0.25 on the CPU, 1.0 on a GPU).
-    #[arg(long)]
+    /// Backbone width multiplier (default: 0.25 on the CPU, 1.0 on a GPU or with --weights).
+    #[arg(long, value_parser = within((Excluded(0.0), Included(4.0))))]
     pub width: Option<f64>,
     /// Attention maps M (default: 8, the paper's; WS-DAN: 32).
-    #[arg(long)]
+    #[arg(long, value_parser = within(1..=MAX_MAPS))]
     pub maps: Option<usize>,
     /// Synthetic set: classes (the first N spot patterns, pairwise close; default: 5).
-    #[arg(long)]
+    #[arg(long, value_parser = within(2..=max_classes()))]
     pub classes: Option<usize>,
     /// Synthetic set: training images (default: 1200).
-    #[arg(long)]
+    #[arg(long, value_parser = within(1..=MAX_IMAGES))]
     pub train_images: Option<usize>,
     /// Synthetic set: test images (default: 400).
-    #[arg(long)]
+    #[arg(long, value_parser = within(1..=MAX_IMAGES))]
     pub test_images: Option<usize>,
     /// Synthetic set: the object's extent as a fraction of the image side, drawn from [LO, HI]
     /// (default: 0.6 0.9; smaller is harder: a spot is then a pixel or two at 96²).
-    #[arg(long, num_args = 2, value_names = ["LO", "HI"])]
+    #[arg(long, num_args = 2, value_names = ["LO", "HI"], value_parser = within(OBJECT_SCALES))]
     pub object_scale: Option<Vec<f32>>,
     /// Synthetic set: background clutter, distractor spots included (0 = none, 1 = full;
     /// default: 0.5).
-    #[arg(long)]
+    #[arg(long, value_parser = within(CLUTTER))]
     pub clutter: Option<f32>,
     /// Base learning rate (default: 0.02 from scratch; 1e-3 with --weights, WS-DAN's).
-    #[arg(long)]
+    #[arg(long, value_parser = within(LEARNING_RATES))]
     pub lr: Option<f64>,
     /// The classifiers' learning rate over --lr (default: 0.005 from scratch, where the
     /// backbone's rate would make the classifiers' logits jump: they read 100× the unit-norm
     /// part features; 1 with --weights, as WS-DAN).
-    #[arg(long)]
+    #[arg(long, value_parser = within((Excluded(0.0), Included(1000.0))))]
     pub classifier_lr_scale: Option<f64>,
     /// Learning-rate schedule (default: cosine from scratch; with --weights WS-DAN's step,
     /// ×0.9 every 2 epochs).
@@ -125,13 +133,13 @@ pub struct TrainArgs {
     pub schedule: Option<Schedule>,
     /// Epochs over which the learning rate rises linearly from zero (default: 2 from scratch;
     /// 0 with --weights).
-    #[arg(long, value_parser = epochs_fraction, allow_negative_numbers = true)]
+    #[arg(long, value_parser = within(0.0..=MAX_EPOCHS as f64))]
     pub warmup_epochs: Option<f64>,
     /// SGD momentum (default: 0.9, the paper's).
-    #[arg(long)]
+    #[arg(long, value_parser = within(0.0..1.0))]
     pub momentum: Option<f64>,
     /// SGD weight decay (default: 1e-5, the paper's).
-    #[arg(long)]
+    #[arg(long, value_parser = within(0.0..=1.0))]
     pub weight_decay: Option<f64>,
     /// BatchNorm while training (default: train).
     #[arg(long, value_enum)]
@@ -139,10 +147,10 @@ pub struct TrainArgs {
     /// Center loss weight λ (default: 0.3 from scratch, where the full weight pulls every
     /// image's part features together before they tell the classes apart in about one run in
     /// four (docs/experiments.md); 1 with --weights, the paper's).
-    #[arg(long)]
+    #[arg(long, value_parser = within(0.0..=100.0))]
     pub lambda: Option<f64>,
     /// Center moving-average rate β (default: 0.05).
-    #[arg(long)]
+    #[arg(long, value_parser = within((Excluded(0.0), Included(1.0))))]
     pub beta: Option<f64>,
     /// How the centers enter the center loss and move: `moving-average`, the paper's Eq. 2 and
     /// 3 (raw centers from zero, `c ← (1 − β)c + βf` per sample), or `normalized`, the WS-DAN
@@ -157,15 +165,15 @@ pub struct TrainArgs {
     /// Epochs over which λ rises linearly from zero (default: 3 from scratch, where a full
     /// center loss at the start can pull every image's part features to one point; 0 with
     /// --weights, as in the paper).
-    #[arg(long, value_parser = epochs_fraction, allow_negative_numbers = true)]
+    #[arg(long, value_parser = within(0.0..=MAX_EPOCHS as f64))]
     pub center_warmup_epochs: Option<f64>,
     /// Seed of everything random: the synthetic set, the data order and augmentation, the
     /// attention start and the fine branch's map choice (default: 0).
-    #[arg(long)]
+    #[arg(long, value_parser = within(0u64..))]
     pub seed: Option<u64>,
     /// Synthetic set: draw the images from this seed instead of --seed, so that the training's
     /// randomness and the data can be varied apart.
-    #[arg(long)]
+    #[arg(long, value_parser = within(0u64..))]
     pub data_seed: Option<u64>,
     /// Start the attention conv from a plain uniform draw instead of orthonormal rows (the
     /// paper's Table 8 ablation).
@@ -193,10 +201,10 @@ pub struct TrainArgs {
     #[arg(long, requires = "run_dir")]
     pub resume: bool,
     /// Also checkpoint every N steps (0, the default: only at each epoch's end).
-    #[arg(long)]
+    #[arg(long, value_parser = within(0u64..))]
     pub checkpoint_every: Option<u64>,
     /// Evaluate on the test split every N epochs (default: 1; 0: only after the last).
-    #[arg(long)]
+    #[arg(long, value_parser = within(0..=MAX_EPOCHS))]
     pub eval_every: Option<usize>,
     /// No progress bar.
     #[arg(long)]
@@ -231,20 +239,20 @@ pub struct EvalArgs {
 #[derive(clap::Args)]
 pub struct PretrainArgs {
     /// The Coarse2Fine input side the up-sampler is for (default: 96 on the CPU, 299 on a GPU).
-    #[arg(long)]
+    #[arg(long, value_parser = within(sizes()))]
     pub size: Option<usize>,
     /// Training pairs per epoch (the paper: 60,000).
-    #[arg(long, default_value_t = 60_000)]
+    #[arg(long, default_value_t = 60_000, value_parser = within(1..=MAX_IMAGES))]
     pub pairs: usize,
     /// Epochs (the paper: 100).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = within(1..=MAX_EPOCHS))]
     pub epochs: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = within(1..=MAX_BATCH))]
     pub batch: usize,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = within(LEARNING_RATES))]
     pub lr: f64,
     /// Seed of the generated pairs.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = within(0u64..))]
     pub seed: u64,
     /// Where the weights go (rewritten atomically after every epoch).
     #[arg(long, default_value = "upsampler.safetensors")]
@@ -259,17 +267,17 @@ pub struct LocalizeArgs {
     /// The Coarse2Fine checkpoint (`<run-dir>/coarse2fine/checkpoint.safetensors`).
     pub checkpoint: PathBuf,
     /// Threshold as a fraction of the filtered map's range, min to max (0: its minimum).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = within(0.0..=1.0))]
     pub threshold: f64,
     /// Box-filter side in input pixels (default: one attention-map cell).
-    #[arg(long)]
+    #[arg(long, value_parser = within(sizes_from(1)))]
     pub box_filter: Option<usize>,
     /// The tight box around every pixel above the threshold (WS-DAN's code), instead of the box
     /// around the largest connected region.
     #[arg(long)]
     pub tight_box: bool,
     /// Only the first N test images.
-    #[arg(long)]
+    #[arg(long, value_parser = within(1usize..))]
     pub limit: Option<usize>,
     /// Where the metrics go as JSON (default: localization.json beside the checkpoint).
     #[arg(long)]
@@ -286,10 +294,10 @@ pub struct VisualizeArgs {
     /// The Coarse2Fine checkpoint (`<run-dir>/coarse2fine/checkpoint.safetensors`).
     pub checkpoint: PathBuf,
     /// Test-split images to draw, by index (default: the first --count).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = within(0usize..))]
     pub index: Vec<usize>,
     /// How many of the first test images to draw when no --index is given.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 12, value_parser = within(1usize..))]
     pub count: usize,
     /// The folder the PNGs go to.
     #[arg(long, default_value = "attention-pictures")]
@@ -321,7 +329,7 @@ pub struct PredictArgs {
     #[arg(long, value_enum, default_value = "all")]
     pub mode: Mode,
     /// How many classes to list per prediction (an attribute model lists every attribute).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = within(1usize..))]
     pub top: usize,
     /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
     #[arg(long)]
@@ -340,12 +348,12 @@ pub struct ImageLimit {
     pub max_image_pixels: u64,
 }
 
-/// A finite, non-negative number of epochs (a warmup's length may be a fraction of one).
-fn epochs_fraction(text: &str) -> std::result::Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!(
-            "`{text}` is not a number of epochs (finite, 0 or more)"
-        )),
-    }
+/// Input sides: InceptionV3's smallest to the synthetic set's largest.
+fn sizes() -> RangeInclusive<usize> {
+    sizes_from(MIN_INPUT)
+}
+
+/// From `lo` pixels to the largest input side.
+fn sizes_from(lo: usize) -> RangeInclusive<usize> {
+    lo..=*SIDES.end() as usize
 }

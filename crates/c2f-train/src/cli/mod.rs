@@ -15,12 +15,14 @@ mod localize;
 mod predict;
 mod pretrain;
 mod train;
+mod values;
 mod visualize;
 
-use c2f_kernels::Result;
-use clap::Parser;
+use c2f_kernels::{Error, Result};
+use clap::{CommandFactory, FromArgMatches};
 
 use args::{Cli, Command};
+pub use values::takes_number;
 
 /// Runs the command `std::env::args()` names; on an error, prints it and exits with status 1.
 pub fn main() {
@@ -32,8 +34,8 @@ pub fn main() {
 
 /// Runs the command `argv` (the program's name first) names.
 pub fn run(argv: Vec<String>) -> Result<()> {
-    let argv = config_file::with_config_file(argv)?;
-    match Cli::parse_from(&argv).command {
+    let (cli, argv) = parse(argv)?;
+    match cli.command {
         Command::Train(args) => train::train(*args, &argv),
         Command::Eval(args) => eval::eval(args),
         Command::Predict(args) => predict::predict(args),
@@ -41,4 +43,44 @@ pub fn run(argv: Vec<String>) -> Result<()> {
         Command::Localize(args) => localize::localize(args),
         Command::Visualize(args) => visualize::visualize(args),
     }
+}
+
+/// `argv` parsed and checked before anything runs: a `--config` file's keys merged in (the
+/// merged command line is returned beside), every number in its flag's range, the flags that
+/// depend on each other agreeing. A refused value is an [`Error::Config`] naming the flag, or an
+/// [`Error::File`] naming the config file and key. `--help` and `--version` print and exit;
+/// clap's other usage errors (an unknown flag, a missing value) print as clap words them and
+/// exit with status 1.
+pub fn parse(argv: Vec<String>) -> Result<(Cli, Vec<String>)> {
+    let argv = config_file::with_config_file(argv)?;
+    let cli = command()
+        .try_get_matches_from(&argv)
+        .and_then(|m| Cli::from_arg_matches(&m))
+        .map_err(usage_error)?;
+    if let Command::Train(args) = &cli.command {
+        args.check()?;
+    }
+    Ok((cli, argv))
+}
+
+/// The command line's clap command, with every number-taking flag also taking a value that
+/// starts with `-` (`--lr -1`, `--lr -inf`), so that its range check, not a "no such flag"
+/// error, answers.
+pub fn command() -> clap::Command {
+    Cli::command().mut_subcommands(|command| {
+        command.mut_args(|arg| match takes_number(&arg) {
+            true => arg.allow_hyphen_values(true),
+            false => arg,
+        })
+    })
+}
+
+/// A value clap refused as an [`Error::Config`] naming the flag; any other usage error printed
+/// by clap, and the process ended (status 0 for `--help` and `--version`, else 1).
+fn usage_error(e: clap::Error) -> Error {
+    if let Some((flag, value)) = values::value_error(&e) {
+        return Error::config(&flag, value, values::reason(&e));
+    }
+    let _ = e.print();
+    std::process::exit(if e.use_stderr() { 1 } else { 0 })
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use c2f_kernels::Result;
+use c2f_kernels::{Error, Result};
 
 use super::args::{Mode, PredictArgs};
 use super::device::open_device;
@@ -38,6 +38,7 @@ pub(super) fn predict(args: PredictArgs) -> Result<()> {
                 ),
             )?;
             let names = ["coarse", "fine", "average"];
+            let mut read = 0;
             for (i, path) in args.images.iter().enumerate() {
                 // One image at a time: an unreadable one is reported and the rest still run.
                 let batch = match loader.load_batch(&[i], 0) {
@@ -47,6 +48,7 @@ pub(super) fn predict(args: PredictArgs) -> Result<()> {
                         continue;
                     }
                 };
+                read += 1;
                 let heads = model.probabilities(&padded_images(&batch.images, 1, cfg.batch))?;
                 println!("{}", path.display());
                 for (k, row) in prediction_rows(&heads, 0, cfg.classes).iter().enumerate() {
@@ -75,6 +77,21 @@ pub(super) fn predict(args: PredictArgs) -> Result<()> {
                         .collect();
                     println!("  {:<8} {}", names[k], top.join(", "));
                 }
+            }
+            if read == 0 {
+                let paths: Vec<String> = args
+                    .images
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                return Err(Error::Data {
+                    path: paths.join(", "),
+                    line: None,
+                    message: format!(
+                        "no image could be read ({} given; each one's reason is above)",
+                        paths.len()
+                    ),
+                });
             }
             Ok(())
         },

@@ -24,7 +24,6 @@ use crate::upsampler::UpsamplerKind;
 /// `c2f train`: checks the flags, then starts the workers (`--gpus`), or joins a launcher's job,
 /// or trains alone.
 pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
-    args.check()?;
     if let Some(spec) = &args.gpus {
         return launch_workers(&args, spec, argv);
     }
@@ -55,6 +54,9 @@ pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
     let mut cfg = args.config(machine);
     let data = args.data_spec(cfg.seed);
     let opened = data.open(cfg.input_size, args.image_limit.max_image_pixels)?;
+        if let (true, Some(report)) = (leader, opened.missing_report()) {
+        eprintln!("{report}");
+    }
     cfg.classes = opened.class_names.len();
     cfg.task = opened.task;
     let upsampler_weights = match args.upsampler.as_deref() {
@@ -92,6 +94,12 @@ pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
             job.cfg.epochs,
             run_dir.display()
         );
+        if let (Some(weights), None) = (&args.weights, args.width) {
+            println!(
+                "width 1.0: the width of the --weights file {}",
+                weights.display()
+            );
+        }
     }
     match cuda {
         Some(mut b) => {
@@ -186,25 +194,33 @@ pub(super) fn print_table(rows: &[(&str, Evaluation, f64)], names: &[String]) {
 }
 
 impl TrainArgs {
-    /// The flags that would fail later, or inside the model as a shape, refused naming the flag.
-    fn check(&self) -> Result<()> {
-        let positive = [
-            ("--batch", self.batch),
-            ("--maps", self.maps),
-            ("--size", self.size),
-            ("--classes", self.classes),
-            ("--train-images", self.train_images),
-            ("--test-images", self.test_images),
-        ];
-        if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == Some(0)) {
-            return Err(Error::config(flag, 0, "must be at least 1"));
+    /// The flags that depend on each other or on a file, refused naming the flag before anything
+    /// runs (each number's own range is its parser's, [`super::values`]).
+    pub(super) fn check(&self) -> Result<()> {
+        if let Some([lo, hi]) = self.object_scale.as_deref() {
+            if lo > hi {
+                return Err(Error::config(
+                    "--object-scale",
+                    format!("{lo} {hi}"),
+                    "LO must not exceed HI",
+                ));
+            }
         }
-        if let Some(width) = self.width.filter(|w| !(w.is_finite() && *w > 0.0)) {
-            return Err(Error::config(
-                "--width",
-                width,
-                "must be a positive multiplier (1.0: torchvision's InceptionV3)",
-            ));
+        if let Some(weights) = &self.weights {
+            // The weights decide the width: torchvision's InceptionV3, width 1.0.
+            if let Some(width) = self.width.filter(|&w| w != 1.0) {
+                return Err(Error::config(
+                    "--width",
+                    width,
+                    format!(
+                        "conflicts with --weights {}: the weights fit width 1.0 only",
+                        weights.display()
+                    ),
+                ));
+            }
+            std::fs::File::open(weights).map_err(|e| {
+                Error::config("--weights", weights.display(), format!("cannot open: {e}"))
+            })?;
         }
         if self.dataset != "synthetic" && self.data_root.is_none() {
             return Err(Error::config(

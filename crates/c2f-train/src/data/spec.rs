@@ -50,6 +50,31 @@ pub struct OpenedData {
     pub task: Task,
     /// A line for the log: what was read, and how many files were left out.
     pub description: String,
+    /// The listed images whose files are missing (left out of the splits), in list order.
+    pub missing: Vec<PathBuf>,
+}
+
+/// How many missing files [`OpenedData::missing_report`] names; the rest it counts.
+pub const MISSING_SHOWN: usize = 20;
+
+impl OpenedData {
+    /// The missing files for the log: how many, and the first [`MISSING_SHOWN`] paths, one a
+    /// line; `None` when every listed file is there.
+    pub fn missing_report(&self) -> Option<String> {
+        let n = self.missing.len();
+        if n == 0 {
+            return None;
+        }
+        let mut report = format!("{n} listed image files are missing and left out");
+        if n > MISSING_SHOWN {
+            report += &format!(", the first {MISSING_SHOWN}");
+        }
+        report.push(':');
+        for path in self.missing.iter().take(MISSING_SHOWN) {
+            report += &format!("\n  {}", path.display());
+        }
+        Some(report)
+    }
 }
 
 impl DataSpec {
@@ -100,6 +125,7 @@ impl DataSpec {
                         "synthetic fine-grained set: {classes} classes, {train_images} train / \
                          {test_images} test images"
                     ),
+                    missing: Vec::new(),
                 })
             }
             DataSpec::Files {
@@ -134,6 +160,7 @@ impl DataSpec {
                     class_names: data.attribute_names,
                     task: Task::Attributes,
                     description,
+                    missing: data.problems.into_iter().map(|p| p.path).collect(),
                 })
             }
             DataSpec::Files {
@@ -173,6 +200,7 @@ impl DataSpec {
                     class_names: data.class_names,
                     task: Task::Classes,
                     description,
+                    missing: data.problems.into_iter().map(|p| p.path).collect(),
                 })
             }
         }

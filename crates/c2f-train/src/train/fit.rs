@@ -13,11 +13,12 @@ use super::loaders::{test_loader, train_loader};
 use super::metrics::{EpochTally, Report};
 use super::parallel::{rank_config, DataParallel, EpochBatches, RankStep};
 use super::progress::progress_bar;
-use super::resume::{checkpoint_path, start_or_resume};
+use super::resume::{checkpoint_path, resumes, start_or_resume};
 use super::trainee::{BatchShare, Trainee};
-use crate::checkpoint;
+use crate::checkpoint::{self, CheckpointMeta};
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::spec::OpenedData;
+use crate::state::Named;
 
 /// [`fit`] as one rank of a data-parallel job when `dp` is given: the model must run at the
 /// batch [`rank_config`] gives. Each rank trains on its slice of every global batch, the
@@ -67,14 +68,15 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
         None => None,
     };
     let mut report = match test_loader {
-        Some(test) => Some(Report::open(&run.dir, M::LOSS_TERMS, test)?),
+        Some(test) => Some(Report::open(&run.dir, M::LOSS_TERMS, test, meta.epoch)?),
         None => None,
     };
     let mode = cfg.bn.mode();
     let steps_per_epoch = train_loader.batches_per_epoch();
     let mut draw = SplitMix64(meta.rng);
     let mut last_evaluation = None;
-    let mut last_good: Option<(usize, u64)> = None;
+    // A resumed run's checkpoint is good until this run writes another.
+    let mut last_good = (meta.step > 0).then_some((meta.epoch, meta.step));
     for epoch in meta.epoch..cfg.epochs {
         let first_batch = meta.batch_in_epoch;
         let start = Instant::now();
@@ -95,7 +97,9 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
                 EpochBatches::Slices(train_loader.load_batches(epoch as u64, slices))
             }
         };
-        let mut lr = cfg.learning_rate(epoch, first_batch, steps_per_epoch);
+        // The rate of the epoch's last step, for its record: a run resumed after the epoch's
+        // last step but before its end takes no step in it.
+        let mut lr = cfg.learning_rate(epoch, first_batch.saturating_sub(1), steps_per_epoch);
         let mut images_this_run = 0usize;
         for (k, batch) in (&mut loader_epoch).enumerate() {
             let batch = batch?;
@@ -139,7 +143,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
             meta.rng = draw.0;
             if run.checkpoint_every > 0 && meta.step.is_multiple_of(run.checkpoint_every) {
                 if leader {
-                    checkpoint::save(b, &ckpt, &state, &meta)?;
+                    save_checkpoint::<B, M>(b, &ckpt, &state, &meta, last_good)?;
                 }
                 last_good = Some((epoch, meta.step));
                 if let Some(r) = &mut ranked {
@@ -169,7 +173,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
         meta.batch_in_epoch = 0;
         meta.epoch_sums.iter_mut().for_each(|s| *s = 0.0);
         if leader {
-            checkpoint::save(b, &ckpt, &state, &meta)?;
+            save_checkpoint::<B, M>(b, &ckpt, &state, &meta, last_good)?;
         }
         last_good = Some((epoch + 1, meta.step));
         if let Some(r) = &mut ranked {
@@ -185,8 +189,8 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
 }
 
 /// Builds a model with `build` at this process's batch, initialises it with `init` unless the
-/// run resumes (in a data-parallel job only rank 0: [`fit`] broadcasts its state), and trains
-/// it with [`fit`].
+/// run resumes from a checkpoint (in a data-parallel job only rank 0: [`fit`] broadcasts its
+/// state), and trains it with [`fit`].
 pub(super) fn build_and_fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
     b: &mut B,
     cfg: &TrainConfig,
@@ -197,7 +201,7 @@ pub(super) fn build_and_fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
     init: impl FnOnce(&mut B, &M) -> Result<()>,
 ) -> Result<Option<Evaluation>> {
     let mut model = build(b, &rank_config(cfg, dp.as_deref())?)?;
-    if !run.resume && dp.as_ref().is_none_or(|dp| dp.rank() == 0) {
+    if !resumes(run) && dp.as_ref().is_none_or(|dp| dp.rank() == 0) {
         init(b, &model)?;
     }
     fit(b, &mut model, cfg, run, data, dp)
@@ -218,21 +222,42 @@ fn check_finite<B: Backend<Scalar = f32>, M: Trainee<B>>(
     else {
         return Ok(());
     };
-    let kept = match last_good {
-        Some((e, s)) => format!(
-            "the last good checkpoint, {} (epoch {e}, step {s}), is kept",
-            ckpt.display()
-        ),
-        None => "no checkpoint was written in this run".to_string(),
-    };
     eprintln!(
-        "{}: stopped in epoch {}, batch {batch}; {kept}",
+        "{}: stopped in epoch {}, batch {batch}; {}",
         M::NAME,
-        epoch + 1
+        epoch + 1,
+        kept(last_good, ckpt)
     );
     Err(Error::Divergence {
         step: step as usize,
         term: format!("{} loss term `{term}`", M::NAME),
         value,
     })
+}
+
+/// Writes the checkpoint; where the state holds a value that is not finite ([`checkpoint::save`]
+/// refuses it), says on stderr which checkpoint is kept.
+fn save_checkpoint<B: Backend<Scalar = f32>, M: Trainee<B>>(
+    b: &mut B,
+    ckpt: &Path,
+    state: &[Named],
+    meta: &CheckpointMeta,
+    last_good: Option<(usize, u64)>,
+) -> Result<()> {
+    checkpoint::save(b, ckpt, state, meta).inspect_err(|e| {
+        if matches!(e, Error::Divergence { .. }) {
+            eprintln!("{}: stopped; {}", M::NAME, kept(last_good, ckpt));
+        }
+    })
+}
+
+/// Which checkpoint a stopped run keeps: `last_good` (its epoch and step), if this run wrote one.
+fn kept(last_good: Option<(usize, u64)>, ckpt: &Path) -> String {
+    match last_good {
+        Some((e, s)) => format!(
+            "the last good checkpoint, {} (epoch {e}, step {s}), is kept",
+            ckpt.display()
+        ),
+        None => "no checkpoint was written".to_string(),
+    }
 }

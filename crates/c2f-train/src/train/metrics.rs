@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 use c2f_inception::backend::Backend;
+use c2f_inception::weights::write_atomically;
 use c2f_kernels::{Error, Result};
 
 use super::centers::{center_spread, spread_columns, MergedCenters};
@@ -38,9 +39,15 @@ pub(super) struct EpochTally<'a> {
 }
 
 impl Report {
-    pub(super) fn open(dir: &Path, loss_terms: &[&str], test: Loader) -> Result<Report> {
+    /// The report of a run in `dir` that starts after `epochs_done` epochs.
+    pub(super) fn open(
+        dir: &Path,
+        loss_terms: &[&str],
+        test: Loader,
+        epochs_done: usize,
+    ) -> Result<Report> {
         Ok(Report {
-            metrics: Metrics::open(dir, loss_terms)?,
+            metrics: Metrics::open(dir, loss_terms, epochs_done)?,
             test,
             merged: MergedCenters::default(),
         })
@@ -147,7 +154,10 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn open(dir: &Path, loss_terms: &[&str]) -> Result<Metrics> {
+    /// The metrics files in `dir`, holding the records of the first `epochs_done` epochs only: a
+    /// run killed after an epoch's record but before its checkpoint, or in the middle of a line,
+    /// left records that its resumed run writes again.
+    fn open(dir: &Path, loss_terms: &[&str], epochs_done: usize) -> Result<Metrics> {
         let open = |name: &str| {
             let path = dir.join(name);
             OpenOptions::new()
@@ -174,11 +184,20 @@ impl Metrics {
             .iter()
             .map(|s| s.to_string()),
         );
+        let done = |epoch: Option<u64>| epoch.is_some_and(|e| e as usize <= epochs_done);
+        keep_lines(&dir.join("metrics.jsonl"), |line| {
+            let record = serde_json::from_str::<serde_json::Value>(line).ok();
+            done(record.and_then(|r| r["epoch"].as_u64()))
+        })?;
+        let header = columns.join(",");
+        keep_lines(&dir.join("metrics.csv"), |line| {
+            let cells: Vec<&str> = line.split(',').collect();
+            line == header || (cells.len() == columns.len() && done(cells[1].parse().ok()))
+        })?;
         let mut csv = open("metrics.csv")?;
         let empty = csv.metadata().map(|m| m.len() == 0).unwrap_or(true);
         if empty {
-            writeln!(csv, "{}", columns.join(","))
-                .map_err(|e| Error::io(dir.join("metrics.csv"), e))?;
+            writeln!(csv, "{header}").map_err(|e| Error::io(dir.join("metrics.csv"), e))?;
         }
         Ok(Metrics {
             jsonl: open("metrics.jsonl")?,
@@ -199,8 +218,29 @@ impl Metrics {
                 v => v.to_string(),
             })
             .collect();
-        writeln!(self.jsonl, "{line}")
-            .and_then(|_| writeln!(self.csv, "{}", cells.join(",")))
+        // One write a line: a crash can cut a line short but not interleave two.
+        self.jsonl
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|_| {
+                self.csv
+                    .write_all(format!("{}\n", cells.join(",")).as_bytes())
+            })
             .map_err(|e| Error::io(dir, e))
     }
+}
+
+/// Rewrites the file at `path` (atomically) with only its lines that `keep`, if it exists and
+/// any other is there.
+fn keep_lines(path: &Path, keep: impl Fn(&str) -> bool) -> Result<()> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let kept: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
+    if kept.len() == text.lines().count() && (text.is_empty() || text.ends_with('\n')) {
+        return Ok(());
+    }
+    let bytes: String = kept.iter().map(|l| format!("{l}\n")).collect();
+    write_atomically(path, bytes.as_bytes())
 }

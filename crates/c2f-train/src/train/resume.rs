@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use c2f_inception::backend::Backend;
+use c2f_inception::weights::temporary_prefix;
 use c2f_kernels::rng::splitmix64_output;
 use c2f_kernels::{Error, Result};
 use serde::Serialize;
@@ -18,6 +19,12 @@ use crate::state::Named;
 /// The checkpoint file of a run directory.
 pub fn checkpoint_path(dir: &Path) -> PathBuf {
     dir.join("checkpoint.safetensors")
+}
+
+/// Whether the run continues from a checkpoint: `--resume`, and its checkpoint is there (a run
+/// killed before its first one starts afresh).
+pub(super) fn resumes(run: &RunOptions) -> bool {
+    run.resume && checkpoint_path(&run.dir).exists()
 }
 
 /// A fingerprint of a training set: its size and every sample's name, label and attributes,
@@ -37,8 +44,10 @@ pub fn dataset_fingerprint(source: &dyn ImageSource) -> String {
 }
 
 /// The position a run starts from: a fresh one's, or with [`RunOptions::resume`] the checkpoint
-/// in the run folder, loaded into `state` once it is found to fit this run. A fresh run refuses
-/// to overwrite a checkpoint that is there.
+/// in the run folder, loaded into `state` once it is found to fit this run (where a crash came
+/// before the first checkpoint there is none: the run then starts afresh, saying so, so that a
+/// crashed run is restarted by one command whenever it crashed). A fresh run refuses to
+/// overwrite a checkpoint that is there.
 pub(super) fn start_or_resume<B: Backend<Scalar = f32>, M: Trainee<B>>(
     b: &mut B,
     cfg: &TrainConfig,
@@ -64,6 +73,19 @@ pub(super) fn start_or_resume<B: Backend<Scalar = f32>, M: Trainee<B>>(
         dataset: fingerprint.clone(),
         class_names: data.class_names.clone(),
     };
+    if leader && run.resume {
+        remove_crash_leftovers(&ckpt)?;
+    }
+    if run.resume && !resumes(run) {
+        if leader {
+            println!(
+                "{}: no checkpoint in {} yet: starting afresh",
+                M::NAME,
+                run.dir.display()
+            );
+        }
+        return Ok(fresh);
+    }
     if !run.resume {
         if ckpt.exists() {
             return Err(Error::File {
@@ -98,6 +120,25 @@ pub(super) fn start_or_resume<B: Backend<Scalar = f32>, M: Trainee<B>>(
         );
     }
     Ok(meta)
+}
+
+/// Removes the temporary files a process killed while writing checkpoint `ckpt` left beside it
+/// (the checkpoint itself is whole: it is written by rename).
+fn remove_crash_leftovers(ckpt: &Path) -> Result<()> {
+    let (Some(dir), Some(name)) = (ckpt.parent(), ckpt.file_name()) else {
+        return Ok(());
+    };
+    let prefix = temporary_prefix(&name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        // No folder yet: nothing was left.
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Why a checkpoint does not fit this run, if it does not: another model, other data (its

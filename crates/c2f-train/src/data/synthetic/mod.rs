@@ -34,6 +34,8 @@ mod raster;
 mod render;
 mod spots;
 
+use std::ops::RangeInclusive;
+
 use c2f_kernels::rng::{splitmix64_output, SplitMix64};
 use c2f_kernels::{Error, Result};
 use image::RgbImage;
@@ -46,12 +48,19 @@ pub use spots::{class_name, max_classes, patterns, SpotPattern};
 use super::loader::{ImageSource, Item};
 use super::BBox;
 
+/// Image sides the set renders, in pixels (96–448 is the intended range).
+pub const SIDES: RangeInclusive<u32> = 64..=1024;
+/// The object's extent as a fraction of the image side: the ends of `object_scale`.
+pub const OBJECT_SCALES: RangeInclusive<f32> = 0.15..=0.9;
+/// Clutter, from none to four times the default amount.
+pub const CLUTTER: RangeInclusive<f32> = 0.0..=4.0;
+
 /// The configuration of the synthetic set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyntheticConfig {
     /// Number of classes, `2..=max_classes()`; class `c` uses `patterns()[c]`.
     pub classes: usize,
-    /// Side of the square images in pixels (64..=1024; 96–448 is the intended range).
+    /// Side of the square images in pixels, in [`SIDES`].
     pub size: u32,
     /// The seed every image derives from.
     pub seed: u64,
@@ -86,26 +95,39 @@ impl SyntheticConfig {
                 format!("the synthetic set has 2 to {max} classes"),
             ));
         }
-        if !(64..=1024).contains(&self.size) {
+        if !SIDES.contains(&self.size) {
             return Err(Error::config(
                 "size",
                 self.size,
-                "the synthetic set's images are 64 to 1024 pixels a side",
+                format!(
+                    "the synthetic set's images are {} to {} pixels a side",
+                    SIDES.start(),
+                    SIDES.end()
+                ),
             ));
         }
         let (lo, hi) = self.object_scale;
-        if !(lo.is_finite() && hi.is_finite() && 0.15 <= lo && lo <= hi && hi <= 0.9) {
+        if !(OBJECT_SCALES.contains(&lo) && OBJECT_SCALES.contains(&hi) && lo <= hi) {
             return Err(Error::config(
                 "object_scale",
                 format!("{lo} {hi}"),
-                "the synthetic object's scale LO HI must satisfy 0.15 <= LO <= HI <= 0.9",
+                format!(
+                    "the synthetic object's scale LO HI must satisfy {} <= LO <= HI <= {}",
+                    OBJECT_SCALES.start(),
+                    OBJECT_SCALES.end()
+                ),
             ));
         }
-        if !(self.clutter.is_finite() && (0.0..=4.0).contains(&self.clutter)) {
+        // NaN lies in no range.
+        if !CLUTTER.contains(&self.clutter) {
             return Err(Error::config(
                 "clutter",
                 self.clutter,
-                "the synthetic set's clutter lies in 0..=4",
+                format!(
+                    "the synthetic set's clutter lies in {}..={}",
+                    CLUTTER.start(),
+                    CLUTTER.end()
+                ),
             ));
         }
         Ok(())
