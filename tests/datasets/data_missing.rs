@@ -1,6 +1,7 @@
 //! A dataset whose listed images are missing: the files are left out, and the log names the
 //! first 20 of them and counts them all, in `c2f train` and in `c2f eval`.
 
+use c2f_train::data::image_io::DEFAULT_MAX_PIXELS;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -41,7 +42,7 @@ fn missing_files_are_counted_and_the_first_twenty_named() {
         root: root.clone(),
         attributes: None,
     };
-    let opened = spec.open(75).unwrap();
+    let opened = spec.open(75, DEFAULT_MAX_PIXELS).unwrap();
     assert_eq!((opened.train.len(), opened.test.len()), (4, 4));
     assert!(opened.description.ends_with("22 listed files missing"));
     let mut expected =
@@ -85,5 +86,8 @@ fn missing_files_are_counted_and_the_first_twenty_named() {
         root: whole,
         attributes: None,
     };
-    assert_eq!(spec.open(75).unwrap().missing_report(), None);
+    assert_eq!(
+        spec.open(75, DEFAULT_MAX_PIXELS).unwrap().missing_report(),
+        None
+    );
 }

@@ -45,7 +45,7 @@ const ZERO_ALLOWED: [&str; 13] = [
 ];
 
 /// The numeric flags for which 0 means nothing: refused.
-const ZERO_REFUSED: [&str; 21] = [
+const ZERO_REFUSED: [&str; 26] = [
     "train --epochs",
     "train --batch",
     "train --size",
@@ -67,6 +67,11 @@ const ZERO_REFUSED: [&str; 21] = [
     "localize --limit",
     "visualize --count",
     "predict --top",
+    "train --max-image-pixels",
+    "eval --max-image-pixels",
+    "predict --max-image-pixels",
+    "localize --max-image-pixels",
+    "visualize --max-image-pixels",
 ];
 
 /// Refused by every numeric flag: none takes a negative, NaN, an infinity, text, or 1e23 (past
@@ -234,7 +239,7 @@ fn every_numeric_flag_is_refused_outside_its_stated_range() {
     }
     println!("{} numeric flags, {cases} values", flags.len());
     assert!(
-        flags.len() >= 34,
+        flags.len() >= 39,
         "only {} numeric flags found",
         flags.len()
     );

@@ -5,6 +5,7 @@
 //! metrics; a run whose loss or state turns non-finite stops naming the step and the term, and
 //! its last good checkpoint loads and is finite; a non-finite state is never saved.
 
+use c2f_train::data::image_io::DEFAULT_MAX_PIXELS;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -336,7 +337,9 @@ fn a_diverging_run_stops_naming_step_and_term_and_keeps_a_good_checkpoint() {
 fn a_non_finite_state_is_not_saved() {
     let dir = scratch("save_nan");
     let ckpt = checkpoint_path(&dir);
-    let data = synthetic_spec(4, 4, 3, (0.6, 0.9)).open(75).unwrap();
+    let data = synthetic_spec(4, 4, 3, (0.6, 0.9))
+        .open(75, DEFAULT_MAX_PIXELS)
+        .unwrap();
     let mut cpu = CpuBackend::<f32>::new();
     train_baseline(
         &mut cpu,

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use c2f_inception::spec::MIN_INPUT;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use super::values::{within, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_MAPS};
+use super::values::{within, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_MAPS, MAX_PIXEL_CAP};
 use crate::config::{BnPolicy, CenterBanks, CenterRuleName, Schedule};
 use crate::data::image_io::DEFAULT_MAX_PIXELS;
 use crate::data::synthetic::{max_classes, CLUTTER, OBJECT_SCALES, SIDES};
@@ -344,7 +344,7 @@ pub struct ImageLimit {
     /// Refuse an image whose header declares more pixels (width × height) than this, before
     /// decoding it: a dataset's is skipped and named, like a corrupt one. The default is
     /// Pillow's MAX_IMAGE_PIXELS.
-    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_parser = within(1..=MAX_PIXEL_CAP))]
     pub max_image_pixels: u64,
 }
 

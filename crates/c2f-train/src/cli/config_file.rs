@@ -11,7 +11,7 @@ use super::values::{reason, value_error};
 /// user's flags as flags (so the user's come later and win), each key checked against the
 /// flags `train` has and each value by its flag's parser, so that a bad one is named by its key
 /// in the file.
-pub(super) fn with_config_file(argv: Vec<String>) -> Result<Vec<String>> {
+pub fn with_config_file(argv: Vec<String>) -> Result<Vec<String>> {
     let position = argv.iter().position(|a| a == "--config");
     let path = match position {
         Some(i) if argv.get(1).map(String::as_str) == Some("train") => match argv.get(i + 1) {

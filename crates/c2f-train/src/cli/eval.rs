@@ -18,7 +18,7 @@ pub(super) fn eval(args: EvalArgs) -> Result<()> {
             let opened = meta
                 .data
                 .open(meta.config.input_size, args.image_limit.max_image_pixels)?;
-                        if let Some(report) = opened.missing_report() {
+            if let Some(report) = opened.missing_report() {
                 eprintln!("{report}");
             }
             let loader = test_loader(&meta.config, opened.test)?;

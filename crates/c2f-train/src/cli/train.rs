@@ -54,7 +54,7 @@ pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
     let mut cfg = args.config(machine);
     let data = args.data_spec(cfg.seed);
     let opened = data.open(cfg.input_size, args.image_limit.max_image_pixels)?;
-        if let (true, Some(report)) = (leader, opened.missing_report()) {
+    if let (true, Some(report)) = (leader, opened.missing_report()) {
         eprintln!("{report}");
     }
     cfg.classes = opened.class_names.len();

@@ -17,6 +17,9 @@ pub(super) const MAX_EPOCHS: usize = 100_000;
 pub(super) const MAX_BATCH: usize = 4096;
 /// Synthetic images per split, and up-sampler pairs per epoch, at most.
 pub(super) const MAX_IMAGES: usize = 10_000_000;
+/// The largest pixel cap `--max-image-pixels` takes: a terapixel, 3 TB once decoded to RGB,
+/// more than any machine holds.
+pub(super) const MAX_PIXEL_CAP: u64 = 1_000_000_000_000;
 /// Attention maps M at most (the paper: 8, WS-DAN: 32).
 pub(super) const MAX_MAPS: usize = 512;
 
