@@ -60,14 +60,15 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
         None
     };
     let state = model.state();
-    let terms = M::LOSS_TERMS.len();
-    let mut meta = start_or_resume::<B, M>(b, cfg, run, data, &train_loader, &state, leader)?;
+    let (name, loss_terms) = (model.name(), model.loss_terms());
+    let terms = loss_terms.len();
+    let mut meta = start_or_resume(b, cfg, run, data, &train_loader, &*model, leader)?;
     let mut ranked = match dp {
         Some(dp) => Some(RankStep::new(b, dp, model)?),
         None => None,
     };
     let mut report = match test_loader {
-        Some(test) => Some(Report::open(&run.dir, M::LOSS_TERMS, test)?),
+        Some(test) => Some(Report::open(&run.dir, loss_terms, test)?),
         None => None,
     };
     let mode = cfg.bn.mode();
@@ -83,7 +84,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
             steps_per_epoch,
             first_batch,
             cfg.batch,
-            M::NAME,
+            name,
             epoch,
         );
         let mut loader_epoch = match plan {
@@ -121,7 +122,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
                 out = r.global(b, out)?;
             }
             let at = (meta.step + 1, epoch, batch_index);
-            check_finite::<B, M>(&out.losses, at, last_good, &ckpt)?;
+            check_finite((name, loss_terms), &out.losses, at, last_good, &ckpt)?;
             if let Some(r) = &mut ranked {
                 r.after_backward(b)?;
             }
@@ -203,19 +204,17 @@ pub(super) fn build_and_fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
     fit(b, &mut model, cfg, run, data, dp)
 }
 
-/// Stops the run at the first loss term that is not finite, `at` (step, epoch, batch), saying
-/// on stderr which checkpoint is kept (`last_good`: its epoch and step, if any was written).
-fn check_finite<B: Backend<Scalar = f32>, M: Trainee<B>>(
+/// Stops the run of model `name` at the first loss term (named by `terms`) that is not finite,
+/// `at` (step, epoch, batch), saying on stderr which checkpoint is kept (`last_good`: its epoch
+/// and step, if any was written).
+fn check_finite(
+    (name, terms): (&str, &[&str]),
     losses: &[f64],
     (step, epoch, batch): (u64, usize, usize),
     last_good: Option<(usize, u64)>,
     ckpt: &Path,
 ) -> Result<()> {
-    let Some((term, &value)) = M::LOSS_TERMS
-        .iter()
-        .zip(losses)
-        .find(|(_, v)| !v.is_finite())
-    else {
+    let Some((term, &value)) = terms.iter().zip(losses).find(|(_, v)| !v.is_finite()) else {
         return Ok(());
     };
     let kept = match last_good {
@@ -226,13 +225,12 @@ fn check_finite<B: Backend<Scalar = f32>, M: Trainee<B>>(
         None => "no checkpoint was written in this run".to_string(),
     };
     eprintln!(
-        "{}: stopped in epoch {}, batch {batch}; {kept}",
-        M::NAME,
+        "{name}: stopped in epoch {}, batch {batch}; {kept}",
         epoch + 1
     );
     Err(Error::Divergence {
         step: step as usize,
-        term: format!("{} loss term `{term}`", M::NAME),
+        term: format!("{name} loss term `{term}`"),
         value,
     })
 }

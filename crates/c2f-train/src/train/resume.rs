@@ -13,7 +13,6 @@ use crate::checkpoint::{self, CheckpointMeta};
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::{ImageSource, Loader};
 use crate::data::spec::{DataSpec, OpenedData};
-use crate::state::Named;
 
 /// The checkpoint file of a run directory.
 pub fn checkpoint_path(dir: &Path) -> PathBuf {
@@ -37,29 +36,29 @@ pub fn dataset_fingerprint(source: &dyn ImageSource) -> String {
 }
 
 /// The position a run starts from: a fresh one's, or with [`RunOptions::resume`] the checkpoint
-/// in the run folder, loaded into `state` once it is found to fit this run. A fresh run refuses
-/// to overwrite a checkpoint that is there.
+/// in the run folder, loaded into `model`'s state once it is found to fit this run. A fresh run
+/// refuses to overwrite a checkpoint that is there.
 pub(super) fn start_or_resume<B: Backend<Scalar = f32>, M: Trainee<B>>(
     b: &mut B,
     cfg: &TrainConfig,
     run: &RunOptions,
     data: &OpenedData,
     train: &Loader,
-    state: &[Named],
+    model: &M,
     leader: bool,
 ) -> Result<CheckpointMeta> {
     let ckpt = checkpoint_path(&run.dir);
     let fingerprint = dataset_fingerprint(train.source().as_ref());
     let fresh = CheckpointMeta {
         format: checkpoint::FORMAT,
-        model: M::NAME.to_string(),
+        model: model.name().to_string(),
         config: cfg.clone(),
         epoch: 0,
         batch_in_epoch: 0,
         step: 0,
         rng: cfg.seed ^ 0xc2f,
         // The loss terms' sums, then correct predictions and images.
-        epoch_sums: vec![0.0; M::LOSS_TERMS.len() + 2],
+        epoch_sums: vec![0.0; model.loss_terms().len() + 2],
         data: data.spec.clone(),
         dataset: fingerprint.clone(),
         class_names: data.class_names.clone(),
@@ -75,8 +74,8 @@ pub(super) fn start_or_resume<B: Backend<Scalar = f32>, M: Trainee<B>>(
         }
         return Ok(fresh);
     }
-    let saved = checkpoint::load(b, &ckpt, state)?;
-    let problems = resume_problems(&saved, M::NAME, cfg, &data.spec, &fingerprint);
+    let saved = checkpoint::load(b, &ckpt, &model.state())?;
+    let problems = resume_problems(&saved, model.name(), cfg, &data.spec, &fingerprint);
     if !problems.is_empty() {
         return Err(Error::File {
             path: ckpt.display().to_string(),
@@ -90,7 +89,7 @@ pub(super) fn start_or_resume<B: Backend<Scalar = f32>, M: Trainee<B>>(
     if leader {
         println!(
             "{}: resumed from {} at epoch {}, batch {} (step {})",
-            M::NAME,
+            model.name(),
             ckpt.display(),
             meta.epoch,
             meta.batch_in_epoch,
