@@ -1,8 +1,9 @@
 //! The `c2f` binary: a TOML config file with command-line overrides, its unknown keys refused
 //! naming the file and key; `c2f eval` and `c2f predict` on the checkpoint a run wrote; an
-//! unreadable image skipped by `predict` with its path; data-parallel training refused where it
-//! cannot run; CelebA's attributes trained, evaluated and predicted per attribute; the
-//! synthetic set's own seed.
+//! unreadable image skipped by `predict` with its path; the coarse-only ablation trained beside
+//! the others and its checkpoint used by every command; an unknown model name refused;
+//! data-parallel training refused where it cannot run; CelebA's attributes trained, evaluated
+//! and predicted per attribute; the synthetic set's own seed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -336,6 +337,146 @@ fn pretrained_and_bilinear_upsamplers_train() {
     let log = text(&out);
     assert!(!out.status.success());
     assert!(log.contains("wrong.safetensors"), "{log}");
+}
+
+/// `--models coarse-only,both`: the coarse-only ablation, then Coarse2Fine and the baseline,
+/// each in its folder and its row, in that order; the coarse-only row and metrics have no fine
+/// or averaged accuracy; its checkpoint serves `eval`, `predict`, `localize` and `visualize`
+/// with its one prediction.
+#[test]
+fn coarse_only_trains_and_serves_every_command() {
+    let dir = scratch("coarse_only");
+    let run_dir = dir.join("run");
+    let synthetic = [
+        "--models",
+        "coarse-only,both",
+        "--classes",
+        "3",
+        "--train-images",
+        "8",
+        "--test-images",
+        "6",
+        "--run-dir",
+        path(&run_dir),
+    ];
+    let log = c2f_ok(&[&TINY_TRAIN[..], &synthetic].concat());
+    let rows: Vec<&str> = log.lines().filter(|l| l.starts_with("| ")).collect();
+    let labels: Vec<&str> = rows[2..]
+        .iter()
+        .map(|r| r.split(" | ").next().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "| Coarse-only ablation",
+            "| Coarse2Fine",
+            "| InceptionV3 baseline"
+        ],
+        "{log}"
+    );
+    assert!(rows[2].ends_with(" | - | - | 0 s |"), "{log}");
+    let metrics = crate::common::train::metrics(&run_dir.join("coarse-only"));
+    assert_eq!(metrics.len(), 1);
+    let record = &metrics[0];
+    assert_eq!(record["model"], "coarse-only");
+    assert!(record["test_coarse"].as_f64().is_some(), "{record}");
+    assert!(
+        record["test_fine"].is_null() && record["loss_fine"].is_null(),
+        "{record}"
+    );
+    let (coarse, center) = (
+        record["loss_coarse"].as_f64().unwrap(),
+        record["loss_center_coarse"].as_f64().unwrap(),
+    );
+    let total = record["loss"].as_f64().unwrap();
+    assert!(coarse > 0.0 && center > 0.0 && (coarse + center - total).abs() < 1e-9);
+
+    let checkpoint = run_dir.join("coarse-only/checkpoint.safetensors");
+    let log = c2f_ok(&["eval", path(&checkpoint), "--device", "cpu"]);
+    // One accuracy, not Coarse2Fine's `coarse … fine … average …`.
+    let first = log.lines().next().unwrap();
+    assert!(
+        first.contains("(coarse-only, epoch 1)") && first.ends_with('%'),
+        "{log}"
+    );
+    assert!(!first.contains("average"), "{log}");
+    assert!(
+        log.contains("| coarse-only | ") && log.contains(" | - | - | "),
+        "{log}"
+    );
+
+    let images = dir.join("images");
+    let spec = c2f_train::data::synthetic::SyntheticConfig {
+        classes: 3,
+        size: 75,
+        ..Default::default()
+    };
+    c2f_train::data::synthetic::write_cub_layout(&images, &spec, 1, 0).unwrap();
+    let name = std::fs::read_to_string(images.join("images.txt")).unwrap();
+    let image = images
+        .join("images")
+        .join(name.lines().next().unwrap().split_once(' ').unwrap().1);
+    let log = c2f_ok(&[
+        "predict",
+        "--checkpoint",
+        path(&checkpoint),
+        "--device",
+        "cpu",
+        path(&image),
+    ]);
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].starts_with("  coarse ") && lines[0].matches('%').count() == 3,
+        "{log}"
+    );
+
+    let json = dir.join("loc.json");
+    let log = c2f_ok(&[
+        "localize",
+        path(&checkpoint),
+        "--device",
+        "cpu",
+        "--json",
+        path(&json),
+    ]);
+    let top1 = log.lines().find(|l| l.starts_with("top-1")).unwrap_or("");
+    assert!(top1.ends_with("%         -         -"), "{log}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(
+        metrics["accuracy"]["coarse"].as_f64().is_some(),
+        "{metrics}"
+    );
+    assert!(metrics["accuracy"]["fine"].is_null(), "{metrics}");
+
+    let pictures = dir.join("pictures");
+    let log = c2f_ok(&[
+        "visualize",
+        path(&checkpoint),
+        "--device",
+        "cpu",
+        "--count",
+        "2",
+        "--out",
+        path(&pictures),
+    ]);
+    assert!(log.contains("2 pictures in"), "{log}");
+    assert_eq!(std::fs::read_dir(&pictures).unwrap().count(), 3);
+}
+
+/// An unknown model name is refused before any data is made, naming it and every model.
+#[test]
+fn unknown_model_is_refused_listing_the_models() {
+    let out = c2f(&["train", "--models", "coarse2fine,wsdan"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("--models wsdan: unknown model")
+            && log.contains("coarse2fine, coarse-only, baseline"),
+        "{log}"
+    );
+    assert!(!log.contains("train / "), "data was made: {log}");
 }
 
 #[test]
