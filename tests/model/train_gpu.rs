@@ -96,23 +96,16 @@ fn step_from<B: Backend>(
     )
 }
 
+/// Coarse2Fine's step, then the coarse-only model's, for each task.
 #[test]
 fn coarse2fine_step_matches_cpu() {
     let Some(mut gpu) = cuda_or_skip("coarse2fine_step_matches_cpu") else {
         return;
     };
-    for task in [Task::Classes, Task::Attributes] {
-        step_matches_cpu(&mut gpu, task, true);
-    }
-}
-
-#[test]
-fn coarse_only_step_matches_cpu() {
-    let Some(mut gpu) = cuda_or_skip("coarse_only_step_matches_cpu") else {
-        return;
-    };
-    for task in [Task::Classes, Task::Attributes] {
-        step_matches_cpu(&mut gpu, task, false);
+    for fine in [true, false] {
+        for task in [Task::Classes, Task::Attributes] {
+            step_matches_cpu(&mut gpu, task, fine);
+        }
     }
 }
 

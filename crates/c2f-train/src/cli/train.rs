@@ -127,7 +127,8 @@ impl Job {
             let start = Instant::now();
             let mut dp = collective.as_mut().map(|c| DataParallel::new(&mut **c));
             let options = run(model.name());
-            if let Some(acc) = model.train(b, &self.cfg, &options, &self.data, dp.as_mut())? {
+            let trained = model.trainer()(b, &self.cfg, &options, &self.data, dp.as_mut())?;
+            if let Some(acc) = trained {
                 rows.push((model.label(), acc, start.elapsed().as_secs_f64()));
             }
         }

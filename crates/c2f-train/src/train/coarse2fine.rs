@@ -224,28 +224,6 @@ pub fn train_coarse2fine<B: Backend<Scalar = f32>>(
     data: &OpenedData,
     dp: Option<&mut DataParallel<'_, B>>,
 ) -> Result<Option<Evaluation>> {
-    build_init_and_fit(b, cfg, run, data, dp, build_coarse2fine)
-}
-
-/// The same for the coarse-only model.
-pub fn train_coarse_only<B: Backend<Scalar = f32>>(
-    b: &mut B,
-    cfg: &TrainConfig,
-    run: &RunOptions,
-    data: &OpenedData,
-    dp: Option<&mut DataParallel<'_, B>>,
-) -> Result<Option<Evaluation>> {
-    build_init_and_fit(b, cfg, run, data, dp, build_coarse_only)
-}
-
-fn build_init_and_fit<B: Backend<Scalar = f32>>(
-    b: &mut B,
-    cfg: &TrainConfig,
-    run: &RunOptions,
-    data: &OpenedData,
-    dp: Option<&mut DataParallel<'_, B>>,
-    build: fn(&mut B, &TrainConfig) -> Result<Coarse2Fine>,
-) -> Result<Option<Evaluation>> {
     let init = |b: &mut B, model: &Coarse2Fine| init_coarse2fine(b, model, cfg, run);
-    build_and_fit(b, cfg, run, data, dp, build, init)
+    build_and_fit(b, cfg, run, data, dp, build_coarse2fine, init)
 }

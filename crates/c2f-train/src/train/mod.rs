@@ -26,16 +26,14 @@ pub mod trainee;
 
 pub use baseline::{build_baseline, init_baseline, train_baseline, Baseline};
 pub use centers::{center_spread, MERGED_SPREAD};
-pub use coarse2fine::{
-    build_coarse2fine, build_coarse_only, init_coarse2fine, train_coarse2fine, train_coarse_only,
-};
+pub use coarse2fine::{build_coarse2fine, build_coarse_only, init_coarse2fine, train_coarse2fine};
 pub use evaluate::{
     argmax, evaluate, format_accuracy, padded_images, prediction_rows, Accuracy, Evaluation,
 };
 pub use fit::fit;
 pub use init::{init_backbone, start_from_checkpoint};
 pub use loaders::{test_loader, train_loader};
-pub use models::ModelKind;
+pub use models::{ModelKind, Trainer};
 pub use parallel::{rank_config, DataParallel};
 pub use resume::{checkpoint_path, dataset_fingerprint};
 pub use trainee::{BatchShare, GradsReady, StepResult, Trainee};

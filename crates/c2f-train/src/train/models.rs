@@ -5,11 +5,13 @@ use c2f_inception::backend::Backend;
 use c2f_kernels::Result;
 
 use super::baseline::train_baseline;
-use super::coarse2fine::{train_coarse2fine, train_coarse_only};
+use super::coarse2fine::{build_coarse_only, init_coarse2fine, train_coarse2fine};
 use super::evaluate::Evaluation;
+use super::fit::build_and_fit;
 use super::parallel::DataParallel;
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::spec::OpenedData;
+use crate::model::Coarse2Fine;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
@@ -54,19 +56,25 @@ impl ModelKind {
         Self::ALL.map(ModelKind::name).join(", ")
     }
 
-    /// Builds, initialises (or resumes) and trains the model: see [`train_coarse2fine`].
-    pub fn train<B: Backend<Scalar = f32>>(
-        self,
-        b: &mut B,
-        cfg: &TrainConfig,
-        run: &RunOptions,
-        data: &OpenedData,
-        dp: Option<&mut DataParallel<'_, B>>,
-    ) -> Result<Option<Evaluation>> {
+    /// What builds, initialises (or resumes) and trains the model: see [`train_coarse2fine`].
+    pub fn trainer<B: Backend<Scalar = f32>>(self) -> Trainer<B> {
         match self {
-            ModelKind::Coarse2Fine => train_coarse2fine(b, cfg, run, data, dp),
-            ModelKind::CoarseOnly => train_coarse_only(b, cfg, run, data, dp),
-            ModelKind::Baseline => train_baseline(b, cfg, run, data, dp),
+            ModelKind::Coarse2Fine => train_coarse2fine,
+            ModelKind::CoarseOnly => |b, cfg, run, data, dp| {
+                let init = |b: &mut B, model: &Coarse2Fine| init_coarse2fine(b, model, cfg, run);
+                build_and_fit(b, cfg, run, data, dp, build_coarse_only, init)
+            },
+            ModelKind::Baseline => train_baseline,
         }
     }
 }
+
+/// A model's trainer: the test accuracy at the end, or `None` where the run stopped early or
+/// on a data-parallel rank other than 0.
+pub type Trainer<B> = fn(
+    &mut B,
+    &TrainConfig,
+    &RunOptions,
+    &OpenedData,
+    Option<&mut DataParallel<'_, B>>,
+) -> Result<Option<Evaluation>>;
