@@ -11,6 +11,9 @@
 //!    and 3 (or the WS-DAN reimplementations' rule) over one center bank shared by both passes
 //!    ([`CenterBanks`]; or one bank per pass).
 //!
+//! Without its fine pass ([`Coarse2Fine::coarse_only`]) the model is the coarse-only ablation:
+//! step 1 alone, trained on `CE(coarse) + λ·CL(P)`, the same code with the fine pass left out.
+//!
 //! A multi-label model ([`Task::Attributes`], CelebA in the paper's Table 9) has one binary
 //! output per attribute: sigmoid binary cross-entropy replaces the softmax cross-entropy, and
 //! there is no center loss, because its centers are per class.
@@ -330,9 +333,7 @@ impl Coarse2Fine {
     /// The center banks `[C, M·N]` (state, not parameters): the coarse pass's, then the fine
     /// pass's if there is one (the same tensor twice with [`CenterBanks::Shared`]).
     pub fn center_banks(&self) -> Vec<Tensor> {
-        let mut banks = vec![self.coarse.centers];
-        banks.extend(self.fine.as_ref().map(|f| f.pass.centers));
-        banks
+        self.passes().map(|p| p.centers).collect()
     }
 
     pub fn labels(&self) -> IndexTensor {
