@@ -253,23 +253,25 @@ fn assert_ranks_train_like_one_worker(
 
 #[test]
 fn thread_ranks_train_like_one_worker() {
-    let data = synthetic();
-    let single_dir = scratch("single");
-    let single = train(&data, &single_dir, true, None);
-    assert_training_moved(&single.0, true);
-    for world in [2, 4] {
-        assert_ranks_train_like_one_worker(&data, world, true, &single, &single_dir);
-    }
+    ranks_train_like_one_worker(true, &[2, 4]);
 }
 
 /// The coarse-only model's ranks too: its gradients and its one center bank.
 #[test]
 fn coarse_only_thread_ranks_train_like_one_worker() {
+    ranks_train_like_one_worker(false, &[2]);
+}
+
+/// One worker's run of Coarse2Fine (`fine`) or the coarse-only model, then each of `worlds`
+/// thread ranks against it.
+fn ranks_train_like_one_worker(fine: bool, worlds: &[usize]) {
     let data = synthetic();
-    let single_dir = scratch("coarse_only_single");
-    let single = train(&data, &single_dir, false, None);
-    assert_training_moved(&single.0, false);
-    assert_ranks_train_like_one_worker(&data, 2, false, &single, &single_dir);
+    let single_dir = scratch(&format!("fine_{fine}_single"));
+    let single = train(&data, &single_dir, fine, None);
+    assert_training_moved(&single.0, fine);
+    for &world in worlds {
+        assert_ranks_train_like_one_worker(&data, world, fine, &single, &single_dir);
+    }
 }
 
 /// Training moved the parameters and the center banks beyond the tolerance, so the comparison
