@@ -63,7 +63,7 @@ impl Data {
         b.write(model.input(), &images).unwrap();
         let pick = |v: &[i32]| indices.iter().map(|&i| v[i]).collect::<Vec<i32>>();
         b.write_index(model.labels(), &pick(&self.labels)).unwrap();
-        b.write_index(model.chosen_maps(), &pick(&self.chosen))
+        b.write_index(model.chosen_maps().unwrap(), &pick(&self.chosen))
             .unwrap();
     }
 }
@@ -116,7 +116,7 @@ fn initialise(b: &mut CpuBackend<f32>, model: &Coarse2Fine, seed: u64) {
         }
     }
     b.write(model.params, &heads).unwrap();
-    for bank in [model.centers().0, model.centers().1] {
+    for bank in model.center_banks() {
         b.write(bank, &random(bank.len, -0.2, 0.2)).unwrap();
     }
 }
@@ -131,7 +131,9 @@ struct State {
 }
 
 fn state(b: &mut CpuBackend<f32>, model: &Coarse2Fine) -> State {
-    let (cc, cf) = model.centers();
+    let [cc, cf] = model.center_banks()[..] else {
+        panic!("two banks")
+    };
     State {
         backbone: b.read(model.backbone().params).unwrap(),
         heads: b.read(model.params).unwrap(),
@@ -167,7 +169,9 @@ fn rank(data: &Data, mut c: ThreadCollective) -> (State, State) {
     let mut b = CpuBackend::<f32>::new();
     let mut m = model(&mut b, GLOBAL_BATCH / WORLD);
     initialise(&mut b, &m, if r == 0 { SEED } else { SEED + 1 + r as u64 });
-    let (cc, cf) = m.centers();
+    let [cc, cf] = m.center_banks()[..] else {
+        panic!("two banks")
+    };
     let net = m.backbone();
     for t in [net.params, net.buffers, m.params, cc, cf] {
         c.broadcast(&mut b, t).unwrap();

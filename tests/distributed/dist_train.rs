@@ -1,8 +1,8 @@
 //! The trainer's data-parallel loop (`fit`) on CPU thread ranks (`ThreadCollective`, each
 //! rank with its own backend and model) against one worker with the same config: BatchNorm on
 //! running statistics (so splitting the batch changes nothing), 2 epochs of 2 steps on a tiny
-//! synthetic set, Coarse2Fine. Ranks other than 0 start from random state, which rank 0's
-//! broadcast replaces. Afterwards every state tensor (parameters, momentum, statistics, center
+//! synthetic set, Coarse2Fine and the coarse-only model. Ranks other than 0 start from random
+//! state, which rank 0's broadcast replaces. Afterwards every state tensor (parameters, momentum, statistics, center
 //! banks) of every rank is within 1e-5 relative (norm-wise, per tensor) of the one worker's,
 //! the ranks hold the same bits, rank 0 wrote the checkpoint (its state, bit for bit) and the
 //! metrics with the global batch's loss and training accuracy, and the other ranks wrote
@@ -21,9 +21,10 @@ use c2f_kernels::Result;
 use c2f_train::config::{CenterBanks, CenterRuleName};
 use c2f_train::data::image_io::DEFAULT_MAX_PIXELS;
 use c2f_train::data::spec::OpenedData;
+use c2f_train::model::Coarse2Fine;
 use c2f_train::train::{
-    build_coarse2fine, checkpoint_path, fit, init_coarse2fine, rank_config, Accuracy, BnPolicy,
-    DataParallel, RunOptions, TrainConfig, Trainee,
+    build_coarse2fine, build_coarse_only, checkpoint_path, fit, init_coarse2fine, rank_config,
+    Accuracy, BnPolicy, DataParallel, RunOptions, TrainConfig, Trainee,
 };
 
 const GLOBAL_BATCH: usize = 8;
@@ -89,16 +90,27 @@ fn read_state<M: Trainee<CpuBackend<f32>>>(b: &mut CpuBackend<f32>, model: &M) -
         .collect()
 }
 
-/// Trains one worker (`dp` = `None`) or one rank into `dir`; its final state and accuracy.
-/// A rank other than 0 starts from random values everywhere.
+/// Coarse2Fine (`fine`), or the coarse-only model, of `cfg`.
+fn build(b: &mut CpuBackend<f32>, cfg: &TrainConfig, fine: bool) -> Coarse2Fine {
+    if fine {
+        build_coarse2fine(b, cfg).unwrap()
+    } else {
+        build_coarse_only(b, cfg).unwrap()
+    }
+}
+
+/// Trains one worker (`dp` = `None`) or one rank of Coarse2Fine (`fine`) or the coarse-only
+/// model into `dir`; its final state and accuracy. A rank other than 0 starts from random
+/// values everywhere.
 fn train(
     data: &OpenedData,
     dir: &Path,
+    fine: bool,
     mut dp: Option<DataParallel<'_, CpuBackend<f32>>>,
 ) -> (State, Option<Accuracy>) {
     let cfg = config();
     let mut b = CpuBackend::<f32>::new();
-    let mut model = build_coarse2fine(&mut b, &rank_config(&cfg, dp.as_ref()).unwrap()).unwrap();
+    let mut model = build(&mut b, &rank_config(&cfg, dp.as_ref()).unwrap(), fine);
     let state = Trainee::<CpuBackend<f32>>::state(&model);
     match dp.as_ref().map(|dp| dp.rank()) {
         None | Some(0) => {
@@ -126,11 +138,11 @@ fn train(
     (read_state(&mut b, &model), accuracy.map(|e| e.accuracy))
 }
 
-/// The state a fresh run starts from.
-fn initial_state() -> State {
+/// The state a fresh run of Coarse2Fine (`fine`) or the coarse-only model starts from.
+fn initial_state(fine: bool) -> State {
     let cfg = config();
     let mut b = CpuBackend::<f32>::new();
-    let model = build_coarse2fine(&mut b, &cfg).unwrap();
+    let model = build(&mut b, &cfg, fine);
     init_coarse2fine(&mut b, &model, &cfg, &run_options(Path::new("unused"))).unwrap();
     read_state(&mut b, &model)
 }
@@ -153,21 +165,25 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-/// `world` thread ranks against `single`, the one worker's result in `single_dir`.
+/// `world` thread ranks against `single`, the one worker's result in `single_dir`, of
+/// Coarse2Fine (`fine`) or the coarse-only model.
 fn assert_ranks_train_like_one_worker(
     data: &OpenedData,
     world: usize,
+    fine: bool,
     single: &(State, Option<Accuracy>),
     single_dir: &Path,
 ) {
     let dirs: Vec<PathBuf> = (0..world)
-        .map(|r| scratch(&format!("world{world}_rank{r}")))
+        .map(|r| scratch(&format!("fine_{fine}_world{world}_rank{r}")))
         .collect();
     let ranks: Vec<(State, Option<Accuracy>)> = std::thread::scope(|s| {
         let handles: Vec<_> = ThreadCollective::group(world)
             .into_iter()
             .zip(&dirs)
-            .map(|(mut c, dir)| s.spawn(move || train(data, dir, Some(DataParallel::new(&mut c)))))
+            .map(|(mut c, dir)| {
+                s.spawn(move || train(data, dir, fine, Some(DataParallel::new(&mut c))))
+            })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -238,37 +254,55 @@ fn assert_ranks_train_like_one_worker(
 
 #[test]
 fn thread_ranks_train_like_one_worker() {
-    let data = synthetic();
-    let single_dir = scratch("single");
-    let single = train(&data, &single_dir, None);
+    ranks_train_like_one_worker(true, &[2, 4]);
+}
 
-    // Training moved the parameters and the center banks beyond the tolerance, so the
-    // comparison can fail. The backbone moves least (the classifiers start 100× small, so its
-    // gradients are small), but the momentum buffers, compared too, are its gradients' sums:
-    // without the all-reduce each rank's would be off by order one.
-    let start = initial_state();
-    for (group, least) in [
+/// The coarse-only model's ranks too: its gradients and its one center bank.
+#[test]
+fn coarse_only_thread_ranks_train_like_one_worker() {
+    ranks_train_like_one_worker(false, &[2]);
+}
+
+/// One worker's run of Coarse2Fine (`fine`) or the coarse-only model, then each of `worlds`
+/// thread ranks against it.
+fn ranks_train_like_one_worker(fine: bool, worlds: &[usize]) {
+    let data = synthetic();
+    let single_dir = scratch(&format!("fine_{fine}_single"));
+    let single = train(&data, &single_dir, fine, None);
+    assert_training_moved(&single.0, fine);
+    for &world in worlds {
+        assert_ranks_train_like_one_worker(&data, world, fine, &single, &single_dir);
+    }
+}
+
+/// Training moved the parameters and the center banks beyond the tolerance, so the comparison
+/// can fail. The backbone moves least (the classifiers start 100× small, so its gradients are
+/// small), but the momentum buffers, compared too, are its gradients' sums: without the
+/// all-reduce each rank's would be off by order one.
+fn assert_training_moved(end: &State, fine: bool) {
+    let start = initial_state(fine);
+    let groups = [
         ("Conv2d", 3e-5),
         ("upsampler", 3e-5),
         ("attention", 1e-2),
         ("fc_", 1e-2),
         ("centers", 1e-2),
-    ] {
+    ];
+    for (group, least) in groups.into_iter().filter(|g| fine || g.0 != "upsampler") {
         let pick = |s: &State| -> Vec<f32> {
             s.iter()
                 .filter(|t| t.name.starts_with(group))
                 .flat_map(|t| t.values.iter().copied())
                 .collect()
         };
-        let (end, begin) = (pick(&single.0), pick(&start));
+        let (end, begin) = (pick(end), pick(&start));
         assert!(!end.is_empty(), "no tensor named {group}*");
         let moved = relative(&end, &begin);
-        println!("{group}: moved {moved:e}");
-        assert!(moved > least, "{group}: moved only {moved:e}");
-    }
-
-    for world in [2, 4] {
-        assert_ranks_train_like_one_worker(&data, world, &single, &single_dir);
+        println!("fine pass {fine}, {group}: moved {moved:e}");
+        assert!(
+            moved > least,
+            "fine pass {fine}, {group}: moved only {moved:e}"
+        );
     }
 }
 

@@ -120,11 +120,14 @@ fn golden_step() -> Step {
     let image: Vec<f64> = image.iter().map(|&v| v as f64).collect();
     b.write(model.input(), &image).unwrap();
     b.write_index(model.labels(), &LABELS).unwrap();
-    b.write_index(model.chosen_maps(), &CHOSEN).unwrap();
+    let chosen_maps = model.chosen_maps().expect("Coarse2Fine has a fine pass");
+    b.write_index(chosen_maps, &CHOSEN).unwrap();
     model.zero_grads(b).unwrap();
     let l = model.forward_backward(b, BnMode::Train).unwrap();
 
-    let (coarse, fine) = model.logits();
+    let [coarse, fine] = model.logits()[..] else {
+        panic!("Coarse2Fine has two heads")
+    };
     let net = model.backbone();
     let mut grads = split(&net.graph.params, &read(b, net.grads));
     grads.extend(split(model.head_table(), &read(b, model.grads)));

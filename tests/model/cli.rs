@@ -1,8 +1,9 @@
 //! The `c2f` binary: a TOML config file with command-line overrides, its unknown keys refused
 //! naming the file and key; `c2f eval` and `c2f predict` on the checkpoint a run wrote; an
-//! unreadable image skipped by `predict` with its path (status 1 when none is readable);
-//! data-parallel training refused where it cannot run; CelebA's attributes trained, evaluated
-//! and predicted per attribute; the synthetic set's own seed.
+//! unreadable image skipped by `predict` with its path (status 1 when none is readable); the
+//! coarse-only ablation trained beside the others and its checkpoint used by every command; an
+//! unknown model name refused; data-parallel training refused where it cannot run; CelebA's
+//! attributes trained, evaluated and predicted per attribute; the synthetic set's own seed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -170,18 +171,7 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
     );
 
     // Two images the synthetic set writes in the CUB layout, and a corrupt one.
-    let images = dir.join("images");
-    let spec = c2f_train::data::synthetic::SyntheticConfig {
-        classes: 3,
-        size: 75,
-        ..Default::default()
-    };
-    c2f_train::data::synthetic::write_cub_layout(&images, &spec, 2, 0).unwrap();
-    let files: Vec<PathBuf> = std::fs::read_to_string(images.join("images.txt"))
-        .unwrap()
-        .lines()
-        .map(|l| images.join("images").join(l.split_once(' ').unwrap().1))
-        .collect();
+    let files = synthetic_images(&dir, 2);
     let corrupt = dir.join("corrupt.jpg");
     std::fs::write(&corrupt, b"not a jpeg").unwrap();
     // A PNG header declaring 40000×40000 pixels: refused before decoding, by name.
@@ -255,11 +245,48 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
         assert_eq!(line.matches('%').count(), 2, "{line}");
     }
 
-    // Localization on the synthetic test split (it has boxes): the table and the JSON file.
+    let (_, metrics) = localize_json(&checkpoint, device, &dir);
+    assert!(metrics["accuracy"]["fine"].as_f64().is_some(), "{metrics}");
+    two_pictures(&checkpoint, device, &dir);
+}
+
+/// `c2f predict` of one image with `checkpoint` on the CPU: its prediction lines.
+fn predictions_on_cpu(checkpoint: &Path, image: &Path) -> Vec<String> {
+    let log = c2f_ok(&[
+        "predict",
+        "--checkpoint",
+        path(checkpoint),
+        "--device",
+        "cpu",
+        path(image),
+    ]);
+    let lines = log.lines().filter(|l| l.starts_with("  "));
+    lines.map(str::to_string).collect()
+}
+
+/// `n` images the synthetic set writes in the CUB layout under `dir`.
+fn synthetic_images(dir: &Path, n: usize) -> Vec<PathBuf> {
+    let images = dir.join("images");
+    let spec = c2f_train::data::synthetic::SyntheticConfig {
+        classes: 3,
+        size: 75,
+        ..Default::default()
+    };
+    c2f_train::data::synthetic::write_cub_layout(&images, &spec, n, 0).unwrap();
+    std::fs::read_to_string(images.join("images.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| images.join("images").join(l.split_once(' ').unwrap().1))
+        .collect()
+}
+
+/// Localization of `checkpoint`'s test split (the synthetic set's has boxes) on `device`: the
+/// table, which it checks, and the JSON file, written into `dir`.
+fn localize_json(checkpoint: &Path, device: &str, dir: &Path) -> (String, serde_json::Value) {
     let json = dir.join("loc.json");
     let log = c2f_ok(&[
         "localize",
-        path(&checkpoint),
+        path(checkpoint),
         "--device",
         device,
         "--json",
@@ -270,12 +297,16 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
     let mean_iou = metrics["mean_iou"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&mean_iou), "{metrics}");
     assert!(log.contains("GT-known"), "{log}");
+    (log, metrics)
+}
 
-    // Pictures of two test images and the contact sheet, decodable PNGs.
+/// Pictures of two of `checkpoint`'s test images and the contact sheet, on `device`, into
+/// `dir`: three decodable PNGs.
+fn two_pictures(checkpoint: &Path, device: &str, dir: &Path) {
     let pictures = dir.join("pictures");
     c2f_ok(&[
         "visualize",
-        path(&checkpoint),
+        path(checkpoint),
         "--device",
         device,
         "--count",
@@ -358,6 +389,100 @@ fn pretrained_and_bilinear_upsamplers_train() {
     let log = text(&out);
     assert!(!out.status.success());
     assert!(log.contains("wrong.safetensors"), "{log}");
+}
+
+/// `--models coarse-only,both`: the coarse-only ablation, then Coarse2Fine and the baseline,
+/// each in its folder and its row, in that order; the coarse-only row and metrics have no fine
+/// or averaged accuracy; its checkpoint serves `eval`, `predict`, `localize` and `visualize`
+/// with its one prediction.
+#[test]
+fn coarse_only_trains_and_serves_every_command() {
+    let dir = scratch("coarse_only");
+    let run_dir = dir.join("run");
+    let synthetic = [
+        "--models",
+        "coarse-only,both",
+        "--classes",
+        "3",
+        "--train-images",
+        "8",
+        "--test-images",
+        "6",
+        "--run-dir",
+        path(&run_dir),
+    ];
+    let log = c2f_ok(&[&TINY_TRAIN[..], &synthetic].concat());
+    let rows: Vec<&str> = log.lines().filter(|l| l.starts_with("| ")).collect();
+    let labels: Vec<&str> = rows[2..]
+        .iter()
+        .map(|r| r.split(" | ").next().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "| Coarse-only ablation",
+            "| Coarse2Fine",
+            "| InceptionV3 baseline"
+        ],
+        "{log}"
+    );
+    assert!(rows[2].contains("% | - | - | "), "{log}");
+    let metrics = crate::common::train::metrics(&run_dir.join("coarse-only"));
+    assert_eq!(metrics.len(), 1);
+    let record = &metrics[0];
+    assert_eq!(record["model"], "coarse-only");
+    assert!(record["test_coarse"].as_f64().is_some(), "{record}");
+    assert!(
+        record["test_fine"].is_null() && record["loss_fine"].is_null(),
+        "{record}"
+    );
+    let (coarse, center) = (
+        record["loss_coarse"].as_f64().unwrap(),
+        record["loss_center_coarse"].as_f64().unwrap(),
+    );
+    let total = record["loss"].as_f64().unwrap();
+    assert!(coarse > 0.0 && center > 0.0 && (coarse + center - total).abs() < 1e-9);
+
+    let checkpoint = run_dir.join("coarse-only/checkpoint.safetensors");
+    let log = c2f_ok(&["eval", path(&checkpoint), "--device", "cpu"]);
+    // One accuracy, not Coarse2Fine's `coarse … fine … average …`.
+    let first = log.lines().next().unwrap();
+    assert!(
+        first.contains("(coarse-only, epoch 1)") && first.ends_with('%'),
+        "{log}"
+    );
+    assert!(!first.contains("average"), "{log}");
+    assert!(
+        log.contains("| coarse-only | ") && log.contains(" | - | - | "),
+        "{log}"
+    );
+
+    let lines = predictions_on_cpu(&checkpoint, &synthetic_images(&dir, 1)[0]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("  coarse ") && lines[0].matches('%').count() == 3,
+        "{lines:?}"
+    );
+
+    let (log, metrics) = localize_json(&checkpoint, "cpu", &dir);
+    let top1 = log.lines().find(|l| l.starts_with("top-1")).unwrap_or("");
+    assert!(top1.ends_with("%         -         -"), "{log}");
+    assert!(metrics["accuracy"]["fine"].is_null(), "{metrics}");
+    two_pictures(&checkpoint, "cpu", &dir);
+}
+
+/// An unknown model name is refused before any data is made, naming it and every model.
+#[test]
+fn unknown_model_is_refused_listing_the_models() {
+    let out = c2f(&["train", "--models", "coarse2fine,wsdan"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("--models wsdan: unknown model")
+            && log.contains("coarse2fine, coarse-only, baseline"),
+        "{log}"
+    );
+    assert!(!log.contains("train / "), "data was made: {log}");
 }
 
 #[test]
@@ -474,17 +599,8 @@ fn celeba_attributes_train_eval_and_predict() {
     assert!(log.contains("| Red | coarse2fine |"), "{log}");
 
     // Every attribute with its probability, for each of the three predictions.
-    let image = root.join("img_align_celeba/000001.jpg");
-    let log = c2f_ok(&[
-        "predict",
-        "--checkpoint",
-        path(&checkpoint),
-        "--device",
-        "cpu",
-        path(&image),
-    ]);
-    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("  ")).collect();
-    assert_eq!(lines.len(), 3, "{log}");
+    let lines = predictions_on_cpu(&checkpoint, &root.join("img_align_celeba/000001.jpg"));
+    assert_eq!(lines.len(), 3, "{lines:?}");
     for line in lines {
         assert!(line.contains("Striped ") && line.contains("Red "), "{line}");
         assert_eq!(line.matches('%').count(), 2, "{line}");

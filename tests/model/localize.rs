@@ -208,7 +208,9 @@ fn coordinates_round_trip_through_resize_and_crop() {
     assert!(e.unwrap_err().to_string().contains("test transform"));
 }
 
-fn inference(label: usize, probs: [usize; 3], pred: BBox, truth: BBox) -> ImageInference {
+/// One image's inference with one-hot probabilities, one per prediction (coarse, fine and
+/// average, or coarse alone).
+fn inference(label: usize, probs: &[usize], pred: BBox, truth: BBox) -> ImageInference {
     let onehot = |c: usize| (0..3).map(|i| (i == c) as u8 as f64).collect::<Vec<_>>();
     ImageInference {
         index: 0,
@@ -216,7 +218,7 @@ fn inference(label: usize, probs: [usize; 3], pred: BBox, truth: BBox) -> ImageI
         image: Arc::new(RgbImage::new(100, 100)),
         label,
         truth: Some(truth),
-        probs: probs.map(onehot),
+        probs: probs.iter().map(|&c| onehot(c)).collect(),
         attention: Vec::new(),
         upsampled: Vec::new(),
         box_input: Some(pred),
@@ -230,17 +232,17 @@ fn metrics_by_hand() {
     let near = BBox::new(12.0, 12.0, 40.0, 40.0); // IoU 38²/(2·1600 − 38²) ≈ 0.82
     let off = BBox::new(60.0, 60.0, 30.0, 30.0); // IoU 0
     let results = [
-        inference(0, [0, 0, 0], near, t), // located, all right
-        inference(1, [1, 2, 1], near, t), // located, fine wrong
-        inference(2, [2, 2, 2], off, t),  // labels right, box wrong
-        inference(0, [1, 1, 1], off, t),  // both wrong
+        inference(0, &[0, 0, 0], near, t), // located, all right
+        inference(1, &[1, 2, 1], near, t), // located, fine wrong
+        inference(2, &[2, 2, 2], off, t),  // labels right, box wrong
+        inference(0, &[1, 1, 1], off, t),  // both wrong
     ];
     let m = metrics(&results, &LocalizeConfig::default());
     assert_eq!(m.images, 4);
     assert_eq!(m.accuracy.coarse, 0.5);
-    assert_eq!(m.accuracy.fine, 0.25);
-    assert_eq!(m.accuracy.average, 0.5);
-    assert_eq!(m.error.fine, 0.75);
+    assert_eq!(m.accuracy.fine, Some(0.25));
+    assert_eq!(m.accuracy.average, Some(0.5));
+    assert_eq!(m.error.fine, Some(0.75));
     assert_eq!(m.gt_known, 0.5);
     assert_eq!(m.top1.coarse, 0.75);
     let iou = near.iou(&t) as f64;
@@ -251,6 +253,37 @@ fn metrics_by_hand() {
     assert_eq!(json["accuracy"]["fine"], 0.25);
     assert_eq!(json["config"]["region"], "largest_component");
     assert!(m.table().contains("GT-known"));
+}
+
+/// A model without a fine pass (coarse-only) has no fine or averaged prediction: none in the
+/// metrics, `-` in the table, `null` in the JSON.
+#[test]
+fn metrics_of_one_prediction() {
+    let t = BBox::new(10.0, 10.0, 40.0, 40.0);
+    let off = BBox::new(60.0, 60.0, 30.0, 30.0);
+    let results = [inference(1, &[1], t, t), inference(0, &[1], off, t)];
+    let m = metrics(&results, &LocalizeConfig::default());
+    assert_eq!(
+        (m.accuracy.coarse, m.top1.coarse, m.error.coarse),
+        (0.5, 0.5, 0.5)
+    );
+    assert_eq!(
+        (m.accuracy.fine, m.accuracy.average, m.error.fine),
+        (None, None, None)
+    );
+    let top1 = m
+        .table()
+        .lines()
+        .find(|l| l.starts_with("top-1"))
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        top1.split_whitespace().collect::<Vec<_>>(),
+        ["top-1", "50.00", "%", "-", "-"]
+    );
+    let json: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
+    assert!(json["accuracy"]["fine"].is_null(), "{json}");
+    assert_eq!(results[0].top(1), [(1, 1.0)]);
 }
 
 #[test]
@@ -288,7 +321,7 @@ fn localizes_the_synthetic_set_end_to_end() {
         assert!((p - 1.0).abs() < 1e-9);
         assert_eq!(r.truth, Some(set.get(r.index).bbox));
     }
-    assert!(m.accuracy.average <= m.gt_known && (0.0..=1.0).contains(&m.mean_iou));
+    assert!(m.accuracy.average.unwrap() <= m.gt_known && (0.0..=1.0).contains(&m.mean_iou));
     // Each image's result does not depend on its batch-mates (padding included).
     let one = c2f_train::localize::infer_images(&mut cpu, &mut model, &set, &[4], &cfg).unwrap();
     assert_eq!(one[0].box_input, results[4].box_input);

@@ -1,8 +1,9 @@
 //! Coarse2Fine on the CUDA backend against the CPU backend: one full training step (both passes,
 //! the fine branch, both center banks, SGD) from the same weights and batch, for classes and for
-//! attributes (the multi-label head), a short `fit` on the GPU that trains with finite losses, and
-//! (on the CPU emulator, which counts device allocations) steps that allocate nothing after the
-//! first. Without a GPU each test prints `skipped: no CUDA device`.
+//! attributes (the multi-label head), the same for the coarse-only ablation, a short `fit` on the
+//! GPU that trains with finite losses, and (on the CPU emulator, which counts device allocations)
+//! steps that allocate nothing after the first. Without a GPU each test prints
+//! `skipped: no CUDA device`.
 
 use crate::common::train::{synthetic_spec, tiny_config};
 use c2f_inception::backend::{prelude::*, BnMode};
@@ -15,8 +16,8 @@ use c2f_train::data::image_io::DEFAULT_MAX_PIXELS;
 use c2f_train::data::loader::Batch as LoaderBatch;
 use c2f_train::model::{Coarse2Fine, Task};
 use c2f_train::train::{
-    build_baseline, build_coarse2fine, init_baseline, init_coarse2fine, train_coarse2fine,
-    BatchShare, RunOptions, TrainConfig, Trainee,
+    build_baseline, build_coarse2fine, build_coarse_only, init_baseline, init_coarse2fine,
+    train_coarse2fine, BatchShare, RunOptions, TrainConfig, Trainee,
 };
 
 fn tiny() -> TrainConfig {
@@ -38,10 +39,21 @@ struct Batch {
 /// Every named tensor of a model's state, widened to f64.
 type State = Vec<(String, Vec<f64>)>;
 
-/// The four loss terms and the state after one step from `init` on `b`.
+/// The model of `cfg`, with its fine pass (Coarse2Fine) or without (coarse-only).
+fn build<B: Backend>(b: &mut B, cfg: &TrainConfig, fine: bool) -> Coarse2Fine {
+    if fine {
+        build_coarse2fine(b, cfg).unwrap()
+    } else {
+        build_coarse_only(b, cfg).unwrap()
+    }
+}
+
+/// The four loss terms (the fine ones 0 without a fine pass) and the state after one step
+/// from `init` on `b`.
 fn step_from<B: Backend>(
     b: &mut B,
     cfg: &TrainConfig,
+    fine: bool,
     init: &State,
     batch: &Batch,
 ) -> (Vec<f64>, State) {
@@ -50,7 +62,7 @@ fn step_from<B: Backend>(
             .map(|&x| B::Scalar::from_f64(x))
             .collect::<Vec<_>>()
     };
-    let mut model: Coarse2Fine = build_coarse2fine(b, cfg).unwrap();
+    let mut model = build(b, cfg, fine);
     for (tensor, (name, values)) in model.state().iter().zip(init) {
         assert_eq!(&tensor.name, name);
         b.write(tensor.tensor, &narrow(values)).unwrap();
@@ -60,7 +72,9 @@ fn step_from<B: Backend>(
     if cfg.task == Task::Attributes {
         b.write(model.targets(), &narrow(&batch.targets)).unwrap();
     }
-    b.write_index(model.chosen_maps(), &batch.chosen).unwrap();
+    if let Some(chosen_maps) = model.chosen_maps() {
+        b.write_index(chosen_maps, &batch.chosen).unwrap();
+    }
     model.zero_grads(b).unwrap();
     let l = model.forward_backward(b, BnMode::Train).unwrap();
     model
@@ -83,13 +97,16 @@ fn step_from<B: Backend>(
     )
 }
 
+/// Coarse2Fine's step, then the coarse-only model's, for each task.
 #[test]
 fn coarse2fine_step_matches_cpu() {
     let Some(mut gpu) = cuda_or_skip("coarse2fine_step_matches_cpu") else {
         return;
     };
-    for task in [Task::Classes, Task::Attributes] {
-        step_matches_cpu(&mut gpu, task);
+    for fine in [true, false] {
+        for task in [Task::Classes, Task::Attributes] {
+            step_matches_cpu(&mut gpu, task, fine);
+        }
     }
 }
 
@@ -110,7 +127,7 @@ const F32_FLOOR: f64 = 1e-5;
 /// [`F32_SPREAD`] times the f32 CPU run's. Comparing the GPU with the f32 CPU run directly would
 /// need a bound above the f32 noise of the worst-conditioned tensor (1.2e-2 on the up-sampler's
 /// first bias for attributes) for every tensor.
-fn step_matches_cpu(gpu: &mut c2f_inception::cuda::CudaBackend, task: Task) {
+fn step_matches_cpu(gpu: &mut c2f_inception::cuda::CudaBackend, task: Task, fine: bool) {
     let cfg = TrainConfig { task, ..tiny() };
     let mut rng = SplitMix64(11);
     let batch = Batch {
@@ -125,7 +142,7 @@ fn step_matches_cpu(gpu: &mut c2f_inception::cuda::CudaBackend, task: Task) {
         chosen: vec![1, 0, 0, 1],
     };
     let mut cpu = CpuBackend::<f32>::new();
-    let model = build_coarse2fine(&mut cpu, &cfg).unwrap();
+    let model = build(&mut cpu, &cfg, fine);
     init_coarse2fine(
         &mut cpu,
         &model,
@@ -138,13 +155,13 @@ fn step_matches_cpu(gpu: &mut c2f_inception::cuda::CudaBackend, task: Task) {
         .iter()
         .map(|t| (t.name.clone(), widen(&cpu.read(t.tensor).unwrap())))
         .collect();
-    let (losses64, state64) = step_from(&mut CpuBackend::<f64>::new(), &cfg, &init, &batch);
-    let (_, state32) = step_from(&mut CpuBackend::<f32>::new(), &cfg, &init, &batch);
-    let (gpu_losses, gpu_state) = step_from(gpu, &cfg, &init, &batch);
+    let (losses64, state64) = step_from(&mut CpuBackend::<f64>::new(), &cfg, fine, &init, &batch);
+    let (_, state32) = step_from(&mut CpuBackend::<f32>::new(), &cfg, fine, &init, &batch);
+    let (gpu_losses, gpu_state) = step_from(gpu, &cfg, fine, &init, &batch);
     for (k, (r, g)) in losses64.iter().zip(&gpu_losses).enumerate() {
         assert!(
             (r - g).abs() <= 1e-3 * r.abs().max(1e-3),
-            "{task:?}: loss term {k}: f64 {r}, gpu {g}"
+            "fine pass {fine}, {task:?}: loss term {k}: f64 {r}, gpu {g}"
         );
     }
     // Every tensor is measured before any assertion, so a failure shows the whole spread (an
@@ -153,14 +170,14 @@ fn step_matches_cpu(gpu: &mut c2f_inception::cuda::CudaBackend, task: Task) {
     for (((name, r), (_, c)), (_, g)) in state64.iter().zip(&state32).zip(&gpu_state) {
         assert!(
             g.iter().all(|v| v.is_finite()),
-            "{task:?}: {name}: non-finite on the GPU"
+            "fine pass {fine}, {task:?}: {name}: non-finite on the GPU"
         );
         let (cpu_err, gpu_err) = (rel_error(c, r), rel_error(g, r));
         let bound = F32_SPREAD * cpu_err + F32_FLOOR;
         ratios.push((gpu_err / bound, name.clone(), gpu_err, cpu_err, bound));
     }
     ratios.sort_by(|a, b| b.0.total_cmp(&a.0));
-    println!("coarse2fine_step_matches_cpu ({task:?}): the ten tensors nearest their bound");
+    println!("fine pass {fine}, {task:?}: the ten tensors nearest their bound");
     for (ratio, name, gpu_err, cpu_err, bound) in ratios.iter().take(10) {
         println!(
             "  {name}: GPU {gpu_err:.2e} from f64, f32 CPU {cpu_err:.2e}, bound {bound:.2e} \
@@ -170,8 +187,8 @@ fn step_matches_cpu(gpu: &mut c2f_inception::cuda::CudaBackend, task: Task) {
     for (_, name, gpu_err, cpu_err, bound) in &ratios {
         assert!(
             gpu_err <= bound,
-            "{task:?}: {name}: the GPU is {gpu_err:.2e} from f64, the f32 CPU {cpu_err:.2e} \
-             (bound {bound:.2e})"
+            "fine pass {fine}, {task:?}: {name}: the GPU is {gpu_err:.2e} from f64, the f32 CPU \
+             {cpu_err:.2e} (bound {bound:.2e})"
         );
     }
 }
@@ -254,7 +271,7 @@ fn allocations_per_step<M: Trainee<CudaBackend>>(
 
 /// Issue 3's memory rule: activations, scratch and plans are made once per (batch, resolution),
 /// so once the first step and the first evaluation have run, neither allocates device memory
-/// again, for Coarse2Fine and for the baseline.
+/// again, for Coarse2Fine, the coarse-only model and the baseline.
 #[test]
 fn training_steps_allocate_nothing_after_the_first() {
     let test = "training_steps_allocate_nothing_after_the_first";
@@ -271,6 +288,9 @@ fn training_steps_allocate_nothing_after_the_first() {
     let mut c2f = build_coarse2fine(&mut gpu, &cfg).unwrap();
     init_coarse2fine(&mut gpu, &c2f, &cfg, &run).unwrap();
     let c2f_counts = allocations_per_step(&mut gpu, &mut c2f, &cfg);
+    let mut coarse_only = build(&mut gpu, &cfg, false);
+    init_coarse2fine(&mut gpu, &coarse_only, &cfg, &run).unwrap();
+    let coarse_only_counts = allocations_per_step(&mut gpu, &mut coarse_only, &cfg);
     let mut baseline = build_baseline(&mut gpu, &cfg).unwrap();
     init_baseline(&mut gpu, &baseline, &run).unwrap();
     let baseline_counts = allocations_per_step(&mut gpu, &mut baseline, &cfg);
@@ -278,7 +298,11 @@ fn training_steps_allocate_nothing_after_the_first() {
     let before = emulator_allocation_count().unwrap();
     let _scratch = gpu.gpu().alloc_zeros::<f32>(16).unwrap();
     assert_eq!(emulator_allocation_count().unwrap(), before + 1);
-    for (model, counts) in [("Coarse2Fine", c2f_counts), ("baseline", baseline_counts)] {
+    for (model, counts) in [
+        ("Coarse2Fine", c2f_counts),
+        ("coarse-only", coarse_only_counts),
+        ("baseline", baseline_counts),
+    ] {
         // After step 1, then steps 2 and 3; after evaluation 1, then evaluation 2.
         assert!(
             counts[0] == counts[1] && counts[1] == counts[2] && counts[3] == counts[4],

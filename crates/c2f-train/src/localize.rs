@@ -1,8 +1,9 @@
-//! Weakly-supervised localization from a trained Coarse2Fine (the paper's "Object Localization
-//! Results", Table 7, Figure 6):
+//! Weakly-supervised localization from a trained Coarse2Fine or coarse-only model (the paper's
+//! "Object Localization Results", Table 7, Figure 6):
 //!
 //! 1. the mean of the attention maps (what [`Coarse2Fine::infer`] feeds the fine branch);
-//! 2. through the up-sampler, to the input side `S`;
+//! 2. through the up-sampler (the coarse-only model's: a fixed bilinear resize), to the input
+//!    side `S`;
 //! 3. a box-filter (averaging) convolution, `k × k`, averaging only the pixels inside the image
 //!    (so the border is not darkened by padding); `k` defaults to one attention-map cell, made odd;
 //! 4. the filtered map min-max normalised to [0, 1], then a threshold at a fraction (default 0.1)
@@ -17,7 +18,7 @@
 //!
 //! Metrics ([`LocalizationMetrics`]): ACoL's localization accuracy (IoU > 0.5 with the
 //! ground-truth box *and* the predicted label right) and its error (1 − accuracy) for the
-//! coarse, fine and averaged predictions; GT-known accuracy (IoU > 0.5 alone); the mean IoU; and a
+//! coarse, fine and averaged predictions (the coarse alone without a fine pass); GT-known accuracy (IoU > 0.5 alone); the mean IoU; and a
 //! centred-box baseline (a box of the mean ground-truth size, relative to the image, at each
 //! image's centre).
 
@@ -237,8 +238,8 @@ pub struct ImageInference {
     pub label: usize,
     /// The ground-truth box in original pixels, where the dataset has one.
     pub truth: Option<BBox>,
-    /// Class probabilities: coarse, fine and their average.
-    pub probs: [Vec<f64>; 3],
+    /// Class probabilities: coarse, then for a model with a fine pass fine and their average.
+    pub probs: Vec<Vec<f64>>,
     /// The attention maps `[M, h, w]`.
     pub attention: Vec<f32>,
     /// The mean map up-sampled to `S × S` (before the box filter).
@@ -249,9 +250,9 @@ pub struct ImageInference {
 }
 
 impl ImageInference {
-    /// The predicted class of the coarse, fine and averaged predictions.
-    pub fn predicted(&self) -> [usize; 3] {
-        std::array::from_fn(|k| argmax(&self.probs[k]))
+    /// The predicted class of each of [`Self::probs`].
+    pub fn predicted(&self) -> Vec<usize> {
+        self.probs.iter().map(|p| argmax(p)).collect()
     }
 
     /// IoU of the predicted box with the true one (0 when either is missing).
@@ -262,9 +263,11 @@ impl ImageInference {
         }
     }
 
-    /// The `k` most probable classes of the averaged prediction, with their probabilities.
+    /// The `k` most probable classes of the averaged prediction (the coarse one for a model
+    /// without a fine pass), with their probabilities.
     pub fn top(&self, k: usize) -> Vec<(usize, f64)> {
-        let mut order: Vec<(usize, f64)> = self.probs[2].iter().cloned().enumerate().collect();
+        let last = self.probs.last().map_or(&[][..], Vec::as_slice);
+        let mut order: Vec<(usize, f64)> = last.iter().cloned().enumerate().collect();
         order.sort_by(|a, b| b.1.total_cmp(&a.1));
         order.truncate(k);
         order
@@ -307,17 +310,14 @@ pub fn infer_images<B: Backend<Scalar = f32>>(
         let images: Vec<f32> = items.iter().flat_map(|(_, p)| p.iter().copied()).collect();
         b.write(model.input(), &padded_images(&images, items.len(), batch))?;
         model.infer(b)?;
-        let (lc, lf) = model.logits();
-        let heads = [
-            softmax(&b.read(lc)?, classes),
-            softmax(&b.read(lf)?, classes),
-        ];
+        let heads = model
+            .logits()
+            .into_iter()
+            .map(|logits| Ok(softmax(&b.read(logits)?, classes)))
+            .collect::<Result<Vec<_>>>()?;
         let attention = b.read(model.attention_maps())?;
         let upsampled = b.read(model.upsampled_map())?;
         for (j, ((item, _), &index)) in items.into_iter().zip(chunk).enumerate() {
-            let [coarse, fine, average]: [Vec<f64>; 3] = prediction_rows(&heads, j, classes)
-                .try_into()
-                .expect("two heads give three rows");
             let up = upsampled[j * size * size..][..size * size].to_vec();
             let filtered = box_filter(&up, (size, size), k);
             let box_input = extract_box(&filtered, (size, size), cfg.threshold, cfg.region);
@@ -331,7 +331,7 @@ pub fn infer_images<B: Backend<Scalar = f32>>(
                 label: item.label,
                 truth: item.bbox,
                 image: item.image,
-                probs: [coarse, fine, average],
+                probs: prediction_rows(&heads, j, classes),
                 attention: attention[j * maps * mh * mw..][..maps * mh * mw].to_vec(),
                 upsampled: up,
                 box_input,
@@ -342,12 +342,12 @@ pub fn infer_images<B: Backend<Scalar = f32>>(
     Ok(out)
 }
 
-/// Accuracy (and error) per prediction head.
+/// Accuracy (and error) per prediction: fine and average only for a model with a fine pass.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct PerHead {
     pub coarse: f64,
-    pub fine: f64,
-    pub average: f64,
+    pub fine: Option<f64>,
+    pub average: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -370,10 +370,14 @@ pub struct LocalizationMetrics {
 pub fn metrics(results: &[ImageInference], cfg: &LocalizeConfig) -> LocalizationMetrics {
     let n = results.len().max(1) as f64;
     let hit = |r: &ImageInference| r.iou() > 0.5;
-    let per = |f: &dyn Fn(&ImageInference, usize) -> bool| PerHead {
-        coarse: results.iter().filter(|r| f(r, 0)).count() as f64 / n,
-        fine: results.iter().filter(|r| f(r, 1)).count() as f64 / n,
-        average: results.iter().filter(|r| f(r, 2)).count() as f64 / n,
+    let two_heads = results.first().is_some_and(|r| r.probs.len() > 1);
+    let per = |f: &dyn Fn(&ImageInference, usize) -> bool| {
+        let rate = |k: usize| results.iter().filter(|r| f(r, k)).count() as f64 / n;
+        PerHead {
+            coarse: rate(0),
+            fine: two_heads.then(|| rate(1)),
+            average: two_heads.then(|| rate(2)),
+        }
     };
     let accuracy = per(&|r, k| hit(r) && r.predicted()[k] == r.label);
     let top1 = per(&|r, k| r.predicted()[k] == r.label);
@@ -386,8 +390,8 @@ pub fn metrics(results: &[ImageInference], cfg: &LocalizeConfig) -> Localization
         accuracy,
         error: PerHead {
             coarse: 1.0 - accuracy.coarse,
-            fine: 1.0 - accuracy.fine,
-            average: 1.0 - accuracy.average,
+            fine: accuracy.fine.map(|a| 1.0 - a),
+            average: accuracy.average.map(|a| 1.0 - a),
         },
         gt_known: results.iter().filter(|r| hit(r)).count() as f64 / n,
         mean_iou: results.iter().map(|r| r.iou()).sum::<f64>() / n,
@@ -442,6 +446,8 @@ impl LocalizationMetrics {
                 .map_or("one map cell".to_string(), |k| format!("{k} px")),
         );
         s += "                 coarse      fine    average\n";
+        // A model without a fine pass has no fine or averaged prediction: `-`.
+        let cell = |v: Option<f64>| v.map_or(format!("{:>9}", "-"), pct);
         for (name, h) in [
             ("loc. accuracy", self.accuracy),
             ("loc. error   ", self.error),
@@ -450,8 +456,8 @@ impl LocalizationMetrics {
             s += &format!(
                 "{name}  {} {} {}\n",
                 pct(h.coarse),
-                pct(h.fine),
-                pct(h.average)
+                cell(h.fine),
+                cell(h.average)
             );
         }
         s += &format!("GT-known loc. accuracy   {}\n", pct(self.gt_known));

@@ -11,6 +11,9 @@
 //!    and 3 (or the WS-DAN reimplementations' rule) over one center bank shared by both passes
 //!    ([`CenterBanks`]; or one bank per pass).
 //!
+//! Without its fine pass ([`Coarse2Fine::coarse_only`]) the model is the coarse-only ablation:
+//! step 1 alone, trained on `CE(coarse) + λ·CL(P)`, the same code with the fine pass left out.
+//!
 //! A multi-label model ([`Task::Attributes`], CelebA in the paper's Table 9) has one binary
 //! output per attribute: sigmoid binary cross-entropy replaces the softmax cross-entropy, and
 //! there is no center loss, because its centers are per class.
@@ -73,9 +76,11 @@ pub struct Coarse2FineConfig {
     /// Attention maps M (paper: 8; WS-DAN: 32).
     pub maps: usize,
     /// Channels between the up-sampler's transposed convolutions; one stride-2 layer per entry
-    /// plus the last one back to a single map, so `len + 1` layers in all.
+    /// plus the last one back to a single map, so `len + 1` layers in all (unused by the
+    /// coarse-only model).
     pub upsampler_channels: Vec<usize>,
     pub center_loss: CenterLossParams,
+    /// One bank for both passes or one each (the coarse-only model has one pass, so one bank).
     pub center_banks: CenterBanks,
     pub batch: usize,
 }
@@ -88,7 +93,6 @@ struct Heads {
     /// back under the same names.
     upsampler: usize,
     fc_coarse: (usize, usize),
-    fc_fine: (usize, usize),
 }
 
 /// What one pass (coarse or fine) holds beyond its backbone network.
@@ -108,6 +112,37 @@ struct Pass {
     centers: Tensor,
 }
 
+/// What the fine pass adds to the coarse one: its own pass, its classifier, the maps chosen
+/// for it and the mask's scratch.
+struct Fine {
+    pass: Pass,
+    fc: (usize, usize),
+    chosen_maps: IndexTensor,
+    d_chosen: Tensor,
+    u_max: Tensor,
+    u_argmax: IndexTensor,
+}
+
+/// What a pass's attention, BAP, head and losses read and write beside its own buffers: the
+/// shapes and the tensors of the shared attention conv and of the pass's classifier (handles,
+/// so that a pass can be borrowed mutably beside them).
+#[derive(Clone, Copy)]
+struct PassArgs {
+    conv: Conv2dShape,
+    bap: BapShape,
+    head: LinearShape,
+    center: CenterLossShape,
+    center_loss: CenterLossParams,
+    task: Task,
+    /// The attention conv's weight and its gradient.
+    attention: [Tensor; 2],
+    /// The classifier's weight and its gradient, and its bias's gradient.
+    fc: [Tensor; 3],
+    fc_bias: Tensor,
+    labels: IndexTensor,
+    targets: Tensor,
+}
+
 /// Which gradient buffer [`Coarse2Fine::forward_backward_reporting`] reports complete, from
 /// which element to its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +151,7 @@ pub enum Grads {
     Heads(usize),
 }
 
-/// Losses of one training step.
+/// Losses of one training step; the fine terms are 0 for the coarse-only model.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Losses {
     pub coarse: f64,
@@ -131,6 +166,8 @@ impl Losses {
     }
 }
 
+/// Coarse2Fine, or without its fine pass the coarse-only ablation ([`Coarse2Fine::coarse_only`]):
+/// the same backbone, attention conv, BAP, coarse head and center loss, trained alone.
 pub struct Coarse2Fine {
     pub config: Coarse2FineConfig,
     heads: Heads,
@@ -139,17 +176,16 @@ pub struct Coarse2Fine {
     pub grads: Tensor,
     momentum: Tensor,
     coarse: Pass,
-    fine: Pass,
+    /// `None` for the coarse-only model.
+    fine: Option<Fine>,
     labels: IndexTensor,
     /// `[B, A]` 0/1 attribute targets ([`Task::Attributes`]; empty otherwise).
     targets: Tensor,
-    chosen_maps: IndexTensor,
-    /// The chosen attention map per sample, `[B, 1, h, w]`, and its gradient.
+    /// The map per sample that the up-sampler reads, `[B, 1, h, w]`.
     chosen: Tensor,
-    d_chosen: Tensor,
+    /// The fine pass's up-sampler; the coarse-only model's is the fixed bilinear one, which
+    /// only up-samples the mean map in inference, for localization.
     upsampler: Upsampler,
-    u_max: Tensor,
-    u_argmax: IndexTensor,
 }
 
 impl Coarse2Fine {
@@ -164,6 +200,21 @@ impl Coarse2Fine {
         b: &mut B,
         config: Coarse2FineConfig,
         kind: UpsamplerKind,
+    ) -> Result<Coarse2Fine> {
+        Self::build(b, config, kind, true)
+    }
+
+    /// The coarse-only ablation: no fine pass, so no up-sampler parameters, no fine head and
+    /// one center bank whatever `config.center_banks` says; its loss is `CE(coarse) + λ·CL(P)`.
+    pub fn coarse_only<B: Backend>(b: &mut B, config: Coarse2FineConfig) -> Result<Coarse2Fine> {
+        Self::build(b, config, UpsamplerKind::FixedBilinear, false)
+    }
+
+    fn build<B: Backend>(
+        b: &mut B,
+        config: Coarse2FineConfig,
+        kind: UpsamplerKind,
+        fine: bool,
     ) -> Result<Coarse2Fine> {
         for (key, value) in [("maps", config.maps), ("classes", config.classes)] {
             if value == 0 {
@@ -200,42 +251,69 @@ impl Coarse2Fine {
             )
         };
         let fc_coarse = head(&mut table, "fc_coarse");
-        let fc_fine = head(&mut table, "fc_fine");
+        let fc_fine = fine.then(|| head(&mut table, "fc_fine"));
         let heads = Heads {
             table,
             attention,
             upsampler: upsampler_start,
             fc_coarse,
-            fc_fine,
         };
         let total = heads.table.total();
+        // Coarse2Fine's allocation order, kept so that its runs reproduce: the fine pass's
+        // buffers come between the coarse pass's.
         let coarse_net = Network::new(b, graph, batch)?;
-        let fine_net = coarse_net.sharing(b)?;
+        let fine_net = match fc_fine {
+            Some(_) => Some(coarse_net.sharing(b)?),
+            None => None,
+        };
         let coarse_centers = b.alloc(config.classes * m * n)?;
         let fine_centers = match config.center_banks {
-            CenterBanks::Shared => coarse_centers,
-            CenterBanks::Separate => b.alloc(config.classes * m * n)?,
+            CenterBanks::Separate if fine_net.is_some() => b.alloc(config.classes * m * n)?,
+            _ => coarse_centers,
         };
         let coarse = Pass::new(b, coarse_net, &config, m * n, coarse_centers)?;
-        let fine = Pass::new(b, fine_net, &config, m * n, fine_centers)?;
+        let fine_pass = match fine_net {
+            Some(net) => Some(Pass::new(b, net, &config, m * n, fine_centers)?),
+            None => None,
+        };
+        let (params, grads, momentum) = (b.alloc(total)?, b.alloc(total)?, b.alloc(total)?);
+        let labels = b.alloc_index(batch)?;
+        let targets = b.alloc(config.task.targets_len(batch, config.classes))?;
         let hw = f.height * f.width;
+        let chosen_maps = fine_pass
+            .as_ref()
+            .map(|_| b.alloc_index(batch))
+            .transpose()?;
+        let chosen = b.alloc(batch * hw)?;
+        let fine = match (fine_pass, fc_fine, chosen_maps) {
+            (Some(pass), Some(fc), Some(chosen_maps)) => Some(Fine {
+                pass,
+                fc,
+                chosen_maps,
+                d_chosen: b.alloc(batch * hw)?,
+                u_max: b.alloc(batch)?,
+                u_argmax: b.alloc_index(batch)?,
+            }),
+            _ => None,
+        };
         Ok(Coarse2Fine {
-            params: b.alloc(total)?,
-            grads: b.alloc(total)?,
-            momentum: b.alloc(total)?,
+            params,
+            grads,
+            momentum,
             heads,
             coarse,
             fine,
-            labels: b.alloc_index(batch)?,
-            targets: b.alloc(config.task.targets_len(batch, config.classes))?,
-            chosen_maps: b.alloc_index(batch)?,
-            chosen: b.alloc(batch * hw)?,
-            d_chosen: b.alloc(batch * hw)?,
+            labels,
+            targets,
+            chosen,
             upsampler,
-            u_max: b.alloc(batch)?,
-            u_argmax: b.alloc_index(batch)?,
             config,
         })
+    }
+
+    /// Whether the model has its fine pass (`false`: the coarse-only ablation).
+    pub fn has_fine_pass(&self) -> bool {
+        self.fine.is_some()
     }
 
     /// The backbone's parameter tables (torchvision names) and the heads'.
@@ -252,10 +330,10 @@ impl Coarse2Fine {
         self.coarse.net.input()
     }
 
-    /// The coarse and fine passes' center banks `[C, M·N]` (state, not parameters): the same
-    /// tensor twice with [`CenterBanks::Shared`].
-    pub fn centers(&self) -> (Tensor, Tensor) {
-        (self.coarse.centers, self.fine.centers)
+    /// The center banks `[C, M·N]` (state, not parameters): the coarse pass's, then the fine
+    /// pass's if there is one (the same tensor twice with [`CenterBanks::Shared`]).
+    pub fn center_banks(&self) -> Vec<Tensor> {
+        self.passes().map(|p| p.centers).collect()
     }
 
     pub fn labels(&self) -> IndexTensor {
@@ -269,14 +347,14 @@ impl Coarse2Fine {
     }
 
     /// Which attention map each sample's fine pass uses, written by the caller before a step
-    /// (drawn at random in training), each in `[0, maps)`.
-    pub fn chosen_maps(&self) -> IndexTensor {
-        self.chosen_maps
+    /// (drawn at random in training), each in `[0, maps)`; `None` without a fine pass.
+    pub fn chosen_maps(&self) -> Option<IndexTensor> {
+        self.fine.as_ref().map(|f| f.chosen_maps)
     }
 
-    /// The coarse and fine logits `[B, C]`.
-    pub fn logits(&self) -> (Tensor, Tensor) {
-        (self.coarse.logits, self.fine.logits)
+    /// The logits `[B, C]` of the coarse pass, then of the fine pass if there is one.
+    pub fn logits(&self) -> Vec<Tensor> {
+        self.passes().map(|p| p.logits).collect()
     }
 
     /// The up-sampler (its table names the `upsampler.*` entries of [`Self::head_table`]).
@@ -306,8 +384,9 @@ impl Coarse2Fine {
         self.coarse.attention
     }
 
-    /// The map the fine branch up-sampled, `[B, 1, h, w]`: after [`Self::infer`] the mean of
-    /// the attention maps, after a training step the chosen ones.
+    /// The map the up-sampler read, `[B, 1, h, w]`: after [`Self::infer`] the mean of the
+    /// attention maps, after a training step the chosen ones (not written by the coarse-only
+    /// model's steps).
     pub fn fine_map(&self) -> Tensor {
         self.chosen
     }
@@ -316,6 +395,10 @@ impl Coarse2Fine {
     /// normalisation.
     pub fn upsampled_map(&self) -> Tensor {
         self.upsampler.output()
+    }
+
+    fn passes(&self) -> impl Iterator<Item = &Pass> {
+        std::iter::once(&self.coarse).chain(self.fine.as_ref().map(|f| &f.pass))
     }
 
     fn head_param(&self, index: usize) -> Tensor {
@@ -334,139 +417,54 @@ impl Coarse2Fine {
         (f.channels, f.height, f.width)
     }
 
-    fn attention_conv(&self) -> Conv2dShape {
+    /// What a pass with the classifier `(weight, bias)` (table indices) reads beside its own
+    /// buffers.
+    fn pass_args(&self, (fc_w, fc_b): (usize, usize)) -> PassArgs {
         let (n, h, w) = self.feature_shape();
-        Conv2dShape {
-            batch: self.config.batch,
-            in_channels: n,
-            height: h,
-            width: w,
-            out_channels: self.config.maps,
-            kernel: (1, 1),
-            stride: (1, 1),
-            padding: (0, 0),
+        let (batch, maps, classes) = (self.config.batch, self.config.maps, self.config.classes);
+        PassArgs {
+            conv: Conv2dShape {
+                batch,
+                in_channels: n,
+                height: h,
+                width: w,
+                out_channels: maps,
+                kernel: (1, 1),
+                stride: (1, 1),
+                padding: (0, 0),
+            },
+            bap: BapShape {
+                batch,
+                maps,
+                channels: n,
+                height: h,
+                width: w,
+            },
+            head: LinearShape {
+                batch,
+                inputs: maps * n,
+                outputs: classes,
+            },
+            center: CenterLossShape {
+                batch,
+                dim: maps * n,
+                classes,
+            },
+            center_loss: self.config.center_loss,
+            task: self.config.task,
+            attention: [
+                self.head_param(self.heads.attention),
+                self.head_grad(self.heads.attention),
+            ],
+            fc: [
+                self.head_param(fc_w),
+                self.head_grad(fc_w),
+                self.head_grad(fc_b),
+            ],
+            fc_bias: self.head_param(fc_b),
+            labels: self.labels,
+            targets: self.targets,
         }
-    }
-
-    fn bap_shape(&self) -> BapShape {
-        let (n, h, w) = self.feature_shape();
-        BapShape {
-            batch: self.config.batch,
-            maps: self.config.maps,
-            channels: n,
-            height: h,
-            width: w,
-        }
-    }
-
-    fn head_shape(&self) -> LinearShape {
-        LinearShape {
-            batch: self.config.batch,
-            inputs: self.config.maps * self.feature_shape().0,
-            outputs: self.config.classes,
-        }
-    }
-
-    fn center_shape(&self) -> CenterLossShape {
-        CenterLossShape {
-            batch: self.config.batch,
-            dim: self.config.maps * self.feature_shape().0,
-            classes: self.config.classes,
-        }
-    }
-
-    /// Attention, BAP, head and losses of one pass, after its backbone's forward. Returns the
-    /// classification and center losses (no center loss for attributes).
-    fn head_forward<B: Backend>(&mut self, b: &mut B, fine: bool) -> Result<(f64, f64)> {
-        self.attend(b, fine)?;
-        let cl = self.center_shape();
-        let (labels, targets) = (self.labels, self.targets);
-        let lambda = self.config.center_loss;
-        let (task, batch, outputs) = (self.config.task, self.config.batch, self.config.classes);
-        let pass = if fine {
-            &mut self.fine
-        } else {
-            &mut self.coarse
-        };
-        let head_loss = task.loss(
-            b,
-            batch,
-            outputs,
-            pass.logits,
-            labels,
-            targets,
-            pass.predictions,
-            pass.d_logits,
-        )?;
-        let cl_loss = match task {
-            Task::Classes => {
-                b.center_loss(&cl, &lambda, pass.parts, labels, pass.centers, pass.d_parts)?
-            }
-            Task::Attributes => 0.0,
-        };
-        Ok((head_loss, cl_loss))
-    }
-
-    /// Backward of [`Self::head_forward`]: parameter gradients accumulate; the features'
-    /// gradient lands in the pass's backbone output gradient and `d_attention` holds the
-    /// attention maps' gradient (the fine branch may add to it before [`Self::attention_backward`]).
-    fn head_backward<B: Backend>(&mut self, b: &mut B, fine: bool) -> Result<()> {
-        let bap = self.bap_shape();
-        let head = self.head_shape();
-        let task = self.config.task;
-        let (fc_w, fc_b) = if fine {
-            self.heads.fc_fine
-        } else {
-            self.heads.fc_coarse
-        };
-        let (w, dw, db) = (
-            self.head_param(fc_w),
-            self.head_grad(fc_w),
-            self.head_grad(fc_b),
-        );
-        let pass = if fine {
-            &mut self.fine
-        } else {
-            &mut self.coarse
-        };
-        b.linear_backward(&head, pass.scaled, w, pass.d_logits, pass.d_scaled, dw, db)?;
-        // d_parts holds the center loss's gradient, and the classifier's adds to it; without a
-        // center loss the classifier's is assigned.
-        let center_grad = match task {
-            Task::Classes => 1.0,
-            Task::Attributes => 0.0,
-        };
-        b.axpby(FEATURE_SCALE, pass.d_scaled, center_grad, pass.d_parts)?;
-        let features = pass.net.output();
-        b.bap_backward(
-            &bap,
-            pass.attention,
-            features,
-            pass.parts,
-            pass.norms,
-            pass.d_parts,
-            pass.d_attention,
-            pass.net.output_grad(),
-        )
-    }
-
-    /// From `d_attention` through the ReLU and the attention conv: its weight gradient
-    /// accumulates, and its input gradient adds to the backbone output gradient.
-    fn attention_backward<B: Backend>(&mut self, b: &mut B, fine: bool) -> Result<()> {
-        let conv = self.attention_conv();
-        let w = self.head_param(self.heads.attention);
-        let dw = self.head_grad(self.heads.attention);
-        let pass = if fine {
-            &mut self.fine
-        } else {
-            &mut self.coarse
-        };
-        // ReLU backward in place: the pre-activation buffer is free once forward has read it.
-        b.relu_backward(pass.attention, pass.d_attention, pass.attention_pre)?;
-        let d_pre = pass.attention_pre;
-        let features = pass.net.output();
-        b.conv2d_backward_filter(&conv, features, d_pre, dw)?;
-        b.conv2d_backward_data(&conv, d_pre, w, pass.net.output_grad(), true)
     }
 
     fn map_shape(&self) -> MapShape {
@@ -488,53 +486,81 @@ impl Coarse2Fine {
         }
     }
 
-    /// The fine branch's input: the chosen maps (in inference, the mean map) up-sampled into
-    /// masks over the images.
-    fn fine_input_forward<B: Backend>(&mut self, b: &mut B, mean_map: bool) -> Result<()> {
-        if mean_map {
-            b.mean_maps_forward(&self.map_shape(), self.coarse.attention, self.chosen)?;
-        } else {
-            b.select_map_forward(
+    /// Up-samples a map per sample: in training the chosen ones, in inference (`mean_map`, or
+    /// any time without a fine pass) the mean of the attention maps; with a fine pass, masks
+    /// the images with it into the fine pass's input.
+    fn fine_input_forward<B: Backend>(&self, b: &mut B, mean_map: bool) -> Result<()> {
+        match (&self.fine, mean_map) {
+            (Some(fine), false) => b.select_map_forward(
                 &self.map_shape(),
                 self.coarse.attention,
-                self.chosen_maps,
+                fine.chosen_maps,
                 self.chosen,
-            )?;
+            )?,
+            _ => b.mean_maps_forward(&self.map_shape(), self.coarse.attention, self.chosen)?,
         }
-        let params = self.upsampler_params();
-        self.upsampler.forward(b, params, self.chosen)?;
+        self.upsampler
+            .forward(b, self.upsampler_params(), self.chosen)?;
+        let Some(fine) = &self.fine else {
+            return Ok(());
+        };
         b.mask_forward(
             &self.mask_shape(),
             self.upsampler.output(),
             self.coarse.net.input(),
-            self.fine.net.input(),
-            self.u_max,
-            self.u_argmax,
+            fine.pass.net.input(),
+            fine.u_max,
+            fine.u_argmax,
         )
     }
 
     /// From the fine backbone's input gradient back to the chosen maps, adding to the coarse
-    /// attention maps' gradient; the up-sampler's parameter gradients accumulate.
-    fn fine_input_backward<B: Backend>(&mut self, b: &mut B) -> Result<()> {
+    /// attention maps' gradient; the up-sampler's parameter gradients accumulate. Nothing
+    /// without a fine pass.
+    fn fine_input_backward<B: Backend>(&self, b: &mut B) -> Result<()> {
+        let Some(fine) = &self.fine else {
+            return Ok(());
+        };
         b.mask_backward(
             &self.mask_shape(),
             self.upsampler.output(),
             self.coarse.net.input(),
-            self.fine.net.input_grad(),
-            self.u_max,
-            self.u_argmax,
+            fine.pass.net.input_grad(),
+            fine.u_max,
+            fine.u_argmax,
             self.upsampler.output_grad(),
         )?;
         let (params, grads) = (self.upsampler_params(), self.upsampler_grads());
         self.upsampler
-            .backward(b, params, grads, self.chosen, self.d_chosen)?;
+            .backward(b, params, grads, self.chosen, fine.d_chosen)?;
         b.select_map_backward(
             &self.map_shape(),
-            self.chosen_maps,
-            self.d_chosen,
+            fine.chosen_maps,
+            fine.d_chosen,
             self.coarse.d_attention,
             true,
         )
+    }
+
+    /// The fine pass, with what its steps read; `None` for the coarse-only model.
+    fn fine_pass(&mut self) -> Option<(&mut Pass, PassArgs)> {
+        let args = self.pass_args(self.fine.as_ref()?.fc);
+        self.fine.as_mut().map(|f| (&mut f.pass, args))
+    }
+
+    /// The fine pass's forward and backward, from its masked input (written by
+    /// [`Self::fine_input_forward`]) to its input's gradient; its classification and center
+    /// losses, zero without a fine pass.
+    fn fine_forward_backward<B: Backend>(&mut self, b: &mut B, mode: BnMode) -> Result<(f64, f64)> {
+        let Some((pass, args)) = self.fine_pass() else {
+            return Ok((0.0, 0.0));
+        };
+        pass.net.forward(b, mode)?;
+        let losses = pass.head_forward(b, &args)?;
+        pass.head_backward(b, &args)?;
+        pass.attention_backward(b, &args)?;
+        pass.net.backward(b, mode, true)?;
+        Ok(losses)
     }
 
     /// One forward and backward of the whole model on [`Self::input`], [`Self::labels`] and
@@ -555,18 +581,16 @@ impl Coarse2Fine {
         mode: BnMode,
         ready: &mut dyn FnMut(&mut B, Grads) -> Result<()>,
     ) -> Result<Losses> {
+        let coarse_args = self.pass_args(self.heads.fc_coarse);
         self.coarse.net.forward(b, mode)?;
-        let (coarse, center_coarse) = self.head_forward(b, false)?;
-        self.fine_input_forward(b, false)?;
-        self.fine.net.forward(b, mode)?;
-        let (fine, center_fine) = self.head_forward(b, true)?;
-
-        self.head_backward(b, true)?;
-        self.attention_backward(b, true)?;
-        self.fine.net.backward(b, mode, true)?;
-        self.head_backward(b, false)?;
+        let (coarse, center_coarse) = self.coarse.head_forward(b, &coarse_args)?;
+        if self.fine.is_some() {
+            self.fine_input_forward(b, false)?;
+        }
+        let (fine, center_fine) = self.fine_forward_backward(b, mode)?;
+        self.coarse.head_backward(b, &coarse_args)?;
         self.fine_input_backward(b)?;
-        self.attention_backward(b, false)?;
+        self.coarse.attention_backward(b, &coarse_args)?;
         ready(b, Grads::Heads(0))?;
         self.coarse
             .net
@@ -582,45 +606,25 @@ impl Coarse2Fine {
     }
 
     /// Inference on [`Self::input`]: BatchNorm with running statistics, the mean attention map
-    /// for the fine pass, no loss. The coarse and fine logits are then in [`Self::logits`].
+    /// up-sampled (for the fine pass, and for localization), no loss. The logits are then in
+    /// [`Self::logits`].
     pub fn infer<B: Backend>(&mut self, b: &mut B) -> Result<()> {
         let mode = BnMode::Inference;
+        let coarse_args = self.pass_args(self.heads.fc_coarse);
         self.coarse.net.forward(b, mode)?;
-        self.attend(b, false)?;
+        self.coarse.attend(b, &coarse_args)?;
         self.fine_input_forward(b, true)?;
-        self.fine.net.forward(b, mode)?;
-        self.attend(b, true)
+        if let Some((pass, args)) = self.fine_pass() {
+            pass.net.forward(b, mode)?;
+            pass.attend(b, &args)?;
+        }
+        Ok(())
     }
 
-    /// Attention maps, BAP and the head of one pass, after its backbone's forward.
-    fn attend<B: Backend>(&mut self, b: &mut B, fine: bool) -> Result<()> {
-        let conv = self.attention_conv();
-        let bap = self.bap_shape();
-        let head = self.head_shape();
-        let w_att = self.head_param(self.heads.attention);
-        let (fc_w, fc_b) = if fine {
-            self.heads.fc_fine
-        } else {
-            self.heads.fc_coarse
-        };
-        let (fc_w, fc_b) = (self.head_param(fc_w), self.head_param(fc_b));
-        let pass = if fine {
-            &mut self.fine
-        } else {
-            &mut self.coarse
-        };
-        let features = pass.net.output();
-        b.conv2d_forward(&conv, features, w_att, pass.attention_pre)?;
-        b.relu_forward(pass.attention_pre, pass.attention)?;
-        b.bap_forward(&bap, pass.attention, features, pass.parts, pass.norms)?;
-        b.axpby(FEATURE_SCALE, pass.parts, 0.0, pass.scaled)?;
-        b.linear_forward(&head, pass.scaled, fc_w, fc_b, pass.logits)
-    }
-
-    /// The coarse and fine passes' predicted classes `[B]` (attributes: 0/1 answers `[B, A]`),
-    /// written by each training step.
-    pub fn predictions(&self) -> (IndexTensor, IndexTensor) {
-        (self.coarse.predictions, self.fine.predictions)
+    /// The predicted classes `[B]` (attributes: 0/1 answers `[B, A]`) of the coarse pass, then
+    /// of the fine pass if there is one, written by each training step.
+    pub fn predictions(&self) -> Vec<IndexTensor> {
+        self.passes().map(|p| p.predictions).collect()
     }
 
     /// Everything a checkpoint holds: the backbone's state, the heads' parameters and momentum,
@@ -633,13 +637,16 @@ impl Coarse2Fine {
         if self.config.task == Task::Attributes {
             return state;
         }
-        let shape = vec![self.config.classes, self.center_shape().dim];
-        let banks = match self.config.center_banks {
-            CenterBanks::Shared => vec![("centers", self.coarse.centers)],
-            CenterBanks::Separate => vec![
+        let shape = vec![
+            self.config.classes,
+            self.config.maps * self.feature_shape().0,
+        ];
+        let banks = match (&self.fine, self.config.center_banks) {
+            (Some(fine), CenterBanks::Separate) => vec![
                 ("centers.coarse", self.coarse.centers),
-                ("centers.fine", self.fine.centers),
+                ("centers.fine", fine.pass.centers),
             ],
+            _ => vec![("centers", self.coarse.centers)],
         };
         for (name, tensor) in banks {
             state.push(Named {
@@ -704,5 +711,89 @@ impl Pass {
             centers,
             net,
         })
+    }
+
+    /// Attention maps, BAP and the head, after the backbone's forward.
+    fn attend<B: Backend>(&self, b: &mut B, a: &PassArgs) -> Result<()> {
+        let features = self.net.output();
+        b.conv2d_forward(&a.conv, features, a.attention[0], self.attention_pre)?;
+        b.relu_forward(self.attention_pre, self.attention)?;
+        b.bap_forward(&a.bap, self.attention, features, self.parts, self.norms)?;
+        b.axpby(FEATURE_SCALE, self.parts, 0.0, self.scaled)?;
+        b.linear_forward(&a.head, self.scaled, a.fc[0], a.fc_bias, self.logits)
+    }
+
+    /// [`Self::attend`] and the losses. Returns the classification and center losses (no
+    /// center loss for attributes).
+    fn head_forward<B: Backend>(&self, b: &mut B, a: &PassArgs) -> Result<(f64, f64)> {
+        self.attend(b, a)?;
+        let head_loss = a.task.loss(
+            b,
+            a.head.batch,
+            a.head.outputs,
+            self.logits,
+            a.labels,
+            a.targets,
+            self.predictions,
+            self.d_logits,
+        )?;
+        let cl_loss = match a.task {
+            Task::Classes => b.center_loss(
+                &a.center,
+                &a.center_loss,
+                self.parts,
+                a.labels,
+                self.centers,
+                self.d_parts,
+            )?,
+            Task::Attributes => 0.0,
+        };
+        Ok((head_loss, cl_loss))
+    }
+
+    /// Backward of [`Self::head_forward`]: parameter gradients accumulate; the features'
+    /// gradient lands in the backbone's output gradient and `d_attention` holds the attention
+    /// maps' gradient (the fine pass may add to the coarse one's before
+    /// [`Self::attention_backward`]).
+    fn head_backward<B: Backend>(&self, b: &mut B, a: &PassArgs) -> Result<()> {
+        let [w, dw, db] = a.fc;
+        b.linear_backward(
+            &a.head,
+            self.scaled,
+            w,
+            self.d_logits,
+            self.d_scaled,
+            dw,
+            db,
+        )?;
+        // d_parts holds the center loss's gradient, and the classifier's adds to it; without a
+        // center loss the classifier's is assigned.
+        let center_grad = match a.task {
+            Task::Classes => 1.0,
+            Task::Attributes => 0.0,
+        };
+        b.axpby(FEATURE_SCALE, self.d_scaled, center_grad, self.d_parts)?;
+        b.bap_backward(
+            &a.bap,
+            self.attention,
+            self.net.output(),
+            self.parts,
+            self.norms,
+            self.d_parts,
+            self.d_attention,
+            self.net.output_grad(),
+        )
+    }
+
+    /// From `d_attention` through the ReLU and the attention conv: its weight gradient
+    /// accumulates, and its input gradient adds to the backbone output gradient.
+    fn attention_backward<B: Backend>(&self, b: &mut B, a: &PassArgs) -> Result<()> {
+        let [w, dw] = a.attention;
+        // ReLU backward in place: the pre-activation buffer is free once forward has read it.
+        b.relu_backward(self.attention, self.d_attention, self.attention_pre)?;
+        let d_pre = self.attention_pre;
+        let features = self.net.output();
+        b.conv2d_backward_filter(&a.conv, features, d_pre, dw)?;
+        b.conv2d_backward_data(&a.conv, d_pre, w, self.net.output_grad(), true)
     }
 }

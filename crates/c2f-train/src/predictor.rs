@@ -15,7 +15,10 @@ use crate::localize::{
     infer_images, localize, ImageInference, LocalizationMetrics, LocalizeConfig,
 };
 use crate::model::Coarse2Fine;
-use crate::train::{build_baseline, build_coarse2fine, evaluate, Baseline, Evaluation, Trainee};
+use crate::train::{
+    build_baseline, build_coarse2fine, build_coarse_only, evaluate, Baseline, Evaluation,
+    ModelKind, Trainee,
+};
 
 /// Runs `work` on the model of the checkpoint at `path`, rebuilt from its metadata and loaded,
 /// on the GPU `device` opens (once the metadata has been read), or on the CPU where it opens
@@ -41,19 +44,29 @@ pub fn with_loaded<B: Backend<Scalar = f32>, T>(
     work: &mut dyn FnMut(&mut dyn Predictor, &CheckpointMeta) -> Result<T>,
 ) -> Result<T> {
     let cfg = &meta.config;
-    match meta.model.as_str() {
-        "coarse2fine" => {
+    let Some(kind) = ModelKind::from_name(&meta.model) else {
+        return Err(Error::File {
+            path: path.display().to_string(),
+            message: format!(
+                "unknown model `{}` (known: {})",
+                meta.model,
+                ModelKind::names()
+            ),
+        });
+    };
+    match kind {
+        ModelKind::Coarse2Fine => {
             let model = build_coarse2fine(b, cfg)?;
             load_and_run(b, model, path, meta, work)
         }
-        "baseline" => {
+        ModelKind::CoarseOnly => {
+            let model = build_coarse_only(b, cfg)?;
+            load_and_run(b, model, path, meta, work)
+        }
+        ModelKind::Baseline => {
             let model = build_baseline(b, cfg)?;
             load_and_run(b, model, path, meta, work)
         }
-        other => Err(Error::File {
-            path: path.display().to_string(),
-            message: format!("unknown model `{other}`"),
-        }),
     }
 }
 
@@ -78,13 +91,15 @@ fn load_and_run<B: Backend<Scalar = f32>, M: Trainee<B> + Attends<B>, T>(
 pub trait Predictor {
     fn evaluate(&mut self, test: &Loader, outputs: usize) -> Result<Evaluation>;
     fn probabilities(&mut self, images: &[f32]) -> Result<Vec<Vec<f64>>>;
-    /// Localization metrics on `source` (Coarse2Fine only: it has attention maps).
+    /// Localization metrics on `source` (Coarse2Fine and coarse-only: they have attention
+    /// maps).
     fn localize(
         &mut self,
         source: &dyn ImageSource,
         cfg: &LocalizeConfig,
     ) -> Result<(Vec<ImageInference>, LocalizationMetrics)>;
-    /// Maps, predictions and boxes of images `indices` of `source` (Coarse2Fine only).
+    /// Maps, predictions and boxes of images `indices` of `source` (Coarse2Fine and
+    /// coarse-only).
     fn infer_images(
         &mut self,
         source: &dyn ImageSource,
@@ -95,8 +110,8 @@ pub trait Predictor {
 
 /// What only a model with attention maps can do.
 pub trait Attends<B: Backend<Scalar = f32>> {
-    /// The model as Coarse2Fine, or an error naming `checkpoint` for a model without attention
-    /// maps.
+    /// The model as Coarse2Fine (with its fine pass or without), or an error naming
+    /// `checkpoint` for a model without attention maps.
     fn coarse2fine(&mut self, checkpoint: &Path) -> Result<&mut Coarse2Fine>;
 }
 
@@ -110,8 +125,8 @@ impl<B: Backend<Scalar = f32>> Attends<B> for Baseline {
     fn coarse2fine(&mut self, checkpoint: &Path) -> Result<&mut Coarse2Fine> {
         Err(Error::File {
             path: checkpoint.display().to_string(),
-            message: "a baseline checkpoint: localization and pictures need a Coarse2Fine one \
-                      (its attention maps)"
+            message: "a baseline checkpoint: localization and pictures need a Coarse2Fine or \
+                      coarse-only one (their attention maps)"
                 .into(),
         })
     }

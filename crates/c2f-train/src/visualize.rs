@@ -1,10 +1,11 @@
 //! Pictures of what the model attends (the paper's Figure 6), from [`ImageInference`]s:
 //!
 //! - one PNG per image: a header with the image's name, its true class and the top-3 averaged
-//!   predictions; a grid of panels, each `panel × panel` with its title above: the image (the
-//!   test transform's crop) with the true box (green) and the predicted box (red), the
-//!   up-sampled mean map as a heat map, then every attention map as a heat-map overlay on the
-//!   image; and a legend (the colour bar from 0 to each map's own maximum, the two box colours);
+//!   predictions (the coarse ones for a model without a fine pass); a grid of panels, each
+//!   `panel × panel` with its title above: the image (the test transform's crop) with the true
+//!   box (green) and the predicted box (red), the up-sampled mean map as a heat map, then every
+//!   attention map as a heat-map overlay on the image; and a legend (the colour bar from 0 to
+//!   each map's own maximum, the two box colours);
 //! - one contact sheet: the first panel of every image, with its true class and whether the
 //!   averaged prediction and the box (IoU > 0.5) are right.
 //!
@@ -251,7 +252,6 @@ pub fn render_figure(
     let maps = panels.len() - 2;
     let (w, h) = figure_size(maps, cfg);
     let mut img = RgbImage::from_pixel(w, h, BACKGROUND);
-    let predicted = r.predicted();
     let header = |img: &mut RgbImage, line: u32, text: &str| {
         draw_text(
             img,
@@ -263,12 +263,19 @@ pub fn render_figure(
         );
     };
     header(&mut img, 0, &r.name);
+    // Coarse and fine (a model with a fine pass), then the top-3 of the average (or coarse).
+    let heads = ["coarse", "fine", "average"];
+    let predicted: Vec<String> = heads
+        .iter()
+        .zip(r.predicted())
+        .take(2)
+        .map(|(head, c)| format!("{head}: {}", class_name(class_names, c)))
+        .collect();
     let truth = format!(
-        "true: {}   IoU {:.2}   coarse: {}  fine: {}",
+        "true: {}   IoU {:.2}   {}",
         class_name(class_names, r.label),
         r.iou(),
-        class_name(class_names, predicted[0]),
-        class_name(class_names, predicted[1]),
+        predicted.join("  "),
     );
     header(&mut img, 1, &truth);
     let top: Vec<String> = r
@@ -276,7 +283,11 @@ pub fn render_figure(
         .iter()
         .map(|&(c, p)| format!("{} {:.1}%", class_name(class_names, c), 100.0 * p))
         .collect();
-    let top = format!("top-3 (average): {}", top.join("  "));
+    let top = format!(
+        "top-3 ({}): {}",
+        heads[r.probs.len().saturating_sub(1)],
+        top.join("  ")
+    );
     header(&mut img, 2, &top);
     let cols = cfg.columns.clamp(1, panels.len() as u32);
     let top_y = HEADER_LINES * LINE + MARGIN;
@@ -354,7 +365,7 @@ pub fn render_sheet(
             x as i64,
             y as i64,
         );
-        let right = r.predicted()[2] == r.label;
+        let right = r.predicted().last() == Some(&r.label);
         let located = r.iou() > 0.5;
         let caption = |img: &mut RgbImage, line: u32, text: &str| {
             draw_text(

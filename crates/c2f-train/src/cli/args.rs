@@ -30,8 +30,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Train Coarse2Fine and the plain InceptionV3 baseline (by default on the built-in
-    /// synthetic fine-grained set) and print their test accuracies.
+    /// Train Coarse2Fine and the plain InceptionV3 baseline, or the models --models names (by
+    /// default on the built-in synthetic fine-grained set), and print their test accuracies.
     #[command(args_override_self = true)]
     Train(Box<TrainArgs>),
     /// Evaluate a checkpoint on the test split of the data it was trained on.
@@ -49,14 +49,6 @@ pub enum Command {
     Visualize(VisualizeArgs),
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Models {
-    /// Coarse2Fine, then the plain InceptionV3 baseline.
-    Both,
-    Coarse2fine,
-    Baseline,
-}
-
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// A TOML file holding any of these flags by name (`epochs = 30`, `object_scale = [0.5,
@@ -71,9 +63,16 @@ pub struct TrainArgs {
     /// may then differ in their last bits. Ignored on the CPU.
     #[arg(long)]
     pub cudnn_benchmark: bool,
-    /// Which models to train.
-    #[arg(long, value_enum, default_value = "both")]
-    pub models: Models,
+    /// The models to train, in order, comma-separated: `coarse2fine`, `coarse-only` (Coarse2Fine
+    /// without its fine pass: attention, BAP, center loss and the coarse head, trained alone),
+    /// `baseline` (the plain InceptionV3); `both` is `coarse2fine,baseline`.
+    #[arg(
+        long,
+        num_args = 1..,
+        value_delimiter = ',',
+        default_values = ["coarse2fine", "baseline"]
+    )]
+    pub models: Vec<String>,
     /// `synthetic` (built in), or a dataset on disk under --data-root: cub, aircraft, cars,
     /// dogs, inat2017, or celeba (multi-label attributes: a sigmoid binary cross-entropy head
     /// and each attribute's accuracy, the paper's Table 9).

@@ -1,5 +1,6 @@
-//! `c2f train`: the flags mapped onto a [`Preset`] and the data they name, then Coarse2Fine and
-//! the baseline trained, alone or as one rank of a data-parallel job, and their table printed.
+//! `c2f train`: the flags mapped onto a [`Preset`] and the data they name, then the models
+//! `--models` names (Coarse2Fine and the baseline by default) trained, alone or as one rank of a
+//! data-parallel job, and their table printed.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -11,19 +12,18 @@ use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::{AlgorithmChoice, CudaBackend};
 use c2f_kernels::{Error, Result};
 
-use super::args::{Models, TrainArgs};
+use super::args::TrainArgs;
 use super::device::open_device;
 use super::distributed::{default_run_dir, join_job, launch_workers, no_cpu_ranks};
 use crate::config::{Machine, Preset, RunOptions, TrainConfig};
 use crate::data::spec::{DataSpec, OpenedData};
-use crate::train::{
-    checkpoint_path, train_baseline, train_coarse2fine, Accuracy, DataParallel, Evaluation,
-};
+use crate::train::{checkpoint_path, Accuracy, DataParallel, Evaluation, ModelKind};
 use crate::upsampler::UpsamplerKind;
 
 /// `c2f train`: checks the flags, then starts the workers (`--gpus`), or joins a launcher's job,
 /// or trains alone.
 pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
+    let models = model_list(&args.models)?;
     if let Some(spec) = &args.gpus {
         return launch_workers(&args, spec, argv);
     }
@@ -104,9 +104,9 @@ pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
     match cuda {
         Some(mut b) => {
             let collective = nccl.as_mut().map(|c| c as &mut dyn Collective<CudaBackend>);
-            job.run(&mut b, args.models, run, collective)
+            job.run(&mut b, &models, run, collective)
         }
-        None => job.run(&mut CpuBackend::<f32>::new(), args.models, run, None),
+        None => job.run(&mut CpuBackend::<f32>::new(), &models, run, None),
     }
 }
 
@@ -122,7 +122,7 @@ impl Job {
     fn run<B: Backend<Scalar = f32>>(
         &self,
         b: &mut B,
-        models: Models,
+        models: &[ModelKind],
         run: impl Fn(&str) -> RunOptions,
         mut collective: Option<&mut dyn Collective<B>>,
     ) -> Result<()> {
@@ -131,20 +131,13 @@ impl Job {
             println!("device: {}", b.describe());
         }
         let mut rows: Vec<(&str, Evaluation, f64)> = Vec::new();
-        let mut args = |b: &mut B, name: &str, trainer: Trainer<B>| -> Result<Option<Evaluation>> {
+        for &model in models {
+            let start = Instant::now();
             let mut dp = collective.as_mut().map(|c| DataParallel::new(&mut **c));
-            trainer(b, &self.cfg, &run(name), &self.data, dp.as_mut())
-        };
-        if models != Models::Baseline {
-            let start = Instant::now();
-            if let Some(acc) = args(b, "coarse2fine", train_coarse2fine::<B>)? {
-                rows.push(("Coarse2Fine", acc, start.elapsed().as_secs_f64()));
-            }
-        }
-        if models != Models::Coarse2fine {
-            let start = Instant::now();
-            if let Some(acc) = args(b, "baseline", train_baseline::<B>)? {
-                rows.push(("InceptionV3 baseline", acc, start.elapsed().as_secs_f64()));
+            let options = run(model.name());
+            let trained = model.trainer()(b, &self.cfg, &options, &self.data, dp.as_mut())?;
+            if let Some(acc) = trained {
+                rows.push((model.label(), acc, start.elapsed().as_secs_f64()));
             }
         }
         if leader {
@@ -154,13 +147,33 @@ impl Job {
     }
 }
 
-type Trainer<B> = fn(
-    &mut B,
-    &TrainConfig,
-    &RunOptions,
-    &OpenedData,
-    Option<&mut DataParallel<'_, B>>,
-) -> Result<Option<Evaluation>>;
+/// The models `--models` names, each once, in order; `both` is Coarse2Fine and the baseline.
+/// An unknown name is refused, naming the known ones.
+fn model_list(names: &[String]) -> Result<Vec<ModelKind>> {
+    let mut models = Vec::new();
+    for name in names.iter().map(|n| n.trim()) {
+        let kinds = match (name, ModelKind::from_name(name)) {
+            ("both", _) => vec![ModelKind::Coarse2Fine, ModelKind::Baseline],
+            (_, Some(kind)) => vec![kind],
+            (_, None) => {
+                return Err(Error::config(
+                    "--models",
+                    name,
+                    format!(
+                        "unknown model (the models: {}; both: coarse2fine,baseline)",
+                        ModelKind::names()
+                    ),
+                ))
+            }
+        };
+        for kind in kinds {
+            if !models.contains(&kind) {
+                models.push(kind);
+            }
+        }
+    }
+    Ok(models)
+}
 
 /// The models' accuracies (for attributes, their mean), then for attributes one row per
 /// attribute and model (`names` are the attributes').

@@ -9,6 +9,7 @@ use c2f_kernels::Result;
 
 use super::fit::build_and_fit;
 use super::init::{init_backbone, start_from_checkpoint};
+use super::models::ModelKind;
 use super::parallel::DataParallel;
 use super::trainee::{BatchShare, GradsReady, StepResult, Trainee};
 use super::Evaluation;
@@ -50,8 +51,13 @@ impl Baseline {
 }
 
 impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
-    const NAME: &'static str = "baseline";
-    const LOSS_TERMS: &'static [&'static str] = &["ce"];
+    fn name(&self) -> &'static str {
+        ModelKind::Baseline.name()
+    }
+
+    fn loss_terms(&self) -> &'static [&'static str] {
+        &["ce"]
+    }
 
     fn state(&self) -> Vec<Named> {
         network_state(&self.net)
@@ -134,7 +140,10 @@ pub fn init_baseline<B: Backend<Scalar = f32>>(
     run: &RunOptions,
 ) -> Result<()> {
     match &run.init_from {
-        Some(path) => start_from_checkpoint(b, &Trainee::<B>::state(model), path, "baseline"),
+        Some(path) => {
+            let name = ModelKind::Baseline.name();
+            start_from_checkpoint(b, &Trainee::<B>::state(model), path, name)
+        }
         None => init_backbone(b, &model.net, run.weights.as_deref()),
     }
 }

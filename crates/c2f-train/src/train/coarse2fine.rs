@@ -1,5 +1,6 @@
-//! Coarse2Fine as a [`Trainee`]: its step, its gradient buffers and center banks, and how a
-//! fresh model is built and initialised from a [`TrainConfig`].
+//! Coarse2Fine as a [`Trainee`], with or without its fine pass (the coarse-only ablation): its
+//! step, its gradient buffers and center banks, and how a fresh model is built and initialised
+//! from a [`TrainConfig`].
 
 use c2f_inception::backend::{Backend, BnMode, Tensor};
 use c2f_inception::init::counter_uniform;
@@ -9,6 +10,7 @@ use c2f_kernels::Result;
 
 use super::fit::build_and_fit;
 use super::init::{init_backbone, start_from_checkpoint};
+use super::models::ModelKind;
 use super::parallel::DataParallel;
 use super::trainee::{BatchShare, GradsReady, StepResult, Trainee};
 use super::Evaluation;
@@ -21,8 +23,17 @@ use crate::task::{attribute_targets, Task};
 use crate::upsampler::{attention_map_side, default_channels, init_range, load_into};
 
 impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
-    const NAME: &'static str = "coarse2fine";
-    const LOSS_TERMS: &'static [&'static str] = &["coarse", "fine", "center_coarse", "center_fine"];
+    fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    fn loss_terms(&self) -> &'static [&'static str] {
+        if self.has_fine_pass() {
+            &["coarse", "fine", "center_coarse", "center_fine"]
+        } else {
+            &["coarse", "center_coarse"]
+        }
+    }
 
     fn state(&self) -> Vec<Named> {
         Coarse2Fine::state(self)
@@ -44,20 +55,27 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
         if self.config.task == Task::Attributes {
             b.write(self.targets(), &targets)?;
         }
-        let maps = self.config.maps as u64;
-        let chosen: Vec<i32> = (0..share.global).map(|_| draw.below(maps) as i32).collect();
-        b.write_index(self.chosen_maps(), &chosen[share.slice.clone()])?;
+        if let Some(chosen_maps) = self.chosen_maps() {
+            let maps = self.config.maps as u64;
+            let chosen: Vec<i32> = (0..share.global).map(|_| draw.below(maps) as i32).collect();
+            b.write_index(chosen_maps, &chosen[share.slice.clone()])?;
+        }
         self.zero_grads(b)?;
         // Buffer indices as in `grads`: the backbone's, then the heads'.
         let l = self.forward_backward_reporting(b, mode, &mut |b, grads| match grads {
             Grads::Backbone(from) => ready(b, 0, from),
             Grads::Heads(from) => ready(b, 1, from),
         })?;
+        let losses = if self.has_fine_pass() {
+            vec![l.coarse, l.fine, l.center_coarse, l.center_fine]
+        } else {
+            vec![l.coarse, l.center_coarse]
+        };
         Ok(StepResult {
-            losses: vec![l.coarse, l.fine, l.center_coarse, l.center_fine],
+            losses,
             correct: self.config.task.count_correct(
                 b,
-                self.predictions().0,
+                self.predictions()[0],
                 &batch.labels,
                 &targets,
             )?,
@@ -69,8 +87,7 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
     }
 
     fn center_banks(&self) -> Vec<Tensor> {
-        let (coarse, fine) = self.centers();
-        vec![coarse, fine]
+        Coarse2Fine::center_banks(self)
     }
 
     fn set_center_lambda(&mut self, lambda: f64) {
@@ -84,12 +101,11 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
     fn probabilities(&mut self, b: &mut B, images: &[f32]) -> Result<Vec<Vec<f64>>> {
         b.write(self.input(), images)?;
         self.infer(b)?;
-        let (coarse, fine) = self.logits();
         let (task, outputs) = (self.config.task, self.config.classes);
-        Ok(vec![
-            task.probabilities(&b.read(coarse)?, outputs),
-            task.probabilities(&b.read(fine)?, outputs),
-        ])
+        self.logits()
+            .into_iter()
+            .map(|logits| Ok(task.probabilities(&b.read(logits)?, outputs)))
+            .collect()
     }
 
     fn task(&self) -> Task {
@@ -97,29 +113,47 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
     }
 }
 
-/// The Coarse2Fine model of a config, unitialised.
-pub fn build_coarse2fine<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<Coarse2Fine> {
-    let map_side = attention_map_side(cfg.input_size)?.0;
-    Coarse2Fine::with_upsampler(
-        b,
-        Coarse2FineConfig {
-            input_size: cfg.input_size,
-            width: cfg.width,
-            classes: cfg.classes,
-            task: cfg.task,
-            maps: cfg.maps,
-            upsampler_channels: default_channels(map_side, cfg.input_size),
-            center_loss: cfg.center_loss(),
-            center_banks: cfg.center_banks,
-            batch: cfg.batch,
-        },
-        cfg.upsampler,
-    )
+impl Coarse2Fine {
+    /// Which of the trainer's models this is.
+    pub fn kind(&self) -> ModelKind {
+        if self.has_fine_pass() {
+            ModelKind::Coarse2Fine
+        } else {
+            ModelKind::CoarseOnly
+        }
+    }
 }
 
-/// Initialises a fresh Coarse2Fine model: from [`RunOptions::init_from`]'s checkpoint, or its
-/// parameters drawn (the center banks at zero); then the up-sampler from
-/// [`RunOptions::upsampler_weights`], if given.
+/// The model config of a training config: the up-sampler's channels for its input size.
+fn model_config(cfg: &TrainConfig) -> Result<Coarse2FineConfig> {
+    let map_side = attention_map_side(cfg.input_size)?.0;
+    Ok(Coarse2FineConfig {
+        input_size: cfg.input_size,
+        width: cfg.width,
+        classes: cfg.classes,
+        task: cfg.task,
+        maps: cfg.maps,
+        upsampler_channels: default_channels(map_side, cfg.input_size),
+        center_loss: cfg.center_loss(),
+        center_banks: cfg.center_banks,
+        batch: cfg.batch,
+    })
+}
+
+/// The Coarse2Fine model of a config, unitialised.
+pub fn build_coarse2fine<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<Coarse2Fine> {
+    Coarse2Fine::with_upsampler(b, model_config(cfg)?, cfg.upsampler)
+}
+
+/// The coarse-only model of a config, unitialised: [`Coarse2Fine::coarse_only`].
+pub fn build_coarse_only<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<Coarse2Fine> {
+    Coarse2Fine::coarse_only(b, model_config(cfg)?)
+}
+
+/// Initialises a fresh Coarse2Fine or coarse-only model: from [`RunOptions::init_from`]'s
+/// checkpoint, or its parameters drawn (the center banks at zero); then Coarse2Fine's
+/// up-sampler from [`RunOptions::upsampler_weights`], if given (the coarse-only model has none
+/// to load).
 pub fn init_coarse2fine<B: Backend<Scalar = f32>>(
     b: &mut B,
     model: &Coarse2Fine,
@@ -128,7 +162,7 @@ pub fn init_coarse2fine<B: Backend<Scalar = f32>>(
 ) -> Result<()> {
     let mut heads = match &run.init_from {
         Some(path) => {
-            start_from_checkpoint(b, &model.state(), path, "coarse2fine")?;
+            start_from_checkpoint(b, &model.state(), path, model.kind().name())?;
             b.read(model.params)?
         }
         None => {
@@ -136,7 +170,11 @@ pub fn init_coarse2fine<B: Backend<Scalar = f32>>(
             drawn_heads(model, cfg)?
         }
     };
-    if let Some(path) = &run.upsampler_weights {
+    if let Some(path) = run
+        .upsampler_weights
+        .as_ref()
+        .filter(|_| model.has_fine_pass())
+    {
         load_into(path, model.head_table(), &mut heads)?;
     }
     b.write(model.params, &heads)

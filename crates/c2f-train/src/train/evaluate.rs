@@ -10,7 +10,7 @@ use crate::data::loader::Loader;
 use crate::task::Task;
 
 /// Test-set accuracy (fractions): top-1 for classes, the mean over the attributes for
-/// attributes; the baseline has only `coarse`.
+/// attributes; the baseline and the coarse-only model have only `coarse`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Accuracy {
     pub coarse: f64,
@@ -81,10 +81,12 @@ pub fn evaluate<B: Backend<Scalar = f32>, M: Trainee<B>>(
     let answers = task.answers_per_image(outputs);
     // right[head][answer]: head 0 coarse, 1 fine, 2 average.
     let (mut right, mut total) = (vec![vec![0usize; answers]; 3], 0);
+    let mut two = false;
     let mut epoch = test.epoch(0);
     for batch in &mut epoch {
         let n = batch.labels.len();
         let heads = model.probabilities(b, &padded_images(&batch.images, n, batch_size))?;
+        two = heads.len() > 1;
         for i in 0..n {
             for (k, row) in prediction_rows(&heads, i, outputs).iter().enumerate() {
                 match task {
@@ -102,7 +104,6 @@ pub fn evaluate<B: Backend<Scalar = f32>, M: Trainee<B>>(
         }
         total += n;
     }
-    let two = M::LOSS_TERMS.len() > 1;
     let fraction = |count: usize| count as f64 / total.max(1) as f64;
     let accuracy_of = |pick: &dyn Fn(&[usize]) -> f64| Accuracy {
         coarse: pick(&right[0]),
@@ -121,7 +122,7 @@ pub fn evaluate<B: Backend<Scalar = f32>, M: Trainee<B>>(
     })
 }
 
-/// `coarse 41.0% fine 38.5% average 43.0%`, or the one number of the baseline.
+/// `coarse 41.0% fine 38.5% average 43.0%`, or the one number of a one-head model.
 pub fn format_accuracy(a: &Accuracy) -> String {
     match (a.fine, a.average) {
         (Some(f), Some(avg)) => format!(

@@ -61,14 +61,15 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
         None
     };
     let state = model.state();
-    let terms = M::LOSS_TERMS.len();
-    let mut meta = start_or_resume::<B, M>(b, cfg, run, data, &train_loader, &state, leader)?;
+    let (name, loss_terms) = (model.name(), model.loss_terms());
+    let terms = loss_terms.len();
+    let mut meta = start_or_resume(b, cfg, run, data, &train_loader, &*model, leader)?;
     let mut ranked = match dp {
         Some(dp) => Some(RankStep::new(b, dp, model)?),
         None => None,
     };
     let mut report = match test_loader {
-        Some(test) => Some(Report::open(&run.dir, M::LOSS_TERMS, test, meta.epoch)?),
+        Some(test) => Some(Report::open(&run.dir, loss_terms, test, meta.epoch)?),
         None => None,
     };
     let mode = cfg.bn.mode();
@@ -85,7 +86,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
             steps_per_epoch,
             first_batch,
             cfg.batch,
-            M::NAME,
+            name,
             epoch,
         );
         let mut loader_epoch = match plan {
@@ -125,7 +126,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
                 out = r.global(b, out)?;
             }
             let at = (meta.step + 1, epoch, batch_index);
-            check_finite::<B, M>(&out.losses, at, last_good, &ckpt)?;
+            check_finite((name, loss_terms), &out.losses, at, last_good, &ckpt)?;
             if let Some(r) = &mut ranked {
                 r.after_backward(b)?;
             }
@@ -143,7 +144,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
             meta.rng = draw.0;
             if run.checkpoint_every > 0 && meta.step.is_multiple_of(run.checkpoint_every) {
                 if leader {
-                    save_checkpoint::<B, M>(b, &ckpt, &state, &meta, last_good)?;
+                    save_checkpoint(b, name, &ckpt, &state, &meta, last_good)?;
                 }
                 last_good = Some((epoch, meta.step));
                 if let Some(r) = &mut ranked {
@@ -173,7 +174,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
         meta.batch_in_epoch = 0;
         meta.epoch_sums.iter_mut().for_each(|s| *s = 0.0);
         if leader {
-            save_checkpoint::<B, M>(b, &ckpt, &state, &meta, last_good)?;
+            save_checkpoint(b, name, &ckpt, &state, &meta, last_good)?;
         }
         last_good = Some((epoch + 1, meta.step));
         if let Some(r) = &mut ranked {
@@ -207,38 +208,36 @@ pub(super) fn build_and_fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
     fit(b, &mut model, cfg, run, data, dp)
 }
 
-/// Stops the run at the first loss term that is not finite, `at` (step, epoch, batch), saying
-/// on stderr which checkpoint is kept (`last_good`: its epoch and step, if any was written).
-fn check_finite<B: Backend<Scalar = f32>, M: Trainee<B>>(
+/// Stops the run of model `name` at the first loss term (named by `terms`) that is not finite,
+/// `at` (step, epoch, batch), saying on stderr which checkpoint is kept (`last_good`: its epoch
+/// and step, if any was written).
+fn check_finite(
+    (name, terms): (&str, &[&str]),
     losses: &[f64],
     (step, epoch, batch): (u64, usize, usize),
     last_good: Option<(usize, u64)>,
     ckpt: &Path,
 ) -> Result<()> {
-    let Some((term, &value)) = M::LOSS_TERMS
-        .iter()
-        .zip(losses)
-        .find(|(_, v)| !v.is_finite())
-    else {
+    let Some((term, &value)) = terms.iter().zip(losses).find(|(_, v)| !v.is_finite()) else {
         return Ok(());
     };
     eprintln!(
-        "{}: stopped in epoch {}, batch {batch}; {}",
-        M::NAME,
+        "{name}: stopped in epoch {}, batch {batch}; {}",
         epoch + 1,
         kept(last_good, ckpt)
     );
     Err(Error::Divergence {
         step: step as usize,
-        term: format!("{} loss term `{term}`", M::NAME),
+        term: format!("{name} loss term `{term}`"),
         value,
     })
 }
 
 /// Writes the checkpoint; where the state holds a value that is not finite ([`checkpoint::save`]
 /// refuses it), says on stderr which checkpoint is kept.
-fn save_checkpoint<B: Backend<Scalar = f32>, M: Trainee<B>>(
+fn save_checkpoint<B: Backend<Scalar = f32>>(
     b: &mut B,
+    name: &str,
     ckpt: &Path,
     state: &[Named],
     meta: &CheckpointMeta,
@@ -246,7 +245,7 @@ fn save_checkpoint<B: Backend<Scalar = f32>, M: Trainee<B>>(
 ) -> Result<()> {
     checkpoint::save(b, ckpt, state, meta).inspect_err(|e| {
         if matches!(e, Error::Divergence { .. }) {
-            eprintln!("{}: stopped; {}", M::NAME, kept(last_good, ckpt));
+            eprintln!("{name}: stopped; {}", kept(last_good, ckpt));
         }
     })
 }

@@ -66,7 +66,8 @@ impl Report {
         meta: &CheckpointMeta,
         tally: &EpochTally<'_>,
     ) -> Result<Option<Evaluation>> {
-        let (epoch, lr, terms) = (tally.epoch, tally.lr, M::LOSS_TERMS.len());
+        let (name, loss_terms) = (model.name(), model.loss_terms());
+        let (epoch, lr, terms) = (tally.epoch, tally.lr, loss_terms.len());
         let last = epoch + 1 == cfg.epochs;
         let due = run.eval_every > 0 && (epoch + 1).is_multiple_of(run.eval_every);
         let evaluation = if last || due {
@@ -85,7 +86,7 @@ impl Report {
         let train_acc = meta.epoch_sums[terms] / (answers * meta.epoch_sums[terms + 1]).max(1.0);
         let images_per_s = tally.images as f64 / tally.seconds;
         let mut record = serde_json::json!({
-            "model": M::NAME,
+            "model": name,
             "epoch": epoch + 1,
             "step": meta.step,
             "lr": lr,
@@ -97,21 +98,18 @@ impl Report {
             "images_per_s": images_per_s,
             "skipped": tally.skipped.len(),
         });
-        for (term, v) in M::LOSS_TERMS.iter().zip(&mean) {
+        for (term, v) in loss_terms.iter().zip(&mean) {
             record[format!("loss_{term}")] = serde_json::json!(v);
         }
         if model.task() == Task::Classes {
             // Warned of once λ is at full weight: during its warmup a run that goes on to
             // learn can dip this low for an epoch.
             let full_lambda = (epoch + 1) as f64 >= cfg.center_warmup_epochs;
-            for (column, bank) in spread_columns(M::LOSS_TERMS)
-                .iter()
-                .zip(model.center_banks())
-            {
+            for (column, bank) in spread_columns(loss_terms).iter().zip(model.center_banks()) {
                 let spread = center_spread(&b.read(bank)?, cfg.classes);
                 record[column] = serde_json::json!(spread);
                 if full_lambda {
-                    self.merged.check(M::NAME, epoch, column, spread);
+                    self.merged.check(name, epoch, column, spread);
                 }
             }
         }
@@ -130,7 +128,7 @@ impl Report {
             accuracy.map_or(String::new(), |a| format!("  test {}", format_accuracy(&a)));
         println!(
             "{:<11} epoch {:>3}  loss {total:.4}  train {:.1}%  lr {lr:.2e}  {images_per_s:.1} img/s{}{test_part}",
-            M::NAME,
+            name,
             epoch + 1,
             100.0 * train_acc,
             if tally.skipped.is_empty() {

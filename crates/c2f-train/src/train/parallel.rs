@@ -138,7 +138,7 @@ impl<'d, 'a, B: Backend<Scalar = f32>> RankStep<'d, 'a, B> {
         Ok(RankStep {
             dp,
             centers,
-            stats: b.alloc(M::LOSS_TERMS.len() + 1)?,
+            stats: b.alloc(model.loss_terms().len() + 1)?,
             buckets,
         })
     }

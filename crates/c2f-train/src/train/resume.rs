@@ -14,7 +14,6 @@ use crate::checkpoint::{self, CheckpointMeta};
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::{ImageSource, Loader};
 use crate::data::spec::{DataSpec, OpenedData};
-use crate::state::Named;
 
 /// The checkpoint file of a run directory.
 pub fn checkpoint_path(dir: &Path) -> PathBuf {
@@ -44,7 +43,7 @@ pub fn dataset_fingerprint(source: &dyn ImageSource) -> String {
 }
 
 /// The position a run starts from: a fresh one's, or with [`RunOptions::resume`] the checkpoint
-/// in the run folder, loaded into `state` once it is found to fit this run (where a crash came
+/// in the run folder, loaded into `model`'s state once it is found to fit this run (where a crash came
 /// before the first checkpoint there is none: the run then starts afresh, saying so, so that a
 /// crashed run is restarted by one command whenever it crashed). A fresh run refuses to
 /// overwrite a checkpoint that is there.
@@ -54,21 +53,21 @@ pub(super) fn start_or_resume<B: Backend<Scalar = f32>, M: Trainee<B>>(
     run: &RunOptions,
     data: &OpenedData,
     train: &Loader,
-    state: &[Named],
+    model: &M,
     leader: bool,
 ) -> Result<CheckpointMeta> {
     let ckpt = checkpoint_path(&run.dir);
     let fingerprint = dataset_fingerprint(train.source().as_ref());
     let fresh = CheckpointMeta {
         format: checkpoint::FORMAT,
-        model: M::NAME.to_string(),
+        model: model.name().to_string(),
         config: cfg.clone(),
         epoch: 0,
         batch_in_epoch: 0,
         step: 0,
         rng: cfg.seed ^ 0xc2f,
         // The loss terms' sums, then correct predictions and images.
-        epoch_sums: vec![0.0; M::LOSS_TERMS.len() + 2],
+        epoch_sums: vec![0.0; model.loss_terms().len() + 2],
         data: data.spec.clone(),
         dataset: fingerprint.clone(),
         class_names: data.class_names.clone(),
@@ -80,7 +79,7 @@ pub(super) fn start_or_resume<B: Backend<Scalar = f32>, M: Trainee<B>>(
         if leader {
             println!(
                 "{}: no checkpoint in {} yet: starting afresh",
-                M::NAME,
+                model.name(),
                 run.dir.display()
             );
         }
@@ -97,8 +96,8 @@ pub(super) fn start_or_resume<B: Backend<Scalar = f32>, M: Trainee<B>>(
         }
         return Ok(fresh);
     }
-    let saved = checkpoint::load(b, &ckpt, state)?;
-    let problems = resume_problems(&saved, M::NAME, cfg, &data.spec, &fingerprint);
+    let saved = checkpoint::load(b, &ckpt, &model.state())?;
+    let problems = resume_problems(&saved, model.name(), cfg, &data.spec, &fingerprint);
     if !problems.is_empty() {
         return Err(Error::File {
             path: ckpt.display().to_string(),
@@ -112,7 +111,7 @@ pub(super) fn start_or_resume<B: Backend<Scalar = f32>, M: Trainee<B>>(
     if leader {
         println!(
             "{}: resumed from {} at epoch {}, batch {} (step {})",
-            M::NAME,
+            model.name(),
             ckpt.display(),
             meta.epoch,
             meta.batch_in_epoch,

@@ -14,7 +14,7 @@ use crate::task::Task;
 
 /// One training step's outcome.
 pub struct StepResult {
-    /// The loss terms, in [`Trainee::LOSS_TERMS`] order.
+    /// The loss terms, in [`Trainee::loss_terms`] order.
     pub losses: Vec<f64>,
     /// The (coarse) head's right answers: samples classified right, or for attributes right
     /// (sample, attribute) answers.
@@ -50,10 +50,11 @@ pub type GradsReady<'a, B> = dyn FnMut(&mut B, usize, usize) -> Result<()> + 'a;
 
 /// A model the loop can train, evaluate and checkpoint.
 pub trait Trainee<B: Backend<Scalar = f32>> {
-    /// The model's name in checkpoints and metrics.
-    const NAME: &'static str;
+    /// The model's name in checkpoints, run folders and metrics
+    /// ([`ModelKind::name`](super::ModelKind::name)).
+    fn name(&self) -> &'static str;
     /// The names of the loss terms [`Trainee::step`] returns.
-    const LOSS_TERMS: &'static [&'static str];
+    fn loss_terms(&self) -> &'static [&'static str];
     /// Every tensor a checkpoint holds.
     fn state(&self) -> Vec<Named>;
     /// Forward and backward of one batch (gradients zeroed first); `step` counts all steps.
