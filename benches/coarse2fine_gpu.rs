@@ -50,7 +50,8 @@ fn case(c: &mut Criterion, batch: usize, size: usize) {
     let chosen: Vec<i32> = (0..batch).map(|i| (i % cfg.maps) as i32).collect();
     b.write(model.input(), &images).unwrap();
     b.write_index(model.labels(), &labels).unwrap();
-    b.write_index(model.chosen_maps(), &chosen).unwrap();
+    let chosen_maps = model.chosen_maps().expect("Coarse2Fine has a fine pass");
+    b.write_index(chosen_maps, &chosen).unwrap();
     let sgd = c2f_kernels::sgd::SgdParams::new(cfg.lr, cfg.momentum, cfg.weight_decay);
     time_training_step(c, "coarse2fine_gpu_f32", &name, batch, &mut b, |b| {
         model.zero_grads(b).unwrap();
