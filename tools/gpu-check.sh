@@ -53,7 +53,9 @@ for line in open(listing):
         folder = os.path.dirname(src)
         files = [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.endswith(".rs") and f != "main.rs"]
     gpu_files = [f for f in files if any(m in open(f).read() for m in ("gpu_or_skip", "cuda_or_skip"))]
-    if not gpu_files:
+    # The loader's bench has no GPU path but travels too: its figures are for that machine's
+    # 16 cores, the host that has to feed the GPU.
+    if not gpu_files and not ("bench" in kinds and name == "loader"):
         continue
     if "bench" in kinds:
         dest = os.path.join(bundle, "benches", name)
@@ -208,6 +210,9 @@ PY
   run_step "torch baseline" 120 "$logs/bench-torch.txt" python3 "$root/tools/torch_baseline.py"
   run_step "torch coarse2fine baseline" 150 "$logs/bench-torch-c2f.txt" \
     python3 "$root/tools/torch_c2f_baseline.py"
+  # Whether the host's cores decode and augment fast enough to feed those steps (all its rows
+  # are CPU ones).
+  run_bench loader 120 loader
   # The kernels rewritten since the last GPU run first (docs/gpu-status.md says which), and the
   # transposed conv's bench (the longest) after the others.
   local first="bap pool center_loss"
@@ -216,7 +221,7 @@ PY
   for b in "$bins"/benches/*; do
     local name
     name=$(basename "$b")
-    case " inception_gpu coarse2fine_gpu $first $last " in *" $name "*) continue ;; esac
+    case " inception_gpu coarse2fine_gpu loader $first $last " in *" $name "*) continue ;; esac
     run_bench "$name"
   done
   # PyTorch's versions of the small ops, then each set against our kernel's row.
@@ -251,7 +256,7 @@ PY
     echo "## Benchmarks (BENCH: group, name, card, us, GB/s, fraction of copy bandwidth, baseline)"
     echo
     echo '```'
-    cat "$logs"/bench-*.txt 2>/dev/null | grep -E '^(BENCH|SPEEDUP|TORCHGPU|TORCHOP|VSTORCH|NETBENCH|OPBENCH)|copy bandwidth' || echo "none"
+    cat "$logs"/bench-*.txt 2>/dev/null | grep -E '^(BENCH|SPEEDUP|TORCHGPU|TORCHOP|VSTORCH|NETBENCH|OPBENCH|LOADBENCH|LOADPROFILE)|copy bandwidth' || echo "none"
     echo '```'
     echo
     echo "## Failures and skips (first lines)"
@@ -266,7 +271,7 @@ PY
 
   echo
   echo "== report: $out/report.md, logs in $out/logs.tar.gz"
-  grep -h -E '^(BENCH|SPEEDUP|TORCHGPU|TORCHOP|VSTORCH|NETBENCH|OPBENCH)' "$logs"/bench-*.txt 2>/dev/null | cut -f2- | cut -c1-160
+  grep -h -E '^(BENCH|SPEEDUP|TORCHGPU|TORCHOP|VSTORCH|NETBENCH|OPBENCH|LOADBENCH|LOADPROFILE)' "$logs"/bench-*.txt 2>/dev/null | cut -f2- | cut -c1-160
   echo
   printf '%s\n' "${results[@]}"
   # The device tool brings back a handful of files: the logs travel as one archive.
