@@ -19,7 +19,7 @@ use crate::data::spec::{DataSpec, OpenedData};
 use crate::train::{
     checkpoint_path, train_baseline, train_coarse2fine, Accuracy, DataParallel, Evaluation,
 };
-use crate::upsampler::UpsamplerKind;
+use crate::upsampler::{UpsamplerKind, UpsamplerWeights};
 
 /// `c2f train`: checks the flags, then starts the workers (`--gpus`), or joins a launcher's job,
 /// or trains alone.
@@ -57,10 +57,7 @@ pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
     let opened = data.open(cfg.input_size)?;
     cfg.classes = opened.class_names.len();
     cfg.task = opened.task;
-    let upsampler_weights = match args.upsampler.as_deref() {
-        None | Some("learnable" | "bilinear") => None,
-        Some(file) => Some(PathBuf::from(file)),
-    };
+    let upsampler_weights = args.upsampler_weights();
     let run_dir = args.run_dir.clone().unwrap_or_else(default_run_dir);
     let defaults = RunOptions::new(&run_dir);
     let run = |model: &str| RunOptions {
@@ -254,6 +251,18 @@ impl TrainArgs {
             },
             ortho_init: base.ortho_init && !self.no_ortho_init,
             ..base
+        }
+    }
+
+    /// What replaces the learnable up-sampler's fresh start: `--upsampler FILE`, or the
+    /// pretrained one for `--upsampler pretrained` and, the paper's setting, by default with
+    /// `--weights`; nothing for `learnable` (a fresh start) and `bilinear`.
+    pub fn upsampler_weights(&self) -> Option<UpsamplerWeights> {
+        match self.upsampler.as_deref() {
+            Some("learnable" | "bilinear") => None,
+            Some("pretrained") => Some(UpsamplerWeights::Pretrained),
+            Some(file) => Some(UpsamplerWeights::File(PathBuf::from(file))),
+            None => self.weights.as_ref().map(|_| UpsamplerWeights::Pretrained),
         }
     }
 

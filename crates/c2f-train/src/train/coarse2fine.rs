@@ -16,9 +16,10 @@ use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::Batch;
 use crate::data::spec::OpenedData;
 use crate::model::{orthogonal_attention, Coarse2Fine, Coarse2FineConfig, Grads, FEATURE_SCALE};
+use crate::pretrain::{start_upsampler, upsampler_origin};
 use crate::state::Named;
 use crate::task::{attribute_targets, Task};
-use crate::upsampler::{attention_map_side, default_channels, init_range, load_into};
+use crate::upsampler::{attention_map_side, default_channels, init_range, UpsamplerOrigin};
 
 impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
     const NAME: &'static str = "coarse2fine";
@@ -95,6 +96,10 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
     fn task(&self) -> Task {
         self.config.task
     }
+
+    fn upsampler_origin(cfg: &TrainConfig, run: &RunOptions) -> Option<UpsamplerOrigin> {
+        upsampler_origin(cfg, run)
+    }
 }
 
 /// The Coarse2Fine model of a config, unitialised.
@@ -118,8 +123,8 @@ pub fn build_coarse2fine<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<Coa
 }
 
 /// Initialises a fresh Coarse2Fine model: from [`RunOptions::init_from`]'s checkpoint, or its
-/// parameters drawn (the center banks at zero); then the up-sampler from
-/// [`RunOptions::upsampler_weights`], if given.
+/// parameters drawn (the center banks at zero); then the up-sampler as
+/// [`RunOptions::upsampler_weights`] says ([`start_upsampler`]).
 pub fn init_coarse2fine<B: Backend<Scalar = f32>>(
     b: &mut B,
     model: &Coarse2Fine,
@@ -136,8 +141,8 @@ pub fn init_coarse2fine<B: Backend<Scalar = f32>>(
             drawn_heads(model, cfg)?
         }
     };
-    if let Some(path) = &run.upsampler_weights {
-        load_into(path, model.head_table(), &mut heads)?;
+    if let Some(origin) = upsampler_origin(cfg, run) {
+        start_upsampler(b, &origin, cfg.input_size, model.head_table(), &mut heads)?;
     }
     b.write(model.params, &heads)
 }

@@ -63,6 +63,7 @@ pub(super) fn start_or_resume<B: Backend<Scalar = f32>, M: Trainee<B>>(
         data: data.spec.clone(),
         dataset: fingerprint.clone(),
         class_names: data.class_names.clone(),
+        upsampler: M::upsampler_origin(cfg, run),
     };
     if !run.resume {
         if ckpt.exists() {
