@@ -1,9 +1,16 @@
 //! ConvTranspose2d benchmarks. Always: the CPU reference (the CPU backend's op) at a small batch.
 //! With a GPU: our kernels against cuDNN (backward-data for the forward, forward for dx,
-//! backward-filter for d_weight) on the up-sampler's layers at B = 64, k = 4, stride 2,
-//! padding 1: 16→16 (17→34), 16→8 (34→68), 8→4 (68→136), 4→1 (136→272), the whole chain's
-//! forward, and a wide 16→16 layer at 136→272. f32 against cuDNN in plain FMA (our arithmetic)
-//! and in TF32 (PyTorch's default), bf16 against cuDNN with tensor cores. Target: 5× cuDNN.
+//! backward-filter for d_weight) on up-sampler-like layers at B = 64, k = 4, stride 2,
+//! padding 1: a four-layer chain 16→16 (17→34), 16→8 (34→68), 8→4 (68→136), 4→1 (136→272),
+//! the whole chain's forward, and a wide 16→16 layer at 136→272. f32 against cuDNN in plain FMA
+//! (our arithmetic) and in TF32 (PyTorch's default), bf16 against cuDNN with tensor cores.
+//! Target: 5× cuDNN.
+//!
+//! This chain is wider and one doubling longer than the up-sampler `c2f train` builds
+//! (`c2f_train::upsampler::default_channels`): at 299² that is three layers, 1→8 (17→34),
+//! 8→8 (34→68), 8→1 (68→136), then a fixed bilinear resize to 299 (at 448², 26→52→104→208,
+//! then 448). Its layers bracket the model's in channels and sides; the model's chain is not
+//! timed as such.
 
 mod common;
 
@@ -44,7 +51,7 @@ fn gpu_batch() -> usize {
     }
 }
 
-/// The up-sampler chain 17→34→68→136→272 at batch `b`.
+/// The bench's four-layer chain 17→34→68→136→272 at batch `b` (the model's stops at 136).
 fn chain(b: usize) -> Vec<ConvTransposeParams> {
     vec![
         layer(b, 16, 16, 17),

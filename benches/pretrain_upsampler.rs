@@ -1,6 +1,8 @@
 //! Up-sampler pretraining, pairs per second: one epoch of generated pairs (generation on the
 //! host, forward, L2 gradient, backward, SGD step) at input 299 (17² maps) and 448 (26² maps),
-//! on the CPU backend and, where a GPU opens, on the CUDA backend (in `tools/gpu-check.sh run`).
+//! for the up-sampler `c2f train` builds there (three stride-2 transposed convs, 8 channels
+//! between, to 136² and 208², then the bilinear resize to the input side), on the CPU backend
+//! and, where a GPU opens, on the CUDA backend (in `tools/gpu-check.sh run`).
 //! Prints `CPUBENCH` / `NETBENCH` lines with pairs/s; the GPU figure is bounded by the host's
 //! pair generation, which the line's ms/run makes visible.
 

@@ -12,7 +12,7 @@ out=${1:-runs/localization-recipe}
 cargo build --release --bin c2f
 c2f=target/release/c2f
 "$c2f" train --no-progress --models coarse2fine --lambda 1 --run-dir "$out/stage1"
-"$c2f" pretrain-upsampler --size 96 --pairs 4096 --epochs 4 --out "$out/upsampler.safetensors"
+"$c2f" pretrain-upsampler --size 96 --pairs 4096 --epochs 4 --lr 0.05 --out "$out/upsampler.safetensors"
 "$c2f" train --no-progress --models coarse2fine --lambda 1 --init-from "$out/stage1" \
   --upsampler "$out/upsampler.safetensors" --object-scale 0.4 0.7 --epochs 24 --lr 0.015 \
   --run-dir "$out/stage2"

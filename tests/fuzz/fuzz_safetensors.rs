@@ -9,6 +9,7 @@ use c2f_inception::weights::{read_checked, write_tensors};
 use c2f_train::checkpoint::{read_meta, CheckpointMeta, FORMAT};
 use c2f_train::config::{Machine, Preset};
 use c2f_train::data::spec::DataSpec;
+use c2f_train::upsampler::UpsamplerOrigin;
 
 /// `(name, shape)` of the tensors each file must hold.
 const WEIGHTS: [(&str, &[usize]); 3] = [
@@ -73,6 +74,9 @@ fn checkpoint_files() {
         data: DataSpec::synthetic_demo(7),
         dataset: "fingerprint".into(),
         class_names: vec!["a".into(), "b".into()],
+        upsampler: Some(UpsamplerOrigin::Shipped {
+            path: "upsampler-299.safetensors".into(),
+        }),
     };
     let json = serde_json::to_string(&meta).unwrap();
     let seeds = [FileSeed::new(

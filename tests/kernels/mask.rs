@@ -814,8 +814,9 @@ fn gpu_resize_matches_reference<T: Element>(gpu: &Gpu, s: ResizeShape, tol: f64)
     }
 }
 
-/// The up-sampler's fixed resizes (272 → 299 and 448), a direct 17 → 299, downsizing, odd and
-/// non-square sizes, 1x1 and the identity.
+/// Up-sampling resizes to 299 and 448 (from 272, `benches/mask.rs`'s map; the model's up-sampler
+/// gives 136 and 208), a direct 17 → 299, downsizing, odd and non-square sizes, 1x1 and the
+/// identity.
 fn gpu_resize_cases() -> Vec<ResizeShape> {
     vec![
         resize(4, 1, (272, 272), (299, 299)),

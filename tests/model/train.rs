@@ -21,6 +21,7 @@ use c2f_train::train::{
     train_baseline, train_coarse2fine, Accuracy, BnPolicy, DataParallel, Evaluation, RunOptions,
     Schedule, TrainConfig, Trainee,
 };
+use c2f_train::upsampler::{UpsamplerOrigin, UpsamplerWeights};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("train_{name}"));
@@ -159,6 +160,9 @@ fn both_models_train_and_write_metrics_and_checkpoints() {
     assert_eq!(meta.config, cfg);
     assert_eq!(meta.class_names, data.class_names);
     assert_eq!(meta.data, data.spec);
+    assert_eq!(meta.upsampler, Some(UpsamplerOrigin::Fresh));
+    let base_meta = checkpoint::read_meta(&checkpoint_path(&dir.join("base"))).unwrap();
+    assert_eq!(base_meta.upsampler, None);
 
     // The same run directory again without `resume` is refused, not overwritten.
     let err = try_train(
@@ -340,7 +344,8 @@ fn a_run_starts_from_an_earlier_runs_checkpoint() {
     for with_upsampler in [false, true] {
         let run = RunOptions {
             init_from: Some(first.clone()),
-            upsampler_weights: with_upsampler.then(|| upsampler_file.clone()),
+            upsampler_weights: with_upsampler
+                .then(|| UpsamplerWeights::File(upsampler_file.clone())),
             ..run_options(&dir.join("unused"))
         };
         init_coarse2fine(&mut cpu, &model, &cfg, &run).unwrap();

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::TrainConfig;
 use crate::data::spec::DataSpec;
 use crate::state::Named;
+use crate::upsampler::UpsamplerOrigin;
 
 /// The `__metadata__` key the run's JSON lives under.
 const META_KEY: &str = "c2f";
@@ -43,6 +44,10 @@ pub struct CheckpointMeta {
     /// [`crate::train::resume::dataset_fingerprint`] of the training set.
     pub dataset: String,
     pub class_names: Vec<String>,
+    /// Where the up-sampler started (`None`: the model has none, or the checkpoint is older
+    /// than this record).
+    #[serde(default)]
+    pub upsampler: Option<UpsamplerOrigin>,
 }
 
 fn file_error(path: &Path, message: impl Into<String>) -> Error {

@@ -11,7 +11,7 @@ use c2f_kernels::sgd::SgdParams;
 use serde::{Deserialize, Serialize};
 
 use crate::task::Task;
-use crate::upsampler::UpsamplerKind;
+use crate::upsampler::{UpsamplerKind, UpsamplerWeights};
 
 /// How the learning rate moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -298,8 +298,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// Start the backbone from torchvision-named InceptionV3 weights.
     pub weights: Option<PathBuf>,
-    /// Start Coarse2Fine's learnable up-sampler from `c2f pretrain-upsampler`'s file.
-    pub upsampler_weights: Option<PathBuf>,
+    /// What replaces Coarse2Fine's learnable up-sampler after the heads' start
+    /// ([`crate::pretrain::upsampler_origin`]).
+    pub upsampler_weights: Option<UpsamplerWeights>,
     /// Start from the final state of an earlier run of the same model (its checkpoint), with
     /// fresh momentum ([`crate::train::start_from_checkpoint`]); `upsampler_weights` then replaces its
     /// up-sampler.

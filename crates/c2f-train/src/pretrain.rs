@@ -15,23 +15,52 @@
 //!   field, through a ReLU, times a log-uniform strength in `[0.5, 2]`.
 //! - L2 loss (mean squared error over the output pixels), SGD with momentum (the backend's
 //!   `sgd_step`), an epoch over the pairs in a shuffled order, the last short batch dropped.
+//!
+//! A run's up-sampler starts from [`upsampler_origin`]: with
+//! [`UpsamplerWeights::Pretrained`] (the default of `c2f train --weights`), the weights shipped
+//! for its input side ([`shipped`]) or, for a side without, its own [`PretrainConfig::short`]
+//! pretraining at the start ([`start_upsampler`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use c2f_inception::backend::{Backend, Tensor};
 use c2f_inception::table::TensorTable;
+use c2f_inception::weights::write_atomically;
 use c2f_kernels::rng::{splitmix64_output, SplitMix64};
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::{Error, Result};
 use rayon::prelude::*;
 
+use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::epoch_order;
 use crate::interpolate::{resize, Interpolation};
 use crate::upsampler::{
-    attention_map_side, default_channels, init_params, save, Upsampler, UpsamplerKind,
-    UpsamplerShape,
+    attention_map_side, default_channels, init_params, load_into, save, Upsampler, UpsamplerKind,
+    UpsamplerOrigin, UpsamplerShape, UpsamplerWeights,
 };
+
+/// The pretrained up-sampler files shipped in `c2f`, by input side: what
+/// `c2f pretrain-upsampler --device cpu --size S --pairs 4096 --epochs 4` ([`PretrainConfig::short`])
+/// wrote on the project's CPU (`docs/method.md`). Each fits the [`default_channels`] stack of its
+/// side, the one `c2f train` builds.
+const SHIPPED: [(usize, &[u8]); 2] = [
+    (299, include_bytes!("../weights/upsampler-299.safetensors")),
+    (448, include_bytes!("../weights/upsampler-448.safetensors")),
+];
+
+/// The shipped pretrained up-sampler file for input side `size`, if `c2f` has one.
+pub fn shipped(size: usize) -> Option<&'static [u8]> {
+    SHIPPED.iter().find(|(s, _)| *s == size).map(|(_, b)| *b)
+}
+
+/// The default learning rate for `h × w` maps: 0.05 at 3 × 3 (input 75), falling as 1/(h·w)
+/// (0.0016 at 299, 0.00067 at 448), a fit to rates tried at four sides (docs/experiments.md):
+/// at 0.05 the up-sampler at 299 settled on a constant output (held-out L2 0.034, where 0.001
+/// reaches 0.0025).
+pub fn default_lr((h, w): (usize, usize)) -> f64 {
+    (0.45 / (h * w) as f64).min(0.05)
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PretrainConfig {
@@ -47,7 +76,8 @@ pub struct PretrainConfig {
     /// Paper: 100.
     pub epochs: usize,
     pub batch: usize,
-    pub lr: f64,
+    /// `None`: [`default_lr`] of the maps.
+    pub lr: Option<f64>,
     pub momentum: f64,
     pub weight_decay: f64,
     pub seed: u64,
@@ -65,11 +95,22 @@ impl PretrainConfig {
             held_out: 1024,
             epochs: 100,
             batch: 32,
-            lr: 0.05,
+            lr: None,
             momentum: 0.9,
             weight_decay: 0.0,
             seed: 0,
             output: None,
+        }
+    }
+
+    /// The shipped weights' recipe, and what a run pretrains at its start for a side without
+    /// them: 4,096 pairs for 4 epochs (16,384 pairs, 0.3% of the paper's 6 million), which the
+    /// CPU runs in minutes at 299 and a GPU in seconds.
+    pub fn short(input_size: usize) -> Self {
+        PretrainConfig {
+            pairs: 4096,
+            epochs: 4,
+            ..PretrainConfig::new(input_size)
         }
     }
 
@@ -87,8 +128,8 @@ impl PretrainConfig {
         if self.held_out == 0 {
             return Err(Error::config("held_out", 0, "must be at least 1"));
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(Error::config("--lr", self.lr, "must be positive"));
+        if let Some(lr) = self.lr.filter(|lr| !(*lr > 0.0 && lr.is_finite())) {
+            return Err(Error::config("--lr", lr, "must be positive"));
         }
         Ok(())
     }
@@ -305,7 +346,8 @@ pub fn pretrain_upsampler<B: Backend<Scalar = f32>>(
     };
     b.write(run.params, &init_params(&table))?;
     let initial_held_out = run.held_out(b, cfg.seed, cfg.held_out)?;
-    let sgd = SgdParams::new(cfg.lr, cfg.momentum, cfg.weight_decay);
+    let lr = cfg.lr.unwrap_or_else(|| default_lr(map));
+    let sgd = SgdParams::new(lr, cfg.momentum, cfg.weight_decay);
     let steps = cfg.pairs / cfg.batch;
     let mut epochs = Vec::new();
     for epoch in 0..cfg.epochs {
@@ -319,10 +361,9 @@ pub fn pretrain_upsampler<B: Backend<Scalar = f32>>(
             if !loss.is_finite() {
                 eprintln!(
                     "up-sampler pretraining: stopped in epoch {}, step {}; lower the learning \
-                     rate {}",
+                     rate {lr}",
                     epoch + 1,
                     step + 1,
-                    cfg.lr
                 );
                 return Err(Error::Divergence {
                     step: epoch * steps + step + 1,
@@ -361,4 +402,82 @@ pub fn pretrain_upsampler<B: Backend<Scalar = f32>>(
         params: b.read(run.params)?,
         table,
     })
+}
+
+/// The file in a run's folder that the up-sampler of [`UpsamplerWeights::Pretrained`] starts
+/// from, for input side `size`.
+pub fn start_file(dir: &Path, size: usize) -> PathBuf {
+    dir.join(format!("upsampler-{size}.safetensors"))
+}
+
+/// Where the up-sampler of a fresh Coarse2Fine run with `cfg` and `run` starts; `None` for the
+/// fixed bilinear one, which has no parameters (unless weights are asked for, which loading
+/// then refuses).
+pub fn upsampler_origin(cfg: &TrainConfig, run: &RunOptions) -> Option<UpsamplerOrigin> {
+    let origin = match &run.upsampler_weights {
+        Some(UpsamplerWeights::File(path)) => UpsamplerOrigin::File { path: path.clone() },
+        Some(UpsamplerWeights::Pretrained) => {
+            let path = start_file(&run.dir, cfg.input_size);
+            match shipped(cfg.input_size) {
+                Some(_) => UpsamplerOrigin::Shipped { path },
+                None => UpsamplerOrigin::Pretrained { path },
+            }
+        }
+        None => match &run.init_from {
+            Some(path) => UpsamplerOrigin::Checkpoint { path: path.clone() },
+            None => UpsamplerOrigin::Fresh,
+        },
+    };
+    (cfg.upsampler == UpsamplerKind::Learnable || run.upsampler_weights.is_some()).then_some(origin)
+}
+
+/// Fills the `upsampler.*` entries of `table` in `heads` (laid out as `table`) as `origin`
+/// says, for input side `size`, and says where they came from on stdout: a shipped file is
+/// first copied into the run's folder; [`UpsamplerOrigin::Pretrained`] pretrains on `b` by
+/// [`PretrainConfig::short`] unless an earlier start in the same folder left the file. Fresh
+/// and checkpoint starts leave `heads` alone.
+pub fn start_upsampler<B: Backend<Scalar = f32>>(
+    b: &mut B,
+    origin: &UpsamplerOrigin,
+    size: usize,
+    table: &TensorTable,
+    heads: &mut [f32],
+) -> Result<()> {
+    let (path, from) = match origin {
+        UpsamplerOrigin::Fresh | UpsamplerOrigin::Checkpoint { .. } => return Ok(()),
+        UpsamplerOrigin::File { path } => (path, "from".to_string()),
+        UpsamplerOrigin::Shipped { path } => {
+            let bytes = shipped(size).ok_or_else(|| {
+                Error::config("--size", size, "c2f ships no pretrained up-sampler for it")
+            })?;
+            create_parent(path)?;
+            write_atomically(path, bytes)?;
+            (
+                path,
+                format!("pretrained for {size}², shipped in c2f, copied to"),
+            )
+        }
+        UpsamplerOrigin::Pretrained { path } if path.exists() => (
+            path,
+            format!("pretrained for {size}² by an earlier start, in"),
+        ),
+        UpsamplerOrigin::Pretrained { path } => {
+            println!("up-sampler: c2f ships none for {size}²; pretraining it (4,096 pairs × 4)");
+            let report = pretrain_upsampler(b, &PretrainConfig::short(size), &mut print_epochs)?;
+            create_parent(path)?;
+            save(path, &report.table, &report.params)?;
+            let (before, after) = (report.initial_held_out, report.final_held_out());
+            let from =
+                format!("pretrained for {size}² (held-out L2 {before:.5} → {after:.5}), saved to");
+            (path, from)
+        }
+    };
+    load_into(path, table, heads)?;
+    println!("up-sampler: {from} {}", path.display());
+    Ok(())
+}
+
+fn create_parent(path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
 }

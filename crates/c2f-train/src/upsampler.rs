@@ -13,7 +13,7 @@
 //! under the same names, and [`save`] / [`load_into`] use them, so a pretrained file lines up
 //! with the model's table.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use c2f_inception::backend::{Backend, Tensor};
 use c2f_inception::init::counter_uniform;
@@ -34,6 +34,35 @@ pub enum UpsamplerKind {
     Learnable,
     /// Only the bilinear resize, no parameters.
     FixedBilinear,
+}
+
+/// What replaces a run's learnable up-sampler after the model's own start (its fresh draw, or
+/// the checkpoint of `--init-from`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpsamplerWeights {
+    /// A `c2f pretrain-upsampler` file (`--upsampler FILE`).
+    File(PathBuf),
+    /// Pretrained on interpolation pairs by [`crate::pretrain::PretrainConfig::short`] for the
+    /// run's input side: the weights shipped in `c2f` where it has them, else pretrained at the
+    /// run's start (`--upsampler pretrained`, the default with `--weights`).
+    Pretrained,
+}
+
+/// Where a run's learnable up-sampler started, as its checkpoint records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "from")]
+pub enum UpsamplerOrigin {
+    /// The heads' fresh draw ([`init_params`]).
+    Fresh,
+    /// The earlier run's checkpoint (`--init-from`).
+    Checkpoint { path: PathBuf },
+    /// `--upsampler FILE`.
+    File { path: PathBuf },
+    /// The weights shipped for the input side, copied to `path` in the run's folder.
+    Shipped { path: PathBuf },
+    /// Pretrained at the run's start (or an earlier start in the same folder), kept at `path`
+    /// in the run's folder.
+    Pretrained { path: PathBuf },
 }
 
 /// The up-sampler's geometry.

@@ -179,8 +179,11 @@ pub struct TrainArgs {
     #[arg(long)]
     pub no_ortho_init: bool,
     /// The fine branch's up-sampler: `learnable` (the paper's transposed convolutions, from a
-    /// fresh start), `bilinear` (fixed interpolation, the paper's comparison), or a FILE from
-    /// `c2f pretrain-upsampler` to start the learnable one from (default: learnable).
+    /// fresh start), `pretrained` (the learnable one pretrained on interpolation pairs, as the
+    /// paper does: shipped in c2f for 299² and 448², else pretrained at the run's start),
+    /// `bilinear` (fixed interpolation, the paper's comparison), or a FILE from
+    /// `c2f pretrain-upsampler` to start the learnable one from (default: pretrained with
+    /// --weights, else learnable).
     #[arg(long)]
     pub upsampler: Option<String>,
     /// Start the backbone from InceptionV3 weights with torchvision's names (width 1.0;
@@ -248,8 +251,9 @@ pub struct PretrainArgs {
     pub epochs: usize,
     #[arg(long, default_value_t = 32, value_parser = within(1..=MAX_BATCH))]
     pub batch: usize,
-    #[arg(long, default_value_t = 0.05, value_parser = within(LEARNING_RATES))]
-    pub lr: f64,
+    /// Default: 0.05 at input 75, falling with the attention map's cells (0.0016 at 299).
+    #[arg(long, value_parser = within(LEARNING_RATES))]
+    pub lr: Option<f64>,
     /// Seed of the generated pairs.
     #[arg(long, default_value_t = 0, value_parser = within(0u64..))]
     pub seed: u64,

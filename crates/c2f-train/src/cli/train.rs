@@ -18,7 +18,7 @@ use super::distributed::{default_run_dir, join_job, launch_workers, no_cpu_ranks
 use crate::config::{Machine, Preset, RunOptions, TrainConfig};
 use crate::data::spec::{DataSpec, OpenedData};
 use crate::train::{checkpoint_path, Accuracy, DataParallel, Evaluation, ModelKind};
-use crate::upsampler::UpsamplerKind;
+use crate::upsampler::{UpsamplerKind, UpsamplerWeights};
 
 /// `c2f train`: checks the flags, then starts the workers (`--gpus`), or joins a launcher's job,
 /// or trains alone.
@@ -59,10 +59,7 @@ pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
     }
     cfg.classes = opened.class_names.len();
     cfg.task = opened.task;
-    let upsampler_weights = match args.upsampler.as_deref() {
-        None | Some("learnable" | "bilinear") => None,
-        Some(file) => Some(PathBuf::from(file)),
-    };
+    let upsampler_weights = args.upsampler_weights();
     let run_dir = args.run_dir.clone().unwrap_or_else(default_run_dir);
     let defaults = RunOptions::new(&run_dir);
     let run = |model: &str| RunOptions {
@@ -283,6 +280,18 @@ impl TrainArgs {
             },
             ortho_init: base.ortho_init && !self.no_ortho_init,
             ..base
+        }
+    }
+
+    /// What replaces the learnable up-sampler's fresh start: `--upsampler FILE`, or the
+    /// pretrained one for `--upsampler pretrained` and, the paper's setting, by default with
+    /// `--weights`; nothing for `learnable` (a fresh start) and `bilinear`.
+    pub fn upsampler_weights(&self) -> Option<UpsamplerWeights> {
+        match self.upsampler.as_deref() {
+            Some("learnable" | "bilinear") => None,
+            Some("pretrained") => Some(UpsamplerWeights::Pretrained),
+            Some(file) => Some(UpsamplerWeights::File(PathBuf::from(file))),
+            None => self.weights.as_ref().map(|_| UpsamplerWeights::Pretrained),
         }
     }
 

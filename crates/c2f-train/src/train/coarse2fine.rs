@@ -18,9 +18,10 @@ use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::Batch;
 use crate::data::spec::OpenedData;
 use crate::model::{orthogonal_attention, Coarse2Fine, Coarse2FineConfig, Grads, FEATURE_SCALE};
+use crate::pretrain::{start_upsampler, upsampler_origin};
 use crate::state::Named;
 use crate::task::{attribute_targets, Task};
-use crate::upsampler::{attention_map_side, default_channels, init_range, load_into};
+use crate::upsampler::{attention_map_side, default_channels, init_range, UpsamplerOrigin};
 
 impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
     fn name(&self) -> &'static str {
@@ -111,6 +112,10 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
     fn task(&self) -> Task {
         self.config.task
     }
+
+    fn upsampler_origin(&self, cfg: &TrainConfig, run: &RunOptions) -> Option<UpsamplerOrigin> {
+        upsampler_origin(cfg, run).filter(|_| self.has_fine_pass())
+    }
 }
 
 impl Coarse2Fine {
@@ -152,8 +157,8 @@ pub fn build_coarse_only<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<Coa
 
 /// Initialises a fresh Coarse2Fine or coarse-only model: from [`RunOptions::init_from`]'s
 /// checkpoint, or its parameters drawn (the center banks at zero); then Coarse2Fine's
-/// up-sampler from [`RunOptions::upsampler_weights`], if given (the coarse-only model has none
-/// to load).
+/// up-sampler as [`RunOptions::upsampler_weights`] says ([`start_upsampler`]; the coarse-only
+/// model has none).
 pub fn init_coarse2fine<B: Backend<Scalar = f32>>(
     b: &mut B,
     model: &Coarse2Fine,
@@ -170,12 +175,8 @@ pub fn init_coarse2fine<B: Backend<Scalar = f32>>(
             drawn_heads(model, cfg)?
         }
     };
-    if let Some(path) = run
-        .upsampler_weights
-        .as_ref()
-        .filter(|_| model.has_fine_pass())
-    {
-        load_into(path, model.head_table(), &mut heads)?;
+    if let Some(origin) = Trainee::<B>::upsampler_origin(model, cfg, run) {
+        start_upsampler(b, &origin, cfg.input_size, model.head_table(), &mut heads)?;
     }
     b.write(model.params, &heads)
 }

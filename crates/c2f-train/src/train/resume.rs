@@ -71,6 +71,7 @@ pub(super) fn start_or_resume<B: Backend<Scalar = f32>, M: Trainee<B>>(
         data: data.spec.clone(),
         dataset: fingerprint.clone(),
         class_names: data.class_names.clone(),
+        upsampler: model.upsampler_origin(cfg, run),
     };
     if leader && run.resume {
         remove_crash_leftovers(&ckpt)?;

@@ -8,9 +8,11 @@ use c2f_inception::network::SgdRule;
 use c2f_kernels::rng::SplitMix64;
 use c2f_kernels::Result;
 
+use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::Batch;
 use crate::state::Named;
 use crate::task::Task;
+use crate::upsampler::UpsamplerOrigin;
 
 /// One training step's outcome.
 pub struct StepResult {
@@ -89,4 +91,8 @@ pub trait Trainee<B: Backend<Scalar = f32>> {
     fn probabilities(&mut self, b: &mut B, images: &[f32]) -> Result<Vec<Vec<f64>>>;
     /// What the heads predict.
     fn task(&self) -> Task;
+    /// Where a fresh run's up-sampler starts, for its checkpoint (`None`: the model has none).
+    fn upsampler_origin(&self, _cfg: &TrainConfig, _run: &RunOptions) -> Option<UpsamplerOrigin> {
+        None
+    }
 }
