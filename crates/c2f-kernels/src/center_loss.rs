@@ -20,15 +20,10 @@
 //! centers untouched; the GPU kernels never access memory through a bad label.
 //! Kernels: `kernels/center_loss.cu`, deterministic (no float atomics).
 
-use std::sync::Arc;
-
-use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig,
-    PushKernelArg,
-};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceSlice};
 use rayon::prelude::*;
 
-use crate::device::{device_addr, device_addr_mut, read_loss_status, Gpu};
+use crate::device::{grid, grid_with_shared, read_loss_status, Gpu};
 use crate::element::Element;
 use crate::error::{check_labels, check_len, check_shape, Error, Result};
 use crate::launch;
@@ -245,32 +240,31 @@ pub fn check_buffers<T: Element>(
 /// The fused center-loss kernels for one shape, with their scratch buffers allocated once.
 pub struct CenterLossGpu<T: Element> {
     shape: CenterLossShape,
-    stream: Arc<CudaStream>,
-    sumsq_fn: CudaFunction,
-    update_fn: CudaFunction,
+    k: CenterLossKernels<T>,
     /// Partial ‖c_{y_i}‖² per (sample, chunk of D), for [`CenterRule::Normalized`].
     sumsq: CudaSlice<f32>,
     /// Partial loss per (sample, chunk of D).
     loss_parts: CudaSlice<f32>,
     /// Bad-label status, block counter and the result read back by [`Self::finish`].
     state: CudaSlice<i32>,
-    _storage: std::marker::PhantomData<T>,
+}
+
+crate::kernel_set! {
+    struct CenterLossKernels: crate::sources::CENTER_LOSS;
+    typed: center_loss_update;
+    plain: center_loss_center_sumsq;
 }
 
 impl<T: Element> CenterLossGpu<T> {
     pub fn new(gpu: &Gpu, shape: CenterLossShape) -> Result<Self> {
         shape.validate()?;
-        let src = &crate::sources::CENTER_LOSS;
         let parts = shape.batch * shape.dim.div_ceil(CHUNK);
         Ok(CenterLossGpu {
             shape,
-            stream: gpu.stream().clone(),
-            sumsq_fn: gpu.function(src, "center_loss_center_sumsq")?,
-            update_fn: gpu.typed_function::<T>(src, "center_loss_update")?,
+            k: CenterLossKernels::new(gpu)?,
             sumsq: gpu.alloc_zeros(parts)?,
             loss_parts: gpu.alloc_zeros(parts)?,
             state: gpu.alloc_zeros(STATE_LEN)?,
-            _storage: std::marker::PhantomData,
         })
     }
 
@@ -307,59 +301,19 @@ impl<T: Element> CenterLossGpu<T> {
         check_buffers(&s, features, labels, centers, d_features)?;
         let (b, d, c) = (s.batch as i32, s.dim as i32, s.classes as i32);
         let (grad_scale, loss_scale, beta, normalized) = launch_params(&s, params);
-        let grid = (s.dim.div_ceil(CHUNK) as u32, s.batch as u32, 1);
-        let sumsq_cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let update_cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: (s.batch * std::mem::size_of::<i32>()) as u32,
-        };
-        let st = &self.stream;
-        let (features, labels) = (device_addr(features, st), device_addr(labels, st));
-        let centers = device_addr_mut(centers, st);
-        let d_features = device_addr_mut(d_features, st);
+        let chunks = (s.dim.div_ceil(CHUNK) as u32, s.batch as u32, 1);
+        let labels_smem = (s.batch * std::mem::size_of::<i32>()) as u32;
         // SAFETY: buffer lengths checked above match the kernels' indexing; labels are checked on
         // the device before any center access.
         unsafe {
-            launch!(
-                self.stream,
-                &self.sumsq_fn,
-                sumsq_cfg,
-                [
-                    &centers,
-                    &labels,
-                    &mut self.sumsq,
-                    &mut self.state,
-                    &b,
-                    &d,
-                    &c,
-                    &normalized
-                ]
-            )?;
-            launch!(
-                self.stream,
-                &self.update_fn,
-                update_cfg,
-                [
-                    &features,
-                    &labels,
-                    &centers,
-                    &self.sumsq,
-                    &d_features,
-                    &mut self.loss_parts,
-                    &mut self.state,
-                    &b,
-                    &d,
-                    &grad_scale,
-                    &loss_scale,
-                    &beta,
-                    &normalized
-                ]
-            )?;
+            launch!(self.k.center_loss_center_sumsq, grid(chunks, THREADS), [
+                out centers, in labels, &mut self.sumsq, &mut self.state, &b, &d, &c, &normalized
+            ])?;
+            launch!(self.k.center_loss_update, grid_with_shared(chunks, THREADS, labels_smem), [
+                in features, in labels, out centers, &self.sumsq, out d_features,
+                &mut self.loss_parts, &mut self.state, &b, &d, &grad_scale, &loss_scale, &beta,
+                &normalized
+            ])?;
         }
         Ok(())
     }
@@ -367,7 +321,7 @@ impl<T: Element> CenterLossGpu<T> {
     /// Waits for the last [`Self::enqueue`] and returns its loss, or its bad label as an error.
     pub fn finish(&mut self) -> Result<f32> {
         read_loss_status(
-            &self.stream,
+            &self.k.stream,
             &self.state.slice(RESULT),
             self.shape.batch,
             self.shape.classes,

@@ -3,10 +3,10 @@
 //! a block's concat); [`slice_channels_cpu`] copies it back out (the concat's backward, assigned).
 //! Bit copies, no conversion. Kernel: `kernels/concat.cu`.
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu, TypedKernel};
+use crate::device::{blocks_for, device_addr, device_addr_mut, grid, Gpu, Kernel};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
 use crate::launch;
@@ -110,13 +110,15 @@ pub const MAX_COPY_BATCH: usize = 65_535;
 
 /// Channel concat and split on the GPU; one instance serves every [`ChannelSlice`].
 pub struct ChannelCopyGpu<T: Element> {
-    kernel: TypedKernel<T>,
+    kernel: Kernel,
+    _storage: std::marker::PhantomData<T>,
 }
 
 impl<T: Element> ChannelCopyGpu<T> {
     pub fn new(gpu: &Gpu) -> Result<Self> {
         Ok(ChannelCopyGpu {
-            kernel: TypedKernel::new(gpu, &crate::sources::CONCAT, "channel_copy")?,
+            kernel: Kernel::typed::<T>(gpu, &crate::sources::CONCAT, "channel_copy")?,
+            _storage: std::marker::PhantomData,
         })
     }
 
@@ -176,17 +178,12 @@ impl<T: Element> ChannelCopyGpu<T> {
         // All fit an i32: at most the whole's element count, checked in `validate`.
         let [chunk_i, ss, so, ds, dso] =
             [chunk, src_at[0], src_at[1], dst_at[0], dst_at[1]].map(|v| v as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks_for(chunk, THREADS), s.batch as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = grid((blocks_for(chunk, THREADS), s.batch as u32, 1), THREADS);
         // SAFETY: the caller checked both lengths against `s`, whose offset + channels fit in
         // the whole's channels, so every sample's run lies inside both buffers.
         unsafe {
             launch!(
-                self.kernel.stream,
-                &self.kernel.function,
+                self.kernel,
                 cfg,
                 [&src, &dst, &chunk_i, &ss, &so, &ds, &dso]
             )?;

@@ -16,10 +16,10 @@
 //! identity, `p = 1` gives `x·0`; `p` outside `[0, 1]` is an error. With `training == false`
 //! dropout is the identity (a copy). Kernel: `kernels/dropout.cu`.
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu, TypedKernel};
+use crate::device::{blocks_for, grid, Gpu, Kernel};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
 use crate::launch;
@@ -125,13 +125,15 @@ const MAX_BLOCKS: u32 = 8192;
 
 /// The dropout kernel for element type `T`; it works on any length.
 pub struct DropoutGpu<T: Element> {
-    kernel: TypedKernel<T>,
+    kernel: Kernel,
+    _storage: std::marker::PhantomData<T>,
 }
 
 impl<T: Element> DropoutGpu<T> {
     pub fn new(gpu: &Gpu) -> Result<Self> {
         Ok(DropoutGpu {
-            kernel: TypedKernel::new(gpu, &crate::sources::DROPOUT, "dropout_apply")?,
+            kernel: Kernel::typed::<T>(gpu, &crate::sources::DROPOUT, "dropout_apply")?,
+            _storage: std::marker::PhantomData,
         })
     }
 
@@ -172,28 +174,10 @@ impl<T: Element> DropoutGpu<T> {
         }
         let n = input.len() as i64;
         let (key, threshold, scale) = (params.key(), params.threshold(), params.scale() as f32);
-        let cfg = LaunchConfig {
-            grid_dim: (
-                blocks_for(input.len(), DROPOUT_THREADS).min(MAX_BLOCKS),
-                1,
-                1,
-            ),
-            block_dim: (DROPOUT_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (input, out) = (
-            device_addr(input, &self.kernel.stream),
-            device_addr_mut(out, &self.kernel.stream),
-        );
+        let blocks = blocks_for(input.len(), DROPOUT_THREADS).min(MAX_BLOCKS);
+        let cfg = grid((blocks, 1, 1), DROPOUT_THREADS);
         // SAFETY: both buffers hold n elements; the kernel is grid-stride over n.
-        unsafe {
-            launch!(
-                self.kernel.stream,
-                &self.kernel.function,
-                cfg,
-                [&input, &out, &n, &key, &threshold, &scale]
-            )?;
-        }
+        unsafe { launch!(self.kernel, cfg, [in input, out out, &n, &key, &threshold, &scale])? };
         Ok(())
     }
 }
