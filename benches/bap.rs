@@ -122,13 +122,7 @@ where
     }
 }
 
-fn gpu(c: &mut Criterion) {
-    let Some(gpu) = common::gpu_or_skip("bap GPU benches") else {
-        return;
-    };
-    gpu_dtype::<f32>(c, &gpu);
-    gpu_dtype::<half::bf16>(c, &gpu);
-}
+common::gpu_f32_and_bf16!("bap GPU benches", gpu_dtype);
 
 criterion_group!(benches, cpu, gpu);
 criterion_main!(benches);

@@ -93,13 +93,7 @@ fn gpu_dtype<T: Element>(c: &mut Criterion, gpu: &Gpu) {
     }
 }
 
-fn gpu(c: &mut Criterion) {
-    let Some(gpu) = common::gpu_or_skip("center_loss GPU benches") else {
-        return;
-    };
-    gpu_dtype::<f32>(c, &gpu);
-    gpu_dtype::<half::bf16>(c, &gpu);
-}
+common::gpu_f32_and_bf16!("center_loss GPU benches", gpu_dtype);
 
 criterion_group!(benches, cpu, gpu);
 criterion_main!(benches);

@@ -162,6 +162,24 @@ pub fn report_speedup(group: &str, what: &str, ours: f64, baseline: f64, target:
     println!("SPEEDUP\t{group}\t{what}\t{speedup:.2}x\t{verdict} the {target}x target");
 }
 
+/// `fn gpu(c: &mut Criterion)`, a bench's GPU part that runs `$bench::<f32>(c, &gpu)` and then
+/// the bf16 one, or says (as `$what`) that it skips them without a GPU.
+#[allow(unused_macros)] // as `dead_code` above
+macro_rules! gpu_f32_and_bf16 {
+    ($what:literal, $bench:ident) => {
+        fn gpu(c: &mut Criterion) {
+            let Some(gpu) = common::gpu_or_skip($what) else {
+                return;
+            };
+            $bench::<f32>(c, &gpu);
+            $bench::<half::bf16>(c, &gpu);
+        }
+    };
+}
+
+#[allow(unused_imports)]
+pub(crate) use gpu_f32_and_bf16;
+
 /// Opens the GPU for a bench and prints its copy bandwidth (the limit the summary lines are
 /// held to), or says it is skipping the GPU part.
 pub fn gpu_or_skip(bench: &str) -> Option<Gpu> {
