@@ -327,12 +327,12 @@ fn run_gpu<T: Element>(
     let mut df_d = gpu.alloc_poisoned::<T>(s.features_len()).unwrap();
     let loss = if unfused {
         let mut op = CenterLossUnfused::<T>::new(gpu, s).unwrap();
-        op.forward_update(p, &f_d, &y_d, &mut c_d, &mut df_d)
-            .unwrap()
+        op.enqueue(p, &f_d, &y_d, &mut c_d, &mut df_d).unwrap();
+        op.finish().unwrap()
     } else {
         let mut op = CenterLossGpu::<T>::new(gpu, s).unwrap();
-        op.forward_update(p, &f_d, &y_d, &mut c_d, &mut df_d)
-            .unwrap()
+        op.enqueue(p, &f_d, &y_d, &mut c_d, &mut df_d).unwrap();
+        op.finish().unwrap()
     };
     GpuRun {
         loss,
@@ -488,9 +488,8 @@ fn gpu_bad_label_is_an_error_and_keeps_centers() {
         ([9, 2, 0, 3, 1], 0, 9),
     ] {
         let y_d = gpu.upload(&y).unwrap();
-        let err = op
-            .forward_update(&p, &f_d, &y_d, &mut c_d, &mut df_d)
-            .unwrap_err();
+        op.enqueue(&p, &f_d, &y_d, &mut c_d, &mut df_d).unwrap();
+        let err = op.finish().unwrap_err();
         match err {
             Error::Label {
                 index: i,
@@ -508,9 +507,8 @@ fn gpu_bad_label_is_an_error_and_keeps_centers() {
     // The status is reset: the next good call on the same op succeeds and is right.
     let y = [1, 3, 0, 3, 1];
     let y_d = gpu.upload(&y).unwrap();
-    let loss = op
-        .forward_update(&p, &f_d, &y_d, &mut c_d, &mut df_d)
-        .unwrap();
+    op.enqueue(&p, &f_d, &y_d, &mut c_d, &mut df_d).unwrap();
+    let loss = op.finish().unwrap();
     let reference = run64(&s, &p, &f_seen, &y, &c_seen);
     let run = GpuRun {
         loss,

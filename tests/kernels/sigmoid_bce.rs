@@ -161,8 +161,9 @@ fn gpu_matches_reference<T: Element>(gpu: &Gpu, s: SigmoidBceShape, spread: f64,
     let name = format!("sigmoid BCE {} {s:?}", T::SUFFIX);
     let reference = (ref_loss, &ref_preds[..], &ref_grad[..]);
     check_loss_launch::<T>(gpu, &name, reference, tol, |preds, grad| {
-        bce.forward_backward(&x_d, &t_d, loss_scale, preds, grad)
-            .unwrap()
+        bce.enqueue_forward_backward(&x_d, &t_d, loss_scale, preds, grad)
+            .unwrap();
+        bce.finish().unwrap()
     });
 }
 
@@ -210,7 +211,7 @@ fn gpu_bce_wrong_length_is_an_error() {
     let mut preds = gpu.alloc_zeros::<i32>(6).unwrap();
     let mut grad = gpu.alloc_zeros::<f32>(6).unwrap();
     let err = bce
-        .forward_backward(&x_d, &t_d, 1.0, &mut preds, &mut grad)
+        .enqueue_forward_backward(&x_d, &t_d, 1.0, &mut preds, &mut grad)
         .unwrap_err();
     assert!(
         err.to_string()

@@ -410,12 +410,14 @@ fn gpu_ce_matches_reference<T: Element>(gpu: &Gpu, s: SoftmaxCeShape, spread: f6
     let name = format!("softmax CE {} {s:?}", T::SUFFIX);
     let reference = (ref_loss, &ref_preds[..], &ref_grad[..]);
     check_loss_launch::<T>(gpu, &name, reference, tol, |preds, grad| {
-        ce.forward_backward(&x_d, &y_d, loss_scale, preds, grad)
-            .unwrap()
+        ce.enqueue_forward_backward(&x_d, &y_d, loss_scale, preds, grad)
+            .unwrap();
+        ce.finish().unwrap()
     });
 
     let mut preds_only = gpu.upload(&vec![-7i32; s.batch]).unwrap();
-    let loss_only = ce.forward(&x_d, &y_d, &mut preds_only).unwrap();
+    ce.enqueue_forward(&x_d, &y_d, &mut preds_only).unwrap();
+    let loss_only = ce.finish().unwrap();
     assert_close(
         &format!("{name}: forward loss"),
         loss_only as f64,
@@ -467,12 +469,13 @@ fn gpu_ce_bad_label_is_an_error_then_recovers() {
     bad[2] = 5;
     let bad_d = gpu.upload(&bad).unwrap();
     for training in [true, false] {
-        let err = if training {
-            ce.forward_backward(&x_d, &bad_d, 1.0, &mut preds, &mut grad)
+        if training {
+            ce.enqueue_forward_backward(&x_d, &bad_d, 1.0, &mut preds, &mut grad)
         } else {
-            ce.forward(&x_d, &bad_d, &mut preds)
+            ce.enqueue_forward(&x_d, &bad_d, &mut preds)
         }
-        .unwrap_err();
+        .unwrap();
+        let err = ce.finish().unwrap_err();
         match err {
             Error::Label {
                 index: 2,
@@ -483,9 +486,9 @@ fn gpu_ce_bad_label_is_an_error_then_recovers() {
         }
         // The status was reset: the next call with good labels succeeds.
         let good_d = gpu.upload(&good).unwrap();
-        let loss = ce
-            .forward_backward(&x_d, &good_d, 1.0, &mut preds, &mut grad)
+        ce.enqueue_forward_backward(&x_d, &good_d, 1.0, &mut preds, &mut grad)
             .unwrap();
+        let loss = ce.finish().unwrap();
         assert_close("loss after a bad call", loss as f64, ref_loss, 1e-5);
     }
 }
@@ -500,7 +503,7 @@ fn gpu_ce_wrong_length_is_an_error() {
     let x_d = gpu.upload(&[1.0f32; 5]).unwrap();
     let y_d = gpu.upload(&[0i32, 1]).unwrap();
     let mut preds = gpu.alloc_zeros::<i32>(2).unwrap();
-    let err = ce.forward(&x_d, &y_d, &mut preds).unwrap_err();
+    let err = ce.enqueue_forward(&x_d, &y_d, &mut preds).unwrap_err();
     assert!(
         err.to_string()
             .contains("softmax CE logits has 5 elements, expected 6"),

@@ -49,23 +49,15 @@ impl<T: Element> CenterLossUnfused<T> {
         })
     }
 
-    /// [`Self::enqueue`], then reads the loss back (synchronises).
-    pub fn forward_update(
-        &mut self,
-        params: &CenterLossParams,
-        features: &impl DevicePtr<T>,
-        labels: &impl DevicePtr<i32>,
-        centers: &mut impl DevicePtrMut<f32>,
-        d_features: &mut impl DevicePtrMut<T>,
-    ) -> Result<f32> {
-        self.enqueue(params, features, labels, centers, d_features)?;
+    /// Waits for the last [`Self::enqueue`] and reads its loss back.
+    pub fn finish(&mut self) -> Result<f32> {
         let mut loss = [0f32];
         self.k.stream.memcpy_dtoh(&self.loss, &mut loss)?;
         self.k.stream.synchronize()?;
         Ok(loss[0])
     }
 
-    /// Launches the kernels without waiting.
+    /// Launches the kernels without waiting; [`Self::finish`] reads the loss.
     pub fn enqueue(
         &mut self,
         params: &CenterLossParams,

@@ -272,23 +272,10 @@ impl<T: Element> CenterLossGpu<T> {
         &self.shape
     }
 
-    /// [`Self::enqueue`] then [`Self::finish`]: writes `d_features`, updates `centers` and returns
-    /// the loss, or [`Error::Label`] with the centers untouched (`d_features` is then unspecified).
-    /// Synchronises once: one 12-byte device-to-host read per call.
-    pub fn forward_update(
-        &mut self,
-        params: &CenterLossParams,
-        features: &impl DevicePtr<T>,
-        labels: &impl DevicePtr<i32>,
-        centers: &mut impl DevicePtrMut<f32>,
-        d_features: &mut impl DevicePtrMut<T>,
-    ) -> Result<f32> {
-        self.enqueue(params, features, labels, centers, d_features)?;
-        self.finish()
-    }
-
-    /// Launches the two kernels without waiting. The loss and any bad label stay on the device
-    /// until [`Self::finish`]; call it before the next `enqueue` to see them.
+    /// Launches the two kernels, which write `d_features` and update `centers`, without waiting.
+    /// The loss and any bad label stay on the device until [`Self::finish`]; call it before the
+    /// next `enqueue` to see them. A bad label leaves the centers untouched (`d_features` is then
+    /// unspecified).
     pub fn enqueue(
         &mut self,
         params: &CenterLossParams,
@@ -318,7 +305,8 @@ impl<T: Element> CenterLossGpu<T> {
         Ok(())
     }
 
-    /// Waits for the last [`Self::enqueue`] and returns its loss, or its bad label as an error.
+    /// Waits for the last [`Self::enqueue`] and returns its loss, or its bad label as an error:
+    /// the one synchronisation, a 12-byte device-to-host read.
     pub fn finish(&mut self) -> Result<f32> {
         read_loss_status(
             &self.k.stream,

@@ -162,22 +162,8 @@ impl<T: Element> SigmoidBceGpu<T> {
         &self.shape
     }
 
-    /// [`Self::enqueue_forward_backward`] then [`Self::finish`]: writes `predictions` and
-    /// `dlogits` (assigned, scaled by `loss_scale`) and returns the mean loss (not scaled).
-    /// Synchronises once.
-    pub fn forward_backward(
-        &mut self,
-        logits: &impl DevicePtr<T>,
-        targets: &impl DevicePtr<T>,
-        loss_scale: f64,
-        predictions: &mut impl DevicePtrMut<i32>,
-        dlogits: &mut impl DevicePtrMut<T>,
-    ) -> Result<f32> {
-        self.enqueue_forward_backward(logits, targets, loss_scale, predictions, dlogits)?;
-        self.finish()
-    }
-
-    /// Launches both kernels without waiting; the mean loss stays on the device until
+    /// Launches both kernels, which write `predictions` and `dlogits` (assigned, scaled by
+    /// `loss_scale`), without waiting; the mean loss (not scaled) stays on the device until
     /// [`Self::finish`].
     pub fn enqueue_forward_backward(
         &mut self,
@@ -216,7 +202,8 @@ impl<T: Element> SigmoidBceGpu<T> {
         Ok(())
     }
 
-    /// Waits for the last [`Self::enqueue_forward_backward`] and reads its mean loss (4 bytes).
+    /// Waits for the last [`Self::enqueue_forward_backward`] and reads its mean loss (4 bytes):
+    /// the one synchronisation.
     pub fn finish(&mut self) -> Result<f32> {
         let mut loss = [0.0f32];
         self.k.stream.memcpy_dtoh(&self.result, &mut loss)?;

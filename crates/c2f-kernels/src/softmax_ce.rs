@@ -217,34 +217,8 @@ impl<T: Element> SoftmaxCeGpu<T> {
         &self.shape
     }
 
-    /// Evaluation: [`Self::enqueue_forward`] then [`Self::finish`]. Writes `predictions` and
-    /// returns the mean loss, or [`Error::Label`]. Synchronises once.
-    pub fn forward(
-        &mut self,
-        logits: &impl DevicePtr<T>,
-        labels: &impl DevicePtr<i32>,
-        predictions: &mut impl DevicePtrMut<i32>,
-    ) -> Result<f32> {
-        self.enqueue_forward(logits, labels, predictions)?;
-        self.finish()
-    }
-
-    /// Training: [`Self::enqueue_forward_backward`] then [`Self::finish`]. Writes `predictions`
-    /// and `dlogits` (assigned, scaled by `loss_scale`) and returns the mean loss (not scaled), or
-    /// [`Error::Label`] (then `predictions` and `dlogits` are unspecified). Synchronises once.
-    pub fn forward_backward(
-        &mut self,
-        logits: &impl DevicePtr<T>,
-        labels: &impl DevicePtr<i32>,
-        loss_scale: f64,
-        predictions: &mut impl DevicePtrMut<i32>,
-        dlogits: &mut impl DevicePtrMut<T>,
-    ) -> Result<f32> {
-        self.enqueue_forward_backward(logits, labels, loss_scale, predictions, dlogits)?;
-        self.finish()
-    }
-
-    /// Launches the evaluation kernels without waiting; see [`Self::finish`].
+    /// Evaluation: launches the kernels that write `predictions`, without waiting;
+    /// [`Self::finish`] then returns the mean loss, or [`Error::Label`].
     pub fn enqueue_forward(
         &mut self,
         logits: &impl DevicePtr<T>,
@@ -264,8 +238,10 @@ impl<T: Element> SoftmaxCeGpu<T> {
         self.launch_finish(labels)
     }
 
-    /// Launches the training kernels without waiting. The loss and any bad label stay on the
-    /// device until [`Self::finish`]; call it before the next `enqueue_*` to see them.
+    /// Training: launches the kernels that write `predictions` and `dlogits` (assigned, scaled by
+    /// `loss_scale`), without waiting. The mean loss (not scaled) and any bad label stay on the
+    /// device until [`Self::finish`]; call it before the next `enqueue_*` to see them (after a
+    /// bad label `predictions` and `dlogits` are unspecified).
     pub fn enqueue_forward_backward(
         &mut self,
         logits: &impl DevicePtr<T>,
@@ -306,7 +282,7 @@ impl<T: Element> SoftmaxCeGpu<T> {
     }
 
     /// Waits for the last `enqueue_*` and returns its mean loss, or its first bad label as an
-    /// error. One 12-byte device-to-host read.
+    /// error: the one synchronisation, a 12-byte device-to-host read.
     pub fn finish(&mut self) -> Result<f32> {
         read_loss_status(
             &self.k.stream,
