@@ -534,8 +534,8 @@ fn gpu_dropout_matches_cpu<T: Element>(gpu: &Gpu, n: usize, params: DropoutParam
     let run = || {
         let mut y = gpu.alloc_poisoned::<T>(n).unwrap();
         let mut dx = gpu.alloc_poisoned::<T>(n).unwrap();
-        drop.forward(&params, &x_d, &mut y).unwrap();
-        drop.backward(&params, &dy_d, &mut dx).unwrap();
+        drop.apply(&params, &x_d, &mut y).unwrap();
+        drop.apply(&params, &dy_d, &mut dx).unwrap();
         (gpu.download(&y).unwrap(), gpu.download(&dx).unwrap())
     };
     let (y, dx) = run();

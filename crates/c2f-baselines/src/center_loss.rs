@@ -6,9 +6,7 @@
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
-use c2f_kernels::center_loss::{
-    check_buffers, launch_params, CenterLossParams, CenterLossShape, THREADS,
-};
+use c2f_kernels::center_loss::{launch_params, CenterLossParams, CenterLossShape, THREADS};
 use c2f_kernels::device::{blocks_for, grid, Gpu};
 use c2f_kernels::element::Element;
 use c2f_kernels::error::Result;
@@ -67,7 +65,12 @@ impl<T: Element> CenterLossUnfused<T> {
         d_features: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         let s = self.shape;
-        check_buffers(&s, features, labels, centers, d_features)?;
+        s.check_buffers(
+            features.len(),
+            labels.len(),
+            centers.len(),
+            d_features.len(),
+        )?;
         let (b, d, c) = (s.batch as i32, s.dim as i32, s.classes as i32);
         let n = s.features_len() as i64;
         let (grad_scale, loss_scale, beta, normalized) = launch_params(&s, params);

@@ -4,7 +4,7 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, grid, Gpu, Kernel};
+use crate::device::{blocks_for, grid};
 use crate::element::Element;
 use crate::error::{check_len, Result};
 use crate::launch;
@@ -24,19 +24,13 @@ const THREADS: u32 = 256;
 /// Grid-stride: at most this many blocks.
 const MAX_BLOCKS: u32 = 4096;
 
-pub struct AxpbyGpu<T: Element> {
-    kernel: Kernel,
-    _storage: std::marker::PhantomData<T>,
+crate::kernel_set! {
+    /// The axpby kernel for element type `T`; it works on any length.
+    pub struct AxpbyGpu: crate::sources::AXPBY;
+    typed: axpby;
 }
 
 impl<T: Element> AxpbyGpu<T> {
-    pub fn new(gpu: &Gpu) -> Result<Self> {
-        Ok(AxpbyGpu {
-            kernel: Kernel::typed::<T>(gpu, &crate::sources::AXPBY, "axpby")?,
-            _storage: std::marker::PhantomData,
-        })
-    }
-
     /// `y = α·x + β·y` (β = 0 assigns `y`).
     pub fn run(
         &self,
@@ -54,7 +48,7 @@ impl<T: Element> AxpbyGpu<T> {
         let (alpha, beta) = (alpha as f32, beta as f32);
         // SAFETY: `x` and `y` have `n` elements (checked above); the kernel is grid-stride.
         unsafe {
-            launch!(self.kernel, grid((blocks, 1, 1), THREADS), [in x, out y, &n, &alpha, &beta])?
+            launch!(self.axpby, grid((blocks, 1, 1), THREADS), [in x, out y, &n, &alpha, &beta])?
         };
         Ok(())
     }

@@ -20,7 +20,7 @@
 //! centers untouched; the GPU kernels never access memory through a bad label.
 //! Kernels: `kernels/center_loss.cu`, deterministic (no float atomics).
 
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceSlice};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use rayon::prelude::*;
 
 use crate::device::{grid, grid_with_shared, read_loss_status, Gpu};
@@ -71,6 +71,21 @@ impl CenterLossShape {
             ],
         )
     }
+
+    /// Checks the lengths of `features`, `labels`, `centers` and `d_features` against the shape.
+    #[doc(hidden)] // for c2f-baselines
+    pub fn check_buffers(
+        &self,
+        features: usize,
+        labels: usize,
+        centers: usize,
+        d_features: usize,
+    ) -> Result<()> {
+        check_len("center loss features", features, self.features_len())?;
+        check_len("center loss labels", labels, self.batch)?;
+        check_len("center loss centers", centers, self.centers_len())?;
+        check_len("center loss d_features", d_features, self.features_len())
+    }
 }
 
 /// How the centers enter the loss and move (the module docs give both).
@@ -113,13 +128,11 @@ pub fn forward_update_cpu<R: Real>(
     d_features: &mut [R],
 ) -> Result<R> {
     shape.validate()?;
-    check_len("center loss features", features.len(), shape.features_len())?;
-    check_len("center loss labels", labels.len(), shape.batch)?;
-    check_len("center loss centers", centers.len(), shape.centers_len())?;
-    check_len(
-        "center loss d_features",
+    shape.check_buffers(
+        features.len(),
+        labels.len(),
+        centers.len(),
         d_features.len(),
-        shape.features_len(),
     )?;
     check_labels(labels, shape.classes)?;
     let d = shape.dim;
@@ -219,24 +232,6 @@ pub fn launch_params(shape: &CenterLossShape, params: &CenterLossParams) -> (f32
     )
 }
 
-#[doc(hidden)] // for c2f-baselines
-pub fn check_buffers<T: Element>(
-    shape: &CenterLossShape,
-    features: &impl DeviceSlice<T>,
-    labels: &impl DeviceSlice<i32>,
-    centers: &impl DeviceSlice<f32>,
-    d_features: &impl DeviceSlice<T>,
-) -> Result<()> {
-    check_len("center loss features", features.len(), shape.features_len())?;
-    check_len("center loss labels", labels.len(), shape.batch)?;
-    check_len("center loss centers", centers.len(), shape.centers_len())?;
-    check_len(
-        "center loss d_features",
-        d_features.len(),
-        shape.features_len(),
-    )
-}
-
 /// The fused center-loss kernels for one shape, with their scratch buffers allocated once.
 pub struct CenterLossGpu<T: Element> {
     shape: CenterLossShape,
@@ -285,7 +280,12 @@ impl<T: Element> CenterLossGpu<T> {
         d_features: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         let s = self.shape;
-        check_buffers(&s, features, labels, centers, d_features)?;
+        s.check_buffers(
+            features.len(),
+            labels.len(),
+            centers.len(),
+            d_features.len(),
+        )?;
         let (b, d, c) = (s.batch as i32, s.dim as i32, s.classes as i32);
         let (grad_scale, loss_scale, beta, normalized) = launch_params(&s, params);
         let chunks = (s.dim.div_ceil(CHUNK) as u32, s.batch as u32, 1);

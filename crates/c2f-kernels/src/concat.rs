@@ -6,7 +6,7 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, device_addr, device_addr_mut, grid, Gpu, Kernel};
+use crate::device::{blocks_for, device_addr, device_addr_mut, grid};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
 use crate::launch;
@@ -108,20 +108,13 @@ const THREADS: u32 = 256;
 /// Largest batch [`ChannelCopyGpu`] takes (the grid's y dimension).
 pub const MAX_COPY_BATCH: usize = 65_535;
 
-/// Channel concat and split on the GPU; one instance serves every [`ChannelSlice`].
-pub struct ChannelCopyGpu<T: Element> {
-    kernel: Kernel,
-    _storage: std::marker::PhantomData<T>,
+crate::kernel_set! {
+    /// Channel concat and split on the GPU; one instance serves every [`ChannelSlice`].
+    pub struct ChannelCopyGpu: crate::sources::CONCAT;
+    typed: channel_copy;
 }
 
 impl<T: Element> ChannelCopyGpu<T> {
-    pub fn new(gpu: &Gpu) -> Result<Self> {
-        Ok(ChannelCopyGpu {
-            kernel: Kernel::typed::<T>(gpu, &crate::sources::CONCAT, "channel_copy")?,
-            _storage: std::marker::PhantomData,
-        })
-    }
-
     /// Concat forward, one part: as [`copy_channels_cpu`].
     pub fn copy_channels(
         &self,
@@ -133,9 +126,9 @@ impl<T: Element> ChannelCopyGpu<T> {
         let hw = s.hw();
         self.launch(
             s,
-            device_addr(part, &self.kernel.stream),
+            device_addr(part, &self.stream),
             [s.channels * hw, 0],
-            device_addr_mut(whole, &self.kernel.stream),
+            device_addr_mut(whole, &self.stream),
             [s.whole_channels * hw, s.offset * hw],
         )
     }
@@ -151,9 +144,9 @@ impl<T: Element> ChannelCopyGpu<T> {
         let hw = s.hw();
         self.launch(
             s,
-            device_addr(whole, &self.kernel.stream),
+            device_addr(whole, &self.stream),
             [s.whole_channels * hw, s.offset * hw],
-            device_addr_mut(part, &self.kernel.stream),
+            device_addr_mut(part, &self.stream),
             [s.channels * hw, 0],
         )
     }
@@ -183,7 +176,7 @@ impl<T: Element> ChannelCopyGpu<T> {
         // the whole's channels, so every sample's run lies inside both buffers.
         unsafe {
             launch!(
-                self.kernel,
+                self.channel_copy,
                 cfg,
                 [&src, &dst, &chunk_i, &ss, &so, &ds, &dso]
             )?;

@@ -343,7 +343,8 @@ macro_rules! launch {
 }
 
 /// Declares the struct of a launcher's entry points in one kernel file, loaded once by its
-/// `new(gpu)`: `stream`, and one [`Kernel`] field per entry point, named as the entry point.
+/// `new(gpu)`: `stream`, and one [`Kernel`] field per entry point, named as the entry point
+/// (private fields: the launcher's own module uses them).
 /// Those listed under `typed` are the `NAME_f32` or `NAME_bf16` variant for the struct's
 /// element type `T` ([`Gpu::typed_function`]); those under `plain` have one variant.
 ///
@@ -367,9 +368,9 @@ macro_rules! kernel_set {
         $vis struct $name<T: $crate::Element> {
             /// The stream they launch on, for the launcher's copies and reads.
             #[allow(dead_code)]
-            pub stream: std::sync::Arc<$crate::device::CudaStream>,
-            $(pub $typed: $crate::device::Kernel,)*
-            $($(pub $plain: $crate::device::Kernel,)*)?
+            stream: std::sync::Arc<$crate::device::CudaStream>,
+            $($typed: $crate::device::Kernel,)*
+            $($($plain: $crate::device::Kernel,)*)?
             _storage: std::marker::PhantomData<T>,
         }
 

@@ -286,14 +286,12 @@ impl NetworkOps for CudaBackend {
 
 impl TrainingOps for CudaBackend {
     fn dropout_forward(&mut self, p: &DropoutParams, x: Tensor, y: Tensor) -> Result<()> {
-        self.launch_unary((), x, y, |op: &mut DropoutGpu<f32>, x, y| {
-            op.forward(p, x, y)
-        })
+        self.launch_unary((), x, y, |op: &mut DropoutGpu<f32>, x, y| op.apply(p, x, y))
     }
 
     fn dropout_backward(&mut self, p: &DropoutParams, dy: Tensor, dx: Tensor) -> Result<()> {
         self.launch_unary((), dy, dx, |op: &mut DropoutGpu<f32>, dy, dx| {
-            op.backward(p, dy, dx)
+            op.apply(p, dy, dx)
         })
     }
 
