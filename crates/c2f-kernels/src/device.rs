@@ -334,12 +334,6 @@ macro_rules! launch {
         let stream = &kernel.stream;
         $crate::launch!(@push stream, stream.launch_builder(&kernel.function), $cfg; $($args)*)
     }};
-    ($stream:expr, $function:expr, $cfg:expr, [$($args:tt)*]) => {{
-        #[allow(unused_imports)]
-        use $crate::device::PushKernelArg as _;
-        let stream: &$crate::device::CudaStream = &$stream;
-        $crate::launch!(@push stream, stream.launch_builder($function), $cfg; $($args)*)
-    }};
 }
 
 /// Declares the struct of a launcher's entry points in one kernel file, loaded once by its
@@ -376,11 +370,12 @@ macro_rules! kernel_set {
 
         impl<T: $crate::Element> $name<T> {
             $vis fn new(gpu: &$crate::Gpu) -> $crate::Result<Self> {
+                use $crate::device::Kernel;
                 let source = &$source;
                 Ok($name {
                     stream: gpu.stream().clone(),
-                    $($typed: $crate::device::Kernel::typed::<T>(gpu, source, stringify!($typed))?,)*
-                    $($($plain: $crate::device::Kernel::new(gpu, source, stringify!($plain))?,)*)?
+                    $($typed: Kernel::typed::<T>(gpu, source, stringify!($typed))?,)*
+                    $($($plain: Kernel::new(gpu, source, stringify!($plain))?,)*)?
                     _storage: std::marker::PhantomData,
                 })
             }

@@ -276,7 +276,9 @@ impl<T: Element> SoftmaxCeGpu<T> {
         let (b, cfg) = (self.shape.batch as i32, grid((1, 1, 1), CE_THREADS));
         // SAFETY: `row_loss` and `labels` hold B elements, `state` STATE_LEN.
         unsafe {
-            launch!(self.k.softmax_ce_finish, cfg, [&self.row_loss, in labels, &mut self.state, &b])?
+            launch!(self.k.softmax_ce_finish, cfg, [
+                &self.row_loss, in labels, &mut self.state, &b
+            ])?
         };
         Ok(())
     }
