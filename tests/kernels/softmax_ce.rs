@@ -3,6 +3,7 @@
 //! and bf16, and the bench's cuDNN baseline against the reference (skipped without a GPU).
 
 use crate::common::gpu_tests::{assert_close, check_loss_launch, f32_and_bf16_tests};
+use crate::common::skip::or_return;
 use c2f_baselines::softmax_ce::{nll_gradient, LogSoftmaxCudnn};
 use c2f_kernels::dropout::{dropout_backward_cpu, dropout_forward_cpu, DropoutGpu, DropoutParams};
 use c2f_kernels::rng::splitmix64_output;
@@ -453,9 +454,9 @@ f32_and_bf16_tests!(
 
 #[test]
 fn gpu_ce_bad_label_is_an_error_then_recovers() {
-    let Some(gpu) = gpu_or_skip("softmax_ce gpu_ce_bad_label_is_an_error_then_recovers") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip(
+        "softmax_ce gpu_ce_bad_label_is_an_error_then_recovers"
+    ));
     let s = shape(6, 5);
     let (logits, good) = draw_inputs(&s, 2.0, 31);
     let (ref_loss, _, _) = ce64(&s, &logits, &good, 1.0);
@@ -495,9 +496,7 @@ fn gpu_ce_bad_label_is_an_error_then_recovers() {
 
 #[test]
 fn gpu_ce_wrong_length_is_an_error() {
-    let Some(gpu) = gpu_or_skip("softmax_ce gpu_ce_wrong_length_is_an_error") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("softmax_ce gpu_ce_wrong_length_is_an_error"));
     let s = shape(2, 3);
     let mut ce = SoftmaxCeGpu::<f32>::new(&gpu, s).unwrap();
     let x_d = gpu.upload(&[1.0f32; 5]).unwrap();
@@ -563,17 +562,13 @@ fn gpu_dropout_cases<T: Element>(gpu: &Gpu) {
 
 #[test]
 fn gpu_dropout_f32_matches_cpu() {
-    let Some(gpu) = gpu_or_skip("softmax_ce gpu_dropout_f32_matches_cpu") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("softmax_ce gpu_dropout_f32_matches_cpu"));
     gpu_dropout_cases::<f32>(&gpu);
 }
 
 #[test]
 fn gpu_dropout_bf16_matches_cpu() {
-    let Some(gpu) = gpu_or_skip("softmax_ce gpu_dropout_bf16_matches_cpu") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("softmax_ce gpu_dropout_bf16_matches_cpu"));
     gpu_dropout_cases::<half::bf16>(&gpu);
 }
 
@@ -581,13 +576,9 @@ fn gpu_dropout_bf16_matches_cpu() {
 #[test]
 fn gpu_cudnn_baseline_matches_reference() {
     let test = "softmax_ce gpu_cudnn_baseline_matches_reference";
-    let Some(gpu) = gpu_or_skip(test) else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip(test));
     for s in [shape(3, 7), shape(64, 200), shape(5, 2049)] {
-        let Some(mut cudnn) = library_or_skip(test, LogSoftmaxCudnn::new(&gpu, s)) else {
-            return;
-        };
+        let mut cudnn = or_return!(library_or_skip(test, LogSoftmaxCudnn::new(&gpu, s)));
         let (logits, labels) = draw_inputs(&s, 6.0, 23);
         let (logits32, logits64) = round_through::<f32>(&logits);
         let loss_scale = 0.5;
