@@ -10,7 +10,7 @@ mod common;
 
 use c2f_baselines::axpby::AxpbyCublas;
 use c2f_kernels::axpby::{axpby_cpu, AxpbyGpu};
-use c2f_kernels::testing::{bench_smoke, library_or_skip, SplitMix64};
+use c2f_kernels::testing::{bench_smoke, library_or_skip};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 /// (elements, α, β) of each GPU case.
@@ -26,27 +26,19 @@ fn gpu_cases() -> Vec<(usize, f64, f64)> {
     ]
 }
 
-fn draw(len: usize, seed: u64) -> Vec<f32> {
-    let mut rng = SplitMix64(seed);
-    (0..len).map(|_| rng.uniform(-1.0, 1.0) as f32).collect()
-}
-
 fn cpu(c: &mut Criterion) {
     let n = if bench_smoke() { 4099 } else { 1 << 22 };
-    let (x, mut y) = (draw(n, 1), draw(n, 2));
-    let mut group = c.benchmark_group("axpby_cpu_f32");
-    group.sample_size(10);
-    group.bench_function(format!("n{n}_beta1"), |b| {
-        b.iter(|| axpby_cpu(1.0, &x, 1.0, &mut y).unwrap())
+    let (x, mut y) = (common::draw(n, 1), common::draw(n, 2));
+    common::bench_cpu(c, "axpby_cpu_f32", &format!("n{n}_beta1"), || {
+        axpby_cpu(1.0, &x, 1.0, &mut y).unwrap()
     });
-    group.finish();
 }
 
 fn gpu(c: &mut Criterion) {
     let Some(gpu) = common::gpu_or_skip("axpby GPU benches") else {
         return;
     };
-    let group = "axpby_gpu_f32";
+    let mut group = common::GpuGroup::new(c, &gpu, "axpby_gpu_f32");
     let ours_op = AxpbyGpu::<f32>::new(&gpu).unwrap();
     let Some(blas) = library_or_skip("axpby cuBLAS baseline", AxpbyCublas::new(&gpu)) else {
         return;
@@ -55,21 +47,12 @@ fn gpu(c: &mut Criterion) {
         let id = format!("n{n}_beta{beta}");
         let arrays = if beta == 0.0 { 2 } else { 3 };
         let bytes = arrays * n * std::mem::size_of::<f32>();
-        let x = gpu.upload(&draw(n, 1)).unwrap();
-        let mut y = gpu.upload(&draw(n, 2)).unwrap();
-        let ours = common::bench_gpu(c, &gpu, group, &format!("ours_{id}"), bytes, "", || {
-            ours_op.run(alpha, &x, beta, &mut y).unwrap()
+        let x = gpu.upload(&common::draw(n, 1)).unwrap();
+        let mut y = gpu.upload(&common::draw(n, 2)).unwrap();
+        let ours = group.ours(&id, bytes, || ours_op.run(alpha, &x, beta, &mut y).unwrap());
+        group.versus("cuBLAS", &id, (ours, 1.0), bytes, || {
+            blas.run(alpha, &x, beta, &mut y).unwrap()
         });
-        let base = common::bench_gpu(
-            c,
-            &gpu,
-            group,
-            &format!("cublas_{id}"),
-            bytes,
-            "baseline",
-            || blas.run(alpha, &x, beta, &mut y).unwrap(),
-        );
-        common::report_speedup(group, &format!("{id} vs cuBLAS"), ours, base, 1.0);
     }
 }
 

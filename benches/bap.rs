@@ -45,15 +45,12 @@ fn cpu(c: &mut Criterion) {
         let mut da = vec![0.0f32; s.attention_len()];
         let mut df = vec![0.0f32; s.features_len()];
         let id = format!("B{}_M{}_HW{}", s.batch, s.maps, s.height);
-        let mut g = c.benchmark_group("bap_cpu_f32");
-        g.sample_size(10);
-        g.bench_function(format!("forward_{id}"), |b| {
-            b.iter(|| forward_cpu(&s, &a, &f, &mut parts, &mut norms).unwrap())
+        common::bench_cpu(c, "bap_cpu_f32", &format!("forward_{id}"), || {
+            forward_cpu(&s, &a, &f, &mut parts, &mut norms).unwrap()
         });
-        g.bench_function(format!("backward_{id}"), |b| {
-            b.iter(|| backward_cpu(&s, &a, &f, &parts, &norms, &dz, &mut da, &mut df).unwrap())
+        common::bench_cpu(c, "bap_cpu_f32", &format!("backward_{id}"), || {
+            backward_cpu(&s, &a, &f, &parts, &norms, &dz, &mut da, &mut df).unwrap()
         });
-        g.finish();
     }
 }
 
@@ -88,75 +85,44 @@ where
         let mut norms = gpu.alloc_zeros::<f32>(s.batch).unwrap();
         let mut da = gpu.alloc_zeros::<T>(s.attention_len()).unwrap();
         let mut df = gpu.alloc_zeros::<T>(s.features_len()).unwrap();
-        let group = format!("bap_gpu_{}", T::SUFFIX);
+        let mut group = common::GpuGroup::new(c, gpu, format!("bap_gpu_{}", T::SUFFIX));
         let id = format!("B{}_M{}_HW{}", s.batch, s.maps, s.height);
         let bytes = min_bytes::<T>(&s);
 
         let mut fused = BapGpu::<T>::new(gpu, s).unwrap();
-        let ours = common::bench_gpu(
-            c,
-            gpu,
-            &group,
-            &format!("fused_fwd_bwd_{id}"),
-            bytes,
-            "",
-            || {
-                fused.forward(&a_d, &f_d, &mut parts, &mut norms).unwrap();
-                fused
-                    .backward(&a_d, &f_d, &parts, &norms, &dz_d, &mut da, &mut df)
-                    .unwrap();
-            },
-        );
+        let ours = group.bench(&format!("fused_fwd_bwd_{id}"), bytes, || {
+            fused.forward(&a_d, &f_d, &mut parts, &mut norms).unwrap();
+            fused
+                .backward(&a_d, &f_d, &parts, &norms, &dz_d, &mut da, &mut df)
+                .unwrap();
+        });
         let fwd_bytes =
             std::mem::size_of::<T>() * (s.attention_len() + s.features_len() + s.parts_len());
-        common::bench_gpu(
-            c,
-            gpu,
-            &group,
-            &format!("fused_fwd_{id}"),
-            fwd_bytes,
-            "",
-            || {
-                fused.forward(&a_d, &f_d, &mut parts, &mut norms).unwrap();
-            },
-        );
+        group.bench(&format!("fused_fwd_{id}"), fwd_bytes, || {
+            fused.forward(&a_d, &f_d, &mut parts, &mut norms).unwrap();
+        });
         let mut blas = match BapCublas::<T>::new(gpu, s) {
             Ok(b) => b,
             Err(e) => {
-                println!("{group}: cuBLAS baseline skipped: {e}");
+                println!("{}: cuBLAS baseline skipped: {e}", group.name);
                 continue;
             }
         };
-        let base = common::bench_gpu(
-            c,
-            gpu,
-            &group,
+        let what = format!("fwd_bwd_{id} vs cuBLAS+separate");
+        group.baseline(
             &format!("cublas_fwd_bwd_{id}"),
+            (&what, ours, 3.0),
             bytes,
-            "baseline",
             || {
                 blas.forward(&a_d, &f_d, &mut parts, &mut norms).unwrap();
                 blas.backward(&a_d, &f_d, &parts, &norms, &dz_d, &mut da, &mut df)
                     .unwrap();
             },
         );
-        common::report_speedup(
-            &group,
-            &format!("fwd_bwd_{id} vs cuBLAS+separate"),
-            ours,
-            base,
-            3.0,
-        );
     }
 }
 
-fn gpu(c: &mut Criterion) {
-    let Some(gpu) = common::gpu_or_skip("bap GPU benches") else {
-        return;
-    };
-    gpu_dtype::<f32>(c, &gpu);
-    gpu_dtype::<half::bf16>(c, &gpu);
-}
+common::gpu_f32_and_bf16!("bap GPU benches", gpu_dtype);
 
 criterion_group!(benches, cpu, gpu);
 criterion_main!(benches);

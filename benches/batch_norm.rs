@@ -12,7 +12,7 @@ use c2f_baselines::batch_norm::BatchNormCudnn;
 use c2f_kernels::batch_norm::{
     backward_train_cpu, forward_train_cpu, BatchNormGpu, BatchNormParams, BatchNormShape,
 };
-use c2f_kernels::testing::{bench_smoke, library_or_skip, SplitMix64};
+use c2f_kernels::testing::{bench_smoke, library_or_skip};
 use c2f_kernels::Gpu;
 use criterion::{criterion_group, criterion_main, Criterion};
 use cudarc::driver::CudaSlice;
@@ -39,8 +39,7 @@ fn name(s: &BatchNormShape) -> String {
 }
 
 fn draw(len: usize, seed: u64) -> Vec<f32> {
-    let mut rng = SplitMix64(seed);
-    (0..len).map(|_| rng.uniform(-1.0, 2.0) as f32).collect()
+    common::draw_in(len, seed, -1.0, 2.0)
 }
 
 fn cpu(c: &mut Criterion) {
@@ -54,40 +53,36 @@ fn cpu(c: &mut Criterion) {
     let (mut mean, mut invstd) = (vec![0.0f32; s.channels], vec![0.0f32; s.channels]);
     let (mut y, mut dx) = (vec![0.0f32; s.len()], vec![0.0f32; s.len()]);
     let (mut dgamma, mut dbeta) = (vec![0.0f32; s.channels], vec![0.0f32; s.channels]);
-    let mut g = c.benchmark_group("batch_norm_cpu_f32");
-    g.sample_size(10);
-    g.bench_function(format!("train_forward_backward_{}", name(&s)), |b| {
-        b.iter(|| {
-            forward_train_cpu(
-                &s,
-                &p,
-                &x,
-                &gamma,
-                &beta,
-                &mut running_mean,
-                &mut running_var,
-                &mut y,
-                &mut mean,
-                &mut invstd,
-            )
-            .unwrap();
-            backward_train_cpu(
-                &s,
-                &p,
-                &x,
-                &y,
-                &gamma,
-                &mean,
-                &invstd,
-                &dy,
-                &mut dx,
-                &mut dgamma,
-                &mut dbeta,
-            )
-            .unwrap();
-        })
+    let id = format!("train_forward_backward_{}", name(&s));
+    common::bench_cpu(c, "batch_norm_cpu_f32", &id, || {
+        forward_train_cpu(
+            &s,
+            &p,
+            &x,
+            &gamma,
+            &beta,
+            &mut running_mean,
+            &mut running_var,
+            &mut y,
+            &mut mean,
+            &mut invstd,
+        )
+        .unwrap();
+        backward_train_cpu(
+            &s,
+            &p,
+            &x,
+            &y,
+            &gamma,
+            &mean,
+            &invstd,
+            &dy,
+            &mut dx,
+            &mut dgamma,
+            &mut dbeta,
+        )
+        .unwrap();
     });
-    g.finish();
 }
 
 /// One layer's device buffers, shared by both implementations.
@@ -163,30 +158,21 @@ fn gpu(c: &mut Criterion) {
         return;
     };
     let p = BatchNormParams::default();
-    let group = "batch_norm_gpu_f32";
+    let mut group = common::GpuGroup::new(c, &gpu, "batch_norm_gpu_f32");
     for s in gpu_shapes() {
         let mut layer = Layer::new(&gpu, &s);
         let bytes = 6 * s.len() * std::mem::size_of::<f32>();
         let id = name(&s);
         let mut ours = BatchNormGpu::<f32>::new(&gpu, s, p).unwrap();
-        let ours_s = common::bench_gpu(c, &gpu, group, &format!("ours_{id}"), bytes, "", || {
-            forward_backward!(ours, layer)
-        });
+        let ours_s = group.ours(&id, bytes, || forward_backward!(ours, layer));
         let Some(mut cudnn) =
             library_or_skip("batch_norm cuDNN baseline", BatchNormCudnn::new(&gpu, s, p))
         else {
             return;
         };
-        let base_s = common::bench_gpu(
-            c,
-            &gpu,
-            group,
-            &format!("cudnn_{id}"),
-            bytes,
-            "baseline",
-            || forward_backward!(cudnn, layer),
-        );
-        common::report_speedup(group, &format!("{id} vs cuDNN"), ours_s, base_s, 1.0);
+        group.versus("cuDNN", &id, (ours_s, 1.0), bytes, || {
+            forward_backward!(cudnn, layer)
+        });
     }
 }
 

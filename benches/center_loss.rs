@@ -46,12 +46,10 @@ fn cpu(c: &mut Criterion) {
         let s = shape(maps);
         let (f, y, mut centers) = inputs(&s);
         let mut df = vec![0.0f32; s.features_len()];
-        let mut g = c.benchmark_group("center_loss_cpu_f32");
-        g.sample_size(10);
-        g.bench_function(format!("forward_update_B{}_D{}", s.batch, s.dim), |b| {
-            b.iter(|| forward_update_cpu(&s, &p, &f, &y, &mut centers, &mut df).unwrap())
+        let id = format!("forward_update_B{}_D{}", s.batch, s.dim);
+        common::bench_cpu(c, "center_loss_cpu_f32", &id, || {
+            forward_update_cpu(&s, &p, &f, &y, &mut centers, &mut df).unwrap()
         });
-        g.finish();
     }
 }
 
@@ -76,41 +74,26 @@ fn gpu_dtype<T: Element>(c: &mut Criterion, gpu: &Gpu) {
         let y_d = gpu.upload(&y).unwrap();
         let mut c_d = gpu.upload(&centers).unwrap();
         let mut df_d = gpu.alloc_zeros::<T>(s.features_len()).unwrap();
-        let group = format!("center_loss_gpu_{}", T::SUFFIX);
+        let mut group = common::GpuGroup::new(c, gpu, format!("center_loss_gpu_{}", T::SUFFIX));
         let id = format!("B{}_D{}_C{}", s.batch, s.dim, s.classes);
         let bytes = min_bytes::<T>(&s, &y);
 
         // Timed without the per-call read-back of the loss, which would stall the stream.
         let mut fused = CenterLossGpu::<T>::new(gpu, s).unwrap();
-        let ours = common::bench_gpu(c, gpu, &group, &format!("fused_{id}"), bytes, "", || {
+        let ours = group.bench(&format!("fused_{id}"), bytes, || {
             fused.enqueue(&p, &f_d, &y_d, &mut c_d, &mut df_d).unwrap()
         });
         fused.finish().expect("the fused kernels reported an error");
         let mut unfused = CenterLossUnfused::<T>::new(gpu, s).unwrap();
-        let base = common::bench_gpu(
-            c,
-            gpu,
-            &group,
-            &format!("unfused_{id}"),
-            bytes,
-            "baseline",
-            || {
-                unfused
-                    .enqueue(&p, &f_d, &y_d, &mut c_d, &mut df_d)
-                    .unwrap()
-            },
-        );
-        common::report_speedup(&group, &format!("{id} vs unfused"), ours, base, 1.0);
+        group.versus("unfused", &id, (ours, 1.0), bytes, || {
+            unfused
+                .enqueue(&p, &f_d, &y_d, &mut c_d, &mut df_d)
+                .unwrap()
+        });
     }
 }
 
-fn gpu(c: &mut Criterion) {
-    let Some(gpu) = common::gpu_or_skip("center_loss GPU benches") else {
-        return;
-    };
-    gpu_dtype::<f32>(c, &gpu);
-    gpu_dtype::<half::bf16>(c, &gpu);
-}
+common::gpu_f32_and_bf16!("center_loss GPU benches", gpu_dtype);
 
 criterion_group!(benches, cpu, gpu);
 criterion_main!(benches);

@@ -18,7 +18,7 @@ use c2f_baselines::conv_transpose::CudnnConvTranspose;
 use c2f_kernels::conv_transpose::{
     backward_cpu, forward_cpu, ConvTransposeGpu, ConvTransposeParams,
 };
-use c2f_kernels::testing::{bench_smoke, SplitMix64};
+use c2f_kernels::testing::bench_smoke;
 use c2f_kernels::{Element, Gpu};
 use criterion::{criterion_group, criterion_main, Criterion};
 use cudarc::cudnn::CudnnDataType;
@@ -72,34 +72,22 @@ fn id(p: &ConvTransposeParams) -> String {
     )
 }
 
-fn draw(n: usize, seed: u64) -> Vec<f32> {
-    SplitMix64(seed)
-        .uniform_vec(n, -1.0, 1.0)
-        .into_iter()
-        .map(|v| v as f32)
-        .collect()
-}
-
 fn cpu(c: &mut Criterion) {
     // A CPU-sized batch: the CPU backend trains at small batch sizes.
     let p = layer(2, 8, 8, 34);
-    let x = draw(p.input_len(), 1);
-    let w = draw(p.weight_len(), 2);
-    let bias = draw(p.out_channels, 3);
-    let dy = draw(p.output_len(), 4);
+    let x = common::draw(p.input_len(), 1);
+    let w = common::draw(p.weight_len(), 2);
+    let bias = common::draw(p.out_channels, 3);
+    let dy = common::draw(p.output_len(), 4);
     let mut y = vec![0.0f32; p.output_len()];
     let mut dx = vec![0.0f32; p.input_len()];
     let mut dw = vec![0.0f32; p.weight_len()];
     let mut db = vec![0.0f32; p.out_channels];
-    let mut g = c.benchmark_group("conv_transpose_cpu_f32");
-    g.sample_size(10);
-    g.bench_function(format!("forward_backward_{}", id(&p)), |b| {
-        b.iter(|| {
-            forward_cpu(&p, &x, &w, &bias, &mut y).unwrap();
-            backward_cpu(&p, &x, &w, &dy, &mut dx, &mut dw, &mut db).unwrap();
-        })
+    let name = format!("forward_backward_{}", id(&p));
+    common::bench_cpu(c, "conv_transpose_cpu_f32", &name, || {
+        forward_cpu(&p, &x, &w, &bias, &mut y).unwrap();
+        backward_cpu(&p, &x, &w, &dy, &mut dx, &mut dw, &mut db).unwrap();
     });
-    g.finish();
 }
 
 /// Device buffers of one layer: activations in `T`, parameters in f32 (ours) and in `T` (cuDNN).
@@ -119,14 +107,14 @@ struct Buffers<T: Element> {
 impl<T: Element> Buffers<T> {
     fn new(gpu: &Gpu, p: &ConvTransposeParams) -> Buffers<T> {
         let to_t = |v: Vec<f32>| v.into_iter().map(T::from_f32).collect::<Vec<T>>();
-        let w = draw(p.weight_len(), 6);
+        let w = common::draw(p.weight_len(), 6);
         Buffers {
-            x: gpu.upload(&to_t(draw(p.input_len(), 5))).unwrap(),
+            x: gpu.upload(&to_t(common::draw(p.input_len(), 5))).unwrap(),
             w_t: gpu.upload(&to_t(w.clone())).unwrap(),
             w: gpu.upload(&w).unwrap(),
-            bias: gpu.upload(&draw(p.out_channels, 7)).unwrap(),
+            bias: gpu.upload(&common::draw(p.out_channels, 7)).unwrap(),
             y: gpu.alloc_zeros(p.output_len()).unwrap(),
-            dy: gpu.upload(&to_t(draw(p.output_len(), 8))).unwrap(),
+            dy: gpu.upload(&to_t(common::draw(p.output_len(), 8))).unwrap(),
             dx: gpu.alloc_zeros(p.input_len()).unwrap(),
             dw: gpu.alloc_zeros(p.weight_len()).unwrap(),
             dw_t: gpu.alloc_zeros(p.weight_len()).unwrap(),
@@ -180,107 +168,59 @@ fn gpu_layer<T: Element + CudnnDataType>(
     p: ConvTransposeParams,
     baselines: &[(bool, &str)],
 ) {
-    let group = format!("conv_transpose_gpu_{}", T::SUFFIX);
+    let mut group = common::GpuGroup::new(c, gpu, format!("conv_transpose_gpu_{}", T::SUFFIX));
     let name = id(&p);
     let mut buf = Buffers::<T>::new(gpu, &p);
     let mut ours = ConvTransposeGpu::<T>::new(gpu, p).unwrap();
-
-    let fwd = common::bench_gpu(
-        c,
-        gpu,
-        &group,
-        &format!("forward_{name}"),
+    let bytes = [
         forward_bytes::<T>(&p),
-        "",
-        || ours.forward(&buf.x, &buf.w, &buf.bias, &mut buf.y).unwrap(),
-    );
-    let dx = common::bench_gpu(
-        c,
-        gpu,
-        &group,
-        &format!("grad_input_{name}"),
         grad_input_bytes::<T>(&p),
-        "",
-        || ours.backward_input(&buf.w, &buf.dy, &mut buf.dx).unwrap(),
-    );
-    let dw = common::bench_gpu(
-        c,
-        gpu,
-        &group,
-        &format!("grad_params_{name}"),
         grad_params_bytes::<T>(&p),
-        "",
-        || {
-            ours.backward_params(&buf.x, &buf.dy, &mut buf.dw, &mut buf.db)
-                .unwrap()
-        },
-    );
+    ];
+
+    let fwd = group.bench(&format!("forward_{name}"), bytes[0], || {
+        ours.forward(&buf.x, &buf.w, &buf.bias, &mut buf.y).unwrap()
+    });
+    let dx = group.bench(&format!("grad_input_{name}"), bytes[1], || {
+        ours.backward_input(&buf.w, &buf.dy, &mut buf.dx).unwrap()
+    });
+    let dw = group.bench(&format!("grad_params_{name}"), bytes[2], || {
+        ours.backward_params(&buf.x, &buf.dy, &mut buf.dw, &mut buf.db)
+            .unwrap()
+    });
     for &(tensor_ops, label) in baselines {
-        let Some(mut cudnn) = baseline::<T>(gpu, p, tensor_ops, &group) else {
+        let Some(mut cudnn) = baseline::<T>(gpu, p, tensor_ops, &group.name) else {
             continue;
         };
-        let base_fwd = common::bench_gpu(
-            c,
-            gpu,
-            &group,
-            &format!("cudnn_{label}_backward_data_{name}"),
-            forward_bytes::<T>(&p),
-            "baseline",
-            || cudnn.forward(&buf.x, &buf.w_t, &mut buf.y).unwrap(),
-        );
-        common::report_speedup(
-            &group,
-            &format!("forward_{name} vs cuDNN {label} backward-data"),
-            fwd,
-            base_fwd,
-            TARGET,
-        );
-        let base_dx = common::bench_gpu(
-            c,
-            gpu,
-            &group,
-            &format!("cudnn_{label}_forward_{name}"),
-            grad_input_bytes::<T>(&p),
-            "baseline",
-            || {
-                cudnn
-                    .backward_input(&buf.dy, &buf.w_t, &mut buf.dx)
-                    .unwrap()
-            },
-        );
-        common::report_speedup(
-            &group,
-            &format!("grad_input_{name} vs cuDNN {label} forward"),
-            dx,
-            base_dx,
-            TARGET,
-        );
-        let base_dw = common::bench_gpu(
-            c,
-            gpu,
-            &group,
-            &format!("cudnn_{label}_backward_filter_{name}"),
-            grad_params_bytes::<T>(&p),
-            "baseline",
-            || {
-                cudnn
-                    .backward_weight(&buf.x, &buf.dy, &mut buf.dw_t)
-                    .unwrap()
-            },
-        );
-        common::report_speedup(
-            &group,
-            &format!("grad_params_{name} vs cuDNN {label} backward-filter (no bias)"),
-            dw,
-            base_dw,
-            TARGET,
-        );
+        // Each of ours against the cuDNN call that computes the same: `(ours's name and
+        // seconds, cuDNN's call)`.
+        let vs = |(ours, secs): (&str, f64), call: &str, extra: &str| {
+            let base = format!("cudnn_{label}_{}_{name}", call.replace('-', "_"));
+            let what = format!("{ours}_{name} vs cuDNN {label} {call}{extra}");
+            (base, what, secs)
+        };
+        let (base, what, secs) = vs(("forward", fwd), "backward-data", "");
+        group.baseline(&base, (&what, secs, TARGET), bytes[0], || {
+            cudnn.forward(&buf.x, &buf.w_t, &mut buf.y).unwrap()
+        });
+        let (base, what, secs) = vs(("grad_input", dx), "forward", "");
+        group.baseline(&base, (&what, secs, TARGET), bytes[1], || {
+            cudnn
+                .backward_input(&buf.dy, &buf.w_t, &mut buf.dx)
+                .unwrap()
+        });
+        let (base, what, secs) = vs(("grad_params", dw), "backward-filter", " (no bias)");
+        group.baseline(&base, (&what, secs, TARGET), bytes[2], || {
+            cudnn
+                .backward_weight(&buf.x, &buf.dy, &mut buf.dw_t)
+                .unwrap()
+        });
     }
 }
 
 /// The whole chain's forward, each layer's output feeding the next, against cuDNN's.
 fn gpu_chain<T: Element + CudnnDataType>(c: &mut Criterion, gpu: &Gpu, baselines: &[(bool, &str)]) {
-    let group = format!("conv_transpose_gpu_{}", T::SUFFIX);
+    let mut group = common::GpuGroup::new(c, gpu, format!("conv_transpose_gpu_{}", T::SUFFIX));
     let layers = chain(gpu_batch());
     let mut convs: Vec<_> = layers
         .iter()
@@ -298,36 +238,26 @@ fn gpu_chain<T: Element + CudnnDataType>(c: &mut Criterion, gpu: &Gpu, baselines
         layers[0].batch,
         layers[layers.len() - 1].out_height()
     );
-    let ours = common::bench_gpu(
-        c,
-        gpu,
-        &group,
-        &format!("forward_{name}"),
-        bytes,
-        "",
-        || {
-            for (i, conv) in convs.iter_mut().enumerate() {
-                let (input, output) = acts.split_at_mut(i + 1);
-                conv.forward(&input[i], &bufs[i].w, &bufs[i].bias, &mut output[0])
-                    .unwrap();
-            }
-        },
-    );
+    let ours = group.bench(&format!("forward_{name}"), bytes, || {
+        for (i, conv) in convs.iter_mut().enumerate() {
+            let (input, output) = acts.split_at_mut(i + 1);
+            conv.forward(&input[i], &bufs[i].w, &bufs[i].bias, &mut output[0])
+                .unwrap();
+        }
+    });
     for &(tensor_ops, label) in baselines {
         let Some(mut cudnns) = layers
             .iter()
-            .map(|&p| baseline::<T>(gpu, p, tensor_ops, &group))
+            .map(|&p| baseline::<T>(gpu, p, tensor_ops, &group.name))
             .collect::<Option<Vec<_>>>()
         else {
             continue;
         };
-        let base = common::bench_gpu(
-            c,
-            gpu,
-            &group,
+        let what = format!("forward_{name} vs cuDNN {label}");
+        group.baseline(
             &format!("cudnn_{label}_forward_{name}"),
+            (&what, ours, TARGET),
             bytes,
-            "baseline",
             || {
                 for (i, cudnn) in cudnns.iter_mut().enumerate() {
                     let (input, output) = acts.split_at_mut(i + 1);
@@ -336,13 +266,6 @@ fn gpu_chain<T: Element + CudnnDataType>(c: &mut Criterion, gpu: &Gpu, baselines
                         .unwrap();
                 }
             },
-        );
-        common::report_speedup(
-            &group,
-            &format!("forward_{name} vs cuDNN {label}"),
-            ours,
-            base,
-            TARGET,
         );
     }
 }

@@ -9,14 +9,16 @@ use std::time::Instant;
 
 use c2f_inception::backend::{prelude::*, BnMode, Tensor};
 use c2f_inception::cpu::CpuBackend;
-use c2f_inception::init::golden_init;
 use c2f_inception::network::Network;
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
-use c2f_kernels::testing::SplitMix64;
 use criterion::{criterion_group, criterion_main, Criterion};
 use ndarray::linalg::general_mat_mul;
 use ndarray::Array2;
 use rayon::prelude::*;
+
+#[path = "common/golden_net.rs"]
+mod golden_net;
+use golden_net::golden_network;
 
 struct Case {
     name: &'static str,
@@ -62,29 +64,13 @@ fn forward_macs(graph: &Graph) -> f64 {
 /// The backend, the network, and the loss gradient each step copies into the network's output
 /// gradient (backward reuses that memory).
 fn step_setup(case: &Case) -> (CpuBackend, Network, Tensor) {
-    let graph = Graph::new(InceptionConfig {
+    let config = InceptionConfig {
         input_size: case.size,
         width: case.width,
         depth: Depth::Mixed6e,
-    })
-    .unwrap();
-    let mut params = vec![0.0; graph.params.total()];
-    let mut buffers = vec![0.0; graph.buffers.total()];
-    golden_init(&graph, &mut params, &mut buffers);
+    };
     let mut cpu = CpuBackend::new();
-    let net = Network::new(&mut cpu, graph, case.batch).unwrap();
-    cpu.write(net.params, &params).unwrap();
-    cpu.write(net.buffers, &buffers).unwrap();
-    let mut rng = SplitMix64(1);
-    let image: Vec<f32> = (0..net.input().len)
-        .map(|_| rng.uniform(-1.0, 1.0) as f32)
-        .collect();
-    cpu.write(net.input(), &image).unwrap();
-    let grad: Vec<f32> = (0..net.output_grad().len)
-        .map(|_| rng.uniform(-1e-3, 1e-3) as f32)
-        .collect();
-    let loss_grad = cpu.alloc(grad.len()).unwrap();
-    cpu.write(loss_grad, &grad).unwrap();
+    let (net, loss_grad) = golden_network(&mut cpu, config, case.batch, 1);
     (cpu, net, loss_grad)
 }
 

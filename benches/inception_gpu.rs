@@ -13,15 +13,16 @@ use c2f_inception::cpu::conv::Conv2dShape;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_inception::cuda::AlgorithmChoice::{self, Heuristic, Timed};
 use c2f_inception::cuda::CudaBackend;
-use c2f_inception::init::golden_init;
 use c2f_inception::network::Network;
-use c2f_inception::spec::{Depth, Graph, InceptionConfig, Op};
+use c2f_inception::spec::{Depth, InceptionConfig, Op};
 use c2f_kernels::sgd::SgdParams;
-use c2f_kernels::testing::SplitMix64;
 use criterion::{criterion_group, criterion_main, Criterion};
 
+#[path = "common/golden_net.rs"]
+mod golden_net;
 #[path = "common/net.rs"]
 mod net;
+use golden_net::golden_network;
 use net::{network_shapes, time_steps, time_training_step};
 
 fn case(
@@ -36,30 +37,13 @@ fn case(
         return;
     };
     b.set_conv_algorithm_choice(choice);
-    let graph = Graph::new(InceptionConfig {
+    let config = InceptionConfig {
         input_size: size,
         width: 1.0,
         depth,
-    })
-    .unwrap();
-    let mut params = vec![0.0; graph.params.total()];
-    let mut buffers = vec![0.0; graph.buffers.total()];
-    golden_init(&graph, &mut params, &mut buffers);
-    let mut net = Network::new(&mut b, graph, batch).unwrap();
-    b.write(net.params, &params).unwrap();
-    b.write(net.buffers, &buffers).unwrap();
-    let mut rng = SplitMix64(3);
-    let image: Vec<f32> = (0..net.input().len)
-        .map(|_| rng.uniform(-1.0, 1.0) as f32)
-        .collect();
-    b.write(net.input(), &image).unwrap();
-    let grad: Vec<f32> = (0..net.output_grad().len)
-        .map(|_| rng.uniform(-1e-3, 1e-3) as f32)
-        .collect();
+    };
+    let (mut net, loss_grad) = golden_network(&mut b, config, batch, 3);
     let sgd = SgdParams::new(1e-4, 0.9, 1e-5);
-    // Backward reuses the output gradient's memory: each step copies it in on the device.
-    let loss_grad = b.alloc(grad.len()).unwrap();
-    b.write(loss_grad, &grad).unwrap();
     let step = time_training_step(c, "inception_gpu_f32", name, batch, &mut b, |b| {
         net.forward(b, BnMode::Train).unwrap();
         b.axpby(1.0, loss_grad, 0.0, net.output_grad()).unwrap();

@@ -20,7 +20,7 @@ use c2f_kernels::map_select::{MapSelectGpu, MapShape};
 use c2f_kernels::mask::{mask_backward_cpu, mask_forward_cpu, MaskGpu, MaskShape};
 use c2f_kernels::relu::ReluGpu;
 use c2f_kernels::resize::{ResizeBilinearGpu, ResizeShape};
-use c2f_kernels::testing::{bench_smoke, library_or_skip, SplitMix64};
+use c2f_kernels::testing::{bench_smoke, library_or_skip};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 /// (batch, attention side, up-sampler output side, input side).
@@ -35,11 +35,6 @@ fn sizes() -> (usize, usize, usize, usize) {
 const MAPS: usize = 8;
 const CHANNELS: usize = 3;
 
-fn draw(len: usize, seed: u64) -> Vec<f32> {
-    let mut rng = SplitMix64(seed);
-    (0..len).map(|_| rng.uniform(-1.0, 1.0) as f32).collect()
-}
-
 fn cpu(c: &mut Criterion) {
     let side = if bench_smoke() { 11 } else { 160 };
     let s = MaskShape {
@@ -49,29 +44,29 @@ fn cpu(c: &mut Criterion) {
         width: side,
     };
     let (u, x, dxf) = (
-        draw(s.map_len(), 1),
-        draw(s.image_len(), 2),
-        draw(s.image_len(), 3),
+        common::draw(s.map_len(), 1),
+        common::draw(s.image_len(), 2),
+        common::draw(s.image_len(), 3),
     );
     let mut xf = vec![0.0f32; s.image_len()];
     let (mut u_max, mut argmax) = (vec![0.0f32; s.batch], vec![0i32; s.batch]);
     let mut du = vec![0.0f32; s.map_len()];
-    let mut group = c.benchmark_group("mask_cpu_f32");
-    group.sample_size(10);
-    group.bench_function(format!("mask_B8_C3_{side}x{side}"), |b| {
-        b.iter(|| {
+    common::bench_cpu(
+        c,
+        "mask_cpu_f32",
+        &format!("mask_B8_C3_{side}x{side}"),
+        || {
             mask_forward_cpu(&s, &u, &x, &mut xf, &mut u_max, &mut argmax).unwrap();
             mask_backward_cpu(&s, &u, &x, &dxf, &u_max, &argmax, &mut du, None).unwrap();
-        })
-    });
-    group.finish();
+        },
+    );
 }
 
 fn gpu(c: &mut Criterion) {
     let Some(gpu) = common::gpu_or_skip("mask GPU benches") else {
         return;
     };
-    let group = "mask_gpu_f32";
+    let mut group = common::GpuGroup::new(c, &gpu, "mask_gpu_f32");
     let f32_bytes = std::mem::size_of::<f32>();
     let (batch, side, up, input) = sizes();
     let maps = MapShape {
@@ -85,8 +80,8 @@ fn gpu(c: &mut Criterion) {
     let n = maps.maps_len();
     let id = format!("relu_B{batch}_M{MAPS}_{side}x{side}");
     let (x, dy) = (
-        gpu.upload(&draw(n, 1)).unwrap(),
-        gpu.upload(&draw(n, 2)).unwrap(),
+        gpu.upload(&common::draw(n, 1)).unwrap(),
+        gpu.upload(&common::draw(n, 2)).unwrap(),
     );
     let (mut y, mut dx) = (
         gpu.alloc_zeros::<f32>(n).unwrap(),
@@ -94,48 +89,31 @@ fn gpu(c: &mut Criterion) {
     );
     let relu = ReluGpu::<f32>::new(&gpu).unwrap();
     let bytes = 5 * n * f32_bytes;
-    let ours = common::bench_gpu(c, &gpu, group, &format!("ours_{id}"), bytes, "", || {
+    let ours = group.ours(&id, bytes, || {
         relu.forward(&x, &mut y).unwrap();
         relu.backward(&y, &dy, &mut dx).unwrap();
     });
     let Some(cudnn) = library_or_skip("mask cuDNN ReLU baseline", ReluCudnn::new(&gpu, n)) else {
         return;
     };
-    let base = common::bench_gpu(
-        c,
-        &gpu,
-        group,
-        &format!("cudnn_{id}"),
-        bytes,
-        "baseline",
-        || {
-            cudnn.forward(&x, &mut y).unwrap();
-            cudnn.backward(&x, &y, &dy, &mut dx).unwrap();
-        },
-    );
-    common::report_speedup(group, &format!("{id} vs cuDNN"), ours, base, 1.0);
+    group.versus("cuDNN", &id, (ours, 1.0), bytes, || {
+        cudnn.forward(&x, &mut y).unwrap();
+        cudnn.backward(&x, &y, &dy, &mut dx).unwrap();
+    });
 
     // One map per sample, its gradient accumulated into the maps' (the BAP's share is there).
     let select = MapSelectGpu::<f32>::new(&gpu, maps).unwrap();
     let indices: Vec<i32> = (0..batch).map(|b| (b % MAPS) as i32).collect();
     let indices = gpu.upload(&indices).unwrap();
-    let ds = gpu.upload(&draw(maps.map_len(), 3)).unwrap();
+    let ds = gpu.upload(&common::draw(maps.map_len(), 3)).unwrap();
     let mut s = gpu.alloc_zeros::<f32>(maps.map_len()).unwrap();
     let id = format!("select_B{batch}_M{MAPS}_{side}x{side}");
-    common::bench_gpu(
-        c,
-        &gpu,
-        group,
-        &format!("ours_{id}"),
-        5 * maps.map_len() * f32_bytes,
-        "",
-        || {
-            select.select_forward(&x, &indices, &mut s).unwrap();
-            select
-                .select_backward(&indices, &ds, &mut dx, true)
-                .unwrap();
-        },
-    );
+    group.ours(&id, 5 * maps.map_len() * f32_bytes, || {
+        select.select_forward(&x, &indices, &mut s).unwrap();
+        select
+            .select_backward(&indices, &ds, &mut dx, true)
+            .unwrap();
+    });
 
     // The up-sampler's output resized to the input.
     let rs = ResizeShape {
@@ -147,23 +125,15 @@ fn gpu(c: &mut Criterion) {
         out_width: input,
     };
     let resize = ResizeBilinearGpu::<f32>::new(&gpu, rs).unwrap();
-    let small = gpu.upload(&draw(rs.in_len(), 4)).unwrap();
-    let big_grad = gpu.upload(&draw(rs.out_len(), 5)).unwrap();
+    let small = gpu.upload(&common::draw(rs.in_len(), 4)).unwrap();
+    let big_grad = gpu.upload(&common::draw(rs.out_len(), 5)).unwrap();
     let mut big = gpu.alloc_zeros::<f32>(rs.out_len()).unwrap();
     let mut small_grad = gpu.alloc_zeros::<f32>(rs.in_len()).unwrap();
     let id = format!("resize_B{batch}_{up}to{input}");
-    common::bench_gpu(
-        c,
-        &gpu,
-        group,
-        &format!("ours_{id}"),
-        2 * (rs.in_len() + rs.out_len()) * f32_bytes,
-        "",
-        || {
-            resize.forward(&small, &mut big).unwrap();
-            resize.backward(&big_grad, &mut small_grad).unwrap();
-        },
-    );
+    group.ours(&id, 2 * (rs.in_len() + rs.out_len()) * f32_bytes, || {
+        resize.forward(&small, &mut big).unwrap();
+        resize.backward(&big_grad, &mut small_grad).unwrap();
+    });
 
     // The normalised mask applied to the image, and its gradient with respect to the map.
     let ms = MaskShape {
@@ -173,28 +143,21 @@ fn gpu(c: &mut Criterion) {
         width: input,
     };
     let mut mask = MaskGpu::<f32>::new(&gpu, ms).unwrap();
-    let u = gpu.upload(&draw(ms.map_len(), 6)).unwrap();
-    let image = gpu.upload(&draw(ms.image_len(), 7)).unwrap();
-    let dxf = gpu.upload(&draw(ms.image_len(), 8)).unwrap();
+    let u = gpu.upload(&common::draw(ms.map_len(), 6)).unwrap();
+    let image = gpu.upload(&common::draw(ms.image_len(), 7)).unwrap();
+    let dxf = gpu.upload(&common::draw(ms.image_len(), 8)).unwrap();
     let mut xf = gpu.alloc_zeros::<f32>(ms.image_len()).unwrap();
     let mut u_max = gpu.alloc_zeros::<f32>(batch).unwrap();
     let mut argmax = gpu.alloc_zeros::<i32>(batch).unwrap();
     let mut du = gpu.alloc_zeros::<f32>(ms.map_len()).unwrap();
     let id = format!("mask_B{batch}_C{CHANNELS}_{input}x{input}");
-    common::bench_gpu(
-        c,
-        &gpu,
-        group,
-        &format!("ours_{id}"),
-        (3 * ms.map_len() + 4 * ms.image_len()) * f32_bytes,
-        "",
-        || {
-            mask.forward(&u, &image, &mut xf, &mut u_max, &mut argmax)
-                .unwrap();
-            mask.backward(&u, &image, &dxf, &u_max, &argmax, &mut du)
-                .unwrap();
-        },
-    );
+    let bytes = (3 * ms.map_len() + 4 * ms.image_len()) * f32_bytes;
+    group.ours(&id, bytes, || {
+        mask.forward(&u, &image, &mut xf, &mut u_max, &mut argmax)
+            .unwrap();
+        mask.backward(&u, &image, &dxf, &u_max, &argmax, &mut du)
+            .unwrap();
+    });
 }
 
 criterion_group!(benches, cpu, gpu);

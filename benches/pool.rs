@@ -14,7 +14,7 @@ use c2f_kernels::pool::{
     avg_pool2d_backward_cpu, avg_pool2d_forward_cpu, AvgPool2dGpu, MaxPool2dGpu, Pool2dParams,
     PoolShape,
 };
-use c2f_kernels::testing::{bench_smoke, library_or_skip, SplitMix64};
+use c2f_kernels::testing::{bench_smoke, library_or_skip};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn shape(batch: usize, channels: usize, side: usize) -> PoolShape {
@@ -40,33 +40,22 @@ fn gpu_cases() -> Vec<(bool, PoolShape, Pool2dParams)> {
     ]
 }
 
-fn draw(len: usize, seed: u64) -> Vec<f32> {
-    let mut rng = SplitMix64(seed);
-    (0..len).map(|_| rng.uniform(-1.0, 1.0) as f32).collect()
-}
-
 fn cpu(c: &mut Criterion) {
     let (s, p) = (shape(8, 192, 35), Pool2dParams::square(3, 1, 1));
     let out = p.output_shape(&s).unwrap();
-    let x = draw(s.numel(), 1);
-    let dy = draw(out.numel(), 2);
+    let (x, dy) = (common::draw(s.numel(), 1), common::draw(out.numel(), 2));
     let (mut y, mut dx) = (vec![0.0f32; out.numel()], vec![0.0f32; s.numel()]);
-    let mut g = c.benchmark_group("pool_cpu_f32");
-    g.sample_size(10);
-    g.bench_function("avg_3x3_s1_B8_C192_35x35", |b| {
-        b.iter(|| {
-            avg_pool2d_forward_cpu(&s, &p, &x, &mut y).unwrap();
-            avg_pool2d_backward_cpu(&s, &p, &dy, &mut dx).unwrap();
-        })
+    common::bench_cpu(c, "pool_cpu_f32", "avg_3x3_s1_B8_C192_35x35", || {
+        avg_pool2d_forward_cpu(&s, &p, &x, &mut y).unwrap();
+        avg_pool2d_backward_cpu(&s, &p, &dy, &mut dx).unwrap();
     });
-    g.finish();
 }
 
 fn gpu(c: &mut Criterion) {
     let Some(gpu) = common::gpu_or_skip("pool GPU benches") else {
         return;
     };
-    let group = "pool_gpu_f32";
+    let mut group = common::GpuGroup::new(c, &gpu, "pool_gpu_f32");
     for (is_max, s, p) in gpu_cases() {
         let out = p.output_shape(&s).unwrap();
         let id = format!(
@@ -81,20 +70,20 @@ fn gpu(c: &mut Criterion) {
             s.width
         );
         let bytes = 2 * (s.numel() + out.numel()) * std::mem::size_of::<f32>();
-        let x = gpu.upload(&draw(s.numel(), 1)).unwrap();
-        let dy = gpu.upload(&draw(out.numel(), 2)).unwrap();
+        let x = gpu.upload(&common::draw(s.numel(), 1)).unwrap();
+        let dy = gpu.upload(&common::draw(out.numel(), 2)).unwrap();
         let mut y = gpu.alloc_zeros::<f32>(out.numel()).unwrap();
         let mut dx = gpu.alloc_zeros::<f32>(s.numel()).unwrap();
         let ours = if is_max {
             let pool = MaxPool2dGpu::<f32>::new(&gpu, s, p).unwrap();
             let mut indices = gpu.alloc_zeros::<i32>(out.numel()).unwrap();
-            common::bench_gpu(c, &gpu, group, &format!("ours_{id}"), bytes, "", || {
+            group.ours(&id, bytes, || {
                 pool.forward(&x, &mut y, &mut indices).unwrap();
                 pool.backward(&indices, &dy, &mut dx).unwrap();
             })
         } else {
             let pool = AvgPool2dGpu::<f32>::new(&gpu, s, p).unwrap();
-            common::bench_gpu(c, &gpu, group, &format!("ours_{id}"), bytes, "", || {
+            group.ours(&id, bytes, || {
                 pool.forward(&x, &mut y).unwrap();
                 pool.backward(&dy, &mut dx).unwrap();
             })
@@ -107,19 +96,10 @@ fn gpu(c: &mut Criterion) {
         let Some(cudnn) = library_or_skip("pool cuDNN baseline", made) else {
             return;
         };
-        let base = common::bench_gpu(
-            c,
-            &gpu,
-            group,
-            &format!("cudnn_{id}"),
-            bytes,
-            "baseline",
-            || {
-                cudnn.forward(&x, &mut y).unwrap();
-                cudnn.backward(&x, &y, &dy, &mut dx).unwrap();
-            },
-        );
-        common::report_speedup(group, &format!("{id} vs cuDNN"), ours, base, 1.0);
+        group.versus("cuDNN", &id, (ours, 1.0), bytes, || {
+            cudnn.forward(&x, &mut y).unwrap();
+            cudnn.backward(&x, &y, &dy, &mut dx).unwrap();
+        });
     }
 }
 

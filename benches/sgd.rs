@@ -10,7 +10,7 @@ mod common;
 
 use c2f_baselines::sgd::SgdCublas;
 use c2f_kernels::sgd::{step_cpu, SgdGpu, SgdParams};
-use c2f_kernels::testing::{bench_smoke, library_or_skip, SplitMix64};
+use c2f_kernels::testing::{bench_smoke, library_or_skip};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 /// torchvision's `inception_v3(aux_logits=False)` parameter count.
@@ -20,54 +20,39 @@ fn params() -> SgdParams {
     SgdParams::new(1e-3, 0.9, 1e-5)
 }
 
-fn draw(len: usize, seed: u64) -> Vec<f32> {
-    let mut rng = SplitMix64(seed);
-    (0..len).map(|_| rng.uniform(-1.0, 1.0) as f32).collect()
-}
-
 fn cpu(c: &mut Criterion) {
     let n = if bench_smoke() { 4099 } else { 1 << 22 };
-    let (mut w, g, mut buf) = (draw(n, 1), draw(n, 2), vec![0.0f32; n]);
-    let mut group = c.benchmark_group("sgd_cpu_f32");
-    group.sample_size(10);
-    group.bench_function(format!("n{n}"), |b| {
-        b.iter(|| step_cpu(&params(), &mut w, &g, &mut buf).unwrap())
+    let (mut w, g, mut buf) = (common::draw(n, 1), common::draw(n, 2), vec![0.0f32; n]);
+    common::bench_cpu(c, "sgd_cpu_f32", &format!("n{n}"), || {
+        step_cpu(&params(), &mut w, &g, &mut buf).unwrap()
     });
-    group.finish();
 }
 
 fn gpu(c: &mut Criterion) {
     let Some(gpu) = common::gpu_or_skip("sgd GPU benches") else {
         return;
     };
-    let group = "sgd_gpu_f32";
     let n = if bench_smoke() {
         4099
     } else {
         INCEPTION_V3_PARAMS
     };
     let bytes = 5 * n * std::mem::size_of::<f32>();
-    let mut w = gpu.upload(&draw(n, 1)).unwrap();
-    let g = gpu.upload(&draw(n, 2)).unwrap();
+    let mut w = gpu.upload(&common::draw(n, 1)).unwrap();
+    let g = gpu.upload(&common::draw(n, 2)).unwrap();
     let mut buf = gpu.upload(&vec![0.0f32; n]).unwrap();
     let id = format!("n{n}");
     let sgd = SgdGpu::new(&gpu).unwrap();
-    let ours = common::bench_gpu(c, &gpu, group, &format!("ours_{id}"), bytes, "", || {
+    let mut group = common::GpuGroup::new(c, &gpu, "sgd_gpu_f32");
+    let ours = group.ours(&id, bytes, || {
         sgd.step(&params(), &mut w, &g, &mut buf).unwrap()
     });
     let Some(blas) = library_or_skip("sgd cuBLAS baseline", SgdCublas::new(&gpu)) else {
         return;
     };
-    let base = common::bench_gpu(
-        c,
-        &gpu,
-        group,
-        &format!("cublas_{id}"),
-        bytes,
-        "baseline",
-        || blas.step(&params(), &mut w, &g, &mut buf).unwrap(),
-    );
-    common::report_speedup(group, &format!("{id} vs cuBLAS"), ours, base, 2.0);
+    group.versus("cuBLAS", &id, (ours, 2.0), bytes, || {
+        blas.step(&params(), &mut w, &g, &mut buf).unwrap()
+    });
 }
 
 criterion_group!(benches, cpu, gpu);

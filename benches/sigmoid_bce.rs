@@ -35,28 +35,27 @@ fn draw(s: &SigmoidBceShape) -> (Vec<f32>, Vec<f32>) {
     (logits, targets)
 }
 
+fn id(s: &SigmoidBceShape) -> String {
+    format!("B{}_A{}", s.batch, s.outputs)
+}
+
 fn cpu(c: &mut Criterion) {
-    let mut group = c.benchmark_group("sigmoid_bce_cpu_f32");
-    group.sample_size(10);
     for s in shapes() {
         let (logits, targets) = draw(&s);
         let (mut preds, mut grad) = (vec![0i32; s.len()], vec![0.0f32; s.len()]);
-        group.bench_function(format!("B{}_A{}", s.batch, s.outputs), |b| {
-            b.iter(|| {
-                forward_backward_cpu(&s, &logits, &targets, 1.0, &mut preds, &mut grad).unwrap()
-            })
+        common::bench_cpu(c, "sigmoid_bce_cpu_f32", &id(&s), || {
+            forward_backward_cpu(&s, &logits, &targets, 1.0, &mut preds, &mut grad).unwrap()
         });
     }
-    group.finish();
 }
 
 fn gpu(c: &mut Criterion) {
     let Some(gpu) = common::gpu_or_skip("sigmoid_bce GPU benches") else {
         return;
     };
-    let group = "sigmoid_bce_gpu_f32";
+    let mut group = common::GpuGroup::new(c, &gpu, "sigmoid_bce_gpu_f32");
     for s in shapes() {
-        let id = format!("B{}_A{}", s.batch, s.outputs);
+        let id = id(&s);
         let bytes = 3 * s.len() * std::mem::size_of::<f32>();
         let (logits, targets) = draw(&s);
         let x = gpu.upload(&logits).unwrap();
@@ -65,7 +64,7 @@ fn gpu(c: &mut Criterion) {
         let mut dx = gpu.alloc_zeros::<f32>(s.len()).unwrap();
         let mut bce = SigmoidBceGpu::<f32>::new(&gpu, s).unwrap();
         // The loss is read back once per step by the trainer, outside what is timed here.
-        let ours = common::bench_gpu(c, &gpu, group, &format!("ours_{id}"), bytes, "", || {
+        let ours = group.ours(&id, bytes, || {
             bce.enqueue_forward_backward(&x, &t, 1.0, &mut preds, &mut dx)
                 .unwrap()
         });
@@ -75,16 +74,9 @@ fn gpu(c: &mut Criterion) {
         else {
             return;
         };
-        let base = common::bench_gpu(
-            c,
-            &gpu,
-            group,
-            &format!("cudnn_{id}"),
-            bytes,
-            "baseline",
-            || cudnn.backward(&x, &t, 1.0, &mut dx).unwrap(),
-        );
-        common::report_speedup(group, &format!("{id} vs cuDNN"), ours, base, 1.0);
+        group.versus("cuDNN", &id, (ours, 1.0), bytes, || {
+            cudnn.backward(&x, &t, 1.0, &mut dx).unwrap()
+        });
     }
 }
 

@@ -33,28 +33,27 @@ fn draw(s: &SoftmaxCeShape) -> (Vec<f32>, Vec<i32>) {
     (logits, labels)
 }
 
+fn id(s: &SoftmaxCeShape) -> String {
+    format!("B{}_C{}", s.batch, s.classes)
+}
+
 fn cpu(c: &mut Criterion) {
-    let mut group = c.benchmark_group("softmax_ce_cpu_f32");
-    group.sample_size(10);
     for s in shapes() {
         let (logits, labels) = draw(&s);
         let (mut preds, mut grad) = (vec![0i32; s.batch], vec![0.0f32; s.logits_len()]);
-        group.bench_function(format!("B{}_C{}", s.batch, s.classes), |b| {
-            b.iter(|| {
-                forward_backward_cpu(&s, &logits, &labels, 1.0, &mut preds, &mut grad).unwrap()
-            })
+        common::bench_cpu(c, "softmax_ce_cpu_f32", &id(&s), || {
+            forward_backward_cpu(&s, &logits, &labels, 1.0, &mut preds, &mut grad).unwrap()
         });
     }
-    group.finish();
 }
 
 fn gpu(c: &mut Criterion) {
     let Some(gpu) = common::gpu_or_skip("softmax_ce GPU benches") else {
         return;
     };
-    let group = "softmax_ce_gpu_f32";
+    let mut group = common::GpuGroup::new(c, &gpu, "softmax_ce_gpu_f32");
     for s in shapes() {
-        let id = format!("B{}_C{}", s.batch, s.classes);
+        let id = id(&s);
         let bytes = 2 * s.logits_len() * std::mem::size_of::<f32>();
         let (logits, labels) = draw(&s);
         let x = gpu.upload(&logits).unwrap();
@@ -63,7 +62,7 @@ fn gpu(c: &mut Criterion) {
         let mut dx = gpu.alloc_zeros::<f32>(s.logits_len()).unwrap();
         let mut ce = SoftmaxCeGpu::<f32>::new(&gpu, s).unwrap();
         // The loss is read back once per step by the trainer, outside what is timed here.
-        let ours = common::bench_gpu(c, &gpu, group, &format!("ours_{id}"), bytes, "", || {
+        let ours = group.ours(&id, bytes, || {
             ce.enqueue_forward_backward(&x, &y, 1.0, &mut preds, &mut dx)
                 .unwrap()
         });
@@ -76,16 +75,9 @@ fn gpu(c: &mut Criterion) {
         let dy = gpu
             .upload(&nll_gradient(&s, &labels, 1.0).unwrap())
             .unwrap();
-        let base = common::bench_gpu(
-            c,
-            &gpu,
-            group,
-            &format!("cudnn_{id}"),
-            bytes,
-            "baseline",
-            || cudnn.forward_backward(&x, &dy, &mut dx).unwrap(),
-        );
-        common::report_speedup(group, &format!("{id} vs cuDNN"), ours, base, 1.0);
+        group.versus("cuDNN", &id, (ours, 1.0), bytes, || {
+            cudnn.forward_backward(&x, &dy, &mut dx).unwrap()
+        });
     }
 }
 

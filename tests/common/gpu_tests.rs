@@ -7,8 +7,16 @@ use cudarc::driver::CudaSlice;
 
 /// Two tests, `$f32` and `$bf16`, that open the GPU (or skip, as `"$op $name"`) and run `$check`
 /// with `$gpu` the GPU, `$real` the element type and `$tol` the relative-error bound: f32 at
-/// 1e-5, bf16 at 1e-2.
+/// 1e-5, bf16 at 1e-2. The form `each of CASES => CHECK` runs `CHECK::<T>(&gpu, case, tol)` for
+/// each case.
 macro_rules! f32_and_bf16_tests {
+    ($op:literal, $f32:ident, $bf16:ident, each of $cases:expr => $check:ident) => {
+        $crate::common::gpu_tests::f32_and_bf16_tests!($op, $f32, $bf16, |gpu, T, tol| {
+            for case in $cases {
+                $check::<T>(&gpu, case, tol);
+            }
+        });
+    };
     ($op:literal, $f32:ident, $bf16:ident, |$gpu:ident, $real:ident, $tol:ident| $check:block) => {
         $crate::common::gpu_tests::f32_and_bf16_tests!(@one $op, $f32, f32, 1e-5, $gpu, $real, $tol, $check);
         $crate::common::gpu_tests::f32_and_bf16_tests!(@one $op, $bf16, half::bf16, 1e-2, $gpu, $real, $tol, $check);
@@ -28,6 +36,12 @@ macro_rules! f32_and_bf16_tests {
 }
 
 pub(crate) use f32_and_bf16_tests;
+
+/// `rel_error(got, want)` below `tol`.
+pub fn assert_rel_error(what: &str, got: &[f64], want: &[f64], tol: f64) {
+    let e = rel_error(got, want);
+    assert!(e < tol, "{what}: relative error {e} (bound {tol})");
+}
 
 /// `got` within `tol` of `want`, relatively.
 pub fn assert_close(what: &str, got: f64, want: f64, tol: f64) {
@@ -62,8 +76,7 @@ pub fn check_loss_launch<T: Element>(
     let (loss, preds, grad) = run();
     assert_close(&format!("{name}: loss"), loss as f64, ref_loss, tol);
     assert_eq!(preds, ref_preds, "{name}: predictions");
-    let e = rel_error(&widen(&grad), ref_grad);
-    assert!(e < tol, "{name}: dlogits relative error {e} (bound {tol})");
+    assert_rel_error(&format!("{name}: dlogits"), &widen(&grad), ref_grad, tol);
 
     let (loss2, preds2, grad2) = run();
     assert_eq!(loss.to_bits(), loss2.to_bits(), "{name}: loss differs");

@@ -1,6 +1,7 @@
 //! `y = α·x + β·y`: the CPU reference against hand-computed values, β = 0 ignoring a NaN `y`,
 //! and the kernel and its cuBLAS bench baseline against the reference (skipped without a GPU).
 
+use crate::common::skip::or_return;
 use c2f_baselines::axpby::AxpbyCublas;
 use c2f_kernels::axpby::{axpby_cpu, AxpbyGpu};
 use c2f_kernels::testing::{
@@ -65,9 +66,7 @@ fn gpu_matches<T: Element>(gpu: &Gpu, n: usize, offset: usize, alpha: f64, beta:
 
 #[test]
 fn gpu_matches_reference() {
-    let Some(gpu) = gpu_or_skip("axpby gpu_matches_reference") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("axpby gpu_matches_reference"));
     // Lengths with and without a scalar tail after the float4 body, aligned and not.
     for (n, offset, alpha, beta) in [
         (1, 0, 2.0, 1.0),
@@ -86,15 +85,11 @@ fn gpu_matches_reference() {
 /// at each of its three call sequences.
 #[test]
 fn gpu_cublas_baseline_matches_reference() {
-    let Some(gpu) = gpu_or_skip("axpby gpu_cublas_baseline_matches_reference") else {
-        return;
-    };
-    let Some(blas) = library_or_skip(
+    let gpu = or_return!(gpu_or_skip("axpby gpu_cublas_baseline_matches_reference"));
+    let blas = or_return!(library_or_skip(
         "axpby gpu_cublas_baseline_matches_reference",
-        AxpbyCublas::new(&gpu),
-    ) else {
-        return;
-    };
+        AxpbyCublas::new(&gpu)
+    ));
     for (n, alpha, beta) in [(1000, 3.0, 0.0), (4099, -0.5, 1.0), (1 << 16, 2.0, -0.75)] {
         let mut rng = SplitMix64(7 + n as u64);
         let x = rng.uniform_vec(n, -1.0, 1.0);

@@ -2,6 +2,7 @@
 //! CUDA kernels against the f64 reference in f32 and bf16 (skipped without a GPU).
 
 use crate::common::gpu_tests::f32_and_bf16_tests;
+use crate::common::skip::or_return;
 use c2f_kernels::bap::{backward_cpu, forward_cpu, BapGpu, BapShape};
 use c2f_kernels::testing::{
     assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,
@@ -202,16 +203,8 @@ fn gpu_shapes() -> Vec<BapShape> {
     ]
 }
 
-f32_and_bf16_tests!(
-    "bap",
-    gpu_f32_matches_reference,
-    gpu_bf16_matches_reference,
-    |gpu, T, tol| {
-        for s in gpu_shapes() {
-            gpu_matches_reference::<T>(&gpu, s, tol);
-        }
-    }
-);
+f32_and_bf16_tests!("bap", gpu_f32_matches_reference, gpu_bf16_matches_reference,
+    each of gpu_shapes() => gpu_matches_reference);
 
 /// The cuBLAS baseline the benchmark compares against must compute the same thing, or the
 /// speed-up means nothing.
@@ -228,9 +221,7 @@ where
     let (ref_parts, _) = forward64(&s, &a64, &f64v);
     let test = "bap gpu_cublas_baseline_matches_reference";
     let made = BapCublas::<T>::new(gpu, s);
-    let Some(mut blas) = library_or_skip(test, made) else {
-        return;
-    };
+    let mut blas = or_return!(library_or_skip(test, made));
     let a_d = gpu.upload(&a_t).unwrap();
     let f_d = gpu.upload(&f_t).unwrap();
     let dz_d = gpu.upload(&dz_t).unwrap();
@@ -257,9 +248,7 @@ where
 
 #[test]
 fn gpu_cublas_baseline_matches_reference() {
-    let Some(gpu) = gpu_or_skip("bap gpu_cublas_baseline_matches_reference") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("bap gpu_cublas_baseline_matches_reference"));
     // cuBLAS may use TF32 or reorder sums, and the bf16 baseline rounds P and G to bf16 too.
     for s in gpu_shapes() {
         baseline_matches_fused::<f32>(&gpu, s, 1e-4);

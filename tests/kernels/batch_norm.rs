@@ -4,6 +4,7 @@
 //! tests skip without a GPU).
 
 use crate::common::gpu_tests::f32_and_bf16_tests;
+use crate::common::skip::or_return;
 use c2f_baselines::batch_norm::BatchNormCudnn;
 use c2f_kernels::batch_norm::{
     backward_inference_cpu, backward_train_cpu, forward_inference_cpu, forward_train_cpu,
@@ -704,7 +705,8 @@ struct GpuOut<T> {
 /// All four ops on the GPU in `T` against the f64 reference on the same rounded inputs, outputs
 /// poisoned with NaN, and a second run giving the same bits. Activations are held to `tol`; the
 /// f32 outputs (stats, parameter gradients) to 1e-5 in both storage types.
-fn gpu_matches_reference<T: Element>(gpu: &Gpu, s: BatchNormShape, relu: bool, tol: f64) {
+/// `(s, relu)`: the shape, and whether ReLU is fused.
+fn gpu_matches_reference<T: Element>(gpu: &Gpu, (s, relu): (BatchNormShape, bool), tol: f64) {
     let p = params(relu);
     let inp = draw(&s, 16);
     let (x_t, x) = round_through::<T>(&inp.x);
@@ -851,24 +853,19 @@ fn gpu_shapes() -> Vec<BatchNormShape> {
     ]
 }
 
-f32_and_bf16_tests!(
-    "batch_norm",
-    gpu_f32_matches_reference,
-    gpu_bf16_matches_reference,
-    |gpu, T, tol| {
-        for s in gpu_shapes() {
-            for relu in [true, false] {
-                gpu_matches_reference::<T>(&gpu, s, relu, tol);
-            }
-        }
-    }
-);
+/// Each shape with ReLU fused and without.
+fn gpu_cases() -> impl Iterator<Item = (BatchNormShape, bool)> {
+    gpu_shapes()
+        .into_iter()
+        .flat_map(|s| [(s, true), (s, false)])
+}
+
+f32_and_bf16_tests!("batch_norm", gpu_f32_matches_reference, gpu_bf16_matches_reference,
+    each of gpu_cases() => gpu_matches_reference);
 
 #[test]
 fn gpu_rejects_bad_input() {
-    let Some(gpu) = gpu_or_skip("batch_norm gpu_rejects_bad_input") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("batch_norm gpu_rejects_bad_input"));
     let s = shape(1, 3, 1, 1);
     let mut bn = BatchNormGpu::<f32>::new(&gpu, s, params(true)).unwrap();
     let x = gpu.upload(&[1.0f32, 2.0, 3.0]).unwrap();
@@ -918,9 +915,7 @@ fn gpu_rejects_bad_input() {
 
 #[test]
 fn gpu_variance_survives_large_means() {
-    let Some(gpu) = gpu_or_skip("batch_norm gpu_variance_survives_large_means") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("batch_norm gpu_variance_survives_large_means"));
     let (s, x, p) = large_mean_case();
     let t = large_mean_reference(&s, &p, &x);
     let c = s.channels;
@@ -950,15 +945,11 @@ fn gpu_variance_survives_large_means() {
 #[test]
 fn gpu_cudnn_baseline_matches_reference() {
     let test = "batch_norm gpu_cudnn_baseline_matches_reference";
-    let Some(gpu) = gpu_or_skip(test) else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip(test));
     for s in [shape(2, 4, 7, 5), shape(3, 5, 64, 64), shape(8, 96, 35, 35)] {
         for relu in [true, false] {
             let p = params(relu);
-            let Some(mut bn) = library_or_skip(test, BatchNormCudnn::new(&gpu, s, p)) else {
-                return;
-            };
+            let mut bn = or_return!(library_or_skip(test, BatchNormCudnn::new(&gpu, s, p)));
             let mut inp = draw(&s, 17);
             let as_f32 = |v: &mut Vec<f64>| {
                 let (v32, rounded) = round_through::<f32>(v);

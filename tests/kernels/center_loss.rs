@@ -3,6 +3,7 @@
 //! bf16 (skipped without a GPU).
 
 use crate::common::gpu_tests::f32_and_bf16_tests;
+use crate::common::skip::or_return;
 use c2f_baselines::center_loss::CenterLossUnfused;
 use c2f_kernels::center_loss::{
     forward_update_cpu, CenterLossGpu, CenterLossParams, CenterLossShape, CenterRule,
@@ -327,12 +328,12 @@ fn run_gpu<T: Element>(
     let mut df_d = gpu.alloc_poisoned::<T>(s.features_len()).unwrap();
     let loss = if unfused {
         let mut op = CenterLossUnfused::<T>::new(gpu, s).unwrap();
-        op.forward_update(p, &f_d, &y_d, &mut c_d, &mut df_d)
-            .unwrap()
+        op.enqueue(p, &f_d, &y_d, &mut c_d, &mut df_d).unwrap();
+        op.finish().unwrap()
     } else {
         let mut op = CenterLossGpu::<T>::new(gpu, s).unwrap();
-        op.forward_update(p, &f_d, &y_d, &mut c_d, &mut df_d)
-            .unwrap()
+        op.enqueue(p, &f_d, &y_d, &mut c_d, &mut df_d).unwrap();
+        op.finish().unwrap()
     };
     GpuRun {
         loss,
@@ -379,7 +380,8 @@ fn check_run<T: Element>(
 
 /// Fused kernels in `T` against the f64 reference (from nonzero and from zero centers), and bit
 /// identical across two runs from the same start.
-fn gpu_matches_reference<T: Element>(gpu: &Gpu, s: CenterLossShape, y: &[i32], tol: f64) {
+fn gpu_matches_reference<T: Element>(gpu: &Gpu, (s, y): (CenterLossShape, Vec<i32>), tol: f64) {
+    let y = &y[..];
     let (f_t, f_seen) = round_through::<T>(&draw_features(&s, 11));
     for (rule, start, c) in RULES.into_iter().flat_map(|rule| {
         [
@@ -445,22 +447,14 @@ fn gpu_cases() -> Vec<(CenterLossShape, Vec<i32>)> {
     ]
 }
 
-f32_and_bf16_tests!(
-    "center_loss",
-    gpu_f32_matches_reference,
-    gpu_bf16_matches_reference,
-    |gpu, T, tol| {
-        for (s, y) in gpu_cases() {
-            gpu_matches_reference::<T>(&gpu, s, &y, tol);
-        }
-    }
-);
+f32_and_bf16_tests!("center_loss", gpu_f32_matches_reference, gpu_bf16_matches_reference,
+    each of gpu_cases() => gpu_matches_reference);
 
 #[test]
 fn gpu_unfused_baseline_matches_fused() {
-    let Some(gpu) = gpu_or_skip("center_loss gpu_unfused_baseline_matches_fused") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip(
+        "center_loss gpu_unfused_baseline_matches_fused"
+    ));
     for (s, y) in gpu_cases() {
         for rule in RULES {
             baseline_matches_fused::<f32>(&gpu, s, &y, rule, 1e-5);
@@ -471,9 +465,9 @@ fn gpu_unfused_baseline_matches_fused() {
 
 #[test]
 fn gpu_bad_label_is_an_error_and_keeps_centers() {
-    let Some(gpu) = gpu_or_skip("center_loss gpu_bad_label_is_an_error_and_keeps_centers") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip(
+        "center_loss gpu_bad_label_is_an_error_and_keeps_centers"
+    ));
     let s = shape(5, 2500, 4);
     let p = CenterLossParams::default();
     let (f_t, f_seen) = round_through::<f32>(&draw_features(&s, 14));
@@ -488,9 +482,8 @@ fn gpu_bad_label_is_an_error_and_keeps_centers() {
         ([9, 2, 0, 3, 1], 0, 9),
     ] {
         let y_d = gpu.upload(&y).unwrap();
-        let err = op
-            .forward_update(&p, &f_d, &y_d, &mut c_d, &mut df_d)
-            .unwrap_err();
+        op.enqueue(&p, &f_d, &y_d, &mut c_d, &mut df_d).unwrap();
+        let err = op.finish().unwrap_err();
         match err {
             Error::Label {
                 index: i,
@@ -508,9 +501,8 @@ fn gpu_bad_label_is_an_error_and_keeps_centers() {
     // The status is reset: the next good call on the same op succeeds and is right.
     let y = [1, 3, 0, 3, 1];
     let y_d = gpu.upload(&y).unwrap();
-    let loss = op
-        .forward_update(&p, &f_d, &y_d, &mut c_d, &mut df_d)
-        .unwrap();
+    op.enqueue(&p, &f_d, &y_d, &mut c_d, &mut df_d).unwrap();
+    let loss = op.finish().unwrap();
     let reference = run64(&s, &p, &f_seen, &y, &c_seen);
     let run = GpuRun {
         loss,

@@ -3,6 +3,7 @@
 //! (the GPU tests are skipped without a GPU).
 
 use crate::common::gpu_tests::f32_and_bf16_tests;
+use crate::common::skip::or_return;
 use c2f_baselines::conv_transpose::CudnnConvTranspose;
 use c2f_kernels::conv_transpose::{
     backward_cpu, forward_cpu, ConvTransposeGpu, ConvTransposeParams,
@@ -381,22 +382,12 @@ fn gpu_shapes() -> Vec<ConvTransposeParams> {
     ]
 }
 
-f32_and_bf16_tests!(
-    "conv_transpose",
-    gpu_f32_matches_reference,
-    gpu_bf16_matches_reference,
-    |gpu, T, tol| {
-        for p in gpu_shapes() {
-            gpu_matches_reference::<T>(&gpu, p, tol);
-        }
-    }
-);
+f32_and_bf16_tests!("conv_transpose", gpu_f32_matches_reference, gpu_bf16_matches_reference,
+    each of gpu_shapes() => gpu_matches_reference);
 
 #[test]
 fn gpu_rejects_kernel_too_large_for_shared_memory() {
-    let Some(gpu) = gpu_or_skip("conv_transpose gpu_rejects_kernel_too_large") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("conv_transpose gpu_rejects_kernel_too_large"));
     let p = params(1, 1, 1, 2, 2, 50, 1, 0, 0);
     let err = ConvTransposeGpu::<f32>::new(&gpu, p).err().unwrap();
     assert!(err.to_string().contains("kernel_size 50"), "{err}");
@@ -407,9 +398,7 @@ fn gpu_rejects_kernel_too_large_for_shared_memory() {
 #[test]
 fn gpu_cudnn_baseline_matches_forward() {
     const TEST: &str = "conv_transpose gpu_cudnn_baseline_matches_forward";
-    let Some(gpu) = gpu_or_skip(TEST) else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip(TEST));
     for p in [
         params(2, 16, 8, 17, 17, 4, 2, 1, 0),
         params(2, 4, 1, 34, 34, 4, 2, 1, 0),
@@ -428,9 +417,7 @@ fn gpu_cudnn_baseline_matches_forward() {
             .forward(&x_d, &w_d, &zero_bias, &mut ours)
             .unwrap();
         let made = CudnnConvTranspose::<f32>::new(&gpu, p, false);
-        let Some(mut cudnn) = library_or_skip(TEST, made) else {
-            return;
-        };
+        let mut cudnn = or_return!(library_or_skip(TEST, made));
         cudnn.forward(&x_d, &w_d, &mut theirs).unwrap();
         let ours = widen(&gpu.download(&ours).unwrap());
         let theirs = widen(&gpu.download(&theirs).unwrap());

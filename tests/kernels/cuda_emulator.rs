@@ -18,6 +18,7 @@ const SELFTEST: KernelSource = KernelSource {
     fatbin: Some(b"compiled into the emulator"),
     ptxas_report: None,
 };
+use crate::common::skip::or_return;
 
 fn emulator_or_skip(test: &str) -> Option<Gpu> {
     let gpu = gpu_or_skip(test)?;
@@ -59,11 +60,9 @@ fn launch_on_one_buffer(gpu: &Gpu, name: &str, len: usize, cfg: LaunchConfig) ->
 
 #[test]
 fn emulator_computes_elementwise_and_block_reductions() {
-    let Some(gpu) =
-        emulator_or_skip("cuda_emulator emulator_computes_elementwise_and_block_reductions")
-    else {
-        return;
-    };
+    let gpu = or_return!(emulator_or_skip(
+        "cuda_emulator emulator_computes_elementwise_and_block_reductions"
+    ));
     let (blocks, threads) = (3usize, 256usize);
     let x: Vec<f32> = SplitMix64(1)
         .uniform_vec(blocks * threads, -1.0, 1.0)
@@ -107,11 +106,9 @@ fn emulator_computes_elementwise_and_block_reductions() {
 
 #[test]
 fn emulator_reports_what_a_gpu_would_refuse_or_corrupt() {
-    let Some(gpu) =
-        emulator_or_skip("cuda_emulator emulator_reports_what_a_gpu_would_refuse_or_corrupt")
-    else {
-        return;
-    };
+    let gpu = or_return!(emulator_or_skip(
+        "cuda_emulator emulator_reports_what_a_gpu_would_refuse_or_corrupt"
+    ));
     let cases = [
         // A write one element past a buffer: the guard bytes after it change.
         (
@@ -180,9 +177,7 @@ fn emulator_reports_what_a_gpu_would_refuse_or_corrupt() {
 #[test]
 fn emulator_finds_only_the_kernels_a_module_defines() {
     const TEST: &str = "cuda_emulator emulator_finds_only_the_kernels_a_module_defines";
-    let Some(gpu) = emulator_or_skip(TEST) else {
-        return;
-    };
+    let gpu = or_return!(emulator_or_skip(TEST));
     let ptx = "//\n// as NVRTC writes it\n//\n\n.version 9.0\n.target sm_90\n\
                .visible .entry emu_selftest_double(\n\t.param .u64 x\n)\n{\n\tret;\n}\n";
     let from_ptx = gpu.context().load_module(Ptx::from_src(ptx)).unwrap();
@@ -215,9 +210,9 @@ fn emulator_finds_only_the_kernels_a_module_defines() {
 
 #[test]
 fn emulator_exposes_a_missing_barrier() {
-    let Some(gpu) = emulator_or_skip("cuda_emulator emulator_exposes_a_missing_barrier") else {
-        return;
-    };
+    let gpu = or_return!(emulator_or_skip(
+        "cuda_emulator emulator_exposes_a_missing_barrier"
+    ));
     let (blocks, threads) = (2usize, 64usize);
     let mut y = gpu.alloc_poisoned::<f32>(blocks * threads).unwrap();
     let f = kernel(&gpu, "emu_selftest_shared_race");
@@ -282,9 +277,9 @@ fn launch_in_child(gpu: &Gpu, name: &str, x: &[f32], n: i32) -> ! {
 /// process, as an illegal address ends a GPU context.
 #[test]
 fn emulator_ends_a_read_out_of_bounds() {
-    let Some(gpu) = emulator_or_skip("cuda_emulator emulator_ends_a_read_out_of_bounds") else {
-        return;
-    };
+    let gpu = or_return!(emulator_or_skip(
+        "cuda_emulator emulator_ends_a_read_out_of_bounds"
+    ));
     if in_fault_child() {
         launch_in_child(&gpu, "emu_selftest_read_past_end", &[1.0; 100], 100);
     }
@@ -302,9 +297,9 @@ fn emulator_ends_a_read_out_of_bounds() {
 /// with g++'s alignment sanitizer).
 #[test]
 fn emulator_ends_a_misaligned_vector_load() {
-    let Some(gpu) = emulator_or_skip("cuda_emulator emulator_ends_a_misaligned_vector_load") else {
-        return;
-    };
+    let gpu = or_return!(emulator_or_skip(
+        "cuda_emulator emulator_ends_a_misaligned_vector_load"
+    ));
     if in_fault_child() {
         launch_in_child(&gpu, "emu_selftest_misaligned", &[1.0; 8], 8);
     }

@@ -3,6 +3,7 @@
 //! are embedded as source for NVRTC and this check is skipped. NVRTC's own build of each kernel
 //! is checked too, where libnvrtc can be loaded (no GPU needed).
 
+use crate::common::skip::or_return;
 use c2f_kernels::device::compile_with_nvrtc;
 use c2f_kernels::testing::library_or_skip;
 use c2f_kernels::KernelSource;
@@ -127,9 +128,7 @@ fn every_kernel_compiles_with_nvrtc() {
     let test = "every_kernel_compiles_with_nvrtc";
     for kernel in all_sources() {
         for arch in [(8, 0), (9, 0)] {
-            let Some(cubin) = library_or_skip(test, compile_with_nvrtc(&kernel, arch)) else {
-                return;
-            };
+            let cubin = or_return!(library_or_skip(test, compile_with_nvrtc(&kernel, arch)));
             let functions = names_after(&cubin, b".text.", 0);
             assert!(
                 cubin.starts_with(b"\x7fELF") && !functions.is_empty(),

@@ -4,6 +4,7 @@
 //! (skipped without a GPU).
 
 use crate::common::gpu_tests::f32_and_bf16_tests;
+use crate::common::skip::or_return;
 use c2f_baselines::relu::ReluCudnn;
 use c2f_kernels::map_select::{
     check_map_indices, mean_maps_backward_cpu, mean_maps_forward_cpu, select_map_backward_cpu,
@@ -625,9 +626,7 @@ fn relu_sizes() -> [usize; 3] {
 
 #[test]
 fn gpu_relu_matches_reference() {
-    let Some(gpu) = gpu_or_skip("mask gpu_relu_matches_reference") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("mask gpu_relu_matches_reference"));
     for n in relu_sizes() {
         gpu_relu_case::<f32>(&gpu, n, 1e-5);
         gpu_relu_case::<half::bf16>(&gpu, n, 1e-2);
@@ -638,13 +637,9 @@ fn gpu_relu_matches_reference() {
 #[test]
 fn gpu_cudnn_relu_baseline_matches_reference() {
     let test = "mask gpu_cudnn_relu_baseline_matches_reference";
-    let Some(gpu) = gpu_or_skip(test) else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip(test));
     for n in relu_sizes() {
-        let Some(relu) = library_or_skip(test, ReluCudnn::new(&gpu, n)) else {
-            return;
-        };
+        let relu = or_return!(library_or_skip(test, ReluCudnn::new(&gpu, n)));
         let (x_t, dy_t, references) = relu_case::<f32>(n);
         let (x_d, dy_d) = (gpu.upload(&x_t).unwrap(), gpu.upload(&dy_t).unwrap());
         let mut y = gpu.alloc_poisoned::<f32>(n).unwrap();
@@ -745,9 +740,7 @@ fn gpu_map_cases() -> [MapShape; 3] {
 
 #[test]
 fn gpu_map_choice_and_mean_match_reference() {
-    let Some(gpu) = gpu_or_skip("mask gpu_map_choice_and_mean_match_reference") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("mask gpu_map_choice_and_mean_match_reference"));
     for s in gpu_map_cases() {
         gpu_maps_match_reference::<f32>(&gpu, s, 1e-5);
         gpu_maps_match_reference::<half::bf16>(&gpu, s, 1e-2);
@@ -756,9 +749,9 @@ fn gpu_map_choice_and_mean_match_reference() {
 
 #[test]
 fn gpu_bad_map_index_never_goes_out_of_bounds() {
-    let Some(gpu) = gpu_or_skip("mask gpu_bad_map_index_never_goes_out_of_bounds") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip(
+        "mask gpu_bad_map_index_never_goes_out_of_bounds"
+    ));
     let s = maps(3, 2, 2, 2);
     let op = MapSelectGpu::<f32>::new(&gpu, s).unwrap();
     let a: Vec<f32> = (0..s.maps_len()).map(|i| i as f32 + 1.0).collect();
@@ -829,16 +822,8 @@ fn gpu_resize_cases() -> Vec<ResizeShape> {
     ]
 }
 
-f32_and_bf16_tests!(
-    "mask",
-    gpu_f32_resize_matches_reference,
-    gpu_bf16_resize_matches_reference,
-    |gpu, T, tol| {
-        for s in gpu_resize_cases() {
-            gpu_resize_matches_reference::<T>(&gpu, s, tol);
-        }
-    }
-);
+f32_and_bf16_tests!("mask", gpu_f32_resize_matches_reference, gpu_bf16_resize_matches_reference,
+    each of gpu_resize_cases() => gpu_resize_matches_reference);
 
 /// Mask inputs for the GPU: random maps with a positive maximum, one all-zero sample and one
 /// all-negative sample (both the ones mask) when the batch has room, and where the maps span
@@ -962,22 +947,12 @@ fn gpu_mask_cases() -> Vec<MaskShape> {
     ]
 }
 
-f32_and_bf16_tests!(
-    "mask",
-    gpu_f32_mask_matches_reference,
-    gpu_bf16_mask_matches_reference,
-    |gpu, T, tol| {
-        for s in gpu_mask_cases() {
-            gpu_mask_matches_reference::<T>(&gpu, s, tol);
-        }
-    }
-);
+f32_and_bf16_tests!("mask", gpu_f32_mask_matches_reference, gpu_bf16_mask_matches_reference,
+    each of gpu_mask_cases() => gpu_mask_matches_reference);
 
 #[test]
 fn gpu_wrong_lengths_are_errors() {
-    let Some(gpu) = gpu_or_skip("mask gpu_wrong_lengths_are_errors") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("mask gpu_wrong_lengths_are_errors"));
     let relu = ReluGpu::<f32>::new(&gpu).unwrap();
     let x = gpu.alloc_poisoned::<f32>(10).unwrap();
     let mut y = gpu.alloc_poisoned::<f32>(9).unwrap();

@@ -3,6 +3,7 @@
 //! the f64 reference (skipped without a GPU).
 
 use crate::common::gpu_tests::f32_and_bf16_tests;
+use crate::common::skip::or_return;
 use c2f_baselines::pool::Pool2dCudnn;
 use c2f_kernels::concat::{copy_channels_cpu, slice_channels_cpu, ChannelCopyGpu, ChannelSlice};
 use c2f_kernels::pool::{
@@ -453,7 +454,7 @@ fn concat_places_channels_and_split_recovers_them() {
 
 /// Max and average pool forward and backward on the GPU in `T`, against the f64 reference on
 /// the same rounded inputs, with poisoned outputs and a second run that must give the same bits.
-fn gpu_pool_matches_reference<T: Element>(gpu: &Gpu, s: PoolShape, p: Pool2dParams, tol: f64) {
+fn gpu_pool_matches_reference<T: Element>(gpu: &Gpu, (s, p): (PoolShape, Pool2dParams), tol: f64) {
     let n_out = out_len(&s, &p);
     let (x_t, x64) = round_through::<T>(&SplitMix64(51).uniform_vec(s.numel(), -1.0, 1.0));
     let (dy_t, dy64) = round_through::<T>(&SplitMix64(52).uniform_vec(n_out, -1.0, 1.0));
@@ -515,26 +516,16 @@ fn gpu_pool_cases() -> Vec<(PoolShape, Pool2dParams)> {
     ]
 }
 
-f32_and_bf16_tests!(
-    "pool",
-    gpu_f32_pool_matches_reference,
-    gpu_bf16_pool_matches_reference,
-    |gpu, T, tol| {
-        for (s, p) in gpu_pool_cases() {
-            gpu_pool_matches_reference::<T>(&gpu, s, p, tol);
-        }
-    }
-);
+f32_and_bf16_tests!("pool", gpu_f32_pool_matches_reference, gpu_bf16_pool_matches_reference,
+    each of gpu_pool_cases() => gpu_pool_matches_reference);
 
 /// More planes than the windowed kernels' grid covers at 4 per thread (65,535 × 4), so threads
 /// stride over a second group of planes.
 #[test]
 fn gpu_pool_strides_past_the_grid() {
-    let Some(gpu) = gpu_or_skip("pool gpu_pool_strides_past_the_grid") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("pool gpu_pool_strides_past_the_grid"));
     let s = shape(2, 131_075, 2, 2);
-    gpu_pool_matches_reference::<f32>(&gpu, s, Pool2dParams::square(2, 1, 0), 1e-5);
+    gpu_pool_matches_reference::<f32>(&gpu, (s, Pool2dParams::square(2, 1, 0)), 1e-5);
 }
 
 fn gpu_global_matches_reference<T: Element>(gpu: &Gpu, s: PoolShape, tol: f64) {
@@ -572,16 +563,9 @@ fn gpu_global_shapes() -> Vec<PoolShape> {
     ]
 }
 
-f32_and_bf16_tests!(
-    "pool",
-    gpu_f32_global_avg_pool_matches_reference,
-    gpu_bf16_global_avg_pool_matches_reference,
-    |gpu, T, tol| {
-        for s in gpu_global_shapes() {
-            gpu_global_matches_reference::<T>(&gpu, s, tol);
-        }
-    }
-);
+f32_and_bf16_tests!("pool",
+    gpu_f32_global_avg_pool_matches_reference, gpu_bf16_global_avg_pool_matches_reference,
+    each of gpu_global_shapes() => gpu_global_matches_reference);
 
 /// Concat of three parts into a poisoned whole, then the split back out; both are bit copies,
 /// so they must equal the CPU result exactly.
@@ -635,18 +619,14 @@ fn gpu_channels_match_cpu<T: Element>(gpu: &Gpu) {
 
 #[test]
 fn gpu_channel_concat_and_split_match_cpu() {
-    let Some(gpu) = gpu_or_skip("pool gpu_channel_concat_and_split_match_cpu") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("pool gpu_channel_concat_and_split_match_cpu"));
     gpu_channels_match_cpu::<f32>(&gpu);
     gpu_channels_match_cpu::<half::bf16>(&gpu);
 }
 
 #[test]
 fn gpu_wrong_lengths_are_errors() {
-    let Some(gpu) = gpu_or_skip("pool gpu_wrong_lengths_are_errors") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("pool gpu_wrong_lengths_are_errors"));
     let s = shape(1, 2, 4, 4);
     let max = MaxPool2dGpu::<f32>::new(&gpu, s, Pool2dParams::square(2, 2, 0)).unwrap();
     let x = gpu.alloc_poisoned::<f32>(31).unwrap();
@@ -670,9 +650,7 @@ fn gpu_wrong_lengths_are_errors() {
 #[test]
 fn gpu_cudnn_baseline_matches_reference() {
     let test = "pool gpu_cudnn_baseline_matches_reference";
-    let Some(gpu) = gpu_or_skip(test) else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip(test));
     for (s, p) in gpu_pool_cases().into_iter().skip(1).take(4) {
         let n_out = out_len(&s, &p);
         let (x32, x) = round_through::<f32>(&distinct_values(s.numel(), 53));
@@ -695,9 +673,7 @@ fn gpu_cudnn_baseline_matches_reference() {
             ),
         ];
         for (what, made, ref_y, ref_dx) in cases {
-            let Some(pool) = library_or_skip(test, made) else {
-                return;
-            };
+            let pool = or_return!(library_or_skip(test, made));
             let mut y = gpu.alloc_poisoned::<f32>(n_out).unwrap();
             let mut dx = gpu.alloc_poisoned::<f32>(s.numel()).unwrap();
             pool.forward(&x_d, &mut y).unwrap();

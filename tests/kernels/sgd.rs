@@ -1,6 +1,7 @@
 //! SGD update: the CPU reference against a hand-computed two-step sequence and f64, and the CUDA
 //! kernel against the f64 reference (skipped without a GPU).
 
+use crate::common::skip::or_return;
 use c2f_baselines::sgd::SgdCublas;
 use c2f_kernels::sgd::{step_cpu, SgdGpu, SgdParams};
 use c2f_kernels::testing::{
@@ -219,9 +220,7 @@ fn gpu_matches_reference(gpu: &c2f_kernels::Gpu, n: usize, params: SgdParams) {
 
 #[test]
 fn gpu_f32_matches_reference() {
-    let Some(gpu) = gpu_or_skip("sgd gpu_f32_matches_reference") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("sgd gpu_f32_matches_reference"));
     let momentum = SgdParams {
         grad_scale: 0.5,
         ..SgdParams::new(0.05, 0.9, 1e-4)
@@ -234,9 +233,7 @@ fn gpu_f32_matches_reference() {
 
 #[test]
 fn gpu_bad_range_or_length_is_an_error() {
-    let Some(gpu) = gpu_or_skip("sgd gpu_bad_range_or_length_is_an_error") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("sgd gpu_bad_range_or_length_is_an_error"));
     let sgd = SgdGpu::new(&gpu).unwrap();
     let params = SgdParams::new(0.1, 0.9, 0.0);
     let mut p = gpu.upload(&[1.0f32; 8]).unwrap();
@@ -268,15 +265,11 @@ fn gpu_bad_range_or_length_is_an_error() {
 /// rounding: it adds the terms in another order), and refuses momentum 0.
 #[test]
 fn gpu_cublas_baseline_matches_reference() {
-    let Some(gpu) = gpu_or_skip("sgd gpu_cublas_baseline_matches_reference") else {
-        return;
-    };
-    let Some(blas) = library_or_skip(
+    let gpu = or_return!(gpu_or_skip("sgd gpu_cublas_baseline_matches_reference"));
+    let blas = or_return!(library_or_skip(
         "sgd gpu_cublas_baseline_matches_reference",
-        SgdCublas::new(&gpu),
-    ) else {
-        return;
-    };
+        SgdCublas::new(&gpu)
+    ));
     let n = 100_003;
     let params = SgdParams {
         grad_scale: 0.5,

@@ -3,6 +3,7 @@
 //! baseline's gradient against it (skipped without a GPU).
 
 use crate::common::gpu_tests::{assert_close, check_loss_launch};
+use crate::common::skip::or_return;
 use c2f_baselines::sigmoid_bce::SigmoidBceCudnn;
 use c2f_kernels::sigmoid_bce::{forward_backward_cpu, sigmoid, SigmoidBceGpu, SigmoidBceShape};
 use c2f_kernels::testing::{
@@ -161,8 +162,9 @@ fn gpu_matches_reference<T: Element>(gpu: &Gpu, s: SigmoidBceShape, spread: f64,
     let name = format!("sigmoid BCE {} {s:?}", T::SUFFIX);
     let reference = (ref_loss, &ref_preds[..], &ref_grad[..]);
     check_loss_launch::<T>(gpu, &name, reference, tol, |preds, grad| {
-        bce.forward_backward(&x_d, &t_d, loss_scale, preds, grad)
-            .unwrap()
+        bce.enqueue_forward_backward(&x_d, &t_d, loss_scale, preds, grad)
+            .unwrap();
+        bce.finish().unwrap()
     });
 }
 
@@ -180,9 +182,7 @@ fn gpu_shapes() -> Vec<SigmoidBceShape> {
 
 #[test]
 fn gpu_bce_f32_matches_reference() {
-    let Some(gpu) = gpu_or_skip("sigmoid_bce gpu_bce_f32_matches_reference") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("sigmoid_bce gpu_bce_f32_matches_reference"));
     for s in gpu_shapes() {
         gpu_matches_reference::<f32>(&gpu, s, 6.0, 1e-5);
     }
@@ -191,9 +191,7 @@ fn gpu_bce_f32_matches_reference() {
 
 #[test]
 fn gpu_bce_bf16_matches_reference() {
-    let Some(gpu) = gpu_or_skip("sigmoid_bce gpu_bce_bf16_matches_reference") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("sigmoid_bce gpu_bce_bf16_matches_reference"));
     for s in gpu_shapes() {
         gpu_matches_reference::<half::bf16>(&gpu, s, 6.0, 1e-2);
     }
@@ -201,16 +199,14 @@ fn gpu_bce_bf16_matches_reference() {
 
 #[test]
 fn gpu_bce_wrong_length_is_an_error() {
-    let Some(gpu) = gpu_or_skip("sigmoid_bce gpu_bce_wrong_length_is_an_error") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("sigmoid_bce gpu_bce_wrong_length_is_an_error"));
     let mut bce = SigmoidBceGpu::<f32>::new(&gpu, shape(2, 3)).unwrap();
     let x_d = gpu.upload(&[1.0f32; 5]).unwrap();
     let t_d = gpu.upload(&[1.0f32; 6]).unwrap();
     let mut preds = gpu.alloc_zeros::<i32>(6).unwrap();
     let mut grad = gpu.alloc_zeros::<f32>(6).unwrap();
     let err = bce
-        .forward_backward(&x_d, &t_d, 1.0, &mut preds, &mut grad)
+        .enqueue_forward_backward(&x_d, &t_d, 1.0, &mut preds, &mut grad)
         .unwrap_err();
     assert!(
         err.to_string()
@@ -223,13 +219,9 @@ fn gpu_bce_wrong_length_is_an_error() {
 #[test]
 fn gpu_cudnn_baseline_matches_reference() {
     let test = "sigmoid_bce gpu_cudnn_baseline_matches_reference";
-    let Some(gpu) = gpu_or_skip(test) else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip(test));
     for s in [shape(64, 40), shape(7, 6), shape(2, 300)] {
-        let Some(mut cudnn) = library_or_skip(test, SigmoidBceCudnn::new(&gpu, s)) else {
-            return;
-        };
+        let mut cudnn = or_return!(library_or_skip(test, SigmoidBceCudnn::new(&gpu, s)));
         let (logits, targets) = draw_inputs(&s, 6.0, 24);
         let (logits32, logits64) = round_through::<f32>(&logits);
         let (targets32, targets64) = round_through::<f32>(&targets);

@@ -3,6 +3,7 @@
 //! and bf16, and the bench's cuDNN baseline against the reference (skipped without a GPU).
 
 use crate::common::gpu_tests::{assert_close, check_loss_launch, f32_and_bf16_tests};
+use crate::common::skip::or_return;
 use c2f_baselines::softmax_ce::{nll_gradient, LogSoftmaxCudnn};
 use c2f_kernels::dropout::{dropout_backward_cpu, dropout_forward_cpu, DropoutGpu, DropoutParams};
 use c2f_kernels::rng::splitmix64_output;
@@ -410,12 +411,14 @@ fn gpu_ce_matches_reference<T: Element>(gpu: &Gpu, s: SoftmaxCeShape, spread: f6
     let name = format!("softmax CE {} {s:?}", T::SUFFIX);
     let reference = (ref_loss, &ref_preds[..], &ref_grad[..]);
     check_loss_launch::<T>(gpu, &name, reference, tol, |preds, grad| {
-        ce.forward_backward(&x_d, &y_d, loss_scale, preds, grad)
-            .unwrap()
+        ce.enqueue_forward_backward(&x_d, &y_d, loss_scale, preds, grad)
+            .unwrap();
+        ce.finish().unwrap()
     });
 
     let mut preds_only = gpu.upload(&vec![-7i32; s.batch]).unwrap();
-    let loss_only = ce.forward(&x_d, &y_d, &mut preds_only).unwrap();
+    ce.enqueue_forward(&x_d, &y_d, &mut preds_only).unwrap();
+    let loss_only = ce.finish().unwrap();
     assert_close(
         &format!("{name}: forward loss"),
         loss_only as f64,
@@ -451,9 +454,9 @@ f32_and_bf16_tests!(
 
 #[test]
 fn gpu_ce_bad_label_is_an_error_then_recovers() {
-    let Some(gpu) = gpu_or_skip("softmax_ce gpu_ce_bad_label_is_an_error_then_recovers") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip(
+        "softmax_ce gpu_ce_bad_label_is_an_error_then_recovers"
+    ));
     let s = shape(6, 5);
     let (logits, good) = draw_inputs(&s, 2.0, 31);
     let (ref_loss, _, _) = ce64(&s, &logits, &good, 1.0);
@@ -467,12 +470,13 @@ fn gpu_ce_bad_label_is_an_error_then_recovers() {
     bad[2] = 5;
     let bad_d = gpu.upload(&bad).unwrap();
     for training in [true, false] {
-        let err = if training {
-            ce.forward_backward(&x_d, &bad_d, 1.0, &mut preds, &mut grad)
+        if training {
+            ce.enqueue_forward_backward(&x_d, &bad_d, 1.0, &mut preds, &mut grad)
         } else {
-            ce.forward(&x_d, &bad_d, &mut preds)
+            ce.enqueue_forward(&x_d, &bad_d, &mut preds)
         }
-        .unwrap_err();
+        .unwrap();
+        let err = ce.finish().unwrap_err();
         match err {
             Error::Label {
                 index: 2,
@@ -483,24 +487,22 @@ fn gpu_ce_bad_label_is_an_error_then_recovers() {
         }
         // The status was reset: the next call with good labels succeeds.
         let good_d = gpu.upload(&good).unwrap();
-        let loss = ce
-            .forward_backward(&x_d, &good_d, 1.0, &mut preds, &mut grad)
+        ce.enqueue_forward_backward(&x_d, &good_d, 1.0, &mut preds, &mut grad)
             .unwrap();
+        let loss = ce.finish().unwrap();
         assert_close("loss after a bad call", loss as f64, ref_loss, 1e-5);
     }
 }
 
 #[test]
 fn gpu_ce_wrong_length_is_an_error() {
-    let Some(gpu) = gpu_or_skip("softmax_ce gpu_ce_wrong_length_is_an_error") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("softmax_ce gpu_ce_wrong_length_is_an_error"));
     let s = shape(2, 3);
     let mut ce = SoftmaxCeGpu::<f32>::new(&gpu, s).unwrap();
     let x_d = gpu.upload(&[1.0f32; 5]).unwrap();
     let y_d = gpu.upload(&[0i32, 1]).unwrap();
     let mut preds = gpu.alloc_zeros::<i32>(2).unwrap();
-    let err = ce.forward(&x_d, &y_d, &mut preds).unwrap_err();
+    let err = ce.enqueue_forward(&x_d, &y_d, &mut preds).unwrap_err();
     assert!(
         err.to_string()
             .contains("softmax CE logits has 5 elements, expected 6"),
@@ -531,8 +533,8 @@ fn gpu_dropout_matches_cpu<T: Element>(gpu: &Gpu, n: usize, params: DropoutParam
     let run = || {
         let mut y = gpu.alloc_poisoned::<T>(n).unwrap();
         let mut dx = gpu.alloc_poisoned::<T>(n).unwrap();
-        drop.forward(&params, &x_d, &mut y).unwrap();
-        drop.backward(&params, &dy_d, &mut dx).unwrap();
+        drop.apply(&params, &x_d, &mut y).unwrap();
+        drop.apply(&params, &dy_d, &mut dx).unwrap();
         (gpu.download(&y).unwrap(), gpu.download(&dx).unwrap())
     };
     let (y, dx) = run();
@@ -560,17 +562,13 @@ fn gpu_dropout_cases<T: Element>(gpu: &Gpu) {
 
 #[test]
 fn gpu_dropout_f32_matches_cpu() {
-    let Some(gpu) = gpu_or_skip("softmax_ce gpu_dropout_f32_matches_cpu") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("softmax_ce gpu_dropout_f32_matches_cpu"));
     gpu_dropout_cases::<f32>(&gpu);
 }
 
 #[test]
 fn gpu_dropout_bf16_matches_cpu() {
-    let Some(gpu) = gpu_or_skip("softmax_ce gpu_dropout_bf16_matches_cpu") else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip("softmax_ce gpu_dropout_bf16_matches_cpu"));
     gpu_dropout_cases::<half::bf16>(&gpu);
 }
 
@@ -578,13 +576,9 @@ fn gpu_dropout_bf16_matches_cpu() {
 #[test]
 fn gpu_cudnn_baseline_matches_reference() {
     let test = "softmax_ce gpu_cudnn_baseline_matches_reference";
-    let Some(gpu) = gpu_or_skip(test) else {
-        return;
-    };
+    let gpu = or_return!(gpu_or_skip(test));
     for s in [shape(3, 7), shape(64, 200), shape(5, 2049)] {
-        let Some(mut cudnn) = library_or_skip(test, LogSoftmaxCudnn::new(&gpu, s)) else {
-            return;
-        };
+        let mut cudnn = or_return!(library_or_skip(test, LogSoftmaxCudnn::new(&gpu, s)));
         let (logits, labels) = draw_inputs(&s, 6.0, 23);
         let (logits32, logits64) = round_through::<f32>(&logits);
         let loss_scale = 0.5;

@@ -8,6 +8,7 @@
 //! what is tested.
 
 use crate::common::golden::{self, floats};
+use crate::common::skip::or_return;
 use c2f_inception::backend::{prelude::*, BnMode, BnParams, BnStats, LinearShape, Tensor};
 use c2f_inception::cpu::conv::Conv2dShape;
 use c2f_inception::cpu::CpuBackend;
@@ -199,9 +200,7 @@ fn check_conv2d(gpu: CudaBackend) -> Vec<(Conv2dShape, ConvAlgorithms)> {
 
 #[test]
 fn batch_norm_matches_cpu() {
-    let Some(gpu) = cuda_or_skip("batch_norm_matches_cpu") else {
-        return;
-    };
+    let gpu = or_return!(cuda_or_skip("batch_norm_matches_cpu"));
     let mut p = Pair::new(gpu);
     let s = BatchNormShape {
         batch: 3,
@@ -256,9 +255,7 @@ fn batch_norm_matches_cpu() {
 
 #[test]
 fn pools_and_channels_match_cpu() {
-    let Some(gpu) = cuda_or_skip("pools_and_channels_match_cpu") else {
-        return;
-    };
+    let gpu = or_return!(cuda_or_skip("pools_and_channels_match_cpu"));
     let mut p = Pair::new(gpu);
     let s = PoolShape {
         batch: 2,
@@ -353,9 +350,7 @@ fn pools_and_channels_match_cpu() {
 
 #[test]
 fn linear_and_memory_match_cpu() {
-    let Some(gpu) = cuda_or_skip("linear_and_memory_match_cpu") else {
-        return;
-    };
+    let gpu = or_return!(cuda_or_skip("linear_and_memory_match_cpu"));
     let mut p = Pair::new(gpu);
     let s = LinearShape {
         batch: 3,
@@ -390,9 +385,7 @@ fn linear_and_memory_match_cpu() {
 
 #[test]
 fn training_ops_match_cpu() {
-    let Some(gpu) = cuda_or_skip("training_ops_match_cpu") else {
-        return;
-    };
+    let gpu = or_return!(cuda_or_skip("training_ops_match_cpu"));
     let mut p = Pair::new(gpu);
     let drop = DropoutParams {
         p: 0.3,
@@ -484,9 +477,7 @@ fn training_ops_match_cpu() {
 
 #[test]
 fn coarse2fine_ops_match_cpu() {
-    let Some(gpu) = cuda_or_skip("coarse2fine_ops_match_cpu") else {
-        return;
-    };
+    let gpu = or_return!(cuda_or_skip("coarse2fine_ops_match_cpu"));
     let mut p = Pair::new(gpu);
     let x = p.random(999, -1.0, 1.0, 1);
     let y = p.random(999, -1.0, 1.0, 1);
@@ -587,9 +578,7 @@ fn coarse2fine_ops_match_cpu() {
 
 #[test]
 fn fine_branch_ops_match_cpu() {
-    let Some(gpu) = cuda_or_skip("fine_branch_ops_match_cpu") else {
-        return;
-    };
+    let gpu = or_return!(cuda_or_skip("fine_branch_ops_match_cpu"));
     let mut p = Pair::new(gpu);
     let x = p.random(777, -1.0, 1.0, 1);
     let y = p.random(777, 1e3, 2e3, 1);
@@ -674,9 +663,7 @@ fn fine_branch_ops_match_cpu() {
 
 #[test]
 fn operands_are_checked() {
-    let Some(mut gpu) = cuda_or_skip("operands_are_checked") else {
-        return;
-    };
+    let mut gpu = or_return!(cuda_or_skip("operands_are_checked"));
     let buf = gpu.alloc(100).unwrap();
     let g = PoolShape {
         batch: 1,
@@ -748,9 +735,7 @@ fn golden_case_matches_cpu_f32() {
 #[test]
 fn golden_case_with_timed_algorithms_matches_cpu_f32() {
     let test = "golden_case_with_timed_algorithms_matches_cpu_f32";
-    let Some(mut gpu) = cuda_or_skip(test) else {
-        return;
-    };
+    let mut gpu = or_return!(cuda_or_skip(test));
     if gpu.gpu().is_emulator() {
         return println!("{test}: skipped: on the CPU emulator");
     }
@@ -848,9 +833,7 @@ fn check_golden_case(mut gpu: CudaBackend) {
 /// first made.
 #[test]
 fn golden_case_is_deterministic() {
-    let Some(mut gpu) = cuda_or_skip("golden_case_is_deterministic") else {
-        return;
-    };
+    let mut gpu = or_return!(cuda_or_skip("golden_case_is_deterministic"));
     let mut net = golden::network(&mut gpu);
     let first = golden::run(&mut gpu, &mut net);
     let bytes = gpu.allocated_bytes();

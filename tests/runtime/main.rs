@@ -10,6 +10,7 @@ mod common {
     pub mod golden;
     pub mod graph;
     pub mod recorded;
+    pub mod skip;
 }
 
 mod backend_ops;

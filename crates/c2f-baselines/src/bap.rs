@@ -4,35 +4,33 @@
 //!
 //! [`BapGpu`]: c2f_kernels::bap::BapGpu
 
-use std::sync::Arc;
-
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
-use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
 use c2f_kernels::bap::{
     launch_grad_dot, launch_normalize, per_part_chunks, per_part_grid, BapShape,
 };
 use c2f_kernels::cublas_raw::{self, blas_error};
-use c2f_kernels::device::{device_addr, device_addr_mut, Gpu};
+use c2f_kernels::device::{grid, Gpu};
 use c2f_kernels::element::Element;
 use c2f_kernels::error::Result;
 use c2f_kernels::launch;
 
 pub struct BapCublas<T: Element> {
     shape: BapShape,
-    stream: Arc<CudaStream>,
+    k: BapBaselineKernels<T>,
     blas: CudaBlas,
-    signed_sqrt: CudaFunction,
-    normalize: CudaFunction,
-    grad_dot: CudaFunction,
-    grad_pooled: CudaFunction,
     pooled: CudaSlice<T>,
     sumsq: CudaSlice<f32>,
     dot_partials: CudaSlice<f32>,
     pooled_grad: CudaSlice<T>,
+}
+
+c2f_kernels::kernel_set! {
+    /// The baseline's own kernels and the fused forward's normalisation and dot product.
+    struct BapBaselineKernels: c2f_kernels::sources::BAP;
+    typed: bap_baseline_signed_sqrt, bap_normalize, bap_grad_dot, bap_baseline_grad_pooled;
 }
 
 impl<T: Element> BapCublas<T>
@@ -41,15 +39,10 @@ where
 {
     pub fn new(gpu: &Gpu, shape: BapShape) -> Result<Self> {
         shape.validate()?;
-        let src = &c2f_kernels::sources::BAP;
         Ok(BapCublas {
             shape,
-            stream: gpu.stream().clone(),
+            k: BapBaselineKernels::new(gpu)?,
             blas: cublas_raw::open(gpu.stream())?,
-            signed_sqrt: gpu.typed_function::<T>(src, "bap_baseline_signed_sqrt")?,
-            normalize: gpu.typed_function::<T>(src, "bap_normalize")?,
-            grad_dot: gpu.typed_function::<T>(src, "bap_grad_dot")?,
-            grad_pooled: gpu.typed_function::<T>(src, "bap_baseline_grad_pooled")?,
             pooled: gpu.alloc_zeros(shape.parts_len())?,
             sumsq: gpu.alloc_zeros(shape.batch)?,
             dot_partials: gpu.alloc_zeros(shape.batch * per_part_chunks(&shape))?,
@@ -98,35 +91,18 @@ where
             ldc: n as i32,
         };
         let cfg = self.batched(gemm, n * hw, m * hw, m * n);
-        let per_sample = LaunchConfig {
-            grid_dim: (s.batch as u32, 1, 1),
-            block_dim: (c2f_kernels::bap::THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let per_sample = grid((s.batch as u32, 1, 1), c2f_kernels::bap::THREADS);
         let mn = s.part_len() as i32;
-        let parts = device_addr_mut(parts, &self.stream);
-        let norms = device_addr_mut(norms, &self.stream);
         // SAFETY: the GEMM shapes and strides cover exactly the buffers of `shape`.
         unsafe {
             self.blas
                 .gemm_strided_batched(cfg, features, attention, &mut self.pooled)
                 .map_err(blas_error)?;
-            launch!(
-                self.stream,
-                &self.signed_sqrt,
-                per_sample,
-                [&self.pooled, &parts, &mut self.sumsq, &mn]
-            )?;
+            launch!(self.k.bap_baseline_signed_sqrt, per_sample, [
+                &self.pooled, out parts, &mut self.sumsq, &mn
+            ])?;
         }
-        launch_normalize(
-            &self.stream,
-            &self.normalize,
-            &s,
-            parts,
-            &self.sumsq,
-            1,
-            norms,
-        )
+        launch_normalize(&self.k.bap_normalize, &s, parts, &self.sumsq, 1, norms)
     }
 
     /// Same contract as [`c2f_kernels::bap::BapGpu::backward`].
@@ -178,12 +154,8 @@ where
         let df_cfg = self.batched(df, m * hw, m * n, n * hw);
         let (mn, hw_i) = (s.part_len() as i32, hw as i32);
         let chunks = per_part_chunks(&s) as i32;
-        let st = &self.stream;
-        let (parts, norms) = (device_addr(parts, st), device_addr(norms, st));
-        let d_parts = device_addr(d_parts, st);
         launch_grad_dot(
-            &self.stream,
-            &self.grad_dot,
+            &self.k.bap_grad_dot,
             &s,
             parts,
             d_parts,
@@ -191,21 +163,10 @@ where
         )?;
         // SAFETY: the GEMM shapes and strides cover exactly the buffers of `shape`.
         unsafe {
-            launch!(
-                self.stream,
-                &self.grad_pooled,
-                per_part_grid(&s),
-                [
-                    &parts,
-                    &norms,
-                    &self.dot_partials,
-                    &chunks,
-                    &d_parts,
-                    &mut self.pooled_grad,
-                    &mn,
-                    &hw_i
-                ]
-            )?;
+            launch!(self.k.bap_baseline_grad_pooled, per_part_grid(&s), [
+                in parts, in norms, &self.dot_partials, &chunks, in d_parts, &mut self.pooled_grad,
+                &mn, &hw_i
+            ])?;
             self.blas
                 .gemm_strided_batched(da_cfg, features, &self.pooled_grad, d_attention)
                 .map_err(blas_error)?;

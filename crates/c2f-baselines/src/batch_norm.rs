@@ -7,14 +7,12 @@
 //! `cudnnBatchNormalizationBackward`. cudarc's safe API binds neither, so this works on raw
 //! handles ([`crate::cudnn`]).
 
-use std::ffi::c_void;
-
 use cudarc::cudnn::sys::{self, cudnnBatchNormMode_t};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
 use crate::cudnn::{check, scalar, Activation, Handle, Tensor4d, ONE, ZERO};
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
-use c2f_kernels::device::{device_addr, device_addr_mut, Gpu};
+use c2f_kernels::device::Gpu;
 use c2f_kernels::error::Result;
 
 const SPATIAL: cudnnBatchNormMode_t = cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
@@ -74,49 +72,32 @@ impl BatchNormCudnn {
                 save_invstd.len(),
             ],
         )?;
-        let st = self.handle.stream();
-        let x = device_addr(x, st) as *const c_void;
-        let gamma = device_addr(gamma, st) as *const c_void;
-        let beta = device_addr(beta, st) as *const c_void;
-        let running_mean = device_addr_mut(running_mean, st) as *mut c_void;
-        let running_var = device_addr_mut(running_var, st) as *mut c_void;
-        let y = device_addr_mut(y, st) as *mut c_void;
-        let save_mean = device_addr_mut(save_mean, st) as *mut c_void;
-        let save_invstd = device_addr_mut(save_invstd, st) as *mut c_void;
-        let a = self.activations.0;
+        let (h, a) = (&self.handle, self.activations.0);
+        let y = h.output(y);
         // SAFETY: every buffer has the length its descriptor gives (checked above), and
         // cuDNN's ReLU may run in place.
         unsafe {
             check(sys::cudnnBatchNormalizationForwardTraining(
-                self.handle.raw,
+                h.raw,
                 SPATIAL,
                 scalar(&ONE),
                 scalar(&ZERO),
                 a,
-                x,
+                h.input(x),
                 a,
                 y,
                 self.per_channel.0,
-                gamma,
-                beta,
+                h.input(gamma),
+                h.input(beta),
                 self.params.momentum,
-                running_mean,
-                running_var,
+                h.output(running_mean),
+                h.output(running_var),
                 self.params.eps,
-                save_mean,
-                save_invstd,
+                h.output(save_mean),
+                h.output(save_invstd),
             ))?;
             if self.params.relu {
-                check(sys::cudnnActivationForward(
-                    self.handle.raw,
-                    self.relu.0,
-                    scalar(&ONE),
-                    a,
-                    y,
-                    scalar(&ZERO),
-                    a,
-                    y,
-                ))?;
+                self.relu.forward(h, a, y, y)?;
             }
         }
         Ok(())
@@ -147,59 +128,37 @@ impl BatchNormCudnn {
                 dbeta.len(),
             ],
         )?;
-        let st = self.handle.stream();
-        let x = device_addr(x, st) as *const c_void;
-        let y = device_addr(y, st) as *const c_void;
-        let gamma = device_addr(gamma, st) as *const c_void;
-        let save_mean = device_addr(save_mean, st) as *const c_void;
-        let save_invstd = device_addr(save_invstd, st) as *const c_void;
-        let mut grad = device_addr(dy, st) as *const c_void;
-        let dx = device_addr_mut(dx, st) as *mut c_void;
-        let dgamma = device_addr_mut(dgamma, st) as *mut c_void;
-        let dbeta = device_addr_mut(dbeta, st) as *mut c_void;
-        let a = self.activations.0;
+        let (h, a) = (&self.handle, self.activations.0);
+        let (y, mut grad) = (h.input(y), h.input(dy));
         // SAFETY: as in `forward_train`; the scratch gradient has the activations' length.
         unsafe {
             if self.params.relu {
-                let relu_grad = device_addr_mut(&mut self.relu_grad, st) as *mut c_void;
+                let relu_grad = h.output(&mut self.relu_grad);
                 // The ReLU's input is positive exactly where its output is, so the output
                 // stands in for the input, which training does not keep.
-                check(sys::cudnnActivationBackward(
-                    self.handle.raw,
-                    self.relu.0,
-                    scalar(&ONE),
-                    a,
-                    y,
-                    a,
-                    grad,
-                    a,
-                    y,
-                    scalar(&ZERO),
-                    a,
-                    relu_grad,
-                ))?;
+                self.relu.backward(h, a, [y, grad, y], relu_grad)?;
                 grad = relu_grad;
             }
             check(sys::cudnnBatchNormalizationBackward(
-                self.handle.raw,
+                h.raw,
                 SPATIAL,
                 scalar(&ONE),
                 scalar(&ZERO),
                 scalar(&ONE),
                 scalar(&ONE),
                 a,
-                x,
+                h.input(x),
                 a,
                 grad,
                 a,
-                dx,
+                h.output(dx),
                 self.per_channel.0,
-                gamma,
-                dgamma,
-                dbeta,
+                h.input(gamma),
+                h.output(dgamma),
+                h.output(dbeta),
                 self.params.eps,
-                save_mean,
-                save_invstd,
+                h.input(save_mean),
+                h.input(save_invstd),
             ))
         }
     }

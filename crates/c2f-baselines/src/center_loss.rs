@@ -4,30 +4,17 @@
 //! would run it. It assumes valid
 //! labels: a bad label is skipped, never reported. A GPU test holds it to the fused kernels' answer.
 
-use std::sync::Arc;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
-use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
-
-use c2f_kernels::center_loss::{
-    check_buffers, launch_params, CenterLossParams, CenterLossShape, THREADS,
-};
-use c2f_kernels::device::{blocks_for, device_addr, device_addr_mut, Gpu};
+use c2f_kernels::center_loss::{launch_params, CenterLossParams, CenterLossShape, THREADS};
+use c2f_kernels::device::{blocks_for, grid, Gpu};
 use c2f_kernels::element::Element;
 use c2f_kernels::error::Result;
 use c2f_kernels::launch;
 
 pub struct CenterLossUnfused<T: Element> {
     shape: CenterLossShape,
-    stream: Arc<CudaStream>,
-    segments: CudaFunction,
-    gather: CudaFunction,
-    row_sumsq: CudaFunction,
-    diff_fn: CudaFunction,
-    loss_fn: CudaFunction,
-    scale: CudaFunction,
-    update: CudaFunction,
+    k: UnfusedKernels<T>,
     first: CudaSlice<i32>,
     next: CudaSlice<i32>,
     gathered: CudaSlice<f32>,
@@ -35,23 +22,21 @@ pub struct CenterLossUnfused<T: Element> {
     diff: CudaSlice<f32>,
     row_loss: CudaSlice<f32>,
     loss: CudaSlice<f32>,
-    _storage: std::marker::PhantomData<T>,
+}
+
+c2f_kernels::kernel_set! {
+    struct UnfusedKernels: crate::sources::CENTER_LOSS_UNFUSED;
+    typed: center_loss_baseline_diff, center_loss_baseline_scale;
+    plain: center_loss_baseline_segments, center_loss_baseline_gather,
+        center_loss_baseline_row_sumsq, center_loss_baseline_loss, center_loss_baseline_update;
 }
 
 impl<T: Element> CenterLossUnfused<T> {
     pub fn new(gpu: &Gpu, shape: CenterLossShape) -> Result<Self> {
         shape.validate()?;
-        let src = &crate::sources::CENTER_LOSS_UNFUSED;
         Ok(CenterLossUnfused {
             shape,
-            stream: gpu.stream().clone(),
-            segments: gpu.function(src, "center_loss_baseline_segments")?,
-            gather: gpu.function(src, "center_loss_baseline_gather")?,
-            row_sumsq: gpu.function(src, "center_loss_baseline_row_sumsq")?,
-            diff_fn: gpu.typed_function::<T>(src, "center_loss_baseline_diff")?,
-            loss_fn: gpu.function(src, "center_loss_baseline_loss")?,
-            scale: gpu.typed_function::<T>(src, "center_loss_baseline_scale")?,
-            update: gpu.function(src, "center_loss_baseline_update")?,
+            k: UnfusedKernels::new(gpu)?,
             first: gpu.alloc_zeros(shape.batch)?,
             next: gpu.alloc_zeros(shape.batch)?,
             gathered: gpu.alloc_zeros(shape.features_len())?,
@@ -59,27 +44,18 @@ impl<T: Element> CenterLossUnfused<T> {
             diff: gpu.alloc_zeros(shape.features_len())?,
             row_loss: gpu.alloc_zeros(shape.batch)?,
             loss: gpu.alloc_zeros(1)?,
-            _storage: std::marker::PhantomData,
         })
     }
 
-    /// [`Self::enqueue`], then reads the loss back (synchronises).
-    pub fn forward_update(
-        &mut self,
-        params: &CenterLossParams,
-        features: &impl DevicePtr<T>,
-        labels: &impl DevicePtr<i32>,
-        centers: &mut impl DevicePtrMut<f32>,
-        d_features: &mut impl DevicePtrMut<T>,
-    ) -> Result<f32> {
-        self.enqueue(params, features, labels, centers, d_features)?;
+    /// Waits for the last [`Self::enqueue`] and reads its loss back.
+    pub fn finish(&mut self) -> Result<f32> {
         let mut loss = [0f32];
-        self.stream.memcpy_dtoh(&self.loss, &mut loss)?;
-        self.stream.synchronize()?;
+        self.k.stream.memcpy_dtoh(&self.loss, &mut loss)?;
+        self.k.stream.synchronize()?;
         Ok(loss[0])
     }
 
-    /// Launches the kernels without waiting.
+    /// Launches the kernels without waiting; [`Self::finish`] reads the loss.
     pub fn enqueue(
         &mut self,
         params: &CenterLossParams,
@@ -89,94 +65,57 @@ impl<T: Element> CenterLossUnfused<T> {
         d_features: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         let s = self.shape;
-        check_buffers(&s, features, labels, centers, d_features)?;
+        s.check_buffers(
+            features.len(),
+            labels.len(),
+            centers.len(),
+            d_features.len(),
+        )?;
         let (b, d, c) = (s.batch as i32, s.dim as i32, s.classes as i32);
         let n = s.features_len() as i64;
         let (grad_scale, loss_scale, beta, normalized) = launch_params(&s, params);
-        let cfg = |blocks: u32| LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = |blocks: u32| grid((blocks, 1, 1), THREADS);
         // Grid-stride loops: enough blocks to fill the card, a few elements per thread.
         let elementwise = cfg(blocks_for(s.features_len(), THREADS * 4).min(1 << 16));
         let per_row = cfg(s.batch as u32);
-        let st = &self.stream;
-        let (features, labels) = (device_addr(features, st), device_addr(labels, st));
-        let centers = device_addr_mut(centers, st);
-        let d_features = device_addr_mut(d_features, st);
+        let k = &self.k;
         // SAFETY: buffer lengths checked above match the kernels' indexing; the kernels skip
         // out-of-range labels.
         unsafe {
-            launch!(
-                self.stream,
-                &self.segments,
-                cfg(blocks_for(s.batch, THREADS)),
-                [&labels, &mut self.first, &mut self.next, &b, &c]
-            )?;
-            launch!(
-                self.stream,
-                &self.gather,
-                elementwise,
-                [&centers, &labels, &mut self.gathered, &b, &d, &c]
-            )?;
+            launch!(k.center_loss_baseline_segments, cfg(blocks_for(s.batch, THREADS)), [
+                in labels, &mut self.first, &mut self.next, &b, &c
+            ])?;
+            launch!(k.center_loss_baseline_gather, elementwise, [
+                out centers, in labels, &mut self.gathered, &b, &d, &c
+            ])?;
             if normalized != 0 {
                 launch!(
-                    self.stream,
-                    &self.row_sumsq,
+                    k.center_loss_baseline_row_sumsq,
                     per_row,
                     [&self.gathered, &mut self.center_sumsq, &d]
                 )?;
             }
+            launch!(k.center_loss_baseline_diff, elementwise, [
+                in features, &self.gathered, &self.center_sumsq, &mut self.diff, &b, &d,
+                &normalized
+            ])?;
             launch!(
-                self.stream,
-                &self.diff_fn,
-                elementwise,
-                [
-                    &features,
-                    &self.gathered,
-                    &self.center_sumsq,
-                    &mut self.diff,
-                    &b,
-                    &d,
-                    &normalized
-                ]
-            )?;
-            launch!(
-                self.stream,
-                &self.row_sumsq,
+                k.center_loss_baseline_row_sumsq,
                 per_row,
                 [&self.diff, &mut self.row_loss, &d]
             )?;
             launch!(
-                self.stream,
-                &self.loss_fn,
+                k.center_loss_baseline_loss,
                 cfg(1),
                 [&self.row_loss, &mut self.loss, &b, &loss_scale]
             )?;
-            launch!(
-                self.stream,
-                &self.scale,
-                elementwise,
-                [&self.diff, &d_features, &n, &grad_scale]
-            )?;
-            launch!(
-                self.stream,
-                &self.update,
-                elementwise,
-                [
-                    &centers,
-                    &labels,
-                    &self.first,
-                    &self.next,
-                    &self.diff,
-                    &self.gathered,
-                    &b,
-                    &d,
-                    &beta,
-                    &normalized
-                ]
-            )?;
+            launch!(k.center_loss_baseline_scale, elementwise, [
+                &self.diff, out d_features, &n, &grad_scale
+            ])?;
+            launch!(k.center_loss_baseline_update, elementwise, [
+                out centers, in labels, &self.first, &self.next, &self.diff, &self.gathered, &b,
+                &d, &beta, &normalized
+            ])?;
         }
         Ok(())
     }

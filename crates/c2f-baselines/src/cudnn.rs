@@ -11,10 +11,10 @@ use cudarc::cudnn::sys::{
     cudnnTensorFormat_t,
 };
 use cudarc::cudnn::{result, sys};
-use cudarc::driver::CudaStream;
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 
 use c2f_kernels::cudnn_raw::{available, cudnn_error};
-use c2f_kernels::device::Gpu;
+use c2f_kernels::device::{device_addr, device_addr_mut, Gpu};
 use c2f_kernels::error::Result;
 
 /// A cuDNN status as a [`Result`].
@@ -51,9 +51,14 @@ impl Handle {
         Ok(handle)
     }
 
-    /// The stream its calls queue on.
-    pub fn stream(&self) -> &CudaStream {
-        &self.stream
+    /// `buf`'s device address, as a cuDNN call takes an input tensor's data.
+    pub fn input<T>(&self, buf: &impl DevicePtr<T>) -> *const c_void {
+        device_addr(buf, &self.stream) as *const c_void
+    }
+
+    /// `buf`'s device address, as a cuDNN call takes an output tensor's data.
+    pub fn output<T>(&self, buf: &mut impl DevicePtrMut<T>) -> *mut c_void {
+        device_addr_mut(buf, &self.stream) as *mut c_void
     }
 }
 
@@ -116,6 +121,67 @@ impl Activation {
         }
         .map_err(cudnn_error)?;
         Ok(desc)
+    }
+}
+
+impl Activation {
+    /// `y = f(x)` (`cudnnActivationForward`) over tensors of the descriptor `desc`; `x` may be
+    /// `y`.
+    ///
+    /// # Safety
+    /// `x` and `y` are device addresses of tensors as `desc` describes them, live until the call
+    /// has run on `handle`'s stream.
+    pub unsafe fn forward(
+        &self,
+        handle: &Handle,
+        desc: sys::cudnnTensorDescriptor_t,
+        x: *const c_void,
+        y: *mut c_void,
+    ) -> Result<()> {
+        // SAFETY: the caller's contract; the scalars are host constants.
+        check(unsafe {
+            sys::cudnnActivationForward(
+                handle.raw,
+                self.0,
+                scalar(&ONE),
+                desc,
+                x,
+                scalar(&ZERO),
+                desc,
+                y,
+            )
+        })
+    }
+
+    /// `dx = f'(x)·dy` (`cudnnActivationBackward`, assigned) from the forward's `y` and `x`, all
+    /// of the descriptor `desc`.
+    ///
+    /// # Safety
+    /// As [`Self::forward`], for all four tensors.
+    pub unsafe fn backward(
+        &self,
+        handle: &Handle,
+        desc: sys::cudnnTensorDescriptor_t,
+        [y, dy, x]: [*const c_void; 3],
+        dx: *mut c_void,
+    ) -> Result<()> {
+        // SAFETY: the caller's contract; the scalars are host constants.
+        check(unsafe {
+            sys::cudnnActivationBackward(
+                handle.raw,
+                self.0,
+                scalar(&ONE),
+                desc,
+                y,
+                desc,
+                dy,
+                desc,
+                x,
+                scalar(&ZERO),
+                desc,
+                dx,
+            )
+        })
     }
 }
 

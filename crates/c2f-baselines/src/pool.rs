@@ -4,13 +4,11 @@
 //! counts or skips the padding as the parameters say. cudarc's safe API has no backward pooling,
 //! so this works on raw handles ([`crate::cudnn`]).
 
-use std::ffi::c_void;
-
 use cudarc::cudnn::sys::{self, cudnnPoolingMode_t};
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 use crate::cudnn::{check, scalar, Handle, Pooling, Tensor4d, ONE, ZERO};
-use c2f_kernels::device::{device_addr, device_addr_mut, Gpu};
+use c2f_kernels::device::Gpu;
 use c2f_kernels::error::{check_len, Result};
 use c2f_kernels::pool::{Pool2dParams, PoolShape};
 
@@ -60,20 +58,18 @@ impl Pool2dCudnn {
     pub fn forward(&self, x: &impl DevicePtr<f32>, y: &mut impl DevicePtrMut<f32>) -> Result<()> {
         check_len("cuDNN pool x", x.len(), self.lens.0)?;
         check_len("cuDNN pool y", y.len(), self.lens.1)?;
-        let st = self.handle.stream();
-        let x = device_addr(x, st) as *const c_void;
-        let y = device_addr_mut(y, st) as *mut c_void;
+        let h = &self.handle;
         // SAFETY: the lengths match the descriptors (checked above).
         check(unsafe {
             sys::cudnnPoolingForward(
-                self.handle.raw,
+                h.raw,
                 self.pooling.0,
                 scalar(&ONE),
                 self.input.0,
-                x,
+                h.input(x),
                 scalar(&ZERO),
                 self.output.0,
-                y,
+                h.output(y),
             )
         })
     }
@@ -90,27 +86,22 @@ impl Pool2dCudnn {
         check_len("cuDNN pool y", y.len(), self.lens.1)?;
         check_len("cuDNN pool dy", dy.len(), self.lens.1)?;
         check_len("cuDNN pool dx", dx.len(), self.lens.0)?;
-        let st = self.handle.stream();
-        let x = device_addr(x, st) as *const c_void;
-        let y = device_addr(y, st) as *const c_void;
-        let dy = device_addr(dy, st) as *const c_void;
-        let dx = device_addr_mut(dx, st) as *mut c_void;
-        let (input, output) = (self.input.0, self.output.0);
+        let (h, input, output) = (&self.handle, self.input.0, self.output.0);
         // SAFETY: as in `forward`.
         check(unsafe {
             sys::cudnnPoolingBackward(
-                self.handle.raw,
+                h.raw,
                 self.pooling.0,
                 scalar(&ONE),
                 output,
-                y,
+                h.input(y),
                 output,
-                dy,
+                h.input(dy),
                 input,
-                x,
+                h.input(x),
                 scalar(&ZERO),
                 input,
-                dx,
+                h.output(dx),
             )
         })
     }

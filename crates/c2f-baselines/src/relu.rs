@@ -4,13 +4,10 @@
 //! or cuBLAS call; their peer is PyTorch on the same card (`tools/torch_ops_baseline.py`). A test
 //! holds this baseline to the reference. f32 only.
 
-use std::ffi::c_void;
-
-use cudarc::cudnn::sys;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
-use crate::cudnn::{check, scalar, Activation, Handle, Tensor4d, ONE, ZERO};
-use c2f_kernels::device::{device_addr, device_addr_mut, Gpu};
+use crate::cudnn::{Activation, Handle, Tensor4d};
+use c2f_kernels::device::Gpu;
 use c2f_kernels::error::{check_len, Result};
 
 pub struct ReluCudnn {
@@ -36,22 +33,9 @@ impl ReluCudnn {
     pub fn forward(&self, x: &impl DevicePtr<f32>, y: &mut impl DevicePtrMut<f32>) -> Result<()> {
         check_len("cuDNN relu x", x.len(), self.len)?;
         check_len("cuDNN relu y", y.len(), self.len)?;
-        let st = self.handle.stream();
-        let x = device_addr(x, st) as *const c_void;
-        let y = device_addr_mut(y, st) as *mut c_void;
+        let h = &self.handle;
         // SAFETY: both buffers hold `len` f32, as the descriptor says.
-        check(unsafe {
-            sys::cudnnActivationForward(
-                self.handle.raw,
-                self.relu.0,
-                scalar(&ONE),
-                self.desc.0,
-                x,
-                scalar(&ZERO),
-                self.desc.0,
-                y,
-            )
-        })
+        unsafe { self.relu.forward(h, self.desc.0, h.input(x), h.output(y)) }
     }
 
     /// `dx` (assigned) from the forward's `x` and `y` and the gradient `dy`.
@@ -66,28 +50,9 @@ impl ReluCudnn {
             check_len(&format!("cuDNN relu {what}"), len, self.len)?;
         }
         check_len("cuDNN relu dx", dx.len(), self.len)?;
-        let st = self.handle.stream();
-        let x = device_addr(x, st) as *const c_void;
-        let y = device_addr(y, st) as *const c_void;
-        let dy = device_addr(dy, st) as *const c_void;
-        let dx = device_addr_mut(dx, st) as *mut c_void;
-        let d = self.desc.0;
+        let h = &self.handle;
+        let inputs = [h.input(y), h.input(dy), h.input(x)];
         // SAFETY: every buffer holds `len` f32, as the descriptor says.
-        check(unsafe {
-            sys::cudnnActivationBackward(
-                self.handle.raw,
-                self.relu.0,
-                scalar(&ONE),
-                d,
-                y,
-                d,
-                dy,
-                d,
-                x,
-                scalar(&ZERO),
-                d,
-                dx,
-            )
-        })
+        unsafe { self.relu.backward(h, self.desc.0, inputs, h.output(dx)) }
     }
 }

@@ -11,8 +11,8 @@ use std::ffi::c_void;
 use cudarc::cudnn::sys;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
-use crate::cudnn::{check, scalar, Activation, AddTensors, Handle, Tensor4d, ONE, ZERO};
-use c2f_kernels::device::{device_addr, device_addr_mut, Gpu};
+use crate::cudnn::{check, scalar, Activation, AddTensors, Handle, Tensor4d, ZERO};
+use c2f_kernels::device::Gpu;
 use c2f_kernels::error::{check_len, Result};
 use c2f_kernels::sigmoid_bce::SigmoidBceShape;
 
@@ -52,39 +52,24 @@ impl SigmoidBceCudnn {
         check_len("cuDNN sigmoid BCE dlogits", dlogits.len(), n)?;
         let coef = self.shape.grad_coef(loss_scale)? as f32;
         let minus_coef = -coef;
-        let st = self.handle.stream();
-        let x = device_addr(logits, st) as *const c_void;
-        let t = device_addr(targets, st) as *const c_void;
-        let dx = device_addr_mut(dlogits, st) as *mut c_void;
-        let p = device_addr_mut(&mut self.probs, st) as *mut c_void;
-        let desc = self.desc.0;
+        let (h, desc) = (&self.handle, self.desc.0);
+        let p = h.output(&mut self.probs);
         // SAFETY: every buffer holds B·A f32 (checked above), as the descriptor says.
-        check(unsafe {
-            sys::cudnnActivationForward(
-                self.handle.raw,
-                self.sigmoid.0,
-                scalar(&ONE),
-                desc,
-                x,
-                scalar(&ZERO),
-                desc,
-                p,
-            )
-        })?;
+        unsafe { self.sigmoid.forward(h, desc, h.input(logits), p)? };
         // SAFETY: as above; the scalars are host f32 that outlive the call.
         check(unsafe {
             sys::cudnnOpTensor(
-                self.handle.raw,
+                h.raw,
                 self.add.0,
                 &coef as *const f32 as *const c_void,
                 desc,
                 p,
                 &minus_coef as *const f32 as *const c_void,
                 desc,
-                t,
+                h.input(targets),
                 scalar(&ZERO),
                 desc,
-                dx,
+                h.output(dlogits),
             )
         })
     }

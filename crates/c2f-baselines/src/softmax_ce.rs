@@ -8,13 +8,11 @@
 //!
 //! [`SoftmaxCeGpu`]: c2f_kernels::softmax_ce::SoftmaxCeGpu
 
-use std::ffi::c_void;
-
 use cudarc::cudnn::sys::{self, cudnnSoftmaxAlgorithm_t, cudnnSoftmaxMode_t};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
 use crate::cudnn::{check, scalar, Handle, Tensor4d, ONE, ZERO};
-use c2f_kernels::device::{device_addr, device_addr_mut, Gpu};
+use c2f_kernels::device::Gpu;
 use c2f_kernels::error::{check_labels, check_len, Result};
 use c2f_kernels::softmax_ce::{check_loss_scale, grad_coef, SoftmaxCeShape};
 
@@ -70,21 +68,17 @@ impl LogSoftmaxCudnn {
         check_len("cuDNN softmax logits", logits.len(), n)?;
         check_len("cuDNN softmax dlog_probs", dlog_probs.len(), n)?;
         check_len("cuDNN softmax dlogits", dlogits.len(), n)?;
-        let st = self.handle.stream();
-        let x = device_addr(logits, st) as *const c_void;
-        let dy = device_addr(dlog_probs, st) as *const c_void;
-        let dx = device_addr_mut(dlogits, st) as *mut c_void;
-        let y = device_addr_mut(&mut self.log_probs, st) as *mut c_void;
-        let desc = self.logits.0;
+        let (h, desc) = (&self.handle, self.logits.0);
+        let y = h.output(&mut self.log_probs);
         // SAFETY: every buffer holds B·C f32 (checked above), as the descriptor says.
         check(unsafe {
             sys::cudnnSoftmaxForward(
-                self.handle.raw,
+                h.raw,
                 ALGORITHM,
                 MODE,
                 scalar(&ONE),
                 desc,
-                x,
+                h.input(logits),
                 scalar(&ZERO),
                 desc,
                 y,
@@ -93,17 +87,17 @@ impl LogSoftmaxCudnn {
         // SAFETY: as above.
         check(unsafe {
             sys::cudnnSoftmaxBackward(
-                self.handle.raw,
+                h.raw,
                 ALGORITHM,
                 MODE,
                 scalar(&ONE),
                 desc,
                 y,
                 desc,
-                dy,
+                h.input(dlog_probs),
                 scalar(&ZERO),
                 desc,
-                dx,
+                h.output(dlogits),
             )
         })
     }

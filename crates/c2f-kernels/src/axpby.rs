@@ -1,10 +1,10 @@
 //! `y = α·x + β·y`, element-wise: scaling a tensor (β = 0: `y` is assigned, never read) and
 //! adding one gradient contribution into another (β = 1). Kernel: `kernels/axpby.cu`.
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu, TypedKernel};
+use crate::device::{blocks_for, grid};
 use crate::element::Element;
 use crate::error::{check_len, Result};
 use crate::launch;
@@ -24,17 +24,13 @@ const THREADS: u32 = 256;
 /// Grid-stride: at most this many blocks.
 const MAX_BLOCKS: u32 = 4096;
 
-pub struct AxpbyGpu<T: Element> {
-    kernel: TypedKernel<T>,
+crate::kernel_set! {
+    /// The axpby kernel for element type `T`; it works on any length.
+    pub struct AxpbyGpu: crate::sources::AXPBY;
+    typed: axpby;
 }
 
 impl<T: Element> AxpbyGpu<T> {
-    pub fn new(gpu: &Gpu) -> Result<Self> {
-        Ok(AxpbyGpu {
-            kernel: TypedKernel::new(gpu, &crate::sources::AXPBY, "axpby")?,
-        })
-    }
-
     /// `y = α·x + β·y` (β = 0 assigns `y`).
     pub fn run(
         &self,
@@ -48,29 +44,12 @@ impl<T: Element> AxpbyGpu<T> {
         if n == 0 {
             return Ok(());
         }
-        let cfg = LaunchConfig {
-            grid_dim: (
-                blocks_for(x.len().div_ceil(4), THREADS).min(MAX_BLOCKS),
-                1,
-                1,
-            ),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (x, y) = (
-            device_addr(x, &self.kernel.stream),
-            device_addr_mut(y, &self.kernel.stream),
-        );
+        let blocks = blocks_for(x.len().div_ceil(4), THREADS).min(MAX_BLOCKS);
         let (alpha, beta) = (alpha as f32, beta as f32);
         // SAFETY: `x` and `y` have `n` elements (checked above); the kernel is grid-stride.
         unsafe {
-            launch!(
-                self.kernel.stream,
-                &self.kernel.function,
-                cfg,
-                [&x, &y, &n, &alpha, &beta]
-            )?;
-        }
+            launch!(self.axpby, grid((blocks, 1, 1), THREADS), [in x, out y, &n, &alpha, &beta])?
+        };
         Ok(())
     }
 }

@@ -7,15 +7,11 @@
 //! `Z` is what the center loss sees; the classifier sees `100·Z`. The forward also returns each
 //! sample's norm `‖S[b]‖`, which the backward needs. Kernels: `kernels/bap.cu`.
 
-use std::sync::Arc;
-
-use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
-use crate::device::{device_addr, device_addr_mut, Gpu};
+use crate::device::{grid, Gpu, Kernel, LaunchConfig};
 use crate::element::Element;
 use crate::error::{check_len, check_shape, Result};
 use crate::launch;
@@ -215,11 +211,10 @@ fn pool_tiles(shape: &BapShape) -> usize {
 /// chunks to fill the card at the benchmark shapes and a few elements per thread.
 #[doc(hidden)] // for c2f-baselines
 pub fn per_part_grid(shape: &BapShape) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (per_part_chunks(shape) as u32, shape.batch as u32, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    grid(
+        (per_part_chunks(shape) as u32, shape.batch as u32, 1),
+        THREADS,
+    )
 }
 
 #[doc(hidden)] // for c2f-baselines
@@ -227,51 +222,40 @@ pub fn per_part_chunks(shape: &BapShape) -> usize {
     shape.part_len().div_ceil(THREADS as usize * 8)
 }
 
-/// Launches `bap_grad_dot`: partials of each sample's `Z·dZ`, one per chunk of [`per_part_grid`].
-/// `parts` and `d_parts` are device addresses of buffers the caller checked against `shape`.
+/// Launches `bap_grad_dot`: partials of each sample's `Z·dZ`, one per chunk of [`per_part_grid`],
+/// from `parts` and `d_parts`, buffers the caller checked against `shape`.
 #[doc(hidden)] // for c2f-baselines
-pub fn launch_grad_dot(
-    stream: &CudaStream,
-    grad_dot: &CudaFunction,
+pub fn launch_grad_dot<T: Element>(
+    grad_dot: &Kernel,
     shape: &BapShape,
-    parts: u64,
-    d_parts: u64,
+    parts: &impl DevicePtr<T>,
+    d_parts: &impl DevicePtr<T>,
     dot_partials: &mut CudaSlice<f32>,
 ) -> Result<()> {
     let mn = shape.part_len() as i32;
     // SAFETY: the caller checked the lengths against `shape`; `dot_partials` holds B·chunks.
     unsafe {
-        launch!(
-            stream,
-            grad_dot,
-            per_part_grid(shape),
-            [&parts, &d_parts, dot_partials, &mn]
-        )?;
+        launch!(grad_dot, per_part_grid(shape), [in parts, in d_parts, dot_partials, &mn])?;
     }
     Ok(())
 }
 
-/// Launches `bap_normalize`: divides each sample by its norm, summed from `tiles` partials.
-/// `parts` and `norms` are device addresses of buffers the caller checked against `shape`.
+/// Launches `bap_normalize`: divides each sample of `parts` by its norm, summed from `tiles`
+/// partials, and writes the norms; `parts` and `norms` are buffers the caller checked against
+/// `shape`.
 #[doc(hidden)] // for c2f-baselines
-pub fn launch_normalize(
-    stream: &CudaStream,
-    normalize: &CudaFunction,
+pub fn launch_normalize<T: Element>(
+    normalize: &Kernel,
     shape: &BapShape,
-    parts: u64,
+    parts: &mut impl DevicePtrMut<T>,
     sumsq: &CudaSlice<f32>,
     tiles: usize,
-    norms: u64,
+    norms: &mut impl DevicePtrMut<f32>,
 ) -> Result<()> {
     let (tiles, mn) = (tiles as i32, shape.part_len() as i32);
     // SAFETY: the caller checked the lengths against `shape`; `sumsq` holds B·tiles.
     unsafe {
-        launch!(
-            stream,
-            normalize,
-            per_part_grid(shape),
-            [&parts, sumsq, &norms, &tiles, &mn]
-        )?;
+        launch!(normalize, per_part_grid(shape), [out parts, sumsq, out norms, &tiles, &mn])?;
     }
     Ok(())
 }
@@ -279,45 +263,36 @@ pub fn launch_normalize(
 /// The fused BAP kernels for one shape, with their scratch buffers allocated once.
 pub struct BapGpu<T: Element> {
     shape: BapShape,
-    stream: Arc<CudaStream>,
-    pool: CudaFunction,
-    normalize: CudaFunction,
-    grad_dot: CudaFunction,
-    grad_pooled: CudaFunction,
+    k: BapKernels<T>,
     /// `bap_grad_inputs` holding 8 maps in registers (M ≤ 8) or 32 (more, 32 at a time).
-    grad_inputs: CudaFunction,
+    grad_inputs: Kernel,
     /// Sum of squares of S per (sample, forward block).
     tile_sumsq: CudaSlice<f32>,
     /// Partials of `Z·dZ` per (sample, chunk).
     dot_partials: CudaSlice<f32>,
     /// `G = dP/HW` channel-major, `[B, N, M]`, f32 whatever the storage type.
     grad_t: CudaSlice<f32>,
-    _storage: std::marker::PhantomData<T>,
+}
+
+crate::kernel_set! {
+    struct BapKernels: crate::sources::BAP;
+    typed: bap_pool, bap_normalize, bap_grad_dot, bap_grad_pooled;
 }
 
 impl<T: Element> BapGpu<T> {
     pub fn new(gpu: &Gpu, shape: BapShape) -> Result<Self> {
         shape.validate()?;
-        let src = &crate::sources::BAP;
+        let grad_inputs = match shape.maps {
+            ..=8 => "bap_grad_inputs8",
+            _ => "bap_grad_inputs32",
+        };
         Ok(BapGpu {
             shape,
-            stream: gpu.stream().clone(),
-            pool: gpu.typed_function::<T>(src, "bap_pool")?,
-            normalize: gpu.typed_function::<T>(src, "bap_normalize")?,
-            grad_dot: gpu.typed_function::<T>(src, "bap_grad_dot")?,
-            grad_pooled: gpu.typed_function::<T>(src, "bap_grad_pooled")?,
-            grad_inputs: gpu.typed_function::<T>(
-                src,
-                if shape.maps <= 8 {
-                    "bap_grad_inputs8"
-                } else {
-                    "bap_grad_inputs32"
-                },
-            )?,
+            k: BapKernels::new(gpu)?,
+            grad_inputs: Kernel::typed::<T>(gpu, &crate::sources::BAP, grad_inputs)?,
             tile_sumsq: gpu.alloc_zeros(shape.batch * pool_tiles(&shape))?,
             dot_partials: gpu.alloc_zeros(shape.batch * per_part_chunks(&shape))?,
             grad_t: gpu.alloc_zeros(shape.parts_len())?,
-            _storage: std::marker::PhantomData,
         })
     }
 
@@ -336,38 +311,20 @@ impl<T: Element> BapGpu<T> {
         let s = self.shape;
         s.check_forward(attention.len(), features.len(), parts.len(), norms.len())?;
         let (m, n, hw) = (s.maps as i32, s.channels as i32, s.hw() as i32);
-        let st = &self.stream;
-        let (attention, features) = (device_addr(attention, st), device_addr(features, st));
-        let (parts, norms) = (device_addr_mut(parts, st), device_addr_mut(norms, st));
-        let pool_cfg = LaunchConfig {
-            grid_dim: (pool_tiles(&s) as u32, s.batch as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let pool_cfg = grid((pool_tiles(&s) as u32, s.batch as u32, 1), THREADS);
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            launch!(
-                self.stream,
-                &self.pool,
-                pool_cfg,
-                [
-                    &attention,
-                    &features,
-                    &parts,
-                    &mut self.tile_sumsq,
-                    &m,
-                    &n,
-                    &hw
-                ]
-            )?;
+            launch!(self.k.bap_pool, pool_cfg, [
+                in attention, in features, out parts, &mut self.tile_sumsq, &m, &n, &hw
+            ])?;
         }
+        let tiles = pool_tiles(&s);
         launch_normalize(
-            &self.stream,
-            &self.normalize,
+            &self.k.bap_normalize,
             &s,
             parts,
             &self.tile_sumsq,
-            pool_tiles(&s),
+            tiles,
             norms,
         )
     }
@@ -389,18 +346,8 @@ impl<T: Element> BapGpu<T> {
             [attention.len(), features.len(), parts.len(), norms.len()],
             [d_parts.len(), d_attention.len(), d_features.len()],
         )?;
-        let st = &self.stream;
-        let (attention, features) = (device_addr(attention, st), device_addr(features, st));
-        let (parts, norms, d_parts) = (
-            device_addr(parts, st),
-            device_addr(norms, st),
-            device_addr(d_parts, st),
-        );
-        let d_attention = device_addr_mut(d_attention, st);
-        let d_features = device_addr_mut(d_features, st);
         launch_grad_dot(
-            &self.stream,
-            &self.grad_dot,
+            &self.k.bap_grad_dot,
             &s,
             parts,
             d_parts,
@@ -408,54 +355,20 @@ impl<T: Element> BapGpu<T> {
         )?;
         let (m, n, hw) = (s.maps as i32, s.channels as i32, s.hw() as i32);
         let chunks = per_part_chunks(&s) as i32;
-        let pooled_cfg = LaunchConfig {
-            grid_dim: (
-                s.channels.div_ceil(GRAD_TILE) as u32,
-                s.maps.div_ceil(GRAD_TILE) as u32,
-                s.batch as u32,
-            ),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let inputs_cfg = LaunchConfig {
-            grid_dim: (s.hw().div_ceil(GRAD_TILE) as u32, s.batch as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let tiles = |len: usize| len.div_ceil(GRAD_TILE) as u32;
+        let pooled_cfg = grid((tiles(s.channels), tiles(s.maps), s.batch as u32), THREADS);
+        let inputs_cfg = grid((tiles(s.hw()), s.batch as u32, 1), THREADS);
         // SAFETY: buffer lengths checked above match the kernels' indexing; `grad_t` holds
         // B·M·N and `dot_partials` B·chunks.
         unsafe {
-            launch!(
-                self.stream,
-                &self.grad_pooled,
-                pooled_cfg,
-                [
-                    &parts,
-                    &d_parts,
-                    &norms,
-                    &self.dot_partials,
-                    &chunks,
-                    &mut self.grad_t,
-                    &m,
-                    &n,
-                    &hw
-                ]
-            )?;
-            launch!(
-                self.stream,
-                &self.grad_inputs,
-                inputs_cfg,
-                [
-                    &attention,
-                    &features,
-                    &self.grad_t,
-                    &d_attention,
-                    &d_features,
-                    &m,
-                    &n,
-                    &hw
-                ]
-            )?;
+            launch!(self.k.bap_grad_pooled, pooled_cfg, [
+                in parts, in d_parts, in norms, &self.dot_partials, &chunks, &mut self.grad_t, &m,
+                &n, &hw
+            ])?;
+            launch!(self.grad_inputs, inputs_cfg, [
+                in attention, in features, &self.grad_t, out d_attention, out d_features, &m, &n,
+                &hw
+            ])?;
         }
         Ok(())
     }

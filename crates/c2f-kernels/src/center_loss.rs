@@ -20,15 +20,10 @@
 //! centers untouched; the GPU kernels never access memory through a bad label.
 //! Kernels: `kernels/center_loss.cu`, deterministic (no float atomics).
 
-use std::sync::Arc;
-
-use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig,
-    PushKernelArg,
-};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use rayon::prelude::*;
 
-use crate::device::{device_addr, device_addr_mut, read_loss_status, Gpu};
+use crate::device::{grid, grid_with_shared, read_loss_status, Gpu};
 use crate::element::Element;
 use crate::error::{check_labels, check_len, check_shape, Error, Result};
 use crate::launch;
@@ -76,6 +71,21 @@ impl CenterLossShape {
             ],
         )
     }
+
+    /// Checks the lengths of `features`, `labels`, `centers` and `d_features` against the shape.
+    #[doc(hidden)] // for c2f-baselines
+    pub fn check_buffers(
+        &self,
+        features: usize,
+        labels: usize,
+        centers: usize,
+        d_features: usize,
+    ) -> Result<()> {
+        check_len("center loss features", features, self.features_len())?;
+        check_len("center loss labels", labels, self.batch)?;
+        check_len("center loss centers", centers, self.centers_len())?;
+        check_len("center loss d_features", d_features, self.features_len())
+    }
 }
 
 /// How the centers enter the loss and move (the module docs give both).
@@ -118,13 +128,11 @@ pub fn forward_update_cpu<R: Real>(
     d_features: &mut [R],
 ) -> Result<R> {
     shape.validate()?;
-    check_len("center loss features", features.len(), shape.features_len())?;
-    check_len("center loss labels", labels.len(), shape.batch)?;
-    check_len("center loss centers", centers.len(), shape.centers_len())?;
-    check_len(
-        "center loss d_features",
+    shape.check_buffers(
+        features.len(),
+        labels.len(),
+        centers.len(),
         d_features.len(),
-        shape.features_len(),
     )?;
     check_labels(labels, shape.classes)?;
     let d = shape.dim;
@@ -224,53 +232,34 @@ pub fn launch_params(shape: &CenterLossShape, params: &CenterLossParams) -> (f32
     )
 }
 
-#[doc(hidden)] // for c2f-baselines
-pub fn check_buffers<T: Element>(
-    shape: &CenterLossShape,
-    features: &impl DeviceSlice<T>,
-    labels: &impl DeviceSlice<i32>,
-    centers: &impl DeviceSlice<f32>,
-    d_features: &impl DeviceSlice<T>,
-) -> Result<()> {
-    check_len("center loss features", features.len(), shape.features_len())?;
-    check_len("center loss labels", labels.len(), shape.batch)?;
-    check_len("center loss centers", centers.len(), shape.centers_len())?;
-    check_len(
-        "center loss d_features",
-        d_features.len(),
-        shape.features_len(),
-    )
-}
-
 /// The fused center-loss kernels for one shape, with their scratch buffers allocated once.
 pub struct CenterLossGpu<T: Element> {
     shape: CenterLossShape,
-    stream: Arc<CudaStream>,
-    sumsq_fn: CudaFunction,
-    update_fn: CudaFunction,
+    k: CenterLossKernels<T>,
     /// Partial ‖c_{y_i}‖² per (sample, chunk of D), for [`CenterRule::Normalized`].
     sumsq: CudaSlice<f32>,
     /// Partial loss per (sample, chunk of D).
     loss_parts: CudaSlice<f32>,
     /// Bad-label status, block counter and the result read back by [`Self::finish`].
     state: CudaSlice<i32>,
-    _storage: std::marker::PhantomData<T>,
+}
+
+crate::kernel_set! {
+    struct CenterLossKernels: crate::sources::CENTER_LOSS;
+    typed: center_loss_update;
+    plain: center_loss_center_sumsq;
 }
 
 impl<T: Element> CenterLossGpu<T> {
     pub fn new(gpu: &Gpu, shape: CenterLossShape) -> Result<Self> {
         shape.validate()?;
-        let src = &crate::sources::CENTER_LOSS;
         let parts = shape.batch * shape.dim.div_ceil(CHUNK);
         Ok(CenterLossGpu {
             shape,
-            stream: gpu.stream().clone(),
-            sumsq_fn: gpu.function(src, "center_loss_center_sumsq")?,
-            update_fn: gpu.typed_function::<T>(src, "center_loss_update")?,
+            k: CenterLossKernels::new(gpu)?,
             sumsq: gpu.alloc_zeros(parts)?,
             loss_parts: gpu.alloc_zeros(parts)?,
             state: gpu.alloc_zeros(STATE_LEN)?,
-            _storage: std::marker::PhantomData,
         })
     }
 
@@ -278,23 +267,10 @@ impl<T: Element> CenterLossGpu<T> {
         &self.shape
     }
 
-    /// [`Self::enqueue`] then [`Self::finish`]: writes `d_features`, updates `centers` and returns
-    /// the loss, or [`Error::Label`] with the centers untouched (`d_features` is then unspecified).
-    /// Synchronises once: one 12-byte device-to-host read per call.
-    pub fn forward_update(
-        &mut self,
-        params: &CenterLossParams,
-        features: &impl DevicePtr<T>,
-        labels: &impl DevicePtr<i32>,
-        centers: &mut impl DevicePtrMut<f32>,
-        d_features: &mut impl DevicePtrMut<T>,
-    ) -> Result<f32> {
-        self.enqueue(params, features, labels, centers, d_features)?;
-        self.finish()
-    }
-
-    /// Launches the two kernels without waiting. The loss and any bad label stay on the device
-    /// until [`Self::finish`]; call it before the next `enqueue` to see them.
+    /// Launches the two kernels, which write `d_features` and update `centers`, without waiting.
+    /// The loss and any bad label stay on the device until [`Self::finish`]; call it before the
+    /// next `enqueue` to see them. A bad label leaves the centers untouched (`d_features` is then
+    /// unspecified).
     pub fn enqueue(
         &mut self,
         params: &CenterLossParams,
@@ -304,70 +280,36 @@ impl<T: Element> CenterLossGpu<T> {
         d_features: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         let s = self.shape;
-        check_buffers(&s, features, labels, centers, d_features)?;
+        s.check_buffers(
+            features.len(),
+            labels.len(),
+            centers.len(),
+            d_features.len(),
+        )?;
         let (b, d, c) = (s.batch as i32, s.dim as i32, s.classes as i32);
         let (grad_scale, loss_scale, beta, normalized) = launch_params(&s, params);
-        let grid = (s.dim.div_ceil(CHUNK) as u32, s.batch as u32, 1);
-        let sumsq_cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let update_cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: (s.batch * std::mem::size_of::<i32>()) as u32,
-        };
-        let st = &self.stream;
-        let (features, labels) = (device_addr(features, st), device_addr(labels, st));
-        let centers = device_addr_mut(centers, st);
-        let d_features = device_addr_mut(d_features, st);
+        let chunks = (s.dim.div_ceil(CHUNK) as u32, s.batch as u32, 1);
+        let labels_smem = (s.batch * std::mem::size_of::<i32>()) as u32;
         // SAFETY: buffer lengths checked above match the kernels' indexing; labels are checked on
         // the device before any center access.
         unsafe {
-            launch!(
-                self.stream,
-                &self.sumsq_fn,
-                sumsq_cfg,
-                [
-                    &centers,
-                    &labels,
-                    &mut self.sumsq,
-                    &mut self.state,
-                    &b,
-                    &d,
-                    &c,
-                    &normalized
-                ]
-            )?;
-            launch!(
-                self.stream,
-                &self.update_fn,
-                update_cfg,
-                [
-                    &features,
-                    &labels,
-                    &centers,
-                    &self.sumsq,
-                    &d_features,
-                    &mut self.loss_parts,
-                    &mut self.state,
-                    &b,
-                    &d,
-                    &grad_scale,
-                    &loss_scale,
-                    &beta,
-                    &normalized
-                ]
-            )?;
+            launch!(self.k.center_loss_center_sumsq, grid(chunks, THREADS), [
+                out centers, in labels, &mut self.sumsq, &mut self.state, &b, &d, &c, &normalized
+            ])?;
+            launch!(self.k.center_loss_update, grid_with_shared(chunks, THREADS, labels_smem), [
+                in features, in labels, out centers, &self.sumsq, out d_features,
+                &mut self.loss_parts, &mut self.state, &b, &d, &grad_scale, &loss_scale, &beta,
+                &normalized
+            ])?;
         }
         Ok(())
     }
 
-    /// Waits for the last [`Self::enqueue`] and returns its loss, or its bad label as an error.
+    /// Waits for the last [`Self::enqueue`] and returns its loss, or its bad label as an error:
+    /// the one synchronisation, a 12-byte device-to-host read.
     pub fn finish(&mut self) -> Result<f32> {
         read_loss_status(
-            &self.stream,
+            &self.k.stream,
             &self.state.slice(RESULT),
             self.shape.batch,
             self.shape.classes,

@@ -3,10 +3,10 @@
 //! a block's concat); [`slice_channels_cpu`] copies it back out (the concat's backward, assigned).
 //! Bit copies, no conversion. Kernel: `kernels/concat.cu`.
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu, TypedKernel};
+use crate::device::{blocks_for, device_addr, device_addr_mut, grid};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
 use crate::launch;
@@ -108,18 +108,13 @@ const THREADS: u32 = 256;
 /// Largest batch [`ChannelCopyGpu`] takes (the grid's y dimension).
 pub const MAX_COPY_BATCH: usize = 65_535;
 
-/// Channel concat and split on the GPU; one instance serves every [`ChannelSlice`].
-pub struct ChannelCopyGpu<T: Element> {
-    kernel: TypedKernel<T>,
+crate::kernel_set! {
+    /// Channel concat and split on the GPU; one instance serves every [`ChannelSlice`].
+    pub struct ChannelCopyGpu: crate::sources::CONCAT;
+    typed: channel_copy;
 }
 
 impl<T: Element> ChannelCopyGpu<T> {
-    pub fn new(gpu: &Gpu) -> Result<Self> {
-        Ok(ChannelCopyGpu {
-            kernel: TypedKernel::new(gpu, &crate::sources::CONCAT, "channel_copy")?,
-        })
-    }
-
     /// Concat forward, one part: as [`copy_channels_cpu`].
     pub fn copy_channels(
         &self,
@@ -131,9 +126,9 @@ impl<T: Element> ChannelCopyGpu<T> {
         let hw = s.hw();
         self.launch(
             s,
-            device_addr(part, &self.kernel.stream),
+            device_addr(part, &self.stream),
             [s.channels * hw, 0],
-            device_addr_mut(whole, &self.kernel.stream),
+            device_addr_mut(whole, &self.stream),
             [s.whole_channels * hw, s.offset * hw],
         )
     }
@@ -149,9 +144,9 @@ impl<T: Element> ChannelCopyGpu<T> {
         let hw = s.hw();
         self.launch(
             s,
-            device_addr(whole, &self.kernel.stream),
+            device_addr(whole, &self.stream),
             [s.whole_channels * hw, s.offset * hw],
-            device_addr_mut(part, &self.kernel.stream),
+            device_addr_mut(part, &self.stream),
             [s.channels * hw, 0],
         )
     }
@@ -176,17 +171,12 @@ impl<T: Element> ChannelCopyGpu<T> {
         // All fit an i32: at most the whole's element count, checked in `validate`.
         let [chunk_i, ss, so, ds, dso] =
             [chunk, src_at[0], src_at[1], dst_at[0], dst_at[1]].map(|v| v as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks_for(chunk, THREADS), s.batch as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = grid((blocks_for(chunk, THREADS), s.batch as u32, 1), THREADS);
         // SAFETY: the caller checked both lengths against `s`, whose offset + channels fit in
         // the whole's channels, so every sample's run lies inside both buffers.
         unsafe {
             launch!(
-                self.kernel.stream,
-                &self.kernel.function,
+                self.channel_copy,
                 cfg,
                 [&src, &dst, &chunk_i, &ss, &so, &ds, &dso]
             )?;

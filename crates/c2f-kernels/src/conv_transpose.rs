@@ -15,15 +15,11 @@
 //! reduced through per-chunk partials summed in a fixed order, with no float atomics.
 //! Kernels: `kernels/conv_transpose.cu`. The CPU reference is also the CPU backend's op.
 
-use std::sync::Arc;
-
-use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use ndarray::{s, ArrayView4, ArrayViewMut2};
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
+use crate::device::{blocks_for, grid, grid_with_shared, Gpu, Kernel};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
 use crate::launch;
@@ -415,17 +411,21 @@ impl Plan {
 pub struct ConvTransposeGpu<T: Element> {
     params: ConvTransposeParams,
     plan: Plan,
-    stream: Arc<CudaStream>,
-    forward_fn: CudaFunction,
-    grad_input_fn: CudaFunction,
-    grad_weight_fn: CudaFunction,
-    grad_bias_fn: CudaFunction,
-    finalize_fn: CudaFunction,
+    k: ConvTransposeKernels<T>,
+    /// `ct_forward_cW`, `ct_grad_input_cW` and `ct_grad_weight_cW` at the plan's widths W.
+    forward_fn: Kernel,
+    grad_input_fn: Kernel,
+    grad_weight_fn: Kernel,
     /// `[chunks, Cin·Cout·k·k]` per-chunk sums of the weight gradient.
     weight_partials: CudaSlice<f32>,
     /// `[B, pieces, Cout]` per-piece sums of the bias gradient.
     bias_partials: CudaSlice<f32>,
-    _storage: std::marker::PhantomData<T>,
+}
+
+crate::kernel_set! {
+    struct ConvTransposeKernels: crate::sources::CONV_TRANSPOSE;
+    typed: ct_grad_bias;
+    plain: ct_finalize_params;
 }
 
 impl<T: Element> ConvTransposeGpu<T> {
@@ -450,21 +450,22 @@ impl<T: Element> ConvTransposeGpu<T> {
                  limit 65535: {params:?}"
             )));
         }
-        let src = &crate::sources::CONV_TRANSPOSE;
+        let at_width = |name: &str, width: usize| {
+            Kernel::typed::<T>(
+                gpu,
+                &crate::sources::CONV_TRANSPOSE,
+                &format!("{name}_c{width}"),
+            )
+        };
         Ok(ConvTransposeGpu {
             params,
             plan,
-            stream: gpu.stream().clone(),
-            forward_fn: gpu.typed_function::<T>(src, &format!("ct_forward_c{}", plan.fwd_width))?,
-            grad_input_fn: gpu
-                .typed_function::<T>(src, &format!("ct_grad_input_c{}", plan.dx_width))?,
-            grad_weight_fn: gpu
-                .typed_function::<T>(src, &format!("ct_grad_weight_c{}", plan.dw_width))?,
-            grad_bias_fn: gpu.typed_function::<T>(src, "ct_grad_bias")?,
-            finalize_fn: gpu.function(src, "ct_finalize_params")?,
+            k: ConvTransposeKernels::new(gpu)?,
+            forward_fn: at_width("ct_forward", plan.fwd_width)?,
+            grad_input_fn: at_width("ct_grad_input", plan.dx_width)?,
+            grad_weight_fn: at_width("ct_grad_weight", plan.dw_width)?,
             weight_partials: gpu.alloc_zeros(plan.dw_chunks * params.weight_len())?,
             bias_partials: gpu.alloc_zeros(params.batch * plan.db_pieces * params.out_channels)?,
-            _storage: std::marker::PhantomData,
         })
     }
 
@@ -507,28 +508,21 @@ impl<T: Element> ConvTransposeGpu<T> {
         ])?;
         let [ci, co, h, w, ho, wo, k, s, pad] = self.dims();
         let ci_tile = self.plan.fwd_ci_tile as i32;
-        let cfg = LaunchConfig {
-            grid_dim: (
+        let cfg = grid_with_shared(
+            (
                 blocks_for(p.out_height() * p.out_width(), THREADS),
                 p.out_channels.div_ceil(self.plan.fwd_width) as u32,
                 p.batch as u32,
             ),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: self.plan.fwd_smem_bytes(p.kernel_size * p.kernel_size),
-        };
-        let x = device_addr(x, &self.stream);
-        let weight = device_addr(weight, &self.stream);
-        let bias = device_addr(bias, &self.stream);
-        let y = device_addr_mut(y, &self.stream);
+            THREADS,
+            self.plan.fwd_smem_bytes(p.kernel_size * p.kernel_size),
+        );
         // SAFETY: buffer lengths checked above match the kernel's indexing; the shared memory
         // holds the plan's weight tile.
         unsafe {
-            launch!(
-                self.stream,
-                &self.forward_fn,
-                cfg,
-                [&x, &weight, &bias, &y, &ci, &co, &h, &w, &ho, &wo, &k, &s, &pad, &ci_tile]
-            )?;
+            launch!(self.forward_fn, cfg, [
+                in x, in weight, in bias, out y, &ci, &co, &h, &w, &ho, &wo, &k, &s, &pad, &ci_tile
+            ])?;
         }
         Ok(())
     }
@@ -564,27 +558,21 @@ impl<T: Element> ConvTransposeGpu<T> {
         ])?;
         let [ci, co, h, w, ho, wo, k, s, pad] = self.dims();
         let co_tile = self.plan.dx_co_tile as i32;
-        let cfg = LaunchConfig {
-            grid_dim: (
+        let cfg = grid_with_shared(
+            (
                 blocks_for(p.height * p.width, THREADS),
                 p.in_channels.div_ceil(self.plan.dx_width) as u32,
                 p.batch as u32,
             ),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: self.plan.dx_smem_bytes(p.kernel_size * p.kernel_size),
-        };
-        let weight = device_addr(weight, &self.stream);
-        let dy = device_addr(dy, &self.stream);
-        let dx = device_addr_mut(dx, &self.stream);
+            THREADS,
+            self.plan.dx_smem_bytes(p.kernel_size * p.kernel_size),
+        );
         // SAFETY: buffer lengths checked above match the kernel's indexing; the shared memory
         // holds the plan's weight tile.
         unsafe {
-            launch!(
-                self.stream,
-                &self.grad_input_fn,
-                cfg,
-                [&dy, &weight, &dx, &ci, &co, &h, &w, &ho, &wo, &k, &s, &pad, &co_tile]
-            )?;
+            launch!(self.grad_input_fn, cfg, [
+                in dy, in weight, out dx, &ci, &co, &h, &w, &ho, &wo, &k, &s, &pad, &co_tile
+            ])?;
         }
         Ok(())
     }
@@ -617,81 +605,33 @@ impl<T: Element> ConvTransposeGpu<T> {
         let hwo = (p.out_height() * p.out_width()) as i32;
         let n_w = p.weight_len() as i32;
         let bias_parts = (p.batch * plan.db_pieces) as i32;
-        let weight_cfg = LaunchConfig {
-            grid_dim: (
+        let weight_cfg = grid_with_shared(
+            (
                 plan.dw_chunks as u32,
                 p.in_channels.div_ceil(plan.dw_width) as u32,
                 p.out_channels.div_ceil(plan.dw_co_tile) as u32,
             ),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: plan.dw_smem_bytes(),
-        };
-        let bias_cfg = LaunchConfig {
-            grid_dim: (p.out_channels as u32, plan.db_pieces as u32, p.batch as u32),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let finalize_cfg = LaunchConfig {
-            grid_dim: (
-                (p.weight_len() + p.out_channels).div_ceil(FINALIZE_ENTRIES) as u32,
-                1,
-                1,
-            ),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let x = device_addr(x, &self.stream);
-        let dy = device_addr(dy, &self.stream);
-        let d_weight = device_addr_mut(d_weight, &self.stream);
-        let d_bias = device_addr_mut(d_bias, &self.stream);
+            THREADS,
+            plan.dw_smem_bytes(),
+        );
+        let bias_cfg = grid(
+            (p.out_channels as u32, plan.db_pieces as u32, p.batch as u32),
+            THREADS,
+        );
+        let finalize_blocks = (p.weight_len() + p.out_channels).div_ceil(FINALIZE_ENTRIES);
+        let finalize_cfg = grid((finalize_blocks as u32, 1, 1), THREADS);
         // SAFETY: buffer lengths checked above match the kernels' indexing; the partials were
         // allocated for this plan, and every partial the finalize step reads is written first.
         unsafe {
-            launch!(
-                self.stream,
-                &self.grad_weight_fn,
-                weight_cfg,
-                [
-                    &x,
-                    &dy,
-                    &mut self.weight_partials,
-                    &batch,
-                    &ci,
-                    &co,
-                    &h,
-                    &w,
-                    &ho,
-                    &wo,
-                    &k,
-                    &s,
-                    &pad,
-                    &co_tile,
-                    &tile_rows,
-                    &tile_cols,
-                    &chunks
-                ]
-            )?;
-            launch!(
-                self.stream,
-                &self.grad_bias_fn,
-                bias_cfg,
-                [&dy, &mut self.bias_partials, &co, &hwo]
-            )?;
-            launch!(
-                self.stream,
-                &self.finalize_fn,
-                finalize_cfg,
-                [
-                    &self.weight_partials,
-                    &self.bias_partials,
-                    &d_weight,
-                    &d_bias,
-                    &n_w,
-                    &chunks,
-                    &co,
-                    &bias_parts
-                ]
-            )?;
+            launch!(self.grad_weight_fn, weight_cfg, [
+                in x, in dy, &mut self.weight_partials, &batch, &ci, &co, &h, &w, &ho, &wo, &k, &s,
+                &pad, &co_tile, &tile_rows, &tile_cols, &chunks
+            ])?;
+            launch!(self.k.ct_grad_bias, bias_cfg, [in dy, &mut self.bias_partials, &co, &hwo])?;
+            launch!(self.k.ct_finalize_params, finalize_cfg, [
+                &self.weight_partials, &self.bias_partials, out d_weight, out d_bias, &n_w,
+                &chunks, &co, &bias_parts
+            ])?;
         }
         Ok(())
     }

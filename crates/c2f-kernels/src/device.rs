@@ -9,10 +9,9 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
-    DeviceRepr, LaunchConfig,
-};
+use cudarc::driver::{CudaContext, CudaModule, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
+// What the launchers and the `launch!` and `kernel_set!` macros name, from one place.
+pub use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 
 use crate::element::Element;
@@ -227,31 +226,36 @@ impl Gpu {
     }
 }
 
-/// The stream and the one entry point of an op for element type `T`: what the launchers of a
-/// single kernel (channel copy, dropout, axpby) hold.
-pub struct TypedKernel<T: Element> {
+/// One entry point and the stream it launches on: what [`launch!`] takes.
+#[derive(Clone)]
+pub struct Kernel {
     pub stream: Arc<CudaStream>,
     pub function: CudaFunction,
-    _storage: std::marker::PhantomData<T>,
 }
 
-impl<T: Element> TypedKernel<T> {
-    /// The entry point `name` of `kernel`, for `T` ([`Gpu::typed_function`]).
+impl Kernel {
+    /// The entry point `name` of `kernel` ([`Gpu::function`]).
     pub fn new(gpu: &Gpu, kernel: &KernelSource, name: &str) -> Result<Self> {
-        Ok(TypedKernel {
+        Ok(Kernel {
+            stream: gpu.stream().clone(),
+            function: gpu.function(kernel, name)?,
+        })
+    }
+
+    /// The entry point `NAME_f32` or `NAME_bf16` of `kernel` for `T` ([`Gpu::typed_function`]).
+    pub fn typed<T: Element>(gpu: &Gpu, kernel: &KernelSource, name: &str) -> Result<Self> {
+        Ok(Kernel {
             stream: gpu.stream().clone(),
             function: gpu.typed_function::<T>(kernel, name)?,
-            _storage: std::marker::PhantomData,
         })
     }
 }
 
-/// The stream and the forward and backward entry points of an op for element type `T`: what
-/// the launchers of one forward and one backward kernel (pooling, ReLU, resize) hold.
+/// The forward and backward entry points of an op for element type `T`: what the launchers of
+/// one forward and one backward kernel (pooling, ReLU, resize) hold.
 pub struct KernelPair<T: Element> {
-    pub stream: Arc<CudaStream>,
-    pub forward: CudaFunction,
-    pub backward: CudaFunction,
+    pub forward: Kernel,
+    pub backward: Kernel,
     _storage: std::marker::PhantomData<T>,
 }
 
@@ -259,9 +263,8 @@ impl<T: Element> KernelPair<T> {
     /// The entry points `forward` and `backward` of `kernel`, for `T` ([`Gpu::typed_function`]).
     pub fn new(gpu: &Gpu, kernel: &KernelSource, forward: &str, backward: &str) -> Result<Self> {
         Ok(KernelPair {
-            stream: gpu.stream().clone(),
-            forward: gpu.typed_function::<T>(kernel, forward)?,
-            backward: gpu.typed_function::<T>(kernel, backward)?,
+            forward: Kernel::typed::<T>(gpu, kernel, forward)?,
+            backward: Kernel::typed::<T>(gpu, kernel, backward)?,
             _storage: std::marker::PhantomData,
         })
     }
@@ -294,21 +297,109 @@ pub fn device_addr_mut<T>(buf: &mut impl DevicePtrMut<T>, stream: &CudaStream) -
     buf.device_ptr_mut(stream).0
 }
 
-/// Launches `function` on `stream` with `cfg` and the kernel arguments in order (each a
-/// reference, as cudarc's `LaunchArgs::arg` takes them): cudarc's
+/// Launches `kernel` (a [`Kernel`]) with `cfg` and the kernel arguments in order: cudarc's
 /// `stream.launch_builder(function).arg(..)…launch(cfg)` chain, written once for every launcher.
+/// An argument is one of
+///
+/// - `in buf`: an input buffer (`&impl DevicePtr<T>`), pushed as its [`device_addr`];
+/// - `out buf`: an output buffer (`&mut impl DevicePtrMut<T>`), pushed as its
+///   [`device_addr_mut`];
+/// - any other expression: a reference, as cudarc's `LaunchArgs::arg` takes it (`&n`,
+///   `&mut self.scratch`).
+///
 /// Evaluates to `Result<(), DriverError>`. It calls the `unsafe` `LaunchArgs::launch`, so it
 /// stands inside the caller's `unsafe` block, under the caller's SAFETY comment on why the
-/// arguments fit the kernel.
+/// arguments fit the kernel. The arguments are written as the kernel's parameter list, several
+/// to a line (rustfmt leaves the `in`/`out` forms alone).
 #[macro_export]
 macro_rules! launch {
-    ($stream:expr, $function:expr, $cfg:expr, [$($arg:expr),* $(,)?]) => {
-        $stream
-            .launch_builder($function)
-            $(.arg($arg))*
-            .launch($cfg)
-            .map(|_no_events| ())
+    (@push $s:ident, $b:expr, $cfg:expr;) => {
+        $b.launch($cfg).map(|_no_events| ())
     };
+    (@push $s:ident, $b:expr, $cfg:expr; in $buf:expr $(, $($rest:tt)*)?) => {
+        $crate::launch!(@push $s, $b.arg(&$crate::device::device_addr($buf, $s)), $cfg;
+            $($($rest)*)?)
+    };
+    (@push $s:ident, $b:expr, $cfg:expr; out $buf:expr $(, $($rest:tt)*)?) => {
+        $crate::launch!(@push $s, $b.arg(&$crate::device::device_addr_mut($buf, $s)), $cfg;
+            $($($rest)*)?)
+    };
+    (@push $s:ident, $b:expr, $cfg:expr; $arg:expr $(, $($rest:tt)*)?) => {
+        $crate::launch!(@push $s, $b.arg($arg), $cfg; $($($rest)*)?)
+    };
+    ($kernel:expr, $cfg:expr, [$($args:tt)*]) => {{
+        #[allow(unused_imports)]
+        use $crate::device::PushKernelArg as _;
+        let kernel: &$crate::device::Kernel = &$kernel;
+        let stream = &kernel.stream;
+        $crate::launch!(@push stream, stream.launch_builder(&kernel.function), $cfg; $($args)*)
+    }};
+}
+
+/// Declares the struct of a launcher's entry points in one kernel file, loaded once by its
+/// `new(gpu)`: `stream`, and one [`Kernel`] field per entry point, named as the entry point
+/// (private fields: the launcher's own module uses them).
+/// Those listed under `typed` are the `NAME_f32` or `NAME_bf16` variant for the struct's
+/// element type `T` ([`Gpu::typed_function`]); those under `plain` have one variant.
+///
+/// ```ignore
+/// kernel_set! {
+///     /// The mask entry points.
+///     struct MaskKernels: crate::sources::MASK;
+///     typed: mask_stats, mask_apply;
+///     plain: mask_stats_finish;
+/// }
+/// ```
+#[macro_export]
+macro_rules! kernel_set {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident: $source:expr;
+        typed: $($typed:ident),*;
+        $(plain: $($plain:ident),*;)?
+    ) => {
+        $(#[$meta])*
+        $vis struct $name<T: $crate::Element> {
+            /// The stream they launch on, for the launcher's copies and reads.
+            #[allow(dead_code)]
+            stream: std::sync::Arc<$crate::device::CudaStream>,
+            $($typed: $crate::device::Kernel,)*
+            $($($plain: $crate::device::Kernel,)*)?
+            _storage: std::marker::PhantomData<T>,
+        }
+
+        impl<T: $crate::Element> $name<T> {
+            $vis fn new(gpu: &$crate::Gpu) -> $crate::Result<Self> {
+                use $crate::device::Kernel;
+                let source = &$source;
+                Ok($name {
+                    stream: gpu.stream().clone(),
+                    $($typed: Kernel::typed::<T>(gpu, source, stringify!($typed))?,)*
+                    $($($plain: Kernel::new(gpu, source, stringify!($plain))?,)*)?
+                    _storage: std::marker::PhantomData,
+                })
+            }
+        }
+    };
+}
+
+/// A launch of `grid_dim` blocks of `threads` threads, without dynamic shared memory.
+pub fn grid(grid_dim: (u32, u32, u32), threads: u32) -> LaunchConfig {
+    grid_with_shared(grid_dim, threads, 0)
+}
+
+/// A launch of `grid_dim` blocks of `threads` threads with `shared_mem_bytes` of dynamic shared
+/// memory.
+pub fn grid_with_shared(
+    grid_dim: (u32, u32, u32),
+    threads: u32,
+    shared_mem_bytes: u32,
+) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim,
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes,
+    }
 }
 
 /// Blocks of `block` threads covering `n` items, as a grid dimension.
@@ -321,11 +412,10 @@ const ELEMENTWISE_THREADS: u32 = 256;
 
 /// The grid of an element-wise kernel: one thread per item of `n`.
 pub fn elementwise(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (blocks_for(n, ELEMENTWISE_THREADS), 1, 1),
-        block_dim: (ELEMENTWISE_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    grid(
+        (blocks_for(n, ELEMENTWISE_THREADS), 1, 1),
+        ELEMENTWISE_THREADS,
+    )
 }
 
 /// Planes each thread of a plane-group kernel handles (`PLANES_PER_THREAD` in
@@ -338,15 +428,9 @@ const PLANE_GROUP_THREADS: u32 = 128;
 /// `plane_len` positions and per group of [`PLANES_PER_THREAD`] of the `planes` planes (grid z,
 /// capped at 65,535; the kernels stride over the rest).
 pub fn plane_groups(plane_len: usize, planes: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (
-            blocks_for(plane_len, PLANE_GROUP_THREADS),
-            1,
-            planes.div_ceil(PLANES_PER_THREAD).min(65_535) as u32,
-        ),
-        block_dim: (PLANE_GROUP_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    let groups = planes.div_ceil(PLANES_PER_THREAD).min(65_535) as u32;
+    let cfg = (blocks_for(plane_len, PLANE_GROUP_THREADS), 1, groups);
+    grid(cfg, PLANE_GROUP_THREADS)
 }
 
 /// Reads the `[loss bits, status, label]` triple that the loss kernels (softmax cross-entropy,

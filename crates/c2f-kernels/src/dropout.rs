@@ -16,10 +16,10 @@
 //! identity, `p = 1` gives `x·0`; `p` outside `[0, 1]` is an error. With `training == false`
 //! dropout is the identity (a copy). Kernel: `kernels/dropout.cu`.
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu, TypedKernel};
+use crate::device::{blocks_for, grid};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
 use crate::launch;
@@ -123,39 +123,17 @@ const DROPOUT_THREADS: u32 = 256;
 /// Grid-stride kernels launch at most this many blocks.
 const MAX_BLOCKS: u32 = 8192;
 
-/// The dropout kernel for element type `T`; it works on any length.
-pub struct DropoutGpu<T: Element> {
-    kernel: TypedKernel<T>,
+crate::kernel_set! {
+    /// The dropout kernel for element type `T`; it works on any length.
+    pub struct DropoutGpu: crate::sources::DROPOUT;
+    typed: dropout_apply;
 }
 
 impl<T: Element> DropoutGpu<T> {
-    pub fn new(gpu: &Gpu) -> Result<Self> {
-        Ok(DropoutGpu {
-            kernel: TypedKernel::new(gpu, &crate::sources::DROPOUT, "dropout_apply")?,
-        })
-    }
-
-    /// `y = x·mask/(1−p)` in training, `y = x` in inference.
-    pub fn forward(
-        &self,
-        params: &DropoutParams,
-        x: &impl DevicePtr<T>,
-        y: &mut impl DevicePtrMut<T>,
-    ) -> Result<()> {
-        self.apply(params, x, y)
-    }
-
-    /// `dx = dy·mask/(1−p)` (assigned), the same mask as the forward with the same `params`.
-    pub fn backward(
-        &self,
-        params: &DropoutParams,
-        dy: &impl DevicePtr<T>,
-        dx: &mut impl DevicePtrMut<T>,
-    ) -> Result<()> {
-        self.apply(params, dy, dx)
-    }
-
-    fn apply(
+    /// `out = input·mask/(1−p)` in training, `out = input` in inference (assigned): the forward
+    /// (`y` from `x`) and, with the same `params` and so the same mask, the backward (`dx` from
+    /// `dy`), as [`dropout_forward_cpu`] and [`dropout_backward_cpu`].
+    pub fn apply(
         &self,
         params: &DropoutParams,
         input: &impl DevicePtr<T>,
@@ -167,33 +145,17 @@ impl<T: Element> DropoutGpu<T> {
             return Ok(());
         }
         if !params.training {
-            self.kernel.stream.memcpy_dtod(input, out)?;
+            self.stream.memcpy_dtod(input, out)?;
             return Ok(());
         }
         let n = input.len() as i64;
         let (key, threshold, scale) = (params.key(), params.threshold(), params.scale() as f32);
-        let cfg = LaunchConfig {
-            grid_dim: (
-                blocks_for(input.len(), DROPOUT_THREADS).min(MAX_BLOCKS),
-                1,
-                1,
-            ),
-            block_dim: (DROPOUT_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (input, out) = (
-            device_addr(input, &self.kernel.stream),
-            device_addr_mut(out, &self.kernel.stream),
-        );
+        let blocks = blocks_for(input.len(), DROPOUT_THREADS).min(MAX_BLOCKS);
+        let cfg = grid((blocks, 1, 1), DROPOUT_THREADS);
         // SAFETY: both buffers hold n elements; the kernel is grid-stride over n.
         unsafe {
-            launch!(
-                self.kernel.stream,
-                &self.kernel.function,
-                cfg,
-                [&input, &out, &n, &key, &threshold, &scale]
-            )?;
-        }
+            launch!(self.dropout_apply, cfg, [in input, out out, &n, &key, &threshold, &scale])?
+        };
         Ok(())
     }
 }

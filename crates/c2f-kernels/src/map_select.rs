@@ -8,14 +8,10 @@
 //! Every result is the same bits on every run (fixed-order sums, no float atomics). Kernels:
 //! `kernels/map_select.cu`.
 
-use std::sync::Arc;
-
-use cudarc::driver::{
-    CudaFunction, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg,
-};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 use rayon::prelude::*;
 
-use crate::device::{device_addr, device_addr_mut, elementwise, Gpu};
+use crate::device::{elementwise, Gpu};
 use crate::element::Element;
 use crate::error::{check_dims, check_len, Error, Result};
 use crate::launch;
@@ -181,27 +177,19 @@ pub fn mean_maps_backward_cpu<R: Real>(shape: &MapShape, ds: &[R], da: &mut [R])
 /// accumulating.
 pub struct MapSelectGpu<T: Element> {
     shape: MapShape,
-    stream: Arc<CudaStream>,
-    select_forward_fn: CudaFunction,
-    select_backward_fn: CudaFunction,
-    mean_forward_fn: CudaFunction,
-    mean_backward_fn: CudaFunction,
-    _storage: std::marker::PhantomData<T>,
+    k: MapSelectKernels<T>,
+}
+
+crate::kernel_set! {
+    struct MapSelectKernels: crate::sources::MAP_SELECT;
+    typed: select_map_forward, select_map_backward, mean_maps_forward, mean_maps_backward;
 }
 
 impl<T: Element> MapSelectGpu<T> {
     pub fn new(gpu: &Gpu, shape: MapShape) -> Result<Self> {
         shape.validate()?;
-        let src = &crate::sources::MAP_SELECT;
-        Ok(MapSelectGpu {
-            shape,
-            stream: gpu.stream().clone(),
-            select_forward_fn: gpu.typed_function::<T>(src, "select_map_forward")?,
-            select_backward_fn: gpu.typed_function::<T>(src, "select_map_backward")?,
-            mean_forward_fn: gpu.typed_function::<T>(src, "mean_maps_forward")?,
-            mean_backward_fn: gpu.typed_function::<T>(src, "mean_maps_backward")?,
-            _storage: std::marker::PhantomData,
-        })
+        let k = MapSelectKernels::new(gpu)?;
+        Ok(MapSelectGpu { shape, k })
     }
 
     pub fn shape(&self) -> &MapShape {
@@ -217,22 +205,9 @@ impl<T: Element> MapSelectGpu<T> {
     ) -> Result<()> {
         let sh = &self.shape;
         check_select(sh, indices.len(), a.len(), s.len())?;
-        let g = sh.device();
-        let st = &self.stream;
-        let (a, indices, s) = (
-            device_addr(a, st),
-            device_addr(indices, st),
-            device_addr_mut(s, st),
-        );
+        let (cfg, g) = (elementwise(sh.map_len()), sh.device());
         // SAFETY: buffer lengths checked above; an index is checked on the device before use.
-        unsafe {
-            launch!(
-                self.stream,
-                &self.select_forward_fn,
-                elementwise(sh.map_len()),
-                [&a, &indices, &s, &g]
-            )?;
-        }
+        unsafe { launch!(self.k.select_map_forward, cfg, [in a, in indices, out s, &g])? };
         Ok(())
     }
 
@@ -247,23 +222,13 @@ impl<T: Element> MapSelectGpu<T> {
     ) -> Result<()> {
         let sh = &self.shape;
         check_select(sh, indices.len(), da.len(), ds.len())?;
-        let g = sh.device();
-        let acc = i32::from(accumulate);
-        let st = &self.stream;
-        let (indices, ds, da) = (
-            device_addr(indices, st),
-            device_addr(ds, st),
-            device_addr_mut(da, st),
+        let (cfg, g, acc) = (
+            elementwise(sh.maps_len()),
+            sh.device(),
+            i32::from(accumulate),
         );
         // SAFETY: buffer lengths checked above; an index is checked on the device before use.
-        unsafe {
-            launch!(
-                self.stream,
-                &self.select_backward_fn,
-                elementwise(sh.maps_len()),
-                [&indices, &ds, &da, &g, &acc]
-            )?;
-        }
+        unsafe { launch!(self.k.select_map_backward, cfg, [in indices, in ds, out da, &g, &acc])? };
         Ok(())
     }
 
@@ -271,20 +236,9 @@ impl<T: Element> MapSelectGpu<T> {
     pub fn mean_forward(&self, a: &impl DevicePtr<T>, s: &mut impl DevicePtrMut<T>) -> Result<()> {
         let sh = &self.shape;
         check_mean(sh, a.len(), s.len())?;
-        let g = sh.device();
-        let (a, s) = (
-            device_addr(a, &self.stream),
-            device_addr_mut(s, &self.stream),
-        );
+        let (cfg, g) = (elementwise(sh.map_len()), sh.device());
         // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe {
-            launch!(
-                self.stream,
-                &self.mean_forward_fn,
-                elementwise(sh.map_len()),
-                [&a, &s, &g]
-            )?;
-        }
+        unsafe { launch!(self.k.mean_maps_forward, cfg, [in a, out s, &g])? };
         Ok(())
     }
 
@@ -296,20 +250,9 @@ impl<T: Element> MapSelectGpu<T> {
     ) -> Result<()> {
         let sh = &self.shape;
         check_mean(sh, da.len(), ds.len())?;
-        let g = sh.device();
-        let (ds, da) = (
-            device_addr(ds, &self.stream),
-            device_addr_mut(da, &self.stream),
-        );
+        let (cfg, g) = (elementwise(sh.maps_len()), sh.device());
         // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe {
-            launch!(
-                self.stream,
-                &self.mean_backward_fn,
-                elementwise(sh.maps_len()),
-                [&ds, &da, &g]
-            )?;
-        }
+        unsafe { launch!(self.k.mean_maps_backward, cfg, [in ds, out da, &g])? };
         Ok(())
     }
 }

@@ -14,15 +14,10 @@
 //! Every result is the same bits on every run (fixed-order sums, no float atomics). Kernels:
 //! `kernels/mask.cu`.
 
-use std::sync::Arc;
-
-use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
-    PushKernelArg,
-};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
 use rayon::prelude::*;
 
-use crate::device::{device_addr, device_addr_mut, elementwise, Gpu};
+use crate::device::{device_addr_mut, elementwise, grid, Gpu};
 use crate::element::Element;
 use crate::error::{check_dims, check_len, Error, Result};
 use crate::launch;
@@ -228,13 +223,7 @@ pub fn mask_backward_cpu<R: Real>(
 /// `u_max` (f32) and `argmax` (i32) are `[B]` buffers the forward fills and the backward reads.
 pub struct MaskGpu<T: Element> {
     shape: MaskShape,
-    stream: Arc<CudaStream>,
-    stats_fn: CudaFunction,
-    stats_finish_fn: CudaFunction,
-    apply_fn: CudaFunction,
-    reduce_fn: CudaFunction,
-    dot_finish_fn: CudaFunction,
-    backward_fn: CudaFunction,
+    k: MaskKernels<T>,
     /// Each (sample, chunk)'s maximum and its position.
     part_max: CudaSlice<f32>,
     part_arg: CudaSlice<i32>,
@@ -242,7 +231,12 @@ pub struct MaskGpu<T: Element> {
     dot_partials: CudaSlice<f32>,
     /// `Σ_p g[p]·Mk[p]` per sample.
     dot: CudaSlice<f32>,
-    _storage: std::marker::PhantomData<T>,
+}
+
+crate::kernel_set! {
+    struct MaskKernels: crate::sources::MASK;
+    typed: mask_stats, mask_apply, mask_backward_reduce, mask_backward;
+    plain: mask_stats_finish, mask_dot_finish;
 }
 
 /// Pixels per block of the per-sample reductions (`MASK_CHUNK` in `kernels/mask.cu`).
@@ -251,33 +245,21 @@ const MASK_CHUNK: usize = THREADS as usize * 4;
 impl<T: Element> MaskGpu<T> {
     pub fn new(gpu: &Gpu, shape: MaskShape) -> Result<Self> {
         shape.validate()?;
-        let src = &crate::sources::MASK;
         let partials = shape.batch * shape.hw().div_ceil(MASK_CHUNK);
         Ok(MaskGpu {
             shape,
-            stream: gpu.stream().clone(),
-            stats_fn: gpu.typed_function::<T>(src, "mask_stats")?,
-            stats_finish_fn: gpu.function(src, "mask_stats_finish")?,
-            apply_fn: gpu.typed_function::<T>(src, "mask_apply")?,
-            reduce_fn: gpu.typed_function::<T>(src, "mask_backward_reduce")?,
-            dot_finish_fn: gpu.function(src, "mask_dot_finish")?,
-            backward_fn: gpu.typed_function::<T>(src, "mask_backward")?,
+            k: MaskKernels::new(gpu)?,
             part_max: gpu.alloc_zeros(partials)?,
             part_arg: gpu.alloc_zeros(partials)?,
             dot_partials: gpu.alloc_zeros(partials)?,
             dot: gpu.alloc_zeros(shape.batch)?,
-            _storage: std::marker::PhantomData,
         })
     }
 
     /// The per-sample reductions' grid, (chunks, B), and its chunk count.
     fn per_chunk(&self) -> (LaunchConfig, i32) {
         let chunks = self.shape.hw().div_ceil(MASK_CHUNK);
-        let cfg = LaunchConfig {
-            grid_dim: (chunks as u32, self.shape.batch as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = grid((chunks as u32, self.shape.batch as u32, 1), THREADS);
         (cfg, chunks as i32)
     }
 
@@ -303,44 +285,18 @@ impl<T: Element> MaskGpu<T> {
             [u_max.len(), argmax.len()],
         )?;
         let g = sh.device();
-        let hw = g.hw;
-        let st = &self.stream;
-        let (u, x, xf) = (
-            device_addr(u, st),
-            device_addr(x, st),
-            device_addr_mut(xf, st),
-        );
-        let (u_max, argmax) = (device_addr_mut(u_max, st), device_addr_mut(argmax, st));
         let (chunks_cfg, chunks) = self.per_chunk();
-        let batch = sh.batch as i32;
+        let (per_sample, per_pixel) = (elementwise(sh.batch), elementwise(sh.map_len()));
         // SAFETY: buffer lengths checked above match the kernels' indexing; the partials hold
         // B·chunks entries.
         unsafe {
-            launch!(
-                self.stream,
-                &self.stats_fn,
-                chunks_cfg,
-                [&u, &mut self.part_max, &mut self.part_arg, &hw]
-            )?;
-            launch!(
-                self.stream,
-                &self.stats_finish_fn,
-                elementwise(sh.batch),
-                [
-                    &self.part_max,
-                    &self.part_arg,
-                    &chunks,
-                    &batch,
-                    &u_max,
-                    &argmax
-                ]
-            )?;
-            launch!(
-                self.stream,
-                &self.apply_fn,
-                elementwise(sh.map_len()),
-                [&u, &x, &u_max, &xf, &g]
-            )?;
+            launch!(self.k.mask_stats, chunks_cfg, [
+                in u, &mut self.part_max, &mut self.part_arg, &g.hw
+            ])?;
+            launch!(self.k.mask_stats_finish, per_sample, [
+                &self.part_max, &self.part_arg, &chunks, &g.batch, out u_max, out argmax
+            ])?;
+            launch!(self.k.mask_apply, per_pixel, [in u, in x, out u_max, out xf, &g])?;
         }
         Ok(())
     }
@@ -359,7 +315,7 @@ impl<T: Element> MaskGpu<T> {
         du: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         let du_len = du.len();
-        let du = device_addr_mut(du, &self.stream);
+        let du = device_addr_mut(du, &self.k.stream);
         self.launch_backward(u, x, dxf, u_max, argmax, (du, du_len), None)
     }
 
@@ -376,8 +332,8 @@ impl<T: Element> MaskGpu<T> {
         dx: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         let (du_len, dx_len) = (du.len(), dx.len());
-        let du = device_addr_mut(du, &self.stream);
-        let dx = device_addr_mut(dx, &self.stream);
+        let du = device_addr_mut(du, &self.k.stream);
+        let dx = device_addr_mut(dx, &self.k.stream);
         self.launch_backward(u, x, dxf, u_max, argmax, (du, du_len), Some((dx, dx_len)))
     }
 
@@ -404,33 +360,23 @@ impl<T: Element> MaskGpu<T> {
             check_len("mask dX", len, sh.image_len())?;
         }
         let g = sh.device();
-        let st = &self.stream;
-        let (u, x, dxf) = (device_addr(u, st), device_addr(x, st), device_addr(dxf, st));
-        let (u_max, argmax) = (device_addr(u_max, st), device_addr(argmax, st));
         let (du, dx) = (du.0, dx.map_or(0u64, |d| d.0));
         let (chunks_cfg, chunks) = self.per_chunk();
-        let batch = sh.batch as i32;
+        let (per_sample, per_pixel) = (elementwise(sh.batch), elementwise(sh.map_len()));
         // SAFETY: buffer lengths checked above match the kernels' indexing; `dot` holds B floats
         // and `dot_partials` B·chunks; a null `dx` is never written.
         unsafe {
+            launch!(self.k.mask_backward_reduce, chunks_cfg, [
+                in u, in x, in dxf, in u_max, &mut self.dot_partials, &g
+            ])?;
             launch!(
-                self.stream,
-                &self.reduce_fn,
-                chunks_cfg,
-                [&u, &x, &dxf, &u_max, &mut self.dot_partials, &g]
+                self.k.mask_dot_finish,
+                per_sample,
+                [&self.dot_partials, &chunks, &g.batch, &mut self.dot]
             )?;
-            launch!(
-                self.stream,
-                &self.dot_finish_fn,
-                elementwise(sh.batch),
-                [&self.dot_partials, &chunks, &batch, &mut self.dot]
-            )?;
-            launch!(
-                self.stream,
-                &self.backward_fn,
-                elementwise(sh.map_len()),
-                [&u, &x, &dxf, &u_max, &argmax, &self.dot, &du, &dx, &g]
-            )?;
+            launch!(self.k.mask_backward, per_pixel, [
+                in u, in x, in dxf, in u_max, in argmax, &self.dot, &du, &dx, &g
+            ])?;
         }
         Ok(())
     }

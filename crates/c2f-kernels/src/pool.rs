@@ -15,10 +15,10 @@
 //! outputs in row-major order, without atomics), so every result is the same bits on every run.
 //! Kernels: `kernels/pool.cu`.
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 use rayon::prelude::*;
 
-use crate::device::{device_addr, device_addr_mut, elementwise, plane_groups, Gpu, KernelPair};
+use crate::device::{elementwise, grid, plane_groups, Gpu, KernelPair};
 use crate::element::Element;
 use crate::error::{check_len, check_shape, Error, Result};
 use crate::launch;
@@ -269,7 +269,7 @@ pub fn max_pool2d_forward_cpu<R: Real>(
         .zip(x.par_chunks(g.in_plane()))
         .for_each(|((yp, ip), xp)| {
             let outputs = yp.iter_mut().zip(ip.iter_mut());
-            for ((yo, io), (r, c)) in outputs.zip(grid(&rows, &cols)) {
+            for ((yo, io), (r, c)) in outputs.zip(each_window(&rows, &cols)) {
                 let mut best = R::neg_infinity();
                 let mut best_i = r.lo * g.w + c.lo;
                 for ih in r.lo..r.hi {
@@ -307,7 +307,7 @@ pub fn max_pool2d_backward_cpu<R: Real>(
         .enumerate()
         .try_for_each(|(plane, ((dxp, dyp), ip))| {
             dxp.fill(R::zero());
-            for (o, (r, c)) in grid(&rows, &cols).enumerate() {
+            for (o, (r, c)) in each_window(&rows, &cols).enumerate() {
                 let index = ip[o];
                 let (ih, iw) = (index as usize / g.w, index as usize % g.w);
                 let inside = index >= 0 && (r.lo..r.hi).contains(&ih) && (c.lo..c.hi).contains(&iw);
@@ -340,7 +340,7 @@ pub fn avg_pool2d_forward_cpu<R: Real>(
     y.par_chunks_mut(g.out_plane())
         .zip(x.par_chunks(g.in_plane()))
         .for_each(|(yp, xp)| {
-            for (yo, (r, c)) in yp.iter_mut().zip(grid(&rows, &cols)) {
+            for (yo, (r, c)) in yp.iter_mut().zip(each_window(&rows, &cols)) {
                 let mut sum = R::zero();
                 for ih in r.lo..r.hi {
                     for &v in &xp[ih * g.w..][c.lo..c.hi] {
@@ -368,7 +368,7 @@ pub fn avg_pool2d_backward_cpu<R: Real>(
         .zip(dy.par_chunks(g.out_plane()))
         .for_each(|(dxp, dyp)| {
             dxp.fill(R::zero());
-            for (&d, (r, c)) in dyp.iter().zip(grid(&rows, &cols)) {
+            for (&d, (r, c)) in dyp.iter().zip(each_window(&rows, &cols)) {
                 let share = d / R::from_f64(g.divisor(r, c) as f64);
                 for ih in r.lo..r.hi {
                     for v in &mut dxp[ih * g.w..][c.lo..c.hi] {
@@ -381,7 +381,7 @@ pub fn avg_pool2d_backward_cpu<R: Real>(
 }
 
 /// Output windows in row-major order.
-fn grid<'a>(
+fn each_window<'a>(
     rows: &'a [Window],
     cols: &'a [Window],
 ) -> impl Iterator<Item = (&'a Window, &'a Window)> {
@@ -472,19 +472,9 @@ impl<T: Element> MaxPool2dGpu<T> {
         check_len("max pool x", x.len(), g.in_len())?;
         check_len("max pool y", y.len(), g.out_len())?;
         check_len("max pool indices", indices.len(), g.out_len())?;
-        let dev = g.device();
-        let st = &self.kernels.stream;
-        let (x, y) = (device_addr(x, st), device_addr_mut(y, st));
-        let indices = device_addr_mut(indices, st);
+        let cfg = plane_groups(g.oh * g.ow, g.planes);
         // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe {
-            launch!(
-                self.kernels.stream,
-                &self.kernels.forward,
-                plane_groups(g.oh * g.ow, g.planes),
-                [&x, &y, &indices, &dev]
-            )?;
-        }
+        unsafe { launch!(self.kernels.forward, cfg, [in x, out y, out indices, &g.device()])? };
         Ok(())
     }
 
@@ -501,19 +491,9 @@ impl<T: Element> MaxPool2dGpu<T> {
         check_len("max pool indices", indices.len(), g.out_len())?;
         check_len("max pool dy", dy.len(), g.out_len())?;
         check_len("max pool dx", dx.len(), g.in_len())?;
-        let dev = g.device();
-        let st = &self.kernels.stream;
-        let indices = device_addr(indices, st);
-        let (dy, dx) = (device_addr(dy, st), device_addr_mut(dx, st));
+        let cfg = plane_groups(g.h * g.w, g.planes);
         // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe {
-            launch!(
-                self.kernels.stream,
-                &self.kernels.backward,
-                plane_groups(g.h * g.w, g.planes),
-                [&indices, &dy, &dx, &dev]
-            )?;
-        }
+        unsafe { launch!(self.kernels.backward, cfg, [in indices, in dy, out dx, &g.device()])? };
         Ok(())
     }
 }
@@ -549,20 +529,9 @@ impl<T: Element> AvgPool2dGpu<T> {
         let g = &self.geom;
         check_len("avg pool x", x.len(), g.in_len())?;
         check_len("avg pool y", y.len(), g.out_len())?;
-        let dev = g.device();
-        let (x, y) = (
-            device_addr(x, &self.kernels.stream),
-            device_addr_mut(y, &self.kernels.stream),
-        );
+        let cfg = plane_groups(g.oh * g.ow, g.planes);
         // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe {
-            launch!(
-                self.kernels.stream,
-                &self.kernels.forward,
-                plane_groups(g.oh * g.ow, g.planes),
-                [&x, &y, &dev]
-            )?;
-        }
+        unsafe { launch!(self.kernels.forward, cfg, [in x, out y, &g.device()])? };
         Ok(())
     }
 
@@ -571,20 +540,9 @@ impl<T: Element> AvgPool2dGpu<T> {
         let g = &self.geom;
         check_len("avg pool dy", dy.len(), g.out_len())?;
         check_len("avg pool dx", dx.len(), g.in_len())?;
-        let dev = g.device();
-        let (dy, dx) = (
-            device_addr(dy, &self.kernels.stream),
-            device_addr_mut(dx, &self.kernels.stream),
-        );
+        let cfg = plane_groups(g.h * g.w, g.planes);
         // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe {
-            launch!(
-                self.kernels.stream,
-                &self.kernels.backward,
-                plane_groups(g.h * g.w, g.planes),
-                [&dy, &dx, &dev]
-            )?;
-        }
+        unsafe { launch!(self.kernels.backward, cfg, [in dy, out dx, &g.device()])? };
         Ok(())
     }
 }
@@ -623,24 +581,12 @@ impl<T: Element> GlobalAvgPoolGpu<T> {
             ["global avg pool x", "global avg pool y"],
         )?;
         let (planes, hw) = (s.planes() as i32, s.hw() as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (s.planes().div_ceil(GLOBAL_PLANES_PER_BLOCK) as u32, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (x, y) = (
-            device_addr(x, &self.kernels.stream),
-            device_addr_mut(y, &self.kernels.stream),
+        let cfg = grid(
+            (s.planes().div_ceil(GLOBAL_PLANES_PER_BLOCK) as u32, 1, 1),
+            THREADS,
         );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe {
-            launch!(
-                self.kernels.stream,
-                &self.kernels.forward,
-                cfg,
-                [&x, &y, &planes, &hw]
-            )?;
-        }
+        unsafe { launch!(self.kernels.forward, cfg, [in x, out y, &planes, &hw])? };
         Ok(())
     }
 
@@ -654,19 +600,9 @@ impl<T: Element> GlobalAvgPoolGpu<T> {
             ["global avg pool dx", "global avg pool dy"],
         )?;
         let (planes, hw) = (s.planes() as i32, s.hw() as i32);
-        let (dy, dx) = (
-            device_addr(dy, &self.kernels.stream),
-            device_addr_mut(dx, &self.kernels.stream),
-        );
+        let cfg = elementwise(s.numel());
         // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe {
-            launch!(
-                self.kernels.stream,
-                &self.kernels.backward,
-                elementwise(s.numel()),
-                [&dy, &dx, &planes, &hw]
-            )?;
-        }
+        unsafe { launch!(self.kernels.backward, cfg, [in dy, out dx, &planes, &hw])? };
         Ok(())
     }
 }

@@ -4,10 +4,10 @@
 //! and a NaN `dy` under `y ≤ 0` gives 0). The gradient is assigned. Every result is the same bits
 //! on every run. Kernels: `kernels/relu.cu`.
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 use rayon::prelude::*;
 
-use crate::device::{device_addr, device_addr_mut, elementwise, Gpu, KernelPair};
+use crate::device::{elementwise, Gpu, KernelPair};
 use crate::element::Element;
 use crate::error::{check_len, Error, Result};
 use crate::launch;
@@ -61,20 +61,8 @@ impl<T: Element> ReluGpu<T> {
         if n == 0 {
             return Ok(());
         }
-        let n_i = n as i32;
-        let (x, y) = (
-            device_addr(x, &self.kernels.stream),
-            device_addr_mut(y, &self.kernels.stream),
-        );
         // SAFETY: both buffers hold n elements.
-        unsafe {
-            launch!(
-                self.kernels.stream,
-                &self.kernels.forward,
-                elementwise(n),
-                [&x, &y, &n_i]
-            )?;
-        }
+        unsafe { launch!(self.kernels.forward, elementwise(n), [in x, out y, &(n as i32)])? };
         Ok(())
     }
 
@@ -92,22 +80,10 @@ impl<T: Element> ReluGpu<T> {
         if n == 0 {
             return Ok(());
         }
-        let n_i = n as i32;
-        let st = &self.kernels.stream;
-        let (y, dy, dx) = (
-            device_addr(y, st),
-            device_addr(dy, st),
-            device_addr_mut(dx, st),
-        );
         // SAFETY: all three buffers hold n elements.
         unsafe {
-            launch!(
-                self.kernels.stream,
-                &self.kernels.backward,
-                elementwise(n),
-                [&y, &dy, &dx, &n_i]
-            )?;
-        }
+            launch!(self.kernels.backward, elementwise(n), [in y, in dy, out dx, &(n as i32)])?
+        };
         Ok(())
     }
 }

@@ -11,10 +11,10 @@
 //! The gradient is assigned. Every result is the same bits on every run. Kernels:
 //! `kernels/resize.cu`.
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 use rayon::prelude::*;
 
-use crate::device::{device_addr, device_addr_mut, plane_groups, Gpu, KernelPair};
+use crate::device::{plane_groups, Gpu, KernelPair};
 use crate::element::Element;
 use crate::error::{check_dims, check_len, Result};
 use crate::launch;
@@ -220,20 +220,9 @@ impl<T: Element> ResizeBilinearGpu<T> {
     pub fn forward(&self, x: &impl DevicePtr<T>, y: &mut impl DevicePtrMut<T>) -> Result<()> {
         let sh = &self.shape;
         sh.check(x.len(), y.len(), ["bilinear resize x", "bilinear resize y"])?;
-        let g = sh.device();
-        let (x, y) = (
-            device_addr(x, &self.kernels.stream),
-            device_addr_mut(y, &self.kernels.stream),
-        );
+        let cfg = plane_groups(sh.out_height * sh.out_width, sh.planes());
         // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe {
-            launch!(
-                self.kernels.stream,
-                &self.kernels.forward,
-                plane_groups(sh.out_height * sh.out_width, sh.planes()),
-                [&x, &y, &g]
-            )?;
-        }
+        unsafe { launch!(self.kernels.forward, cfg, [in x, out y, &sh.device()])? };
         Ok(())
     }
 
@@ -246,20 +235,9 @@ impl<T: Element> ResizeBilinearGpu<T> {
             dy.len(),
             ["bilinear resize dx", "bilinear resize dy"],
         )?;
-        let g = sh.device();
-        let (dy, dx) = (
-            device_addr(dy, &self.kernels.stream),
-            device_addr_mut(dx, &self.kernels.stream),
-        );
+        let cfg = plane_groups(sh.in_height * sh.in_width, sh.planes());
         // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe {
-            launch!(
-                self.kernels.stream,
-                &self.kernels.backward,
-                plane_groups(sh.in_height * sh.in_width, sh.planes()),
-                [&dy, &dx, &g]
-            )?;
-        }
+        unsafe { launch!(self.kernels.backward, cfg, [in dy, out dx, &sh.device()])? };
         Ok(())
     }
 }

@@ -12,14 +12,11 @@
 //! multiply-adds, so it may differ from the CPU in the last bit. Kernel: `kernels/sgd.cu`.
 
 use std::ops::Range;
-use std::sync::Arc;
 
-use cudarc::driver::{
-    CudaFunction, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, device_addr, device_addr_mut, Gpu};
+use crate::device::{blocks_for, device_addr, device_addr_mut, grid, Gpu, Kernel};
 use crate::error::{check_len, Error, Result};
 use crate::launch;
 use crate::Real;
@@ -110,15 +107,13 @@ const MAX_BLOCKS: u32 = 4096;
 
 /// The SGD kernel; it works on any length.
 pub struct SgdGpu {
-    stream: Arc<CudaStream>,
-    step_fn: CudaFunction,
+    kernel: Kernel,
 }
 
 impl SgdGpu {
     pub fn new(gpu: &Gpu) -> Result<Self> {
         Ok(SgdGpu {
-            stream: gpu.stream().clone(),
-            step_fn: gpu.function(&crate::sources::SGD, "sgd_step")?,
+            kernel: Kernel::new(gpu, &crate::sources::SGD, "sgd_step")?,
         })
     }
 
@@ -157,28 +152,22 @@ impl SgdGpu {
         let n = range.len() as i64;
         let (lr, momentum) = (params.lr as f32, params.momentum as f32);
         let (weight_decay, grad_scale) = (params.weight_decay as f32, params.grad_scale as f32);
-        let cfg = LaunchConfig {
-            grid_dim: (
-                blocks_for(range.len().div_ceil(4), THREADS).min(MAX_BLOCKS),
-                1,
-                1,
-            ),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let blocks = blocks_for(range.len().div_ceil(4), THREADS).min(MAX_BLOCKS);
         // The range's first element in each buffer.
-        let at = (range.start * std::mem::size_of::<f32>()) as u64;
-        let w = device_addr_mut(weights, &self.stream) + at;
-        let g = device_addr(grads, &self.stream) + at;
-        let b = device_addr_mut(momentum_buf, &self.stream) + at;
+        let (at, st) = (
+            (range.start * std::mem::size_of::<f32>()) as u64,
+            &self.kernel.stream,
+        );
+        let w = device_addr_mut(weights, st) + at;
+        let g = device_addr(grads, st) + at;
+        let b = device_addr_mut(momentum_buf, st) + at;
         // SAFETY: the range lies within the three buffers (checked above), so each address is
         // followed by n elements; the kernel is grid-stride over n and checks the alignment of
         // all three before using float4 accesses.
         unsafe {
             launch!(
-                self.stream,
-                &self.step_fn,
-                cfg,
+                self.kernel,
+                grid((blocks, 1, 1), THREADS),
                 [&w, &g, &b, &n, &lr, &momentum, &weight_decay, &grad_scale]
             )?;
         }

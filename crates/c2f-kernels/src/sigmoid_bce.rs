@@ -15,14 +15,10 @@
 //! Targets are not checked: they come from the dataset's ±1 attributes. Kernels:
 //! `kernels/sigmoid_bce.cu`.
 
-use std::sync::Arc;
-
-use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use rayon::prelude::*;
 
-use crate::device::{device_addr, device_addr_mut, Gpu};
+use crate::device::{grid, Gpu};
 use crate::element::Element;
 use crate::error::{check_len, check_shape, Error, Result};
 use crate::launch;
@@ -135,40 +131,30 @@ pub fn forward_backward_cpu<R: Real>(
 
 const BCE_THREADS: u32 = 128;
 
-/// One block per sample.
-fn rows_config(shape: &SigmoidBceShape) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (shape.batch as u32, 1, 1),
-        block_dim: (BCE_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 /// The sigmoid BCE kernels for one shape, with their scratch buffers allocated once.
 pub struct SigmoidBceGpu<T: Element> {
     shape: SigmoidBceShape,
-    stream: Arc<CudaStream>,
-    forward_backward_fn: CudaFunction,
-    finish_fn: CudaFunction,
+    k: SigmoidBceKernels<T>,
     /// Each sample's mean loss, summed in order by the finishing kernel.
     row_loss: CudaSlice<f32>,
     /// The batch's mean loss.
     result: CudaSlice<f32>,
-    _storage: std::marker::PhantomData<T>,
+}
+
+crate::kernel_set! {
+    struct SigmoidBceKernels: crate::sources::SIGMOID_BCE;
+    typed: sigmoid_bce_forward_backward;
+    plain: sigmoid_bce_finish;
 }
 
 impl<T: Element> SigmoidBceGpu<T> {
     pub fn new(gpu: &Gpu, shape: SigmoidBceShape) -> Result<Self> {
         shape.validate()?;
-        let src = &crate::sources::SIGMOID_BCE;
         Ok(SigmoidBceGpu {
             shape,
-            stream: gpu.stream().clone(),
-            forward_backward_fn: gpu.typed_function::<T>(src, "sigmoid_bce_forward_backward")?,
-            finish_fn: gpu.function(src, "sigmoid_bce_finish")?,
+            k: SigmoidBceKernels::new(gpu)?,
             row_loss: gpu.alloc_zeros(shape.batch)?,
             result: gpu.alloc_zeros(1)?,
-            _storage: std::marker::PhantomData,
         })
     }
 
@@ -176,22 +162,8 @@ impl<T: Element> SigmoidBceGpu<T> {
         &self.shape
     }
 
-    /// [`Self::enqueue_forward_backward`] then [`Self::finish`]: writes `predictions` and
-    /// `dlogits` (assigned, scaled by `loss_scale`) and returns the mean loss (not scaled).
-    /// Synchronises once.
-    pub fn forward_backward(
-        &mut self,
-        logits: &impl DevicePtr<T>,
-        targets: &impl DevicePtr<T>,
-        loss_scale: f64,
-        predictions: &mut impl DevicePtrMut<i32>,
-        dlogits: &mut impl DevicePtrMut<T>,
-    ) -> Result<f32> {
-        self.enqueue_forward_backward(logits, targets, loss_scale, predictions, dlogits)?;
-        self.finish()
-    }
-
-    /// Launches both kernels without waiting; the mean loss stays on the device until
+    /// Launches both kernels, which write `predictions` and `dlogits` (assigned, scaled by
+    /// `loss_scale`), without waiting; the mean loss (not scaled) stays on the device until
     /// [`Self::finish`].
     pub fn enqueue_forward_backward(
         &mut self,
@@ -209,52 +181,33 @@ impl<T: Element> SigmoidBceGpu<T> {
             dlogits.len(),
         )?;
         let coef = s.grad_coef(loss_scale)? as f32;
-        let a = s.outputs as i32;
-        let cfg = rows_config(&s);
-        let logits = device_addr(logits, &self.stream);
-        let targets = device_addr(targets, &self.stream);
-        let predictions = device_addr_mut(predictions, &self.stream);
-        let dlogits = device_addr_mut(dlogits, &self.stream);
-        // SAFETY: buffer lengths checked above match the kernel's indexing (B blocks of A).
+        let (a, b) = (s.outputs as i32, s.batch as i32);
+        // One block per sample, then one for the mean.
+        let (rows, one) = (
+            grid((b as u32, 1, 1), BCE_THREADS),
+            grid((1, 1, 1), BCE_THREADS),
+        );
+        // SAFETY: buffer lengths checked above match the kernel's indexing (B blocks of A);
+        // `row_loss` holds B elements, `result` one.
         unsafe {
+            launch!(self.k.sigmoid_bce_forward_backward, rows, [
+                in logits, in targets, out dlogits, out predictions, &mut self.row_loss, &a, &coef
+            ])?;
             launch!(
-                self.stream,
-                &self.forward_backward_fn,
-                cfg,
-                [
-                    &logits,
-                    &targets,
-                    &dlogits,
-                    &predictions,
-                    &mut self.row_loss,
-                    &a,
-                    &coef
-                ]
-            )?;
-        }
-        let b = self.shape.batch as i32;
-        let cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (BCE_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: `row_loss` holds B elements, `result` one.
-        unsafe {
-            launch!(
-                self.stream,
-                &self.finish_fn,
-                cfg,
+                self.k.sigmoid_bce_finish,
+                one,
                 [&self.row_loss, &mut self.result, &b]
             )?;
         }
         Ok(())
     }
 
-    /// Waits for the last [`Self::enqueue_forward_backward`] and reads its mean loss (4 bytes).
+    /// Waits for the last [`Self::enqueue_forward_backward`] and reads its mean loss (4 bytes):
+    /// the one synchronisation.
     pub fn finish(&mut self) -> Result<f32> {
         let mut loss = [0.0f32];
-        self.stream.memcpy_dtoh(&self.result, &mut loss)?;
-        self.stream.synchronize()?;
+        self.k.stream.memcpy_dtoh(&self.result, &mut loss)?;
+        self.k.stream.synchronize()?;
         Ok(loss[0])
     }
 }

@@ -15,14 +15,10 @@
 //!
 //! Kernels: `kernels/softmax_ce.cu`.
 
-use std::sync::Arc;
-
-use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use rayon::prelude::*;
 
-use crate::device::{device_addr, device_addr_mut, read_loss_status, Gpu};
+use crate::device::{grid, read_loss_status, Gpu, LaunchConfig};
 use crate::element::Element;
 use crate::error::{check_labels, check_len, check_shape, Error, Result};
 use crate::launch;
@@ -185,33 +181,35 @@ const CE_THREADS: u32 = 256;
 const STATE_LEN: usize = 4;
 const RESULT: std::ops::Range<usize> = 1..4;
 
+/// One block per sample.
+fn rows_config(shape: &SoftmaxCeShape) -> LaunchConfig {
+    grid((shape.batch as u32, 1, 1), CE_THREADS)
+}
+
 /// The softmax cross-entropy kernels for one shape, with their scratch buffers allocated once.
 pub struct SoftmaxCeGpu<T: Element> {
     shape: SoftmaxCeShape,
-    stream: Arc<CudaStream>,
-    forward_fn: CudaFunction,
-    forward_backward_fn: CudaFunction,
-    finish_fn: CudaFunction,
+    k: SoftmaxCeKernels<T>,
     /// `−log softmax[label]` per sample, summed in order by the finishing kernel.
     row_loss: CudaSlice<f32>,
     /// Bad-label status and the result read back by [`Self::finish`].
     state: CudaSlice<i32>,
-    _storage: std::marker::PhantomData<T>,
+}
+
+crate::kernel_set! {
+    struct SoftmaxCeKernels: crate::sources::SOFTMAX_CE;
+    typed: softmax_ce_forward, softmax_ce_forward_backward;
+    plain: softmax_ce_finish;
 }
 
 impl<T: Element> SoftmaxCeGpu<T> {
     pub fn new(gpu: &Gpu, shape: SoftmaxCeShape) -> Result<Self> {
         shape.validate()?;
-        let src = &crate::sources::SOFTMAX_CE;
         Ok(SoftmaxCeGpu {
             shape,
-            stream: gpu.stream().clone(),
-            forward_fn: gpu.typed_function::<T>(src, "softmax_ce_forward")?,
-            forward_backward_fn: gpu.typed_function::<T>(src, "softmax_ce_forward_backward")?,
-            finish_fn: gpu.function(src, "softmax_ce_finish")?,
+            k: SoftmaxCeKernels::new(gpu)?,
             row_loss: gpu.alloc_zeros(shape.batch)?,
             state: gpu.alloc_zeros(STATE_LEN)?,
-            _storage: std::marker::PhantomData,
         })
     }
 
@@ -219,43 +217,8 @@ impl<T: Element> SoftmaxCeGpu<T> {
         &self.shape
     }
 
-    /// One block per sample.
-    fn rows_config(shape: &SoftmaxCeShape) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: (shape.batch as u32, 1, 1),
-            block_dim: (CE_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        }
-    }
-
-    /// Evaluation: [`Self::enqueue_forward`] then [`Self::finish`]. Writes `predictions` and
-    /// returns the mean loss, or [`Error::Label`]. Synchronises once.
-    pub fn forward(
-        &mut self,
-        logits: &impl DevicePtr<T>,
-        labels: &impl DevicePtr<i32>,
-        predictions: &mut impl DevicePtrMut<i32>,
-    ) -> Result<f32> {
-        self.enqueue_forward(logits, labels, predictions)?;
-        self.finish()
-    }
-
-    /// Training: [`Self::enqueue_forward_backward`] then [`Self::finish`]. Writes `predictions`
-    /// and `dlogits` (assigned, scaled by `loss_scale`) and returns the mean loss (not scaled), or
-    /// [`Error::Label`] (then `predictions` and `dlogits` are unspecified). Synchronises once.
-    pub fn forward_backward(
-        &mut self,
-        logits: &impl DevicePtr<T>,
-        labels: &impl DevicePtr<i32>,
-        loss_scale: f64,
-        predictions: &mut impl DevicePtrMut<i32>,
-        dlogits: &mut impl DevicePtrMut<T>,
-    ) -> Result<f32> {
-        self.enqueue_forward_backward(logits, labels, loss_scale, predictions, dlogits)?;
-        self.finish()
-    }
-
-    /// Launches the evaluation kernels without waiting; see [`Self::finish`].
+    /// Evaluation: launches the kernels that write `predictions`, without waiting;
+    /// [`Self::finish`] then returns the mean loss, or [`Error::Label`].
     pub fn enqueue_forward(
         &mut self,
         logits: &impl DevicePtr<T>,
@@ -265,32 +228,20 @@ impl<T: Element> SoftmaxCeGpu<T> {
         let s = self.shape;
         s.check(logits.len(), labels.len(), predictions.len(), None)?;
         let (b, c) = (s.batch as i32, s.classes as i32);
-        let logits = device_addr(logits, &self.stream);
-        let labels = device_addr(labels, &self.stream);
-        let predictions = device_addr_mut(predictions, &self.stream);
         // SAFETY: buffer lengths checked above match the kernel's indexing; a label is checked
         // on the device before it is used as an index.
         unsafe {
-            launch!(
-                self.stream,
-                &self.forward_fn,
-                Self::rows_config(&s),
-                [
-                    &logits,
-                    &labels,
-                    &predictions,
-                    &mut self.row_loss,
-                    &mut self.state,
-                    &b,
-                    &c
-                ]
-            )?;
+            launch!(self.k.softmax_ce_forward, rows_config(&s), [
+                in logits, in labels, out predictions, &mut self.row_loss, &mut self.state, &b, &c
+            ])?;
         }
         self.launch_finish(labels)
     }
 
-    /// Launches the training kernels without waiting. The loss and any bad label stay on the
-    /// device until [`Self::finish`]; call it before the next `enqueue_*` to see them.
+    /// Training: launches the kernels that write `predictions` and `dlogits` (assigned, scaled by
+    /// `loss_scale`), without waiting. The mean loss (not scaled) and any bad label stay on the
+    /// device until [`Self::finish`]; call it before the next `enqueue_*` to see them (after a
+    /// bad label `predictions` and `dlogits` are unspecified).
     pub fn enqueue_forward_backward(
         &mut self,
         logits: &impl DevicePtr<T>,
@@ -309,58 +260,34 @@ impl<T: Element> SoftmaxCeGpu<T> {
         check_loss_scale(loss_scale)?;
         let (b, c) = (s.batch as i32, s.classes as i32);
         let coef = grad_coef(&s, loss_scale) as f32;
-        let logits = device_addr(logits, &self.stream);
-        let labels = device_addr(labels, &self.stream);
-        let predictions = device_addr_mut(predictions, &self.stream);
-        let dlogits = device_addr_mut(dlogits, &self.stream);
         // SAFETY: buffer lengths checked above match the kernel's indexing; a label is checked
         // on the device before it is used as an index.
         unsafe {
-            launch!(
-                self.stream,
-                &self.forward_backward_fn,
-                Self::rows_config(&s),
-                [
-                    &logits,
-                    &labels,
-                    &dlogits,
-                    &predictions,
-                    &mut self.row_loss,
-                    &mut self.state,
-                    &b,
-                    &c,
-                    &coef
-                ]
-            )?;
+            launch!(self.k.softmax_ce_forward_backward, rows_config(&s), [
+                in logits, in labels, out dlogits, out predictions, &mut self.row_loss,
+                &mut self.state, &b, &c, &coef
+            ])?;
         }
         self.launch_finish(labels)
     }
 
-    /// `labels` is the device address of the checked labels.
-    fn launch_finish(&mut self, labels: u64) -> Result<()> {
-        let b = self.shape.batch as i32;
-        let cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (CE_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+    /// `labels` are the checked labels.
+    fn launch_finish(&mut self, labels: &impl DevicePtr<i32>) -> Result<()> {
+        let (b, cfg) = (self.shape.batch as i32, grid((1, 1, 1), CE_THREADS));
         // SAFETY: `row_loss` and `labels` hold B elements, `state` STATE_LEN.
         unsafe {
-            launch!(
-                self.stream,
-                &self.finish_fn,
-                cfg,
-                [&self.row_loss, &labels, &mut self.state, &b]
-            )?;
-        }
+            launch!(self.k.softmax_ce_finish, cfg, [
+                &self.row_loss, in labels, &mut self.state, &b
+            ])?
+        };
         Ok(())
     }
 
     /// Waits for the last `enqueue_*` and returns its mean loss, or its first bad label as an
-    /// error. One 12-byte device-to-host read.
+    /// error: the one synchronisation, a 12-byte device-to-host read.
     pub fn finish(&mut self) -> Result<f32> {
         read_loss_status(
-            &self.stream,
+            &self.k.stream,
             &self.state.slice(RESULT),
             self.shape.batch,
             self.shape.classes,

@@ -286,14 +286,12 @@ impl NetworkOps for CudaBackend {
 
 impl TrainingOps for CudaBackend {
     fn dropout_forward(&mut self, p: &DropoutParams, x: Tensor, y: Tensor) -> Result<()> {
-        self.launch_unary((), x, y, |op: &mut DropoutGpu<f32>, x, y| {
-            op.forward(p, x, y)
-        })
+        self.launch_unary((), x, y, |op: &mut DropoutGpu<f32>, x, y| op.apply(p, x, y))
     }
 
     fn dropout_backward(&mut self, p: &DropoutParams, dy: Tensor, dx: Tensor) -> Result<()> {
         self.launch_unary((), dy, dx, |op: &mut DropoutGpu<f32>, dy, dx| {
-            op.backward(p, dy, dx)
+            op.apply(p, dy, dx)
         })
     }
 
@@ -312,7 +310,9 @@ impl TrainingOps for CudaBackend {
             [dlogits],
             [labels, predictions],
             |op: &mut SoftmaxCeGpu<f32>, [logits], [mut dlogits], [labels, mut predictions]| {
-                op.forward_backward(&logits, &labels, loss_scale, &mut predictions, &mut dlogits)
+                let (preds, dx) = (&mut predictions, &mut dlogits);
+                op.enqueue_forward_backward(&logits, &labels, loss_scale, preds, dx)?;
+                op.finish()
             },
         )?;
         Ok(loss as f64)
@@ -333,13 +333,9 @@ impl TrainingOps for CudaBackend {
             [dlogits],
             [predictions],
             |op: &mut SigmoidBceGpu<f32>, [logits, targets], [mut dlogits], [mut predictions]| {
-                op.forward_backward(
-                    &logits,
-                    &targets,
-                    loss_scale,
-                    &mut predictions,
-                    &mut dlogits,
-                )
+                let (preds, dx) = (&mut predictions, &mut dlogits);
+                op.enqueue_forward_backward(&logits, &targets, loss_scale, preds, dx)?;
+                op.finish()
             },
         )?;
         Ok(loss as f64)
@@ -438,7 +434,8 @@ impl Coarse2FineOps for CudaBackend {
             [centers, d_features],
             [labels],
             |op: &mut CenterLossGpu<f32>, [features], [mut centers, mut d_features], [labels]| {
-                op.forward_update(p, &features, &labels, &mut centers, &mut d_features)
+                op.enqueue(p, &features, &labels, &mut centers, &mut d_features)?;
+                op.finish()
             },
         )?;
         Ok(loss as f64)

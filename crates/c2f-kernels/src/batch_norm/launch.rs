@@ -1,12 +1,8 @@
 //! The CUDA launcher: the batch-norm kernels for one shape over a (chunks, C) grid.
 
-use std::sync::Arc;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
-use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
-
-use crate::device::{device_addr, device_addr_mut, Gpu};
+use crate::device::{grid, Gpu, LaunchConfig};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::launch;
@@ -37,21 +33,20 @@ fn chunking(shape: &BatchNormShape) -> (usize, usize) {
 pub struct BatchNormGpu<T: Element> {
     shape: BatchNormShape,
     params: BatchNormParams,
-    stream: Arc<CudaStream>,
+    k: BatchNormKernels<T>,
     chunks: usize,
     chunk_len: usize,
-    stats: CudaFunction,
-    train_apply: CudaFunction,
-    infer_apply: CudaFunction,
-    train_grad_reduce: CudaFunction,
-    train_grad_input: CudaFunction,
-    infer_grad_reduce: CudaFunction,
-    param_grads: CudaFunction,
     /// Per (channel, chunk): mean in the forward, Σg in the backward.
     part_a: CudaSlice<f32>,
     /// Per (channel, chunk): M2 in the forward, Σg·(x − mean) in the backward.
     part_b: CudaSlice<f32>,
-    _storage: std::marker::PhantomData<T>,
+}
+
+crate::kernel_set! {
+    struct BatchNormKernels: crate::sources::BATCH_NORM;
+    typed: bn_stats, bn_train_apply, bn_infer_apply, bn_train_grad_reduce, bn_train_grad_input,
+        bn_infer_grad_reduce;
+    plain: bn_param_grads;
 }
 
 impl<T: Element> BatchNormGpu<T> {
@@ -65,23 +60,14 @@ impl<T: Element> BatchNormGpu<T> {
             )));
         }
         let (chunks, chunk_len) = chunking(&shape);
-        let src = &crate::sources::BATCH_NORM;
         Ok(BatchNormGpu {
             shape,
             params,
-            stream: gpu.stream().clone(),
+            k: BatchNormKernels::new(gpu)?,
             chunks,
             chunk_len,
-            stats: gpu.typed_function::<T>(src, "bn_stats")?,
-            train_apply: gpu.typed_function::<T>(src, "bn_train_apply")?,
-            infer_apply: gpu.typed_function::<T>(src, "bn_infer_apply")?,
-            train_grad_reduce: gpu.typed_function::<T>(src, "bn_train_grad_reduce")?,
-            train_grad_input: gpu.typed_function::<T>(src, "bn_train_grad_input")?,
-            infer_grad_reduce: gpu.typed_function::<T>(src, "bn_infer_grad_reduce")?,
-            param_grads: gpu.function(src, "bn_param_grads")?,
             part_a: gpu.alloc_zeros(shape.channels * chunks)?,
             part_b: gpu.alloc_zeros(shape.channels * chunks)?,
-            _storage: std::marker::PhantomData,
         })
     }
 
@@ -93,12 +79,9 @@ impl<T: Element> BatchNormGpu<T> {
         &self.params
     }
 
+    /// The (chunks, C) grid.
     fn grid(&self) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: (self.chunks as u32, self.shape.channels as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        }
+        grid((self.chunks as u32, self.shape.channels as u32, 1), THREADS)
     }
 
     /// `C, HW, n, chunk_len` as the kernels take them.
@@ -142,58 +125,17 @@ impl<T: Element> BatchNormGpu<T> {
         let (eps, momentum) = (self.params.eps as f32, self.params.momentum as f32);
         let relu = self.params.relu as i32;
         let cfg = self.grid();
-        let st = &self.stream;
-        let (x, gamma, beta) = (
-            device_addr(x, st),
-            device_addr(gamma, st),
-            device_addr(beta, st),
-        );
-        let running_mean = device_addr_mut(running_mean, st);
-        let running_var = device_addr_mut(running_var, st);
-        let y = device_addr_mut(y, st);
-        let save_mean = device_addr_mut(save_mean, st);
-        let save_invstd = device_addr_mut(save_invstd, st);
         // SAFETY: buffer lengths checked above match the kernels' indexing; the partials hold
         // C·chunks values, the grid's size.
         unsafe {
-            launch!(
-                self.stream,
-                &self.stats,
-                cfg,
-                [
-                    &x,
-                    &mut self.part_a,
-                    &mut self.part_b,
-                    &c,
-                    &hw,
-                    &n,
-                    &chunk_len
-                ]
-            )?;
-            launch!(
-                self.stream,
-                &self.train_apply,
-                cfg,
-                [
-                    &x,
-                    &self.part_a,
-                    &self.part_b,
-                    &gamma,
-                    &beta,
-                    &running_mean,
-                    &running_var,
-                    &save_mean,
-                    &save_invstd,
-                    &y,
-                    &c,
-                    &hw,
-                    &n,
-                    &chunk_len,
-                    &eps,
-                    &momentum,
-                    &relu
-                ]
-            )?;
+            launch!(self.k.bn_stats, cfg, [
+                in x, &mut self.part_a, &mut self.part_b, &c, &hw, &n, &chunk_len
+            ])?;
+            launch!(self.k.bn_train_apply, cfg, [
+                in x, &self.part_a, &self.part_b, in gamma, in beta, out running_mean,
+                out running_var, out save_mean, out save_invstd, out y, &c, &hw, &n, &chunk_len,
+                &eps, &momentum, &relu
+            ])?;
         }
         Ok(())
     }
@@ -218,38 +160,13 @@ impl<T: Element> BatchNormGpu<T> {
             ],
         )?;
         let [c, hw, n, chunk_len] = self.dims();
-        let eps = self.params.eps as f32;
-        let relu = self.params.relu as i32;
-        let st = &self.stream;
-        let (x, gamma, beta) = (
-            device_addr(x, st),
-            device_addr(gamma, st),
-            device_addr(beta, st),
-        );
-        let running_mean = device_addr(running_mean, st);
-        let running_var = device_addr(running_var, st);
-        let y = device_addr_mut(y, st);
+        let (eps, relu) = (self.params.eps as f32, self.params.relu as i32);
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
-            launch!(
-                self.stream,
-                &self.infer_apply,
-                self.grid(),
-                [
-                    &x,
-                    &gamma,
-                    &beta,
-                    &running_mean,
-                    &running_var,
-                    &y,
-                    &c,
-                    &hw,
-                    &n,
-                    &chunk_len,
-                    &eps,
-                    &relu
-                ]
-            )?;
+            launch!(self.k.bn_infer_apply, self.grid(), [
+                in x, in gamma, in beta, in running_mean, in running_var, out y, &c, &hw, &n,
+                &chunk_len, &eps, &relu
+            ])?;
         }
         Ok(())
     }
@@ -282,56 +199,17 @@ impl<T: Element> BatchNormGpu<T> {
         let [c, hw, n, chunk_len] = self.dims();
         let relu = self.params.relu as i32;
         let cfg = self.grid();
-        let st = &self.stream;
-        let (x, y, dy) = (device_addr(x, st), device_addr(y, st), device_addr(dy, st));
-        let gamma = device_addr(gamma, st);
-        let (save_mean, save_invstd) = (device_addr(save_mean, st), device_addr(save_invstd, st));
-        let dx = device_addr_mut(dx, st);
-        let (dgamma, dbeta) = (device_addr_mut(dgamma, st), device_addr_mut(dbeta, st));
         // SAFETY: buffer lengths checked above match the kernels' indexing; the partials hold
         // C·chunks values, the grid's size.
         unsafe {
-            launch!(
-                self.stream,
-                &self.train_grad_reduce,
-                cfg,
-                [
-                    &x,
-                    &y,
-                    &dy,
-                    &save_mean,
-                    &mut self.part_a,
-                    &mut self.part_b,
-                    &c,
-                    &hw,
-                    &n,
-                    &chunk_len,
-                    &relu
-                ]
-            )?;
-            launch!(
-                self.stream,
-                &self.train_grad_input,
-                cfg,
-                [
-                    &x,
-                    &y,
-                    &dy,
-                    &save_mean,
-                    &save_invstd,
-                    &gamma,
-                    &self.part_a,
-                    &self.part_b,
-                    &dx,
-                    &dgamma,
-                    &dbeta,
-                    &c,
-                    &hw,
-                    &n,
-                    &chunk_len,
-                    &relu
-                ]
-            )?;
+            launch!(self.k.bn_train_grad_reduce, cfg, [
+                in x, in y, in dy, in save_mean, &mut self.part_a, &mut self.part_b, &c, &hw, &n,
+                &chunk_len, &relu
+            ])?;
+            launch!(self.k.bn_train_grad_input, cfg, [
+                in x, in y, in dy, in save_mean, in save_invstd, in gamma, &self.part_a,
+                &self.part_b, out dx, out dgamma, out dbeta, &c, &hw, &n, &chunk_len, &relu
+            ])?;
         }
         Ok(())
     }
@@ -368,60 +246,19 @@ impl<T: Element> BatchNormGpu<T> {
         )?;
         let [c, hw, n, chunk_len] = self.dims();
         let chunks = self.chunks as i32;
-        let eps = self.params.eps as f32;
-        let relu = self.params.relu as i32;
-        let cfg = self.grid();
-        let per_channel = LaunchConfig {
-            grid_dim: (self.shape.channels as u32, 1, 1),
-            block_dim: (32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let st = &self.stream;
-        let (x, y, dy) = (device_addr(x, st), device_addr(y, st), device_addr(dy, st));
-        let gamma = device_addr(gamma, st);
-        let running_mean = device_addr(running_mean, st);
-        let running_var = device_addr(running_var, st);
-        let dx = device_addr_mut(dx, st);
-        let (dgamma, dbeta) = (device_addr_mut(dgamma, st), device_addr_mut(dbeta, st));
+        let (eps, relu) = (self.params.eps as f32, self.params.relu as i32);
+        // One warp per channel sums its chunks' partials.
+        let (cfg, per_channel) = (self.grid(), grid((self.shape.channels as u32, 1, 1), 32));
         // SAFETY: buffer lengths checked above match the kernels' indexing; the partials hold
         // C·chunks values, the grid's size.
         unsafe {
-            launch!(
-                self.stream,
-                &self.infer_grad_reduce,
-                cfg,
-                [
-                    &x,
-                    &y,
-                    &dy,
-                    &running_mean,
-                    &gamma,
-                    &running_var,
-                    &dx,
-                    &mut self.part_a,
-                    &mut self.part_b,
-                    &c,
-                    &hw,
-                    &n,
-                    &chunk_len,
-                    &eps,
-                    &relu
-                ]
-            )?;
-            launch!(
-                self.stream,
-                &self.param_grads,
-                per_channel,
-                [
-                    &self.part_a,
-                    &self.part_b,
-                    &chunks,
-                    &running_var,
-                    &eps,
-                    &dgamma,
-                    &dbeta
-                ]
-            )?;
+            launch!(self.k.bn_infer_grad_reduce, cfg, [
+                in x, in y, in dy, in running_mean, in gamma, in running_var, out dx,
+                &mut self.part_a, &mut self.part_b, &c, &hw, &n, &chunk_len, &eps, &relu
+            ])?;
+            launch!(self.k.bn_param_grads, per_channel, [
+                &self.part_a, &self.part_b, &chunks, in running_var, &eps, out dgamma, out dbeta
+            ])?;
         }
         Ok(())
     }
