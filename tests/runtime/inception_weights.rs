@@ -17,8 +17,10 @@ fn graph(depth: Depth, width: f64) -> Graph {
     .unwrap()
 }
 
+/// A file in the target folder's scratch space: each run overwrites the last one's files
+/// (about 440 MB of full-width weights) instead of leaving them behind per process.
 fn temp_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("c2f-weights-{}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c2f-weights");
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }
