@@ -217,18 +217,10 @@ impl<R: Real> NetworkOps for CpuBackend<R> {
                     &[bn.running_mean, bn.running_var, y, saved.mean, saved.invstd],
                     &[],
                 )?;
-                batch_norm::forward_train_cpu(
-                    s,
-                    p,
-                    m.input(x),
-                    m.input(bn.gamma),
-                    m.input(bn.beta),
-                    m.output(bn.running_mean),
-                    m.output(bn.running_var),
-                    m.output(y),
-                    m.output(saved.mean),
-                    m.output(saved.invstd),
-                )
+                let affine = [m.input(bn.gamma), m.input(bn.beta)];
+                let running = [m.output(bn.running_mean), m.output(bn.running_var)];
+                let saved = [m.output(saved.mean), m.output(saved.invstd)];
+                batch_norm::forward_train_cpu(s, p, m.input(x), affine, running, m.output(y), saved)
             }
             BnMode::Inference => {
                 let m = self.operands(
@@ -236,16 +228,9 @@ impl<R: Real> NetworkOps for CpuBackend<R> {
                     &[y],
                     &[],
                 )?;
-                batch_norm::forward_inference_cpu(
-                    s,
-                    p,
-                    m.input(x),
-                    m.input(bn.gamma),
-                    m.input(bn.beta),
-                    m.input(bn.running_mean),
-                    m.input(bn.running_var),
-                    m.output(y),
-                )
+                let affine = [m.input(bn.gamma), m.input(bn.beta)];
+                let running = [m.input(bn.running_mean), m.input(bn.running_var)];
+                batch_norm::forward_inference_cpu(s, p, m.input(x), affine, running, m.output(y))
             }
         }
     }
@@ -277,19 +262,12 @@ impl<R: Real> NetworkOps for CpuBackend<R> {
             BnMode::Train => batch_norm::backward_train_cpu::<R>,
             BnMode::Inference => batch_norm::backward_inference_cpu::<R>,
         };
-        backward(
-            s,
-            p,
-            m.input(x),
-            m.input(y),
-            m.input(bn.gamma),
-            m.input(mean),
-            m.input(invstd),
-            m.input(dy),
-            m.output(dx),
-            m.output(dgamma),
-            m.output(dbeta),
-        )
+        let xs = [m.input(x), m.input(y), m.input(dy)];
+        let (stats, grads) = (
+            [m.input(mean), m.input(invstd)],
+            [m.output(dgamma), m.output(dbeta)],
+        );
+        backward(s, p, xs, m.input(bn.gamma), stats, m.output(dx), grads)
     }
 
     fn max_pool_forward(

@@ -84,16 +84,9 @@ impl NetworkOps for CudaBackend {
                  [x, gamma, beta],
                  [mut running_mean, mut running_var, mut y, mut mean, mut invstd],
                  []| {
-                    op.forward_train(
-                        &x,
-                        &gamma,
-                        &beta,
-                        &mut running_mean,
-                        &mut running_var,
-                        &mut y,
-                        &mut mean,
-                        &mut invstd,
-                    )
+                    let running = [&mut running_mean, &mut running_var];
+                    let saved = [&mut mean, &mut invstd];
+                    op.forward_train(&x, [&gamma, &beta], running, &mut y, saved)
                 },
             ),
             BnMode::Inference => self.launch(
@@ -102,7 +95,7 @@ impl NetworkOps for CudaBackend {
                 [y],
                 [],
                 |op: &mut BatchNormGpu<f32>, [x, gamma, beta, mean, var], [mut y], []| {
-                    op.forward_inference(&x, &gamma, &beta, &mean, &var, &mut y)
+                    op.forward_inference(&x, [&gamma, &beta], [&mean, &var], &mut y)
                 },
             ),
         }
@@ -135,15 +128,11 @@ impl NetworkOps for CudaBackend {
              [x, y, gamma, mean, invstd, dy],
              [mut dx, mut dgamma, mut dbeta],
              []| {
-                let (x, y, gamma, mean, invstd, dy) = (&x, &y, &gamma, &mean, &invstd, &dy);
-                let (dx, dgamma, dbeta) = (&mut dx, &mut dgamma, &mut dbeta);
+                let (xs, stats, grads) =
+                    ([&x, &y, &dy], [&mean, &invstd], [&mut dgamma, &mut dbeta]);
                 match mode {
-                    BnMode::Train => {
-                        op.backward_train(x, y, gamma, mean, invstd, dy, dx, dgamma, dbeta)
-                    }
-                    BnMode::Inference => {
-                        op.backward_inference(x, y, gamma, mean, invstd, dy, dx, dgamma, dbeta)
-                    }
+                    BnMode::Train => op.backward_train(xs, &gamma, stats, &mut dx, grads),
+                    BnMode::Inference => op.backward_inference(xs, &gamma, stats, &mut dx, grads),
                 }
             },
         )
