@@ -467,13 +467,8 @@ impl<R: Real> Coarse2FineOps for CpuBackend<R> {
         norms: Tensor,
     ) -> Result<()> {
         let m = self.operands(&[attention, features], &[parts, norms], &[])?;
-        bap::forward_cpu(
-            s,
-            m.input(attention),
-            m.input(features),
-            m.output(parts),
-            m.output(norms),
-        )
+        let inputs = [m.input(attention), m.input(features)];
+        bap::forward_cpu(s, inputs, m.output(parts), m.output(norms))
     }
 
     fn bap_backward(
@@ -492,16 +487,10 @@ impl<R: Real> Coarse2FineOps for CpuBackend<R> {
             &[d_attention, d_features],
             &[],
         )?;
-        bap::backward_cpu(
-            s,
-            m.input(attention),
-            m.input(features),
-            m.input(parts),
-            m.input(norms),
-            m.input(d_parts),
-            m.output(d_attention),
-            m.output(d_features),
-        )
+        let inputs = [m.input(attention), m.input(features)];
+        let forward = (m.input(parts), m.input(norms));
+        let grads = [m.output(d_attention), m.output(d_features)];
+        bap::backward_cpu(s, inputs, forward, m.input(d_parts), grads)
     }
 
     fn center_loss(
@@ -534,7 +523,8 @@ impl<R: Real> Coarse2FineOps for CpuBackend<R> {
         y: Tensor,
     ) -> Result<()> {
         let m = self.operands(&[x, weight, bias], &[y], &[])?;
-        conv_transpose::forward_cpu(p, m.input(x), m.input(weight), m.input(bias), m.output(y))
+        let params = [m.input(weight), m.input(bias)];
+        conv_transpose::forward_cpu(p, m.input(x), params, m.output(y))
     }
 
     fn conv_transpose_backward(
@@ -548,15 +538,11 @@ impl<R: Real> Coarse2FineOps for CpuBackend<R> {
         d_bias: Tensor,
     ) -> Result<()> {
         let m = self.operands(&[x, weight, dy], &[dx, d_weight, d_bias], &[])?;
-        conv_transpose::backward_cpu(
-            p,
-            m.input(x),
-            m.input(weight),
-            m.input(dy),
-            m.output(dx),
-            m.output(d_weight),
-            m.output(d_bias),
-        )
+        let (xs, grads) = (
+            [m.input(x), m.input(dy)],
+            [m.output(d_weight), m.output(d_bias)],
+        );
+        conv_transpose::backward_cpu(p, xs, m.input(weight), m.output(dx), grads)
     }
 
     fn relu_forward(&mut self, x: Tensor, y: Tensor) -> Result<()> {

@@ -370,7 +370,7 @@ impl Coarse2FineOps for CudaBackend {
             [parts, norms],
             [],
             |op: &mut BapGpu<f32>, [attention, features], [mut parts, mut norms], []| {
-                op.forward(&attention, &features, &mut parts, &mut norms)
+                op.forward([&attention, &features], &mut parts, &mut norms)
             },
         )
     }
@@ -395,15 +395,8 @@ impl Coarse2FineOps for CudaBackend {
              [attention, features, parts, norms, d_parts],
              [mut d_attention, mut d_features],
              []| {
-                op.backward(
-                    &attention,
-                    &features,
-                    &parts,
-                    &norms,
-                    &d_parts,
-                    &mut d_attention,
-                    &mut d_features,
-                )
+                let grads = [&mut d_attention, &mut d_features];
+                op.backward([&attention, &features], (&parts, &norms), &d_parts, grads)
             },
         )
     }
@@ -444,7 +437,7 @@ impl Coarse2FineOps for CudaBackend {
             [y],
             [],
             |op: &mut ConvTransposeGpu<f32>, [x, weight, bias], [mut y], []| {
-                op.forward(&x, &weight, &bias, &mut y)
+                op.forward(&x, [&weight, &bias], &mut y)
             },
         )
     }
@@ -467,7 +460,9 @@ impl Coarse2FineOps for CudaBackend {
             |op: &mut ConvTransposeGpu<f32>,
              [x, weight, dy],
              [mut dx, mut d_weight, mut d_bias],
-             []| { op.backward(&x, &weight, &dy, &mut dx, &mut d_weight, &mut d_bias) },
+             []| {
+                op.backward([&x, &dy], &weight, &mut dx, [&mut d_weight, &mut d_bias])
+            },
         )
     }
 
