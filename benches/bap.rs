@@ -46,10 +46,10 @@ fn cpu(c: &mut Criterion) {
         let mut df = vec![0.0f32; s.features_len()];
         let id = format!("B{}_M{}_HW{}", s.batch, s.maps, s.height);
         common::bench_cpu(c, "bap_cpu_f32", &format!("forward_{id}"), || {
-            forward_cpu(&s, &a, &f, &mut parts, &mut norms).unwrap()
+            forward_cpu(&s, [&a, &f], &mut parts, &mut norms).unwrap()
         });
         common::bench_cpu(c, "bap_cpu_f32", &format!("backward_{id}"), || {
-            backward_cpu(&s, &a, &f, &parts, &norms, &dz, &mut da, &mut df).unwrap()
+            backward_cpu(&s, [&a, &f], (&parts, &norms), &dz, [&mut da, &mut df]).unwrap()
         });
     }
 }
@@ -91,15 +91,15 @@ where
 
         let mut fused = BapGpu::<T>::new(gpu, s).unwrap();
         let ours = group.bench(&format!("fused_fwd_bwd_{id}"), bytes, || {
-            fused.forward(&a_d, &f_d, &mut parts, &mut norms).unwrap();
+            fused.forward([&a_d, &f_d], &mut parts, &mut norms).unwrap();
             fused
-                .backward(&a_d, &f_d, &parts, &norms, &dz_d, &mut da, &mut df)
+                .backward([&a_d, &f_d], (&parts, &norms), &dz_d, [&mut da, &mut df])
                 .unwrap();
         });
         let fwd_bytes =
             std::mem::size_of::<T>() * (s.attention_len() + s.features_len() + s.parts_len());
         group.bench(&format!("fused_fwd_{id}"), fwd_bytes, || {
-            fused.forward(&a_d, &f_d, &mut parts, &mut norms).unwrap();
+            fused.forward([&a_d, &f_d], &mut parts, &mut norms).unwrap();
         });
         let mut blas = match BapCublas::<T>::new(gpu, s) {
             Ok(b) => b,
@@ -114,8 +114,8 @@ where
             (&what, ours, 3.0),
             bytes,
             || {
-                blas.forward(&a_d, &f_d, &mut parts, &mut norms).unwrap();
-                blas.backward(&a_d, &f_d, &parts, &norms, &dz_d, &mut da, &mut df)
+                blas.forward([&a_d, &f_d], &mut parts, &mut norms).unwrap();
+                blas.backward([&a_d, &f_d], (&parts, &norms), &dz_d, [&mut da, &mut df])
                     .unwrap();
             },
         );

@@ -55,33 +55,11 @@ fn cpu(c: &mut Criterion) {
     let (mut dgamma, mut dbeta) = (vec![0.0f32; s.channels], vec![0.0f32; s.channels]);
     let id = format!("train_forward_backward_{}", name(&s));
     common::bench_cpu(c, "batch_norm_cpu_f32", &id, || {
-        forward_train_cpu(
-            &s,
-            &p,
-            &x,
-            &gamma,
-            &beta,
-            &mut running_mean,
-            &mut running_var,
-            &mut y,
-            &mut mean,
-            &mut invstd,
-        )
-        .unwrap();
-        backward_train_cpu(
-            &s,
-            &p,
-            &x,
-            &y,
-            &gamma,
-            &mean,
-            &invstd,
-            &dy,
-            &mut dx,
-            &mut dgamma,
-            &mut dbeta,
-        )
-        .unwrap();
+        let running = [&mut running_mean[..], &mut running_var];
+        let saved = [&mut mean[..], &mut invstd];
+        forward_train_cpu(&s, &p, &x, [&gamma, &beta], running, &mut y, saved).unwrap();
+        let (xs, grads) = ([&x[..], &y, &dy], [&mut dgamma[..], &mut dbeta]);
+        backward_train_cpu(&s, &p, xs, &gamma, [&mean, &invstd], &mut dx, grads).unwrap();
     });
 }
 
@@ -127,29 +105,19 @@ impl Layer {
 macro_rules! forward_backward {
     ($op:expr, $l:expr) => {{
         let l = &mut $l;
-        $op.forward_train(
-            &l.x,
-            &l.gamma,
-            &l.beta,
-            &mut l.running_mean,
-            &mut l.running_var,
-            &mut l.y,
-            &mut l.mean,
-            &mut l.invstd,
-        )
-        .unwrap();
-        $op.backward_train(
-            &l.x,
-            &l.y,
-            &l.gamma,
-            &l.mean,
-            &l.invstd,
-            &l.dy,
-            &mut l.dx,
-            &mut l.dgamma,
-            &mut l.dbeta,
-        )
-        .unwrap();
+        let (running, saved) = (
+            [&mut l.running_mean, &mut l.running_var],
+            [&mut l.mean, &mut l.invstd],
+        );
+        $op.forward_train(&l.x, [&l.gamma, &l.beta], running, &mut l.y, saved)
+            .unwrap();
+        let (xs, stats, grads) = (
+            [&l.x, &l.y, &l.dy],
+            [&l.mean, &l.invstd],
+            [&mut l.dgamma, &mut l.dbeta],
+        );
+        $op.backward_train(xs, &l.gamma, stats, &mut l.dx, grads)
+            .unwrap();
     }};
 }
 

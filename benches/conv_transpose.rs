@@ -85,8 +85,8 @@ fn cpu(c: &mut Criterion) {
     let mut db = vec![0.0f32; p.out_channels];
     let name = format!("forward_backward_{}", id(&p));
     common::bench_cpu(c, "conv_transpose_cpu_f32", &name, || {
-        forward_cpu(&p, &x, &w, &bias, &mut y).unwrap();
-        backward_cpu(&p, &x, &w, &dy, &mut dx, &mut dw, &mut db).unwrap();
+        forward_cpu(&p, &x, [&w, &bias], &mut y).unwrap();
+        backward_cpu(&p, [&x, &dy], &w, &mut dx, [&mut dw, &mut db]).unwrap();
     });
 }
 
@@ -179,13 +179,14 @@ fn gpu_layer<T: Element + CudnnDataType>(
     ];
 
     let fwd = group.bench(&format!("forward_{name}"), bytes[0], || {
-        ours.forward(&buf.x, &buf.w, &buf.bias, &mut buf.y).unwrap()
+        ours.forward(&buf.x, [&buf.w, &buf.bias], &mut buf.y)
+            .unwrap()
     });
     let dx = group.bench(&format!("grad_input_{name}"), bytes[1], || {
         ours.backward_input(&buf.w, &buf.dy, &mut buf.dx).unwrap()
     });
     let dw = group.bench(&format!("grad_params_{name}"), bytes[2], || {
-        ours.backward_params(&buf.x, &buf.dy, &mut buf.dw, &mut buf.db)
+        ours.backward_params([&buf.x, &buf.dy], [&mut buf.dw, &mut buf.db])
             .unwrap()
     });
     for &(tensor_ops, label) in baselines {
@@ -241,7 +242,7 @@ fn gpu_chain<T: Element + CudnnDataType>(c: &mut Criterion, gpu: &Gpu, baselines
     let ours = group.bench(&format!("forward_{name}"), bytes, || {
         for (i, conv) in convs.iter_mut().enumerate() {
             let (input, output) = acts.split_at_mut(i + 1);
-            conv.forward(&input[i], &bufs[i].w, &bufs[i].bias, &mut output[0])
+            conv.forward(&input[i], [&bufs[i].w, &bufs[i].bias], &mut output[0])
                 .unwrap();
         }
     });

@@ -32,7 +32,7 @@ fn draw_inputs(s: &BapShape, seed: u64) -> (Vec<f64>, Vec<f64>) {
 fn forward64(s: &BapShape, a: &[f64], f: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let mut parts = vec![f64::NAN; s.parts_len()];
     let mut norms = vec![f64::NAN; s.batch];
-    forward_cpu(s, a, f, &mut parts, &mut norms).unwrap();
+    forward_cpu(s, [a, f], &mut parts, &mut norms).unwrap();
     (parts, norms)
 }
 
@@ -55,7 +55,7 @@ fn backward64_at(
 ) -> (Vec<f64>, Vec<f64>) {
     let mut da = vec![f64::NAN; s.attention_len()];
     let mut df = vec![f64::NAN; s.features_len()];
-    backward_cpu(s, a, f, parts, norms, dz, &mut da, &mut df).unwrap();
+    backward_cpu(s, [a, f], (parts, norms), dz, [&mut da, &mut df]).unwrap();
     (da, df)
 }
 
@@ -125,7 +125,7 @@ fn f32_reference_matches_f64() {
     let f32v: Vec<f32> = f.iter().map(|&v| v as f32).collect();
     let mut parts = vec![f32::NAN; s.parts_len()];
     let mut norms = vec![f32::NAN; s.batch];
-    forward_cpu(&s, &a32, &f32v, &mut parts, &mut norms).unwrap();
+    forward_cpu(&s, [&a32, &f32v], &mut parts, &mut norms).unwrap();
     let e = rel_error(&widen(&parts), &parts64);
     assert!(e < 1e-5, "f32 CPU forward relative error {e}");
 }
@@ -135,7 +135,7 @@ fn wrong_buffer_length_is_a_clear_error() {
     let s = shape(1, 2, 3, 2, 2);
     let mut parts = vec![0.0f32; s.parts_len()];
     let mut norms = vec![0.0f32; 1];
-    let err = forward_cpu(&s, &[1.0f32; 7], &[1.0f32; 12], &mut parts, &mut norms).unwrap_err();
+    let err = forward_cpu(&s, [&[1.0f32; 7], &[1.0f32; 12]], &mut parts, &mut norms).unwrap_err();
     assert!(
         err.to_string()
             .contains("BAP attention has 7 elements, expected 8"),
@@ -162,8 +162,8 @@ fn gpu_matches_reference<T: Element>(gpu: &Gpu, s: BapShape, tol: f64) {
         let mut norms = gpu.alloc_poisoned::<f32>(s.batch).unwrap();
         let mut da = gpu.alloc_poisoned::<T>(s.attention_len()).unwrap();
         let mut df = gpu.alloc_poisoned::<T>(s.features_len()).unwrap();
-        bap.forward(&a_d, &f_d, &mut parts, &mut norms).unwrap();
-        bap.backward(&a_d, &f_d, &parts, &norms, &dz_d, &mut da, &mut df)
+        bap.forward([&a_d, &f_d], &mut parts, &mut norms).unwrap();
+        bap.backward([&a_d, &f_d], (&parts, &norms), &dz_d, [&mut da, &mut df])
             .unwrap();
         (
             gpu.download(&parts).unwrap(),
@@ -229,8 +229,8 @@ where
     let mut norms = gpu.alloc_poisoned::<f32>(s.batch).unwrap();
     let mut da = gpu.alloc_poisoned::<T>(s.attention_len()).unwrap();
     let mut df = gpu.alloc_poisoned::<T>(s.features_len()).unwrap();
-    blas.forward(&a_d, &f_d, &mut parts, &mut norms).unwrap();
-    blas.backward(&a_d, &f_d, &parts, &norms, &dz_d, &mut da, &mut df)
+    blas.forward([&a_d, &f_d], &mut parts, &mut norms).unwrap();
+    blas.backward([&a_d, &f_d], (&parts, &norms), &dz_d, [&mut da, &mut df])
         .unwrap();
     let name = format!("BAP cuBLAS baseline {} {s:?}", T::SUFFIX);
     let parts = widen(&gpu.download(&parts).unwrap());

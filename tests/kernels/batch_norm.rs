@@ -48,6 +48,15 @@ struct Inputs {
     dbeta0: Vec<f64>,
 }
 
+impl Inputs {
+    fn affine(&self) -> [&[f64]; 2] {
+        [&self.gamma, &self.beta]
+    }
+    fn running(&self) -> [&[f64]; 2] {
+        [&self.running_mean, &self.running_var]
+    }
+}
+
 fn draw(s: &BatchNormShape, seed: u64) -> Inputs {
     let mut rng = SplitMix64(seed);
     let c = s.channels;
@@ -94,35 +103,15 @@ fn train64(s: &BatchNormShape, p: &BatchNormParams, inp: &Inputs) -> Train {
         running_mean: inp.running_mean.clone(),
         running_var: inp.running_var.clone(),
     };
-    forward_train_cpu(
-        s,
-        p,
-        &inp.x,
-        &inp.gamma,
-        &inp.beta,
-        &mut t.running_mean,
-        &mut t.running_var,
-        &mut t.y,
-        &mut t.save_mean,
-        &mut t.save_invstd,
-    )
-    .unwrap();
+    let running = [&mut t.running_mean[..], &mut t.running_var];
+    let saved = [&mut t.save_mean[..], &mut t.save_invstd];
+    forward_train_cpu(s, p, &inp.x, inp.affine(), running, &mut t.y, saved).unwrap();
     t
 }
 
 fn infer64(s: &BatchNormShape, p: &BatchNormParams, inp: &Inputs) -> Vec<f64> {
     let mut y = vec![f64::NAN; s.len()];
-    forward_inference_cpu(
-        s,
-        p,
-        &inp.x,
-        &inp.gamma,
-        &inp.beta,
-        &inp.running_mean,
-        &inp.running_var,
-        &mut y,
-    )
-    .unwrap();
+    forward_inference_cpu(s, p, &inp.x, inp.affine(), inp.running(), &mut y).unwrap();
     y
 }
 
@@ -138,20 +127,9 @@ fn back_train64(
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let mut dx = vec![f64::NAN; s.len()];
     let (mut dgamma, mut dbeta) = (inp.dgamma0.clone(), inp.dbeta0.clone());
-    backward_train_cpu(
-        s,
-        p,
-        &inp.x,
-        y,
-        &inp.gamma,
-        mean,
-        invstd,
-        &inp.dy,
-        &mut dx,
-        &mut dgamma,
-        &mut dbeta,
-    )
-    .unwrap();
+    let xs = [&inp.x[..], y, &inp.dy];
+    let grads = [&mut dgamma[..], &mut dbeta];
+    backward_train_cpu(s, p, xs, &inp.gamma, [mean, invstd], &mut dx, grads).unwrap();
     (dx, dgamma, dbeta)
 }
 
@@ -163,20 +141,8 @@ fn back_infer64(
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let mut dx = vec![f64::NAN; s.len()];
     let (mut dgamma, mut dbeta) = (inp.dgamma0.clone(), inp.dbeta0.clone());
-    backward_inference_cpu(
-        s,
-        p,
-        &inp.x,
-        y,
-        &inp.gamma,
-        &inp.running_mean,
-        &inp.running_var,
-        &inp.dy,
-        &mut dx,
-        &mut dgamma,
-        &mut dbeta,
-    )
-    .unwrap();
+    let (xs, grads) = ([&inp.x[..], y, &inp.dy], [&mut dgamma[..], &mut dbeta]);
+    backward_inference_cpu(s, p, xs, &inp.gamma, inp.running(), &mut dx, grads).unwrap();
     (dx, dgamma, dbeta)
 }
 
@@ -309,34 +275,22 @@ fn check_finite_differences(train: bool, relu: bool) {
     };
     let minus =
         |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a - b).collect() };
-    let h = 1e-6;
-    let num_dx = numeric_gradient(
-        |x| {
-            let mut q = inp.clone();
-            q.x = x.to_vec();
-            loss(&q)
-        },
-        &inp.x,
-        h,
-    );
-    let num_dgamma = numeric_gradient(
-        |g| {
-            let mut q = inp.clone();
-            q.gamma = g.to_vec();
-            loss(&q)
-        },
-        &inp.gamma,
-        h,
-    );
-    let num_dbeta = numeric_gradient(
-        |b| {
-            let mut q = inp.clone();
-            q.beta = b.to_vec();
-            loss(&q)
-        },
-        &inp.beta,
-        h,
-    );
+    // The loss's numeric gradient with respect to the input that `field` picks.
+    let numeric = |field: fn(&mut Inputs) -> &mut Vec<f64>| {
+        let at = field(&mut inp.clone()).clone();
+        numeric_gradient(
+            |v| {
+                let mut q = inp.clone();
+                *field(&mut q) = v.to_vec();
+                loss(&q)
+            },
+            &at,
+            1e-6,
+        )
+    };
+    let num_dx = numeric(|q| &mut q.x);
+    let num_dgamma = numeric(|q| &mut q.gamma);
+    let num_dbeta = numeric(|q| &mut q.beta);
     let name = format!("train={train} relu={relu}");
     fd_check(&format!("{name} dx"), &dx, &num_dx);
     fd_check(
@@ -392,34 +346,16 @@ fn parameter_gradients_accumulate_and_dx_is_assigned() {
         let mut dgamma = vec![0.0; s.channels];
         let mut dbeta = vec![0.0; s.channels];
         let call = |dx: &mut [f64], dgamma: &mut [f64], dbeta: &mut [f64]| {
+            let grads = [dgamma, dbeta];
             if train {
-                backward_train_cpu(
-                    &s,
-                    &p,
-                    &inp.x,
-                    &t.y,
-                    &inp.gamma,
-                    &t.save_mean,
-                    &t.save_invstd,
-                    &inp.dy,
-                    dx,
-                    dgamma,
-                    dbeta,
-                )
+                let (xs, saved) = (
+                    [&inp.x[..], &t.y, &inp.dy],
+                    [&t.save_mean[..], &t.save_invstd],
+                );
+                backward_train_cpu(&s, &p, xs, &inp.gamma, saved, dx, grads)
             } else {
-                backward_inference_cpu(
-                    &s,
-                    &p,
-                    &inp.x,
-                    &y_infer,
-                    &inp.gamma,
-                    &inp.running_mean,
-                    &inp.running_var,
-                    &inp.dy,
-                    dx,
-                    dgamma,
-                    dbeta,
-                )
+                let xs = [&inp.x[..], &y_infer, &inp.dy];
+                backward_inference_cpu(&s, &p, xs, &inp.gamma, inp.running(), dx, grads)
             }
             .unwrap()
         };
@@ -450,17 +386,15 @@ fn one_value_per_channel_is_an_error_when_training() {
     let mut rm = inp.running_mean.clone();
     let mut rv = inp.running_var.clone();
     let (mut y, mut m, mut v) = (vec![0.0; 2], vec![0.0; 2], vec![0.0; 2]);
+    let (running, saved) = ([&mut rm[..], &mut rv], [&mut m[..], &mut v]);
     let err = forward_train_cpu(
         &s,
         &params(true),
         &inp.x,
-        &inp.gamma,
-        &inp.beta,
-        &mut rm,
-        &mut rv,
+        inp.affine(),
+        running,
         &mut y,
-        &mut m,
-        &mut v,
+        saved,
     )
     .unwrap_err();
     assert!(
@@ -479,33 +413,16 @@ fn bad_buffers_and_params_are_clear_errors() {
     let s = shape(2, 2, 1, 2);
     let inp = draw(&s, 14);
     let mut y = vec![0.0; s.len()];
-    let err = forward_inference_cpu(
-        &s,
-        &params(true),
-        &inp.x,
-        &inp.gamma[..1],
-        &inp.beta,
-        &inp.running_mean,
-        &inp.running_var,
-        &mut y,
-    )
-    .unwrap_err();
+    let (short, running) = ([&inp.gamma[..1], &inp.beta], inp.running());
+    let err = forward_inference_cpu(&s, &params(true), &inp.x, short, running, &mut y).unwrap_err();
     assert!(
         err.to_string()
             .contains("batch norm gamma has 1 elements, expected 2"),
         "{err}"
     );
-    let err = forward_inference_cpu(
-        &s,
-        &params(true),
-        &inp.x[..7],
-        &inp.gamma,
-        &inp.beta,
-        &inp.running_mean,
-        &inp.running_var,
-        &mut y,
-    )
-    .unwrap_err();
+    let (affine, running) = (inp.affine(), inp.running());
+    let err =
+        forward_inference_cpu(&s, &params(true), &inp.x[..7], affine, running, &mut y).unwrap_err();
     assert!(
         err.to_string()
             .contains("batch norm x has 7 elements, expected 8"),
@@ -523,20 +440,9 @@ fn bad_buffers_and_params_are_clear_errors() {
             relu: false,
         };
         let (mut dx, mut dg, mut db) = (vec![0.0; s.len()], vec![0.0; 2], vec![0.0; 2]);
-        let err = backward_inference_cpu(
-            &s,
-            &p,
-            &inp.x,
-            &inp.x,
-            &inp.gamma,
-            &inp.running_mean,
-            &inp.running_var,
-            &inp.dy,
-            &mut dx,
-            &mut dg,
-            &mut db,
-        )
-        .unwrap_err();
+        let (xs, grads) = ([&inp.x[..], &inp.x, &inp.dy], [&mut dg[..], &mut db]);
+        let err = backward_inference_cpu(&s, &p, xs, &inp.gamma, inp.running(), &mut dx, grads)
+            .unwrap_err();
         assert!(err.to_string().contains(needle), "{err}");
         assert_eq!(dg, vec![0.0; 2], "dgamma written on error");
     }
@@ -545,7 +451,7 @@ fn bad_buffers_and_params_are_clear_errors() {
 }
 
 fn infer_shape_error(s: BatchNormShape) -> String {
-    forward_inference_cpu::<f64>(&s, &params(true), &[], &[], &[], &[], &[], &mut [])
+    forward_inference_cpu::<f64>(&s, &params(true), &[], [&[], &[]], [&[], &[]], &mut [])
         .unwrap_err()
         .to_string()
 }
@@ -582,27 +488,22 @@ fn f32_reference_matches_f64() {
         let n = s.len();
         let (mut rm_t, mut rv_t) = (rm32.clone(), rv32.clone());
         let (mut y, mut m, mut v) = (vec![f32::NAN; n], vec![f32::NAN; 8], vec![f32::NAN; 8]);
-        forward_train_cpu(
-            &s, &p, &x32, &g32, &b32, &mut rm_t, &mut rv_t, &mut y, &mut m, &mut v,
-        )
-        .unwrap();
+        let affine = [&g32[..], &b32];
+        let (running, saved) = ([&mut rm_t[..], &mut rv_t], [&mut m[..], &mut v]);
+        forward_train_cpu(&s, &p, &x32, affine, running, &mut y, saved).unwrap();
         let mut yi = vec![f32::NAN; n];
-        forward_inference_cpu(&s, &p, &x32, &g32, &b32, &rm32, &rv32, &mut yi).unwrap();
+        forward_inference_cpu(&s, &p, &x32, affine, [&rm32, &rv32], &mut yi).unwrap();
         // The backwards take the reference's own y (rounded), so the ReLU mask is the same.
         let (yt32, _) = r(&t.y);
         let (yi32, _) = r(&y_inf);
         let (m32, _) = r(&t.save_mean);
         let (v32, _) = r(&t.save_invstd);
         let (mut dx, mut dgt, mut dbt) = (vec![f32::NAN; n], dg32.clone(), db32.clone());
-        backward_train_cpu(
-            &s, &p, &x32, &yt32, &g32, &m32, &v32, &dy32, &mut dx, &mut dgt, &mut dbt,
-        )
-        .unwrap();
+        let (xs, grads) = ([&x32[..], &yt32, &dy32], [&mut dgt[..], &mut dbt]);
+        backward_train_cpu(&s, &p, xs, &g32, [&m32, &v32], &mut dx, grads).unwrap();
         let (mut dxi, mut dgi, mut dbi) = (vec![f32::NAN; n], dg32.clone(), db32.clone());
-        backward_inference_cpu(
-            &s, &p, &x32, &yi32, &g32, &rm32, &rv32, &dy32, &mut dxi, &mut dgi, &mut dbi,
-        )
-        .unwrap();
+        let (xs, grads) = ([&x32[..], &yi32, &dy32], [&mut dgi[..], &mut dbi]);
+        backward_inference_cpu(&s, &p, xs, &g32, [&rm32, &rv32], &mut dxi, grads).unwrap();
         for (what, out, reference) in [
             ("y train", widen(&y), &t.y),
             ("save_mean", widen(&m), &t.save_mean),
@@ -670,19 +571,9 @@ fn f32_variance_survives_large_means() {
         vec![f32::NAN; c],
         vec![f32::NAN; c],
     );
-    forward_train_cpu(
-        &s,
-        &p,
-        &x,
-        &vec![1.0; c],
-        &vec![0.25; c],
-        &mut rm,
-        &mut rv,
-        &mut y,
-        &mut m,
-        &mut v,
-    )
-    .unwrap();
+    let affine = [&vec![1.0; c][..], &vec![0.25; c]];
+    let (running, saved) = ([&mut rm[..], &mut rv], [&mut m[..], &mut v]);
+    forward_train_cpu(&s, &p, &x, affine, running, &mut y, saved).unwrap();
     check_large_mean_stats("f32 CPU", &t, &m, &v);
 }
 
@@ -750,23 +641,28 @@ fn gpu_matches_reference<T: Element>(gpu: &Gpu, (s, relu): (BatchNormShape, bool
         let mut y = gpu.alloc_poisoned::<T>(n).unwrap();
         let mut m = gpu.alloc_poisoned::<f32>(c).unwrap();
         let mut v = gpu.alloc_poisoned::<f32>(c).unwrap();
-        bn.forward_train(&x_d, &g_d, &b_d, &mut rm, &mut rv, &mut y, &mut m, &mut v)
+        let affine = [&g_d, &b_d];
+        bn.forward_train(&x_d, affine, [&mut rm, &mut rv], &mut y, [&mut m, &mut v])
             .unwrap();
         let mut yi = gpu.alloc_poisoned::<T>(n).unwrap();
-        bn.forward_inference(&x_d, &g_d, &b_d, &rm_d, &rv_d, &mut yi)
+        bn.forward_inference(&x_d, affine, [&rm_d, &rv_d], &mut yi)
             .unwrap();
         let mut dx = gpu.alloc_poisoned::<T>(n).unwrap();
         let (mut dg, mut db) = (up(&dg32), up(&db32));
+        let saved = [&mean_d, &invstd_d];
         bn.backward_train(
-            &x_d, &yt_d, &g_d, &mean_d, &invstd_d, &dy_d, &mut dx, &mut dg, &mut db,
+            [&x_d, &yt_d, &dy_d],
+            &g_d,
+            saved,
+            &mut dx,
+            [&mut dg, &mut db],
         )
         .unwrap();
         let mut dxi = gpu.alloc_poisoned::<T>(n).unwrap();
         let (mut dgi, mut dbi) = (up(&dg32), up(&db32));
-        bn.backward_inference(
-            &x_d, &yi_d, &g_d, &rm_d, &rv_d, &dy_d, &mut dxi, &mut dgi, &mut dbi,
-        )
-        .unwrap();
+        let (xs, running) = ([&x_d, &yi_d, &dy_d], [&rm_d, &rv_d]);
+        bn.backward_inference(xs, &g_d, running, &mut dxi, [&mut dgi, &mut dbi])
+            .unwrap();
         let d = |v: &cudarc::driver::CudaSlice<f32>| gpu.download(v).unwrap();
         GpuOut {
             y: gpu.download(&y).unwrap(),
@@ -881,7 +777,7 @@ fn gpu_rejects_bad_input() {
         gpu.alloc_poisoned::<f32>(3).unwrap(),
     );
     let err = bn
-        .forward_train(&x, &g, &b, &mut rm, &mut rv, &mut y, &mut m, &mut v)
+        .forward_train(&x, [&g, &b], [&mut rm, &mut rv], &mut y, [&mut m, &mut v])
         .unwrap_err();
     assert!(
         err.to_string()
@@ -891,7 +787,7 @@ fn gpu_rejects_bad_input() {
     assert_eq!(gpu.download(&rm).unwrap(), vec![0.25f32; 3]);
     let short = gpu.upload(&[1.0f32; 2]).unwrap();
     let err = bn
-        .forward_inference(&x, &short, &b, &rm, &rv, &mut y)
+        .forward_inference(&x, [&short, &b], [&rm, &rv], &mut y)
         .unwrap_err();
     assert!(
         err.to_string()
@@ -899,7 +795,8 @@ fn gpu_rejects_bad_input() {
         "{err}"
     );
     // Inference with one value per channel works: y = (x − 0.25)/√(2.001) + 0.5.
-    bn.forward_inference(&x, &g, &b, &rm, &rv, &mut y).unwrap();
+    bn.forward_inference(&x, [&g, &b], [&rm, &rv], &mut y)
+        .unwrap();
     let got = gpu.download(&y).unwrap();
     for (i, &v) in got.iter().enumerate() {
         let want = ((i as f64 + 1.0) - 0.25) / (2.0f64 + 1e-3).sqrt() + 0.5;
@@ -928,7 +825,7 @@ fn gpu_variance_survives_large_means() {
     let mut y = gpu.alloc_poisoned::<f32>(s.len()).unwrap();
     let mut m = gpu.alloc_poisoned::<f32>(c).unwrap();
     let mut v = gpu.alloc_poisoned::<f32>(c).unwrap();
-    bn.forward_train(&x_d, &g, &b, &mut rm, &mut rv, &mut y, &mut m, &mut v)
+    bn.forward_train(&x_d, [&g, &b], [&mut rm, &mut rv], &mut y, [&mut m, &mut v])
         .unwrap();
     check_large_mean_stats(
         "GPU f32",
@@ -970,34 +867,20 @@ fn gpu_cudnn_baseline_matches_reference() {
                 gpu.alloc_poisoned::<f32>(s.channels).unwrap(),
                 gpu.alloc_poisoned::<f32>(s.channels).unwrap(),
             );
-            bn.forward_train(
-                &x,
-                &gamma,
-                &beta,
-                &mut running_mean,
-                &mut running_var,
-                &mut y,
-                &mut mean,
-                &mut invstd,
-            )
-            .unwrap();
+            let (running, saved) = (
+                [&mut running_mean, &mut running_var],
+                [&mut mean, &mut invstd],
+            );
+            bn.forward_train(&x, [&gamma, &beta], running, &mut y, saved)
+                .unwrap();
             // The backward starts from the forward's own outputs, as in training.
             let d = |v: &cudarc::driver::CudaSlice<f32>| widen(&gpu.download(v).unwrap());
             let (ref_dx, ref_dg, ref_db) =
                 back_train64(&s, &p, &inp, &d(&y), &d(&mean), &d(&invstd));
             let mut dx = gpu.alloc_poisoned::<f32>(s.len()).unwrap();
-            bn.backward_train(
-                &x,
-                &y,
-                &gamma,
-                &mean,
-                &invstd,
-                &dy,
-                &mut dx,
-                &mut dgamma,
-                &mut dbeta,
-            )
-            .unwrap();
+            let grads = [&mut dgamma, &mut dbeta];
+            bn.backward_train([&x, &y, &dy], &gamma, [&mean, &invstd], &mut dx, grads)
+                .unwrap();
             for (what, got, want) in [
                 ("y", d(&y), &t.y),
                 ("save_mean", d(&mean), &t.save_mean),

@@ -59,7 +59,7 @@ fn draw_inputs(p: &ConvTransposeParams, seed: u64) -> Inputs {
 
 fn forward64(p: &ConvTransposeParams, x: &[f64], w: &[f64], bias: &[f64]) -> Vec<f64> {
     let mut y = vec![f64::NAN; p.output_len()];
-    forward_cpu(p, x, w, bias, &mut y).unwrap();
+    forward_cpu(p, x, [w, bias], &mut y).unwrap();
     y
 }
 
@@ -73,7 +73,7 @@ fn backward64(
     let mut dx = vec![f64::NAN; p.input_len()];
     let mut dw = vec![0.0; p.weight_len()];
     let mut db = vec![0.0; p.out_channels];
-    backward_cpu(p, x, w, dy, &mut dx, &mut dw, &mut db).unwrap();
+    backward_cpu(p, [x, dy], w, &mut dx, [&mut dw, &mut db]).unwrap();
     (dx, dw, db)
 }
 
@@ -224,7 +224,8 @@ fn backward_assigns_dx_and_accumulates_parameter_gradients() {
     let mut dw = vec![0.0; p.weight_len()];
     let mut db = vec![0.0; p.out_channels];
     for _ in 0..2 {
-        backward_cpu(&p, &inp.x, &inp.weight, &inp.dy, &mut dx, &mut dw, &mut db).unwrap();
+        let grads = [&mut dw[..], &mut db];
+        backward_cpu(&p, [&inp.x, &inp.dy], &inp.weight, &mut dx, grads).unwrap();
     }
     assert_close("dx after two calls", &dx, &dx1);
     let twice = |v: &[f64]| v.iter().map(|a| 2.0 * a).collect::<Vec<_>>();
@@ -239,14 +240,8 @@ fn f32_reference_matches_f64() {
     let y64 = forward64(&p, &inp.x, &inp.weight, &inp.bias);
     let to32 = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
     let mut y = vec![f32::NAN; p.output_len()];
-    forward_cpu(
-        &p,
-        &to32(&inp.x),
-        &to32(&inp.weight),
-        &to32(&inp.bias),
-        &mut y,
-    )
-    .unwrap();
+    let params32 = [&to32(&inp.weight)[..], &to32(&inp.bias)];
+    forward_cpu(&p, &to32(&inp.x), params32, &mut y).unwrap();
     let e = rel_error(&widen(&y), &y64);
     assert!(e < 1e-5, "f32 CPU forward relative error {e}");
 }
@@ -286,7 +281,7 @@ fn invalid_parameters_are_clear_errors() {
         let err = p.validate().unwrap_err().to_string();
         assert!(err.contains(message), "{p:?}: `{err}` lacks `{message}`");
         let mut y = vec![0.0f32; p.output_len()];
-        let err = forward_cpu(&p, &[], &[], &[], &mut y)
+        let err = forward_cpu(&p, &[], [&[], &[]], &mut y)
             .unwrap_err()
             .to_string();
         assert!(
@@ -300,7 +295,7 @@ fn invalid_parameters_are_clear_errors() {
 fn wrong_buffer_length_is_a_clear_error() {
     let p = params(1, 2, 3, 2, 2, 2, 2, 0, 0);
     let mut y = vec![0.0f32; p.output_len()];
-    let err = forward_cpu(&p, &[1.0f32; 7], &[1.0; 24], &[0.0; 3], &mut y).unwrap_err();
+    let err = forward_cpu(&p, &[1.0f32; 7], [&[1.0; 24], &[0.0; 3]], &mut y).unwrap_err();
     assert!(
         err.to_string()
             .contains("ConvTranspose2d x has 7 elements, expected 8"),
@@ -335,8 +330,8 @@ fn gpu_matches_reference<T: Element>(gpu: &Gpu, p: ConvTransposeParams, tol: f64
         let mut dx = gpu.alloc_poisoned::<T>(p.input_len()).unwrap();
         let mut dw = gpu.upload(&dw0).unwrap();
         let mut db = gpu.upload(&db0).unwrap();
-        conv.forward(&x_d, &w_d, &b_d, &mut y).unwrap();
-        conv.backward(&x_d, &w_d, &dy_d, &mut dx, &mut dw, &mut db)
+        conv.forward(&x_d, [&w_d, &b_d], &mut y).unwrap();
+        conv.backward([&x_d, &dy_d], &w_d, &mut dx, [&mut dw, &mut db])
             .unwrap();
         (
             gpu.download(&y).unwrap(),
@@ -414,7 +409,7 @@ fn gpu_cudnn_baseline_matches_forward() {
         let mut theirs = gpu.alloc_poisoned::<f32>(p.output_len()).unwrap();
         ConvTransposeGpu::<f32>::new(&gpu, p)
             .unwrap()
-            .forward(&x_d, &w_d, &zero_bias, &mut ours)
+            .forward(&x_d, [&w_d, &zero_bias], &mut ours)
             .unwrap();
         let made = CudnnConvTranspose::<f32>::new(&gpu, p, false);
         let mut cudnn = or_return!(library_or_skip(TEST, made));

@@ -73,7 +73,7 @@ fn bap_wrappers() {
     let (norms, _) = a.random(s.batch, -1.0, 1.0);
     a.cpu.bap_forward(&s, att, feat, parts, norms).unwrap();
     let (mut pv, mut nv) = (vec![0.0; s.parts_len()], vec![0.0; s.batch]);
-    bap::forward_cpu(&s, &attv, &featv, &mut pv, &mut nv).unwrap();
+    bap::forward_cpu(&s, [&attv, &featv], &mut pv, &mut nv).unwrap();
     assert_eq!(a.read(parts), pv);
     assert_eq!(a.read(norms), nv);
 
@@ -84,7 +84,7 @@ fn bap_wrappers() {
         .bap_backward(&s, att, feat, parts, norms, dparts, datt, dfeat)
         .unwrap();
     let (mut dav, mut dfv) = (vec![0.0; s.attention_len()], vec![0.0; s.features_len()]);
-    bap::backward_cpu(&s, &attv, &featv, &pv, &nv, &dpv, &mut dav, &mut dfv).unwrap();
+    bap::backward_cpu(&s, [&attv, &featv], (&pv, &nv), &dpv, [&mut dav, &mut dfv]).unwrap();
     assert_eq!(a.read(datt), dav);
     assert_eq!(a.read(dfeat), dfv);
 }
@@ -136,7 +136,7 @@ fn conv_transpose_wrappers() {
     let (y, _) = a.random(p.output_len(), -1.0, 1.0);
     a.cpu.conv_transpose_forward(&p, x, w, b, y).unwrap();
     let mut yv = vec![0.0; p.output_len()];
-    conv_transpose::forward_cpu(&p, &xv, &wv, &bv, &mut yv).unwrap();
+    conv_transpose::forward_cpu(&p, &xv, [&wv, &bv], &mut yv).unwrap();
     assert_eq!(a.read(y), yv);
 
     let (dy, dyv) = a.random(p.output_len(), -1.0, 1.0);
@@ -147,7 +147,7 @@ fn conv_transpose_wrappers() {
         .conv_transpose_backward(&p, x, w, dy, dx, dw, db)
         .unwrap();
     let mut dxv = vec![0.0; p.input_len()];
-    conv_transpose::backward_cpu(&p, &xv, &wv, &dyv, &mut dxv, &mut dwv, &mut dbv).unwrap();
+    conv_transpose::backward_cpu(&p, [&xv, &dyv], &wv, &mut dxv, [&mut dwv, &mut dbv]).unwrap();
     assert_eq!(a.read(dx), dxv);
     assert_eq!(a.read(dw), dwv);
     assert_eq!(a.read(db), dbv);

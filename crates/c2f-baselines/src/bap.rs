@@ -69,8 +69,7 @@ where
     /// Same contract as [`c2f_kernels::bap::BapGpu::forward`].
     pub fn forward(
         &mut self,
-        attention: &impl DevicePtr<T>,
-        features: &impl DevicePtr<T>,
+        [attention, features]: [&impl DevicePtr<T>; 2],
         parts: &mut impl DevicePtrMut<T>,
         norms: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
@@ -106,16 +105,12 @@ where
     }
 
     /// Same contract as [`c2f_kernels::bap::BapGpu::backward`].
-    #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
-        attention: &impl DevicePtr<T>,
-        features: &impl DevicePtr<T>,
-        parts: &impl DevicePtr<T>,
-        norms: &impl DevicePtr<f32>,
+        [attention, features]: [&impl DevicePtr<T>; 2],
+        (parts, norms): (&impl DevicePtr<T>, &impl DevicePtr<f32>),
         d_parts: &impl DevicePtr<T>,
-        d_attention: &mut impl DevicePtrMut<T>,
-        d_features: &mut impl DevicePtrMut<T>,
+        [d_attention, d_features]: [&mut impl DevicePtrMut<T>; 2],
     ) -> Result<()> {
         let s = self.shape;
         s.check_backward(

@@ -11,7 +11,7 @@ use cudarc::cudnn::sys::{self, cudnnBatchNormMode_t};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
 use crate::cudnn::{check, scalar, Activation, Handle, Tensor4d, ONE, ZERO};
-use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
+use c2f_kernels::batch_norm::{lens, BatchNormParams, BatchNormShape};
 use c2f_kernels::device::Gpu;
 use c2f_kernels::error::Result;
 
@@ -49,29 +49,19 @@ impl BatchNormCudnn {
     }
 
     /// As [`c2f_kernels::batch_norm::BatchNormGpu::forward_train`].
-    #[allow(clippy::too_many_arguments)]
     pub fn forward_train(
         &mut self,
         x: &impl DevicePtr<f32>,
-        gamma: &impl DevicePtr<f32>,
-        beta: &impl DevicePtr<f32>,
-        running_mean: &mut impl DevicePtrMut<f32>,
-        running_var: &mut impl DevicePtrMut<f32>,
+        affine: [&impl DevicePtr<f32>; 2],
+        running: [&mut impl DevicePtrMut<f32>; 2],
         y: &mut impl DevicePtrMut<f32>,
-        save_mean: &mut impl DevicePtrMut<f32>,
-        save_invstd: &mut impl DevicePtrMut<f32>,
+        saved: [&mut impl DevicePtrMut<f32>; 2],
     ) -> Result<()> {
-        self.shape.check_forward_train(
-            [x.len(), y.len()],
-            [
-                gamma.len(),
-                beta.len(),
-                running_mean.len(),
-                running_var.len(),
-                save_mean.len(),
-                save_invstd.len(),
-            ],
-        )?;
+        let pairs = [lens(&affine), lens(&running)];
+        self.shape
+            .check_forward([x.len(), y.len()], pairs, Some(lens(&saved)))?;
+        let ([gamma, beta], [running_mean, running_var]) = (affine, running);
+        let [save_mean, save_invstd] = saved;
         let (h, a) = (&self.handle, self.activations.0);
         let y = h.output(y);
         // SAFETY: every buffer has the length its descriptor gives (checked above), and
@@ -103,31 +93,21 @@ impl BatchNormCudnn {
         Ok(())
     }
 
-    /// As [`c2f_kernels::batch_norm::BatchNormGpu::backward_train`]: assigns `dx`, accumulates `dgamma` and
-    /// `dbeta`.
-    #[allow(clippy::too_many_arguments)]
+    /// As [`c2f_kernels::batch_norm::BatchNormGpu::backward_train`]: assigns `dx`, accumulates
+    /// `[dgamma, dbeta]`.
     pub fn backward_train(
         &mut self,
-        x: &impl DevicePtr<f32>,
-        y: &impl DevicePtr<f32>,
+        [x, y, dy]: [&impl DevicePtr<f32>; 3],
         gamma: &impl DevicePtr<f32>,
-        save_mean: &impl DevicePtr<f32>,
-        save_invstd: &impl DevicePtr<f32>,
-        dy: &impl DevicePtr<f32>,
+        saved: [&impl DevicePtr<f32>; 2],
         dx: &mut impl DevicePtrMut<f32>,
-        dgamma: &mut impl DevicePtrMut<f32>,
-        dbeta: &mut impl DevicePtrMut<f32>,
+        grads: [&mut impl DevicePtrMut<f32>; 2],
     ) -> Result<()> {
-        self.shape.check_backward_train(
-            [x.len(), y.len(), dy.len(), dx.len()],
-            [
-                gamma.len(),
-                save_mean.len(),
-                save_invstd.len(),
-                dgamma.len(),
-                dbeta.len(),
-            ],
-        )?;
+        let lengths = [x.len(), y.len(), dy.len(), dx.len()];
+        let pairs = [lens(&saved), lens(&grads)];
+        self.shape
+            .check_backward(true, lengths, gamma.len(), pairs)?;
+        let ([save_mean, save_invstd], [dgamma, dbeta]) = (saved, grads);
         let (h, a) = (&self.handle, self.activations.0);
         let (y, mut grad) = (h.input(y), h.input(dy));
         // SAFETY: as in `forward_train`; the scratch gradient has the activations' length.

@@ -94,11 +94,10 @@ impl BapShape {
     }
 }
 
-/// CPU reference forward: writes `parts [B, M·N]` and `norms [B]`.
+/// CPU reference forward: from `[attention, features]` writes `parts [B, M·N]` and `norms [B]`.
 pub fn forward_cpu<R: Real>(
     shape: &BapShape,
-    attention: &[R],
-    features: &[R],
+    [attention, features]: [&[R]; 2],
     parts: &mut [R],
     norms: &mut [R],
 ) -> Result<()> {
@@ -126,17 +125,13 @@ pub fn forward_cpu<R: Real>(
     Ok(())
 }
 
-/// CPU reference backward: from `d_parts` writes `d_attention` and `d_features` (assigned).
-#[allow(clippy::too_many_arguments)]
+/// CPU reference backward: from `d_parts` writes `[d_attention, d_features]` (assigned).
 pub fn backward_cpu<R: Real>(
     shape: &BapShape,
-    attention: &[R],
-    features: &[R],
-    parts: &[R],
-    norms: &[R],
+    [attention, features]: [&[R]; 2],
+    (parts, norms): (&[R], &[R]),
     d_parts: &[R],
-    d_attention: &mut [R],
-    d_features: &mut [R],
+    [d_attention, d_features]: [&mut [R]; 2],
 ) -> Result<()> {
     shape.check_backward(
         [attention.len(), features.len(), parts.len(), norms.len()],
@@ -300,11 +295,11 @@ impl<T: Element> BapGpu<T> {
         &self.shape
     }
 
-    /// Writes `parts [B, M·N]` (normalised) and `norms [B]` (‖S‖ per sample).
+    /// From `[attention, features]` writes `parts [B, M·N]` (normalised) and `norms [B]` (‖S‖
+    /// per sample).
     pub fn forward(
         &mut self,
-        attention: &impl DevicePtr<T>,
-        features: &impl DevicePtr<T>,
+        [attention, features]: [&impl DevicePtr<T>; 2],
         parts: &mut impl DevicePtrMut<T>,
         norms: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
@@ -329,17 +324,14 @@ impl<T: Element> BapGpu<T> {
         )
     }
 
-    /// From `d_parts` writes `d_attention` and `d_features` (assigned, not accumulated).
-    #[allow(clippy::too_many_arguments)]
+    /// From `d_parts` and the forward's `[attention, features]` and `(parts, norms)` writes
+    /// `[d_attention, d_features]` (assigned, not accumulated).
     pub fn backward(
         &mut self,
-        attention: &impl DevicePtr<T>,
-        features: &impl DevicePtr<T>,
-        parts: &impl DevicePtr<T>,
-        norms: &impl DevicePtr<f32>,
+        [attention, features]: [&impl DevicePtr<T>; 2],
+        (parts, norms): (&impl DevicePtr<T>, &impl DevicePtr<f32>),
         d_parts: &impl DevicePtr<T>,
-        d_attention: &mut impl DevicePtrMut<T>,
-        d_features: &mut impl DevicePtrMut<T>,
+        [d_attention, d_features]: [&mut impl DevicePtrMut<T>; 2],
     ) -> Result<()> {
         let s = self.shape;
         s.check_backward(

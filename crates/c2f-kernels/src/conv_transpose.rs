@@ -158,12 +158,12 @@ fn tap_spans(
         .collect()
 }
 
-/// CPU reference forward: writes `y [B, Cout, Hout, Wout]`.
+/// CPU reference forward: writes `y [B, Cout, Hout, Wout]` from `x` and the layer's
+/// `[weight, bias]`.
 pub fn forward_cpu<R: Real>(
     p: &ConvTransposeParams,
     x: &[R],
-    weight: &[R],
-    bias: &[R],
+    [weight, bias]: [&[R]; 2],
     y: &mut [R],
 ) -> Result<()> {
     p.validate()?;
@@ -202,17 +202,14 @@ pub fn forward_cpu<R: Real>(
     Ok(())
 }
 
-/// CPU reference backward. From `dy` writes `dx` (assigned) and adds into `d_weight` and `d_bias`
+/// CPU reference backward. From `dy` writes `dx` (assigned) and adds into `[d_weight, d_bias]`
 /// (accumulated: `+=`).
-#[allow(clippy::too_many_arguments)]
 pub fn backward_cpu<R: Real>(
     p: &ConvTransposeParams,
-    x: &[R],
+    [x, dy]: [&[R]; 2],
     weight: &[R],
-    dy: &[R],
     dx: &mut [R],
-    d_weight: &mut [R],
-    d_bias: &mut [R],
+    [d_weight, d_bias]: [&mut [R]; 2],
 ) -> Result<()> {
     p.validate()?;
     p.check_buffers(&[
@@ -491,12 +488,11 @@ impl<T: Element> ConvTransposeGpu<T> {
         .map(|v| v as i32)
     }
 
-    /// Writes `y [B, Cout, Hout, Wout]` from `x`, `weight [Cin, Cout, k, k]` and `bias [Cout]`.
+    /// Writes `y [B, Cout, Hout, Wout]` from `x` and `[weight [Cin, Cout, k, k], bias [Cout]]`.
     pub fn forward(
         &mut self,
         x: &impl DevicePtr<T>,
-        weight: &impl DevicePtr<f32>,
-        bias: &impl DevicePtr<f32>,
+        [weight, bias]: [&impl DevicePtr<f32>; 2],
         y: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         let p = self.params;
@@ -528,19 +524,16 @@ impl<T: Element> ConvTransposeGpu<T> {
     }
 
     /// Full backward: [`Self::backward_input`] then [`Self::backward_params`]. `dx` is assigned;
-    /// `d_weight` and `d_bias` are accumulated (`+=`).
-    #[allow(clippy::too_many_arguments)]
+    /// `[d_weight, d_bias]` are accumulated (`+=`).
     pub fn backward(
         &mut self,
-        x: &impl DevicePtr<T>,
+        [x, dy]: [&impl DevicePtr<T>; 2],
         weight: &impl DevicePtr<f32>,
-        dy: &impl DevicePtr<T>,
         dx: &mut impl DevicePtrMut<T>,
-        d_weight: &mut impl DevicePtrMut<f32>,
-        d_bias: &mut impl DevicePtrMut<f32>,
+        grads: [&mut impl DevicePtrMut<f32>; 2],
     ) -> Result<()> {
         self.backward_input(weight, dy, dx)?;
-        self.backward_params(x, dy, d_weight, d_bias)
+        self.backward_params([x, dy], grads)
     }
 
     /// Writes `dx [B, Cin, H, W]` (assigned, not accumulated) from `dy` and `weight`.
@@ -577,14 +570,12 @@ impl<T: Element> ConvTransposeGpu<T> {
         Ok(())
     }
 
-    /// Adds the parameter gradients into `d_weight [Cin, Cout, k, k]` and `d_bias [Cout]`
-    /// (accumulated: `+=`, in f32).
+    /// Adds the parameter gradients from `[x, dy]` into `[d_weight [Cin, Cout, k, k], d_bias
+    /// [Cout]]` (accumulated: `+=`, in f32).
     pub fn backward_params(
         &mut self,
-        x: &impl DevicePtr<T>,
-        dy: &impl DevicePtr<T>,
-        d_weight: &mut impl DevicePtrMut<f32>,
-        d_bias: &mut impl DevicePtrMut<f32>,
+        [x, dy]: [&impl DevicePtr<T>; 2],
+        [d_weight, d_bias]: [&mut impl DevicePtrMut<f32>; 2],
     ) -> Result<()> {
         let p = self.params;
         p.check_buffers(&[

@@ -217,18 +217,10 @@ impl<R: Real> NetworkOps for CpuBackend<R> {
                     &[bn.running_mean, bn.running_var, y, saved.mean, saved.invstd],
                     &[],
                 )?;
-                batch_norm::forward_train_cpu(
-                    s,
-                    p,
-                    m.input(x),
-                    m.input(bn.gamma),
-                    m.input(bn.beta),
-                    m.output(bn.running_mean),
-                    m.output(bn.running_var),
-                    m.output(y),
-                    m.output(saved.mean),
-                    m.output(saved.invstd),
-                )
+                let affine = [m.input(bn.gamma), m.input(bn.beta)];
+                let running = [m.output(bn.running_mean), m.output(bn.running_var)];
+                let saved = [m.output(saved.mean), m.output(saved.invstd)];
+                batch_norm::forward_train_cpu(s, p, m.input(x), affine, running, m.output(y), saved)
             }
             BnMode::Inference => {
                 let m = self.operands(
@@ -236,16 +228,9 @@ impl<R: Real> NetworkOps for CpuBackend<R> {
                     &[y],
                     &[],
                 )?;
-                batch_norm::forward_inference_cpu(
-                    s,
-                    p,
-                    m.input(x),
-                    m.input(bn.gamma),
-                    m.input(bn.beta),
-                    m.input(bn.running_mean),
-                    m.input(bn.running_var),
-                    m.output(y),
-                )
+                let affine = [m.input(bn.gamma), m.input(bn.beta)];
+                let running = [m.input(bn.running_mean), m.input(bn.running_var)];
+                batch_norm::forward_inference_cpu(s, p, m.input(x), affine, running, m.output(y))
             }
         }
     }
@@ -277,19 +262,12 @@ impl<R: Real> NetworkOps for CpuBackend<R> {
             BnMode::Train => batch_norm::backward_train_cpu::<R>,
             BnMode::Inference => batch_norm::backward_inference_cpu::<R>,
         };
-        backward(
-            s,
-            p,
-            m.input(x),
-            m.input(y),
-            m.input(bn.gamma),
-            m.input(mean),
-            m.input(invstd),
-            m.input(dy),
-            m.output(dx),
-            m.output(dgamma),
-            m.output(dbeta),
-        )
+        let xs = [m.input(x), m.input(y), m.input(dy)];
+        let (stats, grads) = (
+            [m.input(mean), m.input(invstd)],
+            [m.output(dgamma), m.output(dbeta)],
+        );
+        backward(s, p, xs, m.input(bn.gamma), stats, m.output(dx), grads)
     }
 
     fn max_pool_forward(
@@ -489,13 +467,8 @@ impl<R: Real> Coarse2FineOps for CpuBackend<R> {
         norms: Tensor,
     ) -> Result<()> {
         let m = self.operands(&[attention, features], &[parts, norms], &[])?;
-        bap::forward_cpu(
-            s,
-            m.input(attention),
-            m.input(features),
-            m.output(parts),
-            m.output(norms),
-        )
+        let inputs = [m.input(attention), m.input(features)];
+        bap::forward_cpu(s, inputs, m.output(parts), m.output(norms))
     }
 
     fn bap_backward(
@@ -514,16 +487,10 @@ impl<R: Real> Coarse2FineOps for CpuBackend<R> {
             &[d_attention, d_features],
             &[],
         )?;
-        bap::backward_cpu(
-            s,
-            m.input(attention),
-            m.input(features),
-            m.input(parts),
-            m.input(norms),
-            m.input(d_parts),
-            m.output(d_attention),
-            m.output(d_features),
-        )
+        let inputs = [m.input(attention), m.input(features)];
+        let forward = (m.input(parts), m.input(norms));
+        let grads = [m.output(d_attention), m.output(d_features)];
+        bap::backward_cpu(s, inputs, forward, m.input(d_parts), grads)
     }
 
     fn center_loss(
@@ -556,7 +523,8 @@ impl<R: Real> Coarse2FineOps for CpuBackend<R> {
         y: Tensor,
     ) -> Result<()> {
         let m = self.operands(&[x, weight, bias], &[y], &[])?;
-        conv_transpose::forward_cpu(p, m.input(x), m.input(weight), m.input(bias), m.output(y))
+        let params = [m.input(weight), m.input(bias)];
+        conv_transpose::forward_cpu(p, m.input(x), params, m.output(y))
     }
 
     fn conv_transpose_backward(
@@ -570,15 +538,11 @@ impl<R: Real> Coarse2FineOps for CpuBackend<R> {
         d_bias: Tensor,
     ) -> Result<()> {
         let m = self.operands(&[x, weight, dy], &[dx, d_weight, d_bias], &[])?;
-        conv_transpose::backward_cpu(
-            p,
-            m.input(x),
-            m.input(weight),
-            m.input(dy),
-            m.output(dx),
-            m.output(d_weight),
-            m.output(d_bias),
-        )
+        let (xs, grads) = (
+            [m.input(x), m.input(dy)],
+            [m.output(d_weight), m.output(d_bias)],
+        );
+        conv_transpose::backward_cpu(p, xs, m.input(weight), m.output(dx), grads)
     }
 
     fn relu_forward(&mut self, x: Tensor, y: Tensor) -> Result<()> {

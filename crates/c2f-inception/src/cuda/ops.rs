@@ -84,16 +84,9 @@ impl NetworkOps for CudaBackend {
                  [x, gamma, beta],
                  [mut running_mean, mut running_var, mut y, mut mean, mut invstd],
                  []| {
-                    op.forward_train(
-                        &x,
-                        &gamma,
-                        &beta,
-                        &mut running_mean,
-                        &mut running_var,
-                        &mut y,
-                        &mut mean,
-                        &mut invstd,
-                    )
+                    let running = [&mut running_mean, &mut running_var];
+                    let saved = [&mut mean, &mut invstd];
+                    op.forward_train(&x, [&gamma, &beta], running, &mut y, saved)
                 },
             ),
             BnMode::Inference => self.launch(
@@ -102,7 +95,7 @@ impl NetworkOps for CudaBackend {
                 [y],
                 [],
                 |op: &mut BatchNormGpu<f32>, [x, gamma, beta, mean, var], [mut y], []| {
-                    op.forward_inference(&x, &gamma, &beta, &mean, &var, &mut y)
+                    op.forward_inference(&x, [&gamma, &beta], [&mean, &var], &mut y)
                 },
             ),
         }
@@ -135,15 +128,11 @@ impl NetworkOps for CudaBackend {
              [x, y, gamma, mean, invstd, dy],
              [mut dx, mut dgamma, mut dbeta],
              []| {
-                let (x, y, gamma, mean, invstd, dy) = (&x, &y, &gamma, &mean, &invstd, &dy);
-                let (dx, dgamma, dbeta) = (&mut dx, &mut dgamma, &mut dbeta);
+                let (xs, stats, grads) =
+                    ([&x, &y, &dy], [&mean, &invstd], [&mut dgamma, &mut dbeta]);
                 match mode {
-                    BnMode::Train => {
-                        op.backward_train(x, y, gamma, mean, invstd, dy, dx, dgamma, dbeta)
-                    }
-                    BnMode::Inference => {
-                        op.backward_inference(x, y, gamma, mean, invstd, dy, dx, dgamma, dbeta)
-                    }
+                    BnMode::Train => op.backward_train(xs, &gamma, stats, &mut dx, grads),
+                    BnMode::Inference => op.backward_inference(xs, &gamma, stats, &mut dx, grads),
                 }
             },
         )
@@ -381,7 +370,7 @@ impl Coarse2FineOps for CudaBackend {
             [parts, norms],
             [],
             |op: &mut BapGpu<f32>, [attention, features], [mut parts, mut norms], []| {
-                op.forward(&attention, &features, &mut parts, &mut norms)
+                op.forward([&attention, &features], &mut parts, &mut norms)
             },
         )
     }
@@ -406,15 +395,8 @@ impl Coarse2FineOps for CudaBackend {
              [attention, features, parts, norms, d_parts],
              [mut d_attention, mut d_features],
              []| {
-                op.backward(
-                    &attention,
-                    &features,
-                    &parts,
-                    &norms,
-                    &d_parts,
-                    &mut d_attention,
-                    &mut d_features,
-                )
+                let grads = [&mut d_attention, &mut d_features];
+                op.backward([&attention, &features], (&parts, &norms), &d_parts, grads)
             },
         )
     }
@@ -455,7 +437,7 @@ impl Coarse2FineOps for CudaBackend {
             [y],
             [],
             |op: &mut ConvTransposeGpu<f32>, [x, weight, bias], [mut y], []| {
-                op.forward(&x, &weight, &bias, &mut y)
+                op.forward(&x, [&weight, &bias], &mut y)
             },
         )
     }
@@ -478,7 +460,9 @@ impl Coarse2FineOps for CudaBackend {
             |op: &mut ConvTransposeGpu<f32>,
              [x, weight, dy],
              [mut dx, mut d_weight, mut d_bias],
-             []| { op.backward(&x, &weight, &dy, &mut dx, &mut d_weight, &mut d_bias) },
+             []| {
+                op.backward([&x, &dy], &weight, &mut dx, [&mut d_weight, &mut d_bias])
+            },
         )
     }
 

@@ -7,7 +7,7 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::launch;
 
-use super::{BatchNormParams, BatchNormShape};
+use super::{lens, BatchNormParams, BatchNormShape};
 
 const THREADS: u32 = 256;
 /// Blocks to aim for over the whole (chunks, C) grid: about 8 resident blocks on each of 132 SMs.
@@ -95,36 +95,26 @@ impl<T: Element> BatchNormGpu<T> {
         ]
     }
 
-    /// Training mode: writes `y`, `save_mean`, `save_invstd` and updates `running_mean`,
-    /// `running_var` in place, as [`forward_train_cpu`].
-    #[allow(clippy::too_many_arguments)]
+    /// Training mode: writes `y` and the saved `[mean, invstd]`, and updates the running
+    /// `[mean, var]` in place, as [`forward_train_cpu`].
     pub fn forward_train(
         &mut self,
         x: &impl DevicePtr<T>,
-        gamma: &impl DevicePtr<f32>,
-        beta: &impl DevicePtr<f32>,
-        running_mean: &mut impl DevicePtrMut<f32>,
-        running_var: &mut impl DevicePtrMut<f32>,
+        affine: [&impl DevicePtr<f32>; 2],
+        running: [&mut impl DevicePtrMut<f32>; 2],
         y: &mut impl DevicePtrMut<T>,
-        save_mean: &mut impl DevicePtrMut<f32>,
-        save_invstd: &mut impl DevicePtrMut<f32>,
+        saved: [&mut impl DevicePtrMut<f32>; 2],
     ) -> Result<()> {
-        self.shape.check_forward_train(
-            [x.len(), y.len()],
-            [
-                gamma.len(),
-                beta.len(),
-                running_mean.len(),
-                running_var.len(),
-                save_mean.len(),
-                save_invstd.len(),
-            ],
-        )?;
+        let pairs = [lens(&affine), lens(&running)];
+        self.shape
+            .check_forward([x.len(), y.len()], pairs, Some(lens(&saved)))?;
         self.shape.check_training()?;
         let [c, hw, n, chunk_len] = self.dims();
         let (eps, momentum) = (self.params.eps as f32, self.params.momentum as f32);
         let relu = self.params.relu as i32;
         let cfg = self.grid();
+        let ([gamma, beta], [running_mean, running_var]) = (affine, running);
+        let [save_mean, save_invstd] = saved;
         // SAFETY: buffer lengths checked above match the kernels' indexing; the partials hold
         // C·chunks values, the grid's size.
         unsafe {
@@ -140,27 +130,19 @@ impl<T: Element> BatchNormGpu<T> {
         Ok(())
     }
 
-    /// Inference mode: writes `y` from the running stats, as [`forward_inference_cpu`].
+    /// Inference mode: writes `y` from the running `[mean, var]`, as [`forward_inference_cpu`].
     pub fn forward_inference(
         &mut self,
         x: &impl DevicePtr<T>,
-        gamma: &impl DevicePtr<f32>,
-        beta: &impl DevicePtr<f32>,
-        running_mean: &impl DevicePtr<f32>,
-        running_var: &impl DevicePtr<f32>,
+        affine: [&impl DevicePtr<f32>; 2],
+        running: [&impl DevicePtr<f32>; 2],
         y: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
-        self.shape.check(
-            &[("x", x.len()), ("y", y.len())],
-            &[
-                ("gamma", gamma.len()),
-                ("beta", beta.len()),
-                ("running_mean", running_mean.len()),
-                ("running_var", running_var.len()),
-            ],
-        )?;
+        let pairs = [lens(&affine), lens(&running)];
+        self.shape.check_forward([x.len(), y.len()], pairs, None)?;
         let [c, hw, n, chunk_len] = self.dims();
         let (eps, relu) = (self.params.eps as f32, self.params.relu as i32);
+        let ([gamma, beta], [running_mean, running_var]) = (affine, running);
         // SAFETY: buffer lengths checked above match the kernel's indexing.
         unsafe {
             launch!(self.k.bn_infer_apply, self.grid(), [
@@ -171,34 +153,25 @@ impl<T: Element> BatchNormGpu<T> {
         Ok(())
     }
 
-    /// Training-mode backward, as [`backward_train_cpu`]: assigns `dx`, accumulates `dgamma` and
-    /// `dbeta` (`+=`). `y` is the forward's output, read only with ReLU.
-    #[allow(clippy::too_many_arguments)]
+    /// Training-mode backward, as [`backward_train_cpu`]: from the forward's `[x, y]` (`y` read
+    /// only with ReLU), `dy`, `gamma` and the saved `[mean, invstd]`, assigns `dx` and
+    /// accumulates `[dgamma, dbeta]` (`+=`).
     pub fn backward_train(
         &mut self,
-        x: &impl DevicePtr<T>,
-        y: &impl DevicePtr<T>,
+        [x, y, dy]: [&impl DevicePtr<T>; 3],
         gamma: &impl DevicePtr<f32>,
-        save_mean: &impl DevicePtr<f32>,
-        save_invstd: &impl DevicePtr<f32>,
-        dy: &impl DevicePtr<T>,
+        saved: [&impl DevicePtr<f32>; 2],
         dx: &mut impl DevicePtrMut<T>,
-        dgamma: &mut impl DevicePtrMut<f32>,
-        dbeta: &mut impl DevicePtrMut<f32>,
+        grads: [&mut impl DevicePtrMut<f32>; 2],
     ) -> Result<()> {
-        self.shape.check_backward_train(
-            [x.len(), y.len(), dy.len(), dx.len()],
-            [
-                gamma.len(),
-                save_mean.len(),
-                save_invstd.len(),
-                dgamma.len(),
-                dbeta.len(),
-            ],
-        )?;
+        let lengths = [x.len(), y.len(), dy.len(), dx.len()];
+        let pairs = [lens(&saved), lens(&grads)];
+        self.shape
+            .check_backward(true, lengths, gamma.len(), pairs)?;
         let [c, hw, n, chunk_len] = self.dims();
         let relu = self.params.relu as i32;
         let cfg = self.grid();
+        let ([save_mean, save_invstd], [dgamma, dbeta]) = (saved, grads);
         // SAFETY: buffer lengths checked above match the kernels' indexing; the partials hold
         // C·chunks values, the grid's size.
         unsafe {
@@ -214,39 +187,25 @@ impl<T: Element> BatchNormGpu<T> {
         Ok(())
     }
 
-    /// Inference-mode backward (frozen BN), as [`backward_inference_cpu`]: assigns `dx`,
-    /// accumulates `dgamma` and `dbeta` (`+=`). `y` is the forward's output, read only with ReLU.
-    #[allow(clippy::too_many_arguments)]
+    /// Inference-mode backward (frozen BN), as [`backward_inference_cpu`]: from the forward's
+    /// `[x, y]` (`y` read only with ReLU), `dy`, `gamma` and the running `[mean, var]`, assigns
+    /// `dx` and accumulates `[dgamma, dbeta]` (`+=`).
     pub fn backward_inference(
         &mut self,
-        x: &impl DevicePtr<T>,
-        y: &impl DevicePtr<T>,
+        [x, y, dy]: [&impl DevicePtr<T>; 3],
         gamma: &impl DevicePtr<f32>,
-        running_mean: &impl DevicePtr<f32>,
-        running_var: &impl DevicePtr<f32>,
-        dy: &impl DevicePtr<T>,
+        running: [&impl DevicePtr<f32>; 2],
         dx: &mut impl DevicePtrMut<T>,
-        dgamma: &mut impl DevicePtrMut<f32>,
-        dbeta: &mut impl DevicePtrMut<f32>,
+        grads: [&mut impl DevicePtrMut<f32>; 2],
     ) -> Result<()> {
-        self.shape.check(
-            &[
-                ("x", x.len()),
-                ("y", y.len()),
-                ("dy", dy.len()),
-                ("dx", dx.len()),
-            ],
-            &[
-                ("gamma", gamma.len()),
-                ("running_mean", running_mean.len()),
-                ("running_var", running_var.len()),
-                ("dgamma", dgamma.len()),
-                ("dbeta", dbeta.len()),
-            ],
-        )?;
+        let lengths = [x.len(), y.len(), dy.len(), dx.len()];
+        let pairs = [lens(&running), lens(&grads)];
+        self.shape
+            .check_backward(false, lengths, gamma.len(), pairs)?;
         let [c, hw, n, chunk_len] = self.dims();
         let chunks = self.chunks as i32;
         let (eps, relu) = (self.params.eps as f32, self.params.relu as i32);
+        let ([running_mean, running_var], [dgamma, dbeta]) = (running, grads);
         // One warp per channel sums its chunks' partials.
         let (cfg, per_channel) = (self.grid(), grid((self.shape.channels as u32, 1, 1), 32));
         // SAFETY: buffer lengths checked above match the kernels' indexing; the partials hold

@@ -15,6 +15,9 @@
 //!   running stats; both `dgamma += Σ(g·x̂)`, `dbeta += Σg`.
 //!
 //! Activation gradients (`dx`) are assigned; parameter gradients (`dgamma`, `dbeta`) accumulate.
+//! The per-channel tensors go in pairs: `[gamma, beta]`, the running `[mean, var]`, the saved
+//! `[mean, invstd]` and `[dgamma, dbeta]`; a backward reads the saved pair in training mode and
+//! the running pair in inference mode, as its `stats`.
 //! On the GPU the activations are `T` (f32, or bf16 with f32 arithmetic); `gamma`, `beta`, running
 //! and saved stats and parameter gradients are always f32. Kernels: `kernels/batch_norm.cu`,
 //! deterministic (per-block partials summed in a fixed order, no float atomics).
@@ -29,7 +32,28 @@ pub use reference::{
     backward_inference_cpu, backward_train_cpu, forward_inference_cpu, forward_train_cpu,
 };
 
+use std::ops::Deref;
+
+use cudarc::driver::DeviceSlice;
+
 use crate::error::{check_len, check_shape, Error, Result};
+
+/// The names of the per-channel pairs, for errors.
+const AFFINE: [&str; 2] = ["gamma", "beta"];
+const RUNNING: [&str; 2] = ["running_mean", "running_var"];
+const SAVED: [&str; 2] = ["save_mean", "save_invstd"];
+const GRADS: [&str; 2] = ["dgamma", "dbeta"];
+
+/// The lengths of a pair of per-channel device buffers.
+#[doc(hidden)] // for c2f-baselines
+pub fn lens<P: Deref<Target = B>, B: DeviceSlice<f32> + ?Sized>(pair: &[P; 2]) -> [usize; 2] {
+    [pair[0].len(), pair[1].len()]
+}
+
+/// A pair's lengths beside its names.
+fn named(names: [&'static str; 2], lens: [usize; 2]) -> [(&'static str, usize); 2] {
+    [(names[0], lens[0]), (names[1], lens[1])]
+}
 
 /// InceptionV3's `BatchNorm2d(eps=0.001)`.
 pub const INCEPTION_EPS: f64 = 1e-3;
@@ -79,49 +103,43 @@ impl BatchNormShape {
         Ok(())
     }
 
-    /// The training forward's lengths: `x`, `y`; gamma, beta, running mean and variance, saved
-    /// mean and inverse std.
+    /// The forward's lengths: `x` and `y`, and the pairs `[gamma, beta]`, running
+    /// `[mean, var]` and, in training mode, saved `[mean, invstd]`.
     #[doc(hidden)] // for c2f-baselines
-    pub fn check_forward_train(&self, [x, y]: [usize; 2], per_channel: [usize; 6]) -> Result<()> {
-        let [gamma, beta, running_mean, running_var, save_mean, save_invstd] = per_channel;
-        self.check(
-            &[("x", x), ("y", y)],
-            &[
-                ("gamma", gamma),
-                ("beta", beta),
-                ("running_mean", running_mean),
-                ("running_var", running_var),
-                ("save_mean", save_mean),
-                ("save_invstd", save_invstd),
-            ],
-        )
+    pub fn check_forward(
+        &self,
+        [x, y]: [usize; 2],
+        [affine, running]: [[usize; 2]; 2],
+        saved: Option<[usize; 2]>,
+    ) -> Result<()> {
+        let mut per_channel = [named(AFFINE, affine), named(RUNNING, running)].concat();
+        per_channel.extend(saved.map(|saved| named(SAVED, saved)).iter().flatten());
+        self.check([("x", x), ("y", y)], &per_channel)
     }
 
-    /// The training backward's lengths: `x`, `y`, `dy`, `dx`; gamma, saved mean and inverse
-    /// std, dgamma, dbeta.
+    /// The backward's lengths: `x`, `y`, `dy` and `dx`, `gamma`, the `stats` pair (saved in
+    /// training mode, running in inference mode) and `[dgamma, dbeta]`.
     #[doc(hidden)] // for c2f-baselines
-    pub fn check_backward_train(
+    pub fn check_backward(
         &self,
+        train: bool,
         [x, y, dy, dx]: [usize; 4],
-        per_channel: [usize; 5],
+        gamma: usize,
+        [stats, grads]: [[usize; 2]; 2],
     ) -> Result<()> {
-        let [gamma, save_mean, save_invstd, dgamma, dbeta] = per_channel;
-        self.check(
-            &[("x", x), ("y", y), ("dy", dy), ("dx", dx)],
-            &[
-                ("gamma", gamma),
-                ("save_mean", save_mean),
-                ("save_invstd", save_invstd),
-                ("dgamma", dgamma),
-                ("dbeta", dbeta),
-            ],
-        )
+        let stats = named(if train { SAVED } else { RUNNING }, stats);
+        let per_channel = [&[("gamma", gamma)][..], &stats, &named(GRADS, grads)].concat();
+        self.check([("x", x), ("y", y), ("dy", dy), ("dx", dx)], &per_channel)
     }
 
     /// Checks the activation-sized buffers (named) and the per-channel ones (named).
-    fn check(&self, activations: &[(&str, usize)], per_channel: &[(&str, usize)]) -> Result<()> {
+    fn check<const A: usize>(
+        &self,
+        activations: [(&str, usize); A],
+        per_channel: &[(&str, usize)],
+    ) -> Result<()> {
         self.validate()?;
-        for &(what, len) in activations {
+        for (what, len) in activations {
             check_len(&format!("batch norm {what}"), len, self.len())?;
         }
         for &(what, len) in per_channel {

@@ -1,5 +1,7 @@
 //! The CPU references (and the CPU backend's ops), each channel's sums in a fixed order.
 
+use std::ops::Deref;
+
 use rayon::prelude::*;
 
 use crate::error::Result;
@@ -90,34 +92,28 @@ fn write_rows<R: Real>(
     });
 }
 
-/// CPU forward, training mode (and the CPU backend's op): writes `y`, `save_mean`, `save_invstd`
-/// and updates `running_mean`, `running_var` in place.
-#[allow(clippy::too_many_arguments)]
+/// The lengths of a pair of per-channel slices.
+fn lens<R, S: Deref<Target = [R]>>(pair: &[S; 2]) -> [usize; 2] {
+    [pair[0].len(), pair[1].len()]
+}
+
+/// CPU forward, training mode (and the CPU backend's op): writes `y` and the saved
+/// `[mean, invstd]`, and updates the running `[mean, var]` in place.
 pub fn forward_train_cpu<R: Real>(
     shape: &BatchNormShape,
     params: &BatchNormParams,
     x: &[R],
-    gamma: &[R],
-    beta: &[R],
-    running_mean: &mut [R],
-    running_var: &mut [R],
+    affine: [&[R]; 2],
+    running: [&mut [R]; 2],
     y: &mut [R],
-    save_mean: &mut [R],
-    save_invstd: &mut [R],
+    saved: [&mut [R]; 2],
 ) -> Result<()> {
-    shape.check_forward_train(
-        [x.len(), y.len()],
-        [
-            gamma.len(),
-            beta.len(),
-            running_mean.len(),
-            running_var.len(),
-            save_mean.len(),
-            save_invstd.len(),
-        ],
-    )?;
+    let pairs = [lens(&affine), lens(&running)];
+    shape.check_forward([x.len(), y.len()], pairs, Some(lens(&saved)))?;
     params.validate()?;
     shape.check_training()?;
+    let ([gamma, beta], [running_mean, running_var]) = (affine, running);
+    let [save_mean, save_invstd] = saved;
     let n = shape.per_channel();
     let inv_n = R::from_f64(1.0 / n as f64);
     let eps = R::from_f64(params.eps);
@@ -155,28 +151,19 @@ pub fn forward_train_cpu<R: Real>(
     Ok(())
 }
 
-/// CPU forward, inference mode (and the CPU backend's op): writes `y` from the running stats.
-#[allow(clippy::too_many_arguments)]
+/// CPU forward, inference mode (and the CPU backend's op): writes `y` from the running
+/// `[mean, var]`.
 pub fn forward_inference_cpu<R: Real>(
     shape: &BatchNormShape,
     params: &BatchNormParams,
     x: &[R],
-    gamma: &[R],
-    beta: &[R],
-    running_mean: &[R],
-    running_var: &[R],
+    affine: [&[R]; 2],
+    running: [&[R]; 2],
     y: &mut [R],
 ) -> Result<()> {
-    shape.check(
-        &[("x", x.len()), ("y", y.len())],
-        &[
-            ("gamma", gamma.len()),
-            ("beta", beta.len()),
-            ("running_mean", running_mean.len()),
-            ("running_var", running_var.len()),
-        ],
-    )?;
+    shape.check_forward([x.len(), y.len()], [lens(&affine), lens(&running)], None)?;
     params.validate()?;
+    let ([gamma, beta], [running_mean, running_var]) = (affine, running);
     let eps = R::from_f64(params.eps);
     let scale: Vec<R> = (0..shape.channels)
         .map(|c| gamma[c] * (running_var[c] + eps).sqrt().recip())
@@ -208,34 +195,22 @@ fn grad_sums<R: Real>(
         .collect()
 }
 
-/// CPU backward, training mode (and the CPU backend's op), from the forward's `save_mean`,
-/// `save_invstd` and output `y` (read only with ReLU): assigns `dx`, accumulates `dgamma += Σ(g·x̂)`
-/// and `dbeta += Σg`.
-#[allow(clippy::too_many_arguments)]
+/// CPU backward, training mode (and the CPU backend's op), from the forward's input `x`, output
+/// `y` (read only with ReLU) and saved `[mean, invstd]`, and `dy`: assigns `dx`, accumulates
+/// `[dgamma, dbeta] += [Σ(g·x̂), Σg]`.
 pub fn backward_train_cpu<R: Real>(
     shape: &BatchNormShape,
     params: &BatchNormParams,
-    x: &[R],
-    y: &[R],
+    [x, y, dy]: [&[R]; 3],
     gamma: &[R],
-    save_mean: &[R],
-    save_invstd: &[R],
-    dy: &[R],
+    saved: [&[R]; 2],
     dx: &mut [R],
-    dgamma: &mut [R],
-    dbeta: &mut [R],
+    grads: [&mut [R]; 2],
 ) -> Result<()> {
-    shape.check_backward_train(
-        [x.len(), y.len(), dy.len(), dx.len()],
-        [
-            gamma.len(),
-            save_mean.len(),
-            save_invstd.len(),
-            dgamma.len(),
-            dbeta.len(),
-        ],
-    )?;
+    let lengths = [x.len(), y.len(), dy.len(), dx.len()];
+    shape.check_backward(true, lengths, gamma.len(), [lens(&saved), lens(&grads)])?;
     params.validate()?;
+    let ([save_mean, save_invstd], [dgamma, dbeta]) = (saved, grads);
     let sums = grad_sums(shape, params.relu, x, y, dy, save_mean);
     let inv_n = R::from_f64(1.0 / shape.per_channel() as f64);
     // dx = (g − (x − mean)·proj − mean_g)·scale, as PyTorch's batch_norm_backward_elemt.
@@ -262,38 +237,21 @@ pub fn backward_train_cpu<R: Real>(
 }
 
 /// CPU backward, inference mode (and the CPU backend's op; also frozen-BN training), from the
-/// running stats and the forward's output `y` (read only with ReLU): assigns
-/// `dx = g·gamma·invstd`, accumulates `dgamma += Σ(g·x̂)` and `dbeta += Σg`.
-#[allow(clippy::too_many_arguments)]
+/// forward's input `x` and output `y` (read only with ReLU), the running `[mean, var]` and `dy`:
+/// assigns `dx = g·gamma·invstd`, accumulates `[dgamma, dbeta] += [Σ(g·x̂), Σg]`.
 pub fn backward_inference_cpu<R: Real>(
     shape: &BatchNormShape,
     params: &BatchNormParams,
-    x: &[R],
-    y: &[R],
+    [x, y, dy]: [&[R]; 3],
     gamma: &[R],
-    running_mean: &[R],
-    running_var: &[R],
-    dy: &[R],
+    running: [&[R]; 2],
     dx: &mut [R],
-    dgamma: &mut [R],
-    dbeta: &mut [R],
+    grads: [&mut [R]; 2],
 ) -> Result<()> {
-    shape.check(
-        &[
-            ("x", x.len()),
-            ("y", y.len()),
-            ("dy", dy.len()),
-            ("dx", dx.len()),
-        ],
-        &[
-            ("gamma", gamma.len()),
-            ("running_mean", running_mean.len()),
-            ("running_var", running_var.len()),
-            ("dgamma", dgamma.len()),
-            ("dbeta", dbeta.len()),
-        ],
-    )?;
+    let lengths = [x.len(), y.len(), dy.len(), dx.len()];
+    shape.check_backward(false, lengths, gamma.len(), [lens(&running), lens(&grads)])?;
     params.validate()?;
+    let ([running_mean, running_var], [dgamma, dbeta]) = (running, grads);
     let eps = R::from_f64(params.eps);
     let invstd: Vec<R> = running_var
         .iter()
