@@ -1,16 +1,11 @@
 //! ConvTranspose2d benchmarks. Always: the CPU reference (the CPU backend's op) at a small batch.
 //! With a GPU: our kernels against cuDNN (backward-data for the forward, forward for dx,
-//! backward-filter for d_weight) on up-sampler-like layers at B = 64, k = 4, stride 2,
-//! padding 1: a four-layer chain 16→16 (17→34), 16→8 (34→68), 8→4 (68→136), 4→1 (136→272),
-//! the whole chain's forward, and a wide 16→16 layer at 136→272. f32 against cuDNN in plain FMA
-//! (our arithmetic) and in TF32 (PyTorch's default), bf16 against cuDNN with tensor cores.
-//! Target: 5× cuDNN.
-//!
-//! This chain is wider and one doubling longer than the up-sampler `c2f train` builds
-//! (`c2f_train::upsampler::default_channels`): at 299² that is three layers, 1→8 (17→34),
-//! 8→8 (34→68), 8→1 (68→136), then a fixed bilinear resize to 299 (at 448², 26→52→104→208,
-//! then 448). Its layers bracket the model's in channels and sides; the model's chain is not
-//! timed as such.
+//! backward-filter for d_weight) on the up-sampler `c2f train` builds, at B = 64, k = 4,
+//! stride 2, padding 1, with the channels `c2f_train::upsampler::default_channels` gives: at
+//! 299² three layers 1→8 (17→34), 8→8 (34→68), 8→1 (68→136), each layer alone and the chain's
+//! forward; at 448² the chain's forward, 26→52→104→208. (The model then resizes bilinearly to
+//! the input side: `benches/mask.rs`.) f32 against cuDNN in plain FMA (our arithmetic) and in
+//! TF32 (PyTorch's default), bf16 against cuDNN with tensor cores. Target: 5× cuDNN.
 
 mod common;
 
@@ -20,6 +15,7 @@ use c2f_kernels::conv_transpose::{
 };
 use c2f_kernels::testing::bench_smoke;
 use c2f_kernels::{Element, Gpu};
+use c2f_train::upsampler::{attention_map_side, default_channels};
 use criterion::{criterion_group, criterion_main, Criterion};
 use cudarc::cudnn::CudnnDataType;
 use cudarc::driver::CudaSlice;
@@ -51,14 +47,28 @@ fn gpu_batch() -> usize {
     }
 }
 
-/// The bench's four-layer chain 17→34→68→136→272 at batch `b` (the model's stops at 136).
-fn chain(b: usize) -> Vec<ConvTransposeParams> {
-    vec![
-        layer(b, 16, 16, 17),
-        layer(b, 16, 8, 34),
-        layer(b, 8, 4, 68),
-        layer(b, 4, 1, 136),
-    ]
+/// The up-sampler `c2f train` builds for input side `input` at batch `b`: one map in, one
+/// out, `default_channels` between, each layer doubling the side.
+fn chain(b: usize, input: usize) -> Vec<ConvTransposeParams> {
+    let side = attention_map_side(input).unwrap().0;
+    let mut channels = vec![1];
+    channels.extend(default_channels(side, input));
+    channels.push(1);
+    channels
+        .windows(2)
+        .enumerate()
+        .map(|(i, pair)| layer(b, pair[0], pair[1], side << i))
+        .collect()
+}
+
+/// The model's input sides the GPU groups time: two small ones in the smoke run, or
+/// 299 (each layer and the chain) and 448 (the chain).
+fn inputs() -> (usize, usize) {
+    if bench_smoke() {
+        (75, 107)
+    } else {
+        (299, 448)
+    }
 }
 
 fn id(p: &ConvTransposeParams) -> String {
@@ -220,9 +230,13 @@ fn gpu_layer<T: Element + CudnnDataType>(
 }
 
 /// The whole chain's forward, each layer's output feeding the next, against cuDNN's.
-fn gpu_chain<T: Element + CudnnDataType>(c: &mut Criterion, gpu: &Gpu, baselines: &[(bool, &str)]) {
+fn gpu_chain<T: Element + CudnnDataType>(
+    c: &mut Criterion,
+    gpu: &Gpu,
+    layers: &[ConvTransposeParams],
+    baselines: &[(bool, &str)],
+) {
     let mut group = common::GpuGroup::new(c, gpu, format!("conv_transpose_gpu_{}", T::SUFFIX));
-    let layers = chain(gpu_batch());
     let mut convs: Vec<_> = layers
         .iter()
         .map(|&p| ConvTransposeGpu::<T>::new(gpu, p).unwrap())
@@ -235,8 +249,9 @@ fn gpu_chain<T: Element + CudnnDataType>(c: &mut Criterion, gpu: &Gpu, baselines
         .collect();
     let bytes: usize = layers.iter().map(forward_bytes::<T>).sum();
     let name = format!(
-        "chain_B{}_17to{}",
+        "chain_B{}_{}to{}",
         layers[0].batch,
+        layers[0].height,
         layers[layers.len() - 1].out_height()
     );
     let ours = group.bench(&format!("forward_{name}"), bytes, || {
@@ -272,11 +287,13 @@ fn gpu_chain<T: Element + CudnnDataType>(c: &mut Criterion, gpu: &Gpu, baselines
 }
 
 fn gpu_dtype<T: Element + CudnnDataType>(c: &mut Criterion, gpu: &Gpu, baselines: &[(bool, &str)]) {
-    let batch = gpu_batch();
-    for p in chain(batch).into_iter().chain([layer(batch, 16, 16, 136)]) {
+    let (small, large) = inputs();
+    let layers = chain(gpu_batch(), small);
+    for &p in &layers {
         gpu_layer::<T>(c, gpu, p, baselines);
     }
-    gpu_chain::<T>(c, gpu, baselines);
+    gpu_chain::<T>(c, gpu, &layers, baselines);
+    gpu_chain::<T>(c, gpu, &chain(gpu_batch(), large), baselines);
 }
 
 fn gpu(c: &mut Criterion) {

@@ -1,8 +1,7 @@
 //! The fine branch's ops, forward then backward, at the shapes of a batch-64 step at 299²: eight
 //! 17×17 attention maps, an up-sampled map resized to 299×299, and the 3×299×299 image it masks.
-//! The resize reads a 272×272 map, twice the side of the 136×136 one the model's up-sampler
-//! gives at 299² (`c2f_train::upsampler::default_channels`): four times the model's input, the
-//! same output. Always: the CPU reference's mask at batch 8. With a GPU, our kernels
+//! The resize reads the 136×136 map the model's up-sampler gives at 299²
+//! (`c2f_train::upsampler::default_channels`). Always: the CPU reference's mask at batch 8. With a GPU, our kernels
 //! (`kernels/mask.cu`, f32):
 //! - the attention ReLU against cuDNN's activation forward and backward (`c2f_baselines::relu`);
 //! - the map choice (one map per sample, its gradient accumulated into the maps' own), the
@@ -28,7 +27,7 @@ fn sizes() -> (usize, usize, usize, usize) {
     if bench_smoke() {
         (2, 3, 8, 11)
     } else {
-        (64, 17, 272, 299)
+        (64, 17, 136, 299)
     }
 }
 

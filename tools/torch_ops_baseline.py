@@ -94,9 +94,9 @@ def cases(torch):
         # The chosen map's gradient accumulates into A's, as the Rust bench's does.
         a[rows, k].backward(ds)
     yield "mask_gpu_f32", "select_B64_M8_17x17", "autograd", select
-    small = rand(64, 1, 272, 272).requires_grad_()
+    small = rand(64, 1, 136, 136).requires_grad_()
     big_grad = rand(64, 1, 299, 299)
-    yield "mask_gpu_f32", "resize_B64_272to299", "autograd", lambda: torch.autograd.grad(
+    yield "mask_gpu_f32", "resize_B64_136to299", "autograd", lambda: torch.autograd.grad(
         F.interpolate(small, size=(299, 299), mode="bilinear", align_corners=False), small,
         big_grad)
     u = rand(64, 1, 299, 299).requires_grad_()

@@ -807,13 +807,12 @@ fn gpu_resize_matches_reference<T: Element>(gpu: &Gpu, s: ResizeShape, tol: f64)
     }
 }
 
-/// Up-sampling resizes to 299 and 448 (from 272, `benches/mask.rs`'s map; the model's up-sampler
-/// gives 136 and 208), a direct 17 → 299, downsizing, odd and non-square sizes, 1x1 and the
-/// identity.
+/// Up-sampling resizes to 299 and 448 (from the 136 and 208 the model's up-sampler gives), a
+/// direct 17 → 299, downsizing, odd and non-square sizes, 1x1 and the identity.
 fn gpu_resize_cases() -> Vec<ResizeShape> {
     vec![
-        resize(4, 1, (272, 272), (299, 299)),
-        resize(2, 1, (272, 272), (448, 448)),
+        resize(4, 1, (136, 136), (299, 299)),
+        resize(2, 1, (208, 208), (448, 448)),
         resize(2, 1, (17, 17), (299, 299)),
         resize(2, 3, (31, 45), (12, 7)),
         resize(3, 2, (5, 3), (2, 8)),
