@@ -104,17 +104,16 @@ def attention_boxes(maps, thresholds, padding: float, size, weights=torch.float3
     (as for a flat map)."""
     u = upsampled(maps, size, weights)
     hit = u >= thresholds.to(u.dtype).view(-1, 1, 1)
-    found = hit.flatten(1).any(dim=1)
     boxes = []
     for axis, n, pad in [(2, size[0], math.floor(padding * size[0])),
                          (1, size[1], math.floor(padding * size[1]))]:
+        # argmax takes the first maximum: where nothing passes, first is 0 and last n - 1.
         line = hit.any(dim=axis).long()
         first = line.argmax(dim=1)
         last = n - 1 - line.flip(1).argmax(dim=1)
         boxes.append(((first - pad).clamp(min=0), (last + 1 + pad).clamp(max=n)))
     (y0, y1), (x0, x1) = boxes
-    box = torch.stack([y0, x0, y1, x1], dim=1)
-    return torch.where(found.unsqueeze(1), box, whole(len(box), size[0], size[1], box.device))
+    return torch.stack([y0, x0, y1, x1], dim=1)
 
 
 def crop_resize(x, boxes, weights=torch.float32):
