@@ -43,6 +43,14 @@ Recorded (float64; index tensors as float64 too):
                                   (the box is the whole image and the refined logits equal the
                                   raw ones), so these exercise the padding and the crop of
                                   inference, for a model that takes θ as a parameter
+    "second/losses", "second/grad_norm/NAME", "second/grad_at/NAME", "second/centers"
+                                  a second training step after the inference (same parameters,
+                                  choices and input, gradients zeroed), against the bank the
+                                  first step moved: with the bank at zero the center term is
+                                  |f|² = 1 for any f, and its gradient vanishes through the L2
+                                  normalisation, so only this step tests it; the boxes, masks and
+                                  logits are the first step's (train-mode BN ignores the running
+                                  statistics)
 
 Needs torch, torchvision, safetensors, numpy:
     python3 tools/make_wsdan_golden.py [OUT]    (checks, then writes)
@@ -133,8 +141,11 @@ def require_margins(found: dict, what: str) -> None:
 
 def head_loss_check(net: WSDAN, x, labels) -> None:
     """Central differences of the float64 training loss in 3 random directions of the head
-    parameters against autograd, with the boxes and masks unchanged by the steps."""
+    parameters against autograd, with the boxes and masks unchanged by the steps, against the
+    bank moved by one step (from zero the center term is constant)."""
     heads = [p for n, p in net.named_parameters() if not n.startswith("backbone.")]
+    with torch.no_grad():
+        net(x, labels, CHOOSE)
     # Every evaluation starts from the same center bank and running statistics.
     buffers = {n: b.clone() for n, b in net.named_buffers()}
 
@@ -246,6 +257,16 @@ def main() -> None:
         record[f"{prefix}boxes"] = inferred["boxes"].double().contiguous()
         print(f"refinement boxes at {threshold}, padding {INFER_PADDING}: "
               f"{inferred['boxes'].tolist()}")
+
+    # The same step again against the moved bank: with the bank at zero the center term is
+    # |f|^2 = 1 whatever f, so its gradient vanishes through the normalisation; here it does not.
+    net.train()
+    net.zero_grad()
+    second = net(x, labels, CHOOSE)["losses"]
+    sum(second).backward()
+    record["second/losses"] = torch.stack([term.detach() for term in second])
+    record.update({f"second/{k}": v for k, v in gradient_record(net).items()})
+    record["second/centers"] = net.centers.clone()
 
     print(f"crop boxes (y0, x0, y1, x1), padding {CROP_PADDING}: {out['boxes'].tolist()}")
     print(f"dropped pixels per sample: "
