@@ -210,6 +210,8 @@ PY
   run_step "torch baseline" 120 "$logs/bench-torch.txt" python3 "$root/tools/torch_baseline.py"
   run_step "torch coarse2fine baseline" 150 "$logs/bench-torch-c2f.txt" \
     python3 "$root/tools/torch_c2f_baseline.py"
+  run_step "torch ws-dan baseline" 150 "$logs/bench-torch-wsdan.txt" \
+    python3 "$root/tools/torch_wsdan.py" --time
   # Whether the host's cores decode and augment fast enough to feed those steps (all its rows
   # are CPU ones).
   run_bench loader 120 loader

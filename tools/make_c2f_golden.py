@@ -53,6 +53,19 @@ def rust_name(name: str) -> str:
     return name
 
 
+def gradient_record(net) -> dict:
+    """"grad_norm/NAME" (L2 norm) and "grad_at/NAME" (flat indices 0, n/3, 2n/3, n-1) of every
+    parameter's gradient, by its Rust name. `tools/make_wsdan_golden.py` records them too."""
+    record = {}
+    for name, p in net.named_parameters():
+        g = p.grad.detach().reshape(-1)
+        n = g.numel()
+        rust = rust_name(name)
+        record[f"grad_norm/{rust}"] = g.norm().reshape(1)
+        record[f"grad_at/{rust}"] = g[torch.tensor([0, n // 3, 2 * n // 3, n - 1])].contiguous()
+    return record
+
+
 def head_range(name: str, shape) -> tuple:
     if name.startswith("upsampler."):
         if name.endswith("bias"):
@@ -112,12 +125,7 @@ def main() -> None:
         "fine_logits": out_["fine_logits"].detach().contiguous(),
         "upsampled": out_["upsampled"].detach().contiguous(),
     }
-    for name, p in net.named_parameters():
-        g = p.grad.detach().reshape(-1)
-        n = g.numel()
-        rust = rust_name(name)
-        record[f"grad_norm/{rust}"] = g.norm().reshape(1)
-        record[f"grad_at/{rust}"] = g[torch.tensor([0, n // 3, 2 * n // 3, n - 1])].contiguous()
+    record.update(gradient_record(net))
     state = net.state_dict()
     record["centers"] = state["centers"].detach().clone()
     for bn in RUNNING:

@@ -64,6 +64,15 @@ def center_loss_normalized(z, labels, centers, lam: float, beta: float):
     return loss
 
 
+def bap(a, f):
+    """Bilinear attention pooling of maps A [B, M, h, w] and features F [B, N, h, w]:
+    P[b, m, n] = mean over h·w of A·F, the signed square root, and the L2 normalisation of the
+    whole M·N vector per sample -> [B, M·N]. `tools/torch_wsdan.py` pools with it too."""
+    p = torch.einsum("bmhw,bnhw->bmn", a, f) / (f.shape[2] * f.shape[3])
+    s = torch.sign(p) * torch.sqrt(p.abs() + SQRT_EPS)
+    return F.normalize(s.flatten(1), dim=1, eps=NORM_EPS)
+
+
 class Coarse2Fine(torch.nn.Module):
     """Coarse2Fine from the paper's equations, with the Rust model's tensor names: the backbone's
     under `backbone.` + torchvision's name, `attention.weight`, `upsampler.{i}.weight|bias`,
@@ -97,9 +106,7 @@ class Coarse2Fine(torch.nn.Module):
         """Attention maps and the normalised BAP part features of one pass."""
         f = self.backbone(x)
         a = F.relu(self.attention(f))
-        p = torch.einsum("bmhw,bnhw->bmn", a, f) / (f.shape[2] * f.shape[3])
-        s = torch.sign(p) * torch.sqrt(p.abs() + SQRT_EPS)
-        return a, F.normalize(s.flatten(1), dim=1, eps=NORM_EPS)
+        return a, bap(a, f)
 
     def center_term(self, z, labels, bank: str):
         """One pass's center-loss term, and its move of the bank."""
