@@ -11,6 +11,7 @@ mod common {
     pub mod skip;
 }
 
+mod augment;
 mod axpby;
 mod bap;
 mod batch_norm;
