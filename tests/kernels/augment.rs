@@ -1,9 +1,11 @@
 //! WS-DAN's augmentation ops (map choice by mass, attention boxes, crop and resize, attention
 //! drop): the CPU references against hand-computed cases, against naive float64 versions written
-//! here from the definition (torch's `align_corners=True` formulas, positions in f64), and in
-//! f32 against themselves in f64; the CUDA launchers against the CPU reference in f32 and bf16,
+//! here from the definition (torch's `align_corners=True` formulas, positions in f64), against
+//! PyTorch's float32 ops (`tests/data/augment_golden.safetensors`, made by
+//! `tools/make_augment_golden.py`), and in f32 against themselves in f64; the CUDA launchers against the CPU reference in f32 and bf16,
 //! bit for bit (skipped without a GPU).
 
+use crate::common::recorded::floats;
 use crate::common::skip::or_return;
 use c2f_kernels::augment::{
     attention_boxes_cpu, crop_resize_cpu, drop_mask_cpu, maps_by_mass_cpu, AugmentGpu,
@@ -320,6 +322,38 @@ fn crops_match_the_naive_f64_definition_and_f32_matches_f64() {
         let whole = [0, 0, s.height as i32, s.width as i32].repeat(s.batch);
         assert_eq!(crops_cpu(s, &x32, &whole), x32, "{s:?}: whole-image crop");
     }
+}
+
+/// PyTorch's float32 boxes, crops (`F.interpolate(align_corners=True)` of the slice) and drops
+/// (`x * (U < θ)`): the boxes and drops exactly (the thresholds lie 1e-4 from every up-sampled
+/// value), the crops within PyTorch's and our different rounding of the same f32 formulas.
+#[test]
+fn matches_pytorch_golden() {
+    // In the binary, which the GPU check runs on a machine without the source tree.
+    static BYTES: &[u8] = include_bytes!("../data/augment_golden.safetensors");
+    let file = safetensors::SafeTensors::deserialize(BYTES).unwrap();
+    let s = shape(4, 3, (23, 31), (6, 5));
+    let ints = |name: &str| -> Vec<i32> { floats(&file, name).iter().map(|&v| v as i32).collect() };
+    let (x, maps) = (floats(&file, "x"), floats(&file, "maps"));
+    let (theta_crop, theta_drop) = (floats(&file, "theta_crop"), floats(&file, "theta_drop"));
+    let padding = floats(&file, "padding")[0];
+    let boxes = ints("boxes");
+    assert!(boxes.chunks(4).all(|b| b != [0, 0, 23, 31]), "{boxes:?}");
+    assert_eq!(boxes_cpu(&s, padding, &maps, &theta_crop), boxes, "f64");
+    let (x32, maps32) = (narrow(&x), narrow(&maps));
+    let got = boxes_cpu(&s, padding, &maps32, &narrow(&theta_crop));
+    assert_eq!(got, boxes, "f32");
+    for (name, boxes) in [("crops", boxes), ("given_crops", ints("given_boxes"))] {
+        let want = floats(&file, name);
+        let e = rel_error(&widen(&crops_cpu(&s, &x32, &boxes)), &want);
+        assert!(e < 1e-6, "{name}: f32 relative error {e}");
+        let e = rel_error(&crops_cpu(&s, &x, &boxes), &want);
+        assert!(e < 1e-6, "{name}: f64 relative error {e}");
+    }
+    let want = floats(&file, "drops");
+    let got = drops_cpu(&s, &maps32, &narrow(&theta_drop), &x32);
+    assert_eq!(widen(&got), want);
+    assert!(want.contains(&0.0));
 }
 
 #[test]

@@ -8,6 +8,7 @@
 mod common {
     pub mod child;
     pub mod gpu_tests;
+    pub mod recorded;
     pub mod skip;
 }
 
