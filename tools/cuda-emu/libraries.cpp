@@ -508,43 +508,76 @@ CUDNN cudnnGetConvolutionBackwardFilterWorkspaceSize(Handle*, Tensor4d* x, Tenso
                            dw, cv, dy, algo, bytes);
 }
 
-CUDNN cudnnConvolutionForward(Handle* h, const float* alpha, Tensor4d* xd, const float* x, Tensor4d* wd,
-                              const float* w, Convolution* cv, int algo, void* ws, size_t ws_size,
-                              const float* beta, Tensor4d* yd, float* y) {
-    const char* call = "cudnnConvolutionForward";
+// One of the three convolutions on the handle's stream: x, w and y with their descriptors, the
+// one written being `out`, and `accumulate` as convolve takes it.
+template <typename Accumulate>
+static cudnnStatus_t convolution(const Handle* h, const char* call, Op op, const float* alpha,
+                                 const float* beta, const Tensor4d* xd, const float* x,
+                                 const Tensor4d* wd, const float* w, const Convolution* cv,
+                                 const Tensor4d* yd, const float* y, int algo, void* ws,
+                                 size_t ws_size, float* out, Accumulate accumulate) {
     return on_stream(h, call, [=, xd = kept(xd), wd = kept(wd), cv = kept(cv), yd = kept(yd),
                                alpha = *alpha, beta = *beta] {
         const Operands o{xd.get(), x, wd.get(), w, yd.get(), y};
-        return convolve(call, Op::Forward, o, cv.get(), algo, ws, ws_size, alpha, beta, y,
-                        [&](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
-                            acc[yi] += (double)x[xi] * w[wi];
-                        });
+        return convolve(call, op, o, cv.get(), algo, ws, ws_size, alpha, beta, out, accumulate);
     });
+}
+
+CUDNN cudnnConvolutionForward(Handle* h, const float* alpha, Tensor4d* xd, const float* x, Tensor4d* wd,
+                              const float* w, Convolution* cv, int algo, void* ws, size_t ws_size,
+                              const float* beta, Tensor4d* yd, float* y) {
+    return convolution(h, "cudnnConvolutionForward", Op::Forward, alpha, beta, xd, x, wd, w, cv, yd,
+                       y, algo, ws, ws_size, y,
+                       [x, w](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
+                           acc[yi] += (double)x[xi] * w[wi];
+                       });
 }
 CUDNN cudnnConvolutionBackwardData(Handle* h, const float* alpha, Tensor4d* wd, const float* w, Tensor4d* dyd,
                                    const float* dy, Convolution* cv, int algo, void* ws, size_t ws_size,
                                    const float* beta, Tensor4d* dxd, float* dx) {
-    const char* call = "cudnnConvolutionBackwardData";
-    return on_stream(h, call, [=, wd = kept(wd), dyd = kept(dyd), cv = kept(cv), dxd = kept(dxd),
-                               alpha = *alpha, beta = *beta] {
-        const Operands o{dxd.get(), dx, wd.get(), w, dyd.get(), dy};
-        return convolve(call, Op::BackwardData, o, cv.get(), algo, ws, ws_size, alpha, beta, dx,
-                        [&](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
-                            acc[xi] += (double)dy[yi] * w[wi];
-                        });
-    });
+    return convolution(h, "cudnnConvolutionBackwardData", Op::BackwardData, alpha, beta, dxd, dx, wd,
+                       w, cv, dyd, dy, algo, ws, ws_size, dx,
+                       [dy, w](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
+                           acc[xi] += (double)dy[yi] * w[wi];
+                       });
 }
 CUDNN cudnnConvolutionBackwardFilter(Handle* h, const float* alpha, Tensor4d* xd, const float* x, Tensor4d* dyd,
                                      const float* dy, Convolution* cv, int algo, void* ws, size_t ws_size,
                                      const float* beta, Tensor4d* dwd, float* dw) {
-    const char* call = "cudnnConvolutionBackwardFilter";
-    return on_stream(h, call, [=, xd = kept(xd), dyd = kept(dyd), cv = kept(cv), dwd = kept(dwd),
-                               alpha = *alpha, beta = *beta] {
-        const Operands o{xd.get(), x, dwd.get(), dw, dyd.get(), dy};
-        return convolve(call, Op::BackwardFilter, o, cv.get(), algo, ws, ws_size, alpha, beta, dw,
-                        [&](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
-                            acc[wi] += (double)dy[yi] * x[xi];
-                        });
+    return convolution(h, "cudnnConvolutionBackwardFilter", Op::BackwardFilter, alpha, beta, xd, x,
+                       dwd, dw, cv, dyd, dy, algo, ws, ws_size, dw,
+                       [x, dy](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
+                           acc[wi] += (double)dy[yi] * x[xi];
+                       });
+}
+
+// The activation and pooling calls, forward `body(d, alpha, xd, x, beta, yd, y)` and backward
+// `body(d, alpha, yd, y, dyd, dy, xd, x, beta, dxd, dx)`, on the handle's stream with their
+// descriptor `d`, tensor descriptors and scalars kept.
+template <typename D>
+static cudnnStatus_t forward_on_stream(
+    const Handle* h, const char* call,
+    cudnnStatus_t (*body)(const D*, const float*, const Tensor4d*, const float*, const float*,
+                          const Tensor4d*, float*),
+    const D* d, const float* alpha, const Tensor4d* xd, const float* x, const float* beta,
+    const Tensor4d* yd, float* y) {
+    return on_stream(h, call, [=, d = kept(d), xd = kept(xd), yd = kept(yd), alpha = *alpha,
+                               beta = *beta] {
+        return body(d.get(), &alpha, xd.get(), x, &beta, yd.get(), y);
+    });
+}
+template <typename D>
+static cudnnStatus_t backward_on_stream(
+    const Handle* h, const char* call,
+    cudnnStatus_t (*body)(const D*, const float*, const Tensor4d*, const float*, const Tensor4d*,
+                          const float*, const Tensor4d*, const float*, const float*,
+                          const Tensor4d*, float*),
+    const D* d, const float* alpha, const Tensor4d* yd, const float* y, const Tensor4d* dyd,
+    const float* dy, const Tensor4d* xd, const float* x, const float* beta, const Tensor4d* dxd,
+    float* dx) {
+    return on_stream(h, call, [=, d = kept(d), yd = kept(yd), dyd = kept(dyd), xd = kept(xd),
+                               dxd = kept(dxd), alpha = *alpha, beta = *beta] {
+        return body(d.get(), &alpha, yd.get(), y, dyd.get(), dy, xd.get(), x, &beta, dxd.get(), dx);
     });
 }
 
@@ -575,10 +608,8 @@ static cudnnStatus_t activation_forward(const Activation* act, const float* alph
 }
 CUDNN cudnnActivationForward(Handle* h, Activation* act, const float* alpha, Tensor4d* xd, const float* x,
                              const float* beta, Tensor4d* yd, float* y) {
-    return on_stream(h, "cudnnActivationForward",
-                     [=, act = kept(act), xd = kept(xd), yd = kept(yd), alpha = *alpha, beta = *beta] {
-                         return activation_forward(act.get(), &alpha, xd.get(), x, &beta, yd.get(), y);
-                     });
+    return forward_on_stream(h, "cudnnActivationForward", activation_forward, act, alpha, xd, x,
+                             beta, yd, y);
 }
 static cudnnStatus_t activation_backward(const Activation* act, const float* alpha, const Tensor4d* yd, const float* y,
                                          const Tensor4d* dyd, const float* dy, const Tensor4d* xd, const float* x,
@@ -601,12 +632,8 @@ static cudnnStatus_t activation_backward(const Activation* act, const float* alp
 CUDNN cudnnActivationBackward(Handle* h, Activation* act, const float* alpha, Tensor4d* yd, const float* y,
                               Tensor4d* dyd, const float* dy, Tensor4d* xd, const float* x,
                               const float* beta, Tensor4d* dxd, float* dx) {
-    return on_stream(h, "cudnnActivationBackward",
-                     [=, act = kept(act), yd = kept(yd), dyd = kept(dyd), xd = kept(xd), dxd = kept(dxd),
-                      alpha = *alpha, beta = *beta] {
-                         return activation_backward(act.get(), &alpha, yd.get(), y, dyd.get(), dy, xd.get(),
-                                                    x, &beta, dxd.get(), dx);
-                     });
+    return backward_on_stream(h, "cudnnActivationBackward", activation_backward, act, alpha, yd, y,
+                              dyd, dy, xd, x, beta, dxd, dx);
 }
 // Log-softmax and softmax (algorithms LOG and FAST/ACCURATE) per sample over C·H·W (instance
 // mode), the softmax cross-entropy's baseline; backward as cuDNN defines it from y and dy.
@@ -873,10 +900,7 @@ static cudnnStatus_t pooling_forward(const Pooling* p, const float* alpha, const
 }
 CUDNN cudnnPoolingForward(Handle* h, Pooling* p, const float* alpha, Tensor4d* xd, const float* x,
                           const float* beta, Tensor4d* yd, float* y) {
-    return on_stream(h, "cudnnPoolingForward",
-                     [=, p = kept(p), xd = kept(xd), yd = kept(yd), alpha = *alpha, beta = *beta] {
-                         return pooling_forward(p.get(), &alpha, xd.get(), x, &beta, yd.get(), y);
-                     });
+    return forward_on_stream(h, "cudnnPoolingForward", pooling_forward, p, alpha, xd, x, beta, yd, y);
 }
 static cudnnStatus_t pooling_backward(const Pooling* p, const float* alpha, const Tensor4d* yd, const float* y,
                                       const Tensor4d* dyd, const float* dy, const Tensor4d* xd, const float* x,
@@ -914,12 +938,8 @@ static cudnnStatus_t pooling_backward(const Pooling* p, const float* alpha, cons
 CUDNN cudnnPoolingBackward(Handle* h, Pooling* p, const float* alpha, Tensor4d* yd, const float* y,
                            Tensor4d* dyd, const float* dy, Tensor4d* xd, const float* x,
                            const float* beta, Tensor4d* dxd, float* dx) {
-    return on_stream(h, "cudnnPoolingBackward",
-                     [=, p = kept(p), yd = kept(yd), dyd = kept(dyd), xd = kept(xd), dxd = kept(dxd),
-                      alpha = *alpha, beta = *beta] {
-                         return pooling_backward(p.get(), &alpha, yd.get(), y, dyd.get(), dy, xd.get(), x,
-                                                 &beta, dxd.get(), dx);
-                     });
+    return backward_on_stream(h, "cudnnPoolingBackward", pooling_backward, p, alpha, yd, y, dyd, dy,
+                              xd, x, beta, dxd, dx);
 }
 
 CUBLAS cublasCreate_v2(BlasHandle** h) { *h = new BlasHandle{}; return CUBLAS_STATUS_SUCCESS; }
