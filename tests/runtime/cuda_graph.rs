@@ -10,12 +10,13 @@ use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_inception::cuda::CudaBackend;
 use c2f_inception::init::golden_init;
 use c2f_inception::network::Network;
-use c2f_inception::spec::{Depth, Graph, InceptionConfig};
+use c2f_inception::spec::Depth;
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::softmax_ce::SoftmaxCeShape;
 use c2f_kernels::testing::{assert_bit_identical, SplitMix64};
 use c2f_kernels::{Error, Result};
 
+use crate::common::graph::graph;
 use crate::common::skip::or_return;
 
 const BATCH: usize = 4;
@@ -32,20 +33,11 @@ const SGD: SgdParams = SgdParams {
     grad_scale: 1.0,
 };
 
-/// The runtime tests' small network: 75² input, width 0.125, three classes.
-fn graph() -> Graph {
-    Graph::new(InceptionConfig {
-        input_size: 75,
-        width: 0.125,
-        depth: Depth::Full { classes: CLASSES },
-    })
-    .unwrap()
-}
-
 /// The network on `b` from the golden initialiser, dropout on at a fixed step (a captured step
 /// replays the dropout mask it was captured with).
 fn network(b: &mut CudaBackend) -> Network {
-    let graph = graph();
+    // The runtime tests' small network: 75² input, width 0.125.
+    let graph = graph(75, 0.125, Depth::Full { classes: CLASSES });
     let mut params = vec![0.0f32; graph.params.total()];
     let mut buffers = vec![0.0f32; graph.buffers.total()];
     golden_init(&graph, &mut params, &mut buffers);

@@ -243,8 +243,9 @@ pub const WAITS_FOR_CAPTURED_WORK: &str =
     "it waits for the stream's work, which a capture records instead of running; do it after \
      launching the graph";
 /// Why an allocation cannot run during a capture.
-pub const ALLOCATES: &str = "it allocates device memory, which a graph would not hold; run the \
-     work once before capturing it, so that everything it needs is allocated first";
+pub const ALLOCATES: &str = "it allocates device memory, which a captured graph must not hold \
+     (the memory must outlive every replay); run the work once before capturing it, so that \
+     everything it needs is allocated first";
 
 /// Fails with [`Error::Capture`] naming `op` (and why it cannot be captured, `reason`) when
 /// `stream` is being captured into a CUDA graph: the check before work that a graph cannot hold
