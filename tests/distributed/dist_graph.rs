@@ -4,18 +4,15 @@
 //! hold its gradient buckets, and a replay gives the bits of the same ops run one by one. Prints
 //! `skipped: no CUDA device` without a GPU.
 
-use std::time::Duration;
-
 use c2f_dist::collective::{all_reduce_bucketed, Reduce};
-use c2f_dist::launch::Master;
-use c2f_dist::nccl::{unique_id, NcclCollective};
-use c2f_dist::rendezvous::{exchange_id, Rendezvous};
-use c2f_dist::workers::free_port;
+use c2f_dist::nccl::NcclCollective;
 use c2f_inception::backend::{prelude::*, Tensor};
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_inception::cuda::CudaBackend;
 use c2f_kernels::testing::{assert_bit_identical, SplitMix64};
 use c2f_kernels::Result;
+
+use crate::dist_nccl::world_of_one;
 
 const LEN: usize = 1000;
 /// Four buckets of the 1,000 values.
@@ -34,13 +31,7 @@ fn gpu_captured_all_reduce_buckets_replay_like_eager_ones() {
     let Some(mut b) = cuda_or_skip(test) else {
         return;
     };
-    let id = unique_id().unwrap();
-    let rendezvous = Rendezvous::Tcp(Master {
-        addr: "127.0.0.1".into(),
-        port: free_port().unwrap(),
-    });
-    let id = exchange_id(&rendezvous, 0, 1, Some(&id), Duration::from_secs(10)).unwrap();
-    let mut nccl = NcclCollective::new(&b, 0, 1, &id).unwrap();
+    let mut nccl = world_of_one(&b);
     let mut rng = SplitMix64(0x9a);
     let values: Vec<f32> = (0..LEN).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
     let [eager_t, eager_u, replayed_t, replayed_u] = [0; 4].map(|_| b.alloc(LEN).unwrap());
