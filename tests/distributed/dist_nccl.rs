@@ -11,10 +11,22 @@ use c2f_dist::rendezvous::{exchange_id, Rendezvous};
 use c2f_dist::workers::free_port;
 use c2f_inception::backend::prelude::*;
 use c2f_inception::cuda::testing::cuda_or_skip;
+use c2f_inception::cuda::CudaBackend;
 use c2f_kernels::testing::SplitMix64;
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// An NCCL communicator on `b`'s device for a world of one, its id through the TCP rendezvous.
+pub(crate) fn world_of_one(b: &CudaBackend) -> NcclCollective {
+    let id = unique_id().unwrap();
+    let rendezvous = Rendezvous::Tcp(Master {
+        addr: "127.0.0.1".into(),
+        port: free_port().unwrap(),
+    });
+    let id = exchange_id(&rendezvous, 0, 1, Some(&id), Duration::from_secs(10)).unwrap();
+    NcclCollective::new(b, 0, 1, &id).unwrap()
 }
 
 #[test]
@@ -22,13 +34,7 @@ fn gpu_world_of_one_all_reduce_and_broadcast() {
     let Some(mut b) = cuda_or_skip("gpu_world_of_one_all_reduce_and_broadcast") else {
         return;
     };
-    let id = unique_id().unwrap();
-    let rendezvous = Rendezvous::Tcp(Master {
-        addr: "127.0.0.1".into(),
-        port: free_port().unwrap(),
-    });
-    let id = exchange_id(&rendezvous, 0, 1, Some(&id), Duration::from_secs(10)).unwrap();
-    let mut nccl = NcclCollective::new(&b, 0, 1, &id).unwrap();
+    let mut nccl = world_of_one(&b);
     assert_eq!((nccl.rank(), nccl.world_size()), (0, 1));
 
     let len = 3_000_001;

@@ -9,14 +9,10 @@
 //! `new` exactly when the difference is exact, as it is from banks that start at zero.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::common::train::{synthetic_spec, tiny_config};
+use crate::dist_nccl::world_of_one;
 use c2f_dist::collective::{Collective, ThreadCollective};
-use c2f_dist::launch::Master;
-use c2f_dist::nccl::{unique_id, NcclCollective};
-use c2f_dist::rendezvous::{exchange_id, Rendezvous};
-use c2f_dist::workers::free_port;
 use c2f_inception::backend::prelude::*;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
@@ -87,13 +83,7 @@ fn gpu_nccl_world_of_one_step_equals_one_worker() {
         return;
     };
     let alone = one_step(&mut b, "gpu_alone", None);
-    let rendezvous = Rendezvous::Tcp(Master {
-        addr: "127.0.0.1".into(),
-        port: free_port().unwrap(),
-    });
-    let id = unique_id().unwrap();
-    let id = exchange_id(&rendezvous, 0, 1, Some(&id), Duration::from_secs(10)).unwrap();
-    let mut nccl = NcclCollective::new(&b, 0, 1, &id).unwrap();
+    let mut nccl = world_of_one(&b);
     let ranked = one_step(&mut b, "gpu_rank", Some(&mut nccl));
     assert_bit_identical("GPU, NCCL", &ranked, &alone);
 }

@@ -12,6 +12,7 @@ mod common {
 
 mod dist_collective;
 mod dist_equivalence;
+mod dist_graph;
 mod dist_launch;
 mod dist_nccl;
 mod dist_rendezvous;

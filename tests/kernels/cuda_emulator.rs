@@ -2,10 +2,10 @@
 //! tests without a GPU: it must compute what a GPU computes (barriers, shuffles) and report what
 //! a GPU would refuse or corrupt, naming the kernel. Skipped on anything but the emulator.
 
-use c2f_kernels::device::compile_with_nvrtc;
+use c2f_kernels::device::{capture_graph, compile_with_nvrtc};
 use c2f_kernels::sources;
 use c2f_kernels::testing::{gpu_or_skip, library_or_skip, SplitMix64};
-use c2f_kernels::{Gpu, KernelSource};
+use c2f_kernels::{Error, Gpu, KernelSource};
 use cudarc::driver::sys::CUresult;
 use cudarc::driver::{CudaFunction, DriverError, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
@@ -307,4 +307,26 @@ fn emulator_ends_a_misaligned_vector_load() {
         "emulator_ends_a_misaligned_vector_load",
         &["selftest.cu", "misaligned address"],
     );
+}
+
+/// Stricter than a GPU, which records an allocation on a captured stream as a graph memory node:
+/// the emulator refuses it as not emulated (the runtime allocates nothing during a capture).
+#[test]
+fn emulator_refuses_graph_memory_nodes() {
+    let gpu = or_return!(emulator_or_skip(
+        "cuda_emulator emulator_refuses_graph_memory_nodes"
+    ));
+    let stream = gpu.stream().clone();
+    let outcome = capture_graph(&stream, || {
+        let e = stream
+            .alloc_zeros::<f32>(4)
+            .expect_err("allocated during a capture");
+        assert_eq!(
+            e.0,
+            CUresult::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+            "{e:?}"
+        );
+        Ok(())
+    });
+    assert!(matches!(outcome, Err(Error::Capture { .. })));
 }

@@ -19,6 +19,7 @@ mod batch_norm;
 mod center_loss;
 mod conv_transpose;
 mod cuda_emulator;
+mod cuda_graph;
 mod kernel_build;
 mod mask;
 mod pool;

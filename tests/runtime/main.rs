@@ -15,6 +15,7 @@ mod common {
 
 mod backend_ops;
 mod cpu_conv;
+mod cuda_graph;
 mod inception_cuda;
 mod inception_golden;
 mod inception_spec;

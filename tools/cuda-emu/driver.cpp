@@ -4,7 +4,9 @@
 // calls for contexts, streams, events, memory, modules and launches; everything runs
 // synchronously. It checks what a GPU would refuse (launch dimensions, shared memory, launch
 // bounds) and what a GPU would only corrupt (accesses outside a buffer, copies past one), and
-// reports each with the kernel's name. Passing here is not passing on a GPU: see
+// reports each with the kernel's name. Stream capture records a stream's work into a CUDA graph
+// instead of running it, and refuses what a GPU refuses during a capture (the section "Stream
+// capture and CUDA graphs" below). Passing here is not passing on a GPU: see
 // docs/gpu-status.md.
 
 #if !defined(__x86_64__)
@@ -15,14 +17,18 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "device.h"
@@ -40,8 +46,9 @@ std::map<std::string, KernelEntry>& registry() {
     return kernels;
 }
 
-Registrar::Registrar(const char* name, Thunk thunk, int max_threads) {
-    registry()[name] = KernelEntry{thunk, max_threads};
+Registrar::Registrar(const char* name, Thunk thunk, int max_threads,
+                     std::vector<size_t> param_sizes) {
+    registry()[name] = KernelEntry{thunk, max_threads, std::move(param_sizes)};
 }
 
 namespace {
@@ -289,11 +296,19 @@ enum : CUresult {
     CUDA_ERROR_INVALID_DEVICE = 101,
     CUDA_ERROR_INVALID_IMAGE = 200,
     CUDA_ERROR_INVALID_HANDLE = 400,
+    CUDA_ERROR_ILLEGAL_STATE = 401,
     CUDA_ERROR_NOT_FOUND = 500,
     CUDA_ERROR_ILLEGAL_ADDRESS = 700,
     CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES = 701,
     CUDA_ERROR_LAUNCH_FAILED = 719,
     CUDA_ERROR_NOT_SUPPORTED = 801,
+    CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900,
+    CUDA_ERROR_STREAM_CAPTURE_INVALIDATED = 901,
+    CUDA_ERROR_STREAM_CAPTURE_UNMATCHED = 903,
+    CUDA_ERROR_STREAM_CAPTURE_UNJOINED = 904,
+    CUDA_ERROR_STREAM_CAPTURE_ISOLATION = 905,
+    CUDA_ERROR_CAPTURED_EVENT = 907,
+    CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD = 908,
 };
 
 constexpr unsigned char kGuardByte = 0xa5;
@@ -330,8 +345,16 @@ struct Module {
     bool entries_known = false;
 };
 
+// How many of each stream's captured operations the next operation on one stream of a capture
+// comes after, its own stream's included: what it depends on, by stream.
+using Reach = std::map<void*, size_t>;
+
 struct Event {
     std::chrono::steady_clock::time_point at;
+    // The capture its last record was in (0: none, a record that timed the stream), and what
+    // the recording stream had reached there: a stream that waits on it comes after that.
+    unsigned long long capture = 0;
+    Reach reach;
 };
 
 std::map<CUdeviceptr, Allocation> g_allocations;
@@ -440,8 +463,14 @@ void install_fault_handler() {
     });
 }
 
-CUresult launch(Function* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
-                unsigned bz, unsigned shared_bytes, void** params, void** extra) {
+// A launch's grid, block and dynamic shared memory.
+struct LaunchDims {
+    unsigned gx, gy, gz, bx, by, bz, shared_bytes;
+};
+
+// CUDA_SUCCESS, or what the driver refuses this launch with (reported, naming the kernel): the
+// checks of every launch, captured or not.
+CUresult check_launch(const Function* f, const LaunchDims& d, void** params, void** extra) {
     if (!f) return CUDA_ERROR_INVALID_HANDLE;
     const auto refuse = [&](CUresult code, const std::string& why) {
         emu::report("launch of " + f->name + " refused: " + why);
@@ -449,33 +478,38 @@ CUresult launch(Function* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
     };
     if (extra) return refuse(CUDA_ERROR_NOT_SUPPORTED, "`extra` arguments");
     if (!params) return refuse(CUDA_ERROR_INVALID_VALUE, "no kernel arguments");
-    if (gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0)
+    if (d.gx == 0 || d.gy == 0 || d.gz == 0 || d.bx == 0 || d.by == 0 || d.bz == 0)
         return refuse(CUDA_ERROR_INVALID_VALUE, "a zero grid or block dimension");
-    if (gy > 65535 || gz > 65535 || gx > 2147483647u)
+    if (d.gy > 65535 || d.gz > 65535 || d.gx > 2147483647u)
         return refuse(CUDA_ERROR_INVALID_VALUE,
-                      "grid " + std::to_string(gx) + "x" + std::to_string(gy) + "x" +
-                          std::to_string(gz) + " exceeds 2^31-1 x 65535 x 65535");
-    const unsigned long long threads = (unsigned long long)bx * by * bz;
-    if (bx > 1024 || by > 1024 || bz > 64 || threads > 1024)
+                      "grid " + std::to_string(d.gx) + "x" + std::to_string(d.gy) + "x" +
+                          std::to_string(d.gz) + " exceeds 2^31-1 x 65535 x 65535");
+    const unsigned long long threads = (unsigned long long)d.bx * d.by * d.bz;
+    if (d.bx > 1024 || d.by > 1024 || d.bz > 64 || threads > 1024)
         return refuse(CUDA_ERROR_INVALID_VALUE, "block of " + std::to_string(threads) + " threads");
     if (f->entry.max_threads > 0 && threads > (unsigned long long)f->entry.max_threads)
         return refuse(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES,
                       std::to_string(threads) + " threads but __launch_bounds__(" +
                           std::to_string(f->entry.max_threads) + ")");
-    if (shared_bytes > f->max_dynamic_shared)
+    if (d.shared_bytes > f->max_dynamic_shared)
         return refuse(CUDA_ERROR_INVALID_VALUE,
-                      std::to_string(shared_bytes) + " bytes of dynamic shared memory, limit " +
+                      std::to_string(d.shared_bytes) + " bytes of dynamic shared memory, limit " +
                           std::to_string(f->max_dynamic_shared));
-    emu::grid_dim = dim3{gx, gy, gz};
-    emu::block_dim = dim3{bx, by, bz};
+    return CUDA_SUCCESS;
+}
+
+// Runs a checked launch to completion.
+CUresult run_launch(const Function* f, const LaunchDims& d, void** params) {
+    emu::grid_dim = dim3{d.gx, d.gy, d.gz};
+    emu::block_dim = dim3{d.bx, d.by, d.bz};
     emu::g_run.thunk = f->entry.thunk;
     emu::g_run.params = params;
     // Stale shared memory from the last block, as on a GPU, rather than zeros.
-    std::memset(emu::dynamic_shared, 0xff, shared_bytes);
+    std::memset(emu::dynamic_shared, 0xff, d.shared_bytes);
     g_running_kernel = f->name.c_str();
-    for (unsigned z = 0; z < gz; ++z)
-        for (unsigned y = 0; y < gy; ++y)
-            for (unsigned x = 0; x < gx; ++x) {
+    for (unsigned z = 0; z < d.gz; ++z)
+        for (unsigned y = 0; y < d.gy; ++y)
+            for (unsigned x = 0; x < d.gx; ++x) {
                 emu::block_idx = uint3{x, y, z};
                 if (!emu::run_block()) {
                     g_running_kernel = nullptr;
@@ -486,6 +520,28 @@ CUresult launch(Function* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
     g_running_kernel = nullptr;
     return guards_intact(f->name) ? CUDA_SUCCESS : CUDA_ERROR_ILLEGAL_ADDRESS;
 }
+
+// A launch's argument values, copied out of cuLaunchKernel's array as the driver copies them
+// when a launch is captured: the caller's values are gone by the time a graph runs it.
+struct KernelArguments {
+    std::vector<std::max_align_t> storage;
+    std::vector<void*> pointers;
+
+    KernelArguments(const std::vector<size_t>& sizes, void** params) {
+        constexpr size_t slot = sizeof(std::max_align_t);
+        size_t slots = 0;
+        for (size_t bytes : sizes) slots += (bytes + slot - 1) / slot;
+        storage.resize(slots);
+        auto* at = reinterpret_cast<unsigned char*>(storage.data());
+        for (size_t i = 0; i < sizes.size(); ++i) {
+            std::memcpy(at, params[i], sizes[i]);
+            pointers.push_back(at);
+            at += (sizes[i] + slot - 1) / slot * slot;
+        }
+    }
+    KernelArguments(const KernelArguments&) = delete;
+    KernelArguments& operator=(const KernelArguments&) = delete;
+};
 
 int device_attribute(int attribute) {
     switch (attribute) {
@@ -526,9 +582,203 @@ bool is_device_range(const void* ptr, size_t bytes) {
 void report(const std::string& what) { std::fprintf(stderr, "cuda-emu: %s\n", what.c_str()); }
 }  // namespace emu
 
-
 #define API extern "C" __attribute__((visibility("default"))) CUresult
 #define LOCKED std::lock_guard<std::mutex> lock(emu::api_mutex())
+
+// ---------------------------------------------------------------------------------------------
+// Stream capture and CUDA graphs. Work issued to a stream that is being captured is recorded
+// instead of run, in the order the host issued it; a graph launch runs it in that order, which
+// is one of the orders the real graph's dependencies allow (the emulator runs one thing at a
+// time). A stream joins a capture by waiting on an event recorded in it, as on a GPU. What a
+// GPU refuses during a capture is refused with its error, and invalidates the capture as there
+// (cuStreamEndCapture then fails), so that work which captures here captures on a GPU:
+// synchronising or querying a captured stream, its events or the context; copies between
+// device and host memory on a captured stream (the emulator has no page-locked memory, and a
+// graph cannot hold a copy of pageable memory); waiting on an event recorded outside the
+// capture; and, from the capturing thread (any thread, for a capture in global mode), the
+// calls that do not go through a stream: cuMemAlloc, cuMemFree and the synchronous copies and
+// memsets. Stricter than a GPU: stream-ordered allocations and frees on a captured stream
+// (graph memory nodes) are refused as not emulated.
+
+namespace {
+
+constexpr int kCaptureGlobal = 0, kCaptureRelaxed = 2;
+constexpr int kCaptureNone = 0, kCaptureActive = 1, kCaptureInvalidated = 2;
+constexpr unsigned kEventWaitExternal = 1;
+// CU_STREAM_LEGACY, the legacy default stream's other handle besides null.
+void* const kLegacyStream = reinterpret_cast<void*>(1);
+
+struct Operation {
+    std::string call;
+    // The call's status when it runs: 0 for success, as in the driver and every library here.
+    std::function<int()> run;
+};
+using Operations = std::shared_ptr<const std::vector<Operation>>;
+
+struct Capture {
+    unsigned long long id;
+    void* origin;
+    int mode;
+    std::thread::id thread;
+    // The call that invalidated it; empty while it is valid.
+    std::string invalidated_by;
+    std::vector<Operation> operations;
+    // Every stream in the capture, the origin included, and what its next operation comes after.
+    std::map<void*, Reach> reach;
+};
+
+// A CUgraph and a CUgraphExec: the captured operations, shared, so that the graph may be
+// destroyed before what was instantiated from it.
+struct Graph {
+    Operations operations;
+};
+struct GraphExec {
+    Operations operations;
+};
+
+// Under the API lock: the captures under way, by id, and the stream each stream's work goes to.
+std::map<unsigned long long, std::unique_ptr<Capture>> g_captures;
+std::map<void*, Capture*> g_capturing;
+unsigned long long g_next_capture = 1;
+
+Capture* capture_of(void* stream) {
+    auto it = g_capturing.find(stream);
+    return it == g_capturing.end() ? nullptr : it->second;
+}
+
+// The capture `e`'s last record was in, while it is under way.
+Capture* captured_in(const Event* e) {
+    auto it = g_captures.find(e->capture);
+    return it == g_captures.end() ? nullptr : it->second.get();
+}
+
+// Reports `call`, refused during capture `c` for `why`, invalidates `c` (cuStreamEndCapture
+// names the first such call) and returns `code`.
+CUresult invalidate(Capture* c, CUresult code, const std::string& call, const std::string& why) {
+    emu::report(call + " refused during a stream capture: " + why +
+                "; the capture is invalidated");
+    if (c->invalidated_by.empty()) c->invalidated_by = call;
+    return code;
+}
+
+// The capture that forbids this thread the calls that bypass streams: its own, unless begun in
+// relaxed mode, or another thread's in global mode.
+Capture* forbidding_capture() {
+    for (auto& [id, c] : g_captures) {
+        if (c->mode == kCaptureRelaxed) continue;
+        if (c->thread == std::this_thread::get_id() || c->mode == kCaptureGlobal) return c.get();
+    }
+    return nullptr;
+}
+
+// For `call`, which bypasses streams: CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED where a capture
+// forbids it, else CUDA_SUCCESS.
+CUresult refuse_if_forbidden(const std::string& call) {
+    LOCKED;
+    Capture* c = forbidding_capture();
+    if (!c) return CUDA_SUCCESS;
+    return invalidate(c, CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, call,
+                      "it bypasses the streams, so the graph would not hold it");
+}
+
+// For `call` on `stream`, which no graph can hold: CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED when
+// `stream` is being captured, else CUDA_SUCCESS.
+CUresult refuse_if_captured(void* stream, const std::string& call, const std::string& why) {
+    LOCKED;
+    Capture* c = capture_of(stream);
+    return c ? invalidate(c, CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, call, why) : CUDA_SUCCESS;
+}
+
+// For `call`, which waits for or queries `event`: CUDA_ERROR_CAPTURED_EVENT when it was recorded
+// in a capture under way (it marks no work that runs), else CUDA_SUCCESS.
+CUresult refuse_if_captured_event(void* event, const char* call) {
+    LOCKED;
+    Capture* c = captured_in(static_cast<Event*>(event));
+    return c ? invalidate(c, CUDA_ERROR_CAPTURED_EVENT, call,
+                          "the event was recorded in the capture, so it marks no work that runs")
+             : CUDA_SUCCESS;
+}
+
+const char* const kHostCopy =
+    "a copy between device and host memory (pageable: the emulator has no page-locked memory)";
+const char* const kGraphMemory = "graph memory nodes are not emulated";
+
+// Runs a graph's operations in order; the first that fails is reported and fails the launch.
+CUresult run_operations(const std::vector<Operation>& operations) {
+    for (const Operation& op : operations)
+        if (const int status = op.run()) {
+            emu::report("a graph launch: " + op.call + " failed with status " +
+                        std::to_string(status));
+            return CUDA_ERROR_LAUNCH_FAILED;
+        }
+    return CUDA_SUCCESS;
+}
+
+// The bodies of the copies and memsets, synchronous or stream-ordered.
+CUresult copy_to_device(CUdeviceptr dst, const void* src, size_t bytes) {
+    LOCKED;
+    if (CUresult r = check_range("cuMemcpyHtoD", dst, bytes)) return r;
+    std::memcpy((void*)dst, src, bytes);
+    return CUDA_SUCCESS;
+}
+
+CUresult copy_to_host(void* dst, CUdeviceptr src, size_t bytes) {
+    LOCKED;
+    if (CUresult r = check_range("cuMemcpyDtoH", src, bytes)) return r;
+    std::memcpy(dst, (const void*)src, bytes);
+    return CUDA_SUCCESS;
+}
+
+CUresult copy_on_device(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
+    LOCKED;
+    if (CUresult r = check_range("cuMemcpyDtoD (source)", src, bytes)) return r;
+    if (CUresult r = check_range("cuMemcpyDtoD (destination)", dst, bytes)) return r;
+    std::memmove((void*)dst, (const void*)src, bytes);
+    return CUDA_SUCCESS;
+}
+
+CUresult set_bytes(CUdeviceptr dst, unsigned char value, size_t bytes) {
+    LOCKED;
+    if (CUresult r = check_range("cuMemsetD8", dst, bytes)) return r;
+    std::memset((void*)dst, value, bytes);
+    return CUDA_SUCCESS;
+}
+
+CUresult set_words(CUdeviceptr dst, unsigned int value, size_t count) {
+    LOCKED;
+    if (CUresult r = check_range("cuMemsetD32", dst, count * 4)) return r;
+    auto* p = (unsigned int*)dst;
+    for (size_t i = 0; i < count; ++i) p[i] = value;
+    return CUDA_SUCCESS;
+}
+
+// A copy or memset on `stream` (emu::enqueue), its operands checked when it is issued too, as
+// the driver checks them when it is captured.
+CUresult enqueue_checked(void* stream, const char* call,
+                         std::initializer_list<std::pair<CUdeviceptr, size_t>> operands,
+                         std::function<int()> work) {
+    for (const auto& [ptr, bytes] : operands) {
+        LOCKED;
+        if (CUresult r = check_range(call, ptr, bytes)) return r;
+    }
+    return emu::enqueue(stream, call, std::move(work), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+}
+
+}  // namespace
+
+int emu::enqueue(void* stream, const std::string& call, std::function<int()> work,
+                 int invalidated) {
+    {
+        LOCKED;
+        if (Capture* c = capture_of(stream)) {
+            if (!c->invalidated_by.empty()) return invalidated;
+            c->operations.push_back(Operation{call, std::move(work)});
+            ++c->reach[stream][stream];
+            return 0;
+        }
+    }
+    return work();
+}
 
 API cuInit(unsigned int) {
     install_fault_handler();
@@ -561,29 +811,171 @@ API cuDevicePrimaryCtxRelease_v2(CUdevice) { return CUDA_SUCCESS; }
 API cuCtxSetCurrent(void* ctx) { t_current_context = ctx; return CUDA_SUCCESS; }
 API cuCtxGetCurrent(void** ctx) { *ctx = t_current_context; return CUDA_SUCCESS; }
 API cuCtxGetDevice(CUdevice* d) { *d = 0; return CUDA_SUCCESS; }
-API cuCtxSynchronize() { return CUDA_SUCCESS; }
+// Synchronising the context synchronises every stream in it, a captured one too.
+API cuCtxSynchronize() {
+    LOCKED;
+    if (g_captures.empty()) return CUDA_SUCCESS;
+    for (auto& [id, c] : g_captures)
+        invalidate(c.get(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuCtxSynchronize",
+                   "a stream of the context is being captured");
+    return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+}
 
 API cuStreamCreate(void** stream, unsigned int) { *stream = new int(0); return CUDA_SUCCESS; }
 API cuStreamCreateWithPriority(void** stream, unsigned int, int) {
     *stream = new int(0);
     return CUDA_SUCCESS;
 }
-API cuStreamDestroy_v2(void* stream) { delete static_cast<int*>(stream); return CUDA_SUCCESS; }
-API cuStreamSynchronize(void*) { return CUDA_SUCCESS; }
-API cuStreamQuery(void*) { return CUDA_SUCCESS; }
-API cuStreamWaitEvent(void*, void*, unsigned int) { return CUDA_SUCCESS; }
+// A stream destroyed while it is being captured leaves the capture (invalidated), and takes the
+// capture with it when it began it; a later stream at the same address starts afresh.
+API cuStreamDestroy_v2(void* stream) {
+    LOCKED;
+    if (Capture* c = capture_of(stream)) {
+        invalidate(c, CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamDestroy",
+                   "the stream is being captured");
+        for (auto it = g_capturing.begin(); it != g_capturing.end();)
+            it = it->first == stream || (c->origin == stream && it->second == c)
+                     ? g_capturing.erase(it)
+                     : std::next(it);
+        if (c->origin == stream) g_captures.erase(c->id);
+    }
+    delete static_cast<int*>(stream);
+    return CUDA_SUCCESS;
+}
+API cuStreamSynchronize(void* stream) {
+    return refuse_if_captured(stream, "cuStreamSynchronize",
+                              "a captured stream's work runs only when the graph is launched");
+}
+API cuStreamQuery(void* stream) {
+    return refuse_if_captured(stream, "cuStreamQuery",
+                              "a captured stream's work runs only when the graph is launched");
+}
+API cuStreamWaitEvent(void* stream, void* event, unsigned int flags) {
+    LOCKED;
+    const auto* e = static_cast<Event*>(event);
+    Capture* waiting = capture_of(stream);
+    Capture* recorded = captured_in(e);
+    if (flags & kEventWaitExternal) {
+        if (!waiting) return CUDA_SUCCESS;
+        return invalidate(waiting, CUDA_ERROR_NOT_SUPPORTED, "cuStreamWaitEvent",
+                          "waits on external events are not emulated");
+    }
+    if (!recorded)
+        return waiting ? invalidate(waiting, CUDA_ERROR_STREAM_CAPTURE_ISOLATION,
+                                    "cuStreamWaitEvent",
+                                    "the event was recorded outside the capture")
+                       : CUDA_SUCCESS;
+    if (waiting && waiting != recorded) {
+        invalidate(recorded, CUDA_ERROR_STREAM_CAPTURE_ISOLATION, "cuStreamWaitEvent",
+                   "another capture's stream waits on this capture's event");
+        return invalidate(waiting, CUDA_ERROR_STREAM_CAPTURE_ISOLATION, "cuStreamWaitEvent",
+                          "the event was recorded in another capture");
+    }
+    if (!recorded->invalidated_by.empty()) return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+    // A stream not being captured joins the capture: its work is captured from now on.
+    g_capturing[stream] = recorded;
+    Reach& reach = recorded->reach[stream];
+    for (const auto& [s, n] : e->reach) reach[s] = std::max(reach[s], n);
+    return CUDA_SUCCESS;
+}
+
+API cuStreamBeginCapture_v2(void* stream, int mode) {
+    LOCKED;
+    if (!stream || stream == kLegacyStream) {
+        emu::report("cuStreamBeginCapture: the legacy default stream cannot be captured");
+        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    }
+    if (mode < kCaptureGlobal || mode > kCaptureRelaxed) return CUDA_ERROR_INVALID_VALUE;
+    if (capture_of(stream)) return CUDA_ERROR_ILLEGAL_STATE;
+    auto c = std::make_unique<Capture>();
+    c->id = g_next_capture++;
+    c->origin = stream;
+    c->mode = mode;
+    c->thread = std::this_thread::get_id();
+    c->reach[stream];
+    g_capturing[stream] = c.get();
+    g_captures[c->id] = std::move(c);
+    return CUDA_SUCCESS;
+}
+API cuStreamIsCapturing(void* stream, int* status) {
+    if (!status) return CUDA_ERROR_INVALID_VALUE;
+    LOCKED;
+    const Capture* c = capture_of(stream);
+    *status = !c                            ? kCaptureNone
+              : c->invalidated_by.empty() ? kCaptureActive
+                                          : kCaptureInvalidated;
+    return CUDA_SUCCESS;
+}
+API cuStreamEndCapture(void* stream, void** graph) {
+    if (!graph) return CUDA_ERROR_INVALID_VALUE;
+    *graph = nullptr;
+    LOCKED;
+    Capture* c = capture_of(stream);
+    if (!c) return CUDA_ERROR_ILLEGAL_STATE;
+    if (c->origin != stream) return CUDA_ERROR_STREAM_CAPTURE_UNMATCHED;
+    if (c->mode != kCaptureRelaxed && c->thread != std::this_thread::get_id())
+        return CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD;
+    // The capture ends whatever its state, and its streams leave it.
+    const std::unique_ptr<Capture> done = std::move(g_captures[c->id]);
+    g_captures.erase(c->id);
+    for (auto it = g_capturing.begin(); it != g_capturing.end();)
+        it = it->second == c ? g_capturing.erase(it) : std::next(it);
+    if (!done->invalidated_by.empty()) {
+        emu::report("cuStreamEndCapture: the capture was invalidated by " + done->invalidated_by);
+        return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+    }
+    const Reach& origin = done->reach[stream];
+    for (const auto& [s, reach] : done->reach) {
+        const auto own = reach.find(s);
+        const auto joined = origin.find(s);
+        const size_t ops = own == reach.end() ? 0 : own->second;
+        if (ops > (joined == origin.end() ? 0 : joined->second)) {
+            emu::report("cuStreamEndCapture: work captured on another stream was not joined "
+                        "back into the stream that began the capture");
+            return CUDA_ERROR_STREAM_CAPTURE_UNJOINED;
+        }
+    }
+    *graph = new Graph{std::make_shared<const std::vector<Operation>>(std::move(done->operations))};
+    return CUDA_SUCCESS;
+}
+API cuGraphInstantiateWithFlags(void** exec, void* graph, unsigned long long flags) {
+    if (!exec || !graph) return CUDA_ERROR_INVALID_VALUE;
+    // AUTO_FREE_ON_LAUNCH (1), UPLOAD (2), DEVICE_LAUNCH (4) and USE_NODE_PRIORITY (8); a graph
+    // launched from the device cannot free on launch.
+    if ((flags & ~0xfull) != 0 || ((flags & 1) && (flags & 4))) return CUDA_ERROR_INVALID_VALUE;
+    *exec = new GraphExec{static_cast<Graph*>(graph)->operations};
+    return CUDA_SUCCESS;
+}
+API cuGraphLaunch(void* exec, void* stream) {
+    if (!exec) return CUDA_ERROR_INVALID_HANDLE;
+    const Operations operations = static_cast<GraphExec*>(exec)->operations;
+    return emu::enqueue(stream, "cuGraphLaunch", [operations] { return run_operations(*operations); },
+                        CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+}
+API cuGraphExecDestroy(void* exec) { delete static_cast<GraphExec*>(exec); return CUDA_SUCCESS; }
+API cuGraphDestroy(void* graph) { delete static_cast<Graph*>(graph); return CUDA_SUCCESS; }
 
 API cuEventCreate(void** event, unsigned int) {
     *event = new Event{std::chrono::steady_clock::now()};
     return CUDA_SUCCESS;
 }
 API cuEventDestroy_v2(void* event) { delete static_cast<Event*>(event); return CUDA_SUCCESS; }
-API cuEventRecord(void* event, void*) {
-    static_cast<Event*>(event)->at = std::chrono::steady_clock::now();
+API cuEventRecord(void* event, void* stream) {
+    LOCKED;
+    auto* e = static_cast<Event*>(event);
+    if (Capture* c = capture_of(stream)) {
+        if (!c->invalidated_by.empty()) return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+        e->capture = c->id;
+        e->reach = c->reach[stream];
+        return CUDA_SUCCESS;
+    }
+    e->capture = 0;
+    e->reach.clear();
+    e->at = std::chrono::steady_clock::now();
     return CUDA_SUCCESS;
 }
-API cuEventSynchronize(void*) { return CUDA_SUCCESS; }
-API cuEventQuery(void*) { return CUDA_SUCCESS; }
+API cuEventSynchronize(void* event) { return refuse_if_captured_event(event, "cuEventSynchronize"); }
+API cuEventQuery(void* event) { return refuse_if_captured_event(event, "cuEventQuery"); }
 API cuEventElapsedTime(float* ms, void* start, void* end) {
     *ms = std::chrono::duration<float, std::milli>(static_cast<Event*>(end)->at -
                                                    static_cast<Event*>(start)->at)
@@ -594,10 +986,26 @@ API cuEventElapsedTime_v2(float* ms, void* start, void* end) {
     return cuEventElapsedTime(ms, start, end);
 }
 
-API cuMemAlloc_v2(CUdeviceptr* ptr, size_t bytes) { LOCKED; return allocate(ptr, bytes); }
-API cuMemAllocAsync(CUdeviceptr* ptr, size_t bytes, void*) { LOCKED; return allocate(ptr, bytes); }
-API cuMemFree_v2(CUdeviceptr ptr) { LOCKED; return release(ptr); }
-API cuMemFreeAsync(CUdeviceptr ptr, void*) { LOCKED; return release(ptr); }
+API cuMemAlloc_v2(CUdeviceptr* ptr, size_t bytes) {
+    if (CUresult r = refuse_if_forbidden("cuMemAlloc")) return r;
+    LOCKED;
+    return allocate(ptr, bytes);
+}
+API cuMemAllocAsync(CUdeviceptr* ptr, size_t bytes, void* stream) {
+    if (CUresult r = refuse_if_captured(stream, "cuMemAllocAsync", kGraphMemory)) return r;
+    LOCKED;
+    return allocate(ptr, bytes);
+}
+API cuMemFree_v2(CUdeviceptr ptr) {
+    if (CUresult r = refuse_if_forbidden("cuMemFree")) return r;
+    LOCKED;
+    return release(ptr);
+}
+API cuMemFreeAsync(CUdeviceptr ptr, void* stream) {
+    if (CUresult r = refuse_if_captured(stream, "cuMemFreeAsync", kGraphMemory)) return r;
+    LOCKED;
+    return release(ptr);
+}
 // Not a CUDA call: how many device allocations the calling thread has made, which only the
 // emulator can say (c2f_kernels::testing::emulator_allocation_count reads it).
 extern "C" __attribute__((visibility("default"))) unsigned long long c2fEmuAllocationCount() {
@@ -610,51 +1018,44 @@ API cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     return CUDA_SUCCESS;
 }
 API cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t bytes) {
-    LOCKED;
-    if (CUresult r = check_range("cuMemcpyHtoD", dst, bytes)) return r;
-    std::memcpy((void*)dst, src, bytes);
-    return CUDA_SUCCESS;
+    if (CUresult r = refuse_if_forbidden("cuMemcpyHtoD")) return r;
+    return copy_to_device(dst, src, bytes);
 }
-API cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes, void*) {
-    return cuMemcpyHtoD_v2(dst, src, bytes);
+API cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes, void* stream) {
+    if (CUresult r = refuse_if_captured(stream, "cuMemcpyHtoDAsync", kHostCopy)) return r;
+    return copy_to_device(dst, src, bytes);
 }
 API cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t bytes) {
-    LOCKED;
-    if (CUresult r = check_range("cuMemcpyDtoH", src, bytes)) return r;
-    std::memcpy(dst, (const void*)src, bytes);
-    return CUDA_SUCCESS;
+    if (CUresult r = refuse_if_forbidden("cuMemcpyDtoH")) return r;
+    return copy_to_host(dst, src, bytes);
 }
-API cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t bytes, void*) {
-    return cuMemcpyDtoH_v2(dst, src, bytes);
+API cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t bytes, void* stream) {
+    if (CUresult r = refuse_if_captured(stream, "cuMemcpyDtoHAsync", kHostCopy)) return r;
+    return copy_to_host(dst, src, bytes);
 }
 API cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
-    LOCKED;
-    if (CUresult r = check_range("cuMemcpyDtoD (source)", src, bytes)) return r;
-    if (CUresult r = check_range("cuMemcpyDtoD (destination)", dst, bytes)) return r;
-    std::memmove((void*)dst, (const void*)src, bytes);
-    return CUDA_SUCCESS;
+    if (CUresult r = refuse_if_forbidden("cuMemcpyDtoD")) return r;
+    return copy_on_device(dst, src, bytes);
 }
-API cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes, void*) {
-    return cuMemcpyDtoD_v2(dst, src, bytes);
+API cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes, void* stream) {
+    return enqueue_checked(stream, "cuMemcpyDtoDAsync", {{src, bytes}, {dst, bytes}},
+                           [=] { return copy_on_device(dst, src, bytes); });
 }
 API cuMemsetD8_v2(CUdeviceptr dst, unsigned char value, size_t bytes) {
-    LOCKED;
-    if (CUresult r = check_range("cuMemsetD8", dst, bytes)) return r;
-    std::memset((void*)dst, value, bytes);
-    return CUDA_SUCCESS;
+    if (CUresult r = refuse_if_forbidden("cuMemsetD8")) return r;
+    return set_bytes(dst, value, bytes);
 }
-API cuMemsetD8Async(CUdeviceptr dst, unsigned char value, size_t bytes, void*) {
-    return cuMemsetD8_v2(dst, value, bytes);
+API cuMemsetD8Async(CUdeviceptr dst, unsigned char value, size_t bytes, void* stream) {
+    return enqueue_checked(stream, "cuMemsetD8Async", {{dst, bytes}},
+                           [=] { return set_bytes(dst, value, bytes); });
 }
 API cuMemsetD32_v2(CUdeviceptr dst, unsigned int value, size_t count) {
-    LOCKED;
-    if (CUresult r = check_range("cuMemsetD32", dst, count * 4)) return r;
-    auto* p = (unsigned int*)dst;
-    for (size_t i = 0; i < count; ++i) p[i] = value;
-    return CUDA_SUCCESS;
+    if (CUresult r = refuse_if_forbidden("cuMemsetD32")) return r;
+    return set_words(dst, value, count);
 }
-API cuMemsetD32Async(CUdeviceptr dst, unsigned int value, size_t count, void*) {
-    return cuMemsetD32_v2(dst, value, count);
+API cuMemsetD32Async(CUdeviceptr dst, unsigned int value, size_t count, void* stream) {
+    return enqueue_checked(stream, "cuMemsetD32Async", {{dst, count * 4}},
+                           [=] { return set_words(dst, value, count); });
 }
 
 namespace {
@@ -762,10 +1163,20 @@ API cuFuncGetAttribute(int* value, int attribute, void* function) {
     return CUDA_SUCCESS;
 }
 API cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
-                   unsigned bz, unsigned shared_bytes, void*, void** params, void** extra) {
-    LOCKED;
-    return launch(static_cast<Function*>(function), gx, gy, gz, bx, by, bz, shared_bytes, params,
-                  extra);
+                   unsigned bz, unsigned shared_bytes, void* stream, void** params, void** extra) {
+    const LaunchDims dims{gx, gy, gz, bx, by, bz, shared_bytes};
+    const auto* f = static_cast<const Function*>(function);
+    if (CUresult r = check_launch(f, dims, params, extra)) return r;
+    // The kernel and its arguments by value: a captured launch runs after both may be gone.
+    auto kernel = std::make_shared<const Function>(*f);
+    auto arguments = std::make_shared<const KernelArguments>(f->entry.param_sizes, params);
+    return emu::enqueue(
+        stream, f->name,
+        [kernel, dims, arguments] {
+            LOCKED;
+            return run_launch(kernel.get(), dims, const_cast<void**>(arguments->pointers.data()));
+        },
+        CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
 }
 
 API cuGetErrorName(CUresult code, const char** name) {
@@ -776,11 +1187,19 @@ API cuGetErrorName(CUresult code, const char** name) {
         case CUDA_ERROR_INVALID_DEVICE: *name = "CUDA_ERROR_INVALID_DEVICE"; break;
         case CUDA_ERROR_INVALID_IMAGE: *name = "CUDA_ERROR_INVALID_IMAGE"; break;
         case CUDA_ERROR_INVALID_HANDLE: *name = "CUDA_ERROR_INVALID_HANDLE"; break;
+        case CUDA_ERROR_ILLEGAL_STATE: *name = "CUDA_ERROR_ILLEGAL_STATE"; break;
         case CUDA_ERROR_NOT_FOUND: *name = "CUDA_ERROR_NOT_FOUND"; break;
         case CUDA_ERROR_ILLEGAL_ADDRESS: *name = "CUDA_ERROR_ILLEGAL_ADDRESS"; break;
         case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: *name = "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"; break;
         case CUDA_ERROR_LAUNCH_FAILED: *name = "CUDA_ERROR_LAUNCH_FAILED"; break;
         case CUDA_ERROR_NOT_SUPPORTED: *name = "CUDA_ERROR_NOT_SUPPORTED"; break;
+        case CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: *name = "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED"; break;
+        case CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: *name = "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED"; break;
+        case CUDA_ERROR_STREAM_CAPTURE_UNMATCHED: *name = "CUDA_ERROR_STREAM_CAPTURE_UNMATCHED"; break;
+        case CUDA_ERROR_STREAM_CAPTURE_UNJOINED: *name = "CUDA_ERROR_STREAM_CAPTURE_UNJOINED"; break;
+        case CUDA_ERROR_STREAM_CAPTURE_ISOLATION: *name = "CUDA_ERROR_STREAM_CAPTURE_ISOLATION"; break;
+        case CUDA_ERROR_CAPTURED_EVENT: *name = "CUDA_ERROR_CAPTURED_EVENT"; break;
+        case CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD: *name = "CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD"; break;
         default: *name = "CUDA_ERROR_UNKNOWN";
     }
     return CUDA_SUCCESS;

@@ -1,4 +1,5 @@
-//! Opening a GPU without panicking, one stream per device, kernel modules loaded once.
+//! Opening a GPU without panicking, one stream per device, kernel modules loaded once, and the
+//! stream's work captured into a CUDA graph to replay ([`capture_graph`]).
 //!
 //! cudarc panics when `libcuda.so` cannot be loaded, so [`Gpu::open`] checks for the library
 //! first and returns [`Error::NoDriver`]. Kernels come either as an nvcc fatbin embedded at build
@@ -9,7 +10,10 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaModule, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode, CUstreamCaptureStatus};
+use cudarc::driver::{
+    CudaContext, CudaGraph, CudaModule, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr,
+};
 // What the launchers and the `launch!` and `kernel_set!` macros name, from one place.
 pub use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
@@ -141,7 +145,9 @@ impl Gpu {
         // SAFETY: buffers are only used on this one stream; other streams (NCCL) synchronise
         // with explicit events.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of its own rather than the legacy default stream, which cannot be captured
+        // into a CUDA graph.
+        let stream = ctx.new_stream()?;
         Ok(Gpu {
             ctx,
             stream,
@@ -221,8 +227,112 @@ impl Gpu {
         Ok(self.stream.alloc_zeros(len)?)
     }
 
+    /// Waits for the stream; refused while it is being captured ([`refuse_in_capture`]).
     pub fn synchronize(&self) -> Result<()> {
+        refuse_in_capture(
+            &self.stream,
+            "synchronising the stream",
+            WAITS_FOR_CAPTURED_WORK,
+        )?;
         Ok(self.stream.synchronize()?)
+    }
+}
+
+/// Why a host read or a synchronisation cannot run during a capture.
+pub const WAITS_FOR_CAPTURED_WORK: &str =
+    "it waits for the stream's work, which a capture records instead of running; do it after \
+     launching the graph";
+/// Why an allocation cannot run during a capture.
+pub const ALLOCATES: &str = "it allocates device memory, which a captured graph must not hold \
+     (the memory must outlive every replay); run the work once before capturing it, so that \
+     everything it needs is allocated first";
+
+/// Fails with [`Error::Capture`] naming `op` (and why it cannot be captured, `reason`) when
+/// `stream` is being captured into a CUDA graph: the check before work that a graph cannot hold
+/// (a host read or write, an allocation, a synchronisation), which would otherwise fail as a
+/// bare driver error and invalidate the capture.
+pub fn refuse_in_capture(stream: &CudaStream, op: &str, reason: &str) -> Result<()> {
+    match stream.capture_status()? {
+        CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE => Ok(()),
+        _ => Err(Error::Capture {
+            op: op.to_string(),
+            reason: reason.to_string(),
+        }),
+    }
+}
+
+/// Work on a stream captured once into a CUDA graph by [`capture_graph`]: [`Self::launch`]
+/// replays it, the same kernels and library calls with the same arguments (device addresses and
+/// scalars as they were when captured), on whatever the device memory holds at the launch. The
+/// memory it addresses must outlive every launch.
+pub struct CapturedGraph {
+    graph: CudaGraph,
+}
+
+impl CapturedGraph {
+    /// Queues one replay of the captured work on the stream it was captured from.
+    pub fn launch(&self) -> Result<()> {
+        Ok(self.graph.launch()?)
+    }
+}
+
+/// Captures the work `work` queues on `stream` into a CUDA graph instead of running it, for
+/// [`CapturedGraph::launch`] to replay. The work may queue kernel launches, device-to-device
+/// copies, memsets and cuDNN, cuBLAS and NCCL calls (other streams join by waiting on an event
+/// recorded on `stream`, and must be joined back); a host read or write, a synchronisation or an
+/// allocation on the stream fails, and fails the capture. The capture is thread-local: other
+/// threads may allocate and synchronise meanwhile. It ends however `work` ends, so the stream
+/// stays usable; `work`'s own error comes first.
+pub fn capture_graph(
+    stream: &Arc<CudaStream>,
+    work: impl FnOnce() -> Result<()>,
+) -> Result<CapturedGraph> {
+    /// Ends the capture if `work` panics.
+    struct Capturing<'a> {
+        stream: &'a Arc<CudaStream>,
+        ended: bool,
+    }
+    impl Capturing<'_> {
+        fn end(mut self) -> std::result::Result<Option<CudaGraph>, cudarc::driver::DriverError> {
+            self.ended = true;
+            self.stream.end_capture(CUgraphInstantiate_flags(0))
+        }
+    }
+    impl Drop for Capturing<'_> {
+        fn drop(&mut self) {
+            if !self.ended {
+                let _ = self.stream.end_capture(CUgraphInstantiate_flags(0));
+            }
+        }
+    }
+
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .map_err(|e| Error::Capture {
+            op: "beginning a capture".into(),
+            reason: format!("{e:?}"),
+        })?;
+    let capturing = Capturing {
+        stream,
+        ended: false,
+    };
+    let worked = work();
+    let ended = capturing.end();
+    worked?;
+    match ended {
+        Ok(Some(graph)) => Ok(CapturedGraph { graph }),
+        Ok(None) => Err(Error::Capture {
+            op: "ending the capture".into(),
+            reason: "the driver returned no graph".into(),
+        }),
+        Err(e) => Err(Error::Capture {
+            op: "ending the capture".into(),
+            reason: format!(
+                "{e:?}: the captured work did something a graph cannot hold (a host copy, a \
+                 synchronisation, an allocation, a wait on an event recorded outside the \
+                 capture) or left work on another stream unjoined"
+            ),
+        }),
     }
 }
 

@@ -56,6 +56,10 @@ pub enum Error {
         label: i64,
         classes: usize,
     },
+    /// Work that a CUDA graph cannot hold, asked for while a stream was being captured into one
+    /// (`op` names it: a host read or write, an allocation, a synchronisation), or a capture
+    /// that failed or cannot be replayed.
+    Capture { op: String, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -110,6 +114,7 @@ impl fmt::Display for Error {
                 f,
                 "label {label} of sample {index} is outside [0, {classes})"
             ),
+            Error::Capture { op, reason } => write!(f, "CUDA graph capture: {op}: {reason}"),
         }
     }
 }

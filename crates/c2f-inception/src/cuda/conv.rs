@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use c2f_kernels::cudnn_raw::{self, cudnn_error};
+use c2f_kernels::device::{refuse_in_capture, ALLOCATES};
 use c2f_kernels::error::check_len;
 use c2f_kernels::{Error, Result};
 use cudarc::cudnn::sys::{
@@ -385,6 +386,9 @@ pub(crate) struct ConvEngine {
     stream: Arc<CudaStream>,
     plans: HashMap<ConvKey, ConvPlan>,
     workspace: Option<CudaSlice<u8>>,
+    /// How many workspaces have been allocated: a graph captured before the last holds the
+    /// address of a freed one.
+    workspaces_made: usize,
     choice: AlgorithmChoice,
 }
 
@@ -405,6 +409,7 @@ impl ConvEngine {
             stream: stream.clone(),
             plans: HashMap::new(),
             workspace: None,
+            workspaces_made: 0,
             choice: AlgorithmChoice::default(),
         })
     }
@@ -427,6 +432,10 @@ impl ConvEngine {
         self.plans.values().map(|p| (p.shape, p.algos)).collect()
     }
 
+    pub(crate) fn workspaces_made(&self) -> usize {
+        self.workspaces_made
+    }
+
     /// Validates `s` and the lengths, and makes its plan on first use (growing the workspace).
     fn prepare(&mut self, s: &Conv2dShape, lens: [(&str, usize, usize); 3]) -> Result<ConvKey> {
         s.validate()?;
@@ -435,6 +444,7 @@ impl ConvEngine {
         }
         let k = key(s);
         if !self.plans.contains_key(&k) {
+            refuse_in_capture(&self.stream, &format!("planning the {s}"), ALLOCATES)?;
             let plan = ConvPlan::new(&self.handle, &self.stream, s, self.choice)?;
             let need = plan.algos.workspace.into_iter().max().unwrap_or(0);
             let have = self.workspace.as_ref().map_or(0, |w| w.len());
@@ -442,6 +452,7 @@ impl ConvEngine {
                 // Free the old one first; its last use is ordered before the free on the stream.
                 self.workspace = None;
                 self.workspace = Some(self.stream.alloc_zeros::<u8>(need)?);
+                self.workspaces_made += 1;
             }
             self.plans.insert(k, plan);
         }

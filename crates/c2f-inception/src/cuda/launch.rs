@@ -13,6 +13,7 @@ use c2f_kernels::batch_norm::{BatchNormGpu, BatchNormParams, BatchNormShape};
 use c2f_kernels::center_loss::{CenterLossGpu, CenterLossShape};
 use c2f_kernels::concat::ChannelCopyGpu;
 use c2f_kernels::conv_transpose::{ConvTransposeGpu, ConvTransposeParams};
+use c2f_kernels::device::{refuse_in_capture, ALLOCATES};
 use c2f_kernels::dropout::DropoutGpu;
 use c2f_kernels::map_select::{MapSelectGpu, MapShape};
 use c2f_kernels::mask::{MaskGpu, MaskShape};
@@ -128,7 +129,11 @@ impl CudaBackend {
     ) -> Result<T> {
         let launcher = match L::cache(&mut self.launchers).entry(key) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(L::make(&self.gpu, &key)?),
+            Entry::Vacant(e) => {
+                let making = format!("making a {}", std::any::type_name::<L>());
+                refuse_in_capture(self.gpu.stream(), &making, ALLOCATES)?;
+                e.insert(L::make(&self.gpu, &key)?)
+            }
         };
         self.mem
             .run(inputs, outputs, index, |inputs, outputs, index| {

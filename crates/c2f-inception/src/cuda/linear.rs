@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use c2f_kernels::cublas_raw::{self, blas_error};
+use c2f_kernels::device::{refuse_in_capture, ALLOCATES};
 use c2f_kernels::{Error, Result};
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
@@ -55,6 +56,9 @@ pub(crate) struct LinearEngine {
     stream: Arc<CudaStream>,
     /// At least `batch` ones, grown on first use of a larger batch.
     ones: Option<CudaSlice<f32>>,
+    /// How many vectors of ones have been made: a graph captured before the last holds the
+    /// address of a freed one.
+    ones_made: usize,
 }
 
 impl LinearEngine {
@@ -65,13 +69,20 @@ impl LinearEngine {
             blas,
             stream: stream.clone(),
             ones: None,
+            ones_made: 0,
         })
+    }
+
+    pub(crate) fn ones_made(&self) -> usize {
+        self.ones_made
     }
 
     /// A vector of at least `n` ones.
     fn ones(&mut self, n: usize) -> Result<()> {
         if self.ones.as_ref().is_none_or(|o| o.len() < n) {
+            refuse_in_capture(&self.stream, "making the fc's vector of ones", ALLOCATES)?;
             self.ones = Some(self.stream.clone_htod(&vec![1.0f32; n])?);
+            self.ones_made += 1;
         }
         Ok(())
     }

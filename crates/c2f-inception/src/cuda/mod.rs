@@ -7,19 +7,22 @@
 //! [`crate::backend::check_operands`] (in bounds, no output overlapping another operand of the
 //! same call) are what make handing the launchers one raw range per operand sound, even when
 //! several operands live in the same buffer (parameters and their gradients are flat buffers).
-//! Everything runs on the [`Gpu`]'s one stream, in order; [`Buffers::read`] waits for it.
+//! Everything runs on the [`Gpu`]'s one stream, in order; [`Buffers::read`] waits for it. A
+//! sequence of ops can be captured into a CUDA graph once and replayed ([`graph`]).
 //!
 //! Precision: f32 throughout, TF32 off in cuDNN and cuBLAS. Determinism: every op gives the same
 //! bits on every run on the same GPU (see [`conv`] for the algorithm choice; the kernels and the
 //! GEMMs are deterministic).
 
 pub mod conv;
+pub mod graph;
 mod launch;
 pub mod linear;
 mod memory;
 mod ops;
 pub mod testing;
 
+use c2f_kernels::device::{refuse_in_capture, ALLOCATES, WAITS_FOR_CAPTURED_WORK};
 use c2f_kernels::error::check_len;
 use c2f_kernels::{Gpu, Result};
 
@@ -27,6 +30,7 @@ use crate::backend::{Buffers, IndexTensor, Tensor};
 use crate::cpu::conv::Conv2dShape;
 use conv::ConvEngine;
 pub use conv::{AlgorithmChoice, ConvAlgorithms};
+pub use graph::CapturedOps;
 use launch::Launchers;
 use linear::LinearEngine;
 pub use memory::DevRange;
@@ -39,6 +43,8 @@ pub struct CudaBackend {
     conv: ConvEngine,
     linear: LinearEngine,
     launchers: Launchers,
+    /// Tells this backend's captured graphs from another's ([`graph`]).
+    id: u64,
 }
 
 impl CudaBackend {
@@ -51,6 +57,7 @@ impl CudaBackend {
             mem: Memory::new(stream),
             launchers: Launchers::default(),
             gpu,
+            id: graph::next_backend_id(),
         })
     }
 
@@ -90,7 +97,16 @@ impl CudaBackend {
     fn bind(&self) -> Result<()> {
         Ok(self.gpu.context().bind_to_thread()?)
     }
+
+    /// [`refuse_in_capture`] on the backend's stream: `op` cannot run inside [`Self::capture`].
+    fn refuse_in_capture(&self, op: &str, reason: &str) -> Result<()> {
+        refuse_in_capture(self.gpu.stream(), op, reason)
+    }
 }
+
+/// Why a host write cannot run during a capture.
+const COPIES_FROM_HOST: &str = "a graph cannot hold a copy from pageable host memory; write \
+     before capturing, or copy from a device buffer inside";
 
 impl Buffers for CudaBackend {
     type Scalar = f32;
@@ -107,6 +123,7 @@ impl Buffers for CudaBackend {
     }
 
     fn alloc(&mut self, len: usize) -> Result<Tensor> {
+        self.refuse_in_capture(&format!("allocating a buffer of {len} values"), ALLOCATES)?;
         let buf = DeviceBuf::push_zeroed(&mut self.mem.bufs, &self.mem.stream, len)?;
         Ok(Tensor {
             buf,
@@ -116,6 +133,7 @@ impl Buffers for CudaBackend {
     }
 
     fn alloc_index(&mut self, len: usize) -> Result<IndexTensor> {
+        self.refuse_in_capture(&format!("allocating an index buffer of {len}"), ALLOCATES)?;
         let buf = DeviceBuf::push_zeroed(&mut self.mem.index_bufs, &self.mem.stream, len)?;
         Ok(IndexTensor {
             buf,
@@ -131,6 +149,7 @@ impl Buffers for CudaBackend {
 
     fn write(&mut self, dst: Tensor, src: &[f32]) -> Result<()> {
         check_len("write source", src.len(), dst.len)?;
+        self.refuse_in_capture(&format!("writing the {dst}"), COPIES_FROM_HOST)?;
         self.mem.run([], [dst], [], |[], [mut dst], []| {
             if !src.is_empty() {
                 self.mem.stream.memcpy_htod(src, &mut dst)?;
@@ -140,6 +159,7 @@ impl Buffers for CudaBackend {
     }
 
     fn read(&mut self, src: Tensor) -> Result<Vec<f32>> {
+        self.refuse_in_capture(&format!("reading the {src}"), WAITS_FOR_CAPTURED_WORK)?;
         let mut host = vec![0.0f32; src.len];
         self.mem.run([src], [], [], |[src], [], []| {
             if !host.is_empty() {
@@ -151,6 +171,7 @@ impl Buffers for CudaBackend {
     }
 
     fn read_index(&mut self, src: IndexTensor) -> Result<Vec<i32>> {
+        self.refuse_in_capture(&format!("reading the {src}"), WAITS_FOR_CAPTURED_WORK)?;
         let mut host = vec![0i32; src.len];
         self.mem.run([], [], [src], |[], [], [src]| {
             if !host.is_empty() {
@@ -163,6 +184,7 @@ impl Buffers for CudaBackend {
 
     fn write_index(&mut self, dst: IndexTensor, src: &[i32]) -> Result<()> {
         check_len("index write source", src.len(), dst.len)?;
+        self.refuse_in_capture(&format!("writing the {dst}"), COPIES_FROM_HOST)?;
         self.mem.run([], [], [dst], |[], [], [mut dst]| {
             if !src.is_empty() {
                 self.mem.stream.memcpy_htod(src, &mut dst)?;

@@ -9,6 +9,7 @@ use c2f_kernels::batch_norm::{BatchNormGpu, BatchNormParams, BatchNormShape};
 use c2f_kernels::center_loss::{CenterLossGpu, CenterLossParams, CenterLossShape};
 use c2f_kernels::concat::{ChannelCopyGpu, ChannelSlice};
 use c2f_kernels::conv_transpose::{ConvTransposeGpu, ConvTransposeParams};
+use c2f_kernels::device::WAITS_FOR_CAPTURED_WORK;
 use c2f_kernels::dropout::{DropoutGpu, DropoutParams};
 use c2f_kernels::error::check_len;
 use c2f_kernels::map_select::{MapSelectGpu, MapShape};
@@ -294,6 +295,7 @@ impl TrainingOps for CudaBackend {
         predictions: IndexTensor,
         dlogits: Tensor,
     ) -> Result<f64> {
+        self.refuse_in_capture("softmax cross-entropy's loss", WAITS_FOR_CAPTURED_WORK)?;
         let loss = self.launch(
             *s,
             [logits],
@@ -317,6 +319,7 @@ impl TrainingOps for CudaBackend {
         predictions: IndexTensor,
         dlogits: Tensor,
     ) -> Result<f64> {
+        self.refuse_in_capture("sigmoid cross-entropy's loss", WAITS_FOR_CAPTURED_WORK)?;
         let loss = self.launch(
             *s,
             [logits, targets],
@@ -411,6 +414,7 @@ impl Coarse2FineOps for CudaBackend {
         centers: Tensor,
         d_features: Tensor,
     ) -> Result<f64> {
+        self.refuse_in_capture("center loss's loss", WAITS_FOR_CAPTURED_WORK)?;
         let loss = self.launch(
             *s,
             [features],
