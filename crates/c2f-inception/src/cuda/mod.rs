@@ -9,9 +9,11 @@
 //! several operands live in the same buffer (parameters and their gradients are flat buffers).
 //! Everything runs on the [`Gpu`]'s one stream, in order; [`Buffers::read`] waits for it.
 //!
-//! Precision: f32 throughout, TF32 off in cuDNN and cuBLAS. Determinism: every op gives the same
-//! bits on every run on the same GPU (see [`conv`] for the algorithm choice; the kernels and the
-//! GEMMs are deterministic).
+//! Precision ([`CudaBackend::set_precision`]): f32 tensors throughout; [`Precision::F32`] (the
+//! default) keeps TF32 off in cuDNN and cuBLAS, [`Precision::Tf32`] lets their convolutions and
+//! GEMMs use TF32 tensor cores. Our kernels compute in f32 either way. Determinism: every op
+//! gives the same bits on every run on the same GPU (see [`conv`] for the algorithm choice; the
+//! kernels and the GEMMs are deterministic).
 
 pub mod conv;
 mod launch;
@@ -21,10 +23,11 @@ mod ops;
 pub mod testing;
 
 use c2f_kernels::error::check_len;
-use c2f_kernels::{Gpu, Result};
+use c2f_kernels::{Error, Gpu, Result};
 
 use crate::backend::{Buffers, IndexTensor, Tensor};
 use crate::cpu::conv::Conv2dShape;
+use crate::precision::Precision;
 use conv::ConvEngine;
 pub use conv::{AlgorithmChoice, ConvAlgorithms};
 use launch::Launchers;
@@ -39,6 +42,7 @@ pub struct CudaBackend {
     conv: ConvEngine,
     linear: LinearEngine,
     launchers: Launchers,
+    precision: Precision,
 }
 
 impl CudaBackend {
@@ -51,6 +55,7 @@ impl CudaBackend {
             mem: Memory::new(stream),
             launchers: Launchers::default(),
             gpu,
+            precision: Precision::F32,
         })
     }
 
@@ -81,6 +86,35 @@ impl CudaBackend {
         self.conv.set_choice(choice);
     }
 
+    /// Computes in `precision` from now on: [`Precision::F32`] (the default) or
+    /// [`Precision::Tf32`]. bf16 is refused as not built yet, f64 as not a GPU precision; either
+    /// way nothing changes.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        let tf32 = match precision {
+            Precision::F32 => false,
+            Precision::Tf32 => true,
+            Precision::Bf16 => {
+                return Err(Error::config(
+                    "precision",
+                    precision,
+                    "bf16 training is not built yet (issue 20's plan: \
+                     docs/architecture.md#precision); use tf32 or f32",
+                ))
+            }
+            Precision::F64 => {
+                return Err(Error::config(
+                    "precision",
+                    precision,
+                    "the CUDA backend computes in f32: use tf32 or f32",
+                ))
+            }
+        };
+        self.linear.set_tf32(tf32)?;
+        self.conv.set_tf32(tf32);
+        self.precision = precision;
+        Ok(())
+    }
+
     /// The cuDNN algorithms chosen so far, one entry per convolution shape.
     pub fn conv_algorithms(&self) -> Vec<(Conv2dShape, ConvAlgorithms)> {
         self.conv.algorithms()
@@ -97,13 +131,17 @@ impl Buffers for CudaBackend {
 
     fn describe(&self) -> String {
         let device = match self.gpu.describe() {
-            Ok(name) => format!("cuda f32 ({name})"),
-            Err(e) => format!("cuda f32 (device not described: {e})"),
+            Ok(name) => format!("cuda {} ({name})", self.precision),
+            Err(e) => format!("cuda {} (device not described: {e})", self.precision),
         };
         match self.conv.choice() {
             AlgorithmChoice::Heuristic => device,
             AlgorithmChoice::Timed => format!("{device}, cuDNN algorithms by timing"),
         }
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
     }
 
     fn alloc(&mut self, len: usize) -> Result<Tensor> {
