@@ -120,6 +120,19 @@ impl Pair {
         );
     }
 
+    /// The `fc` the linear tests run: its shape, and random inputs, weights and bias.
+    fn linear_case(&mut self) -> (LinearShape, [Tensor; 3]) {
+        let s = LinearShape {
+            batch: 3,
+            inputs: 37,
+            outputs: 10,
+        };
+        let x = self.random(s.batch * s.inputs, -1.0, 1.0, 1);
+        let w = self.random(s.outputs * s.inputs, -0.5, 0.5, 1);
+        let bias = self.random(s.outputs, -0.5, 0.5, 1);
+        (s, [x, w, bias])
+    }
+
     /// A tensor of zeros in both backends.
     fn zeros(&mut self, len: usize, align: usize) -> Tensor {
         let t = self.tensor(len, align);
@@ -406,14 +419,7 @@ fn pools_and_channels_match_cpu() {
 fn linear_and_memory_match_cpu() {
     let gpu = or_return!(cuda_or_skip("linear_and_memory_match_cpu"));
     let mut p = Pair::new(gpu);
-    let s = LinearShape {
-        batch: 3,
-        inputs: 37,
-        outputs: 10,
-    };
-    let x = p.random(s.batch * s.inputs, -1.0, 1.0, 1);
-    let w = p.random(s.outputs * s.inputs, -0.5, 0.5, 1);
-    let bias = p.random(s.outputs, -0.5, 0.5, 1);
+    let (s, [x, w, bias]) = p.linear_case();
     let y = p.random(s.batch * s.outputs, 1e3, 2e3, 1);
     p.run("linear", |b| b.linear_forward(&s, x, w, bias, y));
     p.check("linear forward", y);
@@ -499,14 +505,7 @@ fn tf32_convolutions_and_fc_match_cpu_within_the_tf32_bound() {
         p.check_tf32(&format!("{name} backward filter"), dw, dw_abs, terms);
     }
 
-    let s = LinearShape {
-        batch: 3,
-        inputs: 37,
-        outputs: 10,
-    };
-    let x = p.random(s.batch * s.inputs, -1.0, 1.0, 1);
-    let w = p.random(s.outputs * s.inputs, -0.5, 0.5, 1);
-    let bias = p.random(s.outputs, -0.5, 0.5, 1);
+    let (s, [x, w, bias]) = p.linear_case();
     let dy = p.random(s.batch * s.outputs, -1.0, 1.0, 1);
     let [x_abs, w_abs, bias_abs, dy_abs] = [x, w, bias, dy].map(|t| p.magnitudes(t));
     let y = p.random(s.batch * s.outputs, 1e3, 2e3, 1);
