@@ -1,5 +1,6 @@
 //! One Coarse2Fine training step (coarse pass, fine branch, fine pass, both backwards, SGD) on
-//! the CUDA backend at batch 64, 299² and 448², width 1.0, M = 8, 200 classes: images/s. The
+//! the CUDA backend at batch 64, 299² and 448², width 1.0, M = 8, 200 classes, in f32 and in
+//! tf32 (`c2f train`'s default on a GPU; each row's name ends in its precision): images/s. The
 //! baseline is the plain InceptionV3 step of `benches/inception_gpu.rs` on the same card (a
 //! Coarse2Fine step runs the backbone twice, so about half its rate is the hardware-bound
 //! target). Prints `NETBENCH` lines; without a GPU it says so. With or without one it first
@@ -10,6 +11,7 @@
 use c2f_inception::backend::{prelude::*, BnMode};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
+use c2f_inception::Precision;
 use c2f_kernels::testing::SplitMix64;
 use c2f_train::train::{build_coarse2fine, init_coarse2fine, RunOptions, TrainConfig};
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -18,24 +20,34 @@ use criterion::{criterion_group, criterion_main, Criterion};
 mod net;
 use net::{network_shapes, time_training_step};
 
-fn case(c: &mut Criterion, batch: usize, size: usize) {
-    let name = format!("coarse2fine_b{batch}_{size}");
-    let cfg = TrainConfig {
+/// The step's config at batch `batch` and input side `size`.
+fn config(batch: usize, size: usize) -> TrainConfig {
+    TrainConfig {
         epochs: 1,
         batch,
         input_size: size,
         ..TrainConfig::default()
-    };
+    }
+}
+
+/// Prints the bytes of the tensors the model allocates at `batch` and `size`.
+fn count_tensors(batch: usize, size: usize) {
     // Zero-filled host buffers are not touched here, so counting costs no real memory.
     let mut counter = CpuBackend::<f32>::new();
-    build_coarse2fine(&mut counter, &cfg).unwrap();
+    build_coarse2fine(&mut counter, &config(batch, size)).unwrap();
     println!(
-        "NETBENCH {name} tensors {:.2} GiB (counted on the CPU backend)",
+        "NETBENCH coarse2fine_b{batch}_{size} tensors {:.2} GiB (counted on the CPU backend)",
         counter.allocated_bytes() as f64 / (1u64 << 30) as f64
     );
+}
+
+fn case(c: &mut Criterion, batch: usize, size: usize, precision: Precision) {
+    let name = format!("coarse2fine_b{batch}_{size}_{precision}");
+    let cfg = config(batch, size);
     let Some(mut b) = cuda_or_skip(&format!("coarse2fine_gpu {name}")) else {
         return;
     };
+    b.set_precision(precision).unwrap();
     let run = RunOptions {
         eval_every: 0,
         ..RunOptions::new("unused")
@@ -53,7 +65,8 @@ fn case(c: &mut Criterion, batch: usize, size: usize) {
     let chosen_maps = model.chosen_maps().expect("Coarse2Fine has a fine pass");
     b.write_index(chosen_maps, &chosen).unwrap();
     let sgd = c2f_kernels::sgd::SgdParams::new(cfg.lr, cfg.momentum, cfg.weight_decay);
-    time_training_step(c, "coarse2fine_gpu_f32", &name, batch, &mut b, |b| {
+    let group = format!("coarse2fine_gpu_{precision}");
+    time_training_step(c, &group, &name, batch, &mut b, |b| {
         model.zero_grads(b).unwrap();
         model.forward_backward(b, BnMode::Train).unwrap();
         model.sgd_step(b, &sgd).unwrap();
@@ -63,7 +76,10 @@ fn case(c: &mut Criterion, batch: usize, size: usize) {
 fn bench(c: &mut Criterion) {
     let (batch, sizes) = network_shapes();
     for size in sizes {
-        case(c, batch, size);
+        count_tensors(batch, size);
+        for precision in [Precision::F32, Precision::Tf32] {
+            case(c, batch, size, precision);
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! InceptionV3 forward+backward+SGD on the CUDA backend, images per second at batch 64, 299² and
-//! 448², up to Mixed_6e and full (1000 classes), f32, with cuDNN's heuristic algorithm choice
-//! and with timed choice (`_timed`). `tools/torch_baseline.py` times PyTorch on
+//! 448², up to Mixed_6e and full (1000 classes): in f32 with cuDNN's heuristic algorithm choice
+//! and with timed choice (`_timed`), and in tf32 (`c2f train`'s default on a GPU) with the
+//! heuristic; each row's name ends in its precision. `tools/torch_baseline.py` times PyTorch on
 //! the same card in the same GPU check; the target is parity with its fp32 figure, the timed
-//! rows' peer being its fp32 + `cudnn.benchmark` one. Prints
+//! rows' peer being its fp32 + `cudnn.benchmark` one and the tf32 rows' its tf32 one. Prints
 //! `NETBENCH` lines (images/s, ms/step, memory the backend holds), and for each network an
 //! `OPBENCH` line with the share of the step its cuDNN convolutions take alone (forward,
 //! backward-data, backward-filter at every layer's shape), the rest being our kernels; without a
@@ -15,6 +16,7 @@ use c2f_inception::cuda::AlgorithmChoice::{self, Heuristic, Timed};
 use c2f_inception::cuda::CudaBackend;
 use c2f_inception::network::Network;
 use c2f_inception::spec::{Depth, InceptionConfig, Op};
+use c2f_inception::Precision::{self, Tf32, F32};
 use c2f_kernels::sgd::SgdParams;
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -31,11 +33,12 @@ fn case(
     size: usize,
     depth: Depth,
     name: &str,
-    choice: AlgorithmChoice,
+    (precision, choice): (Precision, AlgorithmChoice),
 ) {
     let Some(mut b) = cuda_or_skip(&format!("inception_gpu {name}")) else {
         return;
     };
+    b.set_precision(precision).unwrap();
     b.set_conv_algorithm_choice(choice);
     let config = InceptionConfig {
         input_size: size,
@@ -44,7 +47,8 @@ fn case(
     };
     let (mut net, loss_grad) = golden_network(&mut b, config, batch, 3);
     let sgd = SgdParams::new(1e-4, 0.9, 1e-5);
-    let step = time_training_step(c, "inception_gpu_f32", name, batch, &mut b, |b| {
+    let group = format!("inception_gpu_{precision}");
+    let step = time_training_step(c, &group, name, batch, &mut b, |b| {
         net.forward(b, BnMode::Train).unwrap();
         b.axpby(1.0, loss_grad, 0.0, net.output_grad()).unwrap();
         net.zero_grads(b).unwrap();
@@ -104,14 +108,19 @@ fn convolutions_of(net: &Network, b: &mut CudaBackend) -> impl FnMut(&mut CudaBa
 fn bench(c: &mut Criterion) {
     let (batch, sizes) = network_shapes();
     for size in sizes {
-        // Timed algorithm choice is the peer of PyTorch's fp32 + cudnn.benchmark rows.
-        for (choice, suffix) in [(Heuristic, ""), (Timed, "_timed")] {
+        // Timed algorithm choice is the peer of PyTorch's fp32 + cudnn.benchmark rows; tf32 is
+        // timed with the heuristic only, as `c2f train` runs by default.
+        for (precision, choice, suffix) in [
+            (F32, Heuristic, ""),
+            (F32, Timed, "_timed"),
+            (Tf32, Heuristic, ""),
+        ] {
             for (depth, net) in [
                 (Depth::Mixed6e, "mixed6e"),
                 (Depth::Full { classes: 1000 }, "full"),
             ] {
-                let name = format!("{net}_b{batch}_{size}{suffix}");
-                case(c, batch, size, depth, &name, choice);
+                let name = format!("{net}_b{batch}_{size}_{precision}{suffix}");
+                case(c, batch, size, depth, &name, (precision, choice));
             }
         }
     }

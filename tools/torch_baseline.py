@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """PyTorch on the GPU, the CUDA backend's peer: torchvision's InceptionV3 forward+backward in
 train mode at batch 64, 299² and 448², up to Mixed_6e and full (1000 classes, aux head off),
-in fp32 (cudnn.benchmark off, as PyTorch defaults), fp32 + cudnn.benchmark (the peer of the Rust
-bench's `_timed` rows), and AMP (bf16 autocast) + channels_last + cudnn.benchmark. TF32 is off
-in every mode. A step is what the Rust bench's is: forward, backward and an SGD update (momentum
+in fp32 (cudnn.benchmark off, as PyTorch defaults; the peer of the Rust bench's `_f32` rows),
+fp32 + cudnn.benchmark (the peer of its `_f32_timed` rows), tf32 (TF32 allowed in cuDNN and
+cuBLAS, cudnn.benchmark off; the peer of its `_tf32` rows), and AMP (bf16 autocast) +
+channels_last + cudnn.benchmark. TF32 is off in every mode but tf32. A step is what the Rust bench's is: forward, backward and an SGD update (momentum
 0.9, weight decay 1e-5; PyTorch's default foreach implementation). Timed with CUDA events after a
 warm-up; prints one TORCHGPU line per case (images/s, ms/step, peak memory).
 `tools/torch_c2f_baseline.py` does the same for a Coarse2Fine step, with `model` and
@@ -32,11 +33,15 @@ def model(depth: str) -> torch.nn.Module:
     return torch.nn.Sequential(blocks)
 
 
+# The modes, in the order they run.
+MODES = ["fp32", "fp32-benchmark", "tf32", "amp"]
+
+
 def set_mode(mode: str) -> None:
-    """cudnn.benchmark on for every mode but plain fp32; TF32 off everywhere."""
-    torch.backends.cudnn.benchmark = mode != "fp32"
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    """cudnn.benchmark on for every mode but plain fp32 and tf32; TF32 off but in tf32."""
+    torch.backends.cudnn.benchmark = mode not in ("fp32", "tf32")
+    torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+    torch.backends.cudnn.allow_tf32 = mode == "tf32"
 
 
 def timed(name: str, mode: str, batch: int, steps: int, step) -> None:
@@ -91,7 +96,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}")
     for depth in ["mixed6e", "full"]:
         for size in [299, 448]:
-            for mode in ["fp32", "fp32-benchmark", "amp"]:
+            for mode in MODES:
                 run(depth, size, mode, args.batch, args.steps)
 
 

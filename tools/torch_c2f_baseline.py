@@ -8,7 +8,8 @@ both passes, lambda 1, beta 0.05), the learnable
 up-sampler of stride-2 transposed convolutions (kernel 4, 8 channels between layers) and a
 bilinear resize to the input, the per-sample max-normalised mask, and SGD with momentum 0.9 and
 weight decay 1e-5), at batch 64, 299² and 448², in the modes of `tools/torch_baseline.py`.
-Prints TORCHGPU lines named as the Rust bench's NETBENCH lines (`coarse2fine_b64_299`, ...).
+Prints TORCHGPU lines named as the Rust bench's NETBENCH lines less their precision
+(`coarse2fine_b64_299`, ...), the mode beside.
 
     python3 tools/torch_c2f_baseline.py [--batch 64] [--steps 10]
 """
@@ -17,7 +18,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from torch_baseline import model, time_training
+from torch_baseline import MODES, model, time_training
 
 MAPS, CLASSES, LAMBDA, BETA = 8, 200, 1.0, 0.05
 FEATURE_SCALE, SQRT_EPS, NORM_EPS = 100.0, 1e-12, 1e-12
@@ -159,7 +160,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
     for size in [299, 448]:
-        for mode in ["fp32", "fp32-benchmark", "amp"]:
+        for mode in MODES:
             run(size, mode, args.batch, args.steps)
 
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use crate::harness::{fuzz_files, scratch, FileSeed};
 use c2f_inception::weights::{read_checked, write_tensors};
+use c2f_inception::Precision;
 use c2f_train::checkpoint::{read_meta, CheckpointMeta, FORMAT};
 use c2f_train::config::{Machine, Preset};
 use c2f_train::data::spec::DataSpec;
@@ -77,6 +78,7 @@ fn checkpoint_files() {
         upsampler: Some(UpsamplerOrigin::Shipped {
             path: "upsampler-299.safetensors".into(),
         }),
+        precision: Precision::Tf32,
     };
     let json = serde_json::to_string(&meta).unwrap();
     let seeds = [FileSeed::new(

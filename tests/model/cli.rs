@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use crate::common::train::TINY_TRAIN;
 
-fn scratch(name: &str) -> PathBuf {
+pub(super) fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli_{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -23,11 +23,11 @@ fn c2f_binary() -> PathBuf {
     std::env::var_os("C2F_BIN").map_or_else(|| env!("CARGO_BIN_EXE_c2f").into(), PathBuf::from)
 }
 
-fn c2f(args: &[&str]) -> Output {
+pub(super) fn c2f(args: &[&str]) -> Output {
     Command::new(c2f_binary()).args(args).output().unwrap()
 }
 
-fn text(out: &Output) -> String {
+pub(super) fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -36,7 +36,7 @@ fn text(out: &Output) -> String {
 }
 
 /// Runs `c2f` and asserts that it succeeded; its stdout and stderr.
-fn c2f_ok(args: &[&str]) -> String {
+pub(super) fn c2f_ok(args: &[&str]) -> String {
     let out = c2f(args);
     let log = text(&out);
     assert!(out.status.success(), "{log}");
@@ -44,14 +44,14 @@ fn c2f_ok(args: &[&str]) -> String {
 }
 
 /// Runs `c2f` and asserts that it failed; its stdout and stderr.
-fn c2f_refused(args: &[&str]) -> String {
+pub(super) fn c2f_refused(args: &[&str]) -> String {
     let out = c2f(args);
     let log = text(&out);
     assert!(!out.status.success(), "{log}");
     log
 }
 
-fn path(p: &Path) -> &str {
+pub(super) fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
@@ -265,7 +265,7 @@ fn predictions_on_cpu(checkpoint: &Path, image: &Path) -> Vec<String> {
 }
 
 /// `n` images the synthetic set writes in the CUB layout under `dir`.
-fn synthetic_images(dir: &Path, n: usize) -> Vec<PathBuf> {
+pub(super) fn synthetic_images(dir: &Path, n: usize) -> Vec<PathBuf> {
     let images = dir.join("images");
     let spec = c2f_train::data::synthetic::SyntheticConfig {
         classes: 3,

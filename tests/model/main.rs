@@ -16,6 +16,7 @@ mod common {
 
 mod c2f_golden;
 mod cli;
+mod cli_precision;
 mod cli_values;
 mod crash;
 mod interpolate;

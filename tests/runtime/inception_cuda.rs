@@ -1,6 +1,7 @@
 //! The CUDA backend against the CPU backend (f32): every op on random inputs, then the whole
 //! InceptionV3 golden case (`tests/runtime/inception_golden.rs`: same initialisation, same input), and
-//! run-to-run determinism. Without a GPU (or without cuDNN/cuBLAS) every test prints
+//! run-to-run determinism; with TF32 on, the convolutions and the `fc` within TF32's bound, and
+//! the precision reaching cuDNN and cuBLAS. Without a GPU (or without cuDNN/cuBLAS) every test prints
 //! `skipped: ...` and passes, unless `C2F_REQUIRE_GPU=1`.
 //!
 //! Op tensors are carved out of one shared buffer per backend at odd offsets (16-byte aligned
@@ -15,6 +16,7 @@ use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_inception::cuda::{AlgorithmChoice, ConvAlgorithms, CudaBackend};
 use c2f_inception::spec::Graph;
+use c2f_inception::Precision;
 use c2f_kernels::augment::AugmentShape;
 use c2f_kernels::bap::BapShape;
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
@@ -29,7 +31,9 @@ use c2f_kernels::resize::ResizeShape;
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::sigmoid_bce::SigmoidBceShape;
 use c2f_kernels::softmax_ce::SoftmaxCeShape;
-use c2f_kernels::testing::{assert_bit_identical, rel_error, SplitMix64};
+use c2f_kernels::testing::{
+    assert_bit_identical, emulator_math_modes, rel_error, EmulatedMath, SplitMix64,
+};
 use c2f_kernels::Error;
 
 /// Every single op, CUDA against CPU, both in f32.
@@ -117,6 +121,57 @@ impl Pair {
         );
     }
 
+    /// The `fc` the linear tests run: its shape, and random inputs, weights and bias.
+    fn linear_case(&mut self) -> (LinearShape, [Tensor; 3]) {
+        let s = LinearShape {
+            batch: 3,
+            inputs: 37,
+            outputs: 10,
+        };
+        let x = self.random(s.batch * s.inputs, -1.0, 1.0, 1);
+        let w = self.random(s.outputs * s.inputs, -0.5, 0.5, 1);
+        let bias = self.random(s.outputs, -0.5, 0.5, 1);
+        (s, [x, w, bias])
+    }
+
+    /// A tensor of zeros in both backends.
+    fn zeros(&mut self, len: usize, align: usize) -> Tensor {
+        let t = self.tensor(len, align);
+        self.write(t, &vec![0.0; len]);
+        t
+    }
+
+    /// A new tensor holding the magnitudes of the CPU's `t`, on the CPU only.
+    fn magnitudes(&mut self, t: Tensor) -> Tensor {
+        let v: Vec<f32> = self.cpu.read(t).unwrap().iter().map(|x| x.abs()).collect();
+        let m = self.tensor(t.len, CONV_ALIGN);
+        self.cpu.write(m, &v).unwrap();
+        m
+    }
+
+    /// Asserts, element by element, that the GPU's `t`, a sum of `terms` products computed with
+    /// TF32 inputs, is within [`tf32_bound`] of the CPU's f32 one; `magnitude` holds the same
+    /// pass on the CPU over its inputs' magnitudes (Σ|x||w|).
+    fn check_tf32(&mut self, what: &str, t: Tensor, magnitude: Tensor, terms: usize) {
+        let cpu = self.cpu.read(t).unwrap();
+        let gpu = self.gpu.read(t).unwrap();
+        let magnitude = self.cpu.read(magnitude).unwrap();
+        let bound = tf32_bound(terms);
+        let mut worst = 0.0f64;
+        for (j, ((&g, &c), &m)) in gpu.iter().zip(&cpu).zip(&magnitude).enumerate() {
+            let (difference, allowed) = ((g as f64 - c as f64).abs(), bound * m as f64);
+            assert!(
+                difference <= allowed,
+                "{what}[{j}]: CUDA {g} vs CPU {c}, {difference:.3e} apart where the TF32 bound \
+                 allows {allowed:.3e}"
+            );
+            if allowed > 0.0 {
+                worst = worst.max(difference / allowed);
+            }
+        }
+        println!("{what}: at most {worst:.3} of the TF32 bound");
+    }
+
     /// Runs `op` on both backends.
     fn run(
         &mut self,
@@ -151,30 +206,42 @@ fn conv2d_with_timed_algorithms_matches_cpu() {
     }
 }
 
-/// Each convolution's three passes at shapes the network has (1×1, 3×3 strided, 1×7, 7×1,
-/// 5×5), against the CPU; returns the algorithms the GPU used.
-fn check_conv2d(gpu: CudaBackend) -> Vec<(Conv2dShape, ConvAlgorithms)> {
-    let mut p = Pair::new(gpu);
-    let shapes = [
+/// Convolutions of the kinds the network has (1×1, 3×3 strided, 1×7, 7×1, 5×5), small, with
+/// their names.
+fn conv_shapes() -> Vec<(String, Conv2dShape)> {
+    [
         (2, 5, 9, 11, 7, (3, 3), (2, 2), (0, 0)),
         (2, 8, 8, 8, 6, (1, 7), (1, 1), (0, 3)),
         (2, 8, 8, 8, 6, (7, 1), (1, 1), (3, 0)),
         (2, 16, 7, 7, 12, (1, 1), (1, 1), (0, 0)),
         (1, 3, 10, 10, 4, (5, 5), (1, 1), (2, 2)),
         (3, 4, 12, 12, 8, (3, 3), (1, 1), (1, 1)),
-    ];
-    for (batch, in_channels, height, width, out_channels, kernel, stride, padding) in shapes {
-        let s = Conv2dShape {
-            batch,
-            in_channels,
-            height,
-            width,
-            out_channels,
-            kernel,
-            stride,
-            padding,
-        };
-        let name = format!("conv {kernel:?}/{stride:?}/{padding:?} {in_channels}->{out_channels}");
+    ]
+    .map(
+        |(batch, in_channels, height, width, out_channels, kernel, stride, padding)| {
+            let name =
+                format!("conv {kernel:?}/{stride:?}/{padding:?} {in_channels}->{out_channels}");
+            let s = Conv2dShape {
+                batch,
+                in_channels,
+                height,
+                width,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+            };
+            (name, s)
+        },
+    )
+    .to_vec()
+}
+
+/// Each convolution's three passes at [`conv_shapes`], against the CPU; returns the algorithms
+/// the GPU used.
+fn check_conv2d(gpu: CudaBackend) -> Vec<(Conv2dShape, ConvAlgorithms)> {
+    let mut p = Pair::new(gpu);
+    for (name, s) in conv_shapes() {
         let x = p.random(s.input_len(), -1.0, 1.0, CONV_ALIGN);
         let w = p.random(s.weight_len(), -0.5, 0.5, CONV_ALIGN);
         let y = p.random(s.output_len(), 1e3, 2e3, CONV_ALIGN);
@@ -353,14 +420,7 @@ fn pools_and_channels_match_cpu() {
 fn linear_and_memory_match_cpu() {
     let gpu = or_return!(cuda_or_skip("linear_and_memory_match_cpu"));
     let mut p = Pair::new(gpu);
-    let s = LinearShape {
-        batch: 3,
-        inputs: 37,
-        outputs: 10,
-    };
-    let x = p.random(s.batch * s.inputs, -1.0, 1.0, 1);
-    let w = p.random(s.outputs * s.inputs, -0.5, 0.5, 1);
-    let bias = p.random(s.outputs, -0.5, 0.5, 1);
+    let (s, [x, w, bias]) = p.linear_case();
     let y = p.random(s.batch * s.outputs, 1e3, 2e3, 1);
     p.run("linear", |b| b.linear_forward(&s, x, w, bias, y));
     p.check("linear forward", y);
@@ -382,6 +442,147 @@ fn linear_and_memory_match_cpu() {
     assert_eq!(p.gpu.read(t.slice(11, 77)).unwrap(), v);
     assert_eq!(p.gpu.read(t.slice(5, 0)).unwrap(), Vec::<f32>::new());
     assert_eq!(p.gpu.allocated_bytes(), p.cpu.allocated_bytes());
+}
+
+/// TF32's unit roundoff: an f32 rounded to the nearest TF32 (10 stored mantissa bits) is within
+/// a relative 2⁻¹¹ of it.
+const TF32_UNIT_ROUNDOFF: f64 = 1.0 / 2048.0;
+/// f32's, 2⁻²⁴.
+const F32_UNIT_ROUNDOFF: f64 = 1.0 / 16_777_216.0;
+
+/// How far, as a multiple of Σ|x||w|, a sum of `terms` products computed in TF32 may land from
+/// the same sum computed by the CPU backend in f32. Each TF32 input is within a relative 2u of
+/// its f32 value, u = 2⁻¹¹ being TF32's unit roundoff and the 2 allowing for a library that
+/// truncates to TF32 instead of rounding, so each product is within (1 + 2u)² − 1; adding K
+/// products in f32 in any order costs at most γ_K = K·2⁻²⁴ / (1 − K·2⁻²⁴) of Σ|x||w|. So the TF32
+/// sum is within ((1 + 2u)² − 1 + γ_K)·Σ|x||w| of the exact one, the CPU's f32 sum within
+/// γ_K·Σ|x||w|, and their two f32 outputs round by 2⁻²⁴ of at most Σ|x||w| each. Σ|x||w| is
+/// itself the CPU's f32 sum of K nonnegative terms, which may fall short of the exact one by γ_K
+/// of it: hence the last factor.
+fn tf32_bound(terms: usize) -> f64 {
+    let k = terms as f64;
+    let gamma = k * F32_UNIT_ROUNDOFF / (1.0 - k * F32_UNIT_ROUNDOFF);
+    let product = (1.0 + 2.0 * TF32_UNIT_ROUNDOFF).powi(2) - 1.0;
+    (product + 2.0 * gamma + 2.0 * F32_UNIT_ROUNDOFF) * (1.0 + gamma)
+}
+
+/// With TF32 on, each convolution pass and the `fc`, forward and backward, against the CPU's
+/// f32 run within [`tf32_bound`], element by element (poisoned outputs where a pass assigns,
+/// zeros where it accumulates).
+#[test]
+fn tf32_convolutions_and_fc_match_cpu_within_the_tf32_bound() {
+    let mut gpu = or_return!(cuda_or_skip("tf32_convolutions_and_fc_match_cpu"));
+    gpu.set_precision(Precision::Tf32).unwrap();
+    let mut p = Pair::new(gpu);
+    for (name, s) in conv_shapes() {
+        let taps = s.kernel.0 * s.kernel.1;
+        let x = p.random(s.input_len(), -1.0, 1.0, CONV_ALIGN);
+        let w = p.random(s.weight_len(), -0.5, 0.5, CONV_ALIGN);
+        let dy = p.random(s.output_len(), -1.0, 1.0, CONV_ALIGN);
+        let (x_abs, w_abs, dy_abs) = (p.magnitudes(x), p.magnitudes(w), p.magnitudes(dy));
+
+        let y = p.random(s.output_len(), 1e3, 2e3, CONV_ALIGN);
+        let y_abs = p.tensor(s.output_len(), CONV_ALIGN);
+        p.run(&name, |b| b.conv2d_forward(&s, x, w, y));
+        p.cpu.conv2d_forward(&s, x_abs, w_abs, y_abs).unwrap();
+        p.check_tf32(&format!("{name} forward"), y, y_abs, s.in_channels * taps);
+
+        let dx = p.random(s.input_len(), 1e3, 2e3, CONV_ALIGN);
+        let dx_abs = p.tensor(s.input_len(), CONV_ALIGN);
+        p.run(&name, |b| b.conv2d_backward_data(&s, dy, w, dx, false));
+        p.cpu
+            .conv2d_backward_data(&s, dy_abs, w_abs, dx_abs, false)
+            .unwrap();
+        let terms = s.out_channels * taps;
+        p.check_tf32(&format!("{name} backward data"), dx, dx_abs, terms);
+
+        let dw = p.zeros(s.weight_len(), CONV_ALIGN);
+        let dw_abs = p.zeros(s.weight_len(), CONV_ALIGN);
+        p.run(&name, |b| b.conv2d_backward_filter(&s, x, dy, dw));
+        p.cpu
+            .conv2d_backward_filter(&s, x_abs, dy_abs, dw_abs)
+            .unwrap();
+        let terms = s.batch * s.out_height() * s.out_width();
+        p.check_tf32(&format!("{name} backward filter"), dw, dw_abs, terms);
+    }
+
+    let (s, [x, w, bias]) = p.linear_case();
+    let dy = p.random(s.batch * s.outputs, -1.0, 1.0, 1);
+    let [x_abs, w_abs, bias_abs, dy_abs] = [x, w, bias, dy].map(|t| p.magnitudes(t));
+    let y = p.random(s.batch * s.outputs, 1e3, 2e3, 1);
+    let y_abs = p.tensor(s.batch * s.outputs, 1);
+    p.run("linear", |b| b.linear_forward(&s, x, w, bias, y));
+    p.cpu
+        .linear_forward(&s, x_abs, w_abs, bias_abs, y_abs)
+        .unwrap();
+    // The bias is one more term of each sum (a GEMM against ones on the GPU).
+    p.check_tf32("linear forward", y, y_abs, s.inputs + 1);
+    let dx = p.random(s.batch * s.inputs, 1e3, 2e3, 1);
+    let [dw, db] = [s.outputs * s.inputs, s.outputs].map(|len| p.zeros(len, 1));
+    let dx_abs = p.tensor(s.batch * s.inputs, 1);
+    let [dw_abs, db_abs] = [s.outputs * s.inputs, s.outputs].map(|len| p.zeros(len, 1));
+    p.run("linear", |b| b.linear_backward(&s, x, w, dy, dx, dw, db));
+    p.cpu
+        .linear_backward(&s, x_abs, w_abs, dy_abs, dx_abs, dw_abs, db_abs)
+        .unwrap();
+    p.check_tf32("linear backward dx", dx, dx_abs, s.outputs);
+    p.check_tf32("linear backward dw", dw, dw_abs, s.batch);
+    p.check_tf32("linear backward db", db, db_abs, s.batch);
+}
+
+/// The precision set on the backend reaches its cuDNN convolutions and cuBLAS GEMMs: FMA math
+/// and the default math mode in f32, cuDNN's default math (TF32 allowed) and
+/// `CUBLAS_TF32_TENSOR_OP_MATH` in tf32, and back, as the emulator records them (a real driver
+/// records none: there only the rest is checked). bf16 and f64 are refused and change nothing.
+#[test]
+fn emulator_precision_reaches_cudnn_and_cublas() {
+    let mut gpu = or_return!(cuda_or_skip("emulator_precision_reaches_cudnn_and_cublas"));
+    assert_eq!(gpu.precision(), Precision::F32, "the backend's default");
+    for (refused, why) in [
+        (Precision::Bf16, "bf16 training is not built yet"),
+        (Precision::F64, "the CUDA backend computes in f32"),
+    ] {
+        let e = gpu.set_precision(refused).unwrap_err().to_string();
+        assert!(e.contains(why), "{e}");
+        assert_eq!(gpu.precision(), Precision::F32);
+    }
+    let (_, conv) = conv_shapes()[0].clone();
+    let [x, w, y] =
+        [conv.input_len(), conv.weight_len(), conv.output_len()].map(|len| gpu.alloc(len).unwrap());
+    let fc = LinearShape {
+        batch: 2,
+        inputs: 5,
+        outputs: 3,
+    };
+    let [fx, fw, fb, fy] = [fc.batch * fc.inputs, fc.inputs * fc.outputs, fc.outputs, 6]
+        .map(|len| gpu.alloc(len).unwrap());
+    const FMA_MATH: i32 = 3;
+    const TF32_TENSOR_OP_MATH: i32 = 3;
+    let emulated = emulator_math_modes().is_some();
+    for (precision, convolution, gemm) in [
+        (Precision::Tf32, 0, TF32_TENSOR_OP_MATH),
+        (Precision::F32, FMA_MATH, 0),
+        (Precision::Tf32, 0, TF32_TENSOR_OP_MATH),
+    ] {
+        gpu.set_precision(precision).unwrap();
+        assert_eq!(gpu.precision(), precision);
+        let described = gpu.describe();
+        assert!(
+            described.starts_with(&format!("cuda {precision} (")),
+            "{described}"
+        );
+        gpu.conv2d_forward(&conv, x, w, y).unwrap();
+        gpu.linear_forward(&fc, fx, fw, fb, fy).unwrap();
+        gpu.synchronize().unwrap();
+        if let Some(math) = emulator_math_modes() {
+            assert_eq!(math, EmulatedMath { convolution, gemm }, "{precision}");
+        }
+    }
+    if !emulated {
+        println!(
+            "emulator_precision_reaches_cudnn_and_cublas: math types not seen (a real driver)"
+        );
+    }
 }
 
 #[test]

@@ -7,9 +7,13 @@
 // they check descriptors and leading dimensions, and the emulator also checks that every
 // operand lies inside one device allocation, naming the call. Each call that works on a stream
 // goes through emu::enqueue, so that a captured stream records it into the CUDA graph: holding
-// its descriptors and host scalars by value, as the real libraries read them when called.
+// its descriptors and host scalars by value, as the real libraries read them when called. Where
+// the math type or mode lets the real library use TF32 tensor cores on the emulated H100, the
+// convolutions and GEMMs round their f32 inputs to TF32 first, as those do; products and sums
+// stay exact.
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -41,10 +45,30 @@ struct Tensor4d {
     int dtype = -1, n = 0, c = 0, h = 0, w = 0;
     size_t bytes() const { return (size_t)n * c * h * w * 4; }
 };
+constexpr int CUDNN_DEFAULT_MATH = 0, CUDNN_FMA_MATH = 3;
 struct Convolution {
     int pad_h = 0, pad_w = 0, stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
-    int mode = -1, dtype = -1, groups = 1;
+    int mode = -1, dtype = -1, groups = 1, math = CUDNN_DEFAULT_MATH;
 };
+
+// The math type of the last convolution and the math mode of the last GEMM the thread ran (-1:
+// none yet), for tests that a precision setting reaches the library calls.
+thread_local int t_last_convolution_math = -1, t_last_gemm_math = -1;
+
+// `v` rounded to TF32 (10 mantissa bits), to nearest with ties away from zero as the GPU's
+// cvt.rna.tf32.f32 does; infinities and NaN pass.
+float to_tf32(float v) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    if ((bits & 0x7f800000u) == 0x7f800000u) return v;
+    bits = (bits + 0x1000u) & ~0x1fffu;
+    std::memcpy(&v, &bits, 4);
+    return v;
+}
+
+// A convolution's input as the library's kernels see it: TF32 unless the math type is FMA only
+// (cuDNN's default and tensor-op math types allow TF32 for f32 data on sm_80 and later).
+float conv_input(const Convolution* cv, float v) { return cv->math == CUDNN_FMA_MATH ? v : to_tf32(v); }
 // cudnnConvolution{Fwd,BwdData,BwdFilter}AlgoPerf_t share this layout.
 struct AlgoPerf {
     int algo;
@@ -176,6 +200,7 @@ cudnnStatus_t convolve(const std::string& call, Op op, const Operands& o, const 
                              " workspace bytes, given " + std::to_string(workspace_size));
     if (need > 0 && !emu::is_device_range(workspace, need))
         return bad(call, "the workspace is not inside one device allocation");
+    t_last_convolution_math = cv->math;
     std::vector<double> acc(out_bytes / 4, 0.0);
     const Tensor4d &x = *o.x, &w = *o.w, &y = *o.y;
     for (int n = 0; n < y.n; ++n)
@@ -300,6 +325,7 @@ enum : cublasStatus_t {
 
 struct BlasHandle {
     void* stream = nullptr;
+    int math = 0;  // CUBLAS_DEFAULT_MATH
 };
 
 // A cuBLAS call on its handle's stream (emu::enqueue).
@@ -309,6 +335,9 @@ cublasStatus_t on_stream(const BlasHandle* h, const std::string& call, std::func
 }
 constexpr int CUBLAS_OP_N = 0, CUBLAS_OP_T = 1;
 constexpr int CUDA_R_32F = 0, CUDA_R_16BF = 14;
+// The math modes `cublasSetMathMode` takes (a handle holds its mode), less the flag bits above 15.
+constexpr int CUBLAS_DEFAULT_MATH = 0, CUBLAS_TF32_TENSOR_OP_MATH = 3, CUBLAS_MATH_MODES = 0xf;
+int math_mode(const BlasHandle* h) { return h ? h->math : CUBLAS_DEFAULT_MATH; }
 
 // The kernels' own conversions (common.cuh): bf16 rounds to nearest even, as on the GPU side.
 float load(const void* p, int type, size_t i) {
@@ -341,8 +370,12 @@ struct Matrix {
 cublasStatus_t gemm(const char* call, int ta, int tb, int m, int n, int k, float alpha,
                     const void* a, int a_type, int lda, long long stride_a, const void* b,
                     int b_type, int ldb, long long stride_b, float beta, void* c, int c_type,
-                    int ldc, long long stride_c, int batch) {
+                    int ldc, long long stride_c, int batch, int math) {
     std::lock_guard<std::mutex> lock(emu::api_mutex());
+    t_last_gemm_math = math;
+    // Only the TF32 mode lets f32 GEMMs round their inputs (bf16 ones are TF32 already).
+    const bool tf32 = (math & CUBLAS_MATH_MODES) == CUBLAS_TF32_TENSOR_OP_MATH;
+    const auto input = [tf32](float v) { return tf32 ? to_tf32(v) : v; };
     const auto invalid = [&](const std::string& why) {
         emu::report(std::string(call) + ": " + why);
         return CUBLAS_STATUS_INVALID_VALUE;
@@ -374,7 +407,8 @@ cublasStatus_t gemm(const char* call, int ta, int tb, int m, int n, int k, float
             for (int i = 0; i < m; ++i) {
                 double acc = 0.0;
                 for (int l = 0; l < k; ++l)
-                    acc += (double)load(ap, a_type, A.index(i, l)) * load(bp, b_type, B.index(l, j));
+                    acc += (double)input(load(ap, a_type, A.index(i, l))) *
+                           input(load(bp, b_type, B.index(l, j)));
                 const size_t ci = C.index(i, j);
                 const double old = beta == 0.0f ? 0.0 : (double)beta * load(cp, c_type, ci);
                 store(cp, c_type, ci, (float)(alpha * acc + old));
@@ -461,12 +495,16 @@ CUDNN cudnnSetConvolution2dDescriptor(Convolution* d, int pad_h, int pad_w, int 
                                       int dil_w, int mode, int dtype) {
     if (pad_h < 0 || pad_w < 0 || u <= 0 || v <= 0 || dil_h <= 0 || dil_w <= 0)
         return bad("cudnnSetConvolution2dDescriptor", "a negative padding or a stride or dilation <= 0");
-    *d = Convolution{pad_h, pad_w, u, v, dil_h, dil_w, mode, dtype, d->groups};
+    *d = Convolution{pad_h, pad_w, u, v, dil_h, dil_w, mode, dtype, d->groups, d->math};
     return CUDNN_STATUS_SUCCESS;
 }
-// The math type changes the real library's speed and, with tensor ops, its rounding; the loops
-// here are the same either way.
-CUDNN cudnnSetConvolutionMathType(Convolution*, int) { return CUDNN_STATUS_SUCCESS; }
+// DEFAULT, TENSOR_OP, TENSOR_OP_ALLOW_CONVERSION or FMA: see `conv_input`.
+CUDNN cudnnSetConvolutionMathType(Convolution* d, int math) {
+    if (math < CUDNN_DEFAULT_MATH || math > CUDNN_FMA_MATH)
+        return bad("cudnnSetConvolutionMathType", "unknown math type " + std::to_string(math));
+    d->math = math;
+    return CUDNN_STATUS_SUCCESS;
+}
 CUDNN cudnnSetConvolutionGroupCount(Convolution* d, int groups) { d->groups = groups; return CUDNN_STATUS_SUCCESS; }
 
 CUDNN cudnnGetConvolutionForwardAlgorithm_v7(Handle*, Tensor4d* x, Tensor4d* w, Convolution* cv,
@@ -528,8 +566,8 @@ CUDNN cudnnConvolutionForward(Handle* h, const float* alpha, Tensor4d* xd, const
                               const float* beta, Tensor4d* yd, float* y) {
     return convolution(h, "cudnnConvolutionForward", Op::Forward, alpha, beta, xd, x, wd, w, cv, yd,
                        y, algo, ws, ws_size, y,
-                       [x, w](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
-                           acc[yi] += (double)x[xi] * w[wi];
+                       [x, w, c = *cv](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
+                           acc[yi] += (double)conv_input(&c, x[xi]) * conv_input(&c, w[wi]);
                        });
 }
 CUDNN cudnnConvolutionBackwardData(Handle* h, const float* alpha, Tensor4d* wd, const float* w, Tensor4d* dyd,
@@ -537,8 +575,8 @@ CUDNN cudnnConvolutionBackwardData(Handle* h, const float* alpha, Tensor4d* wd, 
                                    const float* beta, Tensor4d* dxd, float* dx) {
     return convolution(h, "cudnnConvolutionBackwardData", Op::BackwardData, alpha, beta, dxd, dx, wd,
                        w, cv, dyd, dy, algo, ws, ws_size, dx,
-                       [dy, w](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
-                           acc[xi] += (double)dy[yi] * w[wi];
+                       [dy, w, c = *cv](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
+                           acc[xi] += (double)conv_input(&c, dy[yi]) * conv_input(&c, w[wi]);
                        });
 }
 CUDNN cudnnConvolutionBackwardFilter(Handle* h, const float* alpha, Tensor4d* xd, const float* x, Tensor4d* dyd,
@@ -546,8 +584,8 @@ CUDNN cudnnConvolutionBackwardFilter(Handle* h, const float* alpha, Tensor4d* xd
                                      const float* beta, Tensor4d* dwd, float* dw) {
     return convolution(h, "cudnnConvolutionBackwardFilter", Op::BackwardFilter, alpha, beta, xd, x,
                        dwd, dw, cv, dyd, dy, algo, ws, ws_size, dw,
-                       [x, dy](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
-                           acc[wi] += (double)dy[yi] * x[xi];
+                       [x, dy, c = *cv](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
+                           acc[wi] += (double)conv_input(&c, dy[yi]) * conv_input(&c, x[xi]);
                        });
 }
 
@@ -949,7 +987,17 @@ CUBLAS cublasSetStream_v2(BlasHandle* h, void* stream) {
     h->stream = stream;
     return CUBLAS_STATUS_SUCCESS;
 }
-CUBLAS cublasSetMathMode(BlasHandle*, int) { return CUBLAS_STATUS_SUCCESS; }
+CUBLAS cublasSetMathMode(BlasHandle* h, int mode) {
+    if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+    h->math = mode;
+    return CUBLAS_STATUS_SUCCESS;
+}
+// Not library calls: what `t_last_convolution_math` and `t_last_gemm_math` hold, which only the
+// emulator records (c2f_kernels::testing::emulator_math_modes reads them).
+extern "C" __attribute__((visibility("default"))) int c2fEmuLastConvolutionMath() {
+    return t_last_convolution_math;
+}
+extern "C" __attribute__((visibility("default"))) int c2fEmuLastGemmMath() { return t_last_gemm_math; }
 extern "C" __attribute__((visibility("default"))) const char* cublasGetStatusString(cublasStatus_t s) {
     switch (s) {
         case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
@@ -963,18 +1011,19 @@ extern "C" __attribute__((visibility("default"))) const char* cublasGetStatusStr
 CUBLAS cublasSgemm_v2(BlasHandle* h, int ta, int tb, int m, int n, int k, const float* alpha,
                       const float* a, int lda, const float* b, int ldb, const float* beta, float* c,
                       int ldc) {
-    return on_stream(h, "cublasSgemm", [=, alpha = *alpha, beta = *beta] {
+    return on_stream(h, "cublasSgemm", [=, alpha = *alpha, beta = *beta, math = math_mode(h)] {
         return gemm("cublasSgemm", ta, tb, m, n, k, alpha, a, CUDA_R_32F, lda, 0, b, CUDA_R_32F, ldb,
-                    0, beta, c, CUDA_R_32F, ldc, 0, 1);
+                    0, beta, c, CUDA_R_32F, ldc, 0, 1, math);
     });
 }
 CUBLAS cublasSgemmStridedBatched(BlasHandle* h, int ta, int tb, int m, int n, int k, const float* alpha,
                                  const float* a, int lda, long long sa, const float* b, int ldb,
                                  long long sb, const float* beta, float* c, int ldc, long long sc,
                                  int batch) {
-    return on_stream(h, "cublasSgemmStridedBatched", [=, alpha = *alpha, beta = *beta] {
+    return on_stream(h, "cublasSgemmStridedBatched",
+                     [=, alpha = *alpha, beta = *beta, math = math_mode(h)] {
         return gemm("cublasSgemmStridedBatched", ta, tb, m, n, k, alpha, a, CUDA_R_32F, lda, sa, b,
-                    CUDA_R_32F, ldb, sb, beta, c, CUDA_R_32F, ldc, sc, batch);
+                    CUDA_R_32F, ldb, sb, beta, c, CUDA_R_32F, ldc, sc, batch, math);
     });
 }
 // Level-1 calls of the element-wise baselines: unit strides only, as ours use.
@@ -1013,9 +1062,9 @@ CUBLAS cublasGemmStridedBatchedEx(BlasHandle* h, int ta, int tb, int m, int n, i
     if (compute != 68) return CUBLAS_STATUS_NOT_SUPPORTED;
     const float alpha_value = *static_cast<const float*>(alpha);
     const float beta_value = *static_cast<const float*>(beta);
-    return on_stream(h, "cublasGemmStridedBatchedEx", [=] {
+    return on_stream(h, "cublasGemmStridedBatchedEx", [=, math = math_mode(h)] {
         return gemm("cublasGemmStridedBatchedEx", ta, tb, m, n, k, alpha_value, a, a_type, lda, sa,
-                    b, b_type, ldb, sb, beta_value, c, c_type, ldc, sc, batch);
+                    b, b_type, ldb, sb, beta_value, c, c_type, ldc, sc, batch, math);
     });
 }
 

@@ -48,6 +48,7 @@ use c2f_kernels::softmax_ce::SoftmaxCeShape;
 use c2f_kernels::{Error, Real, Result};
 
 use crate::cpu::conv::Conv2dShape;
+use crate::precision::Precision;
 
 /// The op traits, for calling ops on a concrete backend.
 pub mod prelude {
@@ -193,6 +194,9 @@ pub trait Buffers {
 
     /// What runs the ops, e.g. `cpu f32 (2 threads)` or the GPU's name.
     fn describe(&self) -> String;
+
+    /// How the ops compute, as a run records it.
+    fn precision(&self) -> Precision;
 
     /// A new zero-filled buffer, whole.
     fn alloc(&mut self, len: usize) -> Result<Tensor>;

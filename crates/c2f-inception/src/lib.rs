@@ -8,8 +8,10 @@ pub mod cuda;
 pub mod init;
 pub mod liveness;
 pub mod network;
+pub mod precision;
 pub mod spec;
 pub mod table;
 pub mod weights;
 
+pub use precision::Precision;
 pub use spec::{Depth, Graph, InceptionConfig};

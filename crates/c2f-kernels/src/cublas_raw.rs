@@ -1,5 +1,6 @@
 //! cuBLAS as every user of it here opens it (the CUDA backend's `fc`, the benches' baselines in
-//! `c2f-baselines`): the library check, its error, and a handle that keeps f32 in f32.
+//! `c2f-baselines`): the library check, its error, and a handle that keeps f32 in f32 unless TF32
+//! is asked for.
 
 use std::sync::Arc;
 
@@ -28,9 +29,19 @@ pub fn open(stream: &Arc<CudaStream>) -> Result<CudaBlas> {
         ));
     }
     let blas = CudaBlas::new(stream.clone()).map_err(blas_error)?;
-    // SAFETY: a valid handle and a valid mode.
-    unsafe { sys::cublasSetMathMode(*blas.handle(), cublasMath_t::CUBLAS_DEFAULT_MATH) }
-        .result()
-        .map_err(blas_error)?;
+    set_tf32(&blas, false)?;
     Ok(blas)
+}
+
+/// Lets the f32 GEMMs of `blas` run on TF32 tensor cores (`CUBLAS_TF32_TENSOR_OP_MATH`), or
+/// keeps them in f32 (`CUBLAS_DEFAULT_MATH`).
+pub fn set_tf32(blas: &CudaBlas, tf32: bool) -> Result<()> {
+    let mode = match tf32 {
+        true => cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+        false => cublasMath_t::CUBLAS_DEFAULT_MATH,
+    };
+    // SAFETY: a valid handle and a valid mode.
+    unsafe { sys::cublasSetMathMode(*blas.handle(), mode) }
+        .result()
+        .map_err(blas_error)
 }

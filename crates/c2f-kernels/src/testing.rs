@@ -107,12 +107,36 @@ pub fn assert_bit_identical<T: bytemuck::Pod>(what: &str, a: &[T], b: &[T]) {
 /// driver (`tools/cuda-emu`) counts them (per thread, so tests running beside it do not count); `None` on a real driver, which keeps no such count. Tests use
 /// it to show that a training step allocates nothing once the first has run.
 pub fn emulator_allocation_count() -> Option<u64> {
+    emulator_query(b"c2fEmuAllocationCount\0")
+}
+
+/// The math settings of the last cuDNN convolution and cuBLAS GEMM the calling thread ran, as
+/// the emulator's stand-ins for those libraries record them; `None` on a real driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmulatedMath {
+    /// The convolution descriptor's `cudnnMathType_t` (`CUDNN_FMA_MATH` is 3), -1 before any.
+    pub convolution: i32,
+    /// The handle's `cublasMath_t` (`CUBLAS_TF32_TENSOR_OP_MATH` is 3), -1 before any.
+    pub gemm: i32,
+}
+
+/// See [`EmulatedMath`].
+pub fn emulator_math_modes() -> Option<EmulatedMath> {
+    Some(EmulatedMath {
+        convolution: emulator_query(b"c2fEmuLastConvolutionMath\0")?,
+        gemm: emulator_query(b"c2fEmuLastGemmMath\0")?,
+    })
+}
+
+/// What the emulator's function `name` (NUL-terminated), which takes no arguments, returns;
+/// `None` where the driver loaded is not the emulator.
+fn emulator_query<T>(name: &[u8]) -> Option<T> {
     // SAFETY: opens the driver library cudarc has already loaded (the same object, so the same
-    // count) and calls the emulator's plain counter function, which takes no arguments.
+    // state) and calls one of the emulator's plain query functions, which take no arguments and
+    // return `T`.
     unsafe {
         let driver = libloading::Library::new("libcuda.so.1").ok()?;
-        let count: libloading::Symbol<unsafe extern "C" fn() -> u64> =
-            driver.get(b"c2fEmuAllocationCount\0").ok()?;
-        Some(count())
+        let query: libloading::Symbol<unsafe extern "C" fn() -> T> = driver.get(name).ok()?;
+        Some(query())
     }
 }

@@ -1,7 +1,7 @@
 //! Training checkpoints: one safetensors file holding every tensor a run needs to continue
 //! (parameters, BatchNorm running statistics, SGD momentum, the center banks), named, with the
-//! run's JSON metadata (config, position, RNG state, dataset fingerprint, class names) in the
-//! file's `__metadata__`. Written atomically (temp file, fsync, rename): a crash leaves the last
+//! run's JSON metadata (config, position, RNG state, dataset fingerprint, class names, precision)
+//! in the file's `__metadata__`. Written atomically (temp file, fsync, rename): a crash leaves the last
 //! good checkpoint. Loading checks every name and shape and refuses the file otherwise.
 
 use std::collections::HashMap;
@@ -9,6 +9,7 @@ use std::path::Path;
 
 use c2f_inception::backend::Backend;
 use c2f_inception::weights::{read_checked, write_tensors};
+use c2f_inception::Precision;
 use c2f_kernels::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +49,16 @@ pub struct CheckpointMeta {
     /// than this record).
     #[serde(default)]
     pub upsampler: Option<UpsamplerOrigin>,
+    /// How the run computed when it wrote the checkpoint. Every tensor is f32 whatever it was,
+    /// so a checkpoint loads in any precision.
+    #[serde(default = "legacy_precision")]
+    pub precision: Precision,
+}
+
+/// Checkpoints from before the precision was recorded were all computed in f32: the CPU backend,
+/// and the CUDA backend with TF32 off.
+fn legacy_precision() -> Precision {
+    Precision::F32
 }
 
 fn file_error(path: &Path, message: impl Into<String>) -> Error {

@@ -27,6 +27,7 @@ use crate::backend::{
     check_operands, AugmentOps, BnMode, BnParams, BnStats, Buffers, Coarse2FineOps, IndexTensor,
     LinearShape, NetworkOps, Tensor, TrainingOps,
 };
+use crate::precision::Precision;
 use conv::Conv2dShape;
 
 /// Host buffers of `R`: f32 for training, f64 for the golden test.
@@ -115,8 +116,19 @@ impl<R: Real> Buffers for CpuBackend<R> {
     type Scalar = R;
 
     fn describe(&self) -> String {
-        let bits = 8 * std::mem::size_of::<R>();
-        format!("cpu f{bits} ({} threads)", rayon::current_num_threads())
+        format!(
+            "cpu {} ({} threads)",
+            self.precision(),
+            rayon::current_num_threads()
+        )
+    }
+
+    fn precision(&self) -> Precision {
+        // `Real` is f32 or f64.
+        match std::mem::size_of::<R>() {
+            4 => Precision::F32,
+            _ => Precision::F64,
+        }
     }
 
     fn alloc(&mut self, len: usize) -> Result<Tensor> {

@@ -1,4 +1,4 @@
-//! Convolutions through cuDNN (cudarc's safe API), NCHW f32 without TF32.
+//! Convolutions through cuDNN (cudarc's safe API), NCHW f32, with or without TF32.
 //!
 //! - **Plans**: the first call with a [`Conv2dShape`] builds its descriptors and picks its three
 //!   algorithms (forward, backward-data, backward-filter) once; later calls reuse them. How they
@@ -10,8 +10,11 @@
 //!   first, `ALGO_1` (deterministic, supports every 2-D NCHW float case) is used instead, and
 //!   timing never tries them. So every convolution gives the same bits on every call with the
 //!   same plan; with the heuristic, also on every run on the same GPU and library.
-//! - **Precision**: the math type is `CUDNN_FMA_MATH`, so no TF32 tensor-core kernel is chosen:
-//!   f32 is f32.
+//! - **Precision**: the math type is `CUDNN_FMA_MATH` by default, so no TF32 tensor-core kernel
+//!   is chosen: f32 is f32. With TF32 on ([`ConvEngine::set_tf32`]) it is
+//!   `CUDNN_DEFAULT_MATH`, which on sm_80 and later lets cuDNN pick TF32 tensor-core kernels for
+//!   f32 data, as PyTorch does with `cudnn.allow_tf32` (its default); `NVIDIA_TF32_OVERRIDE=0`
+//!   in the environment turns them off again.
 //! - **Workspace**: one buffer for every plan, grown when a new plan needs more; a training step
 //!   after the first allocates nothing. An algorithm asking for more than [`WORKSPACE_LIMIT`] is
 //!   replaced by the implicit-GEMM forward or `ALGO_1` backward, which need little or none (the
@@ -105,6 +108,7 @@ impl ConvPlan {
         stream: &Arc<CudaStream>,
         s: &Conv2dShape,
         choice: AlgorithmChoice,
+        math: cudnnMathType_t,
     ) -> Result<ConvPlan> {
         let nchw = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
         let [n, c, h, w, k] = [
@@ -151,8 +155,7 @@ impl ConvPlan {
                 cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
             )
             .map_err(cudnn_error)?;
-        conv.set_math_type(cudnnMathType_t::CUDNN_FMA_MATH)
-            .map_err(cudnn_error)?;
+        conv.set_math_type(math).map_err(cudnn_error)?;
 
         let fwd = ConvForward {
             conv: &conv,
@@ -390,6 +393,8 @@ pub(crate) struct ConvEngine {
     /// address of a freed one.
     workspaces_made: usize,
     choice: AlgorithmChoice,
+    /// Whether TF32 tensor-core kernels may run (`CUDNN_DEFAULT_MATH`, else `CUDNN_FMA_MATH`).
+    tf32: bool,
 }
 
 impl ConvEngine {
@@ -411,6 +416,7 @@ impl ConvEngine {
             workspace: None,
             workspaces_made: 0,
             choice: AlgorithmChoice::default(),
+            tf32: false,
         })
     }
 
@@ -424,6 +430,15 @@ impl ConvEngine {
         if choice != self.choice {
             self.plans.clear();
             self.choice = choice;
+        }
+    }
+
+    /// Lets later plans use TF32 tensor-core kernels, or keeps them to FMA ones; the plans made
+    /// so far are dropped when it changes (their algorithms were picked for the other math).
+    pub(crate) fn set_tf32(&mut self, tf32: bool) {
+        if tf32 != self.tf32 {
+            self.plans.clear();
+            self.tf32 = tf32;
         }
     }
 
@@ -445,7 +460,11 @@ impl ConvEngine {
         let k = key(s);
         if !self.plans.contains_key(&k) {
             refuse_in_capture(&self.stream, &format!("planning the {s}"), ALLOCATES)?;
-            let plan = ConvPlan::new(&self.handle, &self.stream, s, self.choice)?;
+            let math = match self.tf32 {
+                true => cudnnMathType_t::CUDNN_DEFAULT_MATH,
+                false => cudnnMathType_t::CUDNN_FMA_MATH,
+            };
+            let plan = ConvPlan::new(&self.handle, &self.stream, s, self.choice, math)?;
             let need = plan.algos.workspace.into_iter().max().unwrap_or(0);
             let have = self.workspace.as_ref().map_or(0, |w| w.len());
             if need > have {

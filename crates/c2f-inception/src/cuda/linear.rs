@@ -1,4 +1,5 @@
-//! The `fc` layer through cuBLAS SGEMM, in true f32 (`CUBLAS_DEFAULT_MATH`: no TF32).
+//! The `fc` layer through cuBLAS SGEMM: in true f32 (`CUBLAS_DEFAULT_MATH`), or on TF32 tensor
+//! cores after [`LinearEngine::set_tf32`].
 //!
 //! Row-major `[rows, cols]` buffers are column-major `[cols, rows]` matrices to cuBLAS, so each
 //! product below is written transposed. The bias is a GEMM too, against a vector of ones: the
@@ -75,6 +76,11 @@ impl LinearEngine {
 
     pub(crate) fn ones_made(&self) -> usize {
         self.ones_made
+    }
+
+    /// Lets the GEMMs use TF32 tensor cores, or keeps them in f32.
+    pub(crate) fn set_tf32(&mut self, tf32: bool) -> Result<()> {
+        cublas_raw::set_tf32(&self.blas, tf32)
     }
 
     /// A vector of at least `n` ones.

@@ -10,9 +10,11 @@
 //! Everything runs on the [`Gpu`]'s one stream, in order; [`Buffers::read`] waits for it. A
 //! sequence of ops can be captured into a CUDA graph once and replayed ([`graph`]).
 //!
-//! Precision: f32 throughout, TF32 off in cuDNN and cuBLAS. Determinism: every op gives the same
-//! bits on every run on the same GPU (see [`conv`] for the algorithm choice; the kernels and the
-//! GEMMs are deterministic).
+//! Precision ([`CudaBackend::set_precision`]): f32 tensors throughout; [`Precision::F32`] (the
+//! default) keeps TF32 off in cuDNN and cuBLAS, [`Precision::Tf32`] lets their convolutions and
+//! GEMMs use TF32 tensor cores. Our kernels compute in f32 either way. Determinism: every op
+//! gives the same bits on every run on the same GPU (see [`conv`] for the algorithm choice; the
+//! kernels and the GEMMs are deterministic).
 
 pub mod conv;
 pub mod graph;
@@ -24,10 +26,11 @@ pub mod testing;
 
 use c2f_kernels::device::{refuse_in_capture, ALLOCATES, WAITS_FOR_CAPTURED_WORK};
 use c2f_kernels::error::check_len;
-use c2f_kernels::{Gpu, Result};
+use c2f_kernels::{Error, Gpu, Result};
 
 use crate::backend::{Buffers, IndexTensor, Tensor};
 use crate::cpu::conv::Conv2dShape;
+use crate::precision::Precision;
 use conv::ConvEngine;
 pub use conv::{AlgorithmChoice, ConvAlgorithms};
 pub use graph::CapturedOps;
@@ -45,6 +48,7 @@ pub struct CudaBackend {
     launchers: Launchers,
     /// Tells this backend's captured graphs from another's ([`graph`]).
     id: u64,
+    precision: Precision,
 }
 
 impl CudaBackend {
@@ -58,6 +62,7 @@ impl CudaBackend {
             launchers: Launchers::default(),
             gpu,
             id: graph::next_backend_id(),
+            precision: Precision::F32,
         })
     }
 
@@ -88,6 +93,35 @@ impl CudaBackend {
         self.conv.set_choice(choice);
     }
 
+    /// Computes in `precision` from now on: [`Precision::F32`] (the default) or
+    /// [`Precision::Tf32`]. bf16 is refused as not built yet, f64 as not a GPU precision; either
+    /// way nothing changes.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        let tf32 = match precision {
+            Precision::F32 => false,
+            Precision::Tf32 => true,
+            Precision::Bf16 => {
+                return Err(Error::config(
+                    "precision",
+                    precision,
+                    "bf16 training is not built yet (issue 20's plan: \
+                     docs/architecture.md#precision); use tf32 or f32",
+                ))
+            }
+            Precision::F64 => {
+                return Err(Error::config(
+                    "precision",
+                    precision,
+                    "the CUDA backend computes in f32: use tf32 or f32",
+                ))
+            }
+        };
+        self.linear.set_tf32(tf32)?;
+        self.conv.set_tf32(tf32);
+        self.precision = precision;
+        Ok(())
+    }
+
     /// The cuDNN algorithms chosen so far, one entry per convolution shape.
     pub fn conv_algorithms(&self) -> Vec<(Conv2dShape, ConvAlgorithms)> {
         self.conv.algorithms()
@@ -113,13 +147,17 @@ impl Buffers for CudaBackend {
 
     fn describe(&self) -> String {
         let device = match self.gpu.describe() {
-            Ok(name) => format!("cuda f32 ({name})"),
-            Err(e) => format!("cuda f32 (device not described: {e})"),
+            Ok(name) => format!("cuda {} ({name})", self.precision),
+            Err(e) => format!("cuda {} (device not described: {e})", self.precision),
         };
         match self.conv.choice() {
             AlgorithmChoice::Heuristic => device,
             AlgorithmChoice::Timed => format!("{device}, cuDNN algorithms by timing"),
         }
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
     }
 
     fn alloc(&mut self, len: usize) -> Result<Tensor> {

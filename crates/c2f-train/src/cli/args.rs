@@ -7,6 +7,8 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 use c2f_inception::spec::MIN_INPUT;
+use c2f_inception::Precision;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use super::values::{within, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_MAPS, MAX_PIXEL_CAP};
@@ -58,6 +60,8 @@ pub struct TrainArgs {
     /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
     #[arg(long)]
     pub device: Option<String>,
+    #[command(flatten)]
+    pub compute: Compute,
     /// On a GPU, pick each convolution's cuDNN algorithms by timing them when its shape is first
     /// met (PyTorch's `cudnn.benchmark`), not by cuDNN's heuristic: often faster, but two runs
     /// may then differ in their last bits. Ignored on the CPU.
@@ -235,6 +239,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub device: Option<String>,
     #[command(flatten)]
+    pub compute: Compute,
+    #[command(flatten)]
     pub image_limit: ImageLimit,
 }
 
@@ -263,6 +269,8 @@ pub struct PretrainArgs {
     /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
     #[arg(long)]
     pub device: Option<String>,
+    #[command(flatten)]
+    pub compute: Compute,
 }
 
 #[derive(clap::Args)]
@@ -289,6 +297,8 @@ pub struct LocalizeArgs {
     #[arg(long)]
     pub device: Option<String>,
     #[command(flatten)]
+    pub compute: Compute,
+    #[command(flatten)]
     pub image_limit: ImageLimit,
 }
 
@@ -308,6 +318,8 @@ pub struct VisualizeArgs {
     /// `cpu`, or `cuda:N`. Default: the GPU when one can be opened, else the CPU.
     #[arg(long)]
     pub device: Option<String>,
+    #[command(flatten)]
+    pub compute: Compute,
     #[command(flatten)]
     pub image_limit: ImageLimit,
 }
@@ -338,7 +350,19 @@ pub struct PredictArgs {
     #[arg(long)]
     pub device: Option<String>,
     #[command(flatten)]
+    pub compute: Compute,
+    #[command(flatten)]
     pub image_limit: ImageLimit,
+}
+
+/// How every command that runs a model computes.
+#[derive(clap::Args)]
+pub struct Compute {
+    /// `tf32`: f32 tensors, with cuDNN's convolutions and cuBLAS's GEMMs on TF32 tensor cores
+    /// (PyTorch's default for convolutions); `f32`: TF32 off; `bf16`: not built yet (issue 20),
+    /// refused. Default: tf32 on a GPU (until bf16 is built), f32 on the CPU, its only one.
+    #[arg(long, value_parser = precisions())]
+    pub precision: Option<Precision>,
 }
 
 /// The cap on image size of every command that reads images.
@@ -349,6 +373,13 @@ pub struct ImageLimit {
     /// Pillow's MAX_IMAGE_PIXELS.
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_parser = within(1..=MAX_PIXEL_CAP))]
     pub max_image_pixels: u64,
+}
+
+/// A parser for [`Precision::CHOICES`] by name, which lists them in the help and in the error
+/// for any other value.
+fn precisions() -> impl TypedValueParser<Value = Precision> {
+    PossibleValuesParser::new(Precision::CHOICES.map(Precision::name))
+        .map(|name| Precision::from_name(&name).expect("a name of Precision::CHOICES"))
 }
 
 /// Input sides: InceptionV3's smallest to the synthetic set's largest.

@@ -1,11 +1,23 @@
-//! Which device a command runs on.
+//! Which device a command runs on, and in which precision.
 
 use c2f_inception::cuda::CudaBackend;
+use c2f_inception::Precision;
 use c2f_kernels::device::device_count;
 use c2f_kernels::{Error, Result};
 
-/// The GPU asked for, or the first one when none was named and one can be opened.
-pub(super) fn open_device(device: Option<&str>) -> Result<Option<CudaBackend>> {
+/// [`choose_device`]'s backend, computing in `precision` ([`set_precision`]).
+pub(super) fn open_device(
+    device: Option<&str>,
+    precision: Option<Precision>,
+) -> Result<Option<CudaBackend>> {
+    let mut cuda = choose_device(device)?;
+    set_precision(cuda.as_mut(), precision)?;
+    Ok(cuda)
+}
+
+/// The GPU asked for, or the first one when none was named and one can be opened; `None` for
+/// the CPU.
+pub(super) fn choose_device(device: Option<&str>) -> Result<Option<CudaBackend>> {
     match device {
         Some("cpu") => Ok(None),
         Some(d) => {
@@ -32,5 +44,33 @@ pub(super) fn open_device(device: Option<&str>) -> Result<Option<CudaBackend>> {
                 Ok(None)
             }
         },
+    }
+}
+
+/// `--precision` checked against the backend chosen (`cuda`, or the CPU where it is `None`) and
+/// set on it: the CPU computes in f32 only; a GPU in tf32 (the default, PyTorch's for
+/// convolutions) or f32, bf16 not being built yet. A refusal names the flag.
+pub(super) fn set_precision(
+    cuda: Option<&mut CudaBackend>,
+    precision: Option<Precision>,
+) -> Result<()> {
+    match (cuda, precision) {
+        (None, None | Some(Precision::F32)) => Ok(()),
+        (None, Some(p)) => Err(Error::config(
+            "--precision",
+            p,
+            format!(
+                "{p} needs a GPU: the CPU backend computes in f32 only (--precision f32, or leave \
+                 it out)"
+            ),
+        )),
+        (Some(b), p) => b
+            .set_precision(p.unwrap_or(Precision::Tf32))
+            .map_err(|e| match e {
+                Error::Config { value, message, .. } => {
+                    Error::config("--precision", value, message)
+                }
+                other => other,
+            }),
     }
 }

@@ -13,7 +13,7 @@ use crate::train::{format_accuracy, test_loader};
 pub(super) fn eval(args: EvalArgs) -> Result<()> {
     with_checkpoint(
         &args.checkpoint,
-        || open_device(args.device.as_deref()),
+        || open_device(args.device.as_deref(), args.compute.precision),
         &mut |model, meta| {
             let opened = meta
                 .data

@@ -21,7 +21,7 @@ pub(super) fn localize(args: LocalizeArgs) -> Result<()> {
     };
     with_checkpoint(
         &args.checkpoint,
-        || open_device(args.device.as_deref()),
+        || open_device(args.device.as_deref(), args.compute.precision),
         &mut |model, meta| {
             let test = meta
                 .data

@@ -15,7 +15,7 @@ use crate::train::{padded_images, prediction_rows, test_loader};
 pub(super) fn predict(args: PredictArgs) -> Result<()> {
     with_checkpoint(
         &args.checkpoint,
-        || open_device(args.device.as_deref()),
+        || open_device(args.device.as_deref(), args.compute.precision),
         &mut |model, meta| {
             let cfg = &meta.config;
             let samples: Vec<Sample> = args

@@ -8,7 +8,7 @@ use super::device::open_device;
 use crate::pretrain::{pretrain_upsampler, print_epochs, PretrainConfig};
 
 pub(super) fn pretrain(args: PretrainArgs) -> Result<()> {
-    let cuda = open_device(args.device.as_deref())?;
+    let cuda = open_device(args.device.as_deref(), args.compute.precision)?;
     let cfg = PretrainConfig {
         pairs: args.pairs,
         epochs: args.epochs,

@@ -13,7 +13,7 @@ use c2f_inception::cuda::{AlgorithmChoice, CudaBackend};
 use c2f_kernels::{Error, Result};
 
 use super::args::TrainArgs;
-use super::device::open_device;
+use super::device::{choose_device, set_precision};
 use super::distributed::{default_run_dir, join_job, launch_workers, no_cpu_ranks};
 use crate::config::{Machine, Preset, RunOptions, TrainConfig};
 use crate::data::spec::{DataSpec, OpenedData};
@@ -40,8 +40,9 @@ pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
         // A launcher's world of one: its GPU.
         Some(CudaBackend::open(launch.device)?)
     } else {
-        open_device(args.device.as_deref())?
+        choose_device(args.device.as_deref())?
     };
+    set_precision(cuda.as_mut(), args.compute.precision)?;
     if let (Some(b), true) = (cuda.as_mut(), args.cudnn_benchmark) {
         b.set_conv_algorithm_choice(AlgorithmChoice::Timed);
     }

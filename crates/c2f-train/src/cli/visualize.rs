@@ -12,7 +12,7 @@ use crate::visualize::{write_pictures, VisualizeConfig};
 pub(super) fn visualize(args: VisualizeArgs) -> Result<()> {
     with_checkpoint(
         &args.checkpoint,
-        || open_device(args.device.as_deref()),
+        || open_device(args.device.as_deref(), args.compute.precision),
         &mut |model, meta| {
             let test = meta
                 .data

@@ -101,6 +101,9 @@ impl Report {
         for (term, v) in loss_terms.iter().zip(&mean) {
             record[format!("loss_{term}")] = serde_json::json!(v);
         }
+        // JSON lines only: a CSV column more would make a resumed older run's rows unreadable
+        // to `Metrics::open`, which keeps only rows of the current columns.
+        record["precision"] = serde_json::json!(meta.precision);
         if model.task() == Task::Classes {
             // Warned of once λ is at full weight: during its warmup a run that goes on to
             // learn can dip this low for an epoch.

@@ -72,6 +72,7 @@ pub(super) fn start_or_resume<B: Backend<Scalar = f32>, M: Trainee<B>>(
         dataset: fingerprint.clone(),
         class_names: data.class_names.clone(),
         upsampler: model.upsampler_origin(cfg, run),
+        precision: b.precision(),
     };
     if leader && run.resume {
         remove_crash_leftovers(&ckpt)?;
@@ -98,6 +99,7 @@ pub(super) fn start_or_resume<B: Backend<Scalar = f32>, M: Trainee<B>>(
         return Ok(fresh);
     }
     let saved = checkpoint::load(b, &ckpt, &model.state())?;
+    let saved_precision = saved.precision;
     let problems = resume_problems(&saved, model.name(), cfg, &data.spec, &fingerprint);
     if !problems.is_empty() {
         return Err(Error::File {
@@ -107,16 +109,21 @@ pub(super) fn start_or_resume<B: Backend<Scalar = f32>, M: Trainee<B>>(
     }
     let meta = CheckpointMeta {
         config: cfg.clone(),
+        precision: b.precision(),
         ..saved
     };
     if leader {
         println!(
-            "{}: resumed from {} at epoch {}, batch {} (step {})",
+            "{}: resumed from {} at epoch {}, batch {} (step {}){}",
             model.name(),
             ckpt.display(),
             meta.epoch,
             meta.batch_in_epoch,
-            meta.step
+            meta.step,
+            match saved_precision {
+                p if p == meta.precision => String::new(),
+                p => format!(", trained in {p} so far, continuing in {}", meta.precision),
+            }
         );
     }
     Ok(meta)
