@@ -10,6 +10,7 @@ pub mod data;
 pub mod interpolate;
 pub mod localize;
 pub mod model;
+mod pass;
 pub mod predictor;
 pub mod pretrain;
 pub mod state;
