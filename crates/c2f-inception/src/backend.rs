@@ -3,7 +3,7 @@
 //! offset, length) into it, so parameters can live in one flat buffer and be addressed piecewise
 //! on any device, and no borrow of device memory crosses the interface.
 //!
-//! The interface is four traits, by who needs them, so that each says what it is for and a
+//! The interface is five traits, by who needs them, so that each says what it is for and a
 //! backend's ops can be read (and implemented) one group at a time:
 //!
 //! - [`Buffers`]: the scalar type, allocation, reads, writes and fills. Every op trait builds
@@ -15,10 +15,12 @@
 //! - [`Coarse2FineOps`]: what the Coarse2Fine model adds to its backbone:
 //!   BAP, the center loss, the transposed convolution, the attention map's choice, resize and
 //!   ReLU, and the mask.
+//! - [`AugmentOps`]: WS-DAN's attention-guided augmentation: the map choice by mass, the crop
+//!   box, the crop and the drop (no gradients).
 //!
-//! [`Backend`] is all four, implemented for every type that has them; generic code bounds on
+//! [`Backend`] is all of them, implemented for every type that has them; generic code bounds on
 //! it (`B: Backend<Scalar = f32>`). Calling an op on a concrete backend needs its trait in
-//! scope: `use c2f_inception::backend::prelude::*` brings all four.
+//! scope: `use c2f_inception::backend::prelude::*` brings them all.
 //!
 //! The rule for gradients, for every op here: **parameter gradients accumulate (`+=`) and
 //! activation gradients are assigned**, except where an op takes `accumulate` (a tensor read by
@@ -29,6 +31,7 @@
 
 use std::fmt;
 
+use c2f_kernels::augment::AugmentShape;
 use c2f_kernels::bap::BapShape;
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
 use c2f_kernels::center_loss::{CenterLossParams, CenterLossShape};
@@ -46,9 +49,9 @@ use c2f_kernels::{Error, Real, Result};
 
 use crate::cpu::conv::Conv2dShape;
 
-/// The four traits, for calling ops on a concrete backend.
+/// The op traits, for calling ops on a concrete backend.
 pub mod prelude {
-    pub use super::{Backend, Buffers, Coarse2FineOps, NetworkOps, TrainingOps};
+    pub use super::{AugmentOps, Backend, Buffers, Coarse2FineOps, NetworkOps, TrainingOps};
 }
 
 /// A range of values in one of a backend's buffers.
@@ -206,9 +209,9 @@ pub trait Buffers {
 }
 
 /// Every op a backend has: what generic code (the network, the models, the trainer) bounds on.
-pub trait Backend: NetworkOps + TrainingOps + Coarse2FineOps {}
+pub trait Backend: NetworkOps + TrainingOps + Coarse2FineOps + AugmentOps {}
 
-impl<B: NetworkOps + TrainingOps + Coarse2FineOps> Backend for B {}
+impl<B: NetworkOps + TrainingOps + Coarse2FineOps + AugmentOps> Backend for B {}
 
 /// Batch norm in training mode (batch statistics, running stats updated) or inference mode
 /// (running statistics; also "frozen" BN while training).
@@ -536,5 +539,55 @@ pub trait Coarse2FineOps: Buffers {
         u_max: Tensor,
         argmax: IndexTensor,
         du: Tensor,
+    ) -> Result<()>;
+}
+
+/// WS-DAN's attention-guided augmentation (no gradients: nothing learns through it);
+/// `c2f_kernels::augment` has the formulas. `thresholds` and `draws` hold one value per sample,
+/// `boxes` four, `[y0, x0, y1, x1]`.
+pub trait AugmentOps: Buffers {
+    /// Per sample one of the `s.maps` maps of `a [B, M, h, w]`, drawn with probability
+    /// ∝ sqrt(Σ_hw a[b,m] + 1e-12) by inverse CDF on `draws[b]` ∈ [0, 1): the first m whose
+    /// cumulative weight exceeds draws[b]·total (the last map if rounding leaves none). Negative
+    /// sums count as 0.
+    fn maps_by_mass(
+        &mut self,
+        s: &MapShape,
+        a: Tensor,
+        draws: Tensor,
+        indices: IndexTensor,
+    ) -> Result<()>;
+    /// Per sample the crop box [y0, x0, y1, x1] (half-open, ints) of `maps [B, 1, h, w]`:
+    /// normalised by its min and max, up-sampled to H×W (bilinear, align_corners=True), the
+    /// rows/columns ≥ thresholds[b], padded by floor(padding·H) rows and floor(padding·W)
+    /// columns and clamped to the image. max == min, or no pixel ≥ the threshold: the whole
+    /// image [0, 0, H, W].
+    fn attention_boxes(
+        &mut self,
+        s: &AugmentShape,
+        padding: f64,
+        maps: Tensor,
+        thresholds: Tensor,
+        boxes: IndexTensor,
+    ) -> Result<()>;
+    /// y[b] = x[b, :, y0..y1, x0..x1] resized to H×W, bilinear with align_corners=True (a
+    /// 1-pixel-wide side repeats that pixel). Boxes outside the image or empty are clamped to
+    /// it, never an error.
+    fn crop_resize(
+        &mut self,
+        s: &AugmentShape,
+        x: Tensor,
+        boxes: IndexTensor,
+        y: Tensor,
+    ) -> Result<()>;
+    /// y[b] = x[b] where the normalised up-sampled map (as in attention_boxes) < thresholds[b],
+    /// else 0, every channel; max == min keeps the whole image.
+    fn drop_mask(
+        &mut self,
+        s: &AugmentShape,
+        maps: Tensor,
+        thresholds: Tensor,
+        x: Tensor,
+        y: Tensor,
     ) -> Result<()>;
 }

@@ -7,6 +7,8 @@
 //! - the fine branch's ops, forward and backward: [`relu`] after the attention conv,
 //!   [`map_select`] (the attention-map choice, and the mean at inference), [`resize`] (bilinear)
 //!   and [`mask`] (the per-sample max-normalised mask applied to the image).
+//! - WS-DAN's augmentation, no gradients: [`augment`] (the map choice by mass, the attention
+//!   crop box, the crop resized to the image, and the attention drop).
 //!
 //! and the InceptionV3 runtime's own ops (cuDNN and cuBLAS do the convolutions and the `fc`):
 //!
@@ -24,6 +26,7 @@
 //! Every op runs in f32 and in bf16 storage with f32 accumulation ([`Element`]). The CPU
 //! references are generic over `f32`/`f64`: f32 is the CPU backend, f64 is what tests compare to.
 
+pub mod augment;
 pub mod axpby;
 pub mod bap;
 pub mod batch_norm;

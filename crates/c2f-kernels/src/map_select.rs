@@ -39,7 +39,8 @@ impl MapShape {
         self.batch * self.hw()
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Refuses a zero dimension or an `A` beyond 32-bit indexing.
+    pub fn validate(&self) -> Result<()> {
         let dims = [self.batch, self.maps, self.height, self.width];
         check_dims("attention map", self, &dims)
     }

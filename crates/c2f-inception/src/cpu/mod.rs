@@ -3,6 +3,7 @@
 
 pub mod conv;
 
+use c2f_kernels::augment::{self, AugmentShape};
 use c2f_kernels::axpby::axpby_cpu;
 use c2f_kernels::bap::{self, BapShape};
 use c2f_kernels::batch_norm::{self, BatchNormParams, BatchNormShape};
@@ -23,8 +24,8 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 
 use crate::backend::{
-    check_operands, BnMode, BnParams, BnStats, Buffers, Coarse2FineOps, IndexTensor, LinearShape,
-    NetworkOps, Tensor, TrainingOps,
+    check_operands, AugmentOps, BnMode, BnParams, BnStats, Buffers, Coarse2FineOps, IndexTensor,
+    LinearShape, NetworkOps, Tensor, TrainingOps,
 };
 use conv::Conv2dShape;
 
@@ -640,5 +641,55 @@ impl<R: Real> Coarse2FineOps for CpuBackend<R> {
             m.output(du),
             None,
         )
+    }
+}
+
+impl<R: Real> AugmentOps for CpuBackend<R> {
+    fn maps_by_mass(
+        &mut self,
+        s: &MapShape,
+        a: Tensor,
+        draws: Tensor,
+        indices: IndexTensor,
+    ) -> Result<()> {
+        let m = self.operands(&[a, draws], &[], &[indices])?;
+        augment::maps_by_mass_cpu(s, m.input(a), m.input(draws), m.index(indices))
+    }
+
+    fn attention_boxes(
+        &mut self,
+        s: &AugmentShape,
+        padding: f64,
+        maps: Tensor,
+        thresholds: Tensor,
+        boxes: IndexTensor,
+    ) -> Result<()> {
+        let m = self.operands(&[maps, thresholds], &[], &[boxes])?;
+        let (maps, thresholds) = (m.input(maps), m.input(thresholds));
+        augment::attention_boxes_cpu(s, padding, maps, thresholds, m.index(boxes))
+    }
+
+    fn crop_resize(
+        &mut self,
+        s: &AugmentShape,
+        x: Tensor,
+        boxes: IndexTensor,
+        y: Tensor,
+    ) -> Result<()> {
+        let m = self.operands(&[x], &[y], &[boxes])?;
+        augment::crop_resize_cpu(s, m.input(x), m.index(boxes), m.output(y))
+    }
+
+    fn drop_mask(
+        &mut self,
+        s: &AugmentShape,
+        maps: Tensor,
+        thresholds: Tensor,
+        x: Tensor,
+        y: Tensor,
+    ) -> Result<()> {
+        let m = self.operands(&[maps, thresholds, x], &[y], &[])?;
+        let (maps, thresholds) = (m.input(maps), m.input(thresholds));
+        augment::drop_mask_cpu(s, maps, thresholds, m.input(x), m.output(y))
     }
 }

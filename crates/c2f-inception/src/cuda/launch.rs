@@ -6,6 +6,7 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::Hash;
 
+use c2f_kernels::augment::{AugmentGpu, AugmentShape, MapsByMassGpu};
 use c2f_kernels::axpby::AxpbyGpu;
 use c2f_kernels::bap::{BapGpu, BapShape};
 use c2f_kernels::batch_norm::{BatchNormGpu, BatchNormParams, BatchNormShape};
@@ -76,6 +77,8 @@ launchers! {
     map_select: MapSelectGpu<f32>, keyed by MapShape = |gpu, s| MapSelectGpu::new(gpu, *s);
     resize: ResizeBilinearGpu<f32>, keyed by ResizeShape = |gpu, s| ResizeBilinearGpu::new(gpu, *s);
     mask: MaskGpu<f32>, keyed by MaskShape = |gpu, s| MaskGpu::new(gpu, *s);
+    maps_by_mass: MapsByMassGpu<f32>, keyed by MapShape = |gpu, s| MapsByMassGpu::new(gpu, *s);
+    augment: AugmentGpu<f32>, keyed by AugmentShape = |gpu, s| AugmentGpu::new(gpu, *s);
 }
 
 /// [`BatchNormParams`] holds floats, so it is keyed by their bits.

@@ -2,6 +2,7 @@
 //! ([`super::conv`]), the `fc` through cuBLAS ([`super::linear`]), and every other op through its
 //! kernel launcher ([`CudaBackend::launch`]).
 
+use c2f_kernels::augment::{AugmentGpu, AugmentShape, MapsByMassGpu};
 use c2f_kernels::axpby::AxpbyGpu;
 use c2f_kernels::bap::{BapGpu, BapShape};
 use c2f_kernels::batch_norm::{BatchNormGpu, BatchNormParams, BatchNormShape};
@@ -23,8 +24,8 @@ use c2f_kernels::{Error, Result};
 use super::launch::BnKey;
 use super::CudaBackend;
 use crate::backend::{
-    BnMode, BnParams, BnStats, Coarse2FineOps, IndexTensor, LinearShape, NetworkOps, Tensor,
-    TrainingOps,
+    AugmentOps, BnMode, BnParams, BnStats, Coarse2FineOps, IndexTensor, LinearShape, NetworkOps,
+    Tensor, TrainingOps,
 };
 use crate::cpu::conv::Conv2dShape;
 
@@ -572,6 +573,80 @@ impl Coarse2FineOps for CudaBackend {
             [argmax],
             |op: &mut MaskGpu<f32>, [u, x, dxf, u_max], [mut du], [argmax]| {
                 op.backward(&u, &x, &dxf, &u_max, &argmax, &mut du)
+            },
+        )
+    }
+}
+
+impl AugmentOps for CudaBackend {
+    fn maps_by_mass(
+        &mut self,
+        s: &MapShape,
+        a: Tensor,
+        draws: Tensor,
+        indices: IndexTensor,
+    ) -> Result<()> {
+        self.launch(
+            *s,
+            [a, draws],
+            [],
+            [indices],
+            |op: &mut MapsByMassGpu<f32>, [a, draws], [], [mut indices]| {
+                op.pick(&a, &draws, &mut indices)
+            },
+        )
+    }
+
+    fn attention_boxes(
+        &mut self,
+        s: &AugmentShape,
+        padding: f64,
+        maps: Tensor,
+        thresholds: Tensor,
+        boxes: IndexTensor,
+    ) -> Result<()> {
+        self.launch(
+            *s,
+            [maps, thresholds],
+            [],
+            [boxes],
+            |op: &mut AugmentGpu<f32>, [maps, thresholds], [], [mut boxes]| {
+                op.attention_boxes(padding, &maps, &thresholds, &mut boxes)
+            },
+        )
+    }
+
+    fn crop_resize(
+        &mut self,
+        s: &AugmentShape,
+        x: Tensor,
+        boxes: IndexTensor,
+        y: Tensor,
+    ) -> Result<()> {
+        self.launch(
+            *s,
+            [x],
+            [y],
+            [boxes],
+            |op: &mut AugmentGpu<f32>, [x], [mut y], [boxes]| op.crop_resize(&x, &boxes, &mut y),
+        )
+    }
+
+    fn drop_mask(
+        &mut self,
+        s: &AugmentShape,
+        maps: Tensor,
+        thresholds: Tensor,
+        x: Tensor,
+        y: Tensor,
+    ) -> Result<()> {
+        self.launch(
+            *s,
+            [maps, thresholds, x],
+            [y],
+            [],
+            |op: &mut AugmentGpu<f32>, [maps, thresholds, x], [mut y], []| {
+                op.drop_mask(&maps, &thresholds, &x, &mut y)
             },
         )
     }
