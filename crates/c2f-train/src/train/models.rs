@@ -6,9 +6,10 @@ use c2f_kernels::Result;
 
 use super::baseline::train_baseline;
 use super::coarse2fine::{build_coarse_only, init_coarse2fine, train_coarse2fine};
-use super::evaluate::Evaluation;
+use super::evaluate::{Evaluation, COARSE_FINE, RAW_REFINED};
 use super::fit::build_and_fit;
 use super::parallel::DataParallel;
+use super::wsdan::train_wsdan;
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::spec::OpenedData;
 use crate::model::Coarse2Fine;
@@ -18,14 +19,17 @@ pub enum ModelKind {
     Coarse2Fine,
     /// Coarse2Fine without its fine pass: what the fine pass must beat.
     CoarseOnly,
+    /// WS-DAN (Hu et al. 2019), the method the paper compares with ([`crate::wsdan`]).
+    WsDan,
     /// The plain InceptionV3.
     Baseline,
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 3] = [
+    pub const ALL: [ModelKind; 4] = [
         ModelKind::Coarse2Fine,
         ModelKind::CoarseOnly,
+        ModelKind::WsDan,
         ModelKind::Baseline,
     ];
 
@@ -33,6 +37,7 @@ impl ModelKind {
         match self {
             ModelKind::Coarse2Fine => "coarse2fine",
             ModelKind::CoarseOnly => "coarse-only",
+            ModelKind::WsDan => "wsdan",
             ModelKind::Baseline => "baseline",
         }
     }
@@ -42,7 +47,17 @@ impl ModelKind {
         match self {
             ModelKind::Coarse2Fine => "Coarse2Fine",
             ModelKind::CoarseOnly => "Coarse-only ablation",
+            ModelKind::WsDan => "WS-DAN",
             ModelKind::Baseline => "InceptionV3 baseline",
+        }
+    }
+
+    /// What a two-head model's predictions are called: Coarse2Fine's coarse and fine,
+    /// WS-DAN's raw and refined.
+    pub fn head_names(self) -> [&'static str; 2] {
+        match self {
+            ModelKind::WsDan => RAW_REFINED,
+            _ => COARSE_FINE,
         }
     }
 
@@ -64,6 +79,7 @@ impl ModelKind {
                 let init = |b: &mut B, model: &Coarse2Fine| init_coarse2fine(b, model, cfg, run);
                 build_and_fit(b, cfg, run, data, dp, build_coarse_only, init)
             },
+            ModelKind::WsDan => train_wsdan,
             ModelKind::Baseline => train_baseline,
         }
     }

@@ -8,6 +8,7 @@ use c2f_inception::network::SgdRule;
 use c2f_kernels::rng::SplitMix64;
 use c2f_kernels::Result;
 
+use super::evaluate::COARSE_FINE;
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::Batch;
 use crate::state::Named;
@@ -57,6 +58,10 @@ pub trait Trainee<B: Backend<Scalar = f32>> {
     fn name(&self) -> &'static str;
     /// The names of the loss terms [`Trainee::step`] returns.
     fn loss_terms(&self) -> &'static [&'static str];
+    /// What its two heads' predictions are called, where it has two.
+    fn head_names(&self) -> [&'static str; 2] {
+        COARSE_FINE
+    }
     /// Every tensor a checkpoint holds.
     fn state(&self) -> Vec<Named>;
     /// Forward and backward of one batch (gradients zeroed first); `step` counts all steps.
