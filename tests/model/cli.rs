@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use crate::common::train::TINY_TRAIN;
 
-fn scratch(name: &str) -> PathBuf {
+pub(crate) fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli_{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -23,11 +23,11 @@ fn c2f_binary() -> PathBuf {
     std::env::var_os("C2F_BIN").map_or_else(|| env!("CARGO_BIN_EXE_c2f").into(), PathBuf::from)
 }
 
-fn c2f(args: &[&str]) -> Output {
+pub(crate) fn c2f(args: &[&str]) -> Output {
     Command::new(c2f_binary()).args(args).output().unwrap()
 }
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -36,7 +36,7 @@ fn text(out: &Output) -> String {
 }
 
 /// Runs `c2f` and asserts that it succeeded; its stdout and stderr.
-fn c2f_ok(args: &[&str]) -> String {
+pub(crate) fn c2f_ok(args: &[&str]) -> String {
     let out = c2f(args);
     let log = text(&out);
     assert!(out.status.success(), "{log}");
@@ -44,14 +44,14 @@ fn c2f_ok(args: &[&str]) -> String {
 }
 
 /// Runs `c2f` and asserts that it failed; its stdout and stderr.
-fn c2f_refused(args: &[&str]) -> String {
+pub(crate) fn c2f_refused(args: &[&str]) -> String {
     let out = c2f(args);
     let log = text(&out);
     assert!(!out.status.success(), "{log}");
     log
 }
 
-fn path(p: &Path) -> &str {
+pub(crate) fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
@@ -251,7 +251,7 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
 }
 
 /// `c2f predict` of one image with `checkpoint` on the CPU: its prediction lines.
-fn predictions_on_cpu(checkpoint: &Path, image: &Path) -> Vec<String> {
+pub(crate) fn predictions_on_cpu(checkpoint: &Path, image: &Path) -> Vec<String> {
     let log = c2f_ok(&[
         "predict",
         "--checkpoint",
@@ -265,7 +265,7 @@ fn predictions_on_cpu(checkpoint: &Path, image: &Path) -> Vec<String> {
 }
 
 /// `n` images the synthetic set writes in the CUB layout under `dir`.
-fn synthetic_images(dir: &Path, n: usize) -> Vec<PathBuf> {
+pub(crate) fn synthetic_images(dir: &Path, n: usize) -> Vec<PathBuf> {
     let images = dir.join("images");
     let spec = c2f_train::data::synthetic::SyntheticConfig {
         classes: 3,
@@ -282,7 +282,11 @@ fn synthetic_images(dir: &Path, n: usize) -> Vec<PathBuf> {
 
 /// Localization of `checkpoint`'s test split (the synthetic set's has boxes) on `device`: the
 /// table, which it checks, and the JSON file, written into `dir`.
-fn localize_json(checkpoint: &Path, device: &str, dir: &Path) -> (String, serde_json::Value) {
+pub(crate) fn localize_json(
+    checkpoint: &Path,
+    device: &str,
+    dir: &Path,
+) -> (String, serde_json::Value) {
     let json = dir.join("loc.json");
     let log = c2f_ok(&[
         "localize",
@@ -302,7 +306,7 @@ fn localize_json(checkpoint: &Path, device: &str, dir: &Path) -> (String, serde_
 
 /// Pictures of two of `checkpoint`'s test images and the contact sheet, on `device`, into
 /// `dir`: three decodable PNGs.
-fn two_pictures(checkpoint: &Path, device: &str, dir: &Path) {
+pub(crate) fn two_pictures(checkpoint: &Path, device: &str, dir: &Path) {
     let pictures = dir.join("pictures");
     c2f_ok(&[
         "visualize",
@@ -474,12 +478,12 @@ fn coarse_only_trains_and_serves_every_command() {
 /// An unknown model name is refused before any data is made, naming it and every model.
 #[test]
 fn unknown_model_is_refused_listing_the_models() {
-    let out = c2f(&["train", "--models", "coarse2fine,wsdan"]);
+    let out = c2f(&["train", "--models", "coarse2fine,ws-dan"]);
     let log = text(&out);
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(
-        log.contains("--models wsdan: unknown model")
-            && log.contains("coarse2fine, coarse-only, baseline"),
+        log.contains("--models ws-dan: unknown model")
+            && log.contains("coarse2fine, coarse-only, wsdan, baseline"),
         "{log}"
     );
     assert!(!log.contains("train / "), "data was made: {log}");
@@ -584,9 +588,10 @@ fn celeba_attributes_train_eval_and_predict() {
         log.contains("celeba at") && log.contains("2 attributes, 8 train / 4 test images"),
         "{log}"
     );
-    // The per-attribute table, in the asked order, for both models.
+    // The per-attribute table, in the asked order, for the three models.
     for row in [
         "| Striped | Coarse2Fine |",
+        "| Striped | WS-DAN |",
         "| Striped | InceptionV3 baseline |",
         "| Red | Coarse2Fine |",
     ] {
