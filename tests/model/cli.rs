@@ -395,6 +395,42 @@ fn pretrained_and_bilinear_upsamplers_train() {
     assert!(log.contains("wrong.safetensors"), "{log}");
 }
 
+/// `c2f train` of [`TINY_TRAIN`]'s model for one epoch on 8 training and 6 test images of the
+/// synthetic set's first 3 classes into `run_dir`, with `args`: its output.
+pub(crate) fn train_tiny_synthetic(run_dir: &Path, args: &[&str]) -> String {
+    let synthetic = [
+        "--classes",
+        "3",
+        "--train-images",
+        "8",
+        "--test-images",
+        "6",
+        "--run-dir",
+        path(run_dir),
+    ];
+    c2f_ok(&[&TINY_TRAIN[..], &synthetic, args].concat())
+}
+
+/// The one epoch's metrics record of `model` in `run_dir`, whose loss terms `terms` are each
+/// positive and sum to its loss.
+pub(crate) fn only_record(run_dir: &Path, model: &str, terms: &[&str]) -> serde_json::Value {
+    let metrics = crate::common::train::metrics(&run_dir.join(model));
+    assert_eq!(metrics.len(), 1);
+    let record = metrics[0].clone();
+    assert_eq!(record["model"], model);
+    let values: Vec<f64> = terms
+        .iter()
+        .map(|t| record[format!("loss_{t}")].as_f64().unwrap())
+        .collect();
+    let total = record["loss"].as_f64().unwrap();
+    assert!(values.iter().all(|&v| v > 0.0), "{record}");
+    assert!(
+        (values.iter().sum::<f64>() - total).abs() < 1e-9,
+        "{record}"
+    );
+    record
+}
+
 /// `--models coarse-only,both`: the coarse-only ablation, then Coarse2Fine and the baseline,
 /// each in its folder and its row, in that order; the coarse-only row and metrics have no fine
 /// or averaged accuracy; its checkpoint serves `eval`, `predict`, `localize` and `visualize`
@@ -403,19 +439,7 @@ fn pretrained_and_bilinear_upsamplers_train() {
 fn coarse_only_trains_and_serves_every_command() {
     let dir = scratch("coarse_only");
     let run_dir = dir.join("run");
-    let synthetic = [
-        "--models",
-        "coarse-only,both",
-        "--classes",
-        "3",
-        "--train-images",
-        "8",
-        "--test-images",
-        "6",
-        "--run-dir",
-        path(&run_dir),
-    ];
-    let log = c2f_ok(&[&TINY_TRAIN[..], &synthetic].concat());
+    let log = train_tiny_synthetic(&run_dir, &["--models", "coarse-only,both"]);
     let rows: Vec<&str> = log.lines().filter(|l| l.starts_with("| ")).collect();
     let labels: Vec<&str> = rows[2..]
         .iter()
@@ -431,21 +455,12 @@ fn coarse_only_trains_and_serves_every_command() {
         "{log}"
     );
     assert!(rows[2].contains("% | - | - | "), "{log}");
-    let metrics = crate::common::train::metrics(&run_dir.join("coarse-only"));
-    assert_eq!(metrics.len(), 1);
-    let record = &metrics[0];
-    assert_eq!(record["model"], "coarse-only");
+    let record = only_record(&run_dir, "coarse-only", &["coarse", "center_coarse"]);
     assert!(record["test_coarse"].as_f64().is_some(), "{record}");
     assert!(
         record["test_fine"].is_null() && record["loss_fine"].is_null(),
         "{record}"
     );
-    let (coarse, center) = (
-        record["loss_coarse"].as_f64().unwrap(),
-        record["loss_center_coarse"].as_f64().unwrap(),
-    );
-    let total = record["loss"].as_f64().unwrap();
-    assert!(coarse > 0.0 && center > 0.0 && (coarse + center - total).abs() < 1e-9);
 
     let checkpoint = run_dir.join("coarse-only/checkpoint.safetensors");
     let log = c2f_ok(&["eval", path(&checkpoint), "--device", "cpu"]);
@@ -687,11 +702,24 @@ fn data_seed_varies_the_data_apart_from_the_training() {
 /// status 1 and a message naming the flag, not as a shape error or a dump of an internal value.
 #[test]
 fn bad_flags_are_refused_naming_the_flag() {
-    let cases: [(&[&str], &str); 4] = [
+    let per_class_attributes = [
+        "train",
+        "--dataset",
+        "celeba",
+        "--data-root",
+        "/nonexistent",
+        "--wsdan-centers",
+        "per-class",
+    ];
+    let cases: [(&[&str], &str); 5] = [
         (&["train", "--batch", "0"], "--batch 0"),
         (&["train", "--maps", "0"], "--maps 0"),
         (&["train", "--width", "0"], "--width 0"),
         (&["train", "--dataset", "cub"], "needs --data-root"),
+        (
+            &per_class_attributes,
+            "--wsdan-centers per-class: CelebA's attributes",
+        ),
     ];
     for (args, expected) in cases {
         let out = c2f(args);

@@ -11,21 +11,21 @@
 use std::sync::OnceLock;
 
 use crate::cli::{
-    c2f_ok, c2f_refused, localize_json, path, predictions_on_cpu, scratch, synthetic_images,
-    two_pictures,
+    c2f_ok, c2f_refused, localize_json, only_record, path, predictions_on_cpu, scratch,
+    synthetic_images, train_tiny_synthetic, two_pictures,
 };
-use crate::common::train::{metrics, synthetic_spec, tiny_config as tiny_train_config, TINY_TRAIN};
+use crate::common::tiny::{golden_backbone, uniform, write_answers};
+use crate::common::train::{synthetic_spec, tiny_config as tiny_train_config, TINY_TRAIN};
 use crate::train_gpu::{assert_gpu_step_near_cpu, narrow, read_state, write_state, State, StepRun};
 use c2f_inception::backend::{prelude::*, BnMode, Tensor};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
-use c2f_inception::init::golden_init;
 use c2f_kernels::augment::{attention_boxes_cpu, drop_mask_cpu, AugmentShape};
 use c2f_kernels::center_loss::{CenterLossParams, CenterRule};
 use c2f_kernels::testing::{rel_error, SplitMix64};
 use c2f_kernels::Real;
 use c2f_train::data::image_io::DEFAULT_MAX_PIXELS;
-use c2f_train::train::{build_wsdan, init_wsdan, train_wsdan, RunOptions, TrainConfig};
+use c2f_train::train::{build_wsdan, init_wsdan, ModelKind, RunOptions, TrainConfig};
 use c2f_train::wsdan::{
     Augmentation, MapChoice, Task, WsDan, WsDanCenters, WsDanConfig, WsDanLosses, CROP_PADDING,
 };
@@ -65,17 +65,9 @@ fn tiny_config(task: Task, centers: WsDanCenters, beta: f64) -> WsDanConfig {
 fn tiny<R: Real>(config: WsDanConfig, seed: u64) -> (CpuBackend<R>, WsDan) {
     let mut cpu = CpuBackend::<R>::new();
     let model = WsDan::new(&mut cpu, config).unwrap();
-    let net = model.backbone();
-    let mut params = vec![0.0f32; net.graph.params.total()];
-    let mut buffers = vec![0.0f32; net.graph.buffers.total()];
-    golden_init(&net.graph, &mut params, &mut buffers);
-    let widen = |v: &[f32]| v.iter().map(|&x| R::from_f64(x as f64)).collect::<Vec<R>>();
-    cpu.write(net.params, &widen(&params)).unwrap();
-    cpu.write(net.buffers, &widen(&buffers)).unwrap();
+    golden_backbone(&mut cpu, model.backbone());
     let mut rng = SplitMix64(seed);
-    let mut random = |n: usize, lo: f64, hi: f64| -> Vec<R> {
-        (0..n).map(|_| R::from_f64(rng.uniform(lo, hi))).collect()
-    };
+    let mut random = |n: usize, lo: f64, hi: f64| uniform::<R>(&mut rng, n, lo, hi);
     let mut heads = random(model.params.len, -0.3, 0.3);
     for e in model.head_table().entries() {
         let range = match e.name.as_str() {
@@ -99,11 +91,8 @@ fn tiny<R: Real>(config: WsDanConfig, seed: u64) -> (CpuBackend<R>, WsDan) {
     cpu.write(bank, &random(bank.len, -0.2, 0.2)).unwrap();
     let image = random(model.input().len, -1.0, 1.0);
     cpu.write(model.input(), &image).unwrap();
-    cpu.write_index(model.labels(), &LABELS).unwrap();
-    if model.config.task == Task::Attributes {
-        let targets: Vec<R> = TARGETS.iter().map(|&t| R::from_f64(t)).collect();
-        cpu.write(model.targets(), &targets).unwrap();
-    }
+    let answers = (model.labels(), model.targets());
+    write_answers(&mut cpu, answers, model.config.task, (&LABELS, &TARGETS));
     (cpu, model)
 }
 
@@ -553,7 +542,8 @@ fn gpu_wsdan_trains() {
         wsdan_maps: MAPS,
         ..tiny_train_config(0.01, 5)
     };
-    let evaluation = train_wsdan(&mut gpu, &cfg, &RunOptions::new(&dir), &data, None)
+    let train = ModelKind::WsDan.trainer();
+    let evaluation = train(&mut gpu, &cfg, &RunOptions::new(&dir), &data, None)
         .unwrap()
         .unwrap();
     let a = evaluation.accuracy;
@@ -572,21 +562,7 @@ fn gpu_wsdan_trains() {
 fn wsdan_trains_and_serves_every_command() {
     let dir = scratch("wsdan");
     let run_dir = dir.join("run");
-    let synthetic = [
-        "--models",
-        "wsdan",
-        "--wsdan-maps",
-        "4",
-        "--classes",
-        "3",
-        "--train-images",
-        "8",
-        "--test-images",
-        "6",
-        "--run-dir",
-        path(&run_dir),
-    ];
-    let log = c2f_ok(&[&TINY_TRAIN[..], &synthetic].concat());
+    let log = train_tiny_synthetic(&run_dir, &["--models", "wsdan", "--wsdan-maps", "4"]);
     assert!(
         log.contains("| model | raw | refined | average | time |") && log.contains("| WS-DAN | "),
         "{log}"
@@ -595,15 +571,7 @@ fn wsdan_trains_and_serves_every_command() {
         log.contains("test raw ") && log.contains(" refined "),
         "{log}"
     );
-    let record = &metrics(&run_dir.join("wsdan"))[0];
-    assert_eq!(record["model"], "wsdan");
-    let terms: Vec<f64> = ["raw", "crop", "drop", "center"]
-        .iter()
-        .map(|t| record[format!("loss_{t}")].as_f64().unwrap())
-        .collect();
-    let total = record["loss"].as_f64().unwrap();
-    assert!(terms.iter().all(|&t| t > 0.0), "{record}");
-    assert!((terms.iter().sum::<f64>() - total).abs() < 1e-9, "{record}");
+    let record = only_record(&run_dir, "wsdan", &["raw", "crop", "drop", "center"]);
     for column in ["test_raw", "test_refined", "test_average"] {
         assert!(record[column].as_f64().is_some(), "{column}: {record}");
     }

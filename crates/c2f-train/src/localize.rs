@@ -272,25 +272,33 @@ pub trait Attentive<B: Backend<Scalar = f32>>: Trainee<B> {
     }
 }
 
-impl<B: Backend<Scalar = f32>> Attentive<B> for Coarse2Fine {
-    fn attention_shape(&self) -> AttentionShape {
-        let c = &self.config;
-        AttentionShape {
-            input_size: c.input_size,
-            batch: c.batch,
-            classes: c.classes,
-            maps: c.maps,
-            map_side: self.map_side(),
+/// The parts of [`Attentive`] that Coarse2Fine and WS-DAN implement alike, from their config
+/// and their own methods of the same names.
+macro_rules! attentive_from_config {
+    ($model:ty) => {
+        fn attention_shape(&self) -> AttentionShape {
+            let c = &self.config;
+            AttentionShape {
+                input_size: c.input_size,
+                batch: c.batch,
+                classes: c.classes,
+                maps: c.maps,
+                map_side: self.map_side(),
+            }
         }
-    }
 
-    fn attention_maps(&self) -> Tensor {
-        Coarse2Fine::attention_maps(self)
-    }
+        fn attention_maps(&self) -> Tensor {
+            <$model>::attention_maps(self)
+        }
 
-    fn upsampled_map(&self) -> Tensor {
-        Coarse2Fine::upsampled_map(self)
-    }
+        fn upsampled_map(&self) -> Tensor {
+            <$model>::upsampled_map(self)
+        }
+    };
+}
+
+impl<B: Backend<Scalar = f32>> Attentive<B> for Coarse2Fine {
+    attentive_from_config!(Coarse2Fine);
 
     fn box_rule(&self) -> BoxRule {
         BoxRule::Map
@@ -298,24 +306,7 @@ impl<B: Backend<Scalar = f32>> Attentive<B> for Coarse2Fine {
 }
 
 impl<B: Backend<Scalar = f32>> Attentive<B> for WsDan {
-    fn attention_shape(&self) -> AttentionShape {
-        let c = &self.config;
-        AttentionShape {
-            input_size: c.input_size,
-            batch: c.batch,
-            classes: c.classes,
-            maps: c.maps,
-            map_side: self.map_side(),
-        }
-    }
-
-    fn attention_maps(&self) -> Tensor {
-        WsDan::attention_maps(self)
-    }
-
-    fn upsampled_map(&self) -> Tensor {
-        WsDan::upsampled_map(self)
-    }
+    attentive_from_config!(WsDan);
 
     fn box_rule(&self) -> BoxRule {
         BoxRule::RefinementCrop

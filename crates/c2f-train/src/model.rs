@@ -35,7 +35,7 @@ use c2f_kernels::{Error, Result};
 
 pub use crate::config::CenterBanks;
 pub use crate::pass::FEATURE_SCALE;
-use crate::pass::{Pass, PassArgs, PassShapes, PassSizes};
+use crate::pass::{feature_shape, HeadTensors, Pass, PassArgs, PassShapes, PassSizes};
 use crate::state::{network_state, table_state, Named};
 pub use crate::task::Task;
 use crate::upsampler::{Upsampler, UpsamplerKind, UpsamplerShape};
@@ -103,12 +103,23 @@ struct Fine {
     u_argmax: IndexTensor,
 }
 
-/// Which gradient buffer [`Coarse2Fine::forward_backward_reporting`] reports complete, from
-/// which element to its end.
+/// Which gradient buffer [`Coarse2Fine::forward_backward_reporting`] (and WS-DAN's) reports
+/// complete, from which element to its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grads {
     Backbone(usize),
     Heads(usize),
+}
+
+impl Grads {
+    /// The trainer's gradient buffer (0 the backbone's, 1 the heads') and the element from
+    /// which it is complete.
+    pub fn buffer(self) -> (usize, usize) {
+        match self {
+            Grads::Backbone(from) => (0, from),
+            Grads::Heads(from) => (1, from),
+        }
+    }
 }
 
 /// Losses of one training step; the fine terms are 0 for the coarse-only model.
@@ -368,26 +379,24 @@ impl Coarse2Fine {
         std::iter::once(&self.coarse).chain(self.fine.as_ref().map(|f| &f.pass))
     }
 
-    fn head_param(&self, index: usize) -> Tensor {
-        let e = self.heads.table.entry(index);
-        self.params.slice(e.offset, e.len())
-    }
-
-    fn head_grad(&self, index: usize) -> Tensor {
-        let e = self.heads.table.entry(index);
-        self.grads.slice(e.offset, e.len())
+    fn heads(&self) -> HeadTensors<'_> {
+        HeadTensors {
+            table: &self.heads.table,
+            params: self.params,
+            grads: self.grads,
+        }
     }
 
     fn feature_shape(&self) -> (usize, usize, usize) {
-        let g = &self.coarse.net.graph;
-        let f = g.activations[g.mixed_6e];
-        (f.channels, f.height, f.width)
+        feature_shape(&self.coarse.net)
     }
 
     /// What a pass with the classifier `(weight, bias)` (table indices) reads beside its own
     /// buffers.
-    fn pass_args(&self, (fc_w, fc_b): (usize, usize)) -> PassArgs {
+    fn pass_args(&self, classifier: (usize, usize)) -> PassArgs {
         let classes = self.config.classes;
+        let heads = self.heads();
+        let (fc, fc_bias) = heads.classifier(classifier);
         PassArgs {
             shapes: PassShapes::new(
                 self.config.batch,
@@ -402,17 +411,10 @@ impl Coarse2Fine {
                 Task::Attributes => None,
             },
             task: self.config.task,
-            attention: [
-                self.head_param(self.heads.attention),
-                self.head_grad(self.heads.attention),
-            ],
+            attention: heads.pair(self.heads.attention),
             attention_bn: None,
-            fc: [
-                self.head_param(fc_w),
-                self.head_grad(fc_w),
-                self.head_grad(fc_b),
-            ],
-            fc_bias: self.head_param(fc_b),
+            fc,
+            fc_bias,
             labels: self.labels,
             center_labels: self.labels,
             targets: self.targets,

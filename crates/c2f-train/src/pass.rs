@@ -8,6 +8,7 @@ use c2f_inception::backend::{
 };
 use c2f_inception::cpu::conv::Conv2dShape;
 use c2f_inception::network::Network;
+use c2f_inception::table::TensorTable;
 use c2f_kernels::bap::BapShape;
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
 use c2f_kernels::center_loss::{CenterLossParams, CenterLossShape};
@@ -18,6 +19,43 @@ use crate::task::Task;
 
 /// WS-DAN's scale of the normalised part features before the classifier.
 pub const FEATURE_SCALE: f64 = 100.0;
+
+/// The features' `(channels, height, width)`: Mixed_6e's output.
+pub(crate) fn feature_shape(net: &Network) -> (usize, usize, usize) {
+    let f = net.graph.activations[net.graph.mixed_6e];
+    (f.channels, f.height, f.width)
+}
+
+/// A model's head parameters and their gradients, flat in `table`'s order.
+#[derive(Clone, Copy)]
+pub(crate) struct HeadTensors<'a> {
+    pub table: &'a TensorTable,
+    pub params: Tensor,
+    pub grads: Tensor,
+}
+
+impl HeadTensors<'_> {
+    pub fn param(&self, index: usize) -> Tensor {
+        let e = self.table.entry(index);
+        self.params.slice(e.offset, e.len())
+    }
+
+    pub fn grad(&self, index: usize) -> Tensor {
+        let e = self.table.entry(index);
+        self.grads.slice(e.offset, e.len())
+    }
+
+    /// Table entry `index`'s parameter and gradient.
+    pub fn pair(&self, index: usize) -> [Tensor; 2] {
+        [self.param(index), self.grad(index)]
+    }
+
+    /// The classifier `(weight, bias)` (table indices) as [`PassArgs`] takes it: the weight, its
+    /// gradient and the bias's gradient, then the bias.
+    pub fn classifier(&self, (w, b): (usize, usize)) -> ([Tensor; 3], Tensor) {
+        ([self.param(w), self.grad(w), self.grad(b)], self.param(b))
+    }
+}
 
 /// The shapes of a pass's ops, from the features' `(channels, height, width)`.
 #[derive(Debug, Clone, Copy)]

@@ -32,7 +32,7 @@ use c2f_kernels::{Error, Real, Result};
 
 pub use crate::config::WsDanCenters;
 pub use crate::model::Grads;
-use crate::pass::{AttentionBn, Pass, PassArgs, PassShapes, PassSizes};
+use crate::pass::{feature_shape, AttentionBn, HeadTensors, Pass, PassArgs, PassShapes, PassSizes};
 use crate::state::{network_state, table_state, Named};
 pub use crate::task::Task;
 
@@ -332,61 +332,46 @@ impl WsDan {
     }
 
     fn feature_shape(&self) -> (usize, usize, usize) {
-        let g = &self.pass.net.graph;
-        let f = g.activations[g.mixed_6e];
-        (f.channels, f.height, f.width)
-    }
-
-    fn head_param(&self, index: usize) -> Tensor {
-        let e = self.heads.table.entry(index);
-        self.params.slice(e.offset, e.len())
-    }
-
-    fn head_grad(&self, index: usize) -> Tensor {
-        let e = self.heads.table.entry(index);
-        self.grads.slice(e.offset, e.len())
+        feature_shape(&self.pass.net)
     }
 
     /// What each pass reads beside its own buffers; `center`: whether it has the center loss.
     fn pass_args(&self, mode: BnMode, center: bool) -> PassArgs {
-        let (m, classes) = (self.config.maps, self.config.classes);
+        let heads = HeadTensors {
+            table: &self.heads.table,
+            params: self.params,
+            grads: self.grads,
+        };
         let running = |i: usize| {
             let e = &self.running_table.entries()[i];
             self.running.slice(e.offset, e.len())
         };
+        let [gamma, d_gamma] = heads.pair(self.heads.bn_weight);
+        let [beta, d_beta] = heads.pair(self.heads.bn_bias);
+        let (fc, fc_bias) = heads.classifier(self.heads.fc);
         PassArgs {
             shapes: PassShapes::new(
                 self.config.batch,
-                m,
+                self.config.maps,
                 self.feature_shape(),
-                classes,
+                self.config.classes,
                 center_rows(&self.config),
             ),
             center_loss: center.then_some(self.config.center_loss),
             task: self.config.task,
-            attention: [
-                self.head_param(self.heads.attention),
-                self.head_grad(self.heads.attention),
-            ],
+            attention: heads.pair(self.heads.attention),
             attention_bn: Some(AttentionBn {
                 params: BnParams {
-                    gamma: self.head_param(self.heads.bn_weight),
-                    beta: self.head_param(self.heads.bn_bias),
+                    gamma,
+                    beta,
                     running_mean: running(0),
                     running_var: running(1),
                 },
-                grads: [
-                    self.head_grad(self.heads.bn_weight),
-                    self.head_grad(self.heads.bn_bias),
-                ],
+                grads: [d_gamma, d_beta],
                 mode,
             }),
-            fc: [
-                self.head_param(self.heads.fc.0),
-                self.head_grad(self.heads.fc.0),
-                self.head_grad(self.heads.fc.1),
-            ],
-            fc_bias: self.head_param(self.heads.fc.1),
+            fc,
+            fc_bias,
             labels: self.labels,
             center_labels: self.center_labels,
             targets: self.targets,

@@ -15,7 +15,7 @@ use c2f_kernels::{Error, Result};
 use super::args::TrainArgs;
 use super::device::open_device;
 use super::distributed::{default_run_dir, join_job, launch_workers, no_cpu_ranks};
-use crate::config::{Machine, Preset, RunOptions, TrainConfig};
+use crate::config::{Machine, Preset, RunOptions, TrainConfig, WsDanCenters};
 use crate::data::spec::{DataSpec, OpenedData};
 use crate::train::{checkpoint_path, Accuracy, DataParallel, Evaluation, ModelKind, COARSE_FINE};
 use crate::upsampler::{UpsamplerKind, UpsamplerWeights};
@@ -24,6 +24,14 @@ use crate::upsampler::{UpsamplerKind, UpsamplerWeights};
 /// or trains alone.
 pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
     let models = model_list(&args.models)?;
+    let per_class = args.wsdan_centers == Some(WsDanCenters::PerClass);
+    if per_class && args.dataset == "celeba" && models.contains(&ModelKind::WsDan) {
+        return Err(Error::config(
+            "--wsdan-centers",
+            "per-class",
+            "CelebA's attributes have no classes to keep WS-DAN's centers for: use per-part",
+        ));
+    }
     if let Some(spec) = &args.gpus {
         return launch_workers(&args, spec, argv);
     }

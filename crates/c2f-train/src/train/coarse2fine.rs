@@ -11,7 +11,9 @@ use super::fit::build_and_fit;
 use super::init::{init_backbone, start_from_checkpoint, uniform_heads};
 use super::models::ModelKind;
 use super::parallel::DataParallel;
-use super::trainee::{BatchShare, GradsReady, StepResult, Trainee};
+use super::trainee::{
+    head_probabilities, write_batch, BatchShare, GradsReady, StepResult, Trainee,
+};
 use super::Evaluation;
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::Batch;
@@ -19,7 +21,7 @@ use crate::data::spec::OpenedData;
 use crate::model::{orthogonal_attention, Coarse2Fine, Coarse2FineConfig, Grads};
 use crate::pretrain::{start_upsampler, upsampler_origin};
 use crate::state::Named;
-use crate::task::{attribute_targets, Task};
+use crate::task::Task;
 use crate::upsampler::{attention_map_side, default_channels, UpsamplerOrigin};
 
 impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
@@ -49,37 +51,25 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
         share: &BatchShare,
         ready: &mut GradsReady<'_, B>,
     ) -> Result<StepResult> {
-        b.write(self.input(), &batch.images)?;
-        b.write_index(self.labels(), &batch.labels)?;
-        let targets = attribute_targets(&batch.attributes);
-        if self.config.task == Task::Attributes {
-            b.write(self.targets(), &targets)?;
-        }
+        let buffers = (self.input(), self.labels(), self.targets());
+        let targets = write_batch(b, batch, self.config.task, buffers)?;
         if let Some(chosen_maps) = self.chosen_maps() {
             let maps = self.config.maps as u64;
             let chosen: Vec<i32> = (0..share.global).map(|_| draw.below(maps) as i32).collect();
             b.write_index(chosen_maps, &chosen[share.slice.clone()])?;
         }
         self.zero_grads(b)?;
-        // Buffer indices as in `grads`: the backbone's, then the heads'.
-        let l = self.forward_backward_reporting(b, mode, &mut |b, grads| match grads {
-            Grads::Backbone(from) => ready(b, 0, from),
-            Grads::Heads(from) => ready(b, 1, from),
+        let l = self.forward_backward_reporting(b, mode, &mut |b, grads: Grads| {
+            let (buffer, from) = grads.buffer();
+            ready(b, buffer, from)
         })?;
         let losses = if self.has_fine_pass() {
             vec![l.coarse, l.fine, l.center_coarse, l.center_fine]
         } else {
             vec![l.coarse, l.center_coarse]
         };
-        Ok(StepResult {
-            losses,
-            correct: self.config.task.count_correct(
-                b,
-                self.predictions()[0],
-                &batch.labels,
-                &targets,
-            )?,
-        })
+        let coarse = self.predictions()[0];
+        StepResult::counted(b, losses, self.config.task, coarse, (batch, &targets))
     }
 
     fn grads(&self) -> Vec<Tensor> {
@@ -101,11 +91,7 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
     fn probabilities(&mut self, b: &mut B, images: &[f32]) -> Result<Vec<Vec<f64>>> {
         b.write(self.input(), images)?;
         self.infer(b)?;
-        let (task, outputs) = (self.config.task, self.config.classes);
-        self.logits()
-            .into_iter()
-            .map(|logits| Ok(task.probabilities(&b.read(logits)?, outputs)))
-            .collect()
+        head_probabilities(b, self.config.task, self.config.classes, &self.logits())
     }
 
     fn task(&self) -> Task {

@@ -40,6 +40,6 @@ pub use models::{ModelKind, Trainer};
 pub use parallel::{rank_config, DataParallel};
 pub use resume::{checkpoint_path, dataset_fingerprint};
 pub use trainee::{BatchShare, GradsReady, StepResult, Trainee};
-pub use wsdan::{build_wsdan, draw_augmentation, init_wsdan, train_wsdan};
+pub use wsdan::{build_wsdan, draw_augmentation, init_wsdan};
 
 pub use crate::config::{BnPolicy, Machine, Preset, RunOptions, Schedule, TrainConfig};

@@ -9,10 +9,11 @@ use super::coarse2fine::{build_coarse_only, init_coarse2fine, train_coarse2fine}
 use super::evaluate::{Evaluation, COARSE_FINE, RAW_REFINED};
 use super::fit::build_and_fit;
 use super::parallel::DataParallel;
-use super::wsdan::train_wsdan;
+use super::wsdan::{build_wsdan, init_wsdan};
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::spec::OpenedData;
 use crate::model::Coarse2Fine;
+use crate::wsdan::WsDan;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
@@ -79,7 +80,10 @@ impl ModelKind {
                 let init = |b: &mut B, model: &Coarse2Fine| init_coarse2fine(b, model, cfg, run);
                 build_and_fit(b, cfg, run, data, dp, build_coarse_only, init)
             },
-            ModelKind::WsDan => train_wsdan,
+            ModelKind::WsDan => |b, cfg, run, data, dp| {
+                let init = |b: &mut B, model: &WsDan| init_wsdan(b, model, run);
+                build_and_fit(b, cfg, run, data, dp, build_wsdan, init)
+            },
             ModelKind::Baseline => train_baseline,
         }
     }

@@ -7,17 +7,15 @@ use c2f_inception::network::SgdRule;
 use c2f_kernels::rng::SplitMix64;
 use c2f_kernels::Result;
 
-use super::fit::build_and_fit;
 use super::init::{init_backbone, start_from_checkpoint, uniform_heads};
 use super::models::ModelKind;
-use super::parallel::DataParallel;
-use super::trainee::{BatchShare, GradsReady, StepResult, Trainee};
-use super::Evaluation;
+use super::trainee::{
+    head_probabilities, write_batch, BatchShare, GradsReady, StepResult, Trainee,
+};
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::Batch;
-use crate::data::spec::OpenedData;
 use crate::state::Named;
-use crate::task::{attribute_targets, Task};
+use crate::task::Task;
 use crate::wsdan::{
     Augmentation, Grads, MapChoice, WsDan, WsDanConfig, CROP_THRESHOLDS, DROP_THRESHOLDS,
 };
@@ -53,28 +51,17 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for WsDan {
         share: &BatchShare,
         ready: &mut GradsReady<'_, B>,
     ) -> Result<StepResult> {
-        b.write(self.input(), &batch.images)?;
-        b.write_index(self.labels(), &batch.labels)?;
-        let targets = attribute_targets(&batch.attributes);
-        if self.config.task == Task::Attributes {
-            b.write(self.targets(), &targets)?;
-        }
+        let buffers = (self.input(), self.labels(), self.targets());
+        let targets = write_batch(b, batch, self.config.task, buffers)?;
         let aug = draw_augmentation(draw, share);
         self.zero_grads(b)?;
-        // Buffer indices as in `grads`: the backbone's, then the heads'.
-        let l = self.forward_backward_reporting(b, mode, &aug, &mut |b, grads| match grads {
-            Grads::Backbone(from) => ready(b, 0, from),
-            Grads::Heads(from) => ready(b, 1, from),
+        let l = self.forward_backward_reporting(b, mode, &aug, &mut |b, grads: Grads| {
+            let (buffer, from) = grads.buffer();
+            ready(b, buffer, from)
         })?;
-        Ok(StepResult {
-            losses: vec![l.raw, l.crop, l.drop, l.center],
-            correct: self.config.task.count_correct(
-                b,
-                self.predictions()[0],
-                &batch.labels,
-                &targets,
-            )?,
-        })
+        let losses = vec![l.raw, l.crop, l.drop, l.center];
+        let raw = self.predictions()[0];
+        StepResult::counted(b, losses, self.config.task, raw, (batch, &targets))
     }
 
     fn grads(&self) -> Vec<Tensor> {
@@ -96,11 +83,9 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for WsDan {
     fn probabilities(&mut self, b: &mut B, images: &[f32]) -> Result<Vec<Vec<f64>>> {
         b.write(self.input(), images)?;
         self.infer(b)?;
-        let (task, outputs) = (self.config.task, self.config.classes);
-        self.logits()[..2]
-            .iter()
-            .map(|&logits| Ok(task.probabilities(&b.read(logits)?, outputs)))
-            .collect()
+        // After inference the raw and the refined logits.
+        let logits = &self.logits()[..2];
+        head_probabilities(b, self.config.task, self.config.classes, logits)
     }
 
     fn task(&self) -> Task {
@@ -168,17 +153,4 @@ pub fn init_wsdan<B: Backend<Scalar = f32>>(
         b.fill(stat.tensor, fresh)?;
     }
     b.fill(model.center_bank(), 0.0)
-}
-
-/// Builds, initialises (or resumes) and trains WS-DAN, as
-/// [`train_coarse2fine`](super::train_coarse2fine) does Coarse2Fine.
-pub fn train_wsdan<B: Backend<Scalar = f32>>(
-    b: &mut B,
-    cfg: &TrainConfig,
-    run: &RunOptions,
-    data: &OpenedData,
-    dp: Option<&mut DataParallel<'_, B>>,
-) -> Result<Option<Evaluation>> {
-    let init = |b: &mut B, model: &WsDan| init_wsdan(b, model, run);
-    build_and_fit(b, cfg, run, data, dp, build_wsdan, init)
 }
