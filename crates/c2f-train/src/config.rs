@@ -197,8 +197,9 @@ pub enum Preset {
 
 impl Preset {
     /// The preset on `machine`, for the 200 classes of CUB-200-2011 (a run sets its data's).
-    /// Both presets share M = 8 maps, momentum 0.9, weight decay 1e-5, β = 0.05, BatchNorm
-    /// training, the learnable up-sampler and the orthogonal attention start.
+    /// Both presets share M = 8 maps (WS-DAN's 32, one center per part), momentum 0.9, weight
+    /// decay 1e-5, β = 0.05, BatchNorm training, the learnable up-sampler and the orthogonal
+    /// attention start.
     pub fn config(self, machine: Machine) -> TrainConfig {
         let (epochs, batch, input_size, width) = match (machine, self) {
             (Machine::Cpu, Preset::FromScratchDemo) => (16, 16, 96, 0.25),
