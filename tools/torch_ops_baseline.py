@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch on the GPU, the peer of the small-op kernel benches: the same op, shape and step
 (forward then backward, or one update) as the Rust benches in `benches/{sgd,axpby,softmax_ce,
-sigmoid_bce,mask}.rs`, written as a PyTorch user writes it (autograd for the gradients, the
+sigmoid_bce,mask,augment}.rs`, written as a PyTorch user writes it (autograd for the gradients, the
 optimizer's for-loop, foreach and fused SGD). Timed with CUDA events over 50 calls after 3
 warm-up calls, as the Rust benches' summary lines are; prints one line per case:
 
@@ -107,6 +107,73 @@ def cases(torch):
         mk = torch.where(top > 0, u.clamp_min(0) / top, torch.ones_like(u))
         return torch.autograd.grad(mk * image, u, dxf)
     yield "mask_gpu_f32", "mask_B64_C3_299x299", "autograd", mask
+    yield from augment_cases(torch, rand)
+
+
+def augment_cases(torch, rand):
+    """WS-DAN's augmentation: benches/augment.rs, batch 64, 32 maps, its boxes and thresholds."""
+    F = torch.nn.functional
+    dev = "cuda"
+    try:
+        import torchvision
+    except ImportError:
+        torchvision = None
+    gen = torch.Generator(device="cpu").manual_seed(7)
+    for side, map_side in [(299, 17), (448, 26)]:
+        x = rand(64, 3, side, side)
+        # Boxes of 0.4 to 0.9 of each side, as the Rust bench's (other draws, the same sizes).
+        length = (side * (0.4 + 0.5 * torch.rand(64, 2, generator=gen))).long().clamp_min(1)
+        start = (torch.rand(64, 2, generator=gen) * (side - length + 1)).long()
+        boxes = torch.cat([start, start + length], dim=1).tolist()  # y0, x0, y1, x1
+
+        def crop_loop(x=x, boxes=boxes, side=side):
+            return torch.cat([F.interpolate(x[i:i + 1, :, y0:y1, x0:x1], size=(side, side),
+                                            mode="bilinear", align_corners=True)
+                              for i, (y0, x0, y1, x1) in enumerate(boxes)])
+        yield "augment_gpu_f32", f"crop_B64_C3_{side}x{side}", "loop", crop_loop
+        # roi_align samples each output bin's centre, not the align_corners grid: the same
+        # work, not the same values.
+        if torchvision is not None:
+            rois = torch.tensor([[i, x0, y0, x1 - 1, y1 - 1] for i, (y0, x0, y1, x1)
+                                 in enumerate(boxes)], dtype=torch.float, device=dev)
+            yield "augment_gpu_f32", f"crop_B64_C3_{side}x{side}", "roi_align", \
+                lambda x=x, rois=rois, side=side: torchvision.ops.roi_align(
+                    x, rois, (side, side), sampling_ratio=1, aligned=False)
+
+        maps = rand(64, 1, map_side, map_side).clamp_min(0)
+        theta_d = torch.empty(64, 1, 1, 1, device=dev).uniform_(0.2, 0.5)
+
+        def up(m, side=side):
+            lo = m.amin(dim=(2, 3), keepdim=True)
+            hi = m.amax(dim=(2, 3), keepdim=True)
+            return F.interpolate((m - lo) / (hi - lo), size=(side, side), mode="bilinear",
+                                 align_corners=True)
+        yield "augment_gpu_f32", f"drop_B64_C3_{side}x{side}_maps{map_side}x{map_side}", \
+            "eager", lambda x=x, maps=maps, t=theta_d: x * (up(maps) < t)
+
+        a = rand(64, 32, map_side, map_side).clamp_min(0)
+        draws = torch.rand(64, 1, device=dev)
+        theta_c = torch.empty(64, 1, 1, device=dev).uniform_(0.4, 0.6)
+        rows = torch.arange(64, device=dev)
+        pixels = torch.arange(side, device=dev)
+
+        def boxes_step(a=a, draws=draws, t=theta_c, side=side):
+            w = (a.sum(dim=(2, 3)).clamp_min(0) + 1e-12).sqrt()
+            cdf = w.cumsum(1)
+            k = torch.searchsorted(cdf, draws * cdf[:, -1:], right=True).clamp_max(31)
+            hit = up(a[rows, k[:, 0]].unsqueeze(1))[:, 0] >= t
+            found = []
+            for axis in (2, 1):  # rows, then columns
+                any_hit = hit.any(axis)
+                first = torch.where(any_hit, pixels, side).amin(1)
+                last = torch.where(any_hit, pixels, -1).amax(1)
+                found += [first, last]
+            pad = int(0.1 * side)
+            return torch.stack([(found[0] - pad).clamp_min(0), (found[2] - pad).clamp_min(0),
+                                (found[1] + 1 + pad).clamp_max(side),
+                                (found[3] + 1 + pad).clamp_max(side)], dim=1)
+        yield "augment_gpu_f32", f"boxes_B64_M32_{map_side}x{map_side}_to{side}", "eager", \
+            boxes_step
 
 
 def measure() -> None:

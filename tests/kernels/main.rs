@@ -8,9 +8,11 @@
 mod common {
     pub mod child;
     pub mod gpu_tests;
+    pub mod recorded;
     pub mod skip;
 }
 
+mod augment;
 mod axpby;
 mod bap;
 mod batch_norm;

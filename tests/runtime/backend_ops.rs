@@ -1,10 +1,11 @@
 //! The CPU backend's Coarse2Fine ops (BAP, center loss, transposed conv, axpby, and the fine
-//! branch's ReLU, map choice, resize and mask) are the kernels crate's CPU references behind
+//! branch's ReLU, map choice, resize and mask) and WS-DAN's augmentation ops are the kernels crate's CPU references behind
 //! the `Backend` interface: each wrapper must hand every operand to the right place. Each is checked against a direct call of its reference on the same
 //! random inputs, with the operands carved out of one shared buffer.
 
 use c2f_inception::backend::{prelude::*, Tensor};
 use c2f_inception::cpu::CpuBackend;
+use c2f_kernels::augment::{self, AugmentShape};
 use c2f_kernels::bap::{self, BapShape};
 use c2f_kernels::center_loss::{self, CenterLossParams, CenterLossShape};
 use c2f_kernels::conv_transpose::{self, ConvTransposeParams};
@@ -246,4 +247,64 @@ fn fine_branch_wrappers() {
     )
     .unwrap();
     assert_eq!(a.read(du), duv);
+}
+
+#[test]
+fn augment_wrappers() {
+    let mut a = Arena::new();
+    let s = AugmentShape {
+        batch: 3,
+        channels: 2,
+        height: 9,
+        width: 7,
+        map_height: 4,
+        map_width: 3,
+    };
+    let (maps, mapsv) = a.random(s.map_len(), 0.0, 1.0);
+    let (thresholds, thresholdsv) = a.random(3, 0.3, 0.6);
+    let boxes = a.cpu.alloc_index(12).unwrap();
+    a.cpu
+        .attention_boxes(&s, 0.1, maps, thresholds, boxes)
+        .unwrap();
+    let mut boxesv = vec![0; 12];
+    augment::attention_boxes_cpu(&s, 0.1, &mapsv, &thresholdsv, &mut boxesv).unwrap();
+    assert_eq!(a.cpu.read_index(boxes).unwrap(), boxesv);
+    assert_ne!(
+        boxesv,
+        [0, 0, 9, 7].repeat(3),
+        "every box is the whole image"
+    );
+
+    let (x, xv) = a.random(s.image_len(), -1.0, 1.0);
+    let (y, _) = a.random(s.image_len(), -1.0, 1.0);
+    a.cpu.crop_resize(&s, x, boxes, y).unwrap();
+    let mut yv = vec![0.0; s.image_len()];
+    augment::crop_resize_cpu(&s, &xv, &boxesv, &mut yv).unwrap();
+    assert_eq!(a.read(y), yv);
+    a.cpu.drop_mask(&s, maps, thresholds, x, y).unwrap();
+    augment::drop_mask_cpu(&s, &mapsv, &thresholdsv, &xv, &mut yv).unwrap();
+    assert_eq!(a.read(y), yv);
+    // The output may not overlap the image.
+    let overlapping = Tensor {
+        offset: x.offset + 1,
+        ..x
+    };
+    let e = a.cpu.crop_resize(&s, x, boxes, overlapping).unwrap_err();
+    assert!(e.to_string().contains("overlaps"), "{e}");
+    let e = a.cpu.drop_mask(&s, maps, thresholds, x, x).unwrap_err();
+    assert!(e.to_string().contains("overlaps"), "{e}");
+
+    let ms = MapShape {
+        batch: 3,
+        maps: 5,
+        height: 2,
+        width: 3,
+    };
+    let (all, allv) = a.random(ms.maps_len(), 0.0, 1.0);
+    let (draws, drawsv) = a.random(3, 0.0, 1.0);
+    let picks = a.cpu.alloc_index(3).unwrap();
+    a.cpu.maps_by_mass(&ms, all, draws, picks).unwrap();
+    let mut picksv = vec![-1; 3];
+    augment::maps_by_mass_cpu(&ms, &allv, &drawsv, &mut picksv).unwrap();
+    assert_eq!(a.cpu.read_index(picks).unwrap(), picksv);
 }

@@ -15,6 +15,7 @@ use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_inception::cuda::{AlgorithmChoice, ConvAlgorithms, CudaBackend};
 use c2f_inception::spec::Graph;
+use c2f_kernels::augment::AugmentShape;
 use c2f_kernels::bap::BapShape;
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
 use c2f_kernels::center_loss::{CenterLossParams, CenterLossShape};
@@ -659,6 +660,81 @@ fn fine_branch_ops_match_cpu() {
         b.mask_backward(&ks, big, image, dmasked, u_max, argmax, du)
     });
     p.check("mask backward", du);
+}
+
+/// WS-DAN's augmentation ops: the kernels do the CPU's f32 arithmetic, so boxes, map indices,
+/// crops and drops are the CPU backend's bit for bit.
+#[test]
+fn augment_ops_match_cpu() {
+    let gpu = or_return!(cuda_or_skip("augment_ops_match_cpu"));
+    let mut p = Pair::new(gpu);
+    let s = AugmentShape {
+        batch: 4,
+        channels: 3,
+        height: 45,
+        width: 38,
+        map_height: 17,
+        map_width: 17,
+    };
+    let ms = MapShape {
+        batch: 4,
+        maps: 6,
+        height: 17,
+        width: 17,
+    };
+    // Attention maps as WS-DAN's: a blob of its own size and place in each, with zeros around
+    // (so the boxes are smaller than the image) and masses that differ.
+    let mut blobs = Vec::with_capacity(ms.maps_len());
+    for _ in 0..ms.batch * ms.maps {
+        let (cy, cx) = (p.rng.uniform(0.0, 17.0), p.rng.uniform(0.0, 17.0));
+        let (spread, height) = (p.rng.uniform(5.0, 40.0), p.rng.uniform(0.2, 3.0));
+        for i in 0..17 {
+            for j in 0..17 {
+                let d = (i as f64 - cy).powi(2) + (j as f64 - cx).powi(2);
+                blobs.push((height * (-d / spread).exp() - 0.1).max(0.0) as f32);
+            }
+        }
+    }
+    let all = p.tensor(ms.maps_len(), 1);
+    p.write(all, &blobs);
+    let draws = p.random(4, 0.0, 1.0, 1);
+    let picks = p.cpu.alloc_index(4).unwrap();
+    assert_eq!(picks, p.gpu.alloc_index(4).unwrap());
+    p.run("maps by mass", |b| b.maps_by_mass(&ms, all, draws, picks));
+    let k = p.cpu.read_index(picks).unwrap();
+    assert_eq!(k, p.gpu.read_index(picks).unwrap(), "map indices");
+    let maps = p.random(s.map_len(), 1e3, 2e3, 1);
+    for b in [&mut p.cpu as &mut dyn Backend<Scalar = f32>, &mut p.gpu] {
+        b.write_index(picks, &k).unwrap();
+        b.select_map_forward(&ms, all, picks, maps).unwrap();
+    }
+    let thresholds = p.random(4, 0.4, 0.6, 1);
+    let boxes = p.cpu.alloc_index(16).unwrap();
+    assert_eq!(boxes, p.gpu.alloc_index(16).unwrap());
+    p.run("attention boxes", |b| {
+        b.attention_boxes(&s, 0.1, maps, thresholds, boxes)
+    });
+    let cpu_boxes = p.cpu.read_index(boxes).unwrap();
+    assert_eq!(cpu_boxes, p.gpu.read_index(boxes).unwrap(), "boxes");
+    let whole = [0, 0, 45, 38];
+    assert!(cpu_boxes.chunks(4).all(|b| b != whole), "{cpu_boxes:?}");
+    let x = p.random(s.image_len(), -1.0, 1.0, 1);
+    let y = p.random(s.image_len(), 1e3, 2e3, 1);
+    let exact = |p: &mut Pair, what: &str| {
+        let (cpu, gpu) = (p.cpu.read(y).unwrap(), p.gpu.read(y).unwrap());
+        assert!(cpu.iter().all(|v| v.is_finite()), "{what}");
+        let same = cpu
+            .iter()
+            .zip(&gpu)
+            .all(|(c, g)| c.to_bits() == g.to_bits());
+        assert!(same, "{what}: CUDA differs from the CPU");
+    };
+    p.run("crop resize", |b| b.crop_resize(&s, x, boxes, y));
+    exact(&mut p, "crop resize");
+    let y_again = p.cpu.read(y).unwrap();
+    p.run("drop mask", |b| b.drop_mask(&s, maps, thresholds, x, y));
+    exact(&mut p, "drop mask");
+    assert_ne!(p.cpu.read(y).unwrap(), y_again);
 }
 
 #[test]

@@ -31,7 +31,7 @@ use rayon::prelude::*;
 
 use crate::device::{elementwise, grid, Gpu};
 use crate::element::Element;
-use crate::error::{check_len, Error, Result};
+use crate::error::{check_len, check_shape, Error, Result};
 use crate::launch;
 use crate::map_select::MapShape;
 use crate::Real;
@@ -73,7 +73,7 @@ impl AugmentShape {
         self.batch * self.map_hw()
     }
 
-    /// Refuses a zero size (naming the field) and images or maps beyond 32-bit indexing.
+    /// Refuses a zero size (naming the field), and images or maps beyond 32-bit indexing.
     pub fn validate(&self) -> Result<()> {
         let fields = [
             ("batch", self.batch),
@@ -88,28 +88,11 @@ impl AugmentShape {
                 "augment shape has {name} 0: {self:?}"
             )));
         }
-        let extents = [
-            (
-                "batch·channels·height·width",
-                [self.batch, self.channels, self.height, self.width],
-            ),
-            (
-                "batch·map_height·map_width",
-                [self.batch, 1, self.map_height, self.map_width],
-            ),
-        ];
-        for (what, factors) in extents {
-            let fits = factors
-                .iter()
-                .try_fold(1usize, |n, &f| n.checked_mul(f))
-                .is_some_and(|n| n <= i32::MAX as usize);
-            if !fits {
-                return Err(Error::Shape(format!(
-                    "augment shape's {what} is beyond 32-bit indexing: {self:?}"
-                )));
-            }
-        }
-        Ok(())
+        let (image, maps) = (
+            [self.batch, self.channels, self.height, self.width],
+            [self.batch, self.map_height, self.map_width],
+        );
+        check_shape("augment shape", self, &[], &[&image, &maps])
     }
 
     fn check_maps(&self, maps: usize, thresholds: usize) -> Result<()> {
