@@ -184,8 +184,9 @@ PY
   local binary module filter
   while read -r binary module; do
     filter="$module::"
-    # The CLI's other tests are CPU runs that CI made; only its GPU one is for this machine.
-    [ "$module" = cli ] && filter="cli::gpu_"
+    # The CLI's and WS-DAN's other tests are CPU runs that CI made; only their GPU ones are for
+    # this machine.
+    case "$module" in cli | wsdan) filter="$module::gpu_" ;; esac
     run_step "test $module" 90 "$logs/test-$module.txt" "$bins/tests/$binary" "$filter" \
       --test-threads=1 --nocapture
   done <"$bins/tests/MODULES"

@@ -1,13 +1,15 @@
 //! The trainer's data-parallel loop (`fit`) on CPU thread ranks (`ThreadCollective`, each
 //! rank with its own backend and model) against one worker with the same config: BatchNorm on
 //! running statistics (so splitting the batch changes nothing), 2 epochs of 2 steps on a tiny
-//! synthetic set, Coarse2Fine and the coarse-only model. Ranks other than 0 start from random
-//! state, which rank 0's broadcast replaces. Afterwards every state tensor (parameters, momentum, statistics, center
-//! banks) of every rank is within 1e-5 relative (norm-wise, per tensor) of the one worker's,
-//! the ranks hold the same bits, rank 0 wrote the checkpoint (its state, bit for bit) and the
-//! metrics with the global batch's loss and training accuracy, and the other ranks wrote
-//! nothing. A global batch that does not split over the ranks is refused. Each gradient
-//! bucket's all-reduce starts during backward, once the bucket is complete.
+//! synthetic set, Coarse2Fine, the coarse-only model and WS-DAN (whose augmentation draws for
+//! the global batch, each rank using its slice). Ranks other than 0 start from random state,
+//! which rank 0's broadcast replaces. Afterwards every state tensor (parameters, momentum,
+//! statistics, center banks) of every rank is within 1e-5 relative (norm-wise, per tensor;
+//! WS-DAN 1e-3) of the one worker's, the ranks hold the same bits, rank 0 wrote the checkpoint
+//! (its state, bit for bit) and the metrics with the global batch's loss and training
+//! accuracy, and the other ranks wrote nothing. A global batch that does not split over the
+//! ranks is refused. Each gradient bucket's all-reduce starts during backward, once the bucket
+//! is complete.
 
 use std::path::{Path, PathBuf};
 
@@ -23,9 +25,11 @@ use c2f_train::data::image_io::DEFAULT_MAX_PIXELS;
 use c2f_train::data::spec::OpenedData;
 use c2f_train::model::Coarse2Fine;
 use c2f_train::train::{
-    build_coarse2fine, build_coarse_only, checkpoint_path, fit, init_coarse2fine, rank_config,
-    Accuracy, BnPolicy, DataParallel, RunOptions, TrainConfig, Trainee,
+    build_coarse2fine, build_coarse_only, build_wsdan, checkpoint_path, fit, init_coarse2fine,
+    init_wsdan, rank_config, Accuracy, BnPolicy, DataParallel, ModelKind, RunOptions, TrainConfig,
+    Trainee,
 };
+use c2f_train::wsdan::WsDan;
 
 const GLOBAL_BATCH: usize = 8;
 const EPOCHS: usize = 2;
@@ -90,61 +94,95 @@ fn read_state<M: Trainee<CpuBackend<f32>>>(b: &mut CpuBackend<f32>, model: &M) -
         .collect()
 }
 
-/// Coarse2Fine (`fine`), or the coarse-only model, of `cfg`.
-fn build(b: &mut CpuBackend<f32>, cfg: &TrainConfig, fine: bool) -> Coarse2Fine {
-    if fine {
-        build_coarse2fine(b, cfg).unwrap()
-    } else {
-        build_coarse_only(b, cfg).unwrap()
+type Cpu = CpuBackend<f32>;
+
+/// Builds the model `kind` of `cfg` and hands it, with what initialises a fresh one, to
+/// `work`.
+fn with_model<T>(b: &mut Cpu, cfg: &TrainConfig, kind: ModelKind, work: impl ModelWork<T>) -> T {
+    let unused = run_options(Path::new("unused"));
+    match kind {
+        ModelKind::Coarse2Fine | ModelKind::CoarseOnly => {
+            let model = match kind {
+                ModelKind::Coarse2Fine => build_coarse2fine(b, cfg),
+                _ => build_coarse_only(b, cfg),
+            }
+            .unwrap();
+            let init =
+                |b: &mut Cpu, m: &Coarse2Fine| init_coarse2fine(b, m, &config(), &unused).unwrap();
+            work.run(b, model, init)
+        }
+        ModelKind::WsDan => {
+            let model = build_wsdan(b, cfg).unwrap();
+            let init = |b: &mut Cpu, m: &WsDan| init_wsdan(b, m, &unused).unwrap();
+            work.run(b, model, init)
+        }
+        ModelKind::Baseline => unreachable!("the baseline has no center banks to test here"),
     }
 }
 
-/// Trains one worker (`dp` = `None`) or one rank of Coarse2Fine (`fine`) or the coarse-only
-/// model into `dir`; its final state and accuracy. A rank other than 0 starts from random
-/// values everywhere.
+/// What [`with_model`] does with a model of any type.
+trait ModelWork<T> {
+    fn run<M: Trainee<Cpu>>(self, b: &mut Cpu, model: M, init: impl FnOnce(&mut Cpu, &M)) -> T;
+}
+
+/// Trains one worker (`dp` = `None`) or one rank into `dir`: its final state and accuracy. A
+/// rank other than 0 starts from random values everywhere.
+struct Train<'a, 'd> {
+    data: &'a OpenedData,
+    dir: &'a Path,
+    dp: Option<DataParallel<'d, Cpu>>,
+}
+
+impl ModelWork<(State, Option<Accuracy>)> for Train<'_, '_> {
+    fn run<M: Trainee<Cpu>>(
+        mut self,
+        b: &mut Cpu,
+        mut model: M,
+        init: impl FnOnce(&mut Cpu, &M),
+    ) -> (State, Option<Accuracy>) {
+        match self.dp.as_ref().map(|dp| dp.rank()) {
+            None | Some(0) => init(b, &model),
+            Some(rank) => {
+                let mut rng = SplitMix64(100 + rank as u64);
+                for n in &model.state() {
+                    let poison: Vec<f32> = (0..n.tensor.len)
+                        .map(|_| rng.uniform(-1.0, 1.0) as f32)
+                        .collect();
+                    b.write(n.tensor, &poison).unwrap();
+                }
+            }
+        }
+        let run = run_options(self.dir);
+        let accuracy = fit(b, &mut model, &config(), &run, self.data, self.dp.as_mut()).unwrap();
+        (read_state(b, &model), accuracy.map(|e| e.accuracy))
+    }
+}
+
+/// The state a fresh model starts from.
+struct Initial;
+
+impl ModelWork<State> for Initial {
+    fn run<M: Trainee<Cpu>>(self, b: &mut Cpu, model: M, init: impl FnOnce(&mut Cpu, &M)) -> State {
+        init(b, &model);
+        read_state(b, &model)
+    }
+}
+
+/// Trains one worker (`dp` = `None`) or one rank of the model `kind` into `dir`: its final
+/// state and accuracy.
 fn train(
     data: &OpenedData,
     dir: &Path,
-    fine: bool,
-    mut dp: Option<DataParallel<'_, CpuBackend<f32>>>,
+    kind: ModelKind,
+    dp: Option<DataParallel<'_, Cpu>>,
 ) -> (State, Option<Accuracy>) {
-    let cfg = config();
-    let mut b = CpuBackend::<f32>::new();
-    let mut model = build(&mut b, &rank_config(&cfg, dp.as_ref()).unwrap(), fine);
-    let state = Trainee::<CpuBackend<f32>>::state(&model);
-    match dp.as_ref().map(|dp| dp.rank()) {
-        None | Some(0) => {
-            init_coarse2fine(&mut b, &model, &cfg, &run_options(Path::new("unused"))).unwrap()
-        }
-        Some(rank) => {
-            let mut rng = SplitMix64(100 + rank as u64);
-            for n in &state {
-                let poison: Vec<f32> = (0..n.tensor.len)
-                    .map(|_| rng.uniform(-1.0, 1.0) as f32)
-                    .collect();
-                b.write(n.tensor, &poison).unwrap();
-            }
-        }
-    }
-    let accuracy = fit(
-        &mut b,
-        &mut model,
-        &cfg,
-        &run_options(dir),
-        data,
-        dp.as_mut(),
-    )
-    .unwrap();
-    (read_state(&mut b, &model), accuracy.map(|e| e.accuracy))
+    let cfg = rank_config(&config(), dp.as_ref()).unwrap();
+    with_model(&mut Cpu::new(), &cfg, kind, Train { data, dir, dp })
 }
 
-/// The state a fresh run of Coarse2Fine (`fine`) or the coarse-only model starts from.
-fn initial_state(fine: bool) -> State {
-    let cfg = config();
-    let mut b = CpuBackend::<f32>::new();
-    let model = build(&mut b, &cfg, fine);
-    init_coarse2fine(&mut b, &model, &cfg, &run_options(Path::new("unused"))).unwrap();
-    read_state(&mut b, &model)
+/// The state a fresh run of the model `kind` starts from.
+fn initial_state(kind: ModelKind) -> State {
+    with_model(&mut Cpu::new(), &config(), kind, Initial)
 }
 
 /// ‖a − b‖ / ‖b‖, or ‖a‖ when `b` is zero.
@@ -165,24 +203,36 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-/// `world` thread ranks against `single`, the one worker's result in `single_dir`, of
-/// Coarse2Fine (`fine`) or the coarse-only model.
+/// How far (relative, per tensor) the ranks' state may end from the one worker's. WS-DAN's
+/// lands further than Coarse2Fine's: its three passes a step, and its crops and drops cut at
+/// thresholds of min-max normalised maps, carry the ranks' rounding (their convolutions sum
+/// over another batch) further, up to 1.3e-4 here; its ranks using the wrong slice of the
+/// global batch's draws land near 1.
+fn tolerance(kind: ModelKind) -> f64 {
+    match kind {
+        ModelKind::WsDan => 1e-3,
+        _ => 1e-5,
+    }
+}
+
+/// `world` thread ranks against `single`, the one worker's result in `single_dir`, of the
+/// model `kind`.
 fn assert_ranks_train_like_one_worker(
     data: &OpenedData,
     world: usize,
-    fine: bool,
+    kind: ModelKind,
     single: &(State, Option<Accuracy>),
     single_dir: &Path,
 ) {
     let dirs: Vec<PathBuf> = (0..world)
-        .map(|r| scratch(&format!("fine_{fine}_world{world}_rank{r}")))
+        .map(|r| scratch(&format!("{}_world{world}_rank{r}", kind.name())))
         .collect();
     let ranks: Vec<(State, Option<Accuracy>)> = std::thread::scope(|s| {
         let handles: Vec<_> = ThreadCollective::group(world)
             .into_iter()
             .zip(&dirs)
             .map(|(mut c, dir)| {
-                s.spawn(move || train(data, dir, fine, Some(DataParallel::new(&mut c))))
+                s.spawn(move || train(data, dir, kind, Some(DataParallel::new(&mut c))))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -211,7 +261,7 @@ fn assert_ranks_train_like_one_worker(
             worst = (err, dist.name.clone());
         }
         assert!(
-            err < 1e-5,
+            err < tolerance(kind),
             "world {world}, {}: relative error {err:e}",
             dist.name
         );
@@ -254,24 +304,29 @@ fn assert_ranks_train_like_one_worker(
 
 #[test]
 fn thread_ranks_train_like_one_worker() {
-    ranks_train_like_one_worker(true, &[2, 4]);
+    ranks_train_like_one_worker(ModelKind::Coarse2Fine, &[2, 4]);
 }
 
 /// The coarse-only model's ranks too: its gradients and its one center bank.
 #[test]
 fn coarse_only_thread_ranks_train_like_one_worker() {
-    ranks_train_like_one_worker(false, &[2]);
+    ranks_train_like_one_worker(ModelKind::CoarseOnly, &[2]);
 }
 
-/// One worker's run of Coarse2Fine (`fine`) or the coarse-only model, then each of `worlds`
-/// thread ranks against it.
-fn ranks_train_like_one_worker(fine: bool, worlds: &[usize]) {
+/// WS-DAN's ranks: each takes its slice of the global batch's crop and drop choices.
+#[test]
+fn wsdan_thread_ranks_train_like_one_worker() {
+    ranks_train_like_one_worker(ModelKind::WsDan, &[2]);
+}
+
+/// One worker's run of the model `kind`, then each of `worlds` thread ranks against it.
+fn ranks_train_like_one_worker(kind: ModelKind, worlds: &[usize]) {
     let data = synthetic();
-    let single_dir = scratch(&format!("fine_{fine}_single"));
-    let single = train(&data, &single_dir, fine, None);
-    assert_training_moved(&single.0, fine);
+    let single_dir = scratch(&format!("{}_single", kind.name()));
+    let single = train(&data, &single_dir, kind, None);
+    assert_training_moved(&single.0, kind);
     for &world in worlds {
-        assert_ranks_train_like_one_worker(&data, world, fine, &single, &single_dir);
+        assert_ranks_train_like_one_worker(&data, world, kind, &single, &single_dir);
     }
 }
 
@@ -279,15 +334,16 @@ fn ranks_train_like_one_worker(fine: bool, worlds: &[usize]) {
 /// can fail. The backbone moves least (the classifiers start 100× small, so its gradients are
 /// small), but the momentum buffers, compared too, are its gradients' sums: without the
 /// all-reduce each rank's would be off by order one.
-fn assert_training_moved(end: &State, fine: bool) {
-    let start = initial_state(fine);
+fn assert_training_moved(end: &State, kind: ModelKind) {
+    let start = initial_state(kind);
     let groups = [
         ("Conv2d", 3e-5),
         ("upsampler", 3e-5),
         ("attention", 1e-2),
-        ("fc_", 1e-2),
+        ("fc", 1e-2),
         ("centers", 1e-2),
     ];
+    let fine = kind == ModelKind::Coarse2Fine;
     for (group, least) in groups.into_iter().filter(|g| fine || g.0 != "upsampler") {
         let pick = |s: &State| -> Vec<f32> {
             s.iter()
@@ -298,10 +354,11 @@ fn assert_training_moved(end: &State, fine: bool) {
         let (end, begin) = (pick(end), pick(&start));
         assert!(!end.is_empty(), "no tensor named {group}*");
         let moved = relative(&end, &begin);
-        println!("fine pass {fine}, {group}: moved {moved:e}");
+        println!("{}, {group}: moved {moved:e}", kind.name());
         assert!(
             moved > least,
-            "fine pass {fine}, {group}: moved only {moved:e}"
+            "{}, {group}: moved only {moved:e}",
+            kind.name()
         );
     }
 }

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use crate::common::train::TINY_TRAIN;
 
-pub(super) fn scratch(name: &str) -> PathBuf {
+pub(crate) fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli_{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -23,11 +23,11 @@ fn c2f_binary() -> PathBuf {
     std::env::var_os("C2F_BIN").map_or_else(|| env!("CARGO_BIN_EXE_c2f").into(), PathBuf::from)
 }
 
-pub(super) fn c2f(args: &[&str]) -> Output {
+pub(crate) fn c2f(args: &[&str]) -> Output {
     Command::new(c2f_binary()).args(args).output().unwrap()
 }
 
-pub(super) fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -36,7 +36,7 @@ pub(super) fn text(out: &Output) -> String {
 }
 
 /// Runs `c2f` and asserts that it succeeded; its stdout and stderr.
-pub(super) fn c2f_ok(args: &[&str]) -> String {
+pub(crate) fn c2f_ok(args: &[&str]) -> String {
     let out = c2f(args);
     let log = text(&out);
     assert!(out.status.success(), "{log}");
@@ -44,14 +44,14 @@ pub(super) fn c2f_ok(args: &[&str]) -> String {
 }
 
 /// Runs `c2f` and asserts that it failed; its stdout and stderr.
-pub(super) fn c2f_refused(args: &[&str]) -> String {
+pub(crate) fn c2f_refused(args: &[&str]) -> String {
     let out = c2f(args);
     let log = text(&out);
     assert!(!out.status.success(), "{log}");
     log
 }
 
-pub(super) fn path(p: &Path) -> &str {
+pub(crate) fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
@@ -251,7 +251,7 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
 }
 
 /// `c2f predict` of one image with `checkpoint` on the CPU: its prediction lines.
-fn predictions_on_cpu(checkpoint: &Path, image: &Path) -> Vec<String> {
+pub(crate) fn predictions_on_cpu(checkpoint: &Path, image: &Path) -> Vec<String> {
     let log = c2f_ok(&[
         "predict",
         "--checkpoint",
@@ -265,7 +265,7 @@ fn predictions_on_cpu(checkpoint: &Path, image: &Path) -> Vec<String> {
 }
 
 /// `n` images the synthetic set writes in the CUB layout under `dir`.
-pub(super) fn synthetic_images(dir: &Path, n: usize) -> Vec<PathBuf> {
+pub(crate) fn synthetic_images(dir: &Path, n: usize) -> Vec<PathBuf> {
     let images = dir.join("images");
     let spec = c2f_train::data::synthetic::SyntheticConfig {
         classes: 3,
@@ -282,7 +282,11 @@ pub(super) fn synthetic_images(dir: &Path, n: usize) -> Vec<PathBuf> {
 
 /// Localization of `checkpoint`'s test split (the synthetic set's has boxes) on `device`: the
 /// table, which it checks, and the JSON file, written into `dir`.
-fn localize_json(checkpoint: &Path, device: &str, dir: &Path) -> (String, serde_json::Value) {
+pub(crate) fn localize_json(
+    checkpoint: &Path,
+    device: &str,
+    dir: &Path,
+) -> (String, serde_json::Value) {
     let json = dir.join("loc.json");
     let log = c2f_ok(&[
         "localize",
@@ -302,7 +306,7 @@ fn localize_json(checkpoint: &Path, device: &str, dir: &Path) -> (String, serde_
 
 /// Pictures of two of `checkpoint`'s test images and the contact sheet, on `device`, into
 /// `dir`: three decodable PNGs.
-fn two_pictures(checkpoint: &Path, device: &str, dir: &Path) {
+pub(crate) fn two_pictures(checkpoint: &Path, device: &str, dir: &Path) {
     let pictures = dir.join("pictures");
     c2f_ok(&[
         "visualize",
@@ -391,6 +395,42 @@ fn pretrained_and_bilinear_upsamplers_train() {
     assert!(log.contains("wrong.safetensors"), "{log}");
 }
 
+/// `c2f train` of [`TINY_TRAIN`]'s model for one epoch on 8 training and 6 test images of the
+/// synthetic set's first 3 classes into `run_dir`, with `args`: its output.
+pub(crate) fn train_tiny_synthetic(run_dir: &Path, args: &[&str]) -> String {
+    let synthetic = [
+        "--classes",
+        "3",
+        "--train-images",
+        "8",
+        "--test-images",
+        "6",
+        "--run-dir",
+        path(run_dir),
+    ];
+    c2f_ok(&[&TINY_TRAIN[..], &synthetic, args].concat())
+}
+
+/// The one epoch's metrics record of `model` in `run_dir`, whose loss terms `terms` are each
+/// positive and sum to its loss.
+pub(crate) fn only_record(run_dir: &Path, model: &str, terms: &[&str]) -> serde_json::Value {
+    let metrics = crate::common::train::metrics(&run_dir.join(model));
+    assert_eq!(metrics.len(), 1);
+    let record = metrics[0].clone();
+    assert_eq!(record["model"], model);
+    let values: Vec<f64> = terms
+        .iter()
+        .map(|t| record[format!("loss_{t}")].as_f64().unwrap())
+        .collect();
+    let total = record["loss"].as_f64().unwrap();
+    assert!(values.iter().all(|&v| v > 0.0), "{record}");
+    assert!(
+        (values.iter().sum::<f64>() - total).abs() < 1e-9,
+        "{record}"
+    );
+    record
+}
+
 /// `--models coarse-only,both`: the coarse-only ablation, then Coarse2Fine and the baseline,
 /// each in its folder and its row, in that order; the coarse-only row and metrics have no fine
 /// or averaged accuracy; its checkpoint serves `eval`, `predict`, `localize` and `visualize`
@@ -399,19 +439,7 @@ fn pretrained_and_bilinear_upsamplers_train() {
 fn coarse_only_trains_and_serves_every_command() {
     let dir = scratch("coarse_only");
     let run_dir = dir.join("run");
-    let synthetic = [
-        "--models",
-        "coarse-only,both",
-        "--classes",
-        "3",
-        "--train-images",
-        "8",
-        "--test-images",
-        "6",
-        "--run-dir",
-        path(&run_dir),
-    ];
-    let log = c2f_ok(&[&TINY_TRAIN[..], &synthetic].concat());
+    let log = train_tiny_synthetic(&run_dir, &["--models", "coarse-only,both"]);
     let rows: Vec<&str> = log.lines().filter(|l| l.starts_with("| ")).collect();
     let labels: Vec<&str> = rows[2..]
         .iter()
@@ -427,21 +455,12 @@ fn coarse_only_trains_and_serves_every_command() {
         "{log}"
     );
     assert!(rows[2].contains("% | - | - | "), "{log}");
-    let metrics = crate::common::train::metrics(&run_dir.join("coarse-only"));
-    assert_eq!(metrics.len(), 1);
-    let record = &metrics[0];
-    assert_eq!(record["model"], "coarse-only");
+    let record = only_record(&run_dir, "coarse-only", &["coarse", "center_coarse"]);
     assert!(record["test_coarse"].as_f64().is_some(), "{record}");
     assert!(
         record["test_fine"].is_null() && record["loss_fine"].is_null(),
         "{record}"
     );
-    let (coarse, center) = (
-        record["loss_coarse"].as_f64().unwrap(),
-        record["loss_center_coarse"].as_f64().unwrap(),
-    );
-    let total = record["loss"].as_f64().unwrap();
-    assert!(coarse > 0.0 && center > 0.0 && (coarse + center - total).abs() < 1e-9);
 
     let checkpoint = run_dir.join("coarse-only/checkpoint.safetensors");
     let log = c2f_ok(&["eval", path(&checkpoint), "--device", "cpu"]);
@@ -474,12 +493,12 @@ fn coarse_only_trains_and_serves_every_command() {
 /// An unknown model name is refused before any data is made, naming it and every model.
 #[test]
 fn unknown_model_is_refused_listing_the_models() {
-    let out = c2f(&["train", "--models", "coarse2fine,wsdan"]);
+    let out = c2f(&["train", "--models", "coarse2fine,ws-dan"]);
     let log = text(&out);
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(
-        log.contains("--models wsdan: unknown model")
-            && log.contains("coarse2fine, coarse-only, baseline"),
+        log.contains("--models ws-dan: unknown model")
+            && log.contains("coarse2fine, coarse-only, wsdan, baseline"),
         "{log}"
     );
     assert!(!log.contains("train / "), "data was made: {log}");
@@ -584,9 +603,10 @@ fn celeba_attributes_train_eval_and_predict() {
         log.contains("celeba at") && log.contains("2 attributes, 8 train / 4 test images"),
         "{log}"
     );
-    // The per-attribute table, in the asked order, for both models.
+    // The per-attribute table, in the asked order, for the three models.
     for row in [
         "| Striped | Coarse2Fine |",
+        "| Striped | WS-DAN |",
         "| Striped | InceptionV3 baseline |",
         "| Red | Coarse2Fine |",
     ] {
@@ -682,11 +702,24 @@ fn data_seed_varies_the_data_apart_from_the_training() {
 /// status 1 and a message naming the flag, not as a shape error or a dump of an internal value.
 #[test]
 fn bad_flags_are_refused_naming_the_flag() {
-    let cases: [(&[&str], &str); 4] = [
+    let per_class_attributes = [
+        "train",
+        "--dataset",
+        "celeba",
+        "--data-root",
+        "/nonexistent",
+        "--wsdan-centers",
+        "per-class",
+    ];
+    let cases: [(&[&str], &str); 5] = [
         (&["train", "--batch", "0"], "--batch 0"),
         (&["train", "--maps", "0"], "--maps 0"),
         (&["train", "--width", "0"], "--width 0"),
         (&["train", "--dataset", "cub"], "needs --data-root"),
+        (
+            &per_class_attributes,
+            "--wsdan-centers per-class: CelebA's attributes",
+        ),
     ];
     for (args, expected) in cases {
         let out = c2f(args);

@@ -45,12 +45,13 @@ const ZERO_ALLOWED: [&str; 13] = [
 ];
 
 /// The numeric flags for which 0 means nothing: refused.
-const ZERO_REFUSED: [&str; 26] = [
+const ZERO_REFUSED: [&str; 27] = [
     "train --epochs",
     "train --batch",
     "train --size",
     "train --width",
     "train --maps",
+    "train --wsdan-maps",
     "train --classes",
     "train --train-images",
     "train --test-images",

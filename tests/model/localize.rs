@@ -12,9 +12,10 @@ use c2f_train::data::loader::{ImageSource, Item};
 use c2f_train::data::synthetic::SyntheticSet;
 use c2f_train::data::{BBox, Transform};
 use c2f_train::localize::{
-    box_filter, centered_baseline, extract_box, localize, metrics, to_input, to_original,
+    box_filter, centered_baseline, extract_box, localize, metrics, to_input, to_original, BoxRule,
     ImageInference, LocalizeConfig, Region,
 };
+use c2f_train::train::COARSE_FINE;
 use image::RgbImage;
 
 use crate::common::tiny::{synthetic, tiny_model};
@@ -237,7 +238,12 @@ fn metrics_by_hand() {
         inference(2, &[2, 2, 2], off, t),  // labels right, box wrong
         inference(0, &[1, 1, 1], off, t),  // both wrong
     ];
-    let m = metrics(&results, &LocalizeConfig::default());
+    let m = metrics(
+        &results,
+        &LocalizeConfig::default(),
+        BoxRule::Map,
+        COARSE_FINE,
+    );
     assert_eq!(m.images, 4);
     assert_eq!(m.accuracy.coarse, 0.5);
     assert_eq!(m.accuracy.fine, Some(0.25));
@@ -262,7 +268,12 @@ fn metrics_of_one_prediction() {
     let t = BBox::new(10.0, 10.0, 40.0, 40.0);
     let off = BBox::new(60.0, 60.0, 30.0, 30.0);
     let results = [inference(1, &[1], t, t), inference(0, &[1], off, t)];
-    let m = metrics(&results, &LocalizeConfig::default());
+    let m = metrics(
+        &results,
+        &LocalizeConfig::default(),
+        BoxRule::Map,
+        COARSE_FINE,
+    );
     assert_eq!(
         (m.accuracy.coarse, m.top1.coarse, m.error.coarse),
         (0.5, 0.5, 0.5)

@@ -4,9 +4,9 @@
 //! binary cross-entropy, no center loss), and both with the fine pass and without it (the
 //! coarse-only ablation), whose step is the coarse half of Coarse2Fine's.
 
+use crate::common::tiny::{golden_backbone, uniform, write_answers};
 use c2f_inception::backend::{prelude::*, BnMode, Tensor};
 use c2f_inception::cpu::CpuBackend;
-use c2f_inception::init::golden_init;
 use c2f_kernels::center_loss::{CenterLossParams, CenterRule};
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::testing::{rel_error, SplitMix64};
@@ -58,17 +58,9 @@ fn tiny_from<R: Real>(
         Coarse2Fine::coarse_only(&mut cpu, config)
     }
     .unwrap();
-    let net = model.backbone();
-    let mut params = vec![0.0f32; net.graph.params.total()];
-    let mut buffers = vec![0.0f32; net.graph.buffers.total()];
-    golden_init(&net.graph, &mut params, &mut buffers);
-    let widen = |v: &[f32]| v.iter().map(|&x| R::from_f64(x as f64)).collect::<Vec<R>>();
-    cpu.write(net.params, &widen(&params)).unwrap();
-    cpu.write(net.buffers, &widen(&buffers)).unwrap();
+    golden_backbone(&mut cpu, model.backbone());
     let mut rng = SplitMix64(seed);
-    let mut random = |n: usize, lo: f64, hi: f64| -> Vec<R> {
-        (0..n).map(|_| R::from_f64(rng.uniform(lo, hi))).collect()
-    };
+    let mut random = |n: usize, lo: f64, hi: f64| uniform::<R>(&mut rng, n, lo, hi);
     let mut heads = random(model.params.len, -0.3, 0.3);
     // Positive up-sampler weights on non-negative attention maps: the up-sampled map has a
     // positive maximum, so the mask (and the fine branch's gradient path) is not the ones mask.
@@ -85,11 +77,8 @@ fn tiny_from<R: Real>(
     }
     let image = random(model.input().len, -1.0, 1.0);
     cpu.write(model.input(), &image).unwrap();
-    cpu.write_index(model.labels(), &LABELS).unwrap();
-    if model.config.task == Task::Attributes {
-        let targets: Vec<R> = TARGETS.iter().map(|&t| R::from_f64(t)).collect();
-        cpu.write(model.targets(), &targets).unwrap();
-    }
+    let answers = (model.labels(), model.targets());
+    write_answers(&mut cpu, answers, model.config.task, (&LABELS, &TARGETS));
     if let Some(chosen_maps) = model.chosen_maps() {
         cpu.write_index(chosen_maps, &[1, 0, 1]).unwrap();
     }

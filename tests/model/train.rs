@@ -18,8 +18,8 @@ use c2f_train::data::spec::{DataSpec, OpenedData};
 use c2f_train::state::Named;
 use c2f_train::train::{
     build_baseline, build_coarse2fine, center_spread, checkpoint_path, init_coarse2fine,
-    train_baseline, train_coarse2fine, Accuracy, BnPolicy, DataParallel, Evaluation, RunOptions,
-    Schedule, TrainConfig, Trainee,
+    train_baseline, train_coarse2fine, Accuracy, BnPolicy, DataParallel, Evaluation, ModelKind,
+    RunOptions, Schedule, TrainConfig, Trainee,
 };
 use c2f_train::upsampler::{UpsamplerOrigin, UpsamplerWeights};
 
@@ -278,6 +278,12 @@ fn resumed_coarse2fine_is_bit_identical() {
 #[test]
 fn resumed_baseline_is_bit_identical() {
     assert_resume_is_exact(train_baseline, "baseline", 2);
+}
+
+#[test]
+fn resumed_wsdan_is_bit_identical() {
+    // Its augmentation's draws come from the run's generator, which the checkpoint keeps.
+    assert_resume_is_exact(ModelKind::WsDan.trainer(), "wsdan", 4);
 }
 
 #[test]

@@ -2,22 +2,23 @@
 //! the fine branch, both center banks, SGD) from the same weights and batch, for classes and for
 //! attributes (the multi-label head), the same for the coarse-only ablation, a short `fit` on the
 //! GPU that trains with finite losses, and (on the CPU emulator, which counts device allocations)
-//! steps that allocate nothing after the first. Without a GPU each test prints
-//! `skipped: no CUDA device`.
+//! steps that allocate nothing after the first (WS-DAN's too; its step comparison, which uses
+//! the helpers here, is in `wsdan.rs`). Without a GPU each test prints `skipped: no CUDA device`.
 
 use crate::common::train::{synthetic_spec, tiny_config};
 use c2f_inception::backend::{prelude::*, BnMode};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_inception::cuda::CudaBackend;
-use c2f_kernels::testing::{emulator_allocation_count, rel_error, widen, SplitMix64};
+use c2f_kernels::testing::{emulator_allocation_count, rel_error, SplitMix64};
 use c2f_kernels::Real;
 use c2f_train::data::image_io::DEFAULT_MAX_PIXELS;
 use c2f_train::data::loader::Batch as LoaderBatch;
 use c2f_train::model::{Coarse2Fine, Task};
+use c2f_train::state::Named;
 use c2f_train::train::{
-    build_baseline, build_coarse2fine, build_coarse_only, init_baseline, init_coarse2fine,
-    train_coarse2fine, BatchShare, RunOptions, TrainConfig, Trainee,
+    build_baseline, build_coarse2fine, build_coarse_only, build_wsdan, init_baseline,
+    init_coarse2fine, init_wsdan, train_coarse2fine, BatchShare, RunOptions, TrainConfig, Trainee,
 };
 
 fn tiny() -> TrainConfig {
@@ -37,7 +38,7 @@ struct Batch {
 }
 
 /// Every named tensor of a model's state, widened to f64.
-type State = Vec<(String, Vec<f64>)>;
+pub type State = Vec<(String, Vec<f64>)>;
 
 /// The model of `cfg`, with its fine pass (Coarse2Fine) or without (coarse-only).
 fn build<B: Backend>(b: &mut B, cfg: &TrainConfig, fine: bool) -> Coarse2Fine {
@@ -57,20 +58,13 @@ fn step_from<B: Backend>(
     init: &State,
     batch: &Batch,
 ) -> (Vec<f64>, State) {
-    let narrow = |v: &[f64]| {
-        v.iter()
-            .map(|&x| B::Scalar::from_f64(x))
-            .collect::<Vec<_>>()
-    };
     let mut model = build(b, cfg, fine);
-    for (tensor, (name, values)) in model.state().iter().zip(init) {
-        assert_eq!(&tensor.name, name);
-        b.write(tensor.tensor, &narrow(values)).unwrap();
-    }
-    b.write(model.input(), &narrow(&batch.images)).unwrap();
+    write_state(b, &model.state(), init);
+    b.write(model.input(), &narrow::<B>(&batch.images)).unwrap();
     b.write_index(model.labels(), &batch.labels).unwrap();
     if cfg.task == Task::Attributes {
-        b.write(model.targets(), &narrow(&batch.targets)).unwrap();
+        b.write(model.targets(), &narrow::<B>(&batch.targets))
+            .unwrap();
     }
     if let Some(chosen_maps) = model.chosen_maps() {
         b.write_index(chosen_maps, &batch.chosen).unwrap();
@@ -83,18 +77,34 @@ fn step_from<B: Backend>(
             &c2f_kernels::sgd::SgdParams::new(cfg.lr, cfg.momentum, cfg.weight_decay),
         )
         .unwrap();
-    let state = model
-        .state()
+    (
+        vec![l.coarse, l.fine, l.center_coarse, l.center_fine],
+        read_state(b, &model.state()),
+    )
+}
+
+/// f64 values in a backend's scalar.
+pub fn narrow<B: Backend>(v: &[f64]) -> Vec<B::Scalar> {
+    v.iter().map(|&x| B::Scalar::from_f64(x)).collect()
+}
+
+/// Writes `init` (a [`State`] of the same names, in order) into a model's `state`.
+pub fn write_state<B: Backend>(b: &mut B, state: &[Named], init: &State) {
+    for (tensor, (name, values)) in state.iter().zip(init) {
+        assert_eq!(&tensor.name, name);
+        b.write(tensor.tensor, &narrow::<B>(values)).unwrap();
+    }
+}
+
+/// A model's state, read and widened to f64.
+pub fn read_state<B: Backend>(b: &mut B, state: &[Named]) -> State {
+    state
         .iter()
         .map(|t| {
             let values = b.read(t.tensor).unwrap();
             (t.name.clone(), values.iter().map(|v| v.to_f64()).collect())
         })
-        .collect();
-    (
-        vec![l.coarse, l.fine, l.center_coarse, l.center_fine],
-        state,
-    )
+        .collect()
 }
 
 /// Coarse2Fine's step, then the coarse-only model's, for each task.
@@ -150,34 +160,46 @@ fn step_matches_cpu(gpu: &mut c2f_inception::cuda::CudaBackend, task: Task, fine
         &run_options(std::path::Path::new("unused")),
     )
     .unwrap();
-    let init: State = model
-        .state()
-        .iter()
-        .map(|t| (t.name.clone(), widen(&cpu.read(t.tensor).unwrap())))
-        .collect();
-    let (losses64, state64) = step_from(&mut CpuBackend::<f64>::new(), &cfg, fine, &init, &batch);
-    let (_, state32) = step_from(&mut CpuBackend::<f32>::new(), &cfg, fine, &init, &batch);
-    let (gpu_losses, gpu_state) = step_from(gpu, &cfg, fine, &init, &batch);
-    for (k, (r, g)) in losses64.iter().zip(&gpu_losses).enumerate() {
+    let init = read_state(&mut cpu, &model.state());
+    let run64 = step_from(&mut CpuBackend::<f64>::new(), &cfg, fine, &init, &batch);
+    let run32 = step_from(&mut CpuBackend::<f32>::new(), &cfg, fine, &init, &batch);
+    let gpu_run = step_from(gpu, &cfg, fine, &init, &batch);
+    assert_gpu_step_near_cpu(
+        &format!("fine pass {fine}, {task:?}"),
+        &run64,
+        &run32,
+        &gpu_run,
+    );
+}
+
+/// One step's loss terms and the state after it.
+pub type StepRun = (Vec<f64>, State);
+
+/// Holds the GPU's step to the CPU backend's f64 step (`run64`): each loss term within 1e-3,
+/// each tensor of the state within [`F32_SPREAD`] times the f32 CPU step's (`run32`) distance
+/// from it; `what` names the case.
+pub fn assert_gpu_step_near_cpu(what: &str, run64: &StepRun, run32: &StepRun, gpu: &StepRun) {
+    let ((losses64, state64), (_, state32), (gpu_losses, gpu_state)) = (run64, run32, gpu);
+    for (k, (r, g)) in losses64.iter().zip(gpu_losses).enumerate() {
         assert!(
             (r - g).abs() <= 1e-3 * r.abs().max(1e-3),
-            "fine pass {fine}, {task:?}: loss term {k}: f64 {r}, gpu {g}"
+            "{what}: loss term {k}: f64 {r}, gpu {g}"
         );
     }
     // Every tensor is measured before any assertion, so a failure shows the whole spread (an
     // index bug stands out from rounding by orders of magnitude).
     let mut ratios = Vec::new();
-    for (((name, r), (_, c)), (_, g)) in state64.iter().zip(&state32).zip(&gpu_state) {
+    for (((name, r), (_, c)), (_, g)) in state64.iter().zip(state32).zip(gpu_state) {
         assert!(
             g.iter().all(|v| v.is_finite()),
-            "fine pass {fine}, {task:?}: {name}: non-finite on the GPU"
+            "{what}: {name}: non-finite on the GPU"
         );
         let (cpu_err, gpu_err) = (rel_error(c, r), rel_error(g, r));
         let bound = F32_SPREAD * cpu_err + F32_FLOOR;
         ratios.push((gpu_err / bound, name.clone(), gpu_err, cpu_err, bound));
     }
     ratios.sort_by(|a, b| b.0.total_cmp(&a.0));
-    println!("fine pass {fine}, {task:?}: the ten tensors nearest their bound");
+    println!("{what}: the ten tensors nearest their bound");
     for (ratio, name, gpu_err, cpu_err, bound) in ratios.iter().take(10) {
         println!(
             "  {name}: GPU {gpu_err:.2e} from f64, f32 CPU {cpu_err:.2e}, bound {bound:.2e} \
@@ -187,8 +209,8 @@ fn step_matches_cpu(gpu: &mut c2f_inception::cuda::CudaBackend, task: Task, fine
     for (_, name, gpu_err, cpu_err, bound) in &ratios {
         assert!(
             gpu_err <= bound,
-            "fine pass {fine}, {task:?}: {name}: the GPU is {gpu_err:.2e} from f64, the f32 CPU \
-             {cpu_err:.2e} (bound {bound:.2e})"
+            "{what}: {name}: the GPU is {gpu_err:.2e} from f64, the f32 CPU {cpu_err:.2e} \
+             (bound {bound:.2e})"
         );
     }
 }
@@ -271,7 +293,7 @@ fn allocations_per_step<M: Trainee<CudaBackend>>(
 
 /// Issue 3's memory rule: activations, scratch and plans are made once per (batch, resolution),
 /// so once the first step and the first evaluation have run, neither allocates device memory
-/// again, for Coarse2Fine, the coarse-only model and the baseline.
+/// again, for Coarse2Fine, the coarse-only model, the baseline and WS-DAN.
 #[test]
 fn training_steps_allocate_nothing_after_the_first() {
     let test = "training_steps_allocate_nothing_after_the_first";
@@ -294,6 +316,9 @@ fn training_steps_allocate_nothing_after_the_first() {
     let mut baseline = build_baseline(&mut gpu, &cfg).unwrap();
     init_baseline(&mut gpu, &baseline, &run).unwrap();
     let baseline_counts = allocations_per_step(&mut gpu, &mut baseline, &cfg);
+    let mut wsdan = build_wsdan(&mut gpu, &cfg).unwrap();
+    init_wsdan(&mut gpu, &wsdan, &run).unwrap();
+    let wsdan_counts = allocations_per_step(&mut gpu, &mut wsdan, &cfg);
     // The count does move when something allocates.
     let before = emulator_allocation_count().unwrap();
     let _scratch = gpu.gpu().alloc_zeros::<f32>(16).unwrap();
@@ -302,6 +327,7 @@ fn training_steps_allocate_nothing_after_the_first() {
         ("Coarse2Fine", c2f_counts),
         ("coarse-only", coarse_only_counts),
         ("baseline", baseline_counts),
+        ("WS-DAN", wsdan_counts),
     ] {
         // After step 1, then steps 2 and 3; after evaluation 1, then evaluation 2.
         assert!(

@@ -60,6 +60,27 @@ pub enum CenterBanks {
     Separate,
 }
 
+/// Which centers WS-DAN's attention regularisation pulls its part features to
+/// (`--wsdan-centers`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum WsDanCenters {
+    /// The paper's: one center per part, a bank `[1, M·N]` shared by every class (its M slices
+    /// are the paper's c_k); needs no labels, so attribute models keep it.
+    #[default]
+    PerPart,
+    /// The PyTorch reimplementation's: one `[M·N]` center per class, `[C, M·N]`.
+    PerClass,
+}
+
+/// WS-DAN's attention maps M in a config from before WS-DAN was a model: the paper's 32.
+fn default_wsdan_maps() -> usize {
+    WSDAN_MAPS
+}
+
+/// WS-DAN's attention maps M, the paper's.
+pub const WSDAN_MAPS: usize = 32;
+
 /// A checkpoint's config from before the center rule and banks were chosen by flag was trained
 /// with the normalised rule and a bank per pass.
 fn legacy_center_rule() -> CenterRuleName {
@@ -138,6 +159,12 @@ pub struct TrainConfig {
     /// The attention conv starts from orthonormal rows (SVD, the paper's Algorithm 1); `false`
     /// keeps the plain uniform start, the ablation of the paper's Table 8.
     pub ortho_init: bool,
+    /// WS-DAN's attention maps M (Coarse2Fine's are `maps`).
+    #[serde(default = "default_wsdan_maps")]
+    pub wsdan_maps: usize,
+    /// WS-DAN's center bank: one center per part (the paper) or per class.
+    #[serde(default)]
+    pub wsdan_centers: WsDanCenters,
 }
 
 /// What a [`Preset`] is sized for: the run's length, batch, resolution and backbone width.
@@ -170,8 +197,9 @@ pub enum Preset {
 
 impl Preset {
     /// The preset on `machine`, for the 200 classes of CUB-200-2011 (a run sets its data's).
-    /// Both presets share M = 8 maps, momentum 0.9, weight decay 1e-5, β = 0.05, BatchNorm
-    /// training, the learnable up-sampler and the orthogonal attention start.
+    /// Both presets share M = 8 maps (WS-DAN's 32, one center per part), momentum 0.9, weight
+    /// decay 1e-5, β = 0.05, BatchNorm training, the learnable up-sampler and the orthogonal
+    /// attention start.
     pub fn config(self, machine: Machine) -> TrainConfig {
         let (epochs, batch, input_size, width) = match (machine, self) {
             (Machine::Cpu, Preset::FromScratchDemo) => (16, 16, 96, 0.25),
@@ -210,6 +238,8 @@ impl Preset {
             seed: 0,
             upsampler: UpsamplerKind::Learnable,
             ortho_init: true,
+            wsdan_maps: WSDAN_MAPS,
+            wsdan_centers: WsDanCenters::PerPart,
         }
     }
 }

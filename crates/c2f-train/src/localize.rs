@@ -1,5 +1,6 @@
-//! Weakly-supervised localization from a trained Coarse2Fine or coarse-only model (the paper's
-//! "Object Localization Results", Table 7, Figure 6):
+//! Weakly-supervised localization from a trained model with attention maps ([`Attentive`]:
+//! Coarse2Fine, the coarse-only model, WS-DAN; the paper's "Object Localization Results",
+//! Table 7, Figure 6). Coarse2Fine and the coarse-only model ([`BoxRule::Map`]):
 //!
 //! 1. the mean of the attention maps (what [`Coarse2Fine::infer`] feeds the fine branch);
 //! 2. through the up-sampler (the coarse-only model's: a fixed bilinear resize), to the input
@@ -16,13 +17,16 @@
 //! 6. the box mapped back to the original image, undoing the test transform's resize and centre
 //!    crop ([`to_original`]).
 //!
+//! WS-DAN ([`BoxRule::RefinementCrop`]) draws its own box in inference, the refinement crop
+//! ([`crate::wsdan`]), which step 6 maps back likewise.
+//!
 //! Metrics ([`LocalizationMetrics`]): ACoL's localization accuracy (IoU > 0.5 with the
 //! ground-truth box *and* the predicted label right) and its error (1 − accuracy) for the
 //! coarse, fine and averaged predictions (the coarse alone without a fine pass); GT-known accuracy (IoU > 0.5 alone); the mean IoU; and a
 //! centred-box baseline (a box of the mean ground-truth size, relative to the image, at each
 //! image's centre).
 
-use c2f_inception::backend::Backend;
+use c2f_inception::backend::{Backend, Tensor};
 use c2f_kernels::rng::SplitMix64;
 use c2f_kernels::{Error, Result};
 use image::RgbImage;
@@ -34,8 +38,10 @@ use crate::data::loader::ImageSource;
 use crate::data::transform::{center_crop_params, crop_box, resized_shorter, CropRect};
 use crate::data::{BBox, Transform};
 use crate::model::Coarse2Fine;
-use crate::task::{softmax, Task};
+use crate::task::Task;
 use crate::train::evaluate::{argmax, padded_images, prediction_rows};
+use crate::train::Trainee;
+use crate::wsdan::{WsDan, REFINE_PADDING, REFINE_THRESHOLD};
 
 /// Which pixels above the threshold the box is drawn around.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -228,6 +234,96 @@ pub fn to_input(b: BBox, transform: &Transform, original: (u32, u32)) -> Result<
     Ok(crop_box(scaled, c, 1.0, 1.0, c.w))
 }
 
+/// Where a model's predicted boxes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BoxRule {
+    /// The up-sampled mean map, box-filtered and thresholded as the [`LocalizeConfig`] says.
+    Map,
+    /// WS-DAN's refinement crop: the mean map min-max normalised and up-sampled, the rows and
+    /// columns at least [`REFINE_THRESHOLD`], padded by [`REFINE_PADDING`] of the side (the
+    /// config's threshold, box filter and region do not apply).
+    RefinementCrop,
+}
+
+/// The sizes localization and the pictures read a model's outputs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub input_size: usize,
+    pub batch: usize,
+    pub classes: usize,
+    pub maps: usize,
+    pub map_side: (usize, usize),
+}
+
+/// A model with attention maps, as localization and the pictures read it after
+/// [`Trainee::probabilities`] on a batch.
+pub trait Attentive<B: Backend<Scalar = f32>>: Trainee<B> {
+    fn attention_shape(&self) -> AttentionShape;
+    /// The attention maps `[B, M, h, w]`.
+    fn attention_maps(&self) -> Tensor;
+    /// The mean map up-sampled to `[B, 1, S, S]`, shown as a heat map (and with
+    /// [`BoxRule::Map`] the boxes' source).
+    fn upsampled_map(&self) -> Tensor;
+    fn box_rule(&self) -> BoxRule;
+    /// With [`BoxRule::RefinementCrop`], each sample's box in input pixels.
+    fn own_boxes(&self, _b: &mut B) -> Result<Vec<BBox>> {
+        Ok(Vec::new())
+    }
+}
+
+/// The parts of [`Attentive`] that Coarse2Fine and WS-DAN implement alike, from their config
+/// and their own methods of the same names.
+macro_rules! attentive_from_config {
+    ($model:ty) => {
+        fn attention_shape(&self) -> AttentionShape {
+            let c = &self.config;
+            AttentionShape {
+                input_size: c.input_size,
+                batch: c.batch,
+                classes: c.classes,
+                maps: c.maps,
+                map_side: self.map_side(),
+            }
+        }
+
+        fn attention_maps(&self) -> Tensor {
+            <$model>::attention_maps(self)
+        }
+
+        fn upsampled_map(&self) -> Tensor {
+            <$model>::upsampled_map(self)
+        }
+    };
+}
+
+impl<B: Backend<Scalar = f32>> Attentive<B> for Coarse2Fine {
+    attentive_from_config!(Coarse2Fine);
+
+    fn box_rule(&self) -> BoxRule {
+        BoxRule::Map
+    }
+}
+
+impl<B: Backend<Scalar = f32>> Attentive<B> for WsDan {
+    attentive_from_config!(WsDan);
+
+    fn box_rule(&self) -> BoxRule {
+        BoxRule::RefinementCrop
+    }
+
+    fn own_boxes(&self, b: &mut B) -> Result<Vec<BBox>> {
+        let boxes = b.read_index(self.boxes())?;
+        Ok(boxes
+            .chunks_exact(4)
+            .map(|c| {
+                let [y0, x0, y1, x1] = [c[0], c[1], c[2], c[3]].map(|v| v as f32);
+                BBox::new(x0, y0, x1 - x0, y1 - y0)
+            })
+            .collect())
+    }
+}
+
 /// What the model made of one image.
 #[derive(Debug, Clone)]
 pub struct ImageInference {
@@ -276,14 +372,14 @@ impl ImageInference {
 
 /// Runs the model (inference mode) on the source's images `indices` through the test transform
 /// and localizes each: maps, probabilities and boxes.
-pub fn infer_images<B: Backend<Scalar = f32>>(
+pub fn infer_images<B: Backend<Scalar = f32>, M: Attentive<B> + ?Sized>(
     b: &mut B,
-    model: &mut Coarse2Fine,
+    model: &mut M,
     source: &dyn ImageSource,
     indices: &[usize],
     cfg: &LocalizeConfig,
 ) -> Result<Vec<ImageInference>> {
-    if model.config.task == Task::Attributes {
+    if model.task() == Task::Attributes {
         return Err(Error::config(
             "task",
             "attributes",
@@ -291,9 +387,13 @@ pub fn infer_images<B: Backend<Scalar = f32>>(
              classes); this one predicts attributes",
         ));
     }
-    let size = model.config.input_size;
-    let (batch, classes, maps) = (model.config.batch, model.config.classes, model.config.maps);
-    let (mh, mw) = model.map_side();
+    let AttentionShape {
+        input_size: size,
+        batch,
+        classes,
+        maps,
+        map_side: (mh, mw),
+    } = model.attention_shape();
     let transform = Transform::test(size as u32);
     let k = cfg.filter_side(size, mh);
     let mut out = Vec::new();
@@ -308,19 +408,19 @@ pub fn infer_images<B: Backend<Scalar = f32>>(
             })
             .collect::<Result<Vec<_>>>()?;
         let images: Vec<f32> = items.iter().flat_map(|(_, p)| p.iter().copied()).collect();
-        b.write(model.input(), &padded_images(&images, items.len(), batch))?;
-        model.infer(b)?;
-        let heads = model
-            .logits()
-            .into_iter()
-            .map(|logits| Ok(softmax(&b.read(logits)?, classes)))
-            .collect::<Result<Vec<_>>>()?;
+        let heads = model.probabilities(b, &padded_images(&images, items.len(), batch))?;
         let attention = b.read(model.attention_maps())?;
         let upsampled = b.read(model.upsampled_map())?;
+        let own_boxes = model.own_boxes(b)?;
         for (j, ((item, _), &index)) in items.into_iter().zip(chunk).enumerate() {
             let up = upsampled[j * size * size..][..size * size].to_vec();
-            let filtered = box_filter(&up, (size, size), k);
-            let box_input = extract_box(&filtered, (size, size), cfg.threshold, cfg.region);
+            let box_input = match model.box_rule() {
+                BoxRule::Map => {
+                    let filtered = box_filter(&up, (size, size), k);
+                    extract_box(&filtered, (size, size), cfg.threshold, cfg.region)
+                }
+                BoxRule::RefinementCrop => own_boxes.get(j).copied(),
+            };
             let dims = item.image.dimensions();
             let box_original = box_input
                 .map(|bx| to_original(bx, &transform, dims))
@@ -364,10 +464,19 @@ pub struct LocalizationMetrics {
     /// GT-known accuracy of the centred box of mean ground-truth size.
     pub centered_baseline_gt_known: f64,
     pub config: LocalizeConfig,
+    pub box_rule: BoxRule,
+    /// What the two heads (`coarse` and `fine` above) are called: WS-DAN's raw and refined.
+    pub heads: [&'static str; 2],
 }
 
-/// The metrics over localized images (each must have a true box).
-pub fn metrics(results: &[ImageInference], cfg: &LocalizeConfig) -> LocalizationMetrics {
+/// The metrics over localized images (each must have a true box), whose boxes came by `rule`
+/// from a model whose heads are called `heads`.
+pub fn metrics(
+    results: &[ImageInference],
+    cfg: &LocalizeConfig,
+    rule: BoxRule,
+    heads: [&'static str; 2],
+) -> LocalizationMetrics {
     let n = results.len().max(1) as f64;
     let hit = |r: &ImageInference| r.iou() > 0.5;
     let two_heads = results.first().is_some_and(|r| r.probs.len() > 1);
@@ -398,6 +507,8 @@ pub fn metrics(results: &[ImageInference], cfg: &LocalizeConfig) -> Localization
         top1,
         centered_baseline_gt_known: centered_baseline(&truths),
         config: cfg.clone(),
+        box_rule: rule,
+        heads,
     }
 }
 
@@ -433,19 +544,26 @@ impl LocalizationMetrics {
     /// The terminal table.
     pub fn table(&self) -> String {
         let pct = |v: f64| format!("{:>7.2} %", 100.0 * v);
-        let mut s = format!(
-            "localization on {} images (threshold {} of the min-max range, {}, box filter {})\n",
-            self.images,
-            self.config.threshold,
-            match self.config.region {
-                Region::LargestComponent => "largest 8-connected region",
-                Region::AllAbove => "all pixels above threshold",
-            },
-            self.config
-                .box_filter
-                .map_or("one map cell".to_string(), |k| format!("{k} px")),
-        );
-        s += "                 coarse      fine    average\n";
+        let boxes = match self.box_rule {
+            BoxRule::Map => format!(
+                "threshold {} of the min-max range, {}, box filter {}",
+                self.config.threshold,
+                match self.config.region {
+                    Region::LargestComponent => "largest 8-connected region",
+                    Region::AllAbove => "all pixels above threshold",
+                },
+                self.config
+                    .box_filter
+                    .map_or("one map cell".to_string(), |k| format!("{k} px")),
+            ),
+            BoxRule::RefinementCrop => format!(
+                "the refinement crop: threshold {REFINE_THRESHOLD} of the mean map's min-max \
+                 range, padding {REFINE_PADDING} of the side"
+            ),
+        };
+        let mut s = format!("localization on {} images ({boxes})\n", self.images);
+        let [first, second] = self.heads;
+        s += &format!("               {first:>8}  {second:>8}    average\n");
         // A model without a fine pass has no fine or averaged prediction: `-`.
         let cell = |v: Option<f64>| v.map_or(format!("{:>9}", "-"), pct);
         for (name, h) in [
@@ -477,9 +595,9 @@ impl LocalizationMetrics {
 /// Localizes the source's images (the first `cfg.limit`, or all) with a trained model and
 /// returns the per-image results and the metrics. A source without boxes is refused with a
 /// message naming it; so is an image without one.
-pub fn localize<B: Backend<Scalar = f32>>(
+pub fn localize<B: Backend<Scalar = f32>, M: Attentive<B> + ?Sized>(
     b: &mut B,
-    model: &mut Coarse2Fine,
+    model: &mut M,
     source: &dyn ImageSource,
     cfg: &LocalizeConfig,
 ) -> Result<(Vec<ImageInference>, LocalizationMetrics)> {
@@ -509,6 +627,6 @@ pub fn localize<B: Backend<Scalar = f32>>(
             message: "no bounding box, which localization needs".into(),
         });
     }
-    let m = metrics(&results, cfg);
+    let m = metrics(&results, cfg, model.box_rule(), model.head_names());
     Ok((results, m))
 }

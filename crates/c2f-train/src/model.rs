@@ -23,25 +23,22 @@
 //! (the features `F` and `F'`, the attention maps `A`, the part features) taking their first
 //! gradient contribution assigned and the rest added.
 
-use c2f_inception::backend::{Backend, BnMode, IndexTensor, LinearShape, Tensor};
-use c2f_inception::cpu::conv::Conv2dShape;
+use c2f_inception::backend::{Backend, BnMode, IndexTensor, Tensor};
 use c2f_inception::network::{sgd_step_by_table, Network, SgdRule};
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
 use c2f_inception::table::TensorTable;
-use c2f_kernels::bap::BapShape;
-use c2f_kernels::center_loss::{CenterLossParams, CenterLossShape};
+use c2f_kernels::center_loss::CenterLossParams;
 use c2f_kernels::map_select::MapShape;
 use c2f_kernels::mask::MaskShape;
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::{Error, Result};
 
 pub use crate::config::CenterBanks;
+pub use crate::pass::FEATURE_SCALE;
+use crate::pass::{feature_shape, HeadTensors, Pass, PassArgs, PassShapes, PassSizes};
 use crate::state::{network_state, table_state, Named};
 pub use crate::task::Task;
 use crate::upsampler::{Upsampler, UpsamplerKind, UpsamplerShape};
-
-/// WS-DAN's scale of the normalised part features before the classifier.
-pub const FEATURE_SCALE: f64 = 100.0;
 
 /// The attention conv's orthogonal initialisation (the paper's Algorithm 1): draw
 /// `X [maps, channels]` uniform in `[-1, 1)` from `seed`, take its SVD `X = UΣVᵀ`, and return the
@@ -95,23 +92,6 @@ struct Heads {
     fc_coarse: (usize, usize),
 }
 
-/// What one pass (coarse or fine) holds beyond its backbone network.
-struct Pass {
-    net: Network,
-    attention_pre: Tensor,
-    attention: Tensor,
-    d_attention: Tensor,
-    parts: Tensor,
-    norms: Tensor,
-    d_parts: Tensor,
-    scaled: Tensor,
-    d_scaled: Tensor,
-    logits: Tensor,
-    d_logits: Tensor,
-    predictions: IndexTensor,
-    centers: Tensor,
-}
-
 /// What the fine pass adds to the coarse one: its own pass, its classifier, the maps chosen
 /// for it and the mask's scratch.
 struct Fine {
@@ -123,32 +103,23 @@ struct Fine {
     u_argmax: IndexTensor,
 }
 
-/// What a pass's attention, BAP, head and losses read and write beside its own buffers: the
-/// shapes and the tensors of the shared attention conv and of the pass's classifier (handles,
-/// so that a pass can be borrowed mutably beside them).
-#[derive(Clone, Copy)]
-struct PassArgs {
-    conv: Conv2dShape,
-    bap: BapShape,
-    head: LinearShape,
-    center: CenterLossShape,
-    center_loss: CenterLossParams,
-    task: Task,
-    /// The attention conv's weight and its gradient.
-    attention: [Tensor; 2],
-    /// The classifier's weight and its gradient, and its bias's gradient.
-    fc: [Tensor; 3],
-    fc_bias: Tensor,
-    labels: IndexTensor,
-    targets: Tensor,
-}
-
-/// Which gradient buffer [`Coarse2Fine::forward_backward_reporting`] reports complete, from
-/// which element to its end.
+/// Which gradient buffer [`Coarse2Fine::forward_backward_reporting`] (and WS-DAN's) reports
+/// complete, from which element to its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grads {
     Backbone(usize),
     Heads(usize),
+}
+
+impl Grads {
+    /// The trainer's gradient buffer (0 the backbone's, 1 the heads') and the element from
+    /// which it is complete.
+    pub fn buffer(self) -> (usize, usize) {
+        match self {
+            Grads::Backbone(from) => (0, from),
+            Grads::Heads(from) => (1, from),
+        }
+    }
 }
 
 /// Losses of one training step; the fine terms are 0 for the coarse-only model.
@@ -271,9 +242,16 @@ impl Coarse2Fine {
             CenterBanks::Separate if fine_net.is_some() => b.alloc(config.classes * m * n)?,
             _ => coarse_centers,
         };
-        let coarse = Pass::new(b, coarse_net, &config, m * n, coarse_centers)?;
+        let sizes = PassSizes {
+            batch,
+            maps: m,
+            outputs: config.classes,
+            task: config.task,
+            attention_bn: false,
+        };
+        let coarse = Pass::new(b, coarse_net, &sizes, m * n, coarse_centers)?;
         let fine_pass = match fine_net {
-            Some(net) => Some(Pass::new(b, net, &config, m * n, fine_centers)?),
+            Some(net) => Some(Pass::new(b, net, &sizes, m * n, fine_centers)?),
             None => None,
         };
         let (params, grads, momentum) = (b.alloc(total)?, b.alloc(total)?, b.alloc(total)?);
@@ -401,68 +379,44 @@ impl Coarse2Fine {
         std::iter::once(&self.coarse).chain(self.fine.as_ref().map(|f| &f.pass))
     }
 
-    fn head_param(&self, index: usize) -> Tensor {
-        let e = self.heads.table.entry(index);
-        self.params.slice(e.offset, e.len())
-    }
-
-    fn head_grad(&self, index: usize) -> Tensor {
-        let e = self.heads.table.entry(index);
-        self.grads.slice(e.offset, e.len())
+    fn heads(&self) -> HeadTensors<'_> {
+        HeadTensors {
+            table: &self.heads.table,
+            params: self.params,
+            grads: self.grads,
+        }
     }
 
     fn feature_shape(&self) -> (usize, usize, usize) {
-        let g = &self.coarse.net.graph;
-        let f = g.activations[g.mixed_6e];
-        (f.channels, f.height, f.width)
+        feature_shape(&self.coarse.net)
     }
 
     /// What a pass with the classifier `(weight, bias)` (table indices) reads beside its own
     /// buffers.
-    fn pass_args(&self, (fc_w, fc_b): (usize, usize)) -> PassArgs {
-        let (n, h, w) = self.feature_shape();
-        let (batch, maps, classes) = (self.config.batch, self.config.maps, self.config.classes);
+    fn pass_args(&self, classifier: (usize, usize)) -> PassArgs {
+        let classes = self.config.classes;
+        let heads = self.heads();
+        let (fc, fc_bias) = heads.classifier(classifier);
         PassArgs {
-            conv: Conv2dShape {
-                batch,
-                in_channels: n,
-                height: h,
-                width: w,
-                out_channels: maps,
-                kernel: (1, 1),
-                stride: (1, 1),
-                padding: (0, 0),
-            },
-            bap: BapShape {
-                batch,
-                maps,
-                channels: n,
-                height: h,
-                width: w,
-            },
-            head: LinearShape {
-                batch,
-                inputs: maps * n,
-                outputs: classes,
-            },
-            center: CenterLossShape {
-                batch,
-                dim: maps * n,
+            shapes: PassShapes::new(
+                self.config.batch,
+                self.config.maps,
+                self.feature_shape(),
                 classes,
+                classes,
+            ),
+            // Attributes have no center loss: its centers are per class.
+            center_loss: match self.config.task {
+                Task::Classes => Some(self.config.center_loss),
+                Task::Attributes => None,
             },
-            center_loss: self.config.center_loss,
             task: self.config.task,
-            attention: [
-                self.head_param(self.heads.attention),
-                self.head_grad(self.heads.attention),
-            ],
-            fc: [
-                self.head_param(fc_w),
-                self.head_grad(fc_w),
-                self.head_grad(fc_b),
-            ],
-            fc_bias: self.head_param(fc_b),
+            attention: heads.pair(self.heads.attention),
+            attention_bn: None,
+            fc,
+            fc_bias,
             labels: self.labels,
+            center_labels: self.labels,
             targets: self.targets,
         }
     }
@@ -678,122 +632,5 @@ impl Coarse2Fine {
             [self.params, self.grads, self.momentum],
             rule,
         )
-    }
-}
-
-impl Pass {
-    fn new<B: Backend>(
-        b: &mut B,
-        net: Network,
-        config: &Coarse2FineConfig,
-        part_len: usize,
-        centers: Tensor,
-    ) -> Result<Pass> {
-        let graph = &net.graph;
-        let f = graph.activations[graph.mixed_6e];
-        let batch = config.batch;
-        let maps = batch * config.maps * f.height * f.width;
-        let parts = batch * part_len;
-        let logits = batch * config.classes;
-        let predictions = config.task.predictions_len(batch, config.classes);
-        Ok(Pass {
-            attention_pre: b.alloc(maps)?,
-            attention: b.alloc(maps)?,
-            d_attention: b.alloc(maps)?,
-            parts: b.alloc(parts)?,
-            norms: b.alloc(batch)?,
-            d_parts: b.alloc(parts)?,
-            scaled: b.alloc(parts)?,
-            d_scaled: b.alloc(parts)?,
-            logits: b.alloc(logits)?,
-            d_logits: b.alloc(logits)?,
-            predictions: b.alloc_index(predictions)?,
-            centers,
-            net,
-        })
-    }
-
-    /// Attention maps, BAP and the head, after the backbone's forward.
-    fn attend<B: Backend>(&self, b: &mut B, a: &PassArgs) -> Result<()> {
-        let features = self.net.output();
-        b.conv2d_forward(&a.conv, features, a.attention[0], self.attention_pre)?;
-        b.relu_forward(self.attention_pre, self.attention)?;
-        b.bap_forward(&a.bap, self.attention, features, self.parts, self.norms)?;
-        b.axpby(FEATURE_SCALE, self.parts, 0.0, self.scaled)?;
-        b.linear_forward(&a.head, self.scaled, a.fc[0], a.fc_bias, self.logits)
-    }
-
-    /// [`Self::attend`] and the losses. Returns the classification and center losses (no
-    /// center loss for attributes).
-    fn head_forward<B: Backend>(&self, b: &mut B, a: &PassArgs) -> Result<(f64, f64)> {
-        self.attend(b, a)?;
-        let head_loss = a.task.loss(
-            b,
-            a.head.batch,
-            a.head.outputs,
-            self.logits,
-            a.labels,
-            a.targets,
-            self.predictions,
-            self.d_logits,
-        )?;
-        let cl_loss = match a.task {
-            Task::Classes => b.center_loss(
-                &a.center,
-                &a.center_loss,
-                self.parts,
-                a.labels,
-                self.centers,
-                self.d_parts,
-            )?,
-            Task::Attributes => 0.0,
-        };
-        Ok((head_loss, cl_loss))
-    }
-
-    /// Backward of [`Self::head_forward`]: parameter gradients accumulate; the features'
-    /// gradient lands in the backbone's output gradient and `d_attention` holds the attention
-    /// maps' gradient (the fine pass may add to the coarse one's before
-    /// [`Self::attention_backward`]).
-    fn head_backward<B: Backend>(&self, b: &mut B, a: &PassArgs) -> Result<()> {
-        let [w, dw, db] = a.fc;
-        b.linear_backward(
-            &a.head,
-            self.scaled,
-            w,
-            self.d_logits,
-            self.d_scaled,
-            dw,
-            db,
-        )?;
-        // d_parts holds the center loss's gradient, and the classifier's adds to it; without a
-        // center loss the classifier's is assigned.
-        let center_grad = match a.task {
-            Task::Classes => 1.0,
-            Task::Attributes => 0.0,
-        };
-        b.axpby(FEATURE_SCALE, self.d_scaled, center_grad, self.d_parts)?;
-        b.bap_backward(
-            &a.bap,
-            self.attention,
-            self.net.output(),
-            self.parts,
-            self.norms,
-            self.d_parts,
-            self.d_attention,
-            self.net.output_grad(),
-        )
-    }
-
-    /// From `d_attention` through the ReLU and the attention conv: its weight gradient
-    /// accumulates, and its input gradient adds to the backbone output gradient.
-    fn attention_backward<B: Backend>(&self, b: &mut B, a: &PassArgs) -> Result<()> {
-        let [w, dw] = a.attention;
-        // ReLU backward in place: the pre-activation buffer is free once forward has read it.
-        b.relu_backward(self.attention, self.d_attention, self.attention_pre)?;
-        let d_pre = self.attention_pre;
-        let features = self.net.output();
-        b.conv2d_backward_filter(&a.conv, features, d_pre, dw)?;
-        b.conv2d_backward_data(&a.conv, d_pre, w, self.net.output_grad(), true)
     }
 }

@@ -12,13 +12,14 @@ use c2f_kernels::{Error, Result};
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::data::loader::{ImageSource, Loader};
 use crate::localize::{
-    infer_images, localize, ImageInference, LocalizationMetrics, LocalizeConfig,
+    infer_images, localize, Attentive, ImageInference, LocalizationMetrics, LocalizeConfig,
 };
 use crate::model::Coarse2Fine;
 use crate::train::{
-    build_baseline, build_coarse2fine, build_coarse_only, evaluate, Baseline, Evaluation,
-    ModelKind, Trainee,
+    build_baseline, build_coarse2fine, build_coarse_only, build_wsdan, evaluate, Baseline,
+    Evaluation, ModelKind, Trainee,
 };
+use crate::wsdan::WsDan;
 
 /// Runs `work` on the model of the checkpoint at `path`, rebuilt from its metadata and loaded,
 /// on the GPU `device` opens (once the metadata has been read), or on the CPU where it opens
@@ -63,6 +64,10 @@ pub fn with_loaded<B: Backend<Scalar = f32>, T>(
             let model = build_coarse_only(b, cfg)?;
             load_and_run(b, model, path, meta, work)
         }
+        ModelKind::WsDan => {
+            let model = build_wsdan(b, cfg)?;
+            load_and_run(b, model, path, meta, work)
+        }
         ModelKind::Baseline => {
             let model = build_baseline(b, cfg)?;
             load_and_run(b, model, path, meta, work)
@@ -91,15 +96,15 @@ fn load_and_run<B: Backend<Scalar = f32>, M: Trainee<B> + Attends<B>, T>(
 pub trait Predictor {
     fn evaluate(&mut self, test: &Loader, outputs: usize) -> Result<Evaluation>;
     fn probabilities(&mut self, images: &[f32]) -> Result<Vec<Vec<f64>>>;
-    /// Localization metrics on `source` (Coarse2Fine and coarse-only: they have attention
-    /// maps).
+    /// Localization metrics on `source` (Coarse2Fine, coarse-only and WS-DAN: they have
+    /// attention maps).
     fn localize(
         &mut self,
         source: &dyn ImageSource,
         cfg: &LocalizeConfig,
     ) -> Result<(Vec<ImageInference>, LocalizationMetrics)>;
-    /// Maps, predictions and boxes of images `indices` of `source` (Coarse2Fine and
-    /// coarse-only).
+    /// Maps, predictions and boxes of images `indices` of `source` (Coarse2Fine, coarse-only
+    /// and WS-DAN).
     fn infer_images(
         &mut self,
         source: &dyn ImageSource,
@@ -110,23 +115,29 @@ pub trait Predictor {
 
 /// What only a model with attention maps can do.
 pub trait Attends<B: Backend<Scalar = f32>> {
-    /// The model as Coarse2Fine (with its fine pass or without), or an error naming
-    /// `checkpoint` for a model without attention maps.
-    fn coarse2fine(&mut self, checkpoint: &Path) -> Result<&mut Coarse2Fine>;
+    /// The model as one with attention maps, or an error naming `checkpoint` for a model
+    /// without them.
+    fn attentive(&mut self, checkpoint: &Path) -> Result<&mut dyn Attentive<B>>;
 }
 
 impl<B: Backend<Scalar = f32>> Attends<B> for Coarse2Fine {
-    fn coarse2fine(&mut self, _checkpoint: &Path) -> Result<&mut Coarse2Fine> {
+    fn attentive(&mut self, _checkpoint: &Path) -> Result<&mut dyn Attentive<B>> {
+        Ok(self)
+    }
+}
+
+impl<B: Backend<Scalar = f32>> Attends<B> for WsDan {
+    fn attentive(&mut self, _checkpoint: &Path) -> Result<&mut dyn Attentive<B>> {
         Ok(self)
     }
 }
 
 impl<B: Backend<Scalar = f32>> Attends<B> for Baseline {
-    fn coarse2fine(&mut self, checkpoint: &Path) -> Result<&mut Coarse2Fine> {
+    fn attentive(&mut self, checkpoint: &Path) -> Result<&mut dyn Attentive<B>> {
         Err(Error::File {
             path: checkpoint.display().to_string(),
-            message: "a baseline checkpoint: localization and pictures need a Coarse2Fine or \
-                      coarse-only one (their attention maps)"
+            message: "a baseline checkpoint: localization and pictures need a Coarse2Fine, \
+                      coarse-only or WS-DAN one (their attention maps)"
                 .into(),
         })
     }
@@ -153,7 +164,7 @@ impl<B: Backend<Scalar = f32>, M: Trainee<B> + Attends<B>> Predictor for Loaded<
         source: &dyn ImageSource,
         cfg: &LocalizeConfig,
     ) -> Result<(Vec<ImageInference>, LocalizationMetrics)> {
-        localize(self.b, self.model.coarse2fine(self.path)?, source, cfg)
+        localize(self.b, self.model.attentive(self.path)?, source, cfg)
     }
 
     fn infer_images(
@@ -164,7 +175,7 @@ impl<B: Backend<Scalar = f32>, M: Trainee<B> + Attends<B>> Predictor for Loaded<
     ) -> Result<Vec<ImageInference>> {
         infer_images(
             self.b,
-            self.model.coarse2fine(self.path)?,
+            self.model.attentive(self.path)?,
             source,
             indices,
             cfg,

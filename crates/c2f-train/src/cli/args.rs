@@ -12,9 +12,12 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use super::values::{within, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_MAPS, MAX_PIXEL_CAP};
-use crate::config::{BnPolicy, CenterBanks, CenterRuleName, Schedule};
+use crate::config::{BnPolicy, CenterBanks, CenterRuleName, Schedule, WsDanCenters};
 use crate::data::image_io::DEFAULT_MAX_PIXELS;
 use crate::data::synthetic::{max_classes, CLUTTER, OBJECT_SCALES, SIDES};
+
+/// `c2f train`'s models when `--models` is not given: the main job.
+const DEFAULT_MODELS: [&str; 3] = ["coarse2fine", "wsdan", "baseline"];
 
 /// Learning rates: above 0, and at most 10, past which SGD only diverges.
 const LEARNING_RATES: (Bound<f64>, Bound<f64>) = (Excluded(0.0), Included(10.0));
@@ -32,8 +35,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Train Coarse2Fine and the plain InceptionV3 baseline, or the models --models names (by
-    /// default on the built-in synthetic fine-grained set), and print their test accuracies.
+    /// Train Coarse2Fine, WS-DAN and the plain InceptionV3 baseline, or the models --models names
+    /// (by default on the built-in synthetic fine-grained set), and print their test accuracies.
     #[command(args_override_self = true)]
     Train(Box<TrainArgs>),
     /// Evaluate a checkpoint on the test split of the data it was trained on.
@@ -43,11 +46,13 @@ pub enum Command {
     /// Pretrain the learnable up-sampler on synthetic (map, up-sampled map) pairs, as the paper
     /// does before Coarse2Fine training; `c2f train --upsampler FILE` starts from the result.
     PretrainUpsampler(PretrainArgs),
-    /// Weakly-supervised localization with a Coarse2Fine checkpoint on its test split (a
-    /// dataset with boxes): ACoL accuracy, GT-known accuracy, mean IoU, as a table and JSON.
+    /// Weakly-supervised localization with a Coarse2Fine, coarse-only or WS-DAN checkpoint on
+    /// its test split (a dataset with boxes): ACoL accuracy, GT-known accuracy, mean IoU, as a
+    /// table and JSON.
     Localize(LocalizeArgs),
-    /// Pictures of what a Coarse2Fine checkpoint looks at: attention heat maps, the up-sampled
-    /// mask, predicted and true boxes, top-3 predictions; one PNG per image and a contact sheet.
+    /// Pictures of what a Coarse2Fine, coarse-only or WS-DAN checkpoint looks at: attention heat
+    /// maps, the up-sampled mean map, predicted and true boxes, top-3 predictions; one PNG per
+    /// image and a contact sheet.
     Visualize(VisualizeArgs),
 }
 
@@ -69,12 +74,13 @@ pub struct TrainArgs {
     pub cudnn_benchmark: bool,
     /// The models to train, in order, comma-separated: `coarse2fine`, `coarse-only` (Coarse2Fine
     /// without its fine pass: attention, BAP, center loss and the coarse head, trained alone),
-    /// `baseline` (the plain InceptionV3); `both` is `coarse2fine,baseline`.
+    /// `wsdan` (WS-DAN, Hu et al. 2019: attention-guided crop and drop), `baseline` (the plain
+    /// InceptionV3); `both` is `coarse2fine,baseline`.
     #[arg(
         long,
         num_args = 1..,
         value_delimiter = ',',
-        default_values = ["coarse2fine", "baseline"]
+        default_values = DEFAULT_MODELS
     )]
     pub models: Vec<String>,
     /// `synthetic` (built in), or a dataset on disk under --data-root: cub, aircraft, cars,
@@ -102,9 +108,17 @@ pub struct TrainArgs {
     /// Backbone width multiplier (default: 0.25 on the CPU, 1.0 on a GPU or with --weights).
     #[arg(long, value_parser = within((Excluded(0.0), Included(4.0))))]
     pub width: Option<f64>,
-    /// Attention maps M (default: 8, the paper's; WS-DAN: 32).
+    /// Coarse2Fine's attention maps M (default: 8, the paper's).
     #[arg(long, value_parser = within(1..=MAX_MAPS))]
     pub maps: Option<usize>,
+    /// WS-DAN's attention maps M (default: 32, WS-DAN's).
+    #[arg(long, value_parser = within(1..=MAX_MAPS))]
+    pub wsdan_maps: Option<usize>,
+    /// WS-DAN's attention regularisation: `per-part`, the paper's one center per part (a bank
+    /// shared by every class), or `per-class`, the PyTorch reimplementation's (default:
+    /// per-part).
+    #[arg(long, value_enum)]
+    pub wsdan_centers: Option<WsDanCenters>,
     /// Synthetic set: classes (the first N spot patterns, pairwise close; default: 5).
     #[arg(long, value_parser = within(2..=max_classes()))]
     pub classes: Option<usize>,
@@ -275,7 +289,9 @@ pub struct PretrainArgs {
 
 #[derive(clap::Args)]
 pub struct LocalizeArgs {
-    /// The Coarse2Fine checkpoint (`<run-dir>/coarse2fine/checkpoint.safetensors`).
+    /// The checkpoint (`<run-dir>/<model>/checkpoint.safetensors`): Coarse2Fine, coarse-only or
+    /// WS-DAN (whose box is its refinement crop's: the threshold, box filter and region flags do
+    /// not apply to it).
     pub checkpoint: PathBuf,
     /// Threshold as a fraction of the filtered map's range, min to max (0: its minimum).
     #[arg(long, default_value_t = 0.1, value_parser = within(0.0..=1.0))]
@@ -304,7 +320,8 @@ pub struct LocalizeArgs {
 
 #[derive(clap::Args)]
 pub struct VisualizeArgs {
-    /// The Coarse2Fine checkpoint (`<run-dir>/coarse2fine/checkpoint.safetensors`).
+    /// The checkpoint (`<run-dir>/<model>/checkpoint.safetensors`): Coarse2Fine, coarse-only or
+    /// WS-DAN.
     pub checkpoint: PathBuf,
     /// Test-split images to draw, by index (default: the first --count).
     #[arg(long, value_delimiter = ',', value_parser = within(0usize..))]
@@ -324,9 +341,12 @@ pub struct VisualizeArgs {
     pub image_limit: ImageLimit,
 }
 
+/// Which prediction `predict` prints: WS-DAN's raw and refined ones are its coarse and fine.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
+    #[value(alias = "raw")]
     Coarse,
+    #[value(alias = "refined")]
     Fine,
     Average,
     All,
@@ -340,7 +360,8 @@ pub struct PredictArgs {
     /// JPEG or PNG images.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
-    /// Which prediction to print (Coarse2Fine has all three; the baseline only coarse).
+    /// Which prediction to print (Coarse2Fine has all three; WS-DAN its raw, refined and
+    /// average, also spelt raw and refined; the baseline only coarse).
     #[arg(long, value_enum, default_value = "all")]
     pub mode: Mode,
     /// How many classes to list per prediction (an attribute model lists every attribute).

@@ -6,9 +6,9 @@ use c2f_kernels::Result;
 
 use super::args::EvalArgs;
 use super::device::open_device;
-use super::train::print_table;
+use super::train::{print_table, Row};
 use crate::predictor::with_checkpoint;
-use crate::train::{format_accuracy, test_loader};
+use crate::train::{format_accuracy, test_loader, ModelKind, COARSE_FINE};
 
 pub(super) fn eval(args: EvalArgs) -> Result<()> {
     with_checkpoint(
@@ -24,19 +24,21 @@ pub(super) fn eval(args: EvalArgs) -> Result<()> {
             let loader = test_loader(&meta.config, opened.test)?;
             let start = Instant::now();
             let evaluation = model.evaluate(&loader, meta.config.classes)?;
+            let heads = ModelKind::from_name(&meta.model).map_or(COARSE_FINE, |k| k.head_names());
             println!(
                 "{} ({}, epoch {}) on {}: {}",
                 args.checkpoint.display(),
                 meta.model,
                 meta.epoch,
                 opened.description,
-                format_accuracy(&evaluation.accuracy)
+                format_accuracy(&evaluation.accuracy, heads)
             );
-            let row = (
-                meta.model.as_str(),
+            let row = Row {
+                label: meta.model.as_str(),
+                heads,
                 evaluation,
-                start.elapsed().as_secs_f64(),
-            );
+                seconds: start.elapsed().as_secs_f64(),
+            };
             print_table(&[row], &meta.class_names);
             Ok(())
         },

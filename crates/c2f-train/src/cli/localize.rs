@@ -1,4 +1,4 @@
-//! `c2f localize`: weakly-supervised localization metrics of a Coarse2Fine checkpoint.
+//! `c2f localize`: weakly-supervised localization metrics of a checkpoint with attention maps.
 
 use c2f_inception::weights::write_atomically;
 use c2f_kernels::Result;

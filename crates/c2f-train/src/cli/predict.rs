@@ -10,7 +10,7 @@ use crate::data::loader::FileSource;
 use crate::data::Sample;
 use crate::predictor::with_checkpoint;
 use crate::task::Task;
-use crate::train::{padded_images, prediction_rows, test_loader};
+use crate::train::{padded_images, prediction_rows, test_loader, ModelKind, COARSE_FINE};
 
 pub(super) fn predict(args: PredictArgs) -> Result<()> {
     with_checkpoint(
@@ -37,7 +37,9 @@ pub(super) fn predict(args: PredictArgs) -> Result<()> {
                     FileSource::new(samples).with_max_pixels(args.image_limit.max_image_pixels),
                 ),
             )?;
-            let names = ["coarse", "fine", "average"];
+            let [first, second] =
+                ModelKind::from_name(&meta.model).map_or(COARSE_FINE, |k| k.head_names());
+            let names = [first, second, "average"];
             let mut read = 0;
             for (i, path) in args.images.iter().enumerate() {
                 // One image at a time: an unreadable one is reported and the rest still run.

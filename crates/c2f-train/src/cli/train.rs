@@ -1,6 +1,6 @@
 //! `c2f train`: the flags mapped onto a [`Preset`] and the data they name, then the models
-//! `--models` names (Coarse2Fine and the baseline by default) trained, alone or as one rank of a
-//! data-parallel job, and their table printed.
+//! `--models` names (Coarse2Fine, WS-DAN and the baseline by default) trained, alone or as one
+//! rank of a data-parallel job, and their table printed.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -15,15 +15,23 @@ use c2f_kernels::{Error, Result};
 use super::args::TrainArgs;
 use super::device::{choose_device, set_precision};
 use super::distributed::{default_run_dir, join_job, launch_workers, no_cpu_ranks};
-use crate::config::{Machine, Preset, RunOptions, TrainConfig};
+use crate::config::{Machine, Preset, RunOptions, TrainConfig, WsDanCenters};
 use crate::data::spec::{DataSpec, OpenedData};
-use crate::train::{checkpoint_path, Accuracy, DataParallel, Evaluation, ModelKind};
+use crate::train::{checkpoint_path, Accuracy, DataParallel, Evaluation, ModelKind, COARSE_FINE};
 use crate::upsampler::{UpsamplerKind, UpsamplerWeights};
 
 /// `c2f train`: checks the flags, then starts the workers (`--gpus`), or joins a launcher's job,
 /// or trains alone.
 pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
     let models = model_list(&args.models)?;
+    let per_class = args.wsdan_centers == Some(WsDanCenters::PerClass);
+    if per_class && args.dataset == "celeba" && models.contains(&ModelKind::WsDan) {
+        return Err(Error::config(
+            "--wsdan-centers",
+            "per-class",
+            "CelebA's attributes have no classes to keep WS-DAN's centers for: use per-part",
+        ));
+    }
     if let Some(spec) = &args.gpus {
         return launch_workers(&args, spec, argv);
     }
@@ -128,14 +136,19 @@ impl Job {
         if leader {
             println!("device: {}", b.describe());
         }
-        let mut rows: Vec<(&str, Evaluation, f64)> = Vec::new();
+        let mut rows = Vec::new();
         for &model in models {
             let start = Instant::now();
             let mut dp = collective.as_mut().map(|c| DataParallel::new(&mut **c));
             let options = run(model.name());
             let trained = model.trainer()(b, &self.cfg, &options, &self.data, dp.as_mut())?;
-            if let Some(acc) = trained {
-                rows.push((model.label(), acc, start.elapsed().as_secs_f64()));
+            if let Some(evaluation) = trained {
+                rows.push(Row {
+                    label: model.label(),
+                    heads: model.head_names(),
+                    evaluation,
+                    seconds: start.elapsed().as_secs_f64(),
+                });
             }
         }
         if leader {
@@ -173,9 +186,19 @@ fn model_list(names: &[String]) -> Result<Vec<ModelKind>> {
     Ok(models)
 }
 
+/// A model's row in the results table: its label, what its two heads are called, its
+/// evaluation and its time.
+pub(super) struct Row<'a> {
+    pub label: &'a str,
+    pub heads: [&'a str; 2],
+    pub evaluation: Evaluation,
+    pub seconds: f64,
+}
+
 /// The models' accuracies (for attributes, their mean), then for attributes one row per
-/// attribute and model (`names` are the attributes').
-pub(super) fn print_table(rows: &[(&str, Evaluation, f64)], names: &[String]) {
+/// attribute and model (`names` are the attributes'). The two heads' columns are named by the
+/// two-head rows' heads (`coarse / raw` where Coarse2Fine's and WS-DAN's meet).
+pub(super) fn print_table(rows: &[Row<'_>], names: &[String]) {
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
     let cells = |a: &Accuracy| {
         format!(
@@ -185,20 +208,37 @@ pub(super) fn print_table(rows: &[(&str, Evaluation, f64)], names: &[String]) {
             pct(a.average)
         )
     };
-    println!("\n| model | coarse | fine | average | time |");
-    println!("| --- | --- | --- | --- | --- |");
-    for (name, e, secs) in rows {
-        println!("| {name} | {} | {secs:.0} s |", cells(&e.accuracy));
+    let mut heads: Vec<[&str; 2]> = rows
+        .iter()
+        .filter(|r| r.evaluation.accuracy.fine.is_some())
+        .map(|r| r.heads)
+        .collect();
+    heads.sort();
+    heads.dedup();
+    if heads.is_empty() {
+        heads.push(COARSE_FINE);
     }
-    if rows.iter().all(|(_, e, _)| e.per_attribute.is_empty()) {
+    let column = |k: usize| heads.iter().map(|h| h[k]).collect::<Vec<_>>().join(" / ");
+    let header = format!("{} | {} | average", column(0), column(1));
+    println!("\n| model | {header} | time |");
+    println!("| --- | --- | --- | --- | --- |");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.0} s |",
+            r.label,
+            cells(&r.evaluation.accuracy),
+            r.seconds
+        );
+    }
+    if rows.iter().all(|r| r.evaluation.per_attribute.is_empty()) {
         return;
     }
-    println!("\n| attribute | model | coarse | fine | average |");
+    println!("\n| attribute | model | {header} |");
     println!("| --- | --- | --- | --- | --- |");
     for (a, attribute) in names.iter().enumerate() {
-        for (name, e, _) in rows {
-            if let Some(acc) = e.per_attribute.get(a) {
-                println!("| {attribute} | {name} | {} |", cells(acc));
+        for r in rows {
+            if let Some(acc) = r.evaluation.per_attribute.get(a) {
+                println!("| {attribute} | {} | {} |", r.label, cells(acc));
             }
         }
     }
@@ -280,6 +320,8 @@ impl TrainArgs {
                 _ => base.upsampler,
             },
             ortho_init: base.ortho_init && !self.no_ortho_init,
+            wsdan_maps: self.wsdan_maps.unwrap_or(base.wsdan_maps),
+            wsdan_centers: self.wsdan_centers.unwrap_or(base.wsdan_centers),
             ..base
         }
     }

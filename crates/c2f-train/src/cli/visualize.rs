@@ -1,4 +1,4 @@
-//! `c2f visualize`: pictures of what a Coarse2Fine checkpoint looks at.
+//! `c2f visualize`: pictures of what a checkpoint with attention maps looks at.
 
 use c2f_kernels::{Error, Result};
 

@@ -11,13 +11,13 @@ use super::fit::build_and_fit;
 use super::init::{init_backbone, start_from_checkpoint};
 use super::models::ModelKind;
 use super::parallel::DataParallel;
-use super::trainee::{BatchShare, GradsReady, StepResult, Trainee};
+use super::trainee::{write_batch, BatchShare, GradsReady, StepResult, Trainee};
 use super::Evaluation;
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::Batch;
 use crate::data::spec::OpenedData;
 use crate::state::{network_state, Named};
-use crate::task::{attribute_targets, Task};
+use crate::task::Task;
 
 /// The plain InceptionV3 baseline: global average pool, dropout, `fc`, cross-entropy (or
 /// per-attribute binary cross-entropy).
@@ -73,12 +73,8 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
         share: &BatchShare,
         ready: &mut GradsReady<'_, B>,
     ) -> Result<StepResult> {
-        b.write(self.net.input(), &batch.images)?;
-        b.write_index(self.labels, &batch.labels)?;
-        let targets = attribute_targets(&batch.attributes);
-        if self.task == Task::Attributes {
-            b.write(self.targets, &targets)?;
-        }
+        let buffers = (self.net.input(), self.labels, self.targets);
+        let targets = write_batch(b, batch, self.task, buffers)?;
         // A mask per rank and step (a rank's samples sit at other positions than in one
         // worker's batch, so its masks cannot be that worker's anyway; PyTorch DDP's ranks also
         // draw their own). One worker: the step itself.
@@ -98,12 +94,13 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
         )?;
         self.net
             .backward_reporting(b, mode, false, &mut |b, from| ready(b, 0, from))?;
-        Ok(StepResult {
-            losses: vec![loss],
-            correct: self
-                .task
-                .count_correct(b, self.predictions, &batch.labels, &targets)?,
-        })
+        StepResult::counted(
+            b,
+            vec![loss],
+            self.task,
+            self.predictions,
+            (batch, &targets),
+        )
     }
 
     fn grads(&self) -> Vec<Tensor> {

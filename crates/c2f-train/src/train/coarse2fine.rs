@@ -3,25 +3,26 @@
 //! from a [`TrainConfig`].
 
 use c2f_inception::backend::{Backend, BnMode, Tensor};
-use c2f_inception::init::counter_uniform;
 use c2f_inception::network::SgdRule;
 use c2f_kernels::rng::SplitMix64;
 use c2f_kernels::Result;
 
 use super::fit::build_and_fit;
-use super::init::{init_backbone, start_from_checkpoint};
+use super::init::{init_backbone, start_from_checkpoint, uniform_heads};
 use super::models::ModelKind;
 use super::parallel::DataParallel;
-use super::trainee::{BatchShare, GradsReady, StepResult, Trainee};
+use super::trainee::{
+    head_probabilities, write_batch, BatchShare, GradsReady, StepResult, Trainee,
+};
 use super::Evaluation;
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::Batch;
 use crate::data::spec::OpenedData;
-use crate::model::{orthogonal_attention, Coarse2Fine, Coarse2FineConfig, Grads, FEATURE_SCALE};
+use crate::model::{orthogonal_attention, Coarse2Fine, Coarse2FineConfig, Grads};
 use crate::pretrain::{start_upsampler, upsampler_origin};
 use crate::state::Named;
-use crate::task::{attribute_targets, Task};
-use crate::upsampler::{attention_map_side, default_channels, init_range, UpsamplerOrigin};
+use crate::task::Task;
+use crate::upsampler::{attention_map_side, default_channels, UpsamplerOrigin};
 
 impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
     fn name(&self) -> &'static str {
@@ -50,37 +51,25 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
         share: &BatchShare,
         ready: &mut GradsReady<'_, B>,
     ) -> Result<StepResult> {
-        b.write(self.input(), &batch.images)?;
-        b.write_index(self.labels(), &batch.labels)?;
-        let targets = attribute_targets(&batch.attributes);
-        if self.config.task == Task::Attributes {
-            b.write(self.targets(), &targets)?;
-        }
+        let buffers = (self.input(), self.labels(), self.targets());
+        let targets = write_batch(b, batch, self.config.task, buffers)?;
         if let Some(chosen_maps) = self.chosen_maps() {
             let maps = self.config.maps as u64;
             let chosen: Vec<i32> = (0..share.global).map(|_| draw.below(maps) as i32).collect();
             b.write_index(chosen_maps, &chosen[share.slice.clone()])?;
         }
         self.zero_grads(b)?;
-        // Buffer indices as in `grads`: the backbone's, then the heads'.
-        let l = self.forward_backward_reporting(b, mode, &mut |b, grads| match grads {
-            Grads::Backbone(from) => ready(b, 0, from),
-            Grads::Heads(from) => ready(b, 1, from),
+        let l = self.forward_backward_reporting(b, mode, &mut |b, grads: Grads| {
+            let (buffer, from) = grads.buffer();
+            ready(b, buffer, from)
         })?;
         let losses = if self.has_fine_pass() {
             vec![l.coarse, l.fine, l.center_coarse, l.center_fine]
         } else {
             vec![l.coarse, l.center_coarse]
         };
-        Ok(StepResult {
-            losses,
-            correct: self.config.task.count_correct(
-                b,
-                self.predictions()[0],
-                &batch.labels,
-                &targets,
-            )?,
-        })
+        let coarse = self.predictions()[0];
+        StepResult::counted(b, losses, self.config.task, coarse, (batch, &targets))
     }
 
     fn grads(&self) -> Vec<Tensor> {
@@ -102,11 +91,7 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
     fn probabilities(&mut self, b: &mut B, images: &[f32]) -> Result<Vec<Vec<f64>>> {
         b.write(self.input(), images)?;
         self.infer(b)?;
-        let (task, outputs) = (self.config.task, self.config.classes);
-        self.logits()
-            .into_iter()
-            .map(|logits| Ok(task.probabilities(&b.read(logits)?, outputs)))
-            .collect()
+        head_probabilities(b, self.config.task, self.config.classes, &self.logits())
     }
 
     fn task(&self) -> Task {
@@ -181,14 +166,10 @@ pub fn init_coarse2fine<B: Backend<Scalar = f32>>(
     b.write(model.params, &heads)
 }
 
-/// A fresh draw of the heads' parameters: uniform by fan-in, the attention conv's rows
-/// orthonormal unless `cfg.ortho_init` is off.
+/// A fresh draw of the heads' parameters: uniform by fan-in ([`uniform_heads`]), the attention
+/// conv's rows orthonormal unless `cfg.ortho_init` is off.
 fn drawn_heads(model: &Coarse2Fine, cfg: &TrainConfig) -> Result<Vec<f32>> {
-    let mut heads = vec![0.0f32; model.params.len];
-    for e in model.head_table().entries() {
-        let (lo, hi) = head_range(&e.name, &e.shape);
-        counter_uniform(&e.name, lo, hi, &mut heads[e.range()]);
-    }
+    let mut heads = uniform_heads(model.head_table());
     if cfg.ortho_init {
         let attention = model
             .head_table()
@@ -198,21 +179,6 @@ fn drawn_heads(model: &Coarse2Fine, cfg: &TrainConfig) -> Result<Vec<f32>> {
         heads[attention.range()].copy_from_slice(&orthogonal_attention(maps, channels, cfg.seed)?);
     }
     Ok(heads)
-}
-
-/// The uniform range a head parameter starts from: ±1/sqrt(fan_in), except the up-sampler's
-/// own ([`init_range`]), and the classifiers 100× smaller, because they see 100× the unit-norm
-/// part features and should start with logits of order one.
-fn head_range(name: &str, shape: &[usize]) -> (f64, f64) {
-    let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
-    let bound = 1.0 / (fan_in as f64).sqrt();
-    if name.starts_with("upsampler.") {
-        init_range(name, shape)
-    } else if name.starts_with("fc_") {
-        (-bound / FEATURE_SCALE, bound / FEATURE_SCALE)
-    } else {
-        (-bound, bound)
-    }
 }
 
 /// Builds, initialises (or resumes) and trains Coarse2Fine; the test accuracy at the end, or

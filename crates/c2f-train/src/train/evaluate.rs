@@ -9,8 +9,15 @@ use super::trainee::Trainee;
 use crate::data::loader::Loader;
 use crate::task::Task;
 
+/// What the two heads of a two-head model are called in output and metrics: Coarse2Fine's
+/// coarse and fine predictions.
+pub const COARSE_FINE: [&str; 2] = ["coarse", "fine"];
+/// WS-DAN's raw and refined predictions, which [`Accuracy`] keeps as `coarse` and `fine`.
+pub const RAW_REFINED: [&str; 2] = ["raw", "refined"];
+
 /// Test-set accuracy (fractions): top-1 for classes, the mean over the attributes for
-/// attributes; the baseline and the coarse-only model have only `coarse`.
+/// attributes; the baseline and the coarse-only model have only `coarse`. WS-DAN's raw and
+/// refined predictions are `coarse` and `fine`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Accuracy {
     pub coarse: f64,
@@ -122,11 +129,12 @@ pub fn evaluate<B: Backend<Scalar = f32>, M: Trainee<B>>(
     })
 }
 
-/// `coarse 41.0% fine 38.5% average 43.0%`, or the one number of a one-head model.
-pub fn format_accuracy(a: &Accuracy) -> String {
+/// `coarse 41.0% fine 38.5% average 43.0%` (with `heads`' names: [`COARSE_FINE`] or
+/// [`RAW_REFINED`]), or the one number of a one-head model.
+pub fn format_accuracy(a: &Accuracy, [first, second]: [&str; 2]) -> String {
     match (a.fine, a.average) {
         (Some(f), Some(avg)) => format!(
-            "coarse {:.1}% fine {:.1}% average {:.1}%",
+            "{first} {:.1}% {second} {:.1}% average {:.1}%",
             100.0 * a.coarse,
             100.0 * f,
             100.0 * avg

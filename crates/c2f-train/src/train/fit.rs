@@ -69,7 +69,10 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
         None => None,
     };
     let mut report = match test_loader {
-        Some(test) => Some(Report::open(&run.dir, loss_terms, test, meta.epoch)?),
+        Some(test) => {
+            let names = (loss_terms, model.head_names());
+            Some(Report::open(&run.dir, names, test, meta.epoch)?)
+        }
         None => None,
     };
     let mode = cfg.bn.mode();

@@ -4,13 +4,16 @@
 use std::path::Path;
 
 use c2f_inception::backend::Backend;
-use c2f_inception::init::golden_init;
+use c2f_inception::init::{counter_uniform, golden_init};
 use c2f_inception::network::Network;
+use c2f_inception::table::TensorTable;
 use c2f_inception::weights::{self, LoadOptions};
 use c2f_kernels::{Error, Result};
 
 use crate::checkpoint;
+use crate::model::FEATURE_SCALE;
 use crate::state::Named;
+use crate::upsampler::init_range;
 
 /// Starting values for a fresh run: the shared counter-based draw for the backbone (or the
 /// weights file), fresh BatchNorm statistics, and the heads' own ranges.
@@ -37,6 +40,32 @@ pub fn init_backbone<B: Backend<Scalar = f32>>(
     }
     b.write(net.params, &params)?;
     b.write(net.buffers, &buffers)
+}
+
+/// A fresh draw of a model's head parameters, laid out as `table`: each tensor uniform in its
+/// [`head_range`], drawn by its name.
+pub fn uniform_heads(table: &TensorTable) -> Vec<f32> {
+    let mut heads = vec![0.0f32; table.total()];
+    for e in table.entries() {
+        let (lo, hi) = head_range(&e.name, &e.shape);
+        counter_uniform(&e.name, lo, hi, &mut heads[e.range()]);
+    }
+    heads
+}
+
+/// The uniform range a head parameter starts from: ±1/sqrt(fan_in), except the up-sampler's
+/// own ([`init_range`]), and the classifiers (`fc*`) 100× smaller, because they see 100× the
+/// unit-norm part features and should start with logits of order one.
+fn head_range(name: &str, shape: &[usize]) -> (f64, f64) {
+    let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    if name.starts_with("upsampler.") {
+        init_range(name, shape)
+    } else if name.starts_with("fc") {
+        (-bound / FEATURE_SCALE, bound / FEATURE_SCALE)
+    } else {
+        (-bound, bound)
+    }
 }
 
 /// Fills a fresh model's state from the checkpoint of an earlier run of the same model and

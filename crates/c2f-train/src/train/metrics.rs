@@ -39,15 +39,16 @@ pub(super) struct EpochTally<'a> {
 }
 
 impl Report {
-    /// The report of a run in `dir` that starts after `epochs_done` epochs.
+    /// The report of a run in `dir` that starts after `epochs_done` epochs, of a model with
+    /// `loss_terms` and heads named `heads` ([`Trainee::head_names`]).
     pub(super) fn open(
         dir: &Path,
-        loss_terms: &[&str],
+        (loss_terms, heads): (&[&str], [&str; 2]),
         test: Loader,
         epochs_done: usize,
     ) -> Result<Report> {
         Ok(Report {
-            metrics: Metrics::open(dir, loss_terms, epochs_done)?,
+            metrics: Metrics::open(dir, loss_terms, heads, epochs_done)?,
             test,
             merged: MergedCenters::default(),
         })
@@ -66,7 +67,7 @@ impl Report {
         meta: &CheckpointMeta,
         tally: &EpochTally<'_>,
     ) -> Result<Option<Evaluation>> {
-        let (name, loss_terms) = (model.name(), model.loss_terms());
+        let (name, loss_terms, heads) = (model.name(), model.loss_terms(), model.head_names());
         let (epoch, lr, terms) = (tally.epoch, tally.lr, loss_terms.len());
         let last = epoch + 1 == cfg.epochs;
         let due = run.eval_every > 0 && (epoch + 1).is_multiple_of(run.eval_every);
@@ -92,12 +93,12 @@ impl Report {
             "lr": lr,
             "loss": total,
             "train_acc": train_acc,
-            "test_coarse": accuracy.map(|a| a.coarse),
-            "test_fine": accuracy.and_then(|a| a.fine),
             "test_average": accuracy.and_then(|a| a.average),
             "images_per_s": images_per_s,
             "skipped": tally.skipped.len(),
         });
+        record[format!("test_{}", heads[0])] = serde_json::json!(accuracy.map(|a| a.coarse));
+        record[format!("test_{}", heads[1])] = serde_json::json!(accuracy.and_then(|a| a.fine));
         for (term, v) in loss_terms.iter().zip(&mean) {
             record[format!("loss_{term}")] = serde_json::json!(v);
         }
@@ -127,8 +128,9 @@ impl Report {
             record["test_attributes"] = serde_json::Value::Object(by_name);
         }
         self.metrics.append(&run.dir, &record)?;
-        let test_part =
-            accuracy.map_or(String::new(), |a| format!("  test {}", format_accuracy(&a)));
+        let test_part = accuracy.map_or(String::new(), |a| {
+            format!("  test {}", format_accuracy(&a, heads))
+        });
         println!(
             "{:<11} epoch {:>3}  loss {total:.4}  train {:.1}%  lr {lr:.2e}  {images_per_s:.1} img/s{}{test_part}",
             name,
@@ -157,8 +159,14 @@ struct Metrics {
 impl Metrics {
     /// The metrics files in `dir`, holding the records of the first `epochs_done` epochs only: a
     /// run killed after an epoch's record but before its checkpoint, or in the middle of a line,
-    /// left records that its resumed run writes again.
-    fn open(dir: &Path, loss_terms: &[&str], epochs_done: usize) -> Result<Metrics> {
+    /// left records that its resumed run writes again. The test accuracies' columns are named
+    /// by `heads` (`test_coarse`, `test_fine`; WS-DAN's `test_raw`, `test_refined`).
+    fn open(
+        dir: &Path,
+        loss_terms: &[&str],
+        heads: [&str; 2],
+        epochs_done: usize,
+    ) -> Result<Metrics> {
         let open = |name: &str| {
             let path = dir.join(name);
             OpenOptions::new()
@@ -173,17 +181,12 @@ impl Metrics {
             .collect();
         columns.extend(loss_terms.iter().map(|t| format!("loss_{t}")));
         columns.extend(spread_columns(loss_terms));
+        columns.push("train_acc".into());
+        columns.extend(heads.iter().map(|h| format!("test_{h}")));
         columns.extend(
-            [
-                "train_acc",
-                "test_coarse",
-                "test_fine",
-                "test_average",
-                "images_per_s",
-                "skipped",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
+            ["test_average", "images_per_s", "skipped"]
+                .iter()
+                .map(|s| s.to_string()),
         );
         let done = |epoch: Option<u64>| epoch.is_some_and(|e| e as usize <= epochs_done);
         keep_lines(&dir.join("metrics.jsonl"), |line| {

@@ -1,13 +1,14 @@
-//! The training loop for Coarse2Fine, its coarse-only ablation and the plain InceptionV3
-//! baseline, on any f32 backend: SGD with momentum and weight decay, WS-DAN's step schedule
-//! (×0.9 every 2 epochs) or cosine, BatchNorm in train, frozen or eval mode, checkpoints written
-//! atomically every N steps and at each epoch's end, `--resume` that continues a run exactly
-//! (bit-identical on the CPU), metrics as JSON lines and CSV, a progress bar, and test-set top-1
-//! for the coarse, fine and averaged predictions.
+//! The training loop for Coarse2Fine, its coarse-only ablation, WS-DAN and the plain
+//! InceptionV3 baseline, on any f32 backend: SGD with momentum and weight decay, WS-DAN's step
+//! schedule (×0.9 every 2 epochs) or cosine, BatchNorm in train, frozen or eval mode,
+//! checkpoints written atomically every N steps and at each epoch's end, `--resume` that
+//! continues a run exactly (bit-identical on the CPU), metrics as JSON lines and CSV, a progress
+//! bar, and test-set top-1 for the coarse, fine and averaged predictions (WS-DAN's raw, refined
+//! and averaged).
 //!
 //! [`fit`] is the loop; a model takes part through [`Trainee`] ([`coarse2fine`], which is also
-//! the coarse-only model's, and [`baseline`]), and [`models`] names them; [`parallel`] makes it
-//! one rank of a data-parallel job. The config and its presets live in
+//! the coarse-only model's, [`wsdan`] and [`baseline`]), and [`models`] names them;
+//! [`parallel`] makes it one rank of a data-parallel job. The config and its presets live in
 //! [`crate::config`], and are re-exported here with the rest of the loop's interface.
 
 pub mod baseline;
@@ -23,12 +24,14 @@ pub mod parallel;
 mod progress;
 pub mod resume;
 pub mod trainee;
+pub mod wsdan;
 
 pub use baseline::{build_baseline, init_baseline, train_baseline, Baseline};
 pub use centers::{center_spread, MERGED_SPREAD};
 pub use coarse2fine::{build_coarse2fine, build_coarse_only, init_coarse2fine, train_coarse2fine};
 pub use evaluate::{
     argmax, evaluate, format_accuracy, padded_images, prediction_rows, Accuracy, Evaluation,
+    COARSE_FINE, RAW_REFINED,
 };
 pub use fit::fit;
 pub use init::{init_backbone, start_from_checkpoint};
@@ -37,5 +40,6 @@ pub use models::{ModelKind, Trainer};
 pub use parallel::{rank_config, DataParallel};
 pub use resume::{checkpoint_path, dataset_fingerprint};
 pub use trainee::{BatchShare, GradsReady, StepResult, Trainee};
+pub use wsdan::{build_wsdan, draw_augmentation, init_wsdan};
 
 pub use crate::config::{BnPolicy, Machine, Preset, RunOptions, Schedule, TrainConfig};

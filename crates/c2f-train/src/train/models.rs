@@ -6,26 +6,31 @@ use c2f_kernels::Result;
 
 use super::baseline::train_baseline;
 use super::coarse2fine::{build_coarse_only, init_coarse2fine, train_coarse2fine};
-use super::evaluate::Evaluation;
+use super::evaluate::{Evaluation, COARSE_FINE, RAW_REFINED};
 use super::fit::build_and_fit;
 use super::parallel::DataParallel;
+use super::wsdan::{build_wsdan, init_wsdan};
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::spec::OpenedData;
 use crate::model::Coarse2Fine;
+use crate::wsdan::WsDan;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
     Coarse2Fine,
     /// Coarse2Fine without its fine pass: what the fine pass must beat.
     CoarseOnly,
+    /// WS-DAN (Hu et al. 2019), the method the paper compares with ([`crate::wsdan`]).
+    WsDan,
     /// The plain InceptionV3.
     Baseline,
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 3] = [
+    pub const ALL: [ModelKind; 4] = [
         ModelKind::Coarse2Fine,
         ModelKind::CoarseOnly,
+        ModelKind::WsDan,
         ModelKind::Baseline,
     ];
 
@@ -33,6 +38,7 @@ impl ModelKind {
         match self {
             ModelKind::Coarse2Fine => "coarse2fine",
             ModelKind::CoarseOnly => "coarse-only",
+            ModelKind::WsDan => "wsdan",
             ModelKind::Baseline => "baseline",
         }
     }
@@ -42,7 +48,17 @@ impl ModelKind {
         match self {
             ModelKind::Coarse2Fine => "Coarse2Fine",
             ModelKind::CoarseOnly => "Coarse-only ablation",
+            ModelKind::WsDan => "WS-DAN",
             ModelKind::Baseline => "InceptionV3 baseline",
+        }
+    }
+
+    /// What a two-head model's predictions are called: Coarse2Fine's coarse and fine,
+    /// WS-DAN's raw and refined.
+    pub fn head_names(self) -> [&'static str; 2] {
+        match self {
+            ModelKind::WsDan => RAW_REFINED,
+            _ => COARSE_FINE,
         }
     }
 
@@ -63,6 +79,10 @@ impl ModelKind {
             ModelKind::CoarseOnly => |b, cfg, run, data, dp| {
                 let init = |b: &mut B, model: &Coarse2Fine| init_coarse2fine(b, model, cfg, run);
                 build_and_fit(b, cfg, run, data, dp, build_coarse_only, init)
+            },
+            ModelKind::WsDan => |b, cfg, run, data, dp| {
+                let init = |b: &mut B, model: &WsDan| init_wsdan(b, model, run);
+                build_and_fit(b, cfg, run, data, dp, build_wsdan, init)
             },
             ModelKind::Baseline => train_baseline,
         }

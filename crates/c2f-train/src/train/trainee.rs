@@ -3,15 +3,16 @@
 
 use std::ops::Range;
 
-use c2f_inception::backend::{Backend, BnMode, Tensor};
+use c2f_inception::backend::{Backend, BnMode, IndexTensor, Tensor};
 use c2f_inception::network::SgdRule;
 use c2f_kernels::rng::SplitMix64;
 use c2f_kernels::Result;
 
+use super::evaluate::COARSE_FINE;
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::Batch;
 use crate::state::Named;
-use crate::task::Task;
+use crate::task::{attribute_targets, Task};
 use crate::upsampler::UpsamplerOrigin;
 
 /// One training step's outcome.
@@ -21,6 +22,21 @@ pub struct StepResult {
     /// The (coarse) head's right answers: samples classified right, or for attributes right
     /// (sample, attribute) answers.
     pub correct: usize,
+}
+
+impl StepResult {
+    /// The step's `losses`, and the right answers among `predictions` against `batch`'s
+    /// labels and its `targets` ([`write_batch`]'s).
+    pub(super) fn counted<B: Backend>(
+        b: &mut B,
+        losses: Vec<f64>,
+        task: Task,
+        predictions: IndexTensor,
+        (batch, targets): (&Batch, &[f32]),
+    ) -> Result<StepResult> {
+        let correct = task.count_correct(b, predictions, &batch.labels, targets)?;
+        Ok(StepResult { losses, correct })
+    }
 }
 
 /// Which part of a step's global batch this process's batch is: all of it for one worker,
@@ -57,6 +73,10 @@ pub trait Trainee<B: Backend<Scalar = f32>> {
     fn name(&self) -> &'static str;
     /// The names of the loss terms [`Trainee::step`] returns.
     fn loss_terms(&self) -> &'static [&'static str];
+    /// What its two heads' predictions are called, where it has two.
+    fn head_names(&self) -> [&'static str; 2] {
+        COARSE_FINE
+    }
     /// Every tensor a checkpoint holds.
     fn state(&self) -> Vec<Named>;
     /// Forward and backward of one batch (gradients zeroed first); `step` counts all steps.
@@ -95,4 +115,34 @@ pub trait Trainee<B: Backend<Scalar = f32>> {
     fn upsampler_origin(&self, _cfg: &TrainConfig, _run: &RunOptions) -> Option<UpsamplerOrigin> {
         None
     }
+}
+
+/// Writes a batch's images, labels and (attributes) 0/1 targets into a model's `input`,
+/// `labels` and `targets`; returns the targets, which [`Task::count_correct`] reads.
+pub(super) fn write_batch<B: Backend<Scalar = f32>>(
+    b: &mut B,
+    batch: &Batch,
+    task: Task,
+    (input, labels, targets): (Tensor, IndexTensor, Tensor),
+) -> Result<Vec<f32>> {
+    b.write(input, &batch.images)?;
+    b.write_index(labels, &batch.labels)?;
+    let values = attribute_targets(&batch.attributes);
+    if task == Task::Attributes {
+        b.write(targets, &values)?;
+    }
+    Ok(values)
+}
+
+/// Each head's probabilities (`task`'s, of `outputs` per image) from its `logits`.
+pub(super) fn head_probabilities<B: Backend<Scalar = f32>>(
+    b: &mut B,
+    task: Task,
+    outputs: usize,
+    logits: &[Tensor],
+) -> Result<Vec<Vec<f64>>> {
+    logits
+        .iter()
+        .map(|&l| Ok(task.probabilities(&b.read(l)?, outputs)))
+        .collect()
 }
