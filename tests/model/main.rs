@@ -30,3 +30,4 @@ mod train_gpu;
 mod upsampler_start;
 mod visualize;
 mod wsdan;
+mod wsdan_golden;
