@@ -1,6 +1,19 @@
-//! Reading the tensors a tools script recorded with PyTorch into a safetensors golden file.
+//! Reading the tensors a tools script recorded with PyTorch into a safetensors golden file, and
+//! naming ours to compare with them.
 
+#![allow(dead_code)] // each test binary uses a part
+
+use c2f_inception::table::TensorTable;
 use safetensors::{Dtype, SafeTensors};
+
+/// A flat buffer laid out as `table` (parameters, gradients), as its named tensors.
+pub fn by_name(table: &TensorTable, whole: &[f64]) -> Vec<(String, Vec<f64>)> {
+    table
+        .entries()
+        .iter()
+        .map(|e| (e.name.clone(), whole[e.range()].to_vec()))
+        .collect()
+}
 
 /// A recorded tensor (float64 or float32) as f64.
 pub fn floats(file: &SafeTensors, name: &str) -> Vec<f64> {

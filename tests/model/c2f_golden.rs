@@ -10,11 +10,10 @@
 //! tests check the backward against our own forward; this checks the forward and the backward
 //! against an independent definition of the method.
 
-use crate::common::recorded::floats;
+use crate::common::recorded::{by_name, floats};
 use c2f_inception::backend::{prelude::*, BnMode, Tensor};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::init::{counter_uniform, golden_range};
-use c2f_inception::table::TensorTable;
 use c2f_kernels::center_loss::{CenterLossParams, CenterRule};
 use c2f_kernels::testing::rel_error;
 use c2f_train::model::{CenterBanks, Coarse2Fine, Coarse2FineConfig, Task};
@@ -66,14 +65,6 @@ struct Step {
 
 fn read(b: &mut CpuBackend<f64>, t: Tensor) -> Vec<f64> {
     b.read(t).unwrap()
-}
-
-fn split(table: &TensorTable, whole: &[f64]) -> Vec<(String, Vec<f64>)> {
-    table
-        .entries()
-        .iter()
-        .map(|e| (e.name.clone(), whole[e.range()].to_vec()))
-        .collect()
 }
 
 fn golden_step() -> Step {
@@ -129,8 +120,8 @@ fn golden_step() -> Step {
         panic!("Coarse2Fine has two heads")
     };
     let net = model.backbone();
-    let mut grads = split(&net.graph.params, &read(b, net.grads));
-    grads.extend(split(model.head_table(), &read(b, model.grads)));
+    let mut grads = by_name(&net.graph.params, &read(b, net.grads));
+    grads.extend(by_name(model.head_table(), &read(b, model.grads)));
     let state = model
         .state()
         .into_iter()

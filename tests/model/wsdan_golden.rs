@@ -14,11 +14,10 @@
 //! refined logits and boxes. Two mutations of the step (the drop pass reading the crop's maps;
 //! one center per class) must fail it.
 
-use crate::common::recorded::floats;
+use crate::common::recorded::{by_name, floats};
 use c2f_inception::backend::{prelude::*, BnMode, Tensor};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::init::{counter_uniform, golden_range};
-use c2f_inception::table::TensorTable;
 use c2f_kernels::center_loss::{CenterLossParams, CenterRule};
 use c2f_kernels::testing::rel_error;
 use c2f_train::config::WsDanCenters;
@@ -95,20 +94,12 @@ fn read(b: &mut CpuBackend<f64>, t: Tensor) -> Vec<f64> {
     b.read(t).unwrap()
 }
 
-fn split(table: &TensorTable, whole: &[f64]) -> Vec<(String, Vec<f64>)> {
-    table
-        .entries()
-        .iter()
-        .map(|e| (e.name.clone(), whole[e.range()].to_vec()))
-        .collect()
-}
-
 fn step(b: &mut CpuBackend<f64>, model: &mut WsDan, aug: &Augmentation) -> StepRecord {
     model.zero_grads(b).unwrap();
     let l = model.forward_backward(b, BnMode::Train, aug).unwrap();
     let net = model.backbone();
-    let mut grads = split(&net.graph.params, &read(b, net.grads));
-    grads.extend(split(model.head_table(), &read(b, model.grads)));
+    let mut grads = by_name(&net.graph.params, &read(b, net.grads));
+    grads.extend(by_name(model.head_table(), &read(b, model.grads)));
     StepRecord {
         losses: vec![l.raw, l.crop, l.drop, l.center],
         grads,
