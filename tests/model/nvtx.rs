@@ -4,26 +4,19 @@
 
 use std::path::PathBuf;
 
-use crate::common::train::{metrics, synthetic_spec};
+use crate::common::train::{metrics, synthetic_spec, tiny_config};
 use c2f_inception::cpu::CpuBackend;
 use c2f_kernels::nvtx;
 use c2f_train::data::image_io::DEFAULT_MAX_PIXELS;
 use c2f_train::train::{checkpoint_path, ModelKind, RunOptions, TrainConfig};
 
-/// One epoch of 2 steps (8 images, batch 4), a checkpoint after each and an evaluation; run
+/// One epoch of 2 steps of a tiny model (8 images, batch 4), a checkpoint after each and an evaluation; run
 /// with ranges off, then recorded. Returns the recorded ranges as nested paths, after checking
 /// that both runs wrote the same checkpoint and the same metrics.
 fn paths_of_a_recorded_run(model: ModelKind) -> Vec<String> {
     let cfg = TrainConfig {
-        epochs: 1,
-        batch: 4,
-        input_size: 75,
-        width: 0.125,
-        classes: 3,
-        maps: 2,
         wsdan_maps: 2,
-        seed: 1,
-        ..TrainConfig::default()
+        ..tiny_config(TrainConfig::default().lr, 1)
     };
     let data = synthetic_spec(8, 4, 3, (0.6, 0.9))
         .open(75, DEFAULT_MAX_PIXELS)

@@ -166,13 +166,18 @@ impl Graph {
                 op_layers: Vec::new(),
             },
         };
-        let x = b.top_conv("Conv2d_1a_3x3", 0, 32, (3, 3), (2, 2), (0, 0));
-        let x = b.top_conv("Conv2d_2a_3x3", x, 32, (3, 3), (1, 1), (0, 0));
-        let x = b.top_conv("Conv2d_2b_3x3", x, 64, (3, 3), (1, 1), (1, 1));
+        b.begin("Conv2d_1a_3x3");
+        let x = b.conv("Conv2d_1a_3x3", 0, 32, (3, 3), (2, 2), (0, 0));
+        b.begin("Conv2d_2a_3x3");
+        let x = b.conv("Conv2d_2a_3x3", x, 32, (3, 3), (1, 1), (0, 0));
+        b.begin("Conv2d_2b_3x3");
+        let x = b.conv("Conv2d_2b_3x3", x, 64, (3, 3), (1, 1), (1, 1));
         b.begin("maxpool1");
         let x = b.max_pool(x);
-        let x = b.top_conv("Conv2d_3b_1x1", x, 80, (1, 1), (1, 1), (0, 0));
-        let x = b.top_conv("Conv2d_4a_3x3", x, 192, (3, 3), (1, 1), (0, 0));
+        b.begin("Conv2d_3b_1x1");
+        let x = b.conv("Conv2d_3b_1x1", x, 80, (1, 1), (1, 1), (0, 0));
+        b.begin("Conv2d_4a_3x3");
+        let x = b.conv("Conv2d_4a_3x3", x, 192, (3, 3), (1, 1), (0, 0));
         b.begin("maxpool2");
         let x = b.max_pool(x);
         let x = b.inception_a("Mixed_5b", x, 32);
@@ -237,20 +242,6 @@ impl Builder {
     fn push_op(&mut self, op: Op) {
         self.graph.ops.push(op);
         self.graph.op_layers.push(self.graph.layers.len() - 1);
-    }
-
-    /// A `BasicConv2d` that is a top-level module of its own.
-    fn top_conv(
-        &mut self,
-        name: &str,
-        input: ActId,
-        out_channels: usize,
-        kernel: (usize, usize),
-        stride: (usize, usize),
-        padding: (usize, usize),
-    ) -> ActId {
-        self.begin(name);
-        self.conv(name, input, out_channels, kernel, stride, padding)
     }
 
     fn conv(
