@@ -30,6 +30,7 @@ use c2f_inception::table::TensorTable;
 use c2f_kernels::center_loss::CenterLossParams;
 use c2f_kernels::map_select::MapShape;
 use c2f_kernels::mask::MaskShape;
+use c2f_kernels::nvtx;
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::{Error, Result};
 
@@ -444,6 +445,7 @@ impl Coarse2Fine {
     /// any time without a fine pass) the mean of the attention maps; with a fine pass, masks
     /// the images with it into the fine pass's input.
     fn fine_input_forward<B: Backend>(&self, b: &mut B, mean_map: bool) -> Result<()> {
+        let _range = nvtx::range("fine input forward");
         match (&self.fine, mean_map) {
             (Some(fine), false) => b.select_map_forward(
                 &self.map_shape(),
@@ -472,6 +474,7 @@ impl Coarse2Fine {
     /// attention maps' gradient; the up-sampler's parameter gradients accumulate. Nothing
     /// without a fine pass.
     fn fine_input_backward<B: Backend>(&self, b: &mut B) -> Result<()> {
+        let _range = nvtx::range("fine input backward");
         let Some(fine) = &self.fine else {
             return Ok(());
         };
@@ -509,11 +512,16 @@ impl Coarse2Fine {
         let Some((pass, args)) = self.fine_pass() else {
             return Ok((0.0, 0.0));
         };
-        pass.net.forward(b, mode)?;
-        let losses = pass.head_forward(b, &args)?;
-        pass.head_backward(b, &args)?;
-        pass.attention_backward(b, &args)?;
-        pass.net.backward(b, mode, true)?;
+        let _range = nvtx::range("fine pass");
+        nvtx::within("fine backbone forward", || pass.net.forward(b, mode))?;
+        let losses = nvtx::within("fine head forward", || pass.head_forward(b, &args))?;
+        nvtx::within("fine head backward", || pass.head_backward(b, &args))?;
+        nvtx::within("fine attention backward", || {
+            pass.attention_backward(b, &args)
+        })?;
+        nvtx::within("fine backbone backward", || {
+            pass.net.backward(b, mode, true)
+        })?;
         Ok(losses)
     }
 
@@ -536,16 +544,25 @@ impl Coarse2Fine {
         ready: &mut dyn FnMut(&mut B, Grads) -> Result<()>,
     ) -> Result<Losses> {
         let coarse_args = self.pass_args(self.heads.fc_coarse);
-        self.coarse.net.forward(b, mode)?;
+        nvtx::within("coarse backbone forward", || {
+            self.coarse.net.forward(b, mode)
+        })?;
+        let coarse_head = nvtx::range("coarse head forward");
         let (coarse, center_coarse) = self.coarse.head_forward(b, &coarse_args)?;
+        drop(coarse_head);
         if self.fine.is_some() {
             self.fine_input_forward(b, false)?;
         }
         let (fine, center_fine) = self.fine_forward_backward(b, mode)?;
-        self.coarse.head_backward(b, &coarse_args)?;
+        nvtx::within("coarse head backward", || {
+            self.coarse.head_backward(b, &coarse_args)
+        })?;
         self.fine_input_backward(b)?;
+        let coarse_attention = nvtx::range("coarse attention backward");
         self.coarse.attention_backward(b, &coarse_args)?;
+        drop(coarse_attention);
         ready(b, Grads::Heads(0))?;
+        let _range = nvtx::range("coarse backbone backward");
         self.coarse
             .net
             .backward_reporting(b, mode, false, &mut |b, from| {
@@ -565,12 +582,16 @@ impl Coarse2Fine {
     pub fn infer<B: Backend>(&mut self, b: &mut B) -> Result<()> {
         let mode = BnMode::Inference;
         let coarse_args = self.pass_args(self.heads.fc_coarse);
-        self.coarse.net.forward(b, mode)?;
-        self.coarse.attend(b, &coarse_args)?;
+        nvtx::within("coarse backbone forward", || {
+            self.coarse.net.forward(b, mode)
+        })?;
+        nvtx::within("coarse head forward", || {
+            self.coarse.attend(b, &coarse_args)
+        })?;
         self.fine_input_forward(b, true)?;
         if let Some((pass, args)) = self.fine_pass() {
-            pass.net.forward(b, mode)?;
-            pass.attend(b, &args)?;
+            nvtx::within("fine backbone forward", || pass.net.forward(b, mode))?;
+            nvtx::within("fine head forward", || pass.attend(b, &args))?;
         }
         Ok(())
     }

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use c2f_inception::backend::Backend;
+use c2f_kernels::nvtx;
 use c2f_kernels::rng::SplitMix64;
 use c2f_kernels::{Error, Result};
 
@@ -105,35 +106,38 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
         // last step but before its end takes no step in it.
         let mut lr = cfg.learning_rate(epoch, first_batch.saturating_sub(1), steps_per_epoch);
         let mut images_this_run = 0usize;
-        for (k, batch) in (&mut loader_epoch).enumerate() {
+        for (k, batch) in nvtx::each("wait for batch", &mut loader_epoch).enumerate() {
             let batch = batch?;
             let batch_index = first_batch + k;
+            let step_range = nvtx::range(format_args!("{name} step {}", meta.step + 1));
             lr = cfg.learning_rate(epoch, batch_index, steps_per_epoch);
             model.set_center_lambda(cfg.center_lambda_at(epoch, batch_index, steps_per_epoch));
             if let Some(r) = &ranked {
                 r.before_step(b)?;
             }
-            let mut out = model.step(
-                b,
-                &batch,
-                &mut draw,
-                meta.step,
-                mode,
-                &share,
-                &mut |b, buffer, from| match &mut ranked {
-                    Some(r) => r.grads_ready(b, buffer, from),
-                    None => Ok(()),
-                },
-            )?;
+            let mut out = nvtx::within("forward and backward", || {
+                model.step(
+                    b,
+                    &batch,
+                    &mut draw,
+                    meta.step,
+                    mode,
+                    &share,
+                    &mut |b, buffer, from| match &mut ranked {
+                        Some(r) => r.grads_ready(b, buffer, from),
+                        None => Ok(()),
+                    },
+                )
+            })?;
             if let Some(r) = &mut ranked {
-                out = r.global(b, out)?;
+                out = nvtx::within("all-reduce losses", || r.global(b, out))?;
             }
             let at = (meta.step + 1, epoch, batch_index);
             check_finite((name, loss_terms), &out.losses, at, last_good, &ckpt)?;
             if let Some(r) = &mut ranked {
-                r.after_backward(b)?;
+                nvtx::within("all-reduce gradients", || r.after_backward(b))?;
             }
-            model.sgd_step(b, &cfg.sgd_rule(lr))?;
+            nvtx::within("sgd", || model.sgd_step(b, &cfg.sgd_rule(lr)))?;
             meta.step += 1;
             for (sum, v) in meta.epoch_sums.iter_mut().zip(&out.losses) {
                 *sum += v;
@@ -147,6 +151,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
             meta.rng = draw.0;
             if run.checkpoint_every > 0 && meta.step.is_multiple_of(run.checkpoint_every) {
                 if leader {
+                    let _range = nvtx::range("checkpoint");
                     save_checkpoint(b, name, &ckpt, &state, &meta, last_good)?;
                 }
                 last_good = Some((epoch, meta.step));
@@ -154,6 +159,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
                     r.barrier(b)?;
                 }
             }
+            drop(step_range);
             if run.stop_after == Some(meta.step) {
                 bar.finish_and_clear();
                 return Ok(None);
@@ -170,6 +176,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
                 seconds,
                 skipped: &skipped,
             };
+            let _range = nvtx::range("evaluate");
             let evaluation = report.epoch_end(b, model, cfg, run, data, &meta, &tally)?;
             last_evaluation = evaluation.or(last_evaluation);
         }
@@ -177,7 +184,9 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
         meta.batch_in_epoch = 0;
         meta.epoch_sums.iter_mut().for_each(|s| *s = 0.0);
         if leader {
-            save_checkpoint(b, name, &ckpt, &state, &meta, last_good)?;
+            nvtx::within("checkpoint", || {
+                save_checkpoint(b, name, &ckpt, &state, &meta, last_good)
+            })?;
         }
         last_good = Some((epoch + 1, meta.step));
         if let Some(r) = &mut ranked {

@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use c2f_inception::backend::{Backend, BnMode, IndexTensor, Tensor};
 use c2f_inception::network::SgdRule;
+use c2f_kernels::nvtx;
 use c2f_kernels::rng::SplitMix64;
 use c2f_kernels::Result;
 
@@ -34,6 +35,7 @@ impl StepResult {
         predictions: IndexTensor,
         (batch, targets): (&Batch, &[f32]),
     ) -> Result<StepResult> {
+        let _range = nvtx::range("read predictions");
         let correct = task.count_correct(b, predictions, &batch.labels, targets)?;
         Ok(StepResult { losses, correct })
     }
@@ -125,6 +127,7 @@ pub(super) fn write_batch<B: Backend<Scalar = f32>>(
     task: Task,
     (input, labels, targets): (Tensor, IndexTensor, Tensor),
 ) -> Result<Vec<f32>> {
+    let _range = nvtx::range("write batch");
     b.write(input, &batch.images)?;
     b.write_index(labels, &batch.labels)?;
     let values = attribute_targets(&batch.attributes);
