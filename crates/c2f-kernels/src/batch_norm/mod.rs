@@ -1,4 +1,4 @@
-//! Batch norm over NCHW with an optional fused ReLU: PyTorch's `BatchNorm2d` followed by `ReLU`,
+//! Batch norm over NCHW or channels-last NHWC ([`Layout`]) with an optional fused ReLU: PyTorch's `BatchNorm2d` followed by `ReLU`,
 //! as in torchvision's InceptionV3 `BasicConv2d` (eps 0.001, momentum 0.1).
 //!
 //! Per channel, over its `n = N·H·W` values:
@@ -22,6 +22,16 @@
 //! and saved stats and parameter gradients are always f32. Kernels: `kernels/batch_norm.cu`,
 //! deterministic (per-block partials summed in a fixed order, no float atomics).
 //!
+//! The layout changes where values live, not what is computed: the CPU references sum each
+//! channel's values in the same order in both (NHWC gives NCHW's bits), and the NHWC kernels
+//! differ from the NCHW ones only in their reduction trees (the same results to f32 rounding).
+//!
+//! bf16 rounding points (the CUDA kernels in bf16, and the reference a bf16 test compares to):
+//! the inputs `x`, `y`, `dy` are bf16 values; every statistic, sum and intermediate is f32; each
+//! activation output (`y`, `dx`) is rounded to bf16 once, when stored. So the bf16 reference is
+//! the f32 reference on the bf16 inputs widened exactly to f32, its `y` and `dx` rounded to bf16
+//! (nearest even); the f32 outputs (stats, parameter gradients) are not rounded.
+//!
 //! The CPU references are in `reference.rs`, the CUDA launcher in `launch.rs`.
 
 mod launch;
@@ -29,7 +39,8 @@ mod reference;
 
 pub use launch::BatchNormGpu;
 pub use reference::{
-    backward_inference_cpu, backward_train_cpu, forward_inference_cpu, forward_train_cpu,
+    backward_inference_cpu, backward_inference_cpu_in, backward_train_cpu, backward_train_cpu_in,
+    forward_inference_cpu, forward_inference_cpu_in, forward_train_cpu, forward_train_cpu_in,
 };
 
 use std::ops::Deref;
