@@ -402,6 +402,22 @@ struct SumMerge2 {
     }
 };
 
+// Slot 0 writes block (k, tile)'s partials of its channels: acc[u][a] to part_a, acc[u][b] to
+// part_b, at [c * chunks + k].
+template <int VEC, int M>
+__device__ __forceinline__ void bn_nhwc_write_partials(const float (&acc)[VEC][M], int a, int b,
+                                                       float* __restrict__ part_a,
+                                                       float* __restrict__ part_b,
+                                                       const RowTile& t) {
+    if (t.slot != 0 || !t.active) return;
+#pragma unroll
+    for (int u = 0; u < VEC; ++u) {
+        const long long at = (long long)(t.c0 + u) * gridDim.x + blockIdx.x;
+        part_a[at] = acc[u][a];
+        part_b[at] = acc[u][b];
+    }
+}
+
 // Floats of tile_reduce scratch a block needs for M values per channel.
 #define BN_NHWC_SCRATCH(T, M) ((M) * BN_THREADS * (16 / (int)sizeof(T)))
 
@@ -445,13 +461,7 @@ __device__ void bn_nhwc_stats_impl(const T* __restrict__ x, float* __restrict__ 
 #pragma unroll
     for (int u = 0; u < VEC; ++u) acc[u][0] = w[u].n, acc[u][1] = w[u].mean, acc[u][2] = w[u].m2;
     tile_reduce(acc, scratch, t, WelfordMerge3());
-    if (t.slot == 0 && t.active) {
-#pragma unroll
-        for (int u = 0; u < VEC; ++u) {
-            part_mean[(long long)(t.c0 + u) * gridDim.x + k] = acc[u][1];
-            part_m2[(long long)(t.c0 + u) * gridDim.x + k] = acc[u][2];
-        }
-    }
+    bn_nhwc_write_partials(acc, 1, 2, part_mean, part_m2, t);
 }
 
 // y = act((x - mean) * scale + shift) over block (k, tile)'s rows.
@@ -591,13 +601,7 @@ __device__ void bn_nhwc_grad_reduce_impl(const T* __restrict__ x, const T* __res
         }
     }
     tile_reduce(acc, scratch, t, SumMerge2());
-    if (t.slot == 0 && t.active) {
-#pragma unroll
-        for (int u = 0; u < VEC; ++u) {
-            part_dy[(long long)(t.c0 + u) * gridDim.x + k] = acc[u][0];
-            part_dot[(long long)(t.c0 + u) * gridDim.x + k] = acc[u][1];
-        }
-    }
+    bn_nhwc_write_partials(acc, 0, 1, part_dy, part_dot, t);
 }
 
 // dx as bn_train_grad_input_impl; block 0 of each tile accumulates dgamma and dbeta.

@@ -47,6 +47,15 @@ __device__ __forceinline__ int end_output(int i, int s, int p, int n_out) {
     return min((i + p) / s + 1, n_out);
 }
 
+// As PyTorch: a larger value or any NaN wins, so ties keep the first maximum and a NaN (the last
+// one) propagates.
+__device__ __forceinline__ void max_update(float v, int i, float& best, int& best_i) {
+    if (v > best || v != v) {
+        best = v;
+        best_i = i;
+    }
+}
+
 template <typename T>
 __device__ void max_pool2d_forward_impl(const T* __restrict__ x, T* __restrict__ y,
                                         int* __restrict__ indices, PoolGeom g) {
@@ -58,8 +67,7 @@ __device__ void max_pool2d_forward_impl(const T* __restrict__ x, T* __restrict__
     for (int p0 = blockIdx.z * PLANES_PER_THREAD; p0 < g.planes; p0 += gridDim.z * PLANES_PER_THREAD) {
         const int count = min(PLANES_PER_THREAD, g.planes - p0);
         const long long in0 = (long long)p0 * in_len, out0 = (long long)p0 * out_len;
-        // As PyTorch: start at -inf on the window's first element; a larger value or any NaN
-        // wins, so ties keep the first maximum and a NaN (the last one) propagates.
+        // Start at -inf on the window's first element (max_update's rule).
         float best[PLANES_PER_THREAD];
         int best_i[PLANES_PER_THREAD];
 #pragma unroll
@@ -71,13 +79,9 @@ __device__ void max_pool2d_forward_impl(const T* __restrict__ x, T* __restrict__
             for (int iw = ww.lo; iw < ww.hi; ++iw) {
                 const int i = ih * g.W + iw;
 #pragma unroll
-                for (int j = 0; j < PLANES_PER_THREAD; ++j) {
-                    const float v = load_f32(x, in0 + min(j, count - 1) * in_len + i);
-                    if (v > best[j] || v != v) {
-                        best[j] = v;
-                        best_i[j] = i;
-                    }
-                }
+                for (int j = 0; j < PLANES_PER_THREAD; ++j)
+                    max_update(load_f32(x, in0 + min(j, count - 1) * in_len + i), i, best[j],
+                               best_i[j]);
             }
         }
 #pragma unroll
@@ -239,12 +243,7 @@ __device__ void max_pool2d_nhwc_forward_impl(const T* __restrict__ x, T* __restr
             float v[VEC];
             load_vec<T, VEC>(x, (((long long)b * g.H + ih) * g.W + iw) * C + c0, v);
 #pragma unroll
-            for (int u = 0; u < VEC; ++u) {
-                if (v[u] > best[u] || v[u] != v[u]) {
-                    best[u] = v[u];
-                    best_i[u] = ih * g.W + iw;
-                }
-            }
+            for (int u = 0; u < VEC; ++u) max_update(v[u], ih * g.W + iw, best[u], best_i[u]);
         }
     }
     store_vec<T, VEC>(y, q * C + c0, best);
@@ -412,21 +411,23 @@ __device__ void global_avg_pool_nhwc_backward_impl(const T* __restrict__ dy, T* 
         POOL_NHWC_CALL(T, global_avg_pool_nhwc_backward_impl, dy, dx, N, C, HW)                    \
     }
 
+// The windowed pools' NCHW entry points take the NHWC ones' trailing (C, vec) and ignore them, so
+// the launcher passes one argument list to either.
 #define POOL_ENTRY_POINTS(SUFFIX, T)                                                               \
-    extern "C" __global__ void __launch_bounds__(256)                                              \
-        max_pool2d_forward_##SUFFIX(const T* x, T* y, int* indices, PoolGeom g) {                  \
+    extern "C" __global__ void __launch_bounds__(256) max_pool2d_forward_##SUFFIX(                \
+        const T* x, T* y, int* indices, PoolGeom g, int, int) {                                   \
         max_pool2d_forward_impl<T>(x, y, indices, g);                                              \
     }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(256)                                              \
-        max_pool2d_backward_##SUFFIX(const int* indices, const T* dy, T* dx, PoolGeom g) {         \
+    extern "C" __global__ void __launch_bounds__(256) max_pool2d_backward_##SUFFIX(               \
+        const int* indices, const T* dy, T* dx, PoolGeom g, int, int) {                           \
         max_pool2d_backward_impl<T>(indices, dy, dx, g);                                           \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256)                                              \
-        avg_pool2d_forward_##SUFFIX(const T* x, T* y, PoolGeom g) {                                \
+        avg_pool2d_forward_##SUFFIX(const T* x, T* y, PoolGeom g, int, int) {                      \
         avg_pool2d_forward_impl<T>(x, y, g);                                                       \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256)                                              \
-        avg_pool2d_backward_##SUFFIX(const T* dy, T* dx, PoolGeom g) {                             \
+        avg_pool2d_backward_##SUFFIX(const T* dy, T* dx, PoolGeom g, int, int) {                   \
         avg_pool2d_backward_impl<T>(dy, dx, g);                                                    \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256)                                              \

@@ -9,8 +9,7 @@ use crate::common::gpu_tests::f32_and_bf16_tests;
 use crate::common::skip::or_return;
 use c2f_baselines::batch_norm::BatchNormCudnn;
 use c2f_kernels::batch_norm::{
-    backward_inference_cpu, backward_inference_cpu_in, backward_train_cpu, backward_train_cpu_in,
-    forward_inference_cpu, forward_inference_cpu_in, forward_train_cpu, forward_train_cpu_in,
+    backward_inference_cpu, backward_train_cpu, forward_inference_cpu, forward_train_cpu,
     BatchNormGpu, BatchNormParams, BatchNormShape, INCEPTION_EPS,
 };
 use c2f_kernels::testing::{
@@ -984,6 +983,7 @@ fn cpu_run<R: c2f_kernels::Real>(
     store: fn(R) -> R,
 ) -> [(&'static str, Vec<f64>); 12] {
     let (c, hw, n) = (s.channels, s.hw(), s.len());
+    let laid_out = (layout, *s);
     let real = |v: &[f64]| -> Vec<R> { v.iter().map(|&v| R::from_f64(v)).collect() };
     let act_in = |v: &[f64]| Layout::Nchw.convert(layout, &real(v), c, hw);
     let (x, dy) = (act_in(&inp.x), act_in(&inp.dy));
@@ -1000,20 +1000,19 @@ fn cpu_run<R: c2f_kernels::Real>(
     let (mut y, mut mean, mut invstd) = (vec![R::nan(); n], vec![R::nan(); c], vec![R::nan(); c]);
     let affine = [&gamma[..], &beta];
     let (running, saved) = ([&mut rm[..], &mut rv], [&mut mean[..], &mut invstd]);
-    forward_train_cpu_in(layout, s, p, &x, affine, running, &mut y, saved).unwrap();
+    forward_train_cpu(&laid_out, p, &x, affine, running, &mut y, saved).unwrap();
     let mut yi = vec![R::nan(); n];
-    forward_inference_cpu_in(layout, s, p, &x, affine, [&rm0, &rv0], &mut yi).unwrap();
+    forward_inference_cpu(&laid_out, p, &x, affine, [&rm0, &rv0], &mut yi).unwrap();
     for v in y.iter_mut().chain(&mut yi) {
         *v = store(*v);
     }
     let (mut dx, mut dg, mut db) = (vec![R::nan(); n], dg0.clone(), db0.clone());
     let (xs, saved) = ([&x[..], &y, &dy], [&mean[..], &invstd]);
-    backward_train_cpu_in(layout, s, p, xs, &gamma, saved, &mut dx, [&mut dg, &mut db]).unwrap();
+    backward_train_cpu(&laid_out, p, xs, &gamma, saved, &mut dx, [&mut dg, &mut db]).unwrap();
     let (mut dxi, mut dgi, mut dbi) = (vec![R::nan(); n], dg0.clone(), db0.clone());
     let (xs, running) = ([&x[..], &yi, &dy], [&rm0[..], &rv0]);
-    backward_inference_cpu_in(
-        layout,
-        s,
+    backward_inference_cpu(
+        &laid_out,
         p,
         xs,
         &gamma,

@@ -457,6 +457,25 @@ fn nhwc_elementwise<T: Element>(
     (elementwise(items / vec), vec as i32)
 }
 
+/// A windowed pool kernel's grid and trailing `[C, vec]` arguments: in NCHW, plane groups of
+/// `plane_len` positions over `g`'s planes (the kernel ignores C and vec); in NHWC, a thread per
+/// `vec` channels of the `len` elements, the buffers at `addresses`.
+fn windowed_launch<T: Element>(
+    layout: Layout,
+    g: &Geom,
+    channels: usize,
+    (plane_len, len): (usize, usize),
+    addresses: [u64; 2],
+) -> (LaunchConfig, [i32; 2]) {
+    match layout {
+        Layout::Nchw => (plane_groups(plane_len, g.planes), [channels as i32, 1]),
+        Layout::Nhwc => {
+            let (cfg, vec) = nhwc_elementwise::<T>(channels, len, &addresses);
+            (cfg, [channels as i32, vec])
+        }
+    }
+}
+
 /// The forward and backward entry points of `op` (`max_pool2d`, ...) in `layout`.
 fn pool_kernels<T: Element>(gpu: &Gpu, op: &str, layout: Layout) -> Result<KernelPair<T>> {
     let infix = match layout {
@@ -516,19 +535,13 @@ impl<T: Element> MaxPool2dGpu<T> {
         check_len("max pool y", y.len(), g.out_len())?;
         check_len("max pool indices", indices.len(), g.out_len())?;
         let kernel = &self.kernels.forward;
-        if self.layout == Layout::Nhwc {
-            let s = kernel.stream.as_ref();
-            let addresses = [device_addr(x, s), device_addr_mut(y, s)];
-            let c = self.output.channels;
-            let (cfg, vec) = nhwc_elementwise::<T>(c, g.out_len(), &addresses);
-            let c = c as i32;
-            // SAFETY: buffer lengths checked above match the kernel's indexing; vec divides C.
-            unsafe { launch!(kernel, cfg, [in x, out y, out indices, &g.device(), &c, &vec])? };
-            return Ok(());
-        }
-        let cfg = plane_groups(g.oh * g.ow, g.planes);
-        // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe { launch!(kernel, cfg, [in x, out y, out indices, &g.device()])? };
+        let st = kernel.stream.as_ref();
+        let addresses = [device_addr(x, st), device_addr_mut(y, st)];
+        let sizes = (g.oh * g.ow, g.out_len());
+        let (cfg, [c, vec]) =
+            windowed_launch::<T>(self.layout, g, self.output.channels, sizes, addresses);
+        // SAFETY: buffer lengths checked above match the kernel's indexing; vec divides C.
+        unsafe { launch!(kernel, cfg, [in x, out y, out indices, &g.device(), &c, &vec])? };
         Ok(())
     }
 
@@ -546,19 +559,13 @@ impl<T: Element> MaxPool2dGpu<T> {
         check_len("max pool dy", dy.len(), g.out_len())?;
         check_len("max pool dx", dx.len(), g.in_len())?;
         let kernel = &self.kernels.backward;
-        if self.layout == Layout::Nhwc {
-            let s = kernel.stream.as_ref();
-            let addresses = [device_addr(dy, s), device_addr_mut(dx, s)];
-            let c = self.output.channels;
-            let (cfg, vec) = nhwc_elementwise::<T>(c, g.in_len(), &addresses);
-            let c = c as i32;
-            // SAFETY: buffer lengths checked above match the kernel's indexing; vec divides C.
-            unsafe { launch!(kernel, cfg, [in indices, in dy, out dx, &g.device(), &c, &vec])? };
-            return Ok(());
-        }
-        let cfg = plane_groups(g.h * g.w, g.planes);
-        // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe { launch!(kernel, cfg, [in indices, in dy, out dx, &g.device()])? };
+        let st = kernel.stream.as_ref();
+        let addresses = [device_addr(dy, st), device_addr_mut(dx, st)];
+        let sizes = (g.h * g.w, g.in_len());
+        let (cfg, [c, vec]) =
+            windowed_launch::<T>(self.layout, g, self.output.channels, sizes, addresses);
+        // SAFETY: buffer lengths checked above match the kernel's indexing; vec divides C.
+        unsafe { launch!(kernel, cfg, [in indices, in dy, out dx, &g.device(), &c, &vec])? };
         Ok(())
     }
 }
@@ -602,19 +609,13 @@ impl<T: Element> AvgPool2dGpu<T> {
         check_len("avg pool x", x.len(), g.in_len())?;
         check_len("avg pool y", y.len(), g.out_len())?;
         let kernel = &self.kernels.forward;
-        if self.layout == Layout::Nhwc {
-            let s = kernel.stream.as_ref();
-            let addresses = [device_addr(x, s), device_addr_mut(y, s)];
-            let c = self.output.channels;
-            let (cfg, vec) = nhwc_elementwise::<T>(c, g.out_len(), &addresses);
-            let c = c as i32;
-            // SAFETY: buffer lengths checked above match the kernel's indexing; vec divides C.
-            unsafe { launch!(kernel, cfg, [in x, out y, &g.device(), &c, &vec])? };
-            return Ok(());
-        }
-        let cfg = plane_groups(g.oh * g.ow, g.planes);
-        // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe { launch!(kernel, cfg, [in x, out y, &g.device()])? };
+        let st = kernel.stream.as_ref();
+        let addresses = [device_addr(x, st), device_addr_mut(y, st)];
+        let sizes = (g.oh * g.ow, g.out_len());
+        let (cfg, [c, vec]) =
+            windowed_launch::<T>(self.layout, g, self.output.channels, sizes, addresses);
+        // SAFETY: buffer lengths checked above match the kernel's indexing; vec divides C.
+        unsafe { launch!(kernel, cfg, [in x, out y, &g.device(), &c, &vec])? };
         Ok(())
     }
 
@@ -624,19 +625,13 @@ impl<T: Element> AvgPool2dGpu<T> {
         check_len("avg pool dy", dy.len(), g.out_len())?;
         check_len("avg pool dx", dx.len(), g.in_len())?;
         let kernel = &self.kernels.backward;
-        if self.layout == Layout::Nhwc {
-            let s = kernel.stream.as_ref();
-            let addresses = [device_addr(dy, s), device_addr_mut(dx, s)];
-            let c = self.output.channels;
-            let (cfg, vec) = nhwc_elementwise::<T>(c, g.in_len(), &addresses);
-            let c = c as i32;
-            // SAFETY: buffer lengths checked above match the kernel's indexing; vec divides C.
-            unsafe { launch!(kernel, cfg, [in dy, out dx, &g.device(), &c, &vec])? };
-            return Ok(());
-        }
-        let cfg = plane_groups(g.h * g.w, g.planes);
-        // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe { launch!(kernel, cfg, [in dy, out dx, &g.device()])? };
+        let st = kernel.stream.as_ref();
+        let addresses = [device_addr(dy, st), device_addr_mut(dx, st)];
+        let sizes = (g.h * g.w, g.in_len());
+        let (cfg, [c, vec]) =
+            windowed_launch::<T>(self.layout, g, self.output.channels, sizes, addresses);
+        // SAFETY: buffer lengths checked above match the kernel's indexing; vec divides C.
+        unsafe { launch!(kernel, cfg, [in dy, out dx, &g.device(), &c, &vec])? };
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::layout::Layout;
 use crate::Real;
 
-use super::{BatchNormParams, BatchNormShape};
+use super::{BatchNormParams, BatchNormShape, LaidOut};
 
 /// `Σ f(i)` for `i` in `0..len`, for `M` sums at once, with eight running sums each: it
 /// vectorises, and rounds less than a single running sum.
@@ -109,12 +109,10 @@ fn lens<R, S: Deref<Target = [R]>>(pair: &[S; 2]) -> [usize; 2] {
     [pair[0].len(), pair[1].len()]
 }
 
-/// CPU forward, training mode (and the CPU backend's op), activations in `layout`: writes `y` and the saved
+/// CPU forward, training mode (and the CPU backend's op), activations in `laid_out`'s layout: writes `y` and the saved
 /// `[mean, invstd]`, and updates the running `[mean, var]` in place.
-#[allow(clippy::too_many_arguments)] // the NCHW function's seven, and the layout
-pub fn forward_train_cpu_in<R: Real>(
-    layout: Layout,
-    shape: &BatchNormShape,
+pub fn forward_train_cpu<R: Real>(
+    laid_out: &impl LaidOut,
     params: &BatchNormParams,
     x: &[R],
     affine: [&[R]; 2],
@@ -122,6 +120,7 @@ pub fn forward_train_cpu_in<R: Real>(
     y: &mut [R],
     saved: [&mut [R]; 2],
 ) -> Result<()> {
+    let (layout, shape) = (laid_out.layout(), laid_out.shape());
     let pairs = [lens(&affine), lens(&running)];
     shape.check_forward([x.len(), y.len()], pairs, Some(lens(&saved)))?;
     params.validate()?;
@@ -165,17 +164,17 @@ pub fn forward_train_cpu_in<R: Real>(
     Ok(())
 }
 
-/// CPU forward, inference mode (and the CPU backend's op), activations in `layout`: writes `y` from the running
+/// CPU forward, inference mode (and the CPU backend's op), activations in `laid_out`'s layout: writes `y` from the running
 /// `[mean, var]`.
-pub fn forward_inference_cpu_in<R: Real>(
-    layout: Layout,
-    shape: &BatchNormShape,
+pub fn forward_inference_cpu<R: Real>(
+    laid_out: &impl LaidOut,
     params: &BatchNormParams,
     x: &[R],
     affine: [&[R]; 2],
     running: [&[R]; 2],
     y: &mut [R],
 ) -> Result<()> {
+    let (layout, shape) = (laid_out.layout(), laid_out.shape());
     shape.check_forward([x.len(), y.len()], [lens(&affine), lens(&running)], None)?;
     params.validate()?;
     let ([gamma, beta], [running_mean, running_var]) = (affine, running);
@@ -211,13 +210,11 @@ fn grad_sums<R: Real>(
         .collect()
 }
 
-/// CPU backward, training mode (and the CPU backend's op), activations in `layout`, from the forward's input `x`, output
+/// CPU backward, training mode (and the CPU backend's op), activations in `laid_out`'s layout, from the forward's input `x`, output
 /// `y` (read only with ReLU) and saved `[mean, invstd]`, and `dy`: assigns `dx`, accumulates
 /// `[dgamma, dbeta] += [Σ(g·x̂), Σg]`.
-#[allow(clippy::too_many_arguments)] // the NCHW function's seven, and the layout
-pub fn backward_train_cpu_in<R: Real>(
-    layout: Layout,
-    shape: &BatchNormShape,
+pub fn backward_train_cpu<R: Real>(
+    laid_out: &impl LaidOut,
     params: &BatchNormParams,
     [x, y, dy]: [&[R]; 3],
     gamma: &[R],
@@ -225,6 +222,7 @@ pub fn backward_train_cpu_in<R: Real>(
     dx: &mut [R],
     grads: [&mut [R]; 2],
 ) -> Result<()> {
+    let (layout, shape) = (laid_out.layout(), laid_out.shape());
     let lengths = [x.len(), y.len(), dy.len(), dx.len()];
     shape.check_backward(true, lengths, gamma.len(), [lens(&saved), lens(&grads)])?;
     params.validate()?;
@@ -255,13 +253,11 @@ pub fn backward_train_cpu_in<R: Real>(
 }
 
 /// CPU backward, inference mode (and the CPU backend's op; also frozen-BN training),
-/// activations in `layout`, from the
+/// activations in `laid_out`'s layout, from the
 /// forward's input `x` and output `y` (read only with ReLU), the running `[mean, var]` and `dy`:
 /// assigns `dx = g·gamma·invstd`, accumulates `[dgamma, dbeta] += [Σ(g·x̂), Σg]`.
-#[allow(clippy::too_many_arguments)] // the NCHW function's seven, and the layout
-pub fn backward_inference_cpu_in<R: Real>(
-    layout: Layout,
-    shape: &BatchNormShape,
+pub fn backward_inference_cpu<R: Real>(
+    laid_out: &impl LaidOut,
     params: &BatchNormParams,
     [x, y, dy]: [&[R]; 3],
     gamma: &[R],
@@ -269,6 +265,7 @@ pub fn backward_inference_cpu_in<R: Real>(
     dx: &mut [R],
     grads: [&mut [R]; 2],
 ) -> Result<()> {
+    let (layout, shape) = (laid_out.layout(), laid_out.shape());
     let lengths = [x.len(), y.len(), dy.len(), dx.len()];
     shape.check_backward(false, lengths, gamma.len(), [lens(&running), lens(&grads)])?;
     params.validate()?;
@@ -287,55 +284,4 @@ pub fn backward_inference_cpu_in<R: Real>(
         masked(dy[i], y[i], params.relu) * (gamma[c] * invstd[c])
     });
     Ok(())
-}
-
-/// [`forward_train_cpu_in`] on NCHW activations.
-pub fn forward_train_cpu<R: Real>(
-    shape: &BatchNormShape,
-    params: &BatchNormParams,
-    x: &[R],
-    affine: [&[R]; 2],
-    running: [&mut [R]; 2],
-    y: &mut [R],
-    saved: [&mut [R]; 2],
-) -> Result<()> {
-    forward_train_cpu_in(Layout::Nchw, shape, params, x, affine, running, y, saved)
-}
-
-/// [`forward_inference_cpu_in`] on NCHW activations.
-pub fn forward_inference_cpu<R: Real>(
-    shape: &BatchNormShape,
-    params: &BatchNormParams,
-    x: &[R],
-    affine: [&[R]; 2],
-    running: [&[R]; 2],
-    y: &mut [R],
-) -> Result<()> {
-    forward_inference_cpu_in(Layout::Nchw, shape, params, x, affine, running, y)
-}
-
-/// [`backward_train_cpu_in`] on NCHW activations.
-pub fn backward_train_cpu<R: Real>(
-    shape: &BatchNormShape,
-    params: &BatchNormParams,
-    xs: [&[R]; 3],
-    gamma: &[R],
-    saved: [&[R]; 2],
-    dx: &mut [R],
-    grads: [&mut [R]; 2],
-) -> Result<()> {
-    backward_train_cpu_in(Layout::Nchw, shape, params, xs, gamma, saved, dx, grads)
-}
-
-/// [`backward_inference_cpu_in`] on NCHW activations.
-pub fn backward_inference_cpu<R: Real>(
-    shape: &BatchNormShape,
-    params: &BatchNormParams,
-    xs: [&[R]; 3],
-    gamma: &[R],
-    running: [&[R]; 2],
-    dx: &mut [R],
-    grads: [&mut [R]; 2],
-) -> Result<()> {
-    backward_inference_cpu_in(Layout::Nchw, shape, params, xs, gamma, running, dx, grads)
 }
