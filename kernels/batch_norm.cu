@@ -464,6 +464,16 @@ __device__ void bn_nhwc_stats_impl(const T* __restrict__ x, float* __restrict__ 
     bn_nhwc_write_partials(acc, 1, 2, part_mean, part_m2, t);
 }
 
+// f(offset of this thread's channels in row j) for the block's rows j of range k, slot-strided;
+// UNROLL rows in flight.
+template <int UNROLL, typename F>
+__device__ __forceinline__ void bn_nhwc_rows(const RowTile& t, int C, int n, int chunk_len, F f) {
+    const int k = blockIdx.x;
+    const long long j1 = chunk_end(k, chunk_len, n);
+#pragma unroll UNROLL
+    for (long long j = chunk_begin(k, chunk_len) + t.slot; j < j1; j += t.slots) f(j * C + t.c0);
+}
+
 // y = act((x - mean) * scale + shift) over block (k, tile)'s rows.
 template <typename T, int VEC>
 __device__ __forceinline__ void bn_nhwc_apply_rows(const T* __restrict__ x, T* __restrict__ y,
@@ -471,16 +481,13 @@ __device__ __forceinline__ void bn_nhwc_apply_rows(const T* __restrict__ x, T* _
                                                    const float (&mean)[VEC],
                                                    const float (&scale)[VEC],
                                                    const float (&shift)[VEC], int relu) {
-    const int k = blockIdx.x;
-    const long long j1 = chunk_end(k, chunk_len, n);
-#pragma unroll 4
-    for (long long j = chunk_begin(k, chunk_len) + t.slot; j < j1; j += t.slots) {
+    bn_nhwc_rows<4>(t, C, n, chunk_len, [&](long long at) {
         float v[VEC];
-        load_vec<T, VEC>(x, j * C + t.c0, v);
+        load_vec<T, VEC>(x, at, v);
 #pragma unroll
         for (int u = 0; u < VEC; ++u) v[u] = bn_apply_value(v[u], mean[u], scale[u], shift[u], relu);
-        store_vec<T, VEC>(y, j * C + t.c0, v);
-    }
+        store_vec<T, VEC>(y, at, v);
+    });
 }
 
 template <typename T, int VEC>
@@ -573,7 +580,6 @@ __device__ void bn_nhwc_grad_reduce_impl(const T* __restrict__ x, const T* __res
                                          float* __restrict__ part_dot, int C, int tile, int n,
                                          int chunk_len, float eps, int relu, float* scratch) {
     const RowTile t(tile, VEC, C);
-    const int k = blockIdx.x;
     float acc[VEC][2] = {};
     if (t.active) {
         float m[VEC], scale[VEC];
@@ -583,11 +589,9 @@ __device__ void bn_nhwc_grad_reduce_impl(const T* __restrict__ x, const T* __res
             m[u] = mean[c];
             scale[u] = INFER ? gamma[c] * (1.0f / sqrtf(running_var[c] + eps)) : 0.0f;
         }
-        const long long j1 = chunk_end(k, chunk_len, n);
-#pragma unroll 2
-        for (long long j = chunk_begin(k, chunk_len) + t.slot; j < j1; j += t.slots) {
+        bn_nhwc_rows<2>(t, C, n, chunk_len, [&](long long at) {
             float g[VEC], xv[VEC];
-            bn_nhwc_load_grad<T, VEC>(x, y, dy, j * C + t.c0, relu, g, xv);
+            bn_nhwc_load_grad<T, VEC>(x, y, dy, at, relu, g, xv);
 #pragma unroll
             for (int u = 0; u < VEC; ++u) {
                 acc[u][0] += g[u];
@@ -596,9 +600,9 @@ __device__ void bn_nhwc_grad_reduce_impl(const T* __restrict__ x, const T* __res
             if constexpr (INFER) {
 #pragma unroll
                 for (int u = 0; u < VEC; ++u) g[u] *= scale[u];
-                store_vec<T, VEC>(dx, j * C + t.c0, g);
+                store_vec<T, VEC>(dx, at, g);
             }
-        }
+        });
     }
     tile_reduce(acc, scratch, t, SumMerge2());
     bn_nhwc_write_partials(acc, 0, 1, part_dy, part_dot, t);
@@ -640,15 +644,13 @@ __device__ void bn_nhwc_train_grad_input_impl(
             dbeta[c] += acc[u][0];
         }
     }
-    const long long j1 = chunk_end(k, chunk_len, n);
-#pragma unroll 2
-    for (long long j = chunk_begin(k, chunk_len) + t.slot; j < j1; j += t.slots) {
+    bn_nhwc_rows<2>(t, C, n, chunk_len, [&](long long at) {
         float g[VEC], xv[VEC];
-        bn_nhwc_load_grad<T, VEC>(x, y, dy, j * C + t.c0, relu, g, xv);
+        bn_nhwc_load_grad<T, VEC>(x, y, dy, at, relu, g, xv);
 #pragma unroll
         for (int u = 0; u < VEC; ++u) g[u] = coef[u].dx(g[u], xv[u], m[u]);
-        store_vec<T, VEC>(dx, j * C + t.c0, g);
-    }
+        store_vec<T, VEC>(dx, at, g);
+    });
 }
 
 // Inference backward, stage 2: one block per channel.

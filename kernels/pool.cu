@@ -56,6 +56,16 @@ __device__ __forceinline__ void max_update(float v, int i, float& best, int& bes
     }
 }
 
+// Every lane's running maximum at -inf on the window's first element `first`.
+template <int LANES>
+__device__ __forceinline__ void max_start(float (&best)[LANES], int (&best_i)[LANES], int first) {
+#pragma unroll
+    for (int j = 0; j < LANES; ++j) {
+        best[j] = -__int_as_float(0x7f800000);
+        best_i[j] = first;
+    }
+}
+
 template <typename T>
 __device__ void max_pool2d_forward_impl(const T* __restrict__ x, T* __restrict__ y,
                                         int* __restrict__ indices, PoolGeom g) {
@@ -70,11 +80,7 @@ __device__ void max_pool2d_forward_impl(const T* __restrict__ x, T* __restrict__
         // Start at -inf on the window's first element (max_update's rule).
         float best[PLANES_PER_THREAD];
         int best_i[PLANES_PER_THREAD];
-#pragma unroll
-        for (int j = 0; j < PLANES_PER_THREAD; ++j) {
-            best[j] = -__int_as_float(0x7f800000);
-            best_i[j] = wh.lo * g.W + ww.lo;
-        }
+        max_start(best, best_i, wh.lo * g.W + ww.lo);
         for (int ih = wh.lo; ih < wh.hi; ++ih) {
             for (int iw = ww.lo; iw < ww.hi; ++iw) {
                 const int i = ih * g.W + iw;
@@ -233,11 +239,7 @@ __device__ void max_pool2d_nhwc_forward_impl(const T* __restrict__ x, T* __restr
     const Window wh(oh, g.kh, g.sh, g.ph, g.H), ww(ow, g.kw, g.sw, g.pw, g.W);
     float best[VEC];
     int best_i[VEC];
-#pragma unroll
-    for (int u = 0; u < VEC; ++u) {
-        best[u] = -__int_as_float(0x7f800000);
-        best_i[u] = wh.lo * g.W + ww.lo;
-    }
+    max_start(best, best_i, wh.lo * g.W + ww.lo);
     for (int ih = wh.lo; ih < wh.hi; ++ih) {
         for (int iw = ww.lo; iw < ww.hi; ++iw) {
             float v[VEC];

@@ -457,46 +457,64 @@ fn nhwc_elementwise<T: Element>(
     (elementwise(items / vec), vec as i32)
 }
 
-/// A windowed pool kernel's grid and trailing `[C, vec]` arguments: in NCHW, plane groups of
-/// `plane_len` positions over `g`'s planes (the kernel ignores C and vec); in NHWC, a thread per
-/// `vec` channels of the `len` elements, the buffers at `addresses`.
-fn windowed_launch<T: Element>(
-    layout: Layout,
-    g: &Geom,
-    channels: usize,
-    (plane_len, len): (usize, usize),
-    addresses: [u64; 2],
-) -> (LaunchConfig, [i32; 2]) {
-    match layout {
-        Layout::Nchw => (plane_groups(plane_len, g.planes), [channels as i32, 1]),
-        Layout::Nhwc => {
-            let (cfg, vec) = nhwc_elementwise::<T>(channels, len, &addresses);
-            (cfg, [channels as i32, vec])
-        }
-    }
-}
-
-/// The forward and backward entry points of `op` (`max_pool2d`, ...) in `layout`.
-fn pool_kernels<T: Element>(gpu: &Gpu, op: &str, layout: Layout) -> Result<KernelPair<T>> {
-    let infix = match layout {
-        Layout::Nchw => "",
-        Layout::Nhwc => "_nhwc",
-    };
-    KernelPair::new(
-        gpu,
-        &crate::sources::POOL,
-        &format!("{op}{infix}_forward"),
-        &format!("{op}{infix}_backward"),
-    )
-}
-
-/// Max pool 2d for one input shape, parameter set and layout.
-pub struct MaxPool2dGpu<T: Element> {
+/// What the max and average pools share: the geometry, the output shape, the layout and the
+/// entry points.
+struct Windowed<T: Element> {
     geom: Geom,
     output: PoolShape,
     layout: Layout,
     kernels: KernelPair<T>,
 }
+
+impl<T: Element> Windowed<T> {
+    /// `op` names it in errors ("max pool"), `entry` its kernels ("max_pool2d").
+    fn new(
+        gpu: &Gpu,
+        (op, entry): (&str, &str),
+        shape: PoolShape,
+        params: Pool2dParams,
+        layout: Layout,
+    ) -> Result<Self> {
+        let geom = Geom::new(op, &shape, &params)?;
+        let infix = match layout {
+            Layout::Nchw => "",
+            Layout::Nhwc => "_nhwc",
+        };
+        Ok(Windowed {
+            geom,
+            output: geom.output_shape(&shape),
+            layout,
+            kernels: KernelPair::new(
+                gpu,
+                &crate::sources::POOL,
+                &format!("{entry}{infix}_forward"),
+                &format!("{entry}{infix}_backward"),
+            )?,
+        })
+    }
+
+    /// The forward's (a thread per output position) or backward's (per input position) grid and
+    /// trailing `[C, vec]` arguments: in NCHW plane groups (the kernels ignore C and vec), in
+    /// NHWC a thread per `vec` channels, `vec` from the buffers at `addresses`.
+    fn launch_config(&self, forward: bool, addresses: [u64; 2]) -> (LaunchConfig, [i32; 2]) {
+        let (g, channels) = (&self.geom, self.output.channels);
+        let (plane_len, len) = if forward {
+            (g.oh * g.ow, g.out_len())
+        } else {
+            (g.h * g.w, g.in_len())
+        };
+        match self.layout {
+            Layout::Nchw => (plane_groups(plane_len, g.planes), [channels as i32, 1]),
+            Layout::Nhwc => {
+                let (cfg, vec) = nhwc_elementwise::<T>(channels, len, &addresses);
+                (cfg, [channels as i32, vec])
+            }
+        }
+    }
+}
+
+/// Max pool 2d for one input shape, parameter set and layout.
+pub struct MaxPool2dGpu<T: Element>(Windowed<T>);
 
 impl<T: Element> MaxPool2dGpu<T> {
     /// NCHW activations.
@@ -510,17 +528,12 @@ impl<T: Element> MaxPool2dGpu<T> {
         params: Pool2dParams,
         layout: Layout,
     ) -> Result<Self> {
-        let geom = Geom::new("max pool", &shape, &params)?;
-        Ok(MaxPool2dGpu {
-            geom,
-            output: geom.output_shape(&shape),
-            layout,
-            kernels: pool_kernels(gpu, "max_pool2d", layout)?,
-        })
+        let names = ("max pool", "max_pool2d");
+        Windowed::new(gpu, names, shape, params, layout).map(MaxPool2dGpu)
     }
 
     pub fn output_shape(&self) -> &PoolShape {
-        &self.output
+        &self.0.output
     }
 
     /// Writes `y` and `indices` (`[N, C, OH, OW]`), as [`max_pool2d_forward_cpu`].
@@ -530,16 +543,15 @@ impl<T: Element> MaxPool2dGpu<T> {
         y: &mut impl DevicePtrMut<T>,
         indices: &mut impl DevicePtrMut<i32>,
     ) -> Result<()> {
-        let g = &self.geom;
+        let g = &self.0.geom;
         check_len("max pool x", x.len(), g.in_len())?;
         check_len("max pool y", y.len(), g.out_len())?;
         check_len("max pool indices", indices.len(), g.out_len())?;
-        let kernel = &self.kernels.forward;
+        let kernel = &self.0.kernels.forward;
         let st = kernel.stream.as_ref();
-        let addresses = [device_addr(x, st), device_addr_mut(y, st)];
-        let sizes = (g.oh * g.ow, g.out_len());
-        let (cfg, [c, vec]) =
-            windowed_launch::<T>(self.layout, g, self.output.channels, sizes, addresses);
+        let (cfg, [c, vec]) = self
+            .0
+            .launch_config(true, [device_addr(x, st), device_addr_mut(y, st)]);
         // SAFETY: buffer lengths checked above match the kernel's indexing; vec divides C.
         unsafe { launch!(kernel, cfg, [in x, out y, out indices, &g.device(), &c, &vec])? };
         Ok(())
@@ -554,16 +566,15 @@ impl<T: Element> MaxPool2dGpu<T> {
         dy: &impl DevicePtr<T>,
         dx: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
-        let g = &self.geom;
+        let g = &self.0.geom;
         check_len("max pool indices", indices.len(), g.out_len())?;
         check_len("max pool dy", dy.len(), g.out_len())?;
         check_len("max pool dx", dx.len(), g.in_len())?;
-        let kernel = &self.kernels.backward;
+        let kernel = &self.0.kernels.backward;
         let st = kernel.stream.as_ref();
-        let addresses = [device_addr(dy, st), device_addr_mut(dx, st)];
-        let sizes = (g.h * g.w, g.in_len());
-        let (cfg, [c, vec]) =
-            windowed_launch::<T>(self.layout, g, self.output.channels, sizes, addresses);
+        let (cfg, [c, vec]) = self
+            .0
+            .launch_config(false, [device_addr(dy, st), device_addr_mut(dx, st)]);
         // SAFETY: buffer lengths checked above match the kernel's indexing; vec divides C.
         unsafe { launch!(kernel, cfg, [in indices, in dy, out dx, &g.device(), &c, &vec])? };
         Ok(())
@@ -571,12 +582,7 @@ impl<T: Element> MaxPool2dGpu<T> {
 }
 
 /// Average pool 2d for one input shape, parameter set and layout.
-pub struct AvgPool2dGpu<T: Element> {
-    geom: Geom,
-    output: PoolShape,
-    layout: Layout,
-    kernels: KernelPair<T>,
-}
+pub struct AvgPool2dGpu<T: Element>(Windowed<T>);
 
 impl<T: Element> AvgPool2dGpu<T> {
     /// NCHW activations.
@@ -590,30 +596,24 @@ impl<T: Element> AvgPool2dGpu<T> {
         params: Pool2dParams,
         layout: Layout,
     ) -> Result<Self> {
-        let geom = Geom::new("avg pool", &shape, &params)?;
-        Ok(AvgPool2dGpu {
-            geom,
-            output: geom.output_shape(&shape),
-            layout,
-            kernels: pool_kernels(gpu, "avg_pool2d", layout)?,
-        })
+        let names = ("avg pool", "avg_pool2d");
+        Windowed::new(gpu, names, shape, params, layout).map(AvgPool2dGpu)
     }
 
     pub fn output_shape(&self) -> &PoolShape {
-        &self.output
+        &self.0.output
     }
 
     /// Writes `y [N, C, OH, OW]`, as [`avg_pool2d_forward_cpu`].
     pub fn forward(&self, x: &impl DevicePtr<T>, y: &mut impl DevicePtrMut<T>) -> Result<()> {
-        let g = &self.geom;
+        let g = &self.0.geom;
         check_len("avg pool x", x.len(), g.in_len())?;
         check_len("avg pool y", y.len(), g.out_len())?;
-        let kernel = &self.kernels.forward;
+        let kernel = &self.0.kernels.forward;
         let st = kernel.stream.as_ref();
-        let addresses = [device_addr(x, st), device_addr_mut(y, st)];
-        let sizes = (g.oh * g.ow, g.out_len());
-        let (cfg, [c, vec]) =
-            windowed_launch::<T>(self.layout, g, self.output.channels, sizes, addresses);
+        let (cfg, [c, vec]) = self
+            .0
+            .launch_config(true, [device_addr(x, st), device_addr_mut(y, st)]);
         // SAFETY: buffer lengths checked above match the kernel's indexing; vec divides C.
         unsafe { launch!(kernel, cfg, [in x, out y, &g.device(), &c, &vec])? };
         Ok(())
@@ -621,15 +621,14 @@ impl<T: Element> AvgPool2dGpu<T> {
 
     /// Writes `dx [N, C, H, W]` (assigned), each element gathering from the outputs over it.
     pub fn backward(&self, dy: &impl DevicePtr<T>, dx: &mut impl DevicePtrMut<T>) -> Result<()> {
-        let g = &self.geom;
+        let g = &self.0.geom;
         check_len("avg pool dy", dy.len(), g.out_len())?;
         check_len("avg pool dx", dx.len(), g.in_len())?;
-        let kernel = &self.kernels.backward;
+        let kernel = &self.0.kernels.backward;
         let st = kernel.stream.as_ref();
-        let addresses = [device_addr(dy, st), device_addr_mut(dx, st)];
-        let sizes = (g.h * g.w, g.in_len());
-        let (cfg, [c, vec]) =
-            windowed_launch::<T>(self.layout, g, self.output.channels, sizes, addresses);
+        let (cfg, [c, vec]) = self
+            .0
+            .launch_config(false, [device_addr(dy, st), device_addr_mut(dx, st)]);
         // SAFETY: buffer lengths checked above match the kernel's indexing; vec divides C.
         unsafe { launch!(kernel, cfg, [in dy, out dx, &g.device(), &c, &vec])? };
         Ok(())
@@ -654,7 +653,18 @@ impl<T: Element> GlobalAvgPoolGpu<T> {
         Ok(GlobalAvgPoolGpu {
             shape,
             layout,
-            kernels: pool_kernels(gpu, "global_avg_pool", layout)?,
+            kernels: KernelPair::new(
+                gpu,
+                &crate::sources::POOL,
+                match layout {
+                    Layout::Nchw => "global_avg_pool_forward",
+                    Layout::Nhwc => "global_avg_pool_nhwc_forward",
+                },
+                match layout {
+                    Layout::Nchw => "global_avg_pool_backward",
+                    Layout::Nhwc => "global_avg_pool_nhwc_backward",
+                },
+            )?,
         })
     }
 
