@@ -30,6 +30,7 @@ struct PoolGeom {
 // `pool_size` factor), for one dimension.
 struct Window {
     int lo, hi, padded;
+    __device__ __forceinline__ Window() {}
     __device__ __forceinline__ Window(int o, int k, int s, int p, int n) {
         const int start = o * s - p;
         const int end = min(start + k, n + p);
@@ -228,15 +229,26 @@ __device__ __forceinline__ bool nhwc_position(long long positions, int C, int ve
     return true;
 }
 
+// The output position of this thread (offset q, sample b), its first channel c0 and its
+// window's rows and columns; false past the last output.
+__device__ __forceinline__ bool nhwc_output_window(const PoolGeom& g, int C, int vec,
+                                                   long long& q, int& c0, int& b, Window& wh,
+                                                   Window& ww) {
+    if (!nhwc_position((long long)(g.planes / C) * g.OH * g.OW, C, vec, q, c0)) return false;
+    const int ow = (int)(q % g.OW), oh = (int)(q / g.OW % g.OH);
+    b = (int)(q / g.OW / g.OH);
+    wh = Window(oh, g.kh, g.sh, g.ph, g.H);
+    ww = Window(ow, g.kw, g.sw, g.pw, g.W);
+    return true;
+}
+
 template <typename T, int VEC>
 __device__ void max_pool2d_nhwc_forward_impl(const T* __restrict__ x, T* __restrict__ y,
                                              int* __restrict__ indices, PoolGeom g, int C) {
-    const int N = g.planes / C;
     long long q;
-    int c0;
-    if (!nhwc_position((long long)N * g.OH * g.OW, C, VEC, q, c0)) return;
-    const int ow = (int)(q % g.OW), oh = (int)(q / g.OW % g.OH), b = (int)(q / g.OW / g.OH);
-    const Window wh(oh, g.kh, g.sh, g.ph, g.H), ww(ow, g.kw, g.sw, g.pw, g.W);
+    int c0, b;
+    Window wh, ww;
+    if (!nhwc_output_window(g, C, VEC, q, c0, b, wh, ww)) return;
     float best[VEC];
     int best_i[VEC];
     max_start(best, best_i, wh.lo * g.W + ww.lo);
@@ -291,12 +303,10 @@ __device__ void max_pool2d_nhwc_backward_impl(const int* __restrict__ indices,
 template <typename T, int VEC>
 __device__ void avg_pool2d_nhwc_forward_impl(const T* __restrict__ x, T* __restrict__ y,
                                              PoolGeom g, int C) {
-    const int N = g.planes / C;
     long long q;
-    int c0;
-    if (!nhwc_position((long long)N * g.OH * g.OW, C, VEC, q, c0)) return;
-    const int ow = (int)(q % g.OW), oh = (int)(q / g.OW % g.OH), b = (int)(q / g.OW / g.OH);
-    const Window wh(oh, g.kh, g.sh, g.ph, g.H), ww(ow, g.kw, g.sw, g.pw, g.W);
+    int c0, b;
+    Window wh, ww;
+    if (!nhwc_output_window(g, C, VEC, q, c0, b, wh, ww)) return;
     const float div = (float)avg_divisor(wh, ww, g.count_include_pad);
     float sum[VEC];
 #pragma unroll

@@ -513,29 +513,49 @@ impl<T: Element> Windowed<T> {
     }
 }
 
-/// Max pool 2d for one input shape, parameter set and layout.
-pub struct MaxPool2dGpu<T: Element>(Windowed<T>);
+/// Declares a windowed pool's launcher over [`Windowed`]: the type, `new` (NCHW), `with_layout`
+/// and `output_shape`; `op` names it in errors, `entry` its kernels.
+macro_rules! windowed_pool {
+    ($(#[$meta:meta])* $name:ident, $op:literal, $entry:literal) => {
+        $(#[$meta])*
+        pub struct $name<T: Element>(Windowed<T>);
+
+        impl<T: Element> $name<T> {
+            /// NCHW activations.
+            pub fn new(gpu: &Gpu, shape: PoolShape, params: Pool2dParams) -> Result<Self> {
+                Self::with_layout(gpu, shape, params, Layout::Nchw)
+            }
+
+            pub fn with_layout(
+                gpu: &Gpu,
+                shape: PoolShape,
+                params: Pool2dParams,
+                layout: Layout,
+            ) -> Result<Self> {
+                Windowed::new(gpu, ($op, $entry), shape, params, layout).map($name)
+            }
+
+            pub fn output_shape(&self) -> &PoolShape {
+                &self.0.output
+            }
+        }
+    };
+}
+
+windowed_pool!(
+    /// Max pool 2d for one input shape, parameter set and layout.
+    MaxPool2dGpu,
+    "max pool",
+    "max_pool2d"
+);
+windowed_pool!(
+    /// Average pool 2d for one input shape, parameter set and layout.
+    AvgPool2dGpu,
+    "avg pool",
+    "avg_pool2d"
+);
 
 impl<T: Element> MaxPool2dGpu<T> {
-    /// NCHW activations.
-    pub fn new(gpu: &Gpu, shape: PoolShape, params: Pool2dParams) -> Result<Self> {
-        Self::with_layout(gpu, shape, params, Layout::Nchw)
-    }
-
-    pub fn with_layout(
-        gpu: &Gpu,
-        shape: PoolShape,
-        params: Pool2dParams,
-        layout: Layout,
-    ) -> Result<Self> {
-        let names = ("max pool", "max_pool2d");
-        Windowed::new(gpu, names, shape, params, layout).map(MaxPool2dGpu)
-    }
-
-    pub fn output_shape(&self) -> &PoolShape {
-        &self.0.output
-    }
-
     /// Writes `y` and `indices` (`[N, C, OH, OW]`), as [`max_pool2d_forward_cpu`].
     pub fn forward(
         &self,
@@ -581,29 +601,7 @@ impl<T: Element> MaxPool2dGpu<T> {
     }
 }
 
-/// Average pool 2d for one input shape, parameter set and layout.
-pub struct AvgPool2dGpu<T: Element>(Windowed<T>);
-
 impl<T: Element> AvgPool2dGpu<T> {
-    /// NCHW activations.
-    pub fn new(gpu: &Gpu, shape: PoolShape, params: Pool2dParams) -> Result<Self> {
-        Self::with_layout(gpu, shape, params, Layout::Nchw)
-    }
-
-    pub fn with_layout(
-        gpu: &Gpu,
-        shape: PoolShape,
-        params: Pool2dParams,
-        layout: Layout,
-    ) -> Result<Self> {
-        let names = ("avg pool", "avg_pool2d");
-        Windowed::new(gpu, names, shape, params, layout).map(AvgPool2dGpu)
-    }
-
-    pub fn output_shape(&self) -> &PoolShape {
-        &self.0.output
-    }
-
     /// Writes `y [N, C, OH, OW]`, as [`avg_pool2d_forward_cpu`].
     pub fn forward(&self, x: &impl DevicePtr<T>, y: &mut impl DevicePtrMut<T>) -> Result<()> {
         let g = &self.0.geom;
