@@ -5,6 +5,12 @@
 //! 299²: `Conv2d_2b` (64 channels, 147²), a `Mixed_5b` branch (64, 35²) and a `Mixed_6e` branch
 //! (192, 17²). GB/s count the least traffic: x read and y written forward, x, y and dy read and
 //! dx written backward. Target: at least cuDNN's speed.
+//!
+//! Channels-last rows: our NHWC kernels in f32 and bf16 at the same shapes and `Mixed_6e`'s 768
+//! channels at 17², held to the fraction of the card's copy bandwidth each summary line prints
+//! (target ≥ 0.8, issue 20: the traffic above is the least any implementation moves). No
+//! library baseline here yet: cuDNN's NHWC batch norm (`CUDNN_BATCHNORM_SPATIAL_PERSISTENT`) is
+//! not bound in `c2f_baselines`.
 
 mod common;
 
@@ -13,9 +19,10 @@ use c2f_kernels::batch_norm::{
     backward_train_cpu, forward_train_cpu, BatchNormGpu, BatchNormParams, BatchNormShape,
 };
 use c2f_kernels::testing::{bench_smoke, library_or_skip};
-use c2f_kernels::Gpu;
+use c2f_kernels::{Element, Gpu, Layout};
 use criterion::{criterion_group, criterion_main, Criterion};
 use cudarc::driver::CudaSlice;
+use half::bf16;
 
 fn shape(batch: usize, channels: usize, side: usize) -> BatchNormShape {
     BatchNormShape {
@@ -63,37 +70,41 @@ fn cpu(c: &mut Criterion) {
     });
 }
 
-/// One layer's device buffers, shared by both implementations.
-struct Layer {
-    x: CudaSlice<f32>,
-    dy: CudaSlice<f32>,
+/// One layer's device buffers, shared by both implementations; activations in `T`.
+struct Layer<T> {
+    x: CudaSlice<T>,
+    dy: CudaSlice<T>,
     gamma: CudaSlice<f32>,
     beta: CudaSlice<f32>,
     running_mean: CudaSlice<f32>,
     running_var: CudaSlice<f32>,
-    y: CudaSlice<f32>,
+    y: CudaSlice<T>,
     mean: CudaSlice<f32>,
     invstd: CudaSlice<f32>,
-    dx: CudaSlice<f32>,
+    dx: CudaSlice<T>,
     dgamma: CudaSlice<f32>,
     dbeta: CudaSlice<f32>,
 }
 
-impl Layer {
-    fn new(gpu: &Gpu, s: &BatchNormShape) -> Layer {
+impl<T: Element> Layer<T> {
+    fn new(gpu: &Gpu, s: &BatchNormShape) -> Layer<T> {
         let up = |v: &[f32]| gpu.upload(v).unwrap();
+        let up_act = |v: Vec<f32>| {
+            let v: Vec<T> = v.into_iter().map(T::from_f32).collect();
+            gpu.upload(&v).unwrap()
+        };
         let zeros = |len| gpu.alloc_zeros::<f32>(len).unwrap();
         Layer {
-            x: up(&draw(s.len(), 1)),
-            dy: up(&draw(s.len(), 2)),
+            x: up_act(draw(s.len(), 1)),
+            dy: up_act(draw(s.len(), 2)),
             gamma: up(&draw(s.channels, 3)),
             beta: up(&draw(s.channels, 4)),
             running_mean: zeros(s.channels),
             running_var: up(&vec![1.0; s.channels]),
-            y: zeros(s.len()),
+            y: gpu.alloc_zeros::<T>(s.len()).unwrap(),
             mean: zeros(s.channels),
             invstd: zeros(s.channels),
-            dx: zeros(s.len()),
+            dx: gpu.alloc_zeros::<T>(s.len()).unwrap(),
             dgamma: zeros(s.channels),
             dbeta: zeros(s.channels),
         }
@@ -128,7 +139,7 @@ fn gpu(c: &mut Criterion) {
     let p = BatchNormParams::default();
     let mut group = common::GpuGroup::new(c, &gpu, "batch_norm_gpu_f32");
     for s in gpu_shapes() {
-        let mut layer = Layer::new(&gpu, &s);
+        let mut layer = Layer::<f32>::new(&gpu, &s);
         let bytes = 6 * s.len() * std::mem::size_of::<f32>();
         let id = name(&s);
         let mut ours = BatchNormGpu::<f32>::new(&gpu, s, p).unwrap();
@@ -144,5 +155,24 @@ fn gpu(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, cpu, gpu);
+/// Our NHWC kernels in `T`.
+fn gpu_nhwc<T: Element>(c: &mut Criterion) {
+    let Some(gpu) = common::gpu_or_skip("batch_norm NHWC GPU benches") else {
+        return;
+    };
+    let p = BatchNormParams::default();
+    let mut group = common::GpuGroup::new(c, &gpu, format!("batch_norm_gpu_nhwc_{}", T::SUFFIX));
+    let mut shapes = gpu_shapes();
+    if !bench_smoke() {
+        shapes.push(shape(64, 768, 17));
+    }
+    for s in shapes {
+        let mut layer = Layer::<T>::new(&gpu, &s);
+        let bytes = 6 * s.len() * std::mem::size_of::<T>();
+        let mut ours = BatchNormGpu::<T>::with_layout(&gpu, s, p, Layout::Nhwc).unwrap();
+        group.ours(&name(&s), bytes, || forward_backward!(ours, layer));
+    }
+}
+
+criterion_group!(benches, cpu, gpu, gpu_nhwc::<f32>, gpu_nhwc::<bf16>);
 criterion_main!(benches);

@@ -1,7 +1,9 @@
 //! Batch norm (+ fused ReLU): the CPU reference against hand-computed values and finite
-//! differences (f64) in both modes, the accumulation rule and bad input; the f32 CPU backend and
-//! the CUDA kernels (f32, bf16) and the benches' cuDNN baseline against the f64 reference (GPU
-//! tests skip without a GPU).
+//! differences (f64) in both modes, the accumulation rule and bad input; the NHWC reference
+//! against the NCHW one; the f32 CPU backend and the CUDA kernels (f32, bf16; NCHW and NHWC) and
+//! the benches' cuDNN baseline against the f64 reference; NHWC against NCHW on the GPU, and the
+//! bf16 NHWC kernels against the bf16 reference's rounding points (GPU tests skip without a
+//! GPU).
 
 use crate::common::gpu_tests::f32_and_bf16_tests;
 use crate::common::skip::or_return;
@@ -11,10 +13,11 @@ use c2f_kernels::batch_norm::{
     BatchNormGpu, BatchNormParams, BatchNormShape, INCEPTION_EPS,
 };
 use c2f_kernels::testing::{
-    assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,
-    widen, SplitMix64,
+    assert_bit_identical, bf16_rounding_mismatch, gpu_or_skip, library_or_skip, numeric_gradient,
+    rel_error, round_through, widen, SplitMix64,
 };
-use c2f_kernels::{Element, Gpu};
+use c2f_kernels::{Element, Gpu, Layout};
+use half::bf16;
 
 fn shape(batch: usize, channels: usize, height: usize, width: usize) -> BatchNormShape {
     BatchNormShape {
@@ -577,7 +580,7 @@ fn f32_variance_survives_large_means() {
     check_large_mean_stats("f32 CPU", &t, &m, &v);
 }
 
-/// Everything one GPU run produces, downloaded.
+/// Everything one GPU run produces, downloaded, activations in NCHW.
 struct GpuOut<T> {
     y: Vec<T>,
     save_mean: Vec<f32>,
@@ -593,11 +596,126 @@ struct GpuOut<T> {
     dbeta_inference: Vec<f32>,
 }
 
+/// The inputs of one GPU run, as the kernels store them (NCHW here): `x`, `dy`, and the `y`s
+/// and saved stats the backwards read; `f32` the per-channel inputs `[gamma, beta,
+/// running_mean, running_var, save_mean, save_invstd, dgamma0, dbeta0]`.
+struct GpuIn<T> {
+    x: Vec<T>,
+    dy: Vec<T>,
+    y_train: Vec<T>,
+    y_inference: Vec<T>,
+    f32: [Vec<f32>; 8],
+}
+
+/// All four ops on the GPU in `layout` (activations converted in and out), outputs poisoned:
+/// training forward, inference forward, then both backwards from `inp`'s `y`s and saved stats.
+fn gpu_run<T: Element>(gpu: &Gpu, bn: &mut BatchNormGpu<T>, inp: &GpuIn<T>) -> GpuOut<T> {
+    let s = *bn.shape();
+    let (layout, n, c, hw) = (bn.layout(), s.len(), s.channels, s.hw());
+    let up_act = |v: &[T]| gpu.upload(&Layout::Nchw.convert(layout, v, c, hw)).unwrap();
+    let (x_d, dy_d, yt_d, yi_d) = (
+        up_act(&inp.x),
+        up_act(&inp.dy),
+        up_act(&inp.y_train),
+        up_act(&inp.y_inference),
+    );
+    let up = |v: &[f32]| gpu.upload(v).unwrap();
+    let [g_d, b_d, rm_d, rv_d, mean_d, invstd_d, _, _] = inp.f32.each_ref().map(|v| up(v));
+    let [_, _, rm0, rv0, _, _, dg0, db0] = &inp.f32;
+    let (mut rm, mut rv) = (up(rm0), up(rv0));
+    let mut y = gpu.alloc_poisoned::<T>(n).unwrap();
+    let mut m = gpu.alloc_poisoned::<f32>(c).unwrap();
+    let mut v = gpu.alloc_poisoned::<f32>(c).unwrap();
+    let affine = [&g_d, &b_d];
+    bn.forward_train(&x_d, affine, [&mut rm, &mut rv], &mut y, [&mut m, &mut v])
+        .unwrap();
+    let mut yi = gpu.alloc_poisoned::<T>(n).unwrap();
+    bn.forward_inference(&x_d, affine, [&rm_d, &rv_d], &mut yi)
+        .unwrap();
+    let mut dx = gpu.alloc_poisoned::<T>(n).unwrap();
+    let (mut dg, mut db) = (up(dg0), up(db0));
+    let saved = [&mean_d, &invstd_d];
+    bn.backward_train(
+        [&x_d, &yt_d, &dy_d],
+        &g_d,
+        saved,
+        &mut dx,
+        [&mut dg, &mut db],
+    )
+    .unwrap();
+    let mut dxi = gpu.alloc_poisoned::<T>(n).unwrap();
+    let (mut dgi, mut dbi) = (up(dg0), up(db0));
+    let (xs, running) = ([&x_d, &yi_d, &dy_d], [&rm_d, &rv_d]);
+    bn.backward_inference(xs, &g_d, running, &mut dxi, [&mut dgi, &mut dbi])
+        .unwrap();
+    let d = |v: &cudarc::driver::CudaSlice<f32>| gpu.download(v).unwrap();
+    let down_act = |v: &cudarc::driver::CudaSlice<T>| {
+        layout.convert(Layout::Nchw, &gpu.download(v).unwrap(), c, hw)
+    };
+    GpuOut {
+        y: down_act(&y),
+        save_mean: d(&m),
+        save_invstd: d(&v),
+        running_mean: d(&rm),
+        running_var: d(&rv),
+        y_inference: down_act(&yi),
+        dx: down_act(&dx),
+        dgamma: d(&dg),
+        dbeta: d(&db),
+        dx_inference: down_act(&dxi),
+        dgamma_inference: d(&dgi),
+        dbeta_inference: d(&dbi),
+    }
+}
+
+impl<T: Element> GpuOut<T> {
+    /// The activation outputs, then the f32 ones, named, widened.
+    fn named(&self) -> [(&'static str, Vec<f64>); 12] {
+        [
+            ("y train", widen(&self.y)),
+            ("y inference", widen(&self.y_inference)),
+            ("dx train", widen(&self.dx)),
+            ("dx inference", widen(&self.dx_inference)),
+            ("save_mean", widen(&self.save_mean)),
+            ("save_invstd", widen(&self.save_invstd)),
+            ("running_mean", widen(&self.running_mean)),
+            ("running_var", widen(&self.running_var)),
+            ("dgamma train", widen(&self.dgamma)),
+            ("dbeta train", widen(&self.dbeta)),
+            ("dgamma inference", widen(&self.dgamma_inference)),
+            ("dbeta inference", widen(&self.dbeta_inference)),
+        ]
+    }
+
+    fn activations(&self) -> [&[T]; 4] {
+        [&self.y, &self.y_inference, &self.dx, &self.dx_inference]
+    }
+
+    fn assert_same_bits(&self, name: &str, other: &Self) {
+        let names = self.named().map(|(what, _)| format!("{name} {what}"));
+        for (what, (a, b)) in names
+            .iter()
+            .zip(self.activations().iter().zip(other.activations()))
+        {
+            assert_bit_identical(what, a, b);
+        }
+        let (a, b) = (self.named(), other.named());
+        for (what, (a, b)) in names.iter().zip(a.iter().zip(&b)).skip(4) {
+            assert_bit_identical(what, &a.1, &b.1);
+        }
+    }
+}
+
 /// All four ops on the GPU in `T` against the f64 reference on the same rounded inputs, outputs
 /// poisoned with NaN, and a second run giving the same bits. Activations are held to `tol`; the
 /// f32 outputs (stats, parameter gradients) to 1e-5 in both storage types.
-/// `(s, relu)`: the shape, and whether ReLU is fused.
-fn gpu_matches_reference<T: Element>(gpu: &Gpu, (s, relu): (BatchNormShape, bool), tol: f64) {
+/// `(s, relu, layout)`: the shape, whether ReLU is fused, and the activations' layout (the
+/// references run in NCHW; activations go up converted and come back converted).
+fn gpu_matches_reference<T: Element>(
+    gpu: &Gpu,
+    (s, relu, layout): (BatchNormShape, bool, Layout),
+    tol: f64,
+) {
     let p = params(relu);
     let inp = draw(&s, 16);
     let (x_t, x) = round_through::<T>(&inp.x);
@@ -624,115 +742,39 @@ fn gpu_matches_reference<T: Element>(gpu: &Gpu, (s, relu): (BatchNormShape, bool
     let ((mean32, mean), (invstd32, invstd)) = (r(&t.save_mean), r(&t.save_invstd));
     let (ref_dx, ref_dg, ref_db) = back_train64(&s, &p, &inp, &yt, &mean, &invstd);
     let (ref_dxi, ref_dgi, ref_dbi) = back_infer64(&s, &p, &inp, &yi);
-
-    let mut bn = BatchNormGpu::<T>::new(gpu, s, p).unwrap();
-    let up = |v: &[f32]| gpu.upload(v).unwrap();
-    let (x_d, dy_d, yt_d, yi_d) = (
-        gpu.upload(&x_t).unwrap(),
-        gpu.upload(&dy_t).unwrap(),
-        gpu.upload(&yt_t).unwrap(),
-        gpu.upload(&yi_t).unwrap(),
-    );
-    let (g_d, b_d, rm_d, rv_d) = (up(&g32), up(&b32), up(&rm32), up(&rv32));
-    let (mean_d, invstd_d) = (up(&mean32), up(&invstd32));
-    let (n, c) = (s.len(), s.channels);
-    let run = |bn: &mut BatchNormGpu<T>| -> GpuOut<T> {
-        let (mut rm, mut rv) = (up(&rm32), up(&rv32));
-        let mut y = gpu.alloc_poisoned::<T>(n).unwrap();
-        let mut m = gpu.alloc_poisoned::<f32>(c).unwrap();
-        let mut v = gpu.alloc_poisoned::<f32>(c).unwrap();
-        let affine = [&g_d, &b_d];
-        bn.forward_train(&x_d, affine, [&mut rm, &mut rv], &mut y, [&mut m, &mut v])
-            .unwrap();
-        let mut yi = gpu.alloc_poisoned::<T>(n).unwrap();
-        bn.forward_inference(&x_d, affine, [&rm_d, &rv_d], &mut yi)
-            .unwrap();
-        let mut dx = gpu.alloc_poisoned::<T>(n).unwrap();
-        let (mut dg, mut db) = (up(&dg32), up(&db32));
-        let saved = [&mean_d, &invstd_d];
-        bn.backward_train(
-            [&x_d, &yt_d, &dy_d],
-            &g_d,
-            saved,
-            &mut dx,
-            [&mut dg, &mut db],
-        )
-        .unwrap();
-        let mut dxi = gpu.alloc_poisoned::<T>(n).unwrap();
-        let (mut dgi, mut dbi) = (up(&dg32), up(&db32));
-        let (xs, running) = ([&x_d, &yi_d, &dy_d], [&rm_d, &rv_d]);
-        bn.backward_inference(xs, &g_d, running, &mut dxi, [&mut dgi, &mut dbi])
-            .unwrap();
-        let d = |v: &cudarc::driver::CudaSlice<f32>| gpu.download(v).unwrap();
-        GpuOut {
-            y: gpu.download(&y).unwrap(),
-            save_mean: d(&m),
-            save_invstd: d(&v),
-            running_mean: d(&rm),
-            running_var: d(&rv),
-            y_inference: gpu.download(&yi).unwrap(),
-            dx: gpu.download(&dx).unwrap(),
-            dgamma: d(&dg),
-            dbeta: d(&db),
-            dx_inference: gpu.download(&dxi).unwrap(),
-            dgamma_inference: d(&dgi),
-            dbeta_inference: d(&dbi),
-        }
+    let gpu_in = GpuIn {
+        x: x_t,
+        dy: dy_t,
+        y_train: yt_t,
+        y_inference: yi_t,
+        f32: [g32, b32, rm32, rv32, mean32, invstd32, dg32, db32],
     };
-    let a = run(&mut bn);
-    let name = format!("batch norm {} relu={relu} {s:?}", T::SUFFIX);
-    for (what, out, reference, bound) in [
-        ("y train", widen(&a.y), &t.y, tol),
-        ("y inference", widen(&a.y_inference), &y_inf, tol),
-        ("dx train", widen(&a.dx), &ref_dx, tol),
-        ("dx inference", widen(&a.dx_inference), &ref_dxi, tol),
-        ("save_mean", widen(&a.save_mean), &t.save_mean, 1e-5),
-        ("save_invstd", widen(&a.save_invstd), &t.save_invstd, 1e-5),
-        (
-            "running_mean",
-            widen(&a.running_mean),
-            &t.running_mean,
-            1e-5,
-        ),
-        ("running_var", widen(&a.running_var), &t.running_var, 1e-5),
-        ("dgamma train", widen(&a.dgamma), &ref_dg, 1e-5),
-        ("dbeta train", widen(&a.dbeta), &ref_db, 1e-5),
-        (
-            "dgamma inference",
-            widen(&a.dgamma_inference),
-            &ref_dgi,
-            1e-5,
-        ),
-        ("dbeta inference", widen(&a.dbeta_inference), &ref_dbi, 1e-5),
-    ] {
+    let mut bn = BatchNormGpu::<T>::with_layout(gpu, s, p, layout).unwrap();
+    let a = gpu_run(gpu, &mut bn, &gpu_in);
+    let name = format!("batch norm {} {layout:?} relu={relu} {s:?}", T::SUFFIX);
+    let references = [
+        &t.y,
+        &y_inf,
+        &ref_dx,
+        &ref_dxi,
+        &t.save_mean,
+        &t.save_invstd,
+        &t.running_mean,
+        &t.running_var,
+        &ref_dg,
+        &ref_db,
+        &ref_dgi,
+        &ref_dbi,
+    ];
+    for (i, ((what, out), reference)) in a.named().into_iter().zip(references).enumerate() {
+        let bound = if i < 4 { tol } else { 1e-5 };
         let e = rel_error(&out, reference);
         assert!(
             e < bound,
             "{name}: {what} relative error {e} (bound {bound})"
         );
     }
-    let b = run(&mut bn);
-    let same = |what: &str| format!("{name} {what}");
-    assert_bit_identical(&same("y"), &a.y, &b.y);
-    assert_bit_identical(&same("save_mean"), &a.save_mean, &b.save_mean);
-    assert_bit_identical(&same("save_invstd"), &a.save_invstd, &b.save_invstd);
-    assert_bit_identical(&same("running_mean"), &a.running_mean, &b.running_mean);
-    assert_bit_identical(&same("running_var"), &a.running_var, &b.running_var);
-    assert_bit_identical(&same("y inference"), &a.y_inference, &b.y_inference);
-    assert_bit_identical(&same("dx"), &a.dx, &b.dx);
-    assert_bit_identical(&same("dgamma"), &a.dgamma, &b.dgamma);
-    assert_bit_identical(&same("dbeta"), &a.dbeta, &b.dbeta);
-    assert_bit_identical(&same("dx inference"), &a.dx_inference, &b.dx_inference);
-    assert_bit_identical(
-        &same("dgamma inference"),
-        &a.dgamma_inference,
-        &b.dgamma_inference,
-    );
-    assert_bit_identical(
-        &same("dbeta inference"),
-        &a.dbeta_inference,
-        &b.dbeta_inference,
-    );
+    a.assert_same_bits(&name, &gpu_run(gpu, &mut bn, &gpu_in));
 }
 
 /// One value per sample and channel (H = W = 1), odd sizes, several chunks per channel crossing
@@ -750,14 +792,41 @@ fn gpu_shapes() -> Vec<BatchNormShape> {
 }
 
 /// Each shape with ReLU fused and without.
-fn gpu_cases() -> impl Iterator<Item = (BatchNormShape, bool)> {
-    gpu_shapes()
+fn with_relu(
+    shapes: Vec<BatchNormShape>,
+    layout: Layout,
+) -> impl Iterator<Item = (BatchNormShape, bool, Layout)> {
+    shapes
         .into_iter()
-        .flat_map(|s| [(s, true), (s, false)])
+        .flat_map(move |s| [(s, true, layout), (s, false, layout)])
+}
+
+fn gpu_cases() -> impl Iterator<Item = (BatchNormShape, bool, Layout)> {
+    with_relu(gpu_shapes(), Layout::Nchw)
+}
+
+/// NHWC: channel counts that defeat the 16-byte vectors (C = 1, odd C, C = 12 with f32 vectors
+/// but not bf16 ones), that fill them (16, 96, 768: one, several lanes, several tiles), a
+/// partly-filled tile (C = 40), one value per sample and channel, and several chunks per tile.
+fn nhwc_shapes() -> Vec<BatchNormShape> {
+    vec![
+        shape(5, 3, 1, 1),
+        shape(2, 1, 7, 5),
+        shape(3, 5, 33, 31),
+        shape(2, 12, 9, 11),
+        shape(4, 16, 30, 30),
+        shape(2, 40, 7, 7),
+        shape(8, 96, 17, 17),
+        shape(16, 768, 2, 3),
+    ]
 }
 
 f32_and_bf16_tests!("batch_norm", gpu_f32_matches_reference, gpu_bf16_matches_reference,
     each of gpu_cases() => gpu_matches_reference);
+
+f32_and_bf16_tests!("batch_norm", gpu_nhwc_f32_matches_reference,
+    gpu_nhwc_bf16_matches_reference,
+    each of with_relu(nhwc_shapes(), Layout::Nhwc) => gpu_matches_reference);
 
 #[test]
 fn gpu_rejects_bad_input() {
@@ -900,4 +969,374 @@ fn gpu_cudnn_baseline_matches_reference() {
             }
         }
     }
+}
+
+/// All four ops of the CPU reference in `R` with activations in `layout` (NCHW values converted
+/// in, outputs converted back), in [`GpuOut::named`]'s order. Each activation output goes
+/// through `store` (identity, or bf16 rounding for the bf16 reference) before anything reads it:
+/// the backwards read the stored training and inference `y`.
+fn cpu_run<R: c2f_kernels::Real>(
+    layout: Layout,
+    s: &BatchNormShape,
+    p: &BatchNormParams,
+    inp: &Inputs,
+    store: fn(R) -> R,
+) -> [(&'static str, Vec<f64>); 12] {
+    let (c, hw, n) = (s.channels, s.hw(), s.len());
+    let laid_out = (layout, *s);
+    let real = |v: &[f64]| -> Vec<R> { v.iter().map(|&v| R::from_f64(v)).collect() };
+    let act_in = |v: &[f64]| Layout::Nchw.convert(layout, &real(v), c, hw);
+    let (x, dy) = (act_in(&inp.x), act_in(&inp.dy));
+    let [gamma, beta, rm0, rv0, dg0, db0] = [
+        &inp.gamma,
+        &inp.beta,
+        &inp.running_mean,
+        &inp.running_var,
+        &inp.dgamma0,
+        &inp.dbeta0,
+    ]
+    .map(|v| real(v));
+    let (mut rm, mut rv) = (rm0.clone(), rv0.clone());
+    let (mut y, mut mean, mut invstd) = (vec![R::nan(); n], vec![R::nan(); c], vec![R::nan(); c]);
+    let affine = [&gamma[..], &beta];
+    let (running, saved) = ([&mut rm[..], &mut rv], [&mut mean[..], &mut invstd]);
+    forward_train_cpu(&laid_out, p, &x, affine, running, &mut y, saved).unwrap();
+    let mut yi = vec![R::nan(); n];
+    forward_inference_cpu(&laid_out, p, &x, affine, [&rm0, &rv0], &mut yi).unwrap();
+    for v in y.iter_mut().chain(&mut yi) {
+        *v = store(*v);
+    }
+    let (mut dx, mut dg, mut db) = (vec![R::nan(); n], dg0.clone(), db0.clone());
+    let (xs, saved) = ([&x[..], &y, &dy], [&mean[..], &invstd]);
+    backward_train_cpu(&laid_out, p, xs, &gamma, saved, &mut dx, [&mut dg, &mut db]).unwrap();
+    let (mut dxi, mut dgi, mut dbi) = (vec![R::nan(); n], dg0.clone(), db0.clone());
+    let (xs, running) = ([&x[..], &yi, &dy], [&rm0[..], &rv0]);
+    backward_inference_cpu(
+        &laid_out,
+        p,
+        xs,
+        &gamma,
+        running,
+        &mut dxi,
+        [&mut dgi, &mut dbi],
+    )
+    .unwrap();
+    let act_out = |v: &[R]| -> Vec<f64> {
+        let stored: Vec<R> = v.iter().map(|&v| store(v)).collect();
+        layout
+            .convert(Layout::Nchw, &stored, c, hw)
+            .iter()
+            .map(|&v| c2f_kernels::Real::to_f64(v))
+            .collect()
+    };
+    let wide = |v: &[R]| -> Vec<f64> { v.iter().map(|&v| c2f_kernels::Real::to_f64(v)).collect() };
+    [
+        ("y train", act_out(&y)),
+        ("y inference", act_out(&yi)),
+        ("dx train", act_out(&dx)),
+        ("dx inference", act_out(&dxi)),
+        ("save_mean", wide(&mean)),
+        ("save_invstd", wide(&invstd)),
+        ("running_mean", wide(&rm)),
+        ("running_var", wide(&rv)),
+        ("dgamma train", wide(&dg)),
+        ("dbeta train", wide(&db)),
+        ("dgamma inference", wide(&dgi)),
+        ("dbeta inference", wide(&dbi)),
+    ]
+}
+
+/// The NHWC reference sums each channel's values in NCHW's order, so on the same values it gives
+/// NCHW's results bit for bit (f64), every output, C = 1 and odd C included.
+#[test]
+fn nhwc_reference_matches_nchw_exactly() {
+    for s in [shape(2, 3, 4, 5), shape(3, 1, 2, 7), shape(2, 8, 3, 3)] {
+        for relu in [false, true] {
+            let (p, inp) = (params(relu), draw(&s, 18));
+            let nchw = cpu_run::<f64>(Layout::Nchw, &s, &p, &inp, |v| v);
+            let nhwc = cpu_run::<f64>(Layout::Nhwc, &s, &p, &inp, |v| v);
+            for ((what, a), (_, b)) in nchw.iter().zip(&nhwc) {
+                assert!(a.iter().all(|v| v.is_finite()), "{what} not fully written");
+                assert_bit_identical(&format!("NHWC vs NCHW relu={relu} {s:?} {what}"), a, b);
+            }
+        }
+    }
+}
+
+/// The GPU's NHWC f32 kernels against its NCHW ones on the same values. The element-wise ops
+/// given the same statistics (inference forward, inference dx) are the same bits; the
+/// reductions run in another tree (per-thread Welford over rows, then a tree over row slots), so
+/// the statistics and sums, and what the training y and dx take from them, agree to f32
+/// rounding: relative errors of a few f32 ulps (2⁻²⁴ ≈ 6e-8) times the conditioning of the
+/// large-mean channels (mean 50, deviation 2.3: about 20), held to 1e-6.
+#[test]
+fn gpu_nhwc_f32_matches_nchw() {
+    let gpu = or_return!(gpu_or_skip("batch_norm gpu_nhwc_f32_matches_nchw"));
+    for s in [
+        shape(4, 16, 30, 30),
+        shape(3, 5, 33, 31),
+        shape(8, 96, 17, 17),
+    ] {
+        for relu in [false, true] {
+            let (p, inp) = (params(relu), draw(&s, 19));
+            let t = train64(&s, &p, &inp);
+            let y_inf = infer64(&s, &p, &inp);
+            let f = |v: &[f64]| round_through::<f32>(v).0;
+            let gpu_in = GpuIn {
+                x: f(&inp.x),
+                dy: f(&inp.dy),
+                y_train: f(&t.y),
+                y_inference: f(&y_inf),
+                f32: [
+                    &inp.gamma,
+                    &inp.beta,
+                    &inp.running_mean,
+                    &inp.running_var,
+                    &t.save_mean,
+                    &t.save_invstd,
+                    &inp.dgamma0,
+                    &inp.dbeta0,
+                ]
+                .map(|v| f(v)),
+            };
+            let [nchw, nhwc] = [Layout::Nchw, Layout::Nhwc].map(|layout| {
+                let mut bn = BatchNormGpu::<f32>::with_layout(&gpu, s, p, layout).unwrap();
+                gpu_run(&gpu, &mut bn, &gpu_in)
+            });
+            let name = format!("NHWC vs NCHW relu={relu} {s:?}");
+            assert_bit_identical(
+                &format!("{name} y inference"),
+                &nhwc.y_inference,
+                &nchw.y_inference,
+            );
+            assert_bit_identical(
+                &format!("{name} dx inference"),
+                &nhwc.dx_inference,
+                &nchw.dx_inference,
+            );
+            for ((what, a), (_, b)) in nhwc.named().iter().zip(&nchw.named()) {
+                let e = rel_error(a, b);
+                println!("{name} {what}: relative error {e:.2e}");
+                assert!(e < 1e-6, "{name} {what}: relative error {e:.3e}");
+            }
+        }
+    }
+}
+
+/// Rounds to bf16 and back.
+fn bf16_round(v: f32) -> f32 {
+    bf16::from_f32(v).to_f32()
+}
+
+/// The bf16 NHWC kernels against the bf16 reference (the f32 reference on the same bf16 inputs,
+/// each activation output rounded to bf16 once): every activation output within one bf16 ulp,
+/// and at most [`c2f_kernels::testing::BF16_ROUNDING_SHARE`] of them one ulp off; the f32
+/// outputs within 1e-5. Then mutations of the reference, each rounding at a point the kernels do
+/// not, fail that check against the same GPU outputs: the check can tell where rounding happens.
+#[test]
+fn gpu_nhwc_bf16_rounds_as_reference() {
+    let gpu = or_return!(gpu_or_skip("batch_norm gpu_nhwc_bf16_rounds_as_reference"));
+    for s in [
+        shape(4, 16, 30, 30),
+        shape(3, 5, 33, 31),
+        shape(8, 96, 17, 17),
+    ] {
+        for relu in [false, true] {
+            let p = params(relu);
+            let mut inp = draw(&s, 20);
+            let bf = |v: &mut Vec<f64>| *v = round_through::<bf16>(v).1;
+            let f = |v: &mut Vec<f64>| *v = round_through::<f32>(v).1;
+            bf(&mut inp.x);
+            bf(&mut inp.dy);
+            for v in [
+                &mut inp.gamma,
+                &mut inp.beta,
+                &mut inp.running_mean,
+                &mut inp.running_var,
+            ] {
+                f(v);
+            }
+            f(&mut inp.dgamma0);
+            f(&mut inp.dbeta0);
+            let reference = cpu_run::<f32>(Layout::Nhwc, &s, &p, &inp, bf16_round);
+            // The GPU's backwards read the reference's stored y and saved stats.
+            let [y_train, y_inference] =
+                [&reference[0].1, &reference[1].1].map(|v| round_through::<bf16>(v).0);
+            let stat = |i: usize| round_through::<f32>(&reference[i].1).0;
+            let f32_in = |v: &[f64]| round_through::<f32>(v).0;
+            let gpu_in = GpuIn {
+                x: round_through::<bf16>(&inp.x).0,
+                dy: round_through::<bf16>(&inp.dy).0,
+                y_train,
+                y_inference,
+                f32: [
+                    f32_in(&inp.gamma),
+                    f32_in(&inp.beta),
+                    f32_in(&inp.running_mean),
+                    f32_in(&inp.running_var),
+                    stat(4),
+                    stat(5),
+                    f32_in(&inp.dgamma0),
+                    f32_in(&inp.dbeta0),
+                ],
+            };
+            let mut bn = BatchNormGpu::<bf16>::with_layout(&gpu, s, p, Layout::Nhwc).unwrap();
+            let out = gpu_run(&gpu, &mut bn, &gpu_in);
+            let name = format!("bf16 NHWC relu={relu} {s:?}");
+            for (i, ((what, got), (_, want))) in out.named().iter().zip(&reference).enumerate() {
+                if i < 4 {
+                    let want = round_through::<bf16>(want).0;
+                    if let Some(why) = bf16_rounding_mismatch(out.activations()[i], &want) {
+                        panic!("{name} {what}: {why}");
+                    }
+                } else {
+                    let e = rel_error(got, want);
+                    assert!(e < 1e-5, "{name} {what}: relative error {e:.3e}");
+                }
+            }
+            for (what, i, mutant) in bf16_mutants(&s, &p, &inp, &reference) {
+                assert!(
+                    bf16_rounding_mismatch(out.activations()[i], &mutant).is_some(),
+                    "{name}: the check passes a reference that {what}"
+                );
+            }
+        }
+    }
+}
+
+/// The bf16 reference's activation outputs recomputed element-wise from its own f32 statistics
+/// with one rounding more or one term less, NCHW order: (what the mutant does, the output's
+/// index in [`GpuOut::named`], the output).
+fn bf16_mutants(
+    s: &BatchNormShape,
+    p: &BatchNormParams,
+    inp: &Inputs,
+    reference: &[(&'static str, Vec<f64>); 12],
+) -> Vec<(&'static str, usize, Vec<bf16>)> {
+    let (hw, channels) = (s.hw(), s.channels);
+    let ch = |i: usize| i / hw % channels;
+    let relu = |v: f32| if p.relu && v <= 0.0 { 0.0 } else { v };
+    let (mean, invstd) = (&reference[4].1, &reference[5].1);
+    let y = &reference[0].1;
+    let at = |v: &[f64], i: usize| v[i] as f32;
+    let n = s.len();
+    // y with (x − mean)·scale rounded to bf16 before the shift is added.
+    let y_mut = (0..n)
+        .map(|i| {
+            let c = ch(i);
+            let scale = at(&inp.gamma, c) * at(invstd, c);
+            let z = bf16_round((at(&inp.x, i) - at(mean, c)) * scale);
+            bf16::from_f32(relu(z + at(&inp.beta, c)))
+        })
+        .collect();
+    // dx train without the mean of g.
+    let sums: Vec<[f32; 2]> = (0..channels)
+        .map(|c| {
+            let mut acc = [0.0f32; 2];
+            for i in (0..n).filter(|&i| ch(i) == c) {
+                let g = if p.relu && y[i] <= 0.0 {
+                    0.0
+                } else {
+                    at(&inp.dy, i)
+                };
+                acc[0] += g;
+                acc[1] += g * (at(&inp.x, i) - at(mean, c));
+            }
+            acc
+        })
+        .collect();
+    let dx_mut = (0..n)
+        .map(|i| {
+            let c = ch(i);
+            let g = if p.relu && y[i] <= 0.0 {
+                0.0
+            } else {
+                at(&inp.dy, i)
+            };
+            let invstd = at(invstd, c);
+            let proj = sums[c][1] / s.per_channel() as f32 * invstd * invstd;
+            let dx = (g - (at(&inp.x, i) - at(mean, c)) * proj) * invstd * at(&inp.gamma, c);
+            bf16::from_f32(dx)
+        })
+        .collect();
+    vec![
+        ("rounds (x − mean)·scale before the shift", 0, y_mut),
+        ("drops the mean of g from dx", 2, dx_mut),
+    ]
+}
+
+#[test]
+fn gpu_nhwc_rejects_bad_input() {
+    let gpu = or_return!(gpu_or_skip("batch_norm gpu_nhwc_rejects_bad_input"));
+    // 2^24 + 1 channels: 65537 tiles of 256 bf16 channels, above the grid's 65535.
+    let s = shape(1, (1 << 24) + 1, 1, 1);
+    let err = BatchNormGpu::<bf16>::with_layout(&gpu, s, params(true), Layout::Nhwc)
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("batch norm channels 16777217 above the supported 16776960"),
+        "{err}"
+    );
+    let err = BatchNormGpu::<f32>::with_layout(&gpu, shape(2, 0, 3, 3), params(true), Layout::Nhwc)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("zero dimension"), "{err}");
+    let s = shape(2, 8, 3, 3);
+    let mut bn = BatchNormGpu::<f32>::with_layout(&gpu, s, params(true), Layout::Nhwc).unwrap();
+    let x = gpu.upload(&vec![1.0f32; s.len() - 1]).unwrap();
+    let per_channel = gpu.upload(&[1.0f32; 8]).unwrap();
+    let mut y = gpu.alloc_poisoned::<f32>(s.len()).unwrap();
+    let err = bn
+        .forward_inference(
+            &x,
+            [&per_channel, &per_channel],
+            [&per_channel, &per_channel],
+            &mut y,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("batch norm x has 143 elements, expected 144"),
+        "{err}"
+    );
+}
+
+/// A view one element into its buffer is not 16-byte aligned: the kernels take the scalar path
+/// (C = 8 would take the vector one) and give its results, the same as from an aligned copy.
+#[test]
+fn gpu_nhwc_misaligned_view_matches_aligned() {
+    let gpu = or_return!(gpu_or_skip(
+        "batch_norm gpu_nhwc_misaligned_view_matches_aligned"
+    ));
+    let s = shape(3, 8, 5, 7);
+    let p = params(true);
+    let inp = draw(&s, 21);
+    let x: Vec<bf16> =
+        round_through::<bf16>(&Layout::Nchw.convert(Layout::Nhwc, &inp.x, 8, s.hw())).0;
+    let f = |v: &[f64]| gpu.upload(&round_through::<f32>(v).0).unwrap();
+    let (g, b, rm, rv) = (
+        f(&inp.gamma),
+        f(&inp.beta),
+        f(&inp.running_mean),
+        f(&inp.running_var),
+    );
+    let mut padded = vec![bf16::from_f32(7.0)];
+    padded.extend_from_slice(&x);
+    let x_aligned = gpu.upload(&x).unwrap();
+    let x_padded = gpu.upload(&padded).unwrap();
+    let mut bn = BatchNormGpu::<bf16>::with_layout(&gpu, s, p, Layout::Nhwc).unwrap();
+    let mut y_aligned = gpu.alloc_poisoned::<bf16>(s.len()).unwrap();
+    bn.forward_inference(&x_aligned, [&g, &b], [&rm, &rv], &mut y_aligned)
+        .unwrap();
+    let mut y_padded = gpu.alloc_poisoned::<bf16>(s.len() + 1).unwrap();
+    let mut y_view = y_padded.slice_mut(1..);
+    bn.forward_inference(&x_padded.slice(1..), [&g, &b], [&rm, &rv], &mut y_view)
+        .unwrap();
+    let got = gpu.download(&y_padded).unwrap();
+    assert_bit_identical(
+        "misaligned y",
+        &got[1..],
+        &gpu.download(&y_aligned).unwrap(),
+    );
 }

@@ -1,6 +1,7 @@
 //! Pooling and channel concat/split: the CPU functions against hand-computed values and finite
-//! differences (f64), and the CUDA kernels (f32, bf16) and the benches' cuDNN baseline against
-//! the f64 reference (skipped without a GPU).
+//! differences (f64), and the CUDA kernels (f32, bf16; NCHW and NHWC) and the benches' cuDNN
+//! baseline against the f64 reference; NHWC against NCHW bit for bit, and the bf16 NHWC kernels
+//! against the bf16 reference's rounding points (GPU tests skip without a GPU).
 
 use crate::common::gpu_tests::f32_and_bf16_tests;
 use crate::common::skip::or_return;
@@ -12,10 +13,11 @@ use c2f_kernels::pool::{
     GlobalAvgPoolGpu, MaxPool2dGpu, Pool2dParams, PoolShape,
 };
 use c2f_kernels::testing::{
-    assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,
-    widen, SplitMix64,
+    assert_bit_identical, bf16_rounding_mismatch, gpu_or_skip, library_or_skip, numeric_gradient,
+    rel_error, round_through, widen, SplitMix64,
 };
-use c2f_kernels::{Element, Gpu};
+use c2f_kernels::{Element, Gpu, Layout};
+use half::bf16;
 
 fn shape(batch: usize, channels: usize, height: usize, width: usize) -> PoolShape {
     PoolShape {
@@ -452,38 +454,66 @@ fn concat_places_channels_and_split_recovers_them() {
     );
 }
 
-/// Max and average pool forward and backward on the GPU in `T`, against the f64 reference on
-/// the same rounded inputs, with poisoned outputs and a second run that must give the same bits.
-fn gpu_pool_matches_reference<T: Element>(gpu: &Gpu, (s, p): (PoolShape, Pool2dParams), tol: f64) {
-    let n_out = out_len(&s, &p);
-    let (x_t, x64) = round_through::<T>(&SplitMix64(51).uniform_vec(s.numel(), -1.0, 1.0));
-    let (dy_t, dy64) = round_through::<T>(&SplitMix64(52).uniform_vec(n_out, -1.0, 1.0));
+/// Max and average pool forward and backward on the GPU in `T` and `layout` from `x` and `dy`
+/// (NCHW, converted in), outputs poisoned: `[max y, max dx, avg y, avg dx]` and the max indices,
+/// converted back to NCHW.
+fn gpu_pool_run<T: Element>(
+    gpu: &Gpu,
+    (s, p, layout): (PoolShape, Pool2dParams, Layout),
+    x: &[T],
+    dy: &[T],
+) -> ([Vec<T>; 4], Vec<i32>) {
+    let o = p.output_shape(&s).unwrap();
+    let (c, hw, ohw) = (s.channels, s.hw(), o.hw());
+    let max = MaxPool2dGpu::<T>::with_layout(gpu, s, p, layout).unwrap();
+    let avg = AvgPool2dGpu::<T>::with_layout(gpu, s, p, layout).unwrap();
+    assert_eq!(*max.output_shape(), o);
+    assert_eq!(*avg.output_shape(), o);
+    let x_d = gpu.upload(&Layout::Nchw.convert(layout, x, c, hw)).unwrap();
+    let dy_d = gpu
+        .upload(&Layout::Nchw.convert(layout, dy, c, ohw))
+        .unwrap();
+    let mut y = gpu.alloc_poisoned::<T>(o.numel()).unwrap();
+    let mut idx = gpu.upload(&vec![-7i32; o.numel()]).unwrap();
+    let mut dx = gpu.alloc_poisoned::<T>(s.numel()).unwrap();
+    let mut ya = gpu.alloc_poisoned::<T>(o.numel()).unwrap();
+    let mut dxa = gpu.alloc_poisoned::<T>(s.numel()).unwrap();
+    max.forward(&x_d, &mut y, &mut idx).unwrap();
+    max.backward(&idx, &dy_d, &mut dx).unwrap();
+    avg.forward(&x_d, &mut ya).unwrap();
+    avg.backward(&dy_d, &mut dxa).unwrap();
+    let back = |v: Vec<T>, plane: usize| layout.convert(Layout::Nchw, &v, c, plane);
+    let [y, dx, ya, dxa] = [(y, ohw), (dx, hw), (ya, ohw), (dxa, hw)]
+        .map(|(b, plane)| back(gpu.download(&b).unwrap(), plane));
+    let idx = layout.convert(Layout::Nchw, &gpu.download(&idx).unwrap(), c, ohw);
+    ([y, dx, ya, dxa], idx)
+}
+
+/// Inputs of the pooling GPU tests: `x` and `dy` in `T`, and the same values in f64.
+fn pool_inputs<T: Element>(s: &PoolShape, p: &Pool2dParams) -> [(Vec<T>, Vec<f64>); 2] {
+    [
+        SplitMix64(51).uniform_vec(s.numel(), -1.0, 1.0),
+        SplitMix64(52).uniform_vec(out_len(s, p), -1.0, 1.0),
+    ]
+    .map(|v| round_through::<T>(&v))
+}
+
+/// Max and average pool forward and backward on the GPU in `T` and a layout, against the f64
+/// reference on the same rounded inputs, with poisoned outputs and a second run that must give
+/// the same bits.
+fn gpu_pool_matches_reference<T: Element>(
+    gpu: &Gpu,
+    (s, p, layout): (PoolShape, Pool2dParams, Layout),
+    tol: f64,
+) {
+    let [(x_t, x64), (dy_t, dy64)] = pool_inputs::<T>(&s, &p);
     let (ref_max, ref_idx) = max64(&s, &p, &x64);
     let ref_max_dx = max_back64(&s, &p, &ref_idx, &dy64);
     let ref_avg = avg64(&s, &p, &x64);
     let ref_avg_dx = avg_back64(&s, &p, &dy64);
-
-    let max = MaxPool2dGpu::<T>::new(gpu, s, p).unwrap();
-    let avg = AvgPool2dGpu::<T>::new(gpu, s, p).unwrap();
-    assert_eq!(*max.output_shape(), p.output_shape(&s).unwrap());
-    assert_eq!(*avg.output_shape(), p.output_shape(&s).unwrap());
-    let x_d = gpu.upload(&x_t).unwrap();
-    let dy_d = gpu.upload(&dy_t).unwrap();
-    let run = || {
-        let mut y = gpu.alloc_poisoned::<T>(n_out).unwrap();
-        let mut idx = gpu.upload(&vec![-7i32; n_out]).unwrap();
-        let mut dx = gpu.alloc_poisoned::<T>(s.numel()).unwrap();
-        let mut ya = gpu.alloc_poisoned::<T>(n_out).unwrap();
-        let mut dxa = gpu.alloc_poisoned::<T>(s.numel()).unwrap();
-        max.forward(&x_d, &mut y, &mut idx).unwrap();
-        max.backward(&idx, &dy_d, &mut dx).unwrap();
-        avg.forward(&x_d, &mut ya).unwrap();
-        avg.backward(&dy_d, &mut dxa).unwrap();
-        let outputs = [y, dx, ya, dxa].map(|b| gpu.download(&b).unwrap());
-        (outputs, gpu.download(&idx).unwrap())
-    };
+    let run = || gpu_pool_run(gpu, (s, p, layout), &x_t, &dy_t);
     let (first, idx) = run();
-    let name = format!("pool {} {s:?} {p:?}", T::SUFFIX);
+    let name = format!("pool {} {layout:?} {s:?} {p:?}", T::SUFFIX);
     // Ties are resolved on the same rounded values by the same rule: the indices are exact.
     assert!(
         idx == ref_idx,
@@ -504,7 +534,7 @@ fn gpu_pool_matches_reference<T: Element>(gpu: &Gpu, (s, p): (PoolShape, Pool2dP
 
 /// InceptionV3's pools and odd ones: k2 s3, non-square kernels and strides, 1x1 outputs,
 /// count_include_pad off.
-fn gpu_pool_cases() -> Vec<(PoolShape, Pool2dParams)> {
+fn gpu_pool_cases() -> Vec<(PoolShape, Pool2dParams, Layout)> {
     vec![
         (shape(4, 64, 147, 147), Pool2dParams::square(3, 2, 0)),
         (shape(4, 192, 35, 35), Pool2dParams::square(3, 1, 1)),
@@ -514,10 +544,59 @@ fn gpu_pool_cases() -> Vec<(PoolShape, Pool2dParams)> {
         (shape(2, 3, 6, 4), params((3, 2), (2, 2), (1, 1), false)),
         (shape(2, 3, 5, 5), Pool2dParams::square(5, 1, 0)),
     ]
+    .into_iter()
+    .map(|(s, p)| (s, p, Layout::Nchw))
+    .collect()
+}
+
+/// NHWC: InceptionV3's pools at smaller sizes, channel counts that defeat the 16-byte vectors
+/// (C = 1, 3, 5, 12 with f32 vectors but not bf16 ones), non-square kernels and strides, 1x1
+/// outputs, count_include_pad off.
+fn gpu_nhwc_pool_cases() -> Vec<(PoolShape, Pool2dParams, Layout)> {
+    vec![
+        (shape(2, 64, 37, 37), Pool2dParams::square(3, 2, 0)),
+        (shape(2, 192, 13, 13), Pool2dParams::square(3, 1, 1)),
+        (shape(2, 1, 9, 9), params((3, 3), (1, 1), (1, 1), false)),
+        (shape(2, 5, 10, 11), Pool2dParams::square(2, 3, 0)),
+        (shape(3, 12, 9, 7), params((3, 1), (2, 1), (1, 0), false)),
+        (shape(2, 3, 6, 4), params((3, 2), (2, 2), (1, 1), false)),
+        (shape(2, 24, 5, 5), Pool2dParams::square(5, 1, 0)),
+    ]
+    .into_iter()
+    .map(|(s, p)| (s, p, Layout::Nhwc))
+    .collect()
 }
 
 f32_and_bf16_tests!("pool", gpu_f32_pool_matches_reference, gpu_bf16_pool_matches_reference,
     each of gpu_pool_cases() => gpu_pool_matches_reference);
+
+f32_and_bf16_tests!("pool", gpu_nhwc_f32_pool_matches_reference,
+    gpu_nhwc_bf16_pool_matches_reference,
+    each of gpu_nhwc_pool_cases() => gpu_pool_matches_reference);
+
+/// The NHWC kernels visit each window in NCHW's order with NCHW's arithmetic: on the same
+/// values every output and index is the same bits, in f32 and in bf16.
+fn gpu_nhwc_pool_matches_nchw<T: Element>(
+    gpu: &Gpu,
+    (s, p, _): (PoolShape, Pool2dParams, Layout),
+    _tol: f64,
+) {
+    let [(x, _), (dy, _)] = pool_inputs::<T>(&s, &p);
+    let (nchw, nchw_idx) = gpu_pool_run(gpu, (s, p, Layout::Nchw), &x, &dy);
+    let (nhwc, nhwc_idx) = gpu_pool_run(gpu, (s, p, Layout::Nhwc), &x, &dy);
+    let name = format!("pool {} NHWC vs NCHW {s:?} {p:?}", T::SUFFIX);
+    for ((what, a), b) in ["max y", "max dx", "avg y", "avg dx"]
+        .iter()
+        .zip(&nhwc)
+        .zip(&nchw)
+    {
+        assert_bit_identical(&format!("{name} {what}"), a, b);
+    }
+    assert_bit_identical(&format!("{name} max indices"), &nhwc_idx, &nchw_idx);
+}
+
+f32_and_bf16_tests!("pool", gpu_nhwc_f32_pool_matches_nchw, gpu_nhwc_bf16_pool_matches_nchw,
+    each of gpu_nhwc_pool_cases() => gpu_nhwc_pool_matches_nchw);
 
 /// More planes than the windowed kernels' grid covers at 4 per thread (65,535 × 4), so threads
 /// stride over a second group of planes.
@@ -525,30 +604,56 @@ f32_and_bf16_tests!("pool", gpu_f32_pool_matches_reference, gpu_bf16_pool_matche
 fn gpu_pool_strides_past_the_grid() {
     let gpu = or_return!(gpu_or_skip("pool gpu_pool_strides_past_the_grid"));
     let s = shape(2, 131_075, 2, 2);
-    gpu_pool_matches_reference::<f32>(&gpu, (s, Pool2dParams::square(2, 1, 0)), 1e-5);
+    let case = (s, Pool2dParams::square(2, 1, 0), Layout::Nchw);
+    gpu_pool_matches_reference::<f32>(&gpu, case, 1e-5);
 }
 
-fn gpu_global_matches_reference<T: Element>(gpu: &Gpu, s: PoolShape, tol: f64) {
-    let (x_t, x64) = round_through::<T>(&SplitMix64(61).uniform_vec(s.numel(), -1.0, 1.0));
-    let (dy_t, dy64) = round_through::<T>(&SplitMix64(62).uniform_vec(s.planes(), -1.0, 1.0));
+/// The global pool forward and backward on the GPU in `T` and `layout` from `x` and `dy` (NCHW,
+/// converted in), outputs poisoned: `y [N, C]` and `dx`, converted back to NCHW.
+fn gpu_global_run<T: Element>(
+    gpu: &Gpu,
+    s: PoolShape,
+    layout: Layout,
+    x: &[T],
+    dy: &[T],
+) -> [Vec<T>; 2] {
+    let pool = GlobalAvgPoolGpu::<T>::with_layout(gpu, s, layout).unwrap();
+    let x_d = gpu
+        .upload(&Layout::Nchw.convert(layout, x, s.channels, s.hw()))
+        .unwrap();
+    let dy_d = gpu.upload(dy).unwrap();
+    let mut y = gpu.alloc_poisoned::<T>(s.planes()).unwrap();
+    let mut dx = gpu.alloc_poisoned::<T>(s.numel()).unwrap();
+    pool.forward(&x_d, &mut y).unwrap();
+    pool.backward(&dy_d, &mut dx).unwrap();
+    let dx = layout.convert(
+        Layout::Nchw,
+        &gpu.download(&dx).unwrap(),
+        s.channels,
+        s.hw(),
+    );
+    [gpu.download(&y).unwrap(), dx]
+}
+
+fn global_inputs<T: Element>(s: &PoolShape) -> [(Vec<T>, Vec<f64>); 2] {
+    [
+        SplitMix64(61).uniform_vec(s.numel(), -1.0, 1.0),
+        SplitMix64(62).uniform_vec(s.planes(), -1.0, 1.0),
+    ]
+    .map(|v| round_through::<T>(&v))
+}
+
+fn gpu_global_matches_reference<T: Element>(gpu: &Gpu, (s, layout): (PoolShape, Layout), tol: f64) {
+    let [(x_t, x64), (dy_t, dy64)] = global_inputs::<T>(&s);
     let (ref_y, ref_dx) = (gap64(&s, &x64), gap_back64(&s, &dy64));
-    let pool = GlobalAvgPoolGpu::<T>::new(gpu, s).unwrap();
-    let x_d = gpu.upload(&x_t).unwrap();
-    let dy_d = gpu.upload(&dy_t).unwrap();
-    let run = || {
-        let mut y = gpu.alloc_poisoned::<T>(s.planes()).unwrap();
-        let mut dx = gpu.alloc_poisoned::<T>(s.numel()).unwrap();
-        pool.forward(&x_d, &mut y).unwrap();
-        pool.backward(&dy_d, &mut dx).unwrap();
-        (gpu.download(&y).unwrap(), gpu.download(&dx).unwrap())
-    };
-    let (y, dx) = run();
-    let name = format!("global avg pool {} {s:?}", T::SUFFIX);
+    let run = || gpu_global_run(gpu, s, layout, &x_t, &dy_t);
+    let [y, dx] = run();
+    let name = format!("global avg pool {} {layout:?} {s:?}", T::SUFFIX);
     for (what, out, reference) in [("y", &y, &ref_y), ("dx", &dx, &ref_dx)] {
         let e = rel_error(&widen(out), reference);
         assert!(e < tol, "{name}: {what} relative error {e} (bound {tol})");
     }
-    let (y2, dx2) = run();
+    let [y2, dx2] = run();
     assert_bit_identical(&format!("{name} y"), &y, &y2);
     assert_bit_identical(&format!("{name} dx"), &dx, &dx2);
 }
@@ -563,9 +668,109 @@ fn gpu_global_shapes() -> Vec<PoolShape> {
     ]
 }
 
+/// Each shape in both layouts (NHWC adds C = 1).
+fn gpu_global_cases() -> Vec<(PoolShape, Layout)> {
+    let mut shapes = gpu_global_shapes();
+    shapes.push(shape(3, 1, 5, 6));
+    let nhwc = shapes.iter().map(|&s| (s, Layout::Nhwc));
+    gpu_global_shapes()
+        .into_iter()
+        .map(|s| (s, Layout::Nchw))
+        .chain(nhwc.collect::<Vec<_>>())
+        .collect()
+}
+
 f32_and_bf16_tests!("pool",
     gpu_f32_global_avg_pool_matches_reference, gpu_bf16_global_avg_pool_matches_reference,
-    each of gpu_global_shapes() => gpu_global_matches_reference);
+    each of gpu_global_cases() => gpu_global_matches_reference);
+
+/// The NHWC global pool sums with 32 row slots added in the NCHW warp butterfly's order: the
+/// same bits as NCHW, forward and backward, f32 and bf16.
+fn gpu_nhwc_global_matches_nchw<T: Element>(gpu: &Gpu, s: PoolShape, _tol: f64) {
+    let [(x, _), (dy, _)] = global_inputs::<T>(&s);
+    let nchw = gpu_global_run(gpu, s, Layout::Nchw, &x, &dy);
+    let nhwc = gpu_global_run(gpu, s, Layout::Nhwc, &x, &dy);
+    let name = format!("global avg pool {} NHWC vs NCHW {s:?}", T::SUFFIX);
+    for ((what, a), b) in ["y", "dx"].iter().zip(&nhwc).zip(&nchw) {
+        assert_bit_identical(&format!("{name} {what}"), a, b);
+    }
+}
+
+f32_and_bf16_tests!("pool", gpu_nhwc_f32_global_avg_pool_matches_nchw,
+    gpu_nhwc_bf16_global_avg_pool_matches_nchw,
+    each of gpu_global_shapes() => gpu_nhwc_global_matches_nchw);
+
+/// The bf16 NHWC pools against the bf16 reference: the f32 reference on the same bf16 inputs,
+/// each output rounded to bf16 once ([`bf16_rounding_mismatch`]'s bound; max pool and its
+/// backward, the average forward and the global backward round the same f32 values and match
+/// exactly). A mutant global pool that rounds each sum to bf16 before dividing fails the check.
+#[test]
+fn gpu_nhwc_bf16_pool_rounds_as_reference() {
+    let gpu = or_return!(gpu_or_skip("pool gpu_nhwc_bf16_pool_rounds_as_reference"));
+    let to_f32 = |v: &[f64]| -> Vec<f32> { v.iter().map(|&v| v as f32).collect() };
+    let to_bf16 = |v: &[f32]| -> Vec<bf16> { v.iter().map(|&v| bf16::from_f32(v)).collect() };
+    for (s, p, layout) in gpu_nhwc_pool_cases() {
+        let [(x, x64), (dy, dy64)] = pool_inputs::<bf16>(&s, &p);
+        let (x32, dy32) = (to_f32(&x64), to_f32(&dy64));
+        let (n_out, n_in) = (out_len(&s, &p), s.numel());
+        let (mut y, mut idx) = (vec![f32::NAN; n_out], vec![-7; n_out]);
+        max_pool2d_forward_cpu(&s, &p, &x32, &mut y, &mut idx).unwrap();
+        let mut dx = vec![f32::NAN; n_in];
+        max_pool2d_backward_cpu(&s, &p, &idx, &dy32, &mut dx).unwrap();
+        let mut ya = vec![f32::NAN; n_out];
+        avg_pool2d_forward_cpu(&s, &p, &x32, &mut ya).unwrap();
+        let mut dxa = vec![f32::NAN; n_in];
+        avg_pool2d_backward_cpu(&s, &p, &dy32, &mut dxa).unwrap();
+        let (got, got_idx) = gpu_pool_run(&gpu, (s, p, layout), &x, &dy);
+        let name = format!("bf16 NHWC pool {s:?} {p:?}");
+        assert!(got_idx == idx, "{name}: max pool indices differ");
+        let reference = [&y, &dx, &ya, &dxa].map(|v| to_bf16(v));
+        for ((what, got), want) in ["max y", "max dx", "avg y", "avg dx"]
+            .iter()
+            .zip(&got)
+            .zip(&reference)
+        {
+            if let Some(why) = bf16_rounding_mismatch(got, want) {
+                panic!("{name} {what}: {why}");
+            }
+        }
+    }
+    // 7x7 planes: the divisor is no power of two, so rounding the sum first shows.
+    for s in [gpu_global_shapes(), vec![shape(8, 64, 7, 7)]].concat() {
+        let [(x, x64), (dy, dy64)] = global_inputs::<bf16>(&s);
+        let x32 = to_f32(&x64);
+        let (mut y, mut dx) = (vec![f32::NAN; s.planes()], vec![f32::NAN; s.numel()]);
+        global_avg_pool_forward_cpu(&s, &x32, &mut y).unwrap();
+        global_avg_pool_backward_cpu(&s, &to_f32(&dy64), &mut dx).unwrap();
+        let got = gpu_global_run(&gpu, s, Layout::Nhwc, &x, &dy);
+        let name = format!("bf16 NHWC global avg pool {s:?}");
+        for ((what, got), want) in ["y", "dx"]
+            .iter()
+            .zip(&got)
+            .zip([to_bf16(&y), to_bf16(&dx)])
+        {
+            if let Some(why) = bf16_rounding_mismatch(got, &want) {
+                panic!("{name} {what}: {why}");
+            }
+        }
+        if s.height == 7 {
+            // The mutant: each plane's sum rounded to bf16 before the division.
+            let hw = s.hw() as f32;
+            let mutant: Vec<bf16> = x32
+                .chunks(s.hw())
+                .map(|plane| bf16::from_f32(bf16_round(plane.iter().sum::<f32>()) / hw))
+                .collect();
+            assert!(
+                bf16_rounding_mismatch(&got[0], &mutant).is_some(),
+                "{name}: the check passes a reference that rounds the sum first"
+            );
+        }
+    }
+}
+
+fn bf16_round(v: f32) -> f32 {
+    bf16::from_f32(v).to_f32()
+}
 
 /// Concat of three parts into a poisoned whole, then the split back out; both are bit copies,
 /// so they must equal the CPU result exactly.
@@ -642,6 +847,22 @@ fn gpu_wrong_lengths_are_errors() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("padding"), "{err}");
+    let avg =
+        AvgPool2dGpu::<f32>::with_layout(&gpu, s, Pool2dParams::square(2, 2, 0), Layout::Nhwc)
+            .unwrap();
+    let err = avg.backward(&x, &mut y).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("avg pool dy has 31 elements, expected 8"),
+        "{err}"
+    );
+    let global = GlobalAvgPoolGpu::<f32>::with_layout(&gpu, s, Layout::Nhwc).unwrap();
+    let err = global.forward(&x, &mut y).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("global avg pool x has 31 elements, expected 32"),
+        "{err}"
+    );
 }
 
 /// cuDNN's pooling, the benches' baseline, against the f64 reference, max and average, forward
@@ -651,7 +872,7 @@ fn gpu_wrong_lengths_are_errors() {
 fn gpu_cudnn_baseline_matches_reference() {
     let test = "pool gpu_cudnn_baseline_matches_reference";
     let gpu = or_return!(gpu_or_skip(test));
-    for (s, p) in gpu_pool_cases().into_iter().skip(1).take(4) {
+    for (s, p, _) in gpu_pool_cases().into_iter().skip(1).take(4) {
         let n_out = out_len(&s, &p);
         let (x32, x) = round_through::<f32>(&distinct_values(s.numel(), 53));
         let (dy32, dy) = round_through::<f32>(&SplitMix64(54).uniform_vec(n_out, -1.0, 1.0));

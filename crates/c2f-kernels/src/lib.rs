@@ -41,6 +41,7 @@ pub mod device;
 pub mod dropout;
 pub mod element;
 pub mod error;
+pub mod layout;
 pub mod map_select;
 pub mod mask;
 pub mod nvtx;
@@ -56,6 +57,7 @@ pub mod testing;
 pub use device::{Gpu, KernelSource};
 pub use element::Element;
 pub use error::{Error, Result};
+pub use layout::Layout;
 
 /// The kernel files from `kernels/`, as `build.rs` embedded them.
 pub mod sources {

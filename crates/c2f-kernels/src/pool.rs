@@ -1,5 +1,5 @@
-//! Pooling for the InceptionV3 runtime, NCHW contiguous, with PyTorch's
-//! semantics (`ceil_mode=False`, dilation 1):
+//! Pooling for the InceptionV3 runtime, NCHW or channels-last NHWC ([`Layout`]) contiguous,
+//! with PyTorch's semantics (`ceil_mode=False`, dilation 1):
 //!
 //! - max pool 2d: implicit −∞ padding; the forward also writes the argmax of each output as an
 //!   `i32` index within its input plane (`return_indices=True`). Ties keep the first maximum in
@@ -14,14 +14,23 @@
 //! the same order on the CPU (a scatter, outputs in row-major order) and the GPU (a gather of the
 //! outputs in row-major order, without atomics), so every result is the same bits on every run.
 //! Kernels: `kernels/pool.cu`.
+//!
+//! In NHWC (the GPU launchers' `with_layout`), `x [N, H, W, C]`, `y [N, OH, OW, C]`, the max-pool
+//! indices `[N, OH, OW, C]` (still `ih·W + iw`) and the global pool's `y [N, C]`: the same windows,
+//! order and arithmetic, so the same bits as NCHW on the same values. Its CPU reference is the
+//! NCHW one on the data converted with [`Layout::convert`]. In bf16 the inputs are bf16, every
+//! sum is f32 and each output is rounded to bf16 once, when stored.
 
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 use rayon::prelude::*;
 
-use crate::device::{elementwise, grid, plane_groups, Gpu, KernelPair};
+use crate::device::{
+    device_addr, device_addr_mut, elementwise, grid, plane_groups, Gpu, KernelPair, LaunchConfig,
+};
 use crate::element::Element;
 use crate::error::{check_len, check_shape, Error, Result};
 use crate::launch;
+use crate::layout::{nhwc_vector, Layout};
 use crate::Real;
 
 /// The shape of an NCHW activation.
@@ -434,33 +443,119 @@ pub fn global_avg_pool_backward_cpu<R: Real>(
 const THREADS: u32 = 256;
 /// Planes per block of the global pool forward, one warp each.
 const GLOBAL_PLANES_PER_BLOCK: usize = THREADS as usize / 32;
+/// Threads across the channels of the NHWC global pool forward (by 32 row slots).
+const GLOBAL_NHWC_LANES: usize = 8;
 
-/// Max pool 2d for one input shape and parameter set.
-pub struct MaxPool2dGpu<T: Element> {
+/// An NHWC kernel's grid, one thread per `items / vec` (a position's VEC channels), and its
+/// `vec` ([`nhwc_vector`] of the buffers at `addresses`).
+fn nhwc_elementwise<T: Element>(
+    channels: usize,
+    items: usize,
+    addresses: &[u64],
+) -> (LaunchConfig, i32) {
+    let vec = nhwc_vector::<T>(channels, addresses);
+    (elementwise(items / vec), vec as i32)
+}
+
+/// What the max and average pools share: the geometry, the output shape, the layout and the
+/// entry points.
+struct Windowed<T: Element> {
     geom: Geom,
     output: PoolShape,
+    layout: Layout,
     kernels: KernelPair<T>,
 }
 
-impl<T: Element> MaxPool2dGpu<T> {
-    pub fn new(gpu: &Gpu, shape: PoolShape, params: Pool2dParams) -> Result<Self> {
-        let geom = Geom::new("max pool", &shape, &params)?;
-        Ok(MaxPool2dGpu {
+impl<T: Element> Windowed<T> {
+    /// `op` names it in errors ("max pool"), `entry` its kernels ("max_pool2d").
+    fn new(
+        gpu: &Gpu,
+        (op, entry): (&str, &str),
+        shape: PoolShape,
+        params: Pool2dParams,
+        layout: Layout,
+    ) -> Result<Self> {
+        let geom = Geom::new(op, &shape, &params)?;
+        let infix = match layout {
+            Layout::Nchw => "",
+            Layout::Nhwc => "_nhwc",
+        };
+        Ok(Windowed {
             geom,
             output: geom.output_shape(&shape),
+            layout,
             kernels: KernelPair::new(
                 gpu,
                 &crate::sources::POOL,
-                "max_pool2d_forward",
-                "max_pool2d_backward",
+                &format!("{entry}{infix}_forward"),
+                &format!("{entry}{infix}_backward"),
             )?,
         })
     }
 
-    pub fn output_shape(&self) -> &PoolShape {
-        &self.output
+    /// The forward's (a thread per output position) or backward's (per input position) grid and
+    /// trailing `[C, vec]` arguments: in NCHW plane groups (the kernels ignore C and vec), in
+    /// NHWC a thread per `vec` channels, `vec` from the buffers at `addresses`.
+    fn launch_config(&self, forward: bool, addresses: [u64; 2]) -> (LaunchConfig, [i32; 2]) {
+        let (g, channels) = (&self.geom, self.output.channels);
+        let (plane_len, len) = if forward {
+            (g.oh * g.ow, g.out_len())
+        } else {
+            (g.h * g.w, g.in_len())
+        };
+        match self.layout {
+            Layout::Nchw => (plane_groups(plane_len, g.planes), [channels as i32, 1]),
+            Layout::Nhwc => {
+                let (cfg, vec) = nhwc_elementwise::<T>(channels, len, &addresses);
+                (cfg, [channels as i32, vec])
+            }
+        }
     }
+}
 
+/// Declares a windowed pool's launcher over [`Windowed`]: the type, `new` (NCHW), `with_layout`
+/// and `output_shape`; `op` names it in errors, `entry` its kernels.
+macro_rules! windowed_pool {
+    ($(#[$meta:meta])* $name:ident, $op:literal, $entry:literal) => {
+        $(#[$meta])*
+        pub struct $name<T: Element>(Windowed<T>);
+
+        impl<T: Element> $name<T> {
+            /// NCHW activations.
+            pub fn new(gpu: &Gpu, shape: PoolShape, params: Pool2dParams) -> Result<Self> {
+                Self::with_layout(gpu, shape, params, Layout::Nchw)
+            }
+
+            pub fn with_layout(
+                gpu: &Gpu,
+                shape: PoolShape,
+                params: Pool2dParams,
+                layout: Layout,
+            ) -> Result<Self> {
+                Windowed::new(gpu, ($op, $entry), shape, params, layout).map($name)
+            }
+
+            pub fn output_shape(&self) -> &PoolShape {
+                &self.0.output
+            }
+        }
+    };
+}
+
+windowed_pool!(
+    /// Max pool 2d for one input shape, parameter set and layout.
+    MaxPool2dGpu,
+    "max pool",
+    "max_pool2d"
+);
+windowed_pool!(
+    /// Average pool 2d for one input shape, parameter set and layout.
+    AvgPool2dGpu,
+    "avg pool",
+    "avg_pool2d"
+);
+
+impl<T: Element> MaxPool2dGpu<T> {
     /// Writes `y` and `indices` (`[N, C, OH, OW]`), as [`max_pool2d_forward_cpu`].
     pub fn forward(
         &self,
@@ -468,13 +563,17 @@ impl<T: Element> MaxPool2dGpu<T> {
         y: &mut impl DevicePtrMut<T>,
         indices: &mut impl DevicePtrMut<i32>,
     ) -> Result<()> {
-        let g = &self.geom;
+        let g = &self.0.geom;
         check_len("max pool x", x.len(), g.in_len())?;
         check_len("max pool y", y.len(), g.out_len())?;
         check_len("max pool indices", indices.len(), g.out_len())?;
-        let cfg = plane_groups(g.oh * g.ow, g.planes);
-        // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe { launch!(self.kernels.forward, cfg, [in x, out y, out indices, &g.device()])? };
+        let kernel = &self.0.kernels.forward;
+        let st = kernel.stream.as_ref();
+        let (cfg, [c, vec]) = self
+            .0
+            .launch_config(true, [device_addr(x, st), device_addr_mut(y, st)]);
+        // SAFETY: buffer lengths checked above match the kernel's indexing; vec divides C.
+        unsafe { launch!(kernel, cfg, [in x, out y, out indices, &g.device(), &c, &vec])? };
         Ok(())
     }
 
@@ -487,82 +586,82 @@ impl<T: Element> MaxPool2dGpu<T> {
         dy: &impl DevicePtr<T>,
         dx: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
-        let g = &self.geom;
+        let g = &self.0.geom;
         check_len("max pool indices", indices.len(), g.out_len())?;
         check_len("max pool dy", dy.len(), g.out_len())?;
         check_len("max pool dx", dx.len(), g.in_len())?;
-        let cfg = plane_groups(g.h * g.w, g.planes);
-        // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe { launch!(self.kernels.backward, cfg, [in indices, in dy, out dx, &g.device()])? };
+        let kernel = &self.0.kernels.backward;
+        let st = kernel.stream.as_ref();
+        let (cfg, [c, vec]) = self
+            .0
+            .launch_config(false, [device_addr(dy, st), device_addr_mut(dx, st)]);
+        // SAFETY: buffer lengths checked above match the kernel's indexing; vec divides C.
+        unsafe { launch!(kernel, cfg, [in indices, in dy, out dx, &g.device(), &c, &vec])? };
         Ok(())
     }
 }
 
-/// Average pool 2d for one input shape and parameter set.
-pub struct AvgPool2dGpu<T: Element> {
-    geom: Geom,
-    output: PoolShape,
-    kernels: KernelPair<T>,
-}
-
 impl<T: Element> AvgPool2dGpu<T> {
-    pub fn new(gpu: &Gpu, shape: PoolShape, params: Pool2dParams) -> Result<Self> {
-        let geom = Geom::new("avg pool", &shape, &params)?;
-        Ok(AvgPool2dGpu {
-            geom,
-            output: geom.output_shape(&shape),
-            kernels: KernelPair::new(
-                gpu,
-                &crate::sources::POOL,
-                "avg_pool2d_forward",
-                "avg_pool2d_backward",
-            )?,
-        })
-    }
-
-    pub fn output_shape(&self) -> &PoolShape {
-        &self.output
-    }
-
     /// Writes `y [N, C, OH, OW]`, as [`avg_pool2d_forward_cpu`].
     pub fn forward(&self, x: &impl DevicePtr<T>, y: &mut impl DevicePtrMut<T>) -> Result<()> {
-        let g = &self.geom;
+        let g = &self.0.geom;
         check_len("avg pool x", x.len(), g.in_len())?;
         check_len("avg pool y", y.len(), g.out_len())?;
-        let cfg = plane_groups(g.oh * g.ow, g.planes);
-        // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe { launch!(self.kernels.forward, cfg, [in x, out y, &g.device()])? };
+        let kernel = &self.0.kernels.forward;
+        let st = kernel.stream.as_ref();
+        let (cfg, [c, vec]) = self
+            .0
+            .launch_config(true, [device_addr(x, st), device_addr_mut(y, st)]);
+        // SAFETY: buffer lengths checked above match the kernel's indexing; vec divides C.
+        unsafe { launch!(kernel, cfg, [in x, out y, &g.device(), &c, &vec])? };
         Ok(())
     }
 
     /// Writes `dx [N, C, H, W]` (assigned), each element gathering from the outputs over it.
     pub fn backward(&self, dy: &impl DevicePtr<T>, dx: &mut impl DevicePtrMut<T>) -> Result<()> {
-        let g = &self.geom;
+        let g = &self.0.geom;
         check_len("avg pool dy", dy.len(), g.out_len())?;
         check_len("avg pool dx", dx.len(), g.in_len())?;
-        let cfg = plane_groups(g.h * g.w, g.planes);
-        // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe { launch!(self.kernels.backward, cfg, [in dy, out dx, &g.device()])? };
+        let kernel = &self.0.kernels.backward;
+        let st = kernel.stream.as_ref();
+        let (cfg, [c, vec]) = self
+            .0
+            .launch_config(false, [device_addr(dy, st), device_addr_mut(dx, st)]);
+        // SAFETY: buffer lengths checked above match the kernel's indexing; vec divides C.
+        unsafe { launch!(kernel, cfg, [in dy, out dx, &g.device(), &c, &vec])? };
         Ok(())
     }
 }
 
-/// Global average pool for one input shape: `[N, C, H, W] → [N, C]`.
+/// Global average pool for one input shape and layout: `[N, C, H, W] → [N, C]`.
 pub struct GlobalAvgPoolGpu<T: Element> {
     shape: PoolShape,
+    layout: Layout,
     kernels: KernelPair<T>,
 }
 
 impl<T: Element> GlobalAvgPoolGpu<T> {
+    /// NCHW activations.
     pub fn new(gpu: &Gpu, shape: PoolShape) -> Result<Self> {
+        Self::with_layout(gpu, shape, Layout::Nchw)
+    }
+
+    pub fn with_layout(gpu: &Gpu, shape: PoolShape, layout: Layout) -> Result<Self> {
         shape.validate("global avg pool")?;
         Ok(GlobalAvgPoolGpu {
             shape,
+            layout,
             kernels: KernelPair::new(
                 gpu,
                 &crate::sources::POOL,
-                "global_avg_pool_forward",
-                "global_avg_pool_backward",
+                match layout {
+                    Layout::Nchw => "global_avg_pool_forward",
+                    Layout::Nhwc => "global_avg_pool_nhwc_forward",
+                },
+                match layout {
+                    Layout::Nchw => "global_avg_pool_backward",
+                    Layout::Nhwc => "global_avg_pool_nhwc_backward",
+                },
             )?,
         })
     }
@@ -580,13 +679,26 @@ impl<T: Element> GlobalAvgPoolGpu<T> {
             y.len(),
             ["global avg pool x", "global avg pool y"],
         )?;
+        let kernel = &self.kernels.forward;
+        if self.layout == Layout::Nhwc {
+            let st = kernel.stream.as_ref();
+            let addresses = [device_addr(x, st), device_addr_mut(y, st)];
+            let vec = nhwc_vector::<T>(s.channels, &addresses);
+            // Blocks of 8 lanes of vec channels by 32 rows (kernels/pool.cu).
+            let tiles = s.channels.div_ceil(GLOBAL_NHWC_LANES * vec);
+            let cfg = grid((s.batch as u32, tiles as u32, 1), THREADS);
+            let [n, c, hw, vec] = [s.batch, s.channels, s.hw(), vec].map(|v| v as i32);
+            // SAFETY: buffer lengths checked above match the kernel's indexing; vec divides C.
+            unsafe { launch!(kernel, cfg, [in x, out y, &n, &c, &hw, &vec])? };
+            return Ok(());
+        }
         let (planes, hw) = (s.planes() as i32, s.hw() as i32);
         let cfg = grid(
             (s.planes().div_ceil(GLOBAL_PLANES_PER_BLOCK) as u32, 1, 1),
             THREADS,
         );
         // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe { launch!(self.kernels.forward, cfg, [in x, out y, &planes, &hw])? };
+        unsafe { launch!(kernel, cfg, [in x, out y, &planes, &hw])? };
         Ok(())
     }
 
@@ -599,10 +711,20 @@ impl<T: Element> GlobalAvgPoolGpu<T> {
             dy.len(),
             ["global avg pool dx", "global avg pool dy"],
         )?;
+        let kernel = &self.kernels.backward;
+        if self.layout == Layout::Nhwc {
+            let st = kernel.stream.as_ref();
+            let addresses = [device_addr(dy, st), device_addr_mut(dx, st)];
+            let (cfg, vec) = nhwc_elementwise::<T>(s.channels, s.numel(), &addresses);
+            let [n, c, hw] = [s.batch, s.channels, s.hw()].map(|v| v as i32);
+            // SAFETY: buffer lengths checked above match the kernel's indexing; vec divides C.
+            unsafe { launch!(kernel, cfg, [in dy, out dx, &n, &c, &hw, &vec])? };
+            return Ok(());
+        }
         let (planes, hw) = (s.planes() as i32, s.hw() as i32);
         let cfg = elementwise(s.numel());
         // SAFETY: buffer lengths checked above match the kernel's indexing.
-        unsafe { launch!(self.kernels.backward, cfg, [in dy, out dx, &planes, &hw])? };
+        unsafe { launch!(kernel, cfg, [in dy, out dx, &planes, &hw])? };
         Ok(())
     }
 }

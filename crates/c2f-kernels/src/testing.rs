@@ -95,6 +95,80 @@ pub fn widen<T: crate::element::Element>(values: &[T]) -> Vec<f64> {
     values.iter().map(|v| v.to_f64()).collect()
 }
 
+/// Most of a bf16 output that may sit off a reference rounding at the same points.
+///
+/// Why: kernel and reference round to bf16 once, from f32 values `a` and `b` that differ only by
+/// the order of f32 sums, `|a − b| ≤ δ` with `δ` a few f32 ulps (`2⁻²⁴` relative) of the
+/// operands. `rnd(a) ≠ rnd(b)` only when a bf16 rounding boundary lies between them, and then by
+/// one bf16 ulp (`2⁻⁸` relative, `δ` being far smaller); a boundary lies between them for about
+/// a share `δ/ulp ≈ κ·2⁻¹⁶` of the values, `κ` the conditioning: under 0.2% for `κ ≤ 100`.
+/// Near a cancellation (an output far smaller than its operands, `y = (x − mean)·scale + shift
+/// ≈ 0`) `δ` is set by the operands, so there the values may be several of the tiny output's
+/// ulps apart while within [`BF16_CANCELLATION_FLOOR`] of the largest output. A rounding at
+/// another point (of an intermediate as large as the output) moves a value by up to half a bf16
+/// ulp of that intermediate and changes tens of percent of them.
+pub const BF16_ROUNDING_SHARE: f64 = 0.01;
+
+/// The absolute difference, relative to the largest reference value, allowed beyond one bf16
+/// ulp: `2⁻¹⁶`, 256 f32 ulps of the largest operand.
+pub const BF16_CANCELLATION_FLOOR: f64 = 1.0 / 65536.0;
+
+/// The bf16 ulps between two values (their order-preserving bit keys' distance); NaN against
+/// NaN is 0, NaN against a number is `u32::MAX`.
+fn bf16_ulps(a: half::bf16, b: half::bf16) -> u32 {
+    if a.is_nan() || b.is_nan() {
+        return if a.is_nan() && b.is_nan() {
+            0
+        } else {
+            u32::MAX
+        };
+    }
+    let key = |v: half::bf16| {
+        let bits = v.to_bits() as i32;
+        if bits & 0x8000 != 0 {
+            -(bits & 0x7fff)
+        } else {
+            bits
+        }
+    };
+    key(a).abs_diff(key(b))
+}
+
+/// Why `got` does not round as `want` does (see [`BF16_ROUNDING_SHARE`]): a value more than one
+/// bf16 ulp and [`BF16_CANCELLATION_FLOOR`] away, or more than that share of them off at all.
+/// `None` when it does.
+pub fn bf16_rounding_mismatch(got: &[half::bf16], want: &[half::bf16]) -> Option<String> {
+    if got.len() != want.len() {
+        return Some(format!("{} values, expected {}", got.len(), want.len()));
+    }
+    let largest = want
+        .iter()
+        .map(|v| v.to_f64().abs())
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
+    let floor = largest * BF16_CANCELLATION_FLOOR;
+    let mut off = 0usize;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let ulps = bf16_ulps(g, w);
+        if ulps == 0 {
+            continue;
+        }
+        if ulps > 1 && (g.to_f64() - w.to_f64()).abs() > floor {
+            return Some(format!("[{i}] {g} vs {w}: {ulps} bf16 ulps apart"));
+        }
+        off += 1;
+    }
+    let share = off as f64 / got.len().max(1) as f64;
+    (share > BF16_ROUNDING_SHARE).then(|| {
+        format!(
+            "{off} of {} values off ({:.2}%, bound {:.0}%)",
+            got.len(),
+            100.0 * share,
+            100.0 * BF16_ROUNDING_SHARE
+        )
+    })
+}
+
 /// Asserts that two runs produced the same bits.
 pub fn assert_bit_identical<T: bytemuck::Pod>(what: &str, a: &[T], b: &[T]) {
     assert!(

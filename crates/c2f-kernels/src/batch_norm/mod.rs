@@ -1,4 +1,4 @@
-//! Batch norm over NCHW with an optional fused ReLU: PyTorch's `BatchNorm2d` followed by `ReLU`,
+//! Batch norm over NCHW or channels-last NHWC ([`Layout`]) with an optional fused ReLU: PyTorch's `BatchNorm2d` followed by `ReLU`,
 //! as in torchvision's InceptionV3 `BasicConv2d` (eps 0.001, momentum 0.1).
 //!
 //! Per channel, over its `n = N·H·W` values:
@@ -22,6 +22,16 @@
 //! and saved stats and parameter gradients are always f32. Kernels: `kernels/batch_norm.cu`,
 //! deterministic (per-block partials summed in a fixed order, no float atomics).
 //!
+//! The layout changes where values live, not what is computed: the CPU references sum each
+//! channel's values in the same order in both (NHWC gives NCHW's bits), and the NHWC kernels
+//! differ from the NCHW ones only in their reduction trees (the same results to f32 rounding).
+//!
+//! bf16 rounding points (the CUDA kernels in bf16, and the reference a bf16 test compares to):
+//! the inputs `x`, `y`, `dy` are bf16 values; every statistic, sum and intermediate is f32; each
+//! activation output (`y`, `dx`) is rounded to bf16 once, when stored. So the bf16 reference is
+//! the f32 reference on the bf16 inputs widened exactly to f32, its `y` and `dx` rounded to bf16
+//! (nearest even); the f32 outputs (stats, parameter gradients) are not rounded.
+//!
 //! The CPU references are in `reference.rs`, the CUDA launcher in `launch.rs`.
 
 mod launch;
@@ -37,6 +47,7 @@ use std::ops::Deref;
 use cudarc::driver::DeviceSlice;
 
 use crate::error::{check_len, check_shape, Error, Result};
+use crate::layout::Layout;
 
 /// The names of the per-channel pairs, for errors.
 const AFFINE: [&str; 2] = ["gamma", "beta"];
@@ -53,6 +64,31 @@ pub fn lens<P: Deref<Target = B>, B: DeviceSlice<f32> + ?Sized>(pair: &[P; 2]) -
 /// A pair's lengths beside its names.
 fn named(names: [&'static str; 2], lens: [usize; 2]) -> [(&'static str, usize); 2] {
     [(names[0], lens[0]), (names[1], lens[1])]
+}
+
+/// A shape and the layout of its activations, as the CPU references take them: a
+/// [`BatchNormShape`] alone is NCHW, `(Layout, BatchNormShape)` names the layout.
+pub trait LaidOut {
+    fn layout(&self) -> Layout;
+    fn shape(&self) -> &BatchNormShape;
+}
+
+impl LaidOut for BatchNormShape {
+    fn layout(&self) -> Layout {
+        Layout::Nchw
+    }
+    fn shape(&self) -> &BatchNormShape {
+        self
+    }
+}
+
+impl LaidOut for (Layout, BatchNormShape) {
+    fn layout(&self) -> Layout {
+        self.0
+    }
+    fn shape(&self) -> &BatchNormShape {
+        &self.1
+    }
 }
 
 /// InceptionV3's `BatchNorm2d(eps=0.001)`.

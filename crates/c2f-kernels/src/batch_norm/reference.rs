@@ -1,19 +1,16 @@
-//! The CPU references (and the CPU backend's ops), each channel's sums in a fixed order.
+//! The CPU references (and the CPU backend's ops), each channel's sums in a fixed order: the
+//! values `j = b·H·W + p` in order whatever the layout, so NHWC gives NCHW's results on the
+//! same values, bit for bit.
 
 use std::ops::Deref;
 
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::layout::Layout;
 use crate::Real;
 
-use super::{BatchNormParams, BatchNormShape};
-
-/// Offsets of channel `c`'s rows of `H·W` values, one per sample.
-fn channel_rows(shape: &BatchNormShape, c: usize) -> impl Iterator<Item = usize> {
-    let (channels, hw) = (shape.channels, shape.hw());
-    (0..shape.batch).map(move |b| (b * channels + c) * hw)
-}
+use super::{BatchNormParams, BatchNormShape, LaidOut};
 
 /// `Σ f(i)` for `i` in `0..len`, for `M` sums at once, with eight running sums each: it
 /// vectorises, and rounds less than a single running sum.
@@ -43,16 +40,19 @@ fn lane_sums<R: Real, const M: usize>(len: usize, f: impl Fn(usize) -> [R; M]) -
     total
 }
 
-/// Channel `c`'s `M` sums of `f(offset)` over its `n` values, `offset` indexing the full tensor.
+/// Channel `c`'s `M` sums of `f(offset)` over its `n` values, `offset` indexing the full tensor
+/// in `layout`: each sample's `H·W` values by [`lane_sums`], the samples in order.
 fn channel_sums<R: Real, const M: usize>(
     shape: &BatchNormShape,
+    layout: Layout,
     c: usize,
     f: impl Fn(usize) -> [R; M],
 ) -> [R; M] {
-    let hw = shape.hw();
+    let (channels, hw) = (shape.channels, shape.hw());
     let mut total = [R::zero(); M];
-    for row in channel_rows(shape, c) {
-        for (t, v) in total.iter_mut().zip(lane_sums(hw, |i| f(row + i))) {
+    for b in 0..shape.batch {
+        let sums = lane_sums(hw, |p| f(layout.offset(channels, hw, b, c, p)));
+        for (t, v) in total.iter_mut().zip(sums) {
             *t = *t + v;
         }
     }
@@ -77,19 +77,31 @@ fn masked<R: Real>(dy: R, y: R, relu: bool) -> R {
     }
 }
 
-/// Writes `out` row by row (parallel): `out[i] = f(c, i)` over each row of channel `c`.
+/// Writes `out` row by row (parallel): `out[i] = f(c, i)`, `c` the channel of offset `i` in
+/// `layout`.
 fn write_rows<R: Real>(
     shape: &BatchNormShape,
+    layout: Layout,
     out: &mut [R],
     f: impl Fn(usize, usize) -> R + Sync,
 ) {
     let (channels, hw) = (shape.channels, shape.hw());
-    out.par_chunks_mut(hw).enumerate().for_each(|(r, row)| {
-        let c = r % channels;
-        for (i, o) in row.iter_mut().enumerate() {
-            *o = f(c, r * hw + i);
-        }
-    });
+    match layout {
+        Layout::Nchw => out.par_chunks_mut(hw).enumerate().for_each(|(r, row)| {
+            let c = r % channels;
+            for (i, o) in row.iter_mut().enumerate() {
+                *o = f(c, r * hw + i);
+            }
+        }),
+        Layout::Nhwc => out
+            .par_chunks_mut(channels)
+            .enumerate()
+            .for_each(|(j, row)| {
+                for (c, o) in row.iter_mut().enumerate() {
+                    *o = f(c, j * channels + c);
+                }
+            }),
+    }
 }
 
 /// The lengths of a pair of per-channel slices.
@@ -97,10 +109,10 @@ fn lens<R, S: Deref<Target = [R]>>(pair: &[S; 2]) -> [usize; 2] {
     [pair[0].len(), pair[1].len()]
 }
 
-/// CPU forward, training mode (and the CPU backend's op): writes `y` and the saved
+/// CPU forward, training mode (and the CPU backend's op), activations in `laid_out`'s layout: writes `y` and the saved
 /// `[mean, invstd]`, and updates the running `[mean, var]` in place.
 pub fn forward_train_cpu<R: Real>(
-    shape: &BatchNormShape,
+    laid_out: &impl LaidOut,
     params: &BatchNormParams,
     x: &[R],
     affine: [&[R]; 2],
@@ -108,6 +120,7 @@ pub fn forward_train_cpu<R: Real>(
     y: &mut [R],
     saved: [&mut [R]; 2],
 ) -> Result<()> {
+    let (layout, shape) = (laid_out.layout(), laid_out.shape());
     let pairs = [lens(&affine), lens(&running)];
     shape.check_forward([x.len(), y.len()], pairs, Some(lens(&saved)))?;
     params.validate()?;
@@ -124,9 +137,9 @@ pub fn forward_train_cpu<R: Real>(
     let stats: Vec<(R, R)> = (0..shape.channels)
         .into_par_iter()
         .map(|c| {
-            let [sum] = channel_sums(shape, c, |i| [x[i]]);
+            let [sum] = channel_sums(shape, layout, c, |i| [x[i]]);
             let mean0 = sum * inv_n;
-            let [dev, sq] = channel_sums(shape, c, |i| {
+            let [dev, sq] = channel_sums(shape, layout, c, |i| {
                 let d = x[i] - mean0;
                 [d, d * d]
             });
@@ -142,7 +155,7 @@ pub fn forward_train_cpu<R: Real>(
         running_var[c] = momentum * (m2 / n_unbiased) + keep * running_var[c];
     }
     let (save_mean, save_invstd) = (&*save_mean, &*save_invstd);
-    write_rows(shape, y, |c, i| {
+    write_rows(shape, layout, y, |c, i| {
         act(
             (x[i] - save_mean[c]) * (gamma[c] * save_invstd[c]) + beta[c],
             params.relu,
@@ -151,16 +164,17 @@ pub fn forward_train_cpu<R: Real>(
     Ok(())
 }
 
-/// CPU forward, inference mode (and the CPU backend's op): writes `y` from the running
+/// CPU forward, inference mode (and the CPU backend's op), activations in `laid_out`'s layout: writes `y` from the running
 /// `[mean, var]`.
 pub fn forward_inference_cpu<R: Real>(
-    shape: &BatchNormShape,
+    laid_out: &impl LaidOut,
     params: &BatchNormParams,
     x: &[R],
     affine: [&[R]; 2],
     running: [&[R]; 2],
     y: &mut [R],
 ) -> Result<()> {
+    let (layout, shape) = (laid_out.layout(), laid_out.shape());
     shape.check_forward([x.len(), y.len()], [lens(&affine), lens(&running)], None)?;
     params.validate()?;
     let ([gamma, beta], [running_mean, running_var]) = (affine, running);
@@ -168,7 +182,7 @@ pub fn forward_inference_cpu<R: Real>(
     let scale: Vec<R> = (0..shape.channels)
         .map(|c| gamma[c] * (running_var[c] + eps).sqrt().recip())
         .collect();
-    write_rows(shape, y, |c, i| {
+    write_rows(shape, layout, y, |c, i| {
         act((x[i] - running_mean[c]) * scale[c] + beta[c], params.relu)
     });
     Ok(())
@@ -177,6 +191,7 @@ pub fn forward_inference_cpu<R: Real>(
 /// Per channel `[Σg, Σg·(x − mean)]`, `g` the masked `dy`.
 fn grad_sums<R: Real>(
     shape: &BatchNormShape,
+    layout: Layout,
     relu: bool,
     x: &[R],
     y: &[R],
@@ -187,7 +202,7 @@ fn grad_sums<R: Real>(
         .into_par_iter()
         .map(|c| {
             let m = mean[c];
-            channel_sums(shape, c, |i| {
+            channel_sums(shape, layout, c, |i| {
                 let g = masked(dy[i], y[i], relu);
                 [g, g * (x[i] - m)]
             })
@@ -195,11 +210,11 @@ fn grad_sums<R: Real>(
         .collect()
 }
 
-/// CPU backward, training mode (and the CPU backend's op), from the forward's input `x`, output
+/// CPU backward, training mode (and the CPU backend's op), activations in `laid_out`'s layout, from the forward's input `x`, output
 /// `y` (read only with ReLU) and saved `[mean, invstd]`, and `dy`: assigns `dx`, accumulates
 /// `[dgamma, dbeta] += [Σ(g·x̂), Σg]`.
 pub fn backward_train_cpu<R: Real>(
-    shape: &BatchNormShape,
+    laid_out: &impl LaidOut,
     params: &BatchNormParams,
     [x, y, dy]: [&[R]; 3],
     gamma: &[R],
@@ -207,11 +222,12 @@ pub fn backward_train_cpu<R: Real>(
     dx: &mut [R],
     grads: [&mut [R]; 2],
 ) -> Result<()> {
+    let (layout, shape) = (laid_out.layout(), laid_out.shape());
     let lengths = [x.len(), y.len(), dy.len(), dx.len()];
     shape.check_backward(true, lengths, gamma.len(), [lens(&saved), lens(&grads)])?;
     params.validate()?;
     let ([save_mean, save_invstd], [dgamma, dbeta]) = (saved, grads);
-    let sums = grad_sums(shape, params.relu, x, y, dy, save_mean);
+    let sums = grad_sums(shape, layout, params.relu, x, y, dy, save_mean);
     let inv_n = R::from_f64(1.0 / shape.per_channel() as f64);
     // dx = (g − (x − mean)·proj − mean_g)·scale, as PyTorch's batch_norm_backward_elemt.
     let coef: Vec<[R; 3]> = sums
@@ -228,7 +244,7 @@ pub fn backward_train_cpu<R: Real>(
             ]
         })
         .collect();
-    write_rows(shape, dx, |c, i| {
+    write_rows(shape, layout, dx, |c, i| {
         let [mean_g, proj, scale] = coef[c];
         let g = masked(dy[i], y[i], params.relu);
         (g - (x[i] - save_mean[c]) * proj - mean_g) * scale
@@ -236,11 +252,12 @@ pub fn backward_train_cpu<R: Real>(
     Ok(())
 }
 
-/// CPU backward, inference mode (and the CPU backend's op; also frozen-BN training), from the
+/// CPU backward, inference mode (and the CPU backend's op; also frozen-BN training),
+/// activations in `laid_out`'s layout, from the
 /// forward's input `x` and output `y` (read only with ReLU), the running `[mean, var]` and `dy`:
 /// assigns `dx = g·gamma·invstd`, accumulates `[dgamma, dbeta] += [Σ(g·x̂), Σg]`.
 pub fn backward_inference_cpu<R: Real>(
-    shape: &BatchNormShape,
+    laid_out: &impl LaidOut,
     params: &BatchNormParams,
     [x, y, dy]: [&[R]; 3],
     gamma: &[R],
@@ -248,6 +265,7 @@ pub fn backward_inference_cpu<R: Real>(
     dx: &mut [R],
     grads: [&mut [R]; 2],
 ) -> Result<()> {
+    let (layout, shape) = (laid_out.layout(), laid_out.shape());
     let lengths = [x.len(), y.len(), dy.len(), dx.len()];
     shape.check_backward(false, lengths, gamma.len(), [lens(&running), lens(&grads)])?;
     params.validate()?;
@@ -257,12 +275,12 @@ pub fn backward_inference_cpu<R: Real>(
         .iter()
         .map(|&v| (v + eps).sqrt().recip())
         .collect();
-    let sums = grad_sums(shape, params.relu, x, y, dy, running_mean);
+    let sums = grad_sums(shape, layout, params.relu, x, y, dy, running_mean);
     for (c, &[sum_g, dot]) in sums.iter().enumerate() {
         dgamma[c] = dgamma[c] + dot * invstd[c];
         dbeta[c] = dbeta[c] + sum_g;
     }
-    write_rows(shape, dx, |c, i| {
+    write_rows(shape, layout, dx, |c, i| {
         masked(dy[i], y[i], params.relu) * (gamma[c] * invstd[c])
     });
     Ok(())
