@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Puts the CUDA libraries that cudarc loads at run time (cuBLAS, NVRTC, cuDNN, NCCL) where `c2f`
-# finds them, when they came in Python wheels (PyTorch's own, for one) rather than with a CUDA
-# toolkit. cudarc asks for plain names (libnccl.so, libcudnn.so, ...) and the wheels ship
-# versioned ones, so each library found is linked under its plain name into FOLDER (default
-# target/cuda-libs); its own folder goes on the path too, because cuDNN 9 and NVRTC load their
-# parts from there by versioned name. Prints the export to evaluate, and what it found to stderr:
+# Puts the CUDA libraries that cudarc loads at run time (cuBLAS, NVRTC, cuDNN, NCCL), and the
+# NVTX library `c2f --nvtx` loads, where `c2f` finds them, when they came in Python wheels
+# (PyTorch's own, for one) rather than with a CUDA toolkit. cudarc asks for plain names
+# (libnccl.so, libcudnn.so, ...) and the wheels ship versioned ones, so each library found is
+# linked under its plain name into FOLDER (default target/cuda-libs); its own folder goes on the
+# path too, because cuDNN 9 and NVRTC load their parts from there by versioned name. Prints the
+# export to evaluate, and what it found to stderr:
 #   eval "$(tools/cuda-libs.sh [FOLDER])"
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,7 +14,7 @@ mkdir -p "$libdir"
 libdir=$(cd "$libdir" && pwd)
 path=${LD_LIBRARY_PATH:-}
 sites=$(python3 -c 'import site; print("\n".join(site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null || true)
-for lib in cublas cublasLt nvrtc nvrtc-builtins cudnn nccl; do
+for lib in cublas cublasLt nvrtc nvrtc-builtins cudnn nccl nvtx3interop; do
   found=""
   for dir in $sites /usr/local/cuda/lib64 /usr/lib/x86_64-linux-gnu; do
     [ -d "$dir" ] || continue

@@ -3,7 +3,8 @@
 # path of nvcc. NVRTC comes too (`lib/` beside nvcc's `bin/`): it needs no GPU, so the tests
 # compile every kernel with it as a build without nvcc does at run time. The pins matter:
 # unpinned, pip pulls 13.5 parts whose PTX (ISA 9.5) ptxas 13.0 and the GPU machines' CUDA 13.0
-# driver reject.
+# driver reject. NVIDIA's NVTX 3 library comes too, which `c2f --nvtx` loads; the tests call it
+# with no profiler attached.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.cuda-toolchain"
@@ -14,6 +15,7 @@ pins=(
   nvidia-cuda-crt==13.0.88
   nvidia-cuda-runtime==13.0.96
   nvidia-cuda-nvrtc==13.0.88
+  nvidia-nvtx==13.0.85
 )
 stamp="$venv/.pins"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${pins[*]}" ]; then

@@ -21,6 +21,8 @@ python3 tools/cuda-emu/build.py target/cuda-emu
 # NVRTC (in the toolchain's wheels) goes on the library path the way gpu-check.sh and users put
 # CUDA libraries there, so that script runs here too; the emulator's folder comes first.
 eval "$(PATH="$PWD/.cuda-toolchain/bin:$PATH" tools/cuda-libs.sh target/cuda-libs)"
+# NVTX ranges through NVIDIA's library (the toolchain's wheel) with no profiler attached.
+C2F_REQUIRE_NVTX=1 cargo test --test kernels -- --nocapture nvtx::
 emulated() { LD_LIBRARY_PATH="$PWD/target/cuda-emu:$LD_LIBRARY_PATH" C2F_REQUIRE_GPU=1 "$@"; }
 # Every test binary's GPU tests, then the runtime's CUDA backend and the trainer's GPU step in
 # full (their CPU halves are what the GPU halves are compared to).

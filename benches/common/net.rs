@@ -1,10 +1,12 @@
 //! Timing of a whole training step on the CUDA backend, shared by the network benches: a
 //! criterion group, then three warm-up and ten timed steps for the `NETBENCH` line (images/s,
 //! ms/step, device memory the backend holds); one of each under `C2F_BENCH_SMOKE=1`.
-//! [`time_steps`] is the timed part alone, for a piece of a step.
+//! [`time_steps`] is the timed part alone, for a piece of a step. With `C2F_NVTX` set, NVTX
+//! ranges name each step and its layers.
 
 use c2f_inception::backend::prelude::*;
 use c2f_inception::cuda::CudaBackend;
+use c2f_kernels::nvtx;
 use c2f_kernels::testing::bench_smoke;
 use criterion::Criterion;
 
@@ -27,6 +29,12 @@ pub fn time_training_step(
     b: &mut CudaBackend,
     mut step: impl FnMut(&mut CudaBackend),
 ) -> f64 {
+    // `C2F_NVTX=1 nsys profile cargo bench …`: each step in a range named by its case, its
+    // layers in theirs (docs/perf.md, Profiling).
+    if std::env::var_os("C2F_NVTX").is_some() {
+        nvtx::enable().unwrap();
+    }
+    let mut step = |b: &mut CudaBackend| nvtx::within(name, || step(b));
     let mut g = c.benchmark_group(group);
     g.sample_size(10);
     g.bench_function(name, |bench| {

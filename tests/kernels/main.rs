@@ -22,6 +22,7 @@ mod cuda_emulator;
 mod cuda_graph;
 mod kernel_build;
 mod mask;
+mod nvtx;
 mod pool;
 mod sgd;
 mod sigmoid_bce;

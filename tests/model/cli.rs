@@ -733,3 +733,27 @@ fn bad_flags_are_refused_naming_the_flag() {
         assert!(!log.contains("train / "), "{args:?}: data was made: {log}");
     }
 }
+
+/// `--nvtx`, as a flag or a config file's key, loads NVIDIA's NVTX library before anything
+/// runs; where the loader cannot find it, the command stops naming the flag and the library.
+#[test]
+fn nvtx_without_its_library_is_refused_naming_it() {
+    let dir = scratch("nvtx_refused");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("run.toml");
+    std::fs::write(&config, "nvtx = true\n").unwrap();
+    let no_library = [("LD_LIBRARY_PATH", path(&dir))];
+    let checkpoint = dir.join("missing.safetensors");
+    for args in [
+        &["eval", "--nvtx", path(&checkpoint)][..],
+        &["train", "--config", path(&config), "--device", "cpu"],
+    ] {
+        let out = c2f_with_env(args, &no_library);
+        let err = text(&out);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("--nvtx needs") && err.contains("libnvtx3interop.so.1"),
+            "{args:?}: {err}"
+        );
+    }
+}

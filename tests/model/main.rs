@@ -23,6 +23,7 @@ mod crash;
 mod interpolate;
 mod localize;
 mod model;
+mod nvtx;
 mod pretrain;
 mod train;
 mod train_attributes;

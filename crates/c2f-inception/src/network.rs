@@ -6,6 +6,7 @@
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
 use c2f_kernels::concat::ChannelSlice;
 use c2f_kernels::dropout::DropoutParams;
+use c2f_kernels::nvtx;
 use c2f_kernels::pool::{Pool2dParams, PoolShape};
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::{Error, Result};
@@ -365,7 +366,9 @@ impl Network {
     /// running ones; `Inference` uses the running statistics.
     pub fn forward<B: Backend>(&mut self, b: &mut B, mode: BnMode) -> Result<()> {
         let mut conv_index = 0;
+        let mut layer = LayerRange::new(&self.graph, "forward");
         for (op_index, op) in self.graph.ops.iter().enumerate() {
+            layer.enter(op_index);
             match op {
                 Op::Conv {
                     conv,
@@ -483,7 +486,9 @@ impl Network {
             complete_from = from;
             ready(b, from)
         };
+        let mut layer = LayerRange::new(&self.graph, "backward");
         for (op_index, op) in self.graph.ops.iter().enumerate().rev() {
+            layer.enter(op_index);
             match op {
                 Op::Conv {
                     conv,
@@ -585,6 +590,37 @@ impl Network {
             }
         }
         Ok(())
+    }
+}
+
+/// The NVTX range of the layer whose ops are running, named `"<layer> <pass>"` (`"Mixed_6e
+/// forward"`): ops run layer by layer, so it moves on when an op of another layer comes.
+struct LayerRange<'g> {
+    graph: &'g Graph,
+    pass: &'static str,
+    layer: Option<usize>,
+    range: Option<nvtx::Range>,
+}
+
+impl<'g> LayerRange<'g> {
+    fn new(graph: &'g Graph, pass: &'static str) -> Self {
+        LayerRange {
+            graph,
+            pass,
+            layer: None,
+            range: None,
+        }
+    }
+
+    fn enter(&mut self, op_index: usize) {
+        let layer = self.graph.op_layers[op_index];
+        if self.layer != Some(layer) {
+            // The last layer's range closes before the next one opens: ranges nest.
+            self.range = None;
+            let name = &self.graph.layers[layer];
+            self.range = Some(nvtx::range(format_args!("{name} {}", self.pass)));
+            self.layer = Some(layer);
+        }
     }
 }
 

@@ -114,7 +114,15 @@ pub struct Graph {
     pub mixed_6e: ActId,
     /// The last activation: Mixed_6e's, or the logits for [`Depth::Full`].
     pub output: ActId,
+    /// torchvision's top-level modules in order (`Conv2d_1a_3x3`, `maxpool1`, `Mixed_5b`, …;
+    /// the head is [`HEAD_LAYER`]), and for each op the one it belongs to: what a profile's
+    /// ranges are named by.
+    pub layers: Vec<String>,
+    pub op_layers: Vec<usize>,
 }
+
+/// The layer name of the head: torchvision's `avgpool`, `dropout` and `fc`, one op here.
+pub const HEAD_LAYER: &str = "avgpool+dropout+fc";
 
 impl Graph {
     pub fn new(config: InceptionConfig) -> Result<Graph> {
@@ -154,14 +162,23 @@ impl Graph {
                 buffers: TensorTable::default(),
                 mixed_6e: 0,
                 output: 0,
+                layers: Vec::new(),
+                op_layers: Vec::new(),
             },
         };
+        b.begin("Conv2d_1a_3x3");
         let x = b.conv("Conv2d_1a_3x3", 0, 32, (3, 3), (2, 2), (0, 0));
+        b.begin("Conv2d_2a_3x3");
         let x = b.conv("Conv2d_2a_3x3", x, 32, (3, 3), (1, 1), (0, 0));
+        b.begin("Conv2d_2b_3x3");
         let x = b.conv("Conv2d_2b_3x3", x, 64, (3, 3), (1, 1), (1, 1));
+        b.begin("maxpool1");
         let x = b.max_pool(x);
+        b.begin("Conv2d_3b_1x1");
         let x = b.conv("Conv2d_3b_1x1", x, 80, (1, 1), (1, 1), (0, 0));
+        b.begin("Conv2d_4a_3x3");
         let x = b.conv("Conv2d_4a_3x3", x, 192, (3, 3), (1, 1), (0, 0));
+        b.begin("maxpool2");
         let x = b.max_pool(x);
         let x = b.inception_a("Mixed_5b", x, 32);
         let x = b.inception_a("Mixed_5c", x, 64);
@@ -217,6 +234,16 @@ impl Builder {
         self.graph.activations.len() - 1
     }
 
+    /// Starts top-level module `name`: the ops pushed from here on belong to it.
+    fn begin(&mut self, name: &str) {
+        self.graph.layers.push(name.to_string());
+    }
+
+    fn push_op(&mut self, op: Op) {
+        self.graph.ops.push(op);
+        self.graph.op_layers.push(self.graph.layers.len() - 1);
+    }
+
     fn conv(
         &mut self,
         name: &str,
@@ -262,7 +289,7 @@ impl Builder {
             width: out_side(in_shape.width, kernel.1, stride.1, padding.1),
         });
         let conv = self.graph.convs.len() - 1;
-        self.graph.ops.push(Op::Conv {
+        self.push_op(Op::Conv {
             conv,
             input,
             output,
@@ -277,14 +304,14 @@ impl Builder {
             height: out_side(s.height, 3, 2, 0),
             width: out_side(s.width, 3, 2, 0),
         });
-        self.graph.ops.push(Op::MaxPool { input, output });
+        self.push_op(Op::MaxPool { input, output });
         output
     }
 
     fn avg_pool(&mut self, input: ActId) -> ActId {
         let s = self.graph.activations[input];
         let output = self.act(s);
-        self.graph.ops.push(Op::AvgPool { input, output });
+        self.push_op(Op::AvgPool { input, output });
         output
     }
 
@@ -299,11 +326,12 @@ impl Builder {
             })
             .sum();
         let output = self.act(ActShape { channels, ..first });
-        self.graph.ops.push(Op::Concat { inputs, output });
+        self.push_op(Op::Concat { inputs, output });
         output
     }
 
     fn inception_a(&mut self, name: &str, x: ActId, pool_features: usize) -> ActId {
+        self.begin(name);
         let n = |branch: &str| format!("{name}.{branch}");
         let b1 = self.conv(&n("branch1x1"), x, 64, (1, 1), (1, 1), (0, 0));
         let b5 = self.conv(&n("branch5x5_1"), x, 48, (1, 1), (1, 1), (0, 0));
@@ -317,6 +345,7 @@ impl Builder {
     }
 
     fn inception_b(&mut self, name: &str, x: ActId) -> ActId {
+        self.begin(name);
         let n = |branch: &str| format!("{name}.{branch}");
         let b3 = self.conv(&n("branch3x3"), x, 384, (3, 3), (2, 2), (0, 0));
         let bd = self.conv(&n("branch3x3dbl_1"), x, 64, (1, 1), (1, 1), (0, 0));
@@ -327,6 +356,7 @@ impl Builder {
     }
 
     fn inception_c(&mut self, name: &str, x: ActId, c7: usize) -> ActId {
+        self.begin(name);
         let n = |branch: &str| format!("{name}.{branch}");
         let (row, col) = (((1, 7), (0, 3)), ((7, 1), (3, 0)));
         let b1 = self.conv(&n("branch1x1"), x, 192, (1, 1), (1, 1), (0, 0));
@@ -344,6 +374,7 @@ impl Builder {
     }
 
     fn inception_d(&mut self, name: &str, x: ActId) -> ActId {
+        self.begin(name);
         let n = |branch: &str| format!("{name}.{branch}");
         let b3 = self.conv(&n("branch3x3_1"), x, 192, (1, 1), (1, 1), (0, 0));
         let b3 = self.conv(&n("branch3x3_2"), b3, 320, (3, 3), (2, 2), (0, 0));
@@ -356,6 +387,7 @@ impl Builder {
     }
 
     fn inception_e(&mut self, name: &str, x: ActId) -> ActId {
+        self.begin(name);
         let n = |branch: &str| format!("{name}.{branch}");
         let (row, col) = (((1, 3), (0, 1)), ((3, 1), (1, 0)));
         let b1 = self.conv(&n("branch1x1"), x, 320, (1, 1), (1, 1), (0, 0));
@@ -372,6 +404,7 @@ impl Builder {
     }
 
     fn head(&mut self, x: ActId, classes: usize) -> ActId {
+        self.begin(HEAD_LAYER);
         let features = self.graph.activations[x].channels;
         let fc_weight = self.graph.params.push("fc.weight", vec![classes, features]);
         let fc_bias = self.graph.params.push("fc.bias", vec![classes]);
@@ -380,7 +413,7 @@ impl Builder {
             height: 1,
             width: 1,
         });
-        self.graph.ops.push(Op::Head {
+        self.push_op(Op::Head {
             input: x,
             output,
             fc_weight,

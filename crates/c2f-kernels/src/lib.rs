@@ -20,6 +20,8 @@
 //! - [`sgd`]: the SGD update with momentum and weight decay.
 //! - [`axpby`]: `y = α·x + β·y`, for scaling and for summing gradient contributions.
 //!
+//! Also [`nvtx`]: the NVTX ranges that name layers, passes and phases on a profiler's timeline.
+//!
 //! Each op is one module and one kernel file, `kernels/<op>.cu`. The library baselines the
 //! benches time them against live in the dev-only `c2f-baselines` crate.
 //!
@@ -41,6 +43,7 @@ pub mod element;
 pub mod error;
 pub mod map_select;
 pub mod mask;
+pub mod nvtx;
 pub mod pool;
 pub mod relu;
 pub mod resize;

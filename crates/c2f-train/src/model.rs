@@ -30,6 +30,7 @@ use c2f_inception::table::TensorTable;
 use c2f_kernels::center_loss::CenterLossParams;
 use c2f_kernels::map_select::MapShape;
 use c2f_kernels::mask::MaskShape;
+use c2f_kernels::nvtx;
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::{Error, Real, Result};
 
@@ -458,6 +459,7 @@ impl Coarse2Fine {
     /// any time without a fine pass) the mean of the attention maps; with a fine pass, masks
     /// the images with it into the fine pass's input.
     fn fine_input_forward<B: Backend>(&self, b: &mut B, mean_map: bool) -> Result<()> {
+        let _range = nvtx::range("fine input forward");
         match (&self.fine, mean_map) {
             (Some(fine), false) => b.select_map_forward(
                 &self.map_shape(),
@@ -486,6 +488,7 @@ impl Coarse2Fine {
     /// attention maps' gradient; the up-sampler's parameter gradients accumulate. Nothing
     /// without a fine pass.
     fn fine_input_backward<B: Backend>(&self, b: &mut B) -> Result<()> {
+        let _range = nvtx::range("fine input backward");
         let Some(fine) = &self.fine else {
             return Ok(());
         };
@@ -523,11 +526,16 @@ impl Coarse2Fine {
         let Some((pass, args)) = self.fine_pass() else {
             return Ok(());
         };
-        pass.net.forward(b, mode)?;
-        pass.head_forward(b, &args)?;
-        pass.head_backward(b, &args)?;
-        pass.attention_backward(b, &args)?;
-        pass.net.backward(b, mode, true)
+        let _range = nvtx::range("fine pass");
+        nvtx::within("fine backbone forward", || pass.net.forward(b, mode))?;
+        nvtx::within("fine head forward", || pass.head_forward(b, &args))?;
+        nvtx::within("fine head backward", || pass.head_backward(b, &args))?;
+        nvtx::within("fine attention backward", || {
+            pass.attention_backward(b, &args)
+        })?;
+        nvtx::within("fine backbone backward", || {
+            pass.net.backward(b, mode, true)
+        })
     }
 
     /// One forward and backward of the whole model on [`Self::input`], [`Self::labels`] and
@@ -563,16 +571,25 @@ impl Coarse2Fine {
         ready: &mut dyn FnMut(&mut B, Grads) -> Result<()>,
     ) -> Result<()> {
         let coarse_args = self.pass_args(self.heads.fc_coarse);
-        self.coarse.net.forward(b, mode)?;
-        self.coarse.head_forward(b, &coarse_args)?;
+        nvtx::within("coarse backbone forward", || {
+            self.coarse.net.forward(b, mode)
+        })?;
+        nvtx::within("coarse head forward", || {
+            self.coarse.head_forward(b, &coarse_args)
+        })?;
         if self.fine.is_some() {
             self.fine_input_forward(b, false)?;
         }
         self.fine_forward_backward(b, mode)?;
-        self.coarse.head_backward(b, &coarse_args)?;
+        nvtx::within("coarse head backward", || {
+            self.coarse.head_backward(b, &coarse_args)
+        })?;
         self.fine_input_backward(b)?;
+        let coarse_attention = nvtx::range("coarse attention backward");
         self.coarse.attention_backward(b, &coarse_args)?;
+        drop(coarse_attention);
         ready(b, Grads::Heads(0))?;
+        let _range = nvtx::range("coarse backbone backward");
         self.coarse
             .net
             .backward_reporting(b, mode, false, &mut |b, from| {
@@ -586,12 +603,16 @@ impl Coarse2Fine {
     pub fn infer<B: Backend>(&mut self, b: &mut B) -> Result<()> {
         let mode = BnMode::Inference;
         let coarse_args = self.pass_args(self.heads.fc_coarse);
-        self.coarse.net.forward(b, mode)?;
-        self.coarse.attend(b, &coarse_args)?;
+        nvtx::within("coarse backbone forward", || {
+            self.coarse.net.forward(b, mode)
+        })?;
+        nvtx::within("coarse head forward", || {
+            self.coarse.attend(b, &coarse_args)
+        })?;
         self.fine_input_forward(b, true)?;
         if let Some((pass, args)) = self.fine_pass() {
-            pass.net.forward(b, mode)?;
-            pass.attend(b, &args)?;
+            nvtx::within("fine backbone forward", || pass.net.forward(b, mode))?;
+            nvtx::within("fine head forward", || pass.attend(b, &args))?;
         }
         Ok(())
     }

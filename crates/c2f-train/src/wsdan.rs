@@ -27,6 +27,7 @@ use c2f_inception::spec::{Depth, Graph, InceptionConfig};
 use c2f_inception::table::TensorTable;
 use c2f_kernels::augment::AugmentShape;
 use c2f_kernels::center_loss::CenterLossParams;
+use c2f_kernels::nvtx;
 use c2f_kernels::resize::ResizeShape;
 use c2f_kernels::{Error, Real, Result};
 
@@ -518,17 +519,23 @@ impl WsDan {
         let without = self.pass_args(mode, false);
         b.axpby(1.0, self.images, 0.0, self.pass.net.input())?;
         self.use_slot(RAW);
+        let raw_range = nvtx::range("raw pass");
         self.pass.net.forward(b, mode)?;
         self.pass.head_forward(b, &with_center)?;
-        self.choose_maps(b, aug, &with_center)?;
+        nvtx::within("choose maps", || self.choose_maps(b, aug, &with_center))?;
         self.backward(b, mode, &with_center, &mut None)?;
+        drop(raw_range);
 
         let shape = self.augment_shape();
         let (images, input) = (self.images, self.pass.net.input());
-        b.crop_resize(&shape, images, self.augment.boxes, input)?;
+        nvtx::within("crop input", || {
+            b.crop_resize(&shape, images, self.augment.boxes, input)
+        })?;
         self.augmented_pass(b, mode, &without, CROP, &mut None)?;
         let (map, thresholds) = (self.augment.maps[1], self.augment.thresholds[1]);
-        b.drop_mask(&shape, map, thresholds, images, input)?;
+        nvtx::within("drop input", || {
+            b.drop_mask(&shape, map, thresholds, images, input)
+        })?;
         self.augmented_pass(b, mode, &without, DROP, &mut Some(ready))
     }
 
@@ -542,6 +549,11 @@ impl WsDan {
         ready: &mut Option<&mut Reporter<'_, B>>,
     ) -> Result<()> {
         self.use_slot(slot);
+        let _range = nvtx::range(if slot == CROP {
+            "crop pass"
+        } else {
+            "drop pass"
+        });
         self.pass.net.forward(b, mode)?;
         self.pass.head_forward(b, args)?;
         self.backward(b, mode, args, ready)
@@ -556,8 +568,10 @@ impl WsDan {
         args: &PassArgs,
         ready: &mut Option<&mut Reporter<'_, B>>,
     ) -> Result<()> {
-        self.pass.head_backward(b, args)?;
-        self.pass.attention_backward(b, args)?;
+        nvtx::within("head backward", || self.pass.head_backward(b, args))?;
+        nvtx::within("attention backward", || {
+            self.pass.attention_backward(b, args)
+        })?;
         match ready {
             Some(ready) => {
                 ready(b, Grads::Heads(0))?;

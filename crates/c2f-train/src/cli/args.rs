@@ -383,6 +383,20 @@ pub struct PredictArgs {
 }
 
 /// How every command that runs a model computes.
+impl Command {
+    /// The flags every command takes on how it computes.
+    pub fn compute(&self) -> &Compute {
+        match self {
+            Command::Train(a) => &a.compute,
+            Command::Eval(a) => &a.compute,
+            Command::Predict(a) => &a.compute,
+            Command::PretrainUpsampler(a) => &a.compute,
+            Command::Localize(a) => &a.compute,
+            Command::Visualize(a) => &a.compute,
+        }
+    }
+}
+
 #[derive(clap::Args)]
 pub struct Compute {
     /// `tf32`: f32 tensors, with cuDNN's convolutions and cuBLAS's GEMMs on TF32 tensor cores
@@ -390,6 +404,12 @@ pub struct Compute {
     /// refused. Default: tf32 on a GPU (until bf16 is built), f32 on the CPU, its only one.
     #[arg(long, value_parser = precisions())]
     pub precision: Option<Precision>,
+    /// Name each layer, pass and phase of the work with NVTX ranges, so that an Nsight Systems
+    /// timeline (`nsys profile --trace=cuda,nvtx`) reads by layer. Needs NVIDIA's
+    /// libnvtx3interop.so.1 on the loader's path (`eval "$(tools/cuda-libs.sh)"`). Off, the
+    /// ranges cost nothing.
+    #[arg(long)]
+    pub nvtx: bool,
 }
 
 /// The cap on image size of every command that reads images.

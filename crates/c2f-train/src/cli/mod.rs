@@ -18,7 +18,7 @@ mod train;
 mod values;
 mod visualize;
 
-use c2f_kernels::{Error, Result};
+use c2f_kernels::{nvtx, Error, Result};
 use clap::{CommandFactory, FromArgMatches};
 
 use args::{Cli, Command};
@@ -35,6 +35,9 @@ pub fn main() {
 /// Runs the command `argv` (the program's name first) names.
 pub fn run(argv: Vec<String>) -> Result<()> {
     let (cli, argv) = parse(argv)?;
+    if cli.command.compute().nvtx {
+        nvtx::enable()?;
+    }
     match cli.command {
         Command::Train(args) => train::train(*args, &argv),
         Command::Eval(args) => eval::eval(args),

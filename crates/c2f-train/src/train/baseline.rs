@@ -4,6 +4,7 @@
 use c2f_inception::backend::{Backend, BnMode, IndexTensor, Tensor};
 use c2f_inception::network::{Network, SgdRule};
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
+use c2f_kernels::nvtx;
 use c2f_kernels::rng::SplitMix64;
 use c2f_kernels::Result;
 
@@ -92,7 +93,8 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
         self.net.dropout.step = step * share.world as u64 + share.rank as u64;
         self.net.dropout.training = true;
         self.net.zero_grads(b)?;
-        self.net.forward(b, mode)?;
+        nvtx::within("backbone forward", || self.net.forward(b, mode))?;
+        let loss_range = nvtx::range("loss");
         self.task.loss(
             b,
             self.net.batch,
@@ -102,6 +104,8 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
             self.net.output_grad(),
             self.stats,
         )?;
+        drop(loss_range);
+        let _backward = nvtx::range("backbone backward");
         self.net
             .backward_reporting(b, mode, false, &mut |b, from| ready(b, 0, from))
     }

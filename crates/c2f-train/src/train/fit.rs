@@ -7,6 +7,7 @@ use std::time::Instant;
 use c2f_inception::backend::Backend;
 use c2f_inception::backend::Tensor;
 use c2f_kernels::error::check_labels;
+use c2f_kernels::nvtx;
 use c2f_kernels::rng::SplitMix64;
 use c2f_kernels::{Error, Result};
 
@@ -108,35 +109,40 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
         // last step but before its end takes no step in it.
         let mut lr = cfg.learning_rate(epoch, first_batch.saturating_sub(1), steps_per_epoch);
         let mut images_this_run = 0usize;
-        for (k, batch) in (&mut loader_epoch).enumerate() {
+        for (k, batch) in nvtx::each("wait for batch", &mut loader_epoch).enumerate() {
             let batch = batch?;
             // The device backs this up with a NaN loss; here the error names the label.
             if model.task() == Task::Classes {
                 check_labels(&batch.labels, cfg.classes)?;
             }
             let batch_index = first_batch + k;
+            let step_range = nvtx::range(format_args!("{name} step {}", meta.step + 1));
             lr = cfg.learning_rate(epoch, batch_index, steps_per_epoch);
             model.set_center_lambda(cfg.center_lambda_at(epoch, batch_index, steps_per_epoch));
             if let Some(r) = &ranked {
                 r.before_step(b)?;
             }
-            model.step(
-                b,
-                &batch,
-                &mut draw,
-                meta.step,
-                mode,
-                &share,
-                &mut |b, buffer, from| match &mut ranked {
-                    Some(r) => r.grads_ready(b, buffer, from),
-                    None => Ok(()),
-                },
-            )?;
+            nvtx::within("forward and backward", || {
+                model.step(
+                    b,
+                    &batch,
+                    &mut draw,
+                    meta.step,
+                    mode,
+                    &share,
+                    &mut |b, buffer, from| match &mut ranked {
+                        Some(r) => r.grads_ready(b, buffer, from),
+                        None => Ok(()),
+                    },
+                )
+            })?;
             if let Some(r) = &mut ranked {
-                r.all_reduce_stats(b, pending.stats.tensor)?;
-                r.after_backward(b)?;
+                nvtx::within("all-reduce stats", || {
+                    r.all_reduce_stats(b, pending.stats.tensor)
+                })?;
+                nvtx::within("all-reduce gradients", || r.after_backward(b))?;
             }
-            model.sgd_step(b, &cfg.sgd_rule(lr))?;
+            nvtx::within("sgd", || model.sgd_step(b, &cfg.sgd_rule(lr)))?;
             meta.step += 1;
             let images = batch.labels.len() * world;
             pending.push(b, (meta.step, epoch, batch_index), images)?;
@@ -152,6 +158,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
             bar.inc(images as u64);
             if checkpoint_due {
                 if leader {
+                    let _range = nvtx::range("checkpoint");
                     save_checkpoint(b, name, &ckpt, &state, &meta, last_good)?;
                 }
                 last_good = Some((epoch, meta.step));
@@ -159,6 +166,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
                     r.barrier(b)?;
                 }
             }
+            drop(step_range);
             if run.stop_after == Some(meta.step) {
                 bar.finish_and_clear();
                 return Ok(None);
@@ -177,6 +185,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
                 seconds,
                 skipped: &skipped,
             };
+            let _range = nvtx::range("evaluate");
             let evaluation = report.epoch_end(b, model, cfg, run, data, &meta, &tally)?;
             last_evaluation = evaluation.or(last_evaluation);
         }
@@ -184,7 +193,9 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
         meta.batch_in_epoch = 0;
         meta.epoch_sums.iter_mut().for_each(|s| *s = 0.0);
         if leader {
-            save_checkpoint(b, name, &ckpt, &state, &meta, last_good)?;
+            nvtx::within("checkpoint", || {
+                save_checkpoint(b, name, &ckpt, &state, &meta, last_good)
+            })?;
         }
         last_good = Some((epoch + 1, meta.step));
         if let Some(r) = &mut ranked {
@@ -286,6 +297,7 @@ impl PendingStats {
         if self.steps.is_empty() {
             return Ok(());
         }
+        let _range = nvtx::range("read stats");
         let len = self.stats.tensor.len;
         let values = b.read(self.rows.slice(0, self.steps.len() * len))?;
         let terms = self.stats.losses.len();

@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use c2f_inception::backend::{Backend, BnMode, IndexTensor, Tensor};
 use c2f_inception::network::SgdRule;
+use c2f_kernels::nvtx;
 use c2f_kernels::rng::SplitMix64;
 use c2f_kernels::Result;
 
@@ -116,6 +117,7 @@ pub(super) fn write_batch<B: Backend<Scalar = f32>>(
     task: Task,
     (input, labels, targets): (Tensor, IndexTensor, Tensor),
 ) -> Result<()> {
+    let _range = nvtx::range("write batch");
     b.write(input, &batch.images)?;
     b.write_index(labels, &batch.labels)?;
     if task == Task::Attributes {
