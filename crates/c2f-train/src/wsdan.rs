@@ -158,6 +158,9 @@ pub struct WsDan {
     /// The raw, crop and drop runs' statistics, [`PASS_STATS`] values each.
     pub stats: Tensor,
     augment: AugmentBuffers,
+    /// Whether the crop and the drop maps of the step are drawn by mass (from the draws
+    /// [`Self::write_choices`] wrote) rather than given.
+    maps_by_mass: [bool; 2],
     /// After inference: the raw pass's attention maps `[B, M, h, w]`, and their mean
     /// up-sampled to `[B, 1, S, S]` (bilinear).
     raw_maps: Tensor,
@@ -263,6 +266,7 @@ impl WsDan {
             labels,
             center_labels,
             augment,
+            maps_by_mass: [true; 2],
             config,
         })
     }
@@ -432,7 +436,11 @@ impl WsDan {
 
     /// Writes the step's thresholds and given map choices (or draws), checking that each has
     /// one value per sample and that given maps exist.
-    fn write_choices<B: Backend>(&self, b: &mut B, aug: &Augmentation) -> Result<()> {
+    pub(crate) fn write_choices<B: Backend>(
+        &mut self,
+        b: &mut B,
+        aug: &Augmentation,
+    ) -> Result<()> {
         let batch = self.config.batch;
         let a = &self.augment;
         let scalars = |v: &[f64]| {
@@ -464,17 +472,18 @@ impl WsDan {
                 }
             }
         }
+        self.maps_by_mass = choices.map(|c| matches!(c, MapChoice::ByMass(_)));
         Ok(())
     }
 
     /// From the raw pass's attention maps, before the crop pass overwrites them: each
     /// sample's crop and drop maps (drawn by mass where `aug` does not give them) and the crop
     /// boxes.
-    fn choose_maps<B: Backend>(&self, b: &mut B, aug: &Augmentation, a: &PassArgs) -> Result<()> {
+    fn choose_maps<B: Backend>(&self, b: &mut B, a: &PassArgs) -> Result<()> {
         let s = &a.shapes.maps;
         let buffers = &self.augment;
-        for (k, choice) in [&aug.crop_maps, &aug.drop_maps].into_iter().enumerate() {
-            if let MapChoice::ByMass(_) = choice {
+        for (k, by_mass) in self.maps_by_mass.into_iter().enumerate() {
+            if by_mass {
                 b.maps_by_mass(s, self.pass.attention, buffers.draws[k], buffers.indices[k])?;
             }
             b.select_map_forward(s, self.pass.attention, buffers.indices[k], buffers.maps[k])?;
@@ -498,11 +507,13 @@ impl WsDan {
         mode: BnMode,
         aug: &Augmentation,
     ) -> Result<WsDanLosses> {
-        self.forward_backward_reporting(b, mode, aug, &mut |_, _| Ok(()))?;
+        self.write_choices(b, aug)?;
+        self.forward_backward_reporting(b, mode, &mut |_, _| Ok(()))?;
         self.losses(b)
     }
 
-    /// [`Self::forward_backward`] without reading the losses (they stay in [`Self::stats`]),
+    /// [`Self::forward_backward`] on the choices [`Self::write_choices`] wrote, without
+    /// reading the losses (they stay in [`Self::stats`]), touching only the backend's memory;
     /// calling `ready(b, grads)` as gradients become complete:
     /// `Grads::Heads(0)` once the heads' are (after the drop pass's head and attention
     /// backward, the last to add to them), then `Grads::Backbone(from)` as the drop pass's
@@ -511,10 +522,8 @@ impl WsDan {
         &mut self,
         b: &mut B,
         mode: BnMode,
-        aug: &Augmentation,
         ready: &mut Reporter<'_, B>,
     ) -> Result<()> {
-        self.write_choices(b, aug)?;
         let with_center = self.pass_args(mode, true);
         let without = self.pass_args(mode, false);
         b.axpby(1.0, self.images, 0.0, self.pass.net.input())?;
@@ -522,7 +531,7 @@ impl WsDan {
         let raw_range = nvtx::range("raw pass");
         self.pass.net.forward(b, mode)?;
         self.pass.head_forward(b, &with_center)?;
-        nvtx::within("choose maps", || self.choose_maps(b, aug, &with_center))?;
+        nvtx::within("choose maps", || self.choose_maps(b, &with_center))?;
         self.backward(b, mode, &with_center, &mut None)?;
         drop(raw_range);
 

@@ -75,15 +75,13 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
         network_state(&self.net)
     }
 
-    fn step(
+    fn write_step_inputs(
         &mut self,
         b: &mut B,
         batch: &Batch,
         _draw: &mut SplitMix64,
         step: u64,
-        mode: BnMode,
         share: &BatchShare,
-        ready: &mut GradsReady<'_, B>,
     ) -> Result<()> {
         let buffers = (self.net.input(), self.labels, self.targets);
         write_batch(b, batch, self.task, buffers)?;
@@ -92,6 +90,10 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
         // draw their own). One worker: the step itself.
         self.net.dropout.step = step * share.world as u64 + share.rank as u64;
         self.net.dropout.training = true;
+        Ok(())
+    }
+
+    fn step(&mut self, b: &mut B, mode: BnMode, ready: &mut GradsReady<'_, B>) -> Result<()> {
         self.net.zero_grads(b)?;
         nvtx::within("backbone forward", || self.net.forward(b, mode))?;
         let loss_range = nvtx::range("loss");

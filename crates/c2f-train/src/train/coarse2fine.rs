@@ -61,15 +61,13 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
         Coarse2Fine::state(self)
     }
 
-    fn step(
+    fn write_step_inputs(
         &mut self,
         b: &mut B,
         batch: &Batch,
         draw: &mut SplitMix64,
         _step: u64,
-        mode: BnMode,
         share: &BatchShare,
-        ready: &mut GradsReady<'_, B>,
     ) -> Result<()> {
         let buffers = (self.input(), self.labels(), self.targets());
         write_batch(b, batch, self.config.task, buffers)?;
@@ -78,6 +76,10 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
             let chosen: Vec<i32> = (0..share.global).map(|_| draw.below(maps) as i32).collect();
             b.write_index(chosen_maps, &chosen[share.slice.clone()])?;
         }
+        Ok(())
+    }
+
+    fn step(&mut self, b: &mut B, mode: BnMode, ready: &mut GradsReady<'_, B>) -> Result<()> {
         self.zero_grads(b)?;
         self.forward_backward_reporting(b, mode, &mut |b, grads: Grads| {
             let (buffer, from) = grads.buffer();

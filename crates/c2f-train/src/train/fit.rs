@@ -123,18 +123,11 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
                 r.before_step(b)?;
             }
             nvtx::within("forward and backward", || {
-                model.step(
-                    b,
-                    &batch,
-                    &mut draw,
-                    meta.step,
-                    mode,
-                    &share,
-                    &mut |b, buffer, from| match &mut ranked {
-                        Some(r) => r.grads_ready(b, buffer, from),
-                        None => Ok(()),
-                    },
-                )
+                model.write_step_inputs(b, &batch, &mut draw, meta.step, &share)?;
+                model.step(b, mode, &mut |b, buffer, from| match &mut ranked {
+                    Some(r) => r.grads_ready(b, buffer, from),
+                    None => Ok(()),
+                })
             })?;
             if let Some(r) = &mut ranked {
                 nvtx::within("all-reduce stats", || {

@@ -70,22 +70,23 @@ pub trait Trainee<B: Backend<Scalar = f32>> {
     }
     /// Every tensor a checkpoint holds.
     fn state(&self) -> Vec<Named>;
-    /// Forward and backward of one batch (gradients zeroed first), its statistics left in
-    /// [`Trainee::stats`]; `step` counts all steps.
-    /// Random choices per sample are drawn from `draw` for the whole global batch and `share`'s
-    /// slice is used, so data-parallel ranks together do what one worker does. `ready` hears
-    /// of each part of the gradients as it becomes complete.
-    #[allow(clippy::too_many_arguments)]
-    fn step(
+    /// Writes what step `step` (counting all steps) takes from the host into the model's
+    /// buffers: `batch`, and the random choices per sample, drawn from `draw` for the whole
+    /// global batch with `share`'s slice kept, so data-parallel ranks together do what one
+    /// worker does. The host's part of a step ends here, so that [`Trainee::step`] can be
+    /// captured.
+    fn write_step_inputs(
         &mut self,
         b: &mut B,
         batch: &Batch,
         draw: &mut SplitMix64,
         step: u64,
-        mode: BnMode,
         share: &BatchShare,
-        ready: &mut GradsReady<'_, B>,
     ) -> Result<()>;
+    /// Forward and backward of the batch [`Trainee::write_step_inputs`] wrote (gradients zeroed
+    /// first), its statistics left in [`Trainee::stats`]. `ready` hears of each part of the
+    /// gradients as it becomes complete.
+    fn step(&mut self, b: &mut B, mode: BnMode, ready: &mut GradsReady<'_, B>) -> Result<()>;
     /// The gradient buffers [`Trainee::step`] fills, all-reduced between the ranks before SGD.
     fn grads(&self) -> Vec<Tensor>;
     /// State each rank's step updates from its own samples, which must then be made the same

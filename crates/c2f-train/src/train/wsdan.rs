@@ -48,21 +48,22 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for WsDan {
         WsDan::state(self)
     }
 
-    fn step(
+    fn write_step_inputs(
         &mut self,
         b: &mut B,
         batch: &Batch,
         draw: &mut SplitMix64,
         _step: u64,
-        mode: BnMode,
         share: &BatchShare,
-        ready: &mut GradsReady<'_, B>,
     ) -> Result<()> {
         let buffers = (self.input(), self.labels(), self.targets());
         write_batch(b, batch, self.config.task, buffers)?;
-        let aug = draw_augmentation(draw, share);
+        self.write_choices(b, &draw_augmentation(draw, share))
+    }
+
+    fn step(&mut self, b: &mut B, mode: BnMode, ready: &mut GradsReady<'_, B>) -> Result<()> {
         self.zero_grads(b)?;
-        self.forward_backward_reporting(b, mode, &aug, &mut |b, grads: Grads| {
+        self.forward_backward_reporting(b, mode, &mut |b, grads: Grads| {
             let (buffer, from) = grads.buffer();
             ready(b, buffer, from)
         })
