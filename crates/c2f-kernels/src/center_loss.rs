@@ -270,23 +270,10 @@ impl<T: Element> CenterLossGpu<T> {
     /// Launches the two kernels, which write `d_features` and update `centers`, without waiting.
     /// The loss and any bad label stay on the device until [`Self::finish`]; call it before the
     /// next `enqueue` to see them. A bad label leaves the centers untouched (`d_features` is then
-    /// unspecified).
-    pub fn enqueue(
-        &mut self,
-        params: &CenterLossParams,
-        features: &impl DevicePtr<T>,
-        labels: &impl DevicePtr<i32>,
-        centers: &mut impl DevicePtrMut<f32>,
-        d_features: &mut impl DevicePtrMut<T>,
-    ) -> Result<()> {
-        let none = None::<&mut CudaSlice<f32>>;
-        self.enqueue_into(params, features, labels, centers, d_features, none)
-    }
-
-    /// [`Self::enqueue`] that also writes the loss (f32; NaN after a bad label) to the 1-value
-    /// `stats` slot, where given: the trainer's step statistics, read when it chooses, not by
+    /// unspecified). With `stats` they also write the loss (f32; NaN after a bad label) to that
+    /// 1-value slot: the trainer's step statistics, read when it chooses, not by
     /// [`Self::finish`].
-    pub fn enqueue_into(
+    pub fn enqueue(
         &mut self,
         params: &CenterLossParams,
         features: &impl DevicePtr<T>,

@@ -543,6 +543,9 @@ pub fn plane_groups(plane_len: usize, planes: usize) -> LaunchConfig {
     grid(cfg, PLANE_GROUP_THREADS)
 }
 
+/// No step statistics slot, for a loss op's `stats` argument.
+pub const NO_STATS: Option<&mut CudaSlice<f32>> = None;
+
 /// Where a loss kernel also writes its step statistics (`[loss, correct answers]` as f32, or
 /// just the loss): a caller's device slot, which stays on the device so that a captured step
 /// need not read the host, or none.

@@ -167,23 +167,10 @@ impl<T: Element> SigmoidBceGpu<T> {
 
     /// Launches both kernels, which write `predictions` and `dlogits` (assigned, scaled by
     /// `loss_scale`), without waiting; the mean loss (not scaled) stays on the device until
+    /// [`Self::finish`]. With `stats` they also write `[mean loss, correct answers]` (f32) to
+    /// that 2-value slot: the trainer's step statistics, read when it chooses, not by
     /// [`Self::finish`].
     pub fn enqueue_forward_backward(
-        &mut self,
-        logits: &impl DevicePtr<T>,
-        targets: &impl DevicePtr<T>,
-        loss_scale: f64,
-        predictions: &mut impl DevicePtrMut<i32>,
-        dlogits: &mut impl DevicePtrMut<T>,
-    ) -> Result<()> {
-        let none = None::<&mut CudaSlice<f32>>;
-        self.enqueue_forward_backward_into(logits, targets, loss_scale, predictions, dlogits, none)
-    }
-
-    /// [`Self::enqueue_forward_backward`] that also writes `[mean loss, correct answers]` (f32)
-    /// to the 2-value `stats` slot, where given: the trainer's step statistics, read when it
-    /// chooses, not by [`Self::finish`].
-    pub fn enqueue_forward_backward_into(
         &mut self,
         logits: &impl DevicePtr<T>,
         targets: &impl DevicePtr<T>,

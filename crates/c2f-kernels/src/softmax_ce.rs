@@ -245,23 +245,10 @@ impl<T: Element> SoftmaxCeGpu<T> {
     /// Training: launches the kernels that write `predictions` and `dlogits` (assigned, scaled by
     /// `loss_scale`), without waiting. The mean loss (not scaled) and any bad label stay on the
     /// device until [`Self::finish`]; call it before the next `enqueue_*` to see them (after a
-    /// bad label `predictions` and `dlogits` are unspecified).
+    /// bad label `predictions` and `dlogits` are unspecified). With `stats` they also write
+    /// `[mean loss, correct predictions]` (f32; a NaN loss after a bad label) to that 2-value
+    /// slot: the trainer's step statistics, read when it chooses, not by [`Self::finish`].
     pub fn enqueue_forward_backward(
-        &mut self,
-        logits: &impl DevicePtr<T>,
-        labels: &impl DevicePtr<i32>,
-        loss_scale: f64,
-        predictions: &mut impl DevicePtrMut<i32>,
-        dlogits: &mut impl DevicePtrMut<T>,
-    ) -> Result<()> {
-        let none = None::<&mut CudaSlice<f32>>;
-        self.enqueue_forward_backward_into(logits, labels, loss_scale, predictions, dlogits, none)
-    }
-
-    /// [`Self::enqueue_forward_backward`] that also writes `[mean loss, correct predictions]`
-    /// (f32; a NaN loss after a bad label) to the 2-value `stats` slot, where given: the
-    /// trainer's step statistics, read when it chooses, not by [`Self::finish`].
-    pub fn enqueue_forward_backward_into(
         &mut self,
         logits: &impl DevicePtr<T>,
         labels: &impl DevicePtr<i32>,

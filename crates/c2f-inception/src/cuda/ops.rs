@@ -306,7 +306,7 @@ impl TrainingOps for CudaBackend {
              [labels, mut predictions]| {
                 let (preds, dx) = (&mut predictions, &mut dlogits);
                 let stats = Some(&mut stats);
-                op.enqueue_forward_backward_into(&logits, &labels, loss_scale, preds, dx, stats)
+                op.enqueue_forward_backward(&logits, &labels, loss_scale, preds, dx, stats)
             },
         )
     }
@@ -332,7 +332,7 @@ impl TrainingOps for CudaBackend {
              [mut predictions]| {
                 let (preds, dx) = (&mut predictions, &mut dlogits);
                 let stats = Some(&mut stats);
-                op.enqueue_forward_backward_into(&logits, &targets, loss_scale, preds, dx, stats)
+                op.enqueue_forward_backward(&logits, &targets, loss_scale, preds, dx, stats)
             },
         )
     }
@@ -428,7 +428,7 @@ impl Coarse2FineOps for CudaBackend {
              [mut centers, mut d_features, mut loss],
              [labels]| {
                 let (c, df) = (&mut centers, &mut d_features);
-                op.enqueue_into(p, &features, &labels, c, df, Some(&mut loss))
+                op.enqueue(p, &features, &labels, c, df, Some(&mut loss))
             },
         )
     }
