@@ -9,6 +9,7 @@ use c2f_baselines::center_loss::CenterLossUnfused;
 use c2f_kernels::center_loss::{
     forward_update_cpu, CenterLossGpu, CenterLossParams, CenterLossShape,
 };
+use c2f_kernels::device::NO_STATS;
 use c2f_kernels::testing::SplitMix64;
 use c2f_kernels::{Element, Gpu};
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -81,7 +82,9 @@ fn gpu_dtype<T: Element>(c: &mut Criterion, gpu: &Gpu) {
         // Timed without the per-call read-back of the loss, which would stall the stream.
         let mut fused = CenterLossGpu::<T>::new(gpu, s).unwrap();
         let ours = group.bench(&format!("fused_{id}"), bytes, || {
-            fused.enqueue(&p, &f_d, &y_d, &mut c_d, &mut df_d).unwrap()
+            fused
+                .enqueue(&p, &f_d, &y_d, &mut c_d, &mut df_d, NO_STATS)
+                .unwrap()
         });
         fused.finish().expect("the fused kernels reported an error");
         let mut unfused = CenterLossUnfused::<T>::new(gpu, s).unwrap();

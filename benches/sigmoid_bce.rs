@@ -9,6 +9,7 @@
 mod common;
 
 use c2f_baselines::sigmoid_bce::SigmoidBceCudnn;
+use c2f_kernels::device::NO_STATS;
 use c2f_kernels::sigmoid_bce::{forward_backward_cpu, SigmoidBceGpu, SigmoidBceShape};
 use c2f_kernels::testing::{bench_smoke, library_or_skip, SplitMix64};
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -65,7 +66,7 @@ fn gpu(c: &mut Criterion) {
         let mut bce = SigmoidBceGpu::<f32>::new(&gpu, s).unwrap();
         // The loss is read back once per step by the trainer, outside what is timed here.
         let ours = group.ours(&id, bytes, || {
-            bce.enqueue_forward_backward(&x, &t, 1.0, &mut preds, &mut dx)
+            bce.enqueue_forward_backward(&x, &t, 1.0, &mut preds, &mut dx, NO_STATS)
                 .unwrap()
         });
         bce.finish().unwrap();

@@ -8,6 +8,7 @@
 mod common;
 
 use c2f_baselines::softmax_ce::{nll_gradient, LogSoftmaxCudnn};
+use c2f_kernels::device::NO_STATS;
 use c2f_kernels::softmax_ce::{forward_backward_cpu, SoftmaxCeGpu, SoftmaxCeShape};
 use c2f_kernels::testing::{bench_smoke, library_or_skip, SplitMix64};
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -63,7 +64,7 @@ fn gpu(c: &mut Criterion) {
         let mut ce = SoftmaxCeGpu::<f32>::new(&gpu, s).unwrap();
         // The loss is read back once per step by the trainer, outside what is timed here.
         let ours = group.ours(&id, bytes, || {
-            ce.enqueue_forward_backward(&x, &y, 1.0, &mut preds, &mut dx)
+            ce.enqueue_forward_backward(&x, &y, 1.0, &mut preds, &mut dx, NO_STATS)
                 .unwrap()
         });
         ce.finish().unwrap();

@@ -18,8 +18,9 @@
 //   center_loss_update: with `normalized`, ||c_k|| from the partials in a fixed order; then for
 //     every sample of the label in index order writes df and moves the center in registers;
 //     writes c_k once. Skips every write when a bad label was recorded. The last block to finish
-//     (int counter) sums the loss partials in a fixed order, writes the result triple and resets
-//     the status for the next call.
+//     (int counter) sums the loss partials in a fixed order, writes the result triple (and the
+//     loss to `out[0]` where `out` is not null: the trainer's step stats, which stay on the
+//     device) and resets the status for the next call.
 // No float atomics anywhere: the same bits on every run.
 #include "common.cuh"
 
@@ -75,8 +76,9 @@ template <typename T>
 __device__ void center_loss_update_impl(const T* __restrict__ feat, const int* __restrict__ labels,
                                         float* __restrict__ centers, const float* __restrict__ sumsq,
                                         T* __restrict__ d_feat, float* __restrict__ loss_parts,
-                                        int* state, int B, int D, float grad_scale,
-                                        float loss_scale, float beta, int normalized) {
+                                        int* state, float* __restrict__ out, int B, int D,
+                                        float grad_scale, float loss_scale, float beta,
+                                        int normalized) {
     extern __shared__ int lab[];  // B labels
     __shared__ float scratch[32];
     __shared__ float inv_norm;
@@ -149,7 +151,9 @@ __device__ void center_loss_update_impl(const T* __restrict__ feat, const int* _
     }
     total = block_sum(total, scratch);
     if (threadIdx.x == 0) {
-        state[ST_LOSS] = bad == 0 ? __float_as_int(total * loss_scale) : 0x7fc00000;  // NaN
+        const float loss = bad == 0 ? total * loss_scale : __int_as_float(0x7fc00000);  // NaN
+        if (out != nullptr) out[0] = loss;
+        state[ST_LOSS] = __float_as_int(loss);
         state[ST_BAD] = bad;
         state[ST_LABEL] = bad == 0 ? 0 : lab[B - bad];
         state[ST_STATUS] = 0;
@@ -161,10 +165,10 @@ __device__ void center_loss_update_impl(const T* __restrict__ feat, const int* _
     extern "C" __global__ void __launch_bounds__(CL_THREADS)                                       \
         center_loss_update_##SUFFIX(const T* feat, const int* labels, float* centers,              \
                                     const float* sumsq, T* d_feat, float* loss_parts, int* state,  \
-                                    int B, int D, float grad_scale, float loss_scale,              \
+                                    float* out, int B, int D, float grad_scale, float loss_scale,  \
                                     float beta, int normalized) {                                  \
-        center_loss_update_impl<T>(feat, labels, centers, sumsq, d_feat, loss_parts, state, B, D,  \
-                                   grad_scale, loss_scale, beta, normalized);                      \
+        center_loss_update_impl<T>(feat, labels, centers, sumsq, d_feat, loss_parts, state, out,   \
+                                   B, D, grad_scale, loss_scale, beta, normalized);                \
     }
 
 CENTER_LOSS_ENTRY_POINTS(f32, float)

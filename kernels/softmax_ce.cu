@@ -6,9 +6,11 @@
 //   dx[b,j] = coef (p[b,j] - [j == y_b]),  coef = loss_scale / B   (assigned)
 //   pred[b] = argmax_j x[b,j], ties to the first index, NaN above everything (torch.argmax)
 // softmax_ce_rows: one block per sample (max/argmax, then the sum, then the gradient), writes the
-// row's loss to row_loss[b]; a bad label is recorded as B - b with an int atomicMax (so the
+// row's loss to row_loss[b] and whether its prediction is its label to row_correct[b]; a bad label is recorded as B - b with an int atomicMax (so the
 // smallest bad index wins) and its x[b, y_b] is never read. softmax_ce_finish: one block sums
-// row_loss in a fixed order, writes the result triple and resets the status for the next call.
+// row_loss and row_correct in a fixed order, writes the result triple, and where `out` is not
+// null [loss, correct count] as floats there (NaN loss after a bad label: the trainer's step
+// stats, which stay on the device), then resets the status for the next call.
 //
 // No float atomics anywhere: the same bits on every run.
 #include "common.cuh"
@@ -29,8 +31,8 @@
 template <typename T, bool GRAD>
 __device__ void softmax_ce_rows_impl(const T* __restrict__ logits, const int* __restrict__ labels,
                                      T* __restrict__ dlogits, int* __restrict__ predictions,
-                                     float* __restrict__ row_loss, int* state, int B, int C,
-                                     float coef) {
+                                     float* __restrict__ row_loss, int* __restrict__ row_correct,
+                                     int* state, int B, int C, float coef) {
     __shared__ float scratch[32];
     __shared__ float arg_v[32];
     __shared__ int arg_i[32];
@@ -58,6 +60,7 @@ __device__ void softmax_ce_rows_impl(const T* __restrict__ logits, const int* __
 
     if (threadIdx.x == 0) {
         predictions[b] = best_i;
+        row_correct[b] = valid && best_i == label ? 1 : 0;
         if (valid) {
             row_loss[b] = -((load_f32(x, label) - mx) - logf(sum));
         } else {
@@ -77,18 +80,26 @@ __device__ void softmax_ce_rows_impl(const T* __restrict__ logits, const int* __
 }
 
 extern "C" __global__ void __launch_bounds__(CE_THREADS)
-    softmax_ce_finish(const float* __restrict__ row_loss, const int* __restrict__ labels,
-                      int* state, int B) {
+    softmax_ce_finish(const float* __restrict__ row_loss, const int* __restrict__ row_correct,
+                      const int* __restrict__ labels, int* state, float* __restrict__ out, int B) {
     __shared__ float scratch[32];
     // Every thread reads the status before block_sum's barrier; thread 0 resets it after.
     const int bad = *(volatile int*)&state[CE_STATUS];
     float total = 0.0f;
+    float correct = 0.0f;  // a count: exact in f32 below 2^24
     if (bad == 0) {
         for (int i = threadIdx.x; i < B; i += blockDim.x) total += row_loss[i];
     }
+    for (int i = threadIdx.x; i < B; i += blockDim.x) correct += (float)row_correct[i];
     total = block_sum(total, scratch);
+    correct = block_sum(correct, scratch);
     if (threadIdx.x == 0) {
-        state[CE_LOSS] = bad == 0 ? __float_as_int(total / (float)B) : CE_NAN_BITS;
+        const float loss = bad == 0 ? total / (float)B : __int_as_float(CE_NAN_BITS);
+        if (out != nullptr) {
+            out[0] = loss;
+            out[1] = correct;
+        }
+        state[CE_LOSS] = __float_as_int(loss);
         state[CE_BAD] = bad;
         state[CE_LABEL] = bad == 0 ? 0 : labels[B - bad];
         state[CE_STATUS] = 0;
@@ -98,16 +109,16 @@ extern "C" __global__ void __launch_bounds__(CE_THREADS)
 #define SOFTMAX_CE_ENTRY_POINTS(SUFFIX, T)                                                          \
     extern "C" __global__ void __launch_bounds__(CE_THREADS)                                       \
         softmax_ce_forward_backward_##SUFFIX(const T* logits, const int* labels, T* dlogits,       \
-                                             int* predictions, float* row_loss, int* state, int B, \
-                                             int C, float coef) {                                  \
-        softmax_ce_rows_impl<T, true>(logits, labels, dlogits, predictions, row_loss, state, B, C, \
-                                      coef);                                                       \
+                                             int* predictions, float* row_loss, int* row_correct,  \
+                                             int* state, int B, int C, float coef) {               \
+        softmax_ce_rows_impl<T, true>(logits, labels, dlogits, predictions, row_loss, row_correct, \
+                                      state, B, C, coef);                                          \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(CE_THREADS)                                       \
         softmax_ce_forward_##SUFFIX(const T* logits, const int* labels, int* predictions,          \
-                                    float* row_loss, int* state, int B, int C) {                   \
-        softmax_ce_rows_impl<T, false>(logits, labels, nullptr, predictions, row_loss, state, B,   \
-                                       C, 0.0f);                                                   \
+                                    float* row_loss, int* row_correct, int* state, int B, int C) { \
+        softmax_ce_rows_impl<T, false>(logits, labels, nullptr, predictions, row_loss,             \
+                                       row_correct, state, B, C, 0.0f);                            \
     }
 
 SOFTMAX_CE_ENTRY_POINTS(f32, float)

@@ -8,6 +8,7 @@ use c2f_baselines::center_loss::CenterLossUnfused;
 use c2f_kernels::center_loss::{
     forward_update_cpu, CenterLossGpu, CenterLossParams, CenterLossShape, CenterRule,
 };
+use c2f_kernels::device::NO_STATS;
 use c2f_kernels::testing::{
     assert_bit_identical, gpu_or_skip, numeric_gradient, rel_error, round_through, widen,
     SplitMix64,
@@ -332,7 +333,8 @@ fn run_gpu<T: Element>(
         op.finish().unwrap()
     } else {
         let mut op = CenterLossGpu::<T>::new(gpu, s).unwrap();
-        op.enqueue(p, &f_d, &y_d, &mut c_d, &mut df_d).unwrap();
+        op.enqueue(p, &f_d, &y_d, &mut c_d, &mut df_d, NO_STATS)
+            .unwrap();
         op.finish().unwrap()
     };
     GpuRun {
@@ -482,7 +484,8 @@ fn gpu_bad_label_is_an_error_and_keeps_centers() {
         ([9, 2, 0, 3, 1], 0, 9),
     ] {
         let y_d = gpu.upload(&y).unwrap();
-        op.enqueue(&p, &f_d, &y_d, &mut c_d, &mut df_d).unwrap();
+        op.enqueue(&p, &f_d, &y_d, &mut c_d, &mut df_d, NO_STATS)
+            .unwrap();
         let err = op.finish().unwrap_err();
         match err {
             Error::Label {
@@ -501,7 +504,8 @@ fn gpu_bad_label_is_an_error_and_keeps_centers() {
     // The status is reset: the next good call on the same op succeeds and is right.
     let y = [1, 3, 0, 3, 1];
     let y_d = gpu.upload(&y).unwrap();
-    op.enqueue(&p, &f_d, &y_d, &mut c_d, &mut df_d).unwrap();
+    op.enqueue(&p, &f_d, &y_d, &mut c_d, &mut df_d, NO_STATS)
+        .unwrap();
     let loss = op.finish().unwrap();
     let reference = run64(&s, &p, &f_seen, &y, &c_seen);
     let run = GpuRun {

@@ -5,6 +5,7 @@
 use crate::common::gpu_tests::{assert_close, check_loss_launch};
 use crate::common::skip::or_return;
 use c2f_baselines::sigmoid_bce::SigmoidBceCudnn;
+use c2f_kernels::device::NO_STATS;
 use c2f_kernels::sigmoid_bce::{forward_backward_cpu, sigmoid, SigmoidBceGpu, SigmoidBceShape};
 use c2f_kernels::testing::{
     gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through, widen, SplitMix64,
@@ -162,7 +163,7 @@ fn gpu_matches_reference<T: Element>(gpu: &Gpu, s: SigmoidBceShape, spread: f64,
     let name = format!("sigmoid BCE {} {s:?}", T::SUFFIX);
     let reference = (ref_loss, &ref_preds[..], &ref_grad[..]);
     check_loss_launch::<T>(gpu, &name, reference, tol, |preds, grad| {
-        bce.enqueue_forward_backward(&x_d, &t_d, loss_scale, preds, grad)
+        bce.enqueue_forward_backward(&x_d, &t_d, loss_scale, preds, grad, NO_STATS)
             .unwrap();
         bce.finish().unwrap()
     });
@@ -206,7 +207,7 @@ fn gpu_bce_wrong_length_is_an_error() {
     let mut preds = gpu.alloc_zeros::<i32>(6).unwrap();
     let mut grad = gpu.alloc_zeros::<f32>(6).unwrap();
     let err = bce
-        .enqueue_forward_backward(&x_d, &t_d, 1.0, &mut preds, &mut grad)
+        .enqueue_forward_backward(&x_d, &t_d, 1.0, &mut preds, &mut grad, NO_STATS)
         .unwrap_err();
     assert!(
         err.to_string()

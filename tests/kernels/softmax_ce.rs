@@ -5,6 +5,7 @@
 use crate::common::gpu_tests::{assert_close, check_loss_launch, f32_and_bf16_tests};
 use crate::common::skip::or_return;
 use c2f_baselines::softmax_ce::{nll_gradient, LogSoftmaxCudnn};
+use c2f_kernels::device::NO_STATS;
 use c2f_kernels::dropout::{dropout_backward_cpu, dropout_forward_cpu, DropoutGpu, DropoutParams};
 use c2f_kernels::rng::splitmix64_output;
 use c2f_kernels::softmax_ce::{forward_backward_cpu, forward_cpu, SoftmaxCeGpu, SoftmaxCeShape};
@@ -411,7 +412,7 @@ fn gpu_ce_matches_reference<T: Element>(gpu: &Gpu, s: SoftmaxCeShape, spread: f6
     let name = format!("softmax CE {} {s:?}", T::SUFFIX);
     let reference = (ref_loss, &ref_preds[..], &ref_grad[..]);
     check_loss_launch::<T>(gpu, &name, reference, tol, |preds, grad| {
-        ce.enqueue_forward_backward(&x_d, &y_d, loss_scale, preds, grad)
+        ce.enqueue_forward_backward(&x_d, &y_d, loss_scale, preds, grad, NO_STATS)
             .unwrap();
         ce.finish().unwrap()
     });
@@ -471,7 +472,7 @@ fn gpu_ce_bad_label_is_an_error_then_recovers() {
     let bad_d = gpu.upload(&bad).unwrap();
     for training in [true, false] {
         if training {
-            ce.enqueue_forward_backward(&x_d, &bad_d, 1.0, &mut preds, &mut grad)
+            ce.enqueue_forward_backward(&x_d, &bad_d, 1.0, &mut preds, &mut grad, NO_STATS)
         } else {
             ce.enqueue_forward(&x_d, &bad_d, &mut preds)
         }
@@ -487,7 +488,7 @@ fn gpu_ce_bad_label_is_an_error_then_recovers() {
         }
         // The status was reset: the next call with good labels succeeds.
         let good_d = gpu.upload(&good).unwrap();
-        ce.enqueue_forward_backward(&x_d, &good_d, 1.0, &mut preds, &mut grad)
+        ce.enqueue_forward_backward(&x_d, &good_d, 1.0, &mut preds, &mut grad, NO_STATS)
             .unwrap();
         let loss = ce.finish().unwrap();
         assert_close("loss after a bad call", loss as f64, ref_loss, 1e-5);

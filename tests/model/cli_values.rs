@@ -45,8 +45,9 @@ const ZERO_ALLOWED: [&str; 13] = [
 ];
 
 /// The numeric flags for which 0 means nothing: refused.
-const ZERO_REFUSED: [&str; 27] = [
+const ZERO_REFUSED: [&str; 28] = [
     "train --epochs",
+    "train --log-every",
     "train --batch",
     "train --size",
     "train --width",

@@ -77,7 +77,7 @@ fn coarse2fine_ranges_name_phases_passes_and_layers() {
             &format!("{step}/fine input backward"),
             &format!("{step}/coarse attention backward"),
             &format!("{step}/coarse backbone backward/Mixed_6e backward"),
-            &format!("{step}/read predictions"),
+            "coarse2fine step 2/read stats",
             "coarse2fine step 2/sgd",
             "coarse2fine step 2/checkpoint",
             "evaluate/coarse backbone forward/Mixed_6e forward",

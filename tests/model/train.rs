@@ -583,3 +583,43 @@ fn tiny_model_fits_sixteen_images_and_its_loss_falls() {
     // the running statistics lag the batch statistics the model fitted with.
     assert!(acc.accuracy.coarse >= 0.75, "{acc:?}");
 }
+
+/// Reading the step statistics back every 2 or 3 steps (3 steps an epoch: a read at the epoch's
+/// end before the count is full, or one per epoch) gives each epoch's losses and training
+/// accuracy bit for bit as reading them every step, and the same checkpoint.
+#[test]
+fn log_every_keeps_the_epoch_sums() {
+    let data = synthetic(12, 4);
+    let cfg = TrainConfig {
+        warmup_epochs: 1.5,
+        ..tiny_config(2, 4)
+    };
+    let run_with = |log_every: usize| {
+        let dir = scratch(&format!("log_every_{log_every}"));
+        let run = RunOptions {
+            log_every,
+            eval_every: 0,
+            ..run_options(&dir)
+        };
+        train(train_coarse2fine, &cfg, &run, &data);
+        let lines: Vec<serde_json::Value> = metrics(&dir)
+            .into_iter()
+            .map(|mut line| {
+                line.as_object_mut().unwrap().remove("images_per_s");
+                line
+            })
+            .collect();
+        (lines, std::fs::read(checkpoint_path(&dir)).unwrap())
+    };
+    let (every_step, checkpoint) = run_with(1);
+    assert_eq!(every_step.len(), 2);
+    assert!(every_step.iter().all(|l| l["loss"].as_f64().unwrap() > 0.0));
+    for log_every in [2, 3] {
+        let (lines, bytes) = run_with(log_every);
+        assert_eq!(lines, every_step, "--log-every {log_every}");
+        assert!(
+            bytes == checkpoint,
+            "--log-every {log_every}: checkpoint differs"
+        );
+    }
+}

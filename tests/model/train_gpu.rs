@@ -3,7 +3,8 @@
 //! attributes (the multi-label head), the same for the coarse-only ablation, a short `fit` on the
 //! GPU that trains with finite losses, and (on the CPU emulator, which counts device allocations)
 //! steps that allocate nothing after the first (WS-DAN's too; its step comparison, which uses
-//! the helpers here, is in `wsdan.rs`). Without a GPU each test prints `skipped: no CUDA device`.
+//! the helpers here, is in `wsdan.rs`), and a step captured into a CUDA graph and replayed
+//! against the same step run eagerly. Without a GPU each test prints `skipped: no CUDA device`.
 
 use crate::common::train::{synthetic_spec, tiny_config};
 use c2f_inception::backend::{prelude::*, BnMode};
@@ -254,7 +255,7 @@ fn random_batch(cfg: &TrainConfig, seed: u64) -> LoaderBatch {
 }
 
 /// The emulator's allocation count after each of three training steps taken as `fit` takes them
-/// (the batch written, forward and backward, the losses and the correct count read, SGD), then
+/// (the batch written, forward and backward, the step's statistics read, SGD), then
 /// after each of two evaluations of a batch.
 fn allocations_per_step<M: Trainee<CudaBackend>>(
     b: &mut CudaBackend,
@@ -266,18 +267,14 @@ fn allocations_per_step<M: Trainee<CudaBackend>>(
     for step in 0..3 {
         let batch = random_batch(cfg, 10 + step);
         let share = BatchShare::whole(cfg.batch);
-        let out = model
-            .step(
-                b,
-                &batch,
-                &mut draw,
-                step,
-                BnMode::Train,
-                &share,
-                &mut |_, _, _| Ok(()),
-            )
+        model
+            .write_step_inputs(b, &batch, &mut draw, step, &share)
             .unwrap();
-        assert!(out.losses.iter().all(|l| l.is_finite()), "{:?}", out.losses);
+        model.step(b, BnMode::Train, &mut |_, _, _| Ok(())).unwrap();
+        let stats = model.stats();
+        let values = b.read(stats.tensor).unwrap();
+        let losses: Vec<f32> = stats.losses.iter().map(|&i| values[i]).collect();
+        assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
         model.sgd_step(b, &cfg.sgd_rule(cfg.lr)).unwrap();
         b.synchronize().unwrap();
         counts.push(emulator_allocation_count().unwrap());
@@ -335,4 +332,79 @@ fn training_steps_allocate_nothing_after_the_first() {
             "{model}: device allocations after each step and evaluation {counts:?}"
         );
     }
+}
+
+/// One step of `model` on `batch` (its inputs written, forward and backward, SGD at `cfg`'s
+/// rate), eagerly or, with `captured`, captured and replayed; the state and the step's
+/// statistics after it.
+fn step_on<M: Trainee<CudaBackend>>(
+    b: &mut CudaBackend,
+    model: &mut M,
+    cfg: &TrainConfig,
+    batch: &LoaderBatch,
+    captured: bool,
+) -> (State, Vec<f32>) {
+    let share = BatchShare::whole(cfg.batch);
+    model
+        .write_step_inputs(b, batch, &mut SplitMix64(7), 1, &share)
+        .unwrap();
+    let mut work = |b: &mut CudaBackend| {
+        model.step(b, BnMode::Train, &mut |_, _, _| Ok(()))?;
+        model.sgd_step(b, &cfg.sgd_rule(cfg.lr))
+    };
+    if captured {
+        let ops = b.capture(&mut work).unwrap();
+        b.replay(&ops).unwrap();
+    } else {
+        work(b).unwrap();
+    }
+    let stats = model.stats();
+    let values = b.read(stats.tensor).unwrap();
+    for &slot in &stats.losses {
+        assert!(values[slot].is_finite(), "loss slot {slot}: {values:?}");
+    }
+    (read_state(b, &model.state()), values)
+}
+
+/// After one eager warm-up step of `model`, the next step captured and replayed gives the bits
+/// (state, losses, right answers) the same step run eagerly from the same state gives.
+fn assert_replay_matches_eager<M: Trainee<CudaBackend>>(
+    b: &mut CudaBackend,
+    model: &mut M,
+    cfg: &TrainConfig,
+    name: &str,
+) {
+    step_on(b, model, cfg, &random_batch(cfg, 30), false);
+    let state = Trainee::<CudaBackend>::state(model);
+    let start = read_state(b, &state);
+    let batch = random_batch(cfg, 31);
+    let (eager, eager_stats) = step_on(b, model, cfg, &batch, false);
+    write_state(b, &state, &start);
+    let (replayed, replayed_stats) = step_on(b, model, cfg, &batch, true);
+    assert_eq!(eager_stats, replayed_stats, "{name}: step statistics");
+    assert_ne!(eager, start, "{name}: the step changed nothing");
+    for ((tensor, a), (_, b)) in eager.iter().zip(&replayed) {
+        assert!(a == b, "{name}: {tensor} differs after the replayed step");
+    }
+}
+
+/// `Trainee::step` holds no host read, write or allocation (the emulator refuses them inside a
+/// capture, as a GPU does): Coarse2Fine's, the coarse-only model's and the baseline's step with
+/// SGD, captured into a graph after a warm-up step and replayed, matches it run eagerly.
+#[test]
+fn emulator_captured_step_matches_eager() {
+    let Some(mut gpu) = cuda_or_skip("emulator_captured_step_matches_eager") else {
+        return;
+    };
+    let cfg = tiny();
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("train_gpu_capture");
+    let run = run_options(&dir);
+    for (fine, name) in [(true, "Coarse2Fine"), (false, "coarse-only")] {
+        let mut model = build(&mut gpu, &cfg, fine);
+        init_coarse2fine(&mut gpu, &model, &cfg, &run).unwrap();
+        assert_replay_matches_eager(&mut gpu, &mut model, &cfg, name);
+    }
+    let mut baseline = build_baseline(&mut gpu, &cfg).unwrap();
+    init_baseline(&mut gpu, &baseline, &run).unwrap();
+    assert_replay_matches_eager(&mut gpu, &mut baseline, &cfg, "baseline");
 }

@@ -109,10 +109,11 @@ fn center_loss_wrapper() {
     let labels = a.cpu.alloc_index(s.batch).unwrap();
     let lv = [2, 0, 2, 1];
     a.cpu.write_index(labels, &lv).unwrap();
-    let loss = a.cpu.center_loss(&s, &p, f, labels, c, df).unwrap();
+    let (loss, _) = a.random(1, 1e3, 2e3);
+    a.cpu.center_loss(&s, &p, f, labels, c, df, loss).unwrap();
     let mut dfv = vec![0.0; s.features_len()];
     let expected = center_loss::forward_update_cpu(&s, &p, &fv, &lv, &mut cv, &mut dfv).unwrap();
-    assert_eq!(loss, expected);
+    assert_eq!(a.read(loss), [expected]);
     assert_eq!(a.read(c), cv);
     assert_eq!(a.read(df), dfv);
 }

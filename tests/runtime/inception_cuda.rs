@@ -616,19 +616,20 @@ fn training_ops_match_cpu() {
     let labels = [3, 0, 12, 7, 7];
     p.cpu.write_index(labels_cpu, &labels).unwrap();
     p.gpu.write_index(labels_gpu, &labels).unwrap();
-    let cpu_loss = p
-        .cpu
-        .softmax_cross_entropy(&s, logits, labels_cpu, 0.5, predictions_cpu, dlogits)
-        .unwrap();
-    let gpu_loss = p
-        .gpu
-        .softmax_cross_entropy(&s, logits, labels_gpu, 0.5, predictions_gpu, dlogits)
-        .unwrap();
-    let e = rel_error(&[gpu_loss], &[cpu_loss]);
-    assert!(
-        e < OP_TOLERANCE,
-        "cross-entropy loss: CUDA {gpu_loss} vs CPU {cpu_loss}"
-    );
+    // Poisoned: every value is written, the loss and the right answers.
+    let stats = p.random(2, 1e3, 2e3, 1);
+    for (b, labels, preds) in [
+        (
+            &mut p.cpu as &mut dyn Backend<Scalar = f32>,
+            labels_cpu,
+            predictions_cpu,
+        ),
+        (&mut p.gpu, labels_gpu, predictions_gpu),
+    ] {
+        b.softmax_cross_entropy(&s, logits, labels, 0.5, preds, dlogits, stats)
+            .unwrap();
+    }
+    p.check("cross-entropy stats (loss, correct)", stats);
     p.check("cross-entropy dlogits", dlogits);
 
     let s = SigmoidBceShape {
@@ -643,22 +644,12 @@ fn training_ops_match_cpu() {
     let predictions_cpu = p.cpu.alloc_index(s.len()).unwrap();
     let predictions_gpu = p.gpu.alloc_index(s.len()).unwrap();
     assert_eq!(predictions_cpu, predictions_gpu);
-    let mut loss = [0.0; 2];
-    for (i, b) in [&mut p.cpu as &mut dyn Backend<Scalar = f32>, &mut p.gpu]
-        .into_iter()
-        .enumerate()
-    {
-        loss[i] = b
-            .sigmoid_binary_cross_entropy(&s, logits, targets, 0.5, predictions_cpu, dlogits)
+    let stats = p.random(2, 1e3, 2e3, 1);
+    for b in [&mut p.cpu as &mut dyn Backend<Scalar = f32>, &mut p.gpu] {
+        b.sigmoid_binary_cross_entropy(&s, logits, targets, 0.5, predictions_cpu, dlogits, stats)
             .unwrap();
     }
-    let e = rel_error(&[loss[1]], &[loss[0]]);
-    assert!(
-        e < OP_TOLERANCE,
-        "sigmoid BCE loss: CUDA {} vs CPU {}",
-        loss[1],
-        loss[0]
-    );
+    p.check("sigmoid BCE stats (loss, correct)", stats);
     assert_eq!(
         p.gpu.read_index(predictions_gpu).unwrap(),
         p.cpu.read_index(predictions_cpu).unwrap(),
@@ -731,19 +722,12 @@ fn coarse2fine_ops_match_cpu() {
     for b in [&mut p.cpu as &mut dyn Backend<Scalar = f32>, &mut p.gpu] {
         b.write_index(labels_cpu, &[1, 3, 1, 0, 3, 3]).unwrap();
     }
-    let cpu_loss = p
-        .cpu
-        .center_loss(&cs, &cp, f, labels_cpu, centers, df)
-        .unwrap();
-    let gpu_loss = p
-        .gpu
-        .center_loss(&cs, &cp, f, labels_cpu, centers, df)
-        .unwrap();
-    let e = rel_error(&[gpu_loss], &[cpu_loss]);
-    assert!(
-        e < OP_TOLERANCE,
-        "center loss: CUDA {gpu_loss} vs CPU {cpu_loss}"
-    );
+    let loss = p.random(1, 1e3, 2e3, 1);
+    for b in [&mut p.cpu as &mut dyn Backend<Scalar = f32>, &mut p.gpu] {
+        b.center_loss(&cs, &cp, f, labels_cpu, centers, df, loss)
+            .unwrap();
+    }
+    p.check("center loss", loss);
     p.check("center loss d_features", df);
     p.check("center loss centers", centers);
 

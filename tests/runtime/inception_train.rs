@@ -2,7 +2,7 @@
 //! finite differences in f64, and a tiny network fitting a fixed batch with cross-entropy and
 //! SGD through the backend's own ops.
 
-use c2f_inception::backend::{prelude::*, BnMode, IndexTensor};
+use c2f_inception::backend::{prelude::*, BnMode, IndexTensor, Tensor};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::init::golden_init;
 use c2f_inception::network::{sgd_step_by_table, Network};
@@ -30,6 +30,8 @@ struct Setup<R: Real> {
     net: Network,
     labels: IndexTensor,
     predictions: IndexTensor,
+    /// The cross-entropy's `[loss, correct]`.
+    stats: Tensor,
     dlogits_shape: SoftmaxCeShape,
 }
 
@@ -51,7 +53,9 @@ fn setup<R: Real>(seed: u64) -> Setup<R> {
     let labels = cpu.alloc_index(BATCH).unwrap();
     cpu.write_index(labels, &[0, 2, 1, 2]).unwrap();
     let predictions = cpu.alloc_index(BATCH).unwrap();
+    let stats = cpu.alloc(2).unwrap();
     Setup {
+        stats,
         cpu,
         net,
         labels,
@@ -74,8 +78,10 @@ fn loss<R: Real>(s: &mut Setup<R>, mode: BnMode) -> f64 {
             1.0,
             s.predictions,
             s.net.output_grad(),
+            s.stats,
         )
-        .unwrap()
+        .unwrap();
+    s.cpu.read(s.stats).unwrap()[0].to_f64()
 }
 
 #[test]

@@ -386,8 +386,13 @@ pub trait TrainingOps: Buffers {
     fn dropout_backward(&mut self, p: &DropoutParams, dy: Tensor, dx: Tensor) -> Result<()>;
 
     /// Mean softmax cross-entropy of `logits [B, C]` against `labels [B]`: writes each row's
-    /// argmax to `predictions` and `loss_scale·(softmax − onehot)/B` to `dlogits` (assigned), and
-    /// returns the (unscaled) loss. A label outside `[0, C)` is an error naming it.
+    /// argmax to `predictions`, `loss_scale·(softmax − onehot)/B` to `dlogits` (assigned), and
+    /// `[loss (unscaled), predictions equal to their label]` to the 2-value `stats`, which stays
+    /// in the backend's memory (no host read: a captured step can hold it). A label outside
+    /// `[0, C)`: the CPU backend returns an error naming it; the CUDA backend, which cannot see
+    /// it without a host sync, writes a NaN loss (never an out-of-bounds access). The trainer
+    /// checks labels on the host first.
+    #[allow(clippy::too_many_arguments)]
     fn softmax_cross_entropy(
         &mut self,
         s: &SoftmaxCeShape,
@@ -396,11 +401,13 @@ pub trait TrainingOps: Buffers {
         loss_scale: f64,
         predictions: IndexTensor,
         dlogits: Tensor,
-    ) -> Result<f64>;
+        stats: Tensor,
+    ) -> Result<()>;
 
     /// Mean sigmoid binary cross-entropy of `logits [B, A]` against 0/1 `targets [B, A]` (a
-    /// multi-label head): writes `logit > 0` per element to `predictions [B, A]` and
-    /// `loss_scale·(σ − t)/(B·A)` to `dlogits` (assigned), and returns the (unscaled) loss.
+    /// multi-label head): writes `logit > 0` per element to `predictions [B, A]`,
+    /// `loss_scale·(σ − t)/(B·A)` to `dlogits` (assigned), and `[loss (unscaled), answers equal
+    /// to their target]` to the 2-value `stats`, which stays in the backend's memory.
     #[allow(clippy::too_many_arguments)]
     fn sigmoid_binary_cross_entropy(
         &mut self,
@@ -410,7 +417,8 @@ pub trait TrainingOps: Buffers {
         loss_scale: f64,
         predictions: IndexTensor,
         dlogits: Tensor,
-    ) -> Result<f64>;
+        stats: Tensor,
+    ) -> Result<()>;
 
     /// One SGD step (PyTorch's: momentum, weight decay, no dampening) over `weights`, with
     /// their `grads` and `momentum` buffer.
@@ -453,8 +461,10 @@ pub trait Coarse2FineOps: Buffers {
     ) -> Result<()>;
 
     /// Center loss on `features [B, D]` with moving-average `centers [C, D]` (updated in place):
-    /// assigns `d_features`, returns the loss. A label outside `[0, C)` is an error and leaves
-    /// the centers untouched.
+    /// assigns `d_features` and writes the loss to the 1-value `loss`, which stays in the
+    /// backend's memory. A label outside `[0, C)` leaves the centers untouched: an error naming
+    /// it on the CPU backend, a NaN loss on the CUDA backend (as the cross-entropy's).
+    #[allow(clippy::too_many_arguments)]
     fn center_loss(
         &mut self,
         s: &CenterLossShape,
@@ -463,7 +473,8 @@ pub trait Coarse2FineOps: Buffers {
         labels: IndexTensor,
         centers: Tensor,
         d_features: Tensor,
-    ) -> Result<f64>;
+        loss: Tensor,
+    ) -> Result<()>;
 
     /// `ConvTranspose2d` with bias: `y` assigned.
     fn conv_transpose_forward(

@@ -23,7 +23,7 @@
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use rayon::prelude::*;
 
-use crate::device::{grid, grid_with_shared, read_loss_status, Gpu};
+use crate::device::{grid, grid_with_shared, read_loss_status, stats_addr, Gpu};
 use crate::element::Element;
 use crate::error::{check_labels, check_len, check_shape, Error, Result};
 use crate::launch;
@@ -270,7 +270,9 @@ impl<T: Element> CenterLossGpu<T> {
     /// Launches the two kernels, which write `d_features` and update `centers`, without waiting.
     /// The loss and any bad label stay on the device until [`Self::finish`]; call it before the
     /// next `enqueue` to see them. A bad label leaves the centers untouched (`d_features` is then
-    /// unspecified).
+    /// unspecified). With `stats` they also write the loss (f32; NaN after a bad label) to that
+    /// 1-value slot: the trainer's step statistics, read when it chooses, not by
+    /// [`Self::finish`].
     pub fn enqueue(
         &mut self,
         params: &CenterLossParams,
@@ -278,7 +280,9 @@ impl<T: Element> CenterLossGpu<T> {
         labels: &impl DevicePtr<i32>,
         centers: &mut impl DevicePtrMut<f32>,
         d_features: &mut impl DevicePtrMut<T>,
+        stats: Option<&mut impl DevicePtrMut<f32>>,
     ) -> Result<()> {
+        let stats = stats_addr(stats, 1, &self.k.stream)?;
         let s = self.shape;
         s.check_buffers(
             features.len(),
@@ -290,16 +294,17 @@ impl<T: Element> CenterLossGpu<T> {
         let (grad_scale, loss_scale, beta, normalized) = launch_params(&s, params);
         let chunks = (s.dim.div_ceil(CHUNK) as u32, s.batch as u32, 1);
         let labels_smem = (s.batch * std::mem::size_of::<i32>()) as u32;
-        // SAFETY: buffer lengths checked above match the kernels' indexing; labels are checked on
-        // the device before any center access.
+        // SAFETY: buffer lengths checked above match the kernels' indexing (`stats`, when not
+        // null, holds 1 value: `stats_addr`); labels are checked on the device before any center
+        // access.
         unsafe {
             launch!(self.k.center_loss_center_sumsq, grid(chunks, THREADS), [
                 out centers, in labels, &mut self.sumsq, &mut self.state, &b, &d, &c, &normalized
             ])?;
             launch!(self.k.center_loss_update, grid_with_shared(chunks, THREADS, labels_smem), [
                 in features, in labels, out centers, &self.sumsq, out d_features,
-                &mut self.loss_parts, &mut self.state, &b, &d, &grad_scale, &loss_scale, &beta,
-                &normalized
+                &mut self.loss_parts, &mut self.state, &stats, &b, &d, &grad_scale, &loss_scale,
+                &beta, &normalized
             ])?;
         }
         Ok(())

@@ -543,6 +543,26 @@ pub fn plane_groups(plane_len: usize, planes: usize) -> LaunchConfig {
     grid(cfg, PLANE_GROUP_THREADS)
 }
 
+/// No step statistics slot, for a loss op's `stats` argument.
+pub const NO_STATS: Option<&mut CudaSlice<f32>> = None;
+
+/// Where a loss kernel also writes its step statistics (`[loss, correct answers]` as f32, or
+/// just the loss): a caller's device slot, which stays on the device so that a captured step
+/// need not read the host, or none.
+pub fn stats_addr(
+    stats: Option<&mut impl DevicePtrMut<f32>>,
+    len: usize,
+    stream: &CudaStream,
+) -> Result<u64> {
+    match stats {
+        Some(out) => {
+            crate::error::check_len("loss stats slot", out.len(), len)?;
+            Ok(device_addr_mut(out, stream))
+        }
+        None => Ok(0),
+    }
+}
+
 /// Reads the `[loss bits, status, label]` triple that the loss kernels (softmax cross-entropy,
 /// center loss) leave for the host, waiting for the stream: the loss, or [`Error::Label`] when
 /// the status says sample `batch − status` had the out-of-range `label`.

@@ -18,7 +18,7 @@
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use rayon::prelude::*;
 
-use crate::device::{grid, Gpu};
+use crate::device::{grid, stats_addr, Gpu};
 use crate::element::Element;
 use crate::error::{check_len, check_shape, Error, Result};
 use crate::launch;
@@ -137,6 +137,8 @@ pub struct SigmoidBceGpu<T: Element> {
     k: SigmoidBceKernels<T>,
     /// Each sample's mean loss, summed in order by the finishing kernel.
     row_loss: CudaSlice<f32>,
+    /// Each sample's answers equal to their target, counted by the finishing kernel.
+    row_correct: CudaSlice<f32>,
     /// The batch's mean loss.
     result: CudaSlice<f32>,
 }
@@ -154,6 +156,7 @@ impl<T: Element> SigmoidBceGpu<T> {
             shape,
             k: SigmoidBceKernels::new(gpu)?,
             row_loss: gpu.alloc_zeros(shape.batch)?,
+            row_correct: gpu.alloc_zeros(shape.batch)?,
             result: gpu.alloc_zeros(1)?,
         })
     }
@@ -164,6 +167,8 @@ impl<T: Element> SigmoidBceGpu<T> {
 
     /// Launches both kernels, which write `predictions` and `dlogits` (assigned, scaled by
     /// `loss_scale`), without waiting; the mean loss (not scaled) stays on the device until
+    /// [`Self::finish`]. With `stats` they also write `[mean loss, correct answers]` (f32) to
+    /// that 2-value slot: the trainer's step statistics, read when it chooses, not by
     /// [`Self::finish`].
     pub fn enqueue_forward_backward(
         &mut self,
@@ -172,7 +177,9 @@ impl<T: Element> SigmoidBceGpu<T> {
         loss_scale: f64,
         predictions: &mut impl DevicePtrMut<i32>,
         dlogits: &mut impl DevicePtrMut<T>,
+        stats: Option<&mut impl DevicePtrMut<f32>>,
     ) -> Result<()> {
+        let stats = stats_addr(stats, 2, &self.k.stream)?;
         let s = self.shape;
         s.check(
             logits.len(),
@@ -188,15 +195,23 @@ impl<T: Element> SigmoidBceGpu<T> {
             grid((1, 1, 1), BCE_THREADS),
         );
         // SAFETY: buffer lengths checked above match the kernel's indexing (B blocks of A);
-        // `row_loss` holds B elements, `result` one.
+        // `row_loss` and `row_correct` hold B elements, `result` one, `stats` (when not null) 2,
+        // checked by `stats_addr`.
         unsafe {
             launch!(self.k.sigmoid_bce_forward_backward, rows, [
-                in logits, in targets, out dlogits, out predictions, &mut self.row_loss, &a, &coef
+                in logits, in targets, out dlogits, out predictions, &mut self.row_loss,
+                &mut self.row_correct, &a, &coef
             ])?;
             launch!(
                 self.k.sigmoid_bce_finish,
                 one,
-                [&self.row_loss, &mut self.result, &b]
+                [
+                    &self.row_loss,
+                    &self.row_correct,
+                    &mut self.result,
+                    &stats,
+                    &b
+                ]
             )?;
         }
         Ok(())

@@ -18,7 +18,7 @@
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use rayon::prelude::*;
 
-use crate::device::{grid, read_loss_status, Gpu, LaunchConfig};
+use crate::device::{grid, read_loss_status, stats_addr, Gpu, LaunchConfig};
 use crate::element::Element;
 use crate::error::{check_labels, check_len, check_shape, Error, Result};
 use crate::launch;
@@ -192,6 +192,8 @@ pub struct SoftmaxCeGpu<T: Element> {
     k: SoftmaxCeKernels<T>,
     /// `−log softmax[label]` per sample, summed in order by the finishing kernel.
     row_loss: CudaSlice<f32>,
+    /// Whether each sample's prediction is its label (0 or 1), counted by the finishing kernel.
+    row_correct: CudaSlice<i32>,
     /// Bad-label status and the result read back by [`Self::finish`].
     state: CudaSlice<i32>,
 }
@@ -209,6 +211,7 @@ impl<T: Element> SoftmaxCeGpu<T> {
             shape,
             k: SoftmaxCeKernels::new(gpu)?,
             row_loss: gpu.alloc_zeros(shape.batch)?,
+            row_correct: gpu.alloc_zeros(shape.batch)?,
             state: gpu.alloc_zeros(STATE_LEN)?,
         })
     }
@@ -232,16 +235,19 @@ impl<T: Element> SoftmaxCeGpu<T> {
         // on the device before it is used as an index.
         unsafe {
             launch!(self.k.softmax_ce_forward, rows_config(&s), [
-                in logits, in labels, out predictions, &mut self.row_loss, &mut self.state, &b, &c
+                in logits, in labels, out predictions, &mut self.row_loss, &mut self.row_correct,
+                &mut self.state, &b, &c
             ])?;
         }
-        self.launch_finish(labels)
+        self.launch_finish(labels, 0)
     }
 
     /// Training: launches the kernels that write `predictions` and `dlogits` (assigned, scaled by
     /// `loss_scale`), without waiting. The mean loss (not scaled) and any bad label stay on the
     /// device until [`Self::finish`]; call it before the next `enqueue_*` to see them (after a
-    /// bad label `predictions` and `dlogits` are unspecified).
+    /// bad label `predictions` and `dlogits` are unspecified). With `stats` they also write
+    /// `[mean loss, correct predictions]` (f32; a NaN loss after a bad label) to that 2-value
+    /// slot: the trainer's step statistics, read when it chooses, not by [`Self::finish`].
     pub fn enqueue_forward_backward(
         &mut self,
         logits: &impl DevicePtr<T>,
@@ -249,7 +255,9 @@ impl<T: Element> SoftmaxCeGpu<T> {
         loss_scale: f64,
         predictions: &mut impl DevicePtrMut<i32>,
         dlogits: &mut impl DevicePtrMut<T>,
+        stats: Option<&mut impl DevicePtrMut<f32>>,
     ) -> Result<()> {
+        let stats = stats_addr(stats, 2, &self.k.stream)?;
         let s = self.shape;
         s.check(
             logits.len(),
@@ -265,19 +273,20 @@ impl<T: Element> SoftmaxCeGpu<T> {
         unsafe {
             launch!(self.k.softmax_ce_forward_backward, rows_config(&s), [
                 in logits, in labels, out dlogits, out predictions, &mut self.row_loss,
-                &mut self.state, &b, &c, &coef
+                &mut self.row_correct, &mut self.state, &b, &c, &coef
             ])?;
         }
-        self.launch_finish(labels)
+        self.launch_finish(labels, stats)
     }
 
-    /// `labels` are the checked labels.
-    fn launch_finish(&mut self, labels: &impl DevicePtr<i32>) -> Result<()> {
+    /// `labels` are the checked labels; `stats` the address of a 2-value slot, or 0 (none).
+    fn launch_finish(&mut self, labels: &impl DevicePtr<i32>, stats: u64) -> Result<()> {
         let (b, cfg) = (self.shape.batch as i32, grid((1, 1, 1), CE_THREADS));
-        // SAFETY: `row_loss` and `labels` hold B elements, `state` STATE_LEN.
+        // SAFETY: `row_loss`, `row_correct` and `labels` hold B elements, `state` STATE_LEN,
+        // `stats` (when not null) 2, checked by `stats_addr`.
         unsafe {
             launch!(self.k.softmax_ce_finish, cfg, [
-                &self.row_loss, in labels, &mut self.state, &b
+                &self.row_loss, &self.row_correct, in labels, &mut self.state, &stats, &b
             ])?
         };
         Ok(())

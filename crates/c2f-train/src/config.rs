@@ -338,6 +338,9 @@ pub struct RunOptions {
     /// Stop after this many steps in all, as a crash would (after any checkpoint due at that
     /// step): for testing `resume`.
     pub stop_after: Option<u64>,
+    /// Read the steps' losses and right answers back every this many steps (≥ 1): they stay
+    /// on the device in between, one row per step, so the epoch sums are the same.
+    pub log_every: usize,
 }
 
 impl RunOptions {
@@ -354,6 +357,7 @@ impl RunOptions {
             upsampler_weights: None,
             init_from: None,
             stop_after: None,
+            log_every: 1,
         }
     }
 }

@@ -32,11 +32,13 @@ use c2f_kernels::map_select::MapShape;
 use c2f_kernels::mask::MaskShape;
 use c2f_kernels::nvtx;
 use c2f_kernels::sgd::SgdParams;
-use c2f_kernels::{Error, Result};
+use c2f_kernels::{Error, Real, Result};
 
 pub use crate::config::CenterBanks;
 pub use crate::pass::FEATURE_SCALE;
-use crate::pass::{feature_shape, HeadTensors, Pass, PassArgs, PassShapes, PassSizes};
+use crate::pass::{
+    feature_shape, HeadTensors, Pass, PassArgs, PassShapes, PassSizes, PassStat, PASS_STATS,
+};
 use crate::state::{network_state, table_state, Named};
 pub use crate::task::Task;
 use crate::upsampler::{Upsampler, UpsamplerKind, UpsamplerShape};
@@ -123,6 +125,10 @@ impl Grads {
     }
 }
 
+/// Where each pass's statistics begin in [`Coarse2Fine::stats`].
+pub const COARSE_STATS: usize = 0;
+pub const FINE_STATS: usize = PASS_STATS;
+
 /// Losses of one training step; the fine terms are 0 for the coarse-only model.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Losses {
@@ -147,6 +153,9 @@ pub struct Coarse2Fine {
     pub params: Tensor,
     pub grads: Tensor,
     momentum: Tensor,
+    /// The step's statistics: the coarse pass's [`PASS_STATS`] values, then the fine pass's
+    /// (left 0 by the coarse-only model).
+    pub stats: Tensor,
     coarse: Pass,
     /// `None` for the coarse-only model.
     fine: Option<Fine>,
@@ -250,9 +259,13 @@ impl Coarse2Fine {
             task: config.task,
             attention_bn: false,
         };
-        let coarse = Pass::new(b, coarse_net, &sizes, m * n, coarse_centers)?;
+        // Both passes' statistics in one tensor, so that a step's are read at once.
+        let stats = b.alloc(2 * PASS_STATS)?;
+        let coarse_stats = stats.slice(COARSE_STATS, PASS_STATS);
+        let coarse = Pass::new(b, coarse_net, &sizes, m * n, coarse_centers, coarse_stats)?;
+        let fine_stats = stats.slice(FINE_STATS, PASS_STATS);
         let fine_pass = match fine_net {
-            Some(net) => Some(Pass::new(b, net, &sizes, m * n, fine_centers)?),
+            Some(net) => Some(Pass::new(b, net, &sizes, m * n, fine_centers, fine_stats)?),
             None => None,
         };
         let (params, grads, momentum) = (b.alloc(total)?, b.alloc(total)?, b.alloc(total)?);
@@ -278,6 +291,7 @@ impl Coarse2Fine {
         Ok(Coarse2Fine {
             params,
             grads,
+            stats,
             momentum,
             heads,
             coarse,
@@ -508,21 +522,20 @@ impl Coarse2Fine {
     /// The fine pass's forward and backward, from its masked input (written by
     /// [`Self::fine_input_forward`]) to its input's gradient; its classification and center
     /// losses, zero without a fine pass.
-    fn fine_forward_backward<B: Backend>(&mut self, b: &mut B, mode: BnMode) -> Result<(f64, f64)> {
+    fn fine_forward_backward<B: Backend>(&mut self, b: &mut B, mode: BnMode) -> Result<()> {
         let Some((pass, args)) = self.fine_pass() else {
-            return Ok((0.0, 0.0));
+            return Ok(());
         };
         let _range = nvtx::range("fine pass");
         nvtx::within("fine backbone forward", || pass.net.forward(b, mode))?;
-        let losses = nvtx::within("fine head forward", || pass.head_forward(b, &args))?;
+        nvtx::within("fine head forward", || pass.head_forward(b, &args))?;
         nvtx::within("fine head backward", || pass.head_backward(b, &args))?;
         nvtx::within("fine attention backward", || {
             pass.attention_backward(b, &args)
         })?;
         nvtx::within("fine backbone backward", || {
             pass.net.backward(b, mode, true)
-        })?;
-        Ok(losses)
+        })
     }
 
     /// One forward and backward of the whole model on [`Self::input`], [`Self::labels`] and
@@ -530,10 +543,24 @@ impl Coarse2Fine {
     /// heads' gradient buffers (zero them first with [`Self::zero_grads`]); the center banks
     /// take their moving-average step. Returns the losses.
     pub fn forward_backward<B: Backend>(&mut self, b: &mut B, mode: BnMode) -> Result<Losses> {
-        self.forward_backward_reporting(b, mode, &mut |_, _| Ok(()))
+        self.forward_backward_reporting(b, mode, &mut |_, _| Ok(()))?;
+        self.losses(b)
     }
 
-    /// [`Self::forward_backward`], calling `ready(b, grads)` as gradients become complete, as
+    /// The last step's losses, read from [`Self::stats`].
+    pub fn losses<B: Backend>(&self, b: &mut B) -> Result<Losses> {
+        let v = b.read(self.stats)?;
+        let at = |start: usize, stat: PassStat| v[stat.at(start)].to_f64();
+        Ok(Losses {
+            coarse: at(COARSE_STATS, PassStat::HeadLoss),
+            fine: at(FINE_STATS, PassStat::HeadLoss),
+            center_coarse: at(COARSE_STATS, PassStat::CenterLoss),
+            center_fine: at(FINE_STATS, PassStat::CenterLoss),
+        })
+    }
+
+    /// [`Self::forward_backward`] without reading the losses (they stay in [`Self::stats`]),
+    /// calling `ready(b, grads)` as gradients become complete, as
     /// [`Network::backward_reporting`] does: `Grads::Heads(0)` once the heads' are (before the
     /// coarse backbone's backward, the last to add to the shared backbone's), then
     /// `Grads::Backbone(from)` as that backward goes down the backbone.
@@ -542,18 +569,18 @@ impl Coarse2Fine {
         b: &mut B,
         mode: BnMode,
         ready: &mut dyn FnMut(&mut B, Grads) -> Result<()>,
-    ) -> Result<Losses> {
+    ) -> Result<()> {
         let coarse_args = self.pass_args(self.heads.fc_coarse);
         nvtx::within("coarse backbone forward", || {
             self.coarse.net.forward(b, mode)
         })?;
-        let coarse_head = nvtx::range("coarse head forward");
-        let (coarse, center_coarse) = self.coarse.head_forward(b, &coarse_args)?;
-        drop(coarse_head);
+        nvtx::within("coarse head forward", || {
+            self.coarse.head_forward(b, &coarse_args)
+        })?;
         if self.fine.is_some() {
             self.fine_input_forward(b, false)?;
         }
-        let (fine, center_fine) = self.fine_forward_backward(b, mode)?;
+        self.fine_forward_backward(b, mode)?;
         nvtx::within("coarse head backward", || {
             self.coarse.head_backward(b, &coarse_args)
         })?;
@@ -567,13 +594,7 @@ impl Coarse2Fine {
             .net
             .backward_reporting(b, mode, false, &mut |b, from| {
                 ready(b, Grads::Backbone(from))
-            })?;
-        Ok(Losses {
-            coarse,
-            fine,
-            center_coarse,
-            center_fine,
-        })
+            })
     }
 
     /// Inference on [`Self::input`]: BatchNorm with running statistics, the mean attention map

@@ -152,6 +152,27 @@ pub(crate) struct PassArgs {
     pub targets: Tensor,
 }
 
+/// The values of a pass's [`Pass::stats`], in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PassStat {
+    /// The head's loss.
+    HeadLoss,
+    /// The head's right answers: classes equal to their label, or attributes to their target.
+    Correct,
+    /// The center loss (0 for a pass without one: never written).
+    CenterLoss,
+}
+
+/// How many values a pass's [`Pass::stats`] holds.
+pub(crate) const PASS_STATS: usize = 3;
+
+impl PassStat {
+    /// This value's slot in a pass's stats that begin at slot `start` of a model's.
+    pub fn at(self, start: usize) -> usize {
+        start + self as usize
+    }
+}
+
 /// What one pass holds beyond its backbone network.
 pub(crate) struct Pass {
     pub net: Network,
@@ -167,6 +188,9 @@ pub(crate) struct Pass {
     /// pass several times points them at each run's own).
     pub logits: Tensor,
     pub predictions: IndexTensor,
+    /// Where [`Self::head_forward`] writes its statistics, [`PASS_STATS`] values laid out as
+    /// [`PassStat`] says; they stay in the backend's memory until the model reads them.
+    pub stats: Tensor,
     d_logits: Tensor,
     pub centers: Tensor,
     /// The attention BN's batch statistics and its input's gradient (WS-DAN).
@@ -190,6 +214,7 @@ impl Pass {
         sizes: &PassSizes,
         part_len: usize,
         centers: Tensor,
+        stats: Tensor,
     ) -> Result<Pass> {
         let graph = &net.graph;
         let f = graph.activations[graph.mixed_6e];
@@ -210,6 +235,7 @@ impl Pass {
             logits: b.alloc(logits)?,
             d_logits: b.alloc(logits)?,
             predictions: b.alloc_index(predictions)?,
+            stats,
             centers,
             bn: match sizes.attention_bn {
                 true => Some((
@@ -247,22 +273,20 @@ impl Pass {
         b.linear_forward(&s.head, self.scaled, a.fc[0], a.fc_bias, self.logits)
     }
 
-    /// [`Self::attend`] and the losses. Returns the classification and center losses (0 for a
-    /// pass without a center loss).
-    pub fn head_forward<B: Backend>(&self, b: &mut B, a: &PassArgs) -> Result<(f64, f64)> {
+    /// [`Self::attend`] and the losses, written to [`Self::stats`] (no host read).
+    pub fn head_forward<B: Backend>(&self, b: &mut B, a: &PassArgs) -> Result<()> {
         self.attend(b, a)?;
         let head = &a.shapes.head;
-        let head_loss = a.task.loss(
+        a.task.loss(
             b,
             head.batch,
             head.outputs,
-            self.logits,
-            a.labels,
-            a.targets,
+            (self.logits, a.labels, a.targets),
             self.predictions,
             self.d_logits,
+            self.stats.slice(PassStat::HeadLoss.at(0), 2),
         )?;
-        let cl_loss = match &a.center_loss {
+        match &a.center_loss {
             Some(p) => b.center_loss(
                 &a.shapes.center,
                 p,
@@ -270,10 +294,10 @@ impl Pass {
                 a.center_labels,
                 self.centers,
                 self.d_parts,
-            )?,
-            None => 0.0,
-        };
-        Ok((head_loss, cl_loss))
+                self.stats.slice(PassStat::CenterLoss.at(0), 1),
+            ),
+            None => Ok(()),
+        }
     }
 
     /// Backward of [`Self::head_forward`]: parameter gradients accumulate; the features'

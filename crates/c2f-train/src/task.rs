@@ -43,19 +43,19 @@ impl Task {
 
     /// The loss of `[B, outputs]` logits against a batch's labels (classes) or 0/1 `targets`
     /// (attributes), its gradient assigned to `dlogits`; `predictions` holds `[B]` classes or
-    /// `[B, outputs]` 0/1 answers.
+    /// `[B, outputs]` 0/1 answers; `stats` (2 values, left in the backend's memory) the loss and
+    /// the right answers: classes equal to their label, or answers equal to their target.
     #[allow(clippy::too_many_arguments)]
     pub fn loss<B: Backend>(
         self,
         b: &mut B,
         batch: usize,
         outputs: usize,
-        logits: Tensor,
-        labels: IndexTensor,
-        targets: Tensor,
+        (logits, labels, targets): (Tensor, IndexTensor, Tensor),
         predictions: IndexTensor,
         dlogits: Tensor,
-    ) -> Result<f64> {
+        stats: Tensor,
+    ) -> Result<()> {
         match self {
             Task::Classes => b.softmax_cross_entropy(
                 &SoftmaxCeShape {
@@ -67,6 +67,7 @@ impl Task {
                 1.0,
                 predictions,
                 dlogits,
+                stats,
             ),
             Task::Attributes => b.sigmoid_binary_cross_entropy(
                 &SigmoidBceShape { batch, outputs },
@@ -75,28 +76,9 @@ impl Task {
                 1.0,
                 predictions,
                 dlogits,
+                stats,
             ),
         }
-    }
-
-    /// The right answers among `predictions` (read back): classes equal to `labels`, or 0/1
-    /// answers equal to `targets`.
-    pub fn count_correct<B: Backend>(
-        self,
-        b: &mut B,
-        predictions: IndexTensor,
-        labels: &[i32],
-        targets: &[f32],
-    ) -> Result<usize> {
-        let predicted = b.read_index(predictions)?;
-        Ok(match self {
-            Task::Classes => predicted.iter().zip(labels).filter(|(p, l)| p == l).count(),
-            Task::Attributes => predicted
-                .iter()
-                .zip(targets)
-                .filter(|(&p, &t)| p as f32 == t)
-                .count(),
-        })
     }
 
     /// The predictions buffer's length for a batch.

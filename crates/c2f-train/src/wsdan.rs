@@ -33,7 +33,10 @@ use c2f_kernels::{Error, Real, Result};
 
 pub use crate::config::WsDanCenters;
 pub use crate::model::Grads;
-use crate::pass::{feature_shape, AttentionBn, HeadTensors, Pass, PassArgs, PassShapes, PassSizes};
+use crate::pass::{
+    feature_shape, AttentionBn, HeadTensors, Pass, PassArgs, PassShapes, PassSizes, PassStat,
+    PASS_STATS,
+};
 use crate::state::{network_state, table_state, Named};
 pub use crate::task::Task;
 
@@ -152,7 +155,12 @@ pub struct WsDan {
     /// Raw, crop and drop (after inference: raw and refined, then unused).
     logits: [Tensor; 3],
     predictions: [IndexTensor; 3],
+    /// The raw, crop and drop runs' statistics, [`PASS_STATS`] values each.
+    pub stats: Tensor,
     augment: AugmentBuffers,
+    /// Whether the crop and the drop maps of the step are drawn by mass (from the draws
+    /// [`Self::write_choices`] wrote) rather than given.
+    maps_by_mass: [bool; 2],
     /// After inference: the raw pass's attention maps `[B, M, h, w]`, and their mean
     /// up-sampled to `[B, 1, S, S]` (bilinear).
     raw_maps: Tensor,
@@ -203,7 +211,9 @@ impl WsDan {
             task: config.task,
             attention_bn: true,
         };
-        let pass = Pass::new(b, net, &sizes, m * n, centers)?;
+        // The raw, crop and drop runs' statistics in one tensor, read at once.
+        let stats = b.alloc(3 * PASS_STATS)?;
+        let pass = Pass::new(b, net, &sizes, m * n, centers, stats.slice(0, PASS_STATS))?;
         let total = heads.table.total();
         let (params, grads, momentum) = (b.alloc(total)?, b.alloc(total)?, b.alloc(total)?);
         let running = b.alloc(running_table.total())?;
@@ -230,6 +240,7 @@ impl WsDan {
             B::Scalar::from_f64(REFINE_THRESHOLD),
         )?;
         Ok(WsDan {
+            stats,
             logits: [
                 pass.logits,
                 b.alloc(batch * classes)?,
@@ -255,6 +266,7 @@ impl WsDan {
             labels,
             center_labels,
             augment,
+            maps_by_mass: [true; 2],
             config,
         })
     }
@@ -391,15 +403,44 @@ impl WsDan {
         }
     }
 
-    /// Points the pass's logits and predictions at those of `slot` (raw, crop or drop).
+    /// Points the pass's logits, predictions and statistics at those of `slot` (raw, crop or
+    /// drop).
     fn use_slot(&mut self, slot: usize) {
         self.pass.logits = self.logits[slot];
         self.pass.predictions = self.predictions[slot];
+        self.pass.stats = self.stats.slice(slot * PASS_STATS, PASS_STATS);
+    }
+
+    /// Where each term of [`WsDanLosses`] (raw, crop, drop, center) lies in [`Self::stats`],
+    /// and the raw head's right answers.
+    pub fn stat_slots() -> ([usize; 4], usize) {
+        let head = |slot: usize| PassStat::HeadLoss.at(slot * PASS_STATS);
+        let center = PassStat::CenterLoss.at(RAW * PASS_STATS);
+        (
+            [head(RAW), head(CROP), head(DROP), center],
+            PassStat::Correct.at(RAW * PASS_STATS),
+        )
+    }
+
+    /// The last step's losses, read from [`Self::stats`].
+    pub fn losses<B: Backend>(&self, b: &mut B) -> Result<WsDanLosses> {
+        let v = b.read(self.stats)?;
+        let [raw, crop, drop, center] = Self::stat_slots().0.map(|i| v[i].to_f64());
+        Ok(WsDanLosses {
+            raw,
+            crop,
+            drop,
+            center,
+        })
     }
 
     /// Writes the step's thresholds and given map choices (or draws), checking that each has
     /// one value per sample and that given maps exist.
-    fn write_choices<B: Backend>(&self, b: &mut B, aug: &Augmentation) -> Result<()> {
+    pub(crate) fn write_choices<B: Backend>(
+        &mut self,
+        b: &mut B,
+        aug: &Augmentation,
+    ) -> Result<()> {
         let batch = self.config.batch;
         let a = &self.augment;
         let scalars = |v: &[f64]| {
@@ -431,17 +472,18 @@ impl WsDan {
                 }
             }
         }
+        self.maps_by_mass = choices.map(|c| matches!(c, MapChoice::ByMass(_)));
         Ok(())
     }
 
     /// From the raw pass's attention maps, before the crop pass overwrites them: each
     /// sample's crop and drop maps (drawn by mass where `aug` does not give them) and the crop
     /// boxes.
-    fn choose_maps<B: Backend>(&self, b: &mut B, aug: &Augmentation, a: &PassArgs) -> Result<()> {
+    fn choose_maps<B: Backend>(&self, b: &mut B, a: &PassArgs) -> Result<()> {
         let s = &a.shapes.maps;
         let buffers = &self.augment;
-        for (k, choice) in [&aug.crop_maps, &aug.drop_maps].into_iter().enumerate() {
-            if let MapChoice::ByMass(_) = choice {
+        for (k, by_mass) in self.maps_by_mass.into_iter().enumerate() {
+            if by_mass {
                 b.maps_by_mass(s, self.pass.attention, buffers.draws[k], buffers.indices[k])?;
             }
             b.select_map_forward(s, self.pass.attention, buffers.indices[k], buffers.maps[k])?;
@@ -465,10 +507,14 @@ impl WsDan {
         mode: BnMode,
         aug: &Augmentation,
     ) -> Result<WsDanLosses> {
-        self.forward_backward_reporting(b, mode, aug, &mut |_, _| Ok(()))
+        self.write_choices(b, aug)?;
+        self.forward_backward_reporting(b, mode, &mut |_, _| Ok(()))?;
+        self.losses(b)
     }
 
-    /// [`Self::forward_backward`], calling `ready(b, grads)` as gradients become complete:
+    /// [`Self::forward_backward`] on the choices [`Self::write_choices`] wrote, without
+    /// reading the losses (they stay in [`Self::stats`]), touching only the backend's memory;
+    /// calling `ready(b, grads)` as gradients become complete:
     /// `Grads::Heads(0)` once the heads' are (after the drop pass's head and attention
     /// backward, the last to add to them), then `Grads::Backbone(from)` as the drop pass's
     /// backward goes down the backbone.
@@ -476,18 +522,16 @@ impl WsDan {
         &mut self,
         b: &mut B,
         mode: BnMode,
-        aug: &Augmentation,
         ready: &mut Reporter<'_, B>,
-    ) -> Result<WsDanLosses> {
-        self.write_choices(b, aug)?;
+    ) -> Result<()> {
         let with_center = self.pass_args(mode, true);
         let without = self.pass_args(mode, false);
         b.axpby(1.0, self.images, 0.0, self.pass.net.input())?;
         self.use_slot(RAW);
         let raw_range = nvtx::range("raw pass");
         self.pass.net.forward(b, mode)?;
-        let (raw, center) = self.pass.head_forward(b, &with_center)?;
-        nvtx::within("choose maps", || self.choose_maps(b, aug, &with_center))?;
+        self.pass.head_forward(b, &with_center)?;
+        nvtx::within("choose maps", || self.choose_maps(b, &with_center))?;
         self.backward(b, mode, &with_center, &mut None)?;
         drop(raw_range);
 
@@ -496,22 +540,15 @@ impl WsDan {
         nvtx::within("crop input", || {
             b.crop_resize(&shape, images, self.augment.boxes, input)
         })?;
-        let crop = self.augmented_pass(b, mode, &without, CROP, &mut None)?;
+        self.augmented_pass(b, mode, &without, CROP, &mut None)?;
         let (map, thresholds) = (self.augment.maps[1], self.augment.thresholds[1]);
         nvtx::within("drop input", || {
             b.drop_mask(&shape, map, thresholds, images, input)
         })?;
-        let drop = self.augmented_pass(b, mode, &without, DROP, &mut Some(ready))?;
-        Ok(WsDanLosses {
-            raw,
-            crop,
-            drop,
-            center,
-        })
+        self.augmented_pass(b, mode, &without, DROP, &mut Some(ready))
     }
 
-    /// The forward and backward of the crop or drop pass (`slot`) on the input already made:
-    /// its cross-entropy.
+    /// The forward and backward of the crop or drop pass (`slot`) on the input already made.
     fn augmented_pass<B: Backend>(
         &mut self,
         b: &mut B,
@@ -519,7 +556,7 @@ impl WsDan {
         args: &PassArgs,
         slot: usize,
         ready: &mut Option<&mut Reporter<'_, B>>,
-    ) -> Result<f64> {
+    ) -> Result<()> {
         self.use_slot(slot);
         let _range = nvtx::range(if slot == CROP {
             "crop pass"
@@ -527,9 +564,8 @@ impl WsDan {
             "drop pass"
         });
         self.pass.net.forward(b, mode)?;
-        let (loss, _) = self.pass.head_forward(b, args)?;
-        self.backward(b, mode, args, ready)?;
-        Ok(loss)
+        self.pass.head_forward(b, args)?;
+        self.backward(b, mode, args, ready)
     }
 
     /// The pass's backward from its logits down the backbone; with `ready`, reporting the

@@ -11,6 +11,7 @@ use c2f_kernels::center_loss::{self, CenterLossParams, CenterLossShape};
 use c2f_kernels::concat::{self, ChannelSlice};
 use c2f_kernels::conv_transpose::{self, ConvTransposeParams};
 use c2f_kernels::dropout::{self, DropoutParams};
+use c2f_kernels::error::check_len;
 use c2f_kernels::map_select::{self, MapShape};
 use c2f_kernels::mask::{self, MaskShape};
 use c2f_kernels::pool::{self, Pool2dParams, PoolShape};
@@ -400,6 +401,12 @@ impl<R: Real> NetworkOps for CpuBackend<R> {
     }
 }
 
+/// `[loss, correct answers]` into a loss op's 2-value stats slot.
+fn write_stats<R: Real>(stats: &mut [R], loss: R, correct: usize) {
+    stats[0] = loss;
+    stats[1] = R::from_f64(correct as f64);
+}
+
 impl<R: Real> TrainingOps for CpuBackend<R> {
     fn dropout_forward(&mut self, p: &DropoutParams, x: Tensor, y: Tensor) -> Result<()> {
         let m = self.operands(&[x], &[y], &[])?;
@@ -419,8 +426,10 @@ impl<R: Real> TrainingOps for CpuBackend<R> {
         loss_scale: f64,
         predictions: IndexTensor,
         dlogits: Tensor,
-    ) -> Result<f64> {
-        let m = self.operands(&[logits], &[dlogits], &[labels, predictions])?;
+        stats: Tensor,
+    ) -> Result<()> {
+        check_len("softmax CE stats", stats.len, 2)?;
+        let m = self.operands(&[logits], &[dlogits, stats], &[labels, predictions])?;
         let loss = softmax_ce::forward_backward_cpu(
             s,
             m.input(logits),
@@ -429,7 +438,14 @@ impl<R: Real> TrainingOps for CpuBackend<R> {
             m.index(predictions),
             m.output(dlogits),
         )?;
-        Ok(loss.to_f64())
+        let (predicted, labels) = (m.index(predictions), m.index(labels));
+        let correct = predicted
+            .iter()
+            .zip(&*labels)
+            .filter(|(p, l)| p == l)
+            .count();
+        write_stats(m.output(stats), loss, correct);
+        Ok(())
     }
 
     fn sigmoid_binary_cross_entropy(
@@ -440,8 +456,10 @@ impl<R: Real> TrainingOps for CpuBackend<R> {
         loss_scale: f64,
         predictions: IndexTensor,
         dlogits: Tensor,
-    ) -> Result<f64> {
-        let m = self.operands(&[logits, targets], &[dlogits], &[predictions])?;
+        stats: Tensor,
+    ) -> Result<()> {
+        check_len("sigmoid BCE stats", stats.len, 2)?;
+        let m = self.operands(&[logits, targets], &[dlogits, stats], &[predictions])?;
         let loss = sigmoid_bce::forward_backward_cpu(
             s,
             m.input(logits),
@@ -450,7 +468,14 @@ impl<R: Real> TrainingOps for CpuBackend<R> {
             m.index(predictions),
             m.output(dlogits),
         )?;
-        Ok(loss.to_f64())
+        let (predicted, targets) = (m.index(predictions), m.input(targets));
+        let correct = predicted
+            .iter()
+            .zip(targets)
+            .filter(|(&p, &t)| R::from_f64(p as f64) == t)
+            .count();
+        write_stats(m.output(stats), loss, correct);
+        Ok(())
     }
 
     fn sgd_step(
@@ -514,9 +539,11 @@ impl<R: Real> Coarse2FineOps for CpuBackend<R> {
         labels: IndexTensor,
         centers: Tensor,
         d_features: Tensor,
-    ) -> Result<f64> {
-        let m = self.operands(&[features], &[centers, d_features], &[labels])?;
-        let loss = center_loss::forward_update_cpu(
+        loss: Tensor,
+    ) -> Result<()> {
+        check_len("center loss stats", loss.len, 1)?;
+        let m = self.operands(&[features], &[centers, d_features, loss], &[labels])?;
+        m.output(loss)[0] = center_loss::forward_update_cpu(
             s,
             p,
             m.input(features),
@@ -524,7 +551,7 @@ impl<R: Real> Coarse2FineOps for CpuBackend<R> {
             m.output(centers),
             m.output(d_features),
         )?;
-        Ok(loss.to_f64())
+        Ok(())
     }
 
     fn conv_transpose_forward(

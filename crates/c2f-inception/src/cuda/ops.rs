@@ -9,7 +9,6 @@ use c2f_kernels::batch_norm::{BatchNormGpu, BatchNormParams, BatchNormShape};
 use c2f_kernels::center_loss::{CenterLossGpu, CenterLossParams, CenterLossShape};
 use c2f_kernels::concat::{ChannelCopyGpu, ChannelSlice};
 use c2f_kernels::conv_transpose::{ConvTransposeGpu, ConvTransposeParams};
-use c2f_kernels::device::WAITS_FOR_CAPTURED_WORK;
 use c2f_kernels::dropout::{DropoutGpu, DropoutParams};
 use c2f_kernels::error::check_len;
 use c2f_kernels::map_select::{MapSelectGpu, MapShape};
@@ -294,20 +293,22 @@ impl TrainingOps for CudaBackend {
         loss_scale: f64,
         predictions: IndexTensor,
         dlogits: Tensor,
-    ) -> Result<f64> {
-        self.refuse_in_capture("softmax cross-entropy's loss", WAITS_FOR_CAPTURED_WORK)?;
-        let loss = self.launch(
+        stats: Tensor,
+    ) -> Result<()> {
+        self.launch(
             *s,
             [logits],
-            [dlogits],
+            [dlogits, stats],
             [labels, predictions],
-            |op: &mut SoftmaxCeGpu<f32>, [logits], [mut dlogits], [labels, mut predictions]| {
+            |op: &mut SoftmaxCeGpu<f32>,
+             [logits],
+             [mut dlogits, mut stats],
+             [labels, mut predictions]| {
                 let (preds, dx) = (&mut predictions, &mut dlogits);
-                op.enqueue_forward_backward(&logits, &labels, loss_scale, preds, dx)?;
-                op.finish()
+                let stats = Some(&mut stats);
+                op.enqueue_forward_backward(&logits, &labels, loss_scale, preds, dx, stats)
             },
-        )?;
-        Ok(loss as f64)
+        )
     }
 
     fn sigmoid_binary_cross_entropy(
@@ -318,20 +319,22 @@ impl TrainingOps for CudaBackend {
         loss_scale: f64,
         predictions: IndexTensor,
         dlogits: Tensor,
-    ) -> Result<f64> {
-        self.refuse_in_capture("sigmoid cross-entropy's loss", WAITS_FOR_CAPTURED_WORK)?;
-        let loss = self.launch(
+        stats: Tensor,
+    ) -> Result<()> {
+        self.launch(
             *s,
             [logits, targets],
-            [dlogits],
+            [dlogits, stats],
             [predictions],
-            |op: &mut SigmoidBceGpu<f32>, [logits, targets], [mut dlogits], [mut predictions]| {
+            |op: &mut SigmoidBceGpu<f32>,
+             [logits, targets],
+             [mut dlogits, mut stats],
+             [mut predictions]| {
                 let (preds, dx) = (&mut predictions, &mut dlogits);
-                op.enqueue_forward_backward(&logits, &targets, loss_scale, preds, dx)?;
-                op.finish()
+                let stats = Some(&mut stats);
+                op.enqueue_forward_backward(&logits, &targets, loss_scale, preds, dx, stats)
             },
-        )?;
-        Ok(loss as f64)
+        )
     }
 
     fn sgd_step(
@@ -413,19 +416,21 @@ impl Coarse2FineOps for CudaBackend {
         labels: IndexTensor,
         centers: Tensor,
         d_features: Tensor,
-    ) -> Result<f64> {
-        self.refuse_in_capture("center loss's loss", WAITS_FOR_CAPTURED_WORK)?;
-        let loss = self.launch(
+        loss: Tensor,
+    ) -> Result<()> {
+        self.launch(
             *s,
             [features],
-            [centers, d_features],
+            [centers, d_features, loss],
             [labels],
-            |op: &mut CenterLossGpu<f32>, [features], [mut centers, mut d_features], [labels]| {
-                op.enqueue(p, &features, &labels, &mut centers, &mut d_features)?;
-                op.finish()
+            |op: &mut CenterLossGpu<f32>,
+             [features],
+             [mut centers, mut d_features, mut loss],
+             [labels]| {
+                let (c, df) = (&mut centers, &mut d_features);
+                op.enqueue(p, &features, &labels, c, df, Some(&mut loss))
             },
-        )?;
-        Ok(loss as f64)
+        )
     }
 
     fn conv_transpose_forward(

@@ -11,7 +11,9 @@ use c2f_inception::Precision;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use super::values::{within, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_MAPS, MAX_PIXEL_CAP};
+use super::values::{
+    within, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_LOG_EVERY, MAX_MAPS, MAX_PIXEL_CAP,
+};
 use crate::config::{BnPolicy, CenterBanks, CenterRuleName, Schedule, WsDanCenters};
 use crate::data::image_io::DEFAULT_MAX_PIXELS;
 use crate::data::synthetic::{max_classes, CLUTTER, OBJECT_SCALES, SIDES};
@@ -226,6 +228,10 @@ pub struct TrainArgs {
     /// Evaluate on the test split every N epochs (default: 1; 0: only after the last).
     #[arg(long, value_parser = within(0..=MAX_EPOCHS))]
     pub eval_every: Option<usize>,
+    /// Read the losses back from the device every N steps (default: 1): fewer host syncs;
+    /// the epoch sums are the same, a divergence is found up to N−1 steps late.
+    #[arg(long, value_parser = within(1..=MAX_LOG_EVERY))]
+    pub log_every: Option<usize>,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,

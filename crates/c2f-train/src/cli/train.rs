@@ -84,6 +84,7 @@ pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
             .as_ref()
             .map(|dir| checkpoint_path(&dir.join(model))),
         stop_after: None,
+        log_every: args.log_every.unwrap_or(defaults.log_every),
     };
     let job = Job { cfg, data: opened };
     if leader {

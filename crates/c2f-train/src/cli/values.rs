@@ -13,6 +13,8 @@ use clap::Arg;
 /// Epochs, and the warmups' lengths in epochs, at most: far beyond any run, and small enough
 /// that a step count over the run cannot overflow.
 pub(super) const MAX_EPOCHS: usize = 100_000;
+/// `--log-every`'s bound: the device keeps one row of statistics per step in between.
+pub(super) const MAX_LOG_EVERY: usize = 100_000;
 /// The largest batch, global over the ranks: beyond it a batch's activations fill no GPU.
 pub(super) const MAX_BATCH: usize = 4096;
 /// Synthetic images per split, and up-sampler pairs per epoch, at most.

@@ -12,7 +12,7 @@ use super::fit::build_and_fit;
 use super::init::{init_backbone, start_from_checkpoint};
 use super::models::ModelKind;
 use super::parallel::DataParallel;
-use super::trainee::{write_batch, BatchShare, GradsReady, StepResult, Trainee};
+use super::trainee::{write_batch, BatchShare, GradsReady, StepStats, Trainee};
 use super::Evaluation;
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::Batch;
@@ -27,6 +27,8 @@ pub struct Baseline {
     labels: IndexTensor,
     targets: Tensor,
     predictions: IndexTensor,
+    /// The step's `[loss, right answers]`.
+    stats: Tensor,
     classes: usize,
     task: Task,
 }
@@ -45,6 +47,7 @@ impl Baseline {
             labels: b.alloc_index(cfg.batch)?,
             targets: b.alloc(cfg.task.targets_len(cfg.batch, cfg.classes))?,
             predictions: b.alloc_index(cfg.task.predictions_len(cfg.batch, cfg.classes))?,
+            stats: b.alloc(2)?,
             classes: cfg.classes,
             task: cfg.task,
         })
@@ -60,52 +63,53 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
         &["ce"]
     }
 
+    fn stats(&self) -> StepStats {
+        StepStats {
+            tensor: self.stats,
+            losses: vec![0],
+            correct: 1,
+        }
+    }
+
     fn state(&self) -> Vec<Named> {
         network_state(&self.net)
     }
 
-    fn step(
+    fn write_step_inputs(
         &mut self,
         b: &mut B,
         batch: &Batch,
         _draw: &mut SplitMix64,
         step: u64,
-        mode: BnMode,
         share: &BatchShare,
-        ready: &mut GradsReady<'_, B>,
-    ) -> Result<StepResult> {
+    ) -> Result<()> {
         let buffers = (self.net.input(), self.labels, self.targets);
-        let targets = write_batch(b, batch, self.task, buffers)?;
+        write_batch(b, batch, self.task, buffers)?;
         // A mask per rank and step (a rank's samples sit at other positions than in one
         // worker's batch, so its masks cannot be that worker's anyway; PyTorch DDP's ranks also
         // draw their own). One worker: the step itself.
         self.net.dropout.step = step * share.world as u64 + share.rank as u64;
         self.net.dropout.training = true;
+        Ok(())
+    }
+
+    fn step(&mut self, b: &mut B, mode: BnMode, ready: &mut GradsReady<'_, B>) -> Result<()> {
         self.net.zero_grads(b)?;
         nvtx::within("backbone forward", || self.net.forward(b, mode))?;
         let loss_range = nvtx::range("loss");
-        let loss = self.task.loss(
+        self.task.loss(
             b,
             self.net.batch,
             self.classes,
-            self.net.output(),
-            self.labels,
-            self.targets,
+            (self.net.output(), self.labels, self.targets),
             self.predictions,
             self.net.output_grad(),
+            self.stats,
         )?;
         drop(loss_range);
-        let backward = nvtx::range("backbone backward");
+        let _backward = nvtx::range("backbone backward");
         self.net
-            .backward_reporting(b, mode, false, &mut |b, from| ready(b, 0, from))?;
-        drop(backward);
-        StepResult::counted(
-            b,
-            vec![loss],
-            self.task,
-            self.predictions,
-            (batch, &targets),
-        )
+            .backward_reporting(b, mode, false, &mut |b, from| ready(b, 0, from))
     }
 
     fn grads(&self) -> Vec<Tensor> {

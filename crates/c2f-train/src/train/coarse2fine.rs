@@ -11,14 +11,15 @@ use super::fit::build_and_fit;
 use super::init::{init_backbone, start_from_checkpoint, uniform_heads};
 use super::models::ModelKind;
 use super::parallel::DataParallel;
-use super::trainee::{
-    head_probabilities, write_batch, BatchShare, GradsReady, StepResult, Trainee,
-};
+use super::trainee::{head_probabilities, write_batch, BatchShare, GradsReady, StepStats, Trainee};
 use super::Evaluation;
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::Batch;
 use crate::data::spec::OpenedData;
-use crate::model::{orthogonal_attention, Coarse2Fine, Coarse2FineConfig, Grads};
+use crate::model::{
+    orthogonal_attention, Coarse2Fine, Coarse2FineConfig, Grads, COARSE_STATS, FINE_STATS,
+};
+use crate::pass::PassStat;
 use crate::pretrain::{start_upsampler, upsampler_origin};
 use crate::state::Named;
 use crate::task::Task;
@@ -37,39 +38,53 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
         }
     }
 
+    fn stats(&self) -> StepStats {
+        let (head, center) = (PassStat::HeadLoss, PassStat::CenterLoss);
+        let losses = if self.has_fine_pass() {
+            vec![
+                head.at(COARSE_STATS),
+                head.at(FINE_STATS),
+                center.at(COARSE_STATS),
+                center.at(FINE_STATS),
+            ]
+        } else {
+            vec![head.at(COARSE_STATS), center.at(COARSE_STATS)]
+        };
+        StepStats {
+            tensor: self.stats,
+            losses,
+            correct: PassStat::Correct.at(COARSE_STATS),
+        }
+    }
+
     fn state(&self) -> Vec<Named> {
         Coarse2Fine::state(self)
     }
 
-    fn step(
+    fn write_step_inputs(
         &mut self,
         b: &mut B,
         batch: &Batch,
         draw: &mut SplitMix64,
         _step: u64,
-        mode: BnMode,
         share: &BatchShare,
-        ready: &mut GradsReady<'_, B>,
-    ) -> Result<StepResult> {
+    ) -> Result<()> {
         let buffers = (self.input(), self.labels(), self.targets());
-        let targets = write_batch(b, batch, self.config.task, buffers)?;
+        write_batch(b, batch, self.config.task, buffers)?;
         if let Some(chosen_maps) = self.chosen_maps() {
             let maps = self.config.maps as u64;
             let chosen: Vec<i32> = (0..share.global).map(|_| draw.below(maps) as i32).collect();
             b.write_index(chosen_maps, &chosen[share.slice.clone()])?;
         }
+        Ok(())
+    }
+
+    fn step(&mut self, b: &mut B, mode: BnMode, ready: &mut GradsReady<'_, B>) -> Result<()> {
         self.zero_grads(b)?;
-        let l = self.forward_backward_reporting(b, mode, &mut |b, grads: Grads| {
+        self.forward_backward_reporting(b, mode, &mut |b, grads: Grads| {
             let (buffer, from) = grads.buffer();
             ready(b, buffer, from)
-        })?;
-        let losses = if self.has_fine_pass() {
-            vec![l.coarse, l.fine, l.center_coarse, l.center_fine]
-        } else {
-            vec![l.coarse, l.center_coarse]
-        };
-        let coarse = self.predictions()[0];
-        StepResult::counted(b, losses, self.config.task, coarse, (batch, &targets))
+        })
     }
 
     fn grads(&self) -> Vec<Tensor> {

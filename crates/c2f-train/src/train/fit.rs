@@ -5,6 +5,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use c2f_inception::backend::Backend;
+use c2f_inception::backend::Tensor;
+use c2f_kernels::error::check_labels;
 use c2f_kernels::nvtx;
 use c2f_kernels::rng::SplitMix64;
 use c2f_kernels::{Error, Result};
@@ -15,11 +17,12 @@ use super::metrics::{EpochTally, Report};
 use super::parallel::{rank_config, DataParallel, EpochBatches, RankStep};
 use super::progress::progress_bar;
 use super::resume::{checkpoint_path, resumes, start_or_resume};
-use super::trainee::{BatchShare, Trainee};
+use super::trainee::{BatchShare, StepStats, Trainee};
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::spec::OpenedData;
 use crate::state::Named;
+use crate::task::Task;
 
 /// [`fit`] as one rank of a data-parallel job when `dp` is given: the model must run at the
 /// batch [`rank_config`] gives. Each rank trains on its slice of every global batch, the
@@ -63,12 +66,12 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
     };
     let state = model.state();
     let (name, loss_terms) = (model.name(), model.loss_terms());
-    let terms = loss_terms.len();
     let mut meta = start_or_resume(b, cfg, run, data, &train_loader, &*model, leader)?;
     let mut ranked = match dp {
         Some(dp) => Some(RankStep::new(b, dp, model)?),
         None => None,
     };
+    let mut pending = PendingStats::new(b, model.stats(), run.log_every, world)?;
     let mut report = match test_loader {
         Some(test) => {
             let names = (loss_terms, model.head_names());
@@ -108,6 +111,10 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
         let mut images_this_run = 0usize;
         for (k, batch) in nvtx::each("wait for batch", &mut loader_epoch).enumerate() {
             let batch = batch?;
+            // The device backs this up with a NaN loss; here the error names the label.
+            if model.task() == Task::Classes {
+                check_labels(&batch.labels, cfg.classes)?;
+            }
             let batch_index = first_batch + k;
             let step_range = nvtx::range(format_args!("{name} step {}", meta.step + 1));
             lr = cfg.learning_rate(epoch, batch_index, steps_per_epoch);
@@ -115,41 +122,34 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
             if let Some(r) = &ranked {
                 r.before_step(b)?;
             }
-            let mut out = nvtx::within("forward and backward", || {
-                model.step(
-                    b,
-                    &batch,
-                    &mut draw,
-                    meta.step,
-                    mode,
-                    &share,
-                    &mut |b, buffer, from| match &mut ranked {
-                        Some(r) => r.grads_ready(b, buffer, from),
-                        None => Ok(()),
-                    },
-                )
+            nvtx::within("forward and backward", || {
+                model.write_step_inputs(b, &batch, &mut draw, meta.step, &share)?;
+                model.step(b, mode, &mut |b, buffer, from| match &mut ranked {
+                    Some(r) => r.grads_ready(b, buffer, from),
+                    None => Ok(()),
+                })
             })?;
             if let Some(r) = &mut ranked {
-                out = nvtx::within("all-reduce losses", || r.global(b, out))?;
-            }
-            let at = (meta.step + 1, epoch, batch_index);
-            check_finite((name, loss_terms), &out.losses, at, last_good, &ckpt)?;
-            if let Some(r) = &mut ranked {
+                nvtx::within("all-reduce stats", || {
+                    r.all_reduce_stats(b, pending.stats.tensor)
+                })?;
                 nvtx::within("all-reduce gradients", || r.after_backward(b))?;
             }
             nvtx::within("sgd", || model.sgd_step(b, &cfg.sgd_rule(lr)))?;
             meta.step += 1;
-            for (sum, v) in meta.epoch_sums.iter_mut().zip(&out.losses) {
-                *sum += v;
-            }
             let images = batch.labels.len() * world;
-            meta.epoch_sums[terms] += out.correct as f64;
-            meta.epoch_sums[terms + 1] += images as f64;
+            pending.push(b, (meta.step, epoch, batch_index), images)?;
             images_this_run += images;
-            bar.inc(images as u64);
             meta.batch_in_epoch = batch_index + 1;
             meta.rng = draw.0;
-            if run.checkpoint_every > 0 && meta.step.is_multiple_of(run.checkpoint_every) {
+            let checkpoint_due =
+                run.checkpoint_every > 0 && meta.step.is_multiple_of(run.checkpoint_every);
+            if pending.full() || checkpoint_due || run.stop_after == Some(meta.step) {
+                let checked = (name, loss_terms, last_good, ckpt.as_path());
+                pending.flush(b, &mut meta.epoch_sums, checked)?;
+            }
+            bar.inc(images as u64);
+            if checkpoint_due {
                 if leader {
                     let _range = nvtx::range("checkpoint");
                     save_checkpoint(b, name, &ckpt, &state, &meta, last_good)?;
@@ -165,6 +165,8 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
                 return Ok(None);
             }
         }
+        let checked = (name, loss_terms, last_good, ckpt.as_path());
+        pending.flush(b, &mut meta.epoch_sums, checked)?;
         bar.finish_and_clear();
         let skipped = loader_epoch.finish();
         let seconds = start.elapsed().as_secs_f64();
@@ -220,15 +222,104 @@ pub(super) fn build_and_fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
     fit(b, &mut model, cfg, run, data, dp)
 }
 
+/// The steps whose statistics are still on the device: each step's [`StepStats`] copied to its
+/// row of `rows` (no host read), read back together every `capacity` steps, at checkpoints and
+/// at the epoch's end, then checked and added to the epoch sums row by row as one read per step
+/// would, so the sums do not depend on how often they are read.
+struct PendingStats {
+    stats: StepStats,
+    rows: Tensor,
+    capacity: usize,
+    /// The pending steps' (step, epoch, batch) and images.
+    steps: Vec<((u64, usize, usize), usize)>,
+    /// The ranks whose loss means the all-reduced stats sum.
+    world: usize,
+}
+
+impl PendingStats {
+    fn new<B: Backend<Scalar = f32>>(
+        b: &mut B,
+        stats: StepStats,
+        capacity: usize,
+        world: usize,
+    ) -> Result<Self> {
+        if capacity == 0 {
+            return Err(Error::Config {
+                key: "--log-every".to_string(),
+                value: capacity.to_string(),
+                message: "must be at least 1".to_string(),
+            });
+        }
+        let rows = b.alloc(capacity * stats.tensor.len)?;
+        Ok(PendingStats {
+            stats,
+            rows,
+            capacity,
+            steps: Vec::with_capacity(capacity),
+            world,
+        })
+    }
+
+    /// Keeps the step just taken, `at` (step, epoch, batch), on `images` images.
+    fn push<B: Backend<Scalar = f32>>(
+        &mut self,
+        b: &mut B,
+        at: (u64, usize, usize),
+        images: usize,
+    ) -> Result<()> {
+        let len = self.stats.tensor.len;
+        let row = self.rows.slice(self.steps.len() * len, len);
+        b.axpby(1.0, self.stats.tensor, 0.0, row)?;
+        self.steps.push((at, images));
+        Ok(())
+    }
+
+    fn full(&self) -> bool {
+        self.steps.len() == self.capacity
+    }
+
+    /// Reads the pending steps back (one read) and adds each to `sums` (the loss terms, the
+    /// right answers, the images); stops at the first loss term that is not finite, naming
+    /// its step ([`check_finite`] says what `checked` is).
+    fn flush<B: Backend<Scalar = f32>>(
+        &mut self,
+        b: &mut B,
+        sums: &mut [f64],
+        checked: (&str, &[&str], Option<(usize, u64)>, &Path),
+    ) -> Result<()> {
+        if self.steps.is_empty() {
+            return Ok(());
+        }
+        let _range = nvtx::range("read stats");
+        let len = self.stats.tensor.len;
+        let values = b.read(self.rows.slice(0, self.steps.len() * len))?;
+        let terms = self.stats.losses.len();
+        for (row, &(at, images)) in values.chunks(len).zip(&self.steps) {
+            let losses: Vec<f64> = self
+                .stats
+                .losses
+                .iter()
+                .map(|&slot| row[slot] as f64 / self.world as f64)
+                .collect();
+            check_finite(checked, &losses, at)?;
+            for (sum, v) in sums.iter_mut().zip(&losses) {
+                *sum += v;
+            }
+            sums[terms] += row[self.stats.correct].round() as f64;
+            sums[terms + 1] += images as f64;
+        }
+        self.steps.clear();
+        Ok(())
+    }
+}
+
 /// Stops the run of model `name` at the first loss term (named by `terms`) that is not finite,
 /// `at` (step, epoch, batch), saying on stderr which checkpoint is kept (`last_good`: its epoch
-/// and step, if any was written).
+/// and step, if any was written; `ckpt` its file).
 fn check_finite(
-    (name, terms): (&str, &[&str]),
+    (name, terms, last_good, ckpt): (&str, &[&str], Option<(usize, u64)>, &Path),
     losses: &[f64],
     (step, epoch, batch): (u64, usize, usize),
-    last_good: Option<(usize, u64)>,
-    ckpt: &Path,
 ) -> Result<()> {
     let Some((term, &value)) = terms.iter().zip(losses).find(|(_, v)| !v.is_finite()) else {
         return Ok(());

@@ -39,7 +39,7 @@ pub use loaders::{test_loader, train_loader};
 pub use models::{ModelKind, Trainer};
 pub use parallel::{rank_config, DataParallel};
 pub use resume::{checkpoint_path, dataset_fingerprint};
-pub use trainee::{BatchShare, GradsReady, StepResult, Trainee};
+pub use trainee::{BatchShare, GradsReady, StepStats, Trainee};
 pub use wsdan::{build_wsdan, draw_augmentation, init_wsdan};
 
 pub use crate::config::{BnPolicy, Machine, Preset, RunOptions, Schedule, TrainConfig};

@@ -10,7 +10,7 @@ use c2f_dist::shard::ShardPlan;
 use c2f_inception::backend::{Backend, Tensor};
 use c2f_kernels::Result;
 
-use super::trainee::{StepResult, Trainee};
+use super::trainee::Trainee;
 use crate::config::TrainConfig;
 use crate::data::loader::{Batch, Epoch, Prefetched, Skipped};
 
@@ -86,13 +86,11 @@ impl EpochBatches {
     }
 }
 
-/// What a data-parallel rank adds to the loop: the collective, the center banks' sync, a
-/// small buffer for all-reducing each step's loss terms and correct count, and each gradient
-/// buffer's buckets.
+/// What a data-parallel rank adds to the loop: the collective, the center banks' sync and each
+/// gradient buffer's buckets.
 pub(super) struct RankStep<'d, 'a, B: Backend<Scalar = f32>> {
     dp: &'d mut DataParallel<'a, B>,
     centers: Option<CenterSync>,
-    stats: Tensor,
     buckets: Vec<GradBuckets>,
 }
 
@@ -138,7 +136,6 @@ impl<'d, 'a, B: Backend<Scalar = f32>> RankStep<'d, 'a, B> {
         Ok(RankStep {
             dp,
             centers,
-            stats: b.alloc(model.loss_terms().len() + 1)?,
             buckets,
         })
     }
@@ -169,20 +166,11 @@ impl<'d, 'a, B: Backend<Scalar = f32>> RankStep<'d, 'a, B> {
         }
     }
 
-    /// The global batch's loss terms (the mean of the ranks' means over equal shares) and
-    /// correct count, the same on every rank.
-    pub(super) fn global(&mut self, b: &mut B, out: StepResult) -> Result<StepResult> {
-        let mut values: Vec<f32> = out.losses.iter().map(|&l| l as f32).collect();
-        values.push(out.correct as f32);
-        b.write(self.stats, &values)?;
-        self.dp.collective.all_reduce(b, self.stats, Reduce::Sum)?;
-        let sums = b.read(self.stats)?;
-        let world = self.dp.world_size() as f64;
-        let (correct, losses) = sums.split_last().expect("the loss terms and the count");
-        Ok(StepResult {
-            losses: losses.iter().map(|&l| l as f64 / world).collect(),
-            correct: correct.round() as usize,
-        })
+    /// Sums a step's statistics (`stats`, in place) over the ranks on the device: the loss
+    /// terms' sum of the ranks' means over equal shares (the reader divides by the world), and
+    /// the correct count, the same on every rank.
+    pub(super) fn all_reduce_stats(&mut self, b: &mut B, stats: Tensor) -> Result<()> {
+        self.dp.collective.all_reduce(b, stats, Reduce::Sum)
     }
 
     /// Between backward and SGD: the gradients' mean over the ranks (any bucket backward did

@@ -16,29 +16,16 @@ use crate::state::Named;
 use crate::task::{attribute_targets, Task};
 use crate::upsampler::UpsamplerOrigin;
 
-/// One training step's outcome.
-pub struct StepResult {
-    /// The loss terms, in [`Trainee::loss_terms`] order.
-    pub losses: Vec<f64>,
-    /// The (coarse) head's right answers: samples classified right, or for attributes right
-    /// (sample, attribute) answers.
+/// Where a model's step leaves its statistics: in `tensor`, in the backend's memory, read by
+/// the loop when it chooses (a captured step cannot read the host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepStats {
+    pub tensor: Tensor,
+    /// Each loss term's slot, in [`Trainee::loss_terms`] order.
+    pub losses: Vec<usize>,
+    /// The slot of the (coarse) head's right answers: samples classified right, or for
+    /// attributes right (sample, attribute) answers.
     pub correct: usize,
-}
-
-impl StepResult {
-    /// The step's `losses`, and the right answers among `predictions` against `batch`'s
-    /// labels and its `targets` ([`write_batch`]'s).
-    pub(super) fn counted<B: Backend>(
-        b: &mut B,
-        losses: Vec<f64>,
-        task: Task,
-        predictions: IndexTensor,
-        (batch, targets): (&Batch, &[f32]),
-    ) -> Result<StepResult> {
-        let _range = nvtx::range("read predictions");
-        let correct = task.count_correct(b, predictions, &batch.labels, targets)?;
-        Ok(StepResult { losses, correct })
-    }
 }
 
 /// Which part of a step's global batch this process's batch is: all of it for one worker,
@@ -73,29 +60,33 @@ pub trait Trainee<B: Backend<Scalar = f32>> {
     /// The model's name in checkpoints, run folders and metrics
     /// ([`ModelKind::name`](super::ModelKind::name)).
     fn name(&self) -> &'static str;
-    /// The names of the loss terms [`Trainee::step`] returns.
+    /// The names of the loss terms [`Trainee::step`] leaves in [`Trainee::stats`].
     fn loss_terms(&self) -> &'static [&'static str];
+    /// Where [`Trainee::step`] leaves its losses and right answers.
+    fn stats(&self) -> StepStats;
     /// What its two heads' predictions are called, where it has two.
     fn head_names(&self) -> [&'static str; 2] {
         COARSE_FINE
     }
     /// Every tensor a checkpoint holds.
     fn state(&self) -> Vec<Named>;
-    /// Forward and backward of one batch (gradients zeroed first); `step` counts all steps.
-    /// Random choices per sample are drawn from `draw` for the whole global batch and `share`'s
-    /// slice is used, so data-parallel ranks together do what one worker does. `ready` hears
-    /// of each part of the gradients as it becomes complete.
-    #[allow(clippy::too_many_arguments)]
-    fn step(
+    /// Writes what step `step` (counting all steps) takes from the host into the model's
+    /// buffers: `batch`, and the random choices per sample, drawn from `draw` for the whole
+    /// global batch with `share`'s slice kept, so data-parallel ranks together do what one
+    /// worker does. The host's part of a step ends here, so that [`Trainee::step`] can be
+    /// captured.
+    fn write_step_inputs(
         &mut self,
         b: &mut B,
         batch: &Batch,
         draw: &mut SplitMix64,
         step: u64,
-        mode: BnMode,
         share: &BatchShare,
-        ready: &mut GradsReady<'_, B>,
-    ) -> Result<StepResult>;
+    ) -> Result<()>;
+    /// Forward and backward of the batch [`Trainee::write_step_inputs`] wrote (gradients zeroed
+    /// first), its statistics left in [`Trainee::stats`]. `ready` hears of each part of the
+    /// gradients as it becomes complete.
+    fn step(&mut self, b: &mut B, mode: BnMode, ready: &mut GradsReady<'_, B>) -> Result<()>;
     /// The gradient buffers [`Trainee::step`] fills, all-reduced between the ranks before SGD.
     fn grads(&self) -> Vec<Tensor>;
     /// State each rank's step updates from its own samples, which must then be made the same
@@ -120,21 +111,20 @@ pub trait Trainee<B: Backend<Scalar = f32>> {
 }
 
 /// Writes a batch's images, labels and (attributes) 0/1 targets into a model's `input`,
-/// `labels` and `targets`; returns the targets, which [`Task::count_correct`] reads.
+/// `labels` and `targets`.
 pub(super) fn write_batch<B: Backend<Scalar = f32>>(
     b: &mut B,
     batch: &Batch,
     task: Task,
     (input, labels, targets): (Tensor, IndexTensor, Tensor),
-) -> Result<Vec<f32>> {
+) -> Result<()> {
     let _range = nvtx::range("write batch");
     b.write(input, &batch.images)?;
     b.write_index(labels, &batch.labels)?;
-    let values = attribute_targets(&batch.attributes);
     if task == Task::Attributes {
-        b.write(targets, &values)?;
+        b.write(targets, &attribute_targets(&batch.attributes))?;
     }
-    Ok(values)
+    Ok(())
 }
 
 /// Each head's probabilities (`task`'s, of `outputs` per image) from its `logits`.

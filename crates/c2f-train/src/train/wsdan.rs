@@ -9,9 +9,7 @@ use c2f_kernels::Result;
 
 use super::init::{init_backbone, start_from_checkpoint, uniform_heads};
 use super::models::ModelKind;
-use super::trainee::{
-    head_probabilities, write_batch, BatchShare, GradsReady, StepResult, Trainee,
-};
+use super::trainee::{head_probabilities, write_batch, BatchShare, GradsReady, StepStats, Trainee};
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::Batch;
 use crate::state::Named;
@@ -37,31 +35,38 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for WsDan {
         ModelKind::WsDan.head_names()
     }
 
+    fn stats(&self) -> StepStats {
+        let (losses, correct) = WsDan::stat_slots();
+        StepStats {
+            tensor: self.stats,
+            losses: losses.to_vec(),
+            correct,
+        }
+    }
+
     fn state(&self) -> Vec<Named> {
         WsDan::state(self)
     }
 
-    fn step(
+    fn write_step_inputs(
         &mut self,
         b: &mut B,
         batch: &Batch,
         draw: &mut SplitMix64,
         _step: u64,
-        mode: BnMode,
         share: &BatchShare,
-        ready: &mut GradsReady<'_, B>,
-    ) -> Result<StepResult> {
+    ) -> Result<()> {
         let buffers = (self.input(), self.labels(), self.targets());
-        let targets = write_batch(b, batch, self.config.task, buffers)?;
-        let aug = draw_augmentation(draw, share);
+        write_batch(b, batch, self.config.task, buffers)?;
+        self.write_choices(b, &draw_augmentation(draw, share))
+    }
+
+    fn step(&mut self, b: &mut B, mode: BnMode, ready: &mut GradsReady<'_, B>) -> Result<()> {
         self.zero_grads(b)?;
-        let l = self.forward_backward_reporting(b, mode, &aug, &mut |b, grads: Grads| {
+        self.forward_backward_reporting(b, mode, &mut |b, grads: Grads| {
             let (buffer, from) = grads.buffer();
             ready(b, buffer, from)
-        })?;
-        let losses = vec![l.raw, l.crop, l.drop, l.center];
-        let raw = self.predictions()[0];
-        StepResult::counted(b, losses, self.config.task, raw, (batch, &targets))
+        })
     }
 
     fn grads(&self) -> Vec<Tensor> {
