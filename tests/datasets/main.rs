@@ -18,5 +18,6 @@ mod data_image_io;
 mod data_inat;
 mod data_loader;
 mod data_missing;
+mod data_resize;
 mod data_synthetic;
 mod data_transform;
