@@ -8,6 +8,8 @@ use c2f_train::data::transform::{crop_resize, random_resized_crop_params, CropRe
 use image::RgbImage;
 use safetensors::SafeTensors;
 
+use crate::common::recorded::floats;
+
 /// PIL's antialiased bilinear weights along one axis: for each output pixel, the first input
 /// pixel and the normalised weights of the triangle filter widened by the shrink factor,
 /// clamped to `[0, input)`.
@@ -119,11 +121,7 @@ fn cases() -> Vec<Case> {
                     h: crop[3] as u32,
                 },
                 out: (torch.shape()[2], torch.shape()[1]),
-                torch: torch
-                    .data()
-                    .chunks_exact(8)
-                    .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
+                torch: floats(&file, &format!("{name}.torch")),
                 pil: pil.data().to_vec(),
                 name,
             }

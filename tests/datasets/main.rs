@@ -6,6 +6,7 @@
 #[path = "../common"]
 mod common {
     pub mod datasets;
+    pub mod recorded;
     pub mod train;
 }
 
