@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use c2f_inception::backend::{Backend, BnMode, IndexTensor, Tensor};
+use c2f_inception::backend::{Backend, BnMode, IndexTensor, Staged, Tensor};
 use c2f_inception::network::SgdRule;
 use c2f_kernels::rng::SplitMix64;
 use c2f_kernels::Result;
@@ -117,20 +117,26 @@ pub trait Trainee<B: Backend<Scalar = f32>> {
     }
 }
 
-/// Writes a batch's images, labels and (attributes) 0/1 targets into a model's `input`,
-/// `labels` and `targets`; returns the targets, which [`Task::count_correct`] reads.
+/// Puts a batch's images, labels and (attributes) 0/1 targets into a model's `input`,
+/// `labels` and `targets`: staged and taken at once
+/// ([`c2f_inception::backend::Buffers::stage`]; on a GPU through page-locked memory on a copy
+/// stream). Returns the targets, which [`Task::count_correct`] reads.
 pub(super) fn write_batch<B: Backend<Scalar = f32>>(
     b: &mut B,
     batch: &Batch,
     task: Task,
     (input, labels, targets): (Tensor, IndexTensor, Tensor),
 ) -> Result<Vec<f32>> {
-    b.write(input, &batch.images)?;
-    b.write_index(labels, &batch.labels)?;
     let values = attribute_targets(&batch.attributes);
+    let mut parts = vec![
+        Staged::Values(input, &batch.images),
+        Staged::Indices(labels, &batch.labels),
+    ];
     if task == Task::Attributes {
-        b.write(targets, &values)?;
+        parts.push(Staged::Values(targets, &values));
     }
+    b.stage(&parts)?;
+    b.take_staged()?;
     Ok(values)
 }
 
