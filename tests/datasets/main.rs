@@ -6,6 +6,7 @@
 #[path = "../common"]
 mod common {
     pub mod datasets;
+    pub mod recorded;
     pub mod train;
 }
 
@@ -18,5 +19,6 @@ mod data_image_io;
 mod data_inat;
 mod data_loader;
 mod data_missing;
+mod data_resize;
 mod data_synthetic;
 mod data_transform;

@@ -330,3 +330,66 @@ fn emulator_refuses_graph_memory_nodes() {
     });
     assert!(matches!(outcome, Err(Error::Capture { .. })));
 }
+
+/// A copy from page-locked memory runs when its stream gets to it, after the call returned, as
+/// on a GPU: a host that refills the buffer before waiting for the copy sends the new bytes,
+/// here every time. Waiting on an event recorded after the copy, or on a stream that waits on
+/// it, runs it first; a copy from pageable memory takes its bytes when issued.
+#[test]
+fn emulator_runs_copies_from_page_locked_memory_late() {
+    use cudarc::driver::result::{free_host, malloc_host, memcpy_htod_async};
+    let gpu = or_return!(emulator_or_skip(
+        "cuda_emulator emulator_runs_copies_from_page_locked_memory_late"
+    ));
+    let (ctx, compute) = (gpu.context().clone(), gpu.stream().clone());
+    let copy = ctx.new_stream().unwrap();
+    let event = ctx.new_event(None).unwrap();
+    let mut dev = copy.alloc_zeros::<f32>(4).unwrap();
+    let read = |dev: &cudarc::driver::CudaSlice<f32>| compute.clone_dtoh(dev).unwrap();
+    // SAFETY: a host buffer of 4 f32, written and read only through `host` below, freed last;
+    // every copy from it is ordered before the free (which waits for all queued work).
+    unsafe {
+        let host = malloc_host(16, 0).unwrap() as *mut f32;
+        let host = std::slice::from_raw_parts_mut(host, 4);
+        let dst = cudarc::driver::DevicePtrMut::device_ptr_mut(&mut dev, &copy).0;
+        // Refilled before the copy ran: the device gets the refill.
+        host.copy_from_slice(&[1.0; 4]);
+        memcpy_htod_async(dst, &host[..], copy.cu_stream()).unwrap();
+        host.copy_from_slice(&[2.0; 4]);
+        copy.synchronize().unwrap();
+        assert_eq!(read(&dev), [2.0; 4], "the copy ran when it was issued");
+        // Waiting on an event recorded after the copy runs it before the refill.
+        host.copy_from_slice(&[3.0; 4]);
+        memcpy_htod_async(dst, &host[..], copy.cu_stream()).unwrap();
+        event.record(&copy).unwrap();
+        event.synchronize().unwrap();
+        host.copy_from_slice(&[4.0; 4]);
+        assert_eq!(read(&dev), [3.0; 4], "the event did not wait for the copy");
+        // A stream that waits on the event runs behind the copy: the copy runs when that
+        // stream is waited for, and not before.
+        host.copy_from_slice(&[5.0; 4]);
+        memcpy_htod_async(dst, &host[..], copy.cu_stream()).unwrap();
+        event.record(&copy).unwrap();
+        compute.wait(&event).unwrap();
+        let mut out = compute.alloc_zeros::<f32>(4).unwrap();
+        compute.memcpy_dtod(&dev, &mut out).unwrap();
+        host.copy_from_slice(&[6.0; 4]);
+        compute.synchronize().unwrap();
+        assert_eq!(
+            read(&out),
+            [6.0; 4],
+            "the copy ran before its stream was waited for"
+        );
+        // From pageable memory the bytes are taken when the copy is issued, even on a stream
+        // whose work waits.
+        host.copy_from_slice(&[7.0; 4]);
+        memcpy_htod_async(dst, &host[..], copy.cu_stream()).unwrap();
+        let mut pageable = vec![8.0f32; 4];
+        let mut second = copy.alloc_zeros::<f32>(4).unwrap();
+        copy.memcpy_htod(&pageable, &mut second).unwrap();
+        pageable.fill(9.0);
+        copy.synchronize().unwrap();
+        assert_eq!(read(&second), [8.0; 4], "a pageable source was read late");
+        free_host(host.as_mut_ptr().cast()).unwrap();
+    }
+}

@@ -34,7 +34,7 @@ const SGD: SgdParams = SgdParams {
 
 /// The network on `b` from the golden initialiser, dropout on at a fixed step (a captured step
 /// replays the dropout mask it was captured with).
-fn network(b: &mut CudaBackend) -> Network {
+pub(crate) fn network(b: &mut CudaBackend) -> Network {
     // The runtime tests' small network: 75² input, width 0.125.
     let graph = graph(75, 0.125, Depth::Full { classes: CLASSES });
     let mut params = vec![0.0f32; graph.params.total()];
@@ -49,7 +49,7 @@ fn network(b: &mut CudaBackend) -> Network {
 }
 
 /// Images for step `step`, the same on every call.
-fn images(net: &Network, step: u64) -> Vec<f32> {
+pub(crate) fn images(net: &Network, step: u64) -> Vec<f32> {
     let mut rng = SplitMix64(0x1a9e + step);
     (0..net.input().len)
         .map(|_| rng.uniform(-1.0, 1.0) as f32)
@@ -58,7 +58,7 @@ fn images(net: &Network, step: u64) -> Vec<f32> {
 
 /// One training step, every op on the device: forward in training mode, the loss's gradient
 /// into the output gradient, backward, SGD.
-fn train_step(b: &mut CudaBackend, net: &mut Network) -> Result<()> {
+pub(crate) fn train_step(b: &mut CudaBackend, net: &mut Network) -> Result<()> {
     net.zero_grads(b)?;
     net.forward(b, BnMode::Train)?;
     b.axpby(GRADIENT_SCALE, net.output(), 0.0, net.output_grad())?;
@@ -67,7 +67,7 @@ fn train_step(b: &mut CudaBackend, net: &mut Network) -> Result<()> {
 }
 
 /// A backend with its network, after one step run op by op (what a capture needs made first).
-fn warmed_up(test: &str) -> Option<(CudaBackend, Network)> {
+pub(crate) fn warmed_up(test: &str) -> Option<(CudaBackend, Network)> {
     let mut b = cuda_or_skip(test)?;
     let mut net = network(&mut b);
     b.write(net.input(), &images(&net, 0)).unwrap();
@@ -76,7 +76,7 @@ fn warmed_up(test: &str) -> Option<(CudaBackend, Network)> {
 }
 
 /// What the bit-for-bit comparison covers.
-fn state(b: &mut CudaBackend, net: &Network) -> [(&'static str, Vec<f32>); 5] {
+pub(crate) fn state(b: &mut CudaBackend, net: &Network) -> [(&'static str, Vec<f32>); 5] {
     [
         ("parameters", net.params),
         ("gradients", net.grads),
@@ -124,7 +124,7 @@ fn gpu_replayed_training_steps_equal_eager_ones_bit_for_bit() {
 }
 
 /// Asserts that two [`state`]s have the same bits.
-fn same_bits(a: &[(&str, Vec<f32>)], b: &[(&str, Vec<f32>)]) {
+pub(crate) fn same_bits(a: &[(&str, Vec<f32>)], b: &[(&str, Vec<f32>)]) {
     for ((what, a), (_, b)) in a.iter().zip(b) {
         assert_bit_identical(what, a, b);
     }

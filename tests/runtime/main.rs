@@ -22,3 +22,4 @@ mod inception_spec;
 mod inception_train;
 mod inception_weights;
 mod liveness;
+mod staging;

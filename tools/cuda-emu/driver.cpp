@@ -1,8 +1,9 @@
 // A CPU stand-in for the CUDA driver library (libcuda.so.1), so the GPU tests run on machines
 // without a GPU: the real launchers, through cudarc, launch the real kernel sources compiled as
 // host C++ (device.h); libraries.cpp stands in for the cuDNN, cuBLAS and NCCL calls. It implements the part of the driver API that cudarc
-// calls for contexts, streams, events, memory, modules and launches; everything runs
-// synchronously. It checks what a GPU would refuse (launch dimensions, shared memory, launch
+// calls for contexts, streams, events, memory, modules and launches; work runs when it is
+// issued, except on a stream that copies from or to page-locked host memory, which runs late
+// (the section "Page-locked memory and streams that run late" below). It checks what a GPU would refuse (launch dimensions, shared memory, launch
 // bounds) and what a GPU would only corrupt (accesses outside a buffer, copies past one), and
 // reports each with the kernel's name. Stream capture records a stream's work into a CUDA graph
 // instead of running it, and refuses what a GPU refuses during a capture (the section "Stream
@@ -22,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -355,6 +357,10 @@ struct Event {
     // the recording stream had reached there: a stream that waits on it comes after that.
     unsigned long long capture = 0;
     Reach reach;
+    // Outside a capture: the stream its last record was on (null: never recorded) and how many
+    // operations had been issued to it then; the event completes when they have all run.
+    void* stream = nullptr;
+    unsigned long long position = 0;
 };
 
 std::map<CUdeviceptr, Allocation> g_allocations;
@@ -593,8 +599,8 @@ void report(const std::string& what) { std::fprintf(stderr, "cuda-emu: %s\n", wh
 // GPU refuses during a capture is refused with its error, and invalidates the capture as there
 // (cuStreamEndCapture then fails), so that work which captures here captures on a GPU:
 // synchronising or querying a captured stream, its events or the context; copies between
-// device and host memory on a captured stream (the emulator has no page-locked memory, and a
-// graph cannot hold a copy of pageable memory); waiting on an event recorded outside the
+// device and host memory on a captured stream (a graph cannot hold a copy of pageable memory;
+// copies of page-locked memory, which it can, are not emulated in a capture); waiting on an event recorded outside the
 // capture; and, from the capturing thread (any thread, for a capture in global mode), the
 // calls that do not go through a stream: cuMemAlloc, cuMemFree and the synchronous copies and
 // memsets. Stricter than a GPU: stream-ordered allocations and frees on a captured stream
@@ -700,7 +706,8 @@ CUresult refuse_if_captured_event(void* event, const char* call) {
 }
 
 const char* const kHostCopy =
-    "a copy between device and host memory (pageable: the emulator has no page-locked memory)";
+    "a copy between device and host memory (not emulated in a capture; a GPU's graph holds only "
+    "copies of page-locked memory)";
 const char* const kGraphMemory = "graph memory nodes are not emulated";
 
 // Runs a graph's operations in order; the first that fails is reported and fails the launch.
@@ -764,10 +771,90 @@ CUresult enqueue_checked(void* stream, const char* call,
     return emu::enqueue(stream, call, std::move(work), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
 }
 
-}  // namespace
+// ---------------------------------------------------------------------------------------------
+// Page-locked memory and streams that run late. On a GPU a copy between the device and
+// page-locked host memory runs whenever its stream gets to it, after the call returned, so a
+// host that refills a page-locked buffer before the copy from it ran sends the new contents.
+// Here such a copy does not run when issued: it waits in its stream's queue, and so does every
+// operation issued to that stream after it, until something waits for them: synchronising the
+// stream, an event recorded after them or the context, or freeing memory. A stream that waits
+// on an event whose work is still queued queues its own later work behind that wait. So a
+// program that reuses a page-locked buffer, or reads what a copy wrote, without waiting for the
+// copy sees the wrong bytes here as it might on a GPU, every time instead of sometimes. Copies
+// from pageable memory stage the source before the call returns, and copies to pageable memory
+// wait for their stream, as the driver's do.
 
-int emu::enqueue(void* stream, const std::string& call, std::function<int()> work,
-                 int invalidated) {
+// Under the API lock: the page-locked allocations (start, bytes), and each stream's queue.
+std::map<uintptr_t, size_t> g_host_allocations;
+
+struct StreamQueue {
+    std::deque<Operation> waiting;
+    // Operations issued to the stream outside a capture, and how many of them have started.
+    unsigned long long issued = 0, done = 0;
+};
+std::map<void*, StreamQueue> g_queues;
+
+bool is_page_locked(const void* ptr, size_t bytes) {
+    const auto p = (uintptr_t)ptr;
+    auto it = g_host_allocations.upper_bound(p);
+    if (it == g_host_allocations.begin()) return false;
+    --it;
+    return p + bytes <= it->first + it->second;
+}
+
+// Runs `stream`'s queued operations until `upto` of its operations have run (or none waits),
+// without the API lock, which the operations take; the first failure is reported, and
+// returned as the driver returns an asynchronous error: from the call that waited.
+CUresult run_queued(void* stream, unsigned long long upto) {
+    CUresult status = CUDA_SUCCESS;
+    for (;;) {
+        Operation op;
+        {
+            LOCKED;
+            StreamQueue& q = g_queues[stream];
+            if (q.done >= upto || q.waiting.empty()) return status;
+            op = std::move(q.waiting.front());
+            q.waiting.pop_front();
+            // Counted as it starts: a wait inside it (a stream waiting on an event) that comes
+            // back to this stream must not run the operations after it.
+            ++q.done;
+        }
+        const int result = op.run();
+        if (result && !status) {
+            emu::report(op.call + " failed with status " + std::to_string(result) +
+                        " when its stream ran it");
+            status = CUDA_ERROR_LAUNCH_FAILED;
+        }
+    }
+}
+
+constexpr unsigned long long kEverything = ~0ull;
+
+// Runs every stream's queued operations.
+CUresult run_all_queued() {
+    std::vector<void*> streams;
+    {
+        LOCKED;
+        for (const auto& [stream, q] : g_queues)
+            if (!q.waiting.empty()) streams.push_back(stream);
+    }
+    CUresult status = CUDA_SUCCESS;
+    for (void* stream : streams)
+        if (CUresult r = run_queued(stream, kEverything); r && !status) status = r;
+    return status;
+}
+
+// True when `stream` has queued operations, so that new work on it must queue behind them.
+bool runs_late(void* stream) {
+    LOCKED;
+    auto it = g_queues.find(stream);
+    return it != g_queues.end() && !it->second.waiting.empty();
+}
+
+// emu::enqueue, and with `late` queued to run when the stream is waited for, as a copy
+// involving page-locked memory.
+int enqueue_on(void* stream, const std::string& call, std::function<int()> work, int invalidated,
+               bool late) {
     {
         LOCKED;
         if (Capture* c = capture_of(stream)) {
@@ -776,8 +863,22 @@ int emu::enqueue(void* stream, const std::string& call, std::function<int()> wor
             ++c->reach[stream][stream];
             return 0;
         }
+        StreamQueue& q = g_queues[stream];
+        ++q.issued;
+        if (late || !q.waiting.empty()) {
+            q.waiting.push_back(Operation{call, std::move(work)});
+            return 0;
+        }
+        ++q.done;
     }
     return work();
+}
+
+}  // namespace
+
+int emu::enqueue(void* stream, const std::string& call, std::function<int()> work,
+                 int invalidated) {
+    return enqueue_on(stream, call, std::move(work), invalidated, false);
 }
 
 API cuInit(unsigned int) {
@@ -813,12 +914,14 @@ API cuCtxGetCurrent(void** ctx) { *ctx = t_current_context; return CUDA_SUCCESS;
 API cuCtxGetDevice(CUdevice* d) { *d = 0; return CUDA_SUCCESS; }
 // Synchronising the context synchronises every stream in it, a captured one too.
 API cuCtxSynchronize() {
-    LOCKED;
-    if (g_captures.empty()) return CUDA_SUCCESS;
-    for (auto& [id, c] : g_captures)
-        invalidate(c.get(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuCtxSynchronize",
-                   "a stream of the context is being captured");
-    return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    {
+        LOCKED;
+        for (auto& [id, c] : g_captures)
+            invalidate(c.get(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuCtxSynchronize",
+                       "a stream of the context is being captured");
+        if (!g_captures.empty()) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    }
+    return run_all_queued();
 }
 
 API cuStreamCreate(void** stream, unsigned int) { *stream = new int(0); return CUDA_SUCCESS; }
@@ -829,7 +932,10 @@ API cuStreamCreateWithPriority(void** stream, unsigned int, int) {
 // A stream destroyed while it is being captured leaves the capture (invalidated), and takes the
 // capture with it when it began it; a later stream at the same address starts afresh.
 API cuStreamDestroy_v2(void* stream) {
+    // Its queued work still runs, as the driver finishes a destroyed stream's work.
+    const CUresult ran = runs_late(stream) ? run_queued(stream, kEverything) : CUDA_SUCCESS;
     LOCKED;
+    g_queues.erase(stream);
     if (Capture* c = capture_of(stream)) {
         invalidate(c, CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamDestroy",
                    "the stream is being captured");
@@ -840,15 +946,20 @@ API cuStreamDestroy_v2(void* stream) {
         if (c->origin == stream) g_captures.erase(c->id);
     }
     delete static_cast<int*>(stream);
-    return CUDA_SUCCESS;
+    return ran;
 }
 API cuStreamSynchronize(void* stream) {
-    return refuse_if_captured(stream, "cuStreamSynchronize",
-                              "a captured stream's work runs only when the graph is launched");
+    if (CUresult r = refuse_if_captured(stream, "cuStreamSynchronize",
+                                        "a captured stream's work runs only when the graph is launched"))
+        return r;
+    return run_queued(stream, kEverything);
 }
+// Its queued work runs: the stream is then idle, which is one answer a GPU may give.
 API cuStreamQuery(void* stream) {
-    return refuse_if_captured(stream, "cuStreamQuery",
-                              "a captured stream's work runs only when the graph is launched");
+    if (CUresult r = refuse_if_captured(stream, "cuStreamQuery",
+                                        "a captured stream's work runs only when the graph is launched"))
+        return r;
+    return run_queued(stream, kEverything);
 }
 API cuStreamWaitEvent(void* stream, void* event, unsigned int flags) {
     LOCKED;
@@ -860,11 +971,24 @@ API cuStreamWaitEvent(void* stream, void* event, unsigned int flags) {
         return invalidate(waiting, CUDA_ERROR_NOT_SUPPORTED, "cuStreamWaitEvent",
                           "waits on external events are not emulated");
     }
-    if (!recorded)
-        return waiting ? invalidate(waiting, CUDA_ERROR_STREAM_CAPTURE_ISOLATION,
-                                    "cuStreamWaitEvent",
-                                    "the event was recorded outside the capture")
-                       : CUDA_SUCCESS;
+    if (!recorded && waiting)
+        return invalidate(waiting, CUDA_ERROR_STREAM_CAPTURE_ISOLATION, "cuStreamWaitEvent",
+                          "the event was recorded outside the capture");
+    if (!recorded) {
+        // The stream's later work comes after the event's: behind it in the queue while the
+        // event's work has not all run.
+        const auto source = g_queues.find(e->stream);
+        if (!e->stream || source == g_queues.end() || source->second.done >= e->position)
+            return CUDA_SUCCESS;
+        StreamQueue& q = g_queues[stream];
+        ++q.issued;
+        void* const from = e->stream;
+        const unsigned long long upto = e->position;
+        q.waiting.push_back(Operation{"cuStreamWaitEvent", [from, upto] {
+                                          return (int)run_queued(from, upto);
+                                      }});
+        return CUDA_SUCCESS;
+    }
     if (waiting && waiting != recorded) {
         invalidate(recorded, CUDA_ERROR_STREAM_CAPTURE_ISOLATION, "cuStreamWaitEvent",
                    "another capture's stream waits on this capture's event");
@@ -880,6 +1004,8 @@ API cuStreamWaitEvent(void* stream, void* event, unsigned int flags) {
 }
 
 API cuStreamBeginCapture_v2(void* stream, int mode) {
+    // Work issued before the capture is not part of it.
+    if (CUresult r = run_queued(stream, kEverything)) return r;
     LOCKED;
     if (!stream || stream == kLegacyStream) {
         emu::report("cuStreamBeginCapture: the legacy default stream cannot be captured");
@@ -972,10 +1098,35 @@ API cuEventRecord(void* event, void* stream) {
     e->capture = 0;
     e->reach.clear();
     e->at = std::chrono::steady_clock::now();
+    e->stream = stream;
+    e->position = g_queues[stream].issued;
     return CUDA_SUCCESS;
 }
-API cuEventSynchronize(void* event) { return refuse_if_captured_event(event, "cuEventSynchronize"); }
-API cuEventQuery(void* event) { return refuse_if_captured_event(event, "cuEventQuery"); }
+
+namespace {
+// Runs the work `event`'s last record marks, when it was recorded outside a capture.
+CUresult run_until(void* event) {
+    void* stream;
+    unsigned long long position;
+    {
+        LOCKED;
+        const auto* e = static_cast<Event*>(event);
+        stream = e->stream;
+        position = e->position;
+    }
+    return stream ? run_queued(stream, position) : CUDA_SUCCESS;
+}
+}  // namespace
+
+API cuEventSynchronize(void* event) {
+    if (CUresult r = refuse_if_captured_event(event, "cuEventSynchronize")) return r;
+    return run_until(event);
+}
+// Its work runs: the event has then completed, which is one answer a GPU may give.
+API cuEventQuery(void* event) {
+    if (CUresult r = refuse_if_captured_event(event, "cuEventQuery")) return r;
+    return run_until(event);
+}
 API cuEventElapsedTime(float* ms, void* start, void* end) {
     *ms = std::chrono::duration<float, std::milli>(static_cast<Event*>(end)->at -
                                                    static_cast<Event*>(start)->at)
@@ -998,11 +1149,14 @@ API cuMemAllocAsync(CUdeviceptr* ptr, size_t bytes, void* stream) {
 }
 API cuMemFree_v2(CUdeviceptr ptr) {
     if (CUresult r = refuse_if_forbidden("cuMemFree")) return r;
+    // Queued work may still use the buffer: run it first, as a GPU finishes with the buffer.
+    if (CUresult r = run_all_queued()) return r;
     LOCKED;
     return release(ptr);
 }
 API cuMemFreeAsync(CUdeviceptr ptr, void* stream) {
     if (CUresult r = refuse_if_captured(stream, "cuMemFreeAsync", kGraphMemory)) return r;
+    if (CUresult r = run_all_queued()) return r;
     LOCKED;
     return release(ptr);
 }
@@ -1023,7 +1177,21 @@ API cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t bytes) {
 }
 API cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes, void* stream) {
     if (CUresult r = refuse_if_captured(stream, "cuMemcpyHtoDAsync", kHostCopy)) return r;
-    return copy_to_device(dst, src, bytes);
+    bool page_locked;
+    {
+        LOCKED;
+        if (CUresult r = check_range("cuMemcpyHtoDAsync", dst, bytes)) return r;
+        page_locked = is_page_locked(src, bytes);
+    }
+    if (page_locked || !runs_late(stream))
+        return enqueue_on(stream, "cuMemcpyHtoDAsync", [=] { return copy_to_device(dst, src, bytes); },
+                          CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, page_locked);
+    // Pageable: the driver stages the source before returning, so the caller may reuse it.
+    auto staged = std::make_shared<const std::vector<unsigned char>>(
+        static_cast<const unsigned char*>(src), static_cast<const unsigned char*>(src) + bytes);
+    return enqueue_on(stream, "cuMemcpyHtoDAsync",
+                      [=] { return copy_to_device(dst, staged->data(), bytes); },
+                      CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, false);
 }
 API cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t bytes) {
     if (CUresult r = refuse_if_forbidden("cuMemcpyDtoH")) return r;
@@ -1031,7 +1199,36 @@ API cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t bytes) {
 }
 API cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t bytes, void* stream) {
     if (CUresult r = refuse_if_captured(stream, "cuMemcpyDtoHAsync", kHostCopy)) return r;
-    return copy_to_host(dst, src, bytes);
+    bool page_locked;
+    {
+        LOCKED;
+        page_locked = is_page_locked(dst, bytes);
+    }
+    // Into pageable memory the driver returns once the copy is done, after the stream's work.
+    if (!page_locked)
+        if (CUresult r = run_queued(stream, kEverything)) return r;
+    return enqueue_on(stream, "cuMemcpyDtoHAsync", [=] { return copy_to_host(dst, src, bytes); },
+                      CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, page_locked);
+}
+// Page-locked host memory: ordinary memory here, filled with all-ones bits (NaN in f32) as
+// fresh memory holds garbage, recorded so that copies from and to it run late.
+API cuMemHostAlloc(void** ptr, size_t bytes, unsigned int) {
+    if (!ptr) return CUDA_ERROR_INVALID_VALUE;
+    void* p = std::aligned_alloc(4096, round_up(std::max<size_t>(bytes, 1), 4096));
+    if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
+    std::memset(p, 0xff, bytes);
+    LOCKED;
+    g_host_allocations[(uintptr_t)p] = bytes;
+    *ptr = p;
+    return CUDA_SUCCESS;
+}
+API cuMemAllocHost_v2(void** ptr, size_t bytes) { return cuMemHostAlloc(ptr, bytes, 0); }
+API cuMemFreeHost(void* ptr) {
+    if (CUresult r = run_all_queued()) return r;
+    LOCKED;
+    if (!g_host_allocations.erase((uintptr_t)ptr)) return CUDA_ERROR_INVALID_VALUE;
+    std::free(ptr);
+    return CUDA_SUCCESS;
 }
 API cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
     if (CUresult r = refuse_if_forbidden("cuMemcpyDtoD")) return r;

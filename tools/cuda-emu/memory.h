@@ -13,7 +13,8 @@ std::mutex& api_mutex();
 // True when [ptr, ptr + bytes) lies inside one live device allocation.
 bool is_device_range(const void* ptr, size_t bytes);
 void report(const std::string& what);
-// Work issued to `stream` (`call` names it in reports): run now, or, when `stream` is being
+// Work issued to `stream` (`call` names it in reports): run now (or queued behind the work of a
+// stream that runs late, driver.cpp), or, when `stream` is being
 // captured into a CUDA graph, recorded to run at each launch of the graph, when it must use
 // only what it holds by value (descriptors and host scalars as they were when it was issued,
 // as the real libraries read them then). `work` returns its call's status, 0 for success as in

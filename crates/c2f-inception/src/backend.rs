@@ -210,6 +210,36 @@ pub trait Buffers {
     fn write_index(&mut self, dst: IndexTensor, src: &[i32]) -> Result<()>;
     fn read_index(&mut self, src: IndexTensor) -> Result<Vec<i32>>;
     fn fill(&mut self, dst: Tensor, value: Self::Scalar) -> Result<()>;
+
+    /// Starts moving a batch to its destinations ahead of its use (the next step's input while
+    /// a step runs); they receive it at [`Self::take_staged`], and ops queued before that still
+    /// see what they held. A batch staged and not taken is replaced by the next one staged.
+    /// This default writes at once, which is the same for a backend that has run every op
+    /// queued by the time the call returns (the CPU's); the CUDA backend copies the batch from
+    /// page-locked memory on a stream of its own, two batches in flight
+    /// ([`crate::cuda::CudaBackend`]'s staging).
+    fn stage(&mut self, batch: &[Staged<'_, Self::Scalar>]) -> Result<()> {
+        for part in batch {
+            match *part {
+                Staged::Values(dst, values) => self.write(dst, values)?,
+                Staged::Indices(dst, values) => self.write_index(dst, values)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the last batch staged ([`Self::stage`]) into its destinations, before every op
+    /// queued after this call; nothing when none waits.
+    fn take_staged(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// One destination of a batch staged with [`Buffers::stage`], and the values it gets.
+#[derive(Debug, Clone, Copy)]
+pub enum Staged<'a, S> {
+    Values(Tensor, &'a [S]),
+    Indices(IndexTensor, &'a [i32]),
 }
 
 /// Every op a backend has: what generic code (the network, the models, the trainer) bounds on.

@@ -22,13 +22,14 @@ mod launch;
 pub mod linear;
 mod memory;
 mod ops;
+mod staging;
 pub mod testing;
 
 use c2f_kernels::device::{refuse_in_capture, ALLOCATES, WAITS_FOR_CAPTURED_WORK};
 use c2f_kernels::error::check_len;
 use c2f_kernels::{Error, Gpu, Result};
 
-use crate::backend::{Buffers, IndexTensor, Tensor};
+use crate::backend::{Buffers, IndexTensor, Staged, Tensor};
 use crate::cpu::conv::Conv2dShape;
 use crate::precision::Precision;
 use conv::ConvEngine;
@@ -38,6 +39,7 @@ use launch::Launchers;
 use linear::LinearEngine;
 pub use memory::DevRange;
 use memory::{DeviceBuf, Memory};
+use staging::{Part, Staging};
 
 /// f32 buffers on one GPU; see the module documentation.
 pub struct CudaBackend {
@@ -49,6 +51,8 @@ pub struct CudaBackend {
     /// Tells this backend's captured graphs from another's ([`graph`]).
     id: u64,
     precision: Precision,
+    /// Batches on their way to the device ([`Buffers::stage`]); made at the first.
+    staging: Option<Staging>,
 }
 
 impl CudaBackend {
@@ -63,6 +67,7 @@ impl CudaBackend {
             gpu,
             id: graph::next_backend_id(),
             precision: Precision::F32,
+            staging: None,
         })
     }
 
@@ -137,6 +142,10 @@ impl CudaBackend {
         refuse_in_capture(self.gpu.stream(), op, reason)
     }
 }
+
+/// Why staging cannot run during a capture.
+const STAGES_OUTSIDE: &str = "staging a batch fills page-locked memory on the host and orders \
+     its copies by events recorded outside the graph; stage and take before replaying";
 
 /// Why a host write cannot run during a capture.
 const COPIES_FROM_HOST: &str = "a graph cannot hold a copy from pageable host memory; write \
@@ -229,6 +238,42 @@ impl Buffers for CudaBackend {
             }
             Ok(())
         })
+    }
+
+    /// Page-locked buffers copied on a copy stream, two slots in turn, then device copies into
+    /// the destinations on the backend's stream (`cuda/staging.rs`).
+    fn stage(&mut self, batch: &[Staged<'_, f32>]) -> Result<()> {
+        self.refuse_in_capture("staging a batch", STAGES_OUTSIDE)?;
+        let mut parts = Vec::with_capacity(batch.len());
+        for part in batch {
+            let (dst, bytes) = match *part {
+                Staged::Values(dst, values) => {
+                    check_len("staged values", values.len(), dst.len)?;
+                    let ptr = self.mem.run([], [dst], [], |[], [d], []| Ok(d.ptr))?;
+                    (ptr, bytemuck::cast_slice::<f32, u8>(values))
+                }
+                Staged::Indices(dst, values) => {
+                    check_len("staged indices", values.len(), dst.len)?;
+                    let ptr = self.mem.run([], [], [dst], |[], [], [d]| Ok(d.ptr))?;
+                    (ptr, bytemuck::cast_slice::<i32, u8>(values))
+                }
+            };
+            parts.push(Part { dst, bytes });
+        }
+        self.bind()?;
+        if self.staging.is_none() {
+            self.staging = Some(Staging::new(&self.mem.stream)?);
+        }
+        self.staging.as_mut().expect("made above").stage(&parts)
+    }
+
+    fn take_staged(&mut self) -> Result<()> {
+        self.refuse_in_capture("taking a staged batch", STAGES_OUTSIDE)?;
+        self.bind()?;
+        match &mut self.staging {
+            Some(staging) => staging.take(&self.mem.stream),
+            None => Ok(()),
+        }
     }
 
     fn fill(&mut self, dst: Tensor, value: f32) -> Result<()> {

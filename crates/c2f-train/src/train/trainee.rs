@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use c2f_inception::backend::{Backend, BnMode, IndexTensor, Tensor};
+use c2f_inception::backend::{Backend, BnMode, IndexTensor, Staged, Tensor};
 use c2f_inception::network::SgdRule;
 use c2f_kernels::nvtx;
 use c2f_kernels::rng::SplitMix64;
@@ -110,8 +110,10 @@ pub trait Trainee<B: Backend<Scalar = f32>> {
     }
 }
 
-/// Writes a batch's images, labels and (attributes) 0/1 targets into a model's `input`,
-/// `labels` and `targets`.
+/// Puts a batch's images, labels and (attributes) 0/1 targets into a model's `input`,
+/// `labels` and `targets`: staged and taken at once
+/// ([`c2f_inception::backend::Buffers::stage`]; on a GPU through page-locked memory on a copy
+/// stream).
 pub(super) fn write_batch<B: Backend<Scalar = f32>>(
     b: &mut B,
     batch: &Batch,
@@ -119,12 +121,16 @@ pub(super) fn write_batch<B: Backend<Scalar = f32>>(
     (input, labels, targets): (Tensor, IndexTensor, Tensor),
 ) -> Result<()> {
     let _range = nvtx::range("write batch");
-    b.write(input, &batch.images)?;
-    b.write_index(labels, &batch.labels)?;
+    let target_values = attribute_targets(&batch.attributes);
+    let mut parts = vec![
+        Staged::Values(input, &batch.images),
+        Staged::Indices(labels, &batch.labels),
+    ];
     if task == Task::Attributes {
-        b.write(targets, &attribute_targets(&batch.attributes))?;
+        parts.push(Staged::Values(targets, &target_values));
     }
-    Ok(())
+    b.stage(&parts)?;
+    b.take_staged()
 }
 
 /// Each head's probabilities (`task`'s, of `outputs` per image) from its `logits`.
