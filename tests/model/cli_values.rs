@@ -335,7 +335,7 @@ fn the_binary_refuses_bad_numbers_with_status_one_writing_nothing() {
     let config = dir.join("bad.toml");
     std::fs::write(&config, "momentum = 1.5\n").unwrap();
     let (r, u, p, c) = (path(&run), path(&upsampler), path(&pictures), path(&config));
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
         (
             &["train", "--epochs", "0", "--run-dir", r],
             "c2f: --epochs 0: must be a whole number >= 1 and <= 100000",
@@ -351,6 +351,10 @@ fn the_binary_refuses_bad_numbers_with_status_one_writing_nothing() {
         (
             &["train", "--batch", "-1", "--run-dir", r],
             "--batch -1: must",
+        ),
+        (
+            &["train", "--wsdan-passes", "crop,drop", "--run-dir", r],
+            "--wsdan-passes crop,drop: the raw pass always runs",
         ),
         (
             &["pretrain-upsampler", "--pairs", "inf", "--out", u],

@@ -1,7 +1,8 @@
 //! The WS-DAN model (c2f_train::wsdan) on a tiny network in f64: one training step's gradient
 //! (the three passes, the attention conv and BN, the head, the backbone) against finite
 //! differences of each loss term, with the augmentation's choices held fixed; that each of the
-//! crop and drop passes adds its own gradient (leaving either out is far outside the bound);
+//! crop and drop passes adds its own gradient (leaving either out is far outside the bound),
+//! and `--wsdan-passes` leaves out exactly the loss and gradient of a pass it drops;
 //! an all-zero attention giving whole-image crops, no drop and finite losses; the state's
 //! names and shapes, which the PyTorch golden test reads; and on the CUDA backend (the CPU
 //! emulator here), a step against the CPU backend's and a short `fit`, each printing
@@ -27,7 +28,8 @@ use c2f_kernels::Real;
 use c2f_train::data::image_io::DEFAULT_MAX_PIXELS;
 use c2f_train::train::{build_wsdan, init_wsdan, ModelKind, RunOptions, TrainConfig};
 use c2f_train::wsdan::{
-    Augmentation, MapChoice, Task, WsDan, WsDanCenters, WsDanConfig, WsDanLosses, CROP_PADDING,
+    Augmentation, MapChoice, Task, WsDan, WsDanCenters, WsDanConfig, WsDanLosses, WsDanPasses,
+    CROP_PADDING,
 };
 
 const BATCH: usize = 3;
@@ -49,6 +51,7 @@ fn tiny_config(task: Task, centers: WsDanCenters, beta: f64) -> WsDanConfig {
         task,
         maps: MAPS,
         centers,
+        passes: WsDanPasses::default(),
         center_loss: CenterLossParams {
             lambda: 1.0,
             beta,
@@ -357,6 +360,73 @@ fn crop_and_drop_passes_each_add_their_gradient() {
         assert!(
             e > 100.0 * TOLERANCE,
             "without the {left_out} pass the gradient moves only {e:.3e}"
+        );
+    }
+}
+
+/// `--wsdan-passes`: a step without the crop or the drop pass has neither its loss (0) nor its
+/// gradient, and the passes it runs give what they give in the full step. With inference-mode
+/// BatchNorm and a still center bank every pass is the same function of the weights whichever
+/// others run, so the gradients must add: full + raw alone = (raw, crop) + (raw, drop).
+#[test]
+fn passes_left_out_add_neither_loss_nor_gradient() {
+    let step = |crop: bool, drop: bool| {
+        let config = WsDanConfig {
+            passes: WsDanPasses { crop, drop },
+            ..tiny_config(Task::Classes, WsDanCenters::PerPart, 0.0)
+        };
+        let (mut cpu, mut model) = tiny::<f64>(config, 1);
+        let aug = fixed(vec![0.5; BATCH], vec![0.35; BATCH]);
+        model.zero_grads(&mut cpu).unwrap();
+        // Poisoned logits: a pass that does not run must not be read.
+        for logits in model.logits() {
+            cpu.fill(logits, f64::NAN).unwrap();
+        }
+        let losses = model
+            .forward_backward(&mut cpu, BnMode::Inference, &aug)
+            .unwrap();
+        let mut grads = cpu.read(model.grads).unwrap();
+        grads.extend(cpu.read(model.backbone().grads).unwrap());
+        (losses, grads)
+    };
+    let (full, g_full) = step(true, true);
+    let (raw, g_raw) = step(false, false);
+    let (with_crop, g_crop) = step(true, false);
+    let (with_drop, g_drop) = step(false, true);
+    assert!(
+        terms(&full).iter().all(|l| l.is_finite() && *l > 0.0),
+        "{full:?}"
+    );
+    let same = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs();
+    for (what, l, crop, drop) in [
+        ("raw", raw, false, false),
+        ("raw,crop", with_crop, true, false),
+        ("raw,drop", with_drop, false, true),
+    ] {
+        assert!(
+            same(l.raw, full.raw) && same(l.center, full.center),
+            "{what}: {l:?}"
+        );
+        assert_eq!(l.crop == 0.0, !crop, "{what}: {l:?}");
+        assert_eq!(l.drop == 0.0, !drop, "{what}: {l:?}");
+        assert!(
+            !crop || same(l.crop, full.crop),
+            "{what}: {l:?} vs {full:?}"
+        );
+        assert!(
+            !drop || same(l.drop, full.drop),
+            "{what}: {l:?} vs {full:?}"
+        );
+    }
+    let sum = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x + y).collect::<Vec<_>>();
+    let e = rel_error(&sum(&g_full, &g_raw), &sum(&g_crop, &g_drop));
+    eprintln!("full + raw against (raw, crop) + (raw, drop): {e:.2e}");
+    assert!(e < 1e-10, "the passes' gradients do not add: {e:.3e}");
+    for (what, g) in [("crop", &g_crop), ("drop", &g_drop)] {
+        let moved = rel_error(g, &g_raw);
+        assert!(
+            moved > 1e-3,
+            "the {what} pass adds no gradient: {moved:.3e}"
         );
     }
 }

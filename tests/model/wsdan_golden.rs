@@ -22,7 +22,7 @@ use c2f_kernels::center_loss::{CenterLossParams, CenterRule};
 use c2f_kernels::testing::rel_error;
 use c2f_train::config::WsDanCenters;
 use c2f_train::model::Task;
-use c2f_train::wsdan::{Augmentation, MapChoice, WsDan, WsDanConfig};
+use c2f_train::wsdan::{Augmentation, MapChoice, WsDan, WsDanConfig, WsDanPasses};
 use safetensors::SafeTensors;
 
 const SIZE: usize = 107;
@@ -122,6 +122,7 @@ fn run(mutation: Mutation) -> Run {
             task: Task::Classes,
             maps: MAPS,
             centers,
+            passes: WsDanPasses::default(),
             center_loss: CenterLossParams {
                 lambda: 1.0,
                 beta: 0.05,

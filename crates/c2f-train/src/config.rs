@@ -73,6 +73,57 @@ pub enum WsDanCenters {
     PerClass,
 }
 
+/// One of WS-DAN's three training passes (`--wsdan-passes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum WsDanPass {
+    /// The image itself: its maps choose the crop and the drop, and inference reads it.
+    Raw,
+    /// The attention crop, resized to the input.
+    Crop,
+    /// The image with the attention drop's region zeroed.
+    Drop,
+}
+
+impl WsDanPass {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            WsDanPass::Raw => "raw",
+            WsDanPass::Crop => "crop",
+            WsDanPass::Drop => "drop",
+        }
+    }
+}
+
+/// Which of WS-DAN's augmented passes a training step runs (the raw pass always runs): the
+/// ablation of the paper's Table 3. A pass left out adds neither its loss nor its gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WsDanPasses {
+    pub crop: bool,
+    pub drop: bool,
+}
+
+impl Default for WsDanPasses {
+    /// The paper's: all three.
+    fn default() -> Self {
+        WsDanPasses {
+            crop: true,
+            drop: true,
+        }
+    }
+}
+
+impl WsDanPasses {
+    /// The passes `--wsdan-passes` lists (its check refuses a list without `raw`).
+    pub fn from_list(passes: &[WsDanPass]) -> WsDanPasses {
+        WsDanPasses {
+            crop: passes.contains(&WsDanPass::Crop),
+            drop: passes.contains(&WsDanPass::Drop),
+        }
+    }
+}
+
 /// WS-DAN's attention maps M in a config from before WS-DAN was a model: the paper's 32.
 fn default_wsdan_maps() -> usize {
     WSDAN_MAPS
@@ -165,6 +216,9 @@ pub struct TrainConfig {
     /// WS-DAN's center bank: one center per part (the paper) or per class.
     #[serde(default)]
     pub wsdan_centers: WsDanCenters,
+    /// WS-DAN's augmented passes in training (a config from before the flag: both).
+    #[serde(default)]
+    pub wsdan_passes: WsDanPasses,
 }
 
 /// What a [`Preset`] is sized for: the run's length, batch, resolution and backbone width.
@@ -240,6 +294,7 @@ impl Preset {
             ortho_init: true,
             wsdan_maps: WSDAN_MAPS,
             wsdan_centers: WsDanCenters::PerPart,
+            wsdan_passes: WsDanPasses::default(),
         }
     }
 }

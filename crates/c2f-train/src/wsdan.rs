@@ -12,6 +12,7 @@
 //!    their cross-entropies;
 //! 4. loss `CE(raw) + CE(crop) + CE(drop) + λ·CL(f)`; the three passes' gradients add, and each
 //!    pass's train-mode BatchNorms move the running statistics, raw, crop, drop in that order.
+//!    `--wsdan-passes` leaves the crop or the drop pass out, loss and gradient ([`WsDanPasses`]).
 //!
 //! One backbone network serves the three passes in turn, forward then backward each, so only
 //! one pass's activations are alive; the images stay in their own buffer, from which the crop
@@ -31,7 +32,7 @@ use c2f_kernels::nvtx;
 use c2f_kernels::resize::ResizeShape;
 use c2f_kernels::{Error, Real, Result};
 
-pub use crate::config::WsDanCenters;
+pub use crate::config::{WsDanCenters, WsDanPasses};
 pub use crate::model::Grads;
 use crate::pass::{
     feature_shape, AttentionBn, HeadTensors, Pass, PassArgs, PassShapes, PassSizes, PassStat,
@@ -61,6 +62,8 @@ pub struct WsDanConfig {
     /// Attention maps M (the paper: 32).
     pub maps: usize,
     pub centers: WsDanCenters,
+    /// Whether the step runs the crop and the drop pass.
+    pub passes: WsDanPasses,
     pub center_loss: CenterLossParams,
     pub batch: usize,
 }
@@ -86,7 +89,7 @@ pub struct Augmentation {
     pub drop_thresholds: Vec<f64>,
 }
 
-/// Losses of one training step.
+/// Losses of one training step (a pass left out: 0).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WsDanLosses {
     pub raw: f64,
@@ -513,10 +516,10 @@ impl WsDan {
     }
 
     /// [`Self::forward_backward`] on the choices [`Self::write_choices`] wrote, without
-    /// reading the losses (they stay in [`Self::stats`]), touching only the backend's memory;
-    /// calling `ready(b, grads)` as gradients become complete:
-    /// `Grads::Heads(0)` once the heads' are (after the drop pass's head and attention
-    /// backward, the last to add to them), then `Grads::Backbone(from)` as the drop pass's
+    /// reading the losses (they stay in [`Self::stats`]; a pass left out keeps its zeros),
+    /// touching only the backend's memory; calling `ready(b, grads)` as gradients become
+    /// complete: `Grads::Heads(0)` once the heads' are (after the last pass's head and attention
+    /// backward: the drop pass's, or the last that runs), then `Grads::Backbone(from)` as its
     /// backward goes down the backbone.
     pub fn forward_backward_reporting<B: Backend>(
         &mut self,
@@ -526,26 +529,40 @@ impl WsDan {
     ) -> Result<()> {
         let with_center = self.pass_args(mode, true);
         let without = self.pass_args(mode, false);
+        let passes = self.config.passes;
+        // The gradients are complete in the last pass's backward, the one that reports them.
+        let last = match (passes.crop, passes.drop) {
+            (_, true) => DROP,
+            (true, false) => CROP,
+            (false, false) => RAW,
+        };
+        let mut ready = Some(ready);
+        let mut reporter = |slot: usize| if slot == last { ready.take() } else { None };
         b.axpby(1.0, self.images, 0.0, self.pass.net.input())?;
         self.use_slot(RAW);
         let raw_range = nvtx::range("raw pass");
         self.pass.net.forward(b, mode)?;
         self.pass.head_forward(b, &with_center)?;
         nvtx::within("choose maps", || self.choose_maps(b, &with_center))?;
-        self.backward(b, mode, &with_center, &mut None)?;
+        self.backward(b, mode, &with_center, &mut reporter(RAW))?;
         drop(raw_range);
 
         let shape = self.augment_shape();
         let (images, input) = (self.images, self.pass.net.input());
-        nvtx::within("crop input", || {
-            b.crop_resize(&shape, images, self.augment.boxes, input)
-        })?;
-        self.augmented_pass(b, mode, &without, CROP, &mut None)?;
-        let (map, thresholds) = (self.augment.maps[1], self.augment.thresholds[1]);
-        nvtx::within("drop input", || {
-            b.drop_mask(&shape, map, thresholds, images, input)
-        })?;
-        self.augmented_pass(b, mode, &without, DROP, &mut Some(ready))
+        if passes.crop {
+            nvtx::within("crop input", || {
+                b.crop_resize(&shape, images, self.augment.boxes, input)
+            })?;
+            self.augmented_pass(b, mode, &without, CROP, &mut reporter(CROP))?;
+        }
+        if passes.drop {
+            let (map, thresholds) = (self.augment.maps[1], self.augment.thresholds[1]);
+            nvtx::within("drop input", || {
+                b.drop_mask(&shape, map, thresholds, images, input)
+            })?;
+            self.augmented_pass(b, mode, &without, DROP, &mut reporter(DROP))?;
+        }
+        Ok(())
     }
 
     /// The forward and backward of the crop or drop pass (`slot`) on the input already made.

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use super::values::{
     within, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_LOG_EVERY, MAX_MAPS, MAX_PIXEL_CAP,
 };
-use crate::config::{BnPolicy, CenterBanks, CenterRuleName, Schedule, WsDanCenters};
+use crate::config::{BnPolicy, CenterBanks, CenterRuleName, Schedule, WsDanCenters, WsDanPass};
 use crate::data::image_io::DEFAULT_MAX_PIXELS;
 use crate::data::synthetic::{max_classes, CLUTTER, OBJECT_SCALES, SIDES};
 
@@ -121,6 +121,10 @@ pub struct TrainArgs {
     /// per-part).
     #[arg(long, value_enum)]
     pub wsdan_centers: Option<WsDanCenters>,
+    /// WS-DAN's training passes, comma-separated: `raw` (always), `crop`, `drop` (default: all
+    /// three, the paper's; fewer is the ablation of its Table 3).
+    #[arg(long, value_enum, num_args = 1.., value_delimiter = ',')]
+    pub wsdan_passes: Option<Vec<WsDanPass>>,
     /// Synthetic set: classes (the first N spot patterns, pairwise close; default: 5).
     #[arg(long, value_parser = within(2..=max_classes()))]
     pub classes: Option<usize>,

@@ -15,7 +15,9 @@ use c2f_kernels::{Error, Result};
 use super::args::TrainArgs;
 use super::device::{choose_device, set_precision};
 use super::distributed::{default_run_dir, join_job, launch_workers, no_cpu_ranks};
-use crate::config::{Machine, Preset, RunOptions, TrainConfig, WsDanCenters};
+use crate::config::{
+    Machine, Preset, RunOptions, TrainConfig, WsDanCenters, WsDanPass, WsDanPasses,
+};
 use crate::data::spec::{DataSpec, OpenedData};
 use crate::train::{checkpoint_path, Accuracy, DataParallel, Evaluation, ModelKind, COARSE_FINE};
 use crate::upsampler::{UpsamplerKind, UpsamplerWeights};
@@ -274,6 +276,17 @@ impl TrainArgs {
                 Error::config("--weights", weights.display(), format!("cannot open: {e}"))
             })?;
         }
+        if let Some(passes) = self.wsdan_passes.as_deref() {
+            if !passes.contains(&WsDanPass::Raw) {
+                let listed: Vec<&str> = passes.iter().map(|p| p.name()).collect();
+                return Err(Error::config(
+                    "--wsdan-passes",
+                    listed.join(","),
+                    "the raw pass always runs (its maps make the crop and the drop, and \
+                     inference reads it): list raw, then crop and/or drop",
+                ));
+            }
+        }
         if self.dataset != "synthetic" && self.data_root.is_none() {
             return Err(Error::config(
                 "--dataset",
@@ -323,6 +336,10 @@ impl TrainArgs {
             ortho_init: base.ortho_init && !self.no_ortho_init,
             wsdan_maps: self.wsdan_maps.unwrap_or(base.wsdan_maps),
             wsdan_centers: self.wsdan_centers.unwrap_or(base.wsdan_centers),
+            wsdan_passes: self
+                .wsdan_passes
+                .as_deref()
+                .map_or(base.wsdan_passes, WsDanPasses::from_list),
             ..base
         }
     }

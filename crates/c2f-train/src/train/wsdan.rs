@@ -124,6 +124,7 @@ pub fn build_wsdan<B: Backend>(b: &mut B, cfg: &TrainConfig) -> Result<WsDan> {
             task: cfg.task,
             maps: cfg.wsdan_maps,
             centers: cfg.wsdan_centers,
+            passes: cfg.wsdan_passes,
             center_loss: cfg.center_loss(),
             batch: cfg.batch,
         },
