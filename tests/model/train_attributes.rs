@@ -113,8 +113,8 @@ fn baseline_learns_attributes_seen_in_the_pixels() {
     let dir = scratch("train_attributes", "learns");
     let (data, _) = open_faces(&dir.join("celeba"), 16, 8);
     let cfg = TrainConfig {
-        lr: 0.05,
-        ..config(12)
+        lr: 0.03,
+        ..config(16)
     };
     let run = RunOptions {
         eval_every: 0,
