@@ -3,7 +3,10 @@
 //! tf32 (`c2f train`'s default on a GPU; each row's name ends in its precision): images/s. The
 //! baseline is the plain InceptionV3 step of `benches/inception_gpu.rs` on the same card (a
 //! Coarse2Fine step runs the backbone twice, so about half its rate is the hardware-bound
-//! target). Prints `NETBENCH` lines; without a GPU it says so. With or without one it first
+//! target). Beside it, one WS-DAN training step (raw, crop and drop passes, M = 32, one center
+//! per part, the maps drawn by mass) at the same shapes, whose peer is PyTorch's WS-DAN step,
+//! `tools/torch_wsdan.py --time` (it runs the backbone three times: about a third of the plain
+//! step's rate is its hardware-bound target). Prints `NETBENCH` lines; without a GPU it says so. With or without one it first
 //! prints the bytes of the tensors the model allocates at each size, counted on the CPU backend
 //! (the same allocations; the device adds cuDNN's workspace, the launchers' scratch and the
 //! CUDA context).
@@ -11,9 +14,13 @@
 use c2f_inception::backend::{prelude::*, BnMode};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
+use c2f_inception::cuda::CudaBackend;
 use c2f_inception::Precision;
 use c2f_kernels::testing::SplitMix64;
-use c2f_train::train::{build_coarse2fine, init_coarse2fine, RunOptions, TrainConfig};
+use c2f_train::train::{
+    build_coarse2fine, build_wsdan, init_coarse2fine, init_wsdan, RunOptions, TrainConfig,
+};
+use c2f_train::wsdan::{Augmentation, MapChoice};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 #[path = "common/net.rs"]
@@ -41,24 +48,37 @@ fn count_tensors(batch: usize, size: usize) {
     );
 }
 
+/// A CUDA backend in `precision` for the row `name`, or `None` (and a skip line) without a GPU.
+fn backend(name: &str, precision: Precision) -> Option<CudaBackend> {
+    let mut b = cuda_or_skip(&format!("coarse2fine_gpu {name}"))?;
+    b.set_precision(precision).unwrap();
+    Some(b)
+}
+
+/// Random images in [-2, 2) and the labels 0, 1, … of one batch of `cfg`.
+fn batch_data(cfg: &TrainConfig, len: usize) -> (Vec<f32>, Vec<i32>) {
+    let mut rng = SplitMix64(3);
+    let images = (0..len).map(|_| rng.uniform(-2.0, 2.0) as f32).collect();
+    let labels = (0..cfg.batch).map(|i| (i % cfg.classes) as i32).collect();
+    (images, labels)
+}
+
+fn run_options() -> RunOptions {
+    RunOptions {
+        eval_every: 0,
+        ..RunOptions::new("unused")
+    }
+}
+
 fn case(c: &mut Criterion, batch: usize, size: usize, precision: Precision) {
     let name = format!("coarse2fine_b{batch}_{size}_{precision}");
     let cfg = config(batch, size);
-    let Some(mut b) = cuda_or_skip(&format!("coarse2fine_gpu {name}")) else {
+    let Some(mut b) = backend(&name, precision) else {
         return;
     };
-    b.set_precision(precision).unwrap();
-    let run = RunOptions {
-        eval_every: 0,
-        ..RunOptions::new("unused")
-    };
     let mut model = build_coarse2fine(&mut b, &cfg).unwrap();
-    init_coarse2fine(&mut b, &model, &cfg, &run).unwrap();
-    let mut rng = SplitMix64(3);
-    let images: Vec<f32> = (0..model.input().len)
-        .map(|_| rng.uniform(-2.0, 2.0) as f32)
-        .collect();
-    let labels: Vec<i32> = (0..batch).map(|i| (i % cfg.classes) as i32).collect();
+    init_coarse2fine(&mut b, &model, &cfg, &run_options()).unwrap();
+    let (images, labels) = batch_data(&cfg, model.input().len);
     let chosen: Vec<i32> = (0..batch).map(|i| (i % cfg.maps) as i32).collect();
     b.write(model.input(), &images).unwrap();
     b.write_index(model.labels(), &labels).unwrap();
@@ -73,12 +93,46 @@ fn case(c: &mut Criterion, batch: usize, size: usize, precision: Precision) {
     });
 }
 
+/// WS-DAN's step at the same shapes, on one fixed draw of its augmentation (the draws are
+/// written each step, as `c2f train` writes them).
+fn wsdan_case(c: &mut Criterion, batch: usize, size: usize, precision: Precision) {
+    let name = format!("wsdan_b{batch}_{size}_{precision}");
+    let cfg = config(batch, size);
+    let Some(mut b) = backend(&name, precision) else {
+        return;
+    };
+    let mut model = build_wsdan(&mut b, &cfg).unwrap();
+    init_wsdan(&mut b, &model, &run_options()).unwrap();
+    let (images, labels) = batch_data(&cfg, model.input().len);
+    b.write(model.input(), &images).unwrap();
+    b.write_index(model.labels(), &labels).unwrap();
+    let spread = |lo: f64, hi: f64| -> Vec<f64> {
+        (0..batch)
+            .map(|i| lo + (hi - lo) * i as f64 / batch as f64)
+            .collect()
+    };
+    let aug = Augmentation {
+        crop_maps: MapChoice::ByMass(spread(0.0, 1.0)),
+        drop_maps: MapChoice::ByMass(spread(1.0, 0.0)),
+        crop_thresholds: spread(0.4, 0.6),
+        drop_thresholds: spread(0.2, 0.5),
+    };
+    let sgd = c2f_kernels::sgd::SgdParams::new(cfg.lr, cfg.momentum, cfg.weight_decay);
+    let group = format!("wsdan_gpu_{precision}");
+    time_training_step(c, &group, &name, batch, &mut b, |b| {
+        model.zero_grads(b).unwrap();
+        model.forward_backward(b, BnMode::Train, &aug).unwrap();
+        model.sgd_step_by(b, &|_| Some(sgd)).unwrap();
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let (batch, sizes) = network_shapes();
     for size in sizes {
         count_tensors(batch, size);
         for precision in [Precision::F32, Precision::Tf32] {
             case(c, batch, size, precision);
+            wsdan_case(c, batch, size, precision);
         }
     }
 }
