@@ -27,6 +27,17 @@ __device__ __forceinline__ float signed_sqrt(float p) {
     return p == 0.0f ? 0.0f : copysignf(sqrtf(fabsf(p) + SQRT_EPS), p);
 }
 
+// The forward's last step for one (m, n): S = signed_sqrt(P) stored at parts[b, m, n] when it is
+// inside M x N; returns sumsq + S^2 (sumsq unchanged outside).
+template <typename T>
+__device__ __forceinline__ float store_part(T* __restrict__ parts, float total, float inv_hw,
+                                            int b, int m, int n, int M, int N, float sumsq) {
+    if (n >= N || m >= M) return sumsq;
+    const float s = signed_sqrt(total * inv_hw);
+    store_f32(parts, ((long long)b * M + m) * N + n, s);
+    return fmaf(s, s, sumsq);
+}
+
 // Forward: grid (ceil(N / 32), B), 256 threads. Warp w owns channels n0 + 4w .. n0 + 4w + 3 and
 // its lanes stride over HW, so each step loads 4 rows' 32 consecutive values of F; the maps come
 // 8 at a time from shared memory (a chunk of POOL_HW positions of each). A lane's 32 partial sums
@@ -115,11 +126,7 @@ __device__ void bap_pool_impl(const T* __restrict__ att, const T* __restrict__ f
         }
         const float total = warp_transpose_sum(acc);
         const int n = n_first + lane / POOL_MAPS, m = m0 + lane % POOL_MAPS;
-        if (n < N && m < M) {
-            const float s = signed_sqrt(total * inv_hw);
-            store_f32(parts, ((long long)b * M + m) * N + n, s);
-            sumsq = fmaf(s, s, sumsq);
-        }
+        sumsq = store_part(parts, total, inv_hw, b, m, n, M, N, sumsq);
     }
     sumsq = block_sum(sumsq, scratch);
     if (threadIdx.x == 0) block_sumsq[(long long)b * gridDim.x + blockIdx.x] = sumsq;
@@ -402,12 +409,7 @@ __device__ void bap_nhwc_pool_impl(const T* __restrict__ att, const T* __restric
             float total = 0.0f;  // acc[g][u][t.slot], picked without a dynamic register index
 #pragma unroll
             for (int j = 0; j < 8; ++j) total = j == t.slot ? acc[g][u][j] : total;
-            const int n = t.c0 + u;
-            if (m < M && n < N) {
-                const float s = signed_sqrt(total * inv_hw);
-                store_f32(parts, ((long long)b * M + m) * N + n, s);
-                sumsq = fmaf(s, s, sumsq);
-            }
+            sumsq = store_part(parts, total, inv_hw, b, m, t.c0 + u, M, N, sumsq);
         }
     }
     sumsq = block_sum(sumsq, scratch);

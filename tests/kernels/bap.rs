@@ -3,7 +3,9 @@
 
 use crate::common::gpu_tests::f32_and_bf16_tests;
 use crate::common::skip::or_return;
-use c2f_kernels::bap::{backward_cpu, forward_bf16_reference, forward_cpu, BapGpu, BapShape};
+use c2f_kernels::bap::{
+    backward_cpu, forward_bf16_reference, forward_cpu, BapGpu, BapShape, NHWC_MAX_MAPS,
+};
 use c2f_kernels::testing::{
     assert_bit_identical, bf16_rounding_mismatch, gpu_or_skip, library_or_skip, numeric_gradient,
     rel_error, round_through, widen, SplitMix64,
@@ -223,18 +225,17 @@ fn gpu_shapes() -> Vec<BapShape> {
     ]
 }
 
-/// The NHWC kernels' cases (at most 32 maps): partial channel pairs (odd N), partial 64- and
-/// 256-channel tiles, 8 and 32 maps held with some unused, pixels over several 32-pixel chunks
-/// and 96-pixel blocks, and the benchmark's shapes at 768 channels.
+/// The NHWC kernels' cases: [`gpu_shapes`]' with at most 32 maps, and partial channel pairs (odd
+/// N), partial 64- and 256-channel tiles, 8 and 32 maps held with some unused, pixels over
+/// several 32-pixel chunks and 96-pixel blocks, and the benchmark's M = 8 at 768 channels.
 fn gpu_nhwc_shapes() -> Vec<BapShape> {
-    vec![
-        shape(3, 5, 70, 7, 9),
+    let extra = [
         shape(2, 3, 33, 3, 3),
         shape(2, 17, 301, 5, 5),
-        shape(2, 8, 100, 26, 26),
-        shape(4, 32, 768, 17, 17),
         shape(2, 8, 768, 17, 17),
-    ]
+    ];
+    let held = gpu_shapes().into_iter().filter(|s| s.maps <= NHWC_MAX_MAPS);
+    held.chain(extra).collect()
 }
 
 fn with_layout(shapes: Vec<BapShape>, layout: Layout) -> Vec<(BapShape, Layout)> {
@@ -302,8 +303,13 @@ fn gpu_nhwc_bf16_rounds_as_reference() {
         if let Some(why) = bf16_rounding_mismatch(&parts, &want_parts) {
             panic!("{name} parts: {why}");
         }
-        let e = rel_error(&widen(&norms), &widen(&want_norms));
-        assert!(e < 1e-6, "{name}: norms relative error {e}");
+        // The norms are f32 outputs (sums of M·N squares), so they are held to the f32 kernels'
+        // bound against the f64 norms of the same bf16 inputs: the f32 reference's own sequential
+        // sum drifts by about u·sqrt(M·N/3) (5e-6 of the squares' sum at M·N = 24576), more than
+        // the kernel's tree.
+        let (_, norms64) = forward64(&s, &widen(&a), &widen(&f));
+        let e = rel_error(&widen(&norms), &norms64);
+        assert!(e < 1e-5, "{name}: norms relative error {e} to f64");
         let (mut want_da, mut want_df) = (
             vec![f32::NAN; s.attention_len()],
             vec![f32::NAN; s.features_len()],

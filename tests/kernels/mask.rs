@@ -966,7 +966,7 @@ fn with_layout(shapes: Vec<MaskShape>, layout: Layout) -> Vec<(MaskShape, Layout
 f32_and_bf16_tests!("mask", gpu_f32_mask_matches_reference, gpu_bf16_mask_matches_reference,
     each of with_layout(gpu_mask_cases(), Layout::Nchw) => gpu_mask_matches_reference);
 
-/// NHWC against the f64 reference (on the NCHW image), with 1 to 4 channels (none a vector).
+// NHWC against the f64 reference (on the NCHW image), with 1 to 4 channels (none a vector).
 f32_and_bf16_tests!("mask", gpu_nhwc_f32_mask_matches_reference,
     gpu_nhwc_bf16_mask_matches_reference,
     each of with_layout(gpu_mask_cases(), Layout::Nhwc) => gpu_mask_matches_reference);

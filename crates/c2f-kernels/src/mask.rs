@@ -22,6 +22,8 @@
 //! value, the mask, `g`, the dot and every intermediate are f32, and `X_f`, `dU` and `dX` are
 //! rounded to bf16 once, when stored: the f32 reference on the widened inputs, outputs rounded.
 
+use std::borrow::Cow;
+
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
 use rayon::prelude::*;
 
@@ -88,9 +90,30 @@ impl MaskShape {
         }
     }
 
-    /// An image of this shape in `layout` rewritten in `to`.
-    fn convert<R: Copy>(&self, layout: Layout, to: Layout, image: &[R]) -> Vec<R> {
-        layout.convert(to, image, self.channels, self.hw())
+    /// An image of this shape in `layout` as NCHW (borrowed when it already is).
+    fn image_nchw<'a, R: Copy>(&self, layout: Layout, image: &'a [R]) -> Cow<'a, [R]> {
+        match layout {
+            Layout::Nchw => Cow::Borrowed(image),
+            Layout::Nhwc => {
+                Cow::Owned(layout.convert(Layout::Nchw, image, self.channels, self.hw()))
+            }
+        }
+    }
+
+    /// Runs `write` on an NCHW image and leaves what it wrote in `out`, in `layout`.
+    fn write_image<R: Real>(
+        &self,
+        layout: Layout,
+        out: &mut [R],
+        write: impl FnOnce(&mut [R]) -> Result<()>,
+    ) -> Result<()> {
+        if layout == Layout::Nchw {
+            return write(out);
+        }
+        let mut nchw = vec![R::zero(); out.len()];
+        write(&mut nchw)?;
+        out.copy_from_slice(&Layout::Nchw.convert(layout, &nchw, self.channels, self.hw()));
+        Ok(())
     }
 }
 
@@ -151,15 +174,11 @@ pub fn mask_forward_cpu<R: Real>(
         [("mask X", x.len()), ("mask X_f", xf.len())],
         [u_max.len(), argmax.len()],
     )?;
-    if layout == Layout::Nchw {
-        mask_forward_nchw(shape, u, x, xf, (u_max, argmax));
-    } else {
-        let x = shape.convert(layout, Layout::Nchw, x);
-        let mut out = vec![R::zero(); xf.len()];
-        mask_forward_nchw(shape, u, &x, &mut out, (u_max, argmax));
-        xf.copy_from_slice(&shape.convert(Layout::Nchw, layout, &out));
-    }
-    Ok(())
+    let x = shape.image_nchw(layout, x);
+    shape.write_image(layout, xf, |xf| {
+        mask_forward_nchw(shape, u, &x, xf, (u_max, argmax));
+        Ok(())
+    })
 }
 
 fn mask_forward_nchw<R: Real>(
@@ -201,18 +220,14 @@ pub fn mask_backward_cpu<R: Real>(
     dx: Option<&mut [R]>,
 ) -> Result<()> {
     let (layout, shape) = (shape.layout(), shape.shape());
-    if layout == Layout::Nchw {
-        return mask_backward_nchw(shape, u, x, dxf, (u_max, argmax), du, dx);
+    let (x, dxf) = (shape.image_nchw(layout, x), shape.image_nchw(layout, dxf));
+    let saved = (u_max, argmax);
+    match dx {
+        None => mask_backward_nchw(shape, u, &x, &dxf, saved, du, None),
+        Some(dx) => shape.write_image(layout, dx, |dx| {
+            mask_backward_nchw(shape, u, &x, &dxf, saved, du, Some(dx))
+        }),
     }
-    let x = shape.convert(layout, Layout::Nchw, x);
-    let dxf = shape.convert(layout, Layout::Nchw, dxf);
-    let Some(dx) = dx else {
-        return mask_backward_nchw(shape, u, &x, &dxf, (u_max, argmax), du, None);
-    };
-    let mut out = vec![R::zero(); dx.len()];
-    mask_backward_nchw(shape, u, &x, &dxf, (u_max, argmax), du, Some(&mut out))?;
-    dx.copy_from_slice(&shape.convert(Layout::Nchw, layout, &out));
-    Ok(())
 }
 
 fn mask_backward_nchw<R: Real>(
