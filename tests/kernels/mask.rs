@@ -875,13 +875,16 @@ fn mask_case<T: Element>(s: &MaskShape) -> MaskCase<T> {
     }
 }
 
+/// `[X_f, dU, dU (with dX), dX]` and `(u_max, argmax)`, as [`gpu_mask_run`] returns them.
+type MaskRun<T> = ([Vec<T>; 4], (Vec<f32>, Vec<i32>));
+
 /// `[X_f, dU, dU (with dX), dX]` and `(u_max, argmax)` from the GPU in `layout`, the images given
 /// and returned in NCHW; every output poisoned first.
 fn gpu_mask_run<T: Element>(
     gpu: &Gpu,
     op: &mut MaskGpu<T>,
     (u, x, dxf): (&[T], &[T], &[T]),
-) -> ([Vec<T>; 4], (Vec<f32>, Vec<i32>)) {
+) -> MaskRun<T> {
     let (s, layout) = (*op.shape(), op.layout());
     let to_layout = |v: &[T]| Layout::Nchw.convert(layout, v, s.channels, s.hw());
     let (u_d, x_d, d_d) = (

@@ -94,7 +94,7 @@ impl BapShape {
     }
 
     /// `[attention, features]` in `layout` rewritten in NCHW (borrowed when already NCHW).
-    fn to_nchw<'a, R: Copy>(
+    fn inputs_nchw<'a, R: Copy>(
         &self,
         layout: Layout,
         [attention, features]: [&'a [R]; 2],
@@ -137,7 +137,7 @@ pub fn forward_cpu<R: Real>(
 ) -> Result<()> {
     let s = shape.shape();
     s.check_forward(attention.len(), features.len(), parts.len(), norms.len())?;
-    let [attention, features] = s.to_nchw(shape.layout(), [attention, features]);
+    let [attention, features] = s.inputs_nchw(shape.layout(), [attention, features]);
     forward_nchw(s, [&attention, &features], parts, norms, |v| v);
     Ok(())
 }
@@ -155,7 +155,7 @@ pub fn forward_bf16_reference(
     s.check_forward(attention.len(), features.len(), parts.len(), norms.len())?;
     let widen = |v: &[half::bf16]| v.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
     let [attention, features] = [widen(attention), widen(features)];
-    let [attention, features] = s.to_nchw(shape.layout(), [&attention, &features]);
+    let [attention, features] = s.inputs_nchw(shape.layout(), [&attention, &features]);
     let mut z = vec![0.0f32; parts.len()];
     let round = |v: f32| half::bf16::from_f32(v).to_f32();
     forward_nchw(s, [&attention, &features], &mut z, norms, round);
@@ -221,7 +221,7 @@ pub fn backward_cpu<R: Real>(
         );
         return Ok(());
     }
-    let [attention, features] = s.to_nchw(layout, [attention, features]);
+    let [attention, features] = s.inputs_nchw(layout, [attention, features]);
     let mut da = vec![R::zero(); d_attention.len()];
     let mut df = vec![R::zero(); d_features.len()];
     backward_nchw(
