@@ -8,9 +8,12 @@
 //!   bilinear resize and the normalised mask, which no CUDA library offers: their peer is PyTorch
 //!   on the same card (`tools/torch_ops_baseline.py`, whose `TORCHOP` lines carry these names).
 //!
+//! - the mask also in bf16, at 448², and with the image in channels-last NHWC (`nhwc_` rows).
+//!
 //! GB/s count the least traffic: every input read once and every output written once (the map
-//! choice touches only the chosen map). Target: at least cuDNN's speed on the ReLU, at least
-//! PyTorch's on the rest.
+//! choice touches only the chosen map); each BENCH line names the card and the fraction of its
+//! copy bandwidth reached. Target: at least cuDNN's speed on the ReLU, at least PyTorch's on the
+//! rest, and ≥ 80% of copy bandwidth on the mask in either layout.
 
 mod common;
 
@@ -20,6 +23,7 @@ use c2f_kernels::mask::{mask_backward_cpu, mask_forward_cpu, MaskGpu, MaskShape}
 use c2f_kernels::relu::ReluGpu;
 use c2f_kernels::resize::{ResizeBilinearGpu, ResizeShape};
 use c2f_kernels::testing::{bench_smoke, library_or_skip};
+use c2f_kernels::{Element, Gpu, Layout};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 /// (batch, attention side, up-sampler output side, input side).
@@ -134,29 +138,53 @@ fn gpu(c: &mut Criterion) {
         resize.backward(&big_grad, &mut small_grad).unwrap();
     });
 
-    // The normalised mask applied to the image, and its gradient with respect to the map.
-    let ms = MaskShape {
-        batch,
-        channels: CHANNELS,
-        height: input,
-        width: input,
+    drop(group);
+    mask_rows::<f32>(c, &gpu, batch, input);
+    mask_rows::<half::bf16>(c, &gpu, batch, input);
+}
+
+/// The normalised mask applied to the image, and its gradient with respect to the map, in `T`,
+/// at the input side and at 448², with the image in NCHW and in channels-last NHWC (the `nhwc_`
+/// rows, issue 20's layout).
+fn mask_rows<T: Element>(c: &mut Criterion, gpu: &Gpu, batch: usize, input: usize) {
+    let mut group = common::GpuGroup::new(c, gpu, format!("mask_gpu_{}", T::SUFFIX));
+    let sides = if bench_smoke() {
+        vec![input]
+    } else {
+        vec![input, 448]
     };
-    let mut mask = MaskGpu::<f32>::new(&gpu, ms).unwrap();
-    let u = gpu.upload(&common::draw(ms.map_len(), 6)).unwrap();
-    let image = gpu.upload(&common::draw(ms.image_len(), 7)).unwrap();
-    let dxf = gpu.upload(&common::draw(ms.image_len(), 8)).unwrap();
-    let mut xf = gpu.alloc_zeros::<f32>(ms.image_len()).unwrap();
-    let mut u_max = gpu.alloc_zeros::<f32>(batch).unwrap();
-    let mut argmax = gpu.alloc_zeros::<i32>(batch).unwrap();
-    let mut du = gpu.alloc_zeros::<f32>(ms.map_len()).unwrap();
-    let id = format!("mask_B{batch}_C{CHANNELS}_{input}x{input}");
-    let bytes = (3 * ms.map_len() + 4 * ms.image_len()) * f32_bytes;
-    group.ours(&id, bytes, || {
-        mask.forward(&u, &image, &mut xf, &mut u_max, &mut argmax)
-            .unwrap();
-        mask.backward(&u, &image, &dxf, &u_max, &argmax, &mut du)
-            .unwrap();
-    });
+    for side in sides {
+        let ms = MaskShape {
+            batch,
+            channels: CHANNELS,
+            height: side,
+            width: side,
+        };
+        let draw = |len, seed| -> Vec<T> {
+            common::draw(len, seed)
+                .into_iter()
+                .map(T::from_f32)
+                .collect()
+        };
+        let u = gpu.upload(&draw(ms.map_len(), 6)).unwrap();
+        let image = gpu.upload(&draw(ms.image_len(), 7)).unwrap();
+        let dxf = gpu.upload(&draw(ms.image_len(), 8)).unwrap();
+        let mut xf = gpu.alloc_zeros::<T>(ms.image_len()).unwrap();
+        let mut u_max = gpu.alloc_zeros::<f32>(batch).unwrap();
+        let mut argmax = gpu.alloc_zeros::<i32>(batch).unwrap();
+        let mut du = gpu.alloc_zeros::<T>(ms.map_len()).unwrap();
+        let bytes = (3 * ms.map_len() + 4 * ms.image_len()) * std::mem::size_of::<T>();
+        for (layout, prefix) in [(Layout::Nchw, ""), (Layout::Nhwc, "nhwc_")] {
+            let mut mask = MaskGpu::<T>::with_layout(gpu, ms, layout).unwrap();
+            let id = format!("{prefix}mask_B{batch}_C{CHANNELS}_{side}x{side}");
+            group.ours(&id, bytes, || {
+                mask.forward(&u, &image, &mut xf, &mut u_max, &mut argmax)
+                    .unwrap();
+                mask.backward(&u, &image, &dxf, &u_max, &argmax, &mut du)
+                    .unwrap();
+            });
+        }
+    }
 }
 
 criterion_group!(benches, cpu, gpu);

@@ -13,7 +13,11 @@
 // written channel-major [B, N, M] so a channel's maps are adjacent), then bap_grad_inputs, which
 // reads F once and writes dF and dA.
 // All reductions run in a fixed order: the same bits on every run.
+//
+// Channels-last (NHWC, the bap_nhwc_* entry points, at most 32 maps): A [B, HW, M], F [B, HW, N];
+// the parts, norms and G are the same tensors as in NCHW. See the NHWC section below.
 #include "common.cuh"
+#include "channels_last.cuh"
 
 #define SQRT_EPS 1e-12f
 #define NORM_EPS 1e-12f
@@ -21,6 +25,17 @@
 // sign(p) sqrt(|p| + eps), with sign(0) = 0 as torch.sign.
 __device__ __forceinline__ float signed_sqrt(float p) {
     return p == 0.0f ? 0.0f : copysignf(sqrtf(fabsf(p) + SQRT_EPS), p);
+}
+
+// The forward's last step for one (m, n): S = signed_sqrt(P) stored at parts[b, m, n] when it is
+// inside M x N; returns sumsq + S^2 (sumsq unchanged outside).
+template <typename T>
+__device__ __forceinline__ float store_part(T* __restrict__ parts, float total, float inv_hw,
+                                            int b, int m, int n, int M, int N, float sumsq) {
+    if (n >= N || m >= M) return sumsq;
+    const float s = signed_sqrt(total * inv_hw);
+    store_f32(parts, ((long long)b * M + m) * N + n, s);
+    return fmaf(s, s, sumsq);
 }
 
 // Forward: grid (ceil(N / 32), B), 256 threads. Warp w owns channels n0 + 4w .. n0 + 4w + 3 and
@@ -35,8 +50,8 @@ __device__ __forceinline__ float signed_sqrt(float p) {
 
 // One butterfly step of warp_transpose_sum: pairs of lanes WIDTH apart swap halves of their
 // first 2 WIDTH sums, the lower lane keeping [0, WIDTH) and the upper [WIDTH, 2 WIDTH).
-template <int WIDTH>
-__device__ __forceinline__ void transpose_sum_step(float (&v)[32], bool upper) {
+template <int WIDTH, int N>
+__device__ __forceinline__ void transpose_sum_step(float (&v)[N], bool upper) {
 #pragma unroll
     for (int i = 0; i < WIDTH; ++i) {
         const float send = upper ? v[i] : v[i + WIDTH];
@@ -45,15 +60,23 @@ __device__ __forceinline__ void transpose_sum_step(float (&v)[32], bool upper) {
     }
 }
 
-// v[i] summed over the warp's lanes for every i; lane l returns the total of v[l]. Fixed order.
-__device__ __forceinline__ float warp_transpose_sum(float (&v)[32]) {
+// v[i] (i < N, N = 8 or 32) summed over the warp's lanes for every i; lane l returns the total of
+// v[l % N]: transposing steps over the low lane bits, then plain butterflies over the others.
+// Fixed order.
+template <int N>
+__device__ __forceinline__ float warp_transpose_sum(float (&v)[N]) {
+    static_assert(N == 8 || N == 32, "8 or 32 sums");
     const int lane = threadIdx.x & 31;
-    transpose_sum_step<16>(v, (lane & 16) != 0);
-    transpose_sum_step<8>(v, (lane & 8) != 0);
+    if constexpr (N == 32) {
+        transpose_sum_step<16>(v, (lane & 16) != 0);
+        transpose_sum_step<8>(v, (lane & 8) != 0);
+    }
     transpose_sum_step<4>(v, (lane & 4) != 0);
     transpose_sum_step<2>(v, (lane & 2) != 0);
     transpose_sum_step<1>(v, (lane & 1) != 0);
-    return v[0];
+    float total = v[0];
+    for (int o = N; o < 32; o <<= 1) total += __shfl_xor_sync(0xffffffffu, total, o);
+    return total;
 }
 
 template <typename T>
@@ -103,11 +126,7 @@ __device__ void bap_pool_impl(const T* __restrict__ att, const T* __restrict__ f
         }
         const float total = warp_transpose_sum(acc);
         const int n = n_first + lane / POOL_MAPS, m = m0 + lane % POOL_MAPS;
-        if (n < N && m < M) {
-            const float s = signed_sqrt(total * inv_hw);
-            store_f32(parts, ((long long)b * M + m) * N + n, s);
-            sumsq = fmaf(s, s, sumsq);
-        }
+        sumsq = store_part(parts, total, inv_hw, b, m, n, M, N, sumsq);
     }
     sumsq = block_sum(sumsq, scratch);
     if (threadIdx.x == 0) block_sumsq[(long long)b * gridDim.x + blockIdx.x] = sumsq;
@@ -300,6 +319,211 @@ __device__ void bap_baseline_signed_sqrt_impl(const T* __restrict__ pooled, T* _
     }
     acc = block_sum(acc, scratch);
     if (threadIdx.x == 0) sumsq[b] = acc;
+}
+
+// ---- NHWC ----
+// Each pixel's channels are contiguous, so a warp's lanes take consecutive channels, NHWC_PAIR
+// each, and every step reads one pixel's 64 channels of F in a row; that pixel's maps are the
+// same for the whole warp, a shared-memory broadcast. A thread keeps the sums of all its maps
+// (MT = 8, or 32 for M <= 32) for its channels in registers, so every element of F is read once
+// in the forward and once in the backward (NCHW reads it once per 8 maps forward). Each F value
+// feeds M FMAs a pass: at M = 32 the f32 FMA rate, not DRAM, bounds both (batch 64 at Mixed_6e:
+// 454 M FMAs, about 15 us on an H100's CUDA cores, against 28 MB of bf16 F, about 9 us).
+#define NHWC_PAIR 2
+#define NHWC_LANE_CHANNELS (32 * NHWC_PAIR)
+// Pixels of A staged in shared memory (f32) at a time.
+#define NHWC_CHUNK 32
+
+// as[k][m] = A[b, k0 + k, m] for the chunk's `len` pixels, zero past M and len.
+template <typename T, int MT>
+__device__ __forceinline__ void stage_maps(float (&as)[NHWC_CHUNK][MT], const T* __restrict__ a_b,
+                                           int k0, int len, int M) {
+    for (int e = threadIdx.x; e < NHWC_CHUNK * MT; e += blockDim.x) {
+        const int k = e / MT, m = e % MT;
+        as[k][m] = (k < len && m < M) ? load_f32(a_b, (long long)(k0 + k) * M + m) : 0.0f;
+    }
+}
+
+// The thread's NHWC_PAIR channels of F at pixel row `row` (an offset of channel 0), 0 past N.
+template <typename T>
+__device__ __forceinline__ void load_pair(const T* __restrict__ f, long long row, int c0, int N,
+                                          float (&v)[NHWC_PAIR]) {
+#pragma unroll
+    for (int u = 0; u < NHWC_PAIR; ++u) v[u] = c0 + u < N ? load_f32(f, row + c0 + u) : 0.0f;
+}
+
+struct SumMerge8 {
+    __device__ __forceinline__ void operator()(float (&a)[8], const float (&b)[8]) const {
+#pragma unroll
+        for (int m = 0; m < 8; ++m) a[m] += b[m];
+    }
+};
+
+// Forward: grid (B, ceil(N / 64)), 256 threads; lane = a channel pair (RowTile over 64-channel
+// tiles), the block's 8 warps = 8 pixel slots walking the pixels 8 apart. The slots' sums meet in
+// tile_reduce's tree, 8 maps at a time, then slot s writes map s of every 8, with the signed
+// square root, and the block's sum of squares goes to block_sumsq[b, tile] for bap_normalize.
+template <typename T, int MT>
+__device__ void bap_nhwc_pool_impl(const T* __restrict__ att, const T* __restrict__ feat,
+                                   T* __restrict__ parts, float* __restrict__ block_sumsq, int M,
+                                   int N, int HW) {
+    __shared__ float as[NHWC_CHUNK][MT];
+    __shared__ float scratch[8 * 256 * NHWC_PAIR];  // tile_reduce's, for 8 maps of 256 threads
+    const RowTile t(NHWC_LANE_CHANNELS, NHWC_PAIR, N);
+    const int b = blockIdx.x;
+    const T* a_b = att + (long long)b * HW * M;
+    const T* f_b = feat + (long long)b * HW * N;
+    float acc[MT / 8][NHWC_PAIR][8];
+#pragma unroll
+    for (int g = 0; g < MT / 8; ++g)
+#pragma unroll
+        for (int u = 0; u < NHWC_PAIR; ++u)
+#pragma unroll
+            for (int m = 0; m < 8; ++m) acc[g][u][m] = 0.0f;
+    for (int k0 = 0; k0 < HW; k0 += NHWC_CHUNK) {
+        const int len = min(NHWC_CHUNK, HW - k0);
+        __syncthreads();  // the previous chunk's readers are done with `as`
+        stage_maps<T, MT>(as, a_b, k0, len, M);
+        __syncthreads();
+        for (int k = t.slot; k < len; k += t.slots) {
+            float f[NHWC_PAIR];
+            load_pair(f_b, (long long)(k0 + k) * N, t.c0, N, f);
+#pragma unroll
+            for (int g = 0; g < MT / 8; ++g)
+#pragma unroll
+                for (int m = 0; m < 8; ++m) {
+                    const float a = as[k][g * 8 + m];
+#pragma unroll
+                    for (int u = 0; u < NHWC_PAIR; ++u) acc[g][u][m] = fmaf(a, f[u], acc[g][u][m]);
+                }
+        }
+    }
+    const float inv_hw = 1.0f / (float)HW;
+    float sumsq = 0.0f;
+#pragma unroll
+    for (int g = 0; g < MT / 8; ++g) {
+        tile_reduce(acc[g], scratch, t, SumMerge8());
+        const int m = g * 8 + t.slot;
+#pragma unroll
+        for (int u = 0; u < NHWC_PAIR; ++u) {
+            float total = 0.0f;  // acc[g][u][t.slot], picked without a dynamic register index
+#pragma unroll
+            for (int j = 0; j < 8; ++j) total = j == t.slot ? acc[g][u][j] : total;
+            sumsq = store_part(parts, total, inv_hw, b, m, t.c0 + u, M, N, sumsq);
+        }
+    }
+    sumsq = block_sum(sumsq, scratch);
+    if (threadIdx.x == 0) block_sumsq[(long long)b * gridDim.y + blockIdx.y] = sumsq;
+}
+
+// Input gradients: grid (ceil(N / 256), B, ceil(HW / NHWC_GRAD_PIXELS)), 256 threads. Warp w
+// takes channel group w % 4 (64 channels; the block 256) and pixel slot w / 4. A thread holds G
+// for its channel pair and every map in registers (grad_t [B, N, M], bap_grad_pooled's), so
+//   dF[p, n] = sum_m G[m, n] A[p, m]      in map order, as NCHW: the same bits for M <= 32;
+//   dA[p, m] = sum_n G[m, n] F[p, n]      over the pair, then the warp (warp_transpose_sum), then
+// the block's 4 groups in order, into partials [B, tiles, HW, M] (f32) that
+// bap_nhwc_grad_att_finish sums over the tiles in order. A block takes NHWC_GRAD_PIXELS pixels so
+// that G is loaded once per 96 pixels.
+#define NHWC_GRAD_GROUPS 4
+#define NHWC_GRAD_TILE (NHWC_GRAD_GROUPS * NHWC_LANE_CHANNELS)
+#define NHWC_GRAD_PIXELS 96
+
+template <typename T, int MT>
+__device__ void bap_nhwc_grad_inputs_impl(const T* __restrict__ att, const T* __restrict__ feat,
+                                          const float* __restrict__ grad_t,
+                                          float* __restrict__ d_att_partials,
+                                          T* __restrict__ d_feat, int M, int N, int HW) {
+    __shared__ float as[NHWC_CHUNK][MT];
+    __shared__ float group_sums[NHWC_GRAD_GROUPS][NHWC_CHUNK][MT];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int group = warp % NHWC_GRAD_GROUPS, slot = warp / NHWC_GRAD_GROUPS;
+    const int slots = (blockDim.x >> 5) / NHWC_GRAD_GROUPS;
+    const int b = blockIdx.y, tile = blockIdx.x;
+    const int c0 = tile * NHWC_GRAD_TILE + group * NHWC_LANE_CHANNELS + lane * NHWC_PAIR;
+    const int p_begin = blockIdx.z * NHWC_GRAD_PIXELS, p_end = min(HW, p_begin + NHWC_GRAD_PIXELS);
+    const T* a_b = att + (long long)b * HW * M;
+    const T* f_b = feat + (long long)b * HW * N;
+    T* df_b = d_feat + (long long)b * HW * N;
+    float* da_part = d_att_partials + ((long long)b * gridDim.x + tile) * HW * M;
+    float g[NHWC_PAIR][MT];
+#pragma unroll
+    for (int u = 0; u < NHWC_PAIR; ++u)
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+            g[u][m] = (c0 + u < N && m < M) ? grad_t[((long long)b * N + c0 + u) * M + m] : 0.0f;
+    for (int k0 = p_begin; k0 < p_end; k0 += NHWC_CHUNK) {
+        const int len = min(NHWC_CHUNK, p_end - k0);
+        __syncthreads();  // the previous chunk's readers are done with `as` and `group_sums`
+        stage_maps<T, MT>(as, a_b, k0, len, M);
+        __syncthreads();
+        for (int k = slot; k < len; k += slots) {
+            const long long row = (long long)(k0 + k) * N;
+            float f[NHWC_PAIR];
+            load_pair(f_b, row, c0, N, f);
+#pragma unroll
+            for (int u = 0; u < NHWC_PAIR; ++u) {
+                float df = 0.0f;
+#pragma unroll
+                for (int m = 0; m < MT; ++m) df = fmaf(g[u][m], as[k][m], df);
+                if (c0 + u < N) store_f32(df_b, row + c0 + u, df);
+            }
+            float da[MT];
+#pragma unroll
+            for (int m = 0; m < MT; ++m) da[m] = fmaf(g[1][m], f[1], g[0][m] * f[0]);
+            const float total = warp_transpose_sum(da);
+            if (lane < MT) group_sums[group][k][lane] = total;
+        }
+        __syncthreads();
+        for (int e = threadIdx.x; e < len * MT; e += blockDim.x) {
+            const int k = e / MT, m = e % MT;
+            if (m >= M) continue;
+            float sum = group_sums[0][k][m];
+#pragma unroll
+            for (int q = 1; q < NHWC_GRAD_GROUPS; ++q) sum += group_sums[q][k][m];
+            da_part[(long long)(k0 + k) * M + m] = sum;
+        }
+    }
+}
+
+// One thread per element of dA [B, HW, M]: the channel tiles' partials summed in tile order.
+template <typename T>
+__device__ void bap_nhwc_grad_att_finish_impl(const float* __restrict__ d_att_partials,
+                                              T* __restrict__ d_att, int tiles, int B, int per_sample) {
+    const unsigned int i = thread_index();
+    if (i >= (unsigned int)B * (unsigned int)per_sample) return;
+    const int b = (int)(i / (unsigned int)per_sample), r = (int)(i % (unsigned int)per_sample);
+    const float* p = d_att_partials + (long long)b * tiles * per_sample + r;
+    float sum = p[0];
+    for (int q = 1; q < tiles; ++q) sum += p[(long long)q * per_sample];
+    store_f32(d_att, i, sum);
+}
+
+#define BAP_NHWC_ENTRY_POINTS(SUFFIX, T, MT)                                                       \
+    extern "C" __global__ void __launch_bounds__(256)                                              \
+        bap_nhwc_pool##MT##_##SUFFIX(const T* att, const T* feat, T* parts, float* block_sumsq,    \
+                                     int M, int N, int HW) {                                       \
+        bap_nhwc_pool_impl<T, MT>(att, feat, parts, block_sumsq, M, N, HW);                        \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) bap_nhwc_grad_inputs##MT##_##SUFFIX(         \
+        const T* att, const T* feat, const float* grad_t, float* d_att_partials, T* d_feat, int M, \
+        int N, int HW) {                                                                           \
+        bap_nhwc_grad_inputs_impl<T, MT>(att, feat, grad_t, d_att_partials, d_feat, M, N, HW);     \
+    }
+
+BAP_NHWC_ENTRY_POINTS(f32, float, 8)
+BAP_NHWC_ENTRY_POINTS(f32, float, 32)
+BAP_NHWC_ENTRY_POINTS(bf16, bf16_bits, 8)
+BAP_NHWC_ENTRY_POINTS(bf16, bf16_bits, 32)
+
+extern "C" __global__ void __launch_bounds__(256)
+    bap_nhwc_grad_att_finish_f32(const float* d_att_partials, float* d_att, int tiles, int B,
+                                 int per_sample) {
+    bap_nhwc_grad_att_finish_impl<float>(d_att_partials, d_att, tiles, B, per_sample);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    bap_nhwc_grad_att_finish_bf16(const float* d_att_partials, bf16_bits* d_att, int tiles, int B,
+                                  int per_sample) {
+    bap_nhwc_grad_att_finish_impl<bf16_bits>(d_att_partials, d_att, tiles, B, per_sample);
 }
 
 #define BAP_ENTRY_POINTS(SUFFIX, T)                                                                 \

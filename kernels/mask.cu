@@ -1,12 +1,13 @@
-// The fine branch's per-sample max-normalised mask multiplied into the image, NCHW contiguous;
-// mask.rs documents every formula. mask_stats / mask_backward_reduce: a fixed-order reduction per
+// The fine branch's per-sample max-normalised mask multiplied into the image, NCHW or
+// channels-last NHWC (MaskGeom's strides; a pixel's channels are then contiguous, 3 values that a
+// warp's neighbouring threads read in one run); mask.rs documents every formula. mask_stats / mask_backward_reduce: a fixed-order reduction per
 // sample; mask_apply / mask_backward: one thread per pixel. No float atomics: every result is the
 // same bits on every run.
 #include "common.cuh"
 
 #define MASK_THREADS 256
 
-// Mask and apply. U [B, 1, hw], X and X_f [B, C, hw].
+// Mask and apply. U [B, 1, hw], X and X_f [B, C, hw] (NCHW) or [B, hw, C] (NHWC).
 //   u_max_b = max_p U[b, p] (first maximum; a NaN wins, the first one), j_b its index;
 //   Mk[b, p] = u_max_b > 0 or NaN ? max(U[b, p], 0) / u_max_b : 1   (a NaN U stays NaN);
 //   X_f[b, c, p] = Mk[b, p] X[b, c, p].
@@ -14,7 +15,14 @@
 // Mirrors `MaskGeom` in crates/c2f-kernels/src/mask.rs.
 struct MaskGeom {
     int batch, channels, hw;
+    // Between a pixel's neighbours and between its channels in X: (1, hw) in NCHW, (C, 1) in NHWC.
+    int pixel_stride, channel_stride;
 };
+
+// Offset of channel 0 of pixel p of sample b in X.
+__device__ __forceinline__ long long image_offset(const MaskGeom& g, int b, int p) {
+    return (long long)b * g.channels * g.hw + (long long)p * g.pixel_stride;
+}
 
 // The mask value of one pixel: the ones mask unless u_max > 0 (or NaN, which then spreads).
 __device__ __forceinline__ float mask_value(float u, float u_max) {
@@ -80,9 +88,9 @@ __device__ void mask_apply_impl(const T* __restrict__ u, const T* __restrict__ x
     if (t >= (unsigned int)(g.batch * g.hw)) return;
     const int p = (int)t % g.hw, b = (int)t / g.hw;
     const float mk = mask_value(load_f32(u, t), u_max[b]);
-    const long long base = (long long)b * g.channels * g.hw + p;
+    const long long base = image_offset(g, b, p);
     for (int c = 0; c < g.channels; ++c) {
-        const long long i = base + (long long)c * g.hw;
+        const long long i = base + (long long)c * g.channel_stride;
         store_f32(xf, i, mk * load_f32(x, i));
     }
 }
@@ -90,10 +98,10 @@ __device__ void mask_apply_impl(const T* __restrict__ u, const T* __restrict__ x
 // dL/dMk at one pixel: sum over channels of dX_f X.
 template <typename T>
 __device__ __forceinline__ float mask_grad(const T* __restrict__ x, const T* __restrict__ dxf,
-                                           long long base, int channels, int hw) {
+                                           long long base, const MaskGeom& g) {
     float gsum = 0.0f;
-    for (int c = 0; c < channels; ++c) {
-        const long long i = base + (long long)c * hw;
+    for (int c = 0; c < g.channels; ++c) {
+        const long long i = base + (long long)c * g.channel_stride;
         gsum += load_f32(dxf, i) * load_f32(x, i);
     }
     return gsum;
@@ -112,9 +120,8 @@ __device__ void mask_backward_reduce_impl(const T* __restrict__ u, const T* __re
     float sum = 0.0f;
     if (um > 0.0f || um != um) {
         const T* ub = u + (long long)b * g.hw;
-        const long long base = (long long)b * g.channels * g.hw;
         for (int p = p0 + threadIdx.x; p < p_end; p += blockDim.x)
-            sum += mask_grad(x, dxf, base + p, g.channels, g.hw) * mask_value(load_f32(ub, p), um);
+            sum += mask_grad(x, dxf, image_offset(g, b, p), g) * mask_value(load_f32(ub, p), um);
     }
     sum = block_sum(sum, scratch);  // `um` is per block, so every thread gets here
     if (threadIdx.x == 0) dot_partials[(long long)b * gridDim.x + blockIdx.x] = sum;
@@ -143,17 +150,17 @@ __device__ void mask_backward_impl(const T* __restrict__ u, const T* __restrict_
     if (t >= (unsigned int)(g.batch * g.hw)) return;
     const int p = (int)t % g.hw, b = (int)t / g.hw;
     const float um = u_max[b], uv = load_f32(u, t);
-    const long long base = (long long)b * g.channels * g.hw + p;
+    const long long base = image_offset(g, b, p);
     float d = 0.0f;
     if (um > 0.0f || um != um) {
-        const float gp = mask_grad(x, dxf, base, g.channels, g.hw);
+        const float gp = mask_grad(x, dxf, base, g);
         d = p == argmax[b] ? (gp - dot[b]) / um : (uv > 0.0f ? gp / um : 0.0f);
     }
     store_f32(du, t, d);
     if (dx != nullptr) {
         const float mk = mask_value(uv, um);
         for (int c = 0; c < g.channels; ++c) {
-            const long long i = base + (long long)c * g.hw;
+            const long long i = base + (long long)c * g.channel_stride;
             store_f32(dx, i, load_f32(dxf, i) * mk);
         }
     }

@@ -3,12 +3,15 @@
 
 use crate::common::gpu_tests::f32_and_bf16_tests;
 use crate::common::skip::or_return;
-use c2f_kernels::bap::{backward_cpu, forward_cpu, BapGpu, BapShape};
-use c2f_kernels::testing::{
-    assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,
-    widen, SplitMix64,
+use c2f_kernels::bap::{
+    backward_cpu, forward_bf16_reference, forward_cpu, BapGpu, BapShape, NHWC_MAX_MAPS,
 };
-use c2f_kernels::{Element, Gpu};
+use c2f_kernels::testing::{
+    assert_bit_identical, bf16_rounding_mismatch, gpu_or_skip, library_or_skip, numeric_gradient,
+    rel_error, round_through, widen, SplitMix64,
+};
+use c2f_kernels::{Element, Gpu, Layout};
+use half::bf16;
 
 fn shape(batch: usize, maps: usize, channels: usize, height: usize, width: usize) -> BapShape {
     BapShape {
@@ -143,9 +146,45 @@ fn wrong_buffer_length_is_a_clear_error() {
     );
 }
 
-/// Runs forward and backward on the GPU in `T` and checks both against the f64 reference
-/// computed from the same rounded inputs; also checks that a second run gives the same bits.
-fn gpu_matches_reference<T: Element>(gpu: &Gpu, s: BapShape, tol: f64) {
+/// `[parts, d_attention, d_features]` and the norms from the GPU in `bap`'s layout, `A` and `F`
+/// (and the gradients) given and returned in NCHW; every output poisoned first. The backward
+/// reads `saved` (parts, norms) when given, else the forward's own.
+fn gpu_run<T: Element>(
+    gpu: &Gpu,
+    bap: &mut BapGpu<T>,
+    [a, f, dz]: [&[T]; 3],
+    saved: Option<(&[T], &[f32])>,
+) -> ([Vec<T>; 3], Vec<f32>) {
+    let (s, layout) = (*bap.shape(), bap.layout());
+    let hw = s.hw();
+    let a_d = gpu
+        .upload(&Layout::Nchw.convert(layout, a, s.maps, hw))
+        .unwrap();
+    let f_d = gpu
+        .upload(&Layout::Nchw.convert(layout, f, s.channels, hw))
+        .unwrap();
+    let dz_d = gpu.upload(dz).unwrap();
+    let mut parts = gpu.alloc_poisoned::<T>(s.parts_len()).unwrap();
+    let mut norms = gpu.alloc_poisoned::<f32>(s.batch).unwrap();
+    let mut da = gpu.alloc_poisoned::<T>(s.attention_len()).unwrap();
+    let mut df = gpu.alloc_poisoned::<T>(s.features_len()).unwrap();
+    bap.forward([&a_d, &f_d], &mut parts, &mut norms).unwrap();
+    let (parts_out, norms_out) = (gpu.download(&parts).unwrap(), gpu.download(&norms).unwrap());
+    if let Some((p, n)) = saved {
+        parts = gpu.upload(p).unwrap();
+        norms = gpu.upload(n).unwrap();
+    }
+    bap.backward([&a_d, &f_d], (&parts, &norms), &dz_d, [&mut da, &mut df])
+        .unwrap();
+    let da = layout.convert(Layout::Nchw, &gpu.download(&da).unwrap(), s.maps, hw);
+    let df = layout.convert(Layout::Nchw, &gpu.download(&df).unwrap(), s.channels, hw);
+    ([parts_out, da, df], norms_out)
+}
+
+/// Runs forward and backward on the GPU in `T` and `layout` and checks both against the f64
+/// reference computed from the same rounded inputs; also checks that a second run gives the same
+/// bits.
+fn gpu_matches_reference<T: Element>(gpu: &Gpu, (s, layout): (BapShape, Layout), tol: f64) {
     let (a, f) = draw_inputs(&s, 5);
     let dz = SplitMix64(6).uniform_vec(s.parts_len(), -1.0, 1.0);
     let (a_t, a64) = round_through::<T>(&a);
@@ -153,28 +192,11 @@ fn gpu_matches_reference<T: Element>(gpu: &Gpu, s: BapShape, tol: f64) {
     let (dz_t, dz64) = round_through::<T>(&dz);
     let (ref_parts, ref_norms) = forward64(&s, &a64, &f64v);
 
-    let mut bap = BapGpu::<T>::new(gpu, s).unwrap();
-    let a_d = gpu.upload(&a_t).unwrap();
-    let f_d = gpu.upload(&f_t).unwrap();
-    let dz_d = gpu.upload(&dz_t).unwrap();
-    let run = |bap: &mut BapGpu<T>| {
-        let mut parts = gpu.alloc_poisoned::<T>(s.parts_len()).unwrap();
-        let mut norms = gpu.alloc_poisoned::<f32>(s.batch).unwrap();
-        let mut da = gpu.alloc_poisoned::<T>(s.attention_len()).unwrap();
-        let mut df = gpu.alloc_poisoned::<T>(s.features_len()).unwrap();
-        bap.forward([&a_d, &f_d], &mut parts, &mut norms).unwrap();
-        bap.backward([&a_d, &f_d], (&parts, &norms), &dz_d, [&mut da, &mut df])
-            .unwrap();
-        (
-            gpu.download(&parts).unwrap(),
-            gpu.download(&norms).unwrap(),
-            gpu.download(&da).unwrap(),
-            gpu.download(&df).unwrap(),
-        )
-    };
-    let (parts, norms, da, df) = run(&mut bap);
+    let mut bap = BapGpu::<T>::with_layout(gpu, s, layout).unwrap();
+    let inputs = [&a_t[..], &f_t[..], &dz_t[..]];
+    let ([parts, da, df], norms) = gpu_run(gpu, &mut bap, inputs, None);
     let (ref_da, ref_df) = backward64_at(&s, &a64, &f64v, &widen(&parts), &widen(&norms), &dz64);
-    let name = format!("BAP {} {s:?}", T::SUFFIX);
+    let name = format!("BAP {} {layout:?} {s:?}", T::SUFFIX);
     for (what, out, reference) in [
         ("parts", widen(&parts), &ref_parts),
         ("norms", widen(&norms), &ref_norms),
@@ -184,7 +206,7 @@ fn gpu_matches_reference<T: Element>(gpu: &Gpu, s: BapShape, tol: f64) {
         let e = rel_error(&out, reference);
         assert!(e < tol, "{name}: {what} relative error {e} (bound {tol})");
     }
-    let (parts2, norms2, da2, df2) = run(&mut bap);
+    let ([parts2, da2, df2], norms2) = gpu_run(gpu, &mut bap, inputs, None);
     assert_bit_identical(&format!("{name} parts"), &parts, &parts2);
     assert_bit_identical(&format!("{name} norms"), &norms, &norms2);
     assert_bit_identical(&format!("{name} d_attention"), &da, &da2);
@@ -203,8 +225,162 @@ fn gpu_shapes() -> Vec<BapShape> {
     ]
 }
 
+/// The NHWC kernels' cases: [`gpu_shapes`]' with at most 32 maps, and partial channel pairs (odd
+/// N), partial 64- and 256-channel tiles, 8 and 32 maps held with some unused, pixels over
+/// several 32-pixel chunks and 96-pixel blocks, and the benchmark's M = 8 at 768 channels.
+fn gpu_nhwc_shapes() -> Vec<BapShape> {
+    let extra = [
+        shape(2, 3, 33, 3, 3),
+        shape(2, 17, 301, 5, 5),
+        shape(2, 8, 768, 17, 17),
+    ];
+    let held = gpu_shapes().into_iter().filter(|s| s.maps <= NHWC_MAX_MAPS);
+    held.chain(extra).collect()
+}
+
+fn with_layout(shapes: Vec<BapShape>, layout: Layout) -> Vec<(BapShape, Layout)> {
+    shapes.into_iter().map(|s| (s, layout)).collect()
+}
+
 f32_and_bf16_tests!("bap", gpu_f32_matches_reference, gpu_bf16_matches_reference,
-    each of gpu_shapes() => gpu_matches_reference);
+    each of with_layout(gpu_shapes(), Layout::Nchw) => gpu_matches_reference);
+
+f32_and_bf16_tests!("bap", gpu_nhwc_f32_matches_reference, gpu_nhwc_bf16_matches_reference,
+    each of with_layout(gpu_nhwc_shapes(), Layout::Nhwc) => gpu_matches_reference);
+
+/// NHWC against NCHW on the GPU, on the same (transposed) data. The forward and `dA` sum in other
+/// trees (pixel slots, not lanes; channel tiles), so they agree to f32 rounding: 1e-6 relative,
+/// against 1e-5 for either to f64. `dF` sums over the maps in NCHW's order: from the same parts
+/// and norms (NCHW's, given to both backwards) it is the same bits.
+#[test]
+fn gpu_nhwc_f32_matches_nchw() {
+    let gpu = or_return!(gpu_or_skip("bap gpu_nhwc_f32_matches_nchw"));
+    for s in gpu_nhwc_shapes() {
+        let (a, f) = draw_inputs(&s, 9);
+        let dz = SplitMix64(10).uniform_vec(s.parts_len(), -1.0, 1.0);
+        let [a, f, dz] = [&a, &f, &dz].map(|v| round_through::<f32>(v).0);
+        let inputs = [&a[..], &f[..], &dz[..]];
+        let mut nchw_op = BapGpu::<f32>::new(&gpu, s).unwrap();
+        let ([parts, da, df], norms) = gpu_run(&gpu, &mut nchw_op, inputs, None);
+        let mut nhwc_op = BapGpu::<f32>::with_layout(&gpu, s, Layout::Nhwc).unwrap();
+        let saved = Some((&parts[..], &norms[..]));
+        let ([parts_l, da_l, df_l], norms_l) = gpu_run(&gpu, &mut nhwc_op, inputs, saved);
+        let name = format!("BAP f32 NHWC vs NCHW {s:?}");
+        for (what, got, want) in [
+            ("parts", widen(&parts_l), widen(&parts)),
+            ("norms", widen(&norms_l), widen(&norms)),
+            ("d_attention", widen(&da_l), widen(&da)),
+        ] {
+            let e = rel_error(&got, &want);
+            assert!(e < 1e-6, "{name}: {what} relative error {e}");
+        }
+        assert_bit_identical(&format!("{name} d_features"), &df_l, &df);
+    }
+}
+
+/// The bf16 NHWC kernels against the bf16 reference (the module doc's rounding points:
+/// `forward_bf16_reference`, and the f32 backward on the widened bf16 values, its outputs
+/// rounded once), within [`bf16_rounding_mismatch`]'s bound. A forward reference that rounds `Z`
+/// only once (not `S` first) fails it.
+#[test]
+fn gpu_nhwc_bf16_rounds_as_reference() {
+    let gpu = or_return!(gpu_or_skip("bap gpu_nhwc_bf16_rounds_as_reference"));
+    let widen32 = |v: &[bf16]| -> Vec<f32> { v.iter().map(|v| v.to_f32()).collect() };
+    let to_bf16 = |v: &[f32]| -> Vec<bf16> { v.iter().map(|&v| bf16::from_f32(v)).collect() };
+    for s in [shape(4, 32, 768, 17, 17), shape(3, 8, 200, 9, 11)] {
+        let (a, f) = draw_inputs(&s, 12);
+        let dz = SplitMix64(13).uniform_vec(s.parts_len(), -1.0, 1.0);
+        let [a, f, dz] = [&a, &f, &dz].map(|v| round_through::<bf16>(v).0);
+        let mut op = BapGpu::<bf16>::with_layout(&gpu, s, Layout::Nhwc).unwrap();
+        let ([parts, da, df], norms) = gpu_run(&gpu, &mut op, [&a, &f, &dz], None);
+        let name = format!("bf16 NHWC BAP {s:?}");
+        let nhwc = (Layout::Nhwc, s);
+        let to_nhwc = |v: &[bf16], c| Layout::Nchw.convert(Layout::Nhwc, v, c, s.hw());
+        let (a_l, f_l) = (to_nhwc(&a, s.maps), to_nhwc(&f, s.channels));
+        let mut want_parts = vec![bf16::NAN; s.parts_len()];
+        let mut want_norms = vec![f32::NAN; s.batch];
+        forward_bf16_reference(&nhwc, [&a_l, &f_l], &mut want_parts, &mut want_norms).unwrap();
+        if let Some(why) = bf16_rounding_mismatch(&parts, &want_parts) {
+            panic!("{name} parts: {why}");
+        }
+        // The norms are f32 outputs (sums of M·N squares), so they are held to the f32 kernels'
+        // bound against the f64 norms of the same bf16 inputs: the f32 reference's own sequential
+        // sum drifts by about u·sqrt(M·N/3) (5e-6 of the squares' sum at M·N = 24576), more than
+        // the kernel's tree.
+        let (_, norms64) = forward64(&s, &widen(&a), &widen(&f));
+        let e = rel_error(&widen(&norms), &norms64);
+        assert!(e < 1e-5, "{name}: norms relative error {e} to f64");
+        let (mut want_da, mut want_df) = (
+            vec![f32::NAN; s.attention_len()],
+            vec![f32::NAN; s.features_len()],
+        );
+        let (a32, f32v) = (widen32(&a_l), widen32(&f_l));
+        let parts32 = widen32(&parts);
+        let saved = (&parts32[..], &norms[..]);
+        backward_cpu(
+            &nhwc,
+            [&a32, &f32v],
+            saved,
+            &widen32(&dz),
+            [&mut want_da, &mut want_df],
+        )
+        .unwrap();
+        let to_nchw = |v: &[f32], c| Layout::Nhwc.convert(Layout::Nchw, v, c, s.hw());
+        for (what, got, want) in [
+            ("d_attention", &da, to_bf16(&to_nchw(&want_da, s.maps))),
+            ("d_features", &df, to_bf16(&to_nchw(&want_df, s.channels))),
+        ] {
+            if let Some(why) = bf16_rounding_mismatch(got, &want) {
+                panic!("{name} {what}: {why}");
+            }
+        }
+        // The mutant: the f32 forward with Z rounded once.
+        let mut mutant = vec![f32::NAN; s.parts_len()];
+        let mut mutant_norms = vec![f32::NAN; s.batch];
+        forward_cpu(&nhwc, [&a32, &f32v], &mut mutant, &mut mutant_norms).unwrap();
+        assert!(
+            bf16_rounding_mismatch(&parts, &to_bf16(&mutant)).is_some(),
+            "{name}: the check passes a reference that does not round S before normalising"
+        );
+    }
+}
+
+/// The NHWC CPU reference is the NCHW one on the transposed data, exactly (f64), forward and
+/// backward.
+#[test]
+fn nhwc_reference_is_nchw_on_transposed_data() {
+    let s = shape(2, 3, 5, 4, 3);
+    let (a, f) = draw_inputs(&s, 14);
+    let dz = SplitMix64(15).uniform_vec(s.parts_len(), -1.0, 1.0);
+    let (parts, norms) = forward64(&s, &a, &f);
+    let (da, df) = backward64_at(&s, &a, &f, &parts, &norms, &dz);
+    let to_nhwc = |v: &[f64], c| Layout::Nchw.convert(Layout::Nhwc, v, c, s.hw());
+    let (a_l, f_l) = (to_nhwc(&a, s.maps), to_nhwc(&f, s.channels));
+    let nhwc = (Layout::Nhwc, s);
+    let mut parts_l = vec![f64::NAN; s.parts_len()];
+    let mut norms_l = vec![f64::NAN; s.batch];
+    forward_cpu(&nhwc, [&a_l, &f_l], &mut parts_l, &mut norms_l).unwrap();
+    assert_eq!((&parts_l, &norms_l), (&parts, &norms));
+    let mut da_l = vec![f64::NAN; s.attention_len()];
+    let mut df_l = vec![f64::NAN; s.features_len()];
+    let saved = (&parts[..], &norms[..]);
+    backward_cpu(&nhwc, [&a_l, &f_l], saved, &dz, [&mut da_l, &mut df_l]).unwrap();
+    assert_eq!(da_l, to_nhwc(&da, s.maps));
+    assert_eq!(df_l, to_nhwc(&df, s.channels));
+}
+
+/// The NHWC kernels hold at most 32 maps: more is a typed error naming the count.
+#[test]
+fn gpu_nhwc_rejects_more_than_32_maps() {
+    let gpu = or_return!(gpu_or_skip("bap gpu_nhwc_rejects_more_than_32_maps"));
+    let err = BapGpu::<f32>::with_layout(&gpu, shape(2, 33, 16, 3, 3), Layout::Nhwc)
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("BAP maps 33 above the 32"),
+        "{err}"
+    );
+}
 
 /// The cuBLAS baseline the benchmark compares against must compute the same thing, or the
 /// speed-up means nothing.

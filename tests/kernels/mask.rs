@@ -16,10 +16,11 @@ use c2f_kernels::resize::{
     resize_bilinear_backward_cpu, resize_bilinear_forward_cpu, ResizeBilinearGpu, ResizeShape,
 };
 use c2f_kernels::testing::{
-    assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,
-    widen, SplitMix64,
+    assert_bit_identical, bf16_rounding_mismatch, gpu_or_skip, library_or_skip, numeric_gradient,
+    rel_error, round_through, widen, SplitMix64,
 };
-use c2f_kernels::{Element, Gpu};
+use c2f_kernels::{Element, Gpu, Layout};
+use half::bf16;
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
@@ -874,7 +875,40 @@ fn mask_case<T: Element>(s: &MaskShape) -> MaskCase<T> {
     }
 }
 
-fn gpu_mask_matches_reference<T: Element>(gpu: &Gpu, s: MaskShape, tol: f64) {
+/// `[X_f, dU, dU (with dX), dX]` and `(u_max, argmax)`, as [`gpu_mask_run`] returns them.
+type MaskRun<T> = ([Vec<T>; 4], (Vec<f32>, Vec<i32>));
+
+/// `[X_f, dU, dU (with dX), dX]` and `(u_max, argmax)` from the GPU in `layout`, the images given
+/// and returned in NCHW; every output poisoned first.
+fn gpu_mask_run<T: Element>(
+    gpu: &Gpu,
+    op: &mut MaskGpu<T>,
+    (u, x, dxf): (&[T], &[T], &[T]),
+) -> MaskRun<T> {
+    let (s, layout) = (*op.shape(), op.layout());
+    let to_layout = |v: &[T]| Layout::Nchw.convert(layout, v, s.channels, s.hw());
+    let (u_d, x_d, d_d) = (
+        gpu.upload(u).unwrap(),
+        gpu.upload(&to_layout(x)).unwrap(),
+        gpu.upload(&to_layout(dxf)).unwrap(),
+    );
+    let mut xf = gpu.alloc_poisoned::<T>(s.image_len()).unwrap();
+    let mut um = gpu.alloc_poisoned::<f32>(s.batch).unwrap();
+    let mut am = gpu.upload(&vec![-7i32; s.batch]).unwrap();
+    let mut du = gpu.alloc_poisoned::<T>(s.map_len()).unwrap();
+    let mut du2 = gpu.alloc_poisoned::<T>(s.map_len()).unwrap();
+    let mut dx = gpu.alloc_poisoned::<T>(s.image_len()).unwrap();
+    op.forward(&u_d, &x_d, &mut xf, &mut um, &mut am).unwrap();
+    op.backward(&u_d, &x_d, &d_d, &um, &am, &mut du).unwrap();
+    op.backward_with_dx(&u_d, &x_d, &d_d, &um, &am, &mut du2, &mut dx)
+        .unwrap();
+    let stats = (gpu.download(&um).unwrap(), gpu.download(&am).unwrap());
+    let to_nchw = |v: Vec<T>| layout.convert(Layout::Nchw, &v, s.channels, s.hw());
+    let [xf, du, du2, dx] = [xf, du, du2, dx].map(|b| gpu.download(&b).unwrap());
+    ([to_nchw(xf), du, du2, to_nchw(dx)], stats)
+}
+
+fn gpu_mask_matches_reference<T: Element>(gpu: &Gpu, (s, layout): (MaskShape, Layout), tol: f64) {
     let MaskCase {
         u: u_t,
         x: x_t,
@@ -884,29 +918,11 @@ fn gpu_mask_matches_reference<T: Element>(gpu: &Gpu, s: MaskShape, tol: f64) {
         references,
     } = mask_case::<T>(&s);
     let [xf64, du64, dx64] = [0, 1, 2].map(|i| &references[i]);
-    let mut op = MaskGpu::<T>::new(gpu, s).unwrap();
+    let mut op = MaskGpu::<T>::with_layout(gpu, s, layout).unwrap();
     assert_eq!(*op.shape(), s);
-    let (u_d, x_d, d_d) = (
-        gpu.upload(&u_t).unwrap(),
-        gpu.upload(&x_t).unwrap(),
-        gpu.upload(&d_t).unwrap(),
-    );
-    let mut run = || {
-        let mut xf = gpu.alloc_poisoned::<T>(s.image_len()).unwrap();
-        let mut um = gpu.alloc_poisoned::<f32>(s.batch).unwrap();
-        let mut am = gpu.upload(&vec![-7i32; s.batch]).unwrap();
-        let mut du = gpu.alloc_poisoned::<T>(s.map_len()).unwrap();
-        let mut du2 = gpu.alloc_poisoned::<T>(s.map_len()).unwrap();
-        let mut dx = gpu.alloc_poisoned::<T>(s.image_len()).unwrap();
-        op.forward(&u_d, &x_d, &mut xf, &mut um, &mut am).unwrap();
-        op.backward(&u_d, &x_d, &d_d, &um, &am, &mut du).unwrap();
-        op.backward_with_dx(&u_d, &x_d, &d_d, &um, &am, &mut du2, &mut dx)
-            .unwrap();
-        let stats = (gpu.download(&um).unwrap(), gpu.download(&am).unwrap());
-        ([xf, du, du2, dx].map(|b| gpu.download(&b).unwrap()), stats)
-    };
-    let (first, (um, am)) = run();
-    let name = format!("mask {} {s:?}", T::SUFFIX);
+    let inputs = (&u_t[..], &x_t[..], &d_t[..]);
+    let (first, (um, am)) = gpu_mask_run(gpu, &mut op, inputs);
+    let name = format!("mask {} {layout:?} {s:?}", T::SUFFIX);
     // Ties (likely in bf16) are resolved by the same rule on the same values: exact.
     assert_eq!(am, am64, "{name}: argmax");
     assert_eq!(widen(&um), um64, "{name}: u_max");
@@ -929,7 +945,7 @@ fn gpu_mask_matches_reference<T: Element>(gpu: &Gpu, s: MaskShape, tol: f64) {
             &x_t[s.channels * hw..3 * s.channels * hw],
         );
     }
-    let (second, stats2) = run();
+    let (second, stats2) = gpu_mask_run(gpu, &mut op, inputs);
     for ((what, a), b) in names.iter().zip(&first).zip(&second) {
         assert_bit_identical(&format!("{name} {what}"), a, b);
     }
@@ -946,8 +962,129 @@ fn gpu_mask_cases() -> Vec<MaskShape> {
     ]
 }
 
+fn with_layout(shapes: Vec<MaskShape>, layout: Layout) -> Vec<(MaskShape, Layout)> {
+    shapes.into_iter().map(|s| (s, layout)).collect()
+}
+
 f32_and_bf16_tests!("mask", gpu_f32_mask_matches_reference, gpu_bf16_mask_matches_reference,
-    each of gpu_mask_cases() => gpu_mask_matches_reference);
+    each of with_layout(gpu_mask_cases(), Layout::Nchw) => gpu_mask_matches_reference);
+
+// NHWC against the f64 reference (on the NCHW image), with 1 to 4 channels (none a vector).
+f32_and_bf16_tests!("mask", gpu_nhwc_f32_mask_matches_reference,
+    gpu_nhwc_bf16_mask_matches_reference,
+    each of with_layout(gpu_mask_cases(), Layout::Nhwc) => gpu_mask_matches_reference);
+
+/// NHWC reads the same values in the same order as NCHW: the same bits.
+fn gpu_nhwc_mask_matches_nchw<T: Element>(gpu: &Gpu, s: MaskShape, _tol: f64) {
+    let case = mask_case::<T>(&s);
+    let inputs = (&case.u[..], &case.x[..], &case.dxf[..]);
+    let runs = [Layout::Nchw, Layout::Nhwc].map(|layout| {
+        gpu_mask_run(
+            gpu,
+            &mut MaskGpu::with_layout(gpu, s, layout).unwrap(),
+            inputs,
+        )
+    });
+    let [(nchw, nchw_stats), (nhwc, nhwc_stats)] = &runs;
+    let name = format!("mask {} NHWC vs NCHW {s:?}", T::SUFFIX);
+    for ((what, a), b) in ["X_f", "dU", "dU (with dX)", "dX"]
+        .iter()
+        .zip(nhwc)
+        .zip(nchw)
+    {
+        assert_bit_identical(&format!("{name} {what}"), a, b);
+    }
+    assert_bit_identical(&format!("{name} u_max"), &nhwc_stats.0, &nchw_stats.0);
+    assert_eq!(nhwc_stats.1, nchw_stats.1, "{name}: argmax");
+}
+
+f32_and_bf16_tests!("mask", gpu_nhwc_f32_mask_matches_nchw, gpu_nhwc_bf16_mask_matches_nchw,
+    each of [gpu_mask_cases(), vec![mask_shape(2, 4, 13, 17)]].concat()
+        => gpu_nhwc_mask_matches_nchw);
+
+/// The bf16 NHWC mask against the bf16 reference: the f32 reference on the widened bf16 inputs,
+/// each output rounded to bf16 once. A mutant that rounds the mask value to bf16 before the
+/// product fails it.
+#[test]
+fn gpu_nhwc_bf16_mask_rounds_as_reference() {
+    let gpu = or_return!(gpu_or_skip("mask gpu_nhwc_bf16_mask_rounds_as_reference"));
+    let to_f32 = |v: &[bf16]| -> Vec<f32> { v.iter().map(|v| v.to_f32()).collect() };
+    let to_bf16 = |v: &[f32]| -> Vec<bf16> { v.iter().map(|&v| bf16::from_f32(v)).collect() };
+    for s in [mask_shape(4, 3, 61, 67), mask_shape(3, 3, 37, 41)] {
+        let case = mask_case::<bf16>(&s);
+        let (u, x, dxf) = (to_f32(&case.u), to_f32(&case.x), to_f32(&case.dxf));
+        let nhwc = (Layout::Nhwc, s);
+        let to_nhwc = |v: &[f32]| Layout::Nchw.convert(Layout::Nhwc, v, s.channels, s.hw());
+        let (x_l, dxf_l) = (to_nhwc(&x), to_nhwc(&dxf));
+        let mut xf = vec![f32::NAN; s.image_len()];
+        let (mut um, mut am) = (vec![f32::NAN; s.batch], vec![-7; s.batch]);
+        mask_forward_cpu(&nhwc, &u, &x_l, &mut xf, &mut um, &mut am).unwrap();
+        let (mut du, mut dx) = (vec![f32::NAN; s.map_len()], vec![f32::NAN; s.image_len()]);
+        mask_backward_cpu(&nhwc, &u, &x_l, &dxf_l, &um, &am, &mut du, Some(&mut dx)).unwrap();
+        let mut op = MaskGpu::<bf16>::with_layout(&gpu, s, Layout::Nhwc).unwrap();
+        let (got, _) = gpu_mask_run(&gpu, &mut op, (&case.u, &case.x, &case.dxf));
+        let to_nchw = |v: &[f32]| Layout::Nhwc.convert(Layout::Nchw, v, s.channels, s.hw());
+        let want = [to_bf16(&to_nchw(&xf)), to_bf16(&du), to_bf16(&to_nchw(&dx))];
+        let name = format!("bf16 NHWC mask {s:?}");
+        for ((what, got), want) in ["X_f", "dU", "dX"]
+            .iter()
+            .zip([&got[0], &got[1], &got[3]])
+            .zip(&want)
+        {
+            if let Some(why) = bf16_rounding_mismatch(got, want) {
+                panic!("{name} {what}: {why}");
+            }
+        }
+        // The mutant: Mk rounded to bf16 before it multiplies X.
+        let hw = s.hw();
+        let mutant: Vec<bf16> = (0..s.image_len())
+            .map(|i| {
+                let (b, p) = (i / (s.channels * hw), i % hw);
+                let mk = if um[b] <= 0.0 {
+                    1.0
+                } else {
+                    u[b * hw + p].max(0.0) / um[b]
+                };
+                bf16::from_f32(bf16::from_f32(mk).to_f32() * x[i])
+            })
+            .collect();
+        assert!(
+            bf16_rounding_mismatch(&got[0], &mutant).is_some(),
+            "{name}: the check passes a reference that rounds the mask first"
+        );
+    }
+}
+
+/// The NHWC CPU reference is the NCHW one on the transposed image, exactly (f64).
+#[test]
+fn nhwc_reference_is_nchw_on_the_transposed_image() {
+    let s = mask_shape(3, 3, 7, 9);
+    let (u, x, dxf) = gpu_mask_inputs(&s);
+    let (xf, um, am) = mask64(&s, &u, &x);
+    let (du, dx) = mask_back64(&s, &u, &x, &dxf);
+    let to_nhwc = |v: &[f64]| Layout::Nchw.convert(Layout::Nhwc, v, s.channels, s.hw());
+    let nhwc = (Layout::Nhwc, s);
+    let mut xf_l = vec![f64::NAN; s.image_len()];
+    let (mut um_l, mut am_l) = (vec![f64::NAN; s.batch], vec![-7; s.batch]);
+    mask_forward_cpu(&nhwc, &u, &to_nhwc(&x), &mut xf_l, &mut um_l, &mut am_l).unwrap();
+    let (mut du_l, mut dx_l) = (vec![f64::NAN; s.map_len()], vec![f64::NAN; s.image_len()]);
+    let (x_l, dxf_l) = (to_nhwc(&x), to_nhwc(&dxf));
+    mask_backward_cpu(
+        &nhwc,
+        &u,
+        &x_l,
+        &dxf_l,
+        &um_l,
+        &am_l,
+        &mut du_l,
+        Some(&mut dx_l),
+    )
+    .unwrap();
+    assert_eq!(xf_l, to_nhwc(&xf));
+    assert_eq!((um_l, am_l), (um, am));
+    assert_eq!(du_l, du);
+    assert_eq!(dx_l, to_nhwc(&dx));
+}
 
 #[test]
 fn gpu_wrong_lengths_are_errors() {

@@ -6,15 +6,32 @@
 //!
 //! `Z` is what the center loss sees; the classifier sees `100·Z`. The forward also returns each
 //! sample's norm `‖S[b]‖`, which the backward needs. Kernels: `kernels/bap.cu`.
+//!
+//! Layout ([`Layout`]): `A` and `F` (and their gradients) are NCHW, `[B, M, H, W]` and
+//! `[B, N, H, W]`, or channels-last NHWC, `[B, H, W, M]` and `[B, H, W, N]`
+//! ([`BapGpu::with_layout`]; the CPU references take `(Layout, BapShape)`); the parts `[B, M·N]`
+//! and norms are the same in both. The NHWC CPU reference is the NCHW one on the converted data.
+//! The NHWC kernels take at most 32 maps. They compute the same sums in another order (a pixel
+//! slot per warp and a tree over the slots, not lanes over the pixels and a butterfly), so the
+//! forward and `dA` agree with NCHW to f32 rounding; `dF` sums over the maps in the same order and
+//! gives NCHW's bits from the same `Z` and norms.
+//!
+//! bf16 rounding points (both layouts): the inputs are bf16; `P`, the sums of squares, the norms
+//! (f32 outputs), `G = dP/HW` and every sum of the backward are f32; `S` is rounded to bf16 when
+//! stored, then `Z` is computed from that rounded `S` in f32 and rounded once more (the norm is
+//! that of the unrounded `S`); `dA` and `dF` are rounded to bf16 once, when stored, and `G` is
+//! computed from the bf16 `Z` and `dZ` the backward reads. [`forward_bf16_reference`] and the f32
+//! [`backward_cpu`] on the widened bf16 values are the reference that rounds at those points.
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
-use crate::device::{grid, Gpu, Kernel, LaunchConfig};
+use crate::device::{elementwise, grid, Gpu, Kernel, LaunchConfig};
 use crate::element::Element;
-use crate::error::{check_len, check_shape, Result};
+use crate::error::{check_len, check_shape, Error, Result};
 use crate::launch;
+use crate::layout::{LaidOut, Layout};
 use crate::Real;
 
 /// Added under the square root, as in WS-DAN.
@@ -76,6 +93,22 @@ impl BapShape {
         check_len("BAP d_features", grads[2], self.features_len())
     }
 
+    /// `[attention, features]` in `layout` rewritten in NCHW (borrowed when already NCHW).
+    fn inputs_nchw<'a, R: Copy>(
+        &self,
+        layout: Layout,
+        [attention, features]: [&'a [R]; 2],
+    ) -> [std::borrow::Cow<'a, [R]>; 2] {
+        use std::borrow::Cow;
+        match layout {
+            Layout::Nchw => [Cow::Borrowed(attention), Cow::Borrowed(features)],
+            Layout::Nhwc => [
+                Cow::Owned(layout.convert(Layout::Nchw, attention, self.maps, self.hw())),
+                Cow::Owned(layout.convert(Layout::Nchw, features, self.channels, self.hw())),
+            ],
+        }
+    }
+
     #[doc(hidden)] // for c2f-baselines
     pub fn validate(&self) -> Result<()> {
         let (b, m, n, h, w) = (
@@ -95,13 +128,51 @@ impl BapShape {
 }
 
 /// CPU reference forward: from `[attention, features]` writes `parts [B, M·N]` and `norms [B]`.
+/// `shape` is a [`BapShape`] (NCHW) or `(Layout, BapShape)`.
 pub fn forward_cpu<R: Real>(
-    shape: &BapShape,
+    shape: &impl LaidOut<BapShape>,
     [attention, features]: [&[R]; 2],
     parts: &mut [R],
     norms: &mut [R],
 ) -> Result<()> {
-    shape.check_forward(attention.len(), features.len(), parts.len(), norms.len())?;
+    let s = shape.shape();
+    s.check_forward(attention.len(), features.len(), parts.len(), norms.len())?;
+    let [attention, features] = s.inputs_nchw(shape.layout(), [attention, features]);
+    forward_nchw(s, [&attention, &features], parts, norms, |v| v);
+    Ok(())
+}
+
+/// The bf16 reference of the forward (see the module doc): the f32 forward on the widened bf16
+/// inputs, `S` rounded to bf16 before the division by the norm of the unrounded `S`, then `Z`
+/// rounded; the norms stay f32.
+pub fn forward_bf16_reference(
+    shape: &impl LaidOut<BapShape>,
+    [attention, features]: [&[half::bf16]; 2],
+    parts: &mut [half::bf16],
+    norms: &mut [f32],
+) -> Result<()> {
+    let s = shape.shape();
+    s.check_forward(attention.len(), features.len(), parts.len(), norms.len())?;
+    let widen = |v: &[half::bf16]| v.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
+    let [attention, features] = [widen(attention), widen(features)];
+    let [attention, features] = s.inputs_nchw(shape.layout(), [&attention, &features]);
+    let mut z = vec![0.0f32; parts.len()];
+    let round = |v: f32| half::bf16::from_f32(v).to_f32();
+    forward_nchw(s, [&attention, &features], &mut z, norms, round);
+    for (p, v) in parts.iter_mut().zip(z) {
+        *p = half::bf16::from_f32(v);
+    }
+    Ok(())
+}
+
+/// The NCHW forward; `stored(S)` is `S` as the kernel stores it before normalising.
+fn forward_nchw<R: Real>(
+    shape: &BapShape,
+    [attention, features]: [&[R]; 2],
+    parts: &mut [R],
+    norms: &mut [R],
+    stored: impl Fn(R) -> R + Sync,
+) {
     let (m, n, hw) = (shape.maps, shape.channels, shape.hw());
     let inv_hw = R::from_f64(1.0 / hw as f64);
     let eps = R::from_f64(SQRT_EPS);
@@ -120,23 +191,59 @@ pub fn forward_cpu<R: Real>(
             }
             *norm = z.iter().map(|&s| s * s).sum::<R>().sqrt();
             let inv = norm.max(floor).recip();
-            z.iter_mut().for_each(|zi| *zi = *zi * inv);
+            z.iter_mut().for_each(|zi| *zi = stored(*zi) * inv);
         });
-    Ok(())
 }
 
-/// CPU reference backward: from `d_parts` writes `[d_attention, d_features]` (assigned).
+/// CPU reference backward: from `d_parts` writes `[d_attention, d_features]` (assigned), in
+/// `shape`'s layout.
 pub fn backward_cpu<R: Real>(
-    shape: &BapShape,
+    shape: &impl LaidOut<BapShape>,
     [attention, features]: [&[R]; 2],
     (parts, norms): (&[R], &[R]),
     d_parts: &[R],
     [d_attention, d_features]: [&mut [R]; 2],
 ) -> Result<()> {
-    shape.check_backward(
+    let s = shape.shape();
+    s.check_backward(
         [attention.len(), features.len(), parts.len(), norms.len()],
         [d_parts.len(), d_attention.len(), d_features.len()],
     )?;
+    let saved = (parts, norms);
+    let layout = shape.layout();
+    if layout == Layout::Nchw {
+        backward_nchw(
+            s,
+            [attention, features],
+            saved,
+            d_parts,
+            [d_attention, d_features],
+        );
+        return Ok(());
+    }
+    let [attention, features] = s.inputs_nchw(layout, [attention, features]);
+    let mut da = vec![R::zero(); d_attention.len()];
+    let mut df = vec![R::zero(); d_features.len()];
+    backward_nchw(
+        s,
+        [&attention, &features],
+        saved,
+        d_parts,
+        [&mut da, &mut df],
+    );
+    let hw = s.hw();
+    d_attention.copy_from_slice(&Layout::Nchw.convert(layout, &da, s.maps, hw));
+    d_features.copy_from_slice(&Layout::Nchw.convert(layout, &df, s.channels, hw));
+    Ok(())
+}
+
+fn backward_nchw<R: Real>(
+    shape: &BapShape,
+    [attention, features]: [&[R]; 2],
+    (parts, norms): (&[R], &[R]),
+    d_parts: &[R],
+    [d_attention, d_features]: [&mut [R]; 2],
+) {
     let (m, n, hw) = (shape.maps, shape.channels, shape.hw());
     let inv_hw = R::from_f64(1.0 / hw as f64);
     let floor = R::from_f64(NORM_EPS);
@@ -177,7 +284,6 @@ pub fn backward_cpu<R: Real>(
             da.assign(&g.dot(&f));
             df.assign(&g.t().dot(&a));
         });
-    Ok(())
 }
 
 /// `sign` with `sign(0) = 0`, as `torch.sign`.
@@ -197,9 +303,12 @@ const GRAD_TILE: usize = 32;
 #[doc(hidden)] // for c2f-baselines
 pub const THREADS: u32 = 256;
 
-/// Blocks of `bap_pool` per sample, each leaving one partial sum of squares.
-fn pool_tiles(shape: &BapShape) -> usize {
-    shape.channels.div_ceil(POOL_CHANNELS)
+/// Blocks of the forward's pool per sample, each leaving one partial sum of squares.
+fn pool_tiles(shape: &BapShape, layout: Layout) -> usize {
+    match layout {
+        Layout::Nchw => shape.channels.div_ceil(POOL_CHANNELS),
+        Layout::Nhwc => shape.channels.div_ceil(NHWC_POOL_CHANNELS),
+    }
 }
 
 /// Grid of the element-wise passes over each sample's M·N vector: (chunks, B), with enough
@@ -255,11 +364,23 @@ pub fn launch_normalize<T: Element>(
     Ok(())
 }
 
-/// The fused BAP kernels for one shape, with their scratch buffers allocated once.
+/// The most maps the NHWC kernels hold in registers.
+pub const NHWC_MAX_MAPS: usize = 32;
+/// Channels per block of `bap_nhwc_pool` (32 lanes of 2) and of `bap_nhwc_grad_inputs` (4 warps
+/// side by side), and pixels per block of the latter.
+const NHWC_POOL_CHANNELS: usize = 64;
+const NHWC_GRAD_CHANNELS: usize = 256;
+const NHWC_GRAD_PIXELS: usize = 96;
+
+/// The fused BAP kernels for one shape and layout, with their scratch buffers allocated once.
 pub struct BapGpu<T: Element> {
     shape: BapShape,
+    layout: Layout,
     k: BapKernels<T>,
-    /// `bap_grad_inputs` holding 8 maps in registers (M ≤ 8) or 32 (more, 32 at a time).
+    /// `bap_pool` (NCHW) or `bap_nhwc_pool8`/`32` (NHWC, by M).
+    pool: Kernel,
+    /// `bap_grad_inputs` holding 8 maps in registers (M ≤ 8) or 32 (more, 32 at a time); NHWC's
+    /// likewise, without the passes.
     grad_inputs: Kernel,
     /// Sum of squares of S per (sample, forward block).
     tile_sumsq: CudaSlice<f32>,
@@ -267,32 +388,68 @@ pub struct BapGpu<T: Element> {
     dot_partials: CudaSlice<f32>,
     /// `G = dP/HW` channel-major, `[B, N, M]`, f32 whatever the storage type.
     grad_t: CudaSlice<f32>,
+    /// NHWC only: `dA`'s partials per channel tile, `[B, tiles, HW, M]`, summed by
+    /// `bap_nhwc_grad_att_finish`.
+    d_att_partials: Option<CudaSlice<f32>>,
 }
 
 crate::kernel_set! {
     struct BapKernels: crate::sources::BAP;
-    typed: bap_pool, bap_normalize, bap_grad_dot, bap_grad_pooled;
+    typed: bap_normalize, bap_grad_dot, bap_grad_pooled, bap_nhwc_grad_att_finish;
 }
 
 impl<T: Element> BapGpu<T> {
+    /// NCHW `A` and `F`.
     pub fn new(gpu: &Gpu, shape: BapShape) -> Result<Self> {
+        Self::with_layout(gpu, shape, Layout::Nchw)
+    }
+
+    /// `A` and `F` (and their gradients) in `layout`; NHWC takes at most [`NHWC_MAX_MAPS`] maps.
+    pub fn with_layout(gpu: &Gpu, shape: BapShape, layout: Layout) -> Result<Self> {
         shape.validate()?;
-        let grad_inputs = match shape.maps {
-            ..=8 => "bap_grad_inputs8",
-            _ => "bap_grad_inputs32",
+        let maps_held = if shape.maps <= 8 { 8 } else { 32 };
+        let (pool, grad_inputs, d_att_partials) = match layout {
+            Layout::Nchw => (
+                "bap_pool".to_string(),
+                format!("bap_grad_inputs{maps_held}"),
+                None,
+            ),
+            Layout::Nhwc => {
+                if shape.maps > NHWC_MAX_MAPS {
+                    return Err(Error::Shape(format!(
+                        "BAP maps {} above the {NHWC_MAX_MAPS} the NHWC kernels hold (shape \
+                         {shape:?})",
+                        shape.maps
+                    )));
+                }
+                let partials = shape.attention_len() * nhwc_grad_tiles(&shape);
+                (
+                    format!("bap_nhwc_pool{maps_held}"),
+                    format!("bap_nhwc_grad_inputs{maps_held}"),
+                    Some(gpu.alloc_zeros(partials)?),
+                )
+            }
         };
+        let kernel = |name: &str| Kernel::typed::<T>(gpu, &crate::sources::BAP, name);
         Ok(BapGpu {
             shape,
+            layout,
             k: BapKernels::new(gpu)?,
-            grad_inputs: Kernel::typed::<T>(gpu, &crate::sources::BAP, grad_inputs)?,
-            tile_sumsq: gpu.alloc_zeros(shape.batch * pool_tiles(&shape))?,
+            pool: kernel(&pool)?,
+            grad_inputs: kernel(&grad_inputs)?,
+            tile_sumsq: gpu.alloc_zeros(shape.batch * pool_tiles(&shape, layout))?,
             dot_partials: gpu.alloc_zeros(shape.batch * per_part_chunks(&shape))?,
             grad_t: gpu.alloc_zeros(shape.parts_len())?,
+            d_att_partials,
         })
     }
 
     pub fn shape(&self) -> &BapShape {
         &self.shape
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// From `[attention, features]` writes `parts [B, M·N]` (normalised) and `norms [B]` (‖S‖
@@ -306,14 +463,18 @@ impl<T: Element> BapGpu<T> {
         let s = self.shape;
         s.check_forward(attention.len(), features.len(), parts.len(), norms.len())?;
         let (m, n, hw) = (s.maps as i32, s.channels as i32, s.hw() as i32);
-        let pool_cfg = grid((pool_tiles(&s) as u32, s.batch as u32, 1), THREADS);
-        // SAFETY: buffer lengths checked above match the kernel's indexing.
+        let tiles = pool_tiles(&s, self.layout);
+        let pool_cfg = match self.layout {
+            Layout::Nchw => grid((tiles as u32, s.batch as u32, 1), THREADS),
+            Layout::Nhwc => grid((s.batch as u32, tiles as u32, 1), THREADS),
+        };
+        // SAFETY: buffer lengths checked above match the kernel's indexing; `tile_sumsq` holds
+        // B·tiles.
         unsafe {
-            launch!(self.k.bap_pool, pool_cfg, [
+            launch!(self.pool, pool_cfg, [
                 in attention, in features, out parts, &mut self.tile_sumsq, &m, &n, &hw
             ])?;
         }
-        let tiles = pool_tiles(&s);
         launch_normalize(
             &self.k.bap_normalize,
             &s,
@@ -349,7 +510,6 @@ impl<T: Element> BapGpu<T> {
         let chunks = per_part_chunks(&s) as i32;
         let tiles = |len: usize| len.div_ceil(GRAD_TILE) as u32;
         let pooled_cfg = grid((tiles(s.channels), tiles(s.maps), s.batch as u32), THREADS);
-        let inputs_cfg = grid((tiles(s.hw()), s.batch as u32, 1), THREADS);
         // SAFETY: buffer lengths checked above match the kernels' indexing; `grad_t` holds
         // B·M·N and `dot_partials` B·chunks.
         unsafe {
@@ -357,11 +517,40 @@ impl<T: Element> BapGpu<T> {
                 in parts, in d_parts, in norms, &self.dot_partials, &chunks, &mut self.grad_t, &m,
                 &n, &hw
             ])?;
+        }
+        let Some(partials) = &mut self.d_att_partials else {
+            let inputs_cfg = grid((tiles(s.hw()), s.batch as u32, 1), THREADS);
+            // SAFETY: as above.
+            unsafe {
+                launch!(self.grad_inputs, inputs_cfg, [
+                    in attention, in features, &self.grad_t, out d_attention, out d_features, &m,
+                    &n, &hw
+                ])?;
+            }
+            return Ok(());
+        };
+        let channel_tiles = nhwc_grad_tiles(&s);
+        let pixel_blocks = s.hw().div_ceil(NHWC_GRAD_PIXELS) as u32;
+        let inputs_cfg = grid(
+            (channel_tiles as u32, s.batch as u32, pixel_blocks),
+            THREADS,
+        );
+        let (tiles_arg, batch, per_sample) = (channel_tiles as i32, s.batch as i32, m * hw);
+        // SAFETY: as above; `partials` holds B·tiles·HW·M.
+        unsafe {
             launch!(self.grad_inputs, inputs_cfg, [
-                in attention, in features, &self.grad_t, out d_attention, out d_features, &m, &n,
+                in attention, in features, &self.grad_t, &mut *partials, out d_features, &m, &n,
                 &hw
+            ])?;
+            launch!(self.k.bap_nhwc_grad_att_finish, elementwise(s.attention_len()), [
+                &*partials, out d_attention, &tiles_arg, &batch, &per_sample
             ])?;
         }
         Ok(())
     }
+}
+
+/// Channel tiles of `bap_nhwc_grad_inputs`, each leaving its own partial of `dA`.
+fn nhwc_grad_tiles(shape: &BapShape) -> usize {
+    shape.channels.div_ceil(NHWC_GRAD_CHANNELS)
 }

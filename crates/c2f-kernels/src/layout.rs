@@ -37,6 +37,31 @@ impl Layout {
     }
 }
 
+/// A shape and the layout of its activations, as the CPU references take them: a shape `S` alone
+/// is NCHW, `(Layout, S)` names the layout.
+pub trait LaidOut<S> {
+    fn layout(&self) -> Layout;
+    fn shape(&self) -> &S;
+}
+
+impl<S> LaidOut<S> for S {
+    fn layout(&self) -> Layout {
+        Layout::Nchw
+    }
+    fn shape(&self) -> &S {
+        self
+    }
+}
+
+impl<S> LaidOut<S> for (Layout, S) {
+    fn layout(&self) -> Layout {
+        self.0
+    }
+    fn shape(&self) -> &S {
+        &self.1
+    }
+}
+
 /// Channels per thread of the NHWC kernels (`kernels/channels_last.cuh`): a 16-byte vector of
 /// `T` when `channels` is a multiple of it and every buffer address is 16-byte aligned, else 1.
 pub fn nhwc_vector<T: crate::Element>(channels: usize, addresses: &[u64]) -> usize {

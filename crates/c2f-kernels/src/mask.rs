@@ -13,6 +13,16 @@
 //!
 //! Every result is the same bits on every run (fixed-order sums, no float atomics). Kernels:
 //! `kernels/mask.cu`.
+//!
+//! Layout ([`Layout`]): `X`, `X_f` and their gradients are NCHW or channels-last NHWC
+//! `[B, H, W, C]` ([`MaskGpu::with_layout`]; the CPU references take `(Layout, MaskShape)`); `U`
+//! has one channel, so it is the same in both. The kernels read the same values in the same order
+//! in both layouts, so NHWC gives NCHW's bits; the NHWC CPU reference is the NCHW one on the
+//! converted image. bf16 rounding points: the inputs are bf16, `u_max` (an f32 output) is a bf16
+//! value, the mask, `g`, the dot and every intermediate are f32, and `X_f`, `dU` and `dX` are
+//! rounded to bf16 once, when stored: the f32 reference on the widened inputs, outputs rounded.
+
+use std::borrow::Cow;
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
 use rayon::prelude::*;
@@ -21,6 +31,7 @@ use crate::device::{device_addr_mut, elementwise, grid, Gpu};
 use crate::element::Element;
 use crate::error::{check_dims, check_len, Error, Result};
 use crate::launch;
+use crate::layout::{LaidOut, Layout};
 use crate::Real;
 
 const THREADS: u32 = 256;
@@ -63,13 +74,46 @@ impl MaskShape {
         check_len("mask argmax", stats[1], self.batch)
     }
 
-    fn device(&self) -> MaskGeom {
+    fn device(&self, layout: Layout) -> MaskGeom {
         // Each fits an i32: `validate` bounds their product.
+        let (channels, hw) = (self.channels as i32, self.hw() as i32);
+        let (pixel_stride, channel_stride) = match layout {
+            Layout::Nchw => (1, hw),
+            Layout::Nhwc => (channels, 1),
+        };
         MaskGeom {
             batch: self.batch as i32,
-            channels: self.channels as i32,
-            hw: self.hw() as i32,
+            channels,
+            hw,
+            pixel_stride,
+            channel_stride,
         }
+    }
+
+    /// An image of this shape in `layout` as NCHW (borrowed when it already is).
+    fn image_nchw<'a, R: Copy>(&self, layout: Layout, image: &'a [R]) -> Cow<'a, [R]> {
+        match layout {
+            Layout::Nchw => Cow::Borrowed(image),
+            Layout::Nhwc => {
+                Cow::Owned(layout.convert(Layout::Nchw, image, self.channels, self.hw()))
+            }
+        }
+    }
+
+    /// Runs `write` on an NCHW image and leaves what it wrote in `out`, in `layout`.
+    fn write_image<R: Real>(
+        &self,
+        layout: Layout,
+        out: &mut [R],
+        write: impl FnOnce(&mut [R]) -> Result<()>,
+    ) -> Result<()> {
+        if layout == Layout::Nchw {
+            return write(out);
+        }
+        let mut nchw = vec![R::zero(); out.len()];
+        write(&mut nchw)?;
+        out.copy_from_slice(&Layout::Nchw.convert(layout, &nchw, self.channels, self.hw()));
+        Ok(())
     }
 }
 
@@ -80,9 +124,11 @@ struct MaskGeom {
     batch: i32,
     channels: i32,
     hw: i32,
+    pixel_stride: i32,
+    channel_stride: i32,
 }
 
-// SAFETY: a `#[repr(C)]` struct of three `i32`, the layout of `MaskGeom` in the kernel file.
+// SAFETY: a `#[repr(C)]` struct of five `i32`, the layout of `MaskGeom` in the kernel file.
 unsafe impl DeviceRepr for MaskGeom {}
 
 /// The mask value of a pixel `u` under its sample's maximum: ones unless `u_max > 0` (or NaN,
@@ -112,20 +158,36 @@ fn first_max<R: Real>(u: &[R]) -> (R, usize) {
 }
 
 /// CPU mask forward: writes `xf = Mk ⊙ x` and, per sample, `u_max` and its position `argmax`
-/// within the sample's `H·W` (what [`mask_backward_cpu`] needs).
+/// within the sample's `H·W` (what [`mask_backward_cpu`] needs). `shape` is a [`MaskShape`]
+/// (NCHW) or `(Layout, MaskShape)`.
 pub fn mask_forward_cpu<R: Real>(
-    shape: &MaskShape,
+    shape: &impl LaidOut<MaskShape>,
     u: &[R],
     x: &[R],
     xf: &mut [R],
     u_max: &mut [R],
     argmax: &mut [i32],
 ) -> Result<()> {
+    let (layout, shape) = (shape.layout(), shape.shape());
     shape.check(
         u.len(),
         [("mask X", x.len()), ("mask X_f", xf.len())],
         [u_max.len(), argmax.len()],
     )?;
+    let x = shape.image_nchw(layout, x);
+    shape.write_image(layout, xf, |xf| {
+        mask_forward_nchw(shape, u, &x, xf, (u_max, argmax));
+        Ok(())
+    })
+}
+
+fn mask_forward_nchw<R: Real>(
+    shape: &MaskShape,
+    u: &[R],
+    x: &[R],
+    xf: &mut [R],
+    (u_max, argmax): (&mut [R], &mut [i32]),
+) {
     let hw = shape.hw();
     let image = shape.channels * hw;
     xf.par_chunks_mut(image)
@@ -141,19 +203,39 @@ pub fn mask_forward_cpu<R: Real>(
                 }
             }
         });
-    Ok(())
 }
 
 /// CPU mask backward: `du` (assigned, see the module doc) from the forward's inputs, `dxf`, and
-/// the forward's `u_max` and `argmax`; with `dx`, also `dx = dxf ⊙ Mk` (assigned).
+/// the forward's `u_max` and `argmax`; with `dx`, also `dx = dxf ⊙ Mk` (assigned), in `shape`'s
+/// layout.
 #[allow(clippy::too_many_arguments)]
 pub fn mask_backward_cpu<R: Real>(
-    shape: &MaskShape,
+    shape: &impl LaidOut<MaskShape>,
     u: &[R],
     x: &[R],
     dxf: &[R],
     u_max: &[R],
     argmax: &[i32],
+    du: &mut [R],
+    dx: Option<&mut [R]>,
+) -> Result<()> {
+    let (layout, shape) = (shape.layout(), shape.shape());
+    let (x, dxf) = (shape.image_nchw(layout, x), shape.image_nchw(layout, dxf));
+    let saved = (u_max, argmax);
+    match dx {
+        None => mask_backward_nchw(shape, u, &x, &dxf, saved, du, None),
+        Some(dx) => shape.write_image(layout, dx, |dx| {
+            mask_backward_nchw(shape, u, &x, &dxf, saved, du, Some(dx))
+        }),
+    }
+}
+
+fn mask_backward_nchw<R: Real>(
+    shape: &MaskShape,
+    u: &[R],
+    x: &[R],
+    dxf: &[R],
+    (u_max, argmax): (&[R], &[i32]),
     du: &mut [R],
     dx: Option<&mut [R]>,
 ) -> Result<()> {
@@ -223,6 +305,7 @@ pub fn mask_backward_cpu<R: Real>(
 /// `u_max` (f32) and `argmax` (i32) are `[B]` buffers the forward fills and the backward reads.
 pub struct MaskGpu<T: Element> {
     shape: MaskShape,
+    layout: Layout,
     k: MaskKernels<T>,
     /// Each (sample, chunk)'s maximum and its position.
     part_max: CudaSlice<f32>,
@@ -243,11 +326,18 @@ crate::kernel_set! {
 const MASK_CHUNK: usize = THREADS as usize * 4;
 
 impl<T: Element> MaskGpu<T> {
+    /// An NCHW image.
     pub fn new(gpu: &Gpu, shape: MaskShape) -> Result<Self> {
+        Self::with_layout(gpu, shape, Layout::Nchw)
+    }
+
+    /// The image `X` (and `X_f`, `dX_f`, `dX`) in `layout`.
+    pub fn with_layout(gpu: &Gpu, shape: MaskShape, layout: Layout) -> Result<Self> {
         shape.validate()?;
         let partials = shape.batch * shape.hw().div_ceil(MASK_CHUNK);
         Ok(MaskGpu {
             shape,
+            layout,
             k: MaskKernels::new(gpu)?,
             part_max: gpu.alloc_zeros(partials)?,
             part_arg: gpu.alloc_zeros(partials)?,
@@ -267,6 +357,10 @@ impl<T: Element> MaskGpu<T> {
         &self.shape
     }
 
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
     /// Writes `xf = Mk ⊙ x`, `u_max` and `argmax`, as [`mask_forward_cpu`]: blocks over chunks
     /// of each sample find the maximum, then one thread per pixel applies the mask to every
     /// channel.
@@ -284,7 +378,7 @@ impl<T: Element> MaskGpu<T> {
             [("mask X", x.len()), ("mask X_f", xf.len())],
             [u_max.len(), argmax.len()],
         )?;
-        let g = sh.device();
+        let g = sh.device(self.layout);
         let (chunks_cfg, chunks) = self.per_chunk();
         let (per_sample, per_pixel) = (elementwise(sh.batch), elementwise(sh.map_len()));
         // SAFETY: buffer lengths checked above match the kernels' indexing; the partials hold
@@ -359,7 +453,7 @@ impl<T: Element> MaskGpu<T> {
         if let Some((_, len)) = dx {
             check_len("mask dX", len, sh.image_len())?;
         }
-        let g = sh.device();
+        let g = sh.device(self.layout);
         let (du, dx) = (du.0, dx.map_or(0u64, |d| d.0));
         let (chunks_cfg, chunks) = self.per_chunk();
         let (per_sample, per_pixel) = (elementwise(sh.batch), elementwise(sh.map_len()));

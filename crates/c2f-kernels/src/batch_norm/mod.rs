@@ -1,4 +1,4 @@
-//! Batch norm over NCHW or channels-last NHWC ([`Layout`]) with an optional fused ReLU: PyTorch's `BatchNorm2d` followed by `ReLU`,
+//! Batch norm over NCHW or channels-last NHWC ([`Layout`](crate::Layout)) with an optional fused ReLU: PyTorch's `BatchNorm2d` followed by `ReLU`,
 //! as in torchvision's InceptionV3 `BasicConv2d` (eps 0.001, momentum 0.1).
 //!
 //! Per channel, over its `n = N·H·W` values:
@@ -47,7 +47,7 @@ use std::ops::Deref;
 use cudarc::driver::DeviceSlice;
 
 use crate::error::{check_len, check_shape, Error, Result};
-use crate::layout::Layout;
+pub use crate::layout::LaidOut;
 
 /// The names of the per-channel pairs, for errors.
 const AFFINE: [&str; 2] = ["gamma", "beta"];
@@ -64,31 +64,6 @@ pub fn lens<P: Deref<Target = B>, B: DeviceSlice<f32> + ?Sized>(pair: &[P; 2]) -
 /// A pair's lengths beside its names.
 fn named(names: [&'static str; 2], lens: [usize; 2]) -> [(&'static str, usize); 2] {
     [(names[0], lens[0]), (names[1], lens[1])]
-}
-
-/// A shape and the layout of its activations, as the CPU references take them: a
-/// [`BatchNormShape`] alone is NCHW, `(Layout, BatchNormShape)` names the layout.
-pub trait LaidOut {
-    fn layout(&self) -> Layout;
-    fn shape(&self) -> &BatchNormShape;
-}
-
-impl LaidOut for BatchNormShape {
-    fn layout(&self) -> Layout {
-        Layout::Nchw
-    }
-    fn shape(&self) -> &BatchNormShape {
-        self
-    }
-}
-
-impl LaidOut for (Layout, BatchNormShape) {
-    fn layout(&self) -> Layout {
-        self.0
-    }
-    fn shape(&self) -> &BatchNormShape {
-        &self.1
-    }
 }
 
 /// InceptionV3's `BatchNorm2d(eps=0.001)`.

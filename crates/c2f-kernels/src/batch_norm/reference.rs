@@ -112,7 +112,7 @@ fn lens<R, S: Deref<Target = [R]>>(pair: &[S; 2]) -> [usize; 2] {
 /// CPU forward, training mode (and the CPU backend's op), activations in `laid_out`'s layout: writes `y` and the saved
 /// `[mean, invstd]`, and updates the running `[mean, var]` in place.
 pub fn forward_train_cpu<R: Real>(
-    laid_out: &impl LaidOut,
+    laid_out: &impl LaidOut<BatchNormShape>,
     params: &BatchNormParams,
     x: &[R],
     affine: [&[R]; 2],
@@ -167,7 +167,7 @@ pub fn forward_train_cpu<R: Real>(
 /// CPU forward, inference mode (and the CPU backend's op), activations in `laid_out`'s layout: writes `y` from the running
 /// `[mean, var]`.
 pub fn forward_inference_cpu<R: Real>(
-    laid_out: &impl LaidOut,
+    laid_out: &impl LaidOut<BatchNormShape>,
     params: &BatchNormParams,
     x: &[R],
     affine: [&[R]; 2],
@@ -214,7 +214,7 @@ fn grad_sums<R: Real>(
 /// `y` (read only with ReLU) and saved `[mean, invstd]`, and `dy`: assigns `dx`, accumulates
 /// `[dgamma, dbeta] += [Σ(g·x̂), Σg]`.
 pub fn backward_train_cpu<R: Real>(
-    laid_out: &impl LaidOut,
+    laid_out: &impl LaidOut<BatchNormShape>,
     params: &BatchNormParams,
     [x, y, dy]: [&[R]; 3],
     gamma: &[R],
@@ -257,7 +257,7 @@ pub fn backward_train_cpu<R: Real>(
 /// forward's input `x` and output `y` (read only with ReLU), the running `[mean, var]` and `dy`:
 /// assigns `dx = g·gamma·invstd`, accumulates `[dgamma, dbeta] += [Σ(g·x̂), Σg]`.
 pub fn backward_inference_cpu<R: Real>(
-    laid_out: &impl LaidOut,
+    laid_out: &impl LaidOut<BatchNormShape>,
     params: &BatchNormParams,
     [x, y, dy]: [&[R]; 3],
     gamma: &[R],
