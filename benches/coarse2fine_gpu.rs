@@ -64,7 +64,12 @@ fn case(c: &mut Criterion, batch: usize, size: usize, precision: Precision) {
     b.write_index(model.labels(), &labels).unwrap();
     let chosen_maps = model.chosen_maps().expect("Coarse2Fine has a fine pass");
     b.write_index(chosen_maps, &chosen).unwrap();
-    let sgd = c2f_kernels::sgd::SgdParams::new(cfg.lr, cfg.momentum, cfg.weight_decay);
+    let lr = b.alloc(1).unwrap();
+    b.write(lr, &[cfg.lr as f32]).unwrap();
+    let sgd = c2f_inception::network::SgdGroup {
+        params: c2f_kernels::sgd::SgdParams::new(cfg.momentum, cfg.weight_decay),
+        lr,
+    };
     let group = format!("coarse2fine_gpu_{precision}");
     time_training_step(c, &group, &name, batch, &mut b, |b| {
         model.zero_grads(b).unwrap();

@@ -6,7 +6,7 @@
 //! the helpers here, is in `wsdan.rs`), and a step captured into a CUDA graph and replayed
 //! against the same step run eagerly. Without a GPU each test prints `skipped: no CUDA device`.
 
-use crate::common::train::{synthetic_spec, tiny_config};
+use crate::common::train::{rates_at, sgd_group, synthetic_spec, tiny_config};
 use c2f_inception::backend::{prelude::*, BnMode};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
@@ -72,12 +72,8 @@ fn step_from<B: Backend>(
     }
     model.zero_grads(b).unwrap();
     let l = model.forward_backward(b, BnMode::Train).unwrap();
-    model
-        .sgd_step(
-            b,
-            &c2f_kernels::sgd::SgdParams::new(cfg.lr, cfg.momentum, cfg.weight_decay),
-        )
-        .unwrap();
+    let sgd = sgd_group(b, cfg.lr, cfg.momentum, cfg.weight_decay);
+    model.sgd_step(b, &sgd).unwrap();
     (
         vec![l.coarse, l.fine, l.center_coarse, l.center_fine],
         read_state(b, &model.state()),
@@ -264,6 +260,7 @@ fn allocations_per_step<M: Trainee<CudaBackend>>(
 ) -> Vec<u64> {
     let mut draw = SplitMix64(3);
     let mut counts = Vec::new();
+    let rates = rates_at(b, cfg);
     for step in 0..3 {
         let batch = random_batch(cfg, 10 + step);
         let share = BatchShare::whole(cfg.batch);
@@ -275,7 +272,7 @@ fn allocations_per_step<M: Trainee<CudaBackend>>(
         let values = b.read(stats.tensor).unwrap();
         let losses: Vec<f32> = stats.losses.iter().map(|&i| values[i]).collect();
         assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
-        model.sgd_step(b, &cfg.sgd_rule(cfg.lr)).unwrap();
+        model.sgd_step(b, &cfg.sgd_rule(&rates)).unwrap();
         b.synchronize().unwrap();
         counts.push(emulator_allocation_count().unwrap());
     }
@@ -348,9 +345,10 @@ fn step_on<M: Trainee<CudaBackend>>(
     model
         .write_step_inputs(b, batch, &mut SplitMix64(7), 1, &share)
         .unwrap();
+    let rates = rates_at(b, cfg);
     let mut work = |b: &mut CudaBackend| {
         model.step(b, BnMode::Train, &mut |_, _, _| Ok(()))?;
-        model.sgd_step(b, &cfg.sgd_rule(cfg.lr))
+        model.sgd_step(b, &cfg.sgd_rule(&rates))
     };
     if captured {
         let ops = b.capture(&mut work).unwrap();

@@ -19,7 +19,7 @@ use super::progress::progress_bar;
 use super::resume::{checkpoint_path, resumes, start_or_resume};
 use super::trainee::{BatchShare, StepStats, Trainee};
 use crate::checkpoint::{self, CheckpointMeta};
-use crate::config::{RunOptions, TrainConfig};
+use crate::config::{LearningRates, RunOptions, TrainConfig};
 use crate::data::spec::OpenedData;
 use crate::state::Named;
 use crate::task::Task;
@@ -72,6 +72,8 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
         None => None,
     };
     let mut pending = PendingStats::new(b, model.stats(), run.log_every, world)?;
+    let rates = LearningRates::new(b)?;
+    let sgd_rule = cfg.sgd_rule(&rates);
     let mut report = match test_loader {
         Some(test) => {
             let names = (loss_terms, model.head_names());
@@ -118,7 +120,9 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
             let batch_index = first_batch + k;
             let step_range = nvtx::range(format_args!("{name} step {}", meta.step + 1));
             lr = cfg.learning_rate(epoch, batch_index, steps_per_epoch);
-            model.set_center_lambda(cfg.center_lambda_at(epoch, batch_index, steps_per_epoch));
+            rates.write(b, cfg, lr)?;
+            let lambda = cfg.center_lambda_at(epoch, batch_index, steps_per_epoch);
+            model.set_center_lambda(b, lambda)?;
             if let Some(r) = &ranked {
                 r.before_step(b)?;
             }
@@ -135,7 +139,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
                 })?;
                 nvtx::within("all-reduce gradients", || r.after_backward(b))?;
             }
-            nvtx::within("sgd", || model.sgd_step(b, &cfg.sgd_rule(lr)))?;
+            nvtx::within("sgd", || model.sgd_step(b, &sgd_rule))?;
             meta.step += 1;
             let images = batch.labels.len() * world;
             pending.push(b, (meta.step, epoch, batch_index), images)?;
