@@ -421,6 +421,9 @@ pub struct RunOptions {
     /// Read the steps' losses and right answers back every this many steps (≥ 1): they stay
     /// on the device in between, one row per step, so the epoch sums are the same.
     pub log_every: usize,
+    /// Capture the training step into a CUDA graph after a warm-up step and replay it (on a
+    /// backend that can: the CUDA one); `false` runs every step op by op.
+    pub cuda_graph: bool,
 }
 
 impl RunOptions {
@@ -438,6 +441,7 @@ impl RunOptions {
             init_from: None,
             stop_after: None,
             log_every: 1,
+            cuda_graph: true,
         }
     }
 }

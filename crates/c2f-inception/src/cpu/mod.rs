@@ -421,6 +421,7 @@ impl<R: Real> TrainingOps for CpuBackend<R> {
         dropout::dropout_forward_cpu(p, step, m.input(x), m.output(y))
     }
 
+    /// The forward's op on `dy`: the same mask, the same scale.
     fn dropout_backward(
         &mut self,
         p: &DropoutParams,
@@ -428,10 +429,7 @@ impl<R: Real> TrainingOps for CpuBackend<R> {
         dy: Tensor,
         dx: Tensor,
     ) -> Result<()> {
-        check_len("dropout step slot", step.len, 2)?;
-        let m = self.operands(&[dy], &[dx], &[step])?;
-        let step = dropout::step_from_words([m.index(step)[0], m.index(step)[1]]);
-        dropout::dropout_backward_cpu(p, step, m.input(dy), m.output(dx))
+        self.dropout_forward(p, step, dy, dx)
     }
 
     fn softmax_cross_entropy(

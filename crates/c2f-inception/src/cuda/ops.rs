@@ -291,6 +291,7 @@ impl TrainingOps for CudaBackend {
         )
     }
 
+    /// The forward's kernel on `dy`: the same mask, the same scale.
     fn dropout_backward(
         &mut self,
         p: &DropoutParams,
@@ -298,13 +299,7 @@ impl TrainingOps for CudaBackend {
         dy: Tensor,
         dx: Tensor,
     ) -> Result<()> {
-        self.launch(
-            (),
-            [dy],
-            [dx],
-            [step],
-            |op: &mut DropoutGpu<f32>, [dy], [mut dx], [step]| op.apply(p, &step, &dy, &mut dx),
-        )
+        self.dropout_forward(p, step, dy, dx)
     }
 
     fn softmax_cross_entropy(
