@@ -13,6 +13,7 @@ use c2f_kernels::{Real, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::task::Task;
+use crate::train::ModelKind;
 use crate::upsampler::{UpsamplerKind, UpsamplerWeights};
 
 /// How the learning rate moves.
@@ -237,7 +238,8 @@ pub enum Machine {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
     /// `c2f train`'s: training from scratch, on the built-in synthetic set by default. SGD at
-    /// 0.02 with a cosine schedule after 2 epochs of warmup, the classifiers at 0.005× (they
+    /// each model's own base rate ([`Preset::lr`]) with a cosine schedule after 2 epochs of
+    /// warmup, the classifiers at 0.005× (they
     /// read 100× the unit-norm part features), λ = 0.3 rising over 3 epochs (at full weight
     /// from the start the center loss merges the classes' centers in about one run in four),
     /// and the WS-DAN reimplementations' center rule with a bank per pass: from scratch the
@@ -252,7 +254,21 @@ pub enum Preset {
 }
 
 impl Preset {
-    /// The preset on `machine`, for the 200 classes of CUB-200-2011 (a run sets its data's).
+    /// The base learning rate of `model` under this preset. From scratch each model keeps the
+    /// rate that won its row of one tuning protocol (docs/experiments.md, "Equal tuning"):
+    /// 0.005 for Coarse2Fine and WS-DAN, whose two or three cross-entropies add their gradients
+    /// into one backbone, and 0.02 for the single-loss coarse-only model and the baseline.
+    /// Fine-tuning takes the paper's (WS-DAN's) 1e-3 for every model.
+    pub fn lr(self, model: ModelKind) -> f64 {
+        match (self, model) {
+            (Preset::Paper, _) => 1e-3,
+            (Preset::FromScratchDemo, ModelKind::Coarse2Fine | ModelKind::WsDan) => 0.005,
+            (Preset::FromScratchDemo, ModelKind::CoarseOnly | ModelKind::Baseline) => 0.02,
+        }
+    }
+
+    /// The preset on `machine`, for the 200 classes of CUB-200-2011 (a run sets its data's), at
+    /// Coarse2Fine's base rate (a run of another model sets its own, [`Preset::lr`]).
     /// Both presets share M = 8 maps (WS-DAN's 32, one center per part), momentum 0.9, weight
     /// decay 1e-5, β = 0.05, BatchNorm training, the learnable up-sampler and the orthogonal
     /// attention start.
@@ -262,10 +278,10 @@ impl Preset {
             (Machine::Cpu, Preset::Paper) => (16, 16, 96, 1.0),
             (Machine::Gpu, _) => (40, 64, 299, 1.0),
         };
-        let (lr, classifier_lr_scale, schedule, warmup_epochs, center_lambda, center_warmup) =
+        let (classifier_lr_scale, schedule, warmup_epochs, center_lambda, center_warmup) =
             match self {
-                Preset::FromScratchDemo => (0.02, 0.005, Schedule::Cosine, 2.0, 0.3, 3.0),
-                Preset::Paper => (1e-3, 1.0, Schedule::Step, 0.0, 1.0, 0.0),
+                Preset::FromScratchDemo => (0.005, Schedule::Cosine, 2.0, 0.3, 3.0),
+                Preset::Paper => (1.0, Schedule::Step, 0.0, 1.0, 0.0),
             };
         let (center_rule, center_banks) = match self {
             Preset::FromScratchDemo => (CenterRuleName::Normalized, CenterBanks::Separate),
@@ -279,7 +295,7 @@ impl Preset {
             classes: 200,
             task: Task::Classes,
             maps: 8,
-            lr,
+            lr: self.lr(ModelKind::Coarse2Fine),
             classifier_lr_scale,
             schedule,
             warmup_epochs,
@@ -465,6 +481,15 @@ mod tests {
             (CenterRuleName::Normalized, CenterBanks::Separate)
         );
         assert_eq!(demo.center_loss().rule, CenterRule::Normalized);
+    }
+
+    #[test]
+    fn from_scratch_each_model_takes_its_tuned_rate() {
+        let demo = Preset::FromScratchDemo;
+        assert_eq!(demo.config(Machine::Cpu).lr, 0.005);
+        let rates: Vec<f64> = ModelKind::ALL.iter().map(|&m| demo.lr(m)).collect();
+        assert_eq!(rates, [0.005, 0.02, 0.005, 0.02]);
+        assert!(ModelKind::ALL.iter().all(|&m| Preset::Paper.lr(m) == 1e-3));
     }
 
     #[test]

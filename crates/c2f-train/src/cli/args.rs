@@ -142,7 +142,9 @@ pub struct TrainArgs {
     /// default: 0.5).
     #[arg(long, value_parser = within(CLUTTER))]
     pub clutter: Option<f32>,
-    /// Base learning rate (default: 0.02 from scratch; 1e-3 with --weights, WS-DAN's).
+    /// Base learning rate, for every model trained (default from scratch: each model's tuned
+    /// rate, 0.005 for coarse2fine and wsdan, 0.02 for coarse-only and baseline; 1e-3 with
+    /// --weights, WS-DAN's).
     #[arg(long, value_parser = within(LEARNING_RATES))]
     pub lr: Option<f64>,
     /// The classifiers' learning rate over --lr (default: 0.005 from scratch, where the

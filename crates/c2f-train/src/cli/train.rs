@@ -89,7 +89,13 @@ pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
         log_every: args.log_every.unwrap_or(defaults.log_every),
         cuda_graph: !args.no_cuda_graph,
     };
-    let job = Job { cfg, data: opened };
+    let job = Job {
+        cfg,
+        data: opened,
+        lr: args
+            .lr
+            .map_or(ModelRates::Preset(args.preset()), ModelRates::Given),
+    };
     if leader {
         println!(
             "{} of {}²; width {}, batch {}{}, {} epochs; checkpoints and metrics in {}",
@@ -124,6 +130,24 @@ pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
 struct Job {
     cfg: TrainConfig,
     data: OpenedData,
+    lr: ModelRates,
+}
+
+/// The base learning rate each model of a job trains at.
+enum ModelRates {
+    /// `--lr`: this one for every model.
+    Given(f64),
+    /// No `--lr`: each model's own under the preset ([`Preset::lr`]).
+    Preset(Preset),
+}
+
+impl ModelRates {
+    fn of(&self, model: ModelKind) -> f64 {
+        match *self {
+            ModelRates::Given(lr) => lr,
+            ModelRates::Preset(preset) => preset.lr(model),
+        }
+    }
 }
 
 impl Job {
@@ -145,7 +169,11 @@ impl Job {
             let start = Instant::now();
             let mut dp = collective.as_mut().map(|c| DataParallel::new(&mut **c));
             let options = run(model.name());
-            let trained = model.trainer()(b, &self.cfg, &options, &self.data, dp.as_mut())?;
+            let cfg = TrainConfig {
+                lr: self.lr.of(model),
+                ..self.cfg.clone()
+            };
+            let trained = model.trainer()(b, &cfg, &options, &self.data, dp.as_mut())?;
             if let Some(evaluation) = trained {
                 rows.push(Row {
                     label: model.label(),
@@ -299,16 +327,21 @@ impl TrainArgs {
         Ok(())
     }
 
+    /// The [`Preset`] the flags ask for: with `--weights` the paper's (fine-tuning), else the
+    /// from-scratch demo.
+    fn preset(&self) -> Preset {
+        if self.weights.is_some() {
+            Preset::Paper
+        } else {
+            Preset::FromScratchDemo
+        }
+    }
+
     /// The training config: the [`Preset`] the flags ask for (`--weights`: the paper's,
     /// fine-tuning; else the from-scratch demo) on `machine`, with each flag given overriding
     /// its value. The classes and task are the data's, set once it is opened.
     pub fn config(&self, machine: Machine) -> TrainConfig {
-        let preset = if self.weights.is_some() {
-            Preset::Paper
-        } else {
-            Preset::FromScratchDemo
-        };
-        let base = preset.config(machine);
+        let base = self.preset().config(machine);
         TrainConfig {
             epochs: self.epochs.unwrap_or(base.epochs),
             batch: self.batch.unwrap_or(base.batch),
