@@ -81,9 +81,11 @@ fn gpu_dtype<T: Element>(c: &mut Criterion, gpu: &Gpu) {
 
         // Timed without the per-call read-back of the loss, which would stall the stream.
         let mut fused = CenterLossGpu::<T>::new(gpu, s).unwrap();
+        let scales = gpu.upload(&p.scales(s.batch).map(|v| v as f32)).unwrap();
+        let update = p.update();
         let ours = group.bench(&format!("fused_{id}"), bytes, || {
             fused
-                .enqueue(&p, &f_d, &y_d, &mut c_d, &mut df_d, NO_STATS)
+                .enqueue(&update, &scales, &f_d, &y_d, &mut c_d, &mut df_d, NO_STATS)
                 .unwrap()
         });
         fused.finish().expect("the fused kernels reported an error");

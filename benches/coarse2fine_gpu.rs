@@ -15,7 +15,9 @@ use c2f_inception::backend::{prelude::*, BnMode};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_inception::cuda::CudaBackend;
+use c2f_inception::network::SgdGroup;
 use c2f_inception::Precision;
+use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::testing::SplitMix64;
 use c2f_train::train::{
     build_coarse2fine, build_wsdan, init_coarse2fine, init_wsdan, RunOptions, TrainConfig,
@@ -70,6 +72,16 @@ fn run_options() -> RunOptions {
     }
 }
 
+/// One SGD group for every parameter at `cfg`'s base rate, its rate in device memory.
+fn sgd_group(b: &mut CudaBackend, cfg: &TrainConfig) -> SgdGroup {
+    let lr = b.alloc(1).unwrap();
+    b.write(lr, &[cfg.lr as f32]).unwrap();
+    SgdGroup {
+        params: SgdParams::new(cfg.momentum, cfg.weight_decay),
+        lr,
+    }
+}
+
 fn case(c: &mut Criterion, batch: usize, size: usize, precision: Precision) {
     let name = format!("coarse2fine_b{batch}_{size}_{precision}");
     let cfg = config(batch, size);
@@ -84,7 +96,7 @@ fn case(c: &mut Criterion, batch: usize, size: usize, precision: Precision) {
     b.write_index(model.labels(), &labels).unwrap();
     let chosen_maps = model.chosen_maps().expect("Coarse2Fine has a fine pass");
     b.write_index(chosen_maps, &chosen).unwrap();
-    let sgd = c2f_kernels::sgd::SgdParams::new(cfg.lr, cfg.momentum, cfg.weight_decay);
+    let sgd = sgd_group(&mut b, &cfg);
     let group = format!("coarse2fine_gpu_{precision}");
     time_training_step(c, &group, &name, batch, &mut b, |b| {
         model.zero_grads(b).unwrap();
@@ -117,7 +129,7 @@ fn wsdan_case(c: &mut Criterion, batch: usize, size: usize, precision: Precision
         crop_thresholds: spread(0.4, 0.6),
         drop_thresholds: spread(0.2, 0.5),
     };
-    let sgd = c2f_kernels::sgd::SgdParams::new(cfg.lr, cfg.momentum, cfg.weight_decay);
+    let sgd = sgd_group(&mut b, &cfg);
     let group = format!("wsdan_gpu_{precision}");
     time_training_step(c, &group, &name, batch, &mut b, |b| {
         model.zero_grads(b).unwrap();

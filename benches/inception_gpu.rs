@@ -14,7 +14,7 @@ use c2f_inception::cpu::conv::Conv2dShape;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_inception::cuda::AlgorithmChoice::{self, Heuristic, Timed};
 use c2f_inception::cuda::CudaBackend;
-use c2f_inception::network::Network;
+use c2f_inception::network::{Network, SgdGroup};
 use c2f_inception::spec::{Depth, InceptionConfig, Op};
 use c2f_inception::Precision::{self, Tf32, F32};
 use c2f_kernels::sgd::SgdParams;
@@ -46,7 +46,12 @@ fn case(
         depth,
     };
     let (mut net, loss_grad) = golden_network(&mut b, config, batch, 3);
-    let sgd = SgdParams::new(1e-4, 0.9, 1e-5);
+    let lr = b.alloc(1).unwrap();
+    b.write(lr, &[1e-4]).unwrap();
+    let sgd = SgdGroup {
+        params: SgdParams::new(0.9, 1e-5),
+        lr,
+    };
     let group = format!("inception_gpu_{precision}");
     let step = time_training_step(c, &group, name, batch, &mut b, |b| {
         net.forward(b, BnMode::Train).unwrap();

@@ -17,14 +17,16 @@ use criterion::{criterion_group, criterion_main, Criterion};
 const INCEPTION_V3_PARAMS: usize = 23_834_568;
 
 fn params() -> SgdParams {
-    SgdParams::new(1e-3, 0.9, 1e-5)
+    SgdParams::new(0.9, 1e-5)
 }
+
+const LEARNING_RATE: f32 = 1e-3;
 
 fn cpu(c: &mut Criterion) {
     let n = if bench_smoke() { 4099 } else { 1 << 22 };
     let (mut w, g, mut buf) = (common::draw(n, 1), common::draw(n, 2), vec![0.0f32; n]);
     common::bench_cpu(c, "sgd_cpu_f32", &format!("n{n}"), || {
-        step_cpu(&params(), &mut w, &g, &mut buf).unwrap()
+        step_cpu(&params(), LEARNING_RATE, &mut w, &g, &mut buf).unwrap()
     });
 }
 
@@ -41,17 +43,19 @@ fn gpu(c: &mut Criterion) {
     let mut w = gpu.upload(&common::draw(n, 1)).unwrap();
     let g = gpu.upload(&common::draw(n, 2)).unwrap();
     let mut buf = gpu.upload(&vec![0.0f32; n]).unwrap();
+    let lr = gpu.upload(&[LEARNING_RATE]).unwrap();
     let id = format!("n{n}");
     let sgd = SgdGpu::new(&gpu).unwrap();
     let mut group = common::GpuGroup::new(c, &gpu, "sgd_gpu_f32");
     let ours = group.ours(&id, bytes, || {
-        sgd.step(&params(), &mut w, &g, &mut buf).unwrap()
+        sgd.step(&params(), &lr, &mut w, &g, &mut buf).unwrap()
     });
     let Some(blas) = library_or_skip("sgd cuBLAS baseline", SgdCublas::new(&gpu)) else {
         return;
     };
     group.versus("cuBLAS", &id, (ours, 2.0), bytes, || {
-        blas.step(&params(), &mut w, &g, &mut buf).unwrap()
+        blas.step(&params(), LEARNING_RATE as f64, &mut w, &g, &mut buf)
+            .unwrap()
     });
 }
 

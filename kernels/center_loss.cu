@@ -21,7 +21,9 @@
 //     (int counter) sums the loss partials in a fixed order, writes the result triple (and the
 //     loss to `out[0]` where `out` is not null: the trainer's step stats, which stay on the
 //     device) and resets the status for the next call.
-// No float atomics anywhere: the same bits on every run.
+// The loss weight enters as two scales read from a device slot, scales = [2 lambda/B, lambda/B]
+// (lambda warms up over the epochs), so that a captured step replays with the scales the host
+// wrote before each replay. No float atomics anywhere: the same bits on every run.
 #include "common.cuh"
 
 #include "center_loss.cuh"
@@ -77,8 +79,9 @@ __device__ void center_loss_update_impl(const T* __restrict__ feat, const int* _
                                         float* __restrict__ centers, const float* __restrict__ sumsq,
                                         T* __restrict__ d_feat, float* __restrict__ loss_parts,
                                         int* state, float* __restrict__ out, int B, int D,
-                                        float grad_scale, float loss_scale, float beta,
+                                        const float* __restrict__ scales, float beta,
                                         int normalized) {
+    const float grad_scale = scales[0], loss_scale = scales[1];
     extern __shared__ int lab[];  // B labels
     __shared__ float scratch[32];
     __shared__ float inv_norm;
@@ -165,10 +168,10 @@ __device__ void center_loss_update_impl(const T* __restrict__ feat, const int* _
     extern "C" __global__ void __launch_bounds__(CL_THREADS)                                       \
         center_loss_update_##SUFFIX(const T* feat, const int* labels, float* centers,              \
                                     const float* sumsq, T* d_feat, float* loss_parts, int* state,  \
-                                    float* out, int B, int D, float grad_scale, float loss_scale,  \
-                                    float beta, int normalized) {                                  \
+                                    float* out, int B, int D, const float* scales, float beta,     \
+                                    int normalized) {                                              \
         center_loss_update_impl<T>(feat, labels, centers, sumsq, d_feat, loss_parts, state, out,   \
-                                   B, D, grad_scale, loss_scale, beta, normalized);                \
+                                   B, D, scales, beta, normalized);                                \
     }
 
 CENTER_LOSS_ENTRY_POINTS(f32, float)

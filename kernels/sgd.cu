@@ -5,7 +5,8 @@
 //   p  -= lr buf                (momentum = 0: p -= lr d, buf is not touched)
 // One grid-stride kernel, float4 loads and stores when all three buffers are 16-byte aligned
 // (the scalar tail after the last full float4), scalar otherwise. Element-wise: the same bits on
-// every run.
+// every run. The learning rate is read from a device slot (one per parameter group), so that a
+// step captured into a CUDA graph replays with the rate the host wrote before each replay.
 #define SGD_THREADS 256
 
 struct SgdArgs {
@@ -34,9 +35,10 @@ __device__ __forceinline__ void sgd_scalar(float* __restrict__ params,
 
 extern "C" __global__ void __launch_bounds__(SGD_THREADS)
     sgd_step(float* __restrict__ params, const float* __restrict__ grads,
-             float* __restrict__ momentum_buf, long long n, float lr, float momentum,
+             float* __restrict__ momentum_buf, long long n, const float* __restrict__ lr,
+             float momentum,
              float weight_decay, float grad_scale) {
-    const SgdArgs a = {lr, momentum, weight_decay, grad_scale};
+    const SgdArgs a = {*lr, momentum, weight_decay, grad_scale};
     const long long start = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const unsigned long long addr_bits = (unsigned long long)params |

@@ -6,8 +6,11 @@
 
 use std::path::Path;
 
+use c2f_inception::backend::Backend;
+use c2f_inception::network::SgdGroup;
+use c2f_kernels::sgd::SgdParams;
 use c2f_train::data::spec::DataSpec;
-use c2f_train::train::TrainConfig;
+use c2f_train::train::{LearningRates, TrainConfig};
 
 /// `c2f train` for one epoch of a tiny model on the CPU.
 pub const TINY_TRAIN: [&str; 14] = [
@@ -66,4 +69,21 @@ pub fn metrics(dir: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// `cfg`'s learning rates at its base rate `cfg.lr`, written into `b` (the slots SGD reads).
+pub fn rates_at<B: Backend>(b: &mut B, cfg: &TrainConfig) -> LearningRates {
+    let rates = LearningRates::new(b).unwrap();
+    rates.write(b, cfg, cfg.lr).unwrap();
+    rates
+}
+
+/// One SGD group at rate `lr` (written into a slot of `b`), momentum and weight decay.
+pub fn sgd_group<B: Backend>(b: &mut B, lr: f64, momentum: f64, weight_decay: f64) -> SgdGroup {
+    let slot = b.alloc(1).unwrap();
+    b.write(slot, &[c2f_kernels::Real::from_f64(lr)]).unwrap();
+    SgdGroup {
+        params: SgdParams::new(momentum, weight_decay),
+        lr: slot,
+    }
 }

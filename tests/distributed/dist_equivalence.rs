@@ -13,6 +13,7 @@ use c2f_dist::shard::ShardPlan;
 use c2f_inception::backend::{prelude::*, BnMode};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::init::golden_init;
+use c2f_inception::network::SgdGroup;
 use c2f_kernels::center_loss::{CenterLossParams, CenterRule};
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::testing::{rel_error, SplitMix64};
@@ -141,8 +142,14 @@ fn state(b: &mut CpuBackend<f32>, model: &Coarse2Fine) -> State {
     }
 }
 
-fn sgd() -> SgdParams {
-    SgdParams::new(0.01, 0.9, 1e-4)
+/// One SGD group for every parameter, its rate in a slot of `b`.
+fn sgd(b: &mut CpuBackend<f32>) -> SgdGroup {
+    let lr = b.alloc(1).unwrap();
+    b.write(lr, &[0.01]).unwrap();
+    SgdGroup {
+        params: SgdParams::new(0.9, 1e-4),
+        lr,
+    }
 }
 
 /// One worker, the global batch: the plain training step, no collective. Returns the state
@@ -152,13 +159,14 @@ fn one_worker(data: &Data) -> (State, State) {
     let mut m = model(&mut b, GLOBAL_BATCH);
     initialise(&mut b, &m, SEED);
     let start = state(&mut b, &m);
+    let sgd = sgd(&mut b);
     let order = epoch_order(SAMPLES, SEED, 0, true);
     let plan = ShardPlan::new(GLOBAL_BATCH, 1, 0).unwrap();
     for batch in plan.rank_batches(&order, true) {
         data.write_batch(&mut b, &m, &batch);
         m.zero_grads(&mut b).unwrap();
         m.forward_backward(&mut b, BnMode::Inference).unwrap();
-        m.sgd_step(&mut b, &sgd()).unwrap();
+        m.sgd_step(&mut b, &sgd).unwrap();
     }
     (start, state(&mut b, &m))
 }
@@ -178,6 +186,7 @@ fn rank(data: &Data, mut c: ThreadCollective) -> (State, State) {
     }
     let start = state(&mut b, &m);
     let centers = CenterSync::new(&mut b, &[cc, cf]).unwrap();
+    let sgd = sgd(&mut b);
     let order = epoch_order(SAMPLES, SEED, 0, true);
     let plan = ShardPlan::new(GLOBAL_BATCH, WORLD, r).unwrap();
     for batch in plan.rank_batches(&order, true) {
@@ -189,7 +198,7 @@ fn rank(data: &Data, mut c: ThreadCollective) -> (State, State) {
             all_reduce_bucketed(&mut c, &mut b, grads, Reduce::Mean, BUCKET_BYTES).unwrap();
         }
         centers.after_step(&mut c, &mut b).unwrap();
-        m.sgd_step(&mut b, &sgd()).unwrap();
+        m.sgd_step(&mut b, &sgd).unwrap();
     }
     (start, state(&mut b, &m))
 }

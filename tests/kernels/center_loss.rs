@@ -14,6 +14,7 @@ use c2f_kernels::testing::{
     SplitMix64,
 };
 use c2f_kernels::{Element, Error, Gpu};
+use cudarc::driver::CudaSlice;
 
 fn shape(batch: usize, dim: usize, classes: usize) -> CenterLossShape {
     CenterLossShape {
@@ -313,6 +314,11 @@ struct GpuRun<T> {
     centers: Vec<f32>,
 }
 
+/// The fused kernels' λ slot for `p` at batch `s.batch`.
+fn scales_slot(gpu: &Gpu, s: &CenterLossShape, p: &CenterLossParams) -> CudaSlice<f32> {
+    gpu.upload(&p.scales(s.batch).map(|v| v as f32)).unwrap()
+}
+
 /// One fused (or unfused) call from `c0`, with `d_features` poisoned first.
 fn run_gpu<T: Element>(
     gpu: &Gpu,
@@ -333,8 +339,17 @@ fn run_gpu<T: Element>(
         op.finish().unwrap()
     } else {
         let mut op = CenterLossGpu::<T>::new(gpu, s).unwrap();
-        op.enqueue(p, &f_d, &y_d, &mut c_d, &mut df_d, NO_STATS)
-            .unwrap();
+        let scales = scales_slot(gpu, &s, p);
+        op.enqueue(
+            &p.update(),
+            &scales,
+            &f_d,
+            &y_d,
+            &mut c_d,
+            &mut df_d,
+            NO_STATS,
+        )
+        .unwrap();
         op.finish().unwrap()
     };
     GpuRun {
@@ -478,14 +493,23 @@ fn gpu_bad_label_is_an_error_and_keeps_centers() {
     let mut c_d = gpu.upload(&c0).unwrap();
     let mut df_d = gpu.alloc_poisoned::<f32>(s.features_len()).unwrap();
     let mut op = CenterLossGpu::<f32>::new(&gpu, s).unwrap();
+    let scales = scales_slot(&gpu, &s, &p);
     for (y, index, label) in [
         ([1, 4, 0, -1, 1], 1, 4i64),
         ([1, 2, 0, 3, -7], 4, -7),
         ([9, 2, 0, 3, 1], 0, 9),
     ] {
         let y_d = gpu.upload(&y).unwrap();
-        op.enqueue(&p, &f_d, &y_d, &mut c_d, &mut df_d, NO_STATS)
-            .unwrap();
+        op.enqueue(
+            &p.update(),
+            &scales,
+            &f_d,
+            &y_d,
+            &mut c_d,
+            &mut df_d,
+            NO_STATS,
+        )
+        .unwrap();
         let err = op.finish().unwrap_err();
         match err {
             Error::Label {
@@ -504,8 +528,16 @@ fn gpu_bad_label_is_an_error_and_keeps_centers() {
     // The status is reset: the next good call on the same op succeeds and is right.
     let y = [1, 3, 0, 3, 1];
     let y_d = gpu.upload(&y).unwrap();
-    op.enqueue(&p, &f_d, &y_d, &mut c_d, &mut df_d, NO_STATS)
-        .unwrap();
+    op.enqueue(
+        &p.update(),
+        &scales,
+        &f_d,
+        &y_d,
+        &mut c_d,
+        &mut df_d,
+        NO_STATS,
+    )
+    .unwrap();
     let loss = op.finish().unwrap();
     let reference = run64(&s, &p, &f_seen, &y, &c_seen);
     let run = GpuRun {

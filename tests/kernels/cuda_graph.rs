@@ -34,6 +34,8 @@ struct State {
     w: CudaSlice<f32>,
     m: CudaSlice<f32>,
     before: CudaSlice<f32>,
+    /// SGD's rate slot.
+    lr: CudaSlice<f32>,
 }
 
 impl State {
@@ -47,6 +49,7 @@ impl State {
             w: gpu.upload(&random(&mut rng, -1.0, 1.0)).unwrap(),
             m: gpu.upload(&random(&mut rng, -0.1, 0.1)).unwrap(),
             before: gpu.alloc_poisoned(LEN).unwrap(),
+            lr: gpu.upload(&[0.1f32]).unwrap(),
         }
     }
 
@@ -66,7 +69,7 @@ fn step(
     stream.memcpy_dtod(&s.w, &mut s.before)?;
     stream.memset_zeros(&mut s.g)?;
     axpby.run(0.5, &s.x, 1.0, &mut s.g)?;
-    sgd.step(&SgdParams::new(0.1, 0.9, 1e-4), &mut s.w, &s.g, &mut s.m)?;
+    sgd.step(&SgdParams::new(0.9, 1e-4), &s.lr, &mut s.w, &s.g, &mut s.m)?;
     axpby.run(1.0, &s.w, 0.25, &mut s.x)
 }
 

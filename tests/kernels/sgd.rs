@@ -1,5 +1,6 @@
 //! SGD update: the CPU reference against a hand-computed two-step sequence and f64, and the CUDA
-//! kernel against the f64 reference (skipped without a GPU).
+//! kernel against the f64 reference at a rate that changes every step, read from its device slot
+//! (skipped without a GPU).
 
 use crate::common::skip::or_return;
 use c2f_baselines::sgd::SgdCublas;
@@ -7,6 +8,7 @@ use c2f_kernels::sgd::{step_cpu, SgdGpu, SgdParams};
 use c2f_kernels::testing::{
     assert_bit_identical, gpu_or_skip, library_or_skip, rel_error, widen, SplitMix64,
 };
+use cudarc::driver::CudaSlice;
 
 fn assert_close(what: &str, got: f64, want: f64, tol: f64) {
     assert!(
@@ -21,7 +23,7 @@ fn hand_computed_two_steps_with_momentum_and_weight_decay() {
     // Step 1: d = g1 + 0.01 p = [0.51, 0.23]; buf = d; p = [0.949, -2.023].
     // Step 2: d = g2 + 0.01 p = [0.25949, -1.02023]; buf = 0.9 [0.51, 0.23] + d
     //   = [0.71849, -0.81323]; p = [0.949 - 0.071849, -2.023 + 0.081323] = [0.877151, -1.941677].
-    let params = SgdParams::new(0.1, 0.9, 0.01);
+    let params = SgdParams::new(0.9, 0.01);
     let steps = [[0.5, 0.25], [0.25, -1.0]];
     let want_p = [[0.949, -2.023], [0.877151, -1.941677]];
     let want_buf = [[0.51, 0.23], [0.71849, -0.81323]];
@@ -31,9 +33,9 @@ fn hand_computed_two_steps_with_momentum_and_weight_decay() {
     let mut p32 = [1.0f32, -2.0];
     let mut buf32 = [0.0f32; 2];
     for (k, g) in steps.iter().enumerate() {
-        step_cpu(&params, &mut p, g, &mut buf).unwrap();
+        step_cpu(&params, 0.1, &mut p, g, &mut buf).unwrap();
         let g32 = g.map(|v| v as f32);
-        step_cpu(&params, &mut p32, &g32, &mut buf32).unwrap();
+        step_cpu(&params, 0.1, &mut p32, &g32, &mut buf32).unwrap();
         for i in 0..2 {
             let at = format!("step {} element {i}", k + 1);
             assert_close(&format!("f64 p {at}"), p[i], want_p[k][i], 1e-14);
@@ -55,11 +57,11 @@ fn hand_computed_grad_scale_without_momentum() {
     // The momentum buffer is not touched (PyTorch keeps none).
     let params = SgdParams {
         grad_scale: 0.5,
-        ..SgdParams::new(0.5, 0.0, 0.1)
+        ..SgdParams::new(0.0, 0.1)
     };
     let mut p = [2.0f64];
     let mut buf = [123.0f64];
-    step_cpu(&params, &mut p, &[4.0], &mut buf).unwrap();
+    step_cpu(&params, 0.5, &mut p, &[4.0], &mut buf).unwrap();
     assert_close("p", p[0], 0.9, 1e-15);
     assert_eq!(buf[0], 123.0);
 }
@@ -68,12 +70,18 @@ fn draw(n: usize, seed: u64) -> Vec<f64> {
     SplitMix64(seed).uniform_vec(n, -1.0, 1.0)
 }
 
-/// Three steps of the f64 reference from `p0` with gradients `grads[k]`: (p, buf).
-fn reference(params: &SgdParams, p0: &[f64], grads: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
+/// The rate of step `k` of three from base rate `lr`: a new one every step, as a schedule's.
+fn rate(lr: f64, k: usize) -> f64 {
+    lr * [1.0, 0.6, 0.3][k]
+}
+
+/// Three steps of the f64 reference from `p0` with gradients `grads[k]` at [`rate`]`(lr, k)`:
+/// (p, buf).
+fn reference(params: &SgdParams, lr: f64, p0: &[f64], grads: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
     let mut p = p0.to_vec();
     let mut buf = vec![0.0; p.len()];
-    for g in grads {
-        step_cpu(params, &mut p, g, &mut buf).unwrap();
+    for (k, g) in grads.iter().enumerate() {
+        step_cpu(params, rate(lr, k), &mut p, g, &mut buf).unwrap();
     }
     (p, buf)
 }
@@ -87,16 +95,16 @@ fn f32_reference_matches_f64() {
     let n = 100_003;
     let params = SgdParams {
         grad_scale: 0.25,
-        ..SgdParams::new(0.05, 0.9, 1e-4)
+        ..SgdParams::new(0.9, 1e-4)
     };
     // The f64 reference starts from the same f32 values.
     let p0 = widen(&to_f32(&draw(n, 1)));
     let grads: Vec<Vec<f64>> = (0..3).map(|k| widen(&to_f32(&draw(n, 10 + k)))).collect();
-    let (ref_p, ref_buf) = reference(&params, &p0, &grads);
+    let (ref_p, ref_buf) = reference(&params, 0.05, &p0, &grads);
     let mut p = to_f32(&p0);
     let mut buf = vec![0.0f32; n];
-    for g in &grads {
-        step_cpu(&params, &mut p, &to_f32(g), &mut buf).unwrap();
+    for (k, g) in grads.iter().enumerate() {
+        step_cpu(&params, rate(0.05, k) as f32, &mut p, &to_f32(g), &mut buf).unwrap();
     }
     let (ep, eb) = (
         rel_error(&widen(&p), &ref_p),
@@ -111,40 +119,41 @@ fn invalid_parameters_and_lengths_are_clear_errors() {
     let mut p = [1.0f32; 4];
     let mut buf = [0.0f32; 4];
     let g = [1.0f32; 4];
+    let ok = SgdParams::new(0.9, 0.0);
     let cases = [
+        (ok, -0.1, "invalid SGD learning rate: -0.1"),
+        (ok, f32::NAN, "invalid SGD learning rate: NaN"),
         (
-            SgdParams::new(-0.1, 0.9, 0.0),
-            "invalid SGD learning rate: -0.1",
-        ),
-        (
-            SgdParams::new(0.1, f64::NAN, 0.0),
+            SgdParams::new(f64::NAN, 0.0),
+            0.1,
             "invalid SGD momentum: NaN",
         ),
         (
-            SgdParams::new(0.1, 0.9, -1e-4),
+            SgdParams::new(0.9, -1e-4),
+            0.1,
             "invalid SGD weight decay: -0.0001",
         ),
         (
             SgdParams {
                 grad_scale: f64::INFINITY,
-                ..SgdParams::new(0.1, 0.9, 0.0)
+                ..ok
             },
+            0.1,
             "invalid SGD grad scale: inf",
         ),
     ];
-    for (params, msg) in cases {
-        let err = step_cpu(&params, &mut p, &g, &mut buf).unwrap_err();
+    for (params, lr, msg) in cases {
+        let err = step_cpu(&params, lr, &mut p, &g, &mut buf).unwrap_err();
         assert!(err.to_string().contains(msg), "{err}");
     }
     assert_eq!(p, [1.0; 4], "weights changed by a rejected call");
-    let ok = SgdParams::new(0.1, 0.9, 0.0);
-    let err = step_cpu(&ok, &mut p, &g[..3], &mut buf).unwrap_err();
+    let err = step_cpu(&ok, 0.1, &mut p, &g[..3], &mut buf).unwrap_err();
     assert!(
         err.to_string()
             .contains("SGD gradients has 3 elements, expected 4"),
         "{err}"
     );
-    let err = step_cpu(&ok, &mut p, &g, &mut buf[..2]).unwrap_err();
+    let err = step_cpu(&ok, 0.1, &mut p, &g, &mut buf[..2]).unwrap_err();
     assert!(
         err.to_string()
             .contains("SGD momentum buffer has 2 elements, expected 4"),
@@ -152,10 +161,17 @@ fn invalid_parameters_and_lengths_are_clear_errors() {
     );
 }
 
-/// Three GPU steps against the f64 reference (f32 relative error below 1e-6), a rerun with the
-/// same bits, and the same on an unaligned range (the scalar path) leaving the rest untouched.
-fn gpu_matches_reference(gpu: &c2f_kernels::Gpu, n: usize, params: SgdParams) {
+/// The rate slot holding `lr`.
+fn rate_slot(gpu: &c2f_kernels::Gpu, lr: f64) -> CudaSlice<f32> {
+    gpu.upload(&[lr as f32]).unwrap()
+}
+
+/// Three GPU steps against the f64 reference (f32 relative error below 1e-6), each at its own
+/// rate written to the slot before it, a rerun with the same bits, and the same on an unaligned
+/// range (the scalar path) leaving the rest untouched.
+fn gpu_matches_reference(gpu: &c2f_kernels::Gpu, n: usize, params: SgdParams, lr: f64) {
     let sgd = SgdGpu::new(gpu).unwrap();
+    let mut lr_d = rate_slot(gpu, 0.0);
     let p0_32 = to_f32(&draw(n, 3));
     let p0 = widen(&p0_32);
     let grads: Vec<Vec<f64>> = (0..3).map(|k| widen(&to_f32(&draw(n, 20 + k)))).collect();
@@ -164,19 +180,22 @@ fn gpu_matches_reference(gpu: &c2f_kernels::Gpu, n: usize, params: SgdParams) {
         .map(|g| gpu.upload(&to_f32(g)).unwrap())
         .collect();
     // Poisoned outside the range that is updated, zeros inside, as a fresh buffer would be.
-    let run = |range: std::ops::Range<usize>| {
+    let mut run = |range: std::ops::Range<usize>| {
         let mut p_d = gpu.upload(&p0_32).unwrap();
         let mut buf_host = vec![f32::NAN; n];
         buf_host[range.clone()].fill(0.0);
         let mut buf_d = gpu.upload(&buf_host).unwrap();
-        for g_d in &grads_d {
-            sgd.step_range(&params, range.clone(), &mut p_d, g_d, &mut buf_d)
+        for (k, g_d) in grads_d.iter().enumerate() {
+            gpu.stream()
+                .memcpy_htod(&[rate(lr, k) as f32], &mut lr_d)
+                .unwrap();
+            sgd.step_range(&params, &lr_d, range.clone(), &mut p_d, g_d, &mut buf_d)
                 .unwrap();
         }
         (gpu.download(&p_d).unwrap(), gpu.download(&buf_d).unwrap())
     };
-    let name = format!("SGD n {n} {params:?}");
-    let (ref_p, ref_buf) = reference(&params, &p0, &grads);
+    let name = format!("SGD n {n} lr {lr} {params:?}");
+    let (ref_p, ref_buf) = reference(&params, lr, &p0, &grads);
     let (p, buf) = run(0..n);
     let ep = rel_error(&widen(&p), &ref_p);
     assert!(ep < 1e-6, "{name}: weights relative error {ep}");
@@ -223,35 +242,47 @@ fn gpu_f32_matches_reference() {
     let gpu = or_return!(gpu_or_skip("sgd gpu_f32_matches_reference"));
     let momentum = SgdParams {
         grad_scale: 0.5,
-        ..SgdParams::new(0.05, 0.9, 1e-4)
+        ..SgdParams::new(0.9, 1e-4)
     };
     for n in [7, 1000, 1_000_003, (1 << 22) + 1] {
-        gpu_matches_reference(&gpu, n, momentum);
+        gpu_matches_reference(&gpu, n, momentum, 0.05);
     }
-    gpu_matches_reference(&gpu, 100_003, SgdParams::new(0.1, 0.0, 5e-4));
+    gpu_matches_reference(&gpu, 100_003, SgdParams::new(0.0, 5e-4), 0.1);
 }
 
 #[test]
 fn gpu_bad_range_or_length_is_an_error() {
     let gpu = or_return!(gpu_or_skip("sgd gpu_bad_range_or_length_is_an_error"));
     let sgd = SgdGpu::new(&gpu).unwrap();
-    let params = SgdParams::new(0.1, 0.9, 0.0);
+    let params = SgdParams::new(0.9, 0.0);
+    let lr = rate_slot(&gpu, 0.1);
     let mut p = gpu.upload(&[1.0f32; 8]).unwrap();
     let g = gpu.upload(&[1.0f32; 8]).unwrap();
     let g_short = gpu.upload(&[1.0f32; 7]).unwrap();
     let mut buf = gpu.alloc_zeros::<f32>(8).unwrap();
     let err = sgd
-        .step_range(&params, 4..9, &mut p, &g, &mut buf)
+        .step_range(&params, &lr, 4..9, &mut p, &g, &mut buf)
         .unwrap_err();
     assert!(
         err.to_string()
             .contains("SGD range 4..9 is not within the 8 parameters"),
         "{err}"
     );
-    let err = sgd.step(&params, &mut p, &g_short, &mut buf).unwrap_err();
+    let err = sgd
+        .step(&params, &lr, &mut p, &g_short, &mut buf)
+        .unwrap_err();
     assert!(
         err.to_string()
             .contains("SGD gradients has 7 elements, expected 8"),
+        "{err}"
+    );
+    let two_rates = gpu.upload(&[0.1f32; 2]).unwrap();
+    let err = sgd
+        .step(&params, &two_rates, &mut p, &g, &mut buf)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("SGD learning rate slot has 2 elements, expected 1"),
         "{err}"
     );
     assert_eq!(
@@ -273,25 +304,26 @@ fn gpu_cublas_baseline_matches_reference() {
     let n = 100_003;
     let params = SgdParams {
         grad_scale: 0.5,
-        ..SgdParams::new(0.05, 0.9, 1e-2)
+        ..SgdParams::new(0.9, 1e-2)
     };
     let p0_32 = to_f32(&draw(n, 4));
     let grads: Vec<Vec<f64>> = (0..3).map(|k| widen(&to_f32(&draw(n, 30 + k)))).collect();
-    let (ref_p, ref_buf) = reference(&params, &widen(&p0_32), &grads);
+    let (ref_p, ref_buf) = reference(&params, 0.05, &widen(&p0_32), &grads);
     let mut p_d = gpu.upload(&p0_32).unwrap();
     let mut buf_d = gpu.upload(&vec![0.0f32; n]).unwrap();
-    for g in &grads {
+    for (k, g) in grads.iter().enumerate() {
         let g_d = gpu.upload(&to_f32(g)).unwrap();
-        blas.step(&params, &mut p_d, &g_d, &mut buf_d).unwrap();
+        blas.step(&params, rate(0.05, k), &mut p_d, &g_d, &mut buf_d)
+            .unwrap();
     }
     let ep = rel_error(&widen(&gpu.download(&p_d).unwrap()), &ref_p);
     let eb = rel_error(&widen(&gpu.download(&buf_d).unwrap()), &ref_buf);
     assert!(ep < 1e-6, "cuBLAS SGD weights relative error {ep}");
     assert!(eb < 1e-6, "cuBLAS SGD momentum relative error {eb}");
-    let no_momentum = SgdParams::new(0.1, 0.0, 0.0);
+    let no_momentum = SgdParams::new(0.0, 0.0);
     let g_d = gpu.upload(&vec![1.0f32; n]).unwrap();
     let err = blas
-        .step(&no_momentum, &mut p_d, &g_d, &mut buf_d)
+        .step(&no_momentum, 0.1, &mut p_d, &g_d, &mut buf_d)
         .unwrap_err();
     assert!(err.to_string().contains("momentum above 0"), "{err}");
 }

@@ -6,14 +6,16 @@ use crate::common::gpu_tests::{assert_close, check_loss_launch, f32_and_bf16_tes
 use crate::common::skip::or_return;
 use c2f_baselines::softmax_ce::{nll_gradient, LogSoftmaxCudnn};
 use c2f_kernels::device::NO_STATS;
-use c2f_kernels::dropout::{dropout_backward_cpu, dropout_forward_cpu, DropoutGpu, DropoutParams};
+use c2f_kernels::dropout::{
+    dropout_backward_cpu, dropout_forward_cpu, step_words, DropoutGpu, DropoutParams,
+};
 use c2f_kernels::rng::splitmix64_output;
 use c2f_kernels::softmax_ce::{forward_backward_cpu, forward_cpu, SoftmaxCeGpu, SoftmaxCeShape};
 use c2f_kernels::testing::{
     assert_bit_identical, gpu_or_skip, library_or_skip, numeric_gradient, rel_error, round_through,
     widen, SplitMix64,
 };
-use c2f_kernels::{Element, Error, Gpu};
+use c2f_kernels::{Element, Error, Gpu, Real, Result};
 
 fn shape(batch: usize, classes: usize) -> SoftmaxCeShape {
     SoftmaxCeShape { batch, classes }
@@ -234,13 +236,54 @@ fn wrong_lengths_and_parameters_are_clear_errors() {
     assert!(msg(e).contains("zero dimension"));
 }
 
-fn dropout(p: f64, seed: u64, step: u64) -> DropoutParams {
-    DropoutParams {
-        p,
-        seed,
-        step,
-        training: true,
+/// Dropout's parameters and the step whose mask it draws.
+#[derive(Debug, Clone, Copy)]
+struct Dropout {
+    params: DropoutParams,
+    step: u64,
+}
+
+impl Dropout {
+    fn key(&self) -> u64 {
+        self.params.key(self.step)
     }
+
+    fn keeps(&self, index: u64) -> bool {
+        self.params.keeps(self.step, index)
+    }
+
+    fn threshold(&self) -> u32 {
+        self.params.threshold()
+    }
+
+    fn inference(self) -> Dropout {
+        Dropout {
+            params: DropoutParams {
+                training: false,
+                ..self.params
+            },
+            ..self
+        }
+    }
+}
+
+fn dropout(p: f64, seed: u64, step: u64) -> Dropout {
+    Dropout {
+        params: DropoutParams {
+            p,
+            seed,
+            training: true,
+        },
+        step,
+    }
+}
+
+fn forward<R: Real>(d: &Dropout, x: &[R], y: &mut [R]) -> Result<()> {
+    dropout_forward_cpu(&d.params, d.step, x, y)
+}
+
+fn backward<R: Real>(d: &Dropout, dy: &[R], dx: &mut [R]) -> Result<()> {
+    dropout_backward_cpu(&d.params, d.step, dy, dx)
 }
 
 /// Values in `±[0.5, 2)`: never zero, so a zero output means a dropped element.
@@ -270,7 +313,7 @@ fn dropout_mask_follows_the_documented_formula() {
     let mut stream = SplitMix64(key);
     let x = vec![1.0f64; 5000];
     let mut y = vec![f64::NAN; x.len()];
-    dropout_forward_cpu(&params, &x, &mut y).unwrap();
+    forward(&params, &x, &mut y).unwrap();
     let scale = 1.0 / 0.7;
     for (i, &yi) in y.iter().enumerate() {
         let u = stream.next_u64();
@@ -293,9 +336,9 @@ fn dropout_keep_test_is_exact_at_the_boundary() {
     let above = dropout(f64::from_bits(p.to_bits() + 1), 8, 2);
     assert!(!above.keeps(0), "r = {r}, p just above: kept");
     let mut y = [f32::NAN; 1];
-    dropout_forward_cpu(&above, &[1.5f32], &mut y).unwrap();
+    forward(&above, &[1.5f32], &mut y).unwrap();
     assert_eq!(y[0], 0.0);
-    dropout_forward_cpu(&at, &[1.5f32], &mut y).unwrap();
+    forward(&at, &[1.5f32], &mut y).unwrap();
     assert_eq!(y[0], (1.5 * (1.0 / (1.0 - p))) as f32);
 }
 
@@ -305,7 +348,7 @@ fn dropout_keeps_a_fraction_one_minus_p() {
     let x = nonzero_values(n, 11);
     for p in [0.1, 0.3, 0.5, 0.9] {
         let mut y = vec![f64::NAN; n];
-        dropout_forward_cpu(&dropout(p, 5, 0), &x, &mut y).unwrap();
+        forward(&dropout(p, 5, 0), &x, &mut y).unwrap();
         let kept = y.iter().filter(|&&v| v != 0.0).count();
         let frac = kept as f64 / n as f64;
         // 0.01 is more than six standard deviations of the fraction at p = 0.5.
@@ -315,8 +358,7 @@ fn dropout_keeps_a_fraction_one_minus_p() {
         }
     }
     // Another step and another seed draw other masks: about p² + (1−p)² of the decisions agree.
-    let kept =
-        |params: DropoutParams| -> Vec<bool> { (0..n as u64).map(|i| params.keeps(i)).collect() };
+    let kept = |params: Dropout| -> Vec<bool> { (0..n as u64).map(|i| params.keeps(i)).collect() };
     let base = kept(dropout(0.5, 5, 0));
     for other in [dropout(0.5, 5, 1), dropout(0.5, 6, 0)] {
         let same = base
@@ -337,8 +379,8 @@ fn dropout_backward_uses_the_forward_mask() {
     let dy = nonzero_values(n, 2);
     let mut y = vec![f64::NAN; n];
     let mut dx = vec![f64::NAN; n];
-    dropout_forward_cpu(&params, &x, &mut y).unwrap();
-    dropout_backward_cpu(&params, &dy, &mut dx).unwrap();
+    forward(&params, &x, &mut y).unwrap();
+    backward(&params, &dy, &mut dx).unwrap();
     let scale = 1.0 / 0.6;
     let mut dropped = 0;
     for i in 0..n {
@@ -356,19 +398,16 @@ fn dropout_backward_uses_the_forward_mask() {
 fn dropout_edge_probabilities_and_inference() {
     let x32: Vec<f32> = nonzero_values(3001, 3).iter().map(|&v| v as f32).collect();
     let mut y = vec![f32::NAN; x32.len()];
-    dropout_forward_cpu(&dropout(0.0, 1, 0), &x32, &mut y).unwrap();
+    forward(&dropout(0.0, 1, 0), &x32, &mut y).unwrap();
     assert_bit_identical("p = 0", &y, &x32);
-    dropout_forward_cpu(&dropout(1.0, 1, 0), &x32, &mut y).unwrap();
+    forward(&dropout(1.0, 1, 0), &x32, &mut y).unwrap();
     assert!(y.iter().all(|&v| v == 0.0), "p = 1 keeps something");
-    let inference = DropoutParams {
-        training: false,
-        ..dropout(0.5, 1, 0)
-    };
+    let inference = dropout(0.5, 1, 0).inference();
     y.fill(f32::NAN);
-    dropout_forward_cpu(&inference, &x32, &mut y).unwrap();
+    forward(&inference, &x32, &mut y).unwrap();
     assert_bit_identical("inference", &y, &x32);
     y.fill(f32::NAN);
-    dropout_backward_cpu(&inference, &x32, &mut y).unwrap();
+    backward(&inference, &x32, &mut y).unwrap();
     assert_bit_identical("inference backward", &y, &x32);
 }
 
@@ -378,11 +417,9 @@ fn dropout_bad_probability_or_length_is_an_error() {
     let mut y = [0.0f32; 8];
     for p in [-0.1, 1.5, f64::NAN] {
         for training in [true, false] {
-            let params = DropoutParams {
-                training,
-                ..dropout(p, 0, 0)
-            };
-            let err = dropout_forward_cpu(&params, &x, &mut y).unwrap_err();
+            let mut params = dropout(p, 0, 0);
+            params.params.training = training;
+            let err = forward(&params, &x, &mut y).unwrap_err();
             assert!(
                 err.to_string()
                     .contains(&format!("dropout probability {p} is outside [0, 1]")),
@@ -390,7 +427,7 @@ fn dropout_bad_probability_or_length_is_an_error() {
             );
         }
     }
-    let err = dropout_backward_cpu(&dropout(0.5, 0, 0), &x, &mut y[..7]).unwrap_err();
+    let err = backward(&dropout(0.5, 0, 0), &x, &mut y[..7]).unwrap_err();
     assert!(
         err.to_string()
             .contains("dropout output has 7 elements, expected 8"),
@@ -513,29 +550,30 @@ fn gpu_ce_wrong_length_is_an_error() {
 
 /// Dropout on the GPU in `T` must give exactly the CPU's bits (the CPU in f32 on the same rounded
 /// values, rounded to `T`): the same mask, the same product. Forward and backward, and reruns.
-fn gpu_dropout_matches_cpu<T: Element>(gpu: &Gpu, n: usize, params: DropoutParams) {
+fn gpu_dropout_matches_cpu<T: Element>(gpu: &Gpu, n: usize, params: Dropout) {
     let (x_t, x64) = round_through::<T>(&nonzero_values(n, 41));
     let (dy_t, dy64) = round_through::<T>(&nonzero_values(n, 42));
-    let cpu = |input: &[f64], backward: bool| -> Vec<T> {
+    let cpu = |input: &[f64], is_backward: bool| -> Vec<T> {
         let input32: Vec<f32> = input.iter().map(|&v| v as f32).collect();
         let mut out = vec![f32::NAN; n];
-        if backward {
-            dropout_backward_cpu(&params, &input32, &mut out).unwrap();
+        if is_backward {
+            backward(&params, &input32, &mut out).unwrap();
         } else {
-            dropout_forward_cpu(&params, &input32, &mut out).unwrap();
+            forward(&params, &input32, &mut out).unwrap();
         }
         out.iter().map(|&v| T::from_f32(v)).collect()
     };
     let (ref_y, ref_dx) = (cpu(&x64, false), cpu(&dy64, true));
 
     let drop = DropoutGpu::<T>::new(gpu).unwrap();
+    let step = gpu.upload(&step_words(params.step)).unwrap();
     let x_d = gpu.upload(&x_t).unwrap();
     let dy_d = gpu.upload(&dy_t).unwrap();
     let run = || {
         let mut y = gpu.alloc_poisoned::<T>(n).unwrap();
         let mut dx = gpu.alloc_poisoned::<T>(n).unwrap();
-        drop.apply(&params, &x_d, &mut y).unwrap();
-        drop.apply(&params, &dy_d, &mut dx).unwrap();
+        drop.apply(&params.params, &step, &x_d, &mut y).unwrap();
+        drop.apply(&params.params, &step, &dy_d, &mut dx).unwrap();
         (gpu.download(&y).unwrap(), gpu.download(&dx).unwrap())
     };
     let (y, dx) = run();
@@ -554,10 +592,7 @@ fn gpu_dropout_cases<T: Element>(gpu: &Gpu) {
     for p in [0.0, 0.5, 1.0] {
         gpu_dropout_matches_cpu::<T>(gpu, 4099, dropout(p, 3, 1));
     }
-    let inference = DropoutParams {
-        training: false,
-        ..dropout(0.5, 3, 1)
-    };
+    let inference = dropout(0.5, 3, 1).inference();
     gpu_dropout_matches_cpu::<T>(gpu, 4099, inference);
 }
 

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::train::TINY_TRAIN;
+use crate::common::train::{metrics, TINY_TRAIN};
 
 pub(crate) fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli_{name}"));
@@ -123,8 +123,9 @@ fn emulator_unusable_gpu_warns_and_runs_on_the_cpu() {
     );
 }
 
-/// A one-epoch run from a config file (with `--cudnn-benchmark`, which the CPU ignores), then
-/// `eval`, `predict`, `localize` and `visualize` on its checkpoint, all on `device`.
+/// A one-epoch run from a config file (with `--cudnn-benchmark`, which the CPU ignores, and
+/// `no_cuda_graph`, which its metrics record), then `eval`, `predict`, `localize` and
+/// `visualize` on its checkpoint, all on `device`.
 fn train_eval_predict_localize_visualize(device: &str, name: &str) {
     let dir = scratch(name);
     let config = dir.join("tiny.toml");
@@ -132,7 +133,8 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
         &config,
         "device = \"cpu\"\nepochs = 5\nbatch = 4\nsize = 75\nwidth = 0.125\nmaps = 2\n\
          classes = 3\ntrain_images = 8\ntest_images = 6\nobject_scale = [0.6, 0.9]\n\
-         no_progress = true\nmodels = \"coarse2fine\"\nmax_image_pixels = 100000000\n",
+         no_progress = true\nmodels = \"coarse2fine\"\nmax_image_pixels = 100000000\n\
+         no_cuda_graph = true\n",
     )
     .unwrap();
     let run_dir = dir.join("run");
@@ -162,6 +164,8 @@ fn train_eval_predict_localize_visualize(device: &str, name: &str) {
     assert_eq!(timed, device != "cpu", "{log}");
     assert!(log.contains("| Coarse2Fine |"), "{log}");
     assert!(!log.contains("InceptionV3 baseline |"), "{log}");
+    let records = metrics(&run_dir.join("coarse2fine"));
+    assert_eq!(records[0]["cuda_graph"], false, "{:?}", records[0]);
 
     let checkpoint = run_dir.join("coarse2fine/checkpoint.safetensors");
     let log = c2f_ok(&["eval", path(&checkpoint), "--device", device]);

@@ -5,10 +5,10 @@
 //! coarse-only ablation), whose step is the coarse half of Coarse2Fine's.
 
 use crate::common::tiny::{golden_backbone, uniform, write_answers};
+use crate::common::train::sgd_group;
 use c2f_inception::backend::{prelude::*, BnMode, Tensor};
 use c2f_inception::cpu::CpuBackend;
 use c2f_kernels::center_loss::{CenterLossParams, CenterRule};
-use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::testing::{rel_error, SplitMix64};
 use c2f_kernels::Real;
 use c2f_train::model::{CenterBanks, Coarse2Fine, Coarse2FineConfig, Losses, Task};
@@ -157,7 +157,7 @@ fn gradient_matches_finite_differences_for(task: Task, fine: bool) {
 fn fits_a_fixed_batch() {
     for (task, fine) in TASKS.into_iter().flat_map(|t| FINE.map(|f| (t, f))) {
         let (mut cpu, mut model) = tiny_from::<f32>(tiny_config(task, 0.05), fine, 2);
-        let sgd = SgdParams::new(0.01, 0.9, 1e-5);
+        let sgd = sgd_group(&mut cpu, 0.01, 0.9, 1e-5);
         let mut first = None;
         let mut last = 0.0;
         for _ in 0..40 {

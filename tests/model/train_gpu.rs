@@ -3,10 +3,11 @@
 //! attributes (the multi-label head), the same for the coarse-only ablation, a short `fit` on the
 //! GPU that trains with finite losses, and (on the CPU emulator, which counts device allocations)
 //! steps that allocate nothing after the first (WS-DAN's too; its step comparison, which uses
-//! the helpers here, is in `wsdan.rs`), and a step captured into a CUDA graph and replayed
-//! against the same step run eagerly. Without a GPU each test prints `skipped: no CUDA device`.
+//! the helpers here, is in `wsdan.rs`), steps captured into a CUDA graph and replayed against
+//! the same steps run eagerly, and `fit` with and without its graph. Without a GPU each test
+//! prints `skipped: no CUDA device`.
 
-use crate::common::train::{synthetic_spec, tiny_config};
+use crate::common::train::{metrics, rates_at, sgd_group, synthetic_spec, tiny_config};
 use c2f_inception::backend::{prelude::*, BnMode};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
@@ -19,7 +20,8 @@ use c2f_train::model::{Coarse2Fine, Task};
 use c2f_train::state::Named;
 use c2f_train::train::{
     build_baseline, build_coarse2fine, build_coarse_only, build_wsdan, init_baseline,
-    init_coarse2fine, init_wsdan, train_coarse2fine, BatchShare, RunOptions, TrainConfig, Trainee,
+    init_coarse2fine, init_wsdan, train_coarse2fine, BatchShare, LearningRates, ModelKind,
+    RunOptions, TrainConfig, Trainee,
 };
 
 fn tiny() -> TrainConfig {
@@ -72,12 +74,8 @@ fn step_from<B: Backend>(
     }
     model.zero_grads(b).unwrap();
     let l = model.forward_backward(b, BnMode::Train).unwrap();
-    model
-        .sgd_step(
-            b,
-            &c2f_kernels::sgd::SgdParams::new(cfg.lr, cfg.momentum, cfg.weight_decay),
-        )
-        .unwrap();
+    let sgd = sgd_group(b, cfg.lr, cfg.momentum, cfg.weight_decay);
+    model.sgd_step(b, &sgd).unwrap();
     (
         vec![l.coarse, l.fine, l.center_coarse, l.center_fine],
         read_state(b, &model.state()),
@@ -264,6 +262,7 @@ fn allocations_per_step<M: Trainee<CudaBackend>>(
 ) -> Vec<u64> {
     let mut draw = SplitMix64(3);
     let mut counts = Vec::new();
+    let rates = rates_at(b, cfg);
     for step in 0..3 {
         let batch = random_batch(cfg, 10 + step);
         let share = BatchShare::whole(cfg.batch);
@@ -275,7 +274,7 @@ fn allocations_per_step<M: Trainee<CudaBackend>>(
         let values = b.read(stats.tensor).unwrap();
         let losses: Vec<f32> = stats.losses.iter().map(|&i| values[i]).collect();
         assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
-        model.sgd_step(b, &cfg.sgd_rule(cfg.lr)).unwrap();
+        model.sgd_step(b, &cfg.sgd_rule(&rates)).unwrap();
         b.synchronize().unwrap();
         counts.push(emulator_allocation_count().unwrap());
     }
@@ -334,66 +333,101 @@ fn training_steps_allocate_nothing_after_the_first() {
     }
 }
 
-/// One step of `model` on `batch` (its inputs written, forward and backward, SGD at `cfg`'s
-/// rate), eagerly or, with `captured`, captured and replayed; the state and the step's
-/// statistics after it.
-fn step_on<M: Trainee<CudaBackend>>(
+/// The base rate and λ of step `k` of [`steps_on`]: new values every step, as the warmups
+/// give.
+fn step_values(cfg: &TrainConfig, k: usize) -> (f64, f64) {
+    (cfg.lr * [1.0, 0.5, 0.2][k], [0.2, 0.7, 1.0][k])
+}
+
+/// Three steps of `model` as `fit` takes them, from what the backend holds: the host writes
+/// (each step's rate into `rates`, λ, the batch and the random choices, dropout's step), then
+/// the device work (forward and backward, SGD), run op by op or, with `captured`, captured once
+/// at the first step and replayed at every step. The step statistics after each step, and the
+/// state after the last.
+fn steps_on<M: Trainee<CudaBackend>>(
     b: &mut CudaBackend,
     model: &mut M,
     cfg: &TrainConfig,
-    batch: &LoaderBatch,
+    rates: &LearningRates,
     captured: bool,
-) -> (State, Vec<f32>) {
+) -> (Vec<Vec<f32>>, State) {
     let share = BatchShare::whole(cfg.batch);
-    model
-        .write_step_inputs(b, batch, &mut SplitMix64(7), 1, &share)
-        .unwrap();
-    let mut work = |b: &mut CudaBackend| {
-        model.step(b, BnMode::Train, &mut |_, _, _| Ok(()))?;
-        model.sgd_step(b, &cfg.sgd_rule(cfg.lr))
-    };
-    if captured {
-        let ops = b.capture(&mut work).unwrap();
-        b.replay(&ops).unwrap();
-    } else {
-        work(b).unwrap();
+    let rule = cfg.sgd_rule(rates);
+    let mut draw = SplitMix64(7);
+    let mut graph = None;
+    let mut stats = Vec::new();
+    for k in 0..3 {
+        let (lr, lambda) = step_values(cfg, k);
+        rates.write(b, cfg, lr).unwrap();
+        model.set_center_lambda(b, lambda).unwrap();
+        let batch = random_batch(cfg, 40 + k as u64);
+        model
+            .write_step_inputs(b, &batch, &mut draw, 10 + k as u64, &share)
+            .unwrap();
+        let mut work = |b: &mut CudaBackend| {
+            model.step(b, BnMode::Train, &mut |_, _, _| Ok(()))?;
+            model.sgd_step(b, &rule)
+        };
+        if captured {
+            let ops = graph.get_or_insert_with(|| b.capture(&mut work).unwrap());
+            b.replay(ops).unwrap();
+        } else {
+            work(b).unwrap();
+        }
+        let values = b.read(model.stats().tensor).unwrap();
+        for &slot in &model.stats().losses {
+            assert!(
+                values[slot].is_finite(),
+                "step {k}, loss slot {slot}: {values:?}"
+            );
+        }
+        stats.push(values);
     }
-    let stats = model.stats();
-    let values = b.read(stats.tensor).unwrap();
-    for &slot in &stats.losses {
-        assert!(values[slot].is_finite(), "loss slot {slot}: {values:?}");
-    }
-    (read_state(b, &model.state()), values)
+    (stats, read_state(b, &model.state()))
 }
 
-/// After one eager warm-up step of `model`, the next step captured and replayed gives the bits
-/// (state, losses, right answers) the same step run eagerly from the same state gives.
-fn assert_replay_matches_eager<M: Trainee<CudaBackend>>(
+/// After one eager warm-up step of `model`, three steps captured once and replayed give the
+/// bits (every state tensor: parameters, momentum, running statistics, center banks; and each
+/// step's losses and right answers) of the same steps run eagerly from the same state, though
+/// the rate, λ, the batch and dropout's step change every step.
+fn assert_replays_match_eager<M: Trainee<CudaBackend>>(
     b: &mut CudaBackend,
     model: &mut M,
     cfg: &TrainConfig,
     name: &str,
 ) {
-    step_on(b, model, cfg, &random_batch(cfg, 30), false);
+    let rates = rates_at(b, cfg);
+    let share = BatchShare::whole(cfg.batch);
+    let warm_up = random_batch(cfg, 30);
+    model
+        .write_step_inputs(b, &warm_up, &mut SplitMix64(5), 0, &share)
+        .unwrap();
+    model.step(b, BnMode::Train, &mut |_, _, _| Ok(())).unwrap();
+    model.sgd_step(b, &cfg.sgd_rule(&rates)).unwrap();
     let state = Trainee::<CudaBackend>::state(model);
     let start = read_state(b, &state);
-    let batch = random_batch(cfg, 31);
-    let (eager, eager_stats) = step_on(b, model, cfg, &batch, false);
+    let (eager_stats, eager) = steps_on(b, model, cfg, &rates, false);
     write_state(b, &state, &start);
-    let (replayed, replayed_stats) = step_on(b, model, cfg, &batch, true);
-    assert_eq!(eager_stats, replayed_stats, "{name}: step statistics");
-    assert_ne!(eager, start, "{name}: the step changed nothing");
+    let (replayed_stats, replayed) = steps_on(b, model, cfg, &rates, true);
+    assert_ne!(eager, start, "{name}: the steps changed nothing");
+    for (k, (e, r)) in eager_stats.iter().zip(&replayed_stats).enumerate() {
+        assert!(e == r, "{name}: step {k} statistics {r:?}, eagerly {e:?}");
+    }
     for ((tensor, a), (_, b)) in eager.iter().zip(&replayed) {
-        assert!(a == b, "{name}: {tensor} differs after the replayed step");
+        assert!(a == b, "{name}: {tensor} differs after the replayed steps");
     }
 }
 
-/// `Trainee::step` holds no host read, write or allocation (the emulator refuses them inside a
-/// capture, as a GPU does): Coarse2Fine's, the coarse-only model's and the baseline's step with
-/// SGD, captured into a graph after a warm-up step and replayed, matches it run eagerly.
+/// A step captured into a CUDA graph is what `fit` replays: `Trainee::step` and SGD hold no
+/// host read, write or allocation (the emulator refuses them inside a capture, as a GPU does),
+/// and every value that changes between steps (the rate per parameter group, λ, dropout's
+/// step, the batch and the random choices) is read from the device, so a graph captured once
+/// replays three steps of Coarse2Fine, the coarse-only model, the baseline and WS-DAN with the
+/// bits of the same steps run eagerly.
 #[test]
-fn emulator_captured_step_matches_eager() {
-    let Some(mut gpu) = cuda_or_skip("emulator_captured_step_matches_eager") else {
+fn emulator_replayed_steps_match_eager_ones_as_values_change() {
+    let test = "emulator_replayed_steps_match_eager_ones_as_values_change";
+    let Some(mut gpu) = cuda_or_skip(test) else {
         return;
     };
     let cfg = tiny();
@@ -402,9 +436,72 @@ fn emulator_captured_step_matches_eager() {
     for (fine, name) in [(true, "Coarse2Fine"), (false, "coarse-only")] {
         let mut model = build(&mut gpu, &cfg, fine);
         init_coarse2fine(&mut gpu, &model, &cfg, &run).unwrap();
-        assert_replay_matches_eager(&mut gpu, &mut model, &cfg, name);
+        assert_replays_match_eager(&mut gpu, &mut model, &cfg, name);
     }
     let mut baseline = build_baseline(&mut gpu, &cfg).unwrap();
     init_baseline(&mut gpu, &baseline, &run).unwrap();
-    assert_replay_matches_eager(&mut gpu, &mut baseline, &cfg, "baseline");
+    assert_replays_match_eager(&mut gpu, &mut baseline, &cfg, "baseline");
+    let mut wsdan = build_wsdan(&mut gpu, &cfg).unwrap();
+    init_wsdan(&mut gpu, &wsdan, &run).unwrap();
+    assert_replays_match_eager(&mut gpu, &mut wsdan, &cfg, "WS-DAN");
+}
+
+/// The numbers of a run's metrics.jsonl (what its timing and `cuda_graph` say left out).
+fn metric_numbers(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut lines = metrics(dir);
+    for line in &mut lines {
+        let record = line.as_object_mut().unwrap();
+        record.remove("images_per_s");
+        record.remove("cuda_graph");
+    }
+    lines
+}
+
+/// `fit` with its steps captured into a CUDA graph and replayed, and with `--no-cuda-graph`
+/// (every step op by op), gives the same run: the same metrics.jsonl numbers and checkpoint
+/// bytes, over 2 epochs of 2 steps whose rate and λ warm up every step, for Coarse2Fine, the
+/// baseline and WS-DAN; the metrics say which ran.
+#[test]
+fn emulator_fit_with_and_without_cuda_graph_gives_the_same_run() {
+    let test = "emulator_fit_with_and_without_cuda_graph_gives_the_same_run";
+    let Some(mut gpu) = cuda_or_skip(test) else {
+        return;
+    };
+    let spec = synthetic_spec(8, 4, 1, (0.6, 0.9));
+    let data = spec.open(75, DEFAULT_MAX_PIXELS).unwrap();
+    let cfg = TrainConfig {
+        epochs: 2,
+        warmup_epochs: 2.0,
+        center_warmup_epochs: 2.0,
+        ..tiny()
+    };
+    let root = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("train_gpu_graph_fit");
+    for kind in [
+        ModelKind::Coarse2Fine,
+        ModelKind::Baseline,
+        ModelKind::WsDan,
+    ] {
+        let mut runs = Vec::new();
+        for cuda_graph in [true, false] {
+            let dir = root.join(format!("{}_{cuda_graph}", kind.name()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let run = RunOptions {
+                cuda_graph,
+                ..run_options(&dir)
+            };
+            kind.trainer()(&mut gpu, &cfg, &run, &data, None).unwrap();
+            let records = metrics(&dir);
+            let said: Vec<bool> = records.iter().map(|r| r["cuda_graph"] == true).collect();
+            assert_eq!(
+                said,
+                [cuda_graph; 2],
+                "{}: metrics' cuda_graph",
+                kind.name()
+            );
+            let checkpoint = std::fs::read(dir.join("checkpoint.safetensors")).unwrap();
+            runs.push((metric_numbers(&dir), checkpoint));
+        }
+        assert_eq!(runs[0].0, runs[1].0, "{}: metrics", kind.name());
+        assert!(runs[0].1 == runs[1].1, "{}: checkpoint bytes", kind.name());
+    }
 }

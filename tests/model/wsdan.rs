@@ -16,7 +16,9 @@ use crate::cli::{
     synthetic_images, train_tiny_synthetic, two_pictures,
 };
 use crate::common::tiny::{golden_backbone, uniform, write_answers};
-use crate::common::train::{synthetic_spec, tiny_config as tiny_train_config, TINY_TRAIN};
+use crate::common::train::{
+    rates_at, synthetic_spec, tiny_config as tiny_train_config, TINY_TRAIN,
+};
 use crate::train_gpu::{assert_gpu_step_near_cpu, narrow, read_state, write_state, State, StepRun};
 use c2f_inception::backend::{prelude::*, BnMode, Tensor};
 use c2f_inception::cpu::CpuBackend;
@@ -542,7 +544,8 @@ fn step_from<B: Backend>(
     }
     model.zero_grads(b).unwrap();
     let l = model.forward_backward(b, BnMode::Train, aug).unwrap();
-    model.sgd_step_by(b, &cfg.sgd_rule(cfg.lr)).unwrap();
+    let rates = rates_at(b, cfg);
+    model.sgd_step_by(b, &cfg.sgd_rule(&rates)).unwrap();
     (terms(&l).to_vec(), read_state(b, &model.state()))
 }
 

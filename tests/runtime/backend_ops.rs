@@ -110,7 +110,11 @@ fn center_loss_wrapper() {
     let lv = [2, 0, 2, 1];
     a.cpu.write_index(labels, &lv).unwrap();
     let (loss, _) = a.random(1, 1e3, 2e3);
-    a.cpu.center_loss(&s, &p, f, labels, c, df, loss).unwrap();
+    let scales = a.cpu.alloc(2).unwrap();
+    a.cpu.write(scales, &p.scales(s.batch)).unwrap();
+    a.cpu
+        .center_loss(&s, &p.update(), scales, f, labels, c, df, loss)
+        .unwrap();
     let mut dfv = vec![0.0; s.features_len()];
     let expected = center_loss::forward_update_cpu(&s, &p, &fv, &lv, &mut cv, &mut dfv).unwrap();
     assert_eq!(a.read(loss), [expected]);

@@ -4,12 +4,12 @@
 //! a replay refused where the graph's addresses would no longer hold. Without a GPU (or cuDNN
 //! and cuBLAS) each test prints `skipped: ...` and passes, unless `C2F_REQUIRE_GPU=1`.
 
-use c2f_inception::backend::{prelude::*, BnMode, LinearShape};
+use c2f_inception::backend::{prelude::*, BnMode, LinearShape, Tensor};
 use c2f_inception::cpu::conv::Conv2dShape;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_inception::cuda::CudaBackend;
 use c2f_inception::init::golden_init;
-use c2f_inception::network::Network;
+use c2f_inception::network::{Network, SgdGroup};
 use c2f_inception::spec::Depth;
 use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::testing::{assert_bit_identical, SplitMix64};
@@ -26,15 +26,27 @@ const STEPS: usize = 3;
 /// (the backend's cross-entropy reads its loss on the host, which a graph cannot hold).
 const GRADIENT_SCALE: f64 = 0.25;
 const SGD: SgdParams = SgdParams {
-    lr: 0.01,
     momentum: 0.9,
     weight_decay: 1e-4,
     grad_scale: 1.0,
 };
+const LEARNING_RATE: f32 = 0.01;
 
-/// The network on `b` from the golden initialiser, dropout on at a fixed step (a captured step
-/// replays the dropout mask it was captured with).
-pub(crate) fn network(b: &mut CudaBackend) -> Network {
+/// A network with the slot its SGD reads the learning rate from.
+pub(crate) struct TrainNet {
+    net: Network,
+    lr: Tensor,
+}
+
+impl std::ops::Deref for TrainNet {
+    type Target = Network;
+    fn deref(&self) -> &Network {
+        &self.net
+    }
+}
+
+/// The network on `b` from the golden initialiser, dropout on at a fixed step, and its rate.
+pub(crate) fn network(b: &mut CudaBackend) -> TrainNet {
     // The runtime tests' small network: 75² input, width 0.125.
     let graph = graph(75, 0.125, Depth::Full { classes: CLASSES });
     let mut params = vec![0.0f32; graph.params.total()];
@@ -44,8 +56,10 @@ pub(crate) fn network(b: &mut CudaBackend) -> Network {
     b.write(net.params, &params).unwrap();
     b.write(net.buffers, &buffers).unwrap();
     net.dropout.seed = 11;
-    net.dropout.step = 3;
-    net
+    net.set_dropout_step(b, 3).unwrap();
+    let lr = b.alloc(1).unwrap();
+    b.write(lr, &[LEARNING_RATE]).unwrap();
+    TrainNet { net, lr }
 }
 
 /// Images for step `step`, the same on every call.
@@ -58,16 +72,17 @@ pub(crate) fn images(net: &Network, step: u64) -> Vec<f32> {
 
 /// One training step, every op on the device: forward in training mode, the loss's gradient
 /// into the output gradient, backward, SGD.
-pub(crate) fn train_step(b: &mut CudaBackend, net: &mut Network) -> Result<()> {
+pub(crate) fn train_step(b: &mut CudaBackend, train: &mut TrainNet) -> Result<()> {
+    let (net, lr) = (&mut train.net, train.lr);
     net.zero_grads(b)?;
     net.forward(b, BnMode::Train)?;
     b.axpby(GRADIENT_SCALE, net.output(), 0.0, net.output_grad())?;
     net.backward(b, BnMode::Train, false)?;
-    net.sgd_step(b, &SGD)
+    net.sgd_step(b, &SgdGroup { params: SGD, lr })
 }
 
 /// A backend with its network, after one step run op by op (what a capture needs made first).
-pub(crate) fn warmed_up(test: &str) -> Option<(CudaBackend, Network)> {
+pub(crate) fn warmed_up(test: &str) -> Option<(CudaBackend, TrainNet)> {
     let mut b = cuda_or_skip(test)?;
     let mut net = network(&mut b);
     b.write(net.input(), &images(&net, 0)).unwrap();

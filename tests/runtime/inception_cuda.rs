@@ -23,7 +23,7 @@ use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
 use c2f_kernels::center_loss::{CenterLossParams, CenterLossShape};
 use c2f_kernels::concat::ChannelSlice;
 use c2f_kernels::conv_transpose::ConvTransposeParams;
-use c2f_kernels::dropout::DropoutParams;
+use c2f_kernels::dropout::{step_words, DropoutParams};
 use c2f_kernels::map_select::MapShape;
 use c2f_kernels::mask::MaskShape;
 use c2f_kernels::pool::{Pool2dParams, PoolShape};
@@ -592,14 +592,19 @@ fn training_ops_match_cpu() {
     let drop = DropoutParams {
         p: 0.3,
         seed: 11,
-        step: 4,
         training: true,
     };
     let x = p.random(3001, -1.0, 1.0, 1);
     let y = p.random(3001, 1e3, 2e3, 1);
-    p.run("dropout", |b| b.dropout_forward(&drop, x, y));
+    let step = p.cpu.alloc_index(2).unwrap();
+    assert_eq!(step, p.gpu.alloc_index(2).unwrap());
+    // A step above 2³², so that both words of the slot count.
+    for b in [&mut p.cpu as &mut dyn Backend<Scalar = f32>, &mut p.gpu] {
+        b.write_index(step, &step_words((1 << 32) + 4)).unwrap();
+    }
+    p.run("dropout", |b| b.dropout_forward(&drop, step, x, y));
     p.check("dropout forward", y);
-    p.run("dropout", |b| b.dropout_backward(&drop, y, x));
+    p.run("dropout", |b| b.dropout_backward(&drop, step, y, x));
     p.check("dropout backward", x);
 
     let s = SoftmaxCeShape {
@@ -657,12 +662,15 @@ fn training_ops_match_cpu() {
     );
     p.check("sigmoid BCE dlogits", dlogits);
 
-    let sgd = SgdParams::new(0.05, 0.9, 1e-4);
+    let sgd = SgdParams::new(0.9, 1e-4);
     let weights = p.random(4099, -1.0, 1.0, 1);
     let grads = p.random(4099, -1.0, 1.0, 1);
     let momentum = p.random(4099, -0.1, 0.1, 1);
-    for _ in 0..2 {
-        p.run("sgd", |b| b.sgd_step(&sgd, weights, grads, momentum));
+    let lr = p.tensor(1, 1);
+    // A new rate each step, read from the slot.
+    for rate in [0.05, 0.02] {
+        p.write(lr, &[rate]);
+        p.run("sgd", |b| b.sgd_step(&sgd, lr, weights, grads, momentum));
     }
     p.check("sgd weights", weights);
     p.check("sgd momentum", momentum);
@@ -723,8 +731,10 @@ fn coarse2fine_ops_match_cpu() {
         b.write_index(labels_cpu, &[1, 3, 1, 0, 3, 3]).unwrap();
     }
     let loss = p.random(1, 1e3, 2e3, 1);
+    let scales = p.tensor(2, 1);
+    p.write(scales, &cp.scales(cs.batch).map(|v| v as f32));
     for b in [&mut p.cpu as &mut dyn Backend<Scalar = f32>, &mut p.gpu] {
-        b.center_loss(&cs, &cp, f, labels_cpu, centers, df, loss)
+        b.center_loss(&cs, &cp.update(), scales, f, labels_cpu, centers, df, loss)
             .unwrap();
     }
     p.check("center loss", loss);

@@ -5,7 +5,7 @@
 use c2f_inception::backend::{prelude::*, BnMode, IndexTensor, Tensor};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::init::golden_init;
-use c2f_inception::network::{sgd_step_by_table, Network};
+use c2f_inception::network::{sgd_step_by_table, Network, SgdGroup};
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
 use c2f_inception::table::TensorTable;
 use c2f_kernels::sgd::SgdParams;
@@ -91,7 +91,7 @@ fn network_gradient_matches_finite_differences() {
     let mode = BnMode::Inference;
     let mut s = setup::<f64>(1);
     s.net.dropout.seed = 5;
-    s.net.dropout.step = 2;
+    s.net.set_dropout_step(&mut s.cpu, 2).unwrap();
     loss(&mut s, mode);
     s.net.zero_grads(&mut s.cpu).unwrap();
     s.net.backward(&mut s.cpu, mode, true).unwrap();
@@ -125,11 +125,16 @@ fn network_gradient_matches_finite_differences() {
 #[test]
 fn tiny_network_fits_a_fixed_batch() {
     let mut s = setup::<f32>(2);
-    let sgd = SgdParams::new(0.01, 0.9, 1e-5);
+    let lr = s.cpu.alloc(1).unwrap();
+    s.cpu.write(lr, &[0.01]).unwrap();
+    let sgd = SgdGroup {
+        params: SgdParams::new(0.9, 1e-5),
+        lr,
+    };
     let first = loss(&mut s, BnMode::Train);
     let mut last = first;
     for step in 0..40 {
-        s.net.dropout.step = step;
+        s.net.set_dropout_step(&mut s.cpu, step).unwrap();
         s.net.zero_grads(&mut s.cpu).unwrap();
         last = loss(&mut s, BnMode::Train);
         s.net.backward(&mut s.cpu, BnMode::Train, false).unwrap();
@@ -175,9 +180,10 @@ fn shared_backbone_accumulates_both_passes() {
     assert!(rel_error(&twice, &doubled) < 1e-12);
 }
 
-/// A NaN hyper-parameter (`--lr nan`) equals no other, itself included: the walk over the table's
-/// runs must still take every tensor once, and a NaN rate is then refused by the SGD op, where it
-/// used to stall the walk on its first tensor and panic on an index below zero.
+/// A NaN hyper-parameter equals no other, itself included: the walk over the table's runs must
+/// still take every tensor once, and the NaN is then refused by the SGD op, where it used to
+/// stall the walk on its first tensor and panic on an index below zero. A NaN rate in the slot
+/// (`--lr nan`) is refused by the op too.
 #[test]
 fn sgd_by_table_takes_every_tensor_once_whatever_the_rule() {
     let mut table = TensorTable::default();
@@ -189,13 +195,18 @@ fn sgd_by_table_takes_every_tensor_once_whatever_the_rule() {
     let [params, grads, momentum] = [0, 1, 2].map(|_| b.alloc(n).unwrap());
     b.write(params, &vec![1.0; n]).unwrap();
     b.write(grads, &vec![0.5; n]).unwrap();
-    let step = |b: &mut CpuBackend<f32>, lr: f64| {
-        let rule = |_: &_| Some(SgdParams::new(lr, 0.0, 0.0));
+    let lr = b.alloc(1).unwrap();
+    let step = |b: &mut CpuBackend<f32>, rate: f32, weight_decay: f64| {
+        b.write(lr, &[rate])?;
+        let hyper = SgdParams::new(0.0, weight_decay);
+        let rule = |_: &_| Some(SgdGroup { params: hyper, lr });
         sgd_step_by_table(b, &table, [params, grads, momentum], &rule)
     };
-    step(&mut b, 0.1).unwrap();
+    step(&mut b, 0.1, 0.0).unwrap();
     let after = b.read(params).unwrap();
     assert!(after.iter().all(|&v| (v - 0.95).abs() < 1e-6), "{after:?}");
-    let err = step(&mut b, f64::NAN).unwrap_err().to_string();
+    let err = step(&mut b, 0.1, f64::NAN).unwrap_err().to_string();
+    assert!(err.contains("weight decay"), "{err}");
+    let err = step(&mut b, f32::NAN, 0.0).unwrap_err().to_string();
     assert!(err.contains("learning rate"), "{err}");
 }

@@ -73,7 +73,8 @@ impl<T: Element> CenterLossUnfused<T> {
         )?;
         let (b, d, c) = (s.batch as i32, s.dim as i32, s.classes as i32);
         let n = s.features_len() as i64;
-        let (grad_scale, loss_scale, beta, normalized) = launch_params(&s, params);
+        let (beta, normalized) = launch_params(&params.update());
+        let [grad_scale, loss_scale] = params.scales(s.batch).map(|v| v as f32);
         let cfg = |blocks: u32| grid((blocks, 1, 1), THREADS);
         // Grid-stride loops: enough blocks to fill the card, a few elements per thread.
         let elementwise = cfg(blocks_for(s.features_len(), THREADS * 4).min(1 << 16));

@@ -15,7 +15,7 @@ use crate::cublas::{axpy, scal};
 use c2f_kernels::cublas_raw;
 use c2f_kernels::device::{device_addr, device_addr_mut, Gpu};
 use c2f_kernels::error::{Error, Result};
-use c2f_kernels::sgd::{check_buffers, SgdParams};
+use c2f_kernels::sgd::{check_buffers, check_learning_rate, SgdParams};
 
 pub struct SgdCublas {
     blas: CudaBlas,
@@ -30,15 +30,18 @@ impl SgdCublas {
         })
     }
 
-    /// One SGD step with momentum (momentum 0 is refused: the four passes assume a buffer).
+    /// One SGD step at rate `lr` with momentum (momentum 0 is refused: the four passes assume a
+    /// buffer).
     pub fn step(
         &self,
         params: &SgdParams,
+        lr: f64,
         weights: &mut impl DevicePtrMut<f32>,
         grads: &impl DevicePtr<f32>,
         momentum_buf: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         params.validate()?;
+        check_learning_rate(lr)?;
         if params.momentum == 0.0 {
             return Err(Error::Shape(
                 "the cuBLAS SGD baseline needs a momentum above 0".into(),
@@ -55,7 +58,7 @@ impl SgdCublas {
             scal(&self.blas, n, params.momentum as f32, b)?;
             axpy(&self.blas, n, params.grad_scale as f32, g, b)?;
             axpy(&self.blas, n, params.weight_decay as f32, w, b)?;
-            axpy(&self.blas, n, -params.lr as f32, b, w)
+            axpy(&self.blas, n, -lr as f32, b, w)
         }
     }
 }

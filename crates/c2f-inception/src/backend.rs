@@ -34,7 +34,7 @@ use std::fmt;
 use c2f_kernels::augment::AugmentShape;
 use c2f_kernels::bap::BapShape;
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
-use c2f_kernels::center_loss::{CenterLossParams, CenterLossShape};
+use c2f_kernels::center_loss::{CenterLossShape, CenterUpdate};
 use c2f_kernels::concat::ChannelSlice;
 use c2f_kernels::conv_transpose::ConvTransposeParams;
 use c2f_kernels::dropout::DropoutParams;
@@ -48,6 +48,7 @@ use c2f_kernels::softmax_ce::SoftmaxCeShape;
 use c2f_kernels::{Error, Real, Result};
 
 use crate::cpu::conv::Conv2dShape;
+use crate::cuda::CapturedOps;
 use crate::precision::Precision;
 
 /// The op traits, for calling ops on a concrete backend.
@@ -233,6 +234,35 @@ pub trait Buffers {
     fn take_staged(&mut self) -> Result<()> {
         Ok(())
     }
+
+    /// Records the ops `work` runs on this backend, without running them, for
+    /// [`Self::replay_ops`] to run (a CUDA graph on the CUDA backend), or `Ok(None)` when the
+    /// backend does not record: this default, for a backend that runs every op as it is called
+    /// (the CPU's); nothing ran, so run `work` eagerly. Every value an op takes by value is
+    /// fixed at the capture: what changes between replays must be in the backend's memory,
+    /// written before each. `work` fails, and the capture with it, at an op that cannot be
+    /// recorded ([`Error::Capture`], naming it).
+    fn capture_ops(
+        &mut self,
+        _work: &mut dyn FnMut(&mut Self) -> Result<()>,
+    ) -> Result<Option<CapturedOps>>
+    where
+        Self: Sized,
+    {
+        Ok(None)
+    }
+
+    /// Runs ops recorded by [`Self::capture_ops`] on what the buffers hold now; this default
+    /// refuses them (it records none, so they were captured on another backend).
+    fn replay_ops(&mut self, _ops: &CapturedOps) -> Result<()>
+    where
+        Self: Sized,
+    {
+        Err(Error::Capture {
+            op: "replaying captured ops".into(),
+            reason: "they were captured on another backend, whose buffers they address".into(),
+        })
+    }
 }
 
 /// One destination of a batch staged with [`Buffers::stage`], and the values it gets.
@@ -410,10 +440,23 @@ pub trait NetworkOps: Buffers {
 /// The losses, regularisation and optimiser of training, which no InceptionV3 forward needs.
 pub trait TrainingOps: Buffers {
     /// Dropout in training mode: `y = x·mask/(1−p)`, the mask a pure function of `p`'s seed,
-    /// step and the element index (the same on every backend).
-    fn dropout_forward(&mut self, p: &DropoutParams, x: Tensor, y: Tensor) -> Result<()>;
-    /// `dx = dy·mask/(1−p)`, assigned, with the forward's mask.
-    fn dropout_backward(&mut self, p: &DropoutParams, dy: Tensor, dx: Tensor) -> Result<()>;
+    /// the step and the element index (the same on every backend). The step is read from the
+    /// two-word slot `step` (`c2f_kernels::dropout::step_words`), written before the step.
+    fn dropout_forward(
+        &mut self,
+        p: &DropoutParams,
+        step: IndexTensor,
+        x: Tensor,
+        y: Tensor,
+    ) -> Result<()>;
+    /// `dx = dy·mask/(1−p)`, assigned, with the forward's mask (the same `p` and `step`).
+    fn dropout_backward(
+        &mut self,
+        p: &DropoutParams,
+        step: IndexTensor,
+        dy: Tensor,
+        dx: Tensor,
+    ) -> Result<()>;
 
     /// Mean softmax cross-entropy of `logits [B, C]` against `labels [B]`: writes each row's
     /// argmax to `predictions`, `loss_scale·(softmax − onehot)/B` to `dlogits` (assigned), and
@@ -451,10 +494,12 @@ pub trait TrainingOps: Buffers {
     ) -> Result<()>;
 
     /// One SGD step (PyTorch's: momentum, weight decay, no dampening) over `weights`, with
-    /// their `grads` and `momentum` buffer.
+    /// their `grads` and `momentum` buffer, at the learning rate the 1-value slot `lr` holds
+    /// (written before the step; `c2f_kernels::sgd::check_learning_rate` first).
     fn sgd_step(
         &mut self,
         p: &SgdParams,
+        lr: Tensor,
         weights: Tensor,
         grads: Tensor,
         momentum: Tensor,
@@ -492,13 +537,16 @@ pub trait Coarse2FineOps: Buffers {
 
     /// Center loss on `features [B, D]` with moving-average `centers [C, D]` (updated in place):
     /// assigns `d_features` and writes the loss to the 1-value `loss`, which stays in the
-    /// backend's memory. A label outside `[0, C)` leaves the centers untouched: an error naming
-    /// it on the CPU backend, a NaN loss on the CUDA backend (as the cross-entropy's).
+    /// backend's memory. λ is read from the 2-value slot `scales`
+    /// (`c2f_kernels::center_loss::CenterLossParams::scales`), written before the step. A label
+    /// outside `[0, C)` leaves the centers untouched: an error naming it on the CPU backend, a
+    /// NaN loss on the CUDA backend (as the cross-entropy's).
     #[allow(clippy::too_many_arguments)]
     fn center_loss(
         &mut self,
         s: &CenterLossShape,
-        p: &CenterLossParams,
+        update: &CenterUpdate,
+        scales: Tensor,
         features: Tensor,
         labels: IndexTensor,
         centers: Tensor,

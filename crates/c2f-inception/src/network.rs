@@ -5,7 +5,7 @@
 
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
 use c2f_kernels::concat::ChannelSlice;
-use c2f_kernels::dropout::DropoutParams;
+use c2f_kernels::dropout::{step_words, DropoutParams};
 use c2f_kernels::nvtx;
 use c2f_kernels::pool::{Pool2dParams, PoolShape};
 use c2f_kernels::sgd::SgdParams;
@@ -19,12 +19,13 @@ use crate::spec::{ActId, ActShape, BasicConv, Graph, Op, BN_EPS, BN_MOMENTUM, DR
 use crate::table::{TensorEntry, TensorTable};
 
 /// The head's intermediates: globally pooled features `[B, C]`, the same after dropout, and
-/// their gradients.
+/// their gradients; and dropout's step slot ([`Network::set_dropout_step`]).
 struct HeadBuffers {
     pooled: Tensor,
     dropped: Tensor,
     d_pooled: Tensor,
     d_dropped: Tensor,
+    dropout_step: IndexTensor,
 }
 
 pub struct Network {
@@ -46,17 +47,26 @@ pub struct Network {
     /// Gradient w.r.t. a conv's pre-BN output; one buffer, sized for the largest conv.
     d_pre_bn: Tensor,
     head: Option<HeadBuffers>,
-    /// Dropout before `fc` (torchvision's p = 0.5). The caller advances `step` every training
-    /// step, and must not change these between a forward and its backward.
+    /// Dropout before `fc` (torchvision's p = 0.5). The caller sets the step every training
+    /// step ([`Network::set_dropout_step`]), and must change neither between a forward and its
+    /// backward.
     pub dropout: DropoutParams,
 }
 
-/// Which SGD hyper-parameters a parameter tensor takes, `None` to leave it as it is.
-pub type SgdRule<'a> = dyn Fn(&TensorEntry) -> Option<SgdParams> + 'a;
+/// A parameter group's SGD update: its hyper-parameters, and the 1-value slot its learning rate
+/// is read from ([`crate::backend::TrainingOps::sgd_step`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdGroup {
+    pub params: SgdParams,
+    pub lr: Tensor,
+}
 
-/// One SGD step over the tensors of `table` laid out in `[params, grads, momentum]`, each with
-/// the hyper-parameters `rule` gives it: one update per run of consecutive tensors that share
-/// them (the whole buffer at once when all do).
+/// Which SGD group a parameter tensor is in, `None` to leave it as it is.
+pub type SgdRule<'a> = dyn Fn(&TensorEntry) -> Option<SgdGroup> + 'a;
+
+/// One SGD step over the tensors of `table` laid out in `[params, grads, momentum]`, each in the
+/// group `rule` gives it: one update per run of consecutive tensors that share a group (the
+/// whole buffer at once when all do).
 pub fn sgd_step_by_table<B: Backend>(
     b: &mut B,
     table: &TensorTable,
@@ -75,9 +85,15 @@ pub fn sgd_step_by_table<B: Backend>(
             i += 1;
         }
         let end = entries[i - 1].offset + entries[i - 1].len();
-        if let Some(p) = p {
+        if let Some(g) = p {
             let slice = |t: Tensor| t.slice(start, end - start);
-            b.sgd_step(&p, slice(params), slice(grads), slice(momentum))?;
+            b.sgd_step(
+                &g.params,
+                g.lr,
+                slice(params),
+                slice(grads),
+                slice(momentum),
+            )?;
         }
     }
     Ok(())
@@ -191,6 +207,7 @@ impl Network {
                         dropped: backend.alloc(batch * c)?,
                         d_pooled: backend.alloc(batch * c)?,
                         d_dropped: backend.alloc(batch * c)?,
+                        dropout_step: backend.alloc_index(2)?,
                     });
                 }
                 Op::AvgPool { .. } | Op::Concat { .. } => {}
@@ -215,10 +232,19 @@ impl Network {
             dropout: DropoutParams {
                 p: DROPOUT,
                 seed: 0,
-                step: 0,
                 training: true,
             },
         })
+    }
+
+    /// Writes the training step whose dropout mask the next forward and backward draw (a host
+    /// write, before the step: the ops read it from the backend's memory). Nothing without a
+    /// head.
+    pub fn set_dropout_step<B: Backend>(&self, b: &mut B, step: u64) -> Result<()> {
+        match &self.head {
+            Some(head) => b.write_index(head.dropout_step, &step_words(step)),
+            None => Ok(()),
+        }
     }
 
     fn dropout_active(&self) -> bool {
@@ -230,13 +256,13 @@ impl Network {
         b.fill(self.grads, B::Scalar::zero())
     }
 
-    /// One SGD step over all parameters with their gradients and momentum.
-    pub fn sgd_step<B: Backend>(&self, b: &mut B, p: &SgdParams) -> Result<()> {
-        self.sgd_step_by(b, &|_| Some(*p))
+    /// One SGD step over all parameters with their gradients and momentum, as one group.
+    pub fn sgd_step<B: Backend>(&self, b: &mut B, group: &SgdGroup) -> Result<()> {
+        self.sgd_step_by(b, &|_| Some(*group))
     }
 
-    /// One SGD step with each parameter tensor's own hyper-parameters (`None`: left as it is),
-    /// e.g. frozen BatchNorm or a classifier's own learning rate.
+    /// One SGD step with each parameter tensor in its own group (`None`: left as it is), e.g.
+    /// frozen BatchNorm or a classifier's own learning rate.
     pub fn sgd_step_by<B: Backend>(&self, b: &mut B, rule: &SgdRule<'_>) -> Result<()> {
         sgd_step_by_table(
             b,
@@ -425,7 +451,12 @@ impl Network {
                         head.pooled,
                     )?;
                     let features = if self.dropout_active() {
-                        b.dropout_forward(&self.dropout, head.pooled, head.dropped)?;
+                        b.dropout_forward(
+                            &self.dropout,
+                            head.dropout_step,
+                            head.pooled,
+                            head.dropped,
+                        )?;
                         head.dropped
                     } else {
                         head.pooled
@@ -579,7 +610,12 @@ impl Network {
                     )?;
                     report(b, &[*fc_weight, *fc_bias])?;
                     if dropout {
-                        b.dropout_backward(&self.dropout, head.d_dropped, head.d_pooled)?;
+                        b.dropout_backward(
+                            &self.dropout,
+                            head.dropout_step,
+                            head.d_dropped,
+                            head.d_pooled,
+                        )?;
                     }
                     b.global_avg_pool_backward(
                         &self.pool_shape(*input),

@@ -19,6 +19,11 @@
 //! A label outside `[0, C)` is an [`Error::Label`] (the first such sample is named) and leaves the
 //! centers untouched; the GPU kernels never access memory through a bad label.
 //! Kernels: `kernels/center_loss.cu`, deterministic (no float atomics).
+//!
+//! λ warms up over the epochs, so the GPU kernels read it as the two scales
+//! [`CenterLossParams::scales`], `[2λ/B, λ/B]`, from a slot in device memory that the host writes
+//! before the step: a step captured into a CUDA graph then replays with each step's λ.
+//! [`CenterUpdate`] is what stays fixed for a run.
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use rayon::prelude::*;
@@ -106,6 +111,30 @@ pub struct CenterLossParams {
     pub rule: CenterRule,
 }
 
+/// What of [`CenterLossParams`] is fixed for a run: the update rate β and the rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CenterUpdate {
+    pub beta: f64,
+    pub rule: CenterRule,
+}
+
+impl CenterLossParams {
+    /// The update rate and rule.
+    pub fn update(&self) -> CenterUpdate {
+        CenterUpdate {
+            beta: self.beta,
+            rule: self.rule,
+        }
+    }
+
+    /// `[2λ/B, λ/B]` for a batch of `batch`: the gradient's and the loss's factors, what a
+    /// scales slot holds.
+    pub fn scales(&self, batch: usize) -> [f64; 2] {
+        let b = batch as f64;
+        [2.0 * self.lambda / b, self.lambda / b]
+    }
+}
+
 impl Default for CenterLossParams {
     /// λ = 1 (the paper's), β = [`DEFAULT_BETA`], the paper's rule.
     fn default() -> Self {
@@ -117,8 +146,8 @@ impl Default for CenterLossParams {
     }
 }
 
-/// CPU reference (and the CPU backend's op): writes `d_features [B, D]`, updates `centers [C, D]`
-/// in place and returns the loss. On a bad label it returns [`Error::Label`] and writes nothing.
+/// CPU reference: writes `d_features [B, D]`, updates `centers [C, D]` in place and returns the
+/// loss. On a bad label it returns [`Error::Label`] and writes nothing.
 pub fn forward_update_cpu<R: Real>(
     shape: &CenterLossShape,
     params: &CenterLossParams,
@@ -126,6 +155,21 @@ pub fn forward_update_cpu<R: Real>(
     labels: &[i32],
     centers: &mut [R],
     d_features: &mut [R],
+) -> Result<R> {
+    let scales = params.scales(shape.batch).map(R::from_f64);
+    let (update, grads) = (params.update(), (centers, d_features));
+    forward_update_scaled_cpu(shape, &update, scales, features, labels, grads)
+}
+
+/// [`forward_update_cpu`] with λ given as its `scales` (the CPU backend's op, which reads them
+/// from its slot), `(centers, d_features)` written.
+pub fn forward_update_scaled_cpu<R: Real>(
+    shape: &CenterLossShape,
+    update: &CenterUpdate,
+    [grad_scale, loss_scale]: [R; 2],
+    features: &[R],
+    labels: &[i32],
+    (centers, d_features): (&mut [R], &mut [R]),
 ) -> Result<R> {
     shape.validate()?;
     shape.check_buffers(
@@ -137,9 +181,8 @@ pub fn forward_update_cpu<R: Real>(
     check_labels(labels, shape.classes)?;
     let d = shape.dim;
     let floor = R::from_f64(NORM_EPS);
-    let grad_scale = R::from_f64(2.0 * params.lambda / shape.batch as f64);
-    let beta = R::from_f64(params.beta);
-    let normalized = params.rule == CenterRule::Normalized;
+    let beta = R::from_f64(update.beta);
+    let normalized = update.rule == CenterRule::Normalized;
 
     // The center each sample's loss is taken against, for every class in the batch, before any
     // update: the raw center, or ĉ.
@@ -180,7 +223,7 @@ pub fn forward_update_cpu<R: Real>(
             sq
         })
         .collect();
-    let loss = sample_sq.into_iter().sum::<R>() * R::from_f64(params.lambda / shape.batch as f64);
+    let loss = sample_sq.into_iter().sum::<R>() * loss_scale;
 
     let keep = R::one() - beta;
     centers
@@ -221,14 +264,12 @@ pub const THREADS: u32 = 256;
 const STATE_LEN: usize = 5;
 const RESULT: std::ops::Range<usize> = 2..5;
 
+/// The kernels' `beta` and `normalized` arguments.
 #[doc(hidden)] // for c2f-baselines
-pub fn launch_params(shape: &CenterLossShape, params: &CenterLossParams) -> (f32, f32, f32, i32) {
-    let b = shape.batch as f64;
+pub fn launch_params(update: &CenterUpdate) -> (f32, i32) {
     (
-        (2.0 * params.lambda / b) as f32,
-        (params.lambda / b) as f32,
-        params.beta as f32,
-        (params.rule == CenterRule::Normalized) as i32,
+        update.beta as f32,
+        (update.rule == CenterRule::Normalized) as i32,
     )
 }
 
@@ -267,15 +308,18 @@ impl<T: Element> CenterLossGpu<T> {
         &self.shape
     }
 
-    /// Launches the two kernels, which write `d_features` and update `centers`, without waiting.
+    /// Launches the two kernels, which write `d_features` and update `centers`, without waiting,
+    /// with λ as the 2-value slot `scales` ([`CenterLossParams::scales`]) holds when they run.
     /// The loss and any bad label stay on the device until [`Self::finish`]; call it before the
     /// next `enqueue` to see them. A bad label leaves the centers untouched (`d_features` is then
     /// unspecified). With `stats` they also write the loss (f32; NaN after a bad label) to that
     /// 1-value slot: the trainer's step statistics, read when it chooses, not by
     /// [`Self::finish`].
+    #[allow(clippy::too_many_arguments)]
     pub fn enqueue(
         &mut self,
-        params: &CenterLossParams,
+        update: &CenterUpdate,
+        scales: &impl DevicePtr<f32>,
         features: &impl DevicePtr<T>,
         labels: &impl DevicePtr<i32>,
         centers: &mut impl DevicePtrMut<f32>,
@@ -283,6 +327,7 @@ impl<T: Element> CenterLossGpu<T> {
         stats: Option<&mut impl DevicePtrMut<f32>>,
     ) -> Result<()> {
         let stats = stats_addr(stats, 1, &self.k.stream)?;
+        check_len("center loss scales slot", scales.len(), 2)?;
         let s = self.shape;
         s.check_buffers(
             features.len(),
@@ -291,20 +336,20 @@ impl<T: Element> CenterLossGpu<T> {
             d_features.len(),
         )?;
         let (b, d, c) = (s.batch as i32, s.dim as i32, s.classes as i32);
-        let (grad_scale, loss_scale, beta, normalized) = launch_params(&s, params);
+        let (beta, normalized) = launch_params(update);
         let chunks = (s.dim.div_ceil(CHUNK) as u32, s.batch as u32, 1);
         let labels_smem = (s.batch * std::mem::size_of::<i32>()) as u32;
         // SAFETY: buffer lengths checked above match the kernels' indexing (`stats`, when not
-        // null, holds 1 value: `stats_addr`); labels are checked on the device before any center
-        // access.
+        // null, holds 1 value: `stats_addr`; `scales` 2); labels are checked on the device
+        // before any center access.
         unsafe {
             launch!(self.k.center_loss_center_sumsq, grid(chunks, THREADS), [
                 out centers, in labels, &mut self.sumsq, &mut self.state, &b, &d, &c, &normalized
             ])?;
             launch!(self.k.center_loss_update, grid_with_shared(chunks, THREADS, labels_smem), [
                 in features, in labels, out centers, &self.sumsq, out d_features,
-                &mut self.loss_parts, &mut self.state, &stats, &b, &d, &grad_scale, &loss_scale,
-                &beta, &normalized
+                &mut self.loss_parts, &mut self.state, &stats, &b, &d, in scales, &beta,
+                &normalized
             ])?;
         }
         Ok(())

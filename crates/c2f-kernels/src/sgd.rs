@@ -10,6 +10,11 @@
 //! gradients summed across devices. Parameters, gradients and momentum buffers are always f32 on
 //! the GPU. The update is element-wise, so the same bits on every run; the GPU fuses the
 //! multiply-adds, so it may differ from the CPU in the last bit. Kernel: `kernels/sgd.cu`.
+//!
+//! The learning rate is not among the call's values: it changes every step (warm-up, schedule)
+//! and is read from a one-value slot in device memory (one per parameter group), which the host
+//! writes before the step, so that a step captured into a CUDA graph replays at each step's
+//! rate. [`SgdParams`] holds what is fixed for a run.
 
 use std::ops::Range;
 
@@ -21,10 +26,10 @@ use crate::error::{check_len, Error, Result};
 use crate::launch;
 use crate::Real;
 
-/// The SGD hyper-parameters of one call.
+/// The SGD hyper-parameters fixed for a run (the learning rate is read from a slot: see the
+/// module documentation).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SgdParams {
-    pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
     /// Multiplies the gradient first; 1 for plain SGD.
@@ -33,20 +38,18 @@ pub struct SgdParams {
 
 impl SgdParams {
     /// `grad_scale = 1`.
-    pub fn new(lr: f64, momentum: f64, weight_decay: f64) -> Self {
+    pub fn new(momentum: f64, weight_decay: f64) -> Self {
         SgdParams {
-            lr,
             momentum,
             weight_decay,
             grad_scale: 1.0,
         }
     }
 
-    /// PyTorch's checks (lr, momentum and weight decay not negative), and every value finite.
+    /// PyTorch's checks (momentum and weight decay not negative), and every value finite.
     #[doc(hidden)] // for c2f-baselines
     pub fn validate(&self) -> Result<()> {
         for (what, v, min) in [
-            ("learning rate", self.lr, 0.0),
             ("momentum", self.momentum, 0.0),
             ("weight decay", self.weight_decay, 0.0),
             ("grad scale", self.grad_scale, f64::NEG_INFINITY),
@@ -59,6 +62,16 @@ impl SgdParams {
     }
 }
 
+/// PyTorch's check of a learning rate (not negative), and finite: what the host checks before
+/// writing a rate slot, and the CPU backend on the rate it reads.
+pub fn check_learning_rate(lr: f64) -> Result<()> {
+    if lr.is_finite() && lr >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::Shape(format!("invalid SGD learning rate: {lr}")))
+    }
+}
+
 #[doc(hidden)] // for c2f-baselines
 pub fn check_buffers(weights: usize, grads: usize, momentum_buf: usize) -> Result<()> {
     check_len("SGD gradients", grads, weights)?;
@@ -68,17 +81,18 @@ pub fn check_buffers(weights: usize, grads: usize, momentum_buf: usize) -> Resul
 /// Elements per rayon task of the CPU update.
 const CPU_CHUNK: usize = 1 << 14;
 
-/// CPU reference (and the CPU backend's op): one SGD step on `weights` and `momentum_buf` in
-/// place, all three buffers of the same length.
+/// CPU reference (and the CPU backend's op, with the rate its slot holds): one SGD step at rate
+/// `lr` on `weights` and `momentum_buf` in place, all three buffers of the same length.
 pub fn step_cpu<R: Real>(
     params: &SgdParams,
+    lr: R,
     weights: &mut [R],
     grads: &[R],
     momentum_buf: &mut [R],
 ) -> Result<()> {
     params.validate()?;
+    check_learning_rate(lr.to_f64())?;
     check_buffers(weights.len(), grads.len(), momentum_buf.len())?;
-    let lr = R::from_f64(params.lr);
     let momentum = R::from_f64(params.momentum);
     let weight_decay = R::from_f64(params.weight_decay);
     let grad_scale = R::from_f64(params.grad_scale);
@@ -117,28 +131,33 @@ impl SgdGpu {
         })
     }
 
-    /// One SGD step over the whole buffers (all three of the same length).
+    /// One SGD step over the whole buffers (all three of the same length) at the rate the
+    /// one-value slot `lr` holds when the kernel runs.
     pub fn step(
         &self,
         params: &SgdParams,
+        lr: &impl DevicePtr<f32>,
         weights: &mut impl DevicePtrMut<f32>,
         grads: &impl DevicePtr<f32>,
         momentum_buf: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
-        self.step_range(params, 0..weights.len(), weights, grads, momentum_buf)
+        self.step_range(params, lr, 0..weights.len(), weights, grads, momentum_buf)
     }
 
     /// One SGD step over `range` of the flat buffers (all three of the same length), e.g. one
-    /// parameter group with its own learning rate. Elements outside `range` are not touched.
+    /// parameter group with its own learning rate slot `lr`. Elements outside `range` are not
+    /// touched. The rate is not checked here (the host checks it before writing the slot).
     pub fn step_range(
         &self,
         params: &SgdParams,
+        lr: &impl DevicePtr<f32>,
         range: Range<usize>,
         weights: &mut impl DevicePtrMut<f32>,
         grads: &impl DevicePtr<f32>,
         momentum_buf: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         params.validate()?;
+        check_len("SGD learning rate slot", lr.len(), 1)?;
         check_buffers(weights.len(), grads.len(), momentum_buf.len())?;
         if range.start > range.end || range.end > weights.len() {
             return Err(Error::Shape(format!(
@@ -150,7 +169,7 @@ impl SgdGpu {
             return Ok(());
         }
         let n = range.len() as i64;
-        let (lr, momentum) = (params.lr as f32, params.momentum as f32);
+        let momentum = params.momentum as f32;
         let (weight_decay, grad_scale) = (params.weight_decay as f32, params.grad_scale as f32);
         let blocks = blocks_for(range.len().div_ceil(4), THREADS).min(MAX_BLOCKS);
         // The range's first element in each buffer.
@@ -163,12 +182,12 @@ impl SgdGpu {
         let b = device_addr_mut(momentum_buf, st) + at;
         // SAFETY: the range lies within the three buffers (checked above), so each address is
         // followed by n elements; the kernel is grid-stride over n and checks the alignment of
-        // all three before using float4 accesses.
+        // all three before using float4 accesses; `lr` holds the one value it reads.
         unsafe {
             launch!(
                 self.kernel,
                 grid((blocks, 1, 1), THREADS),
-                [&w, &g, &b, &n, &lr, &momentum, &weight_decay, &grad_scale]
+                [&w, &g, &b, &n, in lr, &momentum, &weight_decay, &grad_scale]
             )?;
         }
         Ok(())

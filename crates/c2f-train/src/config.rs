@@ -4,10 +4,12 @@
 
 use std::path::PathBuf;
 
-use c2f_inception::backend::BnMode;
+use c2f_inception::backend::{Backend, BnMode, Tensor};
+use c2f_inception::network::SgdGroup;
 use c2f_inception::table::TensorEntry;
 use c2f_kernels::center_loss::{CenterLossParams, CenterRule};
-use c2f_kernels::sgd::SgdParams;
+use c2f_kernels::sgd::{check_learning_rate, SgdParams};
+use c2f_kernels::{Real, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::task::Task;
@@ -326,6 +328,27 @@ impl Default for TrainConfig {
     }
 }
 
+/// The learning rates SGD reads, in the backend's memory, so that a step captured into a CUDA
+/// graph replays at each step's rate: the base rate, then the classifiers' (× the config's
+/// `classifier_lr_scale`). The host writes them before each step ([`Self::write`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LearningRates {
+    slots: Tensor,
+}
+
+impl LearningRates {
+    pub fn new<B: Backend>(b: &mut B) -> Result<Self> {
+        Ok(LearningRates { slots: b.alloc(2)? })
+    }
+
+    /// Writes the rates of base rate `lr` under `cfg` (a host write, before the step).
+    pub fn write<B: Backend>(&self, b: &mut B, cfg: &TrainConfig, lr: f64) -> Result<()> {
+        let rates = [lr, lr * cfg.classifier_lr_scale];
+        rates.iter().try_for_each(|&r| check_learning_rate(r))?;
+        b.write(self.slots, &rates.map(B::Scalar::from_f64))
+    }
+}
+
 impl TrainConfig {
     pub fn center_loss(&self) -> CenterLossParams {
         CenterLossParams {
@@ -335,21 +358,23 @@ impl TrainConfig {
         }
     }
 
-    /// Each parameter tensor's SGD hyper-parameters at base rate `lr`: the classifiers (`fc*`)
-    /// at `lr × classifier_lr_scale`, frozen BatchNorm weights and biases not at all, the rest
-    /// at `lr`.
-    pub fn sgd_rule(&self, lr: f64) -> impl Fn(&TensorEntry) -> Option<SgdParams> + '_ {
+    /// Each parameter tensor's SGD group, its rate read from `rates`: the classifiers (`fc*`)
+    /// at the base rate × `classifier_lr_scale`, frozen BatchNorm weights and biases not at all,
+    /// the rest at the base rate.
+    pub fn sgd_rule(&self, rates: &LearningRates) -> impl Fn(&TensorEntry) -> Option<SgdGroup> {
+        let (bn, params) = (self.bn, SgdParams::new(self.momentum, self.weight_decay));
+        let [base, classifier] = [0, 1].map(|i| rates.slots.slice(i, 1));
         move |e: &TensorEntry| {
-            let bn = e.name.ends_with(".bn.weight") || e.name.ends_with(".bn.bias");
-            if bn && self.bn == BnPolicy::Frozen {
+            let bn_tensor = e.name.ends_with(".bn.weight") || e.name.ends_with(".bn.bias");
+            if bn_tensor && bn == BnPolicy::Frozen {
                 return None;
             }
-            let scale = if e.name.starts_with("fc") {
-                self.classifier_lr_scale
+            let lr = if e.name.starts_with("fc") {
+                classifier
             } else {
-                1.0
+                base
             };
-            Some(SgdParams::new(lr * scale, self.momentum, self.weight_decay))
+            Some(SgdGroup { params, lr })
         }
     }
 
@@ -412,6 +437,9 @@ pub struct RunOptions {
     /// Read the steps' losses and right answers back every this many steps (≥ 1): they stay
     /// on the device in between, one row per step, so the epoch sums are the same.
     pub log_every: usize,
+    /// Capture the training step into a CUDA graph after a warm-up step and replay it (on a
+    /// backend that can: the CUDA one); `false` runs every step op by op.
+    pub cuda_graph: bool,
 }
 
 impl RunOptions {
@@ -429,6 +457,7 @@ impl RunOptions {
             init_from: None,
             stop_after: None,
             log_every: 1,
+            cuda_graph: true,
         }
     }
 }

@@ -24,20 +24,20 @@
 //! gradient contribution assigned and the rest added.
 
 use c2f_inception::backend::{Backend, BnMode, IndexTensor, Tensor};
-use c2f_inception::network::{sgd_step_by_table, Network, SgdRule};
+use c2f_inception::network::{sgd_step_by_table, Network, SgdGroup, SgdRule};
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
 use c2f_inception::table::TensorTable;
 use c2f_kernels::center_loss::CenterLossParams;
 use c2f_kernels::map_select::MapShape;
 use c2f_kernels::mask::MaskShape;
 use c2f_kernels::nvtx;
-use c2f_kernels::sgd::SgdParams;
 use c2f_kernels::{Error, Real, Result};
 
 pub use crate::config::CenterBanks;
 pub use crate::pass::FEATURE_SCALE;
 use crate::pass::{
-    feature_shape, HeadTensors, Pass, PassArgs, PassShapes, PassSizes, PassStat, PASS_STATS,
+    feature_shape, write_center_scales, CenterTerm, HeadTensors, Pass, PassArgs, PassShapes,
+    PassSizes, PassStat, PASS_STATS,
 };
 use crate::state::{network_state, table_state, Named};
 pub use crate::task::Task;
@@ -156,6 +156,8 @@ pub struct Coarse2Fine {
     /// The step's statistics: the coarse pass's [`PASS_STATS`] values, then the fine pass's
     /// (left 0 by the coarse-only model).
     pub stats: Tensor,
+    /// The center loss's λ as its ops read it ([`Self::set_center_lambda`]).
+    center_scales: Tensor,
     coarse: Pass,
     /// `None` for the coarse-only model.
     fine: Option<Fine>,
@@ -288,10 +290,13 @@ impl Coarse2Fine {
             }),
             _ => None,
         };
+        let center_scales = b.alloc(2)?;
+        write_center_scales(b, center_scales, &config.center_loss, batch)?;
         Ok(Coarse2Fine {
             params,
             grads,
             stats,
+            center_scales,
             momentum,
             heads,
             coarse,
@@ -422,7 +427,10 @@ impl Coarse2Fine {
             ),
             // Attributes have no center loss: its centers are per class.
             center_loss: match self.config.task {
-                Task::Classes => Some(self.config.center_loss),
+                Task::Classes => Some(CenterTerm {
+                    update: self.config.center_loss.update(),
+                    scales: self.center_scales,
+                }),
                 Task::Attributes => None,
             },
             task: self.config.task,
@@ -659,9 +667,16 @@ impl Coarse2Fine {
         b.fill(self.grads, num_traits::Zero::zero())
     }
 
-    /// One SGD step over the backbone's and the heads' parameters.
-    pub fn sgd_step<B: Backend>(&self, b: &mut B, p: &SgdParams) -> Result<()> {
-        self.sgd_step_by(b, &|_| Some(*p))
+    /// The center loss weight λ of the coming steps (a host write, before the step).
+    pub fn set_center_lambda<B: Backend>(&mut self, b: &mut B, lambda: f64) -> Result<()> {
+        self.config.center_loss.lambda = lambda;
+        let batch = self.config.batch;
+        write_center_scales(b, self.center_scales, &self.config.center_loss, batch)
+    }
+
+    /// One SGD step over the backbone's and the heads' parameters, as one group.
+    pub fn sgd_step<B: Backend>(&self, b: &mut B, group: &SgdGroup) -> Result<()> {
+        self.sgd_step_by(b, &|_| Some(*group))
     }
 
     /// One SGD step with each parameter tensor's own hyper-parameters (see

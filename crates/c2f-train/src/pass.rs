@@ -11,9 +11,9 @@ use c2f_inception::network::Network;
 use c2f_inception::table::TensorTable;
 use c2f_kernels::bap::BapShape;
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
-use c2f_kernels::center_loss::{CenterLossParams, CenterLossShape};
+use c2f_kernels::center_loss::{CenterLossParams, CenterLossShape, CenterUpdate};
 use c2f_kernels::map_select::MapShape;
-use c2f_kernels::Result;
+use c2f_kernels::{Real, Result};
 
 use crate::task::Task;
 
@@ -137,7 +137,7 @@ pub(crate) struct AttentionBn {
 pub(crate) struct PassArgs {
     pub shapes: PassShapes,
     /// The center loss, `None` for a pass without one.
-    pub center_loss: Option<CenterLossParams>,
+    pub center_loss: Option<CenterTerm>,
     pub task: Task,
     /// The attention conv's weight and its gradient.
     pub attention: [Tensor; 2],
@@ -150,6 +150,25 @@ pub(crate) struct PassArgs {
     /// The center loss's labels (WS-DAN's one center per part: all 0).
     pub center_labels: IndexTensor,
     pub targets: Tensor,
+}
+
+/// A pass's center loss: its update rate and rule, and the model's 2-value slot its λ is read
+/// from ([`write_center_scales`]).
+#[derive(Clone, Copy)]
+pub(crate) struct CenterTerm {
+    pub update: CenterUpdate,
+    pub scales: Tensor,
+}
+
+/// Writes the λ of `params` into a model's center-loss `scales` slot, as the ops of a batch of
+/// `batch` read it (a host write, before the step).
+pub(crate) fn write_center_scales<B: Backend>(
+    b: &mut B,
+    scales: Tensor,
+    params: &CenterLossParams,
+    batch: usize,
+) -> Result<()> {
+    b.write(scales, &params.scales(batch).map(B::Scalar::from_f64))
 }
 
 /// The values of a pass's [`Pass::stats`], in order.
@@ -287,9 +306,10 @@ impl Pass {
             self.stats.slice(PassStat::HeadLoss.at(0), 2),
         )?;
         match &a.center_loss {
-            Some(p) => b.center_loss(
+            Some(term) => b.center_loss(
                 &a.shapes.center,
-                p,
+                &term.update,
+                term.scales,
                 self.parts,
                 a.center_labels,
                 self.centers,

@@ -28,7 +28,7 @@ use c2f_inception::backend::{Backend, Tensor};
 use c2f_inception::table::TensorTable;
 use c2f_inception::weights::write_atomically;
 use c2f_kernels::rng::{splitmix64_output, SplitMix64};
-use c2f_kernels::sgd::SgdParams;
+use c2f_kernels::sgd::{check_learning_rate, SgdParams};
 use c2f_kernels::{Error, Result};
 use rayon::prelude::*;
 
@@ -347,7 +347,11 @@ pub fn pretrain_upsampler<B: Backend<Scalar = f32>>(
     b.write(run.params, &init_params(&table))?;
     let initial_held_out = run.held_out(b, cfg.seed, cfg.held_out)?;
     let lr = cfg.lr.unwrap_or_else(|| default_lr(map));
-    let sgd = SgdParams::new(lr, cfg.momentum, cfg.weight_decay);
+    let sgd = SgdParams::new(cfg.momentum, cfg.weight_decay);
+    // One rate for the whole run, in the slot the SGD op reads it from.
+    check_learning_rate(lr)?;
+    let lr_slot = b.alloc(1)?;
+    b.write(lr_slot, &[lr as f32])?;
     let steps = cfg.pairs / cfg.batch;
     let mut epochs = Vec::new();
     for epoch in 0..cfg.epochs {
@@ -373,7 +377,7 @@ pub fn pretrain_upsampler<B: Backend<Scalar = f32>>(
             }
             run.upsampler
                 .backward(b, run.params, run.grads, run.input, run.d_input)?;
-            b.sgd_step(&sgd, run.params, run.grads, run.momentum)?;
+            b.sgd_step(&sgd, lr_slot, run.params, run.grads, run.momentum)?;
             sum += loss;
             progress(&Progress::Step {
                 epoch: epoch + 1,

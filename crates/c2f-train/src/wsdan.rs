@@ -35,8 +35,8 @@ use c2f_kernels::{Error, Real, Result};
 pub use crate::config::{WsDanCenters, WsDanPasses};
 pub use crate::model::Grads;
 use crate::pass::{
-    feature_shape, AttentionBn, HeadTensors, Pass, PassArgs, PassShapes, PassSizes, PassStat,
-    PASS_STATS,
+    feature_shape, write_center_scales, AttentionBn, CenterTerm, HeadTensors, Pass, PassArgs,
+    PassShapes, PassSizes, PassStat, PASS_STATS,
 };
 use crate::state::{network_state, table_state, Named};
 pub use crate::task::Task;
@@ -147,6 +147,8 @@ pub struct WsDan {
     running_table: TensorTable,
     running: Tensor,
     centers: Tensor,
+    /// The center loss's λ as its ops read it ([`Self::set_center_lambda`]).
+    center_scales: Tensor,
     /// The one pass over the backbone, run as the raw, crop and drop passes in turn.
     pass: Pass,
     images: Tensor,
@@ -242,8 +244,11 @@ impl WsDan {
             augment.refine_thresholds,
             B::Scalar::from_f64(REFINE_THRESHOLD),
         )?;
+        let center_scales = b.alloc(2)?;
+        write_center_scales(b, center_scales, &config.center_loss, batch)?;
         Ok(WsDan {
             stats,
+            center_scales,
             logits: [
                 pass.logits,
                 b.alloc(batch * classes)?,
@@ -373,7 +378,10 @@ impl WsDan {
                 self.config.classes,
                 center_rows(&self.config),
             ),
-            center_loss: center.then_some(self.config.center_loss),
+            center_loss: center.then_some(CenterTerm {
+                update: self.config.center_loss.update(),
+                scales: self.center_scales,
+            }),
             task: self.config.task,
             attention: heads.pair(self.heads.attention),
             attention_bn: Some(AttentionBn {
@@ -664,6 +672,13 @@ impl WsDan {
     pub fn zero_grads<B: Backend>(&self, b: &mut B) -> Result<()> {
         self.pass.net.zero_grads(b)?;
         b.fill(self.grads, num_traits::Zero::zero())
+    }
+
+    /// The center loss weight λ of the coming steps (a host write, before the step).
+    pub fn set_center_lambda<B: Backend>(&mut self, b: &mut B, lambda: f64) -> Result<()> {
+        self.config.center_loss.lambda = lambda;
+        let batch = self.config.batch;
+        write_center_scales(b, self.center_scales, &self.config.center_loss, batch)
     }
 
     /// One SGD step with each parameter tensor's own hyper-parameters (see

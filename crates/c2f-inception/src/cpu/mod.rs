@@ -7,7 +7,7 @@ use c2f_kernels::augment::{self, AugmentShape};
 use c2f_kernels::axpby::axpby_cpu;
 use c2f_kernels::bap::{self, BapShape};
 use c2f_kernels::batch_norm::{self, BatchNormParams, BatchNormShape};
-use c2f_kernels::center_loss::{self, CenterLossParams, CenterLossShape};
+use c2f_kernels::center_loss::{self, CenterLossShape, CenterUpdate};
 use c2f_kernels::concat::{self, ChannelSlice};
 use c2f_kernels::conv_transpose::{self, ConvTransposeParams};
 use c2f_kernels::dropout::{self, DropoutParams};
@@ -408,14 +408,28 @@ fn write_stats<R: Real>(stats: &mut [R], loss: R, correct: usize) {
 }
 
 impl<R: Real> TrainingOps for CpuBackend<R> {
-    fn dropout_forward(&mut self, p: &DropoutParams, x: Tensor, y: Tensor) -> Result<()> {
-        let m = self.operands(&[x], &[y], &[])?;
-        dropout::dropout_forward_cpu(p, m.input(x), m.output(y))
+    fn dropout_forward(
+        &mut self,
+        p: &DropoutParams,
+        step: IndexTensor,
+        x: Tensor,
+        y: Tensor,
+    ) -> Result<()> {
+        check_len("dropout step slot", step.len, 2)?;
+        let m = self.operands(&[x], &[y], &[step])?;
+        let step = dropout::step_from_words([m.index(step)[0], m.index(step)[1]]);
+        dropout::dropout_forward_cpu(p, step, m.input(x), m.output(y))
     }
 
-    fn dropout_backward(&mut self, p: &DropoutParams, dy: Tensor, dx: Tensor) -> Result<()> {
-        let m = self.operands(&[dy], &[dx], &[])?;
-        dropout::dropout_backward_cpu(p, m.input(dy), m.output(dx))
+    /// The forward's op on `dy`: the same mask, the same scale.
+    fn dropout_backward(
+        &mut self,
+        p: &DropoutParams,
+        step: IndexTensor,
+        dy: Tensor,
+        dx: Tensor,
+    ) -> Result<()> {
+        self.dropout_forward(p, step, dy, dx)
     }
 
     fn softmax_cross_entropy(
@@ -481,12 +495,15 @@ impl<R: Real> TrainingOps for CpuBackend<R> {
     fn sgd_step(
         &mut self,
         p: &SgdParams,
+        lr: Tensor,
         weights: Tensor,
         grads: Tensor,
         momentum: Tensor,
     ) -> Result<()> {
-        let m = self.operands(&[grads], &[weights, momentum], &[])?;
-        sgd::step_cpu(p, m.output(weights), m.input(grads), m.output(momentum))
+        check_len("SGD learning rate slot", lr.len, 1)?;
+        let m = self.operands(&[grads, lr], &[weights, momentum], &[])?;
+        let lr = m.input(lr)[0];
+        sgd::step_cpu(p, lr, m.output(weights), m.input(grads), m.output(momentum))
     }
 
     fn axpby(&mut self, alpha: f64, x: Tensor, beta: f64, y: Tensor) -> Result<()> {
@@ -534,7 +551,8 @@ impl<R: Real> Coarse2FineOps for CpuBackend<R> {
     fn center_loss(
         &mut self,
         s: &CenterLossShape,
-        p: &CenterLossParams,
+        update: &CenterUpdate,
+        scales: Tensor,
         features: Tensor,
         labels: IndexTensor,
         centers: Tensor,
@@ -542,14 +560,16 @@ impl<R: Real> Coarse2FineOps for CpuBackend<R> {
         loss: Tensor,
     ) -> Result<()> {
         check_len("center loss stats", loss.len, 1)?;
-        let m = self.operands(&[features], &[centers, d_features, loss], &[labels])?;
-        m.output(loss)[0] = center_loss::forward_update_cpu(
+        check_len("center loss scales slot", scales.len, 2)?;
+        let m = self.operands(&[features, scales], &[centers, d_features, loss], &[labels])?;
+        let scales = [m.input(scales)[0], m.input(scales)[1]];
+        m.output(loss)[0] = center_loss::forward_update_scaled_cpu(
             s,
-            p,
+            update,
+            scales,
             m.input(features),
             m.index(labels),
-            m.output(centers),
-            m.output(d_features),
+            (m.output(centers), m.output(d_features)),
         )?;
         Ok(())
     }

@@ -296,4 +296,16 @@ impl Buffers for CudaBackend {
             Ok(())
         })
     }
+
+    /// A CUDA graph ([`Self::capture`]).
+    fn capture_ops(
+        &mut self,
+        work: &mut dyn FnMut(&mut Self) -> Result<()>,
+    ) -> Result<Option<CapturedOps>> {
+        self.capture(work).map(Some)
+    }
+
+    fn replay_ops(&mut self, ops: &CapturedOps) -> Result<()> {
+        self.replay(ops)
+    }
 }

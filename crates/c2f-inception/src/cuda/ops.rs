@@ -6,7 +6,7 @@ use c2f_kernels::augment::{AugmentGpu, AugmentShape, MapsByMassGpu};
 use c2f_kernels::axpby::AxpbyGpu;
 use c2f_kernels::bap::{BapGpu, BapShape};
 use c2f_kernels::batch_norm::{BatchNormGpu, BatchNormParams, BatchNormShape};
-use c2f_kernels::center_loss::{CenterLossGpu, CenterLossParams, CenterLossShape};
+use c2f_kernels::center_loss::{CenterLossGpu, CenterLossShape, CenterUpdate};
 use c2f_kernels::concat::{ChannelCopyGpu, ChannelSlice};
 use c2f_kernels::conv_transpose::{ConvTransposeGpu, ConvTransposeParams};
 use c2f_kernels::dropout::{DropoutGpu, DropoutParams};
@@ -275,14 +275,31 @@ impl NetworkOps for CudaBackend {
 }
 
 impl TrainingOps for CudaBackend {
-    fn dropout_forward(&mut self, p: &DropoutParams, x: Tensor, y: Tensor) -> Result<()> {
-        self.launch_unary((), x, y, |op: &mut DropoutGpu<f32>, x, y| op.apply(p, x, y))
+    fn dropout_forward(
+        &mut self,
+        p: &DropoutParams,
+        step: IndexTensor,
+        x: Tensor,
+        y: Tensor,
+    ) -> Result<()> {
+        self.launch(
+            (),
+            [x],
+            [y],
+            [step],
+            |op: &mut DropoutGpu<f32>, [x], [mut y], [step]| op.apply(p, &step, &x, &mut y),
+        )
     }
 
-    fn dropout_backward(&mut self, p: &DropoutParams, dy: Tensor, dx: Tensor) -> Result<()> {
-        self.launch_unary((), dy, dx, |op: &mut DropoutGpu<f32>, dy, dx| {
-            op.apply(p, dy, dx)
-        })
+    /// The forward's kernel on `dy`: the same mask, the same scale.
+    fn dropout_backward(
+        &mut self,
+        p: &DropoutParams,
+        step: IndexTensor,
+        dy: Tensor,
+        dx: Tensor,
+    ) -> Result<()> {
+        self.dropout_forward(p, step, dy, dx)
     }
 
     fn softmax_cross_entropy(
@@ -340,17 +357,18 @@ impl TrainingOps for CudaBackend {
     fn sgd_step(
         &mut self,
         p: &SgdParams,
+        lr: Tensor,
         weights: Tensor,
         grads: Tensor,
         momentum: Tensor,
     ) -> Result<()> {
         self.launch(
             (),
-            [grads],
+            [grads, lr],
             [weights, momentum],
             [],
-            |op: &mut SgdGpu, [grads], [mut weights, mut momentum], []| {
-                op.step(p, &mut weights, &grads, &mut momentum)
+            |op: &mut SgdGpu, [grads, lr], [mut weights, mut momentum], []| {
+                op.step(p, &lr, &mut weights, &grads, &mut momentum)
             },
         )
     }
@@ -411,7 +429,8 @@ impl Coarse2FineOps for CudaBackend {
     fn center_loss(
         &mut self,
         s: &CenterLossShape,
-        p: &CenterLossParams,
+        update: &CenterUpdate,
+        scales: Tensor,
         features: Tensor,
         labels: IndexTensor,
         centers: Tensor,
@@ -420,15 +439,15 @@ impl Coarse2FineOps for CudaBackend {
     ) -> Result<()> {
         self.launch(
             *s,
-            [features],
+            [features, scales],
             [centers, d_features, loss],
             [labels],
             |op: &mut CenterLossGpu<f32>,
-             [features],
+             [features, scales],
              [mut centers, mut d_features, mut loss],
              [labels]| {
                 let (c, df) = (&mut centers, &mut d_features);
-                op.enqueue(p, &features, &labels, c, df, Some(&mut loss))
+                op.enqueue(update, &scales, &features, &labels, c, df, Some(&mut loss))
             },
         )
     }

@@ -87,6 +87,7 @@ pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
             .map(|dir| checkpoint_path(&dir.join(model))),
         stop_after: None,
         log_every: args.log_every.unwrap_or(defaults.log_every),
+        cuda_graph: !args.no_cuda_graph,
     };
     let job = Job {
         cfg,

@@ -88,9 +88,9 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
         // A mask per rank and step (a rank's samples sit at other positions than in one
         // worker's batch, so its masks cannot be that worker's anyway; PyTorch DDP's ranks also
         // draw their own). One worker: the step itself.
-        self.net.dropout.step = step * share.world as u64 + share.rank as u64;
         self.net.dropout.training = true;
-        Ok(())
+        let dropout_step = step * share.world as u64 + share.rank as u64;
+        self.net.set_dropout_step(b, dropout_step)
     }
 
     fn step(&mut self, b: &mut B, mode: BnMode, ready: &mut GradsReady<'_, B>) -> Result<()> {

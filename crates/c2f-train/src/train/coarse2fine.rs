@@ -95,8 +95,8 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
         Coarse2Fine::center_banks(self)
     }
 
-    fn set_center_lambda(&mut self, lambda: f64) {
-        self.config.center_loss.lambda = lambda;
+    fn set_center_lambda(&mut self, b: &mut B, lambda: f64) -> Result<()> {
+        Self::set_center_lambda(self, b, lambda)
     }
 
     fn sgd_step(&mut self, b: &mut B, rule: &SgdRule<'_>) -> Result<()> {

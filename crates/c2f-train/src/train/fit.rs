@@ -4,8 +4,9 @@ use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
-use c2f_inception::backend::Backend;
-use c2f_inception::backend::Tensor;
+use c2f_inception::backend::{Backend, BnMode, Tensor};
+use c2f_inception::cuda::CapturedOps;
+use c2f_inception::network::SgdRule;
 use c2f_kernels::error::check_labels;
 use c2f_kernels::nvtx;
 use c2f_kernels::rng::SplitMix64;
@@ -19,7 +20,7 @@ use super::progress::progress_bar;
 use super::resume::{checkpoint_path, resumes, start_or_resume};
 use super::trainee::{BatchShare, StepStats, Trainee};
 use crate::checkpoint::{self, CheckpointMeta};
-use crate::config::{RunOptions, TrainConfig};
+use crate::config::{LearningRates, RunOptions, TrainConfig};
 use crate::data::spec::OpenedData;
 use crate::state::Named;
 use crate::task::Task;
@@ -72,6 +73,9 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
         None => None,
     };
     let mut pending = PendingStats::new(b, model.stats(), run.log_every, world)?;
+    let rates = LearningRates::new(b)?;
+    let sgd_rule = cfg.sgd_rule(&rates);
+    let mut graph = StepGraph::new(run.cuda_graph);
     let mut report = match test_loader {
         Some(test) => {
             let names = (loss_terms, model.head_names());
@@ -118,24 +122,18 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
             let batch_index = first_batch + k;
             let step_range = nvtx::range(format_args!("{name} step {}", meta.step + 1));
             lr = cfg.learning_rate(epoch, batch_index, steps_per_epoch);
-            model.set_center_lambda(cfg.center_lambda_at(epoch, batch_index, steps_per_epoch));
-            if let Some(r) = &ranked {
-                r.before_step(b)?;
-            }
+            // The host's part of the step: every value it gives the step, written before the
+            // step's device work, which may be a replay of a captured graph.
             nvtx::within("forward and backward", || {
-                model.write_step_inputs(b, &batch, &mut draw, meta.step, &share)?;
-                model.step(b, mode, &mut |b, buffer, from| match &mut ranked {
-                    Some(r) => r.grads_ready(b, buffer, from),
-                    None => Ok(()),
-                })
+                rates.write(b, cfg, lr)?;
+                let lambda = cfg.center_lambda_at(epoch, batch_index, steps_per_epoch);
+                model.set_center_lambda(b, lambda)?;
+                model.write_step_inputs(b, &batch, &mut draw, meta.step, &share)
             })?;
-            if let Some(r) = &mut ranked {
-                nvtx::within("all-reduce stats", || {
-                    r.all_reduce_stats(b, pending.stats.tensor)
-                })?;
-                nvtx::within("all-reduce gradients", || r.after_backward(b))?;
-            }
-            nvtx::within("sgd", || model.sgd_step(b, &cfg.sgd_rule(lr)))?;
+            let stats = pending.stats.tensor;
+            graph.run(b, name, &mut |b| {
+                device_step(b, &mut *model, ranked.as_mut(), stats, (mode, &sgd_rule))
+            })?;
             meta.step += 1;
             let images = batch.labels.len() * world;
             pending.push(b, (meta.step, epoch, batch_index), images)?;
@@ -174,6 +172,7 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
             let tally = EpochTally {
                 epoch,
                 lr,
+                cuda_graph: graph.replays(),
                 images: images_this_run,
                 seconds,
                 skipped: &skipped,
@@ -200,6 +199,113 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
         // A resumed run that had already finished its epochs: evaluate what it holds.
         (None, Some(report)) => evaluate(b, model, &report.test, cfg.classes).map(Some),
         (None, None) => Ok(None),
+    }
+}
+
+/// A step's device work, which touches only the backend's memory: forward and backward, the
+/// data-parallel hooks (the center banks' sync, the statistics' and the gradients' all-reduce,
+/// all on the device) and SGD, with BatchNorm in `mode` and each tensor's SGD group from
+/// `sgd_rule`.
+fn device_step<B: Backend<Scalar = f32>, M: Trainee<B>>(
+    b: &mut B,
+    model: &mut M,
+    mut ranked: Option<&mut RankStep<'_, '_, B>>,
+    stats: Tensor,
+    (mode, sgd_rule): (BnMode, &SgdRule<'_>),
+) -> Result<()> {
+    if let Some(r) = ranked.as_deref_mut() {
+        r.before_step(b)?;
+    }
+    nvtx::within("forward and backward", || {
+        model.step(
+            b,
+            mode,
+            &mut |b, buffer, from| match ranked.as_deref_mut() {
+                Some(r) => r.grads_ready(b, buffer, from),
+                None => Ok(()),
+            },
+        )
+    })?;
+    if let Some(r) = ranked {
+        nvtx::within("all-reduce stats", || r.all_reduce_stats(b, stats))?;
+        nvtx::within("all-reduce gradients", || r.after_backward(b))?;
+    }
+    nvtx::within("sgd", || model.sgd_step(b, sgd_rule))
+}
+
+/// How [`fit`] runs a step's device work ([`device_step`]): op by op, or captured once into a
+/// CUDA graph and replayed ([`c2f_inception::backend::Buffers::capture_ops`]). The first step
+/// runs op by op (it makes every buffer, launcher and plan the graph needs), the second is
+/// captured and replayed, and so are all later ones: the shapes are fixed for the run (the
+/// training loader drops an epoch's last partial batch) and every value that changes between
+/// steps is written to the backend's memory before each. A backend that records nothing (the
+/// CPU's), `--no-cuda-graph`, or a step holding an op a graph cannot (one warning naming it)
+/// stays op by op.
+enum StepGraph {
+    Eager,
+    WarmUp,
+    Capture,
+    Replay(CapturedOps),
+}
+
+impl StepGraph {
+    fn new(enabled: bool) -> StepGraph {
+        if enabled {
+            StepGraph::WarmUp
+        } else {
+            StepGraph::Eager
+        }
+    }
+
+    /// Whether the steps are replayed from a captured graph.
+    fn replays(&self) -> bool {
+        matches!(self, StepGraph::Replay(_))
+    }
+
+    /// Runs one step's device work `step` of model `name`.
+    fn run<B: Backend<Scalar = f32>>(
+        &mut self,
+        b: &mut B,
+        name: &str,
+        step: &mut dyn FnMut(&mut B) -> Result<()>,
+    ) -> Result<()> {
+        match self {
+            StepGraph::Eager => step(b),
+            StepGraph::WarmUp => {
+                step(b)?;
+                *self = StepGraph::Capture;
+                Ok(())
+            }
+            StepGraph::Capture => match b.capture_ops(step) {
+                Ok(Some(ops)) => {
+                    b.replay_ops(&ops)?;
+                    *self = StepGraph::Replay(ops);
+                    Ok(())
+                }
+                Ok(None) => {
+                    *self = StepGraph::Eager;
+                    step(b)
+                }
+                Err(Error::Capture { op, reason }) => {
+                    eprintln!(
+                        "{name}: the training step runs op by op, not as a CUDA graph: {op} \
+                         cannot be captured ({reason})"
+                    );
+                    *self = StepGraph::Eager;
+                    step(b)
+                }
+                Err(e) => Err(e),
+            },
+            StepGraph::Replay(ops) => match b.replay_ops(ops) {
+                // A buffer the graph addresses was replaced (a shape first met since, e.g. in
+                // an evaluation): capture the step again.
+                Err(Error::Capture { .. }) => {
+                    *self = StepGraph::Capture;
+                    self.run(b, name, step)
+                }
+                replayed => replayed,
+            },
+        }
     }
 }
 

@@ -36,6 +36,8 @@ pub(super) struct EpochTally<'a> {
     pub images: usize,
     pub seconds: f64,
     pub skipped: &'a [Skipped],
+    /// Whether its steps were replayed from a captured CUDA graph.
+    pub cuda_graph: bool,
 }
 
 impl Report {
@@ -105,6 +107,7 @@ impl Report {
         // JSON lines only: a CSV column more would make a resumed older run's rows unreadable
         // to `Metrics::open`, which keeps only rows of the current columns.
         record["precision"] = serde_json::json!(meta.precision);
+        record["cuda_graph"] = serde_json::json!(tally.cuda_graph);
         if model.task() == Task::Classes {
             // Warned of once λ is at full weight: during its warmup a run that goes on to
             // learn can dip this low for an epoch.

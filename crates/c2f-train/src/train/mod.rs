@@ -42,4 +42,6 @@ pub use resume::{checkpoint_path, dataset_fingerprint};
 pub use trainee::{BatchShare, GradsReady, StepStats, Trainee};
 pub use wsdan::{build_wsdan, draw_augmentation, init_wsdan};
 
-pub use crate::config::{BnPolicy, Machine, Preset, RunOptions, Schedule, TrainConfig};
+pub use crate::config::{
+    BnPolicy, LearningRates, Machine, Preset, RunOptions, Schedule, TrainConfig,
+};

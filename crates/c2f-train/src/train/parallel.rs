@@ -158,8 +158,10 @@ impl<'d, 'a, B: Backend<Scalar = f32>> RankStep<'d, 'a, B> {
         Ok(())
     }
 
-    /// Before the step's forward.
-    pub(super) fn before_step(&self, b: &mut B) -> Result<()> {
+    /// Before the step's forward (the buckets' count starts again: a step whose capture failed
+    /// part way may have started some).
+    pub(super) fn before_step(&mut self, b: &mut B) -> Result<()> {
+        self.buckets.iter_mut().for_each(|g| g.started = 0);
         match &self.centers {
             Some(centers) => centers.before_step(b),
             None => Ok(()),

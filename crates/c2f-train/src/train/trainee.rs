@@ -95,8 +95,11 @@ pub trait Trainee<B: Backend<Scalar = f32>> {
     fn center_banks(&self) -> Vec<Tensor> {
         Vec::new()
     }
-    /// The center loss weight λ of the coming steps (its warmup); models without one ignore it.
-    fn set_center_lambda(&mut self, _lambda: f64) {}
+    /// Writes the center loss weight λ of the coming steps (its warmup) where the step reads it
+    /// (a host write, before the step); models without one ignore it.
+    fn set_center_lambda(&mut self, _b: &mut B, _lambda: f64) -> Result<()> {
+        Ok(())
+    }
     /// One SGD step, each parameter tensor with the hyper-parameters `rule` gives it.
     fn sgd_step(&mut self, b: &mut B, rule: &SgdRule<'_>) -> Result<()>;
     /// Class probabilities `[B·C]` (attributes: each one's probability `[B·A]`) per head

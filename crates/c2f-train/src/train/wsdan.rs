@@ -77,8 +77,8 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for WsDan {
         vec![self.center_bank()]
     }
 
-    fn set_center_lambda(&mut self, lambda: f64) {
-        self.config.center_loss.lambda = lambda;
+    fn set_center_lambda(&mut self, b: &mut B, lambda: f64) -> Result<()> {
+        Self::set_center_lambda(self, b, lambda)
     }
 
     fn sgd_step(&mut self, b: &mut B, rule: &SgdRule<'_>) -> Result<()> {
