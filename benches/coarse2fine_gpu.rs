@@ -11,7 +11,7 @@
 //! (the same allocations; the device adds cuDNN's workspace, the launchers' scratch and the
 //! CUDA context).
 
-use c2f_inception::backend::{prelude::*, BnMode};
+use c2f_inception::backend::{prelude::*, BnMode, IndexTensor, Tensor};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_inception::cuda::CudaBackend;
@@ -57,12 +57,16 @@ fn backend(name: &str, precision: Precision) -> Option<CudaBackend> {
     Some(b)
 }
 
-/// Random images in [-2, 2) and the labels 0, 1, … of one batch of `cfg`.
-fn batch_data(cfg: &TrainConfig, len: usize) -> (Vec<f32>, Vec<i32>) {
+/// Writes random images in [-2, 2) to `input` and the labels 0, 1, … of one batch of `cfg` to
+/// `labels`.
+fn write_batch(b: &mut CudaBackend, cfg: &TrainConfig, input: Tensor, labels: IndexTensor) {
     let mut rng = SplitMix64(3);
-    let images = (0..len).map(|_| rng.uniform(-2.0, 2.0) as f32).collect();
-    let labels = (0..cfg.batch).map(|i| (i % cfg.classes) as i32).collect();
-    (images, labels)
+    let images: Vec<f32> = (0..input.len)
+        .map(|_| rng.uniform(-2.0, 2.0) as f32)
+        .collect();
+    let classes: Vec<i32> = (0..cfg.batch).map(|i| (i % cfg.classes) as i32).collect();
+    b.write(input, &images).unwrap();
+    b.write_index(labels, &classes).unwrap();
 }
 
 fn run_options() -> RunOptions {
@@ -90,10 +94,8 @@ fn case(c: &mut Criterion, batch: usize, size: usize, precision: Precision) {
     };
     let mut model = build_coarse2fine(&mut b, &cfg).unwrap();
     init_coarse2fine(&mut b, &model, &cfg, &run_options()).unwrap();
-    let (images, labels) = batch_data(&cfg, model.input().len);
+    write_batch(&mut b, &cfg, model.input(), model.labels());
     let chosen: Vec<i32> = (0..batch).map(|i| (i % cfg.maps) as i32).collect();
-    b.write(model.input(), &images).unwrap();
-    b.write_index(model.labels(), &labels).unwrap();
     let chosen_maps = model.chosen_maps().expect("Coarse2Fine has a fine pass");
     b.write_index(chosen_maps, &chosen).unwrap();
     let sgd = sgd_group(&mut b, &cfg);
@@ -115,9 +117,7 @@ fn wsdan_case(c: &mut Criterion, batch: usize, size: usize, precision: Precision
     };
     let mut model = build_wsdan(&mut b, &cfg).unwrap();
     init_wsdan(&mut b, &model, &run_options()).unwrap();
-    let (images, labels) = batch_data(&cfg, model.input().len);
-    b.write(model.input(), &images).unwrap();
-    b.write_index(model.labels(), &labels).unwrap();
+    write_batch(&mut b, &cfg, model.input(), model.labels());
     let spread = |lo: f64, hi: f64| -> Vec<f64> {
         (0..batch)
             .map(|i| lo + (hi - lo) * i as f64 / batch as f64)

@@ -6,7 +6,8 @@
 //! (made on its first eager run), every convolution's plan and workspace and the `fc`'s vector
 //! of ones. So the sequence runs once eagerly first (a warm-up step); an op that would allocate
 //! during the capture is refused with [`Error::Capture`], as is a host read or write (the loss
-//! ops read their loss on the host, so a captured step cannot hold them). What an op takes by
+//! ops write their losses to device slots, which the host reads after the replay). What an op
+//! takes by
 //! value (shapes, dropout's seed, momentum) is fixed at the capture: every replay uses the
 //! captured values, so anything that changes from step to step lives in device memory (the SGD
 //! rate, the center loss's λ and dropout's step are read from slots the host writes first).
