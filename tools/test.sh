@@ -26,19 +26,12 @@ C2F_REQUIRE_NVTX=1 cargo test --test kernels -- --nocapture nvtx::
 emulated() { LD_LIBRARY_PATH="$PWD/target/cuda-emu:$LD_LIBRARY_PATH" C2F_REQUIRE_GPU=1 "$@"; }
 # Every test binary's GPU tests, then the runtime's CUDA backend and the trainer's GPU step in
 # full (their CPU halves are what the GPU halves are compared to).
-emulated cargo test --workspace --tests -- --nocapture gpu_ emulator_ \
-  --skip emulator_fit_with_and_without_cuda_graph --skip emulator_replayed_steps_match_eager
-# The trainer's two graph-vs-eager tests alone: each once differed from its eager run while other
-# emulator tests ran beside it (docs/testing.md, "Known flake"); alone they have always matched.
-emulated cargo test --test model -- --nocapture --test-threads=1 \
-  train_gpu::emulator_fit_with_and_without_cuda_graph train_gpu::emulator_replayed_steps_match_eager
-emulated cargo test --test runtime --test model -- --nocapture inception_cuda:: train_gpu:: \
-  --skip emulator_fit_with_and_without_cuda_graph --skip emulator_replayed_steps_match_eager
+emulated cargo test --workspace --tests -- --nocapture gpu_ emulator_
+emulated cargo test --test runtime --test model -- --nocapture inception_cuda:: train_gpu::
 # A build without nvcc compiles each kernel with NVRTC on first use. NVRTC needs no GPU: every
 # kernel is compiled that way here, then a training step runs on modules NVRTC built.
 emulated cargo test --test kernels -- --nocapture kernel_build::every_kernel_compiles_with_nvrtc
-C2F_FORCE_NVRTC=1 emulated cargo test --test model -- --nocapture train_gpu:: \
-  --skip emulator_fit_with_and_without_cuda_graph --skip emulator_replayed_steps_match_eager
+C2F_FORCE_NVRTC=1 emulated cargo test --test model -- --nocapture train_gpu::
 # The GPU benchmarks once each at tiny shapes, so the bench code the GPU check runs has run.
 C2F_BENCH_SMOKE=1 emulated cargo test \
   --bench augment --bench axpby --bench bap --bench batch_norm --bench center_loss --bench conv_transpose \

@@ -393,3 +393,54 @@ fn emulator_runs_copies_from_page_locked_memory_late() {
         free_host(host.as_mut_ptr().cast()).unwrap();
     }
 }
+
+/// One stream's operations run one at a time, in order, whichever threads wait for them: while
+/// another thread runs a stream's work (it synchronised the context), waiting for the stream
+/// here waits until that work has finished, not merely started. Emulated without this, a
+/// wait returned while another thread was still running the stream's CUDA graph, and a test's
+/// replayed step read the last step's losses whenever a test beside it synchronised
+/// (docs/testing.md, "A flake that was the emulator's"). The work here is a host function that takes its time.
+#[test]
+fn emulator_waits_for_a_streams_work_another_thread_runs() {
+    use cudarc::driver::result::{free_host, malloc_host, memcpy_htod_async, stream};
+    use cudarc::driver::DevicePtrMut;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let gpu = or_return!(emulator_or_skip(
+        "cuda_emulator emulator_waits_for_a_streams_work_another_thread_runs"
+    ));
+    unsafe extern "C" fn slow_then_done(done: *mut std::ffi::c_void) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // SAFETY: `done` points at the test's flag, which outlives every wait below.
+        unsafe { (*done.cast::<AtomicBool>()).store(true, Ordering::SeqCst) };
+    }
+    let ctx = gpu.context().clone();
+    let compute = gpu.stream().clone();
+    let mut dev = compute.alloc_zeros::<f32>(4).unwrap();
+    compute.synchronize().unwrap();
+    let done = AtomicBool::new(false);
+    // SAFETY: a page-locked buffer of 4 f32, freed after the stream was waited for; `done`
+    // outlives the host function, which runs before the waits below return.
+    unsafe {
+        let host = malloc_host(16, 0).unwrap() as *mut f32;
+        let host = std::slice::from_raw_parts_mut(host, 4);
+        host.fill(1.0);
+        {
+            // A late copy first, so that the host function queues behind it and the other
+            // thread's synchronisation runs both.
+            let (dst, _record) = dev.device_ptr_mut(&compute);
+            memcpy_htod_async(dst, &host[..], compute.cu_stream()).unwrap();
+        }
+        let flag = std::ptr::from_ref(&done).cast_mut().cast();
+        stream::launch_host_function(compute.cu_stream(), slow_then_done, flag).unwrap();
+        let other = ctx.clone();
+        let synchroniser = std::thread::spawn(move || other.synchronize());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        compute.synchronize().unwrap();
+        assert!(
+            done.load(Ordering::SeqCst),
+            "the wait returned while another thread ran the stream's host function"
+        );
+        synchroniser.join().unwrap().unwrap();
+        free_host(host.as_mut_ptr().cast()).unwrap();
+    }
+}

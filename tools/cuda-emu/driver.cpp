@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -791,8 +792,19 @@ struct StreamQueue {
     std::deque<Operation> waiting;
     // Operations issued to the stream outside a capture, and how many of them have started.
     unsigned long long issued = 0, done = 0;
+    // The thread running one of its operations now (none: no thread): a stream runs its
+    // operations one at a time, in order, whichever threads wait for them.
+    std::thread::id runner;
 };
 std::map<void*, StreamQueue> g_queues;
+// Signalled, under the API lock, whenever a thread stops running a stream's operation.
+std::condition_variable g_runner_done;
+
+// Waits, holding `lock` on the API lock, until no other thread runs an operation of `q`.
+void wait_for_other_runner(std::unique_lock<std::mutex>& lock, const StreamQueue& q) {
+    const auto me = std::this_thread::get_id();
+    g_runner_done.wait(lock, [&] { return q.runner == std::thread::id() || q.runner == me; });
+}
 
 bool is_page_locked(const void* ptr, size_t bytes) {
     const auto p = (uintptr_t)ptr;
@@ -805,21 +817,34 @@ bool is_page_locked(const void* ptr, size_t bytes) {
 // Runs `stream`'s queued operations until `upto` of its operations have run (or none waits),
 // without the API lock, which the operations take; the first failure is reported, and
 // returned as the driver returns an asynchronous error: from the call that waited.
+// Another thread running the stream's operation is waited for first, so that what counts as
+// started has also finished by the time this returns, and two threads never run one stream's
+// operations side by side (a context synchronised on one thread while another waits for its
+// own stream).
 CUresult run_queued(void* stream, unsigned long long upto) {
     CUresult status = CUDA_SUCCESS;
     for (;;) {
         Operation op;
+        std::thread::id outer_runner;
         {
-            LOCKED;
+            std::unique_lock<std::mutex> lock(emu::api_mutex());
             StreamQueue& q = g_queues[stream];
+            wait_for_other_runner(lock, q);
             if (q.done >= upto || q.waiting.empty()) return status;
             op = std::move(q.waiting.front());
             q.waiting.pop_front();
             // Counted as it starts: a wait inside it (a stream waiting on an event) that comes
             // back to this stream must not run the operations after it.
             ++q.done;
+            outer_runner = q.runner;
+            q.runner = std::this_thread::get_id();
         }
         const int result = op.run();
+        {
+            LOCKED;
+            g_queues[stream].runner = outer_runner;
+            g_runner_done.notify_all();
+        }
         if (result && !status) {
             emu::report(op.call + " failed with status " + std::to_string(result) +
                         " when its stream ran it");
@@ -855,6 +880,7 @@ bool runs_late(void* stream) {
 // involving page-locked memory.
 int enqueue_on(void* stream, const std::string& call, std::function<int()> work, int invalidated,
                bool late) {
+    std::thread::id outer_runner;
     {
         LOCKED;
         if (Capture* c = capture_of(stream)) {
@@ -865,13 +891,21 @@ int enqueue_on(void* stream, const std::string& call, std::function<int()> work,
         }
         StreamQueue& q = g_queues[stream];
         ++q.issued;
-        if (late || !q.waiting.empty()) {
+        // Behind queued work, or behind the operation another thread is running on the stream.
+        const bool busy = q.runner != std::thread::id() && q.runner != std::this_thread::get_id();
+        if (late || busy || !q.waiting.empty()) {
             q.waiting.push_back(Operation{call, std::move(work)});
             return 0;
         }
         ++q.done;
+        outer_runner = q.runner;
+        q.runner = std::this_thread::get_id();
     }
-    return work();
+    const int result = work();
+    LOCKED;
+    g_queues[stream].runner = outer_runner;
+    g_runner_done.notify_all();
+    return result;
 }
 
 }  // namespace
@@ -978,7 +1012,10 @@ API cuStreamWaitEvent(void* stream, void* event, unsigned int flags) {
         // The stream's later work comes after the event's: behind it in the queue while the
         // event's work has not all run.
         const auto source = g_queues.find(e->stream);
-        if (!e->stream || source == g_queues.end() || source->second.done >= e->position)
+        const auto me = std::this_thread::get_id();
+        if (!e->stream || source == g_queues.end() ||
+            (source->second.done >= e->position &&
+             (source->second.runner == std::thread::id() || source->second.runner == me)))
             return CUDA_SUCCESS;
         StreamQueue& q = g_queues[stream];
         ++q.issued;
@@ -1072,6 +1109,16 @@ API cuGraphInstantiateWithFlags(void** exec, void* graph, unsigned long long fla
     *exec = new GraphExec{static_cast<Graph*>(graph)->operations};
     return CUDA_SUCCESS;
 }
+// A host function runs in its stream's order, without the API lock (it may call the API, or
+// take its time); captured, it becomes the graph's host node.
+API cuLaunchHostFunc(void* stream, void (*fn)(void*), void* data) {
+    if (!fn) return CUDA_ERROR_INVALID_VALUE;
+    return emu::enqueue(stream, "cuLaunchHostFunc", [fn, data] {
+        fn(data);
+        return 0;
+    }, CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+}
+
 API cuGraphLaunch(void* exec, void* stream) {
     if (!exec) return CUDA_ERROR_INVALID_HANDLE;
     const Operations operations = static_cast<GraphExec*>(exec)->operations;
@@ -1183,10 +1230,11 @@ API cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes, void* s
         if (CUresult r = check_range("cuMemcpyHtoDAsync", dst, bytes)) return r;
         page_locked = is_page_locked(src, bytes);
     }
-    if (page_locked || !runs_late(stream))
+    if (page_locked)
         return enqueue_on(stream, "cuMemcpyHtoDAsync", [=] { return copy_to_device(dst, src, bytes); },
-                          CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, page_locked);
-    // Pageable: the driver stages the source before returning, so the caller may reuse it.
+                          CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, true);
+    // Pageable: the driver stages the source before returning, so the caller may reuse it. Staged
+    // here always, since the copy may queue (behind work another thread runs) after any check.
     auto staged = std::make_shared<const std::vector<unsigned char>>(
         static_cast<const unsigned char*>(src), static_cast<const unsigned char*>(src) + bytes);
     return enqueue_on(stream, "cuMemcpyHtoDAsync",
