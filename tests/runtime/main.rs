@@ -16,6 +16,7 @@ mod common {
 mod backend_ops;
 mod cpu_conv;
 mod cuda_graph;
+mod cudnn_emulator;
 mod inception_cuda;
 mod inception_golden;
 mod inception_spec;

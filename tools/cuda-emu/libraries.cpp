@@ -3,15 +3,16 @@
 // our CUDA backend, collective and benchmarks' baselines call, in the emulator's shared object;
 // build.py links libcudnn.so, libcublas.so and libnccl.so to it. Plain loops in a fixed order, accumulating in f64: the real libraries sum
 // in tiles, far closer to exact than one long f32 sum, and the stand-ins are not what is under
-// test, so they err on the exact side. Like the real libraries
-// they check descriptors and leading dimensions, and the emulator also checks that every
-// operand lies inside one device allocation, naming the call. Each call that works on a stream
-// goes through emu::enqueue, so that a captured stream records it into the CUDA graph: holding
+// test, so they err on the exact side. Like the real libraries they check descriptors and
+// leading dimensions, and the emulator also checks that every operand (the whole extent its
+// strides span) lies inside one device allocation, naming the call. Each call that works on a
+// stream goes through emu::enqueue, so that a captured stream records it into the CUDA graph: holding
 // its descriptors and host scalars by value, as the real libraries read them when called. Where
 // the math type or mode lets the real library use TF32 tensor cores on the emulated H100, the
 // convolutions and GEMMs round their f32 inputs to TF32 first, as those do; products and sums
 // stay exact.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -33,17 +34,48 @@ enum : cudnnStatus_t {
     CUDNN_STATUS_NOT_SUPPORTED = 3000,
     CUDNN_STATUS_EXECUTION_FAILED_CUDA_DRIVER = 5001,
 };
-constexpr int CUDNN_DATA_FLOAT = 0;
-constexpr int CUDNN_TENSOR_NCHW = 0;
+constexpr int CUDNN_DATA_FLOAT = 0, CUDNN_DATA_BFLOAT16 = 9;
+constexpr int CUDNN_TENSOR_NCHW = 0, CUDNN_TENSOR_NHWC = 1;
 constexpr int CUDNN_CROSS_CORRELATION = 1;
 constexpr int CUDNN_NON_DETERMINISTIC = 0, CUDNN_DETERMINISTIC = 1;
 
 struct Handle {
     void* stream = nullptr;
 };
+// A 4-d tensor or filter descriptor: its dimensions and each one's stride in elements. A filter
+// in the NHWC format is stored K,R,S,C (output channel, kernel row, kernel column, input
+// channel); a tensor given by strides alone has no format (-1).
 struct Tensor4d {
-    int dtype = -1, n = 0, c = 0, h = 0, w = 0;
-    size_t bytes() const { return (size_t)n * c * h * w * 4; }
+    int dtype = -1, format = -1, n = 0, c = 0, h = 0, w = 0;
+    long long stride[4] = {0, 0, 0, 0};  // of n, c, h, w
+
+    // Only f32 and bf16 are computed; other types are refused before their size matters.
+    size_t element_bytes() const { return dtype == CUDNN_DATA_BFLOAT16 ? 2 : 4; }
+    // From the first element to past the last: what the operand's buffer must hold.
+    size_t bytes() const {
+        return (at(n - 1, c - 1, h - 1, w - 1) + 1) * element_bytes();
+    }
+    size_t at(int in, int ic, int ih, int iw) const {
+        return (size_t)(in * stride[0] + ic * stride[1] + ih * stride[2] + iw * stride[3]);
+    }
+    // The strides of a packed tensor in `layout` (NCHW or NHWC).
+    void pack(int layout) {
+        const long long packed[2][4] = {{(long long)c * h * w, (long long)h * w, w, 1},
+                                        {(long long)h * w * c, 1, (long long)w * c, c}};
+        std::memcpy(stride, packed[layout == CUDNN_TENSOR_NHWC], sizeof stride);
+    }
+    // Whether the strides are those of a packed tensor in `layout`, but for dimensions of one,
+    // whose stride never counts.
+    bool packed(int layout) const {
+        Tensor4d p = *this;
+        p.pack(layout);
+        const int dims[4] = {n, c, h, w};
+        for (int i = 0; i < 4; ++i)
+            if (dims[i] > 1 && stride[i] != p.stride[i]) return false;
+        return true;
+    }
+    // Channels innermost, as cuDNN's NHWC kernels read them: NHWC, or a channel slice of it.
+    bool channels_last() const { return c == 1 || (stride[1] == 1 && stride[3] >= c); }
 };
 constexpr int CUDNN_DEFAULT_MATH = 0, CUDNN_FMA_MATH = 3;
 struct Convolution {
@@ -98,17 +130,23 @@ size_t workspace_bytes(Op op, int algo) {
     return 4096 * (size_t)(algo + 1);
 }
 
-// Whether cuDNN runs `algo` for this convolution, by two of its rules, so that a caller trying
-// every algorithm meets refusals: the FFT algorithms need unit strides, and backward-filter
-// WINOGRAD (4) is listed but not implemented.
-bool supported(Op op, int algo, const Convolution* cv) {
+// Whether cuDNN runs `algo` for this convolution, by the rules of its algorithm tables that our
+// calls meet, so that a caller trying every algorithm meets refusals: the FFT algorithms need
+// unit strides and packed NCHW x and y; bf16 data (PSEUDO_BFLOAT16_CONFIG) and NHWC filters run
+// only on the implicit GEMMs (forward IMPLICIT_GEMM and IMPLICIT_PRECOMP_GEMM, backward ALGO_0
+// and ALGO_1), not on FFT, Winograd or the explicit GEMM; backward-filter WINOGRAD (4) is listed
+// but not implemented.
+bool supported(Op op, int algo, const Convolution* cv, const Tensor4d* x, const Tensor4d* w,
+               const Tensor4d* y) {
     const int count = op == Op::Forward ? 8 : op == Op::BackwardData ? 6 : 7;
     if (algo < 0 || algo >= count) return false;
+    if (op == Op::BackwardFilter && algo == 4) return false;
+    if (x->dtype == CUDNN_DATA_BFLOAT16 || w->format == CUDNN_TENSOR_NHWC) return algo <= 1;
     const bool fft = op == Op::Forward        ? algo == 4 || algo == 5
                      : op == Op::BackwardData ? algo == 2 || algo == 3
                                               : algo == 2 || algo == 6;
-    if (fft && (cv->stride_h != 1 || cv->stride_w != 1)) return false;
-    return !(op == Op::BackwardFilter && algo == 4);
+    return !(fft && (cv->stride_h != 1 || cv->stride_w != 1 || !x->packed(CUDNN_TENSOR_NCHW) ||
+                     !y->packed(CUDNN_TENSOR_NCHW)));
 }
 
 cudnnStatus_t bad(const std::string& call, const std::string& why) {
@@ -132,17 +170,28 @@ int out_extent(int in, int pad, int dil, int k, int stride) {
     return (in + 2 * pad - dil * (k - 1) - 1) / stride + 1;
 }
 
-// Checks that x, w, y and the convolution fit together, as cuDNN does.
+// Checks that x, w, y and the convolution fit together, as cuDNN does: one data type for the
+// three (else BAD_PARAM), f32 (FLOAT_CONFIG) or bf16 (PSEUDO_BFLOAT16_CONFIG) with an f32
+// compute type, as cuDNN has no bf16 compute type for convolutions (else NOT_SUPPORTED).
 cudnnStatus_t check_shapes(const std::string& call, const Tensor4d* x, const Tensor4d* w,
                            const Convolution* conv, const Tensor4d* y) {
     if (!x || !w || !conv || !y) return bad(call, "a null descriptor");
-    if (x->dtype != CUDNN_DATA_FLOAT || w->dtype != CUDNN_DATA_FLOAT ||
-        y->dtype != CUDNN_DATA_FLOAT || conv->dtype != CUDNN_DATA_FLOAT) {
-        emu::report(call + ": only f32 is emulated");
+    if (x->dtype != w->dtype || x->dtype != y->dtype)
+        return bad(call, "x, w and y have the data types " + std::to_string(x->dtype) + ", " +
+                             std::to_string(w->dtype) + " and " + std::to_string(y->dtype));
+    if ((x->dtype != CUDNN_DATA_FLOAT && x->dtype != CUDNN_DATA_BFLOAT16) ||
+        conv->dtype != CUDNN_DATA_FLOAT) {
+        emu::report(call + ": data type " + std::to_string(x->dtype) + " with compute type " +
+                    std::to_string(conv->dtype) +
+                    ": only f32 and bf16 data with f32 compute are emulated");
         return CUDNN_STATUS_NOT_SUPPORTED;
     }
     if (conv->mode != CUDNN_CROSS_CORRELATION || conv->groups != 1) {
         emu::report(call + ": only ungrouped cross-correlation is emulated");
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    }
+    if (w->format == CUDNN_TENSOR_NHWC && (!x->channels_last() || !y->channels_last())) {
+        emu::report(call + ": an NHWC filter needs channels-last x and y");
         return CUDNN_STATUS_NOT_SUPPORTED;
     }
     if (x->c != w->c) return bad(call, "input channels " + std::to_string(x->c) +
@@ -161,39 +210,53 @@ cudnnStatus_t check_shapes(const std::string& call, const Tensor4d* x, const Ten
 // The convolution's input x, filter w and output y, whichever of them a pass writes.
 struct Operands {
     const Tensor4d* x;
-    const float* xp;
+    const void* xp;
     const Tensor4d* w;
-    const float* wp;
+    const void* wp;
     const Tensor4d* y;
-    const float* yp;
+    const void* yp;
 };
 
-size_t at(const Tensor4d& t, int n, int c, int h, int w) {
-    return (((size_t)n * t.c + c) * t.h + h) * t.w + w;
+// Element `i` of an input as the library's kernels see it: bf16 exactly, f32 as `conv_input`.
+double conv_element(const Tensor4d& d, const void* p, size_t i, const Convolution* cv) {
+    if (d.dtype == CUDNN_DATA_BFLOAT16) return load_f32(static_cast<const bf16_bits*>(p), (long long)i);
+    return conv_input(cv, static_cast<const float*>(p)[i]);
 }
 
-// One of the three convolutions, after cuDNN's checks: `accumulate(acc, xi, wi, yi)` adds the
-// product of one tap (the element indices of x, w and y) into `acc`, which has the shape of the
-// pass's result `out`; then out = alpha acc + beta out, without reading out when beta is 0.
-template <typename Accumulate>
+// `v` rounded once to bf16, to nearest even: bf16 keeps f32's exponent range and 8 significant
+// bits, its subnormals 2^-133 apart. Scaling by powers of two is exact and nearbyint rounds
+// ties to even in the default rounding mode.
+bf16_bits bf16_nearest(double v) {
+    if (v == 0.0 || !std::isfinite(v)) return f32_to_bf16((float)v);
+    int e;
+    std::frexp(v, &e);  // |v| in [2^(e-1), 2^e)
+    const int quantum = std::max(e - 8, -133);
+    const double r = std::ldexp(std::nearbyint(std::ldexp(v, -quantum)), quantum);
+    if (std::fabs(r) >= 0x1p128) return r < 0 ? 0xff80 : 0x7f80;
+    return f32_to_bf16((float)r);  // exact: r is a bf16 value
+}
+
+// One of the three convolutions, after cuDNN's checks: each tap's product of the two operands
+// `op` reads goes into the f64 sum of the element of `out` (x, w or y, by `op`) it belongs to,
+// then out = alpha acc + beta out, without reading out when beta is 0, rounded once to out's
+// type. For bf16 that is the tensor-core epilogue's one rounding of the f32 accumulator; the
+// real library differs from this exact sum by its f32 summation order, within f32 accumulation
+// error, which the callers' tests bound.
 cudnnStatus_t convolve(const std::string& call, Op op, const Operands& o, const Convolution* cv,
                        int algo, const void* workspace, size_t workspace_size, float alpha,
-                       float beta, float* out, Accumulate accumulate) {
+                       float beta, void* out) {
     std::lock_guard<std::mutex> lock(emu::api_mutex());
     if (cudnnStatus_t s = check_shapes(call, o.x, o.w, cv, o.y)) return s;
-    if (!supported(op, algo, cv)) return CUDNN_STATUS_NOT_SUPPORTED;
+    if (!supported(op, algo, cv, o.x, o.w, o.y)) return CUDNN_STATUS_NOT_SUPPORTED;
     const struct {
         const char* name;
         const void* ptr;
         size_t bytes;
     } operands[] = {{"x", o.xp, o.x->bytes()}, {"w", o.wp, o.w->bytes()}, {"y", o.yp, o.y->bytes()}};
-    size_t out_bytes = 0;
-    for (const auto& operand : operands) {
+    for (const auto& operand : operands)
         if (!emu::is_device_range(operand.ptr, operand.bytes))
             return bad(call, std::string(operand.name) + " (" + std::to_string(operand.bytes) +
                                  " bytes by its descriptor) is not inside one device allocation");
-        if (operand.ptr == out) out_bytes = operand.bytes;
-    }
     const size_t need = workspace_bytes(op, algo);
     if (workspace_size < need)
         return bad(call, "algorithm " + std::to_string(algo) + " needs " + std::to_string(need) +
@@ -201,8 +264,13 @@ cudnnStatus_t convolve(const std::string& call, Op op, const Operands& o, const 
     if (need > 0 && !emu::is_device_range(workspace, need))
         return bad(call, "the workspace is not inside one device allocation");
     t_last_convolution_math = cv->math;
-    std::vector<double> acc(out_bytes / 4, 0.0);
     const Tensor4d &x = *o.x, &w = *o.w, &y = *o.y;
+    const Tensor4d& od = op == Op::Forward ? y : op == Op::BackwardData ? x : w;
+    // The sums in od's logical NCHW order, which `logical` gives from its n, c, h, w.
+    std::vector<double> acc((size_t)od.n * od.c * od.h * od.w, 0.0);
+    const auto logical = [&od](int n, int c, int h, int w) {
+        return (((size_t)n * od.c + c) * od.h + h) * od.w + w;
+    };
     for (int n = 0; n < y.n; ++n)
         for (int k = 0; k < y.c; ++k)
             for (int oy = 0; oy < y.h; ++oy)
@@ -214,24 +282,47 @@ cudnnStatus_t convolve(const std::string& call, Op op, const Operands& o, const 
                             for (int kx = 0; kx < w.w; ++kx) {
                                 const int ix = ox * cv->stride_w - cv->pad_w + kx * cv->dil_w;
                                 if (ix < 0 || ix >= x.w) continue;
-                                accumulate(acc, at(x, n, c, iy, ix), at(w, k, c, ky, kx),
-                                           at(y, n, k, oy, ox));
+                                const auto xv = [&] { return conv_element(x, o.xp, x.at(n, c, iy, ix), cv); };
+                                const auto wv = [&] { return conv_element(w, o.wp, w.at(k, c, ky, kx), cv); };
+                                const auto yv = [&] { return conv_element(y, o.yp, y.at(n, k, oy, ox), cv); };
+                                if (op == Op::Forward)
+                                    acc[logical(n, k, oy, ox)] += xv() * wv();
+                                else if (op == Op::BackwardData)
+                                    acc[logical(n, c, iy, ix)] += yv() * wv();
+                                else
+                                    acc[logical(k, c, ky, kx)] += yv() * xv();
                             }
                         }
-    for (size_t i = 0; i < acc.size(); ++i)
-        out[i] = (float)(beta == 0.0f ? alpha * acc[i] : alpha * acc[i] + beta * (double)out[i]);
+    for (int n = 0; n < od.n; ++n)
+        for (int c = 0; c < od.c; ++c)
+            for (int h = 0; h < od.h; ++h)
+                for (int w = 0; w < od.w; ++w) {
+                    const double a = alpha * acc[logical(n, c, h, w)];
+                    const size_t i = od.at(n, c, h, w);
+                    if (od.dtype == CUDNN_DATA_BFLOAT16) {
+                        bf16_bits* p = static_cast<bf16_bits*>(out);
+                        p[i] = bf16_nearest(beta == 0.0f ? a : a + beta * (double)load_f32(p, (long long)i));
+                    } else {
+                        float* p = static_cast<float*>(out);
+                        p[i] = (float)(beta == 0.0f ? a : a + beta * (double)p[i]);
+                    }
+                }
     return CUDNN_STATUS_SUCCESS;
 }
 
-cudnnStatus_t find(Op op, int requested, int* returned, AlgoPerf* results) {
+// The two ranked algorithms (kForward, kBackward) that cuDNN runs for this convolution.
+cudnnStatus_t find(Op op, const Tensor4d* x, const Tensor4d* w, const Convolution* cv,
+                   const Tensor4d* y, int requested, int* returned, AlgoPerf* results) {
     const Ranked* ranked = op == Op::Forward ? kForward : kBackward;
-    const int count = requested < 2 ? requested : 2;
-    for (int i = 0; i < count; ++i) {
-        results[i] = AlgoPerf{};
-        results[i].algo = ranked[i].algo;
-        results[i].status = CUDNN_STATUS_SUCCESS;
-        results[i].memory = workspace_bytes(op, ranked[i].algo);
-        results[i].determinism = ranked[i].determinism;
+    int count = 0;
+    for (int i = 0; i < 2 && count < requested; ++i) {
+        if (!supported(op, ranked[i].algo, cv, x, w, y)) continue;
+        results[count] = AlgoPerf{};
+        results[count].algo = ranked[i].algo;
+        results[count].status = CUDNN_STATUS_SUCCESS;
+        results[count].memory = workspace_bytes(op, ranked[i].algo);
+        results[count].determinism = ranked[i].determinism;
+        ++count;
     }
     *returned = count;
     return CUDNN_STATUS_SUCCESS;
@@ -257,6 +348,17 @@ bool in_device(const std::string& call,
     return true;
 }
 
+// Whether every descriptor given is a packed NCHW f32 tensor, the one kind the stand-ins other
+// than the convolutions compute; reports the call and the first that is not.
+bool plain(const std::string& call, std::initializer_list<const Tensor4d*> descriptors) {
+    for (const Tensor4d* d : descriptors)
+        if (d && (d->dtype != CUDNN_DATA_FLOAT || !d->packed(CUDNN_TENSOR_NCHW))) {
+            emu::report(call + ": only packed NCHW f32 tensors are emulated");
+            return false;
+        }
+    return true;
+}
+
 // Checks a batch-norm call's descriptors: spatial mode, f32 activations and a 1xCx1x1 f32
 // per-channel descriptor.
 cudnnStatus_t check_batch_norm(const std::string& call, int mode, const Tensor4d* x,
@@ -266,8 +368,7 @@ cudnnStatus_t check_batch_norm(const std::string& call, int mode, const Tensor4d
         return CUDNN_STATUS_NOT_SUPPORTED;
     }
     if (!x || !y || !stats) return bad(call, "a null descriptor");
-    if (x->dtype != CUDNN_DATA_FLOAT || y->dtype != CUDNN_DATA_FLOAT || stats->dtype != CUDNN_DATA_FLOAT)
-        return bad(call, "only f32 is emulated");
+    if (!plain(call, {x, y, stats})) return CUDNN_STATUS_BAD_PARAM;
     if (y->n != x->n || y->c != x->c || y->h != x->h || y->w != x->w)
         return bad(call, "x and y descriptors differ");
     if (stats->n != 1 || stats->c != x->c || stats->h != 1 || stats->w != 1)
@@ -303,7 +404,7 @@ void for_each_window(const Pooling& p, const Tensor4d& x, const Tensor4d& y, Eac
 // Checks a pooling call's descriptors: f32, and y the shape the pooling gives x.
 cudnnStatus_t check_pooling(const std::string& call, const Pooling* p, const Tensor4d* x, const Tensor4d* y) {
     if (!p || !x || !y) return bad(call, "a null descriptor");
-    if (x->dtype != CUDNN_DATA_FLOAT || y->dtype != CUDNN_DATA_FLOAT) return bad(call, "only f32 is emulated");
+    if (!plain(call, {x, y})) return CUDNN_STATUS_BAD_PARAM;
     const int oh = out_extent(x->h, p->pad[0], 1, p->window[0], p->stride[0]);
     const int ow = out_extent(x->w, p->pad[1], 1, p->window[1], p->stride[1]);
     if (y->n != x->n || y->c != x->c || y->h != oh || y->w != ow)
@@ -478,16 +579,55 @@ CUDNN cudnnDestroy(Handle* h) { delete h; return CUDNN_STATUS_SUCCESS; }
 CUDNN cudnnSetStream(Handle* h, void* stream) { h->stream = stream; return CUDNN_STATUS_SUCCESS; }
 CUDNN cudnnCreateTensorDescriptor(Tensor4d** d) { *d = new Tensor4d{}; return CUDNN_STATUS_SUCCESS; }
 CUDNN cudnnDestroyTensorDescriptor(Tensor4d* d) { delete d; return CUDNN_STATUS_SUCCESS; }
-CUDNN cudnnSetTensor4dDescriptor(Tensor4d* d, int format, int dtype, int n, int c, int h, int w) {
-    if (format != CUDNN_TENSOR_NCHW) return CUDNN_STATUS_NOT_SUPPORTED;
-    if (n <= 0 || c <= 0 || h <= 0 || w <= 0) return bad("cudnnSetTensor4dDescriptor", "a dimension <= 0");
-    *d = Tensor4d{dtype, n, c, h, w};
+// A descriptor of `dims` (n, c, h, w) and `strides`, or packed in `format` when strides is null.
+static cudnnStatus_t set_4d(const char* call, Tensor4d* d, int format, int dtype, const int* dims,
+                            const int* strides) {
+    if (!strides && format != CUDNN_TENSOR_NCHW && format != CUDNN_TENSOR_NHWC) {
+        emu::report(std::string(call) + ": only the NCHW and NHWC formats are emulated");
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    }
+    for (int i = 0; i < 4; ++i) {
+        if (dims[i] <= 0) return bad(call, "a dimension <= 0");
+        if (strides && strides[i] <= 0) return bad(call, "a stride <= 0");
+    }
+    Tensor4d t;
+    t.dtype = dtype, t.format = strides ? -1 : format;
+    t.n = dims[0], t.c = dims[1], t.h = dims[2], t.w = dims[3];
+    if (strides)
+        std::copy(strides, strides + 4, t.stride);
+    else
+        t.pack(format);
+    *d = t;
     return CUDNN_STATUS_SUCCESS;
+}
+CUDNN cudnnSetTensor4dDescriptor(Tensor4d* d, int format, int dtype, int n, int c, int h, int w) {
+    const int dims[4] = {n, c, h, w};
+    return set_4d("cudnnSetTensor4dDescriptor", d, format, dtype, dims, nullptr);
+}
+CUDNN cudnnSetTensor4dDescriptorEx(Tensor4d* d, int dtype, int n, int c, int h, int w, int n_stride,
+                                   int c_stride, int h_stride, int w_stride) {
+    const int dims[4] = {n, c, h, w}, strides[4] = {n_stride, c_stride, h_stride, w_stride};
+    return set_4d("cudnnSetTensor4dDescriptorEx", d, -1, dtype, dims, strides);
+}
+CUDNN cudnnSetTensorNdDescriptor(Tensor4d* d, int dtype, int rank, const int* dims, const int* strides) {
+    if (rank != 4) {
+        emu::report("cudnnSetTensorNdDescriptor: only 4-d tensors are emulated");
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    }
+    return set_4d("cudnnSetTensorNdDescriptor", d, -1, dtype, dims, strides);
 }
 CUDNN cudnnCreateFilterDescriptor(Tensor4d** d) { *d = new Tensor4d{}; return CUDNN_STATUS_SUCCESS; }
 CUDNN cudnnDestroyFilterDescriptor(Tensor4d* d) { delete d; return CUDNN_STATUS_SUCCESS; }
 CUDNN cudnnSetFilter4dDescriptor(Tensor4d* d, int dtype, int format, int k, int c, int h, int w) {
-    return cudnnSetTensor4dDescriptor(d, format, dtype, k, c, h, w);
+    const int dims[4] = {k, c, h, w};
+    return set_4d("cudnnSetFilter4dDescriptor", d, format, dtype, dims, nullptr);
+}
+CUDNN cudnnSetFilterNdDescriptor(Tensor4d* d, int dtype, int format, int rank, const int* dims) {
+    if (rank != 4) {
+        emu::report("cudnnSetFilterNdDescriptor: only 4-d filters are emulated");
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    }
+    return set_4d("cudnnSetFilterNdDescriptor", d, format, dtype, dims, nullptr);
 }
 CUDNN cudnnCreateConvolutionDescriptor(Convolution** d) { *d = new Convolution{}; return CUDNN_STATUS_SUCCESS; }
 CUDNN cudnnDestroyConvolutionDescriptor(Convolution* d) { delete d; return CUDNN_STATUS_SUCCESS; }
@@ -510,23 +650,23 @@ CUDNN cudnnSetConvolutionGroupCount(Convolution* d, int groups) { d->groups = gr
 CUDNN cudnnGetConvolutionForwardAlgorithm_v7(Handle*, Tensor4d* x, Tensor4d* w, Convolution* cv,
                                              Tensor4d* y, int requested, int* returned, AlgoPerf* r) {
     if (cudnnStatus_t s = check_shapes("cudnnGetConvolutionForwardAlgorithm_v7", x, w, cv, y)) return s;
-    return find(Op::Forward, requested, returned, r);
+    return find(Op::Forward, x, w, cv, y, requested, returned, r);
 }
 CUDNN cudnnGetConvolutionBackwardDataAlgorithm_v7(Handle*, Tensor4d* w, Tensor4d* dy, Convolution* cv,
                                                   Tensor4d* dx, int requested, int* returned, AlgoPerf* r) {
     if (cudnnStatus_t s = check_shapes("cudnnGetConvolutionBackwardDataAlgorithm_v7", dx, w, cv, dy)) return s;
-    return find(Op::BackwardData, requested, returned, r);
+    return find(Op::BackwardData, dx, w, cv, dy, requested, returned, r);
 }
 CUDNN cudnnGetConvolutionBackwardFilterAlgorithm_v7(Handle*, Tensor4d* x, Tensor4d* dy, Convolution* cv,
                                                     Tensor4d* dw, int requested, int* returned, AlgoPerf* r) {
     if (cudnnStatus_t s = check_shapes("cudnnGetConvolutionBackwardFilterAlgorithm_v7", x, dw, cv, dy)) return s;
-    return find(Op::BackwardFilter, requested, returned, r);
+    return find(Op::BackwardFilter, x, dw, cv, dy, requested, returned, r);
 }
 // The three workspace queries: cuDNN's checks, then the emulated algorithm's bytes.
 cudnnStatus_t workspace_query(const std::string& call, Op op, const Tensor4d* x, const Tensor4d* w,
                               const Convolution* cv, const Tensor4d* y, int algo, size_t* bytes) {
     if (cudnnStatus_t s = check_shapes(call, x, w, cv, y)) return s;
-    if (!supported(op, algo, cv)) return CUDNN_STATUS_NOT_SUPPORTED;
+    if (!supported(op, algo, cv, x, w, y)) return CUDNN_STATUS_NOT_SUPPORTED;
     *bytes = workspace_bytes(op, algo);
     return CUDNN_STATUS_SUCCESS;
 }
@@ -547,46 +687,36 @@ CUDNN cudnnGetConvolutionBackwardFilterWorkspaceSize(Handle*, Tensor4d* x, Tenso
 }
 
 // One of the three convolutions on the handle's stream: x, w and y with their descriptors, the
-// one written being `out`, and `accumulate` as convolve takes it.
-template <typename Accumulate>
+// one written being `out`; alpha and beta are floats for f32 and bf16 data alike.
 static cudnnStatus_t convolution(const Handle* h, const char* call, Op op, const float* alpha,
-                                 const float* beta, const Tensor4d* xd, const float* x,
-                                 const Tensor4d* wd, const float* w, const Convolution* cv,
-                                 const Tensor4d* yd, const float* y, int algo, void* ws,
-                                 size_t ws_size, float* out, Accumulate accumulate) {
+                                 const float* beta, const Tensor4d* xd, const void* x,
+                                 const Tensor4d* wd, const void* w, const Convolution* cv,
+                                 const Tensor4d* yd, const void* y, int algo, void* ws,
+                                 size_t ws_size, void* out) {
     return on_stream(h, call, [=, xd = kept(xd), wd = kept(wd), cv = kept(cv), yd = kept(yd),
                                alpha = *alpha, beta = *beta] {
         const Operands o{xd.get(), x, wd.get(), w, yd.get(), y};
-        return convolve(call, op, o, cv.get(), algo, ws, ws_size, alpha, beta, out, accumulate);
+        return convolve(call, op, o, cv.get(), algo, ws, ws_size, alpha, beta, out);
     });
 }
 
-CUDNN cudnnConvolutionForward(Handle* h, const float* alpha, Tensor4d* xd, const float* x, Tensor4d* wd,
-                              const float* w, Convolution* cv, int algo, void* ws, size_t ws_size,
-                              const float* beta, Tensor4d* yd, float* y) {
+CUDNN cudnnConvolutionForward(Handle* h, const float* alpha, Tensor4d* xd, const void* x, Tensor4d* wd,
+                              const void* w, Convolution* cv, int algo, void* ws, size_t ws_size,
+                              const float* beta, Tensor4d* yd, void* y) {
     return convolution(h, "cudnnConvolutionForward", Op::Forward, alpha, beta, xd, x, wd, w, cv, yd,
-                       y, algo, ws, ws_size, y,
-                       [x, w, c = *cv](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
-                           acc[yi] += (double)conv_input(&c, x[xi]) * conv_input(&c, w[wi]);
-                       });
+                       y, algo, ws, ws_size, y);
 }
-CUDNN cudnnConvolutionBackwardData(Handle* h, const float* alpha, Tensor4d* wd, const float* w, Tensor4d* dyd,
-                                   const float* dy, Convolution* cv, int algo, void* ws, size_t ws_size,
-                                   const float* beta, Tensor4d* dxd, float* dx) {
+CUDNN cudnnConvolutionBackwardData(Handle* h, const float* alpha, Tensor4d* wd, const void* w, Tensor4d* dyd,
+                                   const void* dy, Convolution* cv, int algo, void* ws, size_t ws_size,
+                                   const float* beta, Tensor4d* dxd, void* dx) {
     return convolution(h, "cudnnConvolutionBackwardData", Op::BackwardData, alpha, beta, dxd, dx, wd,
-                       w, cv, dyd, dy, algo, ws, ws_size, dx,
-                       [dy, w, c = *cv](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
-                           acc[xi] += (double)conv_input(&c, dy[yi]) * conv_input(&c, w[wi]);
-                       });
+                       w, cv, dyd, dy, algo, ws, ws_size, dx);
 }
-CUDNN cudnnConvolutionBackwardFilter(Handle* h, const float* alpha, Tensor4d* xd, const float* x, Tensor4d* dyd,
-                                     const float* dy, Convolution* cv, int algo, void* ws, size_t ws_size,
-                                     const float* beta, Tensor4d* dwd, float* dw) {
+CUDNN cudnnConvolutionBackwardFilter(Handle* h, const float* alpha, Tensor4d* xd, const void* x, Tensor4d* dyd,
+                                     const void* dy, Convolution* cv, int algo, void* ws, size_t ws_size,
+                                     const float* beta, Tensor4d* dwd, void* dw) {
     return convolution(h, "cudnnConvolutionBackwardFilter", Op::BackwardFilter, alpha, beta, xd, x,
-                       dwd, dw, cv, dyd, dy, algo, ws, ws_size, dw,
-                       [x, dy, c = *cv](std::vector<double>& acc, size_t xi, size_t wi, size_t yi) {
-                           acc[wi] += (double)conv_input(&c, dy[yi]) * conv_input(&c, x[xi]);
-                       });
+                       dwd, dw, cv, dyd, dy, algo, ws, ws_size, dw);
 }
 
 // The activation and pooling calls, forward `body(d, alpha, xd, x, beta, yd, y)` and backward
@@ -635,6 +765,7 @@ static cudnnStatus_t activation_forward(const Activation* act, const float* alph
     const std::string call = "cudnnActivationForward";
     if (!act || act->mode < 0) return bad(call, "not an activation descriptor");
     if (!xd || !yd || xd->bytes() != yd->bytes()) return bad(call, "x and y descriptors differ");
+    if (!plain(call, {xd, yd})) return CUDNN_STATUS_NOT_SUPPORTED;
     if (!in_device(call, {{"x", {x, xd->bytes()}}, {"y", {y, yd->bytes()}}})) return CUDNN_STATUS_BAD_PARAM;
     for (size_t i = 0; i < xd->bytes() / 4; ++i) {
         const double r = act->mode == CUDNN_ACTIVATION_SIGMOID ? 1.0 / (1.0 + std::exp(-(double)x[i]))
@@ -656,6 +787,7 @@ static cudnnStatus_t activation_backward(const Activation* act, const float* alp
     const std::string call = "cudnnActivationBackward";
     if (!act || act->mode != CUDNN_ACTIVATION_RELU) return bad(call, "only ReLU's backward is emulated");
     if (!xd || !yd || !dyd || !dxd) return bad(call, "a null descriptor");
+    if (!plain(call, {xd, yd, dyd, dxd})) return CUDNN_STATUS_NOT_SUPPORTED;
     const size_t bytes = xd->bytes();
     if (yd->bytes() != bytes || dyd->bytes() != bytes || dxd->bytes() != bytes)
         return bad(call, "the four descriptors differ");
@@ -685,7 +817,7 @@ cudnnStatus_t check_softmax(const std::string& call, int mode,
     const Tensor4d* first = operands.begin()->second.first;
     for (const auto& [name, operand] : operands) {
         const auto [desc, ptr] = operand;
-        if (!desc || desc->dtype != CUDNN_DATA_FLOAT) return bad(call, std::string(name) + ": not an f32 descriptor");
+        if (!desc || !plain(call, {desc})) return bad(call, std::string(name) + ": not a packed NCHW f32 descriptor");
         if (desc->n != first->n || desc->bytes() != first->bytes()) return bad(call, "the descriptors differ");
         if (!in_device(call, {{name, {ptr, desc->bytes()}}})) return CUDNN_STATUS_BAD_PARAM;
     }
@@ -764,6 +896,7 @@ static cudnnStatus_t op_tensor(const OpTensorDesc* op, const float* alpha1, cons
     const std::string call = "cudnnOpTensor";
     if (!op || op->op != CUDNN_OP_TENSOR_ADD) return bad(call, "not an addition descriptor");
     if (!ad || !bd || !cd) return bad(call, "a null descriptor");
+    if (!plain(call, {ad, bd, cd})) return CUDNN_STATUS_NOT_SUPPORTED;
     const size_t bytes = cd->bytes();
     if (ad->bytes() != bytes || bd->bytes() != bytes) return bad(call, "only same-shape operands are emulated");
     if (!in_device(call, {{"A", {a, bytes}}, {"B", {b, bytes}}, {"C", {c, bytes}}})) return CUDNN_STATUS_BAD_PARAM;
@@ -948,6 +1081,7 @@ static cudnnStatus_t pooling_backward(const Pooling* p, const float* alpha, cons
     if (cudnnStatus_t s = check_pooling(call, p, xd, yd)) return s;
     if (!dyd || !dxd || dyd->bytes() != yd->bytes() || dxd->bytes() != xd->bytes())
         return bad(call, "dy or dx descriptor differs from y or x");
+    if (!plain(call, {dyd, dxd})) return CUDNN_STATUS_BAD_PARAM;
     if (!in_device(call, {{"y", {y, yd->bytes()}}, {"dy", {dy, yd->bytes()}}, {"x", {x, xd->bytes()}},
                           {"dx", {dx, xd->bytes()}}}))
         return CUDNN_STATUS_BAD_PARAM;
