@@ -9,8 +9,9 @@
 //! `grad_scale` (1 by default) scales the gradient before anything else, e.g. `1/GPUs` to average
 //! gradients summed across devices. Parameters, gradients and momentum buffers are always f32 on
 //! the GPU. [`SgdGpu::step_range_with_copy`] also writes the bf16 working copy of the new
-//! weights in the same pass, for the bf16 step. The update is element-wise, so the same bits on every run; the GPU fuses the
-//! multiply-adds, so it may differ from the CPU in the last bit. Kernel: `kernels/sgd.cu`.
+//! weights in the same pass, for the bf16 step. The update is element-wise, so the same bits on
+//! every run; the GPU fuses the multiply-adds, so it may differ from the CPU in the last bit.
+//! Kernel: `kernels/sgd.cu`.
 //!
 //! The learning rate is not among the call's values: it changes every step (warm-up, schedule)
 //! and is read from a one-value slot in device memory (one per parameter group), which the host
