@@ -50,8 +50,7 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, long long i, const 
             if constexpr (sizeof(T) == 4) {
                 w[u] = v[u];
             } else {
-                const unsigned int lo = f32_to_bf16(v[2 * u]), hi = f32_to_bf16(v[2 * u + 1]);
-                w[u] = __uint_as_float(lo | (hi << 16));
+                w[u] = __uint_as_float(bf16x2_bits(v[2 * u], v[2 * u + 1]));
             }
         }
         float4 q;

@@ -18,6 +18,12 @@ __device__ __forceinline__ bf16_bits f32_to_bf16(float v) {
     return (bf16_bits)(u >> 16);
 }
 
+// Two values rounded to bf16 in one 32-bit word, the first at the lower address (the low half):
+// how the vector paths store bf16 pairs.
+__device__ __forceinline__ unsigned int bf16x2_bits(float lo, float hi) {
+    return (unsigned int)f32_to_bf16(lo) | ((unsigned int)f32_to_bf16(hi) << 16);
+}
+
 __device__ __forceinline__ void store_f32(float* p, long long i, float v) { p[i] = v; }
 __device__ __forceinline__ void store_f32(bf16_bits* p, long long i, float v) { p[i] = f32_to_bf16(v); }
 

@@ -16,6 +16,7 @@ mod augment;
 mod axpby;
 mod bap;
 mod batch_norm;
+mod cast;
 mod center_loss;
 mod conv_transpose;
 mod cuda_emulator;

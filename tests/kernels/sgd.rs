@@ -1,12 +1,14 @@
-//! SGD update: the CPU reference against a hand-computed two-step sequence and f64, and the CUDA
-//! kernel against the f64 reference at a rate that changes every step, read from its device slot
-//! (skipped without a GPU).
+//! SGD update: the CPU reference against a hand-computed two-step sequence and f64, the CUDA
+//! kernel against the f64 reference at a rate that changes every step, read from its device slot,
+//! and the step that also writes the bf16 working copy against the plain step (GPU tests skipped
+//! without a GPU).
 
 use crate::common::skip::or_return;
 use c2f_baselines::sgd::SgdCublas;
 use c2f_kernels::sgd::{step_cpu, SgdGpu, SgdParams};
 use c2f_kernels::testing::{
-    assert_bit_identical, gpu_or_skip, library_or_skip, rel_error, widen, SplitMix64,
+    assert_bit_identical, assert_same_bits, gpu_or_skip, library_or_skip, rel_error, widen,
+    SplitMix64,
 };
 use cudarc::driver::CudaSlice;
 
@@ -237,17 +239,99 @@ fn gpu_matches_reference(gpu: &c2f_kernels::Gpu, n: usize, params: SgdParams, lr
     );
 }
 
+/// Momentum, weight decay and a gradient scale: every term of the update.
+fn with_momentum() -> SgdParams {
+    SgdParams {
+        grad_scale: 0.5,
+        ..SgdParams::new(0.9, 1e-4)
+    }
+}
+
 #[test]
 fn gpu_f32_matches_reference() {
     let gpu = or_return!(gpu_or_skip("sgd gpu_f32_matches_reference"));
-    let momentum = SgdParams {
-        grad_scale: 0.5,
-        ..SgdParams::new(0.9, 1e-4)
-    };
+    let momentum = with_momentum();
     for n in [7, 1000, 1_000_003, (1 << 22) + 1] {
         gpu_matches_reference(&gpu, n, momentum, 0.05);
     }
     gpu_matches_reference(&gpu, 100_003, SgdParams::new(0.0, 5e-4), 0.1);
+}
+
+/// A signalling bf16 NaN, which the bf16 rounding never writes.
+const COPY_POISON: half::bf16 = half::bf16::from_bits(0x7fa5);
+
+/// Three steps with the bf16 working copy against three plain steps on `range`: the same bits in
+/// the weights and momentum, the copy the CPU's rounding of the new weights in `range` and its
+/// poison outside. `copy_offset` 1 makes the copy a view misaligned for the vector path while
+/// the f32 buffers are aligned.
+fn gpu_copy_matches_step(
+    gpu: &c2f_kernels::Gpu,
+    n: usize,
+    params: SgdParams,
+    range: std::ops::Range<usize>,
+    copy_offset: usize,
+) {
+    let sgd = SgdGpu::new(gpu).unwrap();
+    let mut lr_d = rate_slot(gpu, 0.0);
+    let p0 = to_f32(&draw(n, 5));
+    let grads_d: Vec<_> = (0..3)
+        .map(|k| gpu.upload(&to_f32(&draw(n, 40 + k))).unwrap())
+        .collect();
+    let mut p_d = [gpu.upload(&p0).unwrap(), gpu.upload(&p0).unwrap()];
+    let mut buf_d = [
+        gpu.alloc_zeros::<f32>(n).unwrap(),
+        gpu.alloc_zeros(n).unwrap(),
+    ];
+    let mut copy_d = gpu.upload(&vec![COPY_POISON; n + copy_offset]).unwrap();
+    for (k, g_d) in grads_d.iter().enumerate() {
+        gpu.stream()
+            .memcpy_htod(&[rate(0.05, k) as f32], &mut lr_d)
+            .unwrap();
+        let [p_plain, p_copy] = &mut p_d;
+        let [buf_plain, buf_copy] = &mut buf_d;
+        sgd.step_range(&params, &lr_d, range.clone(), p_plain, g_d, buf_plain)
+            .unwrap();
+        let mut copy = copy_d.slice_mut(copy_offset..);
+        sgd.step_range_with_copy(
+            &params,
+            &lr_d,
+            range.clone(),
+            (p_copy, &mut copy),
+            g_d,
+            buf_copy,
+        )
+        .unwrap();
+    }
+    let name = format!("SGD with bf16 copy n {n} range {range:?} copy offset {copy_offset}");
+    let [p_plain, p_copy] = p_d.map(|p| gpu.download(&p).unwrap());
+    let [buf_plain, buf_copy] = buf_d.map(|b| gpu.download(&b).unwrap());
+    assert_same_bits(&format!("{name}: weights"), &p_copy, &p_plain);
+    assert_same_bits(&format!("{name}: momentum"), &buf_copy, &buf_plain);
+    assert!(
+        p_copy[range.clone()] != p0[range.clone()],
+        "{name}: the weights did not move"
+    );
+    let mut want = vec![COPY_POISON; n + copy_offset];
+    for i in range {
+        want[copy_offset + i] = half::bf16::from_f32(p_copy[i]);
+    }
+    assert_same_bits(
+        &format!("{name}: copy"),
+        &gpu.download(&copy_d).unwrap(),
+        &want,
+    );
+}
+
+#[test]
+fn gpu_step_with_copy_matches_step() {
+    let gpu = or_return!(gpu_or_skip("sgd gpu_step_with_copy_matches_step"));
+    let momentum = with_momentum();
+    for n in [7, 1003, 100_003] {
+        gpu_copy_matches_step(&gpu, n, momentum, 0..n, 0);
+        gpu_copy_matches_step(&gpu, n, momentum, 1..n - 2, 0);
+        gpu_copy_matches_step(&gpu, n, momentum, 0..n, 1);
+    }
+    gpu_copy_matches_step(&gpu, 1003, SgdParams::new(0.0, 5e-4), 0..1003, 0);
 }
 
 #[test]
@@ -275,6 +359,20 @@ fn gpu_bad_range_or_length_is_an_error() {
         err.to_string()
             .contains("SGD gradients has 7 elements, expected 8"),
         "{err}"
+    );
+    let mut copy = gpu.upload(&[COPY_POISON; 7]).unwrap();
+    let err = sgd
+        .step_range_with_copy(&params, &lr, 0..8, (&mut p, &mut copy), &g, &mut buf)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("SGD bf16 weight copy has 7 elements, expected 8"),
+        "{err}"
+    );
+    assert_same_bits(
+        "copy of a refused call",
+        &gpu.download(&copy).unwrap(),
+        &[COPY_POISON; 7],
     );
     let two_rates = gpu.upload(&[0.1f32; 2]).unwrap();
     let err = sgd

@@ -1,7 +1,7 @@
 //! Raw cuDNN objects for the benches' library baselines that cudarc's safe API does not bind
-//! (batch norm, activations, backward pooling, softmax backward, tensor addition). Each wrapper
-//! owns one cuDNN object and destroys it when dropped; the calls themselves stay with their
-//! baselines.
+//! (batch norm, activations, backward pooling, softmax backward, tensor addition, tensor
+//! transforms). Each wrapper owns one cuDNN object and destroys it when dropped; the calls
+//! themselves stay with their baselines.
 
 use std::ffi::{c_int, c_void};
 use std::sync::Arc;
@@ -69,18 +69,22 @@ impl Drop for Handle {
     }
 }
 
-/// An f32 NCHW tensor descriptor.
+/// An NCHW tensor descriptor (f32 unless made by [`Tensor4d::of_type`]).
 pub struct Tensor4d(pub sys::cudnnTensorDescriptor_t);
 
 impl Tensor4d {
     pub fn new(dims: [usize; 4]) -> Result<Tensor4d> {
+        Self::of_type(dims, cudnnDataType_t::CUDNN_DATA_FLOAT)
+    }
+
+    pub fn of_type(dims: [usize; 4], data_type: cudnnDataType_t) -> Result<Tensor4d> {
         let desc = Tensor4d(result::create_tensor_descriptor().map_err(cudnn_error)?);
         // SAFETY: the descriptor was just created.
         unsafe {
             result::set_tensor4d_descriptor(
                 desc.0,
                 cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
-                cudnnDataType_t::CUDNN_DATA_FLOAT,
+                data_type,
                 dims.map(|d| d as c_int),
             )
         }

@@ -4,13 +4,14 @@
 //! production crates. Most are f32 only, as the libraries' calls are.
 //!
 //! One module per op of [`c2f_kernels`], named as there: [`axpby::AxpbyCublas`],
-//! [`bap::BapCublas`], [`batch_norm::BatchNormCudnn`], [`center_loss::CenterLossUnfused`],
+//! [`bap::BapCublas`], [`batch_norm::BatchNormCudnn`], [`cast::CastCudnn`], [`center_loss::CenterLossUnfused`],
 //! [`conv_transpose::CudnnConvTranspose`], [`relu::ReluCudnn`], [`pool::Pool2dCudnn`],
 //! [`sgd::SgdCublas`], [`sigmoid_bce::SigmoidBceCudnn`], [`softmax_ce::LogSoftmaxCudnn`].
 
 pub mod axpby;
 pub mod bap;
 pub mod batch_norm;
+pub mod cast;
 pub mod center_loss;
 pub mod conv_transpose;
 mod cublas;

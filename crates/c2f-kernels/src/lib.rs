@@ -19,6 +19,8 @@
 //! - [`sigmoid_bce`]: sigmoid binary cross-entropy, for multi-label (attribute) heads.
 //! - [`sgd`]: the SGD update with momentum and weight decay.
 //! - [`axpby`]: `y = α·x + β·y`, for scaling and for summing gradient contributions.
+//! - [`cast`]: f32 ↔ bf16 casts and a bf16 gradient added into an f32 one, for the bf16 step's
+//!   f32 master weights.
 //!
 //! Also [`nvtx`]: the NVTX ranges that name layers, passes and phases on a profiler's timeline.
 //!
@@ -32,6 +34,7 @@ pub mod augment;
 pub mod axpby;
 pub mod bap;
 pub mod batch_norm;
+pub mod cast;
 pub mod center_loss;
 pub mod concat;
 pub mod conv_transpose;

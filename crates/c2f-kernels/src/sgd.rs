@@ -8,8 +8,10 @@
 //!
 //! `grad_scale` (1 by default) scales the gradient before anything else, e.g. `1/GPUs` to average
 //! gradients summed across devices. Parameters, gradients and momentum buffers are always f32 on
-//! the GPU. The update is element-wise, so the same bits on every run; the GPU fuses the
-//! multiply-adds, so it may differ from the CPU in the last bit. Kernel: `kernels/sgd.cu`.
+//! the GPU. [`SgdGpu::step_range_with_copy`] also writes the bf16 working copy of the new
+//! weights in the same pass, for the bf16 step. The update is element-wise, so the same bits on
+//! every run; the GPU fuses the multiply-adds, so it may differ from the CPU in the last bit.
+//! Kernel: `kernels/sgd.cu`.
 //!
 //! The learning rate is not among the call's values: it changes every step (warm-up, schedule)
 //! and is read from a one-value slot in device memory (one per parameter group), which the host
@@ -19,9 +21,10 @@
 use std::ops::Range;
 
 use cudarc::driver::{DevicePtr, DevicePtrMut};
+use half::bf16;
 use rayon::prelude::*;
 
-use crate::device::{blocks_for, device_addr, device_addr_mut, grid, Gpu, Kernel};
+use crate::device::{blocks_for, device_addr, device_addr_mut, grid, CudaStream, Gpu, Kernel};
 use crate::error::{check_len, Error, Result};
 use crate::launch;
 use crate::Real;
@@ -119,15 +122,18 @@ const THREADS: u32 = 256;
 /// The grid-stride kernel launches at most this many blocks.
 const MAX_BLOCKS: u32 = 4096;
 
-/// The SGD kernel; it works on any length.
+/// The SGD kernels; they work on any length.
 pub struct SgdGpu {
     kernel: Kernel,
+    /// The same step that also writes the bf16 working copy of the new weights.
+    with_copy: Kernel,
 }
 
 impl SgdGpu {
     pub fn new(gpu: &Gpu) -> Result<Self> {
         Ok(SgdGpu {
             kernel: Kernel::new(gpu, &crate::sources::SGD, "sgd_step")?,
+            with_copy: Kernel::new(gpu, &crate::sources::SGD, "sgd_step_bf16_copy")?,
         })
     }
 
@@ -156,13 +162,47 @@ impl SgdGpu {
         grads: &impl DevicePtr<f32>,
         momentum_buf: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
+        let b = SgdBuffers::new(&self.kernel.stream, weights, grads, momentum_buf);
+        self.launch(params, lr, range, b, None)
+    }
+
+    /// [`Self::step_range`] that also writes `copy[range] = bf16(new weights[range])` (round to
+    /// nearest even) in the same pass: the bf16 working copy of the f32 master weights. `copy`
+    /// has the weights' length and is not touched outside `range`; the f32 weights and momentum
+    /// get the same bits as from [`Self::step_range`].
+    pub fn step_range_with_copy(
+        &self,
+        params: &SgdParams,
+        lr: &impl DevicePtr<f32>,
+        range: Range<usize>,
+        (weights, copy): (&mut impl DevicePtrMut<f32>, &mut impl DevicePtrMut<bf16>),
+        grads: &impl DevicePtr<f32>,
+        momentum_buf: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        check_len("SGD bf16 weight copy", copy.len(), weights.len())?;
+        let st = &self.with_copy.stream;
+        let copy = device_addr_mut(copy, st);
+        let b = SgdBuffers::new(st, weights, grads, momentum_buf);
+        self.launch(params, lr, range, b, Some(copy))
+    }
+
+    /// Checks the call and launches the step over `range`, with the bf16 copy at address `copy`
+    /// (of the weights' length, checked by the caller) when there is one.
+    fn launch(
+        &self,
+        params: &SgdParams,
+        lr: &impl DevicePtr<f32>,
+        range: Range<usize>,
+        b: SgdBuffers,
+        copy: Option<u64>,
+    ) -> Result<()> {
         params.validate()?;
         check_len("SGD learning rate slot", lr.len(), 1)?;
-        check_buffers(weights.len(), grads.len(), momentum_buf.len())?;
-        if range.start > range.end || range.end > weights.len() {
+        check_buffers(b.len, b.grads_len, b.momentum_len)?;
+        if range.start > range.end || range.end > b.len {
             return Err(Error::Shape(format!(
                 "SGD range {range:?} is not within the {} parameters",
-                weights.len()
+                b.len
             )));
         }
         if range.is_empty() {
@@ -171,25 +211,66 @@ impl SgdGpu {
         let n = range.len() as i64;
         let momentum = params.momentum as f32;
         let (weight_decay, grad_scale) = (params.weight_decay as f32, params.grad_scale as f32);
-        let blocks = blocks_for(range.len().div_ceil(4), THREADS).min(MAX_BLOCKS);
-        // The range's first element in each buffer.
-        let (at, st) = (
-            (range.start * std::mem::size_of::<f32>()) as u64,
-            &self.kernel.stream,
+        let cfg = grid(
+            (
+                blocks_for(range.len().div_ceil(4), THREADS).min(MAX_BLOCKS),
+                1,
+                1,
+            ),
+            THREADS,
         );
-        let w = device_addr_mut(weights, st) + at;
-        let g = device_addr(grads, st) + at;
-        let b = device_addr_mut(momentum_buf, st) + at;
-        // SAFETY: the range lies within the three buffers (checked above), so each address is
-        // followed by n elements; the kernel is grid-stride over n and checks the alignment of
-        // all three before using float4 accesses; `lr` holds the one value it reads.
+        // The range's first element in each buffer.
+        let at = (range.start * std::mem::size_of::<f32>()) as u64;
+        let (w, g, m) = (b.weights + at, b.grads + at, b.momentum + at);
+        // SAFETY: the range lies within the buffers (checked above; the copy has the weights'
+        // length), so each address is followed by n elements; the kernels are grid-stride over
+        // n and check the alignment of every buffer before using vector accesses; `lr` holds the
+        // one value they read.
         unsafe {
-            launch!(
-                self.kernel,
-                grid((blocks, 1, 1), THREADS),
-                [&w, &g, &b, &n, in lr, &momentum, &weight_decay, &grad_scale]
-            )?;
+            match copy {
+                None => launch!(
+                    self.kernel,
+                    cfg,
+                    [&w, &g, &m, &n, in lr, &momentum, &weight_decay, &grad_scale]
+                )?,
+                Some(copy) => {
+                    let c = copy + (range.start * std::mem::size_of::<bf16>()) as u64;
+                    launch!(
+                        self.with_copy,
+                        cfg,
+                        [&w, &g, &m, &c, &n, in lr, &momentum, &weight_decay, &grad_scale]
+                    )?
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// The device addresses and lengths of a step's f32 buffers.
+struct SgdBuffers {
+    weights: u64,
+    grads: u64,
+    momentum: u64,
+    len: usize,
+    grads_len: usize,
+    momentum_len: usize,
+}
+
+impl SgdBuffers {
+    fn new(
+        stream: &CudaStream,
+        weights: &mut impl DevicePtrMut<f32>,
+        grads: &impl DevicePtr<f32>,
+        momentum_buf: &mut impl DevicePtrMut<f32>,
+    ) -> Self {
+        SgdBuffers {
+            len: weights.len(),
+            grads_len: grads.len(),
+            momentum_len: momentum_buf.len(),
+            weights: device_addr_mut(weights, stream),
+            grads: device_addr(grads, stream),
+            momentum: device_addr_mut(momentum_buf, stream),
+        }
     }
 }

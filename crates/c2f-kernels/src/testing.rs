@@ -169,6 +169,15 @@ pub fn bf16_rounding_mismatch(got: &[half::bf16], want: &[half::bf16]) -> Option
     })
 }
 
+/// Asserts that `got` holds `want`'s bits, naming the first element that does not.
+pub fn assert_same_bits<T: bytemuck::Pod + std::fmt::Debug>(what: &str, got: &[T], want: &[T]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let differs = |i: &usize| bytemuck::bytes_of(&got[*i]) != bytemuck::bytes_of(&want[*i]);
+    if let Some(i) = (0..got.len()).find(differs) {
+        panic!("{what}: [{i}] is {:?}, expected {:?}", got[i], want[i]);
+    }
+}
+
 /// Asserts that two runs produced the same bits.
 pub fn assert_bit_identical<T: bytemuck::Pod>(what: &str, a: &[T], b: &[T]) {
     assert!(
