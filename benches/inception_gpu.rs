@@ -1,13 +1,13 @@
 //! InceptionV3 forward+backward+SGD on the CUDA backend, images per second at batch 64, 299² and
 //! 448², up to Mixed_6e and full (1000 classes): in f32 with cuDNN's heuristic algorithm choice
-//! and with timed choice (`_timed`), and in tf32 (`c2f train`'s default on a GPU) with the
-//! heuristic; each row's name ends in its precision. `tools/torch_baseline.py` times PyTorch on
-//! the same card in the same GPU check; the target is parity with its fp32 figure, the timed
-//! rows' peer being its fp32 + `cudnn.benchmark` one and the tf32 rows' its tf32 one. Prints
-//! `NETBENCH` lines (images/s, ms/step, memory the backend holds), and for each network an
-//! `OPBENCH` line with the share of the step its cuDNN convolutions take alone (forward,
-//! backward-data, backward-filter at every layer's shape), the rest being our kernels; without a
-//! GPU it says so.
+//! and with timed choice (`_timed`), in tf32 (`c2f train`'s default on a GPU) with the
+//! heuristic, and in bf16 (NCHW so far) both ways; each row's name ends in its precision.
+//! `tools/torch_baseline.py` times PyTorch on the same card in the same GPU check; the target is
+//! parity with its fp32 figure, the timed rows' peer being its fp32 + `cudnn.benchmark` one, the
+//! tf32 rows' its tf32 one and the bf16 rows' its AMP one. Prints `NETBENCH` lines (images/s,
+//! ms/step, memory the backend holds), and for each network an `OPBENCH` line with the share of
+//! the step its cuDNN convolutions take alone (forward, backward-data, backward-filter at every
+//! layer's shape), the rest being our kernels; without a GPU it says so.
 
 use c2f_inception::backend::{prelude::*, BnMode, Tensor};
 use c2f_inception::cpu::conv::Conv2dShape;
@@ -16,7 +16,7 @@ use c2f_inception::cuda::AlgorithmChoice::{self, Heuristic, Timed};
 use c2f_inception::cuda::CudaBackend;
 use c2f_inception::network::{Network, SgdGroup};
 use c2f_inception::spec::{Depth, InceptionConfig, Op};
-use c2f_inception::Precision::{self, Tf32, F32};
+use c2f_inception::Precision::{self, Bf16, Tf32, F32};
 use c2f_kernels::sgd::SgdParams;
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -92,8 +92,8 @@ fn convolutions_of(net: &Network, b: &mut CudaBackend) -> impl FnMut(&mut CudaBa
         })
         .collect();
     let most = |len: fn(&Conv2dShape) -> usize| layers.iter().map(|l| len(&l.0)).max().unwrap();
-    let out = b.alloc(most(Conv2dShape::output_len)).unwrap();
-    let d_in = b.alloc(most(Conv2dShape::input_len)).unwrap();
+    let out = b.alloc_activation(most(Conv2dShape::output_len)).unwrap();
+    let d_in = b.alloc_activation(most(Conv2dShape::input_len)).unwrap();
     move |b| {
         for (s, x, w, _) in &layers {
             b.conv2d_forward(s, *x, *w, out.slice(0, s.output_len()))
@@ -114,11 +114,14 @@ fn bench(c: &mut Criterion) {
     let (batch, sizes) = network_shapes();
     for size in sizes {
         // Timed algorithm choice is the peer of PyTorch's fp32 + cudnn.benchmark rows; tf32 is
-        // timed with the heuristic only, as `c2f train` runs by default.
+        // timed with the heuristic only, as `c2f train` runs by default; bf16 both ways, the
+        // timed rows being the peer of PyTorch's AMP + channels_last + cudnn.benchmark.
         for (precision, choice, suffix) in [
             (F32, Heuristic, ""),
             (F32, Timed, "_timed"),
             (Tf32, Heuristic, ""),
+            (Bf16, Heuristic, ""),
+            (Bf16, Timed, "_timed"),
         ] {
             for (depth, net) in [
                 (Depth::Mixed6e, "mixed6e"),

@@ -4,7 +4,7 @@
 use c2f_inception::backend::{prelude::*, Tensor};
 use c2f_inception::init::golden_init;
 use c2f_inception::network::Network;
-use c2f_inception::spec::{Graph, InceptionConfig};
+use c2f_inception::spec::{Depth, Graph, InceptionConfig};
 use c2f_kernels::testing::SplitMix64;
 
 /// InceptionV3 of `config` for `batch` images on `b`: parameters and buffers from the golden
@@ -32,7 +32,11 @@ pub fn golden_network<B: Backend<Scalar = f32>>(
     let grad: Vec<f32> = (0..net.output_grad().len)
         .map(|_| rng.uniform(-1e-3, 1e-3) as f32)
         .collect();
-    let loss_grad = b.alloc(grad.len()).unwrap();
+    // Stored as the output gradient is: the logits' f32, Mixed_6e's as activations are.
+    let loss_grad = match config.depth {
+        Depth::Mixed6e => b.alloc_activation(grad.len()).unwrap(),
+        Depth::Full { .. } => b.alloc(grad.len()).unwrap(),
+    };
     b.write(loss_grad, &grad).unwrap();
     (net, loss_grad)
 }

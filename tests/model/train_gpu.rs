@@ -12,6 +12,7 @@ use c2f_inception::backend::{prelude::*, BnMode};
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_inception::cuda::CudaBackend;
+use c2f_inception::Precision;
 use c2f_kernels::testing::{emulator_allocation_count, rel_error, SplitMix64};
 use c2f_kernels::Real;
 use c2f_train::data::image_io::DEFAULT_MAX_PIXELS;
@@ -138,8 +139,20 @@ const F32_FLOOR: f64 = 1e-5;
 /// first bias for attributes) for every tensor.
 fn step_matches_cpu(gpu: &mut c2f_inception::cuda::CudaBackend, task: Task, fine: bool) {
     let cfg = TrainConfig { task, ..tiny() };
+    let (run64, run32, init) = cpu_steps(task, fine);
+    let gpu_run = step_from(gpu, &cfg, fine, &init, &step_batch(&cfg));
+    assert_gpu_step_near_cpu(
+        &format!("fine pass {fine}, {task:?}"),
+        &run64,
+        &run32,
+        &gpu_run,
+    );
+}
+
+/// The batch every step test of `cfg` takes: random images, fixed labels, targets and maps.
+fn step_batch(cfg: &TrainConfig) -> Batch {
     let mut rng = SplitMix64(11);
-    let batch = Batch {
+    Batch {
         images: (0..cfg.batch * 3 * 75 * 75)
             .map(|_| rng.uniform(-2.0, 2.0) as f32 as f64)
             .collect(),
@@ -149,7 +162,14 @@ fn step_matches_cpu(gpu: &mut c2f_inception::cuda::CudaBackend, task: Task, fine
             .map(|i| (i % 2) as f64)
             .collect(),
         chosen: vec![1, 0, 0, 1],
-    };
+    }
+}
+
+/// The CPU backend's f64 and f32 steps of the tiny model for `task` (with its fine pass or
+/// without), from the initial state also returned.
+fn cpu_steps(task: Task, fine: bool) -> (StepRun, StepRun, State) {
+    let cfg = TrainConfig { task, ..tiny() };
+    let batch = step_batch(&cfg);
     let mut cpu = CpuBackend::<f32>::new();
     let model = build(&mut cpu, &cfg, fine);
     init_coarse2fine(
@@ -162,28 +182,50 @@ fn step_matches_cpu(gpu: &mut c2f_inception::cuda::CudaBackend, task: Task, fine
     let init = read_state(&mut cpu, &model.state());
     let run64 = step_from(&mut CpuBackend::<f64>::new(), &cfg, fine, &init, &batch);
     let run32 = step_from(&mut CpuBackend::<f32>::new(), &cfg, fine, &init, &batch);
-    let gpu_run = step_from(gpu, &cfg, fine, &init, &batch);
-    assert_gpu_step_near_cpu(
-        &format!("fine pass {fine}, {task:?}"),
-        &run64,
-        &run32,
-        &gpu_run,
-    );
+    (run64, run32, init)
 }
 
 /// One step's loss terms and the state after it.
 pub type StepRun = (Vec<f64>, State);
 
-/// Holds the GPU's step to the CPU backend's f64 step (`run64`): each loss term within 1e-3,
-/// each tensor of the state within [`F32_SPREAD`] times the f32 CPU step's (`run32`) distance
-/// from it; `what` names the case.
+/// How far a GPU step may land from the f64 one: each loss term within `loss` (relative), each
+/// tensor of the state within `spread` times the f32 CPU step's distance plus `floor`.
+#[derive(Clone, Copy)]
+pub struct StepBounds {
+    pub loss: f64,
+    pub spread: f64,
+    pub floor: f64,
+}
+
+/// The f32 GPU step's bounds: [`F32_SPREAD`] and [`F32_FLOOR`].
+pub const F32_BOUNDS: StepBounds = StepBounds {
+    loss: 1e-3,
+    spread: F32_SPREAD,
+    floor: F32_FLOOR,
+};
+
+/// Holds the GPU's step to the CPU backend's f64 step (`run64`) within [`F32_BOUNDS`], each
+/// tensor's bound scaled from the f32 CPU step's (`run32`) distance; `what` names the case.
 pub fn assert_gpu_step_near_cpu(what: &str, run64: &StepRun, run32: &StepRun, gpu: &StepRun) {
+    let misses = gpu_step_misses(what, run64, run32, gpu, F32_BOUNDS);
+    assert!(misses.is_empty(), "{}", misses.join("\n"));
+}
+
+/// What of the GPU's step lies outside `bounds` (see [`StepBounds`]), printing the ten tensors
+/// nearest their bound.
+pub fn gpu_step_misses(
+    what: &str,
+    run64: &StepRun,
+    run32: &StepRun,
+    gpu: &StepRun,
+    bounds: StepBounds,
+) -> Vec<String> {
     let ((losses64, state64), (_, state32), (gpu_losses, gpu_state)) = (run64, run32, gpu);
+    let mut misses = Vec::new();
     for (k, (r, g)) in losses64.iter().zip(gpu_losses).enumerate() {
-        assert!(
-            (r - g).abs() <= 1e-3 * r.abs().max(1e-3),
-            "{what}: loss term {k}: f64 {r}, gpu {g}"
-        );
+        if (r - g).abs() > bounds.loss * r.abs().max(1e-3) || g.is_nan() {
+            misses.push(format!("{what}: loss term {k}: f64 {r}, gpu {g}"));
+        }
     }
     // Every tensor is measured before any assertion, so a failure shows the whole spread (an
     // index bug stands out from rounding by orders of magnitude).
@@ -194,7 +236,7 @@ pub fn assert_gpu_step_near_cpu(what: &str, run64: &StepRun, run32: &StepRun, gp
             "{what}: {name}: non-finite on the GPU"
         );
         let (cpu_err, gpu_err) = (rel_error(c, r), rel_error(g, r));
-        let bound = F32_SPREAD * cpu_err + F32_FLOOR;
+        let bound = bounds.spread * cpu_err + bounds.floor;
         ratios.push((gpu_err / bound, name.clone(), gpu_err, cpu_err, bound));
     }
     ratios.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -206,10 +248,70 @@ pub fn assert_gpu_step_near_cpu(what: &str, run64: &StepRun, run32: &StepRun, gp
         );
     }
     for (_, name, gpu_err, cpu_err, bound) in &ratios {
+        if gpu_err.is_nan() || gpu_err > bound {
+            misses.push(format!(
+                "{what}: {name}: the GPU is {gpu_err:.2e} from f64, the f32 CPU {cpu_err:.2e} \
+                 (bound {bound:.2e})"
+            ));
+        }
+    }
+    misses
+}
+
+/// bf16's unit roundoff over f32's (2⁻⁸ / 2⁻²⁴): a bf16 step rounds each activation and
+/// activation gradient to 8 significant bits where an f32 step rounds to 24, so, rounding at the
+/// same places, it lands at most about this much farther from the f64 step.
+const BF16_SPREAD: f64 = 65_536.0;
+/// Below this the f64 comparison is at bf16's own resolution (2⁻⁸ of a tensor's norm).
+const BF16_FLOOR: f64 = 1.0 / 256.0;
+
+/// The bf16 step's bounds: [`BF16_SPREAD`] and [`BF16_FLOOR`], the loss terms within 2⁻⁴ (the
+/// logits carry bf16's rounding of the features through the classifiers).
+pub const BF16_BOUNDS: StepBounds = StepBounds {
+    loss: 1.0 / 16.0,
+    spread: BF16_SPREAD,
+    floor: BF16_FLOOR,
+};
+
+/// A whole Coarse2Fine step in bf16 on the GPU (both passes, the losses, every gradient through
+/// momentum, the centers and the running statistics; the coarse-only model's too) against the
+/// CPU backend's f64 step within [`BF16_BOUNDS`]; a dropped term fails them: one parameter's
+/// gradient (its momentum after the step) zeroed.
+#[test]
+fn bf16_coarse2fine_step_matches_cpu_f64() {
+    let Some(mut gpu) = cuda_or_skip("bf16_coarse2fine_step_matches_cpu_f64") else {
+        return;
+    };
+    gpu.set_precision(Precision::Bf16).unwrap();
+    for fine in [true, false] {
+        let what = format!("bf16, fine pass {fine}");
+        let (run64, run32, init) = cpu_steps(Task::Classes, fine);
+        let cfg = TrainConfig {
+            task: Task::Classes,
+            ..tiny()
+        };
+        let ours = step_from(&mut gpu, &cfg, fine, &init, &step_batch(&cfg));
+        let misses = gpu_step_misses(&what, &run64, &run32, &ours, BF16_BOUNDS);
+        assert!(misses.is_empty(), "{}", misses.join("\n"));
+        // A gradient dropped: the momentum (after one step, the gradient) whose f32 run is
+        // nearest the f64 one, so whose bound is tightest, zeroed.
+        let mut dropped = ours.clone();
+        let ((_, state64), (_, state32)) = (&run64, &run32);
+        let (index, _) = state64
+            .iter()
+            .zip(state32)
+            .enumerate()
+            .filter(|(_, ((name, _), _))| name.starts_with("momentum."))
+            .map(|(i, ((_, r), (_, c)))| (i, rel_error(c, r)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("a momentum tensor");
+        let (name, values) = &mut dropped.1[index];
+        values.fill(0.0);
+        let name = name.clone();
+        let misses = gpu_step_misses(&what, &run64, &run32, &dropped, BF16_BOUNDS);
         assert!(
-            gpu_err <= bound,
-            "{what}: {name}: the GPU is {gpu_err:.2e} from f64, the f32 CPU {cpu_err:.2e} \
-             (bound {bound:.2e})"
+            misses.iter().any(|m| m.contains(&name)),
+            "{what}: dropping {name} passed: {misses:?}"
         );
     }
 }

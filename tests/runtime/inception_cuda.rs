@@ -532,20 +532,19 @@ fn tf32_convolutions_and_fc_match_cpu_within_the_tf32_bound() {
 
 /// The precision set on the backend reaches its cuDNN convolutions and cuBLAS GEMMs: FMA math
 /// and the default math mode in f32, cuDNN's default math (TF32 allowed) and
-/// `CUBLAS_TF32_TENSOR_OP_MATH` in tf32, and back, as the emulator records them (a real driver
-/// records none: there only the rest is checked). bf16 and f64 are refused and change nothing.
+/// `CUBLAS_TF32_TENSOR_OP_MATH` in tf32, and back, tensor-op math on bf16 activations, as the
+/// emulator records them (a real driver records none: there only the rest is checked). f64 is
+/// refused and changes nothing.
 #[test]
 fn emulator_precision_reaches_cudnn_and_cublas() {
     let mut gpu = or_return!(cuda_or_skip("emulator_precision_reaches_cudnn_and_cublas"));
     assert_eq!(gpu.precision(), Precision::F32, "the backend's default");
-    for (refused, why) in [
-        (Precision::Bf16, "bf16 training is not built yet"),
-        (Precision::F64, "the CUDA backend computes in f32"),
-    ] {
-        let e = gpu.set_precision(refused).unwrap_err().to_string();
-        assert!(e.contains(why), "{e}");
-        assert_eq!(gpu.precision(), Precision::F32);
-    }
+    let e = gpu.set_precision(Precision::F64).unwrap_err().to_string();
+    assert!(
+        e.contains("the CUDA backend computes in bf16, tf32 or f32"),
+        "{e}"
+    );
+    assert_eq!(gpu.precision(), Precision::F32);
     let (_, conv) = conv_shapes()[0].clone();
     let [x, w, y] =
         [conv.input_len(), conv.weight_len(), conv.output_len()].map(|len| gpu.alloc(len).unwrap());
@@ -577,6 +576,21 @@ fn emulator_precision_reaches_cudnn_and_cublas() {
         if let Some(math) = emulator_math_modes() {
             assert_eq!(math, EmulatedMath { convolution, gemm }, "{precision}");
         }
+    }
+    // bf16 activations: cuDNN's tensor-op math; the fc (in f32 on converted copies) on TF32.
+    const TENSOR_OP_MATH: i32 = 1;
+    gpu.set_precision(Precision::Bf16).unwrap();
+    let [bx, by] =
+        [conv.input_len(), conv.output_len()].map(|len| gpu.alloc_activation(len).unwrap());
+    gpu.conv2d_forward(&conv, bx, w, by).unwrap();
+    gpu.linear_forward(&fc, fx, fw, fb, fy).unwrap();
+    gpu.synchronize().unwrap();
+    if let Some(math) = emulator_math_modes() {
+        let expected = EmulatedMath {
+            convolution: TENSOR_OP_MATH,
+            gemm: TF32_TENSOR_OP_MATH,
+        };
+        assert_eq!(math, expected, "bf16");
     }
     if !emulated {
         println!(
@@ -1114,4 +1128,264 @@ fn golden_case_is_deterministic() {
     assert_bit_identical("logits", &first.logits, &second.logits);
     assert_bit_identical("gradients", &first.grads, &second.grads);
     assert_bit_identical("running statistics", &first.running, &second.running);
+}
+
+// ----- bf16 -----
+
+/// In bf16 a buffer for activations stores bf16: written values are rounded to nearest even
+/// (ties to the even neighbour, NaN kept), read back exactly, filled rounded, and counted at 2
+/// bytes a value; an op given an operand in another storage than its kernel takes there
+/// refuses it, naming both.
+#[test]
+fn bf16_buffers_round_on_write_and_refuse_f32_ops() {
+    let mut gpu = or_return!(cuda_or_skip(
+        "bf16_buffers_round_on_write_and_refuse_f32_ops"
+    ));
+    gpu.set_precision(Precision::Bf16).unwrap();
+    let before = gpu.allocated_bytes();
+    let t = gpu.alloc_activation(6).unwrap();
+    assert_eq!(gpu.allocated_bytes() - before, 12);
+    // 1 + 2⁻⁸ is halfway between 1 and 1 + 2⁻⁷: to 1 (even); 1 + 3·2⁻⁸ to 1 + 2⁻⁶ (even).
+    let written = [
+        1.0,
+        1.0 + 1.0 / 256.0,
+        1.0 + 3.0 / 256.0,
+        -2.5e-3,
+        3.0e38,
+        f32::NAN,
+    ];
+    gpu.write(t, &written).unwrap();
+    let read = gpu.read(t).unwrap();
+    assert_eq!(read[..3], [1.0, 1.0, 1.015_625]);
+    for (i, (&w, &r)) in written.iter().zip(&read).enumerate().skip(3) {
+        let expected = half::bf16::from_f32(w).to_f32();
+        assert!(
+            r.to_bits() == expected.to_bits() || (r.is_nan() && w.is_nan()),
+            "element {i}: wrote {w}, read {r}, bf16 is {expected}"
+        );
+    }
+    gpu.fill(t, 0.1).unwrap();
+    assert_eq!(
+        gpu.read(t).unwrap(),
+        [half::bf16::from_f32(0.1).to_f32(); 6]
+    );
+    // f32 buffers stay f32 in bf16.
+    let f = gpu.alloc(6).unwrap();
+    gpu.write(f, &written).unwrap();
+    assert_eq!(gpu.read(f).unwrap()[..5], written[..5]);
+    // An op runs in its first activation's storage; an operand stored otherwise is refused.
+    let err = gpu.axpby(1.0, t, 0.0, f).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("stored in f32, where the op takes bf16"),
+        "{err}"
+    );
+    let [lr, momentum] = [1, 6].map(|len| gpu.alloc(len).unwrap());
+    let err = gpu
+        .sgd_step(&SgdParams::new(0.9, 0.0), lr, t, f, momentum)
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("stored in bf16, where the op takes f32"),
+        "{err}"
+    );
+}
+
+/// One side of the bf16 op checks: the CUDA backend in bf16 and the CPU backend in f64 holding
+/// the same values (the GPU's bf16 buffers rounded, the CPU's holding the rounded values), and
+/// the CPU's magnitudes of each.
+struct Bf16Pair {
+    gpu: CudaBackend,
+    cpu: CpuBackend<f64>,
+    rng: SplitMix64,
+}
+
+/// A tensor in both backends: the GPU's, the CPU's, and the CPU's magnitudes of it.
+#[derive(Clone, Copy)]
+struct Both {
+    gpu: Tensor,
+    cpu: Tensor,
+    abs: Tensor,
+}
+
+impl Bf16Pair {
+    /// Random values in `[lo, hi)`, in a bf16 activation buffer (`activation`) or an f32 one;
+    /// the CPU gets what the GPU's op sees: bf16-rounded values for activations, and for f32
+    /// weights (`as_weights`) too, since the convolutions convert them first.
+    fn random(
+        &mut self,
+        len: usize,
+        (lo, hi): (f64, f64),
+        activation: bool,
+        as_weights: bool,
+    ) -> Both {
+        let v: Vec<f32> = (0..len).map(|_| self.rng.uniform(lo, hi) as f32).collect();
+        let gpu = match activation {
+            true => self.gpu.alloc_activation(len).unwrap(),
+            false => self.gpu.alloc(len).unwrap(),
+        };
+        self.gpu.write(gpu, &v).unwrap();
+        let seen: Vec<f64> = v
+            .iter()
+            .map(|&x| match activation || as_weights {
+                true => half::bf16::from_f32(x).to_f64(),
+                false => x as f64,
+            })
+            .collect();
+        let [cpu, abs] = [(); 2].map(|_| self.cpu.alloc(len).unwrap());
+        self.cpu.write(cpu, &seen).unwrap();
+        let magnitudes: Vec<f64> = seen.iter().map(|x| x.abs()).collect();
+        self.cpu.write(abs, &magnitudes).unwrap();
+        Both { gpu, cpu, abs }
+    }
+
+    /// Asserts, element by element, that the GPU's `t` is within `relative·|r| + absolute·m` of
+    /// the CPU's f64 value, `r` being the element of `rounded` (the value the GPU rounds to bf16
+    /// last) and `m` of `t.abs` (the same pass over the inputs' magnitudes).
+    fn check(&mut self, what: &str, t: Both, rounded: Tensor, relative: f64, absolute: f64) {
+        let gpu = self.gpu.read(t.gpu).unwrap();
+        let exact = self.cpu.read(t.cpu).unwrap();
+        let sum = self.cpu.read(rounded).unwrap();
+        let magnitude = self.cpu.read(t.abs).unwrap();
+        let mut worst = 0.0f64;
+        for (j, (((&g, &e), &s), &m)) in
+            gpu.iter().zip(&exact).zip(&sum).zip(&magnitude).enumerate()
+        {
+            let allowed = relative * s.abs() + absolute * m + f64::MIN_POSITIVE;
+            let difference = (g as f64 - e).abs();
+            assert!(
+                difference <= allowed,
+                "{what}[{j}]: CUDA {g} vs CPU {e}, {difference:.3e} apart where {allowed:.3e} is \
+                 allowed"
+            );
+            worst = worst.max(difference / allowed);
+        }
+        println!("{what}: at most {worst:.3} of its bound");
+    }
+}
+
+/// bf16's unit roundoff: 8 significant bits, rounded to nearest.
+const BF16_UNIT_ROUNDOFF: f64 = 1.0 / 512.0;
+
+/// γ_K for a sum of `terms` products in f32.
+fn f32_gamma(terms: usize) -> f64 {
+    let k = terms as f64;
+    k * F32_UNIT_ROUNDOFF / (1.0 - k * F32_UNIT_ROUNDOFF)
+}
+
+/// In bf16, each convolution pass (on bf16 copies of the f32 weights, its weight gradient added
+/// from bf16 into the f32 gradient) and the `fc` (in f32 on converted copies of its input and
+/// input gradient) against the CPU backend in f64 on the same bf16-rounded values, element by
+/// element: a convolution's f32 sum of K products is within γ_K·Σ|x||w| of the exact one and is
+/// rounded once to bf16 (2 unit roundoffs allowed: the f32 sum may round across a tie); the
+/// weight gradient adds one more f32 rounding; the `fc` is [`tf32_bound`]'s (TF32 on in bf16),
+/// its input gradient rounded once more to bf16.
+#[test]
+fn bf16_convolutions_and_fc_match_cpu_on_rounded_values() {
+    let mut gpu = or_return!(cuda_or_skip(
+        "bf16_convolutions_and_fc_match_cpu_on_rounded_values"
+    ));
+    gpu.set_precision(Precision::Bf16).unwrap();
+    let mut p = Bf16Pair {
+        gpu,
+        cpu: CpuBackend::<f64>::new(),
+        rng: SplitMix64(0xbf16),
+    };
+    let one_rounding = 2.0 * BF16_UNIT_ROUNDOFF;
+    for (name, s) in conv_shapes() {
+        let taps = s.kernel.0 * s.kernel.1;
+        let x = p.random(s.input_len(), (-1.0, 1.0), true, false);
+        let w = p.random(s.weight_len(), (-0.5, 0.5), false, true);
+        let dy = p.random(s.output_len(), (-1.0, 1.0), true, false);
+
+        let y = p.random(s.output_len(), (1e3, 2e3), true, false);
+        p.gpu.conv2d_forward(&s, x.gpu, w.gpu, y.gpu).unwrap();
+        p.cpu.conv2d_forward(&s, x.cpu, w.cpu, y.cpu).unwrap();
+        p.cpu.conv2d_forward(&s, x.abs, w.abs, y.abs).unwrap();
+        let gamma = 2.0 * f32_gamma(s.in_channels * taps);
+        p.check(&format!("{name} forward"), y, y.cpu, one_rounding, gamma);
+
+        for accumulate in [false, true] {
+            let prior = if accumulate { (-1.0, 1.0) } else { (1e3, 2e3) };
+            let dx = p.random(s.input_len(), prior, true, false);
+            p.gpu
+                .conv2d_backward_data(&s, dy.gpu, w.gpu, dx.gpu, accumulate)
+                .unwrap();
+            p.cpu
+                .conv2d_backward_data(&s, dy.cpu, w.cpu, dx.cpu, accumulate)
+                .unwrap();
+            p.cpu
+                .conv2d_backward_data(&s, dy.abs, w.abs, dx.abs, accumulate)
+                .unwrap();
+            // Accumulating, cuDNN rounds the prior value plus the sum once to bf16.
+            let gamma = 2.0 * f32_gamma(s.out_channels * taps + 1);
+            let what = format!("{name} backward data (accumulate {accumulate})");
+            p.check(&what, dx, dx.cpu, one_rounding, gamma);
+        }
+
+        let dw = p.random(s.weight_len(), (-1.0, 1.0), false, false);
+        let sum = p.cpu.alloc(s.weight_len()).unwrap();
+        p.gpu
+            .conv2d_backward_filter(&s, x.gpu, dy.gpu, dw.gpu)
+            .unwrap();
+        p.cpu
+            .conv2d_backward_filter(&s, x.cpu, dy.cpu, sum)
+            .unwrap();
+        p.cpu
+            .conv2d_backward_filter(&s, x.cpu, dy.cpu, dw.cpu)
+            .unwrap();
+        p.cpu
+            .conv2d_backward_filter(&s, x.abs, dy.abs, dw.abs)
+            .unwrap();
+        let gamma = 2.0 * f32_gamma(s.batch * s.out_height() * s.out_width() + 1);
+        p.check(
+            &format!("{name} backward filter (accumulates)"),
+            dw,
+            sum,
+            one_rounding,
+            gamma,
+        );
+    }
+
+    let s = LinearShape {
+        batch: 3,
+        inputs: 37,
+        outputs: 10,
+    };
+    let x = p.random(s.batch * s.inputs, (-1.0, 1.0), true, false);
+    let w = p.random(s.outputs * s.inputs, (-0.5, 0.5), false, false);
+    let bias = p.random(s.outputs, (-0.5, 0.5), false, false);
+    let dy = p.random(s.batch * s.outputs, (-1.0, 1.0), false, false);
+    let y = p.random(s.batch * s.outputs, (1e3, 2e3), false, false);
+    p.gpu
+        .linear_forward(&s, x.gpu, w.gpu, bias.gpu, y.gpu)
+        .unwrap();
+    p.cpu
+        .linear_forward(&s, x.cpu, w.cpu, bias.cpu, y.cpu)
+        .unwrap();
+    p.cpu
+        .linear_forward(&s, x.abs, w.abs, bias.abs, y.abs)
+        .unwrap();
+    p.check("linear forward", y, y.cpu, 0.0, tf32_bound(s.inputs + 1));
+    let dx = p.random(s.batch * s.inputs, (1e3, 2e3), true, false);
+    let [dw, db] =
+        [s.outputs * s.inputs, s.outputs].map(|len| p.random(len, (0.0, 0.0), false, false));
+    p.gpu
+        .linear_backward(&s, x.gpu, w.gpu, dy.gpu, dx.gpu, dw.gpu, db.gpu)
+        .unwrap();
+    p.cpu
+        .linear_backward(&s, x.cpu, w.cpu, dy.cpu, dx.cpu, dw.cpu, db.cpu)
+        .unwrap();
+    p.cpu
+        .linear_backward(&s, x.abs, w.abs, dy.abs, dx.abs, dw.abs, db.abs)
+        .unwrap();
+    p.check(
+        "linear backward dx",
+        dx,
+        dx.cpu,
+        one_rounding,
+        2.0 * tf32_bound(s.outputs),
+    );
+    p.check("linear backward dw", dw, dw.cpu, 0.0, tf32_bound(s.batch));
+    p.check("linear backward db", db, db.cpu, 0.0, tf32_bound(s.batch));
 }

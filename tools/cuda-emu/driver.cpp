@@ -752,6 +752,15 @@ CUresult set_bytes(CUdeviceptr dst, unsigned char value, size_t bytes) {
     return CUDA_SUCCESS;
 }
 
+CUresult set_halves(CUdeviceptr dst, unsigned short value, size_t count) {
+    LOCKED;
+    if (CUresult r = check_range("cuMemsetD16", dst, count * 2)) return r;
+    if (dst % 2) return CUDA_ERROR_INVALID_VALUE;
+    auto* p = (unsigned short*)dst;
+    for (size_t i = 0; i < count; ++i) p[i] = value;
+    return CUDA_SUCCESS;
+}
+
 CUresult set_words(CUdeviceptr dst, unsigned int value, size_t count) {
     LOCKED;
     if (CUresult r = check_range("cuMemsetD32", dst, count * 4)) return r;
@@ -1301,6 +1310,10 @@ API cuMemsetD32_v2(CUdeviceptr dst, unsigned int value, size_t count) {
 API cuMemsetD32Async(CUdeviceptr dst, unsigned int value, size_t count, void* stream) {
     return enqueue_checked(stream, "cuMemsetD32Async", {{dst, count * 4}},
                            [=] { return set_words(dst, value, count); });
+}
+API cuMemsetD16Async(CUdeviceptr dst, unsigned short value, size_t count, void* stream) {
+    return enqueue_checked(stream, "cuMemsetD16Async", {{dst, count * 2}},
+                           [=] { return set_halves(dst, value, count); });
 }
 
 namespace {

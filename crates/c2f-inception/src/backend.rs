@@ -201,6 +201,13 @@ pub trait Buffers {
 
     /// A new zero-filled buffer, whole.
     fn alloc(&mut self, len: usize) -> Result<Tensor>;
+    /// A new zero-filled buffer for activations or their gradients, whole: stored as the
+    /// precision says ([`Precision::activation_storage`]; bf16 on the CUDA backend in bf16),
+    /// read and written as [`Self::Scalar`] all the same. This default is [`Self::alloc`], for a
+    /// backend that stores everything as its scalar.
+    fn alloc_activation(&mut self, len: usize) -> Result<Tensor> {
+        self.alloc(len)
+    }
     /// A new zero-filled i32 buffer, whole.
     fn alloc_index(&mut self, len: usize) -> Result<IndexTensor>;
     /// Bytes allocated so far (buffers are never freed while the backend lives).

@@ -13,5 +13,5 @@ pub mod spec;
 pub mod table;
 pub mod weights;
 
-pub use precision::Precision;
+pub use precision::{Precision, Storage};
 pub use spec::{Depth, Graph, InceptionConfig};

@@ -166,19 +166,32 @@ impl Network {
             momentum,
             buffers,
         } = state;
+        // Activations and their gradients in the backend's activation storage, but for the
+        // logits and their gradient, which stay f32 as the losses do.
+        let logits = graph.ops.iter().find_map(|op| match op {
+            Op::Head { output, .. } => Some(*output),
+            _ => None,
+        });
         let mut acts = Vec::new();
-        for shape in &graph.activations {
-            acts.push(backend.alloc(batch * shape.len())?);
+        for (id, shape) in graph.activations.iter().enumerate() {
+            let len = batch * shape.len();
+            acts.push(match Some(id) == logits {
+                true => backend.alloc(len)?,
+                false => backend.alloc_activation(len)?,
+            });
         }
         // Activation gradients share one buffer by liveness (crate::liveness).
         let layout = liveness::plan(&graph, batch);
-        let arena = backend.alloc(layout.total)?;
-        let act_grads = layout
+        let arena = backend.alloc_activation(layout.total)?;
+        let mut act_grads: Vec<Tensor> = layout
             .offsets
             .iter()
             .zip(&layout.lens)
             .map(|(&offset, &len)| arena.slice(offset, len))
             .collect();
+        if let Some(id) = logits {
+            act_grads[id] = backend.alloc(layout.lens[id])?;
+        }
         let mut pre_bn = Vec::new();
         let mut bn_saved = Vec::new();
         let mut largest = 0;
@@ -190,7 +203,7 @@ impl Network {
                 Op::Conv { conv, output, .. } => {
                     let len = batch * graph.activations[*output].len();
                     largest = largest.max(len);
-                    pre_bn.push(backend.alloc(len)?);
+                    pre_bn.push(backend.alloc_activation(len)?);
                     let c = graph.convs[*conv].out_channels;
                     bn_saved.push(BnStats {
                         mean: backend.alloc(c)?,
@@ -203,10 +216,10 @@ impl Network {
                 Op::Head { input, .. } => {
                     let c = graph.activations[*input].channels;
                     head = Some(HeadBuffers {
-                        pooled: backend.alloc(batch * c)?,
-                        dropped: backend.alloc(batch * c)?,
-                        d_pooled: backend.alloc(batch * c)?,
-                        d_dropped: backend.alloc(batch * c)?,
+                        pooled: backend.alloc_activation(batch * c)?,
+                        dropped: backend.alloc_activation(batch * c)?,
+                        d_pooled: backend.alloc_activation(batch * c)?,
+                        d_dropped: backend.alloc_activation(batch * c)?,
                         dropout_step: backend.alloc_index(2)?,
                     });
                 }
@@ -214,7 +227,7 @@ impl Network {
             }
             pool_indices.push(indices);
         }
-        let d_pre_bn = backend.alloc(largest)?;
+        let d_pre_bn = backend.alloc_activation(largest)?;
         Ok(Network {
             graph,
             batch,

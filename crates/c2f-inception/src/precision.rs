@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// bf16 activations with f32 accumulation (issue 20's plan, `docs/perf.md`): not built yet,
-    /// so every backend refuses it.
+    /// bf16 activations and activation gradients with f32 accumulation, on the CUDA backend
+    /// (the InceptionV3 network's ops so far: `docs/architecture.md#precision`).
     Bf16,
     /// f32 tensors, with cuDNN's convolutions and cuBLAS's GEMMs allowed TF32 tensor-core math
     /// (inputs rounded to 10 mantissa bits, products summed in f32): PyTorch's default for
@@ -42,6 +42,50 @@ impl Precision {
     /// The precision of [`Precision::CHOICES`] called `name`.
     pub fn from_name(name: &str) -> Option<Precision> {
         Precision::CHOICES.into_iter().find(|p| p.name() == name)
+    }
+}
+
+/// How a buffer's values are stored on the device. Whatever the storage, a backend's host reads
+/// and writes are in its scalar type (converted on the way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Storage {
+    F32,
+    /// bfloat16: f32's range with 8 significant bits, rounded to nearest even when written.
+    Bf16,
+}
+
+impl Storage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Storage::F32 => "f32",
+            Storage::Bf16 => "bf16",
+        }
+    }
+
+    /// Bytes per value.
+    pub fn bytes(self) -> usize {
+        match self {
+            Storage::F32 => 4,
+            Storage::Bf16 => 2,
+        }
+    }
+}
+
+impl Precision {
+    /// How activations and their gradients are stored in this precision: bf16 in bf16, else
+    /// f32. Parameters, their gradients, momentum, batch-norm statistics, logits and losses
+    /// are f32 in every precision.
+    pub fn activation_storage(self) -> Storage {
+        match self {
+            Precision::Bf16 => Storage::Bf16,
+            Precision::Tf32 | Precision::F32 | Precision::F64 => Storage::F32,
+        }
+    }
+}
+
+impl fmt::Display for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

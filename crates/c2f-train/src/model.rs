@@ -278,13 +278,13 @@ impl Coarse2Fine {
             .as_ref()
             .map(|_| b.alloc_index(batch))
             .transpose()?;
-        let chosen = b.alloc(batch * hw)?;
+        let chosen = b.alloc_activation(batch * hw)?;
         let fine = match (fine_pass, fc_fine, chosen_maps) {
             (Some(pass), Some(fc), Some(chosen_maps)) => Some(Fine {
                 pass,
                 fc,
                 chosen_maps,
-                d_chosen: b.alloc(batch * hw)?,
+                d_chosen: b.alloc_activation(batch * hw)?,
                 u_max: b.alloc(batch)?,
                 u_argmax: b.alloc_index(batch)?,
             }),

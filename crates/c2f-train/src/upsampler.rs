@@ -182,9 +182,9 @@ impl Upsampler {
                 layers.push(Layer { conv, weight, bias });
                 side = (side.0 * 2, side.1 * 2);
                 let len = conv.output_len();
-                pre.push(b.alloc(len)?);
-                post.push(b.alloc(len)?);
-                grad.push(b.alloc(len)?);
+                pre.push(b.alloc_activation(len)?);
+                post.push(b.alloc_activation(len)?);
+                grad.push(b.alloc_activation(len)?);
             }
         }
         let resize = ResizeShape {
@@ -196,8 +196,8 @@ impl Upsampler {
             out_width: shape.output,
         };
         Ok(Upsampler {
-            output: b.alloc(resize.out_len())?,
-            d_output: b.alloc(resize.out_len())?,
+            output: b.alloc_activation(resize.out_len())?,
+            d_output: b.alloc_activation(resize.out_len())?,
             shape,
             table,
             layers,

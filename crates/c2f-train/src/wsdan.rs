@@ -26,6 +26,7 @@ use c2f_inception::backend::{Backend, BnMode, BnParams, IndexTensor, Tensor};
 use c2f_inception::network::{sgd_step_by_table, Network, SgdRule};
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
 use c2f_inception::table::TensorTable;
+use c2f_inception::Precision;
 use c2f_kernels::augment::AugmentShape;
 use c2f_kernels::center_loss::CenterLossParams;
 use c2f_kernels::nvtx;
@@ -172,8 +173,23 @@ pub struct WsDan {
     upsampled: Tensor,
 }
 
+/// Refuses bf16: WS-DAN's augmentation ops (map choice, crop boxes, crops and drops) have no
+/// bf16 path in the runtime yet.
+pub fn check_precision(precision: Precision) -> Result<()> {
+    match precision {
+        Precision::Bf16 => Err(Error::config(
+            "--precision",
+            Precision::Bf16,
+            "WS-DAN has no bf16 path yet (its augmentation ops are f32 only; Coarse2Fine and \
+             the baseline train in bf16): use --precision tf32 or f32",
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl WsDan {
     pub fn new<B: Backend>(b: &mut B, config: WsDanConfig) -> Result<WsDan> {
+        check_precision(b.precision())?;
         for (key, value) in [("maps", config.maps), ("classes", config.classes)] {
             if value == 0 {
                 return Err(Error::config(key, value, "WS-DAN needs at least 1"));

@@ -34,13 +34,15 @@ use cudarc::cudnn::sys::{
     cudnnTensorFormat_t,
 };
 use cudarc::cudnn::{
-    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnError,
-    FilterDescriptor, TensorDescriptor,
+    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnDataType,
+    CudnnError, FilterDescriptor, TensorDescriptor,
 };
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
+use half::bf16;
 
 use crate::cpu::conv::Conv2dShape;
+use crate::precision::Storage;
 
 /// Most workspace bytes one algorithm may use; see the module documentation.
 pub const WORKSPACE_LIMIT: usize = 1 << 30;
@@ -88,28 +90,70 @@ pub struct ConvAlgorithms {
     pub workspace: [usize; 3],
 }
 
-/// One shape's descriptors and algorithms.
-struct ConvPlan {
+/// One shape's descriptors and algorithms, for data stored as `T` (computing in f32).
+pub(crate) struct ConvPlan<T: ConvData> {
     shape: Conv2dShape,
-    x: TensorDescriptor<f32>,
-    w: FilterDescriptor<f32>,
-    y: TensorDescriptor<f32>,
+    x: TensorDescriptor<T>,
+    w: FilterDescriptor<T>,
+    y: TensorDescriptor<T>,
     conv: ConvDescriptor<f32>,
     algos: ConvAlgorithms,
+}
+
+/// A storage type cuDNN convolves in, with f32 compute: f32, or bf16 on tensor cores.
+pub(crate) trait ConvData:
+    CudnnDataType<Scalar = f32> + DeviceRepr + ValidAsZeroBits + Copy + Sized
+{
+    const STORAGE: Storage;
+    const ZERO: Self;
+    const ONE: Self;
+    fn plans(plans: &mut Plans) -> &mut HashMap<ConvKey, ConvPlan<Self>>;
+    fn plans_of(plans: &Plans) -> &HashMap<ConvKey, ConvPlan<Self>>;
+}
+
+/// The plans made so far, per storage type.
+#[derive(Default)]
+pub(crate) struct Plans {
+    f32: HashMap<ConvKey, ConvPlan<f32>>,
+    bf16: HashMap<ConvKey, ConvPlan<bf16>>,
+}
+
+impl ConvData for f32 {
+    const STORAGE: Storage = Storage::F32;
+    const ZERO: f32 = 0.0;
+    const ONE: f32 = 1.0;
+    fn plans(plans: &mut Plans) -> &mut HashMap<ConvKey, ConvPlan<f32>> {
+        &mut plans.f32
+    }
+    fn plans_of(plans: &Plans) -> &HashMap<ConvKey, ConvPlan<f32>> {
+        &plans.f32
+    }
+}
+
+impl ConvData for bf16 {
+    const STORAGE: Storage = Storage::Bf16;
+    const ZERO: bf16 = bf16::ZERO;
+    const ONE: bf16 = bf16::ONE;
+    fn plans(plans: &mut Plans) -> &mut HashMap<ConvKey, ConvPlan<bf16>> {
+        &mut plans.bf16
+    }
+    fn plans_of(plans: &Plans) -> &HashMap<ConvKey, ConvPlan<bf16>> {
+        &plans.bf16
+    }
 }
 
 fn c_int(what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::Shape(format!("conv2d {what} {v} does not fit an i32")))
 }
 
-impl ConvPlan {
+impl<T: ConvData> ConvPlan<T> {
     fn new(
         handle: &Arc<Cudnn>,
         stream: &Arc<CudaStream>,
         s: &Conv2dShape,
         choice: AlgorithmChoice,
         math: cudnnMathType_t,
-    ) -> Result<ConvPlan> {
+    ) -> Result<ConvPlan<T>> {
         let nchw = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
         let [n, c, h, w, k] = [
             ("batch", s.batch),
@@ -139,13 +183,13 @@ impl ConvPlan {
             c_int(what, len)?;
         }
         let x = handle
-            .create_4d_tensor::<f32>(nchw, [n, c, h, w])
+            .create_4d_tensor::<T>(nchw, [n, c, h, w])
             .map_err(cudnn_error)?;
         let y = handle
-            .create_4d_tensor::<f32>(nchw, [n, k, oh, ow])
+            .create_4d_tensor::<T>(nchw, [n, k, oh, ow])
             .map_err(cudnn_error)?;
         let filter = handle
-            .create_4d_filter::<f32>(nchw, [k, c, kernel[0], kernel[1]])
+            .create_4d_filter::<T>(nchw, [k, c, kernel[0], kernel[1]])
             .map_err(cudnn_error)?;
         let mut conv = handle
             .create_conv2d::<f32>(
@@ -192,10 +236,10 @@ impl ConvPlan {
 
 /// cuDNN's heuristic pick in each direction, made deterministic and held to
 /// [`WORKSPACE_LIMIT`].
-fn heuristic_algorithms(
-    fwd: &ConvForward<f32, f32, f32>,
-    bwd_data: &ConvBackwardData<f32, f32, f32>,
-    bwd_filter: &ConvBackwardFilter<f32, f32, f32>,
+fn heuristic_algorithms<T: ConvData>(
+    fwd: &ConvForward<T, f32, T>,
+    bwd_data: &ConvBackwardData<T, f32, T>,
+    bwd_filter: &ConvBackwardFilter<T, f32, T>,
 ) -> Result<ConvAlgorithms> {
     let (forward, forward_ws) = within_limit(
         fwd.pick_algorithm(),
@@ -271,16 +315,17 @@ const TIMED_RUNS: usize = 3;
 /// The fastest candidate in each direction, timed on scratch tensors of the shape (as
 /// `cudnnFindConvolution*Algorithm` does: the values do not change the work). Their memory is
 /// freed once the plan is made.
-fn timed_algorithms(
+fn timed_algorithms<T: ConvData>(
     stream: &Arc<CudaStream>,
     s: &Conv2dShape,
-    fwd: &ConvForward<f32, f32, f32>,
-    bwd_data: &ConvBackwardData<f32, f32, f32>,
-    bwd_filter: &ConvBackwardFilter<f32, f32, f32>,
+    fwd: &ConvForward<T, f32, T>,
+    bwd_data: &ConvBackwardData<T, f32, T>,
+    bwd_filter: &ConvBackwardFilter<T, f32, T>,
 ) -> Result<ConvAlgorithms> {
-    let mut x = stream.alloc_zeros::<f32>(s.input_len())?;
-    let mut w = stream.alloc_zeros::<f32>(s.weight_len())?;
-    let mut y = stream.alloc_zeros::<f32>(s.output_len())?;
+    let mut x = stream.alloc_zeros::<T>(s.input_len())?;
+    let mut w = stream.alloc_zeros::<T>(s.weight_len())?;
+    let mut y = stream.alloc_zeros::<T>(s.output_len())?;
+    let (one, zero) = (T::ONE, T::ZERO);
     // SAFETY (the three launches): x, w and y have the lengths the descriptors give (the
     // shape's), and the workspace holds what the algorithm asked for.
     let (forward, forward_ws) = fastest(
@@ -288,21 +333,21 @@ fn timed_algorithms(
         s,
         &FORWARD_CANDIDATES,
         |a| fwd.get_workspace_size(a),
-        |a, ws| unsafe { fwd.launch(a, ws, (1.0, 0.0), &x, &w, &mut y) },
+        |a, ws| unsafe { fwd.launch(a, ws, (one, zero), &x, &w, &mut y) },
     )?;
     let (backward_data, backward_data_ws) = fastest(
         stream,
         s,
         &BACKWARD_DATA_CANDIDATES,
         |a| bwd_data.get_workspace_size(a),
-        |a, ws| unsafe { bwd_data.launch(a, ws, (1.0, 0.0), &mut x, &w, &y) },
+        |a, ws| unsafe { bwd_data.launch(a, ws, (one, zero), &mut x, &w, &y) },
     )?;
     let (backward_filter, backward_filter_ws) = fastest(
         stream,
         s,
         &BACKWARD_FILTER_CANDIDATES,
         |a| bwd_filter.get_workspace_size(a),
-        |a, ws| unsafe { bwd_filter.launch(a, ws, (1.0, 0.0), &x, &mut w, &y) },
+        |a, ws| unsafe { bwd_filter.launch(a, ws, (one, zero), &x, &mut w, &y) },
     )?;
     Ok(ConvAlgorithms {
         forward,
@@ -387,7 +432,7 @@ fn deterministic_filter(algo: BwdFilterAlgo) -> BwdFilterAlgo {
 pub(crate) struct ConvEngine {
     handle: Arc<Cudnn>,
     stream: Arc<CudaStream>,
-    plans: HashMap<ConvKey, ConvPlan>,
+    plans: Plans,
     workspace: Option<CudaSlice<u8>>,
     /// How many workspaces have been allocated: a graph captured before the last holds the
     /// address of a freed one.
@@ -412,7 +457,7 @@ impl ConvEngine {
         Ok(ConvEngine {
             handle: Cudnn::new(stream.clone()).map_err(cudnn_error)?,
             stream: stream.clone(),
-            plans: HashMap::new(),
+            plans: Plans::default(),
             workspace: None,
             workspaces_made: 0,
             choice: AlgorithmChoice::default(),
@@ -428,7 +473,7 @@ impl ConvEngine {
     /// changes, so every shape is planned the new way on its next call.
     pub(crate) fn set_choice(&mut self, choice: AlgorithmChoice) {
         if choice != self.choice {
-            self.plans.clear();
+            self.plans = Plans::default();
             self.choice = choice;
         }
     }
@@ -437,34 +482,44 @@ impl ConvEngine {
     /// so far are dropped when it changes (their algorithms were picked for the other math).
     pub(crate) fn set_tf32(&mut self, tf32: bool) {
         if tf32 != self.tf32 {
-            self.plans.clear();
+            self.plans.f32.clear();
             self.tf32 = tf32;
         }
     }
 
-    /// The algorithms chosen so far, one entry per shape.
+    /// The algorithms chosen so far, one entry per shape and storage.
     pub(crate) fn algorithms(&self) -> Vec<(Conv2dShape, ConvAlgorithms)> {
-        self.plans.values().map(|p| (p.shape, p.algos)).collect()
+        let f32s = self.plans.f32.values().map(|p| (p.shape, p.algos));
+        f32s.chain(self.plans.bf16.values().map(|p| (p.shape, p.algos)))
+            .collect()
     }
 
     pub(crate) fn workspaces_made(&self) -> usize {
         self.workspaces_made
     }
 
-    /// Validates `s` and the lengths, and makes its plan on first use (growing the workspace).
-    fn prepare(&mut self, s: &Conv2dShape, lens: [(&str, usize, usize); 3]) -> Result<ConvKey> {
+    /// Validates `s` and the lengths, and makes its plan for data stored as `T` on first use
+    /// (growing the workspace).
+    fn prepare<T: ConvData>(
+        &mut self,
+        s: &Conv2dShape,
+        lens: [(&str, usize, usize); 3],
+    ) -> Result<ConvKey> {
         s.validate()?;
         for (what, len, expected) in lens {
             check_len(what, len, expected)?;
         }
         let k = key(s);
-        if !self.plans.contains_key(&k) {
-            refuse_in_capture(&self.stream, &format!("planning the {s}"), ALLOCATES)?;
-            let math = match self.tf32 {
-                true => cudnnMathType_t::CUDNN_DEFAULT_MATH,
-                false => cudnnMathType_t::CUDNN_FMA_MATH,
+        if !T::plans(&mut self.plans).contains_key(&k) {
+            let planning = format!("planning the {s} in {}", T::STORAGE);
+            refuse_in_capture(&self.stream, &planning, ALLOCATES)?;
+            // bf16 data has no FMA-only kernels to keep to: tensor cores, f32 accumulation.
+            let math = match (T::STORAGE, self.tf32) {
+                (Storage::Bf16, _) => cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
+                (Storage::F32, true) => cudnnMathType_t::CUDNN_DEFAULT_MATH,
+                (Storage::F32, false) => cudnnMathType_t::CUDNN_FMA_MATH,
             };
-            let plan = ConvPlan::new(&self.handle, &self.stream, s, self.choice, math)?;
+            let plan = ConvPlan::<T>::new(&self.handle, &self.stream, s, self.choice, math)?;
             let need = plan.algos.workspace.into_iter().max().unwrap_or(0);
             let have = self.workspace.as_ref().map_or(0, |w| w.len());
             if need > have {
@@ -473,20 +528,20 @@ impl ConvEngine {
                 self.workspace = Some(self.stream.alloc_zeros::<u8>(need)?);
                 self.workspaces_made += 1;
             }
-            self.plans.insert(k, plan);
+            T::plans(&mut self.plans).insert(k, plan);
         }
         Ok(k)
     }
 
     /// `y = conv(x, w)`.
-    pub(crate) fn forward(
+    pub(crate) fn forward<T: ConvData>(
         &mut self,
         s: &Conv2dShape,
-        x: &impl DevicePtr<f32>,
-        w: &impl DevicePtr<f32>,
-        y: &mut impl DevicePtrMut<f32>,
+        x: &impl DevicePtr<T>,
+        w: &impl DevicePtr<T>,
+        y: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
-        let k = self.prepare(
+        let k = self.prepare::<T>(
             s,
             [
                 ("conv2d x", x.len(), s.input_len()),
@@ -494,7 +549,7 @@ impl ConvEngine {
                 ("conv2d y", y.len(), s.output_len()),
             ],
         )?;
-        let plan = &self.plans[&k];
+        let plan = &T::plans_of(&self.plans)[&k];
         let op = ConvForward {
             conv: &plan.conv,
             x: &plan.x,
@@ -507,7 +562,7 @@ impl ConvEngine {
             op.launch(
                 plan.algos.forward,
                 self.workspace.as_mut(),
-                (1.0f32, 0.0f32),
+                (T::ONE, T::ZERO),
                 x,
                 w,
                 y,
@@ -517,15 +572,15 @@ impl ConvEngine {
     }
 
     /// `dx = ∂/∂x` from `dy`, assigned (cuDNN beta 0) or added (beta 1) when `accumulate`.
-    pub(crate) fn backward_data(
+    pub(crate) fn backward_data<T: ConvData>(
         &mut self,
         s: &Conv2dShape,
-        dy: &impl DevicePtr<f32>,
-        w: &impl DevicePtr<f32>,
-        dx: &mut impl DevicePtrMut<f32>,
+        dy: &impl DevicePtr<T>,
+        w: &impl DevicePtr<T>,
+        dx: &mut impl DevicePtrMut<T>,
         accumulate: bool,
     ) -> Result<()> {
-        let k = self.prepare(
+        let k = self.prepare::<T>(
             s,
             [
                 ("conv2d dy", dy.len(), s.output_len()),
@@ -533,20 +588,20 @@ impl ConvEngine {
                 ("conv2d dx", dx.len(), s.input_len()),
             ],
         )?;
-        let plan = &self.plans[&k];
+        let plan = &T::plans_of(&self.plans)[&k];
         let op = ConvBackwardData {
             conv: &plan.conv,
             dx: &plan.x,
             w: &plan.w,
             dy: &plan.y,
         };
-        let beta = if accumulate { 1.0f32 } else { 0.0 };
+        let beta = if accumulate { T::ONE } else { T::ZERO };
         // SAFETY: as in `forward`.
         unsafe {
             op.launch(
                 plan.algos.backward_data,
                 self.workspace.as_mut(),
-                (1.0f32, beta),
+                (T::ONE, beta),
                 dx,
                 w,
                 dy,
@@ -555,15 +610,16 @@ impl ConvEngine {
         .map_err(cudnn_error)
     }
 
-    /// `dw += ∂/∂w` (cuDNN beta 1).
-    pub(crate) fn backward_filter(
+    /// `dw = ∂/∂w`, assigned (cuDNN beta 0) or added (beta 1) when `accumulate`.
+    pub(crate) fn backward_filter<T: ConvData>(
         &mut self,
         s: &Conv2dShape,
-        x: &impl DevicePtr<f32>,
-        dy: &impl DevicePtr<f32>,
-        dw: &mut impl DevicePtrMut<f32>,
+        x: &impl DevicePtr<T>,
+        dy: &impl DevicePtr<T>,
+        dw: &mut impl DevicePtrMut<T>,
+        accumulate: bool,
     ) -> Result<()> {
-        let k = self.prepare(
+        let k = self.prepare::<T>(
             s,
             [
                 ("conv2d x", x.len(), s.input_len()),
@@ -571,7 +627,8 @@ impl ConvEngine {
                 ("conv2d dw", dw.len(), s.weight_len()),
             ],
         )?;
-        let plan = &self.plans[&k];
+        let plan = &T::plans_of(&self.plans)[&k];
+        let beta = if accumulate { T::ONE } else { T::ZERO };
         let op = ConvBackwardFilter {
             conv: &plan.conv,
             x: &plan.x,
@@ -583,7 +640,7 @@ impl ConvEngine {
             op.launch(
                 plan.algos.backward_filter,
                 self.workspace.as_mut(),
-                (1.0f32, 1.0f32),
+                (T::ONE, beta),
                 x,
                 dw,
                 dy,

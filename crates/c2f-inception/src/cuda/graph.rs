@@ -30,8 +30,8 @@ pub struct CapturedOps {
     graph: CapturedGraph,
     /// The backend whose buffers the graph addresses.
     backend: u64,
-    /// The cuDNN workspaces and `fc` vectors of ones made before the capture: one made since
-    /// replaced a buffer the graph addresses.
+    /// The cuDNN workspaces, `fc` vectors of ones and bf16 conversion scratch made before the
+    /// capture: one made since replaced a buffer the graph addresses.
     scratch_made: usize,
 }
 
@@ -68,8 +68,9 @@ impl CudaBackend {
         }
         if ops.scratch_made != self.scratch_made() {
             return refuse(
-                "a cuDNN workspace or the fc's vector of ones they use was replaced since the \
-                 capture (a shape first met after it); capture them again",
+                "a cuDNN workspace, the fc's vector of ones or a conversion scratch buffer they \
+                 use was replaced since the capture (a shape first met after it); capture them \
+                 again",
             );
         }
         self.bind()?;
@@ -77,6 +78,6 @@ impl CudaBackend {
     }
 
     fn scratch_made(&self) -> usize {
-        self.conv.workspaces_made() + self.linear.ones_made()
+        self.conv.workspaces_made() + self.linear.ones_made() + self.conversions.made
     }
 }

@@ -24,8 +24,9 @@ use c2f_kernels::sgd::SgdGpu;
 use c2f_kernels::sigmoid_bce::{SigmoidBceGpu, SigmoidBceShape};
 use c2f_kernels::softmax_ce::{SoftmaxCeGpu, SoftmaxCeShape};
 use c2f_kernels::{Gpu, Result};
+use half::bf16;
 
-use super::memory::DevRange;
+use super::memory::{DevRange, Operands, StoredAs};
 use super::CudaBackend;
 use crate::backend::{IndexTensor, Tensor};
 
@@ -62,22 +63,36 @@ macro_rules! launchers {
 
 launchers! {
     batch_norm: BatchNormGpu<f32>, keyed by BnKey = |gpu, key| BatchNormGpu::new(gpu, key.shape, key.params());
+    batch_norm_bf16: BatchNormGpu<bf16>, keyed by BnKey = |gpu, key| BatchNormGpu::new(gpu, key.shape, key.params());
     max_pool: MaxPool2dGpu<f32>, keyed by (PoolShape, Pool2dParams) = |gpu, (s, p)| MaxPool2dGpu::new(gpu, *s, *p);
+    max_pool_bf16: MaxPool2dGpu<bf16>, keyed by (PoolShape, Pool2dParams) = |gpu, (s, p)| MaxPool2dGpu::new(gpu, *s, *p);
     avg_pool: AvgPool2dGpu<f32>, keyed by (PoolShape, Pool2dParams) = |gpu, (s, p)| AvgPool2dGpu::new(gpu, *s, *p);
+    avg_pool_bf16: AvgPool2dGpu<bf16>, keyed by (PoolShape, Pool2dParams) = |gpu, (s, p)| AvgPool2dGpu::new(gpu, *s, *p);
     global_pool: GlobalAvgPoolGpu<f32>, keyed by PoolShape = |gpu, s| GlobalAvgPoolGpu::new(gpu, *s);
+    global_pool_bf16: GlobalAvgPoolGpu<bf16>, keyed by PoolShape = |gpu, s| GlobalAvgPoolGpu::new(gpu, *s);
     channel_copy: ChannelCopyGpu<f32>, keyed by () = |gpu, _| ChannelCopyGpu::new(gpu);
+    channel_copy_bf16: ChannelCopyGpu<bf16>, keyed by () = |gpu, _| ChannelCopyGpu::new(gpu);
     softmax_ce: SoftmaxCeGpu<f32>, keyed by SoftmaxCeShape = |gpu, s| SoftmaxCeGpu::new(gpu, *s);
     sigmoid_bce: SigmoidBceGpu<f32>, keyed by SigmoidBceShape = |gpu, s| SigmoidBceGpu::new(gpu, *s);
     dropout: DropoutGpu<f32>, keyed by () = |gpu, _| DropoutGpu::new(gpu);
+    dropout_bf16: DropoutGpu<bf16>, keyed by () = |gpu, _| DropoutGpu::new(gpu);
     sgd: SgdGpu, keyed by () = |gpu, _| SgdGpu::new(gpu);
     axpby: AxpbyGpu<f32>, keyed by () = |gpu, _| AxpbyGpu::new(gpu);
+    axpby_bf16: AxpbyGpu<bf16>, keyed by () = |gpu, _| AxpbyGpu::new(gpu);
     bap: BapGpu<f32>, keyed by BapShape = |gpu, s| BapGpu::new(gpu, *s);
+    bap_bf16: BapGpu<bf16>, keyed by BapShape = |gpu, s| BapGpu::new(gpu, *s);
     center_loss: CenterLossGpu<f32>, keyed by CenterLossShape = |gpu, s| CenterLossGpu::new(gpu, *s);
+    center_loss_bf16: CenterLossGpu<bf16>, keyed by CenterLossShape = |gpu, s| CenterLossGpu::new(gpu, *s);
     conv_transpose: ConvTransposeGpu<f32>, keyed by ConvTransposeParams = |gpu, p| ConvTransposeGpu::new(gpu, *p);
+    conv_transpose_bf16: ConvTransposeGpu<bf16>, keyed by ConvTransposeParams = |gpu, p| ConvTransposeGpu::new(gpu, *p);
     relu: ReluGpu<f32>, keyed by () = |gpu, _| ReluGpu::new(gpu);
+    relu_bf16: ReluGpu<bf16>, keyed by () = |gpu, _| ReluGpu::new(gpu);
     map_select: MapSelectGpu<f32>, keyed by MapShape = |gpu, s| MapSelectGpu::new(gpu, *s);
+    map_select_bf16: MapSelectGpu<bf16>, keyed by MapShape = |gpu, s| MapSelectGpu::new(gpu, *s);
     resize: ResizeBilinearGpu<f32>, keyed by ResizeShape = |gpu, s| ResizeBilinearGpu::new(gpu, *s);
+    resize_bf16: ResizeBilinearGpu<bf16>, keyed by ResizeShape = |gpu, s| ResizeBilinearGpu::new(gpu, *s);
     mask: MaskGpu<f32>, keyed by MaskShape = |gpu, s| MaskGpu::new(gpu, *s);
+    mask_bf16: MaskGpu<bf16>, keyed by MaskShape = |gpu, s| MaskGpu::new(gpu, *s);
     maps_by_mass: MapsByMassGpu<f32>, keyed by MapShape = |gpu, s| MapsByMassGpu::new(gpu, *s);
     augment: AugmentGpu<f32>, keyed by AugmentShape = |gpu, s| AugmentGpu::new(gpu, *s);
 }
@@ -110,10 +125,42 @@ impl BnKey {
     }
 }
 
+/// Runs `$body` with `$a` the Rust type of the [`Storage`] `$storage` (f32 or bf16), for an op
+/// whose kernel is generic over its activations' storage.
+macro_rules! per_storage {
+    ($storage:expr, $a:ident => $body:expr) => {
+        match $storage {
+            $crate::precision::Storage::F32 => {
+                type $a = f32;
+                $body
+            }
+            $crate::precision::Storage::Bf16 => {
+                type $a = half::bf16;
+                $body
+            }
+        }
+    };
+}
+pub(super) use per_storage;
+
+/// The launcher `L` for `key` in `launchers`, made on `gpu` on its first use.
+fn launcher<'a, L: Launcher>(
+    launchers: &'a mut Launchers,
+    gpu: &Gpu,
+    key: L::Key,
+) -> Result<&'a mut L> {
+    Ok(match L::cache(launchers).entry(key) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => {
+            let making = format!("making a {}", std::any::type_name::<L>());
+            refuse_in_capture(gpu.stream(), &making, ALLOCATES)?;
+            e.insert(L::make(gpu, &key)?)
+        }
+    })
+}
+
 impl CudaBackend {
-    /// Runs one op through launcher `L`: the launcher for `key` (made on first use), then the
-    /// operands checked ([`super::memory::Memory::run`]), then `call` with the launcher and the
-    /// operands' device ranges, in the order of `inputs`, `outputs` and `index`.
+    /// [`Self::launch_as`] for an op whose value operands are all f32.
     pub(super) fn launch<L: Launcher, T, const I: usize, const O: usize, const X: usize>(
         &mut self,
         key: L::Key,
@@ -127,29 +174,60 @@ impl CudaBackend {
             [DevRange<'_, i32>; X],
         ) -> Result<T>,
     ) -> Result<T> {
-        let launcher = match L::cache(&mut self.launchers).entry(key) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                let making = format!("making a {}", std::any::type_name::<L>());
-                refuse_in_capture(self.gpu.stream(), &making, ALLOCATES)?;
-                e.insert(L::make(&self.gpu, &key)?)
-            }
-        };
+        self.launch_as::<L, f32, T, I, O, X>(key, inputs, outputs, index, call)
+    }
+
+    /// Runs one op through launcher `L`: the launcher for `key` (made on first use), then the
+    /// operands checked ([`super::memory::Memory::run_as`]; every value operand stored as `A`),
+    /// then `call` with the launcher and the operands' device ranges, in the order of
+    /// `inputs`, `outputs` and `index`.
+    pub(super) fn launch_as<L, A, T, const I: usize, const O: usize, const X: usize>(
+        &mut self,
+        key: L::Key,
+        inputs: [Tensor; I],
+        outputs: [Tensor; O],
+        index: [IndexTensor; X],
+        call: impl FnOnce(
+            &mut L,
+            [DevRange<'_, A>; I],
+            [DevRange<'_, A>; O],
+            [DevRange<'_, i32>; X],
+        ) -> Result<T>,
+    ) -> Result<T>
+    where
+        L: Launcher,
+        A: StoredAs,
+    {
+        let launcher = launcher::<L>(&mut self.launchers, &self.gpu, key)?;
         self.mem
-            .run(inputs, outputs, index, |inputs, outputs, index| {
+            .run_as(inputs, outputs, index, |inputs, outputs, index| {
                 call(launcher, inputs, outputs, index)
             })
     }
 
-    /// [`Self::launch`] for an op of one input and one output and no index operand.
-    pub(super) fn launch_unary<L: Launcher>(
+    /// Runs one op through launcher `L` whose operands are of several storage types: `call`
+    /// takes each operand's range from the checked [`Operands`] in the type its kernel takes.
+    pub(super) fn launch_with<L: Launcher, T>(
+        &mut self,
+        key: L::Key,
+        inputs: &[Tensor],
+        outputs: &[Tensor],
+        index: &[IndexTensor],
+        call: impl FnOnce(&mut L, &Operands<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let launcher = launcher::<L>(&mut self.launchers, &self.gpu, key)?;
+        call(launcher, &self.mem.operands(inputs, outputs, index)?)
+    }
+
+    /// [`Self::launch_as`] for an op of one input and one output and no index operand.
+    pub(super) fn launch_unary<L: Launcher, A: StoredAs>(
         &mut self,
         key: L::Key,
         x: Tensor,
         y: Tensor,
-        call: impl FnOnce(&mut L, &DevRange<'_, f32>, &mut DevRange<'_, f32>) -> Result<()>,
+        call: impl FnOnce(&mut L, &DevRange<'_, A>, &mut DevRange<'_, A>) -> Result<()>,
     ) -> Result<()> {
-        self.launch(key, [x], [y], [], |op, [x], [mut y], []| {
+        self.launch_as(key, [x], [y], [], |op, [x], [mut y], []| {
             call(op, &x, &mut y)
         })
     }

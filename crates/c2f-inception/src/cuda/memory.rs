@@ -3,13 +3,15 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use c2f_kernels::Result;
+use c2f_kernels::{Element, Error, Result};
 use cudarc::driver::{
     sys::CUdeviceptr, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice,
     SyncOnDrop, ValidAsZeroBits,
 };
+use half::bf16;
 
 use crate::backend::{check_operands, IndexTensor, Tensor};
+use crate::precision::Storage;
 
 /// A range of one of the backend's device buffers, as the launchers take their operands
 /// (`DevicePtr` for inputs, `DevicePtrMut` for outputs). Only [`Memory::run`] and
@@ -53,25 +55,109 @@ pub(super) struct DeviceBuf<T> {
 }
 
 impl<T: DeviceRepr + ValidAsZeroBits> DeviceBuf<T> {
-    /// Appends a zero-filled buffer of `len` elements to `bufs`; returns its index.
-    pub(super) fn push_zeroed(
-        bufs: &mut Vec<DeviceBuf<T>>,
-        stream: &Arc<CudaStream>,
-        len: usize,
-    ) -> Result<usize> {
-        bufs.push(DeviceBuf {
+    /// A zero-filled buffer of `len` elements.
+    pub(super) fn zeroed(stream: &Arc<CudaStream>, len: usize) -> Result<DeviceBuf<T>> {
+        Ok(DeviceBuf {
             data: stream.alloc_zeros::<T>(len.max(1))?,
             len,
-        });
-        Ok(bufs.len() - 1)
+        })
+    }
+}
+
+/// A value buffer in its storage type.
+pub(super) enum Stored {
+    F32(DeviceBuf<f32>),
+    Bf16(DeviceBuf<bf16>),
+}
+
+impl Stored {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Stored::F32(b) => b.len,
+            Stored::Bf16(b) => b.len,
+        }
+    }
+
+    pub(super) fn storage(&self) -> Storage {
+        match self {
+            Stored::F32(_) => Storage::F32,
+            Stored::Bf16(_) => Storage::Bf16,
+        }
+    }
+}
+
+/// A storage type of value buffers, for ranges typed by what an op's kernel takes.
+pub(super) trait StoredAs: Element {
+    const STORAGE: Storage;
+    fn of(buf: &Stored) -> Option<&DeviceBuf<Self>>;
+}
+
+impl StoredAs for f32 {
+    const STORAGE: Storage = Storage::F32;
+    fn of(buf: &Stored) -> Option<&DeviceBuf<f32>> {
+        match buf {
+            Stored::F32(b) => Some(b),
+            Stored::Bf16(_) => None,
+        }
+    }
+}
+
+impl StoredAs for bf16 {
+    const STORAGE: Storage = Storage::Bf16;
+    fn of(buf: &Stored) -> Option<&DeviceBuf<bf16>> {
+        match buf {
+            Stored::Bf16(b) => Some(b),
+            Stored::F32(_) => None,
+        }
     }
 }
 
 /// The backend's buffers and stream.
 pub(super) struct Memory {
     pub(super) stream: Arc<CudaStream>,
-    pub(super) bufs: Vec<DeviceBuf<f32>>,
+    pub(super) bufs: Vec<Stored>,
     pub(super) index_bufs: Vec<DeviceBuf<i32>>,
+}
+
+/// The operands of one op, checked together ([`Memory::operands`]): each hands out its device
+/// range in the type its kernel takes.
+pub(super) struct Operands<'a> {
+    mem: &'a Memory,
+}
+
+impl<'a> Operands<'a> {
+    /// The range of value operand `t` as `T`, or [`Error::Shape`] when its buffer stores
+    /// another type.
+    pub(super) fn values<T: StoredAs>(&self, t: Tensor) -> Result<DevRange<'a, T>> {
+        let buf = &self.mem.bufs[t.buf];
+        let typed = T::of(buf).ok_or_else(|| {
+            Error::Shape(format!(
+                "the {t} is stored in {}, where the op takes {}",
+                buf.storage(),
+                T::STORAGE
+            ))
+        })?;
+        Ok(self.mem.range(typed, t.offset, t.len))
+    }
+
+    /// The ranges of value operands `ts`, each stored as `T`.
+    pub(super) fn all_values<T: StoredAs, const N: usize>(
+        &self,
+        ts: [Tensor; N],
+    ) -> Result<[DevRange<'a, T>; N]> {
+        let ranges: Vec<DevRange<'a, T>> = ts
+            .into_iter()
+            .map(|t| self.values(t))
+            .collect::<Result<_>>()?;
+        ranges
+            .try_into()
+            .map_err(|_| Error::Shape(format!("{N} operands mapped to another count")))
+    }
+
+    /// The range of index operand `t`.
+    pub(super) fn indices(&self, t: IndexTensor) -> DevRange<'a, i32> {
+        self.mem.range(&self.mem.index_bufs[t.buf], t.offset, t.len)
+    }
 }
 
 impl Memory {
@@ -83,11 +169,29 @@ impl Memory {
         }
     }
 
-    /// Checks the operands of one op ([`check_operands`]) and runs `op` on their device ranges:
-    /// the inputs (read only), the outputs and the index operands, each in the order given.
+    /// How `t`'s buffer stores its values.
+    pub(super) fn storage(&self, t: Tensor) -> Result<Storage> {
+        self.bufs
+            .get(t.buf)
+            .map(Stored::storage)
+            .ok_or_else(|| Error::Shape(format!("the {t} is in no buffer of this backend")))
+    }
+
+    /// Checks the operands of one op together ([`check_operands`]) and hands them out.
     ///
     /// Handing out one range per operand is sound because the checks refuse an output that
-    /// overlaps another operand of the call, and each operand is handed out once.
+    /// overlaps another operand of the call; each operand must be taken once.
+    pub(super) fn operands(
+        &self,
+        inputs: &[Tensor],
+        outputs: &[Tensor],
+        index: &[IndexTensor],
+    ) -> Result<Operands<'_>> {
+        self.check(inputs, outputs, index)?;
+        Ok(Operands { mem: self })
+    }
+
+    /// [`Self::run_as`] for an op whose value operands are all f32.
     pub(super) fn run<T, const I: usize, const O: usize, const X: usize>(
         &self,
         inputs: [Tensor; I],
@@ -99,23 +203,31 @@ impl Memory {
             [DevRange<'_, i32>; X],
         ) -> Result<T>,
     ) -> Result<T> {
-        self.check(&inputs, &outputs, &index)?;
-        op(
-            inputs.map(|t| self.range(&self.bufs[t.buf], t.offset, t.len)),
-            outputs.map(|t| self.range(&self.bufs[t.buf], t.offset, t.len)),
-            index.map(|t| self.range(&self.index_bufs[t.buf], t.offset, t.len)),
-        )
+        self.run_as::<f32, T, I, O, X>(inputs, outputs, index, op)
     }
 
-    /// The device range of input `t`, checked to lie inside its buffer.
+    /// [`Self::operands`] for an op whose value operands are all stored as `A`: `op` gets the
+    /// inputs (read only), the outputs and the index operands, each in the order given.
+    pub(super) fn run_as<A: StoredAs, T, const I: usize, const O: usize, const X: usize>(
+        &self,
+        inputs: [Tensor; I],
+        outputs: [Tensor; O],
+        index: [IndexTensor; X],
+        op: impl FnOnce([DevRange<'_, A>; I], [DevRange<'_, A>; O], [DevRange<'_, i32>; X]) -> Result<T>,
+    ) -> Result<T> {
+        let operands = self.operands(&inputs, &outputs, &index)?;
+        let (inputs, outputs) = (operands.all_values(inputs)?, operands.all_values(outputs)?);
+        op(inputs, outputs, index.map(|t| operands.indices(t)))
+    }
+
+    /// The device range of f32 input `t`, checked to lie inside its buffer.
     pub(super) fn input(&self, t: Tensor) -> Result<DevRange<'_, f32>> {
-        self.check(&[t], &[], &[])?;
-        Ok(self.range(&self.bufs[t.buf], t.offset, t.len))
+        self.operands(&[t], &[], &[])?.values::<f32>(t)
     }
 
     fn check(&self, inputs: &[Tensor], outputs: &[Tensor], index: &[IndexTensor]) -> Result<()> {
         check_operands(
-            |b| self.bufs.get(b).map(|b| b.len),
+            |b| self.bufs.get(b).map(Stored::len),
             |b| self.index_bufs.get(b).map(|b| b.len),
             inputs,
             outputs,

@@ -10,13 +10,15 @@
 //! Everything runs on the [`Gpu`]'s one stream, in order; [`Buffers::read`] waits for it. A
 //! sequence of ops can be captured into a CUDA graph once and replayed ([`graph`]).
 //!
-//! Precision ([`CudaBackend::set_precision`]): f32 tensors throughout; [`Precision::F32`] (the
-//! default) keeps TF32 off in cuDNN and cuBLAS, [`Precision::Tf32`] lets their convolutions and
-//! GEMMs use TF32 tensor cores. Our kernels compute in f32 either way. Determinism: every op
+//! Precision ([`CudaBackend::set_precision`]): [`Precision::F32`] (the default) keeps TF32 off
+//! in cuDNN and cuBLAS, [`Precision::Tf32`] lets their convolutions and GEMMs use TF32 tensor
+//! cores; both store f32. [`Precision::Bf16`] stores activations and their gradients in bf16
+//! (each buffer knows its storage type, [`memory`]), with f32 accumulation in every kernel. Determinism: every op
 //! gives the same bits on every run on the same GPU (see [`conv`] for the algorithm choice; the
 //! kernels and the GEMMs are deterministic).
 
 pub mod conv;
+mod convert;
 pub mod graph;
 mod launch;
 pub mod linear;
@@ -28,17 +30,18 @@ pub mod testing;
 use c2f_kernels::device::{refuse_in_capture, ALLOCATES, WAITS_FOR_CAPTURED_WORK};
 use c2f_kernels::error::check_len;
 use c2f_kernels::{Error, Gpu, Result};
+use half::bf16;
 
 use crate::backend::{Buffers, IndexTensor, Staged, Tensor};
 use crate::cpu::conv::Conv2dShape;
-use crate::precision::Precision;
+use crate::precision::{Precision, Storage};
 use conv::ConvEngine;
 pub use conv::{AlgorithmChoice, ConvAlgorithms};
 pub use graph::CapturedOps;
 use launch::Launchers;
 use linear::LinearEngine;
 pub use memory::DevRange;
-use memory::{DeviceBuf, Memory};
+use memory::{DeviceBuf, Memory, Stored};
 use staging::{Part, Staging};
 
 /// f32 buffers on one GPU; see the module documentation.
@@ -53,6 +56,8 @@ pub struct CudaBackend {
     precision: Precision,
     /// Batches on their way to the device ([`Buffers::stage`]); made at the first.
     staging: Option<Staging>,
+    /// The bf16 step's casts and scratch ([`convert`]).
+    conversions: convert::Conversions,
 }
 
 impl CudaBackend {
@@ -68,6 +73,7 @@ impl CudaBackend {
             id: graph::next_backend_id(),
             precision: Precision::F32,
             staging: None,
+            conversions: convert::Conversions::default(),
         })
     }
 
@@ -98,26 +104,22 @@ impl CudaBackend {
         self.conv.set_choice(choice);
     }
 
-    /// Computes in `precision` from now on: [`Precision::F32`] (the default) or
-    /// [`Precision::Tf32`]. bf16 is refused as not built yet, f64 as not a GPU precision; either
-    /// way nothing changes.
+    /// Computes in `precision` from now on: [`Precision::F32`] (the default),
+    /// [`Precision::Tf32`], or [`Precision::Bf16`], in which buffers allocated for activations
+    /// from now on ([`Buffers::alloc_activation`]) are bf16 and the network's ops run their
+    /// bf16 kernels and cuDNN's bf16 tensor-core convolutions (f32 accumulation; f32 master
+    /// weights, converted for each convolution: `convert.rs`). f64 is refused (not a GPU
+    /// precision), and nothing changes.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
         let tf32 = match precision {
             Precision::F32 => false,
-            Precision::Tf32 => true,
-            Precision::Bf16 => {
-                return Err(Error::config(
-                    "precision",
-                    precision,
-                    "bf16 training is not built yet (issue 20's plan: \
-                     docs/architecture.md#precision); use tf32 or f32",
-                ))
-            }
+            // bf16: what is not bf16 (the fc on its converted input) may use TF32 as well.
+            Precision::Tf32 | Precision::Bf16 => true,
             Precision::F64 => {
                 return Err(Error::config(
                     "precision",
                     precision,
-                    "the CUDA backend computes in f32: use tf32 or f32",
+                    "the CUDA backend computes in bf16, tf32 or f32",
                 ))
             }
         };
@@ -135,6 +137,22 @@ impl CudaBackend {
     /// cuDNN and cuBLAS calls do not bind the context themselves.
     fn bind(&self) -> Result<()> {
         Ok(self.gpu.context().bind_to_thread()?)
+    }
+
+    /// A new zero-filled value buffer stored as `storage`, whole.
+    fn alloc_stored(&mut self, len: usize, storage: Storage) -> Result<Tensor> {
+        let what = format!("allocating a buffer of {len} {storage} values");
+        self.refuse_in_capture(&what, ALLOCATES)?;
+        let stream = &self.mem.stream;
+        self.mem.bufs.push(match storage {
+            Storage::F32 => Stored::F32(DeviceBuf::zeroed(stream, len)?),
+            Storage::Bf16 => Stored::Bf16(DeviceBuf::zeroed(stream, len)?),
+        });
+        Ok(Tensor {
+            buf: self.mem.bufs.len() - 1,
+            offset: 0,
+            len,
+        })
     }
 
     /// [`refuse_in_capture`] on the backend's stream: `op` cannot run inside [`Self::capture`].
@@ -170,50 +188,77 @@ impl Buffers for CudaBackend {
     }
 
     fn alloc(&mut self, len: usize) -> Result<Tensor> {
-        self.refuse_in_capture(&format!("allocating a buffer of {len} values"), ALLOCATES)?;
-        let buf = DeviceBuf::push_zeroed(&mut self.mem.bufs, &self.mem.stream, len)?;
-        Ok(Tensor {
-            buf,
-            offset: 0,
-            len,
-        })
+        self.alloc_stored(len, Storage::F32)
+    }
+
+    fn alloc_activation(&mut self, len: usize) -> Result<Tensor> {
+        self.alloc_stored(len, self.precision.activation_storage())
     }
 
     fn alloc_index(&mut self, len: usize) -> Result<IndexTensor> {
         self.refuse_in_capture(&format!("allocating an index buffer of {len}"), ALLOCATES)?;
-        let buf = DeviceBuf::push_zeroed(&mut self.mem.index_bufs, &self.mem.stream, len)?;
+        self.mem
+            .index_bufs
+            .push(DeviceBuf::zeroed(&self.mem.stream, len)?);
         Ok(IndexTensor {
-            buf,
+            buf: self.mem.index_bufs.len() - 1,
             offset: 0,
             len,
         })
     }
 
     fn allocated_bytes(&self) -> usize {
-        4 * self.mem.bufs.iter().map(|b| b.len).sum::<usize>()
+        let values = self.mem.bufs.iter();
+        values.map(|b| b.storage().bytes() * b.len()).sum::<usize>()
             + 4 * self.mem.index_bufs.iter().map(|b| b.len).sum::<usize>()
     }
 
+    /// Into a bf16 buffer each value is rounded to nearest even on the host first.
     fn write(&mut self, dst: Tensor, src: &[f32]) -> Result<()> {
         check_len("write source", src.len(), dst.len)?;
         self.refuse_in_capture(&format!("writing the {dst}"), COPIES_FROM_HOST)?;
-        self.mem.run([], [dst], [], |[], [mut dst], []| {
-            if !src.is_empty() {
+        if src.is_empty() {
+            return Ok(());
+        }
+        let operands = self.mem.operands(&[], &[dst], &[])?;
+        match self.mem.storage(dst)? {
+            Storage::F32 => {
+                let mut dst = operands.values::<f32>(dst)?;
                 self.mem.stream.memcpy_htod(src, &mut dst)?;
             }
-            Ok(())
-        })
+            Storage::Bf16 => {
+                let mut dst = operands.values::<bf16>(dst)?;
+                self.mem.stream.memcpy_htod(&to_bf16(src), &mut dst)?;
+            }
+        }
+        Ok(())
     }
 
+    /// A bf16 buffer's values come back exactly, as f32.
     fn read(&mut self, src: Tensor) -> Result<Vec<f32>> {
         self.refuse_in_capture(&format!("reading the {src}"), WAITS_FOR_CAPTURED_WORK)?;
-        let mut host = vec![0.0f32; src.len];
-        self.mem.run([src], [], [], |[src], [], []| {
-            if !host.is_empty() {
-                self.mem.stream.memcpy_dtoh(&src, &mut host)?;
+        let operands = self.mem.operands(&[src], &[], &[])?;
+        let host = match self.mem.storage(src)? {
+            Storage::F32 => {
+                let mut host = vec![0.0f32; src.len];
+                if !host.is_empty() {
+                    self.mem
+                        .stream
+                        .memcpy_dtoh(&operands.values::<f32>(src)?, &mut host)?;
+                }
+                host
             }
-            Ok(self.mem.stream.synchronize()?)
-        })?;
+            Storage::Bf16 => {
+                let mut host = vec![bf16::ZERO; src.len];
+                if !host.is_empty() {
+                    self.mem
+                        .stream
+                        .memcpy_dtoh(&operands.values::<bf16>(src)?, &mut host)?;
+                }
+                host.into_iter().map(f32::from).collect()
+            }
+        };
+        self.mem.stream.synchronize()?;
         Ok(host)
     }
 
@@ -244,13 +289,36 @@ impl Buffers for CudaBackend {
     /// the destinations on the backend's stream (`cuda/staging.rs`).
     fn stage(&mut self, batch: &[Staged<'_, f32>]) -> Result<()> {
         self.refuse_in_capture("staging a batch", STAGES_OUTSIDE)?;
+        // Values bound for bf16 buffers, rounded on the host first.
+        let rounded: Vec<Vec<bf16>> = batch
+            .iter()
+            .filter_map(|part| match *part {
+                Staged::Values(dst, values) => match self.mem.storage(dst) {
+                    Ok(Storage::Bf16) => Some(to_bf16(values)),
+                    _ => None,
+                },
+                Staged::Indices(..) => None,
+            })
+            .collect();
+        let mut rounded = rounded.iter();
         let mut parts = Vec::with_capacity(batch.len());
         for part in batch {
             let (dst, bytes) = match *part {
                 Staged::Values(dst, values) => {
                     check_len("staged values", values.len(), dst.len)?;
-                    let ptr = self.mem.run([], [dst], [], |[], [d], []| Ok(d.ptr))?;
-                    (ptr, bytemuck::cast_slice::<f32, u8>(values))
+                    let operands = self.mem.operands(&[], &[dst], &[])?;
+                    match self.mem.storage(dst)? {
+                        Storage::F32 => (
+                            operands.values::<f32>(dst)?.ptr,
+                            bytemuck::cast_slice::<f32, u8>(values),
+                        ),
+                        Storage::Bf16 => (
+                            operands.values::<bf16>(dst)?.ptr,
+                            bytemuck::cast_slice::<bf16, u8>(
+                                rounded.next().map_or(&[], Vec::as_slice),
+                            ),
+                        ),
+                    }
                 }
                 Staged::Indices(dst, values) => {
                     check_len("staged indices", values.len(), dst.len)?;
@@ -276,25 +344,29 @@ impl Buffers for CudaBackend {
         }
     }
 
+    /// A bf16 buffer gets `value` rounded to nearest even.
     fn fill(&mut self, dst: Tensor, value: f32) -> Result<()> {
-        self.mem.run([], [dst], [], |[], [out], []| {
-            if dst.len == 0 {
-                return Ok(());
-            }
-            self.bind()?;
-            // SAFETY: `out` is `dst.len` f32 (4-byte) elements of a live buffer, 4-byte
-            // aligned; the memset is ordered on the backend's stream like every other op.
-            unsafe {
-                cudarc::driver::sys::cuMemsetD32Async(
-                    out.ptr,
-                    value.to_bits(),
-                    dst.len,
-                    self.mem.stream.cu_stream(),
-                )
-            }
-            .result()?;
-            Ok(())
-        })
+        let operands = self.mem.operands(&[], &[dst], &[])?;
+        if dst.len == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        let stream = self.mem.stream.cu_stream();
+        // SAFETY: each range is `dst.len` elements of a live buffer of their size, aligned to
+        // it; the memset is ordered on the backend's stream like every other op.
+        match self.mem.storage(dst)? {
+            Storage::F32 => unsafe {
+                let out = operands.values::<f32>(dst)?;
+                cudarc::driver::sys::cuMemsetD32Async(out.ptr, value.to_bits(), dst.len, stream)
+            },
+            Storage::Bf16 => unsafe {
+                let out = operands.values::<bf16>(dst)?;
+                let bits = bf16::from_f32(value).to_bits();
+                cudarc::driver::sys::cuMemsetD16Async(out.ptr, bits, dst.len, stream)
+            },
+        }
+        .result()?;
+        Ok(())
     }
 
     /// A CUDA graph ([`Self::capture`]).
@@ -308,4 +380,9 @@ impl Buffers for CudaBackend {
     fn replay_ops(&mut self, ops: &CapturedOps) -> Result<()> {
         self.replay(ops)
     }
+}
+
+/// `values` rounded to bf16, to nearest even.
+fn to_bf16(values: &[f32]) -> Vec<bf16> {
+    values.iter().map(|&v| bf16::from_f32(v)).collect()
 }

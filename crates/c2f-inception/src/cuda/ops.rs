@@ -21,22 +21,36 @@ use c2f_kernels::sigmoid_bce::{SigmoidBceGpu, SigmoidBceShape};
 use c2f_kernels::softmax_ce::{SoftmaxCeGpu, SoftmaxCeShape};
 use c2f_kernels::{Error, Result};
 
-use super::launch::BnKey;
+use super::convert::Scratch;
+use super::launch::{per_storage, BnKey};
+use super::memory::{DevRange, Operands};
 use super::CudaBackend;
 use crate::backend::{
     AugmentOps, BnMode, BnParams, BnStats, Coarse2FineOps, IndexTensor, LinearShape, NetworkOps,
     Tensor, TrainingOps,
 };
 use crate::cpu::conv::Conv2dShape;
+use crate::precision::Storage;
+use half::bf16;
 
 impl NetworkOps for CudaBackend {
+    /// In bf16, on a bf16 copy of `w` (`cuda/convert.rs`).
     fn conv2d_forward(&mut self, s: &Conv2dShape, x: Tensor, w: Tensor, y: Tensor) -> Result<()> {
         self.bind()?;
-        self.mem.run([x, w], [y], [], |[x, w], [mut y], []| {
-            self.conv.forward(s, &x, &w, &mut y)
-        })
+        match self.mem.storage(x)? {
+            Storage::F32 => self.mem.run([x, w], [y], [], |[x, w], [mut y], []| {
+                self.conv.forward(s, &x, &w, &mut y)
+            }),
+            Storage::Bf16 => {
+                let w16 = self.bf16_weights(w)?;
+                self.mem.run_as([x, w16], [y], [], |[x, w], [mut y], []| {
+                    self.conv.forward::<bf16>(s, &x, &w, &mut y)
+                })
+            }
+        }
     }
 
+    /// In bf16, on a bf16 copy of `w`; `dx` accumulates in bf16.
     fn conv2d_backward_data(
         &mut self,
         s: &Conv2dShape,
@@ -46,11 +60,22 @@ impl NetworkOps for CudaBackend {
         accumulate: bool,
     ) -> Result<()> {
         self.bind()?;
-        self.mem.run([dy, w], [dx], [], |[dy, w], [mut dx], []| {
-            self.conv.backward_data(s, &dy, &w, &mut dx, accumulate)
-        })
+        match self.mem.storage(dy)? {
+            Storage::F32 => self.mem.run([dy, w], [dx], [], |[dy, w], [mut dx], []| {
+                self.conv.backward_data(s, &dy, &w, &mut dx, accumulate)
+            }),
+            Storage::Bf16 => {
+                let w16 = self.bf16_weights(w)?;
+                self.mem
+                    .run_as([dy, w16], [dx], [], |[dy, w], [mut dx], []| {
+                        self.conv
+                            .backward_data::<bf16>(s, &dy, &w, &mut dx, accumulate)
+                    })
+            }
+        }
     }
 
+    /// In bf16, cuDNN writes the gradient in bf16 into scratch, added to the f32 `dw` after.
     fn conv2d_backward_filter(
         &mut self,
         s: &Conv2dShape,
@@ -59,9 +84,20 @@ impl NetworkOps for CudaBackend {
         dw: Tensor,
     ) -> Result<()> {
         self.bind()?;
-        self.mem.run([x, dy], [dw], [], |[x, dy], [mut dw], []| {
-            self.conv.backward_filter(s, &x, &dy, &mut dw)
-        })
+        match self.mem.storage(x)? {
+            Storage::F32 => self.mem.run([x, dy], [dw], [], |[x, dy], [mut dw], []| {
+                self.conv.backward_filter(s, &x, &dy, &mut dw, true)
+            }),
+            Storage::Bf16 => {
+                let dw16 = self.scratch(Scratch::Weights, dw.len)?;
+                self.mem
+                    .run_as([x, dy], [dw16], [], |[x, dy], [mut dw16], []| {
+                        self.conv
+                            .backward_filter::<bf16>(s, &x, &dy, &mut dw16, false)
+                    })?;
+                self.accumulate_bf16(dw16, dw)
+            }
+        }
     }
 
     fn batch_norm_forward(
@@ -75,31 +111,36 @@ impl NetworkOps for CudaBackend {
         saved: &BnStats,
     ) -> Result<()> {
         let key = BnKey::new(s, p);
-        match mode {
-            BnMode::Train => self.launch(
+        let affine = [bn.gamma, bn.beta];
+        per_storage!(self.mem.storage(x)?, A => match mode {
+            BnMode::Train => self.launch_with(
                 key,
-                [x, bn.gamma, bn.beta],
-                [bn.running_mean, bn.running_var, y, saved.mean, saved.invstd],
-                [],
-                |op: &mut BatchNormGpu<f32>,
-                 [x, gamma, beta],
-                 [mut running_mean, mut running_var, mut y, mut mean, mut invstd],
-                 []| {
+                &[x, bn.gamma, bn.beta],
+                &[bn.running_mean, bn.running_var, y, saved.mean, saved.invstd],
+                &[],
+                |op: &mut BatchNormGpu<A>, ops| {
+                    let [gamma, beta] = f32s(ops, affine)?;
+                    let [mut running_mean, mut running_var, mut mean, mut invstd] =
+                        f32s(ops, [bn.running_mean, bn.running_var, saved.mean, saved.invstd])?;
                     let running = [&mut running_mean, &mut running_var];
                     let saved = [&mut mean, &mut invstd];
+                    let (x, mut y) = (ops.values::<A>(x)?, ops.values::<A>(y)?);
                     op.forward_train(&x, [&gamma, &beta], running, &mut y, saved)
                 },
             ),
-            BnMode::Inference => self.launch(
+            BnMode::Inference => self.launch_with(
                 key,
-                [x, bn.gamma, bn.beta, bn.running_mean, bn.running_var],
-                [y],
-                [],
-                |op: &mut BatchNormGpu<f32>, [x, gamma, beta, mean, var], [mut y], []| {
+                &[x, bn.gamma, bn.beta, bn.running_mean, bn.running_var],
+                &[y],
+                &[],
+                |op: &mut BatchNormGpu<A>, ops| {
+                    let [gamma, beta, mean, var] =
+                        f32s(ops, [bn.gamma, bn.beta, bn.running_mean, bn.running_var])?;
+                    let (x, mut y) = (ops.values::<A>(x)?, ops.values::<A>(y)?);
                     op.forward_inference(&x, [&gamma, &beta], [&mean, &var], &mut y)
                 },
             ),
-        }
+        })
     }
 
     fn batch_norm_backward(
@@ -120,15 +161,16 @@ impl NetworkOps for CudaBackend {
             BnMode::Train => (saved.mean, saved.invstd),
             BnMode::Inference => (bn.running_mean, bn.running_var),
         };
-        self.launch(
+        per_storage!(self.mem.storage(x)?, A => self.launch_with(
             BnKey::new(s, p),
-            [x, y, bn.gamma, mean, invstd, dy],
-            [dx, dgamma, dbeta],
-            [],
-            |op: &mut BatchNormGpu<f32>,
-             [x, y, gamma, mean, invstd, dy],
-             [mut dx, mut dgamma, mut dbeta],
-             []| {
+            &[x, y, bn.gamma, mean, invstd, dy],
+            &[dx, dgamma, dbeta],
+            &[],
+            |op: &mut BatchNormGpu<A>, ops| {
+                let [x, y, dy] = ops.all_values::<A, 3>([x, y, dy])?;
+                let mut dx = ops.values::<A>(dx)?;
+                let [gamma, mean, invstd] = f32s(ops, [bn.gamma, mean, invstd])?;
+                let [mut dgamma, mut dbeta] = f32s(ops, [dgamma, dbeta])?;
                 let (xs, stats, grads) =
                     ([&x, &y, &dy], [&mean, &invstd], [&mut dgamma, &mut dbeta]);
                 match mode {
@@ -136,7 +178,7 @@ impl NetworkOps for CudaBackend {
                     BnMode::Inference => op.backward_inference(xs, &gamma, stats, &mut dx, grads),
                 }
             },
-        )
+        ))
     }
 
     fn max_pool_forward(
@@ -147,15 +189,15 @@ impl NetworkOps for CudaBackend {
         y: Tensor,
         indices: IndexTensor,
     ) -> Result<()> {
-        self.launch(
+        per_storage!(self.mem.storage(x)?, A => self.launch_as(
             (*s, *p),
             [x],
             [y],
             [indices],
-            |op: &mut MaxPool2dGpu<f32>, [x], [mut y], [mut indices]| {
+            |op: &mut MaxPool2dGpu<A>, [x], [mut y], [mut indices]| {
                 op.forward(&x, &mut y, &mut indices)
             },
-        )
+        ))
     }
 
     fn max_pool_backward(
@@ -166,15 +208,15 @@ impl NetworkOps for CudaBackend {
         dy: Tensor,
         dx: Tensor,
     ) -> Result<()> {
-        self.launch(
+        per_storage!(self.mem.storage(dy)?, A => self.launch_as(
             (*s, *p),
             [dy],
             [dx],
             [indices],
-            |op: &mut MaxPool2dGpu<f32>, [dy], [mut dx], [indices]| {
+            |op: &mut MaxPool2dGpu<A>, [dy], [mut dx], [indices]| {
                 op.backward(&indices, &dy, &mut dx)
             },
-        )
+        ))
     }
 
     fn avg_pool_forward(
@@ -184,8 +226,8 @@ impl NetworkOps for CudaBackend {
         x: Tensor,
         y: Tensor,
     ) -> Result<()> {
-        self.launch_unary((*s, *p), x, y, |op: &mut AvgPool2dGpu<f32>, x, y| {
-            op.forward(x, y)
+        per_storage!(self.mem.storage(x)?, A => {
+            self.launch_unary((*s, *p), x, y, |op: &mut AvgPool2dGpu<A>, x, y| op.forward(x, y))
         })
     }
 
@@ -196,41 +238,46 @@ impl NetworkOps for CudaBackend {
         dy: Tensor,
         dx: Tensor,
     ) -> Result<()> {
-        self.launch_unary((*s, *p), dy, dx, |op: &mut AvgPool2dGpu<f32>, dy, dx| {
-            op.backward(dy, dx)
+        per_storage!(self.mem.storage(dy)?, A => {
+            self.launch_unary((*s, *p), dy, dx, |op: &mut AvgPool2dGpu<A>, dy, dx| {
+                op.backward(dy, dx)
+            })
         })
     }
 
     fn global_avg_pool_forward(&mut self, s: &PoolShape, x: Tensor, y: Tensor) -> Result<()> {
-        self.launch_unary(*s, x, y, |op: &mut GlobalAvgPoolGpu<f32>, x, y| {
-            op.forward(x, y)
+        per_storage!(self.mem.storage(x)?, A => {
+            self.launch_unary(*s, x, y, |op: &mut GlobalAvgPoolGpu<A>, x, y| op.forward(x, y))
         })
     }
 
     fn global_avg_pool_backward(&mut self, s: &PoolShape, dy: Tensor, dx: Tensor) -> Result<()> {
-        self.launch_unary(*s, dy, dx, |op: &mut GlobalAvgPoolGpu<f32>, dy, dx| {
-            op.backward(dy, dx)
+        per_storage!(self.mem.storage(dy)?, A => {
+            self.launch_unary(*s, dy, dx, |op: &mut GlobalAvgPoolGpu<A>, dy, dx| {
+                op.backward(dy, dx)
+            })
         })
     }
 
     fn copy_channels(&mut self, s: &ChannelSlice, part: Tensor, whole: Tensor) -> Result<()> {
-        self.launch_unary(
+        per_storage!(self.mem.storage(part)?, A => self.launch_unary(
             (),
             part,
             whole,
-            |op: &mut ChannelCopyGpu<f32>, part, whole| op.copy_channels(s, part, whole),
-        )
+            |op: &mut ChannelCopyGpu<A>, part, whole| op.copy_channels(s, part, whole),
+        ))
     }
 
     fn slice_channels(&mut self, s: &ChannelSlice, whole: Tensor, part: Tensor) -> Result<()> {
-        self.launch_unary(
+        per_storage!(self.mem.storage(whole)?, A => self.launch_unary(
             (),
             whole,
             part,
-            |op: &mut ChannelCopyGpu<f32>, whole, part| op.slice_channels(s, whole, part),
-        )
+            |op: &mut ChannelCopyGpu<A>, whole, part| op.slice_channels(s, whole, part),
+        ))
     }
 
+    /// A bf16 `x` is converted to f32 first: the `fc` computes in f32 (its cost is small).
     fn linear_forward(
         &mut self,
         s: &LinearShape,
@@ -242,11 +289,13 @@ impl NetworkOps for CudaBackend {
         s.check(x, w, b, y)?;
         check_linear_dims(s)?;
         self.bind()?;
+        let x = self.in_f32(x, Scratch::FcInput)?;
         self.mem.run([x, w, b], [y], [], |[x, w, b], [mut y], []| {
             self.linear.forward(s, &x, &w, &b, &mut y)
         })
     }
 
+    /// With a bf16 `x`, in f32 on converted copies, `dx` converted back.
     fn linear_backward(
         &mut self,
         s: &LinearShape,
@@ -262,15 +311,45 @@ impl NetworkOps for CudaBackend {
         check_len("linear dw", dw.len, s.outputs * s.inputs)?;
         check_linear_dims(s)?;
         self.bind()?;
+        let x32 = self.in_f32(x, Scratch::FcInput)?;
+        let dx32 = match self.mem.storage(dx)? {
+            Storage::F32 => dx,
+            Storage::Bf16 => self.scratch(Scratch::FcInputGrad, dx.len)?,
+        };
         self.mem.run(
-            [x, w, dy],
-            [dx, dw, db],
+            [x32, w, dy],
+            [dx32, dw, db],
             [],
             |[x, w, dy], [mut dx, mut dw, mut db], []| {
                 self.linear
                     .backward(s, &x, &w, &dy, &mut dx, &mut dw, &mut db)
             },
-        )
+        )?;
+        if dx32 != dx {
+            self.convert(dx32, dx)?;
+        }
+        Ok(())
+    }
+}
+
+impl CudaBackend {
+    /// A bf16 copy of the f32 weights `w`, in scratch.
+    fn bf16_weights(&mut self, w: Tensor) -> Result<Tensor> {
+        let w16 = self.scratch(Scratch::Weights, w.len)?;
+        self.convert(w, w16)?;
+        Ok(w16)
+    }
+
+    /// `t` itself when f32, else an f32 copy of it in scratch `which`.
+    fn in_f32(&mut self, t: Tensor, which: Scratch) -> Result<Tensor> {
+        match self.mem.storage(t)? {
+            Storage::F32 => Ok(t),
+            Storage::Bf16 => {
+                let copy = self.scratch(which, t.len)?;
+                self.convert(t, copy)?;
+                Ok(copy)
+            }
+        }
     }
 }
 
@@ -282,13 +361,13 @@ impl TrainingOps for CudaBackend {
         x: Tensor,
         y: Tensor,
     ) -> Result<()> {
-        self.launch(
+        per_storage!(self.mem.storage(x)?, A => self.launch_as(
             (),
             [x],
             [y],
             [step],
-            |op: &mut DropoutGpu<f32>, [x], [mut y], [step]| op.apply(p, &step, &x, &mut y),
-        )
+            |op: &mut DropoutGpu<A>, [x], [mut y], [step]| op.apply(p, &step, &x, &mut y),
+        ))
     }
 
     /// The forward's kernel on `dy`: the same mask, the same scale.
@@ -374,12 +453,14 @@ impl TrainingOps for CudaBackend {
     }
 
     fn axpby(&mut self, alpha: f64, x: Tensor, beta: f64, y: Tensor) -> Result<()> {
-        self.launch_unary((), x, y, |op: &mut AxpbyGpu<f32>, x, y| {
-            op.run(alpha, x, beta, y)
+        per_storage!(self.mem.storage(x)?, A => {
+            self.launch_unary((), x, y, |op: &mut AxpbyGpu<A>, x, y| op.run(alpha, x, beta, y))
         })
     }
 }
 
+/// Each op runs its kernel's entry points for the storage of its activations (f32 or bf16);
+/// norms, statistics, centers, parameters and their gradients are f32 either way.
 impl Coarse2FineOps for CudaBackend {
     fn bap_forward(
         &mut self,
@@ -389,15 +470,17 @@ impl Coarse2FineOps for CudaBackend {
         parts: Tensor,
         norms: Tensor,
     ) -> Result<()> {
-        self.launch(
+        per_storage!(self.mem.storage(features)?, A => self.launch_with(
             *s,
-            [attention, features],
-            [parts, norms],
-            [],
-            |op: &mut BapGpu<f32>, [attention, features], [mut parts, mut norms], []| {
+            &[attention, features],
+            &[parts, norms],
+            &[],
+            |op: &mut BapGpu<A>, ops| {
+                let [attention, features] = ops.all_values::<A, 2>([attention, features])?;
+                let (mut parts, mut norms) = (ops.values::<A>(parts)?, ops.values::<f32>(norms)?);
                 op.forward([&attention, &features], &mut parts, &mut norms)
             },
-        )
+        ))
     }
 
     fn bap_backward(
@@ -411,19 +494,21 @@ impl Coarse2FineOps for CudaBackend {
         d_attention: Tensor,
         d_features: Tensor,
     ) -> Result<()> {
-        self.launch(
+        per_storage!(self.mem.storage(features)?, A => self.launch_with(
             *s,
-            [attention, features, parts, norms, d_parts],
-            [d_attention, d_features],
-            [],
-            |op: &mut BapGpu<f32>,
-             [attention, features, parts, norms, d_parts],
-             [mut d_attention, mut d_features],
-             []| {
+            &[attention, features, parts, norms, d_parts],
+            &[d_attention, d_features],
+            &[],
+            |op: &mut BapGpu<A>, ops| {
+                let [attention, features, parts, d_parts] =
+                    ops.all_values::<A, 4>([attention, features, parts, d_parts])?;
+                let norms = ops.values::<f32>(norms)?;
+                let [mut d_attention, mut d_features] =
+                    ops.all_values::<A, 2>([d_attention, d_features])?;
                 let grads = [&mut d_attention, &mut d_features];
                 op.backward([&attention, &features], (&parts, &norms), &d_parts, grads)
             },
-        )
+        ))
     }
 
     fn center_loss(
@@ -437,19 +522,19 @@ impl Coarse2FineOps for CudaBackend {
         d_features: Tensor,
         loss: Tensor,
     ) -> Result<()> {
-        self.launch(
+        per_storage!(self.mem.storage(features)?, A => self.launch_with(
             *s,
-            [features, scales],
-            [centers, d_features, loss],
-            [labels],
-            |op: &mut CenterLossGpu<f32>,
-             [features, scales],
-             [mut centers, mut d_features, mut loss],
-             [labels]| {
-                let (c, df) = (&mut centers, &mut d_features);
+            &[features, scales],
+            &[centers, d_features, loss],
+            &[labels],
+            |op: &mut CenterLossGpu<A>, ops| {
+                let (features, mut d_features) =
+                    (ops.values::<A>(features)?, ops.values::<A>(d_features)?);
+                let [scales, mut centers, mut loss] = f32s(ops, [scales, centers, loss])?;
+                let (c, df, labels) = (&mut centers, &mut d_features, ops.indices(labels));
                 op.enqueue(update, &scales, &features, &labels, c, df, Some(&mut loss))
             },
-        )
+        ))
     }
 
     fn conv_transpose_forward(
@@ -460,15 +545,17 @@ impl Coarse2FineOps for CudaBackend {
         bias: Tensor,
         y: Tensor,
     ) -> Result<()> {
-        self.launch(
+        per_storage!(self.mem.storage(x)?, A => self.launch_with(
             *p,
-            [x, weight, bias],
-            [y],
-            [],
-            |op: &mut ConvTransposeGpu<f32>, [x, weight, bias], [mut y], []| {
+            &[x, weight, bias],
+            &[y],
+            &[],
+            |op: &mut ConvTransposeGpu<A>, ops| {
+                let [weight, bias] = f32s(ops, [weight, bias])?;
+                let (x, mut y) = (ops.values::<A>(x)?, ops.values::<A>(y)?);
                 op.forward(&x, [&weight, &bias], &mut y)
             },
-        )
+        ))
     }
 
     fn conv_transpose_backward(
@@ -481,32 +568,34 @@ impl Coarse2FineOps for CudaBackend {
         d_weight: Tensor,
         d_bias: Tensor,
     ) -> Result<()> {
-        self.launch(
+        per_storage!(self.mem.storage(x)?, A => self.launch_with(
             *p,
-            [x, weight, dy],
-            [dx, d_weight, d_bias],
-            [],
-            |op: &mut ConvTransposeGpu<f32>,
-             [x, weight, dy],
-             [mut dx, mut d_weight, mut d_bias],
-             []| {
+            &[x, weight, dy],
+            &[dx, d_weight, d_bias],
+            &[],
+            |op: &mut ConvTransposeGpu<A>, ops| {
+                let [x, dy] = ops.all_values::<A, 2>([x, dy])?;
+                let mut dx = ops.values::<A>(dx)?;
+                let [weight, mut d_weight, mut d_bias] = f32s(ops, [weight, d_weight, d_bias])?;
                 op.backward([&x, &dy], &weight, &mut dx, [&mut d_weight, &mut d_bias])
             },
-        )
+        ))
     }
 
     fn relu_forward(&mut self, x: Tensor, y: Tensor) -> Result<()> {
-        self.launch_unary((), x, y, |op: &mut ReluGpu<f32>, x, y| op.forward(x, y))
+        per_storage!(self.mem.storage(x)?, A => {
+            self.launch_unary((), x, y, |op: &mut ReluGpu<A>, x, y| op.forward(x, y))
+        })
     }
 
     fn relu_backward(&mut self, y: Tensor, dy: Tensor, dx: Tensor) -> Result<()> {
-        self.launch(
+        per_storage!(self.mem.storage(y)?, A => self.launch_as(
             (),
             [y, dy],
             [dx],
             [],
-            |op: &mut ReluGpu<f32>, [y, dy], [mut dx], []| op.backward(&y, &dy, &mut dx),
-        )
+            |op: &mut ReluGpu<A>, [y, dy], [mut dx], []| op.backward(&y, &dy, &mut dx),
+        ))
     }
 
     fn select_map_forward(
@@ -516,15 +605,15 @@ impl Coarse2FineOps for CudaBackend {
         indices: IndexTensor,
         out: Tensor,
     ) -> Result<()> {
-        self.launch(
+        per_storage!(self.mem.storage(a)?, A => self.launch_as(
             *s,
             [a],
             [out],
             [indices],
-            |op: &mut MapSelectGpu<f32>, [a], [mut out], [indices]| {
+            |op: &mut MapSelectGpu<A>, [a], [mut out], [indices]| {
                 op.select_forward(&a, &indices, &mut out)
             },
-        )
+        ))
     }
 
     fn select_map_backward(
@@ -535,32 +624,36 @@ impl Coarse2FineOps for CudaBackend {
         da: Tensor,
         accumulate: bool,
     ) -> Result<()> {
-        self.launch(
+        per_storage!(self.mem.storage(d_out)?, A => self.launch_as(
             *s,
             [d_out],
             [da],
             [indices],
-            |op: &mut MapSelectGpu<f32>, [d_out], [mut da], [indices]| {
+            |op: &mut MapSelectGpu<A>, [d_out], [mut da], [indices]| {
                 op.select_backward(&indices, &d_out, &mut da, accumulate)
             },
-        )
+        ))
     }
 
     fn mean_maps_forward(&mut self, s: &MapShape, a: Tensor, out: Tensor) -> Result<()> {
-        self.launch_unary(*s, a, out, |op: &mut MapSelectGpu<f32>, a, out| {
-            op.mean_forward(a, out)
+        per_storage!(self.mem.storage(a)?, A => {
+            self.launch_unary(*s, a, out, |op: &mut MapSelectGpu<A>, a, out| {
+                op.mean_forward(a, out)
+            })
         })
     }
 
     fn resize_bilinear_forward(&mut self, s: &ResizeShape, x: Tensor, y: Tensor) -> Result<()> {
-        self.launch_unary(*s, x, y, |op: &mut ResizeBilinearGpu<f32>, x, y| {
-            op.forward(x, y)
+        per_storage!(self.mem.storage(x)?, A => {
+            self.launch_unary(*s, x, y, |op: &mut ResizeBilinearGpu<A>, x, y| op.forward(x, y))
         })
     }
 
     fn resize_bilinear_backward(&mut self, s: &ResizeShape, dy: Tensor, dx: Tensor) -> Result<()> {
-        self.launch_unary(*s, dy, dx, |op: &mut ResizeBilinearGpu<f32>, dy, dx| {
-            op.backward(dy, dx)
+        per_storage!(self.mem.storage(dy)?, A => {
+            self.launch_unary(*s, dy, dx, |op: &mut ResizeBilinearGpu<A>, dy, dx| {
+                op.backward(dy, dx)
+            })
         })
     }
 
@@ -573,15 +666,17 @@ impl Coarse2FineOps for CudaBackend {
         u_max: Tensor,
         argmax: IndexTensor,
     ) -> Result<()> {
-        self.launch(
+        per_storage!(self.mem.storage(x)?, A => self.launch_with(
             *s,
-            [u, x],
-            [xf, u_max],
-            [argmax],
-            |op: &mut MaskGpu<f32>, [u, x], [mut xf, mut u_max], [mut argmax]| {
-                op.forward(&u, &x, &mut xf, &mut u_max, &mut argmax)
+            &[u, x],
+            &[xf, u_max],
+            &[argmax],
+            |op: &mut MaskGpu<A>, ops| {
+                let [u, x] = ops.all_values::<A, 2>([u, x])?;
+                let (mut xf, mut u_max) = (ops.values::<A>(xf)?, ops.values::<f32>(u_max)?);
+                op.forward(&u, &x, &mut xf, &mut u_max, &mut ops.indices(argmax))
             },
-        )
+        ))
     }
 
     fn mask_backward(
@@ -594,15 +689,17 @@ impl Coarse2FineOps for CudaBackend {
         argmax: IndexTensor,
         du: Tensor,
     ) -> Result<()> {
-        self.launch(
+        per_storage!(self.mem.storage(x)?, A => self.launch_with(
             *s,
-            [u, x, dxf, u_max],
-            [du],
-            [argmax],
-            |op: &mut MaskGpu<f32>, [u, x, dxf, u_max], [mut du], [argmax]| {
-                op.backward(&u, &x, &dxf, &u_max, &argmax, &mut du)
+            &[u, x, dxf, u_max],
+            &[du],
+            &[argmax],
+            |op: &mut MaskGpu<A>, ops| {
+                let [u, x, dxf] = ops.all_values::<A, 3>([u, x, dxf])?;
+                let (u_max, mut du) = (ops.values::<f32>(u_max)?, ops.values::<A>(du)?);
+                op.backward(&u, &x, &dxf, &u_max, &ops.indices(argmax), &mut du)
             },
-        )
+        ))
     }
 }
 
@@ -689,4 +786,9 @@ fn check_linear_dims(s: &LinearShape) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The ranges of f32 operands `ts`: parameters, statistics and their gradients.
+fn f32s<'a, const N: usize>(ops: &Operands<'a>, ts: [Tensor; N]) -> Result<[DevRange<'a, f32>; N]> {
+    ops.all_values::<f32, N>(ts)
 }

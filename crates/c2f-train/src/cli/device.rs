@@ -49,7 +49,8 @@ pub(super) fn choose_device(device: Option<&str>) -> Result<Option<CudaBackend>>
 
 /// `--precision` checked against the backend chosen (`cuda`, or the CPU where it is `None`) and
 /// set on it: the CPU computes in f32 only; a GPU in tf32 (the default, PyTorch's for
-/// convolutions) or f32, bf16 not being built yet. A refusal names the flag.
+/// convolutions), f32, or bf16 (for the models that have a bf16 path). A refusal names the
+/// flag.
 pub(super) fn set_precision(
     cuda: Option<&mut CudaBackend>,
     precision: Option<Precision>,
