@@ -190,7 +190,7 @@ fn gpu_capture_refuses_host_work_and_allocations_naming_the_op() {
             Box::new(move |b| b.read_index(labels).map(drop)),
         ),
         (
-            "allocating a buffer of 8 values".into(),
+            "allocating a buffer of 8 f32 values".into(),
             Box::new(move |b| b.alloc(8).map(drop)),
         ),
         // ReLU is no op of the network, so its launcher is first made here.
@@ -199,7 +199,7 @@ fn gpu_capture_refuses_host_work_and_allocations_naming_the_op() {
             Box::new(move |b| b.relu_forward(x, y)),
         ),
         (
-            format!("planning the {conv}"),
+            format!("planning the {conv} in f32"),
             Box::new(move |b| b.conv2d_forward(&conv, x, spare.slice(40, 18), y.slice(0, 4))),
         ),
         (
