@@ -20,9 +20,9 @@ use c2f_train::data::loader::Batch as LoaderBatch;
 use c2f_train::model::{Coarse2Fine, Task};
 use c2f_train::state::Named;
 use c2f_train::train::{
-    build_baseline, build_coarse2fine, build_coarse_only, build_wsdan, init_baseline,
-    init_coarse2fine, init_wsdan, train_coarse2fine, BatchShare, LearningRates, ModelKind,
-    RunOptions, TrainConfig, Trainee,
+    batch_probabilities, build_baseline, build_coarse2fine, build_coarse_only, build_wsdan,
+    init_baseline, init_coarse2fine, init_wsdan, train_coarse2fine, BatchShare, DeviceGraph,
+    LearningRates, ModelKind, RunOptions, TrainConfig, Trainee,
 };
 
 fn tiny() -> TrainConfig {
@@ -546,6 +546,74 @@ fn emulator_replayed_steps_match_eager_ones_as_values_change() {
     let mut wsdan = build_wsdan(&mut gpu, &cfg).unwrap();
     init_wsdan(&mut gpu, &wsdan, &run).unwrap();
     assert_replays_match_eager(&mut gpu, &mut wsdan, &cfg, "WS-DAN");
+}
+
+/// Each batch's probabilities from `model` on `b`, inferred through an evaluation graph that
+/// replays (`replay`) or runs op by op; and whether it ended replaying.
+fn probabilities_of<M: Trainee<CudaBackend>>(
+    b: &mut CudaBackend,
+    model: &mut M,
+    batches: &[Vec<f32>],
+    replay: bool,
+) -> (Vec<Vec<Vec<f64>>>, bool) {
+    let mut graph = DeviceGraph::new("evaluation", replay);
+    let outputs = model.outputs();
+    let heads = batches
+        .iter()
+        .map(|images| batch_probabilities(b, model, images, outputs, &mut graph).unwrap())
+        .collect();
+    (heads, graph.replays())
+}
+
+/// Evaluation's inference captured once and replayed (the graph `fit` evaluates through) gives
+/// the bits of the same batches run op by op, for Coarse2Fine, the coarse-only model, the
+/// baseline and WS-DAN, though every batch's images differ; from the third batch on it is
+/// really replayed (inference holds no host work).
+#[test]
+fn emulator_evaluation_replayed_matches_eager() {
+    let test = "emulator_evaluation_replayed_matches_eager";
+    let Some(mut gpu) = cuda_or_skip(test) else {
+        return;
+    };
+    let cfg = tiny();
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("train_gpu_eval_graph");
+    let run = run_options(&dir);
+    let batches: Vec<Vec<f32>> = (0..4).map(|k| random_batch(&cfg, 60 + k).images).collect();
+    let check = |name: &str, (eager, _): (Vec<Vec<Vec<f64>>>, bool), replayed| {
+        let (replayed, replays): (Vec<Vec<Vec<f64>>>, bool) = replayed;
+        assert!(replays, "{name}: the evaluation was not replayed");
+        assert_ne!(
+            eager[2], eager[3],
+            "{name}: two batches gave the same probabilities"
+        );
+        assert!(eager == replayed, "{name}: replayed probabilities differ");
+    };
+    for (fine, name) in [(true, "Coarse2Fine"), (false, "coarse-only")] {
+        let mut model = build(&mut gpu, &cfg, fine);
+        init_coarse2fine(&mut gpu, &model, &cfg, &run).unwrap();
+        let eager = probabilities_of(&mut gpu, &mut model, &batches, false);
+        check(
+            name,
+            eager,
+            probabilities_of(&mut gpu, &mut model, &batches, true),
+        );
+    }
+    let mut baseline = build_baseline(&mut gpu, &cfg).unwrap();
+    init_baseline(&mut gpu, &baseline, &run).unwrap();
+    let eager = probabilities_of(&mut gpu, &mut baseline, &batches, false);
+    check(
+        "baseline",
+        eager,
+        probabilities_of(&mut gpu, &mut baseline, &batches, true),
+    );
+    let mut wsdan = build_wsdan(&mut gpu, &cfg).unwrap();
+    init_wsdan(&mut gpu, &wsdan, &run).unwrap();
+    let eager = probabilities_of(&mut gpu, &mut wsdan, &batches, false);
+    check(
+        "WS-DAN",
+        eager,
+        probabilities_of(&mut gpu, &mut wsdan, &batches, true),
+    );
 }
 
 /// The numbers of a run's metrics.jsonl (what its timing and `cuda_graph` say left out).

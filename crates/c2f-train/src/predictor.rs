@@ -17,7 +17,7 @@ use crate::localize::{
 use crate::model::Coarse2Fine;
 use crate::train::{
     build_baseline, build_coarse2fine, build_coarse_only, build_wsdan, evaluate, Baseline,
-    Evaluation, ModelKind, Trainee,
+    DeviceGraph, Evaluation, ModelKind, Trainee,
 };
 use crate::wsdan::WsDan;
 
@@ -152,7 +152,8 @@ pub struct Loaded<'a, B, M> {
 
 impl<B: Backend<Scalar = f32>, M: Trainee<B> + Attends<B>> Predictor for Loaded<'_, B, M> {
     fn evaluate(&mut self, test: &Loader, outputs: usize) -> Result<Evaluation> {
-        evaluate(self.b, self.model, test, outputs)
+        let mut graph = DeviceGraph::new("evaluation", true);
+        evaluate(self.b, self.model, test, outputs, &mut graph)
     }
 
     fn probabilities(&mut self, images: &[f32]) -> Result<Vec<Vec<f64>>> {

@@ -238,9 +238,9 @@ pub struct TrainArgs {
     /// the epoch sums are the same, a divergence is found up to N−1 steps late.
     #[arg(long, value_parser = within(1..=MAX_LOG_EVERY))]
     pub log_every: Option<usize>,
-    /// Run every training step op by op instead of capturing it into a CUDA graph after a
-    /// warm-up step and replaying it (the same numbers; per-layer NVTX ranges in a profile need
-    /// it). Ignored on the CPU, which has no graphs.
+    /// Run every training step and evaluation batch op by op instead of capturing each into a
+    /// CUDA graph after a warm-up and replaying it (the same numbers; per-layer NVTX ranges in
+    /// a profile need it). Ignored on the CPU, which has no graphs.
     #[arg(long)]
     pub no_cuda_graph: bool,
     /// No progress bar.

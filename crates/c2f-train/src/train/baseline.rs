@@ -120,13 +120,21 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Baseline {
         self.net.sgd_step_by(b, rule)
     }
 
-    fn probabilities(&mut self, b: &mut B, images: &[f32]) -> Result<Vec<Vec<f64>>> {
-        b.write(self.net.input(), images)?;
+    fn eval_input(&self) -> Tensor {
+        self.net.input()
+    }
+
+    fn infer(&mut self, b: &mut B) -> Result<()> {
         self.net.dropout.training = false;
-        self.net.forward(b, BnMode::Inference)?;
-        Ok(vec![self
-            .task
-            .probabilities(&b.read(self.net.output())?, self.classes)])
+        self.net.forward(b, BnMode::Inference)
+    }
+
+    fn eval_logits(&self) -> Vec<Tensor> {
+        vec![self.net.output()]
+    }
+
+    fn outputs(&self) -> usize {
+        self.classes
     }
 
     fn task(&self) -> Task {

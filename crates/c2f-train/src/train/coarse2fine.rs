@@ -11,7 +11,7 @@ use super::fit::build_and_fit;
 use super::init::{init_backbone, start_from_checkpoint, uniform_heads};
 use super::models::ModelKind;
 use super::parallel::DataParallel;
-use super::trainee::{head_probabilities, write_batch, BatchShare, GradsReady, StepStats, Trainee};
+use super::trainee::{write_batch, BatchShare, GradsReady, StepStats, Trainee};
 use super::Evaluation;
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::Batch;
@@ -103,10 +103,20 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for Coarse2Fine {
         self.sgd_step_by(b, rule)
     }
 
-    fn probabilities(&mut self, b: &mut B, images: &[f32]) -> Result<Vec<Vec<f64>>> {
-        b.write(self.input(), images)?;
-        self.infer(b)?;
-        head_probabilities(b, self.config.task, self.config.classes, &self.logits())
+    fn eval_input(&self) -> Tensor {
+        self.input()
+    }
+
+    fn infer(&mut self, b: &mut B) -> Result<()> {
+        Coarse2Fine::infer(self, b)
+    }
+
+    fn eval_logits(&self) -> Vec<Tensor> {
+        self.logits()
+    }
+
+    fn outputs(&self) -> usize {
+        self.config.classes
     }
 
     fn task(&self) -> Task {

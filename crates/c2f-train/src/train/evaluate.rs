@@ -5,6 +5,7 @@ use c2f_inception::backend::Backend;
 use c2f_kernels::Result;
 use serde::{Deserialize, Serialize};
 
+use super::graph::DeviceGraph;
 use super::trainee::Trainee;
 use crate::data::loader::Loader;
 use crate::task::Task;
@@ -74,14 +75,35 @@ pub fn padded_images(images: &[f32], n: usize, batch: usize) -> Vec<f32> {
     out
 }
 
+/// Each head's probabilities `[B·outputs]` (coarse, then fine or refined if any) for a full
+/// batch of `images`: written to the model's input, inferred through `graph` (replayed once
+/// captured: inference holds no host work) and read.
+pub fn batch_probabilities<B: Backend<Scalar = f32>, M: Trainee<B> + ?Sized>(
+    b: &mut B,
+    model: &mut M,
+    images: &[f32],
+    outputs: usize,
+    graph: &mut DeviceGraph,
+) -> Result<Vec<Vec<f64>>> {
+    b.write(model.eval_input(), images)?;
+    graph.run(b, model.name(), &mut |b| model.infer(b))?;
+    let task = model.task();
+    model
+        .eval_logits()
+        .iter()
+        .map(|&l| Ok(task.probabilities(&b.read(l)?, outputs)))
+        .collect()
+}
+
 /// The accuracy of every head (and of the average of two) on the test loader: top-1 for
 /// classes; for attributes each attribute's (probability above ½ against its target) and
-/// their mean.
+/// their mean. Each batch's inference runs through `graph`.
 pub fn evaluate<B: Backend<Scalar = f32>, M: Trainee<B>>(
     b: &mut B,
     model: &mut M,
     test: &Loader,
     outputs: usize,
+    graph: &mut DeviceGraph,
 ) -> Result<Evaluation> {
     let batch_size = test.config().batch_size;
     let task = model.task();
@@ -92,7 +114,8 @@ pub fn evaluate<B: Backend<Scalar = f32>, M: Trainee<B>>(
     let mut epoch = test.epoch(0);
     for batch in &mut epoch {
         let n = batch.labels.len();
-        let heads = model.probabilities(b, &padded_images(&batch.images, n, batch_size))?;
+        let images = padded_images(&batch.images, n, batch_size);
+        let heads = batch_probabilities(b, model, &images, outputs, graph)?;
         two = heads.len() > 1;
         for i in 0..n {
             for (k, row) in prediction_rows(&heads, i, outputs).iter().enumerate() {

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use c2f_inception::backend::{Backend, BnMode, Tensor};
-use c2f_inception::cuda::CapturedOps;
 use c2f_inception::network::SgdRule;
 use c2f_kernels::error::check_labels;
 use c2f_kernels::nvtx;
@@ -13,6 +12,7 @@ use c2f_kernels::rng::SplitMix64;
 use c2f_kernels::{Error, Result};
 
 use super::evaluate::{evaluate, Evaluation};
+use super::graph::DeviceGraph;
 use super::loaders::{test_loader, train_loader};
 use super::metrics::{EpochTally, Report};
 use super::parallel::{rank_config, DataParallel, EpochBatches, RankStep};
@@ -75,7 +75,8 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
     let mut pending = PendingStats::new(b, model.stats(), run.log_every, world)?;
     let rates = LearningRates::new(b)?;
     let sgd_rule = cfg.sgd_rule(&rates);
-    let mut graph = StepGraph::new(run.cuda_graph);
+    let mut graph = DeviceGraph::new("training step", run.cuda_graph);
+    let mut eval_graph = DeviceGraph::new("evaluation", run.cuda_graph);
     let mut report = match test_loader {
         Some(test) => {
             let names = (loss_terms, model.head_names());
@@ -178,7 +179,8 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
                 skipped: &skipped,
             };
             let _range = nvtx::range("evaluate");
-            let evaluation = report.epoch_end(b, model, cfg, run, data, &meta, &tally)?;
+            let evaluation =
+                report.epoch_end((b, &mut eval_graph), model, cfg, run, data, &meta, &tally)?;
             last_evaluation = evaluation.or(last_evaluation);
         }
         meta.epoch = epoch + 1;
@@ -197,7 +199,9 @@ pub fn fit<B: Backend<Scalar = f32>, M: Trainee<B>>(
     match (last_evaluation, &report) {
         (Some(a), _) => Ok(Some(a)),
         // A resumed run that had already finished its epochs: evaluate what it holds.
-        (None, Some(report)) => evaluate(b, model, &report.test, cfg.classes).map(Some),
+        (None, Some(report)) => {
+            evaluate(b, model, &report.test, cfg.classes, &mut eval_graph).map(Some)
+        }
         (None, None) => Ok(None),
     }
 }
@@ -231,82 +235,6 @@ fn device_step<B: Backend<Scalar = f32>, M: Trainee<B>>(
         nvtx::within("all-reduce gradients", || r.after_backward(b))?;
     }
     nvtx::within("sgd", || model.sgd_step(b, sgd_rule))
-}
-
-/// How [`fit`] runs a step's device work ([`device_step`]): op by op, or captured once into a
-/// CUDA graph and replayed ([`c2f_inception::backend::Buffers::capture_ops`]). The first step
-/// runs op by op (it makes every buffer, launcher and plan the graph needs), the second is
-/// captured and replayed, and so are all later ones: the shapes are fixed for the run (the
-/// training loader drops an epoch's last partial batch) and every value that changes between
-/// steps is written to the backend's memory before each. A backend that records nothing (the
-/// CPU's), `--no-cuda-graph`, or a step holding an op a graph cannot (one warning naming it)
-/// stays op by op.
-enum StepGraph {
-    Eager,
-    WarmUp,
-    Capture,
-    Replay(CapturedOps),
-}
-
-impl StepGraph {
-    fn new(enabled: bool) -> StepGraph {
-        if enabled {
-            StepGraph::WarmUp
-        } else {
-            StepGraph::Eager
-        }
-    }
-
-    /// Whether the steps are replayed from a captured graph.
-    fn replays(&self) -> bool {
-        matches!(self, StepGraph::Replay(_))
-    }
-
-    /// Runs one step's device work `step` of model `name`.
-    fn run<B: Backend<Scalar = f32>>(
-        &mut self,
-        b: &mut B,
-        name: &str,
-        step: &mut dyn FnMut(&mut B) -> Result<()>,
-    ) -> Result<()> {
-        match self {
-            StepGraph::Eager => step(b),
-            StepGraph::WarmUp => {
-                step(b)?;
-                *self = StepGraph::Capture;
-                Ok(())
-            }
-            StepGraph::Capture => match b.capture_ops(step) {
-                Ok(Some(ops)) => {
-                    b.replay_ops(&ops)?;
-                    *self = StepGraph::Replay(ops);
-                    Ok(())
-                }
-                Ok(None) => {
-                    *self = StepGraph::Eager;
-                    step(b)
-                }
-                Err(Error::Capture { op, reason }) => {
-                    eprintln!(
-                        "{name}: the training step runs op by op, not as a CUDA graph: {op} \
-                         cannot be captured ({reason})"
-                    );
-                    *self = StepGraph::Eager;
-                    step(b)
-                }
-                Err(e) => Err(e),
-            },
-            StepGraph::Replay(ops) => match b.replay_ops(ops) {
-                // A buffer the graph addresses was replaced (a shape first met since, e.g. in
-                // an evaluation): capture the step again.
-                Err(Error::Capture { .. }) => {
-                    *self = StepGraph::Capture;
-                    self.run(b, name, step)
-                }
-                replayed => replayed,
-            },
-        }
-    }
 }
 
 /// Builds a model with `build` at this process's batch, initialises it with `init` unless the

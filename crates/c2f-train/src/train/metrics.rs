@@ -12,6 +12,7 @@ use c2f_kernels::{Error, Result};
 
 use super::centers::{center_spread, spread_columns, MergedCenters};
 use super::evaluate::{evaluate, format_accuracy, Evaluation};
+use super::graph::DeviceGraph;
 use super::trainee::Trainee;
 use crate::checkpoint::CheckpointMeta;
 use crate::config::{RunOptions, TrainConfig};
@@ -61,7 +62,7 @@ impl Report {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn epoch_end<B: Backend<Scalar = f32>, M: Trainee<B>>(
         &mut self,
-        b: &mut B,
+        (b, eval_graph): (&mut B, &mut DeviceGraph),
         model: &mut M,
         cfg: &TrainConfig,
         run: &RunOptions,
@@ -74,7 +75,7 @@ impl Report {
         let last = epoch + 1 == cfg.epochs;
         let due = run.eval_every > 0 && (epoch + 1).is_multiple_of(run.eval_every);
         let evaluation = if last || due {
-            Some(evaluate(b, model, &self.test, cfg.classes)?)
+            Some(evaluate(b, model, &self.test, cfg.classes, eval_graph)?)
         } else {
             None
         };

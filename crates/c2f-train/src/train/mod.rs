@@ -16,6 +16,7 @@ mod centers;
 pub mod coarse2fine;
 pub mod evaluate;
 mod fit;
+pub mod graph;
 pub mod init;
 pub mod loaders;
 mod metrics;
@@ -30,10 +31,11 @@ pub use baseline::{build_baseline, init_baseline, train_baseline, Baseline};
 pub use centers::{center_spread, MERGED_SPREAD};
 pub use coarse2fine::{build_coarse2fine, build_coarse_only, init_coarse2fine, train_coarse2fine};
 pub use evaluate::{
-    argmax, evaluate, format_accuracy, padded_images, prediction_rows, Accuracy, Evaluation,
-    COARSE_FINE, RAW_REFINED,
+    argmax, batch_probabilities, evaluate, format_accuracy, padded_images, prediction_rows,
+    Accuracy, Evaluation, COARSE_FINE, RAW_REFINED,
 };
 pub use fit::fit;
+pub use graph::DeviceGraph;
 pub use init::{init_backbone, start_from_checkpoint};
 pub use loaders::{test_loader, train_loader};
 pub use models::{ModelKind, Trainer};

@@ -9,7 +9,8 @@ use c2f_kernels::nvtx;
 use c2f_kernels::rng::SplitMix64;
 use c2f_kernels::Result;
 
-use super::evaluate::COARSE_FINE;
+use super::evaluate::{batch_probabilities, COARSE_FINE};
+use super::graph::DeviceGraph;
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::Batch;
 use crate::state::Named;
@@ -102,9 +103,22 @@ pub trait Trainee<B: Backend<Scalar = f32>> {
     }
     /// One SGD step, each parameter tensor with the hyper-parameters `rule` gives it.
     fn sgd_step(&mut self, b: &mut B, rule: &SgdRule<'_>) -> Result<()>;
+    /// Where inference reads a full batch of images.
+    fn eval_input(&self) -> Tensor;
+    /// Inference on the images in [`Trainee::eval_input`], each head's logits left in
+    /// [`Trainee::eval_logits`]: device work only, so that it can be captured.
+    fn infer(&mut self, b: &mut B) -> Result<()>;
+    /// Each head's logits after [`Trainee::infer`]: coarse (raw), then fine (refined) if any.
+    fn eval_logits(&self) -> Vec<Tensor>;
+    /// Classes, or attributes, per image.
+    fn outputs(&self) -> usize;
     /// Class probabilities `[B·C]` (attributes: each one's probability `[B·A]`) per head
-    /// (coarse, then fine if any) for a full batch of images.
-    fn probabilities(&mut self, b: &mut B, images: &[f32]) -> Result<Vec<Vec<f64>>>;
+    /// (coarse, then fine if any) for a full batch of images, op by op.
+    fn probabilities(&mut self, b: &mut B, images: &[f32]) -> Result<Vec<Vec<f64>>> {
+        let outputs = self.outputs();
+        let mut eager = DeviceGraph::new("inference", false);
+        batch_probabilities(b, self, images, outputs, &mut eager)
+    }
     /// What the heads predict.
     fn task(&self) -> Task;
     /// Where a fresh run's up-sampler starts, for its checkpoint (`None`: the model has none).
@@ -134,17 +148,4 @@ pub(super) fn write_batch<B: Backend<Scalar = f32>>(
     }
     b.stage(&parts)?;
     b.take_staged()
-}
-
-/// Each head's probabilities (`task`'s, of `outputs` per image) from its `logits`.
-pub(super) fn head_probabilities<B: Backend<Scalar = f32>>(
-    b: &mut B,
-    task: Task,
-    outputs: usize,
-    logits: &[Tensor],
-) -> Result<Vec<Vec<f64>>> {
-    logits
-        .iter()
-        .map(|&l| Ok(task.probabilities(&b.read(l)?, outputs)))
-        .collect()
 }

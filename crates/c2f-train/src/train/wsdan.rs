@@ -9,7 +9,7 @@ use c2f_kernels::Result;
 
 use super::init::{init_backbone, start_from_checkpoint, uniform_heads};
 use super::models::ModelKind;
-use super::trainee::{head_probabilities, write_batch, BatchShare, GradsReady, StepStats, Trainee};
+use super::trainee::{write_batch, BatchShare, GradsReady, StepStats, Trainee};
 use crate::config::{RunOptions, TrainConfig};
 use crate::data::loader::Batch;
 use crate::state::Named;
@@ -85,12 +85,21 @@ impl<B: Backend<Scalar = f32>> Trainee<B> for WsDan {
         self.sgd_step_by(b, rule)
     }
 
-    fn probabilities(&mut self, b: &mut B, images: &[f32]) -> Result<Vec<Vec<f64>>> {
-        b.write(self.input(), images)?;
-        self.infer(b)?;
-        // After inference the raw and the refined logits.
-        let logits = &self.logits()[..2];
-        head_probabilities(b, self.config.task, self.config.classes, logits)
+    fn eval_input(&self) -> Tensor {
+        self.input()
+    }
+
+    fn infer(&mut self, b: &mut B) -> Result<()> {
+        WsDan::infer(self, b)
+    }
+
+    /// After inference the raw and the refined logits.
+    fn eval_logits(&self) -> Vec<Tensor> {
+        self.logits()[..2].to_vec()
+    }
+
+    fn outputs(&self) -> usize {
+        self.config.classes
     }
 
     fn task(&self) -> Task {
