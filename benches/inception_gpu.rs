@@ -18,6 +18,7 @@ use c2f_inception::network::{Network, SgdGroup};
 use c2f_inception::spec::{Depth, InceptionConfig, Op};
 use c2f_inception::Precision::{self, Bf16, Tf32, F32};
 use c2f_kernels::sgd::SgdParams;
+use c2f_kernels::testing::bench_smoke;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 #[path = "common/golden_net.rs"]
@@ -115,14 +116,19 @@ fn bench(c: &mut Criterion) {
     for size in sizes {
         // Timed algorithm choice is the peer of PyTorch's fp32 + cudnn.benchmark rows; tf32 is
         // timed with the heuristic only, as `c2f train` runs by default; bf16 both ways, the
-        // timed rows being the peer of PyTorch's AMP + channels_last + cudnn.benchmark.
-        for (precision, choice, suffix) in [
+        // timed rows being the peer of PyTorch's AMP + channels_last + cudnn.benchmark. The
+        // smoke run leaves the timed rows out: their code is the heuristic rows' with another
+        // choice, which `conv2d_with_timed_algorithms_matches_cpu` runs, and each row costs the
+        // emulator a minute.
+        let rows = [
             (F32, Heuristic, ""),
             (F32, Timed, "_timed"),
             (Tf32, Heuristic, ""),
             (Bf16, Heuristic, ""),
             (Bf16, Timed, "_timed"),
-        ] {
+        ];
+        let smoke = bench_smoke();
+        for (precision, choice, suffix) in rows.into_iter().filter(|r| !smoke || r.1 == Heuristic) {
             for (depth, net) in [
                 (Depth::Mixed6e, "mixed6e"),
                 (Depth::Full { classes: 1000 }, "full"),
