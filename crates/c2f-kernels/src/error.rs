@@ -25,6 +25,9 @@ pub enum Error {
     File { path: String, message: String },
     /// Buffers or parameters that do not fit the op's shape. Only for tensor shapes.
     Shape(String),
+    /// An op asked for element types it has no kernel for: `op` names it, `types` the types
+    /// (`f64 to f32`).
+    ElementTypes { op: &'static str, types: String },
     /// A command-line flag or configuration value that is out of range or conflicts with
     /// another: `key` is the flag (`--batch`) or config key, `value` what was given.
     Config {
@@ -87,6 +90,7 @@ impl fmt::Display for Error {
             Error::Library { library, message } => write!(f, "{library}: {message}"),
             Error::File { path, message } => write!(f, "{path}: {message}"),
             Error::Shape(msg) => write!(f, "shape error: {msg}"),
+            Error::ElementTypes { op, types } => write!(f, "{op} has no kernel for {types}"),
             Error::Config {
                 key,
                 value,
