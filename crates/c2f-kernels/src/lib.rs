@@ -21,6 +21,8 @@
 //! - [`axpby`]: `y = α·x + β·y`, for scaling and for summing gradient contributions.
 //! - [`cast`]: f32 ↔ bf16 casts and a bf16 gradient added into an f32 one, for the bf16 step's
 //!   f32 master weights.
+//! - [`transpose`]: a batched 2-D transpose with an f32/bf16 conversion, for NCHW ↔ NHWC
+//!   activations and KCRS ↔ KRSC weights.
 //!
 //! Also [`nvtx`]: the NVTX ranges that name layers, passes and phases on a profiler's timeline.
 //!
@@ -56,6 +58,7 @@ pub mod sgd;
 pub mod sigmoid_bce;
 pub mod softmax_ce;
 pub mod testing;
+pub mod transpose;
 
 pub use device::{Gpu, KernelSource};
 pub use element::Element;
