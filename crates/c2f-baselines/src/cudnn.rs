@@ -69,7 +69,8 @@ impl Drop for Handle {
     }
 }
 
-/// An NCHW tensor descriptor (f32 unless made by [`Tensor4d::of_type`]).
+/// A tensor descriptor: NCHW unless made by [`Tensor4d::with_format`], f32 unless made by
+/// [`Tensor4d::of_type`] or it.
 pub struct Tensor4d(pub sys::cudnnTensorDescriptor_t);
 
 impl Tensor4d {
@@ -78,15 +79,20 @@ impl Tensor4d {
     }
 
     pub fn of_type(dims: [usize; 4], data_type: cudnnDataType_t) -> Result<Tensor4d> {
+        Self::with_format(dims, data_type, cudnnTensorFormat_t::CUDNN_TENSOR_NCHW)
+    }
+
+    /// `dims` (`[N, C, H, W]`, whatever the format) stored in `format`: NCHW, or channels-last
+    /// NHWC.
+    pub fn with_format(
+        dims: [usize; 4],
+        data_type: cudnnDataType_t,
+        format: cudnnTensorFormat_t,
+    ) -> Result<Tensor4d> {
         let desc = Tensor4d(result::create_tensor_descriptor().map_err(cudnn_error)?);
         // SAFETY: the descriptor was just created.
         unsafe {
-            result::set_tensor4d_descriptor(
-                desc.0,
-                cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
-                data_type,
-                dims.map(|d| d as c_int),
-            )
+            result::set_tensor4d_descriptor(desc.0, format, data_type, dims.map(|d| d as c_int))
         }
         .map_err(cudnn_error)?;
         Ok(desc)

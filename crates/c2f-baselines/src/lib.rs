@@ -6,7 +6,8 @@
 //! One module per op of [`c2f_kernels`], named as there: [`axpby::AxpbyCublas`],
 //! [`bap::BapCublas`], [`batch_norm::BatchNormCudnn`], [`cast::CastCudnn`], [`center_loss::CenterLossUnfused`],
 //! [`conv_transpose::CudnnConvTranspose`], [`relu::ReluCudnn`], [`pool::Pool2dCudnn`],
-//! [`sgd::SgdCublas`], [`sigmoid_bce::SigmoidBceCudnn`], [`softmax_ce::LogSoftmaxCudnn`].
+//! [`sgd::SgdCublas`], [`sigmoid_bce::SigmoidBceCudnn`], [`softmax_ce::LogSoftmaxCudnn`],
+//! [`transpose::TransposeCudnn`].
 
 pub mod axpby;
 pub mod bap;
@@ -21,6 +22,7 @@ pub mod relu;
 pub mod sgd;
 pub mod sigmoid_bce;
 pub mod softmax_ce;
+pub mod transpose;
 
 /// The kernel files from `kernels/baselines/`, as `build.rs` embedded them.
 pub mod sources {
