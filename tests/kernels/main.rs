@@ -28,3 +28,4 @@ mod pool;
 mod sgd;
 mod sigmoid_bce;
 mod softmax_ce;
+mod transpose;
