@@ -36,7 +36,7 @@ C2F_FORCE_NVRTC=1 emulated cargo test --test model -- --nocapture train_gpu::
 C2F_BENCH_SMOKE=1 emulated cargo test \
   --bench augment --bench axpby --bench bap --bench batch_norm --bench cast --bench center_loss \
   --bench conv_transpose \
-  --bench mask --bench pool --bench sgd --bench sigmoid_bce --bench softmax_ce \
+  --bench mask --bench pool --bench sgd --bench sigmoid_bce --bench softmax_ce --bench transpose \
   --bench inception_gpu --bench coarse2fine_gpu --bench pretrain_upsampler --bench nccl_allreduce
 # The GPU check's join of PyTorch's op timings with ours, on made-up lines (it needs no torch).
 join_dir=$(mktemp -d)
