@@ -218,7 +218,7 @@ PY
   run_bench loader 120 loader
   # The kernels rewritten since the last GPU run first (docs/gpu-status.md says which), and the
   # transposed conv's bench (the longest) after the others.
-  local first="augment bap pool batch_norm center_loss cast sgd"
+  local first="augment bap pool batch_norm center_loss cast transpose sgd"
   local last="conv_transpose pretrain_upsampler"
   for b in $first; do run_bench "$b"; done
   for b in "$bins"/benches/*; do
@@ -234,7 +234,7 @@ PY
     python3 "$root/tools/torch_ops_baseline.py" --join "$logs"
   # The kernels rewritten since the last GPU run under compute-sanitizer before the long benches,
   # the rest after them (they passed before): memcheck before racecheck within each set.
-  sanitize augment bap pool batch_norm mask axpby conv_transpose cast sgd
+  sanitize augment bap pool batch_norm mask axpby conv_transpose cast transpose sgd
   # Criterion on the rewritten weight gradient only (all its rows took over 150 s on an H200);
   # the other rows still print their BENCH and SPEEDUP lines.
   run_bench conv_transpose 150 'gpu_(f32|bf16)/(grad_params|cudnn_[a-z0-9_]*backward_filter)'
