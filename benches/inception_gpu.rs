@@ -93,8 +93,14 @@ fn convolutions_of(net: &Network, b: &mut CudaBackend) -> impl FnMut(&mut CudaBa
         })
         .collect();
     let most = |len: fn(&Conv2dShape) -> usize| layers.iter().map(|l| len(&l.0)).max().unwrap();
-    let out = b.alloc_activation(most(Conv2dShape::output_len)).unwrap();
-    let d_in = b.alloc_activation(most(Conv2dShape::input_len)).unwrap();
+    // In the network's layout, as the activations the convolutions read.
+    let layout = b.activation_layout();
+    let out = b
+        .alloc_activation_in(most(Conv2dShape::output_len), layout)
+        .unwrap();
+    let d_in = b
+        .alloc_activation_in(most(Conv2dShape::input_len), layout)
+        .unwrap();
     move |b| {
         for (s, x, w, _) in &layers {
             b.conv2d_forward(s, *x, *w, out.slice(0, s.output_len()))

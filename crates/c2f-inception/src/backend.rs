@@ -38,6 +38,7 @@ use c2f_kernels::center_loss::{CenterLossShape, CenterUpdate};
 use c2f_kernels::concat::ChannelSlice;
 use c2f_kernels::conv_transpose::ConvTransposeParams;
 use c2f_kernels::dropout::DropoutParams;
+use c2f_kernels::layout::Layout;
 use c2f_kernels::map_select::MapShape;
 use c2f_kernels::mask::MaskShape;
 use c2f_kernels::pool::{Pool2dParams, PoolShape};
@@ -207,6 +208,24 @@ pub trait Buffers {
     /// backend that stores everything as its scalar.
     fn alloc_activation(&mut self, len: usize) -> Result<Tensor> {
         self.alloc(len)
+    }
+    /// The memory order the network keeps its activations in (its input and output stay
+    /// NCHW): channels-last on the CUDA backend in bf16 ([`Precision::activation_layout`]).
+    /// This default is NCHW, the CPU backend's only layout.
+    fn activation_layout(&self) -> Layout {
+        Layout::Nchw
+    }
+    /// [`Self::alloc_activation`] for activations laid out `layout`, which the layout-aware ops
+    /// ([`NetworkOps`]) read from the buffer. This default refuses channels-last.
+    fn alloc_activation_in(&mut self, len: usize, layout: Layout) -> Result<Tensor> {
+        match layout {
+            Layout::Nchw => self.alloc_activation(len),
+            Layout::Nhwc => Err(Error::config(
+                "layout",
+                "NHWC",
+                format!("{} keeps activations NCHW", self.describe()),
+            )),
+        }
     }
     /// A new zero-filled i32 buffer, whole.
     fn alloc_index(&mut self, len: usize) -> Result<IndexTensor>;
@@ -420,6 +439,17 @@ pub trait NetworkOps: Buffers {
     fn copy_channels(&mut self, s: &ChannelSlice, part: Tensor, whole: Tensor) -> Result<()>;
     /// Split, one part: its channels of `whole` into `part` (assigned).
     fn slice_channels(&mut self, s: &ChannelSlice, whole: Tensor, part: Tensor) -> Result<()>;
+
+    /// `y = x` rewritten in `y`'s layout ([`Buffers::alloc_activation_in`]): NCHW into
+    /// channels-last or back, `[N, C, H, W]` as `s` gives it. This default, for a backend with
+    /// only NCHW, refuses: nothing is laid out otherwise there.
+    fn convert_layout(&mut self, _s: &PoolShape, _x: Tensor, _y: Tensor) -> Result<()> {
+        Err(Error::config(
+            "layout",
+            "NHWC",
+            format!("{} keeps activations NCHW", self.describe()),
+        ))
+    }
 
     /// `y = x·Wᵀ + b`.
     fn linear_forward(

@@ -6,6 +6,7 @@
 use c2f_kernels::batch_norm::{BatchNormParams, BatchNormShape};
 use c2f_kernels::concat::ChannelSlice;
 use c2f_kernels::dropout::{step_words, DropoutParams};
+use c2f_kernels::layout::Layout;
 use c2f_kernels::nvtx;
 use c2f_kernels::pool::{Pool2dParams, PoolShape};
 use c2f_kernels::sgd::SgdParams;
@@ -20,6 +21,16 @@ use crate::table::{TensorEntry, TensorTable};
 
 /// The head's intermediates: globally pooled features `[B, C]`, the same after dropout, and
 /// their gradients; and dropout's step slot ([`Network::set_dropout_step`]).
+/// The NCHW input and output a channels-last network converts at its ends, so that its
+/// callers see NCHW whatever the layout inside ([`crate::backend::Buffers::activation_layout`]).
+struct Boundary {
+    input: Tensor,
+    input_grad: Tensor,
+    /// The spatial output (Mixed_6e's features) and its gradient; none after a head, whose
+    /// logits are `[B, classes]` in any layout.
+    output: Option<(Tensor, Tensor)>,
+}
+
 struct HeadBuffers {
     pooled: Tensor,
     dropped: Tensor,
@@ -47,6 +58,8 @@ pub struct Network {
     /// Gradient w.r.t. a conv's pre-BN output; one buffer, sized for the largest conv.
     d_pre_bn: Tensor,
     head: Option<HeadBuffers>,
+    /// Where the network is channels-last: its NCHW ends.
+    boundary: Option<Boundary>,
     /// Dropout before `fc` (torchvision's p = 0.5). The caller sets the step every training
     /// step ([`Network::set_dropout_step`]), and must change neither between a forward and its
     /// backward.
@@ -166,31 +179,49 @@ impl Network {
             momentum,
             buffers,
         } = state;
-        // Activations and their gradients in the backend's activation storage, but for the
-        // logits and their gradient, which stay f32 as the losses do.
+        // Activations and their gradients in the backend's activation storage and layout, but
+        // for the logits and their gradient, which stay f32 as the losses do.
         let logits = graph.ops.iter().find_map(|op| match op {
             Op::Head { output, .. } => Some(*output),
             _ => None,
         });
+        let layout = backend.activation_layout();
         let mut acts = Vec::new();
         for (id, shape) in graph.activations.iter().enumerate() {
             let len = batch * shape.len();
             acts.push(match Some(id) == logits {
                 true => backend.alloc(len)?,
-                false => backend.alloc_activation(len)?,
+                false => backend.alloc_activation_in(len, layout)?,
             });
         }
+        let boundary = match layout {
+            Layout::Nchw => None,
+            Layout::Nhwc => {
+                let (input_len, output_len) = (acts[0].len, acts[graph.output].len);
+                Some(Boundary {
+                    input: backend.alloc_activation(input_len)?,
+                    input_grad: backend.alloc_activation(input_len)?,
+                    output: match logits {
+                        Some(_) => None,
+                        None => Some((
+                            backend.alloc_activation(output_len)?,
+                            backend.alloc_activation(output_len)?,
+                        )),
+                    },
+                })
+            }
+        };
         // Activation gradients share one buffer by liveness (crate::liveness).
-        let layout = liveness::plan(&graph, batch);
-        let arena = backend.alloc_activation(layout.total)?;
-        let mut act_grads: Vec<Tensor> = layout
+        let plan = liveness::plan(&graph, batch);
+        let arena = backend.alloc_activation_in(plan.total, layout)?;
+        let mut act_grads: Vec<Tensor> = plan
             .offsets
             .iter()
-            .zip(&layout.lens)
+            .zip(&plan.lens)
             .map(|(&offset, &len)| arena.slice(offset, len))
             .collect();
         if let Some(id) = logits {
-            act_grads[id] = backend.alloc(layout.lens[id])?;
+            act_grads[id] = backend.alloc(plan.lens[id])?;
         }
         let mut pre_bn = Vec::new();
         let mut bn_saved = Vec::new();
@@ -203,7 +234,7 @@ impl Network {
                 Op::Conv { conv, output, .. } => {
                     let len = batch * graph.activations[*output].len();
                     largest = largest.max(len);
-                    pre_bn.push(backend.alloc_activation(len)?);
+                    pre_bn.push(backend.alloc_activation_in(len, layout)?);
                     let c = graph.convs[*conv].out_channels;
                     bn_saved.push(BnStats {
                         mean: backend.alloc(c)?,
@@ -227,7 +258,7 @@ impl Network {
             }
             pool_indices.push(indices);
         }
-        let d_pre_bn = backend.alloc_activation(largest)?;
+        let d_pre_bn = backend.alloc_activation_in(largest, layout)?;
         Ok(Network {
             graph,
             batch,
@@ -242,6 +273,7 @@ impl Network {
             pool_indices,
             d_pre_bn,
             head,
+            boundary,
             dropout: DropoutParams {
                 p: DROPOUT,
                 seed: 0,
@@ -285,32 +317,53 @@ impl Network {
         )
     }
 
-    /// The input images `[B, 3, S, S]`, to be written before [`Network::forward`].
+    /// The input images `[B, 3, S, S]` (NCHW in every layout), to be written before
+    /// [`Network::forward`].
     pub fn input(&self) -> Tensor {
-        self.acts[0]
+        self.boundary.as_ref().map_or(self.acts[0], |b| b.input)
     }
 
-    /// The gradient w.r.t. the input, written by a backward with `input_grad`; it keeps its
-    /// value until the next backward.
+    /// The gradient w.r.t. the input (NCHW), written by a backward with `input_grad`; it keeps
+    /// its value until the next backward.
     pub fn input_grad(&self) -> Tensor {
-        self.act_grads[0]
+        self.boundary
+            .as_ref()
+            .map_or(self.act_grads[0], |b| b.input_grad)
     }
 
-    /// Any activation: `[B, C, H, W]` of [`Graph::activations`].
+    /// Any activation: `[B, C, H, W]` of [`Graph::activations`], in the network's layout
+    /// ([`crate::backend::Buffers::activation_layout`]).
     pub fn activation(&self, id: ActId) -> Tensor {
         self.acts[id]
     }
 
-    /// The last activation: Mixed_6e's features, or the logits.
+    /// Activation `id` read back in NCHW, whatever the network's layout.
+    pub fn read_activation<B: Backend>(&self, b: &mut B, id: ActId) -> Result<Vec<B::Scalar>> {
+        let values = b.read(self.acts[id])?;
+        let s = self.act_shape(id);
+        let hw = s.height * s.width;
+        Ok(match self.boundary {
+            Some(_) => Layout::Nhwc.convert(Layout::Nchw, &values, s.channels, hw),
+            None => values,
+        })
+    }
+
+    /// The last activation: Mixed_6e's features (NCHW in every layout), or the logits.
     pub fn output(&self) -> Tensor {
-        self.acts[self.graph.output]
+        match self.boundary.as_ref().and_then(|b| b.output) {
+            Some((features, _)) => features,
+            None => self.acts[self.graph.output],
+        }
     }
 
     /// Where the caller writes the loss gradient w.r.t. [`Network::output`] before backward.
-    /// Backward reuses its memory once it has read it (activation gradients share one buffer
-    /// by liveness, [`crate::liveness`]), so it holds no value afterwards.
+    /// Backward may reuse its memory once it has read it (activation gradients share one
+    /// buffer by liveness, [`crate::liveness`]), so it holds no value afterwards.
     pub fn output_grad(&self) -> Tensor {
-        self.act_grads[self.graph.output]
+        match self.boundary.as_ref().and_then(|b| b.output) {
+            Some((_, grad)) => grad,
+            None => self.act_grads[self.graph.output],
+        }
     }
 
     /// Parameter number `index` of `graph.params`, and its gradient.
@@ -404,6 +457,9 @@ impl Network {
     /// Runs the graph on [`Network::input`]. `Train` uses batch statistics and updates the
     /// running ones; `Inference` uses the running statistics.
     pub fn forward<B: Backend>(&mut self, b: &mut B, mode: BnMode) -> Result<()> {
+        if let Some(boundary) = &self.boundary {
+            b.convert_layout(&self.pool_shape(0), boundary.input, self.acts[0])?;
+        }
         let mut conv_index = 0;
         let mut layer = LayerRange::new(&self.graph, "forward");
         for (op_index, op) in self.graph.ops.iter().enumerate() {
@@ -484,6 +540,10 @@ impl Network {
                 }
             }
         }
+        if let Some((features, _)) = self.boundary.as_ref().and_then(|b| b.output) {
+            let output = self.graph.output;
+            b.convert_layout(&self.pool_shape(output), self.acts[output], features)?;
+        }
         Ok(())
     }
 
@@ -515,6 +575,10 @@ impl Network {
         // first contribution assigned and the rest added.
         let mut written = vec![false; self.acts.len()];
         written[self.graph.output] = true;
+        if let Some((_, grad)) = self.boundary.as_ref().and_then(|b| b.output) {
+            let output = self.graph.output;
+            b.convert_layout(&self.pool_shape(output), grad, self.act_grads[output])?;
+        }
         let mut conv_index = self.pre_bn.len();
         let mut complete_from = self.grads.len;
         let mut report = |b: &mut B, params: &[usize]| -> Result<()> {
@@ -637,6 +701,9 @@ impl Network {
                     )?;
                 }
             }
+        }
+        if let (Some(boundary), true) = (&self.boundary, input_grad) {
+            b.convert_layout(&self.pool_shape(0), self.act_grads[0], boundary.input_grad)?;
         }
         Ok(())
     }

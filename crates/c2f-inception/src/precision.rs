@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use c2f_kernels::layout::Layout;
 use serde::{Deserialize, Serialize};
 
 /// The arithmetic of a backend's ops. Parameters, their gradients and momentum are f32 in every
@@ -79,6 +80,16 @@ impl Precision {
         match self {
             Precision::Bf16 => Storage::Bf16,
             Precision::Tf32 | Precision::F32 | Precision::F64 => Storage::F32,
+        }
+    }
+
+    /// The memory order a network keeps its activations in this precision: channels-last in
+    /// bf16, where cuDNN's tensor-core convolutions read NHWC without transposing it; NCHW
+    /// otherwise.
+    pub fn activation_layout(self) -> Layout {
+        match self {
+            Precision::Bf16 => Layout::Nhwc,
+            Precision::Tf32 | Precision::F32 | Precision::F64 => Layout::Nchw,
         }
     }
 }

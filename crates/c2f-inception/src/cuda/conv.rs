@@ -1,4 +1,5 @@
-//! Convolutions through cuDNN (cudarc's safe API), NCHW f32, with or without TF32.
+//! Convolutions through cuDNN (cudarc's safe API): f32 with or without TF32, or bf16; NCHW, or
+//! channels-last NHWC with KRSC filters.
 //!
 //! - **Plans**: the first call with a [`Conv2dShape`] builds its descriptors and picks its three
 //!   algorithms (forward, backward-data, backward-filter) once; later calls reuse them. How they
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use c2f_kernels::cudnn_raw::{self, cudnn_error};
 use c2f_kernels::device::{refuse_in_capture, ALLOCATES};
 use c2f_kernels::error::check_len;
+use c2f_kernels::layout::Layout;
 use c2f_kernels::{Error, Result};
 use cudarc::cudnn::sys::{
     cudnnConvolutionBwdDataAlgo_t as BwdDataAlgo, cudnnConvolutionBwdFilterAlgo_t as BwdFilterAlgo,
@@ -47,11 +49,13 @@ use crate::precision::Storage;
 /// Most workspace bytes one algorithm may use; see the module documentation.
 pub const WORKSPACE_LIMIT: usize = 1 << 30;
 
-/// A [`Conv2dShape`] as a hash key (the shape type itself is not `Hash`).
-type ConvKey = [usize; 11];
+/// A [`Conv2dShape`] and the activations' layout as a hash key (the shape type itself is not
+/// `Hash`).
+type ConvKey = [usize; 12];
 
-fn key(s: &Conv2dShape) -> ConvKey {
+fn key(s: &Conv2dShape, layout: Layout) -> ConvKey {
     [
+        layout as usize,
         s.batch,
         s.in_channels,
         s.height,
@@ -151,10 +155,15 @@ impl<T: ConvData> ConvPlan<T> {
         handle: &Arc<Cudnn>,
         stream: &Arc<CudaStream>,
         s: &Conv2dShape,
+        layout: Layout,
         choice: AlgorithmChoice,
         math: cudnnMathType_t,
     ) -> Result<ConvPlan<T>> {
-        let nchw = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+        // Channels-last activations take a KRSC filter, as cuDNN's NHWC kernels read it.
+        let format = match layout {
+            Layout::Nchw => cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+            Layout::Nhwc => cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+        };
         let [n, c, h, w, k] = [
             ("batch", s.batch),
             ("in_channels", s.in_channels),
@@ -183,13 +192,13 @@ impl<T: ConvData> ConvPlan<T> {
             c_int(what, len)?;
         }
         let x = handle
-            .create_4d_tensor::<T>(nchw, [n, c, h, w])
+            .create_4d_tensor::<T>(format, [n, c, h, w])
             .map_err(cudnn_error)?;
         let y = handle
-            .create_4d_tensor::<T>(nchw, [n, k, oh, ow])
+            .create_4d_tensor::<T>(format, [n, k, oh, ow])
             .map_err(cudnn_error)?;
         let filter = handle
-            .create_4d_filter::<T>(nchw, [k, c, kernel[0], kernel[1]])
+            .create_4d_filter::<T>(format, [k, c, kernel[0], kernel[1]])
             .map_err(cudnn_error)?;
         let mut conv = handle
             .create_conv2d::<f32>(
@@ -503,15 +512,16 @@ impl ConvEngine {
     fn prepare<T: ConvData>(
         &mut self,
         s: &Conv2dShape,
+        layout: Layout,
         lens: [(&str, usize, usize); 3],
     ) -> Result<ConvKey> {
         s.validate()?;
         for (what, len, expected) in lens {
             check_len(what, len, expected)?;
         }
-        let k = key(s);
+        let k = key(s, layout);
         if !T::plans(&mut self.plans).contains_key(&k) {
-            let planning = format!("planning the {s} in {}", T::STORAGE);
+            let planning = format!("planning the {s} in {} {layout:?}", T::STORAGE);
             refuse_in_capture(&self.stream, &planning, ALLOCATES)?;
             // bf16 data has no FMA-only kernels to keep to: tensor cores, f32 accumulation.
             let math = match (T::STORAGE, self.tf32) {
@@ -519,7 +529,8 @@ impl ConvEngine {
                 (Storage::F32, true) => cudnnMathType_t::CUDNN_DEFAULT_MATH,
                 (Storage::F32, false) => cudnnMathType_t::CUDNN_FMA_MATH,
             };
-            let plan = ConvPlan::<T>::new(&self.handle, &self.stream, s, self.choice, math)?;
+            let plan =
+                ConvPlan::<T>::new(&self.handle, &self.stream, s, layout, self.choice, math)?;
             let need = plan.algos.workspace.into_iter().max().unwrap_or(0);
             let have = self.workspace.as_ref().map_or(0, |w| w.len());
             if need > have {
@@ -537,12 +548,14 @@ impl ConvEngine {
     pub(crate) fn forward<T: ConvData>(
         &mut self,
         s: &Conv2dShape,
+        layout: Layout,
         x: &impl DevicePtr<T>,
         w: &impl DevicePtr<T>,
         y: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         let k = self.prepare::<T>(
             s,
+            layout,
             [
                 ("conv2d x", x.len(), s.input_len()),
                 ("conv2d weight", w.len(), s.weight_len()),
@@ -575,6 +588,7 @@ impl ConvEngine {
     pub(crate) fn backward_data<T: ConvData>(
         &mut self,
         s: &Conv2dShape,
+        layout: Layout,
         dy: &impl DevicePtr<T>,
         w: &impl DevicePtr<T>,
         dx: &mut impl DevicePtrMut<T>,
@@ -582,6 +596,7 @@ impl ConvEngine {
     ) -> Result<()> {
         let k = self.prepare::<T>(
             s,
+            layout,
             [
                 ("conv2d dy", dy.len(), s.output_len()),
                 ("conv2d weight", w.len(), s.weight_len()),
@@ -614,6 +629,7 @@ impl ConvEngine {
     pub(crate) fn backward_filter<T: ConvData>(
         &mut self,
         s: &Conv2dShape,
+        layout: Layout,
         x: &impl DevicePtr<T>,
         dy: &impl DevicePtr<T>,
         dw: &mut impl DevicePtrMut<T>,
@@ -621,6 +637,7 @@ impl ConvEngine {
     ) -> Result<()> {
         let k = self.prepare::<T>(
             s,
+            layout,
             [
                 ("conv2d x", x.len(), s.input_len()),
                 ("conv2d dy", dy.len(), s.output_len()),

@@ -1,13 +1,15 @@
 //! The conversions the bf16 step makes around the libraries it calls in f32 or with bf16 weights
 //! ([`crate::Precision::Bf16`]): cuDNN's bf16 convolutions take bf16 weights and write a bf16
 //! weight gradient, while the parameters and their gradients are f32 master copies; the `fc`
-//! runs in f32 on its (small) input. Scratch buffers hold the converted copies: one bf16 buffer
-//! (a convolution's weights, then its weight gradient) and two f32 ones (the `fc`'s input and
-//! input gradient), each grown to the largest need when first met, so a step run eagerly before
-//! a capture makes them all.
+//! runs in f32 on its (small) input; channels-last data takes KRSC filters, transposed from and
+//! back into the KCRS master copies. Scratch buffers hold the converted copies: one buffer per
+//! storage for a convolution's weights, then its weight gradient, and two f32 ones (the `fc`'s
+//! input and input gradient), each grown to the largest need when first met, so a step run
+//! eagerly before a capture makes them all.
 
 use c2f_kernels::cast::CastGpu;
 use c2f_kernels::device::{refuse_in_capture, ALLOCATES};
+use c2f_kernels::layout::Layout;
 use c2f_kernels::{Error, Result};
 use half::bf16;
 
@@ -19,7 +21,9 @@ use crate::precision::Storage;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Scratch {
     /// bf16: a convolution's weights or weight gradient.
-    Weights,
+    Bf16Weights,
+    /// f32: a convolution's weights or weight gradient in KRSC, for channels-last f32 data.
+    F32Weights,
     /// f32: the `fc`'s input.
     FcInput,
     /// f32: the `fc`'s input gradient.
@@ -27,10 +31,18 @@ pub(super) enum Scratch {
 }
 
 impl Scratch {
+    /// The weights' scratch for convolutions on data stored as `storage`.
+    pub(super) fn weights(storage: Storage) -> Scratch {
+        match storage {
+            Storage::F32 => Scratch::F32Weights,
+            Storage::Bf16 => Scratch::Bf16Weights,
+        }
+    }
+
     fn storage(self) -> Storage {
         match self {
-            Scratch::Weights => Storage::Bf16,
-            Scratch::FcInput | Scratch::FcInputGrad => Storage::F32,
+            Scratch::Bf16Weights => Storage::Bf16,
+            Scratch::F32Weights | Scratch::FcInput | Scratch::FcInputGrad => Storage::F32,
         }
     }
 
@@ -43,7 +55,7 @@ impl Scratch {
 #[derive(Default)]
 pub(super) struct Conversions {
     cast: Option<CastGpu>,
-    scratch: [Option<Tensor>; 3],
+    scratch: [Option<Tensor>; 4],
     /// How many scratch buffers have been allocated: a graph captured before the last holds a
     /// buffer no longer used.
     pub(super) made: usize,
@@ -55,7 +67,7 @@ impl CudaBackend {
         match self.conversions.scratch[which.slot()] {
             Some(t) if t.len >= len => Ok(t.slice(0, len)),
             _ => {
-                let t = self.alloc_stored(len, which.storage())?;
+                let t = self.alloc_stored(len, which.storage(), Layout::Nchw)?;
                 self.conversions.scratch[which.slot()] = Some(t);
                 self.conversions.made += 1;
                 Ok(t)

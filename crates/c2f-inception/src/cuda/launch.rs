@@ -15,6 +15,7 @@ use c2f_kernels::concat::ChannelCopyGpu;
 use c2f_kernels::conv_transpose::{ConvTransposeGpu, ConvTransposeParams};
 use c2f_kernels::device::{refuse_in_capture, ALLOCATES};
 use c2f_kernels::dropout::DropoutGpu;
+use c2f_kernels::layout::Layout;
 use c2f_kernels::map_select::{MapSelectGpu, MapShape};
 use c2f_kernels::mask::{MaskGpu, MaskShape};
 use c2f_kernels::pool::{AvgPool2dGpu, GlobalAvgPoolGpu, MaxPool2dGpu, Pool2dParams, PoolShape};
@@ -23,10 +24,11 @@ use c2f_kernels::resize::{ResizeBilinearGpu, ResizeShape};
 use c2f_kernels::sgd::SgdGpu;
 use c2f_kernels::sigmoid_bce::{SigmoidBceGpu, SigmoidBceShape};
 use c2f_kernels::softmax_ce::{SoftmaxCeGpu, SoftmaxCeShape};
+use c2f_kernels::transpose::TransposeGpu;
 use c2f_kernels::{Gpu, Result};
 use half::bf16;
 
-use super::memory::{DevRange, Operands, StoredAs};
+use super::memory::{DevRange, Memory, Operands, StoredAs};
 use super::CudaBackend;
 use crate::backend::{IndexTensor, Tensor};
 
@@ -34,15 +36,19 @@ use crate::backend::{IndexTensor, Tensor};
 /// for those that serve every shape) and keeps in [`Launchers`].
 pub(super) trait Launcher: Sized {
     type Key: Copy + Hash + Eq;
+    /// Whether the op takes channels-last operands (it reads their layouts itself); every
+    /// other op is refused one, since its kernel indexes NCHW.
+    const ANY_LAYOUT: bool = false;
     fn make(gpu: &Gpu, key: &Self::Key) -> Result<Self>;
     /// Where `launchers` keeps this kind.
     fn cache(launchers: &mut Launchers) -> &mut HashMap<Self::Key, Self>;
 }
 
 /// Declares [`Launchers`], one map per kind, and each kind's [`Launcher`] impl, from lines
-/// `field: Launcher, keyed by Key = |gpu, key| make`.
+/// `field: Launcher, keyed by Key = |gpu, key| make`; `field: Launcher [any layout], …` marks a
+/// kind whose op reads its operands' layouts ([`Launcher::ANY_LAYOUT`]).
 macro_rules! launchers {
-    ($($field:ident: $launcher:ty, keyed by $key_ty:ty = |$gpu:ident, $key:pat_param| $make:expr;)*) => {
+    ($($field:ident: $launcher:ty $([$any:ident layout])?, keyed by $key_ty:ty = |$gpu:ident, $key:pat_param| $make:expr;)*) => {
         /// The launchers made so far.
         #[derive(Default)]
         pub(super) struct Launchers {
@@ -51,6 +57,7 @@ macro_rules! launchers {
 
         $(impl Launcher for $launcher {
             type Key = $key_ty;
+            $(const ANY_LAYOUT: bool = stringify!($any).len() > 0;)?
             fn make($gpu: &Gpu, $key: &$key_ty) -> Result<Self> {
                 $make
             }
@@ -62,16 +69,17 @@ macro_rules! launchers {
 }
 
 launchers! {
-    batch_norm: BatchNormGpu<f32>, keyed by BnKey = |gpu, key| BatchNormGpu::new(gpu, key.shape, key.params());
-    batch_norm_bf16: BatchNormGpu<bf16>, keyed by BnKey = |gpu, key| BatchNormGpu::new(gpu, key.shape, key.params());
-    max_pool: MaxPool2dGpu<f32>, keyed by (PoolShape, Pool2dParams) = |gpu, (s, p)| MaxPool2dGpu::new(gpu, *s, *p);
-    max_pool_bf16: MaxPool2dGpu<bf16>, keyed by (PoolShape, Pool2dParams) = |gpu, (s, p)| MaxPool2dGpu::new(gpu, *s, *p);
-    avg_pool: AvgPool2dGpu<f32>, keyed by (PoolShape, Pool2dParams) = |gpu, (s, p)| AvgPool2dGpu::new(gpu, *s, *p);
-    avg_pool_bf16: AvgPool2dGpu<bf16>, keyed by (PoolShape, Pool2dParams) = |gpu, (s, p)| AvgPool2dGpu::new(gpu, *s, *p);
-    global_pool: GlobalAvgPoolGpu<f32>, keyed by PoolShape = |gpu, s| GlobalAvgPoolGpu::new(gpu, *s);
-    global_pool_bf16: GlobalAvgPoolGpu<bf16>, keyed by PoolShape = |gpu, s| GlobalAvgPoolGpu::new(gpu, *s);
-    channel_copy: ChannelCopyGpu<f32>, keyed by () = |gpu, _| ChannelCopyGpu::new(gpu);
-    channel_copy_bf16: ChannelCopyGpu<bf16>, keyed by () = |gpu, _| ChannelCopyGpu::new(gpu);
+    batch_norm: BatchNormGpu<f32> [any layout], keyed by BnKey = |gpu, key| BatchNormGpu::with_layout(gpu, key.shape, key.params(), key.layout);
+    batch_norm_bf16: BatchNormGpu<bf16> [any layout], keyed by BnKey = |gpu, key| BatchNormGpu::with_layout(gpu, key.shape, key.params(), key.layout);
+    max_pool: MaxPool2dGpu<f32> [any layout], keyed by PoolKey = |gpu, (s, p, l)| MaxPool2dGpu::with_layout(gpu, *s, *p, *l);
+    max_pool_bf16: MaxPool2dGpu<bf16> [any layout], keyed by PoolKey = |gpu, (s, p, l)| MaxPool2dGpu::with_layout(gpu, *s, *p, *l);
+    avg_pool: AvgPool2dGpu<f32> [any layout], keyed by PoolKey = |gpu, (s, p, l)| AvgPool2dGpu::with_layout(gpu, *s, *p, *l);
+    avg_pool_bf16: AvgPool2dGpu<bf16> [any layout], keyed by PoolKey = |gpu, (s, p, l)| AvgPool2dGpu::with_layout(gpu, *s, *p, *l);
+    global_pool: GlobalAvgPoolGpu<f32> [any layout], keyed by (PoolShape, Layout) = |gpu, (s, l)| GlobalAvgPoolGpu::with_layout(gpu, *s, *l);
+    global_pool_bf16: GlobalAvgPoolGpu<bf16> [any layout], keyed by (PoolShape, Layout) = |gpu, (s, l)| GlobalAvgPoolGpu::with_layout(gpu, *s, *l);
+    channel_copy: ChannelCopyGpu<f32> [any layout], keyed by () = |gpu, _| ChannelCopyGpu::new(gpu);
+    channel_copy_bf16: ChannelCopyGpu<bf16> [any layout], keyed by () = |gpu, _| ChannelCopyGpu::new(gpu);
+    transpose: TransposeGpu [any layout], keyed by () = |gpu, _| TransposeGpu::new(gpu);
     softmax_ce: SoftmaxCeGpu<f32>, keyed by SoftmaxCeShape = |gpu, s| SoftmaxCeGpu::new(gpu, *s);
     sigmoid_bce: SigmoidBceGpu<f32>, keyed by SigmoidBceShape = |gpu, s| SigmoidBceGpu::new(gpu, *s);
     dropout: DropoutGpu<f32>, keyed by () = |gpu, _| DropoutGpu::new(gpu);
@@ -97,6 +105,9 @@ launchers! {
     augment: AugmentGpu<f32>, keyed by AugmentShape = |gpu, s| AugmentGpu::new(gpu, *s);
 }
 
+/// A pooling launcher's key: the input's shape, the window and the layout.
+pub(super) type PoolKey = (PoolShape, Pool2dParams, Layout);
+
 /// [`BatchNormParams`] holds floats, so it is keyed by their bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct BnKey {
@@ -104,15 +115,17 @@ pub(super) struct BnKey {
     eps: u64,
     momentum: u64,
     relu: bool,
+    layout: Layout,
 }
 
 impl BnKey {
-    pub(super) fn new(shape: &BatchNormShape, p: &BatchNormParams) -> Self {
+    pub(super) fn new(shape: &BatchNormShape, p: &BatchNormParams, layout: Layout) -> Self {
         BnKey {
             shape: *shape,
             eps: p.eps.to_bits(),
             momentum: p.momentum.to_bits(),
             relu: p.relu,
+            layout,
         }
     }
 
@@ -159,6 +172,17 @@ fn launcher<'a, L: Launcher>(
     })
 }
 
+/// Refuses a channels-last operand of an op through `L` unless it reads layouts
+/// ([`Launcher::ANY_LAYOUT`]).
+fn refuse_layout<L: Launcher>(mem: &Memory, inputs: &[Tensor], outputs: &[Tensor]) -> Result<()> {
+    if L::ANY_LAYOUT {
+        return Ok(());
+    }
+    let op = std::any::type_name::<L>();
+    mem.refuse_channels_last(op, inputs)?;
+    mem.refuse_channels_last(op, outputs)
+}
+
 impl CudaBackend {
     /// [`Self::launch_as`] for an op whose value operands are all f32.
     pub(super) fn launch<L: Launcher, T, const I: usize, const O: usize, const X: usize>(
@@ -198,6 +222,7 @@ impl CudaBackend {
         L: Launcher,
         A: StoredAs,
     {
+        refuse_layout::<L>(&self.mem, &inputs, &outputs)?;
         let launcher = launcher::<L>(&mut self.launchers, &self.gpu, key)?;
         self.mem
             .run_as(inputs, outputs, index, |inputs, outputs, index| {
@@ -215,6 +240,7 @@ impl CudaBackend {
         index: &[IndexTensor],
         call: impl FnOnce(&mut L, &Operands<'_>) -> Result<T>,
     ) -> Result<T> {
+        refuse_layout::<L>(&self.mem, inputs, outputs)?;
         let launcher = launcher::<L>(&mut self.launchers, &self.gpu, key)?;
         call(launcher, &self.mem.operands(inputs, outputs, index)?)
     }

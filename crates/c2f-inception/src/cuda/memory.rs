@@ -3,6 +3,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use c2f_kernels::layout::Layout;
 use c2f_kernels::{Element, Error, Result};
 use cudarc::driver::{
     sys::CUdeviceptr, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice,
@@ -116,6 +117,10 @@ impl StoredAs for bf16 {
 pub(super) struct Memory {
     pub(super) stream: Arc<CudaStream>,
     pub(super) bufs: Vec<Stored>,
+    /// The memory order of each value buffer's activations, by buffer: what the layout-aware
+    /// ops (convolutions, batch norm, pooling, channel copies) read to pick their kernels, and
+    /// what every other op refuses when it is channels-last.
+    pub(super) layouts: Vec<Layout>,
     pub(super) index_bufs: Vec<DeviceBuf<i32>>,
 }
 
@@ -165,8 +170,48 @@ impl Memory {
         Memory {
             stream,
             bufs: Vec::new(),
+            layouts: Vec::new(),
             index_bufs: Vec::new(),
         }
+    }
+
+    /// How `t`'s buffer lays out its activations.
+    pub(super) fn layout(&self, t: Tensor) -> Result<Layout> {
+        self.layouts
+            .get(t.buf)
+            .copied()
+            .ok_or_else(|| Error::Shape(format!("the {t} is in no buffer of this backend")))
+    }
+
+    /// The one layout of the activations `ts` an op reads and writes, or an error naming `op`
+    /// and the first operand laid out otherwise than the first.
+    pub(super) fn common_layout(&self, op: &str, ts: &[Tensor]) -> Result<Layout> {
+        let Some(&first) = ts.first() else {
+            return Ok(Layout::Nchw);
+        };
+        let layout = self.layout(first)?;
+        for &t in &ts[1..] {
+            let other = self.layout(t)?;
+            if other != layout {
+                return Err(Error::Shape(format!(
+                    "{op}: the {first} is {layout:?} and the {t} {other:?}; the op takes one \
+                     layout"
+                )));
+            }
+        }
+        Ok(layout)
+    }
+
+    /// Refuses a channels-last operand of `op`, which takes NCHW (or has no spatial layout).
+    pub(super) fn refuse_channels_last(&self, op: &str, ts: &[Tensor]) -> Result<()> {
+        for &t in ts {
+            if self.layout(t)? == Layout::Nhwc {
+                return Err(Error::Shape(format!(
+                    "{op} takes NCHW operands; the {t} is channels-last (NHWC)"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// How `t`'s buffer stores its values.

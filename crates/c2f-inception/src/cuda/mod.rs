@@ -29,6 +29,7 @@ pub mod testing;
 
 use c2f_kernels::device::{refuse_in_capture, ALLOCATES, WAITS_FOR_CAPTURED_WORK};
 use c2f_kernels::error::check_len;
+use c2f_kernels::layout::Layout;
 use c2f_kernels::{Error, Gpu, Result};
 use half::bf16;
 
@@ -54,6 +55,8 @@ pub struct CudaBackend {
     /// Tells this backend's captured graphs from another's ([`graph`]).
     id: u64,
     precision: Precision,
+    /// The layout of the networks made next ([`Buffers::activation_layout`]).
+    layout: Layout,
     /// Batches on their way to the device ([`Buffers::stage`]); made at the first.
     staging: Option<Staging>,
     /// The bf16 step's casts and scratch ([`convert`]).
@@ -72,6 +75,7 @@ impl CudaBackend {
             gpu,
             id: graph::next_backend_id(),
             precision: Precision::F32,
+            layout: Layout::Nchw,
             staging: None,
             conversions: convert::Conversions::default(),
         })
@@ -126,7 +130,15 @@ impl CudaBackend {
         self.linear.set_tf32(tf32)?;
         self.conv.set_tf32(tf32);
         self.precision = precision;
+        self.layout = precision.activation_layout();
         Ok(())
+    }
+
+    /// Sets the layout networks made after this call keep their activations in, which
+    /// [`Self::set_precision`] sets to the precision's ([`Precision::activation_layout`]):
+    /// channels-last f32 is what the tests compare with NCHW f32.
+    pub fn set_activation_layout(&mut self, layout: Layout) {
+        self.layout = layout;
     }
 
     /// The cuDNN algorithms chosen so far, one entry per convolution shape.
@@ -140,7 +152,7 @@ impl CudaBackend {
     }
 
     /// A new zero-filled value buffer stored as `storage`, whole.
-    fn alloc_stored(&mut self, len: usize, storage: Storage) -> Result<Tensor> {
+    fn alloc_stored(&mut self, len: usize, storage: Storage, layout: Layout) -> Result<Tensor> {
         let what = format!("allocating a buffer of {len} {storage} values");
         self.refuse_in_capture(&what, ALLOCATES)?;
         let stream = &self.mem.stream;
@@ -148,6 +160,7 @@ impl CudaBackend {
             Storage::F32 => Stored::F32(DeviceBuf::zeroed(stream, len)?),
             Storage::Bf16 => Stored::Bf16(DeviceBuf::zeroed(stream, len)?),
         });
+        self.mem.layouts.push(layout);
         Ok(Tensor {
             buf: self.mem.bufs.len() - 1,
             offset: 0,
@@ -188,11 +201,19 @@ impl Buffers for CudaBackend {
     }
 
     fn alloc(&mut self, len: usize) -> Result<Tensor> {
-        self.alloc_stored(len, Storage::F32)
+        self.alloc_stored(len, Storage::F32, Layout::Nchw)
     }
 
     fn alloc_activation(&mut self, len: usize) -> Result<Tensor> {
-        self.alloc_stored(len, self.precision.activation_storage())
+        self.alloc_activation_in(len, Layout::Nchw)
+    }
+
+    fn activation_layout(&self) -> Layout {
+        self.layout
+    }
+
+    fn alloc_activation_in(&mut self, len: usize, layout: Layout) -> Result<Tensor> {
+        self.alloc_stored(len, self.precision.activation_storage(), layout)
     }
 
     fn alloc_index(&mut self, len: usize) -> Result<IndexTensor> {

@@ -11,6 +11,7 @@ use c2f_kernels::concat::{ChannelCopyGpu, ChannelSlice};
 use c2f_kernels::conv_transpose::{ConvTransposeGpu, ConvTransposeParams};
 use c2f_kernels::dropout::{DropoutGpu, DropoutParams};
 use c2f_kernels::error::check_len;
+use c2f_kernels::layout::Layout;
 use c2f_kernels::map_select::{MapSelectGpu, MapShape};
 use c2f_kernels::mask::{MaskGpu, MaskShape};
 use c2f_kernels::pool::{AvgPool2dGpu, GlobalAvgPoolGpu, MaxPool2dGpu, Pool2dParams, PoolShape};
@@ -19,6 +20,7 @@ use c2f_kernels::resize::{ResizeBilinearGpu, ResizeShape};
 use c2f_kernels::sgd::{SgdGpu, SgdParams};
 use c2f_kernels::sigmoid_bce::{SigmoidBceGpu, SigmoidBceShape};
 use c2f_kernels::softmax_ce::{SoftmaxCeGpu, SoftmaxCeShape};
+use c2f_kernels::transpose::{TransposeGpu, TransposeShape};
 use c2f_kernels::{Error, Result};
 
 use super::convert::Scratch;
@@ -31,26 +33,20 @@ use crate::backend::{
 };
 use crate::cpu::conv::Conv2dShape;
 use crate::precision::Storage;
-use half::bf16;
 
 impl NetworkOps for CudaBackend {
-    /// In bf16, on a bf16 copy of `w` (`cuda/convert.rs`).
+    /// On `w` as the data's storage and layout take it ([`CudaBackend::conv_weights`]).
     fn conv2d_forward(&mut self, s: &Conv2dShape, x: Tensor, w: Tensor, y: Tensor) -> Result<()> {
         self.bind()?;
-        match self.mem.storage(x)? {
-            Storage::F32 => self.mem.run([x, w], [y], [], |[x, w], [mut y], []| {
-                self.conv.forward(s, &x, &w, &mut y)
-            }),
-            Storage::Bf16 => {
-                let w16 = self.bf16_weights(w)?;
-                self.mem.run_as([x, w16], [y], [], |[x, w], [mut y], []| {
-                    self.conv.forward::<bf16>(s, &x, &w, &mut y)
-                })
-            }
-        }
+        let layout = self.mem.common_layout("convolution", &[x, y])?;
+        let storage = self.mem.storage(x)?;
+        let w = self.conv_weights(s, w, storage, layout)?;
+        per_storage!(storage, A => self.mem.run_as([x, w], [y], [], |[x, w], [mut y], []| {
+            self.conv.forward::<A>(s, layout, &x, &w, &mut y)
+        }))
     }
 
-    /// In bf16, on a bf16 copy of `w`; `dx` accumulates in bf16.
+    /// On `w` as the data's storage and layout take it; `dx` accumulates in its own storage.
     fn conv2d_backward_data(
         &mut self,
         s: &Conv2dShape,
@@ -60,22 +56,18 @@ impl NetworkOps for CudaBackend {
         accumulate: bool,
     ) -> Result<()> {
         self.bind()?;
-        match self.mem.storage(dy)? {
-            Storage::F32 => self.mem.run([dy, w], [dx], [], |[dy, w], [mut dx], []| {
-                self.conv.backward_data(s, &dy, &w, &mut dx, accumulate)
-            }),
-            Storage::Bf16 => {
-                let w16 = self.bf16_weights(w)?;
-                self.mem
-                    .run_as([dy, w16], [dx], [], |[dy, w], [mut dx], []| {
-                        self.conv
-                            .backward_data::<bf16>(s, &dy, &w, &mut dx, accumulate)
-                    })
-            }
-        }
+        let layout = self
+            .mem
+            .common_layout("convolution backward-data", &[dy, dx])?;
+        let storage = self.mem.storage(dy)?;
+        let w = self.conv_weights(s, w, storage, layout)?;
+        per_storage!(storage, A => self.mem.run_as([dy, w], [dx], [], |[dy, w], [mut dx], []| {
+            self.conv.backward_data::<A>(s, layout, &dy, &w, &mut dx, accumulate)
+        }))
     }
 
-    /// In bf16, cuDNN writes the gradient in bf16 into scratch, added to the f32 `dw` after.
+    /// Into `dw` directly in f32 NCHW; otherwise cuDNN writes the gradient in the data's storage
+    /// and filter layout into scratch, which is added into the f32 KCRS `dw` after.
     fn conv2d_backward_filter(
         &mut self,
         s: &Conv2dShape,
@@ -84,19 +76,25 @@ impl NetworkOps for CudaBackend {
         dw: Tensor,
     ) -> Result<()> {
         self.bind()?;
-        match self.mem.storage(x)? {
-            Storage::F32 => self.mem.run([x, dy], [dw], [], |[x, dy], [mut dw], []| {
-                self.conv.backward_filter(s, &x, &dy, &mut dw, true)
-            }),
-            Storage::Bf16 => {
-                let dw16 = self.scratch(Scratch::Weights, dw.len)?;
-                self.mem
-                    .run_as([x, dy], [dw16], [], |[x, dy], [mut dw16], []| {
-                        self.conv
-                            .backward_filter::<bf16>(s, &x, &dy, &mut dw16, false)
-                    })?;
-                self.accumulate_bf16(dw16, dw)
-            }
+        let layout = self
+            .mem
+            .common_layout("convolution backward-filter", &[x, dy])?;
+        let storage = self.mem.storage(x)?;
+        if (storage, layout) == (Storage::F32, Layout::Nchw) {
+            return self.mem.run([x, dy], [dw], [], |[x, dy], [mut dw], []| {
+                self.conv.backward_filter(s, layout, &x, &dy, &mut dw, true)
+            });
+        }
+        let dw_scratch = self.scratch(Scratch::weights(storage), dw.len)?;
+        per_storage!(storage, A => self.mem.run_as(
+            [x, dy],
+            [dw_scratch],
+            [],
+            |[x, dy], [mut dw], []| self.conv.backward_filter::<A>(s, layout, &x, &dy, &mut dw, false),
+        ))?;
+        match layout {
+            Layout::Nchw => self.accumulate_bf16(dw_scratch, dw),
+            Layout::Nhwc => self.transpose(&filter_to_krsc(s).inverse(), dw_scratch, dw, true),
         }
     }
 
@@ -110,7 +108,8 @@ impl NetworkOps for CudaBackend {
         y: Tensor,
         saved: &BnStats,
     ) -> Result<()> {
-        let key = BnKey::new(s, p);
+        let layout = self.mem.common_layout("batch norm", &[x, y])?;
+        let key = BnKey::new(s, p, layout);
         let affine = [bn.gamma, bn.beta];
         per_storage!(self.mem.storage(x)?, A => match mode {
             BnMode::Train => self.launch_with(
@@ -161,8 +160,11 @@ impl NetworkOps for CudaBackend {
             BnMode::Train => (saved.mean, saved.invstd),
             BnMode::Inference => (bn.running_mean, bn.running_var),
         };
+        let layout = self
+            .mem
+            .common_layout("batch norm backward", &[x, y, dy, dx])?;
         per_storage!(self.mem.storage(x)?, A => self.launch_with(
-            BnKey::new(s, p),
+            BnKey::new(s, p, layout),
             &[x, y, bn.gamma, mean, invstd, dy],
             &[dx, dgamma, dbeta],
             &[],
@@ -189,8 +191,9 @@ impl NetworkOps for CudaBackend {
         y: Tensor,
         indices: IndexTensor,
     ) -> Result<()> {
+        let layout = self.mem.common_layout("max pooling", &[x, y])?;
         per_storage!(self.mem.storage(x)?, A => self.launch_as(
-            (*s, *p),
+            (*s, *p, layout),
             [x],
             [y],
             [indices],
@@ -208,8 +211,9 @@ impl NetworkOps for CudaBackend {
         dy: Tensor,
         dx: Tensor,
     ) -> Result<()> {
+        let layout = self.mem.common_layout("max pooling backward", &[dy, dx])?;
         per_storage!(self.mem.storage(dy)?, A => self.launch_as(
-            (*s, *p),
+            (*s, *p, layout),
             [dy],
             [dx],
             [indices],
@@ -226,8 +230,10 @@ impl NetworkOps for CudaBackend {
         x: Tensor,
         y: Tensor,
     ) -> Result<()> {
+        let layout = self.mem.common_layout("average pooling", &[x, y])?;
         per_storage!(self.mem.storage(x)?, A => {
-            self.launch_unary((*s, *p), x, y, |op: &mut AvgPool2dGpu<A>, x, y| op.forward(x, y))
+            let key = (*s, *p, layout);
+            self.launch_unary(key, x, y, |op: &mut AvgPool2dGpu<A>, x, y| op.forward(x, y))
         })
     }
 
@@ -238,28 +244,35 @@ impl NetworkOps for CudaBackend {
         dy: Tensor,
         dx: Tensor,
     ) -> Result<()> {
+        let layout = self
+            .mem
+            .common_layout("average pooling backward", &[dy, dx])?;
         per_storage!(self.mem.storage(dy)?, A => {
-            self.launch_unary((*s, *p), dy, dx, |op: &mut AvgPool2dGpu<A>, dy, dx| {
+            self.launch_unary((*s, *p, layout), dy, dx, |op: &mut AvgPool2dGpu<A>, dy, dx| {
                 op.backward(dy, dx)
             })
         })
     }
 
+    /// The layout is `x`'s: `y`, `[N, C]`, is the same in both.
     fn global_avg_pool_forward(&mut self, s: &PoolShape, x: Tensor, y: Tensor) -> Result<()> {
+        let key = (*s, self.mem.layout(x)?);
         per_storage!(self.mem.storage(x)?, A => {
-            self.launch_unary(*s, x, y, |op: &mut GlobalAvgPoolGpu<A>, x, y| op.forward(x, y))
+            self.launch_unary(key, x, y, |op: &mut GlobalAvgPoolGpu<A>, x, y| op.forward(x, y))
         })
     }
 
     fn global_avg_pool_backward(&mut self, s: &PoolShape, dy: Tensor, dx: Tensor) -> Result<()> {
+        let key = (*s, self.mem.layout(dx)?);
         per_storage!(self.mem.storage(dy)?, A => {
-            self.launch_unary(*s, dy, dx, |op: &mut GlobalAvgPoolGpu<A>, dy, dx| {
+            self.launch_unary(key, dy, dx, |op: &mut GlobalAvgPoolGpu<A>, dy, dx| {
                 op.backward(dy, dx)
             })
         })
     }
 
     fn copy_channels(&mut self, s: &ChannelSlice, part: Tensor, whole: Tensor) -> Result<()> {
+        let s = &self.channel_slice("copying channels", s, part, whole)?;
         per_storage!(self.mem.storage(part)?, A => self.launch_unary(
             (),
             part,
@@ -269,12 +282,29 @@ impl NetworkOps for CudaBackend {
     }
 
     fn slice_channels(&mut self, s: &ChannelSlice, whole: Tensor, part: Tensor) -> Result<()> {
+        let s = &self.channel_slice("slicing channels", s, part, whole)?;
         per_storage!(self.mem.storage(whole)?, A => self.launch_unary(
             (),
             whole,
             part,
             |op: &mut ChannelCopyGpu<A>, whole, part| op.slice_channels(s, whole, part),
         ))
+    }
+
+    fn convert_layout(&mut self, s: &PoolShape, x: Tensor, y: Tensor) -> Result<()> {
+        check_len("layout conversion x", x.len, s.numel())?;
+        check_len("layout conversion y", y.len, s.numel())?;
+        let (batch, c, hw) = (s.batch, s.channels, s.hw());
+        let shape = match (self.mem.layout(x)?, self.mem.layout(y)?) {
+            (Layout::Nchw, Layout::Nhwc) => TransposeShape::to_channels_last(batch, c, hw),
+            (Layout::Nhwc, Layout::Nchw) => TransposeShape::to_channels_first(batch, c, hw),
+            (same, _) => {
+                return Err(Error::Shape(format!(
+                    "converting the {x} into the {y}: both are {same:?}"
+                )))
+            }
+        };
+        self.transpose(&shape, x, y, false)
     }
 
     /// A bf16 `x` is converted to f32 first: the `fc` computes in f32 (its cost is small).
@@ -287,6 +317,7 @@ impl NetworkOps for CudaBackend {
         y: Tensor,
     ) -> Result<()> {
         s.check(x, w, b, y)?;
+        self.mem.refuse_channels_last("linear", &[x, y])?;
         check_linear_dims(s)?;
         self.bind()?;
         let x = self.in_f32(x, Scratch::FcInput)?;
@@ -307,6 +338,8 @@ impl NetworkOps for CudaBackend {
         db: Tensor,
     ) -> Result<()> {
         s.check(x, w, db, dy)?;
+        self.mem
+            .refuse_channels_last("linear backward", &[x, dy, dx])?;
         check_len("linear dx", dx.len, s.batch * s.inputs)?;
         check_len("linear dw", dw.len, s.outputs * s.inputs)?;
         check_linear_dims(s)?;
@@ -333,11 +366,66 @@ impl NetworkOps for CudaBackend {
 }
 
 impl CudaBackend {
-    /// A bf16 copy of the f32 weights `w`, in scratch.
-    fn bf16_weights(&mut self, w: Tensor) -> Result<Tensor> {
-        let w16 = self.scratch(Scratch::Weights, w.len)?;
-        self.convert(w, w16)?;
-        Ok(w16)
+    /// `s` for the kernel, which indexes NCHW: channels-last `[N, H, W, C]` is `[N·H·W, C, 1, 1]`
+    /// in NCHW, so the same slice of channels.
+    fn channel_slice(
+        &self,
+        op: &str,
+        s: &ChannelSlice,
+        part: Tensor,
+        whole: Tensor,
+    ) -> Result<ChannelSlice> {
+        Ok(match self.mem.common_layout(op, &[part, whole])? {
+            Layout::Nchw => *s,
+            Layout::Nhwc => ChannelSlice {
+                batch: s.batch * s.hw(),
+                height: 1,
+                width: 1,
+                ..*s
+            },
+        })
+    }
+
+    /// The f32 KCRS weights `w` as cuDNN takes them for data stored as `storage` and laid out
+    /// `layout`: `w` itself for f32 NCHW, else a copy in scratch, converted to bf16 and, for
+    /// channels-last data, transposed to KRSC.
+    fn conv_weights(
+        &mut self,
+        s: &Conv2dShape,
+        w: Tensor,
+        storage: Storage,
+        layout: Layout,
+    ) -> Result<Tensor> {
+        if (storage, layout) == (Storage::F32, Layout::Nchw) {
+            return Ok(w);
+        }
+        let copy = self.scratch(Scratch::weights(storage), w.len)?;
+        match layout {
+            Layout::Nchw => self.convert(w, copy)?,
+            Layout::Nhwc => self.transpose(&filter_to_krsc(s), w, copy, false)?,
+        }
+        Ok(copy)
+    }
+
+    /// `y = xᵀ` per matrix of `s` (`+=` when `accumulate`), converting between the two
+    /// buffers' storage types.
+    fn transpose(
+        &mut self,
+        s: &TransposeShape,
+        x: Tensor,
+        y: Tensor,
+        accumulate: bool,
+    ) -> Result<()> {
+        let (from, to) = (self.mem.storage(x)?, self.mem.storage(y)?);
+        per_storage!(from, I => per_storage!(to, O => self.launch_with(
+            (),
+            &[x],
+            &[y],
+            &[],
+            |op: &mut TransposeGpu, ops| {
+                op.run::<I, O>(s, &ops.values::<I>(x)?, &mut ops.values::<O>(y)?, accumulate)
+            },
+        )))
     }
 
     /// `t` itself when f32, else an f32 copy of it in scratch `which`.
@@ -351,6 +439,11 @@ impl CudaBackend {
             }
         }
     }
+}
+
+/// A filter `[K, C, R, S]` as `K` matrices `C × RS`, transposed into KRSC.
+fn filter_to_krsc(s: &Conv2dShape) -> TransposeShape {
+    TransposeShape::to_channels_last(s.out_channels, s.in_channels, s.kernel.0 * s.kernel.1)
 }
 
 impl TrainingOps for CudaBackend {
