@@ -85,7 +85,7 @@ pub fn run<B: Backend>(b: &mut B, net: &mut Network) -> Run {
     b.write(net.input(), &narrow(&image)).unwrap();
     net.zero_grads(b).unwrap();
     net.forward(b, BnMode::Train).unwrap();
-    let mixed_6e = widen(&b.read(net.activation(graph.mixed_6e)).unwrap());
+    let mixed_6e = widen(&net.read_activation(b, graph.mixed_6e).unwrap());
     let logits = widen(&b.read(net.output()).unwrap());
     let (loss, dlogits) = cross_entropy(&logits);
     let dlogits: Vec<B::Scalar> = dlogits.iter().map(|&v| B::Scalar::from_f64(v)).collect();

@@ -524,8 +524,8 @@ fn assert_replays_match_eager<M: Trainee<CudaBackend>>(
 /// host read, write or allocation (the emulator refuses them inside a capture, as a GPU does),
 /// and every value that changes between steps (the rate per parameter group, λ, dropout's
 /// step, the batch and the random choices) is read from the device, so a graph captured once
-/// replays three steps of Coarse2Fine, the coarse-only model, the baseline and WS-DAN with the
-/// bits of the same steps run eagerly.
+/// replays three steps of Coarse2Fine, the coarse-only model, the baseline and WS-DAN (and of
+/// Coarse2Fine and the baseline in bf16) with the bits of the same steps run eagerly.
 #[test]
 fn emulator_replayed_steps_match_eager_ones_as_values_change() {
     let test = "emulator_replayed_steps_match_eager_ones_as_values_change";
@@ -546,6 +546,15 @@ fn emulator_replayed_steps_match_eager_ones_as_values_change() {
     let mut wsdan = build_wsdan(&mut gpu, &cfg).unwrap();
     init_wsdan(&mut gpu, &wsdan, &run).unwrap();
     assert_replays_match_eager(&mut gpu, &mut wsdan, &cfg, "WS-DAN");
+    // In bf16, channels-last, with its conversions (weights, layouts) inside the graph.
+    let mut bf16 = cuda_or_skip(test).expect("opened above");
+    bf16.set_precision(Precision::Bf16).unwrap();
+    let mut model = build(&mut bf16, &cfg, true);
+    init_coarse2fine(&mut bf16, &model, &cfg, &run).unwrap();
+    assert_replays_match_eager(&mut bf16, &mut model, &cfg, "Coarse2Fine in bf16");
+    let mut baseline = build_baseline(&mut bf16, &cfg).unwrap();
+    init_baseline(&mut bf16, &baseline, &run).unwrap();
+    assert_replays_match_eager(&mut bf16, &mut baseline, &cfg, "the baseline in bf16");
 }
 
 /// Each batch's probabilities from `model` on `b`, inferred through an evaluation graph that

@@ -24,6 +24,7 @@ use c2f_kernels::center_loss::{CenterLossParams, CenterLossShape};
 use c2f_kernels::concat::ChannelSlice;
 use c2f_kernels::conv_transpose::ConvTransposeParams;
 use c2f_kernels::dropout::{step_words, DropoutParams};
+use c2f_kernels::layout::Layout;
 use c2f_kernels::map_select::MapShape;
 use c2f_kernels::mask::MaskShape;
 use c2f_kernels::pool::{Pool2dParams, PoolShape};
@@ -1388,4 +1389,161 @@ fn bf16_convolutions_and_fc_match_cpu_on_rounded_values() {
     );
     p.check("linear backward dw", dw, dw.cpu, 0.0, tf32_bound(s.batch));
     p.check("linear backward db", db, db.cpu, 0.0, tf32_bound(s.batch));
+}
+
+// ----- channels-last -----
+
+/// The golden case with the network channels-last (NHWC) in f32: held to the CPU's NCHW run and
+/// PyTorch's float64 one by the same bounds as the NCHW run, so the layout changes nothing
+/// beyond f32 rounding.
+#[test]
+fn golden_case_channels_last_matches_cpu_f32() {
+    let test = "golden_case_channels_last_matches_cpu_f32";
+    let mut gpu = or_return!(cuda_or_skip(test));
+    gpu.set_activation_layout(Layout::Nhwc);
+    check_golden_case(gpu);
+}
+
+/// Each convolution pass at [`conv_shapes`] with channels-last data (KRSC filters transposed
+/// from the KCRS weights, the weight gradient transposed back and added) against the CPU's NCHW
+/// pass, element by element, in f32; outputs poisoned, and the accumulating passes on random
+/// prior values.
+#[test]
+fn conv2d_channels_last_matches_cpu() {
+    let test = "conv2d_channels_last_matches_cpu";
+    let mut gpu = or_return!(cuda_or_skip(test));
+    let mut cpu = CpuBackend::<f32>::new();
+    let mut rng = SplitMix64(0x00c2_f04c);
+    let mut random =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect() };
+    let nhwc = |v: &[f32], c: usize, hw: usize| Layout::Nchw.convert(Layout::Nhwc, v, c, hw);
+    let nchw = |v: &[f32], c: usize, hw: usize| Layout::Nhwc.convert(Layout::Nchw, v, c, hw);
+    for (name, s) in conv_shapes() {
+        let (c, k) = (s.in_channels, s.out_channels);
+        let (hw_in, hw_out) = (s.height * s.width, s.out_height() * s.out_width());
+        let (x, w, dy) = (
+            random(s.input_len()),
+            random(s.weight_len()),
+            random(s.output_len()),
+        );
+        let (dx_prior, dw_prior) = (random(s.input_len()), random(s.weight_len()));
+
+        let mut on_cpu = |data: &[f32]| {
+            let t = cpu.alloc(data.len()).unwrap();
+            cpu.write(t, data).unwrap();
+            t
+        };
+        let (cx, cw, cdy) = (on_cpu(&x), on_cpu(&w), on_cpu(&dy));
+        let (cy, cdx, cdw) = (on_cpu(&dy), on_cpu(&dx_prior), on_cpu(&dw_prior));
+        let cdx_assigned = on_cpu(&x);
+        cpu.conv2d_forward(&s, cx, cw, cy).unwrap();
+        cpu.conv2d_backward_data(&s, cdy, cw, cdx, true).unwrap();
+        cpu.conv2d_backward_data(&s, cdy, cw, cdx_assigned, false)
+            .unwrap();
+        cpu.conv2d_backward_filter(&s, cx, cdy, cdw).unwrap();
+
+        let mut laid_out = |data: &[f32]| {
+            let t = gpu.alloc_activation_in(data.len(), Layout::Nhwc).unwrap();
+            gpu.write(t, data).unwrap();
+            t
+        };
+        let (gx, gdy) = (
+            laid_out(&nhwc(&x, c, hw_in)),
+            laid_out(&nhwc(&dy, k, hw_out)),
+        );
+        let gdx = laid_out(&nhwc(&dx_prior, c, hw_in));
+        let gdx_assigned = laid_out(&vec![f32::NAN; s.input_len()]);
+        let gy = laid_out(&vec![f32::NAN; s.output_len()]);
+        let (gw, gdw) = (gpu.alloc(w.len()).unwrap(), gpu.alloc(w.len()).unwrap());
+        gpu.write(gw, &w).unwrap();
+        gpu.write(gdw, &dw_prior).unwrap();
+        gpu.conv2d_forward(&s, gx, gw, gy).unwrap();
+        gpu.conv2d_backward_data(&s, gdy, gw, gdx, true).unwrap();
+        gpu.conv2d_backward_data(&s, gdy, gw, gdx_assigned, false)
+            .unwrap();
+        gpu.conv2d_backward_filter(&s, gx, gdy, gdw).unwrap();
+
+        let mut read = |t| widen(&cpu.read(t).unwrap());
+        for (what, got, want) in [
+            ("forward", nchw(&gpu.read(gy).unwrap(), k, hw_out), read(cy)),
+            (
+                "backward data",
+                nchw(&gpu.read(gdx_assigned).unwrap(), c, hw_in),
+                read(cdx_assigned),
+            ),
+            (
+                "backward data, accumulating",
+                nchw(&gpu.read(gdx).unwrap(), c, hw_in),
+                read(cdx),
+            ),
+            (
+                "backward filter (accumulates)",
+                gpu.read(gdw).unwrap(),
+                read(cdw),
+            ),
+        ] {
+            let e = rel_error(&widen(&got), &want);
+            println!("{name} {what}: relative error {e:.2e}");
+            assert!(
+                e < OP_TOLERANCE,
+                "{name} {what} channels-last: relative error {e:.3e}"
+            );
+        }
+    }
+}
+
+/// NCHW into channels-last and back is exact, in f32 and into bf16; an op whose kernel indexes
+/// NCHW refuses a channels-last operand, an op given two layouts refuses them, and the CPU
+/// backend has no channels-last buffers.
+#[test]
+fn channels_last_converts_exactly_and_nchw_ops_refuse_it() {
+    let test = "channels_last_converts_exactly_and_nchw_ops_refuse_it";
+    let mut gpu = or_return!(cuda_or_skip(test));
+    let s = PoolShape {
+        batch: 2,
+        channels: 5,
+        height: 3,
+        width: 7,
+    };
+    let (n, hw) = (s.numel(), s.hw());
+    let mut rng = SplitMix64(20);
+    let values: Vec<f32> = (0..n).map(|_| rng.uniform(-3.0, 3.0) as f32).collect();
+    let nchw = gpu.alloc(n).unwrap();
+    let nhwc = gpu.alloc_activation_in(n, Layout::Nhwc).unwrap();
+    let back = gpu.alloc(n).unwrap();
+    gpu.write(nchw, &values).unwrap();
+    gpu.fill(nhwc, f32::NAN).unwrap();
+    gpu.fill(back, f32::NAN).unwrap();
+    gpu.convert_layout(&s, nchw, nhwc).unwrap();
+    gpu.convert_layout(&s, nhwc, back).unwrap();
+    let want = Layout::Nchw.convert(Layout::Nhwc, &values, s.channels, hw);
+    assert_bit_identical("NHWC", &gpu.read(nhwc).unwrap(), &want);
+    assert_bit_identical("NCHW again", &gpu.read(back).unwrap(), &values);
+
+    let err = gpu.convert_layout(&s, nchw, back).unwrap_err();
+    assert!(err.to_string().contains("both are Nchw"), "{err}");
+    let err = gpu.relu_forward(nhwc, back).unwrap_err();
+    assert!(err.to_string().contains("channels-last (NHWC)"), "{err}");
+    let p = Pool2dParams::square(3, 1, 1);
+    let indices = gpu.alloc_index(n).unwrap();
+    let err = gpu
+        .max_pool_forward(&s, &p, nhwc, back, indices)
+        .unwrap_err();
+    assert!(err.to_string().contains("takes one layout"), "{err}");
+
+    let mut bf16 = or_return!(cuda_or_skip(test));
+    bf16.set_precision(Precision::Bf16).unwrap();
+    assert_eq!(bf16.activation_layout(), Layout::Nhwc);
+    let (from, to) = (bf16.alloc(n).unwrap(), bf16.alloc_activation(n).unwrap());
+    let to_nhwc = bf16.alloc_activation_in(n, Layout::Nhwc).unwrap();
+    bf16.write(from, &values).unwrap();
+    bf16.write(to, &values).unwrap();
+    bf16.convert_layout(&s, from, to_nhwc).unwrap();
+    let rounded = bf16.read(to).unwrap();
+    let want = Layout::Nchw.convert(Layout::Nhwc, &rounded, s.channels, hw);
+    assert_bit_identical("NHWC bf16", &bf16.read(to_nhwc).unwrap(), &want);
+
+    let mut cpu = CpuBackend::<f32>::new();
+    let err = cpu.alloc_activation_in(4, Layout::Nhwc).unwrap_err();
+    assert!(err.to_string().contains("keeps activations NCHW"), "{err}");
 }
