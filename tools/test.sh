@@ -29,9 +29,11 @@ emulated() { LD_LIBRARY_PATH="$PWD/target/cuda-emu:$LD_LIBRARY_PATH" C2F_REQUIRE
 emulated cargo test --workspace --tests -- --nocapture gpu_ emulator_
 emulated cargo test --test runtime --test model -- --nocapture inception_cuda:: train_gpu::
 # A build without nvcc compiles each kernel with NVRTC on first use. NVRTC needs no GPU: every
-# kernel is compiled that way here, then a training step runs on modules NVRTC built.
+# kernel is compiled that way here, then a training step in f32 and one in bf16 run on modules
+# NVRTC built, against the CPU (the rest of train_gpu:: would run the same modules again).
 emulated cargo test --test kernels -- --nocapture kernel_build::every_kernel_compiles_with_nvrtc
-C2F_FORCE_NVRTC=1 emulated cargo test --test model -- --nocapture train_gpu::
+C2F_FORCE_NVRTC=1 emulated cargo test --test model -- --nocapture \
+  train_gpu::coarse2fine_step_matches_cpu train_gpu::bf16_coarse2fine_step_matches_cpu_f64
 # The GPU benchmarks once each at tiny shapes, so the bench code the GPU check runs has run.
 C2F_BENCH_SMOKE=1 emulated cargo test \
   --bench augment --bench axpby --bench bap --bench batch_norm --bench cast --bench center_loss \
