@@ -241,6 +241,9 @@ PY
   # Last: its CPU case runs outside criterion, so the filter does not shorten it.
   run_bench pretrain_upsampler
   sanitize center_loss softmax_ce sigmoid_bce
+  # The main job's Coarse2Fine and baseline in bf16 within 1 point of their f32 accuracy.
+  run_step "main job bf16 vs f32" 300 "$logs/main-job-precision.txt" \
+    python3 "$root/tools/precision_accuracy.py" --c2f "$C2F_BIN" --out "$(mktemp -d)"
 
   {
     echo "# GPU check report"
@@ -260,6 +263,12 @@ PY
     echo
     echo '```'
     cat "$logs"/bench-*.txt 2>/dev/null | grep -E '^(BENCH|SPEEDUP|TORCHGPU|TORCHOP|VSTORCH|NETBENCH|OPBENCH|LOADBENCH|LOADPROFILE)|copy bandwidth' || echo "none"
+    echo '```'
+    echo
+    echo "## The main job in bf16 against f32"
+    echo
+    echo '```'
+    grep -h PRECISIONACC "$logs/main-job-precision.txt" 2>/dev/null || echo "none"
     echo '```'
     echo
     echo "## Failures and skips (first lines)"

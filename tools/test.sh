@@ -47,5 +47,18 @@ printf 'TORCHOP\tg\tcase\teager\tcard\t25.00\n' >"$join_dir/bench-torch-ops.txt"
 python3 tools/torch_ops_baseline.py --join "$join_dir" |
   grep -q -F "$(printf 'VSTORCH\tg\tcase vs PyTorch eager\t2.50x\tmeets the 1x target')"
 rm -r "$join_dir"
+# The GPU check's bf16-against-f32 accuracy verdict, on made-up runs: within a point passes,
+# two points below fails.
+acc_dir=$(mktemp -d)
+mkdir -p "$acc_dir/f32/coarse2fine" "$acc_dir/bf16/coarse2fine"
+printf '{"model":"coarse2fine","epoch":1,"test_average":0.80}\n' >"$acc_dir/f32/coarse2fine/metrics.jsonl"
+printf '{"model":"coarse2fine","epoch":1,"test_average":0.795}\n' >"$acc_dir/bf16/coarse2fine/metrics.jsonl"
+python3 tools/precision_accuracy.py --compare "$acc_dir/f32" "$acc_dir/bf16" | grep -q "within 1 point"
+printf '{"model":"coarse2fine","epoch":1,"test_average":0.78}\n' >"$acc_dir/bf16/coarse2fine/metrics.jsonl"
+if python3 tools/precision_accuracy.py --compare "$acc_dir/f32" "$acc_dir/bf16"; then
+  echo "precision_accuracy.py passed a bf16 run two points below f32" >&2
+  exit 1
+fi
+rm -r "$acc_dir"
 # The tools scripts that only run where torch is (the GPU machine) are at least compiled here.
 python3 -m py_compile tools/*.py tools/cuda-emu/*.py
