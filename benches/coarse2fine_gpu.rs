@@ -1,7 +1,8 @@
 //! One Coarse2Fine training step (coarse pass, fine branch, fine pass, both backwards, SGD) on
 //! the CUDA backend at batch 64, 299² and 448², width 1.0, M = 8, 200 classes, in f32, in tf32
-//! (`c2f train`'s default on a GPU) and in bf16 (NCHW so far; PyTorch's peer is its AMP step);
-//! each row's name ends in its precision: images/s. The
+//! (`c2f train`'s default on a GPU) and in bf16 (channels-last; PyTorch's peer is its AMP step),
+//! op by op and replayed from a CUDA graph (`_graph`, bf16); each row's name ends in its
+//! precision: images/s. The
 //! baseline is the plain InceptionV3 step of `benches/inception_gpu.rs` on the same card (a
 //! Coarse2Fine step runs the backbone twice, so about half its rate is the hardware-bound
 //! target). Beside it, one WS-DAN training step (raw, crop and drop passes, M = 32, one center
@@ -28,7 +29,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 
 #[path = "common/net.rs"]
 mod net;
-use net::{network_shapes, time_training_step};
+use net::{captured, network_shapes, time_training_step};
 
 /// The step's config at batch `batch` and input side `size`.
 fn config(batch: usize, size: usize) -> TrainConfig {
@@ -87,8 +88,11 @@ fn sgd_group(b: &mut CudaBackend, cfg: &TrainConfig) -> SgdGroup {
     }
 }
 
-fn case(c: &mut Criterion, batch: usize, size: usize, precision: Precision) {
-    let name = format!("coarse2fine_b{batch}_{size}_{precision}");
+/// The Coarse2Fine step in `precision`, run op by op or, with `graph`, replayed from a CUDA
+/// graph as `c2f train` runs it (the `_graph` rows).
+fn case(c: &mut Criterion, batch: usize, size: usize, precision: Precision, graph: bool) {
+    let suffix = if graph { "_graph" } else { "" };
+    let name = format!("coarse2fine_b{batch}_{size}_{precision}{suffix}");
     let cfg = config(batch, size);
     let Some(mut b) = backend(&name, precision) else {
         return;
@@ -101,11 +105,21 @@ fn case(c: &mut Criterion, batch: usize, size: usize, precision: Precision) {
     b.write_index(chosen_maps, &chosen).unwrap();
     let sgd = sgd_group(&mut b, &cfg);
     let group = format!("coarse2fine_gpu_{precision}");
-    time_training_step(c, &group, &name, batch, &mut b, |b| {
+    // The losses stay on the device, as in `c2f train`'s step (a host read could not be
+    // captured).
+    let eager = |b: &mut CudaBackend| {
         model.zero_grads(b).unwrap();
-        model.forward_backward(b, BnMode::Train).unwrap();
+        model
+            .forward_backward_reporting(b, BnMode::Train, &mut |_, _| Ok(()))
+            .unwrap();
         model.sgd_step(b, &sgd).unwrap();
-    });
+    };
+    if graph {
+        let replay = captured(&mut b, eager);
+        time_training_step(c, &group, &name, batch, &mut b, replay);
+    } else {
+        time_training_step(c, &group, &name, batch, &mut b, eager);
+    }
 }
 
 /// WS-DAN's step at the same shapes, on one fixed draw of its augmentation (the draws are
@@ -144,11 +158,12 @@ fn bench(c: &mut Criterion) {
     for size in sizes {
         count_tensors(batch, size);
         for precision in [Precision::F32, Precision::Tf32] {
-            case(c, batch, size, precision);
+            case(c, batch, size, precision, false);
             wsdan_case(c, batch, size, precision);
         }
         // WS-DAN has no bf16 path yet.
-        case(c, batch, size, Precision::Bf16);
+        case(c, batch, size, Precision::Bf16, false);
+        case(c, batch, size, Precision::Bf16, true);
     }
 }
 

@@ -1,7 +1,8 @@
 //! InceptionV3 forward+backward+SGD on the CUDA backend, images per second at batch 64, 299² and
 //! 448², up to Mixed_6e and full (1000 classes): in f32 with cuDNN's heuristic algorithm choice
 //! and with timed choice (`_timed`), in tf32 (`c2f train`'s default on a GPU) with the
-//! heuristic, and in bf16 (NCHW so far) both ways; each row's name ends in its precision.
+//! heuristic, and in bf16 (channels-last) both ways and replayed from a CUDA graph (`_graph`,
+//! with the heuristic, as `c2f train` runs); each row's name ends in its precision.
 //! `tools/torch_baseline.py` times PyTorch on the same card in the same GPU check; the target is
 //! parity with its fp32 figure, the timed rows' peer being its fp32 + `cudnn.benchmark` one, the
 //! tf32 rows' its tf32 one and the bf16 rows' its AMP one. Prints `NETBENCH` lines (images/s,
@@ -26,7 +27,7 @@ mod golden_net;
 #[path = "common/net.rs"]
 mod net;
 use golden_net::golden_network;
-use net::{network_shapes, time_steps, time_training_step};
+use net::{captured, network_shapes, time_steps, time_training_step};
 
 fn case(
     c: &mut Criterion,
@@ -34,7 +35,7 @@ fn case(
     size: usize,
     depth: Depth,
     name: &str,
-    (precision, choice): (Precision, AlgorithmChoice),
+    (precision, choice, graph): (Precision, AlgorithmChoice, bool),
 ) {
     let Some(mut b) = cuda_or_skip(&format!("inception_gpu {name}")) else {
         return;
@@ -54,13 +55,20 @@ fn case(
         lr,
     };
     let group = format!("inception_gpu_{precision}");
-    let step = time_training_step(c, &group, name, batch, &mut b, |b| {
+    let eager = |b: &mut CudaBackend| {
         net.forward(b, BnMode::Train).unwrap();
         b.axpby(1.0, loss_grad, 0.0, net.output_grad()).unwrap();
         net.zero_grads(b).unwrap();
         net.backward(b, BnMode::Train, false).unwrap();
         net.sgd_step(b, &sgd).unwrap();
-    });
+    };
+    let step = match graph {
+        true => {
+            let replay = captured(&mut b, eager);
+            time_training_step(c, &group, name, batch, &mut b, replay)
+        }
+        false => time_training_step(c, &group, name, batch, &mut b, eager),
+    };
     let mut convolutions = convolutions_of(&net, &mut b);
     let convs = time_steps(&mut b, &mut convolutions);
     println!(
@@ -122,25 +130,31 @@ fn bench(c: &mut Criterion) {
     for size in sizes {
         // Timed algorithm choice is the peer of PyTorch's fp32 + cudnn.benchmark rows; tf32 is
         // timed with the heuristic only, as `c2f train` runs by default; bf16 both ways, the
-        // timed rows being the peer of PyTorch's AMP + channels_last + cudnn.benchmark. The
-        // smoke run leaves the timed rows out: their code is the heuristic rows' with another
-        // choice, which `conv2d_with_timed_algorithms_matches_cpu` runs, and each row costs the
-        // emulator a minute.
+        // timed rows being the peer of PyTorch's AMP + channels_last + cudnn.benchmark; bf16
+        // replayed from a CUDA graph as `c2f train` runs. The smoke run leaves out the timed
+        // rows (their code is the heuristic rows' with another choice, which
+        // `conv2d_with_timed_algorithms_matches_cpu` runs) and the full network's graph row
+        // (Mixed_6e's runs the same capture): each row costs the emulator a minute.
         let rows = [
-            (F32, Heuristic, ""),
-            (F32, Timed, "_timed"),
-            (Tf32, Heuristic, ""),
-            (Bf16, Heuristic, ""),
-            (Bf16, Timed, "_timed"),
+            (F32, Heuristic, false, ""),
+            (F32, Timed, false, "_timed"),
+            (Tf32, Heuristic, false, ""),
+            (Bf16, Heuristic, false, ""),
+            (Bf16, Timed, false, "_timed"),
+            (Bf16, Heuristic, true, "_graph"),
         ];
         let smoke = bench_smoke();
-        for (precision, choice, suffix) in rows.into_iter().filter(|r| !smoke || r.1 == Heuristic) {
+        for (precision, choice, graph, suffix) in rows {
             for (depth, net) in [
                 (Depth::Mixed6e, "mixed6e"),
                 (Depth::Full { classes: 1000 }, "full"),
             ] {
+                let full = depth != Depth::Mixed6e;
+                if smoke && (choice == Timed || (graph && full)) {
+                    continue;
+                }
                 let name = format!("{net}_b{batch}_{size}_{precision}{suffix}");
-                case(c, batch, size, depth, &name, (precision, choice));
+                case(c, batch, size, depth, &name, (precision, choice, graph));
             }
         }
     }

@@ -55,6 +55,23 @@ pub fn time_training_step(
     secs
 }
 
+/// `step` as `c2f train` runs it on a GPU: once op by op (which makes cuDNN's plans, the
+/// launchers and the scratch buffers), then captured into one CUDA graph, replayed by the step
+/// returned.
+pub fn captured(
+    b: &mut CudaBackend,
+    mut step: impl FnMut(&mut CudaBackend),
+) -> impl FnMut(&mut CudaBackend) {
+    step(b);
+    let graph = b
+        .capture(&mut |b: &mut CudaBackend| {
+            step(b);
+            Ok(())
+        })
+        .unwrap();
+    move |b: &mut CudaBackend| b.replay(&graph).unwrap()
+}
+
 /// Seconds per `step`: the mean of ten timed steps after three warm-up ones (the first builds
 /// cuDNN's plans), the device synchronised at both ends; one of each under `C2F_BENCH_SMOKE=1`.
 pub fn time_steps(b: &mut CudaBackend, step: &mut impl FnMut(&mut CudaBackend)) -> f64 {
