@@ -143,12 +143,10 @@ fn bench(c: &mut Criterion) {
     let (batch, sizes) = network_shapes();
     for size in sizes {
         count_tensors(batch, size);
-        for precision in [Precision::F32, Precision::Tf32] {
+        for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
             case(c, batch, size, precision);
             wsdan_case(c, batch, size, precision);
         }
-        // WS-DAN has no bf16 path yet.
-        case(c, batch, size, Precision::Bf16);
     }
 }
 

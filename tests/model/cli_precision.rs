@@ -2,8 +2,8 @@
 //! config file; tf32 and bf16 refused on the CPU by every command and through a config file,
 //! before anything is written; the precision recorded in a run's checkpoint and metrics; a
 //! checkpoint of another precision evaluated and resumed. On a GPU (the emulator included):
-//! tf32 by default, recorded; its checkpoint evaluated on the CPU, in f32 and in bf16; WS-DAN
-//! refused in bf16; Coarse2Fine and the baseline trained in it.
+//! tf32 by default, recorded; its checkpoint evaluated on the CPU, in f32 and in bf16; WS-DAN,
+//! Coarse2Fine and the baseline trained in bf16.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -197,10 +197,9 @@ fn precision_is_recorded_and_checkpoints_load_in_another() {
 }
 
 /// On a GPU: tf32 unless asked otherwise, recorded; its checkpoint evaluated on the CPU and on
-/// the GPU in f32 and in bf16; WS-DAN refused in bf16 (no bf16 path for its augmentation yet)
-/// before anything is written.
+/// the GPU in f32 and in bf16; WS-DAN trained in bf16, recorded.
 #[test]
-fn gpu_precision_is_tf32_by_default_and_bf16_is_refused_for_wsdan() {
+fn gpu_precision_is_tf32_by_default_and_wsdan_trains_in_bf16() {
     if c2f_kernels::testing::gpu_or_skip("cli gpu_precision_is_tf32_by_default").is_none() {
         return;
     }
@@ -240,12 +239,11 @@ fn gpu_precision_is_tf32_by_default_and_bf16_is_refused_for_wsdan() {
     args.extend(["--models", "wsdan", "--classes", "3"]);
     args.extend(["--train-images", "8", "--test-images", "4"]);
     args.extend(["--run-dir", path(&wsdan_run)]);
-    let log = c2f_refused(&args);
-    assert!(
-        log.contains("c2f: --precision bf16: WS-DAN has no bf16 path yet"),
-        "{log}"
-    );
-    assert!(!wsdan_run.join("wsdan/checkpoint.safetensors").exists());
+    let log = c2f_ok(&args);
+    assert!(log.contains("device: cuda bf16 ("), "{log}");
+    let checkpoint = wsdan_run.join("wsdan/checkpoint.safetensors");
+    assert_eq!(read_meta(&checkpoint).unwrap().precision, Precision::Bf16);
+    assert_eq!(metrics_precisions(&checkpoint), ["bf16"]);
 }
 
 /// On a GPU Coarse2Fine and the baseline train in bf16: the device line, checkpoints and

@@ -21,12 +21,16 @@
 //!
 //! A multi-label model ([`Task::Attributes`]) has sigmoid binary cross-entropy heads; its
 //! per-part center loss needs no labels and stays.
+//!
+//! In bf16 the images, the maps and the augmentation's draws and thresholds are activations,
+//! stored in bf16 (the augmentation's kernels read the draws and thresholds in the maps'
+//! storage, so a θ or a draw is rounded to 8 significant bits); the logits, losses, statistics,
+//! centers and parameters stay f32.
 
 use c2f_inception::backend::{Backend, BnMode, BnParams, IndexTensor, Tensor};
 use c2f_inception::network::{sgd_step_by_table, Network, SgdRule};
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
 use c2f_inception::table::TensorTable;
-use c2f_inception::Precision;
 use c2f_kernels::augment::AugmentShape;
 use c2f_kernels::center_loss::CenterLossParams;
 use c2f_kernels::nvtx;
@@ -173,23 +177,8 @@ pub struct WsDan {
     upsampled: Tensor,
 }
 
-/// Refuses bf16: WS-DAN's augmentation ops (map choice, crop boxes, crops and drops) have no
-/// bf16 path in the runtime yet.
-pub fn check_precision(precision: Precision) -> Result<()> {
-    match precision {
-        Precision::Bf16 => Err(Error::config(
-            "--precision",
-            Precision::Bf16,
-            "WS-DAN has no bf16 path yet (its augmentation ops are f32 only; Coarse2Fine and \
-             the baseline train in bf16): use --precision tf32 or f32",
-        )),
-        _ => Ok(()),
-    }
-}
-
 impl WsDan {
     pub fn new<B: Backend>(b: &mut B, config: WsDanConfig) -> Result<WsDan> {
-        check_precision(b.precision())?;
         for (key, value) in [("maps", config.maps), ("classes", config.classes)] {
             if value == 0 {
                 return Err(Error::config(key, value, "WS-DAN needs at least 1"));
@@ -247,13 +236,16 @@ impl WsDan {
         let predictions_len = config.task.predictions_len(batch, classes);
         let input = batch * 3 * config.input_size * config.input_size;
         let map_len = batch * f.height * f.width;
-        let pair = |b: &mut B, len| -> Result<[Tensor; 2]> { Ok([b.alloc(len)?, b.alloc(len)?]) };
+        // The augmentation's kernels read the draws and thresholds in the maps' storage.
+        let pair = |b: &mut B, len| -> Result<[Tensor; 2]> {
+            Ok([b.alloc_activation(len)?, b.alloc_activation(len)?])
+        };
         let augment = AugmentBuffers {
             draws: pair(b, batch)?,
             indices: [b.alloc_index(batch)?, b.alloc_index(batch)?],
             maps: pair(b, map_len)?,
             thresholds: pair(b, batch)?,
-            refine_thresholds: b.alloc(batch)?,
+            refine_thresholds: b.alloc_activation(batch)?,
             boxes: b.alloc_index(4 * batch)?,
         };
         b.fill(
@@ -275,10 +267,10 @@ impl WsDan {
                 b.alloc_index(predictions_len)?,
                 b.alloc_index(predictions_len)?,
             ],
-            images: b.alloc(input)?,
+            images: b.alloc_activation(input)?,
             targets: b.alloc(config.task.targets_len(batch, classes))?,
-            raw_maps: b.alloc(batch * m * f.height * f.width)?,
-            upsampled: b.alloc(batch * config.input_size * config.input_size)?,
+            raw_maps: b.alloc_activation(batch * m * f.height * f.width)?,
+            upsampled: b.alloc_activation(batch * config.input_size * config.input_size)?,
             heads,
             params,
             grads,
