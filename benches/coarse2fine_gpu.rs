@@ -1,6 +1,6 @@
 //! One Coarse2Fine training step (coarse pass, fine branch, fine pass, both backwards, SGD) on
 //! the CUDA backend at batch 64, 299² and 448², width 1.0, M = 8, 200 classes, in f32, in tf32
-//! (`c2f train`'s default on a GPU) and in bf16 (NCHW so far; PyTorch's peer is its AMP step);
+//! and in bf16 (`c2f train`'s default on a GPU; NCHW so far; PyTorch's peer is its AMP step);
 //! each row's name ends in its precision: images/s. The
 //! baseline is the plain InceptionV3 step of `benches/inception_gpu.rs` on the same card (a
 //! Coarse2Fine step runs the backbone twice, so about half its rate is the hardware-bound
