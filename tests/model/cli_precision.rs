@@ -2,8 +2,9 @@
 //! config file; tf32 and bf16 refused on the CPU by every command and through a config file,
 //! before anything is written; the precision recorded in a run's checkpoint and metrics; a
 //! checkpoint of another precision evaluated and resumed. On a GPU (the emulator included):
-//! tf32 by default, recorded; its checkpoint evaluated on the CPU, in f32 and in bf16; WS-DAN
-//! refused in bf16; Coarse2Fine and the baseline trained in it.
+//! bf16 by default, recorded; Coarse2Fine, WS-DAN and the baseline trained in it, their
+//! checkpoints evaluated on the CPU and on the GPU in each precision; the up-sampler pretrained
+//! in it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -196,56 +197,87 @@ fn precision_is_recorded_and_checkpoints_load_in_another() {
     assert_eq!(read_meta(&checkpoint).unwrap().precision, Precision::F32);
 }
 
-/// On a GPU: tf32 unless asked otherwise, recorded; its checkpoint evaluated on the CPU and on
-/// the GPU in f32 and in bf16; WS-DAN refused in bf16 (no bf16 path for its augmentation yet)
-/// before anything is written.
+/// On a GPU: bf16 unless asked otherwise, recorded in the checkpoints and metrics; Coarse2Fine
+/// and WS-DAN train in it end to end, their checkpoints evaluate on the CPU and on the GPU (in
+/// bf16 by default, and in f32 and tf32) and localize and draw their pictures there; the
+/// up-sampler pretrains in it.
 #[test]
-fn gpu_precision_is_tf32_by_default_and_bf16_is_refused_for_wsdan() {
-    if c2f_kernels::testing::gpu_or_skip("cli gpu_precision_is_tf32_by_default").is_none() {
+fn gpu_precision_is_bf16_by_default_and_wsdan_trains_in_it() {
+    let test = "cli gpu_precision_is_bf16_by_default_and_wsdan_trains_in_it";
+    if c2f_kernels::testing::gpu_or_skip(test).is_none() {
         return;
     }
     let dir = scratch("precision_gpu");
     let run = dir.join("run");
     let mut args = TINY_TRAIN.to_vec();
+    args.extend(["--device", "cuda:0", "--models", "coarse2fine,wsdan"]);
     args.extend([
-        "--device",
-        "cuda:0",
-        "--models",
-        "coarse2fine",
         "--classes",
         "3",
+        "--train-images",
+        "8",
+        "--test-images",
+        "4",
     ]);
-    args.extend(["--train-images", "8", "--test-images", "4"]);
     args.extend(["--run-dir", path(&run)]);
     let log = c2f_ok(&args);
-    assert!(log.contains("device: cuda tf32 ("), "{log}");
-    let checkpoint = run.join("coarse2fine/checkpoint.safetensors");
-    assert_eq!(read_meta(&checkpoint).unwrap().precision, Precision::Tf32);
-    assert_eq!(metrics_precisions(&checkpoint), ["tf32"]);
-    for (device, precision) in [("cpu", "f32"), ("cuda:0", "f32"), ("cuda:0", "bf16")] {
-        let args = [
-            "eval",
-            path(&checkpoint),
-            "--device",
-            device,
-            "--precision",
-            precision,
-        ];
-        let log = c2f_ok(&args);
-        assert!(log.contains("coarse2fine, epoch 1"), "{args:?}: {log}");
+    assert!(log.contains("device: cuda bf16 ("), "{log}");
+    assert!(log.contains("| WS-DAN | "), "{log}");
+    for (model, evals) in [
+        (
+            "coarse2fine",
+            &[("cpu", None), ("cuda:0", None), ("cuda:0", Some("f32"))][..],
+        ),
+        (
+            "wsdan",
+            &[("cpu", None), ("cuda:0", None), ("cuda:0", Some("tf32"))],
+        ),
+    ] {
+        let checkpoint = run.join(format!("{model}/checkpoint.safetensors"));
+        assert_eq!(read_meta(&checkpoint).unwrap().precision, Precision::Bf16);
+        assert_eq!(metrics_precisions(&checkpoint), ["bf16"]);
+        for &(device, precision) in evals {
+            let mut args = vec!["eval", path(&checkpoint), "--device", device];
+            args.extend(precision.map(|p| ["--precision", p]).iter().flatten());
+            let log = c2f_ok(&args);
+            assert!(
+                log.contains(&format!("{model}, epoch 1")),
+                "{args:?}: {log}"
+            );
+        }
+        let (json, pictures) = (
+            dir.join(format!("{model}.json")),
+            dir.join(format!("{model}_pictures")),
+        );
+        let (checkpoint, gpu) = (path(&checkpoint), ["--device", "cuda:0"]);
+        c2f_ok(&[&["localize", checkpoint, "--json", path(&json)], &gpu[..]].concat());
+        c2f_ok(
+            &[
+                &["visualize", checkpoint, "--out", path(&pictures)],
+                &gpu[..],
+            ]
+            .concat(),
+        );
+        assert!(json.exists() && pictures.join("contact_sheet.png").exists());
     }
-    let wsdan_run = dir.join("wsdan");
-    let mut args = TINY_TRAIN.to_vec();
-    args.extend(["--device", "cuda:0", "--precision", "bf16"]);
-    args.extend(["--models", "wsdan", "--classes", "3"]);
-    args.extend(["--train-images", "8", "--test-images", "4"]);
-    args.extend(["--run-dir", path(&wsdan_run)]);
-    let log = c2f_refused(&args);
-    assert!(
-        log.contains("c2f: --precision bf16: WS-DAN has no bf16 path yet"),
-        "{log}"
-    );
-    assert!(!wsdan_run.join("wsdan/checkpoint.safetensors").exists());
+    let upsampler = dir.join("upsampler.safetensors");
+    let log = c2f_ok(&[
+        "pretrain-upsampler",
+        "--device",
+        "cuda:0",
+        "--size",
+        "75",
+        "--pairs",
+        "8",
+        "--batch",
+        "4",
+        "--epochs",
+        "1",
+        "--out",
+        path(&upsampler),
+    ]);
+    assert!(log.contains("held-out L2"), "{log}");
+    assert!(upsampler.exists(), "{log}");
 }
 
 /// On a GPU Coarse2Fine and the baseline train in bf16: the device line, checkpoints and

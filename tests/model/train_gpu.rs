@@ -1,6 +1,7 @@
 //! Coarse2Fine on the CUDA backend against the CPU backend: one full training step (both passes,
 //! the fine branch, both center banks, SGD) from the same weights and batch, for classes and for
-//! attributes (the multi-label head), the same for the coarse-only ablation, a short `fit` on the
+//! attributes (the multi-label head), the same for the coarse-only ablation, the Coarse2Fine,
+//! coarse-only and WS-DAN steps in bf16 against the CPU's f64 steps, a short `fit` on the
 //! GPU that trains with finite losses, and (on the CPU emulator, which counts device allocations)
 //! steps that allocate nothing after the first (WS-DAN's too; its step comparison, which uses
 //! the helpers here, is in `wsdan.rs`), steps captured into a CUDA graph and replayed against
@@ -13,6 +14,7 @@ use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::testing::cuda_or_skip;
 use c2f_inception::cuda::CudaBackend;
 use c2f_inception::Precision;
+use c2f_kernels::augment::{attention_boxes_cpu, drop_mask_cpu, AugmentShape};
 use c2f_kernels::testing::{emulator_allocation_count, rel_error, SplitMix64};
 use c2f_kernels::Real;
 use c2f_train::data::image_io::DEFAULT_MAX_PIXELS;
@@ -24,6 +26,7 @@ use c2f_train::train::{
     init_baseline, init_coarse2fine, init_wsdan, train_coarse2fine, BatchShare, DeviceGraph,
     LearningRates, ModelKind, RunOptions, TrainConfig, Trainee,
 };
+use c2f_train::wsdan::{Augmentation, MapChoice, WsDanCenters, CROP_PADDING};
 
 fn tiny() -> TrainConfig {
     tiny_config(0.01, 5)
@@ -314,6 +317,174 @@ fn bf16_coarse2fine_step_matches_cpu_f64() {
             "{what}: dropping {name} passed: {misses:?}"
         );
     }
+}
+
+/// A whole WS-DAN step in bf16 on the GPU (the raw, crop and drop passes, the losses, every
+/// gradient through momentum, the center bank and the running statistics) against the CPU
+/// backend's f64 step within [`BF16_BOUNDS`], as [`bf16_coarse2fine_step_matches_cpu_f64`]
+/// holds Coarse2Fine's; a dropped gradient fails them. The crop boxes and drop masks threshold
+/// the raw pass's maps, which bf16 moves by 20-80% on this tiny network (its Mixed_6e features
+/// are that far off, as Coarse2Fine's are): a box edge or a dropped pixel that flips changes a
+/// whole pass's input, beyond any rounding bound. So the augmentation is fed identical inputs:
+/// the crop and drop maps are given (exact in bf16), each sample's thresholds the first from
+/// the middle of WS-DAN's ranges up at which f64 and f32 decide alike (the bf16 kernels decide as f32, bit for
+/// bit: `inception_cuda::augment_ops_match_cpu_in_bf16`), and the three steps' boxes and
+/// dropped pixels are checked equal before their states are compared.
+#[test]
+fn bf16_wsdan_step_matches_cpu_f64() {
+    let Some(mut gpu) = cuda_or_skip("bf16_wsdan_step_matches_cpu_f64") else {
+        return;
+    };
+    gpu.set_precision(Precision::Bf16).unwrap();
+    let cfg = TrainConfig {
+        task: Task::Classes,
+        wsdan_maps: 4,
+        wsdan_centers: WsDanCenters::PerClass,
+        ..tiny()
+    };
+    let mut rng = SplitMix64(11);
+    let images: Vec<f64> = (0..cfg.batch * 3 * 75 * 75)
+        .map(|_| rng.uniform(-2.0, 2.0) as f32 as f64)
+        .collect();
+    let mut cpu = CpuBackend::<f32>::new();
+    let model = build_wsdan(&mut cpu, &cfg).unwrap();
+    init_wsdan(
+        &mut cpu,
+        &model,
+        &run_options(std::path::Path::new("unused")),
+    )
+    .unwrap();
+    let init = read_state(&mut cpu, &model.state());
+    let (h, w) = model.map_side();
+    // Maps as the ReLU leaves them, about half zero, the rest eighths up to 2 (exact in bf16).
+    let mut given = || -> Vec<f64> {
+        (0..cfg.batch * h * w)
+            .map(|_| rng.below(33).saturating_sub(16) as f64 / 8.0)
+            .collect()
+    };
+    let (crop_maps, drop_maps) = (given(), given());
+    let one = AugmentShape {
+        batch: 1,
+        channels: 1,
+        height: 75,
+        width: 75,
+        map_height: h,
+        map_width: w,
+    };
+    let (mut crop, mut drop) = (Vec::new(), Vec::new());
+    for b in 0..cfg.batch {
+        let map = |maps: &[f64]| maps[b * h * w..][..h * w].to_vec();
+        let (c64, d64) = (map(&crop_maps), map(&drop_maps));
+        let (c32, d32) = (narrow_f32(&c64), narrow_f32(&d64));
+        let whole = [0, 0, 75, 75];
+        crop.push(agreed_threshold(0.5, |t| {
+            let boxes = box_of(&one, &c64, t);
+            (boxes == box_of(&one, &c32, t)).then_some(boxes != whole)
+        }));
+        drop.push(agreed_threshold(0.35, |t| {
+            let kept = kept_of(&one, &d64, t);
+            (kept == kept_of(&one, &d32, t)).then(|| kept.contains(&false))
+        }));
+    }
+    println!("crop thresholds {crop:?}, drop thresholds {drop:?}");
+    let aug = Augmentation {
+        crop_maps: MapChoice::Maps(crop_maps),
+        drop_maps: MapChoice::Maps(drop_maps),
+        crop_thresholds: crop,
+        drop_thresholds: drop,
+    };
+
+    let what = "bf16, WS-DAN";
+    let batch = (&images[..], &[][..]);
+    let (decided64, run64) = wsdan_step(&mut CpuBackend::<f64>::new(), &cfg, &init, batch, &aug);
+    let (decided32, run32) = wsdan_step(&mut CpuBackend::<f32>::new(), &cfg, &init, batch, &aug);
+    let (decided16, ours) = wsdan_step(&mut gpu, &cfg, &init, batch, &aug);
+    let (boxes, dropped) = &decided64;
+    let whole = boxes.chunks(4).filter(|b| *b == [0, 0, 75, 75]).count();
+    println!(
+        "{what}: {whole} of {} boxes whole, {} of {} pixels dropped",
+        cfg.batch,
+        dropped.iter().filter(|&&d| d).count(),
+        dropped.len()
+    );
+    assert!(whole < cfg.batch && dropped.contains(&true));
+    assert!(decided32 == decided64, "f32 cropped or dropped otherwise");
+    assert!(decided16 == decided64, "bf16 cropped or dropped otherwise");
+    let misses = gpu_step_misses(what, &run64, &run32, &ours, BF16_BOUNDS);
+    assert!(misses.is_empty(), "{}", misses.join("\n"));
+    // A gradient dropped: the momentum whose f32 run is nearest the f64 one, zeroed.
+    let mut dropped = ours.clone();
+    let ((_, state64), (_, state32)) = (&run64, &run32);
+    let (index, _) = state64
+        .iter()
+        .zip(state32)
+        .enumerate()
+        .filter(|(_, ((name, _), _))| name.starts_with("momentum."))
+        .map(|(i, ((_, r), (_, c)))| (i, rel_error(c, r)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("a momentum tensor");
+    let (name, values) = &mut dropped.1[index];
+    values.fill(0.0);
+    let name = name.clone();
+    let misses = gpu_step_misses(what, &run64, &run32, &dropped, BF16_BOUNDS);
+    assert!(
+        misses.iter().any(|m| m.contains(&name)),
+        "{what}: dropping {name} passed: {misses:?}"
+    );
+}
+
+/// The crop boxes and the dropped pixels (those of the drop pass's input, the network's input
+/// after the step, that are 0) of WS-DAN's step of `cfg` from `init` on `b`
+/// ([`crate::wsdan::step_model`]), and its loss terms and state.
+fn wsdan_step<B: Backend>(
+    b: &mut B,
+    cfg: &TrainConfig,
+    init: &State,
+    batch: (&[f64], &[f64]),
+    aug: &Augmentation,
+) -> ((Vec<i32>, Vec<bool>), StepRun) {
+    let (model, run) = crate::wsdan::step_model(b, cfg, init, batch, aug);
+    let boxes = b.read_index(model.boxes()).unwrap();
+    let input = b.read(model.backbone().input()).unwrap();
+    let dropped = input.iter().map(|v| v.to_f64() == 0.0).collect();
+    ((boxes, dropped), run)
+}
+
+/// f64 values that are f32 values, as f32.
+fn narrow_f32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// The crop box of one map at threshold `t` (WS-DAN's padding).
+fn box_of<R: Real>(one: &AugmentShape, map: &[R], t: f64) -> [i32; 4] {
+    let mut out = [0; 4];
+    attention_boxes_cpu(one, CROP_PADDING, map, &[R::from_f64(t)], &mut out).unwrap();
+    out
+}
+
+/// Which pixels the drop of one map at threshold `t` keeps.
+fn kept_of<R: Real>(one: &AugmentShape, map: &[R], t: f64) -> Vec<bool> {
+    let mut out = vec![R::zero(); one.hw()];
+    let ones = vec![R::one(); one.hw()];
+    drop_mask_cpu(one, map, &[R::from_f64(t)], &ones, &mut out).unwrap();
+    out.iter().map(|&v| v != R::zero()).collect()
+}
+
+/// The first threshold from `from` up, in steps of 2⁻⁸ (each exact in bf16) below 1, at which
+/// `agreed` is `Some` (the three steps decide alike), preferring one where it is `Some(true)`
+/// (the decision does something).
+fn agreed_threshold(from: f64, agreed: impl Fn(f64) -> Option<bool>) -> f64 {
+    let candidates: Vec<(f64, bool)> = ((from * 256.0).ceil() as usize..256)
+        .map(|k| k as f64 / 256.0)
+        .filter_map(|t| agreed(t).map(|useful| (t, useful)))
+        .collect();
+    let (first, _) = *candidates
+        .first()
+        .expect("a threshold the three steps agree at");
+    candidates
+        .iter()
+        .find(|(_, useful)| *useful)
+        .map_or(first, |&(t, _)| t)
 }
 
 #[test]

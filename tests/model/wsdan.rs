@@ -3,7 +3,8 @@
 //! differences of each loss term, with the augmentation's choices held fixed; that each of the
 //! crop and drop passes adds its own gradient (leaving either out is far outside the bound),
 //! and `--wsdan-passes` leaves out exactly the loss and gradient of a pass it drops;
-//! an all-zero attention giving whole-image crops, no drop and finite losses; the state's
+//! an all-zero attention giving whole-image crops, no drop and finite losses; maps given whole
+//! stepping as the maps they equal; the state's
 //! names and shapes, which the PyTorch golden test reads; and on the CUDA backend (the CPU
 //! emulator here), a step against the CPU backend's and a short `fit`, each printing
 //! `skipped: no CUDA device` without a GPU; `c2f train --models wsdan` and every command on its
@@ -474,6 +475,54 @@ fn all_zero_attention_crops_the_whole_image() {
     }
 }
 
+/// Maps given whole (`MapChoice::Maps`) step as the maps they equal: a step with the crop and
+/// drop maps picked by index, then one given the maps it picked (and the rest of the state as
+/// it was), give the same boxes, losses and gradients bit for bit; maps of the wrong size are
+/// refused, naming them.
+#[test]
+fn given_maps_step_as_the_maps_they_equal() {
+    let step = |aug: &Augmentation| {
+        let config = tiny_config(Task::Classes, WsDanCenters::PerPart, 0.0);
+        let (mut cpu, mut model) = tiny::<f64>(config, 6);
+        model.zero_grads(&mut cpu).unwrap();
+        let losses = model
+            .forward_backward(&mut cpu, BnMode::Inference, aug)
+            .unwrap();
+        let maps = model.augment_maps().map(|t| cpu.read(t).unwrap());
+        let mut grads = cpu.read(model.grads).unwrap();
+        grads.extend(cpu.read(model.backbone().grads).unwrap());
+        let boxes = cpu.read_index(model.boxes()).unwrap();
+        (terms(&losses), grads, boxes, maps)
+    };
+    let picked = fixed(vec![0.5; BATCH], vec![0.35; BATCH]);
+    let (losses, grads, boxes, [crop, drop]) = step(&picked);
+    assert!(boxes
+        .chunks(4)
+        .any(|b| b != [0, 0, SIZE as i32, SIZE as i32]));
+    let given = Augmentation {
+        crop_maps: MapChoice::Maps(crop.clone()),
+        drop_maps: MapChoice::Maps(drop),
+        ..picked.clone()
+    };
+    let again = step(&given);
+    assert_eq!((again.0, again.1, again.2), (losses, grads, boxes));
+
+    let config = tiny_config(Task::Classes, WsDanCenters::PerPart, 0.0);
+    let (mut cpu, mut model) = tiny::<f64>(config, 6);
+    let short = Augmentation {
+        crop_maps: MapChoice::Maps(crop[1..].to_vec()),
+        ..picked
+    };
+    let e = model
+        .forward_backward(&mut cpu, BnMode::Inference, &short)
+        .unwrap_err();
+    let message = e.to_string();
+    assert!(
+        message.contains("WS-DAN crop maps: 26 values given for 3 maps of 9 pixels"),
+        "{message}"
+    );
+}
+
 /// The checkpoint's names and shapes, which the PyTorch golden test's reference reads: the
 /// backbone by torchvision's names, then the heads, the attention BN's running statistics,
 /// the heads' momentum and the center bank, `[1, M·N]` for one center per part and `[C, M·N]`
@@ -532,9 +581,20 @@ fn step_from<B: Backend>(
     b: &mut B,
     cfg: &TrainConfig,
     init: &State,
-    (images, targets): (&[f64], &[f64]),
+    batch: (&[f64], &[f64]),
     aug: &Augmentation,
 ) -> StepRun {
+    step_model(b, cfg, init, batch, aug).1
+}
+
+/// [`step_from`], and the model after the step.
+pub fn step_model<B: Backend>(
+    b: &mut B,
+    cfg: &TrainConfig,
+    init: &State,
+    (images, targets): (&[f64], &[f64]),
+    aug: &Augmentation,
+) -> (WsDan, StepRun) {
     let mut model = build_wsdan(b, cfg).unwrap();
     write_state(b, &model.state(), init);
     b.write(model.input(), &narrow::<B>(images)).unwrap();
@@ -546,7 +606,8 @@ fn step_from<B: Backend>(
     let l = model.forward_backward(b, BnMode::Train, aug).unwrap();
     let rates = rates_at(b, cfg);
     model.sgd_step_by(b, &cfg.sgd_rule(&rates)).unwrap();
-    (terms(&l).to_vec(), read_state(b, &model.state()))
+    let run = (terms(&l).to_vec(), read_state(b, &model.state()));
+    (model, run)
 }
 
 /// A WS-DAN training step on the CUDA backend against the CPU backend's, from the same fresh

@@ -892,19 +892,7 @@ fn augment_ops_match_cpu() {
         height: 17,
         width: 17,
     };
-    // Attention maps as WS-DAN's: a blob of its own size and place in each, with zeros around
-    // (so the boxes are smaller than the image) and masses that differ.
-    let mut blobs = Vec::with_capacity(ms.maps_len());
-    for _ in 0..ms.batch * ms.maps {
-        let (cy, cx) = (p.rng.uniform(0.0, 17.0), p.rng.uniform(0.0, 17.0));
-        let (spread, height) = (p.rng.uniform(5.0, 40.0), p.rng.uniform(0.2, 3.0));
-        for i in 0..17 {
-            for j in 0..17 {
-                let d = (i as f64 - cy).powi(2) + (j as f64 - cx).powi(2);
-                blobs.push((height * (-d / spread).exp() - 0.1).max(0.0) as f32);
-            }
-        }
-    }
+    let blobs = attention_blobs(&mut p.rng, &ms);
     let all = p.tensor(ms.maps_len(), 1);
     p.write(all, &blobs);
     let draws = p.random(4, 0.0, 1.0, 1);
@@ -945,6 +933,131 @@ fn augment_ops_match_cpu() {
     p.run("drop mask", |b| b.drop_mask(&s, maps, thresholds, x, y));
     exact(&mut p, "drop mask");
     assert_ne!(p.cpu.read(y).unwrap(), y_again);
+}
+
+/// Attention maps `[B, M, h, w]` as WS-DAN's: a blob of its own size and place in each, with
+/// zeros around (so the boxes are smaller than the image) and masses that differ.
+fn attention_blobs(rng: &mut SplitMix64, ms: &MapShape) -> Vec<f32> {
+    let (h, w) = (ms.height, ms.width);
+    let mut blobs = Vec::with_capacity(ms.maps_len());
+    for _ in 0..ms.batch * ms.maps {
+        let (cy, cx) = (rng.uniform(0.0, h as f64), rng.uniform(0.0, w as f64));
+        let (spread, height) = (rng.uniform(5.0, 40.0), rng.uniform(0.2, 3.0));
+        for i in 0..h {
+            for j in 0..w {
+                let d = (i as f64 - cy).powi(2) + (j as f64 - cx).powi(2);
+                blobs.push((height * (-d / spread).exp() - 0.1).max(0.0) as f32);
+            }
+        }
+    }
+    blobs
+}
+
+/// WS-DAN's augmentation ops in bf16, maps, images, draws and thresholds all bf16 activations
+/// as WS-DAN stores them: the kernels compute in f32 on the bf16 values they load and round
+/// each crop or drop value once to bf16, so map indices and boxes are the CPU backend's f32
+/// results on the same bf16-rounded values, and crops and drops the CPU's rounded to bf16, bit
+/// for bit.
+#[test]
+fn augment_ops_match_cpu_in_bf16() {
+    let mut gpu = or_return!(cuda_or_skip("augment_ops_match_cpu_in_bf16"));
+    gpu.set_precision(Precision::Bf16).unwrap();
+    let mut cpu = CpuBackend::<f32>::new();
+    let (gpu, cpu) = (&mut gpu, &mut cpu);
+    let s = AugmentShape {
+        batch: 4,
+        channels: 3,
+        height: 45,
+        width: 38,
+        map_height: 17,
+        map_width: 17,
+    };
+    let ms = MapShape {
+        batch: 4,
+        maps: 6,
+        height: 17,
+        width: 17,
+    };
+    let mut rng = SplitMix64(0x0bf1_6a06);
+    let mut random = |n: usize, lo: f64, hi: f64| -> Vec<f32> {
+        (0..n).map(|_| rng.uniform(lo, hi) as f32).collect()
+    };
+    let (draws, thresholds, x) = (
+        random(4, 0.0, 1.0),
+        random(4, 0.4, 0.6),
+        random(s.image_len(), -1.0, 1.0),
+    );
+    let all = bf16_on_both(gpu, cpu, &attention_blobs(&mut SplitMix64(0xb10b), &ms));
+    let draws = bf16_on_both(gpu, cpu, &draws);
+    let thresholds = bf16_on_both(gpu, cpu, &thresholds);
+    let x = bf16_on_both(gpu, cpu, &x);
+    let maps = bf16_on_both(gpu, cpu, &vec![0.0; s.map_len()]);
+    let y = bf16_on_both(gpu, cpu, &vec![0.0; s.image_len()]);
+    let [gpu_picks, gpu_boxes] = [4, 16].map(|n| gpu.alloc_index(n).unwrap());
+    let [cpu_picks, cpu_boxes] = [4, 16].map(|n| cpu.alloc_index(n).unwrap());
+
+    gpu.maps_by_mass(&ms, all.0, draws.0, gpu_picks).unwrap();
+    cpu.maps_by_mass(&ms, all.1, draws.1, cpu_picks).unwrap();
+    let k = cpu.read_index(cpu_picks).unwrap();
+    assert_eq!(gpu.read_index(gpu_picks).unwrap(), k, "map indices");
+    assert!(
+        k.iter().any(|&i| i != k[0]),
+        "one map picked for all: {k:?}"
+    );
+    gpu.select_map_forward(&ms, all.0, gpu_picks, maps.0)
+        .unwrap();
+    cpu.select_map_forward(&ms, all.1, cpu_picks, maps.1)
+        .unwrap();
+
+    gpu.attention_boxes(&s, 0.1, maps.0, thresholds.0, gpu_boxes)
+        .unwrap();
+    cpu.attention_boxes(&s, 0.1, maps.1, thresholds.1, cpu_boxes)
+        .unwrap();
+    let boxes = cpu.read_index(cpu_boxes).unwrap();
+    assert_eq!(gpu.read_index(gpu_boxes).unwrap(), boxes, "boxes");
+    let whole = [0, 0, 45, 38];
+    assert!(boxes.chunks(4).all(|b| b != whole), "{boxes:?}");
+
+    gpu.crop_resize(&s, x.0, gpu_boxes, y.0).unwrap();
+    cpu.crop_resize(&s, x.1, cpu_boxes, y.1).unwrap();
+    let crops = bf16_matches_cpu_rounded(gpu, cpu, y, "crop resize");
+    gpu.drop_mask(&s, maps.0, thresholds.0, x.0, y.0).unwrap();
+    cpu.drop_mask(&s, maps.1, thresholds.1, x.1, y.1).unwrap();
+    let drops = bf16_matches_cpu_rounded(gpu, cpu, y, "drop mask");
+    assert_ne!(crops, drops);
+    assert!(drops.contains(&0.0), "nothing dropped");
+}
+
+/// A bf16 activation on the GPU holding `v` (rounded), and a CPU tensor of the values it holds.
+fn bf16_on_both(gpu: &mut CudaBackend, cpu: &mut CpuBackend<f32>, v: &[f32]) -> (Tensor, Tensor) {
+    let g = gpu.alloc_activation(v.len()).unwrap();
+    gpu.write(g, v).unwrap();
+    let c = cpu.alloc(v.len()).unwrap();
+    cpu.write(c, &gpu.read(g).unwrap()).unwrap();
+    (g, c)
+}
+
+/// Asserts that the GPU's bf16 `t` is the CPU's f32 `t` rounded to bf16 (to nearest even), bit
+/// for bit; returns the GPU's values.
+fn bf16_matches_cpu_rounded(
+    gpu: &mut CudaBackend,
+    cpu: &mut CpuBackend<f32>,
+    (g, c): (Tensor, Tensor),
+    what: &str,
+) -> Vec<f32> {
+    let got = gpu.read(g).unwrap();
+    let expected = cpu.read(c).unwrap();
+    assert!(expected.iter().all(|v| v.is_finite()), "{what}");
+    let differ = got
+        .iter()
+        .zip(&expected)
+        .filter(|(g, e)| g.to_bits() != half::bf16::from_f32(**e).to_f32().to_bits())
+        .count();
+    assert_eq!(
+        differ, 0,
+        "{what}: {differ} values differ from the CPU's rounded to bf16"
+    );
+    got
 }
 
 #[test]

@@ -332,13 +332,14 @@ pub fn pretrain_upsampler<B: Backend<Scalar = f32>>(
     let table = upsampler.table().clone();
     let total = table.total();
     let input_len = upsampler.input_len();
+    // The maps, targets and input gradient are the up-sampler's activations (bf16 in bf16).
     let run = Run {
         params: b.alloc(total)?,
         grads: b.alloc(total)?,
         momentum: b.alloc(total)?,
-        input: b.alloc(input_len)?,
-        target: b.alloc(upsampler.output().len)?,
-        d_input: b.alloc(input_len)?,
+        input: b.alloc_activation(input_len)?,
+        target: b.alloc_activation(upsampler.output().len)?,
+        d_input: b.alloc_activation(input_len)?,
         upsampler,
         map,
         size: cfg.input_size,

@@ -21,12 +21,16 @@
 //!
 //! A multi-label model ([`Task::Attributes`]) has sigmoid binary cross-entropy heads; its
 //! per-part center loss needs no labels and stays.
+//!
+//! In bf16 the images, the maps and the augmentation's draws and thresholds are activations,
+//! stored in bf16 (the augmentation's kernels read the draws and thresholds in the maps'
+//! storage, so a θ or a draw is rounded to 8 significant bits); the logits, losses, statistics,
+//! centers and parameters stay f32.
 
 use c2f_inception::backend::{Backend, BnMode, BnParams, IndexTensor, Tensor};
 use c2f_inception::network::{sgd_step_by_table, Network, SgdRule};
 use c2f_inception::spec::{Depth, Graph, InceptionConfig};
 use c2f_inception::table::TensorTable;
-use c2f_inception::Precision;
 use c2f_kernels::augment::AugmentShape;
 use c2f_kernels::center_loss::CenterLossParams;
 use c2f_kernels::nvtx;
@@ -77,6 +81,18 @@ pub enum MapChoice {
     ByMass(Vec<f64>),
     /// The maps themselves, each in `[0, maps)` (the golden test's fixed choices).
     Given(Vec<i32>),
+    /// Each sample's map `[B, h, w]` itself, in place of one of the raw pass's: the same crop
+    /// or drop whatever the raw pass computes (the bf16 step test's, whose maps differ from
+    /// f64's beyond any threshold's margin).
+    Maps(Vec<f64>),
+}
+
+/// Where the step's crop (or drop) maps come from: [`MapChoice`] without its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MapSource {
+    ByMass,
+    Given,
+    Maps,
 }
 
 /// The random choices of one training step's augmentation, one per sample of the batch.
@@ -165,31 +181,16 @@ pub struct WsDan {
     pub stats: Tensor,
     augment: AugmentBuffers,
     /// Whether the crop and the drop maps of the step are drawn by mass (from the draws
-    /// [`Self::write_choices`] wrote) rather than given.
-    maps_by_mass: [bool; 2],
+    /// [`Self::write_choices`] wrote), picked by the indices it wrote, or written whole.
+    map_sources: [MapSource; 2],
     /// After inference: the raw pass's attention maps `[B, M, h, w]`, and their mean
     /// up-sampled to `[B, 1, S, S]` (bilinear).
     raw_maps: Tensor,
     upsampled: Tensor,
 }
 
-/// Refuses bf16: WS-DAN's augmentation ops (map choice, crop boxes, crops and drops) have no
-/// bf16 path in the runtime yet.
-pub fn check_precision(precision: Precision) -> Result<()> {
-    match precision {
-        Precision::Bf16 => Err(Error::config(
-            "--precision",
-            Precision::Bf16,
-            "WS-DAN has no bf16 path yet (its augmentation ops are f32 only; Coarse2Fine and \
-             the baseline train in bf16): use --precision tf32 or f32",
-        )),
-        _ => Ok(()),
-    }
-}
-
 impl WsDan {
     pub fn new<B: Backend>(b: &mut B, config: WsDanConfig) -> Result<WsDan> {
-        check_precision(b.precision())?;
         for (key, value) in [("maps", config.maps), ("classes", config.classes)] {
             if value == 0 {
                 return Err(Error::config(key, value, "WS-DAN needs at least 1"));
@@ -247,13 +248,16 @@ impl WsDan {
         let predictions_len = config.task.predictions_len(batch, classes);
         let input = batch * 3 * config.input_size * config.input_size;
         let map_len = batch * f.height * f.width;
-        let pair = |b: &mut B, len| -> Result<[Tensor; 2]> { Ok([b.alloc(len)?, b.alloc(len)?]) };
+        // The augmentation's kernels read the draws and thresholds in the maps' storage.
+        let pair = |b: &mut B, len| -> Result<[Tensor; 2]> {
+            Ok([b.alloc_activation(len)?, b.alloc_activation(len)?])
+        };
         let augment = AugmentBuffers {
             draws: pair(b, batch)?,
             indices: [b.alloc_index(batch)?, b.alloc_index(batch)?],
             maps: pair(b, map_len)?,
             thresholds: pair(b, batch)?,
-            refine_thresholds: b.alloc(batch)?,
+            refine_thresholds: b.alloc_activation(batch)?,
             boxes: b.alloc_index(4 * batch)?,
         };
         b.fill(
@@ -275,10 +279,10 @@ impl WsDan {
                 b.alloc_index(predictions_len)?,
                 b.alloc_index(predictions_len)?,
             ],
-            images: b.alloc(input)?,
+            images: b.alloc_activation(input)?,
             targets: b.alloc(config.task.targets_len(batch, classes))?,
-            raw_maps: b.alloc(batch * m * f.height * f.width)?,
-            upsampled: b.alloc(batch * config.input_size * config.input_size)?,
+            raw_maps: b.alloc_activation(batch * m * f.height * f.width)?,
+            upsampled: b.alloc_activation(batch * config.input_size * config.input_size)?,
             heads,
             params,
             grads,
@@ -290,7 +294,7 @@ impl WsDan {
             labels,
             center_labels,
             augment,
-            maps_by_mass: [true; 2],
+            map_sources: [MapSource::ByMass; 2],
             config,
         })
     }
@@ -349,6 +353,12 @@ impl WsDan {
     /// step, or after [`Self::infer`] the refinement boxes.
     pub fn boxes(&self) -> IndexTensor {
         self.augment.boxes
+    }
+
+    /// The crop and the drop map `[B, h, w]` of each sample in the last step (after
+    /// [`Self::infer`] the first is the mean map the refinement crop came from).
+    pub fn augment_maps(&self) -> [Tensor; 2] {
+        self.augment.maps
     }
 
     /// The attention map's `(height, width)`.
@@ -461,8 +471,8 @@ impl WsDan {
         })
     }
 
-    /// Writes the step's thresholds and given map choices (or draws), checking that each has
-    /// one value per sample and that given maps exist.
+    /// Writes the step's thresholds and given map choices (or draws, or maps), checking that
+    /// each has one value (or map) per sample and that given maps exist.
     pub(crate) fn write_choices<B: Backend>(
         &mut self,
         b: &mut B,
@@ -497,23 +507,41 @@ impl WsDan {
                     }
                     b.write_index(a.indices[k], maps)?;
                 }
+                MapChoice::Maps(maps) => {
+                    let len = a.maps[k].len;
+                    if maps.len() != len {
+                        return Err(Error::Shape(format!(
+                            "WS-DAN {what} maps: {} values given for {batch} maps of {} pixels",
+                            maps.len(),
+                            len / batch
+                        )));
+                    }
+                    b.write(a.maps[k], &scalars(maps))?;
+                }
             }
         }
-        self.maps_by_mass = choices.map(|c| matches!(c, MapChoice::ByMass(_)));
+        self.map_sources = choices.map(|c| match c {
+            MapChoice::ByMass(_) => MapSource::ByMass,
+            MapChoice::Given(_) => MapSource::Given,
+            MapChoice::Maps(_) => MapSource::Maps,
+        });
         Ok(())
     }
 
     /// From the raw pass's attention maps, before the crop pass overwrites them: each
-    /// sample's crop and drop maps (drawn by mass where `aug` does not give them) and the crop
-    /// boxes.
+    /// sample's crop and drop maps (drawn by mass where `aug` does not give them, as they are
+    /// where it gives them whole) and the crop boxes.
     fn choose_maps<B: Backend>(&self, b: &mut B, a: &PassArgs) -> Result<()> {
         let s = &a.shapes.maps;
         let buffers = &self.augment;
-        for (k, by_mass) in self.maps_by_mass.into_iter().enumerate() {
-            if by_mass {
+        for (k, source) in self.map_sources.into_iter().enumerate() {
+            if source == MapSource::ByMass {
                 b.maps_by_mass(s, self.pass.attention, buffers.draws[k], buffers.indices[k])?;
             }
-            b.select_map_forward(s, self.pass.attention, buffers.indices[k], buffers.maps[k])?;
+            if source != MapSource::Maps {
+                let (indices, maps) = (buffers.indices[k], buffers.maps[k]);
+                b.select_map_forward(s, self.pass.attention, indices, maps)?;
+            }
         }
         b.attention_boxes(
             &self.augment_shape(),

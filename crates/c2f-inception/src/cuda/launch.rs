@@ -102,7 +102,9 @@ launchers! {
     mask: MaskGpu<f32>, keyed by MaskShape = |gpu, s| MaskGpu::new(gpu, *s);
     mask_bf16: MaskGpu<bf16>, keyed by MaskShape = |gpu, s| MaskGpu::new(gpu, *s);
     maps_by_mass: MapsByMassGpu<f32>, keyed by MapShape = |gpu, s| MapsByMassGpu::new(gpu, *s);
+    maps_by_mass_bf16: MapsByMassGpu<bf16>, keyed by MapShape = |gpu, s| MapsByMassGpu::new(gpu, *s);
     augment: AugmentGpu<f32>, keyed by AugmentShape = |gpu, s| AugmentGpu::new(gpu, *s);
+    augment_bf16: AugmentGpu<bf16>, keyed by AugmentShape = |gpu, s| AugmentGpu::new(gpu, *s);
 }
 
 /// A pooling launcher's key: the input's shape, the window and the layout.

@@ -796,6 +796,8 @@ impl Coarse2FineOps for CudaBackend {
     }
 }
 
+/// Each op runs its kernel's entry points for the storage of its maps and images (f32 or bf16);
+/// the kernels read the thresholds and draws in that storage too, so they are stored alike.
 impl AugmentOps for CudaBackend {
     fn maps_by_mass(
         &mut self,
@@ -804,15 +806,15 @@ impl AugmentOps for CudaBackend {
         draws: Tensor,
         indices: IndexTensor,
     ) -> Result<()> {
-        self.launch(
+        per_storage!(self.mem.storage(a)?, A => self.launch_as(
             *s,
             [a, draws],
             [],
             [indices],
-            |op: &mut MapsByMassGpu<f32>, [a, draws], [], [mut indices]| {
+            |op: &mut MapsByMassGpu<A>, [a, draws], [], [mut indices]| {
                 op.pick(&a, &draws, &mut indices)
             },
-        )
+        ))
     }
 
     fn attention_boxes(
@@ -823,15 +825,15 @@ impl AugmentOps for CudaBackend {
         thresholds: Tensor,
         boxes: IndexTensor,
     ) -> Result<()> {
-        self.launch(
+        per_storage!(self.mem.storage(maps)?, A => self.launch_as(
             *s,
             [maps, thresholds],
             [],
             [boxes],
-            |op: &mut AugmentGpu<f32>, [maps, thresholds], [], [mut boxes]| {
+            |op: &mut AugmentGpu<A>, [maps, thresholds], [], [mut boxes]| {
                 op.attention_boxes(padding, &maps, &thresholds, &mut boxes)
             },
-        )
+        ))
     }
 
     fn crop_resize(
@@ -841,13 +843,13 @@ impl AugmentOps for CudaBackend {
         boxes: IndexTensor,
         y: Tensor,
     ) -> Result<()> {
-        self.launch(
+        per_storage!(self.mem.storage(x)?, A => self.launch_as(
             *s,
             [x],
             [y],
             [boxes],
-            |op: &mut AugmentGpu<f32>, [x], [mut y], [boxes]| op.crop_resize(&x, &boxes, &mut y),
-        )
+            |op: &mut AugmentGpu<A>, [x], [mut y], [boxes]| op.crop_resize(&x, &boxes, &mut y),
+        ))
     }
 
     fn drop_mask(
@@ -858,15 +860,15 @@ impl AugmentOps for CudaBackend {
         x: Tensor,
         y: Tensor,
     ) -> Result<()> {
-        self.launch(
+        per_storage!(self.mem.storage(x)?, A => self.launch_as(
             *s,
             [maps, thresholds, x],
             [y],
             [],
-            |op: &mut AugmentGpu<f32>, [maps, thresholds, x], [mut y], []| {
+            |op: &mut AugmentGpu<A>, [maps, thresholds, x], [mut y], []| {
                 op.drop_mask(&maps, &thresholds, &x, &mut y)
             },
-        )
+        ))
     }
 }
 

@@ -410,10 +410,9 @@ impl Command {
 
 #[derive(clap::Args)]
 pub struct Compute {
-    /// `tf32`: f32 tensors, with cuDNN's convolutions and cuBLAS's GEMMs on TF32 tensor cores
-    /// (PyTorch's default for convolutions); `f32`: TF32 off; `bf16`: activations in bf16 on
-    /// tensor cores, f32 master weights (the baseline only, so far). Default: tf32 on a GPU
-    /// (until every model has a bf16 path), f32 on the CPU, its only one.
+    /// `bf16`: activations in bf16 on tensor cores, f32 master weights; `tf32`: f32 tensors,
+    /// with cuDNN's convolutions and cuBLAS's GEMMs on TF32 tensor cores (PyTorch's default for
+    /// convolutions); `f32`: TF32 off. Default: bf16 on a GPU, f32 on the CPU, its only one.
     #[arg(long, value_parser = precisions())]
     pub precision: Option<Precision>,
     /// Name each layer, pass and phase of the work with NVTX ranges, so that an Nsight Systems

@@ -48,9 +48,8 @@ pub(super) fn choose_device(device: Option<&str>) -> Result<Option<CudaBackend>>
 }
 
 /// `--precision` checked against the backend chosen (`cuda`, or the CPU where it is `None`) and
-/// set on it: the CPU computes in f32 only; a GPU in tf32 (the default, PyTorch's for
-/// convolutions), f32, or bf16 (for the models that have a bf16 path). A refusal names the
-/// flag.
+/// set on it: the CPU computes in f32 only; a GPU in bf16 (the default: bf16 activations, f32
+/// master weights), tf32 or f32. A refusal names the flag.
 pub(super) fn set_precision(
     cuda: Option<&mut CudaBackend>,
     precision: Option<Precision>,
@@ -66,7 +65,7 @@ pub(super) fn set_precision(
             ),
         )),
         (Some(b), p) => b
-            .set_precision(p.unwrap_or(Precision::Tf32))
+            .set_precision(p.unwrap_or(Precision::Bf16))
             .map_err(|e| match e {
                 Error::Config { value, message, .. } => {
                     Error::config("--precision", value, message)

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use c2f_dist::collective::Collective;
 use c2f_dist::launch::{LaunchInfo, Launcher};
-use c2f_inception::backend::{Backend, Buffers};
+use c2f_inception::backend::Backend;
 use c2f_inception::cpu::CpuBackend;
 use c2f_inception::cuda::{AlgorithmChoice, CudaBackend};
 use c2f_kernels::{Error, Result};
@@ -21,7 +21,6 @@ use crate::config::{
 use crate::data::spec::{DataSpec, OpenedData};
 use crate::train::{checkpoint_path, Accuracy, DataParallel, Evaluation, ModelKind, COARSE_FINE};
 use crate::upsampler::{UpsamplerKind, UpsamplerWeights};
-use crate::wsdan;
 
 /// `c2f train`: checks the flags, then starts the workers (`--gpus`), or joins a launcher's job,
 /// or trains alone.
@@ -54,10 +53,6 @@ pub(super) fn train(args: TrainArgs, argv: &[String]) -> Result<()> {
         choose_device(args.device.as_deref())?
     };
     set_precision(cuda.as_mut(), args.compute.precision)?;
-    // Before any model trains, not when WS-DAN's turn comes.
-    if let (Some(b), true) = (&cuda, models.contains(&ModelKind::WsDan)) {
-        wsdan::check_precision(Buffers::precision(b))?;
-    }
     if let (Some(b), true) = (cuda.as_mut(), args.cudnn_benchmark) {
         b.set_conv_algorithm_choice(AlgorithmChoice::Timed);
     }
