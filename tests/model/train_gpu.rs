@@ -696,7 +696,7 @@ fn assert_replays_match_eager<M: Trainee<CudaBackend>>(
 /// and every value that changes between steps (the rate per parameter group, λ, dropout's
 /// step, the batch and the random choices) is read from the device, so a graph captured once
 /// replays three steps of Coarse2Fine, the coarse-only model, the baseline and WS-DAN (and of
-/// Coarse2Fine and the baseline in bf16) with the bits of the same steps run eagerly.
+/// Coarse2Fine, the baseline and WS-DAN in bf16) with the bits of the same steps run eagerly.
 #[test]
 fn emulator_replayed_steps_match_eager_ones_as_values_change() {
     let test = "emulator_replayed_steps_match_eager_ones_as_values_change";
@@ -726,6 +726,9 @@ fn emulator_replayed_steps_match_eager_ones_as_values_change() {
     let mut baseline = build_baseline(&mut bf16, &cfg).unwrap();
     init_baseline(&mut bf16, &baseline, &run).unwrap();
     assert_replays_match_eager(&mut bf16, &mut baseline, &cfg, "the baseline in bf16");
+    let mut wsdan = build_wsdan(&mut bf16, &cfg).unwrap();
+    init_wsdan(&mut bf16, &wsdan, &run).unwrap();
+    assert_replays_match_eager(&mut bf16, &mut wsdan, &cfg, "WS-DAN in bf16");
 }
 
 /// Each batch's probabilities from `model` on `b`, inferred through an evaluation graph that
