@@ -261,6 +261,29 @@ pub fn gpu_step_misses(
     misses
 }
 
+/// A dropped term fails [`BF16_BOUNDS`]: `ours` with one gradient zeroed (the momentum, after one
+/// step the gradient, whose f32 run is nearest the f64 one, so whose bound is tightest) misses.
+fn assert_dropped_gradient_misses(what: &str, run64: &StepRun, run32: &StepRun, ours: &StepRun) {
+    let mut dropped = ours.clone();
+    let ((_, state64), (_, state32)) = (run64, run32);
+    let (index, _) = state64
+        .iter()
+        .zip(state32)
+        .enumerate()
+        .filter(|(_, ((name, _), _))| name.starts_with("momentum."))
+        .map(|(i, ((_, r), (_, c)))| (i, rel_error(c, r)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("a momentum tensor");
+    let (name, values) = &mut dropped.1[index];
+    values.fill(0.0);
+    let name = name.clone();
+    let misses = gpu_step_misses(what, run64, run32, &dropped, BF16_BOUNDS);
+    assert!(
+        misses.iter().any(|m| m.contains(&name)),
+        "{what}: dropping {name} passed: {misses:?}"
+    );
+}
+
 /// bf16's unit roundoff over f32's (2⁻⁸ / 2⁻²⁴): a bf16 step rounds each activation and
 /// activation gradient to 8 significant bits where an f32 step rounds to 24, so, rounding at the
 /// same places, it lands at most about this much farther from the f64 step.
@@ -296,26 +319,7 @@ fn bf16_coarse2fine_step_matches_cpu_f64() {
         let ours = step_from(&mut gpu, &cfg, fine, &init, &step_batch(&cfg));
         let misses = gpu_step_misses(&what, &run64, &run32, &ours, BF16_BOUNDS);
         assert!(misses.is_empty(), "{}", misses.join("\n"));
-        // A gradient dropped: the momentum (after one step, the gradient) whose f32 run is
-        // nearest the f64 one, so whose bound is tightest, zeroed.
-        let mut dropped = ours.clone();
-        let ((_, state64), (_, state32)) = (&run64, &run32);
-        let (index, _) = state64
-            .iter()
-            .zip(state32)
-            .enumerate()
-            .filter(|(_, ((name, _), _))| name.starts_with("momentum."))
-            .map(|(i, ((_, r), (_, c)))| (i, rel_error(c, r)))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .expect("a momentum tensor");
-        let (name, values) = &mut dropped.1[index];
-        values.fill(0.0);
-        let name = name.clone();
-        let misses = gpu_step_misses(&what, &run64, &run32, &dropped, BF16_BOUNDS);
-        assert!(
-            misses.iter().any(|m| m.contains(&name)),
-            "{what}: dropping {name} passed: {misses:?}"
-        );
+        assert_dropped_gradient_misses(&what, &run64, &run32, &ours);
     }
 }
 
@@ -412,25 +416,7 @@ fn bf16_wsdan_step_matches_cpu_f64() {
     assert!(decided16 == decided64, "bf16 cropped or dropped otherwise");
     let misses = gpu_step_misses(what, &run64, &run32, &ours, BF16_BOUNDS);
     assert!(misses.is_empty(), "{}", misses.join("\n"));
-    // A gradient dropped: the momentum whose f32 run is nearest the f64 one, zeroed.
-    let mut dropped = ours.clone();
-    let ((_, state64), (_, state32)) = (&run64, &run32);
-    let (index, _) = state64
-        .iter()
-        .zip(state32)
-        .enumerate()
-        .filter(|(_, ((name, _), _))| name.starts_with("momentum."))
-        .map(|(i, ((_, r), (_, c)))| (i, rel_error(c, r)))
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-        .expect("a momentum tensor");
-    let (name, values) = &mut dropped.1[index];
-    values.fill(0.0);
-    let name = name.clone();
-    let misses = gpu_step_misses(what, &run64, &run32, &dropped, BF16_BOUNDS);
-    assert!(
-        misses.iter().any(|m| m.contains(&name)),
-        "{what}: dropping {name} passed: {misses:?}"
-    );
+    assert_dropped_gradient_misses(what, &run64, &run32, &ours);
 }
 
 /// The crop boxes and the dropped pixels (those of the drop pass's input, the network's input

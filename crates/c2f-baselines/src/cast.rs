@@ -8,10 +8,10 @@ use cudarc::cudnn::sys::{self, cudnnDataType_t};
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 use half::bf16;
 
-use crate::cudnn::{check, scalar, Handle, Tensor4d, ONE, ZERO};
+use crate::cudnn::{transform_tensor, Handle, Tensor4d, ONE, ZERO};
 use c2f_kernels::cudnn_raw::cudnn_error;
 use c2f_kernels::device::Gpu;
-use c2f_kernels::error::{check_len, Error, Result};
+use c2f_kernels::error::{Error, Result};
 
 pub struct CastCudnn {
     handle: Handle,
@@ -79,29 +79,14 @@ impl CastCudnn {
         self.transform(&ONE, (&self.bf16_desc, x), (&self.f32_desc, y))
     }
 
-    /// `y = x + beta·y` through `cudnnTransformTensor`, each buffer of the element type its
-    /// descriptor says (the public methods pair them).
+    /// `y = x + beta·y`, each buffer of the element type its descriptor says (the public
+    /// methods pair them).
     fn transform<X, Y>(
         &self,
         beta: &'static f32,
-        (x_desc, x): (&Tensor4d, &impl DevicePtr<X>),
-        (y_desc, y): (&Tensor4d, &mut impl DevicePtrMut<Y>),
+        x: (&Tensor4d, &impl DevicePtr<X>),
+        y: (&Tensor4d, &mut impl DevicePtrMut<Y>),
     ) -> Result<()> {
-        check_len("cuDNN cast x", x.len(), self.len)?;
-        check_len("cuDNN cast y", y.len(), self.len)?;
-        let (x, y) = (self.handle.input(x), self.handle.output(y));
-        // SAFETY: both buffers hold `len` elements of their descriptors' types (checked above,
-        // the types fixed by the public methods); the scalars are host constants.
-        check(unsafe {
-            sys::cudnnTransformTensor(
-                self.handle.raw,
-                scalar(&ONE),
-                x_desc.0,
-                x,
-                scalar(beta),
-                y_desc.0,
-                y,
-            )
-        })
+        transform_tensor(&self.handle, "cast", self.len, beta, x, y)
     }
 }

@@ -15,7 +15,7 @@ use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 
 use c2f_kernels::cudnn_raw::{available, cudnn_error};
 use c2f_kernels::device::{device_addr, device_addr_mut, Gpu};
-use c2f_kernels::error::Result;
+use c2f_kernels::error::{check_len, Result};
 
 /// A cuDNN status as a [`Result`].
 pub fn check(status: sys::cudnnStatus_t) -> Result<()> {
@@ -28,6 +28,35 @@ pub const ZERO: f32 = 0.0;
 
 pub fn scalar(v: &'static f32) -> *const c_void {
     v as *const f32 as *const c_void
+}
+
+/// `y = x + beta·y` through `cudnnTransformTensor` on `handle`: a type conversion, a layout
+/// change or both, as the descriptors say. Each buffer holds `len` elements of its descriptor's
+/// type (the callers pair them); `what` names the baseline in length errors.
+pub fn transform_tensor<X, Y>(
+    handle: &Handle,
+    what: &str,
+    len: usize,
+    beta: &'static f32,
+    (x_desc, x): (&Tensor4d, &impl DevicePtr<X>),
+    (y_desc, y): (&Tensor4d, &mut impl DevicePtrMut<Y>),
+) -> Result<()> {
+    check_len(&format!("cuDNN {what} x"), x.len(), len)?;
+    check_len(&format!("cuDNN {what} y"), y.len(), len)?;
+    let (x, y) = (handle.input(x), handle.output(y));
+    // SAFETY: both buffers hold `len` elements of their descriptors' types (checked above, the
+    // types paired by the callers); the scalars are host constants.
+    check(unsafe {
+        sys::cudnnTransformTensor(
+            handle.raw,
+            scalar(&ONE),
+            x_desc.0,
+            x,
+            scalar(beta),
+            y_desc.0,
+            y,
+        )
+    })
 }
 
 /// A cuDNN handle that queues on the GPU's stream, which it keeps alive.

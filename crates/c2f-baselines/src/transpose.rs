@@ -12,10 +12,10 @@ use cudarc::cudnn::sys::{self, cudnnDataType_t, cudnnTensorFormat_t};
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 use half::bf16;
 
-use crate::cudnn::{check, scalar, Handle, Tensor4d, ONE, ZERO};
+use crate::cudnn::{transform_tensor, Handle, Tensor4d, ZERO};
 use c2f_kernels::cudnn_raw::cudnn_error;
 use c2f_kernels::device::Gpu;
-use c2f_kernels::error::{check_len, Error, Result};
+use c2f_kernels::error::{Error, Result};
 use c2f_kernels::Element;
 
 /// `cudnnTransformTensor` between `[batch, channels, hw, 1]` in NCHW and in NHWC, from `I` to
@@ -106,24 +106,9 @@ impl<I: Element, O: Element> TransposeCudnn<I, O> {
 
     fn transform(
         &self,
-        (x_desc, x): (&Tensor4d, &impl DevicePtr<I>),
-        (y_desc, y): (&Tensor4d, &mut impl DevicePtrMut<O>),
+        x: (&Tensor4d, &impl DevicePtr<I>),
+        y: (&Tensor4d, &mut impl DevicePtrMut<O>),
     ) -> Result<()> {
-        check_len("cuDNN transpose x", x.len(), self.len)?;
-        check_len("cuDNN transpose y", y.len(), self.len)?;
-        let (x, y) = (self.handle.input(x), self.handle.output(y));
-        // SAFETY: both buffers hold `len` elements of their descriptors' types (checked above,
-        // the types fixed by `I` and `O`); the scalars are host constants.
-        check(unsafe {
-            sys::cudnnTransformTensor(
-                self.handle.raw,
-                scalar(&ONE),
-                x_desc.0,
-                x,
-                scalar(&ZERO),
-                y_desc.0,
-                y,
-            )
-        })
+        transform_tensor(&self.handle, "transpose", self.len, &ZERO, x, y)
     }
 }
