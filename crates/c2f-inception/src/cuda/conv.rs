@@ -521,7 +521,11 @@ impl ConvEngine {
         }
         let k = key(s, layout);
         if !T::plans(&mut self.plans).contains_key(&k) {
-            let planning = format!("planning the {s} in {} {layout:?}", T::STORAGE);
+            let laid_out = match layout {
+                Layout::Nchw => "",
+                Layout::Nhwc => " channels-last",
+            };
+            let planning = format!("planning the {s} in {}{laid_out}", T::STORAGE);
             refuse_in_capture(&self.stream, &planning, ALLOCATES)?;
             // bf16 data has no FMA-only kernels to keep to: tensor cores, f32 accumulation.
             let math = match (T::STORAGE, self.tf32) {
